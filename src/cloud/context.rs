@@ -1,0 +1,103 @@
+//! What one CPI call works with: the configuration (file + context overrides), the etcd
+//! connection and Docker access, each made only when a method first needs it, so that
+//! `info` touches neither disk nor network.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use tokio::sync::OnceCell;
+
+use crate::cluster::{ClusterView, Etcd, Keys};
+use crate::config::Config;
+use crate::docker::DockerAccess;
+use crate::logging::Logging;
+use crate::protocol::CpiError;
+
+/// Lazily built resources of one call.
+pub struct CloudContext<'a> {
+    config_path: PathBuf,
+    request_context: Map<String, Value>,
+    logging: Option<&'a Logging>,
+    config: OnceCell<Config>,
+    etcd: OnceCell<Etcd>,
+}
+
+impl<'a> CloudContext<'a> {
+    /// A context for `config_path`, with the request's `context` (cpi-config properties
+    /// override the file). `logging` gets the config's log level once it is read.
+    pub fn new(
+        config_path: PathBuf,
+        request_context: Map<String, Value>,
+        logging: Option<&'a Logging>,
+    ) -> Self {
+        CloudContext {
+            config_path,
+            request_context,
+            logging,
+            config: OnceCell::new(),
+            etcd: OnceCell::new(),
+        }
+    }
+
+    /// The validated configuration.
+    pub async fn config(&self) -> Result<&Config, CpiError> {
+        self.config
+            .get_or_try_init(|| async {
+                let config = Config::load(&self.config_path, &self.request_context)?;
+                if let Some(logging) = self.logging {
+                    logging.set_level(&config.log_level);
+                }
+                Ok::<_, CpiError>(config)
+            })
+            .await
+    }
+
+    /// The etcd connection.
+    pub async fn etcd(&self) -> Result<&Etcd, CpiError> {
+        self.etcd
+            .get_or_try_init(|| async { Etcd::connect(self.config().await?).await })
+            .await
+    }
+
+    /// The cluster's keys in etcd.
+    pub async fn keys(&self) -> Result<Keys, CpiError> {
+        Ok(Keys::new(&self.config().await?.etcd))
+    }
+
+    /// A fresh snapshot of the cluster (one etcd round trip).
+    pub async fn view(&self) -> Result<ClusterView, CpiError> {
+        let keys = self.keys().await?;
+        ClusterView::load(self.etcd().await?, &keys).await
+    }
+
+    /// Docker access for all nodes: the client certificate from the config, the CA from the
+    /// config or else the cluster CA published in etcd.
+    pub async fn docker_access(&self, view: &ClusterView) -> Result<DockerAccess, CpiError> {
+        let config = self.config().await?;
+        let tls = config.docker_tls()?;
+        let ca = tls
+            .ca_cert
+            .as_deref()
+            .or(view.ca_cert.as_deref())
+            .ok_or_else(|| {
+                CpiError::cpi(format!(
+                    "no Docker CA certificate: set docker.tls.ca_cert in the CPI config or publish it at {}",
+                    Keys::new(&config.etcd).ca_cert()
+                ))
+            })?;
+        let (Some(cert), Some(key)) = (tls.client_cert.as_deref(), tls.client_key.as_ref()) else {
+            return Err(CpiError::cpi(
+                "docker.tls client_cert and client_key are required",
+            ));
+        };
+        DockerAccess::new(
+            ca,
+            cert,
+            key.expose(),
+            &config.docker.api_version,
+            Duration::from_secs(config.docker.connect_timeout_seconds),
+            Duration::from_secs(config.docker.request_timeout_seconds),
+        )
+    }
+}

@@ -1,0 +1,19 @@
+//! `info`: API version and stemcell formats, answered without config or network.
+
+use serde_json::json;
+
+use crate::protocol::CallResult;
+
+/// Stemcell formats `create_stemcell` accepts.
+pub const STEMCELL_FORMATS: &[&str] = &["warden-tar", "general-tar"];
+
+/// The CPI API version this CPI speaks.
+pub const API_VERSION: u32 = 2;
+
+/// The `info` result.
+pub fn info() -> CallResult {
+    CallResult::Plain(json!({
+        "api_version": API_VERSION,
+        "stemcell_formats": STEMCELL_FORMATS,
+    }))
+}

@@ -1,0 +1,58 @@
+//! BOSH semantics: each CPI method as a short function over config, cluster and Docker.
+
+mod context;
+mod info;
+mod vm_properties;
+
+pub use context::CloudContext;
+pub use info::STEMCELL_FORMATS;
+
+use crate::protocol::{Call, CallResult, CpiError};
+
+/// Runs one typed call.
+pub async fn handle(ctx: &CloudContext<'_>, call: Call) -> Result<CallResult, CpiError> {
+    match call {
+        Call::Info => Ok(info::info()),
+        Call::CalculateVmCloudProperties(req) => vm_properties::calculate(ctx, req).await,
+        Call::CreateNetwork | Call::DeleteNetwork => Err(CpiError::not_implemented(
+            "director-managed networks are not supported: declare manual or dynamic networks in the cloud-config",
+        )),
+        Call::CurrentVmId | Call::ConfigureNetworks => Err(CpiError::not_implemented(
+            "this method is deprecated by BOSH and not implemented",
+        )),
+        other => Err(CpiError::not_implemented(format!(
+            "{} is not implemented yet",
+            method_name(&other)
+        ))),
+    }
+}
+
+/// The wire name of a call, for messages.
+pub fn method_name(call: &Call) -> &'static str {
+    match call {
+        Call::Info => "info",
+        Call::CreateStemcell { .. } => "create_stemcell",
+        Call::DeleteStemcell { .. } => "delete_stemcell",
+        Call::CreateVm(_) => "create_vm",
+        Call::DeleteVm { .. } => "delete_vm",
+        Call::HasVm { .. } => "has_vm",
+        Call::RebootVm { .. } => "reboot_vm",
+        Call::SetVmMetadata { .. } => "set_vm_metadata",
+        Call::CalculateVmCloudProperties(_) => "calculate_vm_cloud_properties",
+        Call::CreateDisk { .. } => "create_disk",
+        Call::DeleteDisk { .. } => "delete_disk",
+        Call::HasDisk { .. } => "has_disk",
+        Call::AttachDisk { .. } => "attach_disk",
+        Call::DetachDisk { .. } => "detach_disk",
+        Call::GetDisks { .. } => "get_disks",
+        Call::SetDiskMetadata { .. } => "set_disk_metadata",
+        Call::ResizeDisk { .. } => "resize_disk",
+        Call::UpdateDisk { .. } => "update_disk",
+        Call::SnapshotDisk { .. } => "snapshot_disk",
+        Call::DeleteSnapshot { .. } => "delete_snapshot",
+        Call::CreateNetwork => "create_network",
+        Call::DeleteNetwork => "delete_network",
+        Call::CurrentVmId => "current_vm_id",
+        Call::ConfigureNetworks => "configure_networks",
+    }
+}

@@ -1,0 +1,88 @@
+//! The connection to etcd, with client TLS and auth from the configuration.
+
+use std::time::Duration;
+
+use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
+
+use crate::config::{Config, ConfigError};
+use crate::protocol::CpiError;
+
+/// A connected etcd client plus the endpoints it was made for (for error messages).
+#[derive(Clone)]
+pub struct Etcd {
+    client: Client,
+    endpoints: Vec<String>,
+}
+
+impl Etcd {
+    /// Connects to the configured endpoints. An unreachable etcd is a retriable
+    /// `CloudError` naming the endpoints.
+    pub async fn connect(config: &Config) -> Result<Etcd, CpiError> {
+        let cfg = &config.etcd;
+        let timeout = Duration::from_secs(cfg.timeout_seconds);
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(timeout)
+            .with_timeout(timeout);
+        if let Some(tls) = config.etcd_tls()? {
+            let mut t = TlsOptions::new();
+            if let Some(ca) = &tls.ca_cert {
+                t = t.ca_certificate(Certificate::from_pem(ca));
+            }
+            if let (Some(cert), Some(key)) = (&tls.client_cert, &tls.client_key) {
+                t = t.identity(Identity::from_pem(cert, key.expose()));
+            }
+            options = options.with_tls(t);
+        } else if cfg.endpoints.iter().any(|e| e.starts_with("https://")) {
+            return Err(ConfigError::invalid(
+                "etcd.tls",
+                "https endpoints need etcd.tls (at least ca_cert)",
+            )
+            .into());
+        }
+        if let (Some(user), Some(password)) = (&cfg.username, &cfg.password) {
+            options = options.with_user(user.clone(), password.expose().to_string());
+        }
+        let client = Client::connect(&cfg.endpoints, Some(options))
+            .await
+            .map_err(|e| unreachable(&cfg.endpoints, &e))?;
+        Ok(Etcd {
+            client,
+            endpoints: cfg.endpoints.clone(),
+        })
+    }
+
+    /// The underlying client, for the modules that read and write keys.
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// Turns an etcd failure during `what` into a `CloudError` naming the endpoints.
+    pub fn error(&self, what: &str, e: &etcd_client::Error) -> CpiError {
+        unreachable(&self.endpoints, e).context(what)
+    }
+}
+
+fn unreachable(endpoints: &[String], e: &etcd_client::Error) -> CpiError {
+    use etcd_client::Error as E;
+    let retry = matches!(e, E::TransportError(_) | E::IoError(_) | E::GRpcStatus(_));
+    CpiError::cloud(
+        format!("etcd at {} failed: {}", endpoints.join(", "), describe(e)),
+        retry,
+    )
+}
+
+/// A one-line description of an etcd error including its source chain (tonic hides the
+/// useful part, such as "connection refused" or a certificate problem, in sources).
+fn describe(e: &etcd_client::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
+}

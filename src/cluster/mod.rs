@@ -1,0 +1,9 @@
+//! etcd access: the cluster's node records, Flannel state and PKI material.
+
+pub mod etcd;
+pub mod model;
+pub mod view;
+
+pub use etcd::Etcd;
+pub use model::{Capacity, FlannelConfig, NodeRecord, NodeState, SubnetLease};
+pub use view::{ClusterView, Keys};

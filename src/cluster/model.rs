@@ -1,0 +1,168 @@
+//! The records the cluster keeps in etcd: node records (written by node-prep), Flannel's
+//! network config and subnet leases.
+
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+/// Whether placement may put new VMs on a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeState {
+    /// Accepts new VMs.
+    #[default]
+    Ready,
+    /// Keeps its VMs but takes no new ones.
+    Cordoned,
+}
+
+impl std::fmt::Display for NodeState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NodeState::Ready => "ready",
+            NodeState::Cordoned => "cordoned",
+        })
+    }
+}
+
+/// What a node can hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Capacity {
+    #[serde(default)]
+    pub cpus: u32,
+    #[serde(default)]
+    pub memory_mib: u64,
+}
+
+/// A node's record at `<key_prefix>/nodes/<name>`. Unknown keys are ignored so newer
+/// node-prep versions can add fields.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub name: String,
+    pub private_ip: Ipv4Addr,
+    #[serde(default)]
+    pub public_ip: Option<Ipv4Addr>,
+    /// `tcp://<ip>:2376`, served with mutual TLS.
+    pub docker_endpoint: String,
+    /// The node's Flannel subnet, network address form (`10.1.2.0/24`).
+    pub subnet: Ipv4Net,
+    pub gateway: Ipv4Addr,
+    #[serde(default = "default_mtu")]
+    pub mtu: u32,
+    /// The Docker bridge network for BOSH VMs on this node.
+    #[serde(default = "default_network_name")]
+    pub network_name: String,
+    #[serde(default)]
+    pub state: NodeState,
+    #[serde(default)]
+    pub capacity: Capacity,
+    #[serde(default)]
+    pub cert_fingerprint: Option<String>,
+    #[serde(default)]
+    pub prepared_at: Option<String>,
+}
+
+fn default_mtu() -> u32 {
+    1500
+}
+fn default_network_name() -> String {
+    "bosh".into()
+}
+
+/// Flannel's `<prefix>/config`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FlannelConfig {
+    #[serde(rename = "Network")]
+    pub network: Ipv4Net,
+    #[serde(rename = "SubnetLen", default = "default_subnet_len")]
+    pub subnet_len: u8,
+    #[serde(rename = "Backend", default)]
+    pub backend: Option<FlannelBackend>,
+}
+
+/// Flannel's backend section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FlannelBackend {
+    #[serde(rename = "Type")]
+    pub kind: String,
+}
+
+fn default_subnet_len() -> u8 {
+    24
+}
+
+/// One Flannel subnet lease `<prefix>/subnets/<a.b.c.d>-<len>`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubnetLease {
+    pub subnet: Ipv4Net,
+    pub public_ip: Option<Ipv4Addr>,
+    pub backend_type: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct LeaseValue {
+    #[serde(rename = "PublicIP", default)]
+    public_ip: Option<Ipv4Addr>,
+    #[serde(rename = "BackendType", default)]
+    backend_type: Option<String>,
+}
+
+impl SubnetLease {
+    /// Parses a lease from its key's last segment (`10.1.2.0-24`) and JSON value.
+    pub fn parse(key_name: &str, value: &[u8]) -> Result<SubnetLease, String> {
+        let (addr, len) = key_name
+            .rsplit_once('-')
+            .ok_or_else(|| format!("lease key '{key_name}' is not <address>-<length>"))?;
+        let subnet = format!("{addr}/{len}")
+            .parse::<Ipv4Net>()
+            .map_err(|e| format!("lease key '{key_name}': {e}"))?;
+        let v: LeaseValue = serde_json::from_slice(value)
+            .map_err(|e| format!("lease '{key_name}' value is not flannel JSON: {e}"))?;
+        Ok(SubnetLease {
+            subnet,
+            public_ip: v.public_ip,
+            backend_type: v.backend_type,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_from_key_and_value() {
+        let l = SubnetLease::parse(
+            "10.1.2.0-24",
+            br#"{"PublicIP":"192.0.2.11","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1}}"#,
+        )
+        .unwrap();
+        assert_eq!(l.subnet, "10.1.2.0/24".parse::<Ipv4Net>().unwrap());
+        assert_eq!(l.public_ip, Some(Ipv4Addr::new(192, 0, 2, 11)));
+        assert!(SubnetLease::parse("10.1.2.0", b"{}").is_err());
+        assert!(SubnetLease::parse("10.1.2.0-24", b"nope").is_err());
+    }
+
+    #[test]
+    fn node_record_defaults_and_unknown_keys() {
+        let n: NodeRecord = serde_json::from_str(
+            r#"{"name":"n1","private_ip":"192.168.210.11","docker_endpoint":"tcp://192.168.210.11:2376",
+                "subnet":"10.1.1.0/24","gateway":"10.1.1.1","future":true}"#,
+        )
+        .unwrap();
+        assert_eq!(n.state, NodeState::Ready);
+        assert_eq!(n.mtu, 1500);
+        assert_eq!(n.network_name, "bosh");
+    }
+
+    #[test]
+    fn flannel_config() {
+        let c: FlannelConfig = serde_json::from_str(
+            r#"{"Network":"10.1.0.0/16","SubnetLen":24,"Backend":{"Type":"vxlan"}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.subnet_len, 24);
+        assert_eq!(c.backend.unwrap().kind, "vxlan");
+    }
+}

@@ -1,0 +1,156 @@
+//! The cluster as one etcd read: node records, Flannel config and leases, and the cluster
+//! CA certificate, fetched in a single transaction (one round trip, not one per node).
+
+use etcd_client::{GetOptions, Txn, TxnOp, TxnOpResponse};
+
+use super::etcd::Etcd;
+use super::model::{FlannelConfig, NodeRecord, SubnetLease};
+use crate::config::EtcdConfig;
+use crate::protocol::CpiError;
+
+/// The etcd keys of the cluster, derived from the two configured prefixes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    pub key_prefix: String,
+    pub flannel_prefix: String,
+}
+
+impl Keys {
+    /// Keys for the configured prefixes.
+    pub fn new(cfg: &EtcdConfig) -> Keys {
+        Keys {
+            key_prefix: cfg.key_prefix.clone(),
+            flannel_prefix: cfg.flannel_prefix.clone(),
+        }
+    }
+    /// Prefix of all node records.
+    pub fn nodes(&self) -> String {
+        format!("{}/nodes/", self.key_prefix)
+    }
+    /// One node's record.
+    pub fn node(&self, name: &str) -> String {
+        format!("{}/nodes/{name}", self.key_prefix)
+    }
+    /// The cluster CA certificate (public; Docker servers are signed by it).
+    pub fn ca_cert(&self) -> String {
+        format!("{}/pki/ca.crt", self.key_prefix)
+    }
+    /// Flannel's network config.
+    pub fn flannel_config(&self) -> String {
+        format!("{}/config", self.flannel_prefix)
+    }
+    /// Prefix of Flannel's subnet leases.
+    pub fn flannel_subnets(&self) -> String {
+        format!("{}/subnets/", self.flannel_prefix)
+    }
+}
+
+/// A consistent snapshot of the cluster (all keys read at one etcd revision).
+#[derive(Debug, Clone, Default)]
+pub struct ClusterView {
+    /// Node records, sorted by name.
+    pub nodes: Vec<NodeRecord>,
+    /// Flannel's network config, if written.
+    pub flannel: Option<FlannelConfig>,
+    /// Flannel subnet leases.
+    pub leases: Vec<SubnetLease>,
+    /// The cluster CA certificate (PEM), if published.
+    pub ca_cert: Option<String>,
+    /// Records that could not be read, with the reason; reported, never fatal.
+    pub problems: Vec<String>,
+    /// The etcd revision the snapshot was read at.
+    pub revision: i64,
+}
+
+impl ClusterView {
+    /// Reads the whole view in one transaction.
+    pub async fn load(etcd: &Etcd, keys: &Keys) -> Result<ClusterView, CpiError> {
+        let txn = Txn::new().and_then(vec![
+            TxnOp::get(keys.nodes(), Some(GetOptions::new().with_prefix())),
+            TxnOp::get(keys.flannel_config(), None),
+            TxnOp::get(
+                keys.flannel_subnets(),
+                Some(GetOptions::new().with_prefix()),
+            ),
+            TxnOp::get(keys.ca_cert(), None),
+        ]);
+        let response = etcd
+            .client()
+            .txn(txn)
+            .await
+            .map_err(|e| etcd.error("reading the cluster view", &e))?;
+        let revision = response.header().map(|h| h.revision()).unwrap_or(0);
+        let mut gets = response.op_responses().into_iter().map(|r| match r {
+            TxnOpResponse::Get(g) => g.kvs().to_vec(),
+            _ => Vec::new(),
+        });
+        let (node_kvs, config_kvs, lease_kvs, ca_kvs) = (
+            gets.next().unwrap_or_default(),
+            gets.next().unwrap_or_default(),
+            gets.next().unwrap_or_default(),
+            gets.next().unwrap_or_default(),
+        );
+        let mut view = ClusterView {
+            revision,
+            ..ClusterView::default()
+        };
+        for kv in &node_kvs {
+            let key = String::from_utf8_lossy(kv.key()).to_string();
+            match serde_json::from_slice::<NodeRecord>(kv.value()) {
+                Ok(node) => view.nodes.push(node),
+                Err(e) => view
+                    .problems
+                    .push(format!("node record {key} is unreadable: {e}")),
+            }
+        }
+        view.nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        if let Some(kv) = config_kvs.first() {
+            match serde_json::from_slice::<FlannelConfig>(kv.value()) {
+                Ok(c) => view.flannel = Some(c),
+                Err(e) => view.problems.push(format!(
+                    "flannel config {} is unreadable: {e}",
+                    keys.flannel_config()
+                )),
+            }
+        }
+        let subnets = keys.flannel_subnets();
+        for kv in &lease_kvs {
+            let key = String::from_utf8_lossy(kv.key()).to_string();
+            let name = key.strip_prefix(&subnets).unwrap_or(&key);
+            match SubnetLease::parse(name, kv.value()) {
+                Ok(lease) => view.leases.push(lease),
+                Err(e) => view.problems.push(e),
+            }
+        }
+        view.ca_cert = ca_kvs
+            .first()
+            .map(|kv| String::from_utf8_lossy(kv.value()).to_string());
+        Ok(view)
+    }
+
+    /// The node named `name`.
+    pub fn node(&self, name: &str) -> Option<&NodeRecord> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// The Flannel lease covering a node's subnet, if any.
+    pub fn lease_of(&self, node: &NodeRecord) -> Option<&SubnetLease> {
+        self.leases.iter().find(|l| l.subnet == node.subnet)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_follow_prefixes() {
+        let k = Keys {
+            key_prefix: "/moltencore".into(),
+            flannel_prefix: "/coreos.com/network".into(),
+        };
+        assert_eq!(k.node("n1"), "/moltencore/nodes/n1");
+        assert_eq!(k.ca_cert(), "/moltencore/pki/ca.crt");
+        assert_eq!(k.flannel_subnets(), "/coreos.com/network/subnets/");
+    }
+}

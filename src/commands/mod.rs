@@ -1,0 +1,4 @@
+//! The `cpi` binary's subcommands.
+
+pub mod nodes;
+pub mod rpc;

@@ -1,0 +1,504 @@
+//! `cpi.json`: the CPI's configuration, its defaults and validation, and the merge of
+//! cpi-config properties that arrive in a request's `context`.
+
+pub mod secret;
+pub mod tls;
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::protocol::CpiError;
+pub use secret::Secret;
+pub use tls::{TlsMaterial, TlsSource};
+
+/// The job's config path when no `-c` is given; `BOSH_JOBS_DIR` (set by create-env) wins
+/// over `/var/vcap/jobs`.
+pub fn default_config_path() -> PathBuf {
+    let jobs = std::env::var_os("BOSH_JOBS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/vcap/jobs"));
+    jobs.join("moltencore_cpi/config/cpi.json")
+}
+
+/// A configuration problem, naming the key at fault.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("invalid CPI configuration: {key}: {problem}")]
+pub struct ConfigError {
+    /// Dotted path of the offending key (`etcd.endpoints[0]`).
+    pub key: String,
+    /// What is wrong, and what is expected.
+    pub problem: String,
+}
+
+impl ConfigError {
+    /// A problem at `key`.
+    pub fn invalid(key: &str, problem: &str) -> Self {
+        ConfigError {
+            key: key.to_string(),
+            problem: problem.to_string(),
+        }
+    }
+}
+
+impl From<ConfigError> for CpiError {
+    fn from(e: ConfigError) -> Self {
+        CpiError::cpi(e.to_string())
+    }
+}
+
+/// The whole configuration, validated.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the cluster state lives.
+    pub etcd: EtcdConfig,
+    /// How to reach the nodes' Docker daemons.
+    #[serde(default)]
+    pub docker: DockerConfig,
+    /// What every agent is told (mbus, ntp, blobstore).
+    pub agent: AgentConfig,
+    /// Container settings for every VM; cloud_properties may override per VM.
+    #[serde(default)]
+    pub vm_defaults: VmDefaults,
+    /// tracing filter (`info`, `debug`, `moltencore=debug`); `MOLTENCORE_LOG` wins.
+    #[serde(default = "default_log_level")]
+    pub log_level: String,
+}
+
+/// etcd access.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdConfig {
+    /// `https://host:port` (or `http://`) client URLs.
+    pub endpoints: Vec<String>,
+    /// Client TLS (CA and client certificate).
+    #[serde(default)]
+    pub tls: Option<TlsSource>,
+    /// etcd user, when etcd auth is on.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// etcd password, when etcd auth is on.
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// Prefix of all MoltenCore keys.
+    #[serde(default = "default_key_prefix")]
+    pub key_prefix: String,
+    /// Prefix of Flannel's keys (`<prefix>/config`, `<prefix>/subnets/`).
+    #[serde(default = "default_flannel_prefix")]
+    pub flannel_prefix: String,
+    /// Connect and request timeout.
+    #[serde(default = "default_etcd_timeout")]
+    pub timeout_seconds: u64,
+}
+
+/// Docker access on every node.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DockerConfig {
+    /// Client certificate and key; CA optional (read from etcd `<key_prefix>/pki/ca.crt`).
+    #[serde(default)]
+    pub tls: TlsSource,
+    /// Docker API version to speak (`"1.41"`), or `"auto"` to negotiate with each node.
+    #[serde(default = "default_docker_api")]
+    pub api_version: String,
+    /// Seconds to wait for a TCP+TLS connection to a node.
+    #[serde(default = "default_docker_connect_timeout")]
+    pub connect_timeout_seconds: u64,
+    /// Seconds a single Docker request may take (image imports take long).
+    #[serde(default = "default_docker_request_timeout")]
+    pub request_timeout_seconds: u64,
+}
+
+impl Default for DockerConfig {
+    fn default() -> Self {
+        DockerConfig {
+            tls: TlsSource::default(),
+            api_version: default_docker_api(),
+            connect_timeout_seconds: default_docker_connect_timeout(),
+            request_timeout_seconds: default_docker_request_timeout(),
+        }
+    }
+}
+
+/// Settings handed to every agent.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// The agent's mbus URL, `https://mbus:<password>@0.0.0.0:6868` for create-env or
+    /// `nats://...` behind a director.
+    pub mbus: Secret,
+    /// NTP servers.
+    #[serde(default)]
+    pub ntp: Vec<String>,
+    /// Blobstore settings passed verbatim.
+    #[serde(default)]
+    pub blobstore: Option<Value>,
+}
+
+/// How the container of a VM is started.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StartMode {
+    /// `/usr/sbin/runsvdir-start` (Jammy stemcells).
+    #[default]
+    Runit,
+    /// `/sbin/init` with host cgroup namespace (Noble stemcells).
+    Systemd,
+}
+
+/// Container defaults. Privileged unless told otherwise; the unprivileged profile lists
+/// capabilities, security options and device rules explicitly.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VmDefaults {
+    #[serde(default = "yes")]
+    pub privileged: bool,
+    #[serde(default)]
+    pub cap_add: Vec<String>,
+    #[serde(default)]
+    pub cap_drop: Vec<String>,
+    #[serde(default)]
+    pub security_opt: Vec<String>,
+    #[serde(default)]
+    pub device_cgroup_rules: Vec<String>,
+    #[serde(default)]
+    pub start_mode: StartMode,
+    /// Docker restart policy name: `no`, `always`, `unless-stopped`, `on-failure`.
+    #[serde(default = "default_restart_policy")]
+    pub restart_policy: String,
+}
+
+impl Default for VmDefaults {
+    fn default() -> Self {
+        VmDefaults {
+            privileged: true,
+            cap_add: Vec::new(),
+            cap_drop: Vec::new(),
+            security_opt: Vec::new(),
+            device_cgroup_rules: Vec::new(),
+            start_mode: StartMode::Runit,
+            restart_policy: default_restart_policy(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+fn default_key_prefix() -> String {
+    "/moltencore".into()
+}
+fn default_flannel_prefix() -> String {
+    "/coreos.com/network".into()
+}
+fn default_etcd_timeout() -> u64 {
+    5
+}
+fn default_docker_api() -> String {
+    "1.41".into()
+}
+fn default_docker_connect_timeout() -> u64 {
+    10
+}
+fn default_docker_request_timeout() -> u64 {
+    600
+}
+fn default_restart_policy() -> String {
+    "always".into()
+}
+
+/// The top-level sections a cpi-config's properties (merged into `context`) may override.
+const OVERRIDABLE: &[&str] = &["etcd", "docker", "agent", "vm_defaults", "log_level"];
+
+impl Config {
+    /// Reads `path`, merges the overridable sections found in `context`, and validates.
+    pub fn load(path: &Path, context: &Map<String, Value>) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::invalid(
+                &path.display().to_string(),
+                &format!("cannot read config file: {e}"),
+            )
+        })?;
+        let mut value: Value = serde_json::from_str(&text).map_err(|e| {
+            ConfigError::invalid(&path.display().to_string(), &format!("not valid JSON: {e}"))
+        })?;
+        merge_context(&mut value, context);
+        Self::from_value(value)
+    }
+
+    /// Parses and validates an already merged JSON document.
+    pub fn from_value(value: Value) -> Result<Config, ConfigError> {
+        let config: Config = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            ConfigError::invalid(&path, &e.into_inner().to_string())
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.etcd.endpoints.is_empty() {
+            return Err(ConfigError::invalid(
+                "etcd.endpoints",
+                "must list at least one URL",
+            ));
+        }
+        for (i, endpoint) in self.etcd.endpoints.iter().enumerate() {
+            let key = format!("etcd.endpoints[{i}]");
+            let url = url::Url::parse(endpoint).map_err(|e| {
+                ConfigError::invalid(&key, &format!("'{endpoint}' is not a URL: {e}"))
+            })?;
+            if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+                return Err(ConfigError::invalid(
+                    &key,
+                    &format!("'{endpoint}' must be http(s)://host:port"),
+                ));
+            }
+        }
+        for (key, prefix) in [
+            ("etcd.key_prefix", &self.etcd.key_prefix),
+            ("etcd.flannel_prefix", &self.etcd.flannel_prefix),
+        ] {
+            if !prefix.starts_with('/') || prefix.ends_with('/') {
+                return Err(ConfigError::invalid(
+                    key,
+                    &format!("'{prefix}' must start with '/' and not end with '/'"),
+                ));
+            }
+        }
+        if self.etcd.username.is_some() != self.etcd.password.is_some() {
+            return Err(ConfigError::invalid(
+                "etcd.username",
+                "username and password must be given together",
+            ));
+        }
+        if self.etcd.timeout_seconds == 0 {
+            return Err(ConfigError::invalid(
+                "etcd.timeout_seconds",
+                "must be at least 1",
+            ));
+        }
+        if let Some(tls) = &self.etcd.tls {
+            tls.load("etcd.tls")?;
+        }
+        let docker_tls = self.docker.tls.load("docker.tls")?;
+        if docker_tls.client_cert.is_none() {
+            return Err(ConfigError::invalid(
+                "docker.tls",
+                "client_cert(_file) and client_key(_file) are required: nodes accept only mutual TLS",
+            ));
+        }
+        if self.docker.api_version != "auto" && !is_api_version(&self.docker.api_version) {
+            return Err(ConfigError::invalid(
+                "docker.api_version",
+                &format!(
+                    "'{}' must be 'auto' or MAJOR.MINOR such as 1.41",
+                    self.docker.api_version
+                ),
+            ));
+        }
+        if self.docker.connect_timeout_seconds == 0 || self.docker.request_timeout_seconds == 0 {
+            return Err(ConfigError::invalid(
+                "docker",
+                "connect_timeout_seconds and request_timeout_seconds must be at least 1",
+            ));
+        }
+        let mbus = url::Url::parse(self.agent.mbus.expose())
+            .map_err(|e| ConfigError::invalid("agent.mbus", &format!("is not a URL: {e}")))?;
+        if !matches!(mbus.scheme(), "https" | "nats" | "tls") {
+            return Err(ConfigError::invalid(
+                "agent.mbus",
+                &format!("scheme '{}' is not one of https, nats, tls", mbus.scheme()),
+            ));
+        }
+        const POLICIES: &[&str] = &["no", "always", "unless-stopped", "on-failure"];
+        if !POLICIES.contains(&self.vm_defaults.restart_policy.as_str()) {
+            return Err(ConfigError::invalid(
+                "vm_defaults.restart_policy",
+                &format!(
+                    "'{}' is not one of {}",
+                    self.vm_defaults.restart_policy,
+                    POLICIES.join(", ")
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// etcd TLS material, loaded.
+    pub fn etcd_tls(&self) -> Result<Option<TlsMaterial>, ConfigError> {
+        self.etcd
+            .tls
+            .as_ref()
+            .map(|t| t.load("etcd.tls"))
+            .transpose()
+    }
+
+    /// Docker client TLS material, loaded.
+    pub fn docker_tls(&self) -> Result<TlsMaterial, ConfigError> {
+        self.docker.tls.load("docker.tls")
+    }
+}
+
+fn is_api_version(v: &str) -> bool {
+    let mut parts = v.split('.');
+    matches!(
+        (parts.next(), parts.next(), parts.next()),
+        (Some(a), Some(b), None) if a.parse::<u32>().is_ok() && b.parse::<u32>().is_ok()
+    )
+}
+
+/// Deep-merges the overridable sections of `context` into the config document: a
+/// cpi-config's `properties` arrive at the top level of `context` and win over the file.
+pub fn merge_context(config: &mut Value, context: &Map<String, Value>) {
+    let Value::Object(target) = config else {
+        return;
+    };
+    for key in OVERRIDABLE {
+        if let Some(v) = context.get(*key) {
+            merge_value(target.entry(key.to_string()).or_insert(Value::Null), v);
+        }
+    }
+}
+
+fn merge_value(target: &mut Value, source: &Value) {
+    match (target, source) {
+        (Value::Object(t), Value::Object(s)) => {
+            for (k, v) in s {
+                merge_value(t.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+        (t, s) => *t = s.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const CERT: &str = "-----BEGIN CERTIFICATE-----\nMA==\n-----END CERTIFICATE-----\n";
+    const KEY: &str = "-----BEGIN PRIVATE KEY-----\nMA==\n-----END PRIVATE KEY-----\n";
+
+    fn minimal() -> Value {
+        json!({
+            "etcd": {"endpoints": ["https://127.0.0.1:2379"]},
+            "docker": {"tls": {"client_cert": CERT, "client_key": KEY}},
+            "agent": {"mbus": "https://mbus:pw@0.0.0.0:6868"}
+        })
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let c = Config::from_value(minimal()).unwrap();
+        assert_eq!(c.etcd.key_prefix, "/moltencore");
+        assert_eq!(c.etcd.flannel_prefix, "/coreos.com/network");
+        assert!(c.vm_defaults.privileged);
+        assert_eq!(c.vm_defaults.restart_policy, "always");
+        assert_eq!(c.vm_defaults.start_mode, StartMode::Runit);
+        assert_eq!(c.docker.api_version, "1.41");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let mut v = minimal();
+        v["vm_defaults"] = json!({"priviledged": false});
+        let e = Config::from_value(v).unwrap_err();
+        assert_eq!(e.key, "vm_defaults.priviledged");
+        assert!(e.problem.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let cases = [
+            (json!({"etcd": {"endpoints": []}}), "etcd.endpoints"),
+            (
+                json!({"etcd": {"endpoints": ["127.0.0.1:2379"]}}),
+                "etcd.endpoints[0]",
+            ),
+            (
+                json!({"etcd": {"endpoints": ["https://h:1"], "key_prefix": "mc"}}),
+                "etcd.key_prefix",
+            ),
+            (json!({"agent": {"mbus": "ftp://x"}}), "agent.mbus"),
+            (
+                json!({"vm_defaults": {"restart_policy": "sometimes"}}),
+                "vm_defaults.restart_policy",
+            ),
+            (
+                json!({"docker": {"tls": {"client_cert": null, "client_key": null}}}),
+                "docker.tls",
+            ),
+            (
+                json!({"docker": {"api_version": "v1"}}),
+                "docker.api_version",
+            ),
+            (
+                json!({"docker": {"tls": {"client_cert": "nope", "client_key": KEY}}}),
+                "docker.tls.client_cert",
+            ),
+            (
+                json!({"vm_defaults": {"start_mode": "upstart"}}),
+                "vm_defaults.start_mode",
+            ),
+        ];
+        for (patch, key) in cases {
+            let mut v = minimal();
+            merge_value(&mut v, &patch);
+            let e = Config::from_value(v).unwrap_err();
+            assert_eq!(e.key, key, "{e}");
+        }
+    }
+
+    #[test]
+    fn mbus_password_is_not_echoed() {
+        let mut v = minimal();
+        v["agent"]["mbus"] = json!("gopher://mbus:SECRETPW@x");
+        let e = Config::from_value(v).unwrap_err();
+        assert!(!e.to_string().contains("SECRETPW"), "{e}");
+    }
+
+    #[test]
+    fn context_properties_override_the_file() {
+        let mut v = minimal();
+        let ctx = json!({
+            "director_uuid": "u",
+            "etcd": {"key_prefix": "/other"},
+            "vm_defaults": {"privileged": false, "cap_add": ["ALL"]}
+        });
+        merge_context(&mut v, ctx.as_object().unwrap());
+        let c = Config::from_value(v).unwrap();
+        assert_eq!(c.etcd.key_prefix, "/other");
+        assert_eq!(c.etcd.endpoints, vec!["https://127.0.0.1:2379"]);
+        assert!(!c.vm_defaults.privileged);
+        assert_eq!(c.vm_defaults.cap_add, vec!["ALL"]);
+    }
+
+    #[test]
+    fn tls_from_files() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("c.pem"), CERT).unwrap();
+        std::fs::write(dir.path().join("k.pem"), KEY).unwrap();
+        let mut v = minimal();
+        v["docker"]["tls"] = json!({
+            "client_cert_file": dir.path().join("c.pem"),
+            "client_key_file": dir.path().join("k.pem"),
+        });
+        let c = Config::from_value(v).unwrap();
+        let tls = c.docker_tls().unwrap();
+        assert_eq!(tls.client_cert.as_deref(), Some(CERT));
+        assert_eq!(tls.ca_cert, None);
+        v = minimal();
+        v["docker"]["tls"] = json!({"client_cert": CERT, "client_key": KEY,
+            "ca_cert_file": "/nonexistent/ca.pem"});
+        assert_eq!(
+            Config::from_value(v).unwrap_err().key,
+            "docker.tls.ca_cert_file"
+        );
+    }
+}

@@ -1,0 +1,106 @@
+//! TLS material given inline (PEM text, as BOSH job properties carry it) or as file paths.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::ConfigError;
+use super::secret::Secret;
+
+/// How cpi.json names TLS material: each item either inline PEM or a `_file` path.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSource {
+    pub ca_cert: Option<String>,
+    pub ca_cert_file: Option<PathBuf>,
+    pub client_cert: Option<String>,
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key: Option<Secret>,
+    pub client_key_file: Option<PathBuf>,
+}
+
+/// TLS material loaded into memory. The CA may be absent when it is read elsewhere (the
+/// Docker CA comes from etcd when cpi.json does not give one).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsMaterial {
+    pub ca_cert: Option<String>,
+    pub client_cert: Option<String>,
+    pub client_key: Option<Secret>,
+}
+
+impl TlsSource {
+    /// Reads the files and checks that each item is given once and looks like PEM.
+    /// `section` names the config key in errors (e.g. `etcd.tls`).
+    pub fn load(&self, section: &str) -> Result<TlsMaterial, ConfigError> {
+        let ca_cert = pick(
+            section,
+            "ca_cert",
+            self.ca_cert.clone(),
+            self.ca_cert_file.as_deref(),
+        )?;
+        let client_cert = pick(
+            section,
+            "client_cert",
+            self.client_cert.clone(),
+            self.client_cert_file.as_deref(),
+        )?;
+        let client_key = pick(
+            section,
+            "client_key",
+            self.client_key.as_ref().map(|s| s.expose().to_string()),
+            self.client_key_file.as_deref(),
+        )?
+        .map(Secret::new);
+        if client_cert.is_some() != client_key.is_some() {
+            return Err(ConfigError::invalid(
+                section,
+                "client_cert and client_key must be given together",
+            ));
+        }
+        for (key, pem, marker) in [
+            ("ca_cert", ca_cert.as_deref(), "CERTIFICATE"),
+            ("client_cert", client_cert.as_deref(), "CERTIFICATE"),
+            (
+                "client_key",
+                client_key.as_ref().map(Secret::expose),
+                "PRIVATE KEY",
+            ),
+        ] {
+            if let Some(pem) = pem
+                && !(pem.contains("-----BEGIN") && pem.contains(marker))
+            {
+                return Err(ConfigError::invalid(
+                    &format!("{section}.{key}"),
+                    &format!("is not PEM text containing a {marker} block"),
+                ));
+            }
+        }
+        Ok(TlsMaterial {
+            ca_cert,
+            client_cert,
+            client_key,
+        })
+    }
+}
+
+fn pick(
+    section: &str,
+    key: &str,
+    inline: Option<String>,
+    file: Option<&Path>,
+) -> Result<Option<String>, ConfigError> {
+    match (inline.filter(|s| !s.trim().is_empty()), file) {
+        (Some(_), Some(_)) => Err(ConfigError::invalid(
+            &format!("{section}.{key}"),
+            &format!("give either {key} or {key}_file, not both"),
+        )),
+        (Some(pem), None) => Ok(Some(pem)),
+        (None, Some(path)) => std::fs::read_to_string(path).map(Some).map_err(|e| {
+            ConfigError::invalid(
+                &format!("{section}.{key}_file"),
+                &format!("cannot read {}: {e}", path.display()),
+            )
+        }),
+        (None, None) => Ok(None),
+    }
+}

@@ -1,0 +1,182 @@
+//! A Docker client for one node: bollard over mutual TLS, with errors that name the node.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bollard::{BollardRequest, ClientVersion, Docker};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::protocol::CpiError;
+
+/// How to reach every node's Docker: TLS material and timeouts shared by all nodes.
+#[derive(Clone)]
+pub struct DockerAccess {
+    tls: Arc<rustls::ClientConfig>,
+    /// `None` negotiates with each node.
+    pub api_version: Option<ClientVersion>,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+}
+
+impl DockerAccess {
+    /// Prepares TLS from PEM text. `api_version` is `"auto"` or `MAJOR.MINOR`.
+    pub fn new(
+        ca_pem: &str,
+        cert_pem: &str,
+        key_pem: &str,
+        api_version: &str,
+        connect_timeout: Duration,
+        request_timeout: Duration,
+    ) -> Result<DockerAccess, CpiError> {
+        let tls = super::tls::client_config(ca_pem, cert_pem, key_pem).map_err(CpiError::cpi)?;
+        let api_version = parse_api_version(api_version);
+        Ok(DockerAccess {
+            tls,
+            api_version,
+            connect_timeout,
+            request_timeout,
+        })
+    }
+
+    /// A client for the node `name` at `endpoint` (`tcp://ip:port` or `https://ip:port`).
+    /// Connecting is lazy; the first request reports an unreachable node.
+    pub async fn connect(&self, name: &str, endpoint: &str) -> Result<NodeDocker, CpiError> {
+        let address = endpoint
+            .strip_prefix("tcp://")
+            .or_else(|| endpoint.strip_prefix("https://"))
+            .ok_or_else(|| {
+                CpiError::cpi(format!(
+                    "node {name}: docker endpoint '{endpoint}' must be tcp://host:port"
+                ))
+            })?
+            .trim_end_matches('/')
+            .to_string();
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(self.connect_timeout));
+        http.set_nodelay(true);
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config((*self.tls).clone())
+            .https_only()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Arc::new(Client::builder(TokioExecutor::new()).build(https));
+        let transport = move |req: BollardRequest| {
+            let client = Arc::clone(&client);
+            async move {
+                client
+                    .request(req)
+                    .await
+                    .map_err(|e| bollard::errors::Error::from(std::io::Error::other(e)))
+            }
+        };
+        let version = self.api_version.unwrap_or(*bollard::API_DEFAULT_VERSION);
+        let docker = Docker::connect_with_custom_transport(
+            transport,
+            Some(format!("https://{address}")),
+            self.request_timeout.as_secs(),
+            &version,
+        )
+        .map_err(|e| CpiError::cpi(format!("node {name}: docker client setup failed: {e}")))?;
+        let node = NodeDocker {
+            name: name.to_string(),
+            endpoint: endpoint.to_string(),
+            docker,
+        };
+        if self.api_version.is_none() {
+            let docker = node
+                .docker
+                .clone()
+                .negotiate_version()
+                .await
+                .map_err(|e| node.error("negotiating the API version", &e))?;
+            return Ok(NodeDocker { docker, ..node });
+        }
+        Ok(node)
+    }
+}
+
+fn parse_api_version(v: &str) -> Option<ClientVersion> {
+    let (major, minor) = v.split_once('.')?;
+    Some(ClientVersion {
+        major_version: major.parse().ok()?,
+        minor_version: minor.parse().ok()?,
+    })
+}
+
+/// The Docker daemon of one node.
+#[derive(Clone)]
+pub struct NodeDocker {
+    /// Node name, for error messages and logs.
+    pub name: String,
+    /// The endpoint as registered.
+    pub endpoint: String,
+    /// The bollard client.
+    pub docker: Docker,
+}
+
+impl NodeDocker {
+    /// The daemon's version string; proves the node is reachable and trusts us.
+    pub async fn version(&self) -> Result<String, CpiError> {
+        let v = self
+            .docker
+            .version()
+            .await
+            .map_err(|e| self.error("asking its version", &e))?;
+        Ok(v.version.unwrap_or_else(|| "unknown".into()))
+    }
+
+    /// A `CloudError` (or the caller's kind later) naming this node, its endpoint and what
+    /// was being done. Connection problems and Docker 5xx are retriable.
+    pub fn error(&self, doing: &str, e: &bollard::errors::Error) -> CpiError {
+        CpiError::cloud(
+            format!(
+                "node {} ({}): {doing} failed: {}",
+                self.name,
+                self.endpoint,
+                describe(e)
+            ),
+            is_transient(e),
+        )
+    }
+}
+
+/// Whether a retry can help: the node could not be reached, timed out, or answered 5xx.
+pub fn is_transient(e: &bollard::errors::Error) -> bool {
+    use bollard::errors::Error as E;
+    match e {
+        E::DockerResponseServerError { status_code, .. } => *status_code >= 500,
+        E::IOError { .. } | E::HyperResponseError { .. } | E::RequestTimeoutError => true,
+        _ => false,
+    }
+}
+
+/// An error with its source chain, so "connection refused" or a certificate rejection is
+/// visible instead of a bare "client error".
+pub fn describe(e: &bollard::errors::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_versions() {
+        let v = parse_api_version("1.41").unwrap();
+        assert_eq!((v.major_version, v.minor_version), (1, 41));
+        assert!(parse_api_version("auto").is_none());
+    }
+}

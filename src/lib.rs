@@ -1,0 +1,12 @@
+//! MoltenCore: a BOSH CPI that runs BOSH VMs as containers across a cluster of Docker
+//! hosts joined by etcd and Flannel.
+
+pub mod cloud;
+pub mod cluster;
+pub mod commands;
+pub mod config;
+pub mod docker;
+pub mod logging;
+pub mod placement;
+pub mod protocol;
+pub mod redact;
