@@ -12,6 +12,17 @@ use tracing_subscriber::{EnvFilter, Layer, reload};
 /// Environment variable that sets the log filter, winning over cpi.json's `log_level`.
 pub const LOG_ENV: &str = "MOLTENCORE_LOG";
 
+/// The filter for a plain level (`debug`) applies to this crate only; libraries stay at
+/// `warn`, because their debug output (HTTP/2 headers, etcd auth tokens) may carry secrets.
+/// A full directive (containing `=` or `,`) is taken as written.
+fn directive(level: &str) -> String {
+    if level.contains('=') || level.contains(',') {
+        level.to_string()
+    } else {
+        format!("warn,moltencore={level},cpi={level}")
+    }
+}
+
 /// Handle to the installed logging: change the level once the config is read, and take
 /// the captured lines for the response.
 pub struct Logging {
@@ -45,7 +56,10 @@ impl<'a> MakeWriter<'a> for Captured {
 impl Logging {
     /// Installs the global subscriber. The filter comes from `MOLTENCORE_LOG`, else `info`.
     pub fn init() -> Logging {
-        let filter = EnvFilter::try_from_env(LOG_ENV).unwrap_or_else(|_| EnvFilter::new("info"));
+        let filter = std::env::var(LOG_ENV)
+            .ok()
+            .and_then(|level| EnvFilter::try_new(directive(&level)).ok())
+            .unwrap_or_else(|| EnvFilter::new(directive("info")));
         let (filter, reload) = reload::Layer::new(filter);
         let captured = Captured::default();
         let stderr = tracing_subscriber::fmt::layer()
@@ -72,7 +86,7 @@ impl Logging {
         if std::env::var_os(LOG_ENV).is_some() {
             return;
         }
-        match EnvFilter::try_new(level) {
+        match EnvFilter::try_new(directive(level)) {
             Ok(f) => {
                 let _ = self.reload.modify(|current| *current = f);
             }

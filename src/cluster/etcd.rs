@@ -74,8 +74,13 @@ fn unreachable(endpoints: &[String], e: &etcd_client::Error) -> CpiError {
 /// A one-line description of an etcd error including its source chain (tonic hides the
 /// useful part, such as "connection refused" or a certificate problem, in sources).
 fn describe(e: &etcd_client::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
+    let (mut text, mut source) = match e {
+        etcd_client::Error::GRpcStatus(status) => (
+            format!("{:?}: {}", status.code(), status.message()),
+            std::error::Error::source(status),
+        ),
+        other => (other.to_string(), std::error::Error::source(other)),
+    };
     while let Some(s) = source {
         let more = s.to_string();
         if !text.contains(&more) {

@@ -44,8 +44,9 @@ pub fn answer(raw: &str, config_path: PathBuf, logging: &Logging) -> Response {
     let request = match Request::parse(raw) {
         Ok(r) => r,
         Err(e) => {
+            let log = logging.take_captured();
             tracing::error!(error = %e, "rejected request");
-            return Response::error(&e, logging.take_captured());
+            return Response::error(&e, log);
         }
     };
     let span = tracing::info_span!(
@@ -63,8 +64,9 @@ pub fn answer(raw: &str, config_path: PathBuf, logging: &Logging) -> Response {
         Ok(call) => run_call(call, config_path, request.context, logging).instrument(span.clone()),
         Err(e) => {
             let _entered = span.enter();
+            let log = logging.take_captured();
             tracing::error!(error = %e, "rejected arguments");
-            return Response::error(&e, logging.take_captured());
+            return Response::error(&e, log);
         }
     };
     let result = match tokio_runtime() {
@@ -74,14 +76,17 @@ pub fn answer(raw: &str, config_path: PathBuf, logging: &Logging) -> Response {
         ))),
     };
     let _entered = span.enter();
+    // The response's log carries what was warned about during the call; the final
+    // outcome is in the response itself and goes to stderr only.
+    let log = logging.take_captured();
     match result {
         Ok(r) => {
             tracing::info!("done");
-            Response::ok(r, api, logging.take_captured())
+            Response::ok(r, api, log)
         }
         Err(e) => {
             tracing::error!(error = %e, retry = e.ok_to_retry, "failed");
-            Response::error(&e, logging.take_captured())
+            Response::error(&e, log)
         }
     }
 }

@@ -1,0 +1,163 @@
+//! Black-box tests of cluster access through the built `cpi` binary against the local
+//! cluster: the cluster view from etcd, the node check over mutual TLS, cpi-config
+//! overrides in `context`, and clear errors for unreachable nodes.
+
+mod common;
+
+use std::process::Command;
+
+use common::{cluster, cluster_config, cpi_bin, expect_error, expect_result};
+use moltencore::cluster::Etcd;
+use moltencore::config::Config;
+use serde_json::{Value, json};
+
+fn calculate(cpu: u64, ram: u64) -> String {
+    json!({"method":"calculate_vm_cloud_properties",
+           "arguments":[{"cpu":cpu,"ram":ram,"ephemeral_disk_size":2048}],
+           "context":{"director_uuid":"d","request_id":"cpi-1"},"api_version":2})
+    .to_string()
+}
+
+#[test]
+fn calculate_vm_cloud_properties_reads_node_capacity_from_etcd() {
+    let config = cluster_config();
+    let result = expect_result(&calculate(1, 512), Some(&config));
+    assert_eq!(
+        result,
+        json!({"cpu": 1, "ram": 512, "ephemeral_disk": 2048})
+    );
+
+    let (kind, message, _) = expect_error(&calculate(4096, 512), Some(&config));
+    assert_eq!(kind, "Bosh::Clouds::CpiError");
+    assert!(message.contains("4096 CPUs"), "{message}");
+    let first = cluster()["nodes"][0]["name"].as_str().unwrap().to_string();
+    let names: Vec<String> = cluster()["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["name"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        names.iter().any(|n| message.contains(&format!("{n} has"))),
+        "message names no node ({first}...): {message}"
+    );
+}
+
+#[test]
+fn cpi_config_properties_in_context_override_the_file() {
+    let config = cluster_config();
+    // A cpi-config pointing this CPI at an empty key prefix: it sees no nodes.
+    let req = json!({"method":"calculate_vm_cloud_properties",
+        "arguments":[{"cpu":1,"ram":512,"ephemeral_disk_size":2048}],
+        "context":{"director_uuid":"d","etcd":{"key_prefix":"/moltencore-empty-test"}}});
+    let (kind, message, _) = expect_error(&req.to_string(), Some(&config));
+    assert_eq!(kind, "Bosh::Clouds::CpiError");
+    assert!(message.contains("no nodes registered"), "{message}");
+}
+
+#[test]
+fn cpi_nodes_checks_every_node_over_mutual_tls() {
+    let out = Command::new(cpi_bin())
+        .args(["nodes", "--json", "-c"])
+        .arg(cluster_config())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "cpi nodes failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: Value = serde_json::from_str(&stdout).unwrap();
+    let rows = doc["nodes"].as_array().unwrap();
+    let expected = cluster()["nodes"].as_array().unwrap().len();
+    assert_eq!(rows.len(), expected, "{stdout}");
+    for row in rows {
+        assert!(row["docker"]["Ok"].is_string(), "{row}");
+        assert_eq!(row["state"], "ready");
+        assert_eq!(row["lease"], "ok");
+    }
+}
+
+/// Registers, under a private key prefix, one real node and one whose Docker endpoint does
+/// not answer, and returns a config pointing at that prefix.
+fn config_with_dead_node(dir: &std::path::Path) -> std::path::PathBuf {
+    let base: Value =
+        serde_json::from_str(&std::fs::read_to_string(cluster_config()).unwrap()).unwrap();
+    let prefix = format!("/moltencore-test-{}", uuid::Uuid::new_v4().simple());
+    let mut patched = base.clone();
+    patched["etcd"]["key_prefix"] = json!(prefix);
+    let path = dir.join("cpi.json");
+    std::fs::write(&path, patched.to_string()).unwrap();
+
+    let c = cluster();
+    let real = &c["nodes"][0];
+    let ca = std::fs::read_to_string(c["docker_tls"]["ca_cert_file"].as_str().unwrap()).unwrap();
+    let config = Config::from_value(patched).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let etcd = Etcd::connect(&config).await.unwrap();
+        let mut kv = etcd.client();
+        let record = |name: &str, endpoint: &str, subnet: &str, gw: &str| {
+            json!({"name": name, "private_ip": "192.0.2.250", "docker_endpoint": endpoint,
+                   "subnet": subnet, "gateway": gw, "state": "ready"})
+            .to_string()
+        };
+        kv.put(
+            format!("{prefix}/nodes/alive"),
+            record(
+                "alive",
+                real["docker_endpoint"].as_str().unwrap(),
+                real["subnet"].as_str().unwrap(),
+                real["gateway"].as_str().unwrap(),
+            ),
+            None,
+        )
+        .await
+        .unwrap();
+        // Loopback port 9: nothing listens there, the connection is refused at once.
+        kv.put(
+            format!("{prefix}/nodes/dead"),
+            record("dead", "tcp://127.0.0.1:9", "10.1.200.0/24", "10.1.200.1"),
+            None,
+        )
+        .await
+        .unwrap();
+        kv.put(format!("{prefix}/nodes/garbled"), "{not json", None)
+            .await
+            .unwrap();
+        kv.put(format!("{prefix}/pki/ca.crt"), ca, None)
+            .await
+            .unwrap();
+    });
+    path
+}
+
+#[test]
+fn an_unreachable_node_is_named_with_its_endpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_with_dead_node(dir.path());
+    let out = Command::new(cpi_bin())
+        .args(["nodes", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a dead node must fail the check:\n{stdout}"
+    );
+    let dead = stdout
+        .lines()
+        .find(|l| l.starts_with("dead "))
+        .unwrap_or_else(|| panic!("no row for the dead node:\n{stdout}"));
+    assert!(dead.contains("UNREACHABLE"), "{dead}");
+    assert!(dead.contains("tcp://127.0.0.1:9"), "{dead}");
+    let alive = stdout.lines().find(|l| l.starts_with("alive ")).unwrap();
+    assert!(alive.contains("ok ("), "{alive}");
+    assert!(
+        stdout.contains("warning: node record") && stdout.contains("garbled"),
+        "an unreadable record is reported:\n{stdout}"
+    );
+}

@@ -1,0 +1,140 @@
+//! Helpers shared by the black-box tests: run the built `cpi` binary, check the response
+//! document, and find the local cluster brought up by `ci/cluster`.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+/// What one `cpi` run produced.
+pub struct CpiRun {
+    pub status: std::process::ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+    /// stdout parsed as JSON (the test fails if it is not).
+    pub response: Value,
+}
+
+/// Path of the built binary.
+pub fn cpi_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_cpi"))
+}
+
+/// Runs `cpi` with `request` on stdin and the given config and extra environment.
+pub fn run_cpi(request: &str, config: Option<&Path>, env: &[(&str, &str)]) -> CpiRun {
+    let mut cmd = Command::new(cpi_bin());
+    if let Some(c) = config {
+        cmd.arg("-c").arg(c);
+    } else {
+        cmd.arg("-c").arg("/nonexistent/cpi.json");
+    }
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env_remove("MOLTENCORE_LOG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn cpi");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(request.as_bytes())
+        .expect("write request");
+    let out = child.wait_with_output().expect("wait for cpi");
+    let stdout = String::from_utf8(out.stdout).expect("stdout is UTF-8");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let response: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!("stdout is not one JSON document ({e}):\n{stdout}\nstderr:\n{stderr}")
+    });
+    assert_eq!(
+        stdout.trim().lines().count(),
+        1,
+        "exactly one response line expected:\n{stdout}"
+    );
+    CpiRun {
+        status: out.status,
+        stdout,
+        stderr,
+        response,
+    }
+}
+
+/// Asserts the response document has the contract's shape: `result`, `error` and `log`
+/// present, `log` a string, and `error` either null or a typed object with a boolean
+/// `ok_to_retry`. Also asserts exit status 0.
+pub fn assert_schema(run: &CpiRun) {
+    assert!(
+        run.status.success(),
+        "exit status {:?}, stderr:\n{}",
+        run.status,
+        run.stderr
+    );
+    let r = run.response.as_object().expect("response is an object");
+    assert_eq!(r.len(), 3, "exactly result/error/log: {}", run.stdout);
+    assert!(r.contains_key("result"), "no result: {}", run.stdout);
+    assert!(r["log"].is_string(), "log must be a string: {}", run.stdout);
+    match &r["error"] {
+        Value::Null => {}
+        Value::Object(e) => {
+            let t = e["type"].as_str().expect("error.type is a string");
+            assert!(t.starts_with("Bosh::Clouds::"), "error type {t}");
+            assert!(e["message"].is_string(), "error.message: {}", run.stdout);
+            assert!(e["ok_to_retry"].is_boolean(), "ok_to_retry: {}", run.stdout);
+            assert!(r["result"].is_null(), "result must be null on error");
+        }
+        other => panic!("error must be null or an object, got {other}"),
+    }
+}
+
+/// Runs and checks the schema, then returns the error (type, message) or panics.
+pub fn expect_error(request: &str, config: Option<&Path>) -> (String, String, CpiRun) {
+    let run = run_cpi(request, config, &[]);
+    assert_schema(&run);
+    let e = &run.response["error"];
+    assert!(e.is_object(), "expected an error, got {}", run.stdout);
+    (
+        e["type"].as_str().unwrap().to_string(),
+        e["message"].as_str().unwrap().to_string(),
+        run,
+    )
+}
+
+/// Runs and checks the schema, then returns the result or panics with the error.
+pub fn expect_result(request: &str, config: Option<&Path>) -> Value {
+    let run = run_cpi(request, config, &[]);
+    assert_schema(&run);
+    assert!(
+        run.response["error"].is_null(),
+        "expected success, got {}\nstderr:\n{}",
+        run.stdout,
+        run.stderr
+    );
+    run.response["result"].clone()
+}
+
+/// The running local cluster, from `MC_CLUSTER_FILE`. Fails loudly when absent: these
+/// tests need the real daemons and must never pass without them.
+pub fn cluster() -> Value {
+    let path = std::env::var("MC_CLUSTER_FILE").unwrap_or_else(|_| {
+        panic!(
+            "MC_CLUSTER_FILE is not set: this test needs the local cluster. \
+             Run the tests with ci/test, or `ci/cluster up` and `eval \"$(ci/cluster env)\"`."
+        )
+    });
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read MC_CLUSTER_FILE {path}: {e}"));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path} is not JSON: {e}"))
+}
+
+/// The cluster's generated cpi.json.
+pub fn cluster_config() -> PathBuf {
+    PathBuf::from(
+        cluster()["cpi_config_file"]
+            .as_str()
+            .expect("cluster.json has cpi_config_file"),
+    )
+}
