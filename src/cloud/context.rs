@@ -10,7 +10,7 @@ use tokio::sync::OnceCell;
 
 use crate::cluster::{ClusterView, Etcd, Keys};
 use crate::config::Config;
-use crate::docker::DockerAccess;
+use crate::docker::{DockerAccess, NodeDocker};
 use crate::logging::Logging;
 use crate::protocol::CpiError;
 
@@ -21,6 +21,7 @@ pub struct CloudContext<'a> {
     logging: Option<&'a Logging>,
     config: OnceCell<Config>,
     etcd: OnceCell<Etcd>,
+    docker: OnceCell<DockerAccess>,
 }
 
 impl<'a> CloudContext<'a> {
@@ -37,6 +38,7 @@ impl<'a> CloudContext<'a> {
             logging,
             config: OnceCell::new(),
             etcd: OnceCell::new(),
+            docker: OnceCell::new(),
         }
     }
 
@@ -69,6 +71,22 @@ impl<'a> CloudContext<'a> {
     pub async fn view(&self) -> Result<ClusterView, CpiError> {
         let keys = self.keys().await?;
         ClusterView::load(self.etcd().await?, &keys).await
+    }
+
+    /// A Docker client for the node `name` of `view`.
+    pub async fn node_docker(
+        &self,
+        view: &ClusterView,
+        name: &str,
+    ) -> Result<NodeDocker, CpiError> {
+        let node = view
+            .node(name)
+            .ok_or_else(|| CpiError::cpi(format!("node {name} is not registered in etcd")))?;
+        let access = self
+            .docker
+            .get_or_try_init(|| self.docker_access(view))
+            .await?;
+        access.connect(&node.name, &node.docker_endpoint).await
     }
 
     /// Docker access for all nodes: the client certificate from the config, the CA from the

@@ -2,6 +2,7 @@
 
 mod context;
 mod info;
+pub mod stemcell;
 mod vm_properties;
 
 pub use context::CloudContext;
@@ -14,6 +15,11 @@ pub async fn handle(ctx: &CloudContext<'_>, call: Call) -> Result<CallResult, Cp
     match call {
         Call::Info => Ok(info::info()),
         Call::CalculateVmCloudProperties(req) => vm_properties::calculate(ctx, req).await,
+        Call::CreateStemcell {
+            image_path,
+            cloud_properties,
+        } => stemcell::create(ctx, &image_path, &cloud_properties).await,
+        Call::DeleteStemcell { stemcell_cid } => stemcell::delete(ctx, &stemcell_cid).await,
         Call::CreateNetwork | Call::DeleteNetwork => Err(CpiError::not_implemented(
             "director-managed networks are not supported: declare manual or dynamic networks in the cloud-config",
         )),
@@ -25,6 +31,11 @@ pub async fn handle(ctx: &CloudContext<'_>, call: Call) -> Result<CallResult, Cp
             method_name(&other)
         ))),
     }
+}
+
+/// The current time as RFC 3339 UTC, for index records and labels.
+pub fn now() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
 }
 
 /// The wire name of a call, for messages.

@@ -1,6 +1,7 @@
 //! etcd access: the cluster's node records, Flannel state and PKI material.
 
 pub mod etcd;
+pub mod index;
 pub mod model;
 pub mod view;
 

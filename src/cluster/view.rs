@@ -35,6 +35,22 @@ impl Keys {
     pub fn ca_cert(&self) -> String {
         format!("{}/pki/ca.crt", self.key_prefix)
     }
+    /// Prefix of the stemcell index.
+    pub fn stemcells(&self) -> String {
+        format!("{}/stemcells/", self.key_prefix)
+    }
+    /// One stemcell's index record.
+    pub fn stemcell(&self, cid: &str) -> String {
+        format!("{}/stemcells/{cid}", self.key_prefix)
+    }
+    /// Prefix of the VM index.
+    pub fn vms(&self) -> String {
+        format!("{}/vms/", self.key_prefix)
+    }
+    /// One VM's index record.
+    pub fn vm(&self, cid: &str) -> String {
+        format!("{}/vms/{cid}", self.key_prefix)
+    }
     /// Flannel's network config.
     pub fn flannel_config(&self) -> String {
         format!("{}/config", self.flannel_prefix)

@@ -5,3 +5,4 @@ pub mod node;
 pub mod tls;
 
 pub use node::{DockerAccess, NodeDocker};
+pub mod images;

@@ -138,3 +138,115 @@ pub fn cluster_config() -> PathBuf {
             .expect("cluster.json has cpi_config_file"),
     )
 }
+
+/// The test stemcell folder built by ci/build-test-stemcell (MC_TEST_STEMCELL_DIR); fails
+/// loudly when it is not there.
+pub fn test_stemcell_dir() -> PathBuf {
+    let dir = std::env::var("MC_TEST_STEMCELL_DIR").unwrap_or_else(|_| {
+        panic!(
+            "MC_TEST_STEMCELL_DIR is not set: build it with ci/build-test-stemcell (ci/test does)"
+        )
+    });
+    let dir = PathBuf::from(dir);
+    assert!(
+        dir.join("image").is_file() && dir.join("stemcell.MF").is_file(),
+        "{} holds no test stemcell",
+        dir.display()
+    );
+    dir
+}
+
+/// Node names of the running cluster, in order.
+pub fn node_names() -> Vec<String> {
+    cluster()["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// A Docker client for a node through its unix socket (the harness's own access, not the
+/// CPI's), to check what really happened on the node.
+pub async fn node_socket(name: &str) -> bollard::Docker {
+    let c = cluster();
+    let node = c["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == name)
+        .unwrap_or_else(|| panic!("no node {name} in the cluster"));
+    bollard::Docker::connect_with_unix(
+        node["docker_socket"].as_str().unwrap(),
+        120,
+        bollard::API_DEFAULT_VERSION,
+    )
+    .unwrap()
+    .negotiate_version()
+    .await
+    .unwrap()
+}
+
+/// A tokio runtime for tests that talk to the nodes.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Writes a copy of the cluster's cpi.json with another etcd key prefix, so a test can
+/// register its own (possibly broken) nodes without disturbing the shared cluster. Returns
+/// the config path and the prefix.
+pub fn private_config(dir: &Path) -> (PathBuf, String) {
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(cluster_config()).unwrap()).unwrap();
+    let prefix = format!("/moltencore-test-{}", uuid::Uuid::new_v4().simple());
+    config["etcd"]["key_prefix"] = Value::String(prefix.clone());
+    let path = dir.join("cpi.json");
+    std::fs::write(&path, config.to_string()).unwrap();
+    (path, prefix)
+}
+
+/// Copies the cluster's node records (and the CA) under `prefix`, and adds the extra
+/// records given as (name, JSON).
+pub fn register_nodes(config: &Path, prefix: &str, extra: &[(&str, Value)]) {
+    let cfg = moltencore::config::Config::from_value(
+        serde_json::from_str(&std::fs::read_to_string(config).unwrap()).unwrap(),
+    )
+    .unwrap();
+    runtime().block_on(async {
+        let etcd = moltencore::cluster::Etcd::connect(&cfg).await.unwrap();
+        let mut kv = etcd.client();
+        let base = cluster()["key_prefix"].as_str().unwrap().to_string();
+        let src = kv
+            .get(
+                format!("{base}/"),
+                Some(etcd_client::GetOptions::new().with_prefix()),
+            )
+            .await
+            .unwrap();
+        for item in src.kvs() {
+            let key = item.key_str().unwrap();
+            let rest = key.strip_prefix(&base).unwrap();
+            if rest.starts_with("/nodes/") || rest == "/pki/ca.crt" {
+                kv.put(format!("{prefix}{rest}"), item.value(), None)
+                    .await
+                    .unwrap();
+            }
+        }
+        for (name, record) in extra {
+            kv.put(format!("{prefix}/nodes/{name}"), record.to_string(), None)
+                .await
+                .unwrap();
+        }
+    });
+}
+
+/// A node record whose Docker endpoint refuses connections at once.
+pub fn dead_node_record(name: &str) -> Value {
+    serde_json::json!({"name": name, "private_ip": "192.0.2.250",
+        "docker_endpoint": "tcp://127.0.0.1:9", "subnet": "10.1.200.0/24",
+        "gateway": "10.1.200.1", "state": "ready"})
+}

@@ -1,0 +1,180 @@
+//! `stemcell.MF`: what a stemcell says about itself (name, version, OS, formats, digest).
+
+use serde::Deserialize;
+use sha1::Digest as _;
+
+/// The fields of `stemcell.MF` this CPI uses; unknown keys are ignored.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct Manifest {
+    pub name: String,
+    #[serde(deserialize_with = "string_or_number")]
+    pub version: String,
+    #[serde(default)]
+    pub operating_system: Option<String>,
+    #[serde(default)]
+    pub sha1: Option<String>,
+    #[serde(default)]
+    pub stemcell_formats: Vec<String>,
+    #[serde(default)]
+    pub api_version: Option<u32>,
+}
+
+fn string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum V {
+        S(String),
+        I(i64),
+        F(f64),
+    }
+    Ok(match V::deserialize(d)? {
+        V::S(s) => s,
+        V::I(i) => i.to_string(),
+        V::F(f) => f.to_string(),
+    })
+}
+
+/// Formats whose `image` is a (gzipped) rootfs tarball this CPI imports.
+pub const ROOTFS_FORMATS: &[&str] = &["warden-tar", "general-tar"];
+
+impl Manifest {
+    /// Parses the manifest text; the error says which field is wrong.
+    pub fn parse(text: &str) -> Result<Manifest, String> {
+        serde_yaml_ng::from_str(text).map_err(|e| format!("stemcell.MF is not valid: {e}"))
+    }
+
+    /// Checks the stemcell is a rootfs format this CPI imports (an empty list is accepted:
+    /// old stemcells do not declare formats).
+    pub fn check_format(&self) -> Result<(), String> {
+        if self.stemcell_formats.is_empty()
+            || self
+                .stemcell_formats
+                .iter()
+                .any(|f| ROOTFS_FORMATS.contains(&f.as_str()))
+        {
+            Ok(())
+        } else {
+            Err(format!(
+                "stemcell {}/{} has formats [{}]; this CPI imports {}",
+                self.name,
+                self.version,
+                self.stemcell_formats.join(", "),
+                ROOTFS_FORMATS.join(" or ")
+            ))
+        }
+    }
+
+    /// The digest the image must have, when the manifest gives one.
+    pub fn expected_digest(&self) -> Result<Option<ExpectedDigest>, String> {
+        self.sha1.as_deref().map(ExpectedDigest::parse).transpose()
+    }
+}
+
+/// A digest from the manifest's `sha1` field: a bare sha1, or `sha1:`/`sha256:` prefixed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExpectedDigest {
+    Sha1(String),
+    Sha256(String),
+}
+
+impl ExpectedDigest {
+    /// Parses `abc...`, `sha1:abc...` or `sha256:abc...` (a multi-digest takes the first
+    /// algorithm this CPI knows).
+    pub fn parse(text: &str) -> Result<ExpectedDigest, String> {
+        for part in text.split(';').map(str::trim) {
+            let (algo, hex) = part.split_once(':').unwrap_or(("sha1", part));
+            let hex = hex.trim().to_ascii_lowercase();
+            let ok = |len: usize| hex.len() == len && hex.chars().all(|c| c.is_ascii_hexdigit());
+            match algo.trim() {
+                "sha1" if ok(40) => return Ok(ExpectedDigest::Sha1(hex)),
+                "sha256" if ok(64) => return Ok(ExpectedDigest::Sha256(hex)),
+                _ => {}
+            }
+        }
+        Err(format!(
+            "stemcell.MF sha1 '{text}' is not a sha1 or sha256 digest"
+        ))
+    }
+
+    /// A hasher for this digest's algorithm.
+    pub fn hasher(&self) -> Hasher {
+        match self {
+            ExpectedDigest::Sha1(_) => Hasher::Sha1(sha1::Sha1::new()),
+            ExpectedDigest::Sha256(_) => Hasher::Sha256(sha2::Sha256::new()),
+        }
+    }
+
+    /// The expected hex value.
+    pub fn hex(&self) -> &str {
+        match self {
+            ExpectedDigest::Sha1(h) | ExpectedDigest::Sha256(h) => h,
+        }
+    }
+}
+
+/// An incremental digest over the streamed image.
+pub enum Hasher {
+    Sha1(sha1::Sha1),
+    Sha256(sha2::Sha256),
+}
+
+impl Hasher {
+    /// Adds bytes.
+    pub fn update(&mut self, data: &[u8]) {
+        match self {
+            Hasher::Sha1(h) => h.update(data),
+            Hasher::Sha256(h) => h.update(data),
+        }
+    }
+
+    /// The final hex digest.
+    pub fn finish(self) -> String {
+        match self {
+            Hasher::Sha1(h) => hex::encode(h.finalize()),
+            Hasher::Sha256(h) => hex::encode(h.finalize()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_warden_manifest() {
+        let m = Manifest::parse(
+            "---\nname: bosh-warden-boshlite-ubuntu-jammy-go_agent\nversion: 1.500\n\
+             api_version: 3\nsha1: 6dac6e6e12aed7d4bd09e1c2add0ed750ef3b0c5\n\
+             operating_system: ubuntu-jammy\nstemcell_formats:\n- warden-tar\n- general-tar\n\
+             cloud_properties: {}\n",
+        )
+        .unwrap();
+        assert_eq!(m.version, "1.5");
+        assert!(m.check_format().is_ok());
+        assert_eq!(
+            m.expected_digest().unwrap(),
+            Some(ExpectedDigest::Sha1(
+                "6dac6e6e12aed7d4bd09e1c2add0ed750ef3b0c5".into()
+            ))
+        );
+    }
+
+    #[test]
+    fn rejects_foreign_formats_and_bad_digests() {
+        let m = Manifest::parse("name: x\nversion: '1'\nstemcell_formats: [aws-raw]\n").unwrap();
+        let e = m.check_format().unwrap_err();
+        assert!(e.contains("aws-raw") && e.contains("warden-tar"), "{e}");
+        assert!(ExpectedDigest::parse("nothex").is_err());
+        let d = ExpectedDigest::parse(&format!("sha256:{}", "a".repeat(64))).unwrap();
+        assert!(matches!(d, ExpectedDigest::Sha256(_)));
+    }
+
+    #[test]
+    fn hashes_incrementally() {
+        let d = ExpectedDigest::parse("a9993e364706816aba3e25717850c26c9cd0d89d").unwrap();
+        let mut h = d.hasher();
+        h.update(b"ab");
+        h.update(b"c");
+        assert_eq!(h.finish(), d.hex());
+    }
+}

@@ -1,0 +1,258 @@
+//! Stemcells: imported into every ready node at once from one read of the image, copied
+//! node-to-node to a node that lacks one when a VM is placed there, removed everywhere.
+
+pub mod manifest;
+pub mod source;
+
+use futures_util::future::join_all;
+use serde::{Deserialize, Serialize};
+
+use super::CloudContext;
+use crate::cluster::{NodeState, index};
+use crate::docker::NodeDocker;
+use crate::docker::images::{self, ImportTarget, StreamCheck};
+use crate::protocol::{CallResult, CpiError, Object};
+use manifest::{ExpectedDigest, Hasher, Manifest};
+use source::StemcellSource;
+
+/// Repository of stemcell images on every node; the tag is the stemcell cid.
+pub const IMAGE_REPO: &str = "moltencore-stemcell";
+
+/// The image reference of a stemcell on a node.
+pub fn image_reference(cid: &str) -> String {
+    format!("{IMAGE_REPO}:{cid}")
+}
+
+/// The index record of a stemcell.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StemcellRecord {
+    pub cid: String,
+    pub name: String,
+    pub version: String,
+    #[serde(default)]
+    pub operating_system: Option<String>,
+    /// Nodes that had the image after create_stemcell.
+    #[serde(default)]
+    pub nodes: Vec<String>,
+    pub created_at: String,
+}
+
+struct DigestCheck {
+    expected: ExpectedDigest,
+    hasher: Hasher,
+}
+
+impl StreamCheck for DigestCheck {
+    fn update(&mut self, data: &[u8]) {
+        self.hasher.update(data);
+    }
+    fn finish(self: Box<Self>) -> Result<(), String> {
+        let actual = self.hasher.finish();
+        if actual == self.expected.hex() {
+            Ok(())
+        } else {
+            Err(format!(
+                "stemcell image digest mismatch: stemcell.MF says {}, the image has {actual}",
+                self.expected.hex()
+            ))
+        }
+    }
+}
+
+struct NoCheck;
+
+impl StreamCheck for NoCheck {
+    fn update(&mut self, _: &[u8]) {}
+    fn finish(self: Box<Self>) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// `create_stemcell`: streams the rootfs into every ready node concurrently.
+pub async fn create(
+    ctx: &CloudContext<'_>,
+    image_path: &str,
+    _cloud_properties: &Object,
+) -> Result<CallResult, CpiError> {
+    let source = StemcellSource::open(image_path)?;
+    let manifest = source.manifest.clone();
+    manifest.check_format().map_err(CpiError::cpi)?;
+    let check: Box<dyn StreamCheck> = match manifest.expected_digest().map_err(CpiError::cpi)? {
+        Some(expected) => Box::new(DigestCheck {
+            hasher: expected.hasher(),
+            expected,
+        }),
+        None => Box::new(NoCheck),
+    };
+
+    let view = ctx.view().await?;
+    let ready: Vec<_> = view
+        .nodes
+        .iter()
+        .filter(|n| n.state == NodeState::Ready)
+        .collect();
+    if ready.is_empty() {
+        return Err(CpiError::cloud(
+            "create_stemcell: no ready node in the cluster to import into",
+            true,
+        ));
+    }
+    let mut nodes = Vec::new();
+    for n in &ready {
+        nodes.push(ctx.node_docker(&view, &n.name).await?);
+    }
+
+    let cid = format!("sc-{}", uuid::Uuid::new_v4());
+    let target = ImportTarget {
+        repo: IMAGE_REPO.to_string(),
+        tag: cid.clone(),
+        changes: labels(&cid, &manifest),
+    };
+    tracing::info!(
+        stemcell = %cid, name = %manifest.name, version = %manifest.version,
+        nodes = nodes.len(), "importing stemcell"
+    );
+    let reader = source.image_reader()?;
+    let outcomes = match images::import_everywhere(&nodes, reader, check, &target).await {
+        Ok(o) => o,
+        Err(e) => {
+            remove_everywhere(&nodes, &target.reference()).await;
+            return Err(e.context(format!("create_stemcell {image_path}")));
+        }
+    };
+    let (ok, failed): (Vec<_>, Vec<_>) = outcomes.into_iter().partition(|(_, r)| r.is_ok());
+    if ok.is_empty() {
+        remove_everywhere(&nodes, &target.reference()).await;
+        let retry = failed
+            .iter()
+            .any(|(_, r)| r.as_ref().err().is_some_and(|e| e.ok_to_retry));
+        let reasons: Vec<String> = failed
+            .into_iter()
+            .filter_map(|(_, r)| r.err().map(|e| e.message))
+            .collect();
+        return Err(CpiError::cloud(
+            format!(
+                "create_stemcell: no node imported the stemcell: {}",
+                reasons.join("; ")
+            ),
+            retry,
+        ));
+    }
+    for (name, result) in &failed {
+        if let Err(e) = result {
+            tracing::warn!(
+                node = %name,
+                "stemcell {cid} not imported on node {name}; it is copied there when a VM needs it: {}",
+                e.message
+            );
+        }
+    }
+    let record = StemcellRecord {
+        cid: cid.clone(),
+        name: manifest.name.clone(),
+        version: manifest.version.clone(),
+        operating_system: manifest.operating_system.clone(),
+        nodes: ok.iter().map(|(n, _)| n.clone()).collect(),
+        created_at: super::now(),
+    };
+    let keys = ctx.keys().await?;
+    index::put(ctx.etcd().await?, &keys.stemcell(&cid), &record).await?;
+    Ok(CallResult::Plain(serde_json::Value::String(cid)))
+}
+
+fn labels(cid: &str, m: &Manifest) -> Vec<String> {
+    let mut labels = vec![
+        format!("moltencore.stemcell.cid={cid}"),
+        format!("moltencore.stemcell.name={}", m.name),
+        format!("moltencore.stemcell.version={}", m.version),
+    ];
+    if let Some(os) = &m.operating_system {
+        labels.push(format!("moltencore.stemcell.os={os}"));
+    }
+    vec![format!(
+        "LABEL {}",
+        labels
+            .iter()
+            .map(|l| {
+                let (k, v) = l.split_once('=').unwrap_or((l, ""));
+                format!("{k}={}", serde_json::Value::String(v.to_string()))
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    )]
+}
+
+async fn remove_everywhere(nodes: &[NodeDocker], reference: &str) {
+    let results = join_all(nodes.iter().map(|n| images::remove(n, reference))).await;
+    for r in results {
+        if let Err(e) = r {
+            tracing::warn!("cleanup: {}", e.message);
+        }
+    }
+}
+
+/// `delete_stemcell`: removes the image from every node; already gone is success. A node
+/// that cannot be reached is reported in the log and keeps its copy.
+pub async fn delete(ctx: &CloudContext<'_>, cid: &str) -> Result<CallResult, CpiError> {
+    let view = ctx.view().await?;
+    let reference = image_reference(cid);
+    let mut nodes = Vec::new();
+    for n in &view.nodes {
+        nodes.push(ctx.node_docker(&view, &n.name).await?);
+    }
+    let results = join_all(nodes.iter().map(|n| images::remove(n, &reference))).await;
+    let mut hard = Vec::new();
+    for (node, result) in nodes.iter().zip(results) {
+        match result {
+            Ok(()) => {}
+            Err(e) if e.ok_to_retry => tracing::warn!(
+                node = %node.name,
+                "stemcell {cid} stays on unreachable node {}: {}",
+                node.name,
+                e.message
+            ),
+            Err(e) => hard.push(e.message),
+        }
+    }
+    if !hard.is_empty() {
+        return Err(CpiError::cloud(
+            format!("delete_stemcell {cid}: {}", hard.join("; ")),
+            false,
+        ));
+    }
+    let keys = ctx.keys().await?;
+    index::delete(ctx.etcd().await?, &keys.stemcell(cid)).await?;
+    Ok(CallResult::Plain(serde_json::Value::Null))
+}
+
+/// Makes sure `node` has stemcell `cid`, copying it from another node that has it.
+pub async fn ensure_on_node(
+    ctx: &CloudContext<'_>,
+    view: &crate::cluster::ClusterView,
+    node: &NodeDocker,
+    cid: &str,
+) -> Result<(), CpiError> {
+    let reference = image_reference(cid);
+    if images::inspect(node, &reference).await?.is_some() {
+        return Ok(());
+    }
+    let mut others = Vec::new();
+    for n in view.nodes.iter().filter(|n| n.name != node.name) {
+        others.push(ctx.node_docker(view, &n.name).await?);
+    }
+    let found = join_all(others.iter().map(|o| images::inspect(o, &reference))).await;
+    let source = others
+        .iter()
+        .zip(found)
+        .find_map(|(o, r)| matches!(r, Ok(Some(_))).then_some(o));
+    let Some(source) = source else {
+        return Err(CpiError::cpi(format!(
+            "stemcell {cid} is on no node of the cluster: upload it again"
+        )));
+    };
+    tracing::info!(
+        stemcell = %cid, from = %source.name, to = %node.name,
+        "copying stemcell to the node"
+    );
+    images::copy(source, node, &reference).await
+}

@@ -1,0 +1,263 @@
+//! Finds a stemcell's manifest and image: either the extracted `image` file with
+//! `stemcell.MF` beside it (what the director and the CLI pass), or a packed stemcell
+//! tarball holding both.
+
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use flate2::read::GzDecoder;
+
+use super::manifest::Manifest;
+use crate::protocol::CpiError;
+
+/// A stemcell ready to be read: its manifest, and how to open its image bytes.
+pub struct StemcellSource {
+    pub manifest: Manifest,
+    layout: Layout,
+}
+
+enum Layout {
+    /// `image` file path.
+    Extracted(PathBuf),
+    /// Packed tarball path; the image is its `image` entry.
+    Packed(PathBuf),
+}
+
+impl StemcellSource {
+    /// Locates the manifest for `image_path`. Errors name the path and what is missing.
+    pub fn open(image_path: &str) -> Result<StemcellSource, CpiError> {
+        let path = Path::new(image_path);
+        let meta = std::fs::metadata(path).map_err(|e| {
+            CpiError::cpi(format!(
+                "create_stemcell: cannot read image_path {image_path}: {e}"
+            ))
+        })?;
+        if !meta.is_file() {
+            return Err(CpiError::cpi(format!(
+                "create_stemcell: image_path {image_path} is not a file"
+            )));
+        }
+        // A packed stemcell names stemcell.MF among its first entries; a rootfs image
+        // does not, and only its first few entries are looked at.
+        if let Ok(Some(text)) = read_packed_manifest(path) {
+            let manifest =
+                Manifest::parse(&text).map_err(|e| CpiError::cpi(format!("{image_path}: {e}")))?;
+            return Ok(StemcellSource {
+                manifest,
+                layout: Layout::Packed(path.to_path_buf()),
+            });
+        }
+        let beside = path.with_file_name("stemcell.MF");
+        if !beside.is_file() {
+            return Err(CpiError::cpi(format!(
+                "create_stemcell: no stemcell.MF beside {image_path}, and {image_path} is not a \
+                 stemcell tarball holding stemcell.MF and image"
+            )));
+        }
+        let text = std::fs::read_to_string(&beside)
+            .map_err(|e| CpiError::cpi(format!("cannot read {}: {e}", beside.display())))?;
+        let manifest = Manifest::parse(&text)
+            .map_err(|e| CpiError::cpi(format!("{}: {e}", beside.display())))?;
+        Ok(StemcellSource {
+            manifest,
+            layout: Layout::Extracted(path.to_path_buf()),
+        })
+    }
+
+    /// Opens the image bytes (the gzipped rootfs tarball), positioned at its start.
+    pub fn image_reader(&self) -> Result<Box<dyn Read + Send>, CpiError> {
+        match &self.layout {
+            Layout::Extracted(path) => {
+                let f = File::open(path)
+                    .map_err(|e| CpiError::cpi(format!("cannot open {}: {e}", path.display())))?;
+                Ok(Box::new(BufReader::with_capacity(1 << 20, f)))
+            }
+            Layout::Packed(path) => Ok(Box::new(PackedImage::open(path)?)),
+        }
+    }
+}
+
+fn entry_name(entry: &tar::Entry<'_, impl Read>) -> Option<String> {
+    let p = entry.path().ok()?;
+    let s = p.to_string_lossy().trim_start_matches("./").to_string();
+    Some(s)
+}
+
+/// How many leading entries of a tarball are searched for `stemcell.MF`.
+const MANIFEST_SEARCH_ENTRIES: usize = 8;
+
+fn read_packed_manifest(path: &Path) -> std::io::Result<Option<String>> {
+    let f = File::open(path)?;
+    let mut archive = tar::Archive::new(GzDecoder::new(BufReader::new(f)));
+    for entry in archive.entries()?.take(MANIFEST_SEARCH_ENTRIES) {
+        let mut entry = entry?;
+        if entry_name(&entry).as_deref() == Some("stemcell.MF") {
+            let mut text = String::new();
+            entry.read_to_string(&mut text)?;
+            return Ok(Some(text));
+        }
+    }
+    Ok(None)
+}
+
+/// The `image` entry of a packed stemcell, streamed: a thread walks the archive and hands
+/// the entry's bytes over a bounded channel, so nothing is extracted to disk.
+struct PackedImage {
+    chunks: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    current: Vec<u8>,
+    offset: usize,
+    done: bool,
+}
+
+impl PackedImage {
+    fn open(path: &Path) -> Result<PackedImage, CpiError> {
+        let f = File::open(path)
+            .map_err(|e| CpiError::cpi(format!("cannot open {}: {e}", path.display())))?;
+        let (tx, rx) = std::sync::mpsc::sync_channel(4);
+        std::thread::spawn(move || {
+            let result = stream_image_entry(f, &tx);
+            if let Err(e) = result {
+                let _ = tx.send(Err(e));
+            }
+        });
+        Ok(PackedImage {
+            chunks: rx,
+            current: Vec::new(),
+            offset: 0,
+            done: false,
+        })
+    }
+}
+
+fn stream_image_entry(
+    f: File,
+    tx: &std::sync::mpsc::SyncSender<std::io::Result<Vec<u8>>>,
+) -> std::io::Result<()> {
+    let mut archive = tar::Archive::new(GzDecoder::new(BufReader::with_capacity(1 << 20, f)));
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        if entry_name(&entry).as_deref() != Some("image") {
+            continue;
+        }
+        loop {
+            let mut buf = vec![0u8; 1 << 20];
+            let n = entry.read(&mut buf)?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.truncate(n);
+            if tx.send(Ok(buf)).is_err() {
+                return Ok(());
+            }
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::NotFound,
+        "the stemcell tarball has no 'image' entry",
+    ))
+}
+
+impl Read for PackedImage {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.offset == self.current.len() {
+            if self.done {
+                return Ok(0);
+            }
+            match self.chunks.recv() {
+                Ok(Ok(chunk)) => {
+                    self.current = chunk;
+                    self.offset = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    self.done = true;
+                    return Ok(0);
+                }
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.offset);
+        buf[..n].copy_from_slice(&self.current[self.offset..self.offset + n]);
+        self.offset += n;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn packed(dir: &Path, image: &[u8]) -> PathBuf {
+        let path = dir.join("stemcell.tgz");
+        let f = File::create(&path).unwrap();
+        let mut b = tar::Builder::new(flate2::write::GzEncoder::new(f, Default::default()));
+        for (name, data) in [
+            ("stemcell.MF", &b"name: t\nversion: '1'\n"[..]),
+            ("image", image),
+        ] {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append_data(&mut h, name, data).unwrap();
+        }
+        b.into_inner().unwrap().finish().unwrap().flush().unwrap();
+        path
+    }
+
+    #[test]
+    fn packed_tarball_streams_its_image_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let image: Vec<u8> = (0..(3 << 20) + 12345)
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
+        let path = packed(dir.path(), &image);
+        let source = StemcellSource::open(path.to_str().unwrap()).unwrap();
+        assert_eq!(source.manifest.name, "t");
+        let mut read = Vec::new();
+        source
+            .image_reader()
+            .unwrap()
+            .read_to_end(&mut read)
+            .unwrap();
+        assert_eq!(read.len(), image.len());
+        assert!(read == image);
+    }
+
+    #[test]
+    fn packed_tarball_wins_over_a_manifest_beside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = packed(dir.path(), b"img");
+        std::fs::write(dir.path().join("stemcell.MF"), "name: other\nversion: 9\n").unwrap();
+        let source = StemcellSource::open(path.to_str().unwrap()).unwrap();
+        assert_eq!(source.manifest.name, "t");
+    }
+
+    #[test]
+    fn extracted_image_uses_the_manifest_beside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("image"), b"rootfs").unwrap();
+        std::fs::write(dir.path().join("stemcell.MF"), "name: x\nversion: 2\n").unwrap();
+        let source = StemcellSource::open(dir.path().join("image").to_str().unwrap()).unwrap();
+        assert_eq!(source.manifest.version, "2");
+        let mut read = Vec::new();
+        source
+            .image_reader()
+            .unwrap()
+            .read_to_end(&mut read)
+            .unwrap();
+        assert_eq!(read, b"rootfs");
+    }
+
+    #[test]
+    fn missing_or_foreign_files_are_named() {
+        let e = StemcellSource::open("/nonexistent/image").err().unwrap();
+        assert!(e.message.contains("/nonexistent/image"), "{}", e.message);
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("image");
+        std::fs::write(&p, b"not a tarball").unwrap();
+        let e = StemcellSource::open(p.to_str().unwrap()).err().unwrap();
+        assert!(e.message.contains("no stemcell.MF beside"), "{}", e.message);
+    }
+}
