@@ -1,8 +1,129 @@
 //! Placement decisions as pure functions of the request and the cluster: no I/O here, so
 //! every rule is unit-tested.
 
-use crate::cluster::NodeRecord;
+use std::net::Ipv4Addr;
+
+use crate::cluster::{NodeRecord, NodeState, VmRecord};
 use crate::protocol::VmRequirements;
+
+/// What a new VM asks of placement.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VmDemand {
+    /// Static IPs of its manual networks: they pin the node whose subnet holds them.
+    pub manual_ips: Vec<Ipv4Addr>,
+    /// `cloud_properties.node` (set by the generated cloud-config's AZs).
+    pub pinned_node: Option<String>,
+    /// `env.bosh.group`: VMs of one group are spread across nodes.
+    pub group: Option<String>,
+    /// Memory limit in MiB (0: none).
+    pub memory_mib: u64,
+}
+
+/// Chooses the node for a new VM, or says why none fits. Rules, in order: manual IPs pin
+/// the node whose Flannel subnet holds them (all on one node); `node` pins by name; else
+/// the ready node with room for the memory and the fewest VMs of the same group, then the
+/// fewest VMs, then by name (deterministic).
+pub fn choose_node(
+    demand: &VmDemand,
+    nodes: &[NodeRecord],
+    vms: &[VmRecord],
+) -> Result<String, String> {
+    if nodes.is_empty() {
+        return Err("the cluster has no nodes registered".into());
+    }
+    let mut pinned: Option<&NodeRecord> = None;
+    for ip in &demand.manual_ips {
+        let owner = nodes
+            .iter()
+            .find(|n| n.subnet.contains(ip))
+            .ok_or_else(|| {
+                let subnets: Vec<String> = nodes
+                    .iter()
+                    .map(|n| format!("{} {}", n.name, n.subnet))
+                    .collect();
+                format!("{ip} is in no node's subnet ({})", subnets.join(", "))
+            })?;
+        if let Some(p) = pinned
+            && p.name != owner.name
+        {
+            return Err(format!(
+                "the VM's static IPs are on different nodes ({} on {}, {ip} on {}): a VM lives on one node",
+                demand.manual_ips[0], p.name, owner.name
+            ));
+        }
+        pinned = Some(owner);
+    }
+    if let Some(name) = &demand.pinned_node {
+        let node = nodes
+            .iter()
+            .find(|n| &n.name == name)
+            .ok_or_else(|| format!("cloud_properties.node '{name}' is not a registered node"))?;
+        if let Some(p) = pinned
+            && p.name != node.name
+        {
+            return Err(format!(
+                "cloud_properties.node is '{name}' but static IP {} is in the subnet of node {}",
+                demand.manual_ips[0], p.name
+            ));
+        }
+        pinned = Some(node);
+    }
+    if let Some(node) = pinned {
+        if node.state == NodeState::Cordoned {
+            return Err(format!(
+                "node {} is cordoned (takes no new VMs); uncordon it or use an IP of another node",
+                node.name
+            ));
+        }
+        if !has_room(node, demand.memory_mib, vms) {
+            return Err(format!(
+                "node {} has no room for {} MiB more ({} MiB of {} MiB in use)",
+                node.name,
+                demand.memory_mib,
+                memory_in_use(node, vms),
+                node.capacity.memory_mib
+            ));
+        }
+        return Ok(node.name.clone());
+    }
+    let ready: Vec<&NodeRecord> = nodes
+        .iter()
+        .filter(|n| n.state == NodeState::Ready)
+        .collect();
+    if ready.is_empty() {
+        return Err("every node is cordoned".into());
+    }
+    let roomy: Vec<&NodeRecord> = ready
+        .into_iter()
+        .filter(|n| has_room(n, demand.memory_mib, vms))
+        .collect();
+    roomy
+        .into_iter()
+        .min_by_key(|n| {
+            let on_node = vms.iter().filter(|v| v.node == n.name);
+            let same_group = on_node
+                .clone()
+                .filter(|v| demand.group.is_some() && v.group == demand.group)
+                .count();
+            (same_group, on_node.count(), n.name.clone())
+        })
+        .map(|n| n.name.clone())
+        .ok_or_else(|| format!("no ready node has {} MiB of memory free", demand.memory_mib))
+}
+
+/// Memory the index accounts to `node`, in MiB.
+pub fn memory_in_use(node: &NodeRecord, vms: &[VmRecord]) -> u64 {
+    vms.iter()
+        .filter(|v| v.node == node.name)
+        .map(|v| v.memory_mib)
+        .sum()
+}
+
+fn has_room(node: &NodeRecord, memory_mib: u64, vms: &[VmRecord]) -> bool {
+    node.capacity.memory_mib == 0
+        || memory_mib == 0
+        || memory_in_use(node, vms) + memory_mib <= node.capacity.memory_mib
+}
 
 /// Checks that at least one node could hold a VM of this size. Nodes that do not report
 /// a capacity are not judged; with none reporting, any size is accepted. The error names
@@ -50,6 +171,127 @@ mod tests {
             "capacity": Capacity { cpus, memory_mib }
         }))
         .unwrap()
+    }
+
+    fn vm(node: &str, group: &str, memory_mib: u64) -> VmRecord {
+        serde_json::from_value(serde_json::json!({
+            "cid": format!("vm-{node}-{group}-{memory_mib}"), "node": node, "agent_id": "a",
+            "stemcell_cid": "s", "memory_mib": memory_mib, "group": group,
+            "created_at": "2026-01-01T00:00:00Z"
+        }))
+        .unwrap()
+    }
+
+    fn subnet_node(name: &str, subnet: &str, state: &str) -> NodeRecord {
+        let mut n = node(name, 2, 4096);
+        n.subnet = subnet.parse().unwrap();
+        n.state = serde_json::from_value(serde_json::json!(state)).unwrap();
+        n
+    }
+
+    fn three() -> Vec<NodeRecord> {
+        vec![
+            subnet_node("n1", "10.1.1.0/24", "ready"),
+            subnet_node("n2", "10.1.2.0/24", "ready"),
+            subnet_node("n3", "10.1.3.0/24", "ready"),
+        ]
+    }
+
+    #[test]
+    fn a_manual_ip_pins_its_node() {
+        let d = VmDemand {
+            manual_ips: vec!["10.1.2.7".parse().unwrap()],
+            ..Default::default()
+        };
+        assert_eq!(choose_node(&d, &three(), &[]).unwrap(), "n2");
+    }
+
+    #[test]
+    fn an_ip_outside_every_subnet_is_named() {
+        let d = VmDemand {
+            manual_ips: vec!["10.1.9.5".parse().unwrap()],
+            ..Default::default()
+        };
+        let e = choose_node(&d, &three(), &[]).unwrap_err();
+        assert!(e.starts_with("10.1.9.5 is in no node's subnet"), "{e}");
+    }
+
+    #[test]
+    fn ips_on_two_nodes_or_against_the_pin_are_refused() {
+        let d = VmDemand {
+            manual_ips: vec!["10.1.1.7".parse().unwrap(), "10.1.2.7".parse().unwrap()],
+            ..Default::default()
+        };
+        assert!(
+            choose_node(&d, &three(), &[])
+                .unwrap_err()
+                .contains("different nodes")
+        );
+        let d = VmDemand {
+            manual_ips: vec!["10.1.1.7".parse().unwrap()],
+            pinned_node: Some("n3".into()),
+            ..Default::default()
+        };
+        assert!(
+            choose_node(&d, &three(), &[])
+                .unwrap_err()
+                .contains("node n1")
+        );
+    }
+
+    #[test]
+    fn pinning_by_name_and_cordon() {
+        let mut nodes = three();
+        let d = VmDemand {
+            pinned_node: Some("n3".into()),
+            ..Default::default()
+        };
+        assert_eq!(choose_node(&d, &nodes, &[]).unwrap(), "n3");
+        nodes[2].state = NodeState::Cordoned;
+        assert!(
+            choose_node(&d, &nodes, &[])
+                .unwrap_err()
+                .contains("cordoned")
+        );
+        let d = VmDemand {
+            pinned_node: Some("n9".into()),
+            ..Default::default()
+        };
+        assert!(choose_node(&d, &nodes, &[]).unwrap_err().contains("'n9'"));
+    }
+
+    #[test]
+    fn dynamic_spreads_a_group_and_skips_cordoned_nodes() {
+        let mut nodes = three();
+        let vms = [vm("n1", "web", 0), vm("n2", "web", 0), vm("n2", "db", 0)];
+        let d = VmDemand {
+            group: Some("web".into()),
+            ..Default::default()
+        };
+        assert_eq!(choose_node(&d, &nodes, &vms).unwrap(), "n3");
+        nodes[2].state = NodeState::Cordoned;
+        // n1 and n2 both have one web VM; n1 has fewer VMs overall.
+        assert_eq!(choose_node(&d, &nodes, &vms).unwrap(), "n1");
+    }
+
+    #[test]
+    fn memory_capacity_is_respected() {
+        let nodes = three();
+        let vms = [vm("n1", "g", 4000), vm("n2", "g", 3000)];
+        let d = VmDemand {
+            memory_mib: 1000,
+            ..Default::default()
+        };
+        assert_eq!(choose_node(&d, &nodes, &vms).unwrap(), "n3");
+        let d = VmDemand {
+            memory_mib: 5000,
+            ..Default::default()
+        };
+        assert!(
+            choose_node(&d, &nodes, &vms)
+                .unwrap_err()
+                .contains("5000 MiB")
+        );
     }
 
     fn req(cpu: u64, ram: u64) -> VmRequirements {

@@ -3,6 +3,7 @@
 mod context;
 mod info;
 pub mod stemcell;
+pub mod vm;
 mod vm_properties;
 
 pub use context::CloudContext;
@@ -20,6 +21,11 @@ pub async fn handle(ctx: &CloudContext<'_>, call: Call) -> Result<CallResult, Cp
             cloud_properties,
         } => stemcell::create(ctx, &image_path, &cloud_properties).await,
         Call::DeleteStemcell { stemcell_cid } => stemcell::delete(ctx, &stemcell_cid).await,
+        Call::CreateVm(req) => vm::create(ctx, *req).await,
+        Call::DeleteVm { vm_cid } => vm::delete(ctx, &vm_cid).await,
+        Call::HasVm { vm_cid } => vm::has(ctx, &vm_cid).await,
+        Call::RebootVm { vm_cid } => vm::reboot(ctx, &vm_cid).await,
+        Call::SetVmMetadata { vm_cid, metadata } => vm::set_metadata(ctx, &vm_cid, &metadata).await,
         Call::CreateNetwork | Call::DeleteNetwork => Err(CpiError::not_implemented(
             "director-managed networks are not supported: declare manual or dynamic networks in the cloud-config",
         )),

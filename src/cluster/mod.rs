@@ -6,5 +6,5 @@ pub mod model;
 pub mod view;
 
 pub use etcd::Etcd;
-pub use model::{Capacity, FlannelConfig, NodeRecord, NodeState, SubnetLease};
+pub use model::{Capacity, FlannelConfig, NodeRecord, NodeState, SubnetLease, VmRecord, VmState};
 pub use view::{ClusterView, Keys};

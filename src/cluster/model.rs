@@ -166,3 +166,37 @@ mod tests {
         assert_eq!(c.backend.unwrap().kind, "vxlan");
     }
 }
+
+/// Where a VM lives, at `<key_prefix>/vms/<cid>`: written before anything is created on
+/// the node, so a killed create leaves a record that delete_vm can follow.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmRecord {
+    pub cid: String,
+    pub node: String,
+    pub agent_id: String,
+    pub stemcell_cid: String,
+    /// Memory limit in MiB (0: none), for placement's capacity accounting.
+    #[serde(default)]
+    pub memory_mib: u64,
+    /// `env.bosh.group`, for spreading a group across nodes.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// `creating` until create_vm finished, then `created`.
+    #[serde(default)]
+    pub state: VmState,
+    pub created_at: String,
+    /// Metadata from set_vm_metadata (deployment, job, index, ...).
+    #[serde(default)]
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Lifecycle of a VM record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum VmState {
+    /// create_vm has started; the container may or may not exist yet.
+    Creating,
+    /// create_vm finished.
+    #[default]
+    Created,
+}

@@ -1,10 +1,10 @@
-//! The cluster as one etcd read: node records, Flannel config and leases, and the cluster
-//! CA certificate, fetched in a single transaction (one round trip, not one per node).
+//! The cluster as one etcd read: node records, Flannel config and leases, the cluster CA
+//! certificate and the VM index, fetched in a single transaction (one round trip).
 
 use etcd_client::{GetOptions, Txn, TxnOp, TxnOpResponse};
 
 use super::etcd::Etcd;
-use super::model::{FlannelConfig, NodeRecord, SubnetLease};
+use super::model::{FlannelConfig, NodeRecord, SubnetLease, VmRecord};
 use crate::config::EtcdConfig;
 use crate::protocol::CpiError;
 
@@ -72,6 +72,8 @@ pub struct ClusterView {
     pub leases: Vec<SubnetLease>,
     /// The cluster CA certificate (PEM), if published.
     pub ca_cert: Option<String>,
+    /// The VM index (which node holds which VM), for placement and the operator's view.
+    pub vms: Vec<VmRecord>,
     /// Records that could not be read, with the reason; reported, never fatal.
     pub problems: Vec<String>,
     /// The etcd revision the snapshot was read at.
@@ -89,6 +91,7 @@ impl ClusterView {
                 Some(GetOptions::new().with_prefix()),
             ),
             TxnOp::get(keys.ca_cert(), None),
+            TxnOp::get(keys.vms(), Some(GetOptions::new().with_prefix())),
         ]);
         let response = etcd
             .client()
@@ -100,7 +103,8 @@ impl ClusterView {
             TxnOpResponse::Get(g) => g.kvs().to_vec(),
             _ => Vec::new(),
         });
-        let (node_kvs, config_kvs, lease_kvs, ca_kvs) = (
+        let (node_kvs, config_kvs, lease_kvs, ca_kvs, vm_kvs) = (
+            gets.next().unwrap_or_default(),
             gets.next().unwrap_or_default(),
             gets.next().unwrap_or_default(),
             gets.next().unwrap_or_default(),
@@ -138,6 +142,15 @@ impl ClusterView {
                 Err(e) => view.problems.push(e),
             }
         }
+        for kv in &vm_kvs {
+            let key = String::from_utf8_lossy(kv.key()).to_string();
+            match serde_json::from_slice::<VmRecord>(kv.value()) {
+                Ok(vm) => view.vms.push(vm),
+                Err(e) => view
+                    .problems
+                    .push(format!("VM record {key} is unreadable: {e}")),
+            }
+        }
         view.ca_cert = ca_kvs
             .first()
             .map(|kv| String::from_utf8_lossy(kv.value()).to_string());
@@ -147,6 +160,11 @@ impl ClusterView {
     /// The node named `name`.
     pub fn node(&self, name: &str) -> Option<&NodeRecord> {
         self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// The VMs the index places on `node`.
+    pub fn vms_on<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a VmRecord> + 'a {
+        self.vms.iter().filter(move |v| v.node == node)
     }
 
     /// The Flannel lease covering a node's subnet, if any.

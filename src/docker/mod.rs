@@ -1,8 +1,11 @@
-//! Thin layer over bollard per node: connection with mutual TLS and error mapping. No BOSH
-//! semantics live here.
+//! Thin layer over bollard per node: connection with mutual TLS, images, containers,
+//! networks and volumes, with errors that name the node. No BOSH semantics live here.
 
+pub mod containers;
+pub mod images;
+pub mod networks;
 pub mod node;
 pub mod tls;
 
+pub use networks::BridgeSpec;
 pub use node::{DockerAccess, NodeDocker};
-pub mod images;

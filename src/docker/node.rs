@@ -147,7 +147,11 @@ impl NodeDocker {
 pub fn is_transient(e: &bollard::errors::Error) -> bool {
     use bollard::errors::Error as E;
     match e {
-        E::DockerResponseServerError { status_code, .. } => *status_code >= 500,
+        // Old daemons answer 500 to invalid requests too; those never pass on a retry.
+        E::DockerResponseServerError {
+            status_code,
+            message,
+        } => *status_code >= 500 && !message.to_ascii_lowercase().contains("invalid"),
         E::IOError { .. } | E::HyperResponseError { .. } | E::RequestTimeoutError => true,
         _ => false,
     }

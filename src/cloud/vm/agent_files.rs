@@ -1,0 +1,179 @@
+//! The files the bosh-agent of a container stemcell reads at start: its settings (File
+//! settings source), the user data pointing at them, and the instance metadata; packed
+//! as a tar archive so they are in the container before it starts.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value, json};
+
+use super::network_plan::{PlannedNetwork, resolved_json};
+use crate::config::AgentConfig;
+use crate::protocol::Object;
+
+/// Where the warden stemcell's agent.json looks for its settings.
+pub const SETTINGS_PATH: &str = "/var/vcap/bosh/warden-cpi-agent-env.json";
+/// User data naming the settings file as the registry endpoint.
+pub const USER_DATA_PATH: &str = "/var/vcap/bosh/warden-cpi-user-data.json";
+/// Instance metadata (`instance-id` = vm cid).
+pub const METADATA_PATH: &str = "/var/vcap/bosh/warden-cpi-metadata.json";
+/// Where a persistent disk appears inside the VM; the agent bind-mounts it.
+pub const DISK_MOUNT_ROOT: &str = "/warden-cpi-dev";
+
+/// The agent settings document.
+pub fn settings(
+    agent_id: &str,
+    vm_cid: &str,
+    agent: &AgentConfig,
+    networks: &[PlannedNetwork],
+    persistent_disks: &BTreeMap<String, String>,
+    env: &Object,
+) -> Value {
+    let mut nets = resolved_json(networks);
+    for v in nets.values_mut() {
+        if let Value::Object(o) = v {
+            o.entry("mac")
+                .or_insert_with(|| Value::String(String::new()));
+            o.insert("preconfigured".into(), Value::Bool(true));
+            if !o.contains_key("default") {
+                o.insert("default".into(), json!([]));
+            }
+        }
+    }
+    let persistent: Map<String, Value> = persistent_disks
+        .iter()
+        .map(|(cid, path)| (cid.clone(), Value::String(path.clone())))
+        .collect();
+    let mut doc = json!({
+        "agent_id": agent_id,
+        "vm": {"name": vm_cid},
+        "mbus": agent.mbus.expose(),
+        "ntp": agent.ntp,
+        "networks": nets,
+        "disks": {"system": "", "ephemeral": null, "persistent": persistent},
+        "env": Value::Object(env.clone()),
+    });
+    if let Some(blobstore) = &agent.blobstore {
+        doc["blobstore"] = blobstore.clone();
+    }
+    doc
+}
+
+/// The hint of a persistent disk: its path inside the VM.
+pub fn disk_hint(disk_cid: &str) -> String {
+    format!("{DISK_MOUNT_ROOT}/{disk_cid}")
+}
+
+/// A tar archive (to extract at `/`) holding the three agent files.
+pub fn archive(vm_cid: &str, settings: &Value) -> std::io::Result<Vec<u8>> {
+    let files = [
+        (SETTINGS_PATH, serde_json::to_vec(settings)?, 0o600),
+        (
+            USER_DATA_PATH,
+            serde_json::to_vec(&json!({"Registry": {"Endpoint": SETTINGS_PATH}}))?,
+            0o644,
+        ),
+        (
+            METADATA_PATH,
+            serde_json::to_vec(&json!({"instance-id": vm_cid}))?,
+            0o644,
+        ),
+    ];
+    let mut builder = tar::Builder::new(Vec::new());
+    for dir in ["var/", "var/vcap/", "var/vcap/bosh/"] {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o755);
+        h.set_size(0);
+        h.set_cksum();
+        builder.append_data(&mut h, dir, std::io::empty())?;
+    }
+    for (path, data, mode) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(mode);
+        h.set_mtime(0);
+        h.set_cksum();
+        builder.append_data(&mut h, path.trim_start_matches('/'), data.as_slice())?;
+    }
+    builder.into_inner()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cloud::vm::network_plan::plan;
+    use crate::config::Secret;
+    use std::io::Read;
+
+    fn agent() -> AgentConfig {
+        AgentConfig {
+            mbus: Secret::new("https://mbus:pw@0.0.0.0:6868"),
+            ntp: vec!["ntp.example".into()],
+            blobstore: None,
+        }
+    }
+
+    fn planned() -> Vec<PlannedNetwork> {
+        let node = serde_json::from_value(json!({"name":"n1","private_ip":"192.0.2.1",
+            "docker_endpoint":"tcp://192.0.2.1:2376","subnet":"10.1.2.0/24","gateway":"10.1.2.1"}))
+        .unwrap();
+        let nets = serde_json::from_value(json!({"default": {"type": "manual",
+            "ip": "10.1.2.11", "netmask": "255.255.255.0", "gateway": "10.1.2.1",
+            "dns": ["10.1.2.1"], "default": ["dns", "gateway"], "cloud_properties": {}}}))
+        .unwrap();
+        plan(&nets, &node).unwrap()
+    }
+
+    #[test]
+    fn settings_have_the_contract_shape() {
+        let disks: BTreeMap<String, String> = [("disk-1".to_string(), disk_hint("disk-1"))].into();
+        let env = json!({"bosh": {"group": "g", "password": "x"}});
+        let s = settings(
+            "agent-1",
+            "vm-1",
+            &agent(),
+            &planned(),
+            &disks,
+            env.as_object().unwrap(),
+        );
+        assert_eq!(s["agent_id"], "agent-1");
+        assert_eq!(s["vm"]["name"], "vm-1");
+        assert_eq!(s["mbus"], "https://mbus:pw@0.0.0.0:6868");
+        assert_eq!(s["disks"]["system"], "");
+        assert_eq!(s["disks"]["ephemeral"], Value::Null);
+        assert_eq!(s["disks"]["persistent"]["disk-1"], "/warden-cpi-dev/disk-1");
+        let net = &s["networks"]["default"];
+        assert_eq!(net["ip"], "10.1.2.11");
+        assert_eq!(net["preconfigured"], true);
+        assert_eq!(net["mac"], "");
+        assert_eq!(net["type"], "manual");
+        assert_eq!(s["env"], env);
+    }
+
+    #[test]
+    fn archive_holds_the_three_files() {
+        let s = json!({"agent_id": "a"});
+        let tar_bytes = archive("vm-1", &s).unwrap();
+        let mut a = tar::Archive::new(tar_bytes.as_slice());
+        let mut found = BTreeMap::new();
+        for e in a.entries().unwrap() {
+            let mut e = e.unwrap();
+            let path = e.path().unwrap().to_string_lossy().to_string();
+            let mut text = String::new();
+            e.read_to_string(&mut text).unwrap();
+            found.insert(path, text);
+        }
+        assert_eq!(
+            found["var/vcap/bosh/warden-cpi-agent-env.json"],
+            s.to_string()
+        );
+        assert_eq!(
+            found["var/vcap/bosh/warden-cpi-user-data.json"],
+            r#"{"Registry":{"Endpoint":"/var/vcap/bosh/warden-cpi-agent-env.json"}}"#
+        );
+        assert_eq!(
+            found["var/vcap/bosh/warden-cpi-metadata.json"],
+            r#"{"instance-id":"vm-1"}"#
+        );
+    }
+}

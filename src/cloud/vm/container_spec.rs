@@ -1,0 +1,284 @@
+//! The Docker container of a VM, as a pure function of the VM's plan: image, labels,
+//! start command, mounts, networking and HostConfig (defaults, per-VM overrides and Docker
+//! HostConfig fields passed through from cloud_properties, which win).
+
+use std::collections::{BTreeMap, HashMap};
+
+use bollard::models::{
+    ContainerCreateBody, EndpointIpamConfig, EndpointSettings, HostConfig,
+    HostConfigCgroupnsModeEnum, Mount, MountType, NetworkingConfig, PortBinding, RestartPolicy,
+    RestartPolicyNameEnum,
+};
+use serde_json::Value;
+
+use super::network_plan::PlannedNetwork;
+use super::properties::{Effective, VmProperties, parse_port};
+use crate::config::StartMode;
+use crate::protocol::CpiError;
+
+/// Mount point of the ephemeral volume.
+pub const EPHEMERAL_MOUNT: &str = "/var/vcap/data";
+
+/// Everything the container is made from.
+pub struct ContainerPlan<'a> {
+    pub image: &'a str,
+    pub hostname: &'a str,
+    pub labels: HashMap<String, String>,
+    pub props: &'a VmProperties,
+    pub effective: &'a Effective,
+    pub networks: &'a [PlannedNetwork],
+    pub ephemeral_volume: &'a str,
+    /// Persistent disks: mount path inside the VM -> volume name.
+    pub disk_mounts: &'a BTreeMap<String, String>,
+    pub start_script: String,
+}
+
+/// The endpoint settings of one planned network (static IP when known).
+pub fn endpoint(p: &PlannedNetwork) -> EndpointSettings {
+    EndpointSettings {
+        ipam_config: p.ip.map(|ip| EndpointIpamConfig {
+            ipv4_address: Some(ip.to_string()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Builds the create body. Only the primary network is attached at create; the others
+/// are connected before start.
+pub fn build(plan: &ContainerPlan<'_>) -> Result<ContainerCreateBody, CpiError> {
+    let e = plan.effective;
+    let primary = plan
+        .networks
+        .iter()
+        .find(|n| n.primary && n.docker_network.is_some())
+        .ok_or_else(|| CpiError::cpi("create_vm: no network can carry the default gateway"))?;
+    let primary_name = primary.docker_network.clone().unwrap_or_default();
+
+    let mut mounts = vec![Mount {
+        target: Some(EPHEMERAL_MOUNT.into()),
+        source: Some(plan.ephemeral_volume.into()),
+        typ: Some(MountType::VOLUME),
+        ..Default::default()
+    }];
+    for (target, volume) in plan.disk_mounts {
+        mounts.push(Mount {
+            target: Some(target.clone()),
+            source: Some(volume.clone()),
+            typ: Some(MountType::VOLUME),
+            ..Default::default()
+        });
+    }
+    let mut tmpfs = HashMap::new();
+    let mut cgroupns = None;
+    let mut stop_signal = None;
+    if e.start_mode == StartMode::Systemd {
+        mounts.push(Mount {
+            target: Some("/sys/fs/cgroup".into()),
+            source: Some("/sys/fs/cgroup".into()),
+            typ: Some(MountType::BIND),
+            read_only: Some(false),
+            ..Default::default()
+        });
+        tmpfs.insert("/run".to_string(), "rw,exec".to_string());
+        tmpfs.insert("/run/lock".to_string(), "rw".to_string());
+        cgroupns = Some(HostConfigCgroupnsModeEnum::HOST);
+        stop_signal = Some("SIGRTMIN+3".to_string());
+    }
+
+    let mut exposed = Vec::new();
+    let mut bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
+    for spec in &plan.props.ports {
+        let (host, container, proto) = parse_port(spec)?;
+        let key = format!("{container}/{proto}");
+        exposed.push(key.clone());
+        bindings
+            .entry(key)
+            .or_insert_with(|| Some(Vec::new()))
+            .get_or_insert_with(Vec::new)
+            .push(PortBinding {
+                host_ip: None,
+                host_port: Some(host.to_string()),
+            });
+    }
+
+    let restart = match e.restart_policy.as_str() {
+        "no" => RestartPolicyNameEnum::NO,
+        "unless-stopped" => RestartPolicyNameEnum::UNLESS_STOPPED,
+        "on-failure" => RestartPolicyNameEnum::ON_FAILURE,
+        _ => RestartPolicyNameEnum::ALWAYS,
+    };
+    // `systempaths=unconfined` is the docker CLI's spelling of "no masked and no read-only
+    // paths"; the API takes the two lists instead.
+    let unconfined_paths = e.security_opt.iter().any(|o| o == "systempaths=unconfined");
+    let security_opt: Vec<String> = e
+        .security_opt
+        .iter()
+        .filter(|o| *o != "systempaths=unconfined")
+        .cloned()
+        .collect();
+    let ours = HostConfig {
+        privileged: Some(e.privileged),
+        cap_add: (!e.cap_add.is_empty()).then(|| e.cap_add.clone()),
+        cap_drop: (!e.cap_drop.is_empty()).then(|| e.cap_drop.clone()),
+        security_opt: (!security_opt.is_empty()).then_some(security_opt),
+        masked_paths: unconfined_paths.then(Vec::new),
+        readonly_paths: unconfined_paths.then(Vec::new),
+        device_cgroup_rules: (!e.device_cgroup_rules.is_empty())
+            .then(|| e.device_cgroup_rules.clone()),
+        restart_policy: Some(RestartPolicy {
+            name: Some(restart),
+            maximum_retry_count: None,
+        }),
+        memory: plan.props.ram.map(|mib| (mib as i64) << 20),
+        nano_cpus: plan.props.cpu.map(|c| (c * 1e9) as i64),
+        mounts: Some(mounts),
+        tmpfs: (!tmpfs.is_empty()).then_some(tmpfs),
+        cgroupns_mode: cgroupns,
+        network_mode: Some(primary_name.clone()),
+        port_bindings: (!bindings.is_empty()).then_some(bindings),
+        ..Default::default()
+    };
+    let host_config = overlay(ours, &plan.props.host_config)?;
+
+    Ok(ContainerCreateBody {
+        image: Some(plan.image.to_string()),
+        hostname: Some(plan.hostname.to_string()),
+        labels: Some(plan.labels.clone()),
+        entrypoint: Some(Vec::new()),
+        cmd: Some(vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            plan.start_script.clone(),
+        ]),
+        stop_signal,
+        exposed_ports: (!exposed.is_empty()).then_some(exposed),
+        host_config: Some(host_config),
+        networking_config: Some(NetworkingConfig {
+            endpoints_config: Some([(primary_name, endpoint(primary))].into()),
+        }),
+        ..Default::default()
+    })
+}
+
+/// Docker HostConfig fields from cloud_properties, in Docker's spelling, override ours.
+fn overlay(
+    ours: HostConfig,
+    theirs: &serde_json::Map<String, Value>,
+) -> Result<HostConfig, CpiError> {
+    if theirs.is_empty() {
+        return Ok(ours);
+    }
+    let mut merged = serde_json::to_value(&ours)
+        .map_err(|e| CpiError::cpi(format!("cannot encode HostConfig: {e}")))?;
+    if let Value::Object(o) = &mut merged {
+        for (k, v) in theirs {
+            o.insert(k.clone(), v.clone());
+        }
+    }
+    serde_json::from_value(merged).map_err(|e| {
+        CpiError::cpi(format!(
+            "create_vm: cloud_properties HostConfig fields: {e}"
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cloud::vm::network_plan::plan;
+    use crate::config::VmDefaults;
+    use serde_json::json;
+
+    fn networks() -> Vec<PlannedNetwork> {
+        let node = serde_json::from_value(json!({"name":"n1","private_ip":"192.0.2.1",
+            "docker_endpoint":"tcp://192.0.2.1:2376","subnet":"10.1.2.0/24","gateway":"10.1.2.1"}))
+        .unwrap();
+        let nets = serde_json::from_value(
+            json!({"default": {"type": "manual", "ip": "10.1.2.11", "default": ["gateway"]}}),
+        )
+        .unwrap();
+        plan(&nets, &node).unwrap()
+    }
+
+    fn body(props: serde_json::Value, defaults: VmDefaults) -> ContainerCreateBody {
+        let props = VmProperties::parse(props.as_object().unwrap()).unwrap();
+        let effective = props.effective(&defaults);
+        let nets = networks();
+        let disks = BTreeMap::new();
+        build(&ContainerPlan {
+            image: "moltencore-stemcell:sc-1",
+            hostname: "vm-1",
+            labels: HashMap::new(),
+            props: &props,
+            effective: &effective,
+            networks: &nets,
+            ephemeral_volume: "vm-1-ephemeral",
+            disk_mounts: &disks,
+            start_script: "exec /usr/sbin/runsvdir-start".into(),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn static_ip_restart_policy_and_ephemeral_volume() {
+        let b = body(json!({"ram": 512, "cpu": 2}), VmDefaults::default());
+        let hc = b.host_config.unwrap();
+        assert_eq!(hc.privileged, Some(true));
+        assert_eq!(hc.memory, Some(512 << 20));
+        assert_eq!(hc.nano_cpus, Some(2_000_000_000));
+        assert_eq!(hc.network_mode.as_deref(), Some("bosh"));
+        assert_eq!(
+            hc.restart_policy.unwrap().name,
+            Some(RestartPolicyNameEnum::ALWAYS)
+        );
+        let m = &hc.mounts.unwrap()[0];
+        assert_eq!(m.target.as_deref(), Some(EPHEMERAL_MOUNT));
+        assert_eq!(m.source.as_deref(), Some("vm-1-ephemeral"));
+        let ep = &b.networking_config.unwrap().endpoints_config.unwrap()["bosh"];
+        assert_eq!(
+            ep.ipam_config.as_ref().unwrap().ipv4_address.as_deref(),
+            Some("10.1.2.11")
+        );
+    }
+
+    #[test]
+    fn unprivileged_profile_systemd_mode_and_passthrough() {
+        let defaults = VmDefaults {
+            privileged: false,
+            cap_add: vec!["ALL".into()],
+            cap_drop: vec!["SYS_RESOURCE".into()],
+            security_opt: vec!["seccomp=unconfined".into(), "systempaths=unconfined".into()],
+            device_cgroup_rules: vec!["a *:* rwm".into()],
+            ..VmDefaults::default()
+        };
+        let b = body(
+            json!({"start_mode": "systemd", "ports": ["80:8080"],
+                   "Memory": 268435456, "CapAdd": ["NET_ADMIN"]}),
+            defaults,
+        );
+        let hc = b.host_config.unwrap();
+        assert_eq!(hc.privileged, Some(false));
+        assert_eq!(
+            hc.cap_add,
+            Some(vec!["NET_ADMIN".to_string()]),
+            "passthrough wins"
+        );
+        assert_eq!(hc.cap_drop, Some(vec!["SYS_RESOURCE".to_string()]));
+        assert_eq!(hc.memory, Some(268435456));
+        assert_eq!(hc.cgroupns_mode, Some(HostConfigCgroupnsModeEnum::HOST));
+        assert_eq!(
+            hc.security_opt,
+            Some(vec!["seccomp=unconfined".to_string()])
+        );
+        assert_eq!(hc.masked_paths, Some(vec![]));
+        assert_eq!(hc.readonly_paths, Some(vec![]));
+        assert!(hc.tmpfs.unwrap().contains_key("/run"));
+        assert_eq!(b.stop_signal.as_deref(), Some("SIGRTMIN+3"));
+        let pb = hc.port_bindings.unwrap();
+        assert_eq!(
+            pb["8080/tcp"].as_ref().unwrap()[0].host_port.as_deref(),
+            Some("80")
+        );
+    }
+}

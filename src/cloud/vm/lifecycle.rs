@@ -1,0 +1,93 @@
+//! delete_vm, has_vm, reboot_vm and set_vm_metadata: each finds the VM with one etcd read
+//! and one call to its node.
+
+use serde_json::Value;
+
+use super::ephemeral_volume;
+use crate::cloud::CloudContext;
+use crate::cluster::{VmRecord, VmState, index};
+use crate::docker::NodeDocker;
+use crate::protocol::{CallResult, CpiError, ErrorKind, Object};
+
+/// The VM's index record and a client for its node; `None` when the index has no record.
+async fn find(
+    ctx: &CloudContext<'_>,
+    cid: &str,
+) -> Result<Option<(VmRecord, NodeDocker)>, CpiError> {
+    let keys = ctx.keys().await?;
+    let Some(record) = index::get::<VmRecord>(ctx.etcd().await?, &keys.vm(cid)).await? else {
+        return Ok(None);
+    };
+    let view = ctx.view().await?;
+    if view.node(&record.node).is_none() {
+        return Err(CpiError::cloud(
+            format!(
+                "VM {cid} is on node {}, which is no longer registered in etcd",
+                record.node
+            ),
+            false,
+        ));
+    }
+    let docker = ctx.node_docker(&view, &record.node).await?;
+    Ok(Some((record, docker)))
+}
+
+fn not_found(cid: &str) -> CpiError {
+    CpiError::new(ErrorKind::VmNotFound, format!("VM {cid} does not exist"))
+}
+
+/// `delete_vm`: removes the container and its ephemeral volume, then the index record. An
+/// unknown cid is success (the director and create-env retry deletes).
+pub async fn delete(ctx: &CloudContext<'_>, cid: &str) -> Result<CallResult, CpiError> {
+    if let Some((_, docker)) = find(ctx, cid).await? {
+        docker.remove_container(cid).await?;
+        docker.remove_volume(&ephemeral_volume(cid)).await?;
+        let keys = ctx.keys().await?;
+        index::delete(ctx.etcd().await?, &keys.vm(cid)).await?;
+    }
+    Ok(CallResult::Plain(Value::Null))
+}
+
+/// `has_vm`: whether the container exists on its node. A finished record whose container is
+/// gone is removed from the index (the node wins).
+pub async fn has(ctx: &CloudContext<'_>, cid: &str) -> Result<CallResult, CpiError> {
+    let Some((record, docker)) = find(ctx, cid).await? else {
+        return Ok(CallResult::Plain(Value::Bool(false)));
+    };
+    let exists = docker.inspect_container(cid).await?.is_some();
+    if !exists && record.state == VmState::Created {
+        let keys = ctx.keys().await?;
+        index::delete(ctx.etcd().await?, &keys.vm(cid)).await?;
+        tracing::warn!(vm = %cid, node = %record.node, "container gone; index record removed");
+    }
+    Ok(CallResult::Plain(Value::Bool(exists)))
+}
+
+/// `reboot_vm`: restarts the container (same IP, same volumes).
+pub async fn reboot(ctx: &CloudContext<'_>, cid: &str) -> Result<CallResult, CpiError> {
+    let (_, docker) = find(ctx, cid).await?.ok_or_else(|| not_found(cid))?;
+    if docker.inspect_container(cid).await?.is_none() {
+        return Err(not_found(cid));
+    }
+    docker.restart_container(cid, 30).await?;
+    Ok(CallResult::Plain(Value::Null))
+}
+
+/// `set_vm_metadata`: merged into the VM's index record, where `cpi nodes` and operators
+/// see it (Docker labels cannot change on an existing container).
+pub async fn set_metadata(
+    ctx: &CloudContext<'_>,
+    cid: &str,
+    metadata: &Object,
+) -> Result<CallResult, CpiError> {
+    let keys = ctx.keys().await?;
+    let etcd = ctx.etcd().await?;
+    let mut record = index::get::<VmRecord>(etcd, &keys.vm(cid))
+        .await?
+        .ok_or_else(|| not_found(cid))?;
+    for (k, v) in metadata {
+        record.metadata.insert(k.clone(), v.clone());
+    }
+    index::put(etcd, &keys.vm(cid), &record).await?;
+    Ok(CallResult::Plain(Value::Null))
+}

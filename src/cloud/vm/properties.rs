@@ -1,0 +1,258 @@
+//! A VM's cloud_properties (AZ + vm_type + vm_extensions merged by the director): the keys
+//! this CPI understands, typed and checked, plus Docker HostConfig fields passed through
+//! (the Go docker CPI's `Memory`, `NanoCpus`, `RestartPolicy`, `PortBindings`, `Mounts`,
+//! `CapAdd`, ... keep working).
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::config::{StartMode, VmDefaults};
+use crate::protocol::{CpiError, Object};
+
+/// The lower-case keys this CPI reads; unknown lower-case keys are ignored (other tools'
+/// settings travel in the same hash), upper-case keys are Docker HostConfig fields.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct VmProperties {
+    /// Pin the VM to this node (the generated cloud-config sets it per AZ).
+    #[serde(default)]
+    pub node: Option<String>,
+    /// CPUs (may be fractional: 0.5).
+    #[serde(default)]
+    pub cpu: Option<f64>,
+    /// Memory limit in MiB.
+    #[serde(default)]
+    pub ram: Option<u64>,
+    /// Ephemeral disk size in MiB (recorded as a label; local volumes are not size-limited).
+    #[serde(default)]
+    pub ephemeral_disk: Option<u64>,
+    #[serde(default)]
+    pub privileged: Option<bool>,
+    #[serde(default)]
+    pub cap_add: Option<Vec<String>>,
+    #[serde(default)]
+    pub cap_drop: Option<Vec<String>>,
+    #[serde(default)]
+    pub security_opt: Option<Vec<String>>,
+    #[serde(default)]
+    pub device_cgroup_rules: Option<Vec<String>>,
+    #[serde(default)]
+    pub start_mode: Option<StartMode>,
+    #[serde(default)]
+    pub restart_policy: Option<String>,
+    /// Published ports: `"8080"`, `"8080/tcp"`, `"80:8080/tcp"` (host:container).
+    #[serde(default)]
+    pub ports: Vec<String>,
+    /// Docker HostConfig fields given in Docker's own spelling.
+    #[serde(skip)]
+    pub host_config: Map<String, Value>,
+}
+
+/// Container settings after defaults and per-VM overrides.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Effective {
+    pub privileged: bool,
+    pub cap_add: Vec<String>,
+    pub cap_drop: Vec<String>,
+    pub security_opt: Vec<String>,
+    pub device_cgroup_rules: Vec<String>,
+    pub start_mode: StartMode,
+    pub restart_policy: String,
+}
+
+const LOWER_KEYS: &[&str] = &[
+    "node",
+    "cpu",
+    "ram",
+    "ephemeral_disk",
+    "privileged",
+    "cap_add",
+    "cap_drop",
+    "security_opt",
+    "device_cgroup_rules",
+    "start_mode",
+    "restart_policy",
+    "ports",
+];
+
+impl VmProperties {
+    /// Parses create_vm's cloud_properties; a known key of the wrong type is a CpiError
+    /// naming it.
+    pub fn parse(cloud_properties: &Object) -> Result<VmProperties, CpiError> {
+        let mut known = Map::new();
+        let mut host_config = Map::new();
+        for (k, v) in cloud_properties {
+            if LOWER_KEYS.contains(&k.as_str()) {
+                if !v.is_null() {
+                    known.insert(k.clone(), v.clone());
+                }
+            } else if k.chars().next().is_some_and(|c| c.is_ascii_uppercase()) {
+                host_config.insert(k.clone(), v.clone());
+            }
+        }
+        let mut props: VmProperties = serde_path_to_error::deserialize(Value::Object(known))
+            .map_err(|e| {
+                let path = e.path().to_string();
+                CpiError::cpi(format!(
+                    "create_vm: cloud_properties.{path}: {}",
+                    e.into_inner()
+                ))
+            })?;
+        if let Some(cpu) = props.cpu
+            && !(cpu > 0.0 && cpu.is_finite())
+        {
+            return Err(CpiError::cpi(format!(
+                "create_vm: cloud_properties.cpu must be a positive number, got {cpu}"
+            )));
+        }
+        if props.ram == Some(0) {
+            return Err(CpiError::cpi(
+                "create_vm: cloud_properties.ram must be at least 1 MiB",
+            ));
+        }
+        if let Some(p) = &props.restart_policy {
+            check_restart_policy(p)?;
+        }
+        for p in &props.ports {
+            parse_port(p)?;
+        }
+        // Validate the HostConfig passthrough now, naming the field, rather than at create.
+        serde_path_to_error::deserialize::<_, bollard::models::HostConfig>(Value::Object(
+            host_config.clone(),
+        ))
+        .map_err(|e| {
+            let path = e.path().to_string();
+            CpiError::cpi(format!(
+                "create_vm: cloud_properties.{path} is not a valid Docker HostConfig field: {}",
+                e.into_inner()
+            ))
+        })?;
+        props.host_config = host_config;
+        Ok(props)
+    }
+
+    /// Defaults overridden by this VM's properties.
+    pub fn effective(&self, defaults: &VmDefaults) -> Effective {
+        Effective {
+            privileged: self.privileged.unwrap_or(defaults.privileged),
+            cap_add: self.cap_add.clone().unwrap_or(defaults.cap_add.clone()),
+            cap_drop: self.cap_drop.clone().unwrap_or(defaults.cap_drop.clone()),
+            security_opt: self
+                .security_opt
+                .clone()
+                .unwrap_or(defaults.security_opt.clone()),
+            device_cgroup_rules: self
+                .device_cgroup_rules
+                .clone()
+                .unwrap_or(defaults.device_cgroup_rules.clone()),
+            start_mode: self.start_mode.unwrap_or(defaults.start_mode),
+            restart_policy: self
+                .restart_policy
+                .clone()
+                .unwrap_or(defaults.restart_policy.clone()),
+        }
+    }
+
+    /// The memory limit in MiB: `ram`, else the passthrough `Memory` (bytes), else none.
+    pub fn memory_mib(&self) -> u64 {
+        self.ram.unwrap_or_else(|| {
+            self.host_config
+                .get("Memory")
+                .and_then(Value::as_u64)
+                .map(|b| b.div_ceil(1 << 20))
+                .unwrap_or(0)
+        })
+    }
+}
+
+fn check_restart_policy(p: &str) -> Result<(), CpiError> {
+    const POLICIES: &[&str] = &["no", "always", "unless-stopped", "on-failure"];
+    if POLICIES.contains(&p) {
+        Ok(())
+    } else {
+        Err(CpiError::cpi(format!(
+            "create_vm: cloud_properties.restart_policy '{p}' is not one of {}",
+            POLICIES.join(", ")
+        )))
+    }
+}
+
+/// A published port: (host port, container port, protocol).
+pub fn parse_port(spec: &str) -> Result<(u16, u16, String), CpiError> {
+    let bad = || {
+        CpiError::cpi(format!(
+            "create_vm: cloud_properties.ports entry '{spec}' must be PORT[/tcp|udp] or HOST:CONTAINER[/tcp|udp]"
+        ))
+    };
+    let (ports, proto) = match spec.split_once('/') {
+        Some((p, proto)) if proto == "tcp" || proto == "udp" => (p, proto.to_string()),
+        Some(_) => return Err(bad()),
+        None => (spec, "tcp".to_string()),
+    };
+    let (host, container) = match ports.split_once(':') {
+        Some((h, c)) => (h, c),
+        None => (ports, ports),
+    };
+    let host: u16 = host.parse().map_err(|_| bad())?;
+    let container: u16 = container.parse().map_err(|_| bad())?;
+    if host == 0 || container == 0 {
+        return Err(bad());
+    }
+    Ok((host, container, proto))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(v: Value) -> Result<VmProperties, CpiError> {
+        VmProperties::parse(v.as_object().unwrap())
+    }
+
+    #[test]
+    fn known_keys_and_passthrough() {
+        let p = parse(
+            json!({"node": "n2", "ram": 512, "cpu": 0.5, "ports": ["80:8080/tcp"],
+            "Memory": 1073741824u64, "RestartPolicy": {"Name": "always"}, "something_else": 1}),
+        )
+        .unwrap();
+        assert_eq!(p.node.as_deref(), Some("n2"));
+        assert_eq!(p.memory_mib(), 512);
+        assert!(p.host_config.contains_key("RestartPolicy"));
+        assert!(!p.host_config.contains_key("something_else"));
+        let p = parse(json!({"Memory": 1073741824u64})).unwrap();
+        assert_eq!(p.memory_mib(), 1024);
+    }
+
+    #[test]
+    fn wrong_types_are_named() {
+        let e = parse(json!({"ram": "lots"})).unwrap_err();
+        assert!(e.message.contains("cloud_properties.ram"), "{}", e.message);
+        let e = parse(json!({"Memory": "lots"})).unwrap_err();
+        assert!(e.message.contains("Memory"), "{}", e.message);
+        let e = parse(json!({"ports": ["http"]})).unwrap_err();
+        assert!(e.message.contains("'http'"), "{}", e.message);
+        let e = parse(json!({"restart_policy": "often"})).unwrap_err();
+        assert!(e.message.contains("often"), "{}", e.message);
+        assert!(parse(json!({"cpu": -1})).is_err());
+    }
+
+    #[test]
+    fn defaults_are_overridden_per_vm() {
+        let d = VmDefaults::default();
+        let e = parse(json!({"privileged": false, "cap_add": ["NET_ADMIN"]}))
+            .unwrap()
+            .effective(&d);
+        assert!(!e.privileged);
+        assert_eq!(e.cap_add, vec!["NET_ADMIN"]);
+        assert_eq!(e.restart_policy, "always");
+    }
+
+    #[test]
+    fn ports() {
+        assert_eq!(parse_port("8080").unwrap(), (8080, 8080, "tcp".into()));
+        assert_eq!(parse_port("53/udp").unwrap(), (53, 53, "udp".into()));
+        assert_eq!(parse_port("80:8080/tcp").unwrap(), (80, 8080, "tcp".into()));
+        assert!(parse_port("80/sctp").is_err());
+    }
+}

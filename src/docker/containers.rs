@@ -1,0 +1,188 @@
+//! Containers, volumes and archives on one node: thin calls with errors that name the node
+//! and the object. Absent objects are reported as `None`/success where callers need
+//! idempotency.
+
+use std::collections::HashMap;
+
+use bollard::errors::Error as DockerError;
+use bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, ContainerSummary, EndpointSettings,
+    NetworkConnectRequest, VolumeCreateRequest,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+    RemoveVolumeOptionsBuilder, RestartContainerOptionsBuilder, UploadToContainerOptionsBuilder,
+};
+use bytes::Bytes;
+
+use super::node::NodeDocker;
+use crate::protocol::CpiError;
+
+fn is_status(e: &DockerError, code: u16) -> bool {
+    matches!(e, DockerError::DockerResponseServerError { status_code, .. } if *status_code == code)
+}
+
+/// The message Docker gave, for callers that react to specific failures.
+pub fn docker_message(e: &DockerError) -> String {
+    match e {
+        DockerError::DockerResponseServerError { message, .. } => message.clone(),
+        other => other.to_string(),
+    }
+}
+
+impl NodeDocker {
+    /// Creates a container named `name`.
+    pub async fn create_container(
+        &self,
+        name: &str,
+        body: ContainerCreateBody,
+    ) -> Result<(), CpiError> {
+        self.docker
+            .create_container(
+                Some(CreateContainerOptionsBuilder::new().name(name).build()),
+                body,
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| self.error(&format!("creating container {name}"), &e))
+    }
+
+    /// Starts a container; the raw error is returned so callers can react to an address
+    /// conflict.
+    pub async fn start_container(&self, name: &str) -> Result<(), DockerError> {
+        self.docker.start_container(name, None).await
+    }
+
+    /// Restarts a container (stop with a grace period, then start).
+    pub async fn restart_container(&self, name: &str, grace_seconds: i32) -> Result<(), CpiError> {
+        self.docker
+            .restart_container(
+                name,
+                Some(
+                    RestartContainerOptionsBuilder::new()
+                        .t(grace_seconds)
+                        .build(),
+                ),
+            )
+            .await
+            .map_err(|e| self.error(&format!("restarting container {name}"), &e))
+    }
+
+    /// The container, or `None` when it does not exist.
+    pub async fn inspect_container(
+        &self,
+        name: &str,
+    ) -> Result<Option<ContainerInspectResponse>, CpiError> {
+        match self.docker.inspect_container(name, None).await {
+            Ok(c) => Ok(Some(c)),
+            Err(e) if is_status(&e, 404) => Ok(None),
+            Err(e) => Err(self.error(&format!("inspecting container {name}"), &e)),
+        }
+    }
+
+    /// Removes a container, running or not, with its anonymous volumes; absent is success.
+    pub async fn remove_container(&self, name: &str) -> Result<(), CpiError> {
+        let options = RemoveContainerOptionsBuilder::new()
+            .force(true)
+            .v(true)
+            .build();
+        match self.docker.remove_container(name, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_status(&e, 404) => Ok(()),
+            Err(e) => Err(self.error(&format!("removing container {name}"), &e)),
+        }
+    }
+
+    /// All containers (running or not) carrying `label` (`key` or `key=value`).
+    pub async fn containers_with_label(
+        &self,
+        label: &str,
+    ) -> Result<Vec<ContainerSummary>, CpiError> {
+        let filters: HashMap<String, Vec<String>> =
+            [("label".to_string(), vec![label.to_string()])].into();
+        self.docker
+            .list_containers(Some(
+                ListContainersOptionsBuilder::new()
+                    .all(true)
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+            .map_err(|e| self.error(&format!("listing containers with label {label}"), &e))
+    }
+
+    /// Connects a created container to one more network.
+    pub async fn connect_network(
+        &self,
+        network: &str,
+        container: &str,
+        endpoint: EndpointSettings,
+    ) -> Result<(), CpiError> {
+        self.docker
+            .connect_network(
+                network,
+                NetworkConnectRequest {
+                    container: container.to_string(),
+                    endpoint_config: Some(endpoint),
+                },
+            )
+            .await
+            .map_err(|e| {
+                self.error(
+                    &format!("connecting container {container} to network {network}"),
+                    &e,
+                )
+            })
+    }
+
+    /// Extracts a tar archive into a (created, not necessarily started) container at `path`.
+    pub async fn upload_archive(
+        &self,
+        container: &str,
+        path: &str,
+        tar: Vec<u8>,
+    ) -> Result<(), CpiError> {
+        self.docker
+            .upload_to_container(
+                container,
+                Some(UploadToContainerOptionsBuilder::new().path(path).build()),
+                bollard::body_full(Bytes::from(tar)),
+            )
+            .await
+            .map_err(|e| self.error(&format!("writing files into container {container}"), &e))
+    }
+
+    /// Creates a named local volume with labels.
+    pub async fn create_volume(
+        &self,
+        name: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<(), CpiError> {
+        self.docker
+            .create_volume(VolumeCreateRequest {
+                name: Some(name.to_string()),
+                driver: Some("local".into()),
+                labels: Some(labels),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ())
+            .map_err(|e| self.error(&format!("creating volume {name}"), &e))
+    }
+
+    /// Removes a volume; absent is success.
+    pub async fn remove_volume(&self, name: &str) -> Result<(), CpiError> {
+        match self
+            .docker
+            .remove_volume(
+                name,
+                Some(RemoveVolumeOptionsBuilder::new().force(true).build()),
+            )
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if is_status(&e, 404) => Ok(()),
+            Err(e) => Err(self.error(&format!("removing volume {name}"), &e)),
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! The BOSH bridge network of a node: created on the node's Flannel subnet when missing,
+//! checked when present (a network on another subnet is never silently reused).
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+
+use bollard::models::{Ipam, IpamConfig, NetworkCreateRequest};
+use ipnet::Ipv4Net;
+
+use super::node::NodeDocker;
+use crate::protocol::CpiError;
+
+/// What a node's BOSH network must look like.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BridgeSpec {
+    pub name: String,
+    pub subnet: Ipv4Net,
+    pub gateway: Ipv4Addr,
+    pub mtu: u32,
+}
+
+impl NodeDocker {
+    /// Makes sure the network exists as specified; creates it when absent. A network of
+    /// that name with another subnet or gateway is an error naming both.
+    pub async fn ensure_bridge(&self, spec: &BridgeSpec) -> Result<(), CpiError> {
+        match self.docker.inspect_network(&spec.name, None).await {
+            Ok(existing) => {
+                let configs = existing.ipam.and_then(|i| i.config).unwrap_or_default();
+                let matches = configs.iter().any(|c| {
+                    c.subnet.as_deref().and_then(|s| s.parse::<Ipv4Net>().ok()) == Some(spec.subnet)
+                        && c.gateway
+                            .as_deref()
+                            .is_none_or(|g| g.parse::<Ipv4Addr>().ok() == Some(spec.gateway))
+                });
+                if matches {
+                    return Ok(());
+                }
+                let found: Vec<String> = configs
+                    .iter()
+                    .map(|c| {
+                        format!(
+                            "{} gateway {}",
+                            c.subnet.as_deref().unwrap_or("?"),
+                            c.gateway.as_deref().unwrap_or("?")
+                        )
+                    })
+                    .collect();
+                Err(CpiError::cloud(
+                    format!(
+                        "node {}: docker network {} has subnet [{}] but the node's Flannel subnet is {} gateway {}; remove or fix the network (cpi node-prep recreates it)",
+                        self.name,
+                        spec.name,
+                        found.join(", "),
+                        spec.subnet,
+                        spec.gateway
+                    ),
+                    false,
+                ))
+            }
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => self.create_bridge(spec).await,
+            Err(e) => Err(self.error(&format!("inspecting network {}", spec.name), &e)),
+        }
+    }
+
+    /// Docker before API 1.44 lets two concurrent creates make two networks of one name.
+    /// Every creator keeps the network with the smallest id and removes the others, so
+    /// all converge on the same one.
+    async fn dedupe_network(&self, name: &str) -> Result<(), CpiError> {
+        let filters: HashMap<String, Vec<String>> =
+            [("name".to_string(), vec![name.to_string()])].into();
+        let mut same: Vec<String> = self
+            .docker
+            .list_networks(Some(
+                bollard::query_parameters::ListNetworksOptionsBuilder::new()
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+            .map_err(|e| self.error(&format!("listing networks named {name}"), &e))?
+            .into_iter()
+            .filter(|n| n.name.as_deref() == Some(name))
+            .filter_map(|n| n.id)
+            .collect();
+        same.sort();
+        for extra in same.iter().skip(1) {
+            if let Err(e) = self.docker.remove_network(extra).await {
+                tracing::warn!(node = %self.name, "removing duplicate network {name} ({extra}): {e}");
+            }
+        }
+        Ok(())
+    }
+
+    async fn create_bridge(&self, spec: &BridgeSpec) -> Result<(), CpiError> {
+        let options: HashMap<String, String> = [
+            (
+                "com.docker.network.driver.mtu".to_string(),
+                spec.mtu.to_string(),
+            ),
+            (
+                "com.docker.network.bridge.enable_ip_masquerade".to_string(),
+                "false".to_string(),
+            ),
+        ]
+        .into();
+        let request = NetworkCreateRequest {
+            name: spec.name.clone(),
+            driver: Some("bridge".into()),
+            ipam: Some(Ipam {
+                driver: Some("default".into()),
+                config: Some(vec![IpamConfig {
+                    subnet: Some(spec.subnet.trunc().to_string()),
+                    gateway: Some(spec.gateway.to_string()),
+                    ..Default::default()
+                }]),
+                options: None,
+            }),
+            options: Some(options),
+            labels: Some([("moltencore.network".to_string(), "bosh".to_string())].into()),
+            ..Default::default()
+        };
+        match self.docker.create_network(request).await {
+            Ok(_) => self.dedupe_network(&spec.name).await,
+            // Created concurrently by another call: check it like an existing one.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 409, ..
+            }) => Box::pin(self.ensure_bridge(spec)).await,
+            Err(e) => Err(self.error(&format!("creating network {}", spec.name), &e)),
+        }
+    }
+}
