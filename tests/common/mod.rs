@@ -250,3 +250,186 @@ pub fn dead_node_record(name: &str) -> Value {
         "docker_endpoint": "tcp://127.0.0.1:9", "subnet": "10.1.200.0/24",
         "gateway": "10.1.200.1", "state": "ready"})
 }
+
+/// A stemcell imported once per test binary (tests of one binary share it).
+pub fn shared_stemcell() -> String {
+    static CID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    CID.get_or_init(|| {
+        let image = test_stemcell_dir().join("image");
+        let req = serde_json::json!({"method":"create_stemcell",
+            "arguments":[image.to_str().unwrap(), {}]});
+        expect_result(&req.to_string(), Some(&cluster_config()))
+            .as_str()
+            .expect("stemcell cid")
+            .to_string()
+    })
+    .clone()
+}
+
+/// A unique agent id, so a test can find everything its VM left on any node.
+pub fn agent_id(test: &str) -> String {
+    format!("agent-{test}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// A create_vm request.
+pub fn create_vm_request(
+    agent: &str,
+    stemcell: &str,
+    cloud_properties: Value,
+    networks: Value,
+    env: Value,
+    api_version: u32,
+) -> String {
+    serde_json::json!({"method": "create_vm",
+        "arguments": [agent, stemcell, cloud_properties, networks, [], env],
+        "context": {"director_uuid": "d", "request_id": "cpi-test"},
+        "api_version": api_version})
+    .to_string()
+}
+
+/// A manual network on `ip` of the node subnet `a.b.c.0/24`.
+pub fn manual_network(ip: &str) -> Value {
+    let gw = format!("{}.1", ip.rsplit_once('.').unwrap().0);
+    serde_json::json!({"default": {"type": "manual", "ip": ip, "netmask": "255.255.255.0",
+        "gateway": gw, "dns": [gw], "default": ["dns", "gateway"], "cloud_properties": {}}})
+}
+
+/// The subnet prefix (`10.1.2`) of the node at `index` (0-based) in cluster.json.
+pub fn node_prefix(index: usize) -> (String, String) {
+    let c = cluster();
+    let node = &c["nodes"][index];
+    let subnet = node["subnet"].as_str().unwrap();
+    let prefix = subnet.rsplit_once('.').unwrap().0.to_string();
+    (node["name"].as_str().unwrap().to_string(), prefix)
+}
+
+/// Runs `cmd` in a container on `node` (through the node's socket) and returns the exit
+/// code and output.
+pub async fn exec_in(node: &str, container: &str, cmd: &str) -> (i64, String) {
+    use bollard::exec::{CreateExecOptions, StartExecResults};
+    use futures_util::StreamExt;
+    let docker = node_socket(node).await;
+    let exec = docker
+        .create_exec(
+            container,
+            CreateExecOptions {
+                cmd: Some(vec![
+                    "/bin/sh".to_string(),
+                    "-c".to_string(),
+                    cmd.to_string(),
+                ]),
+                attach_stdout: Some(true),
+                attach_stderr: Some(true),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("exec in {container} on {node}: {e}"));
+    let mut text = String::new();
+    if let StartExecResults::Attached { mut output, .. } =
+        docker.start_exec(&exec.id, None).await.unwrap()
+    {
+        while let Some(Ok(chunk)) = output.next().await {
+            text.push_str(&chunk.to_string());
+        }
+    }
+    let code = docker
+        .inspect_exec(&exec.id)
+        .await
+        .unwrap()
+        .exit_code
+        .unwrap_or(-1);
+    (code, text)
+}
+
+/// A file's content inside a container (through the node's socket).
+pub async fn read_file_in(node: &str, container: &str, path: &str) -> String {
+    use futures_util::StreamExt;
+    use std::io::Read;
+    let docker = node_socket(node).await;
+    let mut stream = docker.download_from_container(
+        container,
+        Some(
+            bollard::query_parameters::DownloadFromContainerOptionsBuilder::new()
+                .path(path)
+                .build(),
+        ),
+    );
+    let mut tar_bytes = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        tar_bytes
+            .extend_from_slice(&chunk.unwrap_or_else(|e| panic!("{path} in {container}: {e}")));
+    }
+    let mut archive = tar::Archive::new(tar_bytes.as_slice());
+    let mut entry = archive.entries().unwrap().next().unwrap().unwrap();
+    let mut text = String::new();
+    entry.read_to_string(&mut text).unwrap();
+    text
+}
+
+/// The node whose Docker has a container named `name`, if any.
+pub async fn node_of_container(name: &str) -> Option<String> {
+    for node in node_names() {
+        let docker = node_socket(&node).await;
+        if docker.inspect_container(name, None).await.is_ok() {
+            return Some(node);
+        }
+    }
+    None
+}
+
+/// Containers and volumes on any node carrying `moltencore.vm.agent_id=<agent>`.
+pub async fn leftovers_of_agent(agent: &str) -> Vec<String> {
+    use bollard::query_parameters::{ListContainersOptionsBuilder, ListVolumesOptionsBuilder};
+    let label = format!("moltencore.vm.agent_id={agent}");
+    let filters: std::collections::HashMap<String, Vec<String>> =
+        [("label".to_string(), vec![label])].into();
+    let mut found = Vec::new();
+    for node in node_names() {
+        let docker = node_socket(&node).await;
+        for c in docker
+            .list_containers(Some(
+                ListContainersOptionsBuilder::new()
+                    .all(true)
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+            .unwrap()
+        {
+            found.push(format!("container {:?} on {node}", c.names));
+        }
+        let volumes = docker
+            .list_volumes(Some(
+                ListVolumesOptionsBuilder::new().filters(&filters).build(),
+            ))
+            .await
+            .unwrap();
+        for v in volumes.volumes.unwrap_or_default() {
+            found.push(format!("volume {} on {node}", v.name));
+        }
+    }
+    found
+}
+
+/// The VM index records (as JSON) whose agent_id is `agent`.
+pub fn index_records_of_agent(config: &Path, agent: &str) -> Vec<Value> {
+    let cfg = moltencore::config::Config::from_value(
+        serde_json::from_str(&std::fs::read_to_string(config).unwrap()).unwrap(),
+    )
+    .unwrap();
+    runtime().block_on(async {
+        let etcd = moltencore::cluster::Etcd::connect(&cfg).await.unwrap();
+        let prefix = format!("{}/vms/", cfg.etcd.key_prefix);
+        let resp = etcd
+            .client()
+            .get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))
+            .await
+            .unwrap();
+        resp.kvs()
+            .iter()
+            .filter_map(|kv| serde_json::from_slice::<Value>(kv.value()).ok())
+            .filter(|v| v["agent_id"] == agent)
+            .collect()
+    })
+}
