@@ -1,0 +1,159 @@
+//! VMs across a node's Docker daemon going away: a VM comes back with the same IP after
+//! its node's dockerd restarts, and create_vm on a node whose dockerd is down fails
+//! retriably, leaves nothing anywhere, and succeeds once the node is back. This binary
+//! stops and restarts a daemon, so it runs alone (test binaries run one after another).
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+
+fn node_dir(node: &str) -> PathBuf {
+    PathBuf::from(cluster()["dir"].as_str().unwrap()).join(node)
+}
+
+/// Stops the node's dockerd (SIGTERM, as a host shutdown would) and waits for it to exit.
+fn stop_dockerd(node: &str) {
+    let pid: i32 = std::fs::read_to_string(node_dir(node).join("docker.pid"))
+        .expect("dockerd pid file")
+        .trim()
+        .parse()
+        .unwrap();
+    Command::new("kill").arg(pid.to_string()).status().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "dockerd {pid} of {node} did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Brings the stopped daemon back through the harness (`up` repairs what is down).
+fn start_dockerd() {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("ci/cluster");
+    let out = Command::new(script).arg("up").output().unwrap();
+    assert!(
+        out.status.success(),
+        "ci/cluster up failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn container_ip(node: &str, cid: &str) -> (bool, String) {
+    runtime().block_on(async {
+        let c = node_socket(node)
+            .await
+            .inspect_container(cid, None)
+            .await
+            .unwrap();
+        let ip = c.network_settings.unwrap().networks.unwrap()["bosh"]
+            .ip_address
+            .clone()
+            .unwrap_or_default();
+        (c.state.unwrap().running.unwrap_or(false), ip)
+    })
+}
+
+#[test]
+fn vms_survive_a_dockerd_restart_and_create_vm_fails_retriably_while_it_is_down() {
+    let config = cluster_config();
+    let (node, prefix) = node_prefix(2);
+    let stemcell = shared_stemcell();
+
+    // 1. A running VM comes back after its node's dockerd restarts, with the same IP.
+    let ip = format!("{prefix}.50");
+    let req = create_vm_request(
+        &agent_id("survivor"),
+        &stemcell,
+        json!({}),
+        manual_network(&ip),
+        json!({}),
+        2,
+    );
+    let vm = expect_result(&req, Some(&config))[0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(container_ip(&node, &vm), (true, ip.clone()));
+
+    stop_dockerd(&node);
+
+    // 2. While it is down, create_vm on that node is a retriable VMCreationFailed and
+    //    leaves nothing behind anywhere.
+    let agent = agent_id("while-down");
+    let req = create_vm_request(
+        &agent,
+        &stemcell,
+        json!({}),
+        manual_network(&format!("{prefix}.51")),
+        json!({}),
+        2,
+    );
+    let (kind, message, run) = expect_error(&req, Some(&config));
+    assert_eq!(kind, "Bosh::Clouds::VMCreationFailed", "{message}");
+    assert_eq!(run.response["error"]["ok_to_retry"], true, "{message}");
+    assert!(
+        message.contains(&node),
+        "the message names the node: {message}"
+    );
+    assert!(index_records_of_agent(&config, &agent).is_empty());
+    // delete_vm and has_vm of a VM on the down node are retriable errors, never "gone".
+    let (kind, _, run) = expect_error(
+        &json!({"method":"has_vm","arguments":[vm]}).to_string(),
+        Some(&config),
+    );
+    assert_eq!(kind, "Bosh::Clouds::CloudError");
+    assert_eq!(run.response["error"]["ok_to_retry"], true);
+
+    start_dockerd();
+    runtime().block_on(async {
+        let others: Vec<String> = leftovers_of_agent(&agent).await;
+        assert_eq!(others, Vec::<String>::new());
+    });
+
+    // The VM is back, running, same IP, and answers on it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (running, now_ip) = container_ip(&node, &vm);
+        if running && now_ip == ip {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "VM {vm} not back with {ip} (running {running}, ip {now_ip})"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "for i in $(seq 1 40); do printf 'GET / HTTP/1.0\\r\\n\\r\\n' | busybox nc -w 2 {ip} 8080 && exit 0; sleep 0.5; done; exit 1"
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&vm),
+        "{vm} does not answer on {ip} after the restart"
+    );
+
+    // 3. The same create_vm succeeds now that the node is back.
+    let result = expect_result(&req, Some(&config));
+    let second = result[0].as_str().unwrap().to_string();
+    assert_eq!(result[1]["default"]["ip"], format!("{prefix}.51"));
+
+    for cid in [vm, second] {
+        assert_eq!(
+            expect_result(
+                &json!({"method":"delete_vm","arguments":[cid]}).to_string(),
+                Some(&config)
+            ),
+            Value::Null
+        );
+    }
+}
