@@ -201,3 +201,80 @@ fn an_unreachable_node_does_not_fail_create_stemcell() {
     assert!(run.response["error"].is_null(), "{}", run.stdout);
     assert!(run.response["log"].as_str().unwrap().contains("zz-dead"));
 }
+
+/// Imports the test rootfs into one node under `reference` (as an operator would have
+/// loaded an image there) and returns its image id.
+fn load_image_on(node: &str, reference: &str) -> String {
+    let image = std::fs::read(test_stemcell_dir().join("image")).unwrap();
+    let (repo, tag) = reference.split_once(':').unwrap();
+    runtime().block_on(async {
+        use futures_util::StreamExt;
+        let docker = node_socket(node).await;
+        let options = bollard::query_parameters::CreateImageOptionsBuilder::new()
+            .from_src("-")
+            .repo(repo)
+            .tag(tag)
+            .build();
+        let mut s = docker.create_image(
+            Some(options),
+            Some(bollard::body_full(bytes::Bytes::from(image))),
+            None,
+        );
+        while let Some(step) = s.next().await {
+            step.unwrap();
+        }
+        docker.inspect_image(reference).await.unwrap().id.unwrap()
+    })
+}
+
+#[test]
+fn a_docker_light_stemcell_adopts_the_image_present_on_the_nodes() {
+    let config = cluster_config();
+    let nodes = node_names();
+    let reference = format!("light/test:{}", uuid::Uuid::new_v4().simple());
+    let id = load_image_on(&nodes[0], &reference);
+    let req = json!({"method":"create_stemcell",
+        "arguments":["/nonexistent/empty-image", {"image_reference": reference, "digest": id}]});
+    let run = run_cpi(&req.to_string(), Some(&config), &[]);
+    assert_schema(&run);
+    let cid = run.response["result"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{}", run.stdout))
+        .to_string();
+    assert!(stemcell_images(&nodes[0]).contains(&format!("moltencore-stemcell:{cid}")));
+    // The nodes without the image (and no registry to pull from) are named in the log;
+    // a VM placed there gets the image copied from the first node.
+    let log = run.response["log"].as_str().unwrap();
+    assert!(log.contains(&nodes[1]), "{log}");
+    delete(&cid, &config);
+    runtime().block_on(async {
+        // Only the stemcell tag went away; the operator's image stays.
+        assert!(
+            node_socket(&nodes[0])
+                .await
+                .inspect_image(&reference)
+                .await
+                .is_ok()
+        );
+    });
+
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    let req = json!({"method":"create_stemcell",
+        "arguments":["/nonexistent/empty-image", {"image_reference": reference, "digest": wrong}]});
+    let (kind, message, _) = expect_error(&req.to_string(), Some(&config));
+    assert_eq!(kind, "Bosh::Clouds::CpiError");
+    assert!(
+        message.contains(&reference) && message.contains(&wrong),
+        "{message}"
+    );
+
+    let absent = format!("light/absent:{}", uuid::Uuid::new_v4().simple());
+    let req = json!({"method":"create_stemcell",
+        "arguments":["/nonexistent/empty-image", {"image_reference": absent}]});
+    let (kind, message, _) = expect_error(&req.to_string(), Some(&config));
+    assert_eq!(kind, "Bosh::Clouds::CloudError");
+    assert!(
+        message.contains(&absent) && message.contains("could not be pulled"),
+        "{message}"
+    );
+}

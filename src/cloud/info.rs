@@ -5,7 +5,7 @@ use serde_json::json;
 use crate::protocol::CallResult;
 
 /// Stemcell formats `create_stemcell` accepts.
-pub const STEMCELL_FORMATS: &[&str] = &["warden-tar", "general-tar"];
+pub const STEMCELL_FORMATS: &[&str] = &["warden-tar", "general-tar", "docker-light"];
 
 /// The CPI API version this CPI speaks.
 pub const API_VERSION: u32 = 2;

@@ -269,3 +269,36 @@ pub async fn copy(
         )),
     }
 }
+
+/// Tags `reference` on `node` as `repo:tag`.
+pub async fn tag(
+    node: &NodeDocker,
+    reference: &str,
+    repo: &str,
+    tag: &str,
+) -> Result<(), CpiError> {
+    node.docker
+        .tag_image(
+            reference,
+            Some(
+                bollard::query_parameters::TagImageOptionsBuilder::new()
+                    .repo(repo)
+                    .tag(tag)
+                    .build(),
+            ),
+        )
+        .await
+        .map_err(|e| node.error(&format!("tagging {reference} as {repo}:{tag}"), &e))
+}
+
+/// Pulls `reference` on `node` from its registry.
+pub async fn pull(node: &NodeDocker, reference: &str) -> Result<(), CpiError> {
+    let options = CreateImageOptionsBuilder::new()
+        .from_image(reference)
+        .build();
+    let mut progress = node.docker.create_image(Some(options), None, None);
+    while let Some(step) = progress.next().await {
+        step.map_err(|e| node.error(&format!("pulling {reference}"), &e))?;
+    }
+    Ok(())
+}

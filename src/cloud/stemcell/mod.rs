@@ -1,6 +1,7 @@
 //! Stemcells: imported into every ready node at once from one read of the image, copied
 //! node-to-node to a node that lacks one when a VM is placed there, removed everywhere.
 
+pub mod light;
 pub mod manifest;
 pub mod source;
 
@@ -68,12 +69,16 @@ impl StreamCheck for NoCheck {
     }
 }
 
-/// `create_stemcell`: streams the rootfs into every ready node concurrently.
+/// `create_stemcell`: streams the rootfs into every ready node concurrently, or, for a
+/// docker-light stemcell, adopts the image it names.
 pub async fn create(
     ctx: &CloudContext<'_>,
     image_path: &str,
-    _cloud_properties: &Object,
+    cloud_properties: &Object,
 ) -> Result<CallResult, CpiError> {
+    if let Some(image) = light::LightImage::from_cloud_properties(cloud_properties)? {
+        return create_light(ctx, &image).await;
+    }
     let source = StemcellSource::open(image_path)?;
     let manifest = source.manifest.clone();
     manifest.check_format().map_err(CpiError::cpi)?;
@@ -153,6 +158,30 @@ pub async fn create(
         version: manifest.version.clone(),
         operating_system: manifest.operating_system.clone(),
         nodes: ok.iter().map(|(n, _)| n.clone()).collect(),
+        created_at: super::now(),
+    };
+    let keys = ctx.keys().await?;
+    index::put(ctx.etcd().await?, &keys.stemcell(&cid), &record).await?;
+    Ok(CallResult::Plain(serde_json::Value::String(cid)))
+}
+
+async fn create_light(
+    ctx: &CloudContext<'_>,
+    image: &light::LightImage,
+) -> Result<CallResult, CpiError> {
+    let view = ctx.view().await?;
+    let mut nodes = Vec::new();
+    for n in view.nodes.iter().filter(|n| n.state == NodeState::Ready) {
+        nodes.push(ctx.node_docker(&view, &n.name).await?);
+    }
+    let cid = format!("sc-{}", uuid::Uuid::new_v4());
+    let have = light::adopt(&nodes, image, &cid).await?;
+    let record = StemcellRecord {
+        cid: cid.clone(),
+        name: image.reference.clone(),
+        version: image.digest.clone().unwrap_or_default(),
+        operating_system: None,
+        nodes: have,
         created_at: super::now(),
     };
     let keys = ctx.keys().await?;
