@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, Secret, TlsMaterial};
 use crate::protocol::CpiError;
 
 /// A connected etcd client plus the endpoints it was made for (for error messages).
@@ -14,16 +14,46 @@ pub struct Etcd {
     endpoints: Vec<String>,
 }
 
+/// Everything needed to reach etcd, independent of cpi.json: node-prep and the operator's
+/// commands connect with endpoints and TLS material from flags, without a CPI config.
+#[derive(Debug, Clone)]
+pub struct EtcdAccess {
+    /// `http(s)://host:port` client URLs.
+    pub endpoints: Vec<String>,
+    /// Client TLS (CA and client certificate), loaded.
+    pub tls: Option<TlsMaterial>,
+    /// etcd user and password, when etcd auth is on.
+    pub auth: Option<(String, Secret)>,
+    /// Connect and request timeout.
+    pub timeout: Duration,
+}
+
+impl EtcdAccess {
+    /// The access described by a CPI configuration.
+    pub fn from_config(config: &Config) -> Result<EtcdAccess, ConfigError> {
+        let cfg = &config.etcd;
+        Ok(EtcdAccess {
+            endpoints: cfg.endpoints.clone(),
+            tls: config.etcd_tls()?,
+            auth: cfg.username.clone().zip(cfg.password.clone()),
+            timeout: Duration::from_secs(cfg.timeout_seconds),
+        })
+    }
+}
+
 impl Etcd {
     /// Connects to the configured endpoints. An unreachable etcd is a retriable
     /// `CloudError` naming the endpoints.
     pub async fn connect(config: &Config) -> Result<Etcd, CpiError> {
-        let cfg = &config.etcd;
-        let timeout = Duration::from_secs(cfg.timeout_seconds);
+        Etcd::connect_with(&EtcdAccess::from_config(config)?).await
+    }
+
+    /// Connects with explicit access material (no CPI config needed).
+    pub async fn connect_with(access: &EtcdAccess) -> Result<Etcd, CpiError> {
         let mut options = ConnectOptions::new()
-            .with_connect_timeout(timeout)
-            .with_timeout(timeout);
-        if let Some(tls) = config.etcd_tls()? {
+            .with_connect_timeout(access.timeout)
+            .with_timeout(access.timeout);
+        if let Some(tls) = &access.tls {
             let mut t = TlsOptions::new();
             if let Some(ca) = &tls.ca_cert {
                 t = t.ca_certificate(Certificate::from_pem(ca));
@@ -32,23 +62,28 @@ impl Etcd {
                 t = t.identity(Identity::from_pem(cert, key.expose()));
             }
             options = options.with_tls(t);
-        } else if cfg.endpoints.iter().any(|e| e.starts_with("https://")) {
+        } else if access.endpoints.iter().any(|e| e.starts_with("https://")) {
             return Err(ConfigError::invalid(
                 "etcd.tls",
                 "https endpoints need etcd.tls (at least ca_cert)",
             )
             .into());
         }
-        if let (Some(user), Some(password)) = (&cfg.username, &cfg.password) {
+        if let Some((user, password)) = &access.auth {
             options = options.with_user(user.clone(), password.expose().to_string());
         }
-        let client = Client::connect(&cfg.endpoints, Some(options))
+        let client = Client::connect(&access.endpoints, Some(options))
             .await
-            .map_err(|e| unreachable(&cfg.endpoints, &e))?;
+            .map_err(|e| unreachable(&access.endpoints, &e))?;
         Ok(Etcd {
             client,
-            endpoints: cfg.endpoints.clone(),
+            endpoints: access.endpoints.clone(),
         })
+    }
+
+    /// The endpoints this client was made for, for messages.
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
     }
 
     /// The underlying client, for the modules that read and write keys.

@@ -5,6 +5,6 @@ pub mod index;
 pub mod model;
 pub mod view;
 
-pub use etcd::Etcd;
+pub use etcd::{Etcd, EtcdAccess};
 pub use model::{Capacity, FlannelConfig, NodeRecord, NodeState, SubnetLease, VmRecord, VmState};
-pub use view::{ClusterView, Keys};
+pub use view::{ClusterView, Keys, NodeUsage};

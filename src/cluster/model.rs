@@ -77,8 +77,21 @@ pub struct FlannelConfig {
     pub network: Ipv4Net,
     #[serde(rename = "SubnetLen", default = "default_subnet_len")]
     pub subnet_len: u8,
-    #[serde(rename = "Backend", default)]
+    #[serde(rename = "Backend", default, skip_serializing_if = "Option::is_none")]
     pub backend: Option<FlannelBackend>,
+    /// Lowest subnet flannel may lease (aligned to `SubnetLen`).
+    #[serde(rename = "SubnetMin", default, skip_serializing_if = "Option::is_none")]
+    pub subnet_min: Option<Ipv4Addr>,
+    /// Highest subnet flannel may lease.
+    #[serde(rename = "SubnetMax", default, skip_serializing_if = "Option::is_none")]
+    pub subnet_max: Option<Ipv4Addr>,
+}
+
+impl FlannelConfig {
+    /// The backend type, if the config names one (flannel falls back to udp if not).
+    pub fn backend_type(&self) -> Option<&str> {
+        self.backend.as_ref().map(|b| b.kind.as_str())
+    }
 }
 
 /// Flannel's backend section.
@@ -109,6 +122,23 @@ struct LeaseValue {
 }
 
 impl SubnetLease {
+    /// The key name of a lease for `subnet` (`10.1.2.0-24`).
+    pub fn key_name(subnet: &Ipv4Net) -> String {
+        format!("{}-{}", subnet.network(), subnet.prefix_len())
+    }
+
+    /// The JSON value of a reservation for `public_ip`, in flannel's lease format. Written
+    /// without an etcd lease it never expires; flanneld adopts it for the same public IP.
+    pub fn reservation_value(public_ip: Ipv4Addr, backend_type: &str) -> String {
+        serde_json::json!({
+            "PublicIP": public_ip,
+            "PublicIPv6": null,
+            "BackendType": backend_type,
+            "BackendData": null,
+        })
+        .to_string()
+    }
+
     /// Parses a lease from its key's last segment (`10.1.2.0-24`) and JSON value.
     pub fn parse(key_name: &str, value: &[u8]) -> Result<SubnetLease, String> {
         let (addr, len) = key_name
@@ -163,7 +193,23 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.subnet_len, 24);
-        assert_eq!(c.backend.unwrap().kind, "vxlan");
+        assert_eq!(c.backend_type(), Some("vxlan"));
+        assert_eq!(
+            serde_json::to_string(&c).unwrap(),
+            r#"{"Network":"10.1.0.0/16","SubnetLen":24,"Backend":{"Type":"vxlan"}}"#
+        );
+    }
+
+    #[test]
+    fn reservation_round_trips() {
+        let subnet: Ipv4Net = "10.1.7.0/24".parse().unwrap();
+        let name = SubnetLease::key_name(&subnet);
+        assert_eq!(name, "10.1.7.0-24");
+        let value = SubnetLease::reservation_value(Ipv4Addr::new(192, 0, 2, 7), "vxlan");
+        let l = SubnetLease::parse(&name, value.as_bytes()).unwrap();
+        assert_eq!(l.subnet, subnet);
+        assert_eq!(l.public_ip, Some(Ipv4Addr::new(192, 0, 2, 7)));
+        assert_eq!(l.backend_type.as_deref(), Some("vxlan"));
     }
 }
 

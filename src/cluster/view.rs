@@ -18,9 +18,13 @@ pub struct Keys {
 impl Keys {
     /// Keys for the configured prefixes.
     pub fn new(cfg: &EtcdConfig) -> Keys {
+        Keys::with_prefixes(&cfg.key_prefix, &cfg.flannel_prefix)
+    }
+    /// Keys for explicit prefixes (node-prep takes them from flags, not from cpi.json).
+    pub fn with_prefixes(key_prefix: &str, flannel_prefix: &str) -> Keys {
         Keys {
-            key_prefix: cfg.key_prefix.clone(),
-            flannel_prefix: cfg.flannel_prefix.clone(),
+            key_prefix: key_prefix.to_string(),
+            flannel_prefix: flannel_prefix.to_string(),
         }
     }
     /// Prefix of all node records.
@@ -34,6 +38,10 @@ impl Keys {
     /// The cluster CA certificate (public; Docker servers are signed by it).
     pub fn ca_cert(&self) -> String {
         format!("{}/pki/ca.crt", self.key_prefix)
+    }
+    /// The cluster CA private key: readable by anyone with etcd read access to this key.
+    pub fn ca_key(&self) -> String {
+        format!("{}/pki/ca.key", self.key_prefix)
     }
     /// Prefix of the stemcell index.
     pub fn stemcells(&self) -> String {
@@ -78,6 +86,15 @@ pub struct ClusterView {
     pub problems: Vec<String>,
     /// The etcd revision the snapshot was read at.
     pub revision: i64,
+}
+
+/// What the VM index says runs on one node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct NodeUsage {
+    /// Number of VMs in the index on this node.
+    pub vms: u32,
+    /// Sum of their `memory_mib`.
+    pub memory_mib: u64,
 }
 
 impl ClusterView {
@@ -167,6 +184,15 @@ impl ClusterView {
         self.vms.iter().filter(move |v| v.node == node)
     }
 
+    /// VMs and memory in use on the node `name`, from the VM index (zero when it has none).
+    pub fn usage_of(&self, name: &str) -> NodeUsage {
+        self.vms_on(name)
+            .fold(NodeUsage::default(), |u, vm| NodeUsage {
+                vms: u.vms + 1,
+                memory_mib: u.memory_mib + vm.memory_mib,
+            })
+    }
+
     /// The Flannel lease covering a node's subnet, if any.
     pub fn lease_of(&self, node: &NodeRecord) -> Option<&SubnetLease> {
         self.leases.iter().find(|l| l.subnet == node.subnet)
@@ -186,5 +212,8 @@ mod tests {
         assert_eq!(k.node("n1"), "/moltencore/nodes/n1");
         assert_eq!(k.ca_cert(), "/moltencore/pki/ca.crt");
         assert_eq!(k.flannel_subnets(), "/coreos.com/network/subnets/");
+        assert_eq!(k.ca_key(), "/moltencore/pki/ca.key");
+        assert_eq!(k.vms(), "/moltencore/vms/");
+        assert_eq!(Keys::with_prefixes("/moltencore", "/coreos.com/network"), k);
     }
 }
