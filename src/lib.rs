@@ -7,6 +7,7 @@ pub mod commands;
 pub mod config;
 pub mod docker;
 pub mod logging;
+pub mod nodeprep;
 pub mod placement;
 pub mod protocol;
 pub mod redact;

@@ -1,0 +1,428 @@
+//! `cpi node-prep`: turns a Flatcar host with etcd, flannel and Docker into a cluster node,
+//! idempotently, at every boot. Every file goes below a root (`/` at boot, a temp dir in
+//! tests), every systemd call through one seam, and all checks that can refuse the run
+//! come before the first write, so bad input leaves nothing half-written.
+
+pub mod ca_store;
+pub mod docker_units;
+pub mod files;
+pub mod flannel;
+pub mod identity;
+pub mod network;
+pub mod pki;
+pub mod register;
+pub mod report;
+pub mod systemd;
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+use ipnet::Ipv4Net;
+use time::{Duration, OffsetDateTime};
+
+use crate::cluster::{Capacity, Etcd, EtcdAccess, Keys, NodeRecord, NodeState};
+use ca_store::CaOutcome;
+use docker_units as du;
+use files::{FileChange, Root};
+use flannel::{FlannelFlags, SubnetSource};
+use identity::IdentityFlags;
+use pki::CertAndKey;
+use report::{CertFacts, DockerFacts, Report};
+use systemd::{Recording, Systemctl, Systemd};
+
+/// Everything one node-prep run needs.
+#[derive(Debug, Clone)]
+pub struct PrepOptions {
+    /// Where files go (`/` on a node).
+    pub root: PathBuf,
+    /// Report only: no etcd write, no file, no systemd call.
+    pub dry_run: bool,
+    pub identity: IdentityFlags,
+    pub etcd: EtcdAccess,
+    pub keys: Keys,
+    pub flannel: FlannelFlags,
+    /// Docker's TLS port on the private IP.
+    pub docker_port: u16,
+    /// docker0's address, off the flannel network.
+    pub docker_bip: Ipv4Net,
+    /// MTU override; else flannel's subnet.env, else derived from the backend.
+    pub mtu: Option<u32>,
+    /// The link MTU the flannel MTU is derived from when subnet.env is not there yet.
+    pub link_mtu: u32,
+    pub network_name: String,
+    /// The cpi binary's path on the node (for the network unit).
+    pub cpi_path: String,
+    /// Validity of a new server certificate.
+    pub cert_days: u32,
+    /// Re-issue a server certificate this many days before it expires.
+    pub renew_before_days: u32,
+    /// Capacity override (else this machine's CPUs and memory).
+    pub capacity: Option<Capacity>,
+}
+
+/// Connects to etcd, turning a failure into a message that says what to check.
+pub async fn connect(access: &EtcdAccess) -> Result<Etcd> {
+    Etcd::connect_with(access)
+        .await
+        .map_err(|e| unreachable(access, &e))
+}
+
+fn unreachable(access: &EtcdAccess, e: &dyn std::fmt::Display) -> anyhow::Error {
+    anyhow!(
+        "{e}\ncannot use etcd at {}: check --etcd-endpoints and the client TLS flags (--etcd-ca, --etcd-cert, --etcd-key), and that etcd is running",
+        access.endpoints.join(", ")
+    )
+}
+
+/// Runs node-prep: identity, PKI, flannel, Docker files and units, registration.
+pub async fn prepare(opts: &PrepOptions) -> Result<Report> {
+    let root = Root::new(&opts.root, opts.dry_run);
+    let keys = &opts.keys;
+    let id = identity::resolve(&opts.identity, &root)?;
+    let mut changes: Vec<String> = Vec::new();
+    let mut warnings: Vec<String> = Vec::new();
+    let would = |s: &str| {
+        if opts.dry_run {
+            format!("would {s}")
+        } else {
+            s.to_string()
+        }
+    };
+
+    // Reads and checks first: nothing is written before they pass.
+    let etcd = connect(&opts.etcd).await?;
+    let existing_flannel = flannel::read_config(&etcd, keys)
+        .await
+        .map_err(|e| unreachable(&opts.etcd, &format!("{e:#}")))?;
+    let plan = flannel::plan_config(
+        existing_flannel.as_ref(),
+        &keys.flannel_config(),
+        &opts.flannel,
+    )?;
+    warnings.extend(plan.warnings.iter().cloned());
+    let network = plan.config.network;
+    if network.contains(&opts.docker_bip.trunc()) || opts.docker_bip.trunc().contains(&network) {
+        bail!(
+            "--docker-bip {} overlaps the flannel network {network}: docker0 must stay off it (the default is 10.255.240.1/20)",
+            opts.docker_bip
+        );
+    }
+    if let Some(ca) = ca_store::load(&etcd, keys).await? {
+        // A CA that cannot sign would fail later, after files were written.
+        pki::issue_client(&ca, "check", 1).with_context(|| {
+            format!(
+                "the cluster CA at {} / {} is unusable",
+                keys.ca_cert(),
+                keys.ca_key()
+            )
+        })?;
+    }
+
+    // Cluster PKI.
+    let ca = ca_store::ensure(&etcd, keys, opts.dry_run).await?;
+    match &ca {
+        CaOutcome::Created(_) => changes.push(format!(
+            "created the cluster CA (etcd {} and {})",
+            keys.ca_cert(),
+            keys.ca_key()
+        )),
+        CaOutcome::WouldCreate => changes.push(format!(
+            "would create the cluster CA (etcd {} and {})",
+            keys.ca_cert(),
+            keys.ca_key()
+        )),
+        CaOutcome::Existing(_) => {}
+    }
+
+    // Flannel.
+    let config = if plan.create && opts.dry_run {
+        changes.push(format!(
+            "would write flannel config {}: {}",
+            keys.flannel_config(),
+            serde_json::to_string(&plan.config)?
+        ));
+        plan.config.clone()
+    } else {
+        let (config, created) = flannel::ensure_config(&etcd, keys, &plan, &opts.flannel).await?;
+        if created {
+            changes.push(format!(
+                "wrote flannel config {}: {}",
+                keys.flannel_config(),
+                serde_json::to_string(&config)?
+            ));
+        }
+        config
+    };
+    let (subnet, source, lease_warnings) =
+        flannel::ensure_subnet(&etcd, keys, &config, id.public_ip, opts.dry_run).await?;
+    warnings.extend(lease_warnings);
+    match source {
+        SubnetSource::Lease => {}
+        SubnetSource::Reserved | SubnetSource::WouldReserve => changes.push(would(&format!(
+            "reserve flannel subnet {subnet} for {} ({}{})",
+            id.public_ip,
+            keys.flannel_subnets(),
+            crate::cluster::SubnetLease::key_name(&subnet)
+        ))),
+    }
+    let gateway = Ipv4Addr::from(u32::from(subnet.network()) + 1);
+    let mtu = match opts.mtu {
+        Some(m) => m,
+        None => flannel_mtu(&root, subnet)?
+            .unwrap_or_else(|| flannel::mtu_for(config.backend_type(), opts.link_mtu)),
+    };
+
+    // Docker server certificate.
+    let wanted_sans = pki::server_sans(&id);
+    let old_cert = root.read(du::SERVER_CERT_FILE)?;
+    let old_key = root.read(du::SERVER_KEY_FILE)?;
+    let mut server: Option<CertAndKey> = None;
+    if let Some(ca) = ca.ca() {
+        let reason = match (&old_cert, &old_key) {
+            (Some(cert), Some(key)) => match pki::inspect(cert, &ca.cert_pem) {
+                Ok(info) => pki::renewal_reason(
+                    &info,
+                    pki::key_matches(&info, key),
+                    &wanted_sans,
+                    OffsetDateTime::now_utc(),
+                    Duration::days(i64::from(opts.renew_before_days)),
+                ),
+                Err(e) => Some(format!("it is unreadable ({e})")),
+            },
+            _ => None,
+        };
+        match (reason, &old_cert, &old_key) {
+            (Some(reason), _, _) => {
+                changes.push(would(&format!(
+                    "re-issue the Docker server certificate: {reason}"
+                )));
+                server = Some(pki::issue_server(ca, &id, opts.cert_days)?);
+            }
+            (None, Some(cert), Some(key)) => {
+                server = Some(CertAndKey {
+                    cert_pem: cert.clone(),
+                    key_pem: crate::config::Secret::new(key.clone()),
+                })
+            }
+            _ => {
+                changes.push(would("issue the Docker server certificate"));
+                server = Some(pki::issue_server(ca, &id, opts.cert_days)?);
+            }
+        }
+    } else {
+        changes.push("would issue the Docker server certificate".into());
+    }
+
+    // Files.
+    let settings = du::DockerSettings {
+        node: id.name.clone(),
+        private_ip: id.private_ip,
+        port: opts.docker_port,
+        bip: opts.docker_bip,
+        mtu,
+        network_name: opts.network_name.clone(),
+        cpi_path: opts.cpi_path.clone(),
+    };
+    let socket_path = du::unit_path(du::TLS_SOCKET_UNIT);
+    let network_unit_path = du::unit_path(du::NETWORK_UNIT);
+    let mut wanted: Vec<(&str, String, u32)> = Vec::new();
+    if let Some(ca) = ca.ca() {
+        wanted.push((du::CA_FILE, ca.cert_pem.clone(), 0o644));
+    }
+    if let Some(s) = &server {
+        wanted.push((du::SERVER_CERT_FILE, s.cert_pem.clone(), 0o644));
+        wanted.push((du::SERVER_KEY_FILE, s.key_pem.expose().to_string(), 0o600));
+    }
+    wanted.push((du::ENV_FILE, du::env_file(&settings), 0o644));
+    wanted.push((du::DROPIN_FILE, du::dropin(), 0o644));
+    wanted.push((&socket_path, du::tls_socket_unit(&settings), 0o644));
+    wanted.push((&network_unit_path, du::network_unit(&settings), 0o644));
+
+    let mut docker_changed = false;
+    let mut units_changed = false;
+    let mut socket_changed = false;
+    let mut network_unit_changed = false;
+    // Which files differ, before anything is written (the marker goes first).
+    let mut pending = Vec::new();
+    for (path, content, mode) in &wanted {
+        let change = Root::new(root.dir(), true).write(path, content, *mode)?;
+        if change != FileChange::Unchanged {
+            pending.push((*path, content, *mode, change));
+        }
+    }
+    for (path, ..) in &pending {
+        let path = *path;
+        docker_changed |= path != network_unit_path;
+        units_changed |=
+            path == du::DROPIN_FILE || path == socket_path || path == network_unit_path;
+        socket_changed |= path == socket_path;
+        network_unit_changed |= path == network_unit_path;
+    }
+    if docker_changed {
+        root.touch(du::RESTART_PENDING)?;
+    }
+    for (path, content, mode, change) in &pending {
+        root.write(path, content, *mode)?;
+        let what = match change {
+            FileChange::Created => "write",
+            _ => "update",
+        };
+        changes.push(would(&format!("{what} {}", root.join(path).display())));
+    }
+
+    // Registration.
+    let fingerprint = server
+        .as_ref()
+        .map(|s| pki::fingerprint(&s.cert_pem))
+        .transpose()?;
+    let capacity = match opts.capacity {
+        Some(c) => c,
+        None => register::host_capacity()?,
+    };
+    let prepared_at = register::now_rfc3339();
+    let registration = register::register(
+        &etcd,
+        keys,
+        &id.name,
+        |previous| NodeRecord {
+            name: id.name.clone(),
+            private_ip: id.private_ip,
+            public_ip: Some(id.public_ip),
+            docker_endpoint: settings.endpoint(),
+            subnet,
+            gateway,
+            mtu,
+            network_name: opts.network_name.clone(),
+            // A cordoned node stays cordoned across preps.
+            state: previous.map(|p| p.state).unwrap_or(NodeState::Ready),
+            capacity,
+            cert_fingerprint: fingerprint.clone(),
+            prepared_at: Some(prepared_at.clone()),
+        },
+        opts.dry_run,
+    )
+    .await?;
+    if registration.changed() {
+        changes.push(would(&format!(
+            "{} node record {}",
+            if registration.previous.is_some() {
+                "update"
+            } else {
+                "write"
+            },
+            keys.node(&id.name)
+        )));
+    }
+
+    // systemd, last: Docker restarts only when its configuration changed.
+    let mut sd: Box<dyn Systemd> = if root.is_system_root() && !opts.dry_run {
+        Box::new(Systemctl::default())
+    } else {
+        Box::new(Recording::default())
+    };
+    if units_changed {
+        sd.daemon_reload()?;
+    }
+    let mut restart_docker = docker_changed || root.exists(du::RESTART_PENDING);
+    if socket_changed || !sd.is_active(du::TLS_SOCKET_UNIT)? {
+        sd.enable_now(du::TLS_SOCKET_UNIT, false)?;
+        restart_docker = true;
+    }
+    if restart_docker {
+        sd.restart("docker.service")?;
+        root.remove(du::RESTART_PENDING)?;
+    }
+    if network_unit_changed {
+        sd.enable_now(du::NETWORK_UNIT, true)?;
+    }
+
+    let certificate = match &server {
+        Some(s) => {
+            let ca_pem = &ca.ca().map(|c| c.cert_pem.clone()).unwrap_or_default();
+            let info = pki::inspect(&s.cert_pem, ca_pem)?;
+            Some(CertFacts {
+                fingerprint: info.fingerprint,
+                not_after: info.not_after.date().to_string(),
+                sans: info.sans.into_iter().collect(),
+            })
+        }
+        None => None,
+    };
+    let here = |p: &str| root.join(p);
+    Ok(Report {
+        node: id.name.clone(),
+        root: opts.root.clone(),
+        dry_run: opts.dry_run,
+        changed: !changes.is_empty(),
+        changes,
+        systemd: sd.actions().to_vec(),
+        warnings,
+        subnet,
+        gateway,
+        mtu,
+        docker: DockerFacts {
+            endpoint: settings.endpoint(),
+            listen: settings.endpoint(),
+            ca_file: here(du::CA_FILE),
+            cert_file: here(du::SERVER_CERT_FILE),
+            key_file: here(du::SERVER_KEY_FILE),
+            env_file: here(du::ENV_FILE),
+            dropin_file: here(du::DROPIN_FILE),
+            socket_unit_file: here(&socket_path),
+            network_unit_file: here(&network_unit_path),
+            dockerd_args: du::dockerd_args(&settings, root.dir()),
+            bip: opts.docker_bip,
+            network_name: opts.network_name.clone(),
+        },
+        certificate,
+        record: registration.record,
+        identity: id,
+    })
+}
+
+/// FLANNEL_MTU from subnet.env, when flanneld already wrote it for this subnet.
+fn flannel_mtu(root: &Root, subnet: Ipv4Net) -> Result<Option<u32>> {
+    let Some(text) = root.read(flannel::SUBNET_ENV)? else {
+        return Ok(None);
+    };
+    let origin = root.join(flannel::SUBNET_ENV).display().to_string();
+    Ok(flannel::SubnetEnv::parse(&text, &origin)
+        .ok()
+        .filter(|env| env.subnet == subnet)
+        .map(|env| env.mtu))
+}
+
+/// Issues a client certificate from the cluster CA into `out` (`ca.pem`, `cert.pem`,
+/// `key.pem` with mode 0600). Returns the written paths and the certificate's fingerprint.
+pub async fn issue_client(
+    access: &EtcdAccess,
+    keys: &Keys,
+    out: &Path,
+    common_name: &str,
+    days: u32,
+) -> Result<(Vec<PathBuf>, String)> {
+    let etcd = connect(access).await?;
+    let ca = ca_store::load(&etcd, keys)
+        .await
+        .map_err(|e| unreachable(access, &format!("{e:#}")))?
+        .with_context(|| {
+            format!(
+                "there is no cluster CA at {} yet: run node-prep on a node first",
+                keys.ca_cert()
+            )
+        })?;
+    let client = pki::issue_client(&ca, common_name, days)?;
+    let files = [
+        ("ca.pem", ca.cert_pem.as_str(), 0o644),
+        ("cert.pem", client.cert_pem.as_str(), 0o644),
+        ("key.pem", client.key_pem.expose(), 0o600),
+    ];
+    let mut written = Vec::new();
+    for (name, content, mode) in files {
+        let path = out.join(name);
+        files::write_atomic(&path, content.as_bytes(), mode)?;
+        written.push(path);
+    }
+    Ok((written, pki::fingerprint(&client.cert_pem)?))
+}

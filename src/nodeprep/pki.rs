@@ -1,0 +1,300 @@
+//! Certificate work as pure functions (no etcd, no files): the cluster CA, Docker server
+//! certificates with the node's SANs, client certificates for the CPI, and the checks
+//! that decide whether an existing server certificate can stay.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr};
+
+use anyhow::{Context, Result, anyhow};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+};
+use ring::rand::SecureRandom;
+use time::{Duration, OffsetDateTime};
+
+use super::identity::Identity;
+use crate::config::Secret;
+
+/// Lifetime of the cluster CA.
+pub const CA_VALID_DAYS: i64 = 3650;
+
+/// A certificate and its private key, PEM. The key never reaches a log.
+#[derive(Debug, Clone)]
+pub struct CertAndKey {
+    pub cert_pem: String,
+    pub key_pem: Secret,
+}
+
+/// Makes a new cluster CA (ECDSA P-256, self-signed, path length 0).
+pub fn new_ca(common_name: &str) -> Result<CertAndKey> {
+    let key = KeyPair::generate().context("cannot generate the CA key")?;
+    let mut params = base_params(common_name, CA_VALID_DAYS)?;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let cert = params
+        .self_signed(&key)
+        .context("cannot self-sign the CA certificate")?;
+    Ok(CertAndKey {
+        cert_pem: cert.pem(),
+        key_pem: Secret::new(key.serialize_pem()),
+    })
+}
+
+/// The SANs a node's Docker server certificate must carry, in `IP:`/`DNS:` form.
+pub fn server_sans(id: &Identity) -> BTreeSet<String> {
+    let mut sans: BTreeSet<String> = [id.private_ip, id.public_ip, Ipv4Addr::LOCALHOST]
+        .iter()
+        .map(|ip| format!("IP:{ip}"))
+        .collect();
+    sans.insert(format!("DNS:{}", id.hostname.to_ascii_lowercase()));
+    sans
+}
+
+/// Issues a Docker server certificate for the node, signed by the CA.
+pub fn issue_server(ca: &CertAndKey, id: &Identity, days: u32) -> Result<CertAndKey> {
+    let mut params = base_params(&format!("{} docker", id.name), i64::from(days))?;
+    params.subject_alt_names = server_sans(id)
+        .iter()
+        .map(|s| to_san(s))
+        .collect::<Result<_>>()?;
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    sign_leaf(ca, params)
+        .with_context(|| format!("cannot issue the Docker server certificate for {}", id.name))
+}
+
+/// Issues a client certificate (for the CPI) signed by the CA.
+pub fn issue_client(ca: &CertAndKey, common_name: &str, days: u32) -> Result<CertAndKey> {
+    let mut params = base_params(common_name, i64::from(days))?;
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    sign_leaf(ca, params)
+        .with_context(|| format!("cannot issue the client certificate '{common_name}'"))
+}
+
+fn base_params(common_name: &str, days: i64) -> Result<CertificateParams> {
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "MoltenCore");
+    dn.push(DnType::CommonName, common_name);
+    params.distinguished_name = dn;
+    let now = OffsetDateTime::now_utc();
+    // An hour of slack for clocks that are a little behind.
+    params.not_before = now - Duration::hours(1);
+    params.not_after = now + Duration::days(days);
+    let mut serial = [0u8; 16];
+    ring::rand::SystemRandom::new()
+        .fill(&mut serial)
+        .map_err(|_| anyhow!("no randomness for a certificate serial"))?;
+    serial[0] &= 0x7f;
+    params.serial_number = Some(SerialNumber::from_slice(&serial));
+    Ok(params)
+}
+
+fn sign_leaf(ca: &CertAndKey, mut params: CertificateParams) -> Result<CertAndKey> {
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.use_authority_key_identifier_extension = true;
+    let ca_key = KeyPair::from_pem(ca.key_pem.expose()).context("the CA key is not usable")?;
+    let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key)
+        .context("the CA certificate is not usable")?;
+    let key = KeyPair::generate().context("cannot generate a key")?;
+    let cert = params.signed_by(&key, &issuer)?;
+    Ok(CertAndKey {
+        cert_pem: cert.pem(),
+        key_pem: Secret::new(key.serialize_pem()),
+    })
+}
+
+fn to_san(s: &str) -> Result<SanType> {
+    if let Some(ip) = s.strip_prefix("IP:") {
+        return Ok(SanType::IpAddress(ip.parse()?));
+    }
+    let dns = s.strip_prefix("DNS:").unwrap_or(s);
+    Ok(SanType::DnsName(dns.try_into().map_err(|e| {
+        anyhow!("'{dns}' is not a usable DNS name: {e}")
+    })?))
+}
+
+/// What node-prep needs to know about an existing certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertInfo {
+    /// SANs in `IP:`/`DNS:` form.
+    pub sans: BTreeSet<String>,
+    pub not_after: OffsetDateTime,
+    /// SHA-256 of the DER, lower-case hex.
+    pub fingerprint: String,
+    /// Whether `ca_pem`'s key signed it.
+    pub signed_by_ca: bool,
+    /// The DER of its SubjectPublicKeyInfo, to match it with a key.
+    spki: Vec<u8>,
+}
+
+/// Reads a PEM certificate and checks its signature against the CA certificate.
+pub fn inspect(cert_pem: &str, ca_pem: &str) -> Result<CertInfo> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
+        .map_err(|e| anyhow!("not a PEM certificate: {e}"))?;
+    let cert = pem
+        .parse_x509()
+        .map_err(|e| anyhow!("not an X.509 certificate: {e}"))?;
+    let (_, ca_pem_parsed) = x509_parser::pem::parse_x509_pem(ca_pem.as_bytes())
+        .map_err(|e| anyhow!("the CA is not a PEM certificate: {e}"))?;
+    let ca = ca_pem_parsed
+        .parse_x509()
+        .map_err(|e| anyhow!("the CA is not an X.509 certificate: {e}"))?;
+    let signed_by_ca =
+        cert.issuer() == ca.subject() && cert.verify_signature(Some(ca.public_key())).is_ok();
+    let mut sans = BTreeSet::new();
+    if let Ok(Some(ext)) = cert.subject_alternative_name() {
+        for name in &ext.value.general_names {
+            match name {
+                x509_parser::extensions::GeneralName::DNSName(d) => {
+                    sans.insert(format!("DNS:{}", d.to_ascii_lowercase()));
+                }
+                x509_parser::extensions::GeneralName::IPAddress(b) => {
+                    let ip = match b.len() {
+                        4 => IpAddr::from(<[u8; 4]>::try_from(*b).unwrap_or_default()),
+                        16 => IpAddr::from(<[u8; 16]>::try_from(*b).unwrap_or_default()),
+                        _ => continue,
+                    };
+                    sans.insert(format!("IP:{ip}"));
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(CertInfo {
+        sans,
+        not_after: cert.validity().not_after.to_datetime(),
+        fingerprint: fingerprint_der(&pem.contents),
+        signed_by_ca,
+        spki: cert.public_key().raw.to_vec(),
+    })
+}
+
+/// SHA-256 fingerprint of a PEM certificate (lower-case hex of the DER).
+pub fn fingerprint(cert_pem: &str) -> Result<String> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
+        .map_err(|e| anyhow!("not a PEM certificate: {e}"))?;
+    Ok(fingerprint_der(&pem.contents))
+}
+
+fn fingerprint_der(der: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, der)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Whether `key_pem` is the private key of the certificate described by `info`.
+pub fn key_matches(info: &CertInfo, key_pem: &str) -> bool {
+    use rcgen::PublicKeyData;
+    KeyPair::from_pem(key_pem)
+        .map(|k| k.subject_public_key_info() == info.spki)
+        .unwrap_or(false)
+}
+
+/// Why a server certificate must be re-issued, or `None` when it can stay: not signed by
+/// the cluster CA, key does not fit, SANs differ, or it expires within `renew_before`.
+pub fn renewal_reason(
+    info: &CertInfo,
+    key_fits: bool,
+    wanted_sans: &BTreeSet<String>,
+    now: OffsetDateTime,
+    renew_before: Duration,
+) -> Option<String> {
+    if !info.signed_by_ca {
+        return Some("it is not signed by the cluster CA".into());
+    }
+    if !key_fits {
+        return Some("its key file does not match it".into());
+    }
+    if &info.sans != wanted_sans {
+        let join = |s: &BTreeSet<String>| s.iter().cloned().collect::<Vec<_>>().join(", ");
+        return Some(format!(
+            "its SANs changed (has {}; wants {})",
+            join(&info.sans),
+            join(wanted_sans)
+        ));
+    }
+    if info.not_after - now < renew_before {
+        return Some(format!(
+            "it expires {} (renewal {} days before expiry)",
+            info.not_after.date(),
+            renew_before.whole_days()
+        ));
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id() -> Identity {
+        Identity {
+            name: "n1".into(),
+            hostname: "N1.example".into(),
+            private_ip: Ipv4Addr::new(192, 0, 2, 11),
+            public_ip: Ipv4Addr::new(198, 51, 100, 11),
+        }
+    }
+
+    #[test]
+    fn server_certificate_carries_the_sans_and_verifies() {
+        let ca = new_ca("test CA").unwrap();
+        let server = issue_server(&ca, &id(), 365).unwrap();
+        let info = inspect(&server.cert_pem, &ca.cert_pem).unwrap();
+        assert!(info.signed_by_ca);
+        assert_eq!(info.sans, server_sans(&id()));
+        assert!(info.sans.contains("IP:127.0.0.1"));
+        assert!(info.sans.contains("DNS:n1.example"));
+        assert!(key_matches(&info, server.key_pem.expose()));
+        assert_eq!(info.fingerprint, fingerprint(&server.cert_pem).unwrap());
+        assert_eq!(info.fingerprint.len(), 64);
+        let now = OffsetDateTime::now_utc();
+        assert_eq!(
+            renewal_reason(&info, true, &server_sans(&id()), now, Duration::days(30)),
+            None
+        );
+    }
+
+    #[test]
+    fn renewal_reasons() {
+        let ca = new_ca("test CA").unwrap();
+        let other = new_ca("other CA").unwrap();
+        let now = OffsetDateTime::now_utc();
+        let short = issue_server(&ca, &id(), 10).unwrap();
+        let info = inspect(&short.cert_pem, &ca.cert_pem).unwrap();
+        let r = renewal_reason(&info, true, &server_sans(&id()), now, Duration::days(30));
+        assert!(r.unwrap().contains("expires"));
+
+        let mut moved = id();
+        moved.private_ip = Ipv4Addr::new(192, 0, 2, 99);
+        let r = renewal_reason(&info, true, &server_sans(&moved), now, Duration::days(1));
+        assert!(r.unwrap().contains("192.0.2.99"));
+
+        let foreign = inspect(&short.cert_pem, &other.cert_pem).unwrap();
+        assert!(!foreign.signed_by_ca);
+        assert!(!key_matches(&info, other.key_pem.expose()));
+        let r = renewal_reason(&info, false, &server_sans(&id()), now, Duration::days(1));
+        assert!(r.unwrap().contains("key"));
+    }
+
+    #[test]
+    fn client_certificate_is_signed_by_the_ca() {
+        let ca = new_ca("test CA").unwrap();
+        let client = issue_client(&ca, "cpi", 30).unwrap();
+        let info = inspect(&client.cert_pem, &ca.cert_pem).unwrap();
+        assert!(info.signed_by_ca);
+        assert!(info.sans.is_empty());
+        assert!(inspect("nope", &ca.cert_pem).is_err());
+    }
+}

@@ -1,0 +1,169 @@
+//! The node record at `<key_prefix>/nodes/<name>`: written by node-prep with
+//! compare-and-swap (a concurrent cordon is never lost; node-prep keeps the state it
+//! finds), and the state flip behind `cpi nodes cordon|uncordon`.
+
+use anyhow::{Context, Result, bail};
+use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+use serde_json::Value;
+
+use crate::cluster::{Capacity, Etcd, Keys, NodeRecord, NodeState};
+
+/// This machine's CPUs and memory, as placement sees them.
+pub fn host_capacity() -> Result<Capacity> {
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .context("cannot count this machine's CPUs")?;
+    let meminfo = std::fs::read_to_string("/proc/meminfo").context("cannot read /proc/meminfo")?;
+    let kib = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .context("/proc/meminfo has no MemTotal")?;
+    Ok(Capacity {
+        cpus,
+        memory_mib: kib / 1024,
+    })
+}
+
+/// Now, to the second, as RFC 3339 (`2026-11-25T00:00:00Z`).
+pub fn now_rfc3339() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    let now = now.replace_nanosecond(0).unwrap_or(now);
+    now.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// Whether two records differ in anything but the time of the last prep.
+pub fn differs(a: &NodeRecord, b: &NodeRecord) -> bool {
+    let mut a = a.clone();
+    a.prepared_at = b.prepared_at.clone();
+    &a != b
+}
+
+async fn read_raw(etcd: &Etcd, key: &str) -> Result<Option<(Vec<u8>, i64)>> {
+    let response = etcd
+        .client()
+        .get(key, None)
+        .await
+        .map_err(|e| etcd.error(&format!("reading node record {key}"), &e))?;
+    Ok(response
+        .kvs()
+        .first()
+        .map(|kv| (kv.value().to_vec(), kv.mod_revision())))
+}
+
+async fn swap(etcd: &Etcd, key: &str, value: String, mod_revision: Option<i64>) -> Result<bool> {
+    let guard = match mod_revision {
+        Some(rev) => Compare::mod_revision(key, CompareOp::Equal, rev),
+        None => Compare::create_revision(key, CompareOp::Equal, 0),
+    };
+    let txn = Txn::new()
+        .when(vec![guard])
+        .and_then(vec![TxnOp::put(key, value, None)]);
+    let response = etcd
+        .client()
+        .txn(txn)
+        .await
+        .map_err(|e| etcd.error(&format!("writing node record {key}"), &e))?;
+    Ok(response.succeeded())
+}
+
+/// What registration found and did.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub record: NodeRecord,
+    pub previous: Option<NodeRecord>,
+}
+
+impl Registration {
+    /// Whether anything but the prep time changed.
+    pub fn changed(&self) -> bool {
+        self.previous
+            .as_ref()
+            .is_none_or(|p| differs(&self.record, p))
+    }
+}
+
+/// Writes the record `make` builds from the existing one (which may be unreadable: then it
+/// is replaced). Retries when the record changed in between; in a dry run writes nothing.
+pub async fn register(
+    etcd: &Etcd,
+    keys: &Keys,
+    name: &str,
+    make: impl Fn(Option<&NodeRecord>) -> NodeRecord,
+    dry_run: bool,
+) -> Result<Registration> {
+    let key = keys.node(name);
+    for _ in 0..10 {
+        let raw = read_raw(etcd, &key).await?;
+        let previous = raw
+            .as_ref()
+            .and_then(|(v, _)| serde_json::from_slice::<NodeRecord>(v).ok());
+        let record = make(previous.as_ref());
+        if dry_run {
+            return Ok(Registration { record, previous });
+        }
+        let value = serde_json::to_string(&record)?;
+        if swap(etcd, &key, value, raw.map(|(_, rev)| rev)).await? {
+            return Ok(Registration { record, previous });
+        }
+    }
+    bail!("node record {key} kept changing while node-prep wrote it; run node-prep again")
+}
+
+/// Sets a node's state, keeping every other field of its record as it is. Returns the
+/// state it had before.
+pub async fn set_state(
+    etcd: &Etcd,
+    keys: &Keys,
+    name: &str,
+    state: NodeState,
+) -> Result<NodeState> {
+    let key = keys.node(name);
+    for _ in 0..10 {
+        let Some((raw, rev)) = read_raw(etcd, &key).await? else {
+            bail!("there is no node '{name}' (no record at {key}); `cpi nodes` lists the nodes");
+        };
+        let mut doc: Value = serde_json::from_slice(&raw).with_context(|| {
+            format!("node record {key} is not JSON; run node-prep on that node")
+        })?;
+        let record: NodeRecord = serde_json::from_value(doc.clone()).with_context(|| {
+            format!("node record {key} is unreadable; run node-prep on that node")
+        })?;
+        if record.state == state {
+            return Ok(state);
+        }
+        doc["state"] = serde_json::to_value(state)?;
+        if swap(etcd, &key, doc.to_string(), Some(rev)).await? {
+            return Ok(record.state);
+        }
+    }
+    bail!("node record {key} kept changing; try again")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capacity_and_time() {
+        let c = host_capacity().unwrap();
+        assert!(c.cpus >= 1 && c.memory_mib > 0);
+        let t = now_rfc3339();
+        assert!(t.ends_with('Z') && t.len() == 20, "{t}");
+    }
+
+    #[test]
+    fn prep_time_alone_is_no_change() {
+        let a: NodeRecord = serde_json::from_value(serde_json::json!({
+            "name": "n1", "private_ip": "192.0.2.1", "docker_endpoint": "tcp://192.0.2.1:2376",
+            "subnet": "10.1.1.0/24", "gateway": "10.1.1.1", "prepared_at": "2026-01-01T00:00:00Z"
+        }))
+        .unwrap();
+        let mut b = a.clone();
+        b.prepared_at = Some("2026-02-01T00:00:00Z".into());
+        assert!(!differs(&a, &b));
+        b.mtu = 1450;
+        assert!(differs(&a, &b));
+    }
+}

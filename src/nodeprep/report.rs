@@ -1,0 +1,97 @@
+//! What node-prep did, for people (a short summary; "no change" on an unchanged host) and
+//! for programs (`--json`, which the local cluster harness reads to start each dockerd
+//! exactly as node-prep configured it).
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use ipnet::Ipv4Net;
+use serde::Serialize;
+
+use super::identity::Identity;
+use crate::cluster::NodeRecord;
+
+/// The outcome of one node-prep run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub node: String,
+    pub root: PathBuf,
+    pub dry_run: bool,
+    /// Whether anything changed (or, in a dry run, would change).
+    pub changed: bool,
+    /// One line per change, in the order made.
+    pub changes: Vec<String>,
+    /// systemd calls made (or recorded, for a root other than `/` or a dry run).
+    pub systemd: Vec<String>,
+    pub warnings: Vec<String>,
+    pub identity: Identity,
+    pub subnet: Ipv4Net,
+    pub gateway: Ipv4Addr,
+    pub mtu: u32,
+    pub docker: DockerFacts,
+    pub certificate: Option<CertFacts>,
+    /// The node record as written to etcd.
+    pub record: NodeRecord,
+}
+
+/// How this node's Docker is set up; file paths as they are from here (below the root).
+#[derive(Debug, Clone, Serialize)]
+pub struct DockerFacts {
+    /// Where the CPI reaches Docker.
+    pub endpoint: String,
+    /// The address the TLS socket unit listens on.
+    pub listen: String,
+    pub ca_file: PathBuf,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub env_file: PathBuf,
+    pub dropin_file: PathBuf,
+    pub socket_unit_file: PathBuf,
+    pub network_unit_file: PathBuf,
+    /// dockerd's options as configured (paths below the root).
+    pub dockerd_args: Vec<String>,
+    pub bip: Ipv4Net,
+    pub network_name: String,
+}
+
+/// The Docker server certificate in force.
+#[derive(Debug, Clone, Serialize)]
+pub struct CertFacts {
+    pub fingerprint: String,
+    pub not_after: String,
+    pub sans: Vec<String>,
+}
+
+impl Report {
+    /// The human summary.
+    pub fn human(&self) -> String {
+        let verb = if self.dry_run {
+            "would change"
+        } else {
+            "changed"
+        };
+        let mut out = format!(
+            "node-prep {} ({}, subnet {}, {}){}\n",
+            self.node,
+            self.identity.private_ip,
+            self.subnet,
+            self.docker.endpoint,
+            if self.dry_run { " [dry run]" } else { "" }
+        );
+        if self.changes.is_empty() {
+            out.push_str("no change\n");
+        } else {
+            out.push_str(&format!("{verb}:\n"));
+            for c in &self.changes {
+                out.push_str(&format!("  - {c}\n"));
+            }
+        }
+        if !self.systemd.is_empty() {
+            out.push_str(&format!("systemd: {}\n", self.systemd.join("; ")));
+        }
+        for w in &self.warnings {
+            out.push_str(&format!("warning: {w}\n"));
+        }
+        out
+    }
+}
