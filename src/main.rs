@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+use moltencore::cluster::NodeState;
 use moltencore::commands;
 use moltencore::config::default_config_path;
 use moltencore::logging::Logging;
@@ -24,12 +25,26 @@ struct Cli {
 enum Command {
     /// Answer one BOSH CPI request: JSON on stdin, JSON on stdout (the default).
     Rpc,
-    /// List the cluster's nodes from etcd and check each node's Docker over mutual TLS.
+    /// List the cluster's nodes from etcd and check each node's Docker over mutual TLS;
+    /// `cordon`/`uncordon` a node.
     Nodes {
+        #[command(subcommand)]
+        action: Option<NodesAction>,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
+    /// Prepare this host as a cluster node (run at every boot): PKI, flannel subnet,
+    /// Docker with mutual TLS, the BOSH network unit, the node record.
+    NodePrep(Box<commands::node_prep::NodePrepCommand>),
+}
+
+#[derive(Subcommand)]
+enum NodesAction {
+    /// Take no new VMs on NAME (its VMs stay).
+    Cordon { name: String },
+    /// Let NAME take new VMs again.
+    Uncordon { name: String },
 }
 
 fn main() {
@@ -38,7 +53,16 @@ fn main() {
     let config = cli.config.unwrap_or_else(default_config_path);
     let code = match cli.command.unwrap_or(Command::Rpc) {
         Command::Rpc => commands::rpc::run(config, &logging),
-        Command::Nodes { json } => commands::nodes::run(config, json),
+        Command::Nodes { action: None, json } => commands::nodes::run(config, json),
+        Command::Nodes {
+            action: Some(NodesAction::Cordon { name }),
+            ..
+        } => commands::nodes::set_state(config, &name, NodeState::Cordoned),
+        Command::Nodes {
+            action: Some(NodesAction::Uncordon { name }),
+            ..
+        } => commands::nodes::set_state(config, &name, NodeState::Ready),
+        Command::NodePrep(cmd) => commands::node_prep::run(*cmd),
     };
     std::process::exit(code);
 }

@@ -1,4 +1,5 @@
 //! The `cpi` binary's subcommands.
 
+pub mod node_prep;
 pub mod nodes;
 pub mod rpc;

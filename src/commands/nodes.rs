@@ -1,5 +1,6 @@
-//! `cpi nodes`: the operator's view of the cluster, read from etcd, with a live check of
-//! every node's Docker daemon over mutual TLS.
+//! `cpi nodes`: the operator's view of the cluster, read from etcd (with VM count and
+//! memory in use from the VM index), with a live check of every node's Docker daemon over
+//! mutual TLS; `cpi nodes cordon|uncordon NAME` flip the state placement honours.
 
 use std::path::PathBuf;
 
@@ -7,7 +8,8 @@ use futures_util::future::join_all;
 use serde::Serialize;
 
 use crate::cloud::CloudContext;
-use crate::cluster::NodeRecord;
+use crate::cluster::{NodeRecord, NodeState, NodeUsage};
+use crate::nodeprep::register;
 use crate::protocol::CpiError;
 
 /// One row of the listing.
@@ -17,6 +19,12 @@ pub struct NodeStatus {
     pub docker_endpoint: String,
     pub subnet: String,
     pub state: String,
+    /// VMs the index places on this node.
+    pub vms: u32,
+    /// Memory those VMs use, MiB.
+    pub memory_mib_used: u64,
+    /// The node's memory, MiB.
+    pub memory_mib: u64,
     pub lease: String,
     /// `Ok(version)` when Docker answered, else why not.
     pub docker: Result<String, String>,
@@ -77,25 +85,42 @@ pub async fn collect(config_path: PathBuf) -> Result<(Vec<NodeStatus>, Vec<Strin
         .nodes
         .iter()
         .zip(results)
-        .map(|(node, docker)| status(node, view.lease_of(node).is_some(), docker))
+        .map(|(node, docker)| {
+            status(
+                node,
+                view.lease_of(node).is_some(),
+                view.usage_of(&node.name),
+                docker,
+            )
+        })
         .collect();
     Ok((rows, view.problems))
 }
 
-fn status(node: &NodeRecord, leased: bool, docker: Result<String, String>) -> NodeStatus {
+fn status(
+    node: &NodeRecord,
+    leased: bool,
+    usage: NodeUsage,
+    docker: Result<String, String>,
+) -> NodeStatus {
     NodeStatus {
         name: node.name.clone(),
         docker_endpoint: node.docker_endpoint.clone(),
         subnet: node.subnet.to_string(),
         state: node.state.to_string(),
+        vms: usage.vms,
+        memory_mib_used: usage.memory_mib,
+        memory_mib: node.capacity.memory_mib,
         lease: if leased { "ok" } else { "missing" }.to_string(),
         docker,
     }
 }
 
 fn print_table(rows: &[NodeStatus], problems: &[String]) {
-    let header = ["NAME", "ENDPOINT", "SUBNET", "STATE", "LEASE", "DOCKER"];
-    let cells: Vec<[String; 6]> = rows
+    let header = [
+        "NAME", "ENDPOINT", "SUBNET", "STATE", "VMS", "MEMORY", "LEASE", "DOCKER",
+    ];
+    let cells: Vec<[String; 8]> = rows
         .iter()
         .map(|r| {
             [
@@ -103,6 +128,8 @@ fn print_table(rows: &[NodeStatus], problems: &[String]) {
                 r.docker_endpoint.clone(),
                 r.subnet.clone(),
                 r.state.clone(),
+                r.vms.to_string(),
+                format!("{}/{} MiB", r.memory_mib_used, r.memory_mib),
                 r.lease.clone(),
                 match &r.docker {
                     Ok(v) => format!("ok ({v})"),
@@ -135,5 +162,40 @@ fn print_table(rows: &[NodeStatus], problems: &[String]) {
     }
     for p in problems {
         println!("warning: {p}");
+    }
+}
+
+/// Sets a node's state (`cpi nodes cordon|uncordon NAME`); exit code 0 when the node has
+/// that state afterwards, 1 on error.
+pub fn set_state(config_path: PathBuf, name: &str, state: NodeState) -> i32 {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return 1;
+        }
+    };
+    let outcome = rt.block_on(async {
+        let ctx = CloudContext::new(config_path, Default::default(), None);
+        let etcd = ctx.etcd().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let keys = ctx.keys().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        register::set_state(etcd, &keys, name, state).await
+    });
+    match outcome {
+        Ok(before) if before == state => {
+            println!("node {name} is already {state}");
+            0
+        }
+        Ok(before) => {
+            println!("node {name}: {before} -> {state}");
+            0
+        }
+        Err(e) => {
+            eprintln!("{e:#}");
+            1
+        }
     }
 }

@@ -41,7 +41,7 @@ pub async fn load(etcd: &Etcd, keys: &Keys) -> Result<Option<CertAndKey>> {
         .client()
         .txn(txn)
         .await
-        .map_err(|e| etcd.error("reading the cluster CA", &e))?;
+        .map_err(|e| super::etcd_failed(etcd, "reading the cluster CA", &e))?;
     from_gets(keys, response.op_responses())
 }
 
@@ -96,7 +96,7 @@ pub async fn ensure(etcd: &Etcd, keys: &Keys, dry_run: bool) -> Result<CaOutcome
         .client()
         .txn(txn)
         .await
-        .map_err(|e| etcd.error("storing the new cluster CA", &e))?;
+        .map_err(|e| super::etcd_failed(etcd, "storing the new cluster CA", &e))?;
     if response.succeeded() {
         return Ok(CaOutcome::Created(candidate));
     }

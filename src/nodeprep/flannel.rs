@@ -180,11 +180,10 @@ pub async fn ensure_config(
         )])
         .and_then(vec![TxnOp::put(key.clone(), value, None)])
         .or_else(vec![TxnOp::get(key.clone(), None)]);
-    let response = etcd
-        .client()
-        .txn(txn)
-        .await
-        .map_err(|e| etcd.error(&format!("writing the flannel config {key}"), &e))?;
+    let response =
+        etcd.client().txn(txn).await.map_err(|e| {
+            super::etcd_failed(etcd, &format!("writing the flannel config {key}"), &e)
+        })?;
     if response.succeeded() {
         return Ok((plan.config.clone(), true));
     }
@@ -198,11 +197,10 @@ pub async fn ensure_config(
 /// Reads `<flannel_prefix>/config`; an unreadable value is an error naming the key.
 pub async fn read_config(etcd: &Etcd, keys: &Keys) -> Result<Option<FlannelConfig>> {
     let key = keys.flannel_config();
-    let response = etcd
-        .client()
-        .get(key.clone(), None)
-        .await
-        .map_err(|e| etcd.error(&format!("reading the flannel config {key}"), &e))?;
+    let response =
+        etcd.client().get(key.clone(), None).await.map_err(|e| {
+            super::etcd_failed(etcd, &format!("reading the flannel config {key}"), &e)
+        })?;
     response
         .kvs()
         .first()
@@ -225,7 +223,9 @@ pub async fn read_leases(etcd: &Etcd, keys: &Keys) -> Result<(Vec<SubnetLease>, 
         .client()
         .get(prefix.clone(), Some(GetOptions::new().with_prefix()))
         .await
-        .map_err(|e| etcd.error(&format!("reading the flannel leases {prefix}*"), &e))?;
+        .map_err(|e| {
+            super::etcd_failed(etcd, &format!("reading the flannel leases {prefix}*"), &e)
+        })?;
     let mut leases = Vec::new();
     let mut warnings = Vec::new();
     for kv in response.kvs() {
@@ -298,11 +298,9 @@ pub async fn ensure_subnet(
                 SubnetLease::reservation_value(public_ip, backend),
                 None,
             )]);
-        let response = etcd
-            .client()
-            .txn(txn)
-            .await
-            .map_err(|e| etcd.error(&format!("reserving flannel subnet {key}"), &e))?;
+        let response = etcd.client().txn(txn).await.map_err(|e| {
+            super::etcd_failed(etcd, &format!("reserving flannel subnet {key}"), &e)
+        })?;
         if response.succeeded() {
             return Ok((subnet, SubnetSource::Reserved, warnings));
         }

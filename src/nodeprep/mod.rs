@@ -65,7 +65,13 @@ pub struct PrepOptions {
 pub async fn connect(access: &EtcdAccess) -> Result<Etcd> {
     Etcd::connect_with(access)
         .await
-        .map_err(|e| unreachable(access, &e))
+        .map_err(|e| unreachable(access, &e.message))
+}
+
+/// An etcd failure while doing `what`, naming the endpoints (without the CPI's error
+/// class: node-prep is not answering the director).
+pub(crate) fn etcd_failed(etcd: &Etcd, what: &str, e: &etcd_client::Error) -> anyhow::Error {
+    anyhow!(etcd.error(what, e).message)
 }
 
 fn unreachable(access: &EtcdAccess, e: &dyn std::fmt::Display) -> anyhow::Error {
@@ -82,11 +88,12 @@ pub async fn prepare(opts: &PrepOptions) -> Result<Report> {
     let id = identity::resolve(&opts.identity, &root)?;
     let mut changes: Vec<String> = Vec::new();
     let mut warnings: Vec<String> = Vec::new();
-    let would = |s: &str| {
+    // "issued X" after the fact, "would issue X" in a dry run.
+    let say = |past: &str, infinitive: &str, rest: &str| {
         if opts.dry_run {
-            format!("would {s}")
+            format!("would {infinitive} {rest}")
         } else {
-            s.to_string()
+            format!("{past} {rest}")
         }
     };
 
@@ -159,12 +166,16 @@ pub async fn prepare(opts: &PrepOptions) -> Result<Report> {
     warnings.extend(lease_warnings);
     match source {
         SubnetSource::Lease => {}
-        SubnetSource::Reserved | SubnetSource::WouldReserve => changes.push(would(&format!(
-            "reserve flannel subnet {subnet} for {} ({}{})",
-            id.public_ip,
-            keys.flannel_subnets(),
-            crate::cluster::SubnetLease::key_name(&subnet)
-        ))),
+        SubnetSource::Reserved | SubnetSource::WouldReserve => changes.push(say(
+            "reserved",
+            "reserve",
+            &format!(
+                "flannel subnet {subnet} for {} ({}{})",
+                id.public_ip,
+                keys.flannel_subnets(),
+                crate::cluster::SubnetLease::key_name(&subnet)
+            ),
+        )),
     }
     let gateway = Ipv4Addr::from(u32::from(subnet.network()) + 1);
     let mtu = match opts.mtu {
@@ -194,9 +205,11 @@ pub async fn prepare(opts: &PrepOptions) -> Result<Report> {
         };
         match (reason, &old_cert, &old_key) {
             (Some(reason), _, _) => {
-                changes.push(would(&format!(
-                    "re-issue the Docker server certificate: {reason}"
-                )));
+                changes.push(say(
+                    "re-issued",
+                    "re-issue",
+                    &format!("the Docker server certificate: {reason}"),
+                ));
                 server = Some(pki::issue_server(ca, &id, opts.cert_days)?);
             }
             (None, Some(cert), Some(key)) => {
@@ -206,7 +219,7 @@ pub async fn prepare(opts: &PrepOptions) -> Result<Report> {
                 })
             }
             _ => {
-                changes.push(would("issue the Docker server certificate"));
+                changes.push(say("issued", "issue", "the Docker server certificate"));
                 server = Some(pki::issue_server(ca, &id, opts.cert_days)?);
             }
         }
@@ -264,11 +277,11 @@ pub async fn prepare(opts: &PrepOptions) -> Result<Report> {
     }
     for (path, content, mode, change) in &pending {
         root.write(path, content, *mode)?;
-        let what = match change {
-            FileChange::Created => "write",
-            _ => "update",
-        };
-        changes.push(would(&format!("{what} {}", root.join(path).display())));
+        let file = root.join(path).display().to_string();
+        changes.push(match change {
+            FileChange::Created => say("wrote", "write", &file),
+            _ => say("updated", "update", &file),
+        });
     }
 
     // Registration.
@@ -304,15 +317,12 @@ pub async fn prepare(opts: &PrepOptions) -> Result<Report> {
     )
     .await?;
     if registration.changed() {
-        changes.push(would(&format!(
-            "{} node record {}",
-            if registration.previous.is_some() {
-                "update"
-            } else {
-                "write"
-            },
-            keys.node(&id.name)
-        )));
+        let record = format!("node record {}", keys.node(&id.name));
+        changes.push(if registration.previous.is_some() {
+            say("updated", "update", &record)
+        } else {
+            say("wrote", "write", &record)
+        });
     }
 
     // systemd, last: Docker restarts only when its configuration changed.

@@ -45,7 +45,7 @@ async fn read_raw(etcd: &Etcd, key: &str) -> Result<Option<(Vec<u8>, i64)>> {
         .client()
         .get(key, None)
         .await
-        .map_err(|e| etcd.error(&format!("reading node record {key}"), &e))?;
+        .map_err(|e| super::etcd_failed(etcd, &format!("reading node record {key}"), &e))?;
     Ok(response
         .kvs()
         .first()
@@ -64,7 +64,7 @@ async fn swap(etcd: &Etcd, key: &str, value: String, mod_revision: Option<i64>) 
         .client()
         .txn(txn)
         .await
-        .map_err(|e| etcd.error(&format!("writing node record {key}"), &e))?;
+        .map_err(|e| super::etcd_failed(etcd, &format!("writing node record {key}"), &e))?;
     Ok(response.succeeded())
 }
 

@@ -65,11 +65,6 @@ pub struct CertFacts {
 impl Report {
     /// The human summary.
     pub fn human(&self) -> String {
-        let verb = if self.dry_run {
-            "would change"
-        } else {
-            "changed"
-        };
         let mut out = format!(
             "node-prep {} ({}, subnet {}, {}){}\n",
             self.node,
@@ -81,13 +76,18 @@ impl Report {
         if self.changes.is_empty() {
             out.push_str("no change\n");
         } else {
-            out.push_str(&format!("{verb}:\n"));
+            out.push_str("changes:\n");
             for c in &self.changes {
                 out.push_str(&format!("  - {c}\n"));
             }
         }
         if !self.systemd.is_empty() {
-            out.push_str(&format!("systemd: {}\n", self.systemd.join("; ")));
+            let label = if self.dry_run {
+                "systemd (not run)"
+            } else {
+                "systemd"
+            };
+            out.push_str(&format!("{label}: {}\n", self.systemd.join("; ")));
         }
         for w in &self.warnings {
             out.push_str(&format!("warning: {w}\n"));
