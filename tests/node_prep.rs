@@ -457,6 +457,9 @@ fn a_certificate_near_expiry_or_with_other_sans_is_reissued_a_fresh_one_is_kept(
         &["--public-ip", "198.51.100.41"],
     );
     assert!(has_change(&moved, "SANs changed"), "{moved:#}");
+    // The lease is flanneld's PublicIP, the private IP by default: the subnet stays.
+    assert_eq!(moved["subnet"], first["subnet"]);
+    assert!(!has_change(&moved, "reserved"), "{moved:#}");
     assert!(
         moved["certificate"]["sans"]
             .as_array()

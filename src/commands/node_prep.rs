@@ -144,9 +144,13 @@ struct PrepArgs {
     /// Private IPv4: Docker listens here (default: from /run/metadata/flatcar).
     #[arg(long)]
     private_ip: Option<Ipv4Addr>,
-    /// Public IPv4 flannel knows the node by (default: metadata, else the private IP).
+    /// Public IPv4, for the server certificate (default: metadata, else the private IP).
     #[arg(long)]
     public_ip: Option<Ipv4Addr>,
+    /// The PublicIP flanneld announces (its --public-ip): this node's lease is found and
+    /// reserved by it (default: the private IP, as flanneld does).
+    #[arg(long)]
+    flannel_ip: Option<Ipv4Addr>,
     #[command(flatten)]
     etcd: EtcdArgs,
     /// Flannel network, to create a missing flannel config (checked against an existing one).
@@ -285,6 +289,7 @@ async fn prep(a: PrepArgs) -> Result<()> {
             subnet_len: a.flannel_subnet_len,
             backend: a.flannel_backend,
         },
+        flannel_ip: a.flannel_ip,
         docker_port: a.docker_port,
         docker_bip: a.docker_bip,
         mtu: a.mtu,

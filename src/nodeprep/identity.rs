@@ -31,7 +31,7 @@ pub struct Identity {
     pub hostname: String,
     /// Address the Docker API listens on and other nodes reach.
     pub private_ip: Ipv4Addr,
-    /// Address flannel knows the node by (its lease's PublicIP).
+    /// The node's public address (a certificate SAN; on clouds often NATed).
     pub public_ip: Ipv4Addr,
 }
 

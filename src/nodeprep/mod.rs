@@ -42,6 +42,9 @@ pub struct PrepOptions {
     pub etcd: EtcdAccess,
     pub keys: Keys,
     pub flannel: FlannelFlags,
+    /// The address flanneld announces as its lease's PublicIP (flanneld's `--public-ip`);
+    /// default: the private IP, which flanneld uses unless told otherwise.
+    pub flannel_ip: Option<Ipv4Addr>,
     /// Docker's TLS port on the private IP.
     pub docker_port: u16,
     /// docker0's address, off the flannel network.
@@ -161,8 +164,9 @@ pub async fn prepare(opts: &PrepOptions) -> Result<Report> {
         }
         config
     };
+    let flannel_ip = opts.flannel_ip.unwrap_or(id.private_ip);
     let (subnet, source, lease_warnings) =
-        flannel::ensure_subnet(&etcd, keys, &config, id.public_ip, opts.dry_run).await?;
+        flannel::ensure_subnet(&etcd, keys, &config, flannel_ip, opts.dry_run).await?;
     warnings.extend(lease_warnings);
     match source {
         SubnetSource::Lease => {}
@@ -170,8 +174,7 @@ pub async fn prepare(opts: &PrepOptions) -> Result<Report> {
             "reserved",
             "reserve",
             &format!(
-                "flannel subnet {subnet} for {} ({}{})",
-                id.public_ip,
+                "flannel subnet {subnet} for {flannel_ip} ({}{})",
                 keys.flannel_subnets(),
                 crate::cluster::SubnetLease::key_name(&subnet)
             ),
@@ -371,6 +374,7 @@ pub async fn prepare(opts: &PrepOptions) -> Result<Report> {
         subnet,
         gateway,
         mtu,
+        flannel_ip,
         docker: DockerFacts {
             endpoint: settings.endpoint(),
             listen: settings.endpoint(),

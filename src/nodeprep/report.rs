@@ -28,6 +28,8 @@ pub struct Report {
     pub subnet: Ipv4Net,
     pub gateway: Ipv4Addr,
     pub mtu: u32,
+    /// The PublicIP of this node's flannel lease.
+    pub flannel_ip: Ipv4Addr,
     pub docker: DockerFacts,
     pub certificate: Option<CertFacts>,
     /// The node record as written to etcd.
