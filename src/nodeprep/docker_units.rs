@@ -8,6 +8,8 @@ use std::path::Path;
 
 use ipnet::Ipv4Net;
 
+use super::pki::CertAndKey;
+
 /// Directory of Docker's TLS material and options.
 pub const CERT_DIR: &str = "/etc/moltencore/docker";
 /// The cluster CA certificate, trusted for client certificates.
@@ -157,6 +159,45 @@ pub fn network_unit(s: &DockerSettings) -> String {
         cpi = s.cpi_path,
         sock = DOCKER_SOCKET,
     )
+}
+
+/// One file node-prep wants on the node. No `Debug`: the content may be a private key.
+pub struct WantedFile {
+    /// Path as seen on the node.
+    pub path: String,
+    pub content: String,
+    pub mode: u32,
+}
+
+/// Every Docker file of the node: the CA and server certificate (when known), the key
+/// (0600), the options, the drop-in and both units.
+pub fn wanted_files(
+    s: &DockerSettings,
+    ca_pem: Option<&str>,
+    server: Option<&CertAndKey>,
+) -> Vec<WantedFile> {
+    let file = |path: &str, content: String, mode: u32| WantedFile {
+        path: path.to_string(),
+        content,
+        mode,
+    };
+    let mut files = Vec::new();
+    if let Some(ca) = ca_pem {
+        files.push(file(CA_FILE, ca.to_string(), 0o644));
+    }
+    if let Some(server) = server {
+        files.push(file(SERVER_CERT_FILE, server.cert_pem.clone(), 0o644));
+        files.push(file(
+            SERVER_KEY_FILE,
+            server.key_pem.expose().to_string(),
+            0o600,
+        ));
+    }
+    files.push(file(ENV_FILE, env_file(s), 0o644));
+    files.push(file(DROPIN_FILE, dropin(), 0o644));
+    files.push(file(&unit_path(TLS_SOCKET_UNIT), tls_socket_unit(s), 0o644));
+    files.push(file(&unit_path(NETWORK_UNIT), network_unit(s), 0o644));
+    files
 }
 
 #[cfg(test)]

@@ -66,11 +66,10 @@ impl Root {
         }
     }
 
-    /// Writes `content` with `mode` unless the file already has both. Parent directories
-    /// are created (0755). Returns what changed; in a dry run nothing is written.
-    pub fn write(&self, path: &str, content: &str, mode: u32) -> Result<FileChange> {
+    /// What writing `content` with `mode` to `path` would change; writes nothing.
+    pub fn change_of(&self, path: &str, content: &str, mode: u32) -> Result<FileChange> {
         let full = self.join(path);
-        let change = match fs::read(&full) {
+        Ok(match fs::read(&full) {
             Ok(old) => {
                 let old_mode = fs::metadata(&full)
                     .with_context(|| format!("cannot stat {}", full.display()))?
@@ -78,17 +77,23 @@ impl Root {
                     .mode()
                     & 0o7777;
                 if old == content.as_bytes() && old_mode == mode {
-                    return Ok(FileChange::Unchanged);
+                    FileChange::Unchanged
+                } else {
+                    FileChange::Updated
                 }
-                FileChange::Updated
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => FileChange::Created,
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", full.display())),
-        };
-        if self.dry_run {
-            return Ok(change);
+        })
+    }
+
+    /// Writes `content` with `mode` unless the file already has both. Parent directories
+    /// are created (0755). Returns what changed; in a dry run nothing is written.
+    pub fn write(&self, path: &str, content: &str, mode: u32) -> Result<FileChange> {
+        let change = self.change_of(path, content, mode)?;
+        if change != FileChange::Unchanged && !self.dry_run {
+            write_atomic(&self.join(path), content.as_bytes(), mode)?;
         }
-        write_atomic(&full, content.as_bytes(), mode)?;
         Ok(change)
     }
 

@@ -3,6 +3,7 @@
 //! tests), every systemd call through one seam, and all checks that can refuse the run
 //! come before the first write, so bad input leaves nothing half-written.
 
+pub mod apply;
 pub mod ca_store;
 pub mod docker_units;
 pub mod files;
@@ -12,6 +13,7 @@ pub mod network;
 pub mod pki;
 pub mod register;
 pub mod report;
+pub mod server_cert;
 pub mod systemd;
 
 use std::net::Ipv4Addr;
@@ -19,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
 use ipnet::Ipv4Net;
-use time::{Duration, OffsetDateTime};
+use time::OffsetDateTime;
 
 use crate::cluster::{Capacity, Etcd, EtcdAccess, Keys, NodeRecord, NodeState};
 use ca_store::CaOutcome;
@@ -27,8 +29,8 @@ use docker_units as du;
 use files::{FileChange, Root};
 use flannel::{FlannelFlags, SubnetSource};
 use identity::IdentityFlags;
-use pki::CertAndKey;
 use report::{CertFacts, DockerFacts, Report};
+use server_cert::ServerCert;
 use systemd::{Recording, Systemctl, Systemd};
 
 /// Everything one node-prep run needs.
@@ -188,47 +190,30 @@ pub async fn prepare(opts: &PrepOptions) -> Result<Report> {
     };
 
     // Docker server certificate.
-    let wanted_sans = pki::server_sans(&id);
-    let old_cert = root.read(du::SERVER_CERT_FILE)?;
-    let old_key = root.read(du::SERVER_KEY_FILE)?;
-    let mut server: Option<CertAndKey> = None;
-    if let Some(ca) = ca.ca() {
-        let reason = match (&old_cert, &old_key) {
-            (Some(cert), Some(key)) => match pki::inspect(cert, &ca.cert_pem) {
-                Ok(info) => pki::renewal_reason(
-                    &info,
-                    pki::key_matches(&info, key),
-                    &wanted_sans,
-                    OffsetDateTime::now_utc(),
-                    Duration::days(i64::from(opts.renew_before_days)),
-                ),
-                Err(e) => Some(format!("it is unreadable ({e})")),
-            },
-            _ => None,
-        };
-        match (reason, &old_cert, &old_key) {
-            (Some(reason), _, _) => {
-                changes.push(say(
-                    "re-issued",
-                    "re-issue",
-                    &format!("the Docker server certificate: {reason}"),
-                ));
-                server = Some(pki::issue_server(ca, &id, opts.cert_days)?);
-            }
-            (None, Some(cert), Some(key)) => {
-                server = Some(CertAndKey {
-                    cert_pem: cert.clone(),
-                    key_pem: crate::config::Secret::new(key.clone()),
-                })
-            }
-            _ => {
-                changes.push(say("issued", "issue", "the Docker server certificate"));
-                server = Some(pki::issue_server(ca, &id, opts.cert_days)?);
-            }
+    let decision = server_cert::decide(
+        &root,
+        ca.ca(),
+        &id,
+        opts.cert_days,
+        opts.renew_before_days,
+        OffsetDateTime::now_utc(),
+    )?;
+    match &decision {
+        ServerCert::Keep(_) => {}
+        ServerCert::Issued { reason: None, .. } => {
+            changes.push(say("issued", "issue", "the Docker server certificate"))
         }
-    } else {
-        changes.push("would issue the Docker server certificate".into());
+        ServerCert::Issued {
+            reason: Some(reason),
+            ..
+        } => changes.push(say(
+            "re-issued",
+            "re-issue",
+            &format!("the Docker server certificate: {reason}"),
+        )),
+        ServerCert::NoCa => changes.push("would issue the Docker server certificate".into()),
     }
+    let server = decision.cert();
 
     // Files.
     let settings = du::DockerSettings {
@@ -240,46 +225,9 @@ pub async fn prepare(opts: &PrepOptions) -> Result<Report> {
         network_name: opts.network_name.clone(),
         cpi_path: opts.cpi_path.clone(),
     };
-    let socket_path = du::unit_path(du::TLS_SOCKET_UNIT);
-    let network_unit_path = du::unit_path(du::NETWORK_UNIT);
-    let mut wanted: Vec<(&str, String, u32)> = Vec::new();
-    if let Some(ca) = ca.ca() {
-        wanted.push((du::CA_FILE, ca.cert_pem.clone(), 0o644));
-    }
-    if let Some(s) = &server {
-        wanted.push((du::SERVER_CERT_FILE, s.cert_pem.clone(), 0o644));
-        wanted.push((du::SERVER_KEY_FILE, s.key_pem.expose().to_string(), 0o600));
-    }
-    wanted.push((du::ENV_FILE, du::env_file(&settings), 0o644));
-    wanted.push((du::DROPIN_FILE, du::dropin(), 0o644));
-    wanted.push((&socket_path, du::tls_socket_unit(&settings), 0o644));
-    wanted.push((&network_unit_path, du::network_unit(&settings), 0o644));
-
-    let mut docker_changed = false;
-    let mut units_changed = false;
-    let mut socket_changed = false;
-    let mut network_unit_changed = false;
-    // Which files differ, before anything is written (the marker goes first).
-    let mut pending = Vec::new();
-    for (path, content, mode) in &wanted {
-        let change = Root::new(root.dir(), true).write(path, content, *mode)?;
-        if change != FileChange::Unchanged {
-            pending.push((*path, content, *mode, change));
-        }
-    }
-    for (path, ..) in &pending {
-        let path = *path;
-        docker_changed |= path != network_unit_path;
-        units_changed |=
-            path == du::DROPIN_FILE || path == socket_path || path == network_unit_path;
-        socket_changed |= path == socket_path;
-        network_unit_changed |= path == network_unit_path;
-    }
-    if docker_changed {
-        root.touch(du::RESTART_PENDING)?;
-    }
-    for (path, content, mode, change) in &pending {
-        root.write(path, content, *mode)?;
+    let wanted = du::wanted_files(&settings, ca.ca().map(|c| c.cert_pem.as_str()), server);
+    let written = apply::write_files(&root, &wanted)?;
+    for (path, change) in &written.files {
         let file = root.join(path).display().to_string();
         changes.push(match change {
             FileChange::Created => say("wrote", "write", &file),
@@ -334,23 +282,9 @@ pub async fn prepare(opts: &PrepOptions) -> Result<Report> {
     } else {
         Box::new(Recording::default())
     };
-    if units_changed {
-        sd.daemon_reload()?;
-    }
-    let mut restart_docker = docker_changed || root.exists(du::RESTART_PENDING);
-    if socket_changed || !sd.is_active(du::TLS_SOCKET_UNIT)? {
-        sd.enable_now(du::TLS_SOCKET_UNIT, false)?;
-        restart_docker = true;
-    }
-    if restart_docker {
-        sd.restart("docker.service")?;
-        root.remove(du::RESTART_PENDING)?;
-    }
-    if network_unit_changed {
-        sd.enable_now(du::NETWORK_UNIT, true)?;
-    }
+    apply::run_systemd(sd.as_mut(), &root, &written)?;
 
-    let certificate = match &server {
+    let certificate = match server {
         Some(s) => {
             let ca_pem = &ca.ca().map(|c| c.cert_pem.clone()).unwrap_or_default();
             let info = pki::inspect(&s.cert_pem, ca_pem)?;
@@ -383,8 +317,8 @@ pub async fn prepare(opts: &PrepOptions) -> Result<Report> {
             key_file: here(du::SERVER_KEY_FILE),
             env_file: here(du::ENV_FILE),
             dropin_file: here(du::DROPIN_FILE),
-            socket_unit_file: here(&socket_path),
-            network_unit_file: here(&network_unit_path),
+            socket_unit_file: here(&du::unit_path(du::TLS_SOCKET_UNIT)),
+            network_unit_file: here(&du::unit_path(du::NETWORK_UNIT)),
             dockerd_args: du::dockerd_args(&settings, root.dir()),
             bip: opts.docker_bip,
             network_name: opts.network_name.clone(),
