@@ -216,4 +216,26 @@ mod tests {
         assert_eq!(k.vms(), "/moltencore/vms/");
         assert_eq!(Keys::with_prefixes("/moltencore", "/coreos.com/network"), k);
     }
+
+    #[test]
+    fn usage_counts_the_index_records_of_a_node() {
+        let vm = |cid: &str, node: &str, memory_mib: u64| -> VmRecord {
+            serde_json::from_value(serde_json::json!({"cid": cid, "node": node,
+                "agent_id": "a", "stemcell_cid": "s", "memory_mib": memory_mib,
+                "created_at": "2026-01-01T00:00:00Z"}))
+            .unwrap()
+        };
+        let view = ClusterView {
+            vms: vec![vm("a", "n1", 512), vm("b", "n1", 256), vm("c", "n2", 1024)],
+            ..ClusterView::default()
+        };
+        assert_eq!(
+            view.usage_of("n1"),
+            NodeUsage {
+                vms: 2,
+                memory_mib: 768
+            }
+        );
+        assert_eq!(view.usage_of("n3"), NodeUsage::default());
+    }
 }
