@@ -1,6 +1,7 @@
 //! BOSH semantics: each CPI method as a short function over config, cluster and Docker.
 
 mod context;
+pub mod disk;
 mod info;
 pub mod stemcell;
 pub mod vm;
@@ -32,10 +33,31 @@ pub async fn handle(ctx: &CloudContext<'_>, call: Call) -> Result<CallResult, Cp
         Call::CurrentVmId | Call::ConfigureNetworks => Err(CpiError::not_implemented(
             "this method is deprecated by BOSH and not implemented",
         )),
-        other => Err(CpiError::not_implemented(format!(
-            "{} is not implemented yet",
-            method_name(&other)
-        ))),
+        Call::CreateDisk {
+            size_mib,
+            cloud_properties,
+            vm_cid,
+        } => disk::create(ctx, size_mib, &cloud_properties, vm_cid.as_deref()).await,
+        Call::DeleteDisk { disk_cid } => disk::delete(ctx, &disk_cid).await,
+        Call::HasDisk { disk_cid } => disk::has(ctx, &disk_cid).await,
+        Call::AttachDisk { vm_cid, disk_cid } => disk::attach(ctx, &vm_cid, &disk_cid).await,
+        Call::DetachDisk { vm_cid, disk_cid } => disk::detach(ctx, &vm_cid, &disk_cid).await,
+        Call::GetDisks { vm_cid } => disk::get_disks(ctx, &vm_cid).await,
+        Call::SetDiskMetadata { disk_cid, metadata } => {
+            disk::set_metadata(ctx, &disk_cid, &metadata).await
+        }
+        Call::ResizeDisk {
+            disk_cid,
+            new_size_mib,
+        } => disk::resize(ctx, &disk_cid, new_size_mib).await,
+        Call::UpdateDisk { .. } => Err(CpiError::new(
+            crate::protocol::ErrorKind::NotSupported,
+            "update_disk is not supported: the director copies the data to a new disk instead",
+        )),
+        Call::SnapshotDisk { disk_cid, metadata } => {
+            disk::snapshot(ctx, &disk_cid, &metadata).await
+        }
+        Call::DeleteSnapshot { snapshot_cid } => disk::delete_snapshot(ctx, &snapshot_cid).await,
     }
 }
 

@@ -6,5 +6,8 @@ pub mod model;
 pub mod view;
 
 pub use etcd::{Etcd, EtcdAccess};
-pub use model::{Capacity, FlannelConfig, NodeRecord, NodeState, SubnetLease, VmRecord, VmState};
+pub use model::{
+    Capacity, DiskRecord, FlannelConfig, NodeRecord, NodeState, SnapshotRecord, SubnetLease,
+    VmRecord, VmState,
+};
 pub use view::{ClusterView, Keys, NodeUsage};

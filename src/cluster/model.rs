@@ -234,6 +234,10 @@ pub struct VmRecord {
     /// Metadata from set_vm_metadata (deployment, job, index, ...).
     #[serde(default)]
     pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// Set while the container is being re-created (disk attach/detach): a process killed
+    /// meanwhile leaves this mark, and the next call on the VM finishes or undoes it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recreating: bool,
 }
 
 /// Lifecycle of a VM record.
@@ -245,4 +249,32 @@ pub enum VmState {
     /// create_vm finished.
     #[default]
     Created,
+}
+
+/// A persistent disk at `<key_prefix>/disks/<cid>`: a Docker volume named after the cid on
+/// `node`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DiskRecord {
+    pub cid: String,
+    pub node: String,
+    /// Requested size in MiB (recorded, not enforced by local volumes).
+    pub size_mib: u64,
+    /// The VM it is attached to, if any.
+    #[serde(default)]
+    pub vm: Option<String>,
+    pub created_at: String,
+    #[serde(default)]
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A disk snapshot at `<key_prefix>/snapshots/<cid>`: a volume holding a copy of the
+/// disk's contents, on the disk's node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotRecord {
+    pub cid: String,
+    pub disk_cid: String,
+    pub node: String,
+    pub created_at: String,
+    #[serde(default)]
+    pub metadata: serde_json::Map<String, serde_json::Value>,
 }

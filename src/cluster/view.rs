@@ -59,6 +59,18 @@ impl Keys {
     pub fn vm(&self, cid: &str) -> String {
         format!("{}/vms/{cid}", self.key_prefix)
     }
+    /// Prefix of the disk index.
+    pub fn disks(&self) -> String {
+        format!("{}/disks/", self.key_prefix)
+    }
+    /// One disk's index record.
+    pub fn disk(&self, cid: &str) -> String {
+        format!("{}/disks/{cid}", self.key_prefix)
+    }
+    /// One snapshot's index record.
+    pub fn snapshot(&self, cid: &str) -> String {
+        format!("{}/snapshots/{cid}", self.key_prefix)
+    }
     /// Flannel's network config.
     pub fn flannel_config(&self) -> String {
         format!("{}/config", self.flannel_prefix)

@@ -186,3 +186,108 @@ impl NodeDocker {
         }
     }
 }
+
+impl NodeDocker {
+    /// Stops a container (SIGTERM, then SIGKILL after `grace_seconds`); absent or already
+    /// stopped is success.
+    pub async fn stop_container(&self, name: &str, grace_seconds: i32) -> Result<(), CpiError> {
+        let options = bollard::query_parameters::StopContainerOptionsBuilder::new()
+            .t(grace_seconds)
+            .build();
+        match self.docker.stop_container(name, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_status(&e, 304) || is_status(&e, 404) => Ok(()),
+            Err(e) => Err(self.error(&format!("stopping container {name}"), &e)),
+        }
+    }
+
+    /// Renames a container.
+    pub async fn rename_container(&self, name: &str, new_name: &str) -> Result<(), CpiError> {
+        self.docker
+            .rename_container(
+                name,
+                bollard::query_parameters::RenameContainerOptionsBuilder::new()
+                    .name(new_name)
+                    .build(),
+            )
+            .await
+            .map_err(|e| self.error(&format!("renaming container {name} to {new_name}"), &e))
+    }
+
+    /// Starts a container, mapping the error.
+    pub async fn start(&self, name: &str) -> Result<(), CpiError> {
+        match self.docker.start_container(name, None).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_status(&e, 304) => Ok(()),
+            Err(e) => Err(self.error(&format!("starting container {name}"), &e)),
+        }
+    }
+
+    /// One regular file from a container (running or not); `None` when it does not exist.
+    pub async fn read_file(
+        &self,
+        container: &str,
+        path: &str,
+    ) -> Result<Option<Vec<u8>>, CpiError> {
+        use futures_util::StreamExt;
+        use std::io::Read;
+        let mut stream = self.docker.download_from_container(
+            container,
+            Some(
+                bollard::query_parameters::DownloadFromContainerOptionsBuilder::new()
+                    .path(path)
+                    .build(),
+            ),
+        );
+        let mut tar_bytes = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(b) => tar_bytes.extend_from_slice(&b),
+                Err(e) if is_status(&e, 404) => return Ok(None),
+                Err(e) => {
+                    return Err(
+                        self.error(&format!("reading {path} from container {container}"), &e)
+                    );
+                }
+            }
+        }
+        let mut archive = tar::Archive::new(tar_bytes.as_slice());
+        let entries = archive.entries().map_err(|e| {
+            CpiError::cloud(
+                format!(
+                    "node {}: {path} from {container}: bad archive: {e}",
+                    self.name
+                ),
+                true,
+            )
+        })?;
+        for entry in entries {
+            let mut entry = entry.map_err(|e| {
+                CpiError::cloud(
+                    format!("node {}: {path} from {container}: {e}", self.name),
+                    true,
+                )
+            })?;
+            if entry.header().entry_type().is_file() {
+                let mut data = Vec::new();
+                entry.read_to_end(&mut data).map_err(|e| {
+                    CpiError::cloud(
+                        format!("node {}: {path} from {container}: {e}", self.name),
+                        true,
+                    )
+                })?;
+                return Ok(Some(data));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Whether a volume exists.
+    pub async fn volume_exists(&self, name: &str) -> Result<bool, CpiError> {
+        match self.docker.inspect_volume(name).await {
+            Ok(_) => Ok(true),
+            Err(e) if is_status(&e, 404) => Ok(false),
+            Err(e) => Err(self.error(&format!("inspecting volume {name}"), &e)),
+        }
+    }
+}

@@ -6,6 +6,7 @@ pub mod images;
 pub mod networks;
 pub mod node;
 pub mod tls;
+pub mod volume_copy;
 
 pub use networks::BridgeSpec;
 pub use node::{DockerAccess, NodeDocker};

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use flate2::read::GzDecoder;
 
 use super::manifest::Manifest;
+use crate::channel_reader::ChannelReader;
 use crate::protocol::CpiError;
 
 /// A stemcell ready to be read: its manifest, and how to open its image bytes.
@@ -103,30 +104,19 @@ fn read_packed_manifest(path: &Path) -> std::io::Result<Option<String>> {
 
 /// The `image` entry of a packed stemcell, streamed: a thread walks the archive and hands
 /// the entry's bytes over a bounded channel, so nothing is extracted to disk.
-struct PackedImage {
-    chunks: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
-    current: Vec<u8>,
-    offset: usize,
-    done: bool,
-}
+struct PackedImage;
 
 impl PackedImage {
-    fn open(path: &Path) -> Result<PackedImage, CpiError> {
+    fn open(path: &Path) -> Result<ChannelReader, CpiError> {
         let f = File::open(path)
             .map_err(|e| CpiError::cpi(format!("cannot open {}: {e}", path.display())))?;
         let (tx, rx) = std::sync::mpsc::sync_channel(4);
         std::thread::spawn(move || {
-            let result = stream_image_entry(f, &tx);
-            if let Err(e) = result {
+            if let Err(e) = stream_image_entry(f, &tx) {
                 let _ = tx.send(Err(e));
             }
         });
-        Ok(PackedImage {
-            chunks: rx,
-            current: Vec::new(),
-            offset: 0,
-            done: false,
-        })
+        Ok(ChannelReader::new(rx))
     }
 }
 
@@ -156,31 +146,6 @@ fn stream_image_entry(
         std::io::ErrorKind::NotFound,
         "the stemcell tarball has no 'image' entry",
     ))
-}
-
-impl Read for PackedImage {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.offset == self.current.len() {
-            if self.done {
-                return Ok(0);
-            }
-            match self.chunks.recv() {
-                Ok(Ok(chunk)) => {
-                    self.current = chunk;
-                    self.offset = 0;
-                }
-                Ok(Err(e)) => return Err(e),
-                Err(_) => {
-                    self.done = true;
-                    return Ok(0);
-                }
-            }
-        }
-        let n = buf.len().min(self.current.len() - self.offset);
-        buf[..n].copy_from_slice(&self.current[self.offset..self.offset + n]);
-        self.offset += n;
-        Ok(n)
-    }
 }
 
 #[cfg(test)]

@@ -30,15 +30,6 @@ enum Undo {
 
 /// `create_vm`.
 pub async fn create(ctx: &CloudContext<'_>, req: CreateVm) -> Result<CallResult, CpiError> {
-    if !req.disk_cids.is_empty() {
-        return Err(CpiError::new(
-            ErrorKind::NotSupported,
-            format!(
-                "create_vm: persistent disks ({}) cannot be attached at creation yet",
-                req.disk_cids.join(", ")
-            ),
-        ));
-    }
     let props = VmProperties::parse(&req.cloud_properties)?;
     let view = ctx.view().await?;
     let group = req
@@ -47,12 +38,20 @@ pub async fn create(ctx: &CloudContext<'_>, req: CreateVm) -> Result<CallResult,
         .and_then(|b| b.get("group"))
         .and_then(Value::as_str)
         .map(str::to_string);
-    let demand = VmDemand {
+    let mut demand = VmDemand {
         manual_ips: network_plan::manual_ips(&req.networks),
         pinned_node: props.node.clone(),
         group: group.clone(),
         memory_mib: props.memory_mib(),
     };
+    // Persistent disks draw the VM to their node unless an IP or a pin says otherwise
+    // (then the disks move).
+    if let Some(first) = req.disk_cids.first() {
+        let disk = crate::cloud::disk::record(ctx, first).await?;
+        if demand.manual_ips.is_empty() && demand.pinned_node.is_none() {
+            demand.pinned_node = Some(disk.node);
+        }
+    }
     let node_name = placement::choose_node(&demand, &view.nodes, &view.vms)
         .map_err(|m| CpiError::new(ErrorKind::VmCreationFailed, format!("create_vm: {m}")))?;
     let node = view
@@ -74,6 +73,7 @@ pub async fn create(ctx: &CloudContext<'_>, req: CreateVm) -> Result<CallResult,
         state: VmState::Creating,
         created_at: now(),
         metadata: Default::default(),
+        recreating: false,
     };
     index::put(etcd, &keys.vm(&cid), &record).await?;
     let mut undo = vec![Undo::IndexRecord(keys.vm(&cid))];
@@ -105,6 +105,11 @@ pub async fn create(ctx: &CloudContext<'_>, req: CreateVm) -> Result<CallResult,
             if let Err(e) = index::put(etcd, &keys.vm(&cid), &record).await {
                 rollback(ctx, Some(&docker), undo).await;
                 return Err(creation_error(e));
+            }
+            for disk_cid in &req.disk_cids {
+                let mut disk = crate::cloud::disk::record(ctx, disk_cid).await?;
+                disk.vm = Some(cid.clone());
+                crate::cloud::disk::save(ctx, &disk).await?;
             }
             Ok(CallResult::VmCreated {
                 vm_cid: cid,
@@ -149,6 +154,15 @@ async fn build(
     let effective = props.effective(&config.vm_defaults);
     stemcell::ensure_on_node(ctx, view, docker, &req.stemcell_cid).await?;
     prepare_networks(docker, node, planned).await?;
+    let disks = crate::cloud::disk::disks_for_new_vm(ctx, &node.name, &req.disk_cids).await?;
+    let disk_mounts: BTreeMap<String, String> = disks
+        .iter()
+        .map(|(cid, volume)| (agent_files::disk_hint(cid), volume.clone()))
+        .collect();
+    let persistent: BTreeMap<String, String> = disks
+        .keys()
+        .map(|cid| (cid.clone(), agent_files::disk_hint(cid)))
+        .collect();
 
     let used = used_addresses(docker, planned).await?;
     for p in planned.iter() {
@@ -186,7 +200,7 @@ async fn build(
             cid,
             &config.agent,
             planned,
-            &BTreeMap::new(),
+            &persistent,
             &req.env,
         );
         let archive = agent_files::archive(cid, &settings)
@@ -215,7 +229,7 @@ async fn build(
             effective: &effective,
             networks: planned,
             ephemeral_volume: &volume,
-            disk_mounts: &BTreeMap::new(),
+            disk_mounts: &disk_mounts,
             start_script: start_script::script(
                 cid,
                 primary.and_then(|p| p.ip).map(IpAddr::V4),

@@ -29,7 +29,19 @@ async fn find(
         ));
     }
     let docker = ctx.node_docker(&view, &record.node).await?;
+    let mut record = record;
+    if record.recreating {
+        super::recreate::repair(ctx, &mut record, &docker).await?;
+    }
     Ok(Some((record, docker)))
+}
+
+/// The VM's record and node, or `VMNotFound`.
+pub async fn find_existing(
+    ctx: &CloudContext<'_>,
+    cid: &str,
+) -> Result<(VmRecord, NodeDocker), CpiError> {
+    find(ctx, cid).await?.ok_or_else(|| not_found(cid))
 }
 
 fn not_found(cid: &str) -> CpiError {

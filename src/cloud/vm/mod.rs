@@ -7,10 +7,11 @@ mod create;
 mod lifecycle;
 pub mod network_plan;
 pub mod properties;
+pub mod recreate;
 pub mod start_script;
 
 pub use create::create;
-pub use lifecycle::{delete, has, reboot, set_metadata};
+pub use lifecycle::{delete, find_existing, has, reboot, set_metadata};
 
 /// Docker label keys on VM containers and volumes.
 pub mod labels {

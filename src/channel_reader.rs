@@ -1,0 +1,75 @@
+//! A blocking `Read` over chunks arriving on a channel: lets synchronous readers (tar,
+//! gzip) consume bytes that another thread or an async task produces, without buffering
+//! the whole stream.
+
+use std::io::Read;
+use std::sync::mpsc::Receiver;
+
+/// Reads the chunks of `chunks` in order; the stream ends when the sender is dropped, and
+/// an `Err` chunk is returned as a read error.
+pub struct ChannelReader {
+    chunks: Receiver<std::io::Result<Vec<u8>>>,
+    current: Vec<u8>,
+    offset: usize,
+    done: bool,
+}
+
+impl ChannelReader {
+    /// A reader over `chunks`.
+    pub fn new(chunks: Receiver<std::io::Result<Vec<u8>>>) -> Self {
+        ChannelReader {
+            chunks,
+            current: Vec::new(),
+            offset: 0,
+            done: false,
+        }
+    }
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.offset == self.current.len() {
+            if self.done {
+                return Ok(0);
+            }
+            match self.chunks.recv() {
+                Ok(Ok(chunk)) => {
+                    self.current = chunk;
+                    self.offset = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    self.done = true;
+                    return Ok(0);
+                }
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.offset);
+        buf[..n].copy_from_slice(&self.current[self.offset..self.offset + n]);
+        self.offset += n;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_chunks_in_order_and_reports_errors() {
+        let (tx, rx) = std::sync::mpsc::sync_channel(4);
+        std::thread::spawn(move || {
+            tx.send(Ok(b"hel".to_vec())).unwrap();
+            tx.send(Ok(Vec::new())).unwrap();
+            tx.send(Ok(b"lo".to_vec())).unwrap();
+        });
+        let mut s = String::new();
+        ChannelReader::new(rx).read_to_string(&mut s).unwrap();
+        assert_eq!(s, "hello");
+
+        let (tx, rx) = std::sync::mpsc::sync_channel(4);
+        tx.send(Err(std::io::Error::other("boom"))).unwrap();
+        let mut r = ChannelReader::new(rx);
+        assert!(r.read(&mut [0u8; 4]).is_err());
+    }
+}

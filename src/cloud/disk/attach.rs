@@ -1,0 +1,169 @@
+//! attach_disk and detach_disk: validated before the VM is touched, then the VM's
+//! container is re-created with the new set of disks (see `vm::recreate`).
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use super::{moving, record, save};
+use crate::cloud::CloudContext;
+use crate::cloud::vm::agent_files::disk_hint;
+use crate::cloud::vm::{self, recreate};
+use crate::cluster::{DiskRecord, VmRecord, index};
+use crate::protocol::{CallResult, CpiError, ErrorKind};
+
+/// The VM a disk is attached to according to the index, if that VM still exists.
+pub(crate) async fn attached_vm(
+    ctx: &CloudContext<'_>,
+    disk: &DiskRecord,
+) -> Result<Option<String>, CpiError> {
+    let Some(vm) = &disk.vm else {
+        return Ok(None);
+    };
+    let keys = ctx.keys().await?;
+    let exists = index::get::<VmRecord>(ctx.etcd().await?, &keys.vm(vm))
+        .await?
+        .is_some();
+    Ok(exists.then(|| vm.clone()))
+}
+
+/// `attach_disk`: the disk appears in the VM at `/warden-cpi-dev/<disk cid>`; the hint is
+/// returned (v2) and written into the agent settings. Attaching an attached disk again
+/// returns the same hint and changes nothing.
+pub async fn attach(
+    ctx: &CloudContext<'_>,
+    vm_cid: &str,
+    disk_cid: &str,
+) -> Result<CallResult, CpiError> {
+    let (mut vm, docker) = vm::find_existing(ctx, vm_cid).await?;
+    let mut disk = record(ctx, disk_cid).await?;
+    let inspect = docker.inspect_container(vm_cid).await?.ok_or_else(|| {
+        CpiError::new(
+            ErrorKind::VmNotFound,
+            format!("VM {vm_cid} has no container"),
+        )
+    })?;
+    let mut mounted = recreate::mounted_disks(&inspect);
+    let hint = CallResult::DiskAttached {
+        hint: Value::String(disk_hint(disk_cid)),
+    };
+    if mounted.contains_key(disk_cid) {
+        if disk.vm.as_deref() != Some(vm_cid) {
+            disk.vm = Some(vm_cid.to_string());
+            save(ctx, &disk).await?;
+        }
+        return Ok(hint);
+    }
+    if let Some(other) = attached_vm(ctx, &disk).await?
+        && other != vm_cid
+    {
+        return Err(CpiError::cloud(
+            format!(
+                "attach_disk: disk {disk_cid} is attached to VM {other}; detach it there first"
+            ),
+            false,
+        ));
+    }
+    if disk.node != vm.node {
+        moving::move_disk(ctx, &mut disk, &vm.node).await?;
+    } else if !docker.volume_exists(disk_cid).await? {
+        return Err(CpiError::new(
+            ErrorKind::DiskNotFound,
+            format!(
+                "attach_disk: disk {disk_cid} has no volume on its node {}",
+                disk.node
+            ),
+        ));
+    }
+    mounted.insert(disk_cid.to_string(), disk_cid.to_string());
+    recreate::recreate(ctx, &mut vm, &docker, &mounted).await?;
+    disk.vm = Some(vm_cid.to_string());
+    save(ctx, &disk).await?;
+    tracing::info!(vm = %vm_cid, disk = %disk_cid, node = %vm.node, "disk attached");
+    Ok(hint)
+}
+
+/// `detach_disk`: the reverse; a disk that is not attached (or unknown) is success.
+pub async fn detach(
+    ctx: &CloudContext<'_>,
+    vm_cid: &str,
+    disk_cid: &str,
+) -> Result<CallResult, CpiError> {
+    let (mut vm, docker) = vm::find_existing(ctx, vm_cid).await?;
+    let inspect = docker.inspect_container(vm_cid).await?.ok_or_else(|| {
+        CpiError::new(
+            ErrorKind::VmNotFound,
+            format!("VM {vm_cid} has no container"),
+        )
+    })?;
+    let mut mounted = recreate::mounted_disks(&inspect);
+    let disk = match record(ctx, disk_cid).await {
+        Ok(d) => Some(d),
+        Err(e) if e.kind == ErrorKind::DiskNotFound => None,
+        Err(e) => return Err(e),
+    };
+    if mounted.remove(disk_cid).is_some() {
+        recreate::recreate(ctx, &mut vm, &docker, &mounted).await?;
+        tracing::info!(vm = %vm_cid, disk = %disk_cid, "disk detached");
+    }
+    if let Some(mut disk) = disk
+        && disk.vm.as_deref() == Some(vm_cid)
+    {
+        disk.vm = None;
+        save(ctx, &disk).await?;
+    }
+    Ok(CallResult::Plain(Value::Null))
+}
+
+/// For create_vm: the disks to mount in a new VM on `node` (disk cid -> volume), moved to
+/// that node where needed. Unknown disks and disks attached to another VM are refused
+/// before anything is made.
+pub async fn disks_for_new_vm(
+    ctx: &CloudContext<'_>,
+    node: &str,
+    disk_cids: &[String],
+) -> Result<BTreeMap<String, String>, CpiError> {
+    let mut disks = Vec::new();
+    for cid in disk_cids {
+        let disk = record(ctx, cid).await?;
+        if let Some(other) = attached_vm(ctx, &disk).await? {
+            return Err(CpiError::cloud(
+                format!("create_vm: disk {cid} is attached to VM {other}"),
+                false,
+            ));
+        }
+        disks.push(disk);
+    }
+    let mut mounts = BTreeMap::new();
+    for mut disk in disks {
+        if disk.node != node {
+            moving::move_disk(ctx, &mut disk, node).await?;
+        }
+        mounts.insert(disk.cid.clone(), disk.cid.clone());
+    }
+    Ok(mounts)
+}
+
+/// Marks the disks a VM had as attached to it, or (with `None`) releases every disk that
+/// the index says is attached to `vm_cid`.
+pub async fn release_disks_of(ctx: &CloudContext<'_>, vm_cid: &str) -> Result<(), CpiError> {
+    let keys = ctx.keys().await?;
+    let etcd = ctx.etcd().await?;
+    let resp = etcd
+        .client()
+        .get(
+            keys.disks(),
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await
+        .map_err(|e| etcd.error("reading the disk index", &e))?;
+    for kv in resp.kvs() {
+        if let Ok(mut disk) = serde_json::from_slice::<DiskRecord>(kv.value())
+            && disk.vm.as_deref() == Some(vm_cid)
+        {
+            disk.vm = None;
+            save(ctx, &disk).await?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,191 @@
+//! Persistent disks: Docker volumes named after the disk cid, on the node of the VM that
+//! uses them (moved between nodes when a VM elsewhere attaches them), indexed in etcd.
+
+mod attach;
+mod moving;
+mod snapshot;
+
+pub use attach::{attach, detach, disks_for_new_vm, release_disks_of};
+pub use snapshot::{delete_snapshot, snapshot};
+
+use std::collections::HashMap;
+
+use serde_json::Value;
+
+use super::CloudContext;
+use crate::cluster::{DiskRecord, VmRecord, index};
+use crate::placement::{self, VmDemand};
+use crate::protocol::{CallResult, CpiError, ErrorKind, Object};
+
+/// Docker label keys on disk volumes.
+pub mod labels {
+    pub const DISK_CID: &str = "moltencore.disk.cid";
+    pub const SIZE_MIB: &str = "moltencore.disk.size_mib";
+}
+
+fn not_found(cid: &str) -> CpiError {
+    CpiError::new(
+        ErrorKind::DiskNotFound,
+        format!("disk {cid} does not exist"),
+    )
+}
+
+/// The disk's index record, or `DiskNotFound`.
+pub(crate) async fn record(ctx: &CloudContext<'_>, cid: &str) -> Result<DiskRecord, CpiError> {
+    let keys = ctx.keys().await?;
+    index::get::<DiskRecord>(ctx.etcd().await?, &keys.disk(cid))
+        .await?
+        .ok_or_else(|| not_found(cid))
+}
+
+pub(crate) async fn save(ctx: &CloudContext<'_>, disk: &DiskRecord) -> Result<(), CpiError> {
+    let keys = ctx.keys().await?;
+    index::put(ctx.etcd().await?, &keys.disk(&disk.cid), disk).await
+}
+
+/// `create_disk`: a volume on the VM's node (locality), else where placement says (or
+/// `cloud_properties.node`).
+pub async fn create(
+    ctx: &CloudContext<'_>,
+    size_mib: u64,
+    cloud_properties: &Object,
+    vm_cid: Option<&str>,
+) -> Result<CallResult, CpiError> {
+    let view = ctx.view().await?;
+    let keys = ctx.keys().await?;
+    let etcd = ctx.etcd().await?;
+    let mut node = match vm_cid {
+        Some(vm) => index::get::<VmRecord>(etcd, &keys.vm(vm))
+            .await?
+            .map(|r| r.node),
+        None => None,
+    };
+    if node.is_none() {
+        let pinned = cloud_properties
+            .get("node")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let demand = VmDemand {
+            pinned_node: pinned,
+            ..Default::default()
+        };
+        node = Some(
+            placement::choose_node(&demand, &view.nodes, &view.vms)
+                .map_err(|m| CpiError::cloud(format!("create_disk: {m}"), false))?,
+        );
+    }
+    let node = node.unwrap_or_default();
+    let docker = ctx.node_docker(&view, &node).await?;
+    let cid = format!("disk-{}", uuid::Uuid::new_v4());
+    let record = DiskRecord {
+        cid: cid.clone(),
+        node: node.clone(),
+        size_mib,
+        vm: None,
+        created_at: super::now(),
+        metadata: Default::default(),
+    };
+    // The record first: a killed process leaves a record delete_disk can follow.
+    index::put(etcd, &keys.disk(&cid), &record).await?;
+    let volume_labels = HashMap::from([
+        (labels::DISK_CID.to_string(), cid.clone()),
+        (labels::SIZE_MIB.to_string(), size_mib.to_string()),
+    ]);
+    if let Err(e) = docker.create_volume(&cid, volume_labels).await {
+        let _ = index::delete(etcd, &keys.disk(&cid)).await;
+        return Err(e);
+    }
+    tracing::info!(disk = %cid, node = %node, size_mib, "disk created");
+    Ok(CallResult::Plain(Value::String(cid)))
+}
+
+/// `delete_disk`: idempotent; an attached disk is refused, naming the VM.
+pub async fn delete(ctx: &CloudContext<'_>, cid: &str) -> Result<CallResult, CpiError> {
+    let disk = match record(ctx, cid).await {
+        Ok(d) => d,
+        Err(e) if e.kind == ErrorKind::DiskNotFound => return Ok(CallResult::Plain(Value::Null)),
+        Err(e) => return Err(e),
+    };
+    if let Some(vm) = attach::attached_vm(ctx, &disk).await? {
+        return Err(CpiError::cloud(
+            format!("delete_disk: disk {cid} is attached to VM {vm}; detach it first"),
+            false,
+        ));
+    }
+    let view = ctx.view().await?;
+    if view.node(&disk.node).is_some() {
+        let docker = ctx.node_docker(&view, &disk.node).await?;
+        docker.remove_volume(cid).await?;
+    }
+    let keys = ctx.keys().await?;
+    index::delete(ctx.etcd().await?, &keys.disk(cid)).await?;
+    Ok(CallResult::Plain(Value::Null))
+}
+
+/// `has_disk`: the record and the volume on its node.
+pub async fn has(ctx: &CloudContext<'_>, cid: &str) -> Result<CallResult, CpiError> {
+    let disk = match record(ctx, cid).await {
+        Ok(d) => d,
+        Err(e) if e.kind == ErrorKind::DiskNotFound => {
+            return Ok(CallResult::Plain(Value::Bool(false)));
+        }
+        Err(e) => return Err(e),
+    };
+    let view = ctx.view().await?;
+    if view.node(&disk.node).is_none() {
+        return Ok(CallResult::Plain(Value::Bool(false)));
+    }
+    let docker = ctx.node_docker(&view, &disk.node).await?;
+    Ok(CallResult::Plain(Value::Bool(
+        docker.volume_exists(cid).await?,
+    )))
+}
+
+/// `set_disk_metadata`: merged into the disk's index record.
+pub async fn set_metadata(
+    ctx: &CloudContext<'_>,
+    cid: &str,
+    metadata: &Object,
+) -> Result<CallResult, CpiError> {
+    let mut disk = record(ctx, cid).await?;
+    for (k, v) in metadata {
+        disk.metadata.insert(k.clone(), v.clone());
+    }
+    save(ctx, &disk).await?;
+    Ok(CallResult::Plain(Value::Null))
+}
+
+/// `resize_disk`: local volumes have no size limit, so the new size is recorded (the disk
+/// can already hold it); shrinking is refused.
+pub async fn resize(
+    ctx: &CloudContext<'_>,
+    cid: &str,
+    new_size_mib: u64,
+) -> Result<CallResult, CpiError> {
+    let mut disk = record(ctx, cid).await?;
+    if new_size_mib < disk.size_mib {
+        return Err(CpiError::new(
+            ErrorKind::NotSupported,
+            format!(
+                "resize_disk: disk {cid} cannot shrink from {} MiB to {new_size_mib} MiB",
+                disk.size_mib
+            ),
+        ));
+    }
+    disk.size_mib = new_size_mib;
+    save(ctx, &disk).await?;
+    Ok(CallResult::Plain(Value::Null))
+}
+
+/// `get_disks`: the persistent disks really mounted in the VM's container.
+pub async fn get_disks(ctx: &CloudContext<'_>, vm_cid: &str) -> Result<CallResult, CpiError> {
+    let (_, docker) = super::vm::find_existing(ctx, vm_cid).await?;
+    let inspect = docker.inspect_container(vm_cid).await?.ok_or_else(|| {
+        CpiError::new(ErrorKind::VmNotFound, format!("VM {vm_cid} does not exist"))
+    })?;
+    let disks: Vec<Value> = super::vm::recreate::mounted_disks(&inspect)
+        .into_keys()
+        .map(Value::String)
+        .collect();
+    Ok(CallResult::Plain(Value::Array(disks)))
+}

@@ -1,0 +1,58 @@
+//! Moving a disk to another node: its contents streamed node-to-node through the CPI,
+//! verified (files, bytes, content digest), then the source removed. An unreachable
+//! source is a retriable error and loses nothing.
+
+use std::collections::HashMap;
+
+use super::{labels, save};
+use crate::cloud::CloudContext;
+use crate::cluster::DiskRecord;
+use crate::docker::volume_copy;
+use crate::protocol::{CpiError, ErrorKind};
+
+/// Moves `disk` to `target` and updates its record.
+pub async fn move_disk(
+    ctx: &CloudContext<'_>,
+    disk: &mut DiskRecord,
+    target: &str,
+) -> Result<(), CpiError> {
+    let view = ctx.view().await?;
+    let from = ctx.node_docker(&view, &disk.node).await?;
+    let to = ctx.node_docker(&view, target).await?;
+    let cid = disk.cid.clone();
+    if !from
+        .volume_exists(&cid)
+        .await
+        .map_err(|e| e.context(format!("moving disk {cid}")))?
+    {
+        return Err(CpiError::new(
+            ErrorKind::DiskNotFound,
+            format!("disk {cid} has no volume on its node {}", disk.node),
+        ));
+    }
+    // A partial copy from an earlier, interrupted move is replaced.
+    to.remove_volume(&cid).await?;
+    let volume_labels = HashMap::from([
+        (labels::DISK_CID.to_string(), cid.clone()),
+        (labels::SIZE_MIB.to_string(), disk.size_mib.to_string()),
+    ]);
+    to.create_volume(&cid, volume_labels).await?;
+    tracing::info!(disk = %cid, from = %disk.node, to = %target, "moving disk");
+    let digest = match volume_copy::copy_volume(&from, &cid, &to, &cid).await {
+        Ok(d) => d,
+        Err(e) => {
+            let _ = to.remove_volume(&cid).await;
+            return Err(e.context(format!("moving disk {cid} from {} to {target}", disk.node)));
+        }
+    };
+    let source = std::mem::replace(&mut disk.node, target.to_string());
+    save(ctx, disk).await?;
+    if let Err(e) = from.remove_volume(&cid).await {
+        tracing::warn!(disk = %cid, node = %source, "moved, but the source volume stays: {}", e.message);
+    }
+    tracing::info!(
+        disk = %cid, from = %source, to = %target, files = digest.files, bytes = digest.bytes,
+        "disk moved and verified"
+    );
+    Ok(())
+}

@@ -1,0 +1,78 @@
+//! snapshot_disk and delete_snapshot: a snapshot is a volume on the disk's node holding a
+//! verified copy of the disk's contents at snapshot time, labelled with the metadata.
+
+use std::collections::HashMap;
+
+use serde_json::Value;
+
+use super::record;
+use crate::cloud::CloudContext;
+use crate::cluster::{SnapshotRecord, index};
+use crate::docker::volume_copy;
+use crate::protocol::{CallResult, CpiError, Object};
+
+/// `snapshot_disk`.
+pub async fn snapshot(
+    ctx: &CloudContext<'_>,
+    disk_cid: &str,
+    metadata: &Object,
+) -> Result<CallResult, CpiError> {
+    let disk = record(ctx, disk_cid).await?;
+    let view = ctx.view().await?;
+    let docker = ctx.node_docker(&view, &disk.node).await?;
+    let cid = format!("snap-{}", uuid::Uuid::new_v4());
+    let keys = ctx.keys().await?;
+    let etcd = ctx.etcd().await?;
+    let rec = SnapshotRecord {
+        cid: cid.clone(),
+        disk_cid: disk_cid.to_string(),
+        node: disk.node.clone(),
+        created_at: crate::cloud::now(),
+        metadata: metadata.clone(),
+    };
+    index::put(etcd, &keys.snapshot(&cid), &rec).await?;
+    let mut labels = HashMap::from([
+        ("moltencore.snapshot.cid".to_string(), cid.clone()),
+        ("moltencore.snapshot.disk".to_string(), disk_cid.to_string()),
+    ]);
+    for (k, v) in metadata {
+        let text = match v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        labels.insert(format!("moltencore.snapshot.meta.{k}"), text);
+    }
+    let made = async {
+        docker.create_volume(&cid, labels).await?;
+        volume_copy::copy_volume(&docker, disk_cid, &docker, &cid).await
+    }
+    .await;
+    match made {
+        Ok(digest) => {
+            tracing::info!(snapshot = %cid, disk = %disk_cid, files = digest.files, bytes = digest.bytes, "snapshot taken");
+            Ok(CallResult::Plain(Value::String(cid)))
+        }
+        Err(e) => {
+            let _ = docker.remove_volume(&cid).await;
+            let _ = index::delete(etcd, &keys.snapshot(&cid)).await;
+            Err(e.context(format!("snapshot_disk {disk_cid}")))
+        }
+    }
+}
+
+/// `delete_snapshot`: idempotent.
+pub async fn delete_snapshot(ctx: &CloudContext<'_>, cid: &str) -> Result<CallResult, CpiError> {
+    let keys = ctx.keys().await?;
+    let etcd = ctx.etcd().await?;
+    if let Some(rec) = index::get::<SnapshotRecord>(etcd, &keys.snapshot(cid)).await? {
+        let view = ctx.view().await?;
+        if view.node(&rec.node).is_some() {
+            ctx.node_docker(&view, &rec.node)
+                .await?
+                .remove_volume(cid)
+                .await?;
+        }
+        index::delete(etcd, &keys.snapshot(cid)).await?;
+    }
+    Ok(CallResult::Plain(Value::Null))
+}

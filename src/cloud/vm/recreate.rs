@@ -1,0 +1,305 @@
+//! Re-creating a VM's container with another set of persistent disks: Docker cannot add a
+//! mount to an existing container. The VM keeps its identity: name, IPs and MACs,
+//! hostname, labels, ephemeral volume, the agent's settings (with the new disk hints),
+//! `update_settings.json` and the DNS `records.json`. If the new container does not start,
+//! the old one comes back. A process killed half-way leaves a mark in the VM's index record
+//! that [`repair`] acts on at the next call.
+
+use std::collections::{BTreeMap, HashMap};
+
+use bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, EndpointIpamConfig, EndpointSettings, Mount,
+    MountType, NetworkingConfig,
+};
+use serde_json::Value;
+
+use super::agent_files::{self, DISK_MOUNT_ROOT, SETTINGS_PATH};
+use crate::cloud::CloudContext;
+use crate::cluster::{VmRecord, index};
+use crate::docker::NodeDocker;
+use crate::protocol::{CpiError, ErrorKind};
+
+/// Files of the agent on the root filesystem that must survive a re-creation.
+pub const KEPT_FILES: &[&str] = &[
+    "/var/vcap/bosh/update_settings.json",
+    "/var/vcap/instance/dns/records.json",
+];
+
+/// Seconds the old container gets to stop.
+const STOP_GRACE: i32 = 30;
+
+/// The name the old container has while its successor is being made.
+pub fn previous_name(cid: &str) -> String {
+    format!("{cid}-previous")
+}
+
+/// Persistent disks mounted in a container: disk cid -> volume name.
+pub fn mounted_disks(inspect: &ContainerInspectResponse) -> BTreeMap<String, String> {
+    let prefix = format!("{DISK_MOUNT_ROOT}/");
+    inspect
+        .mounts
+        .iter()
+        .flatten()
+        .filter_map(|m| {
+            let cid = m.destination.as_deref()?.strip_prefix(&prefix)?;
+            Some((cid.to_string(), m.name.clone()?))
+        })
+        .collect()
+}
+
+/// Re-creates the container of `record` on `docker` with exactly `disks` (disk cid ->
+/// volume) mounted at their hints, updating the agent settings to match.
+pub async fn recreate(
+    ctx: &CloudContext<'_>,
+    record: &mut VmRecord,
+    docker: &NodeDocker,
+    disks: &BTreeMap<String, String>,
+) -> Result<(), CpiError> {
+    let cid = record.cid.clone();
+    let old = docker.inspect_container(&cid).await?.ok_or_else(|| {
+        CpiError::new(
+            ErrorKind::VmNotFound,
+            format!("VM {cid} has no container on node {}", docker.name),
+        )
+    })?;
+    // Everything is read and prepared before the old container is touched.
+    let settings_raw = docker
+        .read_file(&cid, SETTINGS_PATH)
+        .await?
+        .ok_or_else(|| {
+            CpiError::cloud(
+                format!("VM {cid} has no agent settings at {SETTINGS_PATH}"),
+                false,
+            )
+        })?;
+    let mut settings: Value = serde_json::from_slice(&settings_raw)
+        .map_err(|e| CpiError::cloud(format!("VM {cid}: agent settings unreadable: {e}"), false))?;
+    settings["disks"]["persistent"] = Value::Object(
+        disks
+            .keys()
+            .map(|d| (d.clone(), Value::String(agent_files::disk_hint(d))))
+            .collect(),
+    );
+    let mut kept = Vec::new();
+    for path in KEPT_FILES {
+        if let Some(data) = docker.read_file(&cid, path).await? {
+            kept.push((*path, data));
+        }
+    }
+    let archive = files_archive(&cid, &settings, &kept)
+        .map_err(|e| CpiError::cpi(format!("cannot pack the agent files: {e}")))?;
+    let (body, extra_networks) = successor_body(&old, disks)?;
+
+    let keys = ctx.keys().await?;
+    let etcd = ctx.etcd().await?;
+    record.recreating = true;
+    index::put(etcd, &keys.vm(&cid), record).await?;
+
+    docker.stop_container(&cid, STOP_GRACE).await?;
+    docker.rename_container(&cid, &previous_name(&cid)).await?;
+    let outcome = async {
+        docker.create_container(&cid, body).await?;
+        for (net, endpoint) in &extra_networks {
+            docker.connect_network(net, &cid, endpoint.clone()).await?;
+        }
+        docker.upload_archive(&cid, "/", archive).await?;
+        docker.start(&cid).await
+    }
+    .await;
+    match outcome {
+        Ok(()) => {
+            docker.remove_container(&previous_name(&cid)).await?;
+            record.recreating = false;
+            index::put(etcd, &keys.vm(&cid), record).await?;
+            Ok(())
+        }
+        Err(e) => {
+            tracing::warn!(vm = %cid, "new container failed, restoring the old one: {}", e.message);
+            restore(docker, &cid).await?;
+            record.recreating = false;
+            index::put(etcd, &keys.vm(&cid), record).await?;
+            Err(e)
+        }
+    }
+}
+
+/// Brings the previous container back under the VM's name and starts it.
+async fn restore(docker: &NodeDocker, cid: &str) -> Result<(), CpiError> {
+    docker.remove_container(cid).await?;
+    docker.rename_container(&previous_name(cid), cid).await?;
+    docker.start(cid).await
+}
+
+/// Finishes or undoes a re-creation that a killed process left half-done, then clears the
+/// mark. After it, the VM's container is the old one or the complete new one, running.
+pub async fn repair(
+    ctx: &CloudContext<'_>,
+    record: &mut VmRecord,
+    docker: &NodeDocker,
+) -> Result<(), CpiError> {
+    let cid = record.cid.clone();
+    let previous = docker.inspect_container(&previous_name(&cid)).await?;
+    let current = docker.inspect_container(&cid).await?;
+    let current_running = current
+        .as_ref()
+        .and_then(|c| c.state.as_ref())
+        .and_then(|s| s.running)
+        .unwrap_or(false);
+    match (previous, current) {
+        (Some(_), Some(_)) if current_running => {
+            docker.remove_container(&previous_name(&cid)).await?;
+        }
+        (Some(_), _) => restore(docker, &cid).await?,
+        (None, Some(_)) if !current_running => docker.start(&cid).await?,
+        _ => {}
+    }
+    tracing::warn!(vm = %cid, node = %docker.name, "repaired an unfinished container re-creation");
+    record.recreating = false;
+    let keys = ctx.keys().await?;
+    index::put(ctx.etcd().await?, &keys.vm(&cid), record).await
+}
+
+/// The successor's create body from the old container: same config, host config with the
+/// disk mounts replaced, same addresses; plus the non-primary networks to connect.
+fn successor_body(
+    old: &ContainerInspectResponse,
+    disks: &BTreeMap<String, String>,
+) -> Result<(ContainerCreateBody, Vec<(String, EndpointSettings)>), CpiError> {
+    let config = old
+        .config
+        .clone()
+        .ok_or_else(|| CpiError::cloud("container inspect has no config", false))?;
+    let mut body: ContainerCreateBody = serde_json::to_value(&config)
+        .and_then(serde_json::from_value)
+        .map_err(|e| CpiError::cpi(format!("cannot reuse the container config: {e}")))?;
+    let mut host = old
+        .host_config
+        .clone()
+        .ok_or_else(|| CpiError::cloud("container inspect has no host config", false))?;
+    let prefix = format!("{DISK_MOUNT_ROOT}/");
+    let mut mounts: Vec<Mount> = host
+        .mounts
+        .take()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| !m.target.as_deref().is_some_and(|t| t.starts_with(&prefix)))
+        .collect();
+    for (disk, volume) in disks {
+        mounts.push(Mount {
+            target: Some(agent_files::disk_hint(disk)),
+            source: Some(volume.clone()),
+            typ: Some(MountType::VOLUME),
+            ..Default::default()
+        });
+    }
+    host.mounts = Some(mounts);
+    let primary = host.network_mode.clone().unwrap_or_default();
+    let networks = old
+        .network_settings
+        .as_ref()
+        .and_then(|n| n.networks.clone())
+        .unwrap_or_default();
+    let endpoint_of = |ep: &EndpointSettings| EndpointSettings {
+        ipam_config: ep
+            .ipam_config
+            .as_ref()
+            .and_then(|c| c.ipv4_address.clone())
+            .or_else(|| ep.ip_address.clone())
+            .map(|ip| EndpointIpamConfig {
+                ipv4_address: Some(ip),
+                ..Default::default()
+            }),
+        mac_address: ep.mac_address.clone().filter(|m| !m.is_empty()),
+        ..Default::default()
+    };
+    let mut primary_endpoint = HashMap::new();
+    let mut extra = Vec::new();
+    for (name, ep) in &networks {
+        if *name == primary {
+            primary_endpoint.insert(name.clone(), endpoint_of(ep));
+        } else {
+            extra.push((name.clone(), endpoint_of(ep)));
+        }
+    }
+    body.host_config = Some(host);
+    body.networking_config = Some(NetworkingConfig {
+        endpoints_config: Some(primary_endpoint),
+    });
+    Ok((body, extra))
+}
+
+fn files_archive(
+    cid: &str,
+    settings: &Value,
+    kept: &[(&str, Vec<u8>)],
+) -> std::io::Result<Vec<u8>> {
+    let base = agent_files::archive(cid, settings)?;
+    if kept.is_empty() {
+        return Ok(base);
+    }
+    // Append the kept files to the agent files' archive.
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut existing = tar::Archive::new(base.as_slice());
+    for entry in existing.entries()? {
+        let mut entry = entry?;
+        let mut header = entry.header().clone();
+        let path = entry.path()?.to_path_buf();
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut data)?;
+        builder.append_data(&mut header, path, data.as_slice())?;
+    }
+    for (path, data) in kept {
+        let rel = path.trim_start_matches('/');
+        let mut dirs = String::new();
+        for part in rel
+            .split('/')
+            .collect::<Vec<_>>()
+            .split_last()
+            .map(|(_, d)| d)
+            .unwrap_or(&[])
+        {
+            dirs.push_str(part);
+            dirs.push('/');
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_mode(0o755);
+            h.set_size(0);
+            h.set_cksum();
+            builder.append_data(&mut h, &dirs, std::io::empty())?;
+        }
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        builder.append_data(&mut h, rel, data.as_slice())?;
+    }
+    builder.into_inner()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[test]
+    fn kept_files_join_the_agent_files() {
+        let kept = vec![(
+            "/var/vcap/instance/dns/records.json",
+            b"{\"records\":[]}".to_vec(),
+        )];
+        let tar_bytes = files_archive("vm-1", &serde_json::json!({}), &kept).unwrap();
+        let mut names = Vec::new();
+        let mut records = String::new();
+        for e in tar::Archive::new(tar_bytes.as_slice()).entries().unwrap() {
+            let mut e = e.unwrap();
+            let p = e.path().unwrap().to_string_lossy().to_string();
+            if p.ends_with("records.json") {
+                e.read_to_string(&mut records).unwrap();
+            }
+            names.push(p);
+        }
+        assert!(names.contains(&"var/vcap/bosh/warden-cpi-agent-env.json".to_string()));
+        assert!(names.contains(&"var/vcap/instance/dns/".to_string()));
+        assert_eq!(records, "{\"records\":[]}");
+    }
+}

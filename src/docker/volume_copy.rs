@@ -1,0 +1,336 @@
+//! Copies a volume's contents, on one node or between two nodes, streamed through the CPI
+//! (`docker cp` semantics via the archive API of idle helper containers that mount the
+//! volumes; nothing is stored in between), and checks the copy: the target is read back
+//! and must hold the same files, bytes and content digest as the source stream.
+
+use std::collections::HashMap;
+use std::io::Read;
+
+use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::node::NodeDocker;
+use crate::channel_reader::ChannelReader;
+use crate::protocol::CpiError;
+
+/// An image with an empty root filesystem, imported on demand; helper containers are made
+/// from it and never started.
+pub const HELPER_IMAGE_REPO: &str = "moltencore-helper";
+const HELPER_IMAGE_TAG: &str = "empty";
+/// Where helper containers mount the volume.
+const MOUNT: &str = "/data";
+
+/// What a tree of files holds: count, bytes and a digest over paths and contents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TreeDigest {
+    pub files: u64,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+/// Digest of the regular files (and symlinks) of a tar stream, in archive order.
+pub fn digest_tar(reader: impl Read) -> std::io::Result<TreeDigest> {
+    let mut archive = tar::Archive::new(reader);
+    let mut hasher = Sha256::new();
+    let (mut files, mut bytes) = (0u64, 0u64);
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let path = entry
+            .path()?
+            .to_string_lossy()
+            .trim_start_matches("./")
+            .to_string();
+        let kind = entry.header().entry_type();
+        if kind.is_file() {
+            hasher.update(b"f\0");
+            hasher.update(path.as_bytes());
+            hasher.update(b"\0");
+            let n = std::io::copy(&mut entry, &mut HashWriter(&mut hasher))?;
+            files += 1;
+            bytes += n;
+        } else if kind.is_symlink() {
+            hasher.update(b"l\0");
+            hasher.update(path.as_bytes());
+            if let Some(target) = entry.link_name()? {
+                hasher.update(target.to_string_lossy().as_bytes());
+            }
+            files += 1;
+        }
+    }
+    Ok(TreeDigest {
+        files,
+        bytes,
+        sha256: hex::encode(hasher.finalize()),
+    })
+}
+
+struct HashWriter<'a>(&'a mut Sha256);
+
+impl std::io::Write for HashWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// An idle container mounting one volume at /data, removed after use.
+struct Helper<'a> {
+    node: &'a NodeDocker,
+    name: String,
+}
+
+impl<'a> Helper<'a> {
+    async fn new(node: &'a NodeDocker, volume: &str) -> Result<Helper<'a>, CpiError> {
+        ensure_helper_image(node).await?;
+        let name = format!("mc-copy-{}", uuid::Uuid::new_v4().simple());
+        let body = ContainerCreateBody {
+            image: Some(format!("{HELPER_IMAGE_REPO}:{HELPER_IMAGE_TAG}")),
+            cmd: Some(vec!["/never-started".into()]),
+            labels: Some(HashMap::from([(
+                "moltencore.helper".to_string(),
+                volume.to_string(),
+            )])),
+            host_config: Some(HostConfig {
+                network_mode: Some("none".into()),
+                mounts: Some(vec![Mount {
+                    target: Some(MOUNT.into()),
+                    source: Some(volume.into()),
+                    typ: Some(MountType::VOLUME),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        node.create_container(&name, body).await?;
+        Ok(Helper { node, name })
+    }
+
+    async fn remove(self) {
+        if let Err(e) = self.node.remove_container(&self.name).await {
+            tracing::warn!("removing helper container: {}", e.message);
+        }
+    }
+
+    /// The volume's contents as a tar stream of chunks.
+    fn download(
+        &self,
+    ) -> impl futures_util::Stream<Item = Result<Bytes, bollard::errors::Error>> + '_ {
+        self.node.docker.download_from_container(
+            &self.name,
+            Some(
+                bollard::query_parameters::DownloadFromContainerOptionsBuilder::new()
+                    .path(&format!("{MOUNT}/."))
+                    .build(),
+            ),
+        )
+    }
+
+    /// Reads the whole volume and digests it.
+    async fn digest(&self) -> Result<TreeDigest, CpiError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<std::io::Result<Vec<u8>>>(8);
+        let digester = tokio::task::spawn_blocking(move || digest_tar(ChannelReader::new(rx)));
+        let mut stream = Box::pin(self.download());
+        let mut failure = None;
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(b) => {
+                    if tx.send(Ok(b.to_vec())).is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    failure = Some(self.node.error("reading the volume back", &e));
+                    let _ = tx.send(Err(std::io::Error::other("download failed")));
+                    break;
+                }
+            }
+        }
+        drop(tx);
+        let digest = digester
+            .await
+            .map_err(|e| CpiError::cloud(format!("digest task failed: {e}"), true))?;
+        if let Some(f) = failure {
+            return Err(f);
+        }
+        digest.map_err(|e| {
+            CpiError::cloud(
+                format!("node {}: volume archive unreadable: {e}", self.node.name),
+                true,
+            )
+        })
+    }
+}
+
+/// The helper image on `node`, imported from an in-memory tar when missing.
+async fn ensure_helper_image(node: &NodeDocker) -> Result<(), CpiError> {
+    let reference = format!("{HELPER_IMAGE_REPO}:{HELPER_IMAGE_TAG}");
+    if super::images::inspect(node, &reference).await?.is_some() {
+        return Ok(());
+    }
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    let marker = b"moltencore helper: an empty root for idle containers\n";
+    header.set_size(marker.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    builder
+        .append_data(&mut header, ".moltencore-helper", &marker[..])
+        .map_err(|e| CpiError::cpi(format!("cannot build the helper image: {e}")))?;
+    let tar_bytes = builder
+        .into_inner()
+        .map_err(|e| CpiError::cpi(format!("cannot build the helper image: {e}")))?;
+    let options = bollard::query_parameters::CreateImageOptionsBuilder::new()
+        .from_src("-")
+        .repo(HELPER_IMAGE_REPO)
+        .tag(HELPER_IMAGE_TAG)
+        .build();
+    let mut progress = node.docker.create_image(
+        Some(options),
+        Some(bollard::body_full(Bytes::from(tar_bytes))),
+        None,
+    );
+    while let Some(step) = progress.next().await {
+        step.map_err(|e| node.error("importing the helper image", &e))?;
+    }
+    Ok(())
+}
+
+/// Copies the contents of `src_volume` on `src` into `dst_volume` on `dst` (which may be
+/// the same node) and verifies the copy. Both volumes must exist.
+pub async fn copy_volume(
+    src: &NodeDocker,
+    src_volume: &str,
+    dst: &NodeDocker,
+    dst_volume: &str,
+) -> Result<TreeDigest, CpiError> {
+    let from = Helper::new(src, src_volume).await?;
+    let to = match Helper::new(dst, dst_volume).await {
+        Ok(h) => h,
+        Err(e) => {
+            from.remove().await;
+            return Err(e);
+        }
+    };
+    let result = stream_and_verify(&from, &to).await;
+    from.remove().await;
+    to.remove().await;
+    result
+}
+
+async fn stream_and_verify(from: &Helper<'_>, to: &Helper<'_>) -> Result<TreeDigest, CpiError> {
+    // Source stream -> (upload to the target, digest on a blocking thread).
+    let (up_tx, up_rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(8);
+    let (dg_tx, dg_rx) = std::sync::mpsc::sync_channel::<std::io::Result<Vec<u8>>>(8);
+    let digester = tokio::task::spawn_blocking(move || digest_tar(ChannelReader::new(dg_rx)));
+    let to_node = to.node.clone();
+    let to_name = to.name.clone();
+    let uploader = tokio::spawn(async move {
+        to_node
+            .docker
+            .upload_to_container(
+                &to_name,
+                Some(
+                    bollard::query_parameters::UploadToContainerOptionsBuilder::new()
+                        .path(MOUNT)
+                        .build(),
+                ),
+                bollard::body_try_stream(ReceiverStream::new(up_rx)),
+            )
+            .await
+            .map_err(|e| to_node.error("writing the copy", &e))
+    });
+    let mut failure = None;
+    {
+        let mut stream = Box::pin(from.download());
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(b) => {
+                    let for_digest = b.to_vec();
+                    if up_tx.send(Ok(b)).await.is_err() {
+                        break; // the upload failed; its result says why
+                    }
+                    let _ = dg_tx.send(Ok(for_digest));
+                }
+                Err(e) => {
+                    failure = Some(from.node.error("reading the volume", &e));
+                    let _ = up_tx
+                        .send(Err(std::io::Error::other("source read failed")))
+                        .await;
+                    let _ = dg_tx.send(Err(std::io::Error::other("source read failed")));
+                    break;
+                }
+            }
+        }
+    }
+    drop(up_tx);
+    drop(dg_tx);
+    let uploaded = uploader
+        .await
+        .map_err(|e| CpiError::cloud(format!("upload task failed: {e}"), true))?;
+    let source_digest = digester
+        .await
+        .map_err(|e| CpiError::cloud(format!("digest task failed: {e}"), true))?;
+    if let Some(f) = failure {
+        return Err(f);
+    }
+    uploaded?;
+    let source_digest = source_digest.map_err(|e| {
+        CpiError::cloud(
+            format!("node {}: volume archive unreadable: {e}", from.node.name),
+            true,
+        )
+    })?;
+    let copied = to.digest().await?;
+    if copied != source_digest {
+        return Err(CpiError::cloud(
+            format!(
+                "copy check failed: node {} has {} files / {} bytes / {}, node {} now has {} files / {} bytes / {}",
+                from.node.name,
+                source_digest.files,
+                source_digest.bytes,
+                source_digest.sha256,
+                to.node.name,
+                copied.files,
+                copied.bytes,
+                copied.sha256
+            ),
+            true,
+        ));
+    }
+    Ok(source_digest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, data) in files {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append_data(&mut h, name, *data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn digest_counts_files_and_bytes_and_sees_content() {
+        let a = digest_tar(tar_of(&[("./x", b"hello"), ("./d/y", b"!")]).as_slice()).unwrap();
+        assert_eq!((a.files, a.bytes), (2, 6));
+        let b = digest_tar(tar_of(&[("x", b"hello"), ("d/y", b"!")]).as_slice()).unwrap();
+        assert_eq!(a, b, "a leading ./ does not matter");
+        let c = digest_tar(tar_of(&[("./x", b"hellO"), ("./d/y", b"!")]).as_slice()).unwrap();
+        assert_ne!(a.sha256, c.sha256);
+    }
+}
