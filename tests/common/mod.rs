@@ -433,3 +433,38 @@ pub fn index_records_of_agent(config: &Path, agent: &str) -> Vec<Value> {
             .collect()
     })
 }
+
+/// One index record (JSON) at `<key_prefix>/<suffix>` of the config's prefix.
+pub fn index_record(config: &Path, suffix: &str) -> Option<Value> {
+    let cfg = moltencore::config::Config::from_value(
+        serde_json::from_str(&std::fs::read_to_string(config).unwrap()).unwrap(),
+    )
+    .unwrap();
+    runtime().block_on(async {
+        let etcd = moltencore::cluster::Etcd::connect(&cfg).await.unwrap();
+        let key = format!("{}/{suffix}", cfg.etcd.key_prefix);
+        let resp = etcd.client().get(key, None).await.unwrap();
+        resp.kvs()
+            .first()
+            .map(|kv| serde_json::from_slice(kv.value()).unwrap())
+    })
+}
+
+/// Overwrites one node record under a private prefix (see [`private_config`]).
+pub fn put_node_record(config: &Path, name: &str, record: &Value) {
+    let cfg = moltencore::config::Config::from_value(
+        serde_json::from_str(&std::fs::read_to_string(config).unwrap()).unwrap(),
+    )
+    .unwrap();
+    runtime().block_on(async {
+        let etcd = moltencore::cluster::Etcd::connect(&cfg).await.unwrap();
+        etcd.client()
+            .put(
+                format!("{}/nodes/{name}", cfg.etcd.key_prefix),
+                record.to_string(),
+                None,
+            )
+            .await
+            .unwrap();
+    });
+}

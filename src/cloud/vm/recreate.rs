@@ -123,12 +123,27 @@ pub async fn recreate(
     }
 }
 
-/// Brings the previous container back under the VM's name and starts it.
+/// Brings the previous container back under the VM's name and starts it. A killed
+/// process's last request may still be running in the daemon (a create of the successor
+/// completing after it died), so a name conflict is removed and retried.
 async fn restore(docker: &NodeDocker, cid: &str) -> Result<(), CpiError> {
-    docker.remove_container(cid).await?;
-    docker.rename_container(&previous_name(cid), cid).await?;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        docker.remove_container(cid).await?;
+        match docker.rename_container(&previous_name(cid), cid).await {
+            Ok(()) => break,
+            Err(e) if attempt < RESTORE_ATTEMPTS && e.message.contains("already in use") => {
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
     docker.start(cid).await
 }
+
+/// Attempts at taking the VM's name back from a successor that is still being made.
+const RESTORE_ATTEMPTS: usize = 10;
 
 /// Finishes or undoes a re-creation that a killed process left half-done, then clears the
 /// mark. After it, the VM's container is the old one or the complete new one, running.

@@ -1,0 +1,629 @@
+//! Black-box tests of the persistent disk methods through the built `cpi` binary, checked
+//! on the nodes: data survives detach/attach, VM re-creation and moves between nodes; the
+//! VM keeps its identity across attach; bad attaches leave the VM untouched; snapshots
+//! hold the contents of their time.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+
+fn cfg() -> std::path::PathBuf {
+    cluster_config()
+}
+
+fn call(method: &str, args: Value) -> Value {
+    expect_result(
+        &json!({"method": method, "arguments": args, "api_version": 2}).to_string(),
+        Some(&cfg()),
+    )
+}
+
+fn error_of(method: &str, args: Value) -> (String, String, bool) {
+    let (kind, message, run) = expect_error(
+        &json!({"method": method, "arguments": args, "api_version": 2}).to_string(),
+        Some(&cfg()),
+    );
+    (kind, message, run.response["error"]["ok_to_retry"] == true)
+}
+
+/// A VM with a static IP on the node at `index` (`host` = last octet).
+fn vm_on(index: usize, host: u8, test: &str) -> (String, String, String) {
+    let (node, prefix) = node_prefix(index);
+    let ip = format!("{prefix}.{host}");
+    let req = create_vm_request(
+        &agent_id(test),
+        &shared_stemcell(),
+        json!({}),
+        manual_network(&ip),
+        json!({}),
+        2,
+    );
+    let cid = expect_result(&req, Some(&cfg()))[0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    (cid, node, ip)
+}
+
+fn sh(node: &str, vm: &str, cmd: &str) -> String {
+    let (code, out) = runtime().block_on(exec_in(node, vm, cmd));
+    assert_eq!(code, 0, "`{cmd}` in {vm} on {node}: {out}");
+    out
+}
+
+/// Writes random data and a few files into the disk inside the VM; returns their checksum.
+fn fill_disk(node: &str, vm: &str, disk: &str) -> String {
+    let d = format!("/warden-cpi-dev/{disk}");
+    sh(
+        node,
+        vm,
+        &format!(
+            "dd if=/dev/urandom of={d}/blob bs=64k count=40 2>/dev/null && mkdir -p {d}/sub && \
+             echo hello > {d}/sub/hello.txt && ln -sf sub/hello.txt {d}/link"
+        ),
+    );
+    checksum(node, vm, disk)
+}
+
+fn checksum(node: &str, vm: &str, disk: &str) -> String {
+    let d = format!("/warden-cpi-dev/{disk}");
+    sh(
+        node,
+        vm,
+        &format!("cd {d} && md5sum blob sub/hello.txt && readlink link && ls | wc -l"),
+    )
+}
+
+struct Identity {
+    id: String,
+    ip: String,
+    mac: String,
+    hostname: String,
+}
+
+fn identity(node: &str, vm: &str) -> Identity {
+    runtime().block_on(async {
+        let c = node_socket(node)
+            .await
+            .inspect_container(vm, None)
+            .await
+            .unwrap();
+        let ep = c.network_settings.unwrap().networks.unwrap()["bosh"].clone();
+        Identity {
+            id: c.id.unwrap(),
+            ip: ep.ip_address.unwrap(),
+            mac: ep.mac_address.unwrap(),
+            hostname: c.config.unwrap().hostname.unwrap(),
+        }
+    })
+}
+
+fn settings_of(node: &str, vm: &str) -> Value {
+    serde_json::from_str(&runtime().block_on(read_file_in(
+        node,
+        vm,
+        "/var/vcap/bosh/warden-cpi-agent-env.json",
+    )))
+    .unwrap()
+}
+
+#[test]
+fn data_and_identity_survive_detach_and_attach() {
+    let (vm, node, ip) = vm_on(0, 60, "attach");
+    let disk = call("create_disk", json!([1024, {}, vm]))
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(call("has_disk", json!([disk])), Value::Bool(true));
+    // Root-filesystem files the agent keeps, and ephemeral data.
+    sh(
+        &node,
+        &vm,
+        "mkdir -p /var/vcap/instance/dns && echo '{\"trusted_certs\":\"x\"}' > /var/vcap/bosh/update_settings.json && \
+         echo '{\"records\":[[\"10.0.0.1\",\"a.b\"]]}' > /var/vcap/instance/dns/records.json && \
+         echo ephemeral > /var/vcap/data/keep.txt",
+    );
+    let before = identity(&node, &vm);
+
+    let hint = call("attach_disk", json!([vm, disk]));
+    assert_eq!(hint, json!(format!("/warden-cpi-dev/{disk}")));
+    let after = identity(&node, &vm);
+    assert_ne!(before.id, after.id, "the container was re-created");
+    assert_eq!(
+        (
+            after.ip.as_str(),
+            after.mac.as_str(),
+            after.hostname.as_str()
+        ),
+        (
+            before.ip.as_str(),
+            before.mac.as_str(),
+            before.hostname.as_str()
+        )
+    );
+    assert_eq!(after.ip, ip);
+    let settings = settings_of(&node, &vm);
+    assert_eq!(
+        settings["disks"]["persistent"][&disk],
+        format!("/warden-cpi-dev/{disk}")
+    );
+    assert_eq!(settings["networks"]["default"]["ip"], ip.as_str());
+    let kept = sh(
+        &node,
+        &vm,
+        "cat /var/vcap/bosh/update_settings.json /var/vcap/instance/dns/records.json /var/vcap/data/keep.txt",
+    );
+    assert!(
+        kept.contains("trusted_certs") && kept.contains("a.b") && kept.contains("ephemeral"),
+        "{kept}"
+    );
+    assert_eq!(call("get_disks", json!([vm])), json!([disk]));
+
+    // Attaching again changes nothing and answers the same hint.
+    assert_eq!(call("attach_disk", json!([vm, disk])), hint);
+    assert_eq!(identity(&node, &vm).id, after.id);
+
+    let sum = fill_disk(&node, &vm, &disk);
+    assert_eq!(call("detach_disk", json!([vm, disk])), Value::Null);
+    assert_eq!(call("get_disks", json!([vm])), json!([]));
+    assert_eq!(settings_of(&node, &vm)["disks"]["persistent"], json!({}));
+    let kept = sh(
+        &node,
+        &vm,
+        "cat /var/vcap/bosh/update_settings.json /var/vcap/data/keep.txt",
+    );
+    assert!(
+        kept.contains("trusted_certs") && kept.contains("ephemeral"),
+        "{kept}"
+    );
+    // Detaching a detached disk, or an unknown one, is fine.
+    assert_eq!(call("detach_disk", json!([vm, disk])), Value::Null);
+    assert_eq!(
+        call("detach_disk", json!([vm, "disk-unknown"])),
+        Value::Null
+    );
+
+    call("attach_disk", json!([vm, disk]));
+    assert_eq!(checksum(&node, &vm, &disk), sum);
+    assert_eq!(identity(&node, &vm).ip, ip);
+
+    // delete_disk of an attached disk is refused, naming the VM.
+    let (kind, message, _) = error_of("delete_disk", json!([disk]));
+    assert_eq!(kind, "Bosh::Clouds::CloudError");
+    assert!(message.contains(&vm), "{message}");
+
+    // delete_vm with the disk attached: the disk survives and is detached.
+    call("delete_vm", json!([vm]));
+    assert_eq!(call("has_disk", json!([disk])), Value::Bool(true));
+    let (vm2, node2, _) = vm_on(0, 61, "attach-again");
+    assert_eq!(node2, node);
+    call("attach_disk", json!([vm2, disk]));
+    assert_eq!(checksum(&node, &vm2, &disk), sum);
+    call("delete_vm", json!([vm2]));
+    assert_eq!(call("delete_disk", json!([disk])), Value::Null);
+    assert_eq!(call("has_disk", json!([disk])), Value::Bool(false));
+    runtime().block_on(async {
+        assert!(
+            node_socket(&node)
+                .await
+                .inspect_volume(&disk)
+                .await
+                .is_err(),
+            "volume gone"
+        );
+    });
+    assert_eq!(call("delete_disk", json!([disk])), Value::Null);
+}
+
+#[test]
+fn create_vm_with_disk_cids_mounts_them_and_data_survives() {
+    let (vm, node, _) = vm_on(1, 60, "recreate");
+    let disk = call("create_disk", json!([512, {}, vm]))
+        .as_str()
+        .unwrap()
+        .to_string();
+    call("attach_disk", json!([vm, disk]));
+    let sum = fill_disk(&node, &vm, &disk);
+    call("delete_vm", json!([vm]));
+    // As create-env does on re-creation: create_vm with disk_cids, then attach again.
+    let agent = agent_id("recreate-2");
+    let req = serde_json::json!({"method": "create_vm",
+        "arguments": [agent, shared_stemcell(), {}, {"d": {"type": "dynamic"}}, [disk], {}],
+        "api_version": 2})
+    .to_string();
+    let result = expect_result(&req, Some(&cfg()));
+    let vm2 = result[0].as_str().unwrap().to_string();
+    let node2 = runtime().block_on(node_of_container(&vm2)).unwrap();
+    assert_eq!(node2, node, "the VM went to its disk's node");
+    assert_eq!(
+        settings_of(&node2, &vm2)["disks"]["persistent"][&disk],
+        format!("/warden-cpi-dev/{disk}")
+    );
+    assert_eq!(checksum(&node2, &vm2, &disk), sum);
+    assert_eq!(
+        call("attach_disk", json!([vm2, disk])),
+        json!(format!("/warden-cpi-dev/{disk}"))
+    );
+    call("delete_vm", json!([vm2]));
+    call("delete_disk", json!([disk]));
+}
+
+#[test]
+fn a_disk_moves_to_a_vm_on_another_node_with_its_data() {
+    let (vm1, node1, _) = vm_on(0, 62, "move-src");
+    let (vm2, node2, _) = vm_on(2, 62, "move-dst");
+    assert_ne!(node1, node2);
+    let disk = call("create_disk", json!([1024, {}, vm1]))
+        .as_str()
+        .unwrap()
+        .to_string();
+    call("attach_disk", json!([vm1, disk]));
+    let sum = fill_disk(&node1, &vm1, &disk);
+    call("detach_disk", json!([vm1, disk]));
+    // Attached elsewhere is refused while attached; after detach it moves.
+    call("attach_disk", json!([vm2, disk]));
+    assert_eq!(checksum(&node2, &vm2, &disk), sum);
+    runtime().block_on(async {
+        assert!(
+            node_socket(&node1)
+                .await
+                .inspect_volume(&disk)
+                .await
+                .is_err(),
+            "source removed"
+        );
+        let v = node_socket(&node2)
+            .await
+            .inspect_volume(&disk)
+            .await
+            .unwrap();
+        assert_eq!(v.labels["moltencore.disk.cid"], disk);
+    });
+    let (kind, message, _) = error_of("attach_disk", json!([vm1, disk]));
+    assert_eq!(kind, "Bosh::Clouds::CloudError");
+    assert!(
+        message.contains(&vm2),
+        "attached elsewhere names the VM: {message}"
+    );
+    for vm in [&vm1, &vm2] {
+        call("delete_vm", json!([vm]));
+    }
+    call("delete_disk", json!([disk]));
+}
+
+#[test]
+fn attaching_an_unknown_disk_leaves_the_vm_running_and_unchanged() {
+    let (vm, node, _) = vm_on(1, 63, "unknown-disk");
+    let before = identity(&node, &vm);
+    let (kind, message, _) = error_of("attach_disk", json!([vm, "disk-does-not-exist"]));
+    assert_eq!(kind, "Bosh::Clouds::DiskNotFound");
+    assert!(message.contains("disk-does-not-exist"), "{message}");
+    assert_eq!(
+        identity(&node, &vm).id,
+        before.id,
+        "the container was not touched"
+    );
+    let (kind, _, _) = error_of("attach_disk", json!(["vm-does-not-exist", "disk-x"]));
+    assert_eq!(kind, "Bosh::Clouds::VMNotFound");
+    call("delete_vm", json!([vm]));
+}
+
+#[test]
+fn metadata_resize_update_and_placement_of_disks() {
+    let (vm, node, _) = vm_on(2, 64, "disk-misc");
+    let disk = call("create_disk", json!([100, {}, vm]))
+        .as_str()
+        .unwrap()
+        .to_string();
+    runtime().block_on(async {
+        let v = node_socket(&node)
+            .await
+            .inspect_volume(&disk)
+            .await
+            .unwrap();
+        assert_eq!(v.labels["moltencore.disk.size_mib"], "100");
+    });
+    call(
+        "set_disk_metadata",
+        json!([disk, {"deployment": "cf", "instance_index": 0}]),
+    );
+    let record = index_record(&cfg(), &format!("disks/{disk}")).unwrap();
+    assert_eq!(
+        record["metadata"],
+        json!({"deployment": "cf", "instance_index": 0})
+    );
+    assert_eq!(record["node"], node.as_str());
+    assert_eq!(call("resize_disk", json!([disk, 200])), Value::Null);
+    assert_eq!(
+        index_record(&cfg(), &format!("disks/{disk}")).unwrap()["size_mib"],
+        200
+    );
+    let (kind, _, _) = error_of("resize_disk", json!([disk, 50]));
+    assert_eq!(kind, "Bosh::Clouds::NotSupported");
+    let (kind, _, _) = error_of("update_disk", json!([disk, 300, {}]));
+    assert_eq!(kind, "Bosh::Clouds::NotSupported");
+    // Pinned by cloud_properties.node, without a VM.
+    let other = node_names().into_iter().find(|n| *n != node).unwrap();
+    let pinned = call("create_disk", json!([10, {"node": other}, null]))
+        .as_str()
+        .unwrap()
+        .to_string();
+    runtime().block_on(async {
+        assert!(
+            node_socket(&other)
+                .await
+                .inspect_volume(&pinned)
+                .await
+                .is_ok()
+        );
+    });
+    let floating = call("create_disk", json!([10, {}, ""]))
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(call("has_disk", json!([floating])), Value::Bool(true));
+    for d in [&disk, &pinned, &floating] {
+        call("delete_disk", json!([d]));
+    }
+    call("delete_vm", json!([vm]));
+}
+
+#[test]
+fn a_snapshot_holds_the_contents_of_its_time() {
+    let (vm, node, _) = vm_on(0, 65, "snapshot");
+    let disk = call("create_disk", json!([100, {}, vm]))
+        .as_str()
+        .unwrap()
+        .to_string();
+    call("attach_disk", json!([vm, disk]));
+    sh(
+        &node,
+        &vm,
+        &format!("echo version-1 > /warden-cpi-dev/{disk}/state"),
+    );
+    let snap = call(
+        "snapshot_disk",
+        json!([disk, {"deployment": "cf", "index": 3, "director_name": "d"}]),
+    )
+    .as_str()
+    .unwrap()
+    .to_string();
+    sh(
+        &node,
+        &vm,
+        &format!("echo version-2 > /warden-cpi-dev/{disk}/state"),
+    );
+    // Mount the snapshot volume into a second VM-less container to read it.
+    let content = runtime().block_on(async {
+        let docker = node_socket(&node).await;
+        let v = docker.inspect_volume(&snap).await.unwrap();
+        assert_eq!(v.labels["moltencore.snapshot.disk"], disk);
+        assert_eq!(v.labels["moltencore.snapshot.meta.index"], "3");
+        let name = format!("read-{snap}");
+        docker
+            .create_container(
+                Some(
+                    bollard::query_parameters::CreateContainerOptionsBuilder::new()
+                        .name(&name)
+                        .build(),
+                ),
+                bollard::models::ContainerCreateBody {
+                    image: Some(format!("moltencore-stemcell:{}", shared_stemcell())),
+                    cmd: Some(vec!["cat".into(), "/snap/state".into()]),
+                    host_config: Some(bollard::models::HostConfig {
+                        binds: Some(vec![format!("{snap}:/snap:ro")]),
+                        network_mode: Some("none".into()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let text = read_file_in(&node, &name, "/snap/state").await;
+        docker
+            .remove_container(
+                &name,
+                Some(
+                    bollard::query_parameters::RemoveContainerOptionsBuilder::new()
+                        .force(true)
+                        .build(),
+                ),
+            )
+            .await
+            .unwrap();
+        text
+    });
+    assert_eq!(content, "version-1\n");
+    assert_eq!(call("delete_snapshot", json!([snap])), Value::Null);
+    runtime().block_on(async {
+        assert!(
+            node_socket(&node)
+                .await
+                .inspect_volume(&snap)
+                .await
+                .is_err()
+        );
+    });
+    assert_eq!(call("delete_snapshot", json!([snap])), Value::Null);
+    call("delete_vm", json!([vm]));
+    call("delete_disk", json!([disk]));
+}
+
+/// Starts `cpi attach_disk` and kills it (SIGKILL) once it has stopped and renamed the
+/// old container. Returns (vm, node, ip, disk) of the half-done attach, retrying with a new
+/// VM when the attach happens to finish first.
+fn kill_mid_attach(first_host: u8) -> (String, String, String, String) {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    for attempt in 0..5u8 {
+        let (vm, node, ip) = vm_on(1, first_host + attempt, "killed");
+        let disk = call("create_disk", json!([10, {}, vm]))
+            .as_str()
+            .unwrap()
+            .to_string();
+        sh(&node, &vm, "echo ephemeral > /var/vcap/data/keep.txt");
+        let mut child = Command::new(cpi_bin())
+            .arg("-c")
+            .arg(cfg())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().unwrap();
+            stdin
+                .write_all(
+                    json!({"method":"attach_disk","arguments":[vm, disk]})
+                        .to_string()
+                        .as_bytes(),
+                )
+                .unwrap();
+        }
+        let previous = format!("{vm}-previous");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let caught = runtime().block_on(async {
+            let docker = node_socket(&node).await;
+            loop {
+                if docker.inspect_container(&previous, None).await.is_ok() {
+                    return true;
+                }
+                if let Ok(Some(_)) = child.try_wait() {
+                    return false;
+                }
+                if Instant::now() > deadline {
+                    return false;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        let _ = child.kill();
+        let _ = child.wait();
+        if caught {
+            return (vm, node, ip, disk);
+        }
+        call("delete_vm", json!([vm]));
+        call("delete_disk", json!([disk]));
+    }
+    panic!("in 5 attempts the attach always finished before it could be killed mid-way");
+}
+
+#[test]
+fn a_killed_attach_is_repaired_by_the_next_has_vm_or_delete_vm() {
+    // has_vm repairs: the VM exists, runs, keeps its IP and ephemeral data.
+    let (vm, node, ip, disk) = kill_mid_attach(66);
+    assert_eq!(call("has_vm", json!([vm])), Value::Bool(true));
+    runtime().block_on(async {
+        let docker = node_socket(&node).await;
+        assert!(
+            docker
+                .inspect_container(&format!("{vm}-previous"), None)
+                .await
+                .is_err(),
+            "previous left behind"
+        );
+        let c = docker.inspect_container(&vm, None).await.unwrap();
+        assert!(
+            c.state.unwrap().running.unwrap(),
+            "VM not running after repair"
+        );
+    });
+    let record = index_record(&cfg(), &format!("vms/{vm}")).unwrap();
+    assert!(
+        record.get("recreating").is_none(),
+        "mark not cleared: {record}"
+    );
+    assert_eq!(identity(&node, &vm).ip, ip);
+    assert!(sh(&node, &vm, "cat /var/vcap/data/keep.txt").contains("ephemeral"));
+    // And the attach can simply be done again.
+    assert_eq!(
+        call("attach_disk", json!([vm, disk])),
+        json!(format!("/warden-cpi-dev/{disk}"))
+    );
+    assert_eq!(call("get_disks", json!([vm])), json!([disk]));
+    call("delete_vm", json!([vm]));
+    call("delete_disk", json!([disk]));
+
+    // delete_vm repairs and then deletes everything; the disk survives.
+    let (vm, node, _, disk) = kill_mid_attach(72);
+    assert_eq!(call("delete_vm", json!([vm])), Value::Null);
+    runtime().block_on(async {
+        let docker = node_socket(&node).await;
+        for name in [vm.clone(), format!("{vm}-previous")] {
+            assert!(
+                docker.inspect_container(&name, None).await.is_err(),
+                "{name} left behind"
+            );
+        }
+        assert!(
+            docker.inspect_volume(&disk).await.is_ok(),
+            "the disk survives"
+        );
+    });
+    assert_eq!(call("has_vm", json!([vm])), Value::Bool(false));
+    call("delete_disk", json!([disk]));
+}
+
+#[test]
+fn an_unreachable_source_node_is_a_retriable_error_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, prefix) = private_config(dir.path());
+    register_nodes(&config, &prefix, &[]);
+    let run = |req: Value| {
+        let r = run_cpi(&req.to_string(), Some(&config), &[]);
+        assert_schema(&r);
+        r
+    };
+    let (n1, _) = node_prefix(0);
+    let (_, p3) = node_prefix(2);
+    let disk = run(json!({"method":"create_disk","arguments":[10, {"node": n1}, null]}))
+        .response["result"].as_str().unwrap().to_string();
+    let req = create_vm_request(
+        &agent_id("unreachable"),
+        &shared_stemcell(),
+        json!({}),
+        manual_network(&format!("{p3}.70")),
+        json!({}),
+        2,
+    );
+    let vm = run_cpi(&req, Some(&config), &[]).response["result"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // n1 becomes unreachable for this CPI: its record points at a closed port.
+    let original = index_record(&config, &format!("nodes/{n1}")).unwrap();
+    let mut dead = original.clone();
+    dead["docker_endpoint"] = json!("tcp://127.0.0.1:9");
+    put_node_record(&config, &n1, &dead);
+    let r = run(json!({"method":"attach_disk","arguments":[vm, disk]}));
+    assert_eq!(
+        r.response["error"]["type"], "Bosh::Clouds::CloudError",
+        "{}",
+        r.stdout
+    );
+    assert_eq!(r.response["error"]["ok_to_retry"], true);
+    let message = r.response["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&n1) && message.contains(&disk),
+        "{message}"
+    );
+    assert_eq!(
+        index_record(&config, &format!("disks/{disk}")).unwrap()["node"],
+        n1.as_str()
+    );
+    put_node_record(&config, &n1, &original);
+    runtime().block_on(async {
+        assert!(
+            node_socket(&n1).await.inspect_volume(&disk).await.is_ok(),
+            "the disk is intact on its node"
+        );
+    });
+    // Once the node is back, the attach moves it.
+    let r = run(json!({"method":"attach_disk","arguments":[vm, disk]}));
+    assert!(r.response["error"].is_null(), "{}", r.stdout);
+    run(json!({"method":"delete_vm","arguments":[vm]}));
+    run(json!({"method":"delete_disk","arguments":[disk]}));
+}
