@@ -6,6 +6,7 @@ use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
 
 use crate::config::{Config, ConfigError, Secret, TlsMaterial};
 use crate::protocol::CpiError;
+use crate::protocol::error::with_sources;
 
 /// A connected etcd client plus the endpoints it was made for (for error messages).
 #[derive(Clone)]
@@ -109,20 +110,11 @@ fn unreachable(endpoints: &[String], e: &etcd_client::Error) -> CpiError {
 /// A one-line description of an etcd error including its source chain (tonic hides the
 /// useful part, such as "connection refused" or a certificate problem, in sources).
 fn describe(e: &etcd_client::Error) -> String {
-    let (mut text, mut source) = match e {
-        etcd_client::Error::GRpcStatus(status) => (
+    match e {
+        etcd_client::Error::GRpcStatus(status) => with_sources(
             format!("{:?}: {}", status.code(), status.message()),
             std::error::Error::source(status),
         ),
-        other => (other.to_string(), std::error::Error::source(other)),
-    };
-    while let Some(s) = source {
-        let more = s.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        source = s.source();
+        other => with_sources(other.to_string(), std::error::Error::source(other)),
     }
-    text
 }

@@ -160,17 +160,7 @@ pub fn is_transient(e: &bollard::errors::Error) -> bool {
 /// An error with its source chain, so "connection refused" or a certificate rejection is
 /// visible instead of a bare "client error".
 pub fn describe(e: &bollard::errors::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        let more = s.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        source = s.source();
-    }
-    text
+    crate::protocol::error::with_sources(e.to_string(), std::error::Error::source(e))
 }
 
 #[cfg(test)]
