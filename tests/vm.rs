@@ -532,3 +532,49 @@ fn a_stemcell_missing_on_a_node_is_copied_there_for_a_vm() {
     delete_vm(&cid);
     call("delete_stemcell", json!([stemcell]));
 }
+
+#[test]
+fn secrets_in_env_and_config_never_reach_stderr_or_the_log_of_a_real_create() {
+    let agent = agent_id("secrets");
+    let env = json!({"bosh": {
+        "password": "SECRET-VCAP-HASH-9",
+        "mbus": {"cert": {"private_key": "SECRET-MBUS-KEY-9", "ca": "c"}},
+        "blobstores": [{"provider": "dav", "options": {
+            "endpoint": "http://u:SECRET-BLOB-PW-9@blob:25250", "password": "SECRET-BLOB-PW2-9"}}]
+    }});
+    let req = create_vm_request(
+        &agent,
+        &shared_stemcell(),
+        json!({}),
+        json!({"d": {"type": "dynamic"}}),
+        env,
+        2,
+    );
+    let mbus_password = {
+        let c: Value = serde_json::from_str(&std::fs::read_to_string(cfg()).unwrap()).unwrap();
+        let mbus = c["agent"]["mbus"].as_str().unwrap().to_string();
+        mbus.split(':')
+            .nth(2)
+            .unwrap()
+            .split('@')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let run = run_cpi(&req, Some(&cfg()), &[("MOLTENCORE_LOG", "trace")]);
+    assert_schema(&run);
+    assert!(run.response["error"].is_null(), "{}", run.stdout);
+    let cid = run.response["result"][0].as_str().unwrap().to_string();
+    let logs = format!("{}\n{}", run.stderr, run.response["log"]);
+    assert!(logs.contains(&cid), "the trace log is really there: {logs}");
+    for secret in [
+        "SECRET-VCAP-HASH-9",
+        "SECRET-MBUS-KEY-9",
+        "SECRET-BLOB-PW-9",
+        "SECRET-BLOB-PW2-9",
+        mbus_password.as_str(),
+    ] {
+        assert!(!logs.contains(secret), "{secret} leaked:\n{logs}");
+    }
+    delete_vm(&cid);
+}

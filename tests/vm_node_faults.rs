@@ -110,6 +110,16 @@ fn vms_survive_a_dockerd_restart_and_create_vm_fails_retriably_while_it_is_down(
     );
     assert_eq!(kind, "Bosh::Clouds::CloudError");
     assert_eq!(run.response["error"]["ok_to_retry"], true);
+    let (kind, message, run) = expect_error(
+        &json!({"method":"delete_vm","arguments":[vm]}).to_string(),
+        Some(&config),
+    );
+    assert_eq!(kind, "Bosh::Clouds::CloudError", "{message}");
+    assert_eq!(run.response["error"]["ok_to_retry"], true);
+    assert!(
+        message.contains(&node),
+        "the message names the node: {message}"
+    );
 
     start_dockerd();
     runtime().block_on(async {

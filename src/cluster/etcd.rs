@@ -100,9 +100,28 @@ impl Etcd {
 
 fn unreachable(endpoints: &[String], e: &etcd_client::Error) -> CpiError {
     use etcd_client::Error as E;
-    let retry = matches!(e, E::TransportError(_) | E::IoError(_) | E::GRpcStatus(_));
+    // Retriable: the cluster could not be reached or was busy; not: etcd refused (auth,
+    // permission, bad request), which a retry will not change.
+    let retry = match e {
+        E::TransportError(_) | E::IoError(_) => true,
+        E::GRpcStatus(status) => matches!(
+            format!("{:?}", status.code()).as_str(),
+            "Unavailable"
+                | "DeadlineExceeded"
+                | "ResourceExhausted"
+                | "Aborted"
+                | "Internal"
+                | "Unknown"
+                | "Cancelled"
+        ),
+        _ => false,
+    };
+    let shown: Vec<String> = endpoints
+        .iter()
+        .map(|e| crate::redact::redact_str(e))
+        .collect();
     CpiError::cloud(
-        format!("etcd at {} failed: {}", endpoints.join(", "), describe(e)),
+        format!("etcd at {} failed: {}", shown.join(", "), describe(e)),
         retry,
     )
 }

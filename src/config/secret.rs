@@ -35,13 +35,29 @@ impl fmt::Display for Secret {
 
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d).map(Secret)
+        // serde's own message would quote the offending value; a secret of the wrong type
+        // is still a secret.
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::String(s) => Ok(Secret(s)),
+            _ => Err(serde::de::Error::custom(
+                "must be a string (value not shown: it is a secret)",
+            )),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_mistyped_secret_is_not_echoed() {
+        let e = serde_json::from_str::<Secret>("12345678")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("12345678"), "{e}");
+        assert!(e.contains("must be a string"), "{e}");
+    }
 
     #[test]
     fn never_formats_the_value() {

@@ -151,7 +151,10 @@ pub fn is_transient(e: &bollard::errors::Error) -> bool {
         E::DockerResponseServerError {
             status_code,
             message,
-        } => *status_code >= 500 && !message.to_ascii_lowercase().contains("invalid"),
+        } => {
+            let m = message.to_ascii_lowercase();
+            *status_code >= 500 && !m.contains("invalid") && !m.contains("oci runtime")
+        }
         E::IOError { .. } | E::HyperResponseError { .. } | E::RequestTimeoutError => true,
         _ => false,
     }

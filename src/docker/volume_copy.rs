@@ -86,15 +86,33 @@ struct Helper<'a> {
     name: String,
 }
 
+/// Label on helper containers, valued with the volume they mount.
+pub const HELPER_LABEL: &str = "moltencore.helper";
+
+/// Removes helper containers of `volume` that a killed copy left behind: they hold the
+/// volume and would block its removal and every later copy.
+pub async fn sweep_helpers(node: &NodeDocker, volume: &str) -> Result<(), CpiError> {
+    for c in node
+        .containers_with_label(&format!("{HELPER_LABEL}={volume}"))
+        .await?
+    {
+        if let Some(id) = c.id {
+            node.remove_container(&id).await?;
+        }
+    }
+    Ok(())
+}
+
 impl<'a> Helper<'a> {
     async fn new(node: &'a NodeDocker, volume: &str) -> Result<Helper<'a>, CpiError> {
         ensure_helper_image(node).await?;
+        sweep_helpers(node, volume).await?;
         let name = format!("mc-copy-{}", uuid::Uuid::new_v4().simple());
         let body = ContainerCreateBody {
             image: Some(format!("{HELPER_IMAGE_REPO}:{HELPER_IMAGE_TAG}")),
             cmd: Some(vec!["/never-started".into()]),
             labels: Some(HashMap::from([(
-                "moltencore.helper".to_string(),
+                HELPER_LABEL.to_string(),
                 volume.to_string(),
             )])),
             host_config: Some(HostConfig {

@@ -56,20 +56,21 @@ impl Response {
         Response {
             result: result.shape(api),
             error: None,
-            log,
+            log: crate::redact::redact_str(&log),
         }
     }
 
-    /// An error response.
+    /// An error response. The message passes through the redactor as a last line of
+    /// defence: URL credentials or key material that reached an error text never leave.
     pub fn error(err: &CpiError, log: String) -> Response {
         Response {
             result: Value::Null,
             error: Some(ErrorBody {
                 kind: err.kind.bosh_type(),
-                message: err.message.clone(),
+                message: crate::redact::redact_str(&err.message),
                 ok_to_retry: err.ok_to_retry,
             }),
-            log,
+            log: crate::redact::redact_str(&log),
         }
     }
 

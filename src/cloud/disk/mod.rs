@@ -115,6 +115,7 @@ pub async fn delete(ctx: &CloudContext<'_>, cid: &str) -> Result<CallResult, Cpi
     let view = ctx.view().await?;
     if view.node(&disk.node).is_some() {
         let docker = ctx.node_docker(&view, &disk.node).await?;
+        crate::docker::volume_copy::sweep_helpers(&docker, cid).await?;
         docker.remove_volume(cid).await?;
     }
     let keys = ctx.keys().await?;

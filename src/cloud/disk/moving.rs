@@ -30,7 +30,9 @@ pub async fn move_disk(
             format!("disk {cid} has no volume on its node {}", disk.node),
         ));
     }
-    // A partial copy from an earlier, interrupted move is replaced.
+    // A partial copy from an earlier, interrupted move is replaced (with the helper
+    // containers such a move may have left holding it).
+    volume_copy::sweep_helpers(&to, &cid).await?;
     to.remove_volume(&cid).await?;
     let volume_labels = HashMap::from([
         (labels::DISK_CID.to_string(), cid.clone()),

@@ -38,9 +38,19 @@ fn string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D:
 pub const ROOTFS_FORMATS: &[&str] = &["warden-tar", "general-tar"];
 
 impl Manifest {
-    /// Parses the manifest text; the error says which field is wrong.
+    /// Parses the manifest text; the error says which field is wrong. An unquoted numeric
+    /// version (`version: 1.500`) is kept as written, not as the number YAML makes of it.
     pub fn parse(text: &str) -> Result<Manifest, String> {
-        serde_yaml_ng::from_str(text).map_err(|e| format!("stemcell.MF is not valid: {e}"))
+        let mut m: Manifest =
+            serde_yaml_ng::from_str(text).map_err(|e| format!("stemcell.MF is not valid: {e}"))?;
+        if let Some(raw) = text.lines().find_map(|l| l.strip_prefix("version:")) {
+            let raw = raw.split(" #").next().unwrap_or(raw).trim();
+            let raw = raw.trim_matches(|c| c == '"' || c == '\'');
+            if !raw.is_empty() {
+                m.version = raw.to_string();
+            }
+        }
+        Ok(m)
     }
 
     /// Checks the stemcell is a rootfs format this CPI imports (an empty list is accepted:
@@ -149,7 +159,7 @@ mod tests {
              cloud_properties: {}\n",
         )
         .unwrap();
-        assert_eq!(m.version, "1.5");
+        assert_eq!(m.version, "1.500");
         assert!(m.check_format().is_ok());
         assert_eq!(
             m.expected_digest().unwrap(),

@@ -161,7 +161,10 @@ pub async fn create(
         created_at: super::now(),
     };
     let keys = ctx.keys().await?;
-    index::put(ctx.etcd().await?, &keys.stemcell(&cid), &record).await?;
+    if let Err(e) = index::put(ctx.etcd().await?, &keys.stemcell(&cid), &record).await {
+        remove_everywhere(&nodes, &target.reference()).await;
+        return Err(e);
+    }
     Ok(CallResult::Plain(serde_json::Value::String(cid)))
 }
 
@@ -175,7 +178,14 @@ async fn create_light(
         nodes.push(ctx.node_docker(&view, &n.name).await?);
     }
     let cid = format!("sc-{}", uuid::Uuid::new_v4());
-    let have = light::adopt(&nodes, image, &cid).await?;
+    let have = match light::adopt(&nodes, image, &cid).await {
+        Ok(have) => have,
+        Err(e) => {
+            // Tags made on other nodes before the failure go too.
+            remove_everywhere(&nodes, &image_reference(&cid)).await;
+            return Err(e);
+        }
+    };
     let record = StemcellRecord {
         cid: cid.clone(),
         name: image.reference.clone(),
@@ -185,7 +195,10 @@ async fn create_light(
         created_at: super::now(),
     };
     let keys = ctx.keys().await?;
-    index::put(ctx.etcd().await?, &keys.stemcell(&cid), &record).await?;
+    if let Err(e) = index::put(ctx.etcd().await?, &keys.stemcell(&cid), &record).await {
+        remove_everywhere(&nodes, &image_reference(&cid)).await;
+        return Err(e);
+    }
     Ok(CallResult::Plain(serde_json::Value::String(cid)))
 }
 

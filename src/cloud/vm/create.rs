@@ -28,8 +28,13 @@ enum Undo {
     Container(String),
 }
 
-/// `create_vm`.
+/// `create_vm`. Transient failures anywhere (etcd included) come back as a retriable
+/// `VMCreationFailed`, so the director retries the whole create.
 pub async fn create(ctx: &CloudContext<'_>, req: CreateVm) -> Result<CallResult, CpiError> {
+    create_classified(ctx, req).await.map_err(creation_error)
+}
+
+async fn create_classified(ctx: &CloudContext<'_>, req: CreateVm) -> Result<CallResult, CpiError> {
     let props = VmProperties::parse(&req.cloud_properties)?;
     let view = ctx.view().await?;
     let group = req
@@ -48,7 +53,10 @@ pub async fn create(ctx: &CloudContext<'_>, req: CreateVm) -> Result<CallResult,
     // (then the disks move).
     if let Some(first) = req.disk_cids.first() {
         let disk = crate::cloud::disk::record(ctx, first).await?;
-        if demand.manual_ips.is_empty() && demand.pinned_node.is_none() {
+        let disk_node_ready = view
+            .node(&disk.node)
+            .is_some_and(|n| n.state == crate::cluster::NodeState::Ready);
+        if demand.manual_ips.is_empty() && demand.pinned_node.is_none() && disk_node_ready {
             demand.pinned_node = Some(disk.node);
         }
     }
@@ -106,10 +114,18 @@ pub async fn create(ctx: &CloudContext<'_>, req: CreateVm) -> Result<CallResult,
                 rollback(ctx, Some(&docker), undo).await;
                 return Err(creation_error(e));
             }
+            // The VM is complete: the disks' records follow (attach_disk and get_disks
+            // read the real mounts, so a failure here is repaired later, not fatal).
             for disk_cid in &req.disk_cids {
-                let mut disk = crate::cloud::disk::record(ctx, disk_cid).await?;
-                disk.vm = Some(cid.clone());
-                crate::cloud::disk::save(ctx, &disk).await?;
+                let updated = async {
+                    let mut disk = crate::cloud::disk::record(ctx, disk_cid).await?;
+                    disk.vm = Some(cid.clone());
+                    crate::cloud::disk::save(ctx, &disk).await
+                }
+                .await;
+                if let Err(e) = updated {
+                    tracing::warn!(vm = %cid, disk = %disk_cid, "disk record not updated: {}", e.message);
+                }
             }
             Ok(CallResult::VmCreated {
                 vm_cid: cid,

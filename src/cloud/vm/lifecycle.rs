@@ -48,15 +48,34 @@ fn not_found(cid: &str) -> CpiError {
     CpiError::new(ErrorKind::VmNotFound, format!("VM {cid} does not exist"))
 }
 
-/// `delete_vm`: removes the container and its ephemeral volume, then the index record. An
-/// unknown cid is success (the director and create-env retry deletes).
+/// `delete_vm`: removes the container (and a `-previous` one a killed re-creation left),
+/// its ephemeral volume, then the record; its persistent disks survive and are detached in
+/// the index. An unknown cid is success (the director and create-env retry deletes, and
+/// create-env never detaches first). Nothing is repaired first: deleting must not depend
+/// on the old container starting again.
 pub async fn delete(ctx: &CloudContext<'_>, cid: &str) -> Result<CallResult, CpiError> {
-    if let Some((_, docker)) = find(ctx, cid).await? {
+    let keys = ctx.keys().await?;
+    let etcd = ctx.etcd().await?;
+    let Some(record) = index::get::<VmRecord>(etcd, &keys.vm(cid)).await? else {
+        return Ok(CallResult::Plain(Value::Null));
+    };
+    let view = ctx.view().await?;
+    if view.node(&record.node).is_some() {
+        let docker = ctx.node_docker(&view, &record.node).await?;
         docker.remove_container(cid).await?;
+        docker
+            .remove_container(&super::recreate::previous_name(cid))
+            .await?;
         docker.remove_volume(&ephemeral_volume(cid)).await?;
-        let keys = ctx.keys().await?;
-        index::delete(ctx.etcd().await?, &keys.vm(cid)).await?;
+    } else {
+        tracing::warn!(
+            vm = %cid,
+            "node {} is no longer registered; forgetting the VM without touching the node",
+            record.node
+        );
     }
+    crate::cloud::disk::release_disks_of(ctx, cid).await?;
+    index::delete(etcd, &keys.vm(cid)).await?;
     Ok(CallResult::Plain(Value::Null))
 }
 
@@ -68,9 +87,11 @@ pub async fn has(ctx: &CloudContext<'_>, cid: &str) -> Result<CallResult, CpiErr
     };
     let exists = docker.inspect_container(cid).await?.is_some();
     if !exists && record.state == VmState::Created {
+        docker.remove_volume(&ephemeral_volume(cid)).await?;
+        crate::cloud::disk::release_disks_of(ctx, cid).await?;
         let keys = ctx.keys().await?;
         index::delete(ctx.etcd().await?, &keys.vm(cid)).await?;
-        tracing::warn!(vm = %cid, node = %record.node, "container gone; index record removed");
+        tracing::warn!(vm = %cid, node = %record.node, "container gone; index record and ephemeral volume removed");
     }
     Ok(CallResult::Plain(Value::Bool(exists)))
 }
