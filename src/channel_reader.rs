@@ -1,9 +1,11 @@
 //! A blocking `Read` over chunks arriving on a channel: lets synchronous readers (tar,
 //! gzip) consume bytes that another thread or an async task produces, without buffering
-//! the whole stream.
+//! the whole stream. The channel is tokio's, so async producers never block a runtime
+//! worker; the reader itself runs on a blocking thread.
 
 use std::io::Read;
-use std::sync::mpsc::Receiver;
+
+use tokio::sync::mpsc::Receiver;
 
 /// Reads the chunks of `chunks` in order; the stream ends when the sender is dropped, and
 /// an `Err` chunk is returned as a read error.
@@ -32,13 +34,13 @@ impl Read for ChannelReader {
             if self.done {
                 return Ok(0);
             }
-            match self.chunks.recv() {
-                Ok(Ok(chunk)) => {
+            match self.chunks.blocking_recv() {
+                Some(Ok(chunk)) => {
                     self.current = chunk;
                     self.offset = 0;
                 }
-                Ok(Err(e)) => return Err(e),
-                Err(_) => {
+                Some(Err(e)) => return Err(e),
+                None => {
                     self.done = true;
                     return Ok(0);
                 }
@@ -57,18 +59,18 @@ mod tests {
 
     #[test]
     fn reads_chunks_in_order_and_reports_errors() {
-        let (tx, rx) = std::sync::mpsc::sync_channel(4);
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
         std::thread::spawn(move || {
-            tx.send(Ok(b"hel".to_vec())).unwrap();
-            tx.send(Ok(Vec::new())).unwrap();
-            tx.send(Ok(b"lo".to_vec())).unwrap();
+            tx.blocking_send(Ok(b"hel".to_vec())).unwrap();
+            tx.blocking_send(Ok(Vec::new())).unwrap();
+            tx.blocking_send(Ok(b"lo".to_vec())).unwrap();
         });
         let mut s = String::new();
         ChannelReader::new(rx).read_to_string(&mut s).unwrap();
         assert_eq!(s, "hello");
 
-        let (tx, rx) = std::sync::mpsc::sync_channel(4);
-        tx.send(Err(std::io::Error::other("boom"))).unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.try_send(Err(std::io::Error::other("boom"))).unwrap();
         let mut r = ChannelReader::new(rx);
         assert!(r.read(&mut [0u8; 4]).is_err());
     }

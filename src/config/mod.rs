@@ -106,7 +106,8 @@ pub struct DockerConfig {
     /// Seconds to wait for a TCP+TLS connection to a node.
     #[serde(default = "default_docker_connect_timeout")]
     pub connect_timeout_seconds: u64,
-    /// Seconds a single Docker request may take (image imports take long).
+    /// Seconds a single Docker request may take, body included (stemcell imports and disk
+    /// moves stream for long; a silent node is caught sooner by the idle timeout).
     #[serde(default = "default_docker_request_timeout")]
     pub request_timeout_seconds: u64,
 }
@@ -206,7 +207,7 @@ fn default_docker_connect_timeout() -> u64 {
     10
 }
 fn default_docker_request_timeout() -> u64 {
-    600
+    3600
 }
 fn default_restart_policy() -> String {
     "always".into()

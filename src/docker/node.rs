@@ -57,6 +57,8 @@ impl DockerAccess {
         http.enforce_http(false);
         http.set_connect_timeout(Some(self.connect_timeout));
         http.set_nodelay(true);
+        // A node that dies mid-transfer is noticed by TCP, not only by our idle timeouts.
+        http.set_keepalive(Some(Duration::from_secs(30)));
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config((*self.tls).clone())
             .https_only()

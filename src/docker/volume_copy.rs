@@ -32,7 +32,8 @@ pub struct TreeDigest {
     pub sha256: String,
 }
 
-/// Digest of the regular files (and symlinks) of a tar stream, in archive order.
+/// Digest of a tar stream, in archive order: every entry's type, path, mode, owner and
+/// link target, and the contents of regular files. `files` counts regular files and links.
 pub fn digest_tar(reader: impl Read) -> std::io::Result<TreeDigest> {
     let mut archive = tar::Archive::new(reader);
     let mut hasher = Sha256::new();
@@ -44,20 +45,24 @@ pub fn digest_tar(reader: impl Read) -> std::io::Result<TreeDigest> {
             .to_string_lossy()
             .trim_start_matches("./")
             .to_string();
-        let kind = entry.header().entry_type();
-        if kind.is_file() {
-            hasher.update(b"f\0");
-            hasher.update(path.as_bytes());
+        let header = entry.header();
+        let kind = header.entry_type();
+        let meta = format!(
+            "{:?}\0{path}\0{:o}\0{}:{}\0",
+            kind,
+            header.mode().unwrap_or(0) & 0o7777,
+            header.uid().unwrap_or(0),
+            header.gid().unwrap_or(0)
+        );
+        hasher.update(meta.as_bytes());
+        if let Some(target) = entry.link_name()? {
+            hasher.update(target.to_string_lossy().as_bytes());
             hasher.update(b"\0");
-            let n = std::io::copy(&mut entry, &mut HashWriter(&mut hasher))?;
+        }
+        if kind.is_file() {
+            bytes += std::io::copy(&mut entry, &mut HashWriter(&mut hasher))?;
             files += 1;
-            bytes += n;
-        } else if kind.is_symlink() {
-            hasher.update(b"l\0");
-            hasher.update(path.as_bytes());
-            if let Some(target) = entry.link_name()? {
-                hasher.update(target.to_string_lossy().as_bytes());
-            }
+        } else if kind.is_symlink() || kind.is_hard_link() {
             files += 1;
         }
     }
@@ -153,20 +158,21 @@ impl<'a> Helper<'a> {
 
     /// Reads the whole volume and digests it.
     async fn digest(&self) -> Result<TreeDigest, CpiError> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<std::io::Result<Vec<u8>>>(8);
+        let (tx, rx) = mpsc::channel::<std::io::Result<Vec<u8>>>(8);
         let digester = tokio::task::spawn_blocking(move || digest_tar(ChannelReader::new(rx)));
         let mut stream = Box::pin(self.download());
         let mut failure = None;
-        while let Some(chunk) = stream.next().await {
-            match chunk {
-                Ok(b) => {
-                    if tx.send(Ok(b.to_vec())).is_err() {
+        loop {
+            match next_within(&mut stream, self.node, "reading the volume back").await {
+                Ok(Some(b)) => {
+                    if tx.send(Ok(b.to_vec())).await.is_err() {
                         break;
                     }
                 }
+                Ok(None) => break,
                 Err(e) => {
-                    failure = Some(self.node.error("reading the volume back", &e));
-                    let _ = tx.send(Err(std::io::Error::other("download failed")));
+                    failure = Some(e);
+                    let _ = tx.send(Err(std::io::Error::other("download failed"))).await;
                     break;
                 }
             }
@@ -184,6 +190,36 @@ impl<'a> Helper<'a> {
                 true,
             )
         })
+    }
+}
+
+/// How long a transfer may go without a byte before the node counts as gone.
+pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// The next chunk of a node's stream, or an error when the node sent nothing for
+/// [`IDLE_TIMEOUT`] (a node that dies mid-transfer must not hang the CPI: callers have no
+/// timeout of their own).
+pub async fn next_within<S>(
+    stream: &mut S,
+    node: &NodeDocker,
+    doing: &str,
+) -> Result<Option<Bytes>, CpiError>
+where
+    S: futures_util::Stream<Item = Result<Bytes, bollard::errors::Error>> + Unpin,
+{
+    match tokio::time::timeout(IDLE_TIMEOUT, stream.next()).await {
+        Ok(Some(Ok(b))) => Ok(Some(b)),
+        Ok(Some(Err(e))) => Err(node.error(doing, &e)),
+        Ok(None) => Ok(None),
+        Err(_) => Err(CpiError::cloud(
+            format!(
+                "node {} ({}): {doing}: nothing received for {} s",
+                node.name,
+                node.endpoint,
+                IDLE_TIMEOUT.as_secs()
+            ),
+            true,
+        )),
     }
 }
 
@@ -246,7 +282,7 @@ pub async fn copy_volume(
 async fn stream_and_verify(from: &Helper<'_>, to: &Helper<'_>) -> Result<TreeDigest, CpiError> {
     // Source stream -> (upload to the target, digest on a blocking thread).
     let (up_tx, up_rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(8);
-    let (dg_tx, dg_rx) = std::sync::mpsc::sync_channel::<std::io::Result<Vec<u8>>>(8);
+    let (dg_tx, dg_rx) = mpsc::channel::<std::io::Result<Vec<u8>>>(8);
     let digester = tokio::task::spawn_blocking(move || digest_tar(ChannelReader::new(dg_rx)));
     let to_node = to.node.clone();
     let to_name = to.name.clone();
@@ -268,21 +304,24 @@ async fn stream_and_verify(from: &Helper<'_>, to: &Helper<'_>) -> Result<TreeDig
     let mut failure = None;
     {
         let mut stream = Box::pin(from.download());
-        while let Some(chunk) = stream.next().await {
-            match chunk {
-                Ok(b) => {
+        loop {
+            match next_within(&mut stream, from.node, "reading the volume").await {
+                Ok(Some(b)) => {
                     let for_digest = b.to_vec();
                     if up_tx.send(Ok(b)).await.is_err() {
                         break; // the upload failed; its result says why
                     }
-                    let _ = dg_tx.send(Ok(for_digest));
+                    let _ = dg_tx.send(Ok(for_digest)).await;
                 }
+                Ok(None) => break,
                 Err(e) => {
-                    failure = Some(from.node.error("reading the volume", &e));
+                    failure = Some(e);
                     let _ = up_tx
                         .send(Err(std::io::Error::other("source read failed")))
                         .await;
-                    let _ = dg_tx.send(Err(std::io::Error::other("source read failed")));
+                    let _ = dg_tx
+                        .send(Err(std::io::Error::other("source read failed")))
+                        .await;
                     break;
                 }
             }
@@ -350,5 +389,16 @@ mod tests {
         assert_eq!(a, b, "a leading ./ does not matter");
         let c = digest_tar(tar_of(&[("./x", b"hellO"), ("./d/y", b"!")]).as_slice()).unwrap();
         assert_ne!(a.sha256, c.sha256);
+        let mut builder = tar::Builder::new(Vec::new());
+        for (name, mode) in [("x", 0o600), ("d/y", 0o644)] {
+            let data: &[u8] = if name == "x" { b"hello" } else { b"!" };
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(mode);
+            h.set_cksum();
+            builder.append_data(&mut h, name, data).unwrap();
+        }
+        let d = digest_tar(builder.into_inner().unwrap().as_slice()).unwrap();
+        assert_ne!(a.sha256, d.sha256, "a changed mode changes the digest");
     }
 }

@@ -110,10 +110,10 @@ impl PackedImage {
     fn open(path: &Path) -> Result<ChannelReader, CpiError> {
         let f = File::open(path)
             .map_err(|e| CpiError::cpi(format!("cannot open {}: {e}", path.display())))?;
-        let (tx, rx) = std::sync::mpsc::sync_channel(4);
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
         std::thread::spawn(move || {
             if let Err(e) = stream_image_entry(f, &tx) {
-                let _ = tx.send(Err(e));
+                let _ = tx.blocking_send(Err(e));
             }
         });
         Ok(ChannelReader::new(rx))
@@ -122,7 +122,7 @@ impl PackedImage {
 
 fn stream_image_entry(
     f: File,
-    tx: &std::sync::mpsc::SyncSender<std::io::Result<Vec<u8>>>,
+    tx: &tokio::sync::mpsc::Sender<std::io::Result<Vec<u8>>>,
 ) -> std::io::Result<()> {
     let mut archive = tar::Archive::new(GzDecoder::new(BufReader::with_capacity(1 << 20, f)));
     for entry in archive.entries()? {
@@ -137,7 +137,7 @@ fn stream_image_entry(
                 return Ok(());
             }
             buf.truncate(n);
-            if tx.send(Ok(buf)).is_err() {
+            if tx.blocking_send(Ok(buf)).is_err() {
                 return Ok(());
             }
         }

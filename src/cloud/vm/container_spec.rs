@@ -161,7 +161,14 @@ pub fn build(plan: &ContainerPlan<'_>) -> Result<ContainerCreateBody, CpiError> 
     })
 }
 
-/// Docker HostConfig fields from cloud_properties, in Docker's spelling, override ours.
+/// HostConfig fields the CPI owns: a VM's networking is its BOSH networks.
+const OWNED_FIELDS: &[&str] = &["NetworkMode"];
+/// HostConfig fields whose entries are added to the CPI's own (the ephemeral volume and
+/// disk mounts, systemd's tmpfs) instead of replacing them.
+const MERGED_FIELDS: &[&str] = &["Mounts", "Tmpfs", "Binds"];
+
+/// Docker HostConfig fields from cloud_properties, in Docker's spelling, override ours;
+/// list and map fields in [`MERGED_FIELDS`] are added to ours.
 fn overlay(
     ours: HostConfig,
     theirs: &serde_json::Map<String, Value>,
@@ -173,7 +180,22 @@ fn overlay(
         .map_err(|e| CpiError::cpi(format!("cannot encode HostConfig: {e}")))?;
     if let Value::Object(o) = &mut merged {
         for (k, v) in theirs {
-            o.insert(k.clone(), v.clone());
+            if OWNED_FIELDS.contains(&k.as_str()) {
+                return Err(CpiError::cpi(format!(
+                    "create_vm: cloud_properties.{k} cannot be set: the CPI attaches the VM to its BOSH networks"
+                )));
+            }
+            match (o.get_mut(k), v, MERGED_FIELDS.contains(&k.as_str())) {
+                (Some(Value::Array(mine)), Value::Array(more), true) => {
+                    mine.extend(more.iter().cloned())
+                }
+                (Some(Value::Object(mine)), Value::Object(more), true) => {
+                    mine.extend(more.iter().map(|(a, b)| (a.clone(), b.clone())))
+                }
+                _ => {
+                    o.insert(k.clone(), v.clone());
+                }
+            }
         }
     }
     serde_json::from_value(merged).map_err(|e| {
@@ -243,6 +265,35 @@ mod tests {
     }
 
     #[test]
+    fn passthrough_mounts_are_added_and_network_mode_is_refused() {
+        let b = body(
+            json!({"Mounts": [{"Type": "bind", "Source": "/srv", "Target": "/srv"}]}),
+            VmDefaults::default(),
+        );
+        let mounts = b.host_config.unwrap().mounts.unwrap();
+        assert_eq!(mounts.len(), 2, "ephemeral volume kept: {mounts:?}");
+        assert_eq!(mounts[0].target.as_deref(), Some(EPHEMERAL_MOUNT));
+        let props =
+            VmProperties::parse(json!({"NetworkMode": "host"}).as_object().unwrap()).unwrap();
+        let effective = props.effective(&VmDefaults::default());
+        let nets = networks();
+        let disks = BTreeMap::new();
+        let e = build(&ContainerPlan {
+            image: "i",
+            hostname: "h",
+            labels: HashMap::new(),
+            props: &props,
+            effective: &effective,
+            networks: &nets,
+            ephemeral_volume: "v",
+            disk_mounts: &disks,
+            start_script: String::new(),
+        })
+        .unwrap_err();
+        assert!(e.message.contains("NetworkMode"), "{}", e.message);
+    }
+
+    #[test]
     fn unprivileged_profile_systemd_mode_and_passthrough() {
         let defaults = VmDefaults {
             privileged: false,
@@ -275,7 +326,7 @@ mod tests {
         assert_eq!(hc.readonly_paths, Some(vec![]));
         assert!(hc.tmpfs.unwrap().contains_key("/run"));
         assert_eq!(b.stop_signal.as_deref(), Some("SIGRTMIN+3"));
-        let pb = hc.port_bindings.unwrap();
+        let pb = hc.port_bindings.clone().unwrap();
         assert_eq!(
             pb["8080/tcp"].as_ref().unwrap()[0].host_port.as_deref(),
             Some("80")

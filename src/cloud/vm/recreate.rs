@@ -103,7 +103,8 @@ pub async fn recreate(
             docker.connect_network(net, &cid, endpoint.clone()).await?;
         }
         docker.upload_archive(&cid, "/", archive).await?;
-        docker.start(&cid).await
+        docker.start(&cid).await?;
+        verify_successor(docker, &cid, &old).await
     }
     .await;
     match outcome {
@@ -121,6 +122,47 @@ pub async fn recreate(
             Err(e)
         }
     }
+}
+
+/// How long a successor must keep running before the old container is dropped.
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// The successor runs (also after a moment) and has the old container's addresses.
+async fn verify_successor(
+    docker: &NodeDocker,
+    cid: &str,
+    old: &ContainerInspectResponse,
+) -> Result<(), CpiError> {
+    tokio::time::sleep(SETTLE).await;
+    let new = docker
+        .inspect_container(cid)
+        .await?
+        .ok_or_else(|| CpiError::cloud(format!("the new container of VM {cid} vanished"), true))?;
+    let running = new.state.as_ref().and_then(|s| s.running).unwrap_or(false);
+    if !running {
+        let code = new.state.as_ref().and_then(|s| s.exit_code).unwrap_or(-1);
+        return Err(CpiError::cloud(
+            format!("the new container of VM {cid} stopped right after start (exit code {code})"),
+            false,
+        ));
+    }
+    let addresses = |c: &ContainerInspectResponse| -> BTreeMap<String, String> {
+        c.network_settings
+            .as_ref()
+            .and_then(|n| n.networks.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(name, ep)| (name, ep.ip_address.unwrap_or_default()))
+            .collect()
+    };
+    let (before, after) = (addresses(old), addresses(&new));
+    if before != after {
+        return Err(CpiError::cloud(
+            format!("the new container of VM {cid} has addresses {after:?} instead of {before:?}"),
+            true,
+        ));
+    }
+    Ok(())
 }
 
 /// Brings the previous container back under the VM's name and starts it. A killed
