@@ -102,9 +102,18 @@ pub async fn create(
             true,
         ));
     }
-    let mut nodes = Vec::new();
-    for n in &ready {
-        nodes.push(ctx.node_docker(&view, &n.name).await?);
+    let nodes = reachable_nodes(
+        ctx,
+        &view,
+        ready.iter().map(|n| n.name.as_str()),
+        "create_stemcell",
+    )
+    .await?;
+    if nodes.is_empty() {
+        return Err(CpiError::cloud(
+            "create_stemcell: no ready node could be reached (see the log)",
+            true,
+        ));
     }
 
     let cid = format!("sc-{}", uuid::Uuid::new_v4());
@@ -173,10 +182,12 @@ async fn create_light(
     image: &light::LightImage,
 ) -> Result<CallResult, CpiError> {
     let view = ctx.view().await?;
-    let mut nodes = Vec::new();
-    for n in view.nodes.iter().filter(|n| n.state == NodeState::Ready) {
-        nodes.push(ctx.node_docker(&view, &n.name).await?);
-    }
+    let names = view
+        .nodes
+        .iter()
+        .filter(|n| n.state == NodeState::Ready)
+        .map(|n| n.name.as_str());
+    let nodes = reachable_nodes(ctx, &view, names, "create_stemcell").await?;
     let cid = format!("sc-{}", uuid::Uuid::new_v4());
     let have = match light::adopt(&nodes, image, &cid).await {
         Ok(have) => have,
@@ -224,6 +235,28 @@ fn labels(cid: &str, m: &Manifest) -> Vec<String> {
     )]
 }
 
+/// Clients for `names`; a node that cannot even be connected to (with API version
+/// negotiation) is left out and named in the log, so one dead node does not stop a
+/// cluster-wide operation.
+async fn reachable_nodes<'a>(
+    ctx: &CloudContext<'_>,
+    view: &crate::cluster::ClusterView,
+    names: impl Iterator<Item = &'a str>,
+    doing: &str,
+) -> Result<Vec<NodeDocker>, CpiError> {
+    let mut nodes = Vec::new();
+    for name in names {
+        match ctx.node_docker(view, name).await {
+            Ok(n) => nodes.push(n),
+            Err(e) if e.ok_to_retry => {
+                tracing::warn!(node = %name, "{doing}: node {name} skipped: {}", e.message)
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(nodes)
+}
+
 async fn remove_everywhere(nodes: &[NodeDocker], reference: &str) {
     let results = join_all(nodes.iter().map(|n| images::remove(n, reference))).await;
     for r in results {
@@ -238,10 +271,8 @@ async fn remove_everywhere(nodes: &[NodeDocker], reference: &str) {
 pub async fn delete(ctx: &CloudContext<'_>, cid: &str) -> Result<CallResult, CpiError> {
     let view = ctx.view().await?;
     let reference = image_reference(cid);
-    let mut nodes = Vec::new();
-    for n in &view.nodes {
-        nodes.push(ctx.node_docker(&view, &n.name).await?);
-    }
+    let names = view.nodes.iter().map(|n| n.name.as_str());
+    let nodes = reachable_nodes(ctx, &view, names, "delete_stemcell").await?;
     let results = join_all(nodes.iter().map(|n| images::remove(n, &reference))).await;
     let mut hard = Vec::new();
     for (node, result) in nodes.iter().zip(results) {
@@ -278,10 +309,12 @@ pub async fn ensure_on_node(
     if images::inspect(node, &reference).await?.is_some() {
         return Ok(());
     }
-    let mut others = Vec::new();
-    for n in view.nodes.iter().filter(|n| n.name != node.name) {
-        others.push(ctx.node_docker(view, &n.name).await?);
-    }
+    let names = view
+        .nodes
+        .iter()
+        .filter(|n| n.name != node.name)
+        .map(|n| n.name.as_str());
+    let others = reachable_nodes(ctx, view, names, "finding a copy of the stemcell").await?;
     let found = join_all(others.iter().map(|o| images::inspect(o, &reference))).await;
     let source = others
         .iter()

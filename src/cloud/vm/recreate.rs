@@ -19,10 +19,13 @@ use crate::cluster::{VmRecord, index};
 use crate::docker::NodeDocker;
 use crate::protocol::{CpiError, ErrorKind};
 
-/// Files of the agent on the root filesystem that must survive a re-creation.
+/// Files of the agent on the root filesystem that must survive a re-creation: its
+/// update_settings (trusted certs, NATS creds), the DNS records, and the applied spec (so
+/// get_state still tells the director which jobs the VM runs).
 pub const KEPT_FILES: &[&str] = &[
     "/var/vcap/bosh/update_settings.json",
     "/var/vcap/instance/dns/records.json",
+    "/var/vcap/bosh/spec.json",
 ];
 
 /// Seconds the old container gets to stop.
