@@ -578,3 +578,95 @@ fn secrets_in_env_and_config_never_reach_stderr_or_the_log_of_a_real_create() {
     }
     delete_vm(&cid);
 }
+
+#[test]
+fn a_killed_create_vm_does_not_block_its_ip_for_the_retry() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let (node, prefix) = node_prefix(1);
+    let ip = format!("{prefix}.38");
+    let agent = agent_id("killed-create");
+    let req = create_vm_request(
+        &agent,
+        &shared_stemcell(),
+        json!({}),
+        manual_network(&ip),
+        json!({}),
+        2,
+    );
+    // Kill the cpi once its container exists on the node.
+    let mut child = Command::new(cpi_bin())
+        .arg("-c")
+        .arg(cfg())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(req.as_bytes())
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let caught = runtime().block_on(async {
+        loop {
+            if leftovers_of_agent(&agent)
+                .await
+                .iter()
+                .any(|l| l.starts_with("container"))
+            {
+                return true;
+            }
+            if let Ok(Some(_)) = child.try_wait() {
+                return false;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(caught, "create_vm finished before it could be killed");
+    // The director retries with a new agent id and the same IP. While the dead process's
+    // lease lives, the answer is a retriable VMCreationFailed; then the abandoned VM is
+    // removed and the create succeeds.
+    let retry_agent = agent_id("killed-create-retry");
+    let retry = create_vm_request(
+        &retry_agent,
+        &shared_stemcell(),
+        json!({}),
+        manual_network(&ip),
+        json!({}),
+        2,
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let cid = loop {
+        let run = run_cpi(&retry, Some(&cfg()), &[]);
+        assert_schema(&run);
+        if run.response["error"].is_null() {
+            break run.response["result"][0].as_str().unwrap().to_string();
+        }
+        assert_eq!(run.response["error"]["ok_to_retry"], true, "{}", run.stdout);
+        assert!(Instant::now() < deadline, "still blocked: {}", run.stdout);
+        std::thread::sleep(Duration::from_secs(2));
+    };
+    runtime().block_on(async {
+        assert_eq!(
+            leftovers_of_agent(&agent).await,
+            Vec::<String>::new(),
+            "abandoned VM removed"
+        );
+        assert_eq!(
+            node_of_container(&cid).await.as_deref(),
+            Some(node.as_str())
+        );
+    });
+    delete_vm(&cid);
+}

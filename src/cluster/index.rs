@@ -41,3 +41,67 @@ pub async fn delete(etcd: &Etcd, key: &str) -> Result<(), CpiError> {
         .map_err(|e| etcd.error(&format!("deleting {key}"), &e))?;
     Ok(())
 }
+
+/// A lease that keeps "work in progress" records alive only while this process lives: a
+/// killed process's records vanish when the lease expires, so the next call can tell an
+/// abandoned half-done resource from one still being made.
+pub struct ProgressLease {
+    etcd: Etcd,
+    id: i64,
+    keeper: tokio::task::JoinHandle<()>,
+}
+
+/// Seconds a [`ProgressLease`] outlives its process.
+pub const PROGRESS_TTL: i64 = 20;
+
+impl ProgressLease {
+    /// Grants the lease and keeps it alive in the background until [`Self::end`].
+    pub async fn start(etcd: &Etcd) -> Result<ProgressLease, CpiError> {
+        let mut client = etcd.client();
+        let id = client
+            .lease_grant(PROGRESS_TTL, None)
+            .await
+            .map_err(|e| etcd.error("granting a lease", &e))?
+            .id();
+        let (mut keeper, mut stream) = client
+            .lease_keep_alive(id)
+            .await
+            .map_err(|e| etcd.error("keeping a lease alive", &e))?;
+        let keeper = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(PROGRESS_TTL as u64 / 3)).await;
+                if keeper.keep_alive().await.is_err() || stream.message().await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(ProgressLease {
+            etcd: etcd.clone(),
+            id,
+            keeper,
+        })
+    }
+
+    /// Writes a record that lives only as long as this lease.
+    pub async fn put<T: Serialize>(&self, key: &str, value: &T) -> Result<(), CpiError> {
+        let text = serde_json::to_string(value)
+            .map_err(|e| CpiError::cpi(format!("cannot encode index record {key}: {e}")))?;
+        self.etcd
+            .client()
+            .put(
+                key,
+                text,
+                Some(etcd_client::PutOptions::new().with_lease(self.id)),
+            )
+            .await
+            .map_err(|e| self.etcd.error(&format!("writing {key}"), &e))?;
+        Ok(())
+    }
+
+    /// Stops keeping the lease alive and revokes it (records written with a plain
+    /// [`put`] since are not affected).
+    pub async fn end(self) {
+        self.keeper.abort();
+        let _ = self.etcd.client().lease_revoke(self.id).await;
+    }
+}

@@ -83,7 +83,13 @@ async fn create_classified(ctx: &CloudContext<'_>, req: CreateVm) -> Result<Call
         metadata: Default::default(),
         recreating: false,
     };
-    index::put(etcd, &keys.vm(&cid), &record).await?;
+    // While creating, the record lives on a lease: if this process is killed, the record
+    // expires and the next create_vm wanting the same IP knows the leftovers are garbage.
+    let lease = index::ProgressLease::start(etcd).await?;
+    if let Err(e) = lease.put(&keys.vm(&cid), &record).await {
+        lease.end().await;
+        return Err(e);
+    }
     let mut undo = vec![Undo::IndexRecord(keys.vm(&cid))];
     tracing::info!(vm = %cid, node = %node.name, "creating VM");
 
@@ -91,6 +97,7 @@ async fn create_classified(ctx: &CloudContext<'_>, req: CreateVm) -> Result<Call
         Ok(d) => d,
         Err(e) => {
             rollback(ctx, None, undo).await;
+            lease.end().await;
             return Err(creation_error(e));
         }
     };
@@ -110,10 +117,13 @@ async fn create_classified(ctx: &CloudContext<'_>, req: CreateVm) -> Result<Call
     match outcome {
         Ok(()) => {
             record.state = VmState::Created;
+            // A plain put detaches the record from the lease: from now on it is permanent.
             if let Err(e) = index::put(etcd, &keys.vm(&cid), &record).await {
                 rollback(ctx, Some(&docker), undo).await;
+                lease.end().await;
                 return Err(creation_error(e));
             }
+            lease.end().await;
             // The VM is complete: the disks' records follow (attach_disk and get_disks
             // read the real mounts, so a failure here is repaired later, not fatal).
             for disk_cid in &req.disk_cids {
@@ -135,6 +145,7 @@ async fn create_classified(ctx: &CloudContext<'_>, req: CreateVm) -> Result<Call
         Err(e) => {
             tracing::warn!(vm = %cid, node = %node.name, "create_vm failed, undoing: {}", e.message);
             rollback(ctx, Some(&docker), undo).await;
+            lease.end().await;
             Err(creation_error(e))
         }
     }
@@ -180,19 +191,45 @@ async fn build(
         .map(|cid| (cid.clone(), agent_files::disk_hint(cid)))
         .collect();
 
-    let used = used_addresses(docker, planned).await?;
+    let mut used = used_addresses(docker, planned).await?;
     for p in planned.iter() {
         if p.spec.kind == NetworkType::Manual
             && let Some(ip) = p.ip
-            && let Some(holder) = used.get(&ip)
+            && let Some(holder) = used.get(&ip).cloned()
         {
-            return Err(CpiError::new(
-                ErrorKind::VmCreationFailed,
-                format!(
-                    "create_vm: IP {ip} of network '{}' is already used by {holder} on node {}",
-                    p.name, node.name
-                ),
-            ));
+            let keys = ctx.keys().await?;
+            match index::get::<VmRecord>(ctx.etcd().await?, &keys.vm(&holder)).await? {
+                // No record (a killed create's expired, or never written): the director
+                // never learned this VM, so it is garbage holding the address.
+                None => {
+                    tracing::warn!(vm = %holder, node = %node.name, "removing abandoned VM holding {ip}");
+                    docker.remove_container(&holder).await?;
+                    docker
+                        .remove_container(&super::recreate::previous_name(&holder))
+                        .await?;
+                    docker.remove_volume(&ephemeral_volume(&holder)).await?;
+                    used.remove(&ip);
+                }
+                Some(r) if r.state == VmState::Creating => {
+                    return Err(CpiError::new(
+                        ErrorKind::VmCreationFailed,
+                        format!(
+                            "create_vm: IP {ip} of network '{}' is taken by VM {holder}, still being created on node {}",
+                            p.name, node.name
+                        ),
+                    )
+                    .retriable(true));
+                }
+                Some(_) => {
+                    return Err(CpiError::new(
+                        ErrorKind::VmCreationFailed,
+                        format!(
+                            "create_vm: IP {ip} of network '{}' is already used by {holder} on node {}",
+                            p.name, node.name
+                        ),
+                    ));
+                }
+            }
         }
     }
 
