@@ -906,3 +906,38 @@ fn the_network_step_without_subnet_env_says_flanneld_must_run_first() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_name_registered_by_another_host_is_refused_unless_replaced() {
+    let p = prefixes();
+    let first = tempfile::tempdir().unwrap();
+    let net = ["--flannel-network", "10.206.0.0/16"];
+    prep(first.path(), "dup", "192.0.2.81", &p, &net);
+    // Another host (other private IP) with the same name: refused, nothing written.
+    let second = tempfile::tempdir().unwrap();
+    let stderr = failed(
+        &node_prep(&prep_args(second.path(), "dup", "192.0.2.82", &p, &net))
+            .output()
+            .unwrap(),
+    );
+    assert!(
+        stderr.contains("already registered") && stderr.contains("192.0.2.81"),
+        "{stderr}"
+    );
+    assert!(
+        is_empty_dir(second.path()),
+        "files written for a refused name"
+    );
+    // --replace takes the name over (the host replaced the old one).
+    let report = prep(
+        second.path(),
+        "dup",
+        "192.0.2.82",
+        &p,
+        &["--flannel-network", "10.206.0.0/16", "--replace"],
+    );
+    assert!(report.is_object());
+    let record: Value =
+        serde_json::from_str(&get(&format!("{}/nodes/dup", p.key)).unwrap()).unwrap();
+    assert_eq!(record["private_ip"], "192.0.2.82");
+}

@@ -192,6 +192,10 @@ struct PrepArgs {
     /// Memory in MiB to register (default: this machine's).
     #[arg(long)]
     memory_mib: Option<u64>,
+    /// Take over the name of a registered node whose private IP differs (a host that was
+    /// replaced); without it, such a name clash is refused.
+    #[arg(long)]
+    replace: bool,
 }
 
 #[derive(Debug, Args)]
@@ -298,6 +302,7 @@ async fn prep(a: PrepArgs) -> Result<()> {
         cpi_path: a.cpi_path,
         cert_days: a.cert_days,
         renew_before_days: a.renew_before_days,
+        replace: a.replace,
         capacity,
     };
     let report = np::prepare(&opts).await?;

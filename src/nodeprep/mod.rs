@@ -64,6 +64,8 @@ pub struct PrepOptions {
     pub renew_before_days: u32,
     /// Capacity override (else this machine's CPUs and memory).
     pub capacity: Option<Capacity>,
+    /// Take over a registered name whose private IP differs.
+    pub replace: bool,
 }
 
 /// Connects to etcd, turning a failure into a message that says what to check.
@@ -119,6 +121,26 @@ pub async fn prepare(opts: &PrepOptions) -> Result<Report> {
             "--docker-bip {} overlaps the flannel network {network}: docker0 must stay off it (the default is 10.255.240.1/20)",
             opts.docker_bip
         );
+    }
+    // Two hosts with one name would share a record, and VM calls would go to the wrong
+    // daemon: a registered name with another private IP is refused unless replaced.
+    if let Some(existing) = register::read(&etcd, keys, &id.name).await?
+        && existing.private_ip != id.private_ip
+        && !opts.replace
+    {
+        bail!(
+            "node name {} is already registered with private IP {} (this host: {}); give this host another --name, or pass --replace if it replaces that host",
+            id.name,
+            existing.private_ip,
+            id.private_ip
+        );
+    }
+    let plain_etcd = opts.etcd.endpoints.iter().any(|e| e.starts_with("http://"));
+    if plain_etcd && opts.etcd.auth.is_none() {
+        warnings.push(format!(
+            "etcd is reached over plain http without auth: the cluster CA key at {} can be read by anyone who reaches etcd; use TLS and etcd auth/RBAC",
+            keys.ca_key()
+        ));
     }
     if let Some(ca) = ca_store::load(&etcd, keys).await? {
         // A CA that cannot sign would fail later, after files were written.
@@ -366,10 +388,23 @@ pub async fn issue_client(
         ("cert.pem", client.cert_pem.as_str(), 0o644),
         ("key.pem", client.key_pem.expose(), 0o600),
     ];
-    let mut written = Vec::new();
+    // All three are written aside first and only then put in place, so a failure never
+    // leaves a certificate next to a key it does not belong to.
+    let mut staged = Vec::new();
     for (name, content, mode) in files {
-        let path = out.join(name);
-        files::write_atomic(&path, content.as_bytes(), mode)?;
+        let aside = out.join(format!(".{name}.new"));
+        if let Err(e) = files::write_atomic(&aside, content.as_bytes(), mode) {
+            for (a, _) in &staged {
+                let _ = std::fs::remove_file(a);
+            }
+            return Err(e);
+        }
+        staged.push((aside, out.join(name)));
+    }
+    let mut written = Vec::new();
+    for (aside, path) in staged {
+        std::fs::rename(&aside, &path)
+            .with_context(|| format!("cannot put {} in place", path.display()))?;
         written.push(path);
     }
     Ok((written, pki::fingerprint(&client.cert_pem)?))

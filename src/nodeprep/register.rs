@@ -40,6 +40,13 @@ pub fn differs(a: &NodeRecord, b: &NodeRecord) -> bool {
     &a != b
 }
 
+/// The node record registered under `name`, if any (unreadable counts as none).
+pub async fn read(etcd: &Etcd, keys: &Keys, name: &str) -> Result<Option<NodeRecord>> {
+    Ok(read_raw(etcd, &keys.node(name))
+        .await?
+        .and_then(|(v, _)| serde_json::from_slice(&v).ok()))
+}
+
 async fn read_raw(etcd: &Etcd, key: &str) -> Result<Option<(Vec<u8>, i64)>> {
     let response = etcd
         .client()
