@@ -11,7 +11,8 @@ use crate::protocol::VmRequirements;
 pub struct VmDemand {
     /// Static IPs of its manual networks: they pin the node whose subnet holds them.
     pub manual_ips: Vec<Ipv4Addr>,
-    /// `cloud_properties.node` (set by the generated cloud-config's AZs).
+    /// `cloud_properties.node` (set by the generated cloud-config's AZs), else the CPI's
+    /// `placement.node` (set per CPI by a cpi-config).
     pub pinned_node: Option<String>,
     /// `env.bosh.group`: VMs of one group are spread across nodes.
     pub group: Option<String>,
@@ -57,12 +58,16 @@ pub fn choose_node(
         let node = nodes
             .iter()
             .find(|n| &n.name == name)
-            .ok_or_else(|| format!("cloud_properties.node '{name}' is not a registered node"))?;
+            .ok_or_else(|| {
+                format!(
+                    "node '{name}' (cloud_properties.node or the CPI's placement.node) is not a registered node"
+                )
+            })?;
         if let Some(p) = pinned
             && p.name != node.name
         {
             return Err(format!(
-                "cloud_properties.node is '{name}' but static IP {} is in the subnet of node {}",
+                "the VM is pinned to node '{name}' but static IP {} is in the subnet of node {}",
                 demand.manual_ips[0], p.name
             ));
         }

@@ -62,9 +62,24 @@ pub struct Config {
     /// Container settings for every VM; cloud_properties may override per VM.
     #[serde(default)]
     pub vm_defaults: VmDefaults,
+    /// Where this CPI puts VMs and disks that name no node themselves; a cpi-config with
+    /// one CPI per node sets it through `context`.
+    #[serde(default)]
+    pub placement: PlacementConfig,
     /// tracing filter (`info`, `debug`, `moltencore=debug`); `MOLTENCORE_LOG` wins.
     #[serde(default = "default_log_level")]
     pub log_level: String,
+}
+
+/// A node every VM and disk of this CPI goes to, unless its `cloud_properties.node` names
+/// another: how a cpi-config with one CPI per node (the original MoltenCore layout) keeps
+/// each AZ's VMs on its node.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PlacementConfig {
+    /// Name of the node (as registered by node-prep).
+    #[serde(default)]
+    pub node: Option<String>,
 }
 
 /// etcd access.
@@ -214,7 +229,14 @@ fn default_restart_policy() -> String {
 }
 
 /// The top-level sections a cpi-config's properties (merged into `context`) may override.
-const OVERRIDABLE: &[&str] = &["etcd", "docker", "agent", "vm_defaults", "log_level"];
+const OVERRIDABLE: &[&str] = &[
+    "etcd",
+    "docker",
+    "agent",
+    "vm_defaults",
+    "placement",
+    "log_level",
+];
 
 impl Config {
     /// Reads `path`, merges the overridable sections found in `context`, and validates.
@@ -315,6 +337,14 @@ impl Config {
             return Err(ConfigError::invalid(
                 "agent.mbus",
                 &format!("scheme '{}' is not one of https, nats, tls", mbus.scheme()),
+            ));
+        }
+        if let Some(node) = &self.placement.node
+            && node.trim().is_empty()
+        {
+            return Err(ConfigError::invalid(
+                "placement.node",
+                "must name a node (or be left out)",
             ));
         }
         const POLICIES: &[&str] = &["no", "always", "unless-stopped", "on-failure"];
@@ -478,6 +508,29 @@ mod tests {
         assert_eq!(c.etcd.endpoints, vec!["https://127.0.0.1:2379"]);
         assert!(!c.vm_defaults.privileged);
         assert_eq!(c.vm_defaults.cap_add, vec!["ALL"]);
+    }
+
+    #[test]
+    fn placement_comes_from_the_file_or_the_context() {
+        let c = Config::from_value(minimal()).unwrap();
+        assert_eq!(c.placement.node, None);
+        let mut v = minimal();
+        v["placement"] = json!({"node": "n1"});
+        let ctx = json!({"placement": {"node": "n2"}});
+        merge_context(&mut v, ctx.as_object().unwrap());
+        assert_eq!(
+            Config::from_value(v).unwrap().placement.node.as_deref(),
+            Some("n2")
+        );
+        for (bad, key) in [
+            (json!({"node": ""}), "placement.node"),
+            (json!({"nodes": "n1"}), "placement.nodes"),
+            (json!({"node": 3}), "placement.node"),
+        ] {
+            let mut v = minimal();
+            v["placement"] = bad;
+            assert_eq!(Config::from_value(v).unwrap_err().key, key);
+        }
     }
 
     #[test]

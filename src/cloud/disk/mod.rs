@@ -43,8 +43,8 @@ pub(crate) async fn save(ctx: &CloudContext<'_>, disk: &DiskRecord) -> Result<()
     index::put(ctx.etcd().await?, &keys.disk(&disk.cid), disk).await
 }
 
-/// `create_disk`: a volume on the VM's node (locality), else where placement says (or
-/// `cloud_properties.node`).
+/// `create_disk`: a volume on the VM's node (locality), else on `cloud_properties.node`,
+/// else on the CPI's `placement.node`, else where placement puts a VM.
 pub async fn create(
     ctx: &CloudContext<'_>,
     size_mib: u64,
@@ -61,10 +61,10 @@ pub async fn create(
         None => None,
     };
     if node.is_none() {
-        let pinned = cloud_properties
-            .get("node")
-            .and_then(Value::as_str)
-            .map(str::to_string);
+        let pinned = match cloud_properties.get("node").and_then(Value::as_str) {
+            Some(node) => Some(node.to_string()),
+            None => ctx.config().await?.placement.node.clone(),
+        };
         let demand = VmDemand {
             pinned_node: pinned,
             ..Default::default()

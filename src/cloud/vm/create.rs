@@ -36,6 +36,7 @@ pub async fn create(ctx: &CloudContext<'_>, req: CreateVm) -> Result<CallResult,
 
 async fn create_classified(ctx: &CloudContext<'_>, req: CreateVm) -> Result<CallResult, CpiError> {
     let props = VmProperties::parse(&req.cloud_properties)?;
+    let placement = &ctx.config().await?.placement;
     let view = ctx.view().await?;
     let group = req
         .env
@@ -45,7 +46,8 @@ async fn create_classified(ctx: &CloudContext<'_>, req: CreateVm) -> Result<Call
         .map(str::to_string);
     let mut demand = VmDemand {
         manual_ips: network_plan::manual_ips(&req.networks),
-        pinned_node: props.node.clone(),
+        // The AZ's (or vm_type's) node wins over the CPI's own placement.node.
+        pinned_node: props.node.clone().or_else(|| placement.node.clone()),
         group: group.clone(),
         memory_mib: props.memory_mib(),
     };
