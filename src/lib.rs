@@ -1,6 +1,7 @@
 //! MoltenCore: a BOSH CPI that runs BOSH VMs as containers across a cluster of Docker
 //! hosts joined by etcd and Flannel.
 
+pub mod boshconfig;
 pub mod channel_reader;
 pub mod cloud;
 pub mod cluster;

@@ -1,0 +1,572 @@
+//! The cloud-config of a cluster: one AZ per node (pinned with `cloud_properties.node`), one
+//! manual network with one subnet per AZ on that node's Flannel subnet, vm_types,
+//! disk_types and compilation. A pure function of the cluster view, so every rule is
+//! unit-tested.
+
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::address_plan::{self, Split};
+use super::cpi_name;
+use crate::cluster::{ClusterView, NodeRecord, NodeState};
+
+/// Operator's choices for the generated cloud-config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Options {
+    /// Name of the manual network.
+    pub network_name: String,
+    /// How each subnet is split (reserved head, static block).
+    pub split: Split,
+    /// DNS servers of every subnet; empty: the subnet's gateway.
+    pub dns: Vec<Ipv4Addr>,
+    /// vm_types; presets plus the operator's.
+    pub vm_types: Vec<VmTypePreset>,
+    /// disk_types; presets plus the operator's.
+    pub disk_types: Vec<DiskTypePreset>,
+    /// Name each AZ's CPI (`moltencore-<node>`), for use with the generated cpi-config.
+    pub per_node_cpis: bool,
+    /// Compilation workers; `None`: one per ready node.
+    pub compilation_workers: Option<u32>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            network_name: "default".into(),
+            split: Split {
+                reserved: 20,
+                static_ips: 40,
+            },
+            dns: Vec::new(),
+            vm_types: VmTypePreset::presets(),
+            disk_types: DiskTypePreset::presets(),
+            per_node_cpis: false,
+            compilation_workers: None,
+        }
+    }
+}
+
+/// A vm_type: `NAME` with no limits, or `NAME:CPU:RAM_MIB:EPHEMERAL_DISK_MIB`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VmTypePreset {
+    pub name: String,
+    /// (cpu, ram MiB, ephemeral disk MiB); `None`: no limits at all.
+    pub size: Option<(f64, u64, u64)>,
+}
+
+impl VmTypePreset {
+    /// The vm_types every generated cloud-config has unless overridden by name.
+    pub fn presets() -> Vec<VmTypePreset> {
+        let sized = |name: &str, cpu: f64, ram: u64, disk: u64| VmTypePreset {
+            name: name.into(),
+            size: Some((cpu, ram, disk)),
+        };
+        vec![
+            VmTypePreset {
+                name: "default".into(),
+                size: None,
+            },
+            sized("small", 1.0, 1024, 10240),
+            sized("medium", 2.0, 4096, 20480),
+            sized("large", 4.0, 8192, 40960),
+            sized("compilation", 2.0, 4096, 20480),
+        ]
+    }
+}
+
+impl FromStr for VmTypePreset {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let parts: Vec<&str> = s.split(':').collect();
+        let bad = || {
+            format!(
+                "vm type '{s}' must be NAME or NAME:CPU:RAM_MIB:DISK_MIB (e.g. big:8:16384:81920)"
+            )
+        };
+        let name = parts
+            .first()
+            .filter(|n| !n.trim().is_empty())
+            .ok_or_else(bad)?;
+        let size = match parts.as_slice() {
+            [_] => None,
+            [_, cpu, ram, disk] => {
+                let cpu: f64 = cpu.parse().map_err(|_| bad())?;
+                let ram: u64 = ram.parse().map_err(|_| bad())?;
+                let disk: u64 = disk.parse().map_err(|_| bad())?;
+                if !(cpu > 0.0 && cpu.is_finite()) || ram == 0 || disk == 0 {
+                    return Err(format!("vm type '{s}': CPU, RAM and disk must be above 0"));
+                }
+                Some((cpu, ram, disk))
+            }
+            _ => return Err(bad()),
+        };
+        Ok(VmTypePreset {
+            name: name.to_string(),
+            size,
+        })
+    }
+}
+
+/// A disk_type: `NAME:SIZE_MIB`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskTypePreset {
+    pub name: String,
+    pub size_mib: u64,
+}
+
+impl DiskTypePreset {
+    /// The disk_types every generated cloud-config has unless overridden by name.
+    pub fn presets() -> Vec<DiskTypePreset> {
+        [
+            ("default", 10240),
+            ("1GB", 1024),
+            ("5GB", 5120),
+            ("10GB", 10240),
+            ("50GB", 51200),
+            ("100GB", 102400),
+        ]
+        .into_iter()
+        .map(|(name, size_mib)| DiskTypePreset {
+            name: name.into(),
+            size_mib,
+        })
+        .collect()
+    }
+}
+
+impl FromStr for DiskTypePreset {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("disk type '{s}' must be NAME:SIZE_MIB (e.g. 20GB:20480)");
+        let (name, size) = s.split_once(':').ok_or_else(bad)?;
+        let size_mib: u64 = size.parse().map_err(|_| bad())?;
+        if name.trim().is_empty() || size_mib == 0 {
+            return Err(bad());
+        }
+        Ok(DiskTypePreset {
+            name: name.into(),
+            size_mib,
+        })
+    }
+}
+
+/// Adds `extra` to `base`, replacing entries of the same name (keeps the order of `base`).
+pub fn with_overrides<T: Clone>(base: Vec<T>, extra: &[T], name: impl Fn(&T) -> &str) -> Vec<T> {
+    let mut out = base;
+    for e in extra {
+        match out.iter_mut().find(|b| name(b) == name(e)) {
+            Some(slot) => *slot = e.clone(),
+            None => out.push(e.clone()),
+        }
+    }
+    out
+}
+
+/// A cloud-config document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CloudConfig {
+    pub azs: Vec<Az>,
+    pub networks: Vec<Network>,
+    pub vm_types: Vec<VmType>,
+    pub disk_types: Vec<DiskType>,
+    pub compilation: Compilation,
+}
+
+/// One AZ: a node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Az {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpi: Option<String>,
+    pub cloud_properties: AzProperties,
+}
+
+/// The AZ's cloud_properties: the node its VMs and disks go to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AzProperties {
+    pub node: String,
+}
+
+/// A network.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Network {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub subnets: Vec<Subnet>,
+}
+
+/// A manual network's subnet (one per AZ).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Subnet {
+    pub az: String,
+    pub range: String,
+    pub gateway: Ipv4Addr,
+    pub dns: Vec<Ipv4Addr>,
+    pub reserved: Vec<String>,
+    #[serde(rename = "static", default, skip_serializing_if = "Vec::is_empty")]
+    pub static_ips: Vec<String>,
+    pub cloud_properties: Map<String, Value>,
+}
+
+/// A vm_type.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmType {
+    pub name: String,
+    pub cloud_properties: Map<String, Value>,
+}
+
+/// A disk_type.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DiskType {
+    pub name: String,
+    pub disk_size: u64,
+    pub cloud_properties: Map<String, Value>,
+}
+
+/// The compilation block.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Compilation {
+    pub workers: u32,
+    pub reuse_compilation_vms: bool,
+    pub az: String,
+    pub vm_type: String,
+    pub network: String,
+}
+
+/// A generated document and what the operator should know about it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generated<T> {
+    pub document: T,
+    /// Things that do not stop generation but need a look (a node without a lease).
+    pub warnings: Vec<String>,
+}
+
+/// Checks what every generated config needs: some nodes, and subnets that do not overlap.
+pub fn check_nodes(view: &ClusterView) -> Result<(), String> {
+    if view.nodes.is_empty() {
+        return Err("no nodes are registered in etcd: run cpi node-prep on the hosts first".into());
+    }
+    for (i, a) in view.nodes.iter().enumerate() {
+        for b in &view.nodes[i + 1..] {
+            if a.subnet.contains(&b.subnet.network()) || b.subnet.contains(&a.subnet.network()) {
+                return Err(format!(
+                    "the subnets of nodes {} ({}) and {} ({}) overlap: fix the node records before generating a cloud-config",
+                    a.name, a.subnet, b.name, b.subnet
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The cloud-config for `view`.
+pub fn generate(view: &ClusterView, opts: &Options) -> Result<Generated<CloudConfig>, String> {
+    check_nodes(view)?;
+    let mut warnings = Vec::new();
+    let mut subnets = Vec::new();
+    for node in &view.nodes {
+        match view.lease_of(node) {
+            Some(lease) if lease.public_ip.is_some_and(|ip| ip != node.private_ip) => warnings
+                .push(format!(
+                    "node {}: the Flannel lease of {} announces {} but the node's IP is {}",
+                    node.name,
+                    node.subnet,
+                    lease.public_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+                    node.private_ip
+                )),
+            Some(_) => {}
+            None => warnings.push(format!(
+                "node {}: no Flannel lease holds its subnet {}: is flanneld running there?",
+                node.name, node.subnet
+            )),
+        }
+        subnets.push(subnet(node, opts).map_err(|e| format!("node {}: {e}", node.name))?);
+    }
+    let ready: Vec<&NodeRecord> = view
+        .nodes
+        .iter()
+        .filter(|n| n.state == NodeState::Ready)
+        .collect();
+    let compile_node = match ready.first() {
+        Some(n) => n,
+        None => {
+            warnings.push(
+                "every node is cordoned: compilation VMs will not start until one is uncordoned"
+                    .into(),
+            );
+            &view.nodes[0]
+        }
+    };
+    let workers = opts
+        .compilation_workers
+        .unwrap_or(ready.len().max(1) as u32);
+    if workers == 0 {
+        return Err("compilation workers must be at least 1".into());
+    }
+    let compile_type = if opts.vm_types.iter().any(|t| t.name == "compilation") {
+        "compilation"
+    } else {
+        opts.vm_types
+            .first()
+            .map(|t| t.name.as_str())
+            .ok_or("at least one vm_type is needed")?
+    };
+    let document = CloudConfig {
+        azs: view
+            .nodes
+            .iter()
+            .map(|n| Az {
+                name: n.name.clone(),
+                cpi: opts.per_node_cpis.then(|| cpi_name(&n.name)),
+                cloud_properties: AzProperties {
+                    node: n.name.clone(),
+                },
+            })
+            .collect(),
+        networks: vec![Network {
+            name: opts.network_name.clone(),
+            kind: "manual".into(),
+            subnets,
+        }],
+        vm_types: opts.vm_types.iter().map(vm_type).collect(),
+        disk_types: opts
+            .disk_types
+            .iter()
+            .map(|d| DiskType {
+                name: d.name.clone(),
+                disk_size: d.size_mib,
+                cloud_properties: Map::new(),
+            })
+            .collect(),
+        compilation: Compilation {
+            workers,
+            reuse_compilation_vms: true,
+            az: compile_node.name.clone(),
+            vm_type: compile_type.into(),
+            network: opts.network_name.clone(),
+        },
+    };
+    Ok(Generated { document, warnings })
+}
+
+fn subnet(node: &NodeRecord, opts: &Options) -> Result<Subnet, String> {
+    let plan = address_plan::plan(node.subnet, node.gateway, opts.split)?;
+    Ok(Subnet {
+        az: node.name.clone(),
+        range: node.subnet.to_string(),
+        gateway: node.gateway,
+        dns: if opts.dns.is_empty() {
+            vec![node.gateway]
+        } else {
+            opts.dns.clone()
+        },
+        reserved: plan.reserved.iter().map(ToString::to_string).collect(),
+        static_ips: plan.static_range.iter().map(ToString::to_string).collect(),
+        cloud_properties: Map::new(),
+    })
+}
+
+fn vm_type(t: &VmTypePreset) -> VmType {
+    let mut props = Map::new();
+    if let Some((cpu, ram, disk)) = t.size {
+        // Whole CPU counts stay integers in the YAML.
+        let cpu = if cpu.fract() == 0.0 && cpu <= u32::MAX as f64 {
+            Value::from(cpu as u64)
+        } else {
+            Value::from(cpu)
+        };
+        props.insert("cpu".into(), cpu);
+        props.insert("ram".into(), Value::from(ram));
+        props.insert("ephemeral_disk".into(), Value::from(disk));
+    }
+    VmType {
+        name: t.name.clone(),
+        cloud_properties: props,
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::cluster::SubnetLease;
+
+    pub(crate) fn node(name: &str, third: u8) -> NodeRecord {
+        serde_json::from_value(serde_json::json!({
+            "name": name, "private_ip": format!("192.0.2.{}", 10 + third),
+            "docker_endpoint": format!("tcp://192.0.2.{}:2376", 10 + third),
+            "subnet": format!("10.1.{third}.0/24"), "gateway": format!("10.1.{third}.1"),
+        }))
+        .unwrap()
+    }
+
+    pub(crate) fn view(nodes: Vec<NodeRecord>) -> ClusterView {
+        let leases = nodes
+            .iter()
+            .map(|n| SubnetLease {
+                subnet: n.subnet,
+                public_ip: Some(n.private_ip),
+                backend_type: Some("vxlan".into()),
+            })
+            .collect();
+        ClusterView {
+            nodes,
+            leases,
+            ..ClusterView::default()
+        }
+    }
+
+    #[test]
+    fn one_az_and_one_subnet_per_node() {
+        let g = generate(
+            &view(vec![node("n1", 1), node("n2", 2), node("n3", 3)]),
+            &Options::default(),
+        )
+        .unwrap();
+        assert!(g.warnings.is_empty(), "{:?}", g.warnings);
+        let c = g.document;
+        let names: Vec<&str> = c.azs.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(names, ["n1", "n2", "n3"]);
+        for az in &c.azs {
+            assert_eq!(az.cloud_properties.node, az.name);
+            assert_eq!(az.cpi, None);
+        }
+        let net = &c.networks[0];
+        assert_eq!(
+            (net.name.as_str(), net.kind.as_str()),
+            ("default", "manual")
+        );
+        let s2 = &net.subnets[1];
+        assert_eq!(s2.az, "n2");
+        assert_eq!(s2.range, "10.1.2.0/24");
+        assert_eq!(s2.gateway.to_string(), "10.1.2.1");
+        assert_eq!(s2.dns, vec![s2.gateway]);
+        assert_eq!(s2.reserved, ["10.1.2.1-10.1.2.20", "10.1.2.192-10.1.2.254"]);
+        assert_eq!(s2.static_ips, ["10.1.2.21-10.1.2.60"]);
+        assert_eq!(c.compilation.az, "n1");
+        assert_eq!(c.compilation.workers, 3);
+        assert_eq!(c.compilation.vm_type, "compilation");
+        assert_eq!(c.compilation.network, "default");
+        let small = c.vm_types.iter().find(|t| t.name == "small").unwrap();
+        assert_eq!(
+            Value::Object(small.cloud_properties.clone()),
+            serde_json::json!({"cpu": 1, "ram": 1024, "ephemeral_disk": 10240})
+        );
+        assert!(
+            c.disk_types
+                .iter()
+                .any(|d| d.name == "default" && d.disk_size == 10240)
+        );
+    }
+
+    #[test]
+    fn options_shape_the_document() {
+        let mut n2 = node("n2", 2);
+        n2.state = NodeState::Cordoned;
+        let opts = Options {
+            network_name: "flannel".into(),
+            split: Split {
+                reserved: 10,
+                static_ips: 0,
+            },
+            dns: vec!["192.0.2.53".parse().unwrap()],
+            vm_types: with_overrides(
+                VmTypePreset::presets(),
+                &[
+                    "small:0.5:512:2048".parse().unwrap(),
+                    "huge:16:65536:1024".parse().unwrap(),
+                ],
+                |t| t.name.as_str(),
+            ),
+            disk_types: vec!["20GB:20480".parse().unwrap()],
+            per_node_cpis: true,
+            compilation_workers: Some(5),
+        };
+        let c = generate(&view(vec![n2, node("n3", 3)]), &opts)
+            .unwrap()
+            .document;
+        assert_eq!(c.azs[0].cpi.as_deref(), Some("moltencore-n2"));
+        let s = &c.networks[0].subnets[0];
+        assert_eq!(c.networks[0].name, "flannel");
+        assert_eq!(s.dns.len(), 1);
+        assert_eq!(s.dns[0].to_string(), "192.0.2.53");
+        assert_eq!(s.reserved, ["10.1.2.1-10.1.2.10", "10.1.2.192-10.1.2.254"]);
+        assert!(s.static_ips.is_empty());
+        // The cordoned node keeps its AZ but compiles nothing.
+        assert_eq!(c.compilation.az, "n3");
+        assert_eq!(c.compilation.workers, 5);
+        let small = c.vm_types.iter().find(|t| t.name == "small").unwrap();
+        assert_eq!(small.cloud_properties["cpu"], serde_json::json!(0.5));
+        assert_eq!(c.vm_types.last().unwrap().name, "huge");
+        assert_eq!(c.disk_types.len(), 1);
+        let yaml = serde_yaml_ng::to_string(&c).unwrap();
+        assert!(!yaml.contains("static"), "{yaml}");
+        assert!(yaml.contains("cpi: moltencore-n2"), "{yaml}");
+    }
+
+    #[test]
+    fn problems_are_reported() {
+        assert!(
+            generate(&view(vec![]), &Options::default())
+                .unwrap_err()
+                .contains("no nodes")
+        );
+        let mut clash = node("n9", 1);
+        clash.subnet = "10.1.0.0/16".parse().unwrap();
+        clash.gateway = "10.1.0.1".parse().unwrap();
+        let e = generate(&view(vec![node("n1", 1), clash]), &Options::default()).unwrap_err();
+        assert!(
+            e.contains("n1 (10.1.1.0/24) and n9 (10.1.0.0/16) overlap"),
+            "{e}"
+        );
+        let mut v = view(vec![node("n1", 1), node("n2", 2)]);
+        v.leases.remove(1);
+        v.leases[0].public_ip = Some("192.0.2.99".parse().unwrap());
+        let g = generate(&v, &Options::default()).unwrap();
+        assert_eq!(g.warnings.len(), 2, "{:?}", g.warnings);
+        assert!(g.warnings[0].contains("announces 192.0.2.99"));
+        assert!(g.warnings[1].contains("no Flannel lease holds its subnet 10.1.2.0/24"));
+        let mut bad_gw = node("n1", 1);
+        bad_gw.gateway = "10.1.7.1".parse().unwrap();
+        let e = generate(&view(vec![bad_gw]), &Options::default()).unwrap_err();
+        assert!(e.starts_with("node n1: gateway 10.1.7.1 is not in"), "{e}");
+        let opts = Options {
+            compilation_workers: Some(0),
+            ..Options::default()
+        };
+        assert!(generate(&view(vec![node("n1", 1)]), &opts).is_err());
+    }
+
+    #[test]
+    fn presets_parse() {
+        assert_eq!(
+            "big:8:16384:81920".parse::<VmTypePreset>().unwrap(),
+            VmTypePreset {
+                name: "big".into(),
+                size: Some((8.0, 16384, 81920))
+            }
+        );
+        assert_eq!("plain".parse::<VmTypePreset>().unwrap().size, None);
+        for bad in [
+            "",
+            ":1:2:3",
+            "x:1:2",
+            "x:0:1:1",
+            "x:1:0:1",
+            "x:a:1:1",
+            "x:NaN:1:1",
+        ] {
+            assert!(bad.parse::<VmTypePreset>().is_err(), "{bad}");
+        }
+        assert_eq!(
+            "20GB:20480".parse::<DiskTypePreset>().unwrap().size_mib,
+            20480
+        );
+        for bad in ["20GB", ":5", "x:0", "x:-1"] {
+            assert!(bad.parse::<DiskTypePreset>().is_err(), "{bad}");
+        }
+    }
+}
