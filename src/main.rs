@@ -37,6 +37,9 @@ enum Command {
     /// Prepare this host as a cluster node (run at every boot): PKI, flannel subnet,
     /// Docker with mutual TLS, the BOSH network unit, the node record.
     NodePrep(Box<commands::node_prep::NodePrepCommand>),
+    /// Print BOSH configs generated from the cluster: `cloud-config` (one AZ and subnet per
+    /// node) or `cpi-config` (one CPI per node).
+    BoshConfig(commands::bosh_config::BoshConfigCommand),
 }
 
 #[derive(Subcommand)]
@@ -63,6 +66,7 @@ fn main() {
             ..
         } => commands::nodes::set_state(config, &name, NodeState::Ready),
         Command::NodePrep(cmd) => commands::node_prep::run(*cmd),
+        Command::BoshConfig(cmd) => commands::bosh_config::run(config, cmd),
     };
     std::process::exit(code);
 }
