@@ -8,80 +8,21 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
+use common::bosh::*;
 use common::*;
 use moltencore::config::{Config, StartMode};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 const CERT: &str = "-----BEGIN CERTIFICATE-----\nMA==\n-----END CERTIFICATE-----\n";
 const KEY: &str = "-----BEGIN PRIVATE KEY-----\nMA==\n-----END PRIVATE KEY-----\n";
 const PREFIX: &str = "moltencore_cpi.";
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn job_dir() -> PathBuf {
-    repo().join("jobs/moltencore_cpi")
-}
-
-fn yaml_file(path: &Path) -> Value {
-    let text = std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    serde_yaml_ng::from_str(&text).unwrap_or_else(|e| panic!("{} is not YAML: {e}", path.display()))
-}
-
 /// The job's spec.
 fn job_spec() -> Value {
     yaml_file(&job_dir().join("spec"))
-}
-
-/// Nested manifest properties from dotted names.
-fn nested(flat: &[(&str, Value)]) -> Value {
-    let mut root = Map::new();
-    for (name, value) in flat {
-        let mut node = &mut root;
-        let parts: Vec<&str> = name.split('.').collect();
-        for part in &parts[..parts.len() - 1] {
-            node = node
-                .entry(part.to_string())
-                .or_insert_with(|| json!({}))
-                .as_object_mut()
-                .unwrap();
-        }
-        node.insert(parts[parts.len() - 1].to_string(), value.clone());
-    }
-    Value::Object(root)
-}
-
-/// Renders `template` of the job with `properties` (a manifest's properties, nested);
-/// `Err` carries the harness's stderr.
-fn render(template: &str, properties: &Value) -> Result<String, String> {
-    let dir = tempfile::tempdir().unwrap();
-    let props = dir.path().join("properties.yml");
-    std::fs::write(&props, serde_yaml_ng::to_string(properties).unwrap()).unwrap();
-    let out = Command::new("ruby")
-        .arg(repo().join("tests/bosh/render_template.rb"))
-        .arg(job_dir())
-        .arg(template)
-        .arg(&props)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("cannot run ruby ({e}): these tests need Debian's ruby (ci/install-deps installs it)")
-        });
-    if out.status.success() {
-        Ok(String::from_utf8(out.stdout).unwrap())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
-
-fn render_config(properties: &Value) -> Value {
-    let text = render("cpi.json.erb", properties).unwrap_or_else(|e| panic!("render: {e}"));
-    serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("rendered cpi.json is no JSON ({e}):\n{text}"))
 }
 
 /// The properties without defaults that every deployment sets.

@@ -2,6 +2,8 @@
 //! document, and find the local cluster brought up by `ci/cluster`.
 #![allow(dead_code)]
 
+pub mod bosh;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
