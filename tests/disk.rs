@@ -455,8 +455,6 @@ fn a_snapshot_holds_the_contents_of_its_time() {
 /// old container. Returns (vm, node, ip, disk) of the half-done attach, retrying with a new
 /// VM when the attach happens to finish first.
 fn kill_mid_attach(first_host: u8) -> (String, String, String, String) {
-    use std::process::{Command, Stdio};
-    use std::time::{Duration, Instant};
     for attempt in 0..5u8 {
         let (vm, node, ip) = vm_on(1, first_host + attempt, "killed");
         let disk = call("create_disk", json!([10, {}, vm]))
@@ -464,44 +462,15 @@ fn kill_mid_attach(first_host: u8) -> (String, String, String, String) {
             .unwrap()
             .to_string();
         sh(&node, &vm, "echo ephemeral > /var/vcap/data/keep.txt");
-        let mut child = Command::new(cpi_bin())
-            .arg("-c")
-            .arg(cfg())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        {
-            use std::io::Write;
-            let mut stdin = child.stdin.take().unwrap();
-            stdin
-                .write_all(
-                    json!({"method":"attach_disk","arguments":[vm, disk]})
-                        .to_string()
-                        .as_bytes(),
-                )
-                .unwrap();
-        }
         let previous = format!("{vm}-previous");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let caught = runtime().block_on(async {
-            let docker = node_socket(&node).await;
-            loop {
-                if docker.inspect_container(&previous, None).await.is_ok() {
-                    return true;
-                }
-                if let Ok(Some(_)) = child.try_wait() {
-                    return false;
-                }
-                if Instant::now() > deadline {
-                    return false;
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
+        let request = json!({"method":"attach_disk","arguments":[vm, disk]}).to_string();
+        let caught = kill_cpi_when(&request, &cfg(), || {
+            let (node, previous) = (node.clone(), previous.clone());
+            async move {
+                let docker = node_socket(&node).await;
+                docker.inspect_container(&previous, None).await.is_ok()
             }
         });
-        let _ = child.kill();
-        let _ = child.wait();
         if caught {
             return (vm, node, ip, disk);
         }

@@ -581,7 +581,6 @@ fn secrets_in_env_and_config_never_reach_stderr_or_the_log_of_a_real_create() {
 
 #[test]
 fn a_killed_create_vm_does_not_block_its_ip_for_the_retry() {
-    use std::process::{Command, Stdio};
     use std::time::{Duration, Instant};
     let (node, prefix) = node_prefix(1);
     let ip = format!("{prefix}.38");
@@ -595,44 +594,15 @@ fn a_killed_create_vm_does_not_block_its_ip_for_the_retry() {
         2,
     );
     // Kill the cpi once its container exists on the node.
-    let mut child = Command::new(cpi_bin())
-        .arg("-c")
-        .arg(cfg())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(req.as_bytes())
-            .unwrap();
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let caught = runtime().block_on(async {
-        loop {
-            if leftovers_of_agent(&agent)
+    let caught = kill_cpi_when(&req, &cfg(), || {
+        let agent = agent.clone();
+        async move {
+            leftovers_of_agent(&agent)
                 .await
                 .iter()
                 .any(|l| l.starts_with("container"))
-            {
-                return true;
-            }
-            if let Ok(Some(_)) = child.try_wait() {
-                return false;
-            }
-            if Instant::now() > deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     });
-    let _ = child.kill();
-    let _ = child.wait();
     assert!(caught, "create_vm finished before it could be killed");
     // The director retries with a new agent id and the same IP. While the dead process's
     // lease lives, the answer is a retriable VMCreationFailed; then the abandoned VM is

@@ -470,3 +470,46 @@ pub fn put_node_record(config: &Path, name: &str, record: &Value) {
             .unwrap();
     });
 }
+
+/// Runs `cpi` with `request` and kills it (SIGKILL) as soon as `reached().await` is true,
+/// polling every few milliseconds. Returns false when the call ended (or 30 s passed)
+/// before that point was reached.
+pub fn kill_cpi_when<F, Fut>(request: &str, config: &Path, mut reached: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    use std::time::{Duration, Instant};
+    let mut child = Command::new(cpi_bin())
+        .arg("-c")
+        .arg(config)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn cpi");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(request.as_bytes())
+        .expect("write request");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let caught = runtime().block_on(async {
+        loop {
+            if reached().await {
+                return true;
+            }
+            if let Ok(Some(_)) = child.try_wait() {
+                return false;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    caught
+}
