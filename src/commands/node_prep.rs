@@ -240,11 +240,7 @@ struct IssueClientArgs {
 
 /// Runs the command; returns the exit code (0 ok, 1 failed).
 pub fn run(cmd: NodePrepCommand) -> i32 {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let rt = match super::runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("node-prep: error: cannot start the async runtime: {e}");

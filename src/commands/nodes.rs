@@ -33,11 +33,7 @@ pub struct NodeStatus {
 /// Lists the nodes; exit code 0 when every node answered, 1 otherwise (2 when the cluster
 /// could not be read at all).
 pub fn run(config_path: PathBuf, json: bool) -> i32 {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let rt = match super::runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the async runtime: {e}");

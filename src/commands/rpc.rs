@@ -69,7 +69,7 @@ pub fn answer(raw: &str, config_path: PathBuf, logging: &Logging) -> Response {
             return Response::error(&e, log);
         }
     };
-    let result = match tokio_runtime() {
+    let result = match super::runtime() {
         Ok(rt) => rt.block_on(result),
         Err(e) => Err(CpiError::cpi(format!(
             "cannot start the async runtime: {e}"
@@ -108,11 +108,4 @@ async fn run_call(
             "internal error while running {method}; see the CPI log"
         ))),
     }
-}
-
-fn tokio_runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
 }

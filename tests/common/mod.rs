@@ -214,10 +214,7 @@ pub fn private_config(dir: &Path) -> (PathBuf, String) {
 /// Copies the cluster's node records (and the CA) under `prefix`, and adds the extra
 /// records given as (name, JSON).
 pub fn register_nodes(config: &Path, prefix: &str, extra: &[(&str, Value)]) {
-    let cfg = moltencore::config::Config::from_value(
-        serde_json::from_str(&std::fs::read_to_string(config).unwrap()).unwrap(),
-    )
-    .unwrap();
+    let cfg = load_config(config);
     runtime().block_on(async {
         let etcd = moltencore::cluster::Etcd::connect(&cfg).await.unwrap();
         let mut kv = etcd.client();
@@ -416,10 +413,7 @@ pub async fn leftovers_of_agent(agent: &str) -> Vec<String> {
 
 /// The VM index records (as JSON) whose agent_id is `agent`.
 pub fn index_records_of_agent(config: &Path, agent: &str) -> Vec<Value> {
-    let cfg = moltencore::config::Config::from_value(
-        serde_json::from_str(&std::fs::read_to_string(config).unwrap()).unwrap(),
-    )
-    .unwrap();
+    let cfg = load_config(config);
     runtime().block_on(async {
         let etcd = moltencore::cluster::Etcd::connect(&cfg).await.unwrap();
         let prefix = format!("{}/vms/", cfg.etcd.key_prefix);
@@ -438,10 +432,7 @@ pub fn index_records_of_agent(config: &Path, agent: &str) -> Vec<Value> {
 
 /// One index record (JSON) at `<key_prefix>/<suffix>` of the config's prefix.
 pub fn index_record(config: &Path, suffix: &str) -> Option<Value> {
-    let cfg = moltencore::config::Config::from_value(
-        serde_json::from_str(&std::fs::read_to_string(config).unwrap()).unwrap(),
-    )
-    .unwrap();
+    let cfg = load_config(config);
     runtime().block_on(async {
         let etcd = moltencore::cluster::Etcd::connect(&cfg).await.unwrap();
         let key = format!("{}/{suffix}", cfg.etcd.key_prefix);
@@ -454,10 +445,7 @@ pub fn index_record(config: &Path, suffix: &str) -> Option<Value> {
 
 /// Overwrites one node record under a private prefix (see [`private_config`]).
 pub fn put_node_record(config: &Path, name: &str, record: &Value) {
-    let cfg = moltencore::config::Config::from_value(
-        serde_json::from_str(&std::fs::read_to_string(config).unwrap()).unwrap(),
-    )
-    .unwrap();
+    let cfg = load_config(config);
     runtime().block_on(async {
         let etcd = moltencore::cluster::Etcd::connect(&cfg).await.unwrap();
         etcd.client()
@@ -512,4 +500,12 @@ where
     let _ = child.kill();
     let _ = child.wait();
     caught
+}
+
+/// A cpi.json loaded with the CPI's own loader.
+pub fn load_config(config: &Path) -> moltencore::config::Config {
+    moltencore::config::Config::from_value(
+        serde_json::from_str(&std::fs::read_to_string(config).unwrap()).unwrap(),
+    )
+    .unwrap_or_else(|e| panic!("{}: {e}", config.display()))
 }

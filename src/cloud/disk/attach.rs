@@ -27,6 +27,20 @@ pub(crate) async fn attached_vm(
     Ok(exists.then(|| vm.clone()))
 }
 
+/// The disks really mounted in the VM's container (disk cid -> volume).
+async fn mounted_disks_of(
+    docker: &crate::docker::NodeDocker,
+    vm_cid: &str,
+) -> Result<BTreeMap<String, String>, CpiError> {
+    let inspect = docker.inspect_container(vm_cid).await?.ok_or_else(|| {
+        CpiError::new(
+            ErrorKind::VmNotFound,
+            format!("VM {vm_cid} has no container"),
+        )
+    })?;
+    Ok(recreate::mounted_disks(&inspect))
+}
+
 /// `attach_disk`: the disk appears in the VM at `/warden-cpi-dev/<disk cid>`; the hint is
 /// returned (v2) and written into the agent settings. Attaching an attached disk again
 /// returns the same hint and changes nothing.
@@ -37,13 +51,7 @@ pub async fn attach(
 ) -> Result<CallResult, CpiError> {
     let (mut vm, docker) = vm::find_existing(ctx, vm_cid).await?;
     let mut disk = record(ctx, disk_cid).await?;
-    let inspect = docker.inspect_container(vm_cid).await?.ok_or_else(|| {
-        CpiError::new(
-            ErrorKind::VmNotFound,
-            format!("VM {vm_cid} has no container"),
-        )
-    })?;
-    let mut mounted = recreate::mounted_disks(&inspect);
+    let mut mounted = mounted_disks_of(&docker, vm_cid).await?;
     let hint = CallResult::DiskAttached {
         hint: Value::String(disk_hint(disk_cid)),
     };
@@ -90,13 +98,7 @@ pub async fn detach(
     disk_cid: &str,
 ) -> Result<CallResult, CpiError> {
     let (mut vm, docker) = vm::find_existing(ctx, vm_cid).await?;
-    let inspect = docker.inspect_container(vm_cid).await?.ok_or_else(|| {
-        CpiError::new(
-            ErrorKind::VmNotFound,
-            format!("VM {vm_cid} has no container"),
-        )
-    })?;
-    let mut mounted = recreate::mounted_disks(&inspect);
+    let mut mounted = mounted_disks_of(&docker, vm_cid).await?;
     let disk = match record(ctx, disk_cid).await {
         Ok(d) => Some(d),
         Err(e) if e.kind == ErrorKind::DiskNotFound => None,
