@@ -73,7 +73,8 @@ fn cpi_nodes_checks_every_node_over_mutual_tls() {
     let expected = cluster()["nodes"].as_array().unwrap().len();
     assert_eq!(rows.len(), expected, "{stdout}");
     for row in rows {
-        assert!(row["docker"]["Ok"].is_string(), "{row}");
+        assert_eq!(row["docker"]["reachable"], true, "{row}");
+        assert!(row["docker"]["version"].is_string(), "{row}");
         assert_eq!(row["state"], "ready");
         assert_eq!(row["lease"], "ok");
     }
@@ -160,4 +161,31 @@ fn an_unreachable_node_is_named_with_its_endpoint() {
         stdout.contains("warning: node record") && stdout.contains("garbled"),
         "an unreadable record is reported:\n{stdout}"
     );
+
+    let out = Command::new(cpi_bin())
+        .args(["nodes", "--json", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = |name: &str| {
+        doc["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {doc}"))
+            .clone()
+    };
+    let dead = row("dead");
+    assert_eq!(dead["docker"]["reachable"], false, "{dead}");
+    assert!(
+        dead["docker"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("tcp://127.0.0.1:9")),
+        "{dead}"
+    );
+    assert!(dead["docker"].get("version").is_none(), "{dead}");
+    assert_eq!(row("alive")["docker"]["reachable"], true);
 }

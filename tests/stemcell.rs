@@ -77,6 +77,39 @@ fn create_stemcell_imports_into_every_node_and_delete_removes_it_everywhere() {
 }
 
 #[test]
+fn a_cpi_pinned_to_one_node_imports_the_stemcell_there_only() {
+    let config = cluster_config();
+    let nodes = node_names();
+    let image = test_stemcell_dir().join("image");
+    let pinned = &nodes[1];
+    let req = json!({"method":"create_stemcell","arguments":[image, {}],
+                     "context":{"director_uuid":"d","placement":{"node": pinned}},
+                     "api_version":2});
+    let cid = expect_result(&req.to_string(), Some(&config))
+        .as_str()
+        .expect("stemcell cid is a string")
+        .to_string();
+    let reference = format!("moltencore-stemcell:{cid}");
+    for node in &nodes {
+        assert_eq!(
+            stemcell_images(node).contains(&reference),
+            node == pinned,
+            "{reference} on {node} (CPI pinned to {pinned})"
+        );
+    }
+    let record = index_record(&config, &format!("stemcells/{cid}")).expect("stemcell record");
+    assert_eq!(record["nodes"], json!([pinned]), "{record}");
+    delete(&cid, &config);
+    assert!(!stemcell_images(pinned).contains(&reference));
+
+    let req = json!({"method":"create_stemcell","arguments":[image, {}],
+                     "context":{"director_uuid":"d","placement":{"node": "zz-nowhere"}}});
+    let (kind, message, _) = expect_error(&req.to_string(), Some(&config));
+    assert_eq!(kind, "Bosh::Clouds::CpiError");
+    assert!(message.contains("zz-nowhere"), "{message}");
+}
+
+#[test]
 fn a_packed_stemcell_tarball_is_accepted() {
     let config = cluster_config();
     let tgz = test_stemcell_dir().join("stemcell.tgz");

@@ -26,8 +26,36 @@ pub struct NodeStatus {
     /// The node's memory, MiB.
     pub memory_mib: u64,
     pub lease: String,
-    /// `Ok(version)` when Docker answered, else why not.
-    pub docker: Result<String, String>,
+    /// Whether the node's Docker answered over mutual TLS.
+    pub docker: DockerStatus,
+}
+
+/// The live check of one node's Docker daemon, as `cpi nodes --json` prints it:
+/// `{"reachable": true, "version": "..."}` or `{"reachable": false, "error": "..."}`.
+#[derive(Debug, Serialize)]
+pub struct DockerStatus {
+    pub reachable: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl From<Result<String, String>> for DockerStatus {
+    fn from(answer: Result<String, String>) -> Self {
+        match answer {
+            Ok(version) => DockerStatus {
+                reachable: true,
+                version: Some(version),
+                error: None,
+            },
+            Err(error) => DockerStatus {
+                reachable: false,
+                version: None,
+                error: Some(error),
+            },
+        }
+    }
 }
 
 /// Lists the nodes; exit code 0 when every node answered, 1 otherwise (2 when the cluster
@@ -48,7 +76,7 @@ pub fn run(config_path: PathBuf, json: bool) -> i32 {
             } else {
                 print_table(&rows, &problems);
             }
-            if rows.is_empty() || rows.iter().any(|r| r.docker.is_err()) {
+            if rows.is_empty() || rows.iter().any(|r| !r.docker.reachable) {
                 1
             } else {
                 0
@@ -108,7 +136,7 @@ fn status(
         memory_mib_used: usage.memory_mib,
         memory_mib: node.capacity.memory_mib,
         lease: if leased { "ok" } else { "missing" }.to_string(),
-        docker,
+        docker: docker.into(),
     }
 }
 
@@ -127,9 +155,9 @@ fn print_table(rows: &[NodeStatus], problems: &[String]) {
                 r.vms.to_string(),
                 format!("{}/{} MiB", r.memory_mib_used, r.memory_mib),
                 r.lease.clone(),
-                match &r.docker {
-                    Ok(v) => format!("ok ({v})"),
-                    Err(e) => format!("UNREACHABLE: {e}"),
+                match (&r.docker.version, &r.docker.error) {
+                    (Some(v), _) => format!("ok ({v})"),
+                    (None, e) => format!("UNREACHABLE: {}", e.as_deref().unwrap_or("")),
                 },
             ]
         })

@@ -1,5 +1,5 @@
-//! Stemcells: imported into every ready node at once from one read of the image, copied
-//! node-to-node to a node that lacks one when a VM is placed there, removed everywhere.
+//! Stemcells: imported into every ready node (or the CPI's `placement.node` alone) at once
+//! from one read of the image, copied node-to-node to a node that lacks one when a VM is placed there, removed everywhere.
 
 pub mod light;
 pub mod manifest;
@@ -69,8 +69,9 @@ impl StreamCheck for NoCheck {
     }
 }
 
-/// `create_stemcell`: streams the rootfs into every ready node concurrently, or, for a
-/// docker-light stemcell, adopts the image it names.
+/// `create_stemcell`: streams the rootfs into every ready node concurrently (into the
+/// CPI's `placement.node` alone when one is set), or, for a docker-light stemcell, adopts
+/// the image it names.
 pub async fn create(
     ctx: &CloudContext<'_>,
     image_path: &str,
@@ -91,24 +92,7 @@ pub async fn create(
     };
 
     let view = ctx.view().await?;
-    let ready: Vec<_> = view
-        .nodes
-        .iter()
-        .filter(|n| n.state == NodeState::Ready)
-        .collect();
-    if ready.is_empty() {
-        return Err(CpiError::cloud(
-            "create_stemcell: no ready node in the cluster to import into",
-            true,
-        ));
-    }
-    let nodes = reachable_nodes(
-        ctx,
-        &view,
-        ready.iter().map(|n| n.name.as_str()),
-        "create_stemcell",
-    )
-    .await?;
+    let nodes = upload_nodes(ctx, &view).await?;
     if nodes.is_empty() {
         return Err(CpiError::cloud(
             "create_stemcell: no ready node could be reached (see the log)",
@@ -182,12 +166,7 @@ async fn create_light(
     image: &light::LightImage,
 ) -> Result<CallResult, CpiError> {
     let view = ctx.view().await?;
-    let names = view
-        .nodes
-        .iter()
-        .filter(|n| n.state == NodeState::Ready)
-        .map(|n| n.name.as_str());
-    let nodes = reachable_nodes(ctx, &view, names, "create_stemcell").await?;
+    let nodes = upload_nodes(ctx, &view).await?;
     let cid = format!("sc-{}", uuid::Uuid::new_v4());
     let have = match light::adopt(&nodes, image, &cid).await {
         Ok(have) => have,
@@ -233,6 +212,41 @@ fn labels(cid: &str, m: &Manifest) -> Vec<String> {
             .collect::<Vec<_>>()
             .join(" ")
     )]
+}
+
+/// The nodes a stemcell upload goes to. A CPI pinned to one node by `placement.node` (one
+/// CPI per node through a cpi-config, where the director uploads every stemcell once per
+/// CPI) imports into that node alone, which must be registered and reachable; otherwise
+/// every ready node that can be reached (unreachable ones are named in the log).
+async fn upload_nodes(
+    ctx: &CloudContext<'_>,
+    view: &crate::cluster::ClusterView,
+) -> Result<Vec<NodeDocker>, CpiError> {
+    if let Some(pinned) = ctx.config().await?.placement.node.clone() {
+        if view.node(&pinned).is_none() {
+            return Err(CpiError::cpi(format!(
+                "create_stemcell: placement.node '{pinned}' is not a registered node"
+            )));
+        }
+        let node = ctx
+            .node_docker(view, &pinned)
+            .await
+            .map_err(|e| e.context(format!("create_stemcell on placement.node '{pinned}'")))?;
+        return Ok(vec![node]);
+    }
+    let ready: Vec<&str> = view
+        .nodes
+        .iter()
+        .filter(|n| n.state == NodeState::Ready)
+        .map(|n| n.name.as_str())
+        .collect();
+    if ready.is_empty() {
+        return Err(CpiError::cloud(
+            "create_stemcell: no ready node in the cluster to import into",
+            true,
+        ));
+    }
+    reachable_nodes(ctx, view, ready.into_iter(), "create_stemcell").await
 }
 
 /// Clients for `names`; a node that cannot even be connected to (with API version
