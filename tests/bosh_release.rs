@@ -80,6 +80,7 @@ fn full() -> Vec<(&'static str, Value)> {
         ("moltencore_cpi.docker.api_version", json!(1.43)),
         ("moltencore_cpi.docker.connect_timeout_seconds", json!(3)),
         ("moltencore_cpi.docker.request_timeout_seconds", json!(60)),
+        ("moltencore_cpi.docker.idle_timeout_seconds", json!(30)),
         (
             "moltencore_cpi.agent.mbus",
             json!("https://mbus:pw@0.0.0.0:6868"),
@@ -144,6 +145,7 @@ fn every_property_reaches_its_cpi_json_key() {
     assert_eq!(c.etcd.username.as_deref(), Some("moltencore"));
     assert_eq!(c.etcd.timeout_seconds, 9);
     assert_eq!(c.docker.api_version, "1.43");
+    assert_eq!(c.docker.idle_timeout_seconds, 30);
     assert_eq!(c.vm_defaults.start_mode, StartMode::Systemd);
     assert!(!c.vm_defaults.privileged);
     assert_eq!(c.log_level, "debug");
@@ -410,7 +412,10 @@ fn a_config_rendered_from_the_clusters_values_drives_the_cluster() {
         .unwrap()
         .iter()
         .map(|n| {
-            assert!(n["docker"]["Ok"].is_string(), "Docker over mutual TLS: {n}");
+            assert_eq!(
+                n["docker"]["reachable"], true,
+                "Docker over mutual TLS: {n}"
+            );
             n["name"].as_str().unwrap().to_string()
         })
         .collect();

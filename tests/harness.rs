@@ -31,8 +31,11 @@ fn access(tls: &Value, ca_from: &Value) -> DockerAccess {
         &read(&tls["client_cert_file"]),
         &read(&tls["client_key_file"]),
         "auto",
-        Duration::from_secs(5),
-        Duration::from_secs(120),
+        moltencore::docker::DockerTimeouts {
+            connect: Duration::from_secs(5),
+            request: Duration::from_secs(120),
+            idle: Duration::from_secs(120),
+        },
     )
     .expect("docker access")
 }

@@ -724,8 +724,11 @@ fn issue_client_needs_a_ca_and_its_certificate_is_refused_by_another_clusters_no
         &cert,
         &key,
         "auto",
-        Duration::from_secs(5),
-        Duration::from_secs(30),
+        moltencore::docker::DockerTimeouts {
+            connect: Duration::from_secs(5),
+            request: Duration::from_secs(30),
+            idle: Duration::from_secs(30),
+        },
     )
     .unwrap();
     let node = &c["nodes"][0];

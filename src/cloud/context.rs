@@ -10,7 +10,7 @@ use tokio::sync::OnceCell;
 
 use crate::cluster::{ClusterView, Etcd, Keys};
 use crate::config::Config;
-use crate::docker::{DockerAccess, NodeDocker};
+use crate::docker::{DockerAccess, DockerTimeouts, NodeDocker};
 use crate::logging::Logging;
 use crate::protocol::CpiError;
 
@@ -114,8 +114,11 @@ impl<'a> CloudContext<'a> {
             cert,
             key.expose(),
             &config.docker.api_version,
-            Duration::from_secs(config.docker.connect_timeout_seconds),
-            Duration::from_secs(config.docker.request_timeout_seconds),
+            DockerTimeouts {
+                connect: Duration::from_secs(config.docker.connect_timeout_seconds),
+                request: Duration::from_secs(config.docker.request_timeout_seconds),
+                idle: Duration::from_secs(config.docker.idle_timeout_seconds),
+            },
         )
     }
 }

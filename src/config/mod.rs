@@ -125,6 +125,10 @@ pub struct DockerConfig {
     /// moves stream for long; a silent node is caught sooner by the idle timeout).
     #[serde(default = "default_docker_request_timeout")]
     pub request_timeout_seconds: u64,
+    /// Seconds a node may stay silent in the middle of a stream (a stemcell import, an
+    /// image or disk copy) before it counts as gone and the call fails or drops it.
+    #[serde(default = "default_docker_idle_timeout")]
+    pub idle_timeout_seconds: u64,
 }
 
 impl Default for DockerConfig {
@@ -134,6 +138,7 @@ impl Default for DockerConfig {
             api_version: default_docker_api(),
             connect_timeout_seconds: default_docker_connect_timeout(),
             request_timeout_seconds: default_docker_request_timeout(),
+            idle_timeout_seconds: default_docker_idle_timeout(),
         }
     }
 }
@@ -223,6 +228,9 @@ fn default_docker_connect_timeout() -> u64 {
 }
 fn default_docker_request_timeout() -> u64 {
     3600
+}
+fn default_docker_idle_timeout() -> u64 {
+    120
 }
 fn default_restart_policy() -> String {
     "always".into()
@@ -325,11 +333,23 @@ impl Config {
                 ),
             ));
         }
-        if self.docker.connect_timeout_seconds == 0 || self.docker.request_timeout_seconds == 0 {
-            return Err(ConfigError::invalid(
-                "docker",
-                "connect_timeout_seconds and request_timeout_seconds must be at least 1",
-            ));
+        for (key, seconds) in [
+            (
+                "docker.connect_timeout_seconds",
+                self.docker.connect_timeout_seconds,
+            ),
+            (
+                "docker.request_timeout_seconds",
+                self.docker.request_timeout_seconds,
+            ),
+            (
+                "docker.idle_timeout_seconds",
+                self.docker.idle_timeout_seconds,
+            ),
+        ] {
+            if seconds == 0 {
+                return Err(ConfigError::invalid(key, "must be at least 1"));
+            }
         }
         let mbus = url::Url::parse(self.agent.mbus.expose())
             .map_err(|e| ConfigError::invalid("agent.mbus", &format!("is not a URL: {e}")))?;
@@ -476,6 +496,14 @@ mod tests {
             (
                 json!({"vm_defaults": {"start_mode": "upstart"}}),
                 "vm_defaults.start_mode",
+            ),
+            (
+                json!({"docker": {"idle_timeout_seconds": 0}}),
+                "docker.idle_timeout_seconds",
+            ),
+            (
+                json!({"docker": {"request_timeout_seconds": 0}}),
+                "docker.request_timeout_seconds",
             ),
         ];
         for (patch, key) in cases {

@@ -55,7 +55,7 @@ impl NodeDocker {
 
     /// Restarts a container (stop with a grace period, then start).
     pub async fn restart_container(&self, name: &str, grace_seconds: i32) -> Result<(), CpiError> {
-        self.docker
+        self.with_grace(grace_seconds)
             .restart_container(
                 name,
                 Some(
@@ -86,7 +86,7 @@ impl NodeDocker {
             .force(true)
             .v(true)
             .build();
-        match self.docker.remove_container(name, Some(options)).await {
+        match self.long.remove_container(name, Some(options)).await {
             Ok(()) => Ok(()),
             Err(e) if is_status(&e, 404) => Ok(()),
             Err(e) => Err(self.error(&format!("removing container {name}"), &e)),
@@ -142,7 +142,7 @@ impl NodeDocker {
         path: &str,
         tar: Vec<u8>,
     ) -> Result<(), CpiError> {
-        self.docker
+        self.long
             .upload_to_container(
                 container,
                 Some(UploadToContainerOptionsBuilder::new().path(path).build()),
@@ -173,7 +173,7 @@ impl NodeDocker {
     /// Removes a volume; absent is success.
     pub async fn remove_volume(&self, name: &str) -> Result<(), CpiError> {
         match self
-            .docker
+            .long
             .remove_volume(
                 name,
                 Some(RemoveVolumeOptionsBuilder::new().force(true).build()),
@@ -188,13 +188,23 @@ impl NodeDocker {
 }
 
 impl NodeDocker {
+    /// The control client with room for a stop's grace period on top of the idle timeout.
+    fn with_grace(&self, grace_seconds: i32) -> bollard::Docker {
+        let grace = std::time::Duration::from_secs(grace_seconds.max(0) as u64);
+        self.docker.clone().with_timeout(self.idle_timeout + grace)
+    }
+
     /// Stops a container (SIGTERM, then SIGKILL after `grace_seconds`); absent or already
     /// stopped is success.
     pub async fn stop_container(&self, name: &str, grace_seconds: i32) -> Result<(), CpiError> {
         let options = bollard::query_parameters::StopContainerOptionsBuilder::new()
             .t(grace_seconds)
             .build();
-        match self.docker.stop_container(name, Some(options)).await {
+        match self
+            .with_grace(grace_seconds)
+            .stop_container(name, Some(options))
+            .await
+        {
             Ok(()) => Ok(()),
             Err(e) if is_status(&e, 304) || is_status(&e, 404) => Ok(()),
             Err(e) => Err(self.error(&format!("stopping container {name}"), &e)),
@@ -231,7 +241,7 @@ impl NodeDocker {
     ) -> Result<Option<Vec<u8>>, CpiError> {
         use futures_util::StreamExt;
         use std::io::Read;
-        let mut stream = self.docker.download_from_container(
+        let mut stream = self.long.download_from_container(
             container,
             Some(
                 bollard::query_parameters::DownloadFromContainerOptionsBuilder::new()

@@ -7,9 +7,11 @@ use bollard::models::ImageInspect;
 use bollard::query_parameters::{CreateImageOptionsBuilder, ImportImageOptionsBuilder};
 use bytes::Bytes;
 use futures_util::StreamExt;
+use futures_util::future::join_all;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
+use super::body;
+use super::idle::{answer_within, next_within};
 use super::node::NodeDocker;
 use crate::protocol::CpiError;
 
@@ -48,27 +50,33 @@ pub trait StreamCheck: Send {
 pub type NodeOutcomes = Vec<(String, Result<(), CpiError>)>;
 
 /// Imports the rootfs read from `source` into every node at once: the source is read once,
-/// in chunks, and each chunk goes to all nodes. The last chunk is held back until `check`
-/// approves the whole stream, so a corrupt source never yields an image. A node that
-/// fails drops out without stopping the others.
+/// in chunks, and each chunk goes to all nodes together. The last chunk is held back until
+/// `check` approves the whole stream, so a corrupt source never yields an image. A node
+/// that fails, or takes nothing for its idle timeout, drops out (its body broken, never
+/// ended) without stopping the others.
 pub async fn import_everywhere(
     nodes: &[NodeDocker],
     source: Box<dyn Read + Send>,
     check: Box<dyn StreamCheck>,
     target: &ImportTarget,
 ) -> Result<NodeOutcomes, CpiError> {
-    let mut senders = Vec::new();
-    let mut tasks = Vec::new();
-    for node in nodes {
-        let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(QUEUE);
-        senders.push(Some(tx));
-        let node = node.clone();
-        let target = target.clone();
-        tasks.push(tokio::spawn(async move {
-            let result = import_one(&node, rx, &target).await;
-            (node.name.clone(), result)
-        }));
-    }
+    let mut imports: Vec<NodeImport> = nodes
+        .iter()
+        .map(|node| {
+            let (body, stream) = body::channel(QUEUE);
+            let task = {
+                let node = node.clone();
+                let target = target.clone();
+                tokio::spawn(async move { import_one(&node, stream, &target).await })
+            };
+            NodeImport {
+                node: node.clone(),
+                body: Some(body),
+                task,
+                stalled: None,
+            }
+        })
+        .collect();
 
     let (chunk_tx, mut chunk_rx) = mpsc::channel::<Result<Bytes, String>>(QUEUE);
     let reader = tokio::task::spawn_blocking(move || read_chunks(source, check, chunk_tx));
@@ -76,41 +84,91 @@ pub async fn import_everywhere(
     while let Some(item) = chunk_rx.recv().await {
         match item {
             Ok(chunk) => {
-                for slot in senders.iter_mut() {
-                    if let Some(tx) = slot
-                        && tx.send(Ok(chunk.clone())).await.is_err()
-                    {
+                // All nodes at once: one stalled node costs the others its idle timeout,
+                // never the import.
+                let sends = imports.iter().map(|i| async {
+                    match &i.body {
+                        Some(b) => Some(b.send(Ok(chunk.clone()), &i.node, IMPORTING).await),
+                        None => None,
+                    }
+                });
+                let sent = join_all(sends).await;
+                for (import, sent) in imports.iter_mut().zip(sent) {
+                    match sent {
+                        None | Some(Ok(true)) => {}
                         // That node's import already ended (failed); its result says why.
-                        *slot = None;
+                        Some(Ok(false)) => import.body = None,
+                        Some(Err(stalled)) => import.drop_out(stalled),
                     }
                 }
             }
             Err(problem) => {
-                for tx in senders.iter_mut().filter_map(Option::take) {
-                    let _ = tx.send(Err(std::io::Error::other(problem.clone()))).await;
+                // Break every body: no node may end up with an image of a bad source.
+                for import in imports.iter_mut() {
+                    if let Some(body) = import.body.take() {
+                        body.abandon();
+                    }
                 }
-                // Let the nodes see the broken body, then report the source problem.
-                for t in tasks {
-                    let _ = t.await;
+                for import in imports {
+                    let _ = import.finish().await;
                 }
                 let _ = reader.await;
                 return Err(CpiError::cpi(problem));
             }
         }
     }
-    drop(senders);
+    for import in imports.iter_mut() {
+        import.body = None; // the whole source is sent: end every body cleanly
+    }
     let _ = reader.await;
     let mut outcomes = Vec::new();
-    for t in tasks {
-        match t.await {
-            Ok(outcome) => outcomes.push(outcome),
-            Err(e) => outcomes.push((
-                "?".into(),
-                Err(CpiError::cloud(format!("import task failed: {e}"), true)),
-            )),
-        }
+    for import in imports {
+        outcomes.push(import.finish().await);
     }
     Ok(outcomes)
+}
+
+const IMPORTING: &str = "importing the stemcell";
+
+/// One node's part of a fan-out import.
+struct NodeImport {
+    node: NodeDocker,
+    /// `None` once the body is ended, broken or refused.
+    body: Option<body::BodySender>,
+    task: tokio::task::JoinHandle<Result<(), CpiError>>,
+    /// Why the node was dropped for taking nothing.
+    stalled: Option<CpiError>,
+}
+
+impl NodeImport {
+    /// Drops the node out: its body is broken and its request abandoned.
+    fn drop_out(&mut self, stalled: CpiError) {
+        if let Some(body) = self.body.take() {
+            body.abandon();
+        }
+        self.task.abort();
+        self.stalled = Some(stalled);
+    }
+
+    /// The node's outcome, once it has answered (within its idle timeout: its body is done).
+    async fn finish(mut self) -> (String, Result<(), CpiError>) {
+        let name = self.node.name.clone();
+        if let Some(stalled) = self.stalled {
+            return (name, Err(stalled));
+        }
+        let result = match answer_within(&mut self.task, &self.node, IMPORTING).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(e)) => Err(CpiError::cloud(
+                format!("node {name}: import task failed: {e}"),
+                true,
+            )),
+            Err(silent) => {
+                self.task.abort();
+                Err(silent)
+            }
+        };
+        (name, result)
+    }
 }
 
 /// Reads `source` in chunks on a blocking thread, one chunk behind, so the last chunk is
@@ -164,19 +222,21 @@ fn read_chunks(
 
 async fn import_one(
     node: &NodeDocker,
-    body: mpsc::Receiver<Result<Bytes, std::io::Error>>,
+    body: impl futures_util::Stream<Item = body::BodyItem> + Send + 'static,
     target: &ImportTarget,
 ) -> Result<(), CpiError> {
-    let body = bollard::body_try_stream(ReceiverStream::new(body));
+    let body = bollard::body_try_stream(body);
     let options = CreateImageOptionsBuilder::new()
         .from_src("-")
         .repo(&target.repo)
         .tag(&target.tag)
         .changes(target.changes.clone())
         .build();
-    let mut progress = node.docker.create_image(Some(options), Some(body), None);
+    // No idle timeout here: while the body streams, the fan-out watches this node (a node
+    // may wait on a slower one), and once it is sent the fan-out bounds the answer.
+    let mut progress = node.long.create_image(Some(options), Some(body), None);
     while let Some(step) = progress.next().await {
-        step.map_err(|e| node.error("importing the stemcell", &e))?;
+        step.map_err(|e| node.error(IMPORTING, &e))?;
     }
     Ok(())
 }
@@ -195,7 +255,7 @@ pub async fn inspect(node: &NodeDocker, reference: &str) -> Result<Option<ImageI
 /// Removes `reference` from `node`; an absent image is success (idempotent).
 pub async fn remove(node: &NodeDocker, reference: &str) -> Result<(), CpiError> {
     match node
-        .docker
+        .long
         .remove_image(
             reference,
             None::<bollard::query_parameters::RemoveImageOptions>,
@@ -212,52 +272,65 @@ pub async fn remove(node: &NodeDocker, reference: &str) -> Result<(), CpiError> 
 }
 
 /// Copies `reference` from `source` to `target`: `docker save` streamed straight into
-/// `docker load`, nothing stored in between.
+/// `docker load`, nothing stored in between. Either side staying silent for its idle
+/// timeout fails the copy (the load's body is then broken, so no partial image is loaded).
 pub async fn copy(
     source: &NodeDocker,
     target: &NodeDocker,
     reference: &str,
 ) -> Result<(), CpiError> {
-    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(QUEUE);
-    let export_node = source.clone();
-    let reference_owned = reference.to_string();
-    let exporter = tokio::spawn(async move {
-        let mut stream = export_node.docker.export_image(&reference_owned);
-        while let Some(chunk) = stream.next().await {
-            match chunk {
-                Ok(bytes) => {
-                    if tx.send(Ok(bytes)).await.is_err() {
-                        return Ok(());
+    let (body, stream) = body::channel(QUEUE);
+    let mut exporter = {
+        let (source, target) = (source.clone(), target.clone());
+        let exporting = format!("exporting image {reference}");
+        let loading = format!("loading image {reference}");
+        let reference = reference.to_string();
+        tokio::spawn(async move {
+            let mut chunks = source.long.export_image(&reference);
+            loop {
+                let next = next_within(&mut chunks, &source, &exporting).await;
+                let sent = match next {
+                    Ok(Some(chunk)) => body.send(Ok(chunk), &target, &loading).await,
+                    Ok(None) => return Ok(()), // dropping `body` ends the load's body
+                    Err(e) => Err(e),
+                };
+                match sent {
+                    Ok(true) => {}
+                    Ok(false) => return Ok(()), // the load ended; its result says why
+                    Err(e) => {
+                        body.abandon();
+                        return Err(e);
                     }
                 }
-                Err(e) => {
-                    let err = export_node.error(&format!("exporting image {reference_owned}"), &e);
-                    let _ = tx
-                        .send(Err(std::io::Error::other(err.message.clone())))
-                        .await;
-                    return Err(err);
-                }
             }
-        }
-        Ok(())
-    });
+        })
+    };
     let options = ImportImageOptionsBuilder::new().quiet(true).build();
-    let mut progress = target
-        .docker
-        .import_image_stream(options, ReceiverStream::new(rx), None);
-    let mut load_result = Ok(());
-    while let Some(step) = progress.next().await {
-        if let Err(e) = step {
-            load_result = Err(target.error(&format!("loading image {reference}"), &e));
-            break;
+    let mut progress = target.long.import_image_stream(options, stream, None);
+    let loading = async {
+        while let Some(step) = progress.next().await {
+            step.map_err(|e| target.error(&format!("loading image {reference}"), &e))?;
+        }
+        Ok::<(), CpiError>(())
+    };
+    tokio::pin!(loading);
+    let joined = |r: Result<Result<(), CpiError>, tokio::task::JoinError>| {
+        r.map_err(|e| CpiError::cloud(format!("export task failed: {e}"), true))?
+    };
+    tokio::select! {
+        exported = &mut exporter => {
+            joined(exported)?;
+            // The whole image is sent: the target answers once it has loaded it.
+            answer_within(&mut loading, target, &format!("loading image {reference}")).await??;
+        }
+        loaded = &mut loading => {
+            if let Err(e) = loaded {
+                exporter.abort();
+                return Err(e);
+            }
+            joined(exporter.await)?;
         }
     }
-    drop(progress);
-    let export_result = exporter
-        .await
-        .map_err(|e| CpiError::cloud(format!("export task failed: {e}"), true))?;
-    export_result?;
-    load_result?;
     match inspect(target, reference).await? {
         Some(_) => Ok(()),
         None => Err(CpiError::cloud(
@@ -296,9 +369,8 @@ pub async fn pull(node: &NodeDocker, reference: &str) -> Result<(), CpiError> {
     let options = CreateImageOptionsBuilder::new()
         .from_image(reference)
         .build();
-    let mut progress = node.docker.create_image(Some(options), None, None);
-    while let Some(step) = progress.next().await {
-        step.map_err(|e| node.error(&format!("pulling {reference}"), &e))?;
-    }
+    let mut progress = node.long.create_image(Some(options), None, None);
+    let doing = format!("pulling {reference}");
+    while next_within(&mut progress, node, &doing).await?.is_some() {}
     Ok(())
 }

@@ -1,7 +1,9 @@
 //! Thin layer over bollard per node: connection with mutual TLS, images, containers,
 //! networks and volumes, with errors that name the node. No BOSH semantics live here.
 
+pub mod body;
 pub mod containers;
+pub mod idle;
 pub mod images;
 pub mod networks;
 pub mod node;
@@ -9,4 +11,4 @@ pub mod tls;
 pub mod volume_copy;
 
 pub use networks::BridgeSpec;
-pub use node::{DockerAccess, NodeDocker};
+pub use node::{DockerAccess, DockerTimeouts, NodeDocker};

@@ -10,14 +10,24 @@ use hyper_util::rt::TokioExecutor;
 
 use crate::protocol::CpiError;
 
+/// How long talking to a node may take.
+#[derive(Debug, Clone, Copy)]
+pub struct DockerTimeouts {
+    /// TCP and TLS connect.
+    pub connect: Duration,
+    /// One whole request, body included.
+    pub request: Duration,
+    /// Silence in the middle of a stream (see [`super::idle`]).
+    pub idle: Duration,
+}
+
 /// How to reach every node's Docker: TLS material and timeouts shared by all nodes.
 #[derive(Clone)]
 pub struct DockerAccess {
     tls: Arc<rustls::ClientConfig>,
     /// `None` negotiates with each node.
     pub api_version: Option<ClientVersion>,
-    pub connect_timeout: Duration,
-    pub request_timeout: Duration,
+    pub timeouts: DockerTimeouts,
 }
 
 impl DockerAccess {
@@ -27,16 +37,14 @@ impl DockerAccess {
         cert_pem: &str,
         key_pem: &str,
         api_version: &str,
-        connect_timeout: Duration,
-        request_timeout: Duration,
+        timeouts: DockerTimeouts,
     ) -> Result<DockerAccess, CpiError> {
         let tls = super::tls::client_config(ca_pem, cert_pem, key_pem).map_err(CpiError::cpi)?;
         let api_version = parse_api_version(api_version);
         Ok(DockerAccess {
             tls,
             api_version,
-            connect_timeout,
-            request_timeout,
+            timeouts,
         })
     }
 
@@ -55,7 +63,7 @@ impl DockerAccess {
             .to_string();
         let mut http = HttpConnector::new();
         http.enforce_http(false);
-        http.set_connect_timeout(Some(self.connect_timeout));
+        http.set_connect_timeout(Some(self.timeouts.connect));
         http.set_nodelay(true);
         // A node that dies mid-transfer is noticed by TCP, not only by our idle timeouts.
         http.set_keepalive(Some(Duration::from_secs(30)));
@@ -75,17 +83,21 @@ impl DockerAccess {
             }
         };
         let version = self.api_version.unwrap_or(*bollard::API_DEFAULT_VERSION);
+        // Control requests get the idle timeout: a node that leaves one unanswered that
+        // long counts as gone, as it does mid-stream.
         let docker = Docker::connect_with_custom_transport(
             transport,
             Some(format!("https://{address}")),
-            self.request_timeout.as_secs(),
+            self.timeouts.idle.as_secs().max(1),
             &version,
         )
         .map_err(|e| CpiError::cpi(format!("node {name}: docker client setup failed: {e}")))?;
-        let node = NodeDocker {
+        let mut node = NodeDocker {
             name: name.to_string(),
             endpoint: endpoint.to_string(),
+            long: docker.clone().with_timeout(self.timeouts.request),
             docker,
+            idle_timeout: self.timeouts.idle,
         };
         if self.api_version.is_none() {
             let docker = node
@@ -94,7 +106,8 @@ impl DockerAccess {
                 .negotiate_version()
                 .await
                 .map_err(|e| node.error("negotiating the API version", &e))?;
-            return Ok(NodeDocker { docker, ..node });
+            node.long = docker.clone().with_timeout(self.timeouts.request);
+            node.docker = docker;
         }
         Ok(node)
     }
@@ -115,8 +128,15 @@ pub struct NodeDocker {
     pub name: String,
     /// The endpoint as registered.
     pub endpoint: String,
-    /// The bollard client.
+    /// The client for control requests (inspect, create, start, ...), each answered within
+    /// the idle timeout.
     pub docker: Docker,
+    /// The same daemon for requests whose answer waits for a whole transfer or a slow
+    /// removal (imports, loads, archive uploads, volume, container and image removal),
+    /// bounded by the request timeout; their streams are watched by [`super::idle`].
+    pub long: Docker,
+    /// How long this node may stay silent mid-stream (see [`super::idle`]).
+    pub idle_timeout: Duration,
 }
 
 impl NodeDocker {

@@ -8,11 +8,11 @@ use std::io::Read;
 
 use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType};
 use bytes::Bytes;
-use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
+use super::body;
+use super::idle::{answer_within, next_within};
 use super::node::NodeDocker;
 use crate::channel_reader::ChannelReader;
 use crate::protocol::CpiError;
@@ -146,7 +146,7 @@ impl<'a> Helper<'a> {
     fn download(
         &self,
     ) -> impl futures_util::Stream<Item = Result<Bytes, bollard::errors::Error>> + '_ {
-        self.node.docker.download_from_container(
+        self.node.long.download_from_container(
             &self.name,
             Some(
                 bollard::query_parameters::DownloadFromContainerOptionsBuilder::new()
@@ -193,36 +193,6 @@ impl<'a> Helper<'a> {
     }
 }
 
-/// How long a transfer may go without a byte before the node counts as gone.
-pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
-
-/// The next chunk of a node's stream, or an error when the node sent nothing for
-/// [`IDLE_TIMEOUT`] (a node that dies mid-transfer must not hang the CPI: callers have no
-/// timeout of their own).
-pub async fn next_within<S>(
-    stream: &mut S,
-    node: &NodeDocker,
-    doing: &str,
-) -> Result<Option<Bytes>, CpiError>
-where
-    S: futures_util::Stream<Item = Result<Bytes, bollard::errors::Error>> + Unpin,
-{
-    match tokio::time::timeout(IDLE_TIMEOUT, stream.next()).await {
-        Ok(Some(Ok(b))) => Ok(Some(b)),
-        Ok(Some(Err(e))) => Err(node.error(doing, &e)),
-        Ok(None) => Ok(None),
-        Err(_) => Err(CpiError::cloud(
-            format!(
-                "node {} ({}): {doing}: nothing received for {} s",
-                node.name,
-                node.endpoint,
-                IDLE_TIMEOUT.as_secs()
-            ),
-            true,
-        )),
-    }
-}
-
 /// The helper image on `node`, imported from an in-memory tar when missing.
 async fn ensure_helper_image(node: &NodeDocker) -> Result<(), CpiError> {
     let reference = format!("{HELPER_IMAGE_REPO}:{HELPER_IMAGE_TAG}");
@@ -246,14 +216,15 @@ async fn ensure_helper_image(node: &NodeDocker) -> Result<(), CpiError> {
         .repo(HELPER_IMAGE_REPO)
         .tag(HELPER_IMAGE_TAG)
         .build();
-    let mut progress = node.docker.create_image(
+    let mut progress = node.long.create_image(
         Some(options),
         Some(bollard::body_full(Bytes::from(tar_bytes))),
         None,
     );
-    while let Some(step) = progress.next().await {
-        step.map_err(|e| node.error("importing the helper image", &e))?;
-    }
+    while next_within(&mut progress, node, "importing the helper image")
+        .await?
+        .is_some()
+    {}
     Ok(())
 }
 
@@ -281,14 +252,14 @@ pub async fn copy_volume(
 
 async fn stream_and_verify(from: &Helper<'_>, to: &Helper<'_>) -> Result<TreeDigest, CpiError> {
     // Source stream -> (upload to the target, digest on a blocking thread).
-    let (up_tx, up_rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(8);
+    let (upload, upload_body) = body::channel(8);
     let (dg_tx, dg_rx) = mpsc::channel::<std::io::Result<Vec<u8>>>(8);
     let digester = tokio::task::spawn_blocking(move || digest_tar(ChannelReader::new(dg_rx)));
     let to_node = to.node.clone();
     let to_name = to.name.clone();
-    let uploader = tokio::spawn(async move {
+    let mut uploader = tokio::spawn(async move {
         to_node
-            .docker
+            .long
             .upload_to_container(
                 &to_name,
                 Some(
@@ -296,7 +267,7 @@ async fn stream_and_verify(from: &Helper<'_>, to: &Helper<'_>) -> Result<TreeDig
                         .path(MOUNT)
                         .build(),
                 ),
-                bollard::body_try_stream(ReceiverStream::new(up_rx)),
+                bollard::body_try_stream(upload_body),
             )
             .await
             .map_err(|e| to_node.error("writing the copy", &e))
@@ -305,33 +276,47 @@ async fn stream_and_verify(from: &Helper<'_>, to: &Helper<'_>) -> Result<TreeDig
     {
         let mut stream = Box::pin(from.download());
         loop {
-            match next_within(&mut stream, from.node, "reading the volume").await {
+            let sent = match next_within(&mut stream, from.node, "reading the volume").await {
                 Ok(Some(b)) => {
                     let for_digest = b.to_vec();
-                    if up_tx.send(Ok(b)).await.is_err() {
-                        break; // the upload failed; its result says why
-                    }
+                    let sent = upload.send(Ok(b), to.node, "writing the copy").await;
                     let _ = dg_tx.send(Ok(for_digest)).await;
+                    sent
                 }
                 Ok(None) => break,
+                Err(e) => Err(e),
+            };
+            match sent {
+                Ok(true) => {}
+                Ok(false) => break, // the upload failed; its result says why
                 Err(e) => {
+                    // The source failed or the target stopped reading: the target's body
+                    // is broken (a partial copy is never verified; the caller removes it).
                     failure = Some(e);
-                    let _ = up_tx
-                        .send(Err(std::io::Error::other("source read failed")))
-                        .await;
-                    let _ = dg_tx
-                        .send(Err(std::io::Error::other("source read failed")))
-                        .await;
+                    let _ = dg_tx.try_send(Err(std::io::Error::other("copy abandoned")));
                     break;
                 }
             }
         }
     }
-    drop(up_tx);
     drop(dg_tx);
-    let uploaded = uploader
-        .await
-        .map_err(|e| CpiError::cloud(format!("upload task failed: {e}"), true))?;
+    let uploaded = if failure.is_some() {
+        upload.abandon();
+        uploader.abort();
+        Ok(())
+    } else {
+        drop(upload); // the whole archive is sent: end the body
+        // The target answers once it has unpacked the rest.
+        match answer_within(&mut uploader, to.node, "finishing the copy").await {
+            Ok(joined) => {
+                joined.map_err(|e| CpiError::cloud(format!("upload task failed: {e}"), true))?
+            }
+            Err(stalled) => {
+                uploader.abort();
+                Err(stalled)
+            }
+        }
+    };
     let source_digest = digester
         .await
         .map_err(|e| CpiError::cloud(format!("digest task failed: {e}"), true))?;

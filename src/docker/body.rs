@@ -1,0 +1,92 @@
+//! Request bodies streamed into a node from a channel. An abandoned transfer (its node
+//! stalled, or the source failed) is broken, never ended: the node sees an error instead of
+//! a clean end, so a partial stream can never be taken for a complete image or archive.
+
+use bytes::Bytes;
+use futures_util::Stream;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::NodeDocker;
+use crate::protocol::CpiError;
+
+/// One item of a body: a chunk, or the reason the body is broken.
+pub type BodyItem = Result<Bytes, std::io::Error>;
+
+/// The CPI's end of a request body.
+pub struct BodySender {
+    tx: mpsc::Sender<BodyItem>,
+    broken: CancellationToken,
+}
+
+/// A body with room for `capacity` chunks in flight, and the stream to hand to bollard.
+/// Dropping the sender ends the body cleanly; [`BodySender::abandon`] breaks it.
+pub fn channel(capacity: usize) -> (BodySender, impl Stream<Item = BodyItem> + Send + 'static) {
+    let (tx, rx) = mpsc::channel(capacity);
+    let broken = CancellationToken::new();
+    let watch = broken.clone();
+    let stream = futures_util::stream::unfold(Some(rx), move |state| {
+        let watch = watch.clone();
+        async move {
+            let mut rx: mpsc::Receiver<BodyItem> = state?;
+            tokio::select! {
+                biased;
+                _ = watch.cancelled() => Some((
+                    Err(std::io::Error::other("transfer abandoned by the CPI")),
+                    None,
+                )),
+                item = rx.recv() => item.map(|i| (i, Some(rx))),
+            }
+        }
+    });
+    (BodySender { tx, broken }, stream)
+}
+
+impl BodySender {
+    /// Hands `chunk` to `node`. `Ok(true)`: taken; `Ok(false)`: the request already ended
+    /// (its own result says why); an error when the node took nothing for its idle timeout.
+    pub async fn send(
+        &self,
+        chunk: BodyItem,
+        node: &NodeDocker,
+        doing: &str,
+    ) -> Result<bool, CpiError> {
+        super::idle::send_within(&self.tx, chunk, node, doing).await
+    }
+
+    /// Breaks the body: whatever the node reads next is an error, whether or not chunks are
+    /// still queued, so the request fails instead of completing with partial data.
+    pub fn abandon(self) {
+        self.broken.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+
+    #[tokio::test]
+    async fn a_dropped_sender_ends_the_body_after_its_chunks() {
+        let (tx, body) = channel(4);
+        tx.tx.send(Ok(Bytes::from_static(b"a"))).await.unwrap();
+        tx.tx.send(Ok(Bytes::from_static(b"b"))).await.unwrap();
+        drop(tx);
+        let items: Vec<_> = body.collect().await;
+        let chunks: Vec<_> = items.into_iter().map(Result::unwrap).collect();
+        assert_eq!(
+            chunks,
+            vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_body_ends_in_an_error_even_with_chunks_queued() {
+        let (tx, body) = channel(4);
+        tx.tx.send(Ok(Bytes::from_static(b"a"))).await.unwrap();
+        tx.abandon();
+        let items: Vec<_> = body.collect().await;
+        assert_eq!(items.len(), 1, "the error ends the body");
+        assert!(items[0].is_err());
+    }
+}

@@ -1,0 +1,258 @@
+//! A node whose Docker daemon freezes (SIGSTOP: the kernel still accepts its connections,
+//! nothing answers) costs a call the configured idle timeout, never a hang: create_stemcell
+//! succeeds on the other nodes, has_vm and create_vm there fail retriably, and once thawed
+//! the node gets the stemcell copied when a VM lands there. This binary freezes a daemon, so it runs
+//! alone (test binaries run one after another).
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+
+/// Seconds a node may stay silent in these tests' CPI config.
+const IDLE_SECONDS: u64 = 3;
+
+/// A frozen dockerd, thawed (SIGCONT) when dropped, whatever the test's outcome.
+struct Frozen {
+    pid: String,
+}
+
+impl Frozen {
+    fn node(node: &str) -> Frozen {
+        let dir = PathBuf::from(cluster()["dir"].as_str().unwrap()).join(node);
+        let pid = std::fs::read_to_string(dir.join("docker.pid"))
+            .expect("dockerd pid file")
+            .trim()
+            .to_string();
+        let status = Command::new("kill").args(["-STOP", &pid]).status().unwrap();
+        assert!(status.success(), "SIGSTOP to dockerd {pid} of {node}");
+        Frozen { pid }
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-CONT", &self.pid]).status();
+    }
+}
+
+/// The cluster's CPI config with a short idle timeout.
+fn impatient_config(dir: &Path) -> PathBuf {
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(cluster_config()).unwrap()).unwrap();
+    config["docker"]["idle_timeout_seconds"] = json!(IDLE_SECONDS);
+    let path = dir.join("cpi.json");
+    std::fs::write(&path, config.to_string()).unwrap();
+    path
+}
+
+/// A stemcell (folder with `stemcell.MF` and `image`) whose rootfs is the test stemcell's
+/// plus `extra_mib` of incompressible data: larger than what the CPI and the kernel buffer
+/// for one node, so a node that reads nothing really holds the transfer up.
+fn big_stemcell(dir: &Path, extra_mib: usize) -> PathBuf {
+    use sha1::Digest;
+    let source = test_stemcell_dir();
+    let original = std::fs::File::open(source.join("image")).unwrap();
+    let mut entries = tar::Archive::new(flate2::read::GzDecoder::new(original));
+    let image_path = dir.join("image");
+    let gz = flate2::write::GzEncoder::new(
+        std::fs::File::create(&image_path).unwrap(),
+        flate2::Compression::fast(),
+    );
+    let mut out = tar::Builder::new(gz);
+    for entry in entries.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let mut header = entry.header().clone();
+        let path = entry.path().unwrap().into_owned();
+        match header.entry_type() {
+            tar::EntryType::Symlink | tar::EntryType::Link => {
+                let target = entry.link_name().unwrap().unwrap().into_owned();
+                out.append_link(&mut header, &path, &target).unwrap();
+            }
+            _ => out.append_data(&mut header, &path, &mut entry).unwrap(),
+        }
+    }
+    let mut noise = vec![0u8; extra_mib << 20];
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    for chunk in noise.chunks_mut(8) {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        chunk.copy_from_slice(&state.to_le_bytes()[..chunk.len()]);
+    }
+    let mut header = tar::Header::new_gnu();
+    header.set_size(noise.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    out.append_data(&mut header, "var/noise.bin", noise.as_slice())
+        .unwrap();
+    out.into_inner().unwrap().finish().unwrap();
+
+    let sha1 = hex::encode(sha1::Sha1::digest(std::fs::read(&image_path).unwrap()));
+    let manifest = std::fs::read_to_string(source.join("stemcell.MF")).unwrap();
+    let manifest: String = manifest
+        .lines()
+        .map(|l| {
+            if l.starts_with("sha1:") {
+                format!("sha1: {sha1}\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    std::fs::write(dir.join("stemcell.MF"), manifest).unwrap();
+    image_path
+}
+
+/// `run_cpi`, but a call still running after `limit` is killed and fails the test: a CPI
+/// that hangs on a frozen node is exactly the defect under test.
+fn run_cpi_within(request: &str, config: &Path, limit: Duration) -> Value {
+    let mut child = Command::new(cpi_bin())
+        .arg("-c")
+        .arg(config)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn cpi");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(request.as_bytes())
+        .unwrap();
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("cpi still running after {limit:?} with a frozen node: {request}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    serde_json::from_slice(&out.stdout).expect("one JSON response")
+}
+
+fn has_image(node: &str, reference: &str) -> bool {
+    runtime().block_on(async {
+        node_socket(node)
+            .await
+            .inspect_image(reference)
+            .await
+            .is_ok()
+    })
+}
+
+#[test]
+fn a_frozen_node_fails_calls_retriably_and_drops_out_of_create_stemcell() {
+    let dir = tempfile::tempdir().unwrap();
+    let impatient = impatient_config(dir.path());
+    let config = cluster_config();
+    let image = big_stemcell(dir.path(), 48);
+    let nodes = node_names();
+    let (frozen_node, prefix) = node_prefix(2);
+    let bound = Duration::from_secs(120);
+
+    // A VM on the node before it freezes.
+    let req = create_vm_request(
+        &agent_id("before-freeze"),
+        &shared_stemcell(),
+        json!({}),
+        manual_network(&format!("{prefix}.71")),
+        json!({}),
+        2,
+    );
+    let before = expect_result(&req, Some(&config))[0]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let frozen = Frozen::node(&frozen_node);
+
+    // 1. The upload goes to the other nodes; the frozen one is named with the reason.
+    let req = json!({"method":"create_stemcell","arguments":[image, {}],"api_version":2});
+    let response = run_cpi_within(&req.to_string(), &impatient, bound);
+    let cid = response["result"]
+        .as_str()
+        .unwrap_or_else(|| panic!("create_stemcell must succeed on the other nodes: {response}"))
+        .to_string();
+    let log = response["log"].as_str().unwrap();
+    assert!(
+        log.contains(&frozen_node) && log.contains("nothing moved"),
+        "the frozen node is named with the reason: {log}"
+    );
+
+    // 2. Control requests to the frozen node fail retriably instead of hanging.
+    let req = json!({"method":"has_vm","arguments":[before]});
+    let response = run_cpi_within(&req.to_string(), &impatient, bound);
+    assert_eq!(
+        response["error"]["type"], "Bosh::Clouds::CloudError",
+        "{response}"
+    );
+    assert_eq!(response["error"]["ok_to_retry"], true, "{response}");
+    assert!(
+        response["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(&frozen_node)),
+        "{response}"
+    );
+    let agent = agent_id("while-frozen");
+    let req = create_vm_request(
+        &agent,
+        &cid,
+        json!({}),
+        manual_network(&format!("{prefix}.72")),
+        json!({}),
+        2,
+    );
+    let response = run_cpi_within(&req, &impatient, bound);
+    assert_eq!(
+        response["error"]["type"], "Bosh::Clouds::VMCreationFailed",
+        "{response}"
+    );
+    assert_eq!(response["error"]["ok_to_retry"], true, "{response}");
+    assert!(index_records_of_agent(&config, &agent).is_empty());
+
+    drop(frozen);
+
+    let reference = format!("moltencore-stemcell:{cid}");
+    for node in &nodes {
+        assert_eq!(
+            has_image(node, &reference),
+            node != &frozen_node,
+            "{reference} on {node}"
+        );
+    }
+    let record = index_record(&config, &format!("stemcells/{cid}")).expect("stemcell record");
+    assert!(
+        !record["nodes"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(frozen_node)),
+        "{record}"
+    );
+    runtime().block_on(async {
+        assert_eq!(leftovers_of_agent(&agent).await, Vec::<String>::new());
+    });
+
+    // 3. Thawed, the node gets the stemcell copied when a VM is placed there.
+    let vm = expect_result(&req, Some(&config))[0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(has_image(&frozen_node, &reference));
+    for req in [
+        json!({"method":"delete_vm","arguments":[vm]}),
+        json!({"method":"delete_vm","arguments":[before]}),
+        json!({"method":"delete_stemcell","arguments":[cid]}),
+    ] {
+        assert_eq!(expect_result(&req.to_string(), Some(&config)), Value::Null);
+    }
+}
