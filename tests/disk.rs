@@ -596,3 +596,74 @@ fn an_unreachable_source_node_is_a_retriable_error_and_loses_nothing() {
     run(json!({"method":"delete_vm","arguments":[vm]}));
     run(json!({"method":"delete_disk","arguments":[disk]}));
 }
+
+/// Whether a copy helper of `volume` exists on `node` (a move is streaming into it).
+async fn copying_into(node: &str, volume: &str) -> bool {
+    !containers_labelled(node, &format!("moltencore.helper={volume}"))
+        .await
+        .is_empty()
+}
+
+#[test]
+fn a_move_killed_mid_copy_is_finished_by_the_next_attach_with_the_data_intact() {
+    let (vm2, node2, _) = vm_on(2, 90, "kill-move-dst");
+    for attempt in 0..5u8 {
+        let (vm1, node1, _) = vm_on(0, 91 + attempt, "kill-move-src");
+        let disk = call("create_disk", json!([1024, {}, vm1]))
+            .as_str()
+            .unwrap()
+            .to_string();
+        call("attach_disk", json!([vm1, disk]));
+        // Enough data that the copy is still streaming when the helper shows up.
+        sh(
+            &node1,
+            &vm1,
+            &format!("dd if=/dev/urandom of=/warden-cpi-dev/{disk}/big bs=1M count=96 2>/dev/null"),
+        );
+        let sum = fill_disk(&node1, &vm1, &disk);
+        call("detach_disk", json!([vm1, disk]));
+        call("delete_vm", json!([vm1]));
+
+        let request = json!({"method":"attach_disk","arguments":[vm2, disk]}).to_string();
+        let caught = kill_cpi_when(&request, &cfg(), || {
+            let (node2, disk) = (node2.clone(), disk.clone());
+            async move { copying_into(&node2, &disk).await }
+        });
+        if !caught {
+            call("detach_disk", json!([vm2, disk]));
+            call("delete_disk", json!([disk]));
+            continue;
+        }
+        // The disk still belongs to its source node, whole.
+        assert_eq!(
+            index_record(&cfg(), &format!("disks/{disk}")).unwrap()["node"],
+            node1.as_str()
+        );
+        // The next attach sweeps the killed copy's helpers and moves the disk.
+        assert_eq!(
+            call("attach_disk", json!([vm2, disk])),
+            json!(format!("/warden-cpi-dev/{disk}"))
+        );
+        assert_eq!(checksum(&node2, &vm2, &disk), sum);
+        runtime().block_on(async {
+            assert!(
+                node_socket(&node1)
+                    .await
+                    .inspect_volume(&disk)
+                    .await
+                    .is_err(),
+                "source removed after the move"
+            );
+            for node in [&node1, &node2] {
+                assert!(
+                    !copying_into(node, &disk).await,
+                    "copy helpers left on {node}"
+                );
+            }
+        });
+        call("delete_vm", json!([vm2]));
+        call("delete_disk", json!([disk]));
+        return;
+    }
+    panic!("in 5 attempts the move always finished before it could be killed mid-copy");
+}

@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -16,6 +15,13 @@ use serde_json::{Value, json};
 
 /// Seconds a node may stay silent in these tests' CPI config.
 const IDLE_SECONDS: u64 = 3;
+
+/// The tests of this binary freeze the same node, so they take turns.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn take_turn() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// A frozen dockerd, thawed (SIGCONT) when dropped, whatever the test's outcome.
 struct Frozen {
@@ -112,20 +118,7 @@ fn big_stemcell(dir: &Path, extra_mib: usize) -> PathBuf {
 /// `run_cpi`, but a call still running after `limit` is killed and fails the test: a CPI
 /// that hangs on a frozen node is exactly the defect under test.
 fn run_cpi_within(request: &str, config: &Path, limit: Duration) -> Value {
-    let mut child = Command::new(cpi_bin())
-        .arg("-c")
-        .arg(config)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn cpi");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(request.as_bytes())
-        .unwrap();
+    let mut child = spawn_cpi(request, config, Stdio::piped());
     let deadline = Instant::now() + limit;
     while child.try_wait().unwrap().is_none() {
         if Instant::now() > deadline {
@@ -152,6 +145,7 @@ fn has_image(node: &str, reference: &str) -> bool {
 
 #[test]
 fn a_frozen_node_fails_calls_retriably_and_drops_out_of_create_stemcell() {
+    let _turn = take_turn();
     let dir = tempfile::tempdir().unwrap();
     let impatient = impatient_config(dir.path());
     let config = cluster_config();
@@ -255,4 +249,138 @@ fn a_frozen_node_fails_calls_retriably_and_drops_out_of_create_stemcell() {
     ] {
         assert_eq!(expect_result(&req.to_string(), Some(&config)), Value::Null);
     }
+}
+
+/// Runs `cmd` in `vm` on `node`; its output.
+fn sh(node: &str, vm: &str, cmd: &str) -> String {
+    let (code, out) = runtime().block_on(exec_in(node, vm, cmd));
+    assert_eq!(code, 0, "`{cmd}` in {vm} on {node}: {out}");
+    out
+}
+
+fn vm_at(config: &Path, ip: &str, test: &str) -> String {
+    let req = create_vm_request(
+        &agent_id(test),
+        &shared_stemcell(),
+        json!({}),
+        manual_network(ip),
+        json!({}),
+        2,
+    );
+    expect_result(&req, Some(config))[0]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn call(method: &str, args: Value) -> Value {
+    expect_result(
+        &json!({"method": method, "arguments": args, "api_version": 2}).to_string(),
+        Some(&cluster_config()),
+    )
+}
+
+#[test]
+fn a_disk_move_into_a_node_that_freezes_fails_retriably_and_the_next_attach_finishes_it() {
+    let _turn = take_turn();
+    let dir = tempfile::tempdir().unwrap();
+    let impatient = impatient_config(dir.path());
+    let config = cluster_config();
+    let (source, source_prefix) = node_prefix(0);
+    let (target, target_prefix) = node_prefix(2);
+    let vm = vm_at(&config, &format!("{target_prefix}.73"), "freeze-move-dst");
+
+    for attempt in 0..5u8 {
+        // A disk with enough data that the copy is still streaming when the node freezes.
+        let writer = vm_at(
+            &config,
+            &format!("{source_prefix}.{}", 73 + attempt),
+            "freeze-move-src",
+        );
+        let disk = call("create_disk", json!([1024, {}, writer]))
+            .as_str()
+            .unwrap()
+            .to_string();
+        call("attach_disk", json!([writer, disk]));
+        let path = format!("/warden-cpi-dev/{disk}");
+        sh(
+            &source,
+            &writer,
+            &format!("dd if=/dev/urandom of={path}/big bs=1M count=96 2>/dev/null"),
+        );
+        let sum = sh(&source, &writer, &format!("md5sum {path}/big"));
+        call("detach_disk", json!([writer, disk]));
+        call("delete_vm", json!([writer]));
+
+        let request = json!({"method":"attach_disk","arguments":[vm, disk]}).to_string();
+        let mut child = spawn_cpi(&request, &impatient, Stdio::piped());
+        let helper = format!("moltencore.helper={disk}");
+        let frozen = runtime().block_on(async {
+            loop {
+                if !containers_labelled(&target, &helper).await.is_empty() {
+                    return Some(Frozen::node(&target));
+                }
+                if child.try_wait().unwrap().is_some() {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("attach_disk still running after 120 s with {target} frozen");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let out = child.wait_with_output().unwrap();
+        let response: Value = serde_json::from_slice(&out.stdout).expect("one JSON response");
+        let Some(frozen) = frozen else {
+            // The move finished before the node could be frozen: try again with a new disk.
+            assert!(response["error"].is_null(), "{response}");
+            call("detach_disk", json!([vm, disk]));
+            call("delete_disk", json!([disk]));
+            continue;
+        };
+        drop(frozen);
+
+        assert_eq!(response["error"]["ok_to_retry"], true, "{response}");
+        let message = response["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(&target) && message.contains(&disk),
+            "{message}"
+        );
+        assert_eq!(
+            index_record(&config, &format!("disks/{disk}")).unwrap()["node"],
+            source.as_str(),
+            "the disk still belongs to its source node"
+        );
+        // Thawed, the same attach finishes the move, with the data intact.
+        assert_eq!(
+            call("attach_disk", json!([vm, disk])),
+            json!(format!("/warden-cpi-dev/{disk}"))
+        );
+        assert_eq!(sh(&target, &vm, &format!("md5sum {path}/big")), sum);
+        runtime().block_on(async {
+            for node in [&source, &target] {
+                assert!(
+                    containers_labelled(node, &helper).await.is_empty(),
+                    "copy helpers left on {node}"
+                );
+            }
+            assert!(
+                node_socket(&source)
+                    .await
+                    .inspect_volume(&disk)
+                    .await
+                    .is_err(),
+                "source removed after the move"
+            );
+        });
+        call("delete_vm", json!([vm]));
+        call("delete_disk", json!([disk]));
+        return;
+    }
+    panic!("in 5 attempts the move always finished before the node could be frozen");
 }

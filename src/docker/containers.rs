@@ -86,7 +86,7 @@ impl NodeDocker {
             .force(true)
             .v(true)
             .build();
-        match self.long.remove_container(name, Some(options)).await {
+        match self.docker.remove_container(name, Some(options)).await {
             Ok(()) => Ok(()),
             Err(e) if is_status(&e, 404) => Ok(()),
             Err(e) => Err(self.error(&format!("removing container {name}"), &e)),
@@ -142,7 +142,7 @@ impl NodeDocker {
         path: &str,
         tar: Vec<u8>,
     ) -> Result<(), CpiError> {
-        self.long
+        self.docker
             .upload_to_container(
                 container,
                 Some(UploadToContainerOptionsBuilder::new().path(path).build()),
@@ -173,7 +173,7 @@ impl NodeDocker {
     /// Removes a volume; absent is success.
     pub async fn remove_volume(&self, name: &str) -> Result<(), CpiError> {
         match self
-            .long
+            .docker
             .remove_volume(
                 name,
                 Some(RemoveVolumeOptionsBuilder::new().force(true).build()),
@@ -241,7 +241,7 @@ impl NodeDocker {
     ) -> Result<Option<Vec<u8>>, CpiError> {
         use futures_util::StreamExt;
         use std::io::Read;
-        let mut stream = self.long.download_from_container(
+        let mut stream = self.docker.download_from_container(
             container,
             Some(
                 bollard::query_parameters::DownloadFromContainerOptionsBuilder::new()

@@ -255,7 +255,7 @@ pub async fn inspect(node: &NodeDocker, reference: &str) -> Result<Option<ImageI
 /// Removes `reference` from `node`; an absent image is success (idempotent).
 pub async fn remove(node: &NodeDocker, reference: &str) -> Result<(), CpiError> {
     match node
-        .long
+        .docker
         .remove_image(
             reference,
             None::<bollard::query_parameters::RemoveImageOptions>,

@@ -131,9 +131,9 @@ pub struct NodeDocker {
     /// The client for control requests (inspect, create, start, ...), each answered within
     /// the idle timeout.
     pub docker: Docker,
-    /// The same daemon for requests whose answer waits for a whole transfer or a slow
-    /// removal (imports, loads, archive uploads, volume, container and image removal),
-    /// bounded by the request timeout; their streams are watched by [`super::idle`].
+    /// The same daemon for requests whose answer waits for a whole transfer (stemcell
+    /// imports, image loads, disk archive uploads and downloads), bounded by the request
+    /// timeout; their streams are watched by [`super::idle`].
     pub long: Docker,
     /// How long this node may stay silent mid-stream (see [`super::idle`]).
     pub idle_timeout: Duration,

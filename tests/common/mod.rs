@@ -8,6 +8,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use bollard::models::ContainerSummary;
 use serde_json::Value;
 
 /// What one `cpi` run produced.
@@ -377,27 +378,35 @@ pub async fn node_of_container(name: &str) -> Option<String> {
     None
 }
 
+/// Every container (running or not) on `node` carrying `label` (`key=value`).
+pub async fn containers_labelled(node: &str, label: &str) -> Vec<ContainerSummary> {
+    use bollard::query_parameters::ListContainersOptionsBuilder;
+    let filters: std::collections::HashMap<String, Vec<String>> =
+        [("label".to_string(), vec![label.to_string()])].into();
+    node_socket(node)
+        .await
+        .list_containers(Some(
+            ListContainersOptionsBuilder::new()
+                .all(true)
+                .filters(&filters)
+                .build(),
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("listing containers on {node}: {e}"))
+}
+
 /// Containers and volumes on any node carrying `moltencore.vm.agent_id=<agent>`.
 pub async fn leftovers_of_agent(agent: &str) -> Vec<String> {
-    use bollard::query_parameters::{ListContainersOptionsBuilder, ListVolumesOptionsBuilder};
+    use bollard::query_parameters::ListVolumesOptionsBuilder;
     let label = format!("moltencore.vm.agent_id={agent}");
     let filters: std::collections::HashMap<String, Vec<String>> =
-        [("label".to_string(), vec![label])].into();
+        [("label".to_string(), vec![label.clone()])].into();
     let mut found = Vec::new();
     for node in node_names() {
-        let docker = node_socket(&node).await;
-        for c in docker
-            .list_containers(Some(
-                ListContainersOptionsBuilder::new()
-                    .all(true)
-                    .filters(&filters)
-                    .build(),
-            ))
-            .await
-            .unwrap()
-        {
+        for c in containers_labelled(&node, &label).await {
             found.push(format!("container {:?} on {node}", c.names));
         }
+        let docker = node_socket(&node).await;
         let volumes = docker
             .list_volumes(Some(
                 ListVolumesOptionsBuilder::new().filters(&filters).build(),
@@ -459,20 +468,14 @@ pub fn put_node_record(config: &Path, name: &str, record: &Value) {
     });
 }
 
-/// Runs `cpi` with `request` and kills it (SIGKILL) as soon as `reached().await` is true,
-/// polling every few milliseconds. Returns false when the call ended (or 30 s passed)
-/// before that point was reached.
-pub fn kill_cpi_when<F, Fut>(request: &str, config: &Path, mut reached: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    use std::time::{Duration, Instant};
+/// Starts `cpi` on `config` with `request` written to its stdin (then closed); stderr is
+/// dropped, stdout goes to `stdout`.
+pub fn spawn_cpi(request: &str, config: &Path, stdout: Stdio) -> std::process::Child {
     let mut child = Command::new(cpi_bin())
         .arg("-c")
         .arg(config)
         .stdin(Stdio::piped())
-        .stdout(Stdio::null())
+        .stdout(stdout)
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn cpi");
@@ -482,6 +485,19 @@ where
         .unwrap()
         .write_all(request.as_bytes())
         .expect("write request");
+    child
+}
+
+/// Runs `cpi` with `request` and kills it (SIGKILL) as soon as `reached().await` is true,
+/// polling every few milliseconds. Returns false when the call ended (or 30 s passed)
+/// before that point was reached.
+pub fn kill_cpi_when<F, Fut>(request: &str, config: &Path, mut reached: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    use std::time::{Duration, Instant};
+    let mut child = spawn_cpi(request, config, Stdio::null());
     let deadline = Instant::now() + Duration::from_secs(30);
     let caught = runtime().block_on(async {
         loop {
