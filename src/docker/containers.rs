@@ -86,7 +86,12 @@ impl NodeDocker {
             .force(true)
             .v(true)
             .build();
-        match self.docker.remove_container(name, Some(options)).await {
+        match self
+            .for_removal()
+            .await?
+            .remove_container(name, Some(options))
+            .await
+        {
             Ok(()) => Ok(()),
             Err(e) if is_status(&e, 404) => Ok(()),
             Err(e) => Err(self.error(&format!("removing container {name}"), &e)),
@@ -173,7 +178,8 @@ impl NodeDocker {
     /// Removes a volume; absent is success.
     pub async fn remove_volume(&self, name: &str) -> Result<(), CpiError> {
         match self
-            .docker
+            .for_removal()
+            .await?
             .remove_volume(
                 name,
                 Some(RemoveVolumeOptionsBuilder::new().force(true).build()),

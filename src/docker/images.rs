@@ -255,7 +255,8 @@ pub async fn inspect(node: &NodeDocker, reference: &str) -> Result<Option<ImageI
 /// Removes `reference` from `node`; an absent image is success (idempotent).
 pub async fn remove(node: &NodeDocker, reference: &str) -> Result<(), CpiError> {
     match node
-        .docker
+        .for_removal()
+        .await?
         .remove_image(
             reference,
             None::<bollard::query_parameters::RemoveImageOptions>,

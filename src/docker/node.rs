@@ -132,8 +132,9 @@ pub struct NodeDocker {
     /// the idle timeout.
     pub docker: Docker,
     /// The same daemon for requests whose answer waits for a whole transfer (stemcell
-    /// imports, image loads, disk archive uploads and downloads), bounded by the request
-    /// timeout; their streams are watched by [`super::idle`].
+    /// imports, image loads, disk archive uploads and downloads) or a large removal (see
+    /// [`NodeDocker::for_removal`]), bounded by the request timeout; transfers are watched
+    /// by [`super::idle`].
     pub long: Docker,
     /// How long this node may stay silent mid-stream (see [`super::idle`]).
     pub idle_timeout: Duration,
@@ -148,6 +149,18 @@ impl NodeDocker {
             .await
             .map_err(|e| self.error("asking its version", &e))?;
         Ok(v.version.unwrap_or_else(|| "unknown".into()))
+    }
+
+    /// The client for a removal. Removing a large container or volume can legitimately take
+    /// longer than the idle timeout, so it runs on the long client, but only after the node
+    /// answered a ping within the idle timeout: a frozen node fails here instead of holding
+    /// the call for the request timeout.
+    pub async fn for_removal(&self) -> Result<&Docker, CpiError> {
+        self.docker
+            .ping()
+            .await
+            .map_err(|e| self.error("answering a ping before a removal", &e))?;
+        Ok(&self.long)
     }
 
     /// A `CloudError` (or the caller's kind later) naming this node, its endpoint and what
