@@ -1,6 +1,8 @@
-//! Request bodies streamed into a node from a channel. An abandoned transfer (its node
-//! stalled, or the source failed) is broken, never ended: the node sees an error instead of
-//! a clean end, so a partial stream can never be taken for a complete image or archive.
+//! Request bodies streamed into a node from a channel. A body ends cleanly only when the
+//! CPI says it is complete ([`BodySender::finish`]); dropped any other way (its node
+//! stalled, the source failed, a task was aborted or panicked) it is broken: the node sees
+//! an error instead of a clean end, so a partial stream can never be taken for a complete
+//! image or archive.
 
 use bytes::Bytes;
 use futures_util::Stream;
@@ -17,10 +19,11 @@ pub type BodyItem = Result<Bytes, std::io::Error>;
 pub struct BodySender {
     tx: mpsc::Sender<BodyItem>,
     broken: CancellationToken,
+    complete: bool,
 }
 
 /// A body with room for `capacity` chunks in flight, and the stream to hand to bollard.
-/// Dropping the sender ends the body cleanly; [`BodySender::abandon`] breaks it.
+/// [`BodySender::finish`] ends it cleanly; dropping the sender without it breaks it.
 pub fn channel(capacity: usize) -> (BodySender, impl Stream<Item = BodyItem> + Send + 'static) {
     let (tx, rx) = mpsc::channel(capacity);
     let broken = CancellationToken::new();
@@ -39,7 +42,14 @@ pub fn channel(capacity: usize) -> (BodySender, impl Stream<Item = BodyItem> + S
             }
         }
     });
-    (BodySender { tx, broken }, stream)
+    (
+        BodySender {
+            tx,
+            broken,
+            complete: false,
+        },
+        stream,
+    )
 }
 
 impl BodySender {
@@ -54,10 +64,23 @@ impl BodySender {
         super::idle::send_within(&self.tx, chunk, node, doing).await
     }
 
+    /// Ends the body cleanly once everything was sent: the node reads what is queued, then
+    /// the end.
+    pub fn finish(mut self) {
+        self.complete = true;
+    }
+
     /// Breaks the body: whatever the node reads next is an error, whether or not chunks are
-    /// still queued, so the request fails instead of completing with partial data.
-    pub fn abandon(self) {
-        self.broken.cancel();
+    /// still queued, so the request fails instead of completing with partial data. (What
+    /// dropping an unfinished sender does; this names it.)
+    pub fn abandon(self) {}
+}
+
+impl Drop for BodySender {
+    fn drop(&mut self) {
+        if !self.complete {
+            self.broken.cancel();
+        }
     }
 }
 
@@ -67,11 +90,11 @@ mod tests {
     use futures_util::StreamExt;
 
     #[tokio::test]
-    async fn a_dropped_sender_ends_the_body_after_its_chunks() {
+    async fn a_finished_body_ends_after_its_chunks() {
         let (tx, body) = channel(4);
         tx.tx.send(Ok(Bytes::from_static(b"a"))).await.unwrap();
         tx.tx.send(Ok(Bytes::from_static(b"b"))).await.unwrap();
-        drop(tx);
+        tx.finish();
         let items: Vec<_> = body.collect().await;
         let chunks: Vec<_> = items.into_iter().map(Result::unwrap).collect();
         assert_eq!(
@@ -88,5 +111,15 @@ mod tests {
         let items: Vec<_> = body.collect().await;
         assert_eq!(items.len(), 1, "the error ends the body");
         assert!(items[0].is_err());
+    }
+
+    #[tokio::test]
+    async fn a_sender_dropped_unfinished_breaks_the_body() {
+        let (tx, body) = channel(4);
+        tx.tx.send(Ok(Bytes::from_static(b"a"))).await.unwrap();
+        drop(tx);
+        let items: Vec<_> = body.collect().await;
+        assert_eq!(items.len(), 1);
+        assert!(items[0].is_err(), "a dropped sender is never a clean end");
     }
 }

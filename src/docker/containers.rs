@@ -256,15 +256,17 @@ impl NodeDocker {
             ),
         );
         let mut tar_bytes = Vec::new();
-        while let Some(chunk) = stream.next().await {
+        let doing = format!("reading {path} from container {container}");
+        loop {
+            let chunk = match tokio::time::timeout(self.idle_timeout, stream.next()).await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                Err(_) => return Err(super::idle::silent(self, &doing)),
+            };
             match chunk {
                 Ok(b) => tar_bytes.extend_from_slice(&b),
                 Err(e) if is_status(&e, 404) => return Ok(None),
-                Err(e) => {
-                    return Err(
-                        self.error(&format!("reading {path} from container {container}"), &e)
-                    );
-                }
+                Err(e) => return Err(self.error(&doing, &e)),
             }
         }
         let mut archive = tar::Archive::new(tar_bytes.as_slice());

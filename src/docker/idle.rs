@@ -1,7 +1,8 @@
-//! Bounds how long a node may stay silent in the middle of a stream. Imports, image copies
-//! and disk moves run for as long as their data needs (the request timeout is long), so a
-//! node that stops reading or sending mid-transfer (frozen daemon, dead link) is caught by
-//! the idle timeout instead of hanging the CPI: BOSH callers have no timeout of their own.
+//! Bounds how long a node may stay silent. Imports, image copies and disk moves run for as
+//! long as their data needs (the request timeout is long), so a node that stops reading or
+//! sending mid-transfer (frozen daemon, dead link) is caught by the idle timeout, and one
+//! that works silently before or after a transfer must keep answering pings; a frozen node
+//! never hangs the CPI: BOSH callers have no timeout of their own.
 
 use std::future::Future;
 
@@ -58,14 +59,32 @@ pub async fn send_within<T>(
     }
 }
 
-/// Waits for `node` to answer a request whose body has been sent completely; an error
-/// when it has not answered within its idle timeout.
-pub async fn answer_within<F: Future>(
+/// Waits for `answer` for as long as the node needs, while it proves it is alive: each
+/// time its idle timeout passes without the answer, the node must answer a ping. For answers
+/// Docker gives only after silent work (unpacking an image after its body, staging a
+/// `docker save` before the first byte), which may take longer than the idle timeout on a
+/// healthy node; the request's own timeout still bounds the whole wait.
+pub async fn wait_alive<F: Future>(
     answer: F,
     node: &NodeDocker,
     doing: &str,
 ) -> Result<F::Output, CpiError> {
-    tokio::time::timeout(node.idle_timeout, answer)
-        .await
-        .map_err(|_| silent(node, doing))
+    tokio::pin!(answer);
+    loop {
+        if let Ok(out) = tokio::time::timeout(node.idle_timeout, &mut answer).await {
+            return Ok(out);
+        }
+        if let Err(e) = node.docker.ping().await {
+            return Err(CpiError::cloud(
+                format!(
+                    "node {} ({}): {doing}: no answer for {} s, and no answer to a ping: {}",
+                    node.name,
+                    node.endpoint,
+                    node.idle_timeout.as_secs(),
+                    super::node::describe(&e)
+                ),
+                true,
+            ));
+        }
+    }
 }

@@ -11,7 +11,7 @@ use futures_util::future::join_all;
 use tokio::sync::mpsc;
 
 use super::body;
-use super::idle::{answer_within, next_within};
+use super::idle::{next_within, wait_alive};
 use super::node::NodeDocker;
 use crate::protocol::CpiError;
 
@@ -104,28 +104,42 @@ pub async fn import_everywhere(
             }
             Err(problem) => {
                 // Break every body: no node may end up with an image of a bad source.
-                for import in imports.iter_mut() {
-                    if let Some(body) = import.body.take() {
-                        body.abandon();
-                    }
-                }
-                for import in imports {
-                    let _ = import.finish().await;
-                }
-                let _ = reader.await;
-                return Err(CpiError::cpi(problem));
+                return Err(abandon_all(imports, reader, problem).await);
             }
         }
     }
+    // The channel closed: only a reader that returned normally read the whole source (a
+    // panic closes the channel too, and must not end the bodies cleanly).
+    if let Err(e) = reader.await {
+        let problem = format!("reading the stemcell image failed: {e}");
+        return Err(abandon_all(imports, tokio::spawn(async {}), problem).await);
+    }
     for import in imports.iter_mut() {
-        import.body = None; // the whole source is sent: end every body cleanly
+        if let Some(body) = import.body.take() {
+            body.finish();
+        }
     }
+    Ok(join_all(imports.into_iter().map(NodeImport::finish)).await)
+}
+
+/// Breaks every node's body, waits for the imports to fail, and returns `problem`.
+async fn abandon_all<T>(
+    imports: Vec<NodeImport>,
+    reader: tokio::task::JoinHandle<T>,
+    problem: String,
+) -> CpiError {
+    let imports: Vec<NodeImport> = imports
+        .into_iter()
+        .map(|mut i| {
+            if let Some(body) = i.body.take() {
+                body.abandon();
+            }
+            i
+        })
+        .collect();
+    join_all(imports.into_iter().map(NodeImport::finish)).await;
     let _ = reader.await;
-    let mut outcomes = Vec::new();
-    for import in imports {
-        outcomes.push(import.finish().await);
-    }
-    Ok(outcomes)
+    CpiError::cpi(problem)
 }
 
 const IMPORTING: &str = "importing the stemcell";
@@ -150,13 +164,14 @@ impl NodeImport {
         self.stalled = Some(stalled);
     }
 
-    /// The node's outcome, once it has answered (within its idle timeout: its body is done).
+    /// The node's outcome once it has answered (its body is done; the node may unpack for
+    /// a while after it, as long as it answers pings).
     async fn finish(mut self) -> (String, Result<(), CpiError>) {
         let name = self.node.name.clone();
         if let Some(stalled) = self.stalled {
             return (name, Err(stalled));
         }
-        let result = match answer_within(&mut self.task, &self.node, IMPORTING).await {
+        let result = match wait_alive(&mut self.task, &self.node, IMPORTING).await {
             Ok(Ok(result)) => result,
             Ok(Err(e)) => Err(CpiError::cloud(
                 format!("node {name}: import task failed: {e}"),
@@ -273,8 +288,10 @@ pub async fn remove(node: &NodeDocker, reference: &str) -> Result<(), CpiError> 
 }
 
 /// Copies `reference` from `source` to `target`: `docker save` streamed straight into
-/// `docker load`, nothing stored in between. Either side staying silent for its idle
-/// timeout fails the copy (the load's body is then broken, so no partial image is loaded).
+/// `docker load`, nothing stored in between. The source may stage the image before its first
+/// byte and the target may unpack after the last for as long as each answers pings; a pause
+/// of the idle timeout mid-stream fails the copy (the load's body is then broken, so no
+/// partial image is loaded).
 pub async fn copy(
     source: &NodeDocker,
     target: &NodeDocker,
@@ -288,21 +305,28 @@ pub async fn copy(
         let reference = reference.to_string();
         tokio::spawn(async move {
             let mut chunks = source.long.export_image(&reference);
+            // `docker save` stages the image before its first byte: no bound but liveness.
+            let mut next = match wait_alive(chunks.next(), &source, &exporting).await {
+                Ok(Some(Ok(chunk))) => Ok(Some(chunk)),
+                Ok(Some(Err(e))) => Err(source.error(&exporting, &e)),
+                Ok(None) => Ok(None),
+                Err(e) => Err(e),
+            };
             loop {
-                let next = next_within(&mut chunks, &source, &exporting).await;
                 let sent = match next {
                     Ok(Some(chunk)) => body.send(Ok(chunk), &target, &loading).await,
-                    Ok(None) => return Ok(()), // dropping `body` ends the load's body
+                    Ok(None) => {
+                        body.finish();
+                        return Ok(());
+                    }
                     Err(e) => Err(e),
                 };
                 match sent {
                     Ok(true) => {}
                     Ok(false) => return Ok(()), // the load ended; its result says why
-                    Err(e) => {
-                        body.abandon();
-                        return Err(e);
-                    }
+                    Err(e) => return Err(e),    // dropping `body` breaks the load's body
                 }
+                next = next_within(&mut chunks, &source, &exporting).await;
             }
         })
     };
@@ -322,7 +346,7 @@ pub async fn copy(
         exported = &mut exporter => {
             joined(exported)?;
             // The whole image is sent: the target answers once it has loaded it.
-            answer_within(&mut loading, target, &format!("loading image {reference}")).await??;
+            wait_alive(&mut loading, target, &format!("loading image {reference}")).await??;
         }
         loaded = &mut loading => {
             if let Err(e) = loaded {

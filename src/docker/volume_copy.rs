@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use super::body;
-use super::idle::{answer_within, next_within};
+use super::idle::{next_within, wait_alive};
 use super::node::NodeDocker;
 use crate::channel_reader::ChannelReader;
 use crate::protocol::CpiError;
@@ -305,9 +305,9 @@ async fn stream_and_verify(from: &Helper<'_>, to: &Helper<'_>) -> Result<TreeDig
         uploader.abort();
         Ok(())
     } else {
-        drop(upload); // the whole archive is sent: end the body
+        upload.finish(); // the whole archive is sent: end the body
         // The target answers once it has unpacked the rest.
-        match answer_within(&mut uploader, to.node, "finishing the copy").await {
+        match wait_alive(&mut uploader, to.node, "finishing the copy").await {
             Ok(joined) => {
                 joined.map_err(|e| CpiError::cloud(format!("upload task failed: {e}"), true))?
             }
