@@ -280,6 +280,9 @@ fn a_disk_moves_to_a_vm_on_another_node_with_its_data() {
             .unwrap();
         assert_eq!(v.labels["moltencore.disk.cid"], disk);
     });
+    let record = index_record(&cfg(), &format!("disks/{disk}")).unwrap();
+    assert_eq!(record["node"], node2.as_str());
+    assert!(record.get("old_copy_on").is_none(), "{record}");
     let (kind, message, _) = error_of("attach_disk", json!([vm1, disk]));
     assert_eq!(kind, "Bosh::Clouds::CloudError");
     assert!(
@@ -666,4 +669,62 @@ fn a_move_killed_mid_copy_is_finished_by_the_next_attach_with_the_data_intact() 
         return;
     }
     panic!("in 5 attempts the move always finished before it could be killed mid-copy");
+}
+
+#[test]
+fn the_old_copy_a_move_left_behind_is_removed_by_the_next_call() {
+    let (n1, _) = node_prefix(0);
+    let (n2, _) = node_prefix(1);
+    let has_volume = |node: &str, cid: &str| {
+        runtime().block_on(async { node_socket(node).await.inspect_volume(cid).await.is_ok() })
+    };
+    for call_next in ["has_disk", "attach_disk", "delete_disk"] {
+        let disk = call("create_disk", json!([10, {"node": n1}, null]))
+            .as_str()
+            .unwrap()
+            .to_string();
+        // What a move killed right after switching the record leaves: the record on n1
+        // naming n2 as still holding the source volume, and that volume on n2.
+        runtime().block_on(async {
+            node_socket(&n2)
+                .await
+                .create_volume(bollard::models::VolumeCreateRequest {
+                    name: Some(disk.clone()),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+        });
+        let mut record = index_record(&cfg(), &format!("disks/{disk}")).unwrap();
+        record["old_copy_on"] = json!(n2);
+        put_index_record(&cfg(), &format!("disks/{disk}"), &record);
+
+        let vm = (call_next == "attach_disk").then(|| vm_on(0, 96, "old-copy").0);
+        match call_next {
+            "has_disk" => assert_eq!(call("has_disk", json!([disk])), Value::Bool(true)),
+            "attach_disk" => {
+                call("attach_disk", json!([vm.as_ref().unwrap(), disk]));
+            }
+            _ => assert_eq!(call("delete_disk", json!([disk])), Value::Null),
+        }
+        assert!(
+            !has_volume(&n2, &disk),
+            "{call_next} left the old copy on {n2}"
+        );
+        if call_next == "delete_disk" {
+            assert!(
+                !has_volume(&n1, &disk),
+                "delete_disk removes the disk itself"
+            );
+            assert!(index_record(&cfg(), &format!("disks/{disk}")).is_none());
+            continue;
+        }
+        assert!(has_volume(&n1, &disk), "{call_next} kept the disk itself");
+        let record = index_record(&cfg(), &format!("disks/{disk}")).unwrap();
+        assert!(record.get("old_copy_on").is_none(), "{record}");
+        if let Some(vm) = vm {
+            call("delete_vm", json!([vm]));
+        }
+        call("delete_disk", json!([disk]));
+    }
 }

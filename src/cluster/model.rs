@@ -262,6 +262,11 @@ pub struct DiskRecord {
     /// The VM it is attached to, if any.
     #[serde(default)]
     pub vm: Option<String>,
+    /// A node still holding the source volume of a finished move (the move was killed, or
+    /// that node was unreachable, after the record switched to the new node); the next
+    /// attach, has_disk or delete_disk removes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old_copy_on: Option<String>,
     pub created_at: String,
     #[serde(default)]
     pub metadata: serde_json::Map<String, serde_json::Value>,

@@ -454,12 +454,17 @@ pub fn index_record(config: &Path, suffix: &str) -> Option<Value> {
 
 /// Overwrites one node record under a private prefix (see [`private_config`]).
 pub fn put_node_record(config: &Path, name: &str, record: &Value) {
+    put_index_record(config, &format!("nodes/{name}"), record);
+}
+
+/// Overwrites the record at `<key_prefix>/<suffix>` of the config's prefix.
+pub fn put_index_record(config: &Path, suffix: &str, record: &Value) {
     let cfg = load_config(config);
     runtime().block_on(async {
         let etcd = moltencore::cluster::Etcd::connect(&cfg).await.unwrap();
         etcd.client()
             .put(
-                format!("{}/nodes/{name}", cfg.etcd.key_prefix),
+                format!("{}/{suffix}", cfg.etcd.key_prefix),
                 record.to_string(),
                 None,
             )

@@ -82,6 +82,7 @@ pub async fn create(
         node: node.clone(),
         size_mib,
         vm: None,
+        old_copy_on: None,
         created_at: super::now(),
         metadata: Default::default(),
     };
@@ -101,7 +102,7 @@ pub async fn create(
 
 /// `delete_disk`: idempotent; an attached disk is refused, naming the VM.
 pub async fn delete(ctx: &CloudContext<'_>, cid: &str) -> Result<CallResult, CpiError> {
-    let disk = match record(ctx, cid).await {
+    let mut disk = match record(ctx, cid).await {
         Ok(d) => d,
         Err(e) if e.kind == ErrorKind::DiskNotFound => return Ok(CallResult::Plain(Value::Null)),
         Err(e) => return Err(e),
@@ -112,6 +113,7 @@ pub async fn delete(ctx: &CloudContext<'_>, cid: &str) -> Result<CallResult, Cpi
             false,
         ));
     }
+    moving::remove_old_copy(ctx, &mut disk).await;
     let view = ctx.view().await?;
     if view.node(&disk.node).is_some() {
         let docker = ctx.node_docker(&view, &disk.node).await?;
@@ -125,13 +127,14 @@ pub async fn delete(ctx: &CloudContext<'_>, cid: &str) -> Result<CallResult, Cpi
 
 /// `has_disk`: the record and the volume on its node.
 pub async fn has(ctx: &CloudContext<'_>, cid: &str) -> Result<CallResult, CpiError> {
-    let disk = match record(ctx, cid).await {
+    let mut disk = match record(ctx, cid).await {
         Ok(d) => d,
         Err(e) if e.kind == ErrorKind::DiskNotFound => {
             return Ok(CallResult::Plain(Value::Bool(false)));
         }
         Err(e) => return Err(e),
     };
+    moving::remove_old_copy(ctx, &mut disk).await;
     let view = ctx.view().await?;
     if view.node(&disk.node).is_none() {
         return Ok(CallResult::Plain(Value::Bool(false)));

@@ -10,6 +10,36 @@ use crate::cluster::DiskRecord;
 use crate::docker::volume_copy;
 use crate::protocol::{CpiError, ErrorKind};
 
+/// Removes the source volume a finished move left on `disk.old_copy_on` and clears the
+/// mark. Never fails its caller: a node still unreachable keeps the mark (and the copy)
+/// for the next call, and is named in the log.
+pub async fn remove_old_copy(ctx: &CloudContext<'_>, disk: &mut DiskRecord) {
+    let Some(node) = disk.old_copy_on.clone() else {
+        return;
+    };
+    let cid = disk.cid.clone();
+    let removed = async {
+        if node != disk.node {
+            let view = ctx.view().await?;
+            if view.node(&node).is_some() {
+                let docker = ctx.node_docker(&view, &node).await?;
+                volume_copy::sweep_helpers(&docker, &cid).await?;
+                docker.remove_volume(&cid).await?;
+            }
+        }
+        disk.old_copy_on = None;
+        save(ctx, disk).await
+    }
+    .await;
+    match removed {
+        Ok(()) => tracing::info!(disk = %cid, node = %node, "old copy of the moved disk removed"),
+        Err(e) => tracing::warn!(
+            disk = %cid, node = %node,
+            "the old copy of moved disk {cid} stays on node {node} for now: {}", e.message
+        ),
+    }
+}
+
 /// Moves `disk` to `target` and updates its record.
 pub async fn move_disk(
     ctx: &CloudContext<'_>,
@@ -48,10 +78,9 @@ pub async fn move_disk(
         }
     };
     let source = std::mem::replace(&mut disk.node, target.to_string());
+    disk.old_copy_on = Some(source.clone());
     save(ctx, disk).await?;
-    if let Err(e) = from.remove_volume(&cid).await {
-        tracing::warn!(disk = %cid, node = %source, "moved, but the source volume stays: {}", e.message);
-    }
+    remove_old_copy(ctx, disk).await;
     tracing::info!(
         disk = %cid, from = %source, to = %target, files = digest.files, bytes = digest.bytes,
         "disk moved and verified"
