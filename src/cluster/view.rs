@@ -94,6 +94,8 @@ pub struct ClusterView {
     pub ca_cert: Option<String>,
     /// The VM index (which node holds which VM), for placement and the operator's view.
     pub vms: Vec<VmRecord>,
+    /// VM records that could not be read: cid and reason (also in `problems`).
+    pub unreadable_vms: Vec<(String, String)>,
     /// Records that could not be read, with the reason; reported, never fatal.
     pub problems: Vec<String>,
     /// The etcd revision the snapshot was read at.
@@ -175,9 +177,12 @@ impl ClusterView {
             let key = String::from_utf8_lossy(kv.key()).to_string();
             match serde_json::from_slice::<VmRecord>(kv.value()) {
                 Ok(vm) => view.vms.push(vm),
-                Err(e) => view
-                    .problems
-                    .push(format!("VM record {key} is unreadable: {e}")),
+                Err(e) => {
+                    let problem = format!("VM record {key} is unreadable: {e}");
+                    let cid = key.strip_prefix(&keys.vms()).unwrap_or(&key).to_string();
+                    view.unreadable_vms.push((cid, problem.clone()));
+                    view.problems.push(problem);
+                }
             }
         }
         view.ca_cert = ca_kvs
@@ -189,6 +194,16 @@ impl ClusterView {
     /// The node named `name`.
     pub fn node(&self, name: &str) -> Option<&NodeRecord> {
         self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// The index record of VM `cid`, read in the same transaction as the nodes, so finding
+    /// a VM and its node's endpoint costs one etcd round trip. A record that exists but
+    /// cannot be read is an error, never "no such VM".
+    pub fn vm(&self, cid: &str) -> Result<Option<&VmRecord>, CpiError> {
+        if let Some((_, problem)) = self.unreadable_vms.iter().find(|(c, _)| c == cid) {
+            return Err(CpiError::cloud(problem.clone(), false));
+        }
+        Ok(self.vms.iter().find(|v| v.cid == cid))
     }
 
     /// The VMs the index places on `node`.
@@ -229,14 +244,28 @@ mod tests {
         assert_eq!(Keys::with_prefixes("/moltencore", "/coreos.com/network"), k);
     }
 
+    fn vm(cid: &str, node: &str, memory_mib: u64) -> VmRecord {
+        serde_json::from_value(serde_json::json!({"cid": cid, "node": node,
+            "agent_id": "a", "stemcell_cid": "s", "memory_mib": memory_mib,
+            "created_at": "2026-01-01T00:00:00Z"}))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_vm_is_found_by_cid_and_an_unreadable_record_is_an_error() {
+        let view = ClusterView {
+            vms: vec![vm("a", "n1", 512)],
+            unreadable_vms: vec![("b".into(), "VM record /p/vms/b is unreadable".into())],
+            ..ClusterView::default()
+        };
+        assert_eq!(view.vm("a").unwrap().map(|v| v.node.as_str()), Some("n1"));
+        assert!(view.vm("c").unwrap().is_none());
+        let e = view.vm("b").unwrap_err();
+        assert!(e.message.contains("/p/vms/b"), "{}", e.message);
+    }
+
     #[test]
     fn usage_counts_the_index_records_of_a_node() {
-        let vm = |cid: &str, node: &str, memory_mib: u64| -> VmRecord {
-            serde_json::from_value(serde_json::json!({"cid": cid, "node": node,
-                "agent_id": "a", "stemcell_cid": "s", "memory_mib": memory_mib,
-                "created_at": "2026-01-01T00:00:00Z"}))
-            .unwrap()
-        };
         let view = ClusterView {
             vms: vec![vm("a", "n1", 512), vm("b", "n1", 256), vm("c", "n2", 1024)],
             ..ClusterView::default()

@@ -1,5 +1,5 @@
-//! delete_vm, has_vm, reboot_vm and set_vm_metadata: each finds the VM with one etcd read
-//! and one call to its node.
+//! delete_vm, has_vm, reboot_vm and set_vm_metadata: each finds the VM and its node with
+//! one etcd transaction (the cluster view) and then talks to that node only.
 
 use serde_json::Value;
 
@@ -14,11 +14,10 @@ async fn find(
     ctx: &CloudContext<'_>,
     cid: &str,
 ) -> Result<Option<(VmRecord, NodeDocker)>, CpiError> {
-    let keys = ctx.keys().await?;
-    let Some(record) = index::get::<VmRecord>(ctx.etcd().await?, &keys.vm(cid)).await? else {
+    let view = ctx.view().await?;
+    let Some(record) = view.vm(cid)?.cloned() else {
         return Ok(None);
     };
-    let view = ctx.view().await?;
     if view.node(&record.node).is_none() {
         return Err(CpiError::cloud(
             format!(
@@ -56,10 +55,10 @@ fn not_found(cid: &str) -> CpiError {
 pub async fn delete(ctx: &CloudContext<'_>, cid: &str) -> Result<CallResult, CpiError> {
     let keys = ctx.keys().await?;
     let etcd = ctx.etcd().await?;
-    let Some(record) = index::get::<VmRecord>(etcd, &keys.vm(cid)).await? else {
+    let view = ctx.view().await?;
+    let Some(record) = view.vm(cid)?.cloned() else {
         return Ok(CallResult::Plain(Value::Null));
     };
-    let view = ctx.view().await?;
     if view.node(&record.node).is_some() {
         let docker = ctx.node_docker(&view, &record.node).await?;
         docker.remove_container(cid).await?;
