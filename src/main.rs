@@ -26,12 +26,12 @@ enum Command {
     /// Answer one BOSH CPI request: JSON on stdin, JSON on stdout (the default).
     Rpc,
     /// List the cluster's nodes from etcd and check each node's Docker over mutual TLS;
-    /// `cordon`/`uncordon` a node.
+    /// `cordon`/`uncordon` or `drain` a node.
     Nodes {
         #[command(subcommand)]
         action: Option<NodesAction>,
         /// Print JSON instead of a table.
-        #[arg(long)]
+        #[arg(long, global = true)]
         json: bool,
     },
     /// Prepare this host as a cluster node (run at every boot): PKI, flannel subnet,
@@ -48,6 +48,9 @@ enum NodesAction {
     Cordon { name: String },
     /// Let NAME take new VMs again.
     Uncordon { name: String },
+    /// Cordon NAME and list the BOSH instances still on it, with the `bosh recreate`
+    /// that moves each elsewhere.
+    Drain { name: String },
 }
 
 fn main() {
@@ -65,6 +68,10 @@ fn main() {
             action: Some(NodesAction::Uncordon { name }),
             ..
         } => commands::nodes::set_state(config, &name, NodeState::Ready),
+        Command::Nodes {
+            action: Some(NodesAction::Drain { name }),
+            json,
+        } => commands::drain::run(config, &name, json),
         Command::NodePrep(cmd) => commands::node_prep::run(*cmd),
         Command::BoshConfig(cmd) => commands::bosh_config::run(config, cmd),
     };

@@ -1,12 +1,15 @@
 //! Black-box tests of cluster access through the built `cpi` binary against the local
 //! cluster: the cluster view from etcd, the node check over mutual TLS, cpi-config
-//! overrides in `context`, and clear errors for unreachable nodes.
+//! overrides in `context`, clear errors for unreachable nodes, and draining a node.
 
 mod common;
 
 use std::process::Command;
 
-use common::{cluster, cluster_config, cpi_bin, expect_error, expect_result};
+use common::{
+    agent_id, cluster, cluster_config, cpi_bin, create_vm_request, expect_error, expect_result,
+    index_record, manual_network, node_prefix, private_config, register_nodes, shared_stemcell,
+};
 use moltencore::cluster::Etcd;
 use moltencore::config::Config;
 use serde_json::{Value, json};
@@ -188,4 +191,70 @@ fn an_unreachable_node_is_named_with_its_endpoint() {
     );
     assert!(dead["docker"].get("version").is_none(), "{dead}");
     assert_eq!(row("alive")["docker"]["reachable"], true);
+}
+
+#[test]
+fn drain_cordons_the_node_and_names_the_instances_to_recreate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, prefix) = private_config(dir.path());
+    register_nodes(&config, &prefix, &[]);
+    let (node, subnet) = node_prefix(0);
+    let req = create_vm_request(
+        &agent_id("drain"),
+        &shared_stemcell(),
+        json!({}),
+        manual_network(&format!("{subnet}.120")),
+        json!({}),
+        2,
+    );
+    let vm = expect_result(&req, Some(&config))[0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let metadata = json!({"director": "d", "deployment": "cf", "instance_group": "web",
+                          "id": "0f1e", "index": "0", "name": "web/0f1e"});
+    let req = json!({"method":"set_vm_metadata","arguments":[vm, metadata]});
+    expect_result(&req.to_string(), Some(&config));
+
+    let out = Command::new(cpi_bin())
+        .args(["nodes", "-c"])
+        .arg(&config)
+        .args(["drain", &node])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("ready -> cordoned"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("{vm}  bosh -d cf recreate web/0f1e")),
+        "{stdout}"
+    );
+    let record = index_record(&config, &format!("nodes/{node}")).unwrap();
+    assert_eq!(record["state"], "cordoned", "{record}");
+
+    // Again, as JSON: the node stays cordoned and the VM is still listed.
+    let out = Command::new(cpi_bin())
+        .args(["nodes", "-c"])
+        .arg(&config)
+        .args(["drain", &node, "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["state_before"], "cordoned", "{doc}");
+    assert_eq!(doc["vms"][0]["vm_cid"], vm.as_str(), "{doc}");
+    assert_eq!(doc["vms"][0]["recreate"], "bosh -d cf recreate web/0f1e");
+
+    // A node that is not registered is an error naming it.
+    let out = Command::new(cpi_bin())
+        .args(["nodes", "-c"])
+        .arg(&config)
+        .args(["drain", "zz-nowhere"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("zz-nowhere"));
+
+    let req = json!({"method":"delete_vm","arguments":[vm]});
+    assert_eq!(expect_result(&req.to_string(), Some(&config)), Value::Null);
 }

@@ -1,6 +1,7 @@
 //! The `cpi` binary's subcommands.
 
 pub mod bosh_config;
+pub mod drain;
 pub mod node_prep;
 pub mod nodes;
 pub mod rpc;
