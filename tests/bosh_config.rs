@@ -350,13 +350,10 @@ fn a_per_node_cpi_pins_vms_and_disks_through_context() {
         .as_str()
         .unwrap()
         .to_string();
-    runtime().block_on(async {
-        let docker = node_socket(&last).await;
-        docker
-            .inspect_volume(&disk)
-            .await
-            .unwrap_or_else(|e| panic!("disk {disk} is not on {last}: {e}"));
-    });
+    assert!(
+        volume_on(&last, &disk).is_some(),
+        "disk {disk} is not on {last}"
+    );
     let record = index_record(&cluster_config(), &format!("disks/{disk}")).unwrap();
     assert_eq!(record["node"], last.as_str());
 

@@ -2,10 +2,12 @@
 //! binary, runs node-prep at every boot before flanneld and the BOSH network unit, and
 //! its units pass `systemd-analyze verify` in a Flatcar-like root.
 
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
+use common::systemd_verify;
 use serde_yaml_ng::Value;
 
 fn example() -> Value {
@@ -152,15 +154,13 @@ fn the_examples_units_pass_systemd_analyze_verify() {
         0o644,
     );
 
-    let out = Command::new("systemd-analyze")
-        .arg("verify")
-        .arg(format!("--root={}", r.display()))
-        .args([
+    let out = systemd_verify(
+        r,
+        &[
             "/etc/systemd/system/moltencore-node-prep.service",
             "flanneld.service",
-        ])
-        .output()
-        .unwrap_or_else(|e| panic!("systemd-analyze is needed (Debian package systemd): {e}"));
+        ],
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),

@@ -19,6 +19,14 @@ fn call(method: &str, args: Value) -> Value {
     )
 }
 
+/// `create_disk` with `args`; the new disk's cid.
+fn create_disk(args: Value) -> String {
+    call("create_disk", args)
+        .as_str()
+        .expect("disk cid is a string")
+        .to_string()
+}
+
 fn error_of(method: &str, args: Value) -> (String, String, bool) {
     let (kind, message, run) = expect_error(
         &json!({"method": method, "arguments": args, "api_version": 2}).to_string(),
@@ -111,10 +119,7 @@ fn settings_of(node: &str, vm: &str) -> Value {
 #[test]
 fn data_and_identity_survive_detach_and_attach() {
     let (vm, node, ip) = vm_on(0, 60, "attach");
-    let disk = call("create_disk", json!([1024, {}, vm]))
-        .as_str()
-        .unwrap()
-        .to_string();
+    let disk = create_disk(json!([1024, {}, vm]));
     assert_eq!(call("has_disk", json!([disk])), Value::Bool(true));
     // Root-filesystem files the agent keeps, and ephemeral data.
     sh(
@@ -203,26 +208,14 @@ fn data_and_identity_survive_detach_and_attach() {
     call("delete_vm", json!([vm2]));
     assert_eq!(call("delete_disk", json!([disk])), Value::Null);
     assert_eq!(call("has_disk", json!([disk])), Value::Bool(false));
-    runtime().block_on(async {
-        assert!(
-            node_socket(&node)
-                .await
-                .inspect_volume(&disk)
-                .await
-                .is_err(),
-            "volume gone"
-        );
-    });
+    assert!(volume_on(&node, &disk).is_none(), "volume gone");
     assert_eq!(call("delete_disk", json!([disk])), Value::Null);
 }
 
 #[test]
 fn create_vm_with_disk_cids_mounts_them_and_data_survives() {
     let (vm, node, _) = vm_on(1, 60, "recreate");
-    let disk = call("create_disk", json!([512, {}, vm]))
-        .as_str()
-        .unwrap()
-        .to_string();
+    let disk = create_disk(json!([512, {}, vm]));
     call("attach_disk", json!([vm, disk]));
     let sum = fill_disk(&node, &vm, &disk);
     call("delete_vm", json!([vm]));
@@ -254,32 +247,16 @@ fn a_disk_moves_to_a_vm_on_another_node_with_its_data() {
     let (vm1, node1, _) = vm_on(0, 62, "move-src");
     let (vm2, node2, _) = vm_on(2, 62, "move-dst");
     assert_ne!(node1, node2);
-    let disk = call("create_disk", json!([1024, {}, vm1]))
-        .as_str()
-        .unwrap()
-        .to_string();
+    let disk = create_disk(json!([1024, {}, vm1]));
     call("attach_disk", json!([vm1, disk]));
     let sum = fill_disk(&node1, &vm1, &disk);
     call("detach_disk", json!([vm1, disk]));
     // Attached elsewhere is refused while attached; after detach it moves.
     call("attach_disk", json!([vm2, disk]));
     assert_eq!(checksum(&node2, &vm2, &disk), sum);
-    runtime().block_on(async {
-        assert!(
-            node_socket(&node1)
-                .await
-                .inspect_volume(&disk)
-                .await
-                .is_err(),
-            "source removed"
-        );
-        let v = node_socket(&node2)
-            .await
-            .inspect_volume(&disk)
-            .await
-            .unwrap();
-        assert_eq!(v.labels["moltencore.disk.cid"], disk);
-    });
+    assert!(volume_on(&node1, &disk).is_none(), "source removed");
+    let v = volume_on(&node2, &disk).expect("the disk on the target node");
+    assert_eq!(v.labels["moltencore.disk.cid"], disk);
     let record = index_record(&cfg(), &format!("disks/{disk}")).unwrap();
     assert_eq!(record["node"], node2.as_str());
     assert!(record.get("old_copy_on").is_none(), "{record}");
@@ -315,18 +292,9 @@ fn attaching_an_unknown_disk_leaves_the_vm_running_and_unchanged() {
 #[test]
 fn metadata_resize_update_and_placement_of_disks() {
     let (vm, node, _) = vm_on(2, 64, "disk-misc");
-    let disk = call("create_disk", json!([100, {}, vm]))
-        .as_str()
-        .unwrap()
-        .to_string();
-    runtime().block_on(async {
-        let v = node_socket(&node)
-            .await
-            .inspect_volume(&disk)
-            .await
-            .unwrap();
-        assert_eq!(v.labels["moltencore.disk.size_mib"], "100");
-    });
+    let disk = create_disk(json!([100, {}, vm]));
+    let v = volume_on(&node, &disk).expect("the disk's volume");
+    assert_eq!(v.labels["moltencore.disk.size_mib"], "100");
     call(
         "set_disk_metadata",
         json!([disk, {"deployment": "cf", "instance_index": 0}]),
@@ -348,23 +316,9 @@ fn metadata_resize_update_and_placement_of_disks() {
     assert_eq!(kind, "Bosh::Clouds::NotSupported");
     // Pinned by cloud_properties.node, without a VM.
     let other = node_names().into_iter().find(|n| *n != node).unwrap();
-    let pinned = call("create_disk", json!([10, {"node": other}, null]))
-        .as_str()
-        .unwrap()
-        .to_string();
-    runtime().block_on(async {
-        assert!(
-            node_socket(&other)
-                .await
-                .inspect_volume(&pinned)
-                .await
-                .is_ok()
-        );
-    });
-    let floating = call("create_disk", json!([10, {}, ""]))
-        .as_str()
-        .unwrap()
-        .to_string();
+    let pinned = create_disk(json!([10, {"node": other}, null]));
+    assert!(volume_on(&other, &pinned).is_some());
+    let floating = create_disk(json!([10, {}, ""]));
     assert_eq!(call("has_disk", json!([floating])), Value::Bool(true));
     for d in [&disk, &pinned, &floating] {
         call("delete_disk", json!([d]));
@@ -375,10 +329,7 @@ fn metadata_resize_update_and_placement_of_disks() {
 #[test]
 fn a_snapshot_holds_the_contents_of_its_time() {
     let (vm, node, _) = vm_on(0, 65, "snapshot");
-    let disk = call("create_disk", json!([100, {}, vm]))
-        .as_str()
-        .unwrap()
-        .to_string();
+    let disk = create_disk(json!([100, {}, vm]));
     call("attach_disk", json!([vm, disk]));
     sh(
         &node,
@@ -440,15 +391,7 @@ fn a_snapshot_holds_the_contents_of_its_time() {
     });
     assert_eq!(content, "version-1\n");
     assert_eq!(call("delete_snapshot", json!([snap])), Value::Null);
-    runtime().block_on(async {
-        assert!(
-            node_socket(&node)
-                .await
-                .inspect_volume(&snap)
-                .await
-                .is_err()
-        );
-    });
+    assert!(volume_on(&node, &snap).is_none());
     assert_eq!(call("delete_snapshot", json!([snap])), Value::Null);
     call("delete_vm", json!([vm]));
     call("delete_disk", json!([disk]));
@@ -460,10 +403,7 @@ fn a_snapshot_holds_the_contents_of_its_time() {
 fn kill_mid_attach(first_host: u8) -> (String, String, String, String) {
     for attempt in 0..5u8 {
         let (vm, node, ip) = vm_on(1, first_host + attempt, "killed");
-        let disk = call("create_disk", json!([10, {}, vm]))
-            .as_str()
-            .unwrap()
-            .to_string();
+        let disk = create_disk(json!([10, {}, vm]));
         sh(&node, &vm, "echo ephemeral > /var/vcap/data/keep.txt");
         let previous = format!("{vm}-previous");
         let request = json!({"method":"attach_disk","arguments":[vm, disk]}).to_string();
@@ -587,12 +527,10 @@ fn an_unreachable_source_node_is_a_retriable_error_and_loses_nothing() {
         n1.as_str()
     );
     put_node_record(&config, &n1, &original);
-    runtime().block_on(async {
-        assert!(
-            node_socket(&n1).await.inspect_volume(&disk).await.is_ok(),
-            "the disk is intact on its node"
-        );
-    });
+    assert!(
+        volume_on(&n1, &disk).is_some(),
+        "the disk is intact on its node"
+    );
     // Once the node is back, the attach moves it.
     let r = run(json!({"method":"attach_disk","arguments":[vm, disk]}));
     assert!(r.response["error"].is_null(), "{}", r.stdout);
@@ -612,10 +550,7 @@ fn a_move_killed_mid_copy_is_finished_by_the_next_attach_with_the_data_intact() 
     let (vm2, node2, _) = vm_on(2, 90, "kill-move-dst");
     for attempt in 0..5u8 {
         let (vm1, node1, _) = vm_on(0, 91 + attempt, "kill-move-src");
-        let disk = call("create_disk", json!([1024, {}, vm1]))
-            .as_str()
-            .unwrap()
-            .to_string();
+        let disk = create_disk(json!([1024, {}, vm1]));
         call("attach_disk", json!([vm1, disk]));
         // Enough data that the copy is still streaming when the helper shows up.
         sh(
@@ -648,15 +583,11 @@ fn a_move_killed_mid_copy_is_finished_by_the_next_attach_with_the_data_intact() 
             json!(format!("/warden-cpi-dev/{disk}"))
         );
         assert_eq!(checksum(&node2, &vm2, &disk), sum);
+        assert!(
+            volume_on(&node1, &disk).is_none(),
+            "source removed after the move"
+        );
         runtime().block_on(async {
-            assert!(
-                node_socket(&node1)
-                    .await
-                    .inspect_volume(&disk)
-                    .await
-                    .is_err(),
-                "source removed after the move"
-            );
             for node in [&node1, &node2] {
                 assert!(
                     !copying_into(node, &disk).await,
@@ -675,14 +606,9 @@ fn a_move_killed_mid_copy_is_finished_by_the_next_attach_with_the_data_intact() 
 fn the_old_copy_a_move_left_behind_is_removed_by_the_next_call() {
     let (n1, _) = node_prefix(0);
     let (n2, _) = node_prefix(1);
-    let has_volume = |node: &str, cid: &str| {
-        runtime().block_on(async { node_socket(node).await.inspect_volume(cid).await.is_ok() })
-    };
+    let has_volume = |node: &str, cid: &str| volume_on(node, cid).is_some();
     for call_next in ["has_disk", "attach_disk", "delete_disk"] {
-        let disk = call("create_disk", json!([10, {"node": n1}, null]))
-            .as_str()
-            .unwrap()
-            .to_string();
+        let disk = create_disk(json!([10, {"node": n1}, null]));
         // What a move killed right after switching the record leaves: the record on n1
         // naming n2 as still holding the source volume, and that volume on n2.
         runtime().block_on(async {

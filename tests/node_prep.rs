@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::{cluster, cpi_bin};
+use common::{cluster, cpi_bin, systemd_verify};
 use etcd_client::GetOptions;
 use moltencore::cluster::{Etcd, EtcdAccess, NodeRecord, NodeState};
 use moltencore::config::{Secret, TlsMaterial};
@@ -590,16 +590,14 @@ fn generated_units_pass_systemd_analyze_verify() {
         std::fs::write(&path, "#!/bin/sh\n").unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
-    let out = Command::new("systemd-analyze")
-        .arg("verify")
-        .arg(format!("--root={}", root.display()))
-        .args([
+    let out = systemd_verify(
+        root,
+        &[
             "/etc/systemd/system/moltencore-docker-tls.socket",
             "/etc/systemd/system/moltencore-network.service",
             "docker.service",
-        ])
-        .output()
-        .unwrap_or_else(|e| panic!("systemd-analyze is needed (Debian package systemd): {e}"));
+        ],
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
@@ -615,12 +613,7 @@ fn generated_units_pass_systemd_analyze_verify() {
         "[Service]\nExecStart=/opt/bin/missing\n",
     )
     .unwrap();
-    let out = Command::new("systemd-analyze")
-        .arg("verify")
-        .arg(format!("--root={}", root.display()))
-        .arg("/etc/systemd/system/moltencore-network.service")
-        .output()
-        .unwrap();
+    let out = systemd_verify(root, &["/etc/systemd/system/moltencore-network.service"]);
     assert!(
         !out.status.success(),
         "a unit with a missing binary passed verify"

@@ -11,7 +11,6 @@ use serde_json::Value;
 
 use crate::cloud::CloudContext;
 use crate::cluster::{NodeState, VmRecord};
-use crate::nodeprep::register;
 
 /// One VM still on the drained node, and how to move it.
 #[derive(Debug, Serialize, PartialEq)]
@@ -56,25 +55,20 @@ pub fn remaining(vm: &VmRecord) -> Remaining {
 /// Cordons `name` and lists what is still on it; exit code 0 once the node is cordoned, 1
 /// on error.
 pub fn run(config_path: PathBuf, name: &str, json: bool) -> i32 {
-    let rt = match super::runtime() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return 1;
-        }
-    };
-    let outcome = rt.block_on(async {
-        let ctx = CloudContext::new(config_path, Default::default(), None);
-        let etcd = ctx.etcd().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-        let keys = ctx.keys().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-        let before = register::set_state(etcd, &keys, name, NodeState::Cordoned).await?;
-        let view = ctx.view().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-        let left: Vec<Remaining> = view.vms_on(name).map(remaining).collect();
-        anyhow::Ok((before, left))
-    });
+    let ctx = CloudContext::new(config_path, Default::default(), None);
+    let outcome = super::block_on(
+        async {
+            let before = super::nodes::change_state(&ctx, name, NodeState::Cordoned).await?;
+            let view = ctx.view().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            let left: Vec<Remaining> = view.vms_on(name).map(remaining).collect();
+            anyhow::Ok((before, left))
+        },
+        1,
+    );
     let (before, left) = match outcome {
-        Ok(o) => o,
-        Err(e) => {
+        Err(code) => return code,
+        Ok(Ok(o)) => o,
+        Ok(Err(e)) => {
             eprintln!("{e:#}");
             return 1;
         }

@@ -13,3 +13,15 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
 }
+
+/// Runs `work` to completion on [`runtime`]. When no runtime can be started it says so on
+/// stderr and returns `Err(exit_code)`, the code the operator's command exits with.
+pub fn block_on<F: std::future::Future>(work: F, exit_code: i32) -> Result<F::Output, i32> {
+    match runtime() {
+        Ok(rt) => Ok(rt.block_on(work)),
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            Err(exit_code)
+        }
+    }
+}

@@ -61,14 +61,11 @@ impl From<Result<String, String>> for DockerStatus {
 /// Lists the nodes; exit code 0 when every node answered, 1 otherwise (2 when the cluster
 /// could not be read at all).
 pub fn run(config_path: PathBuf, json: bool) -> i32 {
-    let rt = match super::runtime() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return 2;
-        }
+    let collected = match super::block_on(collect(config_path), 2) {
+        Ok(collected) => collected,
+        Err(code) => return code,
     };
-    match rt.block_on(collect(config_path)) {
+    match collected {
         Ok((rows, problems)) => {
             if json {
                 let doc = serde_json::json!({"nodes": rows, "problems": problems});
@@ -189,25 +186,25 @@ fn print_table(rows: &[NodeStatus], problems: &[String]) {
     }
 }
 
+/// Sets node `name`'s state in its etcd record (compare-and-swap); the state it had before.
+pub(crate) async fn change_state(
+    ctx: &CloudContext<'_>,
+    name: &str,
+    state: NodeState,
+) -> anyhow::Result<NodeState> {
+    let etcd = ctx.etcd().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let keys = ctx.keys().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    register::set_state(etcd, &keys, name, state).await
+}
+
 /// Sets a node's state (`cpi nodes cordon|uncordon NAME`); exit code 0 when the node has
 /// that state afterwards, 1 on error.
 pub fn set_state(config_path: PathBuf, name: &str, state: NodeState) -> i32 {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return 1;
-        }
+    let ctx = CloudContext::new(config_path, Default::default(), None);
+    let outcome = match super::block_on(change_state(&ctx, name, state), 1) {
+        Ok(outcome) => outcome,
+        Err(code) => return code,
     };
-    let outcome = rt.block_on(async {
-        let ctx = CloudContext::new(config_path, Default::default(), None);
-        let etcd = ctx.etcd().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-        let keys = ctx.keys().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-        register::set_state(etcd, &keys, name, state).await
-    });
     match outcome {
         Ok(before) if before == state => {
             println!("node {name} is already {state}");

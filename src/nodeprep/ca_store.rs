@@ -33,16 +33,21 @@ impl CaOutcome {
 /// Reads the CA; `None` when neither key exists. Half a CA (certificate without key or
 /// the other way round) is an error that names the missing key.
 pub async fn load(etcd: &Etcd, keys: &Keys) -> Result<Option<CertAndKey>> {
-    let txn = Txn::new().and_then(vec![
-        TxnOp::get(keys.ca_cert(), None),
-        TxnOp::get(keys.ca_key(), None),
-    ]);
+    let txn = Txn::new().and_then(read_ca(keys));
     let response = etcd
         .client()
         .txn(txn)
         .await
         .map_err(|e| super::etcd_failed(etcd, "reading the cluster CA", &e))?;
     from_gets(keys, response.op_responses())
+}
+
+/// The reads [`from_gets`] expects: certificate, then key.
+fn read_ca(keys: &Keys) -> Vec<TxnOp> {
+    vec![
+        TxnOp::get(keys.ca_cert(), None),
+        TxnOp::get(keys.ca_key(), None),
+    ]
 }
 
 fn from_gets(keys: &Keys, responses: Vec<TxnOpResponse>) -> Result<Option<CertAndKey>> {
@@ -88,10 +93,7 @@ pub async fn ensure(etcd: &Etcd, keys: &Keys, dry_run: bool) -> Result<CaOutcome
             TxnOp::put(keys.ca_cert(), candidate.cert_pem.clone(), None),
             TxnOp::put(keys.ca_key(), candidate.key_pem.expose(), None),
         ])
-        .or_else(vec![
-            TxnOp::get(keys.ca_cert(), None),
-            TxnOp::get(keys.ca_key(), None),
-        ]);
+        .or_else(read_ca(keys));
     let response = etcd
         .client()
         .txn(txn)

@@ -33,21 +33,15 @@ pub fn run_cpi(request: &str, config: Option<&Path>, env: &[(&str, &str)]) -> Cp
     } else {
         cmd.arg("-c").arg("/nonexistent/cpi.json");
     }
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
+    cmd.stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .env_remove("MOLTENCORE_LOG");
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().expect("spawn cpi");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(request.as_bytes())
-        .expect("write request");
-    let out = child.wait_with_output().expect("wait for cpi");
+    let out = start_with_request(cmd, request)
+        .wait_with_output()
+        .expect("wait for cpi");
     let stdout = String::from_utf8(out.stdout).expect("stdout is UTF-8");
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let response: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
@@ -378,6 +372,21 @@ pub async fn node_of_container(name: &str) -> Option<String> {
     None
 }
 
+/// `systemd-analyze verify --root=<root> <units>`, as run on Debian (package systemd).
+pub fn systemd_verify(root: &Path, units: &[&str]) -> std::process::Output {
+    Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(format!("--root={}", root.display()))
+        .args(units)
+        .output()
+        .unwrap_or_else(|e| panic!("systemd-analyze is needed (Debian package systemd): {e}"))
+}
+
+/// The volume `name` on `node`, or `None` when the node has no volume by that name.
+pub fn volume_on(node: &str, name: &str) -> Option<bollard::models::Volume> {
+    runtime().block_on(async { node_socket(node).await.inspect_volume(name).await.ok() })
+}
+
 /// Every container (running or not) on `node` carrying `label` (`key=value`).
 pub async fn containers_labelled(node: &str, label: &str) -> Vec<ContainerSummary> {
     use bollard::query_parameters::ListContainersOptionsBuilder;
@@ -476,14 +485,17 @@ pub fn put_index_record(config: &Path, suffix: &str, record: &Value) {
 /// Starts `cpi` on `config` with `request` written to its stdin (then closed); stderr is
 /// dropped, stdout goes to `stdout`.
 pub fn spawn_cpi(request: &str, config: &Path, stdout: Stdio) -> std::process::Child {
-    let mut child = Command::new(cpi_bin())
-        .arg("-c")
+    let mut cmd = Command::new(cpi_bin());
+    cmd.arg("-c")
         .arg(config)
-        .stdin(Stdio::piped())
         .stdout(stdout)
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn cpi");
+        .stderr(Stdio::null());
+    start_with_request(cmd, request)
+}
+
+/// Spawns `cmd` with `request` written to its stdin, which is then closed.
+fn start_with_request(mut cmd: Command, request: &str) -> std::process::Child {
+    let mut child = cmd.stdin(Stdio::piped()).spawn().expect("spawn cpi");
     child
         .stdin
         .take()
