@@ -46,6 +46,8 @@ pub async fn move_disk(
     disk: &mut DiskRecord,
     target: &str,
 ) -> Result<(), CpiError> {
+    // The record has room for one leftover copy: an earlier one goes before a new move.
+    remove_old_copy(ctx, disk).await;
     let view = ctx.view().await?;
     let from = ctx.node_docker(&view, &disk.node).await?;
     let to = ctx.node_docker(&view, target).await?;
