@@ -2,6 +2,7 @@
 //! connection and Docker access, each made only when a method first needs it, so that
 //! `info` touches neither disk nor network.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -22,6 +23,9 @@ pub struct CloudContext<'a> {
     config: OnceCell<Config>,
     etcd: OnceCell<Etcd>,
     docker: OnceCell<DockerAccess>,
+    /// One client per node endpoint for the whole call, so its connections (TCP + TLS
+    /// handshakes) are reused by every step that talks to that node.
+    clients: tokio::sync::Mutex<HashMap<String, NodeDocker>>,
 }
 
 impl<'a> CloudContext<'a> {
@@ -39,6 +43,7 @@ impl<'a> CloudContext<'a> {
             config: OnceCell::new(),
             etcd: OnceCell::new(),
             docker: OnceCell::new(),
+            clients: Default::default(),
         }
     }
 
@@ -73,7 +78,7 @@ impl<'a> CloudContext<'a> {
         ClusterView::load(self.etcd().await?, &keys).await
     }
 
-    /// A Docker client for the node `name` of `view`.
+    /// A Docker client for the node `name` of `view` (made once per call and endpoint).
     pub async fn node_docker(
         &self,
         view: &ClusterView,
@@ -82,11 +87,17 @@ impl<'a> CloudContext<'a> {
         let node = view
             .node(name)
             .ok_or_else(|| CpiError::cpi(format!("node {name} is not registered in etcd")))?;
+        let key = format!("{}@{}", node.name, node.docker_endpoint);
+        if let Some(client) = self.clients.lock().await.get(&key) {
+            return Ok(client.clone());
+        }
         let access = self
             .docker
             .get_or_try_init(|| self.docker_access(view))
             .await?;
-        access.connect(&node.name, &node.docker_endpoint).await
+        let client = access.connect(&node.name, &node.docker_endpoint).await?;
+        self.clients.lock().await.insert(key, client.clone());
+        Ok(client)
     }
 
     /// Docker access for all nodes: the client certificate from the config, the CA from the
