@@ -18,7 +18,8 @@ use bytes::Bytes;
 use super::node::NodeDocker;
 use crate::protocol::CpiError;
 
-fn is_status(e: &DockerError, code: u16) -> bool {
+/// Whether Docker answered `e` with HTTP status `code` (404: absent, 304: already so).
+pub(super) fn is_status(e: &DockerError, code: u16) -> bool {
     matches!(e, DockerError::DockerResponseServerError { status_code, .. } if *status_code == code)
 }
 

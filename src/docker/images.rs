@@ -11,6 +11,7 @@ use futures_util::future::join_all;
 use tokio::sync::mpsc;
 
 use super::body;
+use super::containers::is_status;
 use super::idle::{next_within, wait_alive};
 use super::node::NodeDocker;
 use crate::protocol::CpiError;
@@ -260,9 +261,7 @@ async fn import_one(
 pub async fn inspect(node: &NodeDocker, reference: &str) -> Result<Option<ImageInspect>, CpiError> {
     match node.docker.inspect_image(reference).await {
         Ok(i) => Ok(Some(i)),
-        Err(bollard::errors::Error::DockerResponseServerError {
-            status_code: 404, ..
-        }) => Ok(None),
+        Err(e) if is_status(&e, 404) => Ok(None),
         Err(e) => Err(node.error(&format!("inspecting image {reference}"), &e)),
     }
 }
@@ -280,9 +279,7 @@ pub async fn remove(node: &NodeDocker, reference: &str) -> Result<(), CpiError> 
         .await
     {
         Ok(_) => Ok(()),
-        Err(bollard::errors::Error::DockerResponseServerError {
-            status_code: 404, ..
-        }) => Ok(()),
+        Err(e) if is_status(&e, 404) => Ok(()),
         Err(e) => Err(node.error(&format!("removing image {reference}"), &e)),
     }
 }

@@ -57,9 +57,7 @@ impl NodeDocker {
                     false,
                 ))
             }
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 404, ..
-            }) => self.create_bridge(spec).await,
+            Err(e) if super::containers::is_status(&e, 404) => self.create_bridge(spec).await,
             Err(e) => Err(self.error(&format!("inspecting network {}", spec.name), &e)),
         }
     }

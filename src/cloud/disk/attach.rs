@@ -28,7 +28,7 @@ pub(crate) async fn attached_vm(
 }
 
 /// The disks really mounted in the VM's container (disk cid -> volume).
-async fn mounted_disks_of(
+pub(super) async fn mounted_disks_of(
     docker: &crate::docker::NodeDocker,
     vm_cid: &str,
 ) -> Result<BTreeMap<String, String>, CpiError> {
@@ -147,8 +147,7 @@ pub async fn disks_for_new_vm(
     Ok(mounts)
 }
 
-/// Marks the disks a VM had as attached to it, or (with `None`) releases every disk that
-/// the index says is attached to `vm_cid`.
+/// Releases every disk that the index says is attached to `vm_cid` (the VM is gone).
 pub async fn release_disks_of(ctx: &CloudContext<'_>, vm_cid: &str) -> Result<(), CpiError> {
     let keys = ctx.keys().await?;
     let etcd = ctx.etcd().await?;

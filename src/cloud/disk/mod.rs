@@ -184,10 +184,8 @@ pub async fn resize(
 /// `get_disks`: the persistent disks really mounted in the VM's container.
 pub async fn get_disks(ctx: &CloudContext<'_>, vm_cid: &str) -> Result<CallResult, CpiError> {
     let (_, docker) = super::vm::find_existing(ctx, vm_cid).await?;
-    let inspect = docker.inspect_container(vm_cid).await?.ok_or_else(|| {
-        CpiError::new(ErrorKind::VmNotFound, format!("VM {vm_cid} does not exist"))
-    })?;
-    let disks: Vec<Value> = super::vm::recreate::mounted_disks(&inspect)
+    let disks: Vec<Value> = attach::mounted_disks_of(&docker, vm_cid)
+        .await?
         .into_keys()
         .map(Value::String)
         .collect();
