@@ -640,3 +640,45 @@ fn a_killed_create_vm_does_not_block_its_ip_for_the_retry() {
     });
     delete_vm(&cid);
 }
+
+#[test]
+fn an_unreadable_vm_record_is_an_error_and_nothing_is_forgotten() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, prefix) = private_config(dir.path());
+    register_nodes(&config, &prefix, &[]);
+    let cid = "vm-garbled-record";
+    put_index_record(&config, &format!("vms/{cid}"), &json!("{not a record"));
+    for method in ["has_vm", "delete_vm", "reboot_vm"] {
+        let (kind, message, run) = expect_error(
+            &json!({"method": method, "arguments": [cid]}).to_string(),
+            Some(&config),
+        );
+        assert_eq!(kind, "Bosh::Clouds::CloudError", "{method}: {message}");
+        assert_eq!(run.response["error"]["ok_to_retry"], false);
+        assert!(
+            message.contains(&format!("{prefix}/vms/{cid}")) && message.contains("unreadable"),
+            "{method} names the record: {message}"
+        );
+    }
+    assert!(
+        index_record(&config, &format!("vms/{cid}")).is_some(),
+        "the record is kept for the operator to look at"
+    );
+}
+
+#[test]
+fn create_vm_with_an_unknown_disk_fails_and_creates_nothing() {
+    let agent = agent_id("unknown-disk");
+    let req = json!({"method": "create_vm",
+        "arguments": [agent, shared_stemcell(), {}, {"d": {"type": "dynamic"}},
+                      ["disk-does-not-exist"], {}],
+        "api_version": 2})
+    .to_string();
+    let (kind, message, _) = expect_error(&req, Some(&cfg()));
+    assert_eq!(kind, "Bosh::Clouds::DiskNotFound");
+    assert!(message.contains("disk-does-not-exist"), "{message}");
+    assert!(index_records_of_agent(&cfg(), &agent).is_empty());
+    runtime().block_on(async {
+        assert_eq!(leftovers_of_agent(&agent).await, Vec::<String>::new());
+    });
+}
