@@ -459,12 +459,40 @@ fn a_killed_attach_is_repaired_by_the_next_has_vm_or_delete_vm() {
     call("delete_vm", json!([vm]));
     call("delete_disk", json!([disk]));
 
-    // delete_vm repairs and then deletes everything; the disk survives.
+    // delete_vm deletes everything without repairing first; the disk survives. A successor
+    // the dead process's last request made (here under another name, with the VM's label
+    // and its ephemeral volume) goes too, so the volume is not left "in use".
     let (vm, node, _, disk) = kill_mid_attach(72);
-    assert_eq!(call("delete_vm", json!([vm])), Value::Null);
+    let stray = format!("{vm}-in-flight");
     runtime().block_on(async {
         let docker = node_socket(&node).await;
-        for name in [vm.clone(), format!("{vm}-previous")] {
+        docker
+            .create_container(
+                Some(
+                    bollard::query_parameters::CreateContainerOptionsBuilder::new()
+                        .name(&stray)
+                        .build(),
+                ),
+                bollard::models::ContainerCreateBody {
+                    image: Some(format!("moltencore-stemcell:{}", shared_stemcell())),
+                    cmd: Some(vec!["true".into()]),
+                    labels: Some([("moltencore.vm.cid".to_string(), vm.clone())].into()),
+                    host_config: Some(bollard::models::HostConfig {
+                        binds: Some(vec![format!("{vm}-ephemeral:/var/vcap/data")]),
+                        network_mode: Some("none".into()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+    });
+    assert_eq!(call("delete_vm", json!([vm])), Value::Null);
+    assert!(volume_on(&node, &format!("{vm}-ephemeral")).is_none());
+    runtime().block_on(async {
+        let docker = node_socket(&node).await;
+        for name in [vm.clone(), format!("{vm}-previous"), stray.clone()] {
             assert!(
                 docker.inspect_container(&name, None).await.is_err(),
                 "{name} left behind"

@@ -178,6 +178,20 @@ impl NodeDocker {
 
     /// Removes a volume; absent is success.
     pub async fn remove_volume(&self, name: &str) -> Result<(), CpiError> {
+        self.remove_volume_unless(name, None).await.map(|_| ())
+    }
+
+    /// Removes a volume unless a container uses it: `Ok(false)` then (Docker's 409), so a
+    /// caller that owns every user of the volume can remove them and try again.
+    pub async fn remove_volume_if_unused(&self, name: &str) -> Result<bool, CpiError> {
+        self.remove_volume_unless(name, Some(409)).await
+    }
+
+    async fn remove_volume_unless(
+        &self,
+        name: &str,
+        kept_on: Option<u16>,
+    ) -> Result<bool, CpiError> {
         match self
             .for_removal()
             .await?
@@ -187,8 +201,9 @@ impl NodeDocker {
             )
             .await
         {
-            Ok(()) => Ok(()),
-            Err(e) if is_status(&e, 404) => Ok(()),
+            Ok(()) => Ok(true),
+            Err(e) if is_status(&e, 404) => Ok(true),
+            Err(e) if kept_on.is_some_and(|code| is_status(&e, code)) => Ok(false),
             Err(e) => Err(self.error(&format!("removing volume {name}"), &e)),
         }
     }

@@ -47,8 +47,8 @@ fn not_found(cid: &str) -> CpiError {
     CpiError::new(ErrorKind::VmNotFound, format!("VM {cid} does not exist"))
 }
 
-/// `delete_vm`: removes the container (and a `-previous` one a killed re-creation left),
-/// its ephemeral volume, then the record; its persistent disks survive and are detached in
+/// `delete_vm`: removes the container (and a `-previous` one, or a successor, that a
+/// killed re-creation left), its ephemeral volume, then the record; its persistent disks survive and are detached in
 /// the index. An unknown cid is success (the director and create-env retry deletes, and
 /// create-env never detaches first). Nothing is repaired first: deleting must not depend
 /// on the old container starting again.
@@ -61,11 +61,7 @@ pub async fn delete(ctx: &CloudContext<'_>, cid: &str) -> Result<CallResult, Cpi
     };
     if view.node(&record.node).is_some() {
         let docker = ctx.node_docker(&view, &record.node).await?;
-        docker.remove_container(cid).await?;
-        docker
-            .remove_container(&super::recreate::previous_name(cid))
-            .await?;
-        docker.remove_volume(&ephemeral_volume(cid)).await?;
+        remove_from_node(&docker, cid, record.recreating).await?;
     } else {
         tracing::warn!(
             vm = %cid,
@@ -76,6 +72,54 @@ pub async fn delete(ctx: &CloudContext<'_>, cid: &str) -> Result<CallResult, Cpi
     crate::cloud::disk::release_disks_of(ctx, cid).await?;
     index::delete(etcd, &keys.vm(cid)).await?;
     Ok(CallResult::Plain(Value::Null))
+}
+
+/// Rounds of removal before a VM's ephemeral volume still in use is an error.
+const REMOVAL_ROUNDS: usize = 10;
+
+/// How long a killed re-creation's last request may still be running in the daemon.
+const IN_FLIGHT_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Removes every container of VM `cid` on its node (its own, a `-previous`, any other
+/// carrying its label) and then its ephemeral volume. After a killed re-creation the
+/// daemon may still be completing the dead process's create of the successor, so a volume
+/// in use means another round, and the node is checked again after a grace period.
+async fn remove_from_node(
+    docker: &NodeDocker,
+    cid: &str,
+    after_killed_recreation: bool,
+) -> Result<(), CpiError> {
+    let volume = ephemeral_volume(cid);
+    let label = format!("{}={cid}", super::labels::VM_CID);
+    for _ in 0..REMOVAL_ROUNDS {
+        docker.remove_container(cid).await?;
+        docker
+            .remove_container(&super::recreate::previous_name(cid))
+            .await?;
+        for c in docker.containers_with_label(&label).await? {
+            if let Some(id) = c.id {
+                docker.remove_container(&id).await?;
+            }
+        }
+        let removed = docker.remove_volume_if_unused(&volume).await?;
+        if removed && !after_killed_recreation {
+            return Ok(());
+        }
+        tokio::time::sleep(IN_FLIGHT_GRACE).await;
+        if removed
+            && docker.containers_with_label(&label).await?.is_empty()
+            && !docker.volume_exists(&volume).await?
+        {
+            return Ok(());
+        }
+    }
+    Err(CpiError::cloud(
+        format!(
+            "node {}: VM {cid} still has containers or its volume {volume} after {REMOVAL_ROUNDS} rounds of removal",
+            docker.name
+        ),
+        true,
+    ))
 }
 
 /// `has_vm`: whether the container exists on its node. A finished record whose container is
