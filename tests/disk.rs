@@ -682,3 +682,126 @@ fn the_old_copy_a_move_left_behind_is_removed_by_the_next_call() {
         call("delete_disk", json!([disk]));
     }
 }
+
+/// Removes a container or volume on `node` behind the CPI's back.
+fn remove_outside_cpi(node: &str, container: Option<&str>, volume: Option<&str>) {
+    runtime().block_on(async {
+        let docker = node_socket(node).await;
+        if let Some(name) = container {
+            docker
+                .remove_container(
+                    name,
+                    Some(
+                        bollard::query_parameters::RemoveContainerOptionsBuilder::new()
+                            .force(true)
+                            .build(),
+                    ),
+                )
+                .await
+                .unwrap();
+        }
+        if let Some(name) = volume {
+            docker
+                .remove_volume(name, None::<bollard::query_parameters::RemoveVolumeOptions>)
+                .await
+                .unwrap();
+        }
+    });
+}
+
+#[test]
+fn a_vm_container_removed_outside_the_cpi_is_forgotten_and_its_disk_kept() {
+    let (vm, node, _) = vm_on(1, 100, "gone-container");
+    let disk = create_disk(json!([10, {}, vm]));
+    call("attach_disk", json!([vm, disk]));
+    let sum = fill_disk(&node, &vm, &disk);
+    remove_outside_cpi(&node, Some(&vm), None);
+
+    assert_eq!(call("has_vm", json!([vm])), Value::Bool(false));
+    assert!(
+        index_record(&cfg(), &format!("vms/{vm}")).is_none(),
+        "the VM's record stays"
+    );
+    assert!(volume_on(&node, &format!("{vm}-ephemeral")).is_none());
+    assert_eq!(
+        index_record(&cfg(), &format!("disks/{disk}")).unwrap()["vm"],
+        Value::Null,
+        "the disk still counts as attached"
+    );
+    assert_eq!(call("delete_vm", json!([vm])), Value::Null);
+    // The disk and its data serve the VM the director makes next.
+    let (node_name, prefix) = node_prefix(1);
+    let req = create_vm_request(
+        &agent_id("gone-container-next"),
+        &shared_stemcell(),
+        json!({}),
+        manual_network(&format!("{prefix}.101")),
+        json!({}),
+        2,
+    );
+    let req: Value = serde_json::from_str(&req).unwrap();
+    let mut args = req["arguments"].clone();
+    args[4] = json!([disk]);
+    let next = call("create_vm", args)[0].as_str().unwrap().to_string();
+    assert_eq!(checksum(&node_name, &next, &disk), sum);
+    call("delete_vm", json!([next]));
+    call("delete_disk", json!([disk]));
+}
+
+#[test]
+fn a_disk_volume_removed_outside_the_cpi_is_refused_and_the_vm_untouched() {
+    let (vm, node, _) = vm_on(2, 102, "gone-volume");
+    let disk = create_disk(json!([10, {}, vm]));
+    remove_outside_cpi(&node, None, Some(&disk));
+    let before = identity(&node, &vm);
+
+    let (kind, message, retry) = error_of("attach_disk", json!([vm, disk]));
+    assert_eq!(kind, "Bosh::Clouds::DiskNotFound");
+    assert!(!retry);
+    assert!(
+        message.contains(&disk) && message.contains(&node),
+        "{message}"
+    );
+    let after = identity(&node, &vm);
+    assert_eq!(after.id, before.id, "the VM was re-created");
+    assert!(
+        volume_on(&node, &disk).is_none(),
+        "an empty volume was made"
+    );
+
+    // create_vm with it is refused too, before anything is made (Docker would otherwise
+    // mount a new, empty volume under the disk's name).
+    let (_, prefix) = node_prefix(2);
+    let agent = agent_id("gone-volume-next");
+    let req = create_vm_request(
+        &agent,
+        &shared_stemcell(),
+        json!({}),
+        manual_network(&format!("{prefix}.103")),
+        json!({}),
+        2,
+    );
+    let req: Value = serde_json::from_str(&req).unwrap();
+    let mut args = req["arguments"].clone();
+    args[4] = json!([disk]);
+    let (kind, message, _) = error_of("create_vm", args);
+    assert_eq!(kind, "Bosh::Clouds::DiskNotFound", "{message}");
+    assert!(message.contains(&disk), "{message}");
+    assert!(
+        volume_on(&node, &disk).is_none(),
+        "an empty volume was made"
+    );
+    assert!(
+        runtime()
+            .block_on(containers_labelled(
+                &node,
+                &format!("moltencore.vm.agent_id={agent}")
+            ))
+            .is_empty(),
+        "a container was left"
+    );
+    assert!(index_records_of_agent(&cfg(), &agent).is_empty());
+
+    assert_eq!(call("delete_disk", json!([disk])), Value::Null);
+    call("delete_vm", json!([vm]));
+}

@@ -682,3 +682,67 @@ fn create_vm_with_an_unknown_disk_fails_and_creates_nothing() {
         assert_eq!(leftovers_of_agent(&agent).await, Vec::<String>::new());
     });
 }
+
+#[test]
+fn a_vm_whose_node_was_unregistered_is_an_error_for_has_vm_and_forgotten_by_delete_vm() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, prefix) = private_config(dir.path());
+    register_nodes(&config, &prefix, &[]);
+    let (node, p) = node_prefix(0);
+    let req = create_vm_request(
+        &agent_id("unregistered"),
+        &shared_stemcell(),
+        json!({}),
+        manual_network(&format!("{p}.104")),
+        json!({}),
+        2,
+    );
+    let vm = expect_result(&req, Some(&config))[0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    delete_index_record(&config, &format!("nodes/{node}"));
+
+    let request = |method: &str| json!({"method": method, "arguments": [vm]}).to_string();
+    let (kind, message, run) = expect_error(&request("has_vm"), Some(&config));
+    assert_eq!(kind, "Bosh::Clouds::CloudError");
+    assert_eq!(run.response["error"]["ok_to_retry"], false);
+    assert!(
+        message.contains(&vm)
+            && message.contains(&node)
+            && message.contains("no longer registered"),
+        "{message}"
+    );
+    // delete_vm forgets it without reaching for a node the cluster no longer knows.
+    assert_eq!(
+        expect_result(&request("delete_vm"), Some(&config)),
+        Value::Null
+    );
+    assert!(index_record(&config, &format!("vms/{vm}")).is_none());
+    assert_eq!(
+        expect_result(&request("has_vm"), Some(&config)),
+        Value::Bool(false)
+    );
+    let left = runtime().block_on(async {
+        let docker = node_socket(&node).await;
+        let left = docker.inspect_container(&vm, None).await.is_ok();
+        let _ = docker
+            .remove_container(
+                &vm,
+                Some(
+                    bollard::query_parameters::RemoveContainerOptionsBuilder::new()
+                        .force(true)
+                        .build(),
+                ),
+            )
+            .await;
+        let _ = docker
+            .remove_volume(
+                &format!("{vm}-ephemeral"),
+                None::<bollard::query_parameters::RemoveVolumeOptions>,
+            )
+            .await;
+        left
+    });
+    assert!(left, "the container on the unregistered node was touched");
+}

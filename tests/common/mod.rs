@@ -461,6 +461,19 @@ pub fn index_record(config: &Path, suffix: &str) -> Option<Value> {
     })
 }
 
+/// Deletes one key of the index (`suffix` under the config's prefix), as an operator
+/// with etcdctl would.
+pub fn delete_index_record(config: &Path, suffix: &str) {
+    let cfg = load_config(config);
+    runtime().block_on(async {
+        let etcd = moltencore::cluster::Etcd::connect(&cfg).await.unwrap();
+        etcd.client()
+            .delete(format!("{}/{suffix}", cfg.etcd.key_prefix), None)
+            .await
+            .unwrap();
+    });
+}
+
 /// Overwrites one node record under a private prefix (see [`private_config`]).
 pub fn put_node_record(config: &Path, name: &str, record: &Value) {
     put_index_record(config, &format!("nodes/{name}"), record);

@@ -5,11 +5,12 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use super::{moving, record, save};
+use super::{moving, record, save, volume_gone};
 use crate::cloud::CloudContext;
 use crate::cloud::vm::agent_files::disk_hint;
 use crate::cloud::vm::{self, recreate};
 use crate::cluster::{DiskRecord, VmRecord, index};
+use crate::docker::NodeDocker;
 use crate::protocol::{CallResult, CpiError, ErrorKind};
 
 /// The VM a disk is attached to according to the index, if that VM still exists.
@@ -76,13 +77,7 @@ pub async fn attach(
     if disk.node != vm.node {
         moving::move_disk(ctx, &mut disk, &vm.node).await?;
     } else if !docker.volume_exists(disk_cid).await? {
-        return Err(CpiError::new(
-            ErrorKind::DiskNotFound,
-            format!(
-                "attach_disk: disk {disk_cid} has no volume on its node {}",
-                disk.node
-            ),
-        ));
+        return Err(volume_gone(&disk));
     }
     mounted.insert(disk_cid.to_string(), disk_cid.to_string());
     recreate::recreate(ctx, &mut vm, &docker, &mounted).await?;
@@ -118,14 +113,16 @@ pub async fn detach(
     Ok(CallResult::Plain(Value::Null))
 }
 
-/// For create_vm: the disks to mount in a new VM on `node` (disk cid -> volume), moved to
-/// that node where needed. Unknown disks and disks attached to another VM are refused
-/// before anything is made.
+/// For create_vm: the disks to mount in a new VM on the node of `docker` (disk cid ->
+/// volume), moved to that node where needed. Unknown disks and disks attached to another
+/// VM are refused before anything is made; so is a disk whose volume is gone from its node
+/// (Docker would otherwise mount a new, empty volume of that name).
 pub async fn disks_for_new_vm(
     ctx: &CloudContext<'_>,
-    node: &str,
+    docker: &NodeDocker,
     disk_cids: &[String],
 ) -> Result<BTreeMap<String, String>, CpiError> {
+    let node = docker.name.as_str();
     let mut disks = Vec::new();
     for cid in disk_cids {
         let disk = record(ctx, cid).await?;
@@ -134,6 +131,9 @@ pub async fn disks_for_new_vm(
                 format!("create_vm: disk {cid} is attached to VM {other}"),
                 false,
             ));
+        }
+        if disk.node == node && !docker.volume_exists(cid).await? {
+            return Err(volume_gone(&disk));
         }
         disks.push(disk);
     }

@@ -191,3 +191,15 @@ pub async fn get_disks(ctx: &CloudContext<'_>, vm_cid: &str) -> Result<CallResul
         .collect();
     Ok(CallResult::Plain(Value::Array(disks)))
 }
+
+/// The error for a disk whose record names a node that no longer has its volume: the
+/// CPI refuses to go on, as Docker would mount a new, empty volume of that name.
+pub(super) fn volume_gone(disk: &DiskRecord) -> CpiError {
+    CpiError::new(
+        ErrorKind::DiskNotFound,
+        format!(
+            "disk {} has no volume on its node {} (removed outside the CPI?)",
+            disk.cid, disk.node
+        ),
+    )
+}

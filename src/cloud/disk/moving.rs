@@ -8,7 +8,7 @@ use super::{labels, save};
 use crate::cloud::CloudContext;
 use crate::cluster::DiskRecord;
 use crate::docker::volume_copy;
-use crate::protocol::{CpiError, ErrorKind};
+use crate::protocol::CpiError;
 
 /// Removes the source volume a finished move left on `disk.old_copy_on` and clears the
 /// mark. Never fails its caller: a node still unreachable keeps the mark (and the copy)
@@ -57,10 +57,7 @@ pub async fn move_disk(
         .await
         .map_err(|e| e.context(format!("moving disk {cid}")))?
     {
-        return Err(CpiError::new(
-            ErrorKind::DiskNotFound,
-            format!("disk {cid} has no volume on its node {}", disk.node),
-        ));
+        return Err(super::volume_gone(disk));
     }
     // A partial copy from an earlier, interrupted move is replaced (with the helper
     // containers such a move may have left holding it).

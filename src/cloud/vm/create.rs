@@ -183,7 +183,7 @@ async fn build(
     let effective = props.effective(&config.vm_defaults);
     stemcell::ensure_on_node(ctx, view, docker, &req.stemcell_cid).await?;
     prepare_networks(docker, node, planned).await?;
-    let disks = crate::cloud::disk::disks_for_new_vm(ctx, &node.name, &req.disk_cids).await?;
+    let disks = crate::cloud::disk::disks_for_new_vm(ctx, docker, &req.disk_cids).await?;
     let disk_mounts: BTreeMap<String, String> = disks
         .iter()
         .map(|(cid, volume)| (agent_files::disk_hint(cid), volume.clone()))
