@@ -805,3 +805,55 @@ fn a_disk_volume_removed_outside_the_cpi_is_refused_and_the_vm_untouched() {
     assert_eq!(call("delete_disk", json!([disk])), Value::Null);
     call("delete_vm", json!([vm]));
 }
+
+#[test]
+fn a_successor_that_fails_to_start_gives_the_old_container_back() {
+    let (vm, node, ip) = vm_on(0, 105, "restore");
+    let disk = create_disk(json!([10, {}, vm]));
+    let before = identity(&node, &vm);
+    let settings_before = settings_of(&node, &vm);
+    // The test stemcell's entry point exits at once when this file is on the ephemeral
+    // disk (and removes it): the re-created container dies right after its start.
+    sh(&node, &vm, "touch /var/vcap/data/fail-next-start");
+
+    let (kind, message, _) = error_of("attach_disk", json!([vm, disk]));
+    assert_eq!(kind, "Bosh::Clouds::CloudError");
+    assert!(
+        message.contains(&vm) && message.contains("right after start"),
+        "{message}"
+    );
+    let after = identity(&node, &vm);
+    assert_eq!(after.id, before.id, "not the old container");
+    assert_eq!((after.ip, after.mac), (ip.clone(), before.mac.clone()));
+    runtime().block_on(async {
+        let docker = node_socket(&node).await;
+        let c = docker.inspect_container(&vm, None).await.unwrap();
+        assert!(
+            c.state.unwrap().running.unwrap(),
+            "old container not running"
+        );
+        assert!(
+            docker
+                .inspect_container(&format!("{vm}-previous"), None)
+                .await
+                .is_err(),
+            "previous left behind"
+        );
+    });
+    assert_eq!(settings_of(&node, &vm), settings_before);
+    assert_eq!(call("get_disks", json!([vm])), json!([]));
+    let vm_record = index_record(&cfg(), &format!("vms/{vm}")).unwrap();
+    assert!(vm_record.get("recreating").is_none(), "{vm_record}");
+    assert_eq!(
+        index_record(&cfg(), &format!("disks/{disk}")).unwrap()["vm"],
+        Value::Null
+    );
+    // The hook is spent: the same attach now works.
+    assert_eq!(
+        call("attach_disk", json!([vm, disk])),
+        json!(format!("/warden-cpi-dev/{disk}"))
+    );
+    assert_eq!(call("get_disks", json!([vm])), json!([disk]));
+    call("delete_vm", json!([vm]));
+    call("delete_disk", json!([disk]));
+}

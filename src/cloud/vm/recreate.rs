@@ -142,6 +142,16 @@ async fn verify_successor(
         .await?
         .ok_or_else(|| CpiError::cloud(format!("the new container of VM {cid} vanished"), true))?;
     let running = new.state.as_ref().and_then(|s| s.running).unwrap_or(false);
+    // The restart policy may already have brought a dead successor back: that counts too.
+    let restarts = new.restart_count.unwrap_or(0);
+    if restarts > 0 {
+        return Err(CpiError::cloud(
+            format!(
+                "the new container of VM {cid} died right after start (restarted {restarts} times by its restart policy)"
+            ),
+            false,
+        ));
+    }
     if !running {
         let code = new.state.as_ref().and_then(|s| s.exit_code).unwrap_or(-1);
         return Err(CpiError::cloud(
