@@ -802,6 +802,22 @@ fn a_disk_volume_removed_outside_the_cpi_is_refused_and_the_vm_untouched() {
     );
     assert!(index_records_of_agent(&cfg(), &agent).is_empty());
 
+    // A disk on another node whose volume is gone is not "moved" as an empty one.
+    let (n1, _) = node_prefix(0);
+    let far = create_disk(json!([10, {"node": n1}, null]));
+    remove_outside_cpi(&n1, None, Some(&far));
+    let (kind, message, _) = error_of("attach_disk", json!([vm, far]));
+    assert_eq!(kind, "Bosh::Clouds::DiskNotFound", "{message}");
+    assert!(message.contains(&far) && message.contains(&n1), "{message}");
+    assert!(volume_on(&node, &far).is_none(), "a copy was made");
+    assert!(volume_on(&n1, &far).is_none(), "an empty source was made");
+    assert_eq!(
+        index_record(&cfg(), &format!("disks/{far}")).unwrap()["node"],
+        n1.as_str()
+    );
+    assert_eq!(identity(&node, &vm).id, before.id, "the VM was re-created");
+
+    assert_eq!(call("delete_disk", json!([far])), Value::Null);
     assert_eq!(call("delete_disk", json!([disk])), Value::Null);
     call("delete_vm", json!([vm]));
 }

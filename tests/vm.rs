@@ -746,3 +746,33 @@ fn a_vm_whose_node_was_unregistered_is_an_error_for_has_vm_and_forgotten_by_dele
     });
     assert!(left, "the container on the unregistered node was touched");
 }
+
+#[test]
+fn a_missing_docker_network_or_stemcell_is_named_and_nothing_is_made() {
+    let cases = [
+        (
+            shared_stemcell(),
+            json!({"d": {"type": "dynamic", "cloud_properties": {"name": "no-such-docker-net"}}}),
+            "Bosh::Clouds::NetworkNotFound",
+            "no-such-docker-net".to_string(),
+        ),
+        (
+            "sc-00000000-0000-0000-0000-000000000000".to_string(),
+            json!({"d": {"type": "dynamic"}}),
+            "Bosh::Clouds::CpiError",
+            "stemcell sc-00000000-0000-0000-0000-000000000000 is on no node".to_string(),
+        ),
+    ];
+    for (stemcell, networks, want_kind, needle) in cases {
+        let agent = agent_id("missing-on-node");
+        let req = create_vm_request(&agent, &stemcell, json!({}), networks, json!({}), 2);
+        let (kind, message, run) = expect_error(&req, Some(&cfg()));
+        assert_eq!(kind, want_kind, "{message}");
+        assert!(message.contains(&needle), "{message}");
+        assert_eq!(run.response["error"]["ok_to_retry"], false);
+        runtime().block_on(async {
+            assert_eq!(leftovers_of_agent(&agent).await, Vec::<String>::new());
+        });
+        assert!(index_records_of_agent(&cfg(), &agent).is_empty());
+    }
+}
