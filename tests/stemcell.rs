@@ -311,3 +311,51 @@ fn a_docker_light_stemcell_adopts_the_image_present_on_the_nodes() {
         "{message}"
     );
 }
+
+#[test]
+fn deleting_a_stemcell_a_vm_still_uses_is_refused_there_and_can_be_done_later() {
+    let config = cluster_config();
+    let cid = create(test_stemcell_dir().join("image").to_str().unwrap(), &config);
+    let reference = format!("moltencore-stemcell:{cid}");
+    let (node, prefix) = node_prefix(1);
+    let req = create_vm_request(
+        &agent_id("stemcell-in-use"),
+        &cid,
+        json!({}),
+        manual_network(&format!("{prefix}.106")),
+        json!({}),
+        2,
+    );
+    let vm = expect_result(&req, Some(&config))[0]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let req = json!({"method":"delete_stemcell","arguments":[cid]}).to_string();
+    let (kind, message, run) = expect_error(&req, Some(&config));
+    assert_eq!(kind, "Bosh::Clouds::CloudError");
+    assert_eq!(run.response["error"]["ok_to_retry"], false);
+    assert!(
+        message.contains(&cid) && message.contains(&node),
+        "{message}"
+    );
+    assert!(
+        stemcell_images(&node).contains(&reference),
+        "the VM's image went"
+    );
+    assert!(
+        index_record(&config, &format!("stemcells/{cid}")).is_some(),
+        "the stemcell was forgotten while a node still has it"
+    );
+    // Once the VM is gone the same call finishes the job everywhere.
+    let req_vm = json!({"method":"delete_vm","arguments":[vm]}).to_string();
+    expect_result(&req_vm, Some(&config));
+    delete(&cid, &config);
+    for n in node_names() {
+        assert!(
+            !stemcell_images(&n).contains(&reference),
+            "{reference} on {n}"
+        );
+    }
+    assert!(index_record(&config, &format!("stemcells/{cid}")).is_none());
+}
