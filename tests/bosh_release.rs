@@ -293,12 +293,15 @@ impl Installation {
         }
         let mut child = cmd.spawn().expect("run the rendered bin/cpi");
         use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
+        // A wrapper that fails before reading its request closes the pipe first: its exit
+        // status and stderr are what the caller checks then.
+        if let Err(e) = child.stdin.take().unwrap().write_all(stdin.as_bytes()) {
+            assert_eq!(
+                e.kind(),
+                std::io::ErrorKind::BrokenPipe,
+                "writing the request: {e}"
+            );
+        }
         child.wait_with_output().unwrap()
     }
 }
