@@ -323,22 +323,39 @@ pub async fn ensure_on_node(
     if images::inspect(node, &reference).await?.is_some() {
         return Ok(());
     }
-    let names = view
-        .nodes
-        .iter()
-        .filter(|n| n.name != node.name)
-        .map(|n| n.name.as_str());
-    let others = reachable_nodes(ctx, view, names, "finding a copy of the stemcell").await?;
-    let found = join_all(others.iter().map(|o| images::inspect(o, &reference))).await;
-    let source = others
-        .iter()
-        .zip(found)
-        .find_map(|(o, r)| matches!(r, Ok(Some(_))).then_some(o));
+    let looked_up = join_all(
+        view.nodes
+            .iter()
+            .filter(|n| n.name != node.name)
+            .map(|n| async {
+                let other = ctx.node_docker(view, &n.name).await?;
+                let found = images::inspect(&other, &reference).await?;
+                Ok::<_, CpiError>(found.map(|_| other))
+            }),
+    )
+    .await;
+    let mut source = None;
+    let mut unanswered = Vec::new();
+    for result in looked_up {
+        match result {
+            Ok(Some(other)) if source.is_none() => source = Some(other),
+            Ok(_) => {}
+            Err(e) => unanswered.push(e),
+        }
+    }
     let Some(source) = source else {
+        // "Upload it again" only when every node answered; otherwise a retry may find it.
+        if let Some(e) = unanswered.into_iter().next() {
+            return Err(e.context(format!(
+                "stemcell {cid} is not on node {} and the nodes that might have it did not all answer",
+                node.name
+            )));
+        }
         return Err(CpiError::cpi(format!(
             "stemcell {cid} is on no node of the cluster: upload it again"
         )));
     };
+    let source = &source;
     tracing::info!(
         stemcell = %cid, from = %source.name, to = %node.name,
         "copying stemcell to the node"
