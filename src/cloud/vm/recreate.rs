@@ -159,23 +159,48 @@ async fn verify_successor(
             false,
         ));
     }
-    let addresses = |c: &ContainerInspectResponse| -> BTreeMap<String, String> {
-        c.network_settings
-            .as_ref()
-            .and_then(|n| n.networks.clone())
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(name, ep)| (name, ep.ip_address.unwrap_or_default()))
-            .collect()
-    };
-    let (before, after) = (addresses(old), addresses(&new));
-    if before != after {
+    let (before, after) = (expected_addresses(old), actual_addresses(&new));
+    let kept = before.len() == after.len()
+        && before.iter().all(|(name, want)| {
+            after
+                .get(name)
+                .is_some_and(|got| want.as_ref().is_none_or(|w| w == got))
+        });
+    if !kept {
         return Err(CpiError::cloud(
             format!("the new container of VM {cid} has addresses {after:?} instead of {before:?}"),
             true,
         ));
     }
     Ok(())
+}
+
+/// The address the successor must have on each network of `old`: the one configured for
+/// it, else the one it had (a stopped container shows none: then any address will do).
+fn expected_addresses(old: &ContainerInspectResponse) -> BTreeMap<String, Option<String>> {
+    networks_of(old)
+        .into_iter()
+        .map(|(name, ep)| {
+            let configured = ep.ipam_config.and_then(|c| c.ipv4_address);
+            let had = ep.ip_address.filter(|ip| !ip.is_empty());
+            (name, configured.filter(|ip| !ip.is_empty()).or(had))
+        })
+        .collect()
+}
+
+/// The address a running container has on each of its networks.
+fn actual_addresses(c: &ContainerInspectResponse) -> BTreeMap<String, String> {
+    networks_of(c)
+        .into_iter()
+        .map(|(name, ep)| (name, ep.ip_address.unwrap_or_default()))
+        .collect()
+}
+
+fn networks_of(c: &ContainerInspectResponse) -> HashMap<String, EndpointSettings> {
+    c.network_settings
+        .as_ref()
+        .and_then(|n| n.networks.clone())
+        .unwrap_or_default()
 }
 
 /// Brings the previous container back under the VM's name and starts it. A killed
@@ -275,6 +300,7 @@ fn successor_body(
             .as_ref()
             .and_then(|c| c.ipv4_address.clone())
             .or_else(|| ep.ip_address.clone())
+            .filter(|ip| !ip.is_empty())
             .map(|ip| EndpointIpamConfig {
                 ipv4_address: Some(ip),
                 ..Default::default()
@@ -350,6 +376,46 @@ fn files_archive(
 mod tests {
     use super::*;
     use std::io::Read;
+
+    fn inspect_with(networks: Vec<(&str, Option<&str>, &str)>) -> ContainerInspectResponse {
+        ContainerInspectResponse {
+            network_settings: Some(bollard::models::NetworkSettings {
+                networks: Some(
+                    networks
+                        .into_iter()
+                        .map(|(name, configured, ip)| {
+                            let ep = EndpointSettings {
+                                ipam_config: configured.map(|c| EndpointIpamConfig {
+                                    ipv4_address: Some(c.to_string()),
+                                    ..Default::default()
+                                }),
+                                ip_address: Some(ip.to_string()),
+                                ..Default::default()
+                            };
+                            (name.to_string(), ep)
+                        })
+                        .collect(),
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_stopped_container_expects_its_configured_address_or_any() {
+        // Stopped: Docker shows no address; the configured one is expected, else any.
+        let old = inspect_with(vec![("bosh", Some("10.1.1.5"), ""), ("other", None, "")]);
+        let want = expected_addresses(&old);
+        assert_eq!(want["bosh"].as_deref(), Some("10.1.1.5"));
+        assert_eq!(want["other"], None);
+        // Running without IPAM config: the address it has.
+        let old = inspect_with(vec![("other", None, "172.18.0.3")]);
+        assert_eq!(
+            expected_addresses(&old)["other"].as_deref(),
+            Some("172.18.0.3")
+        );
+    }
 
     #[test]
     fn kept_files_join_the_agent_files() {
