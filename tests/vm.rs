@@ -701,9 +701,20 @@ fn a_vm_whose_node_was_unregistered_is_an_error_for_has_vm_and_forgotten_by_dele
         .as_str()
         .unwrap()
         .to_string();
+    let request = |method: &str| json!({"method": method, "arguments": [vm]}).to_string();
+    // A node record that cannot be read is not "unregistered": nothing is forgotten.
+    put_index_record(&config, &format!("nodes/{node}"), &json!("{garbled"));
+    for method in ["has_vm", "delete_vm"] {
+        let (kind, message, _) = expect_error(&request(method), Some(&config));
+        assert_eq!(kind, "Bosh::Clouds::CloudError", "{method}");
+        assert!(
+            message.contains(&format!("nodes/{node}")) && message.contains("unreadable"),
+            "{method}: {message}"
+        );
+    }
+    assert!(index_record(&config, &format!("vms/{vm}")).is_some());
     delete_index_record(&config, &format!("nodes/{node}"));
 
-    let request = |method: &str| json!({"method": method, "arguments": [vm]}).to_string();
     let (kind, message, run) = expect_error(&request("has_vm"), Some(&config));
     assert_eq!(kind, "Bosh::Clouds::CloudError");
     assert_eq!(run.response["error"]["ok_to_retry"], false);

@@ -94,6 +94,8 @@ pub struct ClusterView {
     pub ca_cert: Option<String>,
     /// The VM index (which node holds which VM), for placement and the operator's view.
     pub vms: Vec<VmRecord>,
+    /// Node records that could not be read: node name and reason (also in `problems`).
+    pub unreadable_nodes: Vec<(String, String)>,
     /// VM records that could not be read: cid and reason (also in `problems`).
     pub unreadable_vms: Vec<(String, String)>,
     /// Records that could not be read, with the reason; reported, never fatal.
@@ -149,9 +151,12 @@ impl ClusterView {
             let key = String::from_utf8_lossy(kv.key()).to_string();
             match serde_json::from_slice::<NodeRecord>(kv.value()) {
                 Ok(node) => view.nodes.push(node),
-                Err(e) => view
-                    .problems
-                    .push(format!("node record {key} is unreadable: {e}")),
+                Err(e) => {
+                    let problem = format!("node record {key} is unreadable: {e}");
+                    let name = key.strip_prefix(&keys.node("")).unwrap_or(&key).to_string();
+                    view.unreadable_nodes.push((name, problem.clone()));
+                    view.problems.push(problem);
+                }
             }
         }
         view.nodes.sort_by(|a, b| a.name.cmp(&b.name));
@@ -194,6 +199,16 @@ impl ClusterView {
     /// The node named `name`.
     pub fn node(&self, name: &str) -> Option<&NodeRecord> {
         self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// Whether node `name` is registered, for calls that would otherwise forget what lives
+    /// on an unregistered node: a record that exists but cannot be read is an error, never
+    /// "not registered".
+    pub fn registered(&self, name: &str) -> Result<Option<&NodeRecord>, CpiError> {
+        if let Some((_, problem)) = self.unreadable_nodes.iter().find(|(n, _)| n == name) {
+            return Err(CpiError::cloud(problem.clone(), false));
+        }
+        Ok(self.node(name))
     }
 
     /// The index record of VM `cid`, read in the same transaction as the nodes, so finding

@@ -21,7 +21,7 @@ pub async fn remove_old_copy(ctx: &CloudContext<'_>, disk: &mut DiskRecord) {
     let removed = async {
         if node != disk.node {
             let view = ctx.view().await?;
-            if view.node(&node).is_some() {
+            if view.registered(&node)?.is_some() {
                 let docker = ctx.node_docker(&view, &node).await?;
                 volume_copy::sweep_helpers(&docker, &cid).await?;
                 docker.remove_volume(&cid).await?;

@@ -66,7 +66,7 @@ pub async fn delete_snapshot(ctx: &CloudContext<'_>, cid: &str) -> Result<CallRe
     let etcd = ctx.etcd().await?;
     if let Some(rec) = index::get::<SnapshotRecord>(etcd, &keys.snapshot(cid)).await? {
         let view = ctx.view().await?;
-        if view.node(&rec.node).is_some() {
+        if view.registered(&rec.node)?.is_some() {
             ctx.node_docker(&view, &rec.node)
                 .await?
                 .remove_volume(cid)

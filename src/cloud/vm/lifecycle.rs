@@ -18,7 +18,7 @@ async fn find(
     let Some(record) = view.vm(cid)?.cloned() else {
         return Ok(None);
     };
-    if view.node(&record.node).is_none() {
+    if view.registered(&record.node)?.is_none() {
         return Err(CpiError::cloud(
             format!(
                 "VM {cid} is on node {}, which is no longer registered in etcd",
@@ -59,7 +59,7 @@ pub async fn delete(ctx: &CloudContext<'_>, cid: &str) -> Result<CallResult, Cpi
     let Some(record) = view.vm(cid)?.cloned() else {
         return Ok(CallResult::Plain(Value::Null));
     };
-    if view.node(&record.node).is_some() {
+    if view.registered(&record.node)?.is_some() {
         let docker = ctx.node_docker(&view, &record.node).await?;
         remove_from_node(&docker, cid, record.recreating).await?;
     } else {
