@@ -873,3 +873,161 @@ fn a_successor_that_fails_to_start_gives_the_old_container_back() {
     call("delete_vm", json!([vm]));
     call("delete_disk", json!([disk]));
 }
+
+/// Names of the containers on `node` that mount volume `volume`.
+fn users_of_volume(node: &str, volume: &str) -> Vec<String> {
+    use bollard::query_parameters::ListContainersOptionsBuilder;
+    let filters: std::collections::HashMap<String, Vec<String>> =
+        [("volume".to_string(), vec![volume.to_string()])].into();
+    runtime().block_on(async {
+        node_socket(node)
+            .await
+            .list_containers(Some(
+                ListContainersOptionsBuilder::new()
+                    .all(true)
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+            .unwrap()
+            .into_iter()
+            .flat_map(|c| c.names.unwrap_or_default())
+            .map(|n| n.trim_start_matches('/').to_string())
+            .collect()
+    })
+}
+
+#[test]
+fn a_killed_create_vm_with_a_disk_never_leaves_two_vms_on_it() {
+    use std::time::{Duration, Instant};
+    let (node, _) = node_prefix(2);
+    let disk = create_disk(json!([10, {"node": node}, null]));
+    let request = |agent: &str| {
+        let req: Value = serde_json::from_str(&create_vm_request(
+            agent,
+            &shared_stemcell(),
+            json!({}),
+            json!({"d": {"type": "dynamic"}}),
+            json!({}),
+            2,
+        ))
+        .unwrap();
+        let mut req = req;
+        req["arguments"][4] = json!([disk]);
+        req.to_string()
+    };
+    // Killed once its container (mounting the disk) exists: the director never learns it.
+    let agent = agent_id("killed-create-disk");
+    let caught = kill_cpi_when(&request(&agent), &cfg(), || {
+        let agent = agent.clone();
+        async move {
+            leftovers_of_agent(&agent)
+                .await
+                .iter()
+                .any(|l| l.starts_with("container"))
+        }
+    });
+    assert!(caught, "create_vm finished before it could be killed");
+    // The director's retry: refused (retriable) while the dead call's record lives, then
+    // the abandoned VM is removed and the disk goes to the new VM alone.
+    let retry = request(&agent_id("killed-create-disk-retry"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let vm = loop {
+        let run = run_cpi(&retry, Some(&cfg()), &[]);
+        assert_schema(&run);
+        if run.response["error"].is_null() {
+            break run.response["result"][0].as_str().unwrap().to_string();
+        }
+        assert_eq!(run.response["error"]["ok_to_retry"], true, "{}", run.stdout);
+        let message = run.response["error"]["message"].as_str().unwrap();
+        assert!(message.contains(&disk), "{message}");
+        assert!(Instant::now() < deadline, "still refused: {}", run.stdout);
+        std::thread::sleep(Duration::from_secs(2));
+    };
+    assert_eq!(users_of_volume(&node, &disk), vec![vm.clone()]);
+    runtime().block_on(async {
+        assert_eq!(leftovers_of_agent(&agent).await, Vec::<String>::new());
+    });
+    call("delete_vm", json!([vm]));
+    call("delete_disk", json!([disk]));
+}
+
+#[test]
+fn a_disk_attaches_to_a_stopped_vm_which_comes_back_with_its_address() {
+    let (vm, node, ip) = vm_on(1, 107, "stopped");
+    let disk = create_disk(json!([10, {}, vm]));
+    runtime().block_on(async {
+        node_socket(&node)
+            .await
+            .stop_container(&vm, None::<bollard::query_parameters::StopContainerOptions>)
+            .await
+            .unwrap();
+    });
+    assert_eq!(
+        call("attach_disk", json!([vm, disk])),
+        json!(format!("/warden-cpi-dev/{disk}"))
+    );
+    assert_eq!(identity(&node, &vm).ip, ip);
+    assert_eq!(call("get_disks", json!([vm])), json!([disk]));
+    sh(&node, &vm, &format!("test -d /warden-cpi-dev/{disk}"));
+    call("delete_vm", json!([vm]));
+    call("delete_disk", json!([disk]));
+}
+
+#[test]
+fn delete_disk_keeps_its_record_while_an_old_copy_cannot_be_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, prefix) = private_config(dir.path());
+    register_nodes(&config, &prefix, &[]);
+    let run = |method: &str, args: Value| {
+        let r = run_cpi(
+            &json!({"method": method, "arguments": args}).to_string(),
+            Some(&config),
+            &[],
+        );
+        assert_schema(&r);
+        r.response
+    };
+    let (n1, _) = node_prefix(0);
+    let (n2, _) = node_prefix(1);
+    let disk = run("create_disk", json!([10, {"node": n1}, null]))["result"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The old copy a move left on n2, and n2 unreachable for this CPI.
+    runtime().block_on(async {
+        node_socket(&n2)
+            .await
+            .create_volume(bollard::models::VolumeCreateRequest {
+                name: Some(disk.clone()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    });
+    let mut record = index_record(&config, &format!("disks/{disk}")).unwrap();
+    record["old_copy_on"] = json!(n2);
+    put_index_record(&config, &format!("disks/{disk}"), &record);
+    let original = index_record(&config, &format!("nodes/{n2}")).unwrap();
+    let mut dead = original.clone();
+    dead["docker_endpoint"] = json!("tcp://127.0.0.1:9");
+    put_node_record(&config, &n2, &dead);
+
+    let response = run("delete_disk", json!([disk]));
+    assert_eq!(response["error"]["type"], "Bosh::Clouds::CloudError");
+    assert_eq!(response["error"]["ok_to_retry"], true);
+    let message = response["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&disk) && message.contains(&n2),
+        "{message}"
+    );
+    assert!(index_record(&config, &format!("disks/{disk}")).is_some());
+    assert!(volume_on(&n1, &disk).is_some(), "the disk went first");
+    assert!(volume_on(&n2, &disk).is_some());
+
+    put_node_record(&config, &n2, &original);
+    assert_eq!(run("delete_disk", json!([disk]))["error"], Value::Null);
+    assert!(volume_on(&n1, &disk).is_none());
+    assert!(volume_on(&n2, &disk).is_none());
+    assert!(index_record(&config, &format!("disks/{disk}")).is_none());
+}

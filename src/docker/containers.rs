@@ -117,6 +117,24 @@ impl NodeDocker {
             .map_err(|e| self.error(&format!("listing containers with label {label}"), &e))
     }
 
+    /// All containers (running or not) that mount the volume `name`.
+    pub async fn containers_using_volume(
+        &self,
+        name: &str,
+    ) -> Result<Vec<ContainerSummary>, CpiError> {
+        let filters: HashMap<String, Vec<String>> =
+            [("volume".to_string(), vec![name.to_string()])].into();
+        self.docker
+            .list_containers(Some(
+                ListContainersOptionsBuilder::new()
+                    .all(true)
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+            .map_err(|e| self.error(&format!("listing containers that use volume {name}"), &e))
+    }
+
     /// Connects a created container to one more network.
     pub async fn connect_network(
         &self,

@@ -9,8 +9,8 @@ use super::{moving, record, save, volume_gone};
 use crate::cloud::CloudContext;
 use crate::cloud::vm::agent_files::disk_hint;
 use crate::cloud::vm::{self, recreate};
-use crate::cluster::{DiskRecord, VmRecord, index};
-use crate::docker::NodeDocker;
+use crate::cluster::{DiskRecord, VmRecord, VmState, index};
+use crate::docker::{NodeDocker, volume_copy};
 use crate::protocol::{CallResult, CpiError, ErrorKind};
 
 /// The VM a disk is attached to according to the index, if that VM still exists.
@@ -78,6 +78,8 @@ pub async fn attach(
         moving::move_disk(ctx, &mut disk, &vm.node).await?;
     } else if !docker.volume_exists(disk_cid).await? {
         return Err(volume_gone(&disk));
+    } else {
+        ensure_unmounted(ctx, &docker, disk_cid).await?;
     }
     mounted.insert(disk_cid.to_string(), disk_cid.to_string());
     recreate::recreate(ctx, &mut vm, &docker, &mounted).await?;
@@ -85,6 +87,56 @@ pub async fn attach(
     save(ctx, &disk).await?;
     tracing::info!(vm = %vm_cid, disk = %disk_cid, node = %vm.node, "disk attached");
     Ok(hint)
+}
+
+/// Makes sure no container on the node mounts disk `disk_cid` before a VM gets it, whatever
+/// the index says: two VMs writing one disk would corrupt it. Copy helpers a killed move
+/// left and VMs the index does not know (abandoned by a failed create_vm) are removed; any
+/// other holder is an error naming it.
+pub(super) async fn ensure_unmounted(
+    ctx: &CloudContext<'_>,
+    docker: &NodeDocker,
+    disk_cid: &str,
+) -> Result<(), CpiError> {
+    volume_copy::sweep_helpers(docker, disk_cid).await?;
+    for c in docker.containers_using_volume(disk_cid).await? {
+        let holder = c
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(vm::labels::VM_CID).cloned());
+        let name = c
+            .names
+            .as_ref()
+            .and_then(|n| n.first())
+            .map(|n| n.trim_start_matches('/').to_string())
+            .or(c.id.clone())
+            .unwrap_or_default();
+        let Some(holder) = holder else {
+            return Err(CpiError::cloud(
+                format!(
+                    "disk {disk_cid} is mounted by container {name} on node {}, which is not a VM of this CPI",
+                    docker.name
+                ),
+                false,
+            ));
+        };
+        match vm::abandoned::record_now(ctx, &holder).await? {
+            None => {
+                let why = format!("mounted disk {disk_cid}");
+                vm::abandoned::remove(docker, &holder, &why).await?;
+            }
+            Some(record) => {
+                return Err(CpiError::cloud(
+                    format!(
+                        "disk {disk_cid} is mounted by VM {holder} (container {name}) on node {}; detach it there first",
+                        docker.name
+                    ),
+                    record.state == VmState::Creating,
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `detach_disk`: the reverse; a disk that is not attached (or unknown) is success.
@@ -132,8 +184,11 @@ pub async fn disks_for_new_vm(
                 false,
             ));
         }
-        if disk.node == node && !docker.volume_exists(cid).await? {
-            return Err(volume_gone(&disk));
+        if disk.node == node {
+            if !docker.volume_exists(cid).await? {
+                return Err(volume_gone(&disk));
+            }
+            ensure_unmounted(ctx, docker, cid).await?;
         }
         disks.push(disk);
     }

@@ -114,10 +114,20 @@ pub async fn delete(ctx: &CloudContext<'_>, cid: &str) -> Result<CallResult, Cpi
         ));
     }
     moving::remove_old_copy(ctx, &mut disk).await;
+    if let Some(node) = &disk.old_copy_on {
+        // Forgetting the record now would leave that copy of the data on the node for good.
+        return Err(CpiError::cloud(
+            format!(
+                "delete_disk: disk {cid} still has the copy an earlier move left on node {node}, \
+                 which cannot be removed now; retry when node {node} answers (or unregister it)"
+            ),
+            true,
+        ));
+    }
     let view = ctx.view().await?;
-    if view.node(&disk.node).is_some() {
+    if view.registered(&disk.node)?.is_some() {
         let docker = ctx.node_docker(&view, &disk.node).await?;
-        crate::docker::volume_copy::sweep_helpers(&docker, cid).await?;
+        attach::ensure_unmounted(ctx, &docker, cid).await?;
         docker.remove_volume(cid).await?;
     }
     let keys = ctx.keys().await?;
@@ -136,7 +146,7 @@ pub async fn has(ctx: &CloudContext<'_>, cid: &str) -> Result<CallResult, CpiErr
     };
     moving::remove_old_copy(ctx, &mut disk).await;
     let view = ctx.view().await?;
-    if view.node(&disk.node).is_none() {
+    if view.registered(&disk.node)?.is_none() {
         return Ok(CallResult::Plain(Value::Bool(false)));
     }
     let docker = ctx.node_docker(&view, &disk.node).await?;

@@ -199,17 +199,11 @@ async fn build(
             && let Some(ip) = p.ip
             && let Some(holder) = used.get(&ip).cloned()
         {
-            let keys = ctx.keys().await?;
-            match index::get::<VmRecord>(ctx.etcd().await?, &keys.vm(&holder)).await? {
+            match super::abandoned::record_now(ctx, &holder).await? {
                 // No record (a killed create's expired, or never written): the director
                 // never learned this VM, so it is garbage holding the address.
                 None => {
-                    tracing::warn!(vm = %holder, node = %node.name, "removing abandoned VM holding {ip}");
-                    docker.remove_container(&holder).await?;
-                    docker
-                        .remove_container(&super::recreate::previous_name(&holder))
-                        .await?;
-                    docker.remove_volume(&ephemeral_volume(&holder)).await?;
+                    super::abandoned::remove(docker, &holder, &format!("held {ip}")).await?;
                     used.remove(&ip);
                 }
                 Some(r) if r.state == VmState::Creating => {

@@ -1,6 +1,7 @@
 //! VMs: containers placed on the right node, with the agent's settings written before
 //! they start, and an index record in etcd so finding one is O(1).
 
+pub mod abandoned;
 pub mod agent_files;
 pub mod container_spec;
 mod create;
