@@ -355,26 +355,7 @@ fn a_snapshot_holds_the_contents_of_its_time() {
         assert_eq!(v.labels["moltencore.snapshot.disk"], disk);
         assert_eq!(v.labels["moltencore.snapshot.meta.index"], "3");
         let name = format!("read-{snap}");
-        docker
-            .create_container(
-                Some(
-                    bollard::query_parameters::CreateContainerOptionsBuilder::new()
-                        .name(&name)
-                        .build(),
-                ),
-                bollard::models::ContainerCreateBody {
-                    image: Some(format!("moltencore-stemcell:{}", shared_stemcell())),
-                    cmd: Some(vec!["cat".into(), "/snap/state".into()]),
-                    host_config: Some(bollard::models::HostConfig {
-                        binds: Some(vec![format!("{snap}:/snap:ro")]),
-                        network_mode: Some("none".into()),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
+        create_plain_container(&node, &name, &format!("{snap}:/snap:ro"), &[]).await;
         let text = read_file_in(&node, &name, "/snap/state").await;
         docker
             .remove_container(
@@ -395,6 +376,38 @@ fn a_snapshot_holds_the_contents_of_its_time() {
     assert_eq!(call("delete_snapshot", json!([snap])), Value::Null);
     call("delete_vm", json!([vm]));
     call("delete_disk", json!([disk]));
+}
+
+/// Creates (does not start) a container of the test stemcell on `node` with one volume
+/// `bind` (`volume:path[:ro]`), no network, and `labels`.
+async fn create_plain_container(node: &str, name: &str, bind: &str, labels: &[(&str, &str)]) {
+    node_socket(node)
+        .await
+        .create_container(
+            Some(
+                bollard::query_parameters::CreateContainerOptionsBuilder::new()
+                    .name(name)
+                    .build(),
+            ),
+            bollard::models::ContainerCreateBody {
+                image: Some(format!("moltencore-stemcell:{}", shared_stemcell())),
+                cmd: Some(vec!["true".into()]),
+                labels: Some(
+                    labels
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+                host_config: Some(bollard::models::HostConfig {
+                    binds: Some(vec![bind.to_string()]),
+                    network_mode: Some("none".into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("creating container {name} on {node}: {e}"));
 }
 
 /// Starts `cpi attach_disk` and kills it (SIGKILL) once it has stopped and renamed the
@@ -464,30 +477,12 @@ fn a_killed_attach_is_repaired_by_the_next_has_vm_or_delete_vm() {
     // and its ephemeral volume) goes too, so the volume is not left "in use".
     let (vm, node, _, disk) = kill_mid_attach(72);
     let stray = format!("{vm}-in-flight");
-    runtime().block_on(async {
-        let docker = node_socket(&node).await;
-        docker
-            .create_container(
-                Some(
-                    bollard::query_parameters::CreateContainerOptionsBuilder::new()
-                        .name(&stray)
-                        .build(),
-                ),
-                bollard::models::ContainerCreateBody {
-                    image: Some(format!("moltencore-stemcell:{}", shared_stemcell())),
-                    cmd: Some(vec!["true".into()]),
-                    labels: Some([("moltencore.vm.cid".to_string(), vm.clone())].into()),
-                    host_config: Some(bollard::models::HostConfig {
-                        binds: Some(vec![format!("{vm}-ephemeral:/var/vcap/data")]),
-                        network_mode: Some("none".into()),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
-    });
+    runtime().block_on(create_plain_container(
+        &node,
+        &stray,
+        &format!("{vm}-ephemeral:/var/vcap/data"),
+        &[("moltencore.vm.cid", &vm)],
+    ));
     assert_eq!(call("delete_vm", json!([vm])), Value::Null);
     assert!(volume_on(&node, &format!("{vm}-ephemeral")).is_none());
     runtime().block_on(async {
@@ -876,30 +871,16 @@ fn a_successor_that_fails_to_start_gives_the_old_container_back() {
 
 /// Names of the containers on `node` that mount volume `volume`.
 fn users_of_volume(node: &str, volume: &str) -> Vec<String> {
-    use bollard::query_parameters::ListContainersOptionsBuilder;
-    let filters: std::collections::HashMap<String, Vec<String>> =
-        [("volume".to_string(), vec![volume.to_string()])].into();
-    runtime().block_on(async {
-        node_socket(node)
-            .await
-            .list_containers(Some(
-                ListContainersOptionsBuilder::new()
-                    .all(true)
-                    .filters(&filters)
-                    .build(),
-            ))
-            .await
-            .unwrap()
-            .into_iter()
-            .flat_map(|c| c.names.unwrap_or_default())
-            .map(|n| n.trim_start_matches('/').to_string())
-            .collect()
-    })
+    runtime()
+        .block_on(containers_where(node, "volume", volume))
+        .into_iter()
+        .flat_map(|c| c.names.unwrap_or_default())
+        .map(|n| n.trim_start_matches('/').to_string())
+        .collect()
 }
 
 #[test]
 fn a_killed_create_vm_with_a_disk_never_leaves_two_vms_on_it() {
-    use std::time::{Duration, Instant};
     let (node, _) = node_prefix(2);
     let disk = create_disk(json!([10, {"node": node}, null]));
     let request = |agent: &str| {
@@ -931,19 +912,10 @@ fn a_killed_create_vm_with_a_disk_never_leaves_two_vms_on_it() {
     // The director's retry: refused (retriable) while the dead call's record lives, then
     // the abandoned VM is removed and the disk goes to the new VM alone.
     let retry = request(&agent_id("killed-create-disk-retry"));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let vm = loop {
-        let run = run_cpi(&retry, Some(&cfg()), &[]);
-        assert_schema(&run);
-        if run.response["error"].is_null() {
-            break run.response["result"][0].as_str().unwrap().to_string();
-        }
-        assert_eq!(run.response["error"]["ok_to_retry"], true, "{}", run.stdout);
+    let vm = create_vm_retrying(&retry, &cfg(), |run| {
         let message = run.response["error"]["message"].as_str().unwrap();
         assert!(message.contains(&disk), "{message}");
-        assert!(Instant::now() < deadline, "still refused: {}", run.stdout);
-        std::thread::sleep(Duration::from_secs(2));
-    };
+    });
     assert_eq!(users_of_volume(&node, &disk), vec![vm.clone()]);
     runtime().block_on(async {
         assert_eq!(leftovers_of_agent(&agent).await, Vec::<String>::new());

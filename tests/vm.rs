@@ -581,7 +581,6 @@ fn secrets_in_env_and_config_never_reach_stderr_or_the_log_of_a_real_create() {
 
 #[test]
 fn a_killed_create_vm_does_not_block_its_ip_for_the_retry() {
-    use std::time::{Duration, Instant};
     let (node, prefix) = node_prefix(1);
     let ip = format!("{prefix}.38");
     let agent = agent_id("killed-create");
@@ -616,17 +615,7 @@ fn a_killed_create_vm_does_not_block_its_ip_for_the_retry() {
         json!({}),
         2,
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let cid = loop {
-        let run = run_cpi(&retry, Some(&cfg()), &[]);
-        assert_schema(&run);
-        if run.response["error"].is_null() {
-            break run.response["result"][0].as_str().unwrap().to_string();
-        }
-        assert_eq!(run.response["error"]["ok_to_retry"], true, "{}", run.stdout);
-        assert!(Instant::now() < deadline, "still blocked: {}", run.stdout);
-        std::thread::sleep(Duration::from_secs(2));
-    };
+    let cid = create_vm_retrying(&retry, &cfg(), |_| {});
     runtime().block_on(async {
         assert_eq!(
             leftovers_of_agent(&agent).await,

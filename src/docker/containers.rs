@@ -104,17 +104,8 @@ impl NodeDocker {
         &self,
         label: &str,
     ) -> Result<Vec<ContainerSummary>, CpiError> {
-        let filters: HashMap<String, Vec<String>> =
-            [("label".to_string(), vec![label.to_string()])].into();
-        self.docker
-            .list_containers(Some(
-                ListContainersOptionsBuilder::new()
-                    .all(true)
-                    .filters(&filters)
-                    .build(),
-            ))
+        self.containers_where("label", label, &format!("with label {label}"))
             .await
-            .map_err(|e| self.error(&format!("listing containers with label {label}"), &e))
     }
 
     /// All containers (running or not) that mount the volume `name`.
@@ -122,8 +113,19 @@ impl NodeDocker {
         &self,
         name: &str,
     ) -> Result<Vec<ContainerSummary>, CpiError> {
+        self.containers_where("volume", name, &format!("that use volume {name}"))
+            .await
+    }
+
+    /// All containers (running or not) matching one Docker list filter.
+    async fn containers_where(
+        &self,
+        filter: &str,
+        value: &str,
+        which: &str,
+    ) -> Result<Vec<ContainerSummary>, CpiError> {
         let filters: HashMap<String, Vec<String>> =
-            [("volume".to_string(), vec![name.to_string()])].into();
+            [(filter.to_string(), vec![value.to_string()])].into();
         self.docker
             .list_containers(Some(
                 ListContainersOptionsBuilder::new()
@@ -132,7 +134,7 @@ impl NodeDocker {
                     .build(),
             ))
             .await
-            .map_err(|e| self.error(&format!("listing containers that use volume {name}"), &e))
+            .map_err(|e| self.error(&format!("listing containers {which}"), &e))
     }
 
     /// Connects a created container to one more network.

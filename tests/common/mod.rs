@@ -389,9 +389,15 @@ pub fn volume_on(node: &str, name: &str) -> Option<bollard::models::Volume> {
 
 /// Every container (running or not) on `node` carrying `label` (`key=value`).
 pub async fn containers_labelled(node: &str, label: &str) -> Vec<ContainerSummary> {
+    containers_where(node, "label", label).await
+}
+
+/// Every container (running or not) on `node` matching one Docker list filter
+/// (`label`, `volume`, ...).
+pub async fn containers_where(node: &str, filter: &str, value: &str) -> Vec<ContainerSummary> {
     use bollard::query_parameters::ListContainersOptionsBuilder;
     let filters: std::collections::HashMap<String, Vec<String>> =
-        [("label".to_string(), vec![label.to_string()])].into();
+        [(filter.to_string(), vec![value.to_string()])].into();
     node_socket(node)
         .await
         .list_containers(Some(
@@ -401,7 +407,7 @@ pub async fn containers_labelled(node: &str, label: &str) -> Vec<ContainerSummar
                 .build(),
         ))
         .await
-        .unwrap_or_else(|e| panic!("listing containers on {node}: {e}"))
+        .unwrap_or_else(|e| panic!("listing containers on {node} ({filter}={value}): {e}"))
 }
 
 /// Containers and volumes on any node carrying `moltencore.vm.agent_id=<agent>`.
@@ -546,6 +552,24 @@ where
     let _ = child.kill();
     let _ = child.wait();
     caught
+}
+
+/// Runs the `create_vm` `request` as the director retries it, every 2 s for up to 60 s,
+/// until it succeeds; every refusal must be retriable and pass `check`. The new VM's cid.
+pub fn create_vm_retrying(request: &str, config: &Path, check: impl Fn(&CpiRun)) -> String {
+    use std::time::{Duration, Instant};
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let run = run_cpi(request, Some(config), &[]);
+        assert_schema(&run);
+        if run.response["error"].is_null() {
+            return run.response["result"][0].as_str().unwrap().to_string();
+        }
+        assert_eq!(run.response["error"]["ok_to_retry"], true, "{}", run.stdout);
+        check(&run);
+        assert!(Instant::now() < deadline, "still refused: {}", run.stdout);
+        std::thread::sleep(Duration::from_secs(2));
+    }
 }
 
 /// A cpi.json loaded with the CPI's own loader.
