@@ -595,12 +595,20 @@ fn a_move_killed_mid_copy_is_finished_by_the_next_attach_with_the_data_intact() 
             call("delete_disk", json!([disk]));
             continue;
         }
-        // The disk still belongs to its source node, whole.
-        assert_eq!(
-            index_record(&cfg(), &format!("disks/{disk}")).unwrap()["node"],
-            node1.as_str()
+        // The disk still belongs to its source node, whole; the record leads to the copy.
+        let record = index_record(&cfg(), &format!("disks/{disk}")).unwrap();
+        assert_eq!(record["node"], node1.as_str());
+        assert_eq!(record["copying_to"], node2.as_str());
+        // Any next call on the disk removes the partial copy and its helpers.
+        assert_eq!(call("has_disk", json!([disk])), Value::Bool(true));
+        assert!(volume_on(&node2, &disk).is_none(), "partial copy left");
+        assert!(
+            !runtime().block_on(copying_into(&node2, &disk)),
+            "copy helpers left on {node2}"
         );
-        // The next attach sweeps the killed copy's helpers and moves the disk.
+        let record = index_record(&cfg(), &format!("disks/{disk}")).unwrap();
+        assert!(record.get("copying_to").is_none(), "{record}");
+        // The next attach moves the disk.
         assert_eq!(
             call("attach_disk", json!([vm2, disk])),
             json!(format!("/warden-cpi-dev/{disk}"))

@@ -267,6 +267,11 @@ pub struct DiskRecord {
     /// attach, has_disk or delete_disk removes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub old_copy_on: Option<String>,
+    /// A node a move is copying the disk to (set before the target volume is made): if the
+    /// move fails or is killed there, the next attach, has_disk or delete_disk removes the
+    /// partial copy and its helpers, wherever the disk goes next.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copying_to: Option<String>,
     pub created_at: String,
     #[serde(default)]
     pub metadata: serde_json::Map<String, serde_json::Value>,

@@ -52,7 +52,7 @@ pub async fn attach(
 ) -> Result<CallResult, CpiError> {
     let (mut vm, docker) = vm::find_existing(ctx, vm_cid).await?;
     let mut disk = record(ctx, disk_cid).await?;
-    moving::remove_old_copy(ctx, &mut disk).await;
+    moving::remove_stray_copies(ctx, &mut disk).await;
     let mut mounted = mounted_disks_of(&docker, vm_cid).await?;
     let hint = CallResult::DiskAttached {
         hint: Value::String(disk_hint(disk_cid)),

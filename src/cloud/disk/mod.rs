@@ -83,6 +83,7 @@ pub async fn create(
         size_mib,
         vm: None,
         old_copy_on: None,
+        copying_to: None,
         created_at: super::now(),
         metadata: Default::default(),
     };
@@ -113,12 +114,12 @@ pub async fn delete(ctx: &CloudContext<'_>, cid: &str) -> Result<CallResult, Cpi
             false,
         ));
     }
-    moving::remove_old_copy(ctx, &mut disk).await;
-    if let Some(node) = &disk.old_copy_on {
+    moving::remove_stray_copies(ctx, &mut disk).await;
+    if let Some(node) = disk.old_copy_on.as_ref().or(disk.copying_to.as_ref()) {
         // Forgetting the record now would leave that copy of the data on the node for good.
         return Err(CpiError::cloud(
             format!(
-                "delete_disk: disk {cid} still has the copy an earlier move left on node {node}, \
+                "delete_disk: disk {cid} still has a copy an earlier move left on node {node}, \
                  which cannot be removed now; retry when node {node} answers (or unregister it)"
             ),
             true,
@@ -144,7 +145,7 @@ pub async fn has(ctx: &CloudContext<'_>, cid: &str) -> Result<CallResult, CpiErr
         }
         Err(e) => return Err(e),
     };
-    moving::remove_old_copy(ctx, &mut disk).await;
+    moving::remove_stray_copies(ctx, &mut disk).await;
     let view = ctx.view().await?;
     if view.registered(&disk.node)?.is_none() {
         return Ok(CallResult::Plain(Value::Bool(false)));
