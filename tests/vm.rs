@@ -776,3 +776,46 @@ fn a_missing_docker_network_or_stemcell_is_named_and_nothing_is_made() {
         assert!(index_records_of_agent(&cfg(), &agent).is_empty());
     }
 }
+
+#[test]
+fn a_vm_abandoned_by_a_killed_create_vm_is_removed_by_the_next_create_on_its_node() {
+    use std::time::{Duration, Instant};
+    let (node, _) = node_prefix(2);
+    let dynamic = json!({"d": {"type": "dynamic"}});
+    let agent = agent_id("abandoned");
+    let req = create_vm_request(
+        &agent,
+        &shared_stemcell(),
+        json!({"node": node}),
+        dynamic.clone(),
+        json!({}),
+        2,
+    );
+    let caught = kill_cpi_when(&req, &cfg(), || {
+        let agent = agent.clone();
+        async move {
+            leftovers_of_agent(&agent)
+                .await
+                .iter()
+                .any(|l| l.starts_with("container"))
+        }
+    });
+    assert!(caught, "create_vm finished before it could be killed");
+    // The dead call's record expires with its lease; the director never learned the VM.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !index_records_of_agent(&cfg(), &agent).is_empty() {
+        assert!(Instant::now() < deadline, "the record outlived its lease");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    // No IP or disk conflict: the next create on that node removes it all the same.
+    let (next, _) = create(
+        &agent_id("abandoned-next"),
+        json!({"node": node}),
+        dynamic,
+        json!({}),
+    );
+    runtime().block_on(async {
+        assert_eq!(leftovers_of_agent(&agent).await, Vec::<String>::new());
+    });
+    delete_vm(&next);
+}

@@ -3,9 +3,13 @@
 //! container without a record was left by a create_vm that failed (with its node too slow
 //! to clean) or was killed: the director never learned its cid and will never delete it.
 
-use super::{ephemeral_volume, recreate};
+use std::collections::HashSet;
+
+use bollard::models::ContainerSummary;
+
+use super::{ephemeral_volume, labels, recreate};
 use crate::cloud::CloudContext;
-use crate::cluster::{VmRecord, index};
+use crate::cluster::{ClusterView, VmRecord, index};
 use crate::docker::NodeDocker;
 use crate::protocol::CpiError;
 
@@ -25,4 +29,63 @@ pub async fn remove(docker: &NodeDocker, cid: &str, why: &str) -> Result<(), Cpi
         .remove_container(&recreate::previous_name(cid))
         .await?;
     docker.remove_volume(&ephemeral_volume(cid)).await
+}
+
+/// Removes the abandoned VMs of this CPI's index among `containers` (the VM containers
+/// listed on the node of `docker`) and returns the others. Only containers labelled with
+/// this index's key prefix are candidates: a VM of another index on the same node is not
+/// this CPI's to judge. Failures are logged and the container kept, never fatal.
+pub async fn sweep(
+    ctx: &CloudContext<'_>,
+    view: &ClusterView,
+    docker: &NodeDocker,
+    containers: Vec<ContainerSummary>,
+    key_prefix: &str,
+) -> Vec<ContainerSummary> {
+    let mut removed = HashSet::new();
+    for c in &containers {
+        let Some(labels) = c.labels.as_ref() else {
+            continue;
+        };
+        let Some(holder) = labels.get(labels::VM_CID) else {
+            continue;
+        };
+        if labels.get(labels::INDEX).map(String::as_str) != Some(key_prefix)
+            || removed.contains(holder)
+            || !matches!(view.vm(holder), Ok(None))
+        {
+            continue;
+        }
+        let outcome = async {
+            if record_now(ctx, holder).await?.is_none() {
+                remove(
+                    docker,
+                    holder,
+                    "was left by a create_vm that failed or was killed",
+                )
+                .await?;
+                return Ok(true);
+            }
+            Ok::<bool, CpiError>(false)
+        }
+        .await;
+        match outcome {
+            Ok(true) => {
+                removed.insert(holder.clone());
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(vm = %holder, node = %docker.name, "abandoned VM kept for now: {}", e.message)
+            }
+        }
+    }
+    containers
+        .into_iter()
+        .filter(|c| {
+            c.labels
+                .as_ref()
+                .and_then(|l| l.get(labels::VM_CID))
+                .is_none_or(|h| !removed.contains(h))
+        })
+        .collect()
 }

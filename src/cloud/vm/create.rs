@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 
+use bollard::models::ContainerSummary;
 use serde_json::Value;
 
 use super::container_spec::{self, ContainerPlan};
@@ -193,7 +194,10 @@ async fn build(
         .map(|cid| (cid.clone(), agent_files::disk_hint(cid)))
         .collect();
 
-    let mut used = used_addresses(docker, planned).await?;
+    let vm_containers = docker.containers_with_label(labels::VM_CID).await?;
+    let vm_containers =
+        super::abandoned::sweep(ctx, view, docker, vm_containers, &config.etcd.key_prefix).await;
+    let mut used = used_addresses(vm_containers, planned);
     for p in planned.iter() {
         if p.spec.kind == NetworkType::Manual
             && let Some(ip) = p.ip
@@ -266,6 +270,7 @@ async fn build(
             (labels::AGENT_ID.to_string(), req.agent_id.clone()),
             (labels::STEMCELL.to_string(), req.stemcell_cid.clone()),
             (labels::CREATED_AT.to_string(), now()),
+            (labels::INDEX.to_string(), config.etcd.key_prefix.clone()),
         ]);
         if let Some(g) = group {
             container_labels.insert(labels::GROUP.into(), g.to_string());
@@ -367,17 +372,18 @@ async fn prepare_networks(
     Ok(())
 }
 
-/// Addresses held on the node by VM containers, running or stopped, with their holder.
-async fn used_addresses(
-    docker: &NodeDocker,
+/// Addresses held on the node by VM containers (`containers`, running or stopped), with
+/// their holder.
+fn used_addresses(
+    containers: Vec<ContainerSummary>,
     planned: &[PlannedNetwork],
-) -> Result<HashMap<Ipv4Addr, String>, CpiError> {
+) -> HashMap<Ipv4Addr, String> {
     let networks: HashSet<&str> = planned
         .iter()
         .filter_map(|p| p.docker_network.as_deref())
         .collect();
     let mut used = HashMap::new();
-    for c in docker.containers_with_label(labels::VM_CID).await? {
+    for c in containers {
         let holder = c
             .labels
             .as_ref()
@@ -399,7 +405,7 @@ async fn used_addresses(
             }
         }
     }
-    Ok(used)
+    used
 }
 
 /// Reads back the addresses Docker really gave, filling those a foreign network chose.

@@ -23,6 +23,9 @@ pub mod labels {
     pub const CREATED_AT: &str = "moltencore.vm.created_at";
     pub const EPHEMERAL_DISK_MIB: &str = "moltencore.vm.ephemeral_disk_mib";
     pub const EPHEMERAL_OF: &str = "moltencore.ephemeral.vm";
+    /// The etcd key prefix of the index the VM is recorded in: only that CPI may judge
+    /// the VM abandoned.
+    pub const INDEX: &str = "moltencore.vm.index";
 }
 
 /// The ephemeral volume of a VM.
