@@ -178,6 +178,12 @@ fn put(key: &str, value: &str) {
     })
 }
 
+fn delete(key: &str) {
+    runtime().block_on(async {
+        etcd().await.client().delete(key, None).await.unwrap();
+    })
+}
+
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
@@ -936,4 +942,46 @@ fn a_name_registered_by_another_host_is_refused_unless_replaced() {
     let record: Value =
         serde_json::from_str(&get(&format!("{}/nodes/dup", p.key)).unwrap()).unwrap();
     assert_eq!(record["private_ip"], "192.0.2.82");
+}
+
+#[test]
+fn the_mtu_and_the_subnet_of_a_node_stay_what_they_were_across_reboots_and_expired_leases() {
+    let p = prefixes();
+    put(
+        &format!("{}/config", p.flannel),
+        r#"{"Network":"10.206.0.0/16","SubnetLen":24,"Backend":{"Type":"vxlan"}}"#,
+    );
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let first = prep(d1.path(), "s1", "192.0.2.61", &p, &[]);
+    let report = prep(d2.path(), "s2", "192.0.2.62", &p, &[]);
+    let subnet = report["subnet"].as_str().unwrap().to_string();
+    assert_ne!(first["subnet"], report["subnet"]);
+    assert_eq!(report["mtu"], 1450, "vxlan on a 1500 link");
+
+    // flanneld, once running, says the link allows more (a 9001 link): taken once...
+    let env = d2.path().join("run/flannel/subnet.env");
+    std::fs::create_dir_all(env.parent().unwrap()).unwrap();
+    let gateway = subnet.replace(".0/24", ".1/24");
+    std::fs::write(
+        &env,
+        format!("FLANNEL_NETWORK=10.206.0.0/16\nFLANNEL_SUBNET={gateway}\nFLANNEL_MTU=8951\nFLANNEL_IPMASQ=false\n"),
+    )
+    .unwrap();
+    let report = prep(d2.path(), "s2", "192.0.2.62", &p, &[]);
+    assert_eq!(report["mtu"], 8951);
+    // ...and kept at the next boot, before flanneld has written subnet.env again.
+    std::fs::remove_file(&env).unwrap();
+    let report = prep(d2.path(), "s2", "192.0.2.62", &p, &[]);
+    assert_eq!(report["mtu"], 8951, "{report:#}");
+    assert_eq!(report["changed"], false, "{report:#}");
+
+    // Both leases expired while the hosts were down: s2 comes back on its own subnet,
+    // not on the lowest free one (s1's).
+    for r in [&first, &report] {
+        let key = r["subnet"].as_str().unwrap().replace('/', "-");
+        delete(&format!("{}/subnets/{key}", p.flannel));
+    }
+    let report = prep(d2.path(), "s2", "192.0.2.62", &p, &[]);
+    assert_eq!(report["subnet"], subnet.as_str(), "{report:#}");
+    assert!(has_change(&report, "reserved"), "{report:#}");
 }

@@ -270,14 +270,19 @@ pub fn generate(view: &ClusterView, opts: &Options) -> Result<Generated<CloudCon
     let mut subnets = Vec::new();
     for node in &view.nodes {
         match view.lease_of(node) {
-            Some(lease) if lease.public_ip.is_some_and(|ip| ip != node.private_ip) => warnings
-                .push(format!(
+            Some(lease)
+                if lease
+                    .public_ip
+                    .is_some_and(|ip| ip != node.flannel_ip.unwrap_or(node.private_ip)) =>
+            {
+                warnings.push(format!(
                     "node {}: the Flannel lease of {} announces {} but the node's IP is {}",
                     node.name,
                     node.subnet,
                     lease.public_ip.map(|ip| ip.to_string()).unwrap_or_default(),
-                    node.private_ip
-                )),
+                    node.flannel_ip.unwrap_or(node.private_ip)
+                ))
+            }
             Some(_) => {}
             None => warnings.push(format!(
                 "node {}: no Flannel lease holds its subnet {}: is flanneld running there?",
@@ -529,6 +534,10 @@ pub(crate) mod tests {
         assert_eq!(g.warnings.len(), 2, "{:?}", g.warnings);
         assert!(g.warnings[0].contains("announces 192.0.2.99"));
         assert!(g.warnings[1].contains("no Flannel lease holds its subnet 10.1.2.0/24"));
+        // A node prepared with --flannel-ip announces that address, rightly.
+        v.nodes[0].flannel_ip = Some("192.0.2.99".parse().unwrap());
+        let g = generate(&v, &Options::default()).unwrap();
+        assert_eq!(g.warnings.len(), 1, "{:?}", g.warnings);
         let mut bad_gw = node("n1", 1);
         bad_gw.gateway = "10.1.7.1".parse().unwrap();
         let e = generate(&view(vec![bad_gw]), &Options::default()).unwrap_err();

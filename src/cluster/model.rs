@@ -43,6 +43,10 @@ pub struct NodeRecord {
     pub private_ip: Ipv4Addr,
     #[serde(default)]
     pub public_ip: Option<Ipv4Addr>,
+    /// The address the node's Flannel lease announces, when node-prep was told one other
+    /// than the private IP (`--flannel-ip`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flannel_ip: Option<Ipv4Addr>,
     /// `tcp://<ip>:2376`, served with mutual TLS.
     pub docker_endpoint: String,
     /// The node's Flannel subnet, network address form (`10.1.2.0/24`).

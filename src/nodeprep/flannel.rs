@@ -43,8 +43,9 @@ pub fn plan_config(
 ) -> Result<ConfigPlan> {
     if let Some(cfg) = existing {
         let fix = "node-prep never changes an existing flannel config: fix or drop the flag, or change the key yourself (and restart flanneld on every node)";
+        // Compared as networks: `10.1.0.5/16` names the same network as `10.1.0.0/16`.
         if let Some(n) = flags.network
-            && n != cfg.network
+            && n.trunc() != cfg.network.trunc()
         {
             bail!(
                 "flannel config {key} has Network {}, but --flannel-network is {n}; {fix}",
@@ -255,13 +256,17 @@ pub enum SubnetSource {
     WouldReserve,
 }
 
-/// Finds this node's subnet by its public IP, or reserves the lowest free one (a lease key
-/// without an etcd lease, created only if absent; retried when another node took it).
+/// Finds this node's subnet by its public IP, or reserves one (a lease key without an etcd
+/// lease, created only if absent; retried when another node took it): the subnet the node
+/// had before (`previous`, from its record) when it is still free, so a node whose lease
+/// expired while it was down comes back on the subnet its VMs and BOSH's IPs are on; else
+/// the lowest free one.
 pub async fn ensure_subnet(
     etcd: &Etcd,
     keys: &Keys,
     config: &FlannelConfig,
     public_ip: Ipv4Addr,
+    previous: Option<Ipv4Net>,
     dry_run: bool,
 ) -> Result<(Ipv4Net, SubnetSource, Vec<String>)> {
     for _ in 0..20 {
@@ -269,7 +274,11 @@ pub async fn ensure_subnet(
         if let Some(l) = lease_of(&leases, public_ip) {
             return Ok((l.subnet, SubnetSource::Lease, warnings));
         }
-        let Some(subnet) = free_subnets(config, &leases).into_iter().next() else {
+        let free = free_subnets(config, &leases);
+        let chosen = previous
+            .filter(|p| free.contains(p))
+            .or_else(|| free.first().copied());
+        let Some(subnet) = chosen else {
             bail!(
                 "no free /{} left in flannel network {} for {public_ip} ({} leases under {})",
                 config.subnet_len,
@@ -389,6 +398,12 @@ mod tests {
         };
         let p = plan_config(Some(&existing), "/f/config", &same).unwrap();
         assert!(!p.create);
+        // The flag that created the config, host bits and all, still matches it.
+        let with_host_bits = FlannelFlags {
+            network: Some("10.1.0.5/16".parse().unwrap()),
+            ..Default::default()
+        };
+        assert!(plan_config(Some(&existing), "/f/config", &with_host_bits).is_ok());
         let other = FlannelFlags {
             network: Some("10.9.0.0/16".parse().unwrap()),
             ..Default::default()

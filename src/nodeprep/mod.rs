@@ -124,7 +124,8 @@ pub async fn prepare(opts: &PrepOptions) -> Result<Report> {
     }
     // Two hosts with one name would share a record, and VM calls would go to the wrong
     // daemon: a registered name with another private IP is refused unless replaced.
-    if let Some(existing) = register::read(&etcd, keys, &id.name).await?
+    let existing = register::read(&etcd, keys, &id.name).await?;
+    if let Some(existing) = &existing
         && existing.private_ip != id.private_ip
         && !opts.replace
     {
@@ -189,8 +190,15 @@ pub async fn prepare(opts: &PrepOptions) -> Result<Report> {
         config
     };
     let flannel_ip = opts.flannel_ip.unwrap_or(id.private_ip);
-    let (subnet, source, lease_warnings) =
-        flannel::ensure_subnet(&etcd, keys, &config, flannel_ip, opts.dry_run).await?;
+    let (subnet, source, lease_warnings) = flannel::ensure_subnet(
+        &etcd,
+        keys,
+        &config,
+        flannel_ip,
+        existing.as_ref().map(|r| r.subnet),
+        opts.dry_run,
+    )
+    .await?;
     warnings.extend(lease_warnings);
     match source {
         SubnetSource::Lease => {}
@@ -205,9 +213,17 @@ pub async fn prepare(opts: &PrepOptions) -> Result<Report> {
         )),
     }
     let gateway = Ipv4Addr::from(u32::from(subnet.network()) + 1);
+    // flanneld's own value when it has written it; else what an earlier run settled on for
+    // this subnet (at boot subnet.env is not there yet: without this the MTU, and with it
+    // Docker's configuration, would flip between boot and a later run); else computed.
+    let recorded_mtu = existing
+        .as_ref()
+        .filter(|r| r.subnet == subnet)
+        .map(|r| r.mtu);
     let mtu = match opts.mtu {
         Some(m) => m,
         None => flannel_mtu(&root, subnet)?
+            .or(recorded_mtu)
             .unwrap_or_else(|| flannel::mtu_for(config.backend_type(), opts.link_mtu)),
     };
 
@@ -271,10 +287,24 @@ pub async fn prepare(opts: &PrepOptions) -> Result<Report> {
         &etcd,
         keys,
         &id.name,
-        |previous| NodeRecord {
+        |previous| {
+            // Checked again here: a host with the same name may have registered since.
+            if let Some(p) = previous
+                && p.private_ip != id.private_ip
+                && !opts.replace
+            {
+                bail!(
+                    "node name {} was just registered by another host (private IP {}; this host: {}); give this host another --name",
+                    id.name,
+                    p.private_ip,
+                    id.private_ip
+                );
+            }
+            Ok(NodeRecord {
             name: id.name.clone(),
             private_ip: id.private_ip,
             public_ip: Some(id.public_ip),
+            flannel_ip: (flannel_ip != id.private_ip).then_some(flannel_ip),
             docker_endpoint: settings.endpoint(),
             subnet,
             gateway,
@@ -285,6 +315,7 @@ pub async fn prepare(opts: &PrepOptions) -> Result<Report> {
             capacity,
             cert_fingerprint: fingerprint.clone(),
             prepared_at: Some(prepared_at.clone()),
+        })
         },
         opts.dry_run,
     )

@@ -92,12 +92,13 @@ impl Registration {
 }
 
 /// Writes the record `make` builds from the existing one (which may be unreadable: then it
-/// is replaced). Retries when the record changed in between; in a dry run writes nothing.
+/// is replaced); `make` may refuse the existing one (another host's). Retries when the
+/// record changed in between, asking `make` again; in a dry run writes nothing.
 pub async fn register(
     etcd: &Etcd,
     keys: &Keys,
     name: &str,
-    make: impl Fn(Option<&NodeRecord>) -> NodeRecord,
+    make: impl Fn(Option<&NodeRecord>) -> Result<NodeRecord>,
     dry_run: bool,
 ) -> Result<Registration> {
     let key = keys.node(name);
@@ -106,7 +107,7 @@ pub async fn register(
         let previous = raw
             .as_ref()
             .and_then(|(v, _)| serde_json::from_slice::<NodeRecord>(v).ok());
-        let record = make(previous.as_ref());
+        let record = make(previous.as_ref())?;
         if dry_run {
             return Ok(Registration { record, previous });
         }
