@@ -88,7 +88,11 @@ pub fn run(config_path: PathBuf, name: &str, json: bool) -> i32 {
         return 0;
     }
     println!(
-        "{} VM(s) still on {name}; move each with the command shown:",
+        "{} VM(s) still on {name}. An instance pinned to {name} by its AZ (cloud_properties.node, \
+         as in the generated per-node cloud-config) or a static IP in its subnet must not be \
+         recreated: its new VM would be refused here and it would be left without one. Take \
+         AZ {name} out of its instance group's azs (and its static IPs) and deploy instead. \
+         Instances not pinned move with the command shown:",
         left.len()
     );
     for r in &left {
@@ -100,10 +104,7 @@ pub fn run(config_path: PathBuf, name: &str, json: bool) -> i32 {
             ),
         }
     }
-    println!(
-        "An instance whose AZ names this node (cloud_properties.node) is placed here again: \
-         give it another AZ first. `cpi nodes uncordon {name}` when the host is back."
-    );
+    println!("`cpi nodes uncordon {name}` when the host is back.");
     0
 }
 
