@@ -166,11 +166,14 @@ fn a_missing_required_property_fails_rendering_and_names_it() {
             "{missing} has no default"
         );
     }
-    // etcd auth needs both halves; one alone is left out, not half-rendered.
+    // etcd auth needs both halves; one alone fails the deploy, naming both.
     let mut props = required();
     props.push(("moltencore_cpi.etcd.username", json!("only-user")));
-    let rendered = render_config(&nested(&props));
-    assert!(rendered["etcd"].get("username").is_none(), "{rendered:#}");
+    let e = render("cpi.json.erb", &nested(&props)).expect_err("half of etcd auth");
+    assert!(
+        e.contains("moltencore_cpi.etcd.username") && e.contains("moltencore_cpi.etcd.password"),
+        "{e}"
+    );
 }
 
 #[test]
