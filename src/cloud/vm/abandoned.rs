@@ -7,7 +7,7 @@ use std::collections::HashSet;
 
 use bollard::models::ContainerSummary;
 
-use super::{ephemeral_volume, labels, recreate};
+use super::labels;
 use crate::cloud::CloudContext;
 use crate::cluster::{ClusterView, VmRecord, index};
 use crate::docker::NodeDocker;
@@ -20,15 +20,11 @@ pub async fn record_now(ctx: &CloudContext<'_>, cid: &str) -> Result<Option<VmRe
     index::get::<VmRecord>(ctx.etcd().await?, &keys.vm(cid)).await
 }
 
-/// Removes the abandoned VM `cid` from the node of `docker`: its container, a `-previous`
-/// one, and its ephemeral volume. `why` says what it was in the way of.
+/// Removes the abandoned VM `cid` from the node of `docker` as delete_vm does: its
+/// containers and its ephemeral volume. `why` says what it was in the way of.
 pub async fn remove(docker: &NodeDocker, cid: &str, why: &str) -> Result<(), CpiError> {
     tracing::warn!(vm = %cid, node = %docker.name, "removing abandoned VM (it {why})");
-    docker.remove_container(cid).await?;
-    docker
-        .remove_container(&recreate::previous_name(cid))
-        .await?;
-    docker.remove_volume(&ephemeral_volume(cid)).await
+    super::lifecycle::remove_from_node(docker, cid, false).await
 }
 
 /// Removes the abandoned VMs of this CPI's index among `containers` (the VM containers

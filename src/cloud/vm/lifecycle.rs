@@ -84,7 +84,7 @@ const IN_FLIGHT_GRACE: std::time::Duration = std::time::Duration::from_millis(50
 /// carrying its label) and then its ephemeral volume. After a killed re-creation the
 /// daemon may still be completing the dead process's create of the successor, so a volume
 /// in use means another round, and the node is checked again after a grace period.
-async fn remove_from_node(
+pub(super) async fn remove_from_node(
     docker: &NodeDocker,
     cid: &str,
     after_killed_recreation: bool,
