@@ -181,11 +181,18 @@ fn expected_addresses(old: &ContainerInspectResponse) -> BTreeMap<String, Option
     networks_of(old)
         .into_iter()
         .map(|(name, ep)| {
-            let configured = ep.ipam_config.and_then(|c| c.ipv4_address);
-            let had = ep.ip_address.filter(|ip| !ip.is_empty());
-            (name, configured.filter(|ip| !ip.is_empty()).or(had))
+            let address = kept_address(&ep);
+            (name, address)
         })
         .collect()
+}
+
+/// The address a container keeps on a network across re-creation: the configured one,
+/// else the one it has (none when it is stopped and was given none).
+fn kept_address(ep: &EndpointSettings) -> Option<String> {
+    let configured = ep.ipam_config.as_ref().and_then(|c| c.ipv4_address.clone());
+    let had = ep.ip_address.clone().filter(|ip| !ip.is_empty());
+    configured.filter(|ip| !ip.is_empty()).or(had)
 }
 
 /// The address a running container has on each of its networks.
@@ -295,16 +302,10 @@ fn successor_body(
         .and_then(|n| n.networks.clone())
         .unwrap_or_default();
     let endpoint_of = |ep: &EndpointSettings| EndpointSettings {
-        ipam_config: ep
-            .ipam_config
-            .as_ref()
-            .and_then(|c| c.ipv4_address.clone())
-            .or_else(|| ep.ip_address.clone())
-            .filter(|ip| !ip.is_empty())
-            .map(|ip| EndpointIpamConfig {
-                ipv4_address: Some(ip),
-                ..Default::default()
-            }),
+        ipam_config: kept_address(ep).map(|ip| EndpointIpamConfig {
+            ipv4_address: Some(ip),
+            ..Default::default()
+        }),
         mac_address: ep.mac_address.clone().filter(|m| !m.is_empty()),
         ..Default::default()
     };
