@@ -7,8 +7,8 @@ mod common;
 use std::process::Command;
 
 use common::{
-    agent_id, cluster, cluster_config, cpi_bin, create_vm_request, expect_error, expect_result,
-    index_record, manual_network, node_prefix, private_config, register_nodes, shared_stemcell,
+    cluster, cluster_config, cpi_bin, expect_error, expect_result, index_record, node_prefix,
+    private_config, register_nodes, shared_stemcell, static_vm,
 };
 use moltencore::cluster::Etcd;
 use moltencore::config::Config;
@@ -199,18 +199,12 @@ fn drain_cordons_the_node_and_names_the_instances_to_recreate() {
     let (config, prefix) = private_config(dir.path());
     register_nodes(&config, &prefix, &[]);
     let (node, subnet) = node_prefix(0);
-    let req = create_vm_request(
-        &agent_id("drain"),
+    let vm = static_vm(
+        &config,
         &shared_stemcell(),
-        json!({}),
-        manual_network(&format!("{subnet}.120")),
-        json!({}),
-        2,
+        "drain",
+        &format!("{subnet}.120"),
     );
-    let vm = expect_result(&req, Some(&config))[0]
-        .as_str()
-        .unwrap()
-        .to_string();
     let metadata = json!({"director": "d", "deployment": "cf", "instance_group": "web",
                           "id": "0f1e", "index": "0", "name": "web/0f1e"});
     let req = json!({"method":"set_vm_metadata","arguments":[vm, metadata]});

@@ -155,18 +155,12 @@ fn a_frozen_node_fails_calls_retriably_and_drops_out_of_create_stemcell() {
     let bound = Duration::from_secs(120);
 
     // A VM on the node before it freezes.
-    let req = create_vm_request(
-        &agent_id("before-freeze"),
+    let before = static_vm(
+        &config,
         &shared_stemcell(),
-        json!({}),
-        manual_network(&format!("{prefix}.71")),
-        json!({}),
-        2,
+        "before-freeze",
+        &format!("{prefix}.71"),
     );
-    let before = expect_result(&req, Some(&config))[0]
-        .as_str()
-        .unwrap()
-        .to_string();
 
     let frozen = Frozen::node(&frozen_node);
 

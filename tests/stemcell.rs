@@ -318,18 +318,7 @@ fn deleting_a_stemcell_a_vm_still_uses_is_refused_there_and_can_be_done_later() 
     let cid = create(test_stemcell_dir().join("image").to_str().unwrap(), &config);
     let reference = format!("moltencore-stemcell:{cid}");
     let (node, prefix) = node_prefix(1);
-    let req = create_vm_request(
-        &agent_id("stemcell-in-use"),
-        &cid,
-        json!({}),
-        manual_network(&format!("{prefix}.106")),
-        json!({}),
-        2,
-    );
-    let vm = expect_result(&req, Some(&config))[0]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let vm = static_vm(&config, &cid, "stemcell-in-use", &format!("{prefix}.106"));
 
     let req = json!({"method":"delete_stemcell","arguments":[cid]}).to_string();
     let (kind, message, run) = expect_error(&req, Some(&config));

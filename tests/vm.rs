@@ -593,16 +593,7 @@ fn a_killed_create_vm_does_not_block_its_ip_for_the_retry() {
         2,
     );
     // Kill the cpi once its container exists on the node.
-    let caught = kill_cpi_when(&req, &cfg(), || {
-        let agent = agent.clone();
-        async move {
-            leftovers_of_agent(&agent)
-                .await
-                .iter()
-                .any(|l| l.starts_with("container"))
-        }
-    });
-    assert!(caught, "create_vm finished before it could be killed");
+    kill_create_vm_once_its_container_exists(&req, &cfg(), &agent);
     // The director retries with a new agent id and the same IP. While the dead process's
     // lease lives, the answer is a retriable VMCreationFailed; then the abandoned VM is
     // removed and the create succeeds.
@@ -678,18 +669,12 @@ fn a_vm_whose_node_was_unregistered_is_an_error_for_has_vm_and_forgotten_by_dele
     let (config, prefix) = private_config(dir.path());
     register_nodes(&config, &prefix, &[]);
     let (node, p) = node_prefix(0);
-    let req = create_vm_request(
-        &agent_id("unregistered"),
+    let vm = static_vm(
+        &config,
         &shared_stemcell(),
-        json!({}),
-        manual_network(&format!("{p}.104")),
-        json!({}),
-        2,
+        "unregistered",
+        &format!("{p}.104"),
     );
-    let vm = expect_result(&req, Some(&config))[0]
-        .as_str()
-        .unwrap()
-        .to_string();
     let request = |method: &str| json!({"method": method, "arguments": [vm]}).to_string();
     // A node record that cannot be read is not "unregistered": nothing is forgotten.
     put_index_record(&config, &format!("nodes/{node}"), &json!("{garbled"));
@@ -791,16 +776,7 @@ fn a_vm_abandoned_by_a_killed_create_vm_is_removed_by_the_next_create_on_its_nod
         json!({}),
         2,
     );
-    let caught = kill_cpi_when(&req, &cfg(), || {
-        let agent = agent.clone();
-        async move {
-            leftovers_of_agent(&agent)
-                .await
-                .iter()
-                .any(|l| l.starts_with("container"))
-        }
-    });
-    assert!(caught, "create_vm finished before it could be killed");
+    kill_create_vm_once_its_container_exists(&req, &cfg(), &agent);
     // The dead call's record expires with its lease; the director never learned the VM.
     let deadline = Instant::now() + Duration::from_secs(60);
     while !index_records_of_agent(&cfg(), &agent).is_empty() {

@@ -68,18 +68,7 @@ fn vms_survive_a_dockerd_restart_and_create_vm_fails_retriably_while_it_is_down(
 
     // 1. A running VM comes back after its node's dockerd restarts, with the same IP.
     let ip = format!("{prefix}.50");
-    let req = create_vm_request(
-        &agent_id("survivor"),
-        &stemcell,
-        json!({}),
-        manual_network(&ip),
-        json!({}),
-        2,
-    );
-    let vm = expect_result(&req, Some(&config))[0]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let vm = static_vm(&config, &stemcell, "survivor", &ip);
     assert_eq!(container_ip(&node, &vm), (true, ip.clone()));
 
     stop_dockerd(&node);

@@ -554,6 +554,37 @@ where
     caught
 }
 
+/// Runs the `create_vm` `request` of `agent` and kills it (SIGKILL) once its container
+/// exists on a node, as a director restart would; asserts it was caught in time.
+pub fn kill_create_vm_once_its_container_exists(request: &str, config: &Path, agent: &str) {
+    let caught = kill_cpi_when(request, config, || {
+        let agent = agent.to_string();
+        async move {
+            leftovers_of_agent(&agent)
+                .await
+                .iter()
+                .any(|l| l.starts_with("container"))
+        }
+    });
+    assert!(caught, "create_vm finished before it could be killed");
+}
+
+/// Creates a VM (API v2) from `stemcell` with the static `ip` through `config`; its cid.
+pub fn static_vm(config: &Path, stemcell: &str, test: &str, ip: &str) -> String {
+    let req = create_vm_request(
+        &agent_id(test),
+        stemcell,
+        serde_json::json!({}),
+        manual_network(ip),
+        serde_json::json!({}),
+        2,
+    );
+    expect_result(&req, Some(config))[0]
+        .as_str()
+        .expect("create_vm answers [cid, networks]")
+        .to_string()
+}
+
 /// Runs the `create_vm` `request` as the director retries it, every 2 s for up to 60 s,
 /// until it succeeds; every refusal must be retriable and pass `check`. The new VM's cid.
 pub fn create_vm_retrying(request: &str, config: &Path, check: impl Fn(&CpiRun)) -> String {
