@@ -39,18 +39,7 @@ fn error_of(method: &str, args: Value) -> (String, String, bool) {
 fn vm_on(index: usize, host: u8, test: &str) -> (String, String, String) {
     let (node, prefix) = node_prefix(index);
     let ip = format!("{prefix}.{host}");
-    let req = create_vm_request(
-        &agent_id(test),
-        &shared_stemcell(),
-        json!({}),
-        manual_network(&ip),
-        json!({}),
-        2,
-    );
-    let cid = expect_result(&req, Some(&cfg()))[0]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let cid = static_vm(&cfg(), &shared_stemcell(), test, &ip);
     (cid, node, ip)
 }
 
@@ -633,6 +622,24 @@ fn a_move_killed_mid_copy_is_finished_by_the_next_attach_with_the_data_intact() 
     panic!("in 5 attempts the move always finished before it could be killed mid-copy");
 }
 
+/// What a move killed right after switching the record leaves: a volume of `disk` on
+/// `node` and the disk's record (under `config`'s prefix) naming it as the old copy.
+fn plant_old_copy(config: &std::path::Path, disk: &str, node: &str) {
+    runtime().block_on(async {
+        node_socket(node)
+            .await
+            .create_volume(bollard::models::VolumeCreateRequest {
+                name: Some(disk.to_string()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    });
+    let mut record = index_record(config, &format!("disks/{disk}")).unwrap();
+    record["old_copy_on"] = json!(node);
+    put_index_record(config, &format!("disks/{disk}"), &record);
+}
+
 #[test]
 fn the_old_copy_a_move_left_behind_is_removed_by_the_next_call() {
     let (n1, _) = node_prefix(0);
@@ -642,19 +649,7 @@ fn the_old_copy_a_move_left_behind_is_removed_by_the_next_call() {
         let disk = create_disk(json!([10, {"node": n1}, null]));
         // What a move killed right after switching the record leaves: the record on n1
         // naming n2 as still holding the source volume, and that volume on n2.
-        runtime().block_on(async {
-            node_socket(&n2)
-                .await
-                .create_volume(bollard::models::VolumeCreateRequest {
-                    name: Some(disk.clone()),
-                    ..Default::default()
-                })
-                .await
-                .unwrap();
-        });
-        let mut record = index_record(&cfg(), &format!("disks/{disk}")).unwrap();
-        record["old_copy_on"] = json!(n2);
-        put_index_record(&cfg(), &format!("disks/{disk}"), &record);
+        plant_old_copy(&cfg(), &disk, &n2);
 
         let vm = (call_next == "attach_disk").then(|| vm_on(0, 96, "old-copy").0);
         match call_next {
@@ -684,6 +679,11 @@ fn the_old_copy_a_move_left_behind_is_removed_by_the_next_call() {
         }
         call("delete_disk", json!([disk]));
     }
+}
+
+/// The `create_vm` arguments for `agent` on `networks` with the persistent disk `disk`.
+fn create_vm_args(agent: &str, networks: Value, disk: &str) -> Value {
+    json!([agent, shared_stemcell(), {}, networks, [disk], {}])
 }
 
 /// Removes a container or volume on `node` behind the CPI's back.
@@ -734,17 +734,11 @@ fn a_vm_container_removed_outside_the_cpi_is_forgotten_and_its_disk_kept() {
     assert_eq!(call("delete_vm", json!([vm])), Value::Null);
     // The disk and its data serve the VM the director makes next.
     let (node_name, prefix) = node_prefix(1);
-    let req = create_vm_request(
+    let args = create_vm_args(
         &agent_id("gone-container-next"),
-        &shared_stemcell(),
-        json!({}),
         manual_network(&format!("{prefix}.101")),
-        json!({}),
-        2,
+        &disk,
     );
-    let req: Value = serde_json::from_str(&req).unwrap();
-    let mut args = req["arguments"].clone();
-    args[4] = json!([disk]);
     let next = call("create_vm", args)[0].as_str().unwrap().to_string();
     assert_eq!(checksum(&node_name, &next, &disk), sum);
     call("delete_vm", json!([next]));
@@ -776,17 +770,7 @@ fn a_disk_volume_removed_outside_the_cpi_is_refused_and_the_vm_untouched() {
     // mount a new, empty volume under the disk's name).
     let (_, prefix) = node_prefix(2);
     let agent = agent_id("gone-volume-next");
-    let req = create_vm_request(
-        &agent,
-        &shared_stemcell(),
-        json!({}),
-        manual_network(&format!("{prefix}.103")),
-        json!({}),
-        2,
-    );
-    let req: Value = serde_json::from_str(&req).unwrap();
-    let mut args = req["arguments"].clone();
-    args[4] = json!([disk]);
+    let args = create_vm_args(&agent, manual_network(&format!("{prefix}.103")), &disk);
     let (kind, message, _) = error_of("create_vm", args);
     assert_eq!(kind, "Bosh::Clouds::DiskNotFound", "{message}");
     assert!(message.contains(&disk), "{message}");
@@ -892,31 +876,12 @@ fn a_killed_create_vm_with_a_disk_never_leaves_two_vms_on_it() {
     let (node, _) = node_prefix(2);
     let disk = create_disk(json!([10, {"node": node}, null]));
     let request = |agent: &str| {
-        let req: Value = serde_json::from_str(&create_vm_request(
-            agent,
-            &shared_stemcell(),
-            json!({}),
-            json!({"d": {"type": "dynamic"}}),
-            json!({}),
-            2,
-        ))
-        .unwrap();
-        let mut req = req;
-        req["arguments"][4] = json!([disk]);
-        req.to_string()
+        let args = create_vm_args(agent, json!({"d": {"type": "dynamic"}}), &disk);
+        json!({"method": "create_vm", "arguments": args, "api_version": 2}).to_string()
     };
     // Killed once its container (mounting the disk) exists: the director never learns it.
     let agent = agent_id("killed-create-disk");
-    let caught = kill_cpi_when(&request(&agent), &cfg(), || {
-        let agent = agent.clone();
-        async move {
-            leftovers_of_agent(&agent)
-                .await
-                .iter()
-                .any(|l| l.starts_with("container"))
-        }
-    });
-    assert!(caught, "create_vm finished before it could be killed");
+    kill_create_vm_once_its_container_exists(&request(&agent), &cfg(), &agent);
     // The director's retry: refused (retriable) while the dead call's record lives, then
     // the abandoned VM is removed and the disk goes to the new VM alone.
     let retry = request(&agent_id("killed-create-disk-retry"));
@@ -975,19 +940,7 @@ fn delete_disk_keeps_its_record_while_an_old_copy_cannot_be_removed() {
         .unwrap()
         .to_string();
     // The old copy a move left on n2, and n2 unreachable for this CPI.
-    runtime().block_on(async {
-        node_socket(&n2)
-            .await
-            .create_volume(bollard::models::VolumeCreateRequest {
-                name: Some(disk.clone()),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-    });
-    let mut record = index_record(&config, &format!("disks/{disk}")).unwrap();
-    record["old_copy_on"] = json!(n2);
-    put_index_record(&config, &format!("disks/{disk}"), &record);
+    plant_old_copy(&config, &disk, &n2);
     let original = index_record(&config, &format!("nodes/{n2}")).unwrap();
     let mut dead = original.clone();
     dead["docker_endpoint"] = json!("tcp://127.0.0.1:9");
@@ -1010,4 +963,53 @@ fn delete_disk_keeps_its_record_while_an_old_copy_cannot_be_removed() {
     assert!(volume_on(&n1, &disk).is_none());
     assert!(volume_on(&n2, &disk).is_none());
     assert!(index_record(&config, &format!("disks/{disk}")).is_none());
+}
+
+#[test]
+fn a_disk_another_container_really_mounts_is_refused_whatever_the_index_says() {
+    let (holder, node, _) = vm_on(0, 108, "holder");
+    let (vm, _, _) = vm_on(0, 109, "taker");
+    let disk = create_disk(json!([10, {}, holder]));
+    call("attach_disk", json!([holder, disk]));
+    // The index forgets the attachment (an interrupted write, an operator's edit).
+    let mut record = index_record(&cfg(), &format!("disks/{disk}")).unwrap();
+    record["vm"] = Value::Null;
+    put_index_record(&cfg(), &format!("disks/{disk}"), &record);
+    let before = identity(&node, &vm);
+
+    for (method, args) in [
+        ("attach_disk", json!([vm, disk])),
+        ("delete_disk", json!([disk])),
+    ] {
+        let (kind, message, retry) = error_of(method, args);
+        assert_eq!(kind, "Bosh::Clouds::CloudError", "{method}");
+        assert!(!retry, "{method}");
+        assert!(
+            message.contains(&disk) && message.contains(&holder),
+            "{method}: {message}"
+        );
+    }
+    assert_eq!(identity(&node, &vm).id, before.id, "the VM was re-created");
+    assert_eq!(users_of_volume(&node, &disk), vec![holder.clone()]);
+    assert!(volume_on(&node, &disk).is_some(), "the disk went");
+
+    // A holder that is no VM of this CPI is named as a container.
+    call("delete_vm", json!([holder]));
+    let outsider = format!("outsider-{disk}");
+    runtime().block_on(create_plain_container(
+        &node,
+        &outsider,
+        &format!("{disk}:/data"),
+        &[],
+    ));
+    let (kind, message, _) = error_of("attach_disk", json!([vm, disk]));
+    assert_eq!(kind, "Bosh::Clouds::CloudError");
+    assert!(
+        message.contains(&outsider) && message.contains("not a VM"),
+        "{message}"
+    );
+    assert_eq!(identity(&node, &vm).id, before.id, "the VM was re-created");
+    remove_outside_cpi(&node, Some(&outsider), None);
+    call("delete_vm", json!([vm]));
+    call("delete_disk", json!([disk]));
 }
