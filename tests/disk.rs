@@ -1010,6 +1010,20 @@ fn a_disk_another_container_really_mounts_is_refused_whatever_the_index_says() {
     );
     assert_eq!(identity(&node, &vm).id, before.id, "the VM was re-created");
     remove_outside_cpi(&node, Some(&outsider), None);
+
+    // A copy helper a killed move left holding the disk is removed, and the attach goes on.
+    let helper = format!("mc-copy-left-{disk}");
+    runtime().block_on(create_plain_container(
+        &node,
+        &helper,
+        &format!("{disk}:/data"),
+        &[("moltencore.helper", &disk)],
+    ));
+    assert_eq!(
+        call("attach_disk", json!([vm, disk])),
+        json!(format!("/warden-cpi-dev/{disk}"))
+    );
+    assert_eq!(users_of_volume(&node, &disk), vec![vm.clone()]);
     call("delete_vm", json!([vm]));
     call("delete_disk", json!([disk]));
 }

@@ -98,12 +98,16 @@ pub(super) async fn ensure_unmounted(
     docker: &NodeDocker,
     disk_cid: &str,
 ) -> Result<(), CpiError> {
-    volume_copy::sweep_helpers(docker, disk_cid).await?;
     for c in docker.containers_using_volume(disk_cid).await? {
-        let holder = c
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(vm::labels::VM_CID).cloned());
+        let label = |key: &str| c.labels.as_ref().and_then(|l| l.get(key).cloned());
+        // A copy helper a killed move or snapshot left (the one list finds them too).
+        if label(volume_copy::HELPER_LABEL).as_deref() == Some(disk_cid)
+            && let Some(id) = &c.id
+        {
+            docker.remove_container(id).await?;
+            continue;
+        }
+        let holder = label(vm::labels::VM_CID);
         let name = c
             .names
             .as_ref()
