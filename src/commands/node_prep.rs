@@ -84,8 +84,8 @@ impl EtcdArgs {
         let read = |flag: &str, path: &Option<PathBuf>| -> Result<Option<String>> {
             path.as_ref()
                 .map(|p| {
-                    std::fs::read_to_string(p)
-                        .with_context(|| format!("{flag} {}: cannot read it", p.display()))
+                    crate::bounded_file::read_to_string(p, crate::bounded_file::FileKind::TlsPem)
+                        .with_context(|| format!("{flag}: cannot be used"))
                 })
                 .transpose()
         };
