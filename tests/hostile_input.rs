@@ -505,7 +505,7 @@ fn no_secret_reaches_stderr_at_trace_for_every_target_during_a_real_create_vm() 
             cut(&run.stdout)
         );
         let cid = run.response["result"][0].as_str().unwrap().to_string();
-        let _vm = DeleteVmOnDrop(cid.clone());
+        let _vm = DeleteOnDrop("delete_vm", cid.clone());
         // The secrets really went through: the VM's agent settings carry them.
         let node = runtime()
             .block_on(node_of_container(&cid))
@@ -530,13 +530,14 @@ fn no_secret_reaches_stderr_at_trace_for_every_target_during_a_real_create_vm() 
     }
 }
 
-/// Deletes the VM when the test ends, passed or failed.
-struct DeleteVmOnDrop(String);
+/// Deletes a VM or disk (`delete_vm`/`delete_disk` and the cid) when the test ends,
+/// passed or failed.
+struct DeleteOnDrop(&'static str, String);
 
-impl Drop for DeleteVmOnDrop {
+impl Drop for DeleteOnDrop {
     fn drop(&mut self) {
         let deleted = run_cpi(
-            &json!({"method": "delete_vm", "arguments": [self.0]}).to_string(),
+            &json!({"method": self.0, "arguments": [self.1]}).to_string(),
             Some(&cluster_config()),
             &[],
         );
@@ -544,4 +545,29 @@ impl Drop for DeleteVmOnDrop {
             assert!(deleted.response["error"].is_null(), "{}", deleted.stdout);
         }
     }
+}
+
+#[test]
+fn a_request_larger_than_etcd_accepts_is_never_retriable_and_changes_nothing() {
+    let config = cluster_config();
+    let created = expect_result(
+        &json!({"method": "create_disk", "arguments": [16, {}, null]}).to_string(),
+        Some(&config),
+    );
+    let disk = created.as_str().expect("a disk cid").to_string();
+    let _disk = DeleteOnDrop("delete_disk", disk.clone());
+    // 3 MiB of metadata: within the stdin limit, beyond what etcd takes in one request.
+    let request = json!({"method": "set_disk_metadata",
+        "arguments": [disk, {"note": "m".repeat(3 << 20)}]});
+    let run = run(request.to_string().into_bytes(), &config, &[]);
+    let e = &run.response["error"];
+    assert!(e.is_object(), "{}", cut(&run.stdout));
+    assert_eq!(e["ok_to_retry"], false, "{}", cut(&run.stdout));
+    assert!(
+        run.stdout.len() < 16384,
+        "{} bytes answered",
+        run.stdout.len()
+    );
+    let record = index_record(&config, &format!("disks/{disk}")).expect("the disk's record");
+    assert!(record["metadata"].get("note").is_none(), "{record}");
 }
