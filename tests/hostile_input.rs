@@ -220,6 +220,51 @@ fn a_config_path_that_is_no_regular_file_or_too_large_is_refused() {
 }
 
 #[test]
+fn node_prep_refuses_tls_flags_naming_no_regular_file_or_a_large_one() {
+    let bad = bad_paths();
+    let root = tempfile::tempdir().unwrap();
+    for flag in ["--etcd-ca", "--etcd-cert", "--etcd-key"] {
+        for (what, path) in &bad.paths {
+            let mut child = Command::new(cpi())
+                .args([
+                    "node-prep",
+                    "--dry-run",
+                    "--etcd-endpoints",
+                    "https://127.0.0.1:1",
+                ])
+                .arg("--root")
+                .arg(root.path())
+                .arg(flag)
+                .arg(path)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let started = Instant::now();
+            let status = loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    break status;
+                }
+                if started.elapsed() > NO_ANSWER {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("node-prep {flag} {what}: no answer within {NO_ANSWER:?}");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+            assert!(!status.success(), "{flag} {what}: {stderr}");
+            assert!(
+                stderr.contains(flag) && stderr.contains("1 MiB"),
+                "{flag} {what}: {stderr}"
+            );
+        }
+    }
+}
+
+#[test]
 fn a_request_over_the_stdin_limit_is_refused_and_never_retriable() {
     // A valid request, padded past 8 MiB: only its size is wrong.
     let padding = "p".repeat(9 << 20);
