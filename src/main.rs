@@ -40,6 +40,9 @@ enum Command {
     /// Print BOSH configs generated from the cluster: `cloud-config` (one AZ and subnet per
     /// node) or `cpi-config` (one CPI per node).
     BoshConfig(commands::bosh_config::BoshConfigCommand),
+    /// Serve the FleetLock protocol (POST /v1/pre-reboot, /v1/steady-state) on the
+    /// cluster's reboot semaphore, for hosts with a FleetLock client (Zincati).
+    Fleetlock(commands::fleetlock::FleetLockCommand),
 }
 
 #[derive(Subcommand)]
@@ -74,6 +77,7 @@ fn main() {
         } => commands::drain::run(config, &name, json),
         Command::NodePrep(cmd) => commands::node_prep::run(*cmd),
         Command::BoshConfig(cmd) => commands::bosh_config::run(config, cmd),
+        Command::Fleetlock(cmd) => commands::fleetlock::run(config, cmd),
     };
     std::process::exit(code);
 }

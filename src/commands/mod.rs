@@ -2,6 +2,7 @@
 
 pub mod bosh_config;
 pub mod drain;
+pub mod fleetlock;
 pub mod node_prep;
 pub mod nodes;
 pub mod rpc;

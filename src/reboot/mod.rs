@@ -1,0 +1,5 @@
+//! Coordinated node reboots: the etcd v3 semaphore that bounds how many hosts are down at
+//! once, and the reboot manager that empties a node, reboots it and brings its VMs back.
+
+pub mod keys;
+pub mod semaphore;
