@@ -44,7 +44,8 @@ pub struct RebootManagerCommand {
     /// The update engine's status command; empty switches that source off.
     #[arg(long, default_value = "update_engine_client -status")]
     update_engine_command: String,
-    /// Start of the reboot window (`Sun 04:00`, or `04:00` for every day; UTC).
+    /// Start of the reboot window (`Sun 04:00` or `Sun,04:00`, or `04:00` for every day;
+    /// UTC).
     #[arg(long, requires = "window_length")]
     window: Option<String>,
     /// Length of the reboot window (`3h`).

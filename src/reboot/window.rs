@@ -1,5 +1,5 @@
-//! Reboot windows as locksmith has them: a start (`Sun 04:00`, or `04:00` for every day,
-//! in UTC) and a length (`3h`); the manager takes a slot only inside one.
+//! Reboot windows as locksmith has them: a start (`Sun 04:00` or `Sun,04:00`, or `04:00`
+//! for every day, in UTC) and a length (`3h`); the manager takes a slot only inside one.
 
 use std::time::Duration;
 
@@ -25,7 +25,7 @@ impl RebootWindow {
     pub fn parse(start: &str, length: &str) -> Result<RebootWindow, String> {
         let shown = super::semaphore::cut(start, 32);
         let bad = || format!("reboot window '{shown}' is not 'Sun 04:00' or '04:00'");
-        let (day, clock) = match start.trim().split_once(' ') {
+        let (day, clock) = match start.trim().split_once([' ', ',']) {
             Some((d, c)) => {
                 let d = d.trim().to_ascii_lowercase();
                 let i = DAYS
@@ -117,6 +117,10 @@ mod tests {
         assert!(!w.contains(datetime!(2026-11-25 05:30 UTC)));
         assert_eq!(
             RebootWindow::parse("sunday 04:00", "1h").unwrap(),
+            RebootWindow::parse("Sun 04:00", "1h").unwrap()
+        );
+        assert_eq!(
+            RebootWindow::parse("Sun,04:00", "1h").unwrap(),
             RebootWindow::parse("Sun 04:00", "1h").unwrap()
         );
         for (start, len) in [
