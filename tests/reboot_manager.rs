@@ -571,6 +571,18 @@ fn release_and_max_unavailable_reject_bad_input() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-node"));
     assert!(etcd_get(&config, "reboot/requests/no-such-node").is_none());
+    let node = node_names()[0].clone();
+    let out = cpi(&config, &["nodes", "reboot", &node, "--why", "a\nb"]);
+    assert!(!out.status.success());
+    assert!(etcd_get(&config, &format!("reboot/requests/{node}")).is_none());
+    let long = "w".repeat(5000);
+    assert!(
+        cpi(&config, &["nodes", "reboot", &node, "--why", &long])
+            .status
+            .success()
+    );
+    let why = etcd_get(&config, &format!("reboot/requests/{node}")).unwrap()["why"].clone();
+    assert!(why.as_str().unwrap().len() < 300, "{why}");
     let out = cpi(&config, &["nodes", "max-unavailable", "-1"]);
     assert!(!out.status.success());
     let out = cpi(&config, &["nodes", "max-unavailable", "2"]);

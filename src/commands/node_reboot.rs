@@ -11,7 +11,10 @@ use crate::cloud::CloudContext;
 use crate::nodeprep::register::now_rfc3339;
 use crate::reboot::keys::RebootKeys;
 use crate::reboot::record::{Phase, RebootRecord, RebootRequest, Records};
-use crate::reboot::semaphore::{Group, Holder, Semaphore, SemaphoreDoc};
+use crate::reboot::semaphore::{Group, Holder, HolderKind, Semaphore, SemaphoreDoc, cut};
+
+/// Longest operator's reason kept.
+const WHY_MAX: usize = 200;
 
 /// One group's semaphore, as the listing shows it.
 #[derive(Debug, Serialize)]
@@ -135,7 +138,11 @@ pub fn print(overview: &RebootOverview) {
             .holders
             .iter()
             .map(|h| {
-                format!("{} ({:?}, since {}, {})", h.id, h.kind, h.since, h.why).to_lowercase()
+                let kind = match h.kind {
+                    HolderKind::Node => "node",
+                    HolderKind::Fleetlock => "fleetlock",
+                };
+                format!("{} ({kind}, since {}, {})", h.id, h.since, h.why)
             })
             .collect();
         println!(
@@ -185,9 +192,13 @@ pub fn request(config_path: PathBuf, name: &str, why: Option<String>) -> i32 {
         }
         let (etcd, keys) = context_parts(ctx).await?;
         let records = Records::new(etcd, keys);
+        let why = why.unwrap_or_else(|| "cpi nodes reboot".into());
+        if why.chars().any(char::is_control) {
+            bail!("--why must be one line of printable text");
+        }
         let request = RebootRequest {
             since: now_rfc3339(),
-            why: why.unwrap_or_else(|| "cpi nodes reboot".into()),
+            why: cut(&why, WHY_MAX),
         };
         Ok(if records.put_request(name, &request).await? {
             format!("node {name}: reboot requested; its reboot manager takes a slot and reboots it")

@@ -95,9 +95,7 @@ async fn manage(config_path: PathBuf, cmd: RebootManagerCommand) -> Result<()> {
         window,
     };
     let ctx = CloudContext::new(config_path, Default::default(), None);
-    let mut manager = Manager::new(&ctx, opts, &cmd.root, reboot_command, engine)
-        .await
-        .map_err(anyhow::Error::msg)?;
+    let mut manager = Manager::new(&ctx, opts, &cmd.root, reboot_command, engine).await?;
     tokio::select! {
         () = manager.run() => Ok(()),
         stop = super::fleetlock::stopped() => stop,

@@ -17,14 +17,32 @@ use super::drain;
 use super::health;
 use super::host::Host;
 use super::keys::RebootKeys;
-use super::record::{Phase, RebootRecord, Records, Versioned};
-use super::semaphore::{Group, Holder, HolderKind, Semaphore, Take};
+use super::record::{Phase, RebootRecord, RecordError, Records, Versioned};
+use super::semaphore::{Group, Holder, HolderKind, Semaphore, SemaphoreError, Take};
 use super::sources::{FlagFile, NEED_REBOOT, UpdateEngine};
 use super::window::RebootWindow;
 use crate::cloud::CloudContext;
 use crate::cluster::{Etcd, Keys, NodeRecord, NodeState};
 use crate::docker::NodeDocker;
 use crate::nodeprep::register::{self, now_rfc3339};
+
+/// Why one step of the manager failed (it tries again after a poll interval).
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error(transparent)]
+    Semaphore(#[from] SemaphoreError),
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    /// The cluster (etcd, the node record, the CPI config) could not be read or changed.
+    #[error("{0}")]
+    Cluster(String),
+    /// The node's Docker failed.
+    #[error("{0}")]
+    Docker(String),
+    /// The host seams (boot id, reboot command) failed.
+    #[error("{0}")]
+    Host(String),
+}
 
 /// How the manager behaves (from `cpi reboot-manager`'s flags).
 #[derive(Debug, Clone)]
@@ -80,9 +98,10 @@ impl<'a> Manager<'a> {
         root: &Path,
         reboot_command: Vec<String>,
         engine: UpdateEngine,
-    ) -> Result<Manager<'a>, String> {
-        let etcd = ctx.etcd().await.map_err(|e| e.message)?.clone();
-        let keys = ctx.keys().await.map_err(|e| e.message)?;
+    ) -> Result<Manager<'a>, StepError> {
+        let cluster = |e: crate::protocol::CpiError| StepError::Cluster(e.message);
+        let etcd = ctx.etcd().await.map_err(cluster)?.clone();
+        let keys = ctx.keys().await.map_err(cluster)?;
         let reboot_keys = RebootKeys::new(&keys);
         Ok(Manager {
             ctx,
@@ -124,13 +143,9 @@ impl<'a> Manager<'a> {
         Next::Later
     }
 
-    async fn step(&mut self) -> Result<Next, String> {
-        let boot = self.host.boot_id()?;
-        let record = self
-            .records
-            .state(&self.opts.node)
-            .await
-            .map_err(|e| e.to_string())?;
+    async fn step(&mut self) -> Result<Next, StepError> {
+        let boot = self.host.boot_id().map_err(StepError::Host)?;
+        let record = self.records.state(&self.opts.node).await?;
         let Some(record) = record else {
             return self.maybe_start(&boot).await;
         };
@@ -146,13 +161,8 @@ impl<'a> Manager<'a> {
     }
 
     /// Why the node needs a reboot, if it does.
-    async fn reboot_needed(&self) -> Result<Option<String>, String> {
-        if let Some(req) = self
-            .records
-            .request(&self.opts.node)
-            .await
-            .map_err(|e| e.to_string())?
-        {
+    async fn reboot_needed(&self) -> Result<Option<String>, StepError> {
+        if let Some(req) = self.records.request(&self.opts.node).await? {
             return Ok(Some(format!("operator request: {}", req.value.why)));
         }
         if self.flag.is_set() {
@@ -169,24 +179,25 @@ impl<'a> Manager<'a> {
     }
 
     /// The node's record as stored, with its revision.
-    async fn node_record(&self) -> Result<(NodeRecord, i64), String> {
+    async fn node_record(&self) -> Result<(NodeRecord, i64), StepError> {
         let key = self.keys.node(&self.opts.node);
         let resp = self
             .etcd
             .client()
             .get(key.as_str(), None)
             .await
-            .map_err(|e| self.etcd.error("reading the node record", &e).message)?;
-        let kv = resp
-            .kvs()
-            .first()
-            .ok_or_else(|| format!("node {} is not registered ({key})", self.opts.node))?;
+            .map_err(|e| {
+                StepError::Cluster(self.etcd.error("reading the node record", &e).message)
+            })?;
+        let kv = resp.kvs().first().ok_or_else(|| {
+            StepError::Cluster(format!("node {} is not registered ({key})", self.opts.node))
+        })?;
         let record = serde_json::from_slice(kv.value())
-            .map_err(|e| format!("node record {key} is unreadable: {e}"))?;
+            .map_err(|e| StepError::Cluster(format!("node record {key} is unreadable: {e}")))?;
         Ok((record, kv.mod_revision()))
     }
 
-    async fn maybe_start(&mut self, boot: &str) -> Result<Next, String> {
+    async fn maybe_start(&mut self, boot: &str) -> Result<Next, StepError> {
         let Some(why) = self.reboot_needed().await? else {
             self.last_wait = None;
             return Ok(Next::Later);
@@ -199,7 +210,7 @@ impl<'a> Manager<'a> {
             )));
         }
         let (node, node_rev) = self.node_record().await?;
-        let stored = self.semaphore.read().await.map_err(|e| e.to_string())?;
+        let stored = self.semaphore.read().await?;
         let mut doc = stored.doc.clone();
         let now = now_rfc3339();
         let holder = Holder {
@@ -216,10 +227,10 @@ impl<'a> Manager<'a> {
                 tracing::info!(node = %self.opts.node, "this node holds a slot already; using it");
             }
             Take::AlreadyHeld(_) => {
-                return Err(format!(
+                return Err(StepError::Cluster(format!(
                     "a FleetLock client holds a slot under this node's name '{}'",
                     self.opts.node
-                ));
+                )));
             }
             Take::Full(holders) => {
                 let ids: Vec<&str> = holders.iter().map(|h| h.id.as_str()).collect();
@@ -256,8 +267,7 @@ impl<'a> Manager<'a> {
                 ],
                 vec![self.records.put_state(&self.opts.node, &record)],
             )
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         if taken {
             self.last_wait = None;
             tracing::info!(node = %self.opts.node, why = %why, "took a reboot slot; draining");
@@ -270,7 +280,7 @@ impl<'a> Manager<'a> {
         &mut self,
         record: &Versioned<RebootRecord>,
         phase: Phase,
-    ) -> Result<Next, String> {
+    ) -> Result<Next, StepError> {
         let mut next = record.value.clone();
         next.phase = phase;
         next.since = now_rfc3339();
@@ -278,52 +288,65 @@ impl<'a> Manager<'a> {
         self.healthy_since = None;
         self.records
             .replace(&self.opts.node, record.mod_revision, &next)
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         Ok(Next::Now)
     }
 
+    async fn view(&self) -> Result<crate::cluster::ClusterView, StepError> {
+        self.ctx
+            .view()
+            .await
+            .map_err(|e| StepError::Cluster(e.message))
+    }
+
     /// A fresh Docker client for this node (the daemon may have restarted since the last).
-    async fn docker(&self) -> Result<NodeDocker, String> {
-        let view = self.ctx.view().await.map_err(|e| e.message)?;
-        let node = view
-            .node(&self.opts.node)
-            .ok_or_else(|| format!("node {} is not registered", self.opts.node))?;
-        let access = self.ctx.docker_access(&view).await.map_err(|e| e.message)?;
+    async fn docker(&self) -> Result<NodeDocker, StepError> {
+        let view = self.view().await?;
+        let node = view.node(&self.opts.node).ok_or_else(|| {
+            StepError::Cluster(format!("node {} is not registered", self.opts.node))
+        })?;
+        let access = self
+            .ctx
+            .docker_access(&view)
+            .await
+            .map_err(|e| StepError::Docker(e.message))?;
         access
             .connect(&node.name, &node.docker_endpoint)
             .await
-            .map_err(|e| e.message)
+            .map_err(|e| StepError::Docker(e.message))
     }
 
-    async fn drain(&mut self, record: &Versioned<RebootRecord>) -> Result<Next, String> {
+    async fn drain(&mut self, record: &Versioned<RebootRecord>) -> Result<Next, StepError> {
         register::set_state(&self.etcd, &self.keys, &self.opts.node, NodeState::Cordoned)
             .await
-            .map_err(|e| format!("{e:#}"))?;
+            .map_err(|e| StepError::Cluster(format!("{e:#}")))?;
         let docker = self.docker().await?;
         let Some(vms) = &record.value.vms else {
-            let view = self.ctx.view().await.map_err(|e| e.message)?;
+            let view = self.view().await?;
             let cids: Vec<String> = view
                 .vms_on(&self.opts.node)
                 .map(|v| v.cid.clone())
                 .collect();
             let mut next = record.value.clone();
-            next.vms = Some(drain::snapshot(&docker, &cids).await?);
+            next.vms = Some(
+                drain::snapshot(&docker, &cids)
+                    .await
+                    .map_err(StepError::Docker)?,
+            );
             tracing::info!(node = %self.opts.node, vms = cids.len(), "cordoned; stopping the node's VMs");
             self.records
                 .replace(&self.opts.node, record.mod_revision, &next)
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
             return Ok(Next::Now);
         };
         let errors = drain::stop_all(&docker, vms, self.opts.grace_seconds).await;
         if !errors.is_empty() {
-            return Err(errors.join("; "));
+            return Err(StepError::Docker(errors.join("; ")));
         }
         self.enter(record, Phase::Rebooting).await
     }
 
-    async fn reboot(&mut self) -> Result<Next, String> {
+    async fn reboot(&mut self) -> Result<Next, StepError> {
         if self
             .reboot_asked
             .is_some_and(|at| at.elapsed() < self.opts.reboot_retry)
@@ -334,16 +357,16 @@ impl<'a> Manager<'a> {
         self.reboot_asked = Some(Instant::now());
         if let Err(e) = self.host.reboot().await {
             self.reboot_asked = None;
-            return Err(format!("the reboot command failed: {e}"));
+            return Err(StepError::Host(format!("the reboot command failed: {e}")));
         }
         Ok(Next::Later)
     }
 
-    async fn check(&mut self, record: &Versioned<RebootRecord>) -> Result<Next, String> {
+    async fn check(&mut self, record: &Versioned<RebootRecord>) -> Result<Next, StepError> {
         let vms = record.value.vms.clone().unwrap_or_default();
         let outcome = match self.docker().await {
             Ok(docker) => health::check(&docker, &vms).await,
-            Err(e) => Err(e),
+            Err(e) => Err(e.to_string()),
         };
         if let Err(problem) = outcome {
             self.healthy_since = None;
@@ -355,8 +378,7 @@ impl<'a> Manager<'a> {
                 next.health = Some(shown);
                 self.records
                     .replace(&self.opts.node, record.mod_revision, &next)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                    .await?;
             }
             return Ok(Next::Later);
         }
@@ -368,21 +390,20 @@ impl<'a> Manager<'a> {
                 next.health = Some(shown);
                 self.records
                     .replace(&self.opts.node, record.mod_revision, &next)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                    .await?;
             }
             return Ok(Next::Later);
         }
         self.finish(record).await
     }
 
-    async fn finish(&mut self, record: &Versioned<RebootRecord>) -> Result<Next, String> {
+    async fn finish(&mut self, record: &Versioned<RebootRecord>) -> Result<Next, StepError> {
         if !record.value.operator_cordoned {
             register::set_state(&self.etcd, &self.keys, &self.opts.node, NodeState::Ready)
                 .await
-                .map_err(|e| format!("{e:#}"))?;
+                .map_err(|e| StepError::Cluster(format!("{e:#}")))?;
         }
-        let stored = self.semaphore.read().await.map_err(|e| e.to_string())?;
+        let stored = self.semaphore.read().await?;
         let mut doc = stored.doc.clone();
         doc.give_back(&self.opts.node);
         let done = self
@@ -396,8 +417,7 @@ impl<'a> Manager<'a> {
                     TxnOp::delete(self.records.keys().request(&self.opts.node), None),
                 ],
             )
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         if done {
             self.healthy_since = None;
             tracing::info!(
