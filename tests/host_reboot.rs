@@ -2,7 +2,8 @@
 //! stop, a new boot id, node-prep, dockerd started from its report, the manager started
 //! again), driven by the reboot managers the harness runs (`ci/cluster manager I start`):
 //! a VM with a disk survives its node's reboot with its IP and data; three flagged nodes
-//! reboot one at a time. These tests restart daemons of the shared cluster, so they take
+//! reboot one at a time; a manager SIGKILLed mid-drain and after the reboot is finished by
+//! the next. These tests restart daemons of the shared cluster, so they take
 //! turns and this binary runs alone (test binaries run one after another).
 
 mod common;
@@ -43,21 +44,26 @@ struct Managers(Vec<usize>);
 
 impl Managers {
     fn start(nodes: &[usize]) -> Managers {
-        for i in nodes {
-            harness(&[
-                "manager",
-                &i.to_string(),
-                "start",
-                "--grace-period",
-                "10s",
-                "--settle",
-                "2s",
-                "--poll",
-                "300ms",
-                "--update-engine-command=",
-            ]);
-        }
+        start_managers(nodes);
         Managers(nodes.to_vec())
+    }
+}
+
+/// `ci/cluster manager I start` with the tests' flags, for each of `nodes`.
+fn start_managers(nodes: &[usize]) {
+    for i in nodes {
+        harness(&[
+            "manager",
+            &i.to_string(),
+            "start",
+            "--grace-period",
+            "10s",
+            "--settle",
+            "2s",
+            "--poll",
+            "300ms",
+            "--update-engine-command=",
+        ]);
     }
 }
 
@@ -241,4 +247,63 @@ fn three_flagged_nodes_reboot_one_at_a_time() {
         assert_eq!(state(&names[i - 1]), "ready");
     }
     assert_eq!(holders(), 0);
+}
+
+/// SIGKILLs node i's harness-run manager (as a crash would) and starts it again.
+fn kill_and_restart_manager(i: usize) {
+    let pidfile =
+        PathBuf::from(cluster()["dir"].as_str().unwrap()).join(format!("n{i}/reboot-manager.pid"));
+    let pid = std::fs::read_to_string(&pidfile).unwrap();
+    let killed = Command::new("kill")
+        .args(["-9", pid.trim()])
+        .status()
+        .unwrap();
+    assert!(killed.success(), "the manager of n{i} was not running");
+    start_managers(&[i]);
+}
+
+#[test]
+fn a_manager_killed_mid_drain_and_after_the_reboot_is_finished_by_the_next() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (node, prefix) = node_prefix(1);
+    let ip = format!("{prefix}.72");
+    let vm = static_vm(
+        &cluster_config(),
+        &shared_stemcell(),
+        "host-reboot-kill",
+        &ip,
+    );
+    let boot = boot_id(2);
+    let _managers = Managers::start(&[2]);
+    flag(2);
+    // Killed while draining: cordoned, the VM not yet (or not all) stopped.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let rec = etcd_get(&format!("reboot/nodes/{node}"));
+        if rec.is_some_and(|r| r["phase"] == "draining") && state(&node) == "cordoned" {
+            break;
+        }
+        assert_eq!(
+            boot_id(2),
+            boot,
+            "the drain went by before it could be caught"
+        );
+        assert!(Instant::now() < deadline, "the drain never began");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    kill_and_restart_manager(2);
+    // Killed again after the reboot, while the health gate settles.
+    wait_until("n2 rebooted and checking", Duration::from_secs(240), || {
+        boot_id(2) != boot
+            && etcd_get(&format!("reboot/nodes/{node}")).is_some_and(|r| r["phase"] == "checking")
+    });
+    kill_and_restart_manager(2);
+    wait_until("the reboot finishes", Duration::from_secs(240), || {
+        !rebooting(&node)
+    });
+    assert_eq!(state(&node), "ready");
+    assert_eq!(holders(), 0);
+    let (running, now_ip) = vm_ip_and_running(&node, &vm);
+    assert!(running && now_ip == ip, "the VM is not back on {ip}");
+    call("delete_vm", json!([vm]));
 }
