@@ -3,7 +3,8 @@
 //! script that records the reboot and gives the host a new boot id), its VMs back with
 //! their IPs and disk contents, uncordoned, the slot given back; three flagged nodes take
 //! turns; a manager killed at any step is finished by the next; a failing health gate
-//! keeps slot and cordon; an operator's cordon survives. Every test has its own key
+//! keeps slot and cordon; an operator's cordon survives; a FleetLock client and a node
+//! share one slot. Every test has its own key
 //! prefix and host root.
 
 mod common;
@@ -591,4 +592,101 @@ fn release_and_max_unavailable_reject_bad_input() {
         etcd_get(&config, "reboot/groups/default/semaphore").unwrap()["max"],
         2
     );
+}
+
+/// A running `cpi fleetlock` on a free port, killed when dropped.
+struct FleetLockServer {
+    child: Child,
+    address: String,
+}
+
+impl FleetLockServer {
+    fn start(config: &Path) -> FleetLockServer {
+        use std::io::BufRead;
+        let mut child = Command::new(cpi_bin())
+            .arg("-c")
+            .arg(config)
+            .args(["fleetlock", "--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let address = line
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("cpi fleetlock did not start: {line:?}"))
+            .trim()
+            .to_string();
+        FleetLockServer { child, address }
+    }
+
+    /// A FleetLock request of client `id` (group default); the HTTP status.
+    fn post(&self, path: &str, id: &str) -> u16 {
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "30",
+            ])
+            .args(["-H", "fleet-lock-protocol: true", "--data-binary"])
+            .arg(json!({"client_params": {"group": "default", "id": id}}).to_string())
+            .arg(format!("http://{}{path}", self.address))
+            .output()
+            .expect("curl is needed (the harness requires it)");
+        String::from_utf8_lossy(&out.stdout).parse().unwrap()
+    }
+}
+
+impl Drop for FleetLockServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_fleetlock_client_and_a_rebooting_node_share_one_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = private_cluster(dir.path());
+    let node = node_names()[0].clone();
+    let host = HostRoot::new(dir.path(), &node, true, true);
+    let fleetlock = FleetLockServer::start(&config);
+    assert_eq!(fleetlock.post("/v1/pre-reboot", "zincati-1"), 200);
+
+    let _manager = ManagerProc::start(&config, &node, &host);
+    host.flag();
+    wait_until(
+        "the manager waits for the slot",
+        Duration::from_secs(60),
+        &[&host],
+        || {
+            std::fs::read_to_string(host.root.join("manager.log"))
+                .unwrap_or_default()
+                .contains("waiting for a slot")
+        },
+    );
+    assert!(reboot_record(&config, &node).is_none());
+    assert_eq!(node_state(&config, &node), "ready");
+    assert_eq!(holders(&config), ["zincati-1"]);
+
+    assert_eq!(fleetlock.post("/v1/steady-state", "zincati-1"), 200);
+    wait_until(
+        "the node reboots",
+        Duration::from_secs(120),
+        &[&host],
+        || !host.lines("attempts").is_empty(),
+    );
+    assert_eq!(holders(&config), std::slice::from_ref(&node));
+    assert_eq!(fleetlock.post("/v1/pre-reboot", "zincati-1"), 409);
+    host.go();
+    assert_finished(&config, &node, &host, "ready");
+    assert_eq!(fleetlock.post("/v1/pre-reboot", "zincati-1"), 200);
+    assert_eq!(holders(&config), ["zincati-1"]);
 }
