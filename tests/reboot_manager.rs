@@ -4,8 +4,7 @@
 //! their IPs and disk contents, uncordoned, the slot given back; three flagged nodes take
 //! turns; a manager killed at any step is finished by the next; a failing health gate
 //! keeps slot and cordon; an operator's cordon survives; a FleetLock client and a node
-//! share one slot. Every test has its own key
-//! prefix and host root.
+//! share one slot. Every test has its own key prefix and host root.
 
 mod common;
 
