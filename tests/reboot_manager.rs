@@ -59,7 +59,7 @@ impl HostRoot {
         if new_boot {
             script.push_str(&format!(
                 "cat /proc/sys/kernel/random/uuid > {r}/proc/sys/kernel/random/boot_id\n\
-                 rm -f {r}/run/reboot-required\n"
+                 rm -f {r}/run/reboot-required {r}/run/engine-status\n"
             ));
         }
         script.push_str(&format!("echo done >> {r}/reboots\n"));
@@ -100,6 +100,11 @@ struct ManagerProc {
 
 impl ManagerProc {
     fn start(config: &Path, node: &str, host: &HostRoot) -> ManagerProc {
+        ManagerProc::start_with_engine(config, node, host, "")
+    }
+
+    /// With `engine` as the update engine's status command.
+    fn start_with_engine(config: &Path, node: &str, host: &HostRoot, engine: &str) -> ManagerProc {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -111,7 +116,7 @@ impl ManagerProc {
             .args(["reboot-manager", "--node", node, "--root"])
             .arg(&host.root)
             .args(["--grace-period", "5s", "--settle", "1s", "--poll", "200ms"])
-            .args(["--update-engine-command", ""])
+            .args(["--update-engine-command", engine])
             .arg("--reboot-command")
             .arg(host.root.join("reboot.sh"))
             .stdout(Stdio::null())
@@ -688,4 +693,40 @@ fn a_fleetlock_client_and_a_rebooting_node_share_one_slot() {
     assert_finished(&config, &node, &host, "ready");
     assert_eq!(fleetlock.post("/v1/pre-reboot", "zincati-1"), 200);
     assert_eq!(holders(&config), ["zincati-1"]);
+}
+
+#[test]
+fn an_update_waiting_for_its_reboot_reboots_the_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = private_cluster(dir.path());
+    let node = node_names()[1].clone();
+    let host = HostRoot::new(dir.path(), &node, false, true);
+    // update_engine_client -status as Flatcar prints it, from a file the "reboot" clears.
+    let engine = host.root.join("update_engine_client");
+    let status = host.root.join("run/engine-status");
+    std::fs::write(
+        &engine,
+        format!(
+            "#!/bin/sh\ncat {} 2>/dev/null || printf 'CURRENT_OP=UPDATE_STATUS_IDLE\\n'\n",
+            status.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&engine, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let _manager = ManagerProc::start_with_engine(&config, &node, &host, engine.to_str().unwrap());
+    std::fs::write(
+        &status,
+        "LAST_CHECKED_TIME=1700000000\nPROGRESS=0.000000\nCURRENT_OP=UPDATE_STATUS_UPDATED_NEED_REBOOT\nNEW_VERSION=4152.2.0\n",
+    )
+    .unwrap();
+    wait_until(
+        "the reboot begins",
+        Duration::from_secs(60),
+        &[&host],
+        || reboot_record(&config, &node).is_some() || !host.lines("reboots").is_empty(),
+    );
+    assert_finished(&config, &node, &host, "ready");
+    let log = std::fs::read_to_string(host.root.join("manager.log")).unwrap();
+    assert!(log.contains("UPDATE_STATUS_UPDATED_NEED_REBOOT"), "{log}");
 }
