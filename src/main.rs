@@ -40,6 +40,13 @@ enum Command {
     /// Print BOSH configs generated from the cluster: `cloud-config` (one AZ and subnet per
     /// node) or `cpi-config` (one CPI per node).
     BoshConfig(commands::bosh_config::BoshConfigCommand),
+    /// Serve the FleetLock protocol (POST /v1/pre-reboot, /v1/steady-state) on the
+    /// cluster's reboot semaphore, for hosts with a FleetLock client (Zincati).
+    Fleetlock(commands::fleetlock::FleetLockCommand),
+    /// Reboot this node when it needs it (Flatcar's update engine, /run/reboot-required,
+    /// `cpi nodes reboot`): take a slot, cordon, stop its VMs, reboot, check they are
+    /// back, uncordon, give the slot back.
+    RebootManager(Box<commands::reboot_manager::RebootManagerCommand>),
 }
 
 #[derive(Subcommand)]
@@ -51,6 +58,28 @@ enum NodesAction {
     /// Cordon NAME and list the BOSH instances still on it, with the `bosh recreate`
     /// that moves each elsewhere.
     Drain { name: String },
+    /// Ask NAME's reboot manager to reboot it (takes a slot, stops its VMs, reboots).
+    Reboot {
+        name: String,
+        /// Why, as `cpi nodes` shows it.
+        #[arg(long)]
+        why: Option<String>,
+    },
+    /// Give back the reboot slot NAME holds (a host that never came back); refused while
+    /// NAME reports itself rebooting unless --force.
+    Release {
+        name: String,
+        #[arg(long)]
+        force: bool,
+        #[arg(long, default_value = "default")]
+        group: String,
+    },
+    /// How many nodes of a reboot group may be down for a reboot at once (default 1).
+    MaxUnavailable {
+        max: u32,
+        #[arg(long, default_value = "default")]
+        group: String,
+    },
 }
 
 fn main() {
@@ -72,8 +101,22 @@ fn main() {
             action: Some(NodesAction::Drain { name }),
             json,
         } => commands::drain::run(config, &name, json),
+        Command::Nodes {
+            action: Some(NodesAction::Reboot { name, why }),
+            ..
+        } => commands::node_reboot::request(config, &name, why),
+        Command::Nodes {
+            action: Some(NodesAction::Release { name, force, group }),
+            ..
+        } => commands::node_reboot::release(config, &name, force, &group),
+        Command::Nodes {
+            action: Some(NodesAction::MaxUnavailable { max, group }),
+            ..
+        } => commands::node_reboot::set_max(config, max, &group),
         Command::NodePrep(cmd) => commands::node_prep::run(*cmd),
         Command::BoshConfig(cmd) => commands::bosh_config::run(config, cmd),
+        Command::Fleetlock(cmd) => commands::fleetlock::run(config, cmd),
+        Command::RebootManager(cmd) => commands::reboot_manager::run(config, *cmd),
     };
     std::process::exit(code);
 }

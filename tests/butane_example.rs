@@ -72,6 +72,34 @@ fn installs_the_binary_and_orders_node_prep_before_flanneld_and_the_network_unit
     assert!(line_values(dropin, "After").contains(&"moltencore-node-prep.service"));
 }
 
+#[test]
+fn host_updates_go_through_the_reboot_manager_with_locksmithd_off() {
+    let doc = example();
+    let files = doc["storage"]["files"].as_sequence().unwrap();
+    let update = files
+        .iter()
+        .find(|f| f["path"].as_str() == Some("/etc/flatcar/update.conf"))
+        .expect("the example writes /etc/flatcar/update.conf");
+    let text = update["contents"]["inline"].as_str().unwrap();
+    assert_eq!(line_values(text, "REBOOT_STRATEGY"), ["off"], "{text}");
+    let manager = unit(&doc, moltencore::nodeprep::reboot_unit::REBOOT_MANAGER_UNIT);
+    assert_eq!(manager["enabled"].as_bool(), Some(true));
+    assert_eq!(
+        unit(&doc, "locksmithd.service")["mask"].as_bool(),
+        Some(true)
+    );
+    // The unit's configuration is provided.
+    for path in [
+        moltencore::nodeprep::reboot_unit::CONFIG_FILE,
+        moltencore::nodeprep::reboot_unit::ENV_FILE,
+    ] {
+        assert!(
+            files.iter().any(|f| f["path"].as_str() == Some(path)),
+            "{path} is not written by the example"
+        );
+    }
+}
+
 fn write(root: &Path, path: &str, contents: &str, mode: u32) {
     let p = root.join(path.trim_start_matches('/'));
     std::fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -154,10 +182,19 @@ fn the_examples_units_pass_systemd_analyze_verify() {
         0o644,
     );
 
+    // The reboot manager's unit, as node-prep writes it.
+    write(
+        r,
+        "/etc/systemd/system/moltencore-reboot-manager.service",
+        &moltencore::nodeprep::reboot_unit::unit("n1", "/opt/bin/cpi"),
+        0o644,
+    );
+
     let out = systemd_verify(
         r,
         &[
             "/etc/systemd/system/moltencore-node-prep.service",
+            "/etc/systemd/system/moltencore-reboot-manager.service",
             "flanneld.service",
         ],
     );

@@ -226,7 +226,8 @@ fn prepares_a_fresh_root_then_a_second_run_changes_nothing() {
             "daemon-reload",
             "enable --now moltencore-docker-tls.socket",
             "restart docker.service",
-            "enable --now --no-block moltencore-network.service"
+            "enable --now --no-block moltencore-network.service",
+            "enable --now --no-block moltencore-reboot-manager.service"
         ])
     );
 
@@ -601,6 +602,7 @@ fn generated_units_pass_systemd_analyze_verify() {
         &[
             "/etc/systemd/system/moltencore-docker-tls.socket",
             "/etc/systemd/system/moltencore-network.service",
+            "/etc/systemd/system/moltencore-reboot-manager.service",
             "docker.service",
         ],
     );

@@ -2,8 +2,11 @@
 
 pub mod bosh_config;
 pub mod drain;
+pub mod fleetlock;
 pub mod node_prep;
+pub mod node_reboot;
 pub mod nodes;
+pub mod reboot_manager;
 pub mod rpc;
 
 /// The async runtime every subcommand runs on: two workers (fan-out to nodes, streams).

@@ -1,12 +1,14 @@
 //! `cpi nodes`: the operator's view of the cluster, read from etcd (with VM count and
 //! memory in use from the VM index), with a live check of every node's Docker daemon over
-//! mutual TLS; `cpi nodes cordon|uncordon NAME` flip the state placement honours.
+//! mutual TLS and each node's reboot state; `cpi nodes cordon|uncordon NAME` flip the
+//! state placement honours.
 
 use std::path::PathBuf;
 
 use futures_util::future::join_all;
 use serde::Serialize;
 
+use super::node_reboot::RebootOverview;
 use crate::cloud::CloudContext;
 use crate::cluster::{NodeRecord, NodeState, NodeUsage};
 use crate::nodeprep::register;
@@ -28,6 +30,8 @@ pub struct NodeStatus {
     pub lease: String,
     /// Whether the node's Docker answered over mutual TLS.
     pub docker: DockerStatus,
+    /// The reboot manager's record, while the node reboots.
+    pub reboot: Option<crate::reboot::record::RebootRecord>,
 }
 
 /// The live check of one node's Docker daemon, as `cpi nodes --json` prints it:
@@ -66,12 +70,14 @@ pub fn run(config_path: PathBuf, json: bool) -> i32 {
         Err(code) => return code,
     };
     match collected {
-        Ok((rows, problems)) => {
+        Ok((rows, problems, reboots)) => {
             if json {
-                let doc = serde_json::json!({"nodes": rows, "problems": problems});
+                let doc = serde_json::json!({"nodes": rows, "problems": problems,
+                    "reboot": {"groups": reboots.groups, "requested": reboots.requested,
+                               "problems": reboots.problems}});
                 println!("{doc:#}");
             } else {
-                print_table(&rows, &problems);
+                print_table(&rows, &problems, &reboots);
             }
             if rows.is_empty() || rows.iter().any(|r| !r.docker.reachable) {
                 1
@@ -86,8 +92,11 @@ pub fn run(config_path: PathBuf, json: bool) -> i32 {
     }
 }
 
+/// What `cpi nodes` lists: a row per node, the problems found, the reboot overview.
+pub type Listing = (Vec<NodeStatus>, Vec<String>, RebootOverview);
+
 /// Reads the view and asks every node's Docker for its version, all nodes at once.
-pub async fn collect(config_path: PathBuf) -> Result<(Vec<NodeStatus>, Vec<String>), CpiError> {
+pub async fn collect(config_path: PathBuf) -> Result<Listing, CpiError> {
     let ctx = CloudContext::new(config_path, Default::default(), None);
     let view = ctx.view().await?;
     let access = ctx.docker_access(&view).await?;
@@ -102,6 +111,12 @@ pub async fn collect(config_path: PathBuf) -> Result<(Vec<NodeStatus>, Vec<Strin
         }
     });
     let results = join_all(checks).await;
+    let reboots = super::node_reboot::overview(&ctx)
+        .await
+        .unwrap_or_else(|e| RebootOverview {
+            problems: vec![format!("reboot state unreadable: {e:#}")],
+            ..Default::default()
+        });
     let rows = view
         .nodes
         .iter()
@@ -112,10 +127,11 @@ pub async fn collect(config_path: PathBuf) -> Result<(Vec<NodeStatus>, Vec<Strin
                 view.lease_of(node).is_some(),
                 view.usage_of(&node.name),
                 docker,
+                reboots.of(&node.name).cloned(),
             )
         })
         .collect();
-    Ok((rows, view.problems))
+    Ok((rows, view.problems, reboots))
 }
 
 fn status(
@@ -123,6 +139,7 @@ fn status(
     leased: bool,
     usage: NodeUsage,
     docker: Result<String, String>,
+    reboot: Option<crate::reboot::record::RebootRecord>,
 ) -> NodeStatus {
     NodeStatus {
         name: node.name.clone(),
@@ -134,14 +151,15 @@ fn status(
         memory_mib: node.capacity.memory_mib,
         lease: if leased { "ok" } else { "missing" }.to_string(),
         docker: docker.into(),
+        reboot,
     }
 }
 
-fn print_table(rows: &[NodeStatus], problems: &[String]) {
+fn print_table(rows: &[NodeStatus], problems: &[String], reboots: &RebootOverview) {
     let header = [
-        "NAME", "ENDPOINT", "SUBNET", "STATE", "VMS", "MEMORY", "LEASE", "DOCKER",
+        "NAME", "ENDPOINT", "SUBNET", "STATE", "VMS", "MEMORY", "LEASE", "DOCKER", "REBOOT",
     ];
-    let cells: Vec<[String; 8]> = rows
+    let cells: Vec<[String; 9]> = rows
         .iter()
         .map(|r| {
             [
@@ -156,6 +174,7 @@ fn print_table(rows: &[NodeStatus], problems: &[String]) {
                     (Some(v), _) => format!("ok ({v})"),
                     (None, e) => format!("UNREACHABLE: {}", e.as_deref().unwrap_or("")),
                 },
+                reboots.cell(&r.name),
             ]
         })
         .collect();
@@ -184,6 +203,7 @@ fn print_table(rows: &[NodeStatus], problems: &[String]) {
     for p in problems {
         println!("warning: {p}");
     }
+    super::node_reboot::print(reboots);
 }
 
 /// Sets node `name`'s state in its etcd record (compare-and-swap); the state it had before.

@@ -6,6 +6,7 @@ use anyhow::Result;
 
 use super::docker_units::{self as du, WantedFile};
 use super::files::{FileChange, Root};
+use super::reboot_unit::REBOOT_MANAGER_UNIT;
 use super::systemd::Systemd;
 
 /// Which files differed and what that means for systemd.
@@ -19,21 +20,28 @@ pub struct Written {
     pub units: bool,
     /// The network unit changed: enable and start it.
     pub network_unit: bool,
+    /// The reboot manager's unit changed: enable and start it.
+    pub reboot_unit: bool,
 }
 
 /// Writes the files that differ (none in a dry run, which still reports them).
 pub fn write_files(root: &Root, wanted: &[WantedFile]) -> Result<Written> {
     let network_unit = du::unit_path(du::NETWORK_UNIT);
     let socket = du::unit_path(du::TLS_SOCKET_UNIT);
+    let reboot_unit = du::unit_path(REBOOT_MANAGER_UNIT);
     let mut written = Written::default();
     for f in wanted {
         let change = root.change_of(&f.path, &f.content, f.mode)?;
         if change == FileChange::Unchanged {
             continue;
         }
-        written.docker |= f.path != network_unit;
-        written.units |= f.path == du::DROPIN_FILE || f.path == socket || f.path == network_unit;
+        written.docker |= f.path != network_unit && f.path != reboot_unit;
+        written.units |= f.path == du::DROPIN_FILE
+            || f.path == socket
+            || f.path == network_unit
+            || f.path == reboot_unit;
         written.network_unit |= f.path == network_unit;
+        written.reboot_unit |= f.path == reboot_unit;
         written.files.push((f.path.clone(), change));
     }
     // Remember the owed restart before Docker's files change.
@@ -70,6 +78,10 @@ pub fn run_systemd(sd: &mut dyn Systemd, root: &Root, written: &Written) -> Resu
     if written.network_unit {
         sd.enable_now(du::NETWORK_UNIT, true)?;
     }
+    if written.reboot_unit {
+        // Ordered after node-prep: the start waits until this run is over.
+        sd.enable_now(REBOOT_MANAGER_UNIT, true)?;
+    }
     Ok(())
 }
 
@@ -101,6 +113,24 @@ mod tests {
             [
                 "daemon-reload",
                 "enable --now --no-block moltencore-network.service"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_changed_reboot_manager_unit_is_enabled_without_restarting_docker() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::new(dir.path(), false);
+        let unit = du::unit_path(REBOOT_MANAGER_UNIT);
+        let w = write_files(&root, &[file(&unit, "a")]).unwrap();
+        assert!(!w.docker && w.units && w.reboot_unit);
+        let mut sd = Recording::default();
+        run_systemd(&mut sd, &root, &w).unwrap();
+        assert_eq!(
+            sd.actions(),
+            [
+                "daemon-reload",
+                "enable --now --no-block moltencore-reboot-manager.service"
             ]
         );
     }

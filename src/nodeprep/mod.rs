@@ -11,6 +11,7 @@ pub mod flannel;
 pub mod identity;
 pub mod network;
 pub mod pki;
+pub mod reboot_unit;
 pub mod register;
 pub mod report;
 pub mod server_cert;
@@ -263,7 +264,8 @@ pub async fn prepare(opts: &PrepOptions) -> Result<Report> {
         network_name: opts.network_name.clone(),
         cpi_path: opts.cpi_path.clone(),
     };
-    let wanted = du::wanted_files(&settings, ca.ca().map(|c| c.cert_pem.as_str()), server);
+    let mut wanted = du::wanted_files(&settings, ca.ca().map(|c| c.cert_pem.as_str()), server);
+    wanted.push(reboot_unit::wanted(&id.name, &opts.cpi_path));
     let written = apply::write_files(&root, &wanted)?;
     for (path, change) in &written.files {
         let file = root.join(path).display().to_string();

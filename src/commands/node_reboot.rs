@@ -1,0 +1,280 @@
+//! `cpi nodes reboot|release|max-unavailable`: the operator's side of coordinated reboots,
+//! and the reboot part of the `cpi nodes` listing (each node's reboot state, the slot
+//! holders and `max_unavailable`).
+
+use std::path::PathBuf;
+
+use anyhow::{Result, anyhow, bail};
+use serde::Serialize;
+
+use crate::cloud::CloudContext;
+use crate::nodeprep::register::now_rfc3339;
+use crate::reboot::keys::RebootKeys;
+use crate::reboot::record::{Phase, RebootRecord, RebootRequest, Records};
+use crate::reboot::semaphore::{Group, Holder, HolderKind, Semaphore, SemaphoreDoc, cut};
+
+/// Longest operator's reason kept.
+const WHY_MAX: usize = 200;
+
+/// One group's semaphore, as the listing shows it.
+#[derive(Debug, Serialize)]
+pub struct GroupStatus {
+    pub group: String,
+    pub max_unavailable: u32,
+    pub holders: Vec<Holder>,
+}
+
+/// The reboot part of the listing.
+#[derive(Debug, Default, Serialize)]
+pub struct RebootOverview {
+    /// Node name -> its reboot record.
+    pub nodes: Vec<(String, RebootRecord)>,
+    /// Nodes an operator asked to reboot that have not started yet.
+    pub requested: Vec<String>,
+    pub groups: Vec<GroupStatus>,
+    /// Records that could not be read.
+    pub problems: Vec<String>,
+}
+
+impl RebootOverview {
+    /// The record of node `name`, if it is rebooting.
+    pub fn of(&self, name: &str) -> Option<&RebootRecord> {
+        self.nodes.iter().find(|(n, _)| n == name).map(|(_, r)| r)
+    }
+
+    /// One short cell for the table.
+    pub fn cell(&self, name: &str) -> String {
+        match self.of(name) {
+            Some(r) => {
+                let mut s = format!("{} since {} ({})", r.phase, r.since, r.why);
+                if let Some(h) = &r.health {
+                    s.push_str(&format!(" {h}"));
+                }
+                s
+            }
+            None if self.requested.iter().any(|n| n == name) => "requested".into(),
+            None => "-".into(),
+        }
+    }
+}
+
+async fn context_parts(ctx: &CloudContext<'_>) -> Result<(crate::cluster::Etcd, RebootKeys)> {
+    let etcd = ctx.etcd().await.map_err(|e| anyhow!("{e}"))?.clone();
+    let keys = RebootKeys::new(&ctx.keys().await.map_err(|e| anyhow!("{e}"))?);
+    Ok((etcd, keys))
+}
+
+/// Reads every reboot record and every group's semaphore.
+pub async fn overview(ctx: &CloudContext<'_>) -> Result<RebootOverview> {
+    let (etcd, keys) = context_parts(ctx).await?;
+    let records = Records::new(etcd.clone(), keys.clone());
+    let mut out = RebootOverview::default();
+    for (name, rec) in records.states().await? {
+        match rec {
+            Ok(r) => out.nodes.push((name, r)),
+            Err(e) => out
+                .problems
+                .push(format!("reboot record of {name} is unreadable: {e}")),
+        }
+    }
+    let mut client = etcd.client();
+    let opts = || Some(etcd_client::GetOptions::new().with_prefix());
+    let resp = client
+        .get(keys.groups(), opts())
+        .await
+        .map_err(|e| anyhow!("{}", etcd.error("reading the reboot semaphores", &e)))?;
+    for kv in resp.kvs() {
+        let key = String::from_utf8_lossy(kv.key()).to_string();
+        let group = key
+            .trim_start_matches(keys.groups().as_str())
+            .trim_end_matches("/semaphore")
+            .to_string();
+        match serde_json::from_slice::<SemaphoreDoc>(kv.value()) {
+            Ok(doc) => out.groups.push(GroupStatus {
+                group,
+                max_unavailable: doc.max,
+                holders: doc.holders,
+            }),
+            Err(e) => out
+                .problems
+                .push(format!("reboot semaphore {key} is unreadable: {e}")),
+        }
+    }
+    if !out
+        .groups
+        .iter()
+        .any(|g| g.group == Group::default_group().as_str())
+    {
+        let d = SemaphoreDoc::default();
+        out.groups.insert(
+            0,
+            GroupStatus {
+                group: Group::default_group().to_string(),
+                max_unavailable: d.max,
+                holders: d.holders,
+            },
+        );
+    }
+    let requests = client
+        .get(keys.request(""), opts())
+        .await
+        .map_err(|e| anyhow!("{}", etcd.error("reading reboot requests", &e)))?;
+    for kv in requests.kvs() {
+        let key = String::from_utf8_lossy(kv.key()).to_string();
+        let name = key
+            .trim_start_matches(keys.request("").as_str())
+            .to_string();
+        if out.of(&name).is_none() {
+            out.requested.push(name);
+        }
+    }
+    Ok(out)
+}
+
+/// Prints the slot lines under the table.
+pub fn print(overview: &RebootOverview) {
+    for g in &overview.groups {
+        let holders: Vec<String> = g
+            .holders
+            .iter()
+            .map(|h| {
+                let kind = match h.kind {
+                    HolderKind::Node => "node",
+                    HolderKind::Fleetlock => "fleetlock",
+                };
+                format!("{} ({kind}, since {}, {})", h.id, h.since, h.why)
+            })
+            .collect();
+        println!(
+            "reboot group {}: {}/{} slot(s) held{}{}",
+            g.group,
+            g.holders.len(),
+            g.max_unavailable,
+            if holders.is_empty() { "" } else { " by " },
+            holders.join(", ")
+        );
+    }
+    for p in &overview.problems {
+        println!("warning: {p}");
+    }
+}
+
+fn report(outcome: Result<String>) -> i32 {
+    match outcome {
+        Ok(msg) => {
+            println!("{msg}");
+            0
+        }
+        Err(e) => {
+            eprintln!("{e:#}");
+            1
+        }
+    }
+}
+
+fn with_context<F>(config_path: PathBuf, work: F) -> i32
+where
+    F: for<'c> AsyncFnOnce(&'c CloudContext<'c>) -> Result<String>,
+{
+    let ctx = CloudContext::new(config_path, Default::default(), None);
+    match super::block_on(work(&ctx), 1) {
+        Ok(outcome) => report(outcome),
+        Err(code) => code,
+    }
+}
+
+/// `cpi nodes reboot NAME`: records an operator's request; the node's manager does the rest.
+pub fn request(config_path: PathBuf, name: &str, why: Option<String>) -> i32 {
+    with_context(config_path, async |ctx| {
+        let view = ctx.view().await.map_err(|e| anyhow!("{e}"))?;
+        if view.registered(name).map_err(|e| anyhow!("{e}"))?.is_none() {
+            bail!("there is no node '{name}'; `cpi nodes` lists the nodes");
+        }
+        let (etcd, keys) = context_parts(ctx).await?;
+        let records = Records::new(etcd, keys);
+        let why = why.unwrap_or_else(|| "cpi nodes reboot".into());
+        if why.chars().any(char::is_control) {
+            bail!("--why must be one line of printable text");
+        }
+        let request = RebootRequest {
+            since: now_rfc3339(),
+            why: cut(&why, WHY_MAX),
+        };
+        Ok(if records.put_request(name, &request).await? {
+            format!("node {name}: reboot requested; its reboot manager takes a slot and reboots it")
+        } else {
+            format!("node {name}: a reboot was requested already")
+        })
+    })
+}
+
+/// `cpi nodes release NAME [--force]`: gives back the slot `name` holds (a node or a
+/// FleetLock client that never came back) and forgets the node's reboot record. Refused
+/// while the node reports itself draining or rebooting, unless forced.
+pub fn release(config_path: PathBuf, name: &str, force: bool, group: &str) -> i32 {
+    let group = group.to_string();
+    with_context(config_path, async move |ctx| {
+        let group = Group::parse(&group)?;
+        let (etcd, keys) = context_parts(ctx).await?;
+        let records = Records::new(etcd.clone(), keys.clone());
+        let record = records.state(name).await?;
+        if let Some(r) = &record
+            && matches!(r.value.phase, Phase::Draining | Phase::Rebooting)
+            && !force
+        {
+            bail!(
+                "node {name} reports itself {} since {} ({}); release it with --force only if \
+                 the host will not come back by itself",
+                r.value.phase,
+                r.value.since,
+                r.value.why
+            );
+        }
+        let semaphore = Semaphore::new(etcd.clone(), &keys, group.clone());
+        let holder = semaphore.give_back(name).await?;
+        // A pending request would start the next reboot at once.
+        etcd.client()
+            .delete(keys.request(name), None)
+            .await
+            .map_err(|e| anyhow!("{}", etcd.error("removing the reboot request", &e)))?;
+        if let Some(r) = record {
+            let txn = etcd_client::Txn::new()
+                .when(vec![records.state_at(name, r.mod_revision)])
+                .and_then(vec![etcd_client::TxnOp::delete(
+                    keys.node_state(name),
+                    None,
+                )]);
+            let resp = etcd
+                .client()
+                .txn(txn)
+                .await
+                .map_err(|e| anyhow!("{}", etcd.error("removing the reboot record", &e)))?;
+            if !resp.succeeded() {
+                bail!("node {name}'s reboot record changed meanwhile; look again with `cpi nodes`");
+            }
+        }
+        Ok(match holder {
+            Some(h) => format!(
+                "{name}: reboot slot of group {group} given back (held since {}); a cordon \
+                 stays until `cpi nodes uncordon {name}`",
+                h.since
+            ),
+            None => format!("{name} held no reboot slot in group {group}"),
+        })
+    })
+}
+
+/// `cpi nodes max-unavailable N`: how many nodes of a group may reboot at once.
+pub fn set_max(config_path: PathBuf, max: u32, group: &str) -> i32 {
+    let group = group.to_string();
+    with_context(config_path, async move |ctx| {
+        let group = Group::parse(&group)?;
+        let (etcd, keys) = context_parts(ctx).await?;
+        let before = Semaphore::new(etcd, &keys, group.clone())
+            .set_max(max)
+            .await?;
+        Ok(format!(
+            "reboot group {group}: max_unavailable {before} -> {max}"
+        ))
+    })
+}

@@ -1,0 +1,103 @@
+//! `cpi reboot-manager`: flags of the long-running reboot manager of one node (the state
+//! machine is [`crate::reboot::manager`]). Runs until SIGTERM or SIGINT; the state it
+//! keeps in etcd lets the next start carry on.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use clap::Args;
+
+use crate::cloud::CloudContext;
+use crate::reboot::manager::{Manager, ManagerOptions};
+use crate::reboot::semaphore::Group;
+use crate::reboot::sources::UpdateEngine;
+use crate::reboot::window::RebootWindow;
+
+/// `cpi reboot-manager --node NAME [FLAGS]`.
+#[derive(Debug, Args)]
+pub struct RebootManagerCommand {
+    /// This node's name, as node-prep registered it.
+    #[arg(long)]
+    node: String,
+    /// The host's `/` for the boot id and `/run/reboot-required`.
+    #[arg(long, default_value = "/")]
+    root: PathBuf,
+    /// Reboot group whose slots this node shares.
+    #[arg(long, default_value = "default")]
+    group: String,
+    /// Time each VM gets to stop its jobs (SIGTERM) before it is killed.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    grace_period: Duration,
+    /// Time the VMs must stay healthy after boot before the node is uncordoned.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    settle: Duration,
+    /// How often to look again while waiting.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    poll: Duration,
+    /// Time after which the reboot is asked for again when the host stays up.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    reboot_retry: Duration,
+    /// The command that reboots the host.
+    #[arg(long, default_value = "systemctl reboot")]
+    reboot_command: String,
+    /// The update engine's status command; empty switches that source off.
+    #[arg(long, default_value = "update_engine_client -status")]
+    update_engine_command: String,
+    /// Start of the reboot window (`Sun 04:00` or `Sun,04:00`, or `04:00` for every day;
+    /// UTC).
+    #[arg(long, requires = "window_length")]
+    window: Option<String>,
+    /// Length of the reboot window (`3h`).
+    #[arg(long, requires = "window")]
+    window_length: Option<String>,
+}
+
+fn words(s: &str) -> Vec<String> {
+    s.split_whitespace().map(str::to_string).collect()
+}
+
+/// Runs the manager; exit code 1 when it cannot start.
+pub fn run(config_path: PathBuf, cmd: RebootManagerCommand) -> i32 {
+    match super::block_on(manage(config_path, cmd), 1) {
+        Ok(Ok(())) => 0,
+        Ok(Err(e)) => {
+            eprintln!("cpi reboot-manager: {e:#}");
+            1
+        }
+        Err(code) => code,
+    }
+}
+
+async fn manage(config_path: PathBuf, cmd: RebootManagerCommand) -> Result<()> {
+    let window = match (&cmd.window, &cmd.window_length) {
+        (Some(start), Some(length)) => {
+            Some(RebootWindow::parse(start, length).map_err(anyhow::Error::msg)?)
+        }
+        _ => None,
+    };
+    let reboot_command = words(&cmd.reboot_command);
+    if reboot_command.is_empty() {
+        bail!("--reboot-command is empty");
+    }
+    let grace_seconds = i32::try_from(cmd.grace_period.as_secs())
+        .map_err(|_| anyhow::anyhow!("--grace-period is too long"))?;
+    let engine = UpdateEngine {
+        command: Some(words(&cmd.update_engine_command)).filter(|c| !c.is_empty()),
+    };
+    let opts = ManagerOptions {
+        node: cmd.node.clone(),
+        group: Group::parse(&cmd.group)?,
+        grace_seconds,
+        settle: cmd.settle,
+        poll: cmd.poll.max(Duration::from_millis(100)),
+        reboot_retry: cmd.reboot_retry,
+        window,
+    };
+    let ctx = CloudContext::new(config_path, Default::default(), None);
+    let mut manager = Manager::new(&ctx, opts, &cmd.root, reboot_command, engine).await?;
+    tokio::select! {
+        () = manager.run() => Ok(()),
+        stop = super::fleetlock::stopped() => stop,
+    }
+}

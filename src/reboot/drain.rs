@@ -1,0 +1,70 @@
+//! Emptying a node before its reboot: what each of its VMs looks like (IPs, volumes) is
+//! recorded first, then all are stopped at once with a grace period, as `docker stop`
+//! does (SIGTERM, so the agent and monit stop the jobs, then SIGKILL).
+
+use futures_util::future::join_all;
+
+use super::record::VmSnapshot;
+use crate::docker::NodeDocker;
+
+/// What each VM container in `cids` looks like now (absent containers are skipped: there is
+/// nothing to bring back).
+pub async fn snapshot(docker: &NodeDocker, cids: &[String]) -> Result<Vec<VmSnapshot>, String> {
+    let mut vms = Vec::new();
+    for cid in cids {
+        let Some(c) = docker.inspect_container(cid).await.map_err(|e| e.message)? else {
+            continue;
+        };
+        vms.push(observe(cid, &c));
+    }
+    Ok(vms)
+}
+
+/// One container as the snapshot and the health gate see it.
+pub fn observe(cid: &str, c: &bollard::models::ContainerInspectResponse) -> VmSnapshot {
+    let running = c.state.as_ref().and_then(|s| s.running).unwrap_or(false);
+    let ips = c
+        .network_settings
+        .as_ref()
+        .and_then(|n| n.networks.as_ref())
+        .map(|nets| {
+            nets.iter()
+                .filter_map(|(name, ep)| {
+                    let ip = ep.ip_address.clone().filter(|ip| !ip.is_empty())?;
+                    Some((name.clone(), ip))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut volumes: Vec<String> = c
+        .mounts
+        .iter()
+        .flatten()
+        .filter(|m| m.typ.as_deref() == Some("volume"))
+        .filter_map(|m| m.name.clone())
+        .collect();
+    volumes.sort();
+    VmSnapshot {
+        cid: cid.to_string(),
+        running,
+        ips,
+        volumes,
+    }
+}
+
+/// Stops every VM of `vms` that ran, all at once, each with `grace_seconds`; already
+/// stopped or absent is success. The errors, one per VM that could not be stopped.
+pub async fn stop_all(docker: &NodeDocker, vms: &[VmSnapshot], grace_seconds: i32) -> Vec<String> {
+    let stops = vms.iter().filter(|v| v.running).map(|v| async move {
+        tracing::info!(vm = %v.cid, grace_seconds, "stopping VM for the node's reboot");
+        docker
+            .stop_container(&v.cid, grace_seconds)
+            .await
+            .map_err(|e| e.message)
+    });
+    join_all(stops)
+        .await
+        .into_iter()
+        .filter_map(Result::err)
+        .collect()
+}

@@ -1,0 +1,79 @@
+//! The host seams of a reboot: the boot id (`/proc/sys/kernel/random/boot_id` below a
+//! root directory) that tells one boot from the next, and the command that reboots the
+//! host (`systemctl reboot` by default).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Longest the reboot command may take to return.
+const REBOOT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The host as the manager sees it.
+#[derive(Debug, Clone)]
+pub struct Host {
+    boot_id_file: PathBuf,
+    reboot_command: Vec<String>,
+}
+
+impl Host {
+    /// The host below `root`, rebooted by `reboot_command` (program and arguments).
+    pub fn new(root: &Path, reboot_command: Vec<String>) -> Host {
+        Host {
+            boot_id_file: root.join("proc/sys/kernel/random/boot_id"),
+            reboot_command,
+        }
+    }
+
+    /// The current boot's id.
+    pub fn boot_id(&self) -> Result<String, String> {
+        let text = std::fs::read_to_string(&self.boot_id_file).map_err(|e| {
+            format!(
+                "cannot read the boot id {}: {e}",
+                self.boot_id_file.display()
+            )
+        })?;
+        let id = text.trim();
+        if id.is_empty() || id.len() > 64 {
+            return Err(format!("{} holds no boot id", self.boot_id_file.display()));
+        }
+        Ok(id.to_string())
+    }
+
+    /// Runs the reboot command; `Ok` once it returned success (the host goes down soon).
+    pub async fn reboot(&self) -> Result<(), String> {
+        let (program, args) = self
+            .reboot_command
+            .split_first()
+            .ok_or("the reboot command is empty")?;
+        let run = tokio::process::Command::new(program)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .status();
+        match tokio::time::timeout(REBOOT_TIMEOUT, run).await {
+            Err(_) => Err(format!("{program} did not return in {REBOOT_TIMEOUT:?}")),
+            Ok(Err(e)) => Err(format!("{program}: {e}")),
+            Ok(Ok(status)) if status.success() => Ok(()),
+            Ok(Ok(status)) => Err(format!("{program} failed: {status}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_boot_id_is_read_below_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = Host::new(dir.path(), vec!["true".into()]);
+        assert!(host.boot_id().is_err());
+        let file = dir.path().join("proc/sys/kernel/random/boot_id");
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, "5e0c1a4e-7c4b-4d5f-9b0e-0d7b3f6c2a11\n").unwrap();
+        assert_eq!(
+            host.boot_id().unwrap(),
+            "5e0c1a4e-7c4b-4d5f-9b0e-0d7b3f6c2a11"
+        );
+    }
+}

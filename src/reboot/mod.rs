@@ -1,0 +1,12 @@
+//! Coordinated node reboots: the etcd v3 semaphore that bounds how many hosts are down at
+//! once, and the reboot manager that empties a node, reboots it and brings its VMs back.
+
+pub mod drain;
+pub mod health;
+pub mod host;
+pub mod keys;
+pub mod manager;
+pub mod record;
+pub mod semaphore;
+pub mod sources;
+pub mod window;

@@ -1,0 +1,266 @@
+//! What the reboot manager records about its node at `<prefix>/reboot/nodes/<name>`, so
+//! that a manager killed at any step (or the host going down under it) carries on from
+//! there, and what `cpi nodes` shows; and the operator's reboot request.
+
+use std::collections::BTreeMap;
+
+use etcd_client::{Compare, CompareOp, TxnOp};
+use serde::{Deserialize, Serialize};
+
+use super::keys::RebootKeys;
+use crate::cluster::Etcd;
+
+/// Where a node is in its reboot. No record: nothing is going on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// The slot is taken: cordon, then stop the node's VMs.
+    Draining,
+    /// The VMs are stopped; the host reboots (asked again if the boot does not change).
+    Rebooting,
+    /// The host is back (its boot id changed): the VMs must run again with their IPs and
+    /// disks for the settle time before the node is uncordoned and the slot given back.
+    Checking,
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Phase::Draining => "draining",
+            Phase::Rebooting => "rebooting",
+            Phase::Checking => "checking",
+        })
+    }
+}
+
+/// One VM as it was before the node was emptied: what the health gate expects back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmSnapshot {
+    pub cid: String,
+    /// Whether it ran (a stopped VM is not expected to run afterwards).
+    pub running: bool,
+    /// Network name -> IP address the container had.
+    #[serde(default)]
+    pub ips: BTreeMap<String, String>,
+    /// Names of the volumes it mounted (ephemeral and persistent disks).
+    #[serde(default)]
+    pub volumes: Vec<String>,
+}
+
+/// The manager's record of one node's reboot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RebootRecord {
+    pub phase: Phase,
+    /// When the current phase began (RFC 3339).
+    pub since: String,
+    /// When the reboot began (the slot was taken).
+    pub started: String,
+    /// Why the node reboots.
+    pub why: String,
+    /// The reboot group whose slot the node holds.
+    pub group: String,
+    /// The boot the reboot began in: a different boot id means the host rebooted.
+    pub boot_id: String,
+    /// The node was cordoned by an operator before: its cordon stays afterwards.
+    pub operator_cordoned: bool,
+    /// The VMs as they were before they were stopped (set once, before stopping any).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vms: Option<Vec<VmSnapshot>>,
+    /// Why the health gate does not pass yet, after the reboot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
+}
+
+/// An operator's request to reboot a node (`cpi nodes reboot NAME`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RebootRequest {
+    pub since: String,
+    pub why: String,
+}
+
+/// A value as read, with the revision a transaction compares.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Versioned<T> {
+    pub value: T,
+    pub mod_revision: i64,
+}
+
+/// Why a record could not be read or written.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RecordError {
+    #[error("{0}")]
+    Etcd(String),
+    #[error("{key} is unreadable: {reason}")]
+    Corrupt { key: String, reason: String },
+}
+
+/// The reboot records of one cluster.
+#[derive(Clone)]
+pub struct Records {
+    etcd: Etcd,
+    keys: RebootKeys,
+}
+
+impl Records {
+    /// Records under `keys`.
+    pub fn new(etcd: Etcd, keys: RebootKeys) -> Records {
+        Records { etcd, keys }
+    }
+
+    /// The keys.
+    pub fn keys(&self) -> &RebootKeys {
+        &self.keys
+    }
+
+    async fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<Versioned<T>>, RecordError> {
+        let resp = self.etcd.client().get(key, None).await.map_err(|e| {
+            RecordError::Etcd(self.etcd.error(&format!("reading {key}"), &e).message)
+        })?;
+        let Some(kv) = resp.kvs().first() else {
+            return Ok(None);
+        };
+        let value = serde_json::from_slice(kv.value()).map_err(|e| RecordError::Corrupt {
+            key: key.to_string(),
+            reason: super::semaphore::cut(&e.to_string(), 200),
+        })?;
+        Ok(Some(Versioned {
+            value,
+            mod_revision: kv.mod_revision(),
+        }))
+    }
+
+    /// Node `name`'s reboot record.
+    pub async fn state(&self, name: &str) -> Result<Option<Versioned<RebootRecord>>, RecordError> {
+        self.get(&self.keys.node_state(name)).await
+    }
+
+    /// Every node's reboot record (node name, record or why it is unreadable).
+    pub async fn states(&self) -> Result<Vec<(String, Result<RebootRecord, String>)>, RecordError> {
+        let prefix = self.keys.node_states();
+        let resp = self
+            .etcd
+            .client()
+            .get(
+                prefix.as_str(),
+                Some(etcd_client::GetOptions::new().with_prefix()),
+            )
+            .await
+            .map_err(|e| {
+                RecordError::Etcd(self.etcd.error("reading reboot records", &e).message)
+            })?;
+        Ok(resp
+            .kvs()
+            .iter()
+            .map(|kv| {
+                let name = String::from_utf8_lossy(kv.key())
+                    .trim_start_matches(prefix.as_str())
+                    .to_string();
+                let rec = serde_json::from_slice(kv.value()).map_err(|e| e.to_string());
+                (name, rec)
+            })
+            .collect())
+    }
+
+    /// The operator's request for node `name`.
+    pub async fn request(
+        &self,
+        name: &str,
+    ) -> Result<Option<Versioned<RebootRequest>>, RecordError> {
+        self.get(&self.keys.request(name)).await
+    }
+
+    /// Records (or keeps) an operator's request; false when one was there already.
+    pub async fn put_request(
+        &self,
+        name: &str,
+        request: &RebootRequest,
+    ) -> Result<bool, RecordError> {
+        let key = self.keys.request(name);
+        let txn = etcd_client::Txn::new()
+            .when(vec![Compare::create_revision(
+                key.as_str(),
+                CompareOp::Equal,
+                0,
+            )])
+            .and_then(vec![TxnOp::put(
+                key.as_str(),
+                serde_json::to_string(request).expect("a request serializes"),
+                None,
+            )]);
+        let resp = self.etcd.client().txn(txn).await.map_err(|e| {
+            RecordError::Etcd(self.etcd.error("recording the reboot request", &e).message)
+        })?;
+        Ok(resp.succeeded())
+    }
+
+    /// Replaces node `name`'s record if it is still at `mod_revision`; false otherwise.
+    pub async fn replace(
+        &self,
+        name: &str,
+        mod_revision: i64,
+        record: &RebootRecord,
+    ) -> Result<bool, RecordError> {
+        let key = self.keys.node_state(name);
+        let txn = etcd_client::Txn::new()
+            .when(vec![Compare::mod_revision(
+                key.as_str(),
+                CompareOp::Equal,
+                mod_revision,
+            )])
+            .and_then(vec![self.put_state(name, record)]);
+        let resp = self.etcd.client().txn(txn).await.map_err(|e| {
+            RecordError::Etcd(self.etcd.error("writing the reboot record", &e).message)
+        })?;
+        Ok(resp.succeeded())
+    }
+
+    /// The write of node `name`'s record, for a transaction.
+    pub fn put_state(&self, name: &str, record: &RebootRecord) -> TxnOp {
+        TxnOp::put(
+            self.keys.node_state(name),
+            serde_json::to_string(record).expect("a record serializes"),
+            None,
+        )
+    }
+
+    /// The comparison that holds while node `name` has no record.
+    pub fn no_state(&self, name: &str) -> Compare {
+        Compare::create_revision(self.keys.node_state(name), CompareOp::Equal, 0)
+    }
+
+    /// The comparison that holds while node `name`'s record is still at `mod_revision`.
+    pub fn state_at(&self, name: &str, mod_revision: i64) -> Compare {
+        Compare::mod_revision(self.keys.node_state(name), CompareOp::Equal, mod_revision)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_round_trips_and_phases_read_as_words() {
+        let r = RebootRecord {
+            phase: Phase::Checking,
+            since: "2026-01-01T00:00:00Z".into(),
+            started: "2026-01-01T00:00:00Z".into(),
+            why: "update engine: UPDATE_STATUS_UPDATED_NEED_REBOOT".into(),
+            group: "default".into(),
+            boot_id: "b1".into(),
+            operator_cordoned: false,
+            vms: Some(vec![VmSnapshot {
+                cid: "vm-1".into(),
+                running: true,
+                ips: [("bosh".to_string(), "10.1.1.30".to_string())].into(),
+                volumes: vec!["disk-1".into()],
+            }]),
+            health: Some("VM vm-1 is not running".into()),
+        };
+        let text = serde_json::to_string(&r).unwrap();
+        assert!(text.contains(r#""phase":"checking""#), "{text}");
+        assert_eq!(serde_json::from_str::<RebootRecord>(&text).unwrap(), r);
+    }
+}

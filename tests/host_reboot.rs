@@ -1,0 +1,309 @@
+//! Reboots played by the harness (`ci/cluster reboot I`: the node's manager and dockerd
+//! stop, a new boot id, node-prep, dockerd started from its report, the manager started
+//! again), driven by the reboot managers the harness runs (`ci/cluster manager I start`):
+//! a VM with a disk survives its node's reboot with its IP and data; three flagged nodes
+//! reboot one at a time; a manager SIGKILLed mid-drain and after the reboot is finished by
+//! the next. These tests restart daemons of the shared cluster, so they take
+//! turns and this binary runs alone (test binaries run one after another).
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn rt() -> &'static tokio::runtime::Runtime {
+    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RT.get_or_init(runtime)
+}
+
+/// `ci/cluster ARGS` for the running cluster.
+fn harness(args: &[&str]) {
+    let c = cluster();
+    let out = Command::new(bosh::repo().join("ci/cluster"))
+        .args(args)
+        .env("MC_CLUSTER_NAME", c["name"].as_str().unwrap())
+        .env("MC_CLUSTER_DIR", c["dir"].as_str().unwrap())
+        .env("MC_CPI_BIN", cpi_bin())
+        .output()
+        .expect("run ci/cluster");
+    assert!(
+        out.status.success(),
+        "ci/cluster {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The reboot managers of the given nodes (1-based), stopped when dropped.
+struct Managers(Vec<usize>);
+
+impl Managers {
+    fn start(nodes: &[usize]) -> Managers {
+        start_managers(nodes);
+        Managers(nodes.to_vec())
+    }
+}
+
+/// `ci/cluster manager I start` with the tests' flags, for each of `nodes`.
+fn start_managers(nodes: &[usize]) {
+    for i in nodes {
+        harness(&[
+            "manager",
+            &i.to_string(),
+            "start",
+            "--grace-period",
+            "10s",
+            "--settle",
+            "2s",
+            "--poll",
+            "300ms",
+            "--update-engine-command=",
+        ]);
+    }
+}
+
+impl Drop for Managers {
+    fn drop(&mut self) {
+        for i in &self.0 {
+            harness(&["manager", &i.to_string(), "stop"]);
+        }
+    }
+}
+
+fn node_root(i: usize) -> PathBuf {
+    PathBuf::from(cluster()["nodes"][i - 1]["prep_root"].as_str().unwrap())
+}
+
+fn boot_id(i: usize) -> String {
+    std::fs::read_to_string(node_root(i).join("proc/sys/kernel/random/boot_id"))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+fn dockerd_pid(i: usize) -> u64 {
+    cluster()["nodes"][i - 1]["dockerd_pid"].as_u64().unwrap()
+}
+
+fn flag(i: usize) {
+    std::fs::write(node_root(i).join("run/reboot-required"), "").unwrap();
+}
+
+fn etcd_get(suffix: &str) -> Option<Value> {
+    let cfg = load_config(&cluster_config());
+    rt().block_on(async {
+        let etcd = moltencore::cluster::Etcd::connect(&cfg).await.unwrap();
+        let key = format!("{}/{suffix}", cfg.etcd.key_prefix);
+        let resp = etcd.client().get(key, None).await.unwrap();
+        resp.kvs()
+            .first()
+            .map(|kv| serde_json::from_slice(kv.value()).unwrap())
+    })
+}
+
+fn rebooting(name: &str) -> bool {
+    etcd_get(&format!("reboot/nodes/{name}")).is_some()
+}
+
+fn holders() -> usize {
+    etcd_get("reboot/groups/default/semaphore")
+        .map(|d| d["holders"].as_array().unwrap().len())
+        .unwrap_or(0)
+}
+
+fn state(name: &str) -> String {
+    etcd_get(&format!("nodes/{name}")).unwrap()["state"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not reached within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn call(method: &str, args: Value) -> Value {
+    expect_result(
+        &json!({"method": method, "arguments": args, "api_version": 2}).to_string(),
+        Some(&cluster_config()),
+    )
+}
+
+fn sh(node: &str, vm: &str, cmd: &str) -> String {
+    let (code, out) = rt().block_on(exec_in(node, vm, cmd));
+    assert_eq!(code, 0, "`{cmd}` in {vm} on {node}: {out}");
+    out
+}
+
+fn vm_ip_and_running(node: &str, vm: &str) -> (bool, String) {
+    rt().block_on(async {
+        let c = node_socket(node)
+            .await
+            .inspect_container(vm, None)
+            .await
+            .unwrap();
+        let running = c.state.and_then(|s| s.running).unwrap_or(false);
+        let ip = c
+            .network_settings
+            .and_then(|n| n.networks)
+            .and_then(|n| n.values().next().cloned())
+            .and_then(|e| e.ip_address)
+            .unwrap_or_default();
+        (running, ip)
+    })
+}
+
+#[test]
+fn a_vm_with_a_disk_survives_its_node_s_reboot() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (node, prefix) = node_prefix(0);
+    let ip = format!("{prefix}.71");
+    let vm = static_vm(&cluster_config(), &shared_stemcell(), "host-reboot", &ip);
+    let disk = call("create_disk", json!([1024, {}, vm]))
+        .as_str()
+        .unwrap()
+        .to_string();
+    call("attach_disk", json!([vm, disk]));
+    let d = format!("/warden-cpi-dev/{disk}");
+    sh(
+        &node,
+        &vm,
+        &format!("dd if=/dev/urandom of={d}/blob bs=64k count=16 2>/dev/null"),
+    );
+    let sum = sh(&node, &vm, &format!("md5sum {d}/blob"));
+    let (boot, dockerd) = (boot_id(1), dockerd_pid(1));
+
+    let _managers = Managers::start(&[1]);
+    flag(1);
+    wait_until("n1 rebooted and finished", Duration::from_secs(240), || {
+        boot_id(1) != boot && !rebooting(&node)
+    });
+    assert_ne!(dockerd_pid(1), dockerd, "dockerd was not restarted");
+    assert_eq!(state(&node), "ready");
+    assert_eq!(holders(), 0);
+    let (running, now_ip) = vm_ip_and_running(&node, &vm);
+    assert!(running, "the VM does not run after the reboot");
+    assert_eq!(now_ip, ip);
+    assert_eq!(sh(&node, &vm, &format!("md5sum {d}/blob")), sum);
+    let page = Command::new("curl")
+        .args(["-sf", "--max-time", "10", &format!("http://{ip}:8080/")])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&page.stdout).contains(&ip),
+        "the VM does not answer on {ip}:8080"
+    );
+    call("delete_vm", json!([vm]));
+    call("delete_disk", json!([disk]));
+}
+
+#[test]
+fn three_flagged_nodes_reboot_one_at_a_time() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let names = node_names();
+    let count = names.len();
+    assert!(count >= 2, "needs at least two nodes");
+    let indices: Vec<usize> = (1..=count).collect();
+    let boots: Vec<String> = indices.iter().map(|&i| boot_id(i)).collect();
+    let pids: Vec<u64> = indices.iter().map(|&i| dockerd_pid(i)).collect();
+    let _managers = Managers::start(&indices);
+    for &i in &indices {
+        flag(i);
+    }
+    // Sampled timeline: the nodes in a reboot (record present) or whose dockerd is gone.
+    let mut timeline: Vec<Vec<String>> = Vec::new();
+    wait_until("every node rebooted", Duration::from_secs(600), || {
+        let down: Vec<String> = names.iter().filter(|n| rebooting(n)).cloned().collect();
+        timeline.push(down);
+        indices
+            .iter()
+            .all(|&i| boot_id(i) != boots[i - 1] && !rebooting(&names[i - 1]))
+    });
+    for down in &timeline {
+        assert!(down.len() <= 1, "nodes down together: {down:?}");
+    }
+    assert!(
+        timeline.iter().any(|d| !d.is_empty()),
+        "no sample saw a reboot"
+    );
+    for &i in &indices {
+        assert_ne!(
+            dockerd_pid(i),
+            pids[i - 1],
+            "n{i}'s dockerd was not restarted"
+        );
+        assert_eq!(state(&names[i - 1]), "ready");
+    }
+    assert_eq!(holders(), 0);
+}
+
+/// SIGKILLs node i's harness-run manager (as a crash would) and starts it again.
+fn kill_and_restart_manager(i: usize) {
+    let pidfile =
+        PathBuf::from(cluster()["dir"].as_str().unwrap()).join(format!("n{i}/reboot-manager.pid"));
+    let pid = std::fs::read_to_string(&pidfile).unwrap();
+    let killed = Command::new("kill")
+        .args(["-9", pid.trim()])
+        .status()
+        .unwrap();
+    assert!(killed.success(), "the manager of n{i} was not running");
+    start_managers(&[i]);
+}
+
+#[test]
+fn a_manager_killed_mid_drain_and_after_the_reboot_is_finished_by_the_next() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (node, prefix) = node_prefix(1);
+    let ip = format!("{prefix}.72");
+    let vm = static_vm(
+        &cluster_config(),
+        &shared_stemcell(),
+        "host-reboot-kill",
+        &ip,
+    );
+    let boot = boot_id(2);
+    let _managers = Managers::start(&[2]);
+    flag(2);
+    // Killed while draining: cordoned, the VM not yet (or not all) stopped.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let rec = etcd_get(&format!("reboot/nodes/{node}"));
+        if rec.is_some_and(|r| r["phase"] == "draining") && state(&node) == "cordoned" {
+            break;
+        }
+        assert_eq!(
+            boot_id(2),
+            boot,
+            "the drain went by before it could be caught"
+        );
+        assert!(Instant::now() < deadline, "the drain never began");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    kill_and_restart_manager(2);
+    // Killed again after the reboot, while the health gate settles.
+    wait_until("n2 rebooted and checking", Duration::from_secs(240), || {
+        boot_id(2) != boot
+            && etcd_get(&format!("reboot/nodes/{node}")).is_some_and(|r| r["phase"] == "checking")
+    });
+    kill_and_restart_manager(2);
+    wait_until("the reboot finishes", Duration::from_secs(240), || {
+        !rebooting(&node)
+    });
+    assert_eq!(state(&node), "ready");
+    assert_eq!(holders(), 0);
+    let (running, now_ip) = vm_ip_and_running(&node, &vm);
+    assert!(running && now_ip == ip, "the VM is not back on {ip}");
+    call("delete_vm", json!([vm]));
+}

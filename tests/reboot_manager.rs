@@ -1,0 +1,732 @@
+//! `cpi reboot-manager` against the harness's real etcd and dockerd: a flagged node is
+//! cordoned, its VMs stopped, the host "rebooted" through the reboot-command seam (a
+//! script that records the reboot and gives the host a new boot id), its VMs back with
+//! their IPs and disk contents, uncordoned, the slot given back; three flagged nodes take
+//! turns; a manager killed at any step is finished by the next; a failing health gate
+//! keeps slot and cordon; an operator's cordon survives; a FleetLock client and a node
+//! share one slot. Every test has its own key prefix and host root.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+
+/// One runtime for the binary (an etcd client lives on the runtime it was made on).
+fn rt() -> &'static tokio::runtime::Runtime {
+    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RT.get_or_init(runtime)
+}
+
+/// A private prefix with the cluster's nodes, CA and stemcells.
+fn private_cluster(dir: &Path) -> PathBuf {
+    let stemcell = shared_stemcell();
+    let (config, prefix) = private_config(dir);
+    register_nodes(&config, &prefix, &[]);
+    let base = cluster()["key_prefix"].as_str().unwrap().to_string();
+    let record = index_record(&cluster_config(), &format!("stemcells/{stemcell}"))
+        .expect("the shared stemcell is in the index");
+    put_index_record(&config, &format!("stemcells/{stemcell}"), &record);
+    assert_ne!(base, prefix);
+    config
+}
+
+/// The host root of one node for the manager: a boot id, a reboot script that records
+/// each reboot (`reboots`), and the flag file below `run/`.
+struct HostRoot {
+    root: PathBuf,
+}
+
+impl HostRoot {
+    /// `wait_for_go`: the script waits for `go` before it "reboots"; `new_boot`: it gives
+    /// the host a new boot id (else the test plays the host coming back).
+    fn new(dir: &Path, name: &str, wait_for_go: bool, new_boot: bool) -> HostRoot {
+        let root = dir.join(format!("root-{name}"));
+        std::fs::create_dir_all(root.join("proc/sys/kernel/random")).unwrap();
+        std::fs::create_dir_all(root.join("run")).unwrap();
+        let h = HostRoot { root };
+        h.new_boot();
+        let r = h.root.display();
+        let mut script = format!("#!/bin/sh\necho $$ >> {r}/attempts\n");
+        if wait_for_go {
+            script.push_str(&format!(
+                "n=0; while [ ! -e {r}/go ] && [ $n -lt 3000 ]; do sleep 0.1; n=$((n+1)); done\n"
+            ));
+        }
+        if new_boot {
+            script.push_str(&format!(
+                "cat /proc/sys/kernel/random/uuid > {r}/proc/sys/kernel/random/boot_id\n\
+                 rm -f {r}/run/reboot-required {r}/run/engine-status\n"
+            ));
+        }
+        script.push_str(&format!("echo done >> {r}/reboots\n"));
+        let path = h.root.join("reboot.sh");
+        std::fs::write(&path, script).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        h
+    }
+
+    fn new_boot(&self) {
+        let id = uuid::Uuid::new_v4().to_string();
+        std::fs::write(self.root.join("proc/sys/kernel/random/boot_id"), id).unwrap();
+        let _ = std::fs::remove_file(self.root.join("run/reboot-required"));
+    }
+
+    fn flag(&self) {
+        std::fs::write(self.root.join("run/reboot-required"), "").unwrap();
+    }
+
+    fn go(&self) {
+        std::fs::write(self.root.join("go"), "").unwrap();
+    }
+
+    fn lines(&self, file: &str) -> Vec<String> {
+        std::fs::read_to_string(self.root.join(file))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+/// A running manager, SIGKILLed when dropped.
+struct ManagerProc {
+    child: Child,
+}
+
+impl ManagerProc {
+    fn start(config: &Path, node: &str, host: &HostRoot) -> ManagerProc {
+        ManagerProc::start_with_engine(config, node, host, "")
+    }
+
+    /// With `engine` as the update engine's status command.
+    fn start_with_engine(config: &Path, node: &str, host: &HostRoot, engine: &str) -> ManagerProc {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(host.root.join("manager.log"))
+            .unwrap();
+        let child = Command::new(cpi_bin())
+            .arg("-c")
+            .arg(config)
+            .args(["reboot-manager", "--node", node, "--root"])
+            .arg(&host.root)
+            .args(["--grace-period", "5s", "--settle", "1s", "--poll", "200ms"])
+            .args(["--update-engine-command", engine])
+            .arg("--reboot-command")
+            .arg(host.root.join("reboot.sh"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn cpi reboot-manager");
+        ManagerProc { child }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ManagerProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `cond` every 100 ms; fails the test with `what` (and the manager logs) when it
+/// does not hold within `limit` (a bound against hangs, not a timing assertion).
+fn wait_until(what: &str, limit: Duration, hosts: &[&HostRoot], mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        if Instant::now() > deadline {
+            for h in hosts {
+                let log = std::fs::read_to_string(h.root.join("manager.log")).unwrap_or_default();
+                eprintln!("--- {} ---\n{log}", h.root.display());
+            }
+            panic!("{what}: not reached within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn etcd_get(config: &Path, suffix: &str) -> Option<Value> {
+    let cfg = load_config(config);
+    rt().block_on(async {
+        let etcd = moltencore::cluster::Etcd::connect(&cfg).await.unwrap();
+        let key = format!("{}/{suffix}", cfg.etcd.key_prefix);
+        let resp = etcd.client().get(key, None).await.unwrap();
+        resp.kvs()
+            .first()
+            .map(|kv| serde_json::from_slice(kv.value()).unwrap())
+    })
+}
+
+fn reboot_record(config: &Path, node: &str) -> Option<Value> {
+    etcd_get(config, &format!("reboot/nodes/{node}"))
+}
+
+fn holders(config: &Path) -> Vec<String> {
+    etcd_get(config, "reboot/groups/default/semaphore")
+        .map(|d| {
+            d["holders"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|h| h["id"].as_str().unwrap().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn node_state(config: &Path, node: &str) -> String {
+    etcd_get(config, &format!("nodes/{node}")).unwrap()["state"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn call(config: &Path, method: &str, args: Value) -> Value {
+    expect_result(
+        &json!({"method": method, "arguments": args, "api_version": 2}).to_string(),
+        Some(config),
+    )
+}
+
+fn cpi(config: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(cpi_bin())
+        .arg("-c")
+        .arg(config)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn sh(node: &str, vm: &str, cmd: &str) -> String {
+    let (code, out) = rt().block_on(exec_in(node, vm, cmd));
+    assert_eq!(code, 0, "`{cmd}` in {vm} on {node}: {out}");
+    out
+}
+
+struct Inspected {
+    running: bool,
+    ip: String,
+}
+
+fn inspect(node: &str, vm: &str) -> Option<Inspected> {
+    rt().block_on(async {
+        let c = node_socket(node)
+            .await
+            .inspect_container(vm, None)
+            .await
+            .ok()?;
+        let running = c.state.as_ref().and_then(|s| s.running).unwrap_or(false);
+        let ip = c
+            .network_settings
+            .and_then(|n| n.networks)
+            .and_then(|n| n.values().next().cloned())
+            .and_then(|e| e.ip_address)
+            .unwrap_or_default();
+        Some(Inspected { running, ip })
+    })
+}
+
+/// A VM with a static IP and an attached disk holding data, on node `index`; its cid,
+/// node, IP, disk and the data's checksum.
+fn vm_with_disk(config: &Path, index: usize, host: u8) -> (String, String, String, String, String) {
+    let (node, prefix) = node_prefix(index);
+    let ip = format!("{prefix}.{host}");
+    let vm = static_vm(config, &shared_stemcell(), "reboot", &ip);
+    let disk = call(config, "create_disk", json!([1024, {}, vm]))
+        .as_str()
+        .unwrap()
+        .to_string();
+    call(config, "attach_disk", json!([vm, disk]));
+    let d = format!("/warden-cpi-dev/{disk}");
+    sh(
+        &node,
+        &vm,
+        &format!("dd if=/dev/urandom of={d}/blob bs=64k count=16 2>/dev/null"),
+    );
+    let sum = sh(&node, &vm, &format!("md5sum {d}/blob"));
+    (vm, node, ip, disk, sum)
+}
+
+fn answers_on_8080(ip: &str) -> bool {
+    Command::new("curl")
+        .args(["-sf", "--max-time", "5", &format!("http://{ip}:8080/")])
+        .output()
+        .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains(ip))
+        .unwrap_or(false)
+}
+
+fn assert_finished(config: &Path, node: &str, host: &HostRoot, state: &str) {
+    wait_until(
+        "the reboot finishes",
+        Duration::from_secs(180),
+        &[host],
+        || reboot_record(config, node).is_none() && host.lines("reboots").len() == 1,
+    );
+    assert!(holders(config).is_empty(), "{:?}", holders(config));
+    assert_eq!(node_state(config, node), state);
+}
+
+#[test]
+fn a_flagged_node_is_drained_rebooted_and_its_vms_come_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = private_cluster(dir.path());
+    let (vm, node, ip, disk, sum) = vm_with_disk(&config, 0, 41);
+    let host = HostRoot::new(dir.path(), &node, true, true);
+    let _manager = ManagerProc::start(&config, &node, &host);
+    host.flag();
+
+    wait_until(
+        "the reboot command runs",
+        Duration::from_secs(120),
+        &[&host],
+        || !host.lines("attempts").is_empty(),
+    );
+    // While the host goes down: cordoned, VM stopped, slot held with the boot id.
+    assert_eq!(node_state(&config, &node), "cordoned");
+    let rec = reboot_record(&config, &node).unwrap();
+    assert_eq!(rec["phase"], "rebooting", "{rec}");
+    assert_eq!(rec["operator_cordoned"], false);
+    assert!(
+        rec["why"].as_str().unwrap().contains("reboot-required"),
+        "{rec}"
+    );
+    assert!(
+        !inspect(&node, &vm).unwrap().running,
+        "VM still runs during the reboot"
+    );
+    assert_eq!(holders(&config), std::slice::from_ref(&node));
+    let listing: Value =
+        serde_json::from_slice(&cpi(&config, &["nodes", "--json"]).stdout).unwrap();
+    let row = listing["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == node.as_str())
+        .unwrap();
+    assert_eq!(row["reboot"]["phase"], "rebooting", "{row}");
+    assert_eq!(listing["reboot"]["groups"][0]["max_unavailable"], 1);
+    assert_eq!(
+        listing["reboot"]["groups"][0]["holders"][0]["id"],
+        node.as_str()
+    );
+    // Refused while the node reports itself rebooting.
+    let refused = cpi(&config, &["nodes", "release", &node]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--force"));
+
+    host.go();
+    assert_finished(&config, &node, &host, "ready");
+    let after = inspect(&node, &vm).unwrap();
+    assert!(after.running);
+    assert_eq!(after.ip, ip);
+    assert_eq!(
+        sh(&node, &vm, &format!("md5sum /warden-cpi-dev/{disk}/blob")),
+        sum
+    );
+    assert!(answers_on_8080(&ip), "the VM does not answer on {ip}:8080");
+    call(&config, "delete_vm", json!([vm]));
+    call(&config, "delete_disk", json!([disk]));
+}
+
+#[test]
+fn three_flagged_nodes_take_turns_with_max_unavailable_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = private_cluster(dir.path());
+    let nodes = node_names();
+    let hosts: Vec<HostRoot> = nodes
+        .iter()
+        .map(|n| HostRoot::new(dir.path(), n, false, true))
+        .collect();
+    let set = cpi(&config, &["nodes", "max-unavailable", "1"]);
+    assert!(set.status.success(), "{set:?}");
+    let _managers: Vec<ManagerProc> = nodes
+        .iter()
+        .zip(&hosts)
+        .map(|(n, h)| ManagerProc::start(&config, n, h))
+        .collect();
+    for h in &hosts {
+        h.flag();
+    }
+    // The sampled timeline: which nodes are in a reboot, and which are cordoned.
+    let mut timeline: Vec<(Vec<String>, Vec<String>)> = Vec::new();
+    let refs: Vec<&HostRoot> = hosts.iter().collect();
+    wait_until(
+        "all three rebooted",
+        Duration::from_secs(300),
+        &refs,
+        || {
+            let down: Vec<String> = nodes
+                .iter()
+                .filter(|n| reboot_record(&config, n).is_some())
+                .cloned()
+                .collect();
+            let cordoned: Vec<String> = nodes
+                .iter()
+                .filter(|n| node_state(&config, n) == "cordoned")
+                .cloned()
+                .collect();
+            timeline.push((down, cordoned));
+            hosts.iter().all(|h| h.lines("reboots").len() == 1)
+                && nodes.iter().all(|n| reboot_record(&config, n).is_none())
+        },
+    );
+    for (down, cordoned) in &timeline {
+        assert!(down.len() <= 1, "two nodes down at once: {down:?}");
+        assert!(
+            cordoned.len() <= 1,
+            "two nodes cordoned at once: {cordoned:?}"
+        );
+    }
+    let seen: std::collections::BTreeSet<&String> = timeline.iter().flat_map(|(d, _)| d).collect();
+    assert!(!seen.is_empty(), "no sample saw a reboot under way");
+    assert!(holders(&config).is_empty());
+    for n in &nodes {
+        assert_eq!(node_state(&config, n), "ready");
+    }
+}
+
+/// Where the manager is SIGKILLed in [`killed_manager_is_finished_by_the_next`].
+#[derive(Debug, Clone, Copy)]
+enum KillPoint {
+    Cordoned,
+    VmsStopped,
+    Rebooted,
+}
+
+fn killed_manager_is_finished_by_the_next(point: KillPoint, host_octet: u8) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = private_cluster(dir.path());
+    let (vm, node, ip, disk, sum) = vm_with_disk(&config, 1, host_octet);
+    let host = match point {
+        KillPoint::Rebooted => HostRoot::new(dir.path(), &node, false, false),
+        _ => HostRoot::new(dir.path(), &node, true, true),
+    };
+    let mut manager = ManagerProc::start(&config, &node, &host);
+    host.flag();
+    match point {
+        KillPoint::Cordoned => {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            loop {
+                let rec = reboot_record(&config, &node);
+                if rec.as_ref().is_some_and(|r| r["phase"] == "draining")
+                    && node_state(&config, &node) == "cordoned"
+                {
+                    break;
+                }
+                assert!(
+                    host.lines("attempts").is_empty(),
+                    "the manager went past the drain before it could be killed"
+                );
+                assert!(Instant::now() < deadline, "the drain never began");
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            manager.kill();
+        }
+        KillPoint::VmsStopped => {
+            wait_until(
+                "the reboot command runs",
+                Duration::from_secs(120),
+                &[&host],
+                || !host.lines("attempts").is_empty(),
+            );
+            manager.kill();
+            // The host did not go down: the reboot command dies with the manager.
+            for pid in host.lines("attempts") {
+                let _ = Command::new("kill").args(["-9", &pid]).status();
+            }
+            assert!(!inspect(&node, &vm).unwrap().running);
+        }
+        KillPoint::Rebooted => {
+            wait_until(
+                "the reboot command ran",
+                Duration::from_secs(120),
+                &[&host],
+                || host.lines("reboots").len() == 1,
+            );
+            manager.kill();
+            // The host comes back: a new boot.
+            host.new_boot();
+            let _ = std::fs::remove_file(host.root.join("reboots"));
+            std::fs::write(host.root.join("reboots"), "done\n").unwrap();
+        }
+    }
+    let _restarted = ManagerProc::start(&config, &node, &host);
+    host.go();
+    assert_finished(&config, &node, &host, "ready");
+    let after = inspect(&node, &vm).unwrap();
+    assert!(
+        after.running && after.ip == ip,
+        "{point:?}: VM not back on {ip}"
+    );
+    assert_eq!(
+        sh(&node, &vm, &format!("md5sum /warden-cpi-dev/{disk}/blob")),
+        sum
+    );
+    call(&config, "delete_vm", json!([vm]));
+    call(&config, "delete_disk", json!([disk]));
+}
+
+#[test]
+fn a_manager_killed_after_cordon_is_finished_by_the_next() {
+    killed_manager_is_finished_by_the_next(KillPoint::Cordoned, 51);
+}
+
+#[test]
+fn a_manager_killed_after_stopping_vms_is_finished_by_the_next() {
+    killed_manager_is_finished_by_the_next(KillPoint::VmsStopped, 52);
+}
+
+#[test]
+fn a_manager_killed_after_the_reboot_is_finished_by_the_next() {
+    killed_manager_is_finished_by_the_next(KillPoint::Rebooted, 53);
+}
+
+#[test]
+fn a_failing_health_gate_keeps_slot_and_cordon_until_released() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = private_cluster(dir.path());
+    let (vm, node, _ip, disk, _sum) = vm_with_disk(&config, 2, 61);
+    let host = HostRoot::new(dir.path(), &node, true, true);
+    let _manager = ManagerProc::start(&config, &node, &host);
+    let asked = cpi(&config, &["nodes", "reboot", &node, "--why", "kernel fix"]);
+    assert!(asked.status.success(), "{asked:?}");
+    wait_until(
+        "the reboot command runs",
+        Duration::from_secs(120),
+        &[&host],
+        || !host.lines("attempts").is_empty(),
+    );
+    // The VM's container is lost while the host is down.
+    rt().block_on(async {
+        node_socket(&node)
+            .await
+            .remove_container(
+                &vm,
+                Some(bollard::query_parameters::RemoveContainerOptions {
+                    force: true,
+                    ..Default::default()
+                }),
+            )
+            .await
+            .unwrap()
+    });
+    host.go();
+    wait_until(
+        "the health gate reports",
+        Duration::from_secs(120),
+        &[&host],
+        || {
+            reboot_record(&config, &node).is_some_and(|r| {
+                r["phase"] == "checking"
+                    && r["health"]
+                        .as_str()
+                        .is_some_and(|h| h.contains("container is gone"))
+            })
+        },
+    );
+    assert_eq!(host.lines("reboots").len(), 1);
+    assert_eq!(holders(&config), std::slice::from_ref(&node));
+    assert_eq!(node_state(&config, &node), "cordoned");
+    let table = String::from_utf8_lossy(&cpi(&config, &["nodes"]).stdout).to_string();
+    assert!(table.contains("container is gone"), "{table}");
+    assert!(table.contains("kernel fix"), "{table}");
+    let log = std::fs::read_to_string(host.root.join("manager.log")).unwrap();
+    assert!(log.contains("health gate does not pass"), "{log}");
+
+    // The operator takes over: the slot is released, the cordon stays.
+    let released = cpi(&config, &["nodes", "release", &node]);
+    assert!(released.status.success(), "{released:?}");
+    assert!(holders(&config).is_empty());
+    assert!(reboot_record(&config, &node).is_none());
+    assert_eq!(node_state(&config, &node), "cordoned");
+    let _ = cpi(&config, &["nodes", "uncordon", &node]);
+    call(&config, "delete_vm", json!([vm]));
+    call(&config, "delete_disk", json!([disk]));
+}
+
+#[test]
+fn an_operator_s_cordon_survives_the_reboot() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = private_cluster(dir.path());
+    let node = node_names()[2].clone();
+    let host = HostRoot::new(dir.path(), &node, false, true);
+    assert!(cpi(&config, &["nodes", "cordon", &node]).status.success());
+    let _manager = ManagerProc::start(&config, &node, &host);
+    host.flag();
+    assert_finished(&config, &node, &host, "cordoned");
+}
+
+#[test]
+fn release_and_max_unavailable_reject_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = private_cluster(dir.path());
+    let out = cpi(&config, &["nodes", "release", "n1", "--group", "a/b"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("a/b"));
+    let out = cpi(&config, &["nodes", "reboot", "no-such-node"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-node"));
+    assert!(etcd_get(&config, "reboot/requests/no-such-node").is_none());
+    let node = node_names()[0].clone();
+    let out = cpi(&config, &["nodes", "reboot", &node, "--why", "a\nb"]);
+    assert!(!out.status.success());
+    assert!(etcd_get(&config, &format!("reboot/requests/{node}")).is_none());
+    let long = "w".repeat(5000);
+    assert!(
+        cpi(&config, &["nodes", "reboot", &node, "--why", &long])
+            .status
+            .success()
+    );
+    let why = etcd_get(&config, &format!("reboot/requests/{node}")).unwrap()["why"].clone();
+    assert!(why.as_str().unwrap().len() < 300, "{why}");
+    let out = cpi(&config, &["nodes", "max-unavailable", "-1"]);
+    assert!(!out.status.success());
+    let out = cpi(&config, &["nodes", "max-unavailable", "2"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        etcd_get(&config, "reboot/groups/default/semaphore").unwrap()["max"],
+        2
+    );
+}
+
+/// A running `cpi fleetlock` on a free port, killed when dropped.
+struct FleetLockServer {
+    child: Child,
+    address: String,
+}
+
+impl FleetLockServer {
+    fn start(config: &Path) -> FleetLockServer {
+        use std::io::BufRead;
+        let mut child = Command::new(cpi_bin())
+            .arg("-c")
+            .arg(config)
+            .args(["fleetlock", "--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let address = line
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("cpi fleetlock did not start: {line:?}"))
+            .trim()
+            .to_string();
+        FleetLockServer { child, address }
+    }
+
+    /// A FleetLock request of client `id` (group default); the HTTP status.
+    fn post(&self, path: &str, id: &str) -> u16 {
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "30",
+            ])
+            .args(["-H", "fleet-lock-protocol: true", "--data-binary"])
+            .arg(json!({"client_params": {"group": "default", "id": id}}).to_string())
+            .arg(format!("http://{}{path}", self.address))
+            .output()
+            .expect("curl is needed (the harness requires it)");
+        String::from_utf8_lossy(&out.stdout).parse().unwrap()
+    }
+}
+
+impl Drop for FleetLockServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_fleetlock_client_and_a_rebooting_node_share_one_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = private_cluster(dir.path());
+    let node = node_names()[0].clone();
+    let host = HostRoot::new(dir.path(), &node, true, true);
+    let fleetlock = FleetLockServer::start(&config);
+    assert_eq!(fleetlock.post("/v1/pre-reboot", "zincati-1"), 200);
+
+    let _manager = ManagerProc::start(&config, &node, &host);
+    host.flag();
+    wait_until(
+        "the manager waits for the slot",
+        Duration::from_secs(60),
+        &[&host],
+        || {
+            std::fs::read_to_string(host.root.join("manager.log"))
+                .unwrap_or_default()
+                .contains("waiting for a slot")
+        },
+    );
+    assert!(reboot_record(&config, &node).is_none());
+    assert_eq!(node_state(&config, &node), "ready");
+    assert_eq!(holders(&config), ["zincati-1"]);
+
+    assert_eq!(fleetlock.post("/v1/steady-state", "zincati-1"), 200);
+    wait_until(
+        "the node reboots",
+        Duration::from_secs(120),
+        &[&host],
+        || !host.lines("attempts").is_empty(),
+    );
+    assert_eq!(holders(&config), std::slice::from_ref(&node));
+    assert_eq!(fleetlock.post("/v1/pre-reboot", "zincati-1"), 409);
+    host.go();
+    assert_finished(&config, &node, &host, "ready");
+    assert_eq!(fleetlock.post("/v1/pre-reboot", "zincati-1"), 200);
+    assert_eq!(holders(&config), ["zincati-1"]);
+}
+
+#[test]
+fn an_update_waiting_for_its_reboot_reboots_the_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = private_cluster(dir.path());
+    let node = node_names()[1].clone();
+    let host = HostRoot::new(dir.path(), &node, false, true);
+    // update_engine_client -status as Flatcar prints it, from a file the "reboot" clears.
+    let engine = host.root.join("update_engine_client");
+    let status = host.root.join("run/engine-status");
+    std::fs::write(
+        &engine,
+        format!(
+            "#!/bin/sh\ncat {} 2>/dev/null || printf 'CURRENT_OP=UPDATE_STATUS_IDLE\\n'\n",
+            status.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&engine, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let _manager = ManagerProc::start_with_engine(&config, &node, &host, engine.to_str().unwrap());
+    std::fs::write(
+        &status,
+        "LAST_CHECKED_TIME=1700000000\nPROGRESS=0.000000\nCURRENT_OP=UPDATE_STATUS_UPDATED_NEED_REBOOT\nNEW_VERSION=4152.2.0\n",
+    )
+    .unwrap();
+    wait_until(
+        "the reboot begins",
+        Duration::from_secs(60),
+        &[&host],
+        || reboot_record(&config, &node).is_some() || !host.lines("reboots").is_empty(),
+    );
+    assert_finished(&config, &node, &host, "ready");
+    let log = std::fs::read_to_string(host.root.join("manager.log")).unwrap();
+    assert!(log.contains("UPDATE_STATUS_UPDATED_NEED_REBOOT"), "{log}");
+}
