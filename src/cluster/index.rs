@@ -82,6 +82,11 @@ impl ProgressLease {
         })
     }
 
+    /// The lease's id, for records and claims written in transactions.
+    pub fn id(&self) -> i64 {
+        self.id
+    }
+
     /// Writes a record that lives only as long as this lease.
     pub async fn put<T: Serialize>(&self, key: &str, value: &T) -> Result<(), CpiError> {
         let text = serde_json::to_string(value)

@@ -1,14 +1,15 @@
 //! Which Docker network and IP each BOSH network of a VM gets on its node: manual IPs as
-//! given, dynamic IPs picked by the CPI from the top quarter of the node's subnet, so the
-//! agent settings carry the real IP before the container starts.
+//! given, dynamic IPs claimed by the CPI from the top quarter of the node's subnet (see
+//! `cluster::claims`), so the agent settings carry the real IP before the container starts.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use serde_json::Value;
 
 use crate::cluster::NodeRecord;
+use crate::protocol::call::printable;
 use crate::protocol::{CpiError, NetworkSpec, NetworkType};
 
 /// One BOSH network of the VM, resolved on its node.
@@ -66,12 +67,25 @@ pub fn plan(
             });
             continue;
         }
-        let docker_network = spec
-            .cloud_properties
-            .get("name")
-            .and_then(Value::as_str)
-            .unwrap_or(&node.network_name)
-            .to_string();
+        let docker_network = match spec.cloud_properties.get("name") {
+            None | Some(Value::Null) => node.network_name.clone(),
+            Some(Value::String(n)) => crate::docker::names::object(n)
+                .map_err(|e| {
+                    CpiError::cpi(format!(
+                        "create_vm: network '{}': cloud_properties.name: {}",
+                        printable(name),
+                        e.message
+                    ))
+                })?
+                .to_string(),
+            Some(other) => {
+                return Err(CpiError::cpi(format!(
+                    "create_vm: network '{}': cloud_properties.name must be a string, got {}",
+                    printable(name),
+                    crate::protocol::request::json_type(other)
+                )));
+            }
+        };
         if let Some(other) = used_docker.insert(docker_network.clone(), name.clone()) {
             return Err(CpiError::cpi(format!(
                 "create_vm: networks '{other}' and '{name}' both map to docker network {docker_network} on node {}; a container joins a network once",
@@ -149,34 +163,6 @@ pub fn dynamic_pool(subnet: Ipv4Net) -> impl Iterator<Item = Ipv4Addr> {
     let start = first + size - size / 4;
     let end = first + size - 1; // broadcast, excluded
     (start..end).map(Ipv4Addr::from)
-}
-
-/// Gives each dynamic network on a known subnet the lowest free address of its pool, not
-/// in `used` and not in `skip` (addresses that just failed).
-pub fn assign_dynamic(
-    planned: &mut [PlannedNetwork],
-    used: &HashSet<Ipv4Addr>,
-    skip: &HashSet<Ipv4Addr>,
-) -> Result<(), CpiError> {
-    for p in planned.iter_mut() {
-        if p.spec.kind != NetworkType::Dynamic {
-            continue;
-        }
-        let Some(subnet) = p.subnet else {
-            continue; // a foreign Docker network assigns the address itself
-        };
-        p.ip = Some(
-            dynamic_pool(subnet)
-                .find(|ip| !used.contains(ip) && !skip.contains(ip))
-                .ok_or_else(|| {
-                    CpiError::new(
-                        crate::protocol::ErrorKind::VmCreationFailed,
-                        format!("no free address left in the dynamic pool of {subnet}"),
-                    )
-                })?,
-        );
-    }
-    Ok(())
 }
 
 /// The networks as returned by create_vm (v2) and written into the agent settings: the
@@ -259,10 +245,7 @@ mod tests {
     #[test]
     fn dynamic_addresses_come_from_the_top_quarter() {
         let mut p = plan(&nets(json!({"d": {"type": "dynamic"}})), &node()).unwrap();
-        let used: HashSet<Ipv4Addr> = ["10.1.1.192".parse().unwrap()].into();
-        let skip: HashSet<Ipv4Addr> = ["10.1.1.193".parse().unwrap()].into();
-        assign_dynamic(&mut p, &used, &skip).unwrap();
-        assert_eq!(p[0].ip, Some("10.1.1.194".parse().unwrap()));
+        p[0].ip = Some("10.1.1.194".parse().unwrap());
         let pool: Vec<Ipv4Addr> = dynamic_pool("10.1.1.0/24".parse().unwrap()).collect();
         assert_eq!(pool.len(), 63);
         assert_eq!(pool.last().unwrap().to_string(), "10.1.1.254");
