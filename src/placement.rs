@@ -60,7 +60,8 @@ pub fn choose_node(
             .find(|n| &n.name == name)
             .ok_or_else(|| {
                 format!(
-                    "node '{name}' (cloud_properties.node or the CPI's placement.node) is not a registered node"
+                    "node '{}' (cloud_properties.node or the CPI's placement.node) is not a registered node",
+                    crate::protocol::call::printable(name)
                 )
             })?;
         if let Some(p) = pinned

@@ -54,6 +54,7 @@ pub fn plan(
     let mut planned = Vec::new();
     let mut used_docker: BTreeMap<String, String> = BTreeMap::new();
     for (name, spec) in networks {
+        let shown = printable(name);
         if spec.kind == NetworkType::Vip {
             planned.push(PlannedNetwork {
                 name: name.clone(),
@@ -72,23 +73,22 @@ pub fn plan(
             Some(Value::String(n)) => crate::docker::names::object(n)
                 .map_err(|e| {
                     CpiError::cpi(format!(
-                        "create_vm: network '{}': cloud_properties.name: {}",
-                        printable(name),
+                        "create_vm: network '{shown}': cloud_properties.name: {}",
                         e.message
                     ))
                 })?
                 .to_string(),
             Some(other) => {
                 return Err(CpiError::cpi(format!(
-                    "create_vm: network '{}': cloud_properties.name must be a string, got {}",
-                    printable(name),
+                    "create_vm: network '{shown}': cloud_properties.name must be a string, got {}",
                     crate::protocol::request::json_type(other)
                 )));
             }
         };
         if let Some(other) = used_docker.insert(docker_network.clone(), name.clone()) {
+            let other = printable(&other);
             return Err(CpiError::cpi(format!(
-                "create_vm: networks '{other}' and '{name}' both map to docker network {docker_network} on node {}; a container joins a network once",
+                "create_vm: networks '{other}' and '{shown}' both map to docker network {docker_network} on node {}; a container joins a network once",
                 node.name
             )));
         }
@@ -98,11 +98,11 @@ pub fn plan(
         if spec.kind == NetworkType::Manual {
             let Some(given) = spec.ip else {
                 return Err(CpiError::cpi(format!(
-                    "create_vm: manual network '{name}' has no ip"
+                    "create_vm: manual network '{shown}' has no ip"
                 )));
             };
             if let Some(net) = subnet {
-                check_usable(given, net, node, name)?;
+                check_usable(given, net, node, &shown)?;
             }
             ip = Some(given);
         }
@@ -122,10 +122,10 @@ pub fn plan(
             first.primary = true;
         }
     } else if planned.iter().filter(|p| p.primary).count() > 1 {
-        let names: Vec<&str> = planned
+        let names: Vec<String> = planned
             .iter()
             .filter(|p| p.primary)
-            .map(|p| p.name.as_str())
+            .map(|p| printable(&p.name))
             .collect();
         return Err(CpiError::cpi(format!(
             "create_vm: networks {} all claim the default gateway; only one may",
