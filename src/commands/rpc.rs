@@ -9,6 +9,7 @@ use tracing::Instrument;
 
 use crate::cloud::{self, CloudContext};
 use crate::logging::Logging;
+use crate::protocol::call::{printable, printable_up_to};
 use crate::protocol::{Call, CpiError, Request, Response};
 use crate::redact::redact;
 
@@ -51,13 +52,14 @@ pub fn answer(raw: &str, config_path: PathBuf, logging: &Logging) -> Response {
     };
     let span = tracing::info_span!(
         "cpi",
-        method = %request.method,
-        request_id = request.request_id().unwrap_or("-")
+        method = %printable(&request.method),
+        request_id = %printable(request.request_id().unwrap_or("-"))
     );
     let api = request.api_version;
     let outcome = {
         let _entered = span.enter();
-        tracing::debug!(arguments = %redact(&serde_json::Value::Array(request.arguments.clone())), "request");
+        let arguments = redact(&serde_json::Value::Array(request.arguments.clone())).to_string();
+        tracing::debug!(arguments = %printable_up_to(&arguments, 16 * 1024), "request");
         Call::parse(&request.method, request.arguments)
     };
     let result = match outcome {

@@ -558,12 +558,17 @@ impl Args {
 
 /// A value safe to echo in a message or log: bounded length, printable characters only.
 pub fn printable(s: &str) -> String {
+    printable_up_to(s, 64)
+}
+
+/// [`printable`] with another bound, for debug dumps of whole requests.
+pub fn printable_up_to(s: &str, max_chars: usize) -> String {
     let clean: String = s
         .chars()
         .filter(|c| !c.is_control())
-        .take(64)
+        .take(max_chars)
         .collect::<String>();
-    if s.chars().count() > 64 {
+    if s.chars().nth(max_chars).is_some() {
         format!("{clean}...")
     } else {
         clean
