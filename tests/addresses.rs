@@ -219,3 +219,40 @@ fn of_two_creates_racing_for_one_static_ip_exactly_one_wins() {
         assert!(index_records_of_agent(&cfg(), &loser.1).is_empty());
     }
 }
+
+#[test]
+fn has_vm_releases_the_claim_of_a_vm_whose_container_is_gone() {
+    let (node, prefix) = node_prefix(2);
+    let ip = format!("{prefix}.120");
+    let cid = static_vm(&cfg(), &shared_stemcell(), "claim-repair", &ip);
+    let held = |cid: &str| {
+        claims()
+            .iter()
+            .any(|(k, v)| k.ends_with(&format!("/{ip}")) && v["vm"] == cid)
+    };
+    assert!(held(&cid), "{ip} is claimed by {cid}");
+    // The container goes away outside the CPI (an operator's docker rm).
+    runtime().block_on(async {
+        node_socket(&node)
+            .await
+            .remove_container(
+                &cid,
+                Some(
+                    bollard::query_parameters::RemoveContainerOptionsBuilder::new()
+                        .force(true)
+                        .build(),
+                ),
+            )
+            .await
+            .unwrap();
+    });
+    let req = json!({"method": "has_vm", "arguments": [cid]}).to_string();
+    assert_eq!(expect_result(&req, Some(&cfg())), false);
+    assert!(!held(&cid), "has_vm's repair released {ip}");
+    // The address is free for the next VM.
+    let next = static_vm(&cfg(), &shared_stemcell(), "claim-repair-next", &ip);
+    assert!(held(&next));
+    let req = json!({"method": "delete_vm", "arguments": [next]}).to_string();
+    assert_eq!(expect_result(&req, Some(&cfg())), Value::Null);
+    assert!(!held(&next), "delete_vm released {ip}");
+}
