@@ -16,6 +16,7 @@ use bollard::query_parameters::{
 use bytes::Bytes;
 
 use super::node::NodeDocker;
+use crate::bounded_file::FileKind;
 use crate::protocol::CpiError;
 
 /// Whether Docker answered `e` with HTTP status `code` (404: absent, 304: already so).
@@ -296,6 +297,8 @@ impl NodeDocker {
     }
 
     /// One regular file from a container (running or not); `None` when it does not exist.
+    /// The VM owns that file and may have made it anything: at most
+    /// [`FileKind::AgentSettings`]'s limit is read, a larger one is an error.
     pub async fn read_file(
         &self,
         container: &str,
@@ -303,7 +306,6 @@ impl NodeDocker {
     ) -> Result<Option<Vec<u8>>, CpiError> {
         let container = super::names::object(container)?;
         use futures_util::StreamExt;
-        use std::io::Read;
         let mut stream = self.docker.download_from_container(
             container,
             Some(
@@ -312,6 +314,20 @@ impl NodeDocker {
                     .build(),
             ),
         );
+        let limit = FileKind::AgentSettings.limit();
+        let too_large = || {
+            CpiError::cloud(
+                format!(
+                    "node {}: {path} in container {container} is larger than the {} limit for {}",
+                    self.name,
+                    crate::bounded_file::human(limit),
+                    FileKind::AgentSettings.what()
+                ),
+                false,
+            )
+        };
+        // The archive around the file: tar headers and padding on top of its bytes.
+        const TAR_OVERHEAD: u64 = 64 * 1024;
         let mut tar_bytes = Vec::new();
         let doing = format!("reading {path} from container {container}");
         loop {
@@ -321,6 +337,9 @@ impl NodeDocker {
                 Err(_) => return Err(super::idle::silent(self, &doing)),
             };
             match chunk {
+                Ok(b) if (tar_bytes.len() + b.len()) as u64 > limit + TAR_OVERHEAD => {
+                    return Err(too_large());
+                }
                 Ok(b) => tar_bytes.extend_from_slice(&b),
                 Err(e) if is_status(&e, 404) => return Ok(None),
                 Err(e) => return Err(self.error(&doing, &e)),
@@ -337,21 +356,20 @@ impl NodeDocker {
             )
         })?;
         for entry in entries {
-            let mut entry = entry.map_err(|e| {
+            let entry = entry.map_err(|e| {
                 CpiError::cloud(
                     format!("node {}: {path} from {container}: {e}", self.name),
                     true,
                 )
             })?;
             if entry.header().entry_type().is_file() {
-                let mut data = Vec::new();
-                entry.read_to_end(&mut data).map_err(|e| {
+                let data = crate::bounded_file::read_limited(entry, limit).map_err(|e| {
                     CpiError::cloud(
                         format!("node {}: {path} from {container}: {e}", self.name),
                         true,
                     )
                 })?;
-                return Ok(Some(data));
+                return data.map(Some).ok_or_else(too_large);
             }
         }
         Ok(None)

@@ -156,11 +156,9 @@ fn optional_ip<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Ipv4Addr>, D::E
     match Option::<String>::deserialize(d)? {
         None => Ok(None),
         Some(s) if s.trim().is_empty() => Ok(None),
-        Some(s) => s
-            .trim()
-            .parse()
-            .map(Some)
-            .map_err(|_| serde::de::Error::custom(format!("'{s}' is not an IPv4 address"))),
+        Some(s) => s.trim().parse().map(Some).map_err(|_| {
+            serde::de::Error::custom(format!("'{}' is not an IPv4 address", printable(&s)))
+        }),
     }
 }
 
@@ -556,24 +554,9 @@ impl Args {
     }
 }
 
-/// A value safe to echo in a message or log: bounded length, printable characters only.
-pub fn printable(s: &str) -> String {
-    printable_up_to(s, 64)
-}
-
-/// [`printable`] with another bound, for debug dumps of whole requests.
-pub fn printable_up_to(s: &str, max_chars: usize) -> String {
-    let clean: String = s
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(max_chars)
-        .collect::<String>();
-    if s.chars().nth(max_chars).is_some() {
-        format!("{clean}...")
-    } else {
-        clean
-    }
-}
+/// A value safe to echo (bounded length, control characters escaped); shared by every
+/// error message that quotes a request value.
+pub use crate::echo::printable;
 
 #[cfg(test)]
 mod tests {
