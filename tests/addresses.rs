@@ -256,3 +256,38 @@ fn has_vm_releases_the_claim_of_a_vm_whose_container_is_gone() {
     assert_eq!(expect_result(&req, Some(&cfg())), Value::Null);
     assert!(!held(&next), "delete_vm released {ip}");
 }
+
+#[test]
+fn a_claim_whose_vm_record_was_removed_by_hand_does_not_block_its_address() {
+    let (_, prefix) = node_prefix(2);
+    let ip = format!("{prefix}.121");
+    let gone = static_vm(&cfg(), &shared_stemcell(), "stale-claim", &ip);
+    // An operator removes the VM's record with etcdctl; its container and claim stay.
+    delete_index_record(&cfg(), &format!("vms/{gone}"));
+    let agent = agent_id("stale-claim-next");
+    let req = create_vm_request(
+        &agent,
+        &shared_stemcell(),
+        json!({}),
+        manual_network(&ip),
+        json!({}),
+        2,
+    );
+    // Refusals on the way are retriable; the abandoned container and the stale claim go.
+    let next = create_vm_retrying(&req, &cfg(), |_| {});
+    let held: Vec<_> = claims()
+        .into_iter()
+        .filter(|(k, _)| k.ends_with(&format!("/{ip}")))
+        .collect();
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert_eq!(held[0].1["vm"], next.as_str());
+    runtime().block_on(async {
+        assert_eq!(
+            node_of_container(&gone).await,
+            None,
+            "the abandoned VM is gone"
+        );
+    });
+    let req = json!({"method": "delete_vm", "arguments": [next]}).to_string();
+    assert_eq!(expect_result(&req, Some(&cfg())), Value::Null);
+}

@@ -298,3 +298,42 @@ pub async fn forget_vm(etcd: &Etcd, keys: &Keys, record: &VmRecord) -> Result<()
         .map_err(|e| etcd.error(&format!("removing the record of VM {}", record.cid), &e))?;
     Ok(())
 }
+
+/// Removes every claim naming `vm` (a VM without a record: nothing else would ever free
+/// them): one prefix read, one transaction removing each only while it still names `vm`.
+pub async fn forget_claims_of(etcd: &Etcd, keys: &Keys, vm: &VmCid) -> Result<(), CpiError> {
+    let value = value_of(vm)?;
+    let found = etcd
+        .client()
+        .get(
+            keys.addresses(),
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await
+        .map_err(|e| etcd.error("reading the address claims", &e))?;
+    let ops: Vec<TxnOp> = found
+        .kvs()
+        .iter()
+        .filter(|kv| kv.value() == value.as_bytes())
+        .map(|kv| {
+            TxnOp::txn(
+                Txn::new()
+                    .when(vec![Compare::value(
+                        kv.key(),
+                        CompareOp::Equal,
+                        value.as_str(),
+                    )])
+                    .and_then(vec![TxnOp::delete(kv.key(), None)]),
+            )
+        })
+        .collect();
+    if ops.is_empty() {
+        return Ok(());
+    }
+    tracing::warn!(vm = %vm, claims = ops.len(), "removing address claims of a VM without record");
+    etcd.client()
+        .txn(Txn::new().and_then(ops))
+        .await
+        .map_err(|e| etcd.error(&format!("removing the address claims of {vm}"), &e))?;
+    Ok(())
+}

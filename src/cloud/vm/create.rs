@@ -21,7 +21,8 @@ use crate::protocol::{CallResult, CpiError, CreateVm, ErrorKind, NetworkType, Vm
 
 /// What to undo, in reverse order, when creation fails.
 enum Undo {
-    IndexRecord(String),
+    /// The VM's record and the address claims it lists.
+    IndexRecord(Box<VmRecord>),
     Volume(String),
     Container(String),
 }
@@ -103,7 +104,6 @@ async fn create_classified(ctx: &CloudContext<'_>, req: CreateVm) -> Result<Call
             return Err(e);
         }
     };
-    let undo = vec![Undo::IndexRecord(keys.vm(&cid))];
     match claimed {
         claims::Claimed::All(addresses) => {
             for claim in &addresses {
@@ -115,6 +115,19 @@ async fn create_classified(ctx: &CloudContext<'_>, req: CreateVm) -> Result<Call
                 }
             }
             record.addresses = addresses;
+        }
+        claims::Claimed::Taken {
+            holder, on_lease, ..
+        } if !on_lease && stale_claim(ctx, &holder).await => {
+            // The holder's record is gone (removed by hand): its claim is garbage.
+            lease.end().await;
+            return Err(CpiError::new(
+                ErrorKind::VmCreationFailed,
+                format!(
+                    "create_vm: an address was claimed by VM {holder}, which has no record any more; the claim was removed, retry"
+                ),
+            )
+            .retriable(true));
         }
         claims::Claimed::Taken {
             network,
@@ -140,7 +153,7 @@ async fn create_classified(ctx: &CloudContext<'_>, req: CreateVm) -> Result<Call
             .retriable(on_lease));
         }
         claims::Claimed::Exhausted { network } => {
-            rollback(ctx, None, undo).await;
+            rollback(ctx, None, vec![Undo::IndexRecord(Box::new(record))]).await;
             lease.end().await;
             return Err(CpiError::new(
                 ErrorKind::VmCreationFailed,
@@ -153,7 +166,7 @@ async fn create_classified(ctx: &CloudContext<'_>, req: CreateVm) -> Result<Call
     }
     tracing::info!(vm = %cid, node = %node.name, "creating VM");
 
-    let mut undo = undo;
+    let mut undo = vec![Undo::IndexRecord(Box::new(record.clone()))];
     let outcome = build(
         ctx,
         &view,
@@ -213,6 +226,28 @@ async fn create_classified(ctx: &CloudContext<'_>, req: CreateVm) -> Result<Call
             Err(creation_error(e))
         }
     }
+}
+
+/// Whether the permanent claim of `holder` is garbage (its VM has no record, as after an
+/// operator removed the record by hand); if so, the claims naming it on this VM's static
+/// addresses are removed, so a retry can claim them.
+async fn stale_claim(ctx: &CloudContext<'_>, holder: &str) -> bool {
+    let Ok(cid) = VmCid::parse(holder) else {
+        return false;
+    };
+    let outcome = async {
+        if super::abandoned::record_now(ctx, &cid).await?.is_some() {
+            return Ok(false);
+        }
+        let keys = ctx.keys().await?;
+        claims::forget_claims_of(ctx.etcd().await?, &keys, &cid).await?;
+        Ok::<bool, CpiError>(true)
+    }
+    .await;
+    outcome.unwrap_or_else(|e| {
+        tracing::warn!(vm = %cid, "cannot check its address claim: {}", e.message);
+        false
+    })
 }
 
 /// Transient infrastructure failures become `VMCreationFailed` with `ok_to_retry`, so the
@@ -552,10 +587,12 @@ async fn rollback(ctx: &CloudContext<'_>, docker: Option<&NodeDocker>, undo: Vec
         let result = match (&step, docker) {
             (Undo::Container(name), Some(d)) => d.remove_container(name).await,
             (Undo::Volume(name), Some(d)) => d.remove_volume(name).await,
-            (Undo::IndexRecord(key), _) if node_clean => match ctx.etcd().await {
-                Ok(etcd) => index::delete(etcd, key).await,
-                Err(e) => Err(e),
-            },
+            (Undo::IndexRecord(record), _) if node_clean => {
+                match (ctx.etcd().await, ctx.keys().await) {
+                    (Ok(etcd), Ok(keys)) => claims::forget_vm(etcd, &keys, record).await,
+                    (Err(e), _) | (_, Err(e)) => Err(e),
+                }
+            }
             // The node could not be cleaned: keep the record so delete_vm can finish.
             (Undo::IndexRecord(_), _) => Ok(()),
             (_, None) => Ok(()),
