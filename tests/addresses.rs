@@ -273,7 +273,15 @@ fn a_claim_whose_vm_record_was_removed_by_hand_does_not_block_its_address() {
         json!({}),
         2,
     );
-    // Refusals on the way are retriable; the abandoned container and the stale claim go.
+    // The first try removes the abandoned container and the stale claim, and is refused
+    // (retriable, naming the VM the claim named); the retry gets the address.
+    let (kind, message, run) = expect_error(&req, Some(&cfg()));
+    assert_eq!(kind, "Bosh::Clouds::VMCreationFailed");
+    assert!(
+        message.contains(&gone) && message.contains("no record"),
+        "{message}"
+    );
+    assert_eq!(run.response["error"]["ok_to_retry"], true);
     let next = create_vm_retrying(&req, &cfg(), |_| {});
     let held: Vec<_> = claims()
         .into_iter()
