@@ -37,14 +37,6 @@ pub enum Wanted {
     },
 }
 
-impl Wanted {
-    fn network(&self) -> &str {
-        match self {
-            Wanted::Fixed { network, .. } | Wanted::AnyOf { network, .. } => network,
-        }
-    }
-}
-
 /// What the claim transaction achieved.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Claimed {
@@ -206,40 +198,33 @@ pub async fn claim_for_new_vm(
 
 /// The static IP that made the claim fail, and its holder.
 fn taken(response: TxnResponse, wanted: &[Wanted]) -> Claimed {
-    let fixed = wanted.iter().filter_map(|w| match w {
-        Wanted::Fixed { network, ip } => Some((network, *ip)),
-        Wanted::AnyOf { .. } => None,
-    });
-    for ((network, ip), r) in fixed.zip(response.op_responses()) {
+    let fixed: Vec<(&String, Ipv4Addr)> = wanted
+        .iter()
+        .filter_map(|w| match w {
+            Wanted::Fixed { network, ip } => Some((network, *ip)),
+            Wanted::AnyOf { .. } => None,
+        })
+        .collect();
+    for ((network, ip), r) in fixed.iter().zip(response.op_responses()) {
         let TxnOpResponse::Get(get) = r else { continue };
         if let Some(kv) = get.kvs().first() {
             let holder = serde_json::from_slice::<ClaimValue>(kv.value())
                 .map(|v| v.vm.to_string())
                 .unwrap_or_else(|_| "an unreadable claim".to_string());
             return Claimed::Taken {
-                network: network.clone(),
-                ip,
+                network: (*network).clone(),
+                ip: *ip,
                 holder,
                 on_lease: kv.lease() != 0,
             };
         }
     }
-    // Released between the compare and the read: report the first one.
-    let (network, ip) = wanted
-        .iter()
-        .find_map(|w| match w {
-            Wanted::Fixed { network, ip } => Some((network.clone(), *ip)),
-            Wanted::AnyOf { .. } => None,
-        })
-        .unwrap_or_else(|| {
-            (
-                wanted
-                    .first()
-                    .map(|w| w.network().to_string())
-                    .unwrap_or_default(),
-                Ipv4Addr::UNSPECIFIED,
-            )
-        });
+    // The compares and these reads are one transaction, so a failed compare's key is
+    // read; this is only reached if etcd answered otherwise.
+    let (network, ip) = fixed
+        .first()
+        .map(|(n, ip)| ((*n).clone(), *ip))
+        .unwrap_or((String::new(), Ipv4Addr::UNSPECIFIED));
     Claimed::Taken {
         network,
         ip,

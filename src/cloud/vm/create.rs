@@ -1,6 +1,8 @@
-//! `create_vm`: place, prepare the node (stemcell, network), create the container with the
-//! agent's files, start it. The index record is written first and every step registers
-//! its undo, so a failure (or a killed process, through delete_vm) leaves nothing behind.
+//! `create_vm`: place, claim the addresses, prepare the node (stemcell, network), create
+//! the container with the agent's files, start it. The index record and the address claims
+//! are written in one transaction before anything is made on the node, and every step
+//! registers its undo, so a failure (or a killed process, through the lease) leaves nothing
+//! behind.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
