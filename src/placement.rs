@@ -60,7 +60,8 @@ pub fn choose_node(
             .find(|n| &n.name == name)
             .ok_or_else(|| {
                 format!(
-                    "node '{name}' (cloud_properties.node or the CPI's placement.node) is not a registered node"
+                    "node '{}' (cloud_properties.node or the CPI's placement.node) is not a registered node",
+                    crate::protocol::call::printable(name)
                 )
             })?;
         if let Some(p) = pinned
@@ -180,7 +181,7 @@ mod tests {
 
     fn vm(node: &str, group: &str, memory_mib: u64) -> VmRecord {
         serde_json::from_value(serde_json::json!({
-            "cid": format!("vm-{node}-{group}-{memory_mib}"), "node": node, "agent_id": "a",
+            "cid": format!("vm-{}", uuid::Uuid::new_v4()), "node": node, "agent_id": "a",
             "stemcell_cid": "s", "memory_mib": memory_mib, "group": group,
             "created_at": "2026-01-01T00:00:00Z"
         }))

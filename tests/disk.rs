@@ -8,6 +8,10 @@ mod common;
 use common::*;
 use serde_json::{Value, json};
 
+/// Cids of the issued shape that no object has.
+const UNKNOWN_DISK: &str = "disk-00000000-0000-0000-0000-000000000000";
+const UNKNOWN_VM: &str = "vm-00000000-0000-0000-0000-000000000000";
+
 fn cfg() -> std::path::PathBuf {
     cluster_config()
 }
@@ -173,10 +177,7 @@ fn data_and_identity_survive_detach_and_attach() {
     );
     // Detaching a detached disk, or an unknown one, is fine.
     assert_eq!(call("detach_disk", json!([vm, disk])), Value::Null);
-    assert_eq!(
-        call("detach_disk", json!([vm, "disk-unknown"])),
-        Value::Null
-    );
+    assert_eq!(call("detach_disk", json!([vm, UNKNOWN_DISK])), Value::Null);
 
     call("attach_disk", json!([vm, disk]));
     assert_eq!(checksum(&node, &vm, &disk), sum);
@@ -265,15 +266,15 @@ fn a_disk_moves_to_a_vm_on_another_node_with_its_data() {
 fn attaching_an_unknown_disk_leaves_the_vm_running_and_unchanged() {
     let (vm, node, _) = vm_on(1, 63, "unknown-disk");
     let before = identity(&node, &vm);
-    let (kind, message, _) = error_of("attach_disk", json!([vm, "disk-does-not-exist"]));
+    let (kind, message, _) = error_of("attach_disk", json!([vm, UNKNOWN_DISK]));
     assert_eq!(kind, "Bosh::Clouds::DiskNotFound");
-    assert!(message.contains("disk-does-not-exist"), "{message}");
+    assert!(message.contains(UNKNOWN_DISK), "{message}");
     assert_eq!(
         identity(&node, &vm).id,
         before.id,
         "the container was not touched"
     );
-    let (kind, _, _) = error_of("attach_disk", json!(["vm-does-not-exist", "disk-x"]));
+    let (kind, _, _) = error_of("attach_disk", json!([UNKNOWN_VM, UNKNOWN_DISK]));
     assert_eq!(kind, "Bosh::Clouds::VMNotFound");
     call("delete_vm", json!([vm]));
 }

@@ -527,12 +527,12 @@ fn an_existing_lease_is_found_by_public_ip_and_a_cordon_survives_prep() {
 
     // The listing counts the VM index's records per node.
     put(
-        &format!("{}/vms/vm-a", p.key),
-        r#"{"cid":"vm-a","node":"t1","agent_id":"a","stemcell_cid":"s","memory_mib":512,"created_at":"x","metadata":{}}"#,
+        &format!("{}/vms/vm-00000000-0000-0000-0000-000000000001", p.key),
+        r#"{"cid":"vm-00000000-0000-0000-0000-000000000001","node":"t1","agent_id":"a","stemcell_cid":"s","memory_mib":512,"created_at":"x","metadata":{}}"#,
     );
     put(
-        &format!("{}/vms/vm-b", p.key),
-        r#"{"cid":"vm-b","node":"t1","agent_id":"b","stemcell_cid":"s","memory_mib":256,"created_at":"x","metadata":{}}"#,
+        &format!("{}/vms/vm-00000000-0000-0000-0000-000000000002", p.key),
+        r#"{"cid":"vm-00000000-0000-0000-0000-000000000002","node":"t1","agent_id":"b","stemcell_cid":"s","memory_mib":256,"created_at":"x","metadata":{}}"#,
     );
     let out = nodes(&["--json"]);
     let doc: Value = serde_json::from_slice(&out.stdout).unwrap();

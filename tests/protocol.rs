@@ -70,20 +70,20 @@ fn wrong_arguments_name_the_argument_and_expectation() {
             "create_disk: argument 1 (size) must be a positive integer (MiB), got a string",
         ),
         (
-            json!({"method":"set_vm_metadata","arguments":["vm-1", ["x"]]}),
+            json!({"method":"set_vm_metadata","arguments":["vm-00000000-0000-0000-0000-000000000001", ["x"]]}),
             "set_vm_metadata: argument 2 (metadata) must be an object or null, got an array",
         ),
         (
-            json!({"method":"create_vm","arguments":["a","s",{},{"default":{"ip":"10.1.1.999"}},[],{}]}),
+            json!({"method":"create_vm","arguments":["a","sc-00000000-0000-0000-0000-000000000001",{},{"default":{"ip":"10.1.1.999"}},[],{}]}),
             "create_vm: argument 4 (networks)",
         ),
         (
-            json!({"method":"create_vm","arguments":["a","s",{},{},"disk-1",{}]}),
+            json!({"method":"create_vm","arguments":["a","sc-00000000-0000-0000-0000-000000000001",{},{},"disk-1",{}]}),
             "create_vm: argument 5 (disk_cids) must be an array of strings or null, got a string",
         ),
         (
-            json!({"method":"attach_disk","arguments":["vm-1", ""]}),
-            "attach_disk: argument 2 (disk_cid) must be a non-empty string, got an empty string",
+            json!({"method":"attach_disk","arguments":["vm-00000000-0000-0000-0000-000000000001", ""]}),
+            "attach_disk: argument 2 (disk_cid) must be a disk cid (disk-<uuid>), got ''",
         ),
     ];
     for (req, needle) in cases {
@@ -156,12 +156,12 @@ fn secrets_never_reach_stderr_or_the_log() {
                          "password": "SECRET-BLOB-PW2"}}]
     }});
     let requests = [
-        json!({"method":"create_vm","arguments":["agent-1","img-1",{},{"default":{"type":"dynamic"}},[],env],
+        json!({"method":"create_vm","arguments":["agent-1","sc-00000000-0000-0000-0000-000000000001",{},{"default":{"type":"dynamic"}},[],env],
                "context":{"request_id":"cpi-4242"},"api_version":2}),
         json!({"method":"calculate_vm_cloud_properties",
                "arguments":[{"cpu":1,"ram":512,"ephemeral_disk_size":1024}],
                "context":{"request_id":"cpi-4243"}}),
-        json!({"method":"create_vm","arguments":["agent-1","img-1",{},{"n":{"ip":"bad"}},[],env]}),
+        json!({"method":"create_vm","arguments":["agent-1","sc-00000000-0000-0000-0000-000000000001",{},{"n":{"ip":"bad"}},[],env]}),
     ];
     for req in requests {
         for level in ["trace", "debug,moltencore=trace"] {

@@ -626,7 +626,7 @@ fn an_unreadable_vm_record_is_an_error_and_nothing_is_forgotten() {
     let dir = tempfile::tempdir().unwrap();
     let (config, prefix) = private_config(dir.path());
     register_nodes(&config, &prefix, &[]);
-    let cid = "vm-garbled-record";
+    let cid = "vm-00000000-0000-0000-0000-0000000000ff";
     put_index_record(&config, &format!("vms/{cid}"), &json!("{not a record"));
     for method in ["has_vm", "delete_vm", "reboot_vm"] {
         let (kind, message, run) = expect_error(
@@ -651,12 +651,15 @@ fn create_vm_with_an_unknown_disk_fails_and_creates_nothing() {
     let agent = agent_id("unknown-disk");
     let req = json!({"method": "create_vm",
         "arguments": [agent, shared_stemcell(), {}, {"d": {"type": "dynamic"}},
-                      ["disk-does-not-exist"], {}],
+                      ["disk-00000000-0000-0000-0000-000000000000"], {}],
         "api_version": 2})
     .to_string();
     let (kind, message, _) = expect_error(&req, Some(&cfg()));
     assert_eq!(kind, "Bosh::Clouds::DiskNotFound");
-    assert!(message.contains("disk-does-not-exist"), "{message}");
+    assert!(
+        message.contains("disk-00000000-0000-0000-0000-000000000000"),
+        "{message}"
+    );
     assert!(index_records_of_agent(&cfg(), &agent).is_empty());
     runtime().block_on(async {
         assert_eq!(leftovers_of_agent(&agent).await, Vec::<String>::new());

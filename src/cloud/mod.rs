@@ -27,6 +27,14 @@ pub async fn handle(ctx: &CloudContext<'_>, call: Call) -> Result<CallResult, Cp
         Call::HasVm { vm_cid } => vm::has(ctx, &vm_cid).await,
         Call::RebootVm { vm_cid } => vm::reboot(ctx, &vm_cid).await,
         Call::SetVmMetadata { vm_cid, metadata } => vm::set_metadata(ctx, &vm_cid, &metadata).await,
+        Call::NoSuchObject {
+            method,
+            answer,
+            reason,
+        } => {
+            tracing::info!("{method}: {reason}: no such object can exist");
+            Ok(CallResult::Plain(answer))
+        }
         Call::CreateNetwork | Call::DeleteNetwork => Err(CpiError::not_implemented(
             "director-managed networks are not supported: declare manual or dynamic networks in the cloud-config",
         )),
@@ -37,7 +45,7 @@ pub async fn handle(ctx: &CloudContext<'_>, call: Call) -> Result<CallResult, Cp
             size_mib,
             cloud_properties,
             vm_cid,
-        } => disk::create(ctx, size_mib, &cloud_properties, vm_cid.as_deref()).await,
+        } => disk::create(ctx, size_mib, &cloud_properties, vm_cid.as_ref()).await,
         Call::DeleteDisk { disk_cid } => disk::delete(ctx, &disk_cid).await,
         Call::HasDisk { disk_cid } => disk::has(ctx, &disk_cid).await,
         Call::AttachDisk { vm_cid, disk_cid } => disk::attach(ctx, &vm_cid, &disk_cid).await,
@@ -93,5 +101,6 @@ pub fn method_name(call: &Call) -> &'static str {
         Call::DeleteNetwork => "delete_network",
         Call::CurrentVmId => "current_vm_id",
         Call::ConfigureNetworks => "configure_networks",
+        Call::NoSuchObject { method, .. } => method,
     }
 }

@@ -55,7 +55,8 @@ pub struct ProgressLease {
 pub const PROGRESS_TTL: i64 = 20;
 
 impl ProgressLease {
-    /// Grants the lease and keeps it alive in the background until [`Self::end`].
+    /// Grants the lease (one round trip) and keeps it alive in the background until
+    /// [`Self::end`].
     pub async fn start(etcd: &Etcd) -> Result<ProgressLease, CpiError> {
         let mut client = etcd.client();
         let id = client
@@ -63,11 +64,14 @@ impl ProgressLease {
             .await
             .map_err(|e| etcd.error("granting a lease", &e))?
             .id();
-        let (mut keeper, mut stream) = client
-            .lease_keep_alive(id)
-            .await
-            .map_err(|e| etcd.error("keeping a lease alive", &e))?;
+        // The keep-alive stream is opened in the background: its first answer is not
+        // waited for (the lease lives PROGRESS_TTL without it). Should it fail, the lease
+        // simply expires, as when this process dies.
         let keeper = tokio::spawn(async move {
+            let Ok((mut keeper, mut stream)) = client.lease_keep_alive(id).await else {
+                tracing::warn!("lease {id} cannot be kept alive; it expires in {PROGRESS_TTL} s");
+                return;
+            };
             loop {
                 tokio::time::sleep(std::time::Duration::from_secs(PROGRESS_TTL as u64 / 3)).await;
                 if keeper.keep_alive().await.is_err() || stream.message().await.is_err() {
@@ -80,6 +84,11 @@ impl ProgressLease {
             id,
             keeper,
         })
+    }
+
+    /// The lease's id, for records and claims written in transactions.
+    pub fn id(&self) -> i64 {
+        self.id
     }
 
     /// Writes a record that lives only as long as this lease.

@@ -1,5 +1,6 @@
 //! etcd access: the cluster's node records, Flannel state and PKI material.
 
+pub mod claims;
 pub mod etcd;
 pub mod index;
 pub mod model;
@@ -7,7 +8,7 @@ pub mod view;
 
 pub use etcd::{Etcd, EtcdAccess};
 pub use model::{
-    Capacity, DiskRecord, FlannelConfig, NodeRecord, NodeState, SnapshotRecord, SubnetLease,
-    VmRecord, VmState,
+    AddressClaim, Capacity, DiskRecord, FlannelConfig, NodeRecord, NodeState, SnapshotRecord,
+    SubnetLease, VmRecord, VmState,
 };
 pub use view::{ClusterView, Keys, NodeUsage};

@@ -6,6 +6,8 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
+use crate::protocol::{DiskCid, SnapshotCid, VmCid};
+
 /// Whether placement may put new VMs on a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -221,7 +223,7 @@ mod tests {
 /// the node, so a killed create leaves a record that delete_vm can follow.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VmRecord {
-    pub cid: String,
+    pub cid: VmCid,
     pub node: String,
     pub agent_id: String,
     pub stemcell_cid: String,
@@ -242,6 +244,18 @@ pub struct VmRecord {
     /// meanwhile leaves this mark, and the next call on the VM finishes or undoes it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub recreating: bool,
+    /// The addresses claimed for the VM on its node (see `cluster::claims`), removed with
+    /// the record.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<AddressClaim>,
+}
+
+/// One address a VM holds on a Docker network of its node, claimed at
+/// `<key_prefix>/addresses/<node>/<network>/<ip>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddressClaim {
+    pub network: String,
+    pub ip: Ipv4Addr,
 }
 
 /// Lifecycle of a VM record.
@@ -259,13 +273,13 @@ pub enum VmState {
 /// `node`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DiskRecord {
-    pub cid: String,
+    pub cid: DiskCid,
     pub node: String,
     /// Requested size in MiB (recorded, not enforced by local volumes).
     pub size_mib: u64,
     /// The VM it is attached to, if any.
     #[serde(default)]
-    pub vm: Option<String>,
+    pub vm: Option<VmCid>,
     /// A node still holding the source volume of a finished move (the move was killed, or
     /// that node was unreachable, after the record switched to the new node); the next
     /// attach, has_disk or delete_disk removes it.
@@ -285,8 +299,8 @@ pub struct DiskRecord {
 /// disk's contents, on the disk's node.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SnapshotRecord {
-    pub cid: String,
-    pub disk_cid: String,
+    pub cid: SnapshotCid,
+    pub disk_cid: DiskCid,
     pub node: String,
     pub created_at: String,
     #[serde(default)]

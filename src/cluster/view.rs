@@ -6,7 +6,7 @@ use etcd_client::{GetOptions, Txn, TxnOp, TxnOpResponse};
 use super::etcd::Etcd;
 use super::model::{FlannelConfig, NodeRecord, SubnetLease, VmRecord};
 use crate::config::EtcdConfig;
-use crate::protocol::CpiError;
+use crate::protocol::{CpiError, DiskCid, SnapshotCid, StemcellCid, VmCid};
 
 /// The etcd keys of the cluster, derived from the two configured prefixes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,7 +48,7 @@ impl Keys {
         format!("{}/stemcells/", self.key_prefix)
     }
     /// One stemcell's index record.
-    pub fn stemcell(&self, cid: &str) -> String {
+    pub fn stemcell(&self, cid: &StemcellCid) -> String {
         format!("{}/stemcells/{cid}", self.key_prefix)
     }
     /// Prefix of the VM index.
@@ -56,19 +56,27 @@ impl Keys {
         format!("{}/vms/", self.key_prefix)
     }
     /// One VM's index record.
-    pub fn vm(&self, cid: &str) -> String {
+    pub fn vm(&self, cid: &VmCid) -> String {
         format!("{}/vms/{cid}", self.key_prefix)
+    }
+    /// Prefix of the address claims (see `cluster::claims`).
+    pub fn addresses(&self) -> String {
+        format!("{}/addresses/", self.key_prefix)
+    }
+    /// The claim of `ip` on the Docker network `network` of node `node`.
+    pub fn address(&self, node: &str, network: &str, ip: std::net::Ipv4Addr) -> String {
+        format!("{}/addresses/{node}/{network}/{ip}", self.key_prefix)
     }
     /// Prefix of the disk index.
     pub fn disks(&self) -> String {
         format!("{}/disks/", self.key_prefix)
     }
     /// One disk's index record.
-    pub fn disk(&self, cid: &str) -> String {
+    pub fn disk(&self, cid: &DiskCid) -> String {
         format!("{}/disks/{cid}", self.key_prefix)
     }
     /// One snapshot's index record.
-    pub fn snapshot(&self, cid: &str) -> String {
+    pub fn snapshot(&self, cid: &SnapshotCid) -> String {
         format!("{}/snapshots/{cid}", self.key_prefix)
     }
     /// Flannel's network config.
@@ -98,6 +106,9 @@ pub struct ClusterView {
     pub unreadable_nodes: Vec<(String, String)>,
     /// VM records that could not be read: cid and reason (also in `problems`).
     pub unreadable_vms: Vec<(String, String)>,
+    /// The address claim keys present (see `cluster::claims`): addresses a new VM need
+    /// not try.
+    pub claimed_addresses: std::collections::HashSet<String>,
     /// Records that could not be read, with the reason; reported, never fatal.
     pub problems: Vec<String>,
     /// The etcd revision the snapshot was read at.
@@ -125,6 +136,10 @@ impl ClusterView {
             ),
             TxnOp::get(keys.ca_cert(), None),
             TxnOp::get(keys.vms(), Some(GetOptions::new().with_prefix())),
+            TxnOp::get(
+                keys.addresses(),
+                Some(GetOptions::new().with_prefix().with_keys_only()),
+            ),
         ]);
         let response = etcd
             .client()
@@ -136,7 +151,8 @@ impl ClusterView {
             TxnOpResponse::Get(g) => g.kvs().to_vec(),
             _ => Vec::new(),
         });
-        let (node_kvs, config_kvs, lease_kvs, ca_kvs, vm_kvs) = (
+        let (node_kvs, config_kvs, lease_kvs, ca_kvs, vm_kvs, claim_kvs) = (
+            gets.next().unwrap_or_default(),
             gets.next().unwrap_or_default(),
             gets.next().unwrap_or_default(),
             gets.next().unwrap_or_default(),
@@ -145,6 +161,10 @@ impl ClusterView {
         );
         let mut view = ClusterView {
             revision,
+            claimed_addresses: claim_kvs
+                .iter()
+                .map(|kv| String::from_utf8_lossy(kv.key()).to_string())
+                .collect(),
             ..ClusterView::default()
         };
         for kv in &node_kvs {
@@ -214,11 +234,11 @@ impl ClusterView {
     /// The index record of VM `cid`, read in the same transaction as the nodes, so finding
     /// a VM and its node's endpoint costs one etcd round trip. A record that exists but
     /// cannot be read is an error, never "no such VM".
-    pub fn vm(&self, cid: &str) -> Result<Option<&VmRecord>, CpiError> {
-        if let Some((_, problem)) = self.unreadable_vms.iter().find(|(c, _)| c == cid) {
+    pub fn vm(&self, cid: &VmCid) -> Result<Option<&VmRecord>, CpiError> {
+        if let Some((_, problem)) = self.unreadable_vms.iter().find(|(c, _)| c == cid.as_str()) {
             return Err(CpiError::cloud(problem.clone(), false));
         }
-        Ok(self.vms.iter().find(|v| v.cid == cid))
+        Ok(self.vms.iter().find(|v| v.cid == *cid))
     }
 
     /// The VMs the index places on `node`.
@@ -259,8 +279,12 @@ mod tests {
         assert_eq!(Keys::with_prefixes("/moltencore", "/coreos.com/network"), k);
     }
 
-    fn vm(cid: &str, node: &str, memory_mib: u64) -> VmRecord {
-        serde_json::from_value(serde_json::json!({"cid": cid, "node": node,
+    fn cid(n: u8) -> String {
+        format!("vm-00000000-0000-0000-0000-0000000000{n:02}")
+    }
+
+    fn vm(n: u8, node: &str, memory_mib: u64) -> VmRecord {
+        serde_json::from_value(serde_json::json!({"cid": cid(n), "node": node,
             "agent_id": "a", "stemcell_cid": "s", "memory_mib": memory_mib,
             "created_at": "2026-01-01T00:00:00Z"}))
         .unwrap()
@@ -269,20 +293,24 @@ mod tests {
     #[test]
     fn a_vm_is_found_by_cid_and_an_unreadable_record_is_an_error() {
         let view = ClusterView {
-            vms: vec![vm("a", "n1", 512)],
-            unreadable_vms: vec![("b".into(), "VM record /p/vms/b is unreadable".into())],
+            vms: vec![vm(1, "n1", 512)],
+            unreadable_vms: vec![(cid(2), "VM record /p/vms/b is unreadable".into())],
             ..ClusterView::default()
         };
-        assert_eq!(view.vm("a").unwrap().map(|v| v.node.as_str()), Some("n1"));
-        assert!(view.vm("c").unwrap().is_none());
-        let e = view.vm("b").unwrap_err();
+        let parsed = |n| VmCid::parse(&cid(n)).unwrap();
+        assert_eq!(
+            view.vm(&parsed(1)).unwrap().map(|v| v.node.as_str()),
+            Some("n1")
+        );
+        assert!(view.vm(&parsed(3)).unwrap().is_none());
+        let e = view.vm(&parsed(2)).unwrap_err();
         assert!(e.message.contains("/p/vms/b"), "{}", e.message);
     }
 
     #[test]
     fn usage_counts_the_index_records_of_a_node() {
         let view = ClusterView {
-            vms: vec![vm("a", "n1", 512), vm("b", "n1", 256), vm("c", "n2", 1024)],
+            vms: vec![vm(1, "n1", 512), vm(2, "n1", 256), vm(3, "n2", 1024)],
             ..ClusterView::default()
         };
         assert_eq!(

@@ -45,7 +45,7 @@ pub fn remaining(vm: &VmRecord) -> Remaining {
         _ => None,
     };
     Remaining {
-        vm_cid: vm.cid.clone(),
+        vm_cid: vm.cid.to_string(),
         deployment,
         instance,
         recreate,
@@ -113,9 +113,11 @@ mod tests {
     use super::*;
 
     fn vm(metadata: Value) -> VmRecord {
-        serde_json::from_value(serde_json::json!({"cid": "vm-1", "node": "n1",
+        serde_json::from_value(
+            serde_json::json!({"cid": "vm-00000000-0000-0000-0000-000000000001", "node": "n1",
             "agent_id": "a", "stemcell_cid": "s", "created_at": "2026-01-01T00:00:00Z",
-            "metadata": metadata}))
+            "metadata": metadata}),
+        )
         .unwrap()
     }
 
@@ -138,7 +140,7 @@ mod tests {
         assert_eq!(
             r,
             Remaining {
-                vm_cid: "vm-1".into(),
+                vm_cid: "vm-00000000-0000-0000-0000-000000000001".into(),
                 deployment: None,
                 instance: None,
                 recreate: None

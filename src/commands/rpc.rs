@@ -82,7 +82,10 @@ pub fn answer(raw: &str, config_path: PathBuf, logging: &Logging) -> Response {
     let api = request.api_version;
     let outcome = {
         let _entered = span.enter();
-        tracing::debug!(arguments = %redact(&serde_json::Value::Array(request.arguments.clone())), "request");
+        // JSON text (control characters escaped by the encoder), cut: a 4 MiB argument is
+        // not logged whole.
+        let arguments = redact(&serde_json::Value::Array(request.arguments.clone())).to_string();
+        tracing::debug!(arguments = %crate::echo::truncate(&arguments, 16 * 1024), "request");
         Call::parse(&request.method, request.arguments)
     };
     let result = match outcome {

@@ -39,6 +39,7 @@ impl NodeDocker {
         name: &str,
         body: ContainerCreateBody,
     ) -> Result<(), CpiError> {
+        let name = super::names::object(name)?;
         self.docker
             .create_container(
                 Some(CreateContainerOptionsBuilder::new().name(name).build()),
@@ -52,11 +53,18 @@ impl NodeDocker {
     /// Starts a container; the raw error is returned so callers can react to an address
     /// conflict.
     pub async fn start_container(&self, name: &str) -> Result<(), DockerError> {
+        if let Err(e) = super::names::object(name) {
+            return Err(DockerError::DockerResponseServerError {
+                status_code: 400,
+                message: e.message,
+            });
+        }
         self.docker.start_container(name, None).await
     }
 
     /// Restarts a container (stop with a grace period, then start).
     pub async fn restart_container(&self, name: &str, grace_seconds: i32) -> Result<(), CpiError> {
+        let name = super::names::object(name)?;
         self.with_grace(grace_seconds)
             .restart_container(
                 name,
@@ -75,6 +83,7 @@ impl NodeDocker {
         &self,
         name: &str,
     ) -> Result<Option<ContainerInspectResponse>, CpiError> {
+        let name = super::names::object(name)?;
         match self.docker.inspect_container(name, None).await {
             Ok(c) => Ok(Some(c)),
             Err(e) if is_status(&e, 404) => Ok(None),
@@ -84,6 +93,7 @@ impl NodeDocker {
 
     /// Removes a container, running or not, with its anonymous volumes; absent is success.
     pub async fn remove_container(&self, name: &str) -> Result<(), CpiError> {
+        let name = super::names::object(name)?;
         let options = RemoveContainerOptionsBuilder::new()
             .force(true)
             .v(true)
@@ -114,6 +124,7 @@ impl NodeDocker {
         &self,
         name: &str,
     ) -> Result<Vec<ContainerSummary>, CpiError> {
+        let name = super::names::object(name)?;
         self.containers_where("volume", name, &format!("that use volume {name}"))
             .await
     }
@@ -145,6 +156,8 @@ impl NodeDocker {
         container: &str,
         endpoint: EndpointSettings,
     ) -> Result<(), CpiError> {
+        let network = super::names::object(network)?;
+        let container = super::names::object(container)?;
         self.docker
             .connect_network(
                 network,
@@ -169,6 +182,7 @@ impl NodeDocker {
         path: &str,
         tar: Vec<u8>,
     ) -> Result<(), CpiError> {
+        let container = super::names::object(container)?;
         self.docker
             .upload_to_container(
                 container,
@@ -185,6 +199,7 @@ impl NodeDocker {
         name: &str,
         labels: HashMap<String, String>,
     ) -> Result<(), CpiError> {
+        let name = super::names::object(name)?;
         self.docker
             .create_volume(VolumeCreateRequest {
                 name: Some(name.to_string()),
@@ -213,6 +228,7 @@ impl NodeDocker {
         name: &str,
         kept_on: Option<u16>,
     ) -> Result<bool, CpiError> {
+        let name = super::names::object(name)?;
         match self
             .for_removal()
             .await?
@@ -240,6 +256,7 @@ impl NodeDocker {
     /// Stops a container (SIGTERM, then SIGKILL after `grace_seconds`); absent or already
     /// stopped is success.
     pub async fn stop_container(&self, name: &str, grace_seconds: i32) -> Result<(), CpiError> {
+        let name = super::names::object(name)?;
         let options = bollard::query_parameters::StopContainerOptionsBuilder::new()
             .t(grace_seconds)
             .build();
@@ -256,6 +273,8 @@ impl NodeDocker {
 
     /// Renames a container.
     pub async fn rename_container(&self, name: &str, new_name: &str) -> Result<(), CpiError> {
+        let name = super::names::object(name)?;
+        let new_name = super::names::object(new_name)?;
         self.docker
             .rename_container(
                 name,
@@ -269,6 +288,7 @@ impl NodeDocker {
 
     /// Starts a container, mapping the error.
     pub async fn start(&self, name: &str) -> Result<(), CpiError> {
+        let name = super::names::object(name)?;
         match self.docker.start_container(name, None).await {
             Ok(()) => Ok(()),
             Err(e) if is_status(&e, 304) => Ok(()),
@@ -284,6 +304,7 @@ impl NodeDocker {
         container: &str,
         path: &str,
     ) -> Result<Option<Vec<u8>>, CpiError> {
+        let container = super::names::object(container)?;
         use futures_util::StreamExt;
         let mut stream = self.docker.download_from_container(
             container,
@@ -356,6 +377,7 @@ impl NodeDocker {
 
     /// Whether a volume exists.
     pub async fn volume_exists(&self, name: &str) -> Result<bool, CpiError> {
+        let name = super::names::object(name)?;
         match self.docker.inspect_volume(name).await {
             Ok(_) => Ok(true),
             Err(e) if is_status(&e, 404) => Ok(false),

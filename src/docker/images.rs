@@ -259,6 +259,7 @@ async fn import_one(
 
 /// The image `reference` on `node`, or `None` when the node does not have it.
 pub async fn inspect(node: &NodeDocker, reference: &str) -> Result<Option<ImageInspect>, CpiError> {
+    let reference = super::names::image(reference)?;
     match node.docker.inspect_image(reference).await {
         Ok(i) => Ok(Some(i)),
         Err(e) if is_status(&e, 404) => Ok(None),
@@ -268,6 +269,7 @@ pub async fn inspect(node: &NodeDocker, reference: &str) -> Result<Option<ImageI
 
 /// Removes `reference` from `node`; an absent image is success (idempotent).
 pub async fn remove(node: &NodeDocker, reference: &str) -> Result<(), CpiError> {
+    let reference = super::names::image(reference)?;
     match node
         .for_removal()
         .await?
@@ -294,6 +296,7 @@ pub async fn copy(
     target: &NodeDocker,
     reference: &str,
 ) -> Result<(), CpiError> {
+    let reference = super::names::image(reference)?;
     let (body, stream) = body::channel(QUEUE);
     let mut exporter = {
         let (source, target) = (source.clone(), target.clone());
@@ -372,6 +375,8 @@ pub async fn tag(
     repo: &str,
     tag: &str,
 ) -> Result<(), CpiError> {
+    let reference = super::names::image(reference)?;
+    super::names::image(&format!("{repo}:{tag}"))?;
     node.docker
         .tag_image(
             reference,
@@ -388,6 +393,7 @@ pub async fn tag(
 
 /// Pulls `reference` on `node` from its registry.
 pub async fn pull(node: &NodeDocker, reference: &str) -> Result<(), CpiError> {
+    let reference = super::names::image(reference)?;
     let options = CreateImageOptionsBuilder::new()
         .from_image(reference)
         .build();

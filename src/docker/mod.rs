@@ -5,6 +5,7 @@ pub mod body;
 pub mod containers;
 pub mod idle;
 pub mod images;
+pub mod names;
 pub mod networks;
 pub mod node;
 pub mod tls;

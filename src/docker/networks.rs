@@ -23,6 +23,7 @@ impl NodeDocker {
     /// Makes sure the network exists as specified; creates it when absent. A network of
     /// that name with another subnet or gateway is an error naming both.
     pub async fn ensure_bridge(&self, spec: &BridgeSpec) -> Result<(), CpiError> {
+        super::names::object(&spec.name)?;
         match self.docker.inspect_network(&spec.name, None).await {
             Ok(existing) => {
                 let configs = existing.ipam.and_then(|i| i.config).unwrap_or_default();
@@ -125,6 +126,18 @@ impl NodeDocker {
                 status_code: 409, ..
             }) => Box::pin(self.ensure_bridge(spec)).await,
             Err(e) => Err(self.error(&format!("creating network {}", spec.name), &e)),
+        }
+    }
+}
+
+impl NodeDocker {
+    /// Whether the network `name` exists on the node.
+    pub async fn network_exists(&self, name: &str) -> Result<bool, CpiError> {
+        let name = super::names::object(name)?;
+        match self.docker.inspect_network(name, None).await {
+            Ok(_) => Ok(true),
+            Err(e) if super::containers::is_status(&e, 404) => Ok(false),
+            Err(e) => Err(self.error(&format!("inspecting network {name}"), &e)),
         }
     }
 }

@@ -9,6 +9,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
 use super::error::CpiError;
+use super::ids::{DiskCid, MalformedCid, SnapshotCid, StemcellCid, VmCid};
 use super::request::json_type;
 
 /// A JSON object, as cloud_properties, env and metadata arrive.
@@ -25,49 +26,60 @@ pub enum Call {
         cloud_properties: Object,
     },
     /// Remove a stemcell image.
-    DeleteStemcell { stemcell_cid: String },
+    DeleteStemcell { stemcell_cid: StemcellCid },
     /// Create and start a VM (container).
     CreateVm(Box<CreateVm>),
     /// Remove a VM; persistent disks survive.
-    DeleteVm { vm_cid: String },
+    DeleteVm { vm_cid: VmCid },
     /// Whether a VM exists.
-    HasVm { vm_cid: String },
+    HasVm { vm_cid: VmCid },
     /// Restart a VM.
-    RebootVm { vm_cid: String },
+    RebootVm { vm_cid: VmCid },
     /// Record deployment metadata on a VM.
-    SetVmMetadata { vm_cid: String, metadata: Object },
+    SetVmMetadata { vm_cid: VmCid, metadata: Object },
     /// Translate cpu/ram/disk requirements into cloud_properties.
     CalculateVmCloudProperties(VmRequirements),
     /// Create a persistent disk, optionally near a VM.
     CreateDisk {
         size_mib: u64,
         cloud_properties: Object,
-        vm_cid: Option<String>,
+        vm_cid: Option<VmCid>,
     },
     /// Remove a persistent disk.
-    DeleteDisk { disk_cid: String },
+    DeleteDisk { disk_cid: DiskCid },
     /// Whether a disk exists.
-    HasDisk { disk_cid: String },
+    HasDisk { disk_cid: DiskCid },
     /// Attach a disk to a VM.
-    AttachDisk { vm_cid: String, disk_cid: String },
+    AttachDisk { vm_cid: VmCid, disk_cid: DiskCid },
     /// Detach a disk from a VM.
-    DetachDisk { vm_cid: String, disk_cid: String },
+    DetachDisk { vm_cid: VmCid, disk_cid: DiskCid },
     /// The disks attached to a VM.
-    GetDisks { vm_cid: String },
+    GetDisks { vm_cid: VmCid },
     /// Record metadata on a disk.
-    SetDiskMetadata { disk_cid: String, metadata: Object },
+    SetDiskMetadata { disk_cid: DiskCid, metadata: Object },
     /// Grow a detached disk.
-    ResizeDisk { disk_cid: String, new_size_mib: u64 },
+    ResizeDisk {
+        disk_cid: DiskCid,
+        new_size_mib: u64,
+    },
     /// Change a disk's size or type.
     UpdateDisk {
-        disk_cid: String,
+        disk_cid: DiskCid,
         new_size_mib: u64,
         cloud_properties: Object,
     },
     /// Copy a disk's contents into a snapshot.
-    SnapshotDisk { disk_cid: String, metadata: Object },
+    SnapshotDisk { disk_cid: DiskCid, metadata: Object },
     /// Remove a snapshot.
-    DeleteSnapshot { snapshot_cid: String },
+    DeleteSnapshot { snapshot_cid: SnapshotCid },
+    /// A `delete_*` or `has_*` call about a cid of a shape this CPI never issues: no such
+    /// object can exist, so the call is answered as for an unknown one (`answer`: null for
+    /// deletes, false for `has_*`) without reading the cluster.
+    NoSuchObject {
+        method: &'static str,
+        answer: Value,
+        reason: MalformedCid,
+    },
     /// Director-managed networks (not supported by this CPI).
     CreateNetwork,
     /// Director-managed networks (not supported by this CPI).
@@ -82,10 +94,10 @@ pub enum Call {
 #[derive(Debug, Clone, PartialEq)]
 pub struct CreateVm {
     pub agent_id: String,
-    pub stemcell_cid: String,
+    pub stemcell_cid: StemcellCid,
     pub cloud_properties: Object,
     pub networks: BTreeMap<String, NetworkSpec>,
-    pub disk_cids: Vec<String>,
+    pub disk_cids: Vec<DiskCid>,
     pub env: Object,
 }
 
@@ -164,22 +176,31 @@ impl Call {
                 image_path: a.cid(0)?,
                 cloud_properties: a.object(1)?,
             },
-            "delete_stemcell" => Call::DeleteStemcell {
-                stemcell_cid: a.cid(0)?,
+            "delete_stemcell" => match a.lenient(0, StemcellCid::parse)? {
+                Ok(stemcell_cid) => Call::DeleteStemcell { stemcell_cid },
+                Err(reason) => a.no_such_object(Value::Null, reason),
             },
             "create_vm" => Call::CreateVm(Box::new(CreateVm {
                 agent_id: a.cid(0)?,
-                stemcell_cid: a.cid(1)?,
+                stemcell_cid: a.strict(1, StemcellCid::parse)?,
                 cloud_properties: a.object(2)?,
                 networks: a.typed(3, "an object of network name to network settings")?,
-                disk_cids: a.string_list(4)?,
+                disk_cids: a.cid_list(4, DiskCid::parse)?,
                 env: a.object(5)?,
             })),
-            "delete_vm" => Call::DeleteVm { vm_cid: a.cid(0)? },
-            "has_vm" => Call::HasVm { vm_cid: a.cid(0)? },
-            "reboot_vm" => Call::RebootVm { vm_cid: a.cid(0)? },
+            "delete_vm" => match a.lenient(0, VmCid::parse)? {
+                Ok(vm_cid) => Call::DeleteVm { vm_cid },
+                Err(reason) => a.no_such_object(Value::Null, reason),
+            },
+            "has_vm" => match a.lenient(0, VmCid::parse)? {
+                Ok(vm_cid) => Call::HasVm { vm_cid },
+                Err(reason) => a.no_such_object(Value::Bool(false), reason),
+            },
+            "reboot_vm" => Call::RebootVm {
+                vm_cid: a.strict(0, VmCid::parse)?,
+            },
             "set_vm_metadata" => Call::SetVmMetadata {
-                vm_cid: a.cid(0)?,
+                vm_cid: a.strict(0, VmCid::parse)?,
                 metadata: a.object(1)?,
             },
             "calculate_vm_cloud_properties" => Call::CalculateVmCloudProperties(a.typed(
@@ -189,42 +210,50 @@ impl Call {
             "create_disk" => Call::CreateDisk {
                 size_mib: a.size(0)?,
                 cloud_properties: a.object(1)?,
-                vm_cid: a.optional_cid(2)?,
+                vm_cid: a
+                    .optional_cid(2)?
+                    .map(|s| VmCid::parse(&s).map_err(|e| a.malformed(2, e)))
+                    .transpose()?,
             },
-            "delete_disk" => Call::DeleteDisk {
-                disk_cid: a.cid(0)?,
+            "delete_disk" => match a.lenient(0, DiskCid::parse)? {
+                Ok(disk_cid) => Call::DeleteDisk { disk_cid },
+                Err(reason) => a.no_such_object(Value::Null, reason),
             },
-            "has_disk" => Call::HasDisk {
-                disk_cid: a.cid(0)?,
+            "has_disk" => match a.lenient(0, DiskCid::parse)? {
+                Ok(disk_cid) => Call::HasDisk { disk_cid },
+                Err(reason) => a.no_such_object(Value::Bool(false), reason),
             },
             "attach_disk" => Call::AttachDisk {
-                vm_cid: a.cid(0)?,
-                disk_cid: a.cid(1)?,
+                vm_cid: a.strict(0, VmCid::parse)?,
+                disk_cid: a.strict(1, DiskCid::parse)?,
             },
             "detach_disk" => Call::DetachDisk {
-                vm_cid: a.cid(0)?,
-                disk_cid: a.cid(1)?,
+                vm_cid: a.strict(0, VmCid::parse)?,
+                disk_cid: a.strict(1, DiskCid::parse)?,
             },
-            "get_disks" => Call::GetDisks { vm_cid: a.cid(0)? },
+            "get_disks" => Call::GetDisks {
+                vm_cid: a.strict(0, VmCid::parse)?,
+            },
             "set_disk_metadata" => Call::SetDiskMetadata {
-                disk_cid: a.cid(0)?,
+                disk_cid: a.strict(0, DiskCid::parse)?,
                 metadata: a.object(1)?,
             },
             "resize_disk" => Call::ResizeDisk {
-                disk_cid: a.cid(0)?,
+                disk_cid: a.strict(0, DiskCid::parse)?,
                 new_size_mib: a.size(1)?,
             },
             "update_disk" => Call::UpdateDisk {
-                disk_cid: a.cid(0)?,
+                disk_cid: a.strict(0, DiskCid::parse)?,
                 new_size_mib: a.size(1)?,
                 cloud_properties: a.object(2)?,
             },
             "snapshot_disk" => Call::SnapshotDisk {
-                disk_cid: a.cid(0)?,
+                disk_cid: a.strict(0, DiskCid::parse)?,
                 metadata: a.object(1)?,
             },
-            "delete_snapshot" => Call::DeleteSnapshot {
-                snapshot_cid: a.cid(0)?,
+            "delete_snapshot" => match a.lenient(0, SnapshotCid::parse)? {
+                Ok(snapshot_cid) => Call::DeleteSnapshot { snapshot_cid },
+                Err(reason) => a.no_such_object(Value::Null, reason),
             },
             "create_network" => Call::CreateNetwork,
             "delete_network" => Call::DeleteNetwork,
@@ -387,6 +416,63 @@ impl Args {
         }
     }
 
+    /// A cid of the exact shape `parse` accepts; anything else is a `CpiError` naming the
+    /// argument, the expected shape and the value (cut short).
+    fn strict<T>(
+        &self,
+        i: usize,
+        parse: impl Fn(&str) -> Result<T, MalformedCid>,
+    ) -> Result<T, CpiError> {
+        self.lenient(i, parse)?.map_err(|e| self.malformed(i, e))
+    }
+
+    /// A string argument parsed by `parse`: a wrong JSON type is a `CpiError`, a string of
+    /// the wrong shape is returned as such for the caller to decide.
+    fn lenient<T>(
+        &self,
+        i: usize,
+        parse: impl Fn(&str) -> Result<T, MalformedCid>,
+    ) -> Result<Result<T, MalformedCid>, CpiError> {
+        match self.value(i) {
+            Value::String(s) => Ok(parse(s)),
+            other => Err(self.wrong(
+                i,
+                "a non-empty string",
+                format_args!("got {}", json_type(other)),
+            )),
+        }
+    }
+
+    fn malformed(&self, i: usize, e: MalformedCid) -> CpiError {
+        self.wrong(i, e.expected, format_args!("got '{}'", e.shown))
+    }
+
+    /// The answer to a `delete_*`/`has_*` about a cid that cannot exist.
+    fn no_such_object(&self, answer: Value, reason: MalformedCid) -> Call {
+        Call::NoSuchObject {
+            method: self.spec.name,
+            answer,
+            reason,
+        }
+    }
+
+    /// A list of cids of the shape `parse` accepts; null means empty.
+    fn cid_list<T>(
+        &self,
+        i: usize,
+        parse: impl Fn(&str) -> Result<T, MalformedCid>,
+    ) -> Result<Vec<T>, CpiError> {
+        self.string_list(i)?
+            .iter()
+            .enumerate()
+            .map(|(n, s)| {
+                parse(s).map_err(|e| {
+                    self.wrong(i, e.expected, format_args!("item {n} is '{}'", e.shown))
+                })
+            })
+            .collect()
+    }
+
     /// A cid, or null / "" / absent meaning "none".
     fn optional_cid(&self, i: usize) -> Result<Option<String>, CpiError> {
         match self.value(i) {
@@ -481,6 +567,60 @@ mod tests {
         v.as_array().unwrap().clone()
     }
 
+    const SC: &str = "sc-00000000-0000-0000-0000-000000000001";
+    const VM: &str = "vm-00000000-0000-0000-0000-000000000001";
+    const DISK: &str = "disk-00000000-0000-0000-0000-000000000001";
+
+    #[test]
+    fn malformed_cids_of_deletes_and_has_are_unknown_objects() {
+        let hostile = "x/../../containers/vm-1?force=true";
+        for (method, answer) in [
+            ("delete_vm", Value::Null),
+            ("delete_stemcell", Value::Null),
+            ("delete_disk", Value::Null),
+            ("delete_snapshot", Value::Null),
+            ("has_vm", Value::Bool(false)),
+            ("has_disk", Value::Bool(false)),
+        ] {
+            match Call::parse(method, args(json!([hostile]))).unwrap() {
+                Call::NoSuchObject {
+                    method: m,
+                    answer: a,
+                    ..
+                } => {
+                    assert_eq!((m, a), (method, answer));
+                }
+                other => panic!("{method}: {other:?}"),
+            }
+        }
+        // A wrong JSON type stays a malformed request.
+        assert!(Call::parse("delete_vm", args(json!([5]))).is_err());
+    }
+
+    #[test]
+    fn malformed_cids_elsewhere_are_cpi_errors_naming_the_value_cut_short() {
+        let huge = format!("vm-{}", "a".repeat(1 << 20));
+        for (method, a) in [
+            ("reboot_vm", json!([huge])),
+            ("set_vm_metadata", json!([huge, {}])),
+            ("attach_disk", json!([VM, huge])),
+            ("attach_disk", json!([huge, DISK])),
+            ("detach_disk", json!([VM, "x/../y"])),
+            ("get_disks", json!([DISK])),
+            ("create_disk", json!([1, {}, huge])),
+            ("snapshot_disk", json!([VM, {}])),
+            ("resize_disk", json!([huge, 2])),
+            ("create_vm", json!(["a", huge, {}, {}, [], {}])),
+            ("create_vm", json!(["a", SC, {}, {}, [DISK, huge], {}])),
+        ] {
+            let e = Call::parse(method, args(a)).unwrap_err();
+            assert_eq!(e.kind, super::super::error::ErrorKind::CpiError, "{method}");
+            assert!(!e.ok_to_retry);
+            assert!(e.message.len() < 300, "{method}: {}", e.message);
+            assert!(e.message.contains("cid ("), "{method}: {}", e.message);
+        }
+    }
+
     #[test]
     fn every_contract_method_is_known() {
         for name in [
@@ -519,7 +659,7 @@ mod tests {
             "create_vm",
             args(json!([
                 "agent-1",
-                "img-1",
+                "sc-00000000-0000-0000-0000-000000000001",
                 {"ram": 512},
                 {"default": {"type": "manual", "ip": "10.1.2.11", "netmask": "255.255.255.0",
                   "gateway": "10.1.2.1", "dns": null, "default": ["dns", "gateway"], "mac": "x"},
@@ -564,7 +704,7 @@ mod tests {
         assert!(e.message.contains("argument 1 (size)"), "{}", e.message);
         let e = Call::parse(
             "create_vm",
-            args(json!(["a", "s", {}, {"n": {"ip": "10.1.2.300"}}, [], {}])),
+            args(json!(["a", SC, {}, {"n": {"ip": "10.1.2.300"}}, [], {}])),
         )
         .unwrap_err();
         assert!(e.message.contains("argument 4 (networks)"), "{}", e.message);

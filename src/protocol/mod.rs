@@ -3,10 +3,12 @@
 
 pub mod call;
 pub mod error;
+pub mod ids;
 pub mod request;
 pub mod response;
 
 pub use call::{Call, CreateVm, NetworkSpec, NetworkType, Object, VmRequirements};
 pub use error::{CpiError, ErrorKind};
+pub use ids::{DiskCid, MalformedCid, SnapshotCid, StemcellCid, VmCid};
 pub use request::{ApiVersion, Request};
 pub use response::{CallResult, Response};

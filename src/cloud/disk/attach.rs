@@ -11,13 +11,13 @@ use crate::cloud::vm::agent_files::disk_hint;
 use crate::cloud::vm::{self, recreate};
 use crate::cluster::{DiskRecord, VmRecord, VmState, index};
 use crate::docker::{NodeDocker, volume_copy};
-use crate::protocol::{CallResult, CpiError, ErrorKind};
+use crate::protocol::{CallResult, CpiError, DiskCid, ErrorKind, VmCid};
 
 /// The VM a disk is attached to according to the index, if that VM still exists.
 pub(crate) async fn attached_vm(
     ctx: &CloudContext<'_>,
     disk: &DiskRecord,
-) -> Result<Option<String>, CpiError> {
+) -> Result<Option<VmCid>, CpiError> {
     let Some(vm) = &disk.vm else {
         return Ok(None);
     };
@@ -31,14 +31,17 @@ pub(crate) async fn attached_vm(
 /// The disks really mounted in the VM's container (disk cid -> volume).
 pub(super) async fn mounted_disks_of(
     docker: &crate::docker::NodeDocker,
-    vm_cid: &str,
+    vm_cid: &VmCid,
 ) -> Result<BTreeMap<String, String>, CpiError> {
-    let inspect = docker.inspect_container(vm_cid).await?.ok_or_else(|| {
-        CpiError::new(
-            ErrorKind::VmNotFound,
-            format!("VM {vm_cid} has no container"),
-        )
-    })?;
+    let inspect = docker
+        .inspect_container(vm_cid.as_str())
+        .await?
+        .ok_or_else(|| {
+            CpiError::new(
+                ErrorKind::VmNotFound,
+                format!("VM {vm_cid} has no container"),
+            )
+        })?;
     Ok(recreate::mounted_disks(&inspect))
 }
 
@@ -47,8 +50,8 @@ pub(super) async fn mounted_disks_of(
 /// returns the same hint and changes nothing.
 pub async fn attach(
     ctx: &CloudContext<'_>,
-    vm_cid: &str,
-    disk_cid: &str,
+    vm_cid: &VmCid,
+    disk_cid: &DiskCid,
 ) -> Result<CallResult, CpiError> {
     let (mut vm, docker) = vm::find_existing(ctx, vm_cid).await?;
     let mut disk = record(ctx, disk_cid).await?;
@@ -57,15 +60,15 @@ pub async fn attach(
     let hint = CallResult::DiskAttached {
         hint: Value::String(disk_hint(disk_cid)),
     };
-    if mounted.contains_key(disk_cid) {
-        if disk.vm.as_deref() != Some(vm_cid) {
-            disk.vm = Some(vm_cid.to_string());
+    if mounted.contains_key(disk_cid.as_str()) {
+        if disk.vm.as_ref() != Some(vm_cid) {
+            disk.vm = Some(vm_cid.clone());
             save(ctx, &disk).await?;
         }
         return Ok(hint);
     }
     if let Some(other) = attached_vm(ctx, &disk).await?
-        && other != vm_cid
+        && other != *vm_cid
     {
         return Err(CpiError::cloud(
             format!(
@@ -76,14 +79,14 @@ pub async fn attach(
     }
     if disk.node != vm.node {
         moving::move_disk(ctx, &mut disk, &vm.node).await?;
-    } else if !docker.volume_exists(disk_cid).await? {
+    } else if !docker.volume_exists(disk_cid.as_str()).await? {
         return Err(volume_gone(&disk));
     } else {
         ensure_unmounted(ctx, &docker, disk_cid).await?;
     }
     mounted.insert(disk_cid.to_string(), disk_cid.to_string());
     recreate::recreate(ctx, &mut vm, &docker, &mounted).await?;
-    disk.vm = Some(vm_cid.to_string());
+    disk.vm = Some(vm_cid.clone());
     save(ctx, &disk).await?;
     tracing::info!(vm = %vm_cid, disk = %disk_cid, node = %vm.node, "disk attached");
     Ok(hint)
@@ -96,18 +99,19 @@ pub async fn attach(
 pub(super) async fn ensure_unmounted(
     ctx: &CloudContext<'_>,
     docker: &NodeDocker,
-    disk_cid: &str,
+    disk_cid: &DiskCid,
 ) -> Result<(), CpiError> {
-    for c in docker.containers_using_volume(disk_cid).await? {
+    for c in docker.containers_using_volume(disk_cid.as_str()).await? {
         let label = |key: &str| c.labels.as_ref().and_then(|l| l.get(key).cloned());
         // A copy helper a killed move or snapshot left (the one list finds them too).
-        if label(volume_copy::HELPER_LABEL).as_deref() == Some(disk_cid)
+        if label(volume_copy::HELPER_LABEL).as_deref() == Some(disk_cid.as_str())
             && let Some(id) = &c.id
         {
             docker.remove_container(id).await?;
             continue;
         }
-        let holder = label(vm::labels::VM_CID);
+        // A label that is not a VM cid is not a VM of this CPI.
+        let holder = label(vm::labels::VM_CID).and_then(|h| VmCid::parse(&h).ok());
         let name = c
             .names
             .as_ref()
@@ -146,8 +150,8 @@ pub(super) async fn ensure_unmounted(
 /// `detach_disk`: the reverse; a disk that is not attached (or unknown) is success.
 pub async fn detach(
     ctx: &CloudContext<'_>,
-    vm_cid: &str,
-    disk_cid: &str,
+    vm_cid: &VmCid,
+    disk_cid: &DiskCid,
 ) -> Result<CallResult, CpiError> {
     let (mut vm, docker) = vm::find_existing(ctx, vm_cid).await?;
     let mut mounted = mounted_disks_of(&docker, vm_cid).await?;
@@ -156,12 +160,12 @@ pub async fn detach(
         Err(e) if e.kind == ErrorKind::DiskNotFound => None,
         Err(e) => return Err(e),
     };
-    if mounted.remove(disk_cid).is_some() {
+    if mounted.remove(disk_cid.as_str()).is_some() {
         recreate::recreate(ctx, &mut vm, &docker, &mounted).await?;
         tracing::info!(vm = %vm_cid, disk = %disk_cid, "disk detached");
     }
     if let Some(mut disk) = disk
-        && disk.vm.as_deref() == Some(vm_cid)
+        && disk.vm.as_ref() == Some(vm_cid)
     {
         disk.vm = None;
         save(ctx, &disk).await?;
@@ -176,7 +180,7 @@ pub async fn detach(
 pub async fn disks_for_new_vm(
     ctx: &CloudContext<'_>,
     docker: &NodeDocker,
-    disk_cids: &[String],
+    disk_cids: &[DiskCid],
 ) -> Result<BTreeMap<String, String>, CpiError> {
     let node = docker.name.as_str();
     let mut disks = Vec::new();
@@ -189,7 +193,7 @@ pub async fn disks_for_new_vm(
             ));
         }
         if disk.node == node {
-            if !docker.volume_exists(cid).await? {
+            if !docker.volume_exists(cid.as_str()).await? {
                 return Err(volume_gone(&disk));
             }
             ensure_unmounted(ctx, docker, cid).await?;
@@ -201,13 +205,13 @@ pub async fn disks_for_new_vm(
         if disk.node != node {
             moving::move_disk(ctx, &mut disk, node).await?;
         }
-        mounts.insert(disk.cid.clone(), disk.cid.clone());
+        mounts.insert(disk.cid.to_string(), disk.cid.to_string());
     }
     Ok(mounts)
 }
 
 /// Releases every disk that the index says is attached to `vm_cid` (the VM is gone).
-pub async fn release_disks_of(ctx: &CloudContext<'_>, vm_cid: &str) -> Result<(), CpiError> {
+pub async fn release_disks_of(ctx: &CloudContext<'_>, vm_cid: &VmCid) -> Result<(), CpiError> {
     let keys = ctx.keys().await?;
     let etcd = ctx.etcd().await?;
     let resp = etcd
@@ -220,7 +224,7 @@ pub async fn release_disks_of(ctx: &CloudContext<'_>, vm_cid: &str) -> Result<()
         .map_err(|e| etcd.error("reading the disk index", &e))?;
     for kv in resp.kvs() {
         if let Ok(mut disk) = serde_json::from_slice::<DiskRecord>(kv.value())
-            && disk.vm.as_deref() == Some(vm_cid)
+            && disk.vm.as_ref() == Some(vm_cid)
         {
             disk.vm = None;
             save(ctx, &disk).await?;

@@ -15,7 +15,7 @@ use serde_json::Value;
 use super::CloudContext;
 use crate::cluster::{DiskRecord, VmRecord, index};
 use crate::placement::{self, VmDemand};
-use crate::protocol::{CallResult, CpiError, ErrorKind, Object};
+use crate::protocol::{CallResult, CpiError, DiskCid, ErrorKind, Object, VmCid};
 
 /// Docker label keys on disk volumes.
 pub mod labels {
@@ -23,7 +23,7 @@ pub mod labels {
     pub const SIZE_MIB: &str = "moltencore.disk.size_mib";
 }
 
-fn not_found(cid: &str) -> CpiError {
+fn not_found(cid: &DiskCid) -> CpiError {
     CpiError::new(
         ErrorKind::DiskNotFound,
         format!("disk {cid} does not exist"),
@@ -31,7 +31,7 @@ fn not_found(cid: &str) -> CpiError {
 }
 
 /// The disk's index record, or `DiskNotFound`.
-pub(crate) async fn record(ctx: &CloudContext<'_>, cid: &str) -> Result<DiskRecord, CpiError> {
+pub(crate) async fn record(ctx: &CloudContext<'_>, cid: &DiskCid) -> Result<DiskRecord, CpiError> {
     let keys = ctx.keys().await?;
     index::get::<DiskRecord>(ctx.etcd().await?, &keys.disk(cid))
         .await?
@@ -49,7 +49,7 @@ pub async fn create(
     ctx: &CloudContext<'_>,
     size_mib: u64,
     cloud_properties: &Object,
-    vm_cid: Option<&str>,
+    vm_cid: Option<&VmCid>,
 ) -> Result<CallResult, CpiError> {
     let view = ctx.view().await?;
     let keys = ctx.keys().await?;
@@ -76,7 +76,7 @@ pub async fn create(
     }
     let node = node.unwrap_or_default();
     let docker = ctx.node_docker(&view, &node).await?;
-    let cid = format!("disk-{}", uuid::Uuid::new_v4());
+    let cid = DiskCid::generate();
     let record = DiskRecord {
         cid: cid.clone(),
         node: node.clone(),
@@ -90,19 +90,19 @@ pub async fn create(
     // The record first: a killed process leaves a record delete_disk can follow.
     index::put(etcd, &keys.disk(&cid), &record).await?;
     let volume_labels = HashMap::from([
-        (labels::DISK_CID.to_string(), cid.clone()),
+        (labels::DISK_CID.to_string(), cid.to_string()),
         (labels::SIZE_MIB.to_string(), size_mib.to_string()),
     ]);
-    if let Err(e) = docker.create_volume(&cid, volume_labels).await {
+    if let Err(e) = docker.create_volume(cid.as_str(), volume_labels).await {
         let _ = index::delete(etcd, &keys.disk(&cid)).await;
         return Err(e);
     }
     tracing::info!(disk = %cid, node = %node, size_mib, "disk created");
-    Ok(CallResult::Plain(Value::String(cid)))
+    Ok(CallResult::Plain(Value::String(cid.to_string())))
 }
 
 /// `delete_disk`: idempotent; an attached disk is refused, naming the VM.
-pub async fn delete(ctx: &CloudContext<'_>, cid: &str) -> Result<CallResult, CpiError> {
+pub async fn delete(ctx: &CloudContext<'_>, cid: &DiskCid) -> Result<CallResult, CpiError> {
     let mut disk = match record(ctx, cid).await {
         Ok(d) => d,
         Err(e) if e.kind == ErrorKind::DiskNotFound => return Ok(CallResult::Plain(Value::Null)),
@@ -129,7 +129,7 @@ pub async fn delete(ctx: &CloudContext<'_>, cid: &str) -> Result<CallResult, Cpi
     if view.registered(&disk.node)?.is_some() {
         let docker = ctx.node_docker(&view, &disk.node).await?;
         attach::ensure_unmounted(ctx, &docker, cid).await?;
-        docker.remove_volume(cid).await?;
+        docker.remove_volume(cid.as_str()).await?;
     }
     let keys = ctx.keys().await?;
     index::delete(ctx.etcd().await?, &keys.disk(cid)).await?;
@@ -137,7 +137,7 @@ pub async fn delete(ctx: &CloudContext<'_>, cid: &str) -> Result<CallResult, Cpi
 }
 
 /// `has_disk`: the record and the volume on its node.
-pub async fn has(ctx: &CloudContext<'_>, cid: &str) -> Result<CallResult, CpiError> {
+pub async fn has(ctx: &CloudContext<'_>, cid: &DiskCid) -> Result<CallResult, CpiError> {
     let mut disk = match record(ctx, cid).await {
         Ok(d) => d,
         Err(e) if e.kind == ErrorKind::DiskNotFound => {
@@ -152,14 +152,14 @@ pub async fn has(ctx: &CloudContext<'_>, cid: &str) -> Result<CallResult, CpiErr
     }
     let docker = ctx.node_docker(&view, &disk.node).await?;
     Ok(CallResult::Plain(Value::Bool(
-        docker.volume_exists(cid).await?,
+        docker.volume_exists(cid.as_str()).await?,
     )))
 }
 
 /// `set_disk_metadata`: merged into the disk's index record.
 pub async fn set_metadata(
     ctx: &CloudContext<'_>,
-    cid: &str,
+    cid: &DiskCid,
     metadata: &Object,
 ) -> Result<CallResult, CpiError> {
     let mut disk = record(ctx, cid).await?;
@@ -174,7 +174,7 @@ pub async fn set_metadata(
 /// can already hold it); shrinking is refused.
 pub async fn resize(
     ctx: &CloudContext<'_>,
-    cid: &str,
+    cid: &DiskCid,
     new_size_mib: u64,
 ) -> Result<CallResult, CpiError> {
     let mut disk = record(ctx, cid).await?;
@@ -193,7 +193,7 @@ pub async fn resize(
 }
 
 /// `get_disks`: the persistent disks really mounted in the VM's container.
-pub async fn get_disks(ctx: &CloudContext<'_>, vm_cid: &str) -> Result<CallResult, CpiError> {
+pub async fn get_disks(ctx: &CloudContext<'_>, vm_cid: &VmCid) -> Result<CallResult, CpiError> {
     let (_, docker) = super::vm::find_existing(ctx, vm_cid).await?;
     let disks: Vec<Value> = attach::mounted_disks_of(&docker, vm_cid)
         .await?

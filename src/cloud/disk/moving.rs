@@ -98,7 +98,7 @@ pub async fn move_disk(
     volume_copy::sweep_helpers(&to, &cid).await?;
     to.remove_volume(&cid).await?;
     let volume_labels = HashMap::from([
-        (labels::DISK_CID.to_string(), cid.clone()),
+        (labels::DISK_CID.to_string(), cid.to_string()),
         (labels::SIZE_MIB.to_string(), disk.size_mib.to_string()),
     ]);
     to.create_volume(&cid, volume_labels).await?;

@@ -9,30 +9,30 @@ use super::record;
 use crate::cloud::CloudContext;
 use crate::cluster::{SnapshotRecord, index};
 use crate::docker::volume_copy;
-use crate::protocol::{CallResult, CpiError, Object};
+use crate::protocol::{CallResult, CpiError, DiskCid, Object, SnapshotCid};
 
 /// `snapshot_disk`.
 pub async fn snapshot(
     ctx: &CloudContext<'_>,
-    disk_cid: &str,
+    disk_cid: &DiskCid,
     metadata: &Object,
 ) -> Result<CallResult, CpiError> {
     let disk = record(ctx, disk_cid).await?;
     let view = ctx.view().await?;
     let docker = ctx.node_docker(&view, &disk.node).await?;
-    let cid = format!("snap-{}", uuid::Uuid::new_v4());
+    let cid = SnapshotCid::generate();
     let keys = ctx.keys().await?;
     let etcd = ctx.etcd().await?;
     let rec = SnapshotRecord {
         cid: cid.clone(),
-        disk_cid: disk_cid.to_string(),
+        disk_cid: disk_cid.clone(),
         node: disk.node.clone(),
         created_at: crate::cloud::now(),
         metadata: metadata.clone(),
     };
     index::put(etcd, &keys.snapshot(&cid), &rec).await?;
     let mut labels = HashMap::from([
-        ("moltencore.snapshot.cid".to_string(), cid.clone()),
+        ("moltencore.snapshot.cid".to_string(), cid.to_string()),
         ("moltencore.snapshot.disk".to_string(), disk_cid.to_string()),
     ]);
     for (k, v) in metadata {
@@ -43,17 +43,17 @@ pub async fn snapshot(
         labels.insert(format!("moltencore.snapshot.meta.{k}"), text);
     }
     let made = async {
-        docker.create_volume(&cid, labels).await?;
-        volume_copy::copy_volume(&docker, disk_cid, &docker, &cid).await
+        docker.create_volume(cid.as_str(), labels).await?;
+        volume_copy::copy_volume(&docker, disk_cid.as_str(), &docker, cid.as_str()).await
     }
     .await;
     match made {
         Ok(digest) => {
             tracing::info!(snapshot = %cid, disk = %disk_cid, files = digest.files, bytes = digest.bytes, "snapshot taken");
-            Ok(CallResult::Plain(Value::String(cid)))
+            Ok(CallResult::Plain(Value::String(cid.to_string())))
         }
         Err(e) => {
-            let _ = docker.remove_volume(&cid).await;
+            let _ = docker.remove_volume(cid.as_str()).await;
             let _ = index::delete(etcd, &keys.snapshot(&cid)).await;
             Err(e.context(format!("snapshot_disk {disk_cid}")))
         }
@@ -61,7 +61,10 @@ pub async fn snapshot(
 }
 
 /// `delete_snapshot`: idempotent.
-pub async fn delete_snapshot(ctx: &CloudContext<'_>, cid: &str) -> Result<CallResult, CpiError> {
+pub async fn delete_snapshot(
+    ctx: &CloudContext<'_>,
+    cid: &SnapshotCid,
+) -> Result<CallResult, CpiError> {
     let keys = ctx.keys().await?;
     let etcd = ctx.etcd().await?;
     if let Some(rec) = index::get::<SnapshotRecord>(etcd, &keys.snapshot(cid)).await? {
@@ -69,7 +72,7 @@ pub async fn delete_snapshot(ctx: &CloudContext<'_>, cid: &str) -> Result<CallRe
         if view.registered(&rec.node)?.is_some() {
             ctx.node_docker(&view, &rec.node)
                 .await?
-                .remove_volume(cid)
+                .remove_volume(cid.as_str())
                 .await?;
         }
         index::delete(etcd, &keys.snapshot(cid)).await?;

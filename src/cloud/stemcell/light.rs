@@ -32,14 +32,26 @@ impl LightImage {
                 CpiError::cpi(
                     "create_stemcell: cloud_properties.image_reference must be a non-empty string",
                 )
-            })?
+            })?;
+        // It goes into Docker API paths (inspect, pull, tag): only the reference grammar.
+        let reference = crate::docker::names::image(reference)
+            .map_err(|e| e.context("create_stemcell: cloud_properties.image_reference"))?
             .to_string();
         let digest = match cp.get("digest") {
             None | Some(Value::Null) => None,
-            Some(Value::String(d)) if d.starts_with("sha256:") && d.len() == 71 => Some(d.clone()),
+            Some(Value::String(d))
+                if d.strip_prefix("sha256:")
+                    .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit())) =>
+            {
+                Some(d.clone())
+            }
             Some(other) => {
+                let shown = match other {
+                    Value::String(s) => crate::protocol::call::printable(s),
+                    other => crate::protocol::request::json_type(other).to_string(),
+                };
                 return Err(CpiError::cpi(format!(
-                    "create_stemcell: cloud_properties.digest must be sha256:<64 hex>, got {other}"
+                    "create_stemcell: cloud_properties.digest must be sha256:<64 hex>, got {shown}"
                 )));
             }
         };
@@ -142,5 +154,13 @@ mod tests {
         );
         let bad = json!({"image_reference": "x", "digest": "md5:1"});
         assert!(LightImage::from_cloud_properties(bad.as_object().unwrap()).is_err());
+        let not_hex =
+            json!({"image_reference": "x", "digest": format!("sha256:{}", "g".repeat(64))});
+        assert!(LightImage::from_cloud_properties(not_hex.as_object().unwrap()).is_err());
+        for hostile in ["x/../../containers/vm-1?force=true", "x#y", "x\n", "../x"] {
+            let cp = json!({ "image_reference": hostile });
+            let e = LightImage::from_cloud_properties(cp.as_object().unwrap()).unwrap_err();
+            assert!(e.message.contains("image_reference"), "{}", e.message);
+        }
     }
 }

@@ -12,7 +12,7 @@ use super::CloudContext;
 use crate::cluster::{NodeState, index};
 use crate::docker::NodeDocker;
 use crate::docker::images::{self, ImportTarget, StreamCheck};
-use crate::protocol::{CallResult, CpiError, Object};
+use crate::protocol::{CallResult, CpiError, Object, StemcellCid};
 use manifest::{ExpectedDigest, Hasher, Manifest};
 use source::StemcellSource;
 
@@ -20,14 +20,14 @@ use source::StemcellSource;
 pub const IMAGE_REPO: &str = "moltencore-stemcell";
 
 /// The image reference of a stemcell on a node.
-pub fn image_reference(cid: &str) -> String {
+pub fn image_reference(cid: &StemcellCid) -> String {
     format!("{IMAGE_REPO}:{cid}")
 }
 
 /// The index record of a stemcell.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StemcellRecord {
-    pub cid: String,
+    pub cid: StemcellCid,
     pub name: String,
     pub version: String,
     #[serde(default)]
@@ -100,10 +100,10 @@ pub async fn create(
         ));
     }
 
-    let cid = format!("sc-{}", uuid::Uuid::new_v4());
+    let cid = StemcellCid::generate();
     let target = ImportTarget {
         repo: IMAGE_REPO.to_string(),
-        tag: cid.clone(),
+        tag: cid.to_string(),
         changes: labels(&cid, &manifest),
     };
     tracing::info!(
@@ -158,7 +158,9 @@ pub async fn create(
         remove_everywhere(&nodes, &target.reference()).await;
         return Err(e);
     }
-    Ok(CallResult::Plain(serde_json::Value::String(cid)))
+    Ok(CallResult::Plain(serde_json::Value::String(
+        cid.to_string(),
+    )))
 }
 
 async fn create_light(
@@ -167,7 +169,7 @@ async fn create_light(
 ) -> Result<CallResult, CpiError> {
     let view = ctx.view().await?;
     let nodes = upload_nodes(ctx, &view).await?;
-    let cid = format!("sc-{}", uuid::Uuid::new_v4());
+    let cid = StemcellCid::generate();
     let have = match light::adopt(&nodes, image, &cid).await {
         Ok(have) => have,
         Err(e) => {
@@ -189,10 +191,12 @@ async fn create_light(
         remove_everywhere(&nodes, &image_reference(&cid)).await;
         return Err(e);
     }
-    Ok(CallResult::Plain(serde_json::Value::String(cid)))
+    Ok(CallResult::Plain(serde_json::Value::String(
+        cid.to_string(),
+    )))
 }
 
-fn labels(cid: &str, m: &Manifest) -> Vec<String> {
+fn labels(cid: &StemcellCid, m: &Manifest) -> Vec<String> {
     let mut labels = vec![
         format!("moltencore.stemcell.cid={cid}"),
         format!("moltencore.stemcell.name={}", m.name),
@@ -282,7 +286,7 @@ async fn remove_everywhere(nodes: &[NodeDocker], reference: &str) {
 
 /// `delete_stemcell`: removes the image from every node; already gone is success. A node
 /// that cannot be reached is reported in the log and keeps its copy.
-pub async fn delete(ctx: &CloudContext<'_>, cid: &str) -> Result<CallResult, CpiError> {
+pub async fn delete(ctx: &CloudContext<'_>, cid: &StemcellCid) -> Result<CallResult, CpiError> {
     let view = ctx.view().await?;
     let reference = image_reference(cid);
     let names = view.nodes.iter().map(|n| n.name.as_str());
@@ -317,7 +321,7 @@ pub async fn ensure_on_node(
     ctx: &CloudContext<'_>,
     view: &crate::cluster::ClusterView,
     node: &NodeDocker,
-    cid: &str,
+    cid: &StemcellCid,
 ) -> Result<(), CpiError> {
     let reference = image_reference(cid);
     if images::inspect(node, &reference).await?.is_some() {

@@ -11,18 +11,18 @@ use super::labels;
 use crate::cloud::CloudContext;
 use crate::cluster::{ClusterView, VmRecord, index};
 use crate::docker::NodeDocker;
-use crate::protocol::CpiError;
+use crate::protocol::{CpiError, VmCid};
 
 /// The index record of VM `cid`, read now (not from an earlier view: a concurrent
 /// create_vm may have written it since); `None` means the VM is abandoned.
-pub async fn record_now(ctx: &CloudContext<'_>, cid: &str) -> Result<Option<VmRecord>, CpiError> {
+pub async fn record_now(ctx: &CloudContext<'_>, cid: &VmCid) -> Result<Option<VmRecord>, CpiError> {
     let keys = ctx.keys().await?;
     index::get::<VmRecord>(ctx.etcd().await?, &keys.vm(cid)).await
 }
 
 /// Removes the abandoned VM `cid` from the node of `docker` as delete_vm does: its
 /// containers and its ephemeral volume. `why` says what it was in the way of.
-pub async fn remove(docker: &NodeDocker, cid: &str, why: &str) -> Result<(), CpiError> {
+pub async fn remove(docker: &NodeDocker, cid: &VmCid, why: &str) -> Result<(), CpiError> {
     tracing::warn!(vm = %cid, node = %docker.name, "removing abandoned VM (it {why})");
     super::lifecycle::remove_from_node(docker, cid, false).await
 }
@@ -43,20 +43,24 @@ pub async fn sweep(
         let Some(labels) = c.labels.as_ref() else {
             continue;
         };
-        let Some(holder) = labels.get(labels::VM_CID) else {
+        // A label that is not a VM cid was not made by this CPI.
+        let Some(holder) = labels
+            .get(labels::VM_CID)
+            .and_then(|h| VmCid::parse(h).ok())
+        else {
             continue;
         };
         if labels.get(labels::INDEX).map(String::as_str) != Some(key_prefix)
-            || removed.contains(holder)
-            || !matches!(view.vm(holder), Ok(None))
+            || removed.contains(holder.as_str())
+            || !matches!(view.vm(&holder), Ok(None))
         {
             continue;
         }
         let outcome = async {
-            if record_now(ctx, holder).await?.is_none() {
+            if record_now(ctx, &holder).await?.is_none() {
                 remove(
                     docker,
-                    holder,
+                    &holder,
                     "was left by a create_vm that failed or was killed",
                 )
                 .await?;
@@ -67,7 +71,7 @@ pub async fn sweep(
         .await;
         match outcome {
             Ok(true) => {
-                removed.insert(holder.clone());
+                removed.insert(holder.to_string());
             }
             Ok(false) => {}
             Err(e) => {

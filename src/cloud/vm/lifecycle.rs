@@ -5,14 +5,14 @@ use serde_json::Value;
 
 use super::ephemeral_volume;
 use crate::cloud::CloudContext;
-use crate::cluster::{VmRecord, VmState, index};
+use crate::cluster::{VmRecord, VmState, claims, index};
 use crate::docker::NodeDocker;
-use crate::protocol::{CallResult, CpiError, ErrorKind, Object};
+use crate::protocol::{CallResult, CpiError, ErrorKind, Object, VmCid};
 
 /// The VM's index record and a client for its node; `None` when the index has no record.
 async fn find(
     ctx: &CloudContext<'_>,
-    cid: &str,
+    cid: &VmCid,
 ) -> Result<Option<(VmRecord, NodeDocker)>, CpiError> {
     let view = ctx.view().await?;
     let Some(record) = view.vm(cid)?.cloned() else {
@@ -38,12 +38,12 @@ async fn find(
 /// The VM's record and node, or `VMNotFound`.
 pub async fn find_existing(
     ctx: &CloudContext<'_>,
-    cid: &str,
+    cid: &VmCid,
 ) -> Result<(VmRecord, NodeDocker), CpiError> {
     find(ctx, cid).await?.ok_or_else(|| not_found(cid))
 }
 
-fn not_found(cid: &str) -> CpiError {
+fn not_found(cid: &VmCid) -> CpiError {
     CpiError::new(ErrorKind::VmNotFound, format!("VM {cid} does not exist"))
 }
 
@@ -52,7 +52,7 @@ fn not_found(cid: &str) -> CpiError {
 /// the index. An unknown cid is success (the director and create-env retry deletes, and
 /// create-env never detaches first). Nothing is repaired first: deleting must not depend
 /// on the old container starting again.
-pub async fn delete(ctx: &CloudContext<'_>, cid: &str) -> Result<CallResult, CpiError> {
+pub async fn delete(ctx: &CloudContext<'_>, cid: &VmCid) -> Result<CallResult, CpiError> {
     let keys = ctx.keys().await?;
     let etcd = ctx.etcd().await?;
     let view = ctx.view().await?;
@@ -70,7 +70,7 @@ pub async fn delete(ctx: &CloudContext<'_>, cid: &str) -> Result<CallResult, Cpi
         );
     }
     crate::cloud::disk::release_disks_of(ctx, cid).await?;
-    index::delete(etcd, &keys.vm(cid)).await?;
+    claims::forget_vm(etcd, &keys, &record).await?;
     Ok(CallResult::Plain(Value::Null))
 }
 
@@ -86,7 +86,7 @@ const IN_FLIGHT_GRACE: std::time::Duration = std::time::Duration::from_millis(50
 /// in use means another round, and the node is checked again after a grace period.
 pub(super) async fn remove_from_node(
     docker: &NodeDocker,
-    cid: &str,
+    cid: &VmCid,
     after_killed_recreation: bool,
 ) -> Result<(), CpiError> {
     let volume = ephemeral_volume(cid);
@@ -124,7 +124,7 @@ pub(super) async fn remove_from_node(
 
 /// `has_vm`: whether the container exists on its node. A finished record whose container is
 /// gone is removed from the index (the node wins).
-pub async fn has(ctx: &CloudContext<'_>, cid: &str) -> Result<CallResult, CpiError> {
+pub async fn has(ctx: &CloudContext<'_>, cid: &VmCid) -> Result<CallResult, CpiError> {
     let Some((record, docker)) = find(ctx, cid).await? else {
         return Ok(CallResult::Plain(Value::Bool(false)));
     };
@@ -133,14 +133,14 @@ pub async fn has(ctx: &CloudContext<'_>, cid: &str) -> Result<CallResult, CpiErr
         docker.remove_volume(&ephemeral_volume(cid)).await?;
         crate::cloud::disk::release_disks_of(ctx, cid).await?;
         let keys = ctx.keys().await?;
-        index::delete(ctx.etcd().await?, &keys.vm(cid)).await?;
-        tracing::warn!(vm = %cid, node = %record.node, "container gone; index record and ephemeral volume removed");
+        claims::forget_vm(ctx.etcd().await?, &keys, &record).await?;
+        tracing::warn!(vm = %cid, node = %record.node, "container gone; index record, address claims and ephemeral volume removed");
     }
     Ok(CallResult::Plain(Value::Bool(exists)))
 }
 
 /// `reboot_vm`: restarts the container (same IP, same volumes).
-pub async fn reboot(ctx: &CloudContext<'_>, cid: &str) -> Result<CallResult, CpiError> {
+pub async fn reboot(ctx: &CloudContext<'_>, cid: &VmCid) -> Result<CallResult, CpiError> {
     let (_, docker) = find(ctx, cid).await?.ok_or_else(|| not_found(cid))?;
     if docker.inspect_container(cid).await?.is_none() {
         return Err(not_found(cid));
@@ -153,7 +153,7 @@ pub async fn reboot(ctx: &CloudContext<'_>, cid: &str) -> Result<CallResult, Cpi
 /// see it (Docker labels cannot change on an existing container).
 pub async fn set_metadata(
     ctx: &CloudContext<'_>,
-    cid: &str,
+    cid: &VmCid,
     metadata: &Object,
 ) -> Result<CallResult, CpiError> {
     let keys = ctx.keys().await?;

@@ -1,14 +1,15 @@
 //! Which Docker network and IP each BOSH network of a VM gets on its node: manual IPs as
-//! given, dynamic IPs picked by the CPI from the top quarter of the node's subnet, so the
-//! agent settings carry the real IP before the container starts.
+//! given, dynamic IPs claimed by the CPI from the top quarter of the node's subnet (see
+//! `cluster::claims`), so the agent settings carry the real IP before the container starts.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use serde_json::Value;
 
 use crate::cluster::NodeRecord;
+use crate::protocol::call::printable;
 use crate::protocol::{CpiError, NetworkSpec, NetworkType};
 
 /// One BOSH network of the VM, resolved on its node.
@@ -53,6 +54,7 @@ pub fn plan(
     let mut planned = Vec::new();
     let mut used_docker: BTreeMap<String, String> = BTreeMap::new();
     for (name, spec) in networks {
+        let shown = printable(name);
         if spec.kind == NetworkType::Vip {
             planned.push(PlannedNetwork {
                 name: name.clone(),
@@ -66,15 +68,27 @@ pub fn plan(
             });
             continue;
         }
-        let docker_network = spec
-            .cloud_properties
-            .get("name")
-            .and_then(Value::as_str)
-            .unwrap_or(&node.network_name)
-            .to_string();
+        let docker_network = match spec.cloud_properties.get("name") {
+            None | Some(Value::Null) => node.network_name.clone(),
+            Some(Value::String(n)) => crate::docker::names::object(n)
+                .map_err(|e| {
+                    CpiError::cpi(format!(
+                        "create_vm: network '{shown}': cloud_properties.name: {}",
+                        e.message
+                    ))
+                })?
+                .to_string(),
+            Some(other) => {
+                return Err(CpiError::cpi(format!(
+                    "create_vm: network '{shown}': cloud_properties.name must be a string, got {}",
+                    crate::protocol::request::json_type(other)
+                )));
+            }
+        };
         if let Some(other) = used_docker.insert(docker_network.clone(), name.clone()) {
+            let other = printable(&other);
             return Err(CpiError::cpi(format!(
-                "create_vm: networks '{other}' and '{name}' both map to docker network {docker_network} on node {}; a container joins a network once",
+                "create_vm: networks '{other}' and '{shown}' both map to docker network {docker_network} on node {}; a container joins a network once",
                 node.name
             )));
         }
@@ -84,11 +98,11 @@ pub fn plan(
         if spec.kind == NetworkType::Manual {
             let Some(given) = spec.ip else {
                 return Err(CpiError::cpi(format!(
-                    "create_vm: manual network '{name}' has no ip"
+                    "create_vm: manual network '{shown}' has no ip"
                 )));
             };
             if let Some(net) = subnet {
-                check_usable(given, net, node, name)?;
+                check_usable(given, net, node, &shown)?;
             }
             ip = Some(given);
         }
@@ -108,10 +122,10 @@ pub fn plan(
             first.primary = true;
         }
     } else if planned.iter().filter(|p| p.primary).count() > 1 {
-        let names: Vec<&str> = planned
+        let names: Vec<String> = planned
             .iter()
             .filter(|p| p.primary)
-            .map(|p| p.name.as_str())
+            .map(|p| printable(&p.name))
             .collect();
         return Err(CpiError::cpi(format!(
             "create_vm: networks {} all claim the default gateway; only one may",
@@ -149,34 +163,6 @@ pub fn dynamic_pool(subnet: Ipv4Net) -> impl Iterator<Item = Ipv4Addr> {
     let start = first + size - size / 4;
     let end = first + size - 1; // broadcast, excluded
     (start..end).map(Ipv4Addr::from)
-}
-
-/// Gives each dynamic network on a known subnet the lowest free address of its pool, not
-/// in `used` and not in `skip` (addresses that just failed).
-pub fn assign_dynamic(
-    planned: &mut [PlannedNetwork],
-    used: &HashSet<Ipv4Addr>,
-    skip: &HashSet<Ipv4Addr>,
-) -> Result<(), CpiError> {
-    for p in planned.iter_mut() {
-        if p.spec.kind != NetworkType::Dynamic {
-            continue;
-        }
-        let Some(subnet) = p.subnet else {
-            continue; // a foreign Docker network assigns the address itself
-        };
-        p.ip = Some(
-            dynamic_pool(subnet)
-                .find(|ip| !used.contains(ip) && !skip.contains(ip))
-                .ok_or_else(|| {
-                    CpiError::new(
-                        crate::protocol::ErrorKind::VmCreationFailed,
-                        format!("no free address left in the dynamic pool of {subnet}"),
-                    )
-                })?,
-        );
-    }
-    Ok(())
 }
 
 /// The networks as returned by create_vm (v2) and written into the agent settings: the
@@ -259,10 +245,7 @@ mod tests {
     #[test]
     fn dynamic_addresses_come_from_the_top_quarter() {
         let mut p = plan(&nets(json!({"d": {"type": "dynamic"}})), &node()).unwrap();
-        let used: HashSet<Ipv4Addr> = ["10.1.1.192".parse().unwrap()].into();
-        let skip: HashSet<Ipv4Addr> = ["10.1.1.193".parse().unwrap()].into();
-        assign_dynamic(&mut p, &used, &skip).unwrap();
-        assert_eq!(p[0].ip, Some("10.1.1.194".parse().unwrap()));
+        p[0].ip = Some("10.1.1.194".parse().unwrap());
         let pool: Vec<Ipv4Addr> = dynamic_pool("10.1.1.0/24".parse().unwrap()).collect();
         assert_eq!(pool.len(), 63);
         assert_eq!(pool.last().unwrap().to_string(), "10.1.1.254");

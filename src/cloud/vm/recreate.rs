@@ -58,7 +58,7 @@ pub async fn recreate(
     docker: &NodeDocker,
     disks: &BTreeMap<String, String>,
 ) -> Result<(), CpiError> {
-    let cid = record.cid.clone();
+    let cid = record.cid.to_string();
     let old = docker.inspect_container(&cid).await?.ok_or_else(|| {
         CpiError::new(
             ErrorKind::VmNotFound,
@@ -96,7 +96,7 @@ pub async fn recreate(
     let keys = ctx.keys().await?;
     let etcd = ctx.etcd().await?;
     record.recreating = true;
-    index::put(etcd, &keys.vm(&cid), record).await?;
+    index::put(etcd, &keys.vm(&record.cid), record).await?;
 
     docker.stop_container(&cid, STOP_GRACE).await?;
     docker.rename_container(&cid, &previous_name(&cid)).await?;
@@ -114,14 +114,14 @@ pub async fn recreate(
         Ok(()) => {
             docker.remove_container(&previous_name(&cid)).await?;
             record.recreating = false;
-            index::put(etcd, &keys.vm(&cid), record).await?;
+            index::put(etcd, &keys.vm(&record.cid), record).await?;
             Ok(())
         }
         Err(e) => {
             tracing::warn!(vm = %cid, "new container failed, restoring the old one: {}", e.message);
             restore(docker, &cid).await?;
             record.recreating = false;
-            index::put(etcd, &keys.vm(&cid), record).await?;
+            index::put(etcd, &keys.vm(&record.cid), record).await?;
             Err(e)
         }
     }
@@ -239,7 +239,7 @@ pub async fn repair(
     record: &mut VmRecord,
     docker: &NodeDocker,
 ) -> Result<(), CpiError> {
-    let cid = record.cid.clone();
+    let cid = record.cid.to_string();
     let previous = docker.inspect_container(&previous_name(&cid)).await?;
     let current = docker.inspect_container(&cid).await?;
     let current_running = current
@@ -258,7 +258,7 @@ pub async fn repair(
     tracing::warn!(vm = %cid, node = %docker.name, "repaired an unfinished container re-creation");
     record.recreating = false;
     let keys = ctx.keys().await?;
-    index::put(ctx.etcd().await?, &keys.vm(&cid), record).await
+    index::put(ctx.etcd().await?, &keys.vm(&record.cid), record).await
 }
 
 /// The successor's create body from the old container: same config, host config with the

@@ -1,0 +1,301 @@
+//! Black-box tests of address claims: many concurrent create_vm on one node get distinct
+//! dynamic addresses without failures, and of two creates racing for one static IP exactly
+//! one wins while the other is told which VM holds the address.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use common::*;
+use serde_json::{Value, json};
+
+fn cfg() -> std::path::PathBuf {
+    cluster_config()
+}
+
+/// Deletes every VM it was given when dropped, also when the test fails half-way.
+struct Cleanup(std::sync::Mutex<Vec<String>>);
+
+impl Cleanup {
+    fn new() -> Cleanup {
+        Cleanup(std::sync::Mutex::new(Vec::new()))
+    }
+    fn add(&self, cid: &str) {
+        self.0.lock().unwrap().push(cid.to_string());
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for cid in self.0.lock().unwrap().drain(..) {
+            let req = json!({"method": "delete_vm", "arguments": [cid]}).to_string();
+            let run = run_cpi(&req, Some(&cfg()), &[]);
+            if !run.response["error"].is_null() && !std::thread::panicking() {
+                panic!("delete_vm {cid}: {}", run.stdout);
+            }
+        }
+    }
+}
+
+/// The address claim records under `<key_prefix>/addresses/`, as (key, JSON value).
+fn claims() -> Vec<(String, Value)> {
+    let cfg = load_config(&cfg());
+    runtime().block_on(async {
+        let etcd = moltencore::cluster::Etcd::connect(&cfg).await.unwrap();
+        let prefix = format!("{}/addresses/", cfg.etcd.key_prefix);
+        let resp = etcd
+            .client()
+            .get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))
+            .await
+            .unwrap();
+        resp.kvs()
+            .iter()
+            .map(|kv| {
+                (
+                    kv.key_str().unwrap().to_string(),
+                    serde_json::from_slice(kv.value()).unwrap(),
+                )
+            })
+            .collect()
+    })
+}
+
+/// The address of `cid`'s container on the `bosh` network of `node`, and whether it runs.
+async fn real_address(node: &str, cid: &str) -> (String, bool) {
+    let c = node_socket(node)
+        .await
+        .inspect_container(cid, None)
+        .await
+        .unwrap_or_else(|e| panic!("{cid} on {node}: {e}"));
+    let ip = c.network_settings.unwrap().networks.unwrap()["bosh"]
+        .ip_address
+        .clone()
+        .unwrap();
+    (ip, c.state.unwrap().running.unwrap_or(false))
+}
+
+#[test]
+fn fifty_concurrent_dynamic_creates_on_one_node_all_get_distinct_addresses() {
+    const CREATES: usize = 50;
+    let (node, prefix) = node_prefix(0);
+    let stemcell = shared_stemcell();
+    let cleanup = Cleanup::new();
+    let started = Instant::now();
+    // All at once: 50 cpi processes racing for the same node's dynamic pool.
+    let children: Vec<(String, std::process::Child)> = (0..CREATES)
+        .map(|_| {
+            let agent = agent_id("fifty");
+            let req = create_vm_request(
+                &agent,
+                &stemcell,
+                json!({"node": node}),
+                json!({"d": {"type": "dynamic", "dns": [format!("{prefix}.1")],
+                             "default": ["dns", "gateway"]}}),
+                json!({}),
+                2,
+            );
+            let child = spawn_cpi(&req, &cfg(), std::process::Stdio::piped());
+            (agent, child)
+        })
+        .collect();
+    let mut created = Vec::new();
+    let mut failures = Vec::new();
+    for (agent, child) in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "exit status {:?}", out.status);
+        let response: Value = serde_json::from_slice(&out.stdout).expect("one JSON response");
+        if response["error"].is_null() {
+            let cid = response["result"][0].as_str().unwrap().to_string();
+            cleanup.add(&cid);
+            let ip = response["result"][1]["d"]["ip"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            created.push((cid, ip));
+        } else {
+            failures.push(format!("{agent}: {}", response["error"]));
+        }
+    }
+    eprintln!(
+        "{CREATES} concurrent dynamic creates on {node}: {} failures, {:.1} s wall time",
+        failures.len(),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(failures.is_empty(), "failed creates: {failures:#?}");
+    let distinct: HashSet<&String> = created.iter().map(|(_, ip)| ip).collect();
+    assert_eq!(distinct.len(), CREATES, "addresses repeat: {created:?}");
+    let claims = claims();
+    runtime().block_on(async {
+        for (cid, ip) in &created {
+            assert!(ip.starts_with(&format!("{prefix}.")), "{ip} not on {node}");
+            let (real, running) = real_address(&node, cid).await;
+            assert_eq!(&real, ip, "{cid} runs with the address it reported");
+            assert!(running, "{cid} is not running");
+            assert!(
+                claims
+                    .iter()
+                    .any(|(k, v)| k.ends_with(&format!("/{ip}")) && v["vm"] == cid.as_str()),
+                "no claim of {ip} by {cid}"
+            );
+        }
+    });
+    let cids: Vec<String> = created.iter().map(|(c, _)| c.clone()).collect();
+    drop(cleanup);
+    let left = self::claims();
+    for cid in &cids {
+        assert!(
+            !left.iter().any(|(_, v)| v["vm"] == cid.as_str()),
+            "delete_vm left the claim of {cid}"
+        );
+    }
+}
+
+#[test]
+fn of_two_creates_racing_for_one_static_ip_exactly_one_wins() {
+    const PAIRS: usize = 20;
+    let (node, prefix) = node_prefix(1);
+    let stemcell = shared_stemcell();
+    let cleanup = Cleanup::new();
+    // Every pair at once: 40 processes, two per address.
+    let mut racers = Vec::new();
+    for i in 0..PAIRS {
+        let ip = format!("{prefix}.{}", 100 + i);
+        for side in ["a", "b"] {
+            let agent = agent_id(&format!("race-{i}-{side}"));
+            let req = create_vm_request(
+                &agent,
+                &stemcell,
+                json!({}),
+                manual_network(&ip),
+                json!({}),
+                2,
+            );
+            let child = spawn_cpi(&req, &cfg(), std::process::Stdio::piped());
+            racers.push((ip.clone(), agent, child));
+        }
+    }
+    let mut outcomes = Vec::new();
+    for (ip, agent, child) in racers {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "exit status {:?}", out.status);
+        let response: Value = serde_json::from_slice(&out.stdout).expect("one JSON response");
+        if response["error"].is_null() {
+            cleanup.add(response["result"][0].as_str().unwrap());
+        }
+        outcomes.push((ip, agent, response));
+    }
+    for pair in outcomes.chunks(2) {
+        let ip = &pair[0].0;
+        let winners: Vec<_> = pair.iter().filter(|o| o.2["error"].is_null()).collect();
+        assert_eq!(
+            winners.len(),
+            1,
+            "{ip}: exactly one create must win: {:?}",
+            pair.iter().map(|o| &o.2).collect::<Vec<_>>()
+        );
+        let winner = winners[0].2["result"][0].as_str().unwrap().to_string();
+        let loser = pair.iter().find(|o| !o.2["error"].is_null()).unwrap();
+        let error = &loser.2["error"];
+        assert_eq!(
+            error["type"], "Bosh::Clouds::VMCreationFailed",
+            "{ip}: {error}"
+        );
+        let message = error["message"].as_str().unwrap();
+        assert!(
+            message.contains(&winner) && message.contains(ip),
+            "{ip}: the loser must name the winner {winner}: {message}"
+        );
+        runtime().block_on(async {
+            assert_eq!(
+                leftovers_of_agent(&loser.1).await,
+                Vec::<String>::new(),
+                "{ip}: the loser left something"
+            );
+            let (real, running) = real_address(&node, &winner).await;
+            assert_eq!(&real, ip);
+            assert!(running, "{winner} runs");
+        });
+        assert!(index_records_of_agent(&cfg(), &loser.1).is_empty());
+    }
+}
+
+#[test]
+fn has_vm_releases_the_claim_of_a_vm_whose_container_is_gone() {
+    let (node, prefix) = node_prefix(2);
+    let ip = format!("{prefix}.120");
+    let cid = static_vm(&cfg(), &shared_stemcell(), "claim-repair", &ip);
+    let held = |cid: &str| {
+        claims()
+            .iter()
+            .any(|(k, v)| k.ends_with(&format!("/{ip}")) && v["vm"] == cid)
+    };
+    assert!(held(&cid), "{ip} is claimed by {cid}");
+    // The container goes away outside the CPI (an operator's docker rm).
+    runtime().block_on(async {
+        node_socket(&node)
+            .await
+            .remove_container(
+                &cid,
+                Some(
+                    bollard::query_parameters::RemoveContainerOptionsBuilder::new()
+                        .force(true)
+                        .build(),
+                ),
+            )
+            .await
+            .unwrap();
+    });
+    let req = json!({"method": "has_vm", "arguments": [cid]}).to_string();
+    assert_eq!(expect_result(&req, Some(&cfg())), false);
+    assert!(!held(&cid), "has_vm's repair released {ip}");
+    // The address is free for the next VM.
+    let next = static_vm(&cfg(), &shared_stemcell(), "claim-repair-next", &ip);
+    assert!(held(&next));
+    let req = json!({"method": "delete_vm", "arguments": [next]}).to_string();
+    assert_eq!(expect_result(&req, Some(&cfg())), Value::Null);
+    assert!(!held(&next), "delete_vm released {ip}");
+}
+
+#[test]
+fn a_claim_whose_vm_record_was_removed_by_hand_does_not_block_its_address() {
+    let (_, prefix) = node_prefix(2);
+    let ip = format!("{prefix}.121");
+    let gone = static_vm(&cfg(), &shared_stemcell(), "stale-claim", &ip);
+    // An operator removes the VM's record with etcdctl; its container and claim stay.
+    delete_index_record(&cfg(), &format!("vms/{gone}"));
+    let agent = agent_id("stale-claim-next");
+    let req = create_vm_request(
+        &agent,
+        &shared_stemcell(),
+        json!({}),
+        manual_network(&ip),
+        json!({}),
+        2,
+    );
+    // The first try removes the abandoned container and the stale claim, and is refused
+    // (retriable, naming the VM the claim named); the retry gets the address.
+    let (kind, message, run) = expect_error(&req, Some(&cfg()));
+    assert_eq!(kind, "Bosh::Clouds::VMCreationFailed");
+    assert!(
+        message.contains(&gone) && message.contains("no record"),
+        "{message}"
+    );
+    assert_eq!(run.response["error"]["ok_to_retry"], true);
+    let next = create_vm_retrying(&req, &cfg(), |_| {});
+    let held: Vec<_> = claims()
+        .into_iter()
+        .filter(|(k, _)| k.ends_with(&format!("/{ip}")))
+        .collect();
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert_eq!(held[0].1["vm"], next.as_str());
+    runtime().block_on(async {
+        assert_eq!(
+            node_of_container(&gone).await,
+            None,
+            "the abandoned VM is gone"
+        );
+    });
+    let req = json!({"method": "delete_vm", "arguments": [next]}).to_string();
+    assert_eq!(expect_result(&req, Some(&cfg())), Value::Null);
+}

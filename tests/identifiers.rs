@@ -1,0 +1,280 @@
+//! Black-box tests of hostile identifiers: cids that try to walk out of their Docker API
+//! path or etcd key (`x/../../containers/<vm>?force=true`, `%2e%2e`, `#`, NUL, newline)
+//! and 4 MiB cids, on every method and argument position that takes a cid. Canary VMs,
+//! disks, snapshots, networks and images must stay exactly as they were on every node.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+
+use common::*;
+use serde_json::{Value, json};
+
+/// Both tests compare whole nodes before and after: they must not run at the same time.
+static NODES: Mutex<()> = Mutex::new(());
+
+fn cfg() -> std::path::PathBuf {
+    cluster_config()
+}
+
+fn call(method: &str, args: Value) -> Value {
+    expect_result(
+        &json!({"method": method, "arguments": args}).to_string(),
+        Some(&cfg()),
+    )
+}
+
+/// Everything on every node, by kind: containers (name, id, running), volumes, networks,
+/// images (id and tags).
+fn node_state() -> BTreeSet<String> {
+    use bollard::query_parameters::{
+        ListContainersOptionsBuilder, ListImagesOptionsBuilder, ListNetworksOptions,
+        ListVolumesOptions,
+    };
+    runtime().block_on(async {
+        let mut state = BTreeSet::new();
+        for node in node_names() {
+            let d = node_socket(&node).await;
+            for c in d
+                .list_containers(Some(ListContainersOptionsBuilder::new().all(true).build()))
+                .await
+                .unwrap()
+            {
+                state.insert(format!(
+                    "{node} container {:?} {:?} {:?}",
+                    c.names, c.id, c.state
+                ));
+            }
+            for v in d
+                .list_volumes(None::<ListVolumesOptions>)
+                .await
+                .unwrap()
+                .volumes
+                .unwrap_or_default()
+            {
+                state.insert(format!("{node} volume {}", v.name));
+            }
+            for n in d.list_networks(None::<ListNetworksOptions>).await.unwrap() {
+                state.insert(format!("{node} network {:?} {:?}", n.name, n.id));
+            }
+            for i in d
+                .list_images(Some(ListImagesOptionsBuilder::new().all(true).build()))
+                .await
+                .unwrap()
+            {
+                state.insert(format!("{node} image {} {:?}", i.id, i.repo_tags));
+            }
+        }
+        state
+    })
+}
+
+/// The canaries: a running VM, a disk (attached to nothing), a snapshot of it, the shared
+/// stemcell. Returns (vm, disk, snapshot, stemcell).
+fn canaries(test: &str) -> (String, String, String, String) {
+    let stemcell = shared_stemcell();
+    let (node, _) = node_prefix(0);
+    let req = create_vm_request(
+        &agent_id(test),
+        &stemcell,
+        json!({"node": node}),
+        json!({"d": {"type": "dynamic"}}),
+        json!({}),
+        2,
+    );
+    let vm = expect_result(&req, Some(&cfg()))[0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let disk = call("create_disk", json!([16, {}, vm]))
+        .as_str()
+        .unwrap()
+        .to_string();
+    let snapshot = call("snapshot_disk", json!([disk, {}]))
+        .as_str()
+        .unwrap()
+        .to_string();
+    (vm, disk, snapshot, stemcell)
+}
+
+fn remove_canaries(vm: &str, disk: &str, snapshot: &str) {
+    assert_eq!(call("delete_snapshot", json!([snapshot])), Value::Null);
+    assert_eq!(call("delete_disk", json!([disk])), Value::Null);
+    assert_eq!(call("delete_vm", json!([vm])), Value::Null);
+}
+
+/// Every method with every argument position that takes a cid: (method, arguments with
+/// `HOSTILE` where the value goes). The other arguments are valid, real objects.
+fn cid_positions(vm: &str, disk: &str, stemcell: &str) -> Vec<(&'static str, Value)> {
+    let h = "HOSTILE";
+    let dynamic = json!({"d": {"type": "dynamic"}});
+    vec![
+        ("delete_stemcell", json!([h])),
+        (
+            "create_vm",
+            json!(["agent-hostile", h, {}, dynamic.clone(), [], {}]),
+        ),
+        (
+            "create_vm",
+            json!(["agent-hostile", stemcell, {}, dynamic, [h], {}]),
+        ),
+        ("delete_vm", json!([h])),
+        ("has_vm", json!([h])),
+        ("reboot_vm", json!([h])),
+        ("set_vm_metadata", json!([h, {"job": "x"}])),
+        ("create_disk", json!([16, {}, h])),
+        ("delete_disk", json!([h])),
+        ("has_disk", json!([h])),
+        ("attach_disk", json!([h, disk])),
+        ("attach_disk", json!([vm, h])),
+        ("detach_disk", json!([h, disk])),
+        ("detach_disk", json!([vm, h])),
+        ("get_disks", json!([h])),
+        ("set_disk_metadata", json!([h, {"x": "y"}])),
+        ("resize_disk", json!([h, 32])),
+        ("update_disk", json!([h, 32, {}])),
+        ("snapshot_disk", json!([h, {}])),
+        ("delete_snapshot", json!([h])),
+    ]
+}
+
+fn with_value(args: &Value, value: &str) -> Value {
+    match args {
+        Value::String(s) if s == "HOSTILE" => Value::String(value.to_string()),
+        Value::Array(items) => Value::Array(items.iter().map(|v| with_value(v, value)).collect()),
+        other => other.clone(),
+    }
+}
+
+/// What a malformed cid must get: delete_* success and has_* false (as for an unknown
+/// object), everything else a non-retriable CpiError. Returns the error message, if any.
+fn assert_answer_to_malformed(method: &str, run: &CpiRun, shown: &str) -> Option<String> {
+    assert_schema(run);
+    let error = &run.response["error"];
+    if method.starts_with("delete_") {
+        assert!(error.is_null(), "{method}({shown}): {}", run.stdout);
+        assert_eq!(run.response["result"], Value::Null, "{method}({shown})");
+        None
+    } else if method.starts_with("has_") {
+        assert!(error.is_null(), "{method}({shown}): {}", run.stdout);
+        assert_eq!(run.response["result"], false, "{method}({shown})");
+        None
+    } else {
+        assert_eq!(
+            error["type"], "Bosh::Clouds::CpiError",
+            "{method}({shown}): {}",
+            run.stdout
+        );
+        assert_eq!(error["ok_to_retry"], false, "{method}({shown})");
+        Some(error["message"].as_str().unwrap().to_string())
+    }
+}
+
+#[test]
+fn traversal_cids_touch_nothing_on_any_node() {
+    let _one = NODES.lock().unwrap_or_else(|e| e.into_inner());
+    let (vm, disk, snapshot, stemcell) = canaries("traversal");
+    let image = format!("moltencore-stemcell:{stemcell}");
+    let targets = [
+        format!("containers/{vm}?force=true&v=true"),
+        format!("volumes/{disk}"),
+        format!("volumes/{snapshot}"),
+        "networks/bosh".to_string(),
+        format!("images/{image}?force=true"),
+    ];
+    let mut hostile = Vec::new();
+    for t in &targets {
+        hostile.push(format!("x/../../{t}"));
+        hostile.push(format!("x/../../../{t}"));
+        hostile.push(format!("{vm}/../../{t}"));
+        hostile.push(format!("{disk}/../../{t}"));
+        hostile.push(format!("sc-00000000-0000-0000-0000-000000000000/../../{t}"));
+        hostile.push(format!("x%2f%2e%2e%2f%2e%2e%2f{t}"));
+        hostile.push(format!("x/%2e%2e/%2e%2e/{t}"));
+        hostile.push(format!("x/..%2f..%2f{t}"));
+        hostile.push(format!("x/../../{t}#frag"));
+        hostile.push(format!("x/../../{t}\u{0}"));
+        hostile.push(format!("x/../../{t}\nx"));
+    }
+    for valid in [&vm, &disk, &snapshot, &stemcell] {
+        hostile.push(format!("{valid}?force=true&v=true"));
+        hostile.push(format!("{valid}#x"));
+        hostile.push(format!("{valid}\u{0}"));
+        hostile.push(format!("{valid}\n"));
+        hostile.push(format!("{valid}/"));
+        hostile.push(format!("{valid}/.."));
+        hostile.push(format!("../{valid}"));
+        hostile.push(valid.to_uppercase());
+    }
+    let before = node_state();
+    let positions = cid_positions(&vm, &disk, &stemcell);
+    for value in &hostile {
+        for (method, args) in &positions {
+            let args = with_value(args, value);
+            let req = json!({"method": method, "arguments": args, "api_version": 2});
+            let run = run_cpi(&req.to_string(), Some(&cfg()), &[]);
+            assert_answer_to_malformed(method, &run, &format!("{value:?}"));
+        }
+    }
+    let after = node_state();
+    let lost: Vec<_> = before.difference(&after).collect();
+    let gained: Vec<_> = after.difference(&before).collect();
+    assert!(
+        lost.is_empty() && gained.is_empty(),
+        "nodes changed: lost {lost:#?}, gained {gained:#?}"
+    );
+    assert_eq!(call("has_vm", json!([vm])), true);
+    assert_eq!(call("has_disk", json!([disk])), true);
+    remove_canaries(&vm, &disk, &snapshot);
+}
+
+#[test]
+fn a_4_mib_cid_gets_a_small_non_retriable_answer_on_every_method() {
+    let _one = NODES.lock().unwrap_or_else(|e| e.into_inner());
+    let (vm, disk, snapshot, stemcell) = canaries("huge-cid");
+    let huge = format!("vm-{}", "a".repeat(4 * 1024 * 1024));
+    let before = node_state();
+    for (method, args) in cid_positions(&vm, &disk, &stemcell) {
+        let req = json!({"method": method, "arguments": with_value(&args, &huge)});
+        let run = run_cpi(&req.to_string(), Some(&cfg()), &[]);
+        assert_schema(&run);
+        assert!(
+            run.stdout.len() < 4096,
+            "{method}: response of {} bytes",
+            run.stdout.len()
+        );
+        assert!(
+            run.stderr.len() < 16 * 1024,
+            "{method}: {} bytes of stderr",
+            run.stderr.len()
+        );
+        let error = &run.response["error"];
+        if error.is_null() {
+            // Only where BOSH expects "unknown object" answers.
+            let expected = if method.starts_with("has_") {
+                Value::Bool(false)
+            } else {
+                assert!(method.starts_with("delete_"), "{method}: {}", run.stdout);
+                Value::Null
+            };
+            assert_eq!(run.response["result"], expected, "{method}");
+        } else {
+            assert_eq!(
+                error["type"], "Bosh::Clouds::CpiError",
+                "{method}: {}",
+                run.stdout
+            );
+            assert_eq!(error["ok_to_retry"], false, "{method}: {}", run.stdout);
+            let message = error["message"].as_str().unwrap();
+            assert!(
+                message.contains("vm-aaaa") || message.contains("too large"),
+                "{method}: the value is named (cut short): {message}"
+            );
+            assert!(message.len() < 512, "{method}: {message}");
+        }
+    }
+    let after = node_state();
+    assert_eq!(before, after, "a node changed");
+    remove_canaries(&vm, &disk, &snapshot);
+}
