@@ -6,10 +6,11 @@ use futures_util::future::join_all;
 
 use super::record::VmSnapshot;
 use crate::docker::NodeDocker;
+use crate::protocol::VmCid;
 
 /// What each VM container in `cids` looks like now (absent containers are skipped: there is
 /// nothing to bring back).
-pub async fn snapshot(docker: &NodeDocker, cids: &[String]) -> Result<Vec<VmSnapshot>, String> {
+pub async fn snapshot(docker: &NodeDocker, cids: &[VmCid]) -> Result<Vec<VmSnapshot>, String> {
     let mut vms = Vec::new();
     for cid in cids {
         let Some(c) = docker.inspect_container(cid).await.map_err(|e| e.message)? else {
@@ -21,7 +22,7 @@ pub async fn snapshot(docker: &NodeDocker, cids: &[String]) -> Result<Vec<VmSnap
 }
 
 /// One container as the snapshot and the health gate see it.
-pub fn observe(cid: &str, c: &bollard::models::ContainerInspectResponse) -> VmSnapshot {
+pub fn observe(cid: &VmCid, c: &bollard::models::ContainerInspectResponse) -> VmSnapshot {
     let running = c.state.as_ref().and_then(|s| s.running).unwrap_or(false);
     let ips = c
         .network_settings
@@ -45,7 +46,7 @@ pub fn observe(cid: &str, c: &bollard::models::ContainerInspectResponse) -> VmSn
         .collect();
     volumes.sort();
     VmSnapshot {
-        cid: cid.to_string(),
+        cid: cid.clone(),
         running,
         ips,
         volumes,

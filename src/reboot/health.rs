@@ -61,10 +61,11 @@ pub fn differences(before: &VmSnapshot, now: &VmSnapshot) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::VmCid;
 
     fn vm(ip: &str, volumes: &[&str]) -> VmSnapshot {
         VmSnapshot {
-            cid: "vm-1".into(),
+            cid: VmCid::generate(),
             running: true,
             ips: [("bosh".to_string(), ip.to_string())].into(),
             volumes: volumes.iter().map(|v| v.to_string()).collect(),

@@ -25,6 +25,7 @@ use crate::cloud::CloudContext;
 use crate::cluster::{Etcd, Keys, NodeRecord, NodeState};
 use crate::docker::NodeDocker;
 use crate::nodeprep::register::{self, now_rfc3339};
+use crate::protocol::VmCid;
 
 /// Why one step of the manager failed (it tries again after a poll interval).
 #[derive(Debug, thiserror::Error)]
@@ -323,7 +324,7 @@ impl<'a> Manager<'a> {
         let docker = self.docker().await?;
         let Some(vms) = &record.value.vms else {
             let view = self.view().await?;
-            let cids: Vec<String> = view
+            let cids: Vec<VmCid> = view
                 .vms_on(&self.opts.node)
                 .map(|v| v.cid.clone())
                 .collect();

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::keys::RebootKeys;
 use crate::cluster::Etcd;
+use crate::protocol::VmCid;
 
 /// Where a node is in its reboot. No record: nothing is going on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,7 +37,7 @@ impl std::fmt::Display for Phase {
 /// One VM as it was before the node was emptied: what the health gate expects back.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VmSnapshot {
-    pub cid: String,
+    pub cid: VmCid,
     /// Whether it ran (a stopped VM is not expected to run afterwards).
     pub running: bool,
     /// Network name -> IP address the container had.
@@ -252,7 +253,7 @@ mod tests {
             boot_id: "b1".into(),
             operator_cordoned: false,
             vms: Some(vec![VmSnapshot {
-                cid: "vm-1".into(),
+                cid: VmCid::generate(),
                 running: true,
                 ips: [("bosh".to_string(), "10.1.1.30".to_string())].into(),
                 volumes: vec!["disk-1".into()],
