@@ -275,12 +275,13 @@ impl NodeDocker {
         }
     }
 
-    /// One regular file from a container (running or not); `None` when it does not exist.
+    /// One regular file from a container (running or not), with its mode and owner;
+    /// `None` when it does not exist.
     pub async fn read_file(
         &self,
         container: &str,
         path: &str,
-    ) -> Result<Option<Vec<u8>>, CpiError> {
+    ) -> Result<Option<ContainerFile>, CpiError> {
         use futures_util::StreamExt;
         use std::io::Read;
         let mut stream = self.docker.download_from_container(
@@ -323,14 +324,26 @@ impl NodeDocker {
                 )
             })?;
             if entry.header().entry_type().is_file() {
-                let mut data = Vec::new();
-                entry.read_to_end(&mut data).map_err(|e| {
+                let bad = |e: std::io::Error| {
                     CpiError::cloud(
                         format!("node {}: {path} from {container}: {e}", self.name),
                         true,
                     )
-                })?;
-                return Ok(Some(data));
+                };
+                let header = entry.header();
+                let (mode, uid, gid) = (
+                    header.mode().map_err(bad)?,
+                    header.uid().map_err(bad)?,
+                    header.gid().map_err(bad)?,
+                );
+                let mut data = Vec::new();
+                entry.read_to_end(&mut data).map_err(bad)?;
+                return Ok(Some(ContainerFile {
+                    data,
+                    mode,
+                    uid,
+                    gid,
+                }));
             }
         }
         Ok(None)
@@ -344,4 +357,18 @@ impl NodeDocker {
             Err(e) => Err(self.error(&format!("inspecting volume {name}"), &e)),
         }
     }
+}
+
+/// A file read from a container: its bytes, permission bits and numeric owner, so it can
+/// be written back as it was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerFile {
+    /// The content.
+    pub data: Vec<u8>,
+    /// Permission bits.
+    pub mode: u32,
+    /// Numeric user id.
+    pub uid: u64,
+    /// Numeric group id.
+    pub gid: u64,
 }

@@ -14,6 +14,7 @@ use super::properties::VmProperties;
 use super::{agent_files, ephemeral_volume, labels, start_script};
 use crate::cloud::{CloudContext, now, stemcell};
 use crate::cluster::{NodeRecord, VmRecord, VmState, index};
+use crate::config::BlobstoreSettings;
 use crate::docker::containers::docker_message;
 use crate::docker::{BridgeSpec, NodeDocker};
 use crate::placement::{self, VmDemand};
@@ -37,7 +38,10 @@ pub async fn create(ctx: &CloudContext<'_>, req: CreateVm) -> Result<CallResult,
 
 async fn create_classified(ctx: &CloudContext<'_>, req: CreateVm) -> Result<CallResult, CpiError> {
     let props = VmProperties::parse(&req.cloud_properties)?;
-    let placement = &ctx.config().await?.placement;
+    let config = ctx.config().await?;
+    // Decided before anything is made: an agent without a blobstore never starts.
+    let blobstore = super::blobstore::for_agent(&req.env, &config.agent)?;
+    let placement = &config.placement;
     let view = ctx.view().await?;
     let group = req
         .env
@@ -112,6 +116,7 @@ async fn create_classified(ctx: &CloudContext<'_>, req: CreateVm) -> Result<Call
         &cid,
         &req,
         &props,
+        blobstore,
         group.as_deref(),
         &mut planned,
         &mut undo,
@@ -176,6 +181,7 @@ async fn build(
     cid: &str,
     req: &CreateVm,
     props: &VmProperties,
+    blobstore: Option<&BlobstoreSettings>,
     group: Option<&str>,
     planned: &mut [PlannedNetwork],
     undo: &mut Vec<Undo>,
@@ -252,6 +258,7 @@ async fn build(
             &req.agent_id,
             cid,
             &config.agent,
+            blobstore,
             planned,
             &persistent,
             &req.env,
