@@ -2,12 +2,14 @@
 //! hosts joined by etcd and Flannel.
 
 pub mod boshconfig;
+pub mod bounded_file;
 pub mod channel_reader;
 pub mod cloud;
 pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod docker;
+pub mod echo;
 pub mod logging;
 pub mod nodeprep;
 pub mod placement;

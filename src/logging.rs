@@ -1,11 +1,21 @@
 //! Structured logs on stderr (tracing), tagged with method and request_id, plus a copy of
 //! warnings and errors for the response's `log` string.
+//!
+//! Two rules hold for every record whatever a call site logs: it is one line (control
+//! characters escaped, PEM blocks and URL credentials redacted, length cut: see
+//! [`safe_record`]), and libraries never log below `info`, whatever the filter asks,
+//! because their debug and trace output carries request and response bodies (bollard
+//! logs the agent settings archive and container specs, h2/hyper headers, etcd tokens).
 
+use std::fmt;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use tracing_subscriber::fmt::MakeWriter;
+use tracing::{Event, Level, Metadata, Subscriber};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, reload};
 
@@ -20,6 +30,61 @@ fn directive(level: &str) -> String {
         level.to_string()
     } else {
         format!("warn,moltencore={level},cpi={level}")
+    }
+}
+
+/// The most verbose level any library (any target outside this crate and its binary) may
+/// log at, whatever `MOLTENCORE_LOG` or `log_level` ask: below it, bollard, hyper, h2,
+/// tonic, tower and rustls log bodies and headers.
+pub const LIBRARY_MAX_LEVEL: Level = Level::INFO;
+
+/// The longest record written (characters after escaping); the rest is cut.
+pub const MAX_RECORD_CHARS: usize = 64 * 1024;
+
+/// Whether `target` is this crate's (the library `moltencore`, the binary `cpi`).
+fn is_own_target(target: &str) -> bool {
+    ["moltencore", "cpi"].iter().any(|own| {
+        target
+            .strip_prefix(own)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+    })
+}
+
+/// The cap on library targets, applied after (and independent of) the user's filter.
+fn within_library_cap(meta: &Metadata<'_>) -> bool {
+    is_own_target(meta.target()) || *meta.level() <= LIBRARY_MAX_LEVEL
+}
+
+/// One formatted record made safe to write: secrets in free text redacted, every control
+/// character escaped (a newline in a logged value cannot start a forged line), cut to
+/// [`MAX_RECORD_CHARS`], ending in exactly one newline.
+pub fn safe_record(record: &str) -> String {
+    let body = record.strip_suffix('\n').unwrap_or(record);
+    let redacted = crate::redact::redact_str(body);
+    let mut line = crate::echo::cut(&redacted, MAX_RECORD_CHARS);
+    line.push('\n');
+    line
+}
+
+/// Wraps the standard formatter: the record is formatted in full, then written through
+/// [`safe_record`], so no call site can forget to escape.
+struct SafeFormat<F>(F);
+
+impl<S, N, F> FormatEvent<S, N> for SafeFormat<F>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let mut record = String::new();
+        self.0.format_event(ctx, Writer::new(&mut record), event)?;
+        writer.write_str(&safe_record(&record))
     }
 }
 
@@ -65,15 +130,24 @@ impl Logging {
         let stderr = tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
             .with_ansi(false)
-            .with_target(false);
+            .event_format(SafeFormat(
+                tracing_subscriber::fmt::format()
+                    .with_ansi(false)
+                    .with_target(false),
+            ));
         let capture = tracing_subscriber::fmt::layer()
             .with_writer(captured.clone())
             .with_ansi(false)
-            .with_target(false)
-            .without_time()
+            .event_format(SafeFormat(
+                tracing_subscriber::fmt::format()
+                    .with_ansi(false)
+                    .with_target(false)
+                    .without_time(),
+            ))
             .with_filter(tracing_subscriber::filter::LevelFilter::WARN);
         let _ = tracing_subscriber::registry()
             .with(filter)
+            .with(tracing_subscriber::filter::filter_fn(within_library_cap))
             .with(stderr)
             .with(capture)
             .try_init();
@@ -101,5 +175,40 @@ impl Logging {
             .lock()
             .map(|mut v| String::from_utf8_lossy(&std::mem::take(&mut *v)).into_owned())
             .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_stays_one_line() {
+        let r =
+            safe_record("2026 INFO cpi{method=has_vm\n2026 ERROR cpi{method=x}: forged}: done\n");
+        assert_eq!(r.matches('\n').count(), 1, "{r}");
+        assert!(r.ends_with("done\n"), "{r}");
+        assert!(r.contains("has_vm\\n2026 ERROR"), "{r}");
+        let r = safe_record(&"x".repeat(MAX_RECORD_CHARS * 2));
+        assert!(r.len() <= MAX_RECORD_CHARS + 4, "{}", r.len());
+    }
+
+    #[test]
+    fn records_carry_no_pem_or_url_password() {
+        let r = safe_record(
+            "body: -----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE----- nats://nats:pw@10.0.0.6:4222\n",
+        );
+        assert!(!r.contains("MIIB") && !r.contains("pw@"), "{r}");
+    }
+
+    #[test]
+    fn libraries_are_capped_whatever_is_asked() {
+        assert!(is_own_target("moltencore"));
+        assert!(is_own_target("moltencore::cloud::vm"));
+        assert!(is_own_target("cpi"));
+        assert!(!is_own_target("moltencore_other"));
+        assert!(!is_own_target("bollard::docker"));
+        assert!(!is_own_target("cpinfo"));
+        assert!(!is_own_target("h2::codec"));
     }
 }

@@ -1,5 +1,7 @@
-//! Removes secrets from JSON before it is logged: passwords, keys, tokens, credentials in
-//! URLs, PEM private keys. Used for every request argument that reaches a log line.
+//! Removes secrets from JSON before it is logged: values under secret-looking keys (the
+//! maintained lists below), credentials in URLs, PEM blocks anywhere in a string. Used for
+//! every request argument that reaches a log line; the free-text part also runs over every
+//! log record and every response message.
 
 use serde_json::{Map, Value};
 
@@ -29,23 +31,79 @@ fn redact_map(map: &Map<String, Value>) -> Map<String, Value> {
         .collect()
 }
 
-/// Whether a key names a secret (case-insensitive).
+/// Parts of a key (lower case, separators removed) that make it secret wherever they
+/// appear: `db_password`, `secretAccessKey`, `x-auth-token`, `.dockerconfigjson`.
+const SECRET_PARTS: &[&str] = &[
+    "password",
+    "passwd",
+    "passphrase",
+    "secret",
+    "token",
+    "credential",
+    "private",
+    "apikey",
+    "accesskey",
+    "authorization",
+    "bearer",
+    "cookie",
+    "session",
+    "jwt",
+    "signature",
+    "keyfile",
+    "dockerconfigjson",
+    "cert",
+    "mbus",
+];
+
+/// Words (between `_`, `-`, `.`, spaces or camelCase humps) that make a key secret only
+/// as a whole word, because as a part they occur in harmless keys (`pin` in `pinned`,
+/// `pass` in `passthrough`, `sas` in `sasl_mechanism`... which a word match still
+/// catches when it stands alone).
+const SECRET_WORDS: &[&str] = &["auth", "pass", "pwd", "pin", "otp", "sas"];
+
+/// Endings that make a key secret: `registry_auth`, `oauth`, `apikey`, `ssh_key`,
+/// `signingkey`.
+const SECRET_SUFFIXES: &[&str] = &["auth", "key", "pwd", "pass"];
+
+/// Whether a key names a secret (case-insensitive). The lists above are the maintained
+/// rule; keys that merely contain `key` elsewhere (`keys`, `key_prefix`, `monkey_count`)
+/// are not secrets.
 pub fn is_secret_key(key: &str) -> bool {
-    let k = key.to_ascii_lowercase();
-    const WORDS: &[&str] = &[
-        "password",
-        "passwd",
-        "secret",
-        "private",
-        "token",
-        "credential",
-        "cert",
-        "mbus",
-    ];
-    WORDS.iter().any(|w| k.contains(w)) || k == "key" || k.ends_with("_key") || k.ends_with("-key")
+    let words = words(key);
+    let compact: String = words.concat();
+    SECRET_PARTS.iter().any(|p| compact.contains(p))
+        || SECRET_SUFFIXES.iter().any(|s| compact.ends_with(s))
+        || words.iter().any(|w| SECRET_WORDS.contains(&w.as_str()))
 }
 
-/// Redacts URL passwords (`scheme://user:pw@host`) and PEM private key blocks in free text.
+/// The lower-case words of a key: split at every non-alphanumeric character and at a
+/// lower-to-upper case change (`registryAuth` -> `registry`, `auth`).
+fn words(key: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut current = String::new();
+    let mut previous_lower = false;
+    for c in key.chars() {
+        if !c.is_alphanumeric() {
+            if !current.is_empty() {
+                words.push(std::mem::take(&mut current));
+            }
+            previous_lower = false;
+            continue;
+        }
+        if c.is_uppercase() && previous_lower && !current.is_empty() {
+            words.push(std::mem::take(&mut current));
+        }
+        previous_lower = c.is_lowercase() || c.is_numeric();
+        current.extend(c.to_lowercase());
+    }
+    if !current.is_empty() {
+        words.push(current);
+    }
+    words
+}
+
+/// Redacts URL credentials (`scheme://user:pw@host`, `scheme://token@host`) and every PEM
+/// block (keys and certificates alike) anywhere in free text.
 pub fn redact_str(s: &str) -> String {
     let mut out = redact_pem(s);
     out = redact_url_passwords(&out);
@@ -56,29 +114,19 @@ fn redact_pem(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(start) = rest.find("-----BEGIN") {
-        let head_end = rest[start..]
-            .find('\n')
-            .map(|i| start + i)
-            .unwrap_or(rest.len());
-        let header = &rest[start..head_end];
-        if !header.contains("PRIVATE KEY") {
-            out.push_str(&rest[..head_end]);
-            rest = &rest[head_end..];
-            continue;
-        }
         out.push_str(&rest[..start]);
         out.push_str(REDACTED);
-        match rest[start..].find("-----END") {
-            Some(end_rel) => {
-                let end = start + end_rel;
-                let after = rest[end + 8..]
-                    .find("-----")
-                    .map(|i| end + 8 + i + 5)
-                    .unwrap_or(rest.len());
-                rest = &rest[after..];
+        let block = &rest[start..];
+        rest = match block.find("-----END") {
+            Some(end) => {
+                let after_end = end + "-----END".len();
+                match block[after_end..].find("-----") {
+                    Some(close) => &block[after_end + close + "-----".len()..],
+                    None => "",
+                }
             }
-            None => rest = "",
-        }
+            None => "",
+        };
     }
     out.push_str(rest);
     out
@@ -92,7 +140,9 @@ fn redact_url_passwords(s: &str) -> String {
         out.push_str(&rest[..authority_start]);
         let tail = &rest[authority_start..];
         let authority_len = tail
-            .find(|c: char| c == '/' || c == '?' || c == '#' || c.is_whitespace() || c == '"')
+            .find(|c: char| {
+                matches!(c, '/' | '?' | '#' | '"' | '\\' | '\'' | '<' | '>') || c.is_whitespace()
+            })
             .unwrap_or(tail.len());
         let authority = &tail[..authority_len];
         match authority.rfind('@') {
@@ -103,7 +153,8 @@ fn redact_url_passwords(s: &str) -> String {
                         out.push_str(&userinfo[..colon + 1]);
                         out.push_str(REDACTED);
                     }
-                    None => out.push_str(userinfo),
+                    // A lone userinfo is a token more often than a user name.
+                    None => out.push_str(REDACTED),
                 }
                 out.push_str(&authority[at..]);
             }
@@ -140,18 +191,88 @@ mod tests {
             redact_str("mbus https://mbus:s3cret@0.0.0.0:6868/x and nats://u:p@h"),
             "mbus https://mbus:<redacted>@0.0.0.0:6868/x and nats://u:<redacted>@h"
         );
+        assert_eq!(
+            redact_str("\"https://ghp_TOKEN@host/r\""),
+            "\"https://<redacted>@host/r\""
+        );
         assert_eq!(redact_str("http://host:80/p"), "http://host:80/p");
     }
 
     #[test]
-    fn pem_private_keys_are_replaced() {
+    fn pem_blocks_are_replaced_anywhere() {
         let s = "a -----BEGIN EC PRIVATE KEY-----\nAAAA\n-----END EC PRIVATE KEY----- b \
-                 -----BEGIN CERTIFICATE-----\nCC\n-----END CERTIFICATE-----";
+                 -----BEGIN CERTIFICATE-----\\nCC\\n-----END CERTIFICATE-----c \
+                 -----BEGIN RSA PRIVATE KEY-----\nDDDD";
         let r = redact_str(s);
-        assert!(!r.contains("AAAA"), "{r}");
-        assert!(
-            r.starts_with("a <redacted> b -----BEGIN CERTIFICATE-----"),
-            "{r}"
-        );
+        assert_eq!(r, "a <redacted> b <redacted>c <redacted>");
+    }
+
+    #[test]
+    fn the_maintained_list_of_secret_keys() {
+        for key in [
+            "auth",
+            "registry_auth",
+            "RegistryAuth",
+            "X-Registry-Auth",
+            "pass",
+            "passphrase",
+            "pwd",
+            "apikey",
+            "api_key",
+            "authorization",
+            "Authorization",
+            "bearer",
+            "bearer_token",
+            "cookie",
+            "session",
+            "session_id",
+            "jwt",
+            "sas",
+            "sas_token",
+            "signature",
+            "otp",
+            "pin",
+            "keyfile",
+            "dockerconfigjson",
+            ".dockerconfigjson",
+            "token",
+            "secret",
+            "client_secret",
+            "secretAccessKey",
+            "secret_access_key",
+            "access_key_id",
+            "password",
+            "db-password",
+            "private_key",
+            "privateKey",
+            "credential",
+            "credentials",
+            "ssh_key",
+            "signingkey",
+            "key",
+            "ca_cert",
+            "mbus",
+        ] {
+            assert!(is_secret_key(key), "{key} is a secret");
+        }
+        for key in [
+            "keys",
+            "key_prefix",
+            "group",
+            "name",
+            "node",
+            "ports",
+            "restart_policy",
+            "ip",
+            "disk_cids",
+            "pinned",
+            "passthrough_mode",
+            "user",
+            "director",
+            "deployment",
+            "authorized_keys",
+        ] {
+            assert!(!is_secret_key(key), "{key} is not a secret");
+        }
     }
 }

@@ -99,31 +99,49 @@ impl Etcd {
 }
 
 fn unreachable(endpoints: &[String], e: &etcd_client::Error) -> CpiError {
-    use etcd_client::Error as E;
-    // Retriable: the cluster could not be reached or was busy; not: etcd refused (auth,
-    // permission, bad request), which a retry will not change.
-    let retry = match e {
-        E::TransportError(_) | E::IoError(_) => true,
-        E::GRpcStatus(status) => matches!(
-            format!("{:?}", status.code()).as_str(),
-            "Unavailable"
-                | "DeadlineExceeded"
-                | "ResourceExhausted"
-                | "Aborted"
-                | "Internal"
-                | "Unknown"
-                | "Cancelled"
-        ),
-        _ => false,
-    };
     let shown: Vec<String> = endpoints
         .iter()
         .map(|e| crate::redact::redact_str(e))
         .collect();
     CpiError::cloud(
-        format!("etcd at {} failed: {}", shown.join(", "), describe(e)),
-        retry,
+        format!(
+            "etcd at {} failed: {}",
+            shown.join(", "),
+            crate::echo::printable_detail(&describe(e))
+        ),
+        is_retriable(e),
     )
+}
+
+/// Whether a retry of the same call can help: the cluster could not be reached or was
+/// busy. Not when etcd refused the request itself (auth, permission, bad request) or its
+/// shape: a request larger than etcd or gRPC accept (`received message larger than max`,
+/// `request is too large`) fails the same way every time, and so does a full database,
+/// which needs an operator.
+pub fn is_retriable(e: &etcd_client::Error) -> bool {
+    use etcd_client::Error as E;
+    use tonic::Code;
+    match e {
+        E::TransportError(_) | E::IoError(_) => true,
+        E::GRpcStatus(status) => {
+            let message = status.message().to_ascii_lowercase();
+            let request_shape = ["larger than max", "too large", "space exceeded"]
+                .iter()
+                .any(|m| message.contains(m));
+            !request_shape
+                && matches!(
+                    status.code(),
+                    Code::Unavailable
+                        | Code::DeadlineExceeded
+                        | Code::ResourceExhausted
+                        | Code::Aborted
+                        | Code::Internal
+                        | Code::Unknown
+                        | Code::Cancelled
+                )
+        }
+        _ => false,
+    }
 }
 
 /// A one-line description of an etcd error including its source chain (tonic hides the
@@ -135,5 +153,50 @@ fn describe(e: &etcd_client::Error) -> String {
             std::error::Error::source(status),
         ),
         other => with_sources(other.to_string(), std::error::Error::source(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Status;
+
+    #[test]
+    fn request_shape_failures_are_never_retriable() {
+        for status in [
+            Status::resource_exhausted(
+                "grpc: received message larger than max (4194410 vs. 2097152)",
+            ),
+            Status::invalid_argument("etcdserver: request is too large"),
+            Status::out_of_range(
+                "Error, decoded message length too large: found 5 bytes, the limit is: 4 bytes",
+            ),
+            Status::resource_exhausted("etcdserver: mvcc: database space exceeded"),
+            Status::permission_denied("etcdserver: permission denied"),
+            Status::invalid_argument("etcdserver: key is not provided"),
+        ] {
+            let e = etcd_client::Error::GRpcStatus(status.clone());
+            assert!(!is_retriable(&e), "{status:?}");
+        }
+    }
+
+    #[test]
+    fn a_busy_or_unreachable_cluster_is_retriable() {
+        for status in [
+            Status::unavailable("etcdserver: leader changed"),
+            Status::resource_exhausted("etcdserver: too many requests"),
+            Status::deadline_exceeded("context deadline exceeded"),
+        ] {
+            let e = etcd_client::Error::GRpcStatus(status.clone());
+            assert!(is_retriable(&e), "{status:?}");
+        }
+    }
+
+    #[test]
+    fn an_echoed_failure_is_cut() {
+        let e = etcd_client::Error::GRpcStatus(Status::invalid_argument("x".repeat(1 << 20)));
+        let err = unreachable(&["https://127.0.0.1:2379".into()], &e);
+        assert!(err.message.len() < 1024, "{}", err.message.len());
+        assert!(!err.ok_to_retry);
     }
 }

@@ -84,8 +84,13 @@ impl EtcdArgs {
         let read = |flag: &str, path: &Option<PathBuf>| -> Result<Option<String>> {
             path.as_ref()
                 .map(|p| {
-                    std::fs::read_to_string(p)
-                        .with_context(|| format!("{flag} {}: cannot read it", p.display()))
+                    let kind = crate::bounded_file::FileKind::TlsPem;
+                    crate::bounded_file::read_to_string(p, kind).with_context(|| {
+                        format!(
+                            "{flag} must name a regular file of at most {}",
+                            crate::bounded_file::human(kind.limit())
+                        )
+                    })
                 })
                 .transpose()
         };

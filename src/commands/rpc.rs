@@ -12,21 +12,26 @@ use crate::logging::Logging;
 use crate::protocol::{Call, CpiError, Request, Response};
 use crate::redact::redact;
 
-/// Largest request accepted on stdin; BOSH requests are a few KiB.
-const MAX_REQUEST_BYTES: u64 = 16 * 1024 * 1024;
+/// Largest request accepted on stdin. The largest real requests are a director's
+/// `create_vm` (env with certificates and blobstore settings: tens of KiB) and metadata
+/// calls; 8 MiB leaves two orders of magnitude of room and bounds the memory a request
+/// can take.
+pub const MAX_REQUEST_BYTES: u64 = 8 * 1024 * 1024;
+
+/// How much of an over-limit request is still read and thrown away, so that a writer
+/// that sends a finite request is not cut off with a broken pipe before it reads the
+/// answer; an endless stdin (`/dev/zero`) stops here.
+const DRAIN_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Reads the request, runs it, writes the response. Returns the process exit code: 0
 /// whenever a response was written (error responses included).
 pub fn run(config_path: PathBuf, logging: &Logging) -> i32 {
-    let mut raw = String::new();
-    let read = std::io::stdin()
-        .take(MAX_REQUEST_BYTES)
-        .read_to_string(&mut raw);
-    let response = match read {
-        Ok(_) => answer(&raw, config_path, logging),
-        Err(e) => {
-            let err = CpiError::cpi(format!("cannot read the request from stdin: {e}"));
-            Response::error(&err, logging.take_captured())
+    let response = match read_request(std::io::stdin().lock()) {
+        Ok(raw) => answer(&raw, config_path, logging),
+        Err(err) => {
+            let log = logging.take_captured();
+            tracing::error!(error = %err, "rejected request");
+            Response::error(&err, log)
         }
     };
     let mut stdout = std::io::stdout().lock();
@@ -37,6 +42,26 @@ pub fn run(config_path: PathBuf, logging: &Logging) -> i32 {
             1
         }
     }
+}
+
+/// The request text: at most [`MAX_REQUEST_BYTES`] of UTF-8. Anything else is a
+/// `CpiError` that is never retriable: the same request cannot succeed later.
+pub fn read_request(mut stdin: impl Read) -> Result<String, CpiError> {
+    let raw = crate::bounded_file::read_limited(&mut stdin, MAX_REQUEST_BYTES)
+        .map_err(|e| CpiError::cpi(format!("cannot read the request from stdin: {e}")))?;
+    let Some(raw) = raw else {
+        let _ = std::io::copy(&mut stdin.take(DRAIN_BYTES), &mut std::io::sink());
+        return Err(CpiError::cpi(format!(
+            "request is larger than the {} limit",
+            crate::bounded_file::human(MAX_REQUEST_BYTES)
+        )));
+    };
+    String::from_utf8(raw).map_err(|e| {
+        CpiError::cpi(format!(
+            "request is not UTF-8 text (invalid byte at offset {})",
+            e.utf8_error().valid_up_to()
+        ))
+    })
 }
 
 /// Builds the response for one raw request text.
@@ -51,8 +76,8 @@ pub fn answer(raw: &str, config_path: PathBuf, logging: &Logging) -> Response {
     };
     let span = tracing::info_span!(
         "cpi",
-        method = %request.method,
-        request_id = request.request_id().unwrap_or("-")
+        method = %crate::echo::printable(&request.method),
+        request_id = %crate::echo::printable(request.request_id().unwrap_or("-"))
     );
     let api = request.api_version;
     let outcome = {

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use crate::bounded_file::{self, FileKind};
+use crate::echo::printable;
 use crate::protocol::CpiError;
 pub use secret::Secret;
 pub use tls::{TlsMaterial, TlsSource};
@@ -69,6 +71,17 @@ pub struct Config {
     /// tracing filter (`info`, `debug`, `moltencore=debug`); `MOLTENCORE_LOG` wins.
     #[serde(default = "default_log_level")]
     pub log_level: String,
+    /// The TLS material, read once while validating (files included).
+    #[serde(skip)]
+    loaded_tls: LoadedTls,
+}
+
+/// TLS material read from the config's inline PEM and `*_file` keys during validation,
+/// so each file is read once per call.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct LoadedTls {
+    etcd: Option<TlsMaterial>,
+    docker: TlsMaterial,
 }
 
 /// A node every VM and disk of this CPI goes to, unless its `cloud_properties.node` names
@@ -295,15 +308,23 @@ const OVERRIDABLE: &[&str] = &[
 
 impl Config {
     /// Reads `path`, merges the overridable sections found in `context`, and validates.
+    /// The file must be a regular file of at most [`FileKind::Config`]'s limit.
     pub fn load(path: &Path, context: &Map<String, Value>) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
+        let shown = crate::echo::printable_path(path);
+        let text = bounded_file::read_to_string(path, FileKind::Config).map_err(|e| {
             ConfigError::invalid(
-                &path.display().to_string(),
-                &format!("cannot read config file: {e}"),
+                &format!("config file (-c) {shown}"),
+                &format!(
+                    "must be a regular file of at most {}: {e}",
+                    bounded_file::human(FileKind::Config.limit())
+                ),
             )
         })?;
         let mut value: Value = serde_json::from_str(&text).map_err(|e| {
-            ConfigError::invalid(&path.display().to_string(), &format!("not valid JSON: {e}"))
+            ConfigError::invalid(
+                &format!("config file (-c) {shown}"),
+                &format!("not valid JSON: {e}"),
+            )
         })?;
         merge_context(&mut value, context);
         Self::from_value(value)
@@ -311,15 +332,18 @@ impl Config {
 
     /// Parses and validates an already merged JSON document.
     pub fn from_value(value: Value) -> Result<Config, ConfigError> {
-        let config: Config = serde_path_to_error::deserialize(value).map_err(|e| {
+        let mut config: Config = serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
-            ConfigError::invalid(&path, &e.into_inner().to_string())
+            ConfigError::invalid(
+                &path,
+                &crate::echo::printable_detail(&e.into_inner().to_string()),
+            )
         })?;
-        config.validate()?;
+        config.loaded_tls = config.validate()?;
         Ok(config)
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    fn validate(&self) -> Result<LoadedTls, ConfigError> {
         if self.etcd.endpoints.is_empty() {
             return Err(ConfigError::invalid(
                 "etcd.endpoints",
@@ -329,12 +353,15 @@ impl Config {
         for (i, endpoint) in self.etcd.endpoints.iter().enumerate() {
             let key = format!("etcd.endpoints[{i}]");
             let url = url::Url::parse(endpoint).map_err(|e| {
-                ConfigError::invalid(&key, &format!("'{endpoint}' is not a URL: {e}"))
+                ConfigError::invalid(
+                    &key,
+                    &format!("'{}' is not a URL: {e}", printable(endpoint)),
+                )
             })?;
             if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
                 return Err(ConfigError::invalid(
                     &key,
-                    &format!("'{endpoint}' must be http(s)://host:port"),
+                    &format!("'{}' must be http(s)://host:port", printable(endpoint)),
                 ));
             }
         }
@@ -345,7 +372,10 @@ impl Config {
             if !prefix.starts_with('/') || prefix.ends_with('/') {
                 return Err(ConfigError::invalid(
                     key,
-                    &format!("'{prefix}' must start with '/' and not end with '/'"),
+                    &format!(
+                        "'{}' must start with '/' and not end with '/'",
+                        printable(prefix)
+                    ),
                 ));
             }
         }
@@ -361,9 +391,12 @@ impl Config {
                 "must be at least 1",
             ));
         }
-        if let Some(tls) = &self.etcd.tls {
-            tls.load("etcd.tls")?;
-        }
+        let etcd_tls = self
+            .etcd
+            .tls
+            .as_ref()
+            .map(|t| t.load("etcd.tls"))
+            .transpose()?;
         let docker_tls = self.docker.tls.load("docker.tls")?;
         if docker_tls.client_cert.is_none() {
             return Err(ConfigError::invalid(
@@ -376,7 +409,7 @@ impl Config {
                 "docker.api_version",
                 &format!(
                     "'{}' must be 'auto' or MAJOR.MINOR such as 1.41",
-                    self.docker.api_version
+                    printable(&self.docker.api_version)
                 ),
             ));
         }
@@ -403,7 +436,10 @@ impl Config {
         if !matches!(mbus.scheme(), "https" | "nats" | "tls") {
             return Err(ConfigError::invalid(
                 "agent.mbus",
-                &format!("scheme '{}' is not one of https, nats, tls", mbus.scheme()),
+                &format!(
+                    "scheme '{}' is not one of https, nats, tls",
+                    printable(mbus.scheme())
+                ),
             ));
         }
         if let Some(problem) = self
@@ -428,26 +464,25 @@ impl Config {
                 "vm_defaults.restart_policy",
                 &format!(
                     "'{}' is not one of {}",
-                    self.vm_defaults.restart_policy,
+                    printable(&self.vm_defaults.restart_policy),
                     POLICIES.join(", ")
                 ),
             ));
         }
-        Ok(())
+        Ok(LoadedTls {
+            etcd: etcd_tls,
+            docker: docker_tls,
+        })
     }
 
-    /// etcd TLS material, loaded.
+    /// etcd TLS material, as read when the config was loaded.
     pub fn etcd_tls(&self) -> Result<Option<TlsMaterial>, ConfigError> {
-        self.etcd
-            .tls
-            .as_ref()
-            .map(|t| t.load("etcd.tls"))
-            .transpose()
+        Ok(self.loaded_tls.etcd.clone())
     }
 
-    /// Docker client TLS material, loaded.
+    /// Docker client TLS material, as read when the config was loaded.
     pub fn docker_tls(&self) -> Result<TlsMaterial, ConfigError> {
-        self.docker.tls.load("docker.tls")
+        Ok(self.loaded_tls.docker.clone())
     }
 }
 

@@ -5,6 +5,11 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::ConfigError;
+use crate::bounded_file::{self, FileKind};
+
+fn limit() -> String {
+    bounded_file::human(FileKind::TlsPem.limit())
+}
 use super::secret::Secret;
 
 /// How cpi.json names TLS material: each item either inline PEM or a `_file` path.
@@ -21,7 +26,7 @@ pub struct TlsSource {
 
 /// TLS material loaded into memory. The CA may be absent when it is read elsewhere (the
 /// Docker CA comes from etcd when cpi.json does not give one).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct TlsMaterial {
     pub ca_cert: Option<String>,
     pub client_cert: Option<String>,
@@ -95,12 +100,14 @@ fn pick(
             &format!("give either {key} or {key}_file, not both"),
         )),
         (Some(pem), None) => Ok(Some(pem)),
-        (None, Some(path)) => std::fs::read_to_string(path).map(Some).map_err(|e| {
-            ConfigError::invalid(
-                &format!("{section}.{key}_file"),
-                &format!("cannot read {}: {e}", path.display()),
-            )
-        }),
+        (None, Some(path)) => bounded_file::read_to_string(path, FileKind::TlsPem)
+            .map(Some)
+            .map_err(|e| {
+                ConfigError::invalid(
+                    &format!("{section}.{key}_file"),
+                    &format!("must name a regular file of at most {}: {e}", limit()),
+                )
+            }),
         (None, None) => Ok(None),
     }
 }

@@ -16,6 +16,7 @@ use bollard::query_parameters::{
 use bytes::Bytes;
 
 use super::node::NodeDocker;
+use crate::bounded_file::FileKind;
 use crate::protocol::CpiError;
 
 /// Whether Docker answered `e` with HTTP status `code` (404: absent, 304: already so).
@@ -276,14 +277,14 @@ impl NodeDocker {
     }
 
     /// One regular file from a container (running or not), with its mode and owner;
-    /// `None` when it does not exist.
+    /// `None` when it does not exist. The VM owns that file and may have made it anything:
+    /// at most [`FileKind::AgentSettings`]'s limit is read, a larger one is an error.
     pub async fn read_file(
         &self,
         container: &str,
         path: &str,
     ) -> Result<Option<ContainerFile>, CpiError> {
         use futures_util::StreamExt;
-        use std::io::Read;
         let mut stream = self.docker.download_from_container(
             container,
             Some(
@@ -292,6 +293,20 @@ impl NodeDocker {
                     .build(),
             ),
         );
+        let limit = FileKind::AgentSettings.limit();
+        let too_large = || {
+            CpiError::cloud(
+                format!(
+                    "node {}: {path} in container {container} is larger than the {} limit for {}",
+                    self.name,
+                    crate::bounded_file::human(limit),
+                    FileKind::AgentSettings.what()
+                ),
+                false,
+            )
+        };
+        // The archive around the file: tar headers and padding on top of its bytes.
+        const TAR_OVERHEAD: u64 = 64 * 1024;
         let mut tar_bytes = Vec::new();
         let doing = format!("reading {path} from container {container}");
         loop {
@@ -301,6 +316,9 @@ impl NodeDocker {
                 Err(_) => return Err(super::idle::silent(self, &doing)),
             };
             match chunk {
+                Ok(b) if (tar_bytes.len() + b.len()) as u64 > limit + TAR_OVERHEAD => {
+                    return Err(too_large());
+                }
                 Ok(b) => tar_bytes.extend_from_slice(&b),
                 Err(e) if is_status(&e, 404) => return Ok(None),
                 Err(e) => return Err(self.error(&doing, &e)),
@@ -317,7 +335,7 @@ impl NodeDocker {
             )
         })?;
         for entry in entries {
-            let mut entry = entry.map_err(|e| {
+            let entry = entry.map_err(|e| {
                 CpiError::cloud(
                     format!("node {}: {path} from {container}: {e}", self.name),
                     true,
@@ -336,8 +354,9 @@ impl NodeDocker {
                     header.uid().map_err(bad)?,
                     header.gid().map_err(bad)?,
                 );
-                let mut data = Vec::new();
-                entry.read_to_end(&mut data).map_err(bad)?;
+                let data = crate::bounded_file::read_limited(entry, limit)
+                    .map_err(bad)?
+                    .ok_or_else(too_large)?;
                 return Ok(Some(ContainerFile {
                     data,
                     mode,

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
+use crate::bounded_file::{self, FileKind};
+
 /// The directory node-prep treats as `/` (the host's `/` at boot, a temp dir in tests).
 #[derive(Debug, Clone)]
 pub struct Root {
@@ -56,21 +58,30 @@ impl Root {
         self.dir.join(path.trim_start_matches('/'))
     }
 
-    /// Reads a file below the root; `None` when it does not exist.
+    /// Reads a regular file below the root, at most [`FileKind::HostFile`]'s limit;
+    /// `None` when it does not exist.
     pub fn read(&self, path: &str) -> Result<Option<String>> {
-        let full = self.join(path);
-        match fs::read_to_string(&full) {
-            Ok(s) => Ok(Some(s)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("cannot read {}", full.display())),
-        }
+        Ok(bounded_file::read_optional(
+            &self.join(path),
+            FileKind::HostFile,
+        )?)
     }
 
-    /// What writing `content` with `mode` to `path` would change; writes nothing.
+    /// What writing `content` with `mode` to `path` would change; writes nothing. Only as
+    /// much of the old file is read as the new content could match.
     pub fn change_of(&self, path: &str, content: &str, mode: u32) -> Result<FileChange> {
         let full = self.join(path);
-        Ok(match fs::read(&full) {
-            Ok(old) => {
+        let old = bounded_file::open_regular(&full).and_then(|f| {
+            bounded_file::read_limited(f, content.len() as u64).map_err(|source| {
+                bounded_file::ReadError::Io {
+                    path: full.clone(),
+                    source,
+                }
+            })
+        });
+        Ok(match old {
+            Ok(None) => FileChange::Updated,
+            Ok(Some(old)) => {
                 let old_mode = fs::metadata(&full)
                     .with_context(|| format!("cannot stat {}", full.display()))?
                     .permissions()
@@ -82,8 +93,8 @@ impl Root {
                     FileChange::Updated
                 }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => FileChange::Created,
-            Err(e) => return Err(e).with_context(|| format!("cannot read {}", full.display())),
+            Err(e) if e.is_not_found() => FileChange::Created,
+            Err(e) => return Err(e.into()),
         })
     }
 

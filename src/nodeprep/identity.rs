@@ -98,7 +98,11 @@ pub fn resolve(flags: &IdentityFlags, root: &Root) -> Result<Identity> {
             return Ok(Some(h));
         }
         if root.is_system_root() {
-            return Ok(std::fs::read_to_string("/proc/sys/kernel/hostname").ok());
+            return Ok(crate::bounded_file::read_to_string(
+                std::path::Path::new("/proc/sys/kernel/hostname"),
+                crate::bounded_file::FileKind::HostFile,
+            )
+            .ok());
         }
         Ok(None)
     };

@@ -13,7 +13,11 @@ pub fn host_capacity() -> Result<Capacity> {
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get() as u32)
         .context("cannot count this machine's CPUs")?;
-    let meminfo = std::fs::read_to_string("/proc/meminfo").context("cannot read /proc/meminfo")?;
+    let meminfo = crate::bounded_file::read_to_string(
+        std::path::Path::new("/proc/meminfo"),
+        crate::bounded_file::FileKind::HostFile,
+    )
+    .context("cannot read /proc/meminfo")?;
     let kib = meminfo
         .lines()
         .find_map(|l| l.strip_prefix("MemTotal:"))

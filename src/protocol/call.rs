@@ -144,11 +144,9 @@ fn optional_ip<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Ipv4Addr>, D::E
     match Option::<String>::deserialize(d)? {
         None => Ok(None),
         Some(s) if s.trim().is_empty() => Ok(None),
-        Some(s) => s
-            .trim()
-            .parse()
-            .map(Some)
-            .map_err(|_| serde::de::Error::custom(format!("'{s}' is not an IPv4 address"))),
+        Some(s) => s.trim().parse().map(Some).map_err(|_| {
+            serde::de::Error::custom(format!("'{}' is not an IPv4 address", printable(&s)))
+        }),
     }
 }
 
@@ -470,19 +468,9 @@ impl Args {
     }
 }
 
-/// A method name safe to echo: bounded length, printable characters only.
-fn printable(s: &str) -> String {
-    let clean: String = s
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(64)
-        .collect::<String>();
-    if s.chars().count() > 64 {
-        format!("{clean}...")
-    } else {
-        clean
-    }
-}
+/// A value safe to echo (bounded length, control characters escaped); shared by every
+/// error message that quotes a request value.
+pub use crate::echo::printable;
 
 #[cfg(test)]
 mod tests {

@@ -42,6 +42,17 @@ pub struct ErrorBody {
     pub ok_to_retry: bool,
 }
 
+/// The longest error message answered (characters); every value in it is cut already,
+/// this bounds a message that echoes many (one per node).
+pub const MAX_MESSAGE_CHARS: usize = 8 * 1024;
+
+/// The longest `log` answered (bytes).
+pub const MAX_LOG_BYTES: usize = 64 * 1024;
+
+fn safe_log(log: &str) -> String {
+    crate::echo::truncate(&crate::redact::redact_str(log), MAX_LOG_BYTES)
+}
+
 /// The response document. All three keys are always present; `log` is always a string.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Response {
@@ -56,21 +67,25 @@ impl Response {
         Response {
             result: result.shape(api),
             error: None,
-            log: crate::redact::redact_str(&log),
+            log: safe_log(&log),
         }
     }
 
     /// An error response. The message passes through the redactor as a last line of
-    /// defence: URL credentials or key material that reached an error text never leave.
+    /// defence (URL credentials or key material that reached an error text never leave),
+    /// has its control characters escaped and is cut to [`MAX_MESSAGE_CHARS`].
     pub fn error(err: &CpiError, log: String) -> Response {
         Response {
             result: Value::Null,
             error: Some(ErrorBody {
                 kind: err.kind.bosh_type(),
-                message: crate::redact::redact_str(&err.message),
+                message: crate::echo::cut(
+                    &crate::redact::redact_str(&err.message),
+                    MAX_MESSAGE_CHARS,
+                ),
                 ok_to_retry: err.ok_to_retry,
             }),
-            log: crate::redact::redact_str(&log),
+            log: safe_log(&log),
         }
     }
 
@@ -105,6 +120,16 @@ mod tests {
         };
         assert_eq!(r.clone().shape(ApiVersion::V1), Value::Null);
         assert_eq!(r.shape(ApiVersion::V2), json!("/warden-cpi-dev/d-1"));
+    }
+
+    #[test]
+    fn messages_and_logs_are_bounded() {
+        let e = CpiError::cpi(format!("node n1: {}", "x".repeat(1 << 20)));
+        let r = Response::error(&e, "w\n".repeat(1 << 20));
+        let body = r.error.unwrap();
+        assert!(body.message.chars().count() <= MAX_MESSAGE_CHARS + 3);
+        assert!(r.log.len() <= MAX_LOG_BYTES + 40);
+        assert!(r.log.starts_with("w\nw\n"), "log lines keep their newlines");
     }
 
     #[test]

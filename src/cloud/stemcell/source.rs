@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use flate2::read::GzDecoder;
 
 use super::manifest::Manifest;
+use crate::bounded_file::{self, FileKind};
 use crate::channel_reader::ChannelReader;
 use crate::protocol::CpiError;
 
@@ -29,37 +30,32 @@ impl StemcellSource {
     /// Locates the manifest for `image_path`. Errors name the path and what is missing.
     pub fn open(image_path: &str) -> Result<StemcellSource, CpiError> {
         let path = Path::new(image_path);
-        let meta = std::fs::metadata(path).map_err(|e| {
-            CpiError::cpi(format!(
-                "create_stemcell: cannot read image_path {image_path}: {e}"
-            ))
-        })?;
-        if !meta.is_file() {
-            return Err(CpiError::cpi(format!(
-                "create_stemcell: image_path {image_path} is not a file"
-            )));
-        }
+        let shown = crate::echo::printable_path(path);
+        // Checked on the opened file: a device or FIFO is refused before anything is read.
+        bounded_file::open_regular(path)
+            .map_err(|e| CpiError::cpi(format!("create_stemcell: image_path: {e}")))?;
         // A packed stemcell names stemcell.MF among its first entries; a rootfs image
         // does not, and only its first few entries are looked at.
-        if let Ok(Some(text)) = read_packed_manifest(path) {
+        if let Some(text) = read_packed_manifest(path)? {
             let manifest =
-                Manifest::parse(&text).map_err(|e| CpiError::cpi(format!("{image_path}: {e}")))?;
+                Manifest::parse(&text).map_err(|e| CpiError::cpi(format!("{shown}: {e}")))?;
             return Ok(StemcellSource {
                 manifest,
                 layout: Layout::Packed(path.to_path_buf()),
             });
         }
         let beside = path.with_file_name("stemcell.MF");
-        if !beside.is_file() {
-            return Err(CpiError::cpi(format!(
-                "create_stemcell: no stemcell.MF beside {image_path}, and {image_path} is not a \
-                 stemcell tarball holding stemcell.MF and image"
-            )));
-        }
-        let text = std::fs::read_to_string(&beside)
-            .map_err(|e| CpiError::cpi(format!("cannot read {}: {e}", beside.display())))?;
-        let manifest = Manifest::parse(&text)
-            .map_err(|e| CpiError::cpi(format!("{}: {e}", beside.display())))?;
+        let text = bounded_file::read_optional(&beside, FileKind::StemcellManifest)
+            .map_err(|e| CpiError::cpi(format!("create_stemcell: stemcell.MF: {e}")))?
+            .ok_or_else(|| {
+                CpiError::cpi(format!(
+                    "create_stemcell: no stemcell.MF beside {shown}, and {shown} is not a \
+                     stemcell tarball holding stemcell.MF and image"
+                ))
+            })?;
+        let shown_mf = crate::echo::printable_path(&beside);
+        let manifest =
+            Manifest::parse(&text).map_err(|e| CpiError::cpi(format!("{shown_mf}: {e}")))?;
         Ok(StemcellSource {
             manifest,
             layout: Layout::Extracted(path.to_path_buf()),
@@ -70,8 +66,8 @@ impl StemcellSource {
     pub fn image_reader(&self) -> Result<Box<dyn Read + Send>, CpiError> {
         match &self.layout {
             Layout::Extracted(path) => {
-                let f = File::open(path)
-                    .map_err(|e| CpiError::cpi(format!("cannot open {}: {e}", path.display())))?;
+                let f = bounded_file::open_regular(path)
+                    .map_err(|e| CpiError::cpi(format!("create_stemcell: image: {e}")))?;
                 Ok(Box::new(BufReader::with_capacity(1 << 20, f)))
             }
             Layout::Packed(path) => Ok(Box::new(PackedImage::open(path)?)),
@@ -88,16 +84,41 @@ fn entry_name(entry: &tar::Entry<'_, impl Read>) -> Option<String> {
 /// How many leading entries of a tarball are searched for `stemcell.MF`.
 const MANIFEST_SEARCH_ENTRIES: usize = 8;
 
-fn read_packed_manifest(path: &Path) -> std::io::Result<Option<String>> {
-    let f = File::open(path)?;
+/// The `stemcell.MF` entry of a packed stemcell; `None` when `path` is not one (not a
+/// gzipped tarball, or no manifest among its first entries). A manifest entry over the
+/// limit, or one that is not text, is an error.
+fn read_packed_manifest(path: &Path) -> Result<Option<String>, CpiError> {
+    let f = bounded_file::open_regular(path)
+        .map_err(|e| CpiError::cpi(format!("create_stemcell: image_path: {e}")))?;
     let mut archive = tar::Archive::new(GzDecoder::new(BufReader::new(f)));
-    for entry in archive.entries()?.take(MANIFEST_SEARCH_ENTRIES) {
-        let mut entry = entry?;
-        if entry_name(&entry).as_deref() == Some("stemcell.MF") {
-            let mut text = String::new();
-            entry.read_to_string(&mut text)?;
-            return Ok(Some(text));
+    let Ok(entries) = archive.entries() else {
+        return Ok(None);
+    };
+    for entry in entries.take(MANIFEST_SEARCH_ENTRIES) {
+        let Ok(entry) = entry else {
+            return Ok(None);
+        };
+        if entry_name(&entry).as_deref() != Some("stemcell.MF") {
+            continue;
         }
+        let limit = FileKind::StemcellManifest.limit();
+        let too_large = || {
+            CpiError::cpi(format!(
+                "create_stemcell: the stemcell.MF inside {} is larger than the {} limit for {}",
+                crate::echo::printable_path(path),
+                bounded_file::human(limit),
+                FileKind::StemcellManifest.what()
+            ))
+        };
+        if entry.size() > limit {
+            return Err(too_large());
+        }
+        let data = bounded_file::read_limited(entry, limit)
+            .map_err(|e| CpiError::cpi(format!("create_stemcell: stemcell.MF: {e}")))?
+            .ok_or_else(too_large)?;
+        return String::from_utf8(data)
+            .map(Some)
+            .map_err(|_| CpiError::cpi("create_stemcell: stemcell.MF is not UTF-8 text"));
     }
     Ok(None)
 }
@@ -108,8 +129,8 @@ struct PackedImage;
 
 impl PackedImage {
     fn open(path: &Path) -> Result<ChannelReader, CpiError> {
-        let f = File::open(path)
-            .map_err(|e| CpiError::cpi(format!("cannot open {}: {e}", path.display())))?;
+        let f = bounded_file::open_regular(path)
+            .map_err(|e| CpiError::cpi(format!("create_stemcell: image_path: {e}")))?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         std::thread::spawn(move || {
             if let Err(e) = stream_image_entry(f, &tx) {

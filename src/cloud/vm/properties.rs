@@ -7,6 +7,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::config::{StartMode, VmDefaults};
+use crate::echo::{printable, printable_detail};
 use crate::protocol::{CpiError, Object};
 
 /// The lower-case keys this CPI reads; unknown lower-case keys are ignored (other tools'
@@ -93,8 +94,9 @@ impl VmProperties {
             .map_err(|e| {
                 let path = e.path().to_string();
                 CpiError::cpi(format!(
-                    "create_vm: cloud_properties.{path}: {}",
-                    e.into_inner()
+                    "create_vm: cloud_properties.{}: {}",
+                    printable(&path),
+                    printable_detail(&e.into_inner().to_string())
                 ))
             })?;
         if let Some(cpu) = props.cpu
@@ -122,8 +124,9 @@ impl VmProperties {
         .map_err(|e| {
             let path = e.path().to_string();
             CpiError::cpi(format!(
-                "create_vm: cloud_properties.{path} is not a valid Docker HostConfig field: {}",
-                e.into_inner()
+                "create_vm: cloud_properties.{} is not a valid Docker HostConfig field: {}",
+                printable(&path),
+                printable_detail(&e.into_inner().to_string())
             ))
         })?;
         props.host_config = host_config;
@@ -170,7 +173,8 @@ fn check_restart_policy(p: &str) -> Result<(), CpiError> {
         Ok(())
     } else {
         Err(CpiError::cpi(format!(
-            "create_vm: cloud_properties.restart_policy '{p}' is not one of {}",
+            "create_vm: cloud_properties.restart_policy '{}' is not one of {}",
+            printable(p),
             POLICIES.join(", ")
         )))
     }
@@ -180,7 +184,8 @@ fn check_restart_policy(p: &str) -> Result<(), CpiError> {
 pub fn parse_port(spec: &str) -> Result<(u16, u16, String), CpiError> {
     let bad = || {
         CpiError::cpi(format!(
-            "create_vm: cloud_properties.ports entry '{spec}' must be PORT[/tcp|udp] or HOST:CONTAINER[/tcp|udp]"
+            "create_vm: cloud_properties.ports entry '{}' must be PORT[/tcp|udp] or HOST:CONTAINER[/tcp|udp]",
+            printable(spec)
         ))
     };
     let (ports, proto) = match spec.split_once('/') {
