@@ -9,6 +9,7 @@ mod common;
 
 use common::bosh::*;
 use moltencore::boshconfig::{cloud_config, cpi_config};
+use moltencore::cloud::vm::blobstore::for_agent;
 use moltencore::cluster::{ClusterView, NodeRecord, SubnetLease};
 use moltencore::config::{Config, StartMode};
 use serde_json::{Map, Value, json};
@@ -176,6 +177,7 @@ fn vars() -> Map<String, Value> {
         "director_name": "moltencore",
         "internal_cidr": "10.1.1.0/24", "internal_gw": "10.1.1.1", "internal_ip": "10.1.1.6",
         "mbus_bootstrap_password": "bootstrap-pw", "mbus_bootstrap_ssl": {"ca": CERT},
+        "blobstore_agent_password": "agent-pw",
         "moltencore_release_tarball": "/home/op/moltencore.tgz",
         "moltencore_stemcell_url": "file:///home/op/bosh-stemcell-warden-boshlite-ubuntu-jammy.tgz",
         "moltencore_stemcell_sha1": "0123456789abcdef0123456789abcdef01234567",
@@ -265,11 +267,55 @@ fn cpi_yml_makes_a_director_with_this_cpi_on_both_sides() {
         assert_eq!(c.vm_defaults.start_mode, StartMode::Runit);
         assert!(c.docker_tls().unwrap().client_key.is_some());
     }
+    // Every VM either side makes gets a blobstore: create-env's from the resource pool's
+    // env (a local one, not the configured), the director's agents from agent.env.
+    let pool_env = doc["resource_pools"][0]["env"].as_object().unwrap().clone();
+    assert_eq!(for_agent(&pool_env, &cli.agent).unwrap(), None);
+    let agent_env = bosh_group(&doc)["properties"]["agent"]["env"]
+        .as_object()
+        .unwrap()
+        .clone();
+    assert_eq!(for_agent(&agent_env, &director.agent).unwrap(), None);
+    // The director's own dav blobstore properties make no agent blobstore in its CPI.
+    assert_eq!(director.agent.blobstore, None);
     // The create-env side's mbus is the one the CLI connects to (cloud_provider.mbus).
     assert_eq!(
         doc["cloud_provider"]["mbus"],
         "https://mbus:bootstrap-pw@10.1.1.6:6868"
     );
+}
+
+#[test]
+fn a_blobstore_and_ntp_in_cloud_provider_properties_reach_the_create_env_vm() {
+    // The older bosh.yml shape (and other CPIs' manifests): blobstore and ntp as standard
+    // properties of cloud_provider, no blobstores in the resource pool's env.
+    let mut doc = manifest(&["cpi.yml"]);
+    doc["resource_pools"][0]["env"]["bosh"]
+        .as_object_mut()
+        .unwrap()
+        .remove("blobstores")
+        .unwrap();
+    doc["cloud_provider"]["properties"]["blobstore"] =
+        json!({"provider": "local", "path": "/var/vcap/micro_bosh/data/cache"});
+    doc["cloud_provider"]["properties"]["ntp"] = json!(["0.pool.ntp.org"]);
+    let (cli, _) = both_sides(&doc);
+    assert_eq!(cli.agent.ntp, ["0.pool.ntp.org"]);
+    let pool_env = doc["resource_pools"][0]["env"].as_object().unwrap().clone();
+    let chosen = for_agent(&pool_env, &cli.agent)
+        .unwrap()
+        .expect("the configured blobstore");
+    assert_eq!(chosen.provider, "local");
+    assert_eq!(
+        chosen.options["blobstore_path"],
+        "/var/vcap/micro_bosh/data/cache"
+    );
+    // Without either, create_vm refuses before it makes anything.
+    doc["cloud_provider"]["properties"]
+        .as_object_mut()
+        .unwrap()
+        .remove("blobstore");
+    let (cli, _) = both_sides(&doc);
+    assert!(for_agent(&pool_env, &cli.agent).is_err());
 }
 
 #[test]

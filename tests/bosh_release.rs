@@ -120,6 +120,7 @@ fn every_property_reaches_its_cpi_json_key() {
         .as_object()
         .expect("the spec declares properties")
         .keys()
+        .filter(|k| k.starts_with(PREFIX))
         .cloned()
         .collect();
     let given: BTreeSet<String> = full.iter().map(|(k, _)| k.to_string()).collect();
@@ -149,6 +150,138 @@ fn every_property_reaches_its_cpi_json_key() {
     assert_eq!(c.vm_defaults.start_mode, StartMode::Systemd);
     assert!(!c.vm_defaults.privileged);
     assert_eq!(c.log_level, "debug");
+}
+
+/// The standard properties every CPI gets from bosh-deployment's bosh.yml (its
+/// `cloud_provider.properties` and the director's job), as dotted names.
+const STANDARD: &[&str] = &[
+    "agent.mbus",
+    "ntp",
+    "blobstore.provider",
+    "blobstore.path",
+    "blobstore.options",
+];
+
+/// The required properties without the agent's, which the standard ones give.
+fn required_but_agent() -> Vec<(&'static str, Value)> {
+    required()
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("moltencore_cpi.agent."))
+        .collect()
+}
+
+#[test]
+fn the_standard_cpi_properties_give_the_agent_its_mbus_ntp_and_blobstore() {
+    let spec = job_spec();
+    for name in STANDARD {
+        assert!(
+            spec["properties"].get(*name).is_some(),
+            "the spec declares {name}, else BOSH hides it from the template"
+        );
+        assert!(
+            spec["properties"][*name].get("default").is_none(),
+            "{name} has no default: an unset one must not hide nothing"
+        );
+    }
+    // create-env with bosh-deployment's cloud_provider: a local blobstore with `path`.
+    let mut props = required_but_agent();
+    props.extend([
+        ("agent.mbus", json!("https://mbus:pw@0.0.0.0:6868")),
+        ("ntp", json!(["time1.google.com", "time2.google.com"])),
+        ("blobstore.provider", json!("local")),
+        ("blobstore.path", json!("/var/vcap/micro_bosh/data/cache")),
+    ]);
+    let rendered = render_config(&nested(&props));
+    assert_eq!(
+        rendered["agent"],
+        json!({"mbus": "https://mbus:pw@0.0.0.0:6868",
+               "ntp": ["time1.google.com", "time2.google.com"],
+               "blobstore": {"provider": "local",
+                             "options": {"blobstore_path": "/var/vcap/micro_bosh/data/cache"}}})
+    );
+    let c = Config::from_value(rendered.clone())
+        .unwrap_or_else(|e| panic!("the CPI refuses the rendered config: {e}\n{rendered:#}"));
+    assert_eq!(c.agent.blobstore.unwrap().provider, "local");
+
+    // `options` are passed as they are.
+    let mut props = required_but_agent();
+    props.extend([
+        ("agent.mbus", json!("nats://10.1.1.6:4222")),
+        ("blobstore.provider", json!("dav")),
+        (
+            "blobstore.options",
+            json!({"endpoint": "https://10.1.1.6:25250", "user": "agent"}),
+        ),
+    ]);
+    let rendered = render_config(&nested(&props));
+    assert_eq!(
+        rendered["agent"]["blobstore"],
+        json!({"provider": "dav", "options": {"endpoint": "https://10.1.1.6:25250", "user": "agent"}})
+    );
+    assert_eq!(rendered["agent"]["ntp"], json!([]));
+
+    // The director's own blobstore properties (provider, address, port, credentials) make
+    // no agent blobstore: behind a director the agents get env.bosh.blobstores.
+    let mut props = required_but_agent();
+    props.extend([
+        ("agent.mbus", json!("nats://10.1.1.6:4222")),
+        ("blobstore.provider", json!("dav")),
+        ("blobstore.address", json!("10.1.1.6")),
+        ("blobstore.port", json!(25250)),
+    ]);
+    let rendered = render_config(&nested(&props));
+    assert!(rendered["agent"].get("blobstore").is_none(), "{rendered:#}");
+    assert_eq!(rendered["agent"]["mbus"], "nats://10.1.1.6:4222");
+
+    // A path is a local blobstore's alone.
+    let mut props = required_but_agent();
+    props.extend([
+        ("agent.mbus", json!("nats://10.1.1.6:4222")),
+        ("blobstore.provider", json!("dav")),
+        ("blobstore.path", json!("/x")),
+    ]);
+    let e = render("cpi.json.erb", &nested(&props)).expect_err("a dav blobstore with a path");
+    assert!(e.contains("blobstore.path"), "{e}");
+}
+
+#[test]
+fn moltencore_cpi_agent_properties_override_the_standard_ones() {
+    let mut props = required_but_agent();
+    props.extend([
+        ("agent.mbus", json!("nats://10.9.9.9:4222")),
+        ("ntp", json!(["standard.ntp"])),
+        ("blobstore.provider", json!("local")),
+        ("blobstore.path", json!("/var/vcap/micro_bosh/data/cache")),
+        (
+            "moltencore_cpi.agent.mbus",
+            json!("https://mbus:ours@0.0.0.0:6868"),
+        ),
+        ("moltencore_cpi.agent.ntp", json!(["ours.ntp"])),
+        (
+            "moltencore_cpi.agent.blobstore",
+            json!({"provider": "local", "options": {"blobstore_path": "/ours"}}),
+        ),
+    ]);
+    let rendered = render_config(&nested(&props));
+    assert_eq!(
+        rendered["agent"],
+        json!({"mbus": "https://mbus:ours@0.0.0.0:6868", "ntp": ["ours.ntp"],
+               "blobstore": {"provider": "local", "options": {"blobstore_path": "/ours"}}})
+    );
+    // An empty list of ours still overrides: the operator asked for no NTP servers.
+    let mut props = required_but_agent();
+    props.extend([
+        ("agent.mbus", json!("nats://10.9.9.9:4222")),
+        ("ntp", json!(["standard.ntp"])),
+        ("moltencore_cpi.agent.ntp", json!([])),
+    ]);
+    assert_eq!(render_config(&nested(&props))["agent"]["ntp"], json!([]));
+    // Neither mbus: rendering fails, naming both.
+    let e = render("cpi.json.erb", &nested(&required_but_agent())).expect_err("no mbus");
+    assert!(
+        e.contains("moltencore_cpi.agent.mbus") && e.contains("'agent.mbus'"),
+        "{e}"
+    );
 }
 
 #[test]

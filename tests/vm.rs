@@ -77,10 +77,14 @@ fn a_manual_vm_runs_on_the_node_of_its_ip_with_the_exact_agent_files() {
             &read_file_in(&node, &cid, "/var/vcap/bosh/warden-cpi-agent-env.json").await,
         )
         .unwrap();
-        let mbus = {
+        let (mbus, blobstore) = {
             let c: Value = serde_json::from_str(&std::fs::read_to_string(cfg()).unwrap()).unwrap();
-            c["agent"]["mbus"].clone()
+            (c["agent"]["mbus"].clone(), c["agent"]["blobstore"].clone())
         };
+        assert!(
+            blobstore.is_object(),
+            "the cluster's cpi.json has a blobstore"
+        );
         let gw = format!("{prefix}.1");
         assert_eq!(
             settings,
@@ -89,6 +93,7 @@ fn a_manual_vm_runs_on_the_node_of_its_ip_with_the_exact_agent_files() {
                 "vm": {"name": cid},
                 "mbus": mbus,
                 "ntp": [],
+                "blobstore": blobstore,
                 "networks": {"default": {"type": "manual", "ip": ip, "netmask": "255.255.255.0",
                     "gateway": gw, "dns": [gw], "default": ["dns", "gateway"],
                     "cloud_properties": {}, "mac": "", "preconfigured": true}},

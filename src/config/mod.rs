@@ -166,9 +166,56 @@ pub struct AgentConfig {
     /// NTP servers.
     #[serde(default)]
     pub ntp: Vec<String>,
-    /// Blobstore settings passed verbatim.
+    /// The blobstore the agents get when `create_vm`'s `env.bosh.blobstores` has none
+    /// (create-env's local cache); the agent exits at start without one.
     #[serde(default)]
-    pub blobstore: Option<Value>,
+    pub blobstore: Option<BlobstoreSettings>,
+}
+
+/// One blobstore as the agent reads it (`provider` names its client
+/// `bosh-blobstore-<provider>`, or the built-in `local`; `options` are the client's).
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BlobstoreSettings {
+    /// `local`, `dav`, `s3`, `gcs`, ...
+    pub provider: String,
+    /// The provider's options (`blobstore_path` for `local`, `endpoint` for `dav`, ...).
+    #[serde(default)]
+    pub options: Map<String, Value>,
+}
+
+impl BlobstoreSettings {
+    /// Why an agent could not use this blobstore, naming the key below `key` (the
+    /// options' values are never echoed: they hold credentials).
+    pub fn problem(&self, key: &str) -> Option<ConfigError> {
+        let provider = self.provider.as_str();
+        if provider.is_empty()
+            || !provider
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            let shown: String = provider.chars().take(40).collect();
+            return Some(ConfigError::invalid(
+                &format!("{key}.provider"),
+                &format!(
+                    "'{shown}' must name a blobstore client (local, dav, s3, gcs, ...): the agent runs bosh-blobstore-<provider>"
+                ),
+            ));
+        }
+        if provider == "local"
+            && !self
+                .options
+                .get("blobstore_path")
+                .and_then(Value::as_str)
+                .is_some_and(|p| p.starts_with('/'))
+        {
+            return Some(ConfigError::invalid(
+                &format!("{key}.options.blobstore_path"),
+                "a local blobstore needs an absolute blobstore_path",
+            ));
+        }
+        None
+    }
 }
 
 /// How the container of a VM is started.
@@ -395,6 +442,14 @@ impl Config {
                 ),
             ));
         }
+        if let Some(problem) = self
+            .agent
+            .blobstore
+            .as_ref()
+            .and_then(|b| b.problem("agent.blobstore"))
+        {
+            return Err(problem);
+        }
         if let Some(node) = &self.placement.node
             && node.trim().is_empty()
         {
@@ -540,6 +595,27 @@ mod tests {
                 json!({"docker": {"request_timeout_seconds": 0}}),
                 "docker.request_timeout_seconds",
             ),
+            (
+                json!({"agent": {"blobstore": {"provider": ""}}}),
+                "agent.blobstore.provider",
+            ),
+            (
+                json!({"agent": {"blobstore": {"provider": "dav; rm -rf /"}}}),
+                "agent.blobstore.provider",
+            ),
+            (
+                json!({"agent": {"blobstore": {"provider": "local", "options": {}}}}),
+                "agent.blobstore.options.blobstore_path",
+            ),
+            (
+                json!({"agent": {"blobstore": {"provider": "local",
+                    "options": {"blobstore_path": "cache"}}}}),
+                "agent.blobstore.options.blobstore_path",
+            ),
+            (
+                json!({"agent": {"blobstore": {"provider": "local", "path": "/x"}}}),
+                "agent.blobstore.path",
+            ),
         ];
         for (patch, key) in cases {
             let mut v = minimal();
@@ -555,6 +631,38 @@ mod tests {
         v["agent"]["mbus"] = json!("gopher://mbus:SECRETPW@x");
         let e = Config::from_value(v).unwrap_err();
         assert!(!e.to_string().contains("SECRETPW"), "{e}");
+    }
+
+    #[test]
+    fn a_blobstore_is_checked_without_echoing_its_options() {
+        let mut v = minimal();
+        v["agent"]["blobstore"] = json!({"provider": "local",
+            "options": {"blobstore_path": "/var/vcap/micro_bosh/data/cache"}});
+        let c = Config::from_value(v).unwrap();
+        let b = c.agent.blobstore.unwrap();
+        assert_eq!(b.provider, "local");
+        assert_eq!(
+            b.options["blobstore_path"],
+            "/var/vcap/micro_bosh/data/cache"
+        );
+        let mut v = minimal();
+        v["agent"]["blobstore"] =
+            json!({"provider": "local", "options": {"blobstore_path": 7, "password": "SECRET-B"}});
+        let e = Config::from_value(v).unwrap_err();
+        assert_eq!(e.key, "agent.blobstore.options.blobstore_path");
+        assert!(!e.to_string().contains("SECRET-B"), "{e}");
+        // A provider the agent finds as a client, without options, is accepted.
+        let mut v = minimal();
+        v["agent"]["blobstore"] = json!({"provider": "dav"});
+        assert!(
+            Config::from_value(v)
+                .unwrap()
+                .agent
+                .blobstore
+                .unwrap()
+                .options
+                .is_empty()
+        );
     }
 
     #[test]

@@ -296,14 +296,14 @@ impl NodeDocker {
         }
     }
 
-    /// One regular file from a container (running or not); `None` when it does not exist.
-    /// The VM owns that file and may have made it anything: at most
-    /// [`FileKind::AgentSettings`]'s limit is read, a larger one is an error.
+    /// One regular file from a container (running or not), with its mode and owner;
+    /// `None` when it does not exist. The VM owns that file and may have made it anything:
+    /// at most [`FileKind::AgentSettings`]'s limit is read, a larger one is an error.
     pub async fn read_file(
         &self,
         container: &str,
         path: &str,
-    ) -> Result<Option<Vec<u8>>, CpiError> {
+    ) -> Result<Option<ContainerFile>, CpiError> {
         let container = super::names::object(container)?;
         use futures_util::StreamExt;
         let mut stream = self.docker.download_from_container(
@@ -363,13 +363,27 @@ impl NodeDocker {
                 )
             })?;
             if entry.header().entry_type().is_file() {
-                let data = crate::bounded_file::read_limited(entry, limit).map_err(|e| {
+                let bad = |e: std::io::Error| {
                     CpiError::cloud(
                         format!("node {}: {path} from {container}: {e}", self.name),
                         true,
                     )
-                })?;
-                return data.map(Some).ok_or_else(too_large);
+                };
+                let header = entry.header();
+                let (mode, uid, gid) = (
+                    header.mode().map_err(bad)?,
+                    header.uid().map_err(bad)?,
+                    header.gid().map_err(bad)?,
+                );
+                let data = crate::bounded_file::read_limited(entry, limit)
+                    .map_err(bad)?
+                    .ok_or_else(too_large)?;
+                return Ok(Some(ContainerFile {
+                    data,
+                    mode,
+                    uid,
+                    gid,
+                }));
             }
         }
         Ok(None)
@@ -384,4 +398,18 @@ impl NodeDocker {
             Err(e) => Err(self.error(&format!("inspecting volume {name}"), &e)),
         }
     }
+}
+
+/// A file read from a container: its bytes, permission bits and numeric owner, so it can
+/// be written back as it was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerFile {
+    /// The content.
+    pub data: Vec<u8>,
+    /// Permission bits.
+    pub mode: u32,
+    /// Numeric user id.
+    pub uid: u64,
+    /// Numeric group id.
+    pub gid: u64,
 }

@@ -300,6 +300,12 @@ pub fn node_prefix(index: usize) -> (String, String) {
 /// Runs `cmd` in a container on `node` (through the node's socket) and returns the exit
 /// code and output.
 pub async fn exec_in(node: &str, container: &str, cmd: &str) -> (i64, String) {
+    exec_as(node, container, None, cmd).await
+}
+
+/// Runs `cmd` in a container on `node` as `user` (a uid, `None` = the image's user) and
+/// returns the exit code and output.
+pub async fn exec_as(node: &str, container: &str, user: Option<&str>, cmd: &str) -> (i64, String) {
     use bollard::exec::{CreateExecOptions, StartExecResults};
     use futures_util::StreamExt;
     let docker = node_socket(node).await;
@@ -314,6 +320,7 @@ pub async fn exec_in(node: &str, container: &str, cmd: &str) -> (i64, String) {
                 ]),
                 attach_stdout: Some(true),
                 attach_stderr: Some(true),
+                user: user.map(str::to_string),
                 ..Default::default()
             },
         )

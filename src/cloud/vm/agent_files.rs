@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value, json};
 
 use super::network_plan::{PlannedNetwork, resolved_json};
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, BlobstoreSettings};
 use crate::protocol::Object;
 
 /// Where the warden stemcell's agent.json looks for its settings.
@@ -19,11 +19,13 @@ pub const METADATA_PATH: &str = "/var/vcap/bosh/warden-cpi-metadata.json";
 /// Where a persistent disk appears inside the VM; the agent bind-mounts it.
 pub const DISK_MOUNT_ROOT: &str = "/warden-cpi-dev";
 
-/// The agent settings document.
+/// The agent settings document; `blobstore` is the one [`super::blobstore::for_agent`]
+/// chose for its top level (none when `env` brings the agent's blobstores).
 pub fn settings(
     agent_id: &str,
     vm_cid: &str,
     agent: &AgentConfig,
+    blobstore: Option<&BlobstoreSettings>,
     networks: &[PlannedNetwork],
     persistent_disks: &BTreeMap<String, String>,
     env: &Object,
@@ -52,8 +54,8 @@ pub fn settings(
         "disks": {"system": "", "ephemeral": null, "persistent": persistent},
         "env": Value::Object(env.clone()),
     });
-    if let Some(blobstore) = &agent.blobstore {
-        doc["blobstore"] = blobstore.clone();
+    if let Some(blobstore) = blobstore {
+        doc["blobstore"] = json!({"provider": blobstore.provider, "options": blobstore.options});
     }
     doc
 }
@@ -63,7 +65,11 @@ pub fn disk_hint(disk_cid: &str) -> String {
     format!("{DISK_MOUNT_ROOT}/{disk_cid}")
 }
 
-/// A tar archive (to extract at `/`) holding the three agent files.
+/// A tar archive (to extract at `/`) holding the three agent files, owned by root; the
+/// settings (mbus credentials, certificates) 0600. It holds no folder entries: Docker
+/// would apply their modes to the image's folders, and `/var/vcap/bosh` must keep the
+/// stemcell's 0700 (the agent's own `settings.json` there is not 0600). A folder the
+/// image lacks is made by Docker (0755, root).
 pub fn archive(vm_cid: &str, settings: &Value) -> std::io::Result<Vec<u8>> {
     let files = [
         (SETTINGS_PATH, serde_json::to_vec(settings)?, 0o600),
@@ -79,23 +85,47 @@ pub fn archive(vm_cid: &str, settings: &Value) -> std::io::Result<Vec<u8>> {
         ),
     ];
     let mut builder = tar::Builder::new(Vec::new());
-    for dir in ["var/", "var/vcap/", "var/vcap/bosh/"] {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Directory);
-        h.set_mode(0o755);
-        h.set_size(0);
-        h.set_cksum();
-        builder.append_data(&mut h, dir, std::io::empty())?;
-    }
     for (path, data, mode) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(mode);
-        h.set_mtime(0);
-        h.set_cksum();
-        builder.append_data(&mut h, path.trim_start_matches('/'), data.as_slice())?;
+        append_file(
+            &mut builder,
+            path,
+            &data,
+            FileOwner {
+                mode,
+                uid: 0,
+                gid: 0,
+            },
+        )?;
     }
     builder.into_inner()
+}
+
+/// Mode and numeric owner of a file written into a VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileOwner {
+    /// Permission bits.
+    pub mode: u32,
+    /// Numeric user id.
+    pub uid: u64,
+    /// Numeric group id.
+    pub gid: u64,
+}
+
+/// Appends one regular file at the absolute `path` to `builder`.
+pub fn append_file(
+    builder: &mut tar::Builder<Vec<u8>>,
+    path: &str,
+    data: &[u8],
+    owner: FileOwner,
+) -> std::io::Result<()> {
+    let mut h = tar::Header::new_gnu();
+    h.set_size(data.len() as u64);
+    h.set_mode(owner.mode);
+    h.set_uid(owner.uid);
+    h.set_gid(owner.gid);
+    h.set_mtime(0);
+    h.set_cksum();
+    builder.append_data(&mut h, path.trim_start_matches('/'), data)
 }
 
 #[cfg(test)]
@@ -132,6 +162,7 @@ mod tests {
             "agent-1",
             "vm-1",
             &agent(),
+            None,
             &planned(),
             &disks,
             env.as_object().unwrap(),
@@ -148,6 +179,24 @@ mod tests {
         assert_eq!(net["mac"], "");
         assert_eq!(net["type"], "manual");
         assert_eq!(s["env"], env);
+        assert!(s.get("blobstore").is_none(), "none chosen, none written");
+        let local: BlobstoreSettings = serde_json::from_value(
+            json!({"provider": "local", "options": {"blobstore_path": "/var/vcap/micro_bosh/data/cache"}}),
+        )
+        .unwrap();
+        let s = settings(
+            "a",
+            "vm-1",
+            &agent(),
+            Some(&local),
+            &planned(),
+            &disks,
+            &Map::new(),
+        );
+        assert_eq!(
+            s["blobstore"],
+            json!({"provider": "local", "options": {"blobstore_path": "/var/vcap/micro_bosh/data/cache"}})
+        );
     }
 
     #[test]
@@ -159,6 +208,15 @@ mod tests {
         for e in a.entries().unwrap() {
             let mut e = e.unwrap();
             let path = e.path().unwrap().to_string_lossy().to_string();
+            assert!(e.header().entry_type().is_file(), "{path}: files only");
+            assert_eq!(
+                (e.header().uid().unwrap(), e.header().gid().unwrap()),
+                (0, 0)
+            );
+            let mode = e.header().mode().unwrap();
+            if path.ends_with("agent-env.json") {
+                assert_eq!(mode, 0o600, "the settings hold secrets");
+            }
             let mut text = String::new();
             e.read_to_string(&mut text).unwrap();
             found.insert(path, text);

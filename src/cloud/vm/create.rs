@@ -16,6 +16,7 @@ use super::properties::VmProperties;
 use super::{agent_files, ephemeral_volume, labels, start_script};
 use crate::cloud::{CloudContext, now, stemcell};
 use crate::cluster::{NodeRecord, VmRecord, VmState, claims, index};
+use crate::config::BlobstoreSettings;
 use crate::docker::containers::docker_message;
 use crate::docker::{BridgeSpec, NodeDocker};
 use crate::placement::{self, VmDemand};
@@ -38,6 +39,8 @@ pub async fn create(ctx: &CloudContext<'_>, req: CreateVm) -> Result<CallResult,
 async fn create_classified(ctx: &CloudContext<'_>, req: CreateVm) -> Result<CallResult, CpiError> {
     let props = VmProperties::parse(&req.cloud_properties)?;
     let config = ctx.config().await?;
+    // Decided before anything is made: an agent without a blobstore never starts.
+    let blobstore = super::blobstore::for_agent(&req.env, &config.agent)?;
     let placement = &config.placement;
     let view = ctx.view().await?;
     let group = req
@@ -177,6 +180,7 @@ async fn create_classified(ctx: &CloudContext<'_>, req: CreateVm) -> Result<Call
         &cid,
         &req,
         &props,
+        blobstore,
         group.as_deref(),
         &mut planned,
         &mut undo,
@@ -316,6 +320,7 @@ async fn build(
     cid: &VmCid,
     req: &CreateVm,
     props: &VmProperties,
+    blobstore: Option<&BlobstoreSettings>,
     group: Option<&str>,
     planned: &mut [PlannedNetwork],
     undo: &mut Vec<Undo>,
@@ -349,6 +354,7 @@ async fn build(
         &req.agent_id,
         cid,
         &config.agent,
+        blobstore,
         planned,
         &persistent,
         &req.env,

@@ -3,6 +3,7 @@
 
 pub mod abandoned;
 pub mod agent_files;
+pub mod blobstore;
 pub mod container_spec;
 mod create;
 mod lifecycle;

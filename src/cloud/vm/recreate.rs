@@ -17,6 +17,7 @@ use super::agent_files::{self, DISK_MOUNT_ROOT, SETTINGS_PATH};
 use crate::cloud::CloudContext;
 use crate::cluster::{VmRecord, index};
 use crate::docker::NodeDocker;
+use crate::docker::containers::ContainerFile;
 use crate::protocol::{CpiError, ErrorKind};
 
 /// Files of the agent on the root filesystem that must survive a re-creation: its
@@ -75,7 +76,7 @@ pub async fn recreate(
                 false,
             )
         })?;
-    let mut settings: Value = serde_json::from_slice(&settings_raw)
+    let mut settings: Value = serde_json::from_slice(&settings_raw.data)
         .map_err(|e| CpiError::cloud(format!("VM {cid}: agent settings unreadable: {e}"), false))?;
     settings["disks"]["persistent"] = Value::Object(
         disks
@@ -85,8 +86,8 @@ pub async fn recreate(
     );
     let mut kept = Vec::new();
     for path in KEPT_FILES {
-        if let Some(data) = docker.read_file(&cid, path).await? {
-            kept.push((*path, data));
+        if let Some(file) = docker.read_file(&cid, path).await? {
+            kept.push((*path, file));
         }
     }
     let archive = files_archive(&cid, &settings, &kept)
@@ -325,16 +326,18 @@ fn successor_body(
     Ok((body, extra))
 }
 
+/// The agent files and the kept files, each kept one with the mode and owner it had
+/// (update_settings.json holds credentials). No folder entries: the successor's folders
+/// are the image's, and Docker makes a missing one (`/var/vcap/instance/dns`).
 fn files_archive(
     cid: &str,
     settings: &Value,
-    kept: &[(&str, Vec<u8>)],
+    kept: &[(&str, ContainerFile)],
 ) -> std::io::Result<Vec<u8>> {
     let base = agent_files::archive(cid, settings)?;
     if kept.is_empty() {
         return Ok(base);
     }
-    // Append the kept files to the agent files' archive.
     let mut builder = tar::Builder::new(Vec::new());
     let mut existing = tar::Archive::new(base.as_slice());
     for entry in existing.entries()? {
@@ -345,30 +348,17 @@ fn files_archive(
         std::io::Read::read_to_end(&mut entry, &mut data)?;
         builder.append_data(&mut header, path, data.as_slice())?;
     }
-    for (path, data) in kept {
-        let rel = path.trim_start_matches('/');
-        let mut dirs = String::new();
-        for part in rel
-            .split('/')
-            .collect::<Vec<_>>()
-            .split_last()
-            .map(|(_, d)| d)
-            .unwrap_or(&[])
-        {
-            dirs.push_str(part);
-            dirs.push('/');
-            let mut h = tar::Header::new_gnu();
-            h.set_entry_type(tar::EntryType::Directory);
-            h.set_mode(0o755);
-            h.set_size(0);
-            h.set_cksum();
-            builder.append_data(&mut h, &dirs, std::io::empty())?;
-        }
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_cksum();
-        builder.append_data(&mut h, rel, data.as_slice())?;
+    for (path, file) in kept {
+        agent_files::append_file(
+            &mut builder,
+            path,
+            &file.data,
+            agent_files::FileOwner {
+                mode: file.mode,
+                uid: file.uid,
+                gid: file.gid,
+            },
+        )?;
     }
     builder.into_inner()
 }
@@ -420,23 +410,51 @@ mod tests {
 
     #[test]
     fn kept_files_join_the_agent_files() {
-        let kept = vec![(
-            "/var/vcap/instance/dns/records.json",
-            b"{\"records\":[]}".to_vec(),
-        )];
+        let kept = vec![
+            (
+                "/var/vcap/instance/dns/records.json",
+                ContainerFile {
+                    data: b"{\"records\":[]}".to_vec(),
+                    mode: 0o644,
+                    uid: 0,
+                    gid: 1000,
+                },
+            ),
+            (
+                "/var/vcap/bosh/update_settings.json",
+                ContainerFile {
+                    data: b"{}".to_vec(),
+                    mode: 0o600,
+                    uid: 0,
+                    gid: 0,
+                },
+            ),
+        ];
         let tar_bytes = files_archive("vm-1", &serde_json::json!({}), &kept).unwrap();
-        let mut names = Vec::new();
+        let mut found = BTreeMap::new();
         let mut records = String::new();
         for e in tar::Archive::new(tar_bytes.as_slice()).entries().unwrap() {
             let mut e = e.unwrap();
             let p = e.path().unwrap().to_string_lossy().to_string();
+            assert!(e.header().entry_type().is_file(), "{p}: no folder entries");
+            let h = e.header();
+            found.insert(
+                p.clone(),
+                (h.mode().unwrap(), h.uid().unwrap(), h.gid().unwrap()),
+            );
             if p.ends_with("records.json") {
                 e.read_to_string(&mut records).unwrap();
             }
-            names.push(p);
         }
-        assert!(names.contains(&"var/vcap/bosh/warden-cpi-agent-env.json".to_string()));
-        assert!(names.contains(&"var/vcap/instance/dns/".to_string()));
+        assert_eq!(
+            found["var/vcap/bosh/warden-cpi-agent-env.json"],
+            (0o600, 0, 0)
+        );
+        assert_eq!(
+            found["var/vcap/instance/dns/records.json"],
+            (0o644, 0, 1000)
+        );
+        assert_eq!(found["var/vcap/bosh/update_settings.json"], (0o600, 0, 0));
         assert_eq!(records, "{\"records\":[]}");
     }
 }
