@@ -128,38 +128,87 @@ pub async fn recreate(
     }
 }
 
-/// How long a successor must keep running before the old container is dropped.
+/// How long a successor must keep running before the old container is dropped, unless
+/// Docker shows sooner that its init has come up (see [`SUPERVISORS`]).
 const SETTLE: std::time::Duration = std::time::Duration::from_millis(500);
+/// Pause between two looks at a successor that has not come up yet.
+const POLL: std::time::Duration = std::time::Duration::from_millis(25);
+/// Stemcell inits that supervise services and never exit on their own (runit's runsvdir,
+/// systemd). Once one of them is the successor's first process, the start script has
+/// run and exec'd the init, and the init has reached its supervisor: the successor is up.
+const SUPERVISORS: &[&str] = &["runsvdir", "systemd"];
 
-/// The successor runs (also after a moment) and has the old container's addresses.
+/// Waits until the successor is up, from what Docker reports: it fails as soon as Docker
+/// shows the successor dead or restarted, and succeeds when its first process is a
+/// supervisor, else once it has run for [`SETTLE`].
+async fn settle(docker: &NodeDocker, cid: &str) -> Result<ContainerInspectResponse, CpiError> {
+    let started = std::time::Instant::now();
+    loop {
+        let new = docker.inspect_container(cid).await?.ok_or_else(|| {
+            CpiError::cloud(format!("the new container of VM {cid} vanished"), true)
+        })?;
+        let state = new.state.clone().unwrap_or_default();
+        // The restart policy may already have brought a dead successor back: that counts too.
+        let restarts = new.restart_count.unwrap_or(0);
+        if restarts > 0 || state.restarting == Some(true) {
+            return Err(CpiError::cloud(
+                format!(
+                    "the new container of VM {cid} died right after start (restarted {restarts} times by its restart policy)"
+                ),
+                false,
+            ));
+        }
+        if state.running != Some(true) {
+            let code = state.exit_code.unwrap_or(-1);
+            return Err(CpiError::cloud(
+                format!(
+                    "the new container of VM {cid} stopped right after start (exit code {code})"
+                ),
+                false,
+            ));
+        }
+        if started.elapsed() >= SETTLE || first_process_supervises(docker, cid, state.pid).await {
+            return Ok(new);
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Whether the process `pid` (the container's first, as inspected) is still there and is
+/// a [`SUPERVISORS`] init. A restart would have given the container another first process.
+async fn first_process_supervises(docker: &NodeDocker, cid: &str, pid: Option<i64>) -> bool {
+    let Some(pid) = pid.filter(|p| *p > 0).map(|p| p.to_string()) else {
+        return false;
+    };
+    let options = bollard::query_parameters::TopOptionsBuilder::new()
+        .ps_args("-o pid,comm")
+        .build();
+    match docker.docker.top_processes(cid, Some(options)).await {
+        Ok(top) => supervises(&top.processes.unwrap_or_default(), &pid),
+        Err(e) => {
+            tracing::debug!(vm = %cid, "cannot list the successor's processes: {e}");
+            false
+        }
+    }
+}
+
+/// Whether the `pid, comm` rows of `ps` show `pid` as a [`SUPERVISORS`] init.
+fn supervises(rows: &[Vec<String>], pid: &str) -> bool {
+    rows.iter().any(|row| {
+        row.first().is_some_and(|p| p == pid)
+            && row
+                .get(1)
+                .is_some_and(|c| SUPERVISORS.contains(&c.as_str()))
+    })
+}
+
+/// The successor is up (see [`settle`]) and has the old container's addresses.
 async fn verify_successor(
     docker: &NodeDocker,
     cid: &str,
     old: &ContainerInspectResponse,
 ) -> Result<(), CpiError> {
-    tokio::time::sleep(SETTLE).await;
-    let new = docker
-        .inspect_container(cid)
-        .await?
-        .ok_or_else(|| CpiError::cloud(format!("the new container of VM {cid} vanished"), true))?;
-    let running = new.state.as_ref().and_then(|s| s.running).unwrap_or(false);
-    // The restart policy may already have brought a dead successor back: that counts too.
-    let restarts = new.restart_count.unwrap_or(0);
-    if restarts > 0 {
-        return Err(CpiError::cloud(
-            format!(
-                "the new container of VM {cid} died right after start (restarted {restarts} times by its restart policy)"
-            ),
-            false,
-        ));
-    }
-    if !running {
-        let code = new.state.as_ref().and_then(|s| s.exit_code).unwrap_or(-1);
-        return Err(CpiError::cloud(
-            format!("the new container of VM {cid} stopped right after start (exit code {code})"),
-            false,
-        ));
-    }
+    let new = settle(docker, cid).await?;
     let (before, after) = (expected_addresses(old), actual_addresses(&new));
     let kept = before.len() == after.len()
         && before.iter().all(|(name, want)| {
@@ -406,6 +455,28 @@ mod tests {
             expected_addresses(&old)["other"].as_deref(),
             Some("172.18.0.3")
         );
+    }
+
+    #[test]
+    fn only_the_first_process_as_a_supervisor_counts() {
+        let rows = |r: &[(&str, &str)]| -> Vec<Vec<String>> {
+            r.iter()
+                .map(|(p, c)| vec![p.to_string(), c.to_string()])
+                .collect()
+        };
+        // Still the start script, or a stemcell init that is a script: not yet known.
+        assert!(!supervises(&rows(&[("41", "sh")]), "41"));
+        assert!(!supervises(&rows(&[("41", "runsvdir-start")]), "41"));
+        // The supervisor, but not as the inspected first process (restarted meanwhile).
+        assert!(!supervises(
+            &rows(&[("52", "runsvdir"), ("53", "runsv")]),
+            "41"
+        ));
+        assert!(supervises(
+            &rows(&[("41", "runsvdir"), ("53", "runsv")]),
+            "41"
+        ));
+        assert!(supervises(&rows(&[("41", "systemd")]), "41"));
     }
 
     #[test]
