@@ -554,6 +554,32 @@ fn a_failing_health_gate_keeps_slot_and_cordon_until_released() {
 }
 
 #[test]
+fn a_vm_the_director_deletes_during_the_reboot_does_not_hold_the_gate() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = private_cluster(dir.path());
+    let (vm, node, _ip, disk, _sum) = vm_with_disk(&config, 2, 64);
+    let host = HostRoot::new(dir.path(), &node, true, true);
+    let _manager = ManagerProc::start(&config, &node, &host);
+    let asked = cpi(&config, &["nodes", "reboot", &node, "--why", "kernel fix"]);
+    assert!(asked.status.success(), "{asked:?}");
+    wait_until(
+        "the reboot command runs",
+        Duration::from_secs(120),
+        &[&host],
+        || !host.lines("attempts").is_empty(),
+    );
+    // The director deletes the VM while its host is down (a deployment deleted, say).
+    call(&config, "delete_vm", json!([vm]));
+    assert!(
+        inspect(&node, &vm).is_none(),
+        "delete_vm left the container"
+    );
+    host.go();
+    assert_finished(&config, &node, &host, "ready");
+    call(&config, "delete_disk", json!([disk]));
+}
+
+#[test]
 fn an_operator_s_cordon_survives_the_reboot() {
     let dir = tempfile::tempdir().unwrap();
     let config = private_cluster(dir.path());

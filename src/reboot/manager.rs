@@ -303,12 +303,17 @@ impl<'a> Manager<'a> {
     /// A fresh Docker client for this node (the daemon may have restarted since the last).
     async fn docker(&self) -> Result<NodeDocker, StepError> {
         let view = self.view().await?;
+        self.docker_in(&view).await
+    }
+
+    /// A fresh Docker client for this node, from a view the caller has read.
+    async fn docker_in(&self, view: &crate::cluster::ClusterView) -> Result<NodeDocker, StepError> {
         let node = view.node(&self.opts.node).ok_or_else(|| {
             StepError::Cluster(format!("node {} is not registered", self.opts.node))
         })?;
         let access = self
             .ctx
-            .docker_access(&view)
+            .docker_access(view)
             .await
             .map_err(|e| StepError::Docker(e.message))?;
         access
@@ -364,8 +369,19 @@ impl<'a> Manager<'a> {
     }
 
     async fn check(&mut self, record: &Versioned<RebootRecord>) -> Result<Next, StepError> {
-        let vms = record.value.vms.clone().unwrap_or_default();
-        let outcome = match self.docker().await {
+        // A VM the director deleted meanwhile (its index record is gone) is not waited for.
+        let view = self.view().await?;
+        let indexed: std::collections::HashSet<&VmCid> =
+            view.vms_on(&self.opts.node).map(|v| &v.cid).collect();
+        let vms: Vec<_> = record
+            .value
+            .vms
+            .iter()
+            .flatten()
+            .filter(|v| indexed.contains(&v.cid))
+            .cloned()
+            .collect();
+        let outcome = match self.docker_in(&view).await {
             Ok(docker) => health::check(&docker, &vms).await,
             Err(e) => Err(e.to_string()),
         };
