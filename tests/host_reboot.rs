@@ -273,6 +273,9 @@ fn a_manager_killed_mid_drain_and_after_the_reboot_is_finished_by_the_next() {
         "host-reboot-kill",
         &ip,
     );
+    // The VM takes 5 s to stop (the test stemcell's slow-stop hook, within the 10 s
+    // grace period), so the drain lasts long enough to be caught.
+    sh(&node, &vm, "echo 5 > /var/vcap/data/slow-stop");
     let boot = boot_id(2);
     let _managers = Managers::start(&[2]);
     flag(2);
