@@ -9,7 +9,6 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
 
 use common::*;
@@ -107,50 +106,6 @@ fn canaries() -> Canaries {
         snapshot,
         stemcell,
     }
-}
-
-/// Everything on every node: containers (name, id, state), volumes, networks, images.
-fn node_state() -> BTreeSet<String> {
-    use bollard::query_parameters::{
-        ListContainersOptionsBuilder, ListImagesOptionsBuilder, ListNetworksOptions,
-        ListVolumesOptions,
-    };
-    runtime().block_on(async {
-        let mut state = BTreeSet::new();
-        for node in node_names() {
-            let d = node_socket(&node).await;
-            for c in d
-                .list_containers(Some(ListContainersOptionsBuilder::new().all(true).build()))
-                .await
-                .unwrap()
-            {
-                state.insert(format!(
-                    "{node} container {:?} {:?} {:?}",
-                    c.names, c.id, c.state
-                ));
-            }
-            for v in d
-                .list_volumes(None::<ListVolumesOptions>)
-                .await
-                .unwrap()
-                .volumes
-                .unwrap_or_default()
-            {
-                state.insert(format!("{node} volume {}", v.name));
-            }
-            for n in d.list_networks(None::<ListNetworksOptions>).await.unwrap() {
-                state.insert(format!("{node} network {:?} {:?}", n.name, n.id));
-            }
-            for i in d
-                .list_images(Some(ListImagesOptionsBuilder::new().all(true).build()))
-                .await
-                .unwrap()
-            {
-                state.insert(format!("{node} image {} {:?}", i.id, i.repo_tags));
-            }
-        }
-        state
-    })
 }
 
 /// Pieces of the configured secrets (the longest line of each private key, the mbus

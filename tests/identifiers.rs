@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::sync::Mutex;
 
 use common::*;
@@ -23,51 +22,6 @@ fn call(method: &str, args: Value) -> Value {
         &json!({"method": method, "arguments": args}).to_string(),
         Some(&cfg()),
     )
-}
-
-/// Everything on every node, by kind: containers (name, id, running), volumes, networks,
-/// images (id and tags).
-fn node_state() -> BTreeSet<String> {
-    use bollard::query_parameters::{
-        ListContainersOptionsBuilder, ListImagesOptionsBuilder, ListNetworksOptions,
-        ListVolumesOptions,
-    };
-    runtime().block_on(async {
-        let mut state = BTreeSet::new();
-        for node in node_names() {
-            let d = node_socket(&node).await;
-            for c in d
-                .list_containers(Some(ListContainersOptionsBuilder::new().all(true).build()))
-                .await
-                .unwrap()
-            {
-                state.insert(format!(
-                    "{node} container {:?} {:?} {:?}",
-                    c.names, c.id, c.state
-                ));
-            }
-            for v in d
-                .list_volumes(None::<ListVolumesOptions>)
-                .await
-                .unwrap()
-                .volumes
-                .unwrap_or_default()
-            {
-                state.insert(format!("{node} volume {}", v.name));
-            }
-            for n in d.list_networks(None::<ListNetworksOptions>).await.unwrap() {
-                state.insert(format!("{node} network {:?} {:?}", n.name, n.id));
-            }
-            for i in d
-                .list_images(Some(ListImagesOptionsBuilder::new().all(true).build()))
-                .await
-                .unwrap()
-            {
-                state.insert(format!("{node} image {} {:?}", i.id, i.repo_tags));
-            }
-        }
-        state
-    })
 }
 
 /// The canaries: a running VM, a disk (attached to nothing), a snapshot of it, the shared

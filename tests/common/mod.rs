@@ -4,6 +4,7 @@
 
 pub mod bosh;
 
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -616,4 +617,49 @@ pub fn load_config(config: &Path) -> moltencore::config::Config {
         serde_json::from_str(&std::fs::read_to_string(config).unwrap()).unwrap(),
     )
     .unwrap_or_else(|e| panic!("{}: {e}", config.display()))
+}
+
+/// Everything on every node: containers (name, id, state), volumes, networks and images
+/// (id and tags), so a test can show that a call changed nothing on any node.
+pub fn node_state() -> BTreeSet<String> {
+    use bollard::query_parameters::{
+        ListContainersOptionsBuilder, ListImagesOptionsBuilder, ListNetworksOptions,
+        ListVolumesOptions,
+    };
+    runtime().block_on(async {
+        let mut state = BTreeSet::new();
+        for node in node_names() {
+            let d = node_socket(&node).await;
+            for c in d
+                .list_containers(Some(ListContainersOptionsBuilder::new().all(true).build()))
+                .await
+                .unwrap()
+            {
+                state.insert(format!(
+                    "{node} container {:?} {:?} {:?}",
+                    c.names, c.id, c.state
+                ));
+            }
+            for v in d
+                .list_volumes(None::<ListVolumesOptions>)
+                .await
+                .unwrap()
+                .volumes
+                .unwrap_or_default()
+            {
+                state.insert(format!("{node} volume {}", v.name));
+            }
+            for n in d.list_networks(None::<ListNetworksOptions>).await.unwrap() {
+                state.insert(format!("{node} network {:?} {:?}", n.name, n.id));
+            }
+            for i in d
+                .list_images(Some(ListImagesOptionsBuilder::new().all(true).build()))
+                .await
+                .unwrap()
+            {
+                state.insert(format!("{node} image {} {:?}", i.id, i.repo_tags));
+            }
+        }
+        state
+    })
 }
