@@ -203,8 +203,8 @@ impl NodeDocker {
     }
 
     /// Starts a container; one already running is success. An address that another
-    /// container holds is the daemon's 403 ([`DockerError::Forbidden`]), a name conflict
-    /// its 409, so callers can name either.
+    /// container holds is the daemon's 403 ([`DockerError::Forbidden`], "Address already
+    /// in use"), so a caller can say who holds it.
     pub async fn start(&self, name: &str) -> Result<(), DockerError> {
         let name = super::names::object(name)?;
         match self.docker.start_container(name, None).await {
