@@ -88,7 +88,9 @@ fn nodes_refuse_a_client_certificate_from_another_ca() {
                     Ok(c) => c.version().await,
                     Err(e) => Err(e),
                 };
-                let err = result.expect_err(&format!("{name} accepted a {what}"));
+                let err = moltencore::protocol::CpiError::from(
+                    result.expect_err(&format!("{name} accepted a {what}")),
+                );
                 assert!(err.message.contains(name), "{}", err.message);
                 assert!(err.message.contains(endpoint), "{}", err.message);
                 // Refused by TLS, not merely unreachable: the client that distrusts the
