@@ -2,9 +2,9 @@
 //! nodes preparing at the same moment race in one etcd transaction and all adopt the
 //! winner's CA.
 
-use anyhow::{Context, Result, bail};
 use etcd_client::{Compare, CompareOp, Txn, TxnOp, TxnOpResponse};
 
+use super::error::{NodePrepError, Result};
 use super::pki::{self, CertAndKey};
 use crate::cluster::{Etcd, Keys};
 use crate::config::Secret;
@@ -64,16 +64,16 @@ fn from_gets(keys: &Keys, responses: Vec<TxnOpResponse>) -> Result<Option<CertAn
             key_pem: Secret::new(key),
         })),
         (None, None) => Ok(None),
-        (Some(_), None) => bail!(
+        (Some(_), None) => Err(NodePrepError::ClusterCa(format!(
             "etcd has the cluster CA certificate {} but not its key {}: restore the key, or delete the certificate to start a new CA (every node and the CPI must then get new certificates)",
             keys.ca_cert(),
             keys.ca_key()
-        ),
-        (None, Some(_)) => bail!(
+        ))),
+        (None, Some(_)) => Err(NodePrepError::ClusterCa(format!(
             "etcd has the cluster CA key {} but not its certificate {}: restore the certificate",
             keys.ca_key(),
             keys.ca_cert()
-        ),
+        ))),
     }
 }
 
@@ -105,10 +105,10 @@ pub async fn ensure(etcd: &Etcd, keys: &Keys, dry_run: bool) -> Result<CaOutcome
     // Another node was faster: use its CA.
     from_gets(keys, response.op_responses())?
         .map(CaOutcome::Existing)
-        .with_context(|| {
-            format!(
+        .ok_or_else(|| {
+            NodePrepError::ClusterCa(format!(
                 "the cluster CA at {} appeared and vanished while this node stored its own",
                 keys.ca_cert()
-            )
+            ))
         })
 }
