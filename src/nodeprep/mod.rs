@@ -109,7 +109,8 @@ pub async fn prepare(opts: &PrepOptions) -> Result<Report> {
     let mut changes = Changes::default();
     let checked = changes.take(prep.check(&id).await?);
     let ca = changes.take(prep.cluster_ca().await?);
-    let net = changes.take(prep.flannel(&checked, &id).await?);
+    let flannel = changes.take(prep.flannel_config(&checked).await?);
+    let net = changes.take(prep.subnet(&flannel, &checked, &id).await?);
     let cert = changes.take(prep.server_cert(&ca, &id)?);
     let settings = prep.docker_settings(&id, net.mtu);
     let mut wanted = prep.docker_files(&settings, &ca, cert.cert());

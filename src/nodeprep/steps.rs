@@ -20,7 +20,7 @@ use super::report::{CertFacts, DockerFacts, Report};
 use super::server_cert::{self, ServerCert};
 use super::systemd::{Recording, Systemctl, Systemd};
 use super::{PrepOptions, reboot_unit};
-use crate::cluster::{Etcd, NodeRecord, NodeState, SubnetLease};
+use crate::cluster::{Etcd, FlannelConfig, NodeRecord, NodeState, SubnetLease};
 
 /// The report lines of one or more steps, in the order made.
 #[derive(Debug, Default)]
@@ -177,53 +177,45 @@ impl Prep<'_> {
         })
     }
 
-    /// The flannel config (written when absent), this node's subnet (its lease or a
-    /// reservation) and the MTU.
-    pub async fn flannel(&self, checked: &Checked, id: &Identity) -> Result<Step<FlannelFacts>> {
+    /// The flannel config in force, written when the cluster has none.
+    pub async fn flannel_config(&self, checked: &Checked) -> Result<Step<FlannelConfig>> {
         let (opts, keys, plan) = (self.opts, &self.opts.keys, &checked.plan);
-        let mut step = Step::new(());
-        let config = if plan.create && opts.dry_run {
-            let json = to_json(&plan.config, "the flannel config")?;
-            step = step.change(format!(
-                "would write flannel config {}: {json}",
-                keys.flannel_config()
-            ));
-            plan.config.clone()
+        let (config, written) = if plan.create && opts.dry_run {
+            (plan.config.clone(), true)
         } else {
-            let (config, created) =
-                flannel::ensure_config(&self.etcd, keys, plan, &opts.flannel).await?;
-            if created {
-                let json = to_json(&config, "the flannel config")?;
-                step = step.change(format!(
-                    "wrote flannel config {}: {json}",
-                    keys.flannel_config()
-                ));
-            }
-            config
+            flannel::ensure_config(&self.etcd, keys, plan, &opts.flannel).await?
         };
+        if !written {
+            return Ok(Step::new(config));
+        }
+        let line = format!(
+            "flannel config {}: {}",
+            keys.flannel_config(),
+            to_json(&config, "the flannel config")?
+        );
+        Ok(Step::new(config).change(self.say("wrote", "write", &line)))
+    }
+
+    /// This node's subnet (its lease, or a reservation made before flanneld starts) and
+    /// the MTU.
+    pub async fn subnet(
+        &self,
+        config: &FlannelConfig,
+        checked: &Checked,
+        id: &Identity,
+    ) -> Result<Step<FlannelFacts>> {
+        let (opts, keys) = (self.opts, &self.opts.keys);
         let flannel_ip = opts.flannel_ip.unwrap_or(id.private_ip);
         let existing = checked.existing.as_ref();
         let (subnet, source, lease_warnings) = flannel::ensure_subnet(
             &self.etcd,
             keys,
-            &config,
+            config,
             flannel_ip,
             existing.map(|r| r.subnet),
             opts.dry_run,
         )
         .await?;
-        step = step.warn(lease_warnings);
-        if source != SubnetSource::Lease {
-            step = step.change(self.say(
-                "reserved",
-                "reserve",
-                &format!(
-                    "flannel subnet {subnet} for {flannel_ip} ({}{})",
-                    keys.flannel_subnets(),
-                    SubnetLease::key_name(&subnet)
-                ),
-            ));
-        }
         // flanneld's own value when it has written it; else what an earlier run settled on
         // for this subnet (at boot subnet.env is not there yet: without this the MTU, and
         // with it Docker's configuration, would flip between boot and a later run); else
@@ -235,16 +227,22 @@ impl Prep<'_> {
                 .or(recorded_mtu)
                 .unwrap_or_else(|| flannel::mtu_for(config.backend_type(), opts.link_mtu)),
         };
-        let facts = FlannelFacts {
+        let step = Step::new(FlannelFacts {
             subnet,
             gateway: Ipv4Addr::from(u32::from(subnet.network()) + 1),
             mtu,
             flannel_ip,
-        };
-        Ok(Step {
-            value: facts,
-            changes: step.changes,
         })
+        .warn(lease_warnings);
+        if source == SubnetSource::Lease {
+            return Ok(step);
+        }
+        let lease = format!(
+            "flannel subnet {subnet} for {flannel_ip} ({}{})",
+            keys.flannel_subnets(),
+            SubnetLease::key_name(&subnet)
+        );
+        Ok(step.change(self.say("reserved", "reserve", &lease)))
     }
 
     /// The Docker server certificate: kept when it still fits, else (re-)issued.
