@@ -77,14 +77,9 @@ fn from_gets(keys: &Keys, responses: Vec<TxnOpResponse>) -> Result<Option<CertAn
     }
 }
 
-/// Returns the cluster CA, creating it if the cluster has none (unless `dry_run`).
-pub async fn ensure(etcd: &Etcd, keys: &Keys, dry_run: bool) -> Result<CaOutcome> {
-    if let Some(ca) = load(etcd, keys).await? {
-        return Ok(CaOutcome::Existing(ca));
-    }
-    if dry_run {
-        return Ok(CaOutcome::WouldCreate);
-    }
+/// Makes a CA and stores it unless one appeared meanwhile, which is then adopted (call it
+/// after [`load`] found none).
+pub async fn create(etcd: &Etcd, keys: &Keys) -> Result<CaOutcome> {
     let candidate = pki::new_ca("MoltenCore cluster CA")?;
     let absent = |key: String| Compare::create_revision(key, CompareOp::Equal, 0);
     let txn = Txn::new()

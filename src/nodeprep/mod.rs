@@ -108,7 +108,7 @@ pub async fn prepare(opts: &PrepOptions) -> Result<Report> {
     let prep = Prep { opts, root, etcd };
     let mut changes = Changes::default();
     let checked = changes.take(prep.check(&id).await?);
-    let ca = changes.take(prep.cluster_ca().await?);
+    let ca = changes.take(prep.cluster_ca(&checked).await?);
     let flannel = changes.take(prep.flannel_config(&checked).await?);
     let net = changes.take(prep.subnet(&flannel, &checked, &id).await?);
     let cert = changes.take(prep.server_cert(&ca, &id)?);

@@ -78,6 +78,8 @@ pub struct Checked {
     pub plan: ConfigPlan,
     /// This node's record as registered before this run.
     pub existing: Option<NodeRecord>,
+    /// The cluster CA, when the cluster has one (checked usable).
+    pub ca: Option<CertAndKey>,
 }
 
 /// This node's place on the flannel network.
@@ -145,9 +147,10 @@ impl Prep<'_> {
                 keys.ca_key()
             ));
         }
-        if let Some(ca) = ca_store::load(etcd, keys).await? {
+        let ca = ca_store::load(etcd, keys).await?;
+        if let Some(ca) = &ca {
             // A CA that cannot sign would fail later, after files were written.
-            pki::issue_client(&ca, "check", 1).map_err(|e| {
+            pki::issue_client(ca, "check", 1).map_err(|e| {
                 NodePrepError::certificate(
                     format!(
                         "the cluster CA at {} / {} is unusable",
@@ -158,13 +161,18 @@ impl Prep<'_> {
                 )
             })?;
         }
-        Ok(Step::new(Checked { plan, existing }).warn(warnings))
+        Ok(Step::new(Checked { plan, existing, ca }).warn(warnings))
     }
 
-    /// The cluster CA in etcd, created by the first node that finds none.
-    pub async fn cluster_ca(&self) -> Result<Step<CaOutcome>> {
+    /// The cluster CA in etcd (as the checks read it), created by the first node that
+    /// finds none.
+    pub async fn cluster_ca(&self, checked: &Checked) -> Result<Step<CaOutcome>> {
         let keys = &self.opts.keys;
-        let ca = ca_store::ensure(&self.etcd, keys, self.opts.dry_run).await?;
+        let ca = match &checked.ca {
+            Some(ca) => CaOutcome::Existing(ca.clone()),
+            None if self.opts.dry_run => CaOutcome::WouldCreate,
+            None => ca_store::create(&self.etcd, keys).await?,
+        };
         let stored = format!(
             "the cluster CA (etcd {} and {})",
             keys.ca_cert(),
