@@ -485,3 +485,26 @@ impl Prep<'_> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_add_their_lines_in_order_and_a_dry_run_says_would() {
+        let mut changes = Changes::default();
+        let first = Step::new(1)
+            .change(say(false, "wrote", "write", "a"))
+            .warn(["w1".to_string()]);
+        let second = Step::new(2).change(say(true, "reserved", "reserve", "b"));
+        assert_eq!(changes.take(first) + changes.take(second), 3);
+        assert_eq!(changes.lines, ["wrote a", "would reserve b"]);
+        assert_eq!(changes.warnings, ["w1"]);
+        assert_eq!(changes.take(Step::new(())), ());
+        assert_eq!(
+            changes.lines.len(),
+            2,
+            "a step without changes adds no line"
+        );
+    }
+}
