@@ -987,3 +987,26 @@ fn the_mtu_and_the_subnet_of_a_node_stay_what_they_were_across_reboots_and_expir
     assert_eq!(report["subnet"], subnet.as_str(), "{report:#}");
     assert!(has_change(&report, "reserved"), "{report:#}");
 }
+
+#[test]
+fn an_unreadable_flannel_config_is_named_as_such_not_blamed_on_etcd_and_nothing_is_written() {
+    let p = prefixes();
+    let key = format!("{}/config", p.flannel);
+    put(&key, "not json");
+    let dir = tempfile::tempdir().unwrap();
+    let args = prep_args(dir.path(), "t1", "192.0.2.91", &p, &[]);
+    let stderr = failed(&node_prep(&args).output().unwrap());
+    assert!(
+        stderr.contains(&key) && stderr.contains("is not valid flannel JSON (not json)"),
+        "{stderr}"
+    );
+    // etcd answered: the message must not send the operator to check the etcd flags.
+    assert!(!stderr.contains("--etcd-endpoints"), "{stderr}");
+    assert!(
+        is_empty_dir(dir.path()),
+        "files written despite the bad config"
+    );
+    assert_eq!(count_under(&format!("{}/nodes/", p.key)), 0);
+    assert_eq!(count_under(&format!("{}/pki/", p.key)), 0);
+    assert_eq!(get(&key).as_deref(), Some("not json"));
+}

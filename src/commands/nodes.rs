@@ -214,7 +214,7 @@ pub(crate) async fn change_state(
 ) -> anyhow::Result<NodeState> {
     let etcd = ctx.etcd().await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let keys = ctx.keys().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    register::set_state(etcd, &keys, name, state).await
+    Ok(register::set_state(etcd, &keys, name, state).await?)
 }
 
 /// Sets a node's state (`cpi nodes cordon|uncordon NAME`); exit code 0 when the node has
