@@ -2,17 +2,11 @@
 //! dynamic addresses without failures, and of two creates racing for one static IP exactly
 //! one wins while the other is told which VM holds the address.
 
-mod common;
-
 use std::collections::HashSet;
 use std::time::Instant;
 
-use common::*;
+use moltencore_testkit::{cluster::*, cpi::*, docker::*, index::*, requests::*};
 use serde_json::{Value, json};
-
-fn cfg() -> std::path::PathBuf {
-    cluster_config()
-}
 
 /// Deletes every VM it was given when dropped, also when the test fails half-way.
 struct Cleanup(std::sync::Mutex<Vec<String>>);
@@ -30,7 +24,7 @@ impl Drop for Cleanup {
     fn drop(&mut self) {
         for cid in self.0.lock().unwrap().drain(..) {
             let req = json!({"method": "delete_vm", "arguments": [cid]}).to_string();
-            let run = run_cpi(&req, Some(&cfg()), &[]);
+            let run = run_cpi(&req, Some(&cluster_config()), &[]);
             if !run.response["error"].is_null() && !std::thread::panicking() {
                 panic!("delete_vm {cid}: {}", run.stdout);
             }
@@ -40,7 +34,7 @@ impl Drop for Cleanup {
 
 /// The address claim records under `<key_prefix>/addresses/`, as (key, JSON value).
 fn claims() -> Vec<(String, Value)> {
-    let cfg = load_config(&cfg());
+    let cfg = load_config(&cluster_config());
     runtime().block_on(async {
         let etcd = moltencore::cluster::Etcd::connect(&cfg).await.unwrap();
         let prefix = format!("{}/addresses/", cfg.etcd.key_prefix);
@@ -95,7 +89,7 @@ fn fifty_concurrent_dynamic_creates_on_one_node_all_get_distinct_addresses() {
                 json!({}),
                 2,
             );
-            let child = spawn_cpi(&req, &cfg(), std::process::Stdio::piped());
+            let child = spawn_cpi(&req, &cluster_config(), std::process::Stdio::piped());
             (agent, child)
         })
         .collect();
@@ -171,7 +165,7 @@ fn of_two_creates_racing_for_one_static_ip_exactly_one_wins() {
                 json!({}),
                 2,
             );
-            let child = spawn_cpi(&req, &cfg(), std::process::Stdio::piped());
+            let child = spawn_cpi(&req, &cluster_config(), std::process::Stdio::piped());
             racers.push((ip.clone(), agent, child));
         }
     }
@@ -216,7 +210,7 @@ fn of_two_creates_racing_for_one_static_ip_exactly_one_wins() {
             assert_eq!(&real, ip);
             assert!(running, "{winner} runs");
         });
-        assert!(index_records_of_agent(&cfg(), &loser.1).is_empty());
+        assert!(index_records_of_agent(&cluster_config(), &loser.1).is_empty());
     }
 }
 
@@ -224,7 +218,7 @@ fn of_two_creates_racing_for_one_static_ip_exactly_one_wins() {
 fn has_vm_releases_the_claim_of_a_vm_whose_container_is_gone() {
     let (node, prefix) = node_prefix(2);
     let ip = format!("{prefix}.120");
-    let cid = static_vm(&cfg(), &shared_stemcell(), "claim-repair", &ip);
+    let cid = static_vm(&cluster_config(), &shared_stemcell(), "claim-repair", &ip);
     let held = |cid: &str| {
         claims()
             .iter()
@@ -247,13 +241,18 @@ fn has_vm_releases_the_claim_of_a_vm_whose_container_is_gone() {
             .unwrap();
     });
     let req = json!({"method": "has_vm", "arguments": [cid]}).to_string();
-    assert_eq!(expect_result(&req, Some(&cfg())), false);
+    assert_eq!(expect_result(&req, Some(&cluster_config())), false);
     assert!(!held(&cid), "has_vm's repair released {ip}");
     // The address is free for the next VM.
-    let next = static_vm(&cfg(), &shared_stemcell(), "claim-repair-next", &ip);
+    let next = static_vm(
+        &cluster_config(),
+        &shared_stemcell(),
+        "claim-repair-next",
+        &ip,
+    );
     assert!(held(&next));
     let req = json!({"method": "delete_vm", "arguments": [next]}).to_string();
-    assert_eq!(expect_result(&req, Some(&cfg())), Value::Null);
+    assert_eq!(expect_result(&req, Some(&cluster_config())), Value::Null);
     assert!(!held(&next), "delete_vm released {ip}");
 }
 
@@ -261,9 +260,9 @@ fn has_vm_releases_the_claim_of_a_vm_whose_container_is_gone() {
 fn a_claim_whose_vm_record_was_removed_by_hand_does_not_block_its_address() {
     let (_, prefix) = node_prefix(2);
     let ip = format!("{prefix}.121");
-    let gone = static_vm(&cfg(), &shared_stemcell(), "stale-claim", &ip);
+    let gone = static_vm(&cluster_config(), &shared_stemcell(), "stale-claim", &ip);
     // An operator removes the VM's record with etcdctl; its container and claim stay.
-    delete_index_record(&cfg(), &format!("vms/{gone}"));
+    delete_index_record(&cluster_config(), &format!("vms/{gone}"));
     let agent = agent_id("stale-claim-next");
     let req = create_vm_request(
         &agent,
@@ -275,14 +274,14 @@ fn a_claim_whose_vm_record_was_removed_by_hand_does_not_block_its_address() {
     );
     // The first try removes the abandoned container and the stale claim, and is refused
     // (retriable, naming the VM the claim named); the retry gets the address.
-    let (kind, message, run) = expect_error(&req, Some(&cfg()));
+    let (kind, message, run) = expect_error(&req, Some(&cluster_config()));
     assert_eq!(kind, "Bosh::Clouds::VMCreationFailed");
     assert!(
         message.contains(&gone) && message.contains("no record"),
         "{message}"
     );
     assert_eq!(run.response["error"]["ok_to_retry"], true);
-    let next = create_vm_retrying(&req, &cfg(), |_| {});
+    let next = create_vm_retrying(&req, &cluster_config(), |_| {});
     let held: Vec<_> = claims()
         .into_iter()
         .filter(|(k, _)| k.ends_with(&format!("/{ip}")))
@@ -297,5 +296,5 @@ fn a_claim_whose_vm_record_was_removed_by_hand_does_not_block_its_address() {
         );
     });
     let req = json!({"method": "delete_vm", "arguments": [next]}).to_string();
-    assert_eq!(expect_result(&req, Some(&cfg())), Value::Null);
+    assert_eq!(expect_result(&req, Some(&cluster_config())), Value::Null);
 }

@@ -3,18 +3,16 @@
 //! FleetLock client compete for one slot, and mutual TLS keeps out foreign clients.
 //! Every test runs under its own key prefix.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::*;
 use moltencore::cluster::{Etcd, Keys};
 use moltencore::reboot::keys::RebootKeys;
 use moltencore::reboot::semaphore::{Group, Holder, HolderKind, Semaphore, SemaphoreDoc, Take};
+use moltencore_testkit::{cluster::*, cpi::*};
 use serde_json::{Value, json};
 
 /// A running `cpi fleetlock`, killed when dropped.

@@ -7,11 +7,9 @@
 //! either; and no node may change (containers, volumes, networks, images compared before
 //! and after). [`CASES`] cases run, a few minutes in CI.
 
-mod common;
-
 use std::process::{Command, Stdio};
 
-use common::*;
+use moltencore_testkit::{cluster::*, cpi::*, docker::*, requests::*};
 use serde_json::{Value, json};
 
 /// Cases of the hostile-argument corpus.
@@ -66,17 +64,6 @@ struct Canaries {
     stemcell: String,
 }
 
-fn cfg() -> std::path::PathBuf {
-    cluster_config()
-}
-
-fn call(method: &str, args: Value) -> Value {
-    expect_result(
-        &json!({"method": method, "arguments": args}).to_string(),
-        Some(&cfg()),
-    )
-}
-
 fn canaries() -> Canaries {
     let stemcell = shared_stemcell();
     let (node, _) = node_prefix(2);
@@ -88,7 +75,7 @@ fn canaries() -> Canaries {
         json!({}),
         2,
     );
-    let vm = expect_result(&req, Some(&cfg()))[0]
+    let vm = expect_result(&req, Some(&cluster_config()))[0]
         .as_str()
         .unwrap()
         .to_string();
@@ -111,7 +98,8 @@ fn canaries() -> Canaries {
 /// Pieces of the configured secrets (the longest line of each private key, the mbus
 /// password) that must never appear in a response or on stderr.
 fn secrets() -> Vec<String> {
-    let config: Value = serde_json::from_str(&std::fs::read_to_string(cfg()).unwrap()).unwrap();
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(cluster_config()).unwrap()).unwrap();
     let mut found = Vec::new();
     for file in [
         &config["etcd"]["tls"]["client_key_file"],
@@ -269,7 +257,7 @@ fn run_limited(request: &str, env: &[(&str, &str)]) -> (std::process::ExitStatus
         .arg("--")
         .arg(cpi_bin())
         .arg("-c")
-        .arg(cfg())
+        .arg(cluster_config())
         .env_remove("MOLTENCORE_LOG")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -3,26 +3,13 @@
 //! and 4 MiB cids, on every method and argument position that takes a cid. Canary VMs,
 //! disks, snapshots, networks and images must stay exactly as they were on every node.
 
-mod common;
-
 use std::sync::Mutex;
 
-use common::*;
+use moltencore_testkit::{cluster::*, cpi::*, docker::*, requests::*};
 use serde_json::{Value, json};
 
 /// Both tests compare whole nodes before and after: they must not run at the same time.
 static NODES: Mutex<()> = Mutex::new(());
-
-fn cfg() -> std::path::PathBuf {
-    cluster_config()
-}
-
-fn call(method: &str, args: Value) -> Value {
-    expect_result(
-        &json!({"method": method, "arguments": args}).to_string(),
-        Some(&cfg()),
-    )
-}
 
 /// The canaries: a running VM, a disk (attached to nothing), a snapshot of it, the shared
 /// stemcell. Returns (vm, disk, snapshot, stemcell).
@@ -37,7 +24,7 @@ fn canaries(test: &str) -> (String, String, String, String) {
         json!({}),
         2,
     );
-    let vm = expect_result(&req, Some(&cfg()))[0]
+    let vm = expect_result(&req, Some(&cluster_config()))[0]
         .as_str()
         .unwrap()
         .to_string();
@@ -167,7 +154,7 @@ fn traversal_cids_touch_nothing_on_any_node() {
         for (method, args) in &positions {
             let args = with_value(args, value);
             let req = json!({"method": method, "arguments": args, "api_version": 2});
-            let run = run_cpi(&req.to_string(), Some(&cfg()), &[]);
+            let run = run_cpi(&req.to_string(), Some(&cluster_config()), &[]);
             assert_answer_to_malformed(method, &run, &format!("{value:?}"));
         }
     }
@@ -191,7 +178,7 @@ fn a_4_mib_cid_gets_a_small_non_retriable_answer_on_every_method() {
     let before = node_state();
     for (method, args) in cid_positions(&vm, &disk, &stemcell) {
         let req = json!({"method": method, "arguments": with_value(&args, &huge)});
-        let run = run_cpi(&req.to_string(), Some(&cfg()), &[]);
+        let run = run_cpi(&req.to_string(), Some(&cluster_config()), &[]);
         assert_schema(&run);
         assert!(
             run.stdout.len() < 4096,

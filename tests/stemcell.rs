@@ -1,10 +1,8 @@
 //! Black-box tests of create_stemcell / delete_stemcell through the built `cpi` binary,
 //! checked on every node of the local cluster.
 
-mod common;
-
 use bollard::query_parameters::ListImagesOptionsBuilder;
-use common::*;
+use moltencore_testkit::{cluster::*, cpi::*, docker::*, index::*, requests::*};
 use serde_json::json;
 
 /// The stemcell images on `node`, as `repo:tag` strings.

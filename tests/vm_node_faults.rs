@@ -3,13 +3,11 @@
 //! retriably, leaves nothing anywhere, and succeeds once the node is back. This binary
 //! stops and restarts a daemon, so it runs alone (test binaries run one after another).
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
+use moltencore_testkit::{cluster::*, cpi::*, docker::*, index::*, requests::*};
 use serde_json::{Value, json};
 
 fn node_dir(node: &str) -> PathBuf {
