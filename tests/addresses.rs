@@ -32,41 +32,12 @@ impl Drop for Cleanup {
     }
 }
 
-/// The address claim records under `<key_prefix>/addresses/`, as (key, JSON value).
-fn claims() -> Vec<(String, Value)> {
-    let cfg = load_config(&cluster_config());
-    runtime().block_on(async {
-        let etcd = moltencore::cluster::Etcd::connect(&cfg).await.unwrap();
-        let prefix = format!("{}/addresses/", cfg.etcd.key_prefix);
-        let resp = etcd
-            .client()
-            .get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))
-            .await
-            .unwrap();
-        resp.kvs()
-            .iter()
-            .map(|kv| {
-                (
-                    kv.key_str().unwrap().to_string(),
-                    serde_json::from_slice(kv.value()).unwrap(),
-                )
-            })
-            .collect()
-    })
-}
-
 /// The address of `cid`'s container on the `bosh` network of `node`, and whether it runs.
-async fn real_address(node: &str, cid: &str) -> (String, bool) {
-    let c = node_socket(node)
+async fn address_of(node: &str, cid: &str) -> (String, bool) {
+    let c = inspect_vm(node, cid)
         .await
-        .inspect_container(cid, None)
-        .await
-        .unwrap_or_else(|e| panic!("{cid} on {node}: {e}"));
-    let ip = c.network_settings.unwrap().networks.unwrap()["bosh"]
-        .ip_address
-        .clone()
-        .unwrap();
-    (ip, c.state.unwrap().running.unwrap_or(false))
+        .unwrap_or_else(|| panic!("no container {cid} on {node}"));
+    (c.ip, c.running)
 }
 
 #[test]
@@ -119,11 +90,11 @@ fn fifty_concurrent_dynamic_creates_on_one_node_all_get_distinct_addresses() {
     assert!(failures.is_empty(), "failed creates: {failures:#?}");
     let distinct: HashSet<&String> = created.iter().map(|(_, ip)| ip).collect();
     assert_eq!(distinct.len(), CREATES, "addresses repeat: {created:?}");
-    let claims = claims();
+    let claims = index_records_under(&cluster_config(), "addresses");
     runtime().block_on(async {
         for (cid, ip) in &created {
             assert!(ip.starts_with(&format!("{prefix}.")), "{ip} not on {node}");
-            let (real, running) = real_address(&node, cid).await;
+            let (real, running) = address_of(&node, cid).await;
             assert_eq!(&real, ip, "{cid} runs with the address it reported");
             assert!(running, "{cid} is not running");
             assert!(
@@ -136,7 +107,7 @@ fn fifty_concurrent_dynamic_creates_on_one_node_all_get_distinct_addresses() {
     });
     let cids: Vec<String> = created.iter().map(|(c, _)| c.clone()).collect();
     drop(cleanup);
-    let left = self::claims();
+    let left = index_records_under(&cluster_config(), "addresses");
     for cid in &cids {
         assert!(
             !left.iter().any(|(_, v)| v["vm"] == cid.as_str()),
@@ -206,7 +177,7 @@ fn of_two_creates_racing_for_one_static_ip_exactly_one_wins() {
                 Vec::<String>::new(),
                 "{ip}: the loser left something"
             );
-            let (real, running) = real_address(&node, &winner).await;
+            let (real, running) = address_of(&node, &winner).await;
             assert_eq!(&real, ip);
             assert!(running, "{winner} runs");
         });
@@ -220,26 +191,13 @@ fn has_vm_releases_the_claim_of_a_vm_whose_container_is_gone() {
     let ip = format!("{prefix}.120");
     let cid = static_vm(&cluster_config(), &shared_stemcell(), "claim-repair", &ip);
     let held = |cid: &str| {
-        claims()
+        index_records_under(&cluster_config(), "addresses")
             .iter()
             .any(|(k, v)| k.ends_with(&format!("/{ip}")) && v["vm"] == cid)
     };
     assert!(held(&cid), "{ip} is claimed by {cid}");
     // The container goes away outside the CPI (an operator's docker rm).
-    runtime().block_on(async {
-        node_socket(&node)
-            .await
-            .remove_container(
-                &cid,
-                Some(
-                    bollard::query_parameters::RemoveContainerOptionsBuilder::new()
-                        .force(true)
-                        .build(),
-                ),
-            )
-            .await
-            .unwrap();
-    });
+    remove_outside_cpi(&node, Some(&cid), None);
     let req = json!({"method": "has_vm", "arguments": [cid]}).to_string();
     assert_eq!(expect_result(&req, Some(&cluster_config())), false);
     assert!(!held(&cid), "has_vm's repair released {ip}");
@@ -282,7 +240,7 @@ fn a_claim_whose_vm_record_was_removed_by_hand_does_not_block_its_address() {
     );
     assert_eq!(run.response["error"]["ok_to_retry"], true);
     let next = create_vm_retrying(&req, &cluster_config(), |_| {});
-    let held: Vec<_> = claims()
+    let held: Vec<_> = index_records_under(&cluster_config(), "addresses")
         .into_iter()
         .filter(|(k, _)| k.ends_with(&format!("/{ip}")))
         .collect();

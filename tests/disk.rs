@@ -271,17 +271,7 @@ fn a_snapshot_holds_the_contents_of_its_time() {
         let name = format!("read-{snap}");
         create_plain_container(&node, &name, &format!("{snap}:/snap:ro"), &[]).await;
         let text = read_file_in(&node, &name, "/snap/state").await;
-        docker
-            .remove_container(
-                &name,
-                Some(
-                    bollard::query_parameters::RemoveContainerOptionsBuilder::new()
-                        .force(true)
-                        .build(),
-                ),
-            )
-            .await
-            .unwrap();
+        remove_container_forced(&node, &name).await;
         text
     });
     assert_eq!(content, "version-1\n");

@@ -98,6 +98,15 @@ fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// After a reboot: `node` is ready again, no slot is held, and `vm` runs on `ip`.
+fn assert_back(node: &str, vm: &str, ip: &str) {
+    assert_eq!(node_record_state(&cluster_config(), node), "ready");
+    assert_eq!(reboot_holders(&cluster_config()).len(), 0);
+    let c = vm_container(node, vm);
+    assert!(c.running, "the VM does not run after the reboot");
+    assert_eq!(c.ip, ip, "the VM is not back on {ip}");
+}
+
 #[test]
 fn a_vm_with_a_disk_survives_its_node_s_reboot() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
@@ -124,15 +133,7 @@ fn a_vm_with_a_disk_survives_its_node_s_reboot() {
         boot_id(1) != boot && reboot_record(&cluster_config(), &node).is_none()
     });
     assert_ne!(dockerd_pid(1), dockerd, "dockerd was not restarted");
-    assert_eq!(node_record_state(&cluster_config(), &node), "ready");
-    assert_eq!(reboot_holders(&cluster_config()).len(), 0);
-    let VmContainer {
-        running,
-        ip: now_ip,
-        ..
-    } = vm_container(&node, &vm);
-    assert!(running, "the VM does not run after the reboot");
-    assert_eq!(now_ip, ip);
+    assert_back(&node, &vm, &ip);
     assert_eq!(sh(&node, &vm, &format!("md5sum {d}/blob")), sum);
     let page = Command::new("curl")
         .args(["-sf", "--max-time", "10", &format!("http://{ip}:8080/")])
@@ -247,13 +248,6 @@ fn a_manager_killed_mid_drain_and_after_the_reboot_is_finished_by_the_next() {
     wait_until("the reboot finishes", Duration::from_secs(240), || {
         reboot_record(&cluster_config(), &node).is_none()
     });
-    assert_eq!(node_record_state(&cluster_config(), &node), "ready");
-    assert_eq!(reboot_holders(&cluster_config()).len(), 0);
-    let VmContainer {
-        running,
-        ip: now_ip,
-        ..
-    } = vm_container(&node, &vm);
-    assert!(running && now_ip == ip, "the VM is not back on {ip}");
+    assert_back(&node, &vm, &ip);
     call("delete_vm", json!([vm]));
 }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use moltencore_testkit::{cluster::*, cpi::*, docker::*, index::*, requests::*};
+use moltencore_testkit::{cluster::*, cpi::*, docker::*, fleetlock::*, index::*, requests::*};
 use serde_json::{Value, json};
 
 /// A private prefix with the cluster's nodes, CA and stemcells.
@@ -187,21 +187,71 @@ fn assert_finished(config: &Path, node: &str, host: &HostRoot, state: &str) {
     assert_eq!(node_record_state(config, node), state);
 }
 
-#[test]
-fn a_flagged_node_is_drained_rebooted_and_its_vms_come_back() {
+/// A reboot under way on the node at `index` of a private prefix: a VM (static IP,
+/// last octet `host_octet`) with a disk holding data there, that node's manager running
+/// with a host that waits for `go` before it reboots, the reboot asked (`cpi nodes reboot
+/// --why WHY`, or the flag file when `why` is `None`) and the reboot command running.
+/// Fields drop in order: the manager first, the folder last; a test binds `_manager`
+/// and `_dir` (a field a pattern leaves to `..` would be dropped at once).
+struct UnderWay {
+    _manager: ManagerProc,
+    host: HostRoot,
+    config: PathBuf,
+    vm: String,
+    node: String,
+    ip: String,
+    disk: String,
+    /// The checksum of the data on the disk.
+    sum: String,
+    _dir: tempfile::TempDir,
+}
+
+fn reboot_under_way(index: usize, host_octet: u8, why: Option<&str>) -> UnderWay {
     let dir = tempfile::tempdir().unwrap();
     let config = cluster_with_stemcell(dir.path());
-    let (vm, node, ip, disk, sum) = vm_with_disk(&config, 0, 41);
+    let (vm, node, ip, disk, sum) = vm_with_disk(&config, index, host_octet);
     let host = HostRoot::new(dir.path(), &node, true, true);
-    let _manager = ManagerProc::start(&config, &node, &host);
-    host.flag();
-
+    let manager = ManagerProc::start(&config, &node, &host);
+    match why {
+        Some(why) => {
+            let asked = cpi_command(&config, &["nodes", "reboot", &node, "--why", why]);
+            assert!(asked.status.success(), "{asked:?}");
+        }
+        None => host.flag(),
+    }
     wait_until(
         "the reboot command runs",
         Duration::from_secs(120),
         &[&host],
         || !host.lines("attempts").is_empty(),
     );
+    UnderWay {
+        _manager: manager,
+        host,
+        config,
+        vm,
+        node,
+        ip,
+        disk,
+        sum,
+        _dir: dir,
+    }
+}
+
+#[test]
+fn a_flagged_node_is_drained_rebooted_and_its_vms_come_back() {
+    let UnderWay {
+        config,
+        vm,
+        node,
+        ip,
+        disk,
+        sum,
+        host,
+        _manager,
+        _dir,
+        ..
+    } = reboot_under_way(0, 41, None);
     // While the host goes down: cordoned, VM stopped, slot held with the boot id.
     assert_eq!(node_record_state(&config, &node), "cordoned");
     let rec = reboot_record(&config, &node).unwrap();
@@ -404,19 +454,16 @@ fn a_manager_killed_after_the_reboot_is_finished_by_the_next() {
 
 #[test]
 fn a_failing_health_gate_keeps_slot_and_cordon_until_released() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = cluster_with_stemcell(dir.path());
-    let (vm, node, _ip, disk, _sum) = vm_with_disk(&config, 2, 61);
-    let host = HostRoot::new(dir.path(), &node, true, true);
-    let _manager = ManagerProc::start(&config, &node, &host);
-    let asked = cpi_command(&config, &["nodes", "reboot", &node, "--why", "kernel fix"]);
-    assert!(asked.status.success(), "{asked:?}");
-    wait_until(
-        "the reboot command runs",
-        Duration::from_secs(120),
-        &[&host],
-        || !host.lines("attempts").is_empty(),
-    );
+    let UnderWay {
+        config,
+        vm,
+        node,
+        disk,
+        host,
+        _manager,
+        _dir,
+        ..
+    } = reboot_under_way(2, 61, Some("kernel fix"));
     // The VM's container is lost while the host is down.
     runtime().block_on(async {
         node_socket(&node)
@@ -467,19 +514,16 @@ fn a_failing_health_gate_keeps_slot_and_cordon_until_released() {
 
 #[test]
 fn a_vm_the_director_deletes_during_the_reboot_does_not_hold_the_gate() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = cluster_with_stemcell(dir.path());
-    let (vm, node, _ip, disk, _sum) = vm_with_disk(&config, 2, 64);
-    let host = HostRoot::new(dir.path(), &node, true, true);
-    let _manager = ManagerProc::start(&config, &node, &host);
-    let asked = cpi_command(&config, &["nodes", "reboot", &node, "--why", "kernel fix"]);
-    assert!(asked.status.success(), "{asked:?}");
-    wait_until(
-        "the reboot command runs",
-        Duration::from_secs(120),
-        &[&host],
-        || !host.lines("attempts").is_empty(),
-    );
+    let UnderWay {
+        config,
+        vm,
+        node,
+        disk,
+        host,
+        _manager,
+        _dir,
+        ..
+    } = reboot_under_way(2, 64, Some("kernel fix"));
     // The director deletes the VM while its host is down (a deployment deleted, say).
     call_on(&config, "delete_vm", json!([vm]));
     assert!(
@@ -540,71 +584,17 @@ fn release_and_max_unavailable_reject_bad_input() {
     );
 }
 
-/// A running `cpi fleetlock` on a free port, killed when dropped.
-struct FleetLockServer {
-    child: Child,
-    address: String,
-}
-
-impl FleetLockServer {
-    fn start(config: &Path) -> FleetLockServer {
-        use std::io::BufRead;
-        let mut child = Command::new(cpi_bin())
-            .arg("-c")
-            .arg(config)
-            .args(["fleetlock", "--listen", "127.0.0.1:0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let address = line
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("cpi fleetlock did not start: {line:?}"))
-            .trim()
-            .to_string();
-        FleetLockServer { child, address }
-    }
-
-    /// A FleetLock request of client `id` (group default); the HTTP status.
-    fn post(&self, path: &str, id: &str) -> u16 {
-        let out = Command::new("curl")
-            .args([
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "--max-time",
-                "30",
-            ])
-            .args(["-H", "fleet-lock-protocol: true", "--data-binary"])
-            .arg(json!({"client_params": {"group": "default", "id": id}}).to_string())
-            .arg(format!("http://{}{path}", self.address))
-            .output()
-            .expect("curl is needed (the harness requires it)");
-        String::from_utf8_lossy(&out.stdout).parse().unwrap()
-    }
-}
-
-impl Drop for FleetLockServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn a_fleetlock_client_and_a_rebooting_node_share_one_slot() {
     let dir = tempfile::tempdir().unwrap();
     let config = cluster_with_stemcell(dir.path());
     let node = node_names()[0].clone();
     let host = HostRoot::new(dir.path(), &node, true, true);
-    let fleetlock = FleetLockServer::start(&config);
-    assert_eq!(fleetlock.post("/v1/pre-reboot", "zincati-1"), 200);
+    let fleetlock = FleetLockServer::start(&config, &[]);
+    assert_eq!(
+        fleetlock_request(&fleetlock.address, "/v1/pre-reboot", "default", "zincati-1").0,
+        200
+    );
 
     let _manager = ManagerProc::start(&config, &node, &host);
     host.flag();
@@ -622,7 +612,16 @@ fn a_fleetlock_client_and_a_rebooting_node_share_one_slot() {
     assert_eq!(node_record_state(&config, &node), "ready");
     assert_eq!(reboot_holders(&config), ["zincati-1"]);
 
-    assert_eq!(fleetlock.post("/v1/steady-state", "zincati-1"), 200);
+    assert_eq!(
+        fleetlock_request(
+            &fleetlock.address,
+            "/v1/steady-state",
+            "default",
+            "zincati-1"
+        )
+        .0,
+        200
+    );
     wait_until(
         "the node reboots",
         Duration::from_secs(120),
@@ -630,10 +629,16 @@ fn a_fleetlock_client_and_a_rebooting_node_share_one_slot() {
         || !host.lines("attempts").is_empty(),
     );
     assert_eq!(reboot_holders(&config), std::slice::from_ref(&node));
-    assert_eq!(fleetlock.post("/v1/pre-reboot", "zincati-1"), 409);
+    assert_eq!(
+        fleetlock_request(&fleetlock.address, "/v1/pre-reboot", "default", "zincati-1").0,
+        409
+    );
     host.go();
     assert_finished(&config, &node, &host, "ready");
-    assert_eq!(fleetlock.post("/v1/pre-reboot", "zincati-1"), 200);
+    assert_eq!(
+        fleetlock_request(&fleetlock.address, "/v1/pre-reboot", "default", "zincati-1").0,
+        200
+    );
     assert_eq!(reboot_holders(&config), ["zincati-1"]);
 }
 

@@ -43,21 +43,6 @@ fn start_dockerd() {
     );
 }
 
-fn container_ip(node: &str, cid: &str) -> (bool, String) {
-    runtime().block_on(async {
-        let c = node_socket(node)
-            .await
-            .inspect_container(cid, None)
-            .await
-            .unwrap();
-        let ip = c.network_settings.unwrap().networks.unwrap()["bosh"]
-            .ip_address
-            .clone()
-            .unwrap_or_default();
-        (c.state.unwrap().running.unwrap_or(false), ip)
-    })
-}
-
 #[test]
 fn vms_survive_a_dockerd_restart_and_create_vm_fails_retriably_while_it_is_down() {
     let config = cluster_config();
@@ -67,7 +52,8 @@ fn vms_survive_a_dockerd_restart_and_create_vm_fails_retriably_while_it_is_down(
     // 1. A running VM comes back after its node's dockerd restarts, with the same IP.
     let ip = format!("{prefix}.50");
     let vm = static_vm(&config, &stemcell, "survivor", &ip);
-    assert_eq!(container_ip(&node, &vm), (true, ip.clone()));
+    let c = vm_container(&node, &vm);
+    assert_eq!((c.running, c.ip), (true, ip.clone()));
 
     stop_dockerd(&node);
 
@@ -117,7 +103,11 @@ fn vms_survive_a_dockerd_restart_and_create_vm_fails_retriably_while_it_is_down(
     // The VM is back, running, same IP, and answers on it.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let (running, now_ip) = container_ip(&node, &vm);
+        let VmContainer {
+            running,
+            ip: now_ip,
+            ..
+        } = vm_container(&node, &vm);
         if running && now_ip == ip {
             break;
         }

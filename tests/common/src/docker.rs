@@ -241,22 +241,28 @@ pub async fn leftovers_of_agent(agent: &str) -> Vec<String> {
     found
 }
 
+/// Removes the container `name` on `node`, running or not (`docker rm -f`).
+pub async fn remove_container_forced(node: &str, name: &str) {
+    node_socket(node)
+        .await
+        .remove_container(
+            name,
+            Some(
+                bollard::query_parameters::RemoveContainerOptionsBuilder::new()
+                    .force(true)
+                    .build(),
+            ),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("removing container {name} on {node}: {e}"));
+}
+
 /// Removes a container (forced) and/or a volume on `node` behind the CPI's back.
 pub fn remove_outside_cpi(node: &str, container: Option<&str>, volume: Option<&str>) {
     runtime().block_on(async {
         let docker = node_socket(node).await;
         if let Some(name) = container {
-            docker
-                .remove_container(
-                    name,
-                    Some(
-                        bollard::query_parameters::RemoveContainerOptionsBuilder::new()
-                            .force(true)
-                            .build(),
-                    ),
-                )
-                .await
-                .unwrap();
+            remove_container_forced(node, name).await;
         }
         if let Some(name) = volume {
             docker

@@ -1,7 +1,8 @@
 //! What the black-box tests share, by concern: running the built `cpi` ([`cpi`]), the local
 //! cluster brought up by `ci/cluster` ([`cluster`]), probes of Docker on its nodes
 //! ([`docker`]), reads and writes of the etcd index ([`index`]), request builders and the
-//! objects made with them ([`requests`]), host tools ([`tools`]) and the BOSH release's
+//! objects made with them ([`requests`]), `cpi fleetlock` and its clients
+//! ([`fleetlock`]), host tools ([`tools`]) and the BOSH release's
 //! files and templates ([`bosh`]).
 //!
 //! A crate of its own (a dev-dependency of `moltencore`), so a helper one test binary does
@@ -11,6 +12,7 @@ pub mod bosh;
 pub mod cluster;
 pub mod cpi;
 pub mod docker;
+pub mod fleetlock;
 pub mod index;
 pub mod requests;
 pub mod tools;
