@@ -56,45 +56,6 @@ impl Rng {
     }
 }
 
-/// The real objects hostile values aim at, and that must survive.
-struct Canaries {
-    vm: String,
-    disk: String,
-    snapshot: String,
-    stemcell: String,
-}
-
-fn canaries() -> Canaries {
-    let stemcell = shared_stemcell();
-    let (node, _) = node_prefix(2);
-    let req = create_vm_request(
-        &agent_id("fuzz-canary"),
-        &stemcell,
-        json!({"node": node}),
-        json!({"d": {"type": "dynamic"}}),
-        json!({}),
-        2,
-    );
-    let vm = expect_result(&req, Some(&cluster_config()))[0]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let disk = call("create_disk", json!([16, {}, vm]))
-        .as_str()
-        .unwrap()
-        .to_string();
-    let snapshot = call("snapshot_disk", json!([disk, {}]))
-        .as_str()
-        .unwrap()
-        .to_string();
-    Canaries {
-        vm,
-        disk,
-        snapshot,
-        stemcell,
-    }
-}
-
 /// Pieces of the configured secrets (the longest line of each private key, the mbus
 /// password) that must never appear in a response or on stderr.
 fn secrets() -> Vec<String> {
@@ -341,7 +302,7 @@ fn check(
 
 #[test]
 fn hostile_values_in_every_position_get_valid_answers_and_change_no_node() {
-    let c = canaries();
+    let c = canaries("fuzz-canary", 2);
     let secrets = secrets();
     let bases = base_arguments(&c);
     let mut rng = Rng(SEED);

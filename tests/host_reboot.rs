@@ -113,10 +113,7 @@ fn a_vm_with_a_disk_survives_its_node_s_reboot() {
     let (node, prefix) = node_prefix(0);
     let ip = format!("{prefix}.71");
     let vm = static_vm(&cluster_config(), &shared_stemcell(), "host-reboot", &ip);
-    let disk = call("create_disk", json!([1024, {}, vm]))
-        .as_str()
-        .unwrap()
-        .to_string();
+    let disk = create_disk(json!([1024, {}, vm]));
     call("attach_disk", json!([vm, disk]));
     let d = format!("/warden-cpi-dev/{disk}");
     sh(

@@ -11,40 +11,6 @@ use serde_json::{Value, json};
 /// Both tests compare whole nodes before and after: they must not run at the same time.
 static NODES: Mutex<()> = Mutex::new(());
 
-/// The canaries: a running VM, a disk (attached to nothing), a snapshot of it, the shared
-/// stemcell. Returns (vm, disk, snapshot, stemcell).
-fn canaries(test: &str) -> (String, String, String, String) {
-    let stemcell = shared_stemcell();
-    let (node, _) = node_prefix(0);
-    let req = create_vm_request(
-        &agent_id(test),
-        &stemcell,
-        json!({"node": node}),
-        json!({"d": {"type": "dynamic"}}),
-        json!({}),
-        2,
-    );
-    let vm = expect_result(&req, Some(&cluster_config()))[0]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let disk = call("create_disk", json!([16, {}, vm]))
-        .as_str()
-        .unwrap()
-        .to_string();
-    let snapshot = call("snapshot_disk", json!([disk, {}]))
-        .as_str()
-        .unwrap()
-        .to_string();
-    (vm, disk, snapshot, stemcell)
-}
-
-fn remove_canaries(vm: &str, disk: &str, snapshot: &str) {
-    assert_eq!(call("delete_snapshot", json!([snapshot])), Value::Null);
-    assert_eq!(call("delete_disk", json!([disk])), Value::Null);
-    assert_eq!(call("delete_vm", json!([vm])), Value::Null);
-}
-
 /// Every method with every argument position that takes a cid: (method, arguments with
 /// `HOSTILE` where the value goes). The other arguments are valid, real objects.
 fn cid_positions(vm: &str, disk: &str, stemcell: &str) -> Vec<(&'static str, Value)> {
@@ -115,7 +81,12 @@ fn assert_answer_to_malformed(method: &str, run: &CpiRun, shown: &str) -> Option
 #[test]
 fn traversal_cids_touch_nothing_on_any_node() {
     let _one = NODES.lock().unwrap_or_else(|e| e.into_inner());
-    let (vm, disk, snapshot, stemcell) = canaries("traversal");
+    let Canaries {
+        vm,
+        disk,
+        snapshot,
+        stemcell,
+    } = canaries("traversal", 0);
     let image = format!("moltencore-stemcell:{stemcell}");
     let targets = [
         format!("containers/{vm}?force=true&v=true"),
@@ -173,7 +144,12 @@ fn traversal_cids_touch_nothing_on_any_node() {
 #[test]
 fn a_4_mib_cid_gets_a_small_non_retriable_answer_on_every_method() {
     let _one = NODES.lock().unwrap_or_else(|e| e.into_inner());
-    let (vm, disk, snapshot, stemcell) = canaries("huge-cid");
+    let Canaries {
+        vm,
+        disk,
+        snapshot,
+        stemcell,
+    } = canaries("huge-cid", 0);
     let huge = format!("vm-{}", "a".repeat(4 * 1024 * 1024));
     let before = node_state();
     for (method, args) in cid_positions(&vm, &disk, &stemcell) {

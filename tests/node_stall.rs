@@ -257,10 +257,7 @@ fn a_disk_move_into_a_node_that_freezes_fails_retriably_and_the_next_attach_fini
             "freeze-move-src",
             &format!("{source_prefix}.{}", 73 + attempt),
         );
-        let disk = call("create_disk", json!([1024, {}, writer]))
-            .as_str()
-            .unwrap()
-            .to_string();
+        let disk = create_disk(json!([1024, {}, writer]));
         call("attach_disk", json!([writer, disk]));
         let path = format!("/warden-cpi-dev/{disk}");
         sh(

@@ -465,19 +465,7 @@ fn a_failing_health_gate_keeps_slot_and_cordon_until_released() {
         ..
     } = reboot_under_way(2, 61, Some("kernel fix"));
     // The VM's container is lost while the host is down.
-    runtime().block_on(async {
-        node_socket(&node)
-            .await
-            .remove_container(
-                &vm,
-                Some(bollard::query_parameters::RemoveContainerOptions {
-                    force: true,
-                    ..Default::default()
-                }),
-            )
-            .await
-            .unwrap()
-    });
+    runtime().block_on(remove_container_forced(&node, &vm));
     host.go();
     wait_until(
         "the health gate reports",

@@ -88,3 +88,49 @@ pub fn create_disk(args: Value) -> String {
         .expect("disk cid is a string")
         .to_string()
 }
+
+/// Objects a test keeps an eye on while it sends hostile requests: a running VM, a disk
+/// (attached to nothing), a snapshot of it, and the shared stemcell.
+pub struct Canaries {
+    pub vm: String,
+    pub disk: String,
+    pub snapshot: String,
+    pub stemcell: String,
+}
+
+/// Makes the [`Canaries`] of `test` on the node at `node_index` (0-based) of the shared
+/// cluster, the VM on a dynamic network.
+pub fn canaries(test: &str, node_index: usize) -> Canaries {
+    let stemcell = shared_stemcell();
+    let (node, _) = node_prefix(node_index);
+    let req = create_vm_request(
+        &agent_id(test),
+        &stemcell,
+        json!({"node": node}),
+        json!({"d": {"type": "dynamic"}}),
+        json!({}),
+        2,
+    );
+    let vm = expect_result(&req, Some(&cluster_config()))[0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let disk = create_disk(json!([16, {}, vm]));
+    let snapshot = call("snapshot_disk", json!([disk, {}]))
+        .as_str()
+        .unwrap()
+        .to_string();
+    Canaries {
+        vm,
+        disk,
+        snapshot,
+        stemcell,
+    }
+}
+
+/// Deletes the canaries' snapshot, disk and VM, each of which must succeed.
+pub fn remove_canaries(vm: &str, disk: &str, snapshot: &str) {
+    assert_eq!(call("delete_snapshot", json!([snapshot])), Value::Null);
+    assert_eq!(call("delete_disk", json!([disk])), Value::Null);
+    assert_eq!(call("delete_vm", json!([vm])), Value::Null);
+}
