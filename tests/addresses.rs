@@ -128,14 +128,7 @@ fn of_two_creates_racing_for_one_static_ip_exactly_one_wins() {
         let ip = format!("{prefix}.{}", 100 + i);
         for side in ["a", "b"] {
             let agent = agent_id(&format!("race-{i}-{side}"));
-            let req = create_vm_request(
-                &agent,
-                &stemcell,
-                json!({}),
-                manual_network(&ip),
-                json!({}),
-                2,
-            );
+            let req = static_vm_request(&agent, &stemcell, &ip);
             let child = spawn_cpi(&req, &cluster_config(), std::process::Stdio::piped());
             racers.push((ip.clone(), agent, child));
         }
@@ -222,14 +215,7 @@ fn a_claim_whose_vm_record_was_removed_by_hand_does_not_block_its_address() {
     // An operator removes the VM's record with etcdctl; its container and claim stay.
     delete_index_record(&cluster_config(), &format!("vms/{gone}"));
     let agent = agent_id("stale-claim-next");
-    let req = create_vm_request(
-        &agent,
-        &shared_stemcell(),
-        json!({}),
-        manual_network(&ip),
-        json!({}),
-        2,
-    );
+    let req = static_vm_request(&agent, &shared_stemcell(), &ip);
     // The first try removes the abandoned container and the stale claim, and is refused
     // (retriable, naming the VM the claim named); the retry gets the address.
     let (kind, message, run) = expect_error(&req, Some(&cluster_config()));

@@ -420,13 +420,10 @@ fn an_unreachable_source_node_is_a_retriable_error_and_loses_nothing() {
     let (_, p3) = node_prefix(2);
     let disk = run(json!({"method":"create_disk","arguments":[10, {"node": n1}, null]}))
         .response["result"].as_str().unwrap().to_string();
-    let req = create_vm_request(
+    let req = static_vm_request(
         &agent_id("unreachable"),
         &shared_stemcell(),
-        json!({}),
-        manual_network(&format!("{p3}.70")),
-        json!({}),
-        2,
+        &format!("{p3}.70"),
     );
     let vm = run_cpi(&req, Some(&config), &[]).response["result"][0]
         .as_str()

@@ -110,18 +110,7 @@ fn assert_back(node: &str, vm: &str, ip: &str) {
 #[test]
 fn a_vm_with_a_disk_survives_its_node_s_reboot() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let (node, prefix) = node_prefix(0);
-    let ip = format!("{prefix}.71");
-    let vm = static_vm(&cluster_config(), &shared_stemcell(), "host-reboot", &ip);
-    let disk = create_disk(json!([1024, {}, vm]));
-    call("attach_disk", json!([vm, disk]));
-    let d = format!("/warden-cpi-dev/{disk}");
-    sh(
-        &node,
-        &vm,
-        &format!("dd if=/dev/urandom of={d}/blob bs=64k count=16 2>/dev/null"),
-    );
-    let sum = sh(&node, &vm, &format!("md5sum {d}/blob"));
+    let (vm, node, ip, disk, sum) = vm_with_disk(&cluster_config(), 0, 71, "host-reboot");
     let (boot, dockerd) = (boot_id(1), dockerd_pid(1));
 
     let _managers = Managers::start(&[1]);
@@ -131,7 +120,7 @@ fn a_vm_with_a_disk_survives_its_node_s_reboot() {
     });
     assert_ne!(dockerd_pid(1), dockerd, "dockerd was not restarted");
     assert_back(&node, &vm, &ip);
-    assert_eq!(sh(&node, &vm, &format!("md5sum {d}/blob")), sum);
+    assert_eq!(blob_sum(&node, &vm, &disk), sum);
     let page = Command::new("curl")
         .args(["-sf", "--max-time", "10", &format!("http://{ip}:8080/")])
         .output()

@@ -181,14 +181,7 @@ fn a_frozen_node_fails_calls_retriably_and_drops_out_of_create_stemcell() {
         "{response}"
     );
     let agent = agent_id("while-frozen");
-    let req = create_vm_request(
-        &agent,
-        &cid,
-        json!({}),
-        manual_network(&format!("{prefix}.72")),
-        json!({}),
-        2,
-    );
+    let req = static_vm_request(&agent, &cid, &format!("{prefix}.72"));
     let response = run_cpi_within(&req, &impatient, bound);
     assert_eq!(
         response["error"]["type"], "Bosh::Clouds::VMCreationFailed",

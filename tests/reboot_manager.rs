@@ -143,27 +143,6 @@ fn wait_until(what: &str, limit: Duration, hosts: &[&HostRoot], mut cond: impl F
     }
 }
 
-/// A VM with a static IP and an attached disk holding data, on node `index`; its cid,
-/// node, IP, disk and the data's checksum.
-fn vm_with_disk(config: &Path, index: usize, host: u8) -> (String, String, String, String, String) {
-    let (node, prefix) = node_prefix(index);
-    let ip = format!("{prefix}.{host}");
-    let vm = static_vm(config, &shared_stemcell(), "reboot", &ip);
-    let disk = call_on(config, "create_disk", json!([1024, {}, vm]))
-        .as_str()
-        .unwrap()
-        .to_string();
-    call_on(config, "attach_disk", json!([vm, disk]));
-    let d = format!("/warden-cpi-dev/{disk}");
-    sh(
-        &node,
-        &vm,
-        &format!("dd if=/dev/urandom of={d}/blob bs=64k count=16 2>/dev/null"),
-    );
-    let sum = sh(&node, &vm, &format!("md5sum {d}/blob"));
-    (vm, node, ip, disk, sum)
-}
-
 fn answers_on_8080(ip: &str) -> bool {
     Command::new("curl")
         .args(["-sf", "--max-time", "5", &format!("http://{ip}:8080/")])
@@ -209,7 +188,7 @@ struct UnderWay {
 fn reboot_under_way(index: usize, host_octet: u8, why: Option<&str>) -> UnderWay {
     let dir = tempfile::tempdir().unwrap();
     let config = cluster_with_stemcell(dir.path());
-    let (vm, node, ip, disk, sum) = vm_with_disk(&config, index, host_octet);
+    let (vm, node, ip, disk, sum) = vm_with_disk(&config, index, host_octet, "reboot");
     let host = HostRoot::new(dir.path(), &node, true, true);
     let manager = ManagerProc::start(&config, &node, &host);
     match why {
@@ -290,10 +269,7 @@ fn a_flagged_node_is_drained_rebooted_and_its_vms_come_back() {
     let after = runtime().block_on(inspect_vm(&node, &vm)).unwrap();
     assert!(after.running);
     assert_eq!(after.ip, ip);
-    assert_eq!(
-        sh(&node, &vm, &format!("md5sum /warden-cpi-dev/{disk}/blob")),
-        sum
-    );
+    assert_eq!(blob_sum(&node, &vm, &disk), sum);
     assert!(answers_on_8080(&ip), "the VM does not answer on {ip}:8080");
     call_on(&config, "delete_vm", json!([vm]));
     call_on(&config, "delete_disk", json!([disk]));
@@ -367,7 +343,7 @@ enum KillPoint {
 fn killed_manager_is_finished_by_the_next(point: KillPoint, host_octet: u8) {
     let dir = tempfile::tempdir().unwrap();
     let config = cluster_with_stemcell(dir.path());
-    let (vm, node, ip, disk, sum) = vm_with_disk(&config, 1, host_octet);
+    let (vm, node, ip, disk, sum) = vm_with_disk(&config, 1, host_octet, "reboot");
     let host = match point {
         KillPoint::Rebooted => HostRoot::new(dir.path(), &node, false, false),
         _ => HostRoot::new(dir.path(), &node, true, true),
@@ -429,10 +405,7 @@ fn killed_manager_is_finished_by_the_next(point: KillPoint, host_octet: u8) {
         after.running && after.ip == ip,
         "{point:?}: VM not back on {ip}"
     );
-    assert_eq!(
-        sh(&node, &vm, &format!("md5sum /warden-cpi-dev/{disk}/blob")),
-        sum
-    );
+    assert_eq!(blob_sum(&node, &vm, &disk), sum);
     call_on(&config, "delete_vm", json!([vm]));
     call_on(&config, "delete_disk", json!([disk]));
 }

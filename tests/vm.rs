@@ -309,14 +309,7 @@ fn an_ip_in_use_fails_clearly_and_leaves_the_first_vm_alone() {
         json!({}),
     );
     let second_agent = agent_id("ip-second");
-    let req = create_vm_request(
-        &second_agent,
-        &shared_stemcell(),
-        json!({}),
-        manual_network(&ip),
-        json!({}),
-        2,
-    );
+    let req = static_vm_request(&second_agent, &shared_stemcell(), &ip);
     let (kind, message, run) = expect_error(&req, Some(&cluster_config()));
     assert_eq!(kind, "Bosh::Clouds::VMCreationFailed");
     assert!(
@@ -501,14 +494,7 @@ fn a_stemcell_missing_on_a_node_is_copied_there_for_a_vm() {
             .await
             .unwrap();
     });
-    let req = create_vm_request(
-        &agent_id("replicate"),
-        &stemcell,
-        json!({}),
-        manual_network(&format!("{prefix}.36")),
-        json!({}),
-        2,
-    );
+    let req = static_vm_request(&agent_id("replicate"), &stemcell, &format!("{prefix}.36"));
     let result = expect_result(&req, Some(&cluster_config()));
     let cid = result[0].as_str().unwrap().to_string();
     runtime().block_on(async {
@@ -582,28 +568,14 @@ fn a_killed_create_vm_does_not_block_its_ip_for_the_retry() {
     let (node, prefix) = node_prefix(1);
     let ip = format!("{prefix}.38");
     let agent = agent_id("killed-create");
-    let req = create_vm_request(
-        &agent,
-        &shared_stemcell(),
-        json!({}),
-        manual_network(&ip),
-        json!({}),
-        2,
-    );
+    let req = static_vm_request(&agent, &shared_stemcell(), &ip);
     // Kill the cpi once its container exists on the node.
     kill_create_vm_once_its_container_exists(&req, &cluster_config(), &agent);
     // The director retries with a new agent id and the same IP. While the dead process's
     // lease lives, the answer is a retriable VMCreationFailed; then the abandoned VM is
     // removed and the create succeeds.
     let retry_agent = agent_id("killed-create-retry");
-    let retry = create_vm_request(
-        &retry_agent,
-        &shared_stemcell(),
-        json!({}),
-        manual_network(&ip),
-        json!({}),
-        2,
-    );
+    let retry = static_vm_request(&retry_agent, &shared_stemcell(), &ip);
     let cid = create_vm_retrying(&retry, &cluster_config(), |_| {});
     runtime().block_on(async {
         assert_eq!(

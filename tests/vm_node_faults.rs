@@ -60,14 +60,7 @@ fn vms_survive_a_dockerd_restart_and_create_vm_fails_retriably_while_it_is_down(
     // 2. While it is down, create_vm on that node is a retriable VMCreationFailed and
     //    leaves nothing behind anywhere.
     let agent = agent_id("while-down");
-    let req = create_vm_request(
-        &agent,
-        &stemcell,
-        json!({}),
-        manual_network(&format!("{prefix}.51")),
-        json!({}),
-        2,
-    );
+    let req = static_vm_request(&agent, &stemcell, &format!("{prefix}.51"));
     let (kind, message, run) = expect_error(&req, Some(&config));
     assert_eq!(kind, "Bosh::Clouds::VMCreationFailed", "{message}");
     assert_eq!(run.response["error"]["ok_to_retry"], true, "{message}");

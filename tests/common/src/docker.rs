@@ -82,6 +82,22 @@ pub fn sh(node: &str, vm: &str, cmd: &str) -> String {
     out
 }
 
+/// Writes `kib` KiB of random data to the file `blob` on the persistent disk `disk` inside
+/// `vm` on `node`; its checksum ([`blob_sum`]).
+pub fn write_blob(node: &str, vm: &str, disk: &str, kib: u32) -> String {
+    sh(
+        node,
+        vm,
+        &format!("dd if=/dev/urandom of=/warden-cpi-dev/{disk}/blob bs=1k count={kib} 2>/dev/null"),
+    );
+    blob_sum(node, vm, disk)
+}
+
+/// The `md5sum` line of the file `blob` on the persistent disk `disk` inside `vm`.
+pub fn blob_sum(node: &str, vm: &str, disk: &str) -> String {
+    sh(node, vm, &format!("md5sum /warden-cpi-dev/{disk}/blob"))
+}
+
 /// A file's content inside a container (through the node's socket).
 pub async fn read_file_in(node: &str, container: &str, path: &str) -> String {
     use futures_util::StreamExt;

@@ -6,7 +6,8 @@ use std::path::Path;
 use serde_json::{Value, json};
 
 use crate::cluster::{cluster_config, node_prefix, test_stemcell_dir};
-use crate::cpi::{call, expect_result};
+use crate::cpi::{call, call_on, expect_result};
+use crate::docker::write_blob;
 
 /// The request document of `method` with `args`, as the director sends it (API v2).
 pub fn request(method: &str, args: Value) -> String {
@@ -56,16 +57,15 @@ pub fn shared_stemcell() -> String {
     .clone()
 }
 
+/// The create_vm request (API v2) of `agent` from `stemcell` with the static `ip` and no
+/// cloud_properties or env.
+pub fn static_vm_request(agent: &str, stemcell: &str, ip: &str) -> String {
+    create_vm_request(agent, stemcell, json!({}), manual_network(ip), json!({}), 2)
+}
+
 /// Creates a VM (API v2) from `stemcell` with the static `ip` through `config`; its cid.
 pub fn static_vm(config: &Path, stemcell: &str, test: &str, ip: &str) -> String {
-    let req = create_vm_request(
-        &agent_id(test),
-        stemcell,
-        json!({}),
-        manual_network(ip),
-        json!({}),
-        2,
-    );
+    let req = static_vm_request(&agent_id(test), stemcell, ip);
     expect_result(&req, Some(config))[0]
         .as_str()
         .expect("create_vm answers [cid, networks]")
@@ -133,4 +133,25 @@ pub fn remove_canaries(vm: &str, disk: &str, snapshot: &str) {
     assert_eq!(call("delete_snapshot", json!([snapshot])), Value::Null);
     assert_eq!(call("delete_disk", json!([disk])), Value::Null);
     assert_eq!(call("delete_vm", json!([vm])), Value::Null);
+}
+
+/// A VM of the shared stemcell through `config` with a static IP on the node at `index`
+/// (0-based; `host` = last octet) and an attached disk holding 1 MiB of random data: (cid,
+/// node, ip, disk, the data's checksum).
+pub fn vm_with_disk(
+    config: &Path,
+    index: usize,
+    host: u8,
+    test: &str,
+) -> (String, String, String, String, String) {
+    let (node, prefix) = node_prefix(index);
+    let ip = format!("{prefix}.{host}");
+    let vm = static_vm(config, &shared_stemcell(), test, &ip);
+    let disk = call_on(config, "create_disk", json!([1024, {}, vm]))
+        .as_str()
+        .expect("disk cid is a string")
+        .to_string();
+    call_on(config, "attach_disk", json!([vm, disk]));
+    let sum = write_blob(&node, &vm, &disk, 1024);
+    (vm, node, ip, disk, sum)
 }
