@@ -411,15 +411,13 @@ fn an_unreachable_source_node_is_a_retriable_error_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let (config, prefix) = private_config(dir.path());
     register_nodes(&config, &prefix, &[]);
-    let run = |req: Value| {
-        let r = run_cpi(&req.to_string(), Some(&config), &[]);
-        assert_schema(&r);
-        r
-    };
     let (n1, _) = node_prefix(0);
     let (_, p3) = node_prefix(2);
-    let disk = run(json!({"method":"create_disk","arguments":[10, {"node": n1}, null]}))
-        .response["result"].as_str().unwrap().to_string();
+    let disk =
+        answer_on(&config, "create_disk", json!([10, {"node": n1}, null])).response["result"]
+            .as_str()
+            .unwrap()
+            .to_string();
     let req = static_vm_request(
         &agent_id("unreachable"),
         &shared_stemcell(),
@@ -430,11 +428,8 @@ fn an_unreachable_source_node_is_a_retriable_error_and_loses_nothing() {
         .unwrap()
         .to_string();
     // n1 becomes unreachable for this CPI: its record points at a closed port.
-    let original = index_record(&config, &format!("nodes/{n1}")).unwrap();
-    let mut dead = original.clone();
-    dead["docker_endpoint"] = json!("tcp://127.0.0.1:9");
-    put_node_record(&config, &n1, &dead);
-    let r = run(json!({"method":"attach_disk","arguments":[vm, disk]}));
+    let original = make_node_unreachable(&config, &n1);
+    let r = answer_on(&config, "attach_disk", json!([vm, disk]));
     assert_eq!(
         r.response["error"]["type"], "Bosh::Clouds::CloudError",
         "{}",
@@ -456,10 +451,10 @@ fn an_unreachable_source_node_is_a_retriable_error_and_loses_nothing() {
         "the disk is intact on its node"
     );
     // Once the node is back, the attach moves it.
-    let r = run(json!({"method":"attach_disk","arguments":[vm, disk]}));
+    let r = answer_on(&config, "attach_disk", json!([vm, disk]));
     assert!(r.response["error"].is_null(), "{}", r.stdout);
-    run(json!({"method":"delete_vm","arguments":[vm]}));
-    run(json!({"method":"delete_disk","arguments":[disk]}));
+    answer_on(&config, "delete_vm", json!([vm]));
+    answer_on(&config, "delete_disk", json!([disk]));
 }
 
 /// Whether a copy helper of `volume` exists on `node` (a move is streaming into it).
@@ -804,29 +799,18 @@ fn delete_disk_keeps_its_record_while_an_old_copy_cannot_be_removed() {
     let dir = tempfile::tempdir().unwrap();
     let (config, prefix) = private_config(dir.path());
     register_nodes(&config, &prefix, &[]);
-    let run = |method: &str, args: Value| {
-        let r = run_cpi(
-            &json!({"method": method, "arguments": args}).to_string(),
-            Some(&config),
-            &[],
-        );
-        assert_schema(&r);
-        r.response
-    };
     let (n1, _) = node_prefix(0);
     let (n2, _) = node_prefix(1);
-    let disk = run("create_disk", json!([10, {"node": n1}, null]))["result"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let disk =
+        answer_on(&config, "create_disk", json!([10, {"node": n1}, null])).response["result"]
+            .as_str()
+            .unwrap()
+            .to_string();
     // The old copy a move left on n2, and n2 unreachable for this CPI.
     plant_old_copy(&config, &disk, &n2);
-    let original = index_record(&config, &format!("nodes/{n2}")).unwrap();
-    let mut dead = original.clone();
-    dead["docker_endpoint"] = json!("tcp://127.0.0.1:9");
-    put_node_record(&config, &n2, &dead);
+    let original = make_node_unreachable(&config, &n2);
 
-    let response = run("delete_disk", json!([disk]));
+    let response = answer_on(&config, "delete_disk", json!([disk])).response;
     assert_eq!(response["error"]["type"], "Bosh::Clouds::CloudError");
     assert_eq!(response["error"]["ok_to_retry"], true);
     let message = response["error"]["message"].as_str().unwrap();
@@ -839,7 +823,10 @@ fn delete_disk_keeps_its_record_while_an_old_copy_cannot_be_removed() {
     assert!(volume_on(&n2, &disk).is_some());
 
     put_node_record(&config, &n2, &original);
-    assert_eq!(run("delete_disk", json!([disk]))["error"], Value::Null);
+    assert_eq!(
+        answer_on(&config, "delete_disk", json!([disk])).response["error"],
+        Value::Null
+    );
     assert!(volume_on(&n1, &disk).is_none());
     assert!(volume_on(&n2, &disk).is_none());
     assert!(index_record(&config, &format!("disks/{disk}")).is_none());

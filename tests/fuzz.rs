@@ -374,13 +374,7 @@ fn hostile_values_in_every_position_get_valid_answers_and_change_no_node() {
             "no case answered {kind}: {outcomes:?}"
         );
     }
-    let after = node_state();
-    let lost: Vec<_> = before.difference(&after).collect();
-    let gained: Vec<_> = after.difference(&before).collect();
-    assert!(
-        lost.is_empty() && gained.is_empty(),
-        "nodes changed: lost {lost:#?}, gained {gained:#?}"
-    );
+    assert_nodes_unchanged(&before);
     assert_eq!(call("has_vm", json!([c.vm])), true);
     assert_eq!(call("has_disk", json!([c.disk])), true);
     assert_eq!(call("delete_snapshot", json!([c.snapshot])), Value::Null);

@@ -129,13 +129,7 @@ fn traversal_cids_touch_nothing_on_any_node() {
             assert_answer_to_malformed(method, &run, &format!("{value:?}"));
         }
     }
-    let after = node_state();
-    let lost: Vec<_> = before.difference(&after).collect();
-    let gained: Vec<_> = after.difference(&before).collect();
-    assert!(
-        lost.is_empty() && gained.is_empty(),
-        "nodes changed: lost {lost:#?}, gained {gained:#?}"
-    );
+    assert_nodes_unchanged(&before);
     assert_eq!(call("has_vm", json!([vm])), true);
     assert_eq!(call("has_disk", json!([disk])), true);
     remove_canaries(&vm, &disk, &snapshot);
@@ -191,7 +185,6 @@ fn a_4_mib_cid_gets_a_small_non_retriable_answer_on_every_method() {
             assert!(message.len() < 512, "{method}: {message}");
         }
     }
-    let after = node_state();
-    assert_eq!(before, after, "a node changed");
+    assert_nodes_unchanged(&before);
     remove_canaries(&vm, &disk, &snapshot);
 }

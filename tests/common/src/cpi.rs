@@ -140,6 +140,14 @@ pub fn call_on(config: &Path, method: &str, args: Value) -> Value {
     expect_result(&request(method, args), Some(config))
 }
 
+/// Calls `method` with `args` (API v2) through `config`, whatever the answer; the run,
+/// its response checked against the contract ([`assert_schema`]).
+pub fn answer_on(config: &Path, method: &str, args: Value) -> CpiRun {
+    let run = run_cpi(&request(method, args), Some(config), &[]);
+    assert_schema(&run);
+    run
+}
+
 /// Calls `method` with `args` (API v2) on the shared cluster, which must refuse it; the
 /// error's (type, message, ok_to_retry).
 pub fn call_error(method: &str, args: Value) -> (String, String, bool) {

@@ -333,3 +333,15 @@ pub fn node_state() -> BTreeSet<String> {
         state
     })
 }
+
+/// Asserts that every node is as [`node_state`] found it in `before`, naming what was lost
+/// and gained.
+pub fn assert_nodes_unchanged(before: &BTreeSet<String>) {
+    let after = node_state();
+    let lost: Vec<_> = before.difference(&after).collect();
+    let gained: Vec<_> = after.difference(before).collect();
+    assert!(
+        lost.is_empty() && gained.is_empty(),
+        "nodes changed: lost {lost:#?}, gained {gained:#?}"
+    );
+}

@@ -135,3 +135,14 @@ pub fn reboot_holders(config: &Path) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// Points node `name`'s record under `config`'s prefix at a closed port, so the CPI cannot
+/// reach the node; the record as it was, to put back with [`put_node_record`].
+pub fn make_node_unreachable(config: &Path, name: &str) -> Value {
+    let original = index_record(config, &format!("nodes/{name}"))
+        .unwrap_or_else(|| panic!("no record of node {name}"));
+    let mut dead = original.clone();
+    dead["docker_endpoint"] = serde_json::json!("tcp://127.0.0.1:9");
+    put_node_record(config, name, &dead);
+    original
+}
