@@ -409,8 +409,7 @@ fn a_killed_attach_is_repaired_by_the_next_has_vm_or_delete_vm() {
 #[test]
 fn an_unreachable_source_node_is_a_retriable_error_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let (config, prefix) = private_config(dir.path());
-    register_nodes(&config, &prefix, &[]);
+    let config = private_cluster(dir.path(), &[]);
     let (n1, _) = node_prefix(0);
     let (_, p3) = node_prefix(2);
     let disk =
@@ -797,8 +796,7 @@ fn a_disk_attaches_to_a_stopped_vm_which_comes_back_with_its_address() {
 #[test]
 fn delete_disk_keeps_its_record_while_an_old_copy_cannot_be_removed() {
     let dir = tempfile::tempdir().unwrap();
-    let (config, prefix) = private_config(dir.path());
-    register_nodes(&config, &prefix, &[]);
+    let config = private_cluster(dir.path(), &[]);
     let (n1, _) = node_prefix(0);
     let (n2, _) = node_prefix(1);
     let disk =

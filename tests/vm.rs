@@ -639,8 +639,7 @@ fn create_vm_with_an_unknown_disk_fails_and_creates_nothing() {
 #[test]
 fn a_vm_whose_node_was_unregistered_is_an_error_for_has_vm_and_forgotten_by_delete_vm() {
     let dir = tempfile::tempdir().unwrap();
-    let (config, prefix) = private_config(dir.path());
-    register_nodes(&config, &prefix, &[]);
+    let config = private_cluster(dir.path(), &[]);
     let (node, p) = node_prefix(0);
     let vm = static_vm(
         &config,
