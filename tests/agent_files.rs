@@ -7,22 +7,6 @@
 use moltencore_testkit::{cluster::*, cpi::*, docker::*, index::*, requests::*};
 use serde_json::{Value, json};
 
-/// Creates a VM with a static IP and `env`; its cid.
-fn create(agent: &str, ip: &str, env: Value) -> String {
-    let req = create_vm_request(
-        agent,
-        &shared_stemcell(),
-        json!({}),
-        manual_network(ip),
-        env,
-        2,
-    );
-    expect_result(&req, Some(&cluster_config()))[0]
-        .as_str()
-        .expect("create_vm answers [cid, networks]")
-        .to_string()
-}
-
 fn settings_in(node: &str, cid: &str) -> Value {
     let text = runtime().block_on(read_file_in(
         node,
@@ -45,7 +29,12 @@ fn the_configured_blobstore_reaches_the_agent_settings_in_the_vm() {
     let (node, prefix) = node_prefix(0);
     let agent = agent_id("blobstore-config");
     let env = json!({"bosh": {"group": "g"}});
-    let cid = create(&agent, &format!("{prefix}.61"), env.clone());
+    let (cid, _) = create_vm(
+        &agent,
+        json!({}),
+        manual_network(&format!("{prefix}.61")),
+        env.clone(),
+    );
     let settings = settings_in(&node, &cid);
     assert_eq!(settings["blobstore"], configured_blobstore());
     assert_eq!(settings["env"], env);
@@ -59,7 +48,12 @@ fn blobstores_in_env_win_and_the_configured_one_stays_out_of_the_vm() {
     let blobstores = json!([{"provider": "dav", "options": {
         "endpoint": "https://10.1.1.6:25250", "user": "agent", "password": "agent-pw"}}]);
     let env = json!({"bosh": {"blobstores": blobstores, "group": "g"}});
-    let cid = create(&agent, &format!("{prefix}.62"), env.clone());
+    let (cid, _) = create_vm(
+        &agent,
+        json!({}),
+        manual_network(&format!("{prefix}.62")),
+        env.clone(),
+    );
     let settings = settings_in(&node, &cid);
     // The agent takes env.bosh.blobstores[0] first; the CPI's own is not written at all.
     assert_eq!(settings["env"]["bosh"]["blobstores"], blobstores);
@@ -176,7 +170,12 @@ fn assert_private(node: &str, cid: &str, when: &str) {
 fn agent_files_keep_the_stemcells_modes_and_vcap_cannot_read_them_also_after_a_recreation() {
     let (node, prefix) = node_prefix(0);
     let agent = agent_id("vcap");
-    let cid = create(&agent, &format!("{prefix}.64"), json!({}));
+    let (cid, _) = create_vm(
+        &agent,
+        json!({}),
+        manual_network(&format!("{prefix}.64")),
+        json!({}),
+    );
 
     // The stemcell's own folder, as a container of the image without the CPI shows it.
     let (code, out) = runtime().block_on(exec_in(&node, &cid, "id vcap"));

@@ -11,24 +11,13 @@ fn delete_vm(cid: &str) {
     assert_eq!(call("delete_vm", json!([cid])), Value::Null);
 }
 
-/// Creates a VM (v2) and returns (cid, networks result).
-fn create(agent: &str, props: Value, networks: Value, env: Value) -> (String, Value) {
-    let req = create_vm_request(agent, &shared_stemcell(), props, networks, env, 2);
-    let result = expect_result(&req, Some(&cluster_config()));
-    let arr = result
-        .as_array()
-        .expect("v2 create_vm answers [cid, networks]");
-    assert_eq!(arr.len(), 2, "{result}");
-    (arr[0].as_str().unwrap().to_string(), arr[1].clone())
-}
-
 #[test]
 fn a_manual_vm_runs_on_the_node_of_its_ip_with_the_exact_agent_files() {
     let (node, prefix) = node_prefix(1);
     let ip = format!("{prefix}.30");
     let agent = agent_id("manual");
     let env = json!({"bosh": {"group": "manual-group", "password": "hash"}, "persistent_disk": 0});
-    let (cid, networks) = create(
+    let (cid, networks) = create_vm(
         &agent,
         json!({"ram": 256}),
         manual_network(&ip),
@@ -141,7 +130,7 @@ fn a_dynamic_vm_reports_the_address_it_really_has() {
     let agent = agent_id("dynamic");
     let networks =
         json!({"dyn": {"type": "dynamic", "dns": ["10.1.1.1"], "default": ["dns", "gateway"]}});
-    let (cid, result) = create(
+    let (cid, result) = create_vm(
         &agent,
         json!({}),
         networks,
@@ -184,13 +173,13 @@ fn vms_on_different_nodes_reach_each_other_over_their_static_ips() {
     let (node_a, prefix_a) = node_prefix(0);
     let (node_b, prefix_b) = node_prefix(2);
     let (ip_a, ip_b) = (format!("{prefix_a}.32"), format!("{prefix_b}.33"));
-    let (a, _) = create(
+    let (a, _) = create_vm(
         &agent_id("cross-a"),
         json!({}),
         manual_network(&ip_a),
         json!({}),
     );
-    let (b, _) = create(
+    let (b, _) = create_vm(
         &agent_id("cross-b"),
         json!({}),
         manual_network(&ip_b),
@@ -229,7 +218,7 @@ fn vms_on_different_nodes_reach_each_other_over_their_static_ips() {
 fn reboot_vm_restarts_the_container_with_the_same_ip() {
     let (node, prefix) = node_prefix(1);
     let ip = format!("{prefix}.34");
-    let (cid, _) = create(
+    let (cid, _) = create_vm(
         &agent_id("reboot"),
         json!({}),
         manual_network(&ip),
@@ -281,7 +270,7 @@ fn unknown_vms() {
 #[test]
 fn set_vm_metadata_is_kept_in_the_index() {
     let agent = agent_id("metadata");
-    let (cid, _) = create(
+    let (cid, _) = create_vm(
         &agent,
         json!({}),
         json!({"d": {"type": "dynamic"}}),
@@ -302,7 +291,7 @@ fn set_vm_metadata_is_kept_in_the_index() {
 fn an_ip_in_use_fails_clearly_and_leaves_the_first_vm_alone() {
     let (node, prefix) = node_prefix(2);
     let ip = format!("{prefix}.35");
-    let (first, _) = create(
+    let (first, _) = create_vm(
         &agent_id("ip-first"),
         json!({}),
         manual_network(&ip),
@@ -756,7 +745,7 @@ fn a_vm_abandoned_by_a_killed_create_vm_is_removed_by_the_next_create_on_its_nod
         std::thread::sleep(Duration::from_secs(1));
     }
     // No IP or disk conflict: the next create on that node removes it all the same.
-    let (next, _) = create(
+    let (next, _) = create_vm(
         &agent_id("abandoned-next"),
         json!({"node": node}),
         dynamic,

@@ -57,6 +57,18 @@ pub fn shared_stemcell() -> String {
     .clone()
 }
 
+/// Creates a VM (API v2) of the shared stemcell on the shared cluster: (cid, the networks
+/// the CPI answered).
+pub fn create_vm(agent: &str, props: Value, networks: Value, env: Value) -> (String, Value) {
+    let req = create_vm_request(agent, &shared_stemcell(), props, networks, env, 2);
+    let result = expect_result(&req, Some(&cluster_config()));
+    let arr = result
+        .as_array()
+        .expect("v2 create_vm answers [cid, networks]");
+    assert_eq!(arr.len(), 2, "{result}");
+    (arr[0].as_str().unwrap().to_string(), arr[1].clone())
+}
+
 /// The create_vm request (API v2) of `agent` from `stemcell` with the static `ip` and no
 /// cloud_properties or env.
 pub fn static_vm_request(agent: &str, stemcell: &str, ip: &str) -> String {
