@@ -412,11 +412,10 @@ fn an_unreachable_source_node_is_a_retriable_error_and_loses_nothing() {
     let config = private_cluster(dir.path(), &[]);
     let (n1, _) = node_prefix(0);
     let (_, p3) = node_prefix(2);
-    let disk =
-        answer_on(&config, "create_disk", json!([10, {"node": n1}, null])).response["result"]
-            .as_str()
-            .unwrap()
-            .to_string();
+    let disk = call_on(&config, "create_disk", json!([10, {"node": n1}, null]))
+        .as_str()
+        .unwrap()
+        .to_string();
     let req = static_vm_request(
         &agent_id("unreachable"),
         &shared_stemcell(),
@@ -799,11 +798,10 @@ fn delete_disk_keeps_its_record_while_an_old_copy_cannot_be_removed() {
     let config = private_cluster(dir.path(), &[]);
     let (n1, _) = node_prefix(0);
     let (n2, _) = node_prefix(1);
-    let disk =
-        answer_on(&config, "create_disk", json!([10, {"node": n1}, null])).response["result"]
-            .as_str()
-            .unwrap()
-            .to_string();
+    let disk = call_on(&config, "create_disk", json!([10, {"node": n1}, null]))
+        .as_str()
+        .unwrap()
+        .to_string();
     // The old copy a move left on n2, and n2 unreachable for this CPI.
     plant_old_copy(&config, &disk, &n2);
     let original = make_node_unreachable(&config, &n2);
