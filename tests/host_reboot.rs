@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use moltencore_testkit::{bosh, cluster::*, cpi::*, docker::*, index::*, requests::*};
+use moltencore_testkit::{bosh, cluster::*, cpi::*, docker::*, index::*, requests::*, wait::*};
 use serde_json::json;
 
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -87,17 +87,6 @@ fn flag(i: usize) {
     std::fs::write(node_root(i).join("run/reboot-required"), "").unwrap();
 }
 
-fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not reached within {limit:?}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// After a reboot: `node` is ready again, no slot is held, and `vm` runs on `ip`.
 fn assert_back(node: &str, vm: &str, ip: &str) {
     assert_eq!(node_record_state(&cluster_config(), node), "ready");
@@ -115,9 +104,12 @@ fn a_vm_with_a_disk_survives_its_node_s_reboot() {
 
     let _managers = Managers::start(&[1]);
     flag(1);
-    wait_until("n1 rebooted and finished", Duration::from_secs(240), || {
-        boot_id(1) != boot && reboot_record(&cluster_config(), &node).is_none()
-    });
+    wait_until(
+        "n1 rebooted and finished",
+        Duration::from_secs(240),
+        Duration::from_millis(200),
+        || boot_id(1) != boot && reboot_record(&cluster_config(), &node).is_none(),
+    );
     assert_ne!(dockerd_pid(1), dockerd, "dockerd was not restarted");
     assert_back(&node, &vm, &ip);
     assert_eq!(blob_sum(&node, &vm, &disk), sum);
@@ -148,17 +140,23 @@ fn three_flagged_nodes_reboot_one_at_a_time() {
     }
     // Sampled timeline: the nodes in a reboot (record present) or whose dockerd is gone.
     let mut timeline: Vec<Vec<String>> = Vec::new();
-    wait_until("every node rebooted", Duration::from_secs(600), || {
-        let down: Vec<String> = names
-            .iter()
-            .filter(|n| reboot_record(&cluster_config(), n).is_some())
-            .cloned()
-            .collect();
-        timeline.push(down);
-        indices.iter().all(|&i| {
-            boot_id(i) != boots[i - 1] && reboot_record(&cluster_config(), &names[i - 1]).is_none()
-        })
-    });
+    wait_until(
+        "every node rebooted",
+        Duration::from_secs(600),
+        Duration::from_millis(200),
+        || {
+            let down: Vec<String> = names
+                .iter()
+                .filter(|n| reboot_record(&cluster_config(), n).is_some())
+                .cloned()
+                .collect();
+            timeline.push(down);
+            indices.iter().all(|&i| {
+                boot_id(i) != boots[i - 1]
+                    && reboot_record(&cluster_config(), &names[i - 1]).is_none()
+            })
+        },
+    );
     for down in &timeline {
         assert!(down.len() <= 1, "nodes down together: {down:?}");
     }
@@ -226,14 +224,22 @@ fn a_manager_killed_mid_drain_and_after_the_reboot_is_finished_by_the_next() {
     }
     kill_and_restart_manager(2);
     // Killed again after the reboot, while the health gate settles.
-    wait_until("n2 rebooted and checking", Duration::from_secs(240), || {
-        boot_id(2) != boot
-            && reboot_record(&cluster_config(), &node).is_some_and(|r| r["phase"] == "checking")
-    });
+    wait_until(
+        "n2 rebooted and checking",
+        Duration::from_secs(240),
+        Duration::from_millis(200),
+        || {
+            boot_id(2) != boot
+                && reboot_record(&cluster_config(), &node).is_some_and(|r| r["phase"] == "checking")
+        },
+    );
     kill_and_restart_manager(2);
-    wait_until("the reboot finishes", Duration::from_secs(240), || {
-        reboot_record(&cluster_config(), &node).is_none()
-    });
+    wait_until(
+        "the reboot finishes",
+        Duration::from_secs(240),
+        Duration::from_millis(200),
+        || reboot_record(&cluster_config(), &node).is_none(),
+    );
     assert_back(&node, &vm, &ip);
     call("delete_vm", json!([vm]));
 }

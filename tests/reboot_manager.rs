@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use moltencore_testkit::{cluster::*, cpi::*, docker::*, fleetlock::*, index::*, requests::*};
+use moltencore_testkit::{
+    cluster::*, cpi::*, docker::*, fleetlock::*, index::*, requests::*, wait::*,
+};
 use serde_json::{Value, json};
 
 /// A private prefix with the cluster's nodes, CA and stemcells.
@@ -129,17 +131,13 @@ impl Drop for ManagerProc {
 
 /// Polls `cond` every 100 ms; fails the test with `what` (and the manager logs) when it
 /// does not hold within `limit` (a bound against hangs, not a timing assertion).
-fn wait_until(what: &str, limit: Duration, hosts: &[&HostRoot], mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        if Instant::now() > deadline {
-            for h in hosts {
-                let log = std::fs::read_to_string(h.root.join("manager.log")).unwrap_or_default();
-                eprintln!("--- {} ---\n{log}", h.root.display());
-            }
-            panic!("{what}: not reached within {limit:?}");
+fn wait_until(what: &str, limit: Duration, hosts: &[&HostRoot], cond: impl FnMut() -> bool) {
+    if !poll_until(limit, Duration::from_millis(100), cond) {
+        for h in hosts {
+            let log = std::fs::read_to_string(h.root.join("manager.log")).unwrap_or_default();
+            eprintln!("--- {} ---\n{log}", h.root.display());
         }
-        std::thread::sleep(Duration::from_millis(100));
+        panic!("{what}: not reached within {limit:?}");
     }
 }
 

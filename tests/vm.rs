@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 
-use moltencore_testkit::{cluster::*, cpi::*, docker::*, index::*, requests::*};
+use moltencore_testkit::{cluster::*, cpi::*, docker::*, index::*, requests::*, wait::*};
 use serde_json::{Value, json};
 
 fn delete_vm(cid: &str) {
@@ -725,7 +725,7 @@ fn a_missing_docker_network_or_stemcell_is_named_and_nothing_is_made() {
 
 #[test]
 fn a_vm_abandoned_by_a_killed_create_vm_is_removed_by_the_next_create_on_its_node() {
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
     let (node, _) = node_prefix(2);
     let dynamic = json!({"d": {"type": "dynamic"}});
     let agent = agent_id("abandoned");
@@ -739,11 +739,12 @@ fn a_vm_abandoned_by_a_killed_create_vm_is_removed_by_the_next_create_on_its_nod
     );
     kill_create_vm_once_its_container_exists(&req, &cluster_config(), &agent);
     // The dead call's record expires with its lease; the director never learned the VM.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !index_records_of_agent(&cluster_config(), &agent).is_empty() {
-        assert!(Instant::now() < deadline, "the record outlived its lease");
-        std::thread::sleep(Duration::from_secs(1));
-    }
+    wait_until(
+        "the record expires with its lease",
+        Duration::from_secs(60),
+        Duration::from_secs(1),
+        || index_records_of_agent(&cluster_config(), &agent).is_empty(),
+    );
     // No IP or disk conflict: the next create on that node removes it all the same.
     let (next, _) = create_vm(
         &agent_id("abandoned-next"),

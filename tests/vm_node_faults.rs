@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use moltencore_testkit::{cluster::*, cpi::*, docker::*, index::*, requests::*};
+use moltencore_testkit::{cluster::*, cpi::*, docker::*, index::*, requests::*, wait::*};
 use serde_json::{Value, json};
 
 fn node_dir(node: &str) -> PathBuf {
@@ -22,14 +22,12 @@ fn stop_dockerd(node: &str) {
         .parse()
         .unwrap();
     Command::new("kill").arg(pid.to_string()).status().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
-        assert!(
-            Instant::now() < deadline,
-            "dockerd {pid} of {node} did not stop"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_until(
+        &format!("dockerd {pid} of {node} stops"),
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+    );
 }
 
 /// Brings the stopped daemon back through the harness (`up` repairs what is down).

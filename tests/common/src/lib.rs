@@ -2,7 +2,7 @@
 //! cluster brought up by `ci/cluster` ([`cluster`]), probes of Docker on its nodes
 //! ([`docker`]), reads and writes of the etcd index ([`index`]), request builders and the
 //! objects made with them ([`requests`]), `cpi fleetlock` and its clients
-//! ([`fleetlock`]), host tools ([`tools`]) and the BOSH release's
+//! ([`fleetlock`]), host tools ([`tools`]), waiting for a condition ([`wait`]) and the BOSH release's
 //! files and templates ([`bosh`]).
 //!
 //! A crate of its own (a dev-dependency of `moltencore`), so a helper one test binary does
@@ -16,6 +16,7 @@ pub mod fleetlock;
 pub mod index;
 pub mod requests;
 pub mod tools;
+pub mod wait;
 
 /// The flat names every helper had before the split, for a test file that still says
 /// `mod common; use common::*;` (`tests/common/mod.rs` re-exports these); new code names
@@ -28,4 +29,5 @@ pub mod flat {
     pub use crate::index::*;
     pub use crate::requests::*;
     pub use crate::tools::*;
+    pub use crate::wait::*;
 }
