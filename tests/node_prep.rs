@@ -4,18 +4,16 @@
 //! renewal, the reservation path, dry runs, unit files that systemd accepts, and bad
 //! input that fails loudly without leaving anything half-written.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::{cluster, cpi_bin, systemd_verify};
 use etcd_client::GetOptions;
 use moltencore::cluster::{Etcd, EtcdAccess, NodeRecord, NodeState};
 use moltencore::config::{Secret, TlsMaterial};
 use moltencore::nodeprep::pki;
+use moltencore_testkit::{cluster::cluster, cpi::cpi_bin, tools::systemd_verify};
 use serde_json::{Value, json};
 
 /// A private corner of the harness's etcd.
@@ -494,8 +492,10 @@ fn an_existing_lease_is_found_by_public_ip_and_a_cordon_survives_prep() {
     assert!(!has_change(&report, "reserved"), "{report:#}");
 
     // cpi nodes cordon / uncordon through a cpi.json pointing at this prefix.
-    let mut config: Value =
-        serde_json::from_str(&std::fs::read_to_string(common::cluster_config()).unwrap()).unwrap();
+    let mut config: Value = serde_json::from_str(
+        &std::fs::read_to_string(moltencore_testkit::cluster::cluster_config()).unwrap(),
+    )
+    .unwrap();
     config["etcd"]["key_prefix"] = json!(p.key);
     config["etcd"]["flannel_prefix"] = json!(p.flannel);
     let cfg = dir.path().join("cpi.json");
