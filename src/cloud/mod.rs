@@ -3,6 +3,7 @@
 mod context;
 pub mod disk;
 mod info;
+pub mod session;
 pub mod stemcell;
 pub mod vm;
 mod vm_properties;
