@@ -92,8 +92,9 @@ pub async fn create(
         None => Box::new(NoCheck),
     };
 
-    let view = ctx.view().await?;
-    let nodes = upload_nodes(ctx, &view).await?;
+    let session = Session::new(ctx);
+    let view = session.view().await?;
+    let nodes = upload_nodes(ctx, view).await?;
     if nodes.is_empty() {
         return Err(CpiError::cloud(
             "create_stemcell: no ready node could be reached (see the log)",
@@ -168,8 +169,9 @@ async fn create_light(
     ctx: &CloudContext<'_>,
     image: &light::LightImage,
 ) -> Result<CallResult, CpiError> {
-    let view = ctx.view().await?;
-    let nodes = upload_nodes(ctx, &view).await?;
+    let session = Session::new(ctx);
+    let view = session.view().await?;
+    let nodes = upload_nodes(ctx, view).await?;
     let cid = StemcellCid::generate();
     let have = match light::adopt(&nodes, image, &cid).await {
         Ok(have) => have,
@@ -288,10 +290,11 @@ async fn remove_everywhere(nodes: &[NodeDocker], reference: &str) {
 /// `delete_stemcell`: removes the image from every node; already gone is success. A node
 /// that cannot be reached is reported in the log and keeps its copy.
 pub async fn delete(ctx: &CloudContext<'_>, cid: &StemcellCid) -> Result<CallResult, CpiError> {
-    let view = ctx.view().await?;
+    let session = Session::new(ctx);
+    let view = session.view().await?;
     let reference = image_reference(cid);
     let names = view.nodes.iter().map(|n| n.name.as_str());
-    let nodes = reachable_nodes(ctx, &view, names, "delete_stemcell").await?;
+    let nodes = reachable_nodes(ctx, view, names, "delete_stemcell").await?;
     let results = join_all(nodes.iter().map(|n| images::remove(n, &reference))).await;
     let mut hard = Vec::new();
     for (node, result) in nodes.iter().zip(results) {
