@@ -5,7 +5,9 @@ pub mod light;
 pub mod manifest;
 pub mod source;
 
+use futures_util::StreamExt;
 use futures_util::future::join_all;
+use futures_util::stream::FuturesUnordered;
 use serde::{Deserialize, Serialize};
 
 use super::CloudContext;
@@ -325,7 +327,7 @@ pub enum Presence {
     /// The index has its record.
     Recorded,
     /// No record in this index (an image another CPI's index uploaded to the same nodes):
-    /// the nodes that answered having its image.
+    /// the first node found with its image.
     OnNodes(Vec<String>),
 }
 
@@ -343,23 +345,23 @@ pub async fn check_exists(s: &Session<'_>, cid: &StemcellCid) -> Result<Presence
     }
     let reference = image_reference(cid);
     let view = s.view().await?;
-    let looked_up = join_all(view.nodes.iter().map(|n| async {
-        let docker = s.node_docker(&n.name).await?;
-        let found = images::inspect(&docker, &reference).await?;
-        Ok::<_, CpiError>(found.map(|_| n.name.clone()))
-    }))
-    .await;
-    let mut have = Vec::new();
+    // The first node that has it settles the question: a slow node is not waited for.
+    let mut looked_up: FuturesUnordered<_> = view
+        .nodes
+        .iter()
+        .map(|n| async {
+            let docker = s.node_docker(&n.name).await?;
+            let found = images::inspect(&docker, &reference).await?;
+            Ok::<_, CpiError>(found.map(|_| n.name.clone()))
+        })
+        .collect();
     let mut unanswered = Vec::new();
-    for result in looked_up {
+    while let Some(result) = looked_up.next().await {
         match result {
-            Ok(Some(node)) => have.push(node),
+            Ok(Some(node)) => return Ok(Presence::OnNodes(vec![node])),
             Ok(None) => {}
             Err(e) => unanswered.push(e),
         }
-    }
-    if !have.is_empty() {
-        return Ok(Presence::OnNodes(have));
     }
     if let Some(e) = unanswered.into_iter().next() {
         return Err(e.context(format!(
