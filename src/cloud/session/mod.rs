@@ -46,11 +46,6 @@ impl<'s> Session<'s> {
         }
     }
 
-    /// The call's context (configuration, etcd, Docker access).
-    pub fn ctx(&self) -> &'s CloudContext<'s> {
-        self.ctx
-    }
-
     /// The validated configuration.
     pub async fn config(&self) -> Result<&'s Config, CpiError> {
         self.ctx.config().await
