@@ -17,3 +17,4 @@ pub mod placement;
 pub mod protocol;
 pub mod reboot;
 pub mod redact;
+pub mod roundtrips;

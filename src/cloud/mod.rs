@@ -4,6 +4,7 @@ mod context;
 pub mod disk;
 pub mod errors;
 mod info;
+pub mod session;
 pub mod stemcell;
 pub mod vm;
 mod vm_properties;

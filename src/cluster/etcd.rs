@@ -89,6 +89,7 @@ impl Etcd {
 
     /// The underlying client, for the modules that read and write keys.
     pub fn client(&self) -> Client {
+        crate::roundtrips::etcd();
         self.client.clone()
     }
 

@@ -127,10 +127,12 @@ async fn run_call(
 ) -> Result<crate::protocol::CallResult, CpiError> {
     let ctx = CloudContext::new(config_path, context, Some(logging));
     let method = cloud::method_name(&call);
-    match AssertUnwindSafe(cloud::handle(&ctx, call))
+    let outcome = AssertUnwindSafe(cloud::handle(&ctx, call))
         .catch_unwind()
-        .await
-    {
+        .await;
+    let (etcd, docker) = crate::roundtrips::totals();
+    tracing::debug!("round trips: etcd={etcd} docker={docker}");
+    match outcome {
         Ok(result) => result,
         Err(_) => Err(CpiError::cpi(format!(
             "internal error while running {method}; see the CPI log"

@@ -76,6 +76,7 @@ impl DockerAccess {
         let client = Arc::new(Client::builder(TokioExecutor::new()).build(https));
         let transport = move |req: BollardRequest| {
             let client = Arc::clone(&client);
+            crate::roundtrips::docker();
             async move {
                 client
                     .request(req)

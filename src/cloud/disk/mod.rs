@@ -2,10 +2,10 @@
 //! uses them (moved between nodes when a VM elsewhere attaches them), indexed in etcd.
 
 mod attach;
-mod moving;
+pub mod labels;
 mod snapshot;
 
-pub use attach::{attach, detach, disks_for_new_vm, release_disks_of};
+pub use attach::{attach, detach};
 pub use snapshot::{delete_snapshot, snapshot};
 
 use std::collections::HashMap;
@@ -13,35 +13,10 @@ use std::collections::HashMap;
 use serde_json::Value;
 
 use super::CloudContext;
-use crate::cluster::{DiskRecord, VmRecord, index};
+use super::session::Session;
+use crate::cluster::DiskRecord;
 use crate::placement::{self, VmDemand};
 use crate::protocol::{CallResult, CpiError, DiskCid, ErrorKind, Object, VmCid};
-
-/// Docker label keys on disk volumes.
-pub mod labels {
-    pub const DISK_CID: &str = "moltencore.disk.cid";
-    pub const SIZE_MIB: &str = "moltencore.disk.size_mib";
-}
-
-fn not_found(cid: &DiskCid) -> CpiError {
-    CpiError::new(
-        ErrorKind::DiskNotFound,
-        format!("disk {cid} does not exist"),
-    )
-}
-
-/// The disk's index record, or `DiskNotFound`.
-pub(crate) async fn record(ctx: &CloudContext<'_>, cid: &DiskCid) -> Result<DiskRecord, CpiError> {
-    let keys = ctx.keys().await?;
-    index::get::<DiskRecord>(ctx.etcd().await?, &keys.disk(cid))
-        .await?
-        .ok_or_else(|| not_found(cid))
-}
-
-pub(crate) async fn save(ctx: &CloudContext<'_>, disk: &DiskRecord) -> Result<(), CpiError> {
-    let keys = ctx.keys().await?;
-    index::put(ctx.etcd().await?, &keys.disk(&disk.cid), disk).await
-}
 
 /// `create_disk`: a volume on the VM's node (locality), else on `cloud_properties.node`,
 /// else on the CPI's `placement.node`, else where placement puts a VM.
@@ -51,13 +26,10 @@ pub async fn create(
     cloud_properties: &Object,
     vm_cid: Option<&VmCid>,
 ) -> Result<CallResult, CpiError> {
-    let view = ctx.view().await?;
-    let keys = ctx.keys().await?;
-    let etcd = ctx.etcd().await?;
+    let s = Session::new(ctx);
+    let view = s.view().await?;
     let mut node = match vm_cid {
-        Some(vm) => index::get::<VmRecord>(etcd, &keys.vm(vm))
-            .await?
-            .map(|r| r.node),
+        Some(vm) => s.vm(vm).await?.map(|r| r.node),
         None => None,
     };
     if node.is_none() {
@@ -75,7 +47,7 @@ pub async fn create(
         );
     }
     let node = node.unwrap_or_default();
-    let docker = ctx.node_docker(&view, &node).await?;
+    let docker = s.node_docker(&node).await?;
     let cid = DiskCid::generate();
     let record = DiskRecord {
         cid: cid.clone(),
@@ -88,13 +60,13 @@ pub async fn create(
         metadata: Default::default(),
     };
     // The record first: a killed process leaves a record delete_disk can follow.
-    index::put(etcd, &keys.disk(&cid), &record).await?;
+    s.save_disk(&record).await?;
     let volume_labels = HashMap::from([
         (labels::DISK_CID.to_string(), cid.to_string()),
         (labels::SIZE_MIB.to_string(), size_mib.to_string()),
     ]);
     if let Err(e) = docker.create_volume(cid.as_str(), volume_labels).await {
-        let _ = index::delete(etcd, &keys.disk(&cid)).await;
+        let _ = s.delete_disk_record(&cid).await;
         return Err(e.into());
     }
     tracing::info!(disk = %cid, node = %node, size_mib, "disk created");
@@ -103,18 +75,17 @@ pub async fn create(
 
 /// `delete_disk`: idempotent; an attached disk is refused, naming the VM.
 pub async fn delete(ctx: &CloudContext<'_>, cid: &DiskCid) -> Result<CallResult, CpiError> {
-    let mut disk = match record(ctx, cid).await {
-        Ok(d) => d,
-        Err(e) if e.kind == ErrorKind::DiskNotFound => return Ok(CallResult::Plain(Value::Null)),
-        Err(e) => return Err(e),
+    let s = Session::new(ctx);
+    let Some(mut disk) = s.disk_if_any(cid).await? else {
+        return Ok(CallResult::Plain(Value::Null));
     };
-    if let Some(vm) = attach::attached_vm(ctx, &disk).await? {
+    if let Some(vm) = s.attached_vm(&disk).await? {
         return Err(CpiError::cloud(
             format!("delete_disk: disk {cid} is attached to VM {vm}; detach it first"),
             false,
         ));
     }
-    moving::remove_stray_copies(ctx, &mut disk).await;
+    s.remove_stray_copies(&mut disk).await;
     if let Some(node) = disk.old_copy_on.as_ref().or(disk.copying_to.as_ref()) {
         // Forgetting the record now would leave that copy of the data on the node for good.
         return Err(CpiError::cloud(
@@ -125,32 +96,26 @@ pub async fn delete(ctx: &CloudContext<'_>, cid: &DiskCid) -> Result<CallResult,
             true,
         ));
     }
-    let view = ctx.view().await?;
-    if view.registered(&disk.node)?.is_some() {
-        let docker = ctx.node_docker(&view, &disk.node).await?;
-        attach::ensure_unmounted(ctx, &docker, cid).await?;
+    if s.view().await?.registered(&disk.node)?.is_some() {
+        let docker = s.node_docker(&disk.node).await?;
+        s.ensure_unmounted(&docker, cid).await?;
         docker.remove_volume(cid.as_str()).await?;
     }
-    let keys = ctx.keys().await?;
-    index::delete(ctx.etcd().await?, &keys.disk(cid)).await?;
+    s.delete_disk_record(cid).await?;
     Ok(CallResult::Plain(Value::Null))
 }
 
 /// `has_disk`: the record and the volume on its node.
 pub async fn has(ctx: &CloudContext<'_>, cid: &DiskCid) -> Result<CallResult, CpiError> {
-    let mut disk = match record(ctx, cid).await {
-        Ok(d) => d,
-        Err(e) if e.kind == ErrorKind::DiskNotFound => {
-            return Ok(CallResult::Plain(Value::Bool(false)));
-        }
-        Err(e) => return Err(e),
+    let s = Session::new(ctx);
+    let Some(mut disk) = s.disk_if_any(cid).await? else {
+        return Ok(CallResult::Plain(Value::Bool(false)));
     };
-    moving::remove_stray_copies(ctx, &mut disk).await;
-    let view = ctx.view().await?;
-    if view.registered(&disk.node)?.is_none() {
+    s.remove_stray_copies(&mut disk).await;
+    if s.view().await?.registered(&disk.node)?.is_none() {
         return Ok(CallResult::Plain(Value::Bool(false)));
     }
-    let docker = ctx.node_docker(&view, &disk.node).await?;
+    let docker = s.node_docker(&disk.node).await?;
     Ok(CallResult::Plain(Value::Bool(
         docker.volume_exists(cid.as_str()).await?,
     )))
@@ -162,11 +127,12 @@ pub async fn set_metadata(
     cid: &DiskCid,
     metadata: &Object,
 ) -> Result<CallResult, CpiError> {
-    let mut disk = record(ctx, cid).await?;
+    let s = Session::new(ctx);
+    let mut disk = s.disk(cid).await?;
     for (k, v) in metadata {
         disk.metadata.insert(k.clone(), v.clone());
     }
-    save(ctx, &disk).await?;
+    s.save_disk(&disk).await?;
     Ok(CallResult::Plain(Value::Null))
 }
 
@@ -177,7 +143,8 @@ pub async fn resize(
     cid: &DiskCid,
     new_size_mib: u64,
 ) -> Result<CallResult, CpiError> {
-    let mut disk = record(ctx, cid).await?;
+    let s = Session::new(ctx);
+    let mut disk = s.disk(cid).await?;
     if new_size_mib < disk.size_mib {
         return Err(CpiError::new(
             ErrorKind::NotSupported,
@@ -188,29 +155,18 @@ pub async fn resize(
         ));
     }
     disk.size_mib = new_size_mib;
-    save(ctx, &disk).await?;
+    s.save_disk(&disk).await?;
     Ok(CallResult::Plain(Value::Null))
 }
 
 /// `get_disks`: the persistent disks really mounted in the VM's container.
 pub async fn get_disks(ctx: &CloudContext<'_>, vm_cid: &VmCid) -> Result<CallResult, CpiError> {
-    let (_, docker) = super::vm::find_existing(ctx, vm_cid).await?;
-    let disks: Vec<Value> = attach::mounted_disks_of(&docker, vm_cid)
+    let s = Session::new(ctx);
+    let (_, docker) = super::vm::find_existing(&s, vm_cid).await?;
+    let disks: Vec<Value> = attach::mounted_disks_of(&s, &docker, vm_cid)
         .await?
         .into_keys()
         .map(Value::String)
         .collect();
     Ok(CallResult::Plain(Value::Array(disks)))
-}
-
-/// The error for a disk whose record names a node that no longer has its volume: the
-/// CPI refuses to go on, as Docker would mount a new, empty volume of that name.
-pub(super) fn volume_gone(disk: &DiskRecord) -> CpiError {
-    CpiError::new(
-        ErrorKind::DiskNotFound,
-        format!(
-            "disk {} has no volume on its node {} (removed outside the CPI?)",
-            disk.cid, disk.node
-        ),
-    )
 }

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
-use super::record;
 use crate::cloud::CloudContext;
+use crate::cloud::session::Session;
 use crate::cluster::{SnapshotRecord, index};
 use crate::docker::volume_copy;
 use crate::protocol::{CallResult, CpiError, DiskCid, Object, SnapshotCid};
@@ -17,9 +17,9 @@ pub async fn snapshot(
     disk_cid: &DiskCid,
     metadata: &Object,
 ) -> Result<CallResult, CpiError> {
-    let disk = record(ctx, disk_cid).await?;
-    let view = ctx.view().await?;
-    let docker = ctx.node_docker(&view, &disk.node).await?;
+    let s = Session::new(ctx);
+    let disk = s.disk(disk_cid).await?;
+    let docker = s.node_docker(&disk.node).await?;
     let cid = SnapshotCid::generate();
     let keys = ctx.keys().await?;
     let etcd = ctx.etcd().await?;
@@ -68,9 +68,9 @@ pub async fn delete_snapshot(
     let keys = ctx.keys().await?;
     let etcd = ctx.etcd().await?;
     if let Some(rec) = index::get::<SnapshotRecord>(etcd, &keys.snapshot(cid)).await? {
-        let view = ctx.view().await?;
-        if view.registered(&rec.node)?.is_some() {
-            ctx.node_docker(&view, &rec.node)
+        let s = Session::new(ctx);
+        if s.view().await?.registered(&rec.node)?.is_some() {
+            s.node_docker(&rec.node)
                 .await?
                 .remove_volume(cid.as_str())
                 .await?;

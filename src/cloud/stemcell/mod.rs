@@ -5,10 +5,13 @@ pub mod light;
 pub mod manifest;
 pub mod source;
 
+use futures_util::StreamExt;
 use futures_util::future::join_all;
+use futures_util::stream::FuturesUnordered;
 use serde::{Deserialize, Serialize};
 
 use super::CloudContext;
+use super::session::Session;
 use crate::cluster::{NodeState, index};
 use crate::docker::NodeDocker;
 use crate::docker::images::{self, ImportTarget, StreamCheck};
@@ -91,8 +94,9 @@ pub async fn create(
         None => Box::new(NoCheck),
     };
 
-    let view = ctx.view().await?;
-    let nodes = upload_nodes(ctx, &view).await?;
+    let session = Session::new(ctx);
+    let view = session.view().await?;
+    let nodes = upload_nodes(ctx, view).await?;
     if nodes.is_empty() {
         return Err(CpiError::cloud(
             "create_stemcell: no ready node could be reached (see the log)",
@@ -170,8 +174,9 @@ async fn create_light(
     ctx: &CloudContext<'_>,
     image: &light::LightImage,
 ) -> Result<CallResult, CpiError> {
-    let view = ctx.view().await?;
-    let nodes = upload_nodes(ctx, &view).await?;
+    let session = Session::new(ctx);
+    let view = session.view().await?;
+    let nodes = upload_nodes(ctx, view).await?;
     let cid = StemcellCid::generate();
     let have = match light::adopt(&nodes, image, &cid).await {
         Ok(have) => have,
@@ -290,10 +295,11 @@ async fn remove_everywhere(nodes: &[NodeDocker], reference: &str) {
 /// `delete_stemcell`: removes the image from every node; already gone is success. A node
 /// that cannot be reached is reported in the log and keeps its copy.
 pub async fn delete(ctx: &CloudContext<'_>, cid: &StemcellCid) -> Result<CallResult, CpiError> {
-    let view = ctx.view().await?;
+    let session = Session::new(ctx);
+    let view = session.view().await?;
     let reference = image_reference(cid);
     let names = view.nodes.iter().map(|n| n.name.as_str());
-    let nodes = reachable_nodes(ctx, &view, names, "delete_stemcell").await?;
+    let nodes = reachable_nodes(ctx, view, names, "delete_stemcell").await?;
     let results = join_all(nodes.iter().map(|n| images::remove(n, &reference))).await;
     let mut hard = Vec::new();
     for (node, result) in nodes.iter().zip(results) {
@@ -319,13 +325,74 @@ pub async fn delete(ctx: &CloudContext<'_>, cid: &StemcellCid) -> Result<CallRes
     Ok(CallResult::Plain(serde_json::Value::Null))
 }
 
+/// What create_vm learned about a stemcell before placing the VM (see [`check_exists`]).
+pub enum Presence {
+    /// The index has its record.
+    Recorded,
+    /// No record in this index (an image another CPI's index uploaded to the same nodes):
+    /// the first node found with its image.
+    OnNodes(Vec<String>),
+}
+
+/// Checks that stemcell `cid` exists before create_vm chooses a node or writes anything:
+/// its index record, else its image on a node of the cluster (as [`ensure_on_node`]
+/// decides). Unknown (every node answered without it) is final; a node that did not
+/// answer makes it retriable, as a retry may find it there.
+pub async fn check_exists(s: &Session<'_>, cid: &StemcellCid) -> Result<Presence, CpiError> {
+    let keys = s.keys().await?;
+    if index::get::<StemcellRecord>(s.etcd().await?, &keys.stemcell(cid))
+        .await?
+        .is_some()
+    {
+        return Ok(Presence::Recorded);
+    }
+    let reference = image_reference(cid);
+    let view = s.view().await?;
+    // The first node that has it settles the question: a slow node is not waited for.
+    let mut looked_up: FuturesUnordered<_> = view
+        .nodes
+        .iter()
+        .map(|n| async {
+            let docker = s.node_docker(&n.name).await?;
+            let found = images::inspect(&docker, &reference).await?;
+            Ok::<_, CpiError>(found.map(|_| n.name.clone()))
+        })
+        .collect();
+    let mut unanswered = Vec::new();
+    while let Some(result) = looked_up.next().await {
+        match result {
+            Ok(Some(node)) => return Ok(Presence::OnNodes(vec![node])),
+            Ok(None) => {}
+            Err(e) => unanswered.push(e),
+        }
+    }
+    if let Some(e) = unanswered.into_iter().next() {
+        return Err(e.context(format!(
+            "stemcell {cid} has no record and the nodes that might have it did not all answer"
+        )));
+    }
+    let shown = crate::echo::printable(cid.as_str());
+    Err(CpiError::cpi(format!(
+        "create_vm: unknown stemcell {shown}: stemcell {shown} is on no node of the cluster: upload it again"
+    )))
+}
+
 /// Makes sure `node` has stemcell `cid`, copying it from another node that has it.
+/// `presence` is what [`check_exists`] found: a node it saw the image on is not asked again.
 pub async fn ensure_on_node(
-    ctx: &CloudContext<'_>,
-    view: &crate::cluster::ClusterView,
+    s: &Session<'_>,
     node: &NodeDocker,
     cid: &StemcellCid,
+    presence: &Presence,
 ) -> Result<(), CpiError> {
+    let seen_on = match presence {
+        Presence::OnNodes(nodes) => nodes.as_slice(),
+        Presence::Recorded => &[],
+    };
+    if seen_on.contains(&node.name) {
+        return Ok(());
+    }
+    let view = s.view().await?;
     let reference = image_reference(cid);
     if images::inspect(node, &reference).await?.is_some() {
         return Ok(());
@@ -335,7 +402,10 @@ pub async fn ensure_on_node(
             .iter()
             .filter(|n| n.name != node.name)
             .map(|n| async {
-                let other = ctx.node_docker(view, &n.name).await?;
+                let other = s.node_docker(&n.name).await?;
+                if seen_on.contains(&n.name) {
+                    return Ok(Some(other));
+                }
                 let found = images::inspect(&other, &reference).await?;
                 Ok::<_, CpiError>(found.map(|_| other))
             }),

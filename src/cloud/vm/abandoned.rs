@@ -8,32 +8,16 @@ use std::collections::HashSet;
 use bollard::models::ContainerSummary;
 
 use super::labels;
-use crate::cloud::CloudContext;
-use crate::cluster::{ClusterView, VmRecord, index};
+use crate::cloud::session::Session;
 use crate::docker::NodeDocker;
 use crate::protocol::{CpiError, VmCid};
-
-/// The index record of VM `cid`, read now (not from an earlier view: a concurrent
-/// create_vm may have written it since); `None` means the VM is abandoned.
-pub async fn record_now(ctx: &CloudContext<'_>, cid: &VmCid) -> Result<Option<VmRecord>, CpiError> {
-    let keys = ctx.keys().await?;
-    index::get::<VmRecord>(ctx.etcd().await?, &keys.vm(cid)).await
-}
-
-/// Removes the abandoned VM `cid` from the node of `docker` as delete_vm does: its
-/// containers and its ephemeral volume. `why` says what it was in the way of.
-pub async fn remove(docker: &NodeDocker, cid: &VmCid, why: &str) -> Result<(), CpiError> {
-    tracing::warn!(vm = %cid, node = %docker.name, "removing abandoned VM (it {why})");
-    super::lifecycle::remove_from_node(docker, cid, false).await
-}
 
 /// Removes the abandoned VMs of this CPI's index among `containers` (the VM containers
 /// listed on the node of `docker`) and returns the others. Only containers labelled with
 /// this index's key prefix are candidates: a VM of another index on the same node is not
 /// this CPI's to judge. Failures are logged and the container kept, never fatal.
 pub async fn sweep(
-    ctx: &CloudContext<'_>,
-    view: &ClusterView,
+    s: &Session<'_>,
     docker: &NodeDocker,
     containers: Vec<ContainerSummary>,
     key_prefix: &str,
@@ -52,13 +36,14 @@ pub async fn sweep(
         };
         if labels.get(labels::INDEX).map(String::as_str) != Some(key_prefix)
             || removed.contains(holder.as_str())
-            || !matches!(view.vm(&holder), Ok(None))
+            || !matches!(s.vm(&holder).await, Ok(None))
         {
             continue;
         }
         let outcome = async {
-            if record_now(ctx, &holder).await?.is_none() {
-                remove(
+            // Fresh: a concurrent create_vm may have written the record since the view.
+            if s.vm_record_now(&holder).await?.is_none() {
+                s.remove_abandoned(
                     docker,
                     &holder,
                     "was left by a create_vm that failed or was killed",

@@ -1,8 +1,8 @@
-//! `create_vm`: place, claim the addresses, prepare the node (stemcell, network), create
-//! the container with the agent's files, start it. The index record and the address claims
-//! are written in one transaction before anything is made on the node, and every step
-//! registers its undo, so a failure (or a killed process, through the lease) leaves nothing
-//! behind.
+//! `create_vm`: check the request (stemcell included), place, claim the addresses,
+//! prepare the node (stemcell, network, disks), create the container with the agent's
+//! files, start it. The index record and the address claims are written in one
+//! transaction before anything is made on the node, and every step registers its undo, so
+//! a failure (or a killed process, through the lease) leaves nothing behind.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
@@ -12,14 +12,16 @@ use serde_json::Value;
 
 use super::container_spec::{self, ContainerPlan};
 use super::network_plan::{self, PlannedNetwork};
-use super::properties::VmProperties;
+use super::properties::{Effective, VmProperties};
 use super::{agent_files, ephemeral_volume, labels, start_script};
+use crate::cloud::session::Session;
+use crate::cloud::session::disks::volume_gone;
 use crate::cloud::{CloudContext, now, stemcell};
-use crate::cluster::{NodeRecord, VmRecord, VmState, claims, index};
+use crate::cluster::{NodeRecord, NodeState, VmRecord, VmState, claims, index};
 use crate::config::BlobstoreSettings;
 use crate::docker::{BridgeSpec, DockerError, NodeDocker};
 use crate::placement::{self, VmDemand};
-use crate::protocol::{CallResult, CpiError, CreateVm, ErrorKind, NetworkType, VmCid};
+use crate::protocol::{CallResult, CpiError, CreateVm, DiskCid, ErrorKind, NetworkType, VmCid};
 
 /// What to undo, in reverse order, when creation fails.
 enum Undo {
@@ -29,19 +31,94 @@ enum Undo {
     Container(String),
 }
 
+/// What create_vm decided before anything is made: the request and its parsed cloud
+/// properties, the VM's cid, where its stemcell was seen, the node, and the networks with
+/// their addresses (filled in as they are claimed, and by Docker for foreign networks).
+struct CreatePlan<'r, 's> {
+    req: &'r CreateVm,
+    cid: VmCid,
+    props: VmProperties,
+    effective: Effective,
+    /// Decided before anything is made: an agent without a blobstore never starts.
+    blobstore: Option<&'s BlobstoreSettings>,
+    stemcell: stemcell::Presence,
+    group: Option<String>,
+    node: NodeRecord,
+    networks: Vec<PlannedNetwork>,
+}
+
+impl CreatePlan<'_, '_> {
+    /// The VM's index record while it is being created.
+    fn record(&self) -> VmRecord {
+        VmRecord {
+            cid: self.cid.clone(),
+            node: self.node.name.clone(),
+            agent_id: self.req.agent_id.clone(),
+            stemcell_cid: self.req.stemcell_cid.to_string(),
+            memory_mib: self.props.memory_mib(),
+            group: self.group.clone(),
+            state: VmState::Creating,
+            created_at: now(),
+            metadata: Default::default(),
+            recreating: false,
+            addresses: Vec::new(),
+        }
+    }
+}
+
 /// `create_vm`. Transient failures anywhere (etcd included) come back as a retriable
 /// `VMCreationFailed`, so the director retries the whole create.
 pub async fn create(ctx: &CloudContext<'_>, req: CreateVm) -> Result<CallResult, CpiError> {
-    create_classified(ctx, req).await.map_err(creation_error)
+    let s = Session::new(ctx);
+    create_classified(&s, &req).await.map_err(creation_error)
 }
 
-async fn create_classified(ctx: &CloudContext<'_>, req: CreateVm) -> Result<CallResult, CpiError> {
+async fn create_classified(s: &Session<'_>, req: &CreateVm) -> Result<CallResult, CpiError> {
+    let mut plan = plan(s, req).await?;
+    let docker = s.node_docker(&plan.node.name).await?;
+    let wanted = addresses_to_claim(s, &docker, &plan).await?;
+    let mut record = plan.record();
+    // While creating, the record and the address claims live on a lease: if this process
+    // is killed, they expire and the next create_vm knows the leftovers are garbage.
+    let lease = index::ProgressLease::start(s.etcd().await?).await?;
+    if let Err(e) = claim(s, &lease, &mut record, &mut plan, &wanted).await {
+        lease.end().await;
+        return Err(e);
+    }
+    s.note_vm(&plan.cid, Some(record.clone()));
+    tracing::info!(vm = %plan.cid, node = %plan.node.name, "creating VM");
+    let mut undo = vec![Undo::IndexRecord(Box::new(record.clone()))];
+    let built = async {
+        build(s, &docker, &mut plan, &mut undo).await?;
+        record.state = VmState::Created;
+        make_permanent(s, &lease, &record).await
+    }
+    .await;
+    if let Err(e) = built {
+        tracing::warn!(vm = %plan.cid, node = %plan.node.name, "create_vm failed, undoing: {}", e.message);
+        rollback(s, Some(&docker), undo).await;
+        lease.end().await;
+        return Err(creation_error(e));
+    }
+    lease.end().await;
+    s.note_vm(&plan.cid, Some(record));
+    record_disks_attached(s, &plan).await;
+    Ok(CallResult::VmCreated {
+        vm_cid: plan.cid.to_string(),
+        networks: Value::Object(network_plan::resolved_json(&plan.networks)),
+    })
+}
+
+/// Everything decided from the request, the configuration and the cluster view before
+/// anything is written: properties, blobstore, that the stemcell exists, the node (the
+/// first persistent disk draws the VM to its node unless an IP or a pin says otherwise;
+/// then the disks move) and the network plan.
+async fn plan<'r, 's>(s: &Session<'s>, req: &'r CreateVm) -> Result<CreatePlan<'r, 's>, CpiError> {
     let props = VmProperties::parse(&req.cloud_properties)?;
-    let config = ctx.config().await?;
-    // Decided before anything is made: an agent without a blobstore never starts.
+    let config = s.config().await?;
     let blobstore = super::blobstore::for_agent(&req.env, &config.agent)?;
-    let placement = &config.placement;
-    let view = ctx.view().await?;
+    let stemcell = stemcell::check_exists(s, &req.stemcell_cid).await?;
+    let view = s.view().await?;
     let group = req
         .env
         .get("bosh")
@@ -51,17 +128,15 @@ async fn create_classified(ctx: &CloudContext<'_>, req: CreateVm) -> Result<Call
     let mut demand = VmDemand {
         manual_ips: network_plan::manual_ips(&req.networks),
         // The AZ's (or vm_type's) node wins over the CPI's own placement.node.
-        pinned_node: props.node.clone().or_else(|| placement.node.clone()),
+        pinned_node: props.node.clone().or_else(|| config.placement.node.clone()),
         group: group.clone(),
         memory_mib: props.memory_mib(),
     };
-    // Persistent disks draw the VM to their node unless an IP or a pin says otherwise
-    // (then the disks move).
     if let Some(first) = req.disk_cids.first() {
-        let disk = crate::cloud::disk::record(ctx, first).await?;
+        let disk = s.disk(first).await?;
         let disk_node_ready = view
             .node(&disk.node)
-            .is_some_and(|n| n.state == crate::cluster::NodeState::Ready);
+            .is_some_and(|n| n.state == NodeState::Ready);
         if demand.manual_ips.is_empty() && demand.pinned_node.is_none() && disk_node_ready {
             demand.pinned_node = Some(disk.node);
         }
@@ -72,46 +147,58 @@ async fn create_classified(ctx: &CloudContext<'_>, req: CreateVm) -> Result<Call
         .node(&node_name)
         .cloned()
         .ok_or_else(|| CpiError::cpi(format!("node {node_name} vanished from the view")))?;
-    let mut planned = network_plan::plan(&req.networks, &node)?;
+    let networks = network_plan::plan(&req.networks, &node)?;
+    Ok(CreatePlan {
+        req,
+        cid: VmCid::generate(),
+        effective: props.effective(&config.vm_defaults),
+        props,
+        blobstore,
+        stemcell,
+        group,
+        node,
+        networks,
+    })
+}
 
-    let cid = VmCid::generate();
-    let keys = ctx.keys().await?;
-    let etcd = ctx.etcd().await?;
-    let docker = ctx.node_docker(&view, &node.name).await?;
-    // What holds addresses on the node now; abandoned VMs (no record) are removed first.
+/// The addresses to claim on the node: what VM containers hold there now (abandoned VMs,
+/// without a record, are removed first), then [`wanted_addresses`].
+async fn addresses_to_claim(
+    s: &Session<'_>,
+    docker: &NodeDocker,
+    plan: &CreatePlan<'_, '_>,
+) -> Result<Vec<claims::Wanted>, CpiError> {
+    let key_prefix = &s.config().await?.etcd.key_prefix;
     let vm_containers = docker.containers_with_label(labels::VM_CID).await?;
-    let vm_containers =
-        super::abandoned::sweep(ctx, &view, &docker, vm_containers, &config.etcd.key_prefix).await;
-    let used = used_addresses(ctx, &docker, &node, vm_containers, &planned).await?;
-    let wanted = wanted_addresses(&keys, &view, &node, &planned, &used);
+    let vm_containers = super::abandoned::sweep(s, docker, vm_containers, key_prefix).await;
+    let used = used_addresses(s, docker, &plan.node, vm_containers, &plan.networks).await?;
+    Ok(wanted_addresses(
+        &s.keys().await?,
+        s.view().await?,
+        &plan.node,
+        &plan.networks,
+        &used,
+    ))
+}
 
-    let mut record = VmRecord {
-        cid: cid.clone(),
-        node: node.name.clone(),
-        agent_id: req.agent_id.clone(),
-        stemcell_cid: req.stemcell_cid.to_string(),
-        memory_mib: props.memory_mib(),
-        group: group.clone(),
-        state: VmState::Creating,
-        created_at: now(),
-        metadata: Default::default(),
-        recreating: false,
-        addresses: Vec::new(),
-    };
-    // While creating, the record and the address claims live on a lease: if this process
-    // is killed, they expire and the next create_vm knows the leftovers are garbage.
-    let lease = index::ProgressLease::start(etcd).await?;
-    let claimed = match claims::claim_for_new_vm(etcd, &keys, lease.id(), &record, &wanted).await {
-        Ok(c) => c,
-        Err(e) => {
-            lease.end().await;
-            return Err(e);
-        }
-    };
+/// Writes the VM's record and claims `wanted` in one transaction on `lease`, filling the
+/// claimed addresses into the plan and the record; an address taken or a pool exhausted
+/// is an error (the caller ends the lease).
+async fn claim(
+    s: &Session<'_>,
+    lease: &index::ProgressLease,
+    record: &mut VmRecord,
+    plan: &mut CreatePlan<'_, '_>,
+    wanted: &[claims::Wanted],
+) -> Result<(), CpiError> {
+    let keys = s.keys().await?;
+    let claimed =
+        claims::claim_for_new_vm(s.etcd().await?, &keys, lease.id(), record, wanted).await?;
     match claimed {
         claims::Claimed::All(addresses) => {
             for claim in &addresses {
-                if let Some(p) = planned
+                if let Some(p) = plan
+                    .networks
                     .iter_mut()
                     .find(|p| p.docker_network.as_deref() == Some(claim.network.as_str()))
                 {
@@ -119,19 +206,19 @@ async fn create_classified(ctx: &CloudContext<'_>, req: CreateVm) -> Result<Call
                 }
             }
             record.addresses = addresses;
+            Ok(())
         }
         claims::Claimed::Taken {
             holder, on_lease, ..
-        } if !on_lease && stale_claim(ctx, &holder).await => {
+        } if !on_lease && stale_claim(s, &holder).await => {
             // The holder's record is gone (removed by hand): its claim is garbage.
-            lease.end().await;
-            return Err(CpiError::new(
+            Err(CpiError::new(
                 ErrorKind::VmCreationFailed,
                 format!(
                     "create_vm: an address was claimed by VM {holder}, which has no record any more; the claim was removed, retry"
                 ),
             )
-            .retriable(true));
+            .retriable(true))
         }
         claims::Claimed::Taken {
             network,
@@ -139,96 +226,67 @@ async fn create_classified(ctx: &CloudContext<'_>, req: CreateVm) -> Result<Call
             holder,
             on_lease,
         } => {
-            lease.end().await;
             let state = if on_lease {
                 "still being created"
             } else {
                 "already created"
             };
-            return Err(CpiError::new(
+            Err(CpiError::new(
                 ErrorKind::VmCreationFailed,
                 format!(
                     "create_vm: IP {ip} on docker network {network} of node {} is taken by VM {holder} ({state})",
-                    node.name
+                    plan.node.name
                 ),
             )
             // A create still running may fail and free the address; its lease expires
             // 20 s after a killed process.
-            .retriable(on_lease));
+            .retriable(on_lease))
         }
         claims::Claimed::Exhausted { network } => {
-            rollback(ctx, None, vec![Undo::IndexRecord(Box::new(record))]).await;
-            lease.end().await;
-            return Err(CpiError::new(
+            rollback(s, None, vec![Undo::IndexRecord(Box::new(record.clone()))]).await;
+            Err(CpiError::new(
                 ErrorKind::VmCreationFailed,
                 format!(
                     "create_vm: no free address left in the dynamic pool of docker network {network} on node {}",
-                    node.name
+                    plan.node.name
                 ),
-            ));
+            ))
         }
     }
-    tracing::info!(vm = %cid, node = %node.name, "creating VM");
+}
 
-    let mut undo = vec![Undo::IndexRecord(Box::new(record.clone()))];
-    let outcome = build(
-        ctx,
-        &view,
-        &docker,
-        &node,
-        &cid,
-        &req,
-        &props,
-        blobstore,
-        group.as_deref(),
-        &mut planned,
-        &mut undo,
-    )
-    .await;
-    match outcome {
-        Ok(()) => {
-            record.state = VmState::Created;
-            // The record and the claims leave the lease: from now on they are permanent.
-            let kept = claims::make_permanent(etcd, &keys, lease.id(), &record).await;
-            let kept = match kept {
-                Ok(true) => Ok(()),
-                Ok(false) => Err(CpiError::cloud(
-                    format!(
-                        "create_vm: VM {cid} lost its record or address claims (this process stalled past their lease)"
-                    ),
-                    true,
-                )),
-                Err(e) => Err(e),
-            };
-            if let Err(e) = kept {
-                rollback(ctx, Some(&docker), undo).await;
-                lease.end().await;
-                return Err(creation_error(e));
-            }
-            lease.end().await;
-            // The VM is complete: the disks' records follow (attach_disk and get_disks
-            // read the real mounts, so a failure here is repaired later, not fatal).
-            for disk_cid in &req.disk_cids {
-                let updated = async {
-                    let mut disk = crate::cloud::disk::record(ctx, disk_cid).await?;
-                    disk.vm = Some(cid.clone());
-                    crate::cloud::disk::save(ctx, &disk).await
-                }
-                .await;
-                if let Err(e) = updated {
-                    tracing::warn!(vm = %cid, disk = %disk_cid, "disk record not updated: {}", e.message);
-                }
-            }
-            Ok(CallResult::VmCreated {
-                vm_cid: cid.to_string(),
-                networks: Value::Object(network_plan::resolved_json(&planned)),
-            })
+/// The record and the claims leave the lease: from now on they are permanent.
+async fn make_permanent(
+    s: &Session<'_>,
+    lease: &index::ProgressLease,
+    record: &VmRecord,
+) -> Result<(), CpiError> {
+    let keys = s.keys().await?;
+    match claims::make_permanent(s.etcd().await?, &keys, lease.id(), record).await? {
+        true => Ok(()),
+        false => Err(CpiError::cloud(
+            format!(
+                "create_vm: VM {} lost its record or address claims (this process stalled past their lease)",
+                record.cid
+            ),
+            true,
+        )),
+    }
+}
+
+/// The VM is complete: the disks' records follow (attach_disk and get_disks read the real
+/// mounts, so a failure here is repaired later, not fatal).
+async fn record_disks_attached(s: &Session<'_>, plan: &CreatePlan<'_, '_>) {
+    for disk_cid in &plan.req.disk_cids {
+        let updated = async {
+            // This call's own copy: create_vm moved the disk and wrote it last.
+            let mut disk = s.disk(disk_cid).await?;
+            disk.vm = Some(plan.cid.clone());
+            s.save_disk(&disk).await
         }
-        Err(e) => {
-            tracing::warn!(vm = %cid, node = %node.name, "create_vm failed, undoing: {}", e.message);
-            rollback(ctx, Some(&docker), undo).await;
-            lease.end().await;
-            Err(creation_error(e))
+        .await;
+        if let Err(e) = updated {
+            tracing::warn!(vm = %plan.cid, disk = %disk_cid, "disk record not updated: {}", e.message);
         }
     }
 }
@@ -236,16 +294,17 @@ async fn create_classified(ctx: &CloudContext<'_>, req: CreateVm) -> Result<Call
 /// Whether the permanent claim of `holder` is garbage (its VM has no record, as after an
 /// operator removed the record by hand); if so, the claims naming it on this VM's static
 /// addresses are removed, so a retry can claim them.
-async fn stale_claim(ctx: &CloudContext<'_>, holder: &str) -> bool {
+async fn stale_claim(s: &Session<'_>, holder: &str) -> bool {
     let Ok(cid) = VmCid::parse(holder) else {
         return false;
     };
     let outcome = async {
-        if super::abandoned::record_now(ctx, &cid).await?.is_some() {
+        // Fresh: the holder may have been written since this call's view.
+        if s.vm_record_now(&cid).await?.is_some() {
             return Ok(false);
         }
-        let keys = ctx.keys().await?;
-        claims::forget_claims_of(ctx.etcd().await?, &keys, &cid).await?;
+        let keys = s.keys().await?;
+        claims::forget_claims_of(s.etcd().await?, &keys, &cid).await?;
         Ok::<bool, CpiError>(true)
     }
     .await;
@@ -310,122 +369,199 @@ fn wanted_addresses(
     wanted
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Makes the VM on its node from the plan: stemcell, networks, disks, ephemeral volume,
+/// container with the agent's files, started, addresses checked.
 async fn build(
-    ctx: &CloudContext<'_>,
-    view: &crate::cluster::ClusterView,
+    s: &Session<'_>,
     docker: &NodeDocker,
-    node: &NodeRecord,
-    cid: &VmCid,
-    req: &CreateVm,
-    props: &VmProperties,
-    blobstore: Option<&BlobstoreSettings>,
-    group: Option<&str>,
-    planned: &mut [PlannedNetwork],
+    plan: &mut CreatePlan<'_, '_>,
     undo: &mut Vec<Undo>,
 ) -> Result<(), CpiError> {
-    let config = ctx.config().await?;
-    let effective = props.effective(&config.vm_defaults);
-    stemcell::ensure_on_node(ctx, view, docker, &req.stemcell_cid).await?;
-    prepare_networks(docker, node, planned).await?;
-    let disks = crate::cloud::disk::disks_for_new_vm(ctx, docker, &req.disk_cids).await?;
-    let disk_mounts: BTreeMap<String, String> = disks
-        .iter()
-        .map(|(cid, volume)| (agent_files::disk_hint(cid), volume.clone()))
-        .collect();
-    let persistent: BTreeMap<String, String> = disks
-        .keys()
-        .map(|cid| (cid.clone(), agent_files::disk_hint(cid)))
-        .collect();
+    let req = plan.req;
+    stemcell::ensure_on_node(s, docker, &req.stemcell_cid, &plan.stemcell).await?;
+    prepare_networks(docker, &plan.node, &plan.networks).await?;
+    let disks = disks_for_new_vm(s, docker, &req.disk_cids).await?;
+    let volume = make_ephemeral_volume(docker, plan, undo).await?;
+    make_container(s, docker, plan, &disks, &volume).await?;
+    undo.push(Undo::Container(plan.cid.to_string()));
+    for p in plan.networks.iter().filter(|p| !p.primary) {
+        if let Some(net) = &p.docker_network {
+            docker
+                .connect_network(net, &plan.cid, container_spec::endpoint(p))
+                .await?;
+        }
+    }
+    upload_agent_files(s, docker, plan, &disks).await?;
+    start(docker, plan).await?;
+    verify_addresses(docker, &plan.cid, &mut plan.networks).await
+}
 
-    let volume = ephemeral_volume(cid);
+/// For create_vm: the disks to mount in a new VM on the node of `docker` (disk cid ->
+/// volume), moved to that node where needed. Unknown disks and disks attached to another
+/// VM are refused before anything is made; so is a disk whose volume is gone from its node
+/// (Docker would otherwise mount a new, empty volume of that name).
+async fn disks_for_new_vm(
+    s: &Session<'_>,
+    docker: &NodeDocker,
+    disk_cids: &[DiskCid],
+) -> Result<BTreeMap<String, String>, CpiError> {
+    let node = docker.name.as_str();
+    let mut disks = Vec::new();
+    for cid in disk_cids {
+        let disk = s.disk(cid).await?;
+        if let Some(other) = s.attached_vm(&disk).await? {
+            return Err(CpiError::cloud(
+                format!("create_vm: disk {cid} is attached to VM {other}"),
+                false,
+            ));
+        }
+        if disk.node == node {
+            if !docker.volume_exists(cid.as_str()).await? {
+                return Err(volume_gone(&disk));
+            }
+            s.ensure_unmounted(docker, cid).await?;
+        }
+        disks.push(disk);
+    }
+    let mut mounts = BTreeMap::new();
+    for mut disk in disks {
+        if disk.node != node {
+            s.remove_stray_copies(&mut disk).await;
+            s.move_disk(&mut disk, node).await?;
+        }
+        mounts.insert(disk.cid.to_string(), disk.cid.to_string());
+    }
+    Ok(mounts)
+}
+
+/// The VM's ephemeral volume, made on the node (and registered for undo).
+async fn make_ephemeral_volume(
+    docker: &NodeDocker,
+    plan: &CreatePlan<'_, '_>,
+    undo: &mut Vec<Undo>,
+) -> Result<String, CpiError> {
+    let volume = ephemeral_volume(&plan.cid);
     let mut volume_labels = HashMap::from([
-        (labels::EPHEMERAL_OF.to_string(), cid.to_string()),
-        (labels::AGENT_ID.to_string(), req.agent_id.clone()),
+        (labels::EPHEMERAL_OF.to_string(), plan.cid.to_string()),
+        (labels::AGENT_ID.to_string(), plan.req.agent_id.clone()),
     ]);
-    if let Some(size) = props.ephemeral_disk {
+    if let Some(size) = plan.props.ephemeral_disk {
         volume_labels.insert(labels::EPHEMERAL_DISK_MIB.into(), size.to_string());
     }
     docker.create_volume(&volume, volume_labels).await?;
     undo.push(Undo::Volume(volume.clone()));
+    Ok(volume)
+}
 
-    let settings = agent_files::settings(
-        &req.agent_id,
-        cid,
-        &config.agent,
-        blobstore,
-        planned,
-        &persistent,
-        &req.env,
-    );
-    let archive = agent_files::archive(cid, &settings)
-        .map_err(|e| CpiError::cpi(format!("cannot pack the agent settings: {e}")))?;
-    let primary = planned.iter().find(|p| p.primary);
-    let dns: Vec<IpAddr> = planned
+/// The labels of the VM's container.
+fn container_labels(plan: &CreatePlan<'_, '_>, key_prefix: &str) -> HashMap<String, String> {
+    let mut labels = HashMap::from([
+        (labels::VM_CID.to_string(), plan.cid.to_string()),
+        (labels::AGENT_ID.to_string(), plan.req.agent_id.clone()),
+        (
+            labels::STEMCELL.to_string(),
+            plan.req.stemcell_cid.to_string(),
+        ),
+        (labels::CREATED_AT.to_string(), now()),
+        (labels::INDEX.to_string(), key_prefix.to_string()),
+    ]);
+    if let Some(g) = &plan.group {
+        labels.insert(labels::GROUP.into(), g.clone());
+    }
+    labels
+}
+
+/// Creates the (stopped) container: stemcell image, labels, primary network, ephemeral
+/// volume and the persistent `disks` (disk cid -> volume) at their hints.
+async fn make_container(
+    s: &Session<'_>,
+    docker: &NodeDocker,
+    plan: &CreatePlan<'_, '_>,
+    disks: &BTreeMap<String, String>,
+    volume: &str,
+) -> Result<(), CpiError> {
+    let disk_mounts: BTreeMap<String, String> = disks
+        .iter()
+        .map(|(cid, volume)| (agent_files::disk_hint(cid), volume.clone()))
+        .collect();
+    let primary = plan.networks.iter().find(|p| p.primary);
+    let dns: Vec<IpAddr> = plan
+        .networks
         .iter()
         .find(|p| p.spec.default.iter().any(|d| d == "dns"))
         .or(primary)
         .map(|p| p.spec.dns.iter().filter_map(|d| d.parse().ok()).collect())
         .unwrap_or_default();
-    let mut container_labels = HashMap::from([
-        (labels::VM_CID.to_string(), cid.to_string()),
-        (labels::AGENT_ID.to_string(), req.agent_id.clone()),
-        (labels::STEMCELL.to_string(), req.stemcell_cid.to_string()),
-        (labels::CREATED_AT.to_string(), now()),
-        (labels::INDEX.to_string(), config.etcd.key_prefix.clone()),
-    ]);
-    if let Some(g) = group {
-        container_labels.insert(labels::GROUP.into(), g.to_string());
-    }
     let body = container_spec::build(&ContainerPlan {
-        image: &stemcell::image_reference(&req.stemcell_cid),
-        hostname: cid,
-        labels: container_labels,
-        props,
-        effective: &effective,
-        networks: planned,
-        ephemeral_volume: &volume,
+        image: &stemcell::image_reference(&plan.req.stemcell_cid),
+        hostname: &plan.cid,
+        labels: container_labels(plan, &s.config().await?.etcd.key_prefix),
+        props: &plan.props,
+        effective: &plan.effective,
+        networks: &plan.networks,
+        ephemeral_volume: volume,
         disk_mounts: &disk_mounts,
         start_script: start_script::script(
-            cid,
+            &plan.cid,
             primary.and_then(|p| p.ip).map(IpAddr::V4),
             &dns,
-            effective.start_mode,
+            plan.effective.start_mode,
         ),
     })?;
-    docker.create_container(cid, body).await?;
-    undo.push(Undo::Container(cid.to_string()));
-    for p in planned.iter().filter(|p| !p.primary) {
-        if let Some(net) = &p.docker_network {
-            docker
-                .connect_network(net, cid, container_spec::endpoint(p))
-                .await?;
-        }
-    }
-    docker.upload_archive(cid, "/", archive).await?;
-    match docker.start(cid).await {
-        Ok(()) => {}
+    Ok(docker.create_container(&plan.cid, body).await?)
+}
+
+/// Writes the agent's settings (networks, persistent `disks`, env) into the container.
+async fn upload_agent_files(
+    s: &Session<'_>,
+    docker: &NodeDocker,
+    plan: &CreatePlan<'_, '_>,
+    disks: &BTreeMap<String, String>,
+) -> Result<(), CpiError> {
+    let persistent: BTreeMap<String, String> = disks
+        .keys()
+        .map(|cid| (cid.clone(), agent_files::disk_hint(cid)))
+        .collect();
+    let settings = agent_files::settings(
+        &plan.req.agent_id,
+        &plan.cid,
+        &s.config().await?.agent,
+        plan.blobstore,
+        &plan.networks,
+        &persistent,
+        &plan.req.env,
+    );
+    let archive = agent_files::archive(&plan.cid, &settings)
+        .map_err(|e| CpiError::cpi(format!("cannot pack the agent settings: {e}")))?;
+    Ok(docker.upload_archive(&plan.cid, "/", archive).await?)
+}
+
+/// Starts the container. An address already in use (the claim was ours) is held by
+/// something outside this CPI's VMs, and said so.
+async fn start(docker: &NodeDocker, plan: &CreatePlan<'_, '_>) -> Result<(), CpiError> {
+    let message = match docker.start(&plan.cid).await {
+        Ok(()) => return Ok(()),
         // The daemon's 403 on start: an address is in use. The claim was ours, so something
         // outside this CPI's VMs holds it.
-        Err(DockerError::Forbidden { message, .. }) => {
-            let ips: Vec<String> = planned
-                .iter()
-                .filter_map(|p| p.ip.map(|ip| ip.to_string()))
-                .collect();
-            return Err(CpiError::new(
-                ErrorKind::VmCreationFailed,
-                format!(
-                    "create_vm: node {}: an address of {} is held by a container that is not a VM of this CPI: {}",
-                    node.name,
-                    ips.join(", "),
-                    crate::protocol::call::printable(&message)
-                ),
-            ));
-        }
+        Err(DockerError::Forbidden { message, .. }) => message,
         Err(e) => return Err(e.into()),
-    }
-    verify_addresses(docker, cid, planned).await
+    };
+    let ips: Vec<String> = plan
+        .networks
+        .iter()
+        .filter_map(|p| p.ip.map(|ip| ip.to_string()))
+        .collect();
+    Err(CpiError::new(
+        ErrorKind::VmCreationFailed,
+        format!(
+            "create_vm: node {}: an address of {} is held by a container that is not a VM of this CPI: {}",
+            plan.node.name,
+            ips.join(", "),
+            crate::protocol::call::printable(&message)
+        ),
+    ))
 }
+
 /// Ensures the node's BOSH network exists on its Flannel subnet; other Docker networks
 /// named in network cloud_properties must exist already.
 async fn prepare_networks(
@@ -466,7 +602,7 @@ async fn prepare_networks(
 /// killed create's, or one the index lost) is freed by removing that VM; held by a VM
 /// still being created, it is a retriable `VMCreationFailed`; by a created VM, a final one.
 async fn used_addresses(
-    ctx: &CloudContext<'_>,
+    s: &Session<'_>,
     docker: &NodeDocker,
     node: &NodeRecord,
     containers: Vec<ContainerSummary>,
@@ -517,11 +653,13 @@ async fn used_addresses(
                 ),
             ));
         };
-        match super::abandoned::record_now(ctx, &holder_cid).await? {
+        // Fresh: a concurrent create_vm may have written the holder's record since.
+        match s.vm_record_now(&holder_cid).await? {
             // No record (a killed create's expired, or never written): the director
             // never learned this VM, so it is garbage holding the address.
             None => {
-                super::abandoned::remove(docker, &holder_cid, &format!("held {ip}")).await?;
+                s.remove_abandoned(docker, &holder_cid, &format!("held {ip}"))
+                    .await?;
                 used.remove(&ip);
             }
             Some(r) if r.state == VmState::Creating => {
@@ -589,18 +727,13 @@ async fn verify_addresses(
     Ok(())
 }
 
-async fn rollback(ctx: &CloudContext<'_>, docker: Option<&NodeDocker>, undo: Vec<Undo>) {
+async fn rollback(s: &Session<'_>, docker: Option<&NodeDocker>, undo: Vec<Undo>) {
     let mut node_clean = true;
     for step in undo.into_iter().rev() {
         let result = match (&step, docker) {
             (Undo::Container(name), Some(d)) => d.remove_container(name).await.map_err(Into::into),
             (Undo::Volume(name), Some(d)) => d.remove_volume(name).await.map_err(Into::into),
-            (Undo::IndexRecord(record), _) if node_clean => {
-                match (ctx.etcd().await, ctx.keys().await) {
-                    (Ok(etcd), Ok(keys)) => claims::forget_vm(etcd, &keys, record).await,
-                    (Err(e), _) | (_, Err(e)) => Err(e),
-                }
-            }
+            (Undo::IndexRecord(record), _) if node_clean => s.forget_vm(record).await,
             // The node could not be cleaned: keep the record so delete_vm can finish.
             (Undo::IndexRecord(_), _) => Ok(()),
             (_, None) => Ok(()),

@@ -14,8 +14,9 @@ use bollard::models::{
 use serde_json::Value;
 
 use super::agent_files::{self, DISK_MOUNT_ROOT, SETTINGS_PATH};
-use crate::cloud::CloudContext;
-use crate::cluster::{VmRecord, index};
+use crate::cloud::session::Session;
+pub use crate::cloud::session::vms::previous_name;
+use crate::cluster::VmRecord;
 use crate::docker::containers::ContainerFile;
 use crate::docker::{DockerError, NodeDocker};
 use crate::protocol::{CpiError, ErrorKind};
@@ -31,11 +32,6 @@ pub const KEPT_FILES: &[&str] = &[
 
 /// Seconds the old container gets to stop.
 const STOP_GRACE: i32 = 30;
-
-/// The name the old container has while its successor is being made.
-pub fn previous_name(cid: &str) -> String {
-    format!("{cid}-previous")
-}
 
 /// Persistent disks mounted in a container: disk cid -> volume name.
 pub fn mounted_disks(inspect: &ContainerInspectResponse) -> BTreeMap<String, String> {
@@ -54,13 +50,14 @@ pub fn mounted_disks(inspect: &ContainerInspectResponse) -> BTreeMap<String, Str
 /// Re-creates the container of `record` on `docker` with exactly `disks` (disk cid ->
 /// volume) mounted at their hints, updating the agent settings to match.
 pub async fn recreate(
-    ctx: &CloudContext<'_>,
+    s: &Session<'_>,
     record: &mut VmRecord,
     docker: &NodeDocker,
     disks: &BTreeMap<String, String>,
 ) -> Result<(), CpiError> {
     let cid = record.cid.to_string();
-    let old = docker.inspect_container(&cid).await?.ok_or_else(|| {
+    // The inspection the caller made to read the mounted disks, if it made one.
+    let old = s.inspect(docker, &cid).await?.ok_or_else(|| {
         CpiError::new(
             ErrorKind::VmNotFound,
             format!("VM {cid} has no container on node {}", docker.name),
@@ -94,11 +91,11 @@ pub async fn recreate(
         .map_err(|e| CpiError::cpi(format!("cannot pack the agent files: {e}")))?;
     let (body, extra_networks) = successor_body(&old, disks)?;
 
-    let keys = ctx.keys().await?;
-    let etcd = ctx.etcd().await?;
     record.recreating = true;
-    index::put(etcd, &keys.vm(&record.cid), record).await?;
+    s.save_vm(record).await?;
 
+    s.container_changed(docker, &cid);
+    s.container_changed(docker, &previous_name(&cid));
     docker.stop_container(&cid, STOP_GRACE).await?;
     docker.rename_container(&cid, &previous_name(&cid)).await?;
     let outcome = async {
@@ -115,14 +112,14 @@ pub async fn recreate(
         Ok(()) => {
             docker.remove_container(&previous_name(&cid)).await?;
             record.recreating = false;
-            index::put(etcd, &keys.vm(&record.cid), record).await?;
+            s.save_vm(record).await?;
             Ok(())
         }
         Err(e) => {
             tracing::warn!(vm = %cid, "new container failed, restoring the old one: {}", e.message);
             restore(docker, &cid).await?;
             record.recreating = false;
-            index::put(etcd, &keys.vm(&record.cid), record).await?;
+            s.save_vm(record).await?;
             Err(e)
         }
     }
@@ -144,6 +141,7 @@ const SUPERVISORS: &[&str] = &["runsvdir", "systemd"];
 async fn settle(docker: &NodeDocker, cid: &str) -> Result<ContainerInspectResponse, CpiError> {
     let started = std::time::Instant::now();
     loop {
+        // Fresh on purpose: the successor is watched as it comes up.
         let new = docker.inspect_container(cid).await?.ok_or_else(|| {
             CpiError::cloud(format!("the new container of VM {cid} vanished"), true)
         })?;
@@ -286,13 +284,16 @@ const RESTORE_ATTEMPTS: usize = 10;
 /// Finishes or undoes a re-creation that a killed process left half-done, then clears the
 /// mark. After it, the VM's container is the old one or the complete new one, running.
 pub async fn repair(
-    ctx: &CloudContext<'_>,
+    s: &Session<'_>,
     record: &mut VmRecord,
     docker: &NodeDocker,
 ) -> Result<(), CpiError> {
     let cid = record.cid.to_string();
     let previous = docker.inspect_container(&previous_name(&cid)).await?;
     let current = docker.inspect_container(&cid).await?;
+    // Whatever happens below changes the two containers.
+    s.container_changed(docker, &cid);
+    s.container_changed(docker, &previous_name(&cid));
     let current_running = current
         .as_ref()
         .and_then(|c| c.state.as_ref())
@@ -308,8 +309,7 @@ pub async fn repair(
     }
     tracing::warn!(vm = %cid, node = %docker.name, "repaired an unfinished container re-creation");
     record.recreating = false;
-    let keys = ctx.keys().await?;
-    index::put(ctx.etcd().await?, &keys.vm(&record.cid), record).await
+    s.save_vm(record).await
 }
 
 /// The successor's create body from the old container: same config, host config with the

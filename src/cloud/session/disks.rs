@@ -1,0 +1,117 @@
+//! Disk helpers shared by `vm/` (create_vm, delete_vm) and `disk/`: which VM a disk is
+//! attached to, releasing a deleted VM's disks, and making sure no container holds a disk
+//! before a VM gets it.
+
+use super::Session;
+use crate::cloud::vm::labels;
+use crate::cluster::{DiskRecord, VmState};
+use crate::docker::{NodeDocker, volume_copy};
+use crate::protocol::{CpiError, DiskCid, ErrorKind, VmCid};
+
+/// The error for a disk the index does not know.
+pub fn not_found(cid: &DiskCid) -> CpiError {
+    CpiError::new(
+        ErrorKind::DiskNotFound,
+        format!("disk {cid} does not exist"),
+    )
+}
+
+/// The error for a disk whose record names a node that no longer has its volume: the
+/// CPI refuses to go on, as Docker would mount a new, empty volume of that name.
+pub fn volume_gone(disk: &DiskRecord) -> CpiError {
+    CpiError::new(
+        ErrorKind::DiskNotFound,
+        format!(
+            "disk {} has no volume on its node {} (removed outside the CPI?)",
+            disk.cid, disk.node
+        ),
+    )
+}
+
+impl Session<'_> {
+    /// The VM a disk is attached to according to the index, if that VM still exists.
+    pub async fn attached_vm(&self, disk: &DiskRecord) -> Result<Option<VmCid>, CpiError> {
+        let Some(vm) = &disk.vm else {
+            return Ok(None);
+        };
+        Ok(self.vm(vm).await?.is_some().then(|| vm.clone()))
+    }
+
+    /// Releases every disk that the index says is attached to `vm_cid` (the VM is gone).
+    pub async fn release_disks_of(&self, vm_cid: &VmCid) -> Result<(), CpiError> {
+        let keys = self.keys().await?;
+        let etcd = self.etcd().await?;
+        let resp = etcd
+            .client()
+            .get(
+                keys.disks(),
+                Some(etcd_client::GetOptions::new().with_prefix()),
+            )
+            .await
+            .map_err(|e| etcd.error("reading the disk index", &e))?;
+        for kv in resp.kvs() {
+            if let Ok(mut disk) = serde_json::from_slice::<DiskRecord>(kv.value())
+                && disk.vm.as_ref() == Some(vm_cid)
+            {
+                disk.vm = None;
+                self.save_disk(&disk).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes sure no container on the node mounts disk `disk_cid` before a VM gets it,
+    /// whatever the index says: two VMs writing one disk would corrupt it. Copy helpers a
+    /// killed move left and VMs the index does not know (abandoned by a failed create_vm)
+    /// are removed; any other holder is an error naming it.
+    pub async fn ensure_unmounted(
+        &self,
+        docker: &NodeDocker,
+        disk_cid: &DiskCid,
+    ) -> Result<(), CpiError> {
+        for c in docker.containers_using_volume(disk_cid.as_str()).await? {
+            let label = |key: &str| c.labels.as_ref().and_then(|l| l.get(key).cloned());
+            // A copy helper a killed move or snapshot left (the one list finds them too).
+            if label(volume_copy::HELPER_LABEL).as_deref() == Some(disk_cid.as_str())
+                && let Some(id) = &c.id
+            {
+                docker.remove_container(id).await?;
+                continue;
+            }
+            // A label that is not a VM cid is not a VM of this CPI.
+            let holder = label(labels::VM_CID).and_then(|h| VmCid::parse(&h).ok());
+            let name = c
+                .names
+                .as_ref()
+                .and_then(|n| n.first())
+                .map(|n| n.trim_start_matches('/').to_string())
+                .or(c.id.clone())
+                .unwrap_or_default();
+            let Some(holder) = holder else {
+                return Err(CpiError::cloud(
+                    format!(
+                        "disk {disk_cid} is mounted by container {name} on node {}, which is not a VM of this CPI",
+                        docker.name
+                    ),
+                    false,
+                ));
+            };
+            match self.vm_record_now(&holder).await? {
+                None => {
+                    let why = format!("mounted disk {disk_cid}");
+                    self.remove_abandoned(docker, &holder, &why).await?;
+                }
+                Some(record) => {
+                    return Err(CpiError::cloud(
+                        format!(
+                            "disk {disk_cid} is mounted by VM {holder} (container {name}) on node {}; detach it there first",
+                            docker.name
+                        ),
+                        record.state == VmState::Creating,
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}

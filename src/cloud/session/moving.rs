@@ -1,0 +1,138 @@
+//! Moving a disk to another node: its contents streamed node-to-node through the CPI,
+//! verified (files, bytes, content digest), then the source removed. An unreachable
+//! source is a retriable error and loses nothing. The disk's record names every node that
+//! may hold a copy besides its own (`copying_to` while a copy is made, `old_copy_on` after
+//! the switch), so a move that failed or was killed leaves nothing behind for good.
+//! Shared by attach_disk and create_vm.
+
+use std::collections::HashMap;
+
+use super::Session;
+use super::disks::volume_gone;
+use crate::cloud::disk::labels;
+use crate::cluster::DiskRecord;
+use crate::docker::volume_copy;
+use crate::protocol::CpiError;
+
+/// Which copy a mark of the record names.
+#[derive(Clone, Copy)]
+enum Mark {
+    OldCopy,
+    Copying,
+}
+
+impl Session<'_> {
+    /// Removes the copies of `disk` that the record names on other nodes than its own (the
+    /// source a finished move could not remove, the partial target of a move that failed
+    /// or was killed) and clears those marks. Called once per disk by a call that uses the
+    /// disk. Never fails its caller: a node still unreachable keeps its mark (and the
+    /// copy) for the next call, and is named in the log.
+    pub async fn remove_stray_copies(&self, disk: &mut DiskRecord) {
+        self.clear_mark(disk, Mark::OldCopy).await;
+        self.clear_mark(disk, Mark::Copying).await;
+    }
+
+    /// Removes the copy `mark` names (if any) and clears the mark once it is gone.
+    async fn clear_mark(&self, disk: &mut DiskRecord, mark: Mark) {
+        let (slot, what) = match mark {
+            Mark::OldCopy => (&mut disk.old_copy_on, "old copy of the moved disk"),
+            Mark::Copying => (&mut disk.copying_to, "partial copy of an unfinished move"),
+        };
+        let Some(node) = slot.clone() else {
+            return;
+        };
+        if !self.remove_copy(disk, &node, what).await {
+            return;
+        }
+        match mark {
+            Mark::OldCopy => disk.old_copy_on = None,
+            Mark::Copying => disk.copying_to = None,
+        }
+        // A failed save only means the next call removes the (already gone) copy again.
+        if let Err(e) = self.save_disk(disk).await {
+            tracing::warn!(disk = %disk.cid, node = %node, "copy removed, record not updated: {}", e.message);
+        }
+    }
+
+    /// Removes the copy of `disk` on `node` (and the helpers holding it), unless `node` is
+    /// the disk's own node; whether the copy is gone.
+    async fn remove_copy(&self, disk: &DiskRecord, node: &str, what: &str) -> bool {
+        if node == disk.node {
+            return true;
+        }
+        let cid = &disk.cid;
+        let removed = async {
+            if self.view().await?.registered(node)?.is_some() {
+                let docker = self.node_docker(node).await?;
+                volume_copy::sweep_helpers(&docker, cid).await?;
+                docker.remove_volume(cid).await?;
+            }
+            Ok::<(), CpiError>(())
+        }
+        .await;
+        match removed {
+            Ok(()) => {
+                tracing::info!(disk = %cid, node = %node, "{what} removed");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(
+                    disk = %cid, node = %node,
+                    "the {what} {cid} stays on node {node} for now: {}", e.message
+                );
+                false
+            }
+        }
+    }
+
+    /// Moves `disk` to `target` and updates its record. The caller has removed the stray
+    /// copies of earlier moves first ([`Session::remove_stray_copies`]): the record has
+    /// room for one copy of each kind.
+    pub async fn move_disk(&self, disk: &mut DiskRecord, target: &str) -> Result<(), CpiError> {
+        let from = self.node_docker(&disk.node).await?;
+        let to = self.node_docker(target).await?;
+        let cid = disk.cid.clone();
+        if !from
+            .volume_exists(&cid)
+            .await
+            .map_err(|e| CpiError::from(e).context(format!("moving disk {cid}")))?
+        {
+            return Err(volume_gone(disk));
+        }
+        // Marked before the target volume exists: whatever happens next, the record leads
+        // to it.
+        disk.copying_to = Some(target.to_string());
+        self.save_disk(disk).await?;
+        // A partial copy from an earlier, interrupted move is replaced (with the helper
+        // containers such a move may have left holding it).
+        volume_copy::sweep_helpers(&to, &cid).await?;
+        to.remove_volume(&cid).await?;
+        let volume_labels = HashMap::from([
+            (labels::DISK_CID.to_string(), cid.to_string()),
+            (labels::SIZE_MIB.to_string(), disk.size_mib.to_string()),
+        ]);
+        to.create_volume(&cid, volume_labels).await?;
+        tracing::info!(disk = %cid, from = %disk.node, to = %target, "moving disk");
+        let digest = match volume_copy::copy_volume(&from, &cid, &to, &cid).await {
+            Ok(d) => d,
+            Err(e) => {
+                // Cleaned now if the target answers; otherwise the mark stays for the next
+                // call.
+                self.clear_mark(disk, Mark::Copying).await;
+                return Err(CpiError::from(e)
+                    .context(format!("moving disk {cid} from {} to {target}", disk.node)));
+            }
+        };
+        let source = std::mem::replace(&mut disk.node, target.to_string());
+        disk.old_copy_on = Some(source.clone());
+        disk.copying_to = None;
+        self.save_disk(disk).await?;
+        // The source goes now if it answers; otherwise the mark stays for the next call.
+        self.clear_mark(disk, Mark::OldCopy).await;
+        tracing::info!(
+            disk = %cid, from = %source, to = %target, files = digest.files, bytes = digest.bytes,
+            "disk moved and verified"
+        );
+        Ok(())
+    }
+}

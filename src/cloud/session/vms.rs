@@ -1,0 +1,117 @@
+//! VM helpers shared by `vm/` and `disk/`: finding a VM and its node, and removing a VM's
+//! containers and ephemeral volume from its node (delete_vm, abandoned VMs).
+
+use super::Session;
+use crate::cloud::vm::labels;
+use crate::docker::NodeDocker;
+use crate::protocol::{CpiError, ErrorKind, VmCid};
+
+/// The error for a VM the index does not know.
+pub fn not_found(cid: &VmCid) -> CpiError {
+    CpiError::new(ErrorKind::VmNotFound, format!("VM {cid} does not exist"))
+}
+
+/// The ephemeral volume of a VM.
+pub fn ephemeral_volume(vm_cid: &str) -> String {
+    format!("{vm_cid}-ephemeral")
+}
+
+/// The name the old container has while its successor is being made.
+pub fn previous_name(cid: &str) -> String {
+    format!("{cid}-previous")
+}
+
+impl Session<'_> {
+    /// The VM's index record and a client for its node; `None` when the index has no
+    /// record. A record on a node no longer registered is an error.
+    pub async fn vm_and_node(
+        &self,
+        cid: &VmCid,
+    ) -> Result<Option<(crate::cluster::VmRecord, NodeDocker)>, CpiError> {
+        let view = self.view().await?;
+        let Some(record) = self.vm(cid).await? else {
+            return Ok(None);
+        };
+        if view.registered(&record.node)?.is_none() {
+            return Err(CpiError::cloud(
+                format!(
+                    "VM {cid} is on node {}, which is no longer registered in etcd",
+                    record.node
+                ),
+                false,
+            ));
+        }
+        let docker = self.node_docker(&record.node).await?;
+        Ok(Some((record, docker)))
+    }
+
+    /// Removes every container of VM `cid` on its node (its own, a `-previous`, any other
+    /// carrying its label) and then its ephemeral volume. After a killed re-creation the
+    /// daemon may still be completing the dead process's create of the successor, so a
+    /// volume in use means another round, and the node is checked again after a grace
+    /// period.
+    pub async fn remove_from_node(
+        &self,
+        docker: &NodeDocker,
+        cid: &VmCid,
+        after_killed_recreation: bool,
+    ) -> Result<(), CpiError> {
+        self.container_changed(docker, cid.as_str());
+        self.container_changed(docker, &previous_name(cid));
+        remove_from_node(docker, cid, after_killed_recreation).await
+    }
+
+    /// Removes the abandoned VM `cid` (no index record) from the node of `docker` as
+    /// delete_vm does. `why` says what it was in the way of.
+    pub async fn remove_abandoned(
+        &self,
+        docker: &NodeDocker,
+        cid: &VmCid,
+        why: &str,
+    ) -> Result<(), CpiError> {
+        tracing::warn!(vm = %cid, node = %docker.name, "removing abandoned VM (it {why})");
+        self.remove_from_node(docker, cid, false).await
+    }
+}
+
+/// Rounds of removal before a VM's ephemeral volume still in use is an error.
+const REMOVAL_ROUNDS: usize = 10;
+
+/// How long a killed re-creation's last request may still be running in the daemon.
+const IN_FLIGHT_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
+async fn remove_from_node(
+    docker: &NodeDocker,
+    cid: &VmCid,
+    after_killed_recreation: bool,
+) -> Result<(), CpiError> {
+    let volume = ephemeral_volume(cid);
+    let label = format!("{}={cid}", labels::VM_CID);
+    for _ in 0..REMOVAL_ROUNDS {
+        docker.remove_container(cid).await?;
+        docker.remove_container(&previous_name(cid)).await?;
+        for c in docker.containers_with_label(&label).await? {
+            if let Some(id) = c.id {
+                docker.remove_container(&id).await?;
+            }
+        }
+        let removed = docker.remove_volume_if_unused(&volume).await?;
+        if removed && !after_killed_recreation {
+            return Ok(());
+        }
+        tokio::time::sleep(IN_FLIGHT_GRACE).await;
+        if removed
+            && docker.containers_with_label(&label).await?.is_empty()
+            && !docker.volume_exists(&volume).await?
+        {
+            return Ok(());
+        }
+    }
+    Err(CpiError::cloud(
+        format!(
+            "node {}: VM {cid} still has containers or its volume {volume} after {REMOVAL_ROUNDS} rounds of removal",
+            docker.name
+        ),
+        true,
+    ))
+}
