@@ -24,8 +24,8 @@ use super::window::RebootWindow;
 use crate::cloud::CloudContext;
 use crate::cluster::{Etcd, Keys, NodeRecord, NodeState};
 use crate::docker::NodeDocker;
+use crate::ids::VmCid;
 use crate::nodeprep::register::{self, now_rfc3339};
-use crate::protocol::VmCid;
 
 /// Why one step of the manager failed (it tries again after a poll interval).
 #[derive(Debug, thiserror::Error)]

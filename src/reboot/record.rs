@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::keys::RebootKeys;
 use crate::cluster::Etcd;
-use crate::protocol::VmCid;
+use crate::ids::VmCid;
 
 /// Where a node is in its reboot. No record: nothing is going on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
