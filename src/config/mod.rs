@@ -11,7 +11,6 @@ use serde_json::{Map, Value};
 
 use crate::bounded_file::{self, FileKind};
 use crate::echo::printable;
-use crate::protocol::CpiError;
 pub use secret::Secret;
 pub use tls::{TlsMaterial, TlsSource};
 
@@ -41,12 +40,6 @@ impl ConfigError {
             key: key.to_string(),
             problem: problem.to_string(),
         }
-    }
-}
-
-impl From<ConfigError> for CpiError {
-    fn from(e: ConfigError) -> Self {
-        CpiError::cpi(e.to_string())
     }
 }
 

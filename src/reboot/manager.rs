@@ -100,9 +100,15 @@ impl<'a> Manager<'a> {
         reboot_command: Vec<String>,
         engine: UpdateEngine,
     ) -> Result<Manager<'a>, StepError> {
-        let cluster = |e: crate::protocol::CpiError| StepError::Cluster(e.message);
-        let etcd = ctx.etcd().await.map_err(cluster)?.clone();
-        let keys = ctx.keys().await.map_err(cluster)?;
+        let etcd = ctx
+            .etcd()
+            .await
+            .map_err(|e| StepError::Cluster(e.message))?
+            .clone();
+        let keys = ctx
+            .keys()
+            .await
+            .map_err(|e| StepError::Cluster(e.message))?;
         let reboot_keys = RebootKeys::new(&keys);
         Ok(Manager {
             ctx,
@@ -188,7 +194,7 @@ impl<'a> Manager<'a> {
             .get(key.as_str(), None)
             .await
             .map_err(|e| {
-                StepError::Cluster(self.etcd.error("reading the node record", &e).message)
+                StepError::Cluster(self.etcd.error("reading the node record", &e).to_string())
             })?;
         let kv = resp.kvs().first().ok_or_else(|| {
             StepError::Cluster(format!("node {} is not registered ({key})", self.opts.node))

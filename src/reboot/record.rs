@@ -118,7 +118,7 @@ impl Records {
         key: &str,
     ) -> Result<Option<Versioned<T>>, RecordError> {
         let resp = self.etcd.client().get(key, None).await.map_err(|e| {
-            RecordError::Etcd(self.etcd.error(&format!("reading {key}"), &e).message)
+            RecordError::Etcd(self.etcd.error(&format!("reading {key}"), &e).to_string())
         })?;
         let Some(kv) = resp.kvs().first() else {
             return Ok(None);
@@ -150,7 +150,7 @@ impl Records {
             )
             .await
             .map_err(|e| {
-                RecordError::Etcd(self.etcd.error("reading reboot records", &e).message)
+                RecordError::Etcd(self.etcd.error("reading reboot records", &e).to_string())
             })?;
         Ok(resp
             .kvs()
@@ -192,7 +192,11 @@ impl Records {
                 None,
             )]);
         let resp = self.etcd.client().txn(txn).await.map_err(|e| {
-            RecordError::Etcd(self.etcd.error("recording the reboot request", &e).message)
+            RecordError::Etcd(
+                self.etcd
+                    .error("recording the reboot request", &e)
+                    .to_string(),
+            )
         })?;
         Ok(resp.succeeded())
     }
@@ -213,7 +217,7 @@ impl Records {
             )])
             .and_then(vec![self.put_state(name, record)]);
         let resp = self.etcd.client().txn(txn).await.map_err(|e| {
-            RecordError::Etcd(self.etcd.error("writing the reboot record", &e).message)
+            RecordError::Etcd(self.etcd.error("writing the reboot record", &e).to_string())
         })?;
         Ok(resp.succeeded())
     }

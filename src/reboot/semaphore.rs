@@ -313,7 +313,7 @@ impl Semaphore {
     }
 
     fn etcd_error(&self, what: &str, e: &etcd_client::Error) -> SemaphoreError {
-        SemaphoreError::Etcd(self.etcd.error(what, e).message)
+        SemaphoreError::Etcd(self.etcd.error(what, e).to_string())
     }
 }
 

@@ -40,7 +40,7 @@ pub(crate) async fn record(ctx: &CloudContext<'_>, cid: &DiskCid) -> Result<Disk
 
 pub(crate) async fn save(ctx: &CloudContext<'_>, disk: &DiskRecord) -> Result<(), CpiError> {
     let keys = ctx.keys().await?;
-    index::put(ctx.etcd().await?, &keys.disk(&disk.cid), disk).await
+    Ok(index::put(ctx.etcd().await?, &keys.disk(&disk.cid), disk).await?)
 }
 
 /// `create_disk`: a volume on the VM's node (locality), else on `cloud_properties.node`,

@@ -17,7 +17,7 @@ use crate::protocol::{CpiError, VmCid};
 /// create_vm may have written it since); `None` means the VM is abandoned.
 pub async fn record_now(ctx: &CloudContext<'_>, cid: &VmCid) -> Result<Option<VmRecord>, CpiError> {
     let keys = ctx.keys().await?;
-    index::get::<VmRecord>(ctx.etcd().await?, &keys.vm(cid)).await
+    Ok(index::get::<VmRecord>(ctx.etcd().await?, &keys.vm(cid)).await?)
 }
 
 /// Removes the abandoned VM `cid` from the node of `docker` as delete_vm does: its

@@ -106,7 +106,7 @@ async fn create_classified(ctx: &CloudContext<'_>, req: CreateVm) -> Result<Call
         Ok(c) => c,
         Err(e) => {
             lease.end().await;
-            return Err(e);
+            return Err(e.into());
         }
     };
     match claimed {
@@ -199,7 +199,7 @@ async fn create_classified(ctx: &CloudContext<'_>, req: CreateVm) -> Result<Call
                     ),
                     true,
                 )),
-                Err(e) => Err(e),
+                Err(e) => Err(e.into()),
             };
             if let Err(e) = kept {
                 rollback(ctx, Some(&docker), undo).await;
@@ -597,7 +597,9 @@ async fn rollback(ctx: &CloudContext<'_>, docker: Option<&NodeDocker>, undo: Vec
             (Undo::Volume(name), Some(d)) => d.remove_volume(name).await,
             (Undo::IndexRecord(record), _) if node_clean => {
                 match (ctx.etcd().await, ctx.keys().await) {
-                    (Ok(etcd), Ok(keys)) => claims::forget_vm(etcd, &keys, record).await,
+                    (Ok(etcd), Ok(keys)) => claims::forget_vm(etcd, &keys, record)
+                        .await
+                        .map_err(CpiError::from),
                     (Err(e), _) | (_, Err(e)) => Err(e),
                 }
             }

@@ -308,7 +308,7 @@ pub async fn repair(
     tracing::warn!(vm = %cid, node = %docker.name, "repaired an unfinished container re-creation");
     record.recreating = false;
     let keys = ctx.keys().await?;
-    index::put(ctx.etcd().await?, &keys.vm(&record.cid), record).await
+    Ok(index::put(ctx.etcd().await?, &keys.vm(&record.cid), record).await?)
 }
 
 /// The successor's create body from the old container: same config, host config with the
