@@ -3,7 +3,8 @@
 
 use crate::cluster::IndexError;
 use crate::config::ConfigError;
-use crate::protocol::CpiError;
+use crate::placement::PlacementError;
+use crate::protocol::{CpiError, ErrorKind};
 
 /// A configuration problem is the CPI's own (`CpiError`), never retriable: the same
 /// configuration fails the same way.
@@ -29,11 +30,19 @@ impl From<IndexError> for CpiError {
     }
 }
 
+/// No node can take a new VM: `VMCreationFailed`, not retriable (the same cluster gives
+/// the same answer). create_disk answers a placement failure as a `CloudError` and
+/// calculate_vm_cloud_properties as a `CpiError`, each with its own words.
+impl From<PlacementError> for CpiError {
+    fn from(e: PlacementError) -> Self {
+        CpiError::new(ErrorKind::VmCreationFailed, e.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::cluster::EtcdFailure;
-    use crate::protocol::ErrorKind;
 
     fn failure(during: Option<&str>) -> EtcdFailure {
         EtcdFailure {
@@ -93,5 +102,17 @@ mod tests {
             "invalid CPI configuration: etcd.tls: https endpoints need etcd.tls"
         );
         assert!(!cpi.ok_to_retry);
+    }
+
+    #[test]
+    fn no_node_for_a_vm_is_a_vm_creation_failure_not_retried() {
+        let cpi =
+            CpiError::from(PlacementError::Cordoned { node: "n1".into() }).context("create_vm");
+        assert_eq!(cpi.kind, ErrorKind::VmCreationFailed);
+        assert!(!cpi.ok_to_retry);
+        assert_eq!(
+            cpi.message,
+            "create_vm: node n1 is cordoned (takes no new VMs); uncordon it or use an IP of another node"
+        );
     }
 }

@@ -68,7 +68,7 @@ async fn create_classified(ctx: &CloudContext<'_>, req: CreateVm) -> Result<Call
         }
     }
     let node_name = placement::choose_node(&demand, &view.nodes, &view.vms)
-        .map_err(|m| CpiError::new(ErrorKind::VmCreationFailed, format!("create_vm: {m}")))?;
+        .map_err(|e| CpiError::from(e).context("create_vm"))?;
     let node = view
         .node(&node_name)
         .cloned()
