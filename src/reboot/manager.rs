@@ -34,7 +34,10 @@ pub enum StepError {
     Semaphore(#[from] SemaphoreError),
     #[error(transparent)]
     Record(#[from] RecordError),
-    /// The cluster (etcd, the node record, the CPI config) could not be read or changed.
+    /// etcd failed or could not be reached.
+    #[error(transparent)]
+    Index(#[from] crate::cluster::IndexError),
+    /// The cluster (the node record, the CPI config) could not be read or changed.
     #[error("{0}")]
     Cluster(String),
     /// The node's Docker failed.
@@ -193,9 +196,7 @@ impl<'a> Manager<'a> {
             .client()
             .get(key.as_str(), None)
             .await
-            .map_err(|e| {
-                StepError::Cluster(self.etcd.error("reading the node record", &e).to_string())
-            })?;
+            .map_err(|e| StepError::Index(self.etcd.error("reading the node record", &e)))?;
         let kv = resp.kvs().first().ok_or_else(|| {
             StepError::Cluster(format!("node {} is not registered ({key})", self.opts.node))
         })?;
