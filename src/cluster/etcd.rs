@@ -212,4 +212,36 @@ mod tests {
         assert!(err.to_string().len() < 1024, "{}", err.to_string().len());
         assert!(!err.is_retriable());
     }
+
+    #[test]
+    fn failures_are_typed_by_what_a_retry_can_do() {
+        let endpoints = ["https://127.0.0.1:2379".to_string()];
+        let typed = |status: Status| {
+            failure(
+                &endpoints,
+                Some("reading k"),
+                &etcd_client::Error::GRpcStatus(status),
+            )
+        };
+        assert!(matches!(
+            typed(Status::unavailable("etcdserver: leader changed")),
+            IndexError::Unreachable(_)
+        ));
+        assert!(matches!(
+            typed(Status::invalid_argument("etcdserver: request is too large")),
+            IndexError::TooLarge(_)
+        ));
+        assert!(matches!(
+            typed(Status::resource_exhausted(
+                "etcdserver: mvcc: database space exceeded"
+            )),
+            IndexError::TooLarge(_)
+        ));
+        let refused = typed(Status::permission_denied("etcdserver: permission denied"));
+        assert!(matches!(refused, IndexError::Refused(_)), "{refused:?}");
+        assert_eq!(
+            refused.to_string(),
+            "reading k: etcd at https://127.0.0.1:2379 failed: PermissionDenied: etcdserver: permission denied"
+        );
+    }
 }
