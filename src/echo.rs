@@ -109,6 +109,34 @@ pub fn with_sources(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fmt;
+
+    #[derive(Debug)]
+    struct Outer(std::io::Error);
+    impl fmt::Display for Outer {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("request failed")
+        }
+    }
+    impl std::error::Error for Outer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn sources_are_appended_once() {
+        let outer = Outer(std::io::Error::other("connection refused"));
+        let source = std::error::Error::source(&outer);
+        assert_eq!(
+            with_sources(outer.to_string(), source),
+            "request failed: connection refused"
+        );
+        assert_eq!(
+            with_sources("connection refused".into(), source),
+            "connection refused"
+        );
+    }
 
     #[test]
     fn controls_are_escaped_not_dropped() {

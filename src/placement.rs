@@ -4,7 +4,81 @@
 use std::net::Ipv4Addr;
 
 use crate::cluster::{NodeRecord, NodeState, VmRecord};
-use crate::protocol::VmRequirements;
+use crate::echo::printable;
+
+/// Why no node can take a VM (or a disk): the rule that failed, with the values that made
+/// it fail, so the message tells the operator what to change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlacementError {
+    /// No node is registered at all.
+    #[error("the cluster has no nodes registered")]
+    NoNodes,
+    /// A static IP lies in no node's subnet (`subnets`: each node with its subnet).
+    #[error("{ip} is in no node's subnet ({subnets})")]
+    OutsideEverySubnet { ip: Ipv4Addr, subnets: String },
+    /// Two static IPs of the VM belong to different nodes.
+    #[error(
+        "the VM's static IPs are on different nodes ({first} on {first_node}, {ip} on {node}): a VM lives on one node"
+    )]
+    IpsOnDifferentNodes {
+        first: Ipv4Addr,
+        first_node: String,
+        ip: Ipv4Addr,
+        node: String,
+    },
+    /// The pinned node is not registered (`shown`: its name, cut short).
+    #[error(
+        "node '{shown}' (cloud_properties.node or the CPI's placement.node) is not a registered node"
+    )]
+    UnknownNode { shown: String },
+    /// The VM is pinned to one node but a static IP belongs to another.
+    #[error(
+        "the VM is pinned to node '{pinned}' but static IP {ip} is in the subnet of node {owner}"
+    )]
+    PinnedElsewhere {
+        pinned: String,
+        ip: Ipv4Addr,
+        owner: String,
+    },
+    /// The node the VM must go to takes no new VMs.
+    #[error("node {node} is cordoned (takes no new VMs); uncordon it or use an IP of another node")]
+    Cordoned { node: String },
+    /// The node the VM must go to has not enough memory left.
+    #[error(
+        "node {node} has no room for {wanted_mib} MiB more ({in_use_mib} MiB of {capacity_mib} MiB in use)"
+    )]
+    NoRoom {
+        node: String,
+        wanted_mib: u64,
+        in_use_mib: u64,
+        capacity_mib: u64,
+    },
+    /// Every node is cordoned.
+    #[error("every node is cordoned")]
+    AllCordoned,
+    /// No ready node has the memory left.
+    #[error("no ready node has {memory_mib} MiB of memory free")]
+    NoMemoryFree { memory_mib: u64 },
+    /// No node is big enough for the size at all (`biggest_*`: the largest nodes).
+    #[error(
+        "no node can hold {cpus} CPUs and {ram_mib} MiB of RAM (largest: {biggest_cpu}; {biggest_ram})"
+    )]
+    TooBig {
+        cpus: u64,
+        ram_mib: u64,
+        biggest_cpu: String,
+        biggest_ram: String,
+    },
+}
+
+/// The size of a VM, as `calculate_vm_cloud_properties` asks about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VmSize {
+    /// CPUs.
+    pub cpus: u64,
+    /// Memory in MiB.
+    pub ram_mib: u64,
+}
 
 /// What a new VM asks of placement.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -28,9 +102,9 @@ pub fn choose_node(
     demand: &VmDemand,
     nodes: &[NodeRecord],
     vms: &[VmRecord],
-) -> Result<String, String> {
+) -> Result<String, PlacementError> {
     if nodes.is_empty() {
-        return Err("the cluster has no nodes registered".into());
+        return Err(PlacementError::NoNodes);
     }
     let mut pinned: Option<&NodeRecord> = None;
     for ip in &demand.manual_ips {
@@ -42,53 +116,55 @@ pub fn choose_node(
                     .iter()
                     .map(|n| format!("{} {}", n.name, n.subnet))
                     .collect();
-                format!("{ip} is in no node's subnet ({})", subnets.join(", "))
+                PlacementError::OutsideEverySubnet {
+                    ip: *ip,
+                    subnets: subnets.join(", "),
+                }
             })?;
         if let Some(p) = pinned
             && p.name != owner.name
         {
-            return Err(format!(
-                "the VM's static IPs are on different nodes ({} on {}, {ip} on {}): a VM lives on one node",
-                demand.manual_ips[0], p.name, owner.name
-            ));
+            return Err(PlacementError::IpsOnDifferentNodes {
+                first: demand.manual_ips[0],
+                first_node: p.name.clone(),
+                ip: *ip,
+                node: owner.name.clone(),
+            });
         }
         pinned = Some(owner);
     }
     if let Some(name) = &demand.pinned_node {
-        let node = nodes
-            .iter()
-            .find(|n| &n.name == name)
-            .ok_or_else(|| {
-                format!(
-                    "node '{}' (cloud_properties.node or the CPI's placement.node) is not a registered node",
-                    crate::protocol::call::printable(name)
-                )
-            })?;
+        let node =
+            nodes
+                .iter()
+                .find(|n| &n.name == name)
+                .ok_or_else(|| PlacementError::UnknownNode {
+                    shown: printable(name),
+                })?;
         if let Some(p) = pinned
             && p.name != node.name
         {
-            return Err(format!(
-                "the VM is pinned to node '{name}' but static IP {} is in the subnet of node {}",
-                demand.manual_ips[0], p.name
-            ));
+            return Err(PlacementError::PinnedElsewhere {
+                pinned: name.clone(),
+                ip: demand.manual_ips[0],
+                owner: p.name.clone(),
+            });
         }
         pinned = Some(node);
     }
     if let Some(node) = pinned {
         if node.state == NodeState::Cordoned {
-            return Err(format!(
-                "node {} is cordoned (takes no new VMs); uncordon it or use an IP of another node",
-                node.name
-            ));
+            return Err(PlacementError::Cordoned {
+                node: node.name.clone(),
+            });
         }
         if !has_room(node, demand.memory_mib, vms) {
-            return Err(format!(
-                "node {} has no room for {} MiB more ({} MiB of {} MiB in use)",
-                node.name,
-                demand.memory_mib,
-                memory_in_use(node, vms),
-                node.capacity.memory_mib
-            ));
+            return Err(PlacementError::NoRoom {
+                node: node.name.clone(),
+                wanted_mib: demand.memory_mib,
+                in_use_mib: memory_in_use(node, vms),
+                capacity_mib: node.capacity.memory_mib,
+            });
         }
         return Ok(node.name.clone());
     }
@@ -97,7 +173,7 @@ pub fn choose_node(
         .filter(|n| n.state == NodeState::Ready)
         .collect();
     if ready.is_empty() {
-        return Err("every node is cordoned".into());
+        return Err(PlacementError::AllCordoned);
     }
     let roomy: Vec<&NodeRecord> = ready
         .into_iter()
@@ -114,7 +190,9 @@ pub fn choose_node(
             (same_group, on_node.count(), n.name.clone())
         })
         .map(|n| n.name.clone())
-        .ok_or_else(|| format!("no ready node has {} MiB of memory free", demand.memory_mib))
+        .ok_or(PlacementError::NoMemoryFree {
+            memory_mib: demand.memory_mib,
+        })
 }
 
 /// Memory the index accounts to `node`, in MiB.
@@ -134,9 +212,9 @@ fn has_room(node: &NodeRecord, memory_mib: u64, vms: &[VmRecord]) -> bool {
 /// Checks that at least one node could hold a VM of this size. Nodes that do not report
 /// a capacity are not judged; with none reporting, any size is accepted. The error names
 /// the largest node, so the operator sees what would fit.
-pub fn fits_some_node(req: &VmRequirements, nodes: &[NodeRecord]) -> Result<(), String> {
+pub fn fits_some_node(req: &VmSize, nodes: &[NodeRecord]) -> Result<(), PlacementError> {
     if nodes.is_empty() {
-        return Err("the cluster has no nodes registered".into());
+        return Err(PlacementError::NoNodes);
     }
     let known: Vec<&NodeRecord> = nodes
         .iter()
@@ -155,14 +233,16 @@ pub fn fits_some_node(req: &VmRequirements, nodes: &[NodeRecord]) -> Result<(), 
         .max_by_key(|n| n.capacity.cpus)
         .map(|n| format!("{} has {} CPUs", n.name, n.capacity.cpus))
         .unwrap_or_default();
-    Err(format!(
-        "no node can hold {} CPUs and {} MiB of RAM (largest: {biggest_cpu}; {biggest_ram})",
-        req.cpu, req.ram
-    ))
+    Err(PlacementError::TooBig {
+        cpus: req.cpus,
+        ram_mib: req.ram_mib,
+        biggest_cpu,
+        biggest_ram,
+    })
 }
 
-fn fits(req: &VmRequirements, node: &NodeRecord) -> bool {
-    req.cpu <= u64::from(node.capacity.cpus) && req.ram <= node.capacity.memory_mib
+fn fits(req: &VmSize, node: &NodeRecord) -> bool {
+    req.cpus <= u64::from(node.capacity.cpus) && req.ram_mib <= node.capacity.memory_mib
 }
 
 #[cfg(test)]
@@ -218,7 +298,7 @@ mod tests {
             manual_ips: vec!["10.1.9.5".parse().unwrap()],
             ..Default::default()
         };
-        let e = choose_node(&d, &three(), &[]).unwrap_err();
+        let e = choose_node(&d, &three(), &[]).unwrap_err().to_string();
         assert!(e.starts_with("10.1.9.5 is in no node's subnet"), "{e}");
     }
 
@@ -231,6 +311,7 @@ mod tests {
         assert!(
             choose_node(&d, &three(), &[])
                 .unwrap_err()
+                .to_string()
                 .contains("different nodes")
         );
         let d = VmDemand {
@@ -241,6 +322,7 @@ mod tests {
         assert!(
             choose_node(&d, &three(), &[])
                 .unwrap_err()
+                .to_string()
                 .contains("node n1")
         );
     }
@@ -257,13 +339,19 @@ mod tests {
         assert!(
             choose_node(&d, &nodes, &[])
                 .unwrap_err()
+                .to_string()
                 .contains("cordoned")
         );
         let d = VmDemand {
             pinned_node: Some("n9".into()),
             ..Default::default()
         };
-        assert!(choose_node(&d, &nodes, &[]).unwrap_err().contains("'n9'"));
+        assert!(
+            choose_node(&d, &nodes, &[])
+                .unwrap_err()
+                .to_string()
+                .contains("'n9'")
+        );
     }
 
     #[test]
@@ -296,16 +384,13 @@ mod tests {
         assert!(
             choose_node(&d, &nodes, &vms)
                 .unwrap_err()
+                .to_string()
                 .contains("5000 MiB")
         );
     }
 
-    fn req(cpu: u64, ram: u64) -> VmRequirements {
-        VmRequirements {
-            cpu,
-            ram,
-            ephemeral_disk_size: 1024,
-        }
+    fn req(cpus: u64, ram_mib: u64) -> VmSize {
+        VmSize { cpus, ram_mib }
     }
 
     #[test]
@@ -317,10 +402,14 @@ mod tests {
     #[test]
     fn too_big_names_the_largest_node() {
         let nodes = [node("a", 2, 4096), node("b", 4, 8192)];
-        let e = fits_some_node(&req(16, 1024), &nodes).unwrap_err();
+        let e = fits_some_node(&req(16, 1024), &nodes)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("16 CPUs"), "{e}");
         assert!(e.contains("b has 4 CPUs"), "{e}");
-        let e = fits_some_node(&req(1, 9000), &nodes).unwrap_err();
+        let e = fits_some_node(&req(1, 9000), &nodes)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("b has 8192 MiB"), "{e}");
     }
 

@@ -7,6 +7,7 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
+use super::error::PlanError;
 use crate::cloud::vm::network_plan::dynamic_pool;
 
 /// An inclusive address range, written the BOSH way (`10.1.1.1-10.1.1.20`, or one address).
@@ -62,9 +63,9 @@ fn range(first: u32, last: u32) -> Option<AddrRange> {
 
 /// Splits `subnet` (gateway `gateway`) as `split` asks. Fails when the gateway is outside
 /// the subnet or when no address is left for BOSH to give to a VM.
-pub fn plan(subnet: Ipv4Net, gateway: Ipv4Addr, split: Split) -> Result<SubnetPlan, String> {
+pub fn plan(subnet: Ipv4Net, gateway: Ipv4Addr, split: Split) -> Result<SubnetPlan, PlanError> {
     if !subnet.contains(&gateway) {
-        return Err(format!("gateway {gateway} is not in subnet {subnet}"));
+        return Err(PlanError::GatewayOutside { gateway, subnet });
     }
     let network = u32::from(subnet.network());
     let broadcast = u32::from(subnet.broadcast());
@@ -112,9 +113,11 @@ pub fn plan(subnet: Ipv4Net, gateway: Ipv4Addr, split: Split) -> Result<SubnetPl
     if let Some(block) = static_range
         && block.contains(gateway)
     {
-        return Err(format!(
-            "the static block {block} of {subnet} would hold the gateway {gateway}: reserve more addresses at the start"
-        ));
+        return Err(PlanError::GatewayInStaticBlock {
+            block,
+            subnet,
+            gateway,
+        });
     }
     let after_static = static_range
         .map(|s| u32::from(s.last) + 1)
@@ -140,11 +143,11 @@ pub fn plan(subnet: Ipv4Net, gateway: Ipv4Addr, split: Split) -> Result<SubnetPl
             .any(|ip| Ipv4Addr::from(ip) != gateway)
     };
     if !usable(&static_range) && !usable(&automatic) {
-        return Err(format!(
-            "subnet {subnet} leaves no address for BOSH: {} reserved at the start and the CPI's dynamic pool{} take it all",
-            split.reserved,
-            pool_range.map(|p| format!(" {p}")).unwrap_or_default()
-        ));
+        return Err(PlanError::NoAddressLeft {
+            subnet,
+            reserved: split.reserved,
+            pool: pool_range.map(|p| format!(" {p}")).unwrap_or_default(),
+        });
     }
     Ok(SubnetPlan {
         reserved,
@@ -265,7 +268,8 @@ mod tests {
                 static_ips: 0,
             },
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("10.1.4.0/26 leaves no address"), "{e}");
         let e = plan(
             net("10.1.4.0/24"),
@@ -275,7 +279,8 @@ mod tests {
                 static_ips: 0,
             },
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("not in subnet"), "{e}");
         let e = plan(
             net("10.1.4.0/24"),
@@ -285,7 +290,8 @@ mod tests {
                 static_ips: 40,
             },
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("would hold the gateway 10.1.4.30"), "{e}");
     }
 

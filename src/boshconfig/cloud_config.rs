@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 
 use super::address_plan::{self, Split};
 use super::cpi_name;
+use super::error::{BoshConfigError, PlanError, PresetError};
 use crate::cluster::{ClusterView, NodeRecord, NodeState};
 
 /// Operator's choices for the generated cloud-config.
@@ -78,14 +79,10 @@ impl VmTypePreset {
 }
 
 impl FromStr for VmTypePreset {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = PresetError;
+    fn from_str(s: &str) -> Result<Self, PresetError> {
         let parts: Vec<&str> = s.split(':').collect();
-        let bad = || {
-            format!(
-                "vm type '{s}' must be NAME or NAME:CPU:RAM_MIB:DISK_MIB (e.g. big:8:16384:81920)"
-            )
-        };
+        let bad = || PresetError::VmTypeShape(s.to_string());
         let name = parts
             .first()
             .filter(|n| !n.trim().is_empty())
@@ -97,7 +94,7 @@ impl FromStr for VmTypePreset {
                 let ram: u64 = ram.parse().map_err(|_| bad())?;
                 let disk: u64 = disk.parse().map_err(|_| bad())?;
                 if !(cpu > 0.0 && cpu.is_finite()) || ram == 0 || disk == 0 {
-                    return Err(format!("vm type '{s}': CPU, RAM and disk must be above 0"));
+                    return Err(PresetError::VmTypeSize(s.to_string()));
                 }
                 Some((cpu, ram, disk))
             }
@@ -138,9 +135,9 @@ impl DiskTypePreset {
 }
 
 impl FromStr for DiskTypePreset {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("disk type '{s}' must be NAME:SIZE_MIB (e.g. 20GB:20480)");
+    type Err = PresetError;
+    fn from_str(s: &str) -> Result<Self, PresetError> {
+        let bad = || PresetError::DiskTypeShape(s.to_string());
         let (name, size) = s.split_once(':').ok_or_else(bad)?;
         let size_mib: u64 = size.parse().map_err(|_| bad())?;
         if name.trim().is_empty() || size_mib == 0 {
@@ -246,17 +243,19 @@ pub struct Generated<T> {
 }
 
 /// Checks what every generated config needs: some nodes, and subnets that do not overlap.
-pub fn check_nodes(view: &ClusterView) -> Result<(), String> {
+pub fn check_nodes(view: &ClusterView) -> Result<(), BoshConfigError> {
     if view.nodes.is_empty() {
-        return Err("no nodes are registered in etcd: run cpi node-prep on the hosts first".into());
+        return Err(BoshConfigError::NoNodes);
     }
     for (i, a) in view.nodes.iter().enumerate() {
         for b in &view.nodes[i + 1..] {
             if a.subnet.contains(&b.subnet.network()) || b.subnet.contains(&a.subnet.network()) {
-                return Err(format!(
-                    "the subnets of nodes {} ({}) and {} ({}) overlap: fix the node records before generating a cloud-config",
-                    a.name, a.subnet, b.name, b.subnet
-                ));
+                return Err(BoshConfigError::OverlappingSubnets {
+                    a: a.name.clone(),
+                    a_subnet: a.subnet,
+                    b: b.name.clone(),
+                    b_subnet: b.subnet,
+                });
             }
         }
     }
@@ -264,7 +263,10 @@ pub fn check_nodes(view: &ClusterView) -> Result<(), String> {
 }
 
 /// The cloud-config for `view`.
-pub fn generate(view: &ClusterView, opts: &Options) -> Result<Generated<CloudConfig>, String> {
+pub fn generate(
+    view: &ClusterView,
+    opts: &Options,
+) -> Result<Generated<CloudConfig>, BoshConfigError> {
     check_nodes(view)?;
     let mut warnings = Vec::new();
     let mut subnets = Vec::new();
@@ -289,7 +291,12 @@ pub fn generate(view: &ClusterView, opts: &Options) -> Result<Generated<CloudCon
                 node.name, node.subnet
             )),
         }
-        subnets.push(subnet(node, opts).map_err(|e| format!("node {}: {e}", node.name))?);
+        subnets.push(
+            subnet(node, opts).map_err(|source| BoshConfigError::Subnet {
+                node: node.name.clone(),
+                source,
+            })?,
+        );
     }
     let ready: Vec<&NodeRecord> = view
         .nodes
@@ -310,7 +317,7 @@ pub fn generate(view: &ClusterView, opts: &Options) -> Result<Generated<CloudCon
         .compilation_workers
         .unwrap_or(ready.len().max(1) as u32);
     if workers == 0 {
-        return Err("compilation workers must be at least 1".into());
+        return Err(BoshConfigError::NoCompilationWorkers);
     }
     let compile_type = if opts.vm_types.iter().any(|t| t.name == "compilation") {
         "compilation"
@@ -318,7 +325,7 @@ pub fn generate(view: &ClusterView, opts: &Options) -> Result<Generated<CloudCon
         opts.vm_types
             .first()
             .map(|t| t.name.as_str())
-            .ok_or("at least one vm_type is needed")?
+            .ok_or(BoshConfigError::NoVmTypes)?
     };
     let document = CloudConfig {
         azs: view
@@ -358,7 +365,7 @@ pub fn generate(view: &ClusterView, opts: &Options) -> Result<Generated<CloudCon
     Ok(Generated { document, warnings })
 }
 
-fn subnet(node: &NodeRecord, opts: &Options) -> Result<Subnet, String> {
+fn subnet(node: &NodeRecord, opts: &Options) -> Result<Subnet, PlanError> {
     let plan = address_plan::plan(node.subnet, node.gateway, opts.split)?;
     Ok(Subnet {
         az: node.name.clone(),
@@ -517,12 +524,15 @@ pub(crate) mod tests {
         assert!(
             generate(&view(vec![]), &Options::default())
                 .unwrap_err()
+                .to_string()
                 .contains("no nodes")
         );
         let mut clash = node("n9", 1);
         clash.subnet = "10.1.0.0/16".parse().unwrap();
         clash.gateway = "10.1.0.1".parse().unwrap();
-        let e = generate(&view(vec![node("n1", 1), clash]), &Options::default()).unwrap_err();
+        let e = generate(&view(vec![node("n1", 1), clash]), &Options::default())
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("n1 (10.1.1.0/24) and n9 (10.1.0.0/16) overlap"),
             "{e}"
@@ -540,7 +550,9 @@ pub(crate) mod tests {
         assert_eq!(g.warnings.len(), 1, "{:?}", g.warnings);
         let mut bad_gw = node("n1", 1);
         bad_gw.gateway = "10.1.7.1".parse().unwrap();
-        let e = generate(&view(vec![bad_gw]), &Options::default()).unwrap_err();
+        let e = generate(&view(vec![bad_gw]), &Options::default())
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("node n1: gateway 10.1.7.1 is not in"), "{e}");
         let opts = Options {
             compilation_workers: Some(0),

@@ -39,7 +39,7 @@ pub struct Placement {
 }
 
 /// One CPI entry per node of `view`.
-pub fn generate(view: &ClusterView) -> Result<Generated<CpiConfig>, String> {
+pub fn generate(view: &ClusterView) -> Result<Generated<CpiConfig>, super::BoshConfigError> {
     check_nodes(view)?;
     let cpis = view
         .nodes

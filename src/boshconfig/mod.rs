@@ -4,6 +4,9 @@
 pub mod address_plan;
 pub mod cloud_config;
 pub mod cpi_config;
+pub mod error;
+
+pub use error::{BoshConfigError, PlanError, PresetError};
 
 /// The CPI name of a node in the generated cpi-config, which the cloud-config's AZs name
 /// when they are generated for it.

@@ -63,7 +63,7 @@ impl<'a> CloudContext<'a> {
     /// The etcd connection.
     pub async fn etcd(&self) -> Result<&Etcd, CpiError> {
         self.etcd
-            .get_or_try_init(|| async { Etcd::connect(self.config().await?).await })
+            .get_or_try_init(|| async { Ok(Etcd::connect(self.config().await?).await?) })
             .await
     }
 
@@ -75,7 +75,7 @@ impl<'a> CloudContext<'a> {
     /// A fresh snapshot of the cluster (one etcd round trip).
     pub async fn view(&self) -> Result<ClusterView, CpiError> {
         let keys = self.keys().await?;
-        ClusterView::load(self.etcd().await?, &keys).await
+        Ok(ClusterView::load(self.etcd().await?, &keys).await?)
     }
 
     /// A Docker client for the node `name` of `view` (made once per call and endpoint).

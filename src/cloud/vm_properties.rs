@@ -20,7 +20,11 @@ pub async fn calculate(
         )));
     }
     let view = ctx.view().await?;
-    placement::fits_some_node(&req, &view.nodes).map_err(CpiError::cpi)?;
+    let size = placement::VmSize {
+        cpus: req.cpu,
+        ram_mib: req.ram,
+    };
+    placement::fits_some_node(&size, &view.nodes).map_err(|e| CpiError::cpi(e.to_string()))?;
     Ok(CallResult::Plain(json!({
         "cpu": req.cpu,
         "ram": req.ram,

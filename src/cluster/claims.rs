@@ -14,10 +14,11 @@ use std::net::Ipv4Addr;
 use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse, TxnResponse};
 use serde::{Deserialize, Serialize};
 
+use super::error::IndexError;
 use super::etcd::Etcd;
 use super::model::{AddressClaim, VmRecord};
 use super::view::Keys;
-use crate::protocol::{CpiError, VmCid};
+use crate::ids::VmCid;
 
 /// The value of a claim key: the VM holding the address.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,14 +56,14 @@ pub enum Claimed {
     Exhausted { network: String },
 }
 
-fn value_of(vm: &VmCid) -> Result<String, CpiError> {
+fn value_of(vm: &VmCid) -> Result<String, IndexError> {
     serde_json::to_string(&ClaimValue { vm: vm.clone() })
-        .map_err(|e| CpiError::cpi(format!("cannot encode an address claim: {e}")))
+        .map_err(|e| IndexError::Encode(format!("cannot encode an address claim: {e}")))
 }
 
-fn record_text(record: &VmRecord) -> Result<String, CpiError> {
+fn record_text(record: &VmRecord) -> Result<String, IndexError> {
     serde_json::to_string(record).map_err(|e| {
-        CpiError::cpi(format!(
+        IndexError::Encode(format!(
             "cannot encode the index record of {}: {e}",
             record.cid
         ))
@@ -115,7 +116,7 @@ pub async fn claim_for_new_vm(
     lease: i64,
     record: &VmRecord,
     wanted: &[Wanted],
-) -> Result<Claimed, CpiError> {
+) -> Result<Claimed, IndexError> {
     let node = record.node.as_str();
     let value = value_of(&record.cid)?;
     let on_lease = || Some(PutOptions::new().with_lease(lease));
@@ -242,7 +243,7 @@ pub async fn make_permanent(
     keys: &Keys,
     lease: i64,
     record: &VmRecord,
-) -> Result<bool, CpiError> {
+) -> Result<bool, IndexError> {
     let record_key = keys.vm(&record.cid);
     let value = value_of(&record.cid)?;
     let mut compares = vec![Compare::lease(record_key.as_str(), CompareOp::Equal, lease)];
@@ -262,7 +263,7 @@ pub async fn make_permanent(
 
 /// Removes a VM's record and the address claims it lists, in one transaction; a claim is
 /// removed only while it still names this VM.
-pub async fn forget_vm(etcd: &Etcd, keys: &Keys, record: &VmRecord) -> Result<(), CpiError> {
+pub async fn forget_vm(etcd: &Etcd, keys: &Keys, record: &VmRecord) -> Result<(), IndexError> {
     let value = value_of(&record.cid)?;
     let mut ops = vec![TxnOp::delete(keys.vm(&record.cid), None)];
     for c in &record.addresses {
@@ -286,7 +287,7 @@ pub async fn forget_vm(etcd: &Etcd, keys: &Keys, record: &VmRecord) -> Result<()
 
 /// Removes every claim naming `vm` (a VM without a record: nothing else would ever free
 /// them): one prefix read, one transaction removing each only while it still names `vm`.
-pub async fn forget_claims_of(etcd: &Etcd, keys: &Keys, vm: &VmCid) -> Result<(), CpiError> {
+pub async fn forget_claims_of(etcd: &Etcd, keys: &Keys, vm: &VmCid) -> Result<(), IndexError> {
     let value = value_of(vm)?;
     let found = etcd
         .client()

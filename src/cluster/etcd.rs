@@ -4,9 +4,9 @@ use std::time::Duration;
 
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
 
+use super::error::{EtcdFailure, IndexError};
 use crate::config::{Config, ConfigError, Secret, TlsMaterial};
-use crate::protocol::CpiError;
-use crate::protocol::error::with_sources;
+use crate::echo::with_sources;
 
 /// A connected etcd client plus the endpoints it was made for (for error messages).
 #[derive(Clone)]
@@ -43,14 +43,14 @@ impl EtcdAccess {
 }
 
 impl Etcd {
-    /// Connects to the configured endpoints. An unreachable etcd is a retriable
-    /// `CloudError` naming the endpoints.
-    pub async fn connect(config: &Config) -> Result<Etcd, CpiError> {
+    /// Connects to the configured endpoints. An unreachable etcd is
+    /// [`IndexError::Unreachable`], naming the endpoints.
+    pub async fn connect(config: &Config) -> Result<Etcd, IndexError> {
         Etcd::connect_with(&EtcdAccess::from_config(config)?).await
     }
 
     /// Connects with explicit access material (no CPI config needed).
-    pub async fn connect_with(access: &EtcdAccess) -> Result<Etcd, CpiError> {
+    pub async fn connect_with(access: &EtcdAccess) -> Result<Etcd, IndexError> {
         let mut options = ConnectOptions::new()
             .with_connect_timeout(access.timeout)
             .with_timeout(access.timeout);
@@ -75,7 +75,7 @@ impl Etcd {
         }
         let client = Client::connect(&access.endpoints, Some(options))
             .await
-            .map_err(|e| unreachable(&access.endpoints, &e))?;
+            .map_err(|e| failure(&access.endpoints, None, &e))?;
         Ok(Etcd {
             client,
             endpoints: access.endpoints.clone(),
@@ -93,25 +93,42 @@ impl Etcd {
         self.client.clone()
     }
 
-    /// Turns an etcd failure during `what` into a `CloudError` naming the endpoints.
-    pub fn error(&self, what: &str, e: &etcd_client::Error) -> CpiError {
-        unreachable(&self.endpoints, e).context(what)
+    /// Turns an etcd failure during `what` into an [`IndexError`] naming the endpoints.
+    pub fn error(&self, what: &str, e: &etcd_client::Error) -> IndexError {
+        failure(&self.endpoints, Some(what), e)
     }
 }
 
-fn unreachable(endpoints: &[String], e: &etcd_client::Error) -> CpiError {
+/// The typed failure: unreachable or busy (retriable), too large, or refused.
+fn failure(endpoints: &[String], during: Option<&str>, e: &etcd_client::Error) -> IndexError {
     let shown: Vec<String> = endpoints
         .iter()
         .map(|e| crate::redact::redact_str(e))
         .collect();
-    CpiError::cloud(
-        format!(
-            "etcd at {} failed: {}",
-            shown.join(", "),
-            crate::echo::printable_detail(&describe(e))
-        ),
-        is_retriable(e),
-    )
+    let failure = EtcdFailure {
+        during: during.map(str::to_string),
+        endpoints: shown.join(", "),
+        detail: crate::echo::printable_detail(&describe(e)),
+    };
+    if is_retriable(e) {
+        IndexError::Unreachable(failure)
+    } else if is_request_shape(e) {
+        IndexError::TooLarge(failure)
+    } else {
+        IndexError::Refused(failure)
+    }
+}
+
+/// Whether etcd refused the request for its size (or a full database): the same request
+/// fails every time.
+fn is_request_shape(e: &etcd_client::Error) -> bool {
+    let etcd_client::Error::GRpcStatus(status) = e else {
+        return false;
+    };
+    let message = status.message().to_ascii_lowercase();
+    ["larger than max", "too large", "space exceeded"]
+        .iter()
+        .any(|m| message.contains(m))
 }
 
 /// Whether a retry of the same call can help: the cluster could not be reached or was
@@ -125,11 +142,7 @@ pub fn is_retriable(e: &etcd_client::Error) -> bool {
     match e {
         E::TransportError(_) | E::IoError(_) => true,
         E::GRpcStatus(status) => {
-            let message = status.message().to_ascii_lowercase();
-            let request_shape = ["larger than max", "too large", "space exceeded"]
-                .iter()
-                .any(|m| message.contains(m));
-            !request_shape
+            !is_request_shape(e)
                 && matches!(
                     status.code(),
                     Code::Unavailable
@@ -196,8 +209,40 @@ mod tests {
     #[test]
     fn an_echoed_failure_is_cut() {
         let e = etcd_client::Error::GRpcStatus(Status::invalid_argument("x".repeat(1 << 20)));
-        let err = unreachable(&["https://127.0.0.1:2379".into()], &e);
-        assert!(err.message.len() < 1024, "{}", err.message.len());
-        assert!(!err.ok_to_retry);
+        let err = failure(&["https://127.0.0.1:2379".into()], None, &e);
+        assert!(err.to_string().len() < 1024, "{}", err.to_string().len());
+        assert!(!err.is_retriable());
+    }
+
+    #[test]
+    fn failures_are_typed_by_what_a_retry_can_do() {
+        let endpoints = ["https://127.0.0.1:2379".to_string()];
+        let typed = |status: Status| {
+            failure(
+                &endpoints,
+                Some("reading k"),
+                &etcd_client::Error::GRpcStatus(status),
+            )
+        };
+        assert!(matches!(
+            typed(Status::unavailable("etcdserver: leader changed")),
+            IndexError::Unreachable(_)
+        ));
+        assert!(matches!(
+            typed(Status::invalid_argument("etcdserver: request is too large")),
+            IndexError::TooLarge(_)
+        ));
+        assert!(matches!(
+            typed(Status::resource_exhausted(
+                "etcdserver: mvcc: database space exceeded"
+            )),
+            IndexError::TooLarge(_)
+        ));
+        let refused = typed(Status::permission_denied("etcdserver: permission denied"));
+        assert!(matches!(refused, IndexError::Refused(_)), "{refused:?}");
+        assert_eq!(
+            refused.to_string(),
+            "reading k: etcd at https://127.0.0.1:2379 failed: PermissionDenied: etcdserver: permission denied"
+        );
     }
 }

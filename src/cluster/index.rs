@@ -4,11 +4,11 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::error::IndexError;
 use super::etcd::Etcd;
-use crate::protocol::CpiError;
 
 /// Reads and parses one JSON record; `None` when the key is absent.
-pub async fn get<T: DeserializeOwned>(etcd: &Etcd, key: &str) -> Result<Option<T>, CpiError> {
+pub async fn get<T: DeserializeOwned>(etcd: &Etcd, key: &str) -> Result<Option<T>, IndexError> {
     let resp = etcd
         .client()
         .get(key, None)
@@ -18,14 +18,14 @@ pub async fn get<T: DeserializeOwned>(etcd: &Etcd, key: &str) -> Result<Option<T
         None => Ok(None),
         Some(kv) => serde_json::from_slice(kv.value())
             .map(Some)
-            .map_err(|e| CpiError::cloud(format!("index record {key} is unreadable: {e}"), false)),
+            .map_err(|e| IndexError::Malformed(format!("index record {key} is unreadable: {e}"))),
     }
 }
 
 /// Writes one JSON record.
-pub async fn put<T: Serialize>(etcd: &Etcd, key: &str, value: &T) -> Result<(), CpiError> {
+pub async fn put<T: Serialize>(etcd: &Etcd, key: &str, value: &T) -> Result<(), IndexError> {
     let text = serde_json::to_string(value)
-        .map_err(|e| CpiError::cpi(format!("cannot encode index record {key}: {e}")))?;
+        .map_err(|e| IndexError::Encode(format!("cannot encode index record {key}: {e}")))?;
     etcd.client()
         .put(key, text, None)
         .await
@@ -34,7 +34,7 @@ pub async fn put<T: Serialize>(etcd: &Etcd, key: &str, value: &T) -> Result<(), 
 }
 
 /// Deletes one record; an absent key is success.
-pub async fn delete(etcd: &Etcd, key: &str) -> Result<(), CpiError> {
+pub async fn delete(etcd: &Etcd, key: &str) -> Result<(), IndexError> {
     etcd.client()
         .delete(key, None)
         .await
@@ -57,7 +57,7 @@ pub const PROGRESS_TTL: i64 = 20;
 impl ProgressLease {
     /// Grants the lease (one round trip) and keeps it alive in the background until
     /// [`Self::end`].
-    pub async fn start(etcd: &Etcd) -> Result<ProgressLease, CpiError> {
+    pub async fn start(etcd: &Etcd) -> Result<ProgressLease, IndexError> {
         let mut client = etcd.client();
         let id = client
             .lease_grant(PROGRESS_TTL, None)
@@ -92,9 +92,9 @@ impl ProgressLease {
     }
 
     /// Writes a record that lives only as long as this lease.
-    pub async fn put<T: Serialize>(&self, key: &str, value: &T) -> Result<(), CpiError> {
+    pub async fn put<T: Serialize>(&self, key: &str, value: &T) -> Result<(), IndexError> {
         let text = serde_json::to_string(value)
-            .map_err(|e| CpiError::cpi(format!("cannot encode index record {key}: {e}")))?;
+            .map_err(|e| IndexError::Encode(format!("cannot encode index record {key}: {e}")))?;
         self.etcd
             .client()
             .put(

@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::{DiskCid, SnapshotCid, VmCid};
+use crate::ids::{DiskCid, SnapshotCid, VmCid};
 
 /// Whether placement may put new VMs on a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -3,10 +3,11 @@
 
 use etcd_client::{GetOptions, Txn, TxnOp, TxnOpResponse};
 
+use super::error::IndexError;
 use super::etcd::Etcd;
 use super::model::{FlannelConfig, NodeRecord, SubnetLease, VmRecord};
 use crate::config::EtcdConfig;
-use crate::protocol::{CpiError, DiskCid, SnapshotCid, StemcellCid, VmCid};
+use crate::ids::{DiskCid, SnapshotCid, StemcellCid, VmCid};
 
 /// The etcd keys of the cluster, derived from the two configured prefixes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,7 +127,7 @@ pub struct NodeUsage {
 
 impl ClusterView {
     /// Reads the whole view in one transaction.
-    pub async fn load(etcd: &Etcd, keys: &Keys) -> Result<ClusterView, CpiError> {
+    pub async fn load(etcd: &Etcd, keys: &Keys) -> Result<ClusterView, IndexError> {
         let txn = Txn::new().and_then(vec![
             TxnOp::get(keys.nodes(), Some(GetOptions::new().with_prefix())),
             TxnOp::get(keys.flannel_config(), None),
@@ -224,9 +225,9 @@ impl ClusterView {
     /// Whether node `name` is registered, for calls that would otherwise forget what lives
     /// on an unregistered node: a record that exists but cannot be read is an error, never
     /// "not registered".
-    pub fn registered(&self, name: &str) -> Result<Option<&NodeRecord>, CpiError> {
+    pub fn registered(&self, name: &str) -> Result<Option<&NodeRecord>, IndexError> {
         if let Some((_, problem)) = self.unreadable_nodes.iter().find(|(n, _)| n == name) {
-            return Err(CpiError::cloud(problem.clone(), false));
+            return Err(IndexError::Malformed(problem.clone()));
         }
         Ok(self.node(name))
     }
@@ -234,9 +235,9 @@ impl ClusterView {
     /// The index record of VM `cid`, read in the same transaction as the nodes, so finding
     /// a VM and its node's endpoint costs one etcd round trip. A record that exists but
     /// cannot be read is an error, never "no such VM".
-    pub fn vm(&self, cid: &VmCid) -> Result<Option<&VmRecord>, CpiError> {
+    pub fn vm(&self, cid: &VmCid) -> Result<Option<&VmRecord>, IndexError> {
         if let Some((_, problem)) = self.unreadable_vms.iter().find(|(c, _)| c == cid.as_str()) {
-            return Err(CpiError::cloud(problem.clone(), false));
+            return Err(IndexError::Malformed(problem.clone()));
         }
         Ok(self.vms.iter().find(|v| v.cid == *cid))
     }
@@ -304,7 +305,10 @@ mod tests {
         );
         assert!(view.vm(&parsed(3)).unwrap().is_none());
         let e = view.vm(&parsed(2)).unwrap_err();
-        assert!(e.message.contains("/p/vms/b"), "{}", e.message);
+        assert!(
+            matches!(&e, IndexError::Malformed(m) if m.contains("/p/vms/b")),
+            "{e}"
+        );
     }
 
     #[test]

@@ -99,10 +99,12 @@ pub fn run(config_path: PathBuf, cmd: BoshConfigCommand) -> i32 {
         eprintln!("warning: {p}");
     }
     let printed = match &cmd.kind {
-        Kind::CloudConfig(args) => {
-            cloud_config::generate(&view, &args.options()).and_then(|g| print(&g))
-        }
-        Kind::CpiConfig => cpi_config::generate(&view).and_then(|g| print(&g)),
+        Kind::CloudConfig(args) => cloud_config::generate(&view, &args.options())
+            .map_err(|e| e.to_string())
+            .and_then(|g| print(&g)),
+        Kind::CpiConfig => cpi_config::generate(&view)
+            .map_err(|e| e.to_string())
+            .and_then(|g| print(&g)),
     };
     match printed {
         Ok(()) => 0,

@@ -11,7 +11,6 @@ use serde_json::{Map, Value};
 
 use crate::bounded_file::{self, FileKind};
 use crate::echo::printable;
-use crate::protocol::CpiError;
 pub use secret::Secret;
 pub use tls::{TlsMaterial, TlsSource};
 
@@ -41,12 +40,6 @@ impl ConfigError {
             key: key.to_string(),
             problem: problem.to_string(),
         }
-    }
-}
-
-impl From<ConfigError> for CpiError {
-    fn from(e: ConfigError) -> Self {
-        CpiError::cpi(e.to_string())
     }
 }
 
@@ -343,132 +336,20 @@ impl Config {
         Ok(config)
     }
 
+    /// Every check of a parsed configuration, section by section; the TLS material is
+    /// read here, once.
     fn validate(&self) -> Result<LoadedTls, ConfigError> {
-        if self.etcd.endpoints.is_empty() {
-            return Err(ConfigError::invalid(
-                "etcd.endpoints",
-                "must list at least one URL",
-            ));
-        }
-        for (i, endpoint) in self.etcd.endpoints.iter().enumerate() {
-            let key = format!("etcd.endpoints[{i}]");
-            let url = url::Url::parse(endpoint).map_err(|e| {
-                ConfigError::invalid(
-                    &key,
-                    &format!("'{}' is not a URL: {e}", printable(endpoint)),
-                )
-            })?;
-            if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-                return Err(ConfigError::invalid(
-                    &key,
-                    &format!("'{}' must be http(s)://host:port", printable(endpoint)),
-                ));
-            }
-        }
-        for (key, prefix) in [
-            ("etcd.key_prefix", &self.etcd.key_prefix),
-            ("etcd.flannel_prefix", &self.etcd.flannel_prefix),
-        ] {
-            if !prefix.starts_with('/') || prefix.ends_with('/') {
-                return Err(ConfigError::invalid(
-                    key,
-                    &format!(
-                        "'{}' must start with '/' and not end with '/'",
-                        printable(prefix)
-                    ),
-                ));
-            }
-        }
-        if self.etcd.username.is_some() != self.etcd.password.is_some() {
-            return Err(ConfigError::invalid(
-                "etcd.username",
-                "username and password must be given together",
-            ));
-        }
-        if self.etcd.timeout_seconds == 0 {
-            return Err(ConfigError::invalid(
-                "etcd.timeout_seconds",
-                "must be at least 1",
-            ));
-        }
+        self.etcd.check()?;
         let etcd_tls = self
             .etcd
             .tls
             .as_ref()
             .map(|t| t.load("etcd.tls"))
             .transpose()?;
-        let docker_tls = self.docker.tls.load("docker.tls")?;
-        if docker_tls.client_cert.is_none() {
-            return Err(ConfigError::invalid(
-                "docker.tls",
-                "client_cert(_file) and client_key(_file) are required: nodes accept only mutual TLS",
-            ));
-        }
-        if self.docker.api_version != "auto" && !is_api_version(&self.docker.api_version) {
-            return Err(ConfigError::invalid(
-                "docker.api_version",
-                &format!(
-                    "'{}' must be 'auto' or MAJOR.MINOR such as 1.41",
-                    printable(&self.docker.api_version)
-                ),
-            ));
-        }
-        for (key, seconds) in [
-            (
-                "docker.connect_timeout_seconds",
-                self.docker.connect_timeout_seconds,
-            ),
-            (
-                "docker.request_timeout_seconds",
-                self.docker.request_timeout_seconds,
-            ),
-            (
-                "docker.idle_timeout_seconds",
-                self.docker.idle_timeout_seconds,
-            ),
-        ] {
-            if seconds == 0 {
-                return Err(ConfigError::invalid(key, "must be at least 1"));
-            }
-        }
-        let mbus = url::Url::parse(self.agent.mbus.expose())
-            .map_err(|e| ConfigError::invalid("agent.mbus", &format!("is not a URL: {e}")))?;
-        if !matches!(mbus.scheme(), "https" | "nats" | "tls") {
-            return Err(ConfigError::invalid(
-                "agent.mbus",
-                &format!(
-                    "scheme '{}' is not one of https, nats, tls",
-                    printable(mbus.scheme())
-                ),
-            ));
-        }
-        if let Some(problem) = self
-            .agent
-            .blobstore
-            .as_ref()
-            .and_then(|b| b.problem("agent.blobstore"))
-        {
-            return Err(problem);
-        }
-        if let Some(node) = &self.placement.node
-            && node.trim().is_empty()
-        {
-            return Err(ConfigError::invalid(
-                "placement.node",
-                "must name a node (or be left out)",
-            ));
-        }
-        const POLICIES: &[&str] = &["no", "always", "unless-stopped", "on-failure"];
-        if !POLICIES.contains(&self.vm_defaults.restart_policy.as_str()) {
-            return Err(ConfigError::invalid(
-                "vm_defaults.restart_policy",
-                &format!(
-                    "'{}' is not one of {}",
-                    printable(&self.vm_defaults.restart_policy),
-                    POLICIES.join(", ")
-                ),
-            ));
-        }
+        let docker_tls = self.docker.check()?;
+        self.agent.check()?;
+        self.placement.check()?;
+        self.vm_defaults.check()?;
         Ok(LoadedTls {
             etcd: etcd_tls,
             docker: docker_tls,
@@ -483,6 +364,170 @@ impl Config {
     /// Docker client TLS material, as read when the config was loaded.
     pub fn docker_tls(&self) -> Result<TlsMaterial, ConfigError> {
         Ok(self.loaded_tls.docker.clone())
+    }
+}
+
+impl EtcdConfig {
+    /// Endpoints are http(s) URLs with a host, prefixes are absolute, credentials come in
+    /// pairs, the timeout is positive.
+    fn check(&self) -> Result<(), ConfigError> {
+        self.check_endpoints()?;
+        for (key, prefix) in [
+            ("etcd.key_prefix", &self.key_prefix),
+            ("etcd.flannel_prefix", &self.flannel_prefix),
+        ] {
+            check_prefix(key, prefix)?;
+        }
+        if self.username.is_some() != self.password.is_some() {
+            return Err(ConfigError::invalid(
+                "etcd.username",
+                "username and password must be given together",
+            ));
+        }
+        at_least_one_second("etcd.timeout_seconds", self.timeout_seconds)
+    }
+
+    fn check_endpoints(&self) -> Result<(), ConfigError> {
+        if self.endpoints.is_empty() {
+            return Err(ConfigError::invalid(
+                "etcd.endpoints",
+                "must list at least one URL",
+            ));
+        }
+        for (i, endpoint) in self.endpoints.iter().enumerate() {
+            let key = format!("etcd.endpoints[{i}]");
+            let url = url::Url::parse(endpoint).map_err(|e| {
+                ConfigError::invalid(
+                    &key,
+                    &format!("'{}' is not a URL: {e}", printable(endpoint)),
+                )
+            })?;
+            if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+                return Err(ConfigError::invalid(
+                    &key,
+                    &format!("'{}' must be http(s)://host:port", printable(endpoint)),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A key prefix starts with `/` and does not end with one.
+fn check_prefix(key: &str, prefix: &str) -> Result<(), ConfigError> {
+    if !prefix.starts_with('/') || prefix.ends_with('/') {
+        return Err(ConfigError::invalid(
+            key,
+            &format!(
+                "'{}' must start with '/' and not end with '/'",
+                printable(prefix)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A timeout of zero seconds would fail every request.
+fn at_least_one_second(key: &str, seconds: u64) -> Result<(), ConfigError> {
+    if seconds == 0 {
+        return Err(ConfigError::invalid(key, "must be at least 1"));
+    }
+    Ok(())
+}
+
+impl DockerConfig {
+    /// Client TLS is present (nodes accept only mutual TLS), the API version is `auto`
+    /// or MAJOR.MINOR, the timeouts are positive; returns the TLS material read.
+    fn check(&self) -> Result<TlsMaterial, ConfigError> {
+        let tls = self.tls.load("docker.tls")?;
+        if tls.client_cert.is_none() {
+            return Err(ConfigError::invalid(
+                "docker.tls",
+                "client_cert(_file) and client_key(_file) are required: nodes accept only mutual TLS",
+            ));
+        }
+        if self.api_version != "auto" && !is_api_version(&self.api_version) {
+            return Err(ConfigError::invalid(
+                "docker.api_version",
+                &format!(
+                    "'{}' must be 'auto' or MAJOR.MINOR such as 1.41",
+                    printable(&self.api_version)
+                ),
+            ));
+        }
+        for (key, seconds) in [
+            (
+                "docker.connect_timeout_seconds",
+                self.connect_timeout_seconds,
+            ),
+            (
+                "docker.request_timeout_seconds",
+                self.request_timeout_seconds,
+            ),
+            ("docker.idle_timeout_seconds", self.idle_timeout_seconds),
+        ] {
+            at_least_one_second(key, seconds)?;
+        }
+        Ok(tls)
+    }
+}
+
+impl AgentConfig {
+    /// The mbus is an https, nats or tls URL (its password never echoed); a default
+    /// blobstore is one an agent can use.
+    fn check(&self) -> Result<(), ConfigError> {
+        let mbus = url::Url::parse(self.mbus.expose())
+            .map_err(|e| ConfigError::invalid("agent.mbus", &format!("is not a URL: {e}")))?;
+        if !matches!(mbus.scheme(), "https" | "nats" | "tls") {
+            return Err(ConfigError::invalid(
+                "agent.mbus",
+                &format!(
+                    "scheme '{}' is not one of https, nats, tls",
+                    printable(mbus.scheme())
+                ),
+            ));
+        }
+        match self
+            .blobstore
+            .as_ref()
+            .and_then(|b| b.problem("agent.blobstore"))
+        {
+            Some(problem) => Err(problem),
+            None => Ok(()),
+        }
+    }
+}
+
+impl PlacementConfig {
+    /// A node, when given, is named.
+    fn check(&self) -> Result<(), ConfigError> {
+        if let Some(node) = &self.node
+            && node.trim().is_empty()
+        {
+            return Err(ConfigError::invalid(
+                "placement.node",
+                "must name a node (or be left out)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl VmDefaults {
+    /// The restart policy is one Docker knows.
+    fn check(&self) -> Result<(), ConfigError> {
+        const POLICIES: &[&str] = &["no", "always", "unless-stopped", "on-failure"];
+        if !POLICIES.contains(&self.restart_policy.as_str()) {
+            return Err(ConfigError::invalid(
+                "vm_defaults.restart_policy",
+                &format!(
+                    "'{}' is not one of {}",
+                    printable(&self.restart_policy),
+                    POLICIES.join(", ")
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 

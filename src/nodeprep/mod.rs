@@ -72,14 +72,14 @@ pub struct PrepOptions {
 pub async fn connect(access: &EtcdAccess) -> Result<Etcd> {
     Etcd::connect_with(access)
         .await
-        .map_err(|e| unreachable(access, &e.message))
+        .map_err(|e| unreachable(access, &e.to_string()))
 }
 
 /// An etcd failure while doing `what`, naming the endpoints (without the CPI's error
 /// class: node-prep is not answering the director).
 pub(crate) fn etcd_failed(etcd: &Etcd, what: &str, e: &etcd_client::Error) -> NodePrepError {
     NodePrepError::Etcd {
-        message: etcd.error(what, e).message,
+        message: etcd.error(what, e).to_string(),
     }
 }
 

@@ -106,6 +106,8 @@ impl fmt::Display for CpiError {
 
 impl std::error::Error for CpiError {}
 
+/// The error-chain helper lives in `crate::echo`; re-exported for the modules that
+/// found it here.
 pub use crate::echo::with_sources;
 
 #[cfg(test)]

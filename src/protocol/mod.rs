@@ -3,12 +3,13 @@
 
 pub mod call;
 pub mod error;
-pub mod ids;
 pub mod request;
 pub mod response;
 
+/// The cids live in `crate::ids` (the index records use them too); re-exported so the
+/// wire types read as before.
+pub use crate::ids::{self, DiskCid, MalformedCid, SnapshotCid, StemcellCid, VmCid};
 pub use call::{Call, CreateVm, NetworkSpec, NetworkType, Object, VmRequirements};
 pub use error::{CpiError, ErrorKind};
-pub use ids::{DiskCid, MalformedCid, SnapshotCid, StemcellCid, VmCid};
 pub use request::{ApiVersion, Request};
 pub use response::{CallResult, Response};

@@ -6,7 +6,7 @@ use futures_util::future::join_all;
 
 use super::record::VmSnapshot;
 use crate::docker::NodeDocker;
-use crate::protocol::VmCid;
+use crate::ids::VmCid;
 
 /// What each VM container in `cids` looks like now (absent containers are skipped: there is
 /// nothing to bring back).

@@ -61,7 +61,7 @@ pub fn differences(before: &VmSnapshot, now: &VmSnapshot) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::VmCid;
+    use crate::ids::VmCid;
 
     fn vm(ip: &str, volumes: &[&str]) -> VmSnapshot {
         VmSnapshot {

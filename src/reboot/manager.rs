@@ -24,8 +24,8 @@ use super::window::RebootWindow;
 use crate::cloud::CloudContext;
 use crate::cluster::{Etcd, Keys, NodeRecord, NodeState};
 use crate::docker::NodeDocker;
+use crate::ids::VmCid;
 use crate::nodeprep::register::{self, now_rfc3339};
-use crate::protocol::VmCid;
 
 /// Why one step of the manager failed (it tries again after a poll interval).
 #[derive(Debug, thiserror::Error)]
@@ -34,7 +34,10 @@ pub enum StepError {
     Semaphore(#[from] SemaphoreError),
     #[error(transparent)]
     Record(#[from] RecordError),
-    /// The cluster (etcd, the node record, the CPI config) could not be read or changed.
+    /// etcd failed or could not be reached.
+    #[error(transparent)]
+    Index(#[from] crate::cluster::IndexError),
+    /// The cluster (the node record, the CPI config) could not be read or changed.
     #[error("{0}")]
     Cluster(String),
     /// The node's Docker failed.
@@ -100,9 +103,15 @@ impl<'a> Manager<'a> {
         reboot_command: Vec<String>,
         engine: UpdateEngine,
     ) -> Result<Manager<'a>, StepError> {
-        let cluster = |e: crate::protocol::CpiError| StepError::Cluster(e.message);
-        let etcd = ctx.etcd().await.map_err(cluster)?.clone();
-        let keys = ctx.keys().await.map_err(cluster)?;
+        let etcd = ctx
+            .etcd()
+            .await
+            .map_err(|e| StepError::Cluster(e.message))?
+            .clone();
+        let keys = ctx
+            .keys()
+            .await
+            .map_err(|e| StepError::Cluster(e.message))?;
         let reboot_keys = RebootKeys::new(&keys);
         Ok(Manager {
             ctx,
@@ -187,9 +196,7 @@ impl<'a> Manager<'a> {
             .client()
             .get(key.as_str(), None)
             .await
-            .map_err(|e| {
-                StepError::Cluster(self.etcd.error("reading the node record", &e).message)
-            })?;
+            .map_err(|e| StepError::Index(self.etcd.error("reading the node record", &e)))?;
         let kv = resp.kvs().first().ok_or_else(|| {
             StepError::Cluster(format!("node {} is not registered ({key})", self.opts.node))
         })?;

@@ -8,8 +8,8 @@ use etcd_client::{Compare, CompareOp, TxnOp};
 use serde::{Deserialize, Serialize};
 
 use super::keys::RebootKeys;
-use crate::cluster::Etcd;
-use crate::protocol::VmCid;
+use crate::cluster::{Etcd, IndexError};
+use crate::ids::VmCid;
 
 /// Where a node is in its reboot. No record: nothing is going on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,8 +89,10 @@ pub struct Versioned<T> {
 /// Why a record could not be read or written.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum RecordError {
-    #[error("{0}")]
-    Etcd(String),
+    /// etcd failed or could not be reached.
+    #[error(transparent)]
+    Etcd(#[from] IndexError),
+    /// A record is not a reboot record.
     #[error("{key} is unreadable: {reason}")]
     Corrupt { key: String, reason: String },
 }
@@ -117,9 +119,12 @@ impl Records {
         &self,
         key: &str,
     ) -> Result<Option<Versioned<T>>, RecordError> {
-        let resp = self.etcd.client().get(key, None).await.map_err(|e| {
-            RecordError::Etcd(self.etcd.error(&format!("reading {key}"), &e).message)
-        })?;
+        let resp = self
+            .etcd
+            .client()
+            .get(key, None)
+            .await
+            .map_err(|e| RecordError::Etcd(self.etcd.error(&format!("reading {key}"), &e)))?;
         let Some(kv) = resp.kvs().first() else {
             return Ok(None);
         };
@@ -149,9 +154,7 @@ impl Records {
                 Some(etcd_client::GetOptions::new().with_prefix()),
             )
             .await
-            .map_err(|e| {
-                RecordError::Etcd(self.etcd.error("reading reboot records", &e).message)
-            })?;
+            .map_err(|e| RecordError::Etcd(self.etcd.error("reading reboot records", &e)))?;
         Ok(resp
             .kvs()
             .iter()
@@ -191,9 +194,10 @@ impl Records {
                 serde_json::to_string(request).expect("a request serializes"),
                 None,
             )]);
-        let resp = self.etcd.client().txn(txn).await.map_err(|e| {
-            RecordError::Etcd(self.etcd.error("recording the reboot request", &e).message)
-        })?;
+        let resp =
+            self.etcd.client().txn(txn).await.map_err(|e| {
+                RecordError::Etcd(self.etcd.error("recording the reboot request", &e))
+            })?;
         Ok(resp.succeeded())
     }
 
@@ -212,9 +216,12 @@ impl Records {
                 mod_revision,
             )])
             .and_then(vec![self.put_state(name, record)]);
-        let resp = self.etcd.client().txn(txn).await.map_err(|e| {
-            RecordError::Etcd(self.etcd.error("writing the reboot record", &e).message)
-        })?;
+        let resp = self
+            .etcd
+            .client()
+            .txn(txn)
+            .await
+            .map_err(|e| RecordError::Etcd(self.etcd.error("writing the reboot record", &e)))?;
         Ok(resp.succeeded())
     }
 

@@ -7,7 +7,7 @@ use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use serde::{Deserialize, Serialize};
 
 use super::keys::RebootKeys;
-use crate::cluster::Etcd;
+use crate::cluster::{Etcd, IndexError};
 
 /// Most attempts at one change while others keep changing the document.
 const ATTEMPTS: usize = 20;
@@ -18,8 +18,8 @@ const GROUP_MAX_LEN: usize = 64;
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SemaphoreError {
     /// etcd failed or could not be reached.
-    #[error("{0}")]
-    Etcd(String),
+    #[error(transparent)]
+    Etcd(#[from] IndexError),
     /// The document in etcd is not a semaphore.
     #[error("reboot semaphore {key} is unreadable: {reason}")]
     Corrupt { key: String, reason: String },
@@ -313,7 +313,7 @@ impl Semaphore {
     }
 
     fn etcd_error(&self, what: &str, e: &etcd_client::Error) -> SemaphoreError {
-        SemaphoreError::Etcd(self.etcd.error(what, e).message)
+        SemaphoreError::Etcd(self.etcd.error(what, e))
     }
 }
 

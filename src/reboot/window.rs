@@ -9,6 +9,20 @@ const DAY_MINUTES: i64 = 24 * 60;
 const WEEK_MINUTES: i64 = 7 * DAY_MINUTES;
 const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
 
+/// Why a reboot window given on the command line is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WindowError {
+    /// The start is not `Sun 04:00`, `Sun,04:00` or `04:00` (`0`: the start, cut short).
+    #[error("reboot window '{0}' is not 'Sun 04:00' or '04:00'")]
+    Start(String),
+    /// The length is not a duration (`shown`: the length, cut short).
+    #[error("reboot window length '{shown}': {reason}")]
+    Length { shown: String, reason: String },
+    /// The length is below a minute or above a day (a week with a day given).
+    #[error("reboot window length must be between 1m and {max}")]
+    LengthRange { max: &'static str },
+}
+
 /// A recurring window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RebootWindow {
@@ -22,9 +36,8 @@ pub struct RebootWindow {
 
 impl RebootWindow {
     /// Parses `start` (`Sun 04:00` or `04:00`) and `length` (`3h`, `90m`).
-    pub fn parse(start: &str, length: &str) -> Result<RebootWindow, String> {
-        let shown = super::semaphore::cut(start, 32);
-        let bad = || format!("reboot window '{shown}' is not 'Sun 04:00' or '04:00'");
+    pub fn parse(start: &str, length: &str) -> Result<RebootWindow, WindowError> {
+        let bad = || WindowError::Start(super::semaphore::cut(start, 32));
         let (day, clock) = match start.trim().split_once([' ', ',']) {
             Some((d, c)) => {
                 let d = d.trim().to_ascii_lowercase();
@@ -41,12 +54,11 @@ impl RebootWindow {
         if !(0..24).contains(&h) || !(0..60).contains(&m) || clock.len() > 5 {
             return Err(bad());
         }
-        let length: Duration = humantime::parse_duration(length.trim()).map_err(|e| {
-            format!(
-                "reboot window length '{}': {e}",
-                super::semaphore::cut(length, 32)
-            )
-        })?;
+        let length: Duration =
+            humantime::parse_duration(length.trim()).map_err(|e| WindowError::Length {
+                shown: super::semaphore::cut(length, 32),
+                reason: e.to_string(),
+            })?;
         let minutes = (length.as_secs() / 60) as i64;
         let limit = if day.is_some() {
             WEEK_MINUTES
@@ -54,10 +66,9 @@ impl RebootWindow {
             DAY_MINUTES
         };
         if minutes < 1 || minutes > limit {
-            return Err(format!(
-                "reboot window length must be between 1m and {}",
-                if day.is_some() { "7d" } else { "24h" }
-            ));
+            return Err(WindowError::LengthRange {
+                max: if day.is_some() { "7d" } else { "24h" },
+            });
         }
         Ok(RebootWindow {
             day,

@@ -163,7 +163,7 @@ pub async fn create(
     let keys = ctx.keys().await?;
     if let Err(e) = index::put(ctx.etcd().await?, &keys.stemcell(&cid), &record).await {
         remove_everywhere(&nodes, &target.reference()).await;
-        return Err(e);
+        return Err(e.into());
     }
     Ok(CallResult::Plain(serde_json::Value::String(
         cid.to_string(),
@@ -197,7 +197,7 @@ async fn create_light(
     let keys = ctx.keys().await?;
     if let Err(e) = index::put(ctx.etcd().await?, &keys.stemcell(&cid), &record).await {
         remove_everywhere(&nodes, &image_reference(&cid)).await;
-        return Err(e);
+        return Err(e.into());
     }
     Ok(CallResult::Plain(serde_json::Value::String(
         cid.to_string(),

@@ -142,7 +142,7 @@ async fn plan<'r, 's>(s: &Session<'s>, req: &'r CreateVm) -> Result<CreatePlan<'
         }
     }
     let node_name = placement::choose_node(&demand, &view.nodes, &view.vms)
-        .map_err(|m| CpiError::new(ErrorKind::VmCreationFailed, format!("create_vm: {m}")))?;
+        .map_err(|e| CpiError::from(e).context("create_vm"))?;
     let node = view
         .node(&node_name)
         .cloned()

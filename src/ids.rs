@@ -7,14 +7,14 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::call::printable;
+use crate::echo::printable;
 
 /// Why a value is not a cid of the expected kind; names the shape and the value, cut short.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MalformedCid {
     /// What was expected, e.g. `a VM cid (vm-<uuid>)`.
     pub expected: &'static str,
-    /// The offending value, cut short (see `call::printable`).
+    /// The offending value, cut short (see `echo::printable`).
     pub shown: String,
 }
 

@@ -1,6 +1,5 @@
-//! What the director is told when a layer below `cloud/` fails: the one place that turns
-//! their typed errors into `Bosh::Clouds::*` classes and decides whether a retry can help.
-
+//! Docker failures as BOSH errors: a node that does not answer (or a 5xx) is worth a
+//! retry; a request the daemon refused is not; a bad name or TLS material is the CPI's own.
 use crate::docker::DockerError;
 use crate::protocol::CpiError;
 
