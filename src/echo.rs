@@ -160,31 +160,4 @@ mod tests {
         assert_eq!(truncate("äöü", 3), "ä... (4 more bytes cut)");
         assert_eq!(truncate("abc", 3), "abc");
     }
-
-    #[derive(Debug)]
-    struct Outer(std::io::Error);
-    impl std::fmt::Display for Outer {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("request failed")
-        }
-    }
-    impl std::error::Error for Outer {
-        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-            Some(&self.0)
-        }
-    }
-
-    #[test]
-    fn sources_are_appended_once() {
-        let outer = Outer(std::io::Error::other("connection refused"));
-        let source = std::error::Error::source(&outer);
-        assert_eq!(
-            with_sources(outer.to_string(), source),
-            "request failed: connection refused"
-        );
-        assert_eq!(
-            with_sources("connection refused".into(), source),
-            "connection refused"
-        );
-    }
 }
