@@ -12,7 +12,8 @@ pub use info::STEMCELL_FORMATS;
 
 use crate::protocol::{Call, CallResult, CpiError};
 
-/// Runs one typed call.
+/// Runs one typed call: the one handler of each `Call` variant (the method list itself
+/// is `protocol::call`).
 pub async fn handle(ctx: &CloudContext<'_>, call: Call) -> Result<CallResult, CpiError> {
     match call {
         Call::Info => Ok(info::info()),
@@ -72,35 +73,4 @@ pub async fn handle(ctx: &CloudContext<'_>, call: Call) -> Result<CallResult, Cp
 /// The current time as RFC 3339 UTC, for index records and labels.
 pub fn now() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
-}
-
-/// The wire name of a call, for messages.
-pub fn method_name(call: &Call) -> &'static str {
-    match call {
-        Call::Info => "info",
-        Call::CreateStemcell { .. } => "create_stemcell",
-        Call::DeleteStemcell { .. } => "delete_stemcell",
-        Call::CreateVm(_) => "create_vm",
-        Call::DeleteVm { .. } => "delete_vm",
-        Call::HasVm { .. } => "has_vm",
-        Call::RebootVm { .. } => "reboot_vm",
-        Call::SetVmMetadata { .. } => "set_vm_metadata",
-        Call::CalculateVmCloudProperties(_) => "calculate_vm_cloud_properties",
-        Call::CreateDisk { .. } => "create_disk",
-        Call::DeleteDisk { .. } => "delete_disk",
-        Call::HasDisk { .. } => "has_disk",
-        Call::AttachDisk { .. } => "attach_disk",
-        Call::DetachDisk { .. } => "detach_disk",
-        Call::GetDisks { .. } => "get_disks",
-        Call::SetDiskMetadata { .. } => "set_disk_metadata",
-        Call::ResizeDisk { .. } => "resize_disk",
-        Call::UpdateDisk { .. } => "update_disk",
-        Call::SnapshotDisk { .. } => "snapshot_disk",
-        Call::DeleteSnapshot { .. } => "delete_snapshot",
-        Call::CreateNetwork => "create_network",
-        Call::DeleteNetwork => "delete_network",
-        Call::CurrentVmId => "current_vm_id",
-        Call::ConfigureNetworks => "configure_networks",
-        Call::NoSuchObject { method, .. } => method,
-    }
 }

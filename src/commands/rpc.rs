@@ -126,7 +126,7 @@ async fn run_call(
     logging: &Logging,
 ) -> Result<crate::protocol::CallResult, CpiError> {
     let ctx = CloudContext::new(config_path, context, Some(logging));
-    let method = cloud::method_name(&call);
+    let method = call.method();
     match AssertUnwindSafe(cloud::handle(&ctx, call))
         .catch_unwind()
         .await
