@@ -11,6 +11,7 @@ pub mod config;
 pub mod docker;
 pub mod echo;
 pub mod fleetlock;
+pub mod labels;
 pub mod logging;
 pub mod nodeprep;
 pub mod placement;

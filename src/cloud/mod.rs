@@ -5,7 +5,6 @@ pub mod disk;
 mod info;
 pub mod stemcell;
 pub mod vm;
-mod vm_properties;
 
 pub use context::CloudContext;
 pub use info::STEMCELL_FORMATS;
@@ -17,7 +16,7 @@ use crate::protocol::{Call, CallResult, CpiError};
 pub async fn handle(ctx: &CloudContext<'_>, call: Call) -> Result<CallResult, CpiError> {
     match call {
         Call::Info => Ok(info::info()),
-        Call::CalculateVmCloudProperties(req) => vm_properties::calculate(ctx, req).await,
+        Call::CalculateVmCloudProperties(req) => vm::requirements::calculate(ctx, req).await,
         Call::CreateStemcell {
             image_path,
             cloud_properties,

@@ -17,11 +17,8 @@ use crate::cluster::{DiskRecord, VmRecord, index};
 use crate::placement::{self, VmDemand};
 use crate::protocol::{CallResult, CpiError, DiskCid, ErrorKind, Object, VmCid};
 
-/// Docker label keys on disk volumes.
-pub mod labels {
-    pub const DISK_CID: &str = "moltencore.disk.cid";
-    pub const SIZE_MIB: &str = "moltencore.disk.size_mib";
-}
+/// Docker label keys on disk volumes (spelled in [`crate::labels`]).
+pub use crate::labels::disk as labels;
 
 fn not_found(cid: &DiskCid) -> CpiError {
     CpiError::new(

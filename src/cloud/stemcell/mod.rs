@@ -12,6 +12,7 @@ use super::CloudContext;
 use crate::cluster::{NodeState, index};
 use crate::docker::NodeDocker;
 use crate::docker::images::{self, ImportTarget, StreamCheck};
+use crate::labels;
 use crate::protocol::{CallResult, CpiError, Object, StemcellCid};
 use manifest::{ExpectedDigest, Hasher, Manifest};
 use source::StemcellSource;
@@ -198,12 +199,12 @@ async fn create_light(
 
 fn labels(cid: &StemcellCid, m: &Manifest) -> Vec<String> {
     let mut labels = vec![
-        format!("moltencore.stemcell.cid={cid}"),
-        format!("moltencore.stemcell.name={}", m.name),
-        format!("moltencore.stemcell.version={}", m.version),
+        format!("{}={cid}", labels::stemcell::CID),
+        format!("{}={}", labels::stemcell::NAME, m.name),
+        format!("{}={}", labels::stemcell::VERSION, m.version),
     ];
     if let Some(os) = &m.operating_system {
-        labels.push(format!("moltencore.stemcell.os={os}"));
+        labels.push(format!("{}={os}", labels::stemcell::OS));
     }
     vec![format!(
         "LABEL {}",
