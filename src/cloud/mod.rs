@@ -11,6 +11,9 @@ pub use info::STEMCELL_FORMATS;
 
 use crate::protocol::{Call, CallResult, CpiError};
 
+/// The cloud_properties keys `create_disk` reads (`disk::create`).
+const DISK_KEYS: &[&str] = &["node"];
+
 /// Runs one typed call: the one handler of each `Call` variant (the method list itself
 /// is `protocol::call`).
 pub async fn handle(ctx: &CloudContext<'_>, call: Call) -> Result<CallResult, CpiError> {
@@ -45,7 +48,10 @@ pub async fn handle(ctx: &CloudContext<'_>, call: Call) -> Result<CallResult, Cp
             size_mib,
             cloud_properties,
             vm_cid,
-        } => disk::create(ctx, size_mib, &cloud_properties, vm_cid.as_ref()).await,
+        } => {
+            vm::properties::warn_unknown_keys("create_disk", &cloud_properties, DISK_KEYS);
+            disk::create(ctx, size_mib, &cloud_properties, vm_cid.as_ref()).await
+        }
         Call::DeleteDisk { disk_cid } => disk::delete(ctx, &disk_cid).await,
         Call::HasDisk { disk_cid } => disk::has(ctx, &disk_cid).await,
         Call::AttachDisk { vm_cid, disk_cid } => disk::attach(ctx, &vm_cid, &disk_cid).await,

@@ -10,8 +10,9 @@ use crate::config::{StartMode, VmDefaults};
 use crate::echo::{printable, printable_detail};
 use crate::protocol::{CpiError, Object};
 
-/// The lower-case keys this CPI reads; unknown lower-case keys are ignored (other tools'
-/// settings travel in the same hash), upper-case keys are Docker HostConfig fields.
+/// The lower-case keys this CPI reads; unknown lower-case keys are ignored with a warning
+/// (other CPIs' settings travel in the same hash, but a typo would otherwise go unseen),
+/// upper-case keys are Docker HostConfig fields.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 pub struct VmProperties {
     /// Pin the VM to this node (the generated cloud-config sets it per AZ).
@@ -79,6 +80,7 @@ impl VmProperties {
     /// Parses create_vm's cloud_properties; a known key of the wrong type is a CpiError
     /// naming it.
     pub fn parse(cloud_properties: &Object) -> Result<VmProperties, CpiError> {
+        warn_unknown_keys("create_vm", cloud_properties, LOWER_KEYS);
         let mut known = Map::new();
         let mut host_config = Map::new();
         for (k, v) in cloud_properties {
@@ -167,6 +169,41 @@ impl VmProperties {
     }
 }
 
+/// Most unknown keys one warning names.
+const UNKNOWN_KEYS_NAMED: usize = 8;
+
+/// The lower-case keys of `cloud_properties` that are not in `known` (upper-case keys
+/// are Docker's own HostConfig fields), at most [`UNKNOWN_KEYS_NAMED`], made printable.
+pub fn unknown_keys(cloud_properties: &Object, known: &[&str]) -> Vec<String> {
+    cloud_properties
+        .keys()
+        .filter(|k| !known.contains(&k.as_str()))
+        .filter(|k| !k.chars().next().is_some_and(|c| c.is_ascii_uppercase()))
+        .take(UNKNOWN_KEYS_NAMED)
+        .map(|k| printable(k))
+        .collect()
+}
+
+/// Warns (into the response's `log`) about keys of `method`'s cloud_properties this CPI
+/// does not read. They are not refused: the director passes one hash to every CPI of a
+/// multi-CPI setup, and AZs or vm_extensions may carry keys meant for another one.
+pub fn warn_unknown_keys(method: &str, cloud_properties: &Object, known: &[&str]) {
+    let unknown = unknown_keys(cloud_properties, known);
+    if unknown.is_empty() {
+        return;
+    }
+    tracing::warn!(
+        "{method}: cloud_properties {} not read by this CPI and ignored: '{}' (it reads: {})",
+        if unknown.len() == 1 {
+            "key is"
+        } else {
+            "keys are"
+        },
+        unknown.join("', '"),
+        known.join(", ")
+    );
+}
+
 fn check_restart_policy(p: &str) -> Result<(), CpiError> {
     const POLICIES: &[&str] = &["no", "always", "unless-stopped", "on-failure"];
     if POLICIES.contains(&p) {
@@ -240,6 +277,22 @@ mod tests {
         let e = parse(json!({"restart_policy": "often"})).unwrap_err();
         assert!(e.message.contains("often"), "{}", e.message);
         assert!(parse(json!({"cpu": -1})).is_err());
+    }
+
+    #[test]
+    fn unknown_lower_case_keys_are_named_and_bounded() {
+        let props = json!({"rma": 1024, "ram": 1, "Memory": 1, "cpu": 1})
+            .as_object()
+            .cloned();
+        assert_eq!(unknown_keys(&props.unwrap(), LOWER_KEYS), vec!["rma"]);
+        let many: Object = (0..50).map(|i| (format!("k{i}"), json!(1))).collect();
+        assert_eq!(unknown_keys(&many, LOWER_KEYS).len(), UNKNOWN_KEYS_NAMED);
+        let hostile: Object = [("x\u{1b}[2J".repeat(100), json!(1))].into_iter().collect();
+        let named = unknown_keys(&hostile, LOWER_KEYS);
+        assert!(
+            named[0].len() < 300 && !named[0].contains('\u{1b}'),
+            "{named:?}"
+        );
     }
 
     #[test]
