@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 
 use super::error::CpiError;
 use super::ids::{DiskCid, MalformedCid, SnapshotCid, StemcellCid, VmCid};
-use super::request::json_type;
+use super::request::{json_type, plain_serde_message};
 
 /// A JSON object, as cloud_properties, env and metadata arrive.
 pub type Object = Map<String, Value>;
@@ -505,9 +505,15 @@ impl Args {
         let value = std::mem::take(&mut self.values[i]);
         serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
-            let inner = e.into_inner();
+            let inner = plain_serde_message(&e.into_inner().to_string());
             if path == "." {
-                self.wrong(i, expected, format_args!("but {inner}"))
+                // The argument as a whole has the wrong type: "must be <expected>, got ...".
+                match inner.split_once(", got ") {
+                    Some((_, got)) if inner.starts_with("expected ") => {
+                        self.wrong(i, expected, format_args!("got {got}"))
+                    }
+                    _ => self.wrong(i, expected, format_args!("but {inner}")),
+                }
             } else {
                 self.wrong(i, expected, format_args!("but at '{path}': {inner}"))
             }

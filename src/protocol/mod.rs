@@ -10,5 +10,5 @@ pub mod response;
 pub use call::{Call, CreateVm, NetworkSpec, NetworkType, Object, VmRequirements};
 pub use error::{CpiError, ErrorKind};
 pub use ids::{DiskCid, MalformedCid, SnapshotCid, StemcellCid, VmCid};
-pub use request::{ApiVersion, Request};
+pub use request::{ApiVersion, Request, plain_serde_message};
 pub use response::{CallResult, Response};

@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 
 use crate::config::{StartMode, VmDefaults};
 use crate::echo::{printable, printable_detail};
-use crate::protocol::{CpiError, Object};
+use crate::protocol::{CpiError, Object, plain_serde_message};
 
 /// The lower-case keys this CPI reads; unknown lower-case keys are ignored with a warning
 /// (other CPIs' settings travel in the same hash, but a typo would otherwise go unseen),
@@ -98,7 +98,7 @@ impl VmProperties {
                 CpiError::cpi(format!(
                     "create_vm: cloud_properties.{}: {}",
                     printable(&path),
-                    printable_detail(&e.into_inner().to_string())
+                    printable_detail(&plain_serde_message(&e.into_inner().to_string()))
                 ))
             })?;
         if let Some(cpu) = props.cpu
@@ -128,7 +128,7 @@ impl VmProperties {
             CpiError::cpi(format!(
                 "create_vm: cloud_properties.{} is not a valid Docker HostConfig field: {}",
                 printable(&path),
-                printable_detail(&e.into_inner().to_string())
+                printable_detail(&plain_serde_message(&e.into_inner().to_string()))
             ))
         })?;
         props.host_config = host_config;
