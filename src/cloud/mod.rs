@@ -17,6 +17,7 @@ const DISK_KEYS: &[&str] = &["node"];
 /// Runs one typed call: the one handler of each `Call` variant (the method list itself
 /// is `protocol::call`).
 pub async fn handle(ctx: &CloudContext<'_>, call: Call) -> Result<CallResult, CpiError> {
+    let method = call.method();
     match call {
         Call::Info => Ok(info::info()),
         Call::CalculateVmCloudProperties(req) => vm::requirements::calculate(ctx, req).await,
@@ -25,7 +26,11 @@ pub async fn handle(ctx: &CloudContext<'_>, call: Call) -> Result<CallResult, Cp
             cloud_properties,
         } => stemcell::create(ctx, &image_path, &cloud_properties).await,
         Call::DeleteStemcell { stemcell_cid } => stemcell::delete(ctx, &stemcell_cid).await,
-        Call::CreateVm(req) => vm::create(ctx, *req).await,
+        Call::CreateVm(req) => {
+            let known = vm::properties::LOWER_KEYS;
+            vm::properties::warn_unknown_keys(method, &req.cloud_properties, known);
+            vm::create(ctx, *req).await
+        }
         Call::DeleteVm { vm_cid } => vm::delete(ctx, &vm_cid).await,
         Call::HasVm { vm_cid } => vm::has(ctx, &vm_cid).await,
         Call::RebootVm { vm_cid } => vm::reboot(ctx, &vm_cid).await,
@@ -49,7 +54,7 @@ pub async fn handle(ctx: &CloudContext<'_>, call: Call) -> Result<CallResult, Cp
             cloud_properties,
             vm_cid,
         } => {
-            vm::properties::warn_unknown_keys("create_disk", &cloud_properties, DISK_KEYS);
+            vm::properties::warn_unknown_keys(method, &cloud_properties, DISK_KEYS);
             disk::create(ctx, size_mib, &cloud_properties, vm_cid.as_ref()).await
         }
         Call::DeleteDisk { disk_cid } => disk::delete(ctx, &disk_cid).await,

@@ -251,7 +251,7 @@ async fn upload_nodes(
             true,
         ));
     }
-    reachable_nodes(ctx, view, ready.into_iter(), "create_stemcell").await
+    reachable_nodes(ctx, view, ready.into_iter(), "importing the stemcell").await
 }
 
 /// Clients for `names`; a node that cannot even be connected to (with API version
@@ -291,7 +291,7 @@ pub async fn delete(ctx: &CloudContext<'_>, cid: &StemcellCid) -> Result<CallRes
     let view = ctx.view().await?;
     let reference = image_reference(cid);
     let names = view.nodes.iter().map(|n| n.name.as_str());
-    let nodes = reachable_nodes(ctx, &view, names, "delete_stemcell").await?;
+    let nodes = reachable_nodes(ctx, &view, names, "removing the stemcell").await?;
     let results = join_all(nodes.iter().map(|n| images::remove(n, &reference))).await;
     let mut hard = Vec::new();
     for (node, result) in nodes.iter().zip(results) {

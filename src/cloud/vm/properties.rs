@@ -10,9 +10,9 @@ use crate::config::{StartMode, VmDefaults};
 use crate::echo::{printable, printable_detail};
 use crate::protocol::{CpiError, Object, plain_serde_message};
 
-/// The lower-case keys this CPI reads; unknown lower-case keys are ignored with a warning
-/// (other CPIs' settings travel in the same hash, but a typo would otherwise go unseen),
-/// upper-case keys are Docker HostConfig fields.
+/// The lower-case keys this CPI reads; unknown lower-case keys are ignored (the dispatcher
+/// names them in a warning: other CPIs' settings travel in the same hash, but a typo would
+/// otherwise go unseen), upper-case keys are Docker HostConfig fields.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 pub struct VmProperties {
     /// Pin the VM to this node (the generated cloud-config sets it per AZ).
@@ -61,7 +61,8 @@ pub struct Effective {
     pub restart_policy: String,
 }
 
-const LOWER_KEYS: &[&str] = &[
+/// The lower-case cloud_properties keys of create_vm this CPI reads.
+pub const LOWER_KEYS: &[&str] = &[
     "node",
     "cpu",
     "ram",
@@ -80,7 +81,6 @@ impl VmProperties {
     /// Parses create_vm's cloud_properties; a known key of the wrong type is a CpiError
     /// naming it.
     pub fn parse(cloud_properties: &Object) -> Result<VmProperties, CpiError> {
-        warn_unknown_keys("create_vm", cloud_properties, LOWER_KEYS);
         let mut known = Map::new();
         let mut host_config = Map::new();
         for (k, v) in cloud_properties {
