@@ -88,6 +88,24 @@ fn escape_char(c: char) -> Option<String> {
     }
 }
 
+/// `text` followed by every message of the `source` chain it does not already contain:
+/// libraries hide the useful part ("connection refused", a certificate rejection) in the
+/// sources of a generic error.
+pub fn with_sources(
+    mut text: String,
+    mut source: Option<&(dyn std::error::Error + 'static)>,
+) -> String {
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,5 +131,32 @@ mod tests {
         assert_eq!(cut("äöü", 2), "äö...");
         assert_eq!(truncate("äöü", 3), "ä... (4 more bytes cut)");
         assert_eq!(truncate("abc", 3), "abc");
+    }
+
+    #[derive(Debug)]
+    struct Outer(std::io::Error);
+    impl std::fmt::Display for Outer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("request failed")
+        }
+    }
+    impl std::error::Error for Outer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn sources_are_appended_once() {
+        let outer = Outer(std::io::Error::other("connection refused"));
+        let source = std::error::Error::source(&outer);
+        assert_eq!(
+            with_sources(outer.to_string(), source),
+            "request failed: connection refused"
+        );
+        assert_eq!(
+            with_sources("connection refused".into(), source),
+            "connection refused"
+        );
     }
 }

@@ -2,17 +2,11 @@
 //! dynamic addresses without failures, and of two creates racing for one static IP exactly
 //! one wins while the other is told which VM holds the address.
 
-mod common;
-
 use std::collections::HashSet;
 use std::time::Instant;
 
-use common::*;
+use moltencore_testkit::{cluster::*, cpi::*, docker::*, index::*, requests::*};
 use serde_json::{Value, json};
-
-fn cfg() -> std::path::PathBuf {
-    cluster_config()
-}
 
 /// Deletes every VM it was given when dropped, also when the test fails half-way.
 struct Cleanup(std::sync::Mutex<Vec<String>>);
@@ -30,7 +24,7 @@ impl Drop for Cleanup {
     fn drop(&mut self) {
         for cid in self.0.lock().unwrap().drain(..) {
             let req = json!({"method": "delete_vm", "arguments": [cid]}).to_string();
-            let run = run_cpi(&req, Some(&cfg()), &[]);
+            let run = run_cpi(&req, Some(&cluster_config()), &[]);
             if !run.response["error"].is_null() && !std::thread::panicking() {
                 panic!("delete_vm {cid}: {}", run.stdout);
             }
@@ -38,41 +32,12 @@ impl Drop for Cleanup {
     }
 }
 
-/// The address claim records under `<key_prefix>/addresses/`, as (key, JSON value).
-fn claims() -> Vec<(String, Value)> {
-    let cfg = load_config(&cfg());
-    runtime().block_on(async {
-        let etcd = moltencore::cluster::Etcd::connect(&cfg).await.unwrap();
-        let prefix = format!("{}/addresses/", cfg.etcd.key_prefix);
-        let resp = etcd
-            .client()
-            .get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))
-            .await
-            .unwrap();
-        resp.kvs()
-            .iter()
-            .map(|kv| {
-                (
-                    kv.key_str().unwrap().to_string(),
-                    serde_json::from_slice(kv.value()).unwrap(),
-                )
-            })
-            .collect()
-    })
-}
-
 /// The address of `cid`'s container on the `bosh` network of `node`, and whether it runs.
-async fn real_address(node: &str, cid: &str) -> (String, bool) {
-    let c = node_socket(node)
+async fn address_of(node: &str, cid: &str) -> (String, bool) {
+    let c = inspect_vm(node, cid)
         .await
-        .inspect_container(cid, None)
-        .await
-        .unwrap_or_else(|e| panic!("{cid} on {node}: {e}"));
-    let ip = c.network_settings.unwrap().networks.unwrap()["bosh"]
-        .ip_address
-        .clone()
-        .unwrap();
-    (ip, c.state.unwrap().running.unwrap_or(false))
+        .unwrap_or_else(|| panic!("no container {cid} on {node}"));
+    (c.ip, c.running)
 }
 
 #[test]
@@ -95,7 +60,7 @@ fn fifty_concurrent_dynamic_creates_on_one_node_all_get_distinct_addresses() {
                 json!({}),
                 2,
             );
-            let child = spawn_cpi(&req, &cfg(), std::process::Stdio::piped());
+            let child = spawn_cpi(&req, &cluster_config(), std::process::Stdio::piped());
             (agent, child)
         })
         .collect();
@@ -125,11 +90,11 @@ fn fifty_concurrent_dynamic_creates_on_one_node_all_get_distinct_addresses() {
     assert!(failures.is_empty(), "failed creates: {failures:#?}");
     let distinct: HashSet<&String> = created.iter().map(|(_, ip)| ip).collect();
     assert_eq!(distinct.len(), CREATES, "addresses repeat: {created:?}");
-    let claims = claims();
+    let claims = index_records_under(&cluster_config(), "addresses");
     runtime().block_on(async {
         for (cid, ip) in &created {
             assert!(ip.starts_with(&format!("{prefix}.")), "{ip} not on {node}");
-            let (real, running) = real_address(&node, cid).await;
+            let (real, running) = address_of(&node, cid).await;
             assert_eq!(&real, ip, "{cid} runs with the address it reported");
             assert!(running, "{cid} is not running");
             assert!(
@@ -142,7 +107,7 @@ fn fifty_concurrent_dynamic_creates_on_one_node_all_get_distinct_addresses() {
     });
     let cids: Vec<String> = created.iter().map(|(c, _)| c.clone()).collect();
     drop(cleanup);
-    let left = self::claims();
+    let left = index_records_under(&cluster_config(), "addresses");
     for cid in &cids {
         assert!(
             !left.iter().any(|(_, v)| v["vm"] == cid.as_str()),
@@ -163,15 +128,8 @@ fn of_two_creates_racing_for_one_static_ip_exactly_one_wins() {
         let ip = format!("{prefix}.{}", 100 + i);
         for side in ["a", "b"] {
             let agent = agent_id(&format!("race-{i}-{side}"));
-            let req = create_vm_request(
-                &agent,
-                &stemcell,
-                json!({}),
-                manual_network(&ip),
-                json!({}),
-                2,
-            );
-            let child = spawn_cpi(&req, &cfg(), std::process::Stdio::piped());
+            let req = static_vm_request(&agent, &stemcell, &ip);
+            let child = spawn_cpi(&req, &cluster_config(), std::process::Stdio::piped());
             racers.push((ip.clone(), agent, child));
         }
     }
@@ -212,11 +170,11 @@ fn of_two_creates_racing_for_one_static_ip_exactly_one_wins() {
                 Vec::<String>::new(),
                 "{ip}: the loser left something"
             );
-            let (real, running) = real_address(&node, &winner).await;
+            let (real, running) = address_of(&node, &winner).await;
             assert_eq!(&real, ip);
             assert!(running, "{winner} runs");
         });
-        assert!(index_records_of_agent(&cfg(), &loser.1).is_empty());
+        assert!(index_records_of_agent(&cluster_config(), &loser.1).is_empty());
     }
 }
 
@@ -224,36 +182,28 @@ fn of_two_creates_racing_for_one_static_ip_exactly_one_wins() {
 fn has_vm_releases_the_claim_of_a_vm_whose_container_is_gone() {
     let (node, prefix) = node_prefix(2);
     let ip = format!("{prefix}.120");
-    let cid = static_vm(&cfg(), &shared_stemcell(), "claim-repair", &ip);
+    let cid = static_vm(&cluster_config(), &shared_stemcell(), "claim-repair", &ip);
     let held = |cid: &str| {
-        claims()
+        index_records_under(&cluster_config(), "addresses")
             .iter()
             .any(|(k, v)| k.ends_with(&format!("/{ip}")) && v["vm"] == cid)
     };
     assert!(held(&cid), "{ip} is claimed by {cid}");
     // The container goes away outside the CPI (an operator's docker rm).
-    runtime().block_on(async {
-        node_socket(&node)
-            .await
-            .remove_container(
-                &cid,
-                Some(
-                    bollard::query_parameters::RemoveContainerOptionsBuilder::new()
-                        .force(true)
-                        .build(),
-                ),
-            )
-            .await
-            .unwrap();
-    });
+    remove_outside_cpi(&node, Some(&cid), None);
     let req = json!({"method": "has_vm", "arguments": [cid]}).to_string();
-    assert_eq!(expect_result(&req, Some(&cfg())), false);
+    assert_eq!(expect_result(&req, Some(&cluster_config())), false);
     assert!(!held(&cid), "has_vm's repair released {ip}");
     // The address is free for the next VM.
-    let next = static_vm(&cfg(), &shared_stemcell(), "claim-repair-next", &ip);
+    let next = static_vm(
+        &cluster_config(),
+        &shared_stemcell(),
+        "claim-repair-next",
+        &ip,
+    );
     assert!(held(&next));
     let req = json!({"method": "delete_vm", "arguments": [next]}).to_string();
-    assert_eq!(expect_result(&req, Some(&cfg())), Value::Null);
+    assert_eq!(expect_result(&req, Some(&cluster_config())), Value::Null);
     assert!(!held(&next), "delete_vm released {ip}");
 }
 
@@ -261,29 +211,22 @@ fn has_vm_releases_the_claim_of_a_vm_whose_container_is_gone() {
 fn a_claim_whose_vm_record_was_removed_by_hand_does_not_block_its_address() {
     let (_, prefix) = node_prefix(2);
     let ip = format!("{prefix}.121");
-    let gone = static_vm(&cfg(), &shared_stemcell(), "stale-claim", &ip);
+    let gone = static_vm(&cluster_config(), &shared_stemcell(), "stale-claim", &ip);
     // An operator removes the VM's record with etcdctl; its container and claim stay.
-    delete_index_record(&cfg(), &format!("vms/{gone}"));
+    delete_index_record(&cluster_config(), &format!("vms/{gone}"));
     let agent = agent_id("stale-claim-next");
-    let req = create_vm_request(
-        &agent,
-        &shared_stemcell(),
-        json!({}),
-        manual_network(&ip),
-        json!({}),
-        2,
-    );
+    let req = static_vm_request(&agent, &shared_stemcell(), &ip);
     // The first try removes the abandoned container and the stale claim, and is refused
     // (retriable, naming the VM the claim named); the retry gets the address.
-    let (kind, message, run) = expect_error(&req, Some(&cfg()));
+    let (kind, message, run) = expect_error(&req, Some(&cluster_config()));
     assert_eq!(kind, "Bosh::Clouds::VMCreationFailed");
     assert!(
         message.contains(&gone) && message.contains("no record"),
         "{message}"
     );
     assert_eq!(run.response["error"]["ok_to_retry"], true);
-    let next = create_vm_retrying(&req, &cfg(), |_| {});
-    let held: Vec<_> = claims()
+    let next = create_vm_retrying(&req, &cluster_config(), |_| {});
+    let held: Vec<_> = index_records_under(&cluster_config(), "addresses")
         .into_iter()
         .filter(|(k, _)| k.ends_with(&format!("/{ip}")))
         .collect();
@@ -297,5 +240,5 @@ fn a_claim_whose_vm_record_was_removed_by_hand_does_not_block_its_address() {
         );
     });
     let req = json!({"method": "delete_vm", "arguments": [next]}).to_string();
-    assert_eq!(expect_result(&req, Some(&cfg())), Value::Null);
+    assert_eq!(expect_result(&req, Some(&cluster_config())), Value::Null);
 }

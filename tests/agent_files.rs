@@ -4,37 +4,8 @@
 //! agent's files keeping the stemcell's modes and owners, unreadable to `vcap`, also
 //! after a re-creation.
 
-mod common;
-
-use common::*;
+use moltencore_testkit::{cluster::*, cpi::*, docker::*, index::*, requests::*};
 use serde_json::{Value, json};
-
-fn cfg() -> std::path::PathBuf {
-    cluster_config()
-}
-
-fn call(config: &std::path::Path, method: &str, args: Value) -> Value {
-    expect_result(
-        &json!({"method": method, "arguments": args}).to_string(),
-        Some(config),
-    )
-}
-
-/// Creates a VM with a static IP and `env`; its cid.
-fn create(agent: &str, ip: &str, env: Value) -> String {
-    let req = create_vm_request(
-        agent,
-        &shared_stemcell(),
-        json!({}),
-        manual_network(ip),
-        env,
-        2,
-    );
-    expect_result(&req, Some(&cfg()))[0]
-        .as_str()
-        .expect("create_vm answers [cid, networks]")
-        .to_string()
-}
 
 fn settings_in(node: &str, cid: &str) -> Value {
     let text = runtime().block_on(read_file_in(
@@ -46,7 +17,8 @@ fn settings_in(node: &str, cid: &str) -> Value {
 }
 
 fn configured_blobstore() -> Value {
-    let c: Value = serde_json::from_str(&std::fs::read_to_string(cfg()).unwrap()).unwrap();
+    let c: Value =
+        serde_json::from_str(&std::fs::read_to_string(cluster_config()).unwrap()).unwrap();
     let b = c["agent"]["blobstore"].clone();
     assert_eq!(b["provider"], "local", "the cluster's cpi.json: {c}");
     b
@@ -57,11 +29,16 @@ fn the_configured_blobstore_reaches_the_agent_settings_in_the_vm() {
     let (node, prefix) = node_prefix(0);
     let agent = agent_id("blobstore-config");
     let env = json!({"bosh": {"group": "g"}});
-    let cid = create(&agent, &format!("{prefix}.61"), env.clone());
+    let (cid, _) = create_vm(
+        &agent,
+        json!({}),
+        manual_network(&format!("{prefix}.61")),
+        env.clone(),
+    );
     let settings = settings_in(&node, &cid);
     assert_eq!(settings["blobstore"], configured_blobstore());
     assert_eq!(settings["env"], env);
-    call(&cfg(), "delete_vm", json!([cid]));
+    call_on(&cluster_config(), "delete_vm", json!([cid]));
 }
 
 #[test]
@@ -71,7 +48,12 @@ fn blobstores_in_env_win_and_the_configured_one_stays_out_of_the_vm() {
     let blobstores = json!([{"provider": "dav", "options": {
         "endpoint": "https://10.1.1.6:25250", "user": "agent", "password": "agent-pw"}}]);
     let env = json!({"bosh": {"blobstores": blobstores, "group": "g"}});
-    let cid = create(&agent, &format!("{prefix}.62"), env.clone());
+    let (cid, _) = create_vm(
+        &agent,
+        json!({}),
+        manual_network(&format!("{prefix}.62")),
+        env.clone(),
+    );
     let settings = settings_in(&node, &cid);
     // The agent takes env.bosh.blobstores[0] first; the CPI's own is not written at all.
     assert_eq!(settings["env"]["bosh"]["blobstores"], blobstores);
@@ -79,13 +61,14 @@ fn blobstores_in_env_win_and_the_configured_one_stays_out_of_the_vm() {
         settings.get("blobstore").is_none(),
         "the configured blobstore must not reach a VM that has the director's: {settings}"
     );
-    call(&cfg(), "delete_vm", json!([cid]));
+    call_on(&cluster_config(), "delete_vm", json!([cid]));
 }
 
 #[test]
 fn no_blobstore_anywhere_is_a_cpi_error_and_nothing_is_made_on_any_node() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config: Value = serde_json::from_str(&std::fs::read_to_string(cfg()).unwrap()).unwrap();
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(cluster_config()).unwrap()).unwrap();
     config["agent"]
         .as_object_mut()
         .unwrap()
@@ -130,7 +113,7 @@ fn no_blobstore_anywhere_is_a_cpi_error_and_nothing_is_made_on_any_node() {
         json!({"bosh": {"blobstores": [{"provider": "local", "options": {"password": "SECRET-NB"}}]}}),
         2,
     );
-    let (kind, message, run) = expect_error(&req, Some(&cfg()));
+    let (kind, message, run) = expect_error(&req, Some(&cluster_config()));
     assert_eq!(kind, "Bosh::Clouds::CpiError", "{}", run.stdout);
     assert!(
         message.contains("env.bosh.blobstores[0].options.blobstore_path"),
@@ -140,7 +123,7 @@ fn no_blobstore_anywhere_is_a_cpi_error_and_nothing_is_made_on_any_node() {
     runtime().block_on(async {
         assert_eq!(leftovers_of_agent(&agent).await, Vec::<String>::new());
     });
-    assert!(index_records_of_agent(&cfg(), &agent).is_empty());
+    assert!(index_records_of_agent(&cluster_config(), &agent).is_empty());
 }
 
 /// `stat` of the agent's folder and files inside the VM, as root: "mode uid gid" each.
@@ -187,7 +170,12 @@ fn assert_private(node: &str, cid: &str, when: &str) {
 fn agent_files_keep_the_stemcells_modes_and_vcap_cannot_read_them_also_after_a_recreation() {
     let (node, prefix) = node_prefix(0);
     let agent = agent_id("vcap");
-    let cid = create(&agent, &format!("{prefix}.64"), json!({}));
+    let (cid, _) = create_vm(
+        &agent,
+        json!({}),
+        manual_network(&format!("{prefix}.64")),
+        json!({}),
+    );
 
     // The stemcell's own folder, as a container of the image without the CPI shows it.
     let (code, out) = runtime().block_on(exec_in(&node, &cid, "id vcap"));
@@ -204,11 +192,11 @@ fn agent_files_keep_the_stemcells_modes_and_vcap_cannot_read_them_also_after_a_r
         &format!("umask 077; echo '{{\"trusted_certs\":\"x\"}}' > {UPDATE_SETTINGS}"),
     ));
     assert_eq!(code, 0, "{out}");
-    let disk = call(&cfg(), "create_disk", json!([64, {}, cid]))
+    let disk = call_on(&cluster_config(), "create_disk", json!([64, {}, cid]))
         .as_str()
         .unwrap()
         .to_string();
-    call(&cfg(), "attach_disk", json!([cid, disk]));
+    call_on(&cluster_config(), "attach_disk", json!([cid, disk]));
     assert_private(&node, &cid, "after attach_disk re-created the container");
     assert_eq!(modes(&node, &cid, &[UPDATE_SETTINGS]), vec!["600 0 0"]);
     let (code, out) = read_as_vcap(&node, &cid, UPDATE_SETTINGS);
@@ -218,8 +206,8 @@ fn agent_files_keep_the_stemcells_modes_and_vcap_cannot_read_them_also_after_a_r
         "{\"trusted_certs\":\"x\"}\n"
     );
 
-    call(&cfg(), "detach_disk", json!([cid, disk]));
+    call_on(&cluster_config(), "detach_disk", json!([cid, disk]));
     assert_private(&node, &cid, "after detach_disk");
-    call(&cfg(), "delete_vm", json!([cid]));
-    call(&cfg(), "delete_disk", json!([disk]));
+    call_on(&cluster_config(), "delete_vm", json!([cid]));
+    call_on(&cluster_config(), "delete_disk", json!([disk]));
 }

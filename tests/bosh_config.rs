@@ -4,14 +4,12 @@
 //! place it from the generated AZs lands on the AZ's node, and a per-node CPI's
 //! `placement.node` arriving in `context` pins VMs and disks.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::process::Command;
 
-use common::*;
 use ipnet::Ipv4Net;
+use moltencore_testkit::{cluster::*, cpi::*, docker::*, index::*, requests::*};
 use serde_json::{Value, json};
 
 /// Runs `cpi bosh-config ARGS` with the cluster's config; returns the parsed YAML.

@@ -5,13 +5,11 @@
 //! job template into configs the CPI accepts. The example configs are what
 //! `cpi bosh-config` prints for a three-node cluster.
 
-mod common;
-
-use common::bosh::*;
 use moltencore::boshconfig::{cloud_config, cpi_config};
 use moltencore::cloud::vm::blobstore::for_agent;
 use moltencore::cluster::{ClusterView, NodeRecord, SubnetLease};
 use moltencore::config::{Config, StartMode};
+use moltencore_testkit::bosh::*;
 use serde_json::{Map, Value, json};
 
 #[derive(Debug)]

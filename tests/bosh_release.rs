@@ -4,16 +4,14 @@
 //! `bin/cpi` running the binary with create-env's folders (and driving the local cluster),
 //! and the release's layout as `bosh create-release` reads it.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
-use common::bosh::*;
-use common::*;
 use moltencore::config::{Config, StartMode};
+use moltencore_testkit::bosh::*;
+use moltencore_testkit::{cluster::*, cpi::*};
 use serde_json::{Value, json};
 
 const CERT: &str = "-----BEGIN CERTIFICATE-----\nMA==\n-----END CERTIFICATE-----\n";

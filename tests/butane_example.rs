@@ -2,12 +2,10 @@
 //! binary, runs node-prep at every boot before flanneld and the BOSH network unit, and
 //! its units pass `systemd-analyze verify` in a Flatcar-like root.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use common::systemd_verify;
+use moltencore_testkit::tools::systemd_verify;
 use serde_yaml_ng::Value;
 
 fn example() -> Value {

@@ -2,16 +2,14 @@
 //! cluster: the cluster view from etcd, the node check over mutual TLS, cpi-config
 //! overrides in `context`, clear errors for unreachable nodes, and draining a node.
 
-mod common;
-
 use std::process::Command;
 
-use common::{
-    cluster, cluster_config, cpi_bin, expect_error, expect_result, index_record, node_prefix,
-    private_config, register_nodes, shared_stemcell, static_vm,
-};
 use moltencore::cluster::Etcd;
 use moltencore::config::Config;
+use moltencore_testkit::cluster::{cluster, cluster_config, node_prefix, private_cluster};
+use moltencore_testkit::cpi::{cpi_bin, expect_error, expect_result};
+use moltencore_testkit::index::index_record;
+use moltencore_testkit::requests::{shared_stemcell, static_vm};
 use serde_json::{Value, json};
 
 fn calculate(cpu: u64, ram: u64) -> String {
@@ -196,8 +194,7 @@ fn an_unreachable_node_is_named_with_its_endpoint() {
 #[test]
 fn drain_cordons_the_node_and_names_the_instances_to_recreate() {
     let dir = tempfile::tempdir().unwrap();
-    let (config, prefix) = private_config(dir.path());
-    register_nodes(&config, &prefix, &[]);
+    let config = private_cluster(dir.path(), &[]);
     let (node, subnet) = node_prefix(0);
     let vm = static_vm(
         &config,

@@ -3,55 +3,12 @@
 //! VM keeps its identity across attach; bad attaches leave the VM untouched; snapshots
 //! hold the contents of their time.
 
-mod common;
-
-use common::*;
+use moltencore_testkit::{cluster::*, cpi::*, docker::*, index::*, requests::*};
 use serde_json::{Value, json};
 
 /// Cids of the issued shape that no object has.
 const UNKNOWN_DISK: &str = "disk-00000000-0000-0000-0000-000000000000";
 const UNKNOWN_VM: &str = "vm-00000000-0000-0000-0000-000000000000";
-
-fn cfg() -> std::path::PathBuf {
-    cluster_config()
-}
-
-fn call(method: &str, args: Value) -> Value {
-    expect_result(
-        &json!({"method": method, "arguments": args, "api_version": 2}).to_string(),
-        Some(&cfg()),
-    )
-}
-
-/// `create_disk` with `args`; the new disk's cid.
-fn create_disk(args: Value) -> String {
-    call("create_disk", args)
-        .as_str()
-        .expect("disk cid is a string")
-        .to_string()
-}
-
-fn error_of(method: &str, args: Value) -> (String, String, bool) {
-    let (kind, message, run) = expect_error(
-        &json!({"method": method, "arguments": args, "api_version": 2}).to_string(),
-        Some(&cfg()),
-    );
-    (kind, message, run.response["error"]["ok_to_retry"] == true)
-}
-
-/// A VM with a static IP on the node at `index` (`host` = last octet).
-fn vm_on(index: usize, host: u8, test: &str) -> (String, String, String) {
-    let (node, prefix) = node_prefix(index);
-    let ip = format!("{prefix}.{host}");
-    let cid = static_vm(&cfg(), &shared_stemcell(), test, &ip);
-    (cid, node, ip)
-}
-
-fn sh(node: &str, vm: &str, cmd: &str) -> String {
-    let (code, out) = runtime().block_on(exec_in(node, vm, cmd));
-    assert_eq!(code, 0, "`{cmd}` in {vm} on {node}: {out}");
-    out
-}
 
 /// Writes random data and a few files into the disk inside the VM; returns their checksum.
 fn fill_disk(node: &str, vm: &str, disk: &str) -> String {
@@ -76,39 +33,6 @@ fn checksum(node: &str, vm: &str, disk: &str) -> String {
     )
 }
 
-struct Identity {
-    id: String,
-    ip: String,
-    mac: String,
-    hostname: String,
-}
-
-fn identity(node: &str, vm: &str) -> Identity {
-    runtime().block_on(async {
-        let c = node_socket(node)
-            .await
-            .inspect_container(vm, None)
-            .await
-            .unwrap();
-        let ep = c.network_settings.unwrap().networks.unwrap()["bosh"].clone();
-        Identity {
-            id: c.id.unwrap(),
-            ip: ep.ip_address.unwrap(),
-            mac: ep.mac_address.unwrap(),
-            hostname: c.config.unwrap().hostname.unwrap(),
-        }
-    })
-}
-
-fn settings_of(node: &str, vm: &str) -> Value {
-    serde_json::from_str(&runtime().block_on(read_file_in(
-        node,
-        vm,
-        "/var/vcap/bosh/warden-cpi-agent-env.json",
-    )))
-    .unwrap()
-}
-
 #[test]
 fn data_and_identity_survive_detach_and_attach() {
     let (vm, node, ip) = vm_on(0, 60, "attach");
@@ -122,11 +46,11 @@ fn data_and_identity_survive_detach_and_attach() {
          echo '{\"records\":[[\"10.0.0.1\",\"a.b\"]]}' > /var/vcap/instance/dns/records.json && \
          echo ephemeral > /var/vcap/data/keep.txt",
     );
-    let before = identity(&node, &vm);
+    let before = vm_container(&node, &vm);
 
     let hint = call("attach_disk", json!([vm, disk]));
     assert_eq!(hint, json!(format!("/warden-cpi-dev/{disk}")));
-    let after = identity(&node, &vm);
+    let after = vm_container(&node, &vm);
     assert_ne!(before.id, after.id, "the container was re-created");
     assert_eq!(
         (
@@ -141,7 +65,7 @@ fn data_and_identity_survive_detach_and_attach() {
         )
     );
     assert_eq!(after.ip, ip);
-    let settings = settings_of(&node, &vm);
+    let settings = agent_settings(&node, &vm);
     assert_eq!(
         settings["disks"]["persistent"][&disk],
         format!("/warden-cpi-dev/{disk}")
@@ -160,12 +84,12 @@ fn data_and_identity_survive_detach_and_attach() {
 
     // Attaching again changes nothing and answers the same hint.
     assert_eq!(call("attach_disk", json!([vm, disk])), hint);
-    assert_eq!(identity(&node, &vm).id, after.id);
+    assert_eq!(vm_container(&node, &vm).id, after.id);
 
     let sum = fill_disk(&node, &vm, &disk);
     assert_eq!(call("detach_disk", json!([vm, disk])), Value::Null);
     assert_eq!(call("get_disks", json!([vm])), json!([]));
-    assert_eq!(settings_of(&node, &vm)["disks"]["persistent"], json!({}));
+    assert_eq!(agent_settings(&node, &vm)["disks"]["persistent"], json!({}));
     let kept = sh(
         &node,
         &vm,
@@ -181,10 +105,10 @@ fn data_and_identity_survive_detach_and_attach() {
 
     call("attach_disk", json!([vm, disk]));
     assert_eq!(checksum(&node, &vm, &disk), sum);
-    assert_eq!(identity(&node, &vm).ip, ip);
+    assert_eq!(vm_container(&node, &vm).ip, ip);
 
     // delete_disk of an attached disk is refused, naming the VM.
-    let (kind, message, _) = error_of("delete_disk", json!([disk]));
+    let (kind, message, _) = call_error("delete_disk", json!([disk]));
     assert_eq!(kind, "Bosh::Clouds::CloudError");
     assert!(message.contains(&vm), "{message}");
 
@@ -215,12 +139,12 @@ fn create_vm_with_disk_cids_mounts_them_and_data_survives() {
         "arguments": [agent, shared_stemcell(), {}, {"d": {"type": "dynamic"}}, [disk], {}],
         "api_version": 2})
     .to_string();
-    let result = expect_result(&req, Some(&cfg()));
+    let result = expect_result(&req, Some(&cluster_config()));
     let vm2 = result[0].as_str().unwrap().to_string();
     let node2 = runtime().block_on(node_of_container(&vm2)).unwrap();
     assert_eq!(node2, node, "the VM went to its disk's node");
     assert_eq!(
-        settings_of(&node2, &vm2)["disks"]["persistent"][&disk],
+        agent_settings(&node2, &vm2)["disks"]["persistent"][&disk],
         format!("/warden-cpi-dev/{disk}")
     );
     assert_eq!(checksum(&node2, &vm2, &disk), sum);
@@ -247,10 +171,10 @@ fn a_disk_moves_to_a_vm_on_another_node_with_its_data() {
     assert!(volume_on(&node1, &disk).is_none(), "source removed");
     let v = volume_on(&node2, &disk).expect("the disk on the target node");
     assert_eq!(v.labels["moltencore.disk.cid"], disk);
-    let record = index_record(&cfg(), &format!("disks/{disk}")).unwrap();
+    let record = index_record(&cluster_config(), &format!("disks/{disk}")).unwrap();
     assert_eq!(record["node"], node2.as_str());
     assert!(record.get("old_copy_on").is_none(), "{record}");
-    let (kind, message, _) = error_of("attach_disk", json!([vm1, disk]));
+    let (kind, message, _) = call_error("attach_disk", json!([vm1, disk]));
     assert_eq!(kind, "Bosh::Clouds::CloudError");
     assert!(
         message.contains(&vm2),
@@ -265,16 +189,16 @@ fn a_disk_moves_to_a_vm_on_another_node_with_its_data() {
 #[test]
 fn attaching_an_unknown_disk_leaves_the_vm_running_and_unchanged() {
     let (vm, node, _) = vm_on(1, 63, "unknown-disk");
-    let before = identity(&node, &vm);
-    let (kind, message, _) = error_of("attach_disk", json!([vm, UNKNOWN_DISK]));
+    let before = vm_container(&node, &vm);
+    let (kind, message, _) = call_error("attach_disk", json!([vm, UNKNOWN_DISK]));
     assert_eq!(kind, "Bosh::Clouds::DiskNotFound");
     assert!(message.contains(UNKNOWN_DISK), "{message}");
     assert_eq!(
-        identity(&node, &vm).id,
+        vm_container(&node, &vm).id,
         before.id,
         "the container was not touched"
     );
-    let (kind, _, _) = error_of("attach_disk", json!([UNKNOWN_VM, UNKNOWN_DISK]));
+    let (kind, _, _) = call_error("attach_disk", json!([UNKNOWN_VM, UNKNOWN_DISK]));
     assert_eq!(kind, "Bosh::Clouds::VMNotFound");
     call("delete_vm", json!([vm]));
 }
@@ -289,7 +213,7 @@ fn metadata_resize_update_and_placement_of_disks() {
         "set_disk_metadata",
         json!([disk, {"deployment": "cf", "instance_index": 0}]),
     );
-    let record = index_record(&cfg(), &format!("disks/{disk}")).unwrap();
+    let record = index_record(&cluster_config(), &format!("disks/{disk}")).unwrap();
     assert_eq!(
         record["metadata"],
         json!({"deployment": "cf", "instance_index": 0})
@@ -297,12 +221,12 @@ fn metadata_resize_update_and_placement_of_disks() {
     assert_eq!(record["node"], node.as_str());
     assert_eq!(call("resize_disk", json!([disk, 200])), Value::Null);
     assert_eq!(
-        index_record(&cfg(), &format!("disks/{disk}")).unwrap()["size_mib"],
+        index_record(&cluster_config(), &format!("disks/{disk}")).unwrap()["size_mib"],
         200
     );
-    let (kind, _, _) = error_of("resize_disk", json!([disk, 50]));
+    let (kind, _, _) = call_error("resize_disk", json!([disk, 50]));
     assert_eq!(kind, "Bosh::Clouds::NotSupported");
-    let (kind, _, _) = error_of("update_disk", json!([disk, 300, {}]));
+    let (kind, _, _) = call_error("update_disk", json!([disk, 300, {}]));
     assert_eq!(kind, "Bosh::Clouds::NotSupported");
     // Pinned by cloud_properties.node, without a VM.
     let other = node_names().into_iter().find(|n| *n != node).unwrap();
@@ -347,17 +271,7 @@ fn a_snapshot_holds_the_contents_of_its_time() {
         let name = format!("read-{snap}");
         create_plain_container(&node, &name, &format!("{snap}:/snap:ro"), &[]).await;
         let text = read_file_in(&node, &name, "/snap/state").await;
-        docker
-            .remove_container(
-                &name,
-                Some(
-                    bollard::query_parameters::RemoveContainerOptionsBuilder::new()
-                        .force(true)
-                        .build(),
-                ),
-            )
-            .await
-            .unwrap();
+        remove_container_forced(&node, &name).await;
         text
     });
     assert_eq!(content, "version-1\n");
@@ -410,7 +324,7 @@ fn kill_mid_attach(first_host: u8) -> (String, String, String, String) {
         sh(&node, &vm, "echo ephemeral > /var/vcap/data/keep.txt");
         let previous = format!("{vm}-previous");
         let request = json!({"method":"attach_disk","arguments":[vm, disk]}).to_string();
-        let caught = kill_cpi_when(&request, &cfg(), || {
+        let caught = kill_cpi_when(&request, &cluster_config(), || {
             let (node, previous) = (node.clone(), previous.clone());
             async move {
                 let docker = node_socket(&node).await;
@@ -446,12 +360,12 @@ fn a_killed_attach_is_repaired_by_the_next_has_vm_or_delete_vm() {
             "VM not running after repair"
         );
     });
-    let record = index_record(&cfg(), &format!("vms/{vm}")).unwrap();
+    let record = index_record(&cluster_config(), &format!("vms/{vm}")).unwrap();
     assert!(
         record.get("recreating").is_none(),
         "mark not cleared: {record}"
     );
-    assert_eq!(identity(&node, &vm).ip, ip);
+    assert_eq!(vm_container(&node, &vm).ip, ip);
     assert!(sh(&node, &vm, "cat /var/vcap/data/keep.txt").contains("ephemeral"));
     // And the attach can simply be done again.
     assert_eq!(
@@ -495,35 +409,25 @@ fn a_killed_attach_is_repaired_by_the_next_has_vm_or_delete_vm() {
 #[test]
 fn an_unreachable_source_node_is_a_retriable_error_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let (config, prefix) = private_config(dir.path());
-    register_nodes(&config, &prefix, &[]);
-    let run = |req: Value| {
-        let r = run_cpi(&req.to_string(), Some(&config), &[]);
-        assert_schema(&r);
-        r
-    };
+    let config = private_cluster(dir.path(), &[]);
     let (n1, _) = node_prefix(0);
     let (_, p3) = node_prefix(2);
-    let disk = run(json!({"method":"create_disk","arguments":[10, {"node": n1}, null]}))
-        .response["result"].as_str().unwrap().to_string();
-    let req = create_vm_request(
+    let disk = call_on(&config, "create_disk", json!([10, {"node": n1}, null]))
+        .as_str()
+        .unwrap()
+        .to_string();
+    let req = static_vm_request(
         &agent_id("unreachable"),
         &shared_stemcell(),
-        json!({}),
-        manual_network(&format!("{p3}.70")),
-        json!({}),
-        2,
+        &format!("{p3}.70"),
     );
     let vm = run_cpi(&req, Some(&config), &[]).response["result"][0]
         .as_str()
         .unwrap()
         .to_string();
     // n1 becomes unreachable for this CPI: its record points at a closed port.
-    let original = index_record(&config, &format!("nodes/{n1}")).unwrap();
-    let mut dead = original.clone();
-    dead["docker_endpoint"] = json!("tcp://127.0.0.1:9");
-    put_node_record(&config, &n1, &dead);
-    let r = run(json!({"method":"attach_disk","arguments":[vm, disk]}));
+    let original = make_node_unreachable(&config, &n1);
+    let r = answer_on(&config, "attach_disk", json!([vm, disk]));
     assert_eq!(
         r.response["error"]["type"], "Bosh::Clouds::CloudError",
         "{}",
@@ -545,10 +449,10 @@ fn an_unreachable_source_node_is_a_retriable_error_and_loses_nothing() {
         "the disk is intact on its node"
     );
     // Once the node is back, the attach moves it.
-    let r = run(json!({"method":"attach_disk","arguments":[vm, disk]}));
+    let r = answer_on(&config, "attach_disk", json!([vm, disk]));
     assert!(r.response["error"].is_null(), "{}", r.stdout);
-    run(json!({"method":"delete_vm","arguments":[vm]}));
-    run(json!({"method":"delete_disk","arguments":[disk]}));
+    answer_on(&config, "delete_vm", json!([vm]));
+    answer_on(&config, "delete_disk", json!([disk]));
 }
 
 /// Whether a copy helper of `volume` exists on `node` (a move is streaming into it).
@@ -576,7 +480,7 @@ fn a_move_killed_mid_copy_is_finished_by_the_next_attach_with_the_data_intact() 
         call("delete_vm", json!([vm1]));
 
         let request = json!({"method":"attach_disk","arguments":[vm2, disk]}).to_string();
-        let caught = kill_cpi_when(&request, &cfg(), || {
+        let caught = kill_cpi_when(&request, &cluster_config(), || {
             let (node2, disk) = (node2.clone(), disk.clone());
             async move { copying_into(&node2, &disk).await }
         });
@@ -586,7 +490,7 @@ fn a_move_killed_mid_copy_is_finished_by_the_next_attach_with_the_data_intact() 
             continue;
         }
         // The disk still belongs to its source node, whole; the record leads to the copy.
-        let record = index_record(&cfg(), &format!("disks/{disk}")).unwrap();
+        let record = index_record(&cluster_config(), &format!("disks/{disk}")).unwrap();
         assert_eq!(record["node"], node1.as_str());
         assert_eq!(record["copying_to"], node2.as_str());
         // Any next call on the disk removes the partial copy and its helpers.
@@ -596,7 +500,7 @@ fn a_move_killed_mid_copy_is_finished_by_the_next_attach_with_the_data_intact() 
             !runtime().block_on(copying_into(&node2, &disk)),
             "copy helpers left on {node2}"
         );
-        let record = index_record(&cfg(), &format!("disks/{disk}")).unwrap();
+        let record = index_record(&cluster_config(), &format!("disks/{disk}")).unwrap();
         assert!(record.get("copying_to").is_none(), "{record}");
         // The next attach moves the disk.
         assert_eq!(
@@ -650,7 +554,7 @@ fn the_old_copy_a_move_left_behind_is_removed_by_the_next_call() {
         let disk = create_disk(json!([10, {"node": n1}, null]));
         // What a move killed right after switching the record leaves: the record on n1
         // naming n2 as still holding the source volume, and that volume on n2.
-        plant_old_copy(&cfg(), &disk, &n2);
+        plant_old_copy(&cluster_config(), &disk, &n2);
 
         let vm = (call_next == "attach_disk").then(|| vm_on(0, 96, "old-copy").0);
         match call_next {
@@ -669,11 +573,11 @@ fn the_old_copy_a_move_left_behind_is_removed_by_the_next_call() {
                 !has_volume(&n1, &disk),
                 "delete_disk removes the disk itself"
             );
-            assert!(index_record(&cfg(), &format!("disks/{disk}")).is_none());
+            assert!(index_record(&cluster_config(), &format!("disks/{disk}")).is_none());
             continue;
         }
         assert!(has_volume(&n1, &disk), "{call_next} kept the disk itself");
-        let record = index_record(&cfg(), &format!("disks/{disk}")).unwrap();
+        let record = index_record(&cluster_config(), &format!("disks/{disk}")).unwrap();
         assert!(record.get("old_copy_on").is_none(), "{record}");
         if let Some(vm) = vm {
             call("delete_vm", json!([vm]));
@@ -687,32 +591,6 @@ fn create_vm_args(agent: &str, networks: Value, disk: &str) -> Value {
     json!([agent, shared_stemcell(), {}, networks, [disk], {}])
 }
 
-/// Removes a container or volume on `node` behind the CPI's back.
-fn remove_outside_cpi(node: &str, container: Option<&str>, volume: Option<&str>) {
-    runtime().block_on(async {
-        let docker = node_socket(node).await;
-        if let Some(name) = container {
-            docker
-                .remove_container(
-                    name,
-                    Some(
-                        bollard::query_parameters::RemoveContainerOptionsBuilder::new()
-                            .force(true)
-                            .build(),
-                    ),
-                )
-                .await
-                .unwrap();
-        }
-        if let Some(name) = volume {
-            docker
-                .remove_volume(name, None::<bollard::query_parameters::RemoveVolumeOptions>)
-                .await
-                .unwrap();
-        }
-    });
-}
-
 #[test]
 fn a_vm_container_removed_outside_the_cpi_is_forgotten_and_its_disk_kept() {
     let (vm, node, _) = vm_on(1, 100, "gone-container");
@@ -723,12 +601,12 @@ fn a_vm_container_removed_outside_the_cpi_is_forgotten_and_its_disk_kept() {
 
     assert_eq!(call("has_vm", json!([vm])), Value::Bool(false));
     assert!(
-        index_record(&cfg(), &format!("vms/{vm}")).is_none(),
+        index_record(&cluster_config(), &format!("vms/{vm}")).is_none(),
         "the VM's record stays"
     );
     assert!(volume_on(&node, &format!("{vm}-ephemeral")).is_none());
     assert_eq!(
-        index_record(&cfg(), &format!("disks/{disk}")).unwrap()["vm"],
+        index_record(&cluster_config(), &format!("disks/{disk}")).unwrap()["vm"],
         Value::Null,
         "the disk still counts as attached"
     );
@@ -751,16 +629,16 @@ fn a_disk_volume_removed_outside_the_cpi_is_refused_and_the_vm_untouched() {
     let (vm, node, _) = vm_on(2, 102, "gone-volume");
     let disk = create_disk(json!([10, {}, vm]));
     remove_outside_cpi(&node, None, Some(&disk));
-    let before = identity(&node, &vm);
+    let before = vm_container(&node, &vm);
 
-    let (kind, message, retry) = error_of("attach_disk", json!([vm, disk]));
+    let (kind, message, retry) = call_error("attach_disk", json!([vm, disk]));
     assert_eq!(kind, "Bosh::Clouds::DiskNotFound");
     assert!(!retry);
     assert!(
         message.contains(&disk) && message.contains(&node),
         "{message}"
     );
-    let after = identity(&node, &vm);
+    let after = vm_container(&node, &vm);
     assert_eq!(after.id, before.id, "the VM was re-created");
     assert!(
         volume_on(&node, &disk).is_none(),
@@ -772,7 +650,7 @@ fn a_disk_volume_removed_outside_the_cpi_is_refused_and_the_vm_untouched() {
     let (_, prefix) = node_prefix(2);
     let agent = agent_id("gone-volume-next");
     let args = create_vm_args(&agent, manual_network(&format!("{prefix}.103")), &disk);
-    let (kind, message, _) = error_of("create_vm", args);
+    let (kind, message, _) = call_error("create_vm", args);
     assert_eq!(kind, "Bosh::Clouds::DiskNotFound", "{message}");
     assert!(message.contains(&disk), "{message}");
     assert!(
@@ -788,22 +666,26 @@ fn a_disk_volume_removed_outside_the_cpi_is_refused_and_the_vm_untouched() {
             .is_empty(),
         "a container was left"
     );
-    assert!(index_records_of_agent(&cfg(), &agent).is_empty());
+    assert!(index_records_of_agent(&cluster_config(), &agent).is_empty());
 
     // A disk on another node whose volume is gone is not "moved" as an empty one.
     let (n1, _) = node_prefix(0);
     let far = create_disk(json!([10, {"node": n1}, null]));
     remove_outside_cpi(&n1, None, Some(&far));
-    let (kind, message, _) = error_of("attach_disk", json!([vm, far]));
+    let (kind, message, _) = call_error("attach_disk", json!([vm, far]));
     assert_eq!(kind, "Bosh::Clouds::DiskNotFound", "{message}");
     assert!(message.contains(&far) && message.contains(&n1), "{message}");
     assert!(volume_on(&node, &far).is_none(), "a copy was made");
     assert!(volume_on(&n1, &far).is_none(), "an empty source was made");
     assert_eq!(
-        index_record(&cfg(), &format!("disks/{far}")).unwrap()["node"],
+        index_record(&cluster_config(), &format!("disks/{far}")).unwrap()["node"],
         n1.as_str()
     );
-    assert_eq!(identity(&node, &vm).id, before.id, "the VM was re-created");
+    assert_eq!(
+        vm_container(&node, &vm).id,
+        before.id,
+        "the VM was re-created"
+    );
 
     assert_eq!(call("delete_disk", json!([far])), Value::Null);
     assert_eq!(call("delete_disk", json!([disk])), Value::Null);
@@ -814,19 +696,19 @@ fn a_disk_volume_removed_outside_the_cpi_is_refused_and_the_vm_untouched() {
 fn a_successor_that_fails_to_start_gives_the_old_container_back() {
     let (vm, node, ip) = vm_on(0, 105, "restore");
     let disk = create_disk(json!([10, {}, vm]));
-    let before = identity(&node, &vm);
-    let settings_before = settings_of(&node, &vm);
+    let before = vm_container(&node, &vm);
+    let settings_before = agent_settings(&node, &vm);
     // The test stemcell's entry point exits at once when this file is on the ephemeral
     // disk (and removes it): the re-created container dies right after its start.
     sh(&node, &vm, "touch /var/vcap/data/fail-next-start");
 
-    let (kind, message, _) = error_of("attach_disk", json!([vm, disk]));
+    let (kind, message, _) = call_error("attach_disk", json!([vm, disk]));
     assert_eq!(kind, "Bosh::Clouds::CloudError");
     assert!(
         message.contains(&vm) && message.contains("right after start"),
         "{message}"
     );
-    let after = identity(&node, &vm);
+    let after = vm_container(&node, &vm);
     assert_eq!(after.id, before.id, "not the old container");
     assert_eq!((after.ip, after.mac), (ip.clone(), before.mac.clone()));
     runtime().block_on(async {
@@ -844,12 +726,12 @@ fn a_successor_that_fails_to_start_gives_the_old_container_back() {
             "previous left behind"
         );
     });
-    assert_eq!(settings_of(&node, &vm), settings_before);
+    assert_eq!(agent_settings(&node, &vm), settings_before);
     assert_eq!(call("get_disks", json!([vm])), json!([]));
-    let vm_record = index_record(&cfg(), &format!("vms/{vm}")).unwrap();
+    let vm_record = index_record(&cluster_config(), &format!("vms/{vm}")).unwrap();
     assert!(vm_record.get("recreating").is_none(), "{vm_record}");
     assert_eq!(
-        index_record(&cfg(), &format!("disks/{disk}")).unwrap()["vm"],
+        index_record(&cluster_config(), &format!("disks/{disk}")).unwrap()["vm"],
         Value::Null
     );
     // The hook is spent: the same attach now works.
@@ -862,16 +744,6 @@ fn a_successor_that_fails_to_start_gives_the_old_container_back() {
     call("delete_disk", json!([disk]));
 }
 
-/// Names of the containers on `node` that mount volume `volume`.
-fn users_of_volume(node: &str, volume: &str) -> Vec<String> {
-    runtime()
-        .block_on(containers_where(node, "volume", volume))
-        .into_iter()
-        .flat_map(|c| c.names.unwrap_or_default())
-        .map(|n| n.trim_start_matches('/').to_string())
-        .collect()
-}
-
 #[test]
 fn a_killed_create_vm_with_a_disk_never_leaves_two_vms_on_it() {
     let (node, _) = node_prefix(2);
@@ -882,11 +754,11 @@ fn a_killed_create_vm_with_a_disk_never_leaves_two_vms_on_it() {
     };
     // Killed once its container (mounting the disk) exists: the director never learns it.
     let agent = agent_id("killed-create-disk");
-    kill_create_vm_once_its_container_exists(&request(&agent), &cfg(), &agent);
+    kill_create_vm_once_its_container_exists(&request(&agent), &cluster_config(), &agent);
     // The director's retry: refused (retriable) while the dead call's record lives, then
     // the abandoned VM is removed and the disk goes to the new VM alone.
     let retry = request(&agent_id("killed-create-disk-retry"));
-    let vm = create_vm_retrying(&retry, &cfg(), |run| {
+    let vm = create_vm_retrying(&retry, &cluster_config(), |run| {
         let message = run.response["error"]["message"].as_str().unwrap();
         assert!(message.contains(&disk), "{message}");
     });
@@ -913,7 +785,7 @@ fn a_disk_attaches_to_a_stopped_vm_which_comes_back_with_its_address() {
         call("attach_disk", json!([vm, disk])),
         json!(format!("/warden-cpi-dev/{disk}"))
     );
-    assert_eq!(identity(&node, &vm).ip, ip);
+    assert_eq!(vm_container(&node, &vm).ip, ip);
     assert_eq!(call("get_disks", json!([vm])), json!([disk]));
     sh(&node, &vm, &format!("test -d /warden-cpi-dev/{disk}"));
     call("delete_vm", json!([vm]));
@@ -923,31 +795,18 @@ fn a_disk_attaches_to_a_stopped_vm_which_comes_back_with_its_address() {
 #[test]
 fn delete_disk_keeps_its_record_while_an_old_copy_cannot_be_removed() {
     let dir = tempfile::tempdir().unwrap();
-    let (config, prefix) = private_config(dir.path());
-    register_nodes(&config, &prefix, &[]);
-    let run = |method: &str, args: Value| {
-        let r = run_cpi(
-            &json!({"method": method, "arguments": args}).to_string(),
-            Some(&config),
-            &[],
-        );
-        assert_schema(&r);
-        r.response
-    };
+    let config = private_cluster(dir.path(), &[]);
     let (n1, _) = node_prefix(0);
     let (n2, _) = node_prefix(1);
-    let disk = run("create_disk", json!([10, {"node": n1}, null]))["result"]
+    let disk = call_on(&config, "create_disk", json!([10, {"node": n1}, null]))
         .as_str()
         .unwrap()
         .to_string();
     // The old copy a move left on n2, and n2 unreachable for this CPI.
     plant_old_copy(&config, &disk, &n2);
-    let original = index_record(&config, &format!("nodes/{n2}")).unwrap();
-    let mut dead = original.clone();
-    dead["docker_endpoint"] = json!("tcp://127.0.0.1:9");
-    put_node_record(&config, &n2, &dead);
+    let original = make_node_unreachable(&config, &n2);
 
-    let response = run("delete_disk", json!([disk]));
+    let response = answer_on(&config, "delete_disk", json!([disk])).response;
     assert_eq!(response["error"]["type"], "Bosh::Clouds::CloudError");
     assert_eq!(response["error"]["ok_to_retry"], true);
     let message = response["error"]["message"].as_str().unwrap();
@@ -960,7 +819,10 @@ fn delete_disk_keeps_its_record_while_an_old_copy_cannot_be_removed() {
     assert!(volume_on(&n2, &disk).is_some());
 
     put_node_record(&config, &n2, &original);
-    assert_eq!(run("delete_disk", json!([disk]))["error"], Value::Null);
+    assert_eq!(
+        answer_on(&config, "delete_disk", json!([disk])).response["error"],
+        Value::Null
+    );
     assert!(volume_on(&n1, &disk).is_none());
     assert!(volume_on(&n2, &disk).is_none());
     assert!(index_record(&config, &format!("disks/{disk}")).is_none());
@@ -973,16 +835,16 @@ fn a_disk_another_container_really_mounts_is_refused_whatever_the_index_says() {
     let disk = create_disk(json!([10, {}, holder]));
     call("attach_disk", json!([holder, disk]));
     // The index forgets the attachment (an interrupted write, an operator's edit).
-    let mut record = index_record(&cfg(), &format!("disks/{disk}")).unwrap();
+    let mut record = index_record(&cluster_config(), &format!("disks/{disk}")).unwrap();
     record["vm"] = Value::Null;
-    put_index_record(&cfg(), &format!("disks/{disk}"), &record);
-    let before = identity(&node, &vm);
+    put_index_record(&cluster_config(), &format!("disks/{disk}"), &record);
+    let before = vm_container(&node, &vm);
 
     for (method, args) in [
         ("attach_disk", json!([vm, disk])),
         ("delete_disk", json!([disk])),
     ] {
-        let (kind, message, retry) = error_of(method, args);
+        let (kind, message, retry) = call_error(method, args);
         assert_eq!(kind, "Bosh::Clouds::CloudError", "{method}");
         assert!(!retry, "{method}");
         assert!(
@@ -990,7 +852,11 @@ fn a_disk_another_container_really_mounts_is_refused_whatever_the_index_says() {
             "{method}: {message}"
         );
     }
-    assert_eq!(identity(&node, &vm).id, before.id, "the VM was re-created");
+    assert_eq!(
+        vm_container(&node, &vm).id,
+        before.id,
+        "the VM was re-created"
+    );
     assert_eq!(users_of_volume(&node, &disk), vec![holder.clone()]);
     assert!(volume_on(&node, &disk).is_some(), "the disk went");
 
@@ -1003,13 +869,17 @@ fn a_disk_another_container_really_mounts_is_refused_whatever_the_index_says() {
         &format!("{disk}:/data"),
         &[],
     ));
-    let (kind, message, _) = error_of("attach_disk", json!([vm, disk]));
+    let (kind, message, _) = call_error("attach_disk", json!([vm, disk]));
     assert_eq!(kind, "Bosh::Clouds::CloudError");
     assert!(
         message.contains(&outsider) && message.contains("not a VM"),
         "{message}"
     );
-    assert_eq!(identity(&node, &vm).id, before.id, "the VM was re-created");
+    assert_eq!(
+        vm_container(&node, &vm).id,
+        before.id,
+        "the VM was re-created"
+    );
     remove_outside_cpi(&node, Some(&outsider), None);
 
     // A copy helper a killed move left holding the disk is removed, and the attach goes on.

@@ -3,105 +3,14 @@
 //! FleetLock client compete for one slot, and mutual TLS keeps out foreign clients.
 //! Every test runs under its own key prefix.
 
-mod common;
-
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
-use common::*;
 use moltencore::cluster::{Etcd, Keys};
 use moltencore::reboot::keys::RebootKeys;
 use moltencore::reboot::semaphore::{Group, Holder, HolderKind, Semaphore, SemaphoreDoc, Take};
-use serde_json::{Value, json};
-
-/// A running `cpi fleetlock`, killed when dropped.
-struct Server {
-    child: Child,
-    address: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(config: &Path, extra: &[&str]) -> Server {
-    let mut child = Command::new(cpi_bin())
-        .arg("-c")
-        .arg(config)
-        .args(["fleetlock", "--listen", "127.0.0.1:0"])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn cpi fleetlock");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let address = line
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("cpi fleetlock did not start: {line:?}"))
-        .trim()
-        .to_string();
-    Server { child, address }
-}
-
-/// One raw HTTP/1.1 exchange: status and body (parsed as JSON when not empty).
-fn exchange(address: &str, head: &str, body: &[u8]) -> (u16, Value) {
-    let mut s = TcpStream::connect(address).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    s.write_all(head.as_bytes()).unwrap();
-    s.write_all(body).unwrap();
-    let mut answer = Vec::new();
-    s.read_to_end(&mut answer).unwrap();
-    parse_answer(&answer)
-}
-
-fn parse_answer(answer: &[u8]) -> (u16, Value) {
-    let text = String::from_utf8_lossy(answer);
-    let status: u16 = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no HTTP status in {text:?}"));
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    let doc = if body.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(body).unwrap_or_else(|e| panic!("body {body:?} is not JSON: {e}"))
-    };
-    (status, doc)
-}
-
-fn post(address: &str, path: &str, headers: &str, body: &[u8]) -> (u16, Value) {
-    let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{headers}Content-Length: {}\r\n\r\n",
-        body.len()
-    );
-    exchange(address, &head, body)
-}
-
-fn body(group: &str, id: &str) -> Vec<u8> {
-    json!({"client_params": {"group": group, "id": id}})
-        .to_string()
-        .into_bytes()
-}
-
-/// A FleetLock request as Zincati sends it.
-fn fleetlock(address: &str, path: &str, group: &str, id: &str) -> (u16, Value) {
-    post(
-        address,
-        path,
-        "fleet-lock-protocol: true\r\nContent-Type: application/json\r\n",
-        &body(group, id),
-    )
-}
+use moltencore_testkit::{cluster::*, fleetlock::*};
+use serde_json::Value;
 
 fn assert_refused(answer: &(u16, Value), status: u16, kind: &str) {
     assert_eq!(answer.0, status, "{answer:?}");
@@ -140,35 +49,47 @@ fn holder_ids(sem: &Semaphore) -> Vec<String> {
 fn two_clients_of_one_group_respect_max() {
     let dir = tempfile::tempdir().unwrap();
     let (config, _) = private_config(dir.path());
-    let server = start(&config, &[]);
+    let server = FleetLockServer::start(&config, &[]);
     let a = &server.address;
     let sem = semaphore(&config, "default");
 
-    assert_eq!(fleetlock(a, "/v1/pre-reboot", "default", "client-a").0, 200);
+    assert_eq!(
+        fleetlock_request(a, "/v1/pre-reboot", "default", "client-a").0,
+        200
+    );
     assert_eq!(holder_ids(&sem), ["client-a"]);
-    let full = fleetlock(a, "/v1/pre-reboot", "default", "client-b");
+    let full = fleetlock_request(a, "/v1/pre-reboot", "default", "client-b");
     assert_refused(&full, 409, "failed_lock_semaphore_full");
     assert!(full.1["value"].as_str().unwrap().contains("client-a"));
     // Recursive: the holder asks again and keeps its slot.
-    assert_eq!(fleetlock(a, "/v1/pre-reboot", "default", "client-a").0, 200);
+    assert_eq!(
+        fleetlock_request(a, "/v1/pre-reboot", "default", "client-a").0,
+        200
+    );
     // Unlock if held: b holds nothing, and nothing changes.
     assert_eq!(
-        fleetlock(a, "/v1/steady-state", "default", "client-b").0,
+        fleetlock_request(a, "/v1/steady-state", "default", "client-b").0,
         200
     );
     assert_eq!(holder_ids(&sem), ["client-a"]);
     assert_eq!(
-        fleetlock(a, "/v1/steady-state", "default", "client-a").0,
+        fleetlock_request(a, "/v1/steady-state", "default", "client-a").0,
         200
     );
     assert!(holder_ids(&sem).is_empty());
-    assert_eq!(fleetlock(a, "/v1/pre-reboot", "default", "client-b").0, 200);
+    assert_eq!(
+        fleetlock_request(a, "/v1/pre-reboot", "default", "client-b").0,
+        200
+    );
 
     // With max 2 both fit, a third does not.
     assert_eq!(rt().block_on(sem.set_max(2)).unwrap(), 1);
-    assert_eq!(fleetlock(a, "/v1/pre-reboot", "default", "client-a").0, 200);
+    assert_eq!(
+        fleetlock_request(a, "/v1/pre-reboot", "default", "client-a").0,
+        200
+    );
     assert_refused(
-        &fleetlock(a, "/v1/pre-reboot", "default", "client-c"),
+        &fleetlock_request(a, "/v1/pre-reboot", "default", "client-c"),
         409,
         "failed_lock_semaphore_full",
     );
@@ -186,12 +107,14 @@ fn two_clients_of_one_group_respect_max() {
 fn clients_racing_for_one_slot_get_it_once() {
     let dir = tempfile::tempdir().unwrap();
     let (config, _) = private_config(dir.path());
-    let server = start(&config, &[]);
+    let server = FleetLockServer::start(&config, &[]);
     let answers: Vec<u16> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..8)
             .map(|i| {
                 let a = server.address.clone();
-                s.spawn(move || fleetlock(&a, "/v1/pre-reboot", "default", &format!("c{i}")).0)
+                s.spawn(move || {
+                    fleetlock_request(&a, "/v1/pre-reboot", "default", &format!("c{i}")).0
+                })
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
@@ -213,9 +136,9 @@ fn clients_racing_for_one_slot_get_it_once() {
 fn bad_requests_get_the_protocol_error_and_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let (config, _) = private_config(dir.path());
-    let server = start(&config, &["--group", "default", "--group", "workers"]);
+    let server = FleetLockServer::start(&config, &["--group", "default", "--group", "workers"]);
     let a = &server.address;
-    let ok_body = body("default", "client-a");
+    let ok_body = fleetlock_body("default", "client-a");
     let header = "fleet-lock-protocol: true\r\n";
 
     assert_refused(
@@ -249,12 +172,12 @@ fn bad_requests_get_the_protocol_error_and_change_nothing() {
         "bad_request_body",
     );
     assert_refused(
-        &fleetlock(a, "/v1/pre-reboot", "nightly", "client-a"),
+        &fleetlock_request(a, "/v1/pre-reboot", "nightly", "client-a"),
         400,
         "unknown_group",
     );
     assert_refused(
-        &fleetlock(a, "/v1/pre-reboot", "../etc", "client-a"),
+        &fleetlock_request(a, "/v1/pre-reboot", "../etc", "client-a"),
         400,
         "bad_request_body",
     );
@@ -287,8 +210,14 @@ fn bad_requests_get_the_protocol_error_and_change_nothing() {
         assert_eq!(rt().block_on(sem.read()).unwrap().mod_revision, None);
     }
     // The second group is a semaphore of its own.
-    assert_eq!(fleetlock(a, "/v1/pre-reboot", "default", "client-a").0, 200);
-    assert_eq!(fleetlock(a, "/v1/pre-reboot", "workers", "client-b").0, 200);
+    assert_eq!(
+        fleetlock_request(a, "/v1/pre-reboot", "default", "client-a").0,
+        200
+    );
+    assert_eq!(
+        fleetlock_request(a, "/v1/pre-reboot", "workers", "client-b").0,
+        200
+    );
     assert_eq!(holder_ids(&semaphore(&config, "workers")), ["client-b"]);
 }
 
@@ -296,7 +225,7 @@ fn bad_requests_get_the_protocol_error_and_change_nothing() {
 fn a_fleetlock_client_and_a_moltencore_node_compete_for_one_slot() {
     let dir = tempfile::tempdir().unwrap();
     let (config, _) = private_config(dir.path());
-    let server = start(&config, &[]);
+    let server = FleetLockServer::start(&config, &[]);
     let a = &server.address;
     let sem = semaphore(&config, "default");
     let node = |name: &str| Holder {
@@ -310,18 +239,18 @@ fn a_fleetlock_client_and_a_moltencore_node_compete_for_one_slot() {
 
     assert_eq!(rt().block_on(sem.take(node("n1"))).unwrap(), Take::Taken);
     assert_refused(
-        &fleetlock(a, "/v1/pre-reboot", "default", "zincati-1"),
+        &fleetlock_request(a, "/v1/pre-reboot", "default", "zincati-1"),
         409,
         "failed_lock_semaphore_full",
     );
     // A FleetLock client can neither ride on nor free a node's slot.
     assert_refused(
-        &fleetlock(a, "/v1/pre-reboot", "default", "n1"),
+        &fleetlock_request(a, "/v1/pre-reboot", "default", "n1"),
         409,
         "held_by_node",
     );
     assert_refused(
-        &fleetlock(a, "/v1/steady-state", "default", "n1"),
+        &fleetlock_request(a, "/v1/steady-state", "default", "n1"),
         409,
         "held_by_node",
     );
@@ -329,7 +258,7 @@ fn a_fleetlock_client_and_a_moltencore_node_compete_for_one_slot() {
 
     rt().block_on(sem.give_back("n1")).unwrap();
     assert_eq!(
-        fleetlock(a, "/v1/pre-reboot", "default", "zincati-1").0,
+        fleetlock_request(a, "/v1/pre-reboot", "default", "zincati-1").0,
         200
     );
     assert!(matches!(
@@ -337,7 +266,7 @@ fn a_fleetlock_client_and_a_moltencore_node_compete_for_one_slot() {
         Take::Full(holders) if holders[0].id == "zincati-1"
     ));
     assert_eq!(
-        fleetlock(a, "/v1/steady-state", "default", "zincati-1").0,
+        fleetlock_request(a, "/v1/steady-state", "default", "zincati-1").0,
         200
     );
     assert_eq!(rt().block_on(sem.take(node("n2"))).unwrap(), Take::Taken);
@@ -350,7 +279,7 @@ fn mutual_tls_admits_only_clients_of_the_configured_ca() {
     let c = cluster();
     let pki = Path::new(c["dir"].as_str().unwrap()).join("pki");
     let p = |f: &str| pki.join(f).to_str().unwrap().to_string();
-    let server = start(
+    let server = FleetLockServer::start(
         &config,
         &[
             "--tls-cert",
@@ -366,7 +295,7 @@ fn mutual_tls_admits_only_clients_of_the_configured_ca() {
             .args(["-sS", "--max-time", "30", "-o", "-", "-w", "\n%{http_code}"])
             .args(["--cacert", &p("etcd-ca.crt"), "--cert", cert, "--key", key])
             .args(["-H", "fleet-lock-protocol: true", "--data-binary"])
-            .arg(String::from_utf8(body("default", "tls-client")).unwrap())
+            .arg(String::from_utf8(fleetlock_body("default", "tls-client")).unwrap())
             .arg(format!("https://{}/v1/pre-reboot", server.address))
             .output()
             .expect("curl is needed (the harness requires it)");

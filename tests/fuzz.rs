@@ -7,11 +7,9 @@
 //! either; and no node may change (containers, volumes, networks, images compared before
 //! and after). [`CASES`] cases run, a few minutes in CI.
 
-mod common;
-
 use std::process::{Command, Stdio};
 
-use common::*;
+use moltencore_testkit::{cluster::*, cpi::*, docker::*, requests::*};
 use serde_json::{Value, json};
 
 /// Cases of the hostile-argument corpus.
@@ -58,60 +56,11 @@ impl Rng {
     }
 }
 
-/// The real objects hostile values aim at, and that must survive.
-struct Canaries {
-    vm: String,
-    disk: String,
-    snapshot: String,
-    stemcell: String,
-}
-
-fn cfg() -> std::path::PathBuf {
-    cluster_config()
-}
-
-fn call(method: &str, args: Value) -> Value {
-    expect_result(
-        &json!({"method": method, "arguments": args}).to_string(),
-        Some(&cfg()),
-    )
-}
-
-fn canaries() -> Canaries {
-    let stemcell = shared_stemcell();
-    let (node, _) = node_prefix(2);
-    let req = create_vm_request(
-        &agent_id("fuzz-canary"),
-        &stemcell,
-        json!({"node": node}),
-        json!({"d": {"type": "dynamic"}}),
-        json!({}),
-        2,
-    );
-    let vm = expect_result(&req, Some(&cfg()))[0]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let disk = call("create_disk", json!([16, {}, vm]))
-        .as_str()
-        .unwrap()
-        .to_string();
-    let snapshot = call("snapshot_disk", json!([disk, {}]))
-        .as_str()
-        .unwrap()
-        .to_string();
-    Canaries {
-        vm,
-        disk,
-        snapshot,
-        stemcell,
-    }
-}
-
 /// Pieces of the configured secrets (the longest line of each private key, the mbus
 /// password) that must never appear in a response or on stderr.
 fn secrets() -> Vec<String> {
-    let config: Value = serde_json::from_str(&std::fs::read_to_string(cfg()).unwrap()).unwrap();
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(cluster_config()).unwrap()).unwrap();
     let mut found = Vec::new();
     for file in [
         &config["etcd"]["tls"]["client_key_file"],
@@ -269,7 +218,7 @@ fn run_limited(request: &str, env: &[(&str, &str)]) -> (std::process::ExitStatus
         .arg("--")
         .arg(cpi_bin())
         .arg("-c")
-        .arg(cfg())
+        .arg(cluster_config())
         .env_remove("MOLTENCORE_LOG")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -353,7 +302,7 @@ fn check(
 
 #[test]
 fn hostile_values_in_every_position_get_valid_answers_and_change_no_node() {
-    let c = canaries();
+    let c = canaries("fuzz-canary", 2);
     let secrets = secrets();
     let bases = base_arguments(&c);
     let mut rng = Rng(SEED);
@@ -425,13 +374,7 @@ fn hostile_values_in_every_position_get_valid_answers_and_change_no_node() {
             "no case answered {kind}: {outcomes:?}"
         );
     }
-    let after = node_state();
-    let lost: Vec<_> = before.difference(&after).collect();
-    let gained: Vec<_> = after.difference(&before).collect();
-    assert!(
-        lost.is_empty() && gained.is_empty(),
-        "nodes changed: lost {lost:#?}, gained {gained:#?}"
-    );
+    assert_nodes_unchanged(&before);
     assert_eq!(call("has_vm", json!([c.vm])), true);
     assert_eq!(call("has_disk", json!([c.disk])), true);
     assert_eq!(call("delete_snapshot", json!([c.snapshot])), Value::Null);

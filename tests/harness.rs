@@ -2,8 +2,6 @@
 //! TLS is enforced, containers on different nodes reach each other with their real IPs,
 //! and `ci/cluster down` leaves nothing behind.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -50,7 +48,7 @@ fn runtime() -> tokio::runtime::Runtime {
 
 #[test]
 fn every_node_accepts_the_cluster_client_certificate() {
-    let cluster = common::cluster();
+    let cluster = moltencore_testkit::cluster::cluster();
     let good = access(&cluster["docker_tls"], &cluster["docker_tls"]);
     let nodes = cluster["nodes"].as_array().unwrap();
     assert!(nodes.len() >= 2, "the harness runs several nodes");
@@ -72,7 +70,7 @@ fn every_node_accepts_the_cluster_client_certificate() {
 
 #[test]
 fn nodes_refuse_a_client_certificate_from_another_ca() {
-    let cluster = common::cluster();
+    let cluster = moltencore_testkit::cluster::cluster();
     // The rogue client certificate, presented to a client that trusts the real CA: the
     // server must reject the handshake.
     let rogue = access(&cluster["rogue_tls"], &cluster["docker_tls"]);
@@ -88,7 +86,9 @@ fn nodes_refuse_a_client_certificate_from_another_ca() {
                     Ok(c) => c.version().await,
                     Err(e) => Err(e),
                 };
-                let err = result.expect_err(&format!("{name} accepted a {what}"));
+                let err = moltencore::protocol::CpiError::from(
+                    result.expect_err(&format!("{name} accepted a {what}")),
+                );
                 assert!(err.message.contains(name), "{}", err.message);
                 assert!(err.message.contains(endpoint), "{}", err.message);
                 // Refused by TLS, not merely unreachable: the client that distrusts the
@@ -121,7 +121,7 @@ fn nodes_refuse_a_client_certificate_from_another_ca() {
 
 #[test]
 fn nodes_refuse_plain_http() {
-    let cluster = common::cluster();
+    let cluster = moltencore_testkit::cluster::cluster();
     for node in cluster["nodes"].as_array().unwrap() {
         let endpoint = node["docker_endpoint"].as_str().unwrap();
         let addr = endpoint.trim_start_matches("tcp://");
@@ -244,7 +244,7 @@ async fn wait_and_logs(docker: &Docker, name: &str) -> (i64, String) {
 
 #[test]
 fn a_container_on_one_node_reaches_a_container_on_another_with_its_real_ip() {
-    let cluster = common::cluster();
+    let cluster = moltencore_testkit::cluster::cluster();
     let nodes = cluster["nodes"].as_array().unwrap();
     let (n1, n2) = (&nodes[0], &nodes[1]);
     runtime().block_on(async {

@@ -6,21 +6,14 @@
 //! the next. These tests restart daemons of the shared cluster, so they take
 //! turns and this binary runs alone (test binaries run one after another).
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
-use serde_json::{Value, json};
+use moltencore_testkit::{bosh, cluster::*, cpi::*, docker::*, index::*, requests::*, wait::*};
+use serde_json::json;
 
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn rt() -> &'static tokio::runtime::Runtime {
-    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
-    RT.get_or_init(runtime)
-}
 
 /// `ci/cluster ARGS` for the running cluster.
 fn harness(args: &[&str]) {
@@ -94,109 +87,32 @@ fn flag(i: usize) {
     std::fs::write(node_root(i).join("run/reboot-required"), "").unwrap();
 }
 
-fn etcd_get(suffix: &str) -> Option<Value> {
-    let cfg = load_config(&cluster_config());
-    rt().block_on(async {
-        let etcd = moltencore::cluster::Etcd::connect(&cfg).await.unwrap();
-        let key = format!("{}/{suffix}", cfg.etcd.key_prefix);
-        let resp = etcd.client().get(key, None).await.unwrap();
-        resp.kvs()
-            .first()
-            .map(|kv| serde_json::from_slice(kv.value()).unwrap())
-    })
-}
-
-fn rebooting(name: &str) -> bool {
-    etcd_get(&format!("reboot/nodes/{name}")).is_some()
-}
-
-fn holders() -> usize {
-    etcd_get("reboot/groups/default/semaphore")
-        .map(|d| d["holders"].as_array().unwrap().len())
-        .unwrap_or(0)
-}
-
-fn state(name: &str) -> String {
-    etcd_get(&format!("nodes/{name}")).unwrap()["state"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
-fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not reached within {limit:?}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn call(method: &str, args: Value) -> Value {
-    expect_result(
-        &json!({"method": method, "arguments": args, "api_version": 2}).to_string(),
-        Some(&cluster_config()),
-    )
-}
-
-fn sh(node: &str, vm: &str, cmd: &str) -> String {
-    let (code, out) = rt().block_on(exec_in(node, vm, cmd));
-    assert_eq!(code, 0, "`{cmd}` in {vm} on {node}: {out}");
-    out
-}
-
-fn vm_ip_and_running(node: &str, vm: &str) -> (bool, String) {
-    rt().block_on(async {
-        let c = node_socket(node)
-            .await
-            .inspect_container(vm, None)
-            .await
-            .unwrap();
-        let running = c.state.and_then(|s| s.running).unwrap_or(false);
-        let ip = c
-            .network_settings
-            .and_then(|n| n.networks)
-            .and_then(|n| n.values().next().cloned())
-            .and_then(|e| e.ip_address)
-            .unwrap_or_default();
-        (running, ip)
-    })
+/// After a reboot: `node` is ready again, no slot is held, and `vm` runs on `ip`.
+fn assert_back(node: &str, vm: &str, ip: &str) {
+    assert_eq!(node_record_state(&cluster_config(), node), "ready");
+    assert_eq!(reboot_holders(&cluster_config()).len(), 0);
+    let c = vm_container(node, vm);
+    assert!(c.running, "the VM does not run after the reboot");
+    assert_eq!(c.ip, ip, "the VM is not back on {ip}");
 }
 
 #[test]
 fn a_vm_with_a_disk_survives_its_node_s_reboot() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let (node, prefix) = node_prefix(0);
-    let ip = format!("{prefix}.71");
-    let vm = static_vm(&cluster_config(), &shared_stemcell(), "host-reboot", &ip);
-    let disk = call("create_disk", json!([1024, {}, vm]))
-        .as_str()
-        .unwrap()
-        .to_string();
-    call("attach_disk", json!([vm, disk]));
-    let d = format!("/warden-cpi-dev/{disk}");
-    sh(
-        &node,
-        &vm,
-        &format!("dd if=/dev/urandom of={d}/blob bs=64k count=16 2>/dev/null"),
-    );
-    let sum = sh(&node, &vm, &format!("md5sum {d}/blob"));
+    let (vm, node, ip, disk, sum) = vm_with_disk(&cluster_config(), 0, 71, "host-reboot");
     let (boot, dockerd) = (boot_id(1), dockerd_pid(1));
 
     let _managers = Managers::start(&[1]);
     flag(1);
-    wait_until("n1 rebooted and finished", Duration::from_secs(240), || {
-        boot_id(1) != boot && !rebooting(&node)
-    });
+    wait_until(
+        "n1 rebooted and finished",
+        Duration::from_secs(240),
+        Duration::from_millis(200),
+        || boot_id(1) != boot && reboot_record(&cluster_config(), &node).is_none(),
+    );
     assert_ne!(dockerd_pid(1), dockerd, "dockerd was not restarted");
-    assert_eq!(state(&node), "ready");
-    assert_eq!(holders(), 0);
-    let (running, now_ip) = vm_ip_and_running(&node, &vm);
-    assert!(running, "the VM does not run after the reboot");
-    assert_eq!(now_ip, ip);
-    assert_eq!(sh(&node, &vm, &format!("md5sum {d}/blob")), sum);
+    assert_back(&node, &vm, &ip);
+    assert_eq!(blob_sum(&node, &vm, &disk), sum);
     let page = Command::new("curl")
         .args(["-sf", "--max-time", "10", &format!("http://{ip}:8080/")])
         .output()
@@ -224,13 +140,23 @@ fn three_flagged_nodes_reboot_one_at_a_time() {
     }
     // Sampled timeline: the nodes in a reboot (record present) or whose dockerd is gone.
     let mut timeline: Vec<Vec<String>> = Vec::new();
-    wait_until("every node rebooted", Duration::from_secs(600), || {
-        let down: Vec<String> = names.iter().filter(|n| rebooting(n)).cloned().collect();
-        timeline.push(down);
-        indices
-            .iter()
-            .all(|&i| boot_id(i) != boots[i - 1] && !rebooting(&names[i - 1]))
-    });
+    wait_until(
+        "every node rebooted",
+        Duration::from_secs(600),
+        Duration::from_millis(200),
+        || {
+            let down: Vec<String> = names
+                .iter()
+                .filter(|n| reboot_record(&cluster_config(), n).is_some())
+                .cloned()
+                .collect();
+            timeline.push(down);
+            indices.iter().all(|&i| {
+                boot_id(i) != boots[i - 1]
+                    && reboot_record(&cluster_config(), &names[i - 1]).is_none()
+            })
+        },
+    );
     for down in &timeline {
         assert!(down.len() <= 1, "nodes down together: {down:?}");
     }
@@ -244,9 +170,9 @@ fn three_flagged_nodes_reboot_one_at_a_time() {
             pids[i - 1],
             "n{i}'s dockerd was not restarted"
         );
-        assert_eq!(state(&names[i - 1]), "ready");
+        assert_eq!(node_record_state(&cluster_config(), &names[i - 1]), "ready");
     }
-    assert_eq!(holders(), 0);
+    assert_eq!(reboot_holders(&cluster_config()).len(), 0);
 }
 
 /// SIGKILLs node i's harness-run manager (as a crash would) and starts it again.
@@ -282,8 +208,10 @@ fn a_manager_killed_mid_drain_and_after_the_reboot_is_finished_by_the_next() {
     // Killed while draining: cordoned, the VM not yet (or not all) stopped.
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let rec = etcd_get(&format!("reboot/nodes/{node}"));
-        if rec.is_some_and(|r| r["phase"] == "draining") && state(&node) == "cordoned" {
+        let rec = reboot_record(&cluster_config(), &node);
+        if rec.is_some_and(|r| r["phase"] == "draining")
+            && node_record_state(&cluster_config(), &node) == "cordoned"
+        {
             break;
         }
         assert_eq!(
@@ -296,17 +224,22 @@ fn a_manager_killed_mid_drain_and_after_the_reboot_is_finished_by_the_next() {
     }
     kill_and_restart_manager(2);
     // Killed again after the reboot, while the health gate settles.
-    wait_until("n2 rebooted and checking", Duration::from_secs(240), || {
-        boot_id(2) != boot
-            && etcd_get(&format!("reboot/nodes/{node}")).is_some_and(|r| r["phase"] == "checking")
-    });
+    wait_until(
+        "n2 rebooted and checking",
+        Duration::from_secs(240),
+        Duration::from_millis(200),
+        || {
+            boot_id(2) != boot
+                && reboot_record(&cluster_config(), &node).is_some_and(|r| r["phase"] == "checking")
+        },
+    );
     kill_and_restart_manager(2);
-    wait_until("the reboot finishes", Duration::from_secs(240), || {
-        !rebooting(&node)
-    });
-    assert_eq!(state(&node), "ready");
-    assert_eq!(holders(), 0);
-    let (running, now_ip) = vm_ip_and_running(&node, &vm);
-    assert!(running && now_ip == ip, "the VM is not back on {ip}");
+    wait_until(
+        "the reboot finishes",
+        Duration::from_secs(240),
+        Duration::from_millis(200),
+        || reboot_record(&cluster_config(), &node).is_none(),
+    );
+    assert_back(&node, &vm, &ip);
     call("delete_vm", json!([vm]));
 }

@@ -7,18 +7,33 @@
 //! these tests guard against, not a slow one). `MC_TEST_CPI_BIN` runs them against
 //! another build of `cpi`.
 
-mod common;
-
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use moltencore_testkit::{cluster::*, cpi::*, docker::*, index::*, requests::*};
 use serde_json::{Value, json};
 
 /// A process that has not answered by then never will: the failure mode, not a speed bound.
 const NO_ANSWER: Duration = Duration::from_secs(120);
+
+/// Waits for `child` to end; kills it and fails the test, naming `what`, when it gives no
+/// answer within [`NO_ANSWER`] (a bound against hangs, not a timing assertion).
+fn wait_bounded(child: &mut std::process::Child, what: &str) -> std::process::ExitStatus {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if started.elapsed() > NO_ANSWER {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what}: no answer within {NO_ANSWER:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
 
 /// What one run produced.
 struct Run {
@@ -64,18 +79,7 @@ fn run(stdin: Vec<u8>, config: &Path, env: &[(&str, &str)]) -> Run {
         std::io::Read::read_to_end(&mut stderr, &mut s).unwrap();
         s
     });
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > NO_ANSWER {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("cpi gave no answer within {NO_ANSWER:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = wait_bounded(&mut child, "cpi");
     writer.join().unwrap();
     let stdout = String::from_utf8_lossy(&out.join().unwrap()).into_owned();
     let stderr = String::from_utf8_lossy(&err.join().unwrap()).into_owned();
@@ -241,18 +245,7 @@ fn node_prep_refuses_tls_flags_naming_no_regular_file_or_a_large_one() {
                 .stderr(Stdio::piped())
                 .spawn()
                 .unwrap();
-            let started = Instant::now();
-            let status = loop {
-                if let Some(status) = child.try_wait().unwrap() {
-                    break status;
-                }
-                if started.elapsed() > NO_ANSWER {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("node-prep {flag} {what}: no answer within {NO_ANSWER:?}");
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            };
+            let status = wait_bounded(&mut child, &format!("node-prep {flag} {what}"));
             let mut stderr = String::new();
             std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
             assert!(!status.success(), "{flag} {what}: {stderr}");

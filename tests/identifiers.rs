@@ -3,60 +3,13 @@
 //! and 4 MiB cids, on every method and argument position that takes a cid. Canary VMs,
 //! disks, snapshots, networks and images must stay exactly as they were on every node.
 
-mod common;
-
 use std::sync::Mutex;
 
-use common::*;
+use moltencore_testkit::{cluster::*, cpi::*, docker::*, requests::*};
 use serde_json::{Value, json};
 
 /// Both tests compare whole nodes before and after: they must not run at the same time.
 static NODES: Mutex<()> = Mutex::new(());
-
-fn cfg() -> std::path::PathBuf {
-    cluster_config()
-}
-
-fn call(method: &str, args: Value) -> Value {
-    expect_result(
-        &json!({"method": method, "arguments": args}).to_string(),
-        Some(&cfg()),
-    )
-}
-
-/// The canaries: a running VM, a disk (attached to nothing), a snapshot of it, the shared
-/// stemcell. Returns (vm, disk, snapshot, stemcell).
-fn canaries(test: &str) -> (String, String, String, String) {
-    let stemcell = shared_stemcell();
-    let (node, _) = node_prefix(0);
-    let req = create_vm_request(
-        &agent_id(test),
-        &stemcell,
-        json!({"node": node}),
-        json!({"d": {"type": "dynamic"}}),
-        json!({}),
-        2,
-    );
-    let vm = expect_result(&req, Some(&cfg()))[0]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let disk = call("create_disk", json!([16, {}, vm]))
-        .as_str()
-        .unwrap()
-        .to_string();
-    let snapshot = call("snapshot_disk", json!([disk, {}]))
-        .as_str()
-        .unwrap()
-        .to_string();
-    (vm, disk, snapshot, stemcell)
-}
-
-fn remove_canaries(vm: &str, disk: &str, snapshot: &str) {
-    assert_eq!(call("delete_snapshot", json!([snapshot])), Value::Null);
-    assert_eq!(call("delete_disk", json!([disk])), Value::Null);
-    assert_eq!(call("delete_vm", json!([vm])), Value::Null);
-}
 
 /// Every method with every argument position that takes a cid: (method, arguments with
 /// `HOSTILE` where the value goes). The other arguments are valid, real objects.
@@ -128,7 +81,12 @@ fn assert_answer_to_malformed(method: &str, run: &CpiRun, shown: &str) -> Option
 #[test]
 fn traversal_cids_touch_nothing_on_any_node() {
     let _one = NODES.lock().unwrap_or_else(|e| e.into_inner());
-    let (vm, disk, snapshot, stemcell) = canaries("traversal");
+    let Canaries {
+        vm,
+        disk,
+        snapshot,
+        stemcell,
+    } = canaries("traversal", 0);
     let image = format!("moltencore-stemcell:{stemcell}");
     let targets = [
         format!("containers/{vm}?force=true&v=true"),
@@ -167,17 +125,11 @@ fn traversal_cids_touch_nothing_on_any_node() {
         for (method, args) in &positions {
             let args = with_value(args, value);
             let req = json!({"method": method, "arguments": args, "api_version": 2});
-            let run = run_cpi(&req.to_string(), Some(&cfg()), &[]);
+            let run = run_cpi(&req.to_string(), Some(&cluster_config()), &[]);
             assert_answer_to_malformed(method, &run, &format!("{value:?}"));
         }
     }
-    let after = node_state();
-    let lost: Vec<_> = before.difference(&after).collect();
-    let gained: Vec<_> = after.difference(&before).collect();
-    assert!(
-        lost.is_empty() && gained.is_empty(),
-        "nodes changed: lost {lost:#?}, gained {gained:#?}"
-    );
+    assert_nodes_unchanged(&before);
     assert_eq!(call("has_vm", json!([vm])), true);
     assert_eq!(call("has_disk", json!([disk])), true);
     remove_canaries(&vm, &disk, &snapshot);
@@ -186,12 +138,17 @@ fn traversal_cids_touch_nothing_on_any_node() {
 #[test]
 fn a_4_mib_cid_gets_a_small_non_retriable_answer_on_every_method() {
     let _one = NODES.lock().unwrap_or_else(|e| e.into_inner());
-    let (vm, disk, snapshot, stemcell) = canaries("huge-cid");
+    let Canaries {
+        vm,
+        disk,
+        snapshot,
+        stemcell,
+    } = canaries("huge-cid", 0);
     let huge = format!("vm-{}", "a".repeat(4 * 1024 * 1024));
     let before = node_state();
     for (method, args) in cid_positions(&vm, &disk, &stemcell) {
         let req = json!({"method": method, "arguments": with_value(&args, &huge)});
-        let run = run_cpi(&req.to_string(), Some(&cfg()), &[]);
+        let run = run_cpi(&req.to_string(), Some(&cluster_config()), &[]);
         assert_schema(&run);
         assert!(
             run.stdout.len() < 4096,
@@ -228,7 +185,6 @@ fn a_4_mib_cid_gets_a_small_non_retriable_answer_on_every_method() {
             assert!(message.len() < 512, "{method}: {message}");
         }
     }
-    let after = node_state();
-    assert_eq!(before, after, "a node changed");
+    assert_nodes_unchanged(&before);
     remove_canaries(&vm, &disk, &snapshot);
 }

@@ -4,18 +4,16 @@
 //! renewal, the reservation path, dry runs, unit files that systemd accepts, and bad
 //! input that fails loudly without leaving anything half-written.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::{cluster, cpi_bin, systemd_verify};
 use etcd_client::GetOptions;
 use moltencore::cluster::{Etcd, EtcdAccess, NodeRecord, NodeState};
 use moltencore::config::{Secret, TlsMaterial};
 use moltencore::nodeprep::pki;
+use moltencore_testkit::{cluster::cluster, cpi::cpi_bin, tools::systemd_verify};
 use serde_json::{Value, json};
 
 /// A private corner of the harness's etcd.
@@ -494,8 +492,10 @@ fn an_existing_lease_is_found_by_public_ip_and_a_cordon_survives_prep() {
     assert!(!has_change(&report, "reserved"), "{report:#}");
 
     // cpi nodes cordon / uncordon through a cpi.json pointing at this prefix.
-    let mut config: Value =
-        serde_json::from_str(&std::fs::read_to_string(common::cluster_config()).unwrap()).unwrap();
+    let mut config: Value = serde_json::from_str(
+        &std::fs::read_to_string(moltencore_testkit::cluster::cluster_config()).unwrap(),
+    )
+    .unwrap();
     config["etcd"]["key_prefix"] = json!(p.key);
     config["etcd"]["flannel_prefix"] = json!(p.flannel);
     let cfg = dir.path().join("cpi.json");
@@ -986,4 +986,27 @@ fn the_mtu_and_the_subnet_of_a_node_stay_what_they_were_across_reboots_and_expir
     let report = prep(d2.path(), "s2", "192.0.2.62", &p, &[]);
     assert_eq!(report["subnet"], subnet.as_str(), "{report:#}");
     assert!(has_change(&report, "reserved"), "{report:#}");
+}
+
+#[test]
+fn an_unreadable_flannel_config_is_named_as_such_not_blamed_on_etcd_and_nothing_is_written() {
+    let p = prefixes();
+    let key = format!("{}/config", p.flannel);
+    put(&key, "not json");
+    let dir = tempfile::tempdir().unwrap();
+    let args = prep_args(dir.path(), "t1", "192.0.2.91", &p, &[]);
+    let stderr = failed(&node_prep(&args).output().unwrap());
+    assert!(
+        stderr.contains(&key) && stderr.contains("is not valid flannel JSON (not json)"),
+        "{stderr}"
+    );
+    // etcd answered: the message must not send the operator to check the etcd flags.
+    assert!(!stderr.contains("--etcd-endpoints"), "{stderr}");
+    assert!(
+        is_empty_dir(dir.path()),
+        "files written despite the bad config"
+    );
+    assert_eq!(count_under(&format!("{}/nodes/", p.key)), 0);
+    assert_eq!(count_under(&format!("{}/pki/", p.key)), 0);
+    assert_eq!(get(&key).as_deref(), Some("not json"));
 }

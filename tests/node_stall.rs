@@ -4,13 +4,11 @@
 //! the node gets the stemcell copied when a VM lands there. This binary freezes a daemon, so it runs
 //! alone (test binaries run one after another).
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use moltencore_testkit::{cluster::*, cpi::*, docker::*, index::*, requests::*};
 use serde_json::{Value, json};
 
 /// Seconds a node may stay silent in these tests' CPI config.
@@ -133,16 +131,6 @@ fn run_cpi_within(request: &str, config: &Path, limit: Duration) -> Value {
     serde_json::from_slice(&out.stdout).expect("one JSON response")
 }
 
-fn has_image(node: &str, reference: &str) -> bool {
-    runtime().block_on(async {
-        node_socket(node)
-            .await
-            .inspect_image(reference)
-            .await
-            .is_ok()
-    })
-}
-
 #[test]
 fn a_frozen_node_fails_calls_retriably_and_drops_out_of_create_stemcell() {
     let _turn = take_turn();
@@ -193,14 +181,7 @@ fn a_frozen_node_fails_calls_retriably_and_drops_out_of_create_stemcell() {
         "{response}"
     );
     let agent = agent_id("while-frozen");
-    let req = create_vm_request(
-        &agent,
-        &cid,
-        json!({}),
-        manual_network(&format!("{prefix}.72")),
-        json!({}),
-        2,
-    );
+    let req = static_vm_request(&agent, &cid, &format!("{prefix}.72"));
     let response = run_cpi_within(&req, &impatient, bound);
     assert_eq!(
         response["error"]["type"], "Bosh::Clouds::VMCreationFailed",
@@ -246,35 +227,6 @@ fn a_frozen_node_fails_calls_retriably_and_drops_out_of_create_stemcell() {
     }
 }
 
-/// Runs `cmd` in `vm` on `node`; its output.
-fn sh(node: &str, vm: &str, cmd: &str) -> String {
-    let (code, out) = runtime().block_on(exec_in(node, vm, cmd));
-    assert_eq!(code, 0, "`{cmd}` in {vm} on {node}: {out}");
-    out
-}
-
-fn vm_at(config: &Path, ip: &str, test: &str) -> String {
-    let req = create_vm_request(
-        &agent_id(test),
-        &shared_stemcell(),
-        json!({}),
-        manual_network(ip),
-        json!({}),
-        2,
-    );
-    expect_result(&req, Some(config))[0]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
-fn call(method: &str, args: Value) -> Value {
-    expect_result(
-        &json!({"method": method, "arguments": args, "api_version": 2}).to_string(),
-        Some(&cluster_config()),
-    )
-}
-
 #[test]
 fn a_disk_move_into_a_node_that_freezes_fails_retriably_and_the_next_attach_finishes_it() {
     let _turn = take_turn();
@@ -283,19 +235,22 @@ fn a_disk_move_into_a_node_that_freezes_fails_retriably_and_the_next_attach_fini
     let config = cluster_config();
     let (source, source_prefix) = node_prefix(0);
     let (target, target_prefix) = node_prefix(2);
-    let vm = vm_at(&config, &format!("{target_prefix}.73"), "freeze-move-dst");
+    let vm = static_vm(
+        &config,
+        &shared_stemcell(),
+        "freeze-move-dst",
+        &format!("{target_prefix}.73"),
+    );
 
     for attempt in 0..5u8 {
         // A disk with enough data that the copy is still streaming when the node freezes.
-        let writer = vm_at(
+        let writer = static_vm(
             &config,
-            &format!("{source_prefix}.{}", 73 + attempt),
+            &shared_stemcell(),
             "freeze-move-src",
+            &format!("{source_prefix}.{}", 73 + attempt),
         );
-        let disk = call("create_disk", json!([1024, {}, writer]))
-            .as_str()
-            .unwrap()
-            .to_string();
+        let disk = create_disk(json!([1024, {}, writer]));
         call("attach_disk", json!([writer, disk]));
         let path = format!("/warden-cpi-dev/{disk}");
         sh(

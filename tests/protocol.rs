@@ -1,9 +1,7 @@
 //! Black-box tests of the CPI protocol through the built `cpi` binary: envelope errors,
 //! argument checks, result schema, exit status, and secrets kept out of every log.
 
-mod common;
-
-use common::{assert_schema, expect_error, expect_result, run_cpi};
+use moltencore_testkit::cpi::{assert_schema, expect_error, expect_result, run_cpi};
 use serde_json::json;
 
 #[test]

@@ -6,31 +6,22 @@
 //! keeps slot and cordon; an operator's cordon survives; a FleetLock client and a node
 //! share one slot. Every test has its own key prefix and host root.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use moltencore_testkit::{
+    cluster::*, cpi::*, docker::*, fleetlock::*, index::*, requests::*, wait::*,
+};
 use serde_json::{Value, json};
 
-/// One runtime for the binary (an etcd client lives on the runtime it was made on).
-fn rt() -> &'static tokio::runtime::Runtime {
-    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
-    RT.get_or_init(runtime)
-}
-
 /// A private prefix with the cluster's nodes, CA and stemcells.
-fn private_cluster(dir: &Path) -> PathBuf {
+fn cluster_with_stemcell(dir: &Path) -> PathBuf {
     let stemcell = shared_stemcell();
-    let (config, prefix) = private_config(dir);
-    register_nodes(&config, &prefix, &[]);
-    let base = cluster()["key_prefix"].as_str().unwrap().to_string();
+    let config = moltencore_testkit::cluster::private_cluster(dir, &[]);
     let record = index_record(&cluster_config(), &format!("stemcells/{stemcell}"))
         .expect("the shared stemcell is in the index");
     put_index_record(&config, &format!("stemcells/{stemcell}"), &record);
-    assert_ne!(base, prefix);
     config
 }
 
@@ -140,120 +131,14 @@ impl Drop for ManagerProc {
 
 /// Polls `cond` every 100 ms; fails the test with `what` (and the manager logs) when it
 /// does not hold within `limit` (a bound against hangs, not a timing assertion).
-fn wait_until(what: &str, limit: Duration, hosts: &[&HostRoot], mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        if Instant::now() > deadline {
-            for h in hosts {
-                let log = std::fs::read_to_string(h.root.join("manager.log")).unwrap_or_default();
-                eprintln!("--- {} ---\n{log}", h.root.display());
-            }
-            panic!("{what}: not reached within {limit:?}");
+fn wait_until(what: &str, limit: Duration, hosts: &[&HostRoot], cond: impl FnMut() -> bool) {
+    if !poll_until(limit, Duration::from_millis(100), cond) {
+        for h in hosts {
+            let log = std::fs::read_to_string(h.root.join("manager.log")).unwrap_or_default();
+            eprintln!("--- {} ---\n{log}", h.root.display());
         }
-        std::thread::sleep(Duration::from_millis(100));
+        panic!("{what}: not reached within {limit:?}");
     }
-}
-
-fn etcd_get(config: &Path, suffix: &str) -> Option<Value> {
-    let cfg = load_config(config);
-    rt().block_on(async {
-        let etcd = moltencore::cluster::Etcd::connect(&cfg).await.unwrap();
-        let key = format!("{}/{suffix}", cfg.etcd.key_prefix);
-        let resp = etcd.client().get(key, None).await.unwrap();
-        resp.kvs()
-            .first()
-            .map(|kv| serde_json::from_slice(kv.value()).unwrap())
-    })
-}
-
-fn reboot_record(config: &Path, node: &str) -> Option<Value> {
-    etcd_get(config, &format!("reboot/nodes/{node}"))
-}
-
-fn holders(config: &Path) -> Vec<String> {
-    etcd_get(config, "reboot/groups/default/semaphore")
-        .map(|d| {
-            d["holders"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|h| h["id"].as_str().unwrap().to_string())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn node_state(config: &Path, node: &str) -> String {
-    etcd_get(config, &format!("nodes/{node}")).unwrap()["state"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
-fn call(config: &Path, method: &str, args: Value) -> Value {
-    expect_result(
-        &json!({"method": method, "arguments": args, "api_version": 2}).to_string(),
-        Some(config),
-    )
-}
-
-fn cpi(config: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(cpi_bin())
-        .arg("-c")
-        .arg(config)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn sh(node: &str, vm: &str, cmd: &str) -> String {
-    let (code, out) = rt().block_on(exec_in(node, vm, cmd));
-    assert_eq!(code, 0, "`{cmd}` in {vm} on {node}: {out}");
-    out
-}
-
-struct Inspected {
-    running: bool,
-    ip: String,
-}
-
-fn inspect(node: &str, vm: &str) -> Option<Inspected> {
-    rt().block_on(async {
-        let c = node_socket(node)
-            .await
-            .inspect_container(vm, None)
-            .await
-            .ok()?;
-        let running = c.state.as_ref().and_then(|s| s.running).unwrap_or(false);
-        let ip = c
-            .network_settings
-            .and_then(|n| n.networks)
-            .and_then(|n| n.values().next().cloned())
-            .and_then(|e| e.ip_address)
-            .unwrap_or_default();
-        Some(Inspected { running, ip })
-    })
-}
-
-/// A VM with a static IP and an attached disk holding data, on node `index`; its cid,
-/// node, IP, disk and the data's checksum.
-fn vm_with_disk(config: &Path, index: usize, host: u8) -> (String, String, String, String, String) {
-    let (node, prefix) = node_prefix(index);
-    let ip = format!("{prefix}.{host}");
-    let vm = static_vm(config, &shared_stemcell(), "reboot", &ip);
-    let disk = call(config, "create_disk", json!([1024, {}, vm]))
-        .as_str()
-        .unwrap()
-        .to_string();
-    call(config, "attach_disk", json!([vm, disk]));
-    let d = format!("/warden-cpi-dev/{disk}");
-    sh(
-        &node,
-        &vm,
-        &format!("dd if=/dev/urandom of={d}/blob bs=64k count=16 2>/dev/null"),
-    );
-    let sum = sh(&node, &vm, &format!("md5sum {d}/blob"));
-    (vm, node, ip, disk, sum)
 }
 
 fn answers_on_8080(ip: &str) -> bool {
@@ -271,27 +156,81 @@ fn assert_finished(config: &Path, node: &str, host: &HostRoot, state: &str) {
         &[host],
         || reboot_record(config, node).is_none() && host.lines("reboots").len() == 1,
     );
-    assert!(holders(config).is_empty(), "{:?}", holders(config));
-    assert_eq!(node_state(config, node), state);
+    assert!(
+        reboot_holders(config).is_empty(),
+        "{:?}",
+        reboot_holders(config)
+    );
+    assert_eq!(node_record_state(config, node), state);
 }
 
-#[test]
-fn a_flagged_node_is_drained_rebooted_and_its_vms_come_back() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = private_cluster(dir.path());
-    let (vm, node, ip, disk, sum) = vm_with_disk(&config, 0, 41);
-    let host = HostRoot::new(dir.path(), &node, true, true);
-    let _manager = ManagerProc::start(&config, &node, &host);
-    host.flag();
+/// A reboot under way on the node at `index` of a private prefix: a VM (static IP,
+/// last octet `host_octet`) with a disk holding data there, that node's manager running
+/// with a host that waits for `go` before it reboots, the reboot asked (`cpi nodes reboot
+/// --why WHY`, or the flag file when `why` is `None`) and the reboot command running.
+/// Fields drop in order: the manager first, the folder last; a test binds `_manager`
+/// and `_dir` (a field a pattern leaves to `..` would be dropped at once).
+struct UnderWay {
+    _manager: ManagerProc,
+    host: HostRoot,
+    config: PathBuf,
+    vm: String,
+    node: String,
+    ip: String,
+    disk: String,
+    /// The checksum of the data on the disk.
+    sum: String,
+    _dir: tempfile::TempDir,
+}
 
+fn reboot_under_way(index: usize, host_octet: u8, why: Option<&str>) -> UnderWay {
+    let dir = tempfile::tempdir().unwrap();
+    let config = cluster_with_stemcell(dir.path());
+    let (vm, node, ip, disk, sum) = vm_with_disk(&config, index, host_octet, "reboot");
+    let host = HostRoot::new(dir.path(), &node, true, true);
+    let manager = ManagerProc::start(&config, &node, &host);
+    match why {
+        Some(why) => {
+            let asked = cpi_command(&config, &["nodes", "reboot", &node, "--why", why]);
+            assert!(asked.status.success(), "{asked:?}");
+        }
+        None => host.flag(),
+    }
     wait_until(
         "the reboot command runs",
         Duration::from_secs(120),
         &[&host],
         || !host.lines("attempts").is_empty(),
     );
+    UnderWay {
+        _manager: manager,
+        host,
+        config,
+        vm,
+        node,
+        ip,
+        disk,
+        sum,
+        _dir: dir,
+    }
+}
+
+#[test]
+fn a_flagged_node_is_drained_rebooted_and_its_vms_come_back() {
+    let UnderWay {
+        config,
+        vm,
+        node,
+        ip,
+        disk,
+        sum,
+        host,
+        _manager,
+        _dir,
+        ..
+    } = reboot_under_way(0, 41, None);
     // While the host goes down: cordoned, VM stopped, slot held with the boot id.
-    assert_eq!(node_state(&config, &node), "cordoned");
+    assert_eq!(node_record_state(&config, &node), "cordoned");
     let rec = reboot_record(&config, &node).unwrap();
     assert_eq!(rec["phase"], "rebooting", "{rec}");
     assert_eq!(rec["operator_cordoned"], false);
@@ -300,12 +239,12 @@ fn a_flagged_node_is_drained_rebooted_and_its_vms_come_back() {
         "{rec}"
     );
     assert!(
-        !inspect(&node, &vm).unwrap().running,
+        !runtime().block_on(inspect_vm(&node, &vm)).unwrap().running,
         "VM still runs during the reboot"
     );
-    assert_eq!(holders(&config), std::slice::from_ref(&node));
+    assert_eq!(reboot_holders(&config), std::slice::from_ref(&node));
     let listing: Value =
-        serde_json::from_slice(&cpi(&config, &["nodes", "--json"]).stdout).unwrap();
+        serde_json::from_slice(&cpi_command(&config, &["nodes", "--json"]).stdout).unwrap();
     let row = listing["nodes"]
         .as_array()
         .unwrap()
@@ -319,34 +258,31 @@ fn a_flagged_node_is_drained_rebooted_and_its_vms_come_back() {
         node.as_str()
     );
     // Refused while the node reports itself rebooting.
-    let refused = cpi(&config, &["nodes", "release", &node]);
+    let refused = cpi_command(&config, &["nodes", "release", &node]);
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--force"));
 
     host.go();
     assert_finished(&config, &node, &host, "ready");
-    let after = inspect(&node, &vm).unwrap();
+    let after = runtime().block_on(inspect_vm(&node, &vm)).unwrap();
     assert!(after.running);
     assert_eq!(after.ip, ip);
-    assert_eq!(
-        sh(&node, &vm, &format!("md5sum /warden-cpi-dev/{disk}/blob")),
-        sum
-    );
+    assert_eq!(blob_sum(&node, &vm, &disk), sum);
     assert!(answers_on_8080(&ip), "the VM does not answer on {ip}:8080");
-    call(&config, "delete_vm", json!([vm]));
-    call(&config, "delete_disk", json!([disk]));
+    call_on(&config, "delete_vm", json!([vm]));
+    call_on(&config, "delete_disk", json!([disk]));
 }
 
 #[test]
 fn three_flagged_nodes_take_turns_with_max_unavailable_one() {
     let dir = tempfile::tempdir().unwrap();
-    let config = private_cluster(dir.path());
+    let config = cluster_with_stemcell(dir.path());
     let nodes = node_names();
     let hosts: Vec<HostRoot> = nodes
         .iter()
         .map(|n| HostRoot::new(dir.path(), n, false, true))
         .collect();
-    let set = cpi(&config, &["nodes", "max-unavailable", "1"]);
+    let set = cpi_command(&config, &["nodes", "max-unavailable", "1"]);
     assert!(set.status.success(), "{set:?}");
     let _managers: Vec<ManagerProc> = nodes
         .iter()
@@ -371,7 +307,7 @@ fn three_flagged_nodes_take_turns_with_max_unavailable_one() {
                 .collect();
             let cordoned: Vec<String> = nodes
                 .iter()
-                .filter(|n| node_state(&config, n) == "cordoned")
+                .filter(|n| node_record_state(&config, n) == "cordoned")
                 .cloned()
                 .collect();
             timeline.push((down, cordoned));
@@ -388,9 +324,9 @@ fn three_flagged_nodes_take_turns_with_max_unavailable_one() {
     }
     let seen: std::collections::BTreeSet<&String> = timeline.iter().flat_map(|(d, _)| d).collect();
     assert!(!seen.is_empty(), "no sample saw a reboot under way");
-    assert!(holders(&config).is_empty());
+    assert!(reboot_holders(&config).is_empty());
     for n in &nodes {
-        assert_eq!(node_state(&config, n), "ready");
+        assert_eq!(node_record_state(&config, n), "ready");
     }
 }
 
@@ -404,8 +340,8 @@ enum KillPoint {
 
 fn killed_manager_is_finished_by_the_next(point: KillPoint, host_octet: u8) {
     let dir = tempfile::tempdir().unwrap();
-    let config = private_cluster(dir.path());
-    let (vm, node, ip, disk, sum) = vm_with_disk(&config, 1, host_octet);
+    let config = cluster_with_stemcell(dir.path());
+    let (vm, node, ip, disk, sum) = vm_with_disk(&config, 1, host_octet, "reboot");
     let host = match point {
         KillPoint::Rebooted => HostRoot::new(dir.path(), &node, false, false),
         _ => HostRoot::new(dir.path(), &node, true, true),
@@ -418,7 +354,7 @@ fn killed_manager_is_finished_by_the_next(point: KillPoint, host_octet: u8) {
             loop {
                 let rec = reboot_record(&config, &node);
                 if rec.as_ref().is_some_and(|r| r["phase"] == "draining")
-                    && node_state(&config, &node) == "cordoned"
+                    && node_record_state(&config, &node) == "cordoned"
                 {
                     break;
                 }
@@ -443,7 +379,7 @@ fn killed_manager_is_finished_by_the_next(point: KillPoint, host_octet: u8) {
             for pid in host.lines("attempts") {
                 let _ = Command::new("kill").args(["-9", &pid]).status();
             }
-            assert!(!inspect(&node, &vm).unwrap().running);
+            assert!(!runtime().block_on(inspect_vm(&node, &vm)).unwrap().running);
         }
         KillPoint::Rebooted => {
             wait_until(
@@ -462,17 +398,14 @@ fn killed_manager_is_finished_by_the_next(point: KillPoint, host_octet: u8) {
     let _restarted = ManagerProc::start(&config, &node, &host);
     host.go();
     assert_finished(&config, &node, &host, "ready");
-    let after = inspect(&node, &vm).unwrap();
+    let after = runtime().block_on(inspect_vm(&node, &vm)).unwrap();
     assert!(
         after.running && after.ip == ip,
         "{point:?}: VM not back on {ip}"
     );
-    assert_eq!(
-        sh(&node, &vm, &format!("md5sum /warden-cpi-dev/{disk}/blob")),
-        sum
-    );
-    call(&config, "delete_vm", json!([vm]));
-    call(&config, "delete_disk", json!([disk]));
+    assert_eq!(blob_sum(&node, &vm, &disk), sum);
+    call_on(&config, "delete_vm", json!([vm]));
+    call_on(&config, "delete_disk", json!([disk]));
 }
 
 #[test]
@@ -492,33 +425,18 @@ fn a_manager_killed_after_the_reboot_is_finished_by_the_next() {
 
 #[test]
 fn a_failing_health_gate_keeps_slot_and_cordon_until_released() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = private_cluster(dir.path());
-    let (vm, node, _ip, disk, _sum) = vm_with_disk(&config, 2, 61);
-    let host = HostRoot::new(dir.path(), &node, true, true);
-    let _manager = ManagerProc::start(&config, &node, &host);
-    let asked = cpi(&config, &["nodes", "reboot", &node, "--why", "kernel fix"]);
-    assert!(asked.status.success(), "{asked:?}");
-    wait_until(
-        "the reboot command runs",
-        Duration::from_secs(120),
-        &[&host],
-        || !host.lines("attempts").is_empty(),
-    );
+    let UnderWay {
+        config,
+        vm,
+        node,
+        disk,
+        host,
+        _manager,
+        _dir,
+        ..
+    } = reboot_under_way(2, 61, Some("kernel fix"));
     // The VM's container is lost while the host is down.
-    rt().block_on(async {
-        node_socket(&node)
-            .await
-            .remove_container(
-                &vm,
-                Some(bollard::query_parameters::RemoveContainerOptions {
-                    force: true,
-                    ..Default::default()
-                }),
-            )
-            .await
-            .unwrap()
-    });
+    runtime().block_on(remove_container_forced(&node, &vm));
     host.go();
     wait_until(
         "the health gate reports",
@@ -534,58 +452,59 @@ fn a_failing_health_gate_keeps_slot_and_cordon_until_released() {
         },
     );
     assert_eq!(host.lines("reboots").len(), 1);
-    assert_eq!(holders(&config), std::slice::from_ref(&node));
-    assert_eq!(node_state(&config, &node), "cordoned");
-    let table = String::from_utf8_lossy(&cpi(&config, &["nodes"]).stdout).to_string();
+    assert_eq!(reboot_holders(&config), std::slice::from_ref(&node));
+    assert_eq!(node_record_state(&config, &node), "cordoned");
+    let table = String::from_utf8_lossy(&cpi_command(&config, &["nodes"]).stdout).to_string();
     assert!(table.contains("container is gone"), "{table}");
     assert!(table.contains("kernel fix"), "{table}");
     let log = std::fs::read_to_string(host.root.join("manager.log")).unwrap();
     assert!(log.contains("health gate does not pass"), "{log}");
 
     // The operator takes over: the slot is released, the cordon stays.
-    let released = cpi(&config, &["nodes", "release", &node]);
+    let released = cpi_command(&config, &["nodes", "release", &node]);
     assert!(released.status.success(), "{released:?}");
-    assert!(holders(&config).is_empty());
+    assert!(reboot_holders(&config).is_empty());
     assert!(reboot_record(&config, &node).is_none());
-    assert_eq!(node_state(&config, &node), "cordoned");
-    let _ = cpi(&config, &["nodes", "uncordon", &node]);
-    call(&config, "delete_vm", json!([vm]));
-    call(&config, "delete_disk", json!([disk]));
+    assert_eq!(node_record_state(&config, &node), "cordoned");
+    let _ = cpi_command(&config, &["nodes", "uncordon", &node]);
+    call_on(&config, "delete_vm", json!([vm]));
+    call_on(&config, "delete_disk", json!([disk]));
 }
 
 #[test]
 fn a_vm_the_director_deletes_during_the_reboot_does_not_hold_the_gate() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = private_cluster(dir.path());
-    let (vm, node, _ip, disk, _sum) = vm_with_disk(&config, 2, 64);
-    let host = HostRoot::new(dir.path(), &node, true, true);
-    let _manager = ManagerProc::start(&config, &node, &host);
-    let asked = cpi(&config, &["nodes", "reboot", &node, "--why", "kernel fix"]);
-    assert!(asked.status.success(), "{asked:?}");
-    wait_until(
-        "the reboot command runs",
-        Duration::from_secs(120),
-        &[&host],
-        || !host.lines("attempts").is_empty(),
-    );
+    let UnderWay {
+        config,
+        vm,
+        node,
+        disk,
+        host,
+        _manager,
+        _dir,
+        ..
+    } = reboot_under_way(2, 64, Some("kernel fix"));
     // The director deletes the VM while its host is down (a deployment deleted, say).
-    call(&config, "delete_vm", json!([vm]));
+    call_on(&config, "delete_vm", json!([vm]));
     assert!(
-        inspect(&node, &vm).is_none(),
+        runtime().block_on(inspect_vm(&node, &vm)).is_none(),
         "delete_vm left the container"
     );
     host.go();
     assert_finished(&config, &node, &host, "ready");
-    call(&config, "delete_disk", json!([disk]));
+    call_on(&config, "delete_disk", json!([disk]));
 }
 
 #[test]
 fn an_operator_s_cordon_survives_the_reboot() {
     let dir = tempfile::tempdir().unwrap();
-    let config = private_cluster(dir.path());
+    let config = cluster_with_stemcell(dir.path());
     let node = node_names()[2].clone();
     let host = HostRoot::new(dir.path(), &node, false, true);
-    assert!(cpi(&config, &["nodes", "cordon", &node]).status.success());
+    assert!(
+        cpi_command(&config, &["nodes", "cordon", &node])
+            .status
+            .success()
+    );
     let _manager = ManagerProc::start(&config, &node, &host);
     host.flag();
     assert_finished(&config, &node, &host, "cordoned");
@@ -594,101 +513,47 @@ fn an_operator_s_cordon_survives_the_reboot() {
 #[test]
 fn release_and_max_unavailable_reject_bad_input() {
     let dir = tempfile::tempdir().unwrap();
-    let config = private_cluster(dir.path());
-    let out = cpi(&config, &["nodes", "release", "n1", "--group", "a/b"]);
+    let config = cluster_with_stemcell(dir.path());
+    let out = cpi_command(&config, &["nodes", "release", "n1", "--group", "a/b"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("a/b"));
-    let out = cpi(&config, &["nodes", "reboot", "no-such-node"]);
+    let out = cpi_command(&config, &["nodes", "reboot", "no-such-node"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-node"));
-    assert!(etcd_get(&config, "reboot/requests/no-such-node").is_none());
+    assert!(index_record(&config, "reboot/requests/no-such-node").is_none());
     let node = node_names()[0].clone();
-    let out = cpi(&config, &["nodes", "reboot", &node, "--why", "a\nb"]);
+    let out = cpi_command(&config, &["nodes", "reboot", &node, "--why", "a\nb"]);
     assert!(!out.status.success());
-    assert!(etcd_get(&config, &format!("reboot/requests/{node}")).is_none());
+    assert!(index_record(&config, &format!("reboot/requests/{node}")).is_none());
     let long = "w".repeat(5000);
     assert!(
-        cpi(&config, &["nodes", "reboot", &node, "--why", &long])
+        cpi_command(&config, &["nodes", "reboot", &node, "--why", &long])
             .status
             .success()
     );
-    let why = etcd_get(&config, &format!("reboot/requests/{node}")).unwrap()["why"].clone();
+    let why = index_record(&config, &format!("reboot/requests/{node}")).unwrap()["why"].clone();
     assert!(why.as_str().unwrap().len() < 300, "{why}");
-    let out = cpi(&config, &["nodes", "max-unavailable", "-1"]);
+    let out = cpi_command(&config, &["nodes", "max-unavailable", "-1"]);
     assert!(!out.status.success());
-    let out = cpi(&config, &["nodes", "max-unavailable", "2"]);
+    let out = cpi_command(&config, &["nodes", "max-unavailable", "2"]);
     assert!(out.status.success(), "{out:?}");
     assert_eq!(
-        etcd_get(&config, "reboot/groups/default/semaphore").unwrap()["max"],
+        index_record(&config, "reboot/groups/default/semaphore").unwrap()["max"],
         2
     );
-}
-
-/// A running `cpi fleetlock` on a free port, killed when dropped.
-struct FleetLockServer {
-    child: Child,
-    address: String,
-}
-
-impl FleetLockServer {
-    fn start(config: &Path) -> FleetLockServer {
-        use std::io::BufRead;
-        let mut child = Command::new(cpi_bin())
-            .arg("-c")
-            .arg(config)
-            .args(["fleetlock", "--listen", "127.0.0.1:0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let address = line
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("cpi fleetlock did not start: {line:?}"))
-            .trim()
-            .to_string();
-        FleetLockServer { child, address }
-    }
-
-    /// A FleetLock request of client `id` (group default); the HTTP status.
-    fn post(&self, path: &str, id: &str) -> u16 {
-        let out = Command::new("curl")
-            .args([
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "--max-time",
-                "30",
-            ])
-            .args(["-H", "fleet-lock-protocol: true", "--data-binary"])
-            .arg(json!({"client_params": {"group": "default", "id": id}}).to_string())
-            .arg(format!("http://{}{path}", self.address))
-            .output()
-            .expect("curl is needed (the harness requires it)");
-        String::from_utf8_lossy(&out.stdout).parse().unwrap()
-    }
-}
-
-impl Drop for FleetLockServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[test]
 fn a_fleetlock_client_and_a_rebooting_node_share_one_slot() {
     let dir = tempfile::tempdir().unwrap();
-    let config = private_cluster(dir.path());
+    let config = cluster_with_stemcell(dir.path());
     let node = node_names()[0].clone();
     let host = HostRoot::new(dir.path(), &node, true, true);
-    let fleetlock = FleetLockServer::start(&config);
-    assert_eq!(fleetlock.post("/v1/pre-reboot", "zincati-1"), 200);
+    let fleetlock = FleetLockServer::start(&config, &[]);
+    assert_eq!(
+        fleetlock_request(&fleetlock.address, "/v1/pre-reboot", "default", "zincati-1").0,
+        200
+    );
 
     let _manager = ManagerProc::start(&config, &node, &host);
     host.flag();
@@ -703,28 +568,43 @@ fn a_fleetlock_client_and_a_rebooting_node_share_one_slot() {
         },
     );
     assert!(reboot_record(&config, &node).is_none());
-    assert_eq!(node_state(&config, &node), "ready");
-    assert_eq!(holders(&config), ["zincati-1"]);
+    assert_eq!(node_record_state(&config, &node), "ready");
+    assert_eq!(reboot_holders(&config), ["zincati-1"]);
 
-    assert_eq!(fleetlock.post("/v1/steady-state", "zincati-1"), 200);
+    assert_eq!(
+        fleetlock_request(
+            &fleetlock.address,
+            "/v1/steady-state",
+            "default",
+            "zincati-1"
+        )
+        .0,
+        200
+    );
     wait_until(
         "the node reboots",
         Duration::from_secs(120),
         &[&host],
         || !host.lines("attempts").is_empty(),
     );
-    assert_eq!(holders(&config), std::slice::from_ref(&node));
-    assert_eq!(fleetlock.post("/v1/pre-reboot", "zincati-1"), 409);
+    assert_eq!(reboot_holders(&config), std::slice::from_ref(&node));
+    assert_eq!(
+        fleetlock_request(&fleetlock.address, "/v1/pre-reboot", "default", "zincati-1").0,
+        409
+    );
     host.go();
     assert_finished(&config, &node, &host, "ready");
-    assert_eq!(fleetlock.post("/v1/pre-reboot", "zincati-1"), 200);
-    assert_eq!(holders(&config), ["zincati-1"]);
+    assert_eq!(
+        fleetlock_request(&fleetlock.address, "/v1/pre-reboot", "default", "zincati-1").0,
+        200
+    );
+    assert_eq!(reboot_holders(&config), ["zincati-1"]);
 }
 
 #[test]
 fn an_update_waiting_for_its_reboot_reboots_the_node() {
     let dir = tempfile::tempdir().unwrap();
-    let config = private_cluster(dir.path());
+    let config = cluster_with_stemcell(dir.path());
     let node = node_names()[1].clone();
     let host = HostRoot::new(dir.path(), &node, false, true);
     // update_engine_client -status as Flatcar prints it, from a file the "reboot" clears.

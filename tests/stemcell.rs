@@ -1,10 +1,8 @@
 //! Black-box tests of create_stemcell / delete_stemcell through the built `cpi` binary,
 //! checked on every node of the local cluster.
 
-mod common;
-
 use bollard::query_parameters::ListImagesOptionsBuilder;
-use common::*;
+use moltencore_testkit::{cluster::*, cpi::*, docker::*, index::*, requests::*};
 use serde_json::json;
 
 /// The stemcell images on `node`, as `repo:tag` strings.
@@ -200,12 +198,7 @@ fn missing_image_path_is_a_cpi_error_naming_it() {
 #[test]
 fn an_unreachable_node_does_not_fail_create_stemcell() {
     let dir = tempfile::tempdir().unwrap();
-    let (config, prefix) = private_config(dir.path());
-    register_nodes(
-        &config,
-        &prefix,
-        &[("zz-dead", dead_node_record("zz-dead"))],
-    );
+    let config = private_cluster(dir.path(), &[("zz-dead", dead_node_record("zz-dead"))]);
     let run = run_cpi(
         &json!({"method":"create_stemcell",
                 "arguments":[test_stemcell_dir().join("image").to_str().unwrap(), {}]})

@@ -2,37 +2,13 @@
 //! of the local cluster: where the container runs, its labels, the exact agent files, its
 //! networking, and that failures leave nothing behind.
 
-mod common;
-
 use std::collections::HashSet;
 
-use common::*;
+use moltencore_testkit::{cluster::*, cpi::*, docker::*, index::*, requests::*, wait::*};
 use serde_json::{Value, json};
-
-fn cfg() -> std::path::PathBuf {
-    cluster_config()
-}
-
-fn call(method: &str, args: Value) -> Value {
-    expect_result(
-        &json!({"method": method, "arguments": args}).to_string(),
-        Some(&cfg()),
-    )
-}
 
 fn delete_vm(cid: &str) {
     assert_eq!(call("delete_vm", json!([cid])), Value::Null);
-}
-
-/// Creates a VM (v2) and returns (cid, networks result).
-fn create(agent: &str, props: Value, networks: Value, env: Value) -> (String, Value) {
-    let req = create_vm_request(agent, &shared_stemcell(), props, networks, env, 2);
-    let result = expect_result(&req, Some(&cfg()));
-    let arr = result
-        .as_array()
-        .expect("v2 create_vm answers [cid, networks]");
-    assert_eq!(arr.len(), 2, "{result}");
-    (arr[0].as_str().unwrap().to_string(), arr[1].clone())
 }
 
 #[test]
@@ -41,7 +17,7 @@ fn a_manual_vm_runs_on_the_node_of_its_ip_with_the_exact_agent_files() {
     let ip = format!("{prefix}.30");
     let agent = agent_id("manual");
     let env = json!({"bosh": {"group": "manual-group", "password": "hash"}, "persistent_disk": 0});
-    let (cid, networks) = create(
+    let (cid, networks) = create_vm(
         &agent,
         json!({"ram": 256}),
         manual_network(&ip),
@@ -78,7 +54,8 @@ fn a_manual_vm_runs_on_the_node_of_its_ip_with_the_exact_agent_files() {
         )
         .unwrap();
         let (mbus, blobstore) = {
-            let c: Value = serde_json::from_str(&std::fs::read_to_string(cfg()).unwrap()).unwrap();
+            let c: Value =
+                serde_json::from_str(&std::fs::read_to_string(cluster_config()).unwrap()).unwrap();
             (c["agent"]["mbus"].clone(), c["agent"]["blobstore"].clone())
         };
         assert!(
@@ -127,7 +104,7 @@ fn a_manual_vm_runs_on_the_node_of_its_ip_with_the_exact_agent_files() {
         assert_eq!(node_of_container(&cid).await, None);
         assert_eq!(leftovers_of_agent(&agent).await, Vec::<String>::new());
     });
-    assert!(index_records_of_agent(&cfg(), &agent).is_empty());
+    assert!(index_records_of_agent(&cluster_config(), &agent).is_empty());
     delete_vm(&cid); // idempotent
 }
 
@@ -143,7 +120,7 @@ fn api_v1_answers_a_bare_cid() {
         json!({}),
         1,
     );
-    let result = expect_result(&req, Some(&cfg()));
+    let result = expect_result(&req, Some(&cluster_config()));
     let cid = result.as_str().expect("v1 create_vm answers the bare cid");
     delete_vm(cid);
 }
@@ -153,7 +130,7 @@ fn a_dynamic_vm_reports_the_address_it_really_has() {
     let agent = agent_id("dynamic");
     let networks =
         json!({"dyn": {"type": "dynamic", "dns": ["10.1.1.1"], "default": ["dns", "gateway"]}});
-    let (cid, result) = create(
+    let (cid, result) = create_vm(
         &agent,
         json!({}),
         networks,
@@ -196,13 +173,13 @@ fn vms_on_different_nodes_reach_each_other_over_their_static_ips() {
     let (node_a, prefix_a) = node_prefix(0);
     let (node_b, prefix_b) = node_prefix(2);
     let (ip_a, ip_b) = (format!("{prefix_a}.32"), format!("{prefix_b}.33"));
-    let (a, _) = create(
+    let (a, _) = create_vm(
         &agent_id("cross-a"),
         json!({}),
         manual_network(&ip_a),
         json!({}),
     );
-    let (b, _) = create(
+    let (b, _) = create_vm(
         &agent_id("cross-b"),
         json!({}),
         manual_network(&ip_b),
@@ -241,7 +218,7 @@ fn vms_on_different_nodes_reach_each_other_over_their_static_ips() {
 fn reboot_vm_restarts_the_container_with_the_same_ip() {
     let (node, prefix) = node_prefix(1);
     let ip = format!("{prefix}.34");
-    let (cid, _) = create(
+    let (cid, _) = create_vm(
         &agent_id("reboot"),
         json!({}),
         manual_network(&ip),
@@ -279,13 +256,13 @@ fn unknown_vms() {
     delete_vm(cid);
     let (kind, message, _) = expect_error(
         &json!({"method":"reboot_vm","arguments":[cid]}).to_string(),
-        Some(&cfg()),
+        Some(&cluster_config()),
     );
     assert_eq!(kind, "Bosh::Clouds::VMNotFound");
     assert!(message.contains(cid), "{message}");
     let (kind, _, _) = expect_error(
         &json!({"method":"set_vm_metadata","arguments":[cid, {"job": "x"}]}).to_string(),
-        Some(&cfg()),
+        Some(&cluster_config()),
     );
     assert_eq!(kind, "Bosh::Clouds::VMNotFound");
 }
@@ -293,7 +270,7 @@ fn unknown_vms() {
 #[test]
 fn set_vm_metadata_is_kept_in_the_index() {
     let agent = agent_id("metadata");
-    let (cid, _) = create(
+    let (cid, _) = create_vm(
         &agent,
         json!({}),
         json!({"d": {"type": "dynamic"}}),
@@ -303,7 +280,7 @@ fn set_vm_metadata_is_kept_in_the_index() {
                           "index": "0", "name": "router/abc", "created_at": "2026-11-25T00:00:00Z",
                           "custom_tag": 7});
     assert_eq!(call("set_vm_metadata", json!([cid, metadata])), Value::Null);
-    let records = index_records_of_agent(&cfg(), &agent);
+    let records = index_records_of_agent(&cluster_config(), &agent);
     assert_eq!(records.len(), 1);
     assert_eq!(records[0]["metadata"], metadata);
     assert_eq!(records[0]["cid"], cid.as_str());
@@ -314,22 +291,15 @@ fn set_vm_metadata_is_kept_in_the_index() {
 fn an_ip_in_use_fails_clearly_and_leaves_the_first_vm_alone() {
     let (node, prefix) = node_prefix(2);
     let ip = format!("{prefix}.35");
-    let (first, _) = create(
+    let (first, _) = create_vm(
         &agent_id("ip-first"),
         json!({}),
         manual_network(&ip),
         json!({}),
     );
     let second_agent = agent_id("ip-second");
-    let req = create_vm_request(
-        &second_agent,
-        &shared_stemcell(),
-        json!({}),
-        manual_network(&ip),
-        json!({}),
-        2,
-    );
-    let (kind, message, run) = expect_error(&req, Some(&cfg()));
+    let req = static_vm_request(&second_agent, &shared_stemcell(), &ip);
+    let (kind, message, run) = expect_error(&req, Some(&cluster_config()));
     assert_eq!(kind, "Bosh::Clouds::VMCreationFailed");
     assert!(
         message.contains(&ip) && message.contains(&first),
@@ -348,7 +318,7 @@ fn an_ip_in_use_fails_clearly_and_leaves_the_first_vm_alone() {
             .unwrap();
         assert!(c.state.unwrap().running.unwrap());
     });
-    assert!(index_records_of_agent(&cfg(), &second_agent).is_empty());
+    assert!(index_records_of_agent(&cluster_config(), &second_agent).is_empty());
     delete_vm(&first);
 }
 
@@ -368,11 +338,11 @@ fn impossible_placements_name_the_reason_and_create_nothing() {
     ] {
         let agent = agent_id("impossible");
         let req = create_vm_request(&agent, &shared_stemcell(), props, networks, json!({}), 2);
-        let (kind, message, run) = expect_error(&req, Some(&cfg()));
+        let (kind, message, run) = expect_error(&req, Some(&cluster_config()));
         assert_eq!(kind, "Bosh::Clouds::VMCreationFailed");
         assert!(message.contains(needle), "{message}");
         assert_eq!(run.response["error"]["ok_to_retry"], false);
-        assert!(index_records_of_agent(&cfg(), &agent).is_empty());
+        assert!(index_records_of_agent(&cluster_config(), &agent).is_empty());
     }
 }
 
@@ -397,13 +367,13 @@ fn failures_after_the_first_side_effect_are_undone() {
             json!({}),
             2,
         );
-        let (kind, message, _) = expect_error(&req, Some(&cfg()));
+        let (kind, message, _) = expect_error(&req, Some(&cluster_config()));
         assert!(kind.starts_with("Bosh::Clouds::"), "{kind}");
         assert!(message.contains(needle), "{message}");
         runtime().block_on(async {
             assert_eq!(leftovers_of_agent(&agent).await, Vec::<String>::new());
         });
-        assert!(index_records_of_agent(&cfg(), &agent).is_empty());
+        assert!(index_records_of_agent(&cluster_config(), &agent).is_empty());
     }
 }
 
@@ -418,17 +388,17 @@ fn bad_cloud_properties_are_refused_before_anything_is_made() {
         json!({}),
         2,
     );
-    let (kind, message, _) = expect_error(&req, Some(&cfg()));
+    let (kind, message, _) = expect_error(&req, Some(&cluster_config()));
     assert_eq!(kind, "Bosh::Clouds::CpiError");
     assert!(message.contains("cloud_properties.ram"), "{message}");
-    assert!(index_records_of_agent(&cfg(), &agent).is_empty());
+    assert!(index_records_of_agent(&cluster_config(), &agent).is_empty());
 }
 
 #[test]
 fn ten_concurrent_creates_all_succeed_with_distinct_ips() {
     let (node, prefix) = node_prefix(0);
     let stemcell = shared_stemcell();
-    let config = cfg();
+    let config = cluster_config();
     let mut handles = Vec::new();
     for i in 0..10 {
         let stemcell = stemcell.clone();
@@ -496,7 +466,7 @@ fn a_stemcell_missing_on_a_node_is_copied_there_for_a_vm() {
     let image = test_stemcell_dir().join("image");
     let stemcell = expect_result(
         &json!({"method":"create_stemcell","arguments":[image.to_str().unwrap(), {}]}).to_string(),
-        Some(&cfg()),
+        Some(&cluster_config()),
     )
     .as_str()
     .unwrap()
@@ -513,15 +483,8 @@ fn a_stemcell_missing_on_a_node_is_copied_there_for_a_vm() {
             .await
             .unwrap();
     });
-    let req = create_vm_request(
-        &agent_id("replicate"),
-        &stemcell,
-        json!({}),
-        manual_network(&format!("{prefix}.36")),
-        json!({}),
-        2,
-    );
-    let result = expect_result(&req, Some(&cfg()));
+    let req = static_vm_request(&agent_id("replicate"), &stemcell, &format!("{prefix}.36"));
+    let result = expect_result(&req, Some(&cluster_config()));
     let cid = result[0].as_str().unwrap().to_string();
     runtime().block_on(async {
         let i = node_socket(&node)
@@ -556,7 +519,8 @@ fn secrets_in_env_and_config_never_reach_stderr_or_the_log_of_a_real_create() {
         2,
     );
     let mbus_password = {
-        let c: Value = serde_json::from_str(&std::fs::read_to_string(cfg()).unwrap()).unwrap();
+        let c: Value =
+            serde_json::from_str(&std::fs::read_to_string(cluster_config()).unwrap()).unwrap();
         let mbus = c["agent"]["mbus"].as_str().unwrap().to_string();
         mbus.split(':')
             .nth(2)
@@ -566,7 +530,11 @@ fn secrets_in_env_and_config_never_reach_stderr_or_the_log_of_a_real_create() {
             .unwrap()
             .to_string()
     };
-    let run = run_cpi(&req, Some(&cfg()), &[("MOLTENCORE_LOG", "trace")]);
+    let run = run_cpi(
+        &req,
+        Some(&cluster_config()),
+        &[("MOLTENCORE_LOG", "trace")],
+    );
     assert_schema(&run);
     assert!(run.response["error"].is_null(), "{}", run.stdout);
     let cid = run.response["result"][0].as_str().unwrap().to_string();
@@ -589,29 +557,15 @@ fn a_killed_create_vm_does_not_block_its_ip_for_the_retry() {
     let (node, prefix) = node_prefix(1);
     let ip = format!("{prefix}.38");
     let agent = agent_id("killed-create");
-    let req = create_vm_request(
-        &agent,
-        &shared_stemcell(),
-        json!({}),
-        manual_network(&ip),
-        json!({}),
-        2,
-    );
+    let req = static_vm_request(&agent, &shared_stemcell(), &ip);
     // Kill the cpi once its container exists on the node.
-    kill_create_vm_once_its_container_exists(&req, &cfg(), &agent);
+    kill_create_vm_once_its_container_exists(&req, &cluster_config(), &agent);
     // The director retries with a new agent id and the same IP. While the dead process's
     // lease lives, the answer is a retriable VMCreationFailed; then the abandoned VM is
     // removed and the create succeeds.
     let retry_agent = agent_id("killed-create-retry");
-    let retry = create_vm_request(
-        &retry_agent,
-        &shared_stemcell(),
-        json!({}),
-        manual_network(&ip),
-        json!({}),
-        2,
-    );
-    let cid = create_vm_retrying(&retry, &cfg(), |_| {});
+    let retry = static_vm_request(&retry_agent, &shared_stemcell(), &ip);
+    let cid = create_vm_retrying(&retry, &cluster_config(), |_| {});
     runtime().block_on(async {
         assert_eq!(
             leftovers_of_agent(&agent).await,
@@ -659,13 +613,13 @@ fn create_vm_with_an_unknown_disk_fails_and_creates_nothing() {
                       ["disk-00000000-0000-0000-0000-000000000000"], {}],
         "api_version": 2})
     .to_string();
-    let (kind, message, _) = expect_error(&req, Some(&cfg()));
+    let (kind, message, _) = expect_error(&req, Some(&cluster_config()));
     assert_eq!(kind, "Bosh::Clouds::DiskNotFound");
     assert!(
         message.contains("disk-00000000-0000-0000-0000-000000000000"),
         "{message}"
     );
-    assert!(index_records_of_agent(&cfg(), &agent).is_empty());
+    assert!(index_records_of_agent(&cluster_config(), &agent).is_empty());
     runtime().block_on(async {
         assert_eq!(leftovers_of_agent(&agent).await, Vec::<String>::new());
     });
@@ -674,8 +628,7 @@ fn create_vm_with_an_unknown_disk_fails_and_creates_nothing() {
 #[test]
 fn a_vm_whose_node_was_unregistered_is_an_error_for_has_vm_and_forgotten_by_delete_vm() {
     let dir = tempfile::tempdir().unwrap();
-    let (config, prefix) = private_config(dir.path());
-    register_nodes(&config, &prefix, &[]);
+    let config = private_cluster(dir.path(), &[]);
     let (node, p) = node_prefix(0);
     let vm = static_vm(
         &config,
@@ -759,20 +712,20 @@ fn a_missing_docker_network_or_stemcell_is_named_and_nothing_is_made() {
     for (stemcell, networks, want_kind, needle) in cases {
         let agent = agent_id("missing-on-node");
         let req = create_vm_request(&agent, &stemcell, json!({}), networks, json!({}), 2);
-        let (kind, message, run) = expect_error(&req, Some(&cfg()));
+        let (kind, message, run) = expect_error(&req, Some(&cluster_config()));
         assert_eq!(kind, want_kind, "{message}");
         assert!(message.contains(&needle), "{message}");
         assert_eq!(run.response["error"]["ok_to_retry"], false);
         runtime().block_on(async {
             assert_eq!(leftovers_of_agent(&agent).await, Vec::<String>::new());
         });
-        assert!(index_records_of_agent(&cfg(), &agent).is_empty());
+        assert!(index_records_of_agent(&cluster_config(), &agent).is_empty());
     }
 }
 
 #[test]
 fn a_vm_abandoned_by_a_killed_create_vm_is_removed_by_the_next_create_on_its_node() {
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
     let (node, _) = node_prefix(2);
     let dynamic = json!({"d": {"type": "dynamic"}});
     let agent = agent_id("abandoned");
@@ -784,15 +737,16 @@ fn a_vm_abandoned_by_a_killed_create_vm_is_removed_by_the_next_create_on_its_nod
         json!({}),
         2,
     );
-    kill_create_vm_once_its_container_exists(&req, &cfg(), &agent);
+    kill_create_vm_once_its_container_exists(&req, &cluster_config(), &agent);
     // The dead call's record expires with its lease; the director never learned the VM.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !index_records_of_agent(&cfg(), &agent).is_empty() {
-        assert!(Instant::now() < deadline, "the record outlived its lease");
-        std::thread::sleep(Duration::from_secs(1));
-    }
+    wait_until(
+        "the record expires with its lease",
+        Duration::from_secs(60),
+        Duration::from_secs(1),
+        || index_records_of_agent(&cluster_config(), &agent).is_empty(),
+    );
     // No IP or disk conflict: the next create on that node removes it all the same.
-    let (next, _) = create(
+    let (next, _) = create_vm(
         &agent_id("abandoned-next"),
         json!({"node": node}),
         dynamic,

@@ -3,13 +3,11 @@
 //! retriably, leaves nothing anywhere, and succeeds once the node is back. This binary
 //! stops and restarts a daemon, so it runs alone (test binaries run one after another).
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
+use moltencore_testkit::{cluster::*, cpi::*, docker::*, index::*, requests::*, wait::*};
 use serde_json::{Value, json};
 
 fn node_dir(node: &str) -> PathBuf {
@@ -24,14 +22,12 @@ fn stop_dockerd(node: &str) {
         .parse()
         .unwrap();
     Command::new("kill").arg(pid.to_string()).status().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
-        assert!(
-            Instant::now() < deadline,
-            "dockerd {pid} of {node} did not stop"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_until(
+        &format!("dockerd {pid} of {node} stops"),
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+    );
 }
 
 /// Brings the stopped daemon back through the harness (`up` repairs what is down).
@@ -45,21 +41,6 @@ fn start_dockerd() {
     );
 }
 
-fn container_ip(node: &str, cid: &str) -> (bool, String) {
-    runtime().block_on(async {
-        let c = node_socket(node)
-            .await
-            .inspect_container(cid, None)
-            .await
-            .unwrap();
-        let ip = c.network_settings.unwrap().networks.unwrap()["bosh"]
-            .ip_address
-            .clone()
-            .unwrap_or_default();
-        (c.state.unwrap().running.unwrap_or(false), ip)
-    })
-}
-
 #[test]
 fn vms_survive_a_dockerd_restart_and_create_vm_fails_retriably_while_it_is_down() {
     let config = cluster_config();
@@ -69,21 +50,15 @@ fn vms_survive_a_dockerd_restart_and_create_vm_fails_retriably_while_it_is_down(
     // 1. A running VM comes back after its node's dockerd restarts, with the same IP.
     let ip = format!("{prefix}.50");
     let vm = static_vm(&config, &stemcell, "survivor", &ip);
-    assert_eq!(container_ip(&node, &vm), (true, ip.clone()));
+    let c = vm_container(&node, &vm);
+    assert_eq!((c.running, c.ip), (true, ip.clone()));
 
     stop_dockerd(&node);
 
     // 2. While it is down, create_vm on that node is a retriable VMCreationFailed and
     //    leaves nothing behind anywhere.
     let agent = agent_id("while-down");
-    let req = create_vm_request(
-        &agent,
-        &stemcell,
-        json!({}),
-        manual_network(&format!("{prefix}.51")),
-        json!({}),
-        2,
-    );
+    let req = static_vm_request(&agent, &stemcell, &format!("{prefix}.51"));
     let (kind, message, run) = expect_error(&req, Some(&config));
     assert_eq!(kind, "Bosh::Clouds::VMCreationFailed", "{message}");
     assert_eq!(run.response["error"]["ok_to_retry"], true, "{message}");
@@ -119,7 +94,11 @@ fn vms_survive_a_dockerd_restart_and_create_vm_fails_retriably_while_it_is_down(
     // The VM is back, running, same IP, and answers on it.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let (running, now_ip) = container_ip(&node, &vm);
+        let VmContainer {
+            running,
+            ip: now_ip,
+            ..
+        } = vm_container(&node, &vm);
         if running && now_ip == ip {
             break;
         }

@@ -120,7 +120,7 @@ impl<'a> CloudContext<'a> {
                 "docker.tls client_cert and client_key are required",
             ));
         };
-        DockerAccess::new(
+        Ok(DockerAccess::new(
             ca,
             cert,
             key.expose(),
@@ -130,6 +130,6 @@ impl<'a> CloudContext<'a> {
                 request: Duration::from_secs(config.docker.request_timeout_seconds),
                 idle: Duration::from_secs(config.docker.idle_timeout_seconds),
             },
-        )
+        )?)
     }
 }

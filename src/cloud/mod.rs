@@ -2,6 +2,7 @@
 
 mod context;
 pub mod disk;
+pub mod errors;
 mod info;
 pub mod stemcell;
 pub mod vm;

@@ -79,6 +79,12 @@ impl From<CpiError> for CommandError {
     }
 }
 
+impl From<crate::nodeprep::NodePrepError> for CommandError {
+    fn from(e: crate::nodeprep::NodePrepError) -> Self {
+        CommandError::Failed(format!("{:#}", anyhow::Error::new(e)))
+    }
+}
+
 impl From<anyhow::Error> for CommandError {
     fn from(e: anyhow::Error) -> Self {
         match e.downcast::<CommandError>() {

@@ -106,8 +106,8 @@ pub async fn collect(config_path: PathBuf) -> Result<Listing, CommandError> {
         async move {
             let client = access.connect(&node.name, &node.docker_endpoint).await;
             match client {
-                Ok(c) => c.version().await.map_err(|e| e.message),
-                Err(e) => Err(e.message),
+                Ok(c) => c.version().await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
             }
         }
     });

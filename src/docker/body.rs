@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::NodeDocker;
-use crate::protocol::CpiError;
+use super::error::DockerError;
 
 /// One item of a body: a chunk, or the reason the body is broken.
 pub type BodyItem = Result<Bytes, std::io::Error>;
@@ -60,7 +60,7 @@ impl BodySender {
         chunk: BodyItem,
         node: &NodeDocker,
         doing: &str,
-    ) -> Result<bool, CpiError> {
+    ) -> Result<bool, DockerError> {
         super::idle::send_within(&self.tx, chunk, node, doing).await
     }
 

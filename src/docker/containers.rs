@@ -1,36 +1,22 @@
-//! Containers, volumes and archives on one node: thin calls with errors that name the node
-//! and the object. Absent objects are reported as `None`/success where callers need
+//! Containers and their files on one node: thin calls with errors that name the node and
+//! the object. Absent objects are reported as `None`/success where callers need
 //! idempotency.
 
 use std::collections::HashMap;
 
-use bollard::errors::Error as DockerError;
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, ContainerSummary, EndpointSettings,
-    NetworkConnectRequest, VolumeCreateRequest,
+    NetworkConnectRequest,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
-    RemoveVolumeOptionsBuilder, RestartContainerOptionsBuilder, UploadToContainerOptionsBuilder,
+    RestartContainerOptionsBuilder, UploadToContainerOptionsBuilder,
 };
 use bytes::Bytes;
 
+use super::error::{DockerError, is_status};
 use super::node::NodeDocker;
 use crate::bounded_file::FileKind;
-use crate::protocol::CpiError;
-
-/// Whether Docker answered `e` with HTTP status `code` (404: absent, 304: already so).
-pub(super) fn is_status(e: &DockerError, code: u16) -> bool {
-    matches!(e, DockerError::DockerResponseServerError { status_code, .. } if *status_code == code)
-}
-
-/// The message Docker gave, for callers that react to specific failures.
-pub fn docker_message(e: &DockerError) -> String {
-    match e {
-        DockerError::DockerResponseServerError { message, .. } => message.clone(),
-        other => other.to_string(),
-    }
-}
 
 impl NodeDocker {
     /// Creates a container named `name`.
@@ -38,7 +24,7 @@ impl NodeDocker {
         &self,
         name: &str,
         body: ContainerCreateBody,
-    ) -> Result<(), CpiError> {
+    ) -> Result<(), DockerError> {
         let name = super::names::object(name)?;
         self.docker
             .create_container(
@@ -50,20 +36,12 @@ impl NodeDocker {
             .map_err(|e| self.error(&format!("creating container {name}"), &e))
     }
 
-    /// Starts a container; the raw error is returned so callers can react to an address
-    /// conflict.
-    pub async fn start_container(&self, name: &str) -> Result<(), DockerError> {
-        if let Err(e) = super::names::object(name) {
-            return Err(DockerError::DockerResponseServerError {
-                status_code: 400,
-                message: e.message,
-            });
-        }
-        self.docker.start_container(name, None).await
-    }
-
     /// Restarts a container (stop with a grace period, then start).
-    pub async fn restart_container(&self, name: &str, grace_seconds: i32) -> Result<(), CpiError> {
+    pub async fn restart_container(
+        &self,
+        name: &str,
+        grace_seconds: i32,
+    ) -> Result<(), DockerError> {
         let name = super::names::object(name)?;
         self.with_grace(grace_seconds)
             .restart_container(
@@ -82,7 +60,7 @@ impl NodeDocker {
     pub async fn inspect_container(
         &self,
         name: &str,
-    ) -> Result<Option<ContainerInspectResponse>, CpiError> {
+    ) -> Result<Option<ContainerInspectResponse>, DockerError> {
         let name = super::names::object(name)?;
         match self.docker.inspect_container(name, None).await {
             Ok(c) => Ok(Some(c)),
@@ -92,7 +70,7 @@ impl NodeDocker {
     }
 
     /// Removes a container, running or not, with its anonymous volumes; absent is success.
-    pub async fn remove_container(&self, name: &str) -> Result<(), CpiError> {
+    pub async fn remove_container(&self, name: &str) -> Result<(), DockerError> {
         let name = super::names::object(name)?;
         let options = RemoveContainerOptionsBuilder::new()
             .force(true)
@@ -114,28 +92,18 @@ impl NodeDocker {
     pub async fn containers_with_label(
         &self,
         label: &str,
-    ) -> Result<Vec<ContainerSummary>, CpiError> {
+    ) -> Result<Vec<ContainerSummary>, DockerError> {
         self.containers_where("label", label, &format!("with label {label}"))
             .await
     }
 
-    /// All containers (running or not) that mount the volume `name`.
-    pub async fn containers_using_volume(
-        &self,
-        name: &str,
-    ) -> Result<Vec<ContainerSummary>, CpiError> {
-        let name = super::names::object(name)?;
-        self.containers_where("volume", name, &format!("that use volume {name}"))
-            .await
-    }
-
     /// All containers (running or not) matching one Docker list filter.
-    async fn containers_where(
+    pub(super) async fn containers_where(
         &self,
         filter: &str,
         value: &str,
         which: &str,
-    ) -> Result<Vec<ContainerSummary>, CpiError> {
+    ) -> Result<Vec<ContainerSummary>, DockerError> {
         let filters: HashMap<String, Vec<String>> =
             [(filter.to_string(), vec![value.to_string()])].into();
         self.docker
@@ -155,7 +123,7 @@ impl NodeDocker {
         network: &str,
         container: &str,
         endpoint: EndpointSettings,
-    ) -> Result<(), CpiError> {
+    ) -> Result<(), DockerError> {
         let network = super::names::object(network)?;
         let container = super::names::object(container)?;
         self.docker
@@ -181,7 +149,7 @@ impl NodeDocker {
         container: &str,
         path: &str,
         tar: Vec<u8>,
-    ) -> Result<(), CpiError> {
+    ) -> Result<(), DockerError> {
         let container = super::names::object(container)?;
         self.docker
             .upload_to_container(
@@ -191,58 +159,6 @@ impl NodeDocker {
             )
             .await
             .map_err(|e| self.error(&format!("writing files into container {container}"), &e))
-    }
-
-    /// Creates a named local volume with labels.
-    pub async fn create_volume(
-        &self,
-        name: &str,
-        labels: HashMap<String, String>,
-    ) -> Result<(), CpiError> {
-        let name = super::names::object(name)?;
-        self.docker
-            .create_volume(VolumeCreateRequest {
-                name: Some(name.to_string()),
-                driver: Some("local".into()),
-                labels: Some(labels),
-                ..Default::default()
-            })
-            .await
-            .map(|_| ())
-            .map_err(|e| self.error(&format!("creating volume {name}"), &e))
-    }
-
-    /// Removes a volume; absent is success.
-    pub async fn remove_volume(&self, name: &str) -> Result<(), CpiError> {
-        self.remove_volume_unless(name, None).await.map(|_| ())
-    }
-
-    /// Removes a volume unless a container uses it: `Ok(false)` then (Docker's 409), so a
-    /// caller that owns every user of the volume can remove them and try again.
-    pub async fn remove_volume_if_unused(&self, name: &str) -> Result<bool, CpiError> {
-        self.remove_volume_unless(name, Some(409)).await
-    }
-
-    async fn remove_volume_unless(
-        &self,
-        name: &str,
-        kept_on: Option<u16>,
-    ) -> Result<bool, CpiError> {
-        let name = super::names::object(name)?;
-        match self
-            .for_removal()
-            .await?
-            .remove_volume(
-                name,
-                Some(RemoveVolumeOptionsBuilder::new().force(true).build()),
-            )
-            .await
-        {
-            Ok(()) => Ok(true),
-            Err(e) if is_status(&e, 404) => Ok(true),
-            Err(e) if kept_on.is_some_and(|code| is_status(&e, code)) => Ok(false),
-            Err(e) => Err(self.error(&format!("removing volume {name}"), &e)),
-        }
     }
 }
 
@@ -255,7 +171,7 @@ impl NodeDocker {
 
     /// Stops a container (SIGTERM, then SIGKILL after `grace_seconds`); absent or already
     /// stopped is success.
-    pub async fn stop_container(&self, name: &str, grace_seconds: i32) -> Result<(), CpiError> {
+    pub async fn stop_container(&self, name: &str, grace_seconds: i32) -> Result<(), DockerError> {
         let name = super::names::object(name)?;
         let options = bollard::query_parameters::StopContainerOptionsBuilder::new()
             .t(grace_seconds)
@@ -272,7 +188,7 @@ impl NodeDocker {
     }
 
     /// Renames a container.
-    pub async fn rename_container(&self, name: &str, new_name: &str) -> Result<(), CpiError> {
+    pub async fn rename_container(&self, name: &str, new_name: &str) -> Result<(), DockerError> {
         let name = super::names::object(name)?;
         let new_name = super::names::object(new_name)?;
         self.docker
@@ -286,8 +202,10 @@ impl NodeDocker {
             .map_err(|e| self.error(&format!("renaming container {name} to {new_name}"), &e))
     }
 
-    /// Starts a container, mapping the error.
-    pub async fn start(&self, name: &str) -> Result<(), CpiError> {
+    /// Starts a container; one already running is success. An address that another
+    /// container holds is the daemon's 403 ([`DockerError::Forbidden`], "Address already
+    /// in use"), so a caller can say who holds it.
+    pub async fn start(&self, name: &str) -> Result<(), DockerError> {
         let name = super::names::object(name)?;
         match self.docker.start_container(name, None).await {
             Ok(()) => Ok(()),
@@ -303,7 +221,7 @@ impl NodeDocker {
         &self,
         container: &str,
         path: &str,
-    ) -> Result<Option<ContainerFile>, CpiError> {
+    ) -> Result<Option<ContainerFile>, DockerError> {
         let container = super::names::object(container)?;
         use futures_util::StreamExt;
         let mut stream = self.docker.download_from_container(
@@ -315,16 +233,12 @@ impl NodeDocker {
             ),
         );
         let limit = FileKind::AgentSettings.limit();
-        let too_large = || {
-            CpiError::cloud(
-                format!(
-                    "node {}: {path} in container {container} is larger than the {} limit for {}",
-                    self.name,
-                    crate::bounded_file::human(limit),
-                    FileKind::AgentSettings.what()
-                ),
-                false,
-            )
+        let too_large = || DockerError::TooLarge {
+            node: self.name.clone(),
+            path: path.to_string(),
+            container: container.to_string(),
+            limit: crate::bounded_file::human(limit),
+            what: FileKind::AgentSettings.what(),
         };
         // The archive around the file: tar headers and padding on top of its bytes.
         const TAR_OVERHEAD: u64 = 64 * 1024;
@@ -346,29 +260,18 @@ impl NodeDocker {
             }
         }
         let mut archive = tar::Archive::new(tar_bytes.as_slice());
-        let entries = archive.entries().map_err(|e| {
-            CpiError::cloud(
-                format!(
-                    "node {}: {path} from {container}: bad archive: {e}",
-                    self.name
-                ),
-                true,
-            )
-        })?;
+        let unreadable = |detail: String| DockerError::Archive {
+            node: self.name.clone(),
+            what: format!("{path} from {container}"),
+            detail,
+        };
+        let entries = archive
+            .entries()
+            .map_err(|e| unreadable(format!("bad archive: {e}")))?;
         for entry in entries {
-            let entry = entry.map_err(|e| {
-                CpiError::cloud(
-                    format!("node {}: {path} from {container}: {e}", self.name),
-                    true,
-                )
-            })?;
+            let entry = entry.map_err(|e| unreadable(e.to_string()))?;
             if entry.header().entry_type().is_file() {
-                let bad = |e: std::io::Error| {
-                    CpiError::cloud(
-                        format!("node {}: {path} from {container}: {e}", self.name),
-                        true,
-                    )
-                };
+                let bad = |e: std::io::Error| unreadable(e.to_string());
                 let header = entry.header();
                 let (mode, uid, gid) = (
                     header.mode().map_err(bad)?,
@@ -387,16 +290,6 @@ impl NodeDocker {
             }
         }
         Ok(None)
-    }
-
-    /// Whether a volume exists.
-    pub async fn volume_exists(&self, name: &str) -> Result<bool, CpiError> {
-        let name = super::names::object(name)?;
-        match self.docker.inspect_volume(name).await {
-            Ok(_) => Ok(true),
-            Err(e) if is_status(&e, 404) => Ok(false),
-            Err(e) => Err(self.error(&format!("inspecting volume {name}"), &e)),
-        }
     }
 }
 

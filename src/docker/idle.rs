@@ -10,19 +10,14 @@ use futures_util::{Stream, StreamExt};
 use tokio::sync::mpsc;
 
 use super::NodeDocker;
-use crate::protocol::CpiError;
+use super::error::DockerError;
 
 /// The retriable error for a node that stayed silent for its idle timeout.
-pub fn silent(node: &NodeDocker, doing: &str) -> CpiError {
-    CpiError::cloud(
-        format!(
-            "node {} ({}): {doing}: nothing moved for {} s",
-            node.name,
-            node.endpoint,
-            node.idle_timeout.as_secs()
-        ),
-        true,
-    )
+pub fn silent(node: &NodeDocker, doing: &str) -> DockerError {
+    DockerError::Stalled {
+        at: node.doing(doing),
+        secs: node.idle_timeout.as_secs(),
+    }
 }
 
 /// The next item of a node's stream; an error when the node sent nothing for its idle
@@ -31,7 +26,7 @@ pub async fn next_within<S, T>(
     stream: &mut S,
     node: &NodeDocker,
     doing: &str,
-) -> Result<Option<T>, CpiError>
+) -> Result<Option<T>, DockerError>
 where
     S: Stream<Item = Result<T, bollard::errors::Error>> + Unpin,
 {
@@ -51,7 +46,7 @@ pub async fn send_within<T>(
     item: T,
     node: &NodeDocker,
     doing: &str,
-) -> Result<bool, CpiError> {
+) -> Result<bool, DockerError> {
     match tokio::time::timeout(node.idle_timeout, tx.send(item)).await {
         Ok(Ok(())) => Ok(true),
         Ok(Err(_)) => Ok(false),
@@ -68,23 +63,18 @@ pub async fn wait_alive<F: Future>(
     answer: F,
     node: &NodeDocker,
     doing: &str,
-) -> Result<F::Output, CpiError> {
+) -> Result<F::Output, DockerError> {
     tokio::pin!(answer);
     loop {
         if let Ok(out) = tokio::time::timeout(node.idle_timeout, &mut answer).await {
             return Ok(out);
         }
         if let Err(e) = node.docker.ping().await {
-            return Err(CpiError::cloud(
-                format!(
-                    "node {} ({}): {doing}: no answer for {} s, and no answer to a ping: {}",
-                    node.name,
-                    node.endpoint,
-                    node.idle_timeout.as_secs(),
-                    super::node::describe(&e)
-                ),
-                true,
-            ));
+            return Err(DockerError::Unanswered {
+                at: node.doing(doing),
+                secs: node.idle_timeout.as_secs(),
+                detail: super::error::describe(&e),
+            });
         }
     }
 }

@@ -12,11 +12,10 @@ use futures_util::future::join_all;
 use tokio::sync::mpsc;
 
 use super::body;
-use super::containers::is_status;
+use super::error::{DockerError, is_status};
 use super::idle::{next_within, wait_alive};
 use super::node::NodeDocker;
 use super::progress::Progress;
-use crate::protocol::CpiError;
 
 /// Size of the chunks read from the source and sent to every node.
 const CHUNK: usize = 1 << 20;
@@ -50,7 +49,7 @@ pub trait StreamCheck: Send {
 }
 
 /// Outcome per node of a fan-out import.
-pub type NodeOutcomes = Vec<(String, Result<(), CpiError>)>;
+pub type NodeOutcomes = Vec<(String, Result<(), DockerError>)>;
 
 /// Imports the rootfs read from `source` into every node at once: the source is read once,
 /// in chunks, and each chunk goes to all nodes together. The last chunk is held back until
@@ -62,7 +61,7 @@ pub async fn import_everywhere(
     source: Box<dyn Read + Send>,
     check: Box<dyn StreamCheck>,
     target: &ImportTarget,
-) -> Result<NodeOutcomes, CpiError> {
+) -> Result<NodeOutcomes, DockerError> {
     let mut imports: Vec<NodeImport> = nodes
         .iter()
         .map(|node| {
@@ -148,7 +147,7 @@ async fn abandon_all<T>(
     imports: Vec<NodeImport>,
     reader: tokio::task::JoinHandle<T>,
     problem: String,
-) -> CpiError {
+) -> DockerError {
     let imports: Vec<NodeImport> = imports
         .into_iter()
         .map(|mut i| {
@@ -160,7 +159,7 @@ async fn abandon_all<T>(
         .collect();
     join_all(imports.into_iter().map(NodeImport::finish)).await;
     let _ = reader.await;
-    CpiError::cpi(problem)
+    DockerError::Source { message: problem }
 }
 
 const IMPORTING: &str = "importing the stemcell";
@@ -170,14 +169,14 @@ struct NodeImport {
     node: NodeDocker,
     /// `None` once the body is ended, broken or refused.
     body: Option<body::BodySender>,
-    task: tokio::task::JoinHandle<Result<(), CpiError>>,
+    task: tokio::task::JoinHandle<Result<(), DockerError>>,
     /// Why the node was dropped for taking nothing.
-    stalled: Option<CpiError>,
+    stalled: Option<DockerError>,
 }
 
 impl NodeImport {
     /// Drops the node out: its body is broken and its request abandoned.
-    fn drop_out(&mut self, stalled: CpiError) {
+    fn drop_out(&mut self, stalled: DockerError) {
         if let Some(body) = self.body.take() {
             body.abandon();
         }
@@ -187,17 +186,17 @@ impl NodeImport {
 
     /// The node's outcome once it has answered (its body is done; the node may unpack for
     /// a while after it, as long as it answers pings).
-    async fn finish(mut self) -> (String, Result<(), CpiError>) {
+    async fn finish(mut self) -> (String, Result<(), DockerError>) {
         let name = self.node.name.clone();
         if let Some(stalled) = self.stalled {
             return (name, Err(stalled));
         }
         let result = match wait_alive(&mut self.task, &self.node, IMPORTING).await {
             Ok(Ok(result)) => result,
-            Ok(Err(e)) => Err(CpiError::cloud(
-                format!("node {name}: import task failed: {e}"),
-                true,
-            )),
+            Ok(Err(e)) => Err(DockerError::Task {
+                what: format!("node {name}: import task"),
+                detail: e.to_string(),
+            }),
             Err(silent) => {
                 self.task.abort();
                 Err(silent)
@@ -260,7 +259,7 @@ async fn import_one(
     node: &NodeDocker,
     body: impl futures_util::Stream<Item = body::BodyItem> + Send + 'static,
     target: &ImportTarget,
-) -> Result<(), CpiError> {
+) -> Result<(), DockerError> {
     let body = bollard::body_try_stream(body);
     let options = CreateImageOptionsBuilder::new()
         .from_src("-")
@@ -278,7 +277,10 @@ async fn import_one(
 }
 
 /// The image `reference` on `node`, or `None` when the node does not have it.
-pub async fn inspect(node: &NodeDocker, reference: &str) -> Result<Option<ImageInspect>, CpiError> {
+pub async fn inspect(
+    node: &NodeDocker,
+    reference: &str,
+) -> Result<Option<ImageInspect>, DockerError> {
     let reference = super::names::image(reference)?;
     match node.docker.inspect_image(reference).await {
         Ok(i) => Ok(Some(i)),
@@ -288,7 +290,7 @@ pub async fn inspect(node: &NodeDocker, reference: &str) -> Result<Option<ImageI
 }
 
 /// Removes `reference` from `node`; an absent image is success (idempotent).
-pub async fn remove(node: &NodeDocker, reference: &str) -> Result<(), CpiError> {
+pub async fn remove(node: &NodeDocker, reference: &str) -> Result<(), DockerError> {
     let reference = super::names::image(reference)?;
     match node
         .for_removal()
@@ -315,7 +317,7 @@ pub async fn copy(
     source: &NodeDocker,
     target: &NodeDocker,
     reference: &str,
-) -> Result<(), CpiError> {
+) -> Result<(), DockerError> {
     let reference = super::names::image(reference)?;
     let (body, stream) = body::channel(QUEUE);
     let mut exporter = {
@@ -356,11 +358,14 @@ pub async fn copy(
         while let Some(step) = progress.next().await {
             step.map_err(|e| target.error(&format!("loading image {reference}"), &e))?;
         }
-        Ok::<(), CpiError>(())
+        Ok::<(), DockerError>(())
     };
     tokio::pin!(loading);
-    let joined = |r: Result<Result<(), CpiError>, tokio::task::JoinError>| {
-        r.map_err(|e| CpiError::cloud(format!("export task failed: {e}"), true))?
+    let joined = |r: Result<Result<(), DockerError>, tokio::task::JoinError>| {
+        r.map_err(|e| DockerError::Task {
+            what: "export task".into(),
+            detail: e.to_string(),
+        })?
     };
     tokio::select! {
         exported = &mut exporter => {
@@ -378,13 +383,12 @@ pub async fn copy(
     }
     match inspect(target, reference).await? {
         Some(_) => Ok(()),
-        None => Err(CpiError::cloud(
-            format!(
+        None => Err(DockerError::Verify {
+            message: format!(
                 "copying image {reference} from node {} to node {} finished but the image is missing on {}",
                 source.name, target.name, target.name
             ),
-            true,
-        )),
+        }),
     }
 }
 
@@ -394,7 +398,7 @@ pub async fn tag(
     reference: &str,
     repo: &str,
     tag: &str,
-) -> Result<(), CpiError> {
+) -> Result<(), DockerError> {
     let reference = super::names::image(reference)?;
     super::names::image(&format!("{repo}:{tag}"))?;
     node.docker
@@ -412,7 +416,7 @@ pub async fn tag(
 }
 
 /// Pulls `reference` on `node` from its registry.
-pub async fn pull(node: &NodeDocker, reference: &str) -> Result<(), CpiError> {
+pub async fn pull(node: &NodeDocker, reference: &str) -> Result<(), DockerError> {
     let reference = super::names::image(reference)?;
     let options = CreateImageOptionsBuilder::new()
         .from_image(reference)

@@ -1,8 +1,10 @@
 //! Thin layer over bollard per node: connection with mutual TLS, images, containers,
-//! networks and volumes, with errors that name the node. No BOSH semantics live here.
+//! networks and volumes, with typed errors ([`DockerError`]) that name the node. No BOSH
+//! semantics live here.
 
 pub mod body;
 pub mod containers;
+pub mod error;
 pub mod idle;
 pub mod images;
 pub mod names;
@@ -11,6 +13,8 @@ pub mod node;
 pub mod progress;
 pub mod tls;
 pub mod volume_copy;
+pub mod volumes;
 
+pub use error::{DockerError, Doing};
 pub use networks::BridgeSpec;
 pub use node::{DockerAccess, DockerTimeouts, NodeDocker};

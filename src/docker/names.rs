@@ -8,14 +8,14 @@ use std::sync::OnceLock;
 
 use regex::Regex;
 
-use crate::protocol::CpiError;
-use crate::protocol::call::printable;
+use super::error::DockerError;
+use crate::echo::printable;
 
 /// Longest object name or image reference accepted.
 const MAX_LEN: usize = 255;
 
 /// Checks a container, volume or network name (or a container id).
-pub fn object(name: &str) -> Result<&str, CpiError> {
+pub fn object(name: &str) -> Result<&str, DockerError> {
     let mut chars = name.chars();
     let ok = name.len() <= MAX_LEN
         && chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
@@ -23,15 +23,15 @@ pub fn object(name: &str) -> Result<&str, CpiError> {
     if ok {
         Ok(name)
     } else {
-        Err(CpiError::cpi(format!(
-            "'{}' is not a Docker object name ([a-zA-Z0-9][a-zA-Z0-9_.-]*, at most {MAX_LEN} characters)",
-            printable(name)
-        )))
+        Err(DockerError::InvalidName {
+            shown: printable(name),
+            max: MAX_LEN,
+        })
     }
 }
 
 /// Checks an image reference: `[host[:port]/]path[:tag][@algorithm:hex]`.
-pub fn image(reference: &str) -> Result<&str, CpiError> {
+pub fn image(reference: &str) -> Result<&str, DockerError> {
     static GRAMMAR: OnceLock<Regex> = OnceLock::new();
     let grammar = GRAMMAR.get_or_init(|| {
         let component = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*";
@@ -49,10 +49,9 @@ pub fn image(reference: &str) -> Result<&str, CpiError> {
     if name_len <= MAX_LEN && grammar.is_match(reference) {
         Ok(reference)
     } else {
-        Err(CpiError::cpi(format!(
-            "'{}' is not a Docker image reference ([host[:port]/]path[:tag][@sha256:hex])",
-            printable(reference)
-        )))
+        Err(DockerError::InvalidReference {
+            shown: printable(reference),
+        })
     }
 }
 

@@ -7,8 +7,8 @@ use std::net::Ipv4Addr;
 use bollard::models::{Ipam, IpamConfig, NetworkCreateRequest};
 use ipnet::Ipv4Net;
 
+use super::error::{DockerError, is_status};
 use super::node::NodeDocker;
-use crate::protocol::CpiError;
 
 /// What a node's BOSH network must look like.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,7 +22,7 @@ pub struct BridgeSpec {
 impl NodeDocker {
     /// Makes sure the network exists as specified; creates it when absent. A network of
     /// that name with another subnet or gateway is an error naming both.
-    pub async fn ensure_bridge(&self, spec: &BridgeSpec) -> Result<(), CpiError> {
+    pub async fn ensure_bridge(&self, spec: &BridgeSpec) -> Result<(), DockerError> {
         super::names::object(&spec.name)?;
         match self.docker.inspect_network(&spec.name, None).await {
             Ok(existing) => {
@@ -46,19 +46,15 @@ impl NodeDocker {
                         )
                     })
                     .collect();
-                Err(CpiError::cloud(
-                    format!(
-                        "node {}: docker network {} has subnet [{}] but the node's Flannel subnet is {} gateway {}; remove or fix the network (cpi node-prep recreates it)",
-                        self.name,
-                        spec.name,
-                        found.join(", "),
-                        spec.subnet,
-                        spec.gateway
-                    ),
-                    false,
-                ))
+                Err(DockerError::NetworkMismatch {
+                    node: self.name.clone(),
+                    network: spec.name.clone(),
+                    found: found.join(", "),
+                    subnet: spec.subnet.to_string(),
+                    gateway: spec.gateway.to_string(),
+                })
             }
-            Err(e) if super::containers::is_status(&e, 404) => self.create_bridge(spec).await,
+            Err(e) if is_status(&e, 404) => self.create_bridge(spec).await,
             Err(e) => Err(self.error(&format!("inspecting network {}", spec.name), &e)),
         }
     }
@@ -66,7 +62,7 @@ impl NodeDocker {
     /// Docker before API 1.44 lets two concurrent creates make two networks of one name.
     /// Every creator keeps the network with the smallest id and removes the others, so
     /// all converge on the same one.
-    async fn dedupe_network(&self, name: &str) -> Result<(), CpiError> {
+    async fn dedupe_network(&self, name: &str) -> Result<(), DockerError> {
         let filters: HashMap<String, Vec<String>> =
             [("name".to_string(), vec![name.to_string()])].into();
         let mut same: Vec<String> = self
@@ -91,7 +87,7 @@ impl NodeDocker {
         Ok(())
     }
 
-    async fn create_bridge(&self, spec: &BridgeSpec) -> Result<(), CpiError> {
+    async fn create_bridge(&self, spec: &BridgeSpec) -> Result<(), DockerError> {
         let options: HashMap<String, String> = [
             (
                 "com.docker.network.driver.mtu".to_string(),
@@ -122,9 +118,7 @@ impl NodeDocker {
         match self.docker.create_network(request).await {
             Ok(_) => self.dedupe_network(&spec.name).await,
             // Created concurrently by another call: check it like an existing one.
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 409, ..
-            }) => Box::pin(self.ensure_bridge(spec)).await,
+            Err(e) if is_status(&e, 409) => Box::pin(self.ensure_bridge(spec)).await,
             Err(e) => Err(self.error(&format!("creating network {}", spec.name), &e)),
         }
     }
@@ -132,11 +126,11 @@ impl NodeDocker {
 
 impl NodeDocker {
     /// Whether the network `name` exists on the node.
-    pub async fn network_exists(&self, name: &str) -> Result<bool, CpiError> {
+    pub async fn network_exists(&self, name: &str) -> Result<bool, DockerError> {
         let name = super::names::object(name)?;
         match self.docker.inspect_network(name, None).await {
             Ok(_) => Ok(true),
-            Err(e) if super::containers::is_status(&e, 404) => Ok(false),
+            Err(e) if is_status(&e, 404) => Ok(false),
             Err(e) => Err(self.error(&format!("inspecting network {name}"), &e)),
         }
     }

@@ -8,7 +8,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use crate::protocol::CpiError;
+pub use super::error::describe;
+use super::error::{DockerError, Doing};
 
 /// How long talking to a node may take.
 #[derive(Debug, Clone, Copy)]
@@ -38,8 +39,8 @@ impl DockerAccess {
         key_pem: &str,
         api_version: &str,
         timeouts: DockerTimeouts,
-    ) -> Result<DockerAccess, CpiError> {
-        let tls = super::tls::client_config(ca_pem, cert_pem, key_pem).map_err(CpiError::cpi)?;
+    ) -> Result<DockerAccess, DockerError> {
+        let tls = super::tls::client_config(ca_pem, cert_pem, key_pem)?;
         let api_version = parse_api_version(api_version);
         Ok(DockerAccess {
             tls,
@@ -50,14 +51,14 @@ impl DockerAccess {
 
     /// A client for the node `name` at `endpoint` (`tcp://ip:port` or `https://ip:port`).
     /// Connecting is lazy; the first request reports an unreachable node.
-    pub async fn connect(&self, name: &str, endpoint: &str) -> Result<NodeDocker, CpiError> {
+    pub async fn connect(&self, name: &str, endpoint: &str) -> Result<NodeDocker, DockerError> {
         let address = endpoint
             .strip_prefix("tcp://")
             .or_else(|| endpoint.strip_prefix("https://"))
-            .ok_or_else(|| {
-                CpiError::cpi(format!(
+            .ok_or_else(|| DockerError::Setup {
+                message: format!(
                     "node {name}: docker endpoint '{endpoint}' must be tcp://host:port"
-                ))
+                ),
             })?
             .trim_end_matches('/')
             .to_string();
@@ -91,7 +92,9 @@ impl DockerAccess {
             self.timeouts.idle.as_secs().max(1),
             &version,
         )
-        .map_err(|e| CpiError::cpi(format!("node {name}: docker client setup failed: {e}")))?;
+        .map_err(|e| DockerError::Setup {
+            message: format!("node {name}: docker client setup failed: {e}"),
+        })?;
         let mut node = NodeDocker {
             name: name.to_string(),
             endpoint: endpoint.to_string(),
@@ -142,7 +145,7 @@ pub struct NodeDocker {
 
 impl NodeDocker {
     /// The daemon's version string; proves the node is reachable and trusts us.
-    pub async fn version(&self) -> Result<String, CpiError> {
+    pub async fn version(&self) -> Result<String, DockerError> {
         let v = self
             .docker
             .version()
@@ -155,7 +158,7 @@ impl NodeDocker {
     /// longer than the idle timeout, so it runs on the long client, but only after the node
     /// answered a ping within the idle timeout: a frozen node fails here instead of holding
     /// the call for the request timeout.
-    pub async fn for_removal(&self) -> Result<&Docker, CpiError> {
+    pub async fn for_removal(&self) -> Result<&Docker, DockerError> {
         self.docker
             .ping()
             .await
@@ -163,42 +166,19 @@ impl NodeDocker {
         Ok(&self.long)
     }
 
-    /// A `CloudError` (or the caller's kind later) naming this node, its endpoint and what
-    /// was being done. Connection problems and Docker 5xx are retriable.
-    pub fn error(&self, doing: &str, e: &bollard::errors::Error) -> CpiError {
-        CpiError::cloud(
-            format!(
-                "node {} ({}): {doing} failed: {}",
-                self.name,
-                self.endpoint,
-                describe(e)
-            ),
-            is_transient(e),
-        )
-    }
-}
-
-/// Whether a retry can help: the node could not be reached, timed out, or answered 5xx.
-pub fn is_transient(e: &bollard::errors::Error) -> bool {
-    use bollard::errors::Error as E;
-    match e {
-        // Old daemons answer 500 to invalid requests too; those never pass on a retry.
-        E::DockerResponseServerError {
-            status_code,
-            message,
-        } => {
-            let m = message.to_ascii_lowercase();
-            *status_code >= 500 && !m.contains("invalid") && !m.contains("oci runtime")
+    /// Which node a request goes to and `what` it is for, to name both in an error.
+    pub fn doing(&self, what: &str) -> Doing {
+        Doing {
+            node: self.name.clone(),
+            endpoint: self.endpoint.clone(),
+            what: what.to_string(),
         }
-        E::IOError { .. } | E::HyperResponseError { .. } | E::RequestTimeoutError => true,
-        _ => false,
     }
-}
 
-/// An error with its source chain, so "connection refused" or a certificate rejection is
-/// visible instead of a bare "client error".
-pub fn describe(e: &bollard::errors::Error) -> String {
-    crate::protocol::error::with_sources(e.to_string(), std::error::Error::source(e))
+    /// The error for `e`, naming this node, its endpoint and what was being done.
+    pub fn error(&self, doing: &str, e: &bollard::errors::Error) -> DockerError {
+        DockerError::from_bollard(self.doing(doing), e)
+    }
 }
 
 #[cfg(test)]

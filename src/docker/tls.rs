@@ -7,12 +7,18 @@ use rustls::ClientConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+use super::error::DockerError;
+
 /// Builds the client config. Errors name which piece of PEM is unusable.
 pub fn client_config(
     ca_pem: &str,
     cert_pem: &str,
     key_pem: &str,
-) -> Result<Arc<ClientConfig>, String> {
+) -> Result<Arc<ClientConfig>, DockerError> {
+    build(ca_pem, cert_pem, key_pem).map_err(|message| DockerError::Setup { message })
+}
+
+fn build(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<Arc<ClientConfig>, String> {
     let mut roots = rustls::RootCertStore::empty();
     let ca_certs = CertificateDer::pem_slice_iter(ca_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()

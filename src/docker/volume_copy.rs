@@ -12,10 +12,10 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use super::body;
+use super::error::DockerError;
 use super::idle::{next_within, wait_alive};
 use super::node::NodeDocker;
 use crate::channel_reader::ChannelReader;
-use crate::protocol::CpiError;
 
 /// An image with an empty root filesystem, imported on demand; helper containers are made
 /// from it and never started.
@@ -96,7 +96,7 @@ pub use crate::labels::HELPER as HELPER_LABEL;
 
 /// Removes helper containers of `volume` that a killed copy left behind: they hold the
 /// volume and would block its removal and every later copy.
-pub async fn sweep_helpers(node: &NodeDocker, volume: &str) -> Result<(), CpiError> {
+pub async fn sweep_helpers(node: &NodeDocker, volume: &str) -> Result<(), DockerError> {
     for c in node
         .containers_with_label(&format!("{HELPER_LABEL}={volume}"))
         .await?
@@ -109,7 +109,7 @@ pub async fn sweep_helpers(node: &NodeDocker, volume: &str) -> Result<(), CpiErr
 }
 
 impl<'a> Helper<'a> {
-    async fn new(node: &'a NodeDocker, volume: &str) -> Result<Helper<'a>, CpiError> {
+    async fn new(node: &'a NodeDocker, volume: &str) -> Result<Helper<'a>, DockerError> {
         ensure_helper_image(node).await?;
         sweep_helpers(node, volume).await?;
         let name = format!("mc-copy-{}", uuid::Uuid::new_v4().simple());
@@ -138,7 +138,7 @@ impl<'a> Helper<'a> {
 
     async fn remove(self) {
         if let Err(e) = self.node.remove_container(&self.name).await {
-            tracing::warn!("removing helper container: {}", e.message);
+            tracing::warn!("removing helper container: {e}");
         }
     }
 
@@ -157,7 +157,7 @@ impl<'a> Helper<'a> {
     }
 
     /// Reads the whole volume and digests it.
-    async fn digest(&self) -> Result<TreeDigest, CpiError> {
+    async fn digest(&self) -> Result<TreeDigest, DockerError> {
         let (tx, rx) = mpsc::channel::<std::io::Result<Vec<u8>>>(8);
         let digester = tokio::task::spawn_blocking(move || digest_tar(ChannelReader::new(rx)));
         let mut stream = Box::pin(self.download());
@@ -178,23 +178,35 @@ impl<'a> Helper<'a> {
             }
         }
         drop(tx);
-        let digest = digester
-            .await
-            .map_err(|e| CpiError::cloud(format!("digest task failed: {e}"), true))?;
+        let digest = digester.await.map_err(|e| DockerError::Task {
+            what: "digest task".into(),
+            detail: e.to_string(),
+        })?;
         if let Some(f) = failure {
             return Err(f);
         }
-        digest.map_err(|e| {
-            CpiError::cloud(
-                format!("node {}: volume archive unreadable: {e}", self.node.name),
-                true,
-            )
-        })
+        digest.map_err(|e| unreadable(self.node, e))
+    }
+}
+
+/// A volume archive a node sent that cannot be read.
+fn unreadable(node: &NodeDocker, e: std::io::Error) -> DockerError {
+    DockerError::Archive {
+        node: node.name.clone(),
+        what: "volume archive unreadable".into(),
+        detail: e.to_string(),
+    }
+}
+
+/// The helper image's in-memory tar could not be built.
+fn helper_image(e: std::io::Error) -> DockerError {
+    DockerError::Source {
+        message: format!("cannot build the helper image: {e}"),
     }
 }
 
 /// The helper image on `node`, imported from an in-memory tar when missing.
-async fn ensure_helper_image(node: &NodeDocker) -> Result<(), CpiError> {
+async fn ensure_helper_image(node: &NodeDocker) -> Result<(), DockerError> {
     let reference = format!("{HELPER_IMAGE_REPO}:{HELPER_IMAGE_TAG}");
     if super::images::inspect(node, &reference).await?.is_some() {
         return Ok(());
@@ -207,10 +219,8 @@ async fn ensure_helper_image(node: &NodeDocker) -> Result<(), CpiError> {
     header.set_cksum();
     builder
         .append_data(&mut header, ".moltencore-helper", &marker[..])
-        .map_err(|e| CpiError::cpi(format!("cannot build the helper image: {e}")))?;
-    let tar_bytes = builder
-        .into_inner()
-        .map_err(|e| CpiError::cpi(format!("cannot build the helper image: {e}")))?;
+        .map_err(helper_image)?;
+    let tar_bytes = builder.into_inner().map_err(helper_image)?;
     let options = bollard::query_parameters::CreateImageOptionsBuilder::new()
         .from_src("-")
         .repo(HELPER_IMAGE_REPO)
@@ -235,7 +245,7 @@ pub async fn copy_volume(
     src_volume: &str,
     dst: &NodeDocker,
     dst_volume: &str,
-) -> Result<TreeDigest, CpiError> {
+) -> Result<TreeDigest, DockerError> {
     let from = Helper::new(src, src_volume).await?;
     let to = match Helper::new(dst, dst_volume).await {
         Ok(h) => h,
@@ -250,7 +260,7 @@ pub async fn copy_volume(
     result
 }
 
-async fn stream_and_verify(from: &Helper<'_>, to: &Helper<'_>) -> Result<TreeDigest, CpiError> {
+async fn stream_and_verify(from: &Helper<'_>, to: &Helper<'_>) -> Result<TreeDigest, DockerError> {
     // Source stream -> (upload to the target, digest on a blocking thread).
     let (upload, upload_body) = body::channel(8);
     let (dg_tx, dg_rx) = mpsc::channel::<std::io::Result<Vec<u8>>>(8);
@@ -308,32 +318,29 @@ async fn stream_and_verify(from: &Helper<'_>, to: &Helper<'_>) -> Result<TreeDig
         upload.finish(); // the whole archive is sent: end the body
         // The target answers once it has unpacked the rest.
         match wait_alive(&mut uploader, to.node, "finishing the copy").await {
-            Ok(joined) => {
-                joined.map_err(|e| CpiError::cloud(format!("upload task failed: {e}"), true))?
-            }
+            Ok(joined) => joined.map_err(|e| DockerError::Task {
+                what: "upload task".into(),
+                detail: e.to_string(),
+            })?,
             Err(stalled) => {
                 uploader.abort();
                 Err(stalled)
             }
         }
     };
-    let source_digest = digester
-        .await
-        .map_err(|e| CpiError::cloud(format!("digest task failed: {e}"), true))?;
+    let source_digest = digester.await.map_err(|e| DockerError::Task {
+        what: "digest task".into(),
+        detail: e.to_string(),
+    })?;
     if let Some(f) = failure {
         return Err(f);
     }
     uploaded?;
-    let source_digest = source_digest.map_err(|e| {
-        CpiError::cloud(
-            format!("node {}: volume archive unreadable: {e}", from.node.name),
-            true,
-        )
-    })?;
+    let source_digest = source_digest.map_err(|e| unreadable(from.node, e))?;
     let copied = to.digest().await?;
     if copied != source_digest {
-        return Err(CpiError::cloud(
-            format!(
+        return Err(DockerError::Verify {
+            message: format!(
                 "copy check failed: node {} has {} files / {} bytes / {}, node {} now has {} files / {} bytes / {}",
                 from.node.name,
                 source_digest.files,
@@ -344,8 +351,7 @@ async fn stream_and_verify(from: &Helper<'_>, to: &Helper<'_>) -> Result<TreeDig
                 copied.bytes,
                 copied.sha256
             ),
-            true,
-        ));
+        });
     }
     Ok(source_digest)
 }

@@ -2,9 +2,8 @@
 //! host consistent: restart marker first, then the files; the systemd calls come last, and
 //! Docker restarts only when one of its files changed (or a failed run still owes it).
 
-use anyhow::Result;
-
 use super::docker_units::{self as du, WantedFile};
+use super::error::Result;
 use super::files::{FileChange, Root};
 use super::reboot_unit::REBOOT_MANAGER_UNIT;
 use super::systemd::Systemd;

@@ -2,9 +2,9 @@
 //! nodes preparing at the same moment race in one etcd transaction and all adopt the
 //! winner's CA.
 
-use anyhow::{Context, Result, bail};
 use etcd_client::{Compare, CompareOp, Txn, TxnOp, TxnOpResponse};
 
+use super::error::{NodePrepError, Result};
 use super::pki::{self, CertAndKey};
 use crate::cluster::{Etcd, Keys};
 use crate::config::Secret;
@@ -64,27 +64,22 @@ fn from_gets(keys: &Keys, responses: Vec<TxnOpResponse>) -> Result<Option<CertAn
             key_pem: Secret::new(key),
         })),
         (None, None) => Ok(None),
-        (Some(_), None) => bail!(
+        (Some(_), None) => Err(NodePrepError::ClusterCa(format!(
             "etcd has the cluster CA certificate {} but not its key {}: restore the key, or delete the certificate to start a new CA (every node and the CPI must then get new certificates)",
             keys.ca_cert(),
             keys.ca_key()
-        ),
-        (None, Some(_)) => bail!(
+        ))),
+        (None, Some(_)) => Err(NodePrepError::ClusterCa(format!(
             "etcd has the cluster CA key {} but not its certificate {}: restore the certificate",
             keys.ca_key(),
             keys.ca_cert()
-        ),
+        ))),
     }
 }
 
-/// Returns the cluster CA, creating it if the cluster has none (unless `dry_run`).
-pub async fn ensure(etcd: &Etcd, keys: &Keys, dry_run: bool) -> Result<CaOutcome> {
-    if let Some(ca) = load(etcd, keys).await? {
-        return Ok(CaOutcome::Existing(ca));
-    }
-    if dry_run {
-        return Ok(CaOutcome::WouldCreate);
-    }
+/// Makes a CA and stores it unless one appeared meanwhile, which is then adopted (call it
+/// after [`load`] found none).
+pub async fn create(etcd: &Etcd, keys: &Keys) -> Result<CaOutcome> {
     let candidate = pki::new_ca("MoltenCore cluster CA")?;
     let absent = |key: String| Compare::create_revision(key, CompareOp::Equal, 0);
     let txn = Txn::new()
@@ -105,10 +100,10 @@ pub async fn ensure(etcd: &Etcd, keys: &Keys, dry_run: bool) -> Result<CaOutcome
     // Another node was faster: use its CA.
     from_gets(keys, response.op_responses())?
         .map(CaOutcome::Existing)
-        .with_context(|| {
-            format!(
+        .ok_or_else(|| {
+            NodePrepError::ClusterCa(format!(
                 "the cluster CA at {} appeared and vanished while this node stored its own",
                 keys.ca_cert()
-            )
+            ))
         })
 }

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use super::error::{NodePrepError, Result};
 
 use crate::bounded_file::{self, FileKind};
 
@@ -83,7 +83,7 @@ impl Root {
             Ok(None) => FileChange::Updated,
             Ok(Some(old)) => {
                 let old_mode = fs::metadata(&full)
-                    .with_context(|| format!("cannot stat {}", full.display()))?
+                    .map_err(|e| NodePrepError::file("stat", &full, e))?
                     .permissions()
                     .mode()
                     & 0o7777;
@@ -130,7 +130,7 @@ impl Root {
         match fs::remove_file(&full) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e).with_context(|| format!("cannot remove {}", full.display())),
+            Err(e) => Err(NodePrepError::file("remove", full, e)),
         }
     }
 }
@@ -139,14 +139,13 @@ impl Root {
 /// from its creation on (a key is never readable by others, not even briefly), then
 /// renames it into place.
 pub fn write_atomic(path: &Path, content: &[u8], mode: u32) -> Result<()> {
-    let dir = path
-        .parent()
-        .with_context(|| format!("{} has no parent directory", path.display()))?;
-    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let name = path
-        .file_name()
-        .with_context(|| format!("{} has no file name", path.display()))?
-        .to_string_lossy();
+    let no_file = || {
+        let e = std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file path");
+        NodePrepError::file("write", path, e)
+    };
+    let dir = path.parent().ok_or_else(no_file)?;
+    fs::create_dir_all(dir).map_err(|e| NodePrepError::file("create", dir, e))?;
+    let name = path.file_name().ok_or_else(no_file)?.to_string_lossy();
     let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
     let result = (|| -> std::io::Result<()> {
         let mut f = fs::OpenOptions::new()
@@ -163,7 +162,7 @@ pub fn write_atomic(path: &Path, content: &[u8], mode: u32) -> Result<()> {
     })();
     if let Err(e) = result {
         let _ = fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("cannot write {}", path.display()));
+        return Err(NodePrepError::file("write", path, e));
     }
     Ok(())
 }

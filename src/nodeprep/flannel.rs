@@ -4,10 +4,10 @@
 
 use std::net::Ipv4Addr;
 
-use anyhow::{Context, Result, bail};
 use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
 use ipnet::Ipv4Net;
 
+use super::error::{NodePrepError, Result, to_json};
 use crate::cluster::model::FlannelBackend;
 use crate::cluster::{Etcd, FlannelConfig, Keys, SubnetLease};
 
@@ -42,32 +42,7 @@ pub fn plan_config(
     flags: &FlannelFlags,
 ) -> Result<ConfigPlan> {
     if let Some(cfg) = existing {
-        let fix = "node-prep never changes an existing flannel config: fix or drop the flag, or change the key yourself (and restart flanneld on every node)";
-        // Compared as networks: `10.1.0.5/16` names the same network as `10.1.0.0/16`.
-        if let Some(n) = flags.network
-            && n.trunc() != cfg.network.trunc()
-        {
-            bail!(
-                "flannel config {key} has Network {}, but --flannel-network is {n}; {fix}",
-                cfg.network
-            );
-        }
-        if let Some(l) = flags.subnet_len
-            && l != cfg.subnet_len
-        {
-            bail!(
-                "flannel config {key} has SubnetLen {}, but --flannel-subnet-len is {l}; {fix}",
-                cfg.subnet_len
-            );
-        }
-        if let Some(b) = &flags.backend
-            && Some(b.as_str()) != cfg.backend_type()
-        {
-            bail!(
-                "flannel config {key} has Backend.Type {}, but --flannel-backend is {b}; {fix}",
-                cfg.backend_type().unwrap_or("(none: flannel uses udp)")
-            );
-        }
+        check_flags(cfg, key, flags)?;
         let mut warnings = Vec::new();
         if cfg.backend.is_none() {
             warnings.push(format!(
@@ -82,9 +57,9 @@ pub fn plan_config(
         });
     }
     let Some(network) = flags.network else {
-        bail!(
+        return Err(NodePrepError::Flannel(format!(
             "there is no flannel config at {key} and no --flannel-network to create it from: give --flannel-network (e.g. 10.1.0.0/16)"
-        );
+        )));
     };
     let subnet_len = flags.subnet_len.unwrap_or(24);
     check_shape(&network, subnet_len, key)?;
@@ -106,12 +81,47 @@ pub fn plan_config(
     })
 }
 
+/// Refuses a flag that differs from the existing config: node-prep never changes it.
+fn check_flags(cfg: &FlannelConfig, key: &str, flags: &FlannelFlags) -> Result<()> {
+    let conflict = |field: &str,
+                    has: &dyn std::fmt::Display,
+                    flag: &str,
+                    given: &dyn std::fmt::Display| {
+        NodePrepError::Flannel(format!(
+            "flannel config {key} has {field} {has}, but {flag} is {given}; node-prep never changes an existing flannel config: fix or drop the flag, or change the key yourself (and restart flanneld on every node)"
+        ))
+    };
+    // Compared as networks: `10.1.0.5/16` names the same network as `10.1.0.0/16`.
+    if let Some(n) = flags.network
+        && n.trunc() != cfg.network.trunc()
+    {
+        return Err(conflict("Network", &cfg.network, "--flannel-network", &n));
+    }
+    if let Some(l) = flags.subnet_len
+        && l != cfg.subnet_len
+    {
+        return Err(conflict(
+            "SubnetLen",
+            &cfg.subnet_len,
+            "--flannel-subnet-len",
+            &l,
+        ));
+    }
+    if let Some(b) = &flags.backend
+        && Some(b.as_str()) != cfg.backend_type()
+    {
+        let has = cfg.backend_type().unwrap_or("(none: flannel uses udp)");
+        return Err(conflict("Backend.Type", &has, "--flannel-backend", b));
+    }
+    Ok(())
+}
+
 fn check_shape(network: &Ipv4Net, subnet_len: u8, key: &str) -> Result<()> {
     if subnet_len <= network.prefix_len() || subnet_len > 30 {
-        bail!(
+        return Err(NodePrepError::Flannel(format!(
             "flannel config {key}: SubnetLen {subnet_len} must be longer than the network's /{} and at most 30",
             network.prefix_len()
-        );
+        )));
     }
     Ok(())
 }
@@ -172,7 +182,7 @@ pub async fn ensure_config(
         return Ok((plan.config.clone(), false));
     }
     let key = keys.flannel_config();
-    let value = serde_json::to_string(&plan.config)?;
+    let value = to_json(&plan.config, &format!("the flannel config {key}"))?;
     let txn = Txn::new()
         .when(vec![Compare::create_revision(
             key.clone(),
@@ -188,8 +198,10 @@ pub async fn ensure_config(
     if response.succeeded() {
         return Ok((plan.config.clone(), true));
     }
-    let existing = read_config(etcd, keys).await?.with_context(|| {
-        format!("the flannel config {key} appeared and vanished while this node wrote its own")
+    let existing = read_config(etcd, keys).await?.ok_or_else(|| {
+        NodePrepError::Flannel(format!(
+            "the flannel config {key} appeared and vanished while this node wrote its own"
+        ))
     })?;
     let again = plan_config(Some(&existing), &key, flags)?;
     Ok((again.config, false))
@@ -206,11 +218,11 @@ pub async fn read_config(etcd: &Etcd, keys: &Keys) -> Result<Option<FlannelConfi
         .kvs()
         .first()
         .map(|kv| {
-            serde_json::from_slice::<FlannelConfig>(kv.value()).with_context(|| {
-                format!(
-                    "the flannel config {key} is not valid flannel JSON ({}): fix it",
+            serde_json::from_slice::<FlannelConfig>(kv.value()).map_err(|e| {
+                NodePrepError::Flannel(format!(
+                    "the flannel config {key} is not valid flannel JSON ({}): fix it: {e}",
                     String::from_utf8_lossy(kv.value())
-                )
+                ))
             })
         })
         .transpose()
@@ -279,13 +291,13 @@ pub async fn ensure_subnet(
             .filter(|p| free.contains(p))
             .or_else(|| free.first().copied());
         let Some(subnet) = chosen else {
-            bail!(
+            return Err(NodePrepError::Flannel(format!(
                 "no free /{} left in flannel network {} for {public_ip} ({} leases under {})",
                 config.subnet_len,
                 config.network,
                 leases.len(),
                 keys.flannel_subnets()
-            );
+            )));
         };
         if dry_run {
             return Ok((subnet, SubnetSource::WouldReserve, warnings));
@@ -314,9 +326,9 @@ pub async fn ensure_subnet(
             return Ok((subnet, SubnetSource::Reserved, warnings));
         }
     }
-    bail!(
+    Err(NodePrepError::Flannel(format!(
         "could not reserve a flannel subnet for {public_ip}: other nodes kept taking the free ones; run node-prep again"
-    )
+    )))
 }
 
 /// The values of flanneld's `subnet.env`.
@@ -340,17 +352,20 @@ impl SubnetEnv {
                 .filter_map(|l| l.trim().split_once('='))
                 .find(|(k, _)| k.trim() == name)
                 .map(|(_, v)| v.trim().trim_matches('"').to_string())
-                .with_context(|| format!("{origin} has no {name}"))
+                .ok_or_else(|| NodePrepError::Flannel(format!("{origin} has no {name}")))
+        };
+        let bad = |what: &str, e: &dyn std::fmt::Display| {
+            NodePrepError::Flannel(format!("{origin}: {what}: {e}"))
         };
         let network: Ipv4Net = get("FLANNEL_NETWORK")?
             .parse()
-            .with_context(|| format!("{origin}: FLANNEL_NETWORK is not an IPv4 network"))?;
+            .map_err(|e| bad("FLANNEL_NETWORK is not an IPv4 network", &e))?;
         let with_host: Ipv4Net = get("FLANNEL_SUBNET")?
             .parse()
-            .with_context(|| format!("{origin}: FLANNEL_SUBNET is not address/length"))?;
+            .map_err(|e| bad("FLANNEL_SUBNET is not address/length", &e))?;
         let mtu: u32 = get("FLANNEL_MTU")?
             .parse()
-            .with_context(|| format!("{origin}: FLANNEL_MTU is not a number"))?;
+            .map_err(|e| bad("FLANNEL_MTU is not a number", &e))?;
         let subnet = with_host.trunc();
         // flanneld writes the first host address; a bare network address means .1.
         let gateway = if with_host.addr() == subnet.network() {
@@ -359,7 +374,9 @@ impl SubnetEnv {
             with_host.addr()
         };
         if !network.contains(&subnet) {
-            bail!("{origin}: FLANNEL_SUBNET {subnet} is not inside FLANNEL_NETWORK {network}");
+            return Err(NodePrepError::Flannel(format!(
+                "{origin}: FLANNEL_SUBNET {subnet} is not inside FLANNEL_NETWORK {network}"
+            )));
         }
         Ok(SubnetEnv {
             network: network.trunc(),

@@ -5,9 +5,9 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use anyhow::{Result, bail};
 use serde::Serialize;
 
+use super::error::{NodePrepError, Result};
 use super::files::Root;
 
 /// Where Flatcar's metadata agent writes the instance metadata.
@@ -80,9 +80,9 @@ pub fn check_name(name: &str) -> Result<()> {
         && !name.starts_with('-')
         && !name.ends_with('-');
     if !ok {
-        bail!(
+        return Err(NodePrepError::Identity(format!(
             "node name '{name}' is not usable: use 1-63 characters a-z, 0-9 and '-' (not at either end); set it with --name"
-        );
+        )));
     }
     Ok(())
 }
@@ -116,15 +116,17 @@ pub fn resolve(flags: &IdentityFlags, root: &Root) -> Result<Identity> {
         (Some(n), _) => n.clone(),
         // The short hostname, lower-cased: the usual node name.
         (None, Some(h)) => h.split('.').next().unwrap_or(h).to_ascii_lowercase(),
-        (None, None) => bail!(
-            "no node name: give --name, or make sure {METADATA_FILE} or /etc/hostname names the host"
-        ),
+        (None, None) => {
+            return Err(NodePrepError::Identity(format!(
+                "no node name: give --name, or make sure {METADATA_FILE} or /etc/hostname names the host"
+            )));
+        }
     };
     check_name(&name)?;
     let Some(private_ip) = flags.private_ip.or(meta.private_ip) else {
-        bail!(
+        return Err(NodePrepError::Identity(format!(
             "no private IP for node {name}: give --private-ip, or make sure {METADATA_FILE} has a COREOS_*_IPV4_LOCAL/PRIVATE variable"
-        );
+        )));
     };
     let public_ip = flags.public_ip.or(meta.public_ip).unwrap_or(private_ip);
     Ok(Identity {

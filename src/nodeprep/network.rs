@@ -7,12 +7,12 @@ use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::process::Command;
 
-use anyhow::{Context, Result, bail};
 use bollard::Docker;
 use bollard::models::{Ipam, IpamConfig, NetworkCreateRequest, NetworkInspect};
 use ipnet::Ipv4Net;
 use serde::Serialize;
 
+use super::error::{NodePrepError, Result};
 use super::files::Root;
 use super::flannel::SubnetEnv;
 use crate::docker::node::describe;
@@ -45,16 +45,10 @@ pub struct NetworkReport {
 /// Label put on the networks node-prep creates.
 pub const LABEL: &str = crate::labels::NETWORK;
 
-/// Runs the network step.
+/// Runs the network step: subnet.env, docker0 off the flannel network, the BOSH network,
+/// the masquerade rule.
 pub async fn run(opts: &NetworkOptions) -> Result<NetworkReport> {
-    let env_path = opts.root.join(&opts.subnet_env);
-    let text = opts.root.read(&opts.subnet_env)?.with_context(|| {
-        format!(
-            "{} does not exist: flanneld writes it once it has the node's subnet; run this after flanneld.service",
-            env_path.display()
-        )
-    })?;
-    let env = SubnetEnv::parse(&text, &env_path.display().to_string())?;
+    let env = read_subnet_env(opts)?;
     let docker = connect(&opts.docker_host).await?;
     let mut report = NetworkReport {
         network_name: opts.network_name.clone(),
@@ -65,54 +59,13 @@ pub async fn run(opts: &NetworkOptions) -> Result<NetworkReport> {
         changes: Vec::new(),
         warnings: Vec::new(),
     };
-    let where_ = &opts.docker_host;
-    let bridge = docker.inspect_network("bridge", None).await.map_err(|e| {
-        anyhow::anyhow!(
-            "docker at {where_}: inspecting docker0's network 'bridge' failed: {}",
-            describe(&e)
-        )
-    })?;
-    for (subnet, _) in ipam(&bridge) {
-        if subnet.contains(&env.network) || env.network.contains(&subnet) {
-            bail!(
-                "docker0 (network 'bridge' at {where_}) uses {subnet}, which overlaps the flannel network {}: move it off with dockerd's --bip (node-prep sets DOCKER_OPT_BIP) and restart docker",
-                env.network
-            );
-        }
-    }
-    match docker.inspect_network(&opts.network_name, None).await {
-        Ok(existing) => {
-            report
-                .warnings
-                .extend(check_existing(&opts.network_name, where_, &existing, &env)?);
-        }
-        Err(bollard::errors::Error::DockerResponseServerError {
-            status_code: 404, ..
-        }) => {
-            report.changes.push(format!(
-                "created Docker network {} ({}, gateway {}, MTU {})",
-                opts.network_name, env.subnet, env.gateway, env.mtu
-            ));
-            if !opts.root.dry_run() {
-                docker
-                    .create_network(create_request(&opts.network_name, &env))
-                    .await
-                    .map_err(|e| {
-                        anyhow::anyhow!(
-                            "docker at {where_}: creating network {} ({}, gateway {}) failed: {}",
-                            opts.network_name,
-                            env.subnet,
-                            env.gateway,
-                            describe(&e)
-                        )
-                    })?;
-            }
-        }
-        Err(e) => bail!(
-            "docker at {where_}: inspecting network {} failed: {}",
-            opts.network_name,
-            describe(&e)
-        ),
+    check_docker0(&docker, &opts.docker_host, &env).await?;
+    match ensure_network(&docker, opts, &env).await? {
+        NetworkOutcome::Checked(warnings) => report.warnings.extend(warnings),
+        NetworkOutcome::Created => report.changes.push(format!(
+            "created Docker network {} ({}, gateway {}, MTU {})",
+            opts.network_name, env.subnet, env.gateway, env.mtu
+        )),
     }
     if opts.masquerade && ensure_masquerade(&opts.network_name, &env, opts.root.dry_run())? {
         report.changes.push(format!(
@@ -123,16 +76,104 @@ pub async fn run(opts: &NetworkOptions) -> Result<NetworkReport> {
     Ok(report)
 }
 
+/// flanneld's subnet.env, which must be there: this step runs after flanneld.
+fn read_subnet_env(opts: &NetworkOptions) -> Result<SubnetEnv> {
+    let env_path = opts.root.join(&opts.subnet_env);
+    let text = opts.root.read(&opts.subnet_env)?.ok_or_else(|| {
+        NodePrepError::Flannel(format!(
+            "{} does not exist: flanneld writes it once it has the node's subnet; run this after flanneld.service",
+            env_path.display()
+        ))
+    })?;
+    SubnetEnv::parse(&text, &env_path.display().to_string())
+}
+
+/// A Docker API failure at `host` while doing `doing`.
+fn docker_failed(host: &str, doing: String, e: &bollard::errors::Error) -> NodePrepError {
+    NodePrepError::Docker {
+        host: host.to_string(),
+        doing,
+        detail: describe(e),
+    }
+}
+
+/// docker0 must be off the flannel network, or the BOSH network's routes would clash.
+async fn check_docker0(docker: &Docker, host: &str, env: &SubnetEnv) -> Result<()> {
+    let bridge = docker.inspect_network("bridge", None).await.map_err(|e| {
+        docker_failed(
+            host,
+            "inspecting docker0's network 'bridge' failed".into(),
+            &e,
+        )
+    })?;
+    for (subnet, _) in ipam(&bridge) {
+        if subnet.contains(&env.network) || env.network.contains(&subnet) {
+            return Err(NodePrepError::DockerNetwork(format!(
+                "docker0 (network 'bridge' at {host}) uses {subnet}, which overlaps the flannel network {}: move it off with dockerd's --bip (node-prep sets DOCKER_OPT_BIP) and restart docker",
+                env.network
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// What became of the BOSH network.
+enum NetworkOutcome {
+    /// It existed and fits; these warnings are about it.
+    Checked(Vec<String>),
+    /// It was (or, in a dry run, would be) created.
+    Created,
+}
+
+/// Checks the BOSH network, or creates it when Docker has none of that name.
+async fn ensure_network(
+    docker: &Docker,
+    opts: &NetworkOptions,
+    env: &SubnetEnv,
+) -> Result<NetworkOutcome> {
+    let host = &opts.docker_host;
+    let name = &opts.network_name;
+    match docker.inspect_network(name, None).await {
+        Ok(existing) => Ok(NetworkOutcome::Checked(check_existing(
+            name, host, &existing, env,
+        )?)),
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => {
+            if !opts.root.dry_run() {
+                docker
+                    .create_network(create_request(name, env))
+                    .await
+                    .map_err(|e| {
+                        let doing = format!(
+                            "creating network {name} ({}, gateway {}) failed",
+                            env.subnet, env.gateway
+                        );
+                        docker_failed(host, doing, &e)
+                    })?;
+            }
+            Ok(NetworkOutcome::Created)
+        }
+        Err(e) => Err(docker_failed(
+            host,
+            format!("inspecting network {name} failed"),
+            &e,
+        )),
+    }
+}
+
 async fn connect(host: &str) -> Result<Docker> {
     let Some(path) = host.strip_prefix("unix://") else {
-        bail!("--docker-host '{host}' must be unix:///path/to/docker.sock");
+        return Err(NodePrepError::Flag(format!(
+            "--docker-host '{host}' must be unix:///path/to/docker.sock"
+        )));
     };
     let docker = Docker::connect_with_unix(path, 120, bollard::API_DEFAULT_VERSION)
-        .with_context(|| format!("cannot set up a Docker client for {host}"))?;
+        .map_err(|e| docker_failed(host, "setting up a client failed".into(), &e))?;
     docker
         .negotiate_version()
         .await
-        .map_err(|e| anyhow::anyhow!("docker at {host} does not answer: {}", describe(&e)))
+        .map_err(|e| docker_failed(host, "does not answer".into(), &e))
 }
 
 fn ipam(n: &NetworkInspect) -> Vec<(Ipv4Net, Option<Ipv4Addr>)> {
@@ -174,13 +215,13 @@ pub fn check_existing(
         "move its containers off and remove it (docker network rm {name}) so node-prep can create it, or fix the node's flannel subnet"
     );
     if n.driver.as_deref() != Some("bridge") {
-        bail!(
+        return Err(NodePrepError::DockerNetwork(format!(
             "Docker network {name} at {docker_host} has driver {}, but a bridge network is needed; {fix}",
             n.driver.as_deref().unwrap_or("(none)")
-        );
+        )));
     }
     if found != [(env.subnet, Some(env.gateway))] {
-        bail!(
+        return Err(NodePrepError::DockerNetwork(format!(
             "Docker network {name} at {docker_host} has subnet {}, but this node's flannel subnet is {} gateway {}; {fix}",
             if have.is_empty() {
                 "(none)".to_string()
@@ -189,7 +230,7 @@ pub fn check_existing(
             },
             env.subnet,
             env.gateway
-        );
+        )));
     }
     let mtu = n
         .options
@@ -265,10 +306,14 @@ fn ensure_masquerade(name: &str, env: &SubnetEnv, dry_run: bool) -> Result<bool>
         .map(|s| s.to_string())
         .collect()
     };
+    let not_run = |error| NodePrepError::CommandNotRun {
+        command: "iptables".into(),
+        error,
+    };
     let check = Command::new("iptables")
         .args(rule("-C"))
         .output()
-        .context("cannot run iptables (is it installed?)")?;
+        .map_err(not_run)?;
     if check.status.success() {
         return Ok(false);
     }
@@ -278,12 +323,13 @@ fn ensure_masquerade(name: &str, env: &SubnetEnv, dry_run: bool) -> Result<bool>
     let add = Command::new("iptables")
         .args(rule("-A"))
         .output()
-        .context("cannot run iptables")?;
+        .map_err(not_run)?;
     if !add.status.success() {
-        bail!(
-            "iptables could not add the masquerade rule for {subnet}: {}",
-            String::from_utf8_lossy(&add.stderr).trim()
-        );
+        return Err(NodePrepError::CommandFailed {
+            doing: format!("iptables adding the masquerade rule for {subnet}"),
+            status: add.status.to_string(),
+            stderr: String::from_utf8_lossy(&add.stderr).trim().to_string(),
+        });
     }
     Ok(true)
 }

@@ -5,7 +5,6 @@
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
 
-use anyhow::{Context, Result, anyhow};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
@@ -13,6 +12,7 @@ use rcgen::{
 use ring::rand::SecureRandom;
 use time::{Duration, OffsetDateTime};
 
+use super::error::{NodePrepError, Result};
 use super::identity::Identity;
 use crate::config::Secret;
 
@@ -28,21 +28,24 @@ pub struct CertAndKey {
 
 /// Makes a new cluster CA (ECDSA P-256, self-signed, path length 0).
 pub fn new_ca(common_name: &str) -> Result<CertAndKey> {
-    let key = KeyPair::generate().context("cannot generate the CA key")?;
-    let mut params = base_params(common_name, CA_VALID_DAYS)?;
-    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let cert = params
-        .self_signed(&key)
-        .context("cannot self-sign the CA certificate")?;
-    Ok(CertAndKey {
-        cert_pem: cert.pem(),
-        key_pem: Secret::new(key.serialize_pem()),
-    })
+    let make = || -> Result<CertAndKey, String> {
+        let key = KeyPair::generate().map_err(|e| format!("cannot generate the CA key: {e}"))?;
+        let mut params = base_params(common_name, CA_VALID_DAYS)?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let cert = params
+            .self_signed(&key)
+            .map_err(|e| format!("cannot self-sign the CA certificate: {e}"))?;
+        Ok(CertAndKey {
+            cert_pem: cert.pem(),
+            key_pem: Secret::new(key.serialize_pem()),
+        })
+    };
+    make().map_err(|e| NodePrepError::certificate(format!("cannot make the CA '{common_name}'"), e))
 }
 
 /// The SANs a node's Docker server certificate must carry, in `IP:`/`DNS:` form.
@@ -57,25 +60,39 @@ pub fn server_sans(id: &Identity) -> BTreeSet<String> {
 
 /// Issues a Docker server certificate for the node, signed by the CA.
 pub fn issue_server(ca: &CertAndKey, id: &Identity, days: u32) -> Result<CertAndKey> {
-    let mut params = base_params(&format!("{} docker", id.name), i64::from(days))?;
-    params.subject_alt_names = server_sans(id)
-        .iter()
-        .map(|s| to_san(s))
-        .collect::<Result<_>>()?;
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    sign_leaf(ca, params)
-        .with_context(|| format!("cannot issue the Docker server certificate for {}", id.name))
+    let make = || -> Result<CertAndKey, String> {
+        let mut params = base_params(&format!("{} docker", id.name), i64::from(days))?;
+        params.subject_alt_names = server_sans(id)
+            .iter()
+            .map(|s| to_san(s))
+            .collect::<Result<_, String>>()?;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        sign_leaf(ca, params)
+    };
+    make().map_err(|e| {
+        NodePrepError::certificate(
+            format!("cannot issue the Docker server certificate for {}", id.name),
+            e,
+        )
+    })
 }
 
 /// Issues a client certificate (for the CPI) signed by the CA.
 pub fn issue_client(ca: &CertAndKey, common_name: &str, days: u32) -> Result<CertAndKey> {
-    let mut params = base_params(common_name, i64::from(days))?;
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    sign_leaf(ca, params)
-        .with_context(|| format!("cannot issue the client certificate '{common_name}'"))
+    let make = || -> Result<CertAndKey, String> {
+        let mut params = base_params(common_name, i64::from(days))?;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        sign_leaf(ca, params)
+    };
+    make().map_err(|e| {
+        NodePrepError::certificate(
+            format!("cannot issue the client certificate '{common_name}'"),
+            e,
+        )
+    })
 }
 
-fn base_params(common_name: &str, days: i64) -> Result<CertificateParams> {
+fn base_params(common_name: &str, days: i64) -> Result<CertificateParams, String> {
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, "MoltenCore");
@@ -88,37 +105,43 @@ fn base_params(common_name: &str, days: i64) -> Result<CertificateParams> {
     let mut serial = [0u8; 16];
     ring::rand::SystemRandom::new()
         .fill(&mut serial)
-        .map_err(|_| anyhow!("no randomness for a certificate serial"))?;
+        .map_err(|_| "no randomness for a certificate serial".to_string())?;
     serial[0] &= 0x7f;
     params.serial_number = Some(SerialNumber::from_slice(&serial));
     Ok(params)
 }
 
-fn sign_leaf(ca: &CertAndKey, mut params: CertificateParams) -> Result<CertAndKey> {
+fn sign_leaf(ca: &CertAndKey, mut params: CertificateParams) -> Result<CertAndKey, String> {
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![
         KeyUsagePurpose::DigitalSignature,
         KeyUsagePurpose::KeyEncipherment,
     ];
     params.use_authority_key_identifier_extension = true;
-    let ca_key = KeyPair::from_pem(ca.key_pem.expose()).context("the CA key is not usable")?;
+    let ca_key = KeyPair::from_pem(ca.key_pem.expose())
+        .map_err(|e| format!("the CA key is not usable: {e}"))?;
     let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key)
-        .context("the CA certificate is not usable")?;
-    let key = KeyPair::generate().context("cannot generate a key")?;
-    let cert = params.signed_by(&key, &issuer)?;
+        .map_err(|e| format!("the CA certificate is not usable: {e}"))?;
+    let key = KeyPair::generate().map_err(|e| format!("cannot generate a key: {e}"))?;
+    let cert = params
+        .signed_by(&key, &issuer)
+        .map_err(|e| format!("cannot sign: {e}"))?;
     Ok(CertAndKey {
         cert_pem: cert.pem(),
         key_pem: Secret::new(key.serialize_pem()),
     })
 }
 
-fn to_san(s: &str) -> Result<SanType> {
+fn to_san(s: &str) -> Result<SanType, String> {
     if let Some(ip) = s.strip_prefix("IP:") {
-        return Ok(SanType::IpAddress(ip.parse()?));
+        let ip = ip
+            .parse()
+            .map_err(|e| format!("'{ip}' is not a usable IP address: {e}"))?;
+        return Ok(SanType::IpAddress(ip));
     }
     let dns = s.strip_prefix("DNS:").unwrap_or(s);
     Ok(SanType::DnsName(dns.try_into().map_err(|e| {
-        anyhow!("'{dns}' is not a usable DNS name: {e}")
+        format!("'{dns}' is not a usable DNS name: {e}")
     })?))
 }
 
@@ -139,15 +162,15 @@ pub struct CertInfo {
 /// Reads a PEM certificate and checks its signature against the CA certificate.
 pub fn inspect(cert_pem: &str, ca_pem: &str) -> Result<CertInfo> {
     let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
-        .map_err(|e| anyhow!("not a PEM certificate: {e}"))?;
+        .map_err(|e| NodePrepError::certificate("not a PEM certificate", e))?;
     let cert = pem
         .parse_x509()
-        .map_err(|e| anyhow!("not an X.509 certificate: {e}"))?;
+        .map_err(|e| NodePrepError::certificate("not an X.509 certificate", e))?;
     let (_, ca_pem_parsed) = x509_parser::pem::parse_x509_pem(ca_pem.as_bytes())
-        .map_err(|e| anyhow!("the CA is not a PEM certificate: {e}"))?;
+        .map_err(|e| NodePrepError::certificate("the CA is not a PEM certificate", e))?;
     let ca = ca_pem_parsed
         .parse_x509()
-        .map_err(|e| anyhow!("the CA is not an X.509 certificate: {e}"))?;
+        .map_err(|e| NodePrepError::certificate("the CA is not an X.509 certificate", e))?;
     let signed_by_ca =
         cert.issuer() == ca.subject() && cert.verify_signature(Some(ca.public_key())).is_ok();
     let mut sans = BTreeSet::new();
@@ -181,7 +204,7 @@ pub fn inspect(cert_pem: &str, ca_pem: &str) -> Result<CertInfo> {
 /// SHA-256 fingerprint of a PEM certificate (lower-case hex of the DER).
 pub fn fingerprint(cert_pem: &str) -> Result<String> {
     let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
-        .map_err(|e| anyhow!("not a PEM certificate: {e}"))?;
+        .map_err(|e| NodePrepError::certificate("not a PEM certificate", e))?;
     Ok(fingerprint_der(&pem.contents))
 }
 

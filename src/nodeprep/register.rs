@@ -2,27 +2,27 @@
 //! compare-and-swap (a concurrent cordon is never lost; node-prep keeps the state it
 //! finds), and the state flip behind `cpi nodes cordon|uncordon`.
 
-use anyhow::{Context, Result, bail};
 use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use serde_json::Value;
 
+use super::error::{NodePrepError, Result, to_json};
 use crate::cluster::{Capacity, Etcd, Keys, NodeRecord, NodeState};
 
 /// This machine's CPUs and memory, as placement sees them.
 pub fn host_capacity() -> Result<Capacity> {
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get() as u32)
-        .context("cannot count this machine's CPUs")?;
+        .map_err(|e| NodePrepError::Capacity(format!("cannot count this machine's CPUs: {e}")))?;
     let meminfo = crate::bounded_file::read_to_string(
         std::path::Path::new("/proc/meminfo"),
         crate::bounded_file::FileKind::HostFile,
     )
-    .context("cannot read /proc/meminfo")?;
+    .map_err(|e| NodePrepError::Capacity(format!("cannot read /proc/meminfo: {e}")))?;
     let kib = meminfo
         .lines()
         .find_map(|l| l.strip_prefix("MemTotal:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .context("/proc/meminfo has no MemTotal")?;
+        .ok_or_else(|| NodePrepError::Capacity("/proc/meminfo has no MemTotal".into()))?;
     Ok(Capacity {
         cpus,
         memory_mib: kib / 1024,
@@ -115,12 +115,14 @@ pub async fn register(
         if dry_run {
             return Ok(Registration { record, previous });
         }
-        let value = serde_json::to_string(&record)?;
+        let value = to_json(&record, &format!("node record {key}"))?;
         if swap(etcd, &key, value, raw.map(|(_, rev)| rev)).await? {
             return Ok(Registration { record, previous });
         }
     }
-    bail!("node record {key} kept changing while node-prep wrote it; run node-prep again")
+    Err(NodePrepError::NodeRecord(format!(
+        "node record {key} kept changing while node-prep wrote it; run node-prep again"
+    )))
 }
 
 /// Sets a node's state, keeping every other field of its record as it is. Returns the
@@ -134,23 +136,30 @@ pub async fn set_state(
     let key = keys.node(name);
     for _ in 0..10 {
         let Some((raw, rev)) = read_raw(etcd, &key).await? else {
-            bail!("there is no node '{name}' (no record at {key}); `cpi nodes` lists the nodes");
+            return Err(NodePrepError::NodeRecord(format!(
+                "there is no node '{name}' (no record at {key}); `cpi nodes` lists the nodes"
+            )));
         };
-        let mut doc: Value = serde_json::from_slice(&raw).with_context(|| {
-            format!("node record {key} is not JSON; run node-prep on that node")
-        })?;
-        let record: NodeRecord = serde_json::from_value(doc.clone()).with_context(|| {
-            format!("node record {key} is unreadable; run node-prep on that node")
-        })?;
+        let unusable = |problem: &str, e: serde_json::Error| {
+            NodePrepError::NodeRecord(format!(
+                "node record {key} is {problem}; run node-prep on that node: {e}"
+            ))
+        };
+        let mut doc: Value = serde_json::from_slice(&raw).map_err(|e| unusable("not JSON", e))?;
+        let record: NodeRecord =
+            serde_json::from_value(doc.clone()).map_err(|e| unusable("unreadable", e))?;
         if record.state == state {
             return Ok(state);
         }
-        doc["state"] = serde_json::to_value(state)?;
+        doc["state"] = serde_json::to_value(state)
+            .map_err(|e| NodePrepError::encode(format!("state {state}"), &e))?;
         if swap(etcd, &key, doc.to_string(), Some(rev)).await? {
             return Ok(record.state);
         }
     }
-    bail!("node record {key} kept changing; try again")
+    Err(NodePrepError::NodeRecord(format!(
+        "node record {key} kept changing; try again"
+    )))
 }
 
 #[cfg(test)]

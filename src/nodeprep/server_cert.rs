@@ -1,10 +1,10 @@
 //! Decides, from the files on the node and the cluster CA, whether the node's Docker server
 //! certificate stays or is (re-)issued, and says why.
 
-use anyhow::Result;
 use time::{Duration, OffsetDateTime};
 
 use super::docker_units as du;
+use super::error::Result;
 use super::files::Root;
 use super::identity::Identity;
 use super::pki::{self, CertAndKey};

@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use anyhow::{Context, Result, bail};
+use super::error::{NodePrepError, Result};
 
 /// The systemd operations node-prep needs.
 pub trait Systemd {
@@ -32,14 +32,16 @@ impl Systemctl {
         let out = Command::new("systemctl")
             .args(args)
             .output()
-            .with_context(|| format!("cannot run systemctl {}", args.join(" ")))?;
+            .map_err(|error| NodePrepError::CommandNotRun {
+                command: format!("systemctl {}", args.join(" ")),
+                error,
+            })?;
         if !out.status.success() {
-            bail!(
-                "systemctl {} failed ({}): {}",
-                args.join(" "),
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
+            return Err(NodePrepError::CommandFailed {
+                doing: format!("systemctl {}", args.join(" ")),
+                status: out.status.to_string(),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
         }
         self.actions.push(args.join(" "));
         Ok(())
@@ -54,7 +56,10 @@ impl Systemd for Systemctl {
         let status = Command::new("systemctl")
             .args(["is-active", "--quiet", unit])
             .status()
-            .with_context(|| format!("cannot run systemctl is-active {unit}"))?;
+            .map_err(|error| NodePrepError::CommandNotRun {
+                command: format!("systemctl is-active {unit}"),
+                error,
+            })?;
         Ok(status.success())
     }
     fn restart(&mut self, unit: &str) -> Result<()> {

@@ -106,54 +106,11 @@ impl fmt::Display for CpiError {
 
 impl std::error::Error for CpiError {}
 
-/// `text` followed by every message of the `source` chain it does not already contain:
-/// libraries hide the useful part ("connection refused", a certificate rejection) in the
-/// sources of a generic error.
-pub fn with_sources(
-    mut text: String,
-    mut source: Option<&(dyn std::error::Error + 'static)>,
-) -> String {
-    while let Some(s) = source {
-        let more = s.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        source = s.source();
-    }
-    text
-}
+pub use crate::echo::with_sources;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[derive(Debug)]
-    struct Outer(std::io::Error);
-    impl fmt::Display for Outer {
-        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("request failed")
-        }
-    }
-    impl std::error::Error for Outer {
-        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-            Some(&self.0)
-        }
-    }
-
-    #[test]
-    fn sources_are_appended_once() {
-        let outer = Outer(std::io::Error::other("connection refused"));
-        let source = std::error::Error::source(&outer);
-        assert_eq!(
-            with_sources(outer.to_string(), source),
-            "request failed: connection refused"
-        );
-        assert_eq!(
-            with_sources("connection refused".into(), source),
-            "connection refused"
-        );
-    }
 
     #[test]
     fn type_strings_are_the_directors() {

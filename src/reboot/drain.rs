@@ -13,7 +13,11 @@ use crate::protocol::VmCid;
 pub async fn snapshot(docker: &NodeDocker, cids: &[VmCid]) -> Result<Vec<VmSnapshot>, String> {
     let mut vms = Vec::new();
     for cid in cids {
-        let Some(c) = docker.inspect_container(cid).await.map_err(|e| e.message)? else {
+        let Some(c) = docker
+            .inspect_container(cid)
+            .await
+            .map_err(|e| e.to_string())?
+        else {
             continue;
         };
         vms.push(observe(cid, &c));
@@ -61,7 +65,7 @@ pub async fn stop_all(docker: &NodeDocker, vms: &[VmSnapshot], grace_seconds: i3
         docker
             .stop_container(&v.cid, grace_seconds)
             .await
-            .map_err(|e| e.message)
+            .map_err(|e| e.to_string())
     });
     join_all(stops)
         .await

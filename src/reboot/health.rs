@@ -11,13 +11,13 @@ pub async fn check(docker: &NodeDocker, before: &[VmSnapshot]) -> Result<(), Str
     docker
         .version()
         .await
-        .map_err(|e| format!("Docker does not answer: {}", e.message))?;
+        .map_err(|e| format!("Docker does not answer: {}", e))?;
     let mut problems = Vec::new();
     for vm in before.iter().filter(|v| v.running) {
         let Some(c) = docker
             .inspect_container(&vm.cid)
             .await
-            .map_err(|e| e.message)?
+            .map_err(|e| e.to_string())?
         else {
             problems.push(format!("VM {}: its container is gone", vm.cid));
             continue;
@@ -26,7 +26,7 @@ pub async fn check(docker: &NodeDocker, before: &[VmSnapshot]) -> Result<(), Str
         if !now.running {
             match docker.start(&vm.cid).await {
                 Ok(()) => problems.push(format!("VM {}: started again, not yet checked", vm.cid)),
-                Err(e) => problems.push(format!("VM {}: does not start: {}", vm.cid, e.message)),
+                Err(e) => problems.push(format!("VM {}: does not start: {}", vm.cid, e)),
             }
             continue;
         }

@@ -319,7 +319,7 @@ impl<'a> Manager<'a> {
         access
             .connect(&node.name, &node.docker_endpoint)
             .await
-            .map_err(|e| StepError::Docker(e.message))
+            .map_err(|e| StepError::Docker(e.to_string()))
     }
 
     async fn drain(&mut self, record: &Versioned<RebootRecord>) -> Result<Next, StepError> {

@@ -92,7 +92,7 @@ pub async fn create(
     ]);
     if let Err(e) = docker.create_volume(cid.as_str(), volume_labels).await {
         let _ = index::delete(etcd, &keys.disk(&cid)).await;
-        return Err(e);
+        return Err(e.into());
     }
     tracing::info!(disk = %cid, node = %node, size_mib, "disk created");
     Ok(CallResult::Plain(Value::String(cid.to_string())))

@@ -86,7 +86,7 @@ pub async fn move_disk(
     if !from
         .volume_exists(&cid)
         .await
-        .map_err(|e| e.context(format!("moving disk {cid}")))?
+        .map_err(|e| CpiError::from(e).context(format!("moving disk {cid}")))?
     {
         return Err(super::volume_gone(disk));
     }
@@ -108,7 +108,8 @@ pub async fn move_disk(
         Err(e) => {
             // Cleaned now if the target answers; otherwise the mark stays for the next call.
             remove_stray_copies(ctx, disk).await;
-            return Err(e.context(format!("moving disk {cid} from {} to {target}", disk.node)));
+            return Err(CpiError::from(e)
+                .context(format!("moving disk {cid} from {} to {target}", disk.node)));
         }
     };
     let source = std::mem::replace(&mut disk.node, target.to_string());

@@ -56,7 +56,7 @@ pub async fn snapshot(
         Err(e) => {
             let _ = docker.remove_volume(cid.as_str()).await;
             let _ = index::delete(etcd, &keys.snapshot(&cid)).await;
-            Err(e.context(format!("snapshot_disk {disk_cid}")))
+            Err(CpiError::from(e).context(format!("snapshot_disk {disk_cid}")))
         }
     }
 }

@@ -35,7 +35,9 @@ impl LightImage {
             })?;
         // It goes into Docker API paths (inspect, pull, tag): only the reference grammar.
         let reference = crate::docker::names::image(reference)
-            .map_err(|e| e.context("create_stemcell: cloud_properties.image_reference"))?
+            .map_err(|e| {
+                CpiError::from(e).context("create_stemcell: cloud_properties.image_reference")
+            })?
             .to_string();
         let digest = match cp.get("digest") {
             None | Some(Value::Null) => None,
@@ -130,7 +132,7 @@ async fn adopt_on(node: &NodeDocker, image: &LightImage, cid: &str) -> Result<()
             image.digest.as_deref().unwrap_or("")
         )));
     }
-    images::tag(node, &image.reference, IMAGE_REPO, cid).await
+    Ok(images::tag(node, &image.reference, IMAGE_REPO, cid).await?)
 }
 
 #[cfg(test)]

@@ -116,9 +116,12 @@ pub async fn create(
         Ok(o) => o,
         Err(e) => {
             remove_everywhere(&nodes, &target.reference()).await;
-            return Err(e.context(format!("create_stemcell {image_path}")));
+            return Err(CpiError::from(e).context(format!("create_stemcell {image_path}")));
         }
     };
+    let outcomes = outcomes
+        .into_iter()
+        .map(|(name, r)| (name, r.map_err(CpiError::from)));
     let (ok, failed): (Vec<_>, Vec<_>) = outcomes.into_iter().partition(|(_, r)| r.is_ok());
     if ok.is_empty() {
         remove_everywhere(&nodes, &target.reference()).await;
@@ -280,7 +283,7 @@ async fn remove_everywhere(nodes: &[NodeDocker], reference: &str) {
     let results = join_all(nodes.iter().map(|n| images::remove(n, reference))).await;
     for r in results {
         if let Err(e) = r {
-            tracing::warn!("cleanup: {}", e.message);
+            tracing::warn!("cleanup: {e}");
         }
     }
 }
@@ -295,7 +298,7 @@ pub async fn delete(ctx: &CloudContext<'_>, cid: &StemcellCid) -> Result<CallRes
     let results = join_all(nodes.iter().map(|n| images::remove(n, &reference))).await;
     let mut hard = Vec::new();
     for (node, result) in nodes.iter().zip(results) {
-        match result {
+        match result.map_err(CpiError::from) {
             Ok(()) => {}
             Err(e) if e.ok_to_retry => tracing::warn!(
                 node = %node.name,
@@ -365,5 +368,5 @@ pub async fn ensure_on_node(
         stemcell = %cid, from = %source.name, to = %node.name,
         "copying stemcell to the node"
     );
-    images::copy(source, node, &reference).await
+    Ok(images::copy(source, node, &reference).await?)
 }

@@ -17,8 +17,7 @@ use super::{agent_files, ephemeral_volume, labels, start_script};
 use crate::cloud::{CloudContext, now, stemcell};
 use crate::cluster::{NodeRecord, VmRecord, VmState, claims, index};
 use crate::config::BlobstoreSettings;
-use crate::docker::containers::docker_message;
-use crate::docker::{BridgeSpec, NodeDocker};
+use crate::docker::{BridgeSpec, DockerError, NodeDocker};
 use crate::placement::{self, VmDemand};
 use crate::protocol::{CallResult, CpiError, CreateVm, ErrorKind, NetworkType, VmCid};
 
@@ -404,10 +403,11 @@ async fn build(
         }
     }
     docker.upload_archive(cid, "/", archive).await?;
-    if let Err(e) = docker.start_container(cid).await {
-        let message = docker_message(&e);
-        if message.contains("already in use") {
-            // The claim was ours, so something outside this CPI's VMs holds the address.
+    match docker.start(cid).await {
+        Ok(()) => {}
+        // The daemon's 403 on start: an address is in use. The claim was ours, so something
+        // outside this CPI's VMs holds it.
+        Err(DockerError::Forbidden { message, .. }) => {
             let ips: Vec<String> = planned
                 .iter()
                 .filter_map(|p| p.ip.map(|ip| ip.to_string()))
@@ -422,7 +422,7 @@ async fn build(
                 ),
             ));
         }
-        return Err(docker.error(&format!("starting container {cid}"), &e));
+        Err(e) => return Err(e.into()),
     }
     verify_addresses(docker, cid, planned).await
 }
@@ -593,8 +593,8 @@ async fn rollback(ctx: &CloudContext<'_>, docker: Option<&NodeDocker>, undo: Vec
     let mut node_clean = true;
     for step in undo.into_iter().rev() {
         let result = match (&step, docker) {
-            (Undo::Container(name), Some(d)) => d.remove_container(name).await,
-            (Undo::Volume(name), Some(d)) => d.remove_volume(name).await,
+            (Undo::Container(name), Some(d)) => d.remove_container(name).await.map_err(Into::into),
+            (Undo::Volume(name), Some(d)) => d.remove_volume(name).await.map_err(Into::into),
             (Undo::IndexRecord(record), _) if node_clean => {
                 match (ctx.etcd().await, ctx.keys().await) {
                     (Ok(etcd), Ok(keys)) => claims::forget_vm(etcd, &keys, record).await,

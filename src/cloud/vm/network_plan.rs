@@ -73,8 +73,7 @@ pub fn plan(
             Some(Value::String(n)) => crate::docker::names::object(n)
                 .map_err(|e| {
                     CpiError::cpi(format!(
-                        "create_vm: network '{shown}': cloud_properties.name: {}",
-                        e.message
+                        "create_vm: network '{shown}': cloud_properties.name: {e}"
                     ))
                 })?
                 .to_string(),

@@ -16,8 +16,8 @@ use serde_json::Value;
 use super::agent_files::{self, DISK_MOUNT_ROOT, SETTINGS_PATH};
 use crate::cloud::CloudContext;
 use crate::cluster::{VmRecord, index};
-use crate::docker::NodeDocker;
 use crate::docker::containers::ContainerFile;
+use crate::docker::{DockerError, NodeDocker};
 use crate::protocol::{CpiError, ErrorKind};
 
 /// Files of the agent on the root filesystem that must survive a re-creation: its
@@ -270,13 +270,14 @@ async fn restore(docker: &NodeDocker, cid: &str) -> Result<(), CpiError> {
         docker.remove_container(cid).await?;
         match docker.rename_container(&previous_name(cid), cid).await {
             Ok(()) => break,
-            Err(e) if attempt < RESTORE_ATTEMPTS && e.message.contains("already in use") => {
+            // The daemon's 409: the name is still taken.
+            Err(DockerError::Conflict { .. }) if attempt < RESTORE_ATTEMPTS => {
                 tokio::time::sleep(std::time::Duration::from_millis(300)).await;
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         }
     }
-    docker.start(cid).await
+    Ok(docker.start(cid).await?)
 }
 
 /// Attempts at taking the VM's name back from a successor that is still being made.

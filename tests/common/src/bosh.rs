@@ -6,9 +6,12 @@ use std::process::Command;
 
 use serde_json::{Map, Value, json};
 
-/// The repository (= the BOSH release folder).
+/// The repository (= the BOSH release folder): two levels above this crate's folder
+/// (`tests/common`).
 pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    repo.canonicalize()
+        .unwrap_or_else(|e| panic!("the repository {}: {e}", repo.display()))
 }
 
 /// The CPI job's folder.
