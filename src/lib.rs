@@ -12,6 +12,7 @@ pub mod docker;
 pub mod echo;
 pub mod fleetlock;
 pub mod ids;
+pub mod labels;
 pub mod logging;
 pub mod nodeprep;
 pub mod placement;

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 use moltencore::cluster::NodeState;
 use moltencore::commands;
@@ -15,16 +15,28 @@ use moltencore::logging::Logging;
 struct Cli {
     /// Path of cpi.json (default: $BOSH_JOBS_DIR or /var/vcap/jobs, then
     /// moltencore_cpi/config/cpi.json).
-    #[arg(short, long, global = true)]
+    #[arg(short, long)]
     config: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
 
+/// `-c` of the subcommands that read cpi.json (node-prep does not: it has no such flag).
+#[derive(Args)]
+struct ConfigArg {
+    /// Path of cpi.json (default: $BOSH_JOBS_DIR or /var/vcap/jobs, then
+    /// moltencore_cpi/config/cpi.json).
+    #[arg(short, long, global = true)]
+    config: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Answer one BOSH CPI request: JSON on stdin, JSON on stdout (the default).
-    Rpc,
+    Rpc {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// List the cluster's nodes from etcd and check each node's Docker over mutual TLS;
     /// `cordon`/`uncordon` or `drain` a node.
     Nodes {
@@ -33,20 +45,37 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long, global = true)]
         json: bool,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Prepare this host as a cluster node (run at every boot): PKI, flannel subnet,
     /// Docker with mutual TLS, the BOSH network unit, the node record.
     NodePrep(Box<commands::node_prep::NodePrepCommand>),
     /// Print BOSH configs generated from the cluster: `cloud-config` (one AZ and subnet per
     /// node) or `cpi-config` (one CPI per node).
-    BoshConfig(commands::bosh_config::BoshConfigCommand),
+    BoshConfig {
+        #[command(flatten)]
+        cmd: commands::bosh_config::BoshConfigCommand,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Serve the FleetLock protocol (POST /v1/pre-reboot, /v1/steady-state) on the
     /// cluster's reboot semaphore, for hosts with a FleetLock client (Zincati).
-    Fleetlock(commands::fleetlock::FleetLockCommand),
+    Fleetlock {
+        #[command(flatten)]
+        cmd: commands::fleetlock::FleetLockCommand,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Reboot this node when it needs it (Flatcar's update engine, /run/reboot-required,
     /// `cpi nodes reboot`): take a slot, cordon, stop its VMs, reboot, check they are
     /// back, uncordon, give the slot back.
-    RebootManager(Box<commands::reboot_manager::RebootManagerCommand>),
+    RebootManager {
+        #[command(flatten)]
+        cmd: Box<commands::reboot_manager::RebootManagerCommand>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
 }
 
 #[derive(Subcommand)]
@@ -85,38 +114,49 @@ enum NodesAction {
 fn main() {
     let cli = Cli::parse();
     let logging = Logging::init();
-    let config = cli.config.unwrap_or_else(default_config_path);
-    let code = match cli.command.unwrap_or(Command::Rpc) {
-        Command::Rpc => commands::rpc::run(config, &logging),
-        Command::Nodes { action: None, json } => commands::nodes::run(config, json),
+    let command = cli.command.unwrap_or(Command::Rpc {
+        config: ConfigArg { config: None },
+    });
+    // `-c` before the subcommand (`cpi -c cpi.json nodes`) or after it (`cpi nodes -c ...`).
+    let config = |sub: ConfigArg| {
+        sub.config
+            .or_else(|| cli.config.clone())
+            .unwrap_or_else(default_config_path)
+    };
+    let code = match command {
+        Command::Rpc { config: c } => commands::rpc::run(config(c), &logging),
         Command::Nodes {
-            action: Some(NodesAction::Cordon { name }),
-            ..
-        } => commands::nodes::set_state(config, &name, NodeState::Cordoned),
-        Command::Nodes {
-            action: Some(NodesAction::Uncordon { name }),
-            ..
-        } => commands::nodes::set_state(config, &name, NodeState::Ready),
-        Command::Nodes {
-            action: Some(NodesAction::Drain { name }),
+            action,
             json,
-        } => commands::drain::run(config, &name, json),
-        Command::Nodes {
-            action: Some(NodesAction::Reboot { name, why }),
-            ..
-        } => commands::node_reboot::request(config, &name, why),
-        Command::Nodes {
-            action: Some(NodesAction::Release { name, force, group }),
-            ..
-        } => commands::node_reboot::release(config, &name, force, &group),
-        Command::Nodes {
-            action: Some(NodesAction::MaxUnavailable { max, group }),
-            ..
-        } => commands::node_reboot::set_max(config, max, &group),
+            config: c,
+        } => nodes(config(c), action, json),
         Command::NodePrep(cmd) => commands::node_prep::run(*cmd),
-        Command::BoshConfig(cmd) => commands::bosh_config::run(config, cmd),
-        Command::Fleetlock(cmd) => commands::fleetlock::run(config, cmd),
-        Command::RebootManager(cmd) => commands::reboot_manager::run(config, *cmd),
+        Command::BoshConfig { cmd, config: c } => commands::bosh_config::run(config(c), cmd),
+        Command::Fleetlock { cmd, config: c } => commands::fleetlock::run(config(c), cmd),
+        Command::RebootManager { cmd, config: c } => commands::reboot_manager::run(config(c), *cmd),
     };
     std::process::exit(code);
+}
+
+/// `cpi nodes [ACTION]`.
+fn nodes(config: PathBuf, action: Option<NodesAction>, json: bool) -> i32 {
+    match action {
+        None => commands::nodes::run(config, json),
+        Some(NodesAction::Cordon { name }) => {
+            commands::nodes::set_state(config, &name, NodeState::Cordoned)
+        }
+        Some(NodesAction::Uncordon { name }) => {
+            commands::nodes::set_state(config, &name, NodeState::Ready)
+        }
+        Some(NodesAction::Drain { name }) => commands::drain::run(config, &name, json),
+        Some(NodesAction::Reboot { name, why }) => {
+            commands::node_reboot::request(config, &name, why)
+        }
+        Some(NodesAction::Release { name, force, group }) => {
+            commands::node_reboot::release(config, &name, force, &group)
+        }
+        Some(NodesAction::MaxUnavailable { max, group }) => {
+            commands::node_reboot::set_max(config, max, &group)
+        }
+    }
 }

@@ -7,24 +7,32 @@ mod info;
 pub mod session;
 pub mod stemcell;
 pub mod vm;
-mod vm_properties;
 
 pub use context::CloudContext;
 pub use info::STEMCELL_FORMATS;
 
 use crate::protocol::{Call, CallResult, CpiError};
 
-/// Runs one typed call.
+/// The cloud_properties keys `create_disk` reads (`disk::create`).
+const DISK_KEYS: &[&str] = &["node"];
+
+/// Runs one typed call: the one handler of each `Call` variant (the method list itself
+/// is `protocol::call`).
 pub async fn handle(ctx: &CloudContext<'_>, call: Call) -> Result<CallResult, CpiError> {
+    let method = call.method();
     match call {
         Call::Info => Ok(info::info()),
-        Call::CalculateVmCloudProperties(req) => vm_properties::calculate(ctx, req).await,
+        Call::CalculateVmCloudProperties(req) => vm::requirements::calculate(ctx, req).await,
         Call::CreateStemcell {
             image_path,
             cloud_properties,
         } => stemcell::create(ctx, &image_path, &cloud_properties).await,
         Call::DeleteStemcell { stemcell_cid } => stemcell::delete(ctx, &stemcell_cid).await,
-        Call::CreateVm(req) => vm::create(ctx, *req).await,
+        Call::CreateVm(req) => {
+            let known = vm::properties::LOWER_KEYS;
+            vm::properties::warn_unknown_keys(method, &req.cloud_properties, known);
+            vm::create(ctx, *req).await
+        }
         Call::DeleteVm { vm_cid } => vm::delete(ctx, &vm_cid).await,
         Call::HasVm { vm_cid } => vm::has(ctx, &vm_cid).await,
         Call::RebootVm { vm_cid } => vm::reboot(ctx, &vm_cid).await,
@@ -47,7 +55,10 @@ pub async fn handle(ctx: &CloudContext<'_>, call: Call) -> Result<CallResult, Cp
             size_mib,
             cloud_properties,
             vm_cid,
-        } => disk::create(ctx, size_mib, &cloud_properties, vm_cid.as_ref()).await,
+        } => {
+            vm::properties::warn_unknown_keys(method, &cloud_properties, DISK_KEYS);
+            disk::create(ctx, size_mib, &cloud_properties, vm_cid.as_ref()).await
+        }
         Call::DeleteDisk { disk_cid } => disk::delete(ctx, &disk_cid).await,
         Call::HasDisk { disk_cid } => disk::has(ctx, &disk_cid).await,
         Call::AttachDisk { vm_cid, disk_cid } => disk::attach(ctx, &vm_cid, &disk_cid).await,
@@ -74,35 +85,4 @@ pub async fn handle(ctx: &CloudContext<'_>, call: Call) -> Result<CallResult, Cp
 /// The current time as RFC 3339 UTC, for index records and labels.
 pub fn now() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
-}
-
-/// The wire name of a call, for messages.
-pub fn method_name(call: &Call) -> &'static str {
-    match call {
-        Call::Info => "info",
-        Call::CreateStemcell { .. } => "create_stemcell",
-        Call::DeleteStemcell { .. } => "delete_stemcell",
-        Call::CreateVm(_) => "create_vm",
-        Call::DeleteVm { .. } => "delete_vm",
-        Call::HasVm { .. } => "has_vm",
-        Call::RebootVm { .. } => "reboot_vm",
-        Call::SetVmMetadata { .. } => "set_vm_metadata",
-        Call::CalculateVmCloudProperties(_) => "calculate_vm_cloud_properties",
-        Call::CreateDisk { .. } => "create_disk",
-        Call::DeleteDisk { .. } => "delete_disk",
-        Call::HasDisk { .. } => "has_disk",
-        Call::AttachDisk { .. } => "attach_disk",
-        Call::DetachDisk { .. } => "detach_disk",
-        Call::GetDisks { .. } => "get_disks",
-        Call::SetDiskMetadata { .. } => "set_disk_metadata",
-        Call::ResizeDisk { .. } => "resize_disk",
-        Call::UpdateDisk { .. } => "update_disk",
-        Call::SnapshotDisk { .. } => "snapshot_disk",
-        Call::DeleteSnapshot { .. } => "delete_snapshot",
-        Call::CreateNetwork => "create_network",
-        Call::DeleteNetwork => "delete_network",
-        Call::CurrentVmId => "current_vm_id",
-        Call::ConfigureNetworks => "configure_networks",
-        Call::NoSuchObject { method, .. } => method,
-    }
 }

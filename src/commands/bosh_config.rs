@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
+use super::error::{CommandError, load_config};
 use crate::boshconfig::address_plan::Split;
 use crate::boshconfig::cloud_config::{self, DiskTypePreset, Generated, Options, VmTypePreset};
 use crate::boshconfig::cpi_config;
@@ -91,7 +92,7 @@ pub fn run(config_path: PathBuf, cmd: BoshConfigCommand) -> i32 {
     let view = match read_view(config_path) {
         Ok(v) => v,
         Err(e) => {
-            eprintln!("cpi bosh-config: {e}");
+            e.report();
             return 1;
         }
     };
@@ -100,38 +101,39 @@ pub fn run(config_path: PathBuf, cmd: BoshConfigCommand) -> i32 {
     }
     let printed = match &cmd.kind {
         Kind::CloudConfig(args) => cloud_config::generate(&view, &args.options())
-            .map_err(|e| e.to_string())
+            .map_err(|e| CommandError::Failed(e.to_string()))
             .and_then(|g| print(&g)),
         Kind::CpiConfig => cpi_config::generate(&view)
-            .map_err(|e| e.to_string())
+            .map_err(|e| CommandError::Failed(e.to_string()))
             .and_then(|g| print(&g)),
     };
     match printed {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("cpi bosh-config: {e}");
+            e.report();
             1
         }
     }
 }
 
-fn read_view(config_path: PathBuf) -> Result<ClusterView, String> {
+fn read_view(config_path: PathBuf) -> Result<ClusterView, CommandError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+        .map_err(CommandError::Runtime)?;
     rt.block_on(async {
-        let ctx = CloudContext::new(config_path, Default::default(), None);
-        ctx.view().await.map_err(|e| e.message)
+        let ctx = CloudContext::new(config_path.clone(), Default::default(), None);
+        load_config(&ctx, &config_path).await?;
+        Ok(ctx.view().await?)
     })
 }
 
-fn print<T: Serialize>(g: &Generated<T>) -> Result<(), String> {
+fn print<T: Serialize>(g: &Generated<T>) -> Result<(), CommandError> {
     for w in &g.warnings {
         eprintln!("warning: {w}");
     }
     let yaml = serde_yaml_ng::to_string(&g.document)
-        .map_err(|e| format!("cannot write the config as YAML: {e}"))?;
+        .map_err(|e| CommandError::Failed(format!("cannot write the config as YAML: {e}")))?;
     print!("---\n{yaml}");
     Ok(())
 }

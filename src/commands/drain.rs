@@ -55,13 +55,14 @@ pub fn remaining(vm: &VmRecord) -> Remaining {
 /// Cordons `name` and lists what is still on it; exit code 0 once the node is cordoned, 1
 /// on error.
 pub fn run(config_path: PathBuf, name: &str, json: bool) -> i32 {
-    let ctx = CloudContext::new(config_path, Default::default(), None);
+    let ctx = CloudContext::new(config_path.clone(), Default::default(), None);
     let outcome = super::block_on(
         async {
-            let before = super::nodes::change_state(&ctx, name, NodeState::Cordoned).await?;
-            let view = ctx.view().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            let before =
+                super::nodes::change_state(&ctx, &config_path, name, NodeState::Cordoned).await?;
+            let view = ctx.view().await?;
             let left: Vec<Remaining> = view.vms_on(name).map(remaining).collect();
-            anyhow::Ok((before, left))
+            Ok::<_, super::error::CommandError>((before, left))
         },
         1,
     );
@@ -69,7 +70,7 @@ pub fn run(config_path: PathBuf, name: &str, json: bool) -> i32 {
         Err(code) => return code,
         Ok(Ok(o)) => o,
         Ok(Err(e)) => {
-            eprintln!("{e:#}");
+            e.report();
             return 1;
         }
     };

@@ -42,7 +42,7 @@ pub fn run(config_path: PathBuf, cmd: FleetLockCommand) -> i32 {
     match super::block_on(serve_until_stopped(config_path, cmd), 1) {
         Ok(Ok(())) => 0,
         Ok(Err(e)) => {
-            eprintln!("cpi fleetlock: {e:#}");
+            super::error::report_any(e);
             1
         }
         Err(code) => code,
@@ -64,7 +64,8 @@ async fn serve_until_stopped(config_path: PathBuf, cmd: FleetLockCommand) -> Res
         (None, None) => None,
         _ => bail!("--tls-cert and --tls-key go together"),
     };
-    let ctx = CloudContext::new(config_path, Default::default(), None);
+    let ctx = CloudContext::new(config_path.clone(), Default::default(), None);
+    super::error::load_config(&ctx, &config_path).await?;
     let etcd = ctx.etcd().await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let keys = RebootKeys::new(&ctx.keys().await.map_err(|e| anyhow::anyhow!("{e}"))?);
     let semaphores = groups

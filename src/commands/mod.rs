@@ -2,6 +2,7 @@
 
 pub mod bosh_config;
 pub mod drain;
+pub mod error;
 pub mod fleetlock;
 pub mod node_prep;
 pub mod node_reboot;
@@ -23,7 +24,7 @@ pub fn block_on<F: std::future::Future>(work: F, exit_code: i32) -> Result<F::Ou
     match runtime() {
         Ok(rt) => Ok(rt.block_on(work)),
         Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
+            error::CommandError::Runtime(e).report();
             Err(exit_code)
         }
     }

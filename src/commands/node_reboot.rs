@@ -166,7 +166,7 @@ fn report(outcome: Result<String>) -> i32 {
             0
         }
         Err(e) => {
-            eprintln!("{e:#}");
+            super::error::report_any(e);
             1
         }
     }
@@ -176,8 +176,12 @@ fn with_context<F>(config_path: PathBuf, work: F) -> i32
 where
     F: for<'c> AsyncFnOnce(&'c CloudContext<'c>) -> Result<String>,
 {
-    let ctx = CloudContext::new(config_path, Default::default(), None);
-    match super::block_on(work(&ctx), 1) {
+    let ctx = CloudContext::new(config_path.clone(), Default::default(), None);
+    let checked = async {
+        super::error::load_config(&ctx, &config_path).await?;
+        work(&ctx).await
+    };
+    match super::block_on(checked, 1) {
         Ok(outcome) => report(outcome),
         Err(code) => code,
     }

@@ -8,11 +8,11 @@ use std::path::PathBuf;
 use futures_util::future::join_all;
 use serde::Serialize;
 
+use super::error::{CommandError, load_config};
 use super::node_reboot::RebootOverview;
 use crate::cloud::CloudContext;
 use crate::cluster::{NodeRecord, NodeState, NodeUsage};
 use crate::nodeprep::register;
-use crate::protocol::CpiError;
 
 /// One row of the listing.
 #[derive(Debug, Serialize)]
@@ -86,7 +86,7 @@ pub fn run(config_path: PathBuf, json: bool) -> i32 {
             }
         }
         Err(e) => {
-            eprintln!("{e}");
+            e.report();
             2
         }
     }
@@ -96,8 +96,9 @@ pub fn run(config_path: PathBuf, json: bool) -> i32 {
 pub type Listing = (Vec<NodeStatus>, Vec<String>, RebootOverview);
 
 /// Reads the view and asks every node's Docker for its version, all nodes at once.
-pub async fn collect(config_path: PathBuf) -> Result<Listing, CpiError> {
-    let ctx = CloudContext::new(config_path, Default::default(), None);
+pub async fn collect(config_path: PathBuf) -> Result<Listing, CommandError> {
+    let ctx = CloudContext::new(config_path.clone(), Default::default(), None);
+    load_config(&ctx, &config_path).await?;
     let view = ctx.view().await?;
     let access = ctx.docker_access(&view).await?;
     let checks = view.nodes.iter().map(|node| {
@@ -209,19 +210,21 @@ fn print_table(rows: &[NodeStatus], problems: &[String], reboots: &RebootOvervie
 /// Sets node `name`'s state in its etcd record (compare-and-swap); the state it had before.
 pub(crate) async fn change_state(
     ctx: &CloudContext<'_>,
+    config_path: &std::path::Path,
     name: &str,
     state: NodeState,
-) -> anyhow::Result<NodeState> {
-    let etcd = ctx.etcd().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    let keys = ctx.keys().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+) -> Result<NodeState, CommandError> {
+    load_config(ctx, config_path).await?;
+    let etcd = ctx.etcd().await?;
+    let keys = ctx.keys().await?;
     Ok(register::set_state(etcd, &keys, name, state).await?)
 }
 
 /// Sets a node's state (`cpi nodes cordon|uncordon NAME`); exit code 0 when the node has
 /// that state afterwards, 1 on error.
 pub fn set_state(config_path: PathBuf, name: &str, state: NodeState) -> i32 {
-    let ctx = CloudContext::new(config_path, Default::default(), None);
-    let outcome = match super::block_on(change_state(&ctx, name, state), 1) {
+    let ctx = CloudContext::new(config_path.clone(), Default::default(), None);
+    let outcome = match super::block_on(change_state(&ctx, &config_path, name, state), 1) {
         Ok(outcome) => outcome,
         Err(code) => return code,
     };
@@ -235,7 +238,7 @@ pub fn set_state(config_path: PathBuf, name: &str, state: NodeState) -> i32 {
             0
         }
         Err(e) => {
-            eprintln!("{e:#}");
+            e.report();
             1
         }
     }

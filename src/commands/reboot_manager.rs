@@ -62,7 +62,7 @@ pub fn run(config_path: PathBuf, cmd: RebootManagerCommand) -> i32 {
     match super::block_on(manage(config_path, cmd), 1) {
         Ok(Ok(())) => 0,
         Ok(Err(e)) => {
-            eprintln!("cpi reboot-manager: {e:#}");
+            super::error::report_any(e);
             1
         }
         Err(code) => code,
@@ -94,7 +94,8 @@ async fn manage(config_path: PathBuf, cmd: RebootManagerCommand) -> Result<()> {
         reboot_retry: cmd.reboot_retry,
         window,
     };
-    let ctx = CloudContext::new(config_path, Default::default(), None);
+    let ctx = CloudContext::new(config_path.clone(), Default::default(), None);
+    super::error::load_config(&ctx, &config_path).await?;
     let mut manager = Manager::new(&ctx, opts, &cmd.root, reboot_command, engine).await?;
     tokio::select! {
         () = manager.run() => Ok(()),

@@ -1,6 +1,6 @@
 //! `cpi` / `cpi rpc`: one BOSH CPI request on stdin, one response on stdout.
 
-use std::io::{Read, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 
@@ -23,9 +23,16 @@ pub const MAX_REQUEST_BYTES: u64 = 8 * 1024 * 1024;
 /// answer; an endless stdin (`/dev/zero`) stops here.
 const DRAIN_BYTES: u64 = 64 * 1024 * 1024;
 
+/// What `cpi` says on stderr when its stdin is a terminal.
+pub const TERMINAL_HINT: &str = "cpi: reading one BOSH CPI request (a JSON object) on stdin, end it with Ctrl-D; `cpi --help` lists the operator commands (cpi nodes, cpi bosh-config, ...)";
+
 /// Reads the request, runs it, writes the response. Returns the process exit code: 0
 /// whenever a response was written (error responses included).
 pub fn run(config_path: PathBuf, logging: &Logging) -> i32 {
+    if std::io::stdin().is_terminal() {
+        // A person ran `cpi` by hand: say what it waits for instead of hanging silently.
+        eprintln!("{TERMINAL_HINT}");
+    }
     let response = match read_request(std::io::stdin().lock()) {
         Ok(raw) => answer(&raw, config_path, logging),
         Err(err) => {
@@ -126,7 +133,7 @@ async fn run_call(
     logging: &Logging,
 ) -> Result<crate::protocol::CallResult, CpiError> {
     let ctx = CloudContext::new(config_path, context, Some(logging));
-    let method = cloud::method_name(&call);
+    let method = call.method();
     let outcome = AssertUnwindSafe(cloud::handle(&ctx, call))
         .catch_unwind()
         .await;

@@ -2,6 +2,7 @@
 //! copy an image from one node to another (save -> load, streamed), inspect and remove.
 
 use std::io::Read;
+use std::time::Instant;
 
 use bollard::models::ImageInspect;
 use bollard::query_parameters::{CreateImageOptionsBuilder, ImportImageOptionsBuilder};
@@ -14,6 +15,7 @@ use super::body;
 use super::error::{DockerError, is_status};
 use super::idle::{next_within, wait_alive};
 use super::node::NodeDocker;
+use super::progress::Progress;
 
 /// Size of the chunks read from the source and sent to every node.
 const CHUNK: usize = 1 << 20;
@@ -80,6 +82,7 @@ pub async fn import_everywhere(
 
     let (chunk_tx, mut chunk_rx) = mpsc::channel::<Result<Bytes, String>>(QUEUE);
     let reader = tokio::task::spawn_blocking(move || read_chunks(source, check, chunk_tx));
+    let mut progress = Progress::new(imports.len(), Instant::now());
 
     while let Some(item) = chunk_rx.recv().await {
         match item {
@@ -93,14 +96,16 @@ pub async fn import_everywhere(
                     }
                 });
                 let sent = join_all(sends).await;
-                for (import, sent) in imports.iter_mut().zip(sent) {
+                for (n, (import, sent)) in imports.iter_mut().zip(sent).enumerate() {
                     match sent {
-                        None | Some(Ok(true)) => {}
+                        None => {}
+                        Some(Ok(true)) => progress.sent(n, chunk.len()),
                         // That node's import already ended (failed); its result says why.
                         Some(Ok(false)) => import.body = None,
                         Some(Err(stalled)) => import.drop_out(stalled),
                     }
                 }
+                report_progress(&mut progress, &imports, false);
             }
             Err(problem) => {
                 // Break every body: no node may end up with an image of a bad source.
@@ -114,12 +119,27 @@ pub async fn import_everywhere(
         let problem = format!("reading the stemcell image failed: {e}");
         return Err(abandon_all(imports, tokio::spawn(async {}), problem).await);
     }
+    report_progress(&mut progress, &imports, true);
     for import in imports.iter_mut() {
         if let Some(body) = import.body.take() {
             body.finish();
         }
     }
     Ok(join_all(imports.into_iter().map(NodeImport::finish)).await)
+}
+
+/// Logs each node still taking the stream, with bytes sent and rate, when a report is due
+/// (or `last`: the whole source was sent).
+fn report_progress(progress: &mut Progress, imports: &[NodeImport], last: bool) {
+    let now = Instant::now();
+    if !progress.due(now) && !last {
+        return;
+    }
+    for (n, import) in imports.iter().enumerate() {
+        if import.body.is_some() {
+            tracing::info!(node = %import.node.name, "{IMPORTING}: {}", progress.line(n, now));
+        }
+    }
 }
 
 /// Breaks every node's body, waits for the imports to fail, and returns `problem`.

@@ -10,6 +10,7 @@ pub mod images;
 pub mod names;
 pub mod networks;
 pub mod node;
+pub mod progress;
 pub mod tls;
 pub mod volume_copy;
 pub mod volumes;

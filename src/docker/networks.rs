@@ -112,7 +112,7 @@ impl NodeDocker {
                 options: None,
             }),
             options: Some(options),
-            labels: Some([("moltencore.network".to_string(), "bosh".to_string())].into()),
+            labels: Some([(crate::labels::NETWORK.to_string(), "bosh".to_string())].into()),
             ..Default::default()
         };
         match self.docker.create_network(request).await {

@@ -92,7 +92,7 @@ struct Helper<'a> {
 }
 
 /// Label on helper containers, valued with the volume they mount.
-pub const HELPER_LABEL: &str = "moltencore.helper";
+pub use crate::labels::HELPER as HELPER_LABEL;
 
 /// Removes helper containers of `volume` that a killed copy left behind: they hold the
 /// volume and would block its removal and every later copy.

@@ -43,7 +43,7 @@ pub struct NetworkReport {
 }
 
 /// Label put on the networks node-prep creates.
-pub const LABEL: &str = "moltencore.network";
+pub const LABEL: &str = crate::labels::NETWORK;
 
 /// Runs the network step: subnet.env, docker0 off the flannel network, the BOSH network,
 /// the masquerade rule.

@@ -1,5 +1,10 @@
 //! Typed CPI calls: every method of the contract, with its positional arguments parsed
 //! and checked, so the layers below never see raw JSON.
+//!
+//! [`cpi_methods!`] below is the one list of methods: each entry gives the `Call`
+//! variant, the wire name, the positional arguments and how they are typed. The enum,
+//! [`method_names`], [`Call::parse`] and [`Call::method`] all follow from it; the handler
+//! of each variant is the exhaustive match in `cloud::handle`.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -10,84 +15,202 @@ use serde_json::{Map, Value};
 
 use super::error::CpiError;
 use super::ids::{DiskCid, MalformedCid, SnapshotCid, StemcellCid, VmCid};
-use super::request::json_type;
+use super::request::{json_type, plain_serde_message};
 
 /// A JSON object, as cloud_properties, env and metadata arrive.
 pub type Object = Map<String, Value>;
 
-/// One CPI call with typed arguments.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Call {
+/// Declares every method of the contract once. An entry reads
+/// `Variant { fields } = "wire_name" (arg, arg; optional_arg) => |a| <typed call>`;
+/// `(..)` accepts any arguments (deprecated or unsupported methods).
+macro_rules! cpi_methods {
+    ($(
+        $(#[$doc:meta])*
+        $variant:ident $({ $($field:ident : $fty:ty),* $(,)? })? $(( $tty:ty ))?
+            = $name:literal ( $($args:tt)* ) => |$a:ident| $parse:expr;
+    )*) => {
+        /// One CPI call with typed arguments.
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum Call {
+            $(
+                $(#[$doc])*
+                $variant $({ $($field: $fty),* })? $(($tty))?,
+            )*
+            /// A `delete_*` or `has_*` call about a cid of a shape this CPI never issues:
+            /// no such object can exist, so the call is answered as for an unknown one
+            /// (`answer`: null for deletes, false for `has_*`) without reading the cluster.
+            NoSuchObject {
+                method: &'static str,
+                answer: Value,
+                reason: MalformedCid,
+            },
+        }
+
+        impl Call {
+            /// The wire name of the method this call answers, for messages.
+            pub fn method(&self) -> &'static str {
+                match self {
+                    $(Call::$variant { .. } => $name,)*
+                    Call::NoSuchObject { method, .. } => method,
+                }
+            }
+        }
+
+        /// Every method of the CPI contract (API v2): its argument list and its parser.
+        const METHODS: &[Method] = &[$(
+            Method {
+                spec: cpi_methods!(@spec $name ($($args)*)),
+                parse: |$a: &mut Args| -> Result<Call, CpiError> { Ok($parse) },
+            },
+        )*];
+    };
+    (@spec $name:literal (..)) => {
+        MethodSpec { name: $name, args: &[], optional: 0, any_args: true }
+    };
+    (@spec $name:literal ($($arg:ident),* $(; $($opt:ident),+)?)) => {
+        MethodSpec {
+            name: $name,
+            args: &[$(stringify!($arg),)* $($(stringify!($opt),)+)?],
+            optional: <[&str]>::len(&[$($(stringify!($opt)),+)?]),
+            any_args: false,
+        }
+    };
+}
+
+cpi_methods! {
     /// Versions and stemcell formats; no side effects.
-    Info,
+    Info = "info" () => |_a| Call::Info;
     /// Import a stemcell's rootfs.
-    CreateStemcell {
-        image_path: String,
-        cloud_properties: Object,
-    },
+    CreateStemcell { image_path: String, cloud_properties: Object }
+        = "create_stemcell" (image_path, cloud_properties; env)
+        => |a| Call::CreateStemcell {
+            image_path: a.cid(0)?,
+            cloud_properties: a.object(1)?,
+        };
     /// Remove a stemcell image.
-    DeleteStemcell { stemcell_cid: StemcellCid },
+    DeleteStemcell { stemcell_cid: StemcellCid } = "delete_stemcell" (stemcell_cid)
+        => |a| match a.lenient(0, StemcellCid::parse)? {
+            Ok(stemcell_cid) => Call::DeleteStemcell { stemcell_cid },
+            Err(reason) => a.no_such_object(Value::Null, reason),
+        };
     /// Create and start a VM (container).
-    CreateVm(Box<CreateVm>),
+    CreateVm(Box<CreateVm>)
+        = "create_vm" (agent_id, stemcell_cid, cloud_properties, networks, disk_cids, env)
+        => |a| Call::CreateVm(Box::new(CreateVm {
+            agent_id: a.cid(0)?,
+            stemcell_cid: a.strict(1, StemcellCid::parse)?,
+            cloud_properties: a.object(2)?,
+            networks: a.typed(3, "an object of network name to network settings")?,
+            disk_cids: a.cid_list(4, DiskCid::parse)?,
+            env: a.object(5)?,
+        }));
     /// Remove a VM; persistent disks survive.
-    DeleteVm { vm_cid: VmCid },
+    DeleteVm { vm_cid: VmCid } = "delete_vm" (vm_cid)
+        => |a| match a.lenient(0, VmCid::parse)? {
+            Ok(vm_cid) => Call::DeleteVm { vm_cid },
+            Err(reason) => a.no_such_object(Value::Null, reason),
+        };
     /// Whether a VM exists.
-    HasVm { vm_cid: VmCid },
+    HasVm { vm_cid: VmCid } = "has_vm" (vm_cid)
+        => |a| match a.lenient(0, VmCid::parse)? {
+            Ok(vm_cid) => Call::HasVm { vm_cid },
+            Err(reason) => a.no_such_object(Value::Bool(false), reason),
+        };
     /// Restart a VM.
-    RebootVm { vm_cid: VmCid },
+    RebootVm { vm_cid: VmCid } = "reboot_vm" (vm_cid)
+        => |a| Call::RebootVm { vm_cid: a.strict(0, VmCid::parse)? };
     /// Record deployment metadata on a VM.
-    SetVmMetadata { vm_cid: VmCid, metadata: Object },
+    SetVmMetadata { vm_cid: VmCid, metadata: Object } = "set_vm_metadata" (vm_cid, metadata)
+        => |a| Call::SetVmMetadata {
+            vm_cid: a.strict(0, VmCid::parse)?,
+            metadata: a.object(1)?,
+        };
     /// Translate cpu/ram/disk requirements into cloud_properties.
-    CalculateVmCloudProperties(VmRequirements),
+    CalculateVmCloudProperties(VmRequirements)
+        = "calculate_vm_cloud_properties" (vm_resources)
+        => |a| Call::CalculateVmCloudProperties(a.typed(
+            0,
+            "an object with integer cpu, ram (MiB) and ephemeral_disk_size (MiB)",
+        )?);
     /// Create a persistent disk, optionally near a VM.
-    CreateDisk {
-        size_mib: u64,
-        cloud_properties: Object,
-        vm_cid: Option<VmCid>,
-    },
+    CreateDisk { size_mib: u64, cloud_properties: Object, vm_cid: Option<VmCid> }
+        = "create_disk" (size, cloud_properties; vm_cid)
+        => |a| Call::CreateDisk {
+            size_mib: a.size(0)?,
+            cloud_properties: a.object(1)?,
+            vm_cid: a
+                .optional_cid(2)?
+                .map(|s| VmCid::parse(&s).map_err(|e| a.malformed(2, e)))
+                .transpose()?,
+        };
     /// Remove a persistent disk.
-    DeleteDisk { disk_cid: DiskCid },
+    DeleteDisk { disk_cid: DiskCid } = "delete_disk" (disk_cid)
+        => |a| match a.lenient(0, DiskCid::parse)? {
+            Ok(disk_cid) => Call::DeleteDisk { disk_cid },
+            Err(reason) => a.no_such_object(Value::Null, reason),
+        };
     /// Whether a disk exists.
-    HasDisk { disk_cid: DiskCid },
+    HasDisk { disk_cid: DiskCid } = "has_disk" (disk_cid)
+        => |a| match a.lenient(0, DiskCid::parse)? {
+            Ok(disk_cid) => Call::HasDisk { disk_cid },
+            Err(reason) => a.no_such_object(Value::Bool(false), reason),
+        };
     /// Attach a disk to a VM.
-    AttachDisk { vm_cid: VmCid, disk_cid: DiskCid },
+    AttachDisk { vm_cid: VmCid, disk_cid: DiskCid } = "attach_disk" (vm_cid, disk_cid)
+        => |a| Call::AttachDisk {
+            vm_cid: a.strict(0, VmCid::parse)?,
+            disk_cid: a.strict(1, DiskCid::parse)?,
+        };
     /// Detach a disk from a VM.
-    DetachDisk { vm_cid: VmCid, disk_cid: DiskCid },
+    DetachDisk { vm_cid: VmCid, disk_cid: DiskCid } = "detach_disk" (vm_cid, disk_cid)
+        => |a| Call::DetachDisk {
+            vm_cid: a.strict(0, VmCid::parse)?,
+            disk_cid: a.strict(1, DiskCid::parse)?,
+        };
     /// The disks attached to a VM.
-    GetDisks { vm_cid: VmCid },
+    GetDisks { vm_cid: VmCid } = "get_disks" (vm_cid)
+        => |a| Call::GetDisks { vm_cid: a.strict(0, VmCid::parse)? };
     /// Record metadata on a disk.
-    SetDiskMetadata { disk_cid: DiskCid, metadata: Object },
+    SetDiskMetadata { disk_cid: DiskCid, metadata: Object }
+        = "set_disk_metadata" (disk_cid, metadata)
+        => |a| Call::SetDiskMetadata {
+            disk_cid: a.strict(0, DiskCid::parse)?,
+            metadata: a.object(1)?,
+        };
     /// Grow a detached disk.
-    ResizeDisk {
-        disk_cid: DiskCid,
-        new_size_mib: u64,
-    },
+    ResizeDisk { disk_cid: DiskCid, new_size_mib: u64 } = "resize_disk" (disk_cid, new_size)
+        => |a| Call::ResizeDisk {
+            disk_cid: a.strict(0, DiskCid::parse)?,
+            new_size_mib: a.size(1)?,
+        };
     /// Change a disk's size or type.
-    UpdateDisk {
-        disk_cid: DiskCid,
-        new_size_mib: u64,
-        cloud_properties: Object,
-    },
+    UpdateDisk { disk_cid: DiskCid, new_size_mib: u64, cloud_properties: Object }
+        = "update_disk" (disk_cid, new_size, cloud_properties)
+        => |a| Call::UpdateDisk {
+            disk_cid: a.strict(0, DiskCid::parse)?,
+            new_size_mib: a.size(1)?,
+            cloud_properties: a.object(2)?,
+        };
     /// Copy a disk's contents into a snapshot.
-    SnapshotDisk { disk_cid: DiskCid, metadata: Object },
+    SnapshotDisk { disk_cid: DiskCid, metadata: Object } = "snapshot_disk" (disk_cid, metadata)
+        => |a| Call::SnapshotDisk {
+            disk_cid: a.strict(0, DiskCid::parse)?,
+            metadata: a.object(1)?,
+        };
     /// Remove a snapshot.
-    DeleteSnapshot { snapshot_cid: SnapshotCid },
-    /// A `delete_*` or `has_*` call about a cid of a shape this CPI never issues: no such
-    /// object can exist, so the call is answered as for an unknown one (`answer`: null for
-    /// deletes, false for `has_*`) without reading the cluster.
-    NoSuchObject {
-        method: &'static str,
-        answer: Value,
-        reason: MalformedCid,
-    },
+    DeleteSnapshot { snapshot_cid: SnapshotCid } = "delete_snapshot" (snapshot_cid)
+        => |a| match a.lenient(0, SnapshotCid::parse)? {
+            Ok(snapshot_cid) => Call::DeleteSnapshot { snapshot_cid },
+            Err(reason) => a.no_such_object(Value::Null, reason),
+        };
     /// Director-managed networks (not supported by this CPI).
-    CreateNetwork,
+    CreateNetwork = "create_network" (..) => |_a| Call::CreateNetwork;
     /// Director-managed networks (not supported by this CPI).
-    DeleteNetwork,
+    DeleteNetwork = "delete_network" (..) => |_a| Call::DeleteNetwork;
     /// Deprecated by BOSH.
-    CurrentVmId,
+    CurrentVmId = "current_vm_id" (..) => |_a| Call::CurrentVmId;
     /// Deprecated by BOSH.
-    ConfigureNetworks,
+    ConfigureNetworks = "configure_networks" (..) => |_a| Call::ConfigureNetworks;
 }
 
 /// The arguments of `create_vm`.
@@ -166,109 +289,21 @@ impl Call {
     /// Types the positional `arguments` of `method`. Unknown methods are `NotImplemented`;
     /// a wrong count or type is a `CpiError` naming the argument and what was expected.
     pub fn parse(method: &str, arguments: Vec<Value>) -> Result<Call, CpiError> {
-        let spec = MethodSpec::find(method).ok_or_else(|| {
-            CpiError::not_implemented(format!("unknown CPI method '{}'", printable(method)))
-        })?;
-        let mut a = Args::new(spec, arguments)?;
-        let call = match spec.name {
-            "info" => Call::Info,
-            "create_stemcell" => Call::CreateStemcell {
-                image_path: a.cid(0)?,
-                cloud_properties: a.object(1)?,
-            },
-            "delete_stemcell" => match a.lenient(0, StemcellCid::parse)? {
-                Ok(stemcell_cid) => Call::DeleteStemcell { stemcell_cid },
-                Err(reason) => a.no_such_object(Value::Null, reason),
-            },
-            "create_vm" => Call::CreateVm(Box::new(CreateVm {
-                agent_id: a.cid(0)?,
-                stemcell_cid: a.strict(1, StemcellCid::parse)?,
-                cloud_properties: a.object(2)?,
-                networks: a.typed(3, "an object of network name to network settings")?,
-                disk_cids: a.cid_list(4, DiskCid::parse)?,
-                env: a.object(5)?,
-            })),
-            "delete_vm" => match a.lenient(0, VmCid::parse)? {
-                Ok(vm_cid) => Call::DeleteVm { vm_cid },
-                Err(reason) => a.no_such_object(Value::Null, reason),
-            },
-            "has_vm" => match a.lenient(0, VmCid::parse)? {
-                Ok(vm_cid) => Call::HasVm { vm_cid },
-                Err(reason) => a.no_such_object(Value::Bool(false), reason),
-            },
-            "reboot_vm" => Call::RebootVm {
-                vm_cid: a.strict(0, VmCid::parse)?,
-            },
-            "set_vm_metadata" => Call::SetVmMetadata {
-                vm_cid: a.strict(0, VmCid::parse)?,
-                metadata: a.object(1)?,
-            },
-            "calculate_vm_cloud_properties" => Call::CalculateVmCloudProperties(a.typed(
-                0,
-                "an object with integer cpu, ram (MiB) and ephemeral_disk_size (MiB)",
-            )?),
-            "create_disk" => Call::CreateDisk {
-                size_mib: a.size(0)?,
-                cloud_properties: a.object(1)?,
-                vm_cid: a
-                    .optional_cid(2)?
-                    .map(|s| VmCid::parse(&s).map_err(|e| a.malformed(2, e)))
-                    .transpose()?,
-            },
-            "delete_disk" => match a.lenient(0, DiskCid::parse)? {
-                Ok(disk_cid) => Call::DeleteDisk { disk_cid },
-                Err(reason) => a.no_such_object(Value::Null, reason),
-            },
-            "has_disk" => match a.lenient(0, DiskCid::parse)? {
-                Ok(disk_cid) => Call::HasDisk { disk_cid },
-                Err(reason) => a.no_such_object(Value::Bool(false), reason),
-            },
-            "attach_disk" => Call::AttachDisk {
-                vm_cid: a.strict(0, VmCid::parse)?,
-                disk_cid: a.strict(1, DiskCid::parse)?,
-            },
-            "detach_disk" => Call::DetachDisk {
-                vm_cid: a.strict(0, VmCid::parse)?,
-                disk_cid: a.strict(1, DiskCid::parse)?,
-            },
-            "get_disks" => Call::GetDisks {
-                vm_cid: a.strict(0, VmCid::parse)?,
-            },
-            "set_disk_metadata" => Call::SetDiskMetadata {
-                disk_cid: a.strict(0, DiskCid::parse)?,
-                metadata: a.object(1)?,
-            },
-            "resize_disk" => Call::ResizeDisk {
-                disk_cid: a.strict(0, DiskCid::parse)?,
-                new_size_mib: a.size(1)?,
-            },
-            "update_disk" => Call::UpdateDisk {
-                disk_cid: a.strict(0, DiskCid::parse)?,
-                new_size_mib: a.size(1)?,
-                cloud_properties: a.object(2)?,
-            },
-            "snapshot_disk" => Call::SnapshotDisk {
-                disk_cid: a.strict(0, DiskCid::parse)?,
-                metadata: a.object(1)?,
-            },
-            "delete_snapshot" => match a.lenient(0, SnapshotCid::parse)? {
-                Ok(snapshot_cid) => Call::DeleteSnapshot { snapshot_cid },
-                Err(reason) => a.no_such_object(Value::Null, reason),
-            },
-            "create_network" => Call::CreateNetwork,
-            "delete_network" => Call::DeleteNetwork,
-            "current_vm_id" => Call::CurrentVmId,
-            "configure_networks" => Call::ConfigureNetworks,
-            other => unreachable_method(other)?,
-        };
-        Ok(call)
+        let found = METHODS
+            .iter()
+            .find(|m| m.spec.name == method)
+            .ok_or_else(|| {
+                CpiError::not_implemented(format!("unknown CPI method '{}'", printable(method)))
+            })?;
+        let mut a = Args::new(found.spec, arguments)?;
+        (found.parse)(&mut a)
     }
 }
 
-fn unreachable_method(name: &str) -> Result<Call, CpiError> {
-    Err(CpiError::cpi(format!(
-        "method '{name}' has an argument list but no parser"
-    )))
+/// One entry of [`METHODS`]: the argument list and the function that types the arguments.
+struct Method {
+    spec: MethodSpec,
+    parse: fn(&mut Args) -> Result<Call, CpiError>,
 }
 
 /// A method name with its argument names; the last `optional` ones may be omitted.
@@ -281,83 +316,9 @@ struct MethodSpec {
     any_args: bool,
 }
 
-const fn m(name: &'static str, args: &'static [&'static str]) -> MethodSpec {
-    MethodSpec {
-        name,
-        args,
-        optional: 0,
-        any_args: false,
-    }
-}
-
-/// Every method of the CPI contract (API v2), with its positional arguments.
-const METHODS: &[MethodSpec] = &[
-    m("info", &[]),
-    MethodSpec {
-        optional: 1,
-        ..m(
-            "create_stemcell",
-            &["image_path", "cloud_properties", "env"],
-        )
-    },
-    m("delete_stemcell", &["stemcell_cid"]),
-    m(
-        "create_vm",
-        &[
-            "agent_id",
-            "stemcell_cid",
-            "cloud_properties",
-            "networks",
-            "disk_cids",
-            "env",
-        ],
-    ),
-    m("delete_vm", &["vm_cid"]),
-    m("has_vm", &["vm_cid"]),
-    m("reboot_vm", &["vm_cid"]),
-    m("set_vm_metadata", &["vm_cid", "metadata"]),
-    m("calculate_vm_cloud_properties", &["vm_resources"]),
-    MethodSpec {
-        optional: 1,
-        ..m("create_disk", &["size", "cloud_properties", "vm_cid"])
-    },
-    m("delete_disk", &["disk_cid"]),
-    m("has_disk", &["disk_cid"]),
-    m("attach_disk", &["vm_cid", "disk_cid"]),
-    m("detach_disk", &["vm_cid", "disk_cid"]),
-    m("get_disks", &["vm_cid"]),
-    m("set_disk_metadata", &["disk_cid", "metadata"]),
-    m("resize_disk", &["disk_cid", "new_size"]),
-    m("update_disk", &["disk_cid", "new_size", "cloud_properties"]),
-    m("snapshot_disk", &["disk_cid", "metadata"]),
-    m("delete_snapshot", &["snapshot_cid"]),
-    MethodSpec {
-        any_args: true,
-        ..m("create_network", &[])
-    },
-    MethodSpec {
-        any_args: true,
-        ..m("delete_network", &[])
-    },
-    MethodSpec {
-        any_args: true,
-        ..m("current_vm_id", &[])
-    },
-    MethodSpec {
-        any_args: true,
-        ..m("configure_networks", &[])
-    },
-];
-
-impl MethodSpec {
-    fn find(name: &str) -> Option<MethodSpec> {
-        METHODS.iter().find(|s| s.name == name).copied()
-    }
-}
-
 /// All method names this CPI dispatches, for documentation and tests.
 pub fn method_names() -> impl Iterator<Item = &'static str> {
-    METHODS.iter().map(|s| s.name)
+    METHODS.iter().map(|m| m.spec.name)
 }
 
 /// Positional arguments of one method, taken one by one with typed checks.
@@ -544,9 +505,15 @@ impl Args {
         let value = std::mem::take(&mut self.values[i]);
         serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
-            let inner = e.into_inner();
+            let inner = plain_serde_message(&e.into_inner().to_string());
             if path == "." {
-                self.wrong(i, expected, format_args!("but {inner}"))
+                // The argument as a whole has the wrong type: "must be <expected>, got ...".
+                match inner.split_once(", got ") {
+                    Some((_, got)) if inner.starts_with("expected ") => {
+                        self.wrong(i, expected, format_args!("got {got}"))
+                    }
+                    _ => self.wrong(i, expected, format_args!("but {inner}")),
+                }
             } else {
                 self.wrong(i, expected, format_args!("but at '{path}': {inner}"))
             }
@@ -651,6 +618,18 @@ mod tests {
         ] {
             assert!(method_names().any(|n| n == name), "{name} missing");
         }
+    }
+
+    #[test]
+    fn method_names_are_unique_and_name_their_calls() {
+        let names: Vec<_> = method_names().collect();
+        let unique: std::collections::BTreeSet<_> = names.iter().collect();
+        assert_eq!((names.len(), unique.len()), (24, 24));
+        assert_eq!(Call::Info.method(), "info");
+        let call = Call::parse("attach_disk", args(json!([VM, DISK]))).unwrap();
+        assert_eq!(call.method(), "attach_disk");
+        let call = Call::parse("has_disk", args(json!(["x/y"]))).unwrap();
+        assert_eq!(call.method(), "has_disk");
     }
 
     #[test]

@@ -11,5 +11,5 @@ pub mod response;
 pub use crate::ids::{self, DiskCid, MalformedCid, SnapshotCid, StemcellCid, VmCid};
 pub use call::{Call, CreateVm, NetworkSpec, NetworkType, Object, VmRequirements};
 pub use error::{CpiError, ErrorKind};
-pub use request::{ApiVersion, Request};
+pub use request::{ApiVersion, Request, plain_serde_message};
 pub use response::{CallResult, Response};

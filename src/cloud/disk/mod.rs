@@ -2,7 +2,6 @@
 //! uses them (moved between nodes when a VM elsewhere attaches them), indexed in etcd.
 
 mod attach;
-pub mod labels;
 mod snapshot;
 
 pub use attach::{attach, detach};
@@ -18,6 +17,8 @@ use crate::cluster::DiskRecord;
 use crate::placement::{self, VmDemand};
 use crate::protocol::{CallResult, CpiError, DiskCid, ErrorKind, Object, VmCid};
 
+/// Docker label keys on disk volumes (spelled in [`crate::labels`]).
+pub use crate::labels::disk as labels;
 /// `create_disk`: a volume on the VM's node (locality), else on `cloud_properties.node`,
 /// else on the CPI's `placement.node`, else where placement puts a VM.
 pub async fn create(

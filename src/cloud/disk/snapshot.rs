@@ -9,6 +9,7 @@ use crate::cloud::CloudContext;
 use crate::cloud::session::Session;
 use crate::cluster::{SnapshotRecord, index};
 use crate::docker::volume_copy;
+use crate::labels::snapshot as labels;
 use crate::protocol::{CallResult, CpiError, DiskCid, Object, SnapshotCid};
 
 /// `snapshot_disk`.
@@ -32,15 +33,15 @@ pub async fn snapshot(
     };
     index::put(etcd, &keys.snapshot(&cid), &rec).await?;
     let mut labels = HashMap::from([
-        ("moltencore.snapshot.cid".to_string(), cid.to_string()),
-        ("moltencore.snapshot.disk".to_string(), disk_cid.to_string()),
+        (labels::CID.to_string(), cid.to_string()),
+        (labels::DISK.to_string(), disk_cid.to_string()),
     ]);
     for (k, v) in metadata {
         let text = match v {
             Value::String(s) => s.clone(),
             other => other.to_string(),
         };
-        labels.insert(format!("moltencore.snapshot.meta.{k}"), text);
+        labels.insert(format!("{}{k}", labels::META_PREFIX), text);
     }
     let made = async {
         docker.create_volume(cid.as_str(), labels).await?;

@@ -3,9 +3,9 @@
 //! before a VM gets it.
 
 use super::Session;
-use crate::cloud::vm::labels;
 use crate::cluster::{DiskRecord, VmState};
 use crate::docker::{NodeDocker, volume_copy};
+use crate::labels::vm as labels;
 use crate::protocol::{CpiError, DiskCid, ErrorKind, VmCid};
 
 /// The error for a disk the index does not know.

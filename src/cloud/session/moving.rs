@@ -9,9 +9,9 @@ use std::collections::HashMap;
 
 use super::Session;
 use super::disks::volume_gone;
-use crate::cloud::disk::labels;
 use crate::cluster::DiskRecord;
 use crate::docker::volume_copy;
+use crate::labels::disk as labels;
 use crate::protocol::CpiError;
 
 /// Which copy a mark of the record names.

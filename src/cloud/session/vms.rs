@@ -2,8 +2,8 @@
 //! containers and ephemeral volume from its node (delete_vm, abandoned VMs).
 
 use super::Session;
-use crate::cloud::vm::labels;
 use crate::docker::NodeDocker;
+use crate::labels::vm as labels;
 use crate::protocol::{CpiError, ErrorKind, VmCid};
 
 /// The error for a VM the index does not know.

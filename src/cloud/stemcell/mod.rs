@@ -15,6 +15,7 @@ use super::session::Session;
 use crate::cluster::{NodeState, index};
 use crate::docker::NodeDocker;
 use crate::docker::images::{self, ImportTarget, StreamCheck};
+use crate::labels;
 use crate::protocol::{CallResult, CpiError, Object, StemcellCid};
 use manifest::{ExpectedDigest, Hasher, Manifest};
 use source::StemcellSource;
@@ -206,12 +207,12 @@ async fn create_light(
 
 fn labels(cid: &StemcellCid, m: &Manifest) -> Vec<String> {
     let mut labels = vec![
-        format!("moltencore.stemcell.cid={cid}"),
-        format!("moltencore.stemcell.name={}", m.name),
-        format!("moltencore.stemcell.version={}", m.version),
+        format!("{}={cid}", labels::stemcell::CID),
+        format!("{}={}", labels::stemcell::NAME, m.name),
+        format!("{}={}", labels::stemcell::VERSION, m.version),
     ];
     if let Some(os) = &m.operating_system {
-        labels.push(format!("moltencore.stemcell.os={os}"));
+        labels.push(format!("{}={os}", labels::stemcell::OS));
     }
     vec![format!(
         "LABEL {}",
@@ -258,7 +259,7 @@ async fn upload_nodes(
             true,
         ));
     }
-    reachable_nodes(ctx, view, ready.into_iter(), "create_stemcell").await
+    reachable_nodes(ctx, view, ready.into_iter(), "importing the stemcell").await
 }
 
 /// Clients for `names`; a node that cannot even be connected to (with API version
@@ -299,7 +300,7 @@ pub async fn delete(ctx: &CloudContext<'_>, cid: &StemcellCid) -> Result<CallRes
     let view = session.view().await?;
     let reference = image_reference(cid);
     let names = view.nodes.iter().map(|n| n.name.as_str());
-    let nodes = reachable_nodes(ctx, view, names, "delete_stemcell").await?;
+    let nodes = reachable_nodes(ctx, view, names, "removing the stemcell").await?;
     let results = join_all(nodes.iter().map(|n| images::remove(n, &reference))).await;
     let mut hard = Vec::new();
     for (node, result) in nodes.iter().zip(results) {

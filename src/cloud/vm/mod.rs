@@ -6,14 +6,16 @@ pub mod agent_files;
 pub mod blobstore;
 pub mod container_spec;
 mod create;
-pub mod labels;
 mod lifecycle;
 pub mod network_plan;
 pub mod properties;
 pub mod recreate;
+pub mod requirements;
 pub mod start_script;
 
 pub use create::create;
 pub use lifecycle::{delete, find_existing, has, reboot, set_metadata};
 
 pub use crate::cloud::session::vms::ephemeral_volume;
+/// Docker label keys on VM containers and volumes (spelled in [`crate::labels`]).
+pub use crate::labels::vm as labels;

@@ -8,10 +8,11 @@ use serde_json::{Map, Value};
 
 use crate::config::{StartMode, VmDefaults};
 use crate::echo::{printable, printable_detail};
-use crate::protocol::{CpiError, Object};
+use crate::protocol::{CpiError, Object, plain_serde_message};
 
-/// The lower-case keys this CPI reads; unknown lower-case keys are ignored (other tools'
-/// settings travel in the same hash), upper-case keys are Docker HostConfig fields.
+/// The lower-case keys this CPI reads; unknown lower-case keys are ignored (the dispatcher
+/// names them in a warning: other CPIs' settings travel in the same hash, but a typo would
+/// otherwise go unseen), upper-case keys are Docker HostConfig fields.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 pub struct VmProperties {
     /// Pin the VM to this node (the generated cloud-config sets it per AZ).
@@ -60,7 +61,8 @@ pub struct Effective {
     pub restart_policy: String,
 }
 
-const LOWER_KEYS: &[&str] = &[
+/// The lower-case cloud_properties keys of create_vm this CPI reads.
+pub const LOWER_KEYS: &[&str] = &[
     "node",
     "cpu",
     "ram",
@@ -96,7 +98,7 @@ impl VmProperties {
                 CpiError::cpi(format!(
                     "create_vm: cloud_properties.{}: {}",
                     printable(&path),
-                    printable_detail(&e.into_inner().to_string())
+                    printable_detail(&plain_serde_message(&e.into_inner().to_string()))
                 ))
             })?;
         if let Some(cpu) = props.cpu
@@ -126,7 +128,7 @@ impl VmProperties {
             CpiError::cpi(format!(
                 "create_vm: cloud_properties.{} is not a valid Docker HostConfig field: {}",
                 printable(&path),
-                printable_detail(&e.into_inner().to_string())
+                printable_detail(&plain_serde_message(&e.into_inner().to_string()))
             ))
         })?;
         props.host_config = host_config;
@@ -165,6 +167,41 @@ impl VmProperties {
                 .unwrap_or(0)
         })
     }
+}
+
+/// Most unknown keys one warning names.
+const UNKNOWN_KEYS_NAMED: usize = 8;
+
+/// The lower-case keys of `cloud_properties` that are not in `known` (upper-case keys
+/// are Docker's own HostConfig fields), at most [`UNKNOWN_KEYS_NAMED`], made printable.
+pub fn unknown_keys(cloud_properties: &Object, known: &[&str]) -> Vec<String> {
+    cloud_properties
+        .keys()
+        .filter(|k| !known.contains(&k.as_str()))
+        .filter(|k| !k.chars().next().is_some_and(|c| c.is_ascii_uppercase()))
+        .take(UNKNOWN_KEYS_NAMED)
+        .map(|k| printable(k))
+        .collect()
+}
+
+/// Warns (into the response's `log`) about keys of `method`'s cloud_properties this CPI
+/// does not read. They are not refused: the director passes one hash to every CPI of a
+/// multi-CPI setup, and AZs or vm_extensions may carry keys meant for another one.
+pub fn warn_unknown_keys(method: &str, cloud_properties: &Object, known: &[&str]) {
+    let unknown = unknown_keys(cloud_properties, known);
+    if unknown.is_empty() {
+        return;
+    }
+    tracing::warn!(
+        "{method}: cloud_properties {} not read by this CPI and ignored: '{}' (it reads: {})",
+        if unknown.len() == 1 {
+            "key is"
+        } else {
+            "keys are"
+        },
+        unknown.join("', '"),
+        known.join(", ")
+    );
 }
 
 fn check_restart_policy(p: &str) -> Result<(), CpiError> {
@@ -240,6 +277,22 @@ mod tests {
         let e = parse(json!({"restart_policy": "often"})).unwrap_err();
         assert!(e.message.contains("often"), "{}", e.message);
         assert!(parse(json!({"cpu": -1})).is_err());
+    }
+
+    #[test]
+    fn unknown_lower_case_keys_are_named_and_bounded() {
+        let props = json!({"rma": 1024, "ram": 1, "Memory": 1, "cpu": 1})
+            .as_object()
+            .cloned();
+        assert_eq!(unknown_keys(&props.unwrap(), LOWER_KEYS), vec!["rma"]);
+        let many: Object = (0..50).map(|i| (format!("k{i}"), json!(1))).collect();
+        assert_eq!(unknown_keys(&many, LOWER_KEYS).len(), UNKNOWN_KEYS_NAMED);
+        let hostile: Object = [("x\u{1b}[2J".repeat(100), json!(1))].into_iter().collect();
+        let named = unknown_keys(&hostile, LOWER_KEYS);
+        assert!(
+            named[0].len() < 300 && !named[0].contains('\u{1b}'),
+            "{named:?}"
+        );
     }
 
     #[test]

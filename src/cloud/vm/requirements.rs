@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use super::CloudContext;
+use crate::cloud::CloudContext;
 use crate::placement;
 use crate::protocol::{CallResult, CpiError, VmRequirements};
 

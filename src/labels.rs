@@ -1,0 +1,60 @@
+//! Every Docker label key this CPI writes on containers, volumes, images and networks, in
+//! one place: the keys are how a later call (or another CPI of the same cluster) finds
+//! and judges what an earlier one made, so they must be spelled the same everywhere.
+
+/// Label on helper containers of a volume copy, valued with the volume they mount.
+pub const HELPER: &str = "moltencore.helper";
+
+/// Label on the `bosh` Docker network that node-prep creates.
+pub const NETWORK: &str = "moltencore.network";
+
+/// Label keys on VM containers and their ephemeral volumes.
+pub mod vm {
+    /// The VM's cid (container).
+    pub const VM_CID: &str = "moltencore.vm.cid";
+    /// The BOSH agent id the VM was created with (container and ephemeral volume).
+    pub const AGENT_ID: &str = "moltencore.vm.agent_id";
+    /// The stemcell cid the VM runs.
+    pub const STEMCELL: &str = "moltencore.vm.stemcell";
+    /// The BOSH group (`env.bosh.group`), for operators.
+    pub const GROUP: &str = "moltencore.vm.group";
+    /// When the VM was created (RFC 3339).
+    pub const CREATED_AT: &str = "moltencore.vm.created_at";
+    /// The ephemeral disk size asked for, in MiB (on the ephemeral volume).
+    pub const EPHEMERAL_DISK_MIB: &str = "moltencore.vm.ephemeral_disk_mib";
+    /// On an ephemeral volume: the VM it belongs to.
+    pub const EPHEMERAL_OF: &str = "moltencore.ephemeral.vm";
+    /// The etcd key prefix of the index the VM is recorded in: only that CPI may judge
+    /// the VM abandoned.
+    pub const INDEX: &str = "moltencore.vm.index";
+}
+
+/// Label keys on persistent disk volumes.
+pub mod disk {
+    /// The disk's cid (volume).
+    pub const DISK_CID: &str = "moltencore.disk.cid";
+    /// The disk's size in MiB.
+    pub const SIZE_MIB: &str = "moltencore.disk.size_mib";
+}
+
+/// Label keys on snapshot volumes.
+pub mod snapshot {
+    /// The snapshot's cid (volume).
+    pub const CID: &str = "moltencore.snapshot.cid";
+    /// The disk the snapshot was copied from.
+    pub const DISK: &str = "moltencore.snapshot.disk";
+    /// Prefix of one label per metadata key (`moltencore.snapshot.meta.<key>`).
+    pub const META_PREFIX: &str = "moltencore.snapshot.meta.";
+}
+
+/// Label keys on imported stemcell images.
+pub mod stemcell {
+    /// The stemcell's cid.
+    pub const CID: &str = "moltencore.stemcell.cid";
+    /// The stemcell's name from its manifest.
+    pub const NAME: &str = "moltencore.stemcell.name";
+    /// The stemcell's version from its manifest.
+    pub const VERSION: &str = "moltencore.stemcell.version";
+    /// The stemcell's operating system, when the manifest names one.
+    pub const OS: &str = "moltencore.stemcell.os";
+}
