@@ -7,7 +7,6 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
-use super::error::PlanError;
 use crate::cloud::vm::network_plan::dynamic_pool;
 
 /// An inclusive address range, written the BOSH way (`10.1.1.1-10.1.1.20`, or one address).
@@ -154,6 +153,33 @@ pub fn plan(subnet: Ipv4Net, gateway: Ipv4Addr, split: Split) -> Result<SubnetPl
         static_range,
         automatic,
     })
+}
+
+/// Why a node's subnet cannot be split for BOSH.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    /// The node's gateway lies outside its subnet.
+    #[error("gateway {gateway} is not in subnet {subnet}")]
+    GatewayOutside { gateway: Ipv4Addr, subnet: Ipv4Net },
+    /// The static block asked for would cover the gateway.
+    #[error(
+        "the static block {block} of {subnet} would hold the gateway {gateway}: reserve more addresses at the start"
+    )]
+    GatewayInStaticBlock {
+        block: AddrRange,
+        subnet: Ipv4Net,
+        gateway: Ipv4Addr,
+    },
+    /// The reservations and the CPI's pool leave BOSH no address (`pool`: ` <range>` or
+    /// empty).
+    #[error(
+        "subnet {subnet} leaves no address for BOSH: {reserved} reserved at the start and the CPI's dynamic pool{pool} take it all"
+    )]
+    NoAddressLeft {
+        subnet: Ipv4Net,
+        reserved: u32,
+        pool: String,
+    },
 }
 
 #[cfg(test)]

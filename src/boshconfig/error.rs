@@ -1,38 +1,10 @@
 //! Why a BOSH config cannot be generated from the cluster (or a preset flag is wrong),
 //! typed so that tests and callers tell the causes apart; the command prints the text.
 
-use std::net::Ipv4Addr;
-
 use ipnet::Ipv4Net;
 
-use super::address_plan::AddrRange;
-
-/// Why a node's subnet cannot be split for BOSH.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PlanError {
-    /// The node's gateway lies outside its subnet.
-    #[error("gateway {gateway} is not in subnet {subnet}")]
-    GatewayOutside { gateway: Ipv4Addr, subnet: Ipv4Net },
-    /// The static block asked for would cover the gateway.
-    #[error(
-        "the static block {block} of {subnet} would hold the gateway {gateway}: reserve more addresses at the start"
-    )]
-    GatewayInStaticBlock {
-        block: AddrRange,
-        subnet: Ipv4Net,
-        gateway: Ipv4Addr,
-    },
-    /// The reservations and the CPI's pool leave BOSH no address (`pool`: ` <range>` or
-    /// empty).
-    #[error(
-        "subnet {subnet} leaves no address for BOSH: {reserved} reserved at the start and the CPI's dynamic pool{pool} take it all"
-    )]
-    NoAddressLeft {
-        subnet: Ipv4Net,
-        reserved: u32,
-        pool: String,
-    },
-}
+/// The plan's own error, kept beside the plan it describes.
+pub use super::address_plan::PlanError;
 
 /// Why a cloud-config or cpi-config cannot be generated.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -2,7 +2,7 @@
 //! from `<prefix>/nodes/`: node-prep rewrites node records at every boot, and those
 //! records must stay readable as records.
 
-use super::semaphore::Group;
+use super::group::Group;
 use crate::cluster::Keys;
 
 /// The reboot keys of one cluster.

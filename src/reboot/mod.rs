@@ -2,6 +2,8 @@
 //! once, and the reboot manager that empties a node, reboots it and brings its VMs back.
 
 pub mod drain;
+pub mod error;
+pub mod group;
 pub mod health;
 pub mod host;
 pub mod keys;

@@ -7,66 +7,13 @@ use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use serde::{Deserialize, Serialize};
 
 use super::keys::RebootKeys;
-use crate::cluster::{Etcd, IndexError};
+use crate::cluster::Etcd;
 
 /// Most attempts at one change while others keep changing the document.
 const ATTEMPTS: usize = 20;
-/// Longest group name accepted.
-const GROUP_MAX_LEN: usize = 64;
 
-/// Why the semaphore could not be read or changed.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum SemaphoreError {
-    /// etcd failed or could not be reached.
-    #[error(transparent)]
-    Etcd(#[from] IndexError),
-    /// The document in etcd is not a semaphore.
-    #[error("reboot semaphore {key} is unreadable: {reason}")]
-    Corrupt { key: String, reason: String },
-    /// Others kept changing the document.
-    #[error("reboot semaphore {key} kept changing; try again")]
-    Busy { key: String },
-    /// A group name outside `^[a-zA-Z0-9.-]+$`.
-    #[error("reboot group '{0}' is not a group name (letters, digits, '.', '-'; at most 64)")]
-    BadGroup(String),
-}
-
-/// A reboot group's name, as FleetLock defines it (`^[a-zA-Z0-9.-]+$`), bounded.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
-pub struct Group(String);
-
-impl Group {
-    /// Parses a group name; the error names the value, cut short.
-    pub fn parse(name: &str) -> Result<Group, SemaphoreError> {
-        let ok = !name.is_empty()
-            && name.len() <= GROUP_MAX_LEN
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
-        if ok {
-            Ok(Group(name.to_string()))
-        } else {
-            Err(SemaphoreError::BadGroup(cut(name, GROUP_MAX_LEN)))
-        }
-    }
-
-    /// The group every MoltenCore node and every FleetLock client uses unless told
-    /// otherwise (Zincati's default).
-    pub fn default_group() -> Group {
-        Group("default".into())
-    }
-
-    /// The name.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Display for Group {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+pub use super::error::SemaphoreError;
+pub use super::group::Group;
 
 /// `s` cut to at most `max` characters, marked when cut.
 pub fn cut(s: &str, max: usize) -> String {
