@@ -63,16 +63,19 @@ pub async fn recreate(
             format!("VM {cid} has no container on node {}", docker.name),
         )
     })?;
-    // Everything is read and prepared before the old container is touched.
-    let settings_raw = docker
-        .read_file(&cid, SETTINGS_PATH)
-        .await?
-        .ok_or_else(|| {
-            CpiError::cloud(
-                format!("VM {cid} has no agent settings at {SETTINGS_PATH}"),
-                false,
-            )
-        })?;
+    // Everything is read and prepared before the old container is touched. The agent's
+    // files are read at once (one request each, side by side, not one after another).
+    let (settings_raw, kept_files) = futures_util::future::join(
+        docker.read_file(&cid, SETTINGS_PATH),
+        futures_util::future::join_all(KEPT_FILES.iter().map(|path| docker.read_file(&cid, path))),
+    )
+    .await;
+    let settings_raw = settings_raw?.ok_or_else(|| {
+        CpiError::cloud(
+            format!("VM {cid} has no agent settings at {SETTINGS_PATH}"),
+            false,
+        )
+    })?;
     let mut settings: Value = serde_json::from_slice(&settings_raw.data)
         .map_err(|e| CpiError::cloud(format!("VM {cid}: agent settings unreadable: {e}"), false))?;
     settings["disks"]["persistent"] = Value::Object(
@@ -82,8 +85,8 @@ pub async fn recreate(
             .collect(),
     );
     let mut kept = Vec::new();
-    for path in KEPT_FILES {
-        if let Some(file) = docker.read_file(&cid, path).await? {
+    for (path, file) in KEPT_FILES.iter().zip(kept_files) {
+        if let Some(file) = file? {
             kept.push((*path, file));
         }
     }
