@@ -246,17 +246,22 @@ pub async fn copy_volume(
     dst: &NodeDocker,
     dst_volume: &str,
 ) -> Result<TreeDigest, DockerError> {
-    let from = Helper::new(src, src_volume).await?;
-    let to = match Helper::new(dst, dst_volume).await {
-        Ok(h) => h,
-        Err(e) => {
-            from.remove().await;
+    // The two helpers are made (and later removed) side by side: they are on two nodes.
+    let (from, to) = match futures_util::future::join(
+        Helper::new(src, src_volume),
+        Helper::new(dst, dst_volume),
+    )
+    .await
+    {
+        (Ok(from), Ok(to)) => (from, to),
+        (Ok(made), Err(e)) | (Err(e), Ok(made)) => {
+            made.remove().await;
             return Err(e);
         }
+        (Err(e), Err(_)) => return Err(e),
     };
     let result = stream_and_verify(&from, &to).await;
-    from.remove().await;
-    to.remove().await;
+    futures_util::future::join(from.remove(), to.remove()).await;
     result
 }
 
