@@ -61,7 +61,8 @@ pub async fn attach(
             false,
         ));
     }
-    if disk.node != vm.node {
+    let moved = disk.node != vm.node;
+    if moved {
         s.move_disk(&mut disk, &vm.node).await?;
     } else if !docker.volume_exists(disk_cid.as_str()).await? {
         return Err(volume_gone(&disk));
@@ -69,7 +70,16 @@ pub async fn attach(
         s.ensure_unmounted(&docker, disk_cid).await?;
     }
     mounted.insert(disk_cid.to_string(), disk_cid.to_string());
-    recreate::recreate(&s, &mut vm, &docker, &mounted).await?;
+    // A moved disk's source goes while the VM is re-created: the disk lives on the VM's
+    // node now, and the re-creation does not touch the source node.
+    let (recreated, ()) =
+        futures_util::future::join(recreate::recreate(&s, &mut vm, &docker, &mounted), async {
+            if moved {
+                s.remove_old_copy(&mut disk).await;
+            }
+        })
+        .await;
+    recreated?;
     disk.vm = Some(vm_cid.clone());
     s.save_disk(&disk).await?;
     tracing::info!(vm = %vm_cid, disk = %disk_cid, node = %vm.node, "disk attached");

@@ -32,6 +32,13 @@ impl Session<'_> {
         self.clear_mark(disk, Mark::Copying).await;
     }
 
+    /// Removes the old copy a finished move left on its source node (see
+    /// [`Session::move_disk`]). Never fails its caller: a node that does not answer keeps
+    /// the mark (and the copy) for the next call that uses the disk.
+    pub async fn remove_old_copy(&self, disk: &mut DiskRecord) {
+        self.clear_mark(disk, Mark::OldCopy).await;
+    }
+
     /// Removes the copy `mark` names (if any) and clears the mark once it is gone.
     async fn clear_mark(&self, disk: &mut DiskRecord, mark: Mark) {
         let (slot, what) = match mark {
@@ -87,7 +94,9 @@ impl Session<'_> {
 
     /// Moves `disk` to `target` and updates its record. The caller has removed the stray
     /// copies of earlier moves first ([`Session::remove_stray_copies`]): the record has
-    /// room for one copy of each kind.
+    /// room for one copy of each kind. The source stays, marked as the old copy: the
+    /// caller removes it with [`Session::remove_old_copy`], beside its next step (the disk
+    /// lives on `target` from now on, so nothing waits for the source to go).
     pub async fn move_disk(&self, disk: &mut DiskRecord, target: &str) -> Result<(), CpiError> {
         let from = self.node_docker(&disk.node).await?;
         let to = self.node_docker(target).await?;
@@ -127,8 +136,6 @@ impl Session<'_> {
         disk.old_copy_on = Some(source.clone());
         disk.copying_to = None;
         self.save_disk(disk).await?;
-        // The source goes now if it answers; otherwise the mark stays for the next call.
-        self.clear_mark(disk, Mark::OldCopy).await;
         tracing::info!(
             disk = %cid, from = %source, to = %target, files = digest.files, bytes = digest.bytes,
             "disk moved and verified"

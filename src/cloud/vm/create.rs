@@ -428,6 +428,7 @@ async fn disks_for_new_vm(
         if disk.node != node {
             s.remove_stray_copies(&mut disk).await;
             s.move_disk(&mut disk, node).await?;
+            s.remove_old_copy(&mut disk).await;
         }
         mounts.insert(disk.cid.to_string(), disk.cid.to_string());
     }
