@@ -20,3 +20,4 @@ pub mod protocol;
 pub mod reboot;
 pub mod redact;
 pub mod roundtrips;
+pub mod serde_words;

@@ -329,7 +329,9 @@ impl Config {
             let path = e.path().to_string();
             ConfigError::invalid(
                 &path,
-                &crate::echo::printable_detail(&e.into_inner().to_string()),
+                &crate::echo::printable_detail(&crate::serde_words::plain(
+                    &e.into_inner().to_string(),
+                )),
             )
         })?;
         config.loaded_tls = config.validate()?;
@@ -588,6 +590,18 @@ mod tests {
         assert_eq!(c.vm_defaults.restart_policy, "always");
         assert_eq!(c.vm_defaults.start_mode, StartMode::Runit);
         assert_eq!(c.docker.api_version, "1.41");
+    }
+
+    #[test]
+    fn a_wrong_type_is_named_in_plain_words() {
+        let mut v = minimal();
+        v["docker"]["connect_timeout_seconds"] = json!("soon");
+        let e = Config::from_value(v).unwrap_err();
+        assert_eq!(e.key, "docker.connect_timeout_seconds");
+        assert_eq!(
+            e.problem, r#"expected a whole number (0 or more), got the string "soon""#,
+            "{e}"
+        );
     }
 
     #[test]
