@@ -74,14 +74,26 @@ impl DockerAccess {
             .enable_http1()
             .wrap_connector(http);
         let client = Arc::new(Client::builder(TokioExecutor::new()).build(https));
+        let node_name = name.to_string();
         let transport = move |req: BollardRequest| {
             let client = Arc::clone(&client);
+            let node = node_name.clone();
             crate::roundtrips::docker();
             async move {
-                client
-                    .request(req)
-                    .await
-                    .map_err(|e| bollard::errors::Error::from(std::io::Error::other(e)))
+                // At debug level every request is timed (until its answer's head), so a
+                // slow call shows which request of which node it waited for.
+                let started = std::time::Instant::now();
+                let what = format!("{} {}", req.method(), req.uri().path());
+                let answer = client.request(req).await;
+                if tracing::enabled!(tracing::Level::DEBUG) {
+                    let status = answer.as_ref().map_or(0, |r| r.status().as_u16());
+                    tracing::debug!(
+                        node = %node,
+                        "docker {what}: {status} after {} ms",
+                        started.elapsed().as_millis()
+                    );
+                }
+                answer.map_err(|e| bollard::errors::Error::from(std::io::Error::other(e)))
             }
         };
         let version = self.api_version.unwrap_or(*bollard::API_DEFAULT_VERSION);
