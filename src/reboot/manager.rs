@@ -398,27 +398,35 @@ impl<'a> Manager<'a> {
             if record.value.health.as_deref() != Some(shown.as_str()) {
                 tracing::warn!(node = %self.opts.node, problem = %problem,
                     "health gate does not pass; the node stays cordoned and keeps its slot");
-                let mut next = record.value.clone();
-                next.health = Some(shown);
-                self.records
-                    .replace(&self.opts.node, record.mod_revision, &next)
-                    .await?;
             }
+            self.show_health(record, shown).await?;
             return Ok(Next::Later);
         }
         let since = *self.healthy_since.get_or_insert_with(Instant::now);
         if since.elapsed() < self.opts.settle {
             let shown = format!("settling ({}s)", self.opts.settle.as_secs());
-            if record.value.health.as_deref() != Some(shown.as_str()) {
-                let mut next = record.value.clone();
-                next.health = Some(shown);
-                self.records
-                    .replace(&self.opts.node, record.mod_revision, &next)
-                    .await?;
-            }
+            self.show_health(record, shown).await?;
             return Ok(Next::Later);
         }
         self.finish(record).await
+    }
+
+    /// Records what the health gate says in the node's reboot record (where `cpi nodes`
+    /// shows it), unless the record says it already.
+    async fn show_health(
+        &self,
+        record: &Versioned<RebootRecord>,
+        shown: String,
+    ) -> Result<(), StepError> {
+        if record.value.health.as_deref() == Some(shown.as_str()) {
+            return Ok(());
+        }
+        let mut next = record.value.clone();
+        next.health = Some(shown);
+        self.records
+            .replace(&self.opts.node, record.mod_revision, &next)
+            .await?;
+        Ok(())
     }
 
     async fn finish(&mut self, record: &Versioned<RebootRecord>) -> Result<Next, StepError> {
