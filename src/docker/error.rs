@@ -16,6 +16,18 @@ pub struct Doing {
     pub what: String,
 }
 
+#[cfg(test)]
+impl Doing {
+    /// A request to node n1, for the unit tests of the error texts and their mapping.
+    pub(crate) fn sample() -> Doing {
+        Doing {
+            node: "n1".into(),
+            endpoint: "tcp://10.0.0.1:2376".into(),
+            what: "starting container vm-1".into(),
+        }
+    }
+}
+
 impl fmt::Display for Doing {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "node {} ({}): {}", self.node, self.endpoint, self.what)
@@ -209,11 +221,7 @@ mod tests {
     use bollard::errors::Error as E;
 
     fn at() -> Doing {
-        Doing {
-            node: "n1".into(),
-            endpoint: "tcp://10.0.0.1:2376".into(),
-            what: "starting container vm-1".into(),
-        }
+        Doing::sample()
     }
 
     fn answered(status_code: u16, message: &str) -> DockerError {

@@ -42,11 +42,7 @@ mod tests {
     use crate::protocol::ErrorKind;
 
     fn at() -> Doing {
-        Doing {
-            node: "n1".into(),
-            endpoint: "tcp://10.0.0.1:2376".into(),
-            what: "starting container vm-1".into(),
-        }
+        Doing::sample()
     }
 
     fn kind_and_retry(e: DockerError) -> (ErrorKind, bool) {
