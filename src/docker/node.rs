@@ -83,9 +83,10 @@ impl DockerAccess {
                 // At debug level every request is timed (until its answer's head), so a
                 // slow call shows which request of which node it waited for.
                 let started = std::time::Instant::now();
-                let what = format!("{} {}", req.method(), req.uri().path());
+                let what = tracing::enabled!(tracing::Level::DEBUG)
+                    .then(|| format!("{} {}", req.method(), req.uri().path()));
                 let answer = client.request(req).await;
-                if tracing::enabled!(tracing::Level::DEBUG) {
+                if let Some(what) = what {
                     let status = answer.as_ref().map_or(0, |r| r.status().as_u16());
                     tracing::debug!(
                         node = %node,
