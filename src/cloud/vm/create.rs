@@ -76,11 +76,25 @@ pub async fn create(ctx: &CloudContext<'_>, req: CreateVm) -> Result<CallResult,
 async fn create_classified(s: &Session<'_>, req: &CreateVm) -> Result<CallResult, CpiError> {
     let mut plan = plan(s, req).await?;
     let docker = s.node_docker(&plan.node.name).await?;
-    let wanted = addresses_to_claim(s, &docker, &plan).await?;
+    // Three steps that need nothing of each other run side by side: what the node's VM
+    // containers hold, the lease, and the node made ready (stemcell image, networks; both
+    // kept if the create fails, as they serve the next one).
+    // While creating, the record and the address claims live on that lease: if this
+    // process is killed, they expire and the next create_vm knows the leftovers are garbage.
+    let (wanted, lease, ready) = tokio::join!(
+        addresses_to_claim(s, &docker, &plan),
+        async { Ok::<_, CpiError>(index::ProgressLease::start(s.etcd().await?).await?) },
+        prepare_node(s, &docker, &plan),
+    );
+    let lease = lease?;
+    let wanted = match (wanted, ready) {
+        (Ok(wanted), Ok(())) => wanted,
+        (Err(e), _) | (_, Err(e)) => {
+            lease.end().await;
+            return Err(e);
+        }
+    };
     let mut record = plan.record();
-    // While creating, the record and the address claims live on a lease: if this process
-    // is killed, they expire and the next create_vm knows the leftovers are garbage.
-    let lease = index::ProgressLease::start(s.etcd().await?).await?;
     if let Err(e) = claim(s, &lease, &mut record, &mut plan, &wanted).await {
         lease.end().await;
         return Err(e);
@@ -117,8 +131,9 @@ async fn plan<'r, 's>(s: &Session<'s>, req: &'r CreateVm) -> Result<CreatePlan<'
     let props = VmProperties::parse(&req.cloud_properties)?;
     let config = s.config().await?;
     let blobstore = super::blobstore::for_agent(&req.env, &config.agent)?;
-    let stemcell = stemcell::check_exists(s, &req.stemcell_cid).await?;
-    let view = s.view().await?;
+    // The stemcell's record and the cluster view are two reads of their own.
+    let (stemcell, view) = tokio::join!(stemcell::check_exists(s, &req.stemcell_cid), s.view());
+    let (stemcell, view) = (stemcell?, view?);
     let group = req
         .env
         .get("bosh")
@@ -369,8 +384,22 @@ fn wanted_addresses(
     wanted
 }
 
-/// Makes the VM on its node from the plan: stemcell, networks, disks, ephemeral volume,
-/// container with the agent's files, started, addresses checked.
+/// The node made ready for the VM: the stemcell's image on it, and its networks.
+async fn prepare_node(
+    s: &Session<'_>,
+    docker: &NodeDocker,
+    plan: &CreatePlan<'_, '_>,
+) -> Result<(), CpiError> {
+    let (image, networks) = tokio::join!(
+        stemcell::ensure_on_node(s, docker, &plan.req.stemcell_cid, &plan.stemcell),
+        prepare_networks(docker, &plan.node, &plan.networks),
+    );
+    image?;
+    networks
+}
+
+/// Makes the VM on its ready node from the plan: disks, ephemeral volume, container with
+/// the agent's files, started, addresses learnt where Docker chose them.
 async fn build(
     s: &Session<'_>,
     docker: &NodeDocker,
@@ -378,8 +407,6 @@ async fn build(
     undo: &mut Vec<Undo>,
 ) -> Result<(), CpiError> {
     let req = plan.req;
-    stemcell::ensure_on_node(s, docker, &req.stemcell_cid, &plan.stemcell).await?;
-    prepare_networks(docker, &plan.node, &plan.networks).await?;
     let disks = disks_for_new_vm(s, docker, &req.disk_cids).await?;
     let volume = make_ephemeral_volume(docker, plan, undo).await?;
     make_container(s, docker, plan, &disks, &volume).await?;
@@ -393,7 +420,16 @@ async fn build(
     }
     upload_agent_files(s, docker, plan, &disks).await?;
     start(docker, plan).await?;
-    verify_addresses(docker, &plan.cid, &mut plan.networks).await
+    // Docker starts a container with the address asked for or not at all: only an address
+    // a foreign network chose has to be read back.
+    if plan
+        .networks
+        .iter()
+        .any(|p| p.docker_network.is_some() && p.ip.is_none())
+    {
+        learn_addresses(docker, &plan.cid, &mut plan.networks).await?;
+    }
+    Ok(())
 }
 
 /// For create_vm: the disks to mount in a new VM on the node of `docker` (disk cid ->
@@ -688,7 +724,7 @@ async fn used_addresses(
 }
 
 /// Reads back the addresses Docker really gave, filling those a foreign network chose.
-async fn verify_addresses(
+async fn learn_addresses(
     docker: &NodeDocker,
     cid: &VmCid,
     planned: &mut [PlannedNetwork],
