@@ -5,24 +5,23 @@
 
 use std::io::Read;
 
+use bytes::{Buf, Bytes};
 use tokio::sync::mpsc::Receiver;
 
 /// Reads the chunks of `chunks` in order; the stream ends when the sender is dropped, and
 /// an `Err` chunk is returned as a read error.
 pub struct ChannelReader {
-    chunks: Receiver<std::io::Result<Vec<u8>>>,
-    current: Vec<u8>,
-    offset: usize,
+    chunks: Receiver<std::io::Result<Bytes>>,
+    current: Bytes,
     done: bool,
 }
 
 impl ChannelReader {
     /// A reader over `chunks`.
-    pub fn new(chunks: Receiver<std::io::Result<Vec<u8>>>) -> Self {
+    pub fn new(chunks: Receiver<std::io::Result<Bytes>>) -> Self {
         ChannelReader {
             chunks,
-            current: Vec::new(),
-            offset: 0,
+            current: Bytes::new(),
             done: false,
         }
     }
@@ -30,15 +29,12 @@ impl ChannelReader {
 
 impl Read for ChannelReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.offset == self.current.len() {
+        while self.current.is_empty() {
             if self.done {
                 return Ok(0);
             }
             match self.chunks.blocking_recv() {
-                Some(Ok(chunk)) => {
-                    self.current = chunk;
-                    self.offset = 0;
-                }
+                Some(Ok(chunk)) => self.current = chunk,
                 Some(Err(e)) => return Err(e),
                 None => {
                     self.done = true;
@@ -46,9 +42,9 @@ impl Read for ChannelReader {
                 }
             }
         }
-        let n = buf.len().min(self.current.len() - self.offset);
-        buf[..n].copy_from_slice(&self.current[self.offset..self.offset + n]);
-        self.offset += n;
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        self.current.advance(n);
         Ok(n)
     }
 }
@@ -61,9 +57,9 @@ mod tests {
     fn reads_chunks_in_order_and_reports_errors() {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         std::thread::spawn(move || {
-            tx.blocking_send(Ok(b"hel".to_vec())).unwrap();
-            tx.blocking_send(Ok(Vec::new())).unwrap();
-            tx.blocking_send(Ok(b"lo".to_vec())).unwrap();
+            tx.blocking_send(Ok(Bytes::from_static(b"hel"))).unwrap();
+            tx.blocking_send(Ok(Bytes::new())).unwrap();
+            tx.blocking_send(Ok(Bytes::from_static(b"lo"))).unwrap();
         });
         let mut s = String::new();
         ChannelReader::new(rx).read_to_string(&mut s).unwrap();

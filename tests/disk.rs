@@ -527,6 +527,108 @@ fn a_move_killed_mid_copy_is_finished_by_the_next_attach_with_the_data_intact() 
     panic!("in 5 attempts the move always finished before it could be killed mid-copy");
 }
 
+#[test]
+fn a_move_killed_while_its_copy_is_checked_is_finished_by_the_next_attach() {
+    // The copy is checked while the VM's re-creation is prepared. Killed in that window
+    // (old container stopped and renamed, copy not checked yet), the disk must still be
+    // its source node's and the VM must come back, with the move done by the next attach.
+    let (vm2, node2, ip2) = vm_on(2, 110, "check-move-dst");
+    for attempt in 0..5u8 {
+        let (vm1, node1, _) = vm_on(0, 111 + attempt, "check-move-src");
+        let disk = create_disk(json!([1024, {}, vm1]));
+        call("attach_disk", json!([vm1, disk]));
+        // Enough data that the check runs long enough to be caught.
+        sh(
+            &node1,
+            &vm1,
+            &format!(
+                "dd if=/dev/urandom of=/warden-cpi-dev/{disk}/big bs=1M count=160 2>/dev/null"
+            ),
+        );
+        let sum = fill_disk(&node1, &vm1, &disk);
+        call("detach_disk", json!([vm1, disk]));
+        call("delete_vm", json!([vm1]));
+
+        let previous = format!("{vm2}-previous");
+        let request = json!({"method":"attach_disk","arguments":[vm2, disk]}).to_string();
+        // Killed 200 ms into the window: by then the successor has been made and would
+        // have been started, had its start not waited for the check.
+        let window_seen = std::sync::Arc::new(std::sync::Mutex::new(None::<std::time::Instant>));
+        let caught = kill_cpi_when(&request, &cluster_config(), || {
+            let (node2, disk, previous) = (node2.clone(), disk.clone(), previous.clone());
+            let window_seen = window_seen.clone();
+            async move {
+                let docker = node_socket(&node2).await;
+                // The target's helper lives until the check ends.
+                let in_window = docker.inspect_container(&previous, None).await.is_ok()
+                    && copying_into(&node2, &disk).await;
+                let mut seen = window_seen.lock().unwrap();
+                match (in_window, *seen) {
+                    (false, _) => false,
+                    (true, None) => {
+                        *seen = Some(std::time::Instant::now());
+                        false
+                    }
+                    (true, Some(t)) => t.elapsed() >= std::time::Duration::from_millis(200),
+                }
+            }
+        });
+        if !caught {
+            call("detach_disk", json!([vm2, disk]));
+            call("delete_disk", json!([disk]));
+            continue;
+        }
+        // Not switched: the disk is still its source's, and the record leads to the copy.
+        let record = index_record(&cluster_config(), &format!("disks/{disk}")).unwrap();
+        assert_eq!(record["node"], node1.as_str(), "{record}");
+        assert_eq!(record["copying_to"], node2.as_str(), "{record}");
+        assert!(volume_on(&node1, &disk).is_some(), "the source is kept");
+        // The successor made in the window was never started.
+        runtime().block_on(async {
+            let docker = node_socket(&node2).await;
+            if let Ok(c) = docker.inspect_container(&vm2, None).await {
+                assert_ne!(
+                    c.state.and_then(|s| s.running),
+                    Some(true),
+                    "a successor on an unchecked copy was started"
+                );
+            }
+        });
+        // The next attach repairs the VM, replaces the unchecked copy and moves the disk.
+        assert_eq!(
+            call("attach_disk", json!([vm2, disk])),
+            json!(format!("/warden-cpi-dev/{disk}"))
+        );
+        assert_eq!(checksum(&node2, &vm2, &disk), sum);
+        assert_eq!(vm_container(&node2, &vm2).ip, ip2);
+        assert!(
+            volume_on(&node1, &disk).is_none(),
+            "source removed after the move"
+        );
+        let record = index_record(&cluster_config(), &format!("disks/{disk}")).unwrap();
+        assert_eq!(record["node"], node2.as_str(), "{record}");
+        assert!(record.get("copying_to").is_none(), "{record}");
+        assert!(record.get("old_copy_on").is_none(), "{record}");
+        runtime().block_on(async {
+            let docker = node_socket(&node2).await;
+            assert!(
+                docker.inspect_container(&previous, None).await.is_err(),
+                "previous left behind"
+            );
+            for node in [&node1, &node2] {
+                assert!(
+                    !copying_into(node, &disk).await,
+                    "copy helpers left on {node}"
+                );
+            }
+        });
+        call("delete_vm", json!([vm2]));
+        call("delete_disk", json!([disk]));
+        return;
+    }
+    panic!("in 5 attempts the move always finished its check before it could be killed");
+}
+
 /// What a move killed right after switching the record leaves: a volume of `disk` on
 /// `node` and the disk's record (under `config`'s prefix) naming it as the old copy.
 fn plant_old_copy(config: &std::path::Path, disk: &str, node: &str) {

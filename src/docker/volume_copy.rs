@@ -1,13 +1,15 @@
 //! Copies a volume's contents, on one node or between two nodes, streamed through the CPI
 //! (`docker cp` semantics via the archive API of idle helper containers that mount the
 //! volumes; nothing is stored in between), and checks the copy: the target is read back
-//! and must hold the same files, bytes and content digest as the source stream.
+//! and must hold the same files, bytes and content digest as the source stream. The check
+//! may run beside the caller's next steps ([`stream_volume`], [`Streamed::verify`]).
 
 use std::collections::HashMap;
 use std::io::Read;
 
 use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use futures_util::Stream;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
@@ -23,6 +25,46 @@ pub const HELPER_IMAGE_REPO: &str = "moltencore-helper";
 const HELPER_IMAGE_TAG: &str = "empty";
 /// Where helper containers mount the volume.
 const MOUNT: &str = "/data";
+
+/// Bytes handed on at once. The network delivers about one TLS record (16 KiB) per read,
+/// and every hand-over to the upload or the digest wakes another thread: per read, that
+/// cost more CPU than the copy itself on a small node.
+const BATCH: usize = 512 * 1024;
+
+/// A node's download, read in batches of at least [`BATCH`] bytes (the last one may be
+/// shorter); the node's idle timeout still applies to each read.
+struct Batches<S> {
+    stream: S,
+    gathered: BytesMut,
+    ended: bool,
+}
+
+impl<S> Batches<S>
+where
+    S: Stream<Item = Result<Bytes, bollard::errors::Error>> + Unpin,
+{
+    fn new(stream: S) -> Self {
+        Batches {
+            stream,
+            gathered: BytesMut::new(),
+            ended: false,
+        }
+    }
+
+    /// The next batch; `Ok(None)` once the download has ended and everything was handed on.
+    async fn next(&mut self, node: &NodeDocker, doing: &str) -> Result<Option<Bytes>, DockerError> {
+        if self.gathered.capacity() == 0 {
+            self.gathered.reserve(BATCH + 64 * 1024);
+        }
+        while !self.ended && self.gathered.len() < BATCH {
+            match next_within(&mut self.stream, node, doing).await? {
+                Some(chunk) => self.gathered.extend_from_slice(&chunk),
+                None => self.ended = true,
+            }
+        }
+        Ok((!self.gathered.is_empty()).then(|| self.gathered.split().freeze()))
+    }
+}
 
 /// What a tree of files holds: count, bytes and a digest over paths and contents.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,8 +128,8 @@ impl std::io::Write for HashWriter<'_> {
 }
 
 /// An idle container mounting one volume at /data, removed after use.
-struct Helper<'a> {
-    node: &'a NodeDocker,
+struct Helper {
+    node: NodeDocker,
     name: String,
 }
 
@@ -108,8 +150,8 @@ pub async fn sweep_helpers(node: &NodeDocker, volume: &str) -> Result<(), Docker
     Ok(())
 }
 
-impl<'a> Helper<'a> {
-    async fn new(node: &'a NodeDocker, volume: &str) -> Result<Helper<'a>, DockerError> {
+impl Helper {
+    async fn new(node: &NodeDocker, volume: &str) -> Result<Helper, DockerError> {
         ensure_helper_image(node).await?;
         sweep_helpers(node, volume).await?;
         let name = format!("mc-copy-{}", uuid::Uuid::new_v4().simple());
@@ -133,7 +175,10 @@ impl<'a> Helper<'a> {
             ..Default::default()
         };
         node.create_container(&name, body).await?;
-        Ok(Helper { node, name })
+        Ok(Helper {
+            node: node.clone(),
+            name,
+        })
     }
 
     async fn remove(self) {
@@ -158,14 +203,14 @@ impl<'a> Helper<'a> {
 
     /// Reads the whole volume and digests it.
     async fn digest(&self) -> Result<TreeDigest, DockerError> {
-        let (tx, rx) = mpsc::channel::<std::io::Result<Vec<u8>>>(8);
+        let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(8);
         let digester = tokio::task::spawn_blocking(move || digest_tar(ChannelReader::new(rx)));
-        let mut stream = Box::pin(self.download());
+        let mut batches = Batches::new(Box::pin(self.download()));
         let mut failure = None;
         loop {
-            match next_within(&mut stream, self.node, "reading the volume back").await {
+            match batches.next(&self.node, "reading the volume back").await {
                 Ok(Some(b)) => {
-                    if tx.send(Ok(b.to_vec())).await.is_err() {
+                    if tx.send(Ok(b)).await.is_err() {
                         break;
                     }
                 }
@@ -185,7 +230,7 @@ impl<'a> Helper<'a> {
         if let Some(f) = failure {
             return Err(f);
         }
-        digest.map_err(|e| unreadable(self.node, e))
+        digest.map_err(|e| unreadable(&self.node, e))
     }
 }
 
@@ -238,6 +283,42 @@ async fn ensure_helper_image(node: &NodeDocker) -> Result<(), DockerError> {
     Ok(())
 }
 
+/// A copy streamed into its target volume and not checked yet: the target's helper stays
+/// for [`Streamed::verify`], which the caller may run beside other work. Dropped
+/// unverified, the helper is left for [`sweep_helpers`].
+pub struct Streamed {
+    to: Helper,
+    source_node: String,
+    source: TreeDigest,
+}
+
+impl Streamed {
+    /// Checks the copy: the target is read back and must hold the same files, bytes and
+    /// content digest as the source stream. The target's helper is removed either way.
+    pub async fn verify(self) -> Result<TreeDigest, DockerError> {
+        let copied = self.to.digest().await;
+        let target_node = self.to.node.name.clone();
+        self.to.remove().await;
+        let copied = copied?;
+        if copied != self.source {
+            return Err(DockerError::Verify {
+                message: format!(
+                    "copy check failed: node {} has {} files / {} bytes / {}, node {} now has {} files / {} bytes / {}",
+                    self.source_node,
+                    self.source.files,
+                    self.source.bytes,
+                    self.source.sha256,
+                    target_node,
+                    copied.files,
+                    copied.bytes,
+                    copied.sha256
+                ),
+            });
+        }
+        Ok(self.source)
+    }
+}
+
 /// Copies the contents of `src_volume` on `src` into `dst_volume` on `dst` (which may be
 /// the same node) and verifies the copy. Both volumes must exist.
 pub async fn copy_volume(
@@ -246,6 +327,20 @@ pub async fn copy_volume(
     dst: &NodeDocker,
     dst_volume: &str,
 ) -> Result<TreeDigest, DockerError> {
+    stream_volume(src, src_volume, dst, dst_volume)
+        .await?
+        .verify()
+        .await
+}
+
+/// Streams the contents of `src_volume` on `src` into `dst_volume` on `dst`; the copy is
+/// checked by [`Streamed::verify`]. Both volumes must exist.
+pub async fn stream_volume(
+    src: &NodeDocker,
+    src_volume: &str,
+    dst: &NodeDocker,
+    dst_volume: &str,
+) -> Result<Streamed, DockerError> {
     // The two helpers are made (and later removed) side by side: they are on two nodes.
     let (from, to) = match futures_util::future::join(
         Helper::new(src, src_volume),
@@ -260,15 +355,29 @@ pub async fn copy_volume(
         }
         (Err(e), Err(_)) => return Err(e),
     };
-    let result = stream_and_verify(&from, &to).await;
-    futures_util::future::join(from.remove(), to.remove()).await;
-    result
+    let streamed = stream(&from, &to).await;
+    let source_node = from.node.name.clone();
+    match streamed {
+        Ok(source) => {
+            from.remove().await;
+            Ok(Streamed {
+                to,
+                source_node,
+                source,
+            })
+        }
+        Err(e) => {
+            futures_util::future::join(from.remove(), to.remove()).await;
+            Err(e)
+        }
+    }
 }
 
-async fn stream_and_verify(from: &Helper<'_>, to: &Helper<'_>) -> Result<TreeDigest, DockerError> {
+/// Streams the source helper's volume into the target's; the digest of what was sent.
+async fn stream(from: &Helper, to: &Helper) -> Result<TreeDigest, DockerError> {
     // Source stream -> (upload to the target, digest on a blocking thread).
     let (upload, upload_body) = body::channel(8);
-    let (dg_tx, dg_rx) = mpsc::channel::<std::io::Result<Vec<u8>>>(8);
+    let (dg_tx, dg_rx) = mpsc::channel::<std::io::Result<Bytes>>(8);
     let digester = tokio::task::spawn_blocking(move || digest_tar(ChannelReader::new(dg_rx)));
     let to_node = to.node.clone();
     let to_name = to.name.clone();
@@ -289,12 +398,12 @@ async fn stream_and_verify(from: &Helper<'_>, to: &Helper<'_>) -> Result<TreeDig
     });
     let mut failure = None;
     {
-        let mut stream = Box::pin(from.download());
+        let mut batches = Batches::new(Box::pin(from.download()));
         loop {
-            let sent = match next_within(&mut stream, from.node, "reading the volume").await {
+            let sent = match batches.next(&from.node, "reading the volume").await {
                 Ok(Some(b)) => {
-                    let for_digest = b.to_vec();
-                    let sent = upload.send(Ok(b), to.node, "writing the copy").await;
+                    let for_digest = b.clone();
+                    let sent = upload.send(Ok(b), &to.node, "writing the copy").await;
                     let _ = dg_tx.send(Ok(for_digest)).await;
                     sent
                 }
@@ -322,7 +431,7 @@ async fn stream_and_verify(from: &Helper<'_>, to: &Helper<'_>) -> Result<TreeDig
     } else {
         upload.finish(); // the whole archive is sent: end the body
         // The target answers once it has unpacked the rest.
-        match wait_alive(&mut uploader, to.node, "finishing the copy").await {
+        match wait_alive(&mut uploader, &to.node, "finishing the copy").await {
             Ok(joined) => joined.map_err(|e| DockerError::Task {
                 what: "upload task".into(),
                 detail: e.to_string(),
@@ -341,23 +450,7 @@ async fn stream_and_verify(from: &Helper<'_>, to: &Helper<'_>) -> Result<TreeDig
         return Err(f);
     }
     uploaded?;
-    let source_digest = source_digest.map_err(|e| unreadable(from.node, e))?;
-    let copied = to.digest().await?;
-    if copied != source_digest {
-        return Err(DockerError::Verify {
-            message: format!(
-                "copy check failed: node {} has {} files / {} bytes / {}, node {} now has {} files / {} bytes / {}",
-                from.node.name,
-                source_digest.files,
-                source_digest.bytes,
-                source_digest.sha256,
-                to.node.name,
-                copied.files,
-                copied.bytes,
-                copied.sha256
-            ),
-        });
-    }
+    let source_digest = source_digest.map_err(|e| unreadable(&from.node, e))?;
     Ok(source_digest)
 }
 

@@ -8,8 +8,10 @@ use serde_json::Value;
 use crate::cloud::CloudContext;
 use crate::cloud::session::Session;
 use crate::cloud::session::disks::volume_gone;
+use crate::cloud::session::moving::StreamedDisk;
 use crate::cloud::vm::agent_files::disk_hint;
 use crate::cloud::vm::{find_existing, recreate};
+use crate::cluster::{DiskRecord, VmRecord};
 use crate::docker::NodeDocker;
 use crate::protocol::{CallResult, CpiError, DiskCid, ErrorKind, VmCid};
 
@@ -61,29 +63,66 @@ pub async fn attach(
             false,
         ));
     }
-    let moved = disk.node != vm.node;
-    if moved {
-        s.move_disk(&mut disk, &vm.node).await?;
+    let streamed = if disk.node != vm.node {
+        Some(s.stream_disk(&mut disk, &vm.node).await?)
     } else if !docker.volume_exists(disk_cid.as_str()).await? {
         return Err(volume_gone(&disk));
     } else {
         s.ensure_unmounted(&docker, disk_cid).await?;
-    }
+        None
+    };
     mounted.insert(disk_cid.to_string(), disk_cid.to_string());
-    // A moved disk's source goes while the VM is re-created: the disk lives on the VM's
-    // node now, and the re-creation does not touch the source node.
-    let (recreated, ()) =
-        futures_util::future::join(recreate::recreate(&s, &mut vm, &docker, &mounted), async {
-            if moved {
-                s.remove_old_copy(&mut disk).await;
-            }
-        })
-        .await;
-    recreated?;
+    match streamed {
+        None => recreate::recreate(&s, &mut vm, &docker, &mounted).await?,
+        Some(streamed) => {
+            recreate_with_moved(&s, &mut vm, &docker, &mounted, &mut disk, streamed).await?
+        }
+    }
     disk.vm = Some(vm_cid.clone());
     s.save_disk(&disk).await?;
     tracing::info!(vm = %vm_cid, disk = %disk_cid, node = %vm.node, "disk attached");
     Ok(hint)
+}
+
+/// The re-creation for a disk just streamed to the VM's node: the copy is checked while
+/// the re-creation is prepared (files read, old container stopped, successor made), and
+/// the successor starts only on a checked disk. Once checked, the disk lives on the VM's
+/// node, and its source goes while the successor starts. A failed check brings the old
+/// container back and removes the unchecked copy.
+async fn recreate_with_moved(
+    s: &Session<'_>,
+    vm: &mut VmRecord,
+    docker: &NodeDocker,
+    mounted: &BTreeMap<String, String>,
+    disk: &mut DiskRecord,
+    streamed: StreamedDisk,
+) -> Result<(), CpiError> {
+    let (checked_tx, checked_rx) = tokio::sync::oneshot::channel();
+    let mut check_failed = false;
+    let mover = async {
+        let checked = s.finish_move(disk, streamed).await;
+        check_failed = checked.is_err();
+        let passed = !check_failed;
+        let _ = checked_tx.send(checked);
+        if passed {
+            s.remove_old_copy(disk).await;
+        }
+    };
+    let ready = async {
+        checked_rx
+            .await
+            .unwrap_or_else(|_| Err(CpiError::cpi("the disk check ended without a verdict")))
+    };
+    let (recreated, ()) = futures_util::future::join(
+        recreate::recreate_when(s, vm, docker, mounted, ready),
+        mover,
+    )
+    .await;
+    if check_failed {
+        // The successor that mounted the copy is gone (the old container is back).
+        s.abandon_move(disk).await;
+    }
+    recreated
 }
 
 /// `detach_disk`: the reverse; a disk that is not attached (or unknown) is success.

@@ -98,6 +98,24 @@ impl Session<'_> {
     /// caller removes it with [`Session::remove_old_copy`], beside its next step (the disk
     /// lives on `target` from now on, so nothing waits for the source to go).
     pub async fn move_disk(&self, disk: &mut DiskRecord, target: &str) -> Result<(), CpiError> {
+        let streamed = self.stream_disk(disk, target).await?;
+        let checked = self.finish_move(disk, streamed).await;
+        if checked.is_err() {
+            self.abandon_move(disk).await;
+        }
+        checked
+    }
+
+    /// The first half of [`Session::move_disk`]: `disk` streamed to `target`, where it
+    /// waits for [`Session::finish_move`]. Until then the record names the source as the
+    /// disk's node and the target as `copying_to`, and the target's copy may be mounted
+    /// only by a container that is not started. A failed stream is cleaned up now if the
+    /// target answers; otherwise the mark stays for the next call.
+    pub async fn stream_disk(
+        &self,
+        disk: &mut DiskRecord,
+        target: &str,
+    ) -> Result<StreamedDisk, CpiError> {
         let from = self.node_docker(&disk.node).await?;
         let to = self.node_docker(target).await?;
         let cid = disk.cid.clone();
@@ -122,24 +140,54 @@ impl Session<'_> {
         ]);
         to.create_volume(&cid, volume_labels).await?;
         tracing::info!(disk = %cid, from = %disk.node, to = %target, "moving disk");
-        let digest = match volume_copy::copy_volume(&from, &cid, &to, &cid).await {
-            Ok(d) => d,
+        match volume_copy::stream_volume(&from, &cid, &to, &cid).await {
+            Ok(copy) => Ok(StreamedDisk {
+                copy,
+                target: target.to_string(),
+            }),
             Err(e) => {
-                // Cleaned now if the target answers; otherwise the mark stays for the next
-                // call.
-                self.clear_mark(disk, Mark::Copying).await;
-                return Err(CpiError::from(e)
-                    .context(format!("moving disk {cid} from {} to {target}", disk.node)));
+                self.abandon_move(disk).await;
+                Err(CpiError::from(e)
+                    .context(format!("moving disk {cid} from {} to {target}", disk.node)))
             }
-        };
-        let source = std::mem::replace(&mut disk.node, target.to_string());
+        }
+    }
+
+    /// The second half of [`Session::move_disk`]: the copy checked against the source
+    /// stream, then the record switched to the target, with the source marked as the old
+    /// copy. A failed check leaves the record as it was: the caller removes the target's
+    /// copy with [`Session::abandon_move`] once nothing mounts it.
+    pub async fn finish_move(
+        &self,
+        disk: &mut DiskRecord,
+        streamed: StreamedDisk,
+    ) -> Result<(), CpiError> {
+        let digest = streamed.copy.verify().await.map_err(|e| {
+            CpiError::from(e).context(format!(
+                "moving disk {} from {} to {}",
+                disk.cid, disk.node, streamed.target
+            ))
+        })?;
+        let source = std::mem::replace(&mut disk.node, streamed.target);
         disk.old_copy_on = Some(source.clone());
         disk.copying_to = None;
         self.save_disk(disk).await?;
         tracing::info!(
-            disk = %cid, from = %source, to = %target, files = digest.files, bytes = digest.bytes,
+            disk = %disk.cid, from = %source, to = %disk.node, files = digest.files, bytes = digest.bytes,
             "disk moved and verified"
         );
         Ok(())
     }
+
+    /// Removes the target's copy of a move that did not finish and clears its mark (a
+    /// node that does not answer keeps both for the next call).
+    pub async fn abandon_move(&self, disk: &mut DiskRecord) {
+        self.clear_mark(disk, Mark::Copying).await;
+    }
+}
+
+/// A disk streamed to another node, not checked yet (see [`Session::stream_disk`]).
+pub struct StreamedDisk {
+    copy: volume_copy::Streamed,
+    target: String,
 }

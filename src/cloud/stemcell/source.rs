@@ -143,7 +143,7 @@ impl PackedImage {
 
 fn stream_image_entry(
     f: File,
-    tx: &tokio::sync::mpsc::Sender<std::io::Result<Vec<u8>>>,
+    tx: &tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>,
 ) -> std::io::Result<()> {
     let mut archive = tar::Archive::new(GzDecoder::new(BufReader::with_capacity(1 << 20, f)));
     for entry in archive.entries()? {
@@ -158,7 +158,7 @@ fn stream_image_entry(
                 return Ok(());
             }
             buf.truncate(n);
-            if tx.blocking_send(Ok(buf)).is_err() {
+            if tx.blocking_send(Ok(buf.into())).is_err() {
                 return Ok(());
             }
         }

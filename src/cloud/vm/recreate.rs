@@ -11,6 +11,7 @@ use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, EndpointIpamConfig, EndpointSettings, Mount,
     MountType, NetworkingConfig,
 };
+use futures_util::FutureExt;
 use serde_json::Value;
 
 use super::agent_files::{self, DISK_MOUNT_ROOT, SETTINGS_PATH};
@@ -55,6 +56,21 @@ pub async fn recreate(
     docker: &NodeDocker,
     disks: &BTreeMap<String, String>,
 ) -> Result<(), CpiError> {
+    recreate_when(s, record, docker, disks, async { Ok(()) }).await
+}
+
+/// [`recreate`], with the successor started only once `ready` says yes (the check of a
+/// disk just copied to the node, which runs meanwhile). A `ready` already failed before
+/// the old container is stopped leaves the VM untouched; one failing later brings the old
+/// container back, as a successor that does not start does.
+pub async fn recreate_when(
+    s: &Session<'_>,
+    record: &mut VmRecord,
+    docker: &NodeDocker,
+    disks: &BTreeMap<String, String>,
+    ready: impl std::future::Future<Output = Result<(), CpiError>>,
+) -> Result<(), CpiError> {
+    let mut ready = std::pin::pin!(ready.fuse());
     let cid = record.cid.to_string();
     // The inspection the caller made to read the mounted disks, if it made one.
     let old = s.inspect(docker, &cid).await?.ok_or_else(|| {
@@ -93,6 +109,11 @@ pub async fn recreate(
     let archive = files_archive(&cid, &settings, &kept)
         .map_err(|e| CpiError::cpi(format!("cannot pack the agent files: {e}")))?;
     let (body, extra_networks) = successor_body(&old, disks)?;
+    // A verdict already in is taken now: a "no" stops here, with nothing touched.
+    let mut verdict = (&mut ready).now_or_never();
+    if let Some(Err(e)) = verdict {
+        return Err(e);
+    }
 
     record.recreating = true;
     s.save_vm(record).await?;
@@ -107,6 +128,10 @@ pub async fn recreate(
             docker.connect_network(net, &cid, endpoint.clone()).await?;
         }
         docker.upload_archive(&cid, "/", archive).await?;
+        match verdict.take() {
+            Some(known) => known?,
+            None => ready.await?,
+        }
         docker.start(&cid).await?;
         verify_successor(docker, &cid, &old).await
     }
@@ -119,7 +144,7 @@ pub async fn recreate(
             Ok(())
         }
         Err(e) => {
-            tracing::warn!(vm = %cid, "new container failed, restoring the old one: {}", e.message);
+            tracing::warn!(vm = %cid, "the new container is not kept, restoring the old one: {}", e.message);
             restore(docker, &cid).await?;
             record.recreating = false;
             s.save_vm(record).await?;
