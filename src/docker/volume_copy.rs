@@ -53,7 +53,8 @@ where
 
     /// The next batch; `Ok(None)` once the download has ended and everything was handed on.
     async fn next(&mut self, node: &NodeDocker, doing: &str) -> Result<Option<Bytes>, DockerError> {
-        if self.gathered.capacity() == 0 {
+        // After a batch is split off, what is left is too small for the next one.
+        if self.gathered.capacity() < BATCH {
             self.gathered.reserve(BATCH + 64 * 1024);
         }
         while !self.ended && self.gathered.len() < BATCH {
@@ -293,6 +294,11 @@ pub struct Streamed {
 }
 
 impl Streamed {
+    /// Bytes of file contents the source sent.
+    pub fn bytes(&self) -> u64 {
+        self.source.bytes
+    }
+
     /// Checks the copy: the target is read back and must hold the same files, bytes and
     /// content digest as the source stream. The target's helper is removed either way.
     pub async fn verify(self) -> Result<TreeDigest, DockerError> {

@@ -84,6 +84,11 @@ pub async fn attach(
     Ok(hint)
 }
 
+/// Largest copy whose check runs while the VM is re-created. The old container is
+/// stopped for the rest of the check, so a larger disk is checked first, with the VM still
+/// running (about 4 s of reading back at the benchmark's 250 MB/s).
+const CHECK_BESIDE_RECREATION_MAX_BYTES: u64 = 1 << 30;
+
 /// The re-creation for a disk just streamed to the VM's node: the copy is checked while
 /// the re-creation is prepared (files read, old container stopped, successor made), and
 /// the successor starts only on a checked disk. Once checked, the disk lives on the VM's
@@ -97,13 +102,29 @@ async fn recreate_with_moved(
     disk: &mut DiskRecord,
     streamed: StreamedDisk,
 ) -> Result<(), CpiError> {
+    if streamed.bytes() > CHECK_BESIDE_RECREATION_MAX_BYTES {
+        if let Err(e) = s.finish_move(disk, streamed).await {
+            s.abandon_move(disk).await;
+            return Err(e);
+        }
+        let (recreated, ()) = futures_util::future::join(
+            recreate::recreate(s, vm, docker, mounted),
+            s.remove_old_copy(disk),
+        )
+        .await;
+        return recreated;
+    }
     let (checked_tx, checked_rx) = tokio::sync::oneshot::channel();
     let mut check_failed = false;
     let mover = async {
         let checked = s.finish_move(disk, streamed).await;
         check_failed = checked.is_err();
         let passed = !check_failed;
-        let _ = checked_tx.send(checked);
+        if let Err(Err(e)) = checked_tx.send(checked) {
+            // The re-creation ended before it waited for the check: say why the copy was
+            // not taken.
+            tracing::warn!(disk = %disk.cid, "the moved copy failed its check: {}", e.message);
+        }
         if passed {
             s.remove_old_copy(disk).await;
         }
@@ -119,7 +140,9 @@ async fn recreate_with_moved(
     )
     .await;
     if check_failed {
-        // The successor that mounted the copy is gone (the old container is back).
+        // The successor that mounted the copy is gone once the old container is back; if
+        // it could not be brought back, the removal fails and the mark stays for the next
+        // call.
         s.abandon_move(disk).await;
     }
     recreated

@@ -7,12 +7,15 @@
 
 use std::collections::HashMap;
 
+use bollard::models::ContainerSummaryStateEnum;
+
 use super::Session;
 use super::disks::volume_gone;
 use crate::cluster::DiskRecord;
-use crate::docker::volume_copy;
+use crate::docker::{NodeDocker, volume_copy};
 use crate::labels::disk as labels;
-use crate::protocol::CpiError;
+use crate::labels::vm as vm_labels;
+use crate::protocol::{CpiError, VmCid};
 
 /// Which copy a mark of the record names.
 #[derive(Clone, Copy)]
@@ -61,6 +64,47 @@ impl Session<'_> {
         }
     }
 
+    /// Removes the successors that an attach killed while it checked a copy had made on
+    /// that copy (`volume` on `docker`): containers under a VM's own name, never started,
+    /// of a VM whose record marks a re-creation. The VM's repair would remove such a
+    /// successor anyway and bring the old container back; until then it holds the copy.
+    async fn remove_unstarted_successors(
+        &self,
+        docker: &NodeDocker,
+        volume: &str,
+    ) -> Result<(), CpiError> {
+        for c in docker.containers_using_volume(volume).await? {
+            let holder = c
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(vm_labels::VM_CID))
+                .and_then(|h| VmCid::parse(h).ok());
+            let Some(holder) = holder else { continue };
+            let under_vm_name = c
+                .names
+                .iter()
+                .flatten()
+                .any(|n| n.trim_start_matches('/') == holder.as_str());
+            let never_started = c.state == Some(ContainerSummaryStateEnum::CREATED);
+            if !under_vm_name || !never_started {
+                continue;
+            }
+            // Fresh: the VM's own call may have finished the re-creation since.
+            if self
+                .vm_record_now(&holder)
+                .await?
+                .is_some_and(|r| r.recreating)
+            {
+                docker.remove_container(holder.as_str()).await?;
+                tracing::warn!(
+                    vm = %holder, node = %docker.name, disk = %volume,
+                    "removed the unstarted container of an unfinished re-creation that held an unchecked disk copy"
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Removes the copy of `disk` on `node` (and the helpers holding it), unless `node` is
     /// the disk's own node; whether the copy is gone.
     async fn remove_copy(&self, disk: &DiskRecord, node: &str, what: &str) -> bool {
@@ -72,6 +116,7 @@ impl Session<'_> {
             if self.view().await?.registered(node)?.is_some() {
                 let docker = self.node_docker(node).await?;
                 volume_copy::sweep_helpers(&docker, cid).await?;
+                self.remove_unstarted_successors(&docker, cid).await?;
                 docker.remove_volume(cid).await?;
             }
             Ok::<(), CpiError>(())
@@ -116,6 +161,22 @@ impl Session<'_> {
         disk: &mut DiskRecord,
         target: &str,
     ) -> Result<StreamedDisk, CpiError> {
+        // The record has room for one copy of each kind: a copy that could not be removed
+        // yet (its node did not answer) must not lose its mark to this move.
+        for (mark, node) in [
+            ("copying_to", &disk.copying_to),
+            ("old_copy_on", &disk.old_copy_on),
+        ] {
+            if let Some(node) = node.as_deref().filter(|n| *n != target) {
+                return Err(CpiError::cloud(
+                    format!(
+                        "moving disk {}: a copy of it on node {node} ({mark}) could not be removed yet; retry when node {node} answers",
+                        disk.cid
+                    ),
+                    true,
+                ));
+            }
+        }
         let from = self.node_docker(&disk.node).await?;
         let to = self.node_docker(target).await?;
         let cid = disk.cid.clone();
@@ -156,7 +217,9 @@ impl Session<'_> {
     /// The second half of [`Session::move_disk`]: the copy checked against the source
     /// stream, then the record switched to the target, with the source marked as the old
     /// copy. A failed check leaves the record as it was: the caller removes the target's
-    /// copy with [`Session::abandon_move`] once nothing mounts it.
+    /// copy with [`Session::abandon_move`] once nothing mounts it. A failed save of the
+    /// switch leaves `disk` switched in memory (so [`Session::abandon_move`] removes
+    /// nothing); whichever record etcd holds then, it leads to both copies.
     pub async fn finish_move(
         &self,
         disk: &mut DiskRecord,
@@ -190,4 +253,11 @@ impl Session<'_> {
 pub struct StreamedDisk {
     copy: volume_copy::Streamed,
     target: String,
+}
+
+impl StreamedDisk {
+    /// Bytes of file contents copied (what the check reads back).
+    pub fn bytes(&self) -> u64 {
+        self.copy.bytes()
+    }
 }

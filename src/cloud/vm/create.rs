@@ -86,14 +86,18 @@ async fn create_classified(s: &Session<'_>, req: &CreateVm) -> Result<CallResult
         async { Ok::<_, CpiError>(index::ProgressLease::start(s.etcd().await?).await?) },
         prepare_node(s, &docker, &plan),
     );
-    let lease = lease?;
+    // The node's answer (a network that does not exist, an address in use) says more than
+    // a failed lease grant, so it wins.
     let wanted = match (wanted, ready) {
         (Ok(wanted), Ok(())) => wanted,
         (Err(e), _) | (_, Err(e)) => {
-            lease.end().await;
+            if let Ok(lease) = lease {
+                lease.end().await;
+            }
             return Err(e);
         }
     };
+    let lease = lease?;
     let mut record = plan.record();
     if let Err(e) = claim(s, &lease, &mut record, &mut plan, &wanted).await {
         lease.end().await;
