@@ -455,6 +455,67 @@ fn an_unreachable_source_node_is_a_retriable_error_and_loses_nothing() {
     answer_on(&config, "delete_disk", json!([disk]));
 }
 
+#[test]
+fn a_move_waits_while_a_copy_on_an_unreachable_third_node_keeps_its_mark() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = private_cluster(dir.path(), &[]);
+    let (n1, _) = node_prefix(0);
+    let (n2, _) = node_prefix(1);
+    let (n3, p3) = node_prefix(2);
+    let disk = call_on(&config, "create_disk", json!([10, {"node": n1}, null]))
+        .as_str()
+        .unwrap()
+        .to_string();
+    let req = static_vm_request(
+        &agent_id("third-node"),
+        &shared_stemcell(),
+        &format!("{p3}.71"),
+    );
+    let vm = run_cpi(&req, Some(&config), &[]).response["result"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // An old copy on n2 that a call could not remove, and n2 unreachable now.
+    plant_old_copy(&config, &disk, &n2);
+    let original = make_node_unreachable(&config, &n2);
+    let r = answer_on(&config, "attach_disk", json!([vm, disk]));
+    assert_eq!(
+        r.response["error"]["type"], "Bosh::Clouds::CloudError",
+        "{}",
+        r.stdout
+    );
+    assert_eq!(r.response["error"]["ok_to_retry"], true);
+    let message = r.response["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&n2) && message.contains(&disk),
+        "{message}"
+    );
+    // Nothing moved, and the mark still leads to the copy on n2.
+    let record = index_record(&config, &format!("disks/{disk}")).unwrap();
+    assert_eq!(record["node"], n1.as_str(), "{record}");
+    assert_eq!(record["old_copy_on"], n2.as_str(), "{record}");
+    assert!(record.get("copying_to").is_none(), "{record}");
+    assert!(
+        volume_on(&n3, &disk).is_none(),
+        "a copy was started on {n3}"
+    );
+    // Once n2 answers, the same attach removes its copy and moves the disk.
+    put_node_record(&config, &n2, &original);
+    let r = answer_on(&config, "attach_disk", json!([vm, disk]));
+    assert!(r.response["error"].is_null(), "{}", r.stdout);
+    assert!(
+        volume_on(&n2, &disk).is_none(),
+        "the old copy on {n2} is left"
+    );
+    assert!(
+        volume_on(&n1, &disk).is_none(),
+        "the source on {n1} is left"
+    );
+    assert!(volume_on(&n3, &disk).is_some());
+    answer_on(&config, "delete_vm", json!([vm]));
+    answer_on(&config, "delete_disk", json!([disk]));
+}
+
 /// Whether a copy helper of `volume` exists on `node` (a move is streaming into it).
 async fn copying_into(node: &str, volume: &str) -> bool {
     !containers_labelled(node, &format!("moltencore.helper={volume}"))
