@@ -27,6 +27,16 @@ pub mod vm {
     /// The etcd key prefix of the index the VM is recorded in: only that CPI may judge
     /// the VM abandoned.
     pub const INDEX: &str = "moltencore.vm.index";
+
+    /// The VM a container belongs to, read from its [`VM_CID`] label. `None` without the
+    /// label or when its value is not a VM cid: then no VM of this CPI made the container.
+    pub fn vm_of(
+        labels: Option<&std::collections::HashMap<String, String>>,
+    ) -> Option<crate::ids::VmCid> {
+        labels?
+            .get(VM_CID)
+            .and_then(|h| crate::ids::VmCid::parse(h).ok())
+    }
 }
 
 /// Label keys on persistent disk volumes.

@@ -79,7 +79,7 @@ impl Session<'_> {
                 continue;
             }
             // A label that is not a VM cid is not a VM of this CPI.
-            let holder = label(labels::VM_CID).and_then(|h| VmCid::parse(&h).ok());
+            let holder = labels::vm_of(c.labels.as_ref());
             let name = c
                 .names
                 .as_ref()

@@ -15,7 +15,7 @@ use crate::cluster::DiskRecord;
 use crate::docker::{NodeDocker, volume_copy};
 use crate::labels::disk as labels;
 use crate::labels::vm as vm_labels;
-use crate::protocol::{CpiError, VmCid};
+use crate::protocol::CpiError;
 
 /// Which copy a mark of the record names.
 #[derive(Clone, Copy)]
@@ -74,12 +74,9 @@ impl Session<'_> {
         volume: &str,
     ) -> Result<(), CpiError> {
         for c in docker.containers_using_volume(volume).await? {
-            let holder = c
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(vm_labels::VM_CID))
-                .and_then(|h| VmCid::parse(h).ok());
-            let Some(holder) = holder else { continue };
+            let Some(holder) = vm_labels::vm_of(c.labels.as_ref()) else {
+                continue;
+            };
             let under_vm_name = c
                 .names
                 .iter()

@@ -10,7 +10,7 @@ use bollard::models::ContainerSummary;
 use super::labels;
 use crate::cloud::session::Session;
 use crate::docker::NodeDocker;
-use crate::protocol::{CpiError, VmCid};
+use crate::protocol::CpiError;
 
 /// Removes the abandoned VMs of this CPI's index among `containers` (the VM containers
 /// listed on the node of `docker`) and returns the others. Only containers labelled with
@@ -28,10 +28,7 @@ pub async fn sweep(
             continue;
         };
         // A label that is not a VM cid was not made by this CPI.
-        let Some(holder) = labels
-            .get(labels::VM_CID)
-            .and_then(|h| VmCid::parse(h).ok())
-        else {
+        let Some(holder) = labels::vm_of(Some(labels)) else {
             continue;
         };
         if labels.get(labels::INDEX).map(String::as_str) != Some(key_prefix)
