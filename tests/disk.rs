@@ -406,25 +406,33 @@ fn a_killed_attach_is_repaired_by_the_next_has_vm_or_delete_vm() {
     call("delete_disk", json!([disk]));
 }
 
+/// Under the cluster of `config`: a 10 MiB disk on n1 and a VM on n3 (agent `agent`,
+/// static address `.host` of n3's subnet), so that attaching moves the disk. (disk, vm)
+fn disk_on_n1_vm_on_n3(config: &std::path::Path, agent: &str, host: u8) -> (String, String) {
+    let (n1, _) = node_prefix(0);
+    let (_, p3) = node_prefix(2);
+    let disk = call_on(config, "create_disk", json!([10, {"node": n1}, null]))
+        .as_str()
+        .unwrap()
+        .to_string();
+    let req = static_vm_request(
+        &agent_id(agent),
+        &shared_stemcell(),
+        &format!("{p3}.{host}"),
+    );
+    let vm = run_cpi(&req, Some(config), &[]).response["result"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    (disk, vm)
+}
+
 #[test]
 fn an_unreachable_source_node_is_a_retriable_error_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let config = private_cluster(dir.path(), &[]);
     let (n1, _) = node_prefix(0);
-    let (_, p3) = node_prefix(2);
-    let disk = call_on(&config, "create_disk", json!([10, {"node": n1}, null]))
-        .as_str()
-        .unwrap()
-        .to_string();
-    let req = static_vm_request(
-        &agent_id("unreachable"),
-        &shared_stemcell(),
-        &format!("{p3}.70"),
-    );
-    let vm = run_cpi(&req, Some(&config), &[]).response["result"][0]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (disk, vm) = disk_on_n1_vm_on_n3(&config, "unreachable", 70);
     // n1 becomes unreachable for this CPI: its record points at a closed port.
     let original = make_node_unreachable(&config, &n1);
     let r = answer_on(&config, "attach_disk", json!([vm, disk]));
@@ -461,20 +469,8 @@ fn a_move_waits_while_a_copy_on_an_unreachable_third_node_keeps_its_mark() {
     let config = private_cluster(dir.path(), &[]);
     let (n1, _) = node_prefix(0);
     let (n2, _) = node_prefix(1);
-    let (n3, p3) = node_prefix(2);
-    let disk = call_on(&config, "create_disk", json!([10, {"node": n1}, null]))
-        .as_str()
-        .unwrap()
-        .to_string();
-    let req = static_vm_request(
-        &agent_id("third-node"),
-        &shared_stemcell(),
-        &format!("{p3}.71"),
-    );
-    let vm = run_cpi(&req, Some(&config), &[]).response["result"][0]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (n3, _) = node_prefix(2);
+    let (disk, vm) = disk_on_n1_vm_on_n3(&config, "third-node", 71);
     // An old copy on n2 that a call could not remove, and n2 unreachable now.
     plant_old_copy(&config, &disk, &n2);
     let original = make_node_unreachable(&config, &n2);
