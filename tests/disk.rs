@@ -512,6 +512,26 @@ fn a_move_waits_while_a_copy_on_an_unreachable_third_node_keeps_its_mark() {
     answer_on(&config, "delete_disk", json!([disk]));
 }
 
+/// A 1 GiB disk on n1 holding `big_mib` MiB of random data plus [`fill_disk`]'s files,
+/// written through a VM at `.host` (agent `agent`) that is deleted after the detach:
+/// (disk, node, checksum).
+fn detached_disk_with_data(host: u8, agent: &str, big_mib: u32) -> (String, String, String) {
+    let (vm, node, _) = vm_on(0, host, agent);
+    let disk = create_disk(json!([1024, {}, vm]));
+    call("attach_disk", json!([vm, disk]));
+    sh(
+        &node,
+        &vm,
+        &format!(
+            "dd if=/dev/urandom of=/warden-cpi-dev/{disk}/big bs=1M count={big_mib} 2>/dev/null"
+        ),
+    );
+    let sum = fill_disk(&node, &vm, &disk);
+    call("detach_disk", json!([vm, disk]));
+    call("delete_vm", json!([vm]));
+    (disk, node, sum)
+}
+
 /// Whether a copy helper of `volume` exists on `node` (a move is streaming into it).
 async fn copying_into(node: &str, volume: &str) -> bool {
     !containers_labelled(node, &format!("moltencore.helper={volume}"))
@@ -523,18 +543,8 @@ async fn copying_into(node: &str, volume: &str) -> bool {
 fn a_move_killed_mid_copy_is_finished_by_the_next_attach_with_the_data_intact() {
     let (vm2, node2, _) = vm_on(2, 90, "kill-move-dst");
     for attempt in 0..5u8 {
-        let (vm1, node1, _) = vm_on(0, 91 + attempt, "kill-move-src");
-        let disk = create_disk(json!([1024, {}, vm1]));
-        call("attach_disk", json!([vm1, disk]));
         // Enough data that the copy is still streaming when the helper shows up.
-        sh(
-            &node1,
-            &vm1,
-            &format!("dd if=/dev/urandom of=/warden-cpi-dev/{disk}/big bs=1M count=96 2>/dev/null"),
-        );
-        let sum = fill_disk(&node1, &vm1, &disk);
-        call("detach_disk", json!([vm1, disk]));
-        call("delete_vm", json!([vm1]));
+        let (disk, node1, sum) = detached_disk_with_data(91 + attempt, "kill-move-src", 96);
 
         let request = json!({"method":"attach_disk","arguments":[vm2, disk]}).to_string();
         let caught = kill_cpi_when(&request, &cluster_config(), || {
@@ -591,20 +601,8 @@ fn a_move_killed_while_its_copy_is_checked_is_finished_by_the_next_attach() {
     // its source node's and the VM must come back, with the move done by the next attach.
     let (vm2, node2, ip2) = vm_on(2, 110, "check-move-dst");
     for attempt in 0..5u8 {
-        let (vm1, node1, _) = vm_on(0, 111 + attempt, "check-move-src");
-        let disk = create_disk(json!([1024, {}, vm1]));
-        call("attach_disk", json!([vm1, disk]));
         // Enough data that the check runs long enough to be caught.
-        sh(
-            &node1,
-            &vm1,
-            &format!(
-                "dd if=/dev/urandom of=/warden-cpi-dev/{disk}/big bs=1M count=160 2>/dev/null"
-            ),
-        );
-        let sum = fill_disk(&node1, &vm1, &disk);
-        call("detach_disk", json!([vm1, disk]));
-        call("delete_vm", json!([vm1]));
+        let (disk, node1, sum) = detached_disk_with_data(111 + attempt, "check-move-src", 160);
 
         let previous = format!("{vm2}-previous");
         let request = json!({"method":"attach_disk","arguments":[vm2, disk]}).to_string();
