@@ -103,10 +103,7 @@ async fn recreate_with_moved(
     streamed: StreamedDisk,
 ) -> Result<(), CpiError> {
     if streamed.bytes() > CHECK_BESIDE_RECREATION_MAX_BYTES {
-        if let Err(e) = s.finish_move(disk, streamed).await {
-            s.abandon_move(disk).await;
-            return Err(e);
-        }
+        s.finish_or_abandon_move(disk, streamed).await?;
         let (recreated, ()) = futures_util::future::join(
             recreate::recreate(s, vm, docker, mounted),
             s.remove_old_copy(disk),

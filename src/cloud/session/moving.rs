@@ -141,6 +141,16 @@ impl Session<'_> {
     /// lives on `target` from now on, so nothing waits for the source to go).
     pub async fn move_disk(&self, disk: &mut DiskRecord, target: &str) -> Result<(), CpiError> {
         let streamed = self.stream_disk(disk, target).await?;
+        self.finish_or_abandon_move(disk, streamed).await
+    }
+
+    /// [`Session::finish_move`] for a caller that mounts nothing on the copy yet: a failed
+    /// check removes the copy at once ([`Session::abandon_move`]).
+    pub async fn finish_or_abandon_move(
+        &self,
+        disk: &mut DiskRecord,
+        streamed: StreamedDisk,
+    ) -> Result<(), CpiError> {
         let checked = self.finish_move(disk, streamed).await;
         if checked.is_err() {
             self.abandon_move(disk).await;
