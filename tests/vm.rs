@@ -757,3 +757,62 @@ fn a_vm_abandoned_by_a_killed_create_vm_is_removed_by_the_next_create_on_its_nod
     });
     delete_vm(&next);
 }
+
+#[test]
+fn an_address_docker_chooses_on_a_foreign_network_is_read_back_into_the_answer() {
+    // The one case where create_vm reads the container after its start: a dynamic network
+    // on a Docker network the CPI does not manage, whose address Docker picks.
+    let (node, _) = node_prefix(0);
+    let net = "mc-test-foreign";
+    runtime().block_on(async {
+        let docker = node_socket(&node).await;
+        let _ = docker.remove_network(net).await;
+        docker
+            .create_network(bollard::models::NetworkCreateRequest {
+                name: net.to_string(),
+                driver: Some("bridge".into()),
+                ipam: Some(bollard::models::Ipam {
+                    config: Some(vec![bollard::models::IpamConfig {
+                        subnet: Some("10.250.7.0/24".into()),
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    });
+    let req = create_vm_request(
+        &agent_id("foreign-net"),
+        &shared_stemcell(),
+        json!({"node": node}),
+        json!({"d": {"type": "dynamic", "cloud_properties": {"name": net}}}),
+        json!({}),
+        2,
+    );
+    let result = expect_result(&req, Some(&cluster_config()));
+    let vm = result[0].as_str().unwrap().to_string();
+    let answered = result[1]["d"]["ip"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let actual = runtime().block_on(async {
+        let c = node_socket(&node)
+            .await
+            .inspect_container(&vm, None)
+            .await
+            .unwrap();
+        c.network_settings
+            .and_then(|n| n.networks)
+            .and_then(|mut n| n.remove(net))
+            .and_then(|ep| ep.ip_address)
+            .unwrap_or_default()
+    });
+    assert!(actual.starts_with("10.250.7."), "{actual}");
+    assert_eq!(answered, actual, "{result}");
+    call("delete_vm", json!([vm]));
+    runtime().block_on(async {
+        node_socket(&node).await.remove_network(net).await.unwrap();
+    });
+}
