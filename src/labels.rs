@@ -5,6 +5,9 @@
 /// Label on helper containers of a volume copy, valued with the volume they mount.
 pub const HELPER: &str = "moltencore.helper";
 
+/// Label on a node's mounter container, valued with its binary's digest.
+pub const MOUNTER: &str = "moltencore.mounter";
+
 /// Label on the `bosh` Docker network that node-prep creates.
 pub const NETWORK: &str = "moltencore.network";
 

@@ -8,6 +8,7 @@ pub mod cloud;
 pub mod cluster;
 pub mod commands;
 pub mod config;
+pub mod disk_mounts;
 pub mod docker;
 pub mod echo;
 pub mod fleetlock;

@@ -67,6 +67,11 @@ pub struct NodeRecord {
     pub cert_fingerprint: Option<String>,
     #[serde(default)]
     pub prepared_at: Option<String>,
+    /// The node's VM disk tree (a shared mount, see [`crate::disk_mounts`]): where the CPI
+    /// binds persistent disks into running VMs. `None` on a node prepared by a node-prep
+    /// that had none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disks_dir: Option<String>,
 }
 
 fn default_mtu() -> u32 {
@@ -240,10 +245,6 @@ pub struct VmRecord {
     /// Metadata from set_vm_metadata (deployment, job, index, ...).
     #[serde(default)]
     pub metadata: serde_json::Map<String, serde_json::Value>,
-    /// Set while the container is being re-created (disk attach/detach): a process killed
-    /// meanwhile leaves this mark, and the next call on the VM finishes or undoes it.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub recreating: bool,
     /// The addresses claimed for the VM on its node (see `cluster::claims`), removed with
     /// the record.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

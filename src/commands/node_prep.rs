@@ -33,6 +33,9 @@ enum Action {
     /// Create (or check) the BOSH bridge network on this node's flannel subnet; run by
     /// moltencore-network.service after flanneld and docker.
     Network(NetworkArgs),
+    /// Make the VM disk tree a shared mount and bind again the disks a reboot dropped; run
+    /// by moltencore-disk-mounts.service before docker.service.
+    DiskMounts(DiskMountsArgs),
     /// Issue a client certificate from the cluster CA (for the CPI's docker.tls).
     IssueClient(IssueClientArgs),
 }
@@ -229,6 +232,19 @@ struct NetworkArgs {
 }
 
 #[derive(Debug, Args)]
+struct DiskMountsArgs {
+    /// Directory treated as `/` (where the tree is).
+    #[arg(long, default_value = "/")]
+    root: PathBuf,
+    /// Docker's data root (`--data-root` of dockerd), where the disks' volumes are.
+    #[arg(long, default_value = "/var/lib/docker")]
+    docker_data_root: PathBuf,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
 struct IssueClientArgs {
     #[command(flatten)]
     etcd: EtcdArgs,
@@ -255,6 +271,7 @@ pub fn run(cmd: NodePrepCommand) -> i32 {
     let outcome = match cmd.action {
         None => rt.block_on(prep(cmd.prep)),
         Some(Action::Network(args)) => rt.block_on(network(args)),
+        Some(Action::DiskMounts(args)) => disk_mounts(args),
         Some(Action::IssueClient(args)) => rt.block_on(issue_client(args)),
     };
     match outcome {
@@ -311,6 +328,27 @@ async fn prep(a: PrepArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", report.human());
+    }
+    Ok(())
+}
+
+fn disk_mounts(a: DiskMountsArgs) -> Result<()> {
+    let report = np::disk_mounts::run(&a.root, &a.docker_data_root)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    let shared = if report.bound_onto_itself {
+        "bound onto itself and made shared"
+    } else {
+        "shared"
+    };
+    println!("{}: {shared}", crate::echo::printable_path(&report.dir));
+    for d in &report.remounted {
+        println!("bound again: {d}");
+    }
+    for d in &report.missing {
+        println!("warning: {d}: the disk's volume is gone; left unbound");
     }
     Ok(())
 }

@@ -131,6 +131,14 @@ pub enum DockerError {
     /// A copy finished but its result is not what was sent.
     #[error("{message}")]
     Verify { message: String },
+    /// The node's mounter (see [`super::mounter`]) could not do what it was asked.
+    #[error("node {node}: mc-mounter {command} failed (exit code {code}): {detail}")]
+    Mount {
+        node: String,
+        command: String,
+        code: i64,
+        detail: String,
+    },
     /// The data to send is bad (a stemcell image unreadable or failing its check).
     #[error("{message}")]
     Source { message: String },

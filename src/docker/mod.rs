@@ -5,8 +5,10 @@
 pub mod body;
 pub mod containers;
 pub mod error;
+pub mod exec;
 pub mod idle;
 pub mod images;
+pub mod mounter;
 pub mod names;
 pub mod networks;
 pub mod node;

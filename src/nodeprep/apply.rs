@@ -2,6 +2,7 @@
 //! host consistent: restart marker first, then the files; the systemd calls come last, and
 //! Docker restarts only when one of its files changed (or a failed run still owes it).
 
+use super::disk_mounts::UNIT as DISK_MOUNTS_UNIT;
 use super::docker_units::{self as du, WantedFile};
 use super::error::Result;
 use super::files::{FileChange, Root};
@@ -21,6 +22,8 @@ pub struct Written {
     pub network_unit: bool,
     /// The reboot manager's unit changed: enable and start it.
     pub reboot_unit: bool,
+    /// The disk mounts unit changed: enable and run it (before Docker restarts).
+    pub disk_mounts_unit: bool,
 }
 
 /// Writes the files that differ (none in a dry run, which still reports them).
@@ -28,19 +31,19 @@ pub fn write_files(root: &Root, wanted: &[WantedFile]) -> Result<Written> {
     let network_unit = du::unit_path(du::NETWORK_UNIT);
     let socket = du::unit_path(du::TLS_SOCKET_UNIT);
     let reboot_unit = du::unit_path(REBOOT_MANAGER_UNIT);
+    let mounts_unit = du::unit_path(DISK_MOUNTS_UNIT);
     let mut written = Written::default();
     for f in wanted {
         let change = root.change_of(&f.path, &f.content, f.mode)?;
         if change == FileChange::Unchanged {
             continue;
         }
-        written.docker |= f.path != network_unit && f.path != reboot_unit;
-        written.units |= f.path == du::DROPIN_FILE
-            || f.path == socket
-            || f.path == network_unit
-            || f.path == reboot_unit;
+        let own_unit = [&network_unit, &reboot_unit, &mounts_unit].contains(&&f.path);
+        written.docker |= !own_unit;
+        written.units |= own_unit || f.path == du::DROPIN_FILE || f.path == socket;
         written.network_unit |= f.path == network_unit;
         written.reboot_unit |= f.path == reboot_unit;
+        written.disk_mounts_unit |= f.path == mounts_unit;
         written.files.push((f.path.clone(), change));
     }
     // Remember the owed restart before Docker's files change.
@@ -69,6 +72,10 @@ pub fn run_systemd(sd: &mut dyn Systemd, root: &Root, written: &Written) -> Resu
     if socket_file_changed || !sd.is_active(du::TLS_SOCKET_UNIT)? {
         sd.enable_now(du::TLS_SOCKET_UNIT, false)?;
         restart_docker = true;
+    }
+    if written.disk_mounts_unit {
+        // Before Docker restarts: its VMs need the shared tree.
+        sd.enable_now(DISK_MOUNTS_UNIT, false)?;
     }
     if restart_docker {
         sd.restart("docker.service")?;

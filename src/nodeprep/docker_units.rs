@@ -98,17 +98,18 @@ pub fn env_file(s: &DockerSettings) -> String {
 }
 
 /// The docker.service drop-in. Its EnvironmentFile is read after flannel's
-/// `flannel_docker_opts.env`, so our values win.
+/// `flannel_docker_opts.env`, so our values win; Docker starts after the VM disk mounts.
 pub fn dropin() -> String {
     format!(
         "# Written by cpi node-prep; rewritten at every boot.\n\
          [Unit]\n\
-         Wants={socket}\n\
-         After={socket}\n\
+         Wants={socket} {mounts}\n\
+         After={socket} {mounts}\n\
          \n\
          [Service]\n\
          EnvironmentFile={env}\n",
         socket = TLS_SOCKET_UNIT,
+        mounts = super::disk_mounts::UNIT,
         env = ENV_FILE,
     )
 }
@@ -197,6 +198,11 @@ pub fn wanted_files(
     files.push(file(DROPIN_FILE, dropin(), 0o644));
     files.push(file(&unit_path(TLS_SOCKET_UNIT), tls_socket_unit(s), 0o644));
     files.push(file(&unit_path(NETWORK_UNIT), network_unit(s), 0o644));
+    files.push(file(
+        &unit_path(super::disk_mounts::UNIT),
+        super::disk_mounts::unit(&s.cpi_path),
+        0o644,
+    ));
     files
 }
 

@@ -5,6 +5,7 @@
 
 pub mod apply;
 pub mod ca_store;
+pub mod disk_mounts;
 pub mod docker_units;
 pub mod error;
 pub mod files;

@@ -381,6 +381,11 @@ impl Prep<'_> {
                 capacity,
                 cert_fingerprint: fingerprint.clone(),
                 prepared_at: Some(prepared_at.clone()),
+                disks_dir: Some(
+                    super::disk_mounts::disks_dir(&opts.root)
+                        .display()
+                        .to_string(),
+                ),
             })
         };
         let registration =

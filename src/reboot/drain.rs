@@ -1,10 +1,12 @@
 //! Emptying a node before its reboot: what each of its VMs looks like (IPs, volumes) is
-//! recorded first, then all are stopped at once with a grace period, as `docker stop`
-//! does (SIGTERM, so the agent and monit stop the jobs, then SIGKILL).
+//! recorded first, then all are stopped at once within a grace period: each VM's jobs
+//! drained and stopped as its agent would ([`crate::cloud::vm::graceful_stop`]), then its
+//! container stopped (what still runs then is killed).
 
 use futures_util::future::join_all;
 
 use super::record::VmSnapshot;
+use crate::cloud::vm::graceful_stop;
 use crate::docker::NodeDocker;
 use crate::ids::VmCid;
 
@@ -57,13 +59,21 @@ pub fn observe(cid: &VmCid, c: &bollard::models::ContainerInspectResponse) -> Vm
     }
 }
 
-/// Stops every VM of `vms` that ran, all at once, each with `grace_seconds`; already
+/// Seconds a container gets to stop after its jobs did (its agent and runit).
+const CONTAINER_GRACE: i32 = 10;
+
+/// Stops every VM of `vms` that ran, all at once, each within `grace_seconds`; already
 /// stopped or absent is success. The errors, one per VM that could not be stopped.
 pub async fn stop_all(docker: &NodeDocker, vms: &[VmSnapshot], grace_seconds: i32) -> Vec<String> {
+    let grace = std::time::Duration::from_secs(grace_seconds.max(0) as u64);
     let stops = vms.iter().filter(|v| v.running).map(|v| async move {
         tracing::info!(vm = %v.cid, grace_seconds, "stopping VM for the node's reboot");
+        match graceful_stop::stop_jobs(docker, &v.cid, grace).await {
+            Ok(how) => tracing::info!(vm = %v.cid, "jobs stopped: {how:?}"),
+            Err(e) => tracing::warn!(vm = %v.cid, "the VM's jobs could not be stopped first: {e}"),
+        }
         docker
-            .stop_container(&v.cid, grace_seconds)
+            .stop_container(&v.cid, CONTAINER_GRACE)
             .await
             .map_err(|e| e.to_string())
     });

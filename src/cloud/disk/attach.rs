@@ -1,57 +1,132 @@
-//! attach_disk and detach_disk: validated before the VM is touched, then the VM's
-//! container is re-created with the new set of disks (see `vm::recreate`).
+//! attach_disk and detach_disk, live: the disk is bound into (or out of) the running VM's
+//! `/warden-cpi-dev` through the node's disk tree (see [`crate::disk_mounts`]), and its hint
+//! is written into (or out of) the agent's settings. No process of the VM restarts, so the
+//! agent can mount two disks at once and migrate between them as on any IaaS. A disk on
+//! another node is moved first (copied and checked before the VM sees it).
 
-use std::collections::BTreeMap;
-
+use bollard::models::ContainerInspectResponse;
 use serde_json::Value;
 
 use crate::cloud::CloudContext;
 use crate::cloud::session::Session;
 use crate::cloud::session::disks::volume_gone;
-use crate::cloud::session::moving::StreamedDisk;
-use crate::cloud::vm::agent_files::disk_hint;
-use crate::cloud::vm::{find_existing, recreate};
-use crate::cluster::{DiskRecord, VmRecord};
+use crate::cloud::vm::agent_files::{self, DISK_MOUNT_ROOT, SETTINGS_PATH};
+use crate::cloud::vm::find_existing;
 use crate::docker::NodeDocker;
 use crate::protocol::{CallResult, CpiError, DiskCid, ErrorKind, VmCid};
 
-/// The disks really mounted in the VM's container (disk cid -> volume).
-pub(super) async fn mounted_disks_of(
+/// The VM's container, or `VMNotFound`.
+async fn container_of(
     s: &Session<'_>,
     docker: &NodeDocker,
     vm_cid: &VmCid,
-) -> Result<BTreeMap<String, String>, CpiError> {
-    let inspect = s.inspect(docker, vm_cid.as_str()).await?.ok_or_else(|| {
+) -> Result<ContainerInspectResponse, CpiError> {
+    s.inspect(docker, vm_cid.as_str()).await?.ok_or_else(|| {
         CpiError::new(
             ErrorKind::VmNotFound,
-            format!("VM {vm_cid} has no container"),
+            format!("VM {vm_cid} has no container on node {}", docker.name),
         )
-    })?;
-    Ok(recreate::mounted_disks(&inspect))
+    })
 }
 
-/// `attach_disk`: the disk appears in the VM at `/warden-cpi-dev/<disk cid>`; the hint is
-/// returned (v2) and written into the agent settings. Attaching an attached disk again
-/// returns the same hint and changes nothing.
+/// Whether the container sees its directory of the node's disk tree at `/warden-cpi-dev`
+/// (every VM made since disks attach live does).
+fn has_disk_tree(c: &ContainerInspectResponse) -> bool {
+    c.mounts.iter().flatten().any(|m| {
+        m.destination.as_deref() == Some(DISK_MOUNT_ROOT) && m.typ.as_deref() == Some("bind")
+    })
+}
+
+/// The refusal for a VM made before disks attached live: its disks are Docker volume
+/// mounts, which a running container cannot change.
+fn without_disk_tree(vm_cid: &VmCid) -> CpiError {
+    CpiError::cloud(
+        format!(
+            "VM {vm_cid} was made by a CPI version whose disks are fixed at creation; recreate it (bosh recreate) to attach or detach disks"
+        ),
+        false,
+    )
+}
+
+/// Disks mounted as Docker volumes at their hints: the disks of a VM made before disks
+/// attached live.
+fn volume_disks(c: &ContainerInspectResponse) -> Vec<String> {
+    let prefix = format!("{DISK_MOUNT_ROOT}/");
+    c.mounts
+        .iter()
+        .flatten()
+        .filter_map(|m| Some(m.destination.as_deref()?.strip_prefix(&prefix)?.to_string()))
+        .collect()
+}
+
+/// The persistent disks of the VM as its node has them.
+pub(super) async fn disks_of(
+    s: &Session<'_>,
+    docker: &NodeDocker,
+    vm_cid: &VmCid,
+) -> Result<Vec<String>, CpiError> {
+    let container = container_of(s, docker, vm_cid).await?;
+    if !has_disk_tree(&container) {
+        return Ok(volume_disks(&container));
+    }
+    let dir = s.disks_dir(&docker.name).await?;
+    let mut disks = docker.disks_bound_in(&dir, vm_cid.as_str()).await?;
+    disks.sort();
+    Ok(disks)
+}
+
+/// Writes disk `disk`'s hint into (or out of) the agent settings in the VM.
+async fn set_hint(
+    docker: &NodeDocker,
+    vm_cid: &VmCid,
+    disk: &DiskCid,
+    attached: bool,
+) -> Result<(), CpiError> {
+    let file = docker
+        .read_file(vm_cid, SETTINGS_PATH)
+        .await?
+        .ok_or_else(|| {
+            CpiError::cloud(
+                format!("VM {vm_cid} has no agent settings at {SETTINGS_PATH}"),
+                false,
+            )
+        })?;
+    let mut settings: Value = serde_json::from_slice(&file.data).map_err(|e| {
+        CpiError::cloud(
+            format!("VM {vm_cid}: agent settings unreadable: {e}"),
+            false,
+        )
+    })?;
+    agent_files::set_disk_hint(&mut settings, disk.as_str(), attached);
+    let archive = agent_files::settings_archive(&settings)
+        .map_err(|e| CpiError::cpi(format!("cannot pack the agent settings: {e}")))?;
+    Ok(docker.upload_archive(vm_cid, "/", archive).await?)
+}
+
+/// `attach_disk`: the disk appears in the running VM at `/warden-cpi-dev/<disk cid>`; the
+/// hint is returned (v2) and written into the agent settings. Attaching an attached disk
+/// again returns the same hint and changes nothing.
 pub async fn attach(
     ctx: &CloudContext<'_>,
     vm_cid: &VmCid,
     disk_cid: &DiskCid,
 ) -> Result<CallResult, CpiError> {
     let s = Session::new(ctx);
-    let (mut vm, docker) = find_existing(&s, vm_cid).await?;
+    let (vm, docker) = find_existing(&s, vm_cid).await?;
     let mut disk = s.disk(disk_cid).await?;
     s.remove_stray_copies(&mut disk).await;
-    let mut mounted = mounted_disks_of(&s, &docker, vm_cid).await?;
+    let container = container_of(&s, &docker, vm_cid).await?;
     let hint = CallResult::DiskAttached {
-        hint: Value::String(disk_hint(disk_cid)),
+        hint: Value::String(agent_files::disk_hint(disk_cid)),
     };
-    if mounted.contains_key(disk_cid.as_str()) {
-        if disk.vm.as_ref() != Some(vm_cid) {
-            disk.vm = Some(vm_cid.clone());
-            s.save_disk(&disk).await?;
+    if !has_disk_tree(&container) {
+        if volume_disks(&container)
+            .iter()
+            .any(|d| d == disk_cid.as_str())
+        {
+            return Ok(hint);
         }
-        return Ok(hint);
+        return Err(without_disk_tree(vm_cid));
     }
     if let Some(other) = s.attached_vm(&disk).await?
         && other != *vm_cid
@@ -63,101 +138,75 @@ pub async fn attach(
             false,
         ));
     }
-    let streamed = if disk.node != vm.node {
-        Some(s.stream_disk(&mut disk, &vm.node).await?)
+    let dir = s.disks_dir(&vm.node).await?;
+    if disk.node != vm.node {
+        s.move_disk(&mut disk, &vm.node).await?;
     } else if !docker.volume_exists(disk_cid.as_str()).await? {
         return Err(volume_gone(&disk));
+    } else if docker
+        .disks_bound_in(&dir, vm_cid.as_str())
+        .await?
+        .iter()
+        .any(|d| d == disk_cid.as_str())
+    {
+        // Bound already (a retried attach): the record and the settings follow.
+        return finish_attach(&s, &docker, vm_cid, &mut disk)
+            .await
+            .map(|()| hint);
     } else {
-        s.ensure_unmounted(&docker, disk_cid).await?;
-        None
-    };
-    mounted.insert(disk_cid.to_string(), disk_cid.to_string());
-    match streamed {
-        None => recreate::recreate(&s, &mut vm, &docker, &mounted).await?,
-        Some(streamed) => {
-            recreate_with_moved(&s, &mut vm, &docker, &mounted, &mut disk, streamed).await?
-        }
+        s.ensure_unmounted(&docker, &dir, disk_cid).await?;
     }
-    disk.vm = Some(vm_cid.clone());
-    s.save_disk(&disk).await?;
+    docker
+        .bind_disk(&dir, vm_cid.as_str(), disk_cid.as_str())
+        .await?;
+    finish_attach(&s, &docker, vm_cid, &mut disk).await?;
+    // After the record names the VM: both write the record.
+    s.remove_old_copy(&mut disk).await;
     tracing::info!(vm = %vm_cid, disk = %disk_cid, node = %vm.node, "disk attached");
     Ok(hint)
 }
 
-/// Largest copy whose check runs while the VM is re-created. The old container is
-/// stopped for the rest of the check, so a larger disk is checked first, with the VM still
-/// running (about 4 s of reading back at the benchmark's 250 MB/s).
-const CHECK_BESIDE_RECREATION_MAX_BYTES: u64 = 1 << 30;
-
-/// The re-creation for a disk just streamed to the VM's node: the copy is checked while
-/// the re-creation is prepared (files read, old container stopped, successor made), and
-/// the successor starts only on a checked disk. Once checked, the disk lives on the VM's
-/// node, and its source goes while the successor starts. A failed check brings the old
-/// container back and removes the unchecked copy.
-async fn recreate_with_moved(
+/// After the bind: the hint in the agent settings, the VM in the disk's record.
+async fn finish_attach(
     s: &Session<'_>,
-    vm: &mut VmRecord,
     docker: &NodeDocker,
-    mounted: &BTreeMap<String, String>,
-    disk: &mut DiskRecord,
-    streamed: StreamedDisk,
+    vm_cid: &VmCid,
+    disk: &mut crate::cluster::DiskRecord,
 ) -> Result<(), CpiError> {
-    if streamed.bytes() > CHECK_BESIDE_RECREATION_MAX_BYTES {
-        s.finish_or_abandon_move(disk, streamed).await?;
-        let (recreated, ()) = futures_util::future::join(
-            recreate::recreate(s, vm, docker, mounted),
-            s.remove_old_copy(disk),
-        )
-        .await;
-        return recreated;
+    set_hint(docker, vm_cid, &disk.cid, true).await?;
+    if disk.vm.as_ref() != Some(vm_cid) {
+        disk.vm = Some(vm_cid.clone());
+        s.save_disk(disk).await?;
     }
-    let (checked_tx, checked_rx) = tokio::sync::oneshot::channel();
-    let mut check_failed = false;
-    let mover = async {
-        let checked = s.finish_move(disk, streamed).await;
-        check_failed = checked.is_err();
-        let passed = !check_failed;
-        if let Err(Err(e)) = checked_tx.send(checked) {
-            // The re-creation ended before it waited for the check: say why the copy was
-            // not taken.
-            tracing::warn!(disk = %disk.cid, "the moved copy failed its check: {}", e.message);
-        }
-        if passed {
-            s.remove_old_copy(disk).await;
-        }
-    };
-    let ready = async {
-        checked_rx
-            .await
-            .unwrap_or_else(|_| Err(CpiError::cpi("the disk check ended without a verdict")))
-    };
-    let (recreated, ()) = futures_util::future::join(
-        recreate::recreate_when(s, vm, docker, mounted, ready),
-        mover,
-    )
-    .await;
-    if check_failed {
-        // The successor that mounted the copy is gone once the old container is back; if
-        // it could not be brought back, the removal fails and the mark stays for the next
-        // call.
-        s.abandon_move(disk).await;
-    }
-    recreated
+    Ok(())
 }
 
-/// `detach_disk`: the reverse; a disk that is not attached (or unknown) is success.
+/// `detach_disk`: the disk leaves the running VM and its settings; a disk that is not
+/// attached (or unknown) is success.
 pub async fn detach(
     ctx: &CloudContext<'_>,
     vm_cid: &VmCid,
     disk_cid: &DiskCid,
 ) -> Result<CallResult, CpiError> {
     let s = Session::new(ctx);
-    let (mut vm, docker) = find_existing(&s, vm_cid).await?;
-    let mut mounted = mounted_disks_of(&s, &docker, vm_cid).await?;
+    let (vm, docker) = find_existing(&s, vm_cid).await?;
+    let container = container_of(&s, &docker, vm_cid).await?;
     let disk = s.disk_if_any(disk_cid).await?;
-    if mounted.remove(disk_cid.as_str()).is_some() {
-        recreate::recreate(&s, &mut vm, &docker, &mounted).await?;
+    if has_disk_tree(&container) {
+        let dir = s.disks_dir(&vm.node).await?;
+        docker
+            .unbind_disk(&dir, vm_cid.as_str(), disk_cid.as_str())
+            .await?;
+        set_hint(&docker, vm_cid, disk_cid, false).await?;
         tracing::info!(vm = %vm_cid, disk = %disk_cid, "disk detached");
+    } else if volume_disks(&container)
+        .iter()
+        .any(|d| d == disk_cid.as_str())
+    {
+        // Its container keeps the volume until the VM is deleted (the director detaches
+        // before it deletes, so `bosh recreate` moves such a VM to live disks); any other
+        // VM that wants the disk meanwhile is refused, as the container still mounts it.
+        tracing::warn!(vm = %vm_cid, disk = %disk_cid, "VM made with fixed disks: detached in the index only; the disk stays mounted until the VM is deleted");
     }
     if let Some(mut disk) = disk
         && disk.vm.as_ref() == Some(vm_cid)

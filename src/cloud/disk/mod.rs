@@ -99,7 +99,8 @@ pub async fn delete(ctx: &CloudContext<'_>, cid: &DiskCid) -> Result<CallResult,
     }
     if s.view().await?.registered(&disk.node)?.is_some() {
         let docker = s.node_docker(&disk.node).await?;
-        s.ensure_unmounted(&docker, cid).await?;
+        let dir = s.disks_dir(&disk.node).await?;
+        s.ensure_unmounted(&docker, &dir, cid).await?;
         docker.remove_volume(cid.as_str()).await?;
     }
     s.delete_disk_record(cid).await?;
@@ -160,13 +161,13 @@ pub async fn resize(
     Ok(CallResult::Plain(Value::Null))
 }
 
-/// `get_disks`: the persistent disks really mounted in the VM's container.
+/// `get_disks`: the persistent disks the VM's node has attached to it.
 pub async fn get_disks(ctx: &CloudContext<'_>, vm_cid: &VmCid) -> Result<CallResult, CpiError> {
     let s = Session::new(ctx);
     let (_, docker) = super::vm::find_existing(&s, vm_cid).await?;
-    let disks: Vec<Value> = attach::mounted_disks_of(&s, &docker, vm_cid)
+    let disks: Vec<Value> = attach::disks_of(&s, &docker, vm_cid)
         .await?
-        .into_keys()
+        .into_iter()
         .map(Value::String)
         .collect();
     Ok(CallResult::Plain(Value::Array(disks)))

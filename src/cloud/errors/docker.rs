@@ -26,7 +26,8 @@ impl From<DockerError> for CpiError {
             | D::Stream { .. }
             | D::Client { .. }
             | D::NetworkMismatch { .. }
-            | D::TooLarge { .. } => CpiError::cloud(message, false),
+            | D::TooLarge { .. }
+            | D::Mount { .. } => CpiError::cloud(message, false),
             D::InvalidName { .. }
             | D::InvalidReference { .. }
             | D::Setup { .. }

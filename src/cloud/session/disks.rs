@@ -29,6 +29,23 @@ pub fn volume_gone(disk: &DiskRecord) -> CpiError {
 }
 
 impl Session<'_> {
+    /// The VM disk tree of node `node` (see [`crate::disk_mounts`]), from its record; a
+    /// node prepared before it had one is an error that says what to run.
+    pub async fn disks_dir(&self, node: &str) -> Result<String, CpiError> {
+        let view = self.view().await?;
+        let record = view.registered(node)?.ok_or_else(|| {
+            CpiError::cloud(format!("node {node} is not registered in etcd"), false)
+        })?;
+        record.disks_dir.clone().ok_or_else(|| {
+            CpiError::cloud(
+                format!(
+                    "node {node} has no VM disk tree in its record: run `cpi node-prep` (and `cpi node-prep disk-mounts`) on it with this version"
+                ),
+                false,
+            )
+        })
+    }
+
     /// The VM a disk is attached to according to the index, if that VM still exists.
     pub async fn attached_vm(&self, disk: &DiskRecord) -> Result<Option<VmCid>, CpiError> {
         let Some(vm) = &disk.vm else {
@@ -60,16 +77,36 @@ impl Session<'_> {
         Ok(())
     }
 
-    /// Makes sure no container on the node mounts disk `disk_cid` before a VM gets it,
-    /// whatever the index says: two VMs writing one disk would corrupt it. Copy helpers a
-    /// killed move left and VMs the index does not know (abandoned by a failed create_vm)
-    /// are removed; any other holder is an error naming it.
+    /// Makes sure nothing on the node mounts disk `disk_cid` before a VM gets it, whatever
+    /// the index says: two VMs writing one disk would corrupt it. The node's disk tree
+    /// (`disks_dir`) and the containers that mount the volume are both asked. Copy helpers
+    /// a killed move left and VMs the index does not know (abandoned by a failed
+    /// create_vm) are removed; any other holder is an error naming it.
     pub async fn ensure_unmounted(
         &self,
         docker: &NodeDocker,
+        disks_dir: &str,
         disk_cid: &DiskCid,
     ) -> Result<(), CpiError> {
-        for c in docker.containers_using_volume(disk_cid.as_str()).await? {
+        let (bound_in, containers) = futures_util::future::join(
+            docker.disk_holders(disks_dir, disk_cid.as_str()),
+            docker.containers_using_volume(disk_cid.as_str()),
+        )
+        .await;
+        for vm in bound_in? {
+            let holder = VmCid::parse(&vm).map_err(|_| {
+                CpiError::cloud(
+                    format!(
+                        "disk {disk_cid} is bound in {} on node {}, which is not a VM of this CPI",
+                        crate::protocol::call::printable(&vm),
+                        docker.name
+                    ),
+                    false,
+                )
+            })?;
+            self.free_from(docker, &holder, disk_cid, "bound").await?;
+        }
+        for c in containers? {
             let label = |key: &str| c.labels.as_ref().and_then(|l| l.get(key).cloned());
             // A copy helper a killed move or snapshot left (the one list finds them too).
             if label(volume_copy::HELPER_LABEL).as_deref() == Some(disk_cid.as_str())
@@ -96,22 +133,38 @@ impl Session<'_> {
                     false,
                 ));
             };
-            match self.vm_record_now(&holder).await? {
-                None => {
-                    let why = format!("mounted disk {disk_cid}");
-                    self.remove_abandoned(docker, &holder, &why).await?;
-                }
-                Some(record) => {
-                    return Err(CpiError::cloud(
-                        format!(
-                            "disk {disk_cid} is mounted by VM {holder} (container {name}) on node {}; detach it there first",
-                            docker.name
-                        ),
-                        record.state == VmState::Creating,
-                    ));
-                }
-            }
+            self.free_from(
+                docker,
+                &holder,
+                disk_cid,
+                &format!("mounted (container {name})"),
+            )
+            .await?;
         }
         Ok(())
+    }
+
+    /// Disk `disk_cid` is `how` in VM `holder` on the node: an abandoned VM (no record) is
+    /// removed, any other holder is an error naming it (retriable while it is created).
+    async fn free_from(
+        &self,
+        docker: &NodeDocker,
+        holder: &VmCid,
+        disk_cid: &DiskCid,
+        how: &str,
+    ) -> Result<(), CpiError> {
+        match self.vm_record_now(holder).await? {
+            None => {
+                let why = format!("held disk {disk_cid}");
+                self.remove_abandoned(docker, holder, &why).await
+            }
+            Some(record) => Err(CpiError::cloud(
+                format!(
+                    "disk {disk_cid} is {how} in VM {holder} on node {}; detach it there first",
+                    docker.name
+                ),
+                record.state == VmState::Creating,
+            )),
+        }
     }
 }

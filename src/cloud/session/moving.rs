@@ -2,19 +2,16 @@
 //! verified (files, bytes, content digest), then the source removed. An unreachable
 //! source is a retriable error and loses nothing. The disk's record names every node that
 //! may hold a copy besides its own (`copying_to` while a copy is made, `old_copy_on` after
-//! the switch), so a move that failed or was killed leaves nothing behind for good.
-//! Shared by attach_disk and create_vm.
+//! the switch), so a move that failed or was killed leaves nothing behind for good. No VM
+//! sees the copy before it is checked. Shared by attach_disk and create_vm.
 
 use std::collections::HashMap;
-
-use bollard::models::ContainerSummaryStateEnum;
 
 use super::Session;
 use super::disks::volume_gone;
 use crate::cluster::DiskRecord;
-use crate::docker::{NodeDocker, volume_copy};
+use crate::docker::volume_copy;
 use crate::labels::disk as labels;
-use crate::labels::vm as vm_labels;
 use crate::protocol::CpiError;
 
 /// Which copy a mark of the record names.
@@ -64,44 +61,6 @@ impl Session<'_> {
         }
     }
 
-    /// Removes the successors that an attach killed while it checked a copy had made on
-    /// that copy (`volume` on `docker`): containers under a VM's own name, never started,
-    /// of a VM whose record marks a re-creation. The VM's repair would remove such a
-    /// successor anyway and bring the old container back; until then it holds the copy.
-    async fn remove_unstarted_successors(
-        &self,
-        docker: &NodeDocker,
-        volume: &str,
-    ) -> Result<(), CpiError> {
-        for c in docker.containers_using_volume(volume).await? {
-            let Some(holder) = vm_labels::vm_of(c.labels.as_ref()) else {
-                continue;
-            };
-            let under_vm_name = c
-                .names
-                .iter()
-                .flatten()
-                .any(|n| n.trim_start_matches('/') == holder.as_str());
-            let never_started = c.state == Some(ContainerSummaryStateEnum::CREATED);
-            if !under_vm_name || !never_started {
-                continue;
-            }
-            // Fresh: the VM's own call may have finished the re-creation since.
-            if self
-                .vm_record_now(&holder)
-                .await?
-                .is_some_and(|r| r.recreating)
-            {
-                docker.remove_container(holder.as_str()).await?;
-                tracing::warn!(
-                    vm = %holder, node = %docker.name, disk = %volume,
-                    "removed the unstarted container of an unfinished re-creation that held an unchecked disk copy"
-                );
-            }
-        }
-        Ok(())
-    }
-
     /// Removes the copy of `disk` on `node` (and the helpers holding it), unless `node` is
     /// the disk's own node; whether the copy is gone.
     async fn remove_copy(&self, disk: &DiskRecord, node: &str, what: &str) -> bool {
@@ -113,7 +72,6 @@ impl Session<'_> {
             if self.view().await?.registered(node)?.is_some() {
                 let docker = self.node_docker(node).await?;
                 volume_copy::sweep_helpers(&docker, cid).await?;
-                self.remove_unstarted_successors(&docker, cid).await?;
                 docker.remove_volume(cid).await?;
             }
             Ok::<(), CpiError>(())
@@ -134,40 +92,14 @@ impl Session<'_> {
         }
     }
 
-    /// Moves `disk` to `target` and updates its record. The caller has removed the stray
-    /// copies of earlier moves first ([`Session::remove_stray_copies`]): the record has
-    /// room for one copy of each kind. The source stays, marked as the old copy: the
-    /// caller removes it with [`Session::remove_old_copy`], beside its next step (the disk
-    /// lives on `target` from now on, so nothing waits for the source to go).
+    /// Moves `disk` to `target` and updates its record: the contents streamed, the copy
+    /// checked against the source stream, then the record switched to the target with the
+    /// source marked as the old copy. The caller has removed the stray copies of earlier
+    /// moves first ([`Session::remove_stray_copies`]): the record has room for one copy of
+    /// each kind. The caller removes the source with [`Session::remove_old_copy`], beside
+    /// its next step (the disk lives on `target` from now on). A copy that fails is
+    /// removed now if the target answers; otherwise its mark stays for the next call.
     pub async fn move_disk(&self, disk: &mut DiskRecord, target: &str) -> Result<(), CpiError> {
-        let streamed = self.stream_disk(disk, target).await?;
-        self.finish_or_abandon_move(disk, streamed).await
-    }
-
-    /// [`Session::finish_move`] for a caller that mounts nothing on the copy yet: a failed
-    /// check removes the copy at once ([`Session::abandon_move`]).
-    pub async fn finish_or_abandon_move(
-        &self,
-        disk: &mut DiskRecord,
-        streamed: StreamedDisk,
-    ) -> Result<(), CpiError> {
-        let checked = self.finish_move(disk, streamed).await;
-        if checked.is_err() {
-            self.abandon_move(disk).await;
-        }
-        checked
-    }
-
-    /// The first half of [`Session::move_disk`]: `disk` streamed to `target`, where it
-    /// waits for [`Session::finish_move`]. Until then the record names the source as the
-    /// disk's node and the target as `copying_to`, and the target's copy may be mounted
-    /// only by a container that is not started. A failed stream is cleaned up now if the
-    /// target answers; otherwise the mark stays for the next call.
-    pub async fn stream_disk(
-        &self,
-        disk: &mut DiskRecord,
-        target: &str,
-    ) -> Result<StreamedDisk, CpiError> {
         // The record has room for one copy of each kind: a copy that could not be removed
         // yet (its node did not answer) must not lose its mark to this move.
         for (mark, node) in [
@@ -198,73 +130,36 @@ impl Session<'_> {
         // to it.
         disk.copying_to = Some(target.to_string());
         self.save_disk(disk).await?;
-        // A partial copy from an earlier, interrupted move is replaced (with the helper
-        // containers such a move may have left holding it).
-        volume_copy::sweep_helpers(&to, &cid).await?;
-        to.remove_volume(&cid).await?;
-        let volume_labels = HashMap::from([
-            (labels::DISK_CID.to_string(), cid.to_string()),
-            (labels::SIZE_MIB.to_string(), disk.size_mib.to_string()),
-        ]);
-        to.create_volume(&cid, volume_labels).await?;
-        tracing::info!(disk = %cid, from = %disk.node, to = %target, "moving disk");
-        match volume_copy::stream_volume(&from, &cid, &to, &cid).await {
-            Ok(copy) => Ok(StreamedDisk {
-                copy,
-                target: target.to_string(),
-            }),
-            Err(e) => {
-                self.abandon_move(disk).await;
-                Err(CpiError::from(e)
-                    .context(format!("moving disk {cid} from {} to {target}", disk.node)))
-            }
+        let copied = async {
+            // A partial copy from an earlier, interrupted move is replaced (with the helper
+            // containers such a move may have left holding it).
+            volume_copy::sweep_helpers(&to, &cid).await?;
+            to.remove_volume(&cid).await?;
+            let volume_labels = HashMap::from([
+                (labels::DISK_CID.to_string(), cid.to_string()),
+                (labels::SIZE_MIB.to_string(), disk.size_mib.to_string()),
+            ]);
+            to.create_volume(&cid, volume_labels).await?;
+            tracing::info!(disk = %cid, from = %disk.node, to = %target, "moving disk");
+            volume_copy::copy_volume(&from, &cid, &to, &cid).await
         }
-    }
-
-    /// The second half of [`Session::move_disk`]: the copy checked against the source
-    /// stream, then the record switched to the target, with the source marked as the old
-    /// copy. A failed check leaves the record as it was: the caller removes the target's
-    /// copy with [`Session::abandon_move`] once nothing mounts it. A failed save of the
-    /// switch leaves `disk` switched in memory (so [`Session::abandon_move`] removes
-    /// nothing); whichever record etcd holds then, it leads to both copies.
-    pub async fn finish_move(
-        &self,
-        disk: &mut DiskRecord,
-        streamed: StreamedDisk,
-    ) -> Result<(), CpiError> {
-        let digest = streamed.copy.verify().await.map_err(|e| {
-            CpiError::from(e).context(format!(
-                "moving disk {} from {} to {}",
-                disk.cid, disk.node, streamed.target
-            ))
-        })?;
-        let source = std::mem::replace(&mut disk.node, streamed.target);
+        .await;
+        let digest = match copied {
+            Ok(digest) => digest,
+            Err(e) => {
+                self.clear_mark(disk, Mark::Copying).await;
+                return Err(CpiError::from(e)
+                    .context(format!("moving disk {cid} from {} to {target}", disk.node)));
+            }
+        };
+        let source = std::mem::replace(&mut disk.node, target.to_string());
         disk.old_copy_on = Some(source.clone());
         disk.copying_to = None;
         self.save_disk(disk).await?;
         tracing::info!(
-            disk = %disk.cid, from = %source, to = %disk.node, files = digest.files, bytes = digest.bytes,
+            disk = %cid, from = %source, to = %disk.node, files = digest.files, bytes = digest.bytes,
             "disk moved and verified"
         );
         Ok(())
-    }
-
-    /// Removes the target's copy of a move that did not finish and clears its mark (a
-    /// node that does not answer keeps both for the next call).
-    pub async fn abandon_move(&self, disk: &mut DiskRecord) {
-        self.clear_mark(disk, Mark::Copying).await;
-    }
-}
-
-/// A disk streamed to another node, not checked yet (see [`Session::stream_disk`]).
-pub struct StreamedDisk {
-    copy: volume_copy::Streamed,
-    target: String,
-}
-
-impl StreamedDisk {
-    /// Bytes of file contents copied (what the check reads back).
-    pub fn bytes(&self) -> u64 {
-        self.copy.bytes()
     }
 }

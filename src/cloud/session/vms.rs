@@ -1,5 +1,5 @@
 //! VM helpers shared by `vm/` and `disk/`: finding a VM and its node, and removing a VM's
-//! containers and ephemeral volume from its node (delete_vm, abandoned VMs).
+//! containers, ephemeral volume and disk binds from its node (delete_vm, abandoned VMs).
 
 use super::Session;
 use crate::docker::NodeDocker;
@@ -14,11 +14,6 @@ pub fn not_found(cid: &VmCid) -> CpiError {
 /// The ephemeral volume of a VM.
 pub fn ephemeral_volume(vm_cid: &str) -> String {
     format!("{vm_cid}-ephemeral")
-}
-
-/// The name the old container has while its successor is being made.
-pub fn previous_name(cid: &str) -> String {
-    format!("{cid}-previous")
 }
 
 impl Session<'_> {
@@ -45,20 +40,21 @@ impl Session<'_> {
         Ok(Some((record, docker)))
     }
 
-    /// Removes every container of VM `cid` on its node (its own, a `-previous`, any other
-    /// carrying its label) and then its ephemeral volume. After a killed re-creation the
-    /// daemon may still be completing the dead process's create of the successor, so a
-    /// volume in use means another round, and the node is checked again after a grace
-    /// period.
-    pub async fn remove_from_node(
-        &self,
-        docker: &NodeDocker,
-        cid: &VmCid,
-        after_killed_recreation: bool,
-    ) -> Result<(), CpiError> {
+    /// Removes every container of VM `cid` on its node (its own, any other carrying its
+    /// label), its ephemeral volume, and its directory of the node's disk tree with the
+    /// disks bound there (the disks themselves stay).
+    pub async fn remove_from_node(&self, docker: &NodeDocker, cid: &VmCid) -> Result<(), CpiError> {
         self.container_changed(docker, cid.as_str());
-        self.container_changed(docker, &previous_name(cid));
-        remove_from_node(docker, cid, after_killed_recreation).await
+        remove_from_node(docker, cid).await?;
+        let view = self.view().await?;
+        // A node prepared before it had a disk tree has nothing bound.
+        if let Some(dir) = view
+            .registered(&docker.name)?
+            .and_then(|n| n.disks_dir.clone())
+        {
+            docker.forget_vm_disks(&dir, cid.as_str()).await?;
+        }
+        Ok(())
     }
 
     /// Removes the abandoned VM `cid` (no index record) from the node of `docker` as
@@ -70,42 +66,31 @@ impl Session<'_> {
         why: &str,
     ) -> Result<(), CpiError> {
         tracing::warn!(vm = %cid, node = %docker.name, "removing abandoned VM (it {why})");
-        self.remove_from_node(docker, cid, false).await
+        self.remove_from_node(docker, cid).await
     }
 }
 
 /// Rounds of removal before a VM's ephemeral volume still in use is an error.
 const REMOVAL_ROUNDS: usize = 10;
 
-/// How long a killed re-creation's last request may still be running in the daemon.
+/// How long a killed call's last request may still be running in the daemon (a create of
+/// the VM's container completing after the process died).
 const IN_FLIGHT_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 
-async fn remove_from_node(
-    docker: &NodeDocker,
-    cid: &VmCid,
-    after_killed_recreation: bool,
-) -> Result<(), CpiError> {
+async fn remove_from_node(docker: &NodeDocker, cid: &VmCid) -> Result<(), CpiError> {
     let volume = ephemeral_volume(cid);
     let label = format!("{}={cid}", labels::VM_CID);
     for _ in 0..REMOVAL_ROUNDS {
         docker.remove_container(cid).await?;
-        docker.remove_container(&previous_name(cid)).await?;
         for c in docker.containers_with_label(&label).await? {
             if let Some(id) = c.id {
                 docker.remove_container(&id).await?;
             }
         }
-        let removed = docker.remove_volume_if_unused(&volume).await?;
-        if removed && !after_killed_recreation {
+        if docker.remove_volume_if_unused(&volume).await? {
             return Ok(());
         }
         tokio::time::sleep(IN_FLIGHT_GRACE).await;
-        if removed
-            && docker.containers_with_label(&label).await?.is_empty()
-            && !docker.volume_exists(&volume).await?
-        {
-            return Ok(());
-        }
     }
     Err(CpiError::cloud(
         format!(

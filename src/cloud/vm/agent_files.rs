@@ -65,6 +65,47 @@ pub fn disk_hint(disk_cid: &str) -> String {
     format!("{DISK_MOUNT_ROOT}/{disk_cid}")
 }
 
+/// Adds (or, with `attached` false, removes) disk `disk_cid`'s hint in the settings'
+/// `disks.persistent`, as attach_disk and detach_disk change a running VM's disks. A
+/// document of another shape is made to have that map.
+pub fn set_disk_hint(settings: &mut Value, disk_cid: &str, attached: bool) {
+    if !settings.is_object() {
+        *settings = json!({});
+    }
+    let disks = &mut settings["disks"];
+    if !disks.is_object() {
+        *disks = json!({"system": "", "ephemeral": null});
+    }
+    let persistent = &mut disks["persistent"];
+    if !persistent.is_object() {
+        *persistent = json!({});
+    }
+    if let Value::Object(map) = persistent {
+        if attached {
+            map.insert(disk_cid.to_string(), Value::String(disk_hint(disk_cid)));
+        } else {
+            map.remove(disk_cid);
+        }
+    }
+}
+
+/// A tar archive (to extract at `/`) of the settings file alone (root, 0600).
+pub fn settings_archive(settings: &Value) -> std::io::Result<Vec<u8>> {
+    let mut builder = tar::Builder::new(Vec::new());
+    let owner = FileOwner {
+        mode: 0o600,
+        uid: 0,
+        gid: 0,
+    };
+    append_file(
+        &mut builder,
+        SETTINGS_PATH,
+        &serde_json::to_vec(settings)?,
+        owner,
+    )?;
+    builder.into_inner()
+}
+
 /// A tar archive (to extract at `/`) holding the three agent files, owned by root; the
 /// settings (mbus credentials, certificates) 0600. It holds no folder entries: Docker
 /// would apply their modes to the image's folders, and `/var/vcap/bosh` must keep the
@@ -197,6 +238,27 @@ mod tests {
             s["blobstore"],
             json!({"provider": "local", "options": {"blobstore_path": "/var/vcap/micro_bosh/data/cache"}})
         );
+    }
+
+    #[test]
+    fn disk_hints_come_and_go_and_the_rest_stays() {
+        let mut s = json!({"agent_id": "a", "disks": {"system": "", "persistent": {"disk-1": "/warden-cpi-dev/disk-1"}}});
+        set_disk_hint(&mut s, "disk-2", true);
+        assert_eq!(s["disks"]["persistent"]["disk-2"], "/warden-cpi-dev/disk-2");
+        assert_eq!(s["disks"]["persistent"]["disk-1"], "/warden-cpi-dev/disk-1");
+        set_disk_hint(&mut s, "disk-1", false);
+        assert_eq!(
+            s["disks"]["persistent"],
+            json!({"disk-2": "/warden-cpi-dev/disk-2"})
+        );
+        assert_eq!(s["agent_id"], "a");
+        let mut odd = json!({"disks": []});
+        set_disk_hint(&mut odd, "disk-3", true);
+        assert_eq!(
+            odd["disks"]["persistent"]["disk-3"],
+            "/warden-cpi-dev/disk-3"
+        );
+        assert_eq!(odd["disks"]["system"], "");
     }
 
     #[test]

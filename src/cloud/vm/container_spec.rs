@@ -2,7 +2,7 @@
 //! start command, mounts, networking and HostConfig (defaults, per-VM overrides and Docker
 //! HostConfig fields passed through from cloud_properties, which win).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use bollard::models::{
     ContainerCreateBody, EndpointIpamConfig, EndpointSettings, HostConfig,
@@ -11,6 +11,7 @@ use bollard::models::{
 };
 use serde_json::Value;
 
+use super::agent_files::DISK_MOUNT_ROOT;
 use super::network_plan::PlannedNetwork;
 use super::properties::{Effective, VmProperties, parse_port};
 use crate::config::StartMode;
@@ -28,8 +29,9 @@ pub struct ContainerPlan<'a> {
     pub effective: &'a Effective,
     pub networks: &'a [PlannedNetwork],
     pub ephemeral_volume: &'a str,
-    /// Persistent disks: mount path inside the VM -> volume name.
-    pub disk_mounts: &'a BTreeMap<String, String>,
+    /// The VM's directory of its node's disk tree (see [`crate::disk_mounts`]), seen at
+    /// `/warden-cpi-dev` as a slave mount: disks bound there later appear in the VM.
+    pub disk_tree: &'a str,
     pub start_script: String,
 }
 
@@ -61,14 +63,9 @@ pub fn build(plan: &ContainerPlan<'_>) -> Result<ContainerCreateBody, CpiError> 
         typ: Some(MountType::VOLUME),
         ..Default::default()
     }];
-    for (target, volume) in plan.disk_mounts {
-        mounts.push(Mount {
-            target: Some(target.clone()),
-            source: Some(volume.clone()),
-            typ: Some(MountType::VOLUME),
-            ..Default::default()
-        });
-    }
+    // A bind, not a mount: Docker makes a missing source directory only for binds (and
+    // the API of the daemons served has no CreateMountpoint).
+    let binds = vec![format!("{}:{DISK_MOUNT_ROOT}:rslave", plan.disk_tree)];
     let mut tmpfs = HashMap::new();
     let mut cgroupns = None;
     let mut stop_signal = None;
@@ -133,6 +130,7 @@ pub fn build(plan: &ContainerPlan<'_>) -> Result<ContainerCreateBody, CpiError> 
         memory: plan.props.ram.map(|mib| (mib as i64) << 20),
         nano_cpus: plan.props.cpu.map(|c| (c * 1e9) as i64),
         mounts: Some(mounts),
+        binds: Some(binds),
         tmpfs: (!tmpfs.is_empty()).then_some(tmpfs),
         cgroupns_mode: cgroupns,
         network_mode: Some(primary_name.clone()),
@@ -227,7 +225,6 @@ mod tests {
         let props = VmProperties::parse(props.as_object().unwrap()).unwrap();
         let effective = props.effective(&defaults);
         let nets = networks();
-        let disks = BTreeMap::new();
         build(&ContainerPlan {
             image: "moltencore-stemcell:sc-1",
             hostname: "vm-1",
@@ -236,7 +233,7 @@ mod tests {
             effective: &effective,
             networks: &nets,
             ephemeral_volume: "vm-1-ephemeral",
-            disk_mounts: &disks,
+            disk_tree: "/var/lib/moltencore/vm-disks/vm-1",
             start_script: "exec /usr/sbin/runsvdir-start".into(),
         })
         .unwrap()
@@ -253,6 +250,13 @@ mod tests {
         assert_eq!(
             hc.restart_policy.unwrap().name,
             Some(RestartPolicyNameEnum::ALWAYS)
+        );
+        assert_eq!(
+            hc.binds,
+            Some(vec![
+                "/var/lib/moltencore/vm-disks/vm-1:/warden-cpi-dev:rslave".to_string()
+            ]),
+            "the VM's disk tree, as a slave"
         );
         let m = &hc.mounts.unwrap()[0];
         assert_eq!(m.target.as_deref(), Some(EPHEMERAL_MOUNT));
@@ -277,7 +281,6 @@ mod tests {
             VmProperties::parse(json!({"NetworkMode": "host"}).as_object().unwrap()).unwrap();
         let effective = props.effective(&VmDefaults::default());
         let nets = networks();
-        let disks = BTreeMap::new();
         let e = build(&ContainerPlan {
             image: "i",
             hostname: "h",
@@ -286,7 +289,7 @@ mod tests {
             effective: &effective,
             networks: &nets,
             ephemeral_volume: "v",
-            disk_mounts: &disks,
+            disk_tree: "/var/lib/moltencore/vm-disks/vm-1",
             start_script: String::new(),
         })
         .unwrap_err();

@@ -29,6 +29,11 @@ enum Undo {
     IndexRecord(Box<VmRecord>),
     Volume(String),
     Container(String),
+    /// The VM's directory of the node's disk tree, with the disks bound.
+    DiskTree {
+        disks_dir: String,
+        vm: String,
+    },
 }
 
 /// What create_vm decided before anything is made: the request and its parsed cloud
@@ -60,7 +65,6 @@ impl CreatePlan<'_, '_> {
             state: VmState::Creating,
             created_at: now(),
             metadata: Default::default(),
-            recreating: false,
             addresses: Vec::new(),
         }
     }
@@ -411,9 +415,18 @@ async fn build(
     undo: &mut Vec<Undo>,
 ) -> Result<(), CpiError> {
     let req = plan.req;
-    let disks = disks_for_new_vm(s, docker, &req.disk_cids).await?;
+    let dir = s.disks_dir(&plan.node.name).await?;
+    let disks = disks_for_new_vm(s, docker, &dir, &req.disk_cids).await?;
     let volume = make_ephemeral_volume(docker, plan, undo).await?;
-    make_container(s, docker, plan, &disks, &volume).await?;
+    // Bound before the container exists: it starts with them in place.
+    undo.push(Undo::DiskTree {
+        disks_dir: dir.clone(),
+        vm: plan.cid.to_string(),
+    });
+    for disk in &disks {
+        docker.bind_disk(&dir, &plan.cid, disk.as_str()).await?;
+    }
+    make_container(s, docker, plan, &dir, &volume).await?;
     undo.push(Undo::Container(plan.cid.to_string()));
     for p in plan.networks.iter().filter(|p| !p.primary) {
         if let Some(net) = &p.docker_network {
@@ -436,15 +449,15 @@ async fn build(
     Ok(())
 }
 
-/// For create_vm: the disks to mount in a new VM on the node of `docker` (disk cid ->
-/// volume), moved to that node where needed. Unknown disks and disks attached to another
-/// VM are refused before anything is made; so is a disk whose volume is gone from its node
-/// (Docker would otherwise mount a new, empty volume of that name).
+/// For create_vm: the disks to bind into a new VM on the node of `docker`, moved to that
+/// node where needed. Unknown disks and disks attached to another VM are refused before
+/// anything is made; so is a disk whose volume is gone from its node.
 async fn disks_for_new_vm(
     s: &Session<'_>,
     docker: &NodeDocker,
+    disks_dir: &str,
     disk_cids: &[DiskCid],
-) -> Result<BTreeMap<String, String>, CpiError> {
+) -> Result<Vec<DiskCid>, CpiError> {
     let node = docker.name.as_str();
     let mut disks = Vec::new();
     for cid in disk_cids {
@@ -459,20 +472,20 @@ async fn disks_for_new_vm(
             if !docker.volume_exists(cid.as_str()).await? {
                 return Err(volume_gone(&disk));
             }
-            s.ensure_unmounted(docker, cid).await?;
+            s.ensure_unmounted(docker, disks_dir, cid).await?;
         }
         disks.push(disk);
     }
-    let mut mounts = BTreeMap::new();
+    let mut cids = Vec::new();
     for mut disk in disks {
         if disk.node != node {
             s.remove_stray_copies(&mut disk).await;
             s.move_disk(&mut disk, node).await?;
             s.remove_old_copy(&mut disk).await;
         }
-        mounts.insert(disk.cid.to_string(), disk.cid.to_string());
+        cids.push(disk.cid);
     }
-    Ok(mounts)
+    Ok(cids)
 }
 
 /// The VM's ephemeral volume, made on the node (and registered for undo).
@@ -513,18 +526,14 @@ fn container_labels(plan: &CreatePlan<'_, '_>, key_prefix: &str) -> HashMap<Stri
 }
 
 /// Creates the (stopped) container: stemcell image, labels, primary network, ephemeral
-/// volume and the persistent `disks` (disk cid -> volume) at their hints.
+/// volume and its directory of the node's disk tree at the hints' root.
 async fn make_container(
     s: &Session<'_>,
     docker: &NodeDocker,
     plan: &CreatePlan<'_, '_>,
-    disks: &BTreeMap<String, String>,
+    disks_dir: &str,
     volume: &str,
 ) -> Result<(), CpiError> {
-    let disk_mounts: BTreeMap<String, String> = disks
-        .iter()
-        .map(|(cid, volume)| (agent_files::disk_hint(cid), volume.clone()))
-        .collect();
     let primary = plan.networks.iter().find(|p| p.primary);
     let dns: Vec<IpAddr> = plan
         .networks
@@ -541,7 +550,7 @@ async fn make_container(
         effective: &plan.effective,
         networks: &plan.networks,
         ephemeral_volume: volume,
-        disk_mounts: &disk_mounts,
+        disk_tree: &format!("{disks_dir}/{}", plan.cid),
         start_script: start_script::script(
             &plan.cid,
             primary.and_then(|p| p.ip).map(IpAddr::V4),
@@ -557,11 +566,11 @@ async fn upload_agent_files(
     s: &Session<'_>,
     docker: &NodeDocker,
     plan: &CreatePlan<'_, '_>,
-    disks: &BTreeMap<String, String>,
+    disks: &[DiskCid],
 ) -> Result<(), CpiError> {
     let persistent: BTreeMap<String, String> = disks
-        .keys()
-        .map(|cid| (cid.clone(), agent_files::disk_hint(cid)))
+        .iter()
+        .map(|cid| (cid.to_string(), agent_files::disk_hint(cid)))
         .collect();
     let settings = agent_files::settings(
         &plan.req.agent_id,
@@ -774,6 +783,9 @@ async fn rollback(s: &Session<'_>, docker: Option<&NodeDocker>, undo: Vec<Undo>)
         let result = match (&step, docker) {
             (Undo::Container(name), Some(d)) => d.remove_container(name).await.map_err(Into::into),
             (Undo::Volume(name), Some(d)) => d.remove_volume(name).await.map_err(Into::into),
+            (Undo::DiskTree { disks_dir, vm }, Some(d)) => {
+                d.forget_vm_disks(disks_dir, vm).await.map_err(Into::into)
+            }
             (Undo::IndexRecord(record), _) if node_clean => s.forget_vm(record).await,
             // The node could not be cleaned: keep the record so delete_vm can finish.
             (Undo::IndexRecord(_), _) => Ok(()),

@@ -3,7 +3,6 @@
 
 use serde_json::Value;
 
-use super::ephemeral_volume;
 use crate::cloud::CloudContext;
 use crate::cloud::session::Session;
 use crate::cloud::session::vms::not_found;
@@ -11,16 +10,9 @@ use crate::cluster::{VmRecord, VmState};
 use crate::docker::NodeDocker;
 use crate::protocol::{CallResult, CpiError, Object, VmCid};
 
-/// The VM's index record and a client for its node, an unfinished re-creation repaired
-/// first; `None` when the index has no record.
+/// The VM's index record and a client for its node; `None` when the index has no record.
 async fn find(s: &Session<'_>, cid: &VmCid) -> Result<Option<(VmRecord, NodeDocker)>, CpiError> {
-    let Some((mut record, docker)) = s.vm_and_node(cid).await? else {
-        return Ok(None);
-    };
-    if record.recreating {
-        super::recreate::repair(s, &mut record, &docker).await?;
-    }
-    Ok(Some((record, docker)))
+    s.vm_and_node(cid).await
 }
 
 /// The VM's record and node, or `VMNotFound`.
@@ -31,11 +23,11 @@ pub async fn find_existing(
     find(s, cid).await?.ok_or_else(|| not_found(cid))
 }
 
-/// `delete_vm`: removes the container (and a `-previous` one, or a successor, that a
-/// killed re-creation left), its ephemeral volume, then the record; its persistent disks
-/// survive and are detached in the index. An unknown cid is success (the director and
-/// create-env retry deletes, and create-env never detaches first). Nothing is repaired
-/// first: deleting must not depend on the old container starting again.
+/// `delete_vm`: removes the container, its ephemeral volume and its disk binds, then the
+/// record; its persistent disks survive and are detached in the index. An unknown cid is
+/// success (the director and create-env retry deletes, and create-env never detaches
+/// first). The director has stopped the jobs already (the agent's `stop`); create-env
+/// has too, so the container is stopped with Docker's grace period only.
 pub async fn delete(ctx: &CloudContext<'_>, cid: &VmCid) -> Result<CallResult, CpiError> {
     let s = Session::new(ctx);
     let view = s.view().await?;
@@ -44,7 +36,7 @@ pub async fn delete(ctx: &CloudContext<'_>, cid: &VmCid) -> Result<CallResult, C
     };
     if view.registered(&record.node)?.is_some() {
         let docker = s.node_docker(&record.node).await?;
-        s.remove_from_node(&docker, cid, record.recreating).await?;
+        s.remove_from_node(&docker, cid).await?;
     } else {
         tracing::warn!(
             vm = %cid,
@@ -66,22 +58,29 @@ pub async fn has(ctx: &CloudContext<'_>, cid: &VmCid) -> Result<CallResult, CpiE
     };
     let exists = s.inspect(&docker, cid.as_str()).await?.is_some();
     if !exists && record.state == VmState::Created {
-        docker.remove_volume(&ephemeral_volume(cid)).await?;
+        s.remove_from_node(&docker, cid).await?;
         s.release_disks_of(cid).await?;
         s.forget_vm(&record).await?;
-        tracing::warn!(vm = %cid, node = %record.node, "container gone; index record, address claims and ephemeral volume removed");
+        tracing::warn!(vm = %cid, node = %record.node, "container gone; index record, address claims, ephemeral volume and disk binds removed");
     }
     Ok(CallResult::Plain(Value::Bool(exists)))
 }
 
-/// `reboot_vm`: restarts the container (same IP, same volumes).
+/// Seconds a VM's jobs get to drain and stop before reboot_vm restarts its container.
+const REBOOT_GRACE_SECONDS: u64 = 30;
+
+/// `reboot_vm`: the jobs drained and stopped as the agent would, then the container
+/// restarted (same IP, same disks; the start mounts the store again before any job).
 pub async fn reboot(ctx: &CloudContext<'_>, cid: &VmCid) -> Result<CallResult, CpiError> {
     let s = Session::new(ctx);
     let (_, docker) = find_existing(&s, cid).await?;
     if s.inspect(&docker, cid.as_str()).await?.is_none() {
         return Err(not_found(cid));
     }
-    docker.restart_container(cid, 30).await?;
+    let grace = std::time::Duration::from_secs(REBOOT_GRACE_SECONDS);
+    let how = super::graceful_stop::stop_jobs(&docker, cid, grace).await?;
+    tracing::info!(vm = %cid, "jobs stopped before the reboot: {how:?}");
+    docker.restart_container(cid, 10).await?;
     Ok(CallResult::Plain(Value::Null))
 }
 

@@ -6,10 +6,10 @@ pub mod agent_files;
 pub mod blobstore;
 pub mod container_spec;
 mod create;
+pub mod graceful_stop;
 mod lifecycle;
 pub mod network_plan;
 pub mod properties;
-pub mod recreate;
 pub mod requirements;
 pub mod start_script;
 

@@ -1,9 +1,11 @@
 //! The container's start command: undo Docker's bind-mounted resolv.conf, hosts and
-//! hostname (the agent and bosh-dns write them), write them from the VM's network, then
-//! exec the stemcell's init (runit or systemd).
+//! hostname (the agent and bosh-dns write them), write them from the VM's network, mount
+//! the persistent disk the agent mounted last back on its store, then exec the stemcell's
+//! init (runit or systemd).
 
 use std::net::IpAddr;
 
+use super::agent_files::DISK_MOUNT_ROOT;
 use crate::config::StartMode;
 
 /// The init a stemcell starts with in each mode.
@@ -12,6 +14,35 @@ pub fn init_path(mode: StartMode) -> &'static str {
         StartMode::Runit => "/usr/sbin/runsvdir-start",
         StartMode::Systemd => "/sbin/init",
     }
+}
+
+/// Where the agent writes the cid of the disk it mounted last.
+pub const MANAGED_DISK_FILE: &str = "/var/vcap/bosh/managed_disk_settings.json";
+/// Where the agent mounts the persistent disk.
+pub const STORE: &str = "/var/vcap/store";
+/// How long the start waits for the last mounted disk to appear (after a host reboot its
+/// bind is made again by `cpi node-prep disk-mounts`, which may finish after Docker
+/// started the container), in tenths of a second.
+const DISK_WAIT_TENTHS: u32 = 600;
+
+/// At every start (a host reboot, a dockerd restart, reboot_vm, the restart policy) the
+/// disk the agent mounted last goes back on the store before any job starts: the agent
+/// itself re-mounts only a disk it sees as a partitioned device, which a bound directory
+/// never is. The cid comes from the VM's own file, so only a cid's characters pass; a
+/// disk no longer attached (its directory gone) is not waited for.
+fn store_script() -> String {
+    format!(
+        "d=$(cat {MANAGED_DISK_FILE} 2>/dev/null)\n\
+         case \"$d\" in ''|*[!a-z0-9-]*) ;; *)\n\
+         \x20 if [ -d \"{DISK_MOUNT_ROOT}/$d\" ]; then\n\
+         \x20   i=0\n\
+         \x20   until grep -q \" {DISK_MOUNT_ROOT}/$d \" /proc/self/mountinfo || [ $i -ge {DISK_WAIT_TENTHS} ]; do sleep 0.1; i=$((i+1)); done\n\
+         \x20   if grep -q \" {DISK_MOUNT_ROOT}/$d \" /proc/self/mountinfo && ! grep -q \" {STORE} \" /proc/self/mountinfo; then\n\
+         \x20     mkdir -p {STORE} && mount --bind \"{DISK_MOUNT_ROOT}/$d\" {STORE}\n\
+         \x20   fi\n\
+         \x20 fi;;\n\
+         esac\n"
+    )
 }
 
 /// The shell script run as `/bin/sh -c <script>`. Only validated IP addresses and the
@@ -35,6 +66,7 @@ pub fn script(hostname: &str, ip: Option<IpAddr>, dns: &[IpAddr], mode: StartMod
         s.push_str(&format!("echo '{ip} {safe_host}' >> /etc/hosts\n"));
     }
     s.push_str(&format!("echo '{safe_host}' > /etc/hostname\n"));
+    s.push_str(&store_script());
     s.push_str(&format!("exec {}\n", init_path(mode)));
     s
 }
@@ -56,6 +88,11 @@ mod tests {
         assert!(s.contains("echo 'nameserver 8.8.8.8' >> /etc/resolv.conf"));
         assert!(s.contains("echo '10.1.2.11 vm-1' >> /etc/hosts"));
         assert!(s.ends_with("exec /usr/sbin/runsvdir-start\n"));
+        assert!(
+            s.contains("mount --bind \"/warden-cpi-dev/$d\" /var/vcap/store"),
+            "{s}"
+        );
+        assert!(s.contains("*[!a-z0-9-]*) ;;"), "only a cid is used: {s}");
         let s = script("vm-1'; rm -rf /", None, &[], StartMode::Systemd);
         assert!(!s.contains("rm -rf"), "{s}");
         assert!(

@@ -1,0 +1,66 @@
+//! `mc-mounter`: the one process of a node's mounter container, and the command the CPI
+//! runs in it (`docker exec`) to attach and detach disks in running VMs. The container
+//! sees the node's VM disk tree at `/vms` (shared with the host) and Docker's volumes at
+//! `/volumes`; the work is done by `src/disk_mounts.rs`, compiled in here on its own.
+//! `build.rs` builds this file statically (the container's image holds nothing else).
+//!
+//! Exit codes: 0 done, 1 failed, 2 bad usage, 3 the disk has no volume on this node.
+
+#[path = "../src/disk_mounts.rs"]
+#[allow(dead_code)]
+mod disk_mounts;
+
+use std::io::ErrorKind;
+use std::path::Path;
+use std::process::ExitCode;
+
+use disk_mounts::{Bound, DiskMounts};
+
+const USAGE: &str = "usage: mc-mounter serve | bind VM DISK | unbind VM DISK | list VM | holders DISK | forget VM";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let words: Vec<&str> = args.iter().map(String::as_str).collect();
+    if words == ["serve"] {
+        // Only there to be exec'd into; stopped with SIGKILL (its stop signal).
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
+    }
+    let tree = match DiskMounts::new(Path::new("/vms"), Path::new("/volumes")) {
+        Ok(t) => t,
+        Err(e) => return fail(&format!("the disk tree: {e}"), ErrorKind::Other),
+    };
+    let outcome = match words.as_slice() {
+        ["bind", vm, disk] => tree.bind(vm, disk).map(|b| {
+            vec![match b {
+                Bound::Made => "bound".to_string(),
+                Bound::Already => "already bound".to_string(),
+            }]
+        }),
+        ["unbind", vm, disk] => tree
+            .unbind(vm, disk)
+            .map(|was| vec![if was { "unbound" } else { "not bound" }.to_string()]),
+        ["list", vm] => tree.disks_of(vm),
+        ["holders", disk] => tree.holders(disk),
+        ["forget", vm] => tree.forget(vm),
+        _ => {
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match outcome {
+        Ok(lines) => {
+            for line in lines {
+                println!("{line}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e.to_string(), e.kind()),
+    }
+}
+
+fn fail(message: &str, kind: ErrorKind) -> ExitCode {
+    eprintln!("mc-mounter: {message}");
+    ExitCode::from(if kind == ErrorKind::NotFound { 3 } else { 1 })
+}

@@ -1,0 +1,329 @@
+//! The live disk mounts of a node's VMs, as a tree on the host: `<vms>/<vm>/<disk>` is a
+//! bind mount of the disk's Docker volume (`<volumes>/<disk>/_data`). `<vms>` is a shared
+//! mount, and each VM's container sees `<vms>/<vm>` at `/warden-cpi-dev` as a slave of it,
+//! so a bind made or removed here appears in (or leaves) the running VM at once.
+//!
+//! Two programs use this file: `cpi node-prep disk-mounts` (at boot, before Docker: the
+//! tree made shared, the binds a reboot dropped made again) and the node's mounter, the
+//! static helper `mc-mounter` (`mounter/main.rs`, built from this file alone, so it uses
+//! nothing but std) that the CPI runs `exec` in to attach and detach disks.
+
+use std::collections::BTreeSet;
+use std::ffi::{CString, c_char, c_int, c_ulong, c_void};
+use std::io;
+use std::path::{Path, PathBuf};
+
+unsafe extern "C" {
+    fn mount(
+        source: *const c_char,
+        target: *const c_char,
+        fstype: *const c_char,
+        flags: c_ulong,
+        data: *const c_void,
+    ) -> c_int;
+    fn umount2(target: *const c_char, flags: c_int) -> c_int;
+}
+
+const MS_BIND: c_ulong = 4096;
+const MS_REC: c_ulong = 16384;
+const MS_SHARED: c_ulong = 1 << 20;
+const MNT_DETACH: c_int = 2;
+const EBUSY: i32 = 16;
+
+/// The longest VM or disk cid accepted as a directory name.
+const MAX_NAME: usize = 128;
+
+/// Whether `name` may be a directory of the tree: a cid as the CPI makes them
+/// (`[a-z0-9-]`, not starting with `-`), so no path can climb out of it.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME
+        && !name.starts_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+fn checked(name: &str, what: &str) -> io::Result<()> {
+    if valid_name(name) {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "not a {what} cid: {:?}",
+                name.chars().take(40).collect::<String>()
+            ),
+        ))
+    }
+}
+
+fn c_path(p: &Path) -> io::Result<CString> {
+    CString::new(p.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path with a NUL byte"))
+}
+
+fn sys_mount(source: &Path, target: &Path, flags: c_ulong) -> io::Result<()> {
+    let (s, t) = (c_path(source)?, c_path(target)?);
+    // SAFETY: both strings are NUL-terminated and outlive the call; no fstype or data.
+    let rc = unsafe {
+        mount(
+            s.as_ptr(),
+            t.as_ptr(),
+            std::ptr::null(),
+            flags,
+            std::ptr::null(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Unmounts `target`; a mount still busy in this namespace is detached lazily (the VM's
+/// own bind of it, if any, keeps working until the VM lets go).
+fn sys_umount(target: &Path) -> io::Result<()> {
+    let t = c_path(target)?;
+    // SAFETY: a NUL-terminated path that outlives the call.
+    if unsafe { umount2(t.as_ptr(), 0) } == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() != Some(EBUSY) {
+        return Err(e);
+    }
+    // SAFETY: as above.
+    if unsafe { umount2(t.as_ptr(), MNT_DETACH) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The mount points of this mount namespace (field 5 of `/proc/self/mountinfo`, with the
+/// kernel's octal escapes undone).
+pub fn mount_points() -> io::Result<BTreeSet<PathBuf>> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+    Ok(info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(unescape(p)))
+        .collect())
+}
+
+fn unescape(field: &str) -> String {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match (b[i], octal) {
+            (b'\\', Some(d)) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Makes `dir` a shared mount (binding it onto itself first when it is no mount point),
+/// so mounts below it propagate to the VMs' slaves; whether it had to be bound.
+pub fn make_shared(dir: &Path) -> io::Result<bool> {
+    std::fs::create_dir_all(dir)?;
+    let dir = dir.canonicalize()?;
+    let bound = !mount_points()?.contains(&dir);
+    if bound {
+        sys_mount(&dir, &dir, MS_BIND)?;
+    }
+    sys_mount(Path::new("none"), &dir, MS_SHARED | MS_REC)?;
+    Ok(bound)
+}
+
+/// What [`DiskMounts::bind`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Bound {
+    /// The bind was made.
+    Made,
+    /// The disk was bound there already.
+    Already,
+}
+
+/// What [`DiskMounts::remount_all`] did.
+#[derive(Debug, Default)]
+pub struct Remounted {
+    /// `(vm, disk)` bound again.
+    pub made: Vec<(String, String)>,
+    /// `(vm, disk)` whose volume is gone: the empty mount point is left for the CPI to
+    /// report (a VM must never write its store into the host's directory).
+    pub missing: Vec<(String, String)>,
+}
+
+/// The tree of one node: `vms` (the shared directory) and Docker's `volumes` directory.
+pub struct DiskMounts {
+    vms: PathBuf,
+    volumes: PathBuf,
+}
+
+impl DiskMounts {
+    /// The tree at `vms` over the volumes in `volumes` (both must exist).
+    pub fn new(vms: &Path, volumes: &Path) -> io::Result<DiskMounts> {
+        Ok(DiskMounts {
+            vms: vms.canonicalize()?,
+            volumes: volumes.canonicalize()?,
+        })
+    }
+
+    fn target(&self, vm: &str, disk: &str) -> io::Result<PathBuf> {
+        checked(vm, "VM")?;
+        checked(disk, "disk")?;
+        Ok(self.vms.join(vm).join(disk))
+    }
+
+    fn source(&self, disk: &str) -> PathBuf {
+        self.volumes.join(disk).join("_data")
+    }
+
+    /// Binds `disk`'s volume at `<vms>/<vm>/<disk>`.
+    pub fn bind(&self, vm: &str, disk: &str) -> io::Result<Bound> {
+        let target = self.target(vm, disk)?;
+        let source = self.source(disk);
+        if !source.is_dir() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("disk {disk} has no volume on this node"),
+            ));
+        }
+        std::fs::create_dir_all(&target)?;
+        if mount_points()?.contains(&target) {
+            return Ok(Bound::Already);
+        }
+        sys_mount(&source, &target, MS_BIND)?;
+        Ok(Bound::Made)
+    }
+
+    /// Removes the bind of `disk` from `vm` and its mount point; whether it was bound.
+    pub fn unbind(&self, vm: &str, disk: &str) -> io::Result<bool> {
+        let target = self.target(vm, disk)?;
+        let was = mount_points()?.contains(&target);
+        if was {
+            sys_umount(&target)?;
+        }
+        match std::fs::remove_dir(&target) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(was),
+        }
+    }
+
+    /// The disks bound in `vm`'s directory.
+    pub fn disks_of(&self, vm: &str) -> io::Result<Vec<String>> {
+        checked(vm, "VM")?;
+        let dir = self.vms.join(vm);
+        Ok(mount_points()?
+            .iter()
+            .filter(|p| p.parent() == Some(dir.as_path()))
+            .filter_map(|p| p.file_name()?.to_str().map(str::to_string))
+            .collect())
+    }
+
+    /// The VMs that have `disk` bound.
+    pub fn holders(&self, disk: &str) -> io::Result<Vec<String>> {
+        checked(disk, "disk")?;
+        Ok(mount_points()?
+            .iter()
+            .filter(|p| p.file_name().and_then(|n| n.to_str()) == Some(disk))
+            .filter_map(|p| {
+                let vm_dir = p.parent()?;
+                if vm_dir.parent()? != self.vms.as_path() {
+                    return None;
+                }
+                vm_dir.file_name()?.to_str().map(str::to_string)
+            })
+            .collect())
+    }
+
+    /// Removes every bind of `vm` and its directory (the VM is gone); the disks unbound.
+    pub fn forget(&self, vm: &str) -> io::Result<Vec<String>> {
+        let disks = self.disks_of(vm)?;
+        for disk in &disks {
+            self.unbind(vm, disk)?;
+        }
+        let dir = self.vms.join(vm);
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for entry in entries.flatten() {
+                // Mount points of disks a reboot unbound: empty directories.
+                let _ = std::fs::remove_dir(entry.path());
+            }
+        }
+        match std::fs::remove_dir(&dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(disks),
+        }
+    }
+
+    /// Binds again every disk whose mount point is there but unbound (after a reboot).
+    pub fn remount_all(&self) -> io::Result<Remounted> {
+        let mut done = Remounted::default();
+        let mounted = mount_points()?;
+        for vm in dir_names(&self.vms)? {
+            for disk in dir_names(&self.vms.join(&vm))? {
+                let target = self.vms.join(&vm).join(&disk);
+                if mounted.contains(&target) {
+                    continue;
+                }
+                if self.source(&disk).is_dir() {
+                    sys_mount(&self.source(&disk), &target, MS_BIND)?;
+                    done.made.push((vm.clone(), disk));
+                } else {
+                    done.missing.push((vm.clone(), disk));
+                }
+            }
+        }
+        Ok(done)
+    }
+}
+
+/// The names of the directories in `dir` that are valid cids (anything else is not ours).
+fn dir_names(dir: &Path) -> io::Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir()
+            && let Some(name) = entry.file_name().to_str()
+            && valid_name(name)
+        {
+            names.push(name.to_string());
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_cids_are_names() {
+        assert!(valid_name("vm-0f3c"));
+        assert!(valid_name("disk-1"));
+        for bad in ["", "..", "a/b", "-x", "Vm", "a b", &"a".repeat(129)] {
+            assert!(!valid_name(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(unescape(r"/a\040b"), "/a b");
+        assert_eq!(unescape(r"/tab\011x\134"), "/tab\tx\\");
+        assert_eq!(unescape(r"/plain"), "/plain");
+    }
+}

@@ -1,0 +1,217 @@
+//! The node's mounter: one small container per node (`mc-mounter`, made on first use)
+//! that sees the node's VM disk tree (shared with the host, see [`crate::disk_mounts`]) and
+//! Docker's volumes, and in which the CPI runs `exec` to bind a disk into a running VM or
+//! remove it. Its image holds only the static `mc-mounter` binary built with the CPI, so
+//! it depends on no stemcell; a CPI with another binary replaces the container.
+
+use std::collections::HashMap;
+
+use bollard::models::{ContainerCreateBody, HostConfig, RestartPolicy, RestartPolicyNameEnum};
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+
+use super::error::DockerError;
+use super::idle::next_within;
+use super::node::NodeDocker;
+use crate::labels;
+
+/// The static helper, built by `build.rs` from `mounter/main.rs`.
+const BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/mc-mounter"));
+/// Name of the mounter container on every node.
+pub const CONTAINER: &str = "mc-mounter";
+const IMAGE_REPO: &str = "moltencore-mounter";
+
+/// The tag of this CPI's mounter image: the binary's digest, so a new binary gets a new
+/// image and container.
+fn tag() -> String {
+    hex::encode(Sha256::digest(BINARY))[..16].to_string()
+}
+
+fn image() -> String {
+    format!("{IMAGE_REPO}:{}", tag())
+}
+
+/// What the mounter answered to one command.
+#[derive(Debug)]
+pub struct Answer {
+    /// Its exit code: 0 done, 3 the disk has no volume on the node.
+    pub code: i64,
+    /// Its output, one item per line.
+    pub lines: Vec<String>,
+}
+
+impl NodeDocker {
+    /// Binds disk `disk` into VM `vm`'s disk directory (its `/warden-cpi-dev/<disk>`).
+    pub async fn bind_disk(
+        &self,
+        disks_dir: &str,
+        vm: &str,
+        disk: &str,
+    ) -> Result<(), DockerError> {
+        self.mounter_ok(disks_dir, &["bind", vm, disk])
+            .await
+            .map(|_| ())
+    }
+
+    /// Removes disk `disk` from VM `vm`; not bound is success.
+    pub async fn unbind_disk(
+        &self,
+        disks_dir: &str,
+        vm: &str,
+        disk: &str,
+    ) -> Result<(), DockerError> {
+        self.mounter_ok(disks_dir, &["unbind", vm, disk])
+            .await
+            .map(|_| ())
+    }
+
+    /// The disks bound into VM `vm`.
+    pub async fn disks_bound_in(
+        &self,
+        disks_dir: &str,
+        vm: &str,
+    ) -> Result<Vec<String>, DockerError> {
+        self.mounter_ok(disks_dir, &["list", vm]).await
+    }
+
+    /// The VMs of the node that have disk `disk` bound.
+    pub async fn disk_holders(
+        &self,
+        disks_dir: &str,
+        disk: &str,
+    ) -> Result<Vec<String>, DockerError> {
+        self.mounter_ok(disks_dir, &["holders", disk]).await
+    }
+
+    /// Removes every disk of VM `vm` and its directory (the VM is gone).
+    pub async fn forget_vm_disks(&self, disks_dir: &str, vm: &str) -> Result<(), DockerError> {
+        self.mounter_ok(disks_dir, &["forget", vm])
+            .await
+            .map(|_| ())
+    }
+
+    /// Runs one mounter command that must succeed; its output lines.
+    async fn mounter_ok(&self, disks_dir: &str, args: &[&str]) -> Result<Vec<String>, DockerError> {
+        let answer = self.mounter(disks_dir, args).await?;
+        if answer.code != 0 {
+            return Err(DockerError::Mount {
+                node: self.name.clone(),
+                command: args.join(" "),
+                code: answer.code,
+                detail: answer.lines.join("; "),
+            });
+        }
+        Ok(answer.lines)
+    }
+
+    /// Runs `mc-mounter ARGS` in the node's mounter, making the mounter first when it is
+    /// missing, stopped or of another binary.
+    pub async fn mounter(&self, disks_dir: &str, args: &[&str]) -> Result<Answer, DockerError> {
+        match self.exec_in_mounter(args).await {
+            Err(DockerError::NotFound { .. } | DockerError::Conflict { .. }) => {}
+            done => return done,
+        }
+        self.ensure_mounter(disks_dir).await?;
+        self.exec_in_mounter(args).await
+    }
+
+    async fn exec_in_mounter(&self, args: &[&str]) -> Result<Answer, DockerError> {
+        let mut cmd = vec!["/mc-mounter".to_string()];
+        cmd.extend(args.iter().map(|a| a.to_string()));
+        let doing = format!("running mc-mounter {} on the node", args.join(" "));
+        let done = self.exec(CONTAINER, cmd, &doing).await?;
+        Ok(Answer {
+            code: done.code,
+            lines: done
+                .output
+                .lines()
+                .filter(|l| !l.is_empty())
+                .map(str::to_string)
+                .collect(),
+        })
+    }
+
+    /// The mounter of this CPI's binary, running.
+    async fn ensure_mounter(&self, disks_dir: &str) -> Result<(), DockerError> {
+        if let Some(c) = self.inspect_container(CONTAINER).await? {
+            let ours = c.config.as_ref().and_then(|c| c.image.as_deref()) == Some(image().as_str());
+            if ours {
+                return self.start(CONTAINER).await;
+            }
+            tracing::info!(node = %self.name, "replacing the mounter of another CPI version");
+            self.remove_container(CONTAINER).await?;
+        }
+        self.ensure_mounter_image().await?;
+        let root = self
+            .docker
+            .info()
+            .await
+            .map_err(|e| self.error("reading Docker's root directory", &e))?
+            .docker_root_dir
+            .unwrap_or_else(|| "/var/lib/docker".into());
+        let body = ContainerCreateBody {
+            image: Some(image()),
+            entrypoint: Some(vec!["/mc-mounter".into()]),
+            cmd: Some(vec!["serve".into()]),
+            stop_signal: Some("SIGKILL".into()),
+            labels: Some(HashMap::from([(labels::MOUNTER.to_string(), tag())])),
+            host_config: Some(HostConfig {
+                binds: Some(vec![
+                    format!("{disks_dir}:/vms:rshared"),
+                    format!("{root}/volumes:/volumes"),
+                ]),
+                cap_add: Some(vec!["SYS_ADMIN".into()]),
+                security_opt: Some(vec![
+                    "apparmor=unconfined".into(),
+                    "seccomp=unconfined".into(),
+                ]),
+                network_mode: Some("none".into()),
+                restart_policy: Some(RestartPolicy {
+                    name: Some(RestartPolicyNameEnum::ALWAYS),
+                    maximum_retry_count: None,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        match self.create_container(CONTAINER, body).await {
+            // Another call made it meanwhile.
+            Ok(()) | Err(DockerError::Conflict { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        self.start(CONTAINER).await
+    }
+
+    /// The mounter image, imported from an in-memory tar of the binary when missing.
+    async fn ensure_mounter_image(&self) -> Result<(), DockerError> {
+        if super::images::inspect(self, &image()).await?.is_some() {
+            return Ok(());
+        }
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(BINARY.len() as u64);
+        header.set_mode(0o755);
+        header.set_cksum();
+        let built = builder
+            .append_data(&mut header, "mc-mounter", BINARY)
+            .and_then(|()| builder.into_inner());
+        let tar_bytes = built.map_err(|e| DockerError::Source {
+            message: format!("cannot build the mounter image: {e}"),
+        })?;
+        let options = bollard::query_parameters::CreateImageOptionsBuilder::new()
+            .from_src("-")
+            .repo(IMAGE_REPO)
+            .tag(&tag())
+            .build();
+        let mut progress = self.long.create_image(
+            Some(options),
+            Some(bollard::body_full(Bytes::from(tar_bytes))),
+            None,
+        );
+        while next_within(&mut progress, self, "importing the mounter image")
+            .await?
+            .is_some()
+        {}
+        Ok(())
+    }
+}

@@ -1,0 +1,113 @@
+//! `cpi node-prep disk-mounts`, run at every boot by [`UNIT`] before Docker starts the VMs:
+//! the node's VM disk tree ([`DISKS_DIR`]) made a shared mount (Docker refuses to give a
+//! VM a slave of anything else), and every disk bind a reboot dropped made again from
+//! its volume, so each VM finds its disks in place when its container starts (see
+//! [`crate::disk_mounts`]).
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::error::{NodePrepError, Result};
+use crate::disk_mounts::{self, DiskMounts};
+
+/// The VM disk tree on a node, below node-prep's root.
+pub const DISKS_DIR: &str = "/var/lib/moltencore/vm-disks";
+/// The oneshot unit that runs `cpi node-prep disk-mounts` before docker.service.
+pub const UNIT: &str = "moltencore-disk-mounts.service";
+
+/// What one run did.
+#[derive(Debug, Serialize)]
+pub struct DiskMountsReport {
+    /// The tree, as a path on the node.
+    pub dir: PathBuf,
+    /// The tree was no mount point and was bound onto itself.
+    pub bound_onto_itself: bool,
+    /// `<vm>/<disk>` bound again.
+    pub remounted: Vec<String>,
+    /// `<vm>/<disk>` whose volume is gone (left unbound: the VM waits, then starts
+    /// without that disk, and the CPI reports it).
+    pub missing: Vec<String>,
+}
+
+/// The tree's path below `root`, as the CPI finds it in the node record.
+pub fn disks_dir(root: &Path) -> PathBuf {
+    let dir = root.join(DISKS_DIR.trim_start_matches('/'));
+    std::path::absolute(&dir).unwrap_or(dir)
+}
+
+/// Makes the tree below `root` shared and re-makes its binds from Docker's volumes under
+/// `docker_data_root`.
+pub fn run(root: &Path, docker_data_root: &Path) -> Result<DiskMountsReport> {
+    let dir = disks_dir(root);
+    let failed = |action, path: &Path, error| NodePrepError::File {
+        action,
+        path: path.to_path_buf(),
+        error,
+    };
+    let bound_onto_itself =
+        disk_mounts::make_shared(&dir).map_err(|e| failed("make a shared mount of", &dir, e))?;
+    let volumes = docker_data_root.join("volumes");
+    let mut report = DiskMountsReport {
+        dir: dir.clone(),
+        bound_onto_itself,
+        remounted: Vec::new(),
+        missing: Vec::new(),
+    };
+    if !volumes.is_dir() {
+        // A Docker that never ran here has no volumes, and no VM has a disk yet.
+        return Ok(report);
+    }
+    let tree = DiskMounts::new(&dir, &volumes).map_err(|e| failed("open", &volumes, e))?;
+    let done = tree
+        .remount_all()
+        .map_err(|e| failed("bind the disks again in", &dir, e))?;
+    let joined = |(vm, disk): (String, String)| format!("{vm}/{disk}");
+    report.remounted = done.made.into_iter().map(joined).collect();
+    report.missing = done.missing.into_iter().map(joined).collect();
+    Ok(report)
+}
+
+/// The unit: before docker.service (whose drop-in wants it), after the local file
+/// systems that hold Docker's data.
+pub fn unit(cpi_path: &str) -> String {
+    format!(
+        "# Written by cpi node-prep; rewritten at every boot.\n\
+         [Unit]\n\
+         Description=MoltenCore VM disk mounts, made before Docker starts the VMs\n\
+         DefaultDependencies=no\n\
+         After=local-fs.target\n\
+         Before=docker.service\n\
+         \n\
+         [Service]\n\
+         Type=oneshot\n\
+         RemainAfterExit=yes\n\
+         ExecStart={cpi_path} node-prep disk-mounts\n\
+         \n\
+         [Install]\n\
+         WantedBy=multi-user.target\n"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tree_follows_the_root_and_the_unit_runs_before_docker() {
+        assert_eq!(
+            disks_dir(Path::new("/")),
+            PathBuf::from("/var/lib/moltencore/vm-disks")
+        );
+        assert_eq!(
+            disks_dir(Path::new("/srv/n1/root")),
+            PathBuf::from("/srv/n1/root/var/lib/moltencore/vm-disks")
+        );
+        let u = unit("/opt/bin/cpi");
+        assert!(u.contains("Before=docker.service\n"), "{u}");
+        assert!(
+            u.contains("ExecStart=/opt/bin/cpi node-prep disk-mounts\n"),
+            "{u}"
+        );
+    }
+}
