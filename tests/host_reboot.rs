@@ -10,82 +10,11 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use moltencore_testkit::{bosh, cluster::*, cpi::*, docker::*, index::*, requests::*, wait::*};
+use moltencore_testkit::reboots::{Managers, boot_id, dockerd_pid, flag, start_managers};
+use moltencore_testkit::{cluster::*, cpi::*, docker::*, index::*, requests::*, wait::*};
 use serde_json::json;
 
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// `ci/cluster ARGS` for the running cluster.
-fn harness(args: &[&str]) {
-    let c = cluster();
-    let out = Command::new(bosh::repo().join("ci/cluster"))
-        .args(args)
-        .env("MC_CLUSTER_NAME", c["name"].as_str().unwrap())
-        .env("MC_CLUSTER_DIR", c["dir"].as_str().unwrap())
-        .env("MC_CPI_BIN", cpi_bin())
-        .output()
-        .expect("run ci/cluster");
-    assert!(
-        out.status.success(),
-        "ci/cluster {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// The reboot managers of the given nodes (1-based), stopped when dropped.
-struct Managers(Vec<usize>);
-
-impl Managers {
-    fn start(nodes: &[usize]) -> Managers {
-        start_managers(nodes);
-        Managers(nodes.to_vec())
-    }
-}
-
-/// `ci/cluster manager I start` with the tests' flags, for each of `nodes`.
-fn start_managers(nodes: &[usize]) {
-    for i in nodes {
-        harness(&[
-            "manager",
-            &i.to_string(),
-            "start",
-            "--grace-period",
-            "10s",
-            "--settle",
-            "2s",
-            "--poll",
-            "300ms",
-            "--update-engine-command=",
-        ]);
-    }
-}
-
-impl Drop for Managers {
-    fn drop(&mut self) {
-        for i in &self.0 {
-            harness(&["manager", &i.to_string(), "stop"]);
-        }
-    }
-}
-
-fn node_root(i: usize) -> PathBuf {
-    PathBuf::from(cluster()["nodes"][i - 1]["prep_root"].as_str().unwrap())
-}
-
-fn boot_id(i: usize) -> String {
-    std::fs::read_to_string(node_root(i).join("proc/sys/kernel/random/boot_id"))
-        .unwrap_or_default()
-        .trim()
-        .to_string()
-}
-
-fn dockerd_pid(i: usize) -> u64 {
-    cluster()["nodes"][i - 1]["dockerd_pid"].as_u64().unwrap()
-}
-
-fn flag(i: usize) {
-    std::fs::write(node_root(i).join("run/reboot-required"), "").unwrap();
-}
 
 /// After a reboot: `node` is ready again, no slot is held, and `vm` runs on `ip`.
 fn assert_back(node: &str, vm: &str, ip: &str) {

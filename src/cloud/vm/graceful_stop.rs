@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use crate::docker::{DockerError, NodeDocker};
 
 /// The script run in the VM (`/bin/sh -c`). Drain scripts get empty job states, as the
-/// agent gives them when the deployment does not change.
+/// agent gives them when the deployment does not change. `monit stop all` leaves every
+/// job unmonitored in monit's state file, which a monit restarted later would restore: the
+/// file goes, so after the restart monit starts the jobs, as after an unplanned one.
 const SCRIPT: &str = r#"export BOSH_JOB_STATE='{}' BOSH_JOB_NEXT_STATE='{}'
 for d in /var/vcap/jobs/*/bin/drain; do
   [ -x "$d" ] || continue
@@ -25,6 +27,7 @@ m=/var/vcap/bosh/bin/monit
 if [ -x "$m" ]; then
   "$m" stop all
   while "$m" summary 2>/dev/null | grep '^Process' | grep -qv 'not monitored'; do sleep 0.5; done
+  rm -f "$(getent passwd root | cut -d: -f6)/.monit.state" /root/.monit.state
 fi
 "#;
 

@@ -142,6 +142,8 @@ pub struct VmContainer {
     pub ip: String,
     pub mac: String,
     pub hostname: String,
+    /// The host's pid of the container's first process (0 while it is stopped).
+    pub pid: i64,
 }
 
 /// The container `vm` on `node`, or `None` when the node has none by that name. A
@@ -159,10 +161,11 @@ pub async fn inspect_vm(node: &str, vm: &str) -> Option<VmContainer> {
         .unwrap_or_else(|| panic!("{vm} on {node} is on no `bosh` network"));
     Some(VmContainer {
         id: c.id.unwrap(),
-        running: c.state.and_then(|s| s.running).unwrap_or(false),
+        running: c.state.as_ref().and_then(|s| s.running).unwrap_or(false),
         ip: ep.ip_address.unwrap_or_default(),
         mac: ep.mac_address.unwrap_or_default(),
         hostname: c.config.and_then(|c| c.hostname).unwrap_or_default(),
+        pid: c.state.as_ref().and_then(|s| s.pid).unwrap_or(0),
     })
 }
 

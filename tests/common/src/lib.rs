@@ -8,12 +8,14 @@
 //! A crate of its own (a dev-dependency of `moltencore`), so a helper one test binary does
 //! not use is no dead code in it.
 
+pub mod agent;
 pub mod bosh;
 pub mod cluster;
 pub mod cpi;
 pub mod docker;
 pub mod fleetlock;
 pub mod index;
+pub mod reboots;
 pub mod requests;
 pub mod tools;
 pub mod wait;
