@@ -2,7 +2,7 @@
 //! cluster: the blobstore in its settings (the configured one, or the director's from
 //! `env.bosh.blobstores`), a clear error and nothing made when there is none, and the
 //! agent's files keeping the stemcell's modes and owners, unreadable to `vcap`, also
-//! after a re-creation.
+//! after attach_disk and detach_disk rewrote the settings in the running VM.
 
 use moltencore_testkit::{cluster::*, cpi::*, docker::*, index::*, requests::*};
 use serde_json::{Value, json};
@@ -167,7 +167,7 @@ fn assert_private(node: &str, cid: &str, when: &str) {
 }
 
 #[test]
-fn agent_files_keep_the_stemcells_modes_and_vcap_cannot_read_them_also_after_a_recreation() {
+fn agent_files_keep_the_stemcells_modes_and_vcap_cannot_read_them_also_after_attach_and_detach() {
     let (node, prefix) = node_prefix(0);
     let agent = agent_id("vcap");
     let (cid, _) = create_vm(
@@ -184,8 +184,8 @@ fn agent_files_keep_the_stemcells_modes_and_vcap_cannot_read_them_also_after_a_r
     let (code, out) = read_as_vcap(&node, &cid, "/etc/hostname");
     assert_eq!(code, 0, "vcap can read what is not the agent's: {out}");
 
-    // The agent's own update_settings.json (credentials), 0600: a re-creation (attach)
-    // writes it back as it was, and the folder stays 0700.
+    // The agent's own update_settings.json (credentials), 0600, stays as it was when
+    // attach_disk writes the settings into the running VM, and the folder stays 0700.
     let (code, out) = runtime().block_on(exec_in(
         &node,
         &cid,
@@ -197,7 +197,7 @@ fn agent_files_keep_the_stemcells_modes_and_vcap_cannot_read_them_also_after_a_r
         .unwrap()
         .to_string();
     call_on(&cluster_config(), "attach_disk", json!([cid, disk]));
-    assert_private(&node, &cid, "after attach_disk re-created the container");
+    assert_private(&node, &cid, "after attach_disk");
     assert_eq!(modes(&node, &cid, &[UPDATE_SETTINGS]), vec!["600 0 0"]);
     let (code, out) = read_as_vcap(&node, &cid, UPDATE_SETTINGS);
     assert_ne!(code, 0, "vcap read update_settings.json: {out}");

@@ -1,7 +1,8 @@
 //! Black-box tests of the persistent disk methods through the built `cpi` binary, checked
 //! on the nodes: data survives detach/attach, VM re-creation and moves between nodes; the
-//! VM keeps its identity across attach; bad attaches leave the VM untouched; snapshots
-//! hold the contents of their time.
+//! VM runs on across attach and detach (same container, same first process), the disk
+//! bound in its folder of the node's disk tree; bad attaches leave the VM untouched;
+//! snapshots hold the contents of their time.
 
 use moltencore_testkit::{cluster::*, cpi::*, docker::*, index::*, requests::*};
 use serde_json::{Value, json};
@@ -51,7 +52,12 @@ fn data_and_identity_survive_detach_and_attach() {
     let hint = call("attach_disk", json!([vm, disk]));
     assert_eq!(hint, json!(format!("/warden-cpi-dev/{disk}")));
     let after = vm_container(&node, &vm);
-    assert_ne!(before.id, after.id, "the container was re-created");
+    assert_eq!(
+        (&before.id, before.pid),
+        (&after.id, after.pid),
+        "attaching restarted the VM"
+    );
+    assert_eq!(disk_binds(&node, &disk), vec![vm.clone()]);
     assert_eq!(
         (
             after.ip.as_str(),
@@ -89,6 +95,15 @@ fn data_and_identity_survive_detach_and_attach() {
     let sum = fill_disk(&node, &vm, &disk);
     assert_eq!(call("detach_disk", json!([vm, disk])), Value::Null);
     assert_eq!(call("get_disks", json!([vm])), json!([]));
+    assert!(
+        disk_binds(&node, &disk).is_empty(),
+        "still bound after detach"
+    );
+    assert_eq!(
+        vm_container(&node, &vm).pid,
+        after.pid,
+        "detaching restarted the VM"
+    );
     assert_eq!(agent_settings(&node, &vm)["disks"]["persistent"], json!({}));
     let kept = sh(
         &node,
@@ -115,6 +130,14 @@ fn data_and_identity_survive_detach_and_attach() {
     // delete_vm with the disk attached: the disk survives and is detached.
     call("delete_vm", json!([vm]));
     assert_eq!(call("has_disk", json!([disk])), Value::Bool(true));
+    assert!(
+        disk_binds(&node, &disk).is_empty(),
+        "still bound after delete_vm"
+    );
+    assert!(
+        !disk_tree(&node).join(&vm).exists(),
+        "the VM's folder of the tree is left"
+    );
     let (vm2, node2, _) = vm_on(0, 61, "attach-again");
     assert_eq!(node2, node);
     call("attach_disk", json!([vm2, disk]));
@@ -314,72 +337,48 @@ async fn create_plain_container(node: &str, name: &str, bind: &str, labels: &[(&
         .unwrap_or_else(|e| panic!("creating container {name} on {node}: {e}"));
 }
 
-/// Starts `cpi attach_disk` and kills it (SIGKILL) once it has stopped and renamed the
-/// old container. Returns (vm, node, ip, disk) of the half-done attach, retrying with a new
-/// VM when the attach happens to finish first.
-fn kill_mid_attach(first_host: u8) -> (String, String, String, String) {
-    for attempt in 0..5u8 {
-        let (vm, node, ip) = vm_on(1, first_host + attempt, "killed");
-        let disk = create_disk(json!([10, {}, vm]));
-        sh(&node, &vm, "echo ephemeral > /var/vcap/data/keep.txt");
-        let previous = format!("{vm}-previous");
-        let request = json!({"method":"attach_disk","arguments":[vm, disk]}).to_string();
-        let caught = kill_cpi_when(&request, &cluster_config(), || {
-            let (node, previous) = (node.clone(), previous.clone());
-            async move {
-                let docker = node_socket(&node).await;
-                docker.inspect_container(&previous, None).await.is_ok()
-            }
-        });
-        if caught {
-            return (vm, node, ip, disk);
-        }
-        call("delete_vm", json!([vm]));
-        call("delete_disk", json!([disk]));
-    }
-    panic!("in 5 attempts the attach always finished before it could be killed mid-way");
+#[test]
+fn an_attach_that_bound_the_disk_but_wrote_no_record_is_finished_by_its_retry() {
+    let (vm, node, _) = vm_on(1, 66, "half-attach");
+    let disk = create_disk(json!([10, {}, vm]));
+    let hint = call("attach_disk", json!([vm, disk]));
+    // As a process killed right after the bind leaves it: the record names no VM.
+    let key = format!("disks/{disk}");
+    let mut record = index_record(&cluster_config(), &key).unwrap();
+    record["vm"] = Value::Null;
+    put_index_record(&cluster_config(), &key, &record);
+    // The node says who holds the disk: another VM is refused, naming the holder.
+    let (other, _, _) = vm_on(1, 67, "half-attach-other");
+    let (kind, message, retry) = call_error("attach_disk", json!([other, disk]));
+    assert_eq!(kind, "Bosh::Clouds::CloudError");
+    assert!(!retry);
+    assert!(
+        message.contains(&disk) && message.contains(&vm),
+        "{message}"
+    );
+    assert_eq!(disk_binds(&node, &disk), vec![vm.clone()]);
+    // The director's retry of the same attach finishes it.
+    assert_eq!(call("attach_disk", json!([vm, disk])), hint);
+    assert_eq!(
+        index_record(&cluster_config(), &key).unwrap()["vm"],
+        vm.as_str()
+    );
+    assert_eq!(
+        agent_settings(&node, &vm)["disks"]["persistent"][&disk],
+        format!("/warden-cpi-dev/{disk}")
+    );
+    call("delete_vm", json!([vm]));
+    call("delete_vm", json!([other]));
+    call("delete_disk", json!([disk]));
 }
 
 #[test]
-fn a_killed_attach_is_repaired_by_the_next_has_vm_or_delete_vm() {
-    // has_vm repairs: the VM exists, runs, keeps its IP and ephemeral data.
-    let (vm, node, ip, disk) = kill_mid_attach(66);
-    assert_eq!(call("has_vm", json!([vm])), Value::Bool(true));
-    runtime().block_on(async {
-        let docker = node_socket(&node).await;
-        assert!(
-            docker
-                .inspect_container(&format!("{vm}-previous"), None)
-                .await
-                .is_err(),
-            "previous left behind"
-        );
-        let c = docker.inspect_container(&vm, None).await.unwrap();
-        assert!(
-            c.state.unwrap().running.unwrap(),
-            "VM not running after repair"
-        );
-    });
-    let record = index_record(&cluster_config(), &format!("vms/{vm}")).unwrap();
-    assert!(
-        record.get("recreating").is_none(),
-        "mark not cleared: {record}"
-    );
-    assert_eq!(vm_container(&node, &vm).ip, ip);
-    assert!(sh(&node, &vm, "cat /var/vcap/data/keep.txt").contains("ephemeral"));
-    // And the attach can simply be done again.
-    assert_eq!(
-        call("attach_disk", json!([vm, disk])),
-        json!(format!("/warden-cpi-dev/{disk}"))
-    );
-    assert_eq!(call("get_disks", json!([vm])), json!([disk]));
-    call("delete_vm", json!([vm]));
-    call("delete_disk", json!([disk]));
-
-    // delete_vm deletes everything without repairing first; the disk survives. A successor
-    // the dead process's last request made (here under another name, with the VM's label
-    // and its ephemeral volume) goes too, so the volume is not left "in use".
-    let (vm, node, _, disk) = kill_mid_attach(72);
+fn delete_vm_removes_every_container_of_the_vm_and_its_disk_binds() {
+    let (vm, node, _) = vm_on(1, 72, "delete-all");
+    let disk = create_disk(json!([10, {}, vm]));
+    call("attach_disk", json!([vm, disk]));
+    // A container a killed call's last request made (another name, the VM's label and its
+    // ephemeral volume) goes too, so the volume is not left "in use".
     let stray = format!("{vm}-in-flight");
     runtime().block_on(create_plain_container(
         &node,
@@ -391,17 +390,22 @@ fn a_killed_attach_is_repaired_by_the_next_has_vm_or_delete_vm() {
     assert!(volume_on(&node, &format!("{vm}-ephemeral")).is_none());
     runtime().block_on(async {
         let docker = node_socket(&node).await;
-        for name in [vm.clone(), format!("{vm}-previous"), stray.clone()] {
+        for name in [vm.clone(), stray.clone()] {
             assert!(
                 docker.inspect_container(&name, None).await.is_err(),
                 "{name} left behind"
             );
         }
-        assert!(
-            docker.inspect_volume(&disk).await.is_ok(),
-            "the disk survives"
-        );
     });
+    assert!(volume_on(&node, &disk).is_some(), "the disk survives");
+    assert!(
+        disk_binds(&node, &disk).is_empty(),
+        "the disk is still bound"
+    );
+    assert!(
+        !disk_tree(&node).join(&vm).exists(),
+        "the VM's folder of the tree is left"
+    );
     assert_eq!(call("has_vm", json!([vm])), Value::Bool(false));
     call("delete_disk", json!([disk]));
 }
@@ -556,10 +560,15 @@ fn a_move_killed_mid_copy_is_finished_by_the_next_attach_with_the_data_intact() 
             call("delete_disk", json!([disk]));
             continue;
         }
-        // The disk still belongs to its source node, whole; the record leads to the copy.
+        // The disk still belongs to its source node, whole; the record leads to the copy;
+        // the VM never saw the unchecked copy.
         let record = index_record(&cluster_config(), &format!("disks/{disk}")).unwrap();
         assert_eq!(record["node"], node1.as_str());
         assert_eq!(record["copying_to"], node2.as_str());
+        assert!(
+            disk_binds(&node2, &disk).is_empty(),
+            "an unchecked copy was bound"
+        );
         // Any next call on the disk removes the partial copy and its helpers.
         assert_eq!(call("has_disk", json!([disk])), Value::Bool(true));
         assert!(volume_on(&node2, &disk).is_none(), "partial copy left");
@@ -592,110 +601,6 @@ fn a_move_killed_mid_copy_is_finished_by_the_next_attach_with_the_data_intact() 
         return;
     }
     panic!("in 5 attempts the move always finished before it could be killed mid-copy");
-}
-
-#[test]
-fn a_move_killed_while_its_copy_is_checked_is_finished_by_the_next_attach() {
-    // The copy is checked while the VM's re-creation is prepared. Killed in that window
-    // (old container stopped and renamed, copy not checked yet), the disk must still be
-    // its source node's and the VM must come back, with the move done by the next attach.
-    let (vm2, node2, ip2) = vm_on(2, 110, "check-move-dst");
-    for attempt in 0..5u8 {
-        // Enough data that the check runs long enough to be caught.
-        let (disk, node1, sum) = detached_disk_with_data(111 + attempt, "check-move-src", 160);
-
-        let previous = format!("{vm2}-previous");
-        let request = json!({"method":"attach_disk","arguments":[vm2, disk]}).to_string();
-        // Killed 200 ms into the window: by then the successor has been made and would
-        // have been started, had its start not waited for the check.
-        let window_seen = std::sync::Arc::new(std::sync::Mutex::new(None::<std::time::Instant>));
-        let caught = kill_cpi_when(&request, &cluster_config(), || {
-            let (node2, disk, previous) = (node2.clone(), disk.clone(), previous.clone());
-            let window_seen = window_seen.clone();
-            async move {
-                let docker = node_socket(&node2).await;
-                // The target's helper lives until the check ends.
-                let in_window = docker.inspect_container(&previous, None).await.is_ok()
-                    && copying_into(&node2, &disk).await;
-                let mut seen = window_seen.lock().unwrap();
-                match (in_window, *seen) {
-                    (false, _) => false,
-                    (true, None) => {
-                        *seen = Some(std::time::Instant::now());
-                        false
-                    }
-                    (true, Some(t)) => t.elapsed() >= std::time::Duration::from_millis(200),
-                }
-            }
-        });
-        if !caught {
-            call("detach_disk", json!([vm2, disk]));
-            call("delete_disk", json!([disk]));
-            continue;
-        }
-        // Either not switched (the disk still its source's, the record leading to the
-        // copy) or, when the check ended between the decision to kill and the kill,
-        // switched with the source marked as the old copy. A started successor is allowed
-        // only on a switched, so checked, disk.
-        let record = index_record(&cluster_config(), &format!("disks/{disk}")).unwrap();
-        let switched = record["node"] == node2.as_str();
-        if switched {
-            assert_eq!(record["old_copy_on"], node1.as_str(), "{record}");
-        } else {
-            assert_eq!(record["node"], node1.as_str(), "{record}");
-            assert_eq!(record["copying_to"], node2.as_str(), "{record}");
-            assert!(volume_on(&node1, &disk).is_some(), "the source is kept");
-        }
-        runtime().block_on(async {
-            let docker = node_socket(&node2).await;
-            if let Ok(c) = docker.inspect_container(&vm2, None).await {
-                assert!(
-                    switched || c.state.and_then(|s| s.running) != Some(true),
-                    "a successor on an unchecked copy was started"
-                );
-            }
-        });
-        // A call on the disk alone removes the unchecked copy, although the killed
-        // attach's unstarted successor mounts it (that VM's own next call repairs it).
-        assert_eq!(call("has_disk", json!([disk])), Value::Bool(true));
-        if !switched {
-            assert!(volume_on(&node2, &disk).is_none(), "unchecked copy left");
-            let record = index_record(&cluster_config(), &format!("disks/{disk}")).unwrap();
-            assert!(record.get("copying_to").is_none(), "{record}");
-        }
-        // The next attach repairs the VM and moves the disk.
-        assert_eq!(
-            call("attach_disk", json!([vm2, disk])),
-            json!(format!("/warden-cpi-dev/{disk}"))
-        );
-        assert_eq!(checksum(&node2, &vm2, &disk), sum);
-        assert_eq!(vm_container(&node2, &vm2).ip, ip2);
-        assert!(
-            volume_on(&node1, &disk).is_none(),
-            "source removed after the move"
-        );
-        let record = index_record(&cluster_config(), &format!("disks/{disk}")).unwrap();
-        assert_eq!(record["node"], node2.as_str(), "{record}");
-        assert!(record.get("copying_to").is_none(), "{record}");
-        assert!(record.get("old_copy_on").is_none(), "{record}");
-        runtime().block_on(async {
-            let docker = node_socket(&node2).await;
-            assert!(
-                docker.inspect_container(&previous, None).await.is_err(),
-                "previous left behind"
-            );
-            for node in [&node1, &node2] {
-                assert!(
-                    !copying_into(node, &disk).await,
-                    "copy helpers left on {node}"
-                );
-            }
-        });
-        call("delete_vm", json!([vm2]));
-        call("delete_disk", json!([disk]));
-        return;
-    }
-    panic!("in 5 attempts the move always finished its check before it could be killed");
 }
 
 /// What a move killed right after switching the record leaves: a volume of `disk` on
@@ -864,58 +769,6 @@ fn a_disk_volume_removed_outside_the_cpi_is_refused_and_the_vm_untouched() {
 }
 
 #[test]
-fn a_successor_that_fails_to_start_gives_the_old_container_back() {
-    let (vm, node, ip) = vm_on(0, 105, "restore");
-    let disk = create_disk(json!([10, {}, vm]));
-    let before = vm_container(&node, &vm);
-    let settings_before = agent_settings(&node, &vm);
-    // The test stemcell's entry point exits at once when this file is on the ephemeral
-    // disk (and removes it): the re-created container dies right after its start.
-    sh(&node, &vm, "touch /var/vcap/data/fail-next-start");
-
-    let (kind, message, _) = call_error("attach_disk", json!([vm, disk]));
-    assert_eq!(kind, "Bosh::Clouds::CloudError");
-    assert!(
-        message.contains(&vm) && message.contains("right after start"),
-        "{message}"
-    );
-    let after = vm_container(&node, &vm);
-    assert_eq!(after.id, before.id, "not the old container");
-    assert_eq!((after.ip, after.mac), (ip.clone(), before.mac.clone()));
-    runtime().block_on(async {
-        let docker = node_socket(&node).await;
-        let c = docker.inspect_container(&vm, None).await.unwrap();
-        assert!(
-            c.state.unwrap().running.unwrap(),
-            "old container not running"
-        );
-        assert!(
-            docker
-                .inspect_container(&format!("{vm}-previous"), None)
-                .await
-                .is_err(),
-            "previous left behind"
-        );
-    });
-    assert_eq!(agent_settings(&node, &vm), settings_before);
-    assert_eq!(call("get_disks", json!([vm])), json!([]));
-    let vm_record = index_record(&cluster_config(), &format!("vms/{vm}")).unwrap();
-    assert!(vm_record.get("recreating").is_none(), "{vm_record}");
-    assert_eq!(
-        index_record(&cluster_config(), &format!("disks/{disk}")).unwrap()["vm"],
-        Value::Null
-    );
-    // The hook is spent: the same attach now works.
-    assert_eq!(
-        call("attach_disk", json!([vm, disk])),
-        json!(format!("/warden-cpi-dev/{disk}"))
-    );
-    assert_eq!(call("get_disks", json!([vm])), json!([disk]));
-    call("delete_vm", json!([vm]));
-    call("delete_disk", json!([disk]));
-}
-
-#[test]
 fn a_killed_create_vm_with_a_disk_never_leaves_two_vms_on_it() {
     let (node, _) = node_prefix(2);
     let disk = create_disk(json!([10, {"node": node}, null]));
@@ -933,7 +786,7 @@ fn a_killed_create_vm_with_a_disk_never_leaves_two_vms_on_it() {
         let message = run.response["error"]["message"].as_str().unwrap();
         assert!(message.contains(&disk), "{message}");
     });
-    assert_eq!(users_of_volume(&node, &disk), vec![vm.clone()]);
+    assert_eq!(disk_binds(&node, &disk), vec![vm.clone()]);
     runtime().block_on(async {
         assert_eq!(leftovers_of_agent(&agent).await, Vec::<String>::new());
     });
@@ -956,9 +809,27 @@ fn a_disk_attaches_to_a_stopped_vm_which_comes_back_with_its_address() {
         call("attach_disk", json!([vm, disk])),
         json!(format!("/warden-cpi-dev/{disk}"))
     );
-    assert_eq!(vm_container(&node, &vm).ip, ip);
+    assert!(
+        !vm_container(&node, &vm).running,
+        "attach_disk started the VM"
+    );
     assert_eq!(call("get_disks", json!([vm])), json!([disk]));
-    sh(&node, &vm, &format!("test -d /warden-cpi-dev/{disk}"));
+    runtime().block_on(async {
+        node_socket(&node)
+            .await
+            .start_container(
+                &vm,
+                None::<bollard::query_parameters::StartContainerOptions>,
+            )
+            .await
+            .unwrap();
+    });
+    assert_eq!(vm_container(&node, &vm).ip, ip);
+    sh(
+        &node,
+        &vm,
+        &format!("grep -q ' /warden-cpi-dev/{disk} ' /proc/mounts"),
+    );
     call("delete_vm", json!([vm]));
     call("delete_disk", json!([disk]));
 }
@@ -1028,7 +899,7 @@ fn a_disk_another_container_really_mounts_is_refused_whatever_the_index_says() {
         before.id,
         "the VM was re-created"
     );
-    assert_eq!(users_of_volume(&node, &disk), vec![holder.clone()]);
+    assert_eq!(disk_binds(&node, &disk), vec![holder.clone()]);
     assert!(volume_on(&node, &disk).is_some(), "the disk went");
 
     // A holder that is no VM of this CPI is named as a container.
@@ -1065,7 +936,11 @@ fn a_disk_another_container_really_mounts_is_refused_whatever_the_index_says() {
         call("attach_disk", json!([vm, disk])),
         json!(format!("/warden-cpi-dev/{disk}"))
     );
-    assert_eq!(users_of_volume(&node, &disk), vec![vm.clone()]);
+    assert_eq!(disk_binds(&node, &disk), vec![vm.clone()]);
+    assert!(
+        users_of_volume(&node, &disk).is_empty(),
+        "the helper is left"
+    );
     call("delete_vm", json!([vm]));
     call("delete_disk", json!([disk]));
 }

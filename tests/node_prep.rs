@@ -223,6 +223,7 @@ fn prepares_a_fresh_root_then_a_second_run_changes_nothing() {
         json!([
             "daemon-reload",
             "enable --now moltencore-docker-tls.socket",
+            "enable --now moltencore-disk-mounts.service",
             "restart docker.service",
             "enable --now --no-block moltencore-network.service",
             "enable --now --no-block moltencore-reboot-manager.service"
@@ -297,6 +298,7 @@ fn prepares_a_fresh_root_then_a_second_run_changes_nothing() {
         .exists()
     );
     assert!(file(root, "/etc/systemd/system/moltencore-network.service").exists());
+    assert!(file(root, "/etc/systemd/system/moltencore-disk-mounts.service").exists());
 
     // Second run: nothing changes, nothing restarts, the certificate stays.
     let out = node_prep(&prep_args(root, "t1", "192.0.2.11", &p, &[]))
@@ -603,6 +605,7 @@ fn generated_units_pass_systemd_analyze_verify() {
             "/etc/systemd/system/moltencore-docker-tls.socket",
             "/etc/systemd/system/moltencore-network.service",
             "/etc/systemd/system/moltencore-reboot-manager.service",
+            "/etc/systemd/system/moltencore-disk-mounts.service",
             "docker.service",
         ],
     );
@@ -1009,4 +1012,77 @@ fn an_unreadable_flannel_config_is_named_as_such_not_blamed_on_etcd_and_nothing_
     assert_eq!(count_under(&format!("{}/nodes/", p.key)), 0);
     assert_eq!(count_under(&format!("{}/pki/", p.key)), 0);
     assert_eq!(get(&key).as_deref(), Some("not json"));
+}
+
+/// The mount points of this machine below `dir`.
+fn mounts_below(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(PathBuf::from)
+        .filter(|p| p.starts_with(dir))
+        .collect()
+}
+
+/// Unmounts everything below `dir`, deepest first.
+fn unmount_below(dir: &Path) {
+    let mut points = mounts_below(dir);
+    points.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
+    for p in points {
+        let ok = Command::new("umount").arg(&p).status().unwrap().success();
+        assert!(ok, "cannot unmount {}", p.display());
+    }
+}
+
+#[test]
+fn disk_mounts_makes_the_tree_shared_and_binds_again_what_a_reboot_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let data = dir.path().join("docker");
+    std::fs::create_dir_all(data.join("volumes/disk-1/_data")).unwrap();
+    std::fs::write(data.join("volumes/disk-1/_data/kept"), "on the disk").unwrap();
+    let tree = root.join("var/lib/moltencore/vm-disks");
+    // What a reboot leaves: the folders, no mounts. disk-2's volume is gone.
+    std::fs::create_dir_all(tree.join("vm-a/disk-1")).unwrap();
+    std::fs::create_dir_all(tree.join("vm-a/disk-2")).unwrap();
+    let run = || {
+        let out = Command::new(cpi_bin())
+            .args(["node-prep", "disk-mounts", "--json", "--root"])
+            .arg(&root)
+            .arg("--docker-data-root")
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let first = run();
+    let checked = std::panic::catch_unwind(|| {
+        assert_eq!(first["bound_onto_itself"], true, "{first}");
+        assert_eq!(first["remounted"], json!(["vm-a/disk-1"]));
+        assert_eq!(first["missing"], json!(["vm-a/disk-2"]));
+        let shared = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .any(|l| l.split(' ').nth(4) == Some(tree.to_str().unwrap()) && l.contains(" shared:"));
+        assert!(shared, "the tree is not a shared mount");
+        assert_eq!(
+            std::fs::read_to_string(tree.join("vm-a/disk-1/kept")).unwrap(),
+            "on the disk"
+        );
+        // At the next start nothing is bound twice.
+        let second = run();
+        assert_eq!(second["bound_onto_itself"], false, "{second}");
+        assert_eq!(second["remounted"], json!([]));
+        assert_eq!(mounts_below(&tree).len(), 2, "{:?}", mounts_below(&tree));
+    });
+    unmount_below(dir.path());
+    if let Err(e) = checked {
+        std::panic::resume_unwind(e);
+    }
 }

@@ -236,9 +236,11 @@ struct DiskMountsArgs {
     /// Directory treated as `/` (where the tree is).
     #[arg(long, default_value = "/")]
     root: PathBuf,
-    /// Docker's data root (`--data-root` of dockerd), where the disks' volumes are.
-    #[arg(long, default_value = "/var/lib/docker")]
-    docker_data_root: PathBuf,
+    /// Docker's data root (`--data-root` of dockerd), where the disks' volumes are;
+    /// default: `data-root` of /etc/docker/daemon.json below the root, else
+    /// /var/lib/docker.
+    #[arg(long)]
+    docker_data_root: Option<PathBuf>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -333,7 +335,10 @@ async fn prep(a: PrepArgs) -> Result<()> {
 }
 
 fn disk_mounts(a: DiskMountsArgs) -> Result<()> {
-    let report = np::disk_mounts::run(&a.root, &a.docker_data_root)?;
+    let data_root = a
+        .docker_data_root
+        .unwrap_or_else(|| np::disk_mounts::docker_data_root(&a.root));
+    let report = np::disk_mounts::run(&a.root, &data_root)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());

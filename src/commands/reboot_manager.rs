@@ -26,7 +26,8 @@ pub struct RebootManagerCommand {
     /// Reboot group whose slots this node shares.
     #[arg(long, default_value = "default")]
     group: String,
-    /// Time each VM gets to stop its jobs (SIGTERM) before it is killed.
+    /// Time each VM gets to drain and stop its jobs (drain scripts, monit) before its
+    /// container is stopped.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     grace_period: Duration,
     /// Time the VMs must stay healthy after boot before the node is uncordoned.

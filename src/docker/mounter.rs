@@ -17,6 +17,8 @@ use crate::labels;
 
 /// The static helper, built by `build.rs` from `mounter/main.rs`.
 const BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/mc-mounter"));
+/// The mounter's exit code for a command it does not know.
+const USAGE: i64 = 2;
 /// Name of the mounter container on every node.
 pub const CONTAINER: &str = "mc-mounter";
 const IMAGE_REPO: &str = "moltencore-mounter";
@@ -104,11 +106,14 @@ impl NodeDocker {
         Ok(answer.lines)
     }
 
-    /// Runs `mc-mounter ARGS` in the node's mounter, making the mounter first when it is
-    /// missing, stopped or of another binary.
+    /// Runs `mc-mounter ARGS` in the node's mounter. The mounter is made first when it is
+    /// missing or stopped, and replaced by this CPI's when it does not know the command (an
+    /// older binary answers 2): a running mounter is used as long as it can do the work,
+    /// which costs no inspect per call.
     pub async fn mounter(&self, disks_dir: &str, args: &[&str]) -> Result<Answer, DockerError> {
         match self.exec_in_mounter(args).await {
             Err(DockerError::NotFound { .. } | DockerError::Conflict { .. }) => {}
+            Ok(answer) if answer.code == USAGE => {}
             done => return done,
         }
         self.ensure_mounter(disks_dir).await?;

@@ -36,6 +36,17 @@ pub fn disks_dir(root: &Path) -> PathBuf {
     std::path::absolute(&dir).unwrap_or(dir)
 }
 
+/// Docker's data root as its configuration has it: `data-root` of `<root>/etc/docker/
+/// daemon.json`, else Docker's default. The CPI's mounter asks the running daemon; both
+/// must find the same volumes.
+pub fn docker_data_root(root: &Path) -> PathBuf {
+    let configured = std::fs::read_to_string(root.join("etc/docker/daemon.json"))
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .and_then(|doc| doc.get("data-root")?.as_str().map(PathBuf::from));
+    configured.unwrap_or_else(|| PathBuf::from("/var/lib/docker"))
+}
+
 /// Makes the tree below `root` shared and re-makes its binds from Docker's volumes under
 /// `docker_data_root`.
 pub fn run(root: &Path, docker_data_root: &Path) -> Result<DiskMountsReport> {
@@ -92,6 +103,22 @@ pub fn unit(cpi_path: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn docker_s_data_root_comes_from_its_configuration() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            docker_data_root(dir.path()),
+            PathBuf::from("/var/lib/docker")
+        );
+        std::fs::create_dir_all(dir.path().join("etc/docker")).unwrap();
+        std::fs::write(
+            dir.path().join("etc/docker/daemon.json"),
+            r#"{"data-root": "/srv/docker", "log-driver": "journald"}"#,
+        )
+        .unwrap();
+        assert_eq!(docker_data_root(dir.path()), PathBuf::from("/srv/docker"));
+    }
 
     #[test]
     fn the_tree_follows_the_root_and_the_unit_runs_before_docker() {

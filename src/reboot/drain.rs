@@ -6,12 +6,12 @@
 use futures_util::future::join_all;
 
 use super::record::VmSnapshot;
-use crate::cloud::vm::graceful_stop;
+use crate::cloud::vm::{graceful_stop, inside};
 use crate::docker::NodeDocker;
 use crate::ids::VmCid;
 
-/// What each VM container in `cids` looks like now (absent containers are skipped: there is
-/// nothing to bring back).
+/// What each VM container in `cids` looks like now, from Docker and from inside the
+/// running ones (absent containers are skipped: there is nothing to bring back).
 pub async fn snapshot(docker: &NodeDocker, cids: &[VmCid]) -> Result<Vec<VmSnapshot>, String> {
     let mut vms = Vec::new();
     for cid in cids {
@@ -24,6 +24,16 @@ pub async fn snapshot(docker: &NodeDocker, cids: &[VmCid]) -> Result<Vec<VmSnaps
         };
         vms.push(observe(cid, &c));
     }
+    join_all(vms.iter_mut().filter(|v| v.running).map(|v| async move {
+        match inside::look(docker, &v.cid).await {
+            Ok(seen) => v.inside = Some(seen),
+            // Nothing to compare with later: the gate checks Docker's view alone.
+            Err(e) => {
+                tracing::warn!(vm = %v.cid, "cannot look inside the VM before the reboot: {e}")
+            }
+        }
+    }))
+    .await;
     Ok(vms)
 }
 
@@ -56,6 +66,7 @@ pub fn observe(cid: &VmCid, c: &bollard::models::ContainerInspectResponse) -> Vm
         running,
         ips,
         volumes,
+        inside: None,
     }
 }
 

@@ -1,9 +1,11 @@
 //! The health gate after a reboot: Docker answers, and every VM that ran before runs
-//! again with the same IPs and volumes. A VM the host did not bring back by itself (no
+//! again with the same IPs and volumes, and, seen from inside it, with its store mounted
+//! on the same disk and its agent running. A VM the host did not bring back by itself (no
 //! restart policy) is started once; one that cannot come back keeps the gate shut.
 
 use super::drain::observe;
 use super::record::VmSnapshot;
+use crate::cloud::vm::inside::{self, Inside};
 use crate::docker::NodeDocker;
 
 /// Checks the node against what ran before; `Err` says what is not back yet.
@@ -32,6 +34,16 @@ pub async fn check(docker: &NodeDocker, before: &[VmSnapshot]) -> Result<(), Str
         }
         if let Some(p) = differences(vm, &now) {
             problems.push(p);
+        } else if let Some(before) = &vm.inside {
+            match inside::look(docker, &vm.cid).await {
+                Ok(seen) => {
+                    let lacks = Inside::lacks(before, &seen);
+                    if !lacks.is_empty() {
+                        problems.push(format!("VM {}: {}", vm.cid, lacks.join(", ")));
+                    }
+                }
+                Err(e) => problems.push(format!("VM {}: cannot look inside: {e}", vm.cid)),
+            }
         }
     }
     if problems.is_empty() {
@@ -69,6 +81,7 @@ mod tests {
             running: true,
             ips: [("bosh".to_string(), ip.to_string())].into(),
             volumes: volumes.iter().map(|v| v.to_string()).collect(),
+            inside: None,
         }
     }
 

@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use etcd_client::{Compare, CompareOp, TxnOp};
 use serde::{Deserialize, Serialize};
 
+use crate::cloud::vm::inside::Inside;
+
 use super::keys::RebootKeys;
 use crate::cluster::{Etcd, IndexError};
 use crate::ids::VmCid;
@@ -43,9 +45,14 @@ pub struct VmSnapshot {
     /// Network name -> IP address the container had.
     #[serde(default)]
     pub ips: BTreeMap<String, String>,
-    /// Names of the volumes it mounted (ephemeral and persistent disks).
+    /// Names of the Docker volumes it mounted (its ephemeral disk; the persistent disks of
+    /// VMs made before disks attached live).
     #[serde(default)]
     pub volumes: Vec<String>,
+    /// What its own processes saw: the store's disk and the agent (absent for a VM that
+    /// did not run, or when nobody could look).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inside: Option<Inside>,
 }
 
 /// The manager's record of one node's reboot.
@@ -263,7 +270,11 @@ mod tests {
                 cid: VmCid::generate(),
                 running: true,
                 ips: [("bosh".to_string(), "10.1.1.30".to_string())].into(),
-                volumes: vec!["disk-1".into()],
+                volumes: vec!["vm-1-ephemeral".into()],
+                inside: Some(Inside {
+                    store: Some("/var/lib/docker/volumes/disk-1/_data".into()),
+                    agent: true,
+                }),
             }]),
             health: Some("VM vm-1 is not running".into()),
         };

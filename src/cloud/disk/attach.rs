@@ -141,20 +141,21 @@ pub async fn attach(
     let dir = s.disks_dir(&vm.node).await?;
     if disk.node != vm.node {
         s.move_disk(&mut disk, &vm.node).await?;
-    } else if !docker.volume_exists(disk_cid.as_str()).await? {
-        return Err(volume_gone(&disk));
-    } else if docker
-        .disks_bound_in(&dir, vm_cid.as_str())
-        .await?
-        .iter()
-        .any(|d| d == disk_cid.as_str())
-    {
-        // Bound already (a retried attach): the record and the settings follow.
-        return finish_attach(&s, &docker, vm_cid, &mut disk)
-            .await
-            .map(|()| hint);
     } else {
-        s.ensure_unmounted(&docker, &dir, disk_cid).await?;
+        let (exists, bound_here) = futures_util::future::join(
+            docker.volume_exists(disk_cid.as_str()),
+            s.ensure_unmounted(&docker, Some(&dir), disk_cid, Some(vm_cid)),
+        )
+        .await;
+        if !exists? {
+            return Err(volume_gone(&disk));
+        }
+        if bound_here? {
+            // Bound already (a retried attach): the record and the settings follow.
+            return finish_attach(&s, &docker, vm_cid, &mut disk)
+                .await
+                .map(|()| hint);
+        }
     }
     docker
         .bind_disk(&dir, vm_cid.as_str(), disk_cid.as_str())

@@ -99,8 +99,9 @@ pub async fn delete(ctx: &CloudContext<'_>, cid: &DiskCid) -> Result<CallResult,
     }
     if s.view().await?.registered(&disk.node)?.is_some() {
         let docker = s.node_docker(&disk.node).await?;
-        let dir = s.disks_dir(&disk.node).await?;
-        s.ensure_unmounted(&docker, &dir, cid).await?;
+        let dir = s.disks_dir_if_any(&disk.node).await?;
+        s.ensure_unmounted(&docker, dir.as_deref(), cid, None)
+            .await?;
         docker.remove_volume(cid.as_str()).await?;
     }
     s.delete_disk_record(cid).await?;

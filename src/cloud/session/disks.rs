@@ -32,11 +32,7 @@ impl Session<'_> {
     /// The VM disk tree of node `node` (see [`crate::disk_mounts`]), from its record; a
     /// node prepared before it had one is an error that says what to run.
     pub async fn disks_dir(&self, node: &str) -> Result<String, CpiError> {
-        let view = self.view().await?;
-        let record = view.registered(node)?.ok_or_else(|| {
-            CpiError::cloud(format!("node {node} is not registered in etcd"), false)
-        })?;
-        record.disks_dir.clone().ok_or_else(|| {
+        self.disks_dir_if_any(node).await?.ok_or_else(|| {
             CpiError::cloud(
                 format!(
                     "node {node} has no VM disk tree in its record: run `cpi node-prep` (and `cpi node-prep disk-mounts`) on it with this version"
@@ -44,6 +40,16 @@ impl Session<'_> {
                 false,
             )
         })
+    }
+
+    /// The VM disk tree of node `node`, `None` on a node prepared before it had one (no
+    /// disk can be bound there).
+    pub async fn disks_dir_if_any(&self, node: &str) -> Result<Option<String>, CpiError> {
+        let view = self.view().await?;
+        let record = view.registered(node)?.ok_or_else(|| {
+            CpiError::cloud(format!("node {node} is not registered in etcd"), false)
+        })?;
+        Ok(record.disks_dir.clone())
     }
 
     /// The VM a disk is attached to according to the index, if that VM still exists.
@@ -77,23 +83,34 @@ impl Session<'_> {
         Ok(())
     }
 
-    /// Makes sure nothing on the node mounts disk `disk_cid` before a VM gets it, whatever
-    /// the index says: two VMs writing one disk would corrupt it. The node's disk tree
-    /// (`disks_dir`) and the containers that mount the volume are both asked. Copy helpers
-    /// a killed move left and VMs the index does not know (abandoned by a failed
-    /// create_vm) are removed; any other holder is an error naming it.
+    /// Makes sure nothing on the node but VM `owner` (if given) holds disk `disk_cid`
+    /// before a VM gets it, whatever the index says: two VMs writing one disk would corrupt
+    /// it. The node's disk tree (`disks_dir`) and the containers that mount the volume are
+    /// asked side by side. Copy helpers a killed move left and VMs the index does not know
+    /// (abandoned by a failed create_vm) are removed; any other holder is an error naming
+    /// it. Whether `owner` has the disk bound already.
     pub async fn ensure_unmounted(
         &self,
         docker: &NodeDocker,
-        disks_dir: &str,
+        disks_dir: Option<&str>,
         disk_cid: &DiskCid,
-    ) -> Result<(), CpiError> {
-        let (bound_in, containers) = futures_util::future::join(
-            docker.disk_holders(disks_dir, disk_cid.as_str()),
-            docker.containers_using_volume(disk_cid.as_str()),
-        )
-        .await;
+        owner: Option<&VmCid>,
+    ) -> Result<bool, CpiError> {
+        let holders = async {
+            match disks_dir {
+                Some(dir) => docker.disk_holders(dir, disk_cid.as_str()).await,
+                None => Ok(Vec::new()),
+            }
+        };
+        let (bound_in, containers) =
+            futures_util::future::join(holders, docker.containers_using_volume(disk_cid.as_str()))
+                .await;
+        let mut owned = false;
         for vm in bound_in? {
+            if owner.is_some_and(|o| o.as_str() == vm) {
+                owned = true;
+                continue;
+            }
             let holder = VmCid::parse(&vm).map_err(|_| {
                 CpiError::cloud(
                     format!(
@@ -141,7 +158,7 @@ impl Session<'_> {
             )
             .await?;
         }
-        Ok(())
+        Ok(owned)
     }
 
     /// Disk `disk_cid` is `how` in VM `holder` on the node: an abandoned VM (no record) is

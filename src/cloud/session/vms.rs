@@ -46,12 +46,8 @@ impl Session<'_> {
     pub async fn remove_from_node(&self, docker: &NodeDocker, cid: &VmCid) -> Result<(), CpiError> {
         self.container_changed(docker, cid.as_str());
         remove_from_node(docker, cid).await?;
-        let view = self.view().await?;
         // A node prepared before it had a disk tree has nothing bound.
-        if let Some(dir) = view
-            .registered(&docker.name)?
-            .and_then(|n| n.disks_dir.clone())
-        {
+        if let Some(dir) = self.disks_dir_if_any(&docker.name).await? {
             docker.forget_vm_disks(&dir, cid.as_str()).await?;
         }
         Ok(())

@@ -472,7 +472,8 @@ async fn disks_for_new_vm(
             if !docker.volume_exists(cid.as_str()).await? {
                 return Err(volume_gone(&disk));
             }
-            s.ensure_unmounted(docker, disks_dir, cid).await?;
+            s.ensure_unmounted(docker, Some(disks_dir), cid, None)
+                .await?;
         }
         disks.push(disk);
     }

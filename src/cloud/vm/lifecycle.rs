@@ -27,7 +27,7 @@ pub async fn find_existing(
 /// record; its persistent disks survive and are detached in the index. An unknown cid is
 /// success (the director and create-env retry deletes, and create-env never detaches
 /// first). The director has stopped the jobs already (the agent's `stop`); create-env
-/// has too, so the container is stopped with Docker's grace period only.
+/// has too, so the container is removed without stopping its jobs again.
 pub async fn delete(ctx: &CloudContext<'_>, cid: &VmCid) -> Result<CallResult, CpiError> {
     let s = Session::new(ctx);
     let view = s.view().await?;

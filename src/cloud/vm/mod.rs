@@ -7,6 +7,7 @@ pub mod blobstore;
 pub mod container_spec;
 mod create;
 pub mod graceful_stop;
+pub mod inside;
 mod lifecycle;
 pub mod network_plan;
 pub mod properties;

@@ -236,6 +236,37 @@ pub fn users_of_volume(node: &str, volume: &str) -> Vec<String> {
         .collect()
 }
 
+/// The node's VM disk tree on this machine (below the node's prep root).
+pub fn disk_tree(node: &str) -> std::path::PathBuf {
+    let c = crate::cluster::cluster();
+    let nodes = c["nodes"].as_array().expect("nodes in the cluster file");
+    let n = nodes
+        .iter()
+        .find(|n| n["name"] == node)
+        .unwrap_or_else(|| panic!("no node {node} in the cluster file"));
+    std::path::PathBuf::from(n["prep_root"].as_str().unwrap()).join("var/lib/moltencore/vm-disks")
+}
+
+/// The VMs on `node` that have disk `disk` bound in their folder of the node's disk tree,
+/// as the host's mount table shows them.
+pub fn disk_binds(node: &str, disk: &str) -> Vec<String> {
+    let tree = disk_tree(node);
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mut vms: Vec<String> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(std::path::Path::new)
+        .filter(|p| p.file_name().and_then(|n| n.to_str()) == Some(disk))
+        .filter_map(|p| {
+            let vm = p.parent()?;
+            (vm.parent()? == tree).then(|| vm.file_name()?.to_str().map(str::to_string))?
+        })
+        .collect();
+    vms.sort();
+    vms.dedup();
+    vms
+}
+
 /// Containers and volumes on any node carrying `moltencore.vm.agent_id=<agent>`.
 pub async fn leftovers_of_agent(agent: &str) -> Vec<String> {
     use bollard::query_parameters::ListVolumesOptionsBuilder;

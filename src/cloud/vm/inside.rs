@@ -1,0 +1,99 @@
+//! What a VM's own processes see, looked at from inside it (`docker exec`): which folder
+//! its `/var/vcap/store` mounts (the mount's root on the node names the disk's volume),
+//! and whether its agent runs. Docker's view of a VM (running, its IPs and mounts) stays
+//! right while, inside, the store is not mounted: the reboot manager's health gate compares
+//! this before and after a reboot.
+
+use serde::{Deserialize, Serialize};
+
+use crate::docker::{DockerError, NodeDocker};
+
+/// The probe run in the VM (`/bin/sh -c`): busybox and a full stemcell both have what it
+/// uses. Prints `store=<root of the store's mount>` (empty when it is no mount) and
+/// `agent=yes|no`.
+const PROBE: &str = r#"awk '$5 == "/var/vcap/store" { root = $4 } END { print "store=" root }' /proc/self/mountinfo
+agent=no
+for p in /proc/[0-9]*; do
+  if [ "$(cat "$p/comm" 2>/dev/null)" = bosh-agent ]; then agent=yes; break; fi
+done
+echo "agent=$agent"
+"#;
+
+/// A VM as seen from inside.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inside {
+    /// The folder on the node that `/var/vcap/store` mounts (the disk's volume), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
+    /// Whether a `bosh-agent` process runs.
+    #[serde(default)]
+    pub agent: bool,
+}
+
+impl Inside {
+    /// What `now` lacks of what was seen `before` (the same store, a running agent).
+    pub fn lacks(before: &Inside, now: &Inside) -> Vec<String> {
+        let mut lacks = Vec::new();
+        if let Some(store) = &before.store
+            && now.store.as_ref() != Some(store)
+        {
+            lacks.push(format!(
+                "/var/vcap/store is not a mount of its disk ({})",
+                now.store.as_deref().unwrap_or("no mount")
+            ));
+        }
+        if before.agent && !now.agent {
+            lacks.push("its agent does not run".to_string());
+        }
+        lacks
+    }
+
+    fn parse(output: &str) -> Inside {
+        let mut inside = Inside::default();
+        for line in output.lines() {
+            if let Some(root) = line.strip_prefix("store=") {
+                inside.store = (!root.is_empty()).then(|| root.to_string());
+            } else if let Some(agent) = line.strip_prefix("agent=") {
+                inside.agent = agent == "yes";
+            }
+        }
+        inside
+    }
+}
+
+/// Looks inside the running VM `cid`.
+pub async fn look(docker: &NodeDocker, cid: &str) -> Result<Inside, DockerError> {
+    let cmd = vec!["/bin/sh".to_string(), "-c".to_string(), PROBE.to_string()];
+    let done = docker.exec(cid, cmd, "looking inside the VM").await?;
+    Ok(Inside::parse(&done.output))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_probe_output_is_read() {
+        let seen = Inside::parse("store=/var/lib/docker/volumes/disk-1/_data\nagent=yes\n");
+        assert_eq!(
+            seen.store.as_deref(),
+            Some("/var/lib/docker/volumes/disk-1/_data")
+        );
+        assert!(seen.agent);
+        assert_eq!(Inside::parse("store=\nagent=no\n"), Inside::default());
+    }
+
+    #[test]
+    fn a_lost_store_or_agent_is_named() {
+        let before = Inside {
+            store: Some("/v/disk-1/_data".into()),
+            agent: true,
+        };
+        assert!(Inside::lacks(&before, &before.clone()).is_empty());
+        let lost = Inside::lacks(&before, &Inside::default());
+        assert_eq!(lost.len(), 2, "{lost:?}");
+        assert!(lost[0].contains("no mount"), "{lost:?}");
+        // A VM without a store or an agent before has nothing to lose.
+        assert!(Inside::lacks(&Inside::default(), &Inside::default()).is_empty());
+    }
+}
