@@ -7,7 +7,9 @@
 //!   revived by the restart policy, the node rebooted by its reboot manager), the store is
 //!   a mount of the disk before the job starts again, the data is there, nothing went
 //!   into the container's own `/var/vcap/store`, and where the restart was planned the
-//!   job's drain and stop ran first.
+//!   job's drain and stop ran first;
+//! - reboot_vm alone: the job's drain script and stop ran before the restart (read from
+//!   the disk itself, whatever became of the store).
 //!
 //! Every check is made inside the VM. These tests restart daemons of the shared cluster,
 //! so they take turns (and this binary runs alone, as test binaries run one by one).
@@ -138,9 +140,10 @@ fn probe_running(vm: &AgentVm) -> bool {
         .any(|l| l.contains("'probe'") && l.trim_end().ends_with("running"))
 }
 
-/// The probe's log lines.
-fn probe_log(vm: &AgentVm) -> Vec<String> {
-    vm.shell("cat /var/vcap/store/probe/log")
+/// The probe's log lines, read from the disk itself (its hint), so also while the store
+/// is not mounted.
+fn probe_log(vm: &AgentVm, disk: &str) -> Vec<String> {
+    vm.shell(&format!("cat /warden-cpi-dev/{disk}/probe/log"))
         .lines()
         .map(str::to_string)
         .collect()
@@ -179,14 +182,14 @@ fn assert_store_back(vm: &AgentVm, disk: &str, what: &str) {
 }
 
 /// The log lines added since `before` lines.
-fn new_lines(vm: &AgentVm, before: usize) -> Vec<String> {
-    probe_log(vm).split_off(before)
+fn new_lines(vm: &AgentVm, disk: &str, before: usize) -> Vec<String> {
+    probe_log(vm, disk).split_off(before)
 }
 
-#[test]
-fn the_store_is_mounted_again_after_every_restart_nobody_drove() {
-    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let vm = AgentVm::create(0, 82, "restarts");
+/// A VM of the agent stemcell on the node at `index` with a disk the agent mounted, data
+/// written on it and the probe job running; (VM, disk).
+fn vm_with_probe(index: usize, host: u8, test: &str) -> (AgentVm, String) {
+    let vm = AgentVm::create(index, host, test);
     let disk = create_disk(json!([64, {}, vm.cid]));
     let hint = call("attach_disk", json!([vm.cid, disk]));
     mount(&vm, &disk, &hint);
@@ -197,28 +200,56 @@ fn the_store_is_mounted_again_after_every_restart_nobody_drove() {
         vm.try_shell("/var/vcap/bosh/bin/monit start probe");
         probe_running(&vm)
     });
+    (vm, disk)
+}
+
+#[test]
+fn reboot_vm_drains_and_stops_the_jobs_before_the_restart() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (vm, disk) = vm_with_probe(1, 83, "graceful");
+    let before = probe_log(&vm, &disk).len();
+    call("reboot_vm", json!([vm.cid]));
+    vm.wait_ready(Duration::from_secs(120));
+    wait_for("the job starts again", Duration::from_secs(90), || {
+        probe_log(&vm, &disk).len() > before + 2 || probe_running(&vm)
+    });
+    let lines = new_lines(&vm, &disk, before);
+    assert_eq!(
+        lines.iter().take(2).map(String::as_str).collect::<Vec<_>>(),
+        ["drained", "stop"],
+        "the job's drain script and stop did not run before the restart: {lines:?}"
+    );
+    call("detach_disk", json!([vm.cid, disk]));
+    call("delete_vm", json!([vm.cid]));
+    call("delete_disk", json!([disk]));
+}
+
+#[test]
+fn the_store_is_mounted_again_after_every_restart_nobody_drove() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (vm, disk) = vm_with_probe(0, 82, "restarts");
 
     // reboot_vm (bosh cck): planned, so the job drains and stops first.
-    let before = probe_log(&vm).len();
+    let before = probe_log(&vm, &disk).len();
     call("reboot_vm", json!([vm.cid]));
     assert_store_back(&vm, &disk, "reboot_vm");
     assert_eq!(
-        new_lines(&vm, before),
+        new_lines(&vm, &disk, before),
         ["drained", "stop", "start"],
         "reboot_vm"
     );
 
     // dockerd restarted: Docker stops the container (SIGTERM to runit) and starts it.
-    let before = probe_log(&vm).len();
+    let before = probe_log(&vm, &disk).len();
     harness(&["restart-dockerd", "1"]);
     assert_store_back(&vm, &disk, "a dockerd restart");
     assert_eq!(
-        new_lines(&vm, before).last().map(String::as_str),
+        new_lines(&vm, &disk, before).last().map(String::as_str),
         Some("start")
     );
 
     // PID 1 killed: the restart policy brings the container back.
-    let before = probe_log(&vm).len();
+    let before = probe_log(&vm, &disk).len();
     let pid = moltencore_testkit::docker::vm_container(&vm.node, &vm.cid).pid;
     let killed = std::process::Command::new("kill")
         .args(["-9", &pid.to_string()])
@@ -234,13 +265,13 @@ fn the_store_is_mounted_again_after_every_restart_nobody_drove() {
     );
     assert_store_back(&vm, &disk, "a killed PID 1");
     assert_eq!(
-        new_lines(&vm, before).last().map(String::as_str),
+        new_lines(&vm, &disk, before).last().map(String::as_str),
         Some("start")
     );
 
     // The node rebooted by its reboot manager: drained and stopped before, mounts gone
     // with the reboot and made again by node-prep.
-    let before = probe_log(&vm).len();
+    let before = probe_log(&vm, &disk).len();
     let boot = boot_id(1);
     {
         let _managers = Managers::start(&[1]);
@@ -251,7 +282,7 @@ fn the_store_is_mounted_again_after_every_restart_nobody_drove() {
     }
     assert_store_back(&vm, &disk, "the node's reboot");
     assert_eq!(
-        new_lines(&vm, before),
+        new_lines(&vm, &disk, before),
         ["drained", "stop", "start"],
         "the node's reboot"
     );

@@ -1,8 +1,8 @@
 //! Copies a volume's contents, on one node or between two nodes, streamed through the CPI
 //! (`docker cp` semantics via the archive API of idle helper containers that mount the
 //! volumes; nothing is stored in between), and checks the copy: the target is read back
-//! and must hold the same files, bytes and content digest as the source stream. The check
-//! may run beside the caller's next steps ([`stream_volume`], [`Streamed::verify`]).
+//! and must hold the same files, bytes and content digest as the source stream
+//! ([`copy_volume`]).
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -285,23 +285,17 @@ async fn ensure_helper_image(node: &NodeDocker) -> Result<(), DockerError> {
 }
 
 /// A copy streamed into its target volume and not checked yet: the target's helper stays
-/// for [`Streamed::verify`], which the caller may run beside other work. Dropped
-/// unverified, the helper is left for [`sweep_helpers`].
-pub struct Streamed {
+/// for [`Streamed::verify`]. Dropped unverified, the helper is left for [`sweep_helpers`].
+struct Streamed {
     to: Helper,
     source_node: String,
     source: TreeDigest,
 }
 
 impl Streamed {
-    /// Bytes of file contents the source sent.
-    pub fn bytes(&self) -> u64 {
-        self.source.bytes
-    }
-
     /// Checks the copy: the target is read back and must hold the same files, bytes and
     /// content digest as the source stream. The target's helper is removed either way.
-    pub async fn verify(self) -> Result<TreeDigest, DockerError> {
+    async fn verify(self) -> Result<TreeDigest, DockerError> {
         let copied = self.to.digest().await;
         let target_node = self.to.node.name.clone();
         self.to.remove().await;
@@ -341,7 +335,7 @@ pub async fn copy_volume(
 
 /// Streams the contents of `src_volume` on `src` into `dst_volume` on `dst`; the copy is
 /// checked by [`Streamed::verify`]. Both volumes must exist.
-pub async fn stream_volume(
+async fn stream_volume(
     src: &NodeDocker,
     src_volume: &str,
     dst: &NodeDocker,

@@ -233,6 +233,8 @@ impl AgentVm {
 /// The agent's `mount_disk` after the director's `add_persistent_disk`, as bosh does after
 /// attach_disk; `hint` is attach_disk's answer.
 pub fn mount(vm: &AgentVm, disk: &str, hint: &Value) {
+    // As the director, which pings an agent before it talks to it.
+    vm.wait_ready(Duration::from_secs(120));
     vm.call("add_persistent_disk", json!([disk, hint]));
     vm.call("mount_disk", json!([disk]));
 }
