@@ -944,3 +944,41 @@ fn a_disk_another_container_really_mounts_is_refused_whatever_the_index_says() {
     call("delete_vm", json!([vm]));
     call("delete_disk", json!([disk]));
 }
+
+#[test]
+fn calls_side_by_side_make_the_node_s_mounter_once_and_all_succeed() {
+    // Six VMs with a disk each on one node, then its mounter gone (as on a node no call
+    // used yet): six get_disks at once must all find their disk.
+    let vms: Vec<(String, String, String)> = (0..6u8)
+        .map(|i| {
+            let (vm, node, _) = vm_on(2, 120 + i, "mounter-race");
+            let disk = create_disk(json!([10, {}, vm]));
+            call("attach_disk", json!([vm, disk]));
+            (vm, node, disk)
+        })
+        .collect();
+    let node = vms[0].1.clone();
+    remove_outside_cpi(&node, Some("mc-mounter"), None);
+    let answers: Vec<(Value, String)> = std::thread::scope(|scope| {
+        let runs: Vec<_> = vms
+            .iter()
+            .map(|(vm, _, disk)| {
+                scope.spawn(move || (answer(&request("get_disks", json!([vm]))), disk.clone()))
+            })
+            .collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    for (response, disk) in &answers {
+        assert_eq!(response["error"], Value::Null, "{response}");
+        assert_eq!(response["result"], json!([disk]), "{response}");
+    }
+    for (vm, _, disk) in &vms {
+        call("delete_vm", json!([vm]));
+        call("delete_disk", json!([disk]));
+    }
+}
+
+/// The response of one request on the shared cluster.
+fn answer(request: &str) -> Value {
+    run_cpi(request, Some(&cluster_config()), &[]).response
+}

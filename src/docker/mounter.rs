@@ -17,6 +17,10 @@ use crate::labels;
 
 /// The static helper, built by `build.rs` from `mounter/main.rs`.
 const BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/mc-mounter"));
+/// Rounds of waiting for a mounter another call is making.
+const MAKE_ATTEMPTS: u32 = 20;
+/// Pause between two of them.
+const MAKE_PAUSE: std::time::Duration = std::time::Duration::from_millis(250);
 /// The mounter's exit code for a command it does not know.
 const USAGE: i64 = 2;
 /// Name of the mounter container on every node.
@@ -109,15 +113,28 @@ impl NodeDocker {
     /// Runs `mc-mounter ARGS` in the node's mounter. The mounter is made first when it is
     /// missing or stopped, and replaced by this CPI's when it does not know the command (an
     /// older binary answers 2): a running mounter is used as long as it can do the work,
-    /// which costs no inspect per call.
+    /// which costs no inspect per call. Calls on one node run side by side: one that finds
+    /// another making the mounter (its name taken, the container not there yet) waits and
+    /// tries again.
     pub async fn mounter(&self, disks_dir: &str, args: &[&str]) -> Result<Answer, DockerError> {
-        match self.exec_in_mounter(args).await {
-            Err(DockerError::NotFound { .. } | DockerError::Conflict { .. }) => {}
-            Ok(answer) if answer.code == USAGE => {}
-            done => return done,
+        let mut attempt = 0;
+        loop {
+            match self.exec_in_mounter(args).await {
+                Err(DockerError::NotFound { .. } | DockerError::Conflict { .. }) => {}
+                Ok(answer) if answer.code == USAGE => {}
+                done => return done,
+            }
+            attempt += 1;
+            match self.ensure_mounter(disks_dir).await {
+                Ok(()) => return self.exec_in_mounter(args).await,
+                Err(DockerError::NotFound { .. } | DockerError::Conflict { .. })
+                    if attempt < MAKE_ATTEMPTS =>
+                {
+                    tokio::time::sleep(MAKE_PAUSE).await;
+                }
+                Err(e) => return Err(e),
+            }
         }
-        self.ensure_mounter(disks_dir).await?;
-        self.exec_in_mounter(args).await
     }
 
     async fn exec_in_mounter(&self, args: &[&str]) -> Result<Answer, DockerError> {
