@@ -4,7 +4,10 @@
 //! `/volumes`; the work is done by `src/disk_mounts.rs`, compiled in here on its own.
 //! `build.rs` builds this file statically (the container's image holds nothing else).
 //!
-//! Exit codes: 0 done, 1 failed, 2 bad usage, 3 the disk has no volume on this node.
+//! Every command comes after `--version-is V`: a helper of another version (the CPI was
+//! updated, this container was not) answers 2 without doing anything, and the CPI replaces
+//! it. Exit codes: 0 done, 1 failed, 2 bad usage or another version, 3 the disk has no
+//! volume on this node.
 
 #[path = "../src/disk_mounts.rs"]
 #[allow(dead_code)]
@@ -16,7 +19,9 @@ use std::process::ExitCode;
 
 use disk_mounts::{Bound, DiskMounts};
 
-const USAGE: &str = "usage: mc-mounter serve | bind VM DISK | unbind VM DISK | list VM | holders DISK | forget VM";
+const USAGE: &str = "usage: mc-mounter serve | --version-is V (bind VM DISK | unbind VM DISK | list VM | holders DISK | forget VM)";
+/// This helper's version (the digest of its sources, from build.rs).
+const VERSION: &str = env!("MC_MOUNTER_VERSION");
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -27,6 +32,17 @@ fn main() -> ExitCode {
             std::thread::sleep(std::time::Duration::from_secs(3600));
         }
     }
+    let words = match words.as_slice() {
+        ["--version-is", v, rest @ ..] if *v == VERSION => rest.to_vec(),
+        ["--version-is", v, ..] => {
+            eprintln!("mc-mounter {VERSION} was asked for version {v}");
+            return ExitCode::from(2);
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
     let tree = match DiskMounts::new(Path::new("/vms"), Path::new("/volumes")) {
         Ok(t) => t,
         Err(e) => return fail(&format!("the disk tree: {e}"), ErrorKind::Other),

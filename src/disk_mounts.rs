@@ -113,7 +113,8 @@ pub fn mount_points() -> io::Result<BTreeSet<PathBuf>> {
         .collect())
 }
 
-fn unescape(field: &str) -> String {
+/// A field of `/proc/self/mountinfo` with the kernel's octal escapes (`\\040`) undone.
+pub fn unescape(field: &str) -> String {
     let b = field.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -162,10 +163,25 @@ pub enum Bound {
 pub struct Remounted {
     /// `(vm, disk)` bound again.
     pub made: Vec<(String, String)>,
-    /// `(vm, disk)` whose volume is gone: the empty mount point is left for the CPI to
-    /// report (a VM must never write its store into the host's directory).
+    /// `(vm, disk)` whose volume is gone: left unbound (the VM's start waits for it, then
+    /// starts without its store, and the reboot's health gate names it).
     pub missing: Vec<(String, String)>,
+    /// `(vm, disk, why)` that could not be bound again; the others were still tried.
+    pub failed: Vec<(String, String, String)>,
 }
+
+/// Where the tree records which disk is bound in which VM (`<vms>/.bound/<vm>/<disk>`, an
+/// empty file). Only the host and the mounter see it: a VM sees its own folder alone, so
+/// nothing a VM makes there is ever bound again at boot.
+const BOUND: &str = ".bound";
+
+/// Rounds of unmounting one mount point (binds stacked by calls side by side).
+const UNMOUNT_ROUNDS: usize = 16;
+
+// Linux x86_64 open(2) flags (std has no names for them).
+const O_DIRECTORY: i32 = 0o200000;
+const O_NOFOLLOW: i32 = 0o400000;
+const O_PATH: i32 = 0o10000000;
 
 /// The tree of one node: `vms` (the shared directory) and Docker's `volumes` directory.
 pub struct DiskMounts {
@@ -174,11 +190,11 @@ pub struct DiskMounts {
 }
 
 impl DiskMounts {
-    /// The tree at `vms` over the volumes in `volumes` (both must exist).
+    /// The tree at `vms` over the volumes in `volumes` (`vms` must exist).
     pub fn new(vms: &Path, volumes: &Path) -> io::Result<DiskMounts> {
         Ok(DiskMounts {
             vms: vms.canonicalize()?,
-            volumes: volumes.canonicalize()?,
+            volumes: volumes.to_path_buf(),
         })
     }
 
@@ -192,7 +208,11 @@ impl DiskMounts {
         self.volumes.join(disk).join("_data")
     }
 
-    /// Binds `disk`'s volume at `<vms>/<vm>/<disk>`.
+    fn marker(&self, vm: &str, disk: &str) -> PathBuf {
+        self.vms.join(BOUND).join(vm).join(disk)
+    }
+
+    /// Binds `disk`'s volume at `<vms>/<vm>/<disk>` and records it.
     pub fn bind(&self, vm: &str, disk: &str) -> io::Result<Bound> {
         let target = self.target(vm, disk)?;
         let source = self.source(disk);
@@ -202,22 +222,55 @@ impl DiskMounts {
                 format!("disk {disk} has no volume on this node"),
             ));
         }
-        std::fs::create_dir_all(&target)?;
         if mount_points()?.contains(&target) {
+            self.record(vm, disk)?;
             return Ok(Bound::Already);
         }
-        sys_mount(&source, &target, MS_BIND)?;
+        std::fs::create_dir_all(self.vms.join(vm))?;
+        let made = make_dir(&target)?;
+        if let Err(e) = mount_onto_dir(&source, &target) {
+            if made {
+                let _ = std::fs::remove_dir(&target);
+            }
+            return Err(e);
+        }
+        self.record(vm, disk)?;
         Ok(Bound::Made)
     }
 
-    /// Removes the bind of `disk` from `vm` and its mount point; whether it was bound.
+    fn record(&self, vm: &str, disk: &str) -> io::Result<()> {
+        let marker = self.marker(vm, disk);
+        if let Some(dir) = marker.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(marker, b"")
+    }
+
+    /// Removes the bind of `disk` from `vm` (every stacked copy), its mount point and its
+    /// record; whether it was bound.
     pub fn unbind(&self, vm: &str, disk: &str) -> io::Result<bool> {
         let target = self.target(vm, disk)?;
-        let was = mount_points()?.contains(&target);
-        if was {
+        let mut was = false;
+        for _ in 0..UNMOUNT_ROUNDS {
+            if !mount_points()?.contains(&target) {
+                break;
+            }
+            was = true;
             sys_umount(&target)?;
         }
-        match std::fs::remove_dir(&target) {
+        if mount_points()?.contains(&target) {
+            return Err(io::Error::other(format!(
+                "{} is still a mount point after {UNMOUNT_ROUNDS} unmounts",
+                target.display()
+            )));
+        }
+        match std::fs::symlink_metadata(&target) {
+            Ok(m) if m.is_dir() => remove_unmounted_tree(&target)?,
+            Ok(_) => std::fs::remove_file(&target)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        match std::fs::remove_file(self.marker(vm, disk)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(was),
         }
@@ -227,17 +280,19 @@ impl DiskMounts {
     pub fn disks_of(&self, vm: &str) -> io::Result<Vec<String>> {
         checked(vm, "VM")?;
         let dir = self.vms.join(vm);
-        Ok(mount_points()?
+        let mut disks: Vec<String> = mount_points()?
             .iter()
             .filter(|p| p.parent() == Some(dir.as_path()))
             .filter_map(|p| p.file_name()?.to_str().map(str::to_string))
-            .collect())
+            .collect();
+        disks.dedup();
+        Ok(disks)
     }
 
     /// The VMs that have `disk` bound.
     pub fn holders(&self, disk: &str) -> io::Result<Vec<String>> {
         checked(disk, "disk")?;
-        Ok(mount_points()?
+        let mut vms: Vec<String> = mount_points()?
             .iter()
             .filter(|p| p.file_name().and_then(|n| n.to_str()) == Some(disk))
             .filter_map(|p| {
@@ -247,48 +302,117 @@ impl DiskMounts {
                 }
                 vm_dir.file_name()?.to_str().map(str::to_string)
             })
-            .collect())
+            .collect();
+        vms.dedup();
+        Ok(vms)
     }
 
-    /// Removes every bind of `vm` and its directory (the VM is gone); the disks unbound.
+    /// Removes every bind of `vm`, its directory and its records (the VM is gone); the
+    /// disks unbound.
     pub fn forget(&self, vm: &str) -> io::Result<Vec<String>> {
         let disks = self.disks_of(vm)?;
         for disk in &disks {
             self.unbind(vm, disk)?;
         }
         let dir = self.vms.join(vm);
-        if let Ok(entries) = std::fs::read_dir(&dir) {
-            for entry in entries.flatten() {
-                // Mount points of disks a reboot unbound: empty directories.
-                let _ = std::fs::remove_dir(entry.path());
-            }
+        if dir.exists() {
+            remove_unmounted_tree(&dir)?;
         }
-        match std::fs::remove_dir(&dir) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(disks),
+        let records = self.vms.join(BOUND).join(vm);
+        if records.exists() {
+            std::fs::remove_dir_all(records)?;
         }
+        Ok(disks)
     }
 
-    /// Binds again every disk whose mount point is there but unbound (after a reboot).
+    /// Binds again every recorded disk that is not bound (after a reboot). One that fails
+    /// does not keep the others from being tried.
     pub fn remount_all(&self) -> io::Result<Remounted> {
         let mut done = Remounted::default();
+        let records = self.vms.join(BOUND);
+        if !records.is_dir() {
+            return Ok(done);
+        }
         let mounted = mount_points()?;
-        for vm in dir_names(&self.vms)? {
-            for disk in dir_names(&self.vms.join(&vm))? {
+        for vm in dir_names(&records)? {
+            for disk in file_names(&records.join(&vm))? {
                 let target = self.vms.join(&vm).join(&disk);
                 if mounted.contains(&target) {
                     continue;
                 }
-                if self.source(&disk).is_dir() {
-                    sys_mount(&self.source(&disk), &target, MS_BIND)?;
-                    done.made.push((vm.clone(), disk));
-                } else {
+                if !self.source(&disk).is_dir() {
                     done.missing.push((vm.clone(), disk));
+                    continue;
+                }
+                let bound = std::fs::create_dir_all(self.vms.join(&vm))
+                    .and_then(|()| make_dir(&target))
+                    .and_then(|_| mount_onto_dir(&self.source(&disk), &target));
+                match bound {
+                    Ok(()) => done.made.push((vm.clone(), disk)),
+                    Err(e) => done.failed.push((vm.clone(), disk, e.to_string())),
                 }
             }
         }
         Ok(done)
     }
+}
+
+/// Makes `dir` unless it is there already as a real directory; whether it was made. A
+/// symlink or a file there (a VM can write its own folder) is an error, never followed.
+fn make_dir(dir: &Path) -> io::Result<bool> {
+    match std::fs::symlink_metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(false),
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is not a directory", dir.display()),
+        )),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            std::fs::create_dir(dir)?;
+            Ok(true)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Binds `source` onto the directory `target` through a handle opened without following
+/// symlinks, so that nothing swapped in at `target` meanwhile is followed.
+fn mount_onto_dir(source: &Path, target: &Path) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::io::AsRawFd;
+    let handle = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(O_PATH | O_NOFOLLOW | O_DIRECTORY)
+        .open(target)?;
+    let fd_path = PathBuf::from(format!("/proc/self/fd/{}", handle.as_raw_fd()));
+    sys_mount(source, &fd_path, MS_BIND)
+}
+
+/// Removes `dir` and what is in it, after checking that no mount point is below it (a bind
+/// there would be removed through).
+fn remove_unmounted_tree(dir: &Path) -> io::Result<()> {
+    if mount_points()?.iter().any(|p| p.starts_with(dir)) {
+        return Err(io::Error::other(format!(
+            "{} still holds a mount point",
+            dir.display()
+        )));
+    }
+    std::fs::remove_dir_all(dir)
+}
+
+/// The names of the regular files in `dir` that are valid cids.
+fn file_names(dir: &Path) -> io::Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_file()
+            && let Some(name) = entry.file_name().to_str()
+            && valid_name(name)
+        {
+            names.push(name.to_string());
+        }
+    }
+    names.sort();
+    Ok(names)
 }
 
 /// The names of the directories in `dir` that are valid cids (anything else is not ours).

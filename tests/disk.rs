@@ -99,6 +99,7 @@ fn data_and_identity_survive_detach_and_attach() {
         disk_binds(&node, &disk).is_empty(),
         "still bound after detach"
     );
+    sh(&node, &vm, &format!("test ! -e /warden-cpi-dev/{disk}"));
     assert_eq!(
         vm_container(&node, &vm).pid,
         after.pid,
@@ -357,6 +358,18 @@ fn an_attach_that_bound_the_disk_but_wrote_no_record_is_finished_by_its_retry() 
         "{message}"
     );
     assert_eq!(disk_binds(&node, &disk), vec![vm.clone()]);
+    // So is a VM on another node, which would get a copy while the holder writes on.
+    let (far, _, _) = vm_on(2, 68, "half-attach-far");
+    let (kind, message, _) = call_error("attach_disk", json!([far, disk]));
+    assert_eq!(kind, "Bosh::Clouds::CloudError");
+    assert!(
+        message.contains(&disk) && message.contains(&vm),
+        "{message}"
+    );
+    assert_eq!(
+        index_record(&cluster_config(), &key).unwrap()["node"],
+        node.as_str()
+    );
     // The director's retry of the same attach finishes it.
     assert_eq!(call("attach_disk", json!([vm, disk])), hint);
     assert_eq!(
@@ -369,6 +382,33 @@ fn an_attach_that_bound_the_disk_but_wrote_no_record_is_finished_by_its_retry() 
     );
     call("delete_vm", json!([vm]));
     call("delete_vm", json!([other]));
+    call("delete_vm", json!([far]));
+    call("delete_disk", json!([disk]));
+}
+
+#[test]
+fn detach_takes_the_disk_from_every_mount_the_vm_made_of_it() {
+    let (vm, node, _) = vm_on(1, 69, "still-mounted");
+    let disk = create_disk(json!([10, {}, vm]));
+    call("attach_disk", json!([vm, disk]));
+    // What the agent's mount_disk does; its unmount_disk on a bound disk unmounts only
+    // the hint, so the store would stay a mount of the disk.
+    sh(
+        &node,
+        &vm,
+        &format!(
+            "mkdir -p /var/vcap/store && mount --bind /warden-cpi-dev/{disk} /var/vcap/store && umount /warden-cpi-dev/{disk}"
+        ),
+    );
+    assert_eq!(call("detach_disk", json!([vm, disk])), Value::Null);
+    let (code, mounts) = runtime().block_on(exec_in(&node, &vm, "cat /proc/self/mountinfo"));
+    assert_eq!(code, 0);
+    assert!(
+        !mounts.contains(&disk),
+        "the VM still mounts the disk: {mounts}"
+    );
+    assert!(disk_binds(&node, &disk).is_empty());
+    call("delete_vm", json!([vm]));
     call("delete_disk", json!([disk]));
 }
 

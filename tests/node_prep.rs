@@ -1042,10 +1042,17 @@ fn disk_mounts_makes_the_tree_shared_and_binds_again_what_a_reboot_dropped() {
     let data = dir.path().join("docker");
     std::fs::create_dir_all(data.join("volumes/disk-1/_data")).unwrap();
     std::fs::write(data.join("volumes/disk-1/_data/kept"), "on the disk").unwrap();
+    std::fs::create_dir_all(data.join("volumes/disk-3/_data")).unwrap();
     let tree = root.join("var/lib/moltencore/vm-disks");
-    // What a reboot leaves: the folders, no mounts. disk-2's volume is gone.
+    // What a reboot leaves: the folders and the tree's records of what was bound, no
+    // mounts. disk-2's volume is gone. disk-3's folder was made by the VM itself (a VM
+    // can write its own folder): no record, so it is never bound.
     std::fs::create_dir_all(tree.join("vm-a/disk-1")).unwrap();
     std::fs::create_dir_all(tree.join("vm-a/disk-2")).unwrap();
+    std::fs::create_dir_all(tree.join("vm-a/disk-3")).unwrap();
+    std::fs::create_dir_all(tree.join(".bound/vm-a")).unwrap();
+    std::fs::write(tree.join(".bound/vm-a/disk-1"), "").unwrap();
+    std::fs::write(tree.join(".bound/vm-a/disk-2"), "").unwrap();
     let run = || {
         let out = Command::new(cpi_bin())
             .args(["node-prep", "disk-mounts", "--json", "--root"])

@@ -341,8 +341,20 @@ fn disk_mounts(a: DiskMountsArgs) -> Result<()> {
     let report = np::disk_mounts::run(&a.root, &data_root)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
-        return Ok(());
+    } else {
+        print_disk_mounts(&report);
     }
+    if !report.failed.is_empty() {
+        bail!(
+            "{} disk(s) could not be bound again: {}",
+            report.failed.len(),
+            report.failed.join("; ")
+        );
+    }
+    Ok(())
+}
+
+fn print_disk_mounts(report: &np::disk_mounts::DiskMountsReport) {
     let shared = if report.bound_onto_itself {
         "bound onto itself and made shared"
     } else {
@@ -355,7 +367,6 @@ fn disk_mounts(a: DiskMountsArgs) -> Result<()> {
     for d in &report.missing {
         println!("warning: {d}: the disk's volume is gone; left unbound");
     }
-    Ok(())
 }
 
 async fn network(a: NetworkArgs) -> Result<()> {

@@ -21,7 +21,9 @@ const BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/mc-mounter"));
 const MAKE_ATTEMPTS: u32 = 20;
 /// Pause between two of them.
 const MAKE_PAUSE: std::time::Duration = std::time::Duration::from_millis(250);
-/// The mounter's exit code for a command it does not know.
+/// The version of the mounter this CPI carries (the digest of its sources).
+const VERSION: &str = env!("MC_MOUNTER_VERSION");
+/// The mounter's exit code for a command it does not know, or another version.
 const USAGE: i64 = 2;
 /// Name of the mounter container on every node.
 pub const CONTAINER: &str = "mc-mounter";
@@ -111,9 +113,8 @@ impl NodeDocker {
     }
 
     /// Runs `mc-mounter ARGS` in the node's mounter. The mounter is made first when it is
-    /// missing or stopped, and replaced by this CPI's when it does not know the command (an
-    /// older binary answers 2): a running mounter is used as long as it can do the work,
-    /// which costs no inspect per call. Calls on one node run side by side: one that finds
+    /// missing or stopped, and replaced by this CPI's when it is of another version (it
+    /// answers 2 to the version this CPI asks for), which costs no inspect per call. Calls on one node run side by side: one that finds
     /// another making the mounter (its name taken, the container not there yet) waits and
     /// tries again.
     pub async fn mounter(&self, disks_dir: &str, args: &[&str]) -> Result<Answer, DockerError> {
@@ -138,7 +139,11 @@ impl NodeDocker {
     }
 
     async fn exec_in_mounter(&self, args: &[&str]) -> Result<Answer, DockerError> {
-        let mut cmd = vec!["/mc-mounter".to_string()];
+        let mut cmd = vec![
+            "/mc-mounter".to_string(),
+            "--version-is".to_string(),
+            VERSION.to_string(),
+        ];
         cmd.extend(args.iter().map(|a| a.to_string()));
         let doing = format!("running mc-mounter {} on the node", args.join(" "));
         let done = self.exec(CONTAINER, cmd, &doing).await?;
@@ -161,7 +166,9 @@ impl NodeDocker {
                 return self.start(CONTAINER).await;
             }
             tracing::info!(node = %self.name, "replacing the mounter of another CPI version");
-            self.remove_container(CONTAINER).await?;
+            // By its id: a mounter another call made meanwhile is not removed.
+            let id = c.id.clone().unwrap_or_else(|| CONTAINER.to_string());
+            self.remove_container(&id).await?;
         }
         self.ensure_mounter_image().await?;
         let root = self

@@ -26,8 +26,10 @@ pub struct DiskMountsReport {
     /// `<vm>/<disk>` bound again.
     pub remounted: Vec<String>,
     /// `<vm>/<disk>` whose volume is gone (left unbound: the VM waits, then starts
-    /// without that disk, and the CPI reports it).
+    /// without that disk, and the reboot's health gate names it).
     pub missing: Vec<String>,
+    /// `<vm>/<disk>: why` that could not be bound again (the others were still tried).
+    pub failed: Vec<String>,
 }
 
 /// The tree's path below `root`, as the CPI finds it in the node record.
@@ -59,24 +61,22 @@ pub fn run(root: &Path, docker_data_root: &Path) -> Result<DiskMountsReport> {
     let bound_onto_itself =
         disk_mounts::make_shared(&dir).map_err(|e| failed("make a shared mount of", &dir, e))?;
     let volumes = docker_data_root.join("volumes");
-    let mut report = DiskMountsReport {
-        dir: dir.clone(),
-        bound_onto_itself,
-        remounted: Vec::new(),
-        missing: Vec::new(),
-    };
-    if !volumes.is_dir() {
-        // A Docker that never ran here has no volumes, and no VM has a disk yet.
-        return Ok(report);
-    }
-    let tree = DiskMounts::new(&dir, &volumes).map_err(|e| failed("open", &volumes, e))?;
+    let tree = DiskMounts::new(&dir, &volumes).map_err(|e| failed("open", &dir, e))?;
     let done = tree
         .remount_all()
         .map_err(|e| failed("bind the disks again in", &dir, e))?;
     let joined = |(vm, disk): (String, String)| format!("{vm}/{disk}");
-    report.remounted = done.made.into_iter().map(joined).collect();
-    report.missing = done.missing.into_iter().map(joined).collect();
-    Ok(report)
+    Ok(DiskMountsReport {
+        dir,
+        bound_onto_itself,
+        remounted: done.made.into_iter().map(joined).collect(),
+        missing: done.missing.into_iter().map(joined).collect(),
+        failed: done
+            .failed
+            .into_iter()
+            .map(|(vm, disk, why)| format!("{vm}/{disk}: {why}"))
+            .collect(),
+    })
 }
 
 /// The unit: before docker.service (whose drop-in wants it), after the local file

@@ -11,7 +11,7 @@ use crate::cloud::CloudContext;
 use crate::cloud::session::Session;
 use crate::cloud::session::disks::volume_gone;
 use crate::cloud::vm::agent_files::{self, DISK_MOUNT_ROOT, SETTINGS_PATH};
-use crate::cloud::vm::find_existing;
+use crate::cloud::vm::{find_existing, inside};
 use crate::docker::NodeDocker;
 use crate::protocol::{CallResult, CpiError, DiskCid, ErrorKind, VmCid};
 
@@ -124,6 +124,11 @@ pub async fn attach(
             .iter()
             .any(|d| d == disk_cid.as_str())
         {
+            // Its container mounts the disk: the index says so again.
+            if disk.vm.as_ref() != Some(vm_cid) {
+                disk.vm = Some(vm_cid.clone());
+                s.save_disk(&disk).await?;
+            }
             return Ok(hint);
         }
         return Err(without_disk_tree(vm_cid));
@@ -195,6 +200,13 @@ pub async fn detach(
     let disk = s.disk_if_any(disk_cid).await?;
     if has_disk_tree(&container) {
         let dir = s.disks_dir(&vm.node).await?;
+        // Unbinding the hint does not take the disk from a mount the VM made of it (the
+        // agent's unmount_disk leaves /var/vcap/store mounted): such a disk would look free
+        // while the VM writes on. Detached means gone from the VM, as on any IaaS.
+        let taken = inside::unmount_disk(&docker, vm_cid.as_str(), disk_cid.as_str()).await?;
+        if !taken.is_empty() {
+            tracing::info!(vm = %vm_cid, disk = %disk_cid, "unmounted in the VM: {}", taken.join(", "));
+        }
         docker
             .unbind_disk(&dir, vm_cid.as_str(), disk_cid.as_str())
             .await?;

@@ -71,6 +71,16 @@ impl Session<'_> {
         let removed = async {
             if self.view().await?.registered(node)?.is_some() {
                 let docker = self.node_docker(node).await?;
+                // Docker cannot see a disk bound into a VM: the node's tree is asked, and
+                // a copy something still holds stays, with its mark.
+                if let Some(dir) = self.disks_dir_if_any(node).await?
+                    && let Some(vm) = docker.disk_holders(&dir, cid).await?.first()
+                {
+                    return Err(CpiError::cloud(
+                        format!("the copy on node {node} is still bound in VM {vm}"),
+                        true,
+                    ));
+                }
                 volume_copy::sweep_helpers(&docker, cid).await?;
                 docker.remove_volume(cid).await?;
             }
@@ -126,6 +136,11 @@ impl Session<'_> {
         {
             return Err(volume_gone(disk));
         }
+        // Nothing on the source node may hold the disk, whatever the index says: a VM
+        // there would write on while the copy goes elsewhere, and the source is removed.
+        let from_dir = self.disks_dir_if_any(&disk.node).await?;
+        self.ensure_unmounted(&from, from_dir.as_deref(), &cid, None)
+            .await?;
         // Marked before the target volume exists: whatever happens next, the record leads
         // to it.
         disk.copying_to = Some(target.to_string());

@@ -31,7 +31,8 @@ pub struct ContainerPlan<'a> {
     pub ephemeral_volume: &'a str,
     /// The VM's directory of its node's disk tree (see [`crate::disk_mounts`]), seen at
     /// `/warden-cpi-dev` as a slave mount: disks bound there later appear in the VM.
-    pub disk_tree: &'a str,
+    /// `None` on a node prepared before it had a tree: the VM can take no disk then.
+    pub disk_tree: Option<&'a str>,
     pub start_script: String,
 }
 
@@ -65,7 +66,11 @@ pub fn build(plan: &ContainerPlan<'_>) -> Result<ContainerCreateBody, CpiError> 
     }];
     // A bind, not a mount: Docker makes a missing source directory only for binds (and
     // the API of the daemons served has no CreateMountpoint).
-    let binds = vec![format!("{}:{DISK_MOUNT_ROOT}:rslave", plan.disk_tree)];
+    let binds: Vec<String> = plan
+        .disk_tree
+        .iter()
+        .map(|tree| format!("{tree}:{DISK_MOUNT_ROOT}:rslave"))
+        .collect();
     let mut tmpfs = HashMap::new();
     let mut cgroupns = None;
     let mut stop_signal = None;
@@ -130,7 +135,7 @@ pub fn build(plan: &ContainerPlan<'_>) -> Result<ContainerCreateBody, CpiError> 
         memory: plan.props.ram.map(|mib| (mib as i64) << 20),
         nano_cpus: plan.props.cpu.map(|c| (c * 1e9) as i64),
         mounts: Some(mounts),
-        binds: Some(binds),
+        binds: (!binds.is_empty()).then_some(binds),
         tmpfs: (!tmpfs.is_empty()).then_some(tmpfs),
         cgroupns_mode: cgroupns,
         network_mode: Some(primary_name.clone()),
@@ -233,7 +238,7 @@ mod tests {
             effective: &effective,
             networks: &nets,
             ephemeral_volume: "vm-1-ephemeral",
-            disk_tree: "/var/lib/moltencore/vm-disks/vm-1",
+            disk_tree: Some("/var/lib/moltencore/vm-disks/vm-1"),
             start_script: "exec /usr/sbin/runsvdir-start".into(),
         })
         .unwrap()
@@ -289,7 +294,7 @@ mod tests {
             effective: &effective,
             networks: &nets,
             ephemeral_volume: "v",
-            disk_tree: "/var/lib/moltencore/vm-disks/vm-1",
+            disk_tree: Some("/var/lib/moltencore/vm-disks/vm-1"),
             start_script: String::new(),
         })
         .unwrap_err();

@@ -415,18 +415,29 @@ async fn build(
     undo: &mut Vec<Undo>,
 ) -> Result<(), CpiError> {
     let req = plan.req;
-    let dir = s.disks_dir(&plan.node.name).await?;
-    let disks = disks_for_new_vm(s, docker, &dir, &req.disk_cids).await?;
+    // A node prepared before it had a disk tree takes VMs without disks (they get disks
+    // once recreated on a prepared node); a VM with disks needs the tree.
+    let dir = match s.disks_dir_if_any(&plan.node.name).await? {
+        Some(dir) => Some(dir),
+        None if req.disk_cids.is_empty() => None,
+        None => Some(s.disks_dir(&plan.node.name).await?),
+    };
+    let disks = match &dir {
+        Some(dir) => disks_for_new_vm(s, docker, dir, &req.disk_cids).await?,
+        None => Vec::new(),
+    };
     let volume = make_ephemeral_volume(docker, plan, undo).await?;
-    // Bound before the container exists: it starts with them in place.
-    undo.push(Undo::DiskTree {
-        disks_dir: dir.clone(),
-        vm: plan.cid.to_string(),
-    });
-    for disk in &disks {
-        docker.bind_disk(&dir, &plan.cid, disk.as_str()).await?;
+    if let Some(dir) = &dir {
+        // Bound before the container exists: it starts with them in place.
+        undo.push(Undo::DiskTree {
+            disks_dir: dir.clone(),
+            vm: plan.cid.to_string(),
+        });
+        for disk in &disks {
+            docker.bind_disk(dir, &plan.cid, disk.as_str()).await?;
+        }
     }
-    make_container(s, docker, plan, &dir, &volume).await?;
+    make_container(s, docker, plan, dir.as_deref(), &volume).await?;
     undo.push(Undo::Container(plan.cid.to_string()));
     for p in plan.networks.iter().filter(|p| !p.primary) {
         if let Some(net) = &p.docker_network {
@@ -532,7 +543,7 @@ async fn make_container(
     s: &Session<'_>,
     docker: &NodeDocker,
     plan: &CreatePlan<'_, '_>,
-    disks_dir: &str,
+    disks_dir: Option<&str>,
     volume: &str,
 ) -> Result<(), CpiError> {
     let primary = plan.networks.iter().find(|p| p.primary);
@@ -551,7 +562,7 @@ async fn make_container(
         effective: &plan.effective,
         networks: &plan.networks,
         ephemeral_volume: volume,
-        disk_tree: &format!("{disks_dir}/{}", plan.cid),
+        disk_tree: disks_dir.map(|d| format!("{d}/{}", plan.cid)).as_deref(),
         start_script: start_script::script(
             &plan.cid,
             primary.and_then(|p| p.ip).map(IpAddr::V4),

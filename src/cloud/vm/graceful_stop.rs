@@ -11,8 +11,10 @@ use crate::docker::{DockerError, NodeDocker};
 
 /// The script run in the VM (`/bin/sh -c`). Drain scripts get empty job states, as the
 /// agent gives them when the deployment does not change. `monit stop all` leaves every
-/// job unmonitored in monit's state file, which a monit restarted later would restore: the
-/// file goes, so after the restart monit starts the jobs, as after an unplanned one.
+/// job unmonitored in monit's state file, which a monit restarted later would restore; and
+/// monit, still running, saves that file again at every cycle. So the script leaves a mark
+/// ([`super::start_script::JOBS_STOPPED`]) and the next start removes the state file before
+/// monit runs: monit then starts the jobs, as after an unplanned restart.
 const SCRIPT: &str = r#"export BOSH_JOB_STATE='{}' BOSH_JOB_NEXT_STATE='{}'
 for d in /var/vcap/jobs/*/bin/drain; do
   [ -x "$d" ] || continue
@@ -27,7 +29,7 @@ m=/var/vcap/bosh/bin/monit
 if [ -x "$m" ]; then
   "$m" stop all
   while "$m" summary 2>/dev/null | grep '^Process' | grep -qv 'not monitored'; do sleep 0.5; done
-  rm -f "$(getent passwd root | cut -d: -f6)/.monit.state" /root/.monit.state
+  touch /var/vcap/bosh/moltencore-jobs-stopped
 fi
 "#;
 
@@ -59,5 +61,24 @@ pub async fn stop_jobs(
         // The daemon's 409: the container is not running.
         Err(DockerError::Conflict { .. }) => Ok(Stopped::NotRunning),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mark_the_stop_leaves_is_the_one_the_start_reads() {
+        assert!(SCRIPT.contains(&format!(
+            "touch {}",
+            super::super::start_script::JOBS_STOPPED
+        )));
+        let start =
+            super::super::start_script::script("vm-1", None, &[], crate::config::StartMode::Runit);
+        assert!(
+            start.contains(super::super::start_script::JOBS_STOPPED),
+            "{start}"
+        );
     }
 }

@@ -61,6 +61,74 @@ impl Inside {
     }
 }
 
+/// Where the running VM `cid` has disk `disk` mounted besides its hint (`/var/vcap/store`
+/// after the agent's `mount_disk`, ...): the mount points whose root on the node is the
+/// disk's volume. A VM that does not run has none.
+pub async fn mounts_of_disk(
+    docker: &NodeDocker,
+    cid: &str,
+    disk: &str,
+) -> Result<Vec<String>, DockerError> {
+    let cmd = vec!["cat".to_string(), "/proc/self/mountinfo".to_string()];
+    match docker.exec(cid, cmd, "reading the VM's mounts").await {
+        Ok(done) => Ok(disk_mounts_in(&done.output, disk)),
+        // The daemon's 409: the container is not running.
+        Err(DockerError::Conflict { .. }) => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The mount points in `mountinfo` of the folder `.../<disk>/_data`, but the disk's hint.
+fn disk_mounts_in(mountinfo: &str, disk: &str) -> Vec<String> {
+    let root = format!("/{disk}/_data");
+    let hint = format!("/warden-cpi-dev/{disk}");
+    mountinfo
+        .lines()
+        .filter_map(|l| {
+            let mut fields = l.split(' ');
+            let (at_root, point) = (fields.nth(3)?, fields.next()?);
+            let point = crate::disk_mounts::unescape(point);
+            (at_root.ends_with(&root) && point != hint).then_some(point)
+        })
+        .collect()
+}
+
+/// Takes disk `disk` from every mount the running VM `cid` made of it (see
+/// [`mounts_of_disk`]): the agent's `unmount_disk` on a bound disk unmounts only its hint,
+/// and `/var/vcap/store` stays a mount of the disk. A mount still busy is detached lazily.
+/// The mount points taken.
+pub async fn unmount_disk(
+    docker: &NodeDocker,
+    cid: &str,
+    disk: &str,
+) -> Result<Vec<String>, DockerError> {
+    let points = mounts_of_disk(docker, cid, disk).await?;
+    // Deepest first: a mount below another goes before it.
+    let mut ordered = points.clone();
+    ordered.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for point in &ordered {
+        let plain = vec!["umount".to_string(), point.clone()];
+        let done = docker
+            .exec(cid, plain, "unmounting the disk in the VM")
+            .await?;
+        if done.code != 0 {
+            let lazy = vec!["umount".to_string(), "-l".to_string(), point.clone()];
+            let done = docker
+                .exec(cid, lazy, "unmounting the disk in the VM")
+                .await?;
+            if done.code != 0 {
+                return Err(DockerError::Mount {
+                    node: docker.name.clone(),
+                    command: format!("umount -l {point} (in VM {cid})"),
+                    code: done.code,
+                    detail: done.output.trim().to_string(),
+                });
+            }
+        }
+    }
+    Ok(points)
+}
+
 /// Looks inside the running VM `cid`.
 pub async fn look(docker: &NodeDocker, cid: &str) -> Result<Inside, DockerError> {
     let cmd = vec!["/bin/sh".to_string(), "-c".to_string(), PROBE.to_string()];
@@ -81,6 +149,19 @@ mod tests {
         );
         assert!(seen.agent);
         assert_eq!(Inside::parse("store=\nagent=no\n"), Inside::default());
+    }
+
+    #[test]
+    fn the_disk_s_own_mounts_are_found_but_its_hint() {
+        let info = "75 110 254:0 /var/lib/docker/volumes/disk-1/_data /warden-cpi-dev/disk-1 rw - ext4 /dev/vda rw\n\
+                    90 22 254:0 /var/lib/docker/volumes/disk-1/_data /var/vcap/store rw - ext4 /dev/vda rw\n\
+                    91 22 254:0 /var/lib/docker/volumes/disk-10/_data /var/vcap/store_migration_target rw - ext4 /dev/vda rw\n";
+        assert_eq!(disk_mounts_in(info, "disk-1"), ["/var/vcap/store"]);
+        assert_eq!(
+            disk_mounts_in(info, "disk-10"),
+            ["/var/vcap/store_migration_target"]
+        );
+        assert!(disk_mounts_in(info, "disk-2").is_empty());
     }
 
     #[test]

@@ -18,6 +18,9 @@ pub fn init_path(mode: StartMode) -> &'static str {
 
 /// Where the agent writes the cid of the disk it mounted last.
 pub const MANAGED_DISK_FILE: &str = "/var/vcap/bosh/managed_disk_settings.json";
+/// Left by a graceful stop ([`super::graceful_stop`]): monit's state file, which says every
+/// job is unmonitored, goes before the next start of monit.
+pub const JOBS_STOPPED: &str = "/var/vcap/bosh/moltencore-jobs-stopped";
 /// Where the agent mounts the persistent disk.
 pub const STORE: &str = "/var/vcap/store";
 /// How long the start waits for the last mounted disk to appear (after a host reboot its
@@ -66,6 +69,9 @@ pub fn script(hostname: &str, ip: Option<IpAddr>, dns: &[IpAddr], mode: StartMod
         s.push_str(&format!("echo '{ip} {safe_host}' >> /etc/hosts\n"));
     }
     s.push_str(&format!("echo '{safe_host}' > /etc/hostname\n"));
+    s.push_str(&format!(
+        "if [ -e {JOBS_STOPPED} ]; then h=$(getent passwd root 2>/dev/null | cut -d: -f6); rm -f \"${{h:-/root}}/.monit.state\" /root/.monit.state {JOBS_STOPPED}; fi\n"
+    ));
     s.push_str(&store_script());
     s.push_str(&format!("exec {}\n", init_path(mode)));
     s
