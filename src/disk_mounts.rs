@@ -334,8 +334,8 @@ impl DiskMounts {
             return Ok(done);
         }
         let mounted = mount_points()?;
-        for vm in dir_names(&records)? {
-            for disk in file_names(&records.join(&vm))? {
+        for vm in names_in(&records, std::fs::FileType::is_dir)? {
+            for disk in names_in(&records.join(&vm), std::fs::FileType::is_file)? {
                 let target = self.vms.join(&vm).join(&disk);
                 if mounted.contains(&target) {
                     continue;
@@ -399,28 +399,13 @@ fn remove_unmounted_tree(dir: &Path) -> io::Result<()> {
     std::fs::remove_dir_all(dir)
 }
 
-/// The names of the regular files in `dir` that are valid cids.
-fn file_names(dir: &Path) -> io::Result<Vec<String>> {
+/// The names of the entries in `dir` that are valid cids and of the kind `wanted`
+/// (anything else is not the tree's).
+fn names_in(dir: &Path, wanted: fn(&std::fs::FileType) -> bool) -> io::Result<Vec<String>> {
     let mut names = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
-        if entry.file_type()?.is_file()
-            && let Some(name) = entry.file_name().to_str()
-            && valid_name(name)
-        {
-            names.push(name.to_string());
-        }
-    }
-    names.sort();
-    Ok(names)
-}
-
-/// The names of the directories in `dir` that are valid cids (anything else is not ours).
-fn dir_names(dir: &Path) -> io::Result<Vec<String>> {
-    let mut names = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        if entry.file_type()?.is_dir()
+        if wanted(&entry.file_type()?)
             && let Some(name) = entry.file_name().to_str()
             && valid_name(name)
         {

@@ -276,6 +276,45 @@ async fn import_one(
     Ok(())
 }
 
+/// The image `repo:tag` on `node`, imported when missing from an in-memory root holding
+/// one file (`path`, `mode`, `data`): what the CPI's own helper containers run from.
+pub async fn ensure_one_file_image(
+    node: &NodeDocker,
+    (repo, tag): (&str, &str),
+    (path, mode, data): (&str, u32, &[u8]),
+) -> Result<(), DockerError> {
+    if inspect(node, &format!("{repo}:{tag}")).await?.is_some() {
+        return Ok(());
+    }
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(data.len() as u64);
+    header.set_mode(mode);
+    header.set_cksum();
+    let tar_bytes = builder
+        .append_data(&mut header, path, data)
+        .and_then(|()| builder.into_inner())
+        .map_err(|e| DockerError::Source {
+            message: format!("cannot build the image {repo}:{tag}: {e}"),
+        })?;
+    let options = bollard::query_parameters::CreateImageOptionsBuilder::new()
+        .from_src("-")
+        .repo(repo)
+        .tag(tag)
+        .build();
+    let mut progress = node.long.create_image(
+        Some(options),
+        Some(bollard::body_full(bytes::Bytes::from(tar_bytes))),
+        None,
+    );
+    let doing = format!("importing the image {repo}:{tag}");
+    while super::idle::next_within(&mut progress, node, &doing)
+        .await?
+        .is_some()
+    {}
+    Ok(())
+}
+
 /// The image `reference` on `node`, or `None` when the node does not have it.
 pub async fn inspect(
     node: &NodeDocker,

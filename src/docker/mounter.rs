@@ -7,11 +7,9 @@
 use std::collections::HashMap;
 
 use bollard::models::{ContainerCreateBody, HostConfig, RestartPolicy, RestartPolicyNameEnum};
-use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 use super::error::DockerError;
-use super::idle::next_within;
 use super::node::NodeDocker;
 use crate::labels;
 
@@ -211,36 +209,14 @@ impl NodeDocker {
         self.start(CONTAINER).await
     }
 
-    /// The mounter image, imported from an in-memory tar of the binary when missing.
+    /// The mounter image, imported from an in-memory root of the binary when missing.
     async fn ensure_mounter_image(&self) -> Result<(), DockerError> {
-        if super::images::inspect(self, &image()).await?.is_some() {
-            return Ok(());
-        }
-        let mut builder = tar::Builder::new(Vec::new());
-        let mut header = tar::Header::new_gnu();
-        header.set_size(BINARY.len() as u64);
-        header.set_mode(0o755);
-        header.set_cksum();
-        let built = builder
-            .append_data(&mut header, "mc-mounter", BINARY)
-            .and_then(|()| builder.into_inner());
-        let tar_bytes = built.map_err(|e| DockerError::Source {
-            message: format!("cannot build the mounter image: {e}"),
-        })?;
-        let options = bollard::query_parameters::CreateImageOptionsBuilder::new()
-            .from_src("-")
-            .repo(IMAGE_REPO)
-            .tag(&tag())
-            .build();
-        let mut progress = self.long.create_image(
-            Some(options),
-            Some(bollard::body_full(Bytes::from(tar_bytes))),
-            None,
-        );
-        while next_within(&mut progress, self, "importing the mounter image")
-            .await?
-            .is_some()
-        {}
-        Ok(())
+        let tag = tag();
+        super::images::ensure_one_file_image(
+            self,
+            (IMAGE_REPO, &tag),
+            ("mc-mounter", 0o755, BINARY),
+        )
+        .await
     }
 }

@@ -244,44 +244,15 @@ fn unreadable(node: &NodeDocker, e: std::io::Error) -> DockerError {
     }
 }
 
-/// The helper image's in-memory tar could not be built.
-fn helper_image(e: std::io::Error) -> DockerError {
-    DockerError::Source {
-        message: format!("cannot build the helper image: {e}"),
-    }
-}
-
-/// The helper image on `node`, imported from an in-memory tar when missing.
+/// The helper image on `node`, imported when missing.
 async fn ensure_helper_image(node: &NodeDocker) -> Result<(), DockerError> {
-    let reference = format!("{HELPER_IMAGE_REPO}:{HELPER_IMAGE_TAG}");
-    if super::images::inspect(node, &reference).await?.is_some() {
-        return Ok(());
-    }
-    let mut builder = tar::Builder::new(Vec::new());
-    let mut header = tar::Header::new_gnu();
     let marker = b"moltencore helper: an empty root for idle containers\n";
-    header.set_size(marker.len() as u64);
-    header.set_mode(0o644);
-    header.set_cksum();
-    builder
-        .append_data(&mut header, ".moltencore-helper", &marker[..])
-        .map_err(helper_image)?;
-    let tar_bytes = builder.into_inner().map_err(helper_image)?;
-    let options = bollard::query_parameters::CreateImageOptionsBuilder::new()
-        .from_src("-")
-        .repo(HELPER_IMAGE_REPO)
-        .tag(HELPER_IMAGE_TAG)
-        .build();
-    let mut progress = node.long.create_image(
-        Some(options),
-        Some(bollard::body_full(Bytes::from(tar_bytes))),
-        None,
-    );
-    while next_within(&mut progress, node, "importing the helper image")
-        .await?
-        .is_some()
-    {}
-    Ok(())
+    super::images::ensure_one_file_image(
+        node,
+        (HELPER_IMAGE_REPO, HELPER_IMAGE_TAG),
+        (".moltencore-helper", 0o644, marker),
+    )
+    .await
 }
 
 /// A copy streamed into its target volume and not checked yet: the target's helper stays
