@@ -19,13 +19,17 @@ use std::process::ExitCode;
 
 use disk_mounts::{Bound, DiskMounts};
 
-const USAGE: &str = "usage: mc-mounter serve | --version-is V (bind VM DISK | unbind VM DISK | list VM | holders DISK | forget VM)";
+const USAGE: &str = "usage: mc-mounter serve | version | --version-is V (bind VM DISK | unbind VM DISK | list VM | holders DISK | forget VM)";
 /// This helper's version (the digest of its sources, from build.rs).
 const VERSION: &str = env!("MC_MOUNTER_VERSION");
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let words: Vec<&str> = args.iter().map(String::as_str).collect();
+    if words == ["version"] {
+        println!("{VERSION}");
+        return ExitCode::SUCCESS;
+    }
     if words == ["serve"] {
         // Only there to be exec'd into; stopped with SIGKILL (its stop signal).
         loop {

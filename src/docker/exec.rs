@@ -25,16 +25,28 @@ pub struct Done {
     pub output: String,
 }
 
-fn config(cmd: Vec<String>, attach: bool) -> ExecConfig {
-    ExecConfig {
-        cmd: Some(cmd),
-        attach_stdout: Some(attach),
-        attach_stderr: Some(attach),
-        ..Default::default()
-    }
-}
-
 impl NodeDocker {
+    /// Creates the exec of `cmd` in `container`, its output attached or not.
+    async fn create_exec(
+        &self,
+        container: &str,
+        cmd: Vec<String>,
+        attach: bool,
+        doing: &str,
+    ) -> Result<bollard::exec::CreateExecResults, DockerError> {
+        let container = super::names::object(container)?;
+        let config = ExecConfig {
+            cmd: Some(cmd),
+            attach_stdout: Some(attach),
+            attach_stderr: Some(attach),
+            ..Default::default()
+        };
+        self.docker
+            .create_exec(container, config)
+            .await
+            .map_err(|e| self.error(doing, &e))
+    }
+
     /// Runs `cmd` in `container` and waits for it, reading its output; each part of the
     /// answer must come within the node's idle timeout.
     pub async fn exec(
@@ -43,12 +55,7 @@ impl NodeDocker {
         cmd: Vec<String>,
         doing: &str,
     ) -> Result<Done, DockerError> {
-        let container = super::names::object(container)?;
-        let exec = self
-            .docker
-            .create_exec(container, config(cmd, true))
-            .await
-            .map_err(|e| self.error(doing, &e))?;
+        let exec = self.create_exec(container, cmd, true, doing).await?;
         let started = self
             .docker
             .start_exec(&exec.id, Some(StartExecOptions::default()))
@@ -78,12 +85,7 @@ impl NodeDocker {
         deadline: Instant,
         doing: &str,
     ) -> Result<Option<i64>, DockerError> {
-        let container = super::names::object(container)?;
-        let exec = self
-            .docker
-            .create_exec(container, config(cmd, false))
-            .await
-            .map_err(|e| self.error(doing, &e))?;
+        let exec = self.create_exec(container, cmd, false, doing).await?;
         let detached = StartExecOptions {
             detach: true,
             ..Default::default()

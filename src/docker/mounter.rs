@@ -10,6 +10,7 @@ use bollard::models::{ContainerCreateBody, HostConfig, RestartPolicy, RestartPol
 use sha2::{Digest, Sha256};
 
 use super::error::DockerError;
+use super::exec::Done;
 use super::node::NodeDocker;
 use crate::labels;
 
@@ -35,15 +36,6 @@ fn tag() -> String {
 
 fn image() -> String {
     format!("{IMAGE_REPO}:{}", tag())
-}
-
-/// What the mounter answered to one command.
-#[derive(Debug)]
-pub struct Answer {
-    /// Its exit code: 0 done, 3 the disk has no volume on the node.
-    pub code: i64,
-    /// Its output, one item per line.
-    pub lines: Vec<String>,
 }
 
 impl NodeDocker {
@@ -98,16 +90,17 @@ impl NodeDocker {
 
     /// Runs one mounter command that must succeed; its output lines.
     async fn mounter_ok(&self, disks_dir: &str, args: &[&str]) -> Result<Vec<String>, DockerError> {
-        let answer = self.mounter(disks_dir, args).await?;
-        if answer.code != 0 {
+        let done = self.mounter(disks_dir, args).await?;
+        let lines = done.output.lines().filter(|l| !l.is_empty());
+        if done.code != 0 {
             return Err(DockerError::Mount {
                 node: self.name.clone(),
                 command: args.join(" "),
-                code: answer.code,
-                detail: answer.lines.join("; "),
+                code: done.code,
+                detail: lines.collect::<Vec<_>>().join("; "),
             });
         }
-        Ok(answer.lines)
+        Ok(lines.map(str::to_string).collect())
     }
 
     /// Runs `mc-mounter ARGS` in the node's mounter. The mounter is made first when it is
@@ -115,12 +108,12 @@ impl NodeDocker {
     /// answers 2 to the version this CPI asks for), which costs no inspect per call. Calls on one node run side by side: one that finds
     /// another making the mounter (its name taken, the container not there yet) waits and
     /// tries again.
-    pub async fn mounter(&self, disks_dir: &str, args: &[&str]) -> Result<Answer, DockerError> {
+    async fn mounter(&self, disks_dir: &str, args: &[&str]) -> Result<Done, DockerError> {
         let mut attempt = 0;
         loop {
             match self.exec_in_mounter(args).await {
                 Err(DockerError::NotFound { .. } | DockerError::Conflict { .. }) => {}
-                Ok(answer) if answer.code == USAGE => {}
+                Ok(done) if done.code == USAGE => {}
                 done => return done,
             }
             attempt += 1;
@@ -136,7 +129,7 @@ impl NodeDocker {
         }
     }
 
-    async fn exec_in_mounter(&self, args: &[&str]) -> Result<Answer, DockerError> {
+    async fn exec_in_mounter(&self, args: &[&str]) -> Result<Done, DockerError> {
         let mut cmd = vec![
             "/mc-mounter".to_string(),
             "--version-is".to_string(),
@@ -144,16 +137,7 @@ impl NodeDocker {
         ];
         cmd.extend(args.iter().map(|a| a.to_string()));
         let doing = format!("running mc-mounter {} on the node", args.join(" "));
-        let done = self.exec(CONTAINER, cmd, &doing).await?;
-        Ok(Answer {
-            code: done.code,
-            lines: done
-                .output
-                .lines()
-                .filter(|l| !l.is_empty())
-                .map(str::to_string)
-                .collect(),
-        })
+        self.exec(CONTAINER, cmd, &doing).await
     }
 
     /// The mounter of this CPI's binary, running.

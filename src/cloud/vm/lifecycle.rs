@@ -10,17 +10,12 @@ use crate::cluster::{VmRecord, VmState};
 use crate::docker::NodeDocker;
 use crate::protocol::{CallResult, CpiError, Object, VmCid};
 
-/// The VM's index record and a client for its node; `None` when the index has no record.
-async fn find(s: &Session<'_>, cid: &VmCid) -> Result<Option<(VmRecord, NodeDocker)>, CpiError> {
-    s.vm_and_node(cid).await
-}
-
 /// The VM's record and node, or `VMNotFound`.
 pub async fn find_existing(
     s: &Session<'_>,
     cid: &VmCid,
 ) -> Result<(VmRecord, NodeDocker), CpiError> {
-    find(s, cid).await?.ok_or_else(|| not_found(cid))
+    s.vm_and_node(cid).await?.ok_or_else(|| not_found(cid))
 }
 
 /// `delete_vm`: removes the container, its ephemeral volume and its disk binds, then the
@@ -53,7 +48,7 @@ pub async fn delete(ctx: &CloudContext<'_>, cid: &VmCid) -> Result<CallResult, C
 /// gone is removed from the index (the node wins).
 pub async fn has(ctx: &CloudContext<'_>, cid: &VmCid) -> Result<CallResult, CpiError> {
     let s = Session::new(ctx);
-    let Some((record, docker)) = find(&s, cid).await? else {
+    let Some((record, docker)) = s.vm_and_node(cid).await? else {
         return Ok(CallResult::Plain(Value::Bool(false)));
     };
     let exists = s.inspect(&docker, cid.as_str()).await?.is_some();
