@@ -8,7 +8,11 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// The helper's sources; their digest is its version, compiled into both programs.
-const SOURCES: &[&str] = &["mounter/main.rs", "src/disk_mounts.rs"];
+const SOURCES: &[&str] = &[
+    "mounter/main.rs",
+    "src/disk_mounts.rs",
+    "src/loop_device.rs",
+];
 
 fn main() {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();

@@ -1,17 +1,21 @@
 //! `mc-mounter`: the one process of a node's mounter container, and the command the CPI
 //! runs in it (`docker exec`) to attach and detach disks in running VMs. The container
 //! sees the node's VM disk tree at `/vms` (shared with the host) and Docker's volumes at
-//! `/volumes`; the work is done by `src/disk_mounts.rs`, compiled in here on its own.
+//! `/volumes`; the work is done by `src/disk_mounts.rs` and `src/loop_device.rs`,
+//! compiled in here on their own.
 //! `build.rs` builds this file statically (the container's image holds nothing else).
 //!
 //! Every command comes after `--version-is V`: a helper of another version (the CPI was
 //! updated, this container was not) answers 2 without doing anything, and the CPI replaces
 //! it. Exit codes: 0 done, 1 failed, 2 bad usage or another version, 3 the disk has no
-//! volume on this node.
+//! volume on this node, 4 the volume holds no disk image (a disk kept as a folder).
 
 #[path = "../src/disk_mounts.rs"]
 #[allow(dead_code)]
 mod disk_mounts;
+#[path = "../src/loop_device.rs"]
+#[allow(dead_code)]
+mod loop_device;
 
 use std::io::ErrorKind;
 use std::path::Path;
@@ -19,7 +23,7 @@ use std::process::ExitCode;
 
 use disk_mounts::{Bound, DiskMounts};
 
-const USAGE: &str = "usage: mc-mounter serve | version | --version-is V (bind VM DISK | unbind VM DISK | list VM | holders DISK | forget VM)";
+const USAGE: &str = "usage: mc-mounter serve | version | --version-is V (attach VM DISK SIZE_MIB | unbind VM DISK | list VM | holders DISK | forget VM)";
 /// This helper's version (the digest of its sources, from build.rs).
 const VERSION: &str = env!("MC_MOUNTER_VERSION");
 
@@ -52,12 +56,22 @@ fn main() -> ExitCode {
         Err(e) => return fail(&format!("the disk tree: {e}"), ErrorKind::Other),
     };
     let outcome = match words.as_slice() {
-        ["bind", vm, disk] => tree.bind(vm, disk).map(|b| {
-            vec![match b {
-                Bound::Made => "bound".to_string(),
-                Bound::Already => "already bound".to_string(),
-            }]
-        }),
+        ["attach", vm, disk, size] => match size.parse::<u64>() {
+            Ok(size) => tree.attach(vm, disk, size).map(|a| {
+                vec![
+                    match a.node {
+                        Bound::Made => "attached",
+                        Bound::Already => "already attached",
+                    }
+                    .to_string(),
+                    if a.formatted { "formatted" } else { "blank" }.to_string(),
+                ]
+            }),
+            Err(_) => {
+                eprintln!("{USAGE}");
+                return ExitCode::from(2);
+            }
+        },
         ["unbind", vm, disk] => tree
             .unbind(vm, disk)
             .map(|was| vec![if was { "unbound" } else { "not bound" }.to_string()]),
@@ -82,5 +96,9 @@ fn main() -> ExitCode {
 
 fn fail(message: &str, kind: ErrorKind) -> ExitCode {
     eprintln!("mc-mounter: {message}");
-    ExitCode::from(if kind == ErrorKind::NotFound { 3 } else { 1 })
+    ExitCode::from(match kind {
+        ErrorKind::NotFound => 3,
+        ErrorKind::InvalidData => 4,
+        _ => 1,
+    })
 }

@@ -1,7 +1,12 @@
-//! The live disk mounts of a node's VMs, as a tree on the host: `<vms>/<vm>/<disk>` is a
-//! bind mount of the disk's Docker volume (`<volumes>/<disk>/_data`). `<vms>` is a shared
-//! mount, and each VM's container sees `<vms>/<vm>` at `/warden-cpi-dev` as a slave of it,
-//! so a bind made or removed here appears in (or leaves) the running VM at once.
+//! The live disks of a node's VMs, as a tree on the host. Each VM's container sees its
+//! folder `<vms>/<vm>` at `/warden-cpi-dev`, so what is made or removed there appears in
+//! (or leaves) the running VM at once:
+//! - a disk is a block device node `<vms>/<vm>/<disk>` of a loop device over the disk's
+//!   image file (`<volumes>/<disk>/_data/moltencore-disk.img`), which the agent mounts
+//!   and migrates like any IaaS disk;
+//! - VMs made before disks were block devices have bind mounts of the volume's folder
+//!   there instead (`<vms>` is a shared mount and each VM's folder a slave of it); those
+//!   are still listed, unbound and bound again at boot, but no new ones are made.
 //!
 //! Two programs use this file: `cpi node-prep disk-mounts` (at boot, before Docker: the
 //! tree made shared, the binds a reboot dropped made again) and the node's mounter, the
@@ -11,7 +16,10 @@
 use std::collections::BTreeSet;
 use std::ffi::{CString, c_char, c_int, c_ulong, c_void};
 use std::io;
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+
+use crate::loop_device;
 
 unsafe extern "C" {
     fn mount(
@@ -158,6 +166,22 @@ pub enum Bound {
     Already,
 }
 
+/// The file in a disk's volume that holds its filesystem (an ext4 image, sparse, of the
+/// disk's size).
+pub const IMAGE_FILE: &str = "moltencore-disk.img";
+/// What a record holds for a block-device disk (an empty one is a bound folder).
+const BLOCK: &[u8] = b"block";
+
+/// What [`DiskMounts::attach`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Attached {
+    /// Whether the device node was made or was there already.
+    pub node: Bound,
+    /// Whether the image holds a filesystem (an ext2/3/4 superblock); a new disk does not,
+    /// and is formatted by the VM.
+    pub formatted: bool,
+}
+
 /// What [`DiskMounts::remount_all`] did.
 #[derive(Debug, Default)]
 pub struct Remounted {
@@ -212,42 +236,81 @@ impl DiskMounts {
         self.vms.join(BOUND).join(vm).join(disk)
     }
 
-    /// Binds `disk`'s volume at `<vms>/<vm>/<disk>` and records it.
-    pub fn bind(&self, vm: &str, disk: &str) -> io::Result<Bound> {
+    fn record(&self, vm: &str, disk: &str, kind: &[u8]) -> io::Result<()> {
+        let marker = self.marker(vm, disk);
+        if let Some(dir) = marker.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(marker, kind)
+    }
+
+    fn image(&self, disk: &str) -> PathBuf {
+        self.source(disk).join(IMAGE_FILE)
+    }
+
+    /// Makes `disk` a block device in `vm`'s folder: its image (made, sparse, of
+    /// `size_mib` when the volume is still empty) attached to a loop device, whose node is
+    /// `<vms>/<vm>/<disk>`; recorded for the next boot.
+    pub fn attach(&self, vm: &str, disk: &str, size_mib: u64) -> io::Result<Attached> {
         let target = self.target(vm, disk)?;
-        let source = self.source(disk);
-        if !source.is_dir() {
+        let data = self.source(disk);
+        if !data.is_dir() {
             return Err(io::Error::new(
                 io::ErrorKind::NotFound,
                 format!("disk {disk} has no volume on this node"),
             ));
         }
-        if mount_points()?.contains(&target) {
-            self.record(vm, disk)?;
-            return Ok(Bound::Already);
-        }
+        let image = self.image(disk);
+        ensure_image(&data, &image, size_mib)?;
+        let lo = self.loop_of(disk)?;
         std::fs::create_dir_all(self.vms.join(vm))?;
-        let made = make_dir(&target)?;
-        if let Err(e) = mount_onto_dir(&source, &target) {
-            if made {
-                let _ = std::fs::remove_dir(&target);
-            }
-            return Err(e);
-        }
-        self.record(vm, disk)?;
-        Ok(Bound::Made)
+        let node = place_node(&target, lo.rdev)?;
+        self.record(vm, disk, BLOCK)?;
+        Ok(Attached {
+            node,
+            formatted: has_filesystem(&image)?,
+        })
     }
 
-    fn record(&self, vm: &str, disk: &str) -> io::Result<()> {
-        let marker = self.marker(vm, disk);
-        if let Some(dir) = marker.parent() {
-            std::fs::create_dir_all(dir)?;
+    /// The loop device of `disk`'s image, attached when it has none.
+    fn loop_of(&self, disk: &str) -> io::Result<loop_device::Loop> {
+        let image = self.image(disk);
+        match loop_device::loops_of(&image, &image_tail(disk))?.first() {
+            Some(lo) => Ok(*lo),
+            None => loop_device::attach(&image),
         }
-        std::fs::write(marker, b"")
     }
 
-    /// Removes the bind of `disk` from `vm` (every stacked copy), its mount point and its
-    /// record; whether it was bound.
+    /// The VMs whose records hold `disk` as a block device.
+    fn block_records(&self, disk: &str) -> io::Result<Vec<String>> {
+        let records = self.vms.join(BOUND);
+        if !records.is_dir() {
+            return Ok(Vec::new());
+        }
+        Ok(names_in(&records, std::fs::FileType::is_dir)?
+            .into_iter()
+            .filter(|vm| self.is_block(vm, disk))
+            .collect())
+    }
+
+    fn is_block(&self, vm: &str, disk: &str) -> bool {
+        std::fs::read(self.marker(vm, disk)).is_ok_and(|k| k == BLOCK)
+    }
+
+    /// Detaches the loop devices of `disk`'s image once no VM has the disk.
+    fn release_loops(&self, disk: &str) -> io::Result<()> {
+        if !self.block_records(disk)?.is_empty() {
+            return Ok(());
+        }
+        for lo in loop_device::loops_of(&self.image(disk), &image_tail(disk))? {
+            loop_device::detach(lo)?;
+        }
+        Ok(())
+    }
+
+    /// Removes `disk` from `vm`: its device node (or, for a bound folder, every stacked
+    /// bind and the mount point) and its record; the loop device goes with the last VM
+    /// that had the disk. Whether it was there.
     pub fn unbind(&self, vm: &str, disk: &str) -> io::Result<bool> {
         let target = self.target(vm, disk)?;
         let mut was = false;
@@ -264,6 +327,7 @@ impl DiskMounts {
                 target.display()
             )));
         }
+        was |= self.is_block(vm, disk);
         match std::fs::symlink_metadata(&target) {
             Ok(m) if m.is_dir() => remove_unmounted_tree(&target)?,
             Ok(_) => std::fs::remove_file(&target)?,
@@ -271,12 +335,14 @@ impl DiskMounts {
             Err(e) => return Err(e),
         }
         match std::fs::remove_file(self.marker(vm, disk)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(was),
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
         }
+        self.release_loops(disk)?;
+        Ok(was)
     }
 
-    /// The disks bound in `vm`'s directory.
+    /// The disks of `vm`: recorded block devices and bound folders.
     pub fn disks_of(&self, vm: &str) -> io::Result<Vec<String>> {
         checked(vm, "VM")?;
         let dir = self.vms.join(vm);
@@ -285,12 +351,35 @@ impl DiskMounts {
             .filter(|p| p.parent() == Some(dir.as_path()))
             .filter_map(|p| p.file_name()?.to_str().map(str::to_string))
             .collect();
+        let records = self.vms.join(BOUND).join(vm);
+        if records.is_dir() {
+            disks.extend(
+                names_in(&records, std::fs::FileType::is_file)?
+                    .into_iter()
+                    .filter(|disk| self.is_block(vm, disk)),
+            );
+        }
+        disks.sort();
         disks.dedup();
         Ok(disks)
     }
 
-    /// The VMs that have `disk` bound.
+    /// What holds `disk` on this node: the VMs that have it, or else a loop device of its
+    /// image that a mount has not let go yet (`loopN`).
     pub fn holders(&self, disk: &str) -> io::Result<Vec<String>> {
+        let mut vms = self.bound_holders(disk)?;
+        vms.extend(self.block_records(disk)?);
+        vms.sort();
+        vms.dedup();
+        if vms.is_empty() {
+            let loops = loop_device::loops_of(&self.image(disk), &image_tail(disk))?;
+            vms.extend(loops.iter().map(|lo| format!("loop{}", lo.number)));
+        }
+        Ok(vms)
+    }
+
+    /// The VMs that have `disk`'s folder bound.
+    fn bound_holders(&self, disk: &str) -> io::Result<Vec<String>> {
         checked(disk, "disk")?;
         let mut vms: Vec<String> = mount_points()?
             .iter()
@@ -307,8 +396,8 @@ impl DiskMounts {
         Ok(vms)
     }
 
-    /// Removes every bind of `vm`, its directory and its records (the VM is gone); the
-    /// disks unbound.
+    /// Removes every disk of `vm`, its directory and its records (the VM is gone); the
+    /// disks removed.
     pub fn forget(&self, vm: &str) -> io::Result<Vec<String>> {
         let disks = self.disks_of(vm)?;
         for disk in &disks {
@@ -325,8 +414,8 @@ impl DiskMounts {
         Ok(disks)
     }
 
-    /// Binds again every recorded disk that is not bound (after a reboot). One that fails
-    /// does not keep the others from being tried.
+    /// Makes again every recorded disk that a reboot took (the loop device and its node,
+    /// or the bind). One that fails does not keep the others from being tried.
     pub fn remount_all(&self) -> io::Result<Remounted> {
         let mut done = Remounted::default();
         let records = self.vms.join(BOUND);
@@ -337,6 +426,21 @@ impl DiskMounts {
         for vm in names_in(&records, std::fs::FileType::is_dir)? {
             for disk in names_in(&records.join(&vm), std::fs::FileType::is_file)? {
                 let target = self.vms.join(&vm).join(&disk);
+                if self.is_block(&vm, &disk) {
+                    if !self.image(&disk).is_file() {
+                        done.missing.push((vm.clone(), disk));
+                        continue;
+                    }
+                    let placed = std::fs::create_dir_all(self.vms.join(&vm))
+                        .and_then(|()| self.loop_of(&disk))
+                        .and_then(|lo| place_node(&target, lo.rdev));
+                    match placed {
+                        Ok(Bound::Made) => done.made.push((vm.clone(), disk)),
+                        Ok(Bound::Already) => {}
+                        Err(e) => done.failed.push((vm.clone(), disk, e.to_string())),
+                    }
+                    continue;
+                }
                 if mounted.contains(&target) {
                     continue;
                 }
@@ -355,6 +459,80 @@ impl DiskMounts {
         }
         Ok(done)
     }
+}
+
+/// The tail of `disk`'s image path that sysfs shows for its loop device, whatever the
+/// mount namespace that attached it saw of Docker's root.
+fn image_tail(disk: &str) -> String {
+    format!("/{disk}/_data/{IMAGE_FILE}")
+}
+
+/// Makes `image` (sparse, `size_mib`) when the volume folder `data` is still empty. A
+/// folder holding files but no image is a disk made as a folder by an earlier version.
+fn ensure_image(data: &Path, image: &Path, size_mib: u64) -> io::Result<()> {
+    match std::fs::symlink_metadata(image) {
+        Ok(m) if m.is_file() => return Ok(()),
+        Ok(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{} is not a file", image.display()),
+            ));
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let partial = format!(".{IMAGE_FILE}.");
+    for entry in std::fs::read_dir(data)? {
+        let name = entry?.file_name();
+        if !name.to_string_lossy().starts_with(&partial) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "its volume holds files but no disk image (a disk kept as a folder by an earlier version)",
+            ));
+        }
+    }
+    let bytes = size_mib
+        .checked_mul(1 << 20)
+        .filter(|b| *b > 0)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "a disk size of 0 MiB"))?;
+    // Made whole under another name first: a call side by side never sees it half made.
+    let new = data.join(format!("{partial}{}", std::process::id()));
+    std::fs::File::create(&new)?.set_len(bytes)?;
+    let linked = std::fs::hard_link(&new, image);
+    std::fs::remove_file(&new)?;
+    match linked {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Whether `image` holds an ext2/3/4 filesystem (its superblock's magic, 0xEF53 at 1080).
+fn has_filesystem(image: &Path) -> io::Result<bool> {
+    let mut magic = [0u8; 2];
+    match std::fs::File::open(image)?.read_exact_at(&mut magic, 1080) {
+        Ok(()) => Ok(magic == [0x53, 0xEF]),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Makes `target` the block device node of `rdev`; a node of another device there (made
+/// before a reboot renumbered the loop devices) is replaced, a folder is an error.
+fn place_node(target: &Path, rdev: u64) -> io::Result<Bound> {
+    match std::fs::symlink_metadata(target) {
+        Ok(m) if m.file_type().is_block_device() && m.rdev() == rdev => return Ok(Bound::Already),
+        Ok(m) if m.is_dir() => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is a folder (a bound disk)", target.display()),
+            ));
+        }
+        Ok(_) => std::fs::remove_file(target)?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    loop_device::make_block_node(target, rdev)?;
+    Ok(Bound::Made)
 }
 
 /// Makes `dir` unless it is there already as a real directory; whether it was made. A

@@ -25,6 +25,11 @@ pub mod vm {
     pub const CREATED_AT: &str = "moltencore.vm.created_at";
     /// The ephemeral disk size asked for, in MiB (on the ephemeral volume).
     pub const EPHEMERAL_DISK_MIB: &str = "moltencore.vm.ephemeral_disk_mib";
+    /// How the VM takes persistent disks: [`BLOCK_DISKS`] on VMs whose disks are block
+    /// devices; VMs made earlier have no such label.
+    pub const DISKS: &str = "moltencore.vm.disks";
+    /// The value of [`DISKS`] for disks as block devices.
+    pub const BLOCK_DISKS: &str = "block";
     /// On an ephemeral volume: the VM it belongs to.
     pub const EPHEMERAL_OF: &str = "moltencore.ephemeral.vm";
     /// The etcd key prefix of the index the VM is recorded in: only that CPI may judge

@@ -15,6 +15,7 @@ pub mod fleetlock;
 pub mod ids;
 pub mod labels;
 pub mod logging;
+pub mod loop_device;
 pub mod nodeprep;
 pub mod placement;
 pub mod protocol;

@@ -65,11 +65,7 @@ fn a_second_disk_attaches_live_beside_the_mounted_first() {
         .unwrap_or_else(|| panic!("the agent did not mount {second} beside the store: {mounts}"));
     assert!(target.contains(&second), "{target}");
     vm.shell("echo on-the-second > /var/vcap/store_migration_target/mark");
-    assert_eq!(
-        vm.shell(&format!("cat /warden-cpi-dev/{second}/mark"))
-            .trim(),
-        "on-the-second"
-    );
+    assert_eq!(vm.read_on_disk(&second, "mark").trim(), "on-the-second");
     let mut both = vec![first.clone(), second.clone()];
     both.sort();
     assert_eq!(call("get_disks", json!([vm.cid])), json!(both));
@@ -77,6 +73,7 @@ fn a_second_disk_attaches_live_beside_the_mounted_first() {
     // And it leaves live: the agent unmounts it, the CPI detaches it.
     vm.call("unmount_disk", json!([second]));
     call("detach_disk", json!([vm.cid, second]));
+    vm.call("remove_persistent_disk", json!([second]));
     assert_eq!(vm.agent_pid(), agent, "the agent restarted");
     assert_eq!(
         vm.try_shell(&format!("test -e /warden-cpi-dev/{second}")).0,
@@ -96,6 +93,78 @@ fn a_second_disk_attaches_live_beside_the_mounted_first() {
     call("delete_disk", json!([second]));
     call("delete_vm", json!([vm.cid]));
     call("delete_disk", json!([first]));
+}
+
+#[test]
+fn the_agent_migrates_the_store_to_a_new_disk_live() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let vm = AgentVm::create(0, 82, "migrate");
+    let old = create_disk(json!([64, {}, vm.cid]));
+    let hint = call("attach_disk", json!([vm.cid, old]));
+    mount(&vm, &old, &hint);
+    vm.shell(
+        "mkdir -p /var/vcap/store/job/data && echo kept > /var/vcap/store/job/data/file && \
+         chown 1000:1000 /var/vcap/store/job/data/file && chmod 0640 /var/vcap/store/job/data/file && \
+         ln -s data/file /var/vcap/store/job/link",
+    );
+    let agent = vm.agent_pid();
+
+    // A persistent disk change as the director makes it: the new disk beside the old,
+    // mounted by the agent, the data migrated by the agent, the old disk unmounted,
+    // detached and deleted.
+    let new = create_disk(json!([128, {}, vm.cid]));
+    let hint = call("attach_disk", json!([vm.cid, new]));
+    mount(&vm, &new, &hint);
+    vm.call("migrate_disk", json!([old, new]));
+    vm.call("unmount_disk", json!([old]));
+    call("detach_disk", json!([vm.cid, old]));
+    vm.call("remove_persistent_disk", json!([old]));
+    call("delete_disk", json!([old]));
+
+    assert_eq!(vm.agent_pid(), agent, "the agent restarted");
+    assert_eq!(
+        vm.store_source().as_deref(),
+        Some(format!("/warden-cpi-dev/{new}").as_str()),
+        "the store is not the new disk"
+    );
+    assert_eq!(
+        vm.shell("stat -c '%u %a' /var/vcap/store/job/data/file && cat /var/vcap/store/job/link")
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["1000", "640", "kept"],
+        "the data did not reach the new disk as it was"
+    );
+    assert_eq!(vm.read_on_disk(&new, "job/data/file").trim(), "kept");
+    // The store has the new disk's size: 128 MiB, not the node's.
+    let kib: u64 = vm
+        .shell("df -k /var/vcap/store | awk 'NR == 2 { print $2 }'")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!((100_000..=131_072).contains(&kib), "store of {kib} KiB");
+    assert_eq!(
+        vm.try_shell(&format!("test -e /warden-cpi-dev/{old}")).0,
+        1,
+        "the old disk is still in the VM"
+    );
+    assert_eq!(call("get_disks", json!([vm.cid])), json!([new]));
+    let settings: Value =
+        serde_json::from_str(&vm.shell("cat /var/vcap/bosh/warden-cpi-agent-env.json")).unwrap();
+    assert_eq!(
+        settings["disks"]["persistent"],
+        json!({new.as_str(): format!("/warden-cpi-dev/{new}")})
+    );
+
+    // And the agent takes the new disk as its store after a restart.
+    call("reboot_vm", json!([vm.cid]));
+    vm.wait_ready(Duration::from_secs(120));
+    assert_eq!(
+        vm.store_source().as_deref(),
+        Some(format!("/warden-cpi-dev/{new}").as_str())
+    );
+    assert_eq!(vm.shell("cat /var/vcap/store/job/data/file").trim(), "kept");
+    call("delete_vm", json!([vm.cid]));
+    call("delete_disk", json!([new]));
 }
 
 /// A job under monit that writes into the store: `start` and `stop` lines in
@@ -143,7 +212,7 @@ fn probe_running(vm: &AgentVm) -> bool {
 /// The probe's log lines, read from the disk itself (its hint), so also while the store
 /// is not mounted.
 fn probe_log(vm: &AgentVm, disk: &str) -> Vec<String> {
-    vm.shell(&format!("cat /warden-cpi-dev/{disk}/probe/log"))
+    vm.read_on_disk(disk, "probe/log")
         .lines()
         .map(str::to_string)
         .collect()

@@ -1,8 +1,9 @@
 //! Black-box tests of the persistent disk methods through the built `cpi` binary, checked
 //! on the nodes: data survives detach/attach, VM re-creation and moves between nodes; the
-//! VM runs on across attach and detach (same container, same first process), the disk
-//! bound in its folder of the node's disk tree; bad attaches leave the VM untouched;
-//! snapshots hold the contents of their time.
+//! VM runs on across attach and detach (same container, same first process), the disk a
+//! block device in its folder of the node's disk tree (formatted on its first attach, and
+//! mounted in the VM to read and write it); bad attaches leave the VM untouched; snapshots
+//! hold the contents of their time.
 
 use moltencore_testkit::{cluster::*, cpi::*, docker::*, index::*, requests::*};
 use serde_json::{Value, json};
@@ -11,9 +12,10 @@ use serde_json::{Value, json};
 const UNKNOWN_DISK: &str = "disk-00000000-0000-0000-0000-000000000000";
 const UNKNOWN_VM: &str = "vm-00000000-0000-0000-0000-000000000000";
 
-/// Writes random data and a few files into the disk inside the VM; returns their checksum.
+/// Writes random data and a few files into the disk inside the VM (mounted first);
+/// returns their checksum.
 fn fill_disk(node: &str, vm: &str, disk: &str) -> String {
-    let d = format!("/warden-cpi-dev/{disk}");
+    let d = mount_disk_in(node, vm, disk);
     sh(
         node,
         vm,
@@ -25,8 +27,11 @@ fn fill_disk(node: &str, vm: &str, disk: &str) -> String {
     checksum(node, vm, disk)
 }
 
+/// The checksum of what [`fill_disk`] wrote, read on the disk inside the VM (mounted
+/// first: a detach unmounts it). The count of the disk's root entries takes in the
+/// filesystem's `lost+found`.
 fn checksum(node: &str, vm: &str, disk: &str) -> String {
-    let d = format!("/warden-cpi-dev/{disk}");
+    let d = mount_disk_in(node, vm, disk);
     sh(
         node,
         vm,
@@ -57,7 +62,8 @@ fn data_and_identity_survive_detach_and_attach() {
         (&after.id, after.pid),
         "attaching restarted the VM"
     );
-    assert_eq!(disk_binds(&node, &disk), vec![vm.clone()]);
+    assert_eq!(disk_devices(&node, &disk), vec![vm.clone()]);
+    sh(&node, &vm, &format!("test -b /warden-cpi-dev/{disk}"));
     assert_eq!(
         (
             after.ip.as_str(),
@@ -96,8 +102,8 @@ fn data_and_identity_survive_detach_and_attach() {
     assert_eq!(call("detach_disk", json!([vm, disk])), Value::Null);
     assert_eq!(call("get_disks", json!([vm])), json!([]));
     assert!(
-        disk_binds(&node, &disk).is_empty(),
-        "still bound after detach"
+        disk_devices(&node, &disk).is_empty(),
+        "still a device in the VM's folder after detach"
     );
     sh(&node, &vm, &format!("test ! -e /warden-cpi-dev/{disk}"));
     assert_eq!(
@@ -132,8 +138,8 @@ fn data_and_identity_survive_detach_and_attach() {
     call("delete_vm", json!([vm]));
     assert_eq!(call("has_disk", json!([disk])), Value::Bool(true));
     assert!(
-        disk_binds(&node, &disk).is_empty(),
-        "still bound after delete_vm"
+        disk_devices(&node, &disk).is_empty(),
+        "still a device in the VM's folder after delete_vm"
     );
     assert!(
         !disk_tree(&node).join(&vm).exists(),
@@ -269,11 +275,10 @@ fn a_snapshot_holds_the_contents_of_its_time() {
     let (vm, node, _) = vm_on(0, 65, "snapshot");
     let disk = create_disk(json!([100, {}, vm]));
     call("attach_disk", json!([vm, disk]));
-    sh(
-        &node,
-        &vm,
-        &format!("echo version-1 > /warden-cpi-dev/{disk}/state"),
-    );
+    let d = mount_disk_in(&node, &vm, &disk);
+    // Synced, as the snapshot copies the disk's image: what is written on the device,
+    // not what the VM's page cache still holds (as a snapshot of any IaaS's volume).
+    sh(&node, &vm, &format!("echo version-1 > {d}/state && sync"));
     let snap = call(
         "snapshot_disk",
         json!([disk, {"deployment": "cf", "index": 3, "director_name": "d"}]),
@@ -281,24 +286,16 @@ fn a_snapshot_holds_the_contents_of_its_time() {
     .as_str()
     .unwrap()
     .to_string();
-    sh(
-        &node,
-        &vm,
-        &format!("echo version-2 > /warden-cpi-dev/{disk}/state"),
-    );
-    // Mount the snapshot volume into a second VM-less container to read it.
+    sh(&node, &vm, &format!("echo version-2 > {d}/state && sync"));
     let content = runtime().block_on(async {
         let docker = node_socket(&node).await;
         let v = docker.inspect_volume(&snap).await.unwrap();
         assert_eq!(v.labels["moltencore.snapshot.disk"], disk);
         assert_eq!(v.labels["moltencore.snapshot.meta.index"], "3");
-        let name = format!("read-{snap}");
-        create_plain_container(&node, &name, &format!("{snap}:/snap:ro"), &[]).await;
-        let text = read_file_in(&node, &name, "/snap/state").await;
-        remove_container_forced(&node, &name).await;
-        text
+        read_in_snapshot(&node, &snap, "state").await
     });
     assert_eq!(content, "version-1\n");
+    assert_eq!(sh(&node, &vm, &format!("cat {d}/state")), "version-2\n");
     assert_eq!(call("delete_snapshot", json!([snap])), Value::Null);
     assert!(volume_on(&node, &snap).is_none());
     assert_eq!(call("delete_snapshot", json!([snap])), Value::Null);
@@ -306,9 +303,59 @@ fn a_snapshot_holds_the_contents_of_its_time() {
     call("delete_disk", json!([disk]));
 }
 
-/// Creates (does not start) a container of the test stemcell on `node` with one volume
-/// `bind` (`volume:path[:ro]`), no network, and `labels`.
-async fn create_plain_container(node: &str, name: &str, bind: &str, labels: &[(&str, &str)]) {
+/// The content of the file `path` on the disk a snapshot holds: the snapshot's volume
+/// `snap` on `node` holds a copy of the disk's image, which a throwaway container of the
+/// test stemcell mounts (through a loop device: privileged) to read it.
+async fn read_in_snapshot(node: &str, snap: &str, path: &str) -> String {
+    let name = format!("read-{snap}");
+    let mut body = plain_container(&format!("{snap}:/snap"), &[]);
+    body.entrypoint = Some(Vec::new());
+    body.cmd = Some(vec!["/bin/sleep".into(), "600".into()]);
+    if let Some(host) = body.host_config.as_mut() {
+        host.privileged = Some(true);
+    }
+    create_container(node, &name, body).await;
+    node_socket(node)
+        .await
+        .start_container(
+            &name,
+            None::<bollard::query_parameters::StartContainerOptions>,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("starting {name} on {node}: {e}"));
+    let image = moltencore::disk_mounts::IMAGE_FILE;
+    let cmd = format!(
+        "mkdir -p /image && mount /snap/{image} /image && cat /image/{path}; c=$?; umount /image 2>/dev/null; exit $c"
+    );
+    let (code, text) = exec_in(node, &name, &cmd).await;
+    remove_container_forced(node, &name).await;
+    assert_eq!(code, 0, "`{cmd}` in {name} on {node}: {text}");
+    text
+}
+
+/// A container of the test stemcell with one volume `bind` (`volume:path[:ro]`), no
+/// network, and `labels`, that runs `true`.
+fn plain_container(bind: &str, labels: &[(&str, &str)]) -> bollard::models::ContainerCreateBody {
+    bollard::models::ContainerCreateBody {
+        image: Some(format!("moltencore-stemcell:{}", shared_stemcell())),
+        cmd: Some(vec!["true".into()]),
+        labels: Some(
+            labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        ),
+        host_config: Some(bollard::models::HostConfig {
+            binds: Some(vec![bind.to_string()]),
+            network_mode: Some("none".into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Creates (does not start) the container `name` on `node` of `body`.
+async fn create_container(node: &str, name: &str, body: bollard::models::ContainerCreateBody) {
     node_socket(node)
         .await
         .create_container(
@@ -317,33 +364,25 @@ async fn create_plain_container(node: &str, name: &str, bind: &str, labels: &[(&
                     .name(name)
                     .build(),
             ),
-            bollard::models::ContainerCreateBody {
-                image: Some(format!("moltencore-stemcell:{}", shared_stemcell())),
-                cmd: Some(vec!["true".into()]),
-                labels: Some(
-                    labels
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
-                ),
-                host_config: Some(bollard::models::HostConfig {
-                    binds: Some(vec![bind.to_string()]),
-                    network_mode: Some("none".into()),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
+            body,
         )
         .await
         .unwrap_or_else(|e| panic!("creating container {name} on {node}: {e}"));
 }
 
+/// Creates (does not start) a container of the test stemcell on `node` with one volume
+/// `bind` (`volume:path[:ro]`), no network, and `labels`.
+async fn create_plain_container(node: &str, name: &str, bind: &str, labels: &[(&str, &str)]) {
+    create_container(node, name, plain_container(bind, labels)).await;
+}
+
 #[test]
-fn an_attach_that_bound_the_disk_but_wrote_no_record_is_finished_by_its_retry() {
+fn an_attach_that_put_the_disk_in_the_vm_but_wrote_no_record_is_finished_by_its_retry() {
     let (vm, node, _) = vm_on(1, 66, "half-attach");
     let disk = create_disk(json!([10, {}, vm]));
     let hint = call("attach_disk", json!([vm, disk]));
-    // As a process killed right after the bind leaves it: the record names no VM.
+    // As a process killed right after making the disk's device in the VM's folder leaves
+    // it: the record names no VM.
     let key = format!("disks/{disk}");
     let mut record = index_record(&cluster_config(), &key).unwrap();
     record["vm"] = Value::Null;
@@ -357,7 +396,7 @@ fn an_attach_that_bound_the_disk_but_wrote_no_record_is_finished_by_its_retry() 
         message.contains(&disk) && message.contains(&vm),
         "{message}"
     );
-    assert_eq!(disk_binds(&node, &disk), vec![vm.clone()]);
+    assert_eq!(disk_devices(&node, &disk), vec![vm.clone()]);
     // So is a VM on another node, which would get a copy while the holder writes on.
     let (far, _, _) = vm_on(2, 68, "half-attach-far");
     let (kind, message, _) = call_error("attach_disk", json!([far, disk]));
@@ -391,13 +430,20 @@ fn detach_takes_the_disk_from_every_mount_the_vm_made_of_it() {
     let (vm, node, _) = vm_on(1, 69, "still-mounted");
     let disk = create_disk(json!([10, {}, vm]));
     call("attach_disk", json!([vm, disk]));
-    // What the agent's mount_disk does; its unmount_disk on a bound disk unmounts only
-    // the hint, so the store would stay a mount of the disk.
+    // What the agent's mount_disk does, and a second mount of the same device; the agent's
+    // unmount_disk may fail or not be asked before the detach, so the VM would go on
+    // writing on a disk that looks free.
+    sh(
+        &node,
+        &vm,
+        &format!("mkdir -p /var/vcap/store && mount /warden-cpi-dev/{disk} /var/vcap/store"),
+    );
+    let second = mount_disk_in(&node, &vm, &disk);
     sh(
         &node,
         &vm,
         &format!(
-            "mkdir -p /var/vcap/store && mount --bind /warden-cpi-dev/{disk} /var/vcap/store && umount /warden-cpi-dev/{disk}"
+            "grep -q ' {second} ' /proc/mounts && test $(grep -c '^/warden-cpi-dev/{disk} ' /proc/mounts) -eq 2"
         ),
     );
     assert_eq!(call("detach_disk", json!([vm, disk])), Value::Null);
@@ -407,13 +453,14 @@ fn detach_takes_the_disk_from_every_mount_the_vm_made_of_it() {
         !mounts.contains(&disk),
         "the VM still mounts the disk: {mounts}"
     );
-    assert!(disk_binds(&node, &disk).is_empty());
+    sh(&node, &vm, &format!("test ! -e /warden-cpi-dev/{disk}"));
+    assert!(disk_devices(&node, &disk).is_empty());
     call("delete_vm", json!([vm]));
     call("delete_disk", json!([disk]));
 }
 
 #[test]
-fn delete_vm_removes_every_container_of_the_vm_and_its_disk_binds() {
+fn delete_vm_removes_every_container_of_the_vm_and_its_disk_devices() {
     let (vm, node, _) = vm_on(1, 72, "delete-all");
     let disk = create_disk(json!([10, {}, vm]));
     call("attach_disk", json!([vm, disk]));
@@ -439,8 +486,8 @@ fn delete_vm_removes_every_container_of_the_vm_and_its_disk_binds() {
     });
     assert!(volume_on(&node, &disk).is_some(), "the disk survives");
     assert!(
-        disk_binds(&node, &disk).is_empty(),
-        "the disk is still bound"
+        disk_devices(&node, &disk).is_empty(),
+        "the disk is still a device in the VM's folder"
     );
     assert!(
         !disk_tree(&node).join(&vm).exists(),
@@ -557,18 +604,19 @@ fn a_move_waits_while_a_copy_on_an_unreachable_third_node_keeps_its_mark() {
 }
 
 /// A 1 GiB disk on n1 holding `big_mib` MiB of random data plus [`fill_disk`]'s files,
-/// written through a VM at `.host` (agent `agent`) that is deleted after the detach:
-/// (disk, node, checksum).
+/// written through a VM at `.host` (agent `agent`, the disk mounted there) that is
+/// deleted after the detach: (disk, node, checksum). The disk's size is real: its
+/// filesystem takes somewhat less than 1 GiB.
 fn detached_disk_with_data(host: u8, agent: &str, big_mib: u32) -> (String, String, String) {
+    assert!(big_mib <= 900, "{big_mib} MiB do not fit on a 1 GiB disk");
     let (vm, node, _) = vm_on(0, host, agent);
     let disk = create_disk(json!([1024, {}, vm]));
     call("attach_disk", json!([vm, disk]));
+    let d = mount_disk_in(&node, &vm, &disk);
     sh(
         &node,
         &vm,
-        &format!(
-            "dd if=/dev/urandom of=/warden-cpi-dev/{disk}/big bs=1M count={big_mib} 2>/dev/null"
-        ),
+        &format!("dd if=/dev/urandom of={d}/big bs=1M count={big_mib} 2>/dev/null"),
     );
     let sum = fill_disk(&node, &vm, &disk);
     call("detach_disk", json!([vm, disk]));
@@ -606,8 +654,8 @@ fn a_move_killed_mid_copy_is_finished_by_the_next_attach_with_the_data_intact() 
         assert_eq!(record["node"], node1.as_str());
         assert_eq!(record["copying_to"], node2.as_str());
         assert!(
-            disk_binds(&node2, &disk).is_empty(),
-            "an unchecked copy was bound"
+            disk_devices(&node2, &disk).is_empty(),
+            "an unchecked copy was put in the VM"
         );
         // Any next call on the disk removes the partial copy and its helpers.
         assert_eq!(call("has_disk", json!([disk])), Value::Bool(true));
@@ -826,7 +874,7 @@ fn a_killed_create_vm_with_a_disk_never_leaves_two_vms_on_it() {
         let message = run.response["error"]["message"].as_str().unwrap();
         assert!(message.contains(&disk), "{message}");
     });
-    assert_eq!(disk_binds(&node, &disk), vec![vm.clone()]);
+    assert_eq!(disk_devices(&node, &disk), vec![vm.clone()]);
     runtime().block_on(async {
         assert_eq!(leftovers_of_agent(&agent).await, Vec::<String>::new());
     });
@@ -865,10 +913,13 @@ fn a_disk_attaches_to_a_stopped_vm_which_comes_back_with_its_address() {
             .unwrap();
     });
     assert_eq!(vm_container(&node, &vm).ip, ip);
+    // Started, the VM has the disk's device, formatted: it mounts and takes data.
+    sh(&node, &vm, &format!("test -b /warden-cpi-dev/{disk}"));
+    write_blob(&node, &vm, &disk, 64);
     sh(
         &node,
         &vm,
-        &format!("grep -q ' /warden-cpi-dev/{disk} ' /proc/mounts"),
+        &format!("grep -q '^/warden-cpi-dev/{disk} ' /proc/mounts"),
     );
     call("delete_vm", json!([vm]));
     call("delete_disk", json!([disk]));
@@ -939,7 +990,7 @@ fn a_disk_another_container_really_mounts_is_refused_whatever_the_index_says() {
         before.id,
         "the VM was re-created"
     );
-    assert_eq!(disk_binds(&node, &disk), vec![holder.clone()]);
+    assert_eq!(disk_devices(&node, &disk), vec![holder.clone()]);
     assert!(volume_on(&node, &disk).is_some(), "the disk went");
 
     // A holder that is no VM of this CPI is named as a container.
@@ -976,7 +1027,7 @@ fn a_disk_another_container_really_mounts_is_refused_whatever_the_index_says() {
         call("attach_disk", json!([vm, disk])),
         json!(format!("/warden-cpi-dev/{disk}"))
     );
-    assert_eq!(disk_binds(&node, &disk), vec![vm.clone()]);
+    assert_eq!(disk_devices(&node, &disk), vec![vm.clone()]);
     assert!(
         users_of_volume(&node, &disk).is_empty(),
         "the helper is left"

@@ -252,13 +252,14 @@ fn a_disk_move_into_a_node_that_freezes_fails_retriably_and_the_next_attach_fini
         );
         let disk = create_disk(json!([1024, {}, writer]));
         call("attach_disk", json!([writer, disk]));
-        let path = format!("/warden-cpi-dev/{disk}");
+        // 96 MiB on the 1 GiB disk, mounted in the VM (the detach unmounts it).
+        let path = mount_disk_in(&source, &writer, &disk);
         sh(
             &source,
             &writer,
             &format!("dd if=/dev/urandom of={path}/big bs=1M count=96 2>/dev/null"),
         );
-        let sum = sh(&source, &writer, &format!("md5sum {path}/big"));
+        let sum = sh(&source, &writer, &format!("cd {path} && md5sum big"));
         call("detach_disk", json!([writer, disk]));
         call("delete_vm", json!([writer]));
 
@@ -311,7 +312,8 @@ fn a_disk_move_into_a_node_that_freezes_fails_retriably_and_the_next_attach_fini
             call("attach_disk", json!([vm, disk])),
             json!(format!("/warden-cpi-dev/{disk}"))
         );
-        assert_eq!(sh(&target, &vm, &format!("md5sum {path}/big")), sum);
+        let path = mount_disk_in(&target, &vm, &disk);
+        assert_eq!(sh(&target, &vm, &format!("cd {path} && md5sum big")), sum);
         runtime().block_on(async {
             for node in [&source, &target] {
                 assert!(

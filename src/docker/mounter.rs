@@ -24,6 +24,8 @@ const MAKE_PAUSE: std::time::Duration = std::time::Duration::from_millis(250);
 const VERSION: &str = env!("MC_MOUNTER_VERSION");
 /// The mounter's exit code for a command it does not know, or another version.
 const USAGE: i64 = 2;
+/// The mounter's exit code for a disk whose volume holds files but no disk image.
+pub const NOT_AN_IMAGE: i64 = 4;
 /// Name of the mounter container on every node.
 pub const CONTAINER: &str = "mc-mounter";
 const IMAGE_REPO: &str = "moltencore-mounter";
@@ -39,16 +41,21 @@ fn image() -> String {
 }
 
 impl NodeDocker {
-    /// Binds disk `disk` into VM `vm`'s disk directory (its `/warden-cpi-dev/<disk>`).
-    pub async fn bind_disk(
+    /// Makes disk `disk` a block device in VM `vm`'s disk directory (its
+    /// `/warden-cpi-dev/<disk>`), its image made of `size_mib` if the volume is still
+    /// empty; whether the image holds a filesystem already.
+    pub async fn attach_block_disk(
         &self,
         disks_dir: &str,
         vm: &str,
         disk: &str,
-    ) -> Result<(), DockerError> {
-        self.mounter_ok(disks_dir, &["bind", vm, disk])
-            .await
-            .map(|_| ())
+        size_mib: u64,
+    ) -> Result<bool, DockerError> {
+        let size = size_mib.to_string();
+        let lines = self
+            .mounter_ok(disks_dir, &["attach", vm, disk, &size])
+            .await?;
+        Ok(lines.iter().any(|l| l == "formatted"))
     }
 
     /// Removes disk `disk` from VM `vm`; not bound is success.
@@ -172,6 +179,9 @@ impl NodeDocker {
                     format!("{root}/volumes:/volumes"),
                 ]),
                 cap_add: Some(vec!["SYS_ADMIN".into()]),
+                // Loop devices (block 7) and their control (misc 10:237); the mounter makes
+                // their nodes in its /dev, which holds only the devices of its start.
+                device_cgroup_rules: Some(vec!["b 7:* rwm".into(), "c 10:237 rwm".into()]),
                 security_opt: Some(vec![
                     "apparmor=unconfined".into(),
                     "seccomp=unconfined".into(),

@@ -1,7 +1,8 @@
-//! attach_disk and detach_disk, live: the disk is bound into (or out of) the running VM's
-//! `/warden-cpi-dev` through the node's disk tree (see [`crate::disk_mounts`]), and its hint
-//! is written into (or out of) the agent's settings. No process of the VM restarts, so the
-//! agent can mount two disks at once and migrate between them as on any IaaS. A disk on
+//! attach_disk and detach_disk, live: the disk appears in (or leaves) the running VM's
+//! `/warden-cpi-dev` as a block device, through the node's disk tree (see
+//! [`crate::disk_mounts`]), and its hint is written into (or out of) the agent's settings.
+//! No process of the VM restarts, so the agent can mount two disks at once and migrate
+//! between them as on any IaaS. A new disk is formatted on its first attach; a disk on
 //! another node is moved first (copied and checked before the VM sees it).
 
 use bollard::models::ContainerInspectResponse;
@@ -12,7 +13,8 @@ use crate::cloud::session::Session;
 use crate::cloud::session::disks::volume_gone;
 use crate::cloud::vm::agent_files::{self, DISK_MOUNT_ROOT, SETTINGS_PATH};
 use crate::cloud::vm::{find_existing, inside};
-use crate::docker::NodeDocker;
+use crate::docker::{DockerError, NodeDocker, mounter};
+use crate::labels::vm as labels;
 use crate::protocol::{CallResult, CpiError, DiskCid, ErrorKind, VmCid};
 
 /// The VM's container, or `VMNotFound`.
@@ -29,23 +31,54 @@ async fn container_of(
     })
 }
 
-/// Whether the container sees its directory of the node's disk tree at `/warden-cpi-dev`
-/// (every VM made since disks attach live does).
-fn has_disk_tree(c: &ContainerInspectResponse) -> bool {
-    c.mounts.iter().flatten().any(|m| {
-        m.destination.as_deref() == Some(DISK_MOUNT_ROOT) && m.typ.as_deref() == Some("bind")
-    })
+/// How a VM takes persistent disks, by the CPI version that made it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum VmDisks {
+    /// Block devices in its folder of the node's disk tree (every VM made now).
+    Block,
+    /// Folders bound into its folder of the disk tree; its agent mounts them as folders.
+    Bound,
+    /// Docker volume mounts fixed at creation.
+    Fixed,
 }
 
-/// The refusal for a VM made before disks attached live: its disks are Docker volume
-/// mounts, which a running container cannot change.
-fn without_disk_tree(vm_cid: &VmCid) -> CpiError {
+impl VmDisks {
+    fn of(c: &ContainerInspectResponse) -> VmDisks {
+        let label = c.config.as_ref().and_then(|c| c.labels.as_ref());
+        if label.and_then(|l| l.get(labels::DISKS)).map(String::as_str) == Some(labels::BLOCK_DISKS)
+        {
+            return VmDisks::Block;
+        }
+        let tree = c.mounts.iter().flatten().any(|m| {
+            m.destination.as_deref() == Some(DISK_MOUNT_ROOT) && m.typ.as_deref() == Some("bind")
+        });
+        if tree { VmDisks::Bound } else { VmDisks::Fixed }
+    }
+}
+
+/// The refusal to attach a disk to a VM made by an earlier version: its agent mounts
+/// folders (or its container's volumes are fixed), not the block devices disks are now.
+fn made_earlier(vm_cid: &VmCid) -> CpiError {
     CpiError::cloud(
         format!(
-            "VM {vm_cid} was made by a CPI version whose disks are fixed at creation; recreate it (bosh recreate) to attach or detach disks"
+            "VM {vm_cid} was made by a CPI version whose disks are folders; recreate it (bosh recreate) to attach disks"
         ),
         false,
     )
+}
+
+/// A mounter's refusal of a disk whose volume holds files but no image, said so; other
+/// errors as they are.
+pub(crate) fn not_an_image(e: DockerError, disk: &DiskCid) -> CpiError {
+    match e {
+        DockerError::Mount { code, .. } if code == mounter::NOT_AN_IMAGE => CpiError::cloud(
+            format!(
+                "disk {disk} keeps its data as a folder (made by a CPI version before disks were block devices) and cannot be attached as a device; copy its data to a new disk"
+            ),
+            false,
+        ),
+        e => e.into(),
+    }
 }
 
 /// Disks mounted as Docker volumes at their hints: the disks of a VM made before disks
@@ -66,7 +99,7 @@ pub(super) async fn disks_of(
     vm_cid: &VmCid,
 ) -> Result<Vec<String>, CpiError> {
     let container = container_of(s, docker, vm_cid).await?;
-    if !has_disk_tree(&container) {
+    if VmDisks::of(&container) == VmDisks::Fixed {
         return Ok(volume_disks(&container));
     }
     let dir = s.disks_dir(&docker.name).await?;
@@ -119,19 +152,21 @@ pub async fn attach(
     let hint = CallResult::DiskAttached {
         hint: Value::String(agent_files::disk_hint(disk_cid)),
     };
-    if !has_disk_tree(&container) {
-        if volume_disks(&container)
+    let kind = VmDisks::of(&container);
+    if kind != VmDisks::Block {
+        if disks_of(&s, &docker, vm_cid)
+            .await?
             .iter()
             .any(|d| d == disk_cid.as_str())
         {
-            // Its container mounts the disk: the index says so again.
+            // It has the disk: the index says so again.
             if disk.vm.as_ref() != Some(vm_cid) {
                 disk.vm = Some(vm_cid.clone());
                 s.save_disk(&disk).await?;
             }
             return Ok(hint);
         }
-        return Err(without_disk_tree(vm_cid));
+        return Err(made_earlier(vm_cid));
     }
     if let Some(other) = s.attached_vm(&disk).await?
         && other != *vm_cid
@@ -147,7 +182,9 @@ pub async fn attach(
     if disk.node != vm.node {
         s.move_disk(&mut disk, &vm.node).await?;
     } else {
-        let (exists, bound_here) = futures_util::future::join(
+        // A retried attach finds the disk in the VM already; it is put there again (which
+        // changes nothing) so that a format the first try did not finish is done.
+        let (exists, _) = futures_util::future::join(
             docker.volume_exists(disk_cid.as_str()),
             s.ensure_unmounted(&docker, Some(&dir), disk_cid, Some(vm_cid)),
         )
@@ -155,16 +192,14 @@ pub async fn attach(
         if !exists? {
             return Err(volume_gone(&disk));
         }
-        if bound_here? {
-            // Bound already (a retried attach): the record and the settings follow.
-            return finish_attach(&s, &docker, vm_cid, &mut disk)
-                .await
-                .map(|()| hint);
-        }
     }
-    docker
-        .bind_disk(&dir, vm_cid.as_str(), disk_cid.as_str())
-        .await?;
+    let formatted = docker
+        .attach_block_disk(&dir, vm_cid.as_str(), disk_cid.as_str(), disk.size_mib)
+        .await
+        .map_err(|e| not_an_image(e, disk_cid))?;
+    if !formatted {
+        inside::format_disk(&docker, vm_cid.as_str(), disk_cid.as_str()).await?;
+    }
     finish_attach(&s, &docker, vm_cid, &mut disk).await?;
     // After the record names the VM: both write the record.
     s.remove_old_copy(&mut disk).await;
@@ -172,7 +207,7 @@ pub async fn attach(
     Ok(hint)
 }
 
-/// After the bind: the hint in the agent settings, the VM in the disk's record.
+/// After the disk is in the VM: the hint in the agent settings, the VM in the disk's record.
 async fn finish_attach(
     s: &Session<'_>,
     docker: &NodeDocker,
@@ -198,11 +233,11 @@ pub async fn detach(
     let (vm, docker) = find_existing(&s, vm_cid).await?;
     let container = container_of(&s, &docker, vm_cid).await?;
     let disk = s.disk_if_any(disk_cid).await?;
-    if has_disk_tree(&container) {
+    if VmDisks::of(&container) != VmDisks::Fixed {
         let dir = s.disks_dir(&vm.node).await?;
-        // Unbinding the hint does not take the disk from a mount the VM made of it (the
-        // agent's unmount_disk leaves /var/vcap/store mounted): such a disk would look free
-        // while the VM writes on. Detached means gone from the VM, as on any IaaS.
+        // Removing the device does not take the disk from a mount the VM made of it (the
+        // agent's unmount_disk may have failed, or not been asked): such a disk would look
+        // free while the VM writes on. Detached means gone from the VM, as on any IaaS.
         let taken = inside::unmount_disk(&docker, vm_cid.as_str(), disk_cid.as_str()).await?;
         if !taken.is_empty() {
             tracing::info!(vm = %vm_cid, disk = %disk_cid, "unmounted in the VM: {}", taken.join(", "));

@@ -4,6 +4,7 @@
 mod attach;
 mod snapshot;
 
+pub(crate) use attach::not_an_image;
 pub use attach::{attach, detach};
 pub use snapshot::{delete_snapshot, snapshot};
 

@@ -18,6 +18,29 @@ pub const USER_DATA_PATH: &str = "/var/vcap/bosh/warden-cpi-user-data.json";
 pub const METADATA_PATH: &str = "/var/vcap/bosh/warden-cpi-metadata.json";
 /// Where a persistent disk appears inside the VM; the agent bind-mounts it.
 pub const DISK_MOUNT_ROOT: &str = "/warden-cpi-dev";
+/// The agent's own configuration, as the stemcell brings it.
+pub const AGENT_CONFIG_PATH: &str = "/var/vcap/bosh/agent.json";
+
+/// The stemcell's agent configuration set to mount persistent disks as the block devices
+/// they are here: `BindMountPersistentDisk` off (a warden stemcell has it on, for disks
+/// that are folders) and `UsePreformattedPersistentDisk` on (the CPI has the disk
+/// formatted; the agent mounts the device itself, as the agent's `migrate_disk` remounts
+/// it). `None` when the file is no JSON object with a `Platform.Linux` object or none.
+pub fn block_disk_agent_config(config: &[u8]) -> Option<Vec<u8>> {
+    let mut config: Value = serde_json::from_slice(config).ok()?;
+    let platform = config
+        .as_object_mut()?
+        .entry("Platform")
+        .or_insert(json!({}));
+    let linux = platform
+        .as_object_mut()?
+        .entry("Linux")
+        .or_insert(json!({}));
+    let linux = linux.as_object_mut()?;
+    linux.insert("BindMountPersistentDisk".into(), Value::Bool(false));
+    linux.insert("UsePreformattedPersistentDisk".into(), Value::Bool(true));
+    serde_json::to_vec_pretty(&config).ok()
+}
 
 /// The agent settings document; `blobstore` is the one [`super::blobstore::for_agent`]
 /// chose for its top level (none when `env` brings the agent's blobstores).
@@ -111,8 +134,13 @@ pub fn settings_archive(settings: &Value) -> std::io::Result<Vec<u8>> {
 /// would apply their modes to the image's folders, and `/var/vcap/bosh` must keep the
 /// stemcell's 0700 (the agent's own `settings.json` there is not 0600). A folder the
 /// image lacks is made by Docker (0755, root).
-pub fn archive(vm_cid: &str, settings: &Value) -> std::io::Result<Vec<u8>> {
-    let files = [
+/// `agent_config`, when given, replaces the stemcell's agent.json (same owner, 0644).
+pub fn archive(
+    vm_cid: &str,
+    settings: &Value,
+    agent_config: Option<Vec<u8>>,
+) -> std::io::Result<Vec<u8>> {
+    let mut files = vec![
         (SETTINGS_PATH, serde_json::to_vec(settings)?, 0o600),
         (
             USER_DATA_PATH,
@@ -125,6 +153,9 @@ pub fn archive(vm_cid: &str, settings: &Value) -> std::io::Result<Vec<u8>> {
             0o644,
         ),
     ];
+    if let Some(config) = agent_config {
+        files.push((AGENT_CONFIG_PATH, config, 0o644));
+    }
     let mut builder = tar::Builder::new(Vec::new());
     for (path, data, mode) in files {
         append_file(
@@ -173,6 +204,25 @@ pub fn append_file(
 mod tests {
     use super::*;
     use crate::cloud::vm::network_plan::plan;
+
+    #[test]
+    fn agent_config_mounts_block_devices_and_keeps_the_rest() {
+        let warden = br#"{"Platform":{"Linux":{"UseDefaultTmpDir":true,"BindMountPersistentDisk":true,"SkipDiskSetup":true}},"Infrastructure":{"Settings":{"Sources":[{"Type":"File"}]}}}"#;
+        let c: Value = serde_json::from_slice(&block_disk_agent_config(warden).unwrap()).unwrap();
+        let linux = &c["Platform"]["Linux"];
+        assert_eq!(linux["BindMountPersistentDisk"], false);
+        assert_eq!(linux["UsePreformattedPersistentDisk"], true);
+        assert_eq!(linux["SkipDiskSetup"], true);
+        assert_eq!(
+            c["Infrastructure"]["Settings"]["Sources"][0]["Type"],
+            "File"
+        );
+        let bare: Value = serde_json::from_slice(&block_disk_agent_config(b"{}").unwrap()).unwrap();
+        assert_eq!(bare["Platform"]["Linux"]["BindMountPersistentDisk"], false);
+        for bad in [&b"[]"[..], b"not json", br#"{"Platform":[]}"#] {
+            assert!(block_disk_agent_config(bad).is_none());
+        }
+    }
     use crate::config::Secret;
     use std::io::Read;
 
@@ -264,7 +314,7 @@ mod tests {
     #[test]
     fn archive_holds_the_three_files() {
         let s = json!({"agent_id": "a"});
-        let tar_bytes = archive("vm-1", &s).unwrap();
+        let tar_bytes = archive("vm-1", &s, None).unwrap();
         let mut a = tar::Archive::new(tar_bytes.as_slice());
         let mut found = BTreeMap::new();
         for e in a.entries().unwrap() {

@@ -30,10 +30,24 @@ pub struct ContainerPlan<'a> {
     pub networks: &'a [PlannedNetwork],
     pub ephemeral_volume: &'a str,
     /// The VM's directory of its node's disk tree (see [`crate::disk_mounts`]), seen at
-    /// `/warden-cpi-dev` as a slave mount: disks bound there later appear in the VM.
+    /// `/warden-cpi-dev`: disks put there later (block device nodes) appear in the VM.
     /// `None` on a node prepared before it had a tree: the VM can take no disk then.
     pub disk_tree: Option<&'a str>,
     pub start_script: String,
+}
+
+/// Lets an unprivileged VM use loop devices, the block devices its persistent disks are
+/// (a privileged one may use every device).
+const LOOP_DEVICES: &str = "b 7:* rwm";
+
+/// The device rules of the profile, and the loop devices' for an unprivileged VM with
+/// disks.
+fn device_rules(e: &Effective, with_disks: bool) -> Option<Vec<String>> {
+    let mut rules = e.device_cgroup_rules.clone();
+    if with_disks && !e.privileged && !rules.iter().any(|r| r == LOOP_DEVICES) {
+        rules.push(LOOP_DEVICES.to_string());
+    }
+    (!rules.is_empty()).then_some(rules)
 }
 
 /// The endpoint settings of one planned network (static IP when known).
@@ -126,8 +140,7 @@ pub fn build(plan: &ContainerPlan<'_>) -> Result<ContainerCreateBody, CpiError> 
         security_opt: (!security_opt.is_empty()).then_some(security_opt),
         masked_paths: unconfined_paths.then(Vec::new),
         readonly_paths: unconfined_paths.then(Vec::new),
-        device_cgroup_rules: (!e.device_cgroup_rules.is_empty())
-            .then(|| e.device_cgroup_rules.clone()),
+        device_cgroup_rules: device_rules(e, plan.disk_tree.is_some()),
         restart_policy: Some(RestartPolicy {
             name: Some(restart),
             maximum_retry_count: None,
@@ -249,6 +262,7 @@ mod tests {
         let b = body(json!({"ram": 512, "cpu": 2}), VmDefaults::default());
         let hc = b.host_config.unwrap();
         assert_eq!(hc.privileged, Some(true));
+        assert_eq!(hc.device_cgroup_rules, None, "privileged: every device");
         assert_eq!(hc.memory, Some(512 << 20));
         assert_eq!(hc.nano_cpus, Some(2_000_000_000));
         assert_eq!(hc.network_mode.as_deref(), Some("bosh"));
@@ -332,6 +346,11 @@ mod tests {
         );
         assert_eq!(hc.masked_paths, Some(vec![]));
         assert_eq!(hc.readonly_paths, Some(vec![]));
+        assert_eq!(
+            hc.device_cgroup_rules,
+            Some(vec!["a *:* rwm".to_string(), LOOP_DEVICES.to_string()]),
+            "its disks are loop devices"
+        );
         assert!(hc.tmpfs.unwrap().contains_key("/run"));
         assert_eq!(b.stop_signal.as_deref(), Some("SIGRTMIN+3"));
         let pb = hc.port_bindings.clone().unwrap();

@@ -13,11 +13,12 @@ use serde_json::Value;
 use super::container_spec::{self, ContainerPlan};
 use super::network_plan::{self, PlannedNetwork};
 use super::properties::{Effective, VmProperties};
-use super::{agent_files, ephemeral_volume, labels, start_script};
+use super::{agent_files, ephemeral_volume, inside, labels, start_script};
+use crate::cloud::disk::not_an_image;
 use crate::cloud::session::Session;
 use crate::cloud::session::disks::volume_gone;
 use crate::cloud::{CloudContext, now, stemcell};
-use crate::cluster::{NodeRecord, NodeState, VmRecord, VmState, claims, index};
+use crate::cluster::{DiskRecord, NodeRecord, NodeState, VmRecord, VmState, claims, index};
 use crate::config::BlobstoreSettings;
 use crate::docker::{BridgeSpec, DockerError, NodeDocker};
 use crate::placement::{self, VmDemand};
@@ -427,14 +428,22 @@ async fn build(
         None => Vec::new(),
     };
     let volume = make_ephemeral_volume(docker, plan, undo).await?;
+    let mut blank = Vec::new();
     if let Some(dir) = &dir {
-        // Bound before the container exists: it starts with them in place.
+        // In place before the container exists: it starts with them.
         undo.push(Undo::DiskTree {
             disks_dir: dir.clone(),
             vm: plan.cid.to_string(),
         });
         for disk in &disks {
-            docker.bind_disk(dir, &plan.cid, disk.as_str()).await?;
+            let cid = disk.cid.as_str();
+            if !docker
+                .attach_block_disk(dir, &plan.cid, cid, disk.size_mib)
+                .await
+                .map_err(|e| not_an_image(e, &disk.cid))?
+            {
+                blank.push(cid);
+            }
         }
     }
     make_container(s, docker, plan, dir.as_deref(), &volume).await?;
@@ -446,8 +455,12 @@ async fn build(
                 .await?;
         }
     }
-    upload_agent_files(s, docker, plan, &disks).await?;
+    let cids: Vec<DiskCid> = disks.iter().map(|d| d.cid.clone()).collect();
+    upload_agent_files(s, docker, plan, &cids, dir.is_some()).await?;
     start(docker, plan).await?;
+    for disk in blank {
+        inside::format_disk(docker, &plan.cid, disk).await?;
+    }
     // Docker starts a container with the address asked for or not at all: only an address
     // a foreign network chose has to be read back.
     if plan
@@ -468,7 +481,7 @@ async fn disks_for_new_vm(
     docker: &NodeDocker,
     disks_dir: &str,
     disk_cids: &[DiskCid],
-) -> Result<Vec<DiskCid>, CpiError> {
+) -> Result<Vec<DiskRecord>, CpiError> {
     let node = docker.name.as_str();
     let mut disks = Vec::new();
     for cid in disk_cids {
@@ -488,16 +501,16 @@ async fn disks_for_new_vm(
         }
         disks.push(disk);
     }
-    let mut cids = Vec::new();
+    let mut here = Vec::new();
     for mut disk in disks {
         if disk.node != node {
             s.remove_stray_copies(&mut disk).await;
             s.move_disk(&mut disk, node).await?;
             s.remove_old_copy(&mut disk).await;
         }
-        cids.push(disk.cid);
+        here.push(disk);
     }
-    Ok(cids)
+    Ok(here)
 }
 
 /// The VM's ephemeral volume, made on the node (and registered for undo).
@@ -554,10 +567,14 @@ async fn make_container(
         .or(primary)
         .map(|p| p.spec.dns.iter().filter_map(|d| d.parse().ok()).collect())
         .unwrap_or_default();
+    let mut labels = container_labels(plan, &s.config().await?.etcd.key_prefix);
+    if disks_dir.is_some() {
+        labels.insert(labels::DISKS.into(), labels::BLOCK_DISKS.into());
+    }
     let body = container_spec::build(&ContainerPlan {
         image: &stemcell::image_reference(&plan.req.stemcell_cid),
         hostname: &plan.cid,
-        labels: container_labels(plan, &s.config().await?.etcd.key_prefix),
+        labels,
         props: &plan.props,
         effective: &plan.effective,
         networks: &plan.networks,
@@ -573,12 +590,14 @@ async fn make_container(
     Ok(docker.create_container(&plan.cid, body).await?)
 }
 
-/// Writes the agent's settings (networks, persistent `disks`, env) into the container.
+/// Writes the agent's settings (networks, persistent `disks`, env) into the container;
+/// with `block_disks`, the stemcell's agent configuration set to mount them as devices.
 async fn upload_agent_files(
     s: &Session<'_>,
     docker: &NodeDocker,
     plan: &CreatePlan<'_, '_>,
     disks: &[DiskCid],
+    block_disks: bool,
 ) -> Result<(), CpiError> {
     let persistent: BTreeMap<String, String> = disks
         .iter()
@@ -593,7 +612,14 @@ async fn upload_agent_files(
         &persistent,
         &plan.req.env,
     );
-    let archive = agent_files::archive(&plan.cid, &settings)
+    let agent_config = match block_disks {
+        true => docker
+            .read_file(&plan.cid, agent_files::AGENT_CONFIG_PATH)
+            .await?
+            .and_then(|f| agent_files::block_disk_agent_config(&f.data)),
+        false => None,
+    };
+    let archive = agent_files::archive(&plan.cid, &settings, agent_config)
         .map_err(|e| CpiError::cpi(format!("cannot pack the agent settings: {e}")))?;
     Ok(docker.upload_archive(&plan.cid, "/", archive).await?)
 }

@@ -1,17 +1,18 @@
-//! What a VM's own processes see, looked at from inside it (`docker exec`): which folder
-//! its `/var/vcap/store` mounts (the mount's root on the node names the disk's volume),
-//! and whether its agent runs. Docker's view of a VM (running, its IPs and mounts) stays
+//! What a VM's own processes see, looked at from inside it (`docker exec`): which disk
+//! its `/var/vcap/store` mounts (the device, or for a disk bound as a folder the folder on
+//! the node), and whether its agent runs. Docker's view of a VM (running, its IPs and mounts) stays
 //! right while, inside, the store is not mounted: the reboot manager's health gate compares
 //! this before and after a reboot.
 
 use serde::{Deserialize, Serialize};
 
+use super::agent_files::DISK_MOUNT_ROOT;
 use crate::docker::{DockerError, NodeDocker};
 
 /// The probe run in the VM (`/bin/sh -c`): busybox and a full stemcell both have what it
-/// uses. Prints `store=<root of the store's mount>` (empty when it is no mount) and
-/// `agent=yes|no`.
-const PROBE: &str = r#"awk '$5 == "/var/vcap/store" { root = $4 } END { print "store=" root }' /proc/self/mountinfo
+/// uses. Prints `store=<the store's device>` (for a bound folder its root on the node;
+/// empty when it is no mount) and `agent=yes|no`.
+const PROBE: &str = r#"awk '$5 == "/var/vcap/store" { root = $4; for (i = 7; i < NF; i++) if ($i == "-") { src = $(i + 2); break } } END { print "store=" (root == "/" ? src : root) }' /proc/self/mountinfo
 agent=no
 for p in /proc/[0-9]*; do
   if [ "$(cat "$p/comm" 2>/dev/null)" = bosh-agent ]; then agent=yes; break; fi
@@ -22,7 +23,8 @@ echo "agent=$agent"
 /// A VM as seen from inside.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Inside {
-    /// The folder on the node that `/var/vcap/store` mounts (the disk's volume), if any.
+    /// The disk `/var/vcap/store` mounts (its device, or the folder on the node of a
+    /// bound disk), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store: Option<String>,
     /// Whether a `bosh-agent` process runs.
@@ -61,9 +63,9 @@ impl Inside {
     }
 }
 
-/// Where the running VM `cid` has disk `disk` mounted besides its hint (`/var/vcap/store`
-/// after the agent's `mount_disk`, ...): the mount points whose root on the node is the
-/// disk's volume. A VM that does not run has none.
+/// Where the running VM `cid` has disk `disk` mounted (`/var/vcap/store` after the
+/// agent's `mount_disk`, ...): the mount points of its device, or of its folder on the
+/// node but the hint for a bound disk. A VM that does not run has none.
 pub async fn mounts_of_disk(
     docker: &NodeDocker,
     cid: &str,
@@ -78,17 +80,21 @@ pub async fn mounts_of_disk(
     }
 }
 
-/// The mount points in `mountinfo` of the folder `.../<disk>/_data`, but the disk's hint.
+/// The mount points in `mountinfo` of the device `<hint>` or of the folder
+/// `.../<disk>/_data`, but the hint itself.
 fn disk_mounts_in(mountinfo: &str, disk: &str) -> Vec<String> {
     let root = format!("/{disk}/_data");
-    let hint = format!("/warden-cpi-dev/{disk}");
+    let hint = format!("{DISK_MOUNT_ROOT}/{disk}");
     mountinfo
         .lines()
         .filter_map(|l| {
-            let mut fields = l.split(' ');
+            let (head, tail) = l.split_once(" - ")?;
+            let mut fields = head.split(' ');
             let (at_root, point) = (fields.nth(3)?, fields.next()?);
+            let source = tail.split(' ').nth(1).map(crate::disk_mounts::unescape);
             let point = crate::disk_mounts::unescape(point);
-            (at_root.ends_with(&root) && point != hint).then_some(point)
+            let of_disk = at_root.ends_with(&root) || source.as_deref() == Some(hint.as_str());
+            (of_disk && point != hint).then_some(point)
         })
         .collect()
 }
@@ -129,6 +135,26 @@ pub async fn unmount_disk(
     Ok(points)
 }
 
+/// Formats the new disk `disk` in the running VM `cid` with the stemcell's `mkfs.ext4`,
+/// as the agent formats a new disk on any IaaS (here the agent mounts the device as it
+/// is, so the CPI has it formatted once, on its first attach).
+pub async fn format_disk(docker: &NodeDocker, cid: &str, disk: &str) -> Result<(), DockerError> {
+    let device = format!("{DISK_MOUNT_ROOT}/{disk}");
+    let cmd = vec!["mkfs.ext4".to_string(), "-F".to_string(), device.clone()];
+    let done = docker
+        .exec(cid, cmd, "formatting the disk in the VM")
+        .await?;
+    if done.code == 0 {
+        return Ok(());
+    }
+    Err(DockerError::Mount {
+        node: docker.name.clone(),
+        command: format!("mkfs.ext4 -F {device} (in VM {cid})"),
+        code: done.code,
+        detail: done.output.trim().chars().take(400).collect(),
+    })
+}
+
 /// Looks inside the running VM `cid`.
 pub async fn look(docker: &NodeDocker, cid: &str) -> Result<Inside, DockerError> {
     let cmd = vec!["/bin/sh".to_string(), "-c".to_string(), PROBE.to_string()];
@@ -162,6 +188,17 @@ mod tests {
             ["/var/vcap/store_migration_target"]
         );
         assert!(disk_mounts_in(info, "disk-2").is_empty());
+        let block = "90 22 7:3 / /var/vcap/store rw shared:5 - ext4 /warden-cpi-dev/disk-1 rw\n\
+                     91 22 7:4 / /var/vcap/store_migration_target rw - ext4 /warden-cpi-dev/disk-10 rw\n\
+                     92 22 7:3 /sub /var/vcap/data/x rw - ext4 /warden-cpi-dev/disk-1 rw\n";
+        assert_eq!(
+            disk_mounts_in(block, "disk-1"),
+            ["/var/vcap/store", "/var/vcap/data/x"]
+        );
+        assert_eq!(
+            disk_mounts_in(block, "disk-10"),
+            ["/var/vcap/store_migration_target"]
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::net::IpAddr;
 
 use super::agent_files::DISK_MOUNT_ROOT;
 use crate::config::StartMode;
+use crate::disk_mounts::IMAGE_FILE;
 
 /// The init a stemcell starts with in each mode.
 pub fn init_path(mode: StartMode) -> &'static str {
@@ -24,25 +25,27 @@ pub const JOBS_STOPPED: &str = "/var/vcap/bosh/moltencore-jobs-stopped";
 /// Where the agent mounts the persistent disk.
 pub const STORE: &str = "/var/vcap/store";
 /// How long the start waits for the last mounted disk to appear (after a host reboot its
-/// bind is made again by `cpi node-prep disk-mounts`, which may finish after Docker
+/// device is made again by `cpi node-prep disk-mounts`, which may finish after Docker
 /// started the container), in tenths of a second.
 const DISK_WAIT_TENTHS: u32 = 600;
 
 /// At every start (a host reboot, a dockerd restart, reboot_vm, the restart policy) the
 /// disk the agent mounted last goes back on the store before any job starts: the agent
-/// itself re-mounts only a disk it sees as a partitioned device, which a bound directory
-/// never is. The cid comes from the VM's own file, so only a cid's characters pass; a
-/// disk no longer attached (its directory gone) is not waited for.
+/// itself re-mounts only a disk with a partition table, which a disk here (a filesystem
+/// on the whole device) has not. The cid comes from the VM's own file, so only a cid's
+/// characters pass. The device is mounted only once the loop device it names is backed by
+/// that disk's image (a node left from before a reboot names another loop device until
+/// node-prep makes it again); a disk no longer attached (no node) is not waited for.
 fn store_script() -> String {
     format!(
         "d=$(cat {MANAGED_DISK_FILE} 2>/dev/null)\n\
          case \"$d\" in ''|*[!a-z0-9-]*) ;; *)\n\
-         \x20 if [ -d \"{DISK_MOUNT_ROOT}/$d\" ]; then\n\
+         \x20 p=\"{DISK_MOUNT_ROOT}/$d\"\n\
+         \x20 backed() {{ [ -b \"$p\" ] || return 1; set -- $(stat -c '%t %T' \"$p\"); case \"$(cat /sys/dev/block/$((0x$1)):$((0x$2))/loop/backing_file 2>/dev/null)\" in */\"$d\"/_data/{IMAGE_FILE}*) return 0;; esac; return 1; }}\n\
+         \x20 if [ -e \"$p\" ] && ! grep -q \" {STORE} \" /proc/self/mountinfo; then\n\
          \x20   i=0\n\
-         \x20   until grep -q \" {DISK_MOUNT_ROOT}/$d \" /proc/self/mountinfo || [ $i -ge {DISK_WAIT_TENTHS} ]; do sleep 0.1; i=$((i+1)); done\n\
-         \x20   if grep -q \" {DISK_MOUNT_ROOT}/$d \" /proc/self/mountinfo && ! grep -q \" {STORE} \" /proc/self/mountinfo; then\n\
-         \x20     mkdir -p {STORE} && mount --bind \"{DISK_MOUNT_ROOT}/$d\" {STORE}\n\
-         \x20   fi\n\
+         \x20   until backed || [ $i -ge {DISK_WAIT_TENTHS} ]; do sleep 0.1; i=$((i+1)); done\n\
+         \x20   if backed; then mkdir -p {STORE} && mount \"$p\" {STORE}; fi\n\
          \x20 fi;;\n\
          esac\n"
     )
@@ -95,7 +98,8 @@ mod tests {
         assert!(s.contains("echo '10.1.2.11 vm-1' >> /etc/hosts"));
         assert!(s.ends_with("exec /usr/sbin/runsvdir-start\n"));
         assert!(
-            s.contains("mount --bind \"/warden-cpi-dev/$d\" /var/vcap/store"),
+            s.contains("mount \"$p\" /var/vcap/store")
+                && s.contains("*/\"$d\"/_data/moltencore-disk.img*)"),
             "{s}"
         );
         assert!(s.contains("*[!a-z0-9-]*) ;;"), "only a cid is used: {s}");

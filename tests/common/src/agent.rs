@@ -212,14 +212,23 @@ impl AgentVm {
         self.shell("pidof bosh-agent").trim().to_string()
     }
 
-    /// The mount source (as `/proc/self/mountinfo` names it: the path on the node) of the
-    /// VM's `/var/vcap/store`; `None` when the store is not a mount.
+    /// The disk the VM's `/var/vcap/store` mounts, as `/proc/self/mountinfo` names it: the
+    /// device (the disk's hint); `None` when the store is not a mount.
     pub fn store_source(&self) -> Option<String> {
         let info = self.shell("cat /proc/self/mountinfo");
-        info.lines()
+        let line = info
+            .lines()
             .rev()
-            .find(|l| l.split(' ').nth(4) == Some("/var/vcap/store"))
-            .and_then(|l| l.split(' ').nth(3).map(str::to_string))
+            .find(|l| l.split(' ').nth(4) == Some("/var/vcap/store"))?;
+        let (_, tail) = line.split_once(" - ")?;
+        tail.split(' ').nth(1).map(str::to_string)
+    }
+
+    /// The file `path` as it is on disk `disk` itself, read through a mount of the disk's
+    /// device of the test's own, whatever the store is.
+    pub fn read_on_disk(&self, disk: &str, path: &str) -> String {
+        let at = crate::docker::mount_disk_in(&self.node, &self.cid, disk);
+        self.shell(&format!("cat {at}/{path}"))
     }
 
     /// What the container's own `/var/vcap/store` (under any mount) holds.

@@ -82,20 +82,42 @@ pub fn sh(node: &str, vm: &str, cmd: &str) -> String {
     out
 }
 
-/// Writes `kib` KiB of random data to the file `blob` on the persistent disk `disk` inside
-/// `vm` on `node`; its checksum ([`blob_sum`]).
-pub fn write_blob(node: &str, vm: &str, disk: &str, kib: u32) -> String {
+/// Where the tests mount a persistent disk in a VM, as the agent mounts one on the store.
+pub fn disk_mount(disk: &str) -> String {
+    format!("/mnt/{disk}")
+}
+
+/// Mounts the attached disk `disk` (the block device at its hint) at [`disk_mount`]
+/// inside `vm` on `node`, unless it is mounted there; the mount point.
+pub fn mount_disk_in(node: &str, vm: &str, disk: &str) -> String {
+    let at = disk_mount(disk);
     sh(
         node,
         vm,
-        &format!("dd if=/dev/urandom of=/warden-cpi-dev/{disk}/blob bs=1k count={kib} 2>/dev/null"),
+        &format!(
+            "mkdir -p {at} && (grep -q ' {at} ' /proc/self/mountinfo || mount /warden-cpi-dev/{disk} {at})"
+        ),
+    );
+    at
+}
+
+/// Writes `kib` KiB of random data to the file `blob` on the persistent disk `disk` inside
+/// `vm` on `node` (mounted first); its checksum ([`blob_sum`]).
+pub fn write_blob(node: &str, vm: &str, disk: &str, kib: u32) -> String {
+    let at = mount_disk_in(node, vm, disk);
+    sh(
+        node,
+        vm,
+        &format!("dd if=/dev/urandom of={at}/blob bs=1k count={kib} 2>/dev/null"),
     );
     blob_sum(node, vm, disk)
 }
 
-/// The `md5sum` line of the file `blob` on the persistent disk `disk` inside `vm`.
+/// The `md5sum` line of the file `blob` on the persistent disk `disk` inside `vm` (mounted
+/// first), named as on the disk.
 pub fn blob_sum(node: &str, vm: &str, disk: &str) -> String {
-    sh(node, vm, &format!("md5sum /warden-cpi-dev/{disk}/blob"))
+    let at = mount_disk_in(node, vm, disk);
+    sh(node, vm, &format!("cd {at} && md5sum blob"))
 }
 
 /// A file's content inside a container (through the node's socket).
@@ -247,23 +269,36 @@ pub fn disk_tree(node: &str) -> std::path::PathBuf {
     std::path::PathBuf::from(n["prep_root"].as_str().unwrap()).join("var/lib/moltencore/vm-disks")
 }
 
-/// The VMs on `node` that have disk `disk` bound in their folder of the node's disk tree,
-/// as the host's mount table shows them.
-pub fn disk_binds(node: &str, disk: &str) -> Vec<String> {
+/// The VMs on `node` that have disk `disk` in their folder of the node's disk tree: a
+/// block device node of a loop device backed by the disk's image, as the host sees them.
+pub fn disk_devices(node: &str, disk: &str) -> Vec<String> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let tree = disk_tree(node);
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let mut vms: Vec<String> = info
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(std::path::Path::new)
-        .filter(|p| p.file_name().and_then(|n| n.to_str()) == Some(disk))
-        .filter_map(|p| {
-            let vm = p.parent()?;
-            (vm.parent()? == tree).then(|| vm.file_name()?.to_str().map(str::to_string))?
+    let Ok(entries) = std::fs::read_dir(&tree) else {
+        return Vec::new();
+    };
+    let mut vms: Vec<String> = entries
+        .filter_map(Result::ok)
+        .filter_map(|vm| {
+            let meta = std::fs::symlink_metadata(vm.path().join(disk)).ok()?;
+            if !meta.file_type().is_block_device() {
+                return None;
+            }
+            let rdev = meta.rdev();
+            let (major, minor) = (
+                (rdev >> 8) & 0xfff,
+                (rdev & 0xff) | ((rdev >> 12) & 0xffff_ff00),
+            );
+            let backing = std::fs::read_to_string(format!(
+                "/sys/dev/block/{major}:{minor}/loop/backing_file"
+            ))
+            .ok()?;
+            backing
+                .contains(&format!("/{disk}/_data/moltencore-disk.img"))
+                .then(|| vm.file_name().to_str().map(str::to_string))?
         })
         .collect();
     vms.sort();
-    vms.dedup();
     vms
 }
 
