@@ -42,7 +42,7 @@ fn checksum(node: &str, vm: &str, disk: &str) -> String {
 #[test]
 fn data_and_identity_survive_detach_and_attach() {
     let (vm, node, ip) = vm_on(0, 60, "attach");
-    let disk = create_disk(json!([1024, {}, vm]));
+    let disk = create_disk(json!([64, {}, vm]));
     assert_eq!(call("has_disk", json!([disk])), Value::Bool(true));
     // Root-filesystem files the agent keeps, and ephemeral data.
     sh(
@@ -159,7 +159,7 @@ fn data_and_identity_survive_detach_and_attach() {
 #[test]
 fn create_vm_with_disk_cids_mounts_them_and_data_survives() {
     let (vm, node, _) = vm_on(1, 60, "recreate");
-    let disk = create_disk(json!([512, {}, vm]));
+    let disk = create_disk(json!([64, {}, vm]));
     call("attach_disk", json!([vm, disk]));
     let sum = fill_disk(&node, &vm, &disk);
     call("delete_vm", json!([vm]));
@@ -191,7 +191,7 @@ fn a_disk_moves_to_a_vm_on_another_node_with_its_data() {
     let (vm1, node1, _) = vm_on(0, 62, "move-src");
     let (vm2, node2, _) = vm_on(2, 62, "move-dst");
     assert_ne!(node1, node2);
-    let disk = create_disk(json!([1024, {}, vm1]));
+    let disk = create_disk(json!([64, {}, vm1]));
     call("attach_disk", json!([vm1, disk]));
     let sum = fill_disk(&node1, &vm1, &disk);
     call("detach_disk", json!([vm1, disk]));
@@ -304,33 +304,32 @@ fn a_snapshot_holds_the_contents_of_its_time() {
 }
 
 /// The content of the file `path` on the disk a snapshot holds: the snapshot's volume
-/// `snap` on `node` holds a copy of the disk's image, which a throwaway container of the
-/// test stemcell mounts (through a loop device: privileged) to read it.
+/// `snap` on `node` holds a copy of the disk's image, which the test mounts read-only on
+/// the host (through a loop device) to read it.
 async fn read_in_snapshot(node: &str, snap: &str, path: &str) -> String {
-    let name = format!("read-{snap}");
-    let mut body = plain_container(&format!("{snap}:/snap"), &[]);
-    body.entrypoint = Some(Vec::new());
-    body.cmd = Some(vec!["/bin/sleep".into(), "600".into()]);
-    if let Some(host) = body.host_config.as_mut() {
-        host.privileged = Some(true);
-    }
-    create_container(node, &name, body).await;
-    node_socket(node)
-        .await
-        .start_container(
-            &name,
-            None::<bollard::query_parameters::StartContainerOptions>,
-        )
-        .await
-        .unwrap_or_else(|e| panic!("starting {name} on {node}: {e}"));
-    let image = moltencore::disk_mounts::IMAGE_FILE;
-    let cmd = format!(
-        "mkdir -p /image && mount /snap/{image} /image && cat /image/{path}; c=$?; umount /image 2>/dev/null; exit $c"
+    let volume = node_socket(node).await.inspect_volume(snap).await.unwrap();
+    let image = std::path::Path::new(&volume.mountpoint).join(moltencore::disk_mounts::IMAGE_FILE);
+    let at = tempfile::tempdir().unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-o", "loop,ro"])
+        .arg(&image)
+        .arg(at.path())
+        .output()
+        .unwrap();
+    assert!(
+        mounted.status.success(),
+        "mount {}: {}",
+        image.display(),
+        String::from_utf8_lossy(&mounted.stderr)
     );
-    let (code, text) = exec_in(node, &name, &cmd).await;
-    remove_container_forced(node, &name).await;
-    assert_eq!(code, 0, "`{cmd}` in {name} on {node}: {text}");
-    text
+    let content = std::fs::read_to_string(at.path().join(path));
+    let unmounted = std::process::Command::new("umount").arg(at.path()).status();
+    assert!(
+        unmounted.is_ok_and(|s| s.success()),
+        "umount {}",
+        at.path().display()
+    );
+    content.unwrap_or_else(|e| panic!("{path} in snapshot {snap}: {e}"))
 }
 
 /// A container of the test stemcell with one volume `bind` (`volume:path[:ro]`), no
@@ -603,14 +602,14 @@ fn a_move_waits_while_a_copy_on_an_unreachable_third_node_keeps_its_mark() {
     answer_on(&config, "delete_disk", json!([disk]));
 }
 
-/// A 1 GiB disk on n1 holding `big_mib` MiB of random data plus [`fill_disk`]'s files,
+/// A 128 MiB disk on n1 holding `big_mib` MiB of random data plus [`fill_disk`]'s files,
 /// written through a VM at `.host` (agent `agent`, the disk mounted there) that is
 /// deleted after the detach: (disk, node, checksum). The disk's size is real: its
-/// filesystem takes somewhat less than 1 GiB.
+/// filesystem takes somewhat less than 128 MiB.
 fn detached_disk_with_data(host: u8, agent: &str, big_mib: u32) -> (String, String, String) {
-    assert!(big_mib <= 900, "{big_mib} MiB do not fit on a 1 GiB disk");
+    assert!(big_mib <= 100, "{big_mib} MiB do not fit on a 128 MiB disk");
     let (vm, node, _) = vm_on(0, host, agent);
-    let disk = create_disk(json!([1024, {}, vm]));
+    let disk = create_disk(json!([128, {}, vm]));
     call("attach_disk", json!([vm, disk]));
     let d = mount_disk_in(&node, &vm, &disk);
     sh(

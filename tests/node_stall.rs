@@ -250,9 +250,9 @@ fn a_disk_move_into_a_node_that_freezes_fails_retriably_and_the_next_attach_fini
             "freeze-move-src",
             &format!("{source_prefix}.{}", 73 + attempt),
         );
-        let disk = create_disk(json!([1024, {}, writer]));
+        let disk = create_disk(json!([128, {}, writer]));
         call("attach_disk", json!([writer, disk]));
-        // 96 MiB on the 1 GiB disk, mounted in the VM (the detach unmounts it).
+        // 96 MiB on the 128 MiB disk, mounted in the VM (the detach unmounts it).
         let path = mount_disk_in(&source, &writer, &disk);
         sh(
             &source,

@@ -184,7 +184,7 @@ pub async fn attach(
     } else {
         // A retried attach finds the disk in the VM already; it is put there again (which
         // changes nothing) so that a format the first try did not finish is done.
-        let (exists, _) = futures_util::future::join(
+        let (exists, held) = futures_util::future::join(
             docker.volume_exists(disk_cid.as_str()),
             s.ensure_unmounted(&docker, Some(&dir), disk_cid, Some(vm_cid)),
         )
@@ -192,6 +192,7 @@ pub async fn attach(
         if !exists? {
             return Err(volume_gone(&disk));
         }
+        held?;
     }
     let formatted = docker
         .attach_block_disk(&dir, vm_cid.as_str(), disk_cid.as_str(), disk.size_mib)

@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::agent_files::DISK_MOUNT_ROOT;
+use super::agent_files::{DISK_MOUNT_ROOT, FileOwner, append_file};
 use crate::docker::{DockerError, NodeDocker};
 
 /// The probe run in the VM (`/bin/sh -c`): busybox and a full stemcell both have what it
@@ -135,15 +135,23 @@ pub async fn unmount_disk(
     Ok(points)
 }
 
-/// Formats the new disk `disk` in the running VM `cid` with the stemcell's `mkfs.ext4`,
-/// as the agent formats a new disk on any IaaS (here the agent mounts the device as it
-/// is, so the CPI has it formatted once, on its first attach).
+/// Where the CPI lists the new disks a stopped VM formats at its next start (one cid per
+/// line; see [`super::start_script`]).
+pub const FORMAT_AT_START: &str = "/var/vcap/bosh/moltencore-format-disks";
+
+/// Formats the new disk `disk` in the VM `cid` with the stemcell's `mkfs.ext4`, as the
+/// agent formats a new disk on any IaaS (here the agent mounts the device as it is, so the
+/// CPI has it formatted once, on its first attach). A VM that does not run formats it at
+/// its next start, before its agent starts.
 pub async fn format_disk(docker: &NodeDocker, cid: &str, disk: &str) -> Result<(), DockerError> {
     let device = format!("{DISK_MOUNT_ROOT}/{disk}");
     let cmd = vec!["mkfs.ext4".to_string(), "-F".to_string(), device.clone()];
-    let done = docker
-        .exec(cid, cmd, "formatting the disk in the VM")
-        .await?;
+    let done = match docker.exec(cid, cmd, "formatting the disk in the VM").await {
+        Ok(done) => done,
+        // The daemon's 409: the container is not running.
+        Err(DockerError::Conflict { .. }) => return format_at_start(docker, cid, disk).await,
+        Err(e) => return Err(e),
+    };
     if done.code == 0 {
         return Ok(());
     }
@@ -153,6 +161,35 @@ pub async fn format_disk(docker: &NodeDocker, cid: &str, disk: &str) -> Result<(
         code: done.code,
         detail: done.output.trim().chars().take(400).collect(),
     })
+}
+
+/// Adds `disk` to the stopped VM's [`FORMAT_AT_START`] list.
+async fn format_at_start(docker: &NodeDocker, cid: &str, disk: &str) -> Result<(), DockerError> {
+    let mut list = match docker.read_file(cid, FORMAT_AT_START).await? {
+        Some(file) => String::from_utf8_lossy(&file.data).into_owned(),
+        None => String::new(),
+    };
+    if list.lines().any(|l| l == disk) {
+        return Ok(());
+    }
+    list.push_str(disk);
+    list.push('\n');
+    let mut archive = tar::Builder::new(Vec::new());
+    let owner = FileOwner {
+        mode: 0o600,
+        uid: 0,
+        gid: 0,
+    };
+    append_file(&mut archive, FORMAT_AT_START, list.as_bytes(), owner)
+        .and_then(|()| archive.into_inner())
+        .map(|tar| docker.upload_archive(cid, "/", tar))
+        .map_err(|e| DockerError::Mount {
+            node: docker.name.clone(),
+            command: format!("listing {disk} to format at the start of VM {cid}"),
+            code: -1,
+            detail: e.to_string(),
+        })?
+        .await
 }
 
 /// Looks inside the running VM `cid`.

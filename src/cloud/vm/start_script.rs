@@ -6,6 +6,7 @@
 use std::net::IpAddr;
 
 use super::agent_files::DISK_MOUNT_ROOT;
+use super::inside::FORMAT_AT_START;
 use crate::config::StartMode;
 use crate::disk_mounts::IMAGE_FILE;
 
@@ -38,7 +39,7 @@ const DISK_WAIT_TENTHS: u32 = 600;
 /// node-prep makes it again); a disk no longer attached (no node) is not waited for.
 fn store_script() -> String {
     format!(
-        "d=$(cat {MANAGED_DISK_FILE} 2>/dev/null)\n\
+        "{}d=$(cat {MANAGED_DISK_FILE} 2>/dev/null)\n\
          case \"$d\" in ''|*[!a-z0-9-]*) ;; *)\n\
          \x20 p=\"{DISK_MOUNT_ROOT}/$d\"\n\
          \x20 backed() {{ [ -b \"$p\" ] || return 1; set -- $(stat -c '%t %T' \"$p\"); case \"$(cat /sys/dev/block/$((0x$1)):$((0x$2))/loop/backing_file 2>/dev/null)\" in */\"$d\"/_data/{IMAGE_FILE}*) return 0;; esac; return 1; }}\n\
@@ -47,7 +48,25 @@ fn store_script() -> String {
          \x20   until backed || [ $i -ge {DISK_WAIT_TENTHS} ]; do sleep 0.1; i=$((i+1)); done\n\
          \x20   if backed; then mkdir -p {STORE} && mount \"$p\" {STORE}; fi\n\
          \x20 fi;;\n\
-         esac\n"
+         esac\n",
+        format_script()
+    )
+}
+
+/// New disks attached while the VM was stopped are formatted before anything else (the
+/// CPI lists them in [`FORMAT_AT_START`]); one that holds a filesystem meanwhile (its
+/// superblock's magic, ef53 at 1080) is left alone.
+fn format_script() -> String {
+    format!(
+        "if [ -f {FORMAT_AT_START} ]; then\n\
+         \x20 for d in $(cat {FORMAT_AT_START}); do\n\
+         \x20   case \"$d\" in ''|*[!a-z0-9-]*) ;; *)\n\
+         \x20     p=\"{DISK_MOUNT_ROOT}/$d\"\n\
+         \x20     if [ -b \"$p\" ] && [ \"$(od -A n -t x1 -j 1080 -N 2 \"$p\" | tr -d ' \\n')\" != 53ef ]; then mkfs.ext4 -F \"$p\" >/dev/null 2>&1; fi;;\n\
+         \x20   esac\n\
+         \x20 done\n\
+         \x20 rm -f {FORMAT_AT_START}\n\
+         fi\n"
     )
 }
 
