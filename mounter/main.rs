@@ -8,7 +8,7 @@
 //! Every command comes after `--version-is V`: a helper of another version (the CPI was
 //! updated, this container was not) answers 2 without doing anything, and the CPI replaces
 //! it. Exit codes: 0 done, 1 failed, 2 bad usage or another version, 3 the disk has no
-//! volume on this node, 4 the volume holds no disk image (a disk kept as a folder).
+//! volume on this node, 4 the volume holds files besides its image.
 
 #[path = "../src/disk_mounts.rs"]
 #[allow(dead_code)]
@@ -23,7 +23,7 @@ use std::process::ExitCode;
 
 use disk_mounts::{Bound, DiskMounts};
 
-const USAGE: &str = "usage: mc-mounter serve | version | --version-is V (attach VM DISK SIZE_MIB | unbind VM DISK | list VM | holders DISK | forget VM)";
+const USAGE: &str = "usage: mc-mounter serve | version | --version-is V (attach VM DISK SIZE_MIB | settle VM DISK | unbind VM DISK | list VM | holders DISK | image-size DISK | forget VM)";
 /// This helper's version (the digest of its sources, from build.rs).
 const VERSION: &str = env!("MC_MOUNTER_VERSION");
 
@@ -66,17 +66,24 @@ fn main() -> ExitCode {
                     .to_string(),
                     if a.formatted { "formatted" } else { "blank" }.to_string(),
                 ]
+                .into_iter()
+                .chain(a.folder.then(|| "folder".to_string()))
+                .collect()
             }),
             Err(_) => {
                 eprintln!("{USAGE}");
                 return ExitCode::from(2);
             }
         },
+        ["settle", vm, disk] => tree.settle(vm, disk).map(|()| vec!["settled".to_string()]),
         ["unbind", vm, disk] => tree
             .unbind(vm, disk)
             .map(|was| vec![if was { "unbound" } else { "not bound" }.to_string()]),
         ["list", vm] => tree.disks_of(vm),
         ["holders", disk] => tree.holders(disk),
+        ["image-size", disk] => tree
+            .image_size(disk)
+            .map(|size| vec![size.map_or("none".to_string(), |b| b.to_string())]),
         ["forget", vm] => tree.forget(vm),
         _ => {
             eprintln!("{USAGE}");

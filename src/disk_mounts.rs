@@ -16,7 +16,7 @@
 use std::collections::BTreeSet;
 use std::ffi::{CString, c_char, c_int, c_ulong, c_void};
 use std::io;
-use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::loop_device;
@@ -36,6 +36,11 @@ const MS_BIND: c_ulong = 4096;
 const MS_REC: c_ulong = 16384;
 const MS_SHARED: c_ulong = 1 << 20;
 const MNT_DETACH: c_int = 2;
+const UMOUNT_NOFOLLOW: c_int = 8;
+const MS_RDONLY: c_ulong = 1;
+const MS_NOSUID: c_ulong = 2;
+const MS_NODEV: c_ulong = 4;
+const MS_REMOUNT: c_ulong = 32;
 const EBUSY: i32 = 16;
 
 /// The longest VM or disk cid accepted as a directory name.
@@ -95,7 +100,7 @@ fn sys_mount(source: &Path, target: &Path, flags: c_ulong) -> io::Result<()> {
 fn sys_umount(target: &Path) -> io::Result<()> {
     let t = c_path(target)?;
     // SAFETY: a NUL-terminated path that outlives the call.
-    if unsafe { umount2(t.as_ptr(), 0) } == 0 {
+    if unsafe { umount2(t.as_ptr(), UMOUNT_NOFOLLOW) } == 0 {
         return Ok(());
     }
     let e = io::Error::last_os_error();
@@ -103,7 +108,7 @@ fn sys_umount(target: &Path) -> io::Result<()> {
         return Err(e);
     }
     // SAFETY: as above.
-    if unsafe { umount2(t.as_ptr(), MNT_DETACH) } == 0 {
+    if unsafe { umount2(t.as_ptr(), MNT_DETACH | UMOUNT_NOFOLLOW) } == 0 {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
@@ -171,6 +176,14 @@ pub enum Bound {
 pub const IMAGE_FILE: &str = "moltencore-disk.img";
 /// What a record holds for a block-device disk (an empty one is a bound folder).
 const BLOCK: &[u8] = b"block";
+/// Where the files of a disk kept as a folder (by an earlier version) wait while they are
+/// copied into its new image: `<volume>/_data/.moltencore-folder`. The VM that copies them
+/// sees them at `<vms>/<vm>/.folder-<disk>` (a bind), until [`DiskMounts::settle`].
+const FOLDER: &str = ".moltencore-folder";
+/// The staged folder once its files are in the image, while it is removed.
+const COPIED: &str = ".moltencore-folder.copied";
+/// The staged folder while it is made.
+const STAGING: &str = ".moltencore-folder.new";
 
 /// What [`DiskMounts::attach`] did.
 #[derive(Debug, PartialEq, Eq)]
@@ -178,19 +191,23 @@ pub struct Attached {
     /// Whether the device node was made or was there already.
     pub node: Bound,
     /// Whether the image holds a filesystem (an ext2/3/4 superblock); a new disk does not,
-    /// and is formatted by the VM.
+    /// and is formatted by the VM. An image whose folder is still to be copied counts as
+    /// not formatted (a copy cut short is made again on a fresh filesystem).
     pub formatted: bool,
+    /// Whether the disk's files kept as a folder wait to be copied into the image, and
+    /// are seen by the VM at `.folder-<disk>` of its folder.
+    pub folder: bool,
 }
 
 /// What [`DiskMounts::remount_all`] did.
 #[derive(Debug, Default)]
 pub struct Remounted {
-    /// `(vm, disk)` bound again.
+    /// `(vm, disk)` put back: loop device and node made again (or the folder bound again).
     pub made: Vec<(String, String)>,
-    /// `(vm, disk)` whose volume is gone: left unbound (the VM's start waits for it, then
-    /// starts without its store, and the reboot's health gate names it).
+    /// `(vm, disk)` whose volume or image is gone: left out (the VM's start waits for it,
+    /// then starts without its store, and the reboot's health gate names it).
     pub missing: Vec<(String, String)>,
-    /// `(vm, disk, why)` that could not be bound again; the others were still tried.
+    /// `(vm, disk, why)` that could not be put back; the others were still tried.
     pub failed: Vec<(String, String, String)>,
 }
 
@@ -253,6 +270,7 @@ impl DiskMounts {
     /// `<vms>/<vm>/<disk>`; recorded for the next boot.
     pub fn attach(&self, vm: &str, disk: &str, size_mib: u64) -> io::Result<Attached> {
         let target = self.target(vm, disk)?;
+        let _lock = self.lock()?;
         let data = self.source(disk);
         if !data.is_dir() {
             return Err(io::Error::new(
@@ -260,16 +278,96 @@ impl DiskMounts {
                 format!("disk {disk} has no volume on this node"),
             ));
         }
+        if let Some(other) = self.block_records(disk)?.into_iter().find(|v| v != vm) {
+            return Err(io::Error::other(format!(
+                "disk {disk} is in VM {other} on this node"
+            )));
+        }
         let image = self.image(disk);
-        ensure_image(&data, &image, size_mib)?;
+        let folder = stage_folder(&data, &image)?;
+        ensure_image(&data, &image, size_mib, folder)?;
+        // Recorded first: a loop device is never without the record that releases it.
+        self.record(vm, disk, BLOCK)?;
         let lo = self.loop_of(disk)?;
         std::fs::create_dir_all(self.vms.join(vm))?;
         let node = place_node(&target, lo.rdev)?;
-        self.record(vm, disk, BLOCK)?;
+        if folder {
+            let view = self.folder_view(vm, disk);
+            if !mount_points()?.contains(&view) {
+                make_dir(&view)?;
+                mount_onto_dir(&data.join(FOLDER), &view)?;
+                // The VM only reads it: read-only, no setuid, no devices.
+                let flags = MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV;
+                sys_mount(Path::new("none"), &view, flags)?;
+            }
+        }
         Ok(Attached {
             node,
-            formatted: has_filesystem(&image)?,
+            formatted: !folder && has_filesystem(&image)?,
+            folder,
         })
+    }
+
+    /// The tree's lock, held by every command that changes it: calls side by side (a
+    /// retried attach beside the first, an attach beside a detach) take turns. The file is
+    /// outside every VM's folder.
+    fn lock(&self) -> io::Result<std::fs::File> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .custom_flags(O_NOFOLLOW)
+            .open(self.vms.join(".lock"))?;
+        file.lock()?;
+        Ok(file)
+    }
+
+    /// Where `vm` sees the files of `disk` kept as a folder while it copies them.
+    fn folder_view(&self, vm: &str, disk: &str) -> PathBuf {
+        self.vms.join(vm).join(format!(".folder-{disk}"))
+    }
+
+    /// After `vm` copied `disk`'s folder into its image: the folder leaves the VM and the
+    /// volume, which then holds the image alone.
+    pub fn settle(&self, vm: &str, disk: &str) -> io::Result<()> {
+        self.target(vm, disk)?;
+        let _lock = self.lock()?;
+        self.drop_folder_view(vm, disk)?;
+        let data = self.source(disk);
+        let staged = data.join(FOLDER);
+        if real_dir(&staged)? {
+            // One rename makes the copy final; a removal cut short leaves a tombstone,
+            // never a staged folder that a later attach would copy again, partly.
+            let copied = data.join(COPIED);
+            std::fs::rename(&staged, &copied)?;
+            remove_unmounted_tree(&copied)?;
+        }
+        Ok(())
+    }
+
+    /// Unmounts and removes `vm`'s view of `disk`'s folder, if any.
+    fn drop_folder_view(&self, vm: &str, disk: &str) -> io::Result<()> {
+        let view = self.folder_view(vm, disk);
+        for _ in 0..UNMOUNT_ROUNDS {
+            if !mount_points()?.contains(&view) {
+                break;
+            }
+            sys_umount(&view)?;
+        }
+        match std::fs::remove_dir(&view) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// The size of `disk`'s image in bytes; `None` while it has none (never attached).
+    pub fn image_size(&self, disk: &str) -> io::Result<Option<u64>> {
+        checked(disk, "disk")?;
+        match std::fs::symlink_metadata(self.image(disk)) {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// The loop device of `disk`'s image, attached when it has none.
@@ -302,8 +400,9 @@ impl DiskMounts {
         if !self.block_records(disk)?.is_empty() {
             return Ok(());
         }
-        for lo in loop_device::loops_of(&self.image(disk), &image_tail(disk))? {
-            loop_device::detach(lo)?;
+        let image = self.image(disk);
+        for lo in loop_device::loops_of(&image, &image_tail(disk))? {
+            loop_device::detach_if_backed_by(lo, &image)?;
         }
         Ok(())
     }
@@ -312,6 +411,12 @@ impl DiskMounts {
     /// bind and the mount point) and its record; the loop device goes with the last VM
     /// that had the disk. Whether it was there.
     pub fn unbind(&self, vm: &str, disk: &str) -> io::Result<bool> {
+        self.target(vm, disk)?;
+        let _lock = self.lock()?;
+        self.unbind_locked(vm, disk)
+    }
+
+    fn unbind_locked(&self, vm: &str, disk: &str) -> io::Result<bool> {
         let target = self.target(vm, disk)?;
         let mut was = false;
         for _ in 0..UNMOUNT_ROUNDS {
@@ -328,6 +433,7 @@ impl DiskMounts {
             )));
         }
         was |= self.is_block(vm, disk);
+        self.drop_folder_view(vm, disk)?;
         match std::fs::symlink_metadata(&target) {
             Ok(m) if m.is_dir() => remove_unmounted_tree(&target)?,
             Ok(_) => std::fs::remove_file(&target)?,
@@ -350,6 +456,7 @@ impl DiskMounts {
             .iter()
             .filter(|p| p.parent() == Some(dir.as_path()))
             .filter_map(|p| p.file_name()?.to_str().map(str::to_string))
+            .filter(|name| valid_name(name))
             .collect();
         let records = self.vms.join(BOUND).join(vm);
         if records.is_dir() {
@@ -400,10 +507,28 @@ impl DiskMounts {
     /// disks removed.
     pub fn forget(&self, vm: &str) -> io::Result<Vec<String>> {
         let disks = self.disks_of(vm)?;
-        for disk in &disks {
-            self.unbind(vm, disk)?;
-        }
+        let _lock = self.lock()?;
         let dir = self.vms.join(vm);
+        // The views of folders a conversion left (a copy cut short) go first.
+        let views: Vec<PathBuf> = mount_points()?
+            .into_iter()
+            .filter(|p| p.parent() == Some(dir.as_path()))
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(".folder-"))
+            })
+            .collect();
+        for view in views {
+            for _ in 0..UNMOUNT_ROUNDS {
+                if !mount_points()?.contains(&view) {
+                    break;
+                }
+                sys_umount(&view)?;
+            }
+        }
+        for disk in &disks {
+            self.unbind_locked(vm, disk)?;
+        }
         if dir.exists() {
             remove_unmounted_tree(&dir)?;
         }
@@ -417,6 +542,7 @@ impl DiskMounts {
     /// Makes again every recorded disk that a reboot took (the loop device and its node,
     /// or the bind). One that fails does not keep the others from being tried.
     pub fn remount_all(&self) -> io::Result<Remounted> {
+        let _lock = self.lock()?;
         let mut done = Remounted::default();
         let records = self.vms.join(BOUND);
         if !records.is_dir() {
@@ -427,17 +553,28 @@ impl DiskMounts {
             for disk in names_in(&records.join(&vm), std::fs::FileType::is_file)? {
                 let target = self.vms.join(&vm).join(&disk);
                 if self.is_block(&vm, &disk) {
-                    if !self.image(&disk).is_file() {
-                        done.missing.push((vm.clone(), disk));
-                        continue;
-                    }
-                    let placed = std::fs::create_dir_all(self.vms.join(&vm))
-                        .and_then(|()| self.loop_of(&disk))
-                        .and_then(|lo| place_node(&target, lo.rdev));
+                    let is_image = std::fs::symlink_metadata(self.image(&disk))
+                        .is_ok_and(|m| m.file_type().is_file());
+                    let placed = if is_image {
+                        std::fs::create_dir_all(self.vms.join(&vm))
+                            .and_then(|()| self.loop_of(&disk))
+                            .and_then(|lo| place_node(&target, lo.rdev))
+                    } else {
+                        Err(io::Error::from(io::ErrorKind::NotFound))
+                    };
                     match placed {
                         Ok(Bound::Made) => done.made.push((vm.clone(), disk)),
                         Ok(Bound::Already) => {}
-                        Err(e) => done.failed.push((vm.clone(), disk, e.to_string())),
+                        Err(e) => {
+                            // A node from before the reboot may name another disk's loop
+                            // device now: it goes.
+                            remove_block_node(&target)?;
+                            if is_image {
+                                done.failed.push((vm.clone(), disk, e.to_string()));
+                            } else {
+                                done.missing.push((vm.clone(), disk));
+                            }
+                        }
                     }
                     continue;
                 }
@@ -469,8 +606,12 @@ fn image_tail(disk: &str) -> String {
 
 /// Makes `image` (sparse, `size_mib`) when the volume folder `data` is still empty. A
 /// folder holding files but no image is a disk made as a folder by an earlier version.
-fn ensure_image(data: &Path, image: &Path, size_mib: u64) -> io::Result<()> {
+fn ensure_image(data: &Path, image: &Path, size_mib: u64, folder: bool) -> io::Result<()> {
     match std::fs::symlink_metadata(image) {
+        // An image a folder is copied into is formatted anew: it takes the disk's size.
+        Ok(m) if m.is_file() && folder && m.len() < size_mib << 20 => {
+            return open_image(image)?.set_len(size_mib << 20);
+        }
         Ok(m) if m.is_file() => return Ok(()),
         Ok(_) => {
             return Err(io::Error::new(
@@ -481,23 +622,28 @@ fn ensure_image(data: &Path, image: &Path, size_mib: u64) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    let partial = format!(".{IMAGE_FILE}.");
-    for entry in std::fs::read_dir(data)? {
-        let name = entry?.file_name();
-        if !name.to_string_lossy().starts_with(&partial) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "its volume holds files but no disk image (a disk kept as a folder by an earlier version)",
-            ));
-        }
+    if !volume_entries(data)?.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "its volume holds files besides its image",
+        ));
     }
     let bytes = size_mib
         .checked_mul(1 << 20)
         .filter(|b| *b > 0)
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "a disk size of 0 MiB"))?;
     // Made whole under another name first: a call side by side never sees it half made.
-    let new = data.join(format!("{partial}{}", std::process::id()));
-    std::fs::File::create(&new)?.set_len(bytes)?;
+    // Never through anything found there (O_EXCL does not follow a symlink).
+    let new = data.join(format!(".{IMAGE_FILE}.{}", std::process::id()));
+    match std::fs::remove_file(&new) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&new)?
+        .set_len(bytes)?;
     let linked = std::fs::hard_link(&new, image);
     std::fs::remove_file(&new)?;
     match linked {
@@ -506,10 +652,93 @@ fn ensure_image(data: &Path, image: &Path, size_mib: u64) -> io::Result<()> {
     }
 }
 
+/// The entries of the volume folder `data` that are the disk's files: all but its image,
+/// an image being made and the staged folder (or one being made).
+fn volume_entries(data: &Path) -> io::Result<Vec<std::ffi::OsString>> {
+    let partial = format!(".{IMAGE_FILE}.");
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(data)? {
+        let name = entry?.file_name();
+        let text = name.to_string_lossy();
+        if text != IMAGE_FILE && !text.starts_with(FOLDER) && !text.starts_with(&partial) {
+            names.push(name);
+        }
+    }
+    Ok(names)
+}
+
+/// For a disk kept as a folder (files in its volume, no image yet), moves its files into
+/// `<data>/.moltencore-folder` (with the folder's own owner and mode), where they stay
+/// until they are copied into the image; a staging cut short goes on. Whether the disk
+/// has staged files.
+fn stage_folder(data: &Path, image: &Path) -> io::Result<bool> {
+    use std::os::unix::fs::PermissionsExt;
+    // A VM of an earlier version wrote this folder: nothing here is followed.
+    let copied = data.join(COPIED);
+    if real_dir(&copied)? {
+        remove_unmounted_tree(&copied)?;
+    }
+    let staged = data.join(FOLDER);
+    let is_staged = real_dir(&staged)?;
+    let has_image = std::fs::symlink_metadata(image).is_ok();
+    if has_image && !is_staged {
+        return Ok(false);
+    }
+    let files = volume_entries(data)?;
+    if files.is_empty() && !is_staged {
+        return Ok(false);
+    }
+    if !is_staged {
+        let own = std::fs::symlink_metadata(data)?;
+        let new = data.join(STAGING);
+        if !real_dir(&new)? {
+            std::fs::create_dir(&new)?;
+        }
+        std::os::unix::fs::lchown(&new, Some(own.uid()), Some(own.gid()))?;
+        std::fs::set_permissions(&new, std::fs::Permissions::from_mode(own.mode() & 0o7777))?;
+        std::fs::rename(&new, &staged)?;
+    }
+    for name in files {
+        std::fs::rename(data.join(&name), staged.join(&name))?;
+    }
+    Ok(true)
+}
+
+/// Whether `path` is a real directory; something else there (a symlink a VM planted) is
+/// an error, nothing there is `false`.
+fn real_dir(path: &Path) -> io::Result<bool> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => Ok(true),
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} is not a folder", path.display()),
+        )),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Opens the image `image` read-write, never through a symlink.
+pub fn open_image(image: &Path) -> io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(O_NOFOLLOW)
+        .open(image)
+}
+
+/// Removes the block device node `target` if there is one.
+fn remove_block_node(target: &Path) -> io::Result<()> {
+    match std::fs::symlink_metadata(target) {
+        Ok(m) if m.file_type().is_block_device() => std::fs::remove_file(target),
+        _ => Ok(()),
+    }
+}
+
 /// Whether `image` holds an ext2/3/4 filesystem (its superblock's magic, 0xEF53 at 1080).
 fn has_filesystem(image: &Path) -> io::Result<bool> {
     let mut magic = [0u8; 2];
-    match std::fs::File::open(image)?.read_exact_at(&mut magic, 1080) {
+    match open_image(image)?.read_exact_at(&mut magic, 1080) {
         Ok(()) => Ok(magic == [0x53, 0xEF]),
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
         Err(e) => Err(e),
@@ -555,7 +784,6 @@ fn make_dir(dir: &Path) -> io::Result<bool> {
 /// Binds `source` onto the directory `target` through a handle opened without following
 /// symlinks, so that nothing swapped in at `target` meanwhile is followed.
 fn mount_onto_dir(source: &Path, target: &Path) -> io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
     use std::os::unix::io::AsRawFd;
     let handle = std::fs::OpenOptions::new()
         .read(true)
@@ -605,6 +833,66 @@ mod tests {
         for bad in ["", "..", "a/b", "-x", "Vm", "a b", &"a".repeat(129)] {
             assert!(!valid_name(bad), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_folder_disk_is_staged_then_its_image_made_beside() {
+        let data = tempfile::tempdir().unwrap();
+        let d = data.path();
+        let image = d.join(IMAGE_FILE);
+        // A fresh volume: no staging, an image of the size.
+        assert!(!stage_folder(d, &image).unwrap());
+        ensure_image(d, &image, 3, false).unwrap();
+        assert_eq!(std::fs::metadata(&image).unwrap().len(), 3 << 20);
+        assert!(!has_filesystem(&image).unwrap());
+        assert!(
+            !stage_folder(d, &image).unwrap(),
+            "an image disk is left alone"
+        );
+
+        // A folder disk: its files move below the staged folder, the image comes beside.
+        let folder = tempfile::tempdir().unwrap();
+        let f = folder.path();
+        std::fs::create_dir(f.join("job")).unwrap();
+        std::fs::write(f.join("job/data"), "kept").unwrap();
+        std::os::unix::fs::symlink("job/data", f.join("link")).unwrap();
+        let image = f.join(IMAGE_FILE);
+        assert!(stage_folder(f, &image).unwrap());
+        assert_eq!(
+            std::fs::read_to_string(f.join(FOLDER).join("job/data")).unwrap(),
+            "kept"
+        );
+        assert!(f.join(FOLDER).join("link").is_symlink());
+        ensure_image(f, &image, 1, true).unwrap();
+        // Until it is settled, every attach finds it staged.
+        assert!(stage_folder(f, &image).unwrap());
+        assert_eq!(volume_entries(f).unwrap(), Vec::<std::ffi::OsString>::new());
+
+        // Files beside an image are never taken for a folder disk; an image that is no
+        // file is refused.
+        std::fs::remove_dir_all(f.join(FOLDER)).unwrap();
+        std::fs::write(f.join("stray"), "x").unwrap();
+        assert!(!stage_folder(f, &image).unwrap());
+        let other = tempfile::tempdir().unwrap();
+        std::fs::write(other.path().join("stray"), "x").unwrap();
+        std::fs::create_dir(other.path().join(IMAGE_FILE)).unwrap();
+        let e = ensure_image(other.path(), &other.path().join(IMAGE_FILE), 1, false).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[test]
+    fn an_ext_superblock_is_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("i");
+        std::fs::write(&image, vec![0u8; 2048]).unwrap();
+        assert!(!has_filesystem(&image).unwrap());
+        let mut bytes = vec![0u8; 2048];
+        bytes[1080] = 0x53;
+        bytes[1081] = 0xEF;
+        std::fs::write(&image, bytes).unwrap();
+        assert!(has_filesystem(&image).unwrap());
+        std::fs::write(&image, b"short").unwrap();
+        assert!(!has_filesystem(&image).unwrap());
     }
 
     #[test]

@@ -20,6 +20,11 @@ const LOOP_CLR_FD: c_ulong = 0x4C01;
 const LOOP_GET_STATUS64: c_ulong = 0x4C05;
 const LOOP_CTL_GET_FREE: c_ulong = 0x4C82;
 const EBUSY: i32 = 16;
+// Linux open(2) flag (std has no name for it).
+#[cfg(target_arch = "x86_64")]
+const O_NOFOLLOW: i32 = 0o400000;
+#[cfg(target_arch = "aarch64")]
+const O_NOFOLLOW: i32 = 0o100000;
 const ENXIO: i32 = 6;
 const AT_FDCWD: c_long = -100;
 const S_IFBLK: u32 = 0o060000;
@@ -128,7 +133,7 @@ fn check(rc: c_int) -> io::Result<c_int> {
 /// `hint` is a tail of the backing file's path that sysfs shows (cheap to read), checked
 /// before the loop is opened.
 pub fn loops_of(image: &Path, hint: &str) -> io::Result<Vec<Loop>> {
-    let meta = match std::fs::metadata(image) {
+    let meta = match std::fs::symlink_metadata(image) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e),
@@ -156,18 +161,13 @@ pub fn loops_of(image: &Path, hint: &str) -> io::Result<Vec<Loop>> {
         }
         let (file, lo) = match open_loop(n) {
             Ok(x) => x,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            // Gone, or being cleared, meanwhile.
+            Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(ENXIO) => {
+                continue;
+            }
             Err(e) => return Err(e),
         };
-        let mut info = [0u8; LOOP_INFO64_LEN];
-        // SAFETY: the kernel writes one struct loop_info64 into a buffer of its size.
-        let rc = unsafe { ioctl(file.as_raw_fd(), LOOP_GET_STATUS64, info.as_mut_ptr()) };
-        if rc < 0 {
-            // Detached meanwhile.
-            continue;
-        }
-        let field = |at: usize| u64::from_ne_bytes(info[at..at + 8].try_into().unwrap_or_default());
-        if field(0) == meta.dev() && field(8) == meta.ino() {
+        if backed_by(&file, &meta) {
             found.push(lo);
         }
     }
@@ -175,11 +175,26 @@ pub fn loops_of(image: &Path, hint: &str) -> io::Result<Vec<Loop>> {
     Ok(found)
 }
 
-/// Attaches `image` to a free loop device; the device.
+/// Whether the open loop device `device` is backed by the file of `meta` (the same inode
+/// on the same device); a loop detached meanwhile is not.
+fn backed_by(device: &File, meta: &std::fs::Metadata) -> bool {
+    let mut info = [0u8; LOOP_INFO64_LEN];
+    // SAFETY: the kernel writes one struct loop_info64 into a buffer of its size.
+    let rc = unsafe { ioctl(device.as_raw_fd(), LOOP_GET_STATUS64, info.as_mut_ptr()) };
+    if rc < 0 {
+        return false;
+    }
+    let field = |at: usize| u64::from_ne_bytes(info[at..at + 8].try_into().unwrap_or_default());
+    field(0) == meta.dev() && field(8) == meta.ino()
+}
+
+/// Attaches `image` (never through a symlink) to a free loop device; the device.
 pub fn attach(image: &Path) -> io::Result<Loop> {
+    use std::os::unix::fs::OpenOptionsExt;
     let backing = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
+        .custom_flags(O_NOFOLLOW)
         .open(image)?;
     let control = open_control()?;
     for _ in 0..FREE_ATTEMPTS {
@@ -221,14 +236,26 @@ fn open_control() -> io::Result<File> {
         .open(path)
 }
 
-/// Detaches loop `lo`. One still in use (a mount not yet let go) is detached by the
-/// kernel once its last user closes it; one detached already is success.
-pub fn detach(lo: Loop) -> io::Result<()> {
-    let (device, _) = match open_loop(lo.number) {
-        Ok(x) => x,
+/// Detaches loop `lo` if it is still backed by `image` (checked on the descriptor it is
+/// detached through, so a loop device freed and taken by another file meanwhile is left
+/// alone). One still in use (a mount not yet let go) is detached by the kernel once its
+/// last user closes it; one detached already is success.
+pub fn detach_if_backed_by(lo: Loop, image: &Path) -> io::Result<()> {
+    let meta = match std::fs::symlink_metadata(image) {
+        Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e),
     };
+    let (device, _) = match open_loop(lo.number) {
+        Ok(x) => x,
+        Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(ENXIO) => {
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    if !backed_by(&device, &meta) {
+        return Ok(());
+    }
     // SAFETY: LOOP_CLR_FD takes no argument.
     match check(unsafe { ioctl(device.as_raw_fd(), LOOP_CLR_FD, 0 as c_ulong) }) {
         Err(e) if e.raw_os_error() == Some(ENXIO) => Ok(()),

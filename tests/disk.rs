@@ -105,6 +105,11 @@ fn data_and_identity_survive_detach_and_attach() {
         disk_devices(&node, &disk).is_empty(),
         "still a device in the VM's folder after detach"
     );
+    assert_eq!(
+        disk_loops(&disk),
+        Vec::<String>::new(),
+        "loop device left after detach"
+    );
     sh(&node, &vm, &format!("test ! -e /warden-cpi-dev/{disk}"));
     assert_eq!(
         vm_container(&node, &vm).pid,
@@ -140,6 +145,11 @@ fn data_and_identity_survive_detach_and_attach() {
     assert!(
         disk_devices(&node, &disk).is_empty(),
         "still a device in the VM's folder after delete_vm"
+    );
+    assert_eq!(
+        disk_loops(&disk),
+        Vec::<String>::new(),
+        "loop device left after delete_vm"
     );
     assert!(
         !disk_tree(&node).join(&vm).exists(),
@@ -256,6 +266,13 @@ fn metadata_resize_update_and_placement_of_disks() {
     );
     let (kind, _, _) = call_error("resize_disk", json!([disk, 50]));
     assert_eq!(kind, "Bosh::Clouds::NotSupported");
+    // Once it holds its image, its size is its image's: the director copies the data to a
+    // new disk instead.
+    call("attach_disk", json!([vm, disk]));
+    call("detach_disk", json!([vm, disk]));
+    let (kind, message, retry) = call_error("resize_disk", json!([disk, 300]));
+    assert_eq!(kind, "Bosh::Clouds::NotSupported", "{message}");
+    assert!(message.contains("200 MiB image") && !retry, "{message}");
     let (kind, _, _) = call_error("update_disk", json!([disk, 300, {}]));
     assert_eq!(kind, "Bosh::Clouds::NotSupported");
     // Pinned by cloud_properties.node, without a VM.
@@ -1071,4 +1088,88 @@ fn calls_side_by_side_make_the_node_s_mounter_once_and_all_succeed() {
 /// The response of one request on the shared cluster.
 fn answer(request: &str) -> Value {
     run_cpi(request, Some(&cluster_config()), &[]).response
+}
+
+#[test]
+fn a_disk_kept_as_a_folder_becomes_an_image_with_its_files_on_attach() {
+    use std::os::unix::fs::PermissionsExt;
+    let (vm, node, _) = vm_on(0, 118, "folder-disk");
+    let disk = create_disk(json!([16, {}, vm]));
+    // As a version that kept disks as folders left it: the files in the volume's folder.
+    let folder = std::path::PathBuf::from(volume_on(&node, &disk).unwrap().mountpoint);
+    std::fs::create_dir(folder.join("job")).unwrap();
+    std::fs::write(folder.join("job/data"), "kept\n").unwrap();
+    std::os::unix::fs::chown(folder.join("job/data"), Some(1000), Some(1000)).unwrap();
+    std::fs::set_permissions(
+        folder.join("job/data"),
+        std::fs::Permissions::from_mode(0o640),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("job/data", folder.join("link")).unwrap();
+
+    call("attach_disk", json!([vm, disk]));
+    let at = mount_disk_in(&node, &vm, &disk);
+    assert_eq!(
+        sh(
+            &node,
+            &vm,
+            &format!("stat -c '%u %a' {at}/job/data && cat {at}/link")
+        ),
+        "1000 640\nkept\n",
+        "the folder's files are not on the disk as they were"
+    );
+    let mut left: Vec<String> = std::fs::read_dir(&folder)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        [moltencore::disk_mounts::IMAGE_FILE],
+        "the volume holds the image alone"
+    );
+    assert_eq!(
+        sh(&node, &vm, "ls -A /warden-cpi-dev"),
+        format!("{disk}\n"),
+        "the folder is still in the VM"
+    );
+    assert_eq!(disk_devices(&node, &disk), vec![vm.clone()]);
+
+    // The image is the disk from now on: detached and attached again, the files are there.
+    call("detach_disk", json!([vm, disk]));
+    call("attach_disk", json!([vm, disk]));
+    let at = mount_disk_in(&node, &vm, &disk);
+    assert_eq!(sh(&node, &vm, &format!("cat {at}/job/data")), "kept\n");
+    call("delete_vm", json!([vm]));
+    call("delete_disk", json!([disk]));
+}
+
+#[test]
+fn a_folder_copy_cut_short_keeps_the_folder_and_the_vm_can_go() {
+    let (vm, node, _) = vm_on(0, 119, "folder-too-big");
+    // An 8 MiB disk whose folder holds 12 MiB: the copy into the image fails (ENOSPC).
+    let disk = create_disk(json!([8, {}, vm]));
+    let folder = std::path::PathBuf::from(volume_on(&node, &disk).unwrap().mountpoint);
+    let big: Vec<u8> = (0..12 << 20).map(|i: u32| (i % 251) as u8).collect();
+    std::fs::write(folder.join("big"), &big).unwrap();
+
+    let (kind, message, retry) = call_error("attach_disk", json!([vm, disk]));
+    assert_eq!(kind, "Bosh::Clouds::CloudError", "{message}");
+    assert!(message.contains("cp -a") && !retry, "{message}");
+    // The folder is still the disk's data, whole.
+    let staged = folder.join(".moltencore-folder/big");
+    assert_eq!(
+        std::fs::read(&staged).unwrap(),
+        big,
+        "the staged folder lost data"
+    );
+    // The VM goes with its view of the folder; the folder stays.
+    call("delete_vm", json!([vm]));
+    assert!(
+        !disk_tree(&node).join(&vm).exists(),
+        "the VM's folder is left"
+    );
+    assert_eq!(disk_loops(&disk), Vec::<String>::new(), "loop device left");
+    assert_eq!(std::fs::read(&staged).unwrap(), big, "delete_vm lost data");
+    call("delete_disk", json!([disk]));
 }

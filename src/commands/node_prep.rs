@@ -346,7 +346,7 @@ fn disk_mounts(a: DiskMountsArgs) -> Result<()> {
     }
     if !report.failed.is_empty() {
         bail!(
-            "{} disk(s) could not be bound again: {}",
+            "{} disk(s) could not be put back in their VMs: {}",
             report.failed.len(),
             report.failed.join("; ")
         );
@@ -362,10 +362,10 @@ fn print_disk_mounts(report: &np::disk_mounts::DiskMountsReport) {
     };
     println!("{}: {shared}", crate::echo::printable_path(&report.dir));
     for d in &report.remounted {
-        println!("bound again: {d}");
+        println!("back in its VM: {d}");
     }
     for d in &report.missing {
-        println!("warning: {d}: the disk's volume is gone; left unbound");
+        println!("warning: {d}: the disk's volume or image is gone; left out of its VM");
     }
 }
 

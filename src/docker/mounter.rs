@@ -24,7 +24,7 @@ const MAKE_PAUSE: std::time::Duration = std::time::Duration::from_millis(250);
 const VERSION: &str = env!("MC_MOUNTER_VERSION");
 /// The mounter's exit code for a command it does not know, or another version.
 const USAGE: i64 = 2;
-/// The mounter's exit code for a disk whose volume holds files but no disk image.
+/// The mounter's exit code for a disk whose volume holds files besides its image.
 pub const NOT_AN_IMAGE: i64 = 4;
 /// Name of the mounter container on every node.
 pub const CONTAINER: &str = "mc-mounter";
@@ -40,22 +40,56 @@ fn image() -> String {
     format!("{IMAGE_REPO}:{}", tag())
 }
 
+/// A disk put in a VM as a block device, as the mounter found its image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockDisk {
+    /// The image holds a filesystem: nothing to format.
+    pub formatted: bool,
+    /// The disk's files, kept as a folder by an earlier version, wait in the VM's
+    /// `/warden-cpi-dev/.folder-<disk>` to be copied into the (new) image.
+    pub folder: bool,
+}
+
 impl NodeDocker {
     /// Makes disk `disk` a block device in VM `vm`'s disk directory (its
-    /// `/warden-cpi-dev/<disk>`), its image made of `size_mib` if the volume is still
-    /// empty; whether the image holds a filesystem already.
+    /// `/warden-cpi-dev/<disk>`), its image made of `size_mib` if the volume holds none.
     pub async fn attach_block_disk(
         &self,
         disks_dir: &str,
         vm: &str,
         disk: &str,
         size_mib: u64,
-    ) -> Result<bool, DockerError> {
+    ) -> Result<BlockDisk, DockerError> {
         let size = size_mib.to_string();
         let lines = self
             .mounter_ok(disks_dir, &["attach", vm, disk, &size])
             .await?;
-        Ok(lines.iter().any(|l| l == "formatted"))
+        Ok(BlockDisk {
+            formatted: lines.iter().any(|l| l == "formatted"),
+            folder: lines.iter().any(|l| l == "folder"),
+        })
+    }
+
+    /// The size in bytes of disk `disk`'s image on this node; `None` while it has none.
+    pub async fn disk_image_size(
+        &self,
+        disks_dir: &str,
+        disk: &str,
+    ) -> Result<Option<u64>, DockerError> {
+        let lines = self.mounter_ok(disks_dir, &["image-size", disk]).await?;
+        Ok(lines.first().and_then(|l| l.parse().ok()))
+    }
+
+    /// After VM `vm` copied disk `disk`'s folder into its image: the folder goes.
+    pub async fn settle_disk(
+        &self,
+        disks_dir: &str,
+        vm: &str,
+        disk: &str,
+    ) -> Result<(), DockerError> {
+        self.mounter_ok(disks_dir, &["settle", vm, disk])
+            .await
+            .map(|_| ())
     }
 
     /// Removes disk `disk` from VM `vm`; not bound is success.

@@ -23,12 +23,13 @@ pub struct DiskMountsReport {
     pub dir: PathBuf,
     /// The tree was no mount point and was bound onto itself.
     pub bound_onto_itself: bool,
-    /// `<vm>/<disk>` bound again.
+    /// `<vm>/<disk>` put back in its VM (its loop device and node made again, or its
+    /// folder bound again).
     pub remounted: Vec<String>,
-    /// `<vm>/<disk>` whose volume is gone (left unbound: the VM waits, then starts
+    /// `<vm>/<disk>` whose volume or image is gone (left out: the VM waits, then starts
     /// without that disk, and the reboot's health gate names it).
     pub missing: Vec<String>,
-    /// `<vm>/<disk>: why` that could not be bound again (the others were still tried).
+    /// `<vm>/<disk>: why` that could not be put back (the others were still tried).
     pub failed: Vec<String>,
 }
 

@@ -13,6 +13,7 @@ use crate::cloud::session::Session;
 use crate::cloud::session::disks::volume_gone;
 use crate::cloud::vm::agent_files::{self, DISK_MOUNT_ROOT, SETTINGS_PATH};
 use crate::cloud::vm::{find_existing, inside};
+use crate::docker::mounter::BlockDisk;
 use crate::docker::{DockerError, NodeDocker, mounter};
 use crate::labels::vm as labels;
 use crate::protocol::{CallResult, CpiError, DiskCid, ErrorKind, VmCid};
@@ -67,13 +68,13 @@ fn made_earlier(vm_cid: &VmCid) -> CpiError {
     )
 }
 
-/// A mounter's refusal of a disk whose volume holds files but no image, said so; other
-/// errors as they are.
+/// A mounter's refusal of a disk whose volume holds something besides its image (and no
+/// staged folder), said so; other errors as they are.
 pub(crate) fn not_an_image(e: DockerError, disk: &DiskCid) -> CpiError {
     match e {
         DockerError::Mount { code, .. } if code == mounter::NOT_AN_IMAGE => CpiError::cloud(
             format!(
-                "disk {disk} keeps its data as a folder (made by a CPI version before disks were block devices) and cannot be attached as a device; copy its data to a new disk"
+                "disk {disk}: its volume holds files besides its disk image, which this CPI did not put there; move them away or copy the data to a new disk"
             ),
             false,
         ),
@@ -194,18 +195,37 @@ pub async fn attach(
         }
         held?;
     }
-    let formatted = docker
+    let found = docker
         .attach_block_disk(&dir, vm_cid.as_str(), disk_cid.as_str(), disk.size_mib)
         .await
         .map_err(|e| not_an_image(e, disk_cid))?;
-    if !formatted {
-        inside::format_disk(&docker, vm_cid.as_str(), disk_cid.as_str()).await?;
-    }
+    prepare_block_disk(&docker, &dir, vm_cid.as_str(), disk_cid.as_str(), found).await?;
     finish_attach(&s, &docker, vm_cid, &mut disk).await?;
     // After the record names the VM: both write the record.
     s.remove_old_copy(&mut disk).await;
     tracing::info!(vm = %vm_cid, disk = %disk_cid, node = %vm.node, "disk attached");
     Ok(hint)
+}
+
+/// A disk just put in the VM as a block device made ready for its agent: a new one
+/// formatted, the files of one kept as a folder copied into its new filesystem (the folder
+/// then goes).
+pub(crate) async fn prepare_block_disk(
+    docker: &NodeDocker,
+    disks_dir: &str,
+    vm: &str,
+    disk: &str,
+    found: BlockDisk,
+) -> Result<(), CpiError> {
+    if !found.formatted {
+        inside::format_disk(docker, vm, disk).await?;
+    }
+    if found.folder {
+        inside::copy_folder(docker, vm, disk).await?;
+        docker.settle_disk(disks_dir, vm, disk).await?;
+        tracing::info!(vm, disk, "the disk's folder was copied into its new image");
+    }
+    Ok(())
 }
 
 /// After the disk is in the VM: the hint in the agent settings, the VM in the disk's record.
@@ -241,6 +261,7 @@ pub async fn detach(
         // free while the VM writes on. Detached means gone from the VM, as on any IaaS.
         let taken = inside::unmount_disk(&docker, vm_cid.as_str(), disk_cid.as_str()).await?;
         if !taken.is_empty() {
+            let taken: Vec<String> = taken.iter().map(|p| crate::echo::printable(p)).collect();
             tracing::info!(vm = %vm_cid, disk = %disk_cid, "unmounted in the VM: {}", taken.join(", "));
         }
         docker

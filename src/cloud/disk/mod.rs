@@ -4,8 +4,8 @@
 mod attach;
 mod snapshot;
 
-pub(crate) use attach::not_an_image;
 pub use attach::{attach, detach};
+pub(crate) use attach::{not_an_image, prepare_block_disk};
 pub use snapshot::{delete_snapshot, snapshot};
 
 use std::collections::HashMap;
@@ -157,6 +157,20 @@ pub async fn resize(
                 disk.size_mib
             ),
         ));
+    }
+    // A disk that holds its image keeps its size: the director then copies the data to a
+    // new disk of the new size (its fallback for NotSupported, the agent's migrate_disk).
+    if let Some(dir) = s.disks_dir_if_any(&disk.node).await? {
+        let docker = s.node_docker(&disk.node).await?;
+        if let Some(bytes) = docker.disk_image_size(&dir, cid.as_str()).await? {
+            return Err(CpiError::new(
+                ErrorKind::NotSupported,
+                format!(
+                    "resize_disk: disk {cid} holds its {} MiB image already; it is resized by copying its data to a new disk",
+                    bytes >> 20
+                ),
+            ));
+        }
     }
     disk.size_mib = new_size_mib;
     s.save_disk(&disk).await?;

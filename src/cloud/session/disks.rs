@@ -111,6 +111,19 @@ impl Session<'_> {
                 owned = true;
                 continue;
             }
+            if let Some(n) = vm
+                .strip_prefix("loop")
+                .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            {
+                // Detached from its VM, but a mount of it there has not let go yet.
+                return Err(CpiError::cloud(
+                    format!(
+                        "disk {disk_cid} is still in use through /dev/loop{n} on node {}: a mount of it in a VM it was detached from has not let go yet",
+                        docker.name
+                    ),
+                    true,
+                ));
+            }
             let holder = VmCid::parse(&vm).map_err(|_| {
                 CpiError::cloud(
                     format!(

@@ -13,8 +13,8 @@ use serde_json::Value;
 use super::container_spec::{self, ContainerPlan};
 use super::network_plan::{self, PlannedNetwork};
 use super::properties::{Effective, VmProperties};
-use super::{agent_files, ephemeral_volume, inside, labels, start_script};
-use crate::cloud::disk::not_an_image;
+use super::{agent_files, ephemeral_volume, labels, start_script};
+use crate::cloud::disk::{not_an_image, prepare_block_disk};
 use crate::cloud::session::Session;
 use crate::cloud::session::disks::volume_gone;
 use crate::cloud::{CloudContext, now, stemcell};
@@ -428,7 +428,7 @@ async fn build(
         None => Vec::new(),
     };
     let volume = make_ephemeral_volume(docker, plan, undo).await?;
-    let mut blank = Vec::new();
+    let mut found = Vec::new();
     if let Some(dir) = &dir {
         // In place before the container exists: it starts with them.
         undo.push(Undo::DiskTree {
@@ -437,13 +437,11 @@ async fn build(
         });
         for disk in &disks {
             let cid = disk.cid.as_str();
-            if !docker
+            let state = docker
                 .attach_block_disk(dir, &plan.cid, cid, disk.size_mib)
                 .await
-                .map_err(|e| not_an_image(e, &disk.cid))?
-            {
-                blank.push(cid);
-            }
+                .map_err(|e| not_an_image(e, &disk.cid))?;
+            found.push((dir, cid, state));
         }
     }
     make_container(s, docker, plan, dir.as_deref(), &volume).await?;
@@ -458,8 +456,8 @@ async fn build(
     let cids: Vec<DiskCid> = disks.iter().map(|d| d.cid.clone()).collect();
     upload_agent_files(s, docker, plan, &cids, dir.is_some()).await?;
     start(docker, plan).await?;
-    for disk in blank {
-        inside::format_disk(docker, &plan.cid, disk).await?;
+    for (dir, disk, state) in found {
+        prepare_block_disk(docker, dir, &plan.cid, disk, state).await?;
     }
     // Docker starts a container with the address asked for or not at all: only an address
     // a foreign network chose has to be read back.
@@ -613,10 +611,17 @@ async fn upload_agent_files(
         &plan.req.env,
     );
     let agent_config = match block_disks {
-        true => docker
-            .read_file(&plan.cid, agent_files::AGENT_CONFIG_PATH)
-            .await?
-            .and_then(|f| agent_files::block_disk_agent_config(&f.data)),
+        true => {
+            let stemcells = docker
+                .read_file(&plan.cid, agent_files::AGENT_CONFIG_PATH)
+                .await?;
+            let ours = stemcells.and_then(|f| agent_files::block_disk_agent_config(&f.data));
+            if ours.is_none() {
+                // Its agent keeps its defaults: disks may not mount.
+                tracing::warn!(vm = %plan.cid, stemcell = %plan.req.stemcell_cid, "the stemcell has no readable {}: its agent is not set to mount disks as devices", agent_files::AGENT_CONFIG_PATH);
+            }
+            ours
+        }
         false => None,
     };
     let archive = agent_files::archive(&plan.cid, &settings, agent_config)

@@ -125,9 +125,9 @@ pub async fn unmount_disk(
             if done.code != 0 {
                 return Err(DockerError::Mount {
                     node: docker.name.clone(),
-                    command: format!("umount -l {point} (in VM {cid})"),
+                    command: format!("umount -l {} (in VM {cid})", crate::echo::printable(point)),
                     code: done.code,
-                    detail: done.output.trim().to_string(),
+                    detail: crate::echo::printable_detail(done.output.trim()),
                 });
             }
         }
@@ -159,8 +159,51 @@ pub async fn format_disk(docker: &NodeDocker, cid: &str, disk: &str) -> Result<(
         node: docker.name.clone(),
         command: format!("mkfs.ext4 -F {device} (in VM {cid})"),
         code: done.code,
-        detail: done.output.trim().chars().take(400).collect(),
+        detail: crate::echo::printable_detail(done.output.trim()),
     })
+}
+
+/// How long the copy of a disk's folder into its image may take (it prints nothing, so
+/// the node's idle timeout cannot bound it).
+const COPY_LIMIT: std::time::Duration = std::time::Duration::from_secs(4 * 3600);
+
+/// Copies the files of disk `disk` kept as a folder (seen by the running VM `cid` at
+/// `/warden-cpi-dev/.folder-<disk>` while it is attached) into its new filesystem, with the
+/// stemcell's `cp -a` (owners, modes, links, times, attributes as the stemcell's cp keeps
+/// them), mounted at a place of its own and unmounted (flushed) after.
+pub async fn copy_folder(docker: &NodeDocker, cid: &str, disk: &str) -> Result<(), DockerError> {
+    let device = format!("{DISK_MOUNT_ROOT}/{disk}");
+    let script = format!(
+        "set -e; t=/tmp/.moltencore-copy-{disk}; mkdir -p $t; mount {device} $t; \
+         trap 'umount $t && rmdir $t' EXIT; cp -a {DISK_MOUNT_ROOT}/.folder-{disk}/. $t/"
+    );
+    let cmd = vec!["/bin/sh".to_string(), "-c".to_string(), script];
+    let deadline = std::time::Instant::now() + COPY_LIMIT;
+    let doing = "copying the disk's folder in the VM";
+    let code = match docker.exec_until(cid, cmd, deadline, doing).await {
+        Ok(code) => code,
+        Err(DockerError::Conflict { .. }) => {
+            return Err(DockerError::Mount {
+                node: docker.name.clone(),
+                command: format!("copying disk {disk}'s folder into its image (in VM {cid})"),
+                code: -1,
+                detail: "the VM does not run: start it, then attach the disk again".into(),
+            });
+        }
+        Err(e) => return Err(e),
+    };
+    match code {
+        Some(0) => Ok(()),
+        code => Err(DockerError::Mount {
+            node: docker.name.clone(),
+            command: format!("cp -a of disk {disk}'s folder into its image (in VM {cid})"),
+            code: code.unwrap_or(-1),
+            detail: match code {
+                Some(_) => "the copy failed (is the disk large enough for its files?); the folder stays the disk's data and the next attach copies it again".into(),
+                None => format!("the copy did not end within {} s", COPY_LIMIT.as_secs()),
+            },
+        }),
+    }
 }
 
 /// Adds `disk` to the stopped VM's [`FORMAT_AT_START`] list.

@@ -82,6 +82,24 @@ pub fn sh(node: &str, vm: &str, cmd: &str) -> String {
     out
 }
 
+/// The loop devices backed by disk `disk`'s image, on any node (`/dev/loopN`), as the
+/// kernel lists them: none once no VM has the disk.
+pub fn disk_loops(disk: &str) -> Vec<String> {
+    let tail = format!("/{disk}/_data/moltencore-disk.img");
+    let mut loops: Vec<String> = std::fs::read_dir("/sys/block")
+        .expect("/sys/block")
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let backing =
+                std::fs::read_to_string(format!("/sys/block/{name}/loop/backing_file")).ok()?;
+            backing.contains(&tail).then(|| format!("/dev/{name}"))
+        })
+        .collect();
+    loops.sort();
+    loops
+}
+
 /// Where the tests mount a persistent disk in a VM, as the agent mounts one on the store.
 pub fn disk_mount(disk: &str) -> String {
     format!("/mnt/{disk}")
@@ -274,9 +292,8 @@ pub fn disk_tree(node: &str) -> std::path::PathBuf {
 pub fn disk_devices(node: &str, disk: &str) -> Vec<String> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let tree = disk_tree(node);
-    let Ok(entries) = std::fs::read_dir(&tree) else {
-        return Vec::new();
-    };
+    let entries = std::fs::read_dir(&tree)
+        .unwrap_or_else(|e| panic!("the disk tree {} of {node}: {e}", tree.display()));
     let mut vms: Vec<String> = entries
         .filter_map(Result::ok)
         .filter_map(|vm| {
