@@ -131,6 +131,15 @@ pub enum DockerError {
     /// A copy finished but its result is not what was sent.
     #[error("{message}")]
     Verify { message: String },
+    /// A command the CPI runs in a VM (formatting or copying a disk, unmounting it) failed.
+    #[error("node {node}: `{command}` in VM {vm} failed (exit code {code}): {detail}")]
+    InVm {
+        node: String,
+        vm: String,
+        command: String,
+        code: i64,
+        detail: String,
+    },
     /// The node's mounter (see [`super::mounter`]) could not do what it was asked.
     #[error("node {node}: mc-mounter {command} failed (exit code {code}): {detail}")]
     Mount {

@@ -27,7 +27,8 @@ impl From<DockerError> for CpiError {
             | D::Client { .. }
             | D::NetworkMismatch { .. }
             | D::TooLarge { .. }
-            | D::Mount { .. } => CpiError::cloud(message, false),
+            | D::Mount { .. }
+            | D::InVm { .. } => CpiError::cloud(message, false),
             D::InvalidName { .. }
             | D::InvalidReference { .. }
             | D::Setup { .. }

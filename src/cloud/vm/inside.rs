@@ -123,9 +123,10 @@ pub async fn unmount_disk(
                 .exec(cid, lazy, "unmounting the disk in the VM")
                 .await?;
             if done.code != 0 {
-                return Err(DockerError::Mount {
+                return Err(DockerError::InVm {
                     node: docker.name.clone(),
-                    command: format!("umount -l {} (in VM {cid})", crate::echo::printable(point)),
+                    vm: cid.to_string(),
+                    command: format!("umount -l {}", crate::echo::printable(point)),
                     code: done.code,
                     detail: crate::echo::printable_detail(done.output.trim()),
                 });
@@ -155,9 +156,10 @@ pub async fn format_disk(docker: &NodeDocker, cid: &str, disk: &str) -> Result<(
     if done.code == 0 {
         return Ok(());
     }
-    Err(DockerError::Mount {
+    Err(DockerError::InVm {
         node: docker.name.clone(),
-        command: format!("mkfs.ext4 -F {device} (in VM {cid})"),
+        vm: cid.to_string(),
+        command: format!("mkfs.ext4 -F {device}"),
         code: done.code,
         detail: crate::echo::printable_detail(done.output.trim()),
     })
@@ -183,9 +185,10 @@ pub async fn copy_folder(docker: &NodeDocker, cid: &str, disk: &str) -> Result<(
     let code = match docker.exec_until(cid, cmd, deadline, doing).await {
         Ok(code) => code,
         Err(DockerError::Conflict { .. }) => {
-            return Err(DockerError::Mount {
+            return Err(DockerError::InVm {
                 node: docker.name.clone(),
-                command: format!("copying disk {disk}'s folder into its image (in VM {cid})"),
+                vm: cid.to_string(),
+                command: format!("cp -a of disk {disk}'s folder into its image"),
                 code: -1,
                 detail: "the VM does not run: start it, then attach the disk again".into(),
             });
@@ -194,9 +197,10 @@ pub async fn copy_folder(docker: &NodeDocker, cid: &str, disk: &str) -> Result<(
     };
     match code {
         Some(0) => Ok(()),
-        code => Err(DockerError::Mount {
+        code => Err(DockerError::InVm {
             node: docker.name.clone(),
-            command: format!("cp -a of disk {disk}'s folder into its image (in VM {cid})"),
+            vm: cid.to_string(),
+            command: format!("cp -a of disk {disk}'s folder into its image"),
             code: code.unwrap_or(-1),
             detail: match code {
                 Some(_) => "the copy failed (is the disk large enough for its files?); the folder stays the disk's data and the next attach copies it again".into(),
@@ -226,9 +230,10 @@ async fn format_at_start(docker: &NodeDocker, cid: &str, disk: &str) -> Result<(
     append_file(&mut archive, FORMAT_AT_START, list.as_bytes(), owner)
         .and_then(|()| archive.into_inner())
         .map(|tar| docker.upload_archive(cid, "/", tar))
-        .map_err(|e| DockerError::Mount {
+        .map_err(|e| DockerError::InVm {
             node: docker.name.clone(),
-            command: format!("listing {disk} to format at the start of VM {cid}"),
+            vm: cid.to_string(),
+            command: format!("listing {disk} to format at its next start"),
             code: -1,
             detail: e.to_string(),
         })?
