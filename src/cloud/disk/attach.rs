@@ -12,9 +12,9 @@ use crate::cloud::CloudContext;
 use crate::cloud::session::Session;
 use crate::cloud::session::disks::volume_gone;
 use crate::cloud::vm::agent_files::{self, DISK_MOUNT_ROOT, SETTINGS_PATH};
+use crate::cloud::vm::block_disks::{not_an_image, prepare_block_disk};
 use crate::cloud::vm::{find_existing, inside};
-use crate::docker::mounter::BlockDisk;
-use crate::docker::{DockerError, NodeDocker, mounter};
+use crate::docker::NodeDocker;
 use crate::labels::vm as labels;
 use crate::protocol::{CallResult, CpiError, DiskCid, ErrorKind, VmCid};
 
@@ -66,20 +66,6 @@ fn made_earlier(vm_cid: &VmCid) -> CpiError {
         ),
         false,
     )
-}
-
-/// A mounter's refusal of a disk whose volume holds something besides its image (and no
-/// staged folder), said so; other errors as they are.
-pub(crate) fn not_an_image(e: DockerError, disk: &DiskCid) -> CpiError {
-    match e {
-        DockerError::Mount { code, .. } if code == mounter::NOT_AN_IMAGE => CpiError::cloud(
-            format!(
-                "disk {disk}: its volume holds files besides its disk image, which this CPI did not put there; move them away or copy the data to a new disk"
-            ),
-            false,
-        ),
-        e => e.into(),
-    }
 }
 
 /// Disks mounted as Docker volumes at their hints: the disks of a VM made before disks
@@ -205,27 +191,6 @@ pub async fn attach(
     s.remove_old_copy(&mut disk).await;
     tracing::info!(vm = %vm_cid, disk = %disk_cid, node = %vm.node, "disk attached");
     Ok(hint)
-}
-
-/// A disk just put in the VM as a block device made ready for its agent: a new one
-/// formatted, the files of one kept as a folder copied into its new filesystem (the folder
-/// then goes).
-pub(crate) async fn prepare_block_disk(
-    docker: &NodeDocker,
-    disks_dir: &str,
-    vm: &str,
-    disk: &str,
-    found: BlockDisk,
-) -> Result<(), CpiError> {
-    if !found.formatted {
-        inside::format_disk(docker, vm, disk).await?;
-    }
-    if found.folder {
-        inside::copy_folder(docker, vm, disk).await?;
-        docker.settle_disk(disks_dir, vm, disk).await?;
-        tracing::info!(vm, disk, "the disk's folder was copied into its new image");
-    }
-    Ok(())
 }
 
 /// After the disk is in the VM: the hint in the agent settings, the VM in the disk's record.

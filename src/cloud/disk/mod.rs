@@ -5,7 +5,6 @@ mod attach;
 mod snapshot;
 
 pub use attach::{attach, detach};
-pub(crate) use attach::{not_an_image, prepare_block_disk};
 pub use snapshot::{delete_snapshot, snapshot};
 
 use std::collections::HashMap;

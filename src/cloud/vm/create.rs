@@ -10,11 +10,11 @@ use std::net::{IpAddr, Ipv4Addr};
 use bollard::models::ContainerSummary;
 use serde_json::Value;
 
+use super::block_disks::{not_an_image, prepare_block_disk};
 use super::container_spec::{self, ContainerPlan};
 use super::network_plan::{self, PlannedNetwork};
 use super::properties::{Effective, VmProperties};
 use super::{agent_files, ephemeral_volume, labels, start_script};
-use crate::cloud::disk::{not_an_image, prepare_block_disk};
 use crate::cloud::session::Session;
 use crate::cloud::session::disks::volume_gone;
 use crate::cloud::{CloudContext, now, stemcell};

@@ -4,6 +4,7 @@
 pub mod abandoned;
 pub mod agent_files;
 pub mod blobstore;
+pub(crate) mod block_disks;
 pub mod container_spec;
 mod create;
 pub mod graceful_stop;

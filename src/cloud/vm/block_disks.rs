@@ -1,0 +1,44 @@
+//! What makes a disk that the node's mounter just put in a VM ready for its agent, for
+//! attach_disk and create_vm alike: a new disk formatted, the files of a disk kept as a
+//! folder copied into its new image; and the refusal of a volume that holds more than its
+//! image.
+
+use super::inside;
+use crate::docker::mounter::{self, BlockDisk};
+use crate::docker::{DockerError, NodeDocker};
+use crate::protocol::{CpiError, DiskCid};
+
+/// A mounter's refusal of a disk whose volume holds something besides its image (and no
+/// staged folder), said so; other errors as they are.
+pub(crate) fn not_an_image(e: DockerError, disk: &DiskCid) -> CpiError {
+    match e {
+        DockerError::Mount { code, .. } if code == mounter::NOT_AN_IMAGE => CpiError::cloud(
+            format!(
+                "disk {disk}: its volume holds files besides its disk image, which this CPI did not put there; move them away or copy the data to a new disk"
+            ),
+            false,
+        ),
+        e => e.into(),
+    }
+}
+
+/// A disk just put in the VM as a block device made ready for its agent: a new one
+/// formatted, the files of one kept as a folder copied into its new filesystem (the folder
+/// then goes).
+pub(crate) async fn prepare_block_disk(
+    docker: &NodeDocker,
+    disks_dir: &str,
+    vm: &str,
+    disk: &str,
+    found: BlockDisk,
+) -> Result<(), CpiError> {
+    if !found.formatted {
+        inside::format_disk(docker, vm, disk).await?;
+    }
+    if found.folder {
+        inside::copy_folder(docker, vm, disk).await?;
+        docker.settle_disk(disks_dir, vm, disk).await?;
+        tracing::info!(vm, disk, "the disk's folder was copied into its new image");
+    }
+    Ok(())
+}
