@@ -12,6 +12,7 @@ const SOURCES: &[&str] = &[
     "mounter/main.rs",
     "src/disk_mounts.rs",
     "src/loop_device.rs",
+    "src/image_copy.rs",
 ];
 
 fn main() {

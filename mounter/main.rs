@@ -1,8 +1,8 @@
 //! `mc-mounter`: the one process of a node's mounter container, and the command the CPI
 //! runs in it (`docker exec`) to attach and detach disks in running VMs. The container
 //! sees the node's VM disk tree at `/vms` (shared with the host) and Docker's volumes at
-//! `/volumes`; the work is done by `src/disk_mounts.rs` and `src/loop_device.rs`,
-//! compiled in here on their own.
+//! `/volumes`; the work is done by `src/disk_mounts.rs`, `src/loop_device.rs` and
+//! `src/image_copy.rs`, compiled in here on their own.
 //! `build.rs` builds this file statically (the container's image holds nothing else).
 //!
 //! Every command comes after `--version-is V`: a helper of another version (the CPI was
@@ -13,6 +13,9 @@
 #[path = "../src/disk_mounts.rs"]
 #[allow(dead_code)]
 mod disk_mounts;
+#[path = "../src/image_copy.rs"]
+#[allow(dead_code)]
+mod image_copy;
 #[path = "../src/loop_device.rs"]
 #[allow(dead_code)]
 mod loop_device;
@@ -23,7 +26,7 @@ use std::process::ExitCode;
 
 use disk_mounts::{Bound, DiskMounts};
 
-const USAGE: &str = "usage: mc-mounter serve | version | --version-is V (attach VM DISK SIZE_MIB | settle VM DISK | unbind VM DISK | list VM | holders DISK | image-size DISK | forget VM)";
+const USAGE: &str = "usage: mc-mounter serve | version | --version-is V (attach VM DISK SIZE_MIB | settle VM DISK | unbind VM DISK | list VM | holders DISK | image-size DISK | forget VM | copy-image DISK VOLUME)";
 /// This helper's version (the digest of its sources, from build.rs).
 const VERSION: &str = env!("MC_MOUNTER_VERSION");
 
@@ -85,6 +88,18 @@ fn main() -> ExitCode {
             .image_size(disk)
             .map(|size| vec![size.map_or("none".to_string(), |b| b.to_string())]),
         ["forget", vm] => tree.forget(vm),
+        ["copy-image", disk, to] => {
+            // A line at least every few seconds: the CPI counts a silent node as gone.
+            let mut said = std::time::Instant::now();
+            let mut progress = |bytes: u64| {
+                if said.elapsed() >= std::time::Duration::from_secs(5) {
+                    println!("progress {bytes}");
+                    said = std::time::Instant::now();
+                }
+            };
+            tree.copy_image(disk, to, &mut progress)
+                .map(|c| vec![format!("copied {} {}", c.size, c.data)])
+        }
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);

@@ -19,6 +19,7 @@ use std::io;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use crate::image_copy;
 use crate::loop_device;
 
 unsafe extern "C" {
@@ -368,6 +369,53 @@ impl DiskMounts {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// Copies `disk`'s image into the volume `to` of this node (a snapshot's, new and
+    /// empty) as its image, hole for hole, read back before it takes the image's name.
+    pub fn copy_image(
+        &self,
+        disk: &str,
+        to: &str,
+        progress: &mut dyn FnMut(u64),
+    ) -> io::Result<image_copy::Copied> {
+        checked(disk, "disk")?;
+        checked(to, "volume")?;
+        let data = self.source(to);
+        if !data.is_dir() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("volume {to} is not on this node"),
+            ));
+        }
+        if !volume_entries(&data)?.is_empty() || data.join(IMAGE_FILE).exists() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("volume {to} is not empty"),
+            ));
+        }
+        let from = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(O_NOFOLLOW)
+            .open(self.image(disk))?;
+        let partial = data.join(format!(".{IMAGE_FILE}.{}", std::process::id()));
+        match std::fs::remove_file(&partial) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let copy = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&partial)?;
+        let copied = image_copy::copy(&from, &copy, progress).and_then(|c| {
+            std::fs::rename(&partial, data.join(IMAGE_FILE))?;
+            Ok(c)
+        });
+        if copied.is_err() {
+            let _ = std::fs::remove_file(&partial);
+        }
+        copied
     }
 
     /// The loop device of `disk`'s image, attached when it has none.

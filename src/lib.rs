@@ -13,6 +13,7 @@ pub mod docker;
 pub mod echo;
 pub mod fleetlock;
 pub mod ids;
+pub mod image_copy;
 pub mod labels;
 pub mod logging;
 pub mod loop_device;

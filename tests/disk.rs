@@ -309,6 +309,20 @@ fn a_snapshot_holds_the_contents_of_its_time() {
         let v = docker.inspect_volume(&snap).await.unwrap();
         assert_eq!(v.labels["moltencore.snapshot.disk"], disk);
         assert_eq!(v.labels["moltencore.snapshot.meta.index"], "3");
+        // Copied hole for hole: the image of a 100 MiB disk that holds a file system and
+        // one file takes a few MiB, not 100.
+        let image = std::path::Path::new(&v.mountpoint).join(moltencore::disk_mounts::IMAGE_FILE);
+        let m = std::fs::metadata(&image).unwrap();
+        assert_eq!(
+            m.len(),
+            100 << 20,
+            "the snapshot's image is not the disk's size"
+        );
+        let allocated = std::os::unix::fs::MetadataExt::blocks(&m) * 512;
+        assert!(
+            allocated < 40 << 20,
+            "the snapshot's image allocates {allocated} bytes"
+        );
         read_in_snapshot(&node, &snap, "state").await
     });
     assert_eq!(content, "version-1\n");

@@ -80,6 +80,29 @@ impl NodeDocker {
         Ok(lines.first().and_then(|l| l.parse().ok()))
     }
 
+    /// Copies disk `disk`'s image into the new, empty volume `to` of this node (a
+    /// snapshot), hole for hole and read back; the bytes of data copied.
+    pub async fn copy_disk_image(
+        &self,
+        disks_dir: &str,
+        disk: &str,
+        to: &str,
+    ) -> Result<u64, DockerError> {
+        let args = ["copy-image", disk, to];
+        let lines = self.mounter_ok(disks_dir, &args).await?;
+        lines
+            .last()
+            .and_then(|l| l.strip_prefix("copied "))
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|b| b.parse().ok())
+            .ok_or_else(|| DockerError::Mount {
+                node: self.name.clone(),
+                command: args.join(" "),
+                code: 0,
+                detail: "no account of the copy".to_string(),
+            })
+    }
+
     /// After VM `vm` copied disk `disk`'s folder into its image: the folder goes.
     pub async fn settle_disk(
         &self,
