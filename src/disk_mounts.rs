@@ -223,6 +223,7 @@ const UNMOUNT_ROUNDS: usize = 16;
 // Linux x86_64 open(2) flags (std has no names for them).
 const O_DIRECTORY: i32 = 0o200000;
 const O_NOFOLLOW: i32 = 0o400000;
+const O_NONBLOCK: i32 = 0o4000;
 const O_PATH: i32 = 0o10000000;
 
 /// The tree of one node: `vms` (the shared directory) and Docker's `volumes` directory.
@@ -394,10 +395,28 @@ impl DiskMounts {
                 format!("volume {to} is not empty"),
             ));
         }
-        let from = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(O_NOFOLLOW)
-            .open(self.image(disk))?;
+        let from = {
+            // Checked under the tree's lock (no first attach is staging a folder disk's
+            // files meanwhile); the copy reads the opened image after it.
+            let _lock = self.lock()?;
+            if !volume_entries(&self.source(disk))?.is_empty() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "its volume holds files besides its image",
+                ));
+            }
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(O_NOFOLLOW | O_NONBLOCK)
+                .open(self.image(disk))?;
+            if !file.metadata()?.is_file() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "its image is not a file",
+                ));
+            }
+            file
+        };
         let partial = data.join(format!(".{IMAGE_FILE}.{}", std::process::id()));
         match std::fs::remove_file(&partial) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),

@@ -14,6 +14,7 @@ use std::os::unix::fs::FileExt;
 
 unsafe extern "C" {
     fn lseek64(fd: c_int, offset: i64, whence: c_int) -> i64;
+    fn sync();
 }
 
 const SEEK_DATA: c_int = 3;
@@ -52,7 +53,9 @@ fn data_ranges(file: &File, size: u64) -> io::Result<Vec<(u64, u64)>> {
         }
         let (start, end) = (start as u64, (end as u64).min(size));
         if end <= start {
-            break;
+            return Err(io::Error::other(format!(
+                "the image's data at {start} ends at {end}"
+            )));
         }
         ranges.push((start, end));
         at = end;
@@ -62,10 +65,13 @@ fn data_ranges(file: &File, size: u64) -> io::Result<Vec<(u64, u64)>> {
 
 /// Copies the image `from` into the empty file `to` (same size, holes where `from` has
 /// holes or blocks of zeros), syncs it, then reads the copy back: its hash must be that of
-/// what was read from `from`, or the copy failed. `progress` hears the bytes of data
-/// copied so far after every chunk (the mounter reports them, so that a long copy is
-/// never silent).
+/// what was read from `from`, or the copy failed. Every file system is synced first, so
+/// that what a VM wrote on its mount of the image's loop device is in the image. `progress`
+/// hears the bytes handled so far after every chunk, copied and read back (the mounter
+/// reports them, so that a long copy is never silent).
 pub fn copy(from: &File, to: &File, progress: &mut dyn FnMut(u64)) -> io::Result<Copied> {
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { sync() };
     let size = from.metadata()?.len();
     to.set_len(size)?;
     let ranges = data_ranges(from, size)?;
@@ -88,6 +94,7 @@ pub fn copy(from: &File, to: &File, progress: &mut dyn FnMut(u64)) -> io::Result
     }
     to.sync_all()?;
     let mut back = DefaultHasher::new();
+    let mut checked = 0u64;
     for &(start, end) in &ranges {
         let mut at = start;
         while at < end {
@@ -95,11 +102,12 @@ pub fn copy(from: &File, to: &File, progress: &mut dyn FnMut(u64)) -> io::Result
             to.read_exact_at(&mut buf[..n], at)?;
             hash_chunk(&mut back, at, &buf[..n]);
             at += n as u64;
+            checked += n as u64;
+            progress(data + checked);
         }
     }
     if read.finish() != back.finish() || to.metadata()?.len() != size {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
+        return Err(io::Error::other(
             "the copy of the image does not read back as what was read",
         ));
     }

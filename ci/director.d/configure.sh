@@ -24,7 +24,12 @@ in_director() {
 		M=$m MC_DB_PORT=$DB_PORT setsid unshare --mount --propagation private --pid --fork --kill-child \
 			bash -c "$script" in_director "$root" "$STATE" /var/vcap/bosh/bin/director-start \
 			>>"$STATE/director.log" 2>&1 </dev/null &
-		echo $! >"$PIDFILE"
+		local pid=$! started=
+		for _ in $(seq 50); do
+			started=$(awk '{print $22}' "/proc/$pid/stat" 2>/dev/null) && break
+			sleep 0.1
+		done
+		echo "$pid $started" >"$PIDFILE"
 	else
 		M=$m MC_DB_PORT=$DB_PORT unshare --mount --propagation private bash -c "$script" in_director "$root" "$STATE" "$@"
 	fi
@@ -64,7 +69,8 @@ configure() {
 	# user), secrets 0600.
 	umask 022
 	mkdir -p "$STATE/pki"
-	chmod 0700 "$STATE/pki"
+	# Its logs, tasks and blobs are the director's alone.
+	chmod 0700 "$STATE" "$STATE/pki"
 	echo "$ip" >"$STATE/host_ip"
 	(umask 077 && password >"$STATE/admin_password")
 	# The director's and the blobstore's TLS under one CA (the CLI's BOSH_CA_CERT); NATS
@@ -97,14 +103,15 @@ configure() {
 	install -m 0600 "$STATE/pki/blobstore.key" "$u/var/vcap/jobs/blobstore/config/server_tls_private_key.pem"
 
 	local blobstore
-	blobstore=$(jq -n --arg ip "$ip" --arg port "$BLOBSTORE_PORT" --arg pw "$blob_agent_pw" --rawfile ca "$STATE/pki/ca.crt" \
-		'{provider: "dav", options: {endpoint: "https://\($ip):\($port)", user: "agent", password: $pw, tls: {cert: {ca: $ca}}}}')
+	# Passwords reach jq through its environment, never on a command line.
+	blobstore=$(PW=$blob_agent_pw jq -n --arg ip "$ip" --arg port "$BLOBSTORE_PORT" --rawfile ca "$STATE/pki/ca.crt" \
+		'{provider: "dav", options: {endpoint: "https://\($ip):\($port)", user: "agent", password: $ENV.PW, tls: {cert: {ca: $ca}}}}')
 	(
 		umask 077
 		director_properties "$ip" "$db_pw" "$blob_director_pw" "$blobstore" >"$u/var/vcap/jobs/director/properties.json"
 		cpi_properties "$ip" "$blobstore" >"$u/var/vcap/jobs/moltencore_cpi/properties.json"
-		jq -n --arg dpw "$blob_director_pw" --arg apw "$blob_agent_pw" \
-			'{blobstore: {director: {user: "director", password: $dpw}, agent: {user: "agent", password: $apw}}}' \
+		DPW=$blob_director_pw APW=$blob_agent_pw jq -n \
+			'{blobstore: {director: {user: "director", password: $ENV.DPW}, agent: {user: "agent", password: $ENV.APW}}}' \
 			>"$u/var/vcap/jobs/blobstore/properties.json"
 	)
 	in_director "$root" bash -euo pipefail -c '
@@ -124,8 +131,8 @@ configure() {
 # keeps the spec's default.
 director_properties() {
 	local p=$STATE/pki
-	jq -n --arg ip "$1" --arg db_pw "$2" --arg blob_pw "$3" --argjson agent_blobstore "$4" \
-		--arg admin_pw "$(cat "$STATE/admin_password")" --argjson nats_port "$NATS_PORT" \
+	DB_PW=$2 BLOB_PW=$3 ADMIN_PW=$(cat "$STATE/admin_password") AGENT_BLOBSTORE=$4 jq -n --arg ip "$1" \
+		--argjson nats_port "$NATS_PORT" \
 		--argjson db_port "$DB_PORT" --argjson blob_port "$BLOBSTORE_PORT" \
 		--rawfile ca "$p/ca.crt" --rawfile cert "$p/director.crt" --rawfile key "$p/director.key" \
 		--rawfile nats_ca "$p/nats-ca.crt" --rawfile nats_ca_key "$p/nats-ca.key" \
@@ -134,15 +141,15 @@ director_properties() {
 			name: "moltencore", cpi_job: "moltencore_cpi", workers: 2, puma_workers: 2,
 			enable_snapshots: true, enable_dedicated_status_worker: false,
 			ssl: {cert: $cert, key: $key},
-			db: {adapter: "postgres", host: "127.0.0.1", port: $db_port, user: "bosh", password: $db_pw, database: "bosh"},
-			user_management: {provider: "local", local: {users: [{name: "admin", password: $admin_pw}]}}
+			db: {adapter: "postgres", host: "127.0.0.1", port: $db_port, user: "bosh", password: $ENV.DB_PW, database: "bosh"},
+			user_management: {provider: "local", local: {users: [{name: "admin", password: $ENV.ADMIN_PW}]}}
 		},
 		nats: {address: $ip, port: $nats_port,
 			tls: {ca: $nats_ca, client_ca: {certificate: $nats_ca, private_key: $nats_ca_key},
 				director: {certificate: $nats_cert, private_key: $nats_key}}},
 		blobstore: {provider: "dav", address: $ip, port: $blob_port,
-			director: {user: "director", password: $blob_pw}, tls: {cert: {ca: $ca}}},
-		agent: {env: {bosh: {blobstores: [$agent_blobstore]}}}
+			director: {user: "director", password: $ENV.BLOB_PW}, tls: {cert: {ca: $ca}}},
+		agent: {env: {bosh: {blobstores: [$ENV.AGENT_BLOBSTORE | fromjson]}}}
 	}'
 }
 
@@ -151,7 +158,7 @@ director_properties() {
 cpi_properties() {
 	local c
 	c=$(jq -r .cpi_config_file "$CLUSTER")
-	jq -n --arg ip "$1" --argjson port "$NATS_PORT" --argjson blobstore "$2" --slurpfile cpi "$c" \
+	BLOBSTORE=$2 jq -n --arg ip "$1" --argjson port "$NATS_PORT" --slurpfile cpi "$c" \
 		--rawfile etcd_ca "$(jq -r .etcd.tls.ca_cert_file "$c")" \
 		--rawfile etcd_cert "$(jq -r .etcd.tls.client_cert_file "$c")" \
 		--rawfile etcd_key "$(jq -r .etcd.tls.client_key_file "$c")" \
@@ -162,7 +169,7 @@ cpi_properties() {
 				flannel_prefix: $cpi[0].etcd.flannel_prefix,
 				tls: {ca_cert: $etcd_ca, client_cert: $etcd_cert, client_key: $etcd_key}},
 			docker: {tls: {client_cert: $docker_cert, client_key: $docker_key}},
-			agent: {mbus: "nats://\($ip):\($port)", blobstore: $blobstore},
+			agent: {mbus: "nats://\($ip):\($port)", blobstore: ($ENV.BLOBSTORE | fromjson)},
 			vm_defaults: $cpi[0].vm_defaults
 		}
 	}'
@@ -257,6 +264,7 @@ start() {
 		running || break
 		sleep 1
 	done
+	stop
 	tail -n 20 "$STATE/director.log" >&2 || true
 	for f in "$STATE"/upper/var/vcap/sys/log/director/*.log; do
 		[[ -s $f ]] || continue

@@ -173,7 +173,7 @@ run_steps() {
 	vms=$(column_of 2) drained=$(drains)
 	timed "deploy (property change)" deploy second 1GB
 	[[ $(column_of 2) == "$vms" ]] || fail "a property change re-created VMs: $vms -> $(column_of 2)"
-	(($(drains) == drained + 3)) || fail "the drain script did not run once per instance ($drained -> $(drains))"
+	(($(drains) == drained + $(nodes | wc -l))) || fail "the drain script did not run once per instance ($drained -> $(drains))"
 	check_all 2
 	while read -r az vm _ _; do
 		in_vm_on "$az" "$vm" 'tail -n 1 /var/vcap/store/store-writer/data.log | grep -q "^start message=second "' ||
@@ -222,7 +222,7 @@ run_steps() {
 	section "take-snapshot"
 	# The director also snapshots every disk before each instance update (snapshots
 	# enabled): take-snapshot adds one per instance to those.
-	local before after cid
+	local before after cid left
 	before=$(snapshot_cids)
 	timed "take-snapshot" bosh -d "$DEPLOYMENT" take-snapshot >"$WORK/snapshot.log"
 	after=$(snapshot_cids)
@@ -232,7 +232,8 @@ run_steps() {
 		[[ -n $(etcd_keys "$KEY_PREFIX/snapshots/$cid") ]] || fail "snapshot $cid has no record in etcd"
 	done
 	timed "delete-snapshots" bosh -d "$DEPLOYMENT" delete-snapshots >/dev/null
-	[[ -z $(snapshot_cids) ]] || fail "delete-snapshots left snapshots in the director: $(snapshot_cids)"
+	left=$(snapshot_cids)
+	[[ -z $left ]] || fail "delete-snapshots left snapshots in the director: $left"
 	for cid in $after; do
 		[[ -z $(etcd_keys "$KEY_PREFIX/snapshots/$cid") ]] || fail "delete-snapshots left snapshot $cid in etcd"
 		[[ -z $(leftovers "$KEY_PREFIX" | grep "volume $cid " || true) ]] || fail "delete-snapshots left the volume of $cid"
@@ -253,7 +254,11 @@ run_steps() {
 	echo "nothing left on $(nodes | wc -l) nodes and in etcd"
 }
 
-snapshot_cids() { bosh -d "$DEPLOYMENT" snapshots --json | jq -r '.Tables[0].Rows[].cid' | sort; }
+snapshot_cids() {
+	local json
+	json=$(bosh -d "$DEPLOYMENT" snapshots --json) || fail "bosh snapshots failed"
+	jq -r '.Tables[0].Rows[].cid' <<<"$json" | sort
+}
 
 # in_no_vm DISK: no VM of any node has DISK (no record in a disk tree, no loop device over
 # its image).
@@ -271,19 +276,22 @@ in_no_vm() {
 reboot_node_of_first_instance() {
 	local az vm index root boot deadline starts
 	read -r az vm _ _ < <(instances)
-	index=$(jq -r --arg n "$az" '.nodes | map(.name) | index($n) + 1' "$CLUSTER")
+	# (timed runs this function with errexit off: every step says when it fails.)
+	index=$(jq -r --arg n "$az" '.nodes | map(.name) | index($n) // empty | . + 1' "$CLUSTER")
+	[[ $index =~ ^[1-9][0-9]*$ ]] || fail "no node $az in $CLUSTER"
 	root=$(jq -r --arg n "$az" '.nodes[] | select(.name == $n) | .prep_root' "$CLUSTER")
-	boot=$(cat "$root/proc/sys/kernel/random/boot_id")
+	boot=$(cat "$root/proc/sys/kernel/random/boot_id") || fail "no boot id of $az"
 	starts=$(in_vm_on "$az" "$vm" 'grep -c "^start " /var/vcap/store/store-writer/data.log')
-	ci/cluster manager "$index" start --grace-period 30s --settle 2s --poll 300ms --update-engine-command=
-	touch "$root/run/reboot-required"
+	ci/cluster manager "$index" start --grace-period 30s --settle 2s --poll 300ms --update-engine-command= ||
+		fail "the reboot manager of $az did not start"
+	touch "$root/run/reboot-required" || fail "cannot flag $az for a reboot"
 	deadline=$((SECONDS + 300))
 	until [[ $(cat "$root/proc/sys/kernel/random/boot_id") != "$boot" ]] &&
 		[[ -z $(etcd_keys "$KEY_PREFIX/reboot/nodes/$az") ]]; do
 		((SECONDS < deadline)) || fail "$az did not reboot and finish within 300 s"
 		sleep 1
 	done
-	ci/cluster manager "$index" stop
+	ci/cluster manager "$index" stop || fail "the reboot manager of $az did not stop"
 	[[ $(instances | awk -v a="$az" '$1 == a {print $2}') == "$vm" ]] || fail "the VM on $az changed over the reboot"
 	check_store_on "$az" "$vm" "$(instances | awk -v a="$az" '$1 == a {print $3}')"
 	check_job_on "$az" "$vm" store-writer >/dev/null

@@ -9,7 +9,7 @@ use serde_json::Value;
 use crate::cloud::CloudContext;
 use crate::cloud::session::Session;
 use crate::cluster::{SnapshotRecord, index};
-use crate::docker::volume_copy;
+use crate::docker::{DockerError, mounter, volume_copy};
 use crate::labels::snapshot as labels;
 use crate::protocol::{CallResult, CpiError, DiskCid, Object, SnapshotCid};
 
@@ -54,15 +54,24 @@ pub async fn snapshot(
             Some(dir) => docker.disk_image_size(dir, disk_cid.as_str()).await?,
             None => None,
         };
-        match (dir, image) {
-            (Some(dir), Some(_)) => docker
+        if let (Some(dir), Some(_)) = (dir, image) {
+            match docker
                 .copy_disk_image(&dir, disk_cid.as_str(), cid.as_str())
                 .await
-                .map(|bytes| format!("{bytes} bytes of data copied on the node")),
-            _ => volume_copy::copy_volume(&docker, disk_cid.as_str(), &docker, cid.as_str())
-                .await
-                .map(|d| format!("{} files, {} bytes copied", d.files, d.bytes)),
+            {
+                Ok(bytes) => return Ok(format!("{bytes} bytes of data copied on the node")),
+                // The volume holds files besides its image (a folder disk being made an
+                // image): copied whole below.
+                Err(DockerError::Mount {
+                    code: mounter::NOT_AN_IMAGE,
+                    ..
+                }) => {}
+                Err(e) => return Err(e),
+            }
         }
+        volume_copy::copy_volume(&docker, disk_cid.as_str(), &docker, cid.as_str())
+            .await
+            .map(|d| format!("{} files, {} bytes copied", d.files, d.bytes))
     }
     .await;
     match made {
