@@ -399,7 +399,8 @@ impl DiskMounts {
             // Checked under the tree's lock (no first attach is staging a folder disk's
             // files meanwhile); the copy reads the opened image after it.
             let _lock = self.lock()?;
-            if !volume_entries(&self.source(disk))?.is_empty() {
+            let source = self.source(disk);
+            if !volume_entries(&source)?.is_empty() || has_staged_folder(&source)? {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
                     "its volume holds files besides its image",
@@ -417,16 +418,7 @@ impl DiskMounts {
             }
             file
         };
-        let partial = data.join(format!(".{IMAGE_FILE}.{}", std::process::id()));
-        match std::fs::remove_file(&partial) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
-        let copy = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&partial)?;
+        let (partial, copy) = new_partial_image(&data)?;
         let copied = image_copy::copy(&from, &copy, progress).and_then(|c| {
             std::fs::rename(&partial, data.join(IMAGE_FILE))?;
             Ok(c)
@@ -700,23 +692,43 @@ fn ensure_image(data: &Path, image: &Path, size_mib: u64, folder: bool) -> io::R
         .filter(|b| *b > 0)
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "a disk size of 0 MiB"))?;
     // Made whole under another name first: a call side by side never sees it half made.
-    // Never through anything found there (O_EXCL does not follow a symlink).
-    let new = data.join(format!(".{IMAGE_FILE}.{}", std::process::id()));
-    match std::fs::remove_file(&new) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-        _ => {}
-    }
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&new)?
-        .set_len(bytes)?;
+    let (new, file) = new_partial_image(data)?;
+    file.set_len(bytes)?;
     let linked = std::fs::hard_link(&new, image);
     std::fs::remove_file(&new)?;
     match linked {
         Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(e),
         _ => Ok(()),
     }
+}
+
+/// Whether the volume folder `data` holds a folder disk's staged files (or files being
+/// staged): the disk's data until the VM has copied them into its image.
+fn has_staged_folder(data: &Path) -> io::Result<bool> {
+    for entry in std::fs::read_dir(data)? {
+        if entry?.file_name().to_string_lossy().starts_with(FOLDER) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// A new, empty image file in the volume folder `data` under the name of an image being
+/// made (`volume_entries` does not count it), read-write; one a crashed call of the same
+/// process id left is replaced. Never opened through anything found there (O_EXCL does
+/// not follow a symlink).
+fn new_partial_image(data: &Path) -> io::Result<(PathBuf, std::fs::File)> {
+    let partial = data.join(format!(".{IMAGE_FILE}.{}", std::process::id()));
+    match std::fs::remove_file(&partial) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&partial)?;
+    Ok((partial, file))
 }
 
 /// The entries of the volume folder `data` that are the disk's files: all but its image,

@@ -1161,11 +1161,8 @@ fn a_disk_kept_as_a_folder_becomes_an_image_with_its_files_on_attach() {
 #[test]
 fn a_folder_copy_cut_short_keeps_the_folder_and_the_vm_can_go() {
     let (vm, node, _) = vm_on(0, 119, "folder-too-big");
-    // An 8 MiB disk whose folder holds 12 MiB: the copy into the image fails (ENOSPC).
-    let disk = create_disk(json!([8, {}, vm]));
-    let folder = std::path::PathBuf::from(volume_on(&node, &disk).unwrap().mountpoint);
-    let big: Vec<u8> = (0..12 << 20).map(|i: u32| (i % 251) as u8).collect();
-    std::fs::write(folder.join("big"), &big).unwrap();
+    // The copy into the image fails (ENOSPC).
+    let (disk, folder, big) = folder_disk_too_big(&vm, &node);
 
     let (kind, message, retry) = call_error("attach_disk", json!([vm, disk]));
     assert_eq!(kind, "Bosh::Clouds::CloudError", "{message}");
@@ -1185,5 +1182,59 @@ fn a_folder_copy_cut_short_keeps_the_folder_and_the_vm_can_go() {
     );
     assert_eq!(disk_loops(&disk), Vec::<String>::new(), "loop device left");
     assert_eq!(std::fs::read(&staged).unwrap(), big, "delete_vm lost data");
+    call("delete_disk", json!([disk]));
+}
+
+/// An 8 MiB disk for `vm` on `node` kept as a folder (as an earlier version left it) that
+/// holds a 12 MiB file `big`: its copy into the image runs out of space. The disk, its
+/// volume's folder and the file's bytes.
+fn folder_disk_too_big(vm: &str, node: &str) -> (String, std::path::PathBuf, Vec<u8>) {
+    let disk = create_disk(json!([8, {}, vm]));
+    let folder = std::path::PathBuf::from(volume_on(node, &disk).unwrap().mountpoint);
+    let big: Vec<u8> = (0..12 << 20).map(|i: u32| (i % 251) as u8).collect();
+    std::fs::write(folder.join("big"), &big).unwrap();
+    (disk, folder, big)
+}
+
+/// The files of snapshot `snap`'s volume on `node`, by path below it.
+fn snapshot_file(node: &str, snap: &str, path: &str) -> Vec<u8> {
+    let volume = volume_on(node, snap).expect("the snapshot has no volume");
+    std::fs::read(std::path::Path::new(&volume.mountpoint).join(path))
+        .unwrap_or_else(|e| panic!("{path} in snapshot {snap}: {e}"))
+}
+
+#[test]
+fn a_snapshot_of_a_disk_kept_as_a_folder_holds_its_files() {
+    let (vm, node, _) = vm_on(0, 120, "folder-snapshot");
+    let disk = create_disk(json!([16, {}, vm]));
+    // As a version that kept disks as folders left it: files, no image.
+    let folder = std::path::PathBuf::from(volume_on(&node, &disk).unwrap().mountpoint);
+    std::fs::create_dir(folder.join("job")).unwrap();
+    std::fs::write(folder.join("job/data"), "kept\n").unwrap();
+
+    let snap = call("snapshot_disk", json!([disk, {}]));
+    let snap = snap.as_str().unwrap();
+    assert_eq!(snapshot_file(&node, snap, "job/data"), b"kept\n");
+    assert_eq!(call("delete_snapshot", json!([snap])), Value::Null);
+    call("delete_vm", json!([vm]));
+    call("delete_disk", json!([disk]));
+}
+
+#[test]
+fn a_snapshot_of_a_disk_whose_folder_copy_was_cut_short_holds_the_folder() {
+    let (vm, node, _) = vm_on(0, 121, "cut-short-snapshot");
+    // The attach leaves an image beside the staged folder, which still holds the data.
+    let (disk, _, big) = folder_disk_too_big(&vm, &node);
+    call_error("attach_disk", json!([vm, disk]));
+
+    let snap = call("snapshot_disk", json!([disk, {}]));
+    let snap = snap.as_str().unwrap();
+    assert_eq!(
+        snapshot_file(&node, snap, ".moltencore-folder/big"),
+        big,
+        "the snapshot lost the folder's data"
+    );
+    assert_eq!(call("delete_snapshot", json!([snap])), Value::Null);
+    call("delete_vm", json!([vm]));
     call("delete_disk", json!([disk]));
 }
