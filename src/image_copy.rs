@@ -78,33 +78,23 @@ pub fn copy(from: &File, to: &File, progress: &mut dyn FnMut(u64)) -> io::Result
     let mut buf = vec![0u8; CHUNK];
     let mut read = DefaultHasher::new();
     let mut data = 0u64;
-    for &(start, end) in &ranges {
-        let mut at = start;
-        while at < end {
-            let n = ((end - at) as usize).min(CHUNK);
-            from.read_exact_at(&mut buf[..n], at)?;
-            hash_chunk(&mut read, at, &buf[..n]);
-            if buf[..n].iter().any(|b| *b != 0) {
-                to.write_all_at(&buf[..n], at)?;
-            }
-            data += n as u64;
-            at += n as u64;
-            progress(data);
+    for (at, n) in chunks(&ranges) {
+        from.read_exact_at(&mut buf[..n], at)?;
+        hash_chunk(&mut read, at, &buf[..n]);
+        if buf[..n].iter().any(|b| *b != 0) {
+            to.write_all_at(&buf[..n], at)?;
         }
+        data += n as u64;
+        progress(data);
     }
     to.sync_all()?;
     let mut back = DefaultHasher::new();
     let mut checked = 0u64;
-    for &(start, end) in &ranges {
-        let mut at = start;
-        while at < end {
-            let n = ((end - at) as usize).min(CHUNK);
-            to.read_exact_at(&mut buf[..n], at)?;
-            hash_chunk(&mut back, at, &buf[..n]);
-            at += n as u64;
-            checked += n as u64;
-            progress(data + checked);
-        }
+    for (at, n) in chunks(&ranges) {
+        to.read_exact_at(&mut buf[..n], at)?;
+        hash_chunk(&mut back, at, &buf[..n]);
+        checked += n as u64;
+        progress(data + checked);
     }
     if read.finish() != back.finish() || to.metadata()?.len() != size {
         return Err(io::Error::other(
@@ -112,6 +102,15 @@ pub fn copy(from: &File, to: &File, progress: &mut dyn FnMut(u64)) -> io::Result
         ));
     }
     Ok(Copied { size, data })
+}
+
+/// The ranges cut into chunks of at most `CHUNK` bytes: (offset, length).
+fn chunks(ranges: &[(u64, u64)]) -> impl Iterator<Item = (u64, usize)> + '_ {
+    ranges.iter().flat_map(|&(start, end)| {
+        (start..end)
+            .step_by(CHUNK)
+            .map(move |at| (at, ((end - at) as usize).min(CHUNK)))
+    })
 }
 
 fn hash_chunk(h: &mut DefaultHasher, at: u64, bytes: &[u8]) {

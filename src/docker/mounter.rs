@@ -24,6 +24,8 @@ const MAKE_PAUSE: std::time::Duration = std::time::Duration::from_millis(250);
 const VERSION: &str = env!("MC_MOUNTER_VERSION");
 /// The mounter's exit code for a command it does not know, or another version.
 const USAGE: i64 = 2;
+/// The mounter's exit code for a disk (or its image) that is not on this node.
+pub const NOT_HERE: i64 = 3;
 /// The mounter's exit code for a disk whose volume holds files besides its image.
 pub const NOT_AN_IMAGE: i64 = 4;
 /// Name of the mounter container on every node.
@@ -81,7 +83,9 @@ impl NodeDocker {
     }
 
     /// Copies disk `disk`'s image into the new, empty volume `to` of this node (a
-    /// snapshot), hole for hole and read back; the bytes of data copied.
+    /// snapshot), hole for hole and read back; the bytes of data copied. A disk without
+    /// an image fails with [`NOT_HERE`], one whose volume holds more with
+    /// [`NOT_AN_IMAGE`].
     pub async fn copy_disk_image(
         &self,
         disks_dir: &str,

@@ -45,25 +45,20 @@ pub async fn snapshot(
         labels.insert(format!("{}{k}", labels::META_PREFIX), text);
     }
     // A disk with an image is copied on its node by the mounter, hole for hole (a disk of
-    // 10 GiB holding 100 MiB costs about 100 MiB); a disk never attached, or kept as a
-    // folder by an earlier version, through the volume archive.
+    // 10 GiB holding 100 MiB costs about 100 MiB). A disk never attached (no image), or
+    // kept as a folder by an earlier version (files besides or instead of its image), is
+    // copied whole through the volume archive.
     let dir = s.disks_dir_if_any(&disk.node).await?;
     let made = async {
         docker.create_volume(cid.as_str(), labels).await?;
-        let image = match &dir {
-            Some(dir) => docker.disk_image_size(dir, disk_cid.as_str()).await?,
-            None => None,
-        };
-        if let (Some(dir), Some(_)) = (dir, image) {
+        if let Some(dir) = &dir {
             match docker
-                .copy_disk_image(&dir, disk_cid.as_str(), cid.as_str())
+                .copy_disk_image(dir, disk_cid.as_str(), cid.as_str())
                 .await
             {
                 Ok(bytes) => return Ok(format!("{bytes} bytes of data copied on the node")),
-                // The volume holds files besides its image (a folder disk being made an
-                // image): copied whole below.
                 Err(DockerError::Mount {
-                    code: mounter::NOT_AN_IMAGE,
+                    code: mounter::NOT_HERE | mounter::NOT_AN_IMAGE,
                     ..
                 }) => {}
                 Err(e) => return Err(e),
