@@ -99,7 +99,7 @@ fn config_with_dead_node(dir: &std::path::Path) -> std::path::PathBuf {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let etcd = Etcd::connect(&config).await.unwrap();
-        let mut kv = etcd.client();
+        let kv = etcd.client();
         let record = |name: &str, endpoint: &str, subnet: &str, gw: &str| {
             json!({"name": name, "private_ip": "192.0.2.250", "docker_endpoint": endpoint,
                    "subnet": subnet, "gateway": gw, "state": "ready"})

@@ -1,18 +1,64 @@
-//! The connection to etcd, with client TLS and auth from the configuration.
+//! The connection to etcd, with client TLS and auth from the configuration, and failover
+//! between the members of an etcd cluster.
+//!
+//! A Flatcar cluster runs one etcd member per node, so one member is down whenever its
+//! node reboots. gRPC's own balancing keeps sending requests to a member that refuses
+//! connections, so [`Etcd`] keeps one client per endpoint, sends each request to the
+//! member that answered last, and moves on to the next member when a request fails for a
+//! reason a retry can help with. It retries a request only when that cannot apply it
+//! twice: reads, plain puts and deletes (idempotent) always; conditional transactions
+//! only when the request never reached a leader (connection refused, "no leader"). Every
+//! request asks for a leader, so a member cut off from its peers answers at once instead
+//! of waiting for a quorum it cannot reach.
 
-use std::time::Duration;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
-use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
+use etcd_client::{
+    Certificate, Client, ConnectOptions, DeleteOptions, DeleteResponse, GetOptions, GetResponse,
+    Identity, LeaseGrantOptions, LeaseGrantResponse, LeaseKeepAliveStream, LeaseKeeper,
+    LeaseRevokeResponse, PutOptions, PutResponse, TlsOptions, Txn, TxnResponse,
+};
+use tokio::sync::OnceCell;
 
 use super::error::{EtcdFailure, IndexError};
 use crate::config::{Config, ConfigError, Secret, TlsMaterial};
 use crate::echo::with_sources;
 
-/// A connected etcd client plus the endpoints it was made for (for error messages).
+/// A connection to an etcd cluster: one client per member, the endpoints it was made
+/// for (for error messages), and the member requests go to first. Cheap to clone; the
+/// clones share the members and the failover.
 #[derive(Clone)]
 pub struct Etcd {
-    client: Client,
+    members: Arc<Members>,
     endpoints: Vec<String>,
+}
+
+/// The members of the cluster and which one answered last.
+struct Members {
+    list: Vec<Member>,
+    current: AtomicUsize,
+    options: ConnectOptions,
+    /// How long one request may take in all, retries included.
+    deadline: Duration,
+}
+
+/// One member's endpoint and its client, made on first use (connecting to a member that
+/// is down must not keep a call from the others).
+struct Member {
+    endpoint: String,
+    client: OnceCell<Client>,
+}
+
+/// Whether a request may be sent again after a failure whose outcome is unknown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Repeat {
+    /// Reads, plain puts and deletes, leases: twice is the same as once.
+    Safe,
+    /// Conditional transactions: only when the first never reached a leader.
+    IfNotApplied,
 }
 
 /// Everything needed to reach etcd, independent of cpi.json: node-prep and the operator's
@@ -40,21 +86,15 @@ impl EtcdAccess {
             timeout: Duration::from_secs(cfg.timeout_seconds),
         })
     }
-}
 
-impl Etcd {
-    /// Connects to the configured endpoints. An unreachable etcd is
-    /// [`IndexError::Unreachable`], naming the endpoints.
-    pub async fn connect(config: &Config) -> Result<Etcd, IndexError> {
-        Etcd::connect_with(&EtcdAccess::from_config(config)?).await
-    }
-
-    /// Connects with explicit access material (no CPI config needed).
-    pub async fn connect_with(access: &EtcdAccess) -> Result<Etcd, IndexError> {
+    /// The options every member's client is made with.
+    fn options(&self) -> Result<ConnectOptions, ConfigError> {
         let mut options = ConnectOptions::new()
-            .with_connect_timeout(access.timeout)
-            .with_timeout(access.timeout);
-        if let Some(tls) = &access.tls {
+            .with_connect_timeout(self.timeout)
+            .with_timeout(self.timeout)
+            .with_keep_alive(KEEP_ALIVE, KEEP_ALIVE)
+            .with_require_leader(true);
+        if let Some(tls) = &self.tls {
             let mut t = TlsOptions::new();
             if let Some(ca) = &tls.ca_cert {
                 t = t.ca_certificate(Certificate::from_pem(ca));
@@ -63,21 +103,62 @@ impl Etcd {
                 t = t.identity(Identity::from_pem(cert, key.expose()));
             }
             options = options.with_tls(t);
-        } else if access.endpoints.iter().any(|e| e.starts_with("https://")) {
+        } else if self.endpoints.iter().any(|e| e.starts_with("https://")) {
             return Err(ConfigError::invalid(
                 "etcd.tls",
                 "https endpoints need etcd.tls (at least ca_cert)",
-            )
-            .into());
+            ));
         }
-        if let Some((user, password)) = &access.auth {
+        if let Some((user, password)) = &self.auth {
             options = options.with_user(user.clone(), password.expose().to_string());
         }
-        let client = Client::connect(&access.endpoints, Some(options))
-            .await
-            .map_err(|e| failure(&access.endpoints, None, &e))?;
+        Ok(options)
+    }
+}
+
+/// HTTP/2 ping interval and timeout: a member that stopped answering is noticed by
+/// long-lived clients (the reboot manager, `cpi fleetlock`) within seconds.
+const KEEP_ALIVE: Duration = Duration::from_secs(3);
+
+/// Pauses between the tries of one request: short, since the next try goes to the next
+/// member; longer once every member has been tried (an election takes about a second).
+fn pause(tries: u32, members: usize) -> Duration {
+    if (tries as usize) < members {
+        Duration::from_millis(20)
+    } else {
+        Duration::from_millis(250)
+    }
+}
+
+impl Etcd {
+    /// Prepares a client per configured endpoint. Nothing is sent yet; an unreachable
+    /// etcd shows in the first request as [`IndexError::Unreachable`], naming the
+    /// endpoints.
+    pub async fn connect(config: &Config) -> Result<Etcd, IndexError> {
+        Etcd::connect_with(&EtcdAccess::from_config(config)?).await
+    }
+
+    /// Prepares clients with explicit access material (no CPI config needed).
+    pub async fn connect_with(access: &EtcdAccess) -> Result<Etcd, IndexError> {
+        let options = access.options()?;
+        if access.endpoints.is_empty() {
+            return Err(ConfigError::invalid("etcd.endpoints", "no endpoint is configured").into());
+        }
+        let list = access
+            .endpoints
+            .iter()
+            .map(|endpoint| Member {
+                endpoint: endpoint.clone(),
+                client: OnceCell::new(),
+            })
+            .collect();
         Ok(Etcd {
-            client,
+            members: Arc::new(Members {
+                list,
+                current: AtomicUsize::new(0),
+                options,
+                deadline: access.timeout * 2,
+            }),
             endpoints: access.endpoints.clone(),
         })
     }
@@ -87,16 +168,173 @@ impl Etcd {
         &self.endpoints
     }
 
-    /// The underlying client, for the modules that read and write keys.
-    pub fn client(&self) -> Client {
-        crate::roundtrips::etcd();
-        self.client.clone()
+    /// The requests of the key-value and lease APIs, with failover between members.
+    pub fn client(&self) -> Kv {
+        Kv { etcd: self.clone() }
     }
 
     /// Turns an etcd failure during `what` into an [`IndexError`] naming the endpoints.
     pub fn error(&self, what: &str, e: &etcd_client::Error) -> IndexError {
         failure(&self.endpoints, Some(what), e)
     }
+
+    /// Sends one request to the current member, and again to the next members while a
+    /// retry can help, `repeat` allows it and the deadline is not reached.
+    async fn request<T, F, Fut>(&self, repeat: Repeat, send: F) -> Result<T, etcd_client::Error>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let members = &self.members;
+        let started = Instant::now();
+        let mut tries = 0u32;
+        loop {
+            let index = members.current.load(Ordering::Relaxed);
+            crate::roundtrips::etcd();
+            let outcome = match members.list[index].client(&members.options).await {
+                Ok(client) => send(client).await,
+                Err(e) => Err(e),
+            };
+            let e = match outcome {
+                Ok(answer) => return Ok(answer),
+                Err(e) if !is_retriable(&e) => return Err(e),
+                Err(e) => e,
+            };
+            // The next request (this one's retry, or a rollback) goes to the next member.
+            let next = (index + 1) % members.list.len();
+            let _ =
+                members
+                    .current
+                    .compare_exchange(index, next, Ordering::Relaxed, Ordering::Relaxed);
+            tries += 1;
+            let wait = pause(tries, members.list.len());
+            let allowed = repeat == Repeat::Safe || never_applied(&e);
+            if !allowed || started.elapsed() + wait >= members.deadline {
+                return Err(e);
+            }
+            tracing::debug!(
+                endpoint = %crate::redact::redact_str(&members.list[index].endpoint),
+                error = %crate::echo::printable_detail(&describe(&e)),
+                "etcd member failed; trying the next"
+            );
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+impl Member {
+    /// The member's client, made once (no request is sent unless etcd auth is on).
+    async fn client(&self, options: &ConnectOptions) -> Result<Client, etcd_client::Error> {
+        self.client
+            .get_or_try_init(|| Client::connect([self.endpoint.as_str()], Some(options.clone())))
+            .await
+            .cloned()
+    }
+}
+
+/// The key-value and lease requests the project makes, with [`etcd_client::Client`]'s
+/// signatures, each sent with failover between the members.
+#[derive(Clone)]
+pub struct Kv {
+    etcd: Etcd,
+}
+
+impl Kv {
+    /// Reads a key or a range.
+    pub async fn get(
+        &self,
+        key: impl Into<Vec<u8>>,
+        options: Option<GetOptions>,
+    ) -> Result<GetResponse, etcd_client::Error> {
+        let key = key.into();
+        let send = |mut c: Client| {
+            let (key, options) = (key.clone(), options.clone());
+            async move { c.get(key, options).await }
+        };
+        self.etcd.request(Repeat::Safe, send).await
+    }
+
+    /// Writes a key (the same put twice leaves the same value).
+    pub async fn put(
+        &self,
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
+        options: Option<PutOptions>,
+    ) -> Result<PutResponse, etcd_client::Error> {
+        let (key, value) = (key.into(), value.into());
+        let send = |mut c: Client| {
+            let (key, value, options) = (key.clone(), value.clone(), options.clone());
+            async move { c.put(key, value, options).await }
+        };
+        self.etcd.request(Repeat::Safe, send).await
+    }
+
+    /// Deletes a key or a range.
+    pub async fn delete(
+        &self,
+        key: impl Into<Vec<u8>>,
+        options: Option<DeleteOptions>,
+    ) -> Result<DeleteResponse, etcd_client::Error> {
+        let key = key.into();
+        let send = |mut c: Client| {
+            let (key, options) = (key.clone(), options.clone());
+            async move { c.delete(key, options).await }
+        };
+        self.etcd.request(Repeat::Safe, send).await
+    }
+
+    /// Runs a transaction; sent again only when the first try never reached a leader.
+    pub async fn txn(&self, txn: Txn) -> Result<TxnResponse, etcd_client::Error> {
+        let send = |mut c: Client| {
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
+        };
+        self.etcd.request(Repeat::IfNotApplied, send).await
+    }
+
+    /// Grants a lease (a lease granted twice expires unused).
+    pub async fn lease_grant(
+        &self,
+        ttl: i64,
+        options: Option<LeaseGrantOptions>,
+    ) -> Result<LeaseGrantResponse, etcd_client::Error> {
+        let send = |mut c: Client| {
+            let options = options.clone();
+            async move { c.lease_grant(ttl, options).await }
+        };
+        self.etcd.request(Repeat::Safe, send).await
+    }
+
+    /// Revokes a lease.
+    pub async fn lease_revoke(&self, id: i64) -> Result<LeaseRevokeResponse, etcd_client::Error> {
+        let send = |mut c: Client| async move { c.lease_revoke(id).await };
+        self.etcd.request(Repeat::Safe, send).await
+    }
+
+    /// Opens a keep-alive stream for a lease on a member that answers; when that member
+    /// goes, the stream fails and the caller opens another.
+    pub async fn lease_keep_alive(
+        &self,
+        id: i64,
+    ) -> Result<(LeaseKeeper, LeaseKeepAliveStream), etcd_client::Error> {
+        let send = |mut c: Client| async move { c.lease_keep_alive(id).await };
+        self.etcd.request(Repeat::Safe, send).await
+    }
+}
+
+/// Whether a failed request certainly did not change etcd: it never reached a member
+/// (connection refused or unreachable) or the member refused it for want of a leader.
+fn never_applied(e: &etcd_client::Error) -> bool {
+    let text = describe(e).to_ascii_lowercase();
+    [
+        "tcp connect error",
+        "error trying to connect",
+        "connection refused",
+        "no route to host",
+        "etcdserver: no leader",
+    ]
+    .iter()
+    .any(|m| text.contains(m))
 }
 
 /// The typed failure: unreachable or busy (retriable), too large, or refused.

@@ -51,6 +51,29 @@ pub struct ProgressLease {
     keeper: tokio::task::JoinHandle<()>,
 }
 
+/// Keeps lease `id` alive until the task is aborted or the lease has expired.
+async fn keep_alive(client: super::etcd::Kv, id: i64) {
+    let period = std::time::Duration::from_secs(PROGRESS_TTL as u64 / 3);
+    let mut renewed = tokio::time::Instant::now();
+    while renewed.elapsed() < std::time::Duration::from_secs(PROGRESS_TTL as u64) {
+        if let Ok((mut keeper, mut stream)) = client.lease_keep_alive(id).await {
+            loop {
+                tokio::time::sleep(period).await;
+                if keeper.keep_alive().await.is_err() {
+                    break;
+                }
+                match stream.message().await {
+                    Ok(Some(answer)) if answer.ttl() > 0 => renewed = tokio::time::Instant::now(),
+                    Ok(Some(_)) => return, // expired or revoked: nothing left to keep
+                    _ => break,
+                }
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    tracing::warn!("lease {id} could not be kept alive; it expires");
+}
+
 /// Seconds a [`ProgressLease`] outlives its process.
 pub const PROGRESS_TTL: i64 = 20;
 
@@ -58,27 +81,17 @@ impl ProgressLease {
     /// Grants the lease (one round trip) and keeps it alive in the background until
     /// [`Self::end`].
     pub async fn start(etcd: &Etcd) -> Result<ProgressLease, IndexError> {
-        let mut client = etcd.client();
+        let client = etcd.client();
         let id = client
             .lease_grant(PROGRESS_TTL, None)
             .await
             .map_err(|e| etcd.error("granting a lease", &e))?
             .id();
         // The keep-alive stream is opened in the background: its first answer is not
-        // waited for (the lease lives PROGRESS_TTL without it). Should it fail, the lease
-        // simply expires, as when this process dies.
-        let keeper = tokio::spawn(async move {
-            let Ok((mut keeper, mut stream)) = client.lease_keep_alive(id).await else {
-                tracing::warn!("lease {id} cannot be kept alive; it expires in {PROGRESS_TTL} s");
-                return;
-            };
-            loop {
-                tokio::time::sleep(std::time::Duration::from_secs(PROGRESS_TTL as u64 / 3)).await;
-                if keeper.keep_alive().await.is_err() || stream.message().await.is_err() {
-                    return;
-                }
-            }
-        });
+        // waited for (the lease lives PROGRESS_TTL without it). A stream that fails (its
+        // etcd member went) is opened again on another member; should that keep failing,
+        // the lease simply expires, as when this process dies.
+        let keeper = tokio::spawn(keep_alive(client, id));
         Ok(ProgressLease {
             etcd: etcd.clone(),
             id,

@@ -77,7 +77,7 @@ pub async fn overview(ctx: &CloudContext<'_>) -> Result<RebootOverview> {
                 .push(format!("reboot record of {name} is unreadable: {e}")),
         }
     }
-    let mut client = etcd.client();
+    let client = etcd.client();
     let opts = || Some(etcd_client::GetOptions::new().with_prefix());
     let resp = client
         .get(keys.groups(), opts())

@@ -109,7 +109,7 @@ pub fn private_cluster(dir: &Path, extra: &[(&str, Value)]) -> PathBuf {
 /// records given as (name, JSON).
 pub fn register_nodes(config: &Path, prefix: &str, extra: &[(&str, Value)]) {
     runtime().block_on(async {
-        let mut kv = etcd(config).await.client();
+        let kv = etcd(config).await.client();
         let base = cluster()["key_prefix"].as_str().unwrap().to_string();
         let src = kv
             .get(

@@ -1,6 +1,7 @@
 //! What the black-box tests share, by concern: running the built `cpi` ([`cpi`]), the local
 //! cluster brought up by `ci/cluster` ([`cluster`]), probes of Docker on its nodes
-//! ([`docker`]), reads and writes of the etcd index ([`index`]), request builders and the
+//! ([`docker`]), reads and writes of the etcd index ([`index`]), the etcd members and
+//! their faults ([`etcd_members`]), request builders and the
 //! objects made with them ([`requests`]), `cpi fleetlock` and its clients
 //! ([`fleetlock`]), host tools ([`tools`]), waiting for a condition ([`wait`]) and the BOSH release's
 //! files and templates ([`bosh`]).
@@ -13,6 +14,7 @@ pub mod bosh;
 pub mod cluster;
 pub mod cpi;
 pub mod docker;
+pub mod etcd_members;
 pub mod fleetlock;
 pub mod index;
 pub mod reboots;
