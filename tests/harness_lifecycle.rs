@@ -1,22 +1,40 @@
 //! `ci/cluster up` twice is harmless and `ci/cluster down` leaves no namespace, process,
-//! mount, link, route or firewall rule behind. Runs a second, small cluster with its own
-//! name and address ranges beside the main one.
+//! mount, link, route, firewall rule or cgroup behind. Runs a second, small cluster with
+//! its own name and address ranges beside the main one, and looks only at what is its
+//! own: other clusters on the machine neither disturb it nor count as its leftovers.
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::OnceLock;
 
 const NAME: &str = "mct";
-const UNDERLAY: &str = "192.168.211";
-const FLANNEL: &str = "10.2.0.0/16";
+
+/// The test cluster's underlay (first three octets) and flannel /16: ranges no address
+/// or route of this machine uses yet, so the cluster never meets another one.
+fn ranges() -> &'static (String, String) {
+    static RANGES: OnceLock<(String, String)> = OnceLock::new();
+    RANGES.get_or_init(|| {
+        let used = format!("{}\n{}", sh("ip -4 -o addr show"), sh("ip route show"));
+        let underlay = (230..=254)
+            .map(|c| format!("192.168.{c}"))
+            .find(|u| !used.contains(&format!("{u}.")))
+            .expect("a free 192.168.x.0/24 for the test cluster's underlay");
+        let flannel = (200..=250)
+            .find(|b| !used.contains(&format!("10.{b}.")))
+            .map(|b| format!("10.{b}.0.0/16"))
+            .expect("a free 10.x.0.0/16 for the test cluster's flannel network");
+        (underlay, flannel)
+    })
+}
 
 fn harness(args: &[&str]) -> std::process::Output {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("ci/cluster");
+    let (underlay, flannel) = ranges();
     Command::new(&script)
         .args(args)
         .env("MC_CLUSTER_NAME", NAME)
-        .env("MC_UNDERLAY", UNDERLAY)
-        .env("MC_FLANNEL_NETWORK", FLANNEL)
-        .env("MC_ETCD_PORT", "23791")
+        .env("MC_UNDERLAY", underlay)
+        .env("MC_FLANNEL_NETWORK", flannel)
         .env("MC_CLUSTER_DIR", dir())
         .output()
         .unwrap_or_else(|e| panic!("run {}: {e}", script.display()))
@@ -64,12 +82,21 @@ fn leftovers() -> Vec<String> {
     {
         found.push(format!("mount: {m}"));
     }
+    // Routes of this cluster: over its bridge, via its nodes, or its flannel fence.
+    let (underlay, flannel) = ranges();
     let routes = sh("ip route show");
-    for r in routes
-        .lines()
-        .filter(|r| r.starts_with("10.2.") || r.contains(UNDERLAY))
-    {
+    for r in routes.lines().filter(|r| {
+        r.contains(&format!(" dev {NAME}-br"))
+            || r.contains(&format!(" via {underlay}."))
+            || r.starts_with(&format!("unreachable {flannel}"))
+    }) {
         found.push(format!("route: {r}"));
+    }
+    let cgroups = sh(&format!(
+        "ls -d /sys/fs/cgroup/moltencore-{NAME}-n* /sys/fs/cgroup/*/moltencore-{NAME}-n* 2>/dev/null || true"
+    ));
+    for c in cgroups.lines().filter(|c| !c.trim().is_empty()) {
+        found.push(format!("cgroup: {c}"));
     }
     for table in ["filter", "nat"] {
         let rules = sh(&format!("iptables -t {table} -S"));
