@@ -445,6 +445,38 @@ mod tests {
     }
 
     #[test]
+    fn only_a_request_that_never_reached_a_leader_counts_as_not_applied() {
+        let never = [
+            Status::unavailable("tcp connect error: Connection refused (os error 111)"),
+            Status::unavailable("etcdserver: no leader"),
+        ];
+        for status in never {
+            assert!(
+                never_applied(&etcd_client::Error::GRpcStatus(status.clone())),
+                "{status:?}"
+            );
+        }
+        let unknown = [
+            Status::unavailable("etcdserver: leader changed"),
+            Status::deadline_exceeded("context deadline exceeded"),
+            Status::unknown("h2 protocol error: connection reset"),
+            Status::cancelled("Timeout expired"),
+        ];
+        for status in unknown {
+            assert!(
+                !never_applied(&etcd_client::Error::GRpcStatus(status.clone())),
+                "{status:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_pause_grows_once_every_member_was_tried() {
+        assert!(pause(1, 3) < pause(3, 3));
+        assert_eq!(pause(2, 3), pause(1, 3));
+    }
+
+    #[test]
     fn an_echoed_failure_is_cut() {
         let e = etcd_client::Error::GRpcStatus(Status::invalid_argument("x".repeat(1 << 20)));
         let err = failure(&["https://127.0.0.1:2379".into()], None, &e);
