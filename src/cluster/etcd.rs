@@ -92,7 +92,7 @@ impl EtcdAccess {
         let mut options = ConnectOptions::new()
             .with_connect_timeout(self.timeout)
             .with_timeout(self.timeout)
-            .with_keep_alive(KEEP_ALIVE, KEEP_ALIVE)
+            .with_keep_alive(KEEP_ALIVE, KEEP_ALIVE_TIMEOUT)
             .with_require_leader(true);
         if let Some(tls) = &self.tls {
             let mut t = TlsOptions::new();
@@ -116,9 +116,12 @@ impl EtcdAccess {
     }
 }
 
-/// HTTP/2 ping interval and timeout: a member that stopped answering is noticed by
-/// long-lived clients (the reboot manager, `cpi fleetlock`) within seconds.
-const KEEP_ALIVE: Duration = Duration::from_secs(3);
+/// HTTP/2 ping interval: a member that stopped answering is noticed by long-lived clients
+/// (the reboot manager, `cpi fleetlock`) within seconds. etcd closes the connection of a
+/// client that pings more often than its `--grpc-keepalive-min-time` (5 s by default).
+const KEEP_ALIVE: Duration = Duration::from_secs(10);
+/// How long a ping may go unanswered before the connection counts as dead.
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Pauses between the tries of one request: short, since the next try goes to the next
 /// member; longer once every member has been tried (an election takes about a second).
