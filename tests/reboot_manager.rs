@@ -691,6 +691,22 @@ fn wait_for_manager(
     row
 }
 
+/// The lease of the heartbeat of `node`'s manager (0: no heartbeat).
+fn heartbeat_lease(config: &Path, node: &str) -> i64 {
+    let prefix = moltencore_testkit::cluster::load_config(config)
+        .etcd
+        .key_prefix;
+    runtime().block_on(async {
+        let resp = etcd(config)
+            .await
+            .client()
+            .get(format!("{prefix}/reboot/managers/{node}"), None)
+            .await
+            .unwrap();
+        resp.kvs().first().map_or(0, |kv| kv.lease())
+    })
+}
+
 #[test]
 fn a_killed_manager_shows_as_gone_in_cpi_nodes_and_up_again_when_restarted() {
     let dir = tempfile::tempdir().unwrap();
@@ -706,6 +722,31 @@ fn a_killed_manager_shows_as_gone_in_cpi_nodes_and_up_again_when_restarted() {
         "{row}"
     );
     assert!(table_line(&config, &node).contains(" up "));
+
+    // Its lease lost (as after an etcd outage longer than the lease): it writes the
+    // heartbeat again on a new lease and keeps running.
+    let lost = heartbeat_lease(&config, &node);
+    assert_ne!(lost, 0);
+    runtime().block_on(async {
+        etcd(&config)
+            .await
+            .client()
+            .lease_revoke(lost)
+            .await
+            .unwrap()
+    });
+    assert_eq!(heartbeat_lease(&config, &node), 0);
+    wait_until(
+        "the heartbeat is back on a new lease",
+        Duration::from_secs(30),
+        &[&host],
+        || ![0, lost].contains(&heartbeat_lease(&config, &node)),
+    );
+    assert!(
+        manager.child.try_wait().unwrap().is_none(),
+        "the manager exited"
+    );
+    assert_eq!(listed_row(&config, &node)["manager"]["state"], "up");
 
     // Killed while its node reboots: the reboot stalls, and `cpi nodes` says why.
     host.flag();
