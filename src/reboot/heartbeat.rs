@@ -137,7 +137,7 @@ async fn beat(etcd: Etcd, keys: RebootKeys, info: ManagerInfo, shared: Arc<Mutex
                 seen = Some(leases.seen);
                 *shared.lock().unwrap_or_else(|e| e.into_inner()) = Some(leases);
                 tracing::info!(node = %info.node, lease = leases.alive, "heartbeat written");
-                let why = keep_alive(&etcd, leases).await;
+                let why = keep_alive(&etcd, &keys.manager(&info.node), leases).await;
                 tracing::warn!(node = %info.node, why = %why, "heartbeat lost; writing it again");
             }
             Err(e) => {
@@ -216,8 +216,9 @@ async fn establish(
     Ok(Leases { alive, seen })
 }
 
-/// Keeps both leases alive every [`BEAT`]; returns why it could not.
-async fn keep_alive(etcd: &Etcd, leases: Leases) -> String {
+/// Keeps both leases alive every [`BEAT`] while the heartbeat at `key` is there; returns
+/// why it could not.
+async fn keep_alive(etcd: &Etcd, key: &str, leases: Leases) -> String {
     let mut client = etcd.client();
     let mut streams = Vec::new();
     for id in [leases.alive, leases.seen] {
@@ -226,24 +227,47 @@ async fn keep_alive(etcd: &Etcd, leases: Leases) -> String {
             Err(e) => return format!("cannot keep lease {id} alive: {e}"),
         }
     }
+    let mut shared_warned = false;
     loop {
         tokio::time::sleep(BEAT).await;
         for (id, (keeper, stream)) in &mut streams {
-            let round = async {
-                keeper.keep_alive().await.map_err(|e| e.to_string())?;
-                match stream.message().await {
-                    Ok(Some(r)) if r.ttl() > 0 => Ok(()),
-                    Ok(Some(_)) => Err("it expired".to_string()),
-                    Ok(None) => Err("etcd closed the keep-alive stream".to_string()),
-                    Err(e) => Err(e.to_string()),
-                }
-            };
-            match tokio::time::timeout(BEAT, round).await {
+            match tokio::time::timeout(BEAT, renew(keeper, stream)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => return format!("lease {id}: {e}"),
                 Err(_) => return format!("lease {id}: etcd did not answer the keep-alive"),
             }
         }
+        // A read (no revision): the heartbeat may have been deleted by hand.
+        let keys_only = Some(etcd_client::GetOptions::new().with_keys_only());
+        match tokio::time::timeout(BEAT, client.get(key, keys_only)).await {
+            Err(_) => return format!("reading {key}: etcd did not answer"),
+            Ok(Err(e)) => return format!("reading {key}: {e}"),
+            Ok(Ok(r)) => match r.kvs().first().map(|kv| kv.lease()) {
+                None => return format!("{key} was deleted"),
+                Some(l) if l != leases.alive && !shared_warned => {
+                    shared_warned = true;
+                    tracing::warn!(
+                        key,
+                        "another reboot manager of this node writes its heartbeat too"
+                    );
+                }
+                Some(_) => {}
+            },
+        }
+    }
+}
+
+/// One keep-alive of one lease.
+async fn renew(
+    keeper: &mut etcd_client::LeaseKeeper,
+    stream: &mut etcd_client::LeaseKeepAliveStream,
+) -> Result<(), String> {
+    keeper.keep_alive().await.map_err(|e| e.to_string())?;
+    match stream.message().await {
+        Ok(Some(r)) if r.ttl() > 0 => Ok(()),
+        Ok(Some(_)) => Err("it expired".to_string()),
+        Ok(None) => Err("etcd closed the keep-alive stream".to_string()),
+        Err(e) => Err(e.to_string()),
     }
 }
 
