@@ -111,7 +111,7 @@ impl Heartbeat {
         let Some(leases) = leases else { return };
         let mut info = self.info.clone();
         info.stopped_at = Some(crate::nodeprep::register::now_rfc3339());
-        let mut client = self.etcd.client();
+        let client = self.etcd.client();
         let _ = client
             .put(
                 self.keys.last_seen(&info.node),
@@ -130,15 +130,24 @@ impl Heartbeat {
 }
 
 async fn beat(etcd: Etcd, keys: RebootKeys, info: ManagerInfo, shared: Arc<Mutex<Option<Leases>>>) {
-    let mut seen = None;
+    let key = keys.manager(&info.node);
+    let mut held: Option<Leases> = None;
     loop {
-        match establish(&etcd, &keys, &info, seen).await {
+        let leases = match held {
+            // A keep-alive stream that failed (its etcd member went, say) while the
+            // heartbeat stands is opened again without writing anything.
+            Some(l) if still_held(&etcd, &key, l).await => Ok(l),
+            _ => establish(&etcd, &keys, &info, held.map(|l| l.seen)).await,
+        };
+        match leases {
             Ok(leases) => {
-                seen = Some(leases.seen);
+                if held.is_none_or(|h| h.alive != leases.alive) {
+                    tracing::info!(node = %info.node, lease = leases.alive, "heartbeat written");
+                }
+                held = Some(leases);
                 *shared.lock().unwrap_or_else(|e| e.into_inner()) = Some(leases);
-                tracing::info!(node = %info.node, lease = leases.alive, "heartbeat written");
-                let why = keep_alive(&etcd, &keys.manager(&info.node), leases).await;
-                tracing::warn!(node = %info.node, why = %why, "heartbeat lost; writing it again");
+                let why = keep_alive(&etcd, &key, leases).await;
+                tracing::warn!(node = %info.node, why = %why, "heartbeat interrupted; restoring it");
             }
             Err(e) => {
                 tracing::warn!(node = %info.node, error = %e, "cannot write the heartbeat; trying again");
@@ -146,6 +155,17 @@ async fn beat(etcd: Etcd, keys: RebootKeys, info: ManagerInfo, shared: Arc<Mutex
         }
         tokio::time::sleep(BEAT).await;
     }
+}
+
+/// Whether the heartbeat at `key` still stands on `leases`, both alive.
+async fn still_held(etcd: &Etcd, key: &str, leases: Leases) -> bool {
+    let keys_only = Some(etcd_client::GetOptions::new().with_keys_only());
+    let on_lease = etcd
+        .client()
+        .get(key, keys_only)
+        .await
+        .is_ok_and(|r| r.kvs().first().is_some_and(|kv| kv.lease() == leases.alive));
+    on_lease && lease_alive(etcd, leases.alive).await && lease_alive(etcd, leases.seen).await
 }
 
 /// Whether lease `id` is still alive.
@@ -163,7 +183,7 @@ async fn establish(
     seen: Option<i64>,
 ) -> Result<Leases, IndexError> {
     let err = |what: &str, e: &etcd_client::Error| etcd.error(what, e);
-    let mut client = etcd.client();
+    let client = etcd.client();
     let seen_key = keys.last_seen(&info.node);
     // First the lease that expires by itself, should a later step fail.
     let alive = client
@@ -219,7 +239,7 @@ async fn establish(
 /// Keeps both leases alive every [`BEAT`] while the heartbeat at `key` is there; returns
 /// why it could not.
 async fn keep_alive(etcd: &Etcd, key: &str, leases: Leases) -> String {
-    let mut client = etcd.client();
+    let client = etcd.client();
     let mut streams = Vec::new();
     for id in [leases.alive, leases.seen] {
         match client.lease_keep_alive(id).await {
@@ -277,7 +297,7 @@ pub(crate) async fn statuses(
     etcd: &Etcd,
     keys: &RebootKeys,
 ) -> Result<BTreeMap<String, ManagerStatus>, IndexError> {
-    let mut client = etcd.client();
+    let client = etcd.client();
     let prefixed = || Some(etcd_client::GetOptions::new().with_prefix());
     let mut out = BTreeMap::new();
     let up = client
