@@ -746,6 +746,8 @@ fn a_killed_manager_shows_as_gone_in_cpi_nodes_and_up_again_when_restarted() {
         manager.child.try_wait().unwrap().is_none(),
         "the manager exited"
     );
+    let log = std::fs::read_to_string(host.root.join("manager.log")).unwrap();
+    assert!(log.contains("heartbeat was lost; written again"), "{log}");
     assert_eq!(listed_row(&config, &node)["manager"]["state"], "up");
 
     // Killed while its node reboots: the reboot stalls, and `cpi nodes` says why.

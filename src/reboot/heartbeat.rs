@@ -30,6 +30,8 @@ pub(crate) const ALIVE_TTL: i64 = 15;
 pub(crate) const SEEN_TTL: i64 = 30 * 24 * 3600;
 /// How often the leases are kept alive.
 const BEAT: Duration = Duration::from_secs(ALIVE_TTL as u64 / 3);
+/// How soon an interrupted keep-alive is restored.
+const RETRY: Duration = Duration::from_millis(500);
 
 /// Who the manager of a node is, as its heartbeat says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,19 +143,26 @@ async fn beat(etcd: Etcd, keys: RebootKeys, info: ManagerInfo, shared: Arc<Mutex
         };
         match leases {
             Ok(leases) => {
-                if held.is_none_or(|h| h.alive != leases.alive) {
-                    tracing::info!(node = %info.node, lease = leases.alive, "heartbeat written");
+                match held {
+                    None => {
+                        tracing::info!(node = %info.node, lease = leases.alive, "heartbeat written")
+                    }
+                    Some(h) if h.alive != leases.alive => tracing::warn!(node = %info.node,
+                        lease = leases.alive, "heartbeat was lost; written again on a new lease"),
+                    Some(_) => {}
                 }
                 held = Some(leases);
                 *shared.lock().unwrap_or_else(|e| e.into_inner()) = Some(leases);
                 let why = keep_alive(&etcd, &key, leases).await;
-                tracing::warn!(node = %info.node, why = %why, "heartbeat interrupted; restoring it");
+                tracing::info!(node = %info.node, why = %why, "heartbeat keep-alive interrupted; restoring it");
+                // Soon: the lease may have only a few seconds left.
+                tokio::time::sleep(RETRY).await;
             }
             Err(e) => {
                 tracing::warn!(node = %info.node, error = %e, "cannot write the heartbeat; trying again");
+                tokio::time::sleep(BEAT).await;
             }
         }
-        tokio::time::sleep(BEAT).await;
     }
 }
 
