@@ -4,7 +4,8 @@
 //! their IPs and disk contents, uncordoned, the slot given back; three flagged nodes take
 //! turns; a manager killed at any step is finished by the next; a failing health gate
 //! keeps slot and cordon; an operator's cordon survives; a FleetLock client and a node
-//! share one slot. Every test has its own key prefix and host root.
+//! share one slot; `cpi nodes` shows a manager that is gone; `cpi nodes release` names a
+//! node to uncordon only for a node. Every test has its own key prefix and host root.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -463,6 +464,15 @@ fn a_failing_health_gate_keeps_slot_and_cordon_until_released() {
     // The operator takes over: the slot is released, the cordon stays.
     let released = cpi_command(&config, &["nodes", "release", &node]);
     assert!(released.status.success(), "{released:?}");
+    let said = String::from_utf8_lossy(&released.stdout).to_string();
+    assert!(
+        said.starts_with(&format!("node {node}: reboot slot")),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!("`cpi nodes uncordon {node}`")),
+        "{said}"
+    );
     assert!(reboot_holders(&config).is_empty());
     assert!(reboot_record(&config, &node).is_none());
     assert_eq!(node_record_state(&config, &node), "cordoned");
@@ -635,4 +645,191 @@ fn an_update_waiting_for_its_reboot_reboots_the_node() {
     assert_finished(&config, &node, &host, "ready");
     let log = std::fs::read_to_string(host.root.join("manager.log")).unwrap();
     assert!(log.contains("UPDATE_STATUS_UPDATED_NEED_REBOOT"), "{log}");
+}
+
+/// Node `node`'s row of `cpi nodes --json`.
+fn listed_row(config: &Path, node: &str) -> Value {
+    let listing: Value =
+        serde_json::from_slice(&cpi_command(config, &["nodes", "--json"]).stdout).unwrap();
+    listing["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == node)
+        .cloned()
+        .unwrap_or_else(|| panic!("{node} is not listed: {listing}"))
+}
+
+/// Node `node`'s line of the `cpi nodes` table.
+fn table_line(config: &Path, node: &str) -> String {
+    let table = String::from_utf8_lossy(&cpi_command(config, &["nodes"]).stdout).to_string();
+    table
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(node))
+        .unwrap_or_else(|| panic!("{node} is not in the table:\n{table}"))
+        .to_string()
+}
+
+/// Waits until `cpi nodes --json` shows the manager of `node` in `state`; its row.
+fn wait_for_manager(
+    config: &Path,
+    node: &str,
+    state: &str,
+    limit: Duration,
+    host: &HostRoot,
+) -> Value {
+    let mut row = Value::Null;
+    wait_until(
+        &format!("cpi nodes shows the manager of {node} {state}"),
+        limit,
+        &[host],
+        || {
+            row = listed_row(config, node);
+            row["manager"]["state"] == state
+        },
+    );
+    row
+}
+
+/// The lease of the heartbeat of `node`'s manager (0: no heartbeat).
+fn heartbeat_lease(config: &Path, node: &str) -> i64 {
+    let prefix = moltencore_testkit::cluster::load_config(config)
+        .etcd
+        .key_prefix;
+    runtime().block_on(async {
+        let resp = etcd(config)
+            .await
+            .client()
+            .get(format!("{prefix}/reboot/managers/{node}"), None)
+            .await
+            .unwrap();
+        resp.kvs().first().map_or(0, |kv| kv.lease())
+    })
+}
+
+#[test]
+fn a_killed_manager_shows_as_gone_in_cpi_nodes_and_up_again_when_restarted() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = moltencore_testkit::cluster::private_cluster(dir.path(), &[]);
+    let node = node_names()[1].clone();
+    let host = HostRoot::new(dir.path(), &node, true, true);
+    let started = Instant::now();
+    let mut manager = ManagerProc::start(&config, &node, &host);
+    let row = wait_for_manager(&config, &node, "up", Duration::from_secs(30), &host);
+    assert_eq!(
+        row["manager"]["manager"]["pid"],
+        manager.child.id(),
+        "{row}"
+    );
+    assert!(table_line(&config, &node).contains(" up "));
+
+    // Its lease lost (as after an etcd outage longer than the lease): it writes the
+    // heartbeat again on a new lease and keeps running.
+    let lost = heartbeat_lease(&config, &node);
+    assert_ne!(lost, 0);
+    runtime().block_on(async {
+        etcd(&config)
+            .await
+            .client()
+            .lease_revoke(lost)
+            .await
+            .unwrap()
+    });
+    assert_eq!(heartbeat_lease(&config, &node), 0);
+    wait_until(
+        "the heartbeat is back on a new lease",
+        Duration::from_secs(30),
+        &[&host],
+        || ![0, lost].contains(&heartbeat_lease(&config, &node)),
+    );
+    assert!(
+        manager.child.try_wait().unwrap().is_none(),
+        "the manager exited"
+    );
+    let log = std::fs::read_to_string(host.root.join("manager.log")).unwrap();
+    assert!(log.contains("heartbeat was lost; written again"), "{log}");
+    assert_eq!(listed_row(&config, &node)["manager"]["state"], "up");
+
+    // Killed while its node reboots: the reboot stalls, and `cpi nodes` says why.
+    host.flag();
+    wait_until(
+        "the reboot command runs",
+        Duration::from_secs(120),
+        &[&host],
+        || !host.lines("attempts").is_empty(),
+    );
+    manager.kill();
+    let killed = Instant::now();
+    for pid in host.lines("attempts") {
+        let _ = Command::new("kill").args(["-9", &pid]).status();
+    }
+    // The heartbeat's lease (15 s) runs out; the deadline is that plus a margin.
+    let row = wait_for_manager(&config, &node, "gone", Duration::from_secs(25), &host);
+    let ago = row["manager"]["last_seen_seconds_ago"].as_u64().unwrap();
+    // Last heard of before it was killed, and after it started (etcd counts whole
+    // seconds; the listing takes a moment).
+    assert!(ago + 2 >= killed.elapsed().as_secs(), "{row}");
+    assert!(ago <= started.elapsed().as_secs() + 1, "{row}");
+    assert_eq!(row["reboot"]["phase"], "rebooting", "{row}");
+    let line = table_line(&config, &node);
+    assert!(line.contains("gone, seen "), "{line}");
+    assert!(line.contains("rebooting since"), "{line}");
+    assert!(line.contains("· no manager (last seen "), "{line}");
+
+    // Started again: its heartbeat is back, and it finishes the reboot.
+    let mut restarted = ManagerProc::start(&config, &node, &host);
+    let row = wait_for_manager(&config, &node, "up", Duration::from_secs(30), &host);
+    assert_eq!(
+        row["manager"]["manager"]["pid"],
+        restarted.child.id(),
+        "{row}"
+    );
+    assert!(!table_line(&config, &node).contains("no manager"));
+    host.go();
+    assert_finished(&config, &node, &host, "ready");
+
+    // A clean stop (SIGTERM) takes the heartbeat down at once and says so.
+    let term = Command::new("kill")
+        .args(["-TERM", &restarted.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let status = restarted.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let row = listed_row(&config, &node);
+    assert_eq!(row["manager"]["state"], "stopped", "{row}");
+    assert!(row["manager"]["manager"]["stopped_at"].is_string(), "{row}");
+    assert!(table_line(&config, &node).contains("stopped "));
+}
+
+#[test]
+fn release_names_a_node_to_uncordon_only_when_the_id_is_a_cordoned_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = moltencore_testkit::cluster::private_cluster(dir.path(), &[]);
+    let fleetlock = FleetLockServer::start(&config, &[]);
+    assert_eq!(
+        fleetlock_request(&fleetlock.address, "/v1/pre-reboot", "default", "zincati-3").0,
+        200
+    );
+    let out = cpi_command(&config, &["nodes", "release", "zincati-3"]);
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(said.contains("FleetLock client zincati-3"), "{said}");
+    assert!(said.contains("given back"), "{said}");
+    assert!(!said.contains("uncordon"), "{said}");
+    assert!(reboot_holders(&config).is_empty());
+
+    let node = node_names()[2].clone();
+    assert!(
+        cpi_command(&config, &["nodes", "cordon", &node])
+            .status
+            .success()
+    );
+    let out = cpi_command(&config, &["nodes", "release", &node]);
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        said.contains(&format!("`cpi nodes uncordon {node}`")),
+        "{said}"
+    );
 }

@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 use etcd_client::{
     Certificate, Client, ConnectOptions, DeleteOptions, DeleteResponse, GetOptions, GetResponse,
     Identity, LeaseGrantOptions, LeaseGrantResponse, LeaseKeepAliveStream, LeaseKeeper,
-    LeaseRevokeResponse, PutOptions, PutResponse, TlsOptions, Txn, TxnResponse,
+    LeaseRevokeResponse, LeaseTimeToLiveOptions, LeaseTimeToLiveResponse, PutOptions, PutResponse,
+    TlsOptions, Txn, TxnResponse,
 };
 use tokio::sync::OnceCell;
 
@@ -311,6 +312,19 @@ impl Kv {
     /// Revokes a lease.
     pub async fn lease_revoke(&self, id: i64) -> Result<LeaseRevokeResponse, etcd_client::Error> {
         let send = |mut c: Client| async move { c.lease_revoke(id).await };
+        self.etcd.request(Repeat::Safe, send).await
+    }
+
+    /// A lease's remaining and granted time (a read).
+    pub async fn lease_time_to_live(
+        &self,
+        id: i64,
+        options: Option<LeaseTimeToLiveOptions>,
+    ) -> Result<LeaseTimeToLiveResponse, etcd_client::Error> {
+        let send = |mut c: Client| {
+            let options = options.clone();
+            async move { c.lease_time_to_live(id, options).await }
+        };
         self.etcd.request(Repeat::Safe, send).await
     }
 

@@ -2,13 +2,16 @@
 //! and the reboot part of the `cpi nodes` listing (each node's reboot state, the slot
 //! holders and `max_unavailable`).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{Result, anyhow, bail};
 use serde::Serialize;
 
 use crate::cloud::CloudContext;
+use crate::cluster::NodeState;
 use crate::nodeprep::register::now_rfc3339;
+use crate::reboot::heartbeat::{self, ManagerStatus, span};
 use crate::reboot::keys::RebootKeys;
 use crate::reboot::record::{Phase, RebootRecord, RebootRequest, Records};
 use crate::reboot::semaphore::{Group, Holder, HolderKind, Semaphore, SemaphoreDoc, cut};
@@ -34,6 +37,8 @@ pub struct RebootOverview {
     pub groups: Vec<GroupStatus>,
     /// Records that could not be read.
     pub problems: Vec<String>,
+    /// Node name -> what its manager's heartbeat says (nodes never heard of left out).
+    pub managers: BTreeMap<String, ManagerStatus>,
 }
 
 impl RebootOverview {
@@ -42,9 +47,22 @@ impl RebootOverview {
         self.nodes.iter().find(|(n, _)| n == name).map(|(_, r)| r)
     }
 
-    /// One short cell for the table.
+    /// What is known of node `name`'s manager; [`ManagerStatus::NotSeen`] for a node with
+    /// a reboot under way or asked for and no manager heard of.
+    pub fn manager(&self, name: &str) -> Option<ManagerStatus> {
+        match self.managers.get(name) {
+            Some(status) => Some(status.clone()),
+            None if self.of(name).is_some() || self.requested.iter().any(|n| n == name) => {
+                Some(ManagerStatus::NotSeen)
+            }
+            None => None,
+        }
+    }
+
+    /// One short cell for the table: the reboot phase, and a missing manager when the
+    /// reboot waits for one.
     pub fn cell(&self, name: &str) -> String {
-        match self.of(name) {
+        let mut s = match self.of(name) {
             Some(r) => {
                 let mut s = format!("{} since {} ({})", r.phase, r.since, r.why);
                 if let Some(h) = &r.health {
@@ -53,9 +71,56 @@ impl RebootOverview {
                 s
             }
             None if self.requested.iter().any(|n| n == name) => "requested".into(),
+            None => return "-".into(),
+        };
+        let missing = match self.manager(name) {
+            Some(ManagerStatus::Gone {
+                last_seen_seconds_ago: seconds,
+                ..
+            }) => Some(format!("last seen {} ago", span(seconds))),
+            Some(ManagerStatus::Stopped {
+                last_seen_seconds_ago: seconds,
+                ..
+            }) => Some(format!("stopped {} ago", span(seconds))),
+            Some(ManagerStatus::NotSeen) => Some("none seen".into()),
+            Some(ManagerStatus::Up { .. }) | None => None,
+        };
+        if let Some(m) = missing {
+            s.push_str(&format!(" · no manager ({m})"));
+        }
+        s
+    }
+
+    /// One short cell for the MANAGER column: `up 5m 3s`, `gone, seen 2m 10s ago`,
+    /// `stopped 1m ago`, `none` (a reboot waits and no manager was heard of), `-`
+    /// (nothing known).
+    pub fn manager_cell(&self, name: &str) -> String {
+        match self.manager(name) {
+            Some(ManagerStatus::Up { manager }) => match age(&manager.started_at) {
+                Some(up) => format!("up {}", span(up)),
+                None => "up".into(),
+            },
+            Some(ManagerStatus::Gone {
+                last_seen_seconds_ago: seconds,
+                ..
+            }) => format!("gone, seen {} ago", span(seconds)),
+            Some(ManagerStatus::Stopped {
+                last_seen_seconds_ago: seconds,
+                ..
+            }) => {
+                format!("stopped {} ago", span(seconds))
+            }
+            Some(ManagerStatus::NotSeen) => "none".into(),
             None => "-".into(),
         }
     }
+}
+
+/// Seconds since an RFC 3339 time (as this host's clock sees it).
+fn age(rfc3339: &str) -> Option<u64> {
+    let then = time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
+        .ok()?;
+    u64::try_from((time::OffsetDateTime::now_utc() - then).whole_seconds()).ok()
 }
 
 async fn context_parts(ctx: &CloudContext<'_>) -> Result<(crate::cluster::Etcd, RebootKeys)> {
@@ -68,7 +133,10 @@ async fn context_parts(ctx: &CloudContext<'_>) -> Result<(crate::cluster::Etcd, 
 pub async fn overview(ctx: &CloudContext<'_>) -> Result<RebootOverview> {
     let (etcd, keys) = context_parts(ctx).await?;
     let records = Records::new(etcd.clone(), keys.clone());
-    let mut out = RebootOverview::default();
+    let mut out = RebootOverview {
+        managers: heartbeat::statuses(&etcd, &keys).await?,
+        ..Default::default()
+    };
     for (name, rec) in records.states().await? {
         match rec {
             Ok(r) => out.nodes.push((name, r)),
@@ -257,15 +325,35 @@ pub fn release(config_path: PathBuf, name: &str, force: bool, group: &str) -> i3
                 bail!("node {name}'s reboot record changed meanwhile; look again with `cpi nodes`");
             }
         }
-        Ok(match holder {
-            Some(h) => format!(
-                "{name}: reboot slot of group {group} given back (held since {}); a cordon \
-                 stays until `cpi nodes uncordon {name}`",
-                h.since
-            ),
-            None => format!("{name} held no reboot slot in group {group}"),
-        })
+        let view = ctx.view().await.map_err(|e| anyhow!("{e}"))?;
+        let cordoned = view
+            .registered(name)
+            .map_err(|e| anyhow!("{e}"))?
+            .is_some_and(|n| n.state == NodeState::Cordoned);
+        Ok(released(name, &group, holder.as_ref(), cordoned))
     })
+}
+
+/// What `cpi nodes release` says: the uncordon hint names `name` only when it is a node
+/// that is cordoned (a FleetLock client's id is no node).
+fn released(name: &str, group: &Group, holder: Option<&Holder>, cordoned: bool) -> String {
+    let mut msg = match holder {
+        Some(h) if h.kind == HolderKind::Fleetlock => format!(
+            "FleetLock client {name}: reboot slot of group {group} given back (held since {})",
+            h.since
+        ),
+        Some(h) => format!(
+            "node {name}: reboot slot of group {group} given back (held since {})",
+            h.since
+        ),
+        None => format!("{name} held no reboot slot in group {group}"),
+    };
+    if cordoned {
+        msg.push_str(&format!(
+            "; node {name} stays cordoned until `cpi nodes uncordon {name}`"
+        ));
+    }
+    msg
 }
 
 /// `cpi nodes max-unavailable N`: how many nodes of a group may reboot at once.
@@ -281,4 +369,83 @@ pub fn set_max(config_path: PathBuf, max: u32, group: &str) -> i32 {
             "reboot group {group}: max_unavailable {before} -> {max}"
         ))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn holder(id: &str, kind: HolderKind) -> Holder {
+        Holder {
+            id: id.into(),
+            kind,
+            node: (kind == HolderKind::Node).then(|| id.to_string()),
+            boot_id: None,
+            since: "2026-01-01T00:00:00Z".into(),
+            why: "test".into(),
+        }
+    }
+
+    #[test]
+    fn release_names_a_node_to_uncordon_only_when_it_is_a_cordoned_node() {
+        let g = Group::default_group();
+        let client = holder("zincati-3", HolderKind::Fleetlock);
+        let msg = released("zincati-3", &g, Some(&client), false);
+        assert!(msg.starts_with("FleetLock client zincati-3"), "{msg}");
+        assert!(!msg.contains("uncordon"), "{msg}");
+        let node = holder("n1", HolderKind::Node);
+        let msg = released("n1", &g, Some(&node), true);
+        assert!(msg.contains("`cpi nodes uncordon n1`"), "{msg}");
+        let msg = released("n1", &g, Some(&node), false);
+        assert!(!msg.contains("uncordon"), "{msg}");
+        let msg = released("nobody", &g, None, false);
+        assert_eq!(msg, "nobody held no reboot slot in group default");
+    }
+
+    #[test]
+    fn a_missing_manager_shows_in_the_reboot_cell_and_a_running_one_does_not() {
+        let record: RebootRecord = serde_json::from_value(serde_json::json!({
+            "phase": "checking", "since": "2026-01-01T00:00:00Z",
+            "started": "2026-01-01T00:00:00Z", "why": "w", "group": "default",
+            "boot_id": "b", "operator_cordoned": false, "health": "settling (20s)"
+        }))
+        .unwrap();
+        let mut o = RebootOverview {
+            nodes: vec![("n1".into(), record)],
+            ..Default::default()
+        };
+        assert_eq!(o.manager("n1"), Some(ManagerStatus::NotSeen));
+        assert!(
+            o.cell("n1")
+                .ends_with("settling (20s) · no manager (none seen)")
+        );
+        assert_eq!(o.manager_cell("n1"), "none");
+        assert_eq!(o.manager_cell("n2"), "-");
+        let manager = heartbeat::ManagerInfo {
+            node: "n1".into(),
+            boot_id: "b".into(),
+            pid: 7,
+            started_at: "2026-01-01T00:00:00Z".into(),
+            version: "0".into(),
+            stopped_at: None,
+        };
+        o.managers.insert(
+            "n1".into(),
+            ManagerStatus::Gone {
+                last_seen_seconds_ago: 130,
+                manager: manager.clone(),
+            },
+        );
+        assert!(
+            o.cell("n1")
+                .ends_with("· no manager (last seen 2m 10s ago)"),
+            "{}",
+            o.cell("n1")
+        );
+        assert_eq!(o.manager_cell("n1"), "gone, seen 2m 10s ago");
+        o.managers
+            .insert("n1".into(), ManagerStatus::Up { manager });
+        assert!(!o.cell("n1").contains("no manager"));
+        assert!(o.manager_cell("n1").starts_with("up "));
+    }
 }

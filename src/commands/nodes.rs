@@ -1,7 +1,7 @@
 //! `cpi nodes`: the operator's view of the cluster, read from etcd (with VM count and
 //! memory in use from the VM index), with a live check of every node's Docker daemon over
-//! mutual TLS and each node's reboot state; `cpi nodes cordon|uncordon NAME` flip the
-//! state placement honours.
+//! mutual TLS, each node's reboot state and whether its reboot manager runs; `cpi nodes
+//! cordon|uncordon NAME` flip the state placement honours.
 
 use std::path::PathBuf;
 
@@ -13,6 +13,7 @@ use super::node_reboot::RebootOverview;
 use crate::cloud::CloudContext;
 use crate::cluster::{NodeRecord, NodeState, NodeUsage};
 use crate::nodeprep::register;
+use crate::reboot::heartbeat::ManagerStatus;
 
 /// One row of the listing.
 #[derive(Debug, Serialize)]
@@ -32,6 +33,8 @@ pub struct NodeStatus {
     pub docker: DockerStatus,
     /// The reboot manager's record, while the node reboots.
     pub reboot: Option<crate::reboot::record::RebootRecord>,
+    /// What the node's reboot manager's heartbeat says (absent: nothing known).
+    pub manager: Option<ManagerStatus>,
 }
 
 /// The live check of one node's Docker daemon, as `cpi nodes --json` prints it:
@@ -129,6 +132,7 @@ pub async fn collect(config_path: PathBuf) -> Result<Listing, CommandError> {
                 view.usage_of(&node.name),
                 docker,
                 reboots.of(&node.name).cloned(),
+                reboots.manager(&node.name),
             )
         })
         .collect();
@@ -141,6 +145,7 @@ fn status(
     usage: NodeUsage,
     docker: Result<String, String>,
     reboot: Option<crate::reboot::record::RebootRecord>,
+    manager: Option<ManagerStatus>,
 ) -> NodeStatus {
     NodeStatus {
         name: node.name.clone(),
@@ -153,14 +158,16 @@ fn status(
         lease: if leased { "ok" } else { "missing" }.to_string(),
         docker: docker.into(),
         reboot,
+        manager,
     }
 }
 
 fn print_table(rows: &[NodeStatus], problems: &[String], reboots: &RebootOverview) {
     let header = [
-        "NAME", "ENDPOINT", "SUBNET", "STATE", "VMS", "MEMORY", "LEASE", "DOCKER", "REBOOT",
+        "NAME", "ENDPOINT", "SUBNET", "STATE", "VMS", "MEMORY", "LEASE", "DOCKER", "MANAGER",
+        "REBOOT",
     ];
-    let cells: Vec<[String; 9]> = rows
+    let cells: Vec<[String; 10]> = rows
         .iter()
         .map(|r| {
             [
@@ -175,6 +182,7 @@ fn print_table(rows: &[NodeStatus], problems: &[String], reboots: &RebootOvervie
                     (Some(v), _) => format!("ok ({v})"),
                     (None, e) => format!("UNREACHABLE: {}", e.as_deref().unwrap_or("")),
                 },
+                reboots.manager_cell(&r.name),
                 reboots.cell(&r.name),
             ]
         })

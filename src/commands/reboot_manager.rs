@@ -1,6 +1,7 @@
 //! `cpi reboot-manager`: flags of the long-running reboot manager of one node (the state
 //! machine is [`crate::reboot::manager`]). Runs until SIGTERM or SIGINT; the state it
-//! keeps in etcd lets the next start carry on.
+//! keeps in etcd lets the next start carry on. Its heartbeat
+//! ([`crate::reboot::heartbeat`]) tells `cpi nodes` whether it runs.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -9,6 +10,10 @@ use anyhow::{Result, bail};
 use clap::Args;
 
 use crate::cloud::CloudContext;
+use crate::nodeprep::register::now_rfc3339;
+use crate::reboot::heartbeat::{Heartbeat, ManagerInfo};
+use crate::reboot::host::Host;
+use crate::reboot::keys::RebootKeys;
 use crate::reboot::manager::{Manager, ManagerOptions};
 use crate::reboot::semaphore::Group;
 use crate::reboot::sources::UpdateEngine;
@@ -98,8 +103,33 @@ async fn manage(config_path: PathBuf, cmd: RebootManagerCommand) -> Result<()> {
     let ctx = CloudContext::new(config_path.clone(), Default::default(), None);
     super::error::load_config(&ctx, &config_path).await?;
     let mut manager = Manager::new(&ctx, opts, &cmd.root, reboot_command, engine).await?;
-    tokio::select! {
+    let heartbeat = start_heartbeat(&ctx, &cmd).await?;
+    let outcome = tokio::select! {
         () = manager.run() => Ok(()),
         stop = super::fleetlock::stopped() => stop,
-    }
+    };
+    heartbeat.stop().await;
+    outcome
+}
+
+/// Starts this manager's heartbeat (`cpi nodes` shows a node whose manager is gone).
+async fn start_heartbeat(ctx: &CloudContext<'_>, cmd: &RebootManagerCommand) -> Result<Heartbeat> {
+    let etcd = ctx
+        .etcd()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .clone();
+    let keys = RebootKeys::new(&ctx.keys().await.map_err(|e| anyhow::anyhow!("{e}"))?);
+    let boot_id = Host::new(&cmd.root, Vec::new())
+        .boot_id()
+        .map_err(anyhow::Error::msg)?;
+    let info = ManagerInfo {
+        node: cmd.node.clone(),
+        boot_id,
+        pid: std::process::id(),
+        started_at: now_rfc3339(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        stopped_at: None,
+    };
+    Ok(Heartbeat::start(etcd, keys, info))
 }

@@ -39,6 +39,29 @@ impl RebootKeys {
         format!("{}/nodes/", self.prefix)
     }
 
+    /// The heartbeat of node `name`'s running manager, on a lease of a few seconds: gone
+    /// soon after the manager dies.
+    pub fn manager(&self, name: &str) -> String {
+        format!("{}/managers/{name}", self.prefix)
+    }
+
+    /// Prefix of every running manager's heartbeat.
+    pub fn managers(&self) -> String {
+        format!("{}/managers/", self.prefix)
+    }
+
+    /// The last manager seen on node `name`, on a lease of weeks that the manager keeps
+    /// alive with its heartbeat: the lease's remaining time tells how long ago it was
+    /// last heard of.
+    pub fn last_seen(&self, name: &str) -> String {
+        format!("{}/last-seen/{name}", self.prefix)
+    }
+
+    /// Prefix of every node's last seen manager.
+    pub fn last_seens(&self) -> String {
+        format!("{}/last-seen/", self.prefix)
+    }
+
     /// An operator's request to reboot node `name` (`cpi nodes reboot NAME`).
     pub fn request(&self, name: &str) -> String {
         format!("{}/requests/{name}", self.prefix)
@@ -56,6 +79,9 @@ mod tests {
         assert_eq!(k.semaphore(&g), "/mc/reboot/groups/default/semaphore");
         assert_eq!(k.node_state("n1"), "/mc/reboot/nodes/n1");
         assert_eq!(k.request("n1"), "/mc/reboot/requests/n1");
+        assert_eq!(k.manager("n1"), "/mc/reboot/managers/n1");
+        assert_eq!(k.last_seen("n1"), "/mc/reboot/last-seen/n1");
+        assert!(!k.last_seen("n1").starts_with(&k.managers()));
         assert!(
             !k.node_state("n1")
                 .starts_with(&Keys::with_prefixes("/mc", "").nodes())

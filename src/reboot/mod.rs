@@ -5,6 +5,7 @@ pub mod drain;
 pub mod error;
 pub mod group;
 pub mod health;
+pub mod heartbeat;
 pub mod host;
 pub mod keys;
 pub mod manager;
