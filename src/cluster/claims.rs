@@ -279,7 +279,7 @@ pub async fn forget_vm(etcd: &Etcd, keys: &Keys, record: &VmRecord) -> Result<()
         ));
     }
     etcd.client()
-        .txn(Txn::new().and_then(ops))
+        .repeatable_txn(Txn::new().and_then(ops))
         .await
         .map_err(|e| etcd.error(&format!("removing the record of VM {}", record.cid), &e))?;
     Ok(())
@@ -318,7 +318,7 @@ pub async fn forget_claims_of(etcd: &Etcd, keys: &Keys, vm: &VmCid) -> Result<()
     }
     tracing::warn!(vm = %vm, claims = ops.len(), "removing address claims of a VM without record");
     etcd.client()
-        .txn(Txn::new().and_then(ops))
+        .repeatable_txn(Txn::new().and_then(ops))
         .await
         .map_err(|e| etcd.error(&format!("removing the address claims of {vm}"), &e))?;
     Ok(())

@@ -296,6 +296,16 @@ impl Kv {
         self.etcd.request(Repeat::IfNotApplied, send).await
     }
 
+    /// Runs a transaction that does the same when run twice (reads only, plain deletes,
+    /// deletes conditioned on the value they remove): sent again like any read.
+    pub async fn repeatable_txn(&self, txn: Txn) -> Result<TxnResponse, etcd_client::Error> {
+        let send = |mut c: Client| {
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
+        };
+        self.etcd.request(Repeat::Safe, send).await
+    }
+
     /// Grants a lease (a lease granted twice expires unused).
     pub async fn lease_grant(
         &self,

@@ -144,7 +144,7 @@ impl ClusterView {
         ]);
         let response = etcd
             .client()
-            .txn(txn)
+            .repeatable_txn(txn)
             .await
             .map_err(|e| etcd.error("reading the cluster view", &e))?;
         let revision = response.header().map(|h| h.revision()).unwrap_or(0);

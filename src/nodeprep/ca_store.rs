@@ -36,7 +36,7 @@ pub async fn load(etcd: &Etcd, keys: &Keys) -> Result<Option<CertAndKey>> {
     let txn = Txn::new().and_then(read_ca(keys));
     let response = etcd
         .client()
-        .txn(txn)
+        .repeatable_txn(txn)
         .await
         .map_err(|e| super::etcd_failed(etcd, "reading the cluster CA", &e))?;
     from_gets(keys, response.op_responses())
