@@ -24,7 +24,8 @@ pub struct VmProperties {
     /// Memory limit in MiB.
     #[serde(default)]
     pub ram: Option<u64>,
-    /// Ephemeral disk size in MiB (recorded as a label; local volumes are not size-limited).
+    /// Ephemeral disk size in MiB: the ephemeral disk holds that much (an image of that
+    /// size on the node; see docs/disks.md), recorded as a label of its volume.
     #[serde(default)]
     pub ephemeral_disk: Option<u64>,
     #[serde(default)]
