@@ -59,8 +59,10 @@ pub const DATA: &str = "/var/vcap/data";
 /// A sized ephemeral disk (the block device `volume`, the VM's `<vm>-ephemeral`, in the
 /// VM's folder of the disk tree) goes on `/var/vcap/data` at every start, before the
 /// agent: formatted first when it holds no filesystem (a new VM; lazily initialised where
-/// the stemcell's mkfs.ext4 knows how), mounted once its node is the loop device of its
-/// image (after a host reboot, node-prep makes it again), waited for as the store is.
+/// the stemcell's mkfs.ext4 knows how) and given what the stemcell has in
+/// `/var/vcap/data` (as Docker fills a new volume), mounted once its node is the loop
+/// device of its image (after a host reboot, node-prep makes it again), waited for as the
+/// store is.
 fn ephemeral_script(volume: &str) -> String {
     let volume: String = volume
         .chars()
@@ -73,8 +75,12 @@ fn ephemeral_script(volume: &str) -> String {
          \x20 i=0\n\
          \x20 until eb || [ $i -ge {DISK_WAIT_TENTHS} ]; do sleep 0.1; i=$((i+1)); done\n\
          \x20 if eb; then\n\
-         \x20   if [ \"$(od -A n -t x1 -j 1080 -N 2 \"$e\" | tr -d ' \\n')\" != 53ef ]; then mkfs.ext4 -F -q -E lazy_itable_init=1,lazy_journal_init=1 \"$e\" >/dev/null 2>&1 || mkfs.ext4 -F \"$e\" >/dev/null 2>&1; fi\n\
-         \x20   mkdir -p {DATA} && mount \"$e\" {DATA}\n\
+         \x20   mkdir -p {DATA}\n\
+         \x20   if [ \"$(od -A n -t x1 -j 1080 -N 2 \"$e\" | tr -d ' \\n')\" != 53ef ]; then\n\
+         \x20     mkfs.ext4 -F -q -E lazy_itable_init=1,lazy_journal_init=1 \"$e\" >/dev/null 2>&1 || mkfs.ext4 -F \"$e\" >/dev/null 2>&1\n\
+         \x20     t=/tmp/.moltencore-data; mkdir -p $t && mount \"$e\" $t && {{ cp -a {DATA}/. $t/; umount $t; }}; rmdir $t\n\
+         \x20   fi\n\
+         \x20   mount \"$e\" {DATA}\n\
          \x20 fi\n\
          fi\n"
     )
