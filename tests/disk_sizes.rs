@@ -4,7 +4,7 @@
 //! filesystem with its data kept, and refuses to shrink; the ephemeral disk of a VM
 //! created with `ephemeral_disk` holds that size and is cleaned up by `delete_vm`.
 
-use moltencore_testkit::agent::{AgentVm, mount};
+use moltencore_testkit::agent::{AgentVm, agent_stemcell, mount};
 use moltencore_testkit::{cluster::*, cpi::*, docker::*, index::*, requests::*};
 use serde_json::{Value, json};
 
@@ -151,7 +151,8 @@ fn a_disk_never_attached_takes_its_new_size_at_its_first_attach() {
 }
 
 /// A VM of the shared stemcell on the node at `index` with the static `host` and an
-/// ephemeral disk of `mib`: (cid, node).
+/// ephemeral disk of `mib`, mounted (the start script mounts it before the stemcell's init,
+/// not before create_vm answers): (cid, node).
 fn vm_with_ephemeral(index: usize, host: u8, test: &str, mib: u64) -> (String, String) {
     let (node, prefix) = node_prefix(index);
     let ip = format!("{prefix}.{host}");
@@ -161,6 +162,7 @@ fn vm_with_ephemeral(index: usize, host: u8, test: &str, mib: u64) -> (String, S
         manual_network(&ip),
         json!({}),
     );
+    wait_for_data(&node, &vm, ".");
     (vm, node)
 }
 
@@ -211,7 +213,7 @@ fn without_a_size_the_ephemeral_disk_is_the_docker_volume_as_before() {
     call("delete_vm", json!([vm]));
 }
 
-/// Waits (30 s at most) until `vm`'s file `/var/vcap/data/<name>` can be read.
+/// Waits (30 s at most) until `/var/vcap/data` is a mount in `vm` and its `<name>` is there.
 fn wait_for_data(node: &str, vm: &str, name: &str) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
@@ -219,7 +221,7 @@ fn wait_for_data(node: &str, vm: &str, name: &str) {
             node,
             vm,
             &format!(
-                "grep -q ' /var/vcap/data ' /proc/self/mountinfo && cat /var/vcap/data/{name}"
+                "grep -q ' /var/vcap/data ' /proc/self/mountinfo && test -e /var/vcap/data/{name}"
             ),
         ));
         if code == 0 {
@@ -255,4 +257,58 @@ fn the_agent_sets_up_its_data_on_a_sized_ephemeral_disk() {
         disk_loops(&format!("{cid}-ephemeral")).is_empty(),
         "loop device left"
     );
+}
+
+#[test]
+fn a_stopped_vm_grows_a_resized_disk_at_its_next_start() {
+    let ip = format!("{}.139", node_prefix(2).1);
+    let vm = static_vm(&cluster_config(), &agent_stemcell(), "size-stopped", &ip);
+    let node = node_prefix(2).0;
+    let disk = create_disk(json!([64, {}, vm]));
+    call("attach_disk", json!([vm, disk]));
+    let sum = write_blob(&node, &vm, &disk, 1024);
+    call("detach_disk", json!([vm, disk]));
+    assert_eq!(call("resize_disk", json!([disk, 256])), Value::Null);
+    let docker = |start: bool| {
+        runtime().block_on(async {
+            let d = node_socket(&node).await;
+            if start {
+                d.start_container(
+                    &vm,
+                    None::<bollard::query_parameters::StartContainerOptions>,
+                )
+                .await
+            } else {
+                d.stop_container(&vm, None::<bollard::query_parameters::StopContainerOptions>)
+                    .await
+            }
+            .unwrap()
+        })
+    };
+    docker(false);
+    call("attach_disk", json!([vm, disk]));
+    assert!(
+        !vm_container(&node, &vm).running,
+        "attach_disk started the VM"
+    );
+    docker(true);
+    // The start script grows it before the stemcell's init, then drops the list.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while runtime()
+        .block_on(exec_in(
+            &node,
+            &vm,
+            "test -e /var/vcap/bosh/moltencore-grow-disks",
+        ))
+        .0
+        == 0
+    {
+        assert!(std::time::Instant::now() < deadline, "the grow list stays");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(blob_sum(&node, &vm, &disk), sum);
+    let size = df_mib(&node, &vm, &disk_mount(&disk));
+    assert!((200..=256).contains(&size), "{size} MiB after the start");
+    call("delete_vm", json!([vm]));
+    call("delete_disk", json!([disk]));
 }

@@ -203,6 +203,23 @@ fn a_sized_ephemeral_disk_is_back_with_its_data_after_a_host_reboot() {
         manual_network(&format!("{prefix}.138")),
         json!({}),
     );
+    // The start script mounts it before the stemcell's init (the agent, which the director
+    // waits for), not before create_vm answers.
+    wait_until(
+        "the VM's ephemeral disk mounted",
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        || {
+            runtime()
+                .block_on(exec_in(
+                    &node,
+                    &vm,
+                    "grep -q ' /var/vcap/data ' /proc/self/mountinfo",
+                ))
+                .0
+                == 0
+        },
+    );
     sh(&node, &vm, "echo kept > /var/vcap/data/keep.txt && sync");
     let (size, kept) = ephemeral_state(&node, &vm).expect("the ephemeral disk is mounted");
     assert!(kept && (80..=96).contains(&size), "{size} MiB");
