@@ -183,7 +183,7 @@ const BLOCK: &[u8] = b"block";
 const EPHEMERAL: &[u8] = b"ephemeral";
 /// The suffix of a VM's ephemeral volume (`<vm>-ephemeral`), which is also the name of its
 /// device node in the VM's folder.
-pub const EPHEMERAL_SUFFIX: &str = "-ephemeral";
+const EPHEMERAL_SUFFIX: &str = "-ephemeral";
 /// Where the files of a disk kept as a folder (by an earlier version) wait while they are
 /// copied into its new image: `<volume>/_data/.moltencore-folder`. The VM that copies them
 /// sees them at `<vms>/<vm>/.folder-<disk>` (a bind), until [`DiskMounts::settle`].

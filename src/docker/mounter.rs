@@ -29,7 +29,7 @@ pub const NOT_HERE: i64 = 3;
 /// The mounter's exit code for a disk whose volume holds files besides its image.
 pub const NOT_AN_IMAGE: i64 = 4;
 /// The mounter's exit code for a disk that a VM or a loop device of the node holds.
-pub const IN_USE: i64 = 5;
+pub(crate) const IN_USE: i64 = 5;
 /// Name of the mounter container on every node.
 pub const CONTAINER: &str = "mc-mounter";
 const IMAGE_REPO: &str = "moltencore-mounter";
@@ -53,7 +53,7 @@ pub struct BlockDisk {
     /// `/warden-cpi-dev/.folder-<disk>` to be copied into the (new) image.
     pub folder: bool,
     /// Its filesystem is smaller than its image (grown by resize_disk): the VM grows it.
-    pub grow: bool,
+    pub(crate) grow: bool,
 }
 
 impl NodeDocker {
@@ -80,7 +80,7 @@ impl NodeDocker {
     /// Makes VM `vm`'s ephemeral disk (the image in its volume `<vm>-ephemeral`, made of
     /// `size_mib` if the volume holds none) a block device in its disk directory, where
     /// its start script mounts it on `/var/vcap/data`.
-    pub async fn attach_ephemeral_disk(
+    pub(crate) async fn attach_ephemeral_disk(
         &self,
         disks_dir: &str,
         vm: &str,
@@ -95,7 +95,7 @@ impl NodeDocker {
     /// Grows disk `disk`'s image to `size_mib` (its filesystem is grown by the VM of its
     /// next attach); whether it had an image. A disk something on the node holds fails with
     /// [`IN_USE`].
-    pub async fn grow_disk(
+    pub(crate) async fn grow_disk(
         &self,
         disks_dir: &str,
         disk: &str,

@@ -169,14 +169,18 @@ pub async fn format_disk(docker: &NodeDocker, cid: &str, disk: &str) -> Result<(
 
 /// Where the CPI lists the disks a stopped VM grows at its next start, after resize_disk
 /// grew their images (one cid per line; see [`super::start_script`]).
-pub const GROW_AT_START: &str = "/var/vcap/bosh/moltencore-grow-disks";
+pub(crate) const GROW_AT_START: &str = "/var/vcap/bosh/moltencore-grow-disks";
 
 /// Grows the filesystem of disk `disk` to fill its device in the VM `cid` (its image was
 /// grown by resize_disk), with the stemcell's `e2fsck -f -p` and `resize2fs`, before the
 /// agent mounts it. A disk the VM has mounted already is left as it is (growing a mounted
 /// filesystem needs a capability VMs do not have); a VM that does not run grows it at its
 /// next start.
-pub async fn grow_disk(docker: &NodeDocker, cid: &str, disk: &str) -> Result<(), DockerError> {
+pub(crate) async fn grow_disk(
+    docker: &NodeDocker,
+    cid: &str,
+    disk: &str,
+) -> Result<(), DockerError> {
     let device = format!("{DISK_MOUNT_ROOT}/{disk}");
     let script = format!(
         "d={device}; if grep -q \" $d \" /proc/self/mountinfo; then echo mounted; exit 0; fi; \

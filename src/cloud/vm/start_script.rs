@@ -54,7 +54,7 @@ fn store_script() -> String {
 }
 
 /// Where the ephemeral disk is mounted (the agent's data directory).
-pub const DATA: &str = "/var/vcap/data";
+const DATA: &str = "/var/vcap/data";
 
 /// A sized ephemeral disk (the block device `volume`, the VM's `<vm>-ephemeral`, in the
 /// VM's folder of the disk tree) goes on `/var/vcap/data` at every start, before the
