@@ -8,7 +8,8 @@
 //! Every command comes after `--version-is V`: a helper of another version (the CPI was
 //! updated, this container was not) answers 2 without doing anything, and the CPI replaces
 //! it. Exit codes: 0 done, 1 failed, 2 bad usage or another version, 3 the disk has no
-//! volume on this node, 4 the volume holds files besides its image.
+//! volume on this node, 4 the volume holds files besides its image, 5 the disk is in use
+//! (`grow`).
 
 #[path = "../src/disk_mounts.rs"]
 #[allow(dead_code)]
@@ -24,9 +25,9 @@ use std::io::ErrorKind;
 use std::path::Path;
 use std::process::ExitCode;
 
-use disk_mounts::{Bound, DiskMounts};
+use disk_mounts::{Bound, DiskMounts, Grown};
 
-const USAGE: &str = "usage: mc-mounter serve | version | --version-is V (attach VM DISK SIZE_MIB | settle VM DISK | unbind VM DISK | list VM | holders DISK | image-size DISK | forget VM | copy-image DISK VOLUME)";
+const USAGE: &str = "usage: mc-mounter serve | version | --version-is V (attach VM DISK SIZE_MIB | attach-ephemeral VM SIZE_MIB | grow DISK SIZE_MIB | settle VM DISK | unbind VM DISK | list VM | holders DISK | image-size DISK | forget VM | copy-image DISK VOLUME)";
 /// This helper's version (the digest of its sources, from build.rs).
 const VERSION: &str = env!("MC_MOUNTER_VERSION");
 
@@ -71,7 +72,32 @@ fn main() -> ExitCode {
                 ]
                 .into_iter()
                 .chain(a.folder.then(|| "folder".to_string()))
+                .chain(a.grow.then(|| "grow".to_string()))
                 .collect()
+            }),
+            Err(_) => {
+                eprintln!("{USAGE}");
+                return ExitCode::from(2);
+            }
+        },
+        ["attach-ephemeral", vm, size] => match size.parse::<u64>() {
+            Ok(size) => tree.attach_ephemeral(vm, size).map(|a| {
+                vec![if a.formatted { "formatted" } else { "blank" }.to_string()]
+            }),
+            Err(_) => {
+                eprintln!("{USAGE}");
+                return ExitCode::from(2);
+            }
+        },
+        ["grow", disk, size] => match size.parse::<u64>() {
+            Ok(size) => tree.grow(disk, size).map(|g| {
+                vec![
+                    match g {
+                        Grown::NoImage => "no image",
+                        Grown::Image => "image grown",
+                    }
+                    .to_string(),
+                ]
             }),
             Err(_) => {
                 eprintln!("{USAGE}");
@@ -121,6 +147,7 @@ fn fail(message: &str, kind: ErrorKind) -> ExitCode {
     ExitCode::from(match kind {
         ErrorKind::NotFound => 3,
         ErrorKind::InvalidData => 4,
+        ErrorKind::ResourceBusy => 5,
         _ => 1,
     })
 }

@@ -177,6 +177,13 @@ pub enum Bound {
 pub const IMAGE_FILE: &str = "moltencore-disk.img";
 /// What a record holds for a block-device disk (an empty one is a bound folder).
 const BLOCK: &[u8] = b"block";
+/// What a record holds for a VM's sized ephemeral disk: a block device like a persistent
+/// disk's (its image in the volume `<vm>-ephemeral`), which the VM's start script mounts on
+/// `/var/vcap/data`; never listed among the VM's persistent disks.
+const EPHEMERAL: &[u8] = b"ephemeral";
+/// The suffix of a VM's ephemeral volume (`<vm>-ephemeral`), which is also the name of its
+/// device node in the VM's folder.
+const EPHEMERAL_SUFFIX: &str = "-ephemeral";
 /// Where the files of a disk kept as a folder (by an earlier version) wait while they are
 /// copied into its new image: `<volume>/_data/.moltencore-folder`. The VM that copies them
 /// sees them at `<vms>/<vm>/.folder-<disk>` (a bind), until [`DiskMounts::settle`].
@@ -198,6 +205,18 @@ pub struct Attached {
     /// Whether the disk's files kept as a folder wait to be copied into the image, and
     /// are seen by the VM at `.folder-<disk>` of its folder.
     pub folder: bool,
+    /// Whether its filesystem is smaller than its image (grown by resize_disk), and is to
+    /// be grown by the VM before it is mounted.
+    pub grow: bool,
+}
+
+/// What [`DiskMounts::grow`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Grown {
+    /// The disk has no image yet (never attached): the image is made of the recorded size.
+    NoImage,
+    /// The image is of the size (its filesystem grows at the next attach).
+    Image,
 }
 
 /// What [`DiskMounts::remount_all`] did.
@@ -288,11 +307,7 @@ impl DiskMounts {
         let image = self.image(disk);
         let folder = stage_folder(&data, &image)?;
         ensure_image(&data, &image, size_mib, folder)?;
-        // Recorded first: a loop device is never without the record that releases it.
-        self.record(vm, disk, BLOCK)?;
-        let lo = self.loop_of(disk)?;
-        std::fs::create_dir_all(self.vms.join(vm))?;
-        let node = place_node(&target, lo.rdev)?;
+        let node = self.place_image(vm, disk, &target, BLOCK)?;
         if folder {
             let view = self.folder_view(vm, disk);
             if !mount_points()?.contains(&view) {
@@ -303,11 +318,102 @@ impl DiskMounts {
                 sys_mount(Path::new("none"), &view, flags)?;
             }
         }
+        let formatted = !folder && has_filesystem(&image)?;
         Ok(Attached {
             node,
-            formatted: !folder && has_filesystem(&image)?,
+            formatted,
             folder,
+            grow: formatted && needs_grow(&image)?,
         })
+    }
+
+    /// Records `disk` in `vm` as `kind`, attaches its image to a loop device and makes the
+    /// device's node at `target`.
+    fn place_image(&self, vm: &str, disk: &str, target: &Path, kind: &[u8]) -> io::Result<Bound> {
+        // Recorded first: a loop device is never without the record that releases it.
+        self.record(vm, disk, kind)?;
+        let lo = self.loop_of(disk)?;
+        std::fs::create_dir_all(self.vms.join(vm))?;
+        place_node(target, lo.rdev)
+    }
+
+    /// Makes `vm`'s ephemeral disk a block device in its folder (`<vms>/<vm>/<vm>-ephemeral`):
+    /// the image in its volume `<vm>-ephemeral`, made sparse of `size_mib` when the volume is
+    /// still empty; recorded for the next boot. Whether the image holds a filesystem (the
+    /// VM's start script formats a new one).
+    pub fn attach_ephemeral(&self, vm: &str, size_mib: u64) -> io::Result<Attached> {
+        let volume = format!("{vm}{EPHEMERAL_SUFFIX}");
+        let target = self.target(vm, &volume)?;
+        let _lock = self.lock()?;
+        let data = self.source(&volume);
+        if !data.is_dir() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("VM {vm} has no ephemeral volume on this node"),
+            ));
+        }
+        let image = self.image(&volume);
+        ensure_image(&data, &image, size_mib, false)?;
+        let node = self.place_image(vm, &volume, &target, EPHEMERAL)?;
+        Ok(Attached {
+            node,
+            formatted: has_filesystem(&image)?,
+            folder: false,
+            grow: false,
+        })
+    }
+
+    /// Grows `disk`'s image to `size_mib` (sparse, its data kept); the disk must be in no
+    /// VM and no loop device of this node. Its filesystem is grown by the VM of its next
+    /// attach (`Attached::grow`). An image larger than asked for is an error (a disk never
+    /// shrinks).
+    pub fn grow(&self, disk: &str, size_mib: u64) -> io::Result<Grown> {
+        checked(disk, "disk")?;
+        let _lock = self.lock()?;
+        let data = self.source(disk);
+        if !data.is_dir() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("disk {disk} has no volume on this node"),
+            ));
+        }
+        let mut held = self.bound_holders(disk)?;
+        held.extend(self.block_records(disk)?);
+        let image = self.image(disk);
+        let loops = loop_device::loops_of(&image, &image_tail(disk))?;
+        held.extend(loops.iter().map(|lo| format!("loop{}", lo.number)));
+        if !held.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::ResourceBusy,
+                format!("disk {disk} is held by {}", held.join(", ")),
+            ));
+        }
+        let len = match std::fs::symlink_metadata(&image) {
+            Ok(m) if m.is_file() => m.len(),
+            Ok(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "its image is not a file",
+                ));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Grown::NoImage),
+            Err(e) => return Err(e),
+        };
+        let bytes = size_mib
+            .checked_mul(1 << 20)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "a size too big"))?;
+        if bytes < len {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("its image holds {} MiB: a disk does not shrink", len >> 20),
+            ));
+        }
+        if bytes > len {
+            let file = open_image(&image)?;
+            file.set_len(bytes)?;
+            file.sync_all()?;
+        }
+        Ok(Grown::Image)
     }
 
     /// The tree's lock, held by every command that changes it: calls side by side (a
@@ -454,6 +560,12 @@ impl DiskMounts {
         std::fs::read(self.marker(vm, disk)).is_ok_and(|k| k == BLOCK)
     }
 
+    /// Whether the record of `disk` in `vm` is a loop device over an image: a persistent
+    /// disk's block device or the VM's sized ephemeral disk.
+    fn is_image_record(&self, vm: &str, disk: &str) -> bool {
+        std::fs::read(self.marker(vm, disk)).is_ok_and(|k| k == BLOCK || k == EPHEMERAL)
+    }
+
     /// Detaches the loop devices of `disk`'s image once no VM has the disk.
     fn release_loops(&self, disk: &str) -> io::Result<()> {
         if !self.block_records(disk)?.is_empty() {
@@ -491,7 +603,7 @@ impl DiskMounts {
                 target.display()
             )));
         }
-        was |= self.is_block(vm, disk);
+        was |= self.is_image_record(vm, disk);
         self.drop_folder_view(vm, disk)?;
         match std::fs::symlink_metadata(&target) {
             Ok(m) if m.is_dir() => remove_unmounted_tree(&target)?,
@@ -565,7 +677,11 @@ impl DiskMounts {
     /// Removes every disk of `vm`, its directory and its records (the VM is gone); the
     /// disks removed.
     pub fn forget(&self, vm: &str) -> io::Result<Vec<String>> {
-        let disks = self.disks_of(vm)?;
+        let mut disks = self.disks_of(vm)?;
+        let ephemeral = format!("{vm}{EPHEMERAL_SUFFIX}");
+        if std::fs::symlink_metadata(self.marker(vm, &ephemeral)).is_ok() {
+            disks.push(ephemeral);
+        }
         let _lock = self.lock()?;
         let dir = self.vms.join(vm);
         // The views of folders a conversion left (a copy cut short) go first.
@@ -611,7 +727,7 @@ impl DiskMounts {
         for vm in names_in(&records, std::fs::FileType::is_dir)? {
             for disk in names_in(&records.join(&vm), std::fs::FileType::is_file)? {
                 let target = self.vms.join(&vm).join(&disk);
-                if self.is_block(&vm, &disk) {
+                if self.is_image_record(&vm, &disk) {
                     let is_image = std::fs::symlink_metadata(self.image(&disk))
                         .is_ok_and(|m| m.file_type().is_file());
                     let placed = if is_image {
@@ -814,6 +930,73 @@ fn remove_block_node(target: &Path) -> io::Result<()> {
     }
 }
 
+/// The size of an ext2/3/4 filesystem, from its superblock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FsSize {
+    blocks: u64,
+    block_size: u64,
+}
+
+impl FsSize {
+    fn bytes(self) -> u64 {
+        self.blocks.saturating_mul(self.block_size)
+    }
+}
+
+/// The ext superblock's offset in the image, and the fields read from it.
+const SUPERBLOCK: u64 = 1024;
+const SB_MAGIC: usize = 56;
+const SB_BLOCKS_LO: usize = 4;
+const SB_LOG_BLOCK_SIZE: usize = 24;
+const SB_INCOMPAT: usize = 0x60;
+const SB_BLOCKS_HI: usize = 0x150;
+const INCOMPAT_64BIT: u32 = 0x80;
+
+/// The size of the ext filesystem in `file`, `None` when it holds none.
+fn ext4_size(file: &std::fs::File) -> io::Result<Option<FsSize>> {
+    let mut sb = [0u8; 1024];
+    match file.read_exact_at(&mut sb, SUPERBLOCK) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    Ok(superblock_size(&sb))
+}
+
+/// The filesystem size a superblock says, `None` when it is no ext superblock.
+fn superblock_size(sb: &[u8; 1024]) -> Option<FsSize> {
+    let u32_at = |at: usize| u32::from_le_bytes([sb[at], sb[at + 1], sb[at + 2], sb[at + 3]]);
+    if sb[SB_MAGIC..SB_MAGIC + 2] != [0x53, 0xEF] {
+        return None;
+    }
+    let log = u32_at(SB_LOG_BLOCK_SIZE);
+    if log > 6 {
+        return None;
+    }
+    let hi = if u32_at(SB_INCOMPAT) & INCOMPAT_64BIT != 0 {
+        u64::from(u32_at(SB_BLOCKS_HI))
+    } else {
+        0
+    };
+    Some(FsSize {
+        blocks: hi << 32 | u64::from(u32_at(SB_BLOCKS_LO)),
+        block_size: 1024 << log,
+    })
+}
+
+/// How much smaller than its image a filesystem may be and still count as filling it:
+/// `mkfs` and `resize2fs` leave out a last block group too small for its own tables (at
+/// most about 2.2 MiB with ext4's defaults). A disk grown by less keeps its filesystem.
+const GROW_SLACK: u64 = 8 << 20;
+
+/// Whether the filesystem in `image` is to be grown to fill it (the image was grown by
+/// resize_disk since it was formatted).
+fn needs_grow(image: &Path) -> io::Result<bool> {
+    let file = open_image(image)?;
+    let len = file.metadata()?.len();
+    Ok(ext4_size(&file)?.is_some_and(|fs| fs.bytes().saturating_add(GROW_SLACK) < len))
+}
+
 /// Whether `image` holds an ext2/3/4 filesystem (its superblock's magic, 0xEF53 at 1080).
 fn has_filesystem(image: &Path) -> io::Result<bool> {
     let mut magic = [0u8; 2];
@@ -957,6 +1140,84 @@ mod tests {
         std::fs::create_dir(other.path().join(IMAGE_FILE)).unwrap();
         let e = ensure_image(other.path(), &other.path().join(IMAGE_FILE), 1, false).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+    }
+
+    /// An ext superblock (at 1024 of an image) saying `blocks` of `1024 << log`, 64-bit
+    /// when `hi` is some.
+    fn superblock(blocks_lo: u32, log: u32, hi: Option<u32>) -> [u8; 1024] {
+        let mut sb = [0u8; 1024];
+        sb[SB_MAGIC..SB_MAGIC + 2].copy_from_slice(&[0x53, 0xEF]);
+        sb[SB_BLOCKS_LO..SB_BLOCKS_LO + 4].copy_from_slice(&blocks_lo.to_le_bytes());
+        sb[SB_LOG_BLOCK_SIZE..SB_LOG_BLOCK_SIZE + 4].copy_from_slice(&log.to_le_bytes());
+        if let Some(hi) = hi {
+            sb[SB_INCOMPAT..SB_INCOMPAT + 4].copy_from_slice(&INCOMPAT_64BIT.to_le_bytes());
+            sb[SB_BLOCKS_HI..SB_BLOCKS_HI + 4].copy_from_slice(&hi.to_le_bytes());
+        }
+        sb
+    }
+
+    #[test]
+    fn a_superblock_says_the_filesystem_s_size() {
+        let size = superblock_size(&superblock(262_144, 2, None)).unwrap();
+        assert_eq!((size.block_size, size.bytes()), (4096, 1 << 30));
+        let big = superblock_size(&superblock(0, 2, Some(1))).unwrap();
+        assert_eq!(big.blocks, 1 << 32);
+        // The high word counts only with the 64bit feature.
+        let mut sb = superblock(8, 0, Some(1));
+        sb[SB_INCOMPAT] = 0;
+        assert_eq!(superblock_size(&sb).unwrap().bytes(), 8 * 1024);
+        assert_eq!(superblock_size(&[0u8; 1024]), None);
+        assert_eq!(superblock_size(&superblock(1, 40, None)), None);
+    }
+
+    #[test]
+    fn a_grown_image_asks_for_its_filesystem_to_grow() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join(IMAGE_FILE);
+        let mut bytes = vec![0u8; 2048];
+        bytes[1024..].copy_from_slice(&superblock(16 << 10, 0, None));
+        std::fs::write(&image, &bytes).unwrap();
+        let file = open_image(&image).unwrap();
+        file.set_len(16 << 20).unwrap();
+        assert!(!needs_grow(&image).unwrap(), "fills its image");
+        file.set_len((16 << 20) + GROW_SLACK).unwrap();
+        assert!(!needs_grow(&image).unwrap(), "within the slack");
+        file.set_len(32 << 20).unwrap();
+        assert!(needs_grow(&image).unwrap());
+        std::fs::write(&image, vec![0u8; 4096]).unwrap();
+        assert!(
+            !needs_grow(&image).unwrap(),
+            "no filesystem: formatted at attach"
+        );
+    }
+
+    #[test]
+    fn grow_extends_a_free_image_and_refuses_to_shrink() {
+        let vms = tempfile::tempdir().unwrap();
+        let volumes = tempfile::tempdir().unwrap();
+        let tree = DiskMounts::new(vms.path(), volumes.path()).unwrap();
+        assert_eq!(
+            tree.grow("disk-1", 2).unwrap_err().kind(),
+            io::ErrorKind::NotFound
+        );
+        let data = volumes.path().join("disk-1").join("_data");
+        std::fs::create_dir_all(&data).unwrap();
+        assert_eq!(tree.grow("disk-1", 2).unwrap(), Grown::NoImage);
+        ensure_image(&data, &data.join(IMAGE_FILE), 1, false).unwrap();
+        assert_eq!(tree.grow("disk-1", 3).unwrap(), Grown::Image);
+        assert_eq!(tree.image_size("disk-1").unwrap(), Some(3 << 20));
+        assert_eq!(tree.grow("disk-1", 3).unwrap(), Grown::Image);
+        let e = tree.grow("disk-1", 2).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{e}");
+        assert_eq!(tree.image_size("disk-1").unwrap(), Some(3 << 20));
+        // A disk a VM has (recorded) is held.
+        tree.record("vm-1", "disk-1", BLOCK).unwrap();
+        let e = tree.grow("disk-1", 4).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::ResourceBusy, "{e}");
+        // An ephemeral record is no persistent disk of the VM.
+        tree.record("vm-1", "vm-1-ephemeral", EPHEMERAL).unwrap();
+        assert_eq!(tree.disks_of("vm-1").unwrap(), vec!["disk-1".to_string()]);
+        assert!(tree.is_image_record("vm-1", "vm-1-ephemeral"));
     }
 
     #[test]

@@ -266,13 +266,18 @@ fn metadata_resize_update_and_placement_of_disks() {
     );
     let (kind, _, _) = call_error("resize_disk", json!([disk, 50]));
     assert_eq!(kind, "Bosh::Clouds::NotSupported");
-    // Once it holds its image, its size is its image's: the director copies the data to a
-    // new disk instead.
+    // Once it holds its image, the image grows (its filesystem at the next attach; see
+    // tests/disk_sizes.rs); attached, it is refused.
     call("attach_disk", json!([vm, disk]));
-    call("detach_disk", json!([vm, disk]));
     let (kind, message, retry) = call_error("resize_disk", json!([disk, 300]));
     assert_eq!(kind, "Bosh::Clouds::NotSupported", "{message}");
-    assert!(message.contains("200 MiB image") && !retry, "{message}");
+    assert!(message.contains(&vm) && !retry, "{message}");
+    call("detach_disk", json!([vm, disk]));
+    assert_eq!(call("resize_disk", json!([disk, 300])), Value::Null);
+    assert_eq!(
+        index_record(&cluster_config(), &format!("disks/{disk}")).unwrap()["size_mib"],
+        300
+    );
     let (kind, _, _) = call_error("update_disk", json!([disk, 300, {}]));
     assert_eq!(kind, "Bosh::Clouds::NotSupported");
     // Pinned by cloud_properties.node, without a VM.

@@ -172,3 +172,75 @@ fn a_manager_killed_mid_drain_and_after_the_reboot_is_finished_by_the_next() {
     assert_back(&node, &vm, &ip);
     call("delete_vm", json!([vm]));
 }
+
+/// The size in MiB of `/var/vcap/data` in `vm`, and whether `keep.txt` there says `kept`.
+fn ephemeral_state(node: &str, vm: &str) -> Option<(u64, bool)> {
+    let (code, out) = runtime().block_on(exec_in(
+        node,
+        vm,
+        "grep -q ' /var/vcap/data ' /proc/self/mountinfo && df -Pm /var/vcap/data | tail -1 && cat /var/vcap/data/keep.txt",
+    ));
+    if code != 0 {
+        return None;
+    }
+    let size = out
+        .lines()
+        .next()?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some((size, out.contains("kept")))
+}
+
+#[test]
+fn a_sized_ephemeral_disk_is_back_with_its_data_after_a_host_reboot() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (node, prefix) = node_prefix(1);
+    let (vm, _) = create_vm(
+        &agent_id("reboot-ephemeral"),
+        json!({"ephemeral_disk": 96}),
+        manual_network(&format!("{prefix}.138")),
+        json!({}),
+    );
+    // The start script mounts it before the stemcell's init (the agent, which the director
+    // waits for), not before create_vm answers.
+    wait_until(
+        "the VM's ephemeral disk mounted",
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        || {
+            runtime()
+                .block_on(exec_in(
+                    &node,
+                    &vm,
+                    "grep -q ' /var/vcap/data ' /proc/self/mountinfo",
+                ))
+                .0
+                == 0
+        },
+    );
+    sh(&node, &vm, "echo kept > /var/vcap/data/keep.txt && sync");
+    let (size, kept) = ephemeral_state(&node, &vm).expect("the ephemeral disk is mounted");
+    assert!(kept && (80..=96).contains(&size), "{size} MiB");
+    let boot = boot_id(2);
+    moltencore_testkit::reboots::harness(&["reboot", "2"]);
+    assert_ne!(boot_id(2), boot, "no new boot");
+    let mut back = None;
+    wait_until(
+        "the VM's ephemeral disk mounted again",
+        Duration::from_secs(120),
+        Duration::from_millis(300),
+        || {
+            back = ephemeral_state(&node, &vm);
+            back.is_some()
+        },
+    );
+    assert_eq!(back, Some((size, true)), "size and data after the reboot");
+    assert_eq!(disk_loops(&format!("{vm}-ephemeral")).len(), 1);
+    call("delete_vm", json!([vm]));
+    assert!(
+        disk_loops(&format!("{vm}-ephemeral")).is_empty(),
+        "loop device left"
+    );
+}

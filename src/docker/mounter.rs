@@ -28,6 +28,8 @@ const USAGE: i64 = 2;
 pub const NOT_HERE: i64 = 3;
 /// The mounter's exit code for a disk whose volume holds files besides its image.
 pub const NOT_AN_IMAGE: i64 = 4;
+/// The mounter's exit code for a disk that a VM or a loop device of the node holds.
+pub(crate) const IN_USE: i64 = 5;
 /// Name of the mounter container on every node.
 pub const CONTAINER: &str = "mc-mounter";
 const IMAGE_REPO: &str = "moltencore-mounter";
@@ -50,6 +52,8 @@ pub struct BlockDisk {
     /// The disk's files, kept as a folder by an earlier version, wait in the VM's
     /// `/warden-cpi-dev/.folder-<disk>` to be copied into the (new) image.
     pub folder: bool,
+    /// Its filesystem is smaller than its image (grown by resize_disk): the VM grows it.
+    pub(crate) grow: bool,
 }
 
 impl NodeDocker {
@@ -69,7 +73,37 @@ impl NodeDocker {
         Ok(BlockDisk {
             formatted: lines.iter().any(|l| l == "formatted"),
             folder: lines.iter().any(|l| l == "folder"),
+            grow: lines.iter().any(|l| l == "grow"),
         })
+    }
+
+    /// Makes VM `vm`'s ephemeral disk (the image in its volume `<vm>-ephemeral`, made of
+    /// `size_mib` if the volume holds none) a block device in its disk directory, where
+    /// its start script mounts it on `/var/vcap/data`.
+    pub(crate) async fn attach_ephemeral_disk(
+        &self,
+        disks_dir: &str,
+        vm: &str,
+        size_mib: u64,
+    ) -> Result<(), DockerError> {
+        let size = size_mib.to_string();
+        self.mounter_ok(disks_dir, &["attach-ephemeral", vm, &size])
+            .await
+            .map(|_| ())
+    }
+
+    /// Grows disk `disk`'s image to `size_mib` (its filesystem is grown by the VM of its
+    /// next attach); whether it had an image. A disk something on the node holds fails with
+    /// [`IN_USE`].
+    pub(crate) async fn grow_disk(
+        &self,
+        disks_dir: &str,
+        disk: &str,
+        size_mib: u64,
+    ) -> Result<bool, DockerError> {
+        let size = size_mib.to_string();
+        let lines = self.mounter_ok(disks_dir, &["grow", disk, &size]).await?;
+        Ok(lines.iter().all(|l| l != "no image"))
     }
 
     /// The size in bytes of disk `disk`'s image on this node; `None` while it has none.

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use serde_json::Value;
 
 use super::CloudContext;
-use super::session::Session;
+use super::session::{self, Session};
 use crate::cluster::DiskRecord;
 use crate::placement::{self, VmDemand};
 use crate::protocol::{CallResult, CpiError, DiskCid, ErrorKind, Object, VmCid};
@@ -139,8 +139,10 @@ pub async fn set_metadata(
     Ok(CallResult::Plain(Value::Null))
 }
 
-/// `resize_disk`: local volumes have no size limit, so the new size is recorded (the disk
-/// can already hold it); shrinking is refused.
+/// `resize_disk`: grows a detached disk for real (its image, and the ext4 filesystem in it,
+/// data kept) on its node; a disk never attached gets its image of the new size at its
+/// first attach. Shrinking is refused with `NotSupported` (the director then copies the
+/// data to a new disk), and so is an attached disk (the director detaches first).
 pub async fn resize(
     ctx: &CloudContext<'_>,
     cid: &DiskCid,
@@ -157,23 +159,45 @@ pub async fn resize(
             ),
         ));
     }
-    // A disk that holds its image keeps its size: the director then copies the data to a
-    // new disk of the new size (its fallback for NotSupported, the agent's migrate_disk).
+    if let Some(vm) = s.attached_vm(&disk).await? {
+        return Err(CpiError::new(
+            ErrorKind::NotSupported,
+            format!("resize_disk: disk {cid} is attached to VM {vm}; detach it first"),
+        ));
+    }
+    s.remove_stray_copies(&mut disk).await;
     if let Some(dir) = s.disks_dir_if_any(&disk.node).await? {
         let docker = s.node_docker(&disk.node).await?;
-        if let Some(bytes) = docker.disk_image_size(&dir, cid.as_str()).await? {
-            return Err(CpiError::new(
-                ErrorKind::NotSupported,
-                format!(
-                    "resize_disk: disk {cid} holds its {} MiB image already; it is resized by copying its data to a new disk",
-                    bytes >> 20
-                ),
-            ));
+        if !docker.volume_exists(cid.as_str()).await? {
+            return Err(session::disks::volume_gone(&disk));
         }
+        docker
+            .grow_disk(&dir, cid.as_str(), new_size_mib)
+            .await
+            .map_err(|e| grow_error(e, cid))?;
     }
     disk.size_mib = new_size_mib;
     s.save_disk(&disk).await?;
+    tracing::info!(disk = %cid, node = %disk.node, size_mib = new_size_mib, "disk resized");
     Ok(CallResult::Plain(Value::Null))
+}
+
+/// The mounter's refusals of a grow, said for the director: a disk the node still holds
+/// (a lazy unmount not finished) is worth a retry; an image larger than the record (a
+/// shrink) is `NotSupported`.
+fn grow_error(e: crate::docker::DockerError, cid: &DiskCid) -> CpiError {
+    use crate::docker::{DockerError, mounter};
+    match e {
+        DockerError::Mount { code, detail, .. } if code == mounter::IN_USE => CpiError::cloud(
+            format!("resize_disk: disk {cid} is still in use on its node: {detail}"),
+            true,
+        ),
+        DockerError::Mount { detail, .. } if detail.contains("does not shrink") => CpiError::new(
+            ErrorKind::NotSupported,
+            format!("resize_disk: disk {cid}: {detail}"),
+        ),
+        e => e.into(),
+    }
 }
 
 /// `get_disks`: the persistent disks the VM's node has attached to it.

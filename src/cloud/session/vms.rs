@@ -45,12 +45,9 @@ impl Session<'_> {
     /// disks bound there (the disks themselves stay).
     pub async fn remove_from_node(&self, docker: &NodeDocker, cid: &VmCid) -> Result<(), CpiError> {
         self.container_changed(docker, cid.as_str());
-        remove_from_node(docker, cid).await?;
         // A node prepared before it had a disk tree has nothing bound.
-        if let Some(dir) = self.disks_dir_if_any(&docker.name).await? {
-            docker.forget_vm_disks(&dir, cid.as_str()).await?;
-        }
-        Ok(())
+        let dir = self.disks_dir_if_any(&docker.name).await?;
+        remove_from_node(docker, cid, dir.as_deref()).await
     }
 
     /// Removes the abandoned VM `cid` (no index record) from the node of `docker` as
@@ -73,7 +70,13 @@ const REMOVAL_ROUNDS: usize = 10;
 /// the VM's container completing after the process died).
 const IN_FLIGHT_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 
-async fn remove_from_node(docker: &NodeDocker, cid: &VmCid) -> Result<(), CpiError> {
+/// The containers of VM `cid` go, then its disks of the tree `disks_dir` (the loop device
+/// of a sized ephemeral disk is let go there), then its ephemeral volume.
+async fn remove_from_node(
+    docker: &NodeDocker,
+    cid: &VmCid,
+    disks_dir: Option<&str>,
+) -> Result<(), CpiError> {
     let volume = ephemeral_volume(cid);
     let label = format!("{}={cid}", labels::VM_CID);
     for _ in 0..REMOVAL_ROUNDS {
@@ -82,6 +85,9 @@ async fn remove_from_node(docker: &NodeDocker, cid: &VmCid) -> Result<(), CpiErr
             if let Some(id) = c.id {
                 docker.remove_container(&id).await?;
             }
+        }
+        if let Some(dir) = disks_dir {
+            docker.forget_vm_disks(dir, cid.as_str()).await?;
         }
         if docker.remove_volume_if_unused(&volume).await? {
             return Ok(());

@@ -1,6 +1,6 @@
 //! What makes a disk that the node's mounter just put in a VM ready for its agent, for
-//! attach_disk and create_vm alike: a new disk formatted, the files of a disk kept as a
-//! folder copied into its new image; and the refusal of a volume that holds more than its
+//! attach_disk and create_vm alike: a new disk formatted, a grown one's filesystem grown,
+//! the files of a disk kept as a folder copied into its new image; and the refusal of a volume that holds more than its
 //! image.
 
 use super::inside;
@@ -23,7 +23,7 @@ pub(crate) fn not_an_image(e: DockerError, disk: &DiskCid) -> CpiError {
 }
 
 /// A disk just put in the VM as a block device made ready for its agent: a new one
-/// formatted, the files of one kept as a folder copied into its new filesystem (the folder
+/// formatted, one grown by resize_disk has its filesystem grown, the files of one kept as a folder copied into its new filesystem (the folder
 /// then goes).
 pub(crate) async fn prepare_block_disk(
     docker: &NodeDocker,
@@ -34,6 +34,9 @@ pub(crate) async fn prepare_block_disk(
 ) -> Result<(), CpiError> {
     if !found.formatted {
         inside::format_disk(docker, vm, disk).await?;
+    } else if found.grow {
+        inside::grow_disk(docker, vm, disk).await?;
+        tracing::info!(vm, disk, "the disk's filesystem was grown to its new size");
     }
     if found.folder {
         inside::copy_folder(docker, vm, disk).await?;

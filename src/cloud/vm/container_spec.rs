@@ -28,7 +28,10 @@ pub struct ContainerPlan<'a> {
     pub props: &'a VmProperties,
     pub effective: &'a Effective,
     pub networks: &'a [PlannedNetwork],
-    pub ephemeral_volume: &'a str,
+    /// The ephemeral volume Docker mounts at `/var/vcap/data`; `None` when the ephemeral
+    /// disk is sized: then it is a block device of the disk tree that the start script
+    /// mounts there.
+    pub ephemeral_volume: Option<&'a str>,
     /// The VM's directory of its node's disk tree (see [`crate::disk_mounts`]), seen at
     /// `/warden-cpi-dev`: disks put there later (block device nodes) appear in the VM.
     /// `None` on a node prepared before it had a tree: the VM can take no disk then.
@@ -72,12 +75,16 @@ pub fn build(plan: &ContainerPlan<'_>) -> Result<ContainerCreateBody, CpiError> 
         .ok_or_else(|| CpiError::cpi("create_vm: no network can carry the default gateway"))?;
     let primary_name = primary.docker_network.clone().unwrap_or_default();
 
-    let mut mounts = vec![Mount {
-        target: Some(EPHEMERAL_MOUNT.into()),
-        source: Some(plan.ephemeral_volume.into()),
-        typ: Some(MountType::VOLUME),
-        ..Default::default()
-    }];
+    let mut mounts: Vec<Mount> = plan
+        .ephemeral_volume
+        .iter()
+        .map(|volume| Mount {
+            target: Some(EPHEMERAL_MOUNT.into()),
+            source: Some(volume.to_string()),
+            typ: Some(MountType::VOLUME),
+            ..Default::default()
+        })
+        .collect();
     // A bind, not a mount: Docker makes a missing source directory only for binds (and
     // the API of the daemons served has no CreateMountpoint).
     let binds: Vec<String> = plan
@@ -250,7 +257,7 @@ mod tests {
             props: &props,
             effective: &effective,
             networks: &nets,
-            ephemeral_volume: "vm-1-ephemeral",
+            ephemeral_volume: Some("vm-1-ephemeral"),
             disk_tree: Some("/var/lib/moltencore/vm-disks/vm-1"),
             start_script: "exec /usr/sbin/runsvdir-start".into(),
         })
@@ -307,7 +314,7 @@ mod tests {
             props: &props,
             effective: &effective,
             networks: &nets,
-            ephemeral_volume: "v",
+            ephemeral_volume: Some("v"),
             disk_tree: Some("/var/lib/moltencore/vm-disks/vm-1"),
             start_script: String::new(),
         })

@@ -428,6 +428,13 @@ async fn build(
         None => Vec::new(),
     };
     let volume = make_ephemeral_volume(docker, plan, undo).await?;
+    // A sized ephemeral disk is an image in the volume, a block device of the disk tree
+    // that the start script mounts; without a size (or a tree) Docker mounts the volume.
+    let sized = plan.props.ephemeral_disk.filter(|size| *size > 0);
+    if sized.is_some() && dir.is_none() {
+        tracing::warn!(vm = %plan.cid, node = %plan.node.name, "the node has no disk tree: the ephemeral disk is not held to its size");
+    }
+    let sized = sized.filter(|_| dir.is_some());
     let mut found = Vec::new();
     if let Some(dir) = &dir {
         // In place before the container exists: it starts with them.
@@ -435,6 +442,9 @@ async fn build(
             disks_dir: dir.clone(),
             vm: plan.cid.to_string(),
         });
+        if let Some(size) = sized {
+            docker.attach_ephemeral_disk(dir, &plan.cid, size).await?;
+        }
         for disk in &disks {
             let cid = disk.cid.as_str();
             let state = docker
@@ -444,7 +454,11 @@ async fn build(
             found.push((dir, cid, state));
         }
     }
-    make_container(s, docker, plan, dir.as_deref(), &volume).await?;
+    let volume = match sized {
+        Some(_) => Ephemeral::Device(&volume),
+        None => Ephemeral::Volume(&volume),
+    };
+    make_container(s, docker, plan, dir.as_deref(), volume).await?;
     undo.push(Undo::Container(plan.cid.to_string()));
     for p in plan.networks.iter().filter(|p| !p.primary) {
         if let Some(net) = &p.docker_network {
@@ -548,6 +562,15 @@ fn container_labels(plan: &CreatePlan<'_, '_>, key_prefix: &str) -> HashMap<Stri
     labels
 }
 
+/// How the VM's ephemeral volume reaches `/var/vcap/data`.
+#[derive(Clone, Copy)]
+enum Ephemeral<'a> {
+    /// Mounted by Docker (no size asked for: bounded by the node's filesystem only).
+    Volume(&'a str),
+    /// Its image, a block device of the disk tree, mounted by the start script.
+    Device(&'a str),
+}
+
 /// Creates the (stopped) container: stemcell image, labels, primary network, ephemeral
 /// volume and its directory of the node's disk tree at the hints' root.
 async fn make_container(
@@ -555,7 +578,7 @@ async fn make_container(
     docker: &NodeDocker,
     plan: &CreatePlan<'_, '_>,
     disks_dir: Option<&str>,
-    volume: &str,
+    ephemeral: Ephemeral<'_>,
 ) -> Result<(), CpiError> {
     let primary = plan.networks.iter().find(|p| p.primary);
     let dns: Vec<IpAddr> = plan
@@ -576,13 +599,20 @@ async fn make_container(
         props: &plan.props,
         effective: &plan.effective,
         networks: &plan.networks,
-        ephemeral_volume: volume,
+        ephemeral_volume: match ephemeral {
+            Ephemeral::Volume(v) => Some(v),
+            Ephemeral::Device(_) => None,
+        },
         disk_tree: disks_dir.map(|d| format!("{d}/{}", plan.cid)).as_deref(),
         start_script: start_script::script(
             &plan.cid,
             primary.and_then(|p| p.ip).map(IpAddr::V4),
             &dns,
             plan.effective.start_mode,
+            match ephemeral {
+                Ephemeral::Device(v) => Some(v),
+                Ephemeral::Volume(_) => None,
+            },
         ),
     })?;
     Ok(docker.create_container(&plan.cid, body).await?)

@@ -74,8 +74,13 @@ mod tests {
             "touch {}",
             super::super::start_script::JOBS_STOPPED
         )));
-        let start =
-            super::super::start_script::script("vm-1", None, &[], crate::config::StartMode::Runit);
+        let start = super::super::start_script::script(
+            "vm-1",
+            None,
+            &[],
+            crate::config::StartMode::Runit,
+            None,
+        );
         assert!(
             start.contains(super::super::start_script::JOBS_STOPPED),
             "{start}"

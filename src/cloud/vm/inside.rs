@@ -150,7 +150,9 @@ pub async fn format_disk(docker: &NodeDocker, cid: &str, disk: &str) -> Result<(
     let done = match docker.exec(cid, cmd, "formatting the disk in the VM").await {
         Ok(done) => done,
         // The daemon's 409: the container is not running.
-        Err(DockerError::Conflict { .. }) => return format_at_start(docker, cid, disk).await,
+        Err(DockerError::Conflict { .. }) => {
+            return list_at_start(docker, cid, FORMAT_AT_START, disk).await;
+        }
         Err(e) => return Err(e),
     };
     if done.code == 0 {
@@ -160,6 +162,57 @@ pub async fn format_disk(docker: &NodeDocker, cid: &str, disk: &str) -> Result<(
         node: docker.name.clone(),
         vm: cid.to_string(),
         command: format!("mkfs.ext4 -F {device}"),
+        code: done.code,
+        detail: crate::echo::printable_detail(done.output.trim()),
+    })
+}
+
+/// Where the CPI lists the disks a stopped VM grows at its next start, after resize_disk
+/// grew their images (one cid per line; see [`super::start_script`]).
+pub(crate) const GROW_AT_START: &str = "/var/vcap/bosh/moltencore-grow-disks";
+
+/// Grows the filesystem of disk `disk` to fill its device in the VM `cid` (its image was
+/// grown by resize_disk), with the stemcell's `e2fsck -f -p` and `resize2fs`, before the
+/// agent mounts it. A disk the VM has mounted already is left as it is (growing a mounted
+/// filesystem needs a capability VMs do not have); a VM that does not run grows it at its
+/// next start.
+pub(crate) async fn grow_disk(
+    docker: &NodeDocker,
+    cid: &str,
+    disk: &str,
+) -> Result<(), DockerError> {
+    let device = format!("{DISK_MOUNT_ROOT}/{disk}");
+    let script = format!(
+        "d={device}; if grep -q \" $d \" /proc/self/mountinfo; then echo mounted; exit 0; fi; \
+         e2fsck -f -p $d >/dev/null 2>&1; c=$?; if [ $c -gt 1 ]; then echo \"e2fsck -f -p: exit $c\"; exit $c; fi; \
+         resize2fs $d 2>&1"
+    );
+    let cmd = vec!["/bin/sh".to_string(), "-c".to_string(), script];
+    let done = match docker
+        .exec(cid, cmd, "growing the disk's filesystem in the VM")
+        .await
+    {
+        Ok(done) => done,
+        // The daemon's 409: the container is not running.
+        Err(DockerError::Conflict { .. }) => {
+            return list_at_start(docker, cid, GROW_AT_START, disk).await;
+        }
+        Err(e) => return Err(e),
+    };
+    if done.code == 0 {
+        if done.output.trim() == "mounted" {
+            tracing::warn!(
+                vm = cid,
+                disk,
+                "the disk is mounted in the VM: its filesystem is grown at its next attach"
+            );
+        }
+        return Ok(());
+    }
+    Err(DockerError::InVm {
+        node: docker.name.clone(),
+        vm: cid.to_string(),
+        command: format!("e2fsck -f -p and resize2fs of {device}"),
         code: done.code,
         detail: crate::echo::printable_detail(done.output.trim()),
     })
@@ -210,9 +263,14 @@ pub async fn copy_folder(docker: &NodeDocker, cid: &str, disk: &str) -> Result<(
     }
 }
 
-/// Adds `disk` to the stopped VM's [`FORMAT_AT_START`] list.
-async fn format_at_start(docker: &NodeDocker, cid: &str, disk: &str) -> Result<(), DockerError> {
-    let mut list = match docker.read_file(cid, FORMAT_AT_START).await? {
+/// Adds `disk` to the stopped VM's list `path` ([`FORMAT_AT_START`], [`GROW_AT_START`]).
+async fn list_at_start(
+    docker: &NodeDocker,
+    cid: &str,
+    path: &str,
+    disk: &str,
+) -> Result<(), DockerError> {
+    let mut list = match docker.read_file(cid, path).await? {
         Some(file) => String::from_utf8_lossy(&file.data).into_owned(),
         None => String::new(),
     };
@@ -227,13 +285,13 @@ async fn format_at_start(docker: &NodeDocker, cid: &str, disk: &str) -> Result<(
         uid: 0,
         gid: 0,
     };
-    append_file(&mut archive, FORMAT_AT_START, list.as_bytes(), owner)
+    append_file(&mut archive, path, list.as_bytes(), owner)
         .and_then(|()| archive.into_inner())
         .map(|tar| docker.upload_archive(cid, "/", tar))
         .map_err(|e| DockerError::InVm {
             node: docker.name.clone(),
             vm: cid.to_string(),
-            command: format!("listing {disk} to format at its next start"),
+            command: format!("listing {disk} in {path} for its next start"),
             code: -1,
             detail: e.to_string(),
         })?

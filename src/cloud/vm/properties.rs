@@ -24,8 +24,11 @@ pub struct VmProperties {
     /// Memory limit in MiB.
     #[serde(default)]
     pub ram: Option<u64>,
-    /// Ephemeral disk size in MiB (recorded as a label; local volumes are not size-limited).
-    #[serde(default)]
+    /// Ephemeral disk size in MiB: the ephemeral disk holds that much (an image of that
+    /// size on the node; see docs/disks.md), recorded as a label of its volume. Given as a
+    /// number (this CPI's cloud-config, `calculate_vm_cloud_properties`) or as other
+    /// CPIs' vm_types give it, `{size: MiB, ...}`.
+    #[serde(default, deserialize_with = "ephemeral_mib")]
     pub ephemeral_disk: Option<u64>,
     #[serde(default)]
     pub privileged: Option<bool>,
@@ -47,6 +50,23 @@ pub struct VmProperties {
     /// Docker HostConfig fields given in Docker's own spelling.
     #[serde(skip)]
     pub host_config: Map<String, Value>,
+}
+
+/// The two spellings of `ephemeral_disk`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum EphemeralDisk {
+    Mib(u64),
+    /// Other keys (a volume `type`, ...) mean nothing here and are ignored.
+    Sized {
+        size: u64,
+    },
+}
+
+fn ephemeral_mib<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    Ok(Option::<EphemeralDisk>::deserialize(d)?.map(|e| match e {
+        EphemeralDisk::Mib(mib) | EphemeralDisk::Sized { size: mib } => mib,
+    }))
 }
 
 /// Container settings after defaults and per-VM overrides.
@@ -264,6 +284,25 @@ mod tests {
         assert!(!p.host_config.contains_key("something_else"));
         let p = parse(json!({"Memory": 1073741824u64})).unwrap();
         assert_eq!(p.memory_mib(), 1024);
+    }
+
+    #[test]
+    fn the_ephemeral_disk_size_comes_as_a_number_or_a_size() {
+        assert_eq!(
+            parse(json!({"ephemeral_disk": 2048}))
+                .unwrap()
+                .ephemeral_disk,
+            Some(2048)
+        );
+        let aws = json!({"ephemeral_disk": {"size": 4096, "type": "gp3"}});
+        assert_eq!(parse(aws).unwrap().ephemeral_disk, Some(4096));
+        assert_eq!(parse(json!({})).unwrap().ephemeral_disk, None);
+        let e = parse(json!({"ephemeral_disk": "big"})).unwrap_err();
+        assert!(
+            e.message.contains("cloud_properties.ephemeral_disk"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

@@ -98,13 +98,18 @@ impl AgentVm {
     /// Creates a VM of the agent stemcell on the node at `index` (0-based) with the static
     /// address `.host`, and waits until its agent answers.
     pub fn create(index: usize, host: u8, test: &str) -> AgentVm {
+        AgentVm::create_with(index, host, test, json!({}))
+    }
+
+    /// [`AgentVm::create`] with the VM's `cloud_properties`.
+    pub fn create_with(index: usize, host: u8, test: &str, cloud_properties: Value) -> AgentVm {
         let (node, prefix) = node_prefix(index);
         let ip = format!("{prefix}.{host}");
         let env = json!({"bosh": {"mbus": {"cert": mbus_cert(&ip)}}});
         let req = create_vm_request(
             &agent_id(test),
             &agent_stemcell(),
-            json!({}),
+            cloud_properties,
             manual_network(&ip),
             env,
             2,
