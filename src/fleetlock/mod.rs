@@ -3,5 +3,6 @@
 //! (Zincati, airlock-style setups) share the reboot slots with them.
 
 pub mod protocol;
+mod registry;
 pub mod server;
 pub mod tls;
