@@ -43,9 +43,9 @@ pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
 pub const MAX_CONNECTIONS: usize = 1024;
 /// Longest a connection stays open, requests included.
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
-/// How many times an admission waits (1 ms each) for new connections to be read before
-/// one of them is shed.
-const ADMISSION_ROUNDS: usize = 20;
+/// How many times an admission lets the other tasks run (so that new connections are
+/// read) before one of the connections not yet read is shed.
+const ADMISSION_ROUNDS: usize = 32;
 /// Connections the kernel queues for `accept` (capped by `net.core.somaxconn`).
 pub const LISTEN_BACKLOG: u32 = 4096;
 /// How often connections past their deadline are closed.
@@ -334,7 +334,7 @@ async fn admit(registry: &Arc<Registry>, peer: SocketAddr) -> Option<Ticket> {
         match registry.admit(key, Instant::now(), round < ADMISSION_ROUNDS) {
             Admission::Admitted(ticket) => return Some(ticket),
             Admission::Refused => return None,
-            Admission::Wait => tokio::time::sleep(Duration::from_millis(1)).await,
+            Admission::Wait => tokio::task::yield_now().await,
         }
     }
     None

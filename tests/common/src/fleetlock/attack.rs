@@ -48,8 +48,10 @@ impl Attack {
         (slow_from, slow): (Ipv4Addr, usize),
         tls: bool,
     ) -> Attack {
+        // One thread: the attackers run on the server's machine and should not starve it
+        // of the CPU (an attacker elsewhere would not).
         let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+            .worker_threads(1)
             .enable_all()
             .build()
             .unwrap();
