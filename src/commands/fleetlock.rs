@@ -11,7 +11,8 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 
 use crate::cloud::CloudContext;
-use crate::fleetlock::server::{FleetLock, LISTEN_BACKLOG, MAX_CONNECTIONS, serve};
+use crate::fleetlock::server::{LISTEN_BACKLOG, MAX_CONNECTIONS, serve};
+use crate::fleetlock::service::FleetLock;
 use crate::fleetlock::tls::server_config;
 use crate::reboot::keys::RebootKeys;
 use crate::reboot::semaphore::{Group, Semaphore};

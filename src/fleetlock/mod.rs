@@ -5,4 +5,5 @@
 pub mod protocol;
 mod registry;
 pub mod server;
+pub mod service;
 pub mod tls;
