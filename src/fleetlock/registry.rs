@@ -98,11 +98,6 @@ impl Queues {
         self.stalled.len() + self.advanced.len() + self.fresh.len()
     }
 
-    /// The connection to shed first.
-    fn first(&self) -> Option<ConnId> {
-        self.first_with_stage().map(|(_, id)| id)
-    }
-
     /// The connection to shed first, with its stage.
     fn first_with_stage(&self) -> Option<(Stage, ConnId)> {
         [
@@ -193,6 +188,12 @@ impl Inner {
         self.conns.insert(id, Entry { phase, ..entry });
     }
 
+    /// The first connection to shed of the peer with the most incomplete connections.
+    fn heaviest_first(&self) -> Option<(Stage, ConnId)> {
+        let heaviest = self.by_peer.values().max_by_key(|q| q.len())?;
+        heaviest.first_with_stage()
+    }
+
     fn phase(&self, id: ConnId) -> Option<Phase> {
         self.conns.get(&id).map(|e| e.phase)
     }
@@ -233,8 +234,7 @@ impl Registry {
     pub(crate) fn admit(self: &Arc<Self>, peer: IpAddr, now: Instant, patient: bool) -> Admission {
         let mut inner = self.lock();
         let victim = if inner.conns.len() >= self.limits.connections {
-            let heaviest = inner.by_peer.values().max_by_key(|q| q.len());
-            match heaviest.and_then(Queues::first_with_stage) {
+            match inner.heaviest_first() {
                 Some(v) => Some(v),
                 None => {
                     inner.closed.refused += 1;
@@ -270,12 +270,12 @@ impl Registry {
         })
     }
 
-    /// Closes the oldest incomplete connection (out of file descriptors at accept).
-    /// Whether there was one.
-    pub(crate) fn shed_oldest(&self) -> bool {
+    /// Closes the first incomplete connection to shed of the peer holding the most (out
+    /// of file descriptors at accept). Whether there was one.
+    pub(crate) fn shed_one(&self) -> bool {
         let mut inner = self.lock();
-        match inner.incomplete.first() {
-            Some(victim) => {
+        match inner.heaviest_first() {
+            Some((_, victim)) => {
                 inner.close(victim);
                 inner.closed.shed += 1;
                 true

@@ -113,12 +113,12 @@ async fn admit(registry: &Arc<Registry>, peer: SocketAddr) -> Option<Ticket> {
     None
 }
 
-/// Out of file descriptors: the oldest incomplete connection gives its own back and the
-/// next accept follows at once. Anything else: wait a moment, keep serving.
+/// Out of file descriptors: an incomplete connection is shed (as at the connection limit)
+/// and the next accept follows at once. Anything else: wait a moment, keep serving.
 async fn accept_failed(e: &std::io::Error, registry: &Registry) {
     let out_of_fds = matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
-    if out_of_fds && registry.shed_oldest() {
-        tracing::debug!(error = %e, "out of file descriptors; shed the oldest connection");
+    if out_of_fds && registry.shed_one() {
+        tracing::debug!(error = %e, "out of file descriptors; shed a connection");
         tokio::time::sleep(Duration::from_millis(5)).await;
     } else {
         tracing::warn!(error = %e, "accepting a FleetLock connection failed");
