@@ -12,6 +12,7 @@ use moltencore::reboot::semaphore::{Group, Holder, HolderKind, Semaphore, Semaph
 use moltencore_testkit::fleetlock::attack::{
     Attack, Endpoint, raise_open_files, rss_kib, timed_request,
 };
+use moltencore_testkit::wait::wait_until;
 use moltencore_testkit::{cluster::*, fleetlock::*};
 use serde_json::Value;
 
@@ -343,6 +344,20 @@ fn ids_that_name_a_node_are_refused_and_change_nothing() {
         200
     );
     assert_eq!(holder_ids(&sem), [other]);
+
+    // A node registered while the server runs is known within seconds (the names are
+    // read at most every 5 s).
+    let prefix = load_config(&config).etcd.key_prefix;
+    register_nodes(&config, &prefix, &[("late", dead_node_record("late"))]);
+    wait_until(
+        "the server refuses the id of a node registered after its start",
+        std::time::Duration::from_secs(10),
+        std::time::Duration::from_millis(500),
+        || {
+            fleetlock_request(a, "/v1/steady-state", "default", "late").1["kind"]
+                == "id_names_a_node"
+        },
+    );
 }
 
 #[test]

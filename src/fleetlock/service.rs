@@ -2,8 +2,9 @@
 //! back under the client's id, or a refusal in the protocol's error format. An id that
 //! names a MoltenCore node is refused.
 
-use std::collections::HashMap;
-use std::time::Instant;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use etcd_client::GetOptions;
@@ -21,26 +22,52 @@ use crate::reboot::semaphore::{Group, Holder, HolderKind, Semaphore, SemaphoreEr
 /// Largest request body read (a FleetLock body is well under 1 KiB).
 pub const MAX_BODY: usize = 16 * 1024;
 
-/// The node records, read to refuse FleetLock ids that name a node: such a client would
-/// hold its slot under the node's name, and that node's manager would take it for its own.
+/// How long one read of the node names is used: a request costs no extra etcd round trip
+/// while the cluster is busy, and a node registered meanwhile is known within seconds.
+const NODE_NAMES_TTL: Duration = Duration::from_secs(5);
+
+/// The names of the node records, read to refuse FleetLock ids that name a node: such a
+/// client would hold its slot under the node's name, and that node's manager would take
+/// it for its own.
 struct NodeNames {
     etcd: Etcd,
     keys: Keys,
+    read: Mutex<Option<(Instant, Arc<HashSet<String>>)>>,
 }
 
 impl NodeNames {
     async fn names_a_node(&self, id: &str) -> Result<bool, Refusal> {
-        let options = GetOptions::new().with_count_only();
+        Ok(self.current().await?.contains(id))
+    }
+
+    /// The names, read again when the last read is older than [`NODE_NAMES_TTL`].
+    async fn current(&self) -> Result<Arc<HashSet<String>>, Refusal> {
+        let cached = self.read.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some((at, names)) = cached
+            && at.elapsed() < NODE_NAMES_TTL
+        {
+            return Ok(names);
+        }
+        let prefix = self.keys.nodes();
+        let options = GetOptions::new().with_prefix().with_keys_only();
         let found = self
             .etcd
             .client()
-            .get(self.keys.node(id), Some(options))
+            .get(prefix.as_str(), Some(options))
             .await
             .map_err(|e| {
                 let e = self.etcd.error("reading the node records", &e);
                 Refusal::new(503, "semaphore_unavailable", e.to_string())
             })?;
-        Ok(found.count() > 0)
+        let names: HashSet<String> = found
+            .kvs()
+            .iter()
+            .filter_map(|kv| Some(kv.key_str().ok()?.strip_prefix(&prefix)?.to_string()))
+            .collect();
+        let names = Arc::new(names);
+        *self.read.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((Instant::now(), names.clone()));
+        Ok(names)
     }
 }
 
@@ -60,7 +87,11 @@ impl FleetLock {
                 .into_iter()
                 .map(|s| (s.group().clone(), s))
                 .collect(),
-            nodes: NodeNames { etcd, keys },
+            nodes: NodeNames {
+                etcd,
+                keys,
+                read: Mutex::new(None),
+            },
         }
     }
 
