@@ -1,8 +1,9 @@
 //! The FleetLock server's open connections and what each is doing, so that no client can
 //! take the service from others: every connection must complete its request (TLS
-//! handshake, headers, body) within one deadline, and at the connection limit the oldest
-//! connection that has not completed a request is closed to admit the new one. A genuine
-//! client sends its request at once and is never the oldest incomplete one for long.
+//! handshake, headers, body) within one deadline, and at the connection limit a connection
+//! that has not completed a request is closed to admit the new one: one of the peer
+//! holding the most such connections, found waiting for its client before others, oldest
+//! first. A genuine client sends its request at once, so it is neither waiting nor old.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
