@@ -9,6 +9,10 @@ use std::process::Command;
 use moltencore::cluster::{Etcd, Keys};
 use moltencore::reboot::keys::RebootKeys;
 use moltencore::reboot::semaphore::{Group, Holder, HolderKind, Semaphore, SemaphoreDoc, Take};
+use moltencore_testkit::fleetlock::attack::{
+    Attack, Endpoint, raise_open_files, rss_kib, timed_request,
+};
+use moltencore_testkit::wait::wait_until;
 use moltencore_testkit::{cluster::*, fleetlock::*};
 use serde_json::Value;
 
@@ -311,4 +315,215 @@ fn mutual_tls_admits_only_clients_of_the_configured_ca() {
     // Only the admitted client holds a slot.
     let sem = semaphore(&config, "default");
     assert_eq!(holder_ids(&sem), ["tls-client"]);
+}
+
+#[test]
+fn ids_that_name_a_node_are_refused_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = "x".repeat(200);
+    let config = private_cluster(dir.path(), &[(&long, dead_node_record(&long))]);
+    let server = FleetLockServer::start(&config, &[]);
+    let a = &server.address;
+    let sem = semaphore(&config, "default");
+    let names = node_names();
+    assert!(names.len() >= 3, "{names:?}");
+    for name in names.iter().chain([&long]) {
+        for path in ["/v1/pre-reboot", "/v1/steady-state"] {
+            let answer = fleetlock_request(a, path, "default", name);
+            assert_refused(&answer, 409, "id_names_a_node");
+            let value = answer.1["value"].as_str().unwrap();
+            assert!(value.contains(&name[..name.len().min(64)]), "{value}");
+            assert!(value.len() < 300, "{value}");
+        }
+    }
+    assert_eq!(rt().block_on(sem.read()).unwrap().mod_revision, None);
+    // A name that merely starts like a node's is an id of its own.
+    let other = format!("{}-machine", names[0]);
+    assert_eq!(
+        fleetlock_request(a, "/v1/pre-reboot", "default", &other).0,
+        200
+    );
+    assert_eq!(holder_ids(&sem), [other]);
+
+    // A node registered while the server runs is known within seconds (the names are
+    // read at most every 5 s).
+    let prefix = load_config(&config).etcd.key_prefix;
+    register_nodes(&config, &prefix, &[("late", dead_node_record("late"))]);
+    wait_until(
+        "the server refuses the id of a node registered after its start",
+        std::time::Duration::from_secs(10),
+        std::time::Duration::from_millis(500),
+        || {
+            fleetlock_request(a, "/v1/steady-state", "default", "late").1["kind"]
+                == "id_names_a_node"
+        },
+    );
+}
+
+#[test]
+fn one_deadline_covers_handshake_headers_and_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, _) = private_config(dir.path());
+    let server = FleetLockServer::start(&config, &[]);
+    // Headers over 6 s, then a body that never completes: the 408 comes at the request's
+    // deadline (10 s from the accept), not 10 s after the headers.
+    let start = std::time::Instant::now();
+    let mut s = std::net::TcpStream::connect(&server.address).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let head = "POST /v1/pre-reboot HTTP/1.1\r\nHost: x\r\nfleet-lock-protocol: true\r\n\
+                Content-Length: 100\r\n\r\n{";
+    let pieces: Vec<&[u8]> = head.as_bytes().chunks(head.len() / 12 + 1).collect();
+    for piece in &pieces {
+        std::io::Write::write_all(&mut s, piece).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let mut answer = Vec::new();
+    std::io::Read::read_to_end(&mut s, &mut answer).unwrap();
+    let elapsed = start.elapsed();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("body_timeout"), "{text}");
+    assert!(
+        elapsed < std::time::Duration::from_millis(11_500),
+        "{elapsed:?}"
+    );
+
+    // A TLS handshake that never starts is closed at the same deadline.
+    let c = cluster();
+    let pki = Path::new(c["dir"].as_str().unwrap()).join("pki");
+    let p = |f: &str| pki.join(f).to_str().unwrap().to_string();
+    let tls = FleetLockServer::start(
+        &config,
+        &[
+            "--tls-cert",
+            &p("etcd-server.crt"),
+            "--tls-key",
+            &p("etcd-server.key"),
+        ],
+    );
+    let start = std::time::Instant::now();
+    let mut s = std::net::TcpStream::connect(&tls.address).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut s, &mut answer);
+    let elapsed = start.elapsed();
+    assert!(answer.is_empty(), "{answer:?}");
+    assert!(
+        elapsed < std::time::Duration::from_millis(11_500),
+        "{elapsed:?}"
+    );
+}
+
+/// Idle and slow attackers each: together more than the server's 1024 connections, so
+/// that the server must shed some.
+const ATTACKERS: usize = 600;
+
+/// Memory the server may use under attack: 1024 connections, each buffering at most 8 KiB
+/// of headers and 16 KiB of body, on top of an idle server (about 10 MiB), with room for
+/// the allocator's fragmentation while tens of thousands of connections come and go.
+const RSS_BOUND_KIB: u64 = 128 * 1024;
+
+/// A genuine client's requests while `attack` runs: every one answered 200 within 1 s.
+/// Returns the largest RSS of the server seen meanwhile.
+fn genuine_client_during(
+    server: &FleetLockServer,
+    endpoint: &Endpoint,
+    attack: &Attack,
+    what: &str,
+) -> u64 {
+    attack.wait_for_connections(2 * ATTACKERS as u64, std::time::Duration::from_secs(20));
+    // The first burst of connections is queued; the requests go during the churn after it.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let before = attack.connections();
+    let mut rss = 0;
+    let mut slowest = std::time::Duration::ZERO;
+    for i in 0..16 {
+        let path = if i % 2 == 0 {
+            "/v1/pre-reboot"
+        } else {
+            "/v1/steady-state"
+        };
+        let within = std::time::Duration::from_secs(1);
+        let start = std::time::Instant::now();
+        match timed_request(endpoint, path, "default", "genuine", within) {
+            Ok((200, _)) => {}
+            other => panic!("{what}: request {i} ({path}) got {other:?}"),
+        }
+        slowest = slowest.max(start.elapsed());
+        rss = rss.max(rss_kib(server.child.id()));
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    // The attackers were closed and came back meanwhile: the server shed them.
+    assert!(
+        attack.connections() > before + 100,
+        "{what}: the attackers reconnected only {} times",
+        attack.connections() - before
+    );
+    eprintln!(
+        "{what}: slowest answer {slowest:?}; server RSS at most {rss} KiB; attackers \
+         reconnected {} times",
+        attack.connections() - before
+    );
+    rss
+}
+
+#[test]
+fn idle_and_slow_connections_do_not_keep_a_client_from_its_answer() {
+    raise_open_files(8192);
+    let dir = tempfile::tempdir().unwrap();
+    let (config, _) = private_config(dir.path());
+    let c = cluster();
+    let pki = Path::new(c["dir"].as_str().unwrap()).join("pki");
+    let p = |f: &str| pki.join(f);
+    let plain = FleetLockServer::start(&config, &[]);
+    let tls = FleetLockServer::start(
+        &config,
+        &[
+            "--tls-cert",
+            p("etcd-server.crt").to_str().unwrap(),
+            "--tls-key",
+            p("etcd-server.key").to_str().unwrap(),
+            "--client-ca",
+            p("etcd-ca.crt").to_str().unwrap(),
+        ],
+    );
+    let endpoints = [
+        (&plain, Endpoint::Plain(plain.address.clone()), false),
+        (
+            &tls,
+            Endpoint::tls(
+                &tls.address,
+                &p("etcd-ca.crt"),
+                &p("etcd-client.crt"),
+                &p("etcd-client.key"),
+            ),
+            true,
+        ),
+    ];
+    let own = std::net::Ipv4Addr::new(127, 0, 0, 1);
+    let others = (
+        std::net::Ipv4Addr::new(127, 0, 0, 2),
+        std::net::Ipv4Addr::new(127, 0, 0, 3),
+    );
+    for (server, endpoint, is_tls) in &endpoints {
+        eprintln!("idle server RSS {} KiB", rss_kib(server.child.id()));
+        let target = server.address.parse().unwrap();
+        for (idle_from, slow_from) in [(own, own), others] {
+            let what = format!(
+                "{} server, attackers from {idle_from} and {slow_from}",
+                if *is_tls { "TLS" } else { "plain" }
+            );
+            let attack = Attack::start(
+                target,
+                (idle_from, ATTACKERS),
+                (slow_from, ATTACKERS),
+                *is_tls,
+            );
+            let rss = genuine_client_during(server, endpoint, &attack, &what);
+            assert!(rss < RSS_BOUND_KIB, "{what}: RSS {rss} KiB");
+        }
+    }
+    assert!(holder_ids(&semaphore(&config, "default")).is_empty());
 }

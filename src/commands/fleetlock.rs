@@ -11,7 +11,8 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 
 use crate::cloud::CloudContext;
-use crate::fleetlock::server::{FleetLock, serve};
+use crate::fleetlock::server::{LISTEN_BACKLOG, MAX_CONNECTIONS, serve};
+use crate::fleetlock::service::FleetLock;
 use crate::fleetlock::tls::server_config;
 use crate::reboot::keys::RebootKeys;
 use crate::reboot::semaphore::{Group, Semaphore};
@@ -58,32 +59,75 @@ async fn serve_until_stopped(config_path: PathBuf, cmd: FleetLockCommand) -> Res
         groups.push(Group::default_group());
     }
     let tls = match (&cmd.tls_cert, &cmd.tls_key) {
-        (Some(cert), Some(key)) => Some(tokio_rustls::TlsAcceptor::from(
-            server_config(cert, key, cmd.client_ca.as_deref()).map_err(anyhow::Error::msg)?,
-        )),
+        (Some(cert), Some(key)) => {
+            Some(server_config(cert, key, cmd.client_ca.as_deref()).map_err(anyhow::Error::msg)?)
+        }
         (None, None) => None,
         _ => bail!("--tls-cert and --tls-key go together"),
     };
     let ctx = CloudContext::new(config_path.clone(), Default::default(), None);
     super::error::load_config(&ctx, &config_path).await?;
     let etcd = ctx.etcd().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    let keys = RebootKeys::new(&ctx.keys().await.map_err(|e| anyhow::anyhow!("{e}"))?);
+    let keys = ctx.keys().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let reboot_keys = RebootKeys::new(&keys);
     let semaphores = groups
         .into_iter()
-        .map(|g| Semaphore::new(etcd.clone(), &keys, g))
+        .map(|g| Semaphore::new(etcd.clone(), &reboot_keys, g))
         .collect();
-    let listener = tokio::net::TcpListener::bind(cmd.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", cmd.listen))?;
+    let listener =
+        listen(cmd.listen).with_context(|| format!("cannot listen on {}", cmd.listen))?;
     let bound = listener.local_addr()?;
     println!("listening on {bound}");
     std::io::stdout().flush()?;
-    tracing::info!(address = %bound, tls = tls.is_some(), "FleetLock endpoint up");
-    let server = serve(listener, tls, Arc::new(FleetLock::new(semaphores)));
+    let connections = connection_limit();
+    tracing::info!(address = %bound, tls = tls.is_some(), connections, "FleetLock endpoint up");
+    let service = Arc::new(FleetLock::new(semaphores, etcd.clone(), keys));
+    let server = serve(listener, tls, service, connections);
     tokio::select! {
         () = server => Ok(()),
         stop = stopped() => stop,
     }
+}
+
+/// A listener on `address` whose accept queue holds [`LISTEN_BACKLOG`] connections
+/// (the default, 128, overflows while many clients reconnect at once).
+fn listen(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = match address {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// File descriptors kept for everything but client connections (etcd, stdio, listener).
+const RESERVED_FDS: u64 = 64;
+
+/// Raises the soft limit of open files to the hard one, and says how many client
+/// connections fit below it ([`MAX_CONNECTIONS`] at most).
+fn connection_limit() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct they are given.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return MAX_CONNECTIONS;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    let fit = limit.rlim_cur.saturating_sub(RESERVED_FDS).max(1);
+    usize::try_from(fit).map_or(MAX_CONNECTIONS, |fit| fit.min(MAX_CONNECTIONS))
 }
 
 /// Resolves on SIGTERM or SIGINT.

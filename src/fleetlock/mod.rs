@@ -3,5 +3,7 @@
 //! (Zincati, airlock-style setups) share the reboot slots with them.
 
 pub mod protocol;
+mod registry;
 pub mod server;
+pub mod service;
 pub mod tls;

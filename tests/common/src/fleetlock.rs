@@ -12,6 +12,8 @@ use serde_json::{Value, json};
 
 use crate::cpi::cpi_bin;
 
+pub mod attack;
+
 /// A running `cpi fleetlock`, killed when dropped.
 pub struct FleetLockServer {
     pub child: Child,
@@ -64,7 +66,7 @@ pub fn exchange(address: &str, head: &str, body: &[u8]) -> (u16, Value) {
 }
 
 /// The status and JSON body (null when empty) of a raw HTTP answer.
-fn parse_answer(answer: &[u8]) -> (u16, Value) {
+pub(crate) fn parse_answer(answer: &[u8]) -> (u16, Value) {
     let text = String::from_utf8_lossy(answer);
     let status: u16 = text
         .split_whitespace()
