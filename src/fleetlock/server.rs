@@ -25,9 +25,6 @@ use super::service::{FleetLock, response};
 
 /// Largest buffer of request headers (hyper's minimum; FleetLock headers are a few lines).
 const MAX_HEADER_BUFFER: usize = 8 * 1024;
-/// Time a connection has to complete one request: TLS handshake, headers and body
-/// together, from its accept (or, kept alive, from its previous answer).
-pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
 /// Connections open at once (each holds a file descriptor and at most
 /// [`MAX_HEADER_BUFFER`] + [`super::service::MAX_BODY`] of buffers).
 pub const MAX_CONNECTIONS: usize = 1024;
@@ -47,7 +44,7 @@ const REPORT_INTERVAL: Duration = Duration::from_secs(10);
 fn limits(connections: usize) -> Limits {
     Limits {
         connections,
-        request_deadline: REQUEST_DEADLINE,
+        request_deadline: super::service::REQUEST_DEADLINE,
         body_grace: Duration::from_secs(1),
     }
 }
@@ -268,7 +265,7 @@ where
     });
     let _ = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(REQUEST_DEADLINE)
+        .header_read_timeout(super::service::REQUEST_DEADLINE)
         .max_buf_size(MAX_HEADER_BUFFER)
         .serve_connection(TokioIo::new(io), svc)
         .await;

@@ -14,13 +14,15 @@ use hyper::{Request, Response, StatusCode};
 
 use super::protocol::{self, HEADER, Operation, Refusal};
 use super::registry::Ticket;
-use super::server::REQUEST_DEADLINE;
 use crate::cluster::{Etcd, Keys};
 use crate::nodeprep::register::now_rfc3339;
 use crate::reboot::semaphore::{Group, Holder, HolderKind, Semaphore, SemaphoreError, Take};
 
 /// Largest request body read (a FleetLock body is well under 1 KiB).
 pub const MAX_BODY: usize = 16 * 1024;
+/// Time a connection has to complete one request: TLS handshake, headers and body
+/// together, from its accept (or, kept alive, from its previous answer).
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
 
 /// How long one read of the node names is used: a request costs no extra etcd round trip
 /// while the cluster is busy, and a node registered meanwhile is known within seconds.
