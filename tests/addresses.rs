@@ -242,3 +242,62 @@ fn a_claim_whose_vm_record_was_removed_by_hand_does_not_block_its_address() {
     let req = json!({"method": "delete_vm", "arguments": [next]}).to_string();
     assert_eq!(expect_result(&req, Some(&cluster_config())), Value::Null);
 }
+
+/// A finished VM whose container is gone holds nothing: a create_vm forgets its record and
+/// address claims when it is on the node the create_vm uses, or an earlier try of the same
+/// agent on any node (a create_vm whose last write etcd applied after the call had rolled
+/// back, as when its quorum returned, leaves exactly this).
+#[test]
+fn create_vm_forgets_finished_vms_whose_container_is_gone() {
+    let cleanup = Cleanup::new();
+    let stemcell = shared_stemcell();
+    let (node_a, prefix_a) = node_prefix(0);
+    let (node_b, prefix_b) = node_prefix(1);
+    let agent = agent_id("vanished");
+    let make = |agent: &str, node: &str, ip: &str| {
+        let req = create_vm_request(
+            agent,
+            &stemcell,
+            json!({"node": node}),
+            manual_network(ip),
+            json!({}),
+            2,
+        );
+        expect_result(&req, Some(&cluster_config()))[0]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let claimed_by = |cid: &str| {
+        index_records_under(&cluster_config(), "addresses")
+            .into_iter()
+            .filter(|(_, v)| v["vm"] == cid)
+            .count()
+    };
+    // An earlier try of `agent` on node a, and another agent's VM on node b, both without
+    // their containers now.
+    let earlier = make(&agent, &node_a, &format!("{prefix_a}.130"));
+    let other = make(
+        &agent_id("vanished-other"),
+        &node_b,
+        &format!("{prefix_b}.130"),
+    );
+    for (node, cid) in [(&node_a, &earlier), (&node_b, &other)] {
+        remove_outside_cpi(node, Some(cid), None);
+        assert!(index_record(&cluster_config(), &format!("vms/{cid}")).is_some());
+        assert_eq!(claimed_by(cid), 1, "{cid} holds its address");
+    }
+    // The next try of `agent`, on node b.
+    let next = make(&agent, &node_b, &format!("{prefix_b}.131"));
+    cleanup.add(&next);
+    for cid in [&earlier, &other] {
+        assert_eq!(
+            index_record(&cluster_config(), &format!("vms/{cid}")),
+            None,
+            "{cid}'s record"
+        );
+        assert_eq!(claimed_by(cid), 0, "{cid}'s address claims");
+    }
+    let req = json!({"method": "has_vm", "arguments": [next]}).to_string();
+    assert_eq!(expect_result(&req, Some(&cluster_config())), true);
+}

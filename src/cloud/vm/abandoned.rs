@@ -1,7 +1,12 @@
-//! VM containers the index does not know. Every create_vm writes the VM's record before
-//! its container, and every delete removes the containers before the record, so a VM
-//! container without a record was left by a create_vm that failed (with its node too slow
-//! to clean) or was killed: the director never learned its cid and will never delete it.
+//! VM containers the index does not know, and index records whose VM container is gone.
+//! Every create_vm writes the VM's record before its container, and every delete removes
+//! the containers before the record, so a VM container without a record was left by a
+//! create_vm that failed (with its node too slow to clean) or was killed: the director
+//! never learned its cid and will never delete it. The other way round, a finished VM's
+//! record whose container is gone was written by a create_vm that failed although its last
+//! write was applied after all (etcd lost its quorum with the write in flight and applied
+//! it when the quorum returned, after the call had rolled back), or its container was
+//! removed outside the CPI: either way its record and address claims hold nothing.
 
 use std::collections::HashSet;
 
@@ -9,6 +14,7 @@ use bollard::models::ContainerSummary;
 
 use super::labels;
 use crate::cloud::session::Session;
+use crate::cluster::VmState;
 use crate::docker::NodeDocker;
 use crate::protocol::CpiError;
 
@@ -70,4 +76,52 @@ pub async fn sweep(
                 .is_none_or(|h| !removed.contains(h))
         })
         .collect()
+}
+
+/// Removes the records (and address claims) of finished VMs whose container is gone: those
+/// of `node` whose container is not among `containers` (every VM container of the node,
+/// listed after this call's cluster view was read, so a VM finished in that view had its
+/// container before the list), and those of `agent` (earlier tries of the VM this call
+/// makes) on any node, each checked there. A record still being created is not judged.
+/// Failures are logged, never fatal.
+pub async fn forget_vanished(
+    s: &Session<'_>,
+    node: &str,
+    agent: &str,
+    containers: &[ContainerSummary],
+) {
+    let present: HashSet<&str> = containers
+        .iter()
+        .filter_map(|c| c.labels.as_ref()?.get(labels::VM_CID).map(String::as_str))
+        .collect();
+    let Ok(view) = s.view().await else { return };
+    let finished = view.vms.iter().filter(|r| r.state == VmState::Created);
+    for record in finished {
+        let gone = if record.node == node {
+            !present.contains(record.cid.as_str())
+        } else if record.agent_id == agent {
+            container_gone(s, &record.node, &record.cid).await
+        } else {
+            false
+        };
+        if !gone {
+            continue;
+        }
+        tracing::warn!(vm = %record.cid, node = %record.node, "forgetting a VM whose container is gone (its record and address claims)");
+        if let Err(e) = s.forget_vm(record).await {
+            tracing::warn!(vm = %record.cid, node = %record.node, "the record of a vanished VM is kept for now: {}", e.message);
+        }
+    }
+}
+
+/// Whether node `node` answers that it has no container of VM `cid` (no answer: not gone).
+async fn container_gone(s: &Session<'_>, node: &str, cid: &crate::ids::VmCid) -> bool {
+    let Ok(docker) = s.node_docker(node).await else {
+        return false;
+    };
+    let label = format!("{}={}", labels::VM_CID, cid);
+    docker
+        .containers_with_label(&label)
+        .await
+        .is_ok_and(|found| found.is_empty())
 }

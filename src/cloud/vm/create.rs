@@ -195,6 +195,7 @@ async fn addresses_to_claim(
     let key_prefix = &s.config().await?.etcd.key_prefix;
     let vm_containers = docker.containers_with_label(labels::VM_CID).await?;
     let vm_containers = super::abandoned::sweep(s, docker, vm_containers, key_prefix).await;
+    super::abandoned::forget_vanished(s, &plan.node.name, &plan.req.agent_id, &vm_containers).await;
     let used = used_addresses(s, docker, &plan.node, vm_containers, &plan.networks).await?;
     Ok(wanted_addresses(
         &s.keys().await?,
