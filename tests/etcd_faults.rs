@@ -17,13 +17,12 @@ use std::thread;
 use std::time::Duration;
 
 use moltencore::cluster::index::PROGRESS_TTL;
-use moltencore::cluster::{Etcd, Keys};
-use moltencore::reboot::keys::RebootKeys;
-use moltencore::reboot::semaphore::{Group, Holder, HolderKind, Semaphore, Take};
-use moltencore_testkit::cluster::{cluster_config, load_config, node_names, private_config};
+use moltencore::reboot::semaphore::{Holder, HolderKind, Semaphore, Take};
+use moltencore_testkit::cluster::{cluster_config, node_names, private_config};
 use moltencore_testkit::cpi::{assert_schema, call, run_cpi};
 use moltencore_testkit::docker::{assert_nodes_unchanged, node_state, sh};
 use moltencore_testkit::etcd_members::{index_keys, member, wait_all_healthy};
+use moltencore_testkit::index::semaphore_of;
 use moltencore_testkit::requests::{agent_id, create_vm_request, request, shared_stemcell};
 use moltencore_testkit::wait::poll_until;
 use serde_json::{Value, json};
@@ -308,13 +307,7 @@ impl Contention {
 }
 
 async fn semaphore(config: &Path) -> Semaphore {
-    let cfg = load_config(config);
-    let etcd = Etcd::connect(&cfg).await.unwrap();
-    Semaphore::new(
-        etcd,
-        &RebootKeys::new(&Keys::new(&cfg.etcd)),
-        Group::parse("default").unwrap(),
-    )
+    semaphore_of(config, "default").await
 }
 
 fn holder(id: &str) -> Holder {

@@ -6,12 +6,11 @@
 use std::path::Path;
 use std::process::Command;
 
-use moltencore::cluster::{Etcd, Keys};
-use moltencore::reboot::keys::RebootKeys;
-use moltencore::reboot::semaphore::{Group, Holder, HolderKind, Semaphore, SemaphoreDoc, Take};
+use moltencore::reboot::semaphore::{Holder, HolderKind, Semaphore, SemaphoreDoc, Take};
 use moltencore_testkit::fleetlock::attack::{
     Attack, Endpoint, raise_open_files, rss_kib, timed_request,
 };
+use moltencore_testkit::index::semaphore_of;
 use moltencore_testkit::wait::wait_until;
 use moltencore_testkit::{cluster::*, fleetlock::*};
 use serde_json::Value;
@@ -32,13 +31,7 @@ fn rt() -> &'static tokio::runtime::Runtime {
 }
 
 fn semaphore(config: &Path, group: &str) -> Semaphore {
-    let cfg = load_config(config);
-    let etcd = rt().block_on(Etcd::connect(&cfg)).unwrap();
-    Semaphore::new(
-        etcd,
-        &RebootKeys::new(&Keys::new(&cfg.etcd)),
-        Group::parse(group).unwrap(),
-    )
+    rt().block_on(semaphore_of(config, group))
 }
 
 fn stored(sem: &Semaphore) -> SemaphoreDoc {

@@ -289,21 +289,21 @@ impl Kv {
 
     /// Runs a transaction; sent again only when the first try never reached a leader.
     pub async fn txn(&self, txn: Txn) -> Result<TxnResponse, etcd_client::Error> {
-        let send = |mut c: Client| {
-            let txn = txn.clone();
-            async move { c.txn(txn).await }
-        };
-        self.etcd.request(Repeat::IfNotApplied, send).await
+        self.send_txn(Repeat::IfNotApplied, txn).await
     }
 
     /// Runs a transaction that does the same when run twice (reads only, plain deletes,
     /// deletes conditioned on the value they remove): sent again like any read.
     pub async fn repeatable_txn(&self, txn: Txn) -> Result<TxnResponse, etcd_client::Error> {
+        self.send_txn(Repeat::Safe, txn).await
+    }
+
+    async fn send_txn(&self, repeat: Repeat, txn: Txn) -> Result<TxnResponse, etcd_client::Error> {
         let send = |mut c: Client| {
             let txn = txn.clone();
             async move { c.txn(txn).await }
         };
-        self.etcd.request(Repeat::Safe, send).await
+        self.etcd.request(repeat, send).await
     }
 
     /// Grants a lease (a lease granted twice expires unused).

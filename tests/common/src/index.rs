@@ -146,3 +146,13 @@ pub fn make_node_unreachable(config: &Path, name: &str) -> Value {
     put_node_record(config, name, &dead);
     original
 }
+
+/// The reboot semaphore of `group` under `config`'s prefix, as the CPI's programs open it.
+pub async fn semaphore_of(config: &Path, group: &str) -> moltencore::reboot::semaphore::Semaphore {
+    let cfg = load_config(config);
+    moltencore::reboot::semaphore::Semaphore::new(
+        etcd(config).await,
+        &moltencore::reboot::keys::RebootKeys::new(&moltencore::cluster::Keys::new(&cfg.etcd)),
+        moltencore::reboot::semaphore::Group::parse(group).expect("a group name"),
+    )
+}
