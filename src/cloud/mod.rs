@@ -43,7 +43,7 @@ pub async fn handle(ctx: &CloudContext<'_>, call: Call) -> Result<CallResult, Cp
             reason,
         } => {
             tracing::info!("{method}: {reason}: no such object can exist");
-            Ok(CallResult::Plain(answer))
+            Ok(answer)
         }
         Call::CreateNetwork | Call::DeleteNetwork => Err(CpiError::not_implemented(
             "director-managed networks are not supported: declare manual or dynamic networks in the cloud-config",

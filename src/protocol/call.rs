@@ -16,6 +16,7 @@ use serde_json::{Map, Value};
 use super::error::CpiError;
 use super::ids::{DiskCid, MalformedCid, SnapshotCid, StemcellCid, VmCid};
 use super::request::{json_type, plain_serde_message};
+use super::response::CallResult;
 
 /// A JSON object, as cloud_properties, env and metadata arrive.
 pub type Object = Map<String, Value>;
@@ -41,7 +42,7 @@ macro_rules! cpi_methods {
             /// (`answer`: null for deletes, false for `has_*`) without reading the cluster.
             NoSuchObject {
                 method: &'static str,
-                answer: Value,
+                answer: CallResult,
                 reason: MalformedCid,
             },
         }
@@ -91,7 +92,7 @@ cpi_methods! {
     DeleteStemcell { stemcell_cid: StemcellCid } = "delete_stemcell" (stemcell_cid)
         => |a| match a.lenient(0, StemcellCid::parse)? {
             Ok(stemcell_cid) => Call::DeleteStemcell { stemcell_cid },
-            Err(reason) => a.no_such_object(Value::Null, reason),
+            Err(reason) => a.no_such_object(CallResult::Done, reason),
         };
     /// Create and start a VM (container).
     CreateVm(Box<CreateVm>)
@@ -108,13 +109,13 @@ cpi_methods! {
     DeleteVm { vm_cid: VmCid } = "delete_vm" (vm_cid)
         => |a| match a.lenient(0, VmCid::parse)? {
             Ok(vm_cid) => Call::DeleteVm { vm_cid },
-            Err(reason) => a.no_such_object(Value::Null, reason),
+            Err(reason) => a.no_such_object(CallResult::Done, reason),
         };
     /// Whether a VM exists.
     HasVm { vm_cid: VmCid } = "has_vm" (vm_cid)
         => |a| match a.lenient(0, VmCid::parse)? {
             Ok(vm_cid) => Call::HasVm { vm_cid },
-            Err(reason) => a.no_such_object(Value::Bool(false), reason),
+            Err(reason) => a.no_such_object(CallResult::Exists(false), reason),
         };
     /// Restart a VM.
     RebootVm { vm_cid: VmCid } = "reboot_vm" (vm_cid)
@@ -147,13 +148,13 @@ cpi_methods! {
     DeleteDisk { disk_cid: DiskCid } = "delete_disk" (disk_cid)
         => |a| match a.lenient(0, DiskCid::parse)? {
             Ok(disk_cid) => Call::DeleteDisk { disk_cid },
-            Err(reason) => a.no_such_object(Value::Null, reason),
+            Err(reason) => a.no_such_object(CallResult::Done, reason),
         };
     /// Whether a disk exists.
     HasDisk { disk_cid: DiskCid } = "has_disk" (disk_cid)
         => |a| match a.lenient(0, DiskCid::parse)? {
             Ok(disk_cid) => Call::HasDisk { disk_cid },
-            Err(reason) => a.no_such_object(Value::Bool(false), reason),
+            Err(reason) => a.no_such_object(CallResult::Exists(false), reason),
         };
     /// Attach a disk to a VM.
     AttachDisk { vm_cid: VmCid, disk_cid: DiskCid } = "attach_disk" (vm_cid, disk_cid)
@@ -201,7 +202,7 @@ cpi_methods! {
     DeleteSnapshot { snapshot_cid: SnapshotCid } = "delete_snapshot" (snapshot_cid)
         => |a| match a.lenient(0, SnapshotCid::parse)? {
             Ok(snapshot_cid) => Call::DeleteSnapshot { snapshot_cid },
-            Err(reason) => a.no_such_object(Value::Null, reason),
+            Err(reason) => a.no_such_object(CallResult::Done, reason),
         };
     /// Director-managed networks (not supported by this CPI).
     CreateNetwork = "create_network" (..) => |_a| Call::CreateNetwork;
@@ -409,7 +410,7 @@ impl Args {
     }
 
     /// The answer to a `delete_*`/`has_*` about a cid that cannot exist.
-    fn no_such_object(&self, answer: Value, reason: MalformedCid) -> Call {
+    fn no_such_object(&self, answer: CallResult, reason: MalformedCid) -> Call {
         Call::NoSuchObject {
             method: self.spec.name,
             answer,
@@ -542,12 +543,12 @@ mod tests {
     fn malformed_cids_of_deletes_and_has_are_unknown_objects() {
         let hostile = "x/../../containers/vm-1?force=true";
         for (method, answer) in [
-            ("delete_vm", Value::Null),
-            ("delete_stemcell", Value::Null),
-            ("delete_disk", Value::Null),
-            ("delete_snapshot", Value::Null),
-            ("has_vm", Value::Bool(false)),
-            ("has_disk", Value::Bool(false)),
+            ("delete_vm", CallResult::Done),
+            ("delete_stemcell", CallResult::Done),
+            ("delete_disk", CallResult::Done),
+            ("delete_snapshot", CallResult::Done),
+            ("has_vm", CallResult::Exists(false)),
+            ("has_disk", CallResult::Exists(false)),
         ] {
             match Call::parse(method, args(json!([hostile]))).unwrap() {
                 Call::NoSuchObject {

@@ -6,22 +6,74 @@ use serde_json::Value;
 
 use super::error::CpiError;
 use super::request::ApiVersion;
+use crate::ids::{DiskCid, SnapshotCid, StemcellCid};
 
-/// What a successful call produced, before it is shaped for the caller's API version.
+/// What a successful call produced, typed per method; it becomes JSON only here, shaped
+/// for the caller's API version.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CallResult {
-    /// A result whose shape is the same in every API version.
+    /// A method that answers `null`: deletes, `reboot_vm`, metadata, `detach_disk`,
+    /// `resize_disk`, and `delete_*` about a cid that cannot exist.
+    Done,
+    /// `has_vm`, `has_disk`.
+    Exists(bool),
+    /// `info`.
+    Info(Info),
+    /// `calculate_vm_cloud_properties`.
+    VmCloudProperties(VmCloudProperties),
+    /// `create_stemcell`.
+    StemcellCreated(StemcellCid),
+    /// `create_disk`.
+    DiskCreated(DiskCid),
+    /// `snapshot_disk`.
+    SnapshotCreated(SnapshotCid),
+    /// `get_disks`.
+    Disks(Vec<DiskCid>),
+    /// A result whose shape is the same in every API version (being replaced by the
+    /// typed variants above).
     Plain(Value),
-    /// `create_vm`: v2 answers `[vm_cid, networks]`, v1 the bare cid.
+    /// `create_vm`: v2 answers `[vm_cid, networks]`, v1 the bare cid. `networks` is the
+    /// director's own networks document, answered back as it came.
     VmCreated { vm_cid: String, networks: Value },
     /// `attach_disk`: v2 answers the disk hint, v1 null.
     DiskAttached { hint: Value },
+}
+
+/// The `info` answer: what the director asks before anything else.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Info {
+    /// The CPI API version spoken.
+    pub api_version: u32,
+    /// The stemcell formats `create_stemcell` accepts.
+    pub stemcell_formats: &'static [&'static str],
+}
+
+/// The `calculate_vm_cloud_properties` answer: the create_vm cloud_properties that ask
+/// for the requested sizes.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VmCloudProperties {
+    /// CPUs.
+    pub cpu: u64,
+    /// Memory in MiB.
+    pub ram: u64,
+    /// Ephemeral disk in MiB.
+    pub ephemeral_disk: u64,
 }
 
 impl CallResult {
     /// The `result` value for `api`.
     pub fn shape(self, api: ApiVersion) -> Value {
         match (self, api) {
+            (CallResult::Done, _) => Value::Null,
+            (CallResult::Exists(exists), _) => Value::Bool(exists),
+            (CallResult::Info(info), _) => to_value(&info),
+            (CallResult::VmCloudProperties(props), _) => to_value(&props),
+            (CallResult::StemcellCreated(cid), _) => Value::String(cid.to_string()),
+            (CallResult::DiskCreated(cid), _) => Value::String(cid.to_string()),
+            (CallResult::SnapshotCreated(cid), _) => Value::String(cid.to_string()),
+            (CallResult::Disks(cids), _) => {
+                Value::Array(cids.iter().map(|c| Value::String(c.to_string())).collect())
+            }
             (CallResult::Plain(v), _) => v,
             (CallResult::VmCreated { vm_cid, .. }, ApiVersion::V1) => Value::String(vm_cid),
             (CallResult::VmCreated { vm_cid, networks }, ApiVersion::V2) => {
@@ -31,6 +83,11 @@ impl CallResult {
             (CallResult::DiskAttached { hint }, ApiVersion::V2) => hint,
         }
     }
+}
+
+/// A result struct as JSON; its fields are numbers and strings, so this cannot fail.
+fn to_value(result: &impl Serialize) -> Value {
+    serde_json::to_value(result).unwrap_or(Value::Null)
 }
 
 /// The `error` object of a failed call.
@@ -111,6 +168,41 @@ mod tests {
         };
         assert_eq!(r.clone().shape(ApiVersion::V1), json!("c-1"));
         assert_eq!(r.shape(ApiVersion::V2), json!(["c-1", {"a": {}}]));
+    }
+
+    #[test]
+    fn typed_results_shape_as_the_director_reads_them() {
+        let disk = DiskCid::parse("disk-0b4f0c2e-6a43-4d0e-9f55-2d7e1c9a8b31").unwrap();
+        for (result, expected) in [
+            (CallResult::Done, Value::Null),
+            (CallResult::Exists(true), json!(true)),
+            (
+                CallResult::Info(Info {
+                    api_version: 2,
+                    stemcell_formats: &["warden-tar"],
+                }),
+                json!({"api_version": 2, "stemcell_formats": ["warden-tar"]}),
+            ),
+            (
+                CallResult::VmCloudProperties(VmCloudProperties {
+                    cpu: 2,
+                    ram: 1024,
+                    ephemeral_disk: 4096,
+                }),
+                json!({"cpu": 2, "ram": 1024, "ephemeral_disk": 4096}),
+            ),
+            (
+                CallResult::DiskCreated(disk.clone()),
+                json!("disk-0b4f0c2e-6a43-4d0e-9f55-2d7e1c9a8b31"),
+            ),
+            (
+                CallResult::Disks(vec![disk]),
+                json!(["disk-0b4f0c2e-6a43-4d0e-9f55-2d7e1c9a8b31"]),
+            ),
+        ] {
+            assert_eq!(result.clone().shape(ApiVersion::V1), expected);
+            assert_eq!(result.shape(ApiVersion::V2), expected);
+        }
     }
 
     #[test]
