@@ -1,12 +1,13 @@
 //! The records the cluster keeps in etcd: node records (written by node-prep), Flannel's
-//! network config and subnet leases.
+//! network config and subnet leases, and the CPI's VM, disk, snapshot and stemcell records.
 
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{DiskCid, SnapshotCid, VmCid};
+use crate::ids::{DiskCid, SnapshotCid, StemcellCid, VmCid};
+use crate::timestamp::Timestamp;
 
 /// Whether placement may put new VMs on a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -241,7 +242,7 @@ pub struct VmRecord {
     /// `creating` until create_vm finished, then `created`.
     #[serde(default)]
     pub state: VmState,
-    pub created_at: String,
+    pub created_at: Timestamp,
     /// Metadata from set_vm_metadata (deployment, job, index, ...).
     #[serde(default)]
     pub metadata: serde_json::Map<String, serde_json::Value>,
@@ -291,7 +292,7 @@ pub struct DiskRecord {
     /// partial copy and its helpers, wherever the disk goes next.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub copying_to: Option<String>,
-    pub created_at: String,
+    pub created_at: Timestamp,
     #[serde(default)]
     pub metadata: serde_json::Map<String, serde_json::Value>,
 }
@@ -303,7 +304,22 @@ pub struct SnapshotRecord {
     pub cid: SnapshotCid,
     pub disk_cid: DiskCid,
     pub node: String,
-    pub created_at: String,
+    pub created_at: Timestamp,
     #[serde(default)]
     pub metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A stemcell at `<key_prefix>/stemcells/<cid>`: an image tagged with the cid on the
+/// nodes that imported (or adopted) it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StemcellRecord {
+    pub cid: StemcellCid,
+    pub name: String,
+    pub version: String,
+    #[serde(default)]
+    pub operating_system: Option<String>,
+    /// Nodes that had the image after create_stemcell.
+    #[serde(default)]
+    pub nodes: Vec<String>,
+    pub created_at: Timestamp,
 }

@@ -16,6 +16,7 @@ use super::session::{self, Session};
 use crate::cluster::DiskRecord;
 use crate::placement::{self, VmDemand};
 use crate::protocol::{CallResult, CpiError, DiskCid, ErrorKind, Object, VmCid};
+use crate::timestamp::Timestamp;
 
 /// Docker label keys on disk volumes (spelled in [`crate::labels`]).
 pub use crate::labels::disk as labels;
@@ -57,7 +58,7 @@ pub async fn create(
         vm: None,
         old_copy_on: None,
         copying_to: None,
-        created_at: super::now(),
+        created_at: Timestamp::now(),
         metadata: Default::default(),
     };
     // The record first: a killed process leaves a record delete_disk can follow.

@@ -12,6 +12,7 @@ use crate::cluster::{SnapshotRecord, index};
 use crate::docker::{DockerError, mounter, volume_copy};
 use crate::labels::snapshot as labels;
 use crate::protocol::{CallResult, CpiError, DiskCid, Object, SnapshotCid};
+use crate::timestamp::Timestamp;
 
 /// `snapshot_disk`.
 pub async fn snapshot(
@@ -29,7 +30,7 @@ pub async fn snapshot(
         cid: cid.clone(),
         disk_cid: disk_cid.clone(),
         node: disk.node.clone(),
-        created_at: crate::cloud::now(),
+        created_at: Timestamp::now(),
         metadata: metadata.clone(),
     };
     index::put(etcd, &keys.snapshot(&cid), &rec).await?;

@@ -8,15 +8,16 @@ pub mod source;
 use futures_util::StreamExt;
 use futures_util::future::join_all;
 use futures_util::stream::FuturesUnordered;
-use serde::{Deserialize, Serialize};
 
 use super::CloudContext;
 use super::session::Session;
+use crate::cluster::model::StemcellRecord;
 use crate::cluster::{NodeState, index};
 use crate::docker::NodeDocker;
 use crate::docker::images::{self, ImportTarget, StreamCheck};
 use crate::labels;
 use crate::protocol::{CallResult, CpiError, Object, StemcellCid};
+use crate::timestamp::Timestamp;
 use manifest::{ExpectedDigest, Hasher, Manifest};
 use source::StemcellSource;
 
@@ -26,20 +27,6 @@ pub const IMAGE_REPO: &str = "moltencore-stemcell";
 /// The image reference of a stemcell on a node.
 pub fn image_reference(cid: &StemcellCid) -> String {
     format!("{IMAGE_REPO}:{cid}")
-}
-
-/// The index record of a stemcell.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StemcellRecord {
-    pub cid: StemcellCid,
-    pub name: String,
-    pub version: String,
-    #[serde(default)]
-    pub operating_system: Option<String>,
-    /// Nodes that had the image after create_stemcell.
-    #[serde(default)]
-    pub nodes: Vec<String>,
-    pub created_at: String,
 }
 
 struct DigestCheck {
@@ -159,7 +146,7 @@ pub async fn create(
         version: manifest.version.clone(),
         operating_system: manifest.operating_system.clone(),
         nodes: ok.iter().map(|(n, _)| n.clone()).collect(),
-        created_at: super::now(),
+        created_at: Timestamp::now(),
     };
     let keys = ctx.keys().await?;
     if let Err(e) = index::put(ctx.etcd().await?, &keys.stemcell(&cid), &record).await {
@@ -193,7 +180,7 @@ async fn create_light(
         version: image.digest.clone().unwrap_or_default(),
         operating_system: None,
         nodes: have,
-        created_at: super::now(),
+        created_at: Timestamp::now(),
     };
     let keys = ctx.keys().await?;
     if let Err(e) = index::put(ctx.etcd().await?, &keys.stemcell(&cid), &record).await {
