@@ -2,6 +2,7 @@
 //! uses them (moved between nodes when a VM elsewhere attaches them), indexed in etcd.
 
 mod attach;
+pub(crate) mod error;
 mod snapshot;
 
 pub use attach::{attach, detach};
@@ -14,9 +15,11 @@ use serde_json::Value;
 use super::CloudContext;
 use super::session::{self, Session};
 use crate::cluster::DiskRecord;
+use crate::cluster::model::DiskMove;
 use crate::placement::{self, VmDemand};
-use crate::protocol::{CallResult, CpiError, DiskCid, ErrorKind, Object, VmCid};
+use crate::protocol::{CallResult, CpiError, DiskCid, Object, VmCid};
 use crate::timestamp::Timestamp;
+use error::DiskError;
 
 /// Docker label keys on disk volumes (spelled in [`crate::labels`]).
 pub use crate::labels::disk as labels;
@@ -45,7 +48,7 @@ pub async fn create(
         };
         node = Some(
             placement::choose_node(&demand, &view.nodes, &view.vms)
-                .map_err(|m| CpiError::cloud(format!("create_disk: {m}"), false))?,
+                .map_err(DiskError::Placement)?,
         );
     }
     let node = node.unwrap_or_default();
@@ -56,8 +59,7 @@ pub async fn create(
         node: node.clone(),
         size_mib,
         vm: None,
-        old_copy_on: None,
-        copying_to: None,
+        moving: DiskMove::Settled,
         created_at: Timestamp::now(),
         metadata: Default::default(),
     };
@@ -82,21 +84,14 @@ pub async fn delete(ctx: &CloudContext<'_>, cid: &DiskCid) -> Result<CallResult,
         return Ok(CallResult::Plain(Value::Null));
     };
     if let Some(vm) = s.attached_vm(&disk).await? {
-        return Err(CpiError::cloud(
-            format!("delete_disk: disk {cid} is attached to VM {vm}; detach it first"),
-            false,
-        ));
+        let cid = cid.clone();
+        return Err(DiskError::DeleteAttached { cid, vm }.into());
     }
     s.remove_stray_copies(&mut disk).await;
-    if let Some(node) = disk.old_copy_on.as_ref().or(disk.copying_to.as_ref()) {
+    if let Some(node) = disk.moving.stray_copy() {
         // Forgetting the record now would leave that copy of the data on the node for good.
-        return Err(CpiError::cloud(
-            format!(
-                "delete_disk: disk {cid} still has a copy an earlier move left on node {node}, \
-                 which cannot be removed now; retry when node {node} answers (or unregister it)"
-            ),
-            true,
-        ));
+        let (cid, node) = (cid.clone(), node.to_string());
+        return Err(DiskError::CopyLeft { cid, node }.into());
     }
     if s.view().await?.registered(&disk.node)?.is_some() {
         let docker = s.node_docker(&disk.node).await?;
@@ -152,19 +147,12 @@ pub async fn resize(
     let s = Session::new(ctx);
     let mut disk = s.disk(cid).await?;
     if new_size_mib < disk.size_mib {
-        return Err(CpiError::new(
-            ErrorKind::NotSupported,
-            format!(
-                "resize_disk: disk {cid} cannot shrink from {} MiB to {new_size_mib} MiB",
-                disk.size_mib
-            ),
-        ));
+        let (cid, from, to) = (cid.clone(), disk.size_mib, new_size_mib);
+        return Err(DiskError::Shrink { cid, from, to }.into());
     }
     if let Some(vm) = s.attached_vm(&disk).await? {
-        return Err(CpiError::new(
-            ErrorKind::NotSupported,
-            format!("resize_disk: disk {cid} is attached to VM {vm}; detach it first"),
-        ));
+        let cid = cid.clone();
+        return Err(DiskError::ResizeAttached { cid, vm }.into());
     }
     s.remove_stray_copies(&mut disk).await;
     if let Some(dir) = s.disks_dir_if_any(&disk.node).await? {
@@ -186,17 +174,16 @@ pub async fn resize(
 /// The mounter's refusals of a grow, said for the director: a disk the node still holds
 /// (a lazy unmount not finished) is worth a retry; an image larger than the record (a
 /// shrink) is `NotSupported`.
-fn grow_error(e: crate::docker::DockerError, cid: &DiskCid) -> CpiError {
+fn grow_error(e: crate::docker::DockerError, cid: &DiskCid) -> DiskError {
     use crate::docker::{DockerError, mounter};
+    let cid = cid.clone();
     match e {
-        DockerError::Mount { code, detail, .. } if code == mounter::IN_USE => CpiError::cloud(
-            format!("resize_disk: disk {cid} is still in use on its node: {detail}"),
-            true,
-        ),
-        DockerError::Mount { detail, .. } if detail.contains("does not shrink") => CpiError::new(
-            ErrorKind::NotSupported,
-            format!("resize_disk: disk {cid}: {detail}"),
-        ),
+        DockerError::Mount { code, detail, .. } if code == mounter::IN_USE => {
+            DiskError::GrowInUse { cid, detail }
+        }
+        DockerError::Mount { detail, .. } if detail.contains("does not shrink") => {
+            DiskError::GrowShrinks { cid, detail }
+        }
         e => e.into(),
     }
 }
