@@ -6,3 +6,4 @@
 mod cluster;
 mod disk;
 mod docker;
+mod stemcell;
