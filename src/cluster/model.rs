@@ -133,6 +133,28 @@ struct LeaseValue {
     backend_type: Option<String>,
 }
 
+/// A flannel subnet lease that cannot be read; the text names its key.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    /// The key's last segment is not `<address>-<length>`.
+    #[error("lease key '{key}' is not <address>-<length>")]
+    KeyShape { key: String },
+    /// The key's address and length are no subnet.
+    #[error("lease key '{key}': {source}")]
+    KeySubnet {
+        key: String,
+        #[source]
+        source: ipnet::AddrParseError,
+    },
+    /// The value is not flannel's lease JSON.
+    #[error("lease '{key}' value is not flannel JSON: {source}")]
+    Value {
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
 impl SubnetLease {
     /// The key name of a lease for `subnet` (`10.1.2.0-24`).
     pub fn key_name(subnet: &Ipv4Net) -> String {
@@ -152,15 +174,16 @@ impl SubnetLease {
     }
 
     /// Parses a lease from its key's last segment (`10.1.2.0-24`) and JSON value.
-    pub fn parse(key_name: &str, value: &[u8]) -> Result<SubnetLease, String> {
+    pub fn parse(key_name: &str, value: &[u8]) -> Result<SubnetLease, LeaseError> {
+        let key = || key_name.to_string();
         let (addr, len) = key_name
             .rsplit_once('-')
-            .ok_or_else(|| format!("lease key '{key_name}' is not <address>-<length>"))?;
+            .ok_or_else(|| LeaseError::KeyShape { key: key() })?;
         let subnet = format!("{addr}/{len}")
             .parse::<Ipv4Net>()
-            .map_err(|e| format!("lease key '{key_name}': {e}"))?;
+            .map_err(|source| LeaseError::KeySubnet { key: key(), source })?;
         let v: LeaseValue = serde_json::from_slice(value)
-            .map_err(|e| format!("lease '{key_name}' value is not flannel JSON: {e}"))?;
+            .map_err(|source| LeaseError::Value { key: key(), source })?;
         Ok(SubnetLease {
             subnet,
             public_ip: v.public_ip,
@@ -182,8 +205,18 @@ mod tests {
         .unwrap();
         assert_eq!(l.subnet, "10.1.2.0/24".parse::<Ipv4Net>().unwrap());
         assert_eq!(l.public_ip, Some(Ipv4Addr::new(192, 0, 2, 11)));
-        assert!(SubnetLease::parse("10.1.2.0", b"{}").is_err());
-        assert!(SubnetLease::parse("10.1.2.0-24", b"nope").is_err());
+        assert_eq!(
+            SubnetLease::parse("10.1.2.0", b"{}")
+                .unwrap_err()
+                .to_string(),
+            "lease key '10.1.2.0' is not <address>-<length>"
+        );
+        let e = SubnetLease::parse("10.1.2.0-24", b"nope").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("lease '10.1.2.0-24' value is not flannel JSON: "),
+            "{e}"
+        );
     }
 
     #[test]
