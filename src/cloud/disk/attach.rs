@@ -112,7 +112,7 @@ async fn set_hint(
 /// `attach_disk`: the disk appears in the running VM at `/warden-cpi-dev/<disk cid>`; the
 /// hint is returned (v2) and written into the agent settings. Attaching an attached disk
 /// again returns the same hint and changes nothing.
-pub async fn attach(
+pub(crate) async fn attach(
     ctx: &CloudContext<'_>,
     vm_cid: &VmCid,
     disk_cid: &DiskCid,
@@ -212,7 +212,7 @@ async fn finish_attach(
 
 /// `detach_disk`: the disk leaves the running VM and its settings; a disk that is not
 /// attached (or unknown) is success.
-pub async fn detach(
+pub(crate) async fn detach(
     ctx: &CloudContext<'_>,
     vm_cid: &VmCid,
     disk_cid: &DiskCid,

@@ -5,8 +5,8 @@ mod attach;
 pub(crate) mod error;
 mod snapshot;
 
-pub use attach::{attach, detach};
-pub use snapshot::{delete_snapshot, snapshot};
+pub(crate) use attach::{attach, detach};
+pub(crate) use snapshot::{delete_snapshot, snapshot};
 
 use std::collections::HashMap;
 
@@ -25,7 +25,7 @@ use error::DiskError;
 pub use crate::labels::disk as labels;
 /// `create_disk`: a volume on the VM's node (locality), else on `cloud_properties.node`,
 /// else on the CPI's `placement.node`, else where placement puts a VM.
-pub async fn create(
+pub(crate) async fn create(
     ctx: &CloudContext<'_>,
     size_mib: u64,
     cloud_properties: &Object,
@@ -78,7 +78,7 @@ pub async fn create(
 }
 
 /// `delete_disk`: idempotent; an attached disk is refused, naming the VM.
-pub async fn delete(ctx: &CloudContext<'_>, cid: &DiskCid) -> Result<CallResult, CpiError> {
+pub(crate) async fn delete(ctx: &CloudContext<'_>, cid: &DiskCid) -> Result<CallResult, CpiError> {
     let s = Session::new(ctx);
     let Some(mut disk) = s.disk_if_any(cid).await? else {
         return Ok(CallResult::Plain(Value::Null));
@@ -105,7 +105,7 @@ pub async fn delete(ctx: &CloudContext<'_>, cid: &DiskCid) -> Result<CallResult,
 }
 
 /// `has_disk`: the record and the volume on its node.
-pub async fn has(ctx: &CloudContext<'_>, cid: &DiskCid) -> Result<CallResult, CpiError> {
+pub(crate) async fn has(ctx: &CloudContext<'_>, cid: &DiskCid) -> Result<CallResult, CpiError> {
     let s = Session::new(ctx);
     let Some(mut disk) = s.disk_if_any(cid).await? else {
         return Ok(CallResult::Plain(Value::Bool(false)));
@@ -121,7 +121,7 @@ pub async fn has(ctx: &CloudContext<'_>, cid: &DiskCid) -> Result<CallResult, Cp
 }
 
 /// `set_disk_metadata`: merged into the disk's index record.
-pub async fn set_metadata(
+pub(crate) async fn set_metadata(
     ctx: &CloudContext<'_>,
     cid: &DiskCid,
     metadata: &Object,
@@ -139,7 +139,7 @@ pub async fn set_metadata(
 /// data kept) on its node; a disk never attached gets its image of the new size at its
 /// first attach. Shrinking is refused with `NotSupported` (the director then copies the
 /// data to a new disk), and so is an attached disk (the director detaches first).
-pub async fn resize(
+pub(crate) async fn resize(
     ctx: &CloudContext<'_>,
     cid: &DiskCid,
     new_size_mib: u64,
@@ -189,7 +189,10 @@ fn grow_error(e: crate::docker::DockerError, cid: &DiskCid) -> DiskError {
 }
 
 /// `get_disks`: the persistent disks the VM's node has attached to it.
-pub async fn get_disks(ctx: &CloudContext<'_>, vm_cid: &VmCid) -> Result<CallResult, CpiError> {
+pub(crate) async fn get_disks(
+    ctx: &CloudContext<'_>,
+    vm_cid: &VmCid,
+) -> Result<CallResult, CpiError> {
     let s = Session::new(ctx);
     let (_, docker) = super::vm::find_existing(&s, vm_cid).await?;
     let disks: Vec<Value> = attach::disks_of(&s, &docker, vm_cid)

@@ -16,7 +16,7 @@ use crate::timestamp::Timestamp;
 
 /// `snapshot_disk`: the record first (a killed call leaves a record delete_snapshot can
 /// follow), then the volume and the copy; a failed copy takes both away again.
-pub async fn snapshot(
+pub(crate) async fn snapshot(
     ctx: &CloudContext<'_>,
     disk_cid: &DiskCid,
     metadata: &Object,
@@ -103,7 +103,7 @@ async fn copy_into_new_volume(
 }
 
 /// `delete_snapshot`: idempotent.
-pub async fn delete_snapshot(
+pub(crate) async fn delete_snapshot(
     ctx: &CloudContext<'_>,
     cid: &SnapshotCid,
 ) -> Result<CallResult, CpiError> {

@@ -12,13 +12,13 @@ use crate::labels::vm as labels;
 use crate::protocol::{CpiError, DiskCid, VmCid};
 
 /// The error for a disk the index does not know.
-pub fn not_found(cid: &DiskCid) -> CpiError {
+pub(crate) fn not_found(cid: &DiskCid) -> CpiError {
     DiskError::NotFound { cid: cid.clone() }.into()
 }
 
 /// The error for a disk whose record names a node that no longer has its volume: the
 /// CPI refuses to go on, as Docker would mount a new, empty volume of that name.
-pub fn volume_gone(disk: &DiskRecord) -> CpiError {
+pub(crate) fn volume_gone(disk: &DiskRecord) -> CpiError {
     DiskError::VolumeGone {
         cid: disk.cid.clone(),
         node: disk.node.clone(),
@@ -96,7 +96,7 @@ impl VolumeHolder {
 impl Session<'_> {
     /// The VM disk tree of node `node` (see [`crate::disk_mounts`]), from its record; a
     /// node prepared before it had one is an error that says what to run.
-    pub async fn disks_dir(&self, node: &str) -> Result<String, CpiError> {
+    pub(crate) async fn disks_dir(&self, node: &str) -> Result<String, CpiError> {
         self.disks_dir_if_any(node).await?.ok_or_else(|| {
             DiskError::NoDiskTree {
                 node: node.to_string(),
@@ -107,7 +107,7 @@ impl Session<'_> {
 
     /// The VM disk tree of node `node`, `None` on a node prepared before it had one (no
     /// disk can be bound there).
-    pub async fn disks_dir_if_any(&self, node: &str) -> Result<Option<String>, CpiError> {
+    pub(crate) async fn disks_dir_if_any(&self, node: &str) -> Result<Option<String>, CpiError> {
         let view = self.view().await?;
         let record = view
             .registered(node)?
@@ -118,7 +118,7 @@ impl Session<'_> {
     }
 
     /// The VM a disk is attached to according to the index, if that VM still exists.
-    pub async fn attached_vm(&self, disk: &DiskRecord) -> Result<Option<VmCid>, CpiError> {
+    pub(crate) async fn attached_vm(&self, disk: &DiskRecord) -> Result<Option<VmCid>, CpiError> {
         let Some(vm) = &disk.vm else {
             return Ok(None);
         };
@@ -126,7 +126,7 @@ impl Session<'_> {
     }
 
     /// Releases every disk that the index says is attached to `vm_cid` (the VM is gone).
-    pub async fn release_disks_of(&self, vm_cid: &VmCid) -> Result<(), CpiError> {
+    pub(crate) async fn release_disks_of(&self, vm_cid: &VmCid) -> Result<(), CpiError> {
         let keys = self.keys().await?;
         let etcd = self.etcd().await?;
         let resp = etcd
@@ -154,7 +154,7 @@ impl Session<'_> {
     /// asked side by side. Copy helpers a killed move left and VMs the index does not know
     /// (abandoned by a failed create_vm) are removed; any other holder is an error naming
     /// it. Whether `owner` has the disk bound already.
-    pub async fn ensure_unmounted(
+    pub(crate) async fn ensure_unmounted(
         &self,
         docker: &NodeDocker,
         disks_dir: Option<&str>,

@@ -30,7 +30,7 @@ impl Session<'_> {
     /// or was killed) and clears those marks. Called once per disk by a call that uses the
     /// disk. Never fails its caller: a node still unreachable keeps its mark (and the
     /// copy) for the next call, and is named in the log.
-    pub async fn remove_stray_copies(&self, disk: &mut DiskRecord) {
+    pub(crate) async fn remove_stray_copies(&self, disk: &mut DiskRecord) {
         self.clear_mark(disk, Mark::OldCopy).await;
         self.clear_mark(disk, Mark::Copying).await;
     }
@@ -38,7 +38,7 @@ impl Session<'_> {
     /// Removes the old copy a finished move left on its source node (see
     /// [`Session::move_disk`]). Never fails its caller: a node that does not answer keeps
     /// the mark (and the copy) for the next call that uses the disk.
-    pub async fn remove_old_copy(&self, disk: &mut DiskRecord) {
+    pub(crate) async fn remove_old_copy(&self, disk: &mut DiskRecord) {
         self.clear_mark(disk, Mark::OldCopy).await;
     }
 
@@ -116,7 +116,11 @@ impl Session<'_> {
     /// each kind. The caller removes the source with [`Session::remove_old_copy`], beside
     /// its next step (the disk lives on `target` from now on). A copy that fails is
     /// removed now if the target answers; otherwise its mark stays for the next call.
-    pub async fn move_disk(&self, disk: &mut DiskRecord, target: &str) -> Result<(), CpiError> {
+    pub(crate) async fn move_disk(
+        &self,
+        disk: &mut DiskRecord,
+        target: &str,
+    ) -> Result<(), CpiError> {
         let cid = disk.cid.clone();
         // The record has room for one copy of each kind: a copy that could not be removed
         // yet (its node did not answer) must not lose its mark to this move.

@@ -7,7 +7,7 @@ use crate::labels::vm as labels;
 use crate::protocol::{CpiError, ErrorKind, VmCid};
 
 /// The error for a VM the index does not know.
-pub fn not_found(cid: &VmCid) -> CpiError {
+pub(crate) fn not_found(cid: &VmCid) -> CpiError {
     CpiError::new(ErrorKind::VmNotFound, format!("VM {cid} does not exist"))
 }
 
@@ -19,7 +19,7 @@ pub fn ephemeral_volume(vm_cid: &str) -> String {
 impl Session<'_> {
     /// The VM's index record and a client for its node; `None` when the index has no
     /// record. A record on a node no longer registered is an error.
-    pub async fn vm_and_node(
+    pub(crate) async fn vm_and_node(
         &self,
         cid: &VmCid,
     ) -> Result<Option<(crate::cluster::VmRecord, NodeDocker)>, CpiError> {
@@ -43,7 +43,11 @@ impl Session<'_> {
     /// Removes every container of VM `cid` on its node (its own, any other carrying its
     /// label), its ephemeral volume, and its directory of the node's disk tree with the
     /// disks bound there (the disks themselves stay).
-    pub async fn remove_from_node(&self, docker: &NodeDocker, cid: &VmCid) -> Result<(), CpiError> {
+    pub(crate) async fn remove_from_node(
+        &self,
+        docker: &NodeDocker,
+        cid: &VmCid,
+    ) -> Result<(), CpiError> {
         self.container_changed(docker, cid.as_str());
         // A node prepared before it had a disk tree has nothing bound.
         let dir = self.disks_dir_if_any(&docker.name).await?;
@@ -52,7 +56,7 @@ impl Session<'_> {
 
     /// Removes the abandoned VM `cid` (no index record) from the node of `docker` as
     /// delete_vm does. `why` says what it was in the way of.
-    pub async fn remove_abandoned(
+    pub(crate) async fn remove_abandoned(
         &self,
         docker: &NodeDocker,
         cid: &VmCid,

@@ -22,7 +22,7 @@ pub struct LightImage {
 impl LightImage {
     /// Reads `image_reference` (and `digest`) from create_stemcell's cloud_properties;
     /// `None` for rootfs stemcells.
-    pub fn from_cloud_properties(cp: &Object) -> Result<Option<LightImage>, StemcellError> {
+    pub(crate) fn from_cloud_properties(cp: &Object) -> Result<Option<LightImage>, StemcellError> {
         let Some(reference) = cp.get("image_reference") else {
             return Ok(None);
         };
@@ -69,7 +69,7 @@ impl LightImage {
 /// Tags the image as the stemcell on every node that has it with the right digest (pulling
 /// where it is missing). Returns the nodes that have it; errors when none does, or when a
 /// node has the reference with another digest.
-pub async fn adopt(
+pub(crate) async fn adopt(
     nodes: &[NodeDocker],
     image: &LightImage,
     cid: &str,

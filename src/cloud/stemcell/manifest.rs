@@ -62,7 +62,7 @@ pub enum ManifestError {
 impl Manifest {
     /// Parses the manifest text; the error says which field is wrong. An unquoted numeric
     /// version (`version: 1.500`) is kept as written, not as the number YAML makes of it.
-    pub fn parse(text: &str) -> Result<Manifest, ManifestError> {
+    pub(crate) fn parse(text: &str) -> Result<Manifest, ManifestError> {
         let mut m: Manifest = serde_yaml_ng::from_str(text).map_err(ManifestError::Invalid)?;
         if let Some(raw) = text.lines().find_map(|l| l.strip_prefix("version:")) {
             let raw = raw.split(" #").next().unwrap_or(raw).trim();
@@ -76,7 +76,7 @@ impl Manifest {
 
     /// Checks the stemcell is a rootfs format this CPI imports (an empty list is accepted:
     /// old stemcells do not declare formats).
-    pub fn check_format(&self) -> Result<(), ManifestError> {
+    pub(crate) fn check_format(&self) -> Result<(), ManifestError> {
         if self.stemcell_formats.is_empty()
             || self
                 .stemcell_formats
@@ -94,7 +94,7 @@ impl Manifest {
     }
 
     /// The digest the image must have, when the manifest gives one.
-    pub fn expected_digest(&self) -> Result<Option<ExpectedDigest>, ManifestError> {
+    pub(crate) fn expected_digest(&self) -> Result<Option<ExpectedDigest>, ManifestError> {
         self.sha1.as_deref().map(ExpectedDigest::parse).transpose()
     }
 }
@@ -109,7 +109,7 @@ pub enum ExpectedDigest {
 impl ExpectedDigest {
     /// Parses `abc...`, `sha1:abc...` or `sha256:abc...` (a multi-digest takes the first
     /// algorithm this CPI knows).
-    pub fn parse(text: &str) -> Result<ExpectedDigest, ManifestError> {
+    pub(crate) fn parse(text: &str) -> Result<ExpectedDigest, ManifestError> {
         for part in text.split(';').map(str::trim) {
             let (algo, hex) = part.split_once(':').unwrap_or(("sha1", part));
             let hex = hex.trim().to_ascii_lowercase();
@@ -126,7 +126,7 @@ impl ExpectedDigest {
     }
 
     /// A hasher for this digest's algorithm.
-    pub fn hasher(&self) -> Hasher {
+    pub(crate) fn hasher(&self) -> Hasher {
         match self {
             ExpectedDigest::Sha1(_) => Hasher::Sha1(sha1::Sha1::new()),
             ExpectedDigest::Sha256(_) => Hasher::Sha256(sha2::Sha256::new()),
@@ -134,7 +134,7 @@ impl ExpectedDigest {
     }
 
     /// The expected hex value.
-    pub fn hex(&self) -> &str {
+    pub(crate) fn hex(&self) -> &str {
         match self {
             ExpectedDigest::Sha1(h) | ExpectedDigest::Sha256(h) => h,
         }
@@ -149,7 +149,7 @@ pub enum Hasher {
 
 impl Hasher {
     /// Adds bytes.
-    pub fn update(&mut self, data: &[u8]) {
+    pub(crate) fn update(&mut self, data: &[u8]) {
         match self {
             Hasher::Sha1(h) => h.update(data),
             Hasher::Sha256(h) => h.update(data),
@@ -157,7 +157,7 @@ impl Hasher {
     }
 
     /// The final hex digest.
-    pub fn finish(self) -> String {
+    pub(crate) fn finish(self) -> String {
         match self {
             Hasher::Sha1(h) => hex::encode(h.finalize()),
             Hasher::Sha256(h) => hex::encode(h.finalize()),

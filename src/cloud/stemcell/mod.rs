@@ -27,7 +27,7 @@ use source::StemcellSource;
 pub const IMAGE_REPO: &str = "moltencore-stemcell";
 
 /// The image reference of a stemcell on a node.
-pub fn image_reference(cid: &StemcellCid) -> String {
+pub(crate) fn image_reference(cid: &StemcellCid) -> String {
     format!("{IMAGE_REPO}:{cid}")
 }
 
@@ -67,7 +67,7 @@ impl StreamCheck for NoCheck {
 /// `create_stemcell`: streams the rootfs into every ready node concurrently (into the
 /// CPI's `placement.node` alone when one is set), or, for a docker-light stemcell, adopts
 /// the image it names.
-pub async fn create(
+pub(crate) async fn create(
     ctx: &CloudContext<'_>,
     image_path: &str,
     cloud_properties: &Object,
@@ -293,7 +293,10 @@ async fn remove_everywhere(nodes: &[NodeDocker], reference: &str) {
 
 /// `delete_stemcell`: removes the image from every node; already gone is success. A node
 /// that cannot be reached is reported in the log and keeps its copy.
-pub async fn delete(ctx: &CloudContext<'_>, cid: &StemcellCid) -> Result<CallResult, CpiError> {
+pub(crate) async fn delete(
+    ctx: &CloudContext<'_>,
+    cid: &StemcellCid,
+) -> Result<CallResult, CpiError> {
     let session = Session::new(ctx);
     let view = session.view().await?;
     let reference = image_reference(cid);
@@ -335,7 +338,7 @@ pub enum Presence {
 /// its index record, else its image on a node of the cluster (as [`ensure_on_node`]
 /// decides). Unknown (every node answered without it) is final; a node that did not
 /// answer makes it retriable, as a retry may find it there.
-pub async fn check_exists(s: &Session<'_>, cid: &StemcellCid) -> Result<Presence, CpiError> {
+pub(crate) async fn check_exists(s: &Session<'_>, cid: &StemcellCid) -> Result<Presence, CpiError> {
     let keys = s.keys().await?;
     if index::get::<StemcellRecord>(s.etcd().await?, &keys.stemcell(cid))
         .await?
@@ -374,7 +377,7 @@ pub async fn check_exists(s: &Session<'_>, cid: &StemcellCid) -> Result<Presence
 
 /// Makes sure `node` has stemcell `cid`, copying it from another node that has it.
 /// `presence` is what [`check_exists`] found: a node it saw the image on is not asked again.
-pub async fn ensure_on_node(
+pub(crate) async fn ensure_on_node(
     s: &Session<'_>,
     node: &NodeDocker,
     cid: &StemcellCid,

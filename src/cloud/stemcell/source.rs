@@ -67,7 +67,7 @@ enum Layout {
 
 impl StemcellSource {
     /// Locates the manifest for `image_path`. Errors name the path and what is missing.
-    pub fn open(image_path: &str) -> Result<StemcellSource, SourceError> {
+    pub(crate) fn open(image_path: &str) -> Result<StemcellSource, SourceError> {
         let path = Path::new(image_path);
         let shown = crate::echo::printable_path(path);
         // Checked on the opened file: a device or FIFO is refused before anything is read.
@@ -92,7 +92,7 @@ impl StemcellSource {
     }
 
     /// Opens the image bytes (the gzipped rootfs tarball), positioned at its start.
-    pub fn image_reader(&self) -> Result<Box<dyn Read + Send>, SourceError> {
+    pub(crate) fn image_reader(&self) -> Result<Box<dyn Read + Send>, SourceError> {
         match &self.layout {
             Layout::Extracted(path) => {
                 let f = bounded_file::open_regular(path).map_err(SourceError::Image)?;
