@@ -6,6 +6,7 @@
 //! [`Session::vm_record_now`].
 
 pub mod disks;
+pub(crate) mod error;
 pub mod moving;
 pub mod vms;
 

@@ -2,13 +2,14 @@
 //! containers, ephemeral volume and disk binds from its node (delete_vm, abandoned VMs).
 
 use super::Session;
+use super::error::VmLookupError;
 use crate::docker::NodeDocker;
 use crate::labels::vm as labels;
-use crate::protocol::{CpiError, ErrorKind, VmCid};
+use crate::protocol::{CpiError, VmCid};
 
 /// The error for a VM the index does not know.
 pub(crate) fn not_found(cid: &VmCid) -> CpiError {
-    CpiError::new(ErrorKind::VmNotFound, format!("VM {cid} does not exist"))
+    VmLookupError::NotFound { cid: cid.clone() }.into()
 }
 
 /// The ephemeral volume of a VM.
@@ -28,13 +29,8 @@ impl Session<'_> {
             return Ok(None);
         };
         if view.registered(&record.node)?.is_none() {
-            return Err(CpiError::cloud(
-                format!(
-                    "VM {cid} is on node {}, which is no longer registered in etcd",
-                    record.node
-                ),
-                false,
-            ));
+            let (cid, node) = (cid.clone(), record.node);
+            return Err(VmLookupError::NodeGone { cid, node }.into());
         }
         let docker = self.node_docker(&record.node).await?;
         Ok(Some((record, docker)))
@@ -98,11 +94,11 @@ async fn remove_from_node(
         }
         tokio::time::sleep(IN_FLIGHT_GRACE).await;
     }
-    Err(CpiError::cloud(
-        format!(
-            "node {}: VM {cid} still has containers or its volume {volume} after {REMOVAL_ROUNDS} rounds of removal",
-            docker.name
-        ),
-        true,
-    ))
+    Err(VmLookupError::NotRemoved {
+        node: docker.name.clone(),
+        cid: cid.clone(),
+        volume,
+        rounds: REMOVAL_ROUNDS,
+    }
+    .into())
 }
