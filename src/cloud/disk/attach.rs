@@ -253,3 +253,51 @@ pub(crate) async fn detach(
     }
     Ok(CallResult::Plain(Value::Null))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use bollard::models::{ContainerConfig, MountPoint};
+
+    use super::*;
+
+    fn container(block_label: bool, mounts: &[(&str, &str)]) -> ContainerInspectResponse {
+        let labels = block_label
+            .then(|| HashMap::from([(labels::DISKS.to_string(), labels::BLOCK_DISKS.to_string())]));
+        ContainerInspectResponse {
+            config: Some(ContainerConfig {
+                labels,
+                ..Default::default()
+            }),
+            mounts: Some(
+                mounts
+                    .iter()
+                    .map(|(dest, typ)| MountPoint {
+                        destination: Some(dest.to_string()),
+                        typ: Some(typ.to_string()),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn how_a_vm_takes_disks_is_read_from_its_container() {
+        assert_eq!(VmDisks::of(&container(true, &[])), VmDisks::Block);
+        assert_eq!(
+            VmDisks::of(&container(false, &[(DISK_MOUNT_ROOT, "bind")])),
+            VmDisks::Bound
+        );
+        assert_eq!(VmDisks::of(&container(false, &[])), VmDisks::Fixed);
+    }
+
+    #[test]
+    fn fixed_disks_are_the_volumes_mounted_at_their_hints() {
+        let hint = format!("{DISK_MOUNT_ROOT}/disk-1");
+        let c = container(false, &[(&hint, "volume"), ("/var/vcap/data", "volume")]);
+        assert_eq!(volume_disks(&c), vec!["disk-1"]);
+    }
+}

@@ -138,3 +138,30 @@ pub enum DiskError {
     #[error(transparent)]
     Docker(#[from] DockerError),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_words_name_the_disk_and_the_node() {
+        let cid = DiskCid::parse("disk-00000000-0000-0000-0000-000000000001").unwrap();
+        let e = DiskError::LoopStillHeld {
+            cid: cid.clone(),
+            device: "3".into(),
+            node: "n1".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "disk disk-00000000-0000-0000-0000-000000000001 is still in use through /dev/loop3 on node n1: a mount of it in a VM it was detached from has not let go yet"
+        );
+        let e = DiskError::CopyLeft {
+            cid,
+            node: "n2".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "delete_disk: disk disk-00000000-0000-0000-0000-000000000001 still has a copy an earlier move left on node n2, which cannot be removed now; retry when node n2 answers (or unregister it)"
+        );
+    }
+}

@@ -202,3 +202,38 @@ pub(crate) async fn get_disks(
         .collect();
     Ok(CallResult::Plain(Value::Array(disks)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::docker::{DockerError, mounter};
+    use crate::protocol::ErrorKind;
+
+    fn refusal(code: i64, detail: &str) -> DockerError {
+        DockerError::Mount {
+            node: "n1".into(),
+            command: "grow".into(),
+            code,
+            detail: detail.into(),
+        }
+    }
+
+    #[test]
+    fn the_mounters_refusals_of_a_grow_are_said_for_the_director() {
+        let cid = DiskCid::generate();
+        let e = CpiError::from(grow_error(refusal(mounter::IN_USE, "busy"), &cid));
+        assert_eq!((e.kind, e.ok_to_retry), (ErrorKind::CloudError, true));
+        assert_eq!(
+            e.message,
+            format!("resize_disk: disk {cid} is still in use on its node: busy")
+        );
+        let e = CpiError::from(grow_error(refusal(1, "the image does not shrink"), &cid));
+        assert_eq!(e.kind, ErrorKind::NotSupported);
+        let e = CpiError::from(grow_error(refusal(1, "other"), &cid));
+        assert_eq!(e.kind, ErrorKind::CloudError);
+        assert_eq!(
+            e.message,
+            "node n1: mc-mounter grow failed (exit code 1): other"
+        );
+    }
+}

@@ -25,3 +25,21 @@ pub enum VmLookupError {
         rounds: usize,
     },
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_words_name_the_vm_and_its_node() {
+        let cid = VmCid::parse("vm-00000000-0000-0000-0000-000000000001").unwrap();
+        let e = VmLookupError::NodeGone {
+            cid,
+            node: "n1".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "VM vm-00000000-0000-0000-0000-000000000001 is on node n1, which is no longer registered in etcd"
+        );
+    }
+}

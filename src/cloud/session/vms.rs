@@ -102,3 +102,13 @@ async fn remove_from_node(
     }
     .into())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ephemeral_volume_is_named_after_the_vm() {
+        assert_eq!(ephemeral_volume("vm-1"), "vm-1-ephemeral");
+    }
+}

@@ -80,3 +80,30 @@ pub enum StemcellError {
     #[error(transparent)]
     Docker(#[from] DockerError),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_words_say_what_to_do() {
+        let e = StemcellError::Unknown {
+            shown: "sc-x".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "create_vm: unknown stemcell sc-x: stemcell sc-x is on no node of the cluster: upload it again"
+        );
+        let e = StemcellError::LightDigest {
+            reference: "r:1".into(),
+            node: "n1".into(),
+            id: "sha256:a".into(),
+            digests: "r@sha256:b".into(),
+            want: "sha256:c".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "create_stemcell: image r:1 on node n1 has id sha256:a and digests [r@sha256:b], not sha256:c"
+        );
+    }
+}
