@@ -383,6 +383,7 @@ pub enum DiskMove {
 pub struct MoveBlocked {
     /// The record field that names the copy.
     pub mark: &'static str,
+    /// The node that holds the copy.
     pub node: String,
 }
 

@@ -9,7 +9,7 @@ use crate::protocol::{DiskCid, VmCid};
 
 /// A disk operation that cannot go on. The text is what the director is told.
 #[derive(Debug, thiserror::Error)]
-pub enum DiskError {
+pub(crate) enum DiskError {
     /// The index has no record of the disk.
     #[error("disk {cid} does not exist")]
     NotFound { cid: DiskCid },

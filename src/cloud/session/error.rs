@@ -6,7 +6,7 @@ use crate::protocol::VmCid;
 
 /// A VM that cannot be found or removed. The text is what the director is told.
 #[derive(Debug, thiserror::Error)]
-pub enum VmLookupError {
+pub(crate) enum VmLookupError {
     /// The index has no record of the VM.
     #[error("VM {cid} does not exist")]
     NotFound { cid: VmCid },

@@ -9,7 +9,7 @@ use crate::protocol::StemcellCid;
 
 /// A stemcell operation that cannot go on. The text is what the director is told.
 #[derive(Debug, thiserror::Error)]
-pub enum StemcellError {
+pub(crate) enum StemcellError {
     /// The stemcell's files cannot be read as one.
     #[error(transparent)]
     Source(#[from] SourceError),

@@ -39,7 +39,7 @@ pub const ROOTFS_FORMATS: &[&str] = &["warden-tar", "general-tar"];
 
 /// A manifest this CPI cannot import from; the text names the field.
 #[derive(Debug, thiserror::Error)]
-pub enum ManifestError {
+pub(crate) enum ManifestError {
     /// Not YAML of the manifest's shape.
     #[error("stemcell.MF is not valid: {0}")]
     Invalid(#[source] serde_yaml_ng::Error),

@@ -15,7 +15,7 @@ use crate::channel_reader::ChannelReader;
 /// A stemcell whose files cannot be read as one; the text names the path. Always the
 /// request's (or the operator's) fault: a retry reads the same files.
 #[derive(Debug, thiserror::Error)]
-pub enum SourceError {
+pub(crate) enum SourceError {
     /// `image_path` is no readable regular file.
     #[error("create_stemcell: image_path: {0}")]
     ImagePath(#[source] ReadError),
