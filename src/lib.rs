@@ -24,3 +24,4 @@ pub mod reboot;
 pub mod redact;
 pub mod roundtrips;
 pub mod serde_words;
+pub mod timestamp;

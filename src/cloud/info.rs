@@ -11,7 +11,7 @@ pub const STEMCELL_FORMATS: &[&str] = &["warden-tar", "general-tar", "docker-lig
 pub const API_VERSION: u32 = 2;
 
 /// The `info` result.
-pub fn info() -> CallResult {
+pub(crate) fn info() -> CallResult {
     CallResult::Plain(json!({
         "api_version": API_VERSION,
         "stemcell_formats": STEMCELL_FORMATS,

@@ -81,8 +81,3 @@ pub async fn handle(ctx: &CloudContext<'_>, call: Call) -> Result<CallResult, Cp
         Call::DeleteSnapshot { snapshot_cid } => disk::delete_snapshot(ctx, &snapshot_cid).await,
     }
 }
-
-/// The current time as RFC 3339 UTC, for index records and labels.
-pub fn now() -> String {
-    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
-}

@@ -1,12 +1,13 @@
 //! The records the cluster keeps in etcd: node records (written by node-prep), Flannel's
-//! network config and subnet leases.
+//! network config and subnet leases, and the CPI's VM, disk, snapshot and stemcell records.
 
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{DiskCid, SnapshotCid, VmCid};
+use crate::ids::{DiskCid, SnapshotCid, StemcellCid, VmCid};
+use crate::timestamp::Timestamp;
 
 /// Whether placement may put new VMs on a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -132,6 +133,28 @@ struct LeaseValue {
     backend_type: Option<String>,
 }
 
+/// A flannel subnet lease that cannot be read; the text names its key.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    /// The key's last segment is not `<address>-<length>`.
+    #[error("lease key '{key}' is not <address>-<length>")]
+    KeyShape { key: String },
+    /// The key's address and length are no subnet.
+    #[error("lease key '{key}': {source}")]
+    KeySubnet {
+        key: String,
+        #[source]
+        source: ipnet::AddrParseError,
+    },
+    /// The value is not flannel's lease JSON.
+    #[error("lease '{key}' value is not flannel JSON: {source}")]
+    Value {
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
 impl SubnetLease {
     /// The key name of a lease for `subnet` (`10.1.2.0-24`).
     pub fn key_name(subnet: &Ipv4Net) -> String {
@@ -151,15 +174,16 @@ impl SubnetLease {
     }
 
     /// Parses a lease from its key's last segment (`10.1.2.0-24`) and JSON value.
-    pub fn parse(key_name: &str, value: &[u8]) -> Result<SubnetLease, String> {
+    pub fn parse(key_name: &str, value: &[u8]) -> Result<SubnetLease, LeaseError> {
+        let key = || key_name.to_string();
         let (addr, len) = key_name
             .rsplit_once('-')
-            .ok_or_else(|| format!("lease key '{key_name}' is not <address>-<length>"))?;
+            .ok_or_else(|| LeaseError::KeyShape { key: key() })?;
         let subnet = format!("{addr}/{len}")
             .parse::<Ipv4Net>()
-            .map_err(|e| format!("lease key '{key_name}': {e}"))?;
+            .map_err(|source| LeaseError::KeySubnet { key: key(), source })?;
         let v: LeaseValue = serde_json::from_slice(value)
-            .map_err(|e| format!("lease '{key_name}' value is not flannel JSON: {e}"))?;
+            .map_err(|source| LeaseError::Value { key: key(), source })?;
         Ok(SubnetLease {
             subnet,
             public_ip: v.public_ip,
@@ -181,8 +205,18 @@ mod tests {
         .unwrap();
         assert_eq!(l.subnet, "10.1.2.0/24".parse::<Ipv4Net>().unwrap());
         assert_eq!(l.public_ip, Some(Ipv4Addr::new(192, 0, 2, 11)));
-        assert!(SubnetLease::parse("10.1.2.0", b"{}").is_err());
-        assert!(SubnetLease::parse("10.1.2.0-24", b"nope").is_err());
+        assert_eq!(
+            SubnetLease::parse("10.1.2.0", b"{}")
+                .unwrap_err()
+                .to_string(),
+            "lease key '10.1.2.0' is not <address>-<length>"
+        );
+        let e = SubnetLease::parse("10.1.2.0-24", b"nope").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("lease '10.1.2.0-24' value is not flannel JSON: "),
+            "{e}"
+        );
     }
 
     #[test]
@@ -241,7 +275,7 @@ pub struct VmRecord {
     /// `creating` until create_vm finished, then `created`.
     #[serde(default)]
     pub state: VmState,
-    pub created_at: String,
+    pub created_at: Timestamp,
     /// Metadata from set_vm_metadata (deployment, job, index, ...).
     #[serde(default)]
     pub metadata: serde_json::Map<String, serde_json::Value>,
@@ -281,17 +315,12 @@ pub struct DiskRecord {
     /// The VM it is attached to, if any.
     #[serde(default)]
     pub vm: Option<VmCid>,
-    /// A node still holding the source volume of a finished move (the move was killed, or
-    /// that node was unreachable, after the record switched to the new node); the next
-    /// attach, has_disk or delete_disk removes it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub old_copy_on: Option<String>,
-    /// A node a move is copying the disk to (set before the target volume is made): if the
-    /// move fails or is killed there, the next attach, has_disk or delete_disk removes the
-    /// partial copy and its helpers, wherever the disk goes next.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub copying_to: Option<String>,
-    pub created_at: String,
+    /// The copies of the disk a move to another node made or left on other nodes (stored
+    /// as the record's `copying_to` and `old_copy_on` fields): the next attach, has_disk or
+    /// delete_disk removes them, wherever the disk goes next.
+    #[serde(flatten)]
+    pub moving: DiskMove,
+    pub created_at: Timestamp,
     #[serde(default)]
     pub metadata: serde_json::Map<String, serde_json::Value>,
 }
@@ -303,7 +332,254 @@ pub struct SnapshotRecord {
     pub cid: SnapshotCid,
     pub disk_cid: DiskCid,
     pub node: String,
-    pub created_at: String,
+    pub created_at: Timestamp,
     #[serde(default)]
     pub metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A stemcell at `<key_prefix>/stemcells/<cid>`: an image tagged with the cid on the
+/// nodes that imported (or adopted) it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StemcellRecord {
+    pub cid: StemcellCid,
+    pub name: String,
+    pub version: String,
+    #[serde(default)]
+    pub operating_system: Option<String>,
+    /// Nodes that had the image after create_stemcell.
+    #[serde(default)]
+    pub nodes: Vec<String>,
+    pub created_at: Timestamp,
+}
+
+/// Where a disk has copies besides its own node, as a move to another node goes
+/// (`cloud::session::moving`; drawn in docs/disks.md). Stored as two fields of the disk's
+/// record, `copying_to` and `old_copy_on`, each written only when set: every record
+/// written before this type reads back, and writes back, the same.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(from = "MoveMarks", into = "MoveMarks")]
+pub enum DiskMove {
+    /// No copy of the disk outside its node.
+    #[default]
+    Settled,
+    /// A copy is being made on node `to` (marked before its volume is made): a move that
+    /// fails or is killed leaves a partial copy there. `old_copy_on` is the source copy an
+    /// earlier move left, still there (on `to` itself: the disk goes back where it was).
+    Copying {
+        to: String,
+        old_copy_on: Option<String>,
+    },
+    /// A finished move switched the disk to its new node; the source copy stays on node
+    /// `on` until it is removed.
+    OldCopy { on: String },
+}
+
+/// A move that cannot start: a copy an earlier move made or left on another node than the
+/// target could not be removed yet, and the record has room for one copy of each kind.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "a copy of it on node {node} ({mark}) could not be removed yet; retry when node {node} answers"
+)]
+pub struct MoveBlocked {
+    /// The record field that names the copy.
+    pub mark: &'static str,
+    /// The node that holds the copy.
+    pub node: String,
+}
+
+impl DiskMove {
+    /// The node a copy is being made on (`copying_to`).
+    pub fn copying_to(&self) -> Option<&str> {
+        match self {
+            DiskMove::Copying { to, .. } => Some(to),
+            _ => None,
+        }
+    }
+
+    /// The node holding the source copy of a finished move (`old_copy_on`).
+    pub fn old_copy_on(&self) -> Option<&str> {
+        match self {
+            DiskMove::OldCopy { on } => Some(on),
+            DiskMove::Copying { old_copy_on, .. } => old_copy_on.as_deref(),
+            DiskMove::Settled => None,
+        }
+    }
+
+    /// Some node holding a copy besides the disk's own, if any.
+    pub fn stray_copy(&self) -> Option<&str> {
+        self.old_copy_on().or(self.copying_to())
+    }
+
+    /// A move to `target` starts (before the target volume is made). Refused while a copy
+    /// sits on another node than `target`: its mark would be lost.
+    pub fn begin(&mut self, target: &str) -> Result<(), MoveBlocked> {
+        for (mark, node) in [
+            ("copying_to", self.copying_to()),
+            ("old_copy_on", self.old_copy_on()),
+        ] {
+            if let Some(node) = node.filter(|n| *n != target) {
+                return Err(MoveBlocked {
+                    mark,
+                    node: node.to_string(),
+                });
+            }
+        }
+        let old_copy_on = self.old_copy_on().map(str::to_string);
+        *self = DiskMove::Copying {
+            to: target.to_string(),
+            old_copy_on,
+        };
+        Ok(())
+    }
+
+    /// The copy was made and checked: the disk lives on the target now, and its former
+    /// node `source` holds the old copy. Only from `Copying` (a move under way); any other
+    /// state is left as it is.
+    pub fn switched(&mut self, source: String) {
+        debug_assert!(
+            matches!(self, DiskMove::Copying { .. }),
+            "a move switched from {self:?}"
+        );
+        if let DiskMove::Copying { .. } = self {
+            *self = DiskMove::OldCopy { on: source };
+        }
+    }
+
+    /// The source copy of a finished move is gone; the state keeps any copy being made.
+    pub fn old_copy_removed(&mut self) {
+        match self {
+            DiskMove::OldCopy { .. } => *self = DiskMove::Settled,
+            DiskMove::Copying { old_copy_on, .. } => *old_copy_on = None,
+            DiskMove::Settled => {}
+        }
+    }
+
+    /// The partial copy of a move that failed (or was killed) is gone; the state keeps
+    /// an old copy an earlier move left.
+    pub fn partial_copy_removed(&mut self) {
+        if let DiskMove::Copying { old_copy_on, .. } = self {
+            *self = match old_copy_on.take() {
+                Some(on) => DiskMove::OldCopy { on },
+                None => DiskMove::Settled,
+            };
+        }
+    }
+}
+
+/// The fields a `DiskMove` is stored as in the disk's record.
+#[derive(Serialize, Deserialize)]
+struct MoveMarks {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    old_copy_on: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    copying_to: Option<String>,
+}
+
+impl From<MoveMarks> for DiskMove {
+    fn from(m: MoveMarks) -> DiskMove {
+        match (m.old_copy_on, m.copying_to) {
+            (None, None) => DiskMove::Settled,
+            (Some(on), None) => DiskMove::OldCopy { on },
+            (old_copy_on, Some(to)) => DiskMove::Copying { to, old_copy_on },
+        }
+    }
+}
+
+impl From<DiskMove> for MoveMarks {
+    fn from(m: DiskMove) -> MoveMarks {
+        MoveMarks {
+            old_copy_on: m.old_copy_on().map(str::to_string),
+            copying_to: m.copying_to().map(str::to_string),
+        }
+    }
+}
+
+#[cfg(test)]
+mod disk_move_tests {
+    use super::*;
+
+    fn copying(to: &str, old: Option<&str>) -> DiskMove {
+        DiskMove::Copying {
+            to: to.into(),
+            old_copy_on: old.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn records_read_back_and_write_back_the_same() {
+        for marks in [
+            "",
+            r#""old_copy_on":"n1","#,
+            r#""copying_to":"n2","#,
+            r#""old_copy_on":"n2","copying_to":"n2","#,
+            r#""old_copy_on":"n1","copying_to":"n2","#,
+        ] {
+            let text = format!(
+                r#"{{"cid":"disk-00000000-0000-0000-0000-000000000001","node":"n3","size_mib":10,"vm":null,{marks}"created_at":"2026-11-25T00:00:00Z","metadata":{{}}}}"#
+            );
+            let record: DiskRecord = serde_json::from_str(&text).unwrap();
+            assert_eq!(serde_json::to_string(&record).unwrap(), text);
+        }
+    }
+
+    #[test]
+    fn the_fields_name_the_state() {
+        let read = |json: &str| -> DiskMove {
+            let marks: MoveMarks = serde_json::from_str(json).unwrap();
+            marks.into()
+        };
+        assert_eq!(read("{}"), DiskMove::Settled);
+        assert_eq!(
+            read(r#"{"old_copy_on":"n1"}"#),
+            DiskMove::OldCopy { on: "n1".into() }
+        );
+        assert_eq!(read(r#"{"copying_to":"n2"}"#), copying("n2", None));
+        assert_eq!(
+            read(r#"{"old_copy_on":"n1","copying_to":"n2"}"#),
+            copying("n2", Some("n1"))
+        );
+    }
+
+    #[test]
+    fn a_move_goes_settled_copying_old_copy_settled() {
+        let mut m = DiskMove::Settled;
+        m.begin("n2").unwrap();
+        assert_eq!(m, copying("n2", None));
+        m.switched("n1".into());
+        assert_eq!(m, DiskMove::OldCopy { on: "n1".into() });
+        assert_eq!(m.stray_copy(), Some("n1"));
+        m.old_copy_removed();
+        assert_eq!(m, DiskMove::Settled);
+    }
+
+    #[test]
+    fn a_failed_copy_goes_back_keeping_the_old_copy() {
+        let mut m = DiskMove::OldCopy { on: "n2".into() };
+        m.begin("n2").unwrap();
+        assert_eq!(m, copying("n2", Some("n2")));
+        m.partial_copy_removed();
+        assert_eq!(m, DiskMove::OldCopy { on: "n2".into() });
+        let mut m = copying("n2", None);
+        m.partial_copy_removed();
+        assert_eq!(m, DiskMove::Settled);
+    }
+
+    #[test]
+    fn a_copy_elsewhere_blocks_a_move() {
+        let mut m = DiskMove::OldCopy { on: "n1".into() };
+        let e = m.begin("n2").unwrap_err();
+        assert_eq!(e.mark, "old_copy_on");
+        assert_eq!(
+            e.to_string(),
+            "a copy of it on node n1 (old_copy_on) could not be removed yet; retry when node n1 answers"
+        );
+        assert_eq!(m, DiskMove::OldCopy { on: "n1".into() });
+        let mut m = copying("n1", Some("n3"));
+        assert_eq!(m.begin("n2").unwrap_err().mark, "copying_to");
+        let mut m = copying("n2", Some("n3"));
+        assert_eq!(m.begin("n2").unwrap_err().mark, "old_copy_on");
+        let mut m = copying("n2", None);
+        m.begin("n2").unwrap();
+        assert_eq!(m, copying("n2", None));
+    }
 }

@@ -196,7 +196,7 @@ impl ClusterView {
             let name = key.strip_prefix(&subnets).unwrap_or(&key);
             match SubnetLease::parse(name, kv.value()) {
                 Ok(lease) => view.leases.push(lease),
-                Err(e) => view.problems.push(e),
+                Err(e) => view.problems.push(e.to_string()),
             }
         }
         for kv in &vm_kvs {

@@ -247,7 +247,7 @@ pub async fn read_leases(etcd: &Etcd, keys: &Keys) -> Result<(Vec<SubnetLease>, 
         match SubnetLease::parse(name, kv.value()) {
             Ok(l) => leases.push(l),
             Err(e) => {
-                warnings.push(e);
+                warnings.push(e.to_string());
                 if let Ok(l) = SubnetLease::parse(name, b"{}") {
                     leases.push(l);
                 }

@@ -9,14 +9,16 @@ use bollard::models::ContainerInspectResponse;
 use serde_json::Value;
 
 use crate::cloud::CloudContext;
+use crate::cloud::disk::error::DiskError;
 use crate::cloud::session::Session;
 use crate::cloud::session::disks::volume_gone;
 use crate::cloud::vm::agent_files::{self, DISK_MOUNT_ROOT, SETTINGS_PATH};
 use crate::cloud::vm::block_disks::{not_an_image, prepare_block_disk};
 use crate::cloud::vm::{find_existing, inside};
+use crate::cluster::DiskRecord;
 use crate::docker::NodeDocker;
 use crate::labels::vm as labels;
-use crate::protocol::{CallResult, CpiError, DiskCid, ErrorKind, VmCid};
+use crate::protocol::{CallResult, CpiError, DiskCid, VmCid};
 
 /// The VM's container, or `VMNotFound`.
 async fn container_of(
@@ -25,10 +27,11 @@ async fn container_of(
     vm_cid: &VmCid,
 ) -> Result<ContainerInspectResponse, CpiError> {
     s.inspect(docker, vm_cid.as_str()).await?.ok_or_else(|| {
-        CpiError::new(
-            ErrorKind::VmNotFound,
-            format!("VM {vm_cid} has no container on node {}", docker.name),
-        )
+        DiskError::NoContainer {
+            vm: vm_cid.clone(),
+            node: docker.name.clone(),
+        }
+        .into()
     })
 }
 
@@ -55,17 +58,6 @@ impl VmDisks {
         });
         if tree { VmDisks::Bound } else { VmDisks::Fixed }
     }
-}
-
-/// The refusal to attach a disk to a VM made by an earlier version: its agent mounts
-/// folders (or its container's volumes are fixed), not the block devices disks are now.
-fn made_earlier(vm_cid: &VmCid) -> CpiError {
-    CpiError::cloud(
-        format!(
-            "VM {vm_cid} was made by a CPI version whose disks are folders; recreate it (bosh recreate) to attach disks"
-        ),
-        false,
-    )
 }
 
 /// Disks mounted as Docker volumes at their hints: the disks of a VM made before disks
@@ -101,32 +93,26 @@ async fn set_hint(
     vm_cid: &VmCid,
     disk: &DiskCid,
     attached: bool,
-) -> Result<(), CpiError> {
+) -> Result<(), DiskError> {
+    let vm = || vm_cid.clone();
     let file = docker
         .read_file(vm_cid, SETTINGS_PATH)
         .await?
-        .ok_or_else(|| {
-            CpiError::cloud(
-                format!("VM {vm_cid} has no agent settings at {SETTINGS_PATH}"),
-                false,
-            )
+        .ok_or_else(|| DiskError::NoAgentSettings {
+            vm: vm(),
+            path: SETTINGS_PATH,
         })?;
-    let mut settings: Value = serde_json::from_slice(&file.data).map_err(|e| {
-        CpiError::cloud(
-            format!("VM {vm_cid}: agent settings unreadable: {e}"),
-            false,
-        )
-    })?;
+    let mut settings: Value = serde_json::from_slice(&file.data)
+        .map_err(|source| DiskError::SettingsUnreadable { vm: vm(), source })?;
     agent_files::set_disk_hint(&mut settings, disk.as_str(), attached);
-    let archive = agent_files::settings_archive(&settings)
-        .map_err(|e| CpiError::cpi(format!("cannot pack the agent settings: {e}")))?;
+    let archive = agent_files::settings_archive(&settings).map_err(DiskError::SettingsPack)?;
     Ok(docker.upload_archive(vm_cid, "/", archive).await?)
 }
 
 /// `attach_disk`: the disk appears in the running VM at `/warden-cpi-dev/<disk cid>`; the
 /// hint is returned (v2) and written into the agent settings. Attaching an attached disk
 /// again returns the same hint and changes nothing.
-pub async fn attach(
+pub(crate) async fn attach(
     ctx: &CloudContext<'_>,
     vm_cid: &VmCid,
     disk_cid: &DiskCid,
@@ -139,48 +125,18 @@ pub async fn attach(
     let hint = CallResult::DiskAttached {
         hint: Value::String(agent_files::disk_hint(disk_cid)),
     };
-    let kind = VmDisks::of(&container);
-    if kind != VmDisks::Block {
-        if disks_of(&s, &docker, vm_cid)
-            .await?
-            .iter()
-            .any(|d| d == disk_cid.as_str())
-        {
-            // It has the disk: the index says so again.
-            if disk.vm.as_ref() != Some(vm_cid) {
-                disk.vm = Some(vm_cid.clone());
-                s.save_disk(&disk).await?;
-            }
-            return Ok(hint);
-        }
-        return Err(made_earlier(vm_cid));
+    if VmDisks::of(&container) != VmDisks::Block {
+        attach_to_earlier(&s, &docker, vm_cid, &mut disk).await?;
+        return Ok(hint);
     }
     if let Some(other) = s.attached_vm(&disk).await?
         && other != *vm_cid
     {
-        return Err(CpiError::cloud(
-            format!(
-                "attach_disk: disk {disk_cid} is attached to VM {other}; detach it there first"
-            ),
-            false,
-        ));
+        let cid = disk_cid.clone();
+        return Err(DiskError::AttachedElsewhere { cid, vm: other }.into());
     }
     let dir = s.disks_dir(&vm.node).await?;
-    if disk.node != vm.node {
-        s.move_disk(&mut disk, &vm.node).await?;
-    } else {
-        // A retried attach finds the disk in the VM already; it is put there again (which
-        // changes nothing) so that a format the first try did not finish is done.
-        let (exists, held) = futures_util::future::join(
-            docker.volume_exists(disk_cid.as_str()),
-            s.ensure_unmounted(&docker, Some(&dir), disk_cid, Some(vm_cid)),
-        )
-        .await;
-        if !exists? {
-            return Err(volume_gone(&disk));
-        }
-        held?;
-    }
+    bring_to_node(&s, &docker, &dir, vm_cid, &mut disk).await?;
     let found = docker
         .attach_block_disk(&dir, vm_cid.as_str(), disk_cid.as_str(), disk.size_mib)
         .await
@@ -193,12 +149,58 @@ pub async fn attach(
     Ok(hint)
 }
 
+/// attach_disk to a VM made by an earlier version (folders, or fixed volume mounts): a
+/// disk it has already is success (the index says so again); any other is refused, as
+/// its agent mounts folders, not the block devices disks are now.
+async fn attach_to_earlier(
+    s: &Session<'_>,
+    docker: &NodeDocker,
+    vm_cid: &VmCid,
+    disk: &mut DiskRecord,
+) -> Result<(), CpiError> {
+    let has = disks_of(s, docker, vm_cid).await?;
+    if !has.iter().any(|d| d == disk.cid.as_str()) {
+        return Err(DiskError::MadeEarlier { vm: vm_cid.clone() }.into());
+    }
+    if disk.vm.as_ref() != Some(vm_cid) {
+        disk.vm = Some(vm_cid.clone());
+        s.save_disk(disk).await?;
+    }
+    Ok(())
+}
+
+/// The disk's volume on the VM's node, held by nothing else there: moved from another
+/// node, or found on this one. A retried attach finds the disk in the VM already; it is put
+/// there again (which changes nothing) so that a format the first try did not finish is
+/// done.
+async fn bring_to_node(
+    s: &Session<'_>,
+    docker: &NodeDocker,
+    dir: &str,
+    vm_cid: &VmCid,
+    disk: &mut DiskRecord,
+) -> Result<(), CpiError> {
+    if disk.node != docker.name {
+        return s.move_disk(disk, &docker.name).await;
+    }
+    let (exists, held) = futures_util::future::join(
+        docker.volume_exists(disk.cid.as_str()),
+        s.ensure_unmounted(docker, Some(dir), &disk.cid, Some(vm_cid)),
+    )
+    .await;
+    if !exists? {
+        return Err(volume_gone(disk));
+    }
+    held?;
+    Ok(())
+}
+
 /// After the disk is in the VM: the hint in the agent settings, the VM in the disk's record.
 async fn finish_attach(
     s: &Session<'_>,
     docker: &NodeDocker,
     vm_cid: &VmCid,
-    disk: &mut crate::cluster::DiskRecord,
+    disk: &mut DiskRecord,
 ) -> Result<(), CpiError> {
     set_hint(docker, vm_cid, &disk.cid, true).await?;
     if disk.vm.as_ref() != Some(vm_cid) {
@@ -210,7 +212,7 @@ async fn finish_attach(
 
 /// `detach_disk`: the disk leaves the running VM and its settings; a disk that is not
 /// attached (or unknown) is success.
-pub async fn detach(
+pub(crate) async fn detach(
     ctx: &CloudContext<'_>,
     vm_cid: &VmCid,
     disk_cid: &DiskCid,
@@ -250,4 +252,52 @@ pub async fn detach(
         s.save_disk(&disk).await?;
     }
     Ok(CallResult::Plain(Value::Null))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use bollard::models::{ContainerConfig, MountPoint};
+
+    use super::*;
+
+    fn container(block_label: bool, mounts: &[(&str, &str)]) -> ContainerInspectResponse {
+        let labels = block_label
+            .then(|| HashMap::from([(labels::DISKS.to_string(), labels::BLOCK_DISKS.to_string())]));
+        ContainerInspectResponse {
+            config: Some(ContainerConfig {
+                labels,
+                ..Default::default()
+            }),
+            mounts: Some(
+                mounts
+                    .iter()
+                    .map(|(dest, typ)| MountPoint {
+                        destination: Some(dest.to_string()),
+                        typ: Some(typ.to_string()),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn how_a_vm_takes_disks_is_read_from_its_container() {
+        assert_eq!(VmDisks::of(&container(true, &[])), VmDisks::Block);
+        assert_eq!(
+            VmDisks::of(&container(false, &[(DISK_MOUNT_ROOT, "bind")])),
+            VmDisks::Bound
+        );
+        assert_eq!(VmDisks::of(&container(false, &[])), VmDisks::Fixed);
+    }
+
+    #[test]
+    fn fixed_disks_are_the_volumes_mounted_at_their_hints() {
+        let hint = format!("{DISK_MOUNT_ROOT}/disk-1");
+        let c = container(false, &[(&hint, "volume"), ("/var/vcap/data", "volume")]);
+        assert_eq!(volume_disks(&c), vec!["disk-1"]);
+    }
 }

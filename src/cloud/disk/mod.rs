@@ -2,10 +2,11 @@
 //! uses them (moved between nodes when a VM elsewhere attaches them), indexed in etcd.
 
 mod attach;
+pub(crate) mod error;
 mod snapshot;
 
-pub use attach::{attach, detach};
-pub use snapshot::{delete_snapshot, snapshot};
+pub(crate) use attach::{attach, detach};
+pub(crate) use snapshot::{delete_snapshot, snapshot};
 
 use std::collections::HashMap;
 
@@ -14,14 +15,17 @@ use serde_json::Value;
 use super::CloudContext;
 use super::session::{self, Session};
 use crate::cluster::DiskRecord;
+use crate::cluster::model::DiskMove;
 use crate::placement::{self, VmDemand};
-use crate::protocol::{CallResult, CpiError, DiskCid, ErrorKind, Object, VmCid};
+use crate::protocol::{CallResult, CpiError, DiskCid, Object, VmCid};
+use crate::timestamp::Timestamp;
+use error::DiskError;
 
 /// Docker label keys on disk volumes (spelled in [`crate::labels`]).
 pub use crate::labels::disk as labels;
 /// `create_disk`: a volume on the VM's node (locality), else on `cloud_properties.node`,
 /// else on the CPI's `placement.node`, else where placement puts a VM.
-pub async fn create(
+pub(crate) async fn create(
     ctx: &CloudContext<'_>,
     size_mib: u64,
     cloud_properties: &Object,
@@ -44,7 +48,7 @@ pub async fn create(
         };
         node = Some(
             placement::choose_node(&demand, &view.nodes, &view.vms)
-                .map_err(|m| CpiError::cloud(format!("create_disk: {m}"), false))?,
+                .map_err(DiskError::Placement)?,
         );
     }
     let node = node.unwrap_or_default();
@@ -55,9 +59,8 @@ pub async fn create(
         node: node.clone(),
         size_mib,
         vm: None,
-        old_copy_on: None,
-        copying_to: None,
-        created_at: super::now(),
+        moving: DiskMove::Settled,
+        created_at: Timestamp::now(),
         metadata: Default::default(),
     };
     // The record first: a killed process leaves a record delete_disk can follow.
@@ -75,27 +78,20 @@ pub async fn create(
 }
 
 /// `delete_disk`: idempotent; an attached disk is refused, naming the VM.
-pub async fn delete(ctx: &CloudContext<'_>, cid: &DiskCid) -> Result<CallResult, CpiError> {
+pub(crate) async fn delete(ctx: &CloudContext<'_>, cid: &DiskCid) -> Result<CallResult, CpiError> {
     let s = Session::new(ctx);
     let Some(mut disk) = s.disk_if_any(cid).await? else {
         return Ok(CallResult::Plain(Value::Null));
     };
     if let Some(vm) = s.attached_vm(&disk).await? {
-        return Err(CpiError::cloud(
-            format!("delete_disk: disk {cid} is attached to VM {vm}; detach it first"),
-            false,
-        ));
+        let cid = cid.clone();
+        return Err(DiskError::DeleteAttached { cid, vm }.into());
     }
     s.remove_stray_copies(&mut disk).await;
-    if let Some(node) = disk.old_copy_on.as_ref().or(disk.copying_to.as_ref()) {
+    if let Some(node) = disk.moving.stray_copy() {
         // Forgetting the record now would leave that copy of the data on the node for good.
-        return Err(CpiError::cloud(
-            format!(
-                "delete_disk: disk {cid} still has a copy an earlier move left on node {node}, \
-                 which cannot be removed now; retry when node {node} answers (or unregister it)"
-            ),
-            true,
-        ));
+        let (cid, node) = (cid.clone(), node.to_string());
+        return Err(DiskError::CopyLeft { cid, node }.into());
     }
     if s.view().await?.registered(&disk.node)?.is_some() {
         let docker = s.node_docker(&disk.node).await?;
@@ -109,7 +105,7 @@ pub async fn delete(ctx: &CloudContext<'_>, cid: &DiskCid) -> Result<CallResult,
 }
 
 /// `has_disk`: the record and the volume on its node.
-pub async fn has(ctx: &CloudContext<'_>, cid: &DiskCid) -> Result<CallResult, CpiError> {
+pub(crate) async fn has(ctx: &CloudContext<'_>, cid: &DiskCid) -> Result<CallResult, CpiError> {
     let s = Session::new(ctx);
     let Some(mut disk) = s.disk_if_any(cid).await? else {
         return Ok(CallResult::Plain(Value::Bool(false)));
@@ -125,7 +121,7 @@ pub async fn has(ctx: &CloudContext<'_>, cid: &DiskCid) -> Result<CallResult, Cp
 }
 
 /// `set_disk_metadata`: merged into the disk's index record.
-pub async fn set_metadata(
+pub(crate) async fn set_metadata(
     ctx: &CloudContext<'_>,
     cid: &DiskCid,
     metadata: &Object,
@@ -143,7 +139,7 @@ pub async fn set_metadata(
 /// data kept) on its node; a disk never attached gets its image of the new size at its
 /// first attach. Shrinking is refused with `NotSupported` (the director then copies the
 /// data to a new disk), and so is an attached disk (the director detaches first).
-pub async fn resize(
+pub(crate) async fn resize(
     ctx: &CloudContext<'_>,
     cid: &DiskCid,
     new_size_mib: u64,
@@ -151,19 +147,12 @@ pub async fn resize(
     let s = Session::new(ctx);
     let mut disk = s.disk(cid).await?;
     if new_size_mib < disk.size_mib {
-        return Err(CpiError::new(
-            ErrorKind::NotSupported,
-            format!(
-                "resize_disk: disk {cid} cannot shrink from {} MiB to {new_size_mib} MiB",
-                disk.size_mib
-            ),
-        ));
+        let (cid, from, to) = (cid.clone(), disk.size_mib, new_size_mib);
+        return Err(DiskError::Shrink { cid, from, to }.into());
     }
     if let Some(vm) = s.attached_vm(&disk).await? {
-        return Err(CpiError::new(
-            ErrorKind::NotSupported,
-            format!("resize_disk: disk {cid} is attached to VM {vm}; detach it first"),
-        ));
+        let cid = cid.clone();
+        return Err(DiskError::ResizeAttached { cid, vm }.into());
     }
     s.remove_stray_copies(&mut disk).await;
     if let Some(dir) = s.disks_dir_if_any(&disk.node).await? {
@@ -185,23 +174,25 @@ pub async fn resize(
 /// The mounter's refusals of a grow, said for the director: a disk the node still holds
 /// (a lazy unmount not finished) is worth a retry; an image larger than the record (a
 /// shrink) is `NotSupported`.
-fn grow_error(e: crate::docker::DockerError, cid: &DiskCid) -> CpiError {
+fn grow_error(e: crate::docker::DockerError, cid: &DiskCid) -> DiskError {
     use crate::docker::{DockerError, mounter};
+    let cid = cid.clone();
     match e {
-        DockerError::Mount { code, detail, .. } if code == mounter::IN_USE => CpiError::cloud(
-            format!("resize_disk: disk {cid} is still in use on its node: {detail}"),
-            true,
-        ),
-        DockerError::Mount { detail, .. } if detail.contains("does not shrink") => CpiError::new(
-            ErrorKind::NotSupported,
-            format!("resize_disk: disk {cid}: {detail}"),
-        ),
+        DockerError::Mount { code, detail, .. } if code == mounter::IN_USE => {
+            DiskError::GrowInUse { cid, detail }
+        }
+        DockerError::Mount { detail, .. } if detail.contains("does not shrink") => {
+            DiskError::GrowShrinks { cid, detail }
+        }
         e => e.into(),
     }
 }
 
 /// `get_disks`: the persistent disks the VM's node has attached to it.
-pub async fn get_disks(ctx: &CloudContext<'_>, vm_cid: &VmCid) -> Result<CallResult, CpiError> {
+pub(crate) async fn get_disks(
+    ctx: &CloudContext<'_>,
+    vm_cid: &VmCid,
+) -> Result<CallResult, CpiError> {
     let s = Session::new(ctx);
     let (_, docker) = super::vm::find_existing(&s, vm_cid).await?;
     let disks: Vec<Value> = attach::disks_of(&s, &docker, vm_cid)
@@ -210,4 +201,39 @@ pub async fn get_disks(ctx: &CloudContext<'_>, vm_cid: &VmCid) -> Result<CallRes
         .map(Value::String)
         .collect();
     Ok(CallResult::Plain(Value::Array(disks)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::docker::{DockerError, mounter};
+    use crate::protocol::ErrorKind;
+
+    fn refusal(code: i64, detail: &str) -> DockerError {
+        DockerError::Mount {
+            node: "n1".into(),
+            command: "grow".into(),
+            code,
+            detail: detail.into(),
+        }
+    }
+
+    #[test]
+    fn the_mounters_refusals_of_a_grow_are_said_for_the_director() {
+        let cid = DiskCid::generate();
+        let e = CpiError::from(grow_error(refusal(mounter::IN_USE, "busy"), &cid));
+        assert_eq!((e.kind, e.ok_to_retry), (ErrorKind::CloudError, true));
+        assert_eq!(
+            e.message,
+            format!("resize_disk: disk {cid} is still in use on its node: busy")
+        );
+        let e = CpiError::from(grow_error(refusal(1, "the image does not shrink"), &cid));
+        assert_eq!(e.kind, ErrorKind::NotSupported);
+        let e = CpiError::from(grow_error(refusal(1, "other"), &cid));
+        assert_eq!(e.kind, ErrorKind::CloudError);
+        assert_eq!(
+            e.message,
+            "node n1: mc-mounter grow failed (exit code 1): other"
+        );
+    }
 }

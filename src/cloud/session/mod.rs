@@ -6,6 +6,7 @@
 //! [`Session::vm_record_now`].
 
 pub mod disks;
+pub(crate) mod error;
 pub mod moving;
 pub mod vms;
 
@@ -36,7 +37,7 @@ pub struct Session<'s> {
 
 impl<'s> Session<'s> {
     /// A session over the call's context.
-    pub fn new(ctx: &'s CloudContext<'s>) -> Self {
+    pub(crate) fn new(ctx: &'s CloudContext<'s>) -> Self {
         Session {
             ctx,
             view: OnceCell::new(),
@@ -47,34 +48,34 @@ impl<'s> Session<'s> {
     }
 
     /// The validated configuration.
-    pub async fn config(&self) -> Result<&'s Config, CpiError> {
+    pub(crate) async fn config(&self) -> Result<&'s Config, CpiError> {
         self.ctx.config().await
     }
 
     /// The etcd connection.
-    pub async fn etcd(&self) -> Result<&'s Etcd, CpiError> {
+    pub(crate) async fn etcd(&self) -> Result<&'s Etcd, CpiError> {
         self.ctx.etcd().await
     }
 
     /// The cluster's keys in etcd.
-    pub async fn keys(&self) -> Result<Keys, CpiError> {
+    pub(crate) async fn keys(&self) -> Result<Keys, CpiError> {
         self.ctx.keys().await
     }
 
     /// The cluster view, loaded once per call (one etcd round trip).
-    pub async fn view(&self) -> Result<&ClusterView, CpiError> {
+    pub(crate) async fn view(&self) -> Result<&ClusterView, CpiError> {
         self.view.get_or_try_init(|| self.ctx.view()).await
     }
 
     /// A Docker client for node `name` (one per call and node).
-    pub async fn node_docker(&self, name: &str) -> Result<NodeDocker, CpiError> {
+    pub(crate) async fn node_docker(&self, name: &str) -> Result<NodeDocker, CpiError> {
         let view = self.view().await?;
         self.ctx.node_docker(view, name).await
     }
 
     /// The index record of VM `cid`: what this call wrote, else the view if it is loaded,
     /// else one read (kept for the rest of the call).
-    pub async fn vm(&self, cid: &VmCid) -> Result<Option<VmRecord>, CpiError> {
+    pub(crate) async fn vm(&self, cid: &VmCid) -> Result<Option<VmRecord>, CpiError> {
         if let Some(known) = self.vms.lock().unwrap().get(cid) {
             return Ok(known.clone());
         }
@@ -91,7 +92,7 @@ impl<'s> Session<'s> {
 
     /// The index record of VM `cid` read now, not from this call's view or cache: a
     /// concurrent create_vm may have written it since. `None` means the VM is abandoned.
-    pub async fn vm_record_now(&self, cid: &VmCid) -> Result<Option<VmRecord>, CpiError> {
+    pub(crate) async fn vm_record_now(&self, cid: &VmCid) -> Result<Option<VmRecord>, CpiError> {
         let keys = self.keys().await?;
         // Deliberately fresh (see above); the answer replaces what the call knew.
         let record = index::get::<VmRecord>(self.etcd().await?, &keys.vm(cid)).await?;
@@ -100,7 +101,7 @@ impl<'s> Session<'s> {
     }
 
     /// Writes a VM's index record.
-    pub async fn save_vm(&self, record: &VmRecord) -> Result<(), CpiError> {
+    pub(crate) async fn save_vm(&self, record: &VmRecord) -> Result<(), CpiError> {
         let keys = self.keys().await?;
         index::put(self.etcd().await?, &keys.vm(&record.cid), record).await?;
         self.note_vm(&record.cid, Some(record.clone()));
@@ -108,7 +109,7 @@ impl<'s> Session<'s> {
     }
 
     /// Removes a VM's index record and its address claims.
-    pub async fn forget_vm(&self, record: &VmRecord) -> Result<(), CpiError> {
+    pub(crate) async fn forget_vm(&self, record: &VmRecord) -> Result<(), CpiError> {
         let keys = self.keys().await?;
         claims::forget_vm(self.etcd().await?, &keys, record).await?;
         self.note_vm(&record.cid, None);
@@ -116,19 +117,19 @@ impl<'s> Session<'s> {
     }
 
     /// Records what a write made elsewhere (a claim transaction) did to VM `cid`'s record.
-    pub fn note_vm(&self, cid: &VmCid, record: Option<VmRecord>) {
+    pub(crate) fn note_vm(&self, cid: &VmCid, record: Option<VmRecord>) {
         self.vms.lock().unwrap().insert(cid.clone(), record);
     }
 
     /// The disk's index record, or `DiskNotFound`.
-    pub async fn disk(&self, cid: &DiskCid) -> Result<DiskRecord, CpiError> {
+    pub(crate) async fn disk(&self, cid: &DiskCid) -> Result<DiskRecord, CpiError> {
         self.disk_if_any(cid)
             .await?
             .ok_or_else(|| disks::not_found(cid))
     }
 
     /// The disk's index record, `None` when there is none (read once per call).
-    pub async fn disk_if_any(&self, cid: &DiskCid) -> Result<Option<DiskRecord>, CpiError> {
+    pub(crate) async fn disk_if_any(&self, cid: &DiskCid) -> Result<Option<DiskRecord>, CpiError> {
         if let Some(known) = self.disks.lock().unwrap().get(cid) {
             return Ok(known.clone());
         }
@@ -139,7 +140,7 @@ impl<'s> Session<'s> {
     }
 
     /// Writes a disk's index record.
-    pub async fn save_disk(&self, disk: &DiskRecord) -> Result<(), CpiError> {
+    pub(crate) async fn save_disk(&self, disk: &DiskRecord) -> Result<(), CpiError> {
         let keys = self.keys().await?;
         index::put(self.etcd().await?, &keys.disk(&disk.cid), disk).await?;
         self.note_disk(&disk.cid, Some(disk.clone()));
@@ -147,7 +148,7 @@ impl<'s> Session<'s> {
     }
 
     /// Removes a disk's index record.
-    pub async fn delete_disk_record(&self, cid: &DiskCid) -> Result<(), CpiError> {
+    pub(crate) async fn delete_disk_record(&self, cid: &DiskCid) -> Result<(), CpiError> {
         let keys = self.keys().await?;
         index::delete(self.etcd().await?, &keys.disk(cid)).await?;
         self.note_disk(cid, None);
@@ -160,7 +161,7 @@ impl<'s> Session<'s> {
 
     /// The container `name` on the node of `docker`, inspected once per call until the call
     /// changes it (see [`Session::container_changed`]).
-    pub async fn inspect(
+    pub(crate) async fn inspect(
         &self,
         docker: &NodeDocker,
         name: &str,
@@ -176,7 +177,7 @@ impl<'s> Session<'s> {
 
     /// Forgets the inspection of container `name` on the node of `docker`: the call is
     /// changing it (or removed it).
-    pub fn container_changed(&self, docker: &NodeDocker, name: &str) {
+    pub(crate) fn container_changed(&self, docker: &NodeDocker, name: &str) {
         self.containers
             .lock()
             .unwrap()

@@ -1,16 +1,19 @@
 //! Moving a disk to another node: its contents streamed node-to-node through the CPI,
 //! verified (files, bytes, content digest), then the source removed. An unreachable
 //! source is a retriable error and loses nothing. The disk's record names every node that
-//! may hold a copy besides its own (`copying_to` while a copy is made, `old_copy_on` after
-//! the switch), so a move that failed or was killed leaves nothing behind for good. No VM
-//! sees the copy before it is checked. Shared by attach_disk and create_vm.
+//! may hold a copy besides its own ([`DiskMove`]: `copying_to` while a copy is made,
+//! `old_copy_on` after the switch; drawn in docs/disks.md), so a move that failed or was
+//! killed leaves nothing behind for good. No VM sees the copy before it is checked. Shared
+//! by attach_disk and create_vm.
 
 use std::collections::HashMap;
 
 use super::Session;
 use super::disks::volume_gone;
+use crate::cloud::disk::error::DiskError;
 use crate::cluster::DiskRecord;
-use crate::docker::volume_copy;
+use crate::docker::volume_copy::{self, TreeDigest};
+use crate::docker::{DockerError, NodeDocker};
 use crate::labels::disk as labels;
 use crate::protocol::CpiError;
 
@@ -27,7 +30,7 @@ impl Session<'_> {
     /// or was killed) and clears those marks. Called once per disk by a call that uses the
     /// disk. Never fails its caller: a node still unreachable keeps its mark (and the
     /// copy) for the next call, and is named in the log.
-    pub async fn remove_stray_copies(&self, disk: &mut DiskRecord) {
+    pub(crate) async fn remove_stray_copies(&self, disk: &mut DiskRecord) {
         self.clear_mark(disk, Mark::OldCopy).await;
         self.clear_mark(disk, Mark::Copying).await;
     }
@@ -35,25 +38,28 @@ impl Session<'_> {
     /// Removes the old copy a finished move left on its source node (see
     /// [`Session::move_disk`]). Never fails its caller: a node that does not answer keeps
     /// the mark (and the copy) for the next call that uses the disk.
-    pub async fn remove_old_copy(&self, disk: &mut DiskRecord) {
+    pub(crate) async fn remove_old_copy(&self, disk: &mut DiskRecord) {
         self.clear_mark(disk, Mark::OldCopy).await;
     }
 
     /// Removes the copy `mark` names (if any) and clears the mark once it is gone.
     async fn clear_mark(&self, disk: &mut DiskRecord, mark: Mark) {
-        let (slot, what) = match mark {
-            Mark::OldCopy => (&mut disk.old_copy_on, "old copy of the moved disk"),
-            Mark::Copying => (&mut disk.copying_to, "partial copy of an unfinished move"),
+        let (node, what) = match mark {
+            Mark::OldCopy => (disk.moving.old_copy_on(), "old copy of the moved disk"),
+            Mark::Copying => (
+                disk.moving.copying_to(),
+                "partial copy of an unfinished move",
+            ),
         };
-        let Some(node) = slot.clone() else {
+        let Some(node) = node.map(str::to_string) else {
             return;
         };
         if !self.remove_copy(disk, &node, what).await {
             return;
         }
         match mark {
-            Mark::OldCopy => disk.old_copy_on = None,
-            Mark::Copying => disk.copying_to = None,
+            Mark::OldCopy => disk.moving.old_copy_removed(),
+            Mark::Copying => disk.moving.partial_copy_removed(),
         }
         // A failed save only means the next call removes the (already gone) copy again.
         if let Err(e) = self.save_disk(disk).await {
@@ -76,10 +82,11 @@ impl Session<'_> {
                 if let Some(dir) = self.disks_dir_if_any(node).await?
                     && let Some(vm) = docker.disk_holders(&dir, cid).await?.first()
                 {
-                    return Err(CpiError::cloud(
-                        format!("the copy on node {node} is still bound in VM {vm}"),
-                        true,
-                    ));
+                    return Err(DiskError::CopyStillBound {
+                        node: node.to_string(),
+                        vm: vm.clone(),
+                    }
+                    .into());
                 }
                 volume_copy::sweep_helpers(&docker, cid).await?;
                 docker.remove_volume(cid).await?;
@@ -109,31 +116,28 @@ impl Session<'_> {
     /// each kind. The caller removes the source with [`Session::remove_old_copy`], beside
     /// its next step (the disk lives on `target` from now on). A copy that fails is
     /// removed now if the target answers; otherwise its mark stays for the next call.
-    pub async fn move_disk(&self, disk: &mut DiskRecord, target: &str) -> Result<(), CpiError> {
+    pub(crate) async fn move_disk(
+        &self,
+        disk: &mut DiskRecord,
+        target: &str,
+    ) -> Result<(), CpiError> {
+        let cid = disk.cid.clone();
         // The record has room for one copy of each kind: a copy that could not be removed
         // yet (its node did not answer) must not lose its mark to this move.
-        for (mark, node) in [
-            ("copying_to", &disk.copying_to),
-            ("old_copy_on", &disk.old_copy_on),
-        ] {
-            if let Some(node) = node.as_deref().filter(|n| *n != target) {
-                return Err(CpiError::cloud(
-                    format!(
-                        "moving disk {}: a copy of it on node {node} ({mark}) could not be removed yet; retry when node {node} answers",
-                        disk.cid
-                    ),
-                    true,
-                ));
-            }
-        }
+        let mut moving = disk.moving.clone();
+        moving
+            .begin(target)
+            .map_err(|blocked| DiskError::MoveBlocked {
+                cid: cid.clone(),
+                blocked,
+            })?;
         let from = self.node_docker(&disk.node).await?;
         let to = self.node_docker(target).await?;
-        let cid = disk.cid.clone();
-        if !from
-            .volume_exists(&cid)
-            .await
-            .map_err(|e| CpiError::from(e).context(format!("moving disk {cid}")))?
-        {
+        let exists = from.volume_exists(&cid).await;
+        if !exists.map_err(|source| DiskError::MoveSource {
+            cid: cid.clone(),
+            source,
+        })? {
             return Err(volume_gone(disk));
         }
         // Nothing on the source node may hold the disk, whatever the index says: a VM
@@ -143,33 +147,25 @@ impl Session<'_> {
             .await?;
         // Marked before the target volume exists: whatever happens next, the record leads
         // to it.
-        disk.copying_to = Some(target.to_string());
+        disk.moving = moving;
         self.save_disk(disk).await?;
-        let copied = async {
-            // A partial copy from an earlier, interrupted move is replaced (with the helper
-            // containers such a move may have left holding it).
-            volume_copy::sweep_helpers(&to, &cid).await?;
-            to.remove_volume(&cid).await?;
-            let volume_labels = HashMap::from([
-                (labels::DISK_CID.to_string(), cid.to_string()),
-                (labels::SIZE_MIB.to_string(), disk.size_mib.to_string()),
-            ]);
-            to.create_volume(&cid, volume_labels).await?;
-            tracing::info!(disk = %cid, from = %disk.node, to = %target, "moving disk");
-            volume_copy::copy_volume(&from, &cid, &to, &cid).await
-        }
-        .await;
-        let digest = match copied {
+        let digest = match copy_disk(disk, &from, &to).await {
             Ok(digest) => digest,
-            Err(e) => {
+            Err(source) => {
                 self.clear_mark(disk, Mark::Copying).await;
-                return Err(CpiError::from(e)
-                    .context(format!("moving disk {cid} from {} to {target}", disk.node)));
+                let from = disk.node.clone();
+                let to = target.to_string();
+                return Err(DiskError::MoveCopy {
+                    cid,
+                    from,
+                    to,
+                    source,
+                }
+                .into());
             }
         };
         let source = std::mem::replace(&mut disk.node, target.to_string());
-        disk.old_copy_on = Some(source.clone());
-        disk.copying_to = None;
+        disk.moving.switched(source.clone());
         self.save_disk(disk).await?;
         tracing::info!(
             disk = %cid, from = %source, to = %disk.node, files = digest.files, bytes = digest.bytes,
@@ -177,4 +173,24 @@ impl Session<'_> {
         );
         Ok(())
     }
+}
+
+/// Copies `disk`'s volume from node `from` to a new volume of the same name on node `to`,
+/// checked against the source stream. A partial copy from an earlier, interrupted move is
+/// replaced (with the helper containers such a move may have left holding it).
+async fn copy_disk(
+    disk: &DiskRecord,
+    from: &NodeDocker,
+    to: &NodeDocker,
+) -> Result<TreeDigest, DockerError> {
+    let cid = &disk.cid;
+    volume_copy::sweep_helpers(to, cid).await?;
+    to.remove_volume(cid).await?;
+    let volume_labels = HashMap::from([
+        (labels::DISK_CID.to_string(), cid.to_string()),
+        (labels::SIZE_MIB.to_string(), disk.size_mib.to_string()),
+    ]);
+    to.create_volume(cid, volume_labels).await?;
+    tracing::info!(disk = %cid, from = %disk.node, to = %to.name, "moving disk");
+    volume_copy::copy_volume(from, cid, to, cid).await
 }

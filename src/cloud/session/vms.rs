@@ -2,13 +2,14 @@
 //! containers, ephemeral volume and disk binds from its node (delete_vm, abandoned VMs).
 
 use super::Session;
+use super::error::VmLookupError;
 use crate::docker::NodeDocker;
 use crate::labels::vm as labels;
-use crate::protocol::{CpiError, ErrorKind, VmCid};
+use crate::protocol::{CpiError, VmCid};
 
 /// The error for a VM the index does not know.
-pub fn not_found(cid: &VmCid) -> CpiError {
-    CpiError::new(ErrorKind::VmNotFound, format!("VM {cid} does not exist"))
+pub(crate) fn not_found(cid: &VmCid) -> CpiError {
+    VmLookupError::NotFound { cid: cid.clone() }.into()
 }
 
 /// The ephemeral volume of a VM.
@@ -19,7 +20,7 @@ pub fn ephemeral_volume(vm_cid: &str) -> String {
 impl Session<'_> {
     /// The VM's index record and a client for its node; `None` when the index has no
     /// record. A record on a node no longer registered is an error.
-    pub async fn vm_and_node(
+    pub(crate) async fn vm_and_node(
         &self,
         cid: &VmCid,
     ) -> Result<Option<(crate::cluster::VmRecord, NodeDocker)>, CpiError> {
@@ -28,13 +29,8 @@ impl Session<'_> {
             return Ok(None);
         };
         if view.registered(&record.node)?.is_none() {
-            return Err(CpiError::cloud(
-                format!(
-                    "VM {cid} is on node {}, which is no longer registered in etcd",
-                    record.node
-                ),
-                false,
-            ));
+            let (cid, node) = (cid.clone(), record.node);
+            return Err(VmLookupError::NodeGone { cid, node }.into());
         }
         let docker = self.node_docker(&record.node).await?;
         Ok(Some((record, docker)))
@@ -43,7 +39,11 @@ impl Session<'_> {
     /// Removes every container of VM `cid` on its node (its own, any other carrying its
     /// label), its ephemeral volume, and its directory of the node's disk tree with the
     /// disks bound there (the disks themselves stay).
-    pub async fn remove_from_node(&self, docker: &NodeDocker, cid: &VmCid) -> Result<(), CpiError> {
+    pub(crate) async fn remove_from_node(
+        &self,
+        docker: &NodeDocker,
+        cid: &VmCid,
+    ) -> Result<(), CpiError> {
         self.container_changed(docker, cid.as_str());
         // A node prepared before it had a disk tree has nothing bound.
         let dir = self.disks_dir_if_any(&docker.name).await?;
@@ -52,7 +52,7 @@ impl Session<'_> {
 
     /// Removes the abandoned VM `cid` (no index record) from the node of `docker` as
     /// delete_vm does. `why` says what it was in the way of.
-    pub async fn remove_abandoned(
+    pub(crate) async fn remove_abandoned(
         &self,
         docker: &NodeDocker,
         cid: &VmCid,
@@ -94,11 +94,21 @@ async fn remove_from_node(
         }
         tokio::time::sleep(IN_FLIGHT_GRACE).await;
     }
-    Err(CpiError::cloud(
-        format!(
-            "node {}: VM {cid} still has containers or its volume {volume} after {REMOVAL_ROUNDS} rounds of removal",
-            docker.name
-        ),
-        true,
-    ))
+    Err(VmLookupError::NotRemoved {
+        node: docker.name.clone(),
+        cid: cid.clone(),
+        volume,
+        rounds: REMOVAL_ROUNDS,
+    }
+    .into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ephemeral_volume_is_named_after_the_vm() {
+        assert_eq!(ephemeral_volume("vm-1"), "vm-1-ephemeral");
+    }
 }

@@ -6,9 +6,10 @@ use futures_util::future::join_all;
 use serde_json::Value;
 
 use super::IMAGE_REPO;
+use super::error::StemcellError;
 use crate::docker::NodeDocker;
 use crate::docker::images;
-use crate::protocol::{CpiError, Object};
+use crate::protocol::{CpiError, ErrorKind, Object};
 
 /// The image a docker-light stemcell names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,23 +22,17 @@ pub struct LightImage {
 impl LightImage {
     /// Reads `image_reference` (and `digest`) from create_stemcell's cloud_properties;
     /// `None` for rootfs stemcells.
-    pub fn from_cloud_properties(cp: &Object) -> Result<Option<LightImage>, CpiError> {
+    pub(crate) fn from_cloud_properties(cp: &Object) -> Result<Option<LightImage>, StemcellError> {
         let Some(reference) = cp.get("image_reference") else {
             return Ok(None);
         };
         let reference = reference
             .as_str()
             .filter(|s| !s.trim().is_empty())
-            .ok_or_else(|| {
-                CpiError::cpi(
-                    "create_stemcell: cloud_properties.image_reference must be a non-empty string",
-                )
-            })?;
+            .ok_or(StemcellError::ReferenceMissing)?;
         // It goes into Docker API paths (inspect, pull, tag): only the reference grammar.
         let reference = crate::docker::names::image(reference)
-            .map_err(|e| {
-                CpiError::from(e).context("create_stemcell: cloud_properties.image_reference")
-            })?
+            .map_err(StemcellError::Reference)?
             .to_string();
         let digest = match cp.get("digest") {
             None | Some(Value::Null) => None,
@@ -52,9 +47,7 @@ impl LightImage {
                     Value::String(s) => crate::protocol::call::printable(s),
                     other => crate::protocol::request::json_type(other).to_string(),
                 };
-                return Err(CpiError::cpi(format!(
-                    "create_stemcell: cloud_properties.digest must be sha256:<64 hex>, got {shown}"
-                )));
+                return Err(StemcellError::BadDigest { shown });
             }
         };
         Ok(Some(LightImage { reference, digest }))
@@ -76,7 +69,7 @@ impl LightImage {
 /// Tags the image as the stemcell on every node that has it with the right digest (pulling
 /// where it is missing). Returns the nodes that have it; errors when none does, or when a
 /// node has the reference with another digest.
-pub async fn adopt(
+pub(crate) async fn adopt(
     nodes: &[NodeDocker],
     image: &LightImage,
     cid: &str,
@@ -85,21 +78,19 @@ pub async fn adopt(
     let mut ok = Vec::new();
     let mut problems = Vec::new();
     for (node, r) in nodes.iter().zip(results) {
-        match r {
+        match r.map_err(CpiError::from) {
             Ok(()) => ok.push(node.name.clone()),
-            Err(e) if e.kind == crate::protocol::ErrorKind::CpiError => return Err(e),
+            // The request's fault (a digest that differs): no other node can help.
+            Err(e) if e.kind == ErrorKind::CpiError => return Err(e),
             Err(e) => problems.push(e.message),
         }
     }
     if ok.is_empty() {
-        return Err(CpiError::cloud(
-            format!(
-                "create_stemcell: image {} is on no node and could not be pulled: {}",
-                image.reference,
-                problems.join("; ")
-            ),
-            false,
-        ));
+        return Err(StemcellError::LightNowhere {
+            reference: image.reference.clone(),
+            problems: problems.join("; "),
+        }
+        .into());
     }
     for p in problems {
         tracing::warn!("stemcell {cid}: {p}; it is copied there when a VM needs it");
@@ -107,30 +98,28 @@ pub async fn adopt(
     Ok(ok)
 }
 
-async fn adopt_on(node: &NodeDocker, image: &LightImage, cid: &str) -> Result<(), CpiError> {
+/// Tags the image as the stemcell on one node, pulling it there first when it is missing.
+async fn adopt_on(node: &NodeDocker, image: &LightImage, cid: &str) -> Result<(), StemcellError> {
     let inspect = match images::inspect(node, &image.reference).await? {
         Some(i) => i,
         None => {
             images::pull(node, &image.reference).await?;
             images::inspect(node, &image.reference)
                 .await?
-                .ok_or_else(|| {
-                    CpiError::cloud(
-                        format!("node {}: {} missing after pull", node.name, image.reference),
-                        true,
-                    )
+                .ok_or_else(|| StemcellError::MissingAfterPull {
+                    node: node.name.clone(),
+                    reference: image.reference.clone(),
                 })?
         }
     };
     if !image.matches(&inspect) {
-        return Err(CpiError::cpi(format!(
-            "create_stemcell: image {} on node {} has id {} and digests [{}], not {}",
-            image.reference,
-            node.name,
-            inspect.id.as_deref().unwrap_or("?"),
-            inspect.repo_digests.unwrap_or_default().join(", "),
-            image.digest.as_deref().unwrap_or("")
-        )));
+        return Err(StemcellError::LightDigest {
+            reference: image.reference.clone(),
+            node: node.name.clone(),
+            id: inspect.id.as_deref().unwrap_or("?").to_string(),
+            digests: inspect.repo_digests.unwrap_or_default().join(", "),
+            want: image.digest.clone().unwrap_or_default(),
+        });
     }
     Ok(images::tag(node, &image.reference, IMAGE_REPO, cid).await?)
 }
@@ -162,7 +151,7 @@ mod tests {
         for hostile in ["x/../../containers/vm-1?force=true", "x#y", "x\n", "../x"] {
             let cp = json!({ "image_reference": hostile });
             let e = LightImage::from_cloud_properties(cp.as_object().unwrap()).unwrap_err();
-            assert!(e.message.contains("image_reference"), "{}", e.message);
+            assert!(e.to_string().contains("image_reference"), "{e}");
         }
     }
 }

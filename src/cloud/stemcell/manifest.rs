@@ -37,12 +37,33 @@ fn string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D:
 /// Formats whose `image` is a (gzipped) rootfs tarball this CPI imports.
 pub const ROOTFS_FORMATS: &[&str] = &["warden-tar", "general-tar"];
 
+/// A manifest this CPI cannot import from; the text names the field.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ManifestError {
+    /// Not YAML of the manifest's shape.
+    #[error("stemcell.MF is not valid: {0}")]
+    Invalid(#[source] serde_yaml_ng::Error),
+    /// Formats that are not a rootfs this CPI imports.
+    #[error(
+        "stemcell {name}/{version} has formats [{}]; this CPI imports {}",
+        .formats.join(", "),
+        ROOTFS_FORMATS.join(" or ")
+    )]
+    Formats {
+        name: String,
+        version: String,
+        formats: Vec<String>,
+    },
+    /// A `sha1` field that is no digest this CPI knows.
+    #[error("stemcell.MF sha1 '{text}' is not a sha1 or sha256 digest")]
+    Digest { text: String },
+}
+
 impl Manifest {
     /// Parses the manifest text; the error says which field is wrong. An unquoted numeric
     /// version (`version: 1.500`) is kept as written, not as the number YAML makes of it.
-    pub fn parse(text: &str) -> Result<Manifest, String> {
-        let mut m: Manifest =
-            serde_yaml_ng::from_str(text).map_err(|e| format!("stemcell.MF is not valid: {e}"))?;
+    pub(crate) fn parse(text: &str) -> Result<Manifest, ManifestError> {
+        let mut m: Manifest = serde_yaml_ng::from_str(text).map_err(ManifestError::Invalid)?;
         if let Some(raw) = text.lines().find_map(|l| l.strip_prefix("version:")) {
             let raw = raw.split(" #").next().unwrap_or(raw).trim();
             let raw = raw.trim_matches(|c| c == '"' || c == '\'');
@@ -55,7 +76,7 @@ impl Manifest {
 
     /// Checks the stemcell is a rootfs format this CPI imports (an empty list is accepted:
     /// old stemcells do not declare formats).
-    pub fn check_format(&self) -> Result<(), String> {
+    pub(crate) fn check_format(&self) -> Result<(), ManifestError> {
         if self.stemcell_formats.is_empty()
             || self
                 .stemcell_formats
@@ -64,18 +85,16 @@ impl Manifest {
         {
             Ok(())
         } else {
-            Err(format!(
-                "stemcell {}/{} has formats [{}]; this CPI imports {}",
-                self.name,
-                self.version,
-                self.stemcell_formats.join(", "),
-                ROOTFS_FORMATS.join(" or ")
-            ))
+            Err(ManifestError::Formats {
+                name: self.name.clone(),
+                version: self.version.clone(),
+                formats: self.stemcell_formats.clone(),
+            })
         }
     }
 
     /// The digest the image must have, when the manifest gives one.
-    pub fn expected_digest(&self) -> Result<Option<ExpectedDigest>, String> {
+    pub(crate) fn expected_digest(&self) -> Result<Option<ExpectedDigest>, ManifestError> {
         self.sha1.as_deref().map(ExpectedDigest::parse).transpose()
     }
 }
@@ -90,7 +109,7 @@ pub enum ExpectedDigest {
 impl ExpectedDigest {
     /// Parses `abc...`, `sha1:abc...` or `sha256:abc...` (a multi-digest takes the first
     /// algorithm this CPI knows).
-    pub fn parse(text: &str) -> Result<ExpectedDigest, String> {
+    pub(crate) fn parse(text: &str) -> Result<ExpectedDigest, ManifestError> {
         for part in text.split(';').map(str::trim) {
             let (algo, hex) = part.split_once(':').unwrap_or(("sha1", part));
             let hex = hex.trim().to_ascii_lowercase();
@@ -101,13 +120,13 @@ impl ExpectedDigest {
                 _ => {}
             }
         }
-        Err(format!(
-            "stemcell.MF sha1 '{text}' is not a sha1 or sha256 digest"
-        ))
+        Err(ManifestError::Digest {
+            text: text.to_string(),
+        })
     }
 
     /// A hasher for this digest's algorithm.
-    pub fn hasher(&self) -> Hasher {
+    pub(crate) fn hasher(&self) -> Hasher {
         match self {
             ExpectedDigest::Sha1(_) => Hasher::Sha1(sha1::Sha1::new()),
             ExpectedDigest::Sha256(_) => Hasher::Sha256(sha2::Sha256::new()),
@@ -115,7 +134,7 @@ impl ExpectedDigest {
     }
 
     /// The expected hex value.
-    pub fn hex(&self) -> &str {
+    pub(crate) fn hex(&self) -> &str {
         match self {
             ExpectedDigest::Sha1(h) | ExpectedDigest::Sha256(h) => h,
         }
@@ -130,7 +149,7 @@ pub enum Hasher {
 
 impl Hasher {
     /// Adds bytes.
-    pub fn update(&mut self, data: &[u8]) {
+    pub(crate) fn update(&mut self, data: &[u8]) {
         match self {
             Hasher::Sha1(h) => h.update(data),
             Hasher::Sha256(h) => h.update(data),
@@ -138,7 +157,7 @@ impl Hasher {
     }
 
     /// The final hex digest.
-    pub fn finish(self) -> String {
+    pub(crate) fn finish(self) -> String {
         match self {
             Hasher::Sha1(h) => hex::encode(h.finalize()),
             Hasher::Sha256(h) => hex::encode(h.finalize()),
@@ -172,8 +191,15 @@ mod tests {
     #[test]
     fn rejects_foreign_formats_and_bad_digests() {
         let m = Manifest::parse("name: x\nversion: '1'\nstemcell_formats: [aws-raw]\n").unwrap();
-        let e = m.check_format().unwrap_err();
-        assert!(e.contains("aws-raw") && e.contains("warden-tar"), "{e}");
+        let e = m.check_format().unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "stemcell x/1 has formats [aws-raw]; this CPI imports warden-tar or general-tar"
+        );
+        assert_eq!(
+            ExpectedDigest::parse("nothex").unwrap_err().to_string(),
+            "stemcell.MF sha1 'nothex' is not a sha1 or sha256 digest"
+        );
         assert!(ExpectedDigest::parse("nothex").is_err());
         let d = ExpectedDigest::parse(&format!("sha256:{}", "a".repeat(64))).unwrap();
         assert!(matches!(d, ExpectedDigest::Sha256(_)));

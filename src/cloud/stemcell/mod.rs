@@ -1,6 +1,7 @@
 //! Stemcells: imported into every ready node (or the CPI's `placement.node` alone) at once
 //! from one read of the image, copied node-to-node to a node that lacks one when a VM is placed there, removed everywhere.
 
+pub(crate) mod error;
 pub mod light;
 pub mod manifest;
 pub mod source;
@@ -8,38 +9,26 @@ pub mod source;
 use futures_util::StreamExt;
 use futures_util::future::join_all;
 use futures_util::stream::FuturesUnordered;
-use serde::{Deserialize, Serialize};
 
 use super::CloudContext;
 use super::session::Session;
+use crate::cluster::model::StemcellRecord;
 use crate::cluster::{NodeState, index};
 use crate::docker::NodeDocker;
-use crate::docker::images::{self, ImportTarget, StreamCheck};
+use crate::docker::images::{self, ImportTarget, NodeOutcomes, StreamCheck};
 use crate::labels;
 use crate::protocol::{CallResult, CpiError, Object, StemcellCid};
-use manifest::{ExpectedDigest, Hasher, Manifest};
+use crate::timestamp::Timestamp;
+use error::StemcellError;
+use manifest::{ExpectedDigest, Hasher, Manifest, ManifestError};
 use source::StemcellSource;
 
 /// Repository of stemcell images on every node; the tag is the stemcell cid.
 pub const IMAGE_REPO: &str = "moltencore-stemcell";
 
 /// The image reference of a stemcell on a node.
-pub fn image_reference(cid: &StemcellCid) -> String {
+pub(crate) fn image_reference(cid: &StemcellCid) -> String {
     format!("{IMAGE_REPO}:{cid}")
-}
-
-/// The index record of a stemcell.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StemcellRecord {
-    pub cid: StemcellCid,
-    pub name: String,
-    pub version: String,
-    #[serde(default)]
-    pub operating_system: Option<String>,
-    /// Nodes that had the image after create_stemcell.
-    #[serde(default)]
-    pub nodes: Vec<String>,
-    pub created_at: String,
 }
 
 struct DigestCheck {
@@ -56,10 +45,12 @@ impl StreamCheck for DigestCheck {
         if actual == self.expected.hex() {
             Ok(())
         } else {
-            Err(format!(
-                "stemcell image digest mismatch: stemcell.MF says {}, the image has {actual}",
-                self.expected.hex()
-            ))
+            // The stream check answers in text; the director reads these words.
+            let mismatch = StemcellError::DigestMismatch {
+                expected: self.expected.hex().to_string(),
+                actual,
+            };
+            Err(mismatch.to_string())
         }
     }
 }
@@ -76,7 +67,7 @@ impl StreamCheck for NoCheck {
 /// `create_stemcell`: streams the rootfs into every ready node concurrently (into the
 /// CPI's `placement.node` alone when one is set), or, for a docker-light stemcell, adopts
 /// the image it names.
-pub async fn create(
+pub(crate) async fn create(
     ctx: &CloudContext<'_>,
     image_path: &str,
     cloud_properties: &Object,
@@ -86,25 +77,12 @@ pub async fn create(
     }
     let source = StemcellSource::open(image_path)?;
     let manifest = source.manifest.clone();
-    manifest.check_format().map_err(CpiError::cpi)?;
-    let check: Box<dyn StreamCheck> = match manifest.expected_digest().map_err(CpiError::cpi)? {
-        Some(expected) => Box::new(DigestCheck {
-            hasher: expected.hasher(),
-            expected,
-        }),
-        None => Box::new(NoCheck),
-    };
-
+    let check = stream_check(&manifest)?;
     let session = Session::new(ctx);
-    let view = session.view().await?;
-    let nodes = upload_nodes(ctx, view).await?;
+    let nodes = upload_nodes(ctx, session.view().await?).await?;
     if nodes.is_empty() {
-        return Err(CpiError::cloud(
-            "create_stemcell: no ready node could be reached (see the log)",
-            true,
-        ));
+        return Err(StemcellError::NoReachableNode.into());
     }
-
     let cid = StemcellCid::generate();
     let target = ImportTarget {
         repo: IMAGE_REPO.to_string(),
@@ -116,59 +94,88 @@ pub async fn create(
         nodes = nodes.len(), "importing stemcell"
     );
     let reader = source.image_reader()?;
-    let outcomes = match images::import_everywhere(&nodes, reader, check, &target).await {
-        Ok(o) => o,
+    let imported = match images::import_everywhere(&nodes, reader, check, &target).await {
+        Ok(outcomes) => imported_on(outcomes, &cid),
+        Err(source) => Err(StemcellError::Import {
+            image_path: image_path.to_string(),
+            source: Box::new(source),
+        }),
+    };
+    let have = match imported {
+        Ok(have) => have,
         Err(e) => {
             remove_everywhere(&nodes, &target.reference()).await;
-            return Err(CpiError::from(e).context(format!("create_stemcell {image_path}")));
+            return Err(e.into());
         }
     };
-    let outcomes = outcomes
-        .into_iter()
-        .map(|(name, r)| (name, r.map_err(CpiError::from)));
-    let (ok, failed): (Vec<_>, Vec<_>) = outcomes.into_iter().partition(|(_, r)| r.is_ok());
-    if ok.is_empty() {
-        remove_everywhere(&nodes, &target.reference()).await;
-        let retry = failed
-            .iter()
-            .any(|(_, r)| r.as_ref().err().is_some_and(|e| e.ok_to_retry));
-        let reasons: Vec<String> = failed
-            .into_iter()
-            .filter_map(|(_, r)| r.err().map(|e| e.message))
-            .collect();
-        return Err(CpiError::cloud(
-            format!(
-                "create_stemcell: no node imported the stemcell: {}",
-                reasons.join("; ")
-            ),
-            retry,
-        ));
-    }
-    for (name, result) in &failed {
-        if let Err(e) = result {
-            tracing::warn!(
-                node = %name,
-                "stemcell {cid} not imported on node {name}; it is copied there when a VM needs it: {}",
-                e.message
-            );
-        }
-    }
     let record = StemcellRecord {
         cid: cid.clone(),
         name: manifest.name.clone(),
         version: manifest.version.clone(),
         operating_system: manifest.operating_system.clone(),
-        nodes: ok.iter().map(|(n, _)| n.clone()).collect(),
-        created_at: super::now(),
+        nodes: have,
+        created_at: Timestamp::now(),
     };
-    let keys = ctx.keys().await?;
-    if let Err(e) = index::put(ctx.etcd().await?, &keys.stemcell(&cid), &record).await {
-        remove_everywhere(&nodes, &target.reference()).await;
-        return Err(e.into());
-    }
+    save_record(ctx, &record, &nodes).await?;
     Ok(CallResult::Plain(serde_json::Value::String(
         cid.to_string(),
     )))
+}
+
+/// The check of the image stream: its digest, when the manifest gives one (after the
+/// manifest's formats are checked).
+fn stream_check(manifest: &Manifest) -> Result<Box<dyn StreamCheck>, ManifestError> {
+    manifest.check_format()?;
+    Ok(match manifest.expected_digest()? {
+        Some(expected) => Box::new(DigestCheck {
+            hasher: expected.hasher(),
+            expected,
+        }),
+        None => Box::new(NoCheck),
+    })
+}
+
+/// The nodes that imported the stemcell; the others are named in the log (the stemcell
+/// is copied there when a VM needs it). None is an error, retriable when one node's
+/// failure was.
+fn imported_on(outcomes: NodeOutcomes, cid: &StemcellCid) -> Result<Vec<String>, StemcellError> {
+    let mut have = Vec::new();
+    let mut failed = Vec::new();
+    for (name, result) in outcomes {
+        match result {
+            Ok(()) => have.push(name),
+            Err(e) => failed.push((name, CpiError::from(e))),
+        }
+    }
+    if have.is_empty() {
+        let retry = failed.iter().any(|(_, e)| e.ok_to_retry);
+        let reasons: Vec<String> = failed.into_iter().map(|(_, e)| e.message).collect();
+        let reasons = reasons.join("; ");
+        return Err(StemcellError::NoNodeImported { reasons, retry });
+    }
+    for (name, e) in &failed {
+        tracing::warn!(
+            node = %name,
+            "stemcell {cid} not imported on node {name}; it is copied there when a VM needs it: {}",
+            e.message
+        );
+    }
+    Ok(have)
+}
+
+/// Writes the stemcell's record; when it cannot be written, the image goes from the
+/// nodes again (nothing would lead to it).
+async fn save_record(
+    ctx: &CloudContext<'_>,
+    record: &StemcellRecord,
+    nodes: &[NodeDocker],
+) -> Result<(), CpiError> {
+    let keys = ctx.keys().await?;
+    if let Err(e) = index::put(ctx.etcd().await?, &keys.stemcell(&record.cid), record).await {
+        remove_everywhere(nodes, &image_reference(&record.cid)).await;
+        return Err(e.into());
+    }
+    Ok(())
 }
 
 async fn create_light(
@@ -193,13 +200,9 @@ async fn create_light(
         version: image.digest.clone().unwrap_or_default(),
         operating_system: None,
         nodes: have,
-        created_at: super::now(),
+        created_at: Timestamp::now(),
     };
-    let keys = ctx.keys().await?;
-    if let Err(e) = index::put(ctx.etcd().await?, &keys.stemcell(&cid), &record).await {
-        remove_everywhere(&nodes, &image_reference(&cid)).await;
-        return Err(e.into());
-    }
+    save_record(ctx, &record, &nodes).await?;
     Ok(CallResult::Plain(serde_json::Value::String(
         cid.to_string(),
     )))
@@ -237,9 +240,7 @@ async fn upload_nodes(
 ) -> Result<Vec<NodeDocker>, CpiError> {
     if let Some(pinned) = ctx.config().await?.placement.node.clone() {
         if view.node(&pinned).is_none() {
-            return Err(CpiError::cpi(format!(
-                "create_stemcell: placement.node '{pinned}' is not a registered node"
-            )));
+            return Err(StemcellError::PinnedUnknown { node: pinned }.into());
         }
         let node = ctx
             .node_docker(view, &pinned)
@@ -254,10 +255,7 @@ async fn upload_nodes(
         .map(|n| n.name.as_str())
         .collect();
     if ready.is_empty() {
-        return Err(CpiError::cloud(
-            "create_stemcell: no ready node in the cluster to import into",
-            true,
-        ));
+        return Err(StemcellError::NoReadyNode.into());
     }
     reachable_nodes(ctx, view, ready.into_iter(), "importing the stemcell").await
 }
@@ -295,7 +293,10 @@ async fn remove_everywhere(nodes: &[NodeDocker], reference: &str) {
 
 /// `delete_stemcell`: removes the image from every node; already gone is success. A node
 /// that cannot be reached is reported in the log and keeps its copy.
-pub async fn delete(ctx: &CloudContext<'_>, cid: &StemcellCid) -> Result<CallResult, CpiError> {
+pub(crate) async fn delete(
+    ctx: &CloudContext<'_>,
+    cid: &StemcellCid,
+) -> Result<CallResult, CpiError> {
     let session = Session::new(ctx);
     let view = session.view().await?;
     let reference = image_reference(cid);
@@ -316,10 +317,8 @@ pub async fn delete(ctx: &CloudContext<'_>, cid: &StemcellCid) -> Result<CallRes
         }
     }
     if !hard.is_empty() {
-        return Err(CpiError::cloud(
-            format!("delete_stemcell {cid}: {}", hard.join("; ")),
-            false,
-        ));
+        let (cid, problems) = (cid.clone(), hard.join("; "));
+        return Err(StemcellError::NotDeleted { cid, problems }.into());
     }
     let keys = ctx.keys().await?;
     index::delete(ctx.etcd().await?, &keys.stemcell(cid)).await?;
@@ -339,7 +338,7 @@ pub enum Presence {
 /// its index record, else its image on a node of the cluster (as [`ensure_on_node`]
 /// decides). Unknown (every node answered without it) is final; a node that did not
 /// answer makes it retriable, as a retry may find it there.
-pub async fn check_exists(s: &Session<'_>, cid: &StemcellCid) -> Result<Presence, CpiError> {
+pub(crate) async fn check_exists(s: &Session<'_>, cid: &StemcellCid) -> Result<Presence, CpiError> {
     let keys = s.keys().await?;
     if index::get::<StemcellRecord>(s.etcd().await?, &keys.stemcell(cid))
         .await?
@@ -373,14 +372,12 @@ pub async fn check_exists(s: &Session<'_>, cid: &StemcellCid) -> Result<Presence
         )));
     }
     let shown = crate::echo::printable(cid.as_str());
-    Err(CpiError::cpi(format!(
-        "create_vm: unknown stemcell {shown}: stemcell {shown} is on no node of the cluster: upload it again"
-    )))
+    Err(StemcellError::Unknown { shown }.into())
 }
 
 /// Makes sure `node` has stemcell `cid`, copying it from another node that has it.
 /// `presence` is what [`check_exists`] found: a node it saw the image on is not asked again.
-pub async fn ensure_on_node(
+pub(crate) async fn ensure_on_node(
     s: &Session<'_>,
     node: &NodeDocker,
     cid: &StemcellCid,
@@ -429,9 +426,7 @@ pub async fn ensure_on_node(
                 node.name
             )));
         }
-        return Err(CpiError::cpi(format!(
-            "stemcell {cid} is on no node of the cluster: upload it again"
-        )));
+        return Err(StemcellError::Nowhere { cid: cid.clone() }.into());
     };
     let source = &source;
     tracing::info!(
@@ -439,4 +434,75 @@ pub async fn ensure_on_node(
         "copying stemcell to the node"
     );
     Ok(images::copy(source, node, &reference).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::docker::DockerError;
+
+    fn cid() -> StemcellCid {
+        StemcellCid::generate()
+    }
+
+    fn refused() -> DockerError {
+        DockerError::Verify {
+            message: "copy check failed".into(),
+        }
+    }
+
+    #[test]
+    fn one_node_that_imported_is_enough() {
+        let outcomes = vec![
+            ("n1".to_string(), Err(refused())),
+            ("n2".to_string(), Ok(())),
+        ];
+        assert_eq!(imported_on(outcomes, &cid()).unwrap(), vec!["n2"]);
+    }
+
+    #[test]
+    fn no_node_that_imported_names_each_reason() {
+        let outcomes = vec![
+            ("n1".to_string(), Err(refused())),
+            (
+                "n2".to_string(),
+                Err(DockerError::Setup {
+                    message: "bad TLS".into(),
+                }),
+            ),
+        ];
+        let e = CpiError::from(imported_on(outcomes, &cid()).unwrap_err());
+        assert_eq!(
+            e.message,
+            "create_stemcell: no node imported the stemcell: copy check failed; bad TLS"
+        );
+        assert!(e.ok_to_retry, "one node's failure was worth a retry");
+        let outcomes = vec![(
+            "n1".to_string(),
+            Err(DockerError::Setup {
+                message: "bad TLS".into(),
+            }),
+        )];
+        assert!(!CpiError::from(imported_on(outcomes, &cid()).unwrap_err()).ok_to_retry);
+    }
+
+    #[test]
+    fn the_stream_is_checked_against_the_manifest_digest() {
+        let m = Manifest::parse("name: x\nversion: '1'\nstemcell_formats: [aws-raw]\n").unwrap();
+        assert!(stream_check(&m).is_err());
+        let m = Manifest::parse(
+            "name: x\nversion: '1'\nsha1: a9993e364706816aba3e25717850c26c9cd0d89d\n",
+        )
+        .unwrap();
+        let mut check = stream_check(&m).unwrap();
+        check.update(b"abc");
+        assert!(check.finish().is_ok());
+        let mut check = stream_check(&m).unwrap();
+        check.update(b"abd");
+        let e = check.finish().unwrap_err();
+        assert!(
+            e.starts_with("stemcell image digest mismatch: stemcell.MF says a9993e36"),
+            "{e}"
+        );
+    }
 }

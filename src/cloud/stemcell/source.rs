@@ -8,10 +8,49 @@ use std::path::{Path, PathBuf};
 
 use flate2::read::GzDecoder;
 
-use super::manifest::Manifest;
-use crate::bounded_file::{self, FileKind};
+use super::manifest::{Manifest, ManifestError};
+use crate::bounded_file::{self, FileKind, ReadError};
 use crate::channel_reader::ChannelReader;
-use crate::protocol::CpiError;
+
+/// A stemcell whose files cannot be read as one; the text names the path. Always the
+/// request's (or the operator's) fault: a retry reads the same files.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SourceError {
+    /// `image_path` is no readable regular file.
+    #[error("create_stemcell: image_path: {0}")]
+    ImagePath(#[source] ReadError),
+    /// The manifest at `shown` is not one this CPI reads.
+    #[error("{shown}: {source}")]
+    Manifest {
+        shown: String,
+        #[source]
+        source: ManifestError,
+    },
+    /// The `stemcell.MF` beside the image cannot be read.
+    #[error("create_stemcell: stemcell.MF: {0}")]
+    ManifestFile(#[source] ReadError),
+    /// No manifest beside the image, and the image is not a packed stemcell.
+    #[error(
+        "create_stemcell: no stemcell.MF beside {shown}, and {shown} is not a stemcell tarball holding stemcell.MF and image"
+    )]
+    NoManifest { shown: String },
+    /// The extracted image cannot be opened.
+    #[error("create_stemcell: image: {0}")]
+    Image(#[source] ReadError),
+    /// The manifest entry of a packed stemcell is over the limit.
+    #[error(
+        "create_stemcell: the stemcell.MF inside {shown} is larger than the {} limit for {}",
+        bounded_file::human(FileKind::StemcellManifest.limit()),
+        FileKind::StemcellManifest.what()
+    )]
+    ManifestTooLarge { shown: String },
+    /// The manifest entry of a packed stemcell cannot be read.
+    #[error("create_stemcell: stemcell.MF: {0}")]
+    ManifestEntry(#[source] std::io::Error),
+    /// The manifest entry of a packed stemcell is not text.
+    #[error("create_stemcell: stemcell.MF is not UTF-8 text")]
+    ManifestNotText,
+}
 
 /// A stemcell ready to be read: its manifest, and how to open its image bytes.
 pub struct StemcellSource {
@@ -28,34 +67,24 @@ enum Layout {
 
 impl StemcellSource {
     /// Locates the manifest for `image_path`. Errors name the path and what is missing.
-    pub fn open(image_path: &str) -> Result<StemcellSource, CpiError> {
+    pub(crate) fn open(image_path: &str) -> Result<StemcellSource, SourceError> {
         let path = Path::new(image_path);
         let shown = crate::echo::printable_path(path);
         // Checked on the opened file: a device or FIFO is refused before anything is read.
-        bounded_file::open_regular(path)
-            .map_err(|e| CpiError::cpi(format!("create_stemcell: image_path: {e}")))?;
+        bounded_file::open_regular(path).map_err(SourceError::ImagePath)?;
         // A packed stemcell names stemcell.MF among its first entries; a rootfs image
         // does not, and only its first few entries are looked at.
         if let Some(text) = read_packed_manifest(path)? {
-            let manifest =
-                Manifest::parse(&text).map_err(|e| CpiError::cpi(format!("{shown}: {e}")))?;
             return Ok(StemcellSource {
-                manifest,
+                manifest: parse_manifest(&text, shown)?,
                 layout: Layout::Packed(path.to_path_buf()),
             });
         }
         let beside = path.with_file_name("stemcell.MF");
         let text = bounded_file::read_optional(&beside, FileKind::StemcellManifest)
-            .map_err(|e| CpiError::cpi(format!("create_stemcell: stemcell.MF: {e}")))?
-            .ok_or_else(|| {
-                CpiError::cpi(format!(
-                    "create_stemcell: no stemcell.MF beside {shown}, and {shown} is not a \
-                     stemcell tarball holding stemcell.MF and image"
-                ))
-            })?;
-        let shown_mf = crate::echo::printable_path(&beside);
-        let manifest =
-            Manifest::parse(&text).map_err(|e| CpiError::cpi(format!("{shown_mf}: {e}")))?;
+            .map_err(SourceError::ManifestFile)?
+            .ok_or(SourceError::NoManifest { shown })?;
+        let manifest = parse_manifest(&text, crate::echo::printable_path(&beside))?;
         Ok(StemcellSource {
             manifest,
             layout: Layout::Extracted(path.to_path_buf()),
@@ -63,16 +92,20 @@ impl StemcellSource {
     }
 
     /// Opens the image bytes (the gzipped rootfs tarball), positioned at its start.
-    pub fn image_reader(&self) -> Result<Box<dyn Read + Send>, CpiError> {
+    pub(crate) fn image_reader(&self) -> Result<Box<dyn Read + Send>, SourceError> {
         match &self.layout {
             Layout::Extracted(path) => {
-                let f = bounded_file::open_regular(path)
-                    .map_err(|e| CpiError::cpi(format!("create_stemcell: image: {e}")))?;
+                let f = bounded_file::open_regular(path).map_err(SourceError::Image)?;
                 Ok(Box::new(BufReader::with_capacity(1 << 20, f)))
             }
             Layout::Packed(path) => Ok(Box::new(PackedImage::open(path)?)),
         }
     }
+}
+
+/// The manifest text of the file shown as `shown`.
+fn parse_manifest(text: &str, shown: String) -> Result<Manifest, SourceError> {
+    Manifest::parse(text).map_err(|source| SourceError::Manifest { shown, source })
 }
 
 fn entry_name(entry: &tar::Entry<'_, impl Read>) -> Option<String> {
@@ -87,9 +120,8 @@ const MANIFEST_SEARCH_ENTRIES: usize = 8;
 /// The `stemcell.MF` entry of a packed stemcell; `None` when `path` is not one (not a
 /// gzipped tarball, or no manifest among its first entries). A manifest entry over the
 /// limit, or one that is not text, is an error.
-fn read_packed_manifest(path: &Path) -> Result<Option<String>, CpiError> {
-    let f = bounded_file::open_regular(path)
-        .map_err(|e| CpiError::cpi(format!("create_stemcell: image_path: {e}")))?;
+fn read_packed_manifest(path: &Path) -> Result<Option<String>, SourceError> {
+    let f = bounded_file::open_regular(path).map_err(SourceError::ImagePath)?;
     let mut archive = tar::Archive::new(GzDecoder::new(BufReader::new(f)));
     let Ok(entries) = archive.entries() else {
         return Ok(None);
@@ -102,23 +134,18 @@ fn read_packed_manifest(path: &Path) -> Result<Option<String>, CpiError> {
             continue;
         }
         let limit = FileKind::StemcellManifest.limit();
-        let too_large = || {
-            CpiError::cpi(format!(
-                "create_stemcell: the stemcell.MF inside {} is larger than the {} limit for {}",
-                crate::echo::printable_path(path),
-                bounded_file::human(limit),
-                FileKind::StemcellManifest.what()
-            ))
+        let too_large = || SourceError::ManifestTooLarge {
+            shown: crate::echo::printable_path(path),
         };
         if entry.size() > limit {
             return Err(too_large());
         }
         let data = bounded_file::read_limited(entry, limit)
-            .map_err(|e| CpiError::cpi(format!("create_stemcell: stemcell.MF: {e}")))?
+            .map_err(SourceError::ManifestEntry)?
             .ok_or_else(too_large)?;
         return String::from_utf8(data)
             .map(Some)
-            .map_err(|_| CpiError::cpi("create_stemcell: stemcell.MF is not UTF-8 text"));
+            .map_err(|_| SourceError::ManifestNotText);
     }
     Ok(None)
 }
@@ -128,9 +155,8 @@ fn read_packed_manifest(path: &Path) -> Result<Option<String>, CpiError> {
 struct PackedImage;
 
 impl PackedImage {
-    fn open(path: &Path) -> Result<ChannelReader, CpiError> {
-        let f = bounded_file::open_regular(path)
-            .map_err(|e| CpiError::cpi(format!("create_stemcell: image_path: {e}")))?;
+    fn open(path: &Path) -> Result<ChannelReader, SourceError> {
+        let f = bounded_file::open_regular(path).map_err(SourceError::ImagePath)?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         std::thread::spawn(move || {
             if let Err(e) = stream_image_entry(f, &tx) {
@@ -239,11 +265,11 @@ mod tests {
     #[test]
     fn missing_or_foreign_files_are_named() {
         let e = StemcellSource::open("/nonexistent/image").err().unwrap();
-        assert!(e.message.contains("/nonexistent/image"), "{}", e.message);
+        assert!(e.to_string().contains("/nonexistent/image"), "{e}");
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("image");
         std::fs::write(&p, b"not a tarball").unwrap();
         let e = StemcellSource::open(p.to_str().unwrap()).err().unwrap();
-        assert!(e.message.contains("no stemcell.MF beside"), "{}", e.message);
+        assert!(e.to_string().contains("no stemcell.MF beside"), "{e}");
     }
 }

@@ -17,12 +17,13 @@ use super::properties::{Effective, VmProperties};
 use super::{agent_files, ephemeral_volume, labels, start_script};
 use crate::cloud::session::Session;
 use crate::cloud::session::disks::volume_gone;
-use crate::cloud::{CloudContext, now, stemcell};
+use crate::cloud::{CloudContext, stemcell};
 use crate::cluster::{DiskRecord, NodeRecord, NodeState, VmRecord, VmState, claims, index};
 use crate::config::BlobstoreSettings;
 use crate::docker::{BridgeSpec, DockerError, NodeDocker};
 use crate::placement::{self, VmDemand};
 use crate::protocol::{CallResult, CpiError, CreateVm, DiskCid, ErrorKind, NetworkType, VmCid};
+use crate::timestamp::Timestamp;
 
 /// What to undo, in reverse order, when creation fails.
 enum Undo {
@@ -64,7 +65,7 @@ impl CreatePlan<'_, '_> {
             memory_mib: self.props.memory_mib(),
             group: self.group.clone(),
             state: VmState::Creating,
-            created_at: now(),
+            created_at: Timestamp::now(),
             metadata: Default::default(),
             addresses: Vec::new(),
         }
@@ -554,7 +555,7 @@ fn container_labels(plan: &CreatePlan<'_, '_>, key_prefix: &str) -> HashMap<Stri
             labels::STEMCELL.to_string(),
             plan.req.stemcell_cid.to_string(),
         ),
-        (labels::CREATED_AT.to_string(), now()),
+        (labels::CREATED_AT.to_string(), Timestamp::now().to_string()),
         (labels::INDEX.to_string(), key_prefix.to_string()),
     ]);
     if let Some(g) = &plan.group {
