@@ -12,4 +12,4 @@ pub use crate::ids::{self, DiskCid, MalformedCid, SnapshotCid, StemcellCid, VmCi
 pub use call::{Call, CreateVm, NetworkSpec, NetworkType, Object, VmRequirements};
 pub use error::{CpiError, ErrorKind};
 pub use request::{ApiVersion, Request, plain_serde_message};
-pub use response::{CallResult, Response};
+pub use response::{CallResult, Info, Response, VmCloudProperties};

@@ -251,7 +251,7 @@ pub(crate) async fn detach(
         disk.vm = None;
         s.save_disk(&disk).await?;
     }
-    Ok(CallResult::Plain(Value::Null))
+    Ok(CallResult::Done)
 }
 
 #[cfg(test)]

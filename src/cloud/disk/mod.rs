@@ -74,14 +74,14 @@ pub(crate) async fn create(
         return Err(e.into());
     }
     tracing::info!(disk = %cid, node = %node, size_mib, "disk created");
-    Ok(CallResult::Plain(Value::String(cid.to_string())))
+    Ok(CallResult::DiskCreated(cid))
 }
 
 /// `delete_disk`: idempotent; an attached disk is refused, naming the VM.
 pub(crate) async fn delete(ctx: &CloudContext<'_>, cid: &DiskCid) -> Result<CallResult, CpiError> {
     let s = Session::new(ctx);
     let Some(mut disk) = s.disk_if_any(cid).await? else {
-        return Ok(CallResult::Plain(Value::Null));
+        return Ok(CallResult::Done);
     };
     if let Some(vm) = s.attached_vm(&disk).await? {
         let cid = cid.clone();
@@ -101,23 +101,23 @@ pub(crate) async fn delete(ctx: &CloudContext<'_>, cid: &DiskCid) -> Result<Call
         docker.remove_volume(cid.as_str()).await?;
     }
     s.delete_disk_record(cid).await?;
-    Ok(CallResult::Plain(Value::Null))
+    Ok(CallResult::Done)
 }
 
 /// `has_disk`: the record and the volume on its node.
 pub(crate) async fn has(ctx: &CloudContext<'_>, cid: &DiskCid) -> Result<CallResult, CpiError> {
     let s = Session::new(ctx);
     let Some(mut disk) = s.disk_if_any(cid).await? else {
-        return Ok(CallResult::Plain(Value::Bool(false)));
+        return Ok(CallResult::Exists(false));
     };
     s.remove_stray_copies(&mut disk).await;
     if s.view().await?.registered(&disk.node)?.is_none() {
-        return Ok(CallResult::Plain(Value::Bool(false)));
+        return Ok(CallResult::Exists(false));
     }
     let docker = s.node_docker(&disk.node).await?;
-    Ok(CallResult::Plain(Value::Bool(
+    Ok(CallResult::Exists(
         docker.volume_exists(cid.as_str()).await?,
-    )))
+    ))
 }
 
 /// `set_disk_metadata`: merged into the disk's index record.
@@ -132,7 +132,7 @@ pub(crate) async fn set_metadata(
         disk.metadata.insert(k.clone(), v.clone());
     }
     s.save_disk(&disk).await?;
-    Ok(CallResult::Plain(Value::Null))
+    Ok(CallResult::Done)
 }
 
 /// `resize_disk`: grows a detached disk for real (its image, and the ext4 filesystem in it,
@@ -168,7 +168,7 @@ pub(crate) async fn resize(
     disk.size_mib = new_size_mib;
     s.save_disk(&disk).await?;
     tracing::info!(disk = %cid, node = %disk.node, size_mib = new_size_mib, "disk resized");
-    Ok(CallResult::Plain(Value::Null))
+    Ok(CallResult::Done)
 }
 
 /// The mounter's refusals of a grow, said for the director: a disk the node still holds
@@ -195,12 +195,19 @@ pub(crate) async fn get_disks(
 ) -> Result<CallResult, CpiError> {
     let s = Session::new(ctx);
     let (_, docker) = super::vm::find_existing(&s, vm_cid).await?;
-    let disks: Vec<Value> = attach::disks_of(&s, &docker, vm_cid)
-        .await?
-        .into_iter()
-        .map(Value::String)
+    let names = attach::disks_of(&s, &docker, vm_cid).await?;
+    let disks = names
+        .iter()
+        .filter_map(|name| match DiskCid::parse(name) {
+            Ok(cid) => Some(cid),
+            Err(_) => {
+                let name = crate::echo::printable(name);
+                tracing::warn!(vm = %vm_cid, "get_disks: {name} is not a disk cid; not answered");
+                None
+            }
+        })
         .collect();
-    Ok(CallResult::Plain(Value::Array(disks)))
+    Ok(CallResult::Disks(disks))
 }
 
 #[cfg(test)]

@@ -40,7 +40,7 @@ pub(crate) async fn snapshot(
     match copy_into_new_volume(&docker, dir.as_deref(), disk_cid, &cid, volume_labels).await {
         Ok(how) => {
             tracing::info!(snapshot = %cid, disk = %disk_cid, "snapshot taken: {how}");
-            Ok(CallResult::Plain(Value::String(cid.to_string())))
+            Ok(CallResult::SnapshotCreated(cid))
         }
         Err(e) => {
             let _ = docker.remove_volume(cid.as_str()).await;
@@ -119,7 +119,7 @@ pub(crate) async fn delete_snapshot(
         }
         index::delete(etcd, &keys.snapshot(cid)).await?;
     }
-    Ok(CallResult::Plain(Value::Null))
+    Ok(CallResult::Done)
 }
 
 #[cfg(test)]

@@ -117,9 +117,7 @@ pub(crate) async fn create(
         created_at: Timestamp::now(),
     };
     save_record(ctx, &record, &nodes).await?;
-    Ok(CallResult::Plain(serde_json::Value::String(
-        cid.to_string(),
-    )))
+    Ok(CallResult::StemcellCreated(cid))
 }
 
 /// The check of the image stream: its digest, when the manifest gives one (after the
@@ -203,9 +201,7 @@ async fn create_light(
         created_at: Timestamp::now(),
     };
     save_record(ctx, &record, &nodes).await?;
-    Ok(CallResult::Plain(serde_json::Value::String(
-        cid.to_string(),
-    )))
+    Ok(CallResult::StemcellCreated(cid))
 }
 
 fn labels(cid: &StemcellCid, m: &Manifest) -> Vec<String> {
@@ -322,7 +318,7 @@ pub(crate) async fn delete(
     }
     let keys = ctx.keys().await?;
     index::delete(ctx.etcd().await?, &keys.stemcell(cid)).await?;
-    Ok(CallResult::Plain(serde_json::Value::Null))
+    Ok(CallResult::Done)
 }
 
 /// What create_vm learned about a stemcell before placing the VM (see [`check_exists`]).
