@@ -102,7 +102,19 @@ async fn manage(config_path: PathBuf, cmd: RebootManagerCommand) -> Result<()> {
     };
     let ctx = CloudContext::new(config_path.clone(), Default::default(), None);
     super::error::load_config(&ctx, &config_path).await?;
-    let mut manager = Manager::new(&ctx, opts, &cmd.root, reboot_command, engine).await?;
+    let etcd = ctx
+        .etcd()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .clone();
+    let keys = ctx.keys().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut manager = Manager::new(
+        &ctx,
+        (etcd, keys),
+        opts,
+        &cmd.root,
+        (reboot_command, engine),
+    );
     let heartbeat = start_heartbeat(&ctx, &cmd).await?;
     let outcome = tokio::select! {
         () = manager.run() => Ok(()),
@@ -120,9 +132,7 @@ async fn start_heartbeat(ctx: &CloudContext<'_>, cmd: &RebootManagerCommand) -> 
         .map_err(|e| anyhow::anyhow!("{e}"))?
         .clone();
     let keys = RebootKeys::new(&ctx.keys().await.map_err(|e| anyhow::anyhow!("{e}"))?);
-    let boot_id = Host::new(&cmd.root, Vec::new())
-        .boot_id()
-        .map_err(anyhow::Error::msg)?;
+    let boot_id = Host::new(&cmd.root, Vec::new()).boot_id()?;
     let info = ManagerInfo {
         node: cmd.node.clone(),
         boot_id,

@@ -21,6 +21,7 @@ use std::time::Duration;
 use etcd_client::{PutOptions, Txn, TxnOp};
 use serde::{Deserialize, Serialize};
 
+use super::error::RenewError;
 use super::keys::RebootKeys;
 use crate::cluster::{Etcd, IndexError};
 
@@ -290,13 +291,12 @@ async fn keep_alive(etcd: &Etcd, key: &str, leases: Leases) -> String {
 async fn renew(
     keeper: &mut etcd_client::LeaseKeeper,
     stream: &mut etcd_client::LeaseKeepAliveStream,
-) -> Result<(), String> {
-    keeper.keep_alive().await.map_err(|e| e.to_string())?;
-    match stream.message().await {
-        Ok(Some(r)) if r.ttl() > 0 => Ok(()),
-        Ok(Some(_)) => Err("it expired".to_string()),
-        Ok(None) => Err("etcd closed the keep-alive stream".to_string()),
-        Err(e) => Err(e.to_string()),
+) -> Result<(), RenewError> {
+    keeper.keep_alive().await?;
+    match stream.message().await? {
+        Some(r) if r.ttl() > 0 => Ok(()),
+        Some(_) => Err(RenewError::Expired),
+        None => Err(RenewError::Closed),
     }
 }
 

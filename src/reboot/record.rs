@@ -151,7 +151,9 @@ impl Records {
     }
 
     /// Every node's reboot record (node name, record or why it is unreadable).
-    pub async fn states(&self) -> Result<Vec<(String, Result<RebootRecord, String>)>, RecordError> {
+    pub async fn states(
+        &self,
+    ) -> Result<Vec<(String, Result<RebootRecord, serde_json::Error>)>, RecordError> {
         let prefix = self.keys.node_states();
         let resp = self
             .etcd
@@ -169,7 +171,7 @@ impl Records {
                 let name = String::from_utf8_lossy(kv.key())
                     .trim_start_matches(prefix.as_str())
                     .to_string();
-                let rec = serde_json::from_slice(kv.value()).map_err(|e| e.to_string());
+                let rec = serde_json::from_slice(kv.value());
                 (name, rec)
             })
             .collect())
