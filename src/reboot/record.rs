@@ -185,6 +185,53 @@ impl Records {
         self.get(&self.keys.request(name)).await
     }
 
+    /// The nodes with an operator's request recorded.
+    pub(crate) async fn requested(&self) -> Result<Vec<String>, RecordError> {
+        let prefix = self.keys.request("");
+        let resp = self
+            .etcd
+            .client()
+            .get(
+                prefix.as_str(),
+                Some(etcd_client::GetOptions::new().with_prefix()),
+            )
+            .await
+            .map_err(|e| self.etcd.error("reading reboot requests", &e))?;
+        Ok(resp
+            .kvs()
+            .iter()
+            .map(|kv| {
+                String::from_utf8_lossy(kv.key())
+                    .trim_start_matches(prefix.as_str())
+                    .to_string()
+            })
+            .collect())
+    }
+
+    /// Removes the operator's request for node `name`, if there is one.
+    pub(crate) async fn withdraw_request(&self, name: &str) -> Result<(), RecordError> {
+        self.etcd
+            .client()
+            .delete(self.keys.request(name), None)
+            .await
+            .map_err(|e| self.etcd.error("removing the reboot request", &e))?;
+        Ok(())
+    }
+
+    /// Deletes node `name`'s record if it is still at `mod_revision`; false otherwise.
+    pub(crate) async fn forget(&self, name: &str, mod_revision: i64) -> Result<bool, RecordError> {
+        let txn = etcd_client::Txn::new()
+            .when(vec![self.state_at(name, mod_revision)])
+            .and_then(vec![TxnOp::delete(self.keys.node_state(name), None)]);
+        let resp = self
+            .etcd
+            .client()
+            .txn(txn)
+            .await
+            .map_err(|e| self.etcd.error("removing the reboot record", &e))?;
+        Ok(resp.succeeded())
+    }
+
     /// Records (or keeps) an operator's request; false when one was there already.
     pub async fn put_request(
         &self,
