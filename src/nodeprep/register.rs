@@ -12,17 +12,17 @@ use crate::cluster::{Capacity, Etcd, Keys, NodeRecord, NodeState};
 pub fn host_capacity() -> Result<Capacity> {
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get() as u32)
-        .map_err(|e| NodePrepError::Capacity(format!("cannot count this machine's CPUs: {e}")))?;
+        .map_err(|error| NodePrepError::CpuCount { error })?;
     let meminfo = crate::bounded_file::read_to_string(
         std::path::Path::new("/proc/meminfo"),
         crate::bounded_file::FileKind::HostFile,
     )
-    .map_err(|e| NodePrepError::Capacity(format!("cannot read /proc/meminfo: {e}")))?;
+    .map_err(|error| NodePrepError::Meminfo { error })?;
     let kib = meminfo
         .lines()
         .find_map(|l| l.strip_prefix("MemTotal:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .ok_or_else(|| NodePrepError::Capacity("/proc/meminfo has no MemTotal".into()))?;
+        .ok_or(NodePrepError::NoMemTotal)?;
     Ok(Capacity {
         cpus,
         memory_mib: kib / 1024,
@@ -140,11 +140,12 @@ pub async fn set_state(
                 "there is no node '{name}' (no record at {key}); `cpi nodes` lists the nodes"
             )));
         };
-        let unusable = |problem: &str, e: serde_json::Error| {
-            NodePrepError::NodeRecord(format!(
-                "node record {key} is {problem}; run node-prep on that node: {e}"
-            ))
-        };
+        let unusable =
+            |problem: &'static str, error: serde_json::Error| NodePrepError::NodeRecordUnusable {
+                key: key.clone(),
+                problem,
+                error,
+            };
         let mut doc: Value = serde_json::from_slice(&raw).map_err(|e| unusable("not JSON", e))?;
         let record: NodeRecord =
             serde_json::from_value(doc.clone()).map_err(|e| unusable("unreadable", e))?;

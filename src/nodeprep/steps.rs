@@ -150,15 +150,9 @@ impl Prep<'_> {
         let ca = ca_store::load(etcd, keys).await?;
         if let Some(ca) = &ca {
             // A CA that cannot sign would fail later, after files were written.
-            pki::issue_client(ca, "check", 1).map_err(|e| {
-                NodePrepError::certificate(
-                    format!(
-                        "the cluster CA at {} / {} is unusable",
-                        keys.ca_cert(),
-                        keys.ca_key()
-                    ),
-                    e,
-                )
+            pki::issue_client(ca, "check", 1).map_err(|cause| NodePrepError::UnusableCa {
+                at: format!("{} / {}", keys.ca_cert(), keys.ca_key()),
+                cause,
             })?;
         }
         Ok(Step::new(Checked { plan, existing, ca }).warn(warnings))
@@ -355,17 +349,7 @@ impl Prep<'_> {
         let prepared_at = register::now_rfc3339();
         let make = |previous: Option<&NodeRecord>| {
             // Checked again here: a host with the same name may have registered since.
-            if let Some(p) = previous
-                && p.private_ip != id.private_ip
-                && !opts.replace
-            {
-                return Err(NodePrepError::NameTaken {
-                    name: id.name.clone(),
-                    registered: p.private_ip,
-                    this_host: id.private_ip,
-                    just_now: true,
-                });
-            }
+            name_still_free(id, previous, opts.replace)?;
             Ok(NodeRecord {
                 name: id.name.clone(),
                 private_ip: id.private_ip,
@@ -390,16 +374,21 @@ impl Prep<'_> {
         };
         let registration =
             register::register(&self.etcd, keys, &id.name, make, opts.dry_run).await?;
+        Ok(self.announce(registration, &id.name))
+    }
+
+    /// The registration as a step: a change line when the record was written.
+    fn announce(&self, registration: Registration, name: &str) -> Step<Registration> {
         if !registration.changed() {
-            return Ok(Step::new(registration));
+            return Step::new(registration);
         }
-        let record = format!("node record {}", keys.node(&id.name));
+        let record = format!("node record {}", self.opts.keys.node(name));
         let line = if registration.previous.is_some() {
             self.say("updated", "update", &record)
         } else {
             self.say("wrote", "write", &record)
         };
-        Ok(Step::new(registration).change(line))
+        Step::new(registration).change(line)
     }
 
     /// systemd, last: units reloaded and started, Docker restarted only when its
@@ -488,6 +477,20 @@ impl Prep<'_> {
             record: o.registration.record,
             identity: o.id,
         })
+    }
+}
+
+/// Refuses the name when `previous` (its record in etcd) is another host's (another
+/// private IP), unless this host replaces it.
+fn name_still_free(id: &Identity, previous: Option<&NodeRecord>, replace: bool) -> Result<()> {
+    match previous {
+        Some(p) if p.private_ip != id.private_ip && !replace => Err(NodePrepError::NameTaken {
+            name: id.name.clone(),
+            registered: p.private_ip,
+            this_host: id.private_ip,
+            just_now: true,
+        }),
+        _ => Ok(()),
     }
 }
 
