@@ -112,33 +112,53 @@ pub fn check_header(values: &[&[u8]]) -> Result<(), Refusal> {
     }
 }
 
+/// Why a request body is refused; each becomes a 400 [`Refusal`].
+#[derive(Debug, thiserror::Error)]
+enum BodyError {
+    /// Not the protocol's JSON (the parser's words cut short).
+    #[error(
+        "the body is not {{\"client_params\":{{\"group\":...,\"id\":...}}}}: {}",
+        cut(&.0.to_string(), 120)
+    )]
+    NotJson(serde_json::Error),
+    /// The client id is empty, too long or not printable (cut short).
+    #[error("client_params.id '{}' must be 1-{ID_MAX_LEN} printable characters", cut(.0, SHOWN).escape_default())]
+    BadId(String),
+    /// The group is no group name.
+    #[error("client_params.group: {0}")]
+    BadGroup(crate::reboot::error::SemaphoreError),
+    /// The group is not one this endpoint serves.
+    #[error("reboot group '{group}' is not served here (served: {})", served.join(", "))]
+    UnknownGroup { group: Group, served: Vec<String> },
+}
+
+impl From<BodyError> for Refusal {
+    fn from(e: BodyError) -> Refusal {
+        let kind = match e {
+            BodyError::UnknownGroup { .. } => "unknown_group",
+            _ => "bad_request_body",
+        };
+        Refusal::new(400, kind, e.to_string())
+    }
+}
+
 /// Parses the body of `operation`: the group must be one of `groups`.
 pub fn parse(operation: Operation, body: &[u8], groups: &[Group]) -> Result<Request, Refusal> {
-    let bad = |what: String| Refusal::new(400, "bad_request_body", what);
-    let parsed: Body = serde_json::from_slice(body).map_err(|e| {
-        bad(format!(
-            "the body is not {{\"client_params\":{{\"group\":...,\"id\":...}}}}: {}",
-            cut(&e.to_string(), 120)
-        ))
-    })?;
+    Ok(parse_body(operation, body, groups)?)
+}
+
+fn parse_body(operation: Operation, body: &[u8], groups: &[Group]) -> Result<Request, BodyError> {
+    let parsed: Body = serde_json::from_slice(body).map_err(BodyError::NotJson)?;
     let ClientParams { group, id } = parsed.client_params;
     if id.is_empty() || id.len() > ID_MAX_LEN || id.chars().any(char::is_control) {
-        return Err(bad(format!(
-            "client_params.id '{}' must be 1-{ID_MAX_LEN} printable characters",
-            cut(&id, SHOWN).escape_default()
-        )));
+        return Err(BodyError::BadId(id));
     }
-    let group = Group::parse(&group).map_err(|e| bad(format!("client_params.group: {e}")))?;
+    let group = Group::parse(&group).map_err(BodyError::BadGroup)?;
     if !groups.contains(&group) {
-        let served: Vec<&str> = groups.iter().map(Group::as_str).collect();
-        return Err(Refusal::new(
-            400,
-            "unknown_group",
-            format!(
-                "reboot group '{group}' is not served here (served: {})",
-                served.join(", ")
-            ),
-        ));
+        return Err(BodyError::UnknownGroup {
+            group,
+            served: groups.iter().map(Group::to_string).collect(),
+        });
     }
     Ok(Request {
         operation,
