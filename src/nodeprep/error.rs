@@ -113,8 +113,11 @@ pub enum NodePrepError {
         error: serde_json::Error,
     },
     /// A value could not be encoded as JSON (for etcd or the report).
-    #[error("cannot encode {what} as JSON: {detail}")]
-    Encode { what: String, detail: String },
+    #[error("cannot encode {what} as JSON: {error}")]
+    Encode {
+        what: String,
+        error: serde_json::Error,
+    },
 }
 
 /// Why a certificate could not be made or read.
@@ -218,10 +221,10 @@ impl NodePrepError {
     }
 
     /// A JSON encoding failure of `what`.
-    pub fn encode(what: impl Into<String>, e: &serde_json::Error) -> Self {
+    pub fn encode(what: impl Into<String>, error: serde_json::Error) -> Self {
         NodePrepError::Encode {
             what: what.into(),
-            detail: e.to_string(),
+            error,
         }
     }
 }
@@ -231,7 +234,7 @@ pub type Result<T, E = NodePrepError> = std::result::Result<T, E>;
 
 /// `serde_json::to_string`, failing as [`NodePrepError::Encode`] naming `what`.
 pub fn to_json<T: serde::Serialize + ?Sized>(value: &T, what: &str) -> Result<String> {
-    serde_json::to_string(value).map_err(|e| NodePrepError::encode(what, &e))
+    serde_json::to_string(value).map_err(|e| NodePrepError::encode(what, e))
 }
 
 #[cfg(test)]

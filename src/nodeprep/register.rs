@@ -153,7 +153,7 @@ pub async fn set_state(
             return Ok(state);
         }
         doc["state"] = serde_json::to_value(state)
-            .map_err(|e| NodePrepError::encode(format!("state {state}"), &e))?;
+            .map_err(|e| NodePrepError::encode(format!("state {state}"), e))?;
         if swap(etcd, &key, doc.to_string(), Some(rev)).await? {
             return Ok(record.state);
         }
