@@ -26,7 +26,7 @@ pub struct Remaining {
 }
 
 /// What the VM's metadata says about the instance it runs.
-pub fn remaining(vm: &VmRecord) -> Remaining {
+pub(crate) fn remaining(vm: &VmRecord) -> Remaining {
     let text = |key: &str| match vm.metadata.get(key) {
         Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
         Some(Value::Number(n)) => Some(n.to_string()),

@@ -170,7 +170,7 @@ impl From<CpiError> for CommandError {
 /// Reads and checks the context's cpi.json first, so that a missing or invalid file is
 /// reported as such (with its hint) rather than as a cluster error. The context keeps the
 /// configuration: later steps do not read the file again.
-pub async fn load_config(ctx: &CloudContext<'_>, path: &Path) -> Result<(), CommandError> {
+pub(crate) async fn load_config(ctx: &CloudContext<'_>, path: &Path) -> Result<(), CommandError> {
     match ctx.config().await {
         Ok(_) => Ok(()),
         Err(e) => Err(CommandError::Config {

@@ -128,7 +128,7 @@ fn connection_limit() -> usize {
 }
 
 /// Resolves on SIGTERM or SIGINT.
-pub async fn stopped() -> std::io::Result<()> {
+pub(crate) async fn stopped() -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

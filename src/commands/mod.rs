@@ -11,7 +11,7 @@ pub mod reboot_manager;
 pub mod rpc;
 
 /// The async runtime every subcommand runs on: two workers (fan-out to nodes, streams).
-pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -20,7 +20,7 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 
 /// Runs `work` to completion on [`runtime`]; a runtime that cannot start is
 /// [`error::CommandError::Runtime`].
-pub fn block_on<F: std::future::Future>(work: F) -> Result<F::Output, error::CommandError> {
+pub(crate) fn block_on<F: std::future::Future>(work: F) -> Result<F::Output, error::CommandError> {
     Ok(runtime()
         .map_err(error::CommandError::Runtime)?
         .block_on(work))

@@ -21,7 +21,7 @@ const WHY_MAX: usize = 200;
 impl RebootOverview {
     /// One short cell for the table: the reboot phase, and a missing manager when the
     /// reboot waits for one.
-    pub fn cell(&self, name: &str) -> String {
+    pub(crate) fn cell(&self, name: &str) -> String {
         let mut s = match self.of(name) {
             Some(r) => {
                 let mut s = format!("{} since {} ({})", r.phase, r.since, r.why);
@@ -54,7 +54,7 @@ impl RebootOverview {
     /// One short cell for the MANAGER column: `up 5m 3s`, `gone, seen 2m 10s ago`,
     /// `stopped 1m ago`, `none` (a reboot waits and no manager was heard of), `-`
     /// (nothing known).
-    pub fn manager_cell(&self, name: &str) -> String {
+    pub(crate) fn manager_cell(&self, name: &str) -> String {
         match self.manager(name) {
             Some(ManagerStatus::Up { manager }) => match age(&manager.started_at) {
                 Some(up) => format!("up {}", span(up)),
@@ -90,13 +90,13 @@ async fn context_parts(ctx: &CloudContext<'_>) -> Result<(Etcd, RebootKeys), Com
 }
 
 /// Reads every reboot record and every group's semaphore.
-pub async fn overview(ctx: &CloudContext<'_>) -> Result<RebootOverview, CommandError> {
+pub(crate) async fn overview(ctx: &CloudContext<'_>) -> Result<RebootOverview, CommandError> {
     let (etcd, keys) = context_parts(ctx).await?;
     Ok(overview::read(&etcd, &keys).await?)
 }
 
 /// Prints the slot lines under the table.
-pub fn print(overview: &RebootOverview) {
+pub(crate) fn print(overview: &RebootOverview) {
     for g in &overview.groups {
         let holders: Vec<String> = g
             .holders

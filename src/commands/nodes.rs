@@ -90,7 +90,7 @@ pub fn run(config_path: PathBuf, json: bool) -> Outcome {
 pub type Listing = (Vec<NodeStatus>, Vec<String>, RebootOverview);
 
 /// Reads the view and asks every node's Docker for its version, all nodes at once.
-pub async fn collect(config_path: PathBuf) -> Result<Listing, CommandError> {
+pub(crate) async fn collect(config_path: PathBuf) -> Result<Listing, CommandError> {
     let ctx = CloudContext::new(config_path.clone(), Default::default(), None);
     load_config(&ctx, &config_path).await?;
     let view = ctx.view().await?;

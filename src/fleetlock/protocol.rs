@@ -43,7 +43,7 @@ pub struct Refusal {
 
 impl Refusal {
     /// A refusal with `status`, `kind` and `value`.
-    pub fn new(status: u16, kind: &'static str, value: impl Into<String>) -> Refusal {
+    pub(crate) fn new(status: u16, kind: &'static str, value: impl Into<String>) -> Refusal {
         Refusal {
             status,
             kind,
@@ -52,7 +52,7 @@ impl Refusal {
     }
 
     /// The JSON body.
-    pub fn body(&self) -> String {
+    pub(crate) fn body(&self) -> String {
         serde_json::to_string(self).expect("a refusal serializes")
     }
 }
@@ -70,7 +70,7 @@ struct ClientParams {
 }
 
 /// Which operation `method` and `path` name.
-pub fn route(method: &str, path: &str) -> Result<Operation, Refusal> {
+pub(crate) fn route(method: &str, path: &str) -> Result<Operation, Refusal> {
     let operation = match path {
         "/v1/pre-reboot" => Operation::PreReboot,
         "/v1/steady-state" => Operation::SteadyState,
@@ -96,7 +96,7 @@ pub fn route(method: &str, path: &str) -> Result<Operation, Refusal> {
 }
 
 /// Checks the protocol header (absent, repeated or not `true` is refused).
-pub fn check_header(values: &[&[u8]]) -> Result<(), Refusal> {
+pub(crate) fn check_header(values: &[&[u8]]) -> Result<(), Refusal> {
     match values {
         [v] if v.trim_ascii() == b"true" => Ok(()),
         [] => Err(Refusal::new(
@@ -143,7 +143,11 @@ impl From<BodyError> for Refusal {
 }
 
 /// Parses the body of `operation`: the group must be one of `groups`.
-pub fn parse(operation: Operation, body: &[u8], groups: &[Group]) -> Result<Request, Refusal> {
+pub(crate) fn parse(
+    operation: Operation,
+    body: &[u8],
+    groups: &[Group],
+) -> Result<Request, Refusal> {
     Ok(parse_body(operation, body, groups)?)
 }
 

@@ -64,7 +64,7 @@ pub enum TlsError {
 
 /// Builds the server config; with `client_ca`, clients must present a certificate it
 /// signed. Errors name the file at fault.
-pub fn server_config(
+pub(crate) fn server_config(
     cert: &Path,
     key: &Path,
     client_ca: Option<&Path>,

@@ -212,7 +212,11 @@ impl From<ReadError> for NodePrepError {
 
 impl NodePrepError {
     /// A failed write, stat or removal of `path`.
-    pub fn file(action: &'static str, path: impl Into<PathBuf>, error: std::io::Error) -> Self {
+    pub(crate) fn file(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+        error: std::io::Error,
+    ) -> Self {
         NodePrepError::File {
             action,
             path: path.into(),
@@ -221,7 +225,7 @@ impl NodePrepError {
     }
 
     /// A JSON encoding failure of `what`.
-    pub fn encode(what: impl Into<String>, error: serde_json::Error) -> Self {
+    pub(crate) fn encode(what: impl Into<String>, error: serde_json::Error) -> Self {
         NodePrepError::Encode {
             what: what.into(),
             error,
@@ -233,7 +237,7 @@ impl NodePrepError {
 pub type Result<T, E = NodePrepError> = std::result::Result<T, E>;
 
 /// `serde_json::to_string`, failing as [`NodePrepError::Encode`] naming `what`.
-pub fn to_json<T: serde::Serialize + ?Sized>(value: &T, what: &str) -> Result<String> {
+pub(crate) fn to_json<T: serde::Serialize + ?Sized>(value: &T, what: &str) -> Result<String> {
     serde_json::to_string(value).map_err(|e| NodePrepError::encode(what, e))
 }
 

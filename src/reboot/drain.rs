@@ -12,7 +12,10 @@ use crate::ids::VmCid;
 
 /// What each VM container in `cids` looks like now, from Docker and from inside the
 /// running ones (absent containers are skipped: there is nothing to bring back).
-pub async fn snapshot(docker: &NodeDocker, cids: &[VmCid]) -> Result<Vec<VmSnapshot>, DockerError> {
+pub(crate) async fn snapshot(
+    docker: &NodeDocker,
+    cids: &[VmCid],
+) -> Result<Vec<VmSnapshot>, DockerError> {
     let mut vms = Vec::new();
     for cid in cids {
         let Some(c) = docker.inspect_container(cid).await? else {
@@ -34,7 +37,7 @@ pub async fn snapshot(docker: &NodeDocker, cids: &[VmCid]) -> Result<Vec<VmSnaps
 }
 
 /// One container as the snapshot and the health gate see it.
-pub fn observe(cid: &VmCid, c: &bollard::models::ContainerInspectResponse) -> VmSnapshot {
+pub(crate) fn observe(cid: &VmCid, c: &bollard::models::ContainerInspectResponse) -> VmSnapshot {
     let running = c.state.as_ref().and_then(|s| s.running).unwrap_or(false);
     let ips = c
         .network_settings
@@ -71,7 +74,7 @@ const CONTAINER_GRACE: i32 = 10;
 
 /// Stops every VM of `vms` that ran, all at once, each within `grace_seconds`; already
 /// stopped or absent is success. The errors, one per VM that could not be stopped.
-pub async fn stop_all(
+pub(crate) async fn stop_all(
     docker: &NodeDocker,
     vms: &[VmSnapshot],
     grace_seconds: i32,

@@ -10,7 +10,7 @@ use crate::cloud::vm::inside::{self, Inside};
 use crate::docker::NodeDocker;
 
 /// Checks the node against what ran before; `Err` says what is not back yet.
-pub async fn check(docker: &NodeDocker, before: &[VmSnapshot]) -> Result<(), HealthError> {
+pub(crate) async fn check(docker: &NodeDocker, before: &[VmSnapshot]) -> Result<(), HealthError> {
     docker
         .version()
         .await
@@ -55,7 +55,7 @@ pub async fn check(docker: &NodeDocker, before: &[VmSnapshot]) -> Result<(), Hea
 }
 
 /// What differs between a VM before and now (both running), if anything.
-pub fn differences(before: &VmSnapshot, now: &VmSnapshot) -> Option<String> {
+pub(crate) fn differences(before: &VmSnapshot, now: &VmSnapshot) -> Option<String> {
     let mut what = Vec::new();
     if before.ips != now.ips {
         what.push(format!("IPs were {:?}, are {:?}", before.ips, now.ips));

@@ -19,7 +19,7 @@ pub struct Host {
 
 impl Host {
     /// The host below `root`, rebooted by `reboot_command` (program and arguments).
-    pub fn new(root: &Path, reboot_command: Vec<String>) -> Host {
+    pub(crate) fn new(root: &Path, reboot_command: Vec<String>) -> Host {
         Host {
             boot_id_file: root.join("proc/sys/kernel/random/boot_id"),
             reboot_command,
@@ -27,7 +27,7 @@ impl Host {
     }
 
     /// The current boot's id.
-    pub fn boot_id(&self) -> Result<String, HostError> {
+    pub(crate) fn boot_id(&self) -> Result<String, HostError> {
         let text = std::fs::read_to_string(&self.boot_id_file).map_err(|source| {
             HostError::BootIdUnreadable {
                 path: self.boot_id_file.clone(),
@@ -44,7 +44,7 @@ impl Host {
     }
 
     /// Runs the reboot command; `Ok` once it returned success (the host goes down soon).
-    pub async fn reboot(&self) -> Result<(), HostError> {
+    pub(crate) async fn reboot(&self) -> Result<(), HostError> {
         let (program, args) = self
             .reboot_command
             .split_first()

@@ -137,7 +137,7 @@ pub struct Manager<'a> {
 impl<'a> Manager<'a> {
     /// A manager for `opts.node` on the cluster `etcd` holds, with the host seams below
     /// `root`; `ctx` gives it Docker access to the node.
-    pub fn new(
+    pub(crate) fn new(
         ctx: &'a CloudContext<'a>,
         (etcd, keys): (Etcd, Keys),
         opts: ManagerOptions,
@@ -162,7 +162,7 @@ impl<'a> Manager<'a> {
     }
 
     /// Runs until the process ends.
-    pub async fn run(&mut self) {
+    pub(crate) async fn run(&mut self) {
         let node = self.opts.node.clone();
         tracing::info!(node = %node, group = %self.opts.group, "reboot manager started");
         loop {

@@ -113,12 +113,12 @@ pub struct Records {
 
 impl Records {
     /// Records under `keys`.
-    pub fn new(etcd: Etcd, keys: RebootKeys) -> Records {
+    pub(crate) fn new(etcd: Etcd, keys: RebootKeys) -> Records {
         Records { etcd, keys }
     }
 
     /// The keys.
-    pub fn keys(&self) -> &RebootKeys {
+    pub(crate) fn keys(&self) -> &RebootKeys {
         &self.keys
     }
 
@@ -146,12 +146,15 @@ impl Records {
     }
 
     /// Node `name`'s reboot record.
-    pub async fn state(&self, name: &str) -> Result<Option<Versioned<RebootRecord>>, RecordError> {
+    pub(crate) async fn state(
+        &self,
+        name: &str,
+    ) -> Result<Option<Versioned<RebootRecord>>, RecordError> {
         self.get(&self.keys.node_state(name)).await
     }
 
     /// Every node's reboot record (node name, record or why it is unreadable).
-    pub async fn states(
+    pub(crate) async fn states(
         &self,
     ) -> Result<Vec<(String, Result<RebootRecord, serde_json::Error>)>, RecordError> {
         let prefix = self.keys.node_states();
@@ -178,7 +181,7 @@ impl Records {
     }
 
     /// The operator's request for node `name`.
-    pub async fn request(
+    pub(crate) async fn request(
         &self,
         name: &str,
     ) -> Result<Option<Versioned<RebootRequest>>, RecordError> {
@@ -233,7 +236,7 @@ impl Records {
     }
 
     /// Records (or keeps) an operator's request; false when one was there already.
-    pub async fn put_request(
+    pub(crate) async fn put_request(
         &self,
         name: &str,
         request: &RebootRequest,
@@ -258,7 +261,7 @@ impl Records {
     }
 
     /// Replaces node `name`'s record if it is still at `mod_revision`; false otherwise.
-    pub async fn replace(
+    pub(crate) async fn replace(
         &self,
         name: &str,
         mod_revision: i64,
@@ -282,7 +285,7 @@ impl Records {
     }
 
     /// The write of node `name`'s record, for a transaction.
-    pub fn put_state(&self, name: &str, record: &RebootRecord) -> TxnOp {
+    pub(crate) fn put_state(&self, name: &str, record: &RebootRecord) -> TxnOp {
         TxnOp::put(
             self.keys.node_state(name),
             serde_json::to_string(record).expect("a record serializes"),
@@ -291,12 +294,12 @@ impl Records {
     }
 
     /// The comparison that holds while node `name` has no record.
-    pub fn no_state(&self, name: &str) -> Compare {
+    pub(crate) fn no_state(&self, name: &str) -> Compare {
         Compare::create_revision(self.keys.node_state(name), CompareOp::Equal, 0)
     }
 
     /// The comparison that holds while node `name`'s record is still at `mod_revision`.
-    pub fn state_at(&self, name: &str, mod_revision: i64) -> Compare {
+    pub(crate) fn state_at(&self, name: &str, mod_revision: i64) -> Compare {
         Compare::mod_revision(self.keys.node_state(name), CompareOp::Equal, mod_revision)
     }
 }

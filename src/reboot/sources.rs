@@ -15,7 +15,7 @@ const STATUS_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Whether the update engine's status output says an update waits for the reboot
 /// (`CURRENT_OP=UPDATE_STATUS_UPDATED_NEED_REBOOT`).
-pub fn status_needs_reboot(output: &str) -> bool {
+pub(crate) fn status_needs_reboot(output: &str) -> bool {
     output.lines().any(|line| {
         line.split_once('=')
             .is_some_and(|(k, v)| k.trim() == "CURRENT_OP" && v.trim() == NEED_REBOOT)
@@ -32,7 +32,7 @@ pub struct UpdateEngine {
 impl UpdateEngine {
     /// Asks the update engine; `Ok(None)` when the command is not installed (not Flatcar),
     /// `Err` when it ran and failed.
-    pub async fn needs_reboot(&self) -> Result<Option<bool>, UpdateEngineError> {
+    pub(crate) async fn needs_reboot(&self) -> Result<Option<bool>, UpdateEngineError> {
         let Some((program, args)) = self.command.as_ref().and_then(|c| c.split_first()) else {
             return Ok(None);
         };
@@ -79,14 +79,14 @@ pub struct FlagFile {
 
 impl FlagFile {
     /// The flag file below `root`.
-    pub fn under(root: &Path) -> FlagFile {
+    pub(crate) fn under(root: &Path) -> FlagFile {
         FlagFile {
             path: root.join("run/reboot-required"),
         }
     }
 
     /// Whether the file exists.
-    pub fn is_set(&self) -> bool {
+    pub(crate) fn is_set(&self) -> bool {
         self.path.exists()
     }
 }
