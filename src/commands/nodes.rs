@@ -106,7 +106,7 @@ pub(crate) async fn collect(config_path: PathBuf) -> Result<Listing, CommandErro
     let reboots = super::node_reboot::overview(&ctx)
         .await
         .unwrap_or_else(|e| RebootOverview {
-            problems: vec![format!("reboot state unreadable: {e:#}")],
+            problems: vec![format!("reboot state unreadable: {e}")],
             ..Default::default()
         });
     let rows = view

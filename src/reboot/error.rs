@@ -109,3 +109,38 @@ pub enum RenewError {
     #[error("etcd closed the keep-alive stream")]
     Closed,
 }
+
+/// Why the heartbeat's keep-alive stopped (it is written again on new leases).
+#[derive(Debug, thiserror::Error)]
+pub enum HeartbeatLost {
+    /// No keep-alive stream could be opened for a lease.
+    #[error("cannot keep lease {id} alive: {source}")]
+    NoKeepAlive {
+        id: i64,
+        #[source]
+        source: etcd_client::Error,
+    },
+    /// A lease could not be renewed.
+    #[error("lease {id}: {source}")]
+    Renew {
+        id: i64,
+        #[source]
+        source: RenewError,
+    },
+    /// etcd did not answer a renewal in time.
+    #[error("lease {id}: etcd did not answer the keep-alive")]
+    RenewTimeout { id: i64 },
+    /// etcd did not answer the read of the heartbeat in time.
+    #[error("reading {key}: etcd did not answer")]
+    ReadTimeout { key: String },
+    /// The heartbeat could not be read.
+    #[error("reading {key}: {source}")]
+    Read {
+        key: String,
+        #[source]
+        source: etcd_client::Error,
+    },
+    /// Someone deleted the heartbeat.
+    #[error("{key} was deleted")]
+    Deleted { key: String },
+}
