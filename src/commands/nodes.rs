@@ -87,7 +87,7 @@ pub fn run(config_path: PathBuf, json: bool) -> Outcome {
 }
 
 /// What `cpi nodes` lists: a row per node, the problems found, the reboot overview.
-pub type Listing = (Vec<NodeStatus>, Vec<String>, RebootOverview);
+pub(crate) type Listing = (Vec<NodeStatus>, Vec<String>, RebootOverview);
 
 /// Reads the view and asks every node's Docker for its version, all nodes at once.
 pub(crate) async fn collect(config_path: PathBuf) -> Result<Listing, CommandError> {

@@ -59,7 +59,7 @@ pub enum HostError {
 
 /// Why the update engine could not say whether the node needs a reboot.
 #[derive(Debug, thiserror::Error)]
-pub enum UpdateEngineError {
+pub(crate) enum UpdateEngineError {
     /// The status command did not answer in time.
     #[error("{program} did not answer in {timeout:?}")]
     Timeout {
@@ -98,7 +98,7 @@ pub enum HealthError {
 
 /// Why a heartbeat lease could not be kept alive.
 #[derive(Debug, thiserror::Error)]
-pub enum RenewError {
+pub(crate) enum RenewError {
     /// The keep-alive request or its answer failed.
     #[error(transparent)]
     Etcd(#[from] etcd_client::Error),
@@ -112,7 +112,7 @@ pub enum RenewError {
 
 /// Why the heartbeat's keep-alive stopped (it is written again on new leases).
 #[derive(Debug, thiserror::Error)]
-pub enum HeartbeatLost {
+pub(crate) enum HeartbeatLost {
     /// No keep-alive stream could be opened for a lease.
     #[error("cannot keep lease {id} alive: {source}")]
     NoKeepAlive {

@@ -14,7 +14,7 @@ use crate::cluster::Etcd;
 
 /// One group's semaphore, as the listing shows it.
 #[derive(Debug, Serialize)]
-pub struct GroupStatus {
+pub(crate) struct GroupStatus {
     pub group: String,
     pub max_unavailable: u32,
     pub holders: Vec<Holder>,
@@ -22,7 +22,7 @@ pub struct GroupStatus {
 
 /// The reboot part of the listing.
 #[derive(Debug, Default, Serialize)]
-pub struct RebootOverview {
+pub(crate) struct RebootOverview {
     /// Node name -> its reboot record.
     pub nodes: Vec<(String, RebootRecord)>,
     /// Nodes an operator asked to reboot that have not started yet.
