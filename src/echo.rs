@@ -13,7 +13,7 @@ pub const PATH_CHARS: usize = 256;
 pub const DETAIL_CHARS: usize = 512;
 
 /// A library's error text safe to echo, as [`printable`] with room for its words.
-pub fn printable_detail(s: &str) -> String {
+pub(crate) fn printable_detail(s: &str) -> String {
     cut(s, DETAIL_CHARS)
 }
 
@@ -24,13 +24,13 @@ pub fn printable(s: &str) -> String {
 }
 
 /// A path safe to echo (longer than a value: real paths are), as [`printable`].
-pub fn printable_path(path: &std::path::Path) -> String {
+pub(crate) fn printable_path(path: &std::path::Path) -> String {
     cut(&path.to_string_lossy(), PATH_CHARS)
 }
 
 /// `s` with control characters escaped, cut to `max` characters of the escaped text;
 /// `...` marks a cut.
-pub fn cut(s: &str, max: usize) -> String {
+pub(crate) fn cut(s: &str, max: usize) -> String {
     let mut out = String::new();
     let mut shown = 0;
     for c in s.chars() {
@@ -51,7 +51,7 @@ pub fn cut(s: &str, max: usize) -> String {
 
 /// `s` cut to at most `max_bytes` bytes (at a character boundary), nothing escaped; a cut
 /// is marked. For text already made safe line by line, such as the response's `log`.
-pub fn truncate(s: &str, max_bytes: usize) -> String {
+pub(crate) fn truncate(s: &str, max_bytes: usize) -> String {
     if s.len() <= max_bytes {
         return s.to_string();
     }
@@ -60,19 +60,6 @@ pub fn truncate(s: &str, max_bytes: usize) -> String {
         end -= 1;
     }
     format!("{}... ({} more bytes cut)", &s[..end], s.len() - end)
-}
-
-/// `s` with every control character (and the Unicode line and paragraph separators)
-/// escaped, nothing cut.
-pub fn escape_controls(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match escape_char(c) {
-            Some(p) => out.push_str(&p),
-            None => out.push(c),
-        }
-    }
-    out
 }
 
 /// The escape for one character that must not appear raw, or `None`.
@@ -141,7 +128,7 @@ mod tests {
     #[test]
     fn controls_are_escaped_not_dropped() {
         assert_eq!(
-            escape_controls("a\nERROR b\r\x1b[31m\u{85}\u{2028}\0"),
+            printable("a\nERROR b\r\x1b[31m\u{85}\u{2028}\0"),
             "a\\nERROR b\\r\\u{1b}[31m\\u{85}\\u{2028}\\u{0}"
         );
         assert_eq!(printable("has_vm\n2026 ERROR"), "has_vm\\n2026 ERROR");

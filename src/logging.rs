@@ -58,7 +58,7 @@ fn within_library_cap(meta: &Metadata<'_>) -> bool {
 /// One formatted record made safe to write: secrets in free text redacted, every control
 /// character escaped (a newline in a logged value cannot start a forged line), cut to
 /// [`MAX_RECORD_CHARS`], ending in exactly one newline.
-pub fn safe_record(record: &str) -> String {
+pub(crate) fn safe_record(record: &str) -> String {
     let body = record.strip_suffix('\n').unwrap_or(record);
     let redacted = crate::redact::redact_str(body);
     let mut line = crate::echo::cut(&redacted, MAX_RECORD_CHARS);
@@ -156,7 +156,7 @@ impl Logging {
 
     /// Applies the config's level unless `MOLTENCORE_LOG` is set. A bad level is reported
     /// and the current one kept.
-    pub fn set_level(&self, level: &str) {
+    pub(crate) fn set_level(&self, level: &str) {
         if std::env::var_os(LOG_ENV).is_some() {
             return;
         }
@@ -169,7 +169,7 @@ impl Logging {
     }
 
     /// The captured warning and error lines, for the response's `log`.
-    pub fn take_captured(&self) -> String {
+    pub(crate) fn take_captured(&self) -> String {
         self.captured
             .0
             .lock()

@@ -6,6 +6,7 @@ use clap::{Args, Parser, Subcommand};
 
 use moltencore::cluster::NodeState;
 use moltencore::commands;
+use moltencore::commands::error::Outcome;
 use moltencore::config::default_config_path;
 use moltencore::logging::Logging;
 
@@ -123,8 +124,8 @@ fn main() {
             .or_else(|| cli.config.clone())
             .unwrap_or_else(default_config_path)
     };
-    let code = match command {
-        Command::Rpc { config: c } => commands::rpc::run(config(c), &logging),
+    let outcome = match command {
+        Command::Rpc { config: c } => Ok(commands::rpc::run(config(c), &logging)),
         Command::Nodes {
             action,
             json,
@@ -135,11 +136,16 @@ fn main() {
         Command::Fleetlock { cmd, config: c } => commands::fleetlock::run(config(c), cmd),
         Command::RebootManager { cmd, config: c } => commands::reboot_manager::run(config(c), *cmd),
     };
+    // Each command's failure is reported here, once.
+    let code = outcome.unwrap_or_else(|failure| {
+        failure.error.report();
+        failure.code
+    });
     std::process::exit(code);
 }
 
 /// `cpi nodes [ACTION]`.
-fn nodes(config: PathBuf, action: Option<NodesAction>, json: bool) -> i32 {
+fn nodes(config: PathBuf, action: Option<NodesAction>, json: bool) -> Outcome {
     match action {
         None => commands::nodes::run(config, json),
         Some(NodesAction::Cordon { name }) => {

@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 pub const REDACTED: &str = "<redacted>";
 
 /// A copy of `value` with every secret replaced by [`REDACTED`].
-pub fn redact(value: &Value) -> Value {
+pub(crate) fn redact(value: &Value) -> Value {
     match value {
         Value::Object(map) => Value::Object(redact_map(map)),
         Value::Array(items) => Value::Array(items.iter().map(redact).collect()),
@@ -68,7 +68,7 @@ const SECRET_SUFFIXES: &[&str] = &["auth", "key", "pwd", "pass"];
 /// Whether a key names a secret (case-insensitive). The lists above are the maintained
 /// rule; keys that merely contain `key` elsewhere (`keys`, `key_prefix`, `monkey_count`)
 /// are not secrets.
-pub fn is_secret_key(key: &str) -> bool {
+pub(crate) fn is_secret_key(key: &str) -> bool {
     let words = words(key);
     let compact: String = words.concat();
     SECRET_PARTS.iter().any(|p| compact.contains(p))
@@ -104,7 +104,7 @@ fn words(key: &str) -> Vec<String> {
 
 /// Redacts URL credentials (`scheme://user:pw@host`, `scheme://token@host`) and every PEM
 /// block (keys and certificates alike) anywhere in free text.
-pub fn redact_str(s: &str) -> String {
+pub(crate) fn redact_str(s: &str) -> String {
     let mut out = redact_pem(s);
     out = redact_url_passwords(&out);
     out

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
-use super::error::{CommandError, load_config};
+use super::error::{CommandError, Outcome, load_config};
 use crate::boshconfig::address_plan::Split;
 use crate::boshconfig::cloud_config::{self, DiskTypePreset, Generated, Options, VmTypePreset};
 use crate::boshconfig::cpi_config;
@@ -88,32 +88,16 @@ impl CloudConfigArgs {
 }
 
 /// Prints the requested config; exit code 0 on success, 1 on any error (on stderr).
-pub fn run(config_path: PathBuf, cmd: BoshConfigCommand) -> i32 {
-    let view = match read_view(config_path) {
-        Ok(v) => v,
-        Err(e) => {
-            e.report();
-            return 1;
-        }
-    };
+pub fn run(config_path: PathBuf, cmd: BoshConfigCommand) -> Outcome {
+    let view = read_view(config_path)?;
     for p in &view.problems {
         eprintln!("warning: {p}");
     }
-    let printed = match &cmd.kind {
-        Kind::CloudConfig(args) => cloud_config::generate(&view, &args.options())
-            .map_err(|e| CommandError::Failed(e.to_string()))
-            .and_then(|g| print(&g)),
-        Kind::CpiConfig => cpi_config::generate(&view)
-            .map_err(|e| CommandError::Failed(e.to_string()))
-            .and_then(|g| print(&g)),
-    };
-    match printed {
-        Ok(()) => 0,
-        Err(e) => {
-            e.report();
-            1
-        }
+    match &cmd.kind {
+        Kind::CloudConfig(args) => print(&cloud_config::generate(&view, &args.options())?)?,
+        Kind::CpiConfig => print(&cpi_config::generate(&view)?)?,
     }
+    Ok(0)
 }
 
 fn read_view(config_path: PathBuf) -> Result<ClusterView, CommandError> {
@@ -132,8 +116,7 @@ fn print<T: Serialize>(g: &Generated<T>) -> Result<(), CommandError> {
     for w in &g.warnings {
         eprintln!("warning: {w}");
     }
-    let yaml = serde_yaml_ng::to_string(&g.document)
-        .map_err(|e| CommandError::Failed(format!("cannot write the config as YAML: {e}")))?;
+    let yaml = serde_yaml_ng::to_string(&g.document).map_err(CommandError::Yaml)?;
     print!("---\n{yaml}");
     Ok(())
 }

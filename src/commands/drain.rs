@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 use serde_json::Value;
 
+use super::error::{CommandError, Outcome};
 use crate::cloud::CloudContext;
 use crate::cluster::{NodeState, VmRecord};
 
@@ -25,7 +26,7 @@ pub struct Remaining {
 }
 
 /// What the VM's metadata says about the instance it runs.
-pub fn remaining(vm: &VmRecord) -> Remaining {
+pub(crate) fn remaining(vm: &VmRecord) -> Remaining {
     let text = |key: &str| match vm.metadata.get(key) {
         Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
         Some(Value::Number(n)) => Some(n.to_string()),
@@ -54,31 +55,20 @@ pub fn remaining(vm: &VmRecord) -> Remaining {
 
 /// Cordons `name` and lists what is still on it; exit code 0 once the node is cordoned, 1
 /// on error.
-pub fn run(config_path: PathBuf, name: &str, json: bool) -> i32 {
+pub fn run(config_path: PathBuf, name: &str, json: bool) -> Outcome {
     let ctx = CloudContext::new(config_path.clone(), Default::default(), None);
-    let outcome = super::block_on(
-        async {
-            let before =
-                super::nodes::change_state(&ctx, &config_path, name, NodeState::Cordoned).await?;
-            let view = ctx.view().await?;
-            let left: Vec<Remaining> = view.vms_on(name).map(remaining).collect();
-            Ok::<_, super::error::CommandError>((before, left))
-        },
-        1,
-    );
-    let (before, left) = match outcome {
-        Err(code) => return code,
-        Ok(Ok(o)) => o,
-        Ok(Err(e)) => {
-            e.report();
-            return 1;
-        }
-    };
+    let (before, left) = super::block_on(async {
+        let before =
+            super::nodes::change_state(&ctx, &config_path, name, NodeState::Cordoned).await?;
+        let view = ctx.view().await?;
+        let left: Vec<Remaining> = view.vms_on(name).map(remaining).collect();
+        Ok::<_, CommandError>((before, left))
+    })??;
     if json {
         let doc = serde_json::json!({"node": name, "state_before": before.to_string(),
             "state": NodeState::Cordoned.to_string(), "vms": left});
         println!("{doc:#}");
-        return 0;
+        return Ok(0);
     }
     println!(
         "node {name}: {before} -> {} (takes no new VMs)",
@@ -86,7 +76,7 @@ pub fn run(config_path: PathBuf, name: &str, json: bool) -> i32 {
     );
     if left.is_empty() {
         println!("no VMs left on {name}: it can be taken down");
-        return 0;
+        return Ok(0);
     }
     println!(
         "{} VM(s) still on {name}. An instance pinned to {name} by its AZ (cloud_properties.node, \
@@ -106,7 +96,7 @@ pub fn run(config_path: PathBuf, name: &str, json: bool) -> i32 {
         }
     }
     println!("`cpi nodes uncordon {name}` when the host is back.");
-    0
+    Ok(0)
 }
 
 #[cfg(test)]

@@ -4,9 +4,16 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::boshconfig::BoshConfigError;
 use crate::cloud::CloudContext;
+use crate::cluster::IndexError;
 use crate::config::default_config_path;
+use crate::fleetlock::tls::TlsError;
+use crate::nodeprep::NodePrepError;
 use crate::protocol::CpiError;
+use crate::reboot::error::{HostError, SemaphoreError};
+use crate::reboot::record::{RebootRecord, RecordError};
+use crate::reboot::window::WindowError;
 
 /// Why an operator's command failed.
 #[derive(Debug, thiserror::Error)]
@@ -21,16 +28,94 @@ pub enum CommandError {
         /// What is wrong, naming the key at fault.
         problem: String,
     },
-    /// etcd or a node's Docker could not be read or changed.
+    /// etcd or a node's Docker could not be read or changed (the CPI context's words).
     #[error("{0}")]
     Cluster(String),
-    /// Anything else the command refused or could not do, with its cause chain.
+    /// etcd failed during a request of the command's own.
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    /// A node record could not be read or changed.
+    #[error(transparent)]
+    NodePrep(#[from] NodePrepError),
+    /// A reboot record or request could not be read or changed.
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    /// A reboot semaphore could not be read or changed, or a group name is wrong.
+    #[error(transparent)]
+    Semaphore(#[from] SemaphoreError),
+    /// The reboot window flags do not give a window.
+    #[error(transparent)]
+    Window(#[from] WindowError),
+    /// The host's boot id could not be read.
+    #[error(transparent)]
+    Host(#[from] HostError),
+    /// The FleetLock endpoint's TLS files cannot be used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// A generated BOSH config could not be made.
+    #[error(transparent)]
+    BoshConfig(#[from] BoshConfigError),
+    /// A generated BOSH config could not be written as YAML.
+    #[error("cannot write the config as YAML: {0}")]
+    Yaml(#[source] serde_yaml_ng::Error),
+    /// A flag's value cannot be used.
     #[error("{0}")]
-    Failed(String),
+    Flag(&'static str),
+    /// There is no node of that name.
+    #[error("there is no node '{0}'; `cpi nodes` lists the nodes")]
+    NoSuchNode(String),
+    /// `cpi nodes release` of a node that reports itself draining or rebooting.
+    #[error(
+        "node {name} reports itself {} since {} ({}); release it with --force only if \
+         the host will not come back by itself",
+        record.phase, record.since, record.why
+    )]
+    StillRebooting {
+        name: String,
+        record: Box<RebootRecord>,
+    },
+    /// The reboot record changed between its reading and its removal.
+    #[error("node {0}'s reboot record changed meanwhile; look again with `cpi nodes`")]
+    RecordChanged(String),
+    /// The endpoint could not listen on its address.
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        address: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Standard output or a signal handler failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
     /// The async runtime could not be started (out of threads or file descriptors).
     #[error("cannot start the async runtime: {0}")]
-    Runtime(std::io::Error),
+    Runtime(#[source] std::io::Error),
+    /// node-prep failed (it reports as `node-prep: error: …`, with its cause chain).
+    #[error("{0:#}")]
+    NodePrepCommand(anyhow::Error),
 }
+
+/// A failed command: what to report once, and the code the process exits with.
+#[derive(Debug)]
+pub struct Failure {
+    /// What went wrong.
+    pub error: CommandError,
+    /// The exit code (1 unless the command documents another).
+    pub code: i32,
+}
+
+impl<E: Into<CommandError>> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure {
+            error: e.into(),
+            code: 1,
+        }
+    }
+}
+
+/// How a command ended: the exit code of a command that ran (a listing exits 1 when a node
+/// did not answer), or the failure to report.
+pub type Outcome = Result<i32, Failure>;
 
 impl CommandError {
     /// The next step to suggest, when there is one.
@@ -54,12 +139,15 @@ impl CommandError {
             CommandError::Cluster(_) => {
                 Some("check that etcd answers at the etcd.endpoints of cpi.json".into())
             }
-            CommandError::Failed(_) | CommandError::Runtime(_) => None,
+            _ => None,
         }
     }
 
     /// The lines printed on stderr: `error: …` then, when there is one, `hint: …`.
     pub fn lines(&self) -> Vec<String> {
+        if let CommandError::NodePrepCommand(_) = self {
+            return vec![format!("node-prep: error: {self}")];
+        }
         let mut lines = vec![format!("error: {self}")];
         lines.extend(self.hint().map(|h| format!("hint: {h}")));
         lines
@@ -79,25 +167,10 @@ impl From<CpiError> for CommandError {
     }
 }
 
-impl From<crate::nodeprep::NodePrepError> for CommandError {
-    fn from(e: crate::nodeprep::NodePrepError) -> Self {
-        CommandError::Failed(format!("{:#}", anyhow::Error::new(e)))
-    }
-}
-
-impl From<anyhow::Error> for CommandError {
-    fn from(e: anyhow::Error) -> Self {
-        match e.downcast::<CommandError>() {
-            Ok(typed) => typed,
-            Err(e) => CommandError::Failed(format!("{e:#}")),
-        }
-    }
-}
-
 /// Reads and checks the context's cpi.json first, so that a missing or invalid file is
 /// reported as such (with its hint) rather than as a cluster error. The context keeps the
 /// configuration: later steps do not read the file again.
-pub async fn load_config(ctx: &CloudContext<'_>, path: &Path) -> Result<(), CommandError> {
+pub(crate) async fn load_config(ctx: &CloudContext<'_>, path: &Path) -> Result<(), CommandError> {
     match ctx.config().await {
         Ok(_) => Ok(()),
         Err(e) => Err(CommandError::Config {
@@ -106,12 +179,6 @@ pub async fn load_config(ctx: &CloudContext<'_>, path: &Path) -> Result<(), Comm
             problem: e.message,
         }),
     }
-}
-
-/// Prints `failure` as [`CommandError::report`] does (an `anyhow` chain that carries a
-/// [`CommandError`] keeps its hint).
-pub fn report_any(failure: anyhow::Error) {
-    CommandError::from(failure).report();
 }
 
 #[cfg(test)]
@@ -144,19 +211,13 @@ mod tests {
     }
 
     #[test]
-    fn wire_errors_lose_their_bosh_type_and_anyhow_keeps_a_typed_cause() {
+    fn wire_errors_lose_their_bosh_type_and_node_prep_keeps_its_chain() {
         let e = CommandError::from(CpiError::cpi("etcd at 10.0.0.1:2379 is unreachable"));
         assert_eq!(e.lines()[0], "error: etcd at 10.0.0.1:2379 is unreachable");
-        let typed = anyhow::Error::new(CommandError::Config {
-            path: "/x".into(),
-            missing: true,
-            problem: "p".into(),
-        });
-        assert!(matches!(
-            CommandError::from(typed),
-            CommandError::Config { missing: true, .. }
-        ));
-        let plain = CommandError::from(anyhow::anyhow!("inner").context("outer"));
-        assert_eq!(plain.lines(), vec!["error: outer: inner".to_string()]);
+        let prep = CommandError::NodePrepCommand(anyhow::anyhow!("inner").context("outer"));
+        assert_eq!(
+            prep.lines(),
+            vec!["node-prep: error: outer: inner".to_string()]
+        );
     }
 }

@@ -7,9 +7,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
 use clap::Args;
 
+use super::error::{CommandError, Outcome, load_config};
 use crate::cloud::CloudContext;
 use crate::fleetlock::server::{LISTEN_BACKLOG, MAX_CONNECTIONS, serve};
 use crate::fleetlock::service::FleetLock;
@@ -39,18 +39,15 @@ pub struct FleetLockCommand {
 }
 
 /// Runs the endpoint; exit code 1 when it cannot start.
-pub fn run(config_path: PathBuf, cmd: FleetLockCommand) -> i32 {
-    match super::block_on(serve_until_stopped(config_path, cmd), 1) {
-        Ok(Ok(())) => 0,
-        Ok(Err(e)) => {
-            super::error::report_any(e);
-            1
-        }
-        Err(code) => code,
-    }
+pub fn run(config_path: PathBuf, cmd: FleetLockCommand) -> Outcome {
+    super::block_on(serve_until_stopped(config_path, cmd))??;
+    Ok(0)
 }
 
-async fn serve_until_stopped(config_path: PathBuf, cmd: FleetLockCommand) -> Result<()> {
+async fn serve_until_stopped(
+    config_path: PathBuf,
+    cmd: FleetLockCommand,
+) -> Result<(), CommandError> {
     let mut groups = Vec::new();
     for g in &cmd.groups {
         groups.push(Group::parse(g)?);
@@ -59,23 +56,23 @@ async fn serve_until_stopped(config_path: PathBuf, cmd: FleetLockCommand) -> Res
         groups.push(Group::default_group());
     }
     let tls = match (&cmd.tls_cert, &cmd.tls_key) {
-        (Some(cert), Some(key)) => {
-            Some(server_config(cert, key, cmd.client_ca.as_deref()).map_err(anyhow::Error::msg)?)
-        }
+        (Some(cert), Some(key)) => Some(server_config(cert, key, cmd.client_ca.as_deref())?),
         (None, None) => None,
-        _ => bail!("--tls-cert and --tls-key go together"),
+        _ => return Err(CommandError::Flag("--tls-cert and --tls-key go together")),
     };
     let ctx = CloudContext::new(config_path.clone(), Default::default(), None);
-    super::error::load_config(&ctx, &config_path).await?;
-    let etcd = ctx.etcd().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    let keys = ctx.keys().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    load_config(&ctx, &config_path).await?;
+    let etcd = ctx.etcd().await?;
+    let keys = ctx.keys().await?;
     let reboot_keys = RebootKeys::new(&keys);
     let semaphores = groups
         .into_iter()
         .map(|g| Semaphore::new(etcd.clone(), &reboot_keys, g))
         .collect();
-    let listener =
-        listen(cmd.listen).with_context(|| format!("cannot listen on {}", cmd.listen))?;
+    let listener = listen(cmd.listen).map_err(|source| CommandError::Listen {
+        address: cmd.listen,
+        source,
+    })?;
     let bound = listener.local_addr()?;
     println!("listening on {bound}");
     std::io::stdout().flush()?;
@@ -85,7 +82,7 @@ async fn serve_until_stopped(config_path: PathBuf, cmd: FleetLockCommand) -> Res
     let server = serve(listener, tls, service, connections);
     tokio::select! {
         () = server => Ok(()),
-        stop = stopped() => stop,
+        stop = stopped() => Ok(stop?),
     }
 }
 
@@ -131,7 +128,7 @@ fn connection_limit() -> usize {
 }
 
 /// Resolves on SIGTERM or SIGINT.
-pub async fn stopped() -> Result<()> {
+pub(crate) async fn stopped() -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

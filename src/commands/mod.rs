@@ -11,21 +11,17 @@ pub mod reboot_manager;
 pub mod rpc;
 
 /// The async runtime every subcommand runs on: two workers (fan-out to nodes, streams).
-pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
 }
 
-/// Runs `work` to completion on [`runtime`]. When no runtime can be started it says so on
-/// stderr and returns `Err(exit_code)`, the code the operator's command exits with.
-pub fn block_on<F: std::future::Future>(work: F, exit_code: i32) -> Result<F::Output, i32> {
-    match runtime() {
-        Ok(rt) => Ok(rt.block_on(work)),
-        Err(e) => {
-            error::CommandError::Runtime(e).report();
-            Err(exit_code)
-        }
-    }
+/// Runs `work` to completion on [`runtime`]; a runtime that cannot start is
+/// [`error::CommandError::Runtime`].
+pub(crate) fn block_on<F: std::future::Future>(work: F) -> Result<F::Output, error::CommandError> {
+    Ok(runtime()
+        .map_err(error::CommandError::Runtime)?
+        .block_on(work))
 }

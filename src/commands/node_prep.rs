@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+
+use super::error::CommandError;
 use clap::{Args, Subcommand};
 use ipnet::Ipv4Net;
 
@@ -261,27 +263,20 @@ struct IssueClientArgs {
     days: u32,
 }
 
-/// Runs the command; returns the exit code (0 ok, 1 failed).
-pub fn run(cmd: NodePrepCommand) -> i32 {
-    let rt = match super::runtime() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("node-prep: error: cannot start the async runtime: {e}");
-            return 1;
-        }
-    };
-    let outcome = match cmd.action {
+/// Runs the command; exit code 0, or 1 when it failed (reported as `node-prep: error: …`).
+pub fn run(cmd: NodePrepCommand) -> super::error::Outcome {
+    Ok(run_action(cmd)
+        .map(|()| 0)
+        .map_err(CommandError::NodePrepCommand)?)
+}
+
+fn run_action(cmd: NodePrepCommand) -> Result<()> {
+    let rt = super::runtime().context("cannot start the async runtime")?;
+    match cmd.action {
         None => rt.block_on(prep(cmd.prep)),
         Some(Action::Network(args)) => rt.block_on(network(args)),
         Some(Action::DiskMounts(args)) => disk_mounts(args),
         Some(Action::IssueClient(args)) => rt.block_on(issue_client(args)),
-    };
-    match outcome {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("node-prep: error: {e:#}");
-            1
-        }
     }
 }
 

@@ -2,66 +2,26 @@
 //! and the reboot part of the `cpi nodes` listing (each node's reboot state, the slot
 //! holders and `max_unavailable`).
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use anyhow::{Result, anyhow, bail};
-use serde::Serialize;
-
+use super::error::{CommandError, Outcome, load_config};
 use crate::cloud::CloudContext;
-use crate::cluster::NodeState;
+use crate::cluster::{Etcd, NodeState};
 use crate::nodeprep::register::now_rfc3339;
-use crate::reboot::heartbeat::{self, ManagerStatus, span};
+use crate::reboot::heartbeat::{ManagerStatus, span};
 use crate::reboot::keys::RebootKeys;
-use crate::reboot::record::{Phase, RebootRecord, RebootRequest, Records};
-use crate::reboot::semaphore::{Group, Holder, HolderKind, Semaphore, SemaphoreDoc, cut};
+use crate::reboot::overview::{self, RebootOverview};
+use crate::reboot::record::{Phase, RebootRequest, Records};
+use crate::reboot::semaphore::{Group, Holder, HolderKind, Semaphore, cut};
 
 /// Longest operator's reason kept.
 const WHY_MAX: usize = 200;
 
-/// One group's semaphore, as the listing shows it.
-#[derive(Debug, Serialize)]
-pub struct GroupStatus {
-    pub group: String,
-    pub max_unavailable: u32,
-    pub holders: Vec<Holder>,
-}
-
-/// The reboot part of the listing.
-#[derive(Debug, Default, Serialize)]
-pub struct RebootOverview {
-    /// Node name -> its reboot record.
-    pub nodes: Vec<(String, RebootRecord)>,
-    /// Nodes an operator asked to reboot that have not started yet.
-    pub requested: Vec<String>,
-    pub groups: Vec<GroupStatus>,
-    /// Records that could not be read.
-    pub problems: Vec<String>,
-    /// Node name -> what its manager's heartbeat says (nodes never heard of left out).
-    pub managers: BTreeMap<String, ManagerStatus>,
-}
-
+/// How `cpi nodes` shows a node's reboot.
 impl RebootOverview {
-    /// The record of node `name`, if it is rebooting.
-    pub fn of(&self, name: &str) -> Option<&RebootRecord> {
-        self.nodes.iter().find(|(n, _)| n == name).map(|(_, r)| r)
-    }
-
-    /// What is known of node `name`'s manager; [`ManagerStatus::NotSeen`] for a node with
-    /// a reboot under way or asked for and no manager heard of.
-    pub fn manager(&self, name: &str) -> Option<ManagerStatus> {
-        match self.managers.get(name) {
-            Some(status) => Some(status.clone()),
-            None if self.of(name).is_some() || self.requested.iter().any(|n| n == name) => {
-                Some(ManagerStatus::NotSeen)
-            }
-            None => None,
-        }
-    }
-
     /// One short cell for the table: the reboot phase, and a missing manager when the
     /// reboot waits for one.
-    pub fn cell(&self, name: &str) -> String {
+    pub(crate) fn cell(&self, name: &str) -> String {
         let mut s = match self.of(name) {
             Some(r) => {
                 let mut s = format!("{} since {} ({})", r.phase, r.since, r.why);
@@ -94,7 +54,7 @@ impl RebootOverview {
     /// One short cell for the MANAGER column: `up 5m 3s`, `gone, seen 2m 10s ago`,
     /// `stopped 1m ago`, `none` (a reboot waits and no manager was heard of), `-`
     /// (nothing known).
-    pub fn manager_cell(&self, name: &str) -> String {
+    pub(crate) fn manager_cell(&self, name: &str) -> String {
         match self.manager(name) {
             Some(ManagerStatus::Up { manager }) => match age(&manager.started_at) {
                 Some(up) => format!("up {}", span(up)),
@@ -123,84 +83,20 @@ fn age(rfc3339: &str) -> Option<u64> {
     u64::try_from((time::OffsetDateTime::now_utc() - then).whole_seconds()).ok()
 }
 
-async fn context_parts(ctx: &CloudContext<'_>) -> Result<(crate::cluster::Etcd, RebootKeys)> {
-    let etcd = ctx.etcd().await.map_err(|e| anyhow!("{e}"))?.clone();
-    let keys = RebootKeys::new(&ctx.keys().await.map_err(|e| anyhow!("{e}"))?);
+async fn context_parts(ctx: &CloudContext<'_>) -> Result<(Etcd, RebootKeys), CommandError> {
+    let etcd = ctx.etcd().await?.clone();
+    let keys = RebootKeys::new(&ctx.keys().await?);
     Ok((etcd, keys))
 }
 
 /// Reads every reboot record and every group's semaphore.
-pub async fn overview(ctx: &CloudContext<'_>) -> Result<RebootOverview> {
+pub(crate) async fn overview(ctx: &CloudContext<'_>) -> Result<RebootOverview, CommandError> {
     let (etcd, keys) = context_parts(ctx).await?;
-    let records = Records::new(etcd.clone(), keys.clone());
-    let mut out = RebootOverview {
-        managers: heartbeat::statuses(&etcd, &keys).await?,
-        ..Default::default()
-    };
-    for (name, rec) in records.states().await? {
-        match rec {
-            Ok(r) => out.nodes.push((name, r)),
-            Err(e) => out
-                .problems
-                .push(format!("reboot record of {name} is unreadable: {e}")),
-        }
-    }
-    let client = etcd.client();
-    let opts = || Some(etcd_client::GetOptions::new().with_prefix());
-    let resp = client
-        .get(keys.groups(), opts())
-        .await
-        .map_err(|e| anyhow!("{}", etcd.error("reading the reboot semaphores", &e)))?;
-    for kv in resp.kvs() {
-        let key = String::from_utf8_lossy(kv.key()).to_string();
-        let group = key
-            .trim_start_matches(keys.groups().as_str())
-            .trim_end_matches("/semaphore")
-            .to_string();
-        match serde_json::from_slice::<SemaphoreDoc>(kv.value()) {
-            Ok(doc) => out.groups.push(GroupStatus {
-                group,
-                max_unavailable: doc.max,
-                holders: doc.holders,
-            }),
-            Err(e) => out
-                .problems
-                .push(format!("reboot semaphore {key} is unreadable: {e}")),
-        }
-    }
-    if !out
-        .groups
-        .iter()
-        .any(|g| g.group == Group::default_group().as_str())
-    {
-        let d = SemaphoreDoc::default();
-        out.groups.insert(
-            0,
-            GroupStatus {
-                group: Group::default_group().to_string(),
-                max_unavailable: d.max,
-                holders: d.holders,
-            },
-        );
-    }
-    let requests = client
-        .get(keys.request(""), opts())
-        .await
-        .map_err(|e| anyhow!("{}", etcd.error("reading reboot requests", &e)))?;
-    for kv in requests.kvs() {
-        let key = String::from_utf8_lossy(kv.key()).to_string();
-        let name = key
-            .trim_start_matches(keys.request("").as_str())
-            .to_string();
-        if out.of(&name).is_none() {
-            out.requested.push(name);
-        }
-    }
-    Ok(out)
+    Ok(overview::read(&etcd, &keys).await?)
 }
 
 /// Prints the slot lines under the table.
-pub fn print(overview: &RebootOverview) {
+pub(crate) fn print(overview: &RebootOverview) {
     for g in &overview.groups {
         let holders: Vec<String> = g
             .holders
@@ -227,46 +123,34 @@ pub fn print(overview: &RebootOverview) {
     }
 }
 
-fn report(outcome: Result<String>) -> i32 {
-    match outcome {
-        Ok(msg) => {
-            println!("{msg}");
-            0
-        }
-        Err(e) => {
-            super::error::report_any(e);
-            1
-        }
-    }
-}
-
-fn with_context<F>(config_path: PathBuf, work: F) -> i32
+/// Reads cpi.json, runs `work` and prints what it says.
+fn with_context<F>(config_path: PathBuf, work: F) -> Outcome
 where
-    F: for<'c> AsyncFnOnce(&'c CloudContext<'c>) -> Result<String>,
+    F: for<'c> AsyncFnOnce(&'c CloudContext<'c>) -> Result<String, CommandError>,
 {
     let ctx = CloudContext::new(config_path.clone(), Default::default(), None);
     let checked = async {
-        super::error::load_config(&ctx, &config_path).await?;
+        load_config(&ctx, &config_path).await?;
         work(&ctx).await
     };
-    match super::block_on(checked, 1) {
-        Ok(outcome) => report(outcome),
-        Err(code) => code,
-    }
+    println!("{}", super::block_on(checked)??);
+    Ok(0)
 }
 
 /// `cpi nodes reboot NAME`: records an operator's request; the node's manager does the rest.
-pub fn request(config_path: PathBuf, name: &str, why: Option<String>) -> i32 {
+pub fn request(config_path: PathBuf, name: &str, why: Option<String>) -> Outcome {
     with_context(config_path, async |ctx| {
-        let view = ctx.view().await.map_err(|e| anyhow!("{e}"))?;
-        if view.registered(name).map_err(|e| anyhow!("{e}"))?.is_none() {
-            bail!("there is no node '{name}'; `cpi nodes` lists the nodes");
+        let view = ctx.view().await?;
+        if view.registered(name)?.is_none() {
+            return Err(CommandError::NoSuchNode(name.to_string()));
         }
         let (etcd, keys) = context_parts(ctx).await?;
         let records = Records::new(etcd, keys);
         let why = why.unwrap_or_else(|| "cpi nodes reboot".into());
         if why.chars().any(char::is_control) {
-            bail!("--why must be one line of printable text");
+            return Err(CommandError::Flag(
+                "--why must be one line of printable text",
+            ));
         }
         let request = RebootRequest {
             since: now_rfc3339(),
@@ -283,7 +167,7 @@ pub fn request(config_path: PathBuf, name: &str, why: Option<String>) -> i32 {
 /// `cpi nodes release NAME [--force]`: gives back the slot `name` holds (a node or a
 /// FleetLock client that never came back) and forgets the node's reboot record. Refused
 /// while the node reports itself draining or rebooting, unless forced.
-pub fn release(config_path: PathBuf, name: &str, force: bool, group: &str) -> i32 {
+pub fn release(config_path: PathBuf, name: &str, force: bool, group: &str) -> Outcome {
     let group = group.to_string();
     with_context(config_path, async move |ctx| {
         let group = Group::parse(&group)?;
@@ -294,41 +178,25 @@ pub fn release(config_path: PathBuf, name: &str, force: bool, group: &str) -> i3
             && matches!(r.value.phase, Phase::Draining | Phase::Rebooting)
             && !force
         {
-            bail!(
-                "node {name} reports itself {} since {} ({}); release it with --force only if \
-                 the host will not come back by itself",
-                r.value.phase,
-                r.value.since,
-                r.value.why
-            );
+            return Err(CommandError::StillRebooting {
+                name: name.to_string(),
+                record: Box::new(r.value.clone()),
+            });
         }
-        let semaphore = Semaphore::new(etcd.clone(), &keys, group.clone());
-        let holder = semaphore.give_back(name).await?;
+        let holder = Semaphore::new(etcd, &keys, group.clone())
+            .give_back(name)
+            .await?;
         // A pending request would start the next reboot at once.
-        etcd.client()
-            .delete(keys.request(name), None)
-            .await
-            .map_err(|e| anyhow!("{}", etcd.error("removing the reboot request", &e)))?;
-        if let Some(r) = record {
-            let txn = etcd_client::Txn::new()
-                .when(vec![records.state_at(name, r.mod_revision)])
-                .and_then(vec![etcd_client::TxnOp::delete(
-                    keys.node_state(name),
-                    None,
-                )]);
-            let resp = etcd
-                .client()
-                .txn(txn)
-                .await
-                .map_err(|e| anyhow!("{}", etcd.error("removing the reboot record", &e)))?;
-            if !resp.succeeded() {
-                bail!("node {name}'s reboot record changed meanwhile; look again with `cpi nodes`");
-            }
+        records.withdraw_request(name).await?;
+        if let Some(r) = record
+            && !records.forget(name, r.mod_revision).await?
+        {
+            return Err(CommandError::RecordChanged(name.to_string()));
         }
-        let view = ctx.view().await.map_err(|e| anyhow!("{e}"))?;
-        let cordoned = view
-            .registered(name)
-            .map_err(|e| anyhow!("{e}"))?
+        let cordoned = ctx
+            .view()
+            .await?
+            .registered(name)?
             .is_some_and(|n| n.state == NodeState::Cordoned);
         Ok(released(name, &group, holder.as_ref(), cordoned))
     })
@@ -357,7 +225,7 @@ fn released(name: &str, group: &Group, holder: Option<&Holder>, cordoned: bool) 
 }
 
 /// `cpi nodes max-unavailable N`: how many nodes of a group may reboot at once.
-pub fn set_max(config_path: PathBuf, max: u32, group: &str) -> i32 {
+pub fn set_max(config_path: PathBuf, max: u32, group: &str) -> Outcome {
     let group = group.to_string();
     with_context(config_path, async move |ctx| {
         let group = Group::parse(&group)?;
@@ -374,6 +242,8 @@ pub fn set_max(config_path: PathBuf, max: u32, group: &str) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::reboot::heartbeat;
+    use crate::reboot::record::RebootRecord;
 
     fn holder(id: &str, kind: HolderKind) -> Holder {
         Holder {

@@ -8,12 +8,13 @@ use std::path::PathBuf;
 use futures_util::future::join_all;
 use serde::Serialize;
 
-use super::error::{CommandError, load_config};
-use super::node_reboot::RebootOverview;
+use super::error::{CommandError, Failure, Outcome, load_config};
 use crate::cloud::CloudContext;
 use crate::cluster::{NodeRecord, NodeState, NodeUsage};
+use crate::docker::DockerError;
 use crate::nodeprep::register;
 use crate::reboot::heartbeat::ManagerStatus;
+use crate::reboot::overview::RebootOverview;
 
 /// One row of the listing.
 #[derive(Debug, Serialize)]
@@ -48,8 +49,8 @@ pub struct DockerStatus {
     pub error: Option<String>,
 }
 
-impl From<Result<String, String>> for DockerStatus {
-    fn from(answer: Result<String, String>) -> Self {
+impl From<Result<String, DockerError>> for DockerStatus {
+    fn from(answer: Result<String, DockerError>) -> Self {
         match answer {
             Ok(version) => DockerStatus {
                 reachable: true,
@@ -59,7 +60,7 @@ impl From<Result<String, String>> for DockerStatus {
             Err(error) => DockerStatus {
                 reachable: false,
                 version: None,
-                error: Some(error),
+                error: Some(error.to_string()),
             },
         }
     }
@@ -67,39 +68,29 @@ impl From<Result<String, String>> for DockerStatus {
 
 /// Lists the nodes; exit code 0 when every node answered, 1 otherwise (2 when the cluster
 /// could not be read at all).
-pub fn run(config_path: PathBuf, json: bool) -> i32 {
-    let collected = match super::block_on(collect(config_path), 2) {
-        Ok(collected) => collected,
-        Err(code) => return code,
-    };
-    match collected {
-        Ok((rows, problems, reboots)) => {
-            if json {
-                let doc = serde_json::json!({"nodes": rows, "problems": problems,
-                    "reboot": {"groups": reboots.groups, "requested": reboots.requested,
-                               "problems": reboots.problems}});
-                println!("{doc:#}");
-            } else {
-                print_table(&rows, &problems, &reboots);
-            }
-            if rows.is_empty() || rows.iter().any(|r| !r.docker.reachable) {
-                1
-            } else {
-                0
-            }
-        }
-        Err(e) => {
-            e.report();
-            2
-        }
+pub fn run(config_path: PathBuf, json: bool) -> Outcome {
+    let unreadable = |error| Failure { error, code: 2 };
+    let (rows, problems, reboots) = super::block_on(collect(config_path))
+        .map_err(unreadable)?
+        .map_err(unreadable)?;
+    if json {
+        let doc = serde_json::json!({"nodes": rows, "problems": problems,
+            "reboot": {"groups": reboots.groups, "requested": reboots.requested,
+                       "problems": reboots.problems}});
+        println!("{doc:#}");
+    } else {
+        print_table(&rows, &problems, &reboots);
     }
+    Ok(i32::from(
+        rows.is_empty() || rows.iter().any(|r| !r.docker.reachable),
+    ))
 }
 
 /// What `cpi nodes` lists: a row per node, the problems found, the reboot overview.
-pub type Listing = (Vec<NodeStatus>, Vec<String>, RebootOverview);
+pub(crate) type Listing = (Vec<NodeStatus>, Vec<String>, RebootOverview);
 
 /// Reads the view and asks every node's Docker for its version, all nodes at once.
-pub async fn collect(config_path: PathBuf) -> Result<Listing, CommandError> {
+pub(crate) async fn collect(config_path: PathBuf) -> Result<Listing, CommandError> {
     let ctx = CloudContext::new(config_path.clone(), Default::default(), None);
     load_config(&ctx, &config_path).await?;
     let view = ctx.view().await?;
@@ -107,18 +98,15 @@ pub async fn collect(config_path: PathBuf) -> Result<Listing, CommandError> {
     let checks = view.nodes.iter().map(|node| {
         let access = access.clone();
         async move {
-            let client = access.connect(&node.name, &node.docker_endpoint).await;
-            match client {
-                Ok(c) => c.version().await.map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            }
+            let client = access.connect(&node.name, &node.docker_endpoint).await?;
+            client.version().await
         }
     });
     let results = join_all(checks).await;
     let reboots = super::node_reboot::overview(&ctx)
         .await
         .unwrap_or_else(|e| RebootOverview {
-            problems: vec![format!("reboot state unreadable: {e:#}")],
+            problems: vec![format!("reboot state unreadable: {e}")],
             ..Default::default()
         });
     let rows = view
@@ -143,7 +131,7 @@ fn status(
     node: &NodeRecord,
     leased: bool,
     usage: NodeUsage,
-    docker: Result<String, String>,
+    docker: Result<String, DockerError>,
     reboot: Option<crate::reboot::record::RebootRecord>,
     manager: Option<ManagerStatus>,
 ) -> NodeStatus {
@@ -230,24 +218,13 @@ pub(crate) async fn change_state(
 
 /// Sets a node's state (`cpi nodes cordon|uncordon NAME`); exit code 0 when the node has
 /// that state afterwards, 1 on error.
-pub fn set_state(config_path: PathBuf, name: &str, state: NodeState) -> i32 {
+pub fn set_state(config_path: PathBuf, name: &str, state: NodeState) -> Outcome {
     let ctx = CloudContext::new(config_path.clone(), Default::default(), None);
-    let outcome = match super::block_on(change_state(&ctx, &config_path, name, state), 1) {
-        Ok(outcome) => outcome,
-        Err(code) => return code,
-    };
-    match outcome {
-        Ok(before) if before == state => {
-            println!("node {name} is already {state}");
-            0
-        }
-        Ok(before) => {
-            println!("node {name}: {before} -> {state}");
-            0
-        }
-        Err(e) => {
-            e.report();
-            1
-        }
+    let before = super::block_on(change_state(&ctx, &config_path, name, state))??;
+    if before == state {
+        println!("node {name} is already {state}");
+    } else {
+        println!("node {name}: {before} -> {state}");
     }
+    Ok(0)
 }

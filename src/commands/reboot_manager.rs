@@ -6,9 +6,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Result, bail};
 use clap::Args;
 
+use super::error::{CommandError, Outcome, load_config};
 use crate::cloud::CloudContext;
 use crate::nodeprep::register::now_rfc3339;
 use crate::reboot::heartbeat::{Heartbeat, ManagerInfo};
@@ -64,30 +64,22 @@ fn words(s: &str) -> Vec<String> {
 }
 
 /// Runs the manager; exit code 1 when it cannot start.
-pub fn run(config_path: PathBuf, cmd: RebootManagerCommand) -> i32 {
-    match super::block_on(manage(config_path, cmd), 1) {
-        Ok(Ok(())) => 0,
-        Ok(Err(e)) => {
-            super::error::report_any(e);
-            1
-        }
-        Err(code) => code,
-    }
+pub fn run(config_path: PathBuf, cmd: RebootManagerCommand) -> Outcome {
+    super::block_on(manage(config_path, cmd))??;
+    Ok(0)
 }
 
-async fn manage(config_path: PathBuf, cmd: RebootManagerCommand) -> Result<()> {
+async fn manage(config_path: PathBuf, cmd: RebootManagerCommand) -> Result<(), CommandError> {
     let window = match (&cmd.window, &cmd.window_length) {
-        (Some(start), Some(length)) => {
-            Some(RebootWindow::parse(start, length).map_err(anyhow::Error::msg)?)
-        }
+        (Some(start), Some(length)) => Some(RebootWindow::parse(start, length)?),
         _ => None,
     };
     let reboot_command = words(&cmd.reboot_command);
     if reboot_command.is_empty() {
-        bail!("--reboot-command is empty");
+        return Err(CommandError::Flag("--reboot-command is empty"));
     }
     let grace_seconds = i32::try_from(cmd.grace_period.as_secs())
-        .map_err(|_| anyhow::anyhow!("--grace-period is too long"))?;
+        .map_err(|_| CommandError::Flag("--grace-period is too long"))?;
     let engine = UpdateEngine {
         command: Some(words(&cmd.update_engine_command)).filter(|c| !c.is_empty()),
     };
@@ -101,28 +93,33 @@ async fn manage(config_path: PathBuf, cmd: RebootManagerCommand) -> Result<()> {
         window,
     };
     let ctx = CloudContext::new(config_path.clone(), Default::default(), None);
-    super::error::load_config(&ctx, &config_path).await?;
-    let mut manager = Manager::new(&ctx, opts, &cmd.root, reboot_command, engine).await?;
+    load_config(&ctx, &config_path).await?;
+    let etcd = ctx.etcd().await?.clone();
+    let keys = ctx.keys().await?;
+    let mut manager = Manager::new(
+        &ctx,
+        (etcd, keys),
+        opts,
+        &cmd.root,
+        (reboot_command, engine),
+    );
     let heartbeat = start_heartbeat(&ctx, &cmd).await?;
     let outcome = tokio::select! {
         () = manager.run() => Ok(()),
         stop = super::fleetlock::stopped() => stop,
     };
     heartbeat.stop().await;
-    outcome
+    Ok(outcome?)
 }
 
 /// Starts this manager's heartbeat (`cpi nodes` shows a node whose manager is gone).
-async fn start_heartbeat(ctx: &CloudContext<'_>, cmd: &RebootManagerCommand) -> Result<Heartbeat> {
-    let etcd = ctx
-        .etcd()
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        .clone();
-    let keys = RebootKeys::new(&ctx.keys().await.map_err(|e| anyhow::anyhow!("{e}"))?);
-    let boot_id = Host::new(&cmd.root, Vec::new())
-        .boot_id()
-        .map_err(anyhow::Error::msg)?;
+async fn start_heartbeat(
+    ctx: &CloudContext<'_>,
+    cmd: &RebootManagerCommand,
+) -> Result<Heartbeat, CommandError> {
+    let etcd = ctx.etcd().await?.clone();
+    let keys = RebootKeys::new(&ctx.keys().await?);
+    let boot_id = Host::new(&cmd.root, Vec::new()).boot_id()?;
     let info = ManagerInfo {
         node: cmd.node.clone(),
         boot_id,

@@ -53,7 +53,7 @@ pub fn run(config_path: PathBuf, logging: &Logging) -> i32 {
 
 /// The request text: at most [`MAX_REQUEST_BYTES`] of UTF-8. Anything else is a
 /// `CpiError` that is never retriable: the same request cannot succeed later.
-pub fn read_request(mut stdin: impl Read) -> Result<String, CpiError> {
+pub(crate) fn read_request(mut stdin: impl Read) -> Result<String, CpiError> {
     let raw = crate::bounded_file::read_limited(&mut stdin, MAX_REQUEST_BYTES)
         .map_err(|e| CpiError::cpi(format!("cannot read the request from stdin: {e}")))?;
     let Some(raw) = raw else {
@@ -72,7 +72,7 @@ pub fn read_request(mut stdin: impl Read) -> Result<String, CpiError> {
 }
 
 /// Builds the response for one raw request text.
-pub fn answer(raw: &str, config_path: PathBuf, logging: &Logging) -> Response {
+pub(crate) fn answer(raw: &str, config_path: PathBuf, logging: &Logging) -> Response {
     let request = match Request::parse(raw) {
         Ok(r) => r,
         Err(e) => {

@@ -36,7 +36,7 @@ pub struct TlsMaterial {
 impl TlsSource {
     /// Reads the files and checks that each item is given once and looks like PEM.
     /// `section` names the config key in errors (e.g. `etcd.tls`).
-    pub fn load(&self, section: &str) -> Result<TlsMaterial, ConfigError> {
+    pub(crate) fn load(&self, section: &str) -> Result<TlsMaterial, ConfigError> {
         let ca_cert = pick(
             section,
             "ca_cert",

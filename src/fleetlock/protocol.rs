@@ -43,7 +43,7 @@ pub struct Refusal {
 
 impl Refusal {
     /// A refusal with `status`, `kind` and `value`.
-    pub fn new(status: u16, kind: &'static str, value: impl Into<String>) -> Refusal {
+    pub(crate) fn new(status: u16, kind: &'static str, value: impl Into<String>) -> Refusal {
         Refusal {
             status,
             kind,
@@ -52,7 +52,7 @@ impl Refusal {
     }
 
     /// The JSON body.
-    pub fn body(&self) -> String {
+    pub(crate) fn body(&self) -> String {
         serde_json::to_string(self).expect("a refusal serializes")
     }
 }
@@ -70,7 +70,7 @@ struct ClientParams {
 }
 
 /// Which operation `method` and `path` name.
-pub fn route(method: &str, path: &str) -> Result<Operation, Refusal> {
+pub(crate) fn route(method: &str, path: &str) -> Result<Operation, Refusal> {
     let operation = match path {
         "/v1/pre-reboot" => Operation::PreReboot,
         "/v1/steady-state" => Operation::SteadyState,
@@ -96,7 +96,7 @@ pub fn route(method: &str, path: &str) -> Result<Operation, Refusal> {
 }
 
 /// Checks the protocol header (absent, repeated or not `true` is refused).
-pub fn check_header(values: &[&[u8]]) -> Result<(), Refusal> {
+pub(crate) fn check_header(values: &[&[u8]]) -> Result<(), Refusal> {
     match values {
         [v] if v.trim_ascii() == b"true" => Ok(()),
         [] => Err(Refusal::new(
@@ -112,33 +112,57 @@ pub fn check_header(values: &[&[u8]]) -> Result<(), Refusal> {
     }
 }
 
+/// Why a request body is refused; each becomes a 400 [`Refusal`].
+#[derive(Debug, thiserror::Error)]
+enum BodyError {
+    /// Not the protocol's JSON (the parser's words cut short).
+    #[error(
+        "the body is not {{\"client_params\":{{\"group\":...,\"id\":...}}}}: {}",
+        cut(&.0.to_string(), 120)
+    )]
+    NotJson(serde_json::Error),
+    /// The client id is empty, too long or not printable (cut short).
+    #[error("client_params.id '{}' must be 1-{ID_MAX_LEN} printable characters", cut(.0, SHOWN).escape_default())]
+    BadId(String),
+    /// The group is no group name.
+    #[error("client_params.group: {0}")]
+    BadGroup(crate::reboot::error::SemaphoreError),
+    /// The group is not one this endpoint serves.
+    #[error("reboot group '{group}' is not served here (served: {})", served.join(", "))]
+    UnknownGroup { group: Group, served: Vec<String> },
+}
+
+impl From<BodyError> for Refusal {
+    fn from(e: BodyError) -> Refusal {
+        let kind = match e {
+            BodyError::UnknownGroup { .. } => "unknown_group",
+            _ => "bad_request_body",
+        };
+        Refusal::new(400, kind, e.to_string())
+    }
+}
+
 /// Parses the body of `operation`: the group must be one of `groups`.
-pub fn parse(operation: Operation, body: &[u8], groups: &[Group]) -> Result<Request, Refusal> {
-    let bad = |what: String| Refusal::new(400, "bad_request_body", what);
-    let parsed: Body = serde_json::from_slice(body).map_err(|e| {
-        bad(format!(
-            "the body is not {{\"client_params\":{{\"group\":...,\"id\":...}}}}: {}",
-            cut(&e.to_string(), 120)
-        ))
-    })?;
+pub(crate) fn parse(
+    operation: Operation,
+    body: &[u8],
+    groups: &[Group],
+) -> Result<Request, Refusal> {
+    Ok(parse_body(operation, body, groups)?)
+}
+
+fn parse_body(operation: Operation, body: &[u8], groups: &[Group]) -> Result<Request, BodyError> {
+    let parsed: Body = serde_json::from_slice(body).map_err(BodyError::NotJson)?;
     let ClientParams { group, id } = parsed.client_params;
     if id.is_empty() || id.len() > ID_MAX_LEN || id.chars().any(char::is_control) {
-        return Err(bad(format!(
-            "client_params.id '{}' must be 1-{ID_MAX_LEN} printable characters",
-            cut(&id, SHOWN).escape_default()
-        )));
+        return Err(BodyError::BadId(id));
     }
-    let group = Group::parse(&group).map_err(|e| bad(format!("client_params.group: {e}")))?;
+    let group = Group::parse(&group).map_err(BodyError::BadGroup)?;
     if !groups.contains(&group) {
-        let served: Vec<&str> = groups.iter().map(Group::as_str).collect();
-        return Err(Refusal::new(
-            400,
-            "unknown_group",
-            format!(
-                "reboot group '{group}' is not served here (served: {})",
-                served.join(", ")
-            ),
-        ));
+        return Err(BodyError::UnknownGroup {
+            group,
+            served: groups.iter().map(Group::to_string).collect(),
+        });
     }
     Ok(Request {
         operation,

@@ -52,7 +52,7 @@ fn limits(connections: usize) -> Limits {
 /// Serves connections from `listener`, at most `connections` at once (the caller knows
 /// how many file descriptors it may open; [`MAX_CONNECTIONS`] unless fewer), until the
 /// future is dropped.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     tls: Option<Arc<ServerConfig>>,
     service: Arc<FleetLock>,

@@ -82,7 +82,7 @@ pub struct FleetLock {
 
 impl FleetLock {
     /// Serves the groups of `semaphores`; ids that name a node under `keys` are refused.
-    pub fn new(semaphores: Vec<Semaphore>, etcd: Etcd, keys: Keys) -> FleetLock {
+    pub(crate) fn new(semaphores: Vec<Semaphore>, etcd: Etcd, keys: Keys) -> FleetLock {
         FleetLock {
             groups: semaphores.iter().map(|s| s.group().clone()).collect(),
             semaphores: semaphores

@@ -27,7 +27,7 @@ pub struct Written {
 }
 
 /// Writes the files that differ (none in a dry run, which still reports them).
-pub fn write_files(root: &Root, wanted: &[WantedFile]) -> Result<Written> {
+pub(crate) fn write_files(root: &Root, wanted: &[WantedFile]) -> Result<Written> {
     let network_unit = du::unit_path(du::NETWORK_UNIT);
     let socket = du::unit_path(du::TLS_SOCKET_UNIT);
     let reboot_unit = du::unit_path(REBOOT_MANAGER_UNIT);
@@ -60,7 +60,7 @@ pub fn write_files(root: &Root, wanted: &[WantedFile]) -> Result<Written> {
 
 /// Reloads units, starts the TLS socket and restarts Docker as the written files need.
 /// The TLS socket is `PartOf=docker.service`, so restarting Docker rebinds it too.
-pub fn run_systemd(sd: &mut dyn Systemd, root: &Root, written: &Written) -> Result<()> {
+pub(crate) fn run_systemd(sd: &mut dyn Systemd, root: &Root, written: &Written) -> Result<()> {
     if written.units {
         sd.daemon_reload()?;
     }

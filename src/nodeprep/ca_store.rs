@@ -22,7 +22,7 @@ pub enum CaOutcome {
 
 impl CaOutcome {
     /// The CA, unless this is a dry run that would create it.
-    pub fn ca(&self) -> Option<&CertAndKey> {
+    pub(crate) fn ca(&self) -> Option<&CertAndKey> {
         match self {
             CaOutcome::Existing(c) | CaOutcome::Created(c) => Some(c),
             CaOutcome::WouldCreate => None,
@@ -32,7 +32,7 @@ impl CaOutcome {
 
 /// Reads the CA; `None` when neither key exists. Half a CA (certificate without key or
 /// the other way round) is an error that names the missing key.
-pub async fn load(etcd: &Etcd, keys: &Keys) -> Result<Option<CertAndKey>> {
+pub(crate) async fn load(etcd: &Etcd, keys: &Keys) -> Result<Option<CertAndKey>> {
     let txn = Txn::new().and_then(read_ca(keys));
     let response = etcd
         .client()
@@ -79,7 +79,7 @@ fn from_gets(keys: &Keys, responses: Vec<TxnOpResponse>) -> Result<Option<CertAn
 
 /// Makes a CA and stores it unless one appeared meanwhile, which is then adopted (call it
 /// after [`load`] found none).
-pub async fn create(etcd: &Etcd, keys: &Keys) -> Result<CaOutcome> {
+pub(crate) async fn create(etcd: &Etcd, keys: &Keys) -> Result<CaOutcome> {
     let candidate = pki::new_ca("MoltenCore cluster CA")?;
     let absent = |key: String| Compare::create_revision(key, CompareOp::Equal, 0);
     let txn = Txn::new()

@@ -34,7 +34,7 @@ pub struct DiskMountsReport {
 }
 
 /// The tree's path below `root`, as the CPI finds it in the node record.
-pub fn disks_dir(root: &Path) -> PathBuf {
+pub(crate) fn disks_dir(root: &Path) -> PathBuf {
     let dir = root.join(DISKS_DIR.trim_start_matches('/'));
     std::path::absolute(&dir).unwrap_or(dir)
 }
@@ -42,7 +42,7 @@ pub fn disks_dir(root: &Path) -> PathBuf {
 /// Docker's data root as its configuration has it: `data-root` of `<root>/etc/docker/
 /// daemon.json`, else Docker's default. The CPI's mounter asks the running daemon; both
 /// must find the same volumes.
-pub fn docker_data_root(root: &Path) -> PathBuf {
+pub(crate) fn docker_data_root(root: &Path) -> PathBuf {
     let configured = std::fs::read_to_string(root.join("etc/docker/daemon.json"))
         .ok()
         .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
@@ -52,7 +52,7 @@ pub fn docker_data_root(root: &Path) -> PathBuf {
 
 /// Makes the tree below `root` shared and re-makes its binds from Docker's volumes under
 /// `docker_data_root`.
-pub fn run(root: &Path, docker_data_root: &Path) -> Result<DiskMountsReport> {
+pub(crate) fn run(root: &Path, docker_data_root: &Path) -> Result<DiskMountsReport> {
     let dir = disks_dir(root);
     let failed = |action, path: &Path, error| NodePrepError::File {
         action,
@@ -82,7 +82,7 @@ pub fn run(root: &Path, docker_data_root: &Path) -> Result<DiskMountsReport> {
 
 /// The unit: before docker.service (whose drop-in wants it), after the local file
 /// systems that hold Docker's data.
-pub fn unit(cpi_path: &str) -> String {
+pub(crate) fn unit(cpi_path: &str) -> String {
     format!(
         "# Written by cpi node-prep; rewritten at every boot.\n\
          [Unit]\n\

@@ -33,7 +33,7 @@ pub const RESTART_PENDING: &str = "/run/moltencore/docker-restart-pending";
 pub const DOCKER_SOCKET: &str = "unix:///var/run/docker.sock";
 
 /// Path of one of our units.
-pub fn unit_path(unit: &str) -> String {
+pub(crate) fn unit_path(unit: &str) -> String {
     format!("/etc/systemd/system/{unit}")
 }
 
@@ -54,7 +54,7 @@ pub struct DockerSettings {
 
 impl DockerSettings {
     /// `tcp://<private ip>:<port>`: where the CPI reaches this node.
-    pub fn endpoint(&self) -> String {
+    pub(crate) fn endpoint(&self) -> String {
         format!("tcp://{}:{}", self.private_ip, self.port)
     }
 }
@@ -62,7 +62,7 @@ impl DockerSettings {
 /// dockerd's options (besides `--host`): mutual TLS with the node's certificates, docker0
 /// off the flannel range, MTU and masquerading for docker0. `prefix` is prepended to the
 /// file paths (the prep root, for a dockerd started outside systemd).
-pub fn dockerd_args(s: &DockerSettings, prefix: &Path) -> Vec<String> {
+pub(crate) fn dockerd_args(s: &DockerSettings, prefix: &Path) -> Vec<String> {
     let p = |f: &str| prefix.join(f.trim_start_matches('/')).display().to_string();
     vec![
         "--tlsverify".into(),
@@ -77,7 +77,7 @@ pub fn dockerd_args(s: &DockerSettings, prefix: &Path) -> Vec<String> {
 }
 
 /// The environment file: the variables Flatcar's docker.service passes to dockerd.
-pub fn env_file(s: &DockerSettings) -> String {
+pub(crate) fn env_file(s: &DockerSettings) -> String {
     let args = dockerd_args(s, Path::new("/"));
     let (tls, rest) = args.split_at(4);
     format!(
@@ -99,7 +99,7 @@ pub fn env_file(s: &DockerSettings) -> String {
 
 /// The docker.service drop-in. Its EnvironmentFile is read after flannel's
 /// `flannel_docker_opts.env`, so our values win; Docker starts after the VM disk mounts.
-pub fn dropin() -> String {
+pub(crate) fn dropin() -> String {
     format!(
         "# Written by cpi node-prep; rewritten at every boot.\n\
          [Unit]\n\
@@ -117,7 +117,7 @@ pub fn dropin() -> String {
 /// The socket unit: systemd binds `<private ip>:<port>` (also before the address is up:
 /// FreeBind) and hands it to dockerd, which serves TLS on TCP sockets it inherits when
 /// started with `--tlsverify`.
-pub fn tls_socket_unit(s: &DockerSettings) -> String {
+pub(crate) fn tls_socket_unit(s: &DockerSettings) -> String {
     format!(
         "# Written by cpi node-prep; rewritten at every boot.\n\
          [Unit]\n\
@@ -140,7 +140,7 @@ pub fn tls_socket_unit(s: &DockerSettings) -> String {
 
 /// The oneshot unit that creates (or checks) the BOSH network once flanneld has written
 /// the node's subnet.
-pub fn network_unit(s: &DockerSettings) -> String {
+pub(crate) fn network_unit(s: &DockerSettings) -> String {
     format!(
         "# Written by cpi node-prep; rewritten at every boot.\n\
          [Unit]\n\
@@ -172,7 +172,7 @@ pub struct WantedFile {
 
 /// Every Docker file of the node: the CA and server certificate (when known), the key
 /// (0600), the options, the drop-in and both units.
-pub fn wanted_files(
+pub(crate) fn wanted_files(
     s: &DockerSettings,
     ca_pem: Option<&str>,
     server: Option<&CertAndKey>,

@@ -50,9 +50,13 @@ pub enum NodePrepError {
     /// The cluster CA in etcd is incomplete or missing.
     #[error("{0}")]
     ClusterCa(String),
-    /// A certificate could not be made or read.
-    #[error("{what}: {detail}")]
-    Certificate { what: String, detail: String },
+    /// A certificate could not be made or read (kept typed, not as a `source()`: the
+    /// message includes it).
+    #[error("{0}")]
+    Certificate(PkiError),
+    /// The cluster CA in etcd (at `at`, its two keys) cannot sign.
+    #[error("the cluster CA at {at} is unusable: {cause}")]
+    UnusableCa { at: String, cause: PkiError },
     /// The flannel config, a subnet lease or `subnet.env` does not allow going on.
     #[error("{0}")]
     Flannel(String),
@@ -92,12 +96,94 @@ pub enum NodePrepError {
         status: String,
         stderr: String,
     },
-    /// This machine's CPUs or memory could not be read.
-    #[error("{0}")]
-    Capacity(String),
+    /// This machine's CPUs could not be counted.
+    #[error("cannot count this machine's CPUs: {error}")]
+    CpuCount { error: std::io::Error },
+    /// `/proc/meminfo` could not be read.
+    #[error("cannot read /proc/meminfo: {error}")]
+    Meminfo { error: ReadError },
+    /// `/proc/meminfo` does not say how much memory there is.
+    #[error("/proc/meminfo has no MemTotal")]
+    NoMemTotal,
+    /// A node record in etcd cannot be used (`problem`: "not JSON", "unreadable").
+    #[error("node record {key} is {problem}; run node-prep on that node: {error}")]
+    NodeRecordUnusable {
+        key: String,
+        problem: &'static str,
+        error: serde_json::Error,
+    },
     /// A value could not be encoded as JSON (for etcd or the report).
-    #[error("cannot encode {what} as JSON: {detail}")]
-    Encode { what: String, detail: String },
+    #[error("cannot encode {what} as JSON: {error}")]
+    Encode {
+        what: String,
+        error: serde_json::Error,
+    },
+}
+
+/// Why a certificate could not be made or read.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    /// A certificate (`what` names it) could not be made.
+    #[error("{what}: {cause}")]
+    Make {
+        what: String,
+        #[source]
+        cause: MakeError,
+    },
+    /// The text is not a PEM certificate (`whose`: "" or "the CA is ").
+    #[error("{whose}not a PEM certificate: {source}")]
+    NotPem {
+        whose: &'static str,
+        #[source]
+        source: x509_parser::nom::Err<x509_parser::error::PEMError>,
+    },
+    /// The PEM block is not an X.509 certificate (`whose`: "" or "the CA is ").
+    #[error("{whose}not an X.509 certificate: {source}")]
+    NotX509 {
+        whose: &'static str,
+        #[source]
+        source: x509_parser::nom::Err<x509_parser::error::X509Error>,
+    },
+}
+
+/// The step of making a certificate that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MakeError {
+    /// No key for the CA.
+    #[error("cannot generate the CA key: {0}")]
+    CaKey(#[source] rcgen::Error),
+    /// The CA certificate could not be signed by its own key.
+    #[error("cannot self-sign the CA certificate: {0}")]
+    SelfSign(#[source] rcgen::Error),
+    /// The system gave no random bytes.
+    #[error("no randomness for a certificate serial")]
+    NoRandomness,
+    /// The CA key cannot sign.
+    #[error("the CA key is not usable: {0}")]
+    CaKeyUnusable(#[source] rcgen::Error),
+    /// The CA certificate cannot be an issuer.
+    #[error("the CA certificate is not usable: {0}")]
+    CaCertUnusable(#[source] rcgen::Error),
+    /// No key for the new certificate.
+    #[error("cannot generate a key: {0}")]
+    Key(#[source] rcgen::Error),
+    /// The CA could not sign the new certificate.
+    #[error("cannot sign: {0}")]
+    Sign(#[source] rcgen::Error),
+    /// A SAN is no IP address.
+    #[error("'{ip}' is not a usable IP address: {source}")]
+    BadIp {
+        ip: String,
+        #[source]
+        source: std::net::AddrParseError,
+    },
+    /// A SAN is no DNS name.
+    #[error("'{dns}' is not a usable DNS name: {source}")]
+    BadDns {
+        dns: String,
+        #[source]
+        source: rcgen::Error,
+    },
 }
 
 fn name_taken(name: &str, registered: Ipv4Addr, this_host: Ipv4Addr, just_now: bool) -> String {
@@ -112,6 +198,12 @@ fn name_taken(name: &str, registered: Ipv4Addr, this_host: Ipv4Addr, just_now: b
     }
 }
 
+impl From<PkiError> for NodePrepError {
+    fn from(e: PkiError) -> NodePrepError {
+        NodePrepError::Certificate(e)
+    }
+}
+
 impl From<ReadError> for NodePrepError {
     fn from(e: ReadError) -> NodePrepError {
         NodePrepError::Read(e)
@@ -120,7 +212,11 @@ impl From<ReadError> for NodePrepError {
 
 impl NodePrepError {
     /// A failed write, stat or removal of `path`.
-    pub fn file(action: &'static str, path: impl Into<PathBuf>, error: std::io::Error) -> Self {
+    pub(crate) fn file(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+        error: std::io::Error,
+    ) -> Self {
         NodePrepError::File {
             action,
             path: path.into(),
@@ -128,19 +224,11 @@ impl NodePrepError {
         }
     }
 
-    /// A certificate failure while doing `what`.
-    pub fn certificate(what: impl Into<String>, detail: impl std::fmt::Display) -> Self {
-        NodePrepError::Certificate {
-            what: what.into(),
-            detail: detail.to_string(),
-        }
-    }
-
     /// A JSON encoding failure of `what`.
-    pub fn encode(what: impl Into<String>, e: &serde_json::Error) -> Self {
+    pub(crate) fn encode(what: impl Into<String>, error: serde_json::Error) -> Self {
         NodePrepError::Encode {
             what: what.into(),
-            detail: e.to_string(),
+            error,
         }
     }
 }
@@ -149,8 +237,8 @@ impl NodePrepError {
 pub type Result<T, E = NodePrepError> = std::result::Result<T, E>;
 
 /// `serde_json::to_string`, failing as [`NodePrepError::Encode`] naming `what`.
-pub fn to_json<T: serde::Serialize + ?Sized>(value: &T, what: &str) -> Result<String> {
-    serde_json::to_string(value).map_err(|e| NodePrepError::encode(what, &e))
+pub(crate) fn to_json<T: serde::Serialize + ?Sized>(value: &T, what: &str) -> Result<String> {
+    serde_json::to_string(value).map_err(|e| NodePrepError::encode(what, e))
 }
 
 #[cfg(test)]

@@ -31,7 +31,7 @@ pub enum FileChange {
 
 impl Root {
     /// A root at `dir`; with `dry_run` nothing is ever written.
-    pub fn new(dir: impl Into<PathBuf>, dry_run: bool) -> Root {
+    pub(crate) fn new(dir: impl Into<PathBuf>, dry_run: bool) -> Root {
         Root {
             dir: dir.into(),
             dry_run,
@@ -39,28 +39,28 @@ impl Root {
     }
 
     /// Whether this root is the running system's `/` (then systemd is called for real).
-    pub fn is_system_root(&self) -> bool {
+    pub(crate) fn is_system_root(&self) -> bool {
         self.dir == Path::new("/")
     }
 
     /// Whether writes are suppressed.
-    pub fn dry_run(&self) -> bool {
+    pub(crate) fn dry_run(&self) -> bool {
         self.dry_run
     }
 
     /// The root directory itself.
-    pub fn dir(&self) -> &Path {
+    pub(crate) fn dir(&self) -> &Path {
         &self.dir
     }
 
     /// `path` (absolute, as seen on the node) below the root.
-    pub fn join(&self, path: &str) -> PathBuf {
+    pub(crate) fn join(&self, path: &str) -> PathBuf {
         self.dir.join(path.trim_start_matches('/'))
     }
 
     /// Reads a regular file below the root, at most [`FileKind::HostFile`]'s limit;
     /// `None` when it does not exist.
-    pub fn read(&self, path: &str) -> Result<Option<String>> {
+    pub(crate) fn read(&self, path: &str) -> Result<Option<String>> {
         Ok(bounded_file::read_optional(
             &self.join(path),
             FileKind::HostFile,
@@ -69,7 +69,7 @@ impl Root {
 
     /// What writing `content` with `mode` to `path` would change; writes nothing. Only as
     /// much of the old file is read as the new content could match.
-    pub fn change_of(&self, path: &str, content: &str, mode: u32) -> Result<FileChange> {
+    pub(crate) fn change_of(&self, path: &str, content: &str, mode: u32) -> Result<FileChange> {
         let full = self.join(path);
         let old = bounded_file::open_regular(&full).and_then(|f| {
             bounded_file::read_limited(f, content.len() as u64).map_err(|source| {
@@ -100,7 +100,7 @@ impl Root {
 
     /// Writes `content` with `mode` unless the file already has both. Parent directories
     /// are created (0755). Returns what changed; in a dry run nothing is written.
-    pub fn write(&self, path: &str, content: &str, mode: u32) -> Result<FileChange> {
+    pub(crate) fn write(&self, path: &str, content: &str, mode: u32) -> Result<FileChange> {
         let change = self.change_of(path, content, mode)?;
         if change != FileChange::Unchanged && !self.dry_run {
             write_atomic(&self.join(path), content.as_bytes(), mode)?;
@@ -109,7 +109,7 @@ impl Root {
     }
 
     /// Creates an empty marker file (no-op in a dry run).
-    pub fn touch(&self, path: &str) -> Result<()> {
+    pub(crate) fn touch(&self, path: &str) -> Result<()> {
         if self.dry_run {
             return Ok(());
         }
@@ -117,12 +117,12 @@ impl Root {
     }
 
     /// Whether a file exists below the root.
-    pub fn exists(&self, path: &str) -> bool {
+    pub(crate) fn exists(&self, path: &str) -> bool {
         self.join(path).exists()
     }
 
     /// Removes a file if present (no-op in a dry run).
-    pub fn remove(&self, path: &str) -> Result<()> {
+    pub(crate) fn remove(&self, path: &str) -> Result<()> {
         if self.dry_run {
             return Ok(());
         }
@@ -138,7 +138,7 @@ impl Root {
 /// Writes `content` to `path` through a temp file in the same directory that has `mode`
 /// from its creation on (a key is never readable by others, not even briefly), then
 /// renames it into place.
-pub fn write_atomic(path: &Path, content: &[u8], mode: u32) -> Result<()> {
+pub(crate) fn write_atomic(path: &Path, content: &[u8], mode: u32) -> Result<()> {
     let no_file = || {
         let e = std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file path");
         NodePrepError::file("write", path, e)

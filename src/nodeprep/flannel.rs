@@ -36,7 +36,7 @@ pub struct ConfigPlan {
 
 /// Checks the flags against an existing config (a conflict is an error: node-prep never
 /// changes an existing config), or builds the config to create.
-pub fn plan_config(
+pub(crate) fn plan_config(
     existing: Option<&FlannelConfig>,
     key: &str,
     flags: &FlannelFlags,
@@ -127,14 +127,14 @@ fn check_shape(network: &Ipv4Net, subnet_len: u8, key: &str) -> Result<()> {
 }
 
 /// The lease flannel (or a reservation) holds for `public_ip`.
-pub fn lease_of(leases: &[SubnetLease], public_ip: Ipv4Addr) -> Option<&SubnetLease> {
+pub(crate) fn lease_of(leases: &[SubnetLease], public_ip: Ipv4Addr) -> Option<&SubnetLease> {
     leases.iter().find(|l| l.public_ip == Some(public_ip))
 }
 
 /// Subnets flannel may hand out that no lease holds, lowest first. As flannel does, the
 /// first and the last subnet of the network are left out unless SubnetMin/SubnetMax say
 /// otherwise.
-pub fn free_subnets(config: &FlannelConfig, leases: &[SubnetLease]) -> Vec<Ipv4Net> {
+pub(crate) fn free_subnets(config: &FlannelConfig, leases: &[SubnetLease]) -> Vec<Ipv4Net> {
     let Ok(all) = config.network.subnets(config.subnet_len) else {
         return Vec::new();
     };
@@ -158,7 +158,7 @@ pub fn free_subnets(config: &FlannelConfig, leases: &[SubnetLease]) -> Vec<Ipv4N
 }
 
 /// MTU flannel gives its network: the link MTU less the backend's encapsulation.
-pub fn mtu_for(backend: Option<&str>, link_mtu: u32) -> u32 {
+pub(crate) fn mtu_for(backend: Option<&str>, link_mtu: u32) -> u32 {
     let overhead = match backend.unwrap_or("udp") {
         "host-gw" | "alloc" => 0,
         "vxlan" => 50,
@@ -172,7 +172,7 @@ pub fn mtu_for(backend: Option<&str>, link_mtu: u32) -> u32 {
 
 /// Stores the config if it is still absent. Returns the config in force and whether this
 /// run wrote it; another node that won the race must have written a compatible one.
-pub async fn ensure_config(
+pub(crate) async fn ensure_config(
     etcd: &Etcd,
     keys: &Keys,
     plan: &ConfigPlan,
@@ -208,7 +208,7 @@ pub async fn ensure_config(
 }
 
 /// Reads `<flannel_prefix>/config`; an unreadable value is an error naming the key.
-pub async fn read_config(etcd: &Etcd, keys: &Keys) -> Result<Option<FlannelConfig>> {
+pub(crate) async fn read_config(etcd: &Etcd, keys: &Keys) -> Result<Option<FlannelConfig>> {
     let key = keys.flannel_config();
     let response =
         etcd.client().get(key.clone(), None).await.map_err(|e| {
@@ -230,7 +230,10 @@ pub async fn read_config(etcd: &Etcd, keys: &Keys) -> Result<Option<FlannelConfi
 
 /// Reads all leases under `<flannel_prefix>/subnets/`. Unreadable leases are skipped and
 /// returned as warnings (their subnets still count as taken when their key parses).
-pub async fn read_leases(etcd: &Etcd, keys: &Keys) -> Result<(Vec<SubnetLease>, Vec<String>)> {
+pub(crate) async fn read_leases(
+    etcd: &Etcd,
+    keys: &Keys,
+) -> Result<(Vec<SubnetLease>, Vec<String>)> {
     let prefix = keys.flannel_subnets();
     let response = etcd
         .client()
@@ -273,7 +276,7 @@ pub enum SubnetSource {
 /// had before (`previous`, from its record) when it is still free, so a node whose lease
 /// expired while it was down comes back on the subnet its VMs and BOSH's IPs are on; else
 /// the lowest free one.
-pub async fn ensure_subnet(
+pub(crate) async fn ensure_subnet(
     etcd: &Etcd,
     keys: &Keys,
     config: &FlannelConfig,
@@ -346,7 +349,7 @@ pub struct SubnetEnv {
 
 impl SubnetEnv {
     /// Parses `subnet.env` text; `origin` names the file in errors.
-    pub fn parse(text: &str, origin: &str) -> Result<SubnetEnv> {
+    pub(crate) fn parse(text: &str, origin: &str) -> Result<SubnetEnv> {
         let get = |name: &str| {
             text.lines()
                 .filter_map(|l| l.trim().split_once('='))

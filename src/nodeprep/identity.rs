@@ -47,7 +47,7 @@ pub struct Metadata {
 /// (`COREOS_EC2_IPV4_LOCAL`, `COREOS_DIGITALOCEAN_IPV4_PRIVATE_0`, `COREOS_GCE_IP_LOCAL_0`,
 /// `COREOS_CUSTOM_PUBLIC_IPV4`, ...): names with LOCAL/PRIVATE/DYNAMIC are private, with
 /// PUBLIC/EXTERNAL/VIRTUAL public; the first in name order wins.
-pub fn parse_metadata(text: &str) -> Metadata {
+pub(crate) fn parse_metadata(text: &str) -> Metadata {
     let vars: BTreeMap<&str, &str> = text
         .lines()
         .filter_map(|l| l.trim().split_once('='))
@@ -71,7 +71,7 @@ pub fn parse_metadata(text: &str) -> Metadata {
 }
 
 /// Checks a node name: it becomes an etcd key segment, a certificate CN and a BOSH name.
-pub fn check_name(name: &str) -> Result<()> {
+pub(crate) fn check_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 63
         && name
@@ -88,7 +88,7 @@ pub fn check_name(name: &str) -> Result<()> {
 }
 
 /// Resolves the identity from flags, then the metadata file and hostname below `root`.
-pub fn resolve(flags: &IdentityFlags, root: &Root) -> Result<Identity> {
+pub(crate) fn resolve(flags: &IdentityFlags, root: &Root) -> Result<Identity> {
     let meta = root
         .read(METADATA_FILE)?
         .map(|t| parse_metadata(&t))

@@ -70,7 +70,7 @@ pub struct PrepOptions {
 }
 
 /// Connects to etcd, turning a failure into a message that says what to check.
-pub async fn connect(access: &EtcdAccess) -> Result<Etcd> {
+pub(crate) async fn connect(access: &EtcdAccess) -> Result<Etcd> {
     Etcd::connect_with(access)
         .await
         .map_err(|e| unreachable(access, &e.to_string()))
@@ -102,7 +102,7 @@ pub(crate) fn first_request_failed(access: &EtcdAccess, e: NodePrepError) -> Nod
 
 /// Runs node-prep, step by step; every check that can refuse the run comes before the
 /// first write.
-pub async fn prepare(opts: &PrepOptions) -> Result<Report> {
+pub(crate) async fn prepare(opts: &PrepOptions) -> Result<Report> {
     let root = Root::new(&opts.root, opts.dry_run);
     let id = identity::resolve(&opts.identity, &root)?;
     let etcd = connect(&opts.etcd).await?;
@@ -133,7 +133,7 @@ pub async fn prepare(opts: &PrepOptions) -> Result<Report> {
 
 /// Issues a client certificate from the cluster CA into `out` (`ca.pem`, `cert.pem`,
 /// `key.pem` with mode 0600). Returns the written paths and the certificate's fingerprint.
-pub async fn issue_client(
+pub(crate) async fn issue_client(
     access: &EtcdAccess,
     keys: &Keys,
     out: &Path,

@@ -47,7 +47,7 @@ pub const LABEL: &str = crate::labels::NETWORK;
 
 /// Runs the network step: subnet.env, docker0 off the flannel network, the BOSH network,
 /// the masquerade rule.
-pub async fn run(opts: &NetworkOptions) -> Result<NetworkReport> {
+pub(crate) async fn run(opts: &NetworkOptions) -> Result<NetworkReport> {
     let env = read_subnet_env(opts)?;
     let docker = connect(&opts.docker_host).await?;
     let mut report = NetworkReport {
@@ -194,7 +194,7 @@ fn ipam(n: &NetworkInspect) -> Vec<(Ipv4Net, Option<Ipv4Addr>)> {
 
 /// Checks an existing network against the flannel subnet: a different subnet, gateway or
 /// driver is an error naming both values; a different MTU only a warning.
-pub fn check_existing(
+pub(crate) fn check_existing(
     name: &str,
     docker_host: &str,
     n: &NetworkInspect,

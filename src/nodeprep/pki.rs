@@ -12,9 +12,16 @@ use rcgen::{
 use ring::rand::SecureRandom;
 use time::{Duration, OffsetDateTime};
 
-use super::error::{NodePrepError, Result};
+use super::error::{MakeError, PkiError};
 use super::identity::Identity;
 use crate::config::Secret;
+
+type Result<T, E = PkiError> = std::result::Result<T, E>;
+
+/// A failure to make `what`.
+fn making(what: String) -> impl FnOnce(MakeError) -> PkiError {
+    move |cause| PkiError::Make { what, cause }
+}
 
 /// Lifetime of the cluster CA.
 pub const CA_VALID_DAYS: i64 = 3650;
@@ -28,8 +35,8 @@ pub struct CertAndKey {
 
 /// Makes a new cluster CA (ECDSA P-256, self-signed, path length 0).
 pub fn new_ca(common_name: &str) -> Result<CertAndKey> {
-    let make = || -> Result<CertAndKey, String> {
-        let key = KeyPair::generate().map_err(|e| format!("cannot generate the CA key: {e}"))?;
+    let make = || -> Result<CertAndKey, MakeError> {
+        let key = KeyPair::generate().map_err(MakeError::CaKey)?;
         let mut params = base_params(common_name, CA_VALID_DAYS)?;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![
@@ -37,15 +44,13 @@ pub fn new_ca(common_name: &str) -> Result<CertAndKey> {
             KeyUsagePurpose::CrlSign,
             KeyUsagePurpose::DigitalSignature,
         ];
-        let cert = params
-            .self_signed(&key)
-            .map_err(|e| format!("cannot self-sign the CA certificate: {e}"))?;
+        let cert = params.self_signed(&key).map_err(MakeError::SelfSign)?;
         Ok(CertAndKey {
             cert_pem: cert.pem(),
             key_pem: Secret::new(key.serialize_pem()),
         })
     };
-    make().map_err(|e| NodePrepError::certificate(format!("cannot make the CA '{common_name}'"), e))
+    make().map_err(making(format!("cannot make the CA '{common_name}'")))
 }
 
 /// The SANs a node's Docker server certificate must carry, in `IP:`/`DNS:` form.
@@ -60,39 +65,34 @@ pub fn server_sans(id: &Identity) -> BTreeSet<String> {
 
 /// Issues a Docker server certificate for the node, signed by the CA.
 pub fn issue_server(ca: &CertAndKey, id: &Identity, days: u32) -> Result<CertAndKey> {
-    let make = || -> Result<CertAndKey, String> {
+    let make = || -> Result<CertAndKey, MakeError> {
         let mut params = base_params(&format!("{} docker", id.name), i64::from(days))?;
         params.subject_alt_names = server_sans(id)
             .iter()
             .map(|s| to_san(s))
-            .collect::<Result<_, String>>()?;
+            .collect::<Result<_, MakeError>>()?;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         sign_leaf(ca, params)
     };
-    make().map_err(|e| {
-        NodePrepError::certificate(
-            format!("cannot issue the Docker server certificate for {}", id.name),
-            e,
-        )
-    })
+    make().map_err(making(format!(
+        "cannot issue the Docker server certificate for {}",
+        id.name
+    )))
 }
 
 /// Issues a client certificate (for the CPI) signed by the CA.
 pub fn issue_client(ca: &CertAndKey, common_name: &str, days: u32) -> Result<CertAndKey> {
-    let make = || -> Result<CertAndKey, String> {
+    let make = || -> Result<CertAndKey, MakeError> {
         let mut params = base_params(common_name, i64::from(days))?;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         sign_leaf(ca, params)
     };
-    make().map_err(|e| {
-        NodePrepError::certificate(
-            format!("cannot issue the client certificate '{common_name}'"),
-            e,
-        )
-    })
+    make().map_err(making(format!(
+        "cannot issue the client certificate '{common_name}'"
+    )))
 }
 
-fn base_params(common_name: &str, days: i64) -> Result<CertificateParams, String> {
+fn base_params(common_name: &str, days: i64) -> Result<CertificateParams, MakeError> {
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, "MoltenCore");
@@ -105,43 +105,44 @@ fn base_params(common_name: &str, days: i64) -> Result<CertificateParams, String
     let mut serial = [0u8; 16];
     ring::rand::SystemRandom::new()
         .fill(&mut serial)
-        .map_err(|_| "no randomness for a certificate serial".to_string())?;
+        .map_err(|_| MakeError::NoRandomness)?;
     serial[0] &= 0x7f;
     params.serial_number = Some(SerialNumber::from_slice(&serial));
     Ok(params)
 }
 
-fn sign_leaf(ca: &CertAndKey, mut params: CertificateParams) -> Result<CertAndKey, String> {
+fn sign_leaf(ca: &CertAndKey, mut params: CertificateParams) -> Result<CertAndKey, MakeError> {
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![
         KeyUsagePurpose::DigitalSignature,
         KeyUsagePurpose::KeyEncipherment,
     ];
     params.use_authority_key_identifier_extension = true;
-    let ca_key = KeyPair::from_pem(ca.key_pem.expose())
-        .map_err(|e| format!("the CA key is not usable: {e}"))?;
-    let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key)
-        .map_err(|e| format!("the CA certificate is not usable: {e}"))?;
-    let key = KeyPair::generate().map_err(|e| format!("cannot generate a key: {e}"))?;
-    let cert = params
-        .signed_by(&key, &issuer)
-        .map_err(|e| format!("cannot sign: {e}"))?;
+    let ca_key = KeyPair::from_pem(ca.key_pem.expose()).map_err(MakeError::CaKeyUnusable)?;
+    let issuer =
+        Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key).map_err(MakeError::CaCertUnusable)?;
+    let key = KeyPair::generate().map_err(MakeError::Key)?;
+    let cert = params.signed_by(&key, &issuer).map_err(MakeError::Sign)?;
     Ok(CertAndKey {
         cert_pem: cert.pem(),
         key_pem: Secret::new(key.serialize_pem()),
     })
 }
 
-fn to_san(s: &str) -> Result<SanType, String> {
+fn to_san(s: &str) -> Result<SanType, MakeError> {
     if let Some(ip) = s.strip_prefix("IP:") {
-        let ip = ip
-            .parse()
-            .map_err(|e| format!("'{ip}' is not a usable IP address: {e}"))?;
-        return Ok(SanType::IpAddress(ip));
+        let parsed = ip.parse().map_err(|source| MakeError::BadIp {
+            ip: ip.to_string(),
+            source,
+        })?;
+        return Ok(SanType::IpAddress(parsed));
     }
     let dns = s.strip_prefix("DNS:").unwrap_or(s);
-    Ok(SanType::DnsName(dns.try_into().map_err(|e| {
-        format!("'{dns}' is not a usable DNS name: {e}")
+    Ok(SanType::DnsName(dns.try_into().map_err(|source| {
+        MakeError::BadDns {
+            dns: dns.to_string(),
+            source,
+        }
     })?))
 }
 
@@ -161,16 +162,10 @@ pub struct CertInfo {
 
 /// Reads a PEM certificate and checks its signature against the CA certificate.
 pub fn inspect(cert_pem: &str, ca_pem: &str) -> Result<CertInfo> {
-    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
-        .map_err(|e| NodePrepError::certificate("not a PEM certificate", e))?;
-    let cert = pem
-        .parse_x509()
-        .map_err(|e| NodePrepError::certificate("not an X.509 certificate", e))?;
-    let (_, ca_pem_parsed) = x509_parser::pem::parse_x509_pem(ca_pem.as_bytes())
-        .map_err(|e| NodePrepError::certificate("the CA is not a PEM certificate", e))?;
-    let ca = ca_pem_parsed
-        .parse_x509()
-        .map_err(|e| NodePrepError::certificate("the CA is not an X.509 certificate", e))?;
+    let pem = parse_pem(cert_pem, "")?;
+    let cert = parse_x509(&pem, "")?;
+    let ca_pem_parsed = parse_pem(ca_pem, "the CA is ")?;
+    let ca = parse_x509(&ca_pem_parsed, "the CA is ")?;
     let signed_by_ca =
         cert.issuer() == ca.subject() && cert.verify_signature(Some(ca.public_key())).is_ok();
     let mut sans = BTreeSet::new();
@@ -203,9 +198,23 @@ pub fn inspect(cert_pem: &str, ca_pem: &str) -> Result<CertInfo> {
 
 /// SHA-256 fingerprint of a PEM certificate (lower-case hex of the DER).
 pub fn fingerprint(cert_pem: &str) -> Result<String> {
-    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
-        .map_err(|e| NodePrepError::certificate("not a PEM certificate", e))?;
-    Ok(fingerprint_der(&pem.contents))
+    Ok(fingerprint_der(&parse_pem(cert_pem, "")?.contents))
+}
+
+/// The PEM block of `text` (`whose` prefixes the error: "" or "the CA is ").
+fn parse_pem(text: &str, whose: &'static str) -> Result<x509_parser::pem::Pem> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(text.as_bytes())
+        .map_err(|source| PkiError::NotPem { whose, source })?;
+    Ok(pem)
+}
+
+/// The certificate in `pem` (`whose` prefixes the error: "" or "the CA is ").
+fn parse_x509<'p>(
+    pem: &'p x509_parser::pem::Pem,
+    whose: &'static str,
+) -> Result<x509_parser::certificate::X509Certificate<'p>> {
+    pem.parse_x509()
+        .map_err(|source| PkiError::NotX509 { whose, source })
 }
 
 fn fingerprint_der(der: &[u8]) -> String {

@@ -9,20 +9,20 @@ use super::error::{NodePrepError, Result, to_json};
 use crate::cluster::{Capacity, Etcd, Keys, NodeRecord, NodeState};
 
 /// This machine's CPUs and memory, as placement sees them.
-pub fn host_capacity() -> Result<Capacity> {
+pub(crate) fn host_capacity() -> Result<Capacity> {
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get() as u32)
-        .map_err(|e| NodePrepError::Capacity(format!("cannot count this machine's CPUs: {e}")))?;
+        .map_err(|error| NodePrepError::CpuCount { error })?;
     let meminfo = crate::bounded_file::read_to_string(
         std::path::Path::new("/proc/meminfo"),
         crate::bounded_file::FileKind::HostFile,
     )
-    .map_err(|e| NodePrepError::Capacity(format!("cannot read /proc/meminfo: {e}")))?;
+    .map_err(|error| NodePrepError::Meminfo { error })?;
     let kib = meminfo
         .lines()
         .find_map(|l| l.strip_prefix("MemTotal:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .ok_or_else(|| NodePrepError::Capacity("/proc/meminfo has no MemTotal".into()))?;
+        .ok_or(NodePrepError::NoMemTotal)?;
     Ok(Capacity {
         cpus,
         memory_mib: kib / 1024,
@@ -30,7 +30,7 @@ pub fn host_capacity() -> Result<Capacity> {
 }
 
 /// Now, to the second, as RFC 3339 (`2026-11-25T00:00:00Z`).
-pub fn now_rfc3339() -> String {
+pub(crate) fn now_rfc3339() -> String {
     let now = time::OffsetDateTime::now_utc();
     let now = now.replace_nanosecond(0).unwrap_or(now);
     now.format(&time::format_description::well_known::Rfc3339)
@@ -38,14 +38,14 @@ pub fn now_rfc3339() -> String {
 }
 
 /// Whether two records differ in anything but the time of the last prep.
-pub fn differs(a: &NodeRecord, b: &NodeRecord) -> bool {
+pub(crate) fn differs(a: &NodeRecord, b: &NodeRecord) -> bool {
     let mut a = a.clone();
     a.prepared_at = b.prepared_at.clone();
     &a != b
 }
 
 /// The node record registered under `name`, if any (unreadable counts as none).
-pub async fn read(etcd: &Etcd, keys: &Keys, name: &str) -> Result<Option<NodeRecord>> {
+pub(crate) async fn read(etcd: &Etcd, keys: &Keys, name: &str) -> Result<Option<NodeRecord>> {
     Ok(read_raw(etcd, &keys.node(name))
         .await?
         .and_then(|(v, _)| serde_json::from_slice(&v).ok()))
@@ -88,7 +88,7 @@ pub struct Registration {
 
 impl Registration {
     /// Whether anything but the prep time changed.
-    pub fn changed(&self) -> bool {
+    pub(crate) fn changed(&self) -> bool {
         self.previous
             .as_ref()
             .is_none_or(|p| differs(&self.record, p))
@@ -98,7 +98,7 @@ impl Registration {
 /// Writes the record `make` builds from the existing one (which may be unreadable: then it
 /// is replaced); `make` may refuse the existing one (another host's). Retries when the
 /// record changed in between, asking `make` again; in a dry run writes nothing.
-pub async fn register(
+pub(crate) async fn register(
     etcd: &Etcd,
     keys: &Keys,
     name: &str,
@@ -127,7 +127,7 @@ pub async fn register(
 
 /// Sets a node's state, keeping every other field of its record as it is. Returns the
 /// state it had before.
-pub async fn set_state(
+pub(crate) async fn set_state(
     etcd: &Etcd,
     keys: &Keys,
     name: &str,
@@ -140,11 +140,12 @@ pub async fn set_state(
                 "there is no node '{name}' (no record at {key}); `cpi nodes` lists the nodes"
             )));
         };
-        let unusable = |problem: &str, e: serde_json::Error| {
-            NodePrepError::NodeRecord(format!(
-                "node record {key} is {problem}; run node-prep on that node: {e}"
-            ))
-        };
+        let unusable =
+            |problem: &'static str, error: serde_json::Error| NodePrepError::NodeRecordUnusable {
+                key: key.clone(),
+                problem,
+                error,
+            };
         let mut doc: Value = serde_json::from_slice(&raw).map_err(|e| unusable("not JSON", e))?;
         let record: NodeRecord =
             serde_json::from_value(doc.clone()).map_err(|e| unusable("unreadable", e))?;
@@ -152,7 +153,7 @@ pub async fn set_state(
             return Ok(state);
         }
         doc["state"] = serde_json::to_value(state)
-            .map_err(|e| NodePrepError::encode(format!("state {state}"), &e))?;
+            .map_err(|e| NodePrepError::encode(format!("state {state}"), e))?;
         if swap(etcd, &key, doc.to_string(), Some(rev)).await? {
             return Ok(record.state);
         }

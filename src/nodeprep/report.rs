@@ -66,7 +66,7 @@ pub struct CertFacts {
 
 impl Report {
     /// The human summary.
-    pub fn human(&self) -> String {
+    pub(crate) fn human(&self) -> String {
         let mut out = format!(
             "node-prep {} ({}, subnet {}, {}){}\n",
             self.node,

@@ -25,7 +25,7 @@ pub enum ServerCert {
 
 impl ServerCert {
     /// The certificate in force afterwards, if any.
-    pub fn cert(&self) -> Option<&CertAndKey> {
+    pub(crate) fn cert(&self) -> Option<&CertAndKey> {
         match self {
             ServerCert::Keep(c) | ServerCert::Issued { cert: c, .. } => Some(c),
             ServerCert::NoCa => None,
@@ -36,7 +36,7 @@ impl ServerCert {
 /// Keeps the certificate below `root` unless it is missing, unreadable, signed by another
 /// CA, paired with another key, carries other SANs than `id` needs, or expires within
 /// `renew_before_days` of `now`.
-pub fn decide(
+pub(crate) fn decide(
     root: &Root,
     ca: Option<&CertAndKey>,
     id: &Identity,

@@ -39,7 +39,7 @@ pub struct Step<T> {
 
 impl Changes {
     /// Adds a step's lines after those before it and hands back what it settled.
-    pub fn take<T>(&mut self, step: Step<T>) -> T {
+    pub(crate) fn take<T>(&mut self, step: Step<T>) -> T {
         self.lines.extend(step.changes.lines);
         self.warnings.extend(step.changes.warnings);
         step.value
@@ -109,7 +109,7 @@ impl Prep<'_> {
     /// Reads and checks: the flannel config against the flags, docker0 off the flannel
     /// network, the node name not another host's, the cluster CA usable. Nothing is
     /// written before they pass.
-    pub async fn check(&self, id: &Identity) -> Result<Step<Checked>> {
+    pub(crate) async fn check(&self, id: &Identity) -> Result<Step<Checked>> {
         let (opts, etcd, keys) = (self.opts, &self.etcd, &self.opts.keys);
         // The first request: failing here most likely means etcd is out of reach.
         let existing_flannel = flannel::read_config(etcd, keys)
@@ -150,15 +150,9 @@ impl Prep<'_> {
         let ca = ca_store::load(etcd, keys).await?;
         if let Some(ca) = &ca {
             // A CA that cannot sign would fail later, after files were written.
-            pki::issue_client(ca, "check", 1).map_err(|e| {
-                NodePrepError::certificate(
-                    format!(
-                        "the cluster CA at {} / {} is unusable",
-                        keys.ca_cert(),
-                        keys.ca_key()
-                    ),
-                    e,
-                )
+            pki::issue_client(ca, "check", 1).map_err(|cause| NodePrepError::UnusableCa {
+                at: format!("{} / {}", keys.ca_cert(), keys.ca_key()),
+                cause,
             })?;
         }
         Ok(Step::new(Checked { plan, existing, ca }).warn(warnings))
@@ -166,7 +160,7 @@ impl Prep<'_> {
 
     /// The cluster CA in etcd (as the checks read it), created by the first node that
     /// finds none.
-    pub async fn cluster_ca(&self, checked: &Checked) -> Result<Step<CaOutcome>> {
+    pub(crate) async fn cluster_ca(&self, checked: &Checked) -> Result<Step<CaOutcome>> {
         let keys = &self.opts.keys;
         let ca = match &checked.ca {
             Some(ca) => CaOutcome::Existing(ca.clone()),
@@ -186,7 +180,7 @@ impl Prep<'_> {
     }
 
     /// The flannel config in force, written when the cluster has none.
-    pub async fn flannel_config(&self, checked: &Checked) -> Result<Step<FlannelConfig>> {
+    pub(crate) async fn flannel_config(&self, checked: &Checked) -> Result<Step<FlannelConfig>> {
         let (opts, keys, plan) = (self.opts, &self.opts.keys, &checked.plan);
         let (config, written) = if plan.create && opts.dry_run {
             (plan.config.clone(), true)
@@ -206,7 +200,7 @@ impl Prep<'_> {
 
     /// This node's subnet (its lease, or a reservation made before flanneld starts) and
     /// the MTU.
-    pub async fn subnet(
+    pub(crate) async fn subnet(
         &self,
         config: &FlannelConfig,
         checked: &Checked,
@@ -254,7 +248,7 @@ impl Prep<'_> {
     }
 
     /// The Docker server certificate: kept when it still fits, else (re-)issued.
-    pub fn server_cert(&self, ca: &CaOutcome, id: &Identity) -> Result<Step<ServerCert>> {
+    pub(crate) fn server_cert(&self, ca: &CaOutcome, id: &Identity) -> Result<Step<ServerCert>> {
         let decision = server_cert::decide(
             &self.root,
             ca.ca(),
@@ -286,7 +280,7 @@ impl Prep<'_> {
     }
 
     /// What Docker's files are made from.
-    pub fn docker_settings(&self, id: &Identity, mtu: u32) -> DockerSettings {
+    pub(crate) fn docker_settings(&self, id: &Identity, mtu: u32) -> DockerSettings {
         DockerSettings {
             node: id.name.clone(),
             private_ip: id.private_ip,
@@ -300,7 +294,7 @@ impl Prep<'_> {
 
     /// Docker's files: the cluster CA and server certificate (when known), its options,
     /// drop-in, TLS socket and the BOSH network's unit.
-    pub fn docker_files(
+    pub(crate) fn docker_files(
         &self,
         settings: &DockerSettings,
         ca: &CaOutcome,
@@ -310,12 +304,12 @@ impl Prep<'_> {
     }
 
     /// The reboot manager's unit.
-    pub fn reboot_unit(&self, id: &Identity) -> WantedFile {
+    pub(crate) fn reboot_unit(&self, id: &Identity) -> WantedFile {
         reboot_unit::wanted(&id.name, &self.opts.cpi_path)
     }
 
     /// Puts the files that differ in place (the restart marker first).
-    pub fn write_files(&self, wanted: &[WantedFile]) -> Result<Step<Written>> {
+    pub(crate) fn write_files(&self, wanted: &[WantedFile]) -> Result<Step<Written>> {
         let written = apply::write_files(&self.root, wanted)?;
         let lines = written
             .files
@@ -339,7 +333,7 @@ impl Prep<'_> {
 
     /// Writes the node record (compare-and-swap, keeping a cordon), refusing a name
     /// another host registered since the check.
-    pub async fn register(
+    pub(crate) async fn register(
         &self,
         id: &Identity,
         settings: &DockerSettings,
@@ -355,17 +349,7 @@ impl Prep<'_> {
         let prepared_at = register::now_rfc3339();
         let make = |previous: Option<&NodeRecord>| {
             // Checked again here: a host with the same name may have registered since.
-            if let Some(p) = previous
-                && p.private_ip != id.private_ip
-                && !opts.replace
-            {
-                return Err(NodePrepError::NameTaken {
-                    name: id.name.clone(),
-                    registered: p.private_ip,
-                    this_host: id.private_ip,
-                    just_now: true,
-                });
-            }
+            name_still_free(id, previous, opts.replace)?;
             Ok(NodeRecord {
                 name: id.name.clone(),
                 private_ip: id.private_ip,
@@ -390,21 +374,26 @@ impl Prep<'_> {
         };
         let registration =
             register::register(&self.etcd, keys, &id.name, make, opts.dry_run).await?;
+        Ok(self.announce(registration, &id.name))
+    }
+
+    /// The registration as a step: a change line when the record was written.
+    fn announce(&self, registration: Registration, name: &str) -> Step<Registration> {
         if !registration.changed() {
-            return Ok(Step::new(registration));
+            return Step::new(registration);
         }
-        let record = format!("node record {}", keys.node(&id.name));
+        let record = format!("node record {}", self.opts.keys.node(name));
         let line = if registration.previous.is_some() {
             self.say("updated", "update", &record)
         } else {
             self.say("wrote", "write", &record)
         };
-        Ok(Step::new(registration).change(line))
+        Step::new(registration).change(line)
     }
 
     /// systemd, last: units reloaded and started, Docker restarted only when its
     /// configuration changed. Returns the calls made (or recorded).
-    pub fn systemd(&self, written: &Written) -> Result<Vec<String>> {
+    pub(crate) fn systemd(&self, written: &Written) -> Result<Vec<String>> {
         let mut sd: Box<dyn Systemd> = if self.root.is_system_root() && !self.opts.dry_run {
             Box::new(Systemctl::default())
         } else {
@@ -441,7 +430,7 @@ pub struct Outcome {
 
 impl Prep<'_> {
     /// The report of the run.
-    pub fn report(&self, o: Outcome) -> Result<Report> {
+    pub(crate) fn report(&self, o: Outcome) -> Result<Report> {
         let opts = self.opts;
         let root = &self.root;
         let certificate = match o.cert.cert() {
@@ -488,6 +477,20 @@ impl Prep<'_> {
             record: o.registration.record,
             identity: o.id,
         })
+    }
+}
+
+/// Refuses the name when `previous` (its record in etcd) is another host's (another
+/// private IP), unless this host replaces it.
+fn name_still_free(id: &Identity, previous: Option<&NodeRecord>, replace: bool) -> Result<()> {
+    match previous {
+        Some(p) if p.private_ip != id.private_ip && !replace => Err(NodePrepError::NameTaken {
+            name: id.name.clone(),
+            registered: p.private_ip,
+            this_host: id.private_ip,
+            just_now: true,
+        }),
+        _ => Ok(()),
     }
 }
 

@@ -7,19 +7,18 @@ use futures_util::future::join_all;
 
 use super::record::VmSnapshot;
 use crate::cloud::vm::{graceful_stop, inside};
-use crate::docker::NodeDocker;
+use crate::docker::{DockerError, NodeDocker};
 use crate::ids::VmCid;
 
 /// What each VM container in `cids` looks like now, from Docker and from inside the
 /// running ones (absent containers are skipped: there is nothing to bring back).
-pub async fn snapshot(docker: &NodeDocker, cids: &[VmCid]) -> Result<Vec<VmSnapshot>, String> {
+pub(crate) async fn snapshot(
+    docker: &NodeDocker,
+    cids: &[VmCid],
+) -> Result<Vec<VmSnapshot>, DockerError> {
     let mut vms = Vec::new();
     for cid in cids {
-        let Some(c) = docker
-            .inspect_container(cid)
-            .await
-            .map_err(|e| e.to_string())?
-        else {
+        let Some(c) = docker.inspect_container(cid).await? else {
             continue;
         };
         vms.push(observe(cid, &c));
@@ -38,7 +37,7 @@ pub async fn snapshot(docker: &NodeDocker, cids: &[VmCid]) -> Result<Vec<VmSnaps
 }
 
 /// One container as the snapshot and the health gate see it.
-pub fn observe(cid: &VmCid, c: &bollard::models::ContainerInspectResponse) -> VmSnapshot {
+pub(crate) fn observe(cid: &VmCid, c: &bollard::models::ContainerInspectResponse) -> VmSnapshot {
     let running = c.state.as_ref().and_then(|s| s.running).unwrap_or(false);
     let ips = c
         .network_settings
@@ -75,7 +74,11 @@ const CONTAINER_GRACE: i32 = 10;
 
 /// Stops every VM of `vms` that ran, all at once, each within `grace_seconds`; already
 /// stopped or absent is success. The errors, one per VM that could not be stopped.
-pub async fn stop_all(docker: &NodeDocker, vms: &[VmSnapshot], grace_seconds: i32) -> Vec<String> {
+pub(crate) async fn stop_all(
+    docker: &NodeDocker,
+    vms: &[VmSnapshot],
+    grace_seconds: i32,
+) -> Vec<DockerError> {
     let grace = std::time::Duration::from_secs(grace_seconds.max(0) as u64);
     let stops = vms.iter().filter(|v| v.running).map(|v| async move {
         tracing::info!(vm = %v.cid, grace_seconds, "stopping VM for the node's reboot");
@@ -83,10 +86,7 @@ pub async fn stop_all(docker: &NodeDocker, vms: &[VmSnapshot], grace_seconds: i3
             Ok(how) => tracing::info!(vm = %v.cid, "jobs stopped: {how:?}"),
             Err(e) => tracing::warn!(vm = %v.cid, "the VM's jobs could not be stopped first: {e}"),
         }
-        docker
-            .stop_container(&v.cid, CONTAINER_GRACE)
-            .await
-            .map_err(|e| e.to_string())
+        docker.stop_container(&v.cid, CONTAINER_GRACE).await
     });
     join_all(stops)
         .await

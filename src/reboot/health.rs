@@ -4,22 +4,23 @@
 //! restart policy) is started once; one that cannot come back keeps the gate shut.
 
 use super::drain::observe;
+use super::error::HealthError;
 use super::record::VmSnapshot;
 use crate::cloud::vm::inside::{self, Inside};
 use crate::docker::NodeDocker;
 
 /// Checks the node against what ran before; `Err` says what is not back yet.
-pub async fn check(docker: &NodeDocker, before: &[VmSnapshot]) -> Result<(), String> {
+pub(crate) async fn check(docker: &NodeDocker, before: &[VmSnapshot]) -> Result<(), HealthError> {
     docker
         .version()
         .await
-        .map_err(|e| format!("Docker does not answer: {}", e))?;
+        .map_err(|e| HealthError::DockerDown(Box::new(e)))?;
     let mut problems = Vec::new();
     for vm in before.iter().filter(|v| v.running) {
         let Some(c) = docker
             .inspect_container(&vm.cid)
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(|e| HealthError::Inspect(Box::new(e)))?
         else {
             problems.push(format!("VM {}: its container is gone", vm.cid));
             continue;
@@ -49,12 +50,12 @@ pub async fn check(docker: &NodeDocker, before: &[VmSnapshot]) -> Result<(), Str
     if problems.is_empty() {
         Ok(())
     } else {
-        Err(problems.join("; "))
+        Err(HealthError::NotBack(problems))
     }
 }
 
 /// What differs between a VM before and now (both running), if anything.
-pub fn differences(before: &VmSnapshot, now: &VmSnapshot) -> Option<String> {
+pub(crate) fn differences(before: &VmSnapshot, now: &VmSnapshot) -> Option<String> {
     let mut what = Vec::new();
     if before.ips != now.ips {
         what.push(format!("IPs were {:?}, are {:?}", before.ips, now.ips));

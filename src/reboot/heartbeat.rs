@@ -21,6 +21,7 @@ use std::time::Duration;
 use etcd_client::{PutOptions, Txn, TxnOp};
 use serde::{Deserialize, Serialize};
 
+use super::error::{HeartbeatLost, RenewError};
 use super::keys::RebootKeys;
 use crate::cluster::{Etcd, IndexError};
 
@@ -247,13 +248,13 @@ async fn establish(
 
 /// Keeps both leases alive every [`BEAT`] while the heartbeat at `key` is there; returns
 /// why it could not.
-async fn keep_alive(etcd: &Etcd, key: &str, leases: Leases) -> String {
+async fn keep_alive(etcd: &Etcd, key: &str, leases: Leases) -> HeartbeatLost {
     let client = etcd.client();
     let mut streams = Vec::new();
     for id in [leases.alive, leases.seen] {
         match client.lease_keep_alive(id).await {
             Ok(s) => streams.push((id, s)),
-            Err(e) => return format!("cannot keep lease {id} alive: {e}"),
+            Err(source) => return HeartbeatLost::NoKeepAlive { id, source },
         }
     }
     let mut shared_warned = false;
@@ -262,17 +263,22 @@ async fn keep_alive(etcd: &Etcd, key: &str, leases: Leases) -> String {
         for (id, (keeper, stream)) in &mut streams {
             match tokio::time::timeout(BEAT, renew(keeper, stream)).await {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => return format!("lease {id}: {e}"),
-                Err(_) => return format!("lease {id}: etcd did not answer the keep-alive"),
+                Ok(Err(source)) => return HeartbeatLost::Renew { id: *id, source },
+                Err(_) => return HeartbeatLost::RenewTimeout { id: *id },
             }
         }
         // A read (no revision): the heartbeat may have been deleted by hand.
         let keys_only = Some(etcd_client::GetOptions::new().with_keys_only());
         match tokio::time::timeout(BEAT, client.get(key, keys_only)).await {
-            Err(_) => return format!("reading {key}: etcd did not answer"),
-            Ok(Err(e)) => return format!("reading {key}: {e}"),
+            Err(_) => return HeartbeatLost::ReadTimeout { key: key.into() },
+            Ok(Err(source)) => {
+                return HeartbeatLost::Read {
+                    key: key.into(),
+                    source,
+                };
+            }
             Ok(Ok(r)) => match r.kvs().first().map(|kv| kv.lease()) {
-                None => return format!("{key} was deleted"),
+                None => return HeartbeatLost::Deleted { key: key.into() },
                 Some(l) if l != leases.alive && !shared_warned => {
                     shared_warned = true;
                     tracing::warn!(
@@ -290,13 +296,12 @@ async fn keep_alive(etcd: &Etcd, key: &str, leases: Leases) -> String {
 async fn renew(
     keeper: &mut etcd_client::LeaseKeeper,
     stream: &mut etcd_client::LeaseKeepAliveStream,
-) -> Result<(), String> {
-    keeper.keep_alive().await.map_err(|e| e.to_string())?;
-    match stream.message().await {
-        Ok(Some(r)) if r.ttl() > 0 => Ok(()),
-        Ok(Some(_)) => Err("it expired".to_string()),
-        Ok(None) => Err("etcd closed the keep-alive stream".to_string()),
-        Err(e) => Err(e.to_string()),
+) -> Result<(), RenewError> {
+    keeper.keep_alive().await?;
+    match stream.message().await? {
+        Some(r) if r.ttl() > 0 => Ok(()),
+        Some(_) => Err(RenewError::Expired),
+        None => Err(RenewError::Closed),
     }
 }
 

@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::error::HostError;
+
 /// Longest the reboot command may take to return.
 const REBOOT_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -17,7 +19,7 @@ pub struct Host {
 
 impl Host {
     /// The host below `root`, rebooted by `reboot_command` (program and arguments).
-    pub fn new(root: &Path, reboot_command: Vec<String>) -> Host {
+    pub(crate) fn new(root: &Path, reboot_command: Vec<String>) -> Host {
         Host {
             boot_id_file: root.join("proc/sys/kernel/random/boot_id"),
             reboot_command,
@@ -25,36 +27,47 @@ impl Host {
     }
 
     /// The current boot's id.
-    pub fn boot_id(&self) -> Result<String, String> {
-        let text = std::fs::read_to_string(&self.boot_id_file).map_err(|e| {
-            format!(
-                "cannot read the boot id {}: {e}",
-                self.boot_id_file.display()
-            )
+    pub(crate) fn boot_id(&self) -> Result<String, HostError> {
+        let text = std::fs::read_to_string(&self.boot_id_file).map_err(|source| {
+            HostError::BootIdUnreadable {
+                path: self.boot_id_file.clone(),
+                source,
+            }
         })?;
         let id = text.trim();
         if id.is_empty() || id.len() > 64 {
-            return Err(format!("{} holds no boot id", self.boot_id_file.display()));
+            return Err(HostError::NoBootId {
+                path: self.boot_id_file.clone(),
+            });
         }
         Ok(id.to_string())
     }
 
     /// Runs the reboot command; `Ok` once it returned success (the host goes down soon).
-    pub async fn reboot(&self) -> Result<(), String> {
+    pub(crate) async fn reboot(&self) -> Result<(), HostError> {
         let (program, args) = self
             .reboot_command
             .split_first()
-            .ok_or("the reboot command is empty")?;
+            .ok_or(HostError::EmptyCommand)?;
         let run = tokio::process::Command::new(program)
             .args(args)
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true)
             .status();
         match tokio::time::timeout(REBOOT_TIMEOUT, run).await {
-            Err(_) => Err(format!("{program} did not return in {REBOOT_TIMEOUT:?}")),
-            Ok(Err(e)) => Err(format!("{program}: {e}")),
+            Err(_) => Err(HostError::Timeout {
+                program: program.clone(),
+                timeout: REBOOT_TIMEOUT,
+            }),
+            Ok(Err(source)) => Err(HostError::NotRun {
+                program: program.clone(),
+                source,
+            }),
             Ok(Ok(status)) if status.success() => Ok(()),
-            Ok(Ok(status)) => Err(format!("{program} failed: {status}")),
+            Ok(Ok(status)) => Err(HostError::Failed {
+                program: program.clone(),
+                status,
+            }),
         }
     }
 }

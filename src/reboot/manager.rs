@@ -14,15 +14,18 @@ use std::time::{Duration, Instant};
 use etcd_client::{Compare, CompareOp, TxnOp};
 
 use super::drain;
+use super::error::HostError;
 use super::health;
 use super::host::Host;
 use super::keys::RebootKeys;
 use super::record::{Phase, RebootRecord, RecordError, Records, Versioned};
-use super::semaphore::{Group, Holder, HolderKind, Semaphore, SemaphoreError, Take};
+use super::semaphore::{
+    Group, Holder, HolderKind, Semaphore, SemaphoreDoc, SemaphoreError, Stored, Take,
+};
 use super::sources::{FlagFile, NEED_REBOOT, UpdateEngine};
 use super::window::RebootWindow;
 use crate::cloud::CloudContext;
-use crate::cluster::{Etcd, Keys, NodeRecord, NodeState};
+use crate::cluster::{ClusterView, Etcd, Keys, NodeRecord, NodeState};
 use crate::docker::NodeDocker;
 use crate::ids::VmCid;
 use crate::nodeprep::register::{self, now_rfc3339};
@@ -37,15 +40,52 @@ pub enum StepError {
     /// etcd failed or could not be reached.
     #[error(transparent)]
     Index(#[from] crate::cluster::IndexError),
-    /// The cluster (the node record, the CPI config) could not be read or changed.
+    /// This node has no record in etcd (`key` when it was looked up there).
+    #[error("node {node} is not registered{}", key.as_ref().map(|k| format!(" ({k})")).unwrap_or_default())]
+    NotRegistered { node: String, key: Option<String> },
+    /// This node's record in etcd is not a node record.
+    #[error("node record {key} is unreadable: {source}")]
+    NodeRecordUnreadable {
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The node could not be cordoned or uncordoned.
+    #[error(transparent)]
+    NodeState(#[from] crate::nodeprep::NodePrepError),
+    /// A FleetLock client holds a slot under this node's name.
+    #[error("a FleetLock client holds a slot under this node's name '{0}'")]
+    NameHeldByFleetlock(String),
+    /// Docker access to the nodes could not be set up (the CPI config's words).
     #[error("{0}")]
-    Cluster(String),
+    DockerAccess(String),
     /// The node's Docker failed.
-    #[error("{0}")]
-    Docker(String),
-    /// The host seams (boot id, reboot command) failed.
-    #[error("{0}")]
-    Host(String),
+    #[error(transparent)]
+    Docker(Box<crate::docker::DockerError>),
+    /// Some VMs could not be stopped, one error per VM.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    StopFailed(Vec<crate::docker::DockerError>),
+    /// The host seams (boot id) failed.
+    #[error(transparent)]
+    Host(#[from] HostError),
+    /// The health gate does not pass yet.
+    #[error(transparent)]
+    Health(Box<super::error::HealthError>),
+    /// The reboot command failed.
+    #[error("the reboot command failed: {0}")]
+    RebootFailed(#[source] HostError),
+}
+
+impl From<crate::docker::DockerError> for StepError {
+    fn from(e: crate::docker::DockerError) -> Self {
+        StepError::Docker(Box::new(e))
+    }
+}
+
+impl From<super::error::HealthError> for StepError {
+    fn from(e: super::error::HealthError) -> Self {
+        StepError::Health(Box::new(e))
+    }
 }
 
 /// How the manager behaves (from `cpi reboot-manager`'s flags).
@@ -95,25 +135,17 @@ pub struct Manager<'a> {
 }
 
 impl<'a> Manager<'a> {
-    /// A manager for `opts.node`, with the host seams below `root`.
-    pub async fn new(
+    /// A manager for `opts.node` on the cluster `etcd` holds, with the host seams below
+    /// `root`; `ctx` gives it Docker access to the node.
+    pub(crate) fn new(
         ctx: &'a CloudContext<'a>,
+        (etcd, keys): (Etcd, Keys),
         opts: ManagerOptions,
         root: &Path,
-        reboot_command: Vec<String>,
-        engine: UpdateEngine,
-    ) -> Result<Manager<'a>, StepError> {
-        let etcd = ctx
-            .etcd()
-            .await
-            .map_err(|e| StepError::Cluster(e.message))?
-            .clone();
-        let keys = ctx
-            .keys()
-            .await
-            .map_err(|e| StepError::Cluster(e.message))?;
+        (reboot_command, engine): (Vec<String>, UpdateEngine),
+    ) -> Manager<'a> {
         let reboot_keys = RebootKeys::new(&keys);
-        Ok(Manager {
+        Manager {
             ctx,
             host: Host::new(root, reboot_command),
             engine,
@@ -126,11 +158,11 @@ impl<'a> Manager<'a> {
             reboot_asked: None,
             healthy_since: None,
             last_wait: None,
-        })
+        }
     }
 
     /// Runs until the process ends.
-    pub async fn run(&mut self) {
+    pub(crate) async fn run(&mut self) {
         let node = self.opts.node.clone();
         tracing::info!(node = %node, group = %self.opts.group, "reboot manager started");
         loop {
@@ -154,7 +186,7 @@ impl<'a> Manager<'a> {
     }
 
     async fn step(&mut self) -> Result<Next, StepError> {
-        let boot = self.host.boot_id().map_err(StepError::Host)?;
+        let boot = self.host.boot_id()?;
         let record = self.records.state(&self.opts.node).await?;
         let Some(record) = record else {
             return self.maybe_start(&boot).await;
@@ -197,14 +229,17 @@ impl<'a> Manager<'a> {
             .get(key.as_str(), None)
             .await
             .map_err(|e| StepError::Index(self.etcd.error("reading the node record", &e)))?;
-        let kv = resp.kvs().first().ok_or_else(|| {
-            StepError::Cluster(format!("node {} is not registered ({key})", self.opts.node))
+        let kv = resp.kvs().first().ok_or_else(|| StepError::NotRegistered {
+            node: self.opts.node.clone(),
+            key: Some(key.clone()),
         })?;
         let record = serde_json::from_slice(kv.value())
-            .map_err(|e| StepError::Cluster(format!("node record {key} is unreadable: {e}")))?;
+            .map_err(|source| StepError::NodeRecordUnreadable { key, source })?;
         Ok((record, kv.mod_revision()))
     }
 
+    /// With no reboot under way: takes a slot and starts draining when the node needs a
+    /// reboot, the window is open and a slot is free.
     async fn maybe_start(&mut self, boot: &str) -> Result<Next, StepError> {
         let Some(why) = self.reboot_needed().await? else {
             self.last_wait = None;
@@ -221,64 +256,82 @@ impl<'a> Manager<'a> {
         let stored = self.semaphore.read().await?;
         let mut doc = stored.doc.clone();
         let now = now_rfc3339();
-        let holder = Holder {
-            id: self.opts.node.clone(),
-            kind: HolderKind::Node,
-            node: Some(self.opts.node.clone()),
-            boot_id: Some(boot.to_string()),
-            since: now.clone(),
-            why: why.clone(),
-        };
-        match doc.take(holder) {
-            Take::Taken => {}
-            Take::AlreadyHeld(h) if h.kind == HolderKind::Node => {
-                tracing::info!(node = %self.opts.node, "this node holds a slot already; using it");
-            }
-            Take::AlreadyHeld(_) => {
-                return Err(StepError::Cluster(format!(
-                    "a FleetLock client holds a slot under this node's name '{}'",
-                    self.opts.node
-                )));
-            }
-            Take::Full(holders) => {
-                let ids: Vec<&str> = holders.iter().map(|h| h.id.as_str()).collect();
-                return Ok(self.waiting(format!(
-                    "reboot needed ({why}); waiting for a slot (all {} held by {})",
-                    doc.max,
-                    ids.join(", ")
-                )));
-            }
+        if let Some(wait) = self.claim(&mut doc, boot, &now, &why)? {
+            return Ok(self.waiting(wait));
         }
         let record = RebootRecord {
             phase: Phase::Draining,
             since: now.clone(),
             started: now,
-            why: why.clone(),
+            why,
             group: self.opts.group.to_string(),
             boot_id: boot.to_string(),
             operator_cordoned: node.state == NodeState::Cordoned,
             vms: None,
             health: None,
         };
+        self.start(&stored, &doc, node_rev, &record).await
+    }
+
+    /// Puts this node among the holders of `doc`; what it waits for when all slots are held.
+    fn claim(
+        &self,
+        doc: &mut SemaphoreDoc,
+        boot: &str,
+        now: &str,
+        why: &str,
+    ) -> Result<Option<String>, StepError> {
+        let holder = Holder {
+            id: self.opts.node.clone(),
+            kind: HolderKind::Node,
+            node: Some(self.opts.node.clone()),
+            boot_id: Some(boot.to_string()),
+            since: now.to_string(),
+            why: why.to_string(),
+        };
+        match doc.take(holder) {
+            Take::Taken => Ok(None),
+            Take::AlreadyHeld(h) if h.kind == HolderKind::Node => {
+                tracing::info!(node = %self.opts.node, "this node holds a slot already; using it");
+                Ok(None)
+            }
+            Take::AlreadyHeld(_) => Err(StepError::NameHeldByFleetlock(self.opts.node.clone())),
+            Take::Full(holders) => {
+                let ids: Vec<&str> = holders.iter().map(|h| h.id.as_str()).collect();
+                Ok(Some(format!(
+                    "reboot needed ({why}); waiting for a slot (all {} held by {})",
+                    doc.max,
+                    ids.join(", ")
+                )))
+            }
+        }
+    }
+
+    /// Writes the slot and the `draining` record in one transaction, if neither the
+    /// semaphore, the node record (at `node_rev`) nor the absence of a reboot record changed.
+    async fn start(
+        &mut self,
+        stored: &Stored,
+        doc: &SemaphoreDoc,
+        node_rev: i64,
+        record: &RebootRecord,
+    ) -> Result<Next, StepError> {
+        let node = &self.opts.node;
         let taken = self
             .semaphore
             .commit(
-                &stored,
-                &doc,
+                stored,
+                doc,
                 vec![
-                    self.records.no_state(&self.opts.node),
-                    Compare::mod_revision(
-                        self.keys.node(&self.opts.node),
-                        CompareOp::Equal,
-                        node_rev,
-                    ),
+                    self.records.no_state(node),
+                    Compare::mod_revision(self.keys.node(node), CompareOp::Equal, node_rev),
                 ],
-                vec![self.records.put_state(&self.opts.node, &record)],
+                vec![self.records.put_state(node, record)],
             )
             .await?;
         if taken {
             self.last_wait = None;
-            tracing::info!(node = %self.opts.node, why = %why, "took a reboot slot; draining");
+            tracing::info!(node = %self.opts.node, why = %record.why, "took a reboot slot; draining");
         }
         Ok(Next::Now)
     }
@@ -300,11 +353,8 @@ impl<'a> Manager<'a> {
         Ok(Next::Now)
     }
 
-    async fn view(&self) -> Result<crate::cluster::ClusterView, StepError> {
-        self.ctx
-            .view()
-            .await
-            .map_err(|e| StepError::Cluster(e.message))
+    async fn view(&self) -> Result<ClusterView, StepError> {
+        Ok(ClusterView::load(&self.etcd, &self.keys).await?)
     }
 
     /// A fresh Docker client for this node (the daemon may have restarted since the last).
@@ -314,25 +364,23 @@ impl<'a> Manager<'a> {
     }
 
     /// A fresh Docker client for this node, from a view the caller has read.
-    async fn docker_in(&self, view: &crate::cluster::ClusterView) -> Result<NodeDocker, StepError> {
-        let node = view.node(&self.opts.node).ok_or_else(|| {
-            StepError::Cluster(format!("node {} is not registered", self.opts.node))
-        })?;
+    async fn docker_in(&self, view: &ClusterView) -> Result<NodeDocker, StepError> {
+        let node = view
+            .node(&self.opts.node)
+            .ok_or_else(|| StepError::NotRegistered {
+                node: self.opts.node.clone(),
+                key: None,
+            })?;
         let access = self
             .ctx
             .docker_access(view)
             .await
-            .map_err(|e| StepError::Docker(e.message))?;
-        access
-            .connect(&node.name, &node.docker_endpoint)
-            .await
-            .map_err(|e| StepError::Docker(e.to_string()))
+            .map_err(|e| StepError::DockerAccess(e.message))?;
+        Ok(access.connect(&node.name, &node.docker_endpoint).await?)
     }
 
     async fn drain(&mut self, record: &Versioned<RebootRecord>) -> Result<Next, StepError> {
-        register::set_state(&self.etcd, &self.keys, &self.opts.node, NodeState::Cordoned)
-            .await
-            .map_err(|e| StepError::Cluster(format!("{e:#}")))?;
+        register::set_state(&self.etcd, &self.keys, &self.opts.node, NodeState::Cordoned).await?;
         let docker = self.docker().await?;
         let Some(vms) = &record.value.vms else {
             let view = self.view().await?;
@@ -341,11 +389,7 @@ impl<'a> Manager<'a> {
                 .map(|v| v.cid.clone())
                 .collect();
             let mut next = record.value.clone();
-            next.vms = Some(
-                drain::snapshot(&docker, &cids)
-                    .await
-                    .map_err(StepError::Docker)?,
-            );
+            next.vms = Some(drain::snapshot(&docker, &cids).await?);
             tracing::info!(node = %self.opts.node, vms = cids.len(), "cordoned; stopping the node's VMs");
             self.records
                 .replace(&self.opts.node, record.mod_revision, &next)
@@ -354,7 +398,7 @@ impl<'a> Manager<'a> {
         };
         let errors = drain::stop_all(&docker, vms, self.opts.grace_seconds).await;
         if !errors.is_empty() {
-            return Err(StepError::Docker(errors.join("; ")));
+            return Err(StepError::StopFailed(errors));
         }
         self.enter(record, Phase::Rebooting).await
     }
@@ -370,7 +414,7 @@ impl<'a> Manager<'a> {
         self.reboot_asked = Some(Instant::now());
         if let Err(e) = self.host.reboot().await {
             self.reboot_asked = None;
-            return Err(StepError::Host(format!("the reboot command failed: {e}")));
+            return Err(StepError::RebootFailed(e));
         }
         Ok(Next::Later)
     }
@@ -389,8 +433,8 @@ impl<'a> Manager<'a> {
             .cloned()
             .collect();
         let outcome = match self.docker_in(&view).await {
-            Ok(docker) => health::check(&docker, &vms).await,
-            Err(e) => Err(e.to_string()),
+            Ok(docker) => health::check(&docker, &vms).await.map_err(StepError::from),
+            Err(e) => Err(e),
         };
         if let Err(problem) = outcome {
             self.healthy_since = None;
@@ -431,9 +475,7 @@ impl<'a> Manager<'a> {
 
     async fn finish(&mut self, record: &Versioned<RebootRecord>) -> Result<Next, StepError> {
         if !record.value.operator_cordoned {
-            register::set_state(&self.etcd, &self.keys, &self.opts.node, NodeState::Ready)
-                .await
-                .map_err(|e| StepError::Cluster(format!("{e:#}")))?;
+            register::set_state(&self.etcd, &self.keys, &self.opts.node, NodeState::Ready).await?;
         }
         let stored = self.semaphore.read().await?;
         let mut doc = stored.doc.clone();

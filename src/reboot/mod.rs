@@ -9,6 +9,7 @@ pub mod heartbeat;
 pub mod host;
 pub mod keys;
 pub mod manager;
+pub(crate) mod overview;
 pub mod record;
 pub mod semaphore;
 pub mod sources;

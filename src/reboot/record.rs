@@ -113,12 +113,12 @@ pub struct Records {
 
 impl Records {
     /// Records under `keys`.
-    pub fn new(etcd: Etcd, keys: RebootKeys) -> Records {
+    pub(crate) fn new(etcd: Etcd, keys: RebootKeys) -> Records {
         Records { etcd, keys }
     }
 
     /// The keys.
-    pub fn keys(&self) -> &RebootKeys {
+    pub(crate) fn keys(&self) -> &RebootKeys {
         &self.keys
     }
 
@@ -146,12 +146,17 @@ impl Records {
     }
 
     /// Node `name`'s reboot record.
-    pub async fn state(&self, name: &str) -> Result<Option<Versioned<RebootRecord>>, RecordError> {
+    pub(crate) async fn state(
+        &self,
+        name: &str,
+    ) -> Result<Option<Versioned<RebootRecord>>, RecordError> {
         self.get(&self.keys.node_state(name)).await
     }
 
     /// Every node's reboot record (node name, record or why it is unreadable).
-    pub async fn states(&self) -> Result<Vec<(String, Result<RebootRecord, String>)>, RecordError> {
+    pub(crate) async fn states(
+        &self,
+    ) -> Result<Vec<(String, Result<RebootRecord, serde_json::Error>)>, RecordError> {
         let prefix = self.keys.node_states();
         let resp = self
             .etcd
@@ -169,22 +174,69 @@ impl Records {
                 let name = String::from_utf8_lossy(kv.key())
                     .trim_start_matches(prefix.as_str())
                     .to_string();
-                let rec = serde_json::from_slice(kv.value()).map_err(|e| e.to_string());
+                let rec = serde_json::from_slice(kv.value());
                 (name, rec)
             })
             .collect())
     }
 
     /// The operator's request for node `name`.
-    pub async fn request(
+    pub(crate) async fn request(
         &self,
         name: &str,
     ) -> Result<Option<Versioned<RebootRequest>>, RecordError> {
         self.get(&self.keys.request(name)).await
     }
 
+    /// The nodes with an operator's request recorded.
+    pub(crate) async fn requested(&self) -> Result<Vec<String>, RecordError> {
+        let prefix = self.keys.request("");
+        let resp = self
+            .etcd
+            .client()
+            .get(
+                prefix.as_str(),
+                Some(etcd_client::GetOptions::new().with_prefix()),
+            )
+            .await
+            .map_err(|e| self.etcd.error("reading reboot requests", &e))?;
+        Ok(resp
+            .kvs()
+            .iter()
+            .map(|kv| {
+                String::from_utf8_lossy(kv.key())
+                    .trim_start_matches(prefix.as_str())
+                    .to_string()
+            })
+            .collect())
+    }
+
+    /// Removes the operator's request for node `name`, if there is one.
+    pub(crate) async fn withdraw_request(&self, name: &str) -> Result<(), RecordError> {
+        self.etcd
+            .client()
+            .delete(self.keys.request(name), None)
+            .await
+            .map_err(|e| self.etcd.error("removing the reboot request", &e))?;
+        Ok(())
+    }
+
+    /// Deletes node `name`'s record if it is still at `mod_revision`; false otherwise.
+    pub(crate) async fn forget(&self, name: &str, mod_revision: i64) -> Result<bool, RecordError> {
+        let txn = etcd_client::Txn::new()
+            .when(vec![self.state_at(name, mod_revision)])
+            .and_then(vec![TxnOp::delete(self.keys.node_state(name), None)]);
+        let resp = self
+            .etcd
+            .client()
+            .txn(txn)
+            .await
+            .map_err(|e| self.etcd.error("removing the reboot record", &e))?;
+        Ok(resp.succeeded())
+    }
+
     /// Records (or keeps) an operator's request; false when one was there already.
-    pub async fn put_request(
+    pub(crate) async fn put_request(
         &self,
         name: &str,
         request: &RebootRequest,
@@ -209,7 +261,7 @@ impl Records {
     }
 
     /// Replaces node `name`'s record if it is still at `mod_revision`; false otherwise.
-    pub async fn replace(
+    pub(crate) async fn replace(
         &self,
         name: &str,
         mod_revision: i64,
@@ -233,7 +285,7 @@ impl Records {
     }
 
     /// The write of node `name`'s record, for a transaction.
-    pub fn put_state(&self, name: &str, record: &RebootRecord) -> TxnOp {
+    pub(crate) fn put_state(&self, name: &str, record: &RebootRecord) -> TxnOp {
         TxnOp::put(
             self.keys.node_state(name),
             serde_json::to_string(record).expect("a record serializes"),
@@ -242,12 +294,12 @@ impl Records {
     }
 
     /// The comparison that holds while node `name` has no record.
-    pub fn no_state(&self, name: &str) -> Compare {
+    pub(crate) fn no_state(&self, name: &str) -> Compare {
         Compare::create_revision(self.keys.node_state(name), CompareOp::Equal, 0)
     }
 
     /// The comparison that holds while node `name`'s record is still at `mod_revision`.
-    pub fn state_at(&self, name: &str, mod_revision: i64) -> Compare {
+    pub(crate) fn state_at(&self, name: &str, mod_revision: i64) -> Compare {
         Compare::mod_revision(self.keys.node_state(name), CompareOp::Equal, mod_revision)
     }
 }

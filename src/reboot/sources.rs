@@ -6,6 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::error::UpdateEngineError;
+
 /// What the update engine reports once an update waits for its reboot.
 pub const NEED_REBOOT: &str = "UPDATE_STATUS_UPDATED_NEED_REBOOT";
 /// Longest the update engine's status command may take.
@@ -13,7 +15,7 @@ const STATUS_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Whether the update engine's status output says an update waits for the reboot
 /// (`CURRENT_OP=UPDATE_STATUS_UPDATED_NEED_REBOOT`).
-pub fn status_needs_reboot(output: &str) -> bool {
+pub(crate) fn status_needs_reboot(output: &str) -> bool {
     output.lines().any(|line| {
         line.split_once('=')
             .is_some_and(|(k, v)| k.trim() == "CURRENT_OP" && v.trim() == NEED_REBOOT)
@@ -30,7 +32,7 @@ pub struct UpdateEngine {
 impl UpdateEngine {
     /// Asks the update engine; `Ok(None)` when the command is not installed (not Flatcar),
     /// `Err` when it ran and failed.
-    pub async fn needs_reboot(&self) -> Result<Option<bool>, String> {
+    pub(crate) async fn needs_reboot(&self) -> Result<Option<bool>, UpdateEngineError> {
         let Some((program, args)) = self.command.as_ref().and_then(|c| c.split_first()) else {
             return Ok(None);
         };
@@ -40,18 +42,28 @@ impl UpdateEngine {
             .kill_on_drop(true)
             .output();
         let out = match tokio::time::timeout(STATUS_TIMEOUT, run).await {
-            Err(_) => return Err(format!("{program} did not answer in {STATUS_TIMEOUT:?}")),
+            Err(_) => {
+                return Err(UpdateEngineError::Timeout {
+                    program: program.clone(),
+                    timeout: STATUS_TIMEOUT,
+                });
+            }
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Ok(Err(e)) => return Err(format!("{program}: {e}")),
+            Ok(Err(source)) => {
+                return Err(UpdateEngineError::NotRun {
+                    program: program.clone(),
+                    source,
+                });
+            }
             Ok(Ok(out)) => out,
         };
         if !out.status.success() {
             let err = String::from_utf8_lossy(&out.stderr);
-            return Err(format!(
-                "{program} failed ({}): {}",
-                out.status,
-                super::semaphore::cut(err.trim(), 200)
-            ));
+            return Err(UpdateEngineError::Failed {
+                program: program.clone(),
+                status: out.status,
+                stderr: super::semaphore::cut(err.trim(), 200),
+            });
         }
         Ok(Some(status_needs_reboot(&String::from_utf8_lossy(
             &out.stdout,
@@ -67,14 +79,14 @@ pub struct FlagFile {
 
 impl FlagFile {
     /// The flag file below `root`.
-    pub fn under(root: &Path) -> FlagFile {
+    pub(crate) fn under(root: &Path) -> FlagFile {
         FlagFile {
             path: root.join("run/reboot-required"),
         }
     }
 
     /// Whether the file exists.
-    pub fn is_set(&self) -> bool {
+    pub(crate) fn is_set(&self) -> bool {
         self.path.exists()
     }
 }
@@ -104,9 +116,9 @@ mod tests {
         let absent = UpdateEngine {
             command: Some(vec!["/nonexistent/update_engine_client".into()]),
         };
-        assert_eq!(rt.block_on(absent.needs_reboot()), Ok(None));
+        assert!(matches!(rt.block_on(absent.needs_reboot()), Ok(None)));
         let off = UpdateEngine { command: None };
-        assert_eq!(rt.block_on(off.needs_reboot()), Ok(None));
+        assert!(matches!(rt.block_on(off.needs_reboot()), Ok(None)));
         let failing = UpdateEngine {
             command: Some(vec!["false".into()]),
         };

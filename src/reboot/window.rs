@@ -36,7 +36,7 @@ pub struct RebootWindow {
 
 impl RebootWindow {
     /// Parses `start` (`Sun 04:00` or `04:00`) and `length` (`3h`, `90m`).
-    pub fn parse(start: &str, length: &str) -> Result<RebootWindow, WindowError> {
+    pub(crate) fn parse(start: &str, length: &str) -> Result<RebootWindow, WindowError> {
         let bad = || WindowError::Start(super::semaphore::cut(start, 32));
         let (day, clock) = match start.trim().split_once([' ', ',']) {
             Some((d, c)) => {
@@ -78,7 +78,7 @@ impl RebootWindow {
     }
 
     /// Whether `now` falls inside the window.
-    pub fn contains(&self, now: OffsetDateTime) -> bool {
+    pub(crate) fn contains(&self, now: OffsetDateTime) -> bool {
         let now = now.to_offset(time::UtcOffset::UTC);
         let minute_of_day = i64::from(now.hour()) * 60 + i64::from(now.minute());
         match self.day {
