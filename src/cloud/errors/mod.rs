@@ -5,3 +5,4 @@
 
 mod cluster;
 mod docker;
+mod vm;

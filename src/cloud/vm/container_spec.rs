@@ -13,8 +13,8 @@ use serde_json::Value;
 
 use super::agent_files::DISK_MOUNT_ROOT;
 use super::network_plan::PlannedNetwork;
-use super::properties::{Effective, VmProperties, parse_port};
-use crate::config::StartMode;
+use super::properties::{Effective, VmProperties};
+use crate::config::{RestartPolicy as Policy, StartMode};
 use crate::protocol::CpiError;
 
 /// Mount point of the ephemeral volume.
@@ -111,9 +111,8 @@ pub fn build(plan: &ContainerPlan<'_>) -> Result<ContainerCreateBody, CpiError> 
 
     let mut exposed = Vec::new();
     let mut bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
-    for spec in &plan.props.ports {
-        let (host, container, proto) = parse_port(spec)?;
-        let key = format!("{container}/{proto}");
+    for port in &plan.props.ports {
+        let key = format!("{}/{}", port.container, port.protocol.as_str());
         exposed.push(key.clone());
         bindings
             .entry(key)
@@ -121,15 +120,15 @@ pub fn build(plan: &ContainerPlan<'_>) -> Result<ContainerCreateBody, CpiError> 
             .get_or_insert_with(Vec::new)
             .push(PortBinding {
                 host_ip: None,
-                host_port: Some(host.to_string()),
+                host_port: Some(port.host.to_string()),
             });
     }
 
-    let restart = match e.restart_policy.as_str() {
-        "no" => RestartPolicyNameEnum::NO,
-        "unless-stopped" => RestartPolicyNameEnum::UNLESS_STOPPED,
-        "on-failure" => RestartPolicyNameEnum::ON_FAILURE,
-        _ => RestartPolicyNameEnum::ALWAYS,
+    let restart = match e.restart_policy {
+        Policy::No => RestartPolicyNameEnum::NO,
+        Policy::UnlessStopped => RestartPolicyNameEnum::UNLESS_STOPPED,
+        Policy::OnFailure => RestartPolicyNameEnum::ON_FAILURE,
+        Policy::Always => RestartPolicyNameEnum::ALWAYS,
     };
     // `systempaths=unconfined` is the docker CLI's spelling of "no masked and no read-only
     // paths"; the API takes the two lists instead.
