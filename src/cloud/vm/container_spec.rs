@@ -15,7 +15,6 @@ use super::agent_files::DISK_MOUNT_ROOT;
 use super::network_plan::PlannedNetwork;
 use super::properties::{Effective, VmProperties};
 use crate::config::{RestartPolicy as Policy, StartMode};
-use crate::protocol::CpiError;
 
 /// Mount point of the ephemeral volume.
 pub const EPHEMERAL_MOUNT: &str = "/var/vcap/data";
@@ -64,54 +63,60 @@ pub fn endpoint(p: &PlannedNetwork) -> EndpointSettings {
     }
 }
 
-/// Builds the create body. Only the primary network is attached at create; the others
-/// are connected before start.
-pub fn build(plan: &ContainerPlan<'_>) -> Result<ContainerCreateBody, CpiError> {
-    let e = plan.effective;
-    let primary = plan
-        .networks
-        .iter()
-        .find(|n| n.primary && n.docker_network.is_some())
-        .ok_or_else(|| CpiError::cpi("create_vm: no network can carry the default gateway"))?;
-    let primary_name = primary.docker_network.clone().unwrap_or_default();
+/// Why a container body cannot be made from the plan; each is the request's fault.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SpecError {
+    #[error("create_vm: no network can carry the default gateway")]
+    NoPrimaryNetwork,
+    #[error("cannot encode HostConfig: {0}")]
+    Encode(serde_json::Error),
+    /// A HostConfig field the CPI owns, named in cloud_properties.
+    #[error(
+        "create_vm: cloud_properties.{0} cannot be set: the CPI attaches the VM to its BOSH networks"
+    )]
+    Owned(String),
+    #[error("create_vm: cloud_properties HostConfig fields: {0}")]
+    Decode(serde_json::Error),
+}
 
-    let mut mounts: Vec<Mount> = plan
-        .ephemeral_volume
-        .iter()
-        .map(|volume| Mount {
-            target: Some(EPHEMERAL_MOUNT.into()),
-            source: Some(volume.to_string()),
-            typ: Some(MountType::VOLUME),
-            ..Default::default()
-        })
-        .collect();
-    // A bind, not a mount: Docker makes a missing source directory only for binds (and
-    // the API of the daemons served has no CreateMountpoint).
-    let binds: Vec<String> = plan
-        .disk_tree
-        .iter()
-        .map(|tree| format!("{tree}:{DISK_MOUNT_ROOT}:rslave"))
-        .collect();
-    let mut tmpfs = HashMap::new();
-    let mut cgroupns = None;
-    let mut stop_signal = None;
-    if e.start_mode == StartMode::Systemd {
-        mounts.push(Mount {
-            target: Some("/sys/fs/cgroup".into()),
-            source: Some("/sys/fs/cgroup".into()),
-            typ: Some(MountType::BIND),
-            read_only: Some(false),
-            ..Default::default()
-        });
-        tmpfs.insert("/run".to_string(), "rw,exec".to_string());
-        tmpfs.insert("/run/lock".to_string(), "rw".to_string());
-        cgroupns = Some(HostConfigCgroupnsModeEnum::HOST);
-        stop_signal = Some("SIGRTMIN+3".to_string());
+/// What systemd needs of its container (nothing for runit): the host's cgroups, tmpfs
+/// at `/run`, its own stop signal.
+#[derive(Default)]
+struct InitNeeds {
+    mounts: Vec<Mount>,
+    tmpfs: HashMap<String, String>,
+    cgroupns: Option<HostConfigCgroupnsModeEnum>,
+    stop_signal: Option<String>,
+}
+
+fn init_needs(mode: StartMode) -> InitNeeds {
+    match mode {
+        StartMode::Runit => InitNeeds::default(),
+        StartMode::Systemd => InitNeeds {
+            mounts: vec![Mount {
+                target: Some("/sys/fs/cgroup".into()),
+                source: Some("/sys/fs/cgroup".into()),
+                typ: Some(MountType::BIND),
+                read_only: Some(false),
+                ..Default::default()
+            }],
+            tmpfs: HashMap::from([
+                ("/run".to_string(), "rw,exec".to_string()),
+                ("/run/lock".to_string(), "rw".to_string()),
+            ]),
+            cgroupns: Some(HostConfigCgroupnsModeEnum::HOST),
+            stop_signal: Some("SIGRTMIN+3".to_string()),
+        },
     }
+}
 
+/// The exposed ports (`8080/tcp`) and their bindings to the node's ports.
+type Ports = (Vec<String>, HashMap<String, Option<Vec<PortBinding>>>);
+
+fn published(ports: &[super::properties::PortBinding]) -> Ports {
     let mut exposed = Vec::new();
     let mut bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
-    for port in &plan.props.ports {
+    for port in ports {
         let key = format!("{}/{}", port.container, port.protocol.as_str());
         exposed.push(key.clone());
         bindings
@@ -123,23 +128,65 @@ pub fn build(plan: &ContainerPlan<'_>) -> Result<ContainerCreateBody, CpiError> 
                 host_port: Some(port.host.to_string()),
             });
     }
+    (exposed, bindings)
+}
 
-    let restart = match e.restart_policy {
+fn restart_policy(policy: Policy) -> RestartPolicy {
+    let name = match policy {
         Policy::No => RestartPolicyNameEnum::NO,
         Policy::UnlessStopped => RestartPolicyNameEnum::UNLESS_STOPPED,
         Policy::OnFailure => RestartPolicyNameEnum::ON_FAILURE,
         Policy::Always => RestartPolicyNameEnum::ALWAYS,
     };
-    // `systempaths=unconfined` is the docker CLI's spelling of "no masked and no read-only
-    // paths"; the API takes the two lists instead.
+    RestartPolicy {
+        name: Some(name),
+        maximum_retry_count: None,
+    }
+}
+
+/// The security options Docker's API takes, and whether masked and read-only paths are
+/// off: `systempaths=unconfined` is the docker CLI's spelling of "no masked and no
+/// read-only paths"; the API takes the two lists instead.
+fn security(e: &Effective) -> (Vec<String>, bool) {
     let unconfined_paths = e.security_opt.iter().any(|o| o == "systempaths=unconfined");
-    let security_opt: Vec<String> = e
+    let security_opt = e
         .security_opt
         .iter()
         .filter(|o| *o != "systempaths=unconfined")
         .cloned()
         .collect();
-    let ours = HostConfig {
+    (security_opt, unconfined_paths)
+}
+
+/// The HostConfig of the plan, before the passthrough fields: the profile, limits,
+/// mounts, the primary network and published ports.
+fn host_config(
+    plan: &ContainerPlan<'_>,
+    primary_name: &str,
+    init: InitNeeds,
+    bindings: HashMap<String, Option<Vec<PortBinding>>>,
+) -> HostConfig {
+    let e = plan.effective;
+    let mut mounts: Vec<Mount> = plan
+        .ephemeral_volume
+        .iter()
+        .map(|volume| Mount {
+            target: Some(EPHEMERAL_MOUNT.into()),
+            source: Some(volume.to_string()),
+            typ: Some(MountType::VOLUME),
+            ..Default::default()
+        })
+        .collect();
+    mounts.extend(init.mounts);
+    // A bind, not a mount: Docker makes a missing source directory only for binds (and
+    // the API of the daemons served has no CreateMountpoint).
+    let binds: Vec<String> = plan
+        .disk_tree
+        .iter()
+        .map(|tree| format!("{tree}:{DISK_MOUNT_ROOT}:rslave"))
+        .collect();
+    let (security_opt, unconfined_paths) = security(e);
+    HostConfig {
         privileged: Some(e.privileged),
         cap_add: (!e.cap_add.is_empty()).then(|| e.cap_add.clone()),
         cap_drop: (!e.cap_drop.is_empty()).then(|| e.cap_drop.clone()),
@@ -147,22 +194,33 @@ pub fn build(plan: &ContainerPlan<'_>) -> Result<ContainerCreateBody, CpiError> 
         masked_paths: unconfined_paths.then(Vec::new),
         readonly_paths: unconfined_paths.then(Vec::new),
         device_cgroup_rules: device_rules(e, plan.disk_tree.is_some()),
-        restart_policy: Some(RestartPolicy {
-            name: Some(restart),
-            maximum_retry_count: None,
-        }),
+        restart_policy: Some(restart_policy(e.restart_policy)),
         memory: plan.props.ram.map(|mib| (mib as i64) << 20),
         nano_cpus: plan.props.cpu.map(|c| (c * 1e9) as i64),
         mounts: Some(mounts),
         binds: (!binds.is_empty()).then_some(binds),
-        tmpfs: (!tmpfs.is_empty()).then_some(tmpfs),
-        cgroupns_mode: cgroupns,
-        network_mode: Some(primary_name.clone()),
+        tmpfs: (!init.tmpfs.is_empty()).then_some(init.tmpfs),
+        cgroupns_mode: init.cgroupns,
+        network_mode: Some(primary_name.to_string()),
         port_bindings: (!bindings.is_empty()).then_some(bindings),
         ..Default::default()
-    };
-    let host_config = overlay(ours, &plan.props.host_config)?;
+    }
+}
 
+/// Builds the create body. Only the primary network is attached at create; the others
+/// are connected before start.
+pub(crate) fn build(plan: &ContainerPlan<'_>) -> Result<ContainerCreateBody, SpecError> {
+    let primary = plan
+        .networks
+        .iter()
+        .find(|n| n.primary && n.docker_network.is_some())
+        .ok_or(SpecError::NoPrimaryNetwork)?;
+    let primary_name = primary.docker_network.clone().unwrap_or_default();
+    let init = init_needs(plan.effective.start_mode);
+    let stop_signal = init.stop_signal.clone();
+    let (exposed, bindings) = published(&plan.props.ports);
+    let ours = host_config(plan, &primary_name, init, bindings);
+    let host_config = overlay(ours, &plan.props.host_config)?;
     Ok(ContainerCreateBody {
         image: Some(plan.image.to_string()),
         hostname: Some(plan.hostname.to_string()),
@@ -194,18 +252,15 @@ const MERGED_FIELDS: &[&str] = &["Mounts", "Tmpfs", "Binds"];
 fn overlay(
     ours: HostConfig,
     theirs: &serde_json::Map<String, Value>,
-) -> Result<HostConfig, CpiError> {
+) -> Result<HostConfig, SpecError> {
     if theirs.is_empty() {
         return Ok(ours);
     }
-    let mut merged = serde_json::to_value(&ours)
-        .map_err(|e| CpiError::cpi(format!("cannot encode HostConfig: {e}")))?;
+    let mut merged = serde_json::to_value(&ours).map_err(SpecError::Encode)?;
     if let Value::Object(o) = &mut merged {
         for (k, v) in theirs {
             if OWNED_FIELDS.contains(&k.as_str()) {
-                return Err(CpiError::cpi(format!(
-                    "create_vm: cloud_properties.{k} cannot be set: the CPI attaches the VM to its BOSH networks"
-                )));
+                return Err(SpecError::Owned(k.clone()));
             }
             match (o.get_mut(k), v, MERGED_FIELDS.contains(&k.as_str())) {
                 (Some(Value::Array(mine)), Value::Array(more), true) => {
@@ -220,11 +275,7 @@ fn overlay(
             }
         }
     }
-    serde_json::from_value(merged).map_err(|e| {
-        CpiError::cpi(format!(
-            "create_vm: cloud_properties HostConfig fields: {e}"
-        ))
-    })
+    serde_json::from_value(merged).map_err(SpecError::Decode)
 }
 
 #[cfg(test)]
@@ -318,7 +369,10 @@ mod tests {
             start_script: String::new(),
         })
         .unwrap_err();
-        assert!(e.message.contains("NetworkMode"), "{}", e.message);
+        assert_eq!(
+            e.to_string(),
+            "create_vm: cloud_properties.NetworkMode cannot be set: the CPI attaches the VM to its BOSH networks"
+        );
     }
 
     #[test]
