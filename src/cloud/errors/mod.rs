@@ -6,3 +6,19 @@
 mod cluster;
 mod docker;
 mod vm;
+
+use crate::protocol::{CpiError, ErrorKind};
+
+/// What create_vm answers: transient infrastructure failures become `VMCreationFailed`
+/// with their `ok_to_retry`, so the director retries the whole create; bad input keeps
+/// its own kind.
+pub(crate) fn creation_failure(e: CpiError) -> CpiError {
+    if e.kind == ErrorKind::CloudError {
+        CpiError {
+            kind: ErrorKind::VmCreationFailed,
+            ..e
+        }
+    } else {
+        e
+    }
+}

@@ -6,7 +6,7 @@ pub mod agent_files;
 pub mod blobstore;
 pub(crate) mod block_disks;
 pub mod container_spec;
-mod create;
+pub(crate) mod create;
 pub mod graceful_stop;
 pub mod inside;
 mod lifecycle;
