@@ -2,7 +2,7 @@
 //! disks moved and bound, the ephemeral volume, the container with the agent's files,
 //! started. Every step pushes its undo.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::IpAddr;
 
 use super::CreatePlan;
@@ -11,6 +11,7 @@ use super::error::CreateError;
 use super::rollback::{Undo, UndoStack};
 use crate::cloud::session::Session;
 use crate::cloud::session::disks::volume_gone;
+use crate::cloud::vm::agent_files::{AgentIdentity, AgentSettings};
 use crate::cloud::vm::block_disks::{not_an_image, prepare_block_disk};
 use crate::cloud::vm::container_spec::{self, ContainerPlan};
 use crate::cloud::vm::network_plan::PlannedNetwork;
@@ -318,19 +319,14 @@ async fn upload_agent_files(
     disks: &[DiskCid],
     block_disks: bool,
 ) -> Result<(), CpiError> {
-    let persistent: BTreeMap<String, String> = disks
-        .iter()
-        .map(|cid| (cid.to_string(), agent_files::disk_hint(cid)))
-        .collect();
-    let settings = agent_files::settings(
-        &plan.req.agent_id,
-        &plan.cid,
-        &s.config().await?.agent,
-        plan.blobstore,
-        &plan.networks,
-        &persistent,
-        &plan.req.env,
-    );
+    let config = s.config().await?;
+    let who = AgentIdentity {
+        agent_id: &plan.req.agent_id,
+        vm_cid: &plan.cid,
+        agent: &config.agent,
+        blobstore: plan.blobstore,
+    };
+    let settings = AgentSettings::new(who, &plan.networks, disks, &plan.req.env);
     let agent_config = match block_disks {
         true => {
             let stemcells = docker
