@@ -13,22 +13,22 @@ use crate::config::{AgentConfig, BlobstoreSettings};
 use crate::protocol::{DiskCid, NetworkType, Object, VmCid};
 
 /// Where the warden stemcell's agent.json looks for its settings.
-pub const SETTINGS_PATH: &str = "/var/vcap/bosh/warden-cpi-agent-env.json";
+pub(crate) const SETTINGS_PATH: &str = "/var/vcap/bosh/warden-cpi-agent-env.json";
 /// User data naming the settings file as the registry endpoint.
-pub const USER_DATA_PATH: &str = "/var/vcap/bosh/warden-cpi-user-data.json";
+pub(crate) const USER_DATA_PATH: &str = "/var/vcap/bosh/warden-cpi-user-data.json";
 /// Instance metadata (`instance-id` = vm cid).
-pub const METADATA_PATH: &str = "/var/vcap/bosh/warden-cpi-metadata.json";
+pub(crate) const METADATA_PATH: &str = "/var/vcap/bosh/warden-cpi-metadata.json";
 /// Where a persistent disk appears inside the VM; the agent bind-mounts it.
-pub const DISK_MOUNT_ROOT: &str = "/warden-cpi-dev";
+pub(crate) const DISK_MOUNT_ROOT: &str = "/warden-cpi-dev";
 /// The agent's own configuration, as the stemcell brings it.
-pub const AGENT_CONFIG_PATH: &str = "/var/vcap/bosh/agent.json";
+pub(crate) const AGENT_CONFIG_PATH: &str = "/var/vcap/bosh/agent.json";
 
 /// The stemcell's agent configuration set to mount persistent disks as the block devices
 /// they are here: `BindMountPersistentDisk` off (a warden stemcell has it on, for disks
 /// that are folders) and `UsePreformattedPersistentDisk` on (the CPI has the disk
 /// formatted; the agent mounts the device itself, as the agent's `migrate_disk` remounts
 /// it). `None` when the file is no JSON object with a `Platform.Linux` object or none.
-pub fn block_disk_agent_config(config: &[u8]) -> Option<Vec<u8>> {
+pub(crate) fn block_disk_agent_config(config: &[u8]) -> Option<Vec<u8>> {
     let mut config: Value = serde_json::from_slice(config).ok()?;
     let platform = config
         .as_object_mut()?
@@ -166,14 +166,14 @@ impl<'a> AgentSettings<'a> {
 }
 
 /// The hint of a persistent disk: its path inside the VM.
-pub fn disk_hint(disk_cid: &str) -> String {
+pub(crate) fn disk_hint(disk_cid: &str) -> String {
     format!("{DISK_MOUNT_ROOT}/{disk_cid}")
 }
 
 /// Adds (or, with `attached` false, removes) disk `disk_cid`'s hint in the settings'
 /// `disks.persistent`, as attach_disk and detach_disk change a running VM's disks. A
 /// document of another shape is made to have that map.
-pub fn set_disk_hint(settings: &mut Value, disk_cid: &str, attached: bool) {
+pub(crate) fn set_disk_hint(settings: &mut Value, disk_cid: &str, attached: bool) {
     if !settings.is_object() {
         *settings = json!({});
     }
@@ -195,7 +195,7 @@ pub fn set_disk_hint(settings: &mut Value, disk_cid: &str, attached: bool) {
 }
 
 /// A tar archive (to extract at `/`) of the settings file alone (root, 0600).
-pub fn settings_archive(settings: &Value) -> std::io::Result<Vec<u8>> {
+pub(crate) fn settings_archive(settings: &Value) -> std::io::Result<Vec<u8>> {
     let mut builder = tar::Builder::new(Vec::new());
     let owner = FileOwner {
         mode: 0o600,
@@ -256,7 +256,7 @@ pub(crate) fn archive(
 
 /// Mode and numeric owner of a file written into a VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FileOwner {
+pub(crate) struct FileOwner {
     /// Permission bits.
     pub mode: u32,
     /// Numeric user id.
@@ -266,7 +266,7 @@ pub struct FileOwner {
 }
 
 /// Appends one regular file at the absolute `path` to `builder`.
-pub fn append_file(
+pub(crate) fn append_file(
     builder: &mut tar::Builder<Vec<u8>>,
     path: &str,
     data: &[u8],

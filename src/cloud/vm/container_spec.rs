@@ -17,10 +17,10 @@ use super::properties::{Effective, VmProperties};
 use crate::config::{RestartPolicy as Policy, StartMode};
 
 /// Mount point of the ephemeral volume.
-pub const EPHEMERAL_MOUNT: &str = "/var/vcap/data";
+pub(crate) const EPHEMERAL_MOUNT: &str = "/var/vcap/data";
 
 /// Everything the container is made from.
-pub struct ContainerPlan<'a> {
+pub(crate) struct ContainerPlan<'a> {
     pub image: &'a str,
     pub hostname: &'a str,
     pub labels: HashMap<String, String>,
@@ -53,7 +53,7 @@ fn device_rules(e: &Effective, with_disks: bool) -> Option<Vec<String>> {
 }
 
 /// The endpoint settings of one planned network (static IP when known).
-pub fn endpoint(p: &PlannedNetwork) -> EndpointSettings {
+pub(crate) fn endpoint(p: &PlannedNetwork) -> EndpointSettings {
     EndpointSettings {
         ipam_config: p.ip.map(|ip| EndpointIpamConfig {
             ipv4_address: Some(ip.to_string()),

@@ -14,7 +14,7 @@ use crate::protocol::{NetworkSpec, NetworkType};
 
 /// One BOSH network of the VM, resolved on its node.
 #[derive(Debug, Clone, PartialEq)]
-pub struct PlannedNetwork {
+pub(crate) struct PlannedNetwork {
     /// The BOSH network name (key of create_vm's networks).
     pub name: String,
     /// The Docker network it attaches to; `None` for VIP networks (nothing to attach).
@@ -32,7 +32,7 @@ pub struct PlannedNetwork {
 }
 
 /// Static IPs of the manual networks, for placement.
-pub fn manual_ips(networks: &BTreeMap<String, NetworkSpec>) -> Vec<Ipv4Addr> {
+pub(crate) fn manual_ips(networks: &BTreeMap<String, NetworkSpec>) -> Vec<Ipv4Addr> {
     networks
         .values()
         .filter(|n| n.kind == NetworkType::Manual)
@@ -234,7 +234,7 @@ fn check_usable(
 
 /// The addresses dynamic networks draw from: the top quarter of the subnet, without the
 /// broadcast address (in a /24: .192 to .254). Keep it out of the static range.
-pub fn dynamic_pool(subnet: Ipv4Net) -> impl Iterator<Item = Ipv4Addr> {
+pub(crate) fn dynamic_pool(subnet: Ipv4Net) -> impl Iterator<Item = Ipv4Addr> {
     let first = u32::from(subnet.network());
     let size = 1u32 << (32 - u32::from(subnet.prefix_len()));
     let start = first + size - size / 4;
@@ -244,7 +244,7 @@ pub fn dynamic_pool(subnet: Ipv4Net) -> impl Iterator<Item = Ipv4Addr> {
 
 /// The networks as returned by create_vm (v2) and written into the agent settings: the
 /// request's spec with the real ip, netmask and gateway.
-pub fn resolved_json(planned: &[PlannedNetwork]) -> serde_json::Map<String, Value> {
+pub(crate) fn resolved_json(planned: &[PlannedNetwork]) -> serde_json::Map<String, Value> {
     planned
         .iter()
         .map(|p| {

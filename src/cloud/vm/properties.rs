@@ -17,7 +17,7 @@ use crate::protocol::{Object, plain_serde_message};
 /// in the same hash, but a typo would otherwise go unseen), upper-case keys kept as
 /// Docker HostConfig fields.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct VmProperties {
+pub(crate) struct VmProperties {
     /// Pin the VM to this node (the generated cloud-config sets it per AZ).
     pub node: Option<String>,
     /// CPUs (may be fractional: 0.5).
@@ -74,7 +74,7 @@ struct RawProperties {
 
 /// The transport protocol of a published port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
+pub(crate) enum Protocol {
     /// `tcp` (the default).
     Tcp,
     /// `udp`.
@@ -83,7 +83,7 @@ pub enum Protocol {
 
 impl Protocol {
     /// The protocol's word, as Docker's port keys spell it.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Protocol::Tcp => "tcp",
             Protocol::Udp => "udp",
@@ -93,7 +93,7 @@ impl Protocol {
 
 /// A published port: a port of the node forwarded to a port of the VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PortBinding {
+pub(crate) struct PortBinding {
     /// The node's port.
     pub host: NonZeroU16,
     /// The VM's port.
@@ -103,7 +103,7 @@ pub struct PortBinding {
 
 impl PortBinding {
     /// Parses `PORT[/tcp|udp]` or `HOST:CONTAINER[/tcp|udp]`.
-    pub fn parse(spec: &str) -> Result<PortBinding, PropertiesError> {
+    pub(crate) fn parse(spec: &str) -> Result<PortBinding, PropertiesError> {
         let bad = || PropertiesError::Port(printable(spec));
         let (ports, protocol) = match spec.split_once('/') {
             Some((p, "tcp")) => (p, Protocol::Tcp),
@@ -122,7 +122,7 @@ impl PortBinding {
 
 /// Why a VM's cloud_properties cannot be used; every one is the request's fault.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum PropertiesError {
+pub(crate) enum PropertiesError {
     /// A known key of the wrong type (`path` and `detail` already printable).
     #[error("create_vm: cloud_properties.{path}: {detail}")]
     Shape { path: String, detail: String },
@@ -168,7 +168,7 @@ fn ephemeral_mib<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, 
 
 /// Container settings after defaults and per-VM overrides.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Effective {
+pub(crate) struct Effective {
     pub privileged: bool,
     pub cap_add: Vec<String>,
     pub cap_drop: Vec<String>,
@@ -179,7 +179,7 @@ pub struct Effective {
 }
 
 /// The lower-case cloud_properties keys of create_vm this CPI reads.
-pub const LOWER_KEYS: &[&str] = &[
+pub(crate) const LOWER_KEYS: &[&str] = &[
     "node",
     "cpu",
     "ram",
@@ -197,7 +197,7 @@ pub const LOWER_KEYS: &[&str] = &[
 impl VmProperties {
     /// Parses create_vm's cloud_properties; a known key of the wrong type, or a word it
     /// does not know, is an error naming it.
-    pub fn parse(cloud_properties: &Object) -> Result<VmProperties, PropertiesError> {
+    pub(crate) fn parse(cloud_properties: &Object) -> Result<VmProperties, PropertiesError> {
         let mut known = Map::new();
         let mut host_config = Map::new();
         for (k, v) in cloud_properties {
@@ -258,7 +258,7 @@ impl VmProperties {
     }
 
     /// Defaults overridden by this VM's properties.
-    pub fn effective(&self, defaults: &VmDefaults) -> Effective {
+    pub(crate) fn effective(&self, defaults: &VmDefaults) -> Effective {
         Effective {
             privileged: self.privileged.unwrap_or(defaults.privileged),
             cap_add: self.cap_add.clone().unwrap_or(defaults.cap_add.clone()),
@@ -277,7 +277,7 @@ impl VmProperties {
     }
 
     /// The memory limit in MiB: `ram`, else the passthrough `Memory` (bytes), else none.
-    pub fn memory_mib(&self) -> u64 {
+    pub(crate) fn memory_mib(&self) -> u64 {
         self.ram.unwrap_or_else(|| {
             self.host_config
                 .get("Memory")
@@ -293,7 +293,7 @@ const UNKNOWN_KEYS_NAMED: usize = 8;
 
 /// The lower-case keys of `cloud_properties` that are not in `known` (upper-case keys
 /// are Docker's own HostConfig fields), at most [`UNKNOWN_KEYS_NAMED`], made printable.
-pub fn unknown_keys(cloud_properties: &Object, known: &[&str]) -> Vec<String> {
+pub(crate) fn unknown_keys(cloud_properties: &Object, known: &[&str]) -> Vec<String> {
     cloud_properties
         .keys()
         .filter(|k| !known.contains(&k.as_str()))
@@ -306,7 +306,7 @@ pub fn unknown_keys(cloud_properties: &Object, known: &[&str]) -> Vec<String> {
 /// Warns (into the response's `log`) about keys of `method`'s cloud_properties this CPI
 /// does not read. They are not refused: the director passes one hash to every CPI of a
 /// multi-CPI setup, and AZs or vm_extensions may carry keys meant for another one.
-pub fn warn_unknown_keys(method: &str, cloud_properties: &Object, known: &[&str]) {
+pub(crate) fn warn_unknown_keys(method: &str, cloud_properties: &Object, known: &[&str]) {
     let unknown = unknown_keys(cloud_properties, known);
     if unknown.is_empty() {
         return;

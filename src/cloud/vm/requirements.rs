@@ -33,7 +33,7 @@ fn size(req: &VmRequirements) -> Result<placement::VmSize, RequirementsError> {
 
 /// Translates requirements; the sizes map to the `cpu`, `ram` and `ephemeral_disk`
 /// cloud_properties of create_vm.
-pub async fn calculate(
+pub(crate) async fn calculate(
     ctx: &CloudContext<'_>,
     req: VmRequirements,
 ) -> Result<CallResult, CpiError> {
