@@ -147,7 +147,7 @@ impl<'a> AgentSettings<'a> {
                 ephemeral: None,
                 persistent: persistent_disks
                     .iter()
-                    .map(|cid| (cid.to_string(), disk_hint(cid.as_str())))
+                    .map(|cid| (cid.to_string(), disk_hint(cid)))
                     .collect(),
                 system: "",
             },
@@ -166,8 +166,13 @@ impl<'a> AgentSettings<'a> {
 }
 
 /// The hint of a persistent disk: its path inside the VM.
-pub(crate) fn disk_hint(disk_cid: &str) -> String {
-    format!("{DISK_MOUNT_ROOT}/{disk_cid}")
+pub(crate) fn disk_hint(disk_cid: &DiskCid) -> String {
+    hint_of(disk_cid)
+}
+
+/// The hint of a disk named as text (as a settings document read back from a VM has it).
+fn hint_of(disk: &str) -> String {
+    format!("{DISK_MOUNT_ROOT}/{disk}")
 }
 
 /// Adds (or, with `attached` false, removes) disk `disk_cid`'s hint in the settings'
@@ -187,7 +192,7 @@ pub(crate) fn set_disk_hint(settings: &mut Value, disk_cid: &str, attached: bool
     }
     if let Value::Object(map) = persistent {
         if attached {
-            map.insert(disk_cid.to_string(), Value::String(disk_hint(disk_cid)));
+            map.insert(disk_cid.to_string(), Value::String(hint_of(disk_cid)));
         } else {
             map.remove(disk_cid);
         }
@@ -218,7 +223,7 @@ pub(crate) fn settings_archive(settings: &Value) -> std::io::Result<Vec<u8>> {
 /// image lacks is made by Docker (0755, root).
 /// `agent_config`, when given, replaces the stemcell's agent.json (same owner, 0644).
 pub(crate) fn archive(
-    vm_cid: &str,
+    vm_cid: &VmCid,
     settings: &impl Serialize,
     agent_config: Option<Vec<u8>>,
 ) -> std::io::Result<Vec<u8>> {
@@ -461,7 +466,7 @@ mod tests {
         ];
         let hints: BTreeMap<String, String> = disks
             .iter()
-            .map(|d| (d.to_string(), disk_hint(d.as_str())))
+            .map(|d| (d.to_string(), disk_hint(d)))
             .collect();
         let vm = VmCid::parse("vm-00000000-0000-0000-0000-000000000001").unwrap();
         let env = json!({"bosh": {"group": "g", "blobstores": [], "mbus": {"cert": {"ca": "x"}}},
@@ -507,7 +512,8 @@ mod tests {
     #[test]
     fn archive_holds_the_three_files() {
         let s = json!({"agent_id": "a"});
-        let tar_bytes = archive("vm-1", &s, None).unwrap();
+        let vm = VmCid::parse("vm-00000000-0000-0000-0000-000000000001").unwrap();
+        let tar_bytes = archive(&vm, &s, None).unwrap();
         let mut a = tar::Archive::new(tar_bytes.as_slice());
         let mut found = BTreeMap::new();
         for e in a.entries().unwrap() {
@@ -536,7 +542,7 @@ mod tests {
         );
         assert_eq!(
             found["var/vcap/bosh/warden-cpi-metadata.json"],
-            r#"{"instance-id":"vm-1"}"#
+            r#"{"instance-id":"vm-00000000-0000-0000-0000-000000000001"}"#
         );
     }
 }
