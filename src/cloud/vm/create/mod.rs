@@ -18,6 +18,7 @@ use crate::cloud::session::Session;
 use crate::cloud::{CloudContext, now, stemcell};
 use crate::cluster::{NodeRecord, NodeState, VmRecord, VmState, claims, index};
 use crate::config::BlobstoreSettings;
+use crate::docker::NodeDocker;
 use crate::placement::{self, VmDemand};
 use crate::protocol::{CallResult, CpiError, CreateVm, VmCid};
 pub(crate) use error::CreateError;
@@ -89,33 +90,44 @@ async fn create_classified(s: &Session<'_>, req: &CreateVm) -> Result<CallResult
         }
     };
     let lease = lease?;
-    let mut record = plan.record();
-    if let Err(e) = addresses::claim(s, &lease, &mut record, &mut plan, &wanted).await {
-        lease.end().await;
-        return Err(e);
-    }
-    s.note_vm(&plan.cid, Some(record.clone()));
-    tracing::info!(vm = %plan.cid, node = %plan.node.name, "creating VM");
-    let mut undo = UndoStack::for_record(&record);
-    let built = async {
-        container::build(s, &docker, &mut plan, &mut undo).await?;
-        record.state = VmState::Created;
-        make_permanent(s, &lease, &record).await
-    }
-    .await;
-    if let Err(e) = built {
-        tracing::warn!(vm = %plan.cid, node = %plan.node.name, "create_vm failed, undoing: {}", e.message);
-        undo.run(s, Some(&docker)).await;
-        lease.end().await;
-        return Err(creation_failure(e));
-    }
+    let made = make_on_lease(s, &docker, &lease, &mut plan, &wanted).await;
     lease.end().await;
+    let record = made?;
     s.note_vm(&plan.cid, Some(record));
     record_disks_attached(s, &plan).await;
     Ok(CallResult::VmCreated {
         vm_cid: plan.cid.to_string(),
         networks: Value::Object(network_plan::resolved_json(&plan.networks)),
     })
+}
+
+/// What is done on `lease` (the caller ends it): the record and the claims written, the
+/// VM made, the record and claims made permanent. A failure after the claim undoes what
+/// was made, last first.
+async fn make_on_lease(
+    s: &Session<'_>,
+    docker: &NodeDocker,
+    lease: &index::ProgressLease,
+    plan: &mut CreatePlan<'_, '_>,
+    wanted: &[claims::Wanted],
+) -> Result<VmRecord, CpiError> {
+    let mut record = plan.record();
+    addresses::claim(s, lease, &mut record, plan, wanted).await?;
+    s.note_vm(&plan.cid, Some(record.clone()));
+    tracing::info!(vm = %plan.cid, node = %plan.node.name, "creating VM");
+    let mut undo = UndoStack::for_record(&record);
+    let built = async {
+        container::build(s, docker, plan, &mut undo).await?;
+        record.state = VmState::Created;
+        make_permanent(s, lease, &record).await
+    }
+    .await;
+    if let Err(e) = built {
+        tracing::warn!(vm = %plan.cid, node = %plan.node.name, "create_vm failed, undoing: {}", e.message);
+        undo.run(s, Some(docker)).await;
+        return Err(creation_failure(e));
+    }
+    Ok(record)
 }
 
 /// Everything decided from the request, the configuration and the cluster view before
