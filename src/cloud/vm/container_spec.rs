@@ -376,6 +376,43 @@ mod tests {
     }
 
     #[test]
+    fn ports_and_restart_policy_come_from_their_types() {
+        let b = body(
+            json!({"ports": ["53/udp", "8080", "81:8080"], "restart_policy": "unless-stopped"}),
+            VmDefaults::default(),
+        );
+        assert_eq!(
+            b.exposed_ports,
+            Some(vec!["53/udp".into(), "8080/tcp".into(), "8080/tcp".into()])
+        );
+        let hc = b.host_config.unwrap();
+        let pb = hc.port_bindings.unwrap();
+        let hosts = |key: &str| -> Vec<String> {
+            pb[key]
+                .as_ref()
+                .unwrap()
+                .iter()
+                .filter_map(|b| b.host_port.clone())
+                .collect()
+        };
+        assert_eq!(hosts("53/udp"), ["53"]);
+        assert_eq!(hosts("8080/tcp"), ["8080", "81"]);
+        assert_eq!(
+            hc.restart_policy.unwrap().name,
+            Some(RestartPolicyNameEnum::UNLESS_STOPPED)
+        );
+        for (policy, name) in [
+            (Policy::No, RestartPolicyNameEnum::NO),
+            (Policy::Always, RestartPolicyNameEnum::ALWAYS),
+            (Policy::OnFailure, RestartPolicyNameEnum::ON_FAILURE),
+        ] {
+            assert_eq!(restart_policy(policy).name, Some(name));
+        }
+        let runit = init_needs(StartMode::Runit);
+        assert!(runit.mounts.is_empty() && runit.tmpfs.is_empty() && runit.stop_signal.is_none());
+    }
+
+    #[test]
     fn unprivileged_profile_systemd_mode_and_passthrough() {
         let defaults = VmDefaults {
             privileged: false,
