@@ -88,6 +88,7 @@ impl From<CreateError> for CpiError {
 mod tests {
     use super::*;
     use crate::cloud::errors::creation_failure;
+    use crate::protocol::VmCid;
 
     fn class(e: CreateError) -> (ErrorKind, bool, String) {
         let cpi = CpiError::from(e);
@@ -137,7 +138,9 @@ mod tests {
             message,
             "create_vm: network 'private' names docker network other, which does not exist on node n1"
         );
-        let lost = CpiError::from(CreateError::LostRecord { vm: "vm-1".into() });
+        let lost = CpiError::from(CreateError::LostRecord {
+            vm: VmCid::parse("vm-00000000-0000-0000-0000-000000000001").unwrap(),
+        });
         assert_eq!((lost.kind, lost.ok_to_retry), (ErrorKind::CloudError, true));
         let answered = creation_failure(lost);
         assert_eq!(

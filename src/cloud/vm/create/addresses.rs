@@ -280,7 +280,7 @@ pub(super) async fn learn_addresses(
             .inspect_container(cid)
             .await?
             .ok_or_else(|| CreateError::VanishedAfterStart {
-                vm: cid.to_string(),
+                vm: cid.clone(),
                 node: docker.name.clone(),
             })?;
     let nets = inspect
@@ -298,7 +298,7 @@ pub(super) async fn learn_addresses(
         match (p.ip, actual) {
             (Some(want), Some(got)) if want != got => {
                 return Err(CreateError::WrongAddress {
-                    vm: cid.to_string(),
+                    vm: cid.clone(),
                     got,
                     network: name.clone(),
                     want,

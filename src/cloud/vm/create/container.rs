@@ -191,8 +191,8 @@ async fn disks_for_new_vm(
         let disk = s.disk(cid).await?;
         if let Some(other) = s.attached_vm(&disk).await? {
             return Err(CreateError::DiskAttached {
-                disk: cid.to_string(),
-                vm: other.to_string(),
+                disk: cid.clone(),
+                vm: other,
             }
             .into());
         }

@@ -3,6 +3,8 @@
 
 use std::net::Ipv4Addr;
 
+use crate::protocol::{DiskCid, VmCid};
+
 /// Why create_vm could not make the VM, besides the failures of etcd, Docker and the
 /// other layers it calls.
 #[derive(Debug, thiserror::Error)]
@@ -33,9 +35,9 @@ pub(crate) enum CreateError {
     #[error(
         "create_vm: VM {vm} lost its record or address claims (this process stalled past their lease)"
     )]
-    LostRecord { vm: String },
+    LostRecord { vm: VmCid },
     #[error("create_vm: disk {disk} is attached to VM {vm}")]
-    DiskAttached { disk: String, vm: String },
+    DiskAttached { disk: DiskCid, vm: VmCid },
     #[error("cannot pack the agent settings: {0}")]
     Pack(std::io::Error),
     /// Docker refused the start: an address the CPI claimed is held outside its VMs
@@ -83,10 +85,10 @@ pub(crate) enum CreateError {
         node: String,
     },
     #[error("container {vm} vanished on node {node} right after start")]
-    VanishedAfterStart { vm: String, node: String },
+    VanishedAfterStart { vm: VmCid, node: String },
     #[error("container {vm} got {got} on {network} instead of {want}")]
     WrongAddress {
-        vm: String,
+        vm: VmCid,
         got: Ipv4Addr,
         network: String,
         want: Ipv4Addr,

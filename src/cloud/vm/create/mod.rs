@@ -193,7 +193,7 @@ async fn make_permanent(
     match claims::make_permanent(s.etcd().await?, &keys, lease.id(), record).await? {
         true => Ok(()),
         false => Err(CreateError::LostRecord {
-            vm: record.cid.to_string(),
+            vm: record.cid.clone(),
         }
         .into()),
     }
