@@ -94,3 +94,41 @@ pub(crate) enum CreateError {
         want: Ipv4Addr,
     },
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_words_the_director_shows() {
+        let ip: Ipv4Addr = "10.1.1.10".parse().unwrap();
+        for (e, text) in [
+            (
+                CreateError::PoolExhausted {
+                    network: "bosh".into(),
+                    node: "n1".into(),
+                },
+                "create_vm: no free address left in the dynamic pool of docker network bosh on node n1",
+            ),
+            (
+                CreateError::IpHeldByContainer {
+                    ip,
+                    network: "default".into(),
+                    holder: "abc".into(),
+                    node: "n1".into(),
+                },
+                "create_vm: IP 10.1.1.10 of network 'default' is held by container abc on node n1, which is not a VM of this CPI",
+            ),
+            (
+                CreateError::AddressHeldOutside {
+                    node: "n1".into(),
+                    ips: "10.1.1.10, 10.1.1.200".into(),
+                    message: "Address already in use".into(),
+                },
+                "create_vm: node n1: an address of 10.1.1.10, 10.1.1.200 is held by a container that is not a VM of this CPI: Address already in use",
+            ),
+        ] {
+            assert_eq!(e.to_string(), text);
+        }
+    }
+}
