@@ -240,9 +240,66 @@ pub struct VmDefaults {
     #[serde(default)]
     pub start_mode: StartMode,
     /// Docker restart policy name: `no`, `always`, `unless-stopped`, `on-failure`.
-    #[serde(default = "default_restart_policy")]
-    pub restart_policy: String,
+    #[serde(default)]
+    pub restart_policy: RestartPolicy,
 }
+
+/// Docker's restart policy of a VM container, parsed from its word once where the
+/// configuration or a VM's cloud_properties is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(try_from = "String")]
+pub enum RestartPolicy {
+    /// `no`: never restarted by Docker.
+    No,
+    /// `always` (the default).
+    #[default]
+    Always,
+    /// `unless-stopped`.
+    UnlessStopped,
+    /// `on-failure`.
+    OnFailure,
+}
+
+impl RestartPolicy {
+    const ALL: [RestartPolicy; 4] = [
+        RestartPolicy::No,
+        RestartPolicy::Always,
+        RestartPolicy::UnlessStopped,
+        RestartPolicy::OnFailure,
+    ];
+
+    /// The policy's word, as Docker and the configuration spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestartPolicy::No => "no",
+            RestartPolicy::Always => "always",
+            RestartPolicy::UnlessStopped => "unless-stopped",
+            RestartPolicy::OnFailure => "on-failure",
+        }
+    }
+
+    /// The policy a word names.
+    pub fn parse(word: &str) -> Result<RestartPolicy, UnknownRestartPolicy> {
+        Self::ALL
+            .into_iter()
+            .find(|p| p.as_str() == word)
+            .ok_or_else(|| UnknownRestartPolicy(word.to_string()))
+    }
+}
+
+impl TryFrom<String> for RestartPolicy {
+    type Error = UnknownRestartPolicy;
+
+    fn try_from(word: String) -> Result<Self, Self::Error> {
+        RestartPolicy::parse(&word)
+    }
+}
+
+/// A restart policy word Docker does not know; its text names the word (made printable)
+/// and the four it may be.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("'{}' is not one of no, always, unless-stopped, on-failure", printable(.0))]
+pub struct UnknownRestartPolicy(pub String);
 
 impl Default for VmDefaults {
     fn default() -> Self {
@@ -253,7 +310,7 @@ impl Default for VmDefaults {
             security_opt: Vec::new(),
             device_cgroup_rules: Vec::new(),
             start_mode: StartMode::Runit,
-            restart_policy: default_restart_policy(),
+            restart_policy: RestartPolicy::Always,
         }
     }
 }
@@ -284,9 +341,6 @@ fn default_docker_request_timeout() -> u64 {
 }
 fn default_docker_idle_timeout() -> u64 {
     120
-}
-fn default_restart_policy() -> String {
-    "always".into()
 }
 
 /// The top-level sections a cpi-config's properties (merged into `context`) may override.
@@ -351,7 +405,6 @@ impl Config {
         let docker_tls = self.docker.check()?;
         self.agent.check()?;
         self.placement.check()?;
-        self.vm_defaults.check()?;
         Ok(LoadedTls {
             etcd: etcd_tls,
             docker: docker_tls,
@@ -515,24 +568,6 @@ impl PlacementConfig {
     }
 }
 
-impl VmDefaults {
-    /// The restart policy is one Docker knows.
-    fn check(&self) -> Result<(), ConfigError> {
-        const POLICIES: &[&str] = &["no", "always", "unless-stopped", "on-failure"];
-        if !POLICIES.contains(&self.restart_policy.as_str()) {
-            return Err(ConfigError::invalid(
-                "vm_defaults.restart_policy",
-                &format!(
-                    "'{}' is not one of {}",
-                    printable(&self.restart_policy),
-                    POLICIES.join(", ")
-                ),
-            ));
-        }
-        Ok(())
-    }
-}
-
 fn is_api_version(v: &str) -> bool {
     let mut parts = v.split('.');
     matches!(
@@ -587,7 +622,7 @@ mod tests {
         assert_eq!(c.etcd.key_prefix, "/moltencore");
         assert_eq!(c.etcd.flannel_prefix, "/coreos.com/network");
         assert!(c.vm_defaults.privileged);
-        assert_eq!(c.vm_defaults.restart_policy, "always");
+        assert_eq!(c.vm_defaults.restart_policy, RestartPolicy::Always);
         assert_eq!(c.vm_defaults.start_mode, StartMode::Runit);
         assert_eq!(c.docker.api_version, "1.41");
     }
@@ -611,6 +646,21 @@ mod tests {
         let e = Config::from_value(v).unwrap_err();
         assert_eq!(e.key, "vm_defaults.priviledged");
         assert!(e.problem.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn an_unknown_restart_policy_is_named_with_the_four() {
+        let mut v = minimal();
+        v["vm_defaults"] = json!({"restart_policy": "some\ntimes"});
+        let e = Config::from_value(v).unwrap_err();
+        assert_eq!(e.key, "vm_defaults.restart_policy");
+        assert_eq!(
+            e.problem,
+            "'some\\ntimes' is not one of no, always, unless-stopped, on-failure"
+        );
+        for word in ["no", "always", "unless-stopped", "on-failure"] {
+            assert_eq!(RestartPolicy::parse(word).unwrap().as_str(), word);
+        }
     }
 
     #[test]

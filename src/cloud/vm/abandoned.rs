@@ -22,7 +22,7 @@ use crate::protocol::CpiError;
 /// listed on the node of `docker`) and returns the others. Only containers labelled with
 /// this index's key prefix are candidates: a VM of another index on the same node is not
 /// this CPI's to judge. Failures are logged and the container kept, never fatal.
-pub async fn sweep(
+pub(crate) async fn sweep(
     s: &Session<'_>,
     docker: &NodeDocker,
     containers: Vec<ContainerSummary>,
@@ -84,7 +84,7 @@ pub async fn sweep(
 /// container before the list), and those of `agent` (earlier tries of the VM this call
 /// makes) on any node, each checked there. A record still being created is not judged.
 /// Failures are logged, never fatal.
-pub async fn forget_vanished(
+pub(crate) async fn forget_vanished(
     s: &Session<'_>,
     node: &str,
     agent: &str,

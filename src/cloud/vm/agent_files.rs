@@ -3,30 +3,32 @@
 //! as a tar archive so they are in the container before it starts.
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use serde_json::{Value, json};
 
-use super::network_plan::{PlannedNetwork, resolved_json};
+use super::network_plan::PlannedNetwork;
 use crate::config::{AgentConfig, BlobstoreSettings};
-use crate::protocol::Object;
+use crate::protocol::{DiskCid, NetworkType, Object, VmCid};
 
 /// Where the warden stemcell's agent.json looks for its settings.
-pub const SETTINGS_PATH: &str = "/var/vcap/bosh/warden-cpi-agent-env.json";
+pub(crate) const SETTINGS_PATH: &str = "/var/vcap/bosh/warden-cpi-agent-env.json";
 /// User data naming the settings file as the registry endpoint.
-pub const USER_DATA_PATH: &str = "/var/vcap/bosh/warden-cpi-user-data.json";
+pub(crate) const USER_DATA_PATH: &str = "/var/vcap/bosh/warden-cpi-user-data.json";
 /// Instance metadata (`instance-id` = vm cid).
-pub const METADATA_PATH: &str = "/var/vcap/bosh/warden-cpi-metadata.json";
+pub(crate) const METADATA_PATH: &str = "/var/vcap/bosh/warden-cpi-metadata.json";
 /// Where a persistent disk appears inside the VM; the agent bind-mounts it.
-pub const DISK_MOUNT_ROOT: &str = "/warden-cpi-dev";
+pub(crate) const DISK_MOUNT_ROOT: &str = "/warden-cpi-dev";
 /// The agent's own configuration, as the stemcell brings it.
-pub const AGENT_CONFIG_PATH: &str = "/var/vcap/bosh/agent.json";
+pub(crate) const AGENT_CONFIG_PATH: &str = "/var/vcap/bosh/agent.json";
 
 /// The stemcell's agent configuration set to mount persistent disks as the block devices
 /// they are here: `BindMountPersistentDisk` off (a warden stemcell has it on, for disks
 /// that are folders) and `UsePreformattedPersistentDisk` on (the CPI has the disk
 /// formatted; the agent mounts the device itself, as the agent's `migrate_disk` remounts
 /// it). `None` when the file is no JSON object with a `Platform.Linux` object or none.
-pub fn block_disk_agent_config(config: &[u8]) -> Option<Vec<u8>> {
+pub(crate) fn block_disk_agent_config(config: &[u8]) -> Option<Vec<u8>> {
     let mut config: Value = serde_json::from_slice(config).ok()?;
     let platform = config
         .as_object_mut()?
@@ -42,56 +44,141 @@ pub fn block_disk_agent_config(config: &[u8]) -> Option<Vec<u8>> {
     serde_json::to_vec_pretty(&config).ok()
 }
 
-/// The agent settings document; `blobstore` is the one [`super::blobstore::for_agent`]
-/// chose for its top level (none when `env` brings the agent's blobstores).
-pub fn settings(
-    agent_id: &str,
-    vm_cid: &str,
-    agent: &AgentConfig,
-    blobstore: Option<&BlobstoreSettings>,
-    networks: &[PlannedNetwork],
-    persistent_disks: &BTreeMap<String, String>,
-    env: &Object,
-) -> Value {
-    let mut nets = resolved_json(networks);
-    for v in nets.values_mut() {
-        if let Value::Object(o) = v {
-            o.entry("mac")
-                .or_insert_with(|| Value::String(String::new()));
-            o.insert("preconfigured".into(), Value::Bool(true));
-            if !o.contains_key("default") {
-                o.insert("default".into(), json!([]));
-            }
+/// The settings document the bosh-agent reads at start (its File settings source), in
+/// the agent's own key names (bosh-cpi-go's `apiv1.AgentEnv`); built once, serialized
+/// once into the VM.
+#[derive(Debug, Serialize)]
+pub(crate) struct AgentSettings<'a> {
+    agent_id: &'a str,
+    /// The one [`super::blobstore::for_agent`] chose for the top level (none when `env`
+    /// brings the agent's blobstores).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    blobstore: Option<&'a BlobstoreSettings>,
+    disks: AgentDisks,
+    env: &'a Object,
+    mbus: &'a str,
+    networks: BTreeMap<&'a str, AgentNetwork<'a>>,
+    ntp: &'a [String],
+    vm: AgentVm<'a>,
+}
+
+/// `vm`: the VM's cid as its name.
+#[derive(Debug, Serialize)]
+struct AgentVm<'a> {
+    name: &'a str,
+}
+
+/// `disks`: no system or ephemeral device to name (the container has its root, the
+/// start script or Docker mounts the ephemeral disk), the persistent disks' hints.
+#[derive(Debug, Serialize)]
+struct AgentDisks {
+    ephemeral: Option<String>,
+    persistent: BTreeMap<String, String>,
+    system: &'static str,
+}
+
+/// One network as the agent takes it: the request's spec with the addresses resolved
+/// on the node, preconfigured (Docker set the interface up), its unknown keys kept.
+#[derive(Debug, Serialize)]
+struct AgentNetwork<'a> {
+    cloud_properties: &'a Object,
+    default: &'a [String],
+    dns: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gateway: Option<Ipv4Addr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ip: Option<Ipv4Addr>,
+    /// The request's `mac` when it has one, else empty.
+    mac: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    netmask: Option<Ipv4Addr>,
+    preconfigured: bool,
+    #[serde(rename = "type")]
+    kind: NetworkType,
+    /// The request's other keys, as given.
+    #[serde(flatten)]
+    extra: Object,
+}
+
+impl<'a> AgentNetwork<'a> {
+    fn of(p: &'a PlannedNetwork) -> AgentNetwork<'a> {
+        let mut extra = p.spec.extra.clone();
+        let mac = extra
+            .remove("mac")
+            .unwrap_or_else(|| Value::String(String::new()));
+        extra.remove("preconfigured");
+        AgentNetwork {
+            cloud_properties: &p.spec.cloud_properties,
+            default: &p.spec.default,
+            dns: &p.spec.dns,
+            gateway: p.gateway,
+            ip: p.ip,
+            mac,
+            netmask: p.netmask,
+            preconfigured: true,
+            kind: p.spec.kind,
+            extra,
         }
     }
-    let persistent: Map<String, Value> = persistent_disks
-        .iter()
-        .map(|(cid, path)| (cid.clone(), Value::String(path.clone())))
-        .collect();
-    let mut doc = json!({
-        "agent_id": agent_id,
-        "vm": {"name": vm_cid},
-        "mbus": agent.mbus.expose(),
-        "ntp": agent.ntp,
-        "networks": nets,
-        "disks": {"system": "", "ephemeral": null, "persistent": persistent},
-        "env": Value::Object(env.clone()),
-    });
-    if let Some(blobstore) = blobstore {
-        doc["blobstore"] = json!({"provider": blobstore.provider, "options": blobstore.options});
+}
+
+/// Who the agent is and how it reaches the director: the VM's identity and the CPI's
+/// agent configuration.
+pub(crate) struct AgentIdentity<'a> {
+    pub(crate) agent_id: &'a str,
+    pub(crate) vm_cid: &'a VmCid,
+    pub(crate) agent: &'a AgentConfig,
+    pub(crate) blobstore: Option<&'a BlobstoreSettings>,
+}
+
+impl<'a> AgentSettings<'a> {
+    /// The settings of a new VM: its networks as planned, its persistent disks' hints,
+    /// and the request's `env` as given.
+    pub(crate) fn new(
+        who: AgentIdentity<'a>,
+        networks: &'a [PlannedNetwork],
+        persistent_disks: &[DiskCid],
+        env: &'a Object,
+    ) -> AgentSettings<'a> {
+        AgentSettings {
+            agent_id: who.agent_id,
+            blobstore: who.blobstore,
+            disks: AgentDisks {
+                ephemeral: None,
+                persistent: persistent_disks
+                    .iter()
+                    .map(|cid| (cid.to_string(), disk_hint(cid)))
+                    .collect(),
+                system: "",
+            },
+            env,
+            mbus: who.agent.mbus.expose(),
+            networks: networks
+                .iter()
+                .map(|p| (p.name.as_str(), AgentNetwork::of(p)))
+                .collect(),
+            ntp: &who.agent.ntp,
+            vm: AgentVm {
+                name: who.vm_cid.as_str(),
+            },
+        }
     }
-    doc
 }
 
 /// The hint of a persistent disk: its path inside the VM.
-pub fn disk_hint(disk_cid: &str) -> String {
-    format!("{DISK_MOUNT_ROOT}/{disk_cid}")
+pub(crate) fn disk_hint(disk_cid: &DiskCid) -> String {
+    hint_of(disk_cid)
+}
+
+/// The hint of a disk named as text (as a settings document read back from a VM has it).
+fn hint_of(disk: &str) -> String {
+    format!("{DISK_MOUNT_ROOT}/{disk}")
 }
 
 /// Adds (or, with `attached` false, removes) disk `disk_cid`'s hint in the settings'
 /// `disks.persistent`, as attach_disk and detach_disk change a running VM's disks. A
 /// document of another shape is made to have that map.
-pub fn set_disk_hint(settings: &mut Value, disk_cid: &str, attached: bool) {
+pub(crate) fn set_disk_hint(settings: &mut Value, disk_cid: &str, attached: bool) {
     if !settings.is_object() {
         *settings = json!({});
     }
@@ -105,7 +192,7 @@ pub fn set_disk_hint(settings: &mut Value, disk_cid: &str, attached: bool) {
     }
     if let Value::Object(map) = persistent {
         if attached {
-            map.insert(disk_cid.to_string(), Value::String(disk_hint(disk_cid)));
+            map.insert(disk_cid.to_string(), Value::String(hint_of(disk_cid)));
         } else {
             map.remove(disk_cid);
         }
@@ -113,7 +200,7 @@ pub fn set_disk_hint(settings: &mut Value, disk_cid: &str, attached: bool) {
 }
 
 /// A tar archive (to extract at `/`) of the settings file alone (root, 0600).
-pub fn settings_archive(settings: &Value) -> std::io::Result<Vec<u8>> {
+pub(crate) fn settings_archive(settings: &Value) -> std::io::Result<Vec<u8>> {
     let mut builder = tar::Builder::new(Vec::new());
     let owner = FileOwner {
         mode: 0o600,
@@ -135,9 +222,9 @@ pub fn settings_archive(settings: &Value) -> std::io::Result<Vec<u8>> {
 /// stemcell's 0700 (the agent's own `settings.json` there is not 0600). A folder the
 /// image lacks is made by Docker (0755, root).
 /// `agent_config`, when given, replaces the stemcell's agent.json (same owner, 0644).
-pub fn archive(
-    vm_cid: &str,
-    settings: &Value,
+pub(crate) fn archive(
+    vm_cid: &VmCid,
+    settings: &impl Serialize,
     agent_config: Option<Vec<u8>>,
 ) -> std::io::Result<Vec<u8>> {
     let mut files = vec![
@@ -174,7 +261,7 @@ pub fn archive(
 
 /// Mode and numeric owner of a file written into a VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FileOwner {
+pub(crate) struct FileOwner {
     /// Permission bits.
     pub mode: u32,
     /// Numeric user id.
@@ -184,7 +271,7 @@ pub struct FileOwner {
 }
 
 /// Appends one regular file at the absolute `path` to `builder`.
-pub fn append_file(
+pub(crate) fn append_file(
     builder: &mut tar::Builder<Vec<u8>>,
     path: &str,
     data: &[u8],
@@ -203,6 +290,50 @@ pub fn append_file(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Map;
+
+    /// The settings document as it was built before [`AgentSettings`] (a `json!` of the
+    /// resolved networks), kept to show the typed one says the same.
+    fn legacy_settings(
+        agent_id: &str,
+        vm_cid: &str,
+        agent: &AgentConfig,
+        blobstore: Option<&BlobstoreSettings>,
+        networks: &[PlannedNetwork],
+        persistent_disks: &BTreeMap<String, String>,
+        env: &Object,
+    ) -> Value {
+        let mut nets = crate::cloud::vm::network_plan::resolved_json(networks);
+        for v in nets.values_mut() {
+            if let Value::Object(o) = v {
+                o.entry("mac")
+                    .or_insert_with(|| Value::String(String::new()));
+                o.insert("preconfigured".into(), Value::Bool(true));
+                if !o.contains_key("default") {
+                    o.insert("default".into(), json!([]));
+                }
+            }
+        }
+        let persistent: Map<String, Value> = persistent_disks
+            .iter()
+            .map(|(cid, path)| (cid.clone(), Value::String(path.clone())))
+            .collect();
+        let mut doc = json!({
+            "agent_id": agent_id,
+            "vm": {"name": vm_cid},
+            "mbus": agent.mbus.expose(),
+            "ntp": agent.ntp,
+            "networks": nets,
+            "disks": {"system": "", "ephemeral": null, "persistent": persistent},
+            "env": Value::Object(env.clone()),
+        });
+        if let Some(blobstore) = blobstore {
+            doc["blobstore"] =
+                json!({"provider": blobstore.provider, "options": blobstore.options});
+        }
+        doc
+    }
+
     use crate::cloud::vm::network_plan::plan;
 
     #[test]
@@ -245,13 +376,39 @@ mod tests {
         plan(&nets, &node).unwrap()
     }
 
+    fn typed(
+        agent_id: &str,
+        vm: &VmCid,
+        agent: &AgentConfig,
+        blobstore: Option<&BlobstoreSettings>,
+        networks: &[PlannedNetwork],
+        disks: &[DiskCid],
+        env: &Object,
+    ) -> Value {
+        let who = AgentIdentity {
+            agent_id,
+            vm_cid: vm,
+            agent,
+            blobstore,
+        };
+        serde_json::to_value(AgentSettings::new(who, networks, disks, env)).unwrap()
+    }
+
+    fn local() -> BlobstoreSettings {
+        serde_json::from_value(
+            json!({"provider": "local", "options": {"blobstore_path": "/var/vcap/micro_bosh/data/cache"}}),
+        )
+        .unwrap()
+    }
+
     #[test]
     fn settings_have_the_contract_shape() {
-        let disks: BTreeMap<String, String> = [("disk-1".to_string(), disk_hint("disk-1"))].into();
+        let disks = [DiskCid::parse("disk-00000000-0000-0000-0000-000000000001").unwrap()];
+        let vm = VmCid::parse("vm-00000000-0000-0000-0000-000000000001").unwrap();
         let env = json!({"bosh": {"group": "g", "password": "x"}});
-        let s = settings(
+        let s = typed(
             "agent-1",
-            "vm-1",
+            &vm,
             &agent(),
             None,
             &planned(),
@@ -259,11 +416,14 @@ mod tests {
             env.as_object().unwrap(),
         );
         assert_eq!(s["agent_id"], "agent-1");
-        assert_eq!(s["vm"]["name"], "vm-1");
+        assert_eq!(s["vm"]["name"], "vm-00000000-0000-0000-0000-000000000001");
         assert_eq!(s["mbus"], "https://mbus:pw@0.0.0.0:6868");
         assert_eq!(s["disks"]["system"], "");
         assert_eq!(s["disks"]["ephemeral"], Value::Null);
-        assert_eq!(s["disks"]["persistent"]["disk-1"], "/warden-cpi-dev/disk-1");
+        assert_eq!(
+            s["disks"]["persistent"]["disk-00000000-0000-0000-0000-000000000001"],
+            "/warden-cpi-dev/disk-00000000-0000-0000-0000-000000000001"
+        );
         let net = &s["networks"]["default"];
         assert_eq!(net["ip"], "10.1.2.11");
         assert_eq!(net["preconfigured"], true);
@@ -271,23 +431,61 @@ mod tests {
         assert_eq!(net["type"], "manual");
         assert_eq!(s["env"], env);
         assert!(s.get("blobstore").is_none(), "none chosen, none written");
-        let local: BlobstoreSettings = serde_json::from_value(
-            json!({"provider": "local", "options": {"blobstore_path": "/var/vcap/micro_bosh/data/cache"}}),
-        )
-        .unwrap();
-        let s = settings(
+        let s = typed(
             "a",
-            "vm-1",
+            &vm,
             &agent(),
-            Some(&local),
+            Some(&local()),
             &planned(),
             &disks,
-            &Map::new(),
+            &Object::new(),
         );
         assert_eq!(
             s["blobstore"],
             json!({"provider": "local", "options": {"blobstore_path": "/var/vcap/micro_bosh/data/cache"}})
         );
+    }
+
+    #[test]
+    fn the_typed_settings_say_what_the_json_document_said() {
+        let node = serde_json::from_value(json!({"name":"n1","private_ip":"192.0.2.1",
+            "docker_endpoint":"tcp://192.0.2.1:2376","subnet":"10.1.2.0/24","gateway":"10.1.2.1"}))
+        .unwrap();
+        let nets = serde_json::from_value(json!({
+            "default": {"type": "manual", "ip": "10.1.2.11", "dns": ["10.1.2.1"],
+                "default": ["dns", "gateway"], "cloud_properties": {"k": [1, {"x": null}]},
+                "mac": "02:42:0a:01:02:0b", "alias": "web", "preconfigured": false},
+            "dyn": {"type": "dynamic", "cloud_properties": {"name": "other"}, "extra": {"a": 1}},
+            "pub": {"type": "vip", "ip": "203.0.113.7", "netmask": null}}))
+        .unwrap();
+        let mut networks = plan(&nets, &node).unwrap();
+        networks[1].ip = Some("172.18.0.5".parse().unwrap());
+        let disks = [
+            DiskCid::parse("disk-00000000-0000-0000-0000-000000000001").unwrap(),
+            DiskCid::parse("disk-00000000-0000-0000-0000-000000000002").unwrap(),
+        ];
+        let hints: BTreeMap<String, String> = disks
+            .iter()
+            .map(|d| (d.to_string(), disk_hint(d)))
+            .collect();
+        let vm = VmCid::parse("vm-00000000-0000-0000-0000-000000000001").unwrap();
+        let env = json!({"bosh": {"group": "g", "blobstores": [], "mbus": {"cert": {"ca": "x"}}},
+            "persistent_disk_fs": "ext4"});
+        let env = env.as_object().unwrap();
+        for blobstore in [None, Some(&local())] {
+            let old = legacy_settings(
+                "agent-1",
+                vm.as_str(),
+                &agent(),
+                blobstore,
+                &networks,
+                &hints,
+                env,
+            );
+            let new = typed("agent-1", &vm, &agent(), blobstore, &networks, &disks, env);
+            assert_eq!(new, old);
+            assert_eq!(new.to_string(), old.to_string(), "same text, key for key");
+        }
     }
 
     #[test]
@@ -314,7 +512,8 @@ mod tests {
     #[test]
     fn archive_holds_the_three_files() {
         let s = json!({"agent_id": "a"});
-        let tar_bytes = archive("vm-1", &s, None).unwrap();
+        let vm = VmCid::parse("vm-00000000-0000-0000-0000-000000000001").unwrap();
+        let tar_bytes = archive(&vm, &s, None).unwrap();
         let mut a = tar::Archive::new(tar_bytes.as_slice());
         let mut found = BTreeMap::new();
         for e in a.entries().unwrap() {
@@ -343,7 +542,7 @@ mod tests {
         );
         assert_eq!(
             found["var/vcap/bosh/warden-cpi-metadata.json"],
-            r#"{"instance-id":"vm-1"}"#
+            r#"{"instance-id":"vm-00000000-0000-0000-0000-000000000001"}"#
         );
     }
 }

@@ -5,8 +5,38 @@
 
 use serde_json::Value;
 
-use crate::config::{AgentConfig, BlobstoreSettings};
-use crate::protocol::{CpiError, Object};
+use crate::config::{AgentConfig, BlobstoreSettings, ConfigError};
+use crate::protocol::Object;
+
+/// Why the new VM's agent would get no usable blobstore; every one is the request's or
+/// the configuration's fault.
+#[derive(Debug, thiserror::Error)]
+pub enum BlobstoreError {
+    /// Neither `env.bosh.blobstores` nor the configuration brings one.
+    #[error(
+        "create_vm: the agent would get no blobstore and exit at start: set the CPI job's \
+         `blobstore` property (`provider: local` and `path`, as bosh-deployment's \
+         cloud_provider has it) or `moltencore_cpi.agent.blobstore` (cpi.json \
+         agent.blobstore), or send env.bosh.blobstores"
+    )]
+    None,
+    /// `env.bosh` is no object.
+    #[error("create_vm: env.bosh must be an object")]
+    BoshNotAnObject,
+    /// `env.bosh.blobstores` is no list.
+    #[error("create_vm: env.bosh.blobstores must be a list of {{provider, options}}")]
+    NotAList,
+    /// An entry the agent could not read; serde names the field, never the value of an
+    /// options entry (and is cut short).
+    #[error("create_vm: {key} must be {{provider, options}}: {}", cut(&.source.to_string()))]
+    Entry {
+        key: String,
+        source: serde_json::Error,
+    },
+    /// An entry the agent would refuse.
+    #[error("create_vm: {}: {}", .0.key, .0.problem)]
+    Unusable(ConfigError),
+}
 
 /// What the settings' top-level `blobstore` carries: the CPI's own blobstore, or nothing
 /// when `env.bosh.blobstores` (which the agent prefers) brings usable ones, so the CPI's
@@ -14,52 +44,39 @@ use crate::protocol::{CpiError, Object};
 pub fn for_agent<'a>(
     env: &Object,
     agent: &'a AgentConfig,
-) -> Result<Option<&'a BlobstoreSettings>, CpiError> {
+) -> Result<Option<&'a BlobstoreSettings>, BlobstoreError> {
     if env_blobstores(env)? > 0 {
         return Ok(None);
     }
-    match &agent.blobstore {
-        Some(b) => Ok(Some(b)),
-        None => Err(CpiError::cpi(
-            "create_vm: the agent would get no blobstore and exit at start: set the CPI job's \
-             `blobstore` property (`provider: local` and `path`, as bosh-deployment's \
-             cloud_provider has it) or `moltencore_cpi.agent.blobstore` (cpi.json \
-             agent.blobstore), or send env.bosh.blobstores",
-        )),
-    }
+    agent
+        .blobstore
+        .as_ref()
+        .map(Some)
+        .ok_or(BlobstoreError::None)
 }
 
 /// How many blobstores `env.bosh.blobstores` holds, each checked as the agent would use it.
-fn env_blobstores(env: &Object) -> Result<usize, CpiError> {
+fn env_blobstores(env: &Object) -> Result<usize, BlobstoreError> {
     let Some(bosh) = env.get("bosh") else {
         return Ok(0);
     };
     let Value::Object(bosh) = bosh else {
-        return Err(CpiError::cpi("create_vm: env.bosh must be an object"));
+        return Err(BlobstoreError::BoshNotAnObject);
     };
     let list = match bosh.get("blobstores") {
         None | Some(Value::Null) => return Ok(0),
         Some(Value::Array(list)) => list,
-        Some(_) => {
-            return Err(CpiError::cpi(
-                "create_vm: env.bosh.blobstores must be a list of {provider, options}",
-            ));
-        }
+        Some(_) => return Err(BlobstoreError::NotAList),
     };
     for (i, entry) in list.iter().enumerate() {
         let key = format!("env.bosh.blobstores[{i}]");
-        let parsed: BlobstoreSettings = serde_json::from_value(entry.clone()).map_err(|e| {
-            // serde names the field, never the value of an options entry.
-            CpiError::cpi(format!(
-                "create_vm: {key} must be {{provider, options}}: {}",
-                cut(&e.to_string())
-            ))
-        })?;
+        let parsed: BlobstoreSettings =
+            serde_json::from_value(entry.clone()).map_err(|source| BlobstoreError::Entry {
+                key: key.clone(),
+                source,
+            })?;
         if let Some(problem) = parsed.problem(&key) {
-            return Err(CpiError::cpi(format!(
-                "create_vm: {}: {}",
-                problem.key, problem.problem
-            )));
+            return Err(BlobstoreError::Unusable(problem));
         }
     }
     Ok(list.len())
@@ -73,6 +90,7 @@ fn cut(text: &str) -> String {
 mod tests {
     use super::*;
     use crate::config::Secret;
+    use crate::protocol::CpiError;
     use serde_json::json;
 
     fn agent(blobstore: Option<Value>) -> AgentConfig {
@@ -116,7 +134,9 @@ mod tests {
 
     #[test]
     fn no_blobstore_at_all_is_a_cpi_error_naming_the_properties() {
-        let e = for_agent(&env(json!({"bosh": {"group": "g"}})), &agent(None)).unwrap_err();
+        let e = CpiError::from(
+            for_agent(&env(json!({"bosh": {"group": "g"}})), &agent(None)).unwrap_err(),
+        );
         assert_eq!(e.kind, crate::protocol::ErrorKind::CpiError);
         assert!(!e.ok_to_retry);
         for name in [
@@ -152,7 +172,7 @@ mod tests {
                 "env.bosh.blobstores[0].options.blobstore_path",
             ),
         ] {
-            let e = for_agent(&env(bad.clone()), &a).unwrap_err();
+            let e = CpiError::from(for_agent(&env(bad.clone()), &a).unwrap_err());
             assert_eq!(e.kind, crate::protocol::ErrorKind::CpiError, "{bad}");
             assert!(e.message.contains(key), "{key}: {}", e.message);
             assert!(!e.message.contains("SECRET-E"), "{}", e.message);

@@ -6,18 +6,27 @@
 use super::inside;
 use crate::docker::mounter::{self, BlockDisk};
 use crate::docker::{DockerError, NodeDocker};
-use crate::protocol::{CpiError, DiskCid};
+use crate::protocol::DiskCid;
+
+/// Why a disk could not be put in a VM as a block device.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BlockDiskError {
+    /// The disk's volume holds something besides its image (and no staged folder).
+    #[error(
+        "disk {0}: its volume holds files besides its disk image, which this CPI did not put there; move them away or copy the data to a new disk"
+    )]
+    NotAnImage(DiskCid),
+    #[error(transparent)]
+    Docker(#[from] DockerError),
+}
 
 /// A mounter's refusal of a disk whose volume holds something besides its image (and no
 /// staged folder), said so; other errors as they are.
-pub(crate) fn not_an_image(e: DockerError, disk: &DiskCid) -> CpiError {
+pub(crate) fn not_an_image(e: DockerError, disk: &DiskCid) -> BlockDiskError {
     match e {
-        DockerError::Mount { code, .. } if code == mounter::NOT_AN_IMAGE => CpiError::cloud(
-            format!(
-                "disk {disk}: its volume holds files besides its disk image, which this CPI did not put there; move them away or copy the data to a new disk"
-            ),
-            false,
-        ),
+        DockerError::Mount { code, .. } if code == mounter::NOT_AN_IMAGE => {
+            BlockDiskError::NotAnImage(disk.clone())
+        }
         e => e.into(),
     }
 }
@@ -31,7 +40,7 @@ pub(crate) async fn prepare_block_disk(
     vm: &str,
     disk: &str,
     found: BlockDisk,
-) -> Result<(), CpiError> {
+) -> Result<(), DockerError> {
     if !found.formatted {
         inside::format_disk(docker, vm, disk).await?;
     } else if found.grow {

@@ -13,15 +13,14 @@ use serde_json::Value;
 
 use super::agent_files::DISK_MOUNT_ROOT;
 use super::network_plan::PlannedNetwork;
-use super::properties::{Effective, VmProperties, parse_port};
-use crate::config::StartMode;
-use crate::protocol::CpiError;
+use super::properties::{Effective, VmProperties};
+use crate::config::{RestartPolicy as Policy, StartMode};
 
 /// Mount point of the ephemeral volume.
-pub const EPHEMERAL_MOUNT: &str = "/var/vcap/data";
+pub(crate) const EPHEMERAL_MOUNT: &str = "/var/vcap/data";
 
 /// Everything the container is made from.
-pub struct ContainerPlan<'a> {
+pub(crate) struct ContainerPlan<'a> {
     pub image: &'a str,
     pub hostname: &'a str,
     pub labels: HashMap<String, String>,
@@ -54,7 +53,7 @@ fn device_rules(e: &Effective, with_disks: bool) -> Option<Vec<String>> {
 }
 
 /// The endpoint settings of one planned network (static IP when known).
-pub fn endpoint(p: &PlannedNetwork) -> EndpointSettings {
+pub(crate) fn endpoint(p: &PlannedNetwork) -> EndpointSettings {
     EndpointSettings {
         ipam_config: p.ip.map(|ip| EndpointIpamConfig {
             ipv4_address: Some(ip.to_string()),
@@ -64,17 +63,110 @@ pub fn endpoint(p: &PlannedNetwork) -> EndpointSettings {
     }
 }
 
-/// Builds the create body. Only the primary network is attached at create; the others
-/// are connected before start.
-pub fn build(plan: &ContainerPlan<'_>) -> Result<ContainerCreateBody, CpiError> {
-    let e = plan.effective;
-    let primary = plan
-        .networks
-        .iter()
-        .find(|n| n.primary && n.docker_network.is_some())
-        .ok_or_else(|| CpiError::cpi("create_vm: no network can carry the default gateway"))?;
-    let primary_name = primary.docker_network.clone().unwrap_or_default();
+/// Why a container body cannot be made from the plan; each is the request's fault.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SpecError {
+    #[error("create_vm: no network can carry the default gateway")]
+    NoPrimaryNetwork,
+    #[error("cannot encode HostConfig: {0}")]
+    Encode(serde_json::Error),
+    /// A HostConfig field the CPI owns, named in cloud_properties.
+    #[error(
+        "create_vm: cloud_properties.{0} cannot be set: the CPI attaches the VM to its BOSH networks"
+    )]
+    Owned(String),
+    #[error("create_vm: cloud_properties HostConfig fields: {0}")]
+    Decode(serde_json::Error),
+}
 
+/// What systemd needs of its container (nothing for runit): the host's cgroups, tmpfs
+/// at `/run`, its own stop signal.
+#[derive(Default)]
+struct InitNeeds {
+    mounts: Vec<Mount>,
+    tmpfs: HashMap<String, String>,
+    cgroupns: Option<HostConfigCgroupnsModeEnum>,
+    stop_signal: Option<String>,
+}
+
+fn init_needs(mode: StartMode) -> InitNeeds {
+    match mode {
+        StartMode::Runit => InitNeeds::default(),
+        StartMode::Systemd => InitNeeds {
+            mounts: vec![Mount {
+                target: Some("/sys/fs/cgroup".into()),
+                source: Some("/sys/fs/cgroup".into()),
+                typ: Some(MountType::BIND),
+                read_only: Some(false),
+                ..Default::default()
+            }],
+            tmpfs: HashMap::from([
+                ("/run".to_string(), "rw,exec".to_string()),
+                ("/run/lock".to_string(), "rw".to_string()),
+            ]),
+            cgroupns: Some(HostConfigCgroupnsModeEnum::HOST),
+            stop_signal: Some("SIGRTMIN+3".to_string()),
+        },
+    }
+}
+
+/// The exposed ports (`8080/tcp`) and their bindings to the node's ports.
+type Ports = (Vec<String>, HashMap<String, Option<Vec<PortBinding>>>);
+
+fn published(ports: &[super::properties::PortBinding]) -> Ports {
+    let mut exposed = Vec::new();
+    let mut bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
+    for port in ports {
+        let key = format!("{}/{}", port.container, port.protocol.as_str());
+        exposed.push(key.clone());
+        bindings
+            .entry(key)
+            .or_insert_with(|| Some(Vec::new()))
+            .get_or_insert_with(Vec::new)
+            .push(PortBinding {
+                host_ip: None,
+                host_port: Some(port.host.to_string()),
+            });
+    }
+    (exposed, bindings)
+}
+
+fn restart_policy(policy: Policy) -> RestartPolicy {
+    let name = match policy {
+        Policy::No => RestartPolicyNameEnum::NO,
+        Policy::UnlessStopped => RestartPolicyNameEnum::UNLESS_STOPPED,
+        Policy::OnFailure => RestartPolicyNameEnum::ON_FAILURE,
+        Policy::Always => RestartPolicyNameEnum::ALWAYS,
+    };
+    RestartPolicy {
+        name: Some(name),
+        maximum_retry_count: None,
+    }
+}
+
+/// The security options Docker's API takes, and whether masked and read-only paths are
+/// off: `systempaths=unconfined` is the docker CLI's spelling of "no masked and no
+/// read-only paths"; the API takes the two lists instead.
+fn security(e: &Effective) -> (Vec<String>, bool) {
+    let unconfined_paths = e.security_opt.iter().any(|o| o == "systempaths=unconfined");
+    let security_opt = e
+        .security_opt
+        .iter()
+        .filter(|o| *o != "systempaths=unconfined")
+        .cloned()
+        .collect();
+    (security_opt, unconfined_paths)
+}
+
+/// The HostConfig of the plan, before the passthrough fields: the profile, limits,
+/// mounts, the primary network and published ports.
+fn host_config(
+    plan: &ContainerPlan<'_>,
+    primary_name: &str,
+    init: InitNeeds,
+    bindings: HashMap<String, Option<Vec<PortBinding>>>,
+) -> HostConfig {
+    let e = plan.effective;
     let mut mounts: Vec<Mount> = plan
         .ephemeral_volume
         .iter()
@@ -85,6 +177,7 @@ pub fn build(plan: &ContainerPlan<'_>) -> Result<ContainerCreateBody, CpiError> 
             ..Default::default()
         })
         .collect();
+    mounts.extend(init.mounts);
     // A bind, not a mount: Docker makes a missing source directory only for binds (and
     // the API of the daemons served has no CreateMountpoint).
     let binds: Vec<String> = plan
@@ -92,55 +185,8 @@ pub fn build(plan: &ContainerPlan<'_>) -> Result<ContainerCreateBody, CpiError> 
         .iter()
         .map(|tree| format!("{tree}:{DISK_MOUNT_ROOT}:rslave"))
         .collect();
-    let mut tmpfs = HashMap::new();
-    let mut cgroupns = None;
-    let mut stop_signal = None;
-    if e.start_mode == StartMode::Systemd {
-        mounts.push(Mount {
-            target: Some("/sys/fs/cgroup".into()),
-            source: Some("/sys/fs/cgroup".into()),
-            typ: Some(MountType::BIND),
-            read_only: Some(false),
-            ..Default::default()
-        });
-        tmpfs.insert("/run".to_string(), "rw,exec".to_string());
-        tmpfs.insert("/run/lock".to_string(), "rw".to_string());
-        cgroupns = Some(HostConfigCgroupnsModeEnum::HOST);
-        stop_signal = Some("SIGRTMIN+3".to_string());
-    }
-
-    let mut exposed = Vec::new();
-    let mut bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
-    for spec in &plan.props.ports {
-        let (host, container, proto) = parse_port(spec)?;
-        let key = format!("{container}/{proto}");
-        exposed.push(key.clone());
-        bindings
-            .entry(key)
-            .or_insert_with(|| Some(Vec::new()))
-            .get_or_insert_with(Vec::new)
-            .push(PortBinding {
-                host_ip: None,
-                host_port: Some(host.to_string()),
-            });
-    }
-
-    let restart = match e.restart_policy.as_str() {
-        "no" => RestartPolicyNameEnum::NO,
-        "unless-stopped" => RestartPolicyNameEnum::UNLESS_STOPPED,
-        "on-failure" => RestartPolicyNameEnum::ON_FAILURE,
-        _ => RestartPolicyNameEnum::ALWAYS,
-    };
-    // `systempaths=unconfined` is the docker CLI's spelling of "no masked and no read-only
-    // paths"; the API takes the two lists instead.
-    let unconfined_paths = e.security_opt.iter().any(|o| o == "systempaths=unconfined");
-    let security_opt: Vec<String> = e
-        .security_opt
-        .iter()
-        .filter(|o| *o != "systempaths=unconfined")
-        .cloned()
-        .collect();
-    let ours = HostConfig {
+    let (security_opt, unconfined_paths) = security(e);
+    HostConfig {
         privileged: Some(e.privileged),
         cap_add: (!e.cap_add.is_empty()).then(|| e.cap_add.clone()),
         cap_drop: (!e.cap_drop.is_empty()).then(|| e.cap_drop.clone()),
@@ -148,22 +194,33 @@ pub fn build(plan: &ContainerPlan<'_>) -> Result<ContainerCreateBody, CpiError> 
         masked_paths: unconfined_paths.then(Vec::new),
         readonly_paths: unconfined_paths.then(Vec::new),
         device_cgroup_rules: device_rules(e, plan.disk_tree.is_some()),
-        restart_policy: Some(RestartPolicy {
-            name: Some(restart),
-            maximum_retry_count: None,
-        }),
+        restart_policy: Some(restart_policy(e.restart_policy)),
         memory: plan.props.ram.map(|mib| (mib as i64) << 20),
         nano_cpus: plan.props.cpu.map(|c| (c * 1e9) as i64),
         mounts: Some(mounts),
         binds: (!binds.is_empty()).then_some(binds),
-        tmpfs: (!tmpfs.is_empty()).then_some(tmpfs),
-        cgroupns_mode: cgroupns,
-        network_mode: Some(primary_name.clone()),
+        tmpfs: (!init.tmpfs.is_empty()).then_some(init.tmpfs),
+        cgroupns_mode: init.cgroupns,
+        network_mode: Some(primary_name.to_string()),
         port_bindings: (!bindings.is_empty()).then_some(bindings),
         ..Default::default()
-    };
-    let host_config = overlay(ours, &plan.props.host_config)?;
+    }
+}
 
+/// Builds the create body. Only the primary network is attached at create; the others
+/// are connected before start.
+pub(crate) fn build(plan: &ContainerPlan<'_>) -> Result<ContainerCreateBody, SpecError> {
+    let primary = plan
+        .networks
+        .iter()
+        .find(|n| n.primary && n.docker_network.is_some())
+        .ok_or(SpecError::NoPrimaryNetwork)?;
+    let primary_name = primary.docker_network.clone().unwrap_or_default();
+    let init = init_needs(plan.effective.start_mode);
+    let stop_signal = init.stop_signal.clone();
+    let (exposed, bindings) = published(&plan.props.ports);
+    let ours = host_config(plan, &primary_name, init, bindings);
+    let host_config = overlay(ours, &plan.props.host_config)?;
     Ok(ContainerCreateBody {
         image: Some(plan.image.to_string()),
         hostname: Some(plan.hostname.to_string()),
@@ -195,18 +252,15 @@ const MERGED_FIELDS: &[&str] = &["Mounts", "Tmpfs", "Binds"];
 fn overlay(
     ours: HostConfig,
     theirs: &serde_json::Map<String, Value>,
-) -> Result<HostConfig, CpiError> {
+) -> Result<HostConfig, SpecError> {
     if theirs.is_empty() {
         return Ok(ours);
     }
-    let mut merged = serde_json::to_value(&ours)
-        .map_err(|e| CpiError::cpi(format!("cannot encode HostConfig: {e}")))?;
+    let mut merged = serde_json::to_value(&ours).map_err(SpecError::Encode)?;
     if let Value::Object(o) = &mut merged {
         for (k, v) in theirs {
             if OWNED_FIELDS.contains(&k.as_str()) {
-                return Err(CpiError::cpi(format!(
-                    "create_vm: cloud_properties.{k} cannot be set: the CPI attaches the VM to its BOSH networks"
-                )));
+                return Err(SpecError::Owned(k.clone()));
             }
             match (o.get_mut(k), v, MERGED_FIELDS.contains(&k.as_str())) {
                 (Some(Value::Array(mine)), Value::Array(more), true) => {
@@ -221,11 +275,7 @@ fn overlay(
             }
         }
     }
-    serde_json::from_value(merged).map_err(|e| {
-        CpiError::cpi(format!(
-            "create_vm: cloud_properties HostConfig fields: {e}"
-        ))
-    })
+    serde_json::from_value(merged).map_err(SpecError::Decode)
 }
 
 #[cfg(test)]
@@ -319,7 +369,47 @@ mod tests {
             start_script: String::new(),
         })
         .unwrap_err();
-        assert!(e.message.contains("NetworkMode"), "{}", e.message);
+        assert_eq!(
+            e.to_string(),
+            "create_vm: cloud_properties.NetworkMode cannot be set: the CPI attaches the VM to its BOSH networks"
+        );
+    }
+
+    #[test]
+    fn ports_and_restart_policy_come_from_their_types() {
+        let b = body(
+            json!({"ports": ["53/udp", "8080", "81:8080"], "restart_policy": "unless-stopped"}),
+            VmDefaults::default(),
+        );
+        assert_eq!(
+            b.exposed_ports,
+            Some(vec!["53/udp".into(), "8080/tcp".into(), "8080/tcp".into()])
+        );
+        let hc = b.host_config.unwrap();
+        let pb = hc.port_bindings.unwrap();
+        let hosts = |key: &str| -> Vec<String> {
+            pb[key]
+                .as_ref()
+                .unwrap()
+                .iter()
+                .filter_map(|b| b.host_port.clone())
+                .collect()
+        };
+        assert_eq!(hosts("53/udp"), ["53"]);
+        assert_eq!(hosts("8080/tcp"), ["8080", "81"]);
+        assert_eq!(
+            hc.restart_policy.unwrap().name,
+            Some(RestartPolicyNameEnum::UNLESS_STOPPED)
+        );
+        for (policy, name) in [
+            (Policy::No, RestartPolicyNameEnum::NO),
+            (Policy::Always, RestartPolicyNameEnum::ALWAYS),
+            (Policy::OnFailure, RestartPolicyNameEnum::ON_FAILURE),
+        ] {
+            assert_eq!(restart_policy(policy).name, Some(name));
+        }
+        let runit = init_needs(StartMode::Runit);
+        assert!(runit.mounts.is_empty() && runit.tmpfs.is_empty() && runit.stop_signal.is_none());
     }
 
     #[test]

@@ -35,7 +35,7 @@ fi
 
 /// How the jobs of a VM ended up.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Stopped {
+pub(crate) enum Stopped {
     /// Drained and stopped by monit.
     Gracefully,
     /// The grace period ended first; the container's stop kills what is left.
@@ -45,7 +45,7 @@ pub enum Stopped {
 }
 
 /// Drains and stops the jobs of VM `cid` within `grace`.
-pub async fn stop_jobs(
+pub(crate) async fn stop_jobs(
     docker: &NodeDocker,
     cid: &str,
     grace: Duration,

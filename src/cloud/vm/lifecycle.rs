@@ -11,7 +11,7 @@ use crate::docker::NodeDocker;
 use crate::protocol::{CallResult, CpiError, Object, VmCid};
 
 /// The VM's record and node, or `VMNotFound`.
-pub async fn find_existing(
+pub(crate) async fn find_existing(
     s: &Session<'_>,
     cid: &VmCid,
 ) -> Result<(VmRecord, NodeDocker), CpiError> {
@@ -23,7 +23,7 @@ pub async fn find_existing(
 /// success (the director and create-env retry deletes, and create-env never detaches
 /// first). The director has stopped the jobs already (the agent's `stop`); create-env
 /// has too, so the container is removed without stopping its jobs again.
-pub async fn delete(ctx: &CloudContext<'_>, cid: &VmCid) -> Result<CallResult, CpiError> {
+pub(crate) async fn delete(ctx: &CloudContext<'_>, cid: &VmCid) -> Result<CallResult, CpiError> {
     let s = Session::new(ctx);
     let view = s.view().await?;
     let Some(record) = s.vm(cid).await? else {
@@ -46,7 +46,7 @@ pub async fn delete(ctx: &CloudContext<'_>, cid: &VmCid) -> Result<CallResult, C
 
 /// `has_vm`: whether the container exists on its node. A finished record whose container is
 /// gone is removed from the index (the node wins).
-pub async fn has(ctx: &CloudContext<'_>, cid: &VmCid) -> Result<CallResult, CpiError> {
+pub(crate) async fn has(ctx: &CloudContext<'_>, cid: &VmCid) -> Result<CallResult, CpiError> {
     let s = Session::new(ctx);
     let Some((record, docker)) = s.vm_and_node(cid).await? else {
         return Ok(CallResult::Plain(Value::Bool(false)));
@@ -66,7 +66,7 @@ const REBOOT_GRACE_SECONDS: u64 = 30;
 
 /// `reboot_vm`: the jobs drained and stopped as the agent would, then the container
 /// restarted (same IP, same disks; the start mounts the store again before any job).
-pub async fn reboot(ctx: &CloudContext<'_>, cid: &VmCid) -> Result<CallResult, CpiError> {
+pub(crate) async fn reboot(ctx: &CloudContext<'_>, cid: &VmCid) -> Result<CallResult, CpiError> {
     let s = Session::new(ctx);
     let (_, docker) = find_existing(&s, cid).await?;
     if s.inspect(&docker, cid.as_str()).await?.is_none() {
@@ -81,7 +81,7 @@ pub async fn reboot(ctx: &CloudContext<'_>, cid: &VmCid) -> Result<CallResult, C
 
 /// `set_vm_metadata`: merged into the VM's index record, where `cpi nodes` and operators
 /// see it (Docker labels cannot change on an existing container).
-pub async fn set_metadata(
+pub(crate) async fn set_metadata(
     ctx: &CloudContext<'_>,
     cid: &VmCid,
     metadata: &Object,

@@ -6,50 +6,147 @@
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::config::{StartMode, VmDefaults};
-use crate::echo::{printable, printable_detail};
-use crate::protocol::{CpiError, Object, plain_serde_message};
+use std::num::NonZeroU16;
 
-/// The lower-case keys this CPI reads; unknown lower-case keys are ignored (the dispatcher
-/// names them in a warning: other CPIs' settings travel in the same hash, but a typo would
-/// otherwise go unseen), upper-case keys are Docker HostConfig fields.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-pub struct VmProperties {
+use crate::config::{RestartPolicy, StartMode, UnknownRestartPolicy, VmDefaults};
+use crate::echo::{printable, printable_detail};
+use crate::protocol::{Object, plain_serde_message};
+
+/// A VM's cloud_properties as this CPI reads them: the lower-case keys typed (unknown
+/// ones are ignored; the dispatcher names them in a warning: other CPIs' settings travel
+/// in the same hash, but a typo would otherwise go unseen), upper-case keys kept as
+/// Docker HostConfig fields.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct VmProperties {
     /// Pin the VM to this node (the generated cloud-config sets it per AZ).
-    #[serde(default)]
     pub node: Option<String>,
     /// CPUs (may be fractional: 0.5).
-    #[serde(default)]
     pub cpu: Option<f64>,
     /// Memory limit in MiB.
-    #[serde(default)]
     pub ram: Option<u64>,
     /// Ephemeral disk size in MiB: the ephemeral disk holds that much (an image of that
     /// size on the node; see docs/disks.md), recorded as a label of its volume. Given as a
     /// number (this CPI's cloud-config, `calculate_vm_cloud_properties`) or as other
     /// CPIs' vm_types give it, `{size: MiB, ...}`.
-    #[serde(default, deserialize_with = "ephemeral_mib")]
     pub ephemeral_disk: Option<u64>,
-    #[serde(default)]
     pub privileged: Option<bool>,
-    #[serde(default)]
     pub cap_add: Option<Vec<String>>,
-    #[serde(default)]
     pub cap_drop: Option<Vec<String>>,
-    #[serde(default)]
     pub security_opt: Option<Vec<String>>,
-    #[serde(default)]
     pub device_cgroup_rules: Option<Vec<String>>,
-    #[serde(default)]
     pub start_mode: Option<StartMode>,
-    #[serde(default)]
-    pub restart_policy: Option<String>,
-    /// Published ports: `"8080"`, `"8080/tcp"`, `"80:8080/tcp"` (host:container).
-    #[serde(default)]
-    pub ports: Vec<String>,
+    pub restart_policy: Option<RestartPolicy>,
+    /// Published ports.
+    pub ports: Vec<PortBinding>,
     /// Docker HostConfig fields given in Docker's own spelling.
-    #[serde(skip)]
     pub host_config: Map<String, Value>,
+}
+
+/// The lower-case keys as they arrive, before the words in them are parsed.
+#[derive(Deserialize)]
+struct RawProperties {
+    #[serde(default)]
+    node: Option<String>,
+    #[serde(default)]
+    cpu: Option<f64>,
+    #[serde(default)]
+    ram: Option<u64>,
+    #[serde(default, deserialize_with = "ephemeral_mib")]
+    ephemeral_disk: Option<u64>,
+    #[serde(default)]
+    privileged: Option<bool>,
+    #[serde(default)]
+    cap_add: Option<Vec<String>>,
+    #[serde(default)]
+    cap_drop: Option<Vec<String>>,
+    #[serde(default)]
+    security_opt: Option<Vec<String>>,
+    #[serde(default)]
+    device_cgroup_rules: Option<Vec<String>>,
+    #[serde(default)]
+    start_mode: Option<StartMode>,
+    #[serde(default)]
+    restart_policy: Option<String>,
+    /// `"8080"`, `"8080/tcp"`, `"80:8080/tcp"` (host:container).
+    #[serde(default)]
+    ports: Vec<String>,
+}
+
+/// The transport protocol of a published port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Protocol {
+    /// `tcp` (the default).
+    Tcp,
+    /// `udp`.
+    Udp,
+}
+
+impl Protocol {
+    /// The protocol's word, as Docker's port keys spell it.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+/// A published port: a port of the node forwarded to a port of the VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PortBinding {
+    /// The node's port.
+    pub host: NonZeroU16,
+    /// The VM's port.
+    pub container: NonZeroU16,
+    pub protocol: Protocol,
+}
+
+impl PortBinding {
+    /// Parses `PORT[/tcp|udp]` or `HOST:CONTAINER[/tcp|udp]`.
+    pub(crate) fn parse(spec: &str) -> Result<PortBinding, PropertiesError> {
+        let bad = || PropertiesError::Port(printable(spec));
+        let (ports, protocol) = match spec.split_once('/') {
+            Some((p, "tcp")) => (p, Protocol::Tcp),
+            Some((p, "udp")) => (p, Protocol::Udp),
+            Some(_) => return Err(bad()),
+            None => (spec, Protocol::Tcp),
+        };
+        let (host, container) = ports.split_once(':').unwrap_or((ports, ports));
+        Ok(PortBinding {
+            host: host.parse().map_err(|_| bad())?,
+            container: container.parse().map_err(|_| bad())?,
+            protocol,
+        })
+    }
+}
+
+/// Why a VM's cloud_properties cannot be used; every one is the request's fault.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub(crate) enum PropertiesError {
+    /// A known key of the wrong type (`path` and `detail` already printable).
+    #[error("create_vm: cloud_properties.{path}: {detail}")]
+    Shape { path: String, detail: String },
+    #[error("create_vm: cloud_properties.cpu must be a positive number, got {0}")]
+    Cpu(f64),
+    #[error("create_vm: cloud_properties.ram must be at least 1 MiB")]
+    Ram,
+    #[error("create_vm: cloud_properties.restart_policy {0}")]
+    RestartPolicy(#[from] UnknownRestartPolicy),
+    /// The entry, made printable.
+    #[error(
+        "create_vm: cloud_properties.ports entry '{0}' must be PORT[/tcp|udp] or HOST:CONTAINER[/tcp|udp]"
+    )]
+    Port(String),
+    /// A Docker HostConfig field Docker would not take (`path` and `detail` printable).
+    #[error("create_vm: cloud_properties.{path} is not a valid Docker HostConfig field: {detail}")]
+    HostConfig { path: String, detail: String },
+}
+
+/// The serde error at `path`, in printable words.
+fn shape<E: std::fmt::Display>(e: serde_path_to_error::Error<E>) -> (String, String) {
+    let path = printable(&e.path().to_string());
+    let detail = printable_detail(&plain_serde_message(&e.into_inner().to_string()));
+    (path, detail)
 }
 
 /// The two spellings of `ephemeral_disk`.
@@ -71,18 +168,18 @@ fn ephemeral_mib<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, 
 
 /// Container settings after defaults and per-VM overrides.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Effective {
+pub(crate) struct Effective {
     pub privileged: bool,
     pub cap_add: Vec<String>,
     pub cap_drop: Vec<String>,
     pub security_opt: Vec<String>,
     pub device_cgroup_rules: Vec<String>,
     pub start_mode: StartMode,
-    pub restart_policy: String,
+    pub restart_policy: RestartPolicy,
 }
 
 /// The lower-case cloud_properties keys of create_vm this CPI reads.
-pub const LOWER_KEYS: &[&str] = &[
+pub(crate) const LOWER_KEYS: &[&str] = &[
     "node",
     "cpu",
     "ram",
@@ -98,9 +195,9 @@ pub const LOWER_KEYS: &[&str] = &[
 ];
 
 impl VmProperties {
-    /// Parses create_vm's cloud_properties; a known key of the wrong type is a CpiError
-    /// naming it.
-    pub fn parse(cloud_properties: &Object) -> Result<VmProperties, CpiError> {
+    /// Parses create_vm's cloud_properties; a known key of the wrong type, or a word it
+    /// does not know, is an error naming it.
+    pub(crate) fn parse(cloud_properties: &Object) -> Result<VmProperties, PropertiesError> {
         let mut known = Map::new();
         let mut host_config = Map::new();
         for (k, v) in cloud_properties {
@@ -112,51 +209,56 @@ impl VmProperties {
                 host_config.insert(k.clone(), v.clone());
             }
         }
-        let mut props: VmProperties = serde_path_to_error::deserialize(Value::Object(known))
-            .map_err(|e| {
-                let path = e.path().to_string();
-                CpiError::cpi(format!(
-                    "create_vm: cloud_properties.{}: {}",
-                    printable(&path),
-                    printable_detail(&plain_serde_message(&e.into_inner().to_string()))
-                ))
+        let raw: RawProperties =
+            serde_path_to_error::deserialize(Value::Object(known)).map_err(|e| {
+                let (path, detail) = shape(e);
+                PropertiesError::Shape { path, detail }
             })?;
-        if let Some(cpu) = props.cpu
+        if let Some(cpu) = raw.cpu
             && !(cpu > 0.0 && cpu.is_finite())
         {
-            return Err(CpiError::cpi(format!(
-                "create_vm: cloud_properties.cpu must be a positive number, got {cpu}"
-            )));
+            return Err(PropertiesError::Cpu(cpu));
         }
-        if props.ram == Some(0) {
-            return Err(CpiError::cpi(
-                "create_vm: cloud_properties.ram must be at least 1 MiB",
-            ));
+        if raw.ram == Some(0) {
+            return Err(PropertiesError::Ram);
         }
-        if let Some(p) = &props.restart_policy {
-            check_restart_policy(p)?;
-        }
-        for p in &props.ports {
-            parse_port(p)?;
-        }
-        // Validate the HostConfig passthrough now, naming the field, rather than at create.
+        let restart_policy = raw
+            .restart_policy
+            .as_deref()
+            .map(RestartPolicy::parse)
+            .transpose()?;
+        let ports = raw
+            .ports
+            .iter()
+            .map(|p| PortBinding::parse(p))
+            .collect::<Result<_, _>>()?;
+        // Check the HostConfig passthrough now, naming the field, rather than at create.
         serde_path_to_error::deserialize::<_, bollard::models::HostConfig>(Value::Object(
             host_config.clone(),
         ))
         .map_err(|e| {
-            let path = e.path().to_string();
-            CpiError::cpi(format!(
-                "create_vm: cloud_properties.{} is not a valid Docker HostConfig field: {}",
-                printable(&path),
-                printable_detail(&plain_serde_message(&e.into_inner().to_string()))
-            ))
+            let (path, detail) = shape(e);
+            PropertiesError::HostConfig { path, detail }
         })?;
-        props.host_config = host_config;
-        Ok(props)
+        Ok(VmProperties {
+            node: raw.node,
+            cpu: raw.cpu,
+            ram: raw.ram,
+            ephemeral_disk: raw.ephemeral_disk,
+            privileged: raw.privileged,
+            cap_add: raw.cap_add,
+            cap_drop: raw.cap_drop,
+            security_opt: raw.security_opt,
+            device_cgroup_rules: raw.device_cgroup_rules,
+            start_mode: raw.start_mode,
+            restart_policy,
+            ports,
+            host_config,
+        })
     }
 
     /// Defaults overridden by this VM's properties.
-    pub fn effective(&self, defaults: &VmDefaults) -> Effective {
+    pub(crate) fn effective(&self, defaults: &VmDefaults) -> Effective {
         Effective {
             privileged: self.privileged.unwrap_or(defaults.privileged),
             cap_add: self.cap_add.clone().unwrap_or(defaults.cap_add.clone()),
@@ -170,15 +272,12 @@ impl VmProperties {
                 .clone()
                 .unwrap_or(defaults.device_cgroup_rules.clone()),
             start_mode: self.start_mode.unwrap_or(defaults.start_mode),
-            restart_policy: self
-                .restart_policy
-                .clone()
-                .unwrap_or(defaults.restart_policy.clone()),
+            restart_policy: self.restart_policy.unwrap_or(defaults.restart_policy),
         }
     }
 
     /// The memory limit in MiB: `ram`, else the passthrough `Memory` (bytes), else none.
-    pub fn memory_mib(&self) -> u64 {
+    pub(crate) fn memory_mib(&self) -> u64 {
         self.ram.unwrap_or_else(|| {
             self.host_config
                 .get("Memory")
@@ -194,7 +293,7 @@ const UNKNOWN_KEYS_NAMED: usize = 8;
 
 /// The lower-case keys of `cloud_properties` that are not in `known` (upper-case keys
 /// are Docker's own HostConfig fields), at most [`UNKNOWN_KEYS_NAMED`], made printable.
-pub fn unknown_keys(cloud_properties: &Object, known: &[&str]) -> Vec<String> {
+pub(crate) fn unknown_keys(cloud_properties: &Object, known: &[&str]) -> Vec<String> {
     cloud_properties
         .keys()
         .filter(|k| !known.contains(&k.as_str()))
@@ -207,7 +306,7 @@ pub fn unknown_keys(cloud_properties: &Object, known: &[&str]) -> Vec<String> {
 /// Warns (into the response's `log`) about keys of `method`'s cloud_properties this CPI
 /// does not read. They are not refused: the director passes one hash to every CPI of a
 /// multi-CPI setup, and AZs or vm_extensions may carry keys meant for another one.
-pub fn warn_unknown_keys(method: &str, cloud_properties: &Object, known: &[&str]) {
+pub(crate) fn warn_unknown_keys(method: &str, cloud_properties: &Object, known: &[&str]) {
     let unknown = unknown_keys(cloud_properties, known);
     if unknown.is_empty() {
         return;
@@ -224,51 +323,14 @@ pub fn warn_unknown_keys(method: &str, cloud_properties: &Object, known: &[&str]
     );
 }
 
-fn check_restart_policy(p: &str) -> Result<(), CpiError> {
-    const POLICIES: &[&str] = &["no", "always", "unless-stopped", "on-failure"];
-    if POLICIES.contains(&p) {
-        Ok(())
-    } else {
-        Err(CpiError::cpi(format!(
-            "create_vm: cloud_properties.restart_policy '{}' is not one of {}",
-            printable(p),
-            POLICIES.join(", ")
-        )))
-    }
-}
-
-/// A published port: (host port, container port, protocol).
-pub fn parse_port(spec: &str) -> Result<(u16, u16, String), CpiError> {
-    let bad = || {
-        CpiError::cpi(format!(
-            "create_vm: cloud_properties.ports entry '{}' must be PORT[/tcp|udp] or HOST:CONTAINER[/tcp|udp]",
-            printable(spec)
-        ))
-    };
-    let (ports, proto) = match spec.split_once('/') {
-        Some((p, proto)) if proto == "tcp" || proto == "udp" => (p, proto.to_string()),
-        Some(_) => return Err(bad()),
-        None => (spec, "tcp".to_string()),
-    };
-    let (host, container) = match ports.split_once(':') {
-        Some((h, c)) => (h, c),
-        None => (ports, ports),
-    };
-    let host: u16 = host.parse().map_err(|_| bad())?;
-    let container: u16 = container.parse().map_err(|_| bad())?;
-    if host == 0 || container == 0 {
-        return Err(bad());
-    }
-    Ok((host, container, proto))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::CpiError;
     use serde_json::json;
 
     fn parse(v: Value) -> Result<VmProperties, CpiError> {
-        VmProperties::parse(v.as_object().unwrap())
+        VmProperties::parse(v.as_object().unwrap()).map_err(CpiError::from)
     }
 
     #[test]
@@ -342,14 +404,59 @@ mod tests {
             .effective(&d);
         assert!(!e.privileged);
         assert_eq!(e.cap_add, vec!["NET_ADMIN"]);
-        assert_eq!(e.restart_policy, "always");
+        assert_eq!(e.restart_policy, RestartPolicy::Always);
+        let e = parse(json!({"restart_policy": "on-failure"}))
+            .unwrap()
+            .effective(&d);
+        assert_eq!(e.restart_policy, RestartPolicy::OnFailure);
+    }
+
+    fn port(host: u16, container: u16, protocol: Protocol) -> PortBinding {
+        PortBinding {
+            host: NonZeroU16::new(host).unwrap(),
+            container: NonZeroU16::new(container).unwrap(),
+            protocol,
+        }
     }
 
     #[test]
     fn ports() {
-        assert_eq!(parse_port("8080").unwrap(), (8080, 8080, "tcp".into()));
-        assert_eq!(parse_port("53/udp").unwrap(), (53, 53, "udp".into()));
-        assert_eq!(parse_port("80:8080/tcp").unwrap(), (80, 8080, "tcp".into()));
-        assert!(parse_port("80/sctp").is_err());
+        let p = |s: &str| PortBinding::parse(s);
+        assert_eq!(p("8080").unwrap(), port(8080, 8080, Protocol::Tcp));
+        assert_eq!(p("53/udp").unwrap(), port(53, 53, Protocol::Udp));
+        assert_eq!(p("80:8080/tcp").unwrap(), port(80, 8080, Protocol::Tcp));
+        for bad in ["80/sctp", "0", "80:0", "http", "1:2:3", "70000"] {
+            assert_eq!(
+                p(bad).unwrap_err().to_string(),
+                format!(
+                    "create_vm: cloud_properties.ports entry '{bad}' must be PORT[/tcp|udp] or HOST:CONTAINER[/tcp|udp]"
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn messages_and_classes_stay_the_directors() {
+        let e = parse(json!({"restart_policy": "often"})).unwrap_err();
+        assert_eq!(e.kind, crate::protocol::ErrorKind::CpiError);
+        assert_eq!(
+            e.message,
+            "create_vm: cloud_properties.restart_policy 'often' is not one of no, always, unless-stopped, on-failure"
+        );
+        let e = parse(json!({"cpu": 0})).unwrap_err();
+        assert_eq!(
+            e.message,
+            "create_vm: cloud_properties.cpu must be a positive number, got 0"
+        );
+        let e = parse(json!({"ram": 0})).unwrap_err();
+        assert_eq!(
+            e.message,
+            "create_vm: cloud_properties.ram must be at least 1 MiB"
+        );
+        let e = parse(json!({"ram": "lots"})).unwrap_err();
+        assert_eq!(
+            e.message,
+            "create_vm: cloud_properties.ram: expected a whole number (0 or more), got the string \"lots\""
+        );
     }
 }

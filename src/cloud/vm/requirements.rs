@@ -4,27 +4,42 @@
 use serde_json::json;
 
 use crate::cloud::CloudContext;
-use crate::placement;
+use crate::placement::{self, PlacementError};
 use crate::protocol::{CallResult, CpiError, VmRequirements};
+
+/// Why requirements cannot be translated; both are answered as the CPI's own error.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RequirementsError {
+    #[error("calculate_vm_cloud_properties: cpu ({cpu}) and ram ({ram}) must be at least 1")]
+    Zero { cpu: u64, ram: u64 },
+    /// No node could hold the VM (said as the placement says it).
+    #[error(transparent)]
+    NoNode(#[from] PlacementError),
+}
+
+/// The VM size the requirements ask for, refused when a size is zero.
+fn size(req: &VmRequirements) -> Result<placement::VmSize, RequirementsError> {
+    if req.cpu == 0 || req.ram == 0 {
+        return Err(RequirementsError::Zero {
+            cpu: req.cpu,
+            ram: req.ram,
+        });
+    }
+    Ok(placement::VmSize {
+        cpus: req.cpu,
+        ram_mib: req.ram,
+    })
+}
 
 /// Translates requirements; the sizes map to the `cpu`, `ram` and `ephemeral_disk`
 /// cloud_properties of create_vm.
-pub async fn calculate(
+pub(crate) async fn calculate(
     ctx: &CloudContext<'_>,
     req: VmRequirements,
 ) -> Result<CallResult, CpiError> {
-    if req.cpu == 0 || req.ram == 0 {
-        return Err(CpiError::cpi(format!(
-            "calculate_vm_cloud_properties: cpu ({}) and ram ({}) must be at least 1",
-            req.cpu, req.ram
-        )));
-    }
+    let size = size(&req)?;
     let view = ctx.view().await?;
-    let size = placement::VmSize {
-        cpus: req.cpu,
-        ram_mib: req.ram,
-    };
-    placement::fits_some_node(&size, &view.nodes).map_err(|e| CpiError::cpi(e.to_string()))?;
+    placement::fits_some_node(&size, &view.nodes).map_err(RequirementsError::from)?;
     Ok(CallResult::Plain(json!({
         "cpu": req.cpu,
         "ram": req.ram,

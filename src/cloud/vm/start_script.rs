@@ -11,7 +11,7 @@ use crate::config::StartMode;
 use crate::disk_mounts::IMAGE_FILE;
 
 /// The init a stemcell starts with in each mode.
-pub fn init_path(mode: StartMode) -> &'static str {
+pub(crate) fn init_path(mode: StartMode) -> &'static str {
     match mode {
         StartMode::Runit => "/usr/sbin/runsvdir-start",
         StartMode::Systemd => "/sbin/init",
@@ -19,12 +19,12 @@ pub fn init_path(mode: StartMode) -> &'static str {
 }
 
 /// Where the agent writes the cid of the disk it mounted last.
-pub const MANAGED_DISK_FILE: &str = "/var/vcap/bosh/managed_disk_settings.json";
+pub(crate) const MANAGED_DISK_FILE: &str = "/var/vcap/bosh/managed_disk_settings.json";
 /// Left by a graceful stop ([`super::graceful_stop`]): monit's state file, which says every
 /// job is unmonitored, goes before the next start of monit.
-pub const JOBS_STOPPED: &str = "/var/vcap/bosh/moltencore-jobs-stopped";
+pub(crate) const JOBS_STOPPED: &str = "/var/vcap/bosh/moltencore-jobs-stopped";
 /// Where the agent mounts the persistent disk.
-pub const STORE: &str = "/var/vcap/store";
+pub(crate) const STORE: &str = "/var/vcap/store";
 /// How long the start waits for the last mounted disk to appear (after a host reboot its
 /// device is made again by `cpi node-prep disk-mounts`, which may finish after Docker
 /// started the container), in tenths of a second.
@@ -115,7 +115,7 @@ fn format_script() -> String {
 
 /// The shell script run as `/bin/sh -c <script>`. Only validated IP addresses and the
 /// hostname (a cid made of [a-z0-9-]) are interpolated.
-pub fn script(
+pub(crate) fn script(
     hostname: &str,
     ip: Option<IpAddr>,
     dns: &[IpAddr],
