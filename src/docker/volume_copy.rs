@@ -226,7 +226,7 @@ impl Helper {
         drop(tx);
         let digest = digester.await.map_err(|e| DockerError::Task {
             what: "digest task".into(),
-            detail: e.to_string(),
+            source: e,
         })?;
         if let Some(f) = failure {
             return Err(f);
@@ -240,7 +240,7 @@ fn unreadable(node: &NodeDocker, e: std::io::Error) -> DockerError {
     DockerError::Archive {
         node: node.name.clone(),
         what: "volume archive unreadable".into(),
-        detail: e.to_string(),
+        source: e,
     }
 }
 
@@ -405,7 +405,7 @@ async fn stream(from: &Helper, to: &Helper) -> Result<TreeDigest, DockerError> {
         match wait_alive(&mut uploader, &to.node, "finishing the copy").await {
             Ok(joined) => joined.map_err(|e| DockerError::Task {
                 what: "upload task".into(),
-                detail: e.to_string(),
+                source: e,
             })?,
             Err(stalled) => {
                 uploader.abort();
@@ -415,7 +415,7 @@ async fn stream(from: &Helper, to: &Helper) -> Result<TreeDigest, DockerError> {
     };
     let source_digest = digester.await.map_err(|e| DockerError::Task {
         what: "digest task".into(),
-        detail: e.to_string(),
+        source: e,
     })?;
     if let Some(f) = failure {
         return Err(f);

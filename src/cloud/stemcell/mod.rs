@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use super::CloudContext;
 use super::session::Session;
 use crate::cluster::{NodeState, index};
-use crate::docker::NodeDocker;
 use crate::docker::images::{self, ImportTarget, StreamCheck};
+use crate::docker::{NodeDocker, SourceError};
 use crate::labels;
 use crate::protocol::{CallResult, CpiError, Object, StemcellCid};
 use manifest::{ExpectedDigest, Hasher, Manifest};
@@ -51,15 +51,17 @@ impl StreamCheck for DigestCheck {
     fn update(&mut self, data: &[u8]) {
         self.hasher.update(data);
     }
-    fn finish(self: Box<Self>) -> Result<(), String> {
+    fn finish(self: Box<Self>) -> Result<(), SourceError> {
         let actual = self.hasher.finish();
         if actual == self.expected.hex() {
             Ok(())
         } else {
-            Err(format!(
-                "stemcell image digest mismatch: stemcell.MF says {}, the image has {actual}",
-                self.expected.hex()
-            ))
+            Err(SourceError::Rejected {
+                reason: format!(
+                    "stemcell image digest mismatch: stemcell.MF says {}, the image has {actual}",
+                    self.expected.hex()
+                ),
+            })
         }
     }
 }
@@ -68,7 +70,7 @@ struct NoCheck;
 
 impl StreamCheck for NoCheck {
     fn update(&mut self, _: &[u8]) {}
-    fn finish(self: Box<Self>) -> Result<(), String> {
+    fn finish(self: Box<Self>) -> Result<(), SourceError> {
         Ok(())
     }
 }
