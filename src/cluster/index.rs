@@ -18,14 +18,14 @@ pub async fn get<T: DeserializeOwned>(etcd: &Etcd, key: &str) -> Result<Option<T
         None => Ok(None),
         Some(kv) => serde_json::from_slice(kv.value())
             .map(Some)
-            .map_err(|e| IndexError::Malformed(format!("index record {key} is unreadable: {e}"))),
+            .map_err(|e| IndexError::unreadable(key, e)),
     }
 }
 
 /// Writes one JSON record.
 pub async fn put<T: Serialize>(etcd: &Etcd, key: &str, value: &T) -> Result<(), IndexError> {
     let text = serde_json::to_string(value)
-        .map_err(|e| IndexError::Encode(format!("cannot encode index record {key}: {e}")))?;
+        .map_err(|e| IndexError::encode(format!("index record {key}"), e))?;
     etcd.client()
         .put(key, text, None)
         .await
@@ -107,7 +107,7 @@ impl ProgressLease {
     /// Writes a record that lives only as long as this lease.
     pub async fn put<T: Serialize>(&self, key: &str, value: &T) -> Result<(), IndexError> {
         let text = serde_json::to_string(value)
-            .map_err(|e| IndexError::Encode(format!("cannot encode index record {key}: {e}")))?;
+            .map_err(|e| IndexError::encode(format!("index record {key}"), e))?;
         self.etcd
             .client()
             .put(
