@@ -4,7 +4,13 @@
 //! agent's files keeping the stemcell's modes and owners, unreadable to `vcap`, also
 //! after attach_disk and detach_disk rewrote the settings in the running VM.
 
-use moltencore_testkit::{cluster::*, cpi::*, docker::*, index::*, requests::*};
+use moltencore_testkit::{
+    cluster::{cluster_config, node_prefix, runtime},
+    cpi::{call_on, expect_error},
+    docker::{exec_as, exec_in, leftovers_of_agent, read_file_in},
+    index::index_records_of_agent,
+    requests::{agent_id, create_vm, create_vm_request, manual_network, shared_stemcell},
+};
 use serde_json::{Value, json};
 
 fn settings_in(node: &str, cid: &str) -> Value {

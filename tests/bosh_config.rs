@@ -9,7 +9,13 @@ use std::net::Ipv4Addr;
 use std::process::Command;
 
 use ipnet::Ipv4Net;
-use moltencore_testkit::{cluster::*, cpi::*, docker::*, index::*, requests::*};
+use moltencore_testkit::{
+    cluster::{cluster, cluster_config, node_names, runtime},
+    cpi::{cpi_bin, expect_error, expect_result},
+    docker::{leftovers_of_agent, node_of_container, node_socket, volume_on},
+    index::index_record,
+    requests::{agent_id, shared_stemcell},
+};
 use serde_json::{Value, json};
 
 /// Runs `cpi bosh-config ARGS` with the cluster's config; returns the parsed YAML.

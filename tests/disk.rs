@@ -5,7 +5,25 @@
 //! mounted in the VM to read and write it); bad attaches leave the VM untouched; snapshots
 //! hold the contents of their time.
 
-use moltencore_testkit::{cluster::*, cpi::*, docker::*, index::*, requests::*};
+use moltencore_testkit::{
+    cluster::{cluster_config, node_names, node_prefix, private_cluster, runtime},
+    cpi::{
+        answer_on, call, call_error, call_on, create_vm_retrying, expect_result, kill_cpi_when,
+        kill_create_vm_once_its_container_exists, run_cpi,
+    },
+    docker::{
+        agent_settings, containers_labelled, disk_devices, disk_loops, disk_tree, exec_in,
+        leftovers_of_agent, mount_disk_in, node_of_container, node_socket, remove_outside_cpi, sh,
+        users_of_volume, vm_container, volume_on, write_blob,
+    },
+    index::{
+        index_record, index_records_of_agent, make_node_unreachable, put_index_record,
+        put_node_record,
+    },
+    requests::{
+        agent_id, create_disk, manual_network, request, shared_stemcell, static_vm_request, vm_on,
+    },
+};
 use serde_json::{Value, json};
 
 /// Cids of the issued shape that no object has.

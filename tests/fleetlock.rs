@@ -12,7 +12,13 @@ use moltencore_testkit::fleetlock::attack::{
 };
 use moltencore_testkit::index::semaphore_of;
 use moltencore_testkit::wait::wait_until;
-use moltencore_testkit::{cluster::*, fleetlock::*};
+use moltencore_testkit::{
+    cluster::{
+        cluster, dead_node_record, load_config, node_names, private_cluster, private_config,
+        register_nodes, runtime,
+    },
+    fleetlock::{FleetLockServer, exchange, fleetlock_body, fleetlock_request, post},
+};
 use serde_json::Value;
 
 fn assert_refused(answer: &(u16, Value), status: u16, kind: &str) {

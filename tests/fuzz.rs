@@ -9,7 +9,12 @@
 
 use std::process::{Command, Stdio};
 
-use moltencore_testkit::{cluster::*, cpi::*, docker::*, requests::*};
+use moltencore_testkit::{
+    cluster::cluster_config,
+    cpi::{call, cpi_bin},
+    docker::{assert_nodes_unchanged, node_state},
+    requests::{Canaries, canaries},
+};
 use serde_json::{Value, json};
 
 /// Cases of the hostile-argument corpus.

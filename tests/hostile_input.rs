@@ -12,7 +12,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use moltencore_testkit::{cluster::*, cpi::*, docker::*, index::*, requests::*};
+use moltencore_testkit::{
+    cluster::{cluster_config, node_prefix, runtime},
+    cpi::{cpi_bin, expect_result, run_cpi},
+    docker::{node_of_container, read_file_in},
+    index::index_record,
+    requests::{agent_id, create_vm_request, manual_network, shared_stemcell},
+};
 use serde_json::{Value, json};
 
 /// A process that has not answered by then never will: the failure mode, not a speed bound.

@@ -8,7 +8,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use moltencore_testkit::{cluster::*, cpi::*, docker::*, index::*, requests::*};
+use moltencore_testkit::{
+    cluster::{cluster, cluster_config, node_names, node_prefix, runtime, test_stemcell_dir},
+    cpi::{call, expect_result, spawn_cpi},
+    docker::{containers_labelled, has_image, leftovers_of_agent, mount_disk_in, sh, volume_on},
+    index::{index_record, index_records_of_agent},
+    requests::{agent_id, create_disk, shared_stemcell, static_vm, static_vm_request},
+};
 use serde_json::{Value, json};
 
 /// Seconds a node may stay silent in these tests' CPI config.

@@ -12,7 +12,15 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use moltencore_testkit::{
-    cluster::*, cpi::*, docker::*, fleetlock::*, index::*, requests::*, wait::*,
+    cluster::{cluster_config, node_names, runtime},
+    cpi::{call_on, cpi_bin, cpi_command},
+    docker::{blob_sum, inspect_vm, remove_container_forced},
+    fleetlock::{FleetLockServer, fleetlock_request},
+    index::{
+        etcd, index_record, node_record_state, put_index_record, reboot_holders, reboot_record,
+    },
+    requests::{shared_stemcell, vm_with_disk},
+    wait::poll_until,
 };
 use serde_json::{Value, json};
 

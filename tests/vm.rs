@@ -4,7 +4,23 @@
 
 use std::collections::HashSet;
 
-use moltencore_testkit::{cluster::*, cpi::*, docker::*, index::*, requests::*, wait::*};
+use moltencore_testkit::{
+    cluster::{
+        cluster, cluster_config, node_prefix, private_cluster, private_config, register_nodes,
+        runtime, test_stemcell_dir,
+    },
+    cpi::{
+        assert_schema, call, create_vm_retrying, expect_error, expect_result,
+        kill_create_vm_once_its_container_exists, run_cpi,
+    },
+    docker::{exec_in, leftovers_of_agent, node_of_container, node_socket, read_file_in},
+    index::{delete_index_record, index_record, index_records_of_agent, put_index_record},
+    requests::{
+        agent_id, create_vm, create_vm_request, manual_network, shared_stemcell, static_vm,
+        static_vm_request,
+    },
+    wait::wait_until,
+};
 use serde_json::{Value, json};
 
 fn delete_vm(cid: &str) {

@@ -7,7 +7,14 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use moltencore_testkit::{cluster::*, cpi::*, docker::*, index::*, requests::*, wait::*};
+use moltencore_testkit::{
+    cluster::{cluster, cluster_config, node_prefix, runtime},
+    cpi::{expect_error, expect_result},
+    docker::{VmContainer, leftovers_of_agent, vm_container},
+    index::index_records_of_agent,
+    requests::{agent_id, shared_stemcell, static_vm, static_vm_request},
+    wait::wait_until,
+};
 use serde_json::{Value, json};
 
 fn node_dir(node: &str) -> PathBuf {
