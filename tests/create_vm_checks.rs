@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 /// Every key under the private prefix besides what `register_nodes` copied there.
 fn written_keys(config: &std::path::Path, prefix: &str) -> Vec<String> {
     let cfg = load_config(config);
+    let keys = moltencore::cluster::Keys::with_prefixes(prefix, &cfg.etcd.flannel_prefix);
     runtime().block_on(async {
         let etcd = moltencore::cluster::Etcd::connect(&cfg).await.unwrap();
         let resp = etcd
@@ -23,9 +24,7 @@ fn written_keys(config: &std::path::Path, prefix: &str) -> Vec<String> {
         resp.kvs()
             .iter()
             .map(|kv| kv.key_str().unwrap().to_string())
-            .filter(|k| {
-                !k.starts_with(&format!("{prefix}/nodes/")) && *k != format!("{prefix}/pki/ca.crt")
-            })
+            .filter(|k| !k.starts_with(&keys.nodes()) && *k != keys.ca_cert())
             .collect()
     })
 }

@@ -17,7 +17,8 @@ use moltencore_testkit::{
     docker::{blob_sum, inspect_vm, remove_container_forced},
     fleetlock::{FleetLockServer, fleetlock_request},
     index::{
-        etcd, index_record, node_record_state, put_index_record, reboot_holders, reboot_record,
+        etcd, index_record, node_record_state, put_index_record, reboot_holders, reboot_keys_of,
+        reboot_record,
     },
     requests::{shared_stemcell, vm_with_disk},
     wait::poll_until,
@@ -701,16 +702,9 @@ fn wait_for_manager(
 
 /// The lease of the heartbeat of `node`'s manager (0: no heartbeat).
 fn heartbeat_lease(config: &Path, node: &str) -> i64 {
-    let prefix = moltencore_testkit::cluster::load_config(config)
-        .etcd
-        .key_prefix;
+    let key = reboot_keys_of(config).manager(node);
     runtime().block_on(async {
-        let resp = etcd(config)
-            .await
-            .client()
-            .get(format!("{prefix}/reboot/managers/{node}"), None)
-            .await
-            .unwrap();
+        let resp = etcd(config).await.client().get(key, None).await.unwrap();
         resp.kvs().first().map_or(0, |kv| kv.lease())
     })
 }

@@ -4,6 +4,7 @@
 
 use std::collections::HashSet;
 
+use moltencore::ids::VmCid;
 use moltencore_testkit::{
     cluster::{
         cluster, cluster_config, node_prefix, private_cluster, private_config, register_nodes,
@@ -14,7 +15,7 @@ use moltencore_testkit::{
         kill_create_vm_once_its_container_exists, run_cpi,
     },
     docker::{exec_in, leftovers_of_agent, node_of_container, node_socket, read_file_in},
-    index::{delete_index_record, index_record, index_records_of_agent, put_index_record},
+    index::{delete_index_record, index_record, index_records_of_agent, keys_of, put_index_record},
     requests::{
         agent_id, create_vm, create_vm_request, manual_network, shared_stemcell, static_vm,
         static_vm_request,
@@ -611,7 +612,8 @@ fn an_unreadable_vm_record_is_an_error_and_nothing_is_forgotten() {
         assert_eq!(kind, "Bosh::Clouds::CloudError", "{method}: {message}");
         assert_eq!(run.response["error"]["ok_to_retry"], false);
         assert!(
-            message.contains(&format!("{prefix}/vms/{cid}")) && message.contains("unreadable"),
+            message.contains(&keys_of(&config).vm(&VmCid::parse(cid).unwrap()))
+                && message.contains("unreadable"),
             "{method} names the record: {message}"
         );
     }
