@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::IndexError;
 use super::etcd::Etcd;
+use super::index::encode;
 use super::model::{AddressClaim, VmRecord};
 use super::view::Keys;
 use crate::ids::VmCid;
@@ -57,13 +58,11 @@ pub enum Claimed {
 }
 
 fn value_of(vm: &VmCid) -> Result<String, IndexError> {
-    serde_json::to_string(&ClaimValue { vm: vm.clone() })
-        .map_err(|e| IndexError::encode("an address claim", e))
+    encode(&ClaimValue { vm: vm.clone() }, || "an address claim".into())
 }
 
 fn record_text(record: &VmRecord) -> Result<String, IndexError> {
-    serde_json::to_string(record)
-        .map_err(|e| IndexError::encode(format!("the index record of {}", record.cid), e))
+    encode(record, || format!("the index record of {}", record.cid))
 }
 
 /// The nested transaction that claims the first free key of `keys` (`None` when `keys`
