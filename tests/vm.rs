@@ -28,6 +28,85 @@ fn delete_vm(cid: &str) {
     assert_eq!(call("delete_vm", json!([cid])), Value::Null);
 }
 
+/// The container of a new VM: its labels, memory, restart policy and address.
+async fn assert_container_as_created(node: &str, cid: &str, agent: &str, ip: &str) {
+    let docker = node_socket(node).await;
+    let c = docker.inspect_container(cid, None).await.unwrap();
+    let labels = c.config.as_ref().unwrap().labels.clone().unwrap();
+    assert_eq!(labels["moltencore.vm.cid"], cid);
+    assert_eq!(labels["moltencore.vm.agent_id"], agent);
+    assert_eq!(labels["moltencore.vm.stemcell"], shared_stemcell());
+    assert_eq!(labels["moltencore.vm.group"], "manual-group");
+    assert!(labels.contains_key("moltencore.vm.created_at"));
+    let hc = c.host_config.unwrap();
+    assert_eq!(hc.memory, Some(256 << 20));
+    assert_eq!(
+        hc.restart_policy.unwrap().name.unwrap().to_string(),
+        "always"
+    );
+    let ip_now = c.network_settings.unwrap().networks.unwrap()["bosh"]
+        .ip_address
+        .clone();
+    assert_eq!(ip_now.as_deref(), Some(ip));
+}
+
+/// The gateway of a node's subnet: the first address of the /24 that holds `ip`.
+fn gateway_of(ip: &str) -> String {
+    let (prefix, _) = ip.rsplit_once('.').unwrap();
+    format!("{prefix}.1")
+}
+
+/// The agent's files in a new VM with a manual network: its settings exactly, user data
+/// and metadata, and resolv.conf, hostname and ephemeral mount.
+async fn assert_exact_agent_files(node: &str, cid: &str, agent: &str, ip: &str, env: &Value) {
+    let settings: Value = serde_json::from_str(
+        &read_file_in(node, cid, "/var/vcap/bosh/warden-cpi-agent-env.json").await,
+    )
+    .unwrap();
+    let (mbus, blobstore) = {
+        let c: Value =
+            serde_json::from_str(&std::fs::read_to_string(cluster_config()).unwrap()).unwrap();
+        (c["agent"]["mbus"].clone(), c["agent"]["blobstore"].clone())
+    };
+    assert!(
+        blobstore.is_object(),
+        "the cluster's cpi.json has a blobstore"
+    );
+    let gw = gateway_of(ip);
+    assert_eq!(
+        settings,
+        json!({
+            "agent_id": agent,
+            "vm": {"name": cid},
+            "mbus": mbus,
+            "ntp": [],
+            "blobstore": blobstore,
+            "networks": {"default": {"type": "manual", "ip": ip, "netmask": "255.255.255.0",
+                "gateway": gw, "dns": [gw], "default": ["dns", "gateway"],
+                "cloud_properties": {}, "mac": "", "preconfigured": true}},
+            "disks": {"system": "", "ephemeral": null, "persistent": {}},
+            "env": env,
+        })
+    );
+    assert_eq!(
+        read_file_in(node, cid, "/var/vcap/bosh/warden-cpi-user-data.json").await,
+        r#"{"Registry":{"Endpoint":"/var/vcap/bosh/warden-cpi-agent-env.json"}}"#
+    );
+    assert_eq!(
+        read_file_in(node, cid, "/var/vcap/bosh/warden-cpi-metadata.json").await,
+        format!(r#"{{"instance-id":"{cid}"}}"#)
+    );
+    let (code, out) = exec_in(
+        node,
+        cid,
+        "cat /etc/resolv.conf /etc/hostname; grep -c vcap/data /proc/mounts",
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&format!("nameserver {gw}")), "{out}");
+    assert!(out.contains(cid), "{out}");
+}
+
 #[test]
 fn a_manual_vm_runs_on_the_node_of_its_ip_with_the_exact_agent_files() {
     let (node, prefix) = node_prefix(1);
@@ -47,71 +126,8 @@ fn a_manual_vm_runs_on_the_node_of_its_ip_with_the_exact_agent_files() {
             node_of_container(&cid).await.as_deref(),
             Some(node.as_str())
         );
-        let docker = node_socket(&node).await;
-        let c = docker.inspect_container(&cid, None).await.unwrap();
-        let labels = c.config.as_ref().unwrap().labels.clone().unwrap();
-        assert_eq!(labels["moltencore.vm.cid"], cid);
-        assert_eq!(labels["moltencore.vm.agent_id"], agent);
-        assert_eq!(labels["moltencore.vm.stemcell"], shared_stemcell());
-        assert_eq!(labels["moltencore.vm.group"], "manual-group");
-        assert!(labels.contains_key("moltencore.vm.created_at"));
-        let hc = c.host_config.unwrap();
-        assert_eq!(hc.memory, Some(256 << 20));
-        assert_eq!(
-            hc.restart_policy.unwrap().name.unwrap().to_string(),
-            "always"
-        );
-        let ip_now = c.network_settings.unwrap().networks.unwrap()["bosh"]
-            .ip_address
-            .clone();
-        assert_eq!(ip_now.as_deref(), Some(ip.as_str()));
-
-        let settings: Value = serde_json::from_str(
-            &read_file_in(&node, &cid, "/var/vcap/bosh/warden-cpi-agent-env.json").await,
-        )
-        .unwrap();
-        let (mbus, blobstore) = {
-            let c: Value =
-                serde_json::from_str(&std::fs::read_to_string(cluster_config()).unwrap()).unwrap();
-            (c["agent"]["mbus"].clone(), c["agent"]["blobstore"].clone())
-        };
-        assert!(
-            blobstore.is_object(),
-            "the cluster's cpi.json has a blobstore"
-        );
-        let gw = format!("{prefix}.1");
-        assert_eq!(
-            settings,
-            json!({
-                "agent_id": agent,
-                "vm": {"name": cid},
-                "mbus": mbus,
-                "ntp": [],
-                "blobstore": blobstore,
-                "networks": {"default": {"type": "manual", "ip": ip, "netmask": "255.255.255.0",
-                    "gateway": gw, "dns": [gw], "default": ["dns", "gateway"],
-                    "cloud_properties": {}, "mac": "", "preconfigured": true}},
-                "disks": {"system": "", "ephemeral": null, "persistent": {}},
-                "env": env,
-            })
-        );
-        assert_eq!(
-            read_file_in(&node, &cid, "/var/vcap/bosh/warden-cpi-user-data.json").await,
-            r#"{"Registry":{"Endpoint":"/var/vcap/bosh/warden-cpi-agent-env.json"}}"#
-        );
-        assert_eq!(
-            read_file_in(&node, &cid, "/var/vcap/bosh/warden-cpi-metadata.json").await,
-            format!(r#"{{"instance-id":"{cid}"}}"#)
-        );
-        let (code, out) = exec_in(
-            &node,
-            &cid,
-            "cat /etc/resolv.conf /etc/hostname; grep -c vcap/data /proc/mounts",
-        )
-        .await;
-        assert_eq!(code, 0, "{out}");
-        assert!(out.contains(&format!("nameserver {gw}")), "{out}");
-        assert!(out.contains(&cid), "{out}");
+        assert_container_as_created(&node, &cid, &agent, &ip).await;
+        assert_exact_agent_files(&node, &cid, &agent, &ip, &env).await;
     });
     // has_vm, then delete_vm removes container, ephemeral volume and index record.
     assert_eq!(call("has_vm", json!([cid])), Value::Bool(true));
