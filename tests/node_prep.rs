@@ -211,24 +211,14 @@ fn is_empty_dir(dir: &Path) -> bool {
     std::fs::read_dir(dir).unwrap().next().is_none()
 }
 
-#[test]
-fn prepares_a_fresh_root_then_a_second_run_changes_nothing() {
-    let p = prefixes();
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    // No flannel config and no lease yet: node-prep writes the config and reserves.
-    let first = prep(
-        root,
-        "t1",
-        "192.0.2.11",
-        &p,
-        &["--flannel-network", "10.200.0.0/16"],
-    );
+/// The first run's report: changed, the CA created, the Flannel config written and a
+/// subnet reserved, and the units (re)started in order.
+fn assert_first_run_report(first: &Value) {
     assert_eq!(first["changed"], true);
-    assert!(has_change(&first, "created the cluster CA"), "{first:#}");
-    assert!(has_change(&first, "wrote flannel config"), "{first:#}");
+    assert!(has_change(first, "created the cluster CA"), "{first:#}");
+    assert!(has_change(first, "wrote flannel config"), "{first:#}");
     assert!(
-        has_change(&first, "reserved flannel subnet 10.200.1.0/24"),
+        has_change(first, "reserved flannel subnet 10.200.1.0/24"),
         "{first:#}"
     );
     assert_eq!(
@@ -242,8 +232,11 @@ fn prepares_a_fresh_root_then_a_second_run_changes_nothing() {
             "enable --now --no-block moltencore-reboot-manager.service"
         ])
     );
+}
 
-    // etcd: CA, flannel config with everything explicit, the reservation, the record.
+/// etcd after the first run: the CA, Flannel's config with everything explicit, the
+/// reservation, and the node's record; the record.
+fn assert_etcd_after_first_run(p: &Prefixes) -> NodeRecord {
     assert!(
         get(&p.keys().ca_cert())
             .unwrap()
@@ -269,8 +262,12 @@ fn prepares_a_fresh_root_then_a_second_run_changes_nothing() {
     assert_eq!(record.state, NodeState::Ready);
     assert!(record.capacity.cpus > 0 && record.capacity.memory_mib > 0);
     assert!(record.prepared_at.is_some());
+    record
+}
 
-    // Files: the certificates, the key 0600, Docker's options and the units.
+/// The files of the first run: the certificates, the key 0600, Docker's options and the
+/// units; the server certificate (PEM).
+fn assert_files_after_first_run(root: &Path, p: &Prefixes, record: &NodeRecord) -> String {
     let server = std::fs::read_to_string(file(root, "/etc/moltencore/docker/server.pem")).unwrap();
     let ca = std::fs::read_to_string(file(root, "/etc/moltencore/docker/ca.pem")).unwrap();
     assert_eq!(ca, get(&p.keys().ca_cert()).unwrap());
@@ -308,9 +305,13 @@ fn prepares_a_fresh_root_then_a_second_run_changes_nothing() {
     );
     assert!(file(root, "/etc/systemd/system/moltencore-network.service").exists());
     assert!(file(root, "/etc/systemd/system/moltencore-disk-mounts.service").exists());
+    server
+}
 
-    // Second run: nothing changes, nothing restarts, the certificate stays.
-    let out = node_prep(&prep_args(root, "t1", "192.0.2.11", &p, &[]))
+/// A second run changes nothing, restarts nothing and keeps the certificate (`server`),
+/// and says so to a human too.
+fn assert_second_run_changes_nothing(root: &Path, p: &Prefixes, server: &str) {
+    let out = node_prep(&prep_args(root, "t1", "192.0.2.11", p, &[]))
         .output()
         .unwrap();
     let second = ok_report(&out);
@@ -318,9 +319,9 @@ fn prepares_a_fresh_root_then_a_second_run_changes_nothing() {
     assert_eq!(second["systemd"], json!([]));
     assert_eq!(
         std::fs::read_to_string(file(root, "/etc/moltencore/docker/server.pem")).unwrap(),
-        server
+        *server
     );
-    let mut args = prep_args(root, "t1", "192.0.2.11", &p, &[]);
+    let mut args = prep_args(root, "t1", "192.0.2.11", p, &[]);
     args.retain(|a| a != "--json");
     let human = node_prep(&args).output().unwrap();
     let text = String::from_utf8_lossy(&human.stdout);
@@ -328,6 +329,31 @@ fn prepares_a_fresh_root_then_a_second_run_changes_nothing() {
         human.status.success() && text.contains("no change"),
         "{text}"
     );
+}
+
+#[test]
+fn prepares_a_fresh_root_then_a_second_run_changes_nothing() {
+    let p = prefixes();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    // No flannel config and no lease yet: node-prep writes the config and reserves.
+    let first = prep(
+        root,
+        "t1",
+        "192.0.2.11",
+        &p,
+        &["--flannel-network", "10.200.0.0/16"],
+    );
+    assert_first_run_report(&first);
+
+    // etcd: CA, flannel config with everything explicit, the reservation, the record.
+    let record = assert_etcd_after_first_run(&p);
+
+    // Files: the certificates, the key 0600, Docker's options and the units.
+    let server = assert_files_after_first_run(root, &p, &record);
+
+    // Second run: nothing changes, nothing restarts, the certificate stays.
+    assert_second_run_changes_nothing(root, &p, &server);
 }
 
 #[test]
