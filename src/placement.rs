@@ -98,7 +98,7 @@ pub struct VmDemand {
 /// the node whose Flannel subnet holds them (all on one node); `node` pins by name; else
 /// the ready node with room for the memory and the fewest VMs of the same group, then the
 /// fewest VMs, then by name (deterministic).
-pub fn choose_node(
+pub(crate) fn choose_node(
     demand: &VmDemand,
     nodes: &[NodeRecord],
     vms: &[VmRecord],
@@ -234,7 +234,7 @@ fn least_loaded(
 }
 
 /// Memory the index accounts to `node`, in MiB.
-pub fn memory_in_use(node: &NodeRecord, vms: &[VmRecord]) -> u64 {
+pub(crate) fn memory_in_use(node: &NodeRecord, vms: &[VmRecord]) -> u64 {
     vms.iter()
         .filter(|v| v.node == node.name)
         .map(|v| v.memory_mib)
@@ -250,7 +250,7 @@ fn has_room(node: &NodeRecord, memory_mib: u64, vms: &[VmRecord]) -> bool {
 /// Checks that at least one node could hold a VM of this size. Nodes that do not report
 /// a capacity are not judged; with none reporting, any size is accepted. The error names
 /// the largest node, so the operator sees what would fit.
-pub fn fits_some_node(req: &VmSize, nodes: &[NodeRecord]) -> Result<(), PlacementError> {
+pub(crate) fn fits_some_node(req: &VmSize, nodes: &[NodeRecord]) -> Result<(), PlacementError> {
     if nodes.is_empty() {
         return Err(PlacementError::NoNodes);
     }

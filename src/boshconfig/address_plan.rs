@@ -62,7 +62,11 @@ fn range(first: u32, last: u32) -> Option<AddrRange> {
 
 /// Splits `subnet` (gateway `gateway`) as `split` asks. Fails when the gateway is outside
 /// the subnet or when no address is left for BOSH to give to a VM.
-pub fn plan(subnet: Ipv4Net, gateway: Ipv4Addr, split: Split) -> Result<SubnetPlan, PlanError> {
+pub(crate) fn plan(
+    subnet: Ipv4Net,
+    gateway: Ipv4Addr,
+    split: Split,
+) -> Result<SubnetPlan, PlanError> {
     if !subnet.contains(&gateway) {
         return Err(PlanError::GatewayOutside { gateway, subnet });
     }

@@ -60,7 +60,7 @@ pub struct VmTypePreset {
 
 impl VmTypePreset {
     /// The vm_types every generated cloud-config has unless overridden by name.
-    pub fn presets() -> Vec<VmTypePreset> {
+    pub(crate) fn presets() -> Vec<VmTypePreset> {
         let sized = |name: &str, cpu: f64, ram: u64, disk: u64| VmTypePreset {
             name: name.into(),
             size: Some((cpu, ram, disk)),
@@ -116,7 +116,7 @@ pub struct DiskTypePreset {
 
 impl DiskTypePreset {
     /// The disk_types every generated cloud-config has unless overridden by name.
-    pub fn presets() -> Vec<DiskTypePreset> {
+    pub(crate) fn presets() -> Vec<DiskTypePreset> {
         [
             ("default", 10240),
             ("1GB", 1024),
@@ -151,7 +151,11 @@ impl FromStr for DiskTypePreset {
 }
 
 /// Adds `extra` to `base`, replacing entries of the same name (keeps the order of `base`).
-pub fn with_overrides<T: Clone>(base: Vec<T>, extra: &[T], name: impl Fn(&T) -> &str) -> Vec<T> {
+pub(crate) fn with_overrides<T: Clone>(
+    base: Vec<T>,
+    extra: &[T],
+    name: impl Fn(&T) -> &str,
+) -> Vec<T> {
     let mut out = base;
     for e in extra {
         match out.iter_mut().find(|b| name(b) == name(e)) {
@@ -243,7 +247,7 @@ pub struct Generated<T> {
 }
 
 /// Checks what every generated config needs: some nodes, and subnets that do not overlap.
-pub fn check_nodes(view: &ClusterView) -> Result<(), BoshConfigError> {
+pub(crate) fn check_nodes(view: &ClusterView) -> Result<(), BoshConfigError> {
     if view.nodes.is_empty() {
         return Err(BoshConfigError::NoNodes);
     }

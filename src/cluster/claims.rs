@@ -105,7 +105,7 @@ fn claimed_level(mut response: TxnResponse) -> Option<usize> {
 
 /// Writes `record` (state `creating`) and claims every `wanted` address on `node`, all on
 /// `lease`, in one transaction.
-pub async fn claim_for_new_vm(
+pub(crate) async fn claim_for_new_vm(
     etcd: &Etcd,
     keys: &Keys,
     lease: i64,
@@ -264,7 +264,7 @@ fn taken(response: TxnResponse, wanted: &[Wanted]) -> Claimed {
 /// transaction that succeeds only while they are still on `lease`: a create whose lease
 /// expired (the process stalled) may have lost its addresses to another VM. `Ok(false)`
 /// then.
-pub async fn make_permanent(
+pub(crate) async fn make_permanent(
     etcd: &Etcd,
     keys: &Keys,
     lease: i64,
@@ -289,7 +289,11 @@ pub async fn make_permanent(
 
 /// Removes a VM's record and the address claims it lists, in one transaction; a claim is
 /// removed only while it still names this VM.
-pub async fn forget_vm(etcd: &Etcd, keys: &Keys, record: &VmRecord) -> Result<(), IndexError> {
+pub(crate) async fn forget_vm(
+    etcd: &Etcd,
+    keys: &Keys,
+    record: &VmRecord,
+) -> Result<(), IndexError> {
     let value = value_of(&record.cid)?;
     let mut ops = vec![TxnOp::delete(keys.vm(&record.cid), None)];
     for c in &record.addresses {
@@ -313,7 +317,11 @@ pub async fn forget_vm(etcd: &Etcd, keys: &Keys, record: &VmRecord) -> Result<()
 
 /// Removes every claim naming `vm` (a VM without a record: nothing else would ever free
 /// them): one prefix read, one transaction removing each only while it still names `vm`.
-pub async fn forget_claims_of(etcd: &Etcd, keys: &Keys, vm: &VmCid) -> Result<(), IndexError> {
+pub(crate) async fn forget_claims_of(
+    etcd: &Etcd,
+    keys: &Keys,
+    vm: &VmCid,
+) -> Result<(), IndexError> {
     let value = value_of(vm)?;
     let found = etcd
         .client()

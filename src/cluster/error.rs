@@ -108,7 +108,7 @@ impl IndexError {
     }
 
     /// Whether trying the same request again can succeed.
-    pub fn is_retriable(&self) -> bool {
+    pub(crate) fn is_retriable(&self) -> bool {
         matches!(self, IndexError::Unreachable(_))
     }
 }

@@ -268,12 +268,12 @@ impl ClusterView {
     }
 
     /// The VMs the index places on `node`.
-    pub fn vms_on<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a VmRecord> + 'a {
+    pub(crate) fn vms_on<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a VmRecord> + 'a {
         self.vms.iter().filter(move |v| v.node == node)
     }
 
     /// VMs and memory in use on the node `name`, from the VM index (zero when it has none).
-    pub fn usage_of(&self, name: &str) -> NodeUsage {
+    pub(crate) fn usage_of(&self, name: &str) -> NodeUsage {
         self.vms_on(name)
             .fold(NodeUsage::default(), |u, vm| NodeUsage {
                 vms: u.vms + 1,
@@ -282,7 +282,7 @@ impl ClusterView {
     }
 
     /// The Flannel lease covering a node's subnet, if any.
-    pub fn lease_of(&self, node: &NodeRecord) -> Option<&SubnetLease> {
+    pub(crate) fn lease_of(&self, node: &NodeRecord) -> Option<&SubnetLease> {
         self.leases.iter().find(|l| l.subnet == node.subnet)
     }
 }

@@ -37,7 +37,7 @@ impl NodeDocker {
     }
 
     /// Restarts a container (stop with a grace period, then start).
-    pub async fn restart_container(
+    pub(crate) async fn restart_container(
         &self,
         name: &str,
         grace_seconds: i32,
@@ -89,7 +89,7 @@ impl NodeDocker {
     }
 
     /// All containers (running or not) carrying `label` (`key` or `key=value`).
-    pub async fn containers_with_label(
+    pub(crate) async fn containers_with_label(
         &self,
         label: &str,
     ) -> Result<Vec<ContainerSummary>, DockerError> {
@@ -118,7 +118,7 @@ impl NodeDocker {
     }
 
     /// Connects a created container to one more network.
-    pub async fn connect_network(
+    pub(crate) async fn connect_network(
         &self,
         network: &str,
         container: &str,
@@ -144,7 +144,7 @@ impl NodeDocker {
     }
 
     /// Extracts a tar archive into a (created, not necessarily started) container at `path`.
-    pub async fn upload_archive(
+    pub(crate) async fn upload_archive(
         &self,
         container: &str,
         path: &str,
@@ -217,7 +217,7 @@ impl NodeDocker {
     /// One regular file from a container (running or not), with its mode and owner;
     /// `None` when it does not exist. The VM owns that file and may have made it anything:
     /// at most [`FileKind::AgentSettings`]'s limit is read, a larger one is an error.
-    pub async fn read_file(
+    pub(crate) async fn read_file(
         &self,
         container: &str,
         path: &str,

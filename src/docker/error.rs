@@ -213,7 +213,7 @@ pub enum TlsError {
 impl DockerError {
     /// The error for `e`, from a request described by `at`: typed by the status the daemon
     /// answered or by how the transport failed.
-    pub fn from_bollard(at: Doing, e: &bollard::errors::Error) -> DockerError {
+    pub(crate) fn from_bollard(at: Doing, e: &bollard::errors::Error) -> DockerError {
         use bollard::errors::Error as E;
         match e {
             E::DockerResponseServerError {
@@ -285,7 +285,7 @@ pub(super) fn is_status(e: &bollard::errors::Error, code: u16) -> bool {
 
 /// An error with its source chain, so "connection refused" or a certificate rejection is
 /// visible instead of a bare "client error".
-pub fn describe(e: &bollard::errors::Error) -> String {
+pub(crate) fn describe(e: &bollard::errors::Error) -> String {
     crate::echo::with_sources(e.to_string(), std::error::Error::source(e))
 }
 

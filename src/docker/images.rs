@@ -56,7 +56,7 @@ pub type NodeOutcomes = Vec<(String, Result<(), DockerError>)>;
 /// `check` approves the whole stream, so a corrupt source never yields an image. A node
 /// that fails, or takes nothing for its idle timeout, drops out (its body broken, never
 /// ended) without stopping the others.
-pub async fn import_everywhere(
+pub(crate) async fn import_everywhere(
     nodes: &[NodeDocker],
     source: Box<dyn Read + Send>,
     check: Box<dyn StreamCheck>,
@@ -286,7 +286,7 @@ async fn import_one(
 
 /// The image `repo:tag` on `node`, imported when missing from an in-memory root holding
 /// one file (`path`, `mode`, `data`): what the CPI's own helper containers run from.
-pub async fn ensure_one_file_image(
+pub(crate) async fn ensure_one_file_image(
     node: &NodeDocker,
     (repo, tag): (&str, &str),
     (path, mode, data): (&str, u32, &[u8]),

@@ -8,7 +8,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-pub use super::error::describe;
+pub(crate) use super::error::describe;
 use super::error::{DockerError, Doing};
 
 /// How long talking to a node may take.
@@ -185,7 +185,7 @@ impl NodeDocker {
     /// longer than the idle timeout, so it runs on the long client, but only after the node
     /// answered a ping within the idle timeout: a frozen node fails here instead of holding
     /// the call for the request timeout.
-    pub async fn for_removal(&self) -> Result<&Docker, DockerError> {
+    pub(crate) async fn for_removal(&self) -> Result<&Docker, DockerError> {
         self.docker
             .ping()
             .await
@@ -194,7 +194,7 @@ impl NodeDocker {
     }
 
     /// Which node a request goes to and `what` it is for, to name both in an error.
-    pub fn doing(&self, what: &str) -> Doing {
+    pub(crate) fn doing(&self, what: &str) -> Doing {
         Doing {
             node: self.name.clone(),
             endpoint: self.endpoint.clone(),

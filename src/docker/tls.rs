@@ -10,7 +10,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use super::error::{DockerError, TlsError};
 
 /// Builds the client config. Errors name which piece of PEM is unusable.
-pub fn client_config(
+pub(crate) fn client_config(
     ca_pem: &str,
     cert_pem: &str,
     key_pem: &str,

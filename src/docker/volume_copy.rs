@@ -77,7 +77,7 @@ pub struct TreeDigest {
 
 /// Digest of a tar stream, in archive order: every entry's type, path, mode, owner and
 /// link target, and the contents of regular files. `files` counts regular files and links.
-pub fn digest_tar(reader: impl Read) -> std::io::Result<TreeDigest> {
+pub(crate) fn digest_tar(reader: impl Read) -> std::io::Result<TreeDigest> {
     let mut archive = tar::Archive::new(reader);
     let mut hasher = Sha256::new();
     let (mut files, mut bytes) = (0u64, 0u64);
@@ -139,7 +139,7 @@ pub use crate::labels::HELPER as HELPER_LABEL;
 
 /// Removes helper containers of `volume` that a killed copy left behind: they hold the
 /// volume and would block its removal and every later copy.
-pub async fn sweep_helpers(node: &NodeDocker, volume: &str) -> Result<(), DockerError> {
+pub(crate) async fn sweep_helpers(node: &NodeDocker, volume: &str) -> Result<(), DockerError> {
     for c in node
         .containers_with_label(&format!("{HELPER_LABEL}={volume}"))
         .await?
@@ -292,7 +292,7 @@ impl Streamed {
 
 /// Copies the contents of `src_volume` on `src` into `dst_volume` on `dst` (which may be
 /// the same node) and verifies the copy. Both volumes must exist.
-pub async fn copy_volume(
+pub(crate) async fn copy_volume(
     src: &NodeDocker,
     src_volume: &str,
     dst: &NodeDocker,
