@@ -10,7 +10,7 @@ use std::process::Command;
 
 use ipnet::Ipv4Net;
 use moltencore_testkit::{
-    cluster::{cluster, cluster_config, node_names, runtime},
+    cluster::{cluster, cluster_config, cluster_cpi_json, node_names, runtime},
     cpi::{cpi_bin, expect_error, expect_result},
     docker::{leftovers_of_agent, node_of_container, node_socket, volume_on},
     index::index_record,
@@ -40,10 +40,7 @@ fn bosh_config(args: &[&str]) -> Value {
 
 /// Flannel's leases as etcd holds them: PublicIP -> subnet, read with etcd's own client.
 fn leases_by_public_ip() -> BTreeMap<Ipv4Addr, Ipv4Net> {
-    let cfg = moltencore::config::Config::from_value(
-        serde_json::from_str(&std::fs::read_to_string(cluster_config()).unwrap()).unwrap(),
-    )
-    .unwrap();
+    let cfg = moltencore::config::Config::from_value(cluster_cpi_json()).unwrap();
     let prefix = format!("{}/subnets/", cluster()["flannel_prefix"].as_str().unwrap());
     runtime().block_on(async {
         let etcd = moltencore::cluster::Etcd::connect(&cfg).await.unwrap();

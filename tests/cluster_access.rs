@@ -6,7 +6,9 @@ use std::process::Command;
 
 use moltencore::cluster::{Etcd, Keys};
 use moltencore::config::Config;
-use moltencore_testkit::cluster::{cluster, cluster_config, node_prefix, private_cluster};
+use moltencore_testkit::cluster::{
+    cluster, cluster_config, cluster_cpi_json, node_prefix, private_cluster,
+};
 use moltencore_testkit::cpi::{cpi_bin, expect_error, expect_result};
 use moltencore_testkit::index::index_record;
 use moltencore_testkit::requests::{shared_stemcell, static_vm};
@@ -84,8 +86,7 @@ fn cpi_nodes_checks_every_node_over_mutual_tls() {
 /// Registers, under a private key prefix, one real node and one whose Docker endpoint does
 /// not answer, and returns a config pointing at that prefix.
 fn config_with_dead_node(dir: &std::path::Path) -> std::path::PathBuf {
-    let base: Value =
-        serde_json::from_str(&std::fs::read_to_string(cluster_config()).unwrap()).unwrap();
+    let base: Value = cluster_cpi_json();
     let prefix = format!("/moltencore-test-{}", uuid::Uuid::new_v4().simple());
     let mut patched = base.clone();
     patched["etcd"]["key_prefix"] = json!(prefix);

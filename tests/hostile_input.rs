@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use moltencore_testkit::{
-    cluster::{cluster_config, node_prefix, runtime},
+    cluster::{cluster_config, cluster_cpi_json, node_prefix, runtime},
     cpi::{cpi_bin, expect_result, run_cpi},
     docker::{node_of_container, read_file_in},
     index::index_record,
@@ -167,10 +167,6 @@ const FILE_KEYS: &[(&str, &str)] = &[
     ("docker", "client_cert_file"),
     ("docker", "client_key_file"),
 ];
-
-fn cluster_cpi_json() -> Value {
-    serde_json::from_str(&std::fs::read_to_string(cluster_config()).unwrap()).unwrap()
-}
 
 /// Every answer names the key and the limit, and nothing of the CPI's work started.
 fn assert_names_key_and_limit(message: &str, key: &str, what: &str) {

@@ -9,7 +9,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use moltencore_testkit::{
-    cluster::{cluster, cluster_config, node_names, node_prefix, runtime, test_stemcell_dir},
+    cluster::{
+        cluster, cluster_config, cluster_cpi_json, node_names, node_prefix, runtime,
+        test_stemcell_dir,
+    },
     cpi::{call, expect_result, spawn_cpi},
     docker::{containers_labelled, has_image, leftovers_of_agent, mount_disk_in, sh, volume_on},
     index::{index_record, index_records_of_agent},
@@ -53,8 +56,7 @@ impl Drop for Frozen {
 
 /// The cluster's CPI config with a short idle timeout.
 fn impatient_config(dir: &Path) -> PathBuf {
-    let mut config: Value =
-        serde_json::from_str(&std::fs::read_to_string(cluster_config()).unwrap()).unwrap();
+    let mut config: Value = cluster_cpi_json();
     config["docker"]["idle_timeout_seconds"] = json!(IDLE_SECONDS);
     let path = dir.join("cpi.json");
     std::fs::write(&path, config.to_string()).unwrap();

@@ -7,8 +7,8 @@ use std::collections::HashSet;
 use moltencore::ids::VmCid;
 use moltencore_testkit::{
     cluster::{
-        cluster, cluster_config, node_prefix, private_cluster, private_config, register_nodes,
-        runtime, test_stemcell_dir,
+        cluster, cluster_config, cluster_cpi_json, node_prefix, private_cluster, private_config,
+        register_nodes, runtime, test_stemcell_dir,
     },
     cpi::{
         assert_schema, call, create_vm_retrying, expect_error, expect_result,
@@ -64,8 +64,7 @@ async fn assert_exact_agent_files(node: &str, cid: &str, agent: &str, ip: &str, 
     )
     .unwrap();
     let (mbus, blobstore) = {
-        let c: Value =
-            serde_json::from_str(&std::fs::read_to_string(cluster_config()).unwrap()).unwrap();
+        let c: Value = cluster_cpi_json();
         (c["agent"]["mbus"].clone(), c["agent"]["blobstore"].clone())
     };
     assert!(
@@ -552,8 +551,7 @@ fn secrets_in_env_and_config_never_reach_stderr_or_the_log_of_a_real_create() {
         2,
     );
     let mbus_password = {
-        let c: Value =
-            serde_json::from_str(&std::fs::read_to_string(cluster_config()).unwrap()).unwrap();
+        let c: Value = cluster_cpi_json();
         let mbus = c["agent"]["mbus"].as_str().unwrap().to_string();
         mbus.split(':')
             .nth(2)

@@ -32,6 +32,11 @@ pub fn cluster_config() -> PathBuf {
     )
 }
 
+/// The cluster's generated cpi.json, as JSON (to read a setting or patch a copy).
+pub fn cluster_cpi_json() -> Value {
+    serde_json::from_str(&std::fs::read_to_string(cluster_config()).unwrap()).unwrap()
+}
+
 /// A cpi.json loaded with the CPI's own loader.
 pub fn load_config(config: &Path) -> moltencore::config::Config {
     moltencore::config::Config::from_value(
@@ -89,8 +94,7 @@ pub fn runtime() -> tokio::runtime::Runtime {
 /// register its own (possibly broken) nodes without disturbing the shared cluster. Returns
 /// the config path and the prefix.
 pub fn private_config(dir: &Path) -> (PathBuf, String) {
-    let mut config: Value =
-        serde_json::from_str(&std::fs::read_to_string(cluster_config()).unwrap()).unwrap();
+    let mut config: Value = cluster_cpi_json();
     let prefix = format!("/moltencore-test-{}", uuid::Uuid::new_v4().simple());
     config["etcd"]["key_prefix"] = Value::String(prefix.clone());
     let path = dir.join("cpi.json");
