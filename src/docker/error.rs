@@ -96,6 +96,13 @@ pub enum DockerError {
     /// The TLS material, an endpoint or the client cannot be set up.
     #[error("{message}")]
     Setup { message: String },
+    /// The Docker client for a node cannot be made (its endpoint or API version).
+    #[error("node {node}: docker client setup failed: {source}")]
+    ClientSetup {
+        node: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
     /// The TLS material (cluster CA, client certificate and key) cannot be used.
     #[error(transparent)]
     Tls(#[from] TlsError),
@@ -159,6 +166,13 @@ pub enum DockerError {
     /// The data to send is bad (a stemcell image unreadable or failing its check).
     #[error("{message}")]
     Source { message: String },
+    /// The in-memory root of one of the CPI's own helper images cannot be built.
+    #[error("cannot build the image {reference}: {source}")]
+    HelperImage {
+        reference: String,
+        #[source]
+        source: std::io::Error,
+    },
     /// The source of a fan-out import could not be read or failed its check.
     #[error(transparent)]
     SourceRead(#[from] SourceError),

@@ -302,8 +302,9 @@ pub(crate) async fn ensure_one_file_image(
     let tar_bytes = builder
         .append_data(&mut header, path, data)
         .and_then(|()| builder.into_inner())
-        .map_err(|e| DockerError::Source {
-            message: format!("cannot build the image {repo}:{tag}: {e}"),
+        .map_err(|source| DockerError::HelperImage {
+            reference: format!("{repo}:{tag}"),
+            source,
         })?;
     let options = bollard::query_parameters::CreateImageOptionsBuilder::new()
         .from_src("-")

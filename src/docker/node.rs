@@ -86,8 +86,9 @@ impl DockerAccess {
             self.timeouts.idle.as_secs().max(1),
             &version,
         )
-        .map_err(|e| DockerError::Setup {
-            message: format!("node {name}: docker client setup failed: {e}"),
+        .map_err(|source| DockerError::ClientSetup {
+            node: name.to_string(),
+            source,
         })?;
         let node = NodeDocker {
             name: name.to_string(),

@@ -32,8 +32,10 @@ impl From<DockerError> for CpiError {
             D::InvalidName { .. }
             | D::InvalidReference { .. }
             | D::Setup { .. }
+            | D::ClientSetup { .. }
             | D::Tls(_)
             | D::Source { .. }
+            | D::HelperImage { .. }
             | D::SourceRead(_) => CpiError::cpi(message),
         }
     }
@@ -171,6 +173,14 @@ mod tests {
             },
             DockerError::Source {
                 message: "reading the stemcell image failed".into(),
+            },
+            DockerError::HelperImage {
+                reference: "moltencore-helper:1".into(),
+                source: std::io::Error::other("x"),
+            },
+            DockerError::ClientSetup {
+                node: "n1".into(),
+                source: bollard::errors::Error::RequestTimeoutError,
             },
         ] {
             assert_eq!(kind_and_retry(e), (ErrorKind::CpiError, false));
