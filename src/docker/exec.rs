@@ -78,7 +78,7 @@ impl NodeDocker {
 
     /// Runs `cmd` in `container` detached and waits until it ends or `deadline` passes;
     /// its exit code, `None` when the deadline came first (the command goes on).
-    pub(crate) async fn exec_until(
+    pub async fn exec_until(
         &self,
         container: &str,
         cmd: Vec<String>,

@@ -186,7 +186,7 @@ impl NodeDocker {
     /// longer than the idle timeout, so it runs on the long client, but only after the node
     /// answered a ping within the idle timeout: a frozen node fails here instead of holding
     /// the call for the request timeout.
-    pub(crate) async fn for_removal(&self) -> Result<&Docker, DockerError> {
+    pub async fn for_removal(&self) -> Result<&Docker, DockerError> {
         self.docker
             .ping()
             .await

@@ -292,7 +292,7 @@ impl Streamed {
 
 /// Copies the contents of `src_volume` on `src` into `dst_volume` on `dst` (which may be
 /// the same node) and verifies the copy. Both volumes must exist.
-pub(crate) async fn copy_volume(
+pub async fn copy_volume(
     src: &NodeDocker,
     src_volume: &str,
     dst: &NodeDocker,
