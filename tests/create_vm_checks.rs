@@ -2,9 +2,13 @@
 //! anything: an unknown stemcell is a final error naming it, and leaves no record in etcd
 //! and no container or volume on any node.
 
-mod common;
-
-use common::*;
+use moltencore_testkit::{
+    cluster::{load_config, node_prefix, private_config, register_nodes, runtime},
+    cpi::{expect_error, expect_result},
+    docker::leftovers_of_agent,
+    index::index_records_of_agent,
+    requests::{agent_id, create_vm_request, manual_network, shared_stemcell},
+};
 use serde_json::{Value, json};
 
 /// Every key under the private prefix besides what `register_nodes` copied there.
