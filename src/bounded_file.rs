@@ -74,7 +74,7 @@ pub enum ReadError {
 
 impl ReadError {
     /// Whether the file does not exist (some callers treat that as "not given").
-    pub fn is_not_found(&self) -> bool {
+    pub(crate) fn is_not_found(&self) -> bool {
         matches!(self, ReadError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
     }
 }
@@ -93,7 +93,7 @@ pub fn human(bytes: u64) -> String {
 /// Opens `path` for reading only if it is a regular file. The open never blocks (a FIFO
 /// without writer would), and the type is checked on the opened file, so a path swapped
 /// after a check cannot slip through.
-pub fn open_regular(path: &Path) -> Result<File, ReadError> {
+pub(crate) fn open_regular(path: &Path) -> Result<File, ReadError> {
     let io = |source| ReadError::Io {
         path: path.to_path_buf(),
         source,
@@ -154,7 +154,7 @@ pub fn read_to_string(path: &Path, kind: FileKind) -> Result<String, ReadError> 
 }
 
 /// Like [`read_to_string`], but a missing file is `None`.
-pub fn read_optional(path: &Path, kind: FileKind) -> Result<Option<String>, ReadError> {
+pub(crate) fn read_optional(path: &Path, kind: FileKind) -> Result<Option<String>, ReadError> {
     match read_to_string(path, kind) {
         Ok(s) => Ok(Some(s)),
         Err(e) if e.is_not_found() => Ok(None),
@@ -165,7 +165,7 @@ pub fn read_optional(path: &Path, kind: FileKind) -> Result<Option<String>, Read
 /// Reads all of `reader` if it holds at most `limit` bytes; `None` when it holds more
 /// (only `limit + 1` bytes are ever taken from it). For streams that are not files: a
 /// tar entry, a download from a container, stdin.
-pub fn read_limited(reader: impl Read, limit: u64) -> std::io::Result<Option<Vec<u8>>> {
+pub(crate) fn read_limited(reader: impl Read, limit: u64) -> std::io::Result<Option<Vec<u8>>> {
     let mut data = Vec::new();
     reader
         .take(limit.saturating_add(1))

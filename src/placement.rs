@@ -98,7 +98,7 @@ pub struct VmDemand {
 /// the node whose Flannel subnet holds them (all on one node); `node` pins by name; else
 /// the ready node with room for the memory and the fewest VMs of the same group, then the
 /// fewest VMs, then by name (deterministic).
-pub fn choose_node(
+pub(crate) fn choose_node(
     demand: &VmDemand,
     nodes: &[NodeRecord],
     vms: &[VmRecord],
@@ -106,8 +106,20 @@ pub fn choose_node(
     if nodes.is_empty() {
         return Err(PlacementError::NoNodes);
     }
+    let by_ips = node_of_manual_ips(&demand.manual_ips, nodes)?;
+    match pinned_node(demand, by_ips, nodes)? {
+        Some(node) => check_pinned(node, demand.memory_mib, vms),
+        None => least_loaded(demand, nodes, vms),
+    }
+}
+
+/// The node whose Flannel subnet holds every manual IP (`None` without manual IPs).
+fn node_of_manual_ips<'a>(
+    manual_ips: &[Ipv4Addr],
+    nodes: &'a [NodeRecord],
+) -> Result<Option<&'a NodeRecord>, PlacementError> {
     let mut pinned: Option<&NodeRecord> = None;
-    for ip in &demand.manual_ips {
+    for ip in manual_ips {
         let owner = nodes
             .iter()
             .find(|n| n.subnet.contains(ip))
@@ -125,7 +137,7 @@ pub fn choose_node(
             && p.name != owner.name
         {
             return Err(PlacementError::IpsOnDifferentNodes {
-                first: demand.manual_ips[0],
+                first: manual_ips[0],
                 first_node: p.name.clone(),
                 ip: *ip,
                 node: owner.name.clone(),
@@ -133,41 +145,67 @@ pub fn choose_node(
         }
         pinned = Some(owner);
     }
-    if let Some(name) = &demand.pinned_node {
-        let node =
-            nodes
-                .iter()
-                .find(|n| &n.name == name)
-                .ok_or_else(|| PlacementError::UnknownNode {
-                    shown: printable(name),
-                })?;
-        if let Some(p) = pinned
-            && p.name != node.name
-        {
-            return Err(PlacementError::PinnedElsewhere {
-                pinned: name.clone(),
-                ip: demand.manual_ips[0],
-                owner: p.name.clone(),
-            });
-        }
-        pinned = Some(node);
+    Ok(pinned)
+}
+
+/// The node the demand pins by name, which must be the one its manual IPs pin (`by_ips`);
+/// else `by_ips`.
+fn pinned_node<'a>(
+    demand: &VmDemand,
+    by_ips: Option<&'a NodeRecord>,
+    nodes: &'a [NodeRecord],
+) -> Result<Option<&'a NodeRecord>, PlacementError> {
+    let Some(name) = &demand.pinned_node else {
+        return Ok(by_ips);
+    };
+    let node =
+        nodes
+            .iter()
+            .find(|n| &n.name == name)
+            .ok_or_else(|| PlacementError::UnknownNode {
+                shown: printable(name),
+            })?;
+    if let Some(p) = by_ips
+        && p.name != node.name
+    {
+        return Err(PlacementError::PinnedElsewhere {
+            pinned: name.clone(),
+            ip: demand.manual_ips[0],
+            owner: p.name.clone(),
+        });
     }
-    if let Some(node) = pinned {
-        if node.state == NodeState::Cordoned {
-            return Err(PlacementError::Cordoned {
-                node: node.name.clone(),
-            });
-        }
-        if !has_room(node, demand.memory_mib, vms) {
-            return Err(PlacementError::NoRoom {
-                node: node.name.clone(),
-                wanted_mib: demand.memory_mib,
-                in_use_mib: memory_in_use(node, vms),
-                capacity_mib: node.capacity.memory_mib,
-            });
-        }
-        return Ok(node.name.clone());
+    Ok(Some(node))
+}
+
+/// A pinned node takes the VM only when it is not cordoned and has room for its memory.
+fn check_pinned(
+    node: &NodeRecord,
+    memory_mib: u64,
+    vms: &[VmRecord],
+) -> Result<String, PlacementError> {
+    if node.state == NodeState::Cordoned {
+        return Err(PlacementError::Cordoned {
+            node: node.name.clone(),
+        });
     }
+    if !has_room(node, memory_mib, vms) {
+        return Err(PlacementError::NoRoom {
+            node: node.name.clone(),
+            wanted_mib: memory_mib,
+            in_use_mib: memory_in_use(node, vms),
+            capacity_mib: node.capacity.memory_mib,
+        });
+    }
+    Ok(node.name.clone())
+}
+
+/// The ready node with room for the memory and the fewest VMs of the same group, then
+/// the fewest VMs, then by name.
+fn least_loaded(
+    demand: &VmDemand,
+    nodes: &[NodeRecord],
+    vms: &[VmRecord],
+) -> Result<String, PlacementError> {
     let ready: Vec<&NodeRecord> = nodes
         .iter()
         .filter(|n| n.state == NodeState::Ready)
@@ -196,7 +234,7 @@ pub fn choose_node(
 }
 
 /// Memory the index accounts to `node`, in MiB.
-pub fn memory_in_use(node: &NodeRecord, vms: &[VmRecord]) -> u64 {
+pub(crate) fn memory_in_use(node: &NodeRecord, vms: &[VmRecord]) -> u64 {
     vms.iter()
         .filter(|v| v.node == node.name)
         .map(|v| v.memory_mib)
@@ -212,7 +250,7 @@ fn has_room(node: &NodeRecord, memory_mib: u64, vms: &[VmRecord]) -> bool {
 /// Checks that at least one node could hold a VM of this size. Nodes that do not report
 /// a capacity are not judged; with none reporting, any size is accepted. The error names
 /// the largest node, so the operator sees what would fit.
-pub fn fits_some_node(req: &VmSize, nodes: &[NodeRecord]) -> Result<(), PlacementError> {
+pub(crate) fn fits_some_node(req: &VmSize, nodes: &[NodeRecord]) -> Result<(), PlacementError> {
     if nodes.is_empty() {
         return Err(PlacementError::NoNodes);
     }

@@ -18,6 +18,6 @@ pub fn docker() {
 }
 
 /// The requests counted so far: (etcd, docker).
-pub fn totals() -> (u64, u64) {
+pub(crate) fn totals() -> (u64, u64) {
     (ETCD.load(Ordering::Relaxed), DOCKER.load(Ordering::Relaxed))
 }

@@ -5,7 +5,15 @@
 use std::collections::HashSet;
 use std::time::Instant;
 
-use moltencore_testkit::{cluster::*, cpi::*, docker::*, index::*, requests::*};
+use moltencore_testkit::{
+    cluster::{cluster_config, node_prefix, runtime},
+    cpi::{create_vm_retrying, expect_error, expect_result, run_cpi, spawn_cpi},
+    docker::{inspect_vm, leftovers_of_agent, node_of_container, remove_outside_cpi},
+    index::{delete_index_record, index_record, index_records_of_agent, index_records_under},
+    requests::{
+        agent_id, create_vm_request, manual_network, shared_stemcell, static_vm, static_vm_request,
+    },
+};
 use serde_json::{Value, json};
 
 /// Deletes every VM it was given when dropped, also when the test fails half-way.

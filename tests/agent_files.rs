@@ -4,7 +4,13 @@
 //! agent's files keeping the stemcell's modes and owners, unreadable to `vcap`, also
 //! after attach_disk and detach_disk rewrote the settings in the running VM.
 
-use moltencore_testkit::{cluster::*, cpi::*, docker::*, index::*, requests::*};
+use moltencore_testkit::{
+    cluster::{cluster_config, cluster_cpi_json, node_prefix, runtime},
+    cpi::{call_on, expect_error},
+    docker::{exec_as, exec_in, leftovers_of_agent, read_file_in},
+    index::index_records_of_agent,
+    requests::{agent_id, create_vm, create_vm_request, manual_network, shared_stemcell},
+};
 use serde_json::{Value, json};
 
 fn settings_in(node: &str, cid: &str) -> Value {
@@ -17,8 +23,7 @@ fn settings_in(node: &str, cid: &str) -> Value {
 }
 
 fn configured_blobstore() -> Value {
-    let c: Value =
-        serde_json::from_str(&std::fs::read_to_string(cluster_config()).unwrap()).unwrap();
+    let c: Value = cluster_cpi_json();
     let b = c["agent"]["blobstore"].clone();
     assert_eq!(b["provider"], "local", "the cluster's cpi.json: {c}");
     b
@@ -67,8 +72,7 @@ fn blobstores_in_env_win_and_the_configured_one_stays_out_of_the_vm() {
 #[test]
 fn no_blobstore_anywhere_is_a_cpi_error_and_nothing_is_made_on_any_node() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config: Value =
-        serde_json::from_str(&std::fs::read_to_string(cluster_config()).unwrap()).unwrap();
+    let mut config: Value = cluster_cpi_json();
     config["agent"]
         .as_object_mut()
         .unwrap()

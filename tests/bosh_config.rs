@@ -9,7 +9,13 @@ use std::net::Ipv4Addr;
 use std::process::Command;
 
 use ipnet::Ipv4Net;
-use moltencore_testkit::{cluster::*, cpi::*, docker::*, index::*, requests::*};
+use moltencore_testkit::{
+    cluster::{cluster, cluster_config, cluster_cpi_json, node_names, runtime},
+    cpi::{cpi_bin, expect_error, expect_result},
+    docker::{leftovers_of_agent, node_of_container, node_socket, volume_on},
+    index::index_record,
+    requests::{agent_id, shared_stemcell},
+};
 use serde_json::{Value, json};
 
 /// Runs `cpi bosh-config ARGS` with the cluster's config; returns the parsed YAML.
@@ -34,10 +40,7 @@ fn bosh_config(args: &[&str]) -> Value {
 
 /// Flannel's leases as etcd holds them: PublicIP -> subnet, read with etcd's own client.
 fn leases_by_public_ip() -> BTreeMap<Ipv4Addr, Ipv4Net> {
-    let cfg = moltencore::config::Config::from_value(
-        serde_json::from_str(&std::fs::read_to_string(cluster_config()).unwrap()).unwrap(),
-    )
-    .unwrap();
+    let cfg = moltencore::config::Config::from_value(cluster_cpi_json()).unwrap();
     let prefix = format!("{}/subnets/", cluster()["flannel_prefix"].as_str().unwrap());
     runtime().block_on(async {
         let etcd = moltencore::cluster::Etcd::connect(&cfg).await.unwrap();
@@ -289,48 +292,65 @@ fn vms_of_the_generated_azs_land_on_their_nodes() {
     });
 }
 
-#[test]
-fn a_per_node_cpi_pins_vms_and_disks_through_context() {
-    let names = node_names();
-    let (first, last) = (names[0].clone(), names.last().unwrap().clone());
+/// The context the director sends to the per-node CPI of `node` (from the generated
+/// cpi-config): it merges the CPI's properties into the top level of context.
+fn context_of_node_cpi(node: &str) -> Value {
     let cpis = bosh_config(&["cpi-config"]);
     let entry = cpis["cpis"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|e| e["properties"]["placement"]["node"] == last.as_str())
+        .find(|e| e["properties"]["placement"]["node"] == node)
         .unwrap()
         .clone();
-    // The director merges the CPI's properties into the top level of context.
-    let context = merged(
+    merged(
         &json!({"director_uuid": "d", "request_id": "cpi-ctx-1"}),
         &entry["properties"],
+    )
+}
+
+/// create_vm as the director sends it with `context`; the VM's cid.
+fn create_vm_in_context(
+    agent: &str,
+    cloud_properties: Value,
+    networks: &Value,
+    context: &Value,
+) -> String {
+    let r = expect_result(
+        &director_request(agent, cloud_properties, networks.clone(), context.clone()),
+        Some(&cluster_config()),
     );
+    r[0].as_str().unwrap().to_string()
+}
+
+/// create_disk (64 MiB, for no VM) with `context`; the disk's cid.
+fn create_disk_in_context(context: &Value) -> String {
+    let disk_req = json!({"method": "create_disk", "arguments": [64, {}, null],
+        "context": context, "api_version": 2});
+    expect_result(&disk_req.to_string(), Some(&cluster_config()))
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn a_per_node_cpi_pins_vms_and_disks_through_context() {
+    let names = node_names();
+    let (first, last) = (names[0].clone(), names.last().unwrap().clone());
+    let context = context_of_node_cpi(&last);
     let dynamic = json!({"dyn": {"type": "dynamic", "dns": ["192.0.2.53"],
         "default": ["dns", "gateway"], "cloud_properties": {}}});
 
     // Several VMs, so that spreading alone would not put them all on one node.
     let agents: Vec<String> = (0..2).map(|i| agent_id(&format!("ctx-{i}"))).collect();
-    let mut cids = Vec::new();
-    for agent in &agents {
-        let r = expect_result(
-            &director_request(agent, json!({}), dynamic.clone(), context.clone()),
-            Some(&cluster_config()),
-        );
-        cids.push(r[0].as_str().unwrap().to_string());
-    }
+    let cids: Vec<String> = agents
+        .iter()
+        .map(|agent| create_vm_in_context(agent, json!({}), &dynamic, &context))
+        .collect();
     // cloud_properties.node wins over the CPI's placement.node.
     let agent_pinned = agent_id("ctx-pinned");
-    let r = expect_result(
-        &director_request(
-            &agent_pinned,
-            json!({"node": first}),
-            dynamic.clone(),
-            context.clone(),
-        ),
-        Some(&cluster_config()),
-    );
-    let pinned_cid = r[0].as_str().unwrap().to_string();
+    let pinned_cid =
+        create_vm_in_context(&agent_pinned, json!({"node": first}), &dynamic, &context);
     runtime().block_on(async {
         for cid in &cids {
             assert_eq!(node_of_container(cid).await.as_deref(), Some(last.as_str()));
@@ -342,12 +362,7 @@ fn a_per_node_cpi_pins_vms_and_disks_through_context() {
     });
 
     // create_disk without a VM goes to the CPI's node too.
-    let disk_req = json!({"method": "create_disk", "arguments": [64, {}, null],
-        "context": context, "api_version": 2});
-    let disk = expect_result(&disk_req.to_string(), Some(&cluster_config()))
-        .as_str()
-        .unwrap()
-        .to_string();
+    let disk = create_disk_in_context(&context);
     assert!(
         volume_on(&last, &disk).is_some(),
         "disk {disk} is not on {last}"

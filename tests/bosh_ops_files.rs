@@ -9,7 +9,7 @@ use moltencore::boshconfig::{cloud_config, cpi_config};
 use moltencore::cloud::vm::blobstore::for_agent;
 use moltencore::cluster::{ClusterView, NodeRecord, SubnetLease};
 use moltencore::config::{Config, StartMode};
-use moltencore_testkit::bosh::*;
+use moltencore_testkit::bosh::{render_config, repo, yaml_file};
 use serde_json::{Map, Value, json};
 
 #[derive(Debug)]

@@ -10,8 +10,11 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
 use moltencore::config::{Config, StartMode};
-use moltencore_testkit::bosh::*;
-use moltencore_testkit::{cluster::*, cpi::*};
+use moltencore_testkit::bosh::{job_dir, nested, render, render_config, repo, yaml_file};
+use moltencore_testkit::{
+    cluster::{cluster, node_names},
+    cpi::cpi_bin,
+};
 use serde_json::{Value, json};
 
 const CERT: &str = "-----BEGIN CERTIFICATE-----\nMA==\n-----END CERTIFICATE-----\n";

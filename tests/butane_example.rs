@@ -105,12 +105,9 @@ fn write(root: &Path, path: &str, contents: &str, mode: u32) {
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
-#[test]
-fn the_examples_units_pass_systemd_analyze_verify() {
-    let doc = example();
-    let root = tempfile::tempdir().unwrap();
-    let r = root.path();
-    // Flatcar's units, as stand-ins, and the standard targets.
+/// Flatcar's units under `r`, as stand-ins, the standard targets (from this machine's
+/// systemd) and the programs the units run.
+fn write_flatcar_stand_ins(r: &Path) {
     let lib = "/usr/lib/systemd/system";
     for entry in std::fs::read_dir(lib).expect("systemd's units (Debian package systemd)") {
         let path = entry.unwrap().path();
@@ -154,6 +151,11 @@ fn the_examples_units_pass_systemd_analyze_verify() {
     ] {
         write(r, exe, "#!/bin/sh\n", 0o755);
     }
+}
+
+/// The example's files, its node-prep unit and flanneld drop-in, and the reboot manager's
+/// unit as node-prep writes it, under `r`.
+fn write_example_files_and_units(r: &Path, doc: &Value) {
     for file in doc["storage"]["files"].as_sequence().unwrap() {
         let path = file["path"].as_str().unwrap();
         let inline = file["contents"]["inline"].as_str().unwrap_or("#!/bin/sh\n");
@@ -161,7 +163,7 @@ fn the_examples_units_pass_systemd_analyze_verify() {
             write(r, path, inline, 0o600);
         }
     }
-    let prep = unit(&doc, "moltencore-node-prep.service")["contents"]
+    let prep = unit(doc, "moltencore-node-prep.service")["contents"]
         .as_str()
         .unwrap();
     write(
@@ -170,7 +172,7 @@ fn the_examples_units_pass_systemd_analyze_verify() {
         prep,
         0o644,
     );
-    let dropin = unit(&doc, "flanneld.service")["dropins"][0]["contents"]
+    let dropin = unit(doc, "flanneld.service")["dropins"][0]["contents"]
         .as_str()
         .unwrap();
     write(
@@ -187,6 +189,15 @@ fn the_examples_units_pass_systemd_analyze_verify() {
         &moltencore::nodeprep::reboot_unit::unit("n1", "/opt/bin/cpi"),
         0o644,
     );
+}
+
+#[test]
+fn the_examples_units_pass_systemd_analyze_verify() {
+    let doc = example();
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    write_flatcar_stand_ins(r);
+    write_example_files_and_units(r, &doc);
 
     let out = systemd_verify(
         r,

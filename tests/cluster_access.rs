@@ -4,9 +4,11 @@
 
 use std::process::Command;
 
-use moltencore::cluster::Etcd;
+use moltencore::cluster::{Etcd, Keys};
 use moltencore::config::Config;
-use moltencore_testkit::cluster::{cluster, cluster_config, node_prefix, private_cluster};
+use moltencore_testkit::cluster::{
+    cluster, cluster_config, cluster_cpi_json, node_prefix, private_cluster,
+};
 use moltencore_testkit::cpi::{cpi_bin, expect_error, expect_result};
 use moltencore_testkit::index::index_record;
 use moltencore_testkit::requests::{shared_stemcell, static_vm};
@@ -84,8 +86,7 @@ fn cpi_nodes_checks_every_node_over_mutual_tls() {
 /// Registers, under a private key prefix, one real node and one whose Docker endpoint does
 /// not answer, and returns a config pointing at that prefix.
 fn config_with_dead_node(dir: &std::path::Path) -> std::path::PathBuf {
-    let base: Value =
-        serde_json::from_str(&std::fs::read_to_string(cluster_config()).unwrap()).unwrap();
+    let base: Value = cluster_cpi_json();
     let prefix = format!("/moltencore-test-{}", uuid::Uuid::new_v4().simple());
     let mut patched = base.clone();
     patched["etcd"]["key_prefix"] = json!(prefix);
@@ -96,6 +97,7 @@ fn config_with_dead_node(dir: &std::path::Path) -> std::path::PathBuf {
     let real = &c["nodes"][0];
     let ca = std::fs::read_to_string(c["docker_tls"]["ca_cert_file"].as_str().unwrap()).unwrap();
     let config = Config::from_value(patched).unwrap();
+    let keys = Keys::new(&config.etcd);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let etcd = Etcd::connect(&config).await.unwrap();
@@ -106,7 +108,7 @@ fn config_with_dead_node(dir: &std::path::Path) -> std::path::PathBuf {
             .to_string()
         };
         kv.put(
-            format!("{prefix}/nodes/alive"),
+            keys.node("alive"),
             record(
                 "alive",
                 real["docker_endpoint"].as_str().unwrap(),
@@ -119,18 +121,16 @@ fn config_with_dead_node(dir: &std::path::Path) -> std::path::PathBuf {
         .unwrap();
         // Loopback port 9: nothing listens there, the connection is refused at once.
         kv.put(
-            format!("{prefix}/nodes/dead"),
+            keys.node("dead"),
             record("dead", "tcp://127.0.0.1:9", "10.1.200.0/24", "10.1.200.1"),
             None,
         )
         .await
         .unwrap();
-        kv.put(format!("{prefix}/nodes/garbled"), "{not json", None)
+        kv.put(keys.node("garbled"), "{not json", None)
             .await
             .unwrap();
-        kv.put(format!("{prefix}/pki/ca.crt"), ca, None)
-            .await
-            .unwrap();
+        kv.put(keys.ca_cert(), ca, None).await.unwrap();
     });
     path
 }

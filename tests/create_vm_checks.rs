@@ -2,14 +2,19 @@
 //! anything: an unknown stemcell is a final error naming it, and leaves no record in etcd
 //! and no container or volume on any node.
 
-mod common;
-
-use common::*;
+use moltencore_testkit::{
+    cluster::{load_config, node_prefix, private_config, register_nodes, runtime},
+    cpi::{expect_error, expect_result},
+    docker::leftovers_of_agent,
+    index::index_records_of_agent,
+    requests::{agent_id, create_vm_request, manual_network, shared_stemcell},
+};
 use serde_json::{Value, json};
 
 /// Every key under the private prefix besides what `register_nodes` copied there.
 fn written_keys(config: &std::path::Path, prefix: &str) -> Vec<String> {
     let cfg = load_config(config);
+    let keys = moltencore::cluster::Keys::with_prefixes(prefix, &cfg.etcd.flannel_prefix);
     runtime().block_on(async {
         let etcd = moltencore::cluster::Etcd::connect(&cfg).await.unwrap();
         let resp = etcd
@@ -23,9 +28,7 @@ fn written_keys(config: &std::path::Path, prefix: &str) -> Vec<String> {
         resp.kvs()
             .iter()
             .map(|kv| kv.key_str().unwrap().to_string())
-            .filter(|k| {
-                !k.starts_with(&format!("{prefix}/nodes/")) && *k != format!("{prefix}/pki/ca.crt")
-            })
+            .filter(|k| !k.starts_with(&keys.nodes()) && *k != keys.ca_cert())
             .collect()
     })
 }

@@ -5,7 +5,25 @@
 //! mounted in the VM to read and write it); bad attaches leave the VM untouched; snapshots
 //! hold the contents of their time.
 
-use moltencore_testkit::{cluster::*, cpi::*, docker::*, index::*, requests::*};
+use moltencore_testkit::{
+    cluster::{cluster_config, node_names, node_prefix, private_cluster, runtime},
+    cpi::{
+        answer_on, call, call_error, call_on, create_vm_retrying, expect_result, kill_cpi_when,
+        kill_create_vm_once_its_container_exists, run_cpi,
+    },
+    docker::{
+        VmContainer, agent_settings, containers_labelled, disk_devices, disk_loops, disk_tree,
+        exec_in, leftovers_of_agent, mount_disk_in, node_of_container, node_socket,
+        remove_outside_cpi, sh, users_of_volume, vm_container, volume_on, write_blob,
+    },
+    index::{
+        index_record, index_records_of_agent, make_node_unreachable, put_index_record,
+        put_node_record,
+    },
+    requests::{
+        agent_id, create_disk, manual_network, request, shared_stemcell, static_vm_request, vm_on,
+    },
+};
 use serde_json::{Value, json};
 
 /// Cids of the issued shape that no object has.
@@ -39,31 +57,35 @@ fn checksum(node: &str, vm: &str, disk: &str) -> String {
     )
 }
 
-#[test]
-fn data_and_identity_survive_detach_and_attach() {
-    let (vm, node, ip) = vm_on(0, 60, "attach");
-    let disk = create_disk(json!([64, {}, vm]));
-    assert_eq!(call("has_disk", json!([disk])), Value::Bool(true));
-    // Root-filesystem files the agent keeps, and ephemeral data.
+/// Root-filesystem files the agent keeps, and ephemeral data, written in the VM: an
+/// attach or detach must leave them as they are.
+fn write_kept_files(node: &str, vm: &str) {
     sh(
-        &node,
-        &vm,
+        node,
+        vm,
         "mkdir -p /var/vcap/instance/dns && echo '{\"trusted_certs\":\"x\"}' > /var/vcap/bosh/update_settings.json && \
          echo '{\"records\":[[\"10.0.0.1\",\"a.b\"]]}' > /var/vcap/instance/dns/records.json && \
          echo ephemeral > /var/vcap/data/keep.txt",
     );
-    let before = vm_container(&node, &vm);
+}
 
-    let hint = call("attach_disk", json!([vm, disk]));
-    assert_eq!(hint, json!(format!("/warden-cpi-dev/{disk}")));
-    let after = vm_container(&node, &vm);
+/// After attach_disk: the same container and first process with the same address, the
+/// disk a block device in the VM's folder and in the agent settings, the kept files there.
+fn assert_attached_in_place(
+    node: &str,
+    vm: &str,
+    disk: &str,
+    before: &VmContainer,
+    ip: &str,
+) -> VmContainer {
+    let after = vm_container(node, vm);
     assert_eq!(
         (&before.id, before.pid),
         (&after.id, after.pid),
         "attaching restarted the VM"
     );
-    assert_eq!(disk_devices(&node, &disk), vec![vm.clone()]);
-    sh(&node, &vm, &format!("test -b /warden-cpi-dev/{disk}"));
+    assert_eq!(disk_devices(node, disk), vec![vm.to_string()]);
+    sh(node, vm, &format!("test -b /warden-cpi-dev/{disk}"));
     assert_eq!(
         (
             after.ip.as_str(),
@@ -77,15 +99,15 @@ fn data_and_identity_survive_detach_and_attach() {
         )
     );
     assert_eq!(after.ip, ip);
-    let settings = agent_settings(&node, &vm);
+    let settings = agent_settings(node, vm);
     assert_eq!(
-        settings["disks"]["persistent"][&disk],
+        settings["disks"]["persistent"][disk],
         format!("/warden-cpi-dev/{disk}")
     );
-    assert_eq!(settings["networks"]["default"]["ip"], ip.as_str());
+    assert_eq!(settings["networks"]["default"]["ip"], ip);
     let kept = sh(
-        &node,
-        &vm,
+        node,
+        vm,
         "cat /var/vcap/bosh/update_settings.json /var/vcap/instance/dns/records.json /var/vcap/data/keep.txt",
     );
     assert!(
@@ -93,6 +115,71 @@ fn data_and_identity_survive_detach_and_attach() {
         "{kept}"
     );
     assert_eq!(call("get_disks", json!([vm])), json!([disk]));
+    after
+}
+
+/// After detach_disk: no device in the VM's folder nor loop device, nothing in the agent
+/// settings, the VM's first process (`pid`) and the kept files as they were.
+fn assert_detached_in_place(node: &str, vm: &str, disk: &str, pid: i64) {
+    assert_eq!(call("get_disks", json!([vm])), json!([]));
+    assert!(
+        disk_devices(node, disk).is_empty(),
+        "still a device in the VM's folder after detach"
+    );
+    assert_eq!(
+        disk_loops(disk),
+        Vec::<String>::new(),
+        "loop device left after detach"
+    );
+    sh(node, vm, &format!("test ! -e /warden-cpi-dev/{disk}"));
+    assert_eq!(
+        vm_container(node, vm).pid,
+        pid,
+        "detaching restarted the VM"
+    );
+    assert_eq!(agent_settings(node, vm)["disks"]["persistent"], json!({}));
+    let kept = sh(
+        node,
+        vm,
+        "cat /var/vcap/bosh/update_settings.json /var/vcap/data/keep.txt",
+    );
+    assert!(
+        kept.contains("trusted_certs") && kept.contains("ephemeral"),
+        "{kept}"
+    );
+}
+
+/// delete_vm with the disk attached: the disk survives, detached, and the VM's folder of
+/// the disk tree is gone.
+fn assert_delete_vm_leaves_the_disk_detached(node: &str, vm: &str, disk: &str) {
+    call("delete_vm", json!([vm]));
+    assert_eq!(call("has_disk", json!([disk])), Value::Bool(true));
+    assert!(
+        disk_devices(node, disk).is_empty(),
+        "still a device in the VM's folder after delete_vm"
+    );
+    assert_eq!(
+        disk_loops(disk),
+        Vec::<String>::new(),
+        "loop device left after delete_vm"
+    );
+    assert!(
+        !disk_tree(node).join(vm).exists(),
+        "the VM's folder of the tree is left"
+    );
+}
+
+#[test]
+fn data_and_identity_survive_detach_and_attach() {
+    let (vm, node, ip) = vm_on(0, 60, "attach");
+    let disk = create_disk(json!([64, {}, vm]));
+    assert_eq!(call("has_disk", json!([disk])), Value::Bool(true));
+    write_kept_files(&node, &vm);
+    let before = vm_container(&node, &vm);
+
+    let hint = call("attach_disk", json!([vm, disk]));
+    assert_eq!(hint, json!(format!("/warden-cpi-dev/{disk}")));
+    let after = assert_attached_in_place(&node, &vm, &disk, &before, &ip);
 
     // Attaching again changes nothing and answers the same hint.
     assert_eq!(call("attach_disk", json!([vm, disk])), hint);
@@ -100,32 +187,7 @@ fn data_and_identity_survive_detach_and_attach() {
 
     let sum = fill_disk(&node, &vm, &disk);
     assert_eq!(call("detach_disk", json!([vm, disk])), Value::Null);
-    assert_eq!(call("get_disks", json!([vm])), json!([]));
-    assert!(
-        disk_devices(&node, &disk).is_empty(),
-        "still a device in the VM's folder after detach"
-    );
-    assert_eq!(
-        disk_loops(&disk),
-        Vec::<String>::new(),
-        "loop device left after detach"
-    );
-    sh(&node, &vm, &format!("test ! -e /warden-cpi-dev/{disk}"));
-    assert_eq!(
-        vm_container(&node, &vm).pid,
-        after.pid,
-        "detaching restarted the VM"
-    );
-    assert_eq!(agent_settings(&node, &vm)["disks"]["persistent"], json!({}));
-    let kept = sh(
-        &node,
-        &vm,
-        "cat /var/vcap/bosh/update_settings.json /var/vcap/data/keep.txt",
-    );
-    assert!(
-        kept.contains("trusted_certs") && kept.contains("ephemeral"),
-        "{kept}"
-    );
+    assert_detached_in_place(&node, &vm, &disk, after.pid);
     // Detaching a detached disk, or an unknown one, is fine.
     assert_eq!(call("detach_disk", json!([vm, disk])), Value::Null);
     assert_eq!(call("detach_disk", json!([vm, UNKNOWN_DISK])), Value::Null);
@@ -140,21 +202,7 @@ fn data_and_identity_survive_detach_and_attach() {
     assert!(message.contains(&vm), "{message}");
 
     // delete_vm with the disk attached: the disk survives and is detached.
-    call("delete_vm", json!([vm]));
-    assert_eq!(call("has_disk", json!([disk])), Value::Bool(true));
-    assert!(
-        disk_devices(&node, &disk).is_empty(),
-        "still a device in the VM's folder after delete_vm"
-    );
-    assert_eq!(
-        disk_loops(&disk),
-        Vec::<String>::new(),
-        "loop device left after delete_vm"
-    );
-    assert!(
-        !disk_tree(&node).join(&vm).exists(),
-        "the VM's folder of the tree is left"
-    );
+    assert_delete_vm_leaves_the_disk_detached(&node, &vm, &disk);
     let (vm2, node2, _) = vm_on(0, 61, "attach-again");
     assert_eq!(node2, node);
     call("attach_disk", json!([vm2, disk]));

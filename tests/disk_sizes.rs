@@ -5,7 +5,16 @@
 //! created with `ephemeral_disk` holds that size and is cleaned up by `delete_vm`.
 
 use moltencore_testkit::agent::{AgentVm, agent_stemcell, mount};
-use moltencore_testkit::{cluster::*, cpi::*, docker::*, index::*, requests::*};
+use moltencore_testkit::{
+    cluster::{cluster_config, node_prefix, runtime},
+    cpi::{call, call_error},
+    docker::{
+        blob_sum, disk_loops, disk_mount, disk_tree, exec_in, mount_disk_in, node_socket, sh,
+        users_of_volume, vm_container, volume_on, write_blob,
+    },
+    index::index_record,
+    requests::{agent_id, create_disk, create_vm, manual_network, static_vm, vm_on},
+};
 use serde_json::{Value, json};
 
 /// Writes zeros into `dir` inside `vm` until the filesystem is full; the answer of `dd`

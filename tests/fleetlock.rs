@@ -12,7 +12,13 @@ use moltencore_testkit::fleetlock::attack::{
 };
 use moltencore_testkit::index::semaphore_of;
 use moltencore_testkit::wait::wait_until;
-use moltencore_testkit::{cluster::*, fleetlock::*};
+use moltencore_testkit::{
+    cluster::{
+        cluster, dead_node_record, load_config, node_names, private_cluster, private_config,
+        register_nodes, runtime,
+    },
+    fleetlock::{FleetLockServer, exchange, fleetlock_body, fleetlock_request, post},
+};
 use serde_json::Value;
 
 fn assert_refused(answer: &(u16, Value), status: u16, kind: &str) {
@@ -129,15 +135,14 @@ fn clients_racing_for_one_slot_get_it_once() {
     assert_eq!(holder_ids(&semaphore(&config, "default")).len(), 1);
 }
 
-#[test]
-fn bad_requests_get_the_protocol_error_and_change_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let (config, _) = private_config(dir.path());
-    let server = FleetLockServer::start(&config, &["--group", "default", "--group", "workers"]);
-    let a = &server.address;
-    let ok_body = fleetlock_body("default", "client-a");
-    let header = "fleet-lock-protocol: true\r\n";
+/// The fleet-lock header every FleetLock request carries.
+const FLEETLOCK_HEADER: &str = "fleet-lock-protocol: true\r\n";
 
+/// A request without the FleetLock header or with a body that is not a FleetLock body
+/// (or names no group of the server) is a 400 naming what is wrong.
+fn assert_bad_headers_and_bodies_are_refused(a: &str) {
+    let ok_body = fleetlock_body("default", "client-a");
+    let header = FLEETLOCK_HEADER;
     assert_refused(
         &post(a, "/v1/pre-reboot", "", &ok_body),
         400,
@@ -178,6 +183,13 @@ fn bad_requests_get_the_protocol_error_and_change_nothing() {
         400,
         "bad_request_body",
     );
+}
+
+/// An unknown path (404), another method (405), a body too large (413) or announced and
+/// never sent (408: answered, not waited for forever) are refused.
+fn assert_bad_paths_methods_and_sizes_are_refused(a: &str) {
+    let ok_body = fleetlock_body("default", "client-a");
+    let header = FLEETLOCK_HEADER;
     assert_refused(&post(a, "/v1/unlock", header, &ok_body), 404, "not_found");
     assert_refused(
         &exchange(
@@ -201,6 +213,16 @@ fn bad_requests_get_the_protocol_error_and_change_nothing() {
         b"{",
     );
     assert_refused(&slow, 408, "body_timeout");
+}
+
+#[test]
+fn bad_requests_get_the_protocol_error_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, _) = private_config(dir.path());
+    let server = FleetLockServer::start(&config, &["--group", "default", "--group", "workers"]);
+    let a = &server.address;
+    assert_bad_headers_and_bodies_are_refused(a);
+    assert_bad_paths_methods_and_sizes_are_refused(a);
 
     for group in ["default", "workers"] {
         let sem = semaphore(&config, group);

@@ -9,7 +9,12 @@
 
 use std::process::{Command, Stdio};
 
-use moltencore_testkit::{cluster::*, cpi::*, docker::*, requests::*};
+use moltencore_testkit::{
+    cluster::{cluster_config, cluster_cpi_json},
+    cpi::{call, cpi_bin},
+    docker::{assert_nodes_unchanged, node_state},
+    requests::{Canaries, canaries},
+};
 use serde_json::{Value, json};
 
 /// Cases of the hostile-argument corpus.
@@ -59,8 +64,7 @@ impl Rng {
 /// Pieces of the configured secrets (the longest line of each private key, the mbus
 /// password) that must never appear in a response or on stderr.
 fn secrets() -> Vec<String> {
-    let config: Value =
-        serde_json::from_str(&std::fs::read_to_string(cluster_config()).unwrap()).unwrap();
+    let config: Value = cluster_cpi_json();
     let mut found = Vec::new();
     for file in [
         &config["etcd"]["tls"]["client_key_file"],

@@ -11,7 +11,14 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use moltencore_testkit::reboots::{Managers, boot_id, dockerd_pid, flag, start_managers};
-use moltencore_testkit::{cluster::*, cpi::*, docker::*, index::*, requests::*, wait::*};
+use moltencore_testkit::{
+    cluster::{cluster, cluster_config, node_names, node_prefix, runtime},
+    cpi::call,
+    docker::{blob_sum, disk_loops, exec_in, sh, vm_container},
+    index::{node_record_state, reboot_holders, reboot_record},
+    requests::{agent_id, create_vm, manual_network, shared_stemcell, static_vm, vm_with_disk},
+    wait::wait_until,
+};
 use serde_json::json;
 
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());

@@ -12,7 +12,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use moltencore_testkit::{cluster::*, cpi::*, docker::*, index::*, requests::*};
+use moltencore_testkit::{
+    cluster::{cluster_config, cluster_cpi_json, node_prefix, runtime},
+    cpi::{cpi_bin, expect_result, run_cpi},
+    docker::{node_of_container, read_file_in},
+    index::index_record,
+    requests::{agent_id, create_vm_request, manual_network, shared_stemcell},
+};
 use serde_json::{Value, json};
 
 /// A process that has not answered by then never will: the failure mode, not a speed bound.
@@ -161,10 +167,6 @@ const FILE_KEYS: &[(&str, &str)] = &[
     ("docker", "client_cert_file"),
     ("docker", "client_key_file"),
 ];
-
-fn cluster_cpi_json() -> Value {
-    serde_json::from_str(&std::fs::read_to_string(cluster_config()).unwrap()).unwrap()
-}
 
 /// Every answer names the key and the limit, and nothing of the CPI's work started.
 fn assert_names_key_and_limit(message: &str, key: &str, what: &str) {
@@ -468,43 +470,32 @@ fn secret_value(place: &str, key: &str) -> String {
     format!("LEAK-{place}-{}-7f3a", key.trim_start_matches('.'))
 }
 
-#[test]
-fn no_secret_reaches_stderr_at_trace_for_every_target_during_a_real_create_vm() {
-    let config = cluster_config();
-    let mbus_password = {
-        let mbus = cluster_cpi_json()["agent"]["mbus"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        let url = url::Url::parse(&mbus).unwrap();
-        url.password()
-            .expect("the cluster's mbus has a password")
-            .to_string()
-    };
+/// The body of a private key in the request (and so in the VM's agent settings).
+const PEM_BODY: &str = "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7LEAKPEM";
+/// The body of a CA certificate in the request.
+const CA_BODY: &str = "MIIDazCCAlOgAwIBAgIUcaLEAKca";
+
+/// The password in the cluster's mbus URL.
+fn mbus_password() -> String {
+    let mbus = cluster_cpi_json()["agent"]["mbus"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let url = url::Url::parse(&mbus).unwrap();
+    url.password()
+        .expect("the cluster's mbus has a password")
+        .to_string()
+}
+
+/// `cloud_properties` and `env` of a create_vm that carry a secret under every key of
+/// [`SECRET_KEYS`], and passwords, URLs with passwords and PEM in the agent's env.
+fn secret_laden_cloud_properties_and_env() -> (Value, Value) {
     let mut cloud_properties = serde_json::Map::new();
     let mut extra_env = serde_json::Map::new();
     for key in SECRET_KEYS {
         cloud_properties.insert(key.to_string(), json!(secret_value("cp", key)));
         extra_env.insert(key.to_string(), json!(secret_value("env", key)));
     }
-    let mut secrets: Vec<String> = SECRET_KEYS
-        .iter()
-        .flat_map(|k| [secret_value("cp", k), secret_value("env", k)])
-        .collect();
-    let pem_body = "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7LEAKPEM";
-    let ca_body = "MIIDazCCAlOgAwIBAgIUcaLEAKca";
-    secrets.extend(
-        [
-            "LEAK-vcap-password-hash",
-            "LEAK-blob-password",
-            "LEAK-blob-url-password",
-            "LEAK-mbus-url-password",
-            pem_body,
-            ca_body,
-            mbus_password.as_str(),
-        ]
-        .map(String::from),
-    );
     let env = json!({
         "bosh": {
             "password": "LEAK-vcap-password-hash",
@@ -512,9 +503,9 @@ fn no_secret_reaches_stderr_at_trace_for_every_target_during_a_real_create_vm() 
             "mbus": {
                 "urls": ["https://mbus:LEAK-mbus-url-password@0.0.0.0:6868"],
                 "cert": {
-                    "ca": format!("-----BEGIN CERTIFICATE-----\n{ca_body}\n-----END CERTIFICATE-----\n"),
-                    "certificate": format!("-----BEGIN CERTIFICATE-----\n{ca_body}\n-----END CERTIFICATE-----\n"),
-                    "private_key": format!("-----BEGIN RSA PRIVATE KEY-----\n{pem_body}\n-----END RSA PRIVATE KEY-----\n"),
+                    "ca": format!("-----BEGIN CERTIFICATE-----\n{CA_BODY}\n-----END CERTIFICATE-----\n"),
+                    "certificate": format!("-----BEGIN CERTIFICATE-----\n{CA_BODY}\n-----END CERTIFICATE-----\n"),
+                    "private_key": format!("-----BEGIN RSA PRIVATE KEY-----\n{PEM_BODY}\n-----END RSA PRIVATE KEY-----\n"),
                 }
             },
             "blobstores": [{"provider": "dav", "options": {
@@ -523,6 +514,36 @@ fn no_secret_reaches_stderr_at_trace_for_every_target_during_a_real_create_vm() 
         },
         "extra": extra_env,
     });
+    (Value::Object(cloud_properties), env)
+}
+
+/// Every secret of [`secret_laden_cloud_properties_and_env`], and the cluster's own mbus
+/// password: none may be in a log.
+fn all_secrets() -> Vec<String> {
+    let mut secrets: Vec<String> = SECRET_KEYS
+        .iter()
+        .flat_map(|k| [secret_value("cp", k), secret_value("env", k)])
+        .collect();
+    secrets.extend(
+        [
+            "LEAK-vcap-password-hash",
+            "LEAK-blob-password",
+            "LEAK-blob-url-password",
+            "LEAK-mbus-url-password",
+            PEM_BODY,
+            CA_BODY,
+            mbus_password().as_str(),
+        ]
+        .map(String::from),
+    );
+    secrets
+}
+
+#[test]
+fn no_secret_reaches_stderr_at_trace_for_every_target_during_a_real_create_vm() {
+    let config = cluster_config();
+    let (cloud_properties, env) = secret_laden_cloud_properties_and_env();
+    let secrets = all_secrets();
     for filter in [
         "trace",
         "trace,bollard=trace,hyper=trace,hyper_util=trace,h2=trace,tonic=trace,tower=trace,rustls=trace,etcd_client=trace",
@@ -531,7 +552,7 @@ fn no_secret_reaches_stderr_at_trace_for_every_target_during_a_real_create_vm() 
         let request = create_vm_request(
             &agent,
             &shared_stemcell(),
-            Value::Object(cloud_properties.clone()),
+            cloud_properties.clone(),
             json!({"d": {"type": "dynamic", "cloud_properties": {}}}),
             env.clone(),
             2,
@@ -554,7 +575,7 @@ fn no_secret_reaches_stderr_at_trace_for_every_target_during_a_real_create_vm() 
             "/var/vcap/bosh/warden-cpi-agent-env.json",
         ));
         assert!(settings.contains("LEAK-vcap-password-hash"), "{settings}");
-        assert!(settings.contains(pem_body), "{settings}");
+        assert!(settings.contains(PEM_BODY), "{settings}");
         // And the log really was verbose: the request was logged, redacted.
         assert!(
             run.stderr.contains("<redacted>") && run.stderr.contains(&cid),

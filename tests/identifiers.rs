@@ -5,7 +5,12 @@
 
 use std::sync::Mutex;
 
-use moltencore_testkit::{cluster::*, cpi::*, docker::*, requests::*};
+use moltencore_testkit::{
+    cluster::cluster_config,
+    cpi::{CpiRun, assert_schema, call, run_cpi},
+    docker::{assert_nodes_unchanged, node_state},
+    requests::{Canaries, canaries, remove_canaries},
+};
 use serde_json::{Value, json};
 
 /// Both tests compare whole nodes before and after: they must not run at the same time.

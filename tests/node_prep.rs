@@ -10,8 +10,9 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use etcd_client::GetOptions;
-use moltencore::cluster::{Etcd, EtcdAccess, NodeRecord, NodeState};
+use moltencore::cluster::{Etcd, EtcdAccess, Keys, NodeRecord, NodeState};
 use moltencore::config::{Secret, TlsMaterial};
+use moltencore::ids::VmCid;
 use moltencore::nodeprep::pki;
 use moltencore_testkit::{cluster::cluster, cpi::cpi_bin, tools::systemd_verify};
 use serde_json::{Value, json};
@@ -20,6 +21,18 @@ use serde_json::{Value, json};
 struct Prefixes {
     key: String,
     flannel: String,
+}
+
+impl Prefixes {
+    /// The cluster's keys under these prefixes, as the CPI derives them.
+    fn keys(&self) -> Keys {
+        Keys::with_prefixes(&self.key, &self.flannel)
+    }
+}
+
+/// A VM cid of the index, for records written by hand.
+fn vm_cid(text: &str) -> VmCid {
+    VmCid::parse(text).expect("a VM cid")
 }
 
 fn prefixes() -> Prefixes {
@@ -198,24 +211,14 @@ fn is_empty_dir(dir: &Path) -> bool {
     std::fs::read_dir(dir).unwrap().next().is_none()
 }
 
-#[test]
-fn prepares_a_fresh_root_then_a_second_run_changes_nothing() {
-    let p = prefixes();
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    // No flannel config and no lease yet: node-prep writes the config and reserves.
-    let first = prep(
-        root,
-        "t1",
-        "192.0.2.11",
-        &p,
-        &["--flannel-network", "10.200.0.0/16"],
-    );
+/// The first run's report: changed, the CA created, the Flannel config written and a
+/// subnet reserved, and the units (re)started in order.
+fn assert_first_run_report(first: &Value) {
     assert_eq!(first["changed"], true);
-    assert!(has_change(&first, "created the cluster CA"), "{first:#}");
-    assert!(has_change(&first, "wrote flannel config"), "{first:#}");
+    assert!(has_change(first, "created the cluster CA"), "{first:#}");
+    assert!(has_change(first, "wrote flannel config"), "{first:#}");
     assert!(
-        has_change(&first, "reserved flannel subnet 10.200.1.0/24"),
+        has_change(first, "reserved flannel subnet 10.200.1.0/24"),
         "{first:#}"
     );
     assert_eq!(
@@ -229,30 +232,29 @@ fn prepares_a_fresh_root_then_a_second_run_changes_nothing() {
             "enable --now --no-block moltencore-reboot-manager.service"
         ])
     );
+}
 
-    // etcd: CA, flannel config with everything explicit, the reservation, the record.
+/// etcd after the first run: the CA, Flannel's config with everything explicit, the
+/// reservation, and the node's record; the record.
+fn assert_etcd_after_first_run(p: &Prefixes) -> NodeRecord {
     assert!(
-        get(&format!("{}/pki/ca.crt", p.key))
+        get(&p.keys().ca_cert())
             .unwrap()
             .contains("BEGIN CERTIFICATE")
     );
-    assert!(
-        get(&format!("{}/pki/ca.key", p.key))
-            .unwrap()
-            .contains("PRIVATE KEY")
-    );
-    let config: Value =
-        serde_json::from_str(&get(&format!("{}/config", p.flannel)).unwrap()).unwrap();
+    assert!(get(&p.keys().ca_key()).unwrap().contains("PRIVATE KEY"));
+    let config: Value = serde_json::from_str(&get(&p.keys().flannel_config()).unwrap()).unwrap();
     assert_eq!(
         config,
         json!({"Network":"10.200.0.0/16","SubnetLen":24,"Backend":{"Type":"vxlan"}})
     );
+    // The lease key as flanneld names it (`<network>-<length>`): written literally, it is
+    // Flannel's layout, not the CPI's.
     let lease: Value =
         serde_json::from_str(&get(&format!("{}/subnets/10.200.1.0-24", p.flannel)).unwrap())
             .unwrap();
     assert_eq!(lease["PublicIP"], "192.0.2.11");
-    let record: NodeRecord =
-        serde_json::from_str(&get(&format!("{}/nodes/t1", p.key)).unwrap()).unwrap();
+    let record: NodeRecord = serde_json::from_str(&get(&p.keys().node("t1")).unwrap()).unwrap();
     assert_eq!(record.docker_endpoint, "tcp://192.0.2.11:2376");
     assert_eq!(record.subnet.to_string(), "10.200.1.0/24");
     assert_eq!(record.gateway.to_string(), "10.200.1.1");
@@ -260,11 +262,15 @@ fn prepares_a_fresh_root_then_a_second_run_changes_nothing() {
     assert_eq!(record.state, NodeState::Ready);
     assert!(record.capacity.cpus > 0 && record.capacity.memory_mib > 0);
     assert!(record.prepared_at.is_some());
+    record
+}
 
-    // Files: the certificates, the key 0600, Docker's options and the units.
+/// The files of the first run: the certificates, the key 0600, Docker's options and the
+/// units; the server certificate (PEM).
+fn assert_files_after_first_run(root: &Path, p: &Prefixes, record: &NodeRecord) -> String {
     let server = std::fs::read_to_string(file(root, "/etc/moltencore/docker/server.pem")).unwrap();
     let ca = std::fs::read_to_string(file(root, "/etc/moltencore/docker/ca.pem")).unwrap();
-    assert_eq!(ca, get(&format!("{}/pki/ca.crt", p.key)).unwrap());
+    assert_eq!(ca, get(&p.keys().ca_cert()).unwrap());
     let info = pki::inspect(&server, &ca).unwrap();
     assert!(info.signed_by_ca);
     assert_eq!(
@@ -299,9 +305,13 @@ fn prepares_a_fresh_root_then_a_second_run_changes_nothing() {
     );
     assert!(file(root, "/etc/systemd/system/moltencore-network.service").exists());
     assert!(file(root, "/etc/systemd/system/moltencore-disk-mounts.service").exists());
+    server
+}
 
-    // Second run: nothing changes, nothing restarts, the certificate stays.
-    let out = node_prep(&prep_args(root, "t1", "192.0.2.11", &p, &[]))
+/// A second run changes nothing, restarts nothing and keeps the certificate (`server`),
+/// and says so to a human too.
+fn assert_second_run_changes_nothing(root: &Path, p: &Prefixes, server: &str) {
+    let out = node_prep(&prep_args(root, "t1", "192.0.2.11", p, &[]))
         .output()
         .unwrap();
     let second = ok_report(&out);
@@ -309,9 +319,9 @@ fn prepares_a_fresh_root_then_a_second_run_changes_nothing() {
     assert_eq!(second["systemd"], json!([]));
     assert_eq!(
         std::fs::read_to_string(file(root, "/etc/moltencore/docker/server.pem")).unwrap(),
-        server
+        *server
     );
-    let mut args = prep_args(root, "t1", "192.0.2.11", &p, &[]);
+    let mut args = prep_args(root, "t1", "192.0.2.11", p, &[]);
     args.retain(|a| a != "--json");
     let human = node_prep(&args).output().unwrap();
     let text = String::from_utf8_lossy(&human.stdout);
@@ -319,6 +329,31 @@ fn prepares_a_fresh_root_then_a_second_run_changes_nothing() {
         human.status.success() && text.contains("no change"),
         "{text}"
     );
+}
+
+#[test]
+fn prepares_a_fresh_root_then_a_second_run_changes_nothing() {
+    let p = prefixes();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    // No flannel config and no lease yet: node-prep writes the config and reserves.
+    let first = prep(
+        root,
+        "t1",
+        "192.0.2.11",
+        &p,
+        &["--flannel-network", "10.200.0.0/16"],
+    );
+    assert_first_run_report(&first);
+
+    // etcd: CA, flannel config with everything explicit, the reservation, the record.
+    let record = assert_etcd_after_first_run(&p);
+
+    // Files: the certificates, the key 0600, Docker's options and the units.
+    let server = assert_files_after_first_run(root, &p, &record);
+
+    // Second run: nothing changes, nothing restarts, the certificate stays.
+    assert_second_run_changes_nothing(root, &p, &server);
 }
 
 #[test]
@@ -379,7 +414,7 @@ fn three_first_runs_at_once_agree_on_one_ca_and_distinct_subnets() {
         .into_iter()
         .map(|c| ok_report(&c.wait_with_output().unwrap()))
         .collect();
-    let ca = get(&format!("{}/pki/ca.crt", p.key)).expect("a CA in etcd");
+    let ca = get(&p.keys().ca_cert()).expect("a CA in etcd");
     let created = reports
         .iter()
         .filter(|r| has_change(r, "created the cluster CA"))
@@ -447,8 +482,7 @@ fn a_certificate_near_expiry_or_with_other_sans_is_reissued_a_fresh_one_is_kept(
     );
     let new_fp = renewed["certificate"]["fingerprint"].as_str().unwrap();
     assert_ne!(new_fp, old_fp);
-    let record: NodeRecord =
-        serde_json::from_str(&get(&format!("{}/nodes/t1", p.key)).unwrap()).unwrap();
+    let record: NodeRecord = serde_json::from_str(&get(&p.keys().node("t1")).unwrap()).unwrap();
     assert_eq!(record.cert_fingerprint.as_deref(), Some(new_fp));
 
     // Fresh now: left alone.
@@ -479,7 +513,7 @@ fn a_certificate_near_expiry_or_with_other_sans_is_reissued_a_fresh_one_is_kept(
 fn an_existing_lease_is_found_by_public_ip_and_a_cordon_survives_prep() {
     let p = prefixes();
     put(
-        &format!("{}/config", p.flannel),
+        &p.keys().flannel_config(),
         r#"{"Network":"10.204.0.0/16","SubnetLen":24,"Backend":{"Type":"host-gw"}}"#,
     );
     // Flanneld's lease, with a TTL-less key as written here; flannel renews it in place.
@@ -518,7 +552,7 @@ fn an_existing_lease_is_found_by_public_ip_and_a_cordon_survives_prep() {
         String::from_utf8_lossy(&out.stderr)
     );
     let state = || {
-        serde_json::from_str::<NodeRecord>(&get(&format!("{}/nodes/t1", p.key)).unwrap())
+        serde_json::from_str::<NodeRecord>(&get(&p.keys().node("t1")).unwrap())
             .unwrap()
             .state
     };
@@ -529,11 +563,13 @@ fn an_existing_lease_is_found_by_public_ip_and_a_cordon_survives_prep() {
 
     // The listing counts the VM index's records per node.
     put(
-        &format!("{}/vms/vm-00000000-0000-0000-0000-000000000001", p.key),
+        &p.keys()
+            .vm(&vm_cid("vm-00000000-0000-0000-0000-000000000001")),
         r#"{"cid":"vm-00000000-0000-0000-0000-000000000001","node":"t1","agent_id":"a","stemcell_cid":"s","memory_mib":512,"created_at":"x","metadata":{}}"#,
     );
     put(
-        &format!("{}/vms/vm-00000000-0000-0000-0000-000000000002", p.key),
+        &p.keys()
+            .vm(&vm_cid("vm-00000000-0000-0000-0000-000000000002")),
         r#"{"cid":"vm-00000000-0000-0000-0000-000000000002","node":"t1","agent_id":"b","stemcell_cid":"s","memory_mib":256,"created_at":"x","metadata":{}}"#,
     );
     let out = nodes(&["--json"]);
@@ -651,7 +687,7 @@ fn an_unreachable_etcd_fails_naming_it_and_writes_nothing() {
 fn a_conflicting_flannel_config_fails_before_anything_is_written() {
     let p = prefixes();
     put(
-        &format!("{}/config", p.flannel),
+        &p.keys().flannel_config(),
         r#"{"Network":"10.77.0.0/16","SubnetLen":24,"Backend":{"Type":"vxlan"}}"#,
     );
     let dir = tempfile::tempdir().unwrap();
@@ -667,10 +703,7 @@ fn a_conflicting_flannel_config_fails_before_anything_is_written() {
         stderr.contains("10.77.0.0/16") && stderr.contains("10.78.0.0/16"),
         "{stderr}"
     );
-    assert!(
-        stderr.contains(&format!("{}/config", p.flannel)),
-        "{stderr}"
-    );
+    assert!(stderr.contains(&p.keys().flannel_config()), "{stderr}");
     assert!(
         is_empty_dir(dir.path()),
         "files written despite the conflict"
@@ -679,9 +712,9 @@ fn a_conflicting_flannel_config_fails_before_anything_is_written() {
         count_under(&format!("{}/", p.key)) - count_under(&format!("{}/", p.flannel)),
         0
     );
-    assert_eq!(count_under(&format!("{}/subnets/", p.flannel)), 0);
+    assert_eq!(count_under(&p.keys().flannel_subnets()), 0);
     assert_eq!(
-        get(&format!("{}/config", p.flannel)).unwrap(),
+        get(&p.keys().flannel_config()).unwrap(),
         r#"{"Network":"10.77.0.0/16","SubnetLen":24,"Backend":{"Type":"vxlan"}}"#,
         "the existing config must stay as it was"
     );
@@ -944,8 +977,7 @@ fn a_name_registered_by_another_host_is_refused_unless_replaced() {
         &["--flannel-network", "10.206.0.0/16", "--replace"],
     );
     assert!(report.is_object());
-    let record: Value =
-        serde_json::from_str(&get(&format!("{}/nodes/dup", p.key)).unwrap()).unwrap();
+    let record: Value = serde_json::from_str(&get(&p.keys().node("dup")).unwrap()).unwrap();
     assert_eq!(record["private_ip"], "192.0.2.82");
 }
 
@@ -953,7 +985,7 @@ fn a_name_registered_by_another_host_is_refused_unless_replaced() {
 fn the_mtu_and_the_subnet_of_a_node_stay_what_they_were_across_reboots_and_expired_leases() {
     let p = prefixes();
     put(
-        &format!("{}/config", p.flannel),
+        &p.keys().flannel_config(),
         r#"{"Network":"10.206.0.0/16","SubnetLen":24,"Backend":{"Type":"vxlan"}}"#,
     );
     let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -1009,7 +1041,7 @@ fn an_unreadable_flannel_config_is_named_as_such_not_blamed_on_etcd_and_nothing_
         is_empty_dir(dir.path()),
         "files written despite the bad config"
     );
-    assert_eq!(count_under(&format!("{}/nodes/", p.key)), 0);
+    assert_eq!(count_under(&p.keys().nodes()), 0);
     assert_eq!(count_under(&format!("{}/pki/", p.key)), 0);
     assert_eq!(get(&key).as_deref(), Some("not json"));
 }

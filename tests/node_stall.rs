@@ -8,7 +8,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use moltencore_testkit::{cluster::*, cpi::*, docker::*, index::*, requests::*};
+use moltencore_testkit::{
+    cluster::{
+        cluster, cluster_config, cluster_cpi_json, node_names, node_prefix, runtime,
+        test_stemcell_dir,
+    },
+    cpi::{call, expect_result, spawn_cpi},
+    docker::{containers_labelled, has_image, leftovers_of_agent, mount_disk_in, sh, volume_on},
+    index::{index_record, index_records_of_agent},
+    requests::{agent_id, create_disk, shared_stemcell, static_vm, static_vm_request},
+};
 use serde_json::{Value, json};
 
 /// Seconds a node may stay silent in these tests' CPI config.
@@ -47,8 +56,7 @@ impl Drop for Frozen {
 
 /// The cluster's CPI config with a short idle timeout.
 fn impatient_config(dir: &Path) -> PathBuf {
-    let mut config: Value =
-        serde_json::from_str(&std::fs::read_to_string(cluster_config()).unwrap()).unwrap();
+    let mut config: Value = cluster_cpi_json();
     config["docker"]["idle_timeout_seconds"] = json!(IDLE_SECONDS);
     let path = dir.join("cpi.json");
     std::fs::write(&path, config.to_string()).unwrap();
@@ -131,6 +139,73 @@ fn run_cpi_within(request: &str, config: &Path, limit: Duration) -> Value {
     serde_json::from_slice(&out.stdout).expect("one JSON response")
 }
 
+/// create_stemcell of `image` with `frozen_node` frozen: it succeeds on the other nodes
+/// and its log names the frozen one with the reason; the stemcell's cid.
+fn create_stemcell_beside(
+    frozen_node: &str,
+    image: &Path,
+    impatient: &Path,
+    bound: Duration,
+) -> String {
+    let req = json!({"method":"create_stemcell","arguments":[image, {}],"api_version":2});
+    let response = run_cpi_within(&req.to_string(), impatient, bound);
+    let cid = response["result"]
+        .as_str()
+        .unwrap_or_else(|| panic!("create_stemcell must succeed on the other nodes: {response}"))
+        .to_string();
+    let log = response["log"].as_str().unwrap();
+    assert!(
+        log.contains(frozen_node)
+            && (log.contains("nothing moved") || log.contains("no answer to a ping")),
+        "the frozen node is named with the reason: {log}"
+    );
+    cid
+}
+
+/// has_vm of `before` on the frozen node fails retriably, naming the node, instead of
+/// hanging.
+fn assert_has_vm_fails_retriably(
+    before: &str,
+    frozen_node: &str,
+    impatient: &Path,
+    bound: Duration,
+) {
+    let req = json!({"method":"has_vm","arguments":[before]});
+    let response = run_cpi_within(&req.to_string(), impatient, bound);
+    assert_eq!(
+        response["error"]["type"], "Bosh::Clouds::CloudError",
+        "{response}"
+    );
+    assert_eq!(response["error"]["ok_to_retry"], true, "{response}");
+    assert!(
+        response["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(frozen_node)),
+        "{response}"
+    );
+}
+
+/// The stemcell `cid` is on every node but `frozen_node`, and its record leaves it out.
+fn assert_stemcell_only_beside(config: &Path, cid: &str, frozen_node: &str) {
+    let reference = format!("moltencore-stemcell:{cid}");
+    let nodes = node_names();
+    for node in &nodes {
+        assert_eq!(
+            has_image(node, &reference),
+            node != frozen_node,
+            "{reference} on {node}"
+        );
+    }
+    let record = index_record(config, &format!("stemcells/{cid}")).expect("stemcell record");
+    assert!(
+        !record["nodes"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(frozen_node)),
+        "{record}"
+    );
+}
+
 #[test]
 fn a_frozen_node_fails_calls_retriably_and_drops_out_of_create_stemcell() {
     let _turn = take_turn();
@@ -138,7 +213,6 @@ fn a_frozen_node_fails_calls_retriably_and_drops_out_of_create_stemcell() {
     let impatient = impatient_config(dir.path());
     let config = cluster_config();
     let image = big_stemcell(dir.path(), 48);
-    let nodes = node_names();
     let (frozen_node, prefix) = node_prefix(2);
     let bound = Duration::from_secs(120);
 
@@ -153,33 +227,10 @@ fn a_frozen_node_fails_calls_retriably_and_drops_out_of_create_stemcell() {
     let frozen = Frozen::node(&frozen_node);
 
     // 1. The upload goes to the other nodes; the frozen one is named with the reason.
-    let req = json!({"method":"create_stemcell","arguments":[image, {}],"api_version":2});
-    let response = run_cpi_within(&req.to_string(), &impatient, bound);
-    let cid = response["result"]
-        .as_str()
-        .unwrap_or_else(|| panic!("create_stemcell must succeed on the other nodes: {response}"))
-        .to_string();
-    let log = response["log"].as_str().unwrap();
-    assert!(
-        log.contains(&frozen_node)
-            && (log.contains("nothing moved") || log.contains("no answer to a ping")),
-        "the frozen node is named with the reason: {log}"
-    );
+    let cid = create_stemcell_beside(&frozen_node, &image, &impatient, bound);
 
     // 2. Control requests to the frozen node fail retriably instead of hanging.
-    let req = json!({"method":"has_vm","arguments":[before]});
-    let response = run_cpi_within(&req.to_string(), &impatient, bound);
-    assert_eq!(
-        response["error"]["type"], "Bosh::Clouds::CloudError",
-        "{response}"
-    );
-    assert_eq!(response["error"]["ok_to_retry"], true, "{response}");
-    assert!(
-        response["error"]["message"]
-            .as_str()
-            .is_some_and(|m| m.contains(&frozen_node)),
-        "{response}"
-    );
+    assert_has_vm_fails_retriably(&before, &frozen_node, &impatient, bound);
     let agent = agent_id("while-frozen");
     let req = static_vm_request(&agent, &cid, &format!("{prefix}.72"));
     let response = run_cpi_within(&req, &impatient, bound);
@@ -193,21 +244,7 @@ fn a_frozen_node_fails_calls_retriably_and_drops_out_of_create_stemcell() {
     drop(frozen);
 
     let reference = format!("moltencore-stemcell:{cid}");
-    for node in &nodes {
-        assert_eq!(
-            has_image(node, &reference),
-            node != &frozen_node,
-            "{reference} on {node}"
-        );
-    }
-    let record = index_record(&config, &format!("stemcells/{cid}")).expect("stemcell record");
-    assert!(
-        !record["nodes"]
-            .as_array()
-            .unwrap()
-            .contains(&json!(frozen_node)),
-        "{record}"
-    );
+    assert_stemcell_only_beside(&config, &cid, &frozen_node);
     runtime().block_on(async {
         assert_eq!(leftovers_of_agent(&agent).await, Vec::<String>::new());
     });
@@ -227,6 +264,93 @@ fn a_frozen_node_fails_calls_retriably_and_drops_out_of_create_stemcell() {
     }
 }
 
+/// A disk made on a VM on `source` (at `<source_prefix>.<host>`), 96 MiB of random data
+/// written on it, then detached and its VM deleted; the disk and the data's checksum.
+fn disk_with_96_mib_on(
+    config: &Path,
+    source: &str,
+    source_prefix: &str,
+    host: u8,
+) -> (String, String) {
+    let writer = static_vm(
+        config,
+        &shared_stemcell(),
+        "freeze-move-src",
+        &format!("{source_prefix}.{host}"),
+    );
+    let disk = create_disk(json!([128, {}, writer]));
+    call("attach_disk", json!([writer, disk]));
+    // 96 MiB on the 128 MiB disk, mounted in the VM (the detach unmounts it).
+    let path = mount_disk_in(source, &writer, &disk);
+    sh(
+        source,
+        &writer,
+        &format!("dd if=/dev/urandom of={path}/big bs=1M count=96 2>/dev/null"),
+    );
+    let sum = sh(source, &writer, &format!("cd {path} && md5sum big"));
+    call("detach_disk", json!([writer, disk]));
+    call("delete_vm", json!([writer]));
+    (disk, sum)
+}
+
+/// Runs `request` (an attach that moves a disk into `target`) and freezes `target` as soon
+/// as the copy's helper (labelled `helper`) is there; the freeze (none when the move
+/// finished first) and the CPI's answer, which must come within 120 s.
+fn attach_freezing_target(
+    request: &str,
+    impatient: &Path,
+    target: &str,
+    helper: &str,
+) -> (Option<Frozen>, Value) {
+    let mut child = spawn_cpi(request, impatient, Stdio::piped());
+    let frozen = runtime().block_on(async {
+        loop {
+            if !containers_labelled(target, helper).await.is_empty() {
+                return Some(Frozen::node(target));
+            }
+            if child.try_wait().unwrap().is_some() {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("attach_disk still running after 120 s with {target} frozen");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    let response: Value = serde_json::from_slice(&out.stdout).expect("one JSON response");
+    (frozen, response)
+}
+
+/// Thawed, the same attach of `disk` to `vm` finishes the move from `source` to `target`
+/// with the data intact (`sum`), and leaves no copy helper and no source volume.
+fn assert_the_move_finishes(vm: &str, disk: &str, (source, target): (&str, &str), sum: &str) {
+    let helper = format!("moltencore.helper={disk}");
+    assert_eq!(
+        call("attach_disk", json!([vm, disk])),
+        json!(format!("/warden-cpi-dev/{disk}"))
+    );
+    let path = mount_disk_in(target, vm, disk);
+    assert_eq!(sh(target, vm, &format!("cd {path} && md5sum big")), sum);
+    runtime().block_on(async {
+        for node in [source, target] {
+            assert!(
+                containers_labelled(node, &helper).await.is_empty(),
+                "copy helpers left on {node}"
+            );
+        }
+    });
+    assert!(
+        volume_on(source, disk).is_none(),
+        "source removed after the move"
+    );
+}
+
 #[test]
 fn a_disk_move_into_a_node_that_freezes_fails_retriably_and_the_next_attach_finishes_it() {
     let _turn = take_turn();
@@ -244,49 +368,11 @@ fn a_disk_move_into_a_node_that_freezes_fails_retriably_and_the_next_attach_fini
 
     for attempt in 0..5u8 {
         // A disk with enough data that the copy is still streaming when the node freezes.
-        let writer = static_vm(
-            &config,
-            &shared_stemcell(),
-            "freeze-move-src",
-            &format!("{source_prefix}.{}", 73 + attempt),
-        );
-        let disk = create_disk(json!([128, {}, writer]));
-        call("attach_disk", json!([writer, disk]));
-        // 96 MiB on the 128 MiB disk, mounted in the VM (the detach unmounts it).
-        let path = mount_disk_in(&source, &writer, &disk);
-        sh(
-            &source,
-            &writer,
-            &format!("dd if=/dev/urandom of={path}/big bs=1M count=96 2>/dev/null"),
-        );
-        let sum = sh(&source, &writer, &format!("cd {path} && md5sum big"));
-        call("detach_disk", json!([writer, disk]));
-        call("delete_vm", json!([writer]));
+        let (disk, sum) = disk_with_96_mib_on(&config, &source, &source_prefix, 73 + attempt);
 
         let request = json!({"method":"attach_disk","arguments":[vm, disk]}).to_string();
-        let mut child = spawn_cpi(&request, &impatient, Stdio::piped());
         let helper = format!("moltencore.helper={disk}");
-        let frozen = runtime().block_on(async {
-            loop {
-                if !containers_labelled(&target, &helper).await.is_empty() {
-                    return Some(Frozen::node(&target));
-                }
-                if child.try_wait().unwrap().is_some() {
-                    return None;
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while child.try_wait().unwrap().is_none() {
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("attach_disk still running after 120 s with {target} frozen");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let out = child.wait_with_output().unwrap();
-        let response: Value = serde_json::from_slice(&out.stdout).expect("one JSON response");
+        let (frozen, response) = attach_freezing_target(&request, &impatient, &target, &helper);
         let Some(frozen) = frozen else {
             // The move finished before the node could be frozen: try again with a new disk.
             assert!(response["error"].is_null(), "{response}");
@@ -308,24 +394,7 @@ fn a_disk_move_into_a_node_that_freezes_fails_retriably_and_the_next_attach_fini
             "the disk still belongs to its source node"
         );
         // Thawed, the same attach finishes the move, with the data intact.
-        assert_eq!(
-            call("attach_disk", json!([vm, disk])),
-            json!(format!("/warden-cpi-dev/{disk}"))
-        );
-        let path = mount_disk_in(&target, &vm, &disk);
-        assert_eq!(sh(&target, &vm, &format!("cd {path} && md5sum big")), sum);
-        runtime().block_on(async {
-            for node in [&source, &target] {
-                assert!(
-                    containers_labelled(node, &helper).await.is_empty(),
-                    "copy helpers left on {node}"
-                );
-            }
-        });
-        assert!(
-            volume_on(&source, &disk).is_none(),
-            "source removed after the move"
-        );
+        assert_the_move_finishes(&vm, &disk, (&source, &target), &sum);
         call("delete_vm", json!([vm]));
         call("delete_disk", json!([disk]));
         return;

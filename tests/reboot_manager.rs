@@ -12,7 +12,16 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use moltencore_testkit::{
-    cluster::*, cpi::*, docker::*, fleetlock::*, index::*, requests::*, wait::*,
+    cluster::{cluster_config, node_names, runtime},
+    cpi::{call_on, cpi_bin, cpi_command},
+    docker::{blob_sum, inspect_vm, remove_container_forced},
+    fleetlock::{FleetLockServer, fleetlock_request},
+    index::{
+        etcd, index_record, node_record_state, put_index_record, reboot_holders, reboot_keys_of,
+        reboot_record,
+    },
+    requests::{shared_stemcell, vm_with_disk},
+    wait::poll_until,
 };
 use serde_json::{Value, json};
 
@@ -693,18 +702,100 @@ fn wait_for_manager(
 
 /// The lease of the heartbeat of `node`'s manager (0: no heartbeat).
 fn heartbeat_lease(config: &Path, node: &str) -> i64 {
-    let prefix = moltencore_testkit::cluster::load_config(config)
-        .etcd
-        .key_prefix;
+    let key = reboot_keys_of(config).manager(node);
     runtime().block_on(async {
-        let resp = etcd(config)
-            .await
-            .client()
-            .get(format!("{prefix}/reboot/managers/{node}"), None)
-            .await
-            .unwrap();
+        let resp = etcd(config).await.client().get(key, None).await.unwrap();
         resp.kvs().first().map_or(0, |kv| kv.lease())
     })
+}
+
+/// The heartbeat's lease lost (as after an etcd outage longer than the lease): the
+/// manager writes the heartbeat again on a new lease and keeps running.
+fn assert_heartbeat_comes_back_on_a_new_lease(
+    config: &Path,
+    node: &str,
+    host: &HostRoot,
+    manager: &mut ManagerProc,
+) {
+    let lost = heartbeat_lease(config, node);
+    assert_ne!(lost, 0);
+    runtime().block_on(async {
+        etcd(config)
+            .await
+            .client()
+            .lease_revoke(lost)
+            .await
+            .unwrap()
+    });
+    assert_eq!(heartbeat_lease(config, node), 0);
+    wait_until(
+        "the heartbeat is back on a new lease",
+        Duration::from_secs(30),
+        &[host],
+        || ![0, lost].contains(&heartbeat_lease(config, node)),
+    );
+    assert!(
+        manager.child.try_wait().unwrap().is_none(),
+        "the manager exited"
+    );
+    let log = std::fs::read_to_string(host.root.join("manager.log")).unwrap();
+    assert!(log.contains("heartbeat was lost; written again"), "{log}");
+    assert_eq!(listed_row(config, node)["manager"]["state"], "up");
+}
+
+/// Lets the node's reboot start, then kills its manager and the reboot command
+/// (SIGKILL); when the manager was killed.
+fn kill_while_rebooting(host: &HostRoot, manager: &mut ManagerProc) -> Instant {
+    host.flag();
+    wait_until(
+        "the reboot command runs",
+        Duration::from_secs(120),
+        &[host],
+        || !host.lines("attempts").is_empty(),
+    );
+    manager.kill();
+    let killed = Instant::now();
+    for pid in host.lines("attempts") {
+        let _ = Command::new("kill").args(["-9", &pid]).status();
+    }
+    killed
+}
+
+/// `cpi nodes` shows the killed manager gone, last heard of between its start and its
+/// kill, and the node's reboot stalled for want of a manager.
+fn assert_listed_gone_while_rebooting(
+    config: &Path,
+    node: &str,
+    host: &HostRoot,
+    killed: Instant,
+    started: Instant,
+) {
+    let row = wait_for_manager(config, node, "gone", Duration::from_secs(25), host);
+    let ago = row["manager"]["last_seen_seconds_ago"].as_u64().unwrap();
+    // Last heard of before it was killed, and after it started (etcd counts whole
+    // seconds; the listing takes a moment).
+    assert!(ago + 2 >= killed.elapsed().as_secs(), "{row}");
+    assert!(ago <= started.elapsed().as_secs() + 1, "{row}");
+    assert_eq!(row["reboot"]["phase"], "rebooting", "{row}");
+    let line = table_line(config, node);
+    assert!(line.contains("gone, seen "), "{line}");
+    assert!(line.contains("rebooting since"), "{line}");
+    assert!(line.contains("· no manager (last seen "), "{line}");
+}
+
+/// A clean stop (SIGTERM) takes the heartbeat down at once and says so.
+fn assert_a_clean_stop_is_listed_at_once(config: &Path, node: &str, manager: &mut ManagerProc) {
+    let term = Command::new("kill")
+        .args(["-TERM", &manager.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let status = manager.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let row = listed_row(config, node);
+    assert_eq!(row["manager"]["state"], "stopped", "{row}");
+    assert!(row["manager"]["manager"]["stopped_at"].is_string(), "{row}");
+    assert!(table_line(config, node).contains("stopped "));
 }
 
 #[test]
@@ -725,56 +816,12 @@ fn a_killed_manager_shows_as_gone_in_cpi_nodes_and_up_again_when_restarted() {
 
     // Its lease lost (as after an etcd outage longer than the lease): it writes the
     // heartbeat again on a new lease and keeps running.
-    let lost = heartbeat_lease(&config, &node);
-    assert_ne!(lost, 0);
-    runtime().block_on(async {
-        etcd(&config)
-            .await
-            .client()
-            .lease_revoke(lost)
-            .await
-            .unwrap()
-    });
-    assert_eq!(heartbeat_lease(&config, &node), 0);
-    wait_until(
-        "the heartbeat is back on a new lease",
-        Duration::from_secs(30),
-        &[&host],
-        || ![0, lost].contains(&heartbeat_lease(&config, &node)),
-    );
-    assert!(
-        manager.child.try_wait().unwrap().is_none(),
-        "the manager exited"
-    );
-    let log = std::fs::read_to_string(host.root.join("manager.log")).unwrap();
-    assert!(log.contains("heartbeat was lost; written again"), "{log}");
-    assert_eq!(listed_row(&config, &node)["manager"]["state"], "up");
+    assert_heartbeat_comes_back_on_a_new_lease(&config, &node, &host, &mut manager);
 
     // Killed while its node reboots: the reboot stalls, and `cpi nodes` says why.
-    host.flag();
-    wait_until(
-        "the reboot command runs",
-        Duration::from_secs(120),
-        &[&host],
-        || !host.lines("attempts").is_empty(),
-    );
-    manager.kill();
-    let killed = Instant::now();
-    for pid in host.lines("attempts") {
-        let _ = Command::new("kill").args(["-9", &pid]).status();
-    }
+    let killed = kill_while_rebooting(&host, &mut manager);
     // The heartbeat's lease (15 s) runs out; the deadline is that plus a margin.
-    let row = wait_for_manager(&config, &node, "gone", Duration::from_secs(25), &host);
-    let ago = row["manager"]["last_seen_seconds_ago"].as_u64().unwrap();
-    // Last heard of before it was killed, and after it started (etcd counts whole
-    // seconds; the listing takes a moment).
-    assert!(ago + 2 >= killed.elapsed().as_secs(), "{row}");
-    assert!(ago <= started.elapsed().as_secs() + 1, "{row}");
-    assert_eq!(row["reboot"]["phase"], "rebooting", "{row}");
-    let line = table_line(&config, &node);
-    assert!(line.contains("gone, seen "), "{line}");
-    assert!(line.contains("rebooting since"), "{line}");
-    assert!(line.contains("· no manager (last seen "), "{line}");
+    assert_listed_gone_while_rebooting(&config, &node, &host, killed, started);
 
     // Started again: its heartbeat is back, and it finishes the reboot.
     let mut restarted = ManagerProc::start(&config, &node, &host);
@@ -789,17 +836,7 @@ fn a_killed_manager_shows_as_gone_in_cpi_nodes_and_up_again_when_restarted() {
     assert_finished(&config, &node, &host, "ready");
 
     // A clean stop (SIGTERM) takes the heartbeat down at once and says so.
-    let term = Command::new("kill")
-        .args(["-TERM", &restarted.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(term.success());
-    let status = restarted.child.wait().unwrap();
-    assert!(status.success(), "{status:?}");
-    let row = listed_row(&config, &node);
-    assert_eq!(row["manager"]["state"], "stopped", "{row}");
-    assert!(row["manager"]["manager"]["stopped_at"].is_string(), "{row}");
-    assert!(table_line(&config, &node).contains("stopped "));
+    assert_a_clean_stop_is_listed_at_once(&config, &node, &mut restarted);
 }
 
 #[test]

@@ -2,7 +2,16 @@
 //! checked on every node of the local cluster.
 
 use bollard::query_parameters::ListImagesOptionsBuilder;
-use moltencore_testkit::{cluster::*, cpi::*, docker::*, index::*, requests::*};
+use moltencore_testkit::{
+    cluster::{
+        cluster_config, dead_node_record, node_names, node_prefix, private_cluster, runtime,
+        test_stemcell_dir,
+    },
+    cpi::{assert_schema, expect_error, expect_result, run_cpi},
+    docker::node_socket,
+    index::index_record,
+    requests::static_vm,
+};
 use serde_json::json;
 
 /// The stemcell images on `node`, as `repo:tag` strings.

@@ -4,11 +4,106 @@
 
 use std::collections::HashSet;
 
-use moltencore_testkit::{cluster::*, cpi::*, docker::*, index::*, requests::*, wait::*};
+use moltencore::ids::VmCid;
+use moltencore_testkit::{
+    cluster::{
+        cluster, cluster_config, cluster_cpi_json, node_prefix, private_cluster, private_config,
+        register_nodes, runtime, test_stemcell_dir,
+    },
+    cpi::{
+        assert_schema, call, create_vm_retrying, expect_error, expect_result,
+        kill_create_vm_once_its_container_exists, run_cpi,
+    },
+    docker::{exec_in, leftovers_of_agent, node_of_container, node_socket, read_file_in},
+    index::{delete_index_record, index_record, index_records_of_agent, keys_of, put_index_record},
+    requests::{
+        agent_id, create_vm, create_vm_request, manual_network, shared_stemcell, static_vm,
+        static_vm_request,
+    },
+    wait::wait_until,
+};
 use serde_json::{Value, json};
 
 fn delete_vm(cid: &str) {
     assert_eq!(call("delete_vm", json!([cid])), Value::Null);
+}
+
+/// The container of a new VM: its labels, memory, restart policy and address.
+async fn assert_container_as_created(node: &str, cid: &str, agent: &str, ip: &str) {
+    let docker = node_socket(node).await;
+    let c = docker.inspect_container(cid, None).await.unwrap();
+    let labels = c.config.as_ref().unwrap().labels.clone().unwrap();
+    assert_eq!(labels["moltencore.vm.cid"], cid);
+    assert_eq!(labels["moltencore.vm.agent_id"], agent);
+    assert_eq!(labels["moltencore.vm.stemcell"], shared_stemcell());
+    assert_eq!(labels["moltencore.vm.group"], "manual-group");
+    assert!(labels.contains_key("moltencore.vm.created_at"));
+    let hc = c.host_config.unwrap();
+    assert_eq!(hc.memory, Some(256 << 20));
+    assert_eq!(
+        hc.restart_policy.unwrap().name.unwrap().to_string(),
+        "always"
+    );
+    let ip_now = c.network_settings.unwrap().networks.unwrap()["bosh"]
+        .ip_address
+        .clone();
+    assert_eq!(ip_now.as_deref(), Some(ip));
+}
+
+/// The gateway of a node's subnet: the first address of the /24 that holds `ip`.
+fn gateway_of(ip: &str) -> String {
+    let (prefix, _) = ip.rsplit_once('.').unwrap();
+    format!("{prefix}.1")
+}
+
+/// The agent's files in a new VM with a manual network: its settings exactly, user data
+/// and metadata, and resolv.conf, hostname and ephemeral mount.
+async fn assert_exact_agent_files(node: &str, cid: &str, agent: &str, ip: &str, env: &Value) {
+    let settings: Value = serde_json::from_str(
+        &read_file_in(node, cid, "/var/vcap/bosh/warden-cpi-agent-env.json").await,
+    )
+    .unwrap();
+    let (mbus, blobstore) = {
+        let c: Value = cluster_cpi_json();
+        (c["agent"]["mbus"].clone(), c["agent"]["blobstore"].clone())
+    };
+    assert!(
+        blobstore.is_object(),
+        "the cluster's cpi.json has a blobstore"
+    );
+    let gw = gateway_of(ip);
+    assert_eq!(
+        settings,
+        json!({
+            "agent_id": agent,
+            "vm": {"name": cid},
+            "mbus": mbus,
+            "ntp": [],
+            "blobstore": blobstore,
+            "networks": {"default": {"type": "manual", "ip": ip, "netmask": "255.255.255.0",
+                "gateway": gw, "dns": [gw], "default": ["dns", "gateway"],
+                "cloud_properties": {}, "mac": "", "preconfigured": true}},
+            "disks": {"system": "", "ephemeral": null, "persistent": {}},
+            "env": env,
+        })
+    );
+    assert_eq!(
+        read_file_in(node, cid, "/var/vcap/bosh/warden-cpi-user-data.json").await,
+        r#"{"Registry":{"Endpoint":"/var/vcap/bosh/warden-cpi-agent-env.json"}}"#
+    );
+    assert_eq!(
+        read_file_in(node, cid, "/var/vcap/bosh/warden-cpi-metadata.json").await,
+        format!(r#"{{"instance-id":"{cid}"}}"#)
+    );
+    let (code, out) = exec_in(
+        node,
+        cid,
+        "cat /etc/resolv.conf /etc/hostname; grep -c vcap/data /proc/mounts",
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&format!("nameserver {gw}")), "{out}");
+    assert!(out.contains(cid), "{out}");
 }
 
 #[test]
@@ -30,71 +125,8 @@ fn a_manual_vm_runs_on_the_node_of_its_ip_with_the_exact_agent_files() {
             node_of_container(&cid).await.as_deref(),
             Some(node.as_str())
         );
-        let docker = node_socket(&node).await;
-        let c = docker.inspect_container(&cid, None).await.unwrap();
-        let labels = c.config.as_ref().unwrap().labels.clone().unwrap();
-        assert_eq!(labels["moltencore.vm.cid"], cid);
-        assert_eq!(labels["moltencore.vm.agent_id"], agent);
-        assert_eq!(labels["moltencore.vm.stemcell"], shared_stemcell());
-        assert_eq!(labels["moltencore.vm.group"], "manual-group");
-        assert!(labels.contains_key("moltencore.vm.created_at"));
-        let hc = c.host_config.unwrap();
-        assert_eq!(hc.memory, Some(256 << 20));
-        assert_eq!(
-            hc.restart_policy.unwrap().name.unwrap().to_string(),
-            "always"
-        );
-        let ip_now = c.network_settings.unwrap().networks.unwrap()["bosh"]
-            .ip_address
-            .clone();
-        assert_eq!(ip_now.as_deref(), Some(ip.as_str()));
-
-        let settings: Value = serde_json::from_str(
-            &read_file_in(&node, &cid, "/var/vcap/bosh/warden-cpi-agent-env.json").await,
-        )
-        .unwrap();
-        let (mbus, blobstore) = {
-            let c: Value =
-                serde_json::from_str(&std::fs::read_to_string(cluster_config()).unwrap()).unwrap();
-            (c["agent"]["mbus"].clone(), c["agent"]["blobstore"].clone())
-        };
-        assert!(
-            blobstore.is_object(),
-            "the cluster's cpi.json has a blobstore"
-        );
-        let gw = format!("{prefix}.1");
-        assert_eq!(
-            settings,
-            json!({
-                "agent_id": agent,
-                "vm": {"name": cid},
-                "mbus": mbus,
-                "ntp": [],
-                "blobstore": blobstore,
-                "networks": {"default": {"type": "manual", "ip": ip, "netmask": "255.255.255.0",
-                    "gateway": gw, "dns": [gw], "default": ["dns", "gateway"],
-                    "cloud_properties": {}, "mac": "", "preconfigured": true}},
-                "disks": {"system": "", "ephemeral": null, "persistent": {}},
-                "env": env,
-            })
-        );
-        assert_eq!(
-            read_file_in(&node, &cid, "/var/vcap/bosh/warden-cpi-user-data.json").await,
-            r#"{"Registry":{"Endpoint":"/var/vcap/bosh/warden-cpi-agent-env.json"}}"#
-        );
-        assert_eq!(
-            read_file_in(&node, &cid, "/var/vcap/bosh/warden-cpi-metadata.json").await,
-            format!(r#"{{"instance-id":"{cid}"}}"#)
-        );
-        let (code, out) = exec_in(
-            &node,
-            &cid,
-            "cat /etc/resolv.conf /etc/hostname; grep -c vcap/data /proc/mounts",
-        )
-        .await;
-        assert_eq!(code, 0, "{out}");
-        assert!(out.contains(&format!("nameserver {gw}")), "{out}");
-        assert!(out.contains(&cid), "{out}");
+        assert_container_as_created(&node, &cid, &agent, &ip).await;
+        assert_exact_agent_files(&node, &cid, &agent, &ip, &env).await;
     });
     // has_vm, then delete_vm removes container, ephemeral volume and index record.
     assert_eq!(call("has_vm", json!([cid])), Value::Bool(true));
@@ -519,8 +551,7 @@ fn secrets_in_env_and_config_never_reach_stderr_or_the_log_of_a_real_create() {
         2,
     );
     let mbus_password = {
-        let c: Value =
-            serde_json::from_str(&std::fs::read_to_string(cluster_config()).unwrap()).unwrap();
+        let c: Value = cluster_cpi_json();
         let mbus = c["agent"]["mbus"].as_str().unwrap().to_string();
         mbus.split(':')
             .nth(2)
@@ -595,7 +626,8 @@ fn an_unreadable_vm_record_is_an_error_and_nothing_is_forgotten() {
         assert_eq!(kind, "Bosh::Clouds::CloudError", "{method}: {message}");
         assert_eq!(run.response["error"]["ok_to_retry"], false);
         assert!(
-            message.contains(&format!("{prefix}/vms/{cid}")) && message.contains("unreadable"),
+            message.contains(&keys_of(&config).vm(&VmCid::parse(cid).unwrap()))
+                && message.contains("unreadable"),
             "{method} names the record: {message}"
         );
     }

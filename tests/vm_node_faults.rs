@@ -3,11 +3,18 @@
 //! retriably, leaves nothing anywhere, and succeeds once the node is back. This binary
 //! stops and restarts a daemon, so it runs alone (test binaries run one after another).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use moltencore_testkit::{cluster::*, cpi::*, docker::*, index::*, requests::*, wait::*};
+use moltencore_testkit::{
+    cluster::{cluster, cluster_config, node_prefix, runtime},
+    cpi::{expect_error, expect_result},
+    docker::{VmContainer, leftovers_of_agent, vm_container},
+    index::index_records_of_agent,
+    requests::{agent_id, shared_stemcell, static_vm, static_vm_request},
+    wait::wait_until,
+};
 use serde_json::{Value, json};
 
 fn node_dir(node: &str) -> PathBuf {
@@ -41,6 +48,62 @@ fn start_dockerd() {
     );
 }
 
+/// has_vm and delete_vm of `vm` while its node's dockerd is down: retriable errors
+/// (never "gone"), delete_vm's naming the node.
+fn assert_calls_on_vm_are_retriable(config: &Path, node: &str, vm: &str) {
+    let (kind, _, run) = expect_error(
+        &json!({"method":"has_vm","arguments":[vm]}).to_string(),
+        Some(config),
+    );
+    assert_eq!(kind, "Bosh::Clouds::CloudError");
+    assert_eq!(run.response["error"]["ok_to_retry"], true);
+    let (kind, message, run) = expect_error(
+        &json!({"method":"delete_vm","arguments":[vm]}).to_string(),
+        Some(config),
+    );
+    assert_eq!(kind, "Bosh::Clouds::CloudError", "{message}");
+    assert_eq!(run.response["error"]["ok_to_retry"], true);
+    assert!(
+        message.contains(node),
+        "the message names the node: {message}"
+    );
+}
+
+/// Waits (60 s at most) until `vm` runs on `node` again with the address `ip`.
+fn wait_until_running_on(node: &str, vm: &str, ip: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let VmContainer {
+            running,
+            ip: now_ip,
+            ..
+        } = vm_container(node, vm);
+        if running && now_ip == ip {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "VM {vm} not back with {ip} (running {running}, ip {now_ip})"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// `vm` answers HTTP on `ip` (port 8080) within 20 s.
+fn assert_answers_on(vm: &str, ip: &str) {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "for i in $(seq 1 40); do printf 'GET / HTTP/1.0\\r\\n\\r\\n' | busybox nc -w 2 {ip} 8080 && exit 0; sleep 0.5; done; exit 1"
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(vm),
+        "{vm} does not answer on {ip} after the restart"
+    );
+}
+
 #[test]
 fn vms_survive_a_dockerd_restart_and_create_vm_fails_retriably_while_it_is_down() {
     let config = cluster_config();
@@ -68,22 +131,7 @@ fn vms_survive_a_dockerd_restart_and_create_vm_fails_retriably_while_it_is_down(
     );
     assert!(index_records_of_agent(&config, &agent).is_empty());
     // delete_vm and has_vm of a VM on the down node are retriable errors, never "gone".
-    let (kind, _, run) = expect_error(
-        &json!({"method":"has_vm","arguments":[vm]}).to_string(),
-        Some(&config),
-    );
-    assert_eq!(kind, "Bosh::Clouds::CloudError");
-    assert_eq!(run.response["error"]["ok_to_retry"], true);
-    let (kind, message, run) = expect_error(
-        &json!({"method":"delete_vm","arguments":[vm]}).to_string(),
-        Some(&config),
-    );
-    assert_eq!(kind, "Bosh::Clouds::CloudError", "{message}");
-    assert_eq!(run.response["error"]["ok_to_retry"], true);
-    assert!(
-        message.contains(&node),
-        "the message names the node: {message}"
-    );
+    assert_calls_on_vm_are_retriable(&config, &node, &vm);
 
     start_dockerd();
     runtime().block_on(async {
@@ -92,33 +140,8 @@ fn vms_survive_a_dockerd_restart_and_create_vm_fails_retriably_while_it_is_down(
     });
 
     // The VM is back, running, same IP, and answers on it.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let VmContainer {
-            running,
-            ip: now_ip,
-            ..
-        } = vm_container(&node, &vm);
-        if running && now_ip == ip {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "VM {vm} not back with {ip} (running {running}, ip {now_ip})"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "for i in $(seq 1 40); do printf 'GET / HTTP/1.0\\r\\n\\r\\n' | busybox nc -w 2 {ip} 8080 && exit 0; sleep 0.5; done; exit 1"
-        ))
-        .output()
-        .unwrap();
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains(&vm),
-        "{vm} does not answer on {ip} after the restart"
-    );
+    wait_until_running_on(&node, &vm, &ip);
+    assert_answers_on(&vm, &ip);
 
     // 3. The same create_vm succeeds now that the node is back.
     let result = expect_result(&req, Some(&config));

@@ -62,53 +62,24 @@ fn range(first: u32, last: u32) -> Option<AddrRange> {
 
 /// Splits `subnet` (gateway `gateway`) as `split` asks. Fails when the gateway is outside
 /// the subnet or when no address is left for BOSH to give to a VM.
-pub fn plan(subnet: Ipv4Net, gateway: Ipv4Addr, split: Split) -> Result<SubnetPlan, PlanError> {
+pub(crate) fn plan(
+    subnet: Ipv4Net,
+    gateway: Ipv4Addr,
+    split: Split,
+) -> Result<SubnetPlan, PlanError> {
     if !subnet.contains(&gateway) {
         return Err(PlanError::GatewayOutside { gateway, subnet });
     }
-    let network = u32::from(subnet.network());
-    let broadcast = u32::from(subnet.broadcast());
-    let first_host = network.saturating_add(1);
-    let last_host = broadcast.saturating_sub(1);
-    let pool = {
-        let mut p = dynamic_pool(subnet);
-        let first = p.next();
-        first.map(|f| {
-            (
-                u32::from(f),
-                p.last().map(u32::from).unwrap_or(u32::from(f)),
-            )
-        })
-    };
+    let first_host = u32::from(subnet.network()).saturating_add(1);
+    let last_host = u32::from(subnet.broadcast()).saturating_sub(1);
+    let pool_range = pool_of(subnet);
     // Everything BOSH may use ends right below the CPI's pool.
-    let below_pool = pool
-        .map(|(start, _)| start.saturating_sub(1))
+    let below_pool = pool_range
+        .map(|p| u32::from(p.first).saturating_sub(1))
         .unwrap_or(last_host);
-    // A gateway at the first host address is always part of the head.
-    let head_count = if u32::from(gateway) == first_host {
-        split.reserved.max(1)
-    } else {
-        split.reserved
-    };
-    let head_end = first_host
-        .saturating_add(head_count)
-        .saturating_sub(1)
-        .min(below_pool);
-    let head = (head_count > 0)
-        .then(|| range(first_host, head_end))
-        .flatten();
+    let head = head_of(first_host, gateway, split.reserved, below_pool);
     let after_head = head.map(|h| u32::from(h.last) + 1).unwrap_or(first_host);
-    let static_range = (split.static_ips > 0)
-        .then(|| {
-            range(
-                after_head,
-                after_head
-                    .saturating_add(split.static_ips)
-                    .saturating_sub(1)
-                    .min(below_pool),
-            )
-        })
-        .flatten();
+    let static_range = block_of(after_head, split.static_ips, below_pool);
     if let Some(block) = static_range
         && block.contains(gateway)
     {
@@ -122,26 +93,7 @@ pub fn plan(subnet: Ipv4Net, gateway: Ipv4Addr, split: Split) -> Result<SubnetPl
         .map(|s| u32::from(s.last) + 1)
         .unwrap_or(after_head);
     let automatic = range(after_static, below_pool);
-    let mut reserved: Vec<AddrRange> = head.into_iter().collect();
-    let pool_range = pool.and_then(|(s, e)| range(s, e));
-    let gateway_covered = reserved
-        .iter()
-        .chain(&pool_range)
-        .any(|r| r.contains(gateway));
-    if !gateway_covered {
-        reserved.push(AddrRange {
-            first: gateway,
-            last: gateway,
-        });
-    }
-    reserved.extend(pool_range);
-    reserved.sort();
-    let usable = |r: &Option<AddrRange>| {
-        r.iter()
-            .flat_map(|r| u32::from(r.first)..=u32::from(r.last))
-            .any(|ip| Ipv4Addr::from(ip) != gateway)
-    };
-    if !usable(&static_range) && !usable(&automatic) {
+    if !usable(static_range, gateway) && !usable(automatic, gateway) {
         return Err(PlanError::NoAddressLeft {
             subnet,
             reserved: split.reserved,
@@ -149,10 +101,70 @@ pub fn plan(subnet: Ipv4Net, gateway: Ipv4Addr, split: Split) -> Result<SubnetPl
         });
     }
     Ok(SubnetPlan {
-        reserved,
+        reserved: reserved_of(head, gateway, pool_range),
         static_range,
         automatic,
     })
+}
+
+/// The CPI's dynamic pool of `subnet`, as one range (none when the subnet has no room).
+fn pool_of(subnet: Ipv4Net) -> Option<AddrRange> {
+    let mut p = dynamic_pool(subnet);
+    let first = p.next()?;
+    let last = p.last().unwrap_or(first);
+    range(u32::from(first), u32::from(last))
+}
+
+/// The reserved head: `count` addresses from the first host address on, never into the
+/// pool (`below_pool`: its last address). A gateway at the first host address is always
+/// part of it.
+fn head_of(first_host: u32, gateway: Ipv4Addr, count: u32, below_pool: u32) -> Option<AddrRange> {
+    let count = if u32::from(gateway) == first_host {
+        count.max(1)
+    } else {
+        count
+    };
+    let end = first_host
+        .saturating_add(count)
+        .saturating_sub(1)
+        .min(below_pool);
+    (count > 0).then(|| range(first_host, end)).flatten()
+}
+
+/// The static block: `count` addresses from `start` on, never into the pool.
+fn block_of(start: u32, count: u32, below_pool: u32) -> Option<AddrRange> {
+    let end = start
+        .saturating_add(count)
+        .saturating_sub(1)
+        .min(below_pool);
+    (count > 0).then(|| range(start, end)).flatten()
+}
+
+/// Whether `r` holds an address BOSH can give a VM (any but the gateway).
+fn usable(r: Option<AddrRange>, gateway: Ipv4Addr) -> bool {
+    r.iter()
+        .flat_map(|r| u32::from(r.first)..=u32::from(r.last))
+        .any(|ip| Ipv4Addr::from(ip) != gateway)
+}
+
+/// What BOSH must not assign, sorted: the head, the gateway (unless the head or the pool
+/// holds it) and the pool.
+fn reserved_of(
+    head: Option<AddrRange>,
+    gateway: Ipv4Addr,
+    pool: Option<AddrRange>,
+) -> Vec<AddrRange> {
+    let mut reserved: Vec<AddrRange> = head.into_iter().collect();
+    let gateway_covered = reserved.iter().chain(&pool).any(|r| r.contains(gateway));
+    if !gateway_covered {
+        reserved.push(AddrRange {
+            first: gateway,
+            last: gateway,
+        });
+    }
+    reserved.extend(pool);
+    reserved.sort();
+    reserved
 }
 
 /// Why a node's subnet cannot be split for BOSH.
@@ -348,5 +360,48 @@ mod tests {
                 }
             }
         }
+    }
+
+    fn host(last: u8) -> Ipv4Addr {
+        Ipv4Addr::new(10, 1, 1, last)
+    }
+
+    #[test]
+    fn a_gateway_at_the_first_host_is_in_the_head_even_without_reserved_addresses() {
+        let first = u32::from(host(1));
+        assert_eq!(
+            head_of(first, host(1), 0, u32::from(host(191))),
+            Some(AddrRange {
+                first: host(1),
+                last: host(1)
+            })
+        );
+        assert_eq!(head_of(first, host(9), 0, u32::from(host(191))), None);
+        assert_eq!(block_of(first, 0, u32::from(host(191))), None);
+        assert_eq!(
+            block_of(first, 400, u32::from(host(191))).map(|b| b.last),
+            Some(host(191)),
+            "a block never reaches into the pool"
+        );
+    }
+
+    #[test]
+    fn the_gateway_is_reserved_on_its_own_only_when_nothing_else_holds_it() {
+        let one = |n| AddrRange {
+            first: host(n),
+            last: host(n),
+        };
+        let pool = AddrRange {
+            first: host(192),
+            last: host(254),
+        };
+        assert_eq!(
+            reserved_of(Some(one(1)), host(30), Some(pool)),
+            vec![one(1), one(30), pool]
+        );
+        assert_eq!(
+            reserved_of(Some(one(1)), host(1), Some(pool)),
+            vec![one(1), pool]
+        );
     }
 }

@@ -60,7 +60,7 @@ pub struct VmTypePreset {
 
 impl VmTypePreset {
     /// The vm_types every generated cloud-config has unless overridden by name.
-    pub fn presets() -> Vec<VmTypePreset> {
+    pub(crate) fn presets() -> Vec<VmTypePreset> {
         let sized = |name: &str, cpu: f64, ram: u64, disk: u64| VmTypePreset {
             name: name.into(),
             size: Some((cpu, ram, disk)),
@@ -116,7 +116,7 @@ pub struct DiskTypePreset {
 
 impl DiskTypePreset {
     /// The disk_types every generated cloud-config has unless overridden by name.
-    pub fn presets() -> Vec<DiskTypePreset> {
+    pub(crate) fn presets() -> Vec<DiskTypePreset> {
         [
             ("default", 10240),
             ("1GB", 1024),
@@ -151,7 +151,11 @@ impl FromStr for DiskTypePreset {
 }
 
 /// Adds `extra` to `base`, replacing entries of the same name (keeps the order of `base`).
-pub fn with_overrides<T: Clone>(base: Vec<T>, extra: &[T], name: impl Fn(&T) -> &str) -> Vec<T> {
+pub(crate) fn with_overrides<T: Clone>(
+    base: Vec<T>,
+    extra: &[T],
+    name: impl Fn(&T) -> &str,
+) -> Vec<T> {
     let mut out = base;
     for e in extra {
         match out.iter_mut().find(|b| name(b) == name(e)) {
@@ -243,7 +247,7 @@ pub struct Generated<T> {
 }
 
 /// Checks what every generated config needs: some nodes, and subnets that do not overlap.
-pub fn check_nodes(view: &ClusterView) -> Result<(), BoshConfigError> {
+pub(crate) fn check_nodes(view: &ClusterView) -> Result<(), BoshConfigError> {
     if view.nodes.is_empty() {
         return Err(BoshConfigError::NoNodes);
     }
@@ -271,26 +275,7 @@ pub fn generate(
     let mut warnings = Vec::new();
     let mut subnets = Vec::new();
     for node in &view.nodes {
-        match view.lease_of(node) {
-            Some(lease)
-                if lease
-                    .public_ip
-                    .is_some_and(|ip| ip != node.flannel_ip.unwrap_or(node.private_ip)) =>
-            {
-                warnings.push(format!(
-                    "node {}: the Flannel lease of {} announces {} but the node's IP is {}",
-                    node.name,
-                    node.subnet,
-                    lease.public_ip.map(|ip| ip.to_string()).unwrap_or_default(),
-                    node.flannel_ip.unwrap_or(node.private_ip)
-                ))
-            }
-            Some(_) => {}
-            None => warnings.push(format!(
-                "node {}: no Flannel lease holds its subnet {}: is flanneld running there?",
-                node.name, node.subnet
-            )),
-        }
+        warnings.extend(lease_warning(view, node));
         subnets.push(
             subnet(node, opts).map_err(|source| BoshConfigError::Subnet {
                 node: node.name.clone(),
@@ -298,6 +283,67 @@ pub fn generate(
             })?,
         );
     }
+    let compilation = compilation(view, opts, &mut warnings)?;
+    let document = CloudConfig {
+        azs: view
+            .nodes
+            .iter()
+            .map(|n| Az {
+                name: n.name.clone(),
+                cpi: opts.per_node_cpis.then(|| cpi_name(&n.name)),
+                cloud_properties: AzProperties {
+                    node: n.name.clone(),
+                },
+            })
+            .collect(),
+        networks: vec![Network {
+            name: opts.network_name.clone(),
+            kind: "manual".into(),
+            subnets,
+        }],
+        vm_types: opts.vm_types.iter().map(vm_type).collect(),
+        disk_types: opts
+            .disk_types
+            .iter()
+            .map(|d| DiskType {
+                name: d.name.clone(),
+                disk_size: d.size_mib,
+                cloud_properties: Map::new(),
+            })
+            .collect(),
+        compilation,
+    };
+    Ok(Generated { document, warnings })
+}
+
+/// What the operator should know about `node`'s Flannel lease: none holds its subnet, or
+/// the one that does announces another IP than the node's.
+fn lease_warning(view: &ClusterView, node: &NodeRecord) -> Option<String> {
+    let node_ip = node.flannel_ip.unwrap_or(node.private_ip);
+    match view.lease_of(node) {
+        Some(lease) if lease.public_ip.is_some_and(|ip| ip != node_ip) => Some(format!(
+            "node {}: the Flannel lease of {} announces {} but the node's IP is {}",
+            node.name,
+            node.subnet,
+            lease.public_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+            node_ip
+        )),
+        Some(_) => None,
+        None => Some(format!(
+            "node {}: no Flannel lease holds its subnet {}: is flanneld running there?",
+            node.name, node.subnet
+        )),
+    }
+}
+
+/// Where compilation VMs run: the first ready node (the first node, with a warning, when
+/// every node is cordoned), one worker per ready node unless the options say, on the
+/// `compilation` VM type or else the first one.
+fn compilation(
+    view: &ClusterView,
+    opts: &Options,
+    warnings: &mut Vec<String>,
+) -> Result<Compilation, BoshConfigError> {
     let ready: Vec<&NodeRecord> = view
         .nodes
         .iter()
@@ -327,42 +373,13 @@ pub fn generate(
             .map(|t| t.name.as_str())
             .ok_or(BoshConfigError::NoVmTypes)?
     };
-    let document = CloudConfig {
-        azs: view
-            .nodes
-            .iter()
-            .map(|n| Az {
-                name: n.name.clone(),
-                cpi: opts.per_node_cpis.then(|| cpi_name(&n.name)),
-                cloud_properties: AzProperties {
-                    node: n.name.clone(),
-                },
-            })
-            .collect(),
-        networks: vec![Network {
-            name: opts.network_name.clone(),
-            kind: "manual".into(),
-            subnets,
-        }],
-        vm_types: opts.vm_types.iter().map(vm_type).collect(),
-        disk_types: opts
-            .disk_types
-            .iter()
-            .map(|d| DiskType {
-                name: d.name.clone(),
-                disk_size: d.size_mib,
-                cloud_properties: Map::new(),
-            })
-            .collect(),
-        compilation: Compilation {
-            workers,
-            reuse_compilation_vms: true,
-            az: compile_node.name.clone(),
-            vm_type: compile_type.into(),
-            network: opts.network_name.clone(),
-        },
-    };
-    Ok(Generated { document, warnings })
+    Ok(Compilation {
+        workers,
+        reuse_compilation_vms: true,
+        az: compile_node.name.clone(),
+        vm_type: compile_type.into(),
+        network: opts.network_name.clone(),
+    })
 }
 
 fn subnet(node: &NodeRecord, opts: &Options) -> Result<Subnet, PlanError> {

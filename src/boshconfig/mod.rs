@@ -10,6 +10,6 @@ pub use error::{BoshConfigError, PlanError, PresetError};
 
 /// The CPI name of a node in the generated cpi-config, which the cloud-config's AZs name
 /// when they are generated for it.
-pub fn cpi_name(node: &str) -> String {
+pub(crate) fn cpi_name(node: &str) -> String {
     format!("moltencore-{node}")
 }

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::IndexError;
 use super::etcd::Etcd;
+use super::index::encode;
 use super::model::{AddressClaim, VmRecord};
 use super::view::Keys;
 use crate::ids::VmCid;
@@ -57,17 +58,11 @@ pub enum Claimed {
 }
 
 fn value_of(vm: &VmCid) -> Result<String, IndexError> {
-    serde_json::to_string(&ClaimValue { vm: vm.clone() })
-        .map_err(|e| IndexError::Encode(format!("cannot encode an address claim: {e}")))
+    encode(&ClaimValue { vm: vm.clone() }, || "an address claim".into())
 }
 
 fn record_text(record: &VmRecord) -> Result<String, IndexError> {
-    serde_json::to_string(record).map_err(|e| {
-        IndexError::Encode(format!(
-            "cannot encode the index record of {}: {e}",
-            record.cid
-        ))
-    })
+    encode(record, || format!("the index record of {}", record.cid))
 }
 
 /// The nested transaction that claims the first free key of `keys` (`None` when `keys`
@@ -110,13 +105,44 @@ fn claimed_level(mut response: TxnResponse) -> Option<usize> {
 
 /// Writes `record` (state `creating`) and claims every `wanted` address on `node`, all on
 /// `lease`, in one transaction.
-pub async fn claim_for_new_vm(
+pub(crate) async fn claim_for_new_vm(
     etcd: &Etcd,
     keys: &Keys,
     lease: i64,
     record: &VmRecord,
     wanted: &[Wanted],
 ) -> Result<Claimed, IndexError> {
+    let (txn, has_chain) = claim_txn(keys, lease, record, wanted)?;
+    let response = etcd
+        .client()
+        .txn(txn)
+        .await
+        .map_err(|e| etcd.error(&format!("claiming the addresses of VM {}", record.cid), &e))?;
+    if !response.succeeded() {
+        return Ok(taken(response, wanted));
+    }
+    // After the record and the fixed claims come the chains, in the order of `wanted`.
+    let levels = response
+        .op_responses()
+        .into_iter()
+        .filter_map(|r| match r {
+            TxnOpResponse::Txn(t) => Some(t),
+            _ => None,
+        })
+        .map(claimed_level);
+    Ok(read_claims(wanted, &has_chain, levels))
+}
+
+/// The transaction of [`claim_for_new_vm`]: when no static IP is claimed, write the record
+/// and every static claim and run one [`first_free`] chain per dynamic network; otherwise
+/// read the static claims. With it, whether each `wanted` dynamic network has a chain
+/// (it has none without candidates).
+fn claim_txn(
+    keys: &Keys,
+    lease: i64,
+    record: &VmRecord,
+    wanted: &[Wanted],
+) -> Result<(Txn, Vec<bool>), IndexError> {
     let node = record.node.as_str();
     let value = value_of(&record.cid)?;
     let on_lease = || Some(PutOptions::new().with_lease(lease));
@@ -127,7 +153,7 @@ pub async fn claim_for_new_vm(
         record_text(record)?,
         on_lease(),
     )];
-    let mut dynamic_keys: Vec<(String, Vec<Ipv4Addr>, Vec<String>)> = Vec::new();
+    let mut has_chain = Vec::new();
     for w in wanted {
         match w {
             Wanted::Fixed { network, ip } => {
@@ -147,25 +173,23 @@ pub async fn claim_for_new_vm(
                 if let Some(chain) = first_free(&ks, &value, lease) {
                     then.push(TxnOp::txn(chain));
                 }
-                dynamic_keys.push((network.clone(), candidates.clone(), ks));
+                has_chain.push(!ks.is_empty());
             }
         }
     }
     let txn = Txn::new().when(compares).and_then(then).or_else(fixed_gets);
-    let response = etcd
-        .client()
-        .txn(txn)
-        .await
-        .map_err(|e| etcd.error(&format!("claiming the addresses of VM {}", record.cid), &e))?;
-    if !response.succeeded() {
-        return Ok(taken(response, wanted));
-    }
-    // After the record and the fixed claims come the chains, in the order of `wanted`.
-    let mut chains = response.op_responses().into_iter().filter_map(|r| match r {
-        TxnOpResponse::Txn(t) => Some(t),
-        _ => None,
-    });
-    let mut dynamic = dynamic_keys.into_iter();
+    Ok((txn, has_chain))
+}
+
+/// What a successful claim transaction achieved: every static IP, and for each dynamic
+/// network the candidate its chain claimed (`levels`: the level of each chain, in order);
+/// the first dynamic network with none claimed is exhausted.
+fn read_claims(
+    wanted: &[Wanted],
+    has_chain: &[bool],
+    mut levels: impl Iterator<Item = Option<usize>>,
+) -> Claimed {
+    let mut dynamic = has_chain.iter();
     let mut claims = Vec::new();
     for w in wanted {
         match w {
@@ -173,12 +197,14 @@ pub async fn claim_for_new_vm(
                 network: network.clone(),
                 ip: *ip,
             }),
-            Wanted::AnyOf { network, .. } => {
-                let (_, candidates, ks) = dynamic.next().unwrap_or_default();
-                let level = if ks.is_empty() {
-                    None
+            Wanted::AnyOf {
+                network,
+                candidates,
+            } => {
+                let level = if dynamic.next().copied().unwrap_or(false) {
+                    levels.next().flatten()
                 } else {
-                    chains.next().and_then(claimed_level)
+                    None
                 };
                 match level.and_then(|l| candidates.get(l)) {
                     Some(ip) => claims.push(AddressClaim {
@@ -186,15 +212,15 @@ pub async fn claim_for_new_vm(
                         ip: *ip,
                     }),
                     None => {
-                        return Ok(Claimed::Exhausted {
+                        return Claimed::Exhausted {
                             network: network.clone(),
-                        });
+                        };
                     }
                 }
             }
         }
     }
-    Ok(Claimed::All(claims))
+    Claimed::All(claims)
 }
 
 /// The static IP that made the claim fail, and its holder.
@@ -238,7 +264,7 @@ fn taken(response: TxnResponse, wanted: &[Wanted]) -> Claimed {
 /// transaction that succeeds only while they are still on `lease`: a create whose lease
 /// expired (the process stalled) may have lost its addresses to another VM. `Ok(false)`
 /// then.
-pub async fn make_permanent(
+pub(crate) async fn make_permanent(
     etcd: &Etcd,
     keys: &Keys,
     lease: i64,
@@ -263,7 +289,11 @@ pub async fn make_permanent(
 
 /// Removes a VM's record and the address claims it lists, in one transaction; a claim is
 /// removed only while it still names this VM.
-pub async fn forget_vm(etcd: &Etcd, keys: &Keys, record: &VmRecord) -> Result<(), IndexError> {
+pub(crate) async fn forget_vm(
+    etcd: &Etcd,
+    keys: &Keys,
+    record: &VmRecord,
+) -> Result<(), IndexError> {
     let value = value_of(&record.cid)?;
     let mut ops = vec![TxnOp::delete(keys.vm(&record.cid), None)];
     for c in &record.addresses {
@@ -287,7 +317,11 @@ pub async fn forget_vm(etcd: &Etcd, keys: &Keys, record: &VmRecord) -> Result<()
 
 /// Removes every claim naming `vm` (a VM without a record: nothing else would ever free
 /// them): one prefix read, one transaction removing each only while it still names `vm`.
-pub async fn forget_claims_of(etcd: &Etcd, keys: &Keys, vm: &VmCid) -> Result<(), IndexError> {
+pub(crate) async fn forget_claims_of(
+    etcd: &Etcd,
+    keys: &Keys,
+    vm: &VmCid,
+) -> Result<(), IndexError> {
     let value = value_of(vm)?;
     let found = etcd
         .client()
@@ -322,4 +356,61 @@ pub async fn forget_claims_of(etcd: &Etcd, keys: &Keys, vm: &VmCid) -> Result<()
         .await
         .map_err(|e| etcd.error(&format!("removing the address claims of {vm}"), &e))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(last: u8) -> Ipv4Addr {
+        Ipv4Addr::new(10, 0, 0, last)
+    }
+
+    fn claim(network: &str, last: u8) -> AddressClaim {
+        AddressClaim {
+            network: network.into(),
+            ip: ip(last),
+        }
+    }
+
+    fn wanted() -> Vec<Wanted> {
+        vec![
+            Wanted::Fixed {
+                network: "static".into(),
+                ip: ip(5),
+            },
+            Wanted::AnyOf {
+                network: "dyn".into(),
+                candidates: vec![ip(10), ip(11), ip(12)],
+            },
+        ]
+    }
+
+    #[test]
+    fn a_chain_claims_the_candidate_of_its_level() {
+        let claimed = read_claims(&wanted(), &[true], [Some(1)].into_iter());
+        assert_eq!(
+            claimed,
+            Claimed::All(vec![claim("static", 5), claim("dyn", 11)])
+        );
+    }
+
+    #[test]
+    fn a_chain_that_claimed_nothing_or_no_candidates_is_exhausted() {
+        let exhausted = Claimed::Exhausted {
+            network: "dyn".into(),
+        };
+        assert_eq!(
+            read_claims(&wanted(), &[true], [None].into_iter()),
+            exhausted
+        );
+        let none = vec![Wanted::AnyOf {
+            network: "dyn".into(),
+            candidates: Vec::new(),
+        }];
+        assert_eq!(
+            read_claims(&none, &[false], [Some(0)].into_iter()),
+            exhausted
+        );
+    }
 }

@@ -78,7 +78,7 @@ pub struct EtcdAccess {
 
 impl EtcdAccess {
     /// The access described by a CPI configuration.
-    pub fn from_config(config: &Config) -> Result<EtcdAccess, ConfigError> {
+    pub(crate) fn from_config(config: &Config) -> Result<EtcdAccess, ConfigError> {
         let cfg = &config.etcd;
         Ok(EtcdAccess {
             endpoints: cfg.endpoints.clone(),
@@ -288,13 +288,13 @@ impl Kv {
     }
 
     /// Runs a transaction; sent again only when the first try never reached a leader.
-    pub async fn txn(&self, txn: Txn) -> Result<TxnResponse, etcd_client::Error> {
+    pub(crate) async fn txn(&self, txn: Txn) -> Result<TxnResponse, etcd_client::Error> {
         self.send_txn(Repeat::IfNotApplied, txn).await
     }
 
     /// Runs a transaction that does the same when run twice (reads only, plain deletes,
     /// deletes conditioned on the value they remove): sent again like any read.
-    pub async fn repeatable_txn(&self, txn: Txn) -> Result<TxnResponse, etcd_client::Error> {
+    pub(crate) async fn repeatable_txn(&self, txn: Txn) -> Result<TxnResponse, etcd_client::Error> {
         self.send_txn(Repeat::Safe, txn).await
     }
 
@@ -307,7 +307,7 @@ impl Kv {
     }
 
     /// Grants a lease (a lease granted twice expires unused).
-    pub async fn lease_grant(
+    pub(crate) async fn lease_grant(
         &self,
         ttl: i64,
         options: Option<LeaseGrantOptions>,
@@ -326,7 +326,7 @@ impl Kv {
     }
 
     /// A lease's remaining and granted time (a read).
-    pub async fn lease_time_to_live(
+    pub(crate) async fn lease_time_to_live(
         &self,
         id: i64,
         options: Option<LeaseTimeToLiveOptions>,
@@ -340,7 +340,7 @@ impl Kv {
 
     /// Opens a keep-alive stream for a lease on a member that answers; when that member
     /// goes, the stream fails and the caller opens another.
-    pub async fn lease_keep_alive(
+    pub(crate) async fn lease_keep_alive(
         &self,
         id: i64,
     ) -> Result<(LeaseKeeper, LeaseKeepAliveStream), etcd_client::Error> {
@@ -401,7 +401,7 @@ fn is_request_shape(e: &etcd_client::Error) -> bool {
 /// shape: a request larger than etcd or gRPC accept (`received message larger than max`,
 /// `request is too large`) fails the same way every time, and so does a full database,
 /// which needs an operator.
-pub fn is_retriable(e: &etcd_client::Error) -> bool {
+pub(crate) fn is_retriable(e: &etcd_client::Error) -> bool {
     use etcd_client::Error as E;
     use tonic::Code;
     match e {

@@ -18,14 +18,21 @@ pub async fn get<T: DeserializeOwned>(etcd: &Etcd, key: &str) -> Result<Option<T
         None => Ok(None),
         Some(kv) => serde_json::from_slice(kv.value())
             .map(Some)
-            .map_err(|e| IndexError::Malformed(format!("index record {key} is unreadable: {e}"))),
+            .map_err(|e| IndexError::unreadable(key, e)),
     }
+}
+
+/// The JSON text of `value`; failing, an [`IndexError::Encode`] naming `what` it is.
+pub(crate) fn encode<T: Serialize + ?Sized>(
+    value: &T,
+    what: impl FnOnce() -> String,
+) -> Result<String, IndexError> {
+    serde_json::to_string(value).map_err(|e| IndexError::encode(what(), e))
 }
 
 /// Writes one JSON record.
 pub async fn put<T: Serialize>(etcd: &Etcd, key: &str, value: &T) -> Result<(), IndexError> {
-    let text = serde_json::to_string(value)
-        .map_err(|e| IndexError::Encode(format!("cannot encode index record {key}: {e}")))?;
+    let text = encode(value, || format!("index record {key}"))?;
     etcd.client()
         .put(key, text, None)
         .await
@@ -106,8 +113,7 @@ impl ProgressLease {
 
     /// Writes a record that lives only as long as this lease.
     pub async fn put<T: Serialize>(&self, key: &str, value: &T) -> Result<(), IndexError> {
-        let text = serde_json::to_string(value)
-            .map_err(|e| IndexError::Encode(format!("cannot encode index record {key}: {e}")))?;
+        let text = encode(value, || format!("index record {key}"))?;
         self.etcd
             .client()
             .put(

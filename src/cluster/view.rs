@@ -125,6 +125,14 @@ pub struct NodeUsage {
     pub memory_mib: u64,
 }
 
+/// One key and its value, as etcd returned them.
+type Kv<'a> = (&'a [u8], &'a [u8]);
+
+/// The keys and values of a get's answer.
+fn pairs(kvs: &[etcd_client::KeyValue]) -> impl Iterator<Item = Kv<'_>> {
+    kvs.iter().map(|kv| (kv.key(), kv.value()))
+}
+
 impl ClusterView {
     /// Reads the whole view in one transaction.
     pub async fn load(etcd: &Etcd, keys: &Keys) -> Result<ClusterView, IndexError> {
@@ -152,69 +160,86 @@ impl ClusterView {
             TxnOpResponse::Get(g) => g.kvs().to_vec(),
             _ => Vec::new(),
         });
-        let (node_kvs, config_kvs, lease_kvs, ca_kvs, vm_kvs, claim_kvs) = (
-            gets.next().unwrap_or_default(),
-            gets.next().unwrap_or_default(),
-            gets.next().unwrap_or_default(),
-            gets.next().unwrap_or_default(),
-            gets.next().unwrap_or_default(),
-            gets.next().unwrap_or_default(),
-        );
+        let mut next = || gets.next().unwrap_or_default();
+        let (node_kvs, config_kvs, lease_kvs, ca_kvs, vm_kvs, claim_kvs) =
+            (next(), next(), next(), next(), next(), next());
         let mut view = ClusterView {
             revision,
             claimed_addresses: claim_kvs
                 .iter()
                 .map(|kv| String::from_utf8_lossy(kv.key()).to_string())
                 .collect(),
+            ca_cert: ca_kvs
+                .first()
+                .map(|kv| String::from_utf8_lossy(kv.value()).to_string()),
             ..ClusterView::default()
         };
-        for kv in &node_kvs {
-            let key = String::from_utf8_lossy(kv.key()).to_string();
-            match serde_json::from_slice::<NodeRecord>(kv.value()) {
-                Ok(node) => view.nodes.push(node),
+        view.add_nodes(keys, pairs(&node_kvs));
+        view.add_flannel_config(keys, config_kvs.first().map(|kv| kv.value()));
+        view.add_leases(keys, pairs(&lease_kvs));
+        view.add_vms(keys, pairs(&vm_kvs));
+        Ok(view)
+    }
+
+    /// The node records read under `keys.nodes()`, sorted by name; an unreadable one is
+    /// noted by its name, never fatal.
+    fn add_nodes<'a>(&mut self, keys: &Keys, kvs: impl Iterator<Item = Kv<'a>>) {
+        for (key, value) in kvs {
+            let key = String::from_utf8_lossy(key).to_string();
+            match serde_json::from_slice::<NodeRecord>(value) {
+                Ok(node) => self.nodes.push(node),
                 Err(e) => {
                     let problem = format!("node record {key} is unreadable: {e}");
                     let name = key.strip_prefix(&keys.node("")).unwrap_or(&key).to_string();
-                    view.unreadable_nodes.push((name, problem.clone()));
-                    view.problems.push(problem);
+                    self.unreadable_nodes.push((name, problem.clone()));
+                    self.problems.push(problem);
                 }
             }
         }
-        view.nodes.sort_by(|a, b| a.name.cmp(&b.name));
-        if let Some(kv) = config_kvs.first() {
-            match serde_json::from_slice::<FlannelConfig>(kv.value()) {
-                Ok(c) => view.flannel = Some(c),
-                Err(e) => view.problems.push(format!(
+        self.nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    }
+
+    /// Flannel's network config, when written and readable.
+    fn add_flannel_config(&mut self, keys: &Keys, value: Option<&[u8]>) {
+        if let Some(value) = value {
+            match serde_json::from_slice::<FlannelConfig>(value) {
+                Ok(c) => self.flannel = Some(c),
+                Err(e) => self.problems.push(format!(
                     "flannel config {} is unreadable: {e}",
                     keys.flannel_config()
                 )),
             }
         }
+    }
+
+    /// The Flannel subnet leases read under `keys.flannel_subnets()`.
+    fn add_leases<'a>(&mut self, keys: &Keys, kvs: impl Iterator<Item = Kv<'a>>) {
         let subnets = keys.flannel_subnets();
-        for kv in &lease_kvs {
-            let key = String::from_utf8_lossy(kv.key()).to_string();
+        for (key, value) in kvs {
+            let key = String::from_utf8_lossy(key).to_string();
             let name = key.strip_prefix(&subnets).unwrap_or(&key);
-            match SubnetLease::parse(name, kv.value()) {
-                Ok(lease) => view.leases.push(lease),
-                Err(e) => view.problems.push(e.to_string()),
+            match SubnetLease::parse(name, value) {
+                Ok(lease) => self.leases.push(lease),
+                Err(e) => self.problems.push(e.to_string()),
             }
         }
-        for kv in &vm_kvs {
-            let key = String::from_utf8_lossy(kv.key()).to_string();
-            match serde_json::from_slice::<VmRecord>(kv.value()) {
-                Ok(vm) => view.vms.push(vm),
+    }
+
+    /// The VM index records read under `keys.vms()`; an unreadable one is noted by its
+    /// cid, never fatal.
+    fn add_vms<'a>(&mut self, keys: &Keys, kvs: impl Iterator<Item = Kv<'a>>) {
+        for (key, value) in kvs {
+            let key = String::from_utf8_lossy(key).to_string();
+            match serde_json::from_slice::<VmRecord>(value) {
+                Ok(vm) => self.vms.push(vm),
                 Err(e) => {
                     let problem = format!("VM record {key} is unreadable: {e}");
                     let cid = key.strip_prefix(&keys.vms()).unwrap_or(&key).to_string();
-                    view.unreadable_vms.push((cid, problem.clone()));
-                    view.problems.push(problem);
+                    self.unreadable_vms.push((cid, problem.clone()));
+                    self.problems.push(problem);
                 }
             }
         }
-        view.ca_cert = ca_kvs
-            .first()
-            .map(|kv| String::from_utf8_lossy(kv.value()).to_string());
-        Ok(view)
     }
 
     /// The node named `name`.
@@ -243,12 +268,12 @@ impl ClusterView {
     }
 
     /// The VMs the index places on `node`.
-    pub fn vms_on<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a VmRecord> + 'a {
+    pub(crate) fn vms_on<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a VmRecord> + 'a {
         self.vms.iter().filter(move |v| v.node == node)
     }
 
     /// VMs and memory in use on the node `name`, from the VM index (zero when it has none).
-    pub fn usage_of(&self, name: &str) -> NodeUsage {
+    pub(crate) fn usage_of(&self, name: &str) -> NodeUsage {
         self.vms_on(name)
             .fold(NodeUsage::default(), |u, vm| NodeUsage {
                 vms: u.vms + 1,
@@ -257,7 +282,7 @@ impl ClusterView {
     }
 
     /// The Flannel lease covering a node's subnet, if any.
-    pub fn lease_of(&self, node: &NodeRecord) -> Option<&SubnetLease> {
+    pub(crate) fn lease_of(&self, node: &NodeRecord) -> Option<&SubnetLease> {
         self.leases.iter().find(|l| l.subnet == node.subnet)
     }
 }
@@ -309,6 +334,35 @@ mod tests {
             matches!(&e, IndexError::Malformed(m) if m.contains("/p/vms/b")),
             "{e}"
         );
+    }
+
+    fn kv<'a>(key: &'a str, value: &'a str) -> Kv<'a> {
+        (key.as_bytes(), value.as_bytes())
+    }
+
+    #[test]
+    fn unreadable_records_are_noted_by_name_and_the_readable_ones_kept() {
+        let keys = Keys::with_prefixes("/p", "/f");
+        let mut view = ClusterView::default();
+        let good = serde_json::to_string(&vm(1, "n1", 512)).unwrap();
+        let good_key = format!("/p/vms/{}", cid(1));
+        view.add_vms(
+            &keys,
+            [kv(&good_key, &good), kv("/p/vms/b", "{")].into_iter(),
+        );
+        view.add_nodes(&keys, [kv("/p/nodes/n2", "not json")].into_iter());
+        view.add_flannel_config(&keys, Some(b"[]"));
+        assert_eq!(view.vms.len(), 1);
+        assert_eq!(view.unreadable_vms[0].0, "b");
+        assert!(
+            view.unreadable_vms[0]
+                .1
+                .starts_with("VM record /p/vms/b is unreadable: ")
+        );
+        assert_eq!(view.unreadable_nodes[0].0, "n2");
+        assert!(view.problems[2].starts_with("flannel config /f/config is unreadable: "));
+        assert_eq!(view.problems.len(), 3);
+        assert!(view.flannel.is_none());
     }
 
     #[test]

@@ -24,7 +24,9 @@ pub struct BodySender {
 
 /// A body with room for `capacity` chunks in flight, and the stream to hand to bollard.
 /// [`BodySender::finish`] ends it cleanly; dropping the sender without it breaks it.
-pub fn channel(capacity: usize) -> (BodySender, impl Stream<Item = BodyItem> + Send + 'static) {
+pub(crate) fn channel(
+    capacity: usize,
+) -> (BodySender, impl Stream<Item = BodyItem> + Send + 'static) {
     let (tx, rx) = mpsc::channel(capacity);
     let broken = CancellationToken::new();
     let watch = broken.clone();
@@ -73,7 +75,7 @@ impl BodySender {
     /// Breaks the body: whatever the node reads next is an error, whether or not chunks are
     /// still queued, so the request fails instead of completing with partial data. (What
     /// dropping an unfinished sender does; this names it.)
-    pub fn abandon(self) {}
+    pub(crate) fn abandon(self) {}
 }
 
 impl Drop for BodySender {

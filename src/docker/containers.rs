@@ -37,7 +37,7 @@ impl NodeDocker {
     }
 
     /// Restarts a container (stop with a grace period, then start).
-    pub async fn restart_container(
+    pub(crate) async fn restart_container(
         &self,
         name: &str,
         grace_seconds: i32,
@@ -89,7 +89,7 @@ impl NodeDocker {
     }
 
     /// All containers (running or not) carrying `label` (`key` or `key=value`).
-    pub async fn containers_with_label(
+    pub(crate) async fn containers_with_label(
         &self,
         label: &str,
     ) -> Result<Vec<ContainerSummary>, DockerError> {
@@ -118,7 +118,7 @@ impl NodeDocker {
     }
 
     /// Connects a created container to one more network.
-    pub async fn connect_network(
+    pub(crate) async fn connect_network(
         &self,
         network: &str,
         container: &str,
@@ -144,7 +144,7 @@ impl NodeDocker {
     }
 
     /// Extracts a tar archive into a (created, not necessarily started) container at `path`.
-    pub async fn upload_archive(
+    pub(crate) async fn upload_archive(
         &self,
         container: &str,
         path: &str,
@@ -217,12 +217,50 @@ impl NodeDocker {
     /// One regular file from a container (running or not), with its mode and owner;
     /// `None` when it does not exist. The VM owns that file and may have made it anything:
     /// at most [`FileKind::AgentSettings`]'s limit is read, a larger one is an error.
-    pub async fn read_file(
+    pub(crate) async fn read_file(
         &self,
         container: &str,
         path: &str,
     ) -> Result<Option<ContainerFile>, DockerError> {
         let container = super::names::object(container)?;
+        let too_large = || DockerError::TooLarge {
+            node: self.name.clone(),
+            path: path.to_string(),
+            container: container.to_string(),
+            limit: crate::bounded_file::human(READ_FILE_LIMIT),
+            what: FileKind::AgentSettings.what(),
+        };
+        let Some(tar_bytes) = self.download_archive(container, path, too_large).await? else {
+            return Ok(None);
+        };
+        let unreadable = |what: String| {
+            let node = self.name.clone();
+            move |source| DockerError::Archive { node, what, source }
+        };
+        let mut archive = tar::Archive::new(tar_bytes.as_slice());
+        let entries = archive
+            .entries()
+            .map_err(unreadable(format!("{path} from {container}: bad archive")))?;
+        for entry in entries {
+            let entry = entry.map_err(unreadable(format!("{path} from {container}")))?;
+            if entry.header().entry_type().is_file() {
+                return file_of_entry(entry)
+                    .map_err(unreadable(format!("{path} from {container}")))?
+                    .ok_or_else(too_large)
+                    .map(Some);
+            }
+        }
+        Ok(None)
+    }
+
+    /// The tar archive Docker sends for `path` in `container`, at most the read limit plus
+    /// the archive's own overhead; `None` when the path does not exist.
+    async fn download_archive(
+        &self,
+        container: &str,
+        path: &str,
+        too_large: impl Fn() -> DockerError,
+    ) -> Result<Option<Vec<u8>>, DockerError> {
         use futures_util::StreamExt;
         let mut stream = self.docker.download_from_container(
             container,
@@ -232,14 +270,6 @@ impl NodeDocker {
                     .build(),
             ),
         );
-        let limit = FileKind::AgentSettings.limit();
-        let too_large = || DockerError::TooLarge {
-            node: self.name.clone(),
-            path: path.to_string(),
-            container: container.to_string(),
-            limit: crate::bounded_file::human(limit),
-            what: FileKind::AgentSettings.what(),
-        };
         // The archive around the file: tar headers and padding on top of its bytes.
         const TAR_OVERHEAD: u64 = 64 * 1024;
         let mut tar_bytes = Vec::new();
@@ -247,11 +277,11 @@ impl NodeDocker {
         loop {
             let chunk = match tokio::time::timeout(self.idle_timeout, stream.next()).await {
                 Ok(Some(chunk)) => chunk,
-                Ok(None) => break,
+                Ok(None) => return Ok(Some(tar_bytes)),
                 Err(_) => return Err(super::idle::silent(self, &doing)),
             };
             match chunk {
-                Ok(b) if (tar_bytes.len() + b.len()) as u64 > limit + TAR_OVERHEAD => {
+                Ok(b) if (tar_bytes.len() + b.len()) as u64 > READ_FILE_LIMIT + TAR_OVERHEAD => {
                     return Err(too_large());
                 }
                 Ok(b) => tar_bytes.extend_from_slice(&b),
@@ -259,38 +289,26 @@ impl NodeDocker {
                 Err(e) => return Err(self.error(&doing, &e)),
             }
         }
-        let mut archive = tar::Archive::new(tar_bytes.as_slice());
-        let unreadable = |detail: String| DockerError::Archive {
-            node: self.name.clone(),
-            what: format!("{path} from {container}"),
-            detail,
-        };
-        let entries = archive
-            .entries()
-            .map_err(|e| unreadable(format!("bad archive: {e}")))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| unreadable(e.to_string()))?;
-            if entry.header().entry_type().is_file() {
-                let bad = |e: std::io::Error| unreadable(e.to_string());
-                let header = entry.header();
-                let (mode, uid, gid) = (
-                    header.mode().map_err(bad)?,
-                    header.uid().map_err(bad)?,
-                    header.gid().map_err(bad)?,
-                );
-                let data = crate::bounded_file::read_limited(entry, limit)
-                    .map_err(bad)?
-                    .ok_or_else(too_large)?;
-                return Ok(Some(ContainerFile {
-                    data,
-                    mode,
-                    uid,
-                    gid,
-                }));
-            }
-        }
-        Ok(None)
     }
+}
+
+/// The most [`NodeDocker::read_file`] reads of a file: what agent settings may hold.
+const READ_FILE_LIMIT: u64 = FileKind::AgentSettings.limit();
+
+/// A regular file's bytes (at most [`READ_FILE_LIMIT`]; `None` when larger), mode and
+/// owner from its archive entry.
+fn file_of_entry(entry: tar::Entry<'_, &[u8]>) -> Result<Option<ContainerFile>, std::io::Error> {
+    let header = entry.header();
+    let (mode, uid, gid) = (header.mode()?, header.uid()?, header.gid()?);
+    let Some(data) = crate::bounded_file::read_limited(entry, READ_FILE_LIMIT)? else {
+        return Ok(None);
+    };
+    Ok(Some(ContainerFile {
+        data,
+        mode,
+        uid,
+        gid,
+    }))
 }
 
 /// A file read from a container: its bytes, permission bits and numeric owner, so it can
@@ -305,4 +323,49 @@ pub struct ContainerFile {
     pub uid: u64,
     /// Numeric group id.
     pub gid: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn archive_of(data: &[u8], mode: u32) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(mode);
+        header.set_uid(1000);
+        header.set_gid(1001);
+        header.set_cksum();
+        builder
+            .append_data(&mut header, "settings.json", data)
+            .unwrap();
+        builder.into_inner().unwrap()
+    }
+
+    fn first_file(tar_bytes: &[u8]) -> Option<ContainerFile> {
+        let mut archive = tar::Archive::new(tar_bytes);
+        let entry = archive.entries().unwrap().next().unwrap().unwrap();
+        file_of_entry(entry).unwrap()
+    }
+
+    #[test]
+    fn an_entry_gives_its_bytes_mode_and_owner() {
+        let file = first_file(&archive_of(b"{}", 0o640)).unwrap();
+        assert_eq!(
+            file,
+            ContainerFile {
+                data: b"{}".to_vec(),
+                mode: 0o640,
+                uid: 1000,
+                gid: 1001,
+            }
+        );
+    }
+
+    #[test]
+    fn an_entry_over_the_limit_gives_nothing() {
+        let big = vec![b'x'; READ_FILE_LIMIT as usize + 1];
+        assert_eq!(first_file(&archive_of(&big, 0o600)), None);
+    }
 }

@@ -96,6 +96,16 @@ pub enum DockerError {
     /// The TLS material, an endpoint or the client cannot be set up.
     #[error("{message}")]
     Setup { message: String },
+    /// The Docker client for a node cannot be made (its endpoint or API version).
+    #[error("node {node}: docker client setup failed: {source}")]
+    ClientSetup {
+        node: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    /// The TLS material (cluster CA, client certificate and key) cannot be used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     /// The node's network of that name is not on the node's subnet.
     #[error(
         "node {node}: docker network {network} has subnet [{found}] but the node's Flannel subnet is {subnet} gateway {gateway}; remove or fix the network (cpi node-prep recreates it)"
@@ -119,15 +129,20 @@ pub enum DockerError {
         what: &'static str,
     },
     /// An archive a node sent cannot be read.
-    #[error("node {node}: {what}: {detail}")]
+    #[error("node {node}: {what}: {source}")]
     Archive {
         node: String,
         what: String,
-        detail: String,
+        #[source]
+        source: std::io::Error,
     },
     /// A task of a transfer ended without an answer (it panicked or was cancelled).
-    #[error("{what} failed: {detail}")]
-    Task { what: String, detail: String },
+    #[error("{what} failed: {source}")]
+    Task {
+        what: String,
+        #[source]
+        source: tokio::task::JoinError,
+    },
     /// A copy finished but its result is not what was sent.
     #[error("{message}")]
     Verify { message: String },
@@ -151,12 +166,68 @@ pub enum DockerError {
     /// The data to send is bad (a stemcell image unreadable or failing its check).
     #[error("{message}")]
     Source { message: String },
+    /// The in-memory root of one of the CPI's own helper images cannot be built.
+    #[error("cannot build the image {reference}: {source}")]
+    HelperImage {
+        reference: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The source of a fan-out import could not be read or failed its check.
+    #[error(transparent)]
+    SourceRead(#[from] SourceError),
+}
+
+/// Why the source of a fan-out import (a stemcell image) yields no image on any node.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// Reading the source failed.
+    #[error("reading the stemcell image failed: {0}")]
+    Read(#[source] std::io::Error),
+    /// The task reading the source ended without finishing (it panicked).
+    #[error("reading the stemcell image failed: {0}")]
+    Reader(#[source] tokio::task::JoinError),
+    /// The stream's check refused the whole source; its words say why.
+    #[error("{reason}")]
+    Rejected {
+        /// The check's own account (a digest mismatch, say).
+        reason: String,
+    },
+}
+
+/// Why the PEM text for the Docker client's mutual TLS cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The cluster CA's PEM does not parse.
+    #[error("Docker CA certificate is not valid PEM: {0}")]
+    CaPem(#[source] rustls::pki_types::pem::Error),
+    /// The cluster CA's PEM holds no certificate.
+    #[error("Docker CA certificate PEM holds no certificate")]
+    NoCaCert,
+    /// A certificate of the cluster CA cannot be a trust anchor.
+    #[error("Docker CA certificate is unusable: {0}")]
+    CaUnusable(#[source] rustls::Error),
+    /// The client certificate's PEM does not parse.
+    #[error("Docker client certificate is not valid PEM: {0}")]
+    ClientCertPem(#[source] rustls::pki_types::pem::Error),
+    /// The client certificate's PEM holds no certificate.
+    #[error("Docker client certificate PEM holds no certificate")]
+    NoClientCert,
+    /// The client key's PEM holds no usable private key.
+    #[error("Docker client key is not a valid PEM private key")]
+    ClientKeyPem(#[source] rustls::pki_types::pem::Error),
+    /// rustls refuses its default protocol versions with this provider.
+    #[error("TLS setup failed: {0}")]
+    Protocol(#[source] rustls::Error),
+    /// The client certificate and key are not a pair.
+    #[error("Docker client certificate and key do not fit: {0}")]
+    CertKeyMismatch(#[source] rustls::Error),
 }
 
 impl DockerError {
     /// The error for `e`, from a request described by `at`: typed by the status the daemon
     /// answered or by how the transport failed.
-    pub fn from_bollard(at: Doing, e: &bollard::errors::Error) -> DockerError {
+    pub(crate) fn from_bollard(at: Doing, e: &bollard::errors::Error) -> DockerError {
         use bollard::errors::Error as E;
         match e {
             E::DockerResponseServerError {
@@ -228,7 +299,7 @@ pub(super) fn is_status(e: &bollard::errors::Error, code: u16) -> bool {
 
 /// An error with its source chain, so "connection refused" or a certificate rejection is
 /// visible instead of a bare "client error".
-pub fn describe(e: &bollard::errors::Error) -> String {
+pub(crate) fn describe(e: &bollard::errors::Error) -> String {
     crate::echo::with_sources(e.to_string(), std::error::Error::source(e))
 }
 

@@ -22,7 +22,7 @@ pub fn silent(node: &NodeDocker, doing: &str) -> DockerError {
 
 /// The next item of a node's stream; an error when the node sent nothing for its idle
 /// timeout. `Ok(None)` is the end of the stream.
-pub async fn next_within<S, T>(
+pub(crate) async fn next_within<S, T>(
     stream: &mut S,
     node: &NodeDocker,
     doing: &str,
@@ -41,7 +41,7 @@ where
 /// Hands `item` to the body of a request streaming into `node`. `Ok(true)`: taken;
 /// `Ok(false)`: that request already ended (its own result says why); an error when the
 /// node took nothing for its idle timeout (its queue stayed full).
-pub async fn send_within<T>(
+pub(crate) async fn send_within<T>(
     tx: &mpsc::Sender<T>,
     item: T,
     node: &NodeDocker,
@@ -59,7 +59,7 @@ pub async fn send_within<T>(
 /// Docker gives only after silent work (unpacking an image after its body, staging a
 /// `docker save` before the first byte), which may take longer than the idle timeout on a
 /// healthy node; the request's own timeout still bounds the whole wait.
-pub async fn wait_alive<F: Future>(
+pub(crate) async fn wait_alive<F: Future>(
     answer: F,
     node: &NodeDocker,
     doing: &str,

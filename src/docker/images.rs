@@ -12,7 +12,7 @@ use futures_util::future::join_all;
 use tokio::sync::mpsc;
 
 use super::body;
-use super::error::{DockerError, is_status};
+use super::error::{DockerError, SourceError, is_status};
 use super::idle::{next_within, wait_alive};
 use super::node::NodeDocker;
 use super::progress::Progress;
@@ -45,7 +45,7 @@ pub trait StreamCheck: Send {
     /// Sees every chunk, in order.
     fn update(&mut self, data: &[u8]);
     /// Called at the end of the source, before its last chunk is sent.
-    fn finish(self: Box<Self>) -> Result<(), String>;
+    fn finish(self: Box<Self>) -> Result<(), SourceError>;
 }
 
 /// Outcome per node of a fan-out import.
@@ -56,13 +56,47 @@ pub type NodeOutcomes = Vec<(String, Result<(), DockerError>)>;
 /// `check` approves the whole stream, so a corrupt source never yields an image. A node
 /// that fails, or takes nothing for its idle timeout, drops out (its body broken, never
 /// ended) without stopping the others.
-pub async fn import_everywhere(
+pub(crate) async fn import_everywhere(
     nodes: &[NodeDocker],
     source: Box<dyn Read + Send>,
     check: Box<dyn StreamCheck>,
     target: &ImportTarget,
 ) -> Result<NodeOutcomes, DockerError> {
-    let mut imports: Vec<NodeImport> = nodes
+    let mut imports = start_imports(nodes, target);
+    let (chunk_tx, mut chunk_rx) = mpsc::channel::<Result<Bytes, SourceError>>(QUEUE);
+    let reader = tokio::task::spawn_blocking(move || read_chunks(source, check, chunk_tx));
+    let mut progress = Progress::new(imports.len(), Instant::now());
+
+    while let Some(item) = chunk_rx.recv().await {
+        match item {
+            Ok(chunk) => {
+                send_to_all(&mut imports, &chunk, &mut progress).await;
+                report_progress(&mut progress, &imports, false);
+            }
+            Err(problem) => {
+                // Break every body: no node may end up with an image of a bad source.
+                return Err(abandon_all(imports, reader, problem).await);
+            }
+        }
+    }
+    // The channel closed: only a reader that returned normally read the whole source (a
+    // panic closes the channel too, and must not end the bodies cleanly).
+    if let Err(e) = reader.await {
+        let problem = SourceError::Reader(e);
+        return Err(abandon_all(imports, tokio::spawn(async {}), problem).await);
+    }
+    report_progress(&mut progress, &imports, true);
+    for import in imports.iter_mut() {
+        if let Some(body) = import.body.take() {
+            body.finish();
+        }
+    }
+    Ok(join_all(imports.into_iter().map(NodeImport::finish)).await)
+}
+
+/// One import request per node, each reading its body from a channel the fan-out fills.
+fn start_imports(nodes: &[NodeDocker], target: &ImportTarget) -> Vec<NodeImport> {
+    nodes
         .iter()
         .map(|node| {
             let (body, stream) = body::channel(QUEUE);
@@ -78,54 +112,29 @@ pub async fn import_everywhere(
                 stalled: None,
             }
         })
-        .collect();
+        .collect()
+}
 
-    let (chunk_tx, mut chunk_rx) = mpsc::channel::<Result<Bytes, String>>(QUEUE);
-    let reader = tokio::task::spawn_blocking(move || read_chunks(source, check, chunk_tx));
-    let mut progress = Progress::new(imports.len(), Instant::now());
-
-    while let Some(item) = chunk_rx.recv().await {
-        match item {
-            Ok(chunk) => {
-                // All nodes at once: one stalled node costs the others its idle timeout,
-                // never the import.
-                let sends = imports.iter().map(|i| async {
-                    match &i.body {
-                        Some(b) => Some(b.send(Ok(chunk.clone()), &i.node, IMPORTING).await),
-                        None => None,
-                    }
-                });
-                let sent = join_all(sends).await;
-                for (n, (import, sent)) in imports.iter_mut().zip(sent).enumerate() {
-                    match sent {
-                        None => {}
-                        Some(Ok(true)) => progress.sent(n, chunk.len()),
-                        // That node's import already ended (failed); its result says why.
-                        Some(Ok(false)) => import.body = None,
-                        Some(Err(stalled)) => import.drop_out(stalled),
-                    }
-                }
-                report_progress(&mut progress, &imports, false);
-            }
-            Err(problem) => {
-                // Break every body: no node may end up with an image of a bad source.
-                return Err(abandon_all(imports, reader, problem).await);
-            }
+/// Sends `chunk` to every node still importing, all at once: one stalled node costs the
+/// others its idle timeout, never the import. A node whose import ended, or that took
+/// nothing for its idle timeout, drops out.
+async fn send_to_all(imports: &mut [NodeImport], chunk: &Bytes, progress: &mut Progress) {
+    let sends = imports.iter().map(|i| async {
+        match &i.body {
+            Some(b) => Some(b.send(Ok(chunk.clone()), &i.node, IMPORTING).await),
+            None => None,
+        }
+    });
+    let sent = join_all(sends).await;
+    for (n, (import, sent)) in imports.iter_mut().zip(sent).enumerate() {
+        match sent {
+            None => {}
+            Some(Ok(true)) => progress.sent(n, chunk.len()),
+            // That node's import already ended (failed); its result says why.
+            Some(Ok(false)) => import.body = None,
+            Some(Err(stalled)) => import.drop_out(stalled),
         }
     }
-    // The channel closed: only a reader that returned normally read the whole source (a
-    // panic closes the channel too, and must not end the bodies cleanly).
-    if let Err(e) = reader.await {
-        let problem = format!("reading the stemcell image failed: {e}");
-        return Err(abandon_all(imports, tokio::spawn(async {}), problem).await);
-    }
-    report_progress(&mut progress, &imports, true);
-    for import in imports.iter_mut() {
-        if let Some(body) = import.body.take() {
-            body.finish();
-        }
-    }
-    Ok(join_all(imports.into_iter().map(NodeImport::finish)).await)
 }
 
 /// Logs each node still taking the stream, with bytes sent and rate, when a report is due
@@ -146,7 +155,7 @@ fn report_progress(progress: &mut Progress, imports: &[NodeImport], last: bool) 
 async fn abandon_all<T>(
     imports: Vec<NodeImport>,
     reader: tokio::task::JoinHandle<T>,
-    problem: String,
+    problem: SourceError,
 ) -> DockerError {
     let imports: Vec<NodeImport> = imports
         .into_iter()
@@ -159,7 +168,7 @@ async fn abandon_all<T>(
         .collect();
     join_all(imports.into_iter().map(NodeImport::finish)).await;
     let _ = reader.await;
-    DockerError::Source { message: problem }
+    DockerError::SourceRead(problem)
 }
 
 const IMPORTING: &str = "importing the stemcell";
@@ -195,7 +204,7 @@ impl NodeImport {
             Ok(Ok(result)) => result,
             Ok(Err(e)) => Err(DockerError::Task {
                 what: format!("node {name}: import task"),
-                detail: e.to_string(),
+                source: e,
             }),
             Err(silent) => {
                 self.task.abort();
@@ -211,7 +220,7 @@ impl NodeImport {
 fn read_chunks(
     mut source: Box<dyn Read + Send>,
     mut check: Box<dyn StreamCheck>,
-    out: mpsc::Sender<Result<Bytes, String>>,
+    out: mpsc::Sender<Result<Bytes, SourceError>>,
 ) {
     let mut pending: Option<Bytes> = None;
     loop {
@@ -223,8 +232,7 @@ fn read_chunks(
                 Ok(n) => filled += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    let _ =
-                        out.blocking_send(Err(format!("reading the stemcell image failed: {e}")));
+                    let _ = out.blocking_send(Err(SourceError::Read(e)));
                     return;
                 }
             }
@@ -278,7 +286,7 @@ async fn import_one(
 
 /// The image `repo:tag` on `node`, imported when missing from an in-memory root holding
 /// one file (`path`, `mode`, `data`): what the CPI's own helper containers run from.
-pub async fn ensure_one_file_image(
+pub(crate) async fn ensure_one_file_image(
     node: &NodeDocker,
     (repo, tag): (&str, &str),
     (path, mode, data): (&str, u32, &[u8]),
@@ -294,8 +302,9 @@ pub async fn ensure_one_file_image(
     let tar_bytes = builder
         .append_data(&mut header, path, data)
         .and_then(|()| builder.into_inner())
-        .map_err(|e| DockerError::Source {
-            message: format!("cannot build the image {repo}:{tag}: {e}"),
+        .map_err(|source| DockerError::HelperImage {
+            reference: format!("{repo}:{tag}"),
+            source,
         })?;
     let options = bollard::query_parameters::CreateImageOptionsBuilder::new()
         .from_src("-")
@@ -359,38 +368,7 @@ pub async fn copy(
 ) -> Result<(), DockerError> {
     let reference = super::names::image(reference)?;
     let (body, stream) = body::channel(QUEUE);
-    let mut exporter = {
-        let (source, target) = (source.clone(), target.clone());
-        let exporting = format!("exporting image {reference}");
-        let loading = format!("loading image {reference}");
-        let reference = reference.to_string();
-        tokio::spawn(async move {
-            let mut chunks = source.long.export_image(&reference);
-            // `docker save` stages the image before its first byte: no bound but liveness.
-            let mut next = match wait_alive(chunks.next(), &source, &exporting).await {
-                Ok(Some(Ok(chunk))) => Ok(Some(chunk)),
-                Ok(Some(Err(e))) => Err(source.error(&exporting, &e)),
-                Ok(None) => Ok(None),
-                Err(e) => Err(e),
-            };
-            loop {
-                let sent = match next {
-                    Ok(Some(chunk)) => body.send(Ok(chunk), &target, &loading).await,
-                    Ok(None) => {
-                        body.finish();
-                        return Ok(());
-                    }
-                    Err(e) => Err(e),
-                };
-                match sent {
-                    Ok(true) => {}
-                    Ok(false) => return Ok(()), // the load ended; its result says why
-                    Err(e) => return Err(e),    // dropping `body` breaks the load's body
-                }
-                next = next_within(&mut chunks, &source, &exporting).await;
-            }
-        })
-    };
+    let mut exporter = spawn_export(source, target, reference, body);
     let options = ImportImageOptionsBuilder::new().quiet(true).build();
     let mut progress = target.long.import_image_stream(options, stream, None);
     let loading = async {
@@ -403,7 +381,7 @@ pub async fn copy(
     let joined = |r: Result<Result<(), DockerError>, tokio::task::JoinError>| {
         r.map_err(|e| DockerError::Task {
             what: "export task".into(),
-            detail: e.to_string(),
+            source: e,
         })?
     };
     tokio::select! {
@@ -420,6 +398,56 @@ pub async fn copy(
             joined(exporter.await)?;
         }
     }
+    verify_copied(source, target, reference).await
+}
+
+/// `docker save` of `reference` on `source`, sent chunk by chunk into `body` (the body of
+/// the load on `target`). The body is ended only once the whole image is sent; a failure
+/// drops it, which breaks the load's body.
+fn spawn_export(
+    source: &NodeDocker,
+    target: &NodeDocker,
+    reference: &str,
+    body: body::BodySender,
+) -> tokio::task::JoinHandle<Result<(), DockerError>> {
+    let (source, target) = (source.clone(), target.clone());
+    let exporting = format!("exporting image {reference}");
+    let loading = format!("loading image {reference}");
+    let reference = reference.to_string();
+    tokio::spawn(async move {
+        let mut chunks = source.long.export_image(&reference);
+        // `docker save` stages the image before its first byte: no bound but liveness.
+        let mut next = match wait_alive(chunks.next(), &source, &exporting).await {
+            Ok(Some(Ok(chunk))) => Ok(Some(chunk)),
+            Ok(Some(Err(e))) => Err(source.error(&exporting, &e)),
+            Ok(None) => Ok(None),
+            Err(e) => Err(e),
+        };
+        loop {
+            let sent = match next {
+                Ok(Some(chunk)) => body.send(Ok(chunk), &target, &loading).await,
+                Ok(None) => {
+                    body.finish();
+                    return Ok(());
+                }
+                Err(e) => Err(e),
+            };
+            match sent {
+                Ok(true) => {}
+                Ok(false) => return Ok(()), // the load ended; its result says why
+                Err(e) => return Err(e),    // dropping `body` breaks the load's body
+            }
+            next = next_within(&mut chunks, &source, &exporting).await;
+        }
+    })
+}
+
+/// A finished copy left `reference` on `target`.
+async fn verify_copied(
+    source: &NodeDocker,
+    target: &NodeDocker,
+    reference: &str,
+) -> Result<(), DockerError> {
     match inspect(target, reference).await? {
         Some(_) => Ok(()),
         None => Err(DockerError::Verify {

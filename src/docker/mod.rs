@@ -17,6 +17,6 @@ pub mod tls;
 pub mod volume_copy;
 pub mod volumes;
 
-pub use error::{DockerError, Doing};
+pub use error::{DockerError, Doing, SourceError};
 pub use networks::BridgeSpec;
 pub use node::{DockerAccess, DockerTimeouts, NodeDocker};

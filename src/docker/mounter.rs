@@ -59,7 +59,7 @@ pub struct BlockDisk {
 impl NodeDocker {
     /// Makes disk `disk` a block device in VM `vm`'s disk directory (its
     /// `/warden-cpi-dev/<disk>`), its image made of `size_mib` if the volume holds none.
-    pub async fn attach_block_disk(
+    pub(crate) async fn attach_block_disk(
         &self,
         disks_dir: &str,
         vm: &str,
@@ -120,7 +120,7 @@ impl NodeDocker {
     /// snapshot), hole for hole and read back; the bytes of data copied. A disk without
     /// an image fails with [`NOT_HERE`], one whose volume holds more with
     /// [`NOT_AN_IMAGE`].
-    pub async fn copy_disk_image(
+    pub(crate) async fn copy_disk_image(
         &self,
         disks_dir: &str,
         disk: &str,
@@ -142,7 +142,7 @@ impl NodeDocker {
     }
 
     /// After VM `vm` copied disk `disk`'s folder into its image: the folder goes.
-    pub async fn settle_disk(
+    pub(crate) async fn settle_disk(
         &self,
         disks_dir: &str,
         vm: &str,
@@ -154,7 +154,7 @@ impl NodeDocker {
     }
 
     /// Removes disk `disk` from VM `vm`; not bound is success.
-    pub async fn unbind_disk(
+    pub(crate) async fn unbind_disk(
         &self,
         disks_dir: &str,
         vm: &str,
@@ -166,7 +166,7 @@ impl NodeDocker {
     }
 
     /// The disks bound into VM `vm`.
-    pub async fn disks_bound_in(
+    pub(crate) async fn disks_bound_in(
         &self,
         disks_dir: &str,
         vm: &str,
@@ -175,7 +175,7 @@ impl NodeDocker {
     }
 
     /// The VMs of the node that have disk `disk` bound.
-    pub async fn disk_holders(
+    pub(crate) async fn disk_holders(
         &self,
         disks_dir: &str,
         disk: &str,
@@ -184,7 +184,11 @@ impl NodeDocker {
     }
 
     /// Removes every disk of VM `vm` and its directory (the VM is gone).
-    pub async fn forget_vm_disks(&self, disks_dir: &str, vm: &str) -> Result<(), DockerError> {
+    pub(crate) async fn forget_vm_disks(
+        &self,
+        disks_dir: &str,
+        vm: &str,
+    ) -> Result<(), DockerError> {
         self.mounter_ok(disks_dir, &["forget", vm])
             .await
             .map(|_| ())

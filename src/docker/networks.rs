@@ -22,7 +22,7 @@ pub struct BridgeSpec {
 impl NodeDocker {
     /// Makes sure the network exists as specified; creates it when absent. A network of
     /// that name with another subnet or gateway is an error naming both.
-    pub async fn ensure_bridge(&self, spec: &BridgeSpec) -> Result<(), DockerError> {
+    pub(crate) async fn ensure_bridge(&self, spec: &BridgeSpec) -> Result<(), DockerError> {
         super::names::object(&spec.name)?;
         match self.docker.inspect_network(&spec.name, None).await {
             Ok(existing) => {
@@ -126,7 +126,7 @@ impl NodeDocker {
 
 impl NodeDocker {
     /// Whether the network `name` exists on the node.
-    pub async fn network_exists(&self, name: &str) -> Result<bool, DockerError> {
+    pub(crate) async fn network_exists(&self, name: &str) -> Result<bool, DockerError> {
         let name = super::names::object(name)?;
         match self.docker.inspect_network(name, None).await {
             Ok(_) => Ok(true),

@@ -8,7 +8,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-pub use super::error::describe;
+pub(crate) use super::error::describe;
 use super::error::{DockerError, Doing};
 
 /// How long talking to a node may take.
@@ -52,28 +52,8 @@ impl DockerAccess {
     /// A client for the node `name` at `endpoint` (`tcp://ip:port` or `https://ip:port`).
     /// Connecting is lazy; the first request reports an unreachable node.
     pub async fn connect(&self, name: &str, endpoint: &str) -> Result<NodeDocker, DockerError> {
-        let address = endpoint
-            .strip_prefix("tcp://")
-            .or_else(|| endpoint.strip_prefix("https://"))
-            .ok_or_else(|| DockerError::Setup {
-                message: format!(
-                    "node {name}: docker endpoint '{endpoint}' must be tcp://host:port"
-                ),
-            })?
-            .trim_end_matches('/')
-            .to_string();
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(self.timeouts.connect));
-        http.set_nodelay(true);
-        // A node that dies mid-transfer is noticed by TCP, not only by our idle timeouts.
-        http.set_keepalive(Some(Duration::from_secs(30)));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config((*self.tls).clone())
-            .https_only()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Arc::new(Client::builder(TokioExecutor::new()).build(https));
+        let address = endpoint_address(name, endpoint)?;
+        let client = Arc::new(Client::builder(TokioExecutor::new()).build(self.https_connector()));
         let node_name = name.to_string();
         let transport = move |req: BollardRequest| {
             let client = Arc::clone(&client);
@@ -106,28 +86,62 @@ impl DockerAccess {
             self.timeouts.idle.as_secs().max(1),
             &version,
         )
-        .map_err(|e| DockerError::Setup {
-            message: format!("node {name}: docker client setup failed: {e}"),
+        .map_err(|source| DockerError::ClientSetup {
+            node: name.to_string(),
+            source,
         })?;
-        let mut node = NodeDocker {
+        let node = NodeDocker {
             name: name.to_string(),
             endpoint: endpoint.to_string(),
             long: docker.clone().with_timeout(self.timeouts.request),
             docker,
             idle_timeout: self.timeouts.idle,
         };
-        if self.api_version.is_none() {
-            let docker = node
-                .docker
-                .clone()
-                .negotiate_version()
-                .await
-                .map_err(|e| node.error("negotiating the API version", &e))?;
-            node.long = docker.clone().with_timeout(self.timeouts.request);
-            node.docker = docker;
+        if self.api_version.is_some() {
+            return Ok(node);
         }
+        self.negotiated(node).await
+    }
+
+    /// TCP with the connect timeout and keepalive, then TLS with the cluster's material.
+    fn https_connector(&self) -> hyper_rustls::HttpsConnector<HttpConnector> {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(self.timeouts.connect));
+        http.set_nodelay(true);
+        // A node that dies mid-transfer is noticed by TCP, not only by our idle timeouts.
+        http.set_keepalive(Some(Duration::from_secs(30)));
+        hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config((*self.tls).clone())
+            .https_only()
+            .enable_http1()
+            .wrap_connector(http)
+    }
+
+    /// `node` speaking the API version its daemon and the client both know.
+    async fn negotiated(&self, mut node: NodeDocker) -> Result<NodeDocker, DockerError> {
+        let docker = node
+            .docker
+            .clone()
+            .negotiate_version()
+            .await
+            .map_err(|e| node.error("negotiating the API version", &e))?;
+        node.long = docker.clone().with_timeout(self.timeouts.request);
+        node.docker = docker;
         Ok(node)
     }
+}
+
+/// `host:port` of a node's registered endpoint (`tcp://host:port` or `https://host:port`).
+fn endpoint_address(name: &str, endpoint: &str) -> Result<String, DockerError> {
+    Ok(endpoint
+        .strip_prefix("tcp://")
+        .or_else(|| endpoint.strip_prefix("https://"))
+        .ok_or_else(|| DockerError::Setup {
+            message: format!("node {name}: docker endpoint '{endpoint}' must be tcp://host:port"),
+        })?
+        .trim_end_matches('/')
+        .to_string())
 }
 
 fn parse_api_version(v: &str) -> Option<ClientVersion> {
@@ -181,7 +195,7 @@ impl NodeDocker {
     }
 
     /// Which node a request goes to and `what` it is for, to name both in an error.
-    pub fn doing(&self, what: &str) -> Doing {
+    pub(crate) fn doing(&self, what: &str) -> Doing {
         Doing {
             node: self.name.clone(),
             endpoint: self.endpoint.clone(),
@@ -204,5 +218,23 @@ mod tests {
         let v = parse_api_version("1.41").unwrap();
         assert_eq!((v.major_version, v.minor_version), (1, 41));
         assert!(parse_api_version("auto").is_none());
+    }
+
+    #[test]
+    fn an_endpoint_gives_its_address_or_names_the_node() {
+        assert_eq!(
+            endpoint_address("n1", "tcp://10.0.0.1:2376/").unwrap(),
+            "10.0.0.1:2376"
+        );
+        assert_eq!(
+            endpoint_address("n1", "https://10.0.0.1:2376").unwrap(),
+            "10.0.0.1:2376"
+        );
+        assert_eq!(
+            endpoint_address("n1", "unix:///var/run/docker.sock")
+                .unwrap_err()
+                .to_string(),
+            "node n1: docker endpoint 'unix:///var/run/docker.sock' must be tcp://host:port"
+        );
     }
 }

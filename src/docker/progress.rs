@@ -33,7 +33,7 @@ impl Progress {
     }
 
     /// Whether a report is due at `now` (and, if so, starts the next interval).
-    pub fn due(&mut self, now: Instant) -> bool {
+    pub(crate) fn due(&mut self, now: Instant) -> bool {
         if now.duration_since(self.last_report) >= EVERY {
             self.last_report = now;
             true

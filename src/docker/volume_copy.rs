@@ -77,7 +77,7 @@ pub struct TreeDigest {
 
 /// Digest of a tar stream, in archive order: every entry's type, path, mode, owner and
 /// link target, and the contents of regular files. `files` counts regular files and links.
-pub fn digest_tar(reader: impl Read) -> std::io::Result<TreeDigest> {
+pub(crate) fn digest_tar(reader: impl Read) -> std::io::Result<TreeDigest> {
     let mut archive = tar::Archive::new(reader);
     let mut hasher = Sha256::new();
     let (mut files, mut bytes) = (0u64, 0u64);
@@ -139,7 +139,7 @@ pub use crate::labels::HELPER as HELPER_LABEL;
 
 /// Removes helper containers of `volume` that a killed copy left behind: they hold the
 /// volume and would block its removal and every later copy.
-pub async fn sweep_helpers(node: &NodeDocker, volume: &str) -> Result<(), DockerError> {
+pub(crate) async fn sweep_helpers(node: &NodeDocker, volume: &str) -> Result<(), DockerError> {
     for c in node
         .containers_with_label(&format!("{HELPER_LABEL}={volume}"))
         .await?
@@ -226,7 +226,7 @@ impl Helper {
         drop(tx);
         let digest = digester.await.map_err(|e| DockerError::Task {
             what: "digest task".into(),
-            detail: e.to_string(),
+            source: e,
         })?;
         if let Some(f) = failure {
             return Err(f);
@@ -240,7 +240,7 @@ fn unreadable(node: &NodeDocker, e: std::io::Error) -> DockerError {
     DockerError::Archive {
         node: node.name.clone(),
         what: "volume archive unreadable".into(),
-        detail: e.to_string(),
+        source: e,
     }
 }
 
@@ -350,9 +350,37 @@ async fn stream(from: &Helper, to: &Helper) -> Result<TreeDigest, DockerError> {
     let (upload, upload_body) = body::channel(8);
     let (dg_tx, dg_rx) = mpsc::channel::<std::io::Result<Bytes>>(8);
     let digester = tokio::task::spawn_blocking(move || digest_tar(ChannelReader::new(dg_rx)));
+    let mut uploader = spawn_upload(to, upload_body);
+    let failure = pump(from, to, &upload, &dg_tx).await;
+    drop(dg_tx);
+    let uploaded = if failure.is_some() {
+        upload.abandon();
+        uploader.abort();
+        Ok(())
+    } else {
+        upload.finish(); // the whole archive is sent: end the body
+        finish_upload(&mut uploader, to).await?
+    };
+    let source_digest = digester.await.map_err(|e| DockerError::Task {
+        what: "digest task".into(),
+        source: e,
+    })?;
+    if let Some(f) = failure {
+        return Err(f);
+    }
+    uploaded?;
+    let source_digest = source_digest.map_err(|e| unreadable(&from.node, e))?;
+    Ok(source_digest)
+}
+
+/// The upload into the target helper's volume, its body read from `upload_body`.
+fn spawn_upload(
+    to: &Helper,
+    upload_body: impl futures_util::Stream<Item = body::BodyItem> + Send + 'static,
+) -> tokio::task::JoinHandle<Result<(), DockerError>> {
     let to_node = to.node.clone();
     let to_name = to.name.clone();
-    let mut uploader = tokio::spawn(async move {
+    tokio::spawn(async move {
         to_node
             .long
             .upload_to_container(
@@ -366,63 +394,61 @@ async fn stream(from: &Helper, to: &Helper) -> Result<TreeDigest, DockerError> {
             )
             .await
             .map_err(|e| to_node.error("writing the copy", &e))
-    });
-    let mut failure = None;
-    {
-        let mut batches = Batches::new(Box::pin(from.download()));
-        loop {
-            let sent = match batches.next(&from.node, "reading the volume").await {
-                Ok(Some(b)) => {
-                    let for_digest = b.clone();
-                    let sent = upload.send(Ok(b), &to.node, "writing the copy").await;
-                    let _ = dg_tx.send(Ok(for_digest)).await;
-                    sent
-                }
-                Ok(None) => break,
-                Err(e) => Err(e),
-            };
-            match sent {
-                Ok(true) => {}
-                Ok(false) => break, // the upload failed; its result says why
-                Err(e) => {
-                    // The source failed or the target stopped reading: the target's body
-                    // is broken (a partial copy is never verified; the caller removes it).
-                    failure = Some(e);
-                    let _ = dg_tx.try_send(Err(std::io::Error::other("copy abandoned")));
-                    break;
-                }
+    })
+}
+
+/// Sends the source volume's archive, in batches, to the upload and the digest. Ends when
+/// the source is done or the upload ended (its result says why); a failure of the source,
+/// or a target that stopped reading, is returned (and the digest told the copy is
+/// abandoned).
+async fn pump(
+    from: &Helper,
+    to: &Helper,
+    upload: &body::BodySender,
+    dg_tx: &mpsc::Sender<std::io::Result<Bytes>>,
+) -> Option<DockerError> {
+    let mut batches = Batches::new(Box::pin(from.download()));
+    loop {
+        let sent = match batches.next(&from.node, "reading the volume").await {
+            Ok(Some(b)) => {
+                let for_digest = b.clone();
+                let sent = upload.send(Ok(b), &to.node, "writing the copy").await;
+                let _ = dg_tx.send(Ok(for_digest)).await;
+                sent
+            }
+            Ok(None) => return None,
+            Err(e) => Err(e),
+        };
+        match sent {
+            Ok(true) => {}
+            Ok(false) => return None, // the upload failed; its result says why
+            Err(e) => {
+                // The source failed or the target stopped reading: the target's body
+                // is broken (a partial copy is never verified; the caller removes it).
+                let _ = dg_tx.try_send(Err(std::io::Error::other("copy abandoned")));
+                return Some(e);
             }
         }
     }
-    drop(dg_tx);
-    let uploaded = if failure.is_some() {
-        upload.abandon();
-        uploader.abort();
-        Ok(())
-    } else {
-        upload.finish(); // the whole archive is sent: end the body
-        // The target answers once it has unpacked the rest.
-        match wait_alive(&mut uploader, &to.node, "finishing the copy").await {
-            Ok(joined) => joined.map_err(|e| DockerError::Task {
-                what: "upload task".into(),
-                detail: e.to_string(),
-            })?,
-            Err(stalled) => {
-                uploader.abort();
-                Err(stalled)
-            }
+}
+
+/// The upload's answer once its whole body is sent: the target answers once it has
+/// unpacked the rest, as long as it answers pings. The outer error is the upload task's
+/// own end (it panicked); the inner one is the upload's result.
+async fn finish_upload(
+    uploader: &mut tokio::task::JoinHandle<Result<(), DockerError>>,
+    to: &Helper,
+) -> Result<Result<(), DockerError>, DockerError> {
+    match wait_alive(&mut *uploader, &to.node, "finishing the copy").await {
+        Ok(joined) => joined.map_err(|e| DockerError::Task {
+            what: "upload task".into(),
+            source: e,
+        }),
+        Err(stalled) => {
+            uploader.abort();
+            Ok(Err(stalled))
         }
-    };
-    let source_digest = digester.await.map_err(|e| DockerError::Task {
-        what: "digest task".into(),
-        detail: e.to_string(),
-    })?;
-    if let Some(f) = failure {
-        return Err(f);
     }
-    uploaded?;
-    let source_digest = source_digest.map_err(|e| unreadable(&from.node, e))?;
-    Ok(source_digest)
 }
 
 #[cfg(test)]

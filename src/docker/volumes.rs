@@ -36,7 +36,7 @@ impl NodeDocker {
 
     /// Removes a volume unless a container uses it: `Ok(false)` then (Docker's 409), so a
     /// caller that owns every user of the volume can remove them and try again.
-    pub async fn remove_volume_if_unused(&self, name: &str) -> Result<bool, DockerError> {
+    pub(crate) async fn remove_volume_if_unused(&self, name: &str) -> Result<bool, DockerError> {
         self.remove_volume_unless(name, Some(409)).await
     }
 
@@ -62,7 +62,7 @@ impl NodeDocker {
         }
     }
     /// Whether a volume exists.
-    pub async fn volume_exists(&self, name: &str) -> Result<bool, DockerError> {
+    pub(crate) async fn volume_exists(&self, name: &str) -> Result<bool, DockerError> {
         let name = super::names::object(name)?;
         match self.docker.inspect_volume(name).await {
             Ok(_) => Ok(true),
@@ -71,7 +71,7 @@ impl NodeDocker {
         }
     }
     /// All containers (running or not) that mount the volume `name`.
-    pub async fn containers_using_volume(
+    pub(crate) async fn containers_using_volume(
         &self,
         name: &str,
     ) -> Result<Vec<ContainerSummary>, DockerError> {

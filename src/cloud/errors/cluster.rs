@@ -20,7 +20,7 @@ impl From<IndexError> for CpiError {
     fn from(e: IndexError) -> Self {
         match e {
             IndexError::Config(c) => c.into(),
-            IndexError::Encode(message) => CpiError::cpi(message),
+            encode @ IndexError::Encode { .. } => CpiError::cpi(encode.to_string()),
             other => {
                 let retry = other.is_retriable();
                 CpiError::cloud(other.to_string(), retry)
@@ -89,7 +89,12 @@ mod tests {
 
     #[test]
     fn encoding_and_configuration_are_the_cpis_own() {
-        let cpi = CpiError::from(IndexError::Encode("cannot encode index record k: x".into()));
+        let json = serde_json::from_str::<u8>("x").unwrap_err();
+        let cpi = CpiError::from(IndexError::encode("index record k", json));
+        assert!(
+            cpi.message.starts_with("cannot encode index record k: "),
+            "{cpi:?}"
+        );
         assert_eq!(cpi.kind, ErrorKind::CpiError);
         assert!(!cpi.ok_to_retry);
         let config = ConfigError::invalid("etcd.tls", "https endpoints need etcd.tls");

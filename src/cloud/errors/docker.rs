@@ -32,7 +32,11 @@ impl From<DockerError> for CpiError {
             D::InvalidName { .. }
             | D::InvalidReference { .. }
             | D::Setup { .. }
-            | D::Source { .. } => CpiError::cpi(message),
+            | D::ClientSetup { .. }
+            | D::Tls(_)
+            | D::Source { .. }
+            | D::HelperImage { .. }
+            | D::SourceRead(_) => CpiError::cpi(message),
         }
     }
 }
@@ -80,11 +84,7 @@ mod tests {
             DockerError::Archive {
                 node: "n1".into(),
                 what: "volume archive unreadable".into(),
-                detail: "x".into(),
-            },
-            DockerError::Task {
-                what: "export task".into(),
-                detail: "x".into(),
+                source: std::io::Error::other("x"),
             },
             DockerError::Verify {
                 message: "copy check failed".into(),
@@ -92,6 +92,18 @@ mod tests {
         ] {
             assert_eq!(kind_and_retry(e), (ErrorKind::CloudError, true));
         }
+    }
+
+    #[tokio::test]
+    async fn a_transfer_task_that_ended_without_an_answer_is_worth_a_retry() {
+        let ended = tokio::spawn(std::future::pending::<()>());
+        ended.abort();
+        let source = ended.await.unwrap_err();
+        let e = DockerError::Task {
+            what: "export task".into(),
+            source,
+        };
+        assert_eq!(kind_and_retry(e), (ErrorKind::CloudError, true));
     }
 
     #[test]
@@ -161,6 +173,14 @@ mod tests {
             },
             DockerError::Source {
                 message: "reading the stemcell image failed".into(),
+            },
+            DockerError::HelperImage {
+                reference: "moltencore-helper:1".into(),
+                source: std::io::Error::other("x"),
+            },
+            DockerError::ClientSetup {
+                node: "n1".into(),
+                source: bollard::errors::Error::RequestTimeoutError,
             },
         ] {
             assert_eq!(kind_and_retry(e), (ErrorKind::CpiError, false));

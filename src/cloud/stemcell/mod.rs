@@ -14,8 +14,8 @@ use super::CloudContext;
 use super::session::Session;
 use crate::cluster::model::StemcellRecord;
 use crate::cluster::{NodeState, index};
-use crate::docker::NodeDocker;
 use crate::docker::images::{self, ImportTarget, NodeOutcomes, StreamCheck};
+use crate::docker::{NodeDocker, SourceError};
 use crate::labels;
 use crate::protocol::{CallResult, CpiError, Object, StemcellCid};
 use crate::timestamp::Timestamp;
@@ -40,17 +40,18 @@ impl StreamCheck for DigestCheck {
     fn update(&mut self, data: &[u8]) {
         self.hasher.update(data);
     }
-    fn finish(self: Box<Self>) -> Result<(), String> {
+    fn finish(self: Box<Self>) -> Result<(), SourceError> {
         let actual = self.hasher.finish();
         if actual == self.expected.hex() {
             Ok(())
         } else {
-            // The stream check answers in text; the director reads these words.
             let mismatch = StemcellError::DigestMismatch {
                 expected: self.expected.hex().to_string(),
                 actual,
             };
-            Err(mismatch.to_string())
+            Err(SourceError::Rejected {
+                reason: mismatch.to_string(),
+            })
         }
     }
 }
@@ -59,7 +60,7 @@ struct NoCheck;
 
 impl StreamCheck for NoCheck {
     fn update(&mut self, _: &[u8]) {}
-    fn finish(self: Box<Self>) -> Result<(), String> {
+    fn finish(self: Box<Self>) -> Result<(), SourceError> {
         Ok(())
     }
 }
@@ -497,7 +498,8 @@ mod tests {
         check.update(b"abd");
         let e = check.finish().unwrap_err();
         assert!(
-            e.starts_with("stemcell image digest mismatch: stemcell.MF says a9993e36"),
+            e.to_string()
+                .starts_with("stemcell image digest mismatch: stemcell.MF says a9993e36"),
             "{e}"
         );
     }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::cluster::runtime;
-use crate::cluster::{cluster_config, node_prefix};
+use crate::cluster::{cluster_config, cluster_cpi_json, node_prefix};
 use crate::cpi::expect_result;
 use crate::docker::{exec_in, sh};
 use crate::requests::{agent_id, create_vm_request, manual_network};
@@ -44,8 +44,7 @@ pub fn agent_stemcell() -> String {
 
 /// The password of the cluster's agent mbus (`https://mbus:<password>@0.0.0.0:6868`).
 fn mbus_password() -> String {
-    let config: Value =
-        serde_json::from_str(&std::fs::read_to_string(cluster_config()).unwrap()).unwrap();
+    let config: Value = cluster_cpi_json();
     let mbus = config["agent"]["mbus"]
         .as_str()
         .expect("agent.mbus in cpi.json");

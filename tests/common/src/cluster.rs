@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use moltencore::cluster::Keys;
 use serde_json::Value;
 
 use crate::index::etcd;
@@ -29,6 +30,11 @@ pub fn cluster_config() -> PathBuf {
             .as_str()
             .expect("cluster.json has cpi_config_file"),
     )
+}
+
+/// The cluster's generated cpi.json, as JSON (to read a setting or patch a copy).
+pub fn cluster_cpi_json() -> Value {
+    serde_json::from_str(&std::fs::read_to_string(cluster_config()).unwrap()).unwrap()
 }
 
 /// A cpi.json loaded with the CPI's own loader.
@@ -88,8 +94,7 @@ pub fn runtime() -> tokio::runtime::Runtime {
 /// register its own (possibly broken) nodes without disturbing the shared cluster. Returns
 /// the config path and the prefix.
 pub fn private_config(dir: &Path) -> (PathBuf, String) {
-    let mut config: Value =
-        serde_json::from_str(&std::fs::read_to_string(cluster_config()).unwrap()).unwrap();
+    let mut config: Value = cluster_cpi_json();
     let prefix = format!("/moltencore-test-{}", uuid::Uuid::new_v4().simple());
     config["etcd"]["key_prefix"] = Value::String(prefix.clone());
     let path = dir.join("cpi.json");
@@ -108,9 +113,14 @@ pub fn private_cluster(dir: &Path, extra: &[(&str, Value)]) -> PathBuf {
 /// Copies the cluster's node records (and the CA) under `prefix`, and adds the extra
 /// records given as (name, JSON).
 pub fn register_nodes(config: &Path, prefix: &str, extra: &[(&str, Value)]) {
+    let base = cluster()["key_prefix"].as_str().unwrap().to_string();
+    let flannel = load_config(config).etcd.flannel_prefix;
+    let (from, to) = (
+        Keys::with_prefixes(&base, &flannel),
+        Keys::with_prefixes(prefix, &flannel),
+    );
     runtime().block_on(async {
         let kv = etcd(config).await.client();
-        let base = cluster()["key_prefix"].as_str().unwrap().to_string();
         let src = kv
             .get(
                 format!("{base}/"),
@@ -120,15 +130,16 @@ pub fn register_nodes(config: &Path, prefix: &str, extra: &[(&str, Value)]) {
             .unwrap();
         for item in src.kvs() {
             let key = item.key_str().unwrap();
-            let rest = key.strip_prefix(&base).unwrap();
-            if rest.starts_with("/nodes/") || rest == "/pki/ca.crt" {
-                kv.put(format!("{prefix}{rest}"), item.value(), None)
-                    .await
-                    .unwrap();
+            let copy = match key.strip_prefix(&from.nodes()) {
+                Some(name) => Some(to.node(name)),
+                None => (key == from.ca_cert()).then(|| to.ca_cert()),
+            };
+            if let Some(copy) = copy {
+                kv.put(copy, item.value(), None).await.unwrap();
             }
         }
         for (name, record) in extra {
-            kv.put(format!("{prefix}/nodes/{name}"), record.to_string(), None)
+            kv.put(to.node(name), record.to_string(), None)
                 .await
                 .unwrap();
         }

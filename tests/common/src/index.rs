@@ -4,6 +4,8 @@
 
 use std::path::Path;
 
+use moltencore::cluster::Keys;
+use moltencore::reboot::keys::RebootKeys;
 use serde_json::Value;
 
 use crate::cluster::{load_config, runtime};
@@ -20,15 +22,25 @@ fn key(config: &Path, suffix: &str) -> String {
     format!("{}/{suffix}", load_config(config).etcd.key_prefix)
 }
 
+/// The cluster's etcd keys under `config`'s prefixes, as the CPI derives them.
+pub fn keys_of(config: &Path) -> Keys {
+    Keys::new(&load_config(config).etcd)
+}
+
+/// The reboot coordination's etcd keys under `config`'s prefix, as the CPI derives them.
+pub fn reboot_keys_of(config: &Path) -> RebootKeys {
+    RebootKeys::new(&keys_of(config))
+}
+
 /// One index record (JSON) at `<key_prefix>/<suffix>` of the config's prefix.
 pub fn index_record(config: &Path, suffix: &str) -> Option<Value> {
+    record_at(config, key(config, suffix))
+}
+
+/// The JSON record at the full key `key`, if any.
+fn record_at(config: &Path, key: String) -> Option<Value> {
     runtime().block_on(async {
-        let resp = etcd(config)
-            .await
-            .client()
-            .get(key(config, suffix), None)
-            .await
-            .unwrap();
+        let resp = etcd(config).await.client().get(key, None).await.unwrap();
         resp.kvs()
             .first()
             .map(|kv| serde_json::from_slice(kv.value()).unwrap())
@@ -118,7 +130,7 @@ pub fn node_record_state(config: &Path, name: &str) -> String {
 
 /// The reboot record of node `name`: present while the node's reboot is under way.
 pub fn reboot_record(config: &Path, name: &str) -> Option<Value> {
-    index_record(config, &format!("reboot/nodes/{name}"))
+    record_at(config, reboot_keys_of(config).node_state(name))
 }
 
 /// The ids of the holders of the `default` reboot group's slots (none without a
@@ -152,7 +164,7 @@ pub async fn semaphore_of(config: &Path, group: &str) -> moltencore::reboot::sem
     let cfg = load_config(config);
     moltencore::reboot::semaphore::Semaphore::new(
         etcd(config).await,
-        &moltencore::reboot::keys::RebootKeys::new(&moltencore::cluster::Keys::new(&cfg.etcd)),
+        &RebootKeys::new(&Keys::new(&cfg.etcd)),
         moltencore::reboot::semaphore::Group::parse(group).expect("a group name"),
     )
 }

@@ -11,16 +11,17 @@ use super::error::CreateError;
 use super::rollback::{Undo, UndoStack};
 use crate::cloud::session::Session;
 use crate::cloud::session::disks::volume_gone;
+use crate::cloud::stemcell;
 use crate::cloud::vm::agent_files::{AgentIdentity, AgentSettings};
 use crate::cloud::vm::block_disks::{not_an_image, prepare_block_disk};
 use crate::cloud::vm::container_spec::{self, ContainerPlan};
 use crate::cloud::vm::network_plan::PlannedNetwork;
 use crate::cloud::vm::{agent_files, ephemeral_volume, labels, start_script};
-use crate::cloud::{now, stemcell};
 use crate::cluster::{DiskRecord, NodeRecord};
 use crate::docker::mounter::BlockDisk;
 use crate::docker::{BridgeSpec, DockerError, NodeDocker};
 use crate::protocol::{CpiError, DiskCid};
+use crate::timestamp::Timestamp;
 
 /// The node made ready for the VM: the stemcell's image on it, and its networks.
 pub(super) async fn prepare_node(
@@ -245,7 +246,7 @@ fn container_labels(plan: &CreatePlan<'_, '_>, key_prefix: &str) -> HashMap<Stri
             labels::STEMCELL.to_string(),
             plan.req.stemcell_cid.to_string(),
         ),
-        (labels::CREATED_AT.to_string(), now()),
+        (labels::CREATED_AT.to_string(), Timestamp::now().to_string()),
         (labels::INDEX.to_string(), key_prefix.to_string()),
     ]);
     if let Some(g) = &plan.group {

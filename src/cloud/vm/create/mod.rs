@@ -15,12 +15,13 @@ use super::network_plan::{self, PlannedNetwork};
 use super::properties::{Effective, VmProperties};
 use crate::cloud::errors::creation_failure;
 use crate::cloud::session::Session;
-use crate::cloud::{CloudContext, now, stemcell};
+use crate::cloud::{CloudContext, stemcell};
 use crate::cluster::{NodeRecord, NodeState, VmRecord, VmState, claims, index};
 use crate::config::BlobstoreSettings;
 use crate::docker::NodeDocker;
 use crate::placement::{self, VmDemand};
 use crate::protocol::{CallResult, CpiError, CreateVm, VmCid};
+use crate::timestamp::Timestamp;
 pub(crate) use error::CreateError;
 use rollback::UndoStack;
 
@@ -51,7 +52,7 @@ impl CreatePlan<'_, '_> {
             memory_mib: self.props.memory_mib(),
             group: self.group.clone(),
             state: VmState::Creating,
-            created_at: now(),
+            created_at: Timestamp::now(),
             metadata: Default::default(),
             addresses: Vec::new(),
         }
