@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use super::error::CpiError;
 use super::request::ApiVersion;
-use crate::ids::{DiskCid, SnapshotCid, StemcellCid};
+use crate::ids::{DiskCid, SnapshotCid, StemcellCid, VmCid};
 
 /// What a successful call produced, typed per method; it becomes JSON only here, shaped
 /// for the caller's API version.
@@ -29,14 +29,11 @@ pub enum CallResult {
     SnapshotCreated(SnapshotCid),
     /// `get_disks`.
     Disks(Vec<DiskCid>),
-    /// A result whose shape is the same in every API version (being replaced by the
-    /// typed variants above).
-    Plain(Value),
     /// `create_vm`: v2 answers `[vm_cid, networks]`, v1 the bare cid. `networks` is the
     /// director's own networks document, answered back as it came.
-    VmCreated { vm_cid: String, networks: Value },
+    VmCreated { vm_cid: VmCid, networks: Value },
     /// `attach_disk`: v2 answers the disk hint, v1 null.
-    DiskAttached { hint: Value },
+    DiskAttached { hint: String },
 }
 
 /// The `info` answer: what the director asks before anything else.
@@ -74,13 +71,14 @@ impl CallResult {
             (CallResult::Disks(cids), _) => {
                 Value::Array(cids.iter().map(|c| Value::String(c.to_string())).collect())
             }
-            (CallResult::Plain(v), _) => v,
-            (CallResult::VmCreated { vm_cid, .. }, ApiVersion::V1) => Value::String(vm_cid),
+            (CallResult::VmCreated { vm_cid, .. }, ApiVersion::V1) => {
+                Value::String(vm_cid.to_string())
+            }
             (CallResult::VmCreated { vm_cid, networks }, ApiVersion::V2) => {
-                Value::Array(vec![Value::String(vm_cid), networks])
+                Value::Array(vec![Value::String(vm_cid.to_string()), networks])
             }
             (CallResult::DiskAttached { .. }, ApiVersion::V1) => Value::Null,
-            (CallResult::DiskAttached { hint }, ApiVersion::V2) => hint,
+            (CallResult::DiskAttached { hint }, ApiVersion::V2) => Value::String(hint),
         }
     }
 }
@@ -162,12 +160,13 @@ mod tests {
 
     #[test]
     fn create_vm_shapes() {
+        let vm = "vm-0b4f0c2e-6a43-4d0e-9f55-2d7e1c9a8b31";
         let r = CallResult::VmCreated {
-            vm_cid: "c-1".into(),
+            vm_cid: VmCid::parse(vm).unwrap(),
             networks: json!({"a": {}}),
         };
-        assert_eq!(r.clone().shape(ApiVersion::V1), json!("c-1"));
-        assert_eq!(r.shape(ApiVersion::V2), json!(["c-1", {"a": {}}]));
+        assert_eq!(r.clone().shape(ApiVersion::V1), json!(vm));
+        assert_eq!(r.shape(ApiVersion::V2), json!([vm, {"a": {}}]));
     }
 
     #[test]
@@ -208,7 +207,7 @@ mod tests {
     #[test]
     fn attach_disk_shapes() {
         let r = CallResult::DiskAttached {
-            hint: json!("/warden-cpi-dev/d-1"),
+            hint: "/warden-cpi-dev/d-1".to_string(),
         };
         assert_eq!(r.clone().shape(ApiVersion::V1), Value::Null);
         assert_eq!(r.shape(ApiVersion::V2), json!("/warden-cpi-dev/d-1"));

@@ -123,7 +123,7 @@ pub(crate) async fn attach(
     s.remove_stray_copies(&mut disk).await;
     let container = container_of(&s, &docker, vm_cid).await?;
     let hint = CallResult::DiskAttached {
-        hint: Value::String(agent_files::disk_hint(disk_cid)),
+        hint: agent_files::disk_hint(disk_cid),
     };
     if VmDisks::of(&container) != VmDisks::Block {
         attach_to_earlier(&s, &docker, vm_cid, &mut disk).await?;

@@ -1,8 +1,6 @@
 //! delete_vm, has_vm, reboot_vm and set_vm_metadata: each finds the VM and its node with
 //! one etcd transaction (the cluster view) and then talks to that node only.
 
-use serde_json::Value;
-
 use crate::cloud::CloudContext;
 use crate::cloud::session::Session;
 use crate::cloud::session::vms::not_found;
@@ -27,7 +25,7 @@ pub(crate) async fn delete(ctx: &CloudContext<'_>, cid: &VmCid) -> Result<CallRe
     let s = Session::new(ctx);
     let view = s.view().await?;
     let Some(record) = s.vm(cid).await? else {
-        return Ok(CallResult::Plain(Value::Null));
+        return Ok(CallResult::Done);
     };
     if view.registered(&record.node)?.is_some() {
         let docker = s.node_docker(&record.node).await?;
@@ -41,7 +39,7 @@ pub(crate) async fn delete(ctx: &CloudContext<'_>, cid: &VmCid) -> Result<CallRe
     }
     s.release_disks_of(cid).await?;
     s.forget_vm(&record).await?;
-    Ok(CallResult::Plain(Value::Null))
+    Ok(CallResult::Done)
 }
 
 /// `has_vm`: whether the container exists on its node. A finished record whose container is
@@ -49,7 +47,7 @@ pub(crate) async fn delete(ctx: &CloudContext<'_>, cid: &VmCid) -> Result<CallRe
 pub(crate) async fn has(ctx: &CloudContext<'_>, cid: &VmCid) -> Result<CallResult, CpiError> {
     let s = Session::new(ctx);
     let Some((record, docker)) = s.vm_and_node(cid).await? else {
-        return Ok(CallResult::Plain(Value::Bool(false)));
+        return Ok(CallResult::Exists(false));
     };
     let exists = s.inspect(&docker, cid.as_str()).await?.is_some();
     if !exists && record.state == VmState::Created {
@@ -58,7 +56,7 @@ pub(crate) async fn has(ctx: &CloudContext<'_>, cid: &VmCid) -> Result<CallResul
         s.forget_vm(&record).await?;
         tracing::warn!(vm = %cid, node = %record.node, "container gone; index record, address claims, ephemeral volume and disk binds removed");
     }
-    Ok(CallResult::Plain(Value::Bool(exists)))
+    Ok(CallResult::Exists(exists))
 }
 
 /// Seconds a VM's jobs get to drain and stop before reboot_vm restarts its container.
@@ -76,7 +74,7 @@ pub(crate) async fn reboot(ctx: &CloudContext<'_>, cid: &VmCid) -> Result<CallRe
     let how = super::graceful_stop::stop_jobs(&docker, cid, grace).await?;
     tracing::info!(vm = %cid, "jobs stopped before the reboot: {how:?}");
     docker.restart_container(cid, 10).await?;
-    Ok(CallResult::Plain(Value::Null))
+    Ok(CallResult::Done)
 }
 
 /// `set_vm_metadata`: merged into the VM's index record, where `cpi nodes` and operators
@@ -92,5 +90,5 @@ pub(crate) async fn set_metadata(
         record.metadata.insert(k.clone(), v.clone());
     }
     s.save_vm(&record).await?;
-    Ok(CallResult::Plain(Value::Null))
+    Ok(CallResult::Done)
 }

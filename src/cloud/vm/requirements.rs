@@ -1,11 +1,9 @@
 //! `calculate_vm_cloud_properties`: cpu/ram/disk requirements -> cloud_properties this
 //! CPI understands, refused when no node could hold them.
 
-use serde_json::json;
-
 use crate::cloud::CloudContext;
 use crate::placement::{self, PlacementError};
-use crate::protocol::{CallResult, CpiError, VmRequirements};
+use crate::protocol::{CallResult, CpiError, VmCloudProperties, VmRequirements};
 
 /// Why requirements cannot be translated; both are answered as the CPI's own error.
 #[derive(Debug, thiserror::Error)]
@@ -40,9 +38,9 @@ pub(crate) async fn calculate(
     let size = size(&req)?;
     let view = ctx.view().await?;
     placement::fits_some_node(&size, &view.nodes).map_err(RequirementsError::from)?;
-    Ok(CallResult::Plain(json!({
-        "cpu": req.cpu,
-        "ram": req.ram,
-        "ephemeral_disk": req.ephemeral_disk_size,
-    })))
+    Ok(CallResult::VmCloudProperties(VmCloudProperties {
+        cpu: req.cpu,
+        ram: req.ram,
+        ephemeral_disk: req.ephemeral_disk_size,
+    }))
 }

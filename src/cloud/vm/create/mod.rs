@@ -97,7 +97,7 @@ async fn create_classified(s: &Session<'_>, req: &CreateVm) -> Result<CallResult
     s.note_vm(&plan.cid, Some(record));
     record_disks_attached(s, &plan).await;
     Ok(CallResult::VmCreated {
-        vm_cid: plan.cid.to_string(),
+        vm_cid: plan.cid.clone(),
         networks: Value::Object(network_plan::resolved_json(&plan.networks)),
     })
 }
