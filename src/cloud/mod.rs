@@ -8,7 +8,7 @@ pub mod session;
 pub mod stemcell;
 pub mod vm;
 
-pub use context::CloudContext;
+pub use context::{CloudContext, ContextError};
 pub use info::STEMCELL_FORMATS;
 
 use crate::protocol::{Call, CallResult, CpiError};

@@ -4,6 +4,7 @@
 //! placement; and per concern of `cloud/`: disks, finding VMs, stemcells and VMs.
 
 mod cluster;
+mod context;
 mod disk;
 mod docker;
 mod session;

@@ -49,28 +49,28 @@ impl<'s> Session<'s> {
 
     /// The validated configuration.
     pub(crate) async fn config(&self) -> Result<&'s Config, CpiError> {
-        self.ctx.config().await
+        Ok(self.ctx.config().await?)
     }
 
     /// The etcd connection.
     pub(crate) async fn etcd(&self) -> Result<&'s Etcd, CpiError> {
-        self.ctx.etcd().await
+        Ok(self.ctx.etcd().await?)
     }
 
     /// The cluster's keys in etcd.
     pub(crate) async fn keys(&self) -> Result<Keys, CpiError> {
-        self.ctx.keys().await
+        Ok(self.ctx.keys().await?)
     }
 
     /// The cluster view, loaded once per call (one etcd round trip).
     pub(crate) async fn view(&self) -> Result<&ClusterView, CpiError> {
-        self.view.get_or_try_init(|| self.ctx.view()).await
+        Ok(self.view.get_or_try_init(|| self.ctx.view()).await?)
     }
 
     /// A Docker client for node `name` (one per call and node).
     pub(crate) async fn node_docker(&self, name: &str) -> Result<NodeDocker, CpiError> {
         let view = self.view().await?;
-        self.ctx.node_docker(view, name).await
+        Ok(self.ctx.node_docker(view, name).await?)
     }
 
     /// The index record of VM `cid`: what this call wrote, else the view if it is loaded,

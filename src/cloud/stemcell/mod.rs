@@ -239,10 +239,9 @@ async fn upload_nodes(
         if view.node(&pinned).is_none() {
             return Err(StemcellError::PinnedUnknown { node: pinned }.into());
         }
-        let node = ctx
-            .node_docker(view, &pinned)
-            .await
-            .map_err(|e| e.context(format!("create_stemcell on placement.node '{pinned}'")))?;
+        let node = ctx.node_docker(view, &pinned).await.map_err(|e| {
+            CpiError::from(e).context(format!("create_stemcell on placement.node '{pinned}'"))
+        })?;
         return Ok(vec![node]);
     }
     let ready: Vec<&str> = view
@@ -268,7 +267,7 @@ async fn reachable_nodes<'a>(
 ) -> Result<Vec<NodeDocker>, CpiError> {
     let mut nodes = Vec::new();
     for name in names {
-        match ctx.node_docker(view, name).await {
+        match ctx.node_docker(view, name).await.map_err(CpiError::from) {
             Ok(n) => nodes.push(n),
             Err(e) if e.ok_to_retry => {
                 tracing::warn!(node = %name, "{doing}: node {name} skipped: {}", e.message)

@@ -2,6 +2,8 @@
 //! connection and Docker access, each made only when a method first needs it, so that
 //! `info` touches neither disk nor network.
 
+pub(crate) mod error;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -13,7 +15,7 @@ use crate::cluster::{ClusterView, Etcd, Keys};
 use crate::config::Config;
 use crate::docker::{DockerAccess, DockerTimeouts, NodeDocker};
 use crate::logging::Logging;
-use crate::protocol::CpiError;
+pub use error::ContextError;
 
 /// Lazily built resources of one call.
 pub struct CloudContext<'a> {
@@ -48,32 +50,32 @@ impl<'a> CloudContext<'a> {
     }
 
     /// The validated configuration.
-    pub async fn config(&self) -> Result<&Config, CpiError> {
+    pub async fn config(&self) -> Result<&Config, ContextError> {
         self.config
             .get_or_try_init(|| async {
                 let config = Config::load(&self.config_path, &self.request_context)?;
                 if let Some(logging) = self.logging {
                     logging.set_level(&config.log_level);
                 }
-                Ok::<_, CpiError>(config)
+                Ok::<_, ContextError>(config)
             })
             .await
     }
 
     /// The etcd connection.
-    pub async fn etcd(&self) -> Result<&Etcd, CpiError> {
+    pub async fn etcd(&self) -> Result<&Etcd, ContextError> {
         self.etcd
             .get_or_try_init(|| async { Ok(Etcd::connect(self.config().await?).await?) })
             .await
     }
 
     /// The cluster's keys in etcd.
-    pub async fn keys(&self) -> Result<Keys, CpiError> {
+    pub async fn keys(&self) -> Result<Keys, ContextError> {
         Ok(Keys::new(&self.config().await?.etcd))
     }
 
     /// A fresh snapshot of the cluster (one etcd round trip).
-    pub async fn view(&self) -> Result<ClusterView, CpiError> {
+    pub async fn view(&self) -> Result<ClusterView, ContextError> {
         let keys = self.keys().await?;
         Ok(ClusterView::load(self.etcd().await?, &keys).await?)
     }
@@ -83,10 +85,12 @@ impl<'a> CloudContext<'a> {
         &self,
         view: &ClusterView,
         name: &str,
-    ) -> Result<NodeDocker, CpiError> {
+    ) -> Result<NodeDocker, ContextError> {
         let node = view
             .node(name)
-            .ok_or_else(|| CpiError::cpi(format!("node {name} is not registered in etcd")))?;
+            .ok_or_else(|| ContextError::NodeNotRegistered {
+                node: name.to_string(),
+            })?;
         let key = format!("{}@{}", node.name, node.docker_endpoint);
         if let Some(client) = self.clients.lock().await.get(&key) {
             return Ok(client.clone());
@@ -102,23 +106,18 @@ impl<'a> CloudContext<'a> {
 
     /// Docker access for all nodes: the client certificate from the config, the CA from the
     /// config or else the cluster CA published in etcd.
-    pub async fn docker_access(&self, view: &ClusterView) -> Result<DockerAccess, CpiError> {
+    pub async fn docker_access(&self, view: &ClusterView) -> Result<DockerAccess, ContextError> {
         let config = self.config().await?;
         let tls = config.docker_tls()?;
         let ca = tls
             .ca_cert
             .as_deref()
             .or(view.ca_cert.as_deref())
-            .ok_or_else(|| {
-                CpiError::cpi(format!(
-                    "no Docker CA certificate: set docker.tls.ca_cert in the CPI config or publish it at {}",
-                    Keys::new(&config.etcd).ca_cert()
-                ))
+            .ok_or_else(|| ContextError::NoDockerCa {
+                key: Keys::new(&config.etcd).ca_cert(),
             })?;
         let (Some(cert), Some(key)) = (tls.client_cert.as_deref(), tls.client_key.as_ref()) else {
-            return Err(CpiError::cpi(
-                "docker.tls client_cert and client_key are required",
-            ));
+            return Err(ContextError::NoClientCert);
         };
         Ok(DockerAccess::new(
             ca,
