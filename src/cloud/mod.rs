@@ -4,7 +4,6 @@ mod context;
 pub mod disk;
 pub mod errors;
 mod info;
-pub mod session;
 pub mod stemcell;
 pub mod vm;
 

@@ -1,23 +1,47 @@
-//! What one CPI call works with: the configuration (file + context overrides), the etcd
-//! connection and Docker access, each made only when a method first needs it, so that
-//! `info` touches neither disk nor network.
+//! The one object a CPI call works through: the configuration (file + context overrides),
+//! the etcd connection, Docker access and a client per node, each made only when a method
+//! first needs it (so that `info` touches neither disk nor network), and what the call
+//! knows, read once: the cluster view, the VM, disk, stemcell and snapshot records it read
+//! or wrote, and the containers it inspected.
+//!
+//! Every etcd write of a handler goes through the record methods ([`records`]), which
+//! keep the call's copies right; every container change goes through a node's
+//! [`NodeHandle`] ([`node`]), which drops that container's inspection. A read that must
+//! see what another process wrote since (a concurrent create_vm) is a named fresh read:
+//! [`CloudContext::vm_record_now`]. The helpers shared by the handlers of `vm/` and
+//! `disk/` (finding a VM, clearing a node, freeing and moving disks) are methods of it
+//! too, in [`vms`], [`disks`] and [`moving`].
 
+pub mod disks;
 pub(crate) mod error;
+pub(crate) mod lookup_error;
+pub mod moving;
+pub(crate) mod node;
+pub mod records;
+pub mod vms;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
 use tokio::sync::OnceCell;
 
-use crate::cluster::{ClusterView, Etcd, Keys};
+use crate::cluster::{ClusterView, DiskRecord, Etcd, Keys, VmRecord};
 use crate::config::Config;
 use crate::docker::{DockerAccess, DockerTimeouts, NodeDocker};
 use crate::logging::Logging;
+use crate::protocol::{DiskCid, VmCid};
 pub use error::ContextError;
+use node::Inspections;
+pub(crate) use node::NodeHandle;
 
-/// Lazily built resources of one call.
+/// Everything one call works with and knows (see the module doc). `cloud::handle` makes
+/// one per call and every handler takes it, so no step reads a record or inspects a
+/// container that another step of the call has read or changed behind its back. It keeps
+/// the name the operators' commands know it by: they use its lazily made configuration,
+/// etcd and Docker access alone. Cheap to make: nothing is read until asked.
 pub struct CloudContext<'a> {
     config_path: PathBuf,
     request_context: Map<String, Value>,
@@ -28,6 +52,15 @@ pub struct CloudContext<'a> {
     /// One client per node endpoint for the whole call, so its connections (TCP + TLS
     /// handshakes) are reused by every step that talks to that node.
     clients: tokio::sync::Mutex<HashMap<String, NodeDocker>>,
+    /// The cluster view of the call, loaded on first use ([`CloudContext::cluster`]).
+    cluster: OnceCell<ClusterView>,
+    /// VM records read or written by this call (`None`: known to be absent).
+    vms: Mutex<HashMap<VmCid, Option<VmRecord>>>,
+    /// Disk records read or written by this call (`None`: known to be absent).
+    disks: Mutex<HashMap<DiskCid, Option<DiskRecord>>>,
+    /// Container inspections of this call; a [`NodeHandle`] drops the one of a container
+    /// it changes.
+    inspections: Inspections,
 }
 
 impl<'a> CloudContext<'a> {
@@ -46,6 +79,10 @@ impl<'a> CloudContext<'a> {
             etcd: OnceCell::new(),
             docker: OnceCell::new(),
             clients: Default::default(),
+            cluster: OnceCell::new(),
+            vms: Default::default(),
+            disks: Default::default(),
+            inspections: Default::default(),
         }
     }
 
@@ -74,18 +111,28 @@ impl<'a> CloudContext<'a> {
         Ok(Keys::new(&self.config().await?.etcd))
     }
 
-    /// A fresh snapshot of the cluster (one etcd round trip).
+    /// A fresh snapshot of the cluster (one etcd round trip), for the operators' commands;
+    /// a CPI call reads [`CloudContext::cluster`], once.
     pub async fn view(&self) -> Result<ClusterView, ContextError> {
         let keys = self.keys().await?;
         Ok(ClusterView::load(self.etcd().await?, &keys).await?)
     }
 
+    /// The cluster view of this call, loaded once (one etcd round trip).
+    pub(crate) async fn cluster(&self) -> Result<&ClusterView, ContextError> {
+        self.cluster.get_or_try_init(|| self.view()).await
+    }
+
+    /// The node `name` of this call's view: its Docker client with the call's inspections
+    /// (see [`NodeHandle`]).
+    pub(crate) async fn node(&self, name: &str) -> Result<NodeHandle<'_>, ContextError> {
+        let view = self.cluster().await?;
+        let client = self.client(view, name).await?;
+        Ok(NodeHandle::new(client, &self.inspections))
+    }
+
     /// A Docker client for the node `name` of `view` (made once per call and endpoint).
-    pub async fn node_docker(
-        &self,
-        view: &ClusterView,
-        name: &str,
-    ) -> Result<NodeDocker, ContextError> {
+    async fn client(&self, view: &ClusterView, name: &str) -> Result<NodeDocker, ContextError> {
         let node = view
             .node(name)
             .ok_or_else(|| ContextError::NodeNotRegistered {

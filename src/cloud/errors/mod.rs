@@ -7,7 +7,7 @@ mod cluster;
 mod context;
 mod disk;
 mod docker;
-mod session;
+mod lookup;
 mod stemcell;
 mod vm;
 
