@@ -37,3 +37,20 @@ pub enum ContextError {
     #[error("docker.tls client_cert and client_key are required")]
     NoClientCert,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_layers_below_speak_for_themselves() {
+        let config = ConfigError::invalid("etcd.tls", "https endpoints need etcd.tls");
+        let e = ContextError::from(config.clone());
+        assert_eq!(e.to_string(), config.to_string());
+        let e = ContextError::from(IndexError::from(config));
+        assert_eq!(
+            e.to_string(),
+            "invalid CPI configuration: etcd.tls: https endpoints need etcd.tls"
+        );
+    }
+}

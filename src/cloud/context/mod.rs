@@ -179,3 +179,43 @@ impl<'a> CloudContext<'a> {
         )?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A context whose configuration cannot be read: any read of etcd or Docker fails, so
+    /// an answer shows that nothing was read.
+    pub(super) fn offline(view: Option<ClusterView>) -> CloudContext<'static> {
+        let ctx = CloudContext::new("/nonexistent/cpi.json".into(), Map::new(), None);
+        if let Some(view) = view {
+            ctx.cluster.set(view).unwrap();
+        }
+        ctx
+    }
+
+    #[tokio::test]
+    async fn a_missing_configuration_is_a_typed_failure_in_its_own_words() {
+        let ctx = offline(None);
+        let e = ctx.config().await.unwrap_err();
+        assert!(matches!(e, ContextError::Config(_)), "{e:?}");
+        assert!(
+            e.to_string().starts_with("invalid CPI configuration"),
+            "{e}"
+        );
+        assert!(matches!(ctx.etcd().await, Err(ContextError::Config(_))));
+    }
+
+    #[tokio::test]
+    async fn a_node_missing_from_the_calls_view_is_not_registered() {
+        let ctx = offline(Some(ClusterView::default()));
+        let Err(e) = ctx.node("n1").await else {
+            panic!("a node of an empty view");
+        };
+        assert!(
+            matches!(&e, ContextError::NodeNotRegistered { node } if node == "n1"),
+            "{e:?}"
+        );
+        assert_eq!(e.to_string(), "node n1 is not registered in etcd");
+    }
+}

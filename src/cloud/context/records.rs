@@ -181,3 +181,85 @@ impl CloudContext<'_> {
         Ok(index::delete(self.etcd().await?, &keys.snapshot(cid)).await?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cloud::context::tests::offline;
+    use crate::cluster::model::DiskMove;
+    use crate::cluster::{ClusterView, VmState};
+    use crate::timestamp::Timestamp;
+
+    fn vm(n: u32) -> VmRecord {
+        VmRecord {
+            cid: VmCid::parse(&format!("vm-00000000-0000-0000-0000-{n:012}")).unwrap(),
+            node: "n1".into(),
+            agent_id: "agent".into(),
+            stemcell_cid: "sc".into(),
+            memory_mib: 512,
+            group: None,
+            state: VmState::Created,
+            created_at: Timestamp::now(),
+            metadata: Default::default(),
+            addresses: Vec::new(),
+        }
+    }
+
+    fn disk() -> DiskRecord {
+        DiskRecord {
+            cid: DiskCid::parse("disk-00000000-0000-0000-0000-000000000009").unwrap(),
+            node: "n1".into(),
+            size_mib: 1024,
+            vm: None,
+            moving: DiskMove::Settled,
+            created_at: Timestamp::now(),
+            metadata: Default::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_vm_is_answered_from_the_loaded_view_without_a_read() {
+        let one = vm(1);
+        let view = ClusterView {
+            vms: vec![one.clone()],
+            ..Default::default()
+        };
+        let ctx = offline(Some(view));
+        assert_eq!(ctx.vm(&one.cid).await.unwrap(), Some(one));
+        assert_eq!(ctx.vm(&vm(2).cid).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn what_the_call_wrote_wins_over_its_view() {
+        let one = vm(1);
+        let view = ClusterView {
+            vms: vec![one.clone()],
+            ..Default::default()
+        };
+        let ctx = offline(Some(view));
+        ctx.note_vm(&one.cid, None);
+        assert_eq!(
+            ctx.vm(&one.cid).await.unwrap(),
+            None,
+            "forgotten by the call"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_disk_the_call_knows_is_not_read_again() {
+        let ctx = offline(None);
+        let known = disk();
+        let e = ctx.disk_if_any(&known.cid).await.unwrap_err();
+        assert!(
+            matches!(e, ContextError::Config(_)),
+            "an unknown disk is read: {e:?}"
+        );
+        ctx.note_disk(&known.cid, Some(known.clone()));
+        assert_eq!(
+            ctx.disk_if_any(&known.cid).await.unwrap(),
+            Some(known.clone())
+        );
+        ctx.note_disk(&known.cid, None);
+        assert_eq!(ctx.disk_if_any(&known.cid).await.unwrap(), None);
+    }
+}
