@@ -9,6 +9,7 @@ mod disk;
 mod docker;
 mod lookup;
 mod stemcell;
+mod unsupported;
 mod vm;
 
 use crate::protocol::{CpiError, ErrorKind};
