@@ -4,17 +4,32 @@ mod context;
 pub mod disk;
 pub mod errors;
 mod info;
-pub mod session;
 pub mod stemcell;
 pub mod vm;
 
-pub use context::CloudContext;
+pub use context::{CloudContext, ContextError};
 pub use info::STEMCELL_FORMATS;
 
 use crate::protocol::{Call, CallResult, CpiError};
 
 /// The cloud_properties keys `create_disk` reads (`disk::create`).
 const DISK_KEYS: &[&str] = &["node"];
+
+/// Methods this CPI answers with a refusal, whatever the request.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Unsupported {
+    /// create_network and delete_network.
+    #[error(
+        "director-managed networks are not supported: declare manual or dynamic networks in the cloud-config"
+    )]
+    Networks,
+    /// current_vm_id and configure_networks.
+    #[error("this method is deprecated by BOSH and not implemented")]
+    Deprecated,
+    /// update_disk.
+    #[error("update_disk is not supported: the director copies the data to a new disk instead")]
+    UpdateDisk,
+}
 
 /// Runs one typed call: the one handler of each `Call` variant (the method list itself
 /// is `protocol::call`).
@@ -41,16 +56,9 @@ pub async fn handle(ctx: &CloudContext<'_>, call: Call) -> Result<CallResult, Cp
             method,
             answer,
             reason,
-        } => {
-            tracing::info!("{method}: {reason}: no such object can exist");
-            Ok(answer)
-        }
-        Call::CreateNetwork | Call::DeleteNetwork => Err(CpiError::not_implemented(
-            "director-managed networks are not supported: declare manual or dynamic networks in the cloud-config",
-        )),
-        Call::CurrentVmId | Call::ConfigureNetworks => Err(CpiError::not_implemented(
-            "this method is deprecated by BOSH and not implemented",
-        )),
+        } => Ok(no_such_object(method, answer, &reason)),
+        Call::CreateNetwork | Call::DeleteNetwork => Err(Unsupported::Networks.into()),
+        Call::CurrentVmId | Call::ConfigureNetworks => Err(Unsupported::Deprecated.into()),
         Call::CreateDisk {
             size_mib,
             cloud_properties,
@@ -71,13 +79,16 @@ pub async fn handle(ctx: &CloudContext<'_>, call: Call) -> Result<CallResult, Cp
             disk_cid,
             new_size_mib,
         } => disk::resize(ctx, &disk_cid, new_size_mib).await,
-        Call::UpdateDisk { .. } => Err(CpiError::new(
-            crate::protocol::ErrorKind::NotSupported,
-            "update_disk is not supported: the director copies the data to a new disk instead",
-        )),
+        Call::UpdateDisk { .. } => Err(Unsupported::UpdateDisk.into()),
         Call::SnapshotDisk { disk_cid, metadata } => {
             disk::snapshot(ctx, &disk_cid, &metadata).await
         }
         Call::DeleteSnapshot { snapshot_cid } => disk::delete_snapshot(ctx, &snapshot_cid).await,
     }
+}
+
+/// The answer to a call about an object that cannot exist (a cid of another shape).
+fn no_such_object(method: &str, answer: CallResult, reason: &impl std::fmt::Display) -> CallResult {
+    tracing::info!("{method}: {reason}: no such object can exist");
+    answer
 }

@@ -5,12 +5,11 @@
 use std::path::{Path, PathBuf};
 
 use crate::boshconfig::BoshConfigError;
-use crate::cloud::CloudContext;
+use crate::cloud::{CloudContext, ContextError};
 use crate::cluster::IndexError;
 use crate::config::default_config_path;
 use crate::fleetlock::tls::TlsError;
 use crate::nodeprep::NodePrepError;
-use crate::protocol::CpiError;
 use crate::reboot::error::{HostError, SemaphoreError};
 use crate::reboot::record::{RebootRecord, RecordError};
 use crate::reboot::window::WindowError;
@@ -28,9 +27,10 @@ pub enum CommandError {
         /// What is wrong, naming the key at fault.
         problem: String,
     },
-    /// etcd or a node's Docker could not be read or changed (the CPI context's words).
-    #[error("{0}")]
-    Cluster(String),
+    /// The configuration, etcd or a node's Docker could not be reached (the CPI
+    /// context's words).
+    #[error(transparent)]
+    Cluster(Box<ContextError>),
     /// etcd failed during a request of the command's own.
     #[error(transparent)]
     Index(#[from] IndexError),
@@ -161,9 +161,9 @@ impl CommandError {
     }
 }
 
-impl From<CpiError> for CommandError {
-    fn from(e: CpiError) -> Self {
-        CommandError::Cluster(e.message)
+impl From<ContextError> for CommandError {
+    fn from(e: ContextError) -> Self {
+        CommandError::Cluster(Box::new(e))
     }
 }
 
@@ -176,7 +176,7 @@ pub(crate) async fn load_config(ctx: &CloudContext<'_>, path: &Path) -> Result<(
         Err(e) => Err(CommandError::Config {
             path: path.to_path_buf(),
             missing: !path.exists(),
-            problem: e.message,
+            problem: e.to_string(),
         }),
     }
 }
@@ -211,9 +211,9 @@ mod tests {
     }
 
     #[test]
-    fn wire_errors_lose_their_bosh_type_and_node_prep_keeps_its_chain() {
-        let e = CommandError::from(CpiError::cpi("etcd at 10.0.0.1:2379 is unreachable"));
-        assert_eq!(e.lines()[0], "error: etcd at 10.0.0.1:2379 is unreachable");
+    fn context_errors_keep_their_words_and_node_prep_keeps_its_chain() {
+        let e = CommandError::from(ContextError::NodeNotRegistered { node: "n1".into() });
+        assert_eq!(e.lines()[0], "error: node n1 is not registered in etcd");
         let prep = CommandError::NodePrepCommand(anyhow::anyhow!("inner").context("outer"));
         assert_eq!(
             prep.lines(),

@@ -57,8 +57,8 @@ pub enum StepError {
     #[error("a FleetLock client holds a slot under this node's name '{0}'")]
     NameHeldByFleetlock(String),
     /// Docker access to the nodes could not be set up (the CPI config's words).
-    #[error("{0}")]
-    DockerAccess(String),
+    #[error(transparent)]
+    DockerAccess(Box<crate::cloud::ContextError>),
     /// The node's Docker failed.
     #[error(transparent)]
     Docker(Box<crate::docker::DockerError>),
@@ -375,7 +375,7 @@ impl<'a> Manager<'a> {
             .ctx
             .docker_access(view)
             .await
-            .map_err(|e| StepError::DockerAccess(e.message))?;
+            .map_err(|e| StepError::DockerAccess(Box::new(e)))?;
         Ok(access.connect(&node.name, &node.docker_endpoint).await?)
     }
 

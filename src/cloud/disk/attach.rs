@@ -9,24 +9,22 @@ use bollard::models::ContainerInspectResponse;
 use serde_json::Value;
 
 use crate::cloud::CloudContext;
+use crate::cloud::context::NodeHandle;
+use crate::cloud::context::disks::volume_gone;
 use crate::cloud::disk::error::DiskError;
-use crate::cloud::session::Session;
-use crate::cloud::session::disks::volume_gone;
 use crate::cloud::vm::agent_files::{self, DISK_MOUNT_ROOT, SETTINGS_PATH};
 use crate::cloud::vm::block_disks::{not_an_image, prepare_block_disk};
 use crate::cloud::vm::{find_existing, inside};
 use crate::cluster::DiskRecord;
-use crate::docker::NodeDocker;
 use crate::labels::vm as labels;
 use crate::protocol::{CallResult, CpiError, DiskCid, VmCid};
 
 /// The VM's container, or `VMNotFound`.
 async fn container_of(
-    s: &Session<'_>,
-    docker: &NodeDocker,
+    docker: &NodeHandle<'_>,
     vm_cid: &VmCid,
 ) -> Result<ContainerInspectResponse, CpiError> {
-    s.inspect(docker, vm_cid.as_str()).await?.ok_or_else(|| {
+    docker.inspect(vm_cid.as_str()).await?.ok_or_else(|| {
         DiskError::NoContainer {
             vm: vm_cid.clone(),
             node: docker.name.clone(),
@@ -73,15 +71,15 @@ fn volume_disks(c: &ContainerInspectResponse) -> Vec<String> {
 
 /// The persistent disks of the VM as its node has them.
 pub(super) async fn disks_of(
-    s: &Session<'_>,
-    docker: &NodeDocker,
+    ctx: &CloudContext<'_>,
+    docker: &NodeHandle<'_>,
     vm_cid: &VmCid,
 ) -> Result<Vec<String>, CpiError> {
-    let container = container_of(s, docker, vm_cid).await?;
+    let container = container_of(docker, vm_cid).await?;
     if VmDisks::of(&container) == VmDisks::Fixed {
         return Ok(volume_disks(&container));
     }
-    let dir = s.disks_dir(&docker.name).await?;
+    let dir = ctx.disks_dir(&docker.name).await?;
     let mut disks = docker.disks_bound_in(&dir, vm_cid.as_str()).await?;
     disks.sort();
     Ok(disks)
@@ -89,7 +87,7 @@ pub(super) async fn disks_of(
 
 /// Writes disk `disk`'s hint into (or out of) the agent settings in the VM.
 async fn set_hint(
-    docker: &NodeDocker,
+    docker: &NodeHandle<'_>,
     vm_cid: &VmCid,
     disk: &DiskCid,
     attached: bool,
@@ -117,34 +115,33 @@ pub(crate) async fn attach(
     vm_cid: &VmCid,
     disk_cid: &DiskCid,
 ) -> Result<CallResult, CpiError> {
-    let s = Session::new(ctx);
-    let (vm, docker) = find_existing(&s, vm_cid).await?;
-    let mut disk = s.disk(disk_cid).await?;
-    s.remove_stray_copies(&mut disk).await;
-    let container = container_of(&s, &docker, vm_cid).await?;
+    let (vm, docker) = find_existing(ctx, vm_cid).await?;
+    let mut disk = ctx.disk(disk_cid).await?;
+    ctx.remove_stray_copies(&mut disk).await;
+    let container = container_of(&docker, vm_cid).await?;
     let hint = CallResult::DiskAttached {
         hint: agent_files::disk_hint(disk_cid),
     };
     if VmDisks::of(&container) != VmDisks::Block {
-        attach_to_earlier(&s, &docker, vm_cid, &mut disk).await?;
+        attach_to_earlier(ctx, &docker, vm_cid, &mut disk).await?;
         return Ok(hint);
     }
-    if let Some(other) = s.attached_vm(&disk).await?
+    if let Some(other) = ctx.attached_vm(&disk).await?
         && other != *vm_cid
     {
         let cid = disk_cid.clone();
         return Err(DiskError::AttachedElsewhere { cid, vm: other }.into());
     }
-    let dir = s.disks_dir(&vm.node).await?;
-    bring_to_node(&s, &docker, &dir, vm_cid, &mut disk).await?;
+    let dir = ctx.disks_dir(&vm.node).await?;
+    bring_to_node(ctx, &docker, &dir, vm_cid, &mut disk).await?;
     let found = docker
         .attach_block_disk(&dir, vm_cid.as_str(), disk_cid.as_str(), disk.size_mib)
         .await
         .map_err(|e| not_an_image(e, disk_cid))?;
     prepare_block_disk(&docker, &dir, vm_cid.as_str(), disk_cid.as_str(), found).await?;
-    finish_attach(&s, &docker, vm_cid, &mut disk).await?;
+    finish_attach(ctx, &docker, vm_cid, &mut disk).await?;
     // After the record names the VM: both write the record.
-    s.remove_old_copy(&mut disk).await;
+    ctx.remove_old_copy(&mut disk).await;
     tracing::info!(vm = %vm_cid, disk = %disk_cid, node = %vm.node, "disk attached");
     Ok(hint)
 }
@@ -153,18 +150,18 @@ pub(crate) async fn attach(
 /// disk it has already is success (the index says so again); any other is refused, as
 /// its agent mounts folders, not the block devices disks are now.
 async fn attach_to_earlier(
-    s: &Session<'_>,
-    docker: &NodeDocker,
+    ctx: &CloudContext<'_>,
+    docker: &NodeHandle<'_>,
     vm_cid: &VmCid,
     disk: &mut DiskRecord,
 ) -> Result<(), CpiError> {
-    let has = disks_of(s, docker, vm_cid).await?;
+    let has = disks_of(ctx, docker, vm_cid).await?;
     if !has.iter().any(|d| d == disk.cid.as_str()) {
         return Err(DiskError::MadeEarlier { vm: vm_cid.clone() }.into());
     }
     if disk.vm.as_ref() != Some(vm_cid) {
         disk.vm = Some(vm_cid.clone());
-        s.save_disk(disk).await?;
+        ctx.save_disk(disk).await?;
     }
     Ok(())
 }
@@ -174,18 +171,18 @@ async fn attach_to_earlier(
 /// there again (which changes nothing) so that a format the first try did not finish is
 /// done.
 async fn bring_to_node(
-    s: &Session<'_>,
-    docker: &NodeDocker,
+    ctx: &CloudContext<'_>,
+    docker: &NodeHandle<'_>,
     dir: &str,
     vm_cid: &VmCid,
     disk: &mut DiskRecord,
 ) -> Result<(), CpiError> {
     if disk.node != docker.name {
-        return s.move_disk(disk, &docker.name).await;
+        return ctx.move_disk(disk, &docker.name).await;
     }
     let (exists, held) = futures_util::future::join(
         docker.volume_exists(disk.cid.as_str()),
-        s.ensure_unmounted(docker, Some(dir), &disk.cid, Some(vm_cid)),
+        ctx.ensure_unmounted(docker, Some(dir), &disk.cid, Some(vm_cid)),
     )
     .await;
     if !exists? {
@@ -197,15 +194,15 @@ async fn bring_to_node(
 
 /// After the disk is in the VM: the hint in the agent settings, the VM in the disk's record.
 async fn finish_attach(
-    s: &Session<'_>,
-    docker: &NodeDocker,
+    ctx: &CloudContext<'_>,
+    docker: &NodeHandle<'_>,
     vm_cid: &VmCid,
     disk: &mut DiskRecord,
 ) -> Result<(), CpiError> {
     set_hint(docker, vm_cid, &disk.cid, true).await?;
     if disk.vm.as_ref() != Some(vm_cid) {
         disk.vm = Some(vm_cid.clone());
-        s.save_disk(disk).await?;
+        ctx.save_disk(disk).await?;
     }
     Ok(())
 }
@@ -217,12 +214,11 @@ pub(crate) async fn detach(
     vm_cid: &VmCid,
     disk_cid: &DiskCid,
 ) -> Result<CallResult, CpiError> {
-    let s = Session::new(ctx);
-    let (vm, docker) = find_existing(&s, vm_cid).await?;
-    let container = container_of(&s, &docker, vm_cid).await?;
-    let disk = s.disk_if_any(disk_cid).await?;
+    let (vm, docker) = find_existing(ctx, vm_cid).await?;
+    let container = container_of(&docker, vm_cid).await?;
+    let disk = ctx.disk_if_any(disk_cid).await?;
     if VmDisks::of(&container) != VmDisks::Fixed {
-        let dir = s.disks_dir(&vm.node).await?;
+        let dir = ctx.disks_dir(&vm.node).await?;
         // Removing the device does not take the disk from a mount the VM made of it (the
         // agent's unmount_disk may have failed, or not been asked): such a disk would look
         // free while the VM writes on. Detached means gone from the VM, as on any IaaS.
@@ -249,7 +245,7 @@ pub(crate) async fn detach(
         && disk.vm.as_ref() == Some(vm_cid)
     {
         disk.vm = None;
-        s.save_disk(&disk).await?;
+        ctx.save_disk(&disk).await?;
     }
     Ok(CallResult::Done)
 }

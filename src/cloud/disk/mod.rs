@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use serde_json::Value;
 
 use super::CloudContext;
-use super::session::{self, Session};
+use super::context::disks::volume_gone;
 use crate::cluster::DiskRecord;
 use crate::cluster::model::DiskMove;
 use crate::placement::{self, VmDemand};
@@ -31,10 +31,9 @@ pub(crate) async fn create(
     cloud_properties: &Object,
     vm_cid: Option<&VmCid>,
 ) -> Result<CallResult, CpiError> {
-    let s = Session::new(ctx);
-    let view = s.view().await?;
+    let view = ctx.cluster().await?;
     let mut node = match vm_cid {
-        Some(vm) => s.vm(vm).await?.map(|r| r.node),
+        Some(vm) => ctx.vm(vm).await?.map(|r| r.node),
         None => None,
     };
     if node.is_none() {
@@ -52,7 +51,7 @@ pub(crate) async fn create(
         );
     }
     let node = node.unwrap_or_default();
-    let docker = s.node_docker(&node).await?;
+    let docker = ctx.node(&node).await?;
     let cid = DiskCid::generate();
     let record = DiskRecord {
         cid: cid.clone(),
@@ -64,13 +63,13 @@ pub(crate) async fn create(
         metadata: Default::default(),
     };
     // The record first: a killed process leaves a record delete_disk can follow.
-    s.save_disk(&record).await?;
+    ctx.save_disk(&record).await?;
     let volume_labels = HashMap::from([
         (labels::DISK_CID.to_string(), cid.to_string()),
         (labels::SIZE_MIB.to_string(), size_mib.to_string()),
     ]);
     if let Err(e) = docker.create_volume(cid.as_str(), volume_labels).await {
-        let _ = s.delete_disk_record(&cid).await;
+        let _ = ctx.delete_disk_record(&cid).await;
         return Err(e.into());
     }
     tracing::info!(disk = %cid, node = %node, size_mib, "disk created");
@@ -79,42 +78,40 @@ pub(crate) async fn create(
 
 /// `delete_disk`: idempotent; an attached disk is refused, naming the VM.
 pub(crate) async fn delete(ctx: &CloudContext<'_>, cid: &DiskCid) -> Result<CallResult, CpiError> {
-    let s = Session::new(ctx);
-    let Some(mut disk) = s.disk_if_any(cid).await? else {
+    let Some(mut disk) = ctx.disk_if_any(cid).await? else {
         return Ok(CallResult::Done);
     };
-    if let Some(vm) = s.attached_vm(&disk).await? {
+    if let Some(vm) = ctx.attached_vm(&disk).await? {
         let cid = cid.clone();
         return Err(DiskError::DeleteAttached { cid, vm }.into());
     }
-    s.remove_stray_copies(&mut disk).await;
+    ctx.remove_stray_copies(&mut disk).await;
     if let Some(node) = disk.moving.stray_copy() {
         // Forgetting the record now would leave that copy of the data on the node for good.
         let (cid, node) = (cid.clone(), node.to_string());
         return Err(DiskError::CopyLeft { cid, node }.into());
     }
-    if s.view().await?.registered(&disk.node)?.is_some() {
-        let docker = s.node_docker(&disk.node).await?;
-        let dir = s.disks_dir_if_any(&disk.node).await?;
-        s.ensure_unmounted(&docker, dir.as_deref(), cid, None)
+    if ctx.cluster().await?.registered(&disk.node)?.is_some() {
+        let docker = ctx.node(&disk.node).await?;
+        let dir = ctx.disks_dir_if_any(&disk.node).await?;
+        ctx.ensure_unmounted(&docker, dir.as_deref(), cid, None)
             .await?;
         docker.remove_volume(cid.as_str()).await?;
     }
-    s.delete_disk_record(cid).await?;
+    ctx.delete_disk_record(cid).await?;
     Ok(CallResult::Done)
 }
 
 /// `has_disk`: the record and the volume on its node.
 pub(crate) async fn has(ctx: &CloudContext<'_>, cid: &DiskCid) -> Result<CallResult, CpiError> {
-    let s = Session::new(ctx);
-    let Some(mut disk) = s.disk_if_any(cid).await? else {
+    let Some(mut disk) = ctx.disk_if_any(cid).await? else {
         return Ok(CallResult::Exists(false));
     };
-    s.remove_stray_copies(&mut disk).await;
-    if s.view().await?.registered(&disk.node)?.is_none() {
+    ctx.remove_stray_copies(&mut disk).await;
+    if ctx.cluster().await?.registered(&disk.node)?.is_none() {
         return Ok(CallResult::Exists(false));
     }
-    let docker = s.node_docker(&disk.node).await?;
+    let docker = ctx.node(&disk.node).await?;
     Ok(CallResult::Exists(
         docker.volume_exists(cid.as_str()).await?,
     ))
@@ -126,12 +123,11 @@ pub(crate) async fn set_metadata(
     cid: &DiskCid,
     metadata: &Object,
 ) -> Result<CallResult, CpiError> {
-    let s = Session::new(ctx);
-    let mut disk = s.disk(cid).await?;
+    let mut disk = ctx.disk(cid).await?;
     for (k, v) in metadata {
         disk.metadata.insert(k.clone(), v.clone());
     }
-    s.save_disk(&disk).await?;
+    ctx.save_disk(&disk).await?;
     Ok(CallResult::Done)
 }
 
@@ -144,21 +140,20 @@ pub(crate) async fn resize(
     cid: &DiskCid,
     new_size_mib: u64,
 ) -> Result<CallResult, CpiError> {
-    let s = Session::new(ctx);
-    let mut disk = s.disk(cid).await?;
+    let mut disk = ctx.disk(cid).await?;
     if new_size_mib < disk.size_mib {
         let (cid, from, to) = (cid.clone(), disk.size_mib, new_size_mib);
         return Err(DiskError::Shrink { cid, from, to }.into());
     }
-    if let Some(vm) = s.attached_vm(&disk).await? {
+    if let Some(vm) = ctx.attached_vm(&disk).await? {
         let cid = cid.clone();
         return Err(DiskError::ResizeAttached { cid, vm }.into());
     }
-    s.remove_stray_copies(&mut disk).await;
-    if let Some(dir) = s.disks_dir_if_any(&disk.node).await? {
-        let docker = s.node_docker(&disk.node).await?;
+    ctx.remove_stray_copies(&mut disk).await;
+    if let Some(dir) = ctx.disks_dir_if_any(&disk.node).await? {
+        let docker = ctx.node(&disk.node).await?;
         if !docker.volume_exists(cid.as_str()).await? {
-            return Err(session::disks::volume_gone(&disk));
+            return Err(volume_gone(&disk));
         }
         docker
             .grow_disk(&dir, cid.as_str(), new_size_mib)
@@ -166,7 +161,7 @@ pub(crate) async fn resize(
             .map_err(|e| grow_error(e, cid))?;
     }
     disk.size_mib = new_size_mib;
-    s.save_disk(&disk).await?;
+    ctx.save_disk(&disk).await?;
     tracing::info!(disk = %cid, node = %disk.node, size_mib = new_size_mib, "disk resized");
     Ok(CallResult::Done)
 }
@@ -193,9 +188,8 @@ pub(crate) async fn get_disks(
     ctx: &CloudContext<'_>,
     vm_cid: &VmCid,
 ) -> Result<CallResult, CpiError> {
-    let s = Session::new(ctx);
-    let (_, docker) = super::vm::find_existing(&s, vm_cid).await?;
-    let names = attach::disks_of(&s, &docker, vm_cid).await?;
+    let (_, docker) = super::vm::find_existing(ctx, vm_cid).await?;
+    let names = attach::disks_of(ctx, &docker, vm_cid).await?;
     let disks = names
         .iter()
         .filter_map(|name| match DiskCid::parse(name) {

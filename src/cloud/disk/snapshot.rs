@@ -7,8 +7,7 @@ use std::collections::HashMap;
 use serde_json::Value;
 
 use crate::cloud::CloudContext;
-use crate::cloud::session::Session;
-use crate::cluster::{SnapshotRecord, index};
+use crate::cluster::SnapshotRecord;
 use crate::docker::{DockerError, NodeDocker, mounter, volume_copy};
 use crate::labels::snapshot as labels;
 use crate::protocol::{CallResult, CpiError, DiskCid, Object, SnapshotCid};
@@ -21,12 +20,9 @@ pub(crate) async fn snapshot(
     disk_cid: &DiskCid,
     metadata: &Object,
 ) -> Result<CallResult, CpiError> {
-    let s = Session::new(ctx);
-    let disk = s.disk(disk_cid).await?;
-    let docker = s.node_docker(&disk.node).await?;
+    let disk = ctx.disk(disk_cid).await?;
+    let docker = ctx.node(&disk.node).await?;
     let cid = SnapshotCid::generate();
-    let keys = ctx.keys().await?;
-    let etcd = ctx.etcd().await?;
     let rec = SnapshotRecord {
         cid: cid.clone(),
         disk_cid: disk_cid.clone(),
@@ -34,8 +30,8 @@ pub(crate) async fn snapshot(
         created_at: Timestamp::now(),
         metadata: metadata.clone(),
     };
-    index::put(etcd, &keys.snapshot(&cid), &rec).await?;
-    let dir = s.disks_dir_if_any(&disk.node).await?;
+    ctx.save_snapshot(&rec).await?;
+    let dir = ctx.disks_dir_if_any(&disk.node).await?;
     let volume_labels = volume_labels(&cid, disk_cid, metadata);
     match copy_into_new_volume(&docker, dir.as_deref(), disk_cid, &cid, volume_labels).await {
         Ok(how) => {
@@ -44,7 +40,7 @@ pub(crate) async fn snapshot(
         }
         Err(e) => {
             let _ = docker.remove_volume(cid.as_str()).await;
-            let _ = index::delete(etcd, &keys.snapshot(&cid)).await;
+            let _ = ctx.forget_snapshot(&cid).await;
             Err(CpiError::from(e).context(format!("snapshot_disk {disk_cid}")))
         }
     }
@@ -107,17 +103,14 @@ pub(crate) async fn delete_snapshot(
     ctx: &CloudContext<'_>,
     cid: &SnapshotCid,
 ) -> Result<CallResult, CpiError> {
-    let keys = ctx.keys().await?;
-    let etcd = ctx.etcd().await?;
-    if let Some(rec) = index::get::<SnapshotRecord>(etcd, &keys.snapshot(cid)).await? {
-        let s = Session::new(ctx);
-        if s.view().await?.registered(&rec.node)?.is_some() {
-            s.node_docker(&rec.node)
+    if let Some(rec) = ctx.snapshot(cid).await? {
+        if ctx.cluster().await?.registered(&rec.node)?.is_some() {
+            ctx.node(&rec.node)
                 .await?
                 .remove_volume(cid.as_str())
                 .await?;
         }
-        index::delete(etcd, &keys.snapshot(cid)).await?;
+        ctx.forget_snapshot(cid).await?;
     }
     Ok(CallResult::Done)
 }

@@ -4,10 +4,12 @@
 //! placement; and per concern of `cloud/`: disks, finding VMs, stemcells and VMs.
 
 mod cluster;
+mod context;
 mod disk;
 mod docker;
-mod session;
+mod lookup;
 mod stemcell;
+mod unsupported;
 mod vm;
 
 use crate::protocol::{CpiError, ErrorKind};

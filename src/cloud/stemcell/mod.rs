@@ -11,9 +11,8 @@ use futures_util::future::join_all;
 use futures_util::stream::FuturesUnordered;
 
 use super::CloudContext;
-use super::session::Session;
+use crate::cluster::NodeState;
 use crate::cluster::model::StemcellRecord;
-use crate::cluster::{NodeState, index};
 use crate::docker::images::{self, ImportTarget, NodeOutcomes, StreamCheck};
 use crate::docker::{NodeDocker, SourceError};
 use crate::labels;
@@ -79,8 +78,7 @@ pub(crate) async fn create(
     let source = StemcellSource::open(image_path)?;
     let manifest = source.manifest.clone();
     let check = stream_check(&manifest)?;
-    let session = Session::new(ctx);
-    let nodes = upload_nodes(ctx, session.view().await?).await?;
+    let nodes = upload_nodes(ctx, ctx.cluster().await?).await?;
     if nodes.is_empty() {
         return Err(StemcellError::NoReachableNode.into());
     }
@@ -169,8 +167,7 @@ async fn save_record(
     record: &StemcellRecord,
     nodes: &[NodeDocker],
 ) -> Result<(), CpiError> {
-    let keys = ctx.keys().await?;
-    if let Err(e) = index::put(ctx.etcd().await?, &keys.stemcell(&record.cid), record).await {
+    if let Err(e) = ctx.save_stemcell(record).await {
         remove_everywhere(nodes, &image_reference(&record.cid)).await;
         return Err(e.into());
     }
@@ -181,8 +178,7 @@ async fn create_light(
     ctx: &CloudContext<'_>,
     image: &light::LightImage,
 ) -> Result<CallResult, CpiError> {
-    let session = Session::new(ctx);
-    let view = session.view().await?;
+    let view = ctx.cluster().await?;
     let nodes = upload_nodes(ctx, view).await?;
     let cid = StemcellCid::generate();
     let have = match light::adopt(&nodes, image, &cid).await {
@@ -239,11 +235,10 @@ async fn upload_nodes(
         if view.node(&pinned).is_none() {
             return Err(StemcellError::PinnedUnknown { node: pinned }.into());
         }
-        let node = ctx
-            .node_docker(view, &pinned)
-            .await
-            .map_err(|e| e.context(format!("create_stemcell on placement.node '{pinned}'")))?;
-        return Ok(vec![node]);
+        let node = ctx.node(&pinned).await.map_err(|e| {
+            CpiError::from(e).context(format!("create_stemcell on placement.node '{pinned}'"))
+        })?;
+        return Ok(vec![node.client().clone()]);
     }
     let ready: Vec<&str> = view
         .nodes
@@ -254,7 +249,7 @@ async fn upload_nodes(
     if ready.is_empty() {
         return Err(StemcellError::NoReadyNode.into());
     }
-    reachable_nodes(ctx, view, ready.into_iter(), "importing the stemcell").await
+    reachable_nodes(ctx, ready.into_iter(), "importing the stemcell").await
 }
 
 /// Clients for `names`; a node that cannot even be connected to (with API version
@@ -262,14 +257,13 @@ async fn upload_nodes(
 /// cluster-wide operation.
 async fn reachable_nodes<'a>(
     ctx: &CloudContext<'_>,
-    view: &crate::cluster::ClusterView,
     names: impl Iterator<Item = &'a str>,
     doing: &str,
 ) -> Result<Vec<NodeDocker>, CpiError> {
     let mut nodes = Vec::new();
     for name in names {
-        match ctx.node_docker(view, name).await {
-            Ok(n) => nodes.push(n),
+        match ctx.node(name).await.map_err(CpiError::from) {
+            Ok(n) => nodes.push(n.client().clone()),
             Err(e) if e.ok_to_retry => {
                 tracing::warn!(node = %name, "{doing}: node {name} skipped: {}", e.message)
             }
@@ -294,11 +288,10 @@ pub(crate) async fn delete(
     ctx: &CloudContext<'_>,
     cid: &StemcellCid,
 ) -> Result<CallResult, CpiError> {
-    let session = Session::new(ctx);
-    let view = session.view().await?;
+    let view = ctx.cluster().await?;
     let reference = image_reference(cid);
     let names = view.nodes.iter().map(|n| n.name.as_str());
-    let nodes = reachable_nodes(ctx, view, names, "removing the stemcell").await?;
+    let nodes = reachable_nodes(ctx, names, "removing the stemcell").await?;
     let results = join_all(nodes.iter().map(|n| images::remove(n, &reference))).await;
     let mut hard = Vec::new();
     for (node, result) in nodes.iter().zip(results) {
@@ -317,8 +310,7 @@ pub(crate) async fn delete(
         let (cid, problems) = (cid.clone(), hard.join("; "));
         return Err(StemcellError::NotDeleted { cid, problems }.into());
     }
-    let keys = ctx.keys().await?;
-    index::delete(ctx.etcd().await?, &keys.stemcell(cid)).await?;
+    ctx.forget_stemcell(cid).await?;
     Ok(CallResult::Done)
 }
 
@@ -335,22 +327,21 @@ pub enum Presence {
 /// its index record, else its image on a node of the cluster (as [`ensure_on_node`]
 /// decides). Unknown (every node answered without it) is final; a node that did not
 /// answer makes it retriable, as a retry may find it there.
-pub(crate) async fn check_exists(s: &Session<'_>, cid: &StemcellCid) -> Result<Presence, CpiError> {
-    let keys = s.keys().await?;
-    if index::get::<StemcellRecord>(s.etcd().await?, &keys.stemcell(cid))
-        .await?
-        .is_some()
-    {
+pub(crate) async fn check_exists(
+    ctx: &CloudContext<'_>,
+    cid: &StemcellCid,
+) -> Result<Presence, CpiError> {
+    if ctx.stemcell(cid).await?.is_some() {
         return Ok(Presence::Recorded);
     }
     let reference = image_reference(cid);
-    let view = s.view().await?;
+    let view = ctx.cluster().await?;
     // The first node that has it settles the question: a slow node is not waited for.
     let mut looked_up: FuturesUnordered<_> = view
         .nodes
         .iter()
         .map(|n| async {
-            let docker = s.node_docker(&n.name).await?;
+            let docker = ctx.node(&n.name).await?;
             let found = images::inspect(&docker, &reference).await?;
             Ok::<_, CpiError>(found.map(|_| n.name.clone()))
         })
@@ -375,7 +366,7 @@ pub(crate) async fn check_exists(s: &Session<'_>, cid: &StemcellCid) -> Result<P
 /// Makes sure `node` has stemcell `cid`, copying it from another node that has it.
 /// `presence` is what [`check_exists`] found: a node it saw the image on is not asked again.
 pub(crate) async fn ensure_on_node(
-    s: &Session<'_>,
+    ctx: &CloudContext<'_>,
     node: &NodeDocker,
     cid: &StemcellCid,
     presence: &Presence,
@@ -387,7 +378,7 @@ pub(crate) async fn ensure_on_node(
     if seen_on.contains(&node.name) {
         return Ok(());
     }
-    let view = s.view().await?;
+    let view = ctx.cluster().await?;
     let reference = image_reference(cid);
     if images::inspect(node, &reference).await?.is_some() {
         return Ok(());
@@ -397,7 +388,7 @@ pub(crate) async fn ensure_on_node(
             .iter()
             .filter(|n| n.name != node.name)
             .map(|n| async {
-                let other = s.node_docker(&n.name).await?;
+                let other = ctx.node(&n.name).await?;
                 if seen_on.contains(&n.name) {
                     return Ok(Some(other));
                 }

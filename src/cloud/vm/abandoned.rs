@@ -8,14 +8,14 @@
 //! it when the quorum returned, after the call had rolled back), or its container was
 //! removed outside the CPI: either way its record and address claims hold nothing.
 
+use crate::cloud::CloudContext;
+use crate::cloud::context::NodeHandle;
 use std::collections::HashSet;
 
 use bollard::models::ContainerSummary;
 
 use super::labels;
-use crate::cloud::session::Session;
 use crate::cluster::VmState;
-use crate::docker::NodeDocker;
 use crate::protocol::CpiError;
 
 /// Removes the abandoned VMs of this CPI's index among `containers` (the VM containers
@@ -23,8 +23,8 @@ use crate::protocol::CpiError;
 /// this index's key prefix are candidates: a VM of another index on the same node is not
 /// this CPI's to judge. Failures are logged and the container kept, never fatal.
 pub(crate) async fn sweep(
-    s: &Session<'_>,
-    docker: &NodeDocker,
+    ctx: &CloudContext<'_>,
+    docker: &NodeHandle<'_>,
     containers: Vec<ContainerSummary>,
     key_prefix: &str,
 ) -> Vec<ContainerSummary> {
@@ -39,14 +39,14 @@ pub(crate) async fn sweep(
         };
         if labels.get(labels::INDEX).map(String::as_str) != Some(key_prefix)
             || removed.contains(holder.as_str())
-            || !matches!(s.vm(&holder).await, Ok(None))
+            || !matches!(ctx.vm(&holder).await, Ok(None))
         {
             continue;
         }
         let outcome = async {
             // Fresh: a concurrent create_vm may have written the record since the view.
-            if s.vm_record_now(&holder).await?.is_none() {
-                s.remove_abandoned(
+            if ctx.vm_record_now(&holder).await?.is_none() {
+                ctx.remove_abandoned(
                     docker,
                     &holder,
                     "was left by a create_vm that failed or was killed",
@@ -85,7 +85,7 @@ pub(crate) async fn sweep(
 /// makes) on any node, each checked there. A record still being created is not judged.
 /// Failures are logged, never fatal.
 pub(crate) async fn forget_vanished(
-    s: &Session<'_>,
+    ctx: &CloudContext<'_>,
     node: &str,
     agent: &str,
     containers: &[ContainerSummary],
@@ -94,13 +94,15 @@ pub(crate) async fn forget_vanished(
         .iter()
         .filter_map(|c| c.labels.as_ref()?.get(labels::VM_CID).map(String::as_str))
         .collect();
-    let Ok(view) = s.view().await else { return };
+    let Ok(view) = ctx.cluster().await else {
+        return;
+    };
     let finished = view.vms.iter().filter(|r| r.state == VmState::Created);
     for record in finished {
         let gone = if record.node == node {
             !present.contains(record.cid.as_str())
         } else if record.agent_id == agent {
-            container_gone(s, &record.node, &record.cid).await
+            container_gone(ctx, &record.node, &record.cid).await
         } else {
             false
         };
@@ -108,15 +110,15 @@ pub(crate) async fn forget_vanished(
             continue;
         }
         tracing::warn!(vm = %record.cid, node = %record.node, "forgetting a VM whose container is gone (its record and address claims)");
-        if let Err(e) = s.forget_vm(record).await {
-            tracing::warn!(vm = %record.cid, node = %record.node, "the record of a vanished VM is kept for now: {}", e.message);
+        if let Err(e) = ctx.forget_vm(record).await {
+            tracing::warn!(vm = %record.cid, node = %record.node, "the record of a vanished VM is kept for now: {e}");
         }
     }
 }
 
 /// Whether node `node` answers that it has no container of VM `cid` (no answer: not gone).
-async fn container_gone(s: &Session<'_>, node: &str, cid: &crate::ids::VmCid) -> bool {
-    let Ok(docker) = s.node_docker(node).await else {
+async fn container_gone(ctx: &CloudContext<'_>, node: &str, cid: &crate::ids::VmCid) -> bool {
+    let Ok(docker) = ctx.node(node).await else {
         return false;
     };
     let label = format!("{}={}", labels::VM_CID, cid);

@@ -2,18 +2,17 @@
 //! one etcd transaction (the cluster view) and then talks to that node only.
 
 use crate::cloud::CloudContext;
-use crate::cloud::session::Session;
-use crate::cloud::session::vms::not_found;
+use crate::cloud::context::NodeHandle;
+use crate::cloud::context::vms::not_found;
 use crate::cluster::{VmRecord, VmState};
-use crate::docker::NodeDocker;
 use crate::protocol::{CallResult, CpiError, Object, VmCid};
 
 /// The VM's record and node, or `VMNotFound`.
-pub(crate) async fn find_existing(
-    s: &Session<'_>,
+pub(crate) async fn find_existing<'c>(
+    ctx: &'c CloudContext<'_>,
     cid: &VmCid,
-) -> Result<(VmRecord, NodeDocker), CpiError> {
-    s.vm_and_node(cid).await?.ok_or_else(|| not_found(cid))
+) -> Result<(VmRecord, NodeHandle<'c>), CpiError> {
+    ctx.vm_and_node(cid).await?.ok_or_else(|| not_found(cid))
 }
 
 /// `delete_vm`: removes the container, its ephemeral volume and its disk binds, then the
@@ -22,14 +21,13 @@ pub(crate) async fn find_existing(
 /// first). The director has stopped the jobs already (the agent's `stop`); create-env
 /// has too, so the container is removed without stopping its jobs again.
 pub(crate) async fn delete(ctx: &CloudContext<'_>, cid: &VmCid) -> Result<CallResult, CpiError> {
-    let s = Session::new(ctx);
-    let view = s.view().await?;
-    let Some(record) = s.vm(cid).await? else {
+    let view = ctx.cluster().await?;
+    let Some(record) = ctx.vm(cid).await? else {
         return Ok(CallResult::Done);
     };
     if view.registered(&record.node)?.is_some() {
-        let docker = s.node_docker(&record.node).await?;
-        s.remove_from_node(&docker, cid).await?;
+        let docker = ctx.node(&record.node).await?;
+        ctx.remove_from_node(&docker, cid).await?;
     } else {
         tracing::warn!(
             vm = %cid,
@@ -37,23 +35,22 @@ pub(crate) async fn delete(ctx: &CloudContext<'_>, cid: &VmCid) -> Result<CallRe
             record.node
         );
     }
-    s.release_disks_of(cid).await?;
-    s.forget_vm(&record).await?;
+    ctx.release_disks_of(cid).await?;
+    ctx.forget_vm(&record).await?;
     Ok(CallResult::Done)
 }
 
 /// `has_vm`: whether the container exists on its node. A finished record whose container is
 /// gone is removed from the index (the node wins).
 pub(crate) async fn has(ctx: &CloudContext<'_>, cid: &VmCid) -> Result<CallResult, CpiError> {
-    let s = Session::new(ctx);
-    let Some((record, docker)) = s.vm_and_node(cid).await? else {
+    let Some((record, docker)) = ctx.vm_and_node(cid).await? else {
         return Ok(CallResult::Exists(false));
     };
-    let exists = s.inspect(&docker, cid.as_str()).await?.is_some();
+    let exists = docker.inspect(cid.as_str()).await?.is_some();
     if !exists && record.state == VmState::Created {
-        s.remove_from_node(&docker, cid).await?;
-        s.release_disks_of(cid).await?;
-        s.forget_vm(&record).await?;
+        ctx.remove_from_node(&docker, cid).await?;
+        ctx.release_disks_of(cid).await?;
+        ctx.forget_vm(&record).await?;
         tracing::warn!(vm = %cid, node = %record.node, "container gone; index record, address claims, ephemeral volume and disk binds removed");
     }
     Ok(CallResult::Exists(exists))
@@ -65,9 +62,8 @@ const REBOOT_GRACE_SECONDS: u64 = 30;
 /// `reboot_vm`: the jobs drained and stopped as the agent would, then the container
 /// restarted (same IP, same disks; the start mounts the store again before any job).
 pub(crate) async fn reboot(ctx: &CloudContext<'_>, cid: &VmCid) -> Result<CallResult, CpiError> {
-    let s = Session::new(ctx);
-    let (_, docker) = find_existing(&s, cid).await?;
-    if s.inspect(&docker, cid.as_str()).await?.is_none() {
+    let (_, docker) = find_existing(ctx, cid).await?;
+    if docker.inspect(cid.as_str()).await?.is_none() {
         return Err(not_found(cid));
     }
     let grace = std::time::Duration::from_secs(REBOOT_GRACE_SECONDS);
@@ -84,11 +80,10 @@ pub(crate) async fn set_metadata(
     cid: &VmCid,
     metadata: &Object,
 ) -> Result<CallResult, CpiError> {
-    let s = Session::new(ctx);
-    let mut record = s.vm(cid).await?.ok_or_else(|| not_found(cid))?;
+    let mut record = ctx.vm(cid).await?.ok_or_else(|| not_found(cid))?;
     for (k, v) in metadata {
         record.metadata.insert(k.clone(), v.clone());
     }
-    s.save_vm(&record).await?;
+    ctx.save_vm(&record).await?;
     Ok(CallResult::Done)
 }

@@ -18,6 +18,6 @@ pub(crate) mod start_script;
 pub(crate) use create::create;
 pub(crate) use lifecycle::{delete, find_existing, has, reboot, set_metadata};
 
-pub(crate) use crate::cloud::session::vms::ephemeral_volume;
+pub(crate) use crate::cloud::context::vms::ephemeral_volume;
 /// Docker label keys on VM containers and volumes (spelled in [`crate::labels`]).
 pub(crate) use crate::labels::vm as labels;

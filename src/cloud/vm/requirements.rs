@@ -36,7 +36,7 @@ pub(crate) async fn calculate(
     req: VmRequirements,
 ) -> Result<CallResult, CpiError> {
     let size = size(&req)?;
-    let view = ctx.view().await?;
+    let view = ctx.cluster().await?;
     placement::fits_some_node(&size, &view.nodes).map_err(RequirementsError::from)?;
     Ok(CallResult::VmCloudProperties(VmCloudProperties {
         cpu: req.cpu,

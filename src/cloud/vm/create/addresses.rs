@@ -2,6 +2,8 @@
 //! IPs held by garbage freed), the candidates to claim, the claim transaction written
 //! with the VM's record, and the addresses Docker chose read back after start.
 
+use crate::cloud::CloudContext;
+use crate::cloud::context::NodeHandle;
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 
@@ -10,35 +12,33 @@ use bollard::models::ContainerSummary;
 use super::CreatePlan;
 use super::error::CreateError;
 use super::rollback::UndoStack;
-use crate::cloud::session::Session;
 use crate::cloud::vm::labels;
 use crate::cloud::vm::network_plan::{self, PlannedNetwork};
 use crate::cluster::{Keys, NodeRecord, VmRecord, VmState, claims, index};
-use crate::docker::NodeDocker;
 use crate::protocol::{CpiError, NetworkType, VmCid};
 
 /// The addresses to claim on the node: what VM containers hold there now (abandoned VMs,
 /// without a record, are removed first), then [`wanted_addresses`].
 pub(super) async fn addresses_to_claim(
-    s: &Session<'_>,
-    docker: &NodeDocker,
+    ctx: &CloudContext<'_>,
+    docker: &NodeHandle<'_>,
     plan: &CreatePlan<'_, '_>,
 ) -> Result<Vec<claims::Wanted>, CpiError> {
-    let key_prefix = &s.config().await?.etcd.key_prefix;
+    let key_prefix = &ctx.config().await?.etcd.key_prefix;
     let vm_containers = docker.containers_with_label(labels::VM_CID).await?;
     let vm_containers =
-        crate::cloud::vm::abandoned::sweep(s, docker, vm_containers, key_prefix).await;
+        crate::cloud::vm::abandoned::sweep(ctx, docker, vm_containers, key_prefix).await;
     crate::cloud::vm::abandoned::forget_vanished(
-        s,
+        ctx,
         &plan.node.name,
         &plan.req.agent_id,
         &vm_containers,
     )
     .await;
-    let used = used_addresses(s, docker, &plan.node, vm_containers, &plan.networks).await?;
+    let used = used_addresses(ctx, docker, &plan.node, vm_containers, &plan.networks).await?;
     Ok(wanted_addresses(
-        &s.keys().await?,
-        &s.view().await?.claimed_addresses,
+        &ctx.keys().await?,
+        &ctx.cluster().await?.claimed_addresses,
         &plan.node,
         &plan.networks,
         &used,
@@ -50,15 +50,13 @@ pub(super) async fn addresses_to_claim(
 /// is an error (the caller ends the lease; an exhausted pool's record and other claims,
 /// written on the lease, are undone here).
 pub(super) async fn claim(
-    s: &Session<'_>,
+    ctx: &CloudContext<'_>,
     lease: &index::ProgressLease,
     record: &mut VmRecord,
     plan: &mut CreatePlan<'_, '_>,
     wanted: &[claims::Wanted],
 ) -> Result<(), CpiError> {
-    let keys = s.keys().await?;
-    let claimed =
-        claims::claim_for_new_vm(s.etcd().await?, &keys, lease.id(), record, wanted).await?;
+    let claimed = ctx.claim_new_vm(lease, record, wanted).await?;
     let node = plan.node.name.clone();
     match claimed {
         claims::Claimed::All(addresses) => {
@@ -76,7 +74,7 @@ pub(super) async fn claim(
         }
         claims::Claimed::Taken {
             holder, on_lease, ..
-        } if !on_lease && stale_claim(s, &holder).await => {
+        } if !on_lease && stale_claim(ctx, &holder).await => {
             Err(CreateError::StaleClaim { holder }.into())
         }
         claims::Claimed::Taken {
@@ -95,7 +93,7 @@ pub(super) async fn claim(
         }
         .into()),
         claims::Claimed::Exhausted { network } => {
-            UndoStack::for_record(record).run(s, None).await;
+            UndoStack::for_record(record).run(ctx, None).await;
             Err(CreateError::PoolExhausted { network, node }.into())
         }
     }
@@ -104,17 +102,16 @@ pub(super) async fn claim(
 /// Whether the permanent claim of `holder` is garbage (its VM has no record, as after an
 /// operator removed the record by hand); if so, the claims naming it on this VM's static
 /// addresses are removed, so a retry can claim them.
-async fn stale_claim(s: &Session<'_>, holder: &str) -> bool {
+async fn stale_claim(ctx: &CloudContext<'_>, holder: &str) -> bool {
     let Ok(cid) = VmCid::parse(holder) else {
         return false;
     };
     let outcome = async {
         // Fresh: the holder may have been written since this call's view.
-        if s.vm_record_now(&cid).await?.is_some() {
+        if ctx.vm_record_now(&cid).await?.is_some() {
             return Ok(false);
         }
-        let keys = s.keys().await?;
-        claims::forget_claims_of(s.etcd().await?, &keys, &cid).await?;
+        ctx.forget_claims_of(&cid).await?;
         Ok::<bool, CpiError>(true)
     }
     .await;
@@ -203,8 +200,8 @@ fn holders(containers: Vec<ContainerSummary>, planned: &[PlannedNetwork]) -> Hol
 /// killed create's, or one the index lost) is freed by removing that VM; held by a VM
 /// still being created, it is a retriable `VMCreationFailed`; by a created VM, a final one.
 async fn used_addresses(
-    s: &Session<'_>,
-    docker: &NodeDocker,
+    ctx: &CloudContext<'_>,
+    docker: &NodeHandle<'_>,
     node: &NodeRecord,
     containers: Vec<ContainerSummary>,
     planned: &[PlannedNetwork],
@@ -218,7 +215,7 @@ async fn used_addresses(
         let Some(holder) = used.get(&ip).cloned() else {
             continue;
         };
-        free_static_ip(s, docker, node, p, ip, holder).await?;
+        free_static_ip(ctx, docker, node, p, ip, holder).await?;
         used.remove(&ip);
     }
     Ok(used)
@@ -227,8 +224,8 @@ async fn used_addresses(
 /// The static IP `ip` of `p`, held by `holder`: freed when the holder is a VM without a
 /// record (the director never learned it: garbage holding the address), else refused.
 async fn free_static_ip(
-    s: &Session<'_>,
-    docker: &NodeDocker,
+    ctx: &CloudContext<'_>,
+    docker: &NodeHandle<'_>,
     node: &NodeRecord,
     p: &PlannedNetwork,
     ip: Ipv4Addr,
@@ -246,10 +243,10 @@ async fn free_static_ip(
         .into());
     };
     // Fresh: a concurrent create_vm may have written the holder's record since.
-    match s.vm_record_now(&holder_cid).await? {
+    match ctx.vm_record_now(&holder_cid).await? {
         // No record (a killed create's expired, or never written).
         None => {
-            s.remove_abandoned(docker, &holder_cid, &format!("held {ip}"))
+            ctx.remove_abandoned(docker, &holder_cid, &format!("held {ip}"))
                 .await
         }
         Some(r) if r.state == VmState::Creating => Err(CreateError::IpTakenByCreate {
@@ -271,7 +268,7 @@ async fn free_static_ip(
 
 /// Reads back the addresses Docker really gave, filling those a foreign network chose.
 pub(super) async fn learn_addresses(
-    docker: &NodeDocker,
+    docker: &NodeHandle<'_>,
     cid: &VmCid,
     planned: &mut [PlannedNetwork],
 ) -> Result<(), CpiError> {

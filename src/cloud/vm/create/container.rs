@@ -2,6 +2,8 @@
 //! disks moved and bound, the ephemeral volume, the container with the agent's files,
 //! started. Every step pushes its undo.
 
+use crate::cloud::CloudContext;
+use crate::cloud::context::NodeHandle;
 use std::collections::HashMap;
 use std::net::IpAddr;
 
@@ -9,8 +11,7 @@ use super::CreatePlan;
 use super::addresses::learn_addresses;
 use super::error::CreateError;
 use super::rollback::{Undo, UndoStack};
-use crate::cloud::session::Session;
-use crate::cloud::session::disks::volume_gone;
+use crate::cloud::context::disks::volume_gone;
 use crate::cloud::stemcell;
 use crate::cloud::vm::agent_files::{AgentIdentity, AgentSettings};
 use crate::cloud::vm::block_disks::{not_an_image, prepare_block_disk};
@@ -19,18 +20,18 @@ use crate::cloud::vm::network_plan::PlannedNetwork;
 use crate::cloud::vm::{agent_files, ephemeral_volume, labels, start_script};
 use crate::cluster::{DiskRecord, NodeRecord};
 use crate::docker::mounter::BlockDisk;
-use crate::docker::{BridgeSpec, DockerError, NodeDocker};
+use crate::docker::{BridgeSpec, DockerError};
 use crate::protocol::{CpiError, DiskCid};
 use crate::timestamp::Timestamp;
 
 /// The node made ready for the VM: the stemcell's image on it, and its networks.
 pub(super) async fn prepare_node(
-    s: &Session<'_>,
-    docker: &NodeDocker,
+    ctx: &CloudContext<'_>,
+    docker: &NodeHandle<'_>,
     plan: &CreatePlan<'_, '_>,
 ) -> Result<(), CpiError> {
     let (image, networks) = tokio::join!(
-        stemcell::ensure_on_node(s, docker, &plan.req.stemcell_cid, &plan.stemcell),
+        stemcell::ensure_on_node(ctx, docker, &plan.req.stemcell_cid, &plan.stemcell),
         prepare_networks(docker, &plan.node, &plan.networks),
     );
     image?;
@@ -40,7 +41,7 @@ pub(super) async fn prepare_node(
 /// Ensures the node's BOSH network exists on its Flannel subnet; other Docker networks
 /// named in network cloud_properties must exist already.
 async fn prepare_networks(
-    docker: &NodeDocker,
+    docker: &NodeHandle<'_>,
     node: &NodeRecord,
     planned: &[PlannedNetwork],
 ) -> Result<(), CpiError> {
@@ -72,21 +73,21 @@ async fn prepare_networks(
 /// Makes the VM on its ready node from the plan: disks, ephemeral volume, container with
 /// the agent's files, started, addresses learnt where Docker chose them.
 pub(super) async fn build(
-    s: &Session<'_>,
-    docker: &NodeDocker,
+    ctx: &CloudContext<'_>,
+    docker: &NodeHandle<'_>,
     plan: &mut CreatePlan<'_, '_>,
     undo: &mut UndoStack,
 ) -> Result<(), CpiError> {
     let req = plan.req;
     // A node prepared before it had a disk tree takes VMs without disks (they get disks
     // once recreated on a prepared node); a VM with disks needs the tree.
-    let dir = match s.disks_dir_if_any(&plan.node.name).await? {
+    let dir = match ctx.disks_dir_if_any(&plan.node.name).await? {
         Some(dir) => Some(dir),
         None if req.disk_cids.is_empty() => None,
-        None => Some(s.disks_dir(&plan.node.name).await?),
+        None => Some(ctx.disks_dir(&plan.node.name).await?),
     };
     let disks = match &dir {
-        Some(dir) => disks_for_new_vm(s, docker, dir, &req.disk_cids).await?,
+        Some(dir) => disks_for_new_vm(ctx, docker, dir, &req.disk_cids).await?,
         None => Vec::new(),
     };
     let volume = make_ephemeral_volume(docker, plan, undo).await?;
@@ -105,17 +106,17 @@ pub(super) async fn build(
         Some(_) => Ephemeral::Device(&volume),
         None => Ephemeral::Volume(&volume),
     };
-    make_container(s, docker, plan, dir.as_deref(), volume).await?;
+    make_container(ctx, docker, plan, dir.as_deref(), volume).await?;
     undo.push(Undo::Container(plan.cid.to_string()));
     let cids: Vec<DiskCid> = disks.iter().map(|d| d.cid.clone()).collect();
-    finish(s, docker, plan, &cids, dir.as_deref(), found).await
+    finish(ctx, docker, plan, &cids, dir.as_deref(), found).await
 }
 
 /// Binds the sized ephemeral disk and the persistent disks into the VM's directory of
 /// the disk tree, before the container exists (it starts with them); what the mounter
 /// found of each disk, for [`prepare_block_disk`].
 async fn bind_disks<'d>(
-    docker: &NodeDocker,
+    docker: &NodeHandle<'_>,
     plan: &CreatePlan<'_, '_>,
     dir: &str,
     sized: Option<u64>,
@@ -144,8 +145,8 @@ async fn bind_disks<'d>(
 /// The made container connected to its other networks, given the agent's files and
 /// started; its disks made ready, and the addresses Docker chose read back.
 async fn finish(
-    s: &Session<'_>,
-    docker: &NodeDocker,
+    ctx: &CloudContext<'_>,
+    docker: &NodeHandle<'_>,
     plan: &mut CreatePlan<'_, '_>,
     disks: &[DiskCid],
     dir: Option<&str>,
@@ -158,7 +159,7 @@ async fn finish(
                 .await?;
         }
     }
-    upload_agent_files(s, docker, plan, disks, dir.is_some()).await?;
+    upload_agent_files(ctx, docker, plan, disks, dir.is_some()).await?;
     start(docker, plan).await?;
     if let Some(dir) = dir {
         for (disk, state) in found {
@@ -181,16 +182,16 @@ async fn finish(
 /// node where needed. Unknown disks and disks attached to another VM are refused before
 /// anything is made; so is a disk whose volume is gone from its node.
 async fn disks_for_new_vm(
-    s: &Session<'_>,
-    docker: &NodeDocker,
+    ctx: &CloudContext<'_>,
+    docker: &NodeHandle<'_>,
     disks_dir: &str,
     disk_cids: &[DiskCid],
 ) -> Result<Vec<DiskRecord>, CpiError> {
     let node = docker.name.as_str();
     let mut disks = Vec::new();
     for cid in disk_cids {
-        let disk = s.disk(cid).await?;
-        if let Some(other) = s.attached_vm(&disk).await? {
+        let disk = ctx.disk(cid).await?;
+        if let Some(other) = ctx.attached_vm(&disk).await? {
             return Err(CreateError::DiskAttached {
                 disk: cid.clone(),
                 vm: other,
@@ -201,7 +202,7 @@ async fn disks_for_new_vm(
             if !docker.volume_exists(cid.as_str()).await? {
                 return Err(volume_gone(&disk));
             }
-            s.ensure_unmounted(docker, Some(disks_dir), cid, None)
+            ctx.ensure_unmounted(docker, Some(disks_dir), cid, None)
                 .await?;
         }
         disks.push(disk);
@@ -209,9 +210,9 @@ async fn disks_for_new_vm(
     let mut here = Vec::new();
     for mut disk in disks {
         if disk.node != node {
-            s.remove_stray_copies(&mut disk).await;
-            s.move_disk(&mut disk, node).await?;
-            s.remove_old_copy(&mut disk).await;
+            ctx.remove_stray_copies(&mut disk).await;
+            ctx.move_disk(&mut disk, node).await?;
+            ctx.remove_old_copy(&mut disk).await;
         }
         here.push(disk);
     }
@@ -220,7 +221,7 @@ async fn disks_for_new_vm(
 
 /// The VM's ephemeral volume, made on the node (and registered for undo).
 async fn make_ephemeral_volume(
-    docker: &NodeDocker,
+    docker: &NodeHandle<'_>,
     plan: &CreatePlan<'_, '_>,
     undo: &mut UndoStack,
 ) -> Result<String, CpiError> {
@@ -267,8 +268,8 @@ enum Ephemeral<'a> {
 /// Creates the (stopped) container: stemcell image, labels, primary network, ephemeral
 /// volume and its directory of the node's disk tree at the hints' root.
 async fn make_container(
-    s: &Session<'_>,
-    docker: &NodeDocker,
+    ctx: &CloudContext<'_>,
+    docker: &NodeHandle<'_>,
     plan: &CreatePlan<'_, '_>,
     disks_dir: Option<&str>,
     ephemeral: Ephemeral<'_>,
@@ -281,7 +282,7 @@ async fn make_container(
         .or(primary)
         .map(|p| p.spec.dns.iter().filter_map(|d| d.parse().ok()).collect())
         .unwrap_or_default();
-    let mut labels = container_labels(plan, &s.config().await?.etcd.key_prefix);
+    let mut labels = container_labels(plan, &ctx.config().await?.etcd.key_prefix);
     if disks_dir.is_some() {
         labels.insert(labels::DISKS.into(), labels::BLOCK_DISKS.into());
     }
@@ -314,13 +315,13 @@ async fn make_container(
 /// Writes the agent's settings (networks, persistent `disks`, env) into the container;
 /// with `block_disks`, the stemcell's agent configuration set to mount them as devices.
 async fn upload_agent_files(
-    s: &Session<'_>,
-    docker: &NodeDocker,
+    ctx: &CloudContext<'_>,
+    docker: &NodeHandle<'_>,
     plan: &CreatePlan<'_, '_>,
     disks: &[DiskCid],
     block_disks: bool,
 ) -> Result<(), CpiError> {
-    let config = s.config().await?;
+    let config = ctx.config().await?;
     let who = AgentIdentity {
         agent_id: &plan.req.agent_id,
         vm_cid: &plan.cid,
@@ -349,7 +350,7 @@ async fn upload_agent_files(
 
 /// Starts the container. An address already in use (the claim was ours) is held by
 /// something outside this CPI's VMs, and said so.
-async fn start(docker: &NodeDocker, plan: &CreatePlan<'_, '_>) -> Result<(), CpiError> {
+async fn start(docker: &NodeHandle<'_>, plan: &CreatePlan<'_, '_>) -> Result<(), CpiError> {
     let message = match docker.start(&plan.cid).await {
         Ok(()) => return Ok(()),
         // The daemon's 403 on start: an address is in use. The claim was ours, so something

@@ -13,12 +13,11 @@ use serde_json::Value;
 
 use super::network_plan::{self, PlannedNetwork};
 use super::properties::{Effective, VmProperties};
+use crate::cloud::context::NodeHandle;
 use crate::cloud::errors::creation_failure;
-use crate::cloud::session::Session;
 use crate::cloud::{CloudContext, stemcell};
 use crate::cluster::{NodeRecord, NodeState, VmRecord, VmState, claims, index};
 use crate::config::BlobstoreSettings;
-use crate::docker::NodeDocker;
 use crate::placement::{self, VmDemand};
 use crate::protocol::{CallResult, CpiError, CreateVm, VmCid};
 use crate::timestamp::Timestamp;
@@ -62,22 +61,21 @@ impl CreatePlan<'_, '_> {
 /// `create_vm`. Transient failures anywhere (etcd included) come back as a retriable
 /// `VMCreationFailed`, so the director retries the whole create.
 pub async fn create(ctx: &CloudContext<'_>, req: CreateVm) -> Result<CallResult, CpiError> {
-    let s = Session::new(ctx);
-    create_classified(&s, &req).await.map_err(creation_failure)
+    create_classified(ctx, &req).await.map_err(creation_failure)
 }
 
-async fn create_classified(s: &Session<'_>, req: &CreateVm) -> Result<CallResult, CpiError> {
-    let mut plan = plan(s, req).await?;
-    let docker = s.node_docker(&plan.node.name).await?;
+async fn create_classified(ctx: &CloudContext<'_>, req: &CreateVm) -> Result<CallResult, CpiError> {
+    let mut plan = plan(ctx, req).await?;
+    let docker = ctx.node(&plan.node.name).await?;
     // Three steps that need nothing of each other run side by side: what the node's VM
     // containers hold, the lease, and the node made ready (stemcell image, networks; both
     // kept if the create fails, as they serve the next one).
     // While creating, the record and the address claims live on that lease: if this
     // process is killed, they expire and the next create_vm knows the leftovers are garbage.
     let (wanted, lease, ready) = tokio::join!(
-        addresses::addresses_to_claim(s, &docker, &plan),
-        async { Ok::<_, CpiError>(index::ProgressLease::start(s.etcd().await?).await?) },
-        container::prepare_node(s, &docker, &plan),
+        addresses::addresses_to_claim(ctx, &docker, &plan),
+        ctx.progress_lease(),
+        container::prepare_node(ctx, &docker, &plan),
     );
     // The node's answer (a network that does not exist, an address in use) says more than
     // a failed lease grant, so it wins.
@@ -91,11 +89,10 @@ async fn create_classified(s: &Session<'_>, req: &CreateVm) -> Result<CallResult
         }
     };
     let lease = lease?;
-    let made = make_on_lease(s, &docker, &lease, &mut plan, &wanted).await;
+    let made = make_on_lease(ctx, &docker, &lease, &mut plan, &wanted).await;
     lease.end().await;
-    let record = made?;
-    s.note_vm(&plan.cid, Some(record));
-    record_disks_attached(s, &plan).await;
+    made?;
+    record_disks_attached(ctx, &plan).await;
     Ok(CallResult::VmCreated {
         vm_cid: plan.cid.clone(),
         networks: Value::Object(network_plan::resolved_json(&plan.networks)),
@@ -106,26 +103,25 @@ async fn create_classified(s: &Session<'_>, req: &CreateVm) -> Result<CallResult
 /// VM made, the record and claims made permanent. A failure after the claim undoes what
 /// was made, last first.
 async fn make_on_lease(
-    s: &Session<'_>,
-    docker: &NodeDocker,
+    ctx: &CloudContext<'_>,
+    docker: &NodeHandle<'_>,
     lease: &index::ProgressLease,
     plan: &mut CreatePlan<'_, '_>,
     wanted: &[claims::Wanted],
 ) -> Result<VmRecord, CpiError> {
     let mut record = plan.record();
-    addresses::claim(s, lease, &mut record, plan, wanted).await?;
-    s.note_vm(&plan.cid, Some(record.clone()));
+    addresses::claim(ctx, lease, &mut record, plan, wanted).await?;
     tracing::info!(vm = %plan.cid, node = %plan.node.name, "creating VM");
     let mut undo = UndoStack::for_record(&record);
     let built = async {
-        container::build(s, docker, plan, &mut undo).await?;
+        container::build(ctx, docker, plan, &mut undo).await?;
         record.state = VmState::Created;
-        make_permanent(s, lease, &record).await
+        make_permanent(ctx, lease, &record).await
     }
     .await;
     if let Err(e) = built {
         tracing::warn!(vm = %plan.cid, node = %plan.node.name, "create_vm failed, undoing: {}", e.message);
-        undo.run(s, Some(docker)).await;
+        undo.run(ctx, Some(docker)).await;
         return Err(creation_failure(e));
     }
     Ok(record)
@@ -135,12 +131,18 @@ async fn make_on_lease(
 /// anything is written: properties, blobstore, that the stemcell exists, the node (the
 /// first persistent disk draws the VM to its node unless an IP or a pin says otherwise;
 /// then the disks move) and the network plan.
-async fn plan<'r, 's>(s: &Session<'s>, req: &'r CreateVm) -> Result<CreatePlan<'r, 's>, CpiError> {
+async fn plan<'r, 's>(
+    ctx: &'s CloudContext<'_>,
+    req: &'r CreateVm,
+) -> Result<CreatePlan<'r, 's>, CpiError> {
     let props = VmProperties::parse(&req.cloud_properties)?;
-    let config = s.config().await?;
+    let config = ctx.config().await?;
     let blobstore = crate::cloud::vm::blobstore::for_agent(&req.env, &config.agent)?;
     // The stemcell's record and the cluster view are two reads of their own.
-    let (stemcell, view) = tokio::join!(stemcell::check_exists(s, &req.stemcell_cid), s.view());
+    let (stemcell, view) = tokio::join!(
+        stemcell::check_exists(ctx, &req.stemcell_cid),
+        ctx.cluster()
+    );
     let (stemcell, view) = (stemcell?, view?);
     let group = req
         .env
@@ -156,7 +158,7 @@ async fn plan<'r, 's>(s: &Session<'s>, req: &'r CreateVm) -> Result<CreatePlan<'
         memory_mib: props.memory_mib(),
     };
     if let Some(first) = req.disk_cids.first() {
-        let disk = s.disk(first).await?;
+        let disk = ctx.disk(first).await?;
         let disk_node_ready = view
             .node(&disk.node)
             .is_some_and(|n| n.state == NodeState::Ready);
@@ -186,12 +188,11 @@ async fn plan<'r, 's>(s: &Session<'s>, req: &'r CreateVm) -> Result<CreatePlan<'
 
 /// The record and the claims leave the lease: from now on they are permanent.
 async fn make_permanent(
-    s: &Session<'_>,
+    ctx: &CloudContext<'_>,
     lease: &index::ProgressLease,
     record: &VmRecord,
 ) -> Result<(), CpiError> {
-    let keys = s.keys().await?;
-    match claims::make_permanent(s.etcd().await?, &keys, lease.id(), record).await? {
+    match ctx.make_vm_permanent(lease, record).await? {
         true => Ok(()),
         false => Err(CreateError::LostRecord {
             vm: record.cid.clone(),
@@ -202,13 +203,13 @@ async fn make_permanent(
 
 /// The VM is complete: the disks' records follow (attach_disk and get_disks read the real
 /// mounts, so a failure here is repaired later, not fatal).
-async fn record_disks_attached(s: &Session<'_>, plan: &CreatePlan<'_, '_>) {
+async fn record_disks_attached(ctx: &CloudContext<'_>, plan: &CreatePlan<'_, '_>) {
     for disk_cid in &plan.req.disk_cids {
         let updated = async {
             // This call's own copy: create_vm moved the disk and wrote it last.
-            let mut disk = s.disk(disk_cid).await?;
+            let mut disk = ctx.disk(disk_cid).await?;
             disk.vm = Some(plan.cid.clone());
-            s.save_disk(&disk).await
+            Ok::<(), CpiError>(ctx.save_disk(&disk).await?)
         }
         .await;
         if let Err(e) = updated {

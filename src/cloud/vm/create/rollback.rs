@@ -1,9 +1,9 @@
 //! The one way create_vm undoes what it made: every step pushes its undo on a stack,
 //! and a failure runs the stack in reverse.
 
-use crate::cloud::session::Session;
+use crate::cloud::CloudContext;
+use crate::cloud::context::NodeHandle;
 use crate::cluster::VmRecord;
-use crate::docker::NodeDocker;
 use crate::protocol::CpiError;
 
 /// One thing made for the VM, and how it goes again.
@@ -35,10 +35,10 @@ impl UndoStack {
 
     /// Undoes every step, last first. Without `docker` the node's steps are skipped; a
     /// node step that fails keeps the record, so delete_vm can finish the job.
-    pub(super) async fn run(self, s: &Session<'_>, docker: Option<&NodeDocker>) {
+    pub(super) async fn run(self, ctx: &CloudContext<'_>, docker: Option<&NodeHandle<'_>>) {
         let mut node_clean = true;
         for step in self.0.into_iter().rev() {
-            if let Err(e) = undo(s, docker, &step, node_clean).await {
+            if let Err(e) = undo(ctx, docker, &step, node_clean).await {
                 node_clean = false;
                 tracing::warn!("undo after failed create_vm: {}", e.message);
             }
@@ -47,8 +47,8 @@ impl UndoStack {
 }
 
 async fn undo(
-    s: &Session<'_>,
-    docker: Option<&NodeDocker>,
+    ctx: &CloudContext<'_>,
+    docker: Option<&NodeHandle<'_>>,
     step: &Undo,
     node_clean: bool,
 ) -> Result<(), CpiError> {
@@ -56,7 +56,7 @@ async fn undo(
         (Undo::Container(name), Some(d)) => Ok(d.remove_container(name).await?),
         (Undo::Volume(name), Some(d)) => Ok(d.remove_volume(name).await?),
         (Undo::DiskTree { disks_dir, vm }, Some(d)) => Ok(d.forget_vm_disks(disks_dir, vm).await?),
-        (Undo::IndexRecord(record), _) if node_clean => s.forget_vm(record).await,
+        (Undo::IndexRecord(record), _) if node_clean => Ok(ctx.forget_vm(record).await?),
         // The node could not be cleaned: keep the record so delete_vm can finish.
         (Undo::IndexRecord(_), _) => Ok(()),
         (_, None) => Ok(()),

@@ -2,7 +2,7 @@
 //! a node no longer registered is a `CloudError` a retry repeats; a VM whose removal has
 //! not finished yet is worth a retry.
 
-use crate::cloud::session::error::VmLookupError;
+use crate::cloud::context::lookup_error::VmLookupError;
 use crate::protocol::{CpiError, ErrorKind};
 
 impl From<VmLookupError> for CpiError {

@@ -4,10 +4,10 @@
 
 use bollard::models::ContainerSummary;
 
-use super::Session;
+use super::{CloudContext, NodeHandle};
 use crate::cloud::disk::error::DiskError;
 use crate::cluster::{DiskRecord, VmState};
-use crate::docker::{NodeDocker, volume_copy};
+use crate::docker::volume_copy;
 use crate::labels::vm as labels;
 use crate::protocol::{CpiError, DiskCid, VmCid};
 
@@ -93,7 +93,12 @@ impl VolumeHolder {
     }
 }
 
-impl Session<'_> {
+impl CloudContext<'_> {
+    /// The disk's index record, or `DiskNotFound`.
+    pub(crate) async fn disk(&self, cid: &DiskCid) -> Result<DiskRecord, CpiError> {
+        self.disk_if_any(cid).await?.ok_or_else(|| not_found(cid))
+    }
+
     /// The VM disk tree of node `node` (see [`crate::disk_mounts`]), from its record; a
     /// node prepared before it had one is an error that says what to run.
     pub(crate) async fn disks_dir(&self, node: &str) -> Result<String, CpiError> {
@@ -108,7 +113,7 @@ impl Session<'_> {
     /// The VM disk tree of node `node`, `None` on a node prepared before it had one (no
     /// disk can be bound there).
     pub(crate) async fn disks_dir_if_any(&self, node: &str) -> Result<Option<String>, CpiError> {
-        let view = self.view().await?;
+        let view = self.cluster().await?;
         let record = view
             .registered(node)?
             .ok_or_else(|| DiskError::NodeNotRegistered {
@@ -156,7 +161,7 @@ impl Session<'_> {
     /// it. Whether `owner` has the disk bound already.
     pub(crate) async fn ensure_unmounted(
         &self,
-        docker: &NodeDocker,
+        docker: &NodeHandle<'_>,
         disks_dir: Option<&str>,
         disk_cid: &DiskCid,
         owner: Option<&VmCid>,
@@ -188,7 +193,7 @@ impl Session<'_> {
     /// owner): a VM the index does not know is removed; any other holder is an error.
     async fn unbind_from(
         &self,
-        docker: &NodeDocker,
+        docker: &NodeHandle<'_>,
         holder: BoundHolder,
         disk_cid: &DiskCid,
     ) -> Result<(), CpiError> {
@@ -208,7 +213,7 @@ impl Session<'_> {
     /// helper or a VM the index does not know is removed; any other holder is an error.
     async fn unmount_from(
         &self,
-        docker: &NodeDocker,
+        docker: &NodeHandle<'_>,
         holder: VolumeHolder,
         disk_cid: &DiskCid,
     ) -> Result<(), CpiError> {
@@ -231,7 +236,7 @@ impl Session<'_> {
     /// removed, any other holder is an error naming it (retriable while it is created).
     async fn free_from(
         &self,
-        docker: &NodeDocker,
+        docker: &NodeHandle<'_>,
         holder: &VmCid,
         disk_cid: &DiskCid,
         how: &str,

@@ -1,9 +1,8 @@
 //! VM helpers shared by `vm/` and `disk/`: finding a VM and its node, and removing a VM's
 //! containers, ephemeral volume and disk binds from its node (delete_vm, abandoned VMs).
 
-use super::Session;
-use super::error::VmLookupError;
-use crate::docker::NodeDocker;
+use super::lookup_error::VmLookupError;
+use super::{CloudContext, NodeHandle};
 use crate::labels::vm as labels;
 use crate::protocol::{CpiError, VmCid};
 
@@ -17,14 +16,14 @@ pub fn ephemeral_volume(vm_cid: &str) -> String {
     format!("{vm_cid}-ephemeral")
 }
 
-impl Session<'_> {
+impl CloudContext<'_> {
     /// The VM's index record and a client for its node; `None` when the index has no
     /// record. A record on a node no longer registered is an error.
     pub(crate) async fn vm_and_node(
         &self,
         cid: &VmCid,
-    ) -> Result<Option<(crate::cluster::VmRecord, NodeDocker)>, CpiError> {
-        let view = self.view().await?;
+    ) -> Result<Option<(crate::cluster::VmRecord, NodeHandle<'_>)>, CpiError> {
+        let view = self.cluster().await?;
         let Some(record) = self.vm(cid).await? else {
             return Ok(None);
         };
@@ -32,7 +31,7 @@ impl Session<'_> {
             let (cid, node) = (cid.clone(), record.node);
             return Err(VmLookupError::NodeGone { cid, node }.into());
         }
-        let docker = self.node_docker(&record.node).await?;
+        let docker = self.node(&record.node).await?;
         Ok(Some((record, docker)))
     }
 
@@ -41,10 +40,9 @@ impl Session<'_> {
     /// disks bound there (the disks themselves stay).
     pub(crate) async fn remove_from_node(
         &self,
-        docker: &NodeDocker,
+        docker: &NodeHandle<'_>,
         cid: &VmCid,
     ) -> Result<(), CpiError> {
-        self.container_changed(docker, cid.as_str());
         // A node prepared before it had a disk tree has nothing bound.
         let dir = self.disks_dir_if_any(&docker.name).await?;
         remove_from_node(docker, cid, dir.as_deref()).await
@@ -54,7 +52,7 @@ impl Session<'_> {
     /// delete_vm does. `why` says what it was in the way of.
     pub(crate) async fn remove_abandoned(
         &self,
-        docker: &NodeDocker,
+        docker: &NodeHandle<'_>,
         cid: &VmCid,
         why: &str,
     ) -> Result<(), CpiError> {
@@ -73,7 +71,7 @@ const IN_FLIGHT_GRACE: std::time::Duration = std::time::Duration::from_millis(50
 /// The containers of VM `cid` go, then its disks of the tree `disks_dir` (the loop device
 /// of a sized ephemeral disk is let go there), then its ephemeral volume.
 async fn remove_from_node(
-    docker: &NodeDocker,
+    docker: &NodeHandle<'_>,
     cid: &VmCid,
     disks_dir: Option<&str>,
 ) -> Result<(), CpiError> {

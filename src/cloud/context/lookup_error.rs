@@ -1,6 +1,6 @@
 //! What goes wrong finding a VM and clearing it from its node, for the handlers of `vm/`
 //! and `disk/` alike. The BOSH class and retry flag of each are decided in
-//! `cloud::errors::session`.
+//! `cloud::errors::lookup`.
 
 use crate::protocol::VmCid;
 

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use super::Session;
+use super::CloudContext;
 use super::disks::volume_gone;
 use crate::cloud::disk::error::DiskError;
 use crate::cluster::DiskRecord;
@@ -24,7 +24,7 @@ enum Mark {
     Copying,
 }
 
-impl Session<'_> {
+impl CloudContext<'_> {
     /// Removes the copies of `disk` that the record names on other nodes than its own (the
     /// source a finished move could not remove, the partial target of a move that failed
     /// or was killed) and clears those marks. Called once per disk by a call that uses the
@@ -36,7 +36,7 @@ impl Session<'_> {
     }
 
     /// Removes the old copy a finished move left on its source node (see
-    /// [`Session::move_disk`]). Never fails its caller: a node that does not answer keeps
+    /// [`CloudContext::move_disk`]). Never fails its caller: a node that does not answer keeps
     /// the mark (and the copy) for the next call that uses the disk.
     pub(crate) async fn remove_old_copy(&self, disk: &mut DiskRecord) {
         self.clear_mark(disk, Mark::OldCopy).await;
@@ -63,7 +63,7 @@ impl Session<'_> {
         }
         // A failed save only means the next call removes the (already gone) copy again.
         if let Err(e) = self.save_disk(disk).await {
-            tracing::warn!(disk = %disk.cid, node = %node, "copy removed, record not updated: {}", e.message);
+            tracing::warn!(disk = %disk.cid, node = %node, "copy removed, record not updated: {e}");
         }
     }
 
@@ -75,8 +75,8 @@ impl Session<'_> {
         }
         let cid = &disk.cid;
         let removed = async {
-            if self.view().await?.registered(node)?.is_some() {
-                let docker = self.node_docker(node).await?;
+            if self.cluster().await?.registered(node)?.is_some() {
+                let docker = self.node(node).await?;
                 // Docker cannot see a disk bound into a VM: the node's tree is asked, and
                 // a copy something still holds stays, with its mark.
                 if let Some(dir) = self.disks_dir_if_any(node).await?
@@ -112,8 +112,8 @@ impl Session<'_> {
     /// Moves `disk` to `target` and updates its record: the contents streamed, the copy
     /// checked against the source stream, then the record switched to the target with the
     /// source marked as the old copy. The caller has removed the stray copies of earlier
-    /// moves first ([`Session::remove_stray_copies`]): the record has room for one copy of
-    /// each kind. The caller removes the source with [`Session::remove_old_copy`], beside
+    /// moves first ([`CloudContext::remove_stray_copies`]): the record has room for one copy of
+    /// each kind. The caller removes the source with [`CloudContext::remove_old_copy`], beside
     /// its next step (the disk lives on `target` from now on). A copy that fails is
     /// removed now if the target answers; otherwise its mark stays for the next call.
     pub(crate) async fn move_disk(
@@ -131,8 +131,8 @@ impl Session<'_> {
                 cid: cid.clone(),
                 blocked,
             })?;
-        let from = self.node_docker(&disk.node).await?;
-        let to = self.node_docker(target).await?;
+        let from = self.node(&disk.node).await?;
+        let to = self.node(target).await?;
         let exists = from.volume_exists(&cid).await;
         if !exists.map_err(|source| DiskError::MoveSource {
             cid: cid.clone(),
