@@ -353,7 +353,7 @@ pub struct StemcellRecord {
 }
 
 /// Where a disk has copies besides its own node, as a move to another node goes
-/// (`cloud::session::moving`; drawn in docs/disks.md). Stored as two fields of the disk's
+/// (`cloud::context::moving`; drawn in docs/disks.md). Stored as two fields of the disk's
 /// record, `copying_to` and `old_copy_on`, each written only when set: every record
 /// written before this type reads back, and writes back, the same.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
