@@ -25,7 +25,7 @@ const CHUNK: usize = 1 << 20;
 
 /// What a copy moved: the image's size and the bytes of data read from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Copied {
+pub(crate) struct Copied {
     pub size: u64,
     pub data: u64,
 }
@@ -69,7 +69,7 @@ fn data_ranges(file: &File, size: u64) -> io::Result<Vec<(u64, u64)>> {
 /// that what a VM wrote on its mount of the image's loop device is in the image. `progress`
 /// hears the bytes handled so far after every chunk, copied and read back (the mounter
 /// reports them, so that a long copy is never silent).
-pub fn copy(from: &File, to: &File, progress: &mut dyn FnMut(u64)) -> io::Result<Copied> {
+pub(crate) fn copy(from: &File, to: &File, progress: &mut dyn FnMut(u64)) -> io::Result<Copied> {
     // SAFETY: sync(2) takes no arguments and cannot fail.
     unsafe { sync() };
     let size = from.metadata()?.len();

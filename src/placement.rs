@@ -73,7 +73,7 @@ pub enum PlacementError {
 
 /// The size of a VM, as `calculate_vm_cloud_properties` asks about it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct VmSize {
+pub(crate) struct VmSize {
     /// CPUs.
     pub cpus: u64,
     /// Memory in MiB.
@@ -82,7 +82,7 @@ pub struct VmSize {
 
 /// What a new VM asks of placement.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct VmDemand {
+pub(crate) struct VmDemand {
     /// Static IPs of its manual networks: they pin the node whose subnet holds them.
     pub manual_ips: Vec<Ipv4Addr>,
     /// `cloud_properties.node` (set by the generated cloud-config's AZs), else the CPI's

@@ -18,7 +18,7 @@ pub struct AddrRange {
 
 impl AddrRange {
     /// Whether `ip` lies in the range.
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+    pub(crate) fn contains(&self, ip: Ipv4Addr) -> bool {
         self.first <= ip && ip <= self.last
     }
 }
@@ -44,7 +44,7 @@ pub struct Split {
 
 /// The split of one subnet.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SubnetPlan {
+pub(crate) struct SubnetPlan {
     /// Ranges BOSH must not assign: the reserved head, the gateway, the CPI's dynamic pool.
     pub reserved: Vec<AddrRange>,
     /// The static block, if any.

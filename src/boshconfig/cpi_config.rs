@@ -9,7 +9,7 @@ use super::cpi_name;
 use crate::cluster::ClusterView;
 
 /// The job type: the director runs `/var/vcap/jobs/moltencore_cpi/bin/cpi`.
-pub const CPI_TYPE: &str = "moltencore";
+pub(crate) const CPI_TYPE: &str = "moltencore";
 
 /// A cpi-config document.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

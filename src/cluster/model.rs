@@ -307,7 +307,7 @@ pub enum VmState {
 /// A persistent disk at `<key_prefix>/disks/<cid>`: a Docker volume named after the cid on
 /// `node`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DiskRecord {
+pub(crate) struct DiskRecord {
     pub cid: DiskCid,
     pub node: String,
     /// Requested size in MiB (recorded, not enforced by local volumes).
@@ -328,7 +328,7 @@ pub struct DiskRecord {
 /// A disk snapshot at `<key_prefix>/snapshots/<cid>`: a volume holding a copy of the
 /// disk's contents, on the disk's node.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SnapshotRecord {
+pub(crate) struct SnapshotRecord {
     pub cid: SnapshotCid,
     pub disk_cid: DiskCid,
     pub node: String,
@@ -340,7 +340,7 @@ pub struct SnapshotRecord {
 /// A stemcell at `<key_prefix>/stemcells/<cid>`: an image tagged with the cid on the
 /// nodes that imported (or adopted) it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StemcellRecord {
+pub(crate) struct StemcellRecord {
     pub cid: StemcellCid,
     pub name: String,
     pub version: String,
@@ -358,7 +358,7 @@ pub struct StemcellRecord {
 /// written before this type reads back, and writes back, the same.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(from = "MoveMarks", into = "MoveMarks")]
-pub enum DiskMove {
+pub(crate) enum DiskMove {
     /// No copy of the disk outside its node.
     #[default]
     Settled,
@@ -380,7 +380,7 @@ pub enum DiskMove {
 #[error(
     "a copy of it on node {node} ({mark}) could not be removed yet; retry when node {node} answers"
 )]
-pub struct MoveBlocked {
+pub(crate) struct MoveBlocked {
     /// The record field that names the copy.
     pub mark: &'static str,
     /// The node that holds the copy.
@@ -389,7 +389,7 @@ pub struct MoveBlocked {
 
 impl DiskMove {
     /// The node a copy is being made on (`copying_to`).
-    pub fn copying_to(&self) -> Option<&str> {
+    pub(crate) fn copying_to(&self) -> Option<&str> {
         match self {
             DiskMove::Copying { to, .. } => Some(to),
             _ => None,
@@ -397,7 +397,7 @@ impl DiskMove {
     }
 
     /// The node holding the source copy of a finished move (`old_copy_on`).
-    pub fn old_copy_on(&self) -> Option<&str> {
+    pub(crate) fn old_copy_on(&self) -> Option<&str> {
         match self {
             DiskMove::OldCopy { on } => Some(on),
             DiskMove::Copying { old_copy_on, .. } => old_copy_on.as_deref(),
@@ -406,13 +406,13 @@ impl DiskMove {
     }
 
     /// Some node holding a copy besides the disk's own, if any.
-    pub fn stray_copy(&self) -> Option<&str> {
+    pub(crate) fn stray_copy(&self) -> Option<&str> {
         self.old_copy_on().or(self.copying_to())
     }
 
     /// A move to `target` starts (before the target volume is made). Refused while a copy
     /// sits on another node than `target`: its mark would be lost.
-    pub fn begin(&mut self, target: &str) -> Result<(), MoveBlocked> {
+    pub(crate) fn begin(&mut self, target: &str) -> Result<(), MoveBlocked> {
         for (mark, node) in [
             ("copying_to", self.copying_to()),
             ("old_copy_on", self.old_copy_on()),
@@ -435,7 +435,7 @@ impl DiskMove {
     /// The copy was made and checked: the disk lives on the target now, and its former
     /// node `source` holds the old copy. Only from `Copying` (a move under way); any other
     /// state is left as it is.
-    pub fn switched(&mut self, source: String) {
+    pub(crate) fn switched(&mut self, source: String) {
         debug_assert!(
             matches!(self, DiskMove::Copying { .. }),
             "a move switched from {self:?}"
@@ -446,7 +446,7 @@ impl DiskMove {
     }
 
     /// The source copy of a finished move is gone; the state keeps any copy being made.
-    pub fn old_copy_removed(&mut self) {
+    pub(crate) fn old_copy_removed(&mut self) {
         match self {
             DiskMove::OldCopy { .. } => *self = DiskMove::Settled,
             DiskMove::Copying { old_copy_on, .. } => *old_copy_on = None,
@@ -456,7 +456,7 @@ impl DiskMove {
 
     /// The partial copy of a move that failed (or was killed) is gone; the state keeps
     /// an old copy an earlier move left.
-    pub fn partial_copy_removed(&mut self) {
+    pub(crate) fn partial_copy_removed(&mut self) {
         if let DiskMove::Copying { old_copy_on, .. } = self {
             *self = match old_copy_on.take() {
                 Some(on) => DiskMove::OldCopy { on },

@@ -118,7 +118,7 @@ pub struct ClusterView {
 
 /// What the VM index says runs on one node.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct NodeUsage {
+pub(crate) struct NodeUsage {
     /// Number of VMs in the index on this node.
     pub vms: u32,
     /// Sum of their `memory_mib`.

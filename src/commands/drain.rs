@@ -15,7 +15,7 @@ use crate::cluster::{NodeState, VmRecord};
 
 /// One VM still on the drained node, and how to move it.
 #[derive(Debug, Serialize, PartialEq)]
-pub struct Remaining {
+pub(crate) struct Remaining {
     pub vm_cid: String,
     /// From set_vm_metadata, when the director gave it.
     pub deployment: Option<String>,

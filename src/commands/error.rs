@@ -119,7 +119,7 @@ pub type Outcome = Result<i32, Failure>;
 
 impl CommandError {
     /// The next step to suggest, when there is one.
-    pub fn hint(&self) -> Option<String> {
+    pub(crate) fn hint(&self) -> Option<String> {
         match self {
             CommandError::Config {
                 missing: true,
@@ -144,7 +144,7 @@ impl CommandError {
     }
 
     /// The lines printed on stderr: `error: …` then, when there is one, `hint: …`.
-    pub fn lines(&self) -> Vec<String> {
+    pub(crate) fn lines(&self) -> Vec<String> {
         if let CommandError::NodePrepCommand(_) = self {
             return vec![format!("node-prep: error: {self}")];
         }

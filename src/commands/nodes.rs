@@ -18,7 +18,7 @@ use crate::reboot::overview::RebootOverview;
 
 /// One row of the listing.
 #[derive(Debug, Serialize)]
-pub struct NodeStatus {
+pub(crate) struct NodeStatus {
     pub name: String,
     pub docker_endpoint: String,
     pub subnet: String,
@@ -41,7 +41,7 @@ pub struct NodeStatus {
 /// The live check of one node's Docker daemon, as `cpi nodes --json` prints it:
 /// `{"reachable": true, "version": "..."}` or `{"reachable": false, "error": "..."}`.
 #[derive(Debug, Serialize)]
-pub struct DockerStatus {
+pub(crate) struct DockerStatus {
     pub reachable: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,

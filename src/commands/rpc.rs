@@ -16,7 +16,7 @@ use crate::redact::redact;
 /// `create_vm` (env with certificates and blobstore settings: tens of KiB) and metadata
 /// calls; 8 MiB leaves two orders of magnitude of room and bounds the memory a request
 /// can take.
-pub const MAX_REQUEST_BYTES: u64 = 8 * 1024 * 1024;
+pub(crate) const MAX_REQUEST_BYTES: u64 = 8 * 1024 * 1024;
 
 /// How much of an over-limit request is still read and thrown away, so that a writer
 /// that sends a finite request is not cut off with a broken pipe before it reads the
@@ -24,7 +24,7 @@ pub const MAX_REQUEST_BYTES: u64 = 8 * 1024 * 1024;
 const DRAIN_BYTES: u64 = 64 * 1024 * 1024;
 
 /// What `cpi` says on stderr when its stdin is a terminal.
-pub const TERMINAL_HINT: &str = "cpi: reading one BOSH CPI request (a JSON object) on stdin, end it with Ctrl-D; `cpi --help` lists the operator commands (cpi nodes, cpi bosh-config, ...)";
+pub(crate) const TERMINAL_HINT: &str = "cpi: reading one BOSH CPI request (a JSON object) on stdin, end it with Ctrl-D; `cpi --help` lists the operator commands (cpi nodes, cpi bosh-config, ...)";
 
 /// Reads the request, runs it, writes the response. Returns the process exit code: 0
 /// whenever a response was written (error responses included).

@@ -1,8 +1,8 @@
 //! `cpi.json`: the CPI's configuration, its defaults and validation, and the merge of
 //! cpi-config properties that arrive in a request's `context`.
 
-pub mod secret;
-pub mod tls;
+pub(crate) mod secret;
+pub(crate) mod tls;
 
 use std::path::{Path, PathBuf};
 
@@ -12,7 +12,8 @@ use serde_json::{Map, Value};
 use crate::bounded_file::{self, FileKind};
 use crate::echo::printable;
 pub use secret::Secret;
-pub use tls::{TlsMaterial, TlsSource};
+pub use tls::TlsMaterial;
+pub(crate) use tls::TlsSource;
 
 /// The job's config path when no `-c` is given; `BOSH_JOBS_DIR` (set by create-env) wins
 /// over `/var/vcap/jobs`.
@@ -578,7 +579,7 @@ fn is_api_version(v: &str) -> bool {
 
 /// Deep-merges the overridable sections of `context` into the config document: a
 /// cpi-config's `properties` arrive at the top level of `context` and win over the file.
-pub fn merge_context(config: &mut Value, context: &Map<String, Value>) {
+pub(crate) fn merge_context(config: &mut Value, context: &Map<String, Value>) {
     let Value::Object(target) = config else {
         return;
     };

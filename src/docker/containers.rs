@@ -314,7 +314,7 @@ fn file_of_entry(entry: tar::Entry<'_, &[u8]>) -> Result<Option<ContainerFile>, 
 /// A file read from a container: its bytes, permission bits and numeric owner, so it can
 /// be written back as it was.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ContainerFile {
+pub(crate) struct ContainerFile {
     /// The content.
     pub data: Vec<u8>,
     /// Permission bits.

@@ -25,13 +25,13 @@ const VERSION: &str = env!("MC_MOUNTER_VERSION");
 /// The mounter's exit code for a command it does not know, or another version.
 const USAGE: i64 = 2;
 /// The mounter's exit code for a disk (or its image) that is not on this node.
-pub const NOT_HERE: i64 = 3;
+pub(crate) const NOT_HERE: i64 = 3;
 /// The mounter's exit code for a disk whose volume holds files besides its image.
-pub const NOT_AN_IMAGE: i64 = 4;
+pub(crate) const NOT_AN_IMAGE: i64 = 4;
 /// The mounter's exit code for a disk that a VM or a loop device of the node holds.
 pub(crate) const IN_USE: i64 = 5;
 /// Name of the mounter container on every node.
-pub const CONTAINER: &str = "mc-mounter";
+pub(crate) const CONTAINER: &str = "mc-mounter";
 const IMAGE_REPO: &str = "moltencore-mounter";
 
 /// The tag of this CPI's mounter image: the binary's digest, so a new binary gets a new
@@ -46,7 +46,7 @@ fn image() -> String {
 
 /// A disk put in a VM as a block device, as the mounter found its image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BlockDisk {
+pub(crate) struct BlockDisk {
     /// The image holds a filesystem: nothing to format.
     pub formatted: bool,
     /// The disk's files, kept as a folder by an earlier version, wait in the VM's

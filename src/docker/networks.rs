@@ -12,7 +12,7 @@ use super::node::NodeDocker;
 
 /// What a node's BOSH network must look like.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BridgeSpec {
+pub(crate) struct BridgeSpec {
     pub name: String,
     pub subnet: Ipv4Net,
     pub gateway: Ipv4Addr,

@@ -11,7 +11,7 @@ use super::systemd::Systemd;
 
 /// Which files differed and what that means for systemd.
 #[derive(Debug, Default)]
-pub struct Written {
+pub(crate) struct Written {
     /// Each changed file (path on the node) and how.
     pub files: Vec<(String, FileChange)>,
     /// Docker's certificates, options, drop-in or TLS socket changed.

@@ -12,13 +12,13 @@ use super::error::{NodePrepError, Result};
 use crate::disk_mounts::{self, DiskMounts};
 
 /// The VM disk tree on a node, below node-prep's root.
-pub const DISKS_DIR: &str = "/var/lib/moltencore/vm-disks";
+pub(crate) const DISKS_DIR: &str = "/var/lib/moltencore/vm-disks";
 /// The oneshot unit that runs `cpi node-prep disk-mounts` before docker.service.
-pub const UNIT: &str = "moltencore-disk-mounts.service";
+pub(crate) const UNIT: &str = "moltencore-disk-mounts.service";
 
 /// What one run did.
 #[derive(Debug, Serialize)]
-pub struct DiskMountsReport {
+pub(crate) struct DiskMountsReport {
     /// The tree, as a path on the node.
     pub dir: PathBuf,
     /// The tree was no mount point and was bound onto itself.

@@ -10,27 +10,25 @@ use ipnet::Ipv4Net;
 
 use super::pki::CertAndKey;
 
-/// Directory of Docker's TLS material and options.
-pub const CERT_DIR: &str = "/etc/moltencore/docker";
 /// The cluster CA certificate, trusted for client certificates.
-pub const CA_FILE: &str = "/etc/moltencore/docker/ca.pem";
+pub(crate) const CA_FILE: &str = "/etc/moltencore/docker/ca.pem";
 /// The node's Docker server certificate.
-pub const SERVER_CERT_FILE: &str = "/etc/moltencore/docker/server.pem";
+pub(crate) const SERVER_CERT_FILE: &str = "/etc/moltencore/docker/server.pem";
 /// Its private key (mode 0600).
-pub const SERVER_KEY_FILE: &str = "/etc/moltencore/docker/server-key.pem";
+pub(crate) const SERVER_KEY_FILE: &str = "/etc/moltencore/docker/server-key.pem";
 /// Docker's options as environment variables, read by docker.service.
-pub const ENV_FILE: &str = "/etc/moltencore/docker/docker.env";
+pub(crate) const ENV_FILE: &str = "/etc/moltencore/docker/docker.env";
 /// The drop-in that makes docker.service read [`ENV_FILE`] and want the TLS socket.
-pub const DROPIN_FILE: &str = "/etc/systemd/system/docker.service.d/50-moltencore.conf";
+pub(crate) const DROPIN_FILE: &str = "/etc/systemd/system/docker.service.d/50-moltencore.conf";
 /// The socket unit of the mutual TLS listener.
-pub const TLS_SOCKET_UNIT: &str = "moltencore-docker-tls.socket";
+pub(crate) const TLS_SOCKET_UNIT: &str = "moltencore-docker-tls.socket";
 /// The oneshot unit that creates the BOSH network.
-pub const NETWORK_UNIT: &str = "moltencore-network.service";
+pub(crate) const NETWORK_UNIT: &str = "moltencore-network.service";
 /// Marker left while Docker's new configuration is not yet applied (in /run: a reboot
 /// applies it anyway).
-pub const RESTART_PENDING: &str = "/run/moltencore/docker-restart-pending";
+pub(crate) const RESTART_PENDING: &str = "/run/moltencore/docker-restart-pending";
 /// Docker's unix socket on Flatcar.
-pub const DOCKER_SOCKET: &str = "unix:///var/run/docker.sock";
+pub(crate) const DOCKER_SOCKET: &str = "unix:///var/run/docker.sock";
 
 /// Path of one of our units.
 pub(crate) fn unit_path(unit: &str) -> String {
@@ -39,7 +37,7 @@ pub(crate) fn unit_path(unit: &str) -> String {
 
 /// What the Docker files are made from.
 #[derive(Debug, Clone)]
-pub struct DockerSettings {
+pub(crate) struct DockerSettings {
     pub node: String,
     pub private_ip: Ipv4Addr,
     pub port: u16,
@@ -163,7 +161,7 @@ pub(crate) fn network_unit(s: &DockerSettings) -> String {
 }
 
 /// One file node-prep wants on the node. No `Debug`: the content may be a private key.
-pub struct WantedFile {
+pub(crate) struct WantedFile {
     /// Path as seen on the node.
     pub path: String,
     pub content: String,

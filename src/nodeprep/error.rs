@@ -234,7 +234,7 @@ impl NodePrepError {
 }
 
 /// The results of node-prep's functions.
-pub type Result<T, E = NodePrepError> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = NodePrepError> = std::result::Result<T, E>;
 
 /// `serde_json::to_string`, failing as [`NodePrepError::Encode`] naming `what`.
 pub(crate) fn to_json<T: serde::Serialize + ?Sized>(value: &T, what: &str) -> Result<String> {

@@ -11,11 +11,11 @@ use super::error::{NodePrepError, Result};
 use super::files::Root;
 
 /// Where Flatcar's metadata agent writes the instance metadata.
-pub const METADATA_FILE: &str = "/run/metadata/flatcar";
+pub(crate) const METADATA_FILE: &str = "/run/metadata/flatcar";
 
 /// The flags that name the node; each one is optional.
 #[derive(Debug, Clone, Default)]
-pub struct IdentityFlags {
+pub(crate) struct IdentityFlags {
     pub name: Option<String>,
     pub hostname: Option<String>,
     pub private_ip: Option<Ipv4Addr>,
@@ -24,7 +24,7 @@ pub struct IdentityFlags {
 
 /// The node's resolved identity.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Identity {
+pub(crate) struct Identity {
     /// Node name: etcd key, BOSH AZ pin, certificate CN.
     pub name: String,
     /// DNS name put in the server certificate.
@@ -37,7 +37,7 @@ pub struct Identity {
 
 /// What `/run/metadata/flatcar` says, reduced to the parts node-prep uses.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Metadata {
+pub(crate) struct Metadata {
     pub hostname: Option<String>,
     pub private_ip: Option<Ipv4Addr>,
     pub public_ip: Option<Ipv4Addr>,

@@ -3,22 +3,22 @@
 //! tests), every systemd call through one seam, and all checks that can refuse the run
 //! come before the first write, so bad input leaves nothing half-written.
 
-pub mod apply;
-pub mod ca_store;
-pub mod disk_mounts;
-pub mod docker_units;
-pub mod error;
-pub mod files;
-pub mod flannel;
-pub mod identity;
-pub mod network;
+pub(crate) mod apply;
+pub(crate) mod ca_store;
+pub(crate) mod disk_mounts;
+pub(crate) mod docker_units;
+pub(crate) mod error;
+pub(crate) mod files;
+pub(crate) mod flannel;
+pub(crate) mod identity;
+pub(crate) mod network;
 pub mod pki;
 pub mod reboot_unit;
-pub mod register;
-pub mod report;
-pub mod server_cert;
-pub mod steps;
-pub mod systemd;
+pub(crate) mod register;
+pub(crate) mod report;
+pub(crate) mod server_cert;
+pub(crate) mod steps;
+pub(crate) mod systemd;
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use ipnet::Ipv4Net;
 
 use crate::cluster::{Capacity, Etcd, EtcdAccess, Keys};
-pub use error::NodePrepError;
+pub(crate) use error::NodePrepError;
 use error::Result;
 use files::Root;
 use flannel::FlannelFlags;
@@ -36,7 +36,7 @@ use steps::{Changes, Outcome, Prep};
 
 /// Everything one node-prep run needs.
 #[derive(Debug, Clone)]
-pub struct PrepOptions {
+pub(crate) struct PrepOptions {
     /// Where files go (`/` on a node).
     pub root: PathBuf,
     /// Report only: no etcd write, no file, no systemd call.

@@ -19,7 +19,7 @@ use crate::docker::node::describe;
 
 /// Options of the network step.
 #[derive(Debug, Clone)]
-pub struct NetworkOptions {
+pub(crate) struct NetworkOptions {
     pub root: Root,
     /// `unix:///path/to/docker.sock`.
     pub docker_host: String,
@@ -32,7 +32,7 @@ pub struct NetworkOptions {
 
 /// What the network step did (or would do).
 #[derive(Debug, Clone, Serialize)]
-pub struct NetworkReport {
+pub(crate) struct NetworkReport {
     pub network_name: String,
     pub subnet: Ipv4Net,
     pub gateway: Ipv4Addr,
@@ -43,7 +43,7 @@ pub struct NetworkReport {
 }
 
 /// Label put on the networks node-prep creates.
-pub const LABEL: &str = crate::labels::NETWORK;
+pub(crate) const LABEL: &str = crate::labels::NETWORK;
 
 /// Runs the network step: subnet.env, docker0 off the flannel network, the BOSH network,
 /// the masquerade rule.

@@ -81,7 +81,7 @@ async fn swap(etcd: &Etcd, key: &str, value: String, mod_revision: Option<i64>) 
 
 /// What registration found and did.
 #[derive(Debug, Clone)]
-pub struct Registration {
+pub(crate) struct Registration {
     pub record: NodeRecord,
     pub previous: Option<NodeRecord>,
 }

@@ -13,7 +13,7 @@ use crate::cluster::NodeRecord;
 
 /// The outcome of one node-prep run.
 #[derive(Debug, Clone, Serialize)]
-pub struct Report {
+pub(crate) struct Report {
     pub node: String,
     pub root: PathBuf,
     pub dry_run: bool,
@@ -38,7 +38,7 @@ pub struct Report {
 
 /// How this node's Docker is set up; file paths as they are from here (below the root).
 #[derive(Debug, Clone, Serialize)]
-pub struct DockerFacts {
+pub(crate) struct DockerFacts {
     /// Where the CPI reaches Docker.
     pub endpoint: String,
     /// The address the TLS socket unit listens on.
@@ -58,7 +58,7 @@ pub struct DockerFacts {
 
 /// The Docker server certificate in force.
 #[derive(Debug, Clone, Serialize)]
-pub struct CertFacts {
+pub(crate) struct CertFacts {
     pub fingerprint: String,
     pub not_after: String,
     pub sans: Vec<String>,

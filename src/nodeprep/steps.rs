@@ -24,7 +24,7 @@ use crate::cluster::{Etcd, FlannelConfig, NodeRecord, NodeState, SubnetLease};
 
 /// The report lines of one or more steps, in the order made.
 #[derive(Debug, Default)]
-pub struct Changes {
+pub(crate) struct Changes {
     /// What was (or would be) written, reserved, issued or restarted.
     pub lines: Vec<String>,
     pub warnings: Vec<String>,
@@ -32,7 +32,7 @@ pub struct Changes {
 
 /// What a step settled, and its report lines.
 #[derive(Debug)]
-pub struct Step<T> {
+pub(crate) struct Step<T> {
     pub value: T,
     pub changes: Changes,
 }
@@ -66,14 +66,14 @@ impl<T> Step<T> {
 }
 
 /// What every step reads: the options, the root and etcd.
-pub struct Prep<'a> {
+pub(crate) struct Prep<'a> {
     pub opts: &'a PrepOptions,
     pub root: Root,
     pub etcd: Etcd,
 }
 
 /// What the checks read, for the steps after them.
-pub struct Checked {
+pub(crate) struct Checked {
     /// The flannel config in force or to create.
     pub plan: ConfigPlan,
     /// This node's record as registered before this run.
@@ -84,7 +84,7 @@ pub struct Checked {
 
 /// This node's place on the flannel network.
 #[derive(Debug, Clone, Copy)]
-pub struct FlannelFacts {
+pub(crate) struct FlannelFacts {
     pub subnet: Ipv4Net,
     pub gateway: Ipv4Addr,
     pub mtu: u32,
@@ -417,7 +417,7 @@ fn flannel_mtu(root: &Root, subnet: Ipv4Net) -> Result<Option<u32>> {
 }
 
 /// Everything the run settled, for the report.
-pub struct Outcome {
+pub(crate) struct Outcome {
     pub id: Identity,
     pub ca: CaOutcome,
     pub net: FlannelFacts,

@@ -19,7 +19,7 @@ use super::request::{json_type, plain_serde_message};
 use super::response::CallResult;
 
 /// A JSON object, as cloud_properties, env and metadata arrive.
-pub type Object = Map<String, Value>;
+pub(crate) type Object = Map<String, Value>;
 
 /// Declares every method of the contract once. An entry reads
 /// `Variant { fields } = "wire_name" (arg, arg; optional_arg) => |a| <typed call>`;
@@ -318,7 +318,8 @@ struct MethodSpec {
 }
 
 /// All method names this CPI dispatches, for documentation and tests.
-pub fn method_names() -> impl Iterator<Item = &'static str> {
+#[cfg(test)]
+fn method_names() -> impl Iterator<Item = &'static str> {
     METHODS.iter().map(|m| m.spec.name)
 }
 
@@ -524,7 +525,7 @@ impl Args {
 
 /// A value safe to echo (bounded length, control characters escaped); shared by every
 /// error message that quotes a request value.
-pub use crate::echo::printable;
+pub(crate) use crate::echo::printable;
 
 #[cfg(test)]
 mod tests {

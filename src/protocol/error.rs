@@ -106,10 +106,6 @@ impl fmt::Display for CpiError {
 
 impl std::error::Error for CpiError {}
 
-/// The error-chain helper lives in `crate::echo`; re-exported for the modules that
-/// found it here.
-pub use crate::echo::with_sources;
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,7 +15,7 @@ pub enum ApiVersion {
 
 /// A parsed request envelope. Arguments are still raw JSON; [`super::call::Call`] types them.
 #[derive(Debug, Clone)]
-pub struct Request {
+pub(crate) struct Request {
     /// The method name as sent.
     pub method: String,
     /// The positional arguments.
@@ -29,7 +29,7 @@ pub struct Request {
 impl Request {
     /// Parses the raw stdin text. Unknown keys are ignored; a missing or mistyped
     /// `method`/`arguments` is a `CpiError` that says so.
-    pub fn parse(raw: &str) -> Result<Request, CpiError> {
+    pub(crate) fn parse(raw: &str) -> Result<Request, CpiError> {
         if raw.trim().is_empty() {
             return Err(CpiError::cpi(
                 "empty request: expected one JSON object on stdin",
@@ -101,13 +101,13 @@ impl Request {
     }
 
     /// The director's request id (`cpi-123456`), when it sent one; tags every log line.
-    pub fn request_id(&self) -> Option<&str> {
+    pub(crate) fn request_id(&self) -> Option<&str> {
         self.context.get("request_id").and_then(Value::as_str)
     }
 }
 
 /// A short name for a JSON value's type, for error messages that must not echo values.
-pub fn json_type(v: &Value) -> &'static str {
+pub(crate) fn json_type(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -119,7 +119,7 @@ pub fn json_type(v: &Value) -> &'static str {
 }
 
 /// Serde's words made plain live in [`crate::serde_words`]; re-exported for the parsers here.
-pub use crate::serde_words::plain as plain_serde_message;
+pub(crate) use crate::serde_words::plain as plain_serde_message;
 
 #[cfg(test)]
 mod tests {

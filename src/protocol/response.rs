@@ -90,7 +90,7 @@ fn to_value(result: &impl Serialize) -> Value {
 
 /// The `error` object of a failed call.
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct ErrorBody {
+pub(crate) struct ErrorBody {
     #[serde(rename = "type")]
     pub kind: &'static str,
     pub message: String,
@@ -99,10 +99,10 @@ pub struct ErrorBody {
 
 /// The longest error message answered (characters); every value in it is cut already,
 /// this bounds a message that echoes many (one per node).
-pub const MAX_MESSAGE_CHARS: usize = 8 * 1024;
+pub(crate) const MAX_MESSAGE_CHARS: usize = 8 * 1024;
 
 /// The longest `log` answered (bytes).
-pub const MAX_LOG_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_LOG_BYTES: usize = 64 * 1024;
 
 fn safe_log(log: &str) -> String {
     crate::echo::truncate(&crate::redact::redact_str(log), MAX_LOG_BYTES)
@@ -110,7 +110,7 @@ fn safe_log(log: &str) -> String {
 
 /// The response document. All three keys are always present; `log` is always a string.
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Response {
+pub(crate) struct Response {
     pub result: Value,
     pub error: Option<ErrorBody>,
     pub log: String,
@@ -118,7 +118,7 @@ pub struct Response {
 
 impl Response {
     /// A success response.
-    pub fn ok(result: CallResult, api: ApiVersion, log: String) -> Response {
+    pub(crate) fn ok(result: CallResult, api: ApiVersion, log: String) -> Response {
         Response {
             result: result.shape(api),
             error: None,
@@ -129,7 +129,7 @@ impl Response {
     /// An error response. The message passes through the redactor as a last line of
     /// defence (URL credentials or key material that reached an error text never leave),
     /// has its control characters escaped and is cut to [`MAX_MESSAGE_CHARS`].
-    pub fn error(err: &CpiError, log: String) -> Response {
+    pub(crate) fn error(err: &CpiError, log: String) -> Response {
         Response {
             result: Value::Null,
             error: Some(ErrorBody {
@@ -145,7 +145,7 @@ impl Response {
     }
 
     /// The single line written to stdout.
-    pub fn to_line(&self) -> String {
+    pub(crate) fn to_line(&self) -> String {
         // Serializing a Value-based struct cannot fail; fall back to a fixed valid document.
         serde_json::to_string(self).unwrap_or_else(|_| {
             r#"{"result":null,"error":{"type":"Bosh::Clouds::CpiError","message":"response could not be serialized","ok_to_retry":false},"log":""}"#.to_string()

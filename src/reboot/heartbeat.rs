@@ -36,7 +36,7 @@ const RETRY: Duration = Duration::from_millis(500);
 
 /// Who the manager of a node is, as its heartbeat says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ManagerInfo {
+pub(crate) struct ManagerInfo {
     pub node: String,
     /// The boot the manager started in.
     pub boot_id: String,
@@ -53,7 +53,7 @@ pub struct ManagerInfo {
 /// What is known of a node's manager.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
-pub enum ManagerStatus {
+pub(crate) enum ManagerStatus {
     /// Its heartbeat is there.
     Up { manager: ManagerInfo },
     /// No heartbeat: it died (or lost etcd); it was last heard of that many seconds ago

@@ -32,7 +32,7 @@ use crate::nodeprep::register::{self, now_rfc3339};
 
 /// Why one step of the manager failed (it tries again after a poll interval).
 #[derive(Debug, thiserror::Error)]
-pub enum StepError {
+pub(crate) enum StepError {
     #[error(transparent)]
     Semaphore(#[from] SemaphoreError),
     #[error(transparent)]
@@ -90,7 +90,7 @@ impl From<super::error::HealthError> for StepError {
 
 /// How the manager behaves (from `cpi reboot-manager`'s flags).
 #[derive(Debug, Clone)]
-pub struct ManagerOptions {
+pub(crate) struct ManagerOptions {
     /// This node's name, as registered.
     pub node: String,
     /// The reboot group whose slots it takes.
@@ -116,7 +116,7 @@ enum Next {
 }
 
 /// One node's manager.
-pub struct Manager<'a> {
+pub(crate) struct Manager<'a> {
     ctx: &'a CloudContext<'a>,
     opts: ManagerOptions,
     host: Host,

@@ -81,14 +81,14 @@ pub struct RebootRecord {
 
 /// An operator's request to reboot a node (`cpi nodes reboot NAME`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RebootRequest {
+pub(crate) struct RebootRequest {
     pub since: String,
     pub why: String,
 }
 
 /// A value as read, with the revision a transaction compares.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Versioned<T> {
+pub(crate) struct Versioned<T> {
     pub value: T,
     pub mod_revision: i64,
 }
@@ -106,7 +106,7 @@ pub enum RecordError {
 
 /// The reboot records of one cluster.
 #[derive(Clone)]
-pub struct Records {
+pub(crate) struct Records {
     etcd: Etcd,
     keys: RebootKeys,
 }

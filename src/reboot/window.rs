@@ -25,7 +25,7 @@ pub enum WindowError {
 
 /// A recurring window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RebootWindow {
+pub(crate) struct RebootWindow {
     /// Day of the week (0 = Monday), or every day.
     day: Option<i64>,
     /// Minutes after midnight UTC.
