@@ -12,5 +12,5 @@ pub(crate) use crate::ids::{self, DiskCid, SnapshotCid, StemcellCid, VmCid};
 pub(crate) use call::{Call, CreateVm, NetworkSpec, NetworkType, Object, VmRequirements};
 pub use error::CpiError;
 pub(crate) use error::ErrorKind;
-pub(crate) use request::{Request, plain_serde_message};
+pub(crate) use request::{Request, RequestError, plain_serde_message};
 pub(crate) use response::{CallResult, Info, Response, VmCloudProperties};
