@@ -91,8 +91,70 @@ pub enum CommandError {
     #[error("cannot start the async runtime: {0}")]
     Runtime(#[source] std::io::Error),
     /// node-prep failed (it reports as `node-prep: error: …`, with its cause chain).
-    #[error("{0:#}")]
-    NodePrepCommand(anyhow::Error),
+    #[error("{}", chain(.0))]
+    NodePrepCommand(NodePrepCommandError),
+}
+
+/// Why `cpi node-prep` failed: its flags, or the preparation itself.
+#[derive(Debug, thiserror::Error)]
+pub enum NodePrepCommandError {
+    /// A key prefix flag is not an etcd key prefix.
+    #[error("{flag} '{prefix}' must start with '/' and not end with '/'")]
+    Prefix {
+        /// The flag.
+        flag: &'static str,
+        /// What it was given.
+        prefix: String,
+    },
+    /// A PEM file flag names no readable, small, regular file.
+    #[error("{flag} must name a regular file of at most {}", crate::bounded_file::human(*limit))]
+    PemFile {
+        /// The flag.
+        flag: &'static str,
+        /// The size limit of such a file, in bytes.
+        limit: u64,
+        /// Why it could not be read.
+        source: crate::bounded_file::ReadError,
+    },
+    /// Only one of the client certificate and key was given.
+    #[error("--etcd-cert and --etcd-key must be given together")]
+    CertWithoutKey,
+    /// `--etcd-user` has no `:`.
+    #[error("--etcd-user must be USER:PASSWORD")]
+    User,
+    /// `--etcd-timeout 0`.
+    #[error("--etcd-timeout must be at least 1")]
+    Timeout,
+    /// The async runtime could not be started.
+    #[error("cannot start the async runtime")]
+    Runtime(#[source] std::io::Error),
+    /// The preparation failed.
+    #[error(transparent)]
+    NodePrep(#[from] NodePrepError),
+    /// A report could not be written as JSON.
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    /// Some disks could not be mounted back into their VMs.
+    #[error("{} disk(s) could not be put back in their VMs: {}", .0.len(), .0.join("; "))]
+    DisksLeftOut(Vec<String>),
+}
+
+impl From<NodePrepCommandError> for CommandError {
+    fn from(e: NodePrepCommandError) -> Self {
+        CommandError::NodePrepCommand(e)
+    }
+}
+
+/// The error's message followed by every message of its source chain, each after `: `.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 /// A failed command: what to report once, and the code the process exits with.
@@ -214,10 +276,11 @@ mod tests {
     fn wire_errors_lose_their_bosh_type_and_node_prep_keeps_its_chain() {
         let e = CommandError::from(CpiError::cpi("etcd at 10.0.0.1:2379 is unreachable"));
         assert_eq!(e.lines()[0], "error: etcd at 10.0.0.1:2379 is unreachable");
-        let prep = CommandError::NodePrepCommand(anyhow::anyhow!("inner").context("outer"));
+        let inner = std::io::Error::other("inner");
+        let prep = CommandError::from(NodePrepCommandError::Runtime(inner));
         assert_eq!(
             prep.lines(),
-            vec!["node-prep: error: outer: inner".to_string()]
+            vec!["node-prep: error: cannot start the async runtime: inner".to_string()]
         );
     }
 }
