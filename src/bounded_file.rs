@@ -202,7 +202,11 @@ mod tests {
     fn a_file_over_the_limit_names_the_limit() {
         let dir = tempfile::tempdir().unwrap();
         let big = dir.path().join("big.pem");
-        std::fs::write(&big, vec![b'a'; (FileKind::TlsPem.limit() + 1) as usize]).unwrap();
+        std::fs::write(
+            &big,
+            vec![b'a'; usize::try_from(FileKind::TlsPem.limit() + 1).unwrap()],
+        )
+        .unwrap();
         let e = read(&big, FileKind::TlsPem).unwrap_err();
         assert!(matches!(e, ReadError::TooLarge { .. }), "{e}");
         assert!(
@@ -210,7 +214,11 @@ mod tests {
             "{e}"
         );
         let exact = dir.path().join("exact.pem");
-        std::fs::write(&exact, vec![b'a'; FileKind::TlsPem.limit() as usize]).unwrap();
+        std::fs::write(
+            &exact,
+            vec![b'a'; usize::try_from(FileKind::TlsPem.limit()).unwrap()],
+        )
+        .unwrap();
         assert_eq!(
             read(&exact, FileKind::TlsPem).unwrap().len() as u64,
             FileKind::TlsPem.limit()

@@ -38,7 +38,7 @@ fn data_ranges(file: &File, size: u64) -> io::Result<Vec<(u64, u64)>> {
     let mut at = 0u64;
     while at < size {
         // SAFETY: lseek on an open descriptor owned by `file`; no memory is passed.
-        let start = unsafe { lseek64(fd, at as i64, SEEK_DATA) };
+        let start = unsafe { lseek64(fd, at.cast_signed(), SEEK_DATA) };
         if start < 0 {
             let e = io::Error::last_os_error();
             if e.raw_os_error() == Some(ENXIO) {
@@ -51,7 +51,7 @@ fn data_ranges(file: &File, size: u64) -> io::Result<Vec<(u64, u64)>> {
         if end < 0 {
             return Err(io::Error::last_os_error());
         }
-        let (start, end) = (start as u64, (end as u64).min(size));
+        let (start, end) = (start.unsigned_abs(), end.unsigned_abs().min(size));
         if end <= start {
             return Err(io::Error::other(format!(
                 "the image's data at {start} ends at {end}"
@@ -107,9 +107,12 @@ pub(crate) fn copy(from: &File, to: &File, progress: &mut dyn FnMut(u64)) -> io:
 /// The ranges cut into chunks of at most `CHUNK` bytes: (offset, length).
 fn chunks(ranges: &[(u64, u64)]) -> impl Iterator<Item = (u64, usize)> + '_ {
     ranges.iter().flat_map(|&(start, end)| {
-        (start..end)
-            .step_by(CHUNK)
-            .map(move |at| (at, ((end - at) as usize).min(CHUNK)))
+        (start..end).step_by(CHUNK).map(move |at| {
+            (
+                at,
+                usize::try_from(end - at).map_or(CHUNK, |n| n.min(CHUNK)),
+            )
+        })
     })
 }
 

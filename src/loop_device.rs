@@ -75,8 +75,8 @@ fn make_node(path: &Path, kind: u32, rdev: u64) -> io::Result<()> {
             SYS_MKNODAT,
             AT_FDCWD,
             p.as_ptr() as *const c_char,
-            (kind | 0o600) as c_long,
-            rdev as c_long,
+            c_long::from(kind | 0o600),
+            rdev.cast_signed(),
         )
     };
     if rc == 0 {
@@ -200,13 +200,13 @@ pub(crate) fn attach(image: &Path) -> io::Result<Loop> {
     for _ in 0..FREE_ATTEMPTS {
         // SAFETY: LOOP_CTL_GET_FREE takes no argument and returns a loop number.
         let n = check(unsafe { ioctl(control.as_raw_fd(), LOOP_CTL_GET_FREE) })?;
-        let (device, lo) = open_loop(n as u32)?;
+        let (device, lo) = open_loop(n.unsigned_abs())?;
         // SAFETY: LOOP_SET_FD takes the backing file's descriptor by value.
         let rc = unsafe {
             ioctl(
                 device.as_raw_fd(),
                 LOOP_SET_FD,
-                backing.as_raw_fd() as c_ulong,
+                c_ulong::from(backing.as_raw_fd().unsigned_abs()),
             )
         };
         match check(rc) {

@@ -53,6 +53,7 @@ impl Default for Options {
 /// A vm_type: `NAME` with no limits, or `NAME:CPU:RAM_MIB:EPHEMERAL_DISK_MIB`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VmTypePreset {
+    /// The vm_type's name.
     pub name: String,
     /// (cpu, ram MiB, ephemeral disk MiB); `None`: no limits at all.
     pub size: Option<(f64, u64, u64)>,
@@ -110,7 +111,9 @@ impl FromStr for VmTypePreset {
 /// A disk_type: `NAME:SIZE_MIB`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskTypePreset {
+    /// The disk_type's name.
     pub name: String,
+    /// The disk size in MiB.
     pub size_mib: u64,
 }
 
@@ -169,78 +172,108 @@ pub(crate) fn with_overrides<T: Clone>(
 /// A cloud-config document.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CloudConfig {
+    /// One AZ per node.
     pub azs: Vec<Az>,
+    /// The BOSH networks, one subnet per AZ.
     pub networks: Vec<Network>,
+    /// The vm_types the operator asked for.
     pub vm_types: Vec<VmType>,
+    /// The disk_types the operator asked for.
     pub disk_types: Vec<DiskType>,
+    /// Where compilation VMs run.
     pub compilation: Compilation,
 }
 
 /// One AZ: a node.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Az {
+    /// The AZ's name (the node's).
     pub name: String,
+    /// The cpi-config entry that serves this AZ, when there are several.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpi: Option<String>,
+    /// Where the AZ's VMs go.
     pub cloud_properties: AzProperties,
 }
 
 /// The AZ's cloud_properties: the node its VMs and disks go to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AzProperties {
+    /// The node's name.
     pub node: String,
 }
 
 /// A network.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Network {
+    /// The network's name.
     pub name: String,
+    /// BOSH network type (`manual`).
     #[serde(rename = "type")]
     pub kind: String,
+    /// One subnet per AZ.
     pub subnets: Vec<Subnet>,
 }
 
 /// A manual network's subnet (one per AZ).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Subnet {
+    /// The AZ (node) the subnet belongs to.
     pub az: String,
+    /// The subnet's CIDR.
     pub range: String,
+    /// The gateway VMs route through.
     pub gateway: Ipv4Addr,
+    /// DNS servers given to VMs.
     pub dns: Vec<Ipv4Addr>,
+    /// Ranges BOSH must not assign.
     pub reserved: Vec<String>,
+    /// Ranges BOSH assigns as static IPs.
     #[serde(rename = "static", default, skip_serializing_if = "Vec::is_empty")]
     pub static_ips: Vec<String>,
+    /// The subnet's cloud_properties.
     pub cloud_properties: Map<String, Value>,
 }
 
 /// A vm_type.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VmType {
+    /// The vm_type's name.
     pub name: String,
+    /// What the CPI reads for VMs of this type (cpu, ram, ...).
     pub cloud_properties: Map<String, Value>,
 }
 
 /// A disk_type.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DiskType {
+    /// The disk_type's name.
     pub name: String,
+    /// The disk size in MiB.
     pub disk_size: u64,
+    /// The disk_type's cloud_properties.
     pub cloud_properties: Map<String, Value>,
 }
 
 /// The compilation block.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Compilation {
+    /// How many compilation VMs at once.
     pub workers: u32,
+    /// Whether compilation VMs are reused.
     pub reuse_compilation_vms: bool,
+    /// The AZ compilation VMs go to.
     pub az: String,
+    /// The vm_type of compilation VMs.
     pub vm_type: String,
+    /// The network of compilation VMs.
     pub network: String,
 }
 
 /// A generated document and what the operator should know about it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Generated<T> {
+    /// The generated document.
     pub document: T,
     /// Things that do not stop generation but need a look (a node without a lease).
     pub warnings: Vec<String>,
@@ -361,7 +394,7 @@ fn compilation(
     };
     let workers = opts
         .compilation_workers
-        .unwrap_or(ready.len().max(1) as u32);
+        .unwrap_or(u32::try_from(ready.len().max(1)).unwrap_or(u32::MAX));
     if workers == 0 {
         return Err(BoshConfigError::NoCompilationWorkers);
     }
@@ -403,8 +436,14 @@ fn vm_type(t: &VmTypePreset) -> VmType {
     let mut props = Map::new();
     if let Some((cpu, ram, disk)) = t.size {
         // Whole CPU counts stay integers in the YAML.
-        let cpu = if cpu.fract() == 0.0 && cpu <= u32::MAX as f64 {
-            Value::from(cpu as u64)
+        let cpu = if cpu.fract() == 0.0 && cpu <= f64::from(u32::MAX) {
+            #[expect(
+                clippy::cast_possible_truncation,
+                clippy::cast_sign_loss,
+                reason = "a whole number of CPUs, above 0 (the preset's parser checks) and below u32::MAX"
+            )]
+            let whole = cpu as u64;
+            Value::from(whole)
         } else {
             Value::from(cpu)
         };

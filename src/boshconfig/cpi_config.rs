@@ -14,27 +14,33 @@ pub(crate) const CPI_TYPE: &str = "moltencore";
 /// A cpi-config document.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CpiConfig {
+    /// One CPI per node.
     pub cpis: Vec<CpiEntry>,
 }
 
 /// One CPI: a node.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CpiEntry {
+    /// The CPI's name, which AZs name in `cpi`.
     pub name: String,
+    /// The CPI release's job type (`moltencore`).
     #[serde(rename = "type")]
     pub kind: String,
+    /// What the director merges into each request's context.
     pub properties: CpiProperties,
 }
 
 /// What the director merges into every request's `context` for this CPI.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CpiProperties {
+    /// Which node this CPI entry places VMs on.
     pub placement: Placement,
 }
 
 /// The config section `placement` (see `crate::config::PlacementConfig`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Placement {
+    /// The node's name.
     pub node: String,
 }
 

@@ -42,8 +42,11 @@ pub struct Capacity {
 /// node-prep versions can add fields.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeRecord {
+    /// The node's name, unique in the cluster.
     pub name: String,
+    /// The address other nodes and the CPI reach the node at.
     pub private_ip: Ipv4Addr,
+    /// The node's public address, when it has one.
     #[serde(default)]
     pub public_ip: Option<Ipv4Addr>,
     /// The address the node's Flannel lease announces, when node-prep was told one other
@@ -54,18 +57,24 @@ pub struct NodeRecord {
     pub docker_endpoint: String,
     /// The node's Flannel subnet, network address form (`10.1.2.0/24`).
     pub subnet: Ipv4Net,
+    /// The gateway of the node's subnet (its Docker bridge).
     pub gateway: Ipv4Addr,
+    /// The MTU of the node's VM network.
     #[serde(default = "default_mtu")]
     pub mtu: u32,
     /// The Docker bridge network for BOSH VMs on this node.
     #[serde(default = "default_network_name")]
     pub network_name: String,
+    /// Whether the node takes new VMs.
     #[serde(default)]
     pub state: NodeState,
+    /// CPUs and memory the node offers to VMs.
     #[serde(default)]
     pub capacity: Capacity,
+    /// SHA-256 of the node's Docker server certificate.
     #[serde(default)]
     pub cert_fingerprint: Option<String>,
+    /// When node-prep last prepared the node (RFC 3339).
     #[serde(default)]
     pub prepared_at: Option<String>,
     /// The node's VM disk tree (a shared mount, see [`crate::disk_mounts`]): where the CPI
@@ -120,8 +129,11 @@ fn default_subnet_len() -> u8 {
 /// One Flannel subnet lease `<prefix>/subnets/<a.b.c.d>-<len>`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SubnetLease {
+    /// The leased subnet.
     pub subnet: Ipv4Net,
+    /// The address the lease announces.
     pub public_ip: Option<Ipv4Addr>,
+    /// Flannel's backend (`vxlan`, ...).
     pub backend_type: Option<String>,
 }
 

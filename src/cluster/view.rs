@@ -12,7 +12,9 @@ use crate::ids::{DiskCid, SnapshotCid, StemcellCid, VmCid};
 /// The etcd keys of the cluster, derived from the two configured prefixes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keys {
+    /// Prefix of MoltenCore's keys (`/moltencore`).
     pub key_prefix: String,
+    /// Prefix of Flannel's keys (`/coreos.com/network`).
     pub flannel_prefix: String,
 }
 

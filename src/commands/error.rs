@@ -71,7 +71,9 @@ pub enum CommandError {
         record.phase, record.since, record.why
     )]
     StillRebooting {
+        /// The node.
         name: String,
+        /// Its reboot record.
         record: Box<RebootRecord>,
     },
     /// The reboot record changed between its reading and its removal.
@@ -80,7 +82,9 @@ pub enum CommandError {
     /// The endpoint could not listen on its address.
     #[error("cannot listen on {address}: {source}")]
     Listen {
+        /// The address.
         address: std::net::SocketAddr,
+        /// Why it could not listen.
         #[source]
         source: std::io::Error,
     },

@@ -228,16 +228,22 @@ pub enum StartMode {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct VmDefaults {
+    /// Whether VMs run privileged.
     #[serde(default = "yes")]
     pub privileged: bool,
+    /// Capabilities added to unprivileged VMs.
     #[serde(default)]
     pub cap_add: Vec<String>,
+    /// Capabilities dropped from unprivileged VMs.
     #[serde(default)]
     pub cap_drop: Vec<String>,
+    /// Docker security options of unprivileged VMs.
     #[serde(default)]
     pub security_opt: Vec<String>,
+    /// Device cgroup rules of unprivileged VMs.
     #[serde(default)]
     pub device_cgroup_rules: Vec<String>,
+    /// How a VM's container starts its init.
     #[serde(default)]
     pub start_mode: StartMode,
     /// Docker restart policy name: `no`, `always`, `unless-stopped`, `on-failure`.

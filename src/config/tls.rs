@@ -28,8 +28,11 @@ pub struct TlsSource {
 /// Docker CA comes from etcd when cpi.json does not give one).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TlsMaterial {
+    /// The CA certificate (PEM) the peer's certificate must chain to.
     pub ca_cert: Option<String>,
+    /// The client certificate (PEM).
     pub client_cert: Option<String>,
+    /// The client certificate's key (PEM).
     pub client_key: Option<Secret>,
 }
 

@@ -165,7 +165,7 @@ impl NodeDocker {
 impl NodeDocker {
     /// The control client with room for a stop's grace period on top of the idle timeout.
     fn with_grace(&self, grace_seconds: i32) -> bollard::Docker {
-        let grace = std::time::Duration::from_secs(grace_seconds.max(0) as u64);
+        let grace = std::time::Duration::from_secs(u64::from(grace_seconds.max(0).unsigned_abs()));
         self.docker.clone().with_timeout(self.idle_timeout + grace)
     }
 
@@ -365,7 +365,7 @@ mod tests {
 
     #[test]
     fn an_entry_over_the_limit_gives_nothing() {
-        let big = vec![b'x'; READ_FILE_LIMIT as usize + 1];
+        let big = vec![b'x'; usize::try_from(READ_FILE_LIMIT).unwrap() + 1];
         assert_eq!(first_file(&archive_of(&big, 0o600)), None);
     }
 }

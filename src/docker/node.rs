@@ -28,6 +28,7 @@ pub struct DockerAccess {
     tls: Arc<rustls::ClientConfig>,
     /// `None` negotiates with each node.
     pub api_version: Option<ClientVersion>,
+    /// How long each kind of Docker call may take.
     pub timeouts: DockerTimeouts,
 }
 

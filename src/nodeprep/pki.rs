@@ -151,6 +151,7 @@ fn to_san(s: &str) -> Result<SanType, MakeError> {
 pub struct CertInfo {
     /// SANs in `IP:`/`DNS:` form.
     pub sans: BTreeSet<String>,
+    /// When the certificate expires.
     pub not_after: OffsetDateTime,
     /// SHA-256 of the DER, lower-case hex.
     pub fingerprint: String,

@@ -11,7 +11,7 @@ use crate::cluster::{Capacity, Etcd, Keys, NodeRecord, NodeState};
 /// This machine's CPUs and memory, as placement sees them.
 pub(crate) fn host_capacity() -> Result<Capacity> {
     let cpus = std::thread::available_parallelism()
-        .map(|n| n.get() as u32)
+        .map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX))
         .map_err(|error| NodePrepError::CpuCount { error })?;
     let meminfo = crate::bounded_file::read_to_string(
         std::path::Path::new("/proc/meminfo"),

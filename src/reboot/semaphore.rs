@@ -39,6 +39,7 @@ pub enum HolderKind {
 pub struct Holder {
     /// The holder's identity: a node name, or a FleetLock client id.
     pub id: String,
+    /// Whether a node or a FleetLock client holds the slot.
     pub kind: HolderKind,
     /// The node's name, when a node holds the slot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -59,6 +60,7 @@ pub struct SemaphoreDoc {
     /// How many holders at once (`max_unavailable`).
     #[serde(default = "default_max")]
     pub max: u32,
+    /// Who holds a slot now.
     #[serde(default)]
     pub holders: Vec<Holder>,
 }
@@ -115,6 +117,7 @@ impl SemaphoreDoc {
 /// The document as read, with the revision the transaction that changes it compares.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Stored {
+    /// The document (defaults when the key is absent).
     pub doc: SemaphoreDoc,
     /// The key's mod revision; `None` while the key does not exist (defaults apply).
     pub mod_revision: Option<i64>,
