@@ -59,12 +59,12 @@ macro_rules! cid_type {
             }
 
             /// A new, unique cid.
-            pub fn generate() -> Self {
+            pub(crate) fn generate() -> Self {
                 $name(format!("{}{}", $prefix, uuid::Uuid::new_v4()))
             }
 
             /// The cid as text (a Docker object name and an etcd key segment).
-            pub fn as_str(&self) -> &str {
+            pub(crate) fn as_str(&self) -> &str {
                 &self.0
             }
         }

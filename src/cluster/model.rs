@@ -110,7 +110,7 @@ pub struct FlannelConfig {
 
 impl FlannelConfig {
     /// The backend type, if the config names one (flannel falls back to udp if not).
-    pub fn backend_type(&self) -> Option<&str> {
+    pub(crate) fn backend_type(&self) -> Option<&str> {
         self.backend.as_ref().map(|b| b.kind.as_str())
     }
 }
@@ -147,7 +147,7 @@ struct LeaseValue {
 
 /// A flannel subnet lease that cannot be read; the text names its key.
 #[derive(Debug, thiserror::Error)]
-pub enum LeaseError {
+pub(crate) enum LeaseError {
     /// The key's last segment is not `<address>-<length>`.
     #[error("lease key '{key}' is not <address>-<length>")]
     KeyShape { key: String },
@@ -169,13 +169,13 @@ pub enum LeaseError {
 
 impl SubnetLease {
     /// The key name of a lease for `subnet` (`10.1.2.0-24`).
-    pub fn key_name(subnet: &Ipv4Net) -> String {
+    pub(crate) fn key_name(subnet: &Ipv4Net) -> String {
         format!("{}-{}", subnet.network(), subnet.prefix_len())
     }
 
     /// The JSON value of a reservation for `public_ip`, in flannel's lease format. Written
     /// without an etcd lease it never expires; flanneld adopts it for the same public IP.
-    pub fn reservation_value(public_ip: Ipv4Addr, backend_type: &str) -> String {
+    pub(crate) fn reservation_value(public_ip: Ipv4Addr, backend_type: &str) -> String {
         serde_json::json!({
             "PublicIP": public_ip,
             "PublicIPv6": null,
@@ -186,7 +186,7 @@ impl SubnetLease {
     }
 
     /// Parses a lease from its key's last segment (`10.1.2.0-24`) and JSON value.
-    pub fn parse(key_name: &str, value: &[u8]) -> Result<SubnetLease, LeaseError> {
+    pub(crate) fn parse(key_name: &str, value: &[u8]) -> Result<SubnetLease, LeaseError> {
         let key = || key_name.to_string();
         let (addr, len) = key_name
             .rsplit_once('-')

@@ -36,7 +36,7 @@ pub struct ConfigError {
 
 impl ConfigError {
     /// A problem at `key`.
-    pub fn invalid(key: &str, problem: &str) -> Self {
+    pub(crate) fn invalid(key: &str, problem: &str) -> Self {
         ConfigError {
             key: key.to_string(),
             problem: problem.to_string(),
@@ -181,7 +181,7 @@ pub struct BlobstoreSettings {
 impl BlobstoreSettings {
     /// Why an agent could not use this blobstore, naming the key below `key` (the
     /// options' values are never echoed: they hold credentials).
-    pub fn problem(&self, key: &str) -> Option<ConfigError> {
+    pub(crate) fn problem(&self, key: &str) -> Option<ConfigError> {
         let provider = self.provider.as_str();
         if provider.is_empty()
             || !provider
@@ -276,7 +276,7 @@ impl RestartPolicy {
     ];
 
     /// The policy's word, as Docker and the configuration spell it.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             RestartPolicy::No => "no",
             RestartPolicy::Always => "always",
@@ -286,7 +286,7 @@ impl RestartPolicy {
     }
 
     /// The policy a word names.
-    pub fn parse(word: &str) -> Result<RestartPolicy, UnknownRestartPolicy> {
+    pub(crate) fn parse(word: &str) -> Result<RestartPolicy, UnknownRestartPolicy> {
         Self::ALL
             .into_iter()
             .find(|p| p.as_str() == word)
@@ -363,7 +363,7 @@ const OVERRIDABLE: &[&str] = &[
 impl Config {
     /// Reads `path`, merges the overridable sections found in `context`, and validates.
     /// The file must be a regular file of at most [`FileKind::Config`]'s limit.
-    pub fn load(path: &Path, context: &Map<String, Value>) -> Result<Config, ConfigError> {
+    pub(crate) fn load(path: &Path, context: &Map<String, Value>) -> Result<Config, ConfigError> {
         let shown = crate::echo::printable_path(path);
         let text = bounded_file::read_to_string(path, FileKind::Config).map_err(|e| {
             ConfigError::invalid(
@@ -419,7 +419,7 @@ impl Config {
     }
 
     /// etcd TLS material, as read when the config was loaded.
-    pub fn etcd_tls(&self) -> Result<Option<TlsMaterial>, ConfigError> {
+    pub(crate) fn etcd_tls(&self) -> Result<Option<TlsMaterial>, ConfigError> {
         Ok(self.loaded_tls.etcd.clone())
     }
 

@@ -20,7 +20,7 @@ use crate::bounded_file::FileKind;
 
 impl NodeDocker {
     /// Creates a container named `name`.
-    pub async fn create_container(
+    pub(crate) async fn create_container(
         &self,
         name: &str,
         body: ContainerCreateBody,
@@ -57,7 +57,7 @@ impl NodeDocker {
     }
 
     /// The container, or `None` when it does not exist.
-    pub async fn inspect_container(
+    pub(crate) async fn inspect_container(
         &self,
         name: &str,
     ) -> Result<Option<ContainerInspectResponse>, DockerError> {
@@ -70,7 +70,7 @@ impl NodeDocker {
     }
 
     /// Removes a container, running or not, with its anonymous volumes; absent is success.
-    pub async fn remove_container(&self, name: &str) -> Result<(), DockerError> {
+    pub(crate) async fn remove_container(&self, name: &str) -> Result<(), DockerError> {
         let name = super::names::object(name)?;
         let options = RemoveContainerOptionsBuilder::new()
             .force(true)
@@ -171,7 +171,11 @@ impl NodeDocker {
 
     /// Stops a container (SIGTERM, then SIGKILL after `grace_seconds`); absent or already
     /// stopped is success.
-    pub async fn stop_container(&self, name: &str, grace_seconds: i32) -> Result<(), DockerError> {
+    pub(crate) async fn stop_container(
+        &self,
+        name: &str,
+        grace_seconds: i32,
+    ) -> Result<(), DockerError> {
         let name = super::names::object(name)?;
         let options = bollard::query_parameters::StopContainerOptionsBuilder::new()
             .t(grace_seconds)
@@ -187,25 +191,10 @@ impl NodeDocker {
         }
     }
 
-    /// Renames a container.
-    pub async fn rename_container(&self, name: &str, new_name: &str) -> Result<(), DockerError> {
-        let name = super::names::object(name)?;
-        let new_name = super::names::object(new_name)?;
-        self.docker
-            .rename_container(
-                name,
-                bollard::query_parameters::RenameContainerOptionsBuilder::new()
-                    .name(new_name)
-                    .build(),
-            )
-            .await
-            .map_err(|e| self.error(&format!("renaming container {name} to {new_name}"), &e))
-    }
-
     /// Starts a container; one already running is success. An address that another
     /// container holds is the daemon's 403 ([`DockerError::Forbidden`], "Address already
     /// in use"), so a caller can say who holds it.
-    pub async fn start(&self, name: &str) -> Result<(), DockerError> {
+    pub(crate) async fn start(&self, name: &str) -> Result<(), DockerError> {
         let name = super::names::object(name)?;
         match self.docker.start_container(name, None).await {
             Ok(()) => Ok(()),

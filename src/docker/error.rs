@@ -256,7 +256,8 @@ impl DockerError {
     }
 
     /// The daemon's own message, for the statuses that carry one.
-    pub fn daemon_message(&self) -> Option<&str> {
+    #[cfg(test)]
+    fn daemon_message(&self) -> Option<&str> {
         match self {
             DockerError::NotFound { message, .. }
             | DockerError::Conflict { message, .. }

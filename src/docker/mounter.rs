@@ -106,16 +106,6 @@ impl NodeDocker {
         Ok(lines.iter().all(|l| l != "no image"))
     }
 
-    /// The size in bytes of disk `disk`'s image on this node; `None` while it has none.
-    pub async fn disk_image_size(
-        &self,
-        disks_dir: &str,
-        disk: &str,
-    ) -> Result<Option<u64>, DockerError> {
-        let lines = self.mounter_ok(disks_dir, &["image-size", disk]).await?;
-        Ok(lines.first().and_then(|l| l.parse().ok()))
-    }
-
     /// Copies disk `disk`'s image into the new, empty volume `to` of this node (a
     /// snapshot), hole for hole and read back; the bytes of data copied. A disk without
     /// an image fails with [`NOT_HERE`], one whose volume holds more with

@@ -187,7 +187,7 @@ impl NodeDocker {
     /// longer than the idle timeout, so it runs on the long client, but only after the node
     /// answered a ping within the idle timeout: a frozen node fails here instead of holding
     /// the call for the request timeout.
-    pub async fn for_removal(&self) -> Result<&Docker, DockerError> {
+    pub(crate) async fn for_removal(&self) -> Result<&Docker, DockerError> {
         self.docker
             .ping()
             .await
@@ -205,7 +205,7 @@ impl NodeDocker {
     }
 
     /// The error for `e`, naming this node, its endpoint and what was being done.
-    pub fn error(&self, doing: &str, e: &bollard::errors::Error) -> DockerError {
+    pub(crate) fn error(&self, doing: &str, e: &bollard::errors::Error) -> DockerError {
         DockerError::from_bollard(self.doing(doing), e)
     }
 }

@@ -49,7 +49,7 @@ macro_rules! cpi_methods {
 
         impl Call {
             /// The wire name of the method this call answers, for messages.
-            pub fn method(&self) -> &'static str {
+            pub(crate) fn method(&self) -> &'static str {
                 match self {
                     $(Call::$variant { .. } => $name,)*
                     Call::NoSuchObject { method, .. } => method,
@@ -289,7 +289,7 @@ fn optional_ip<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Ipv4Addr>, D::E
 impl Call {
     /// Types the positional `arguments` of `method`. Unknown methods are `NotImplemented`;
     /// a wrong count or type is a `CpiError` naming the argument and what was expected.
-    pub fn parse(method: &str, arguments: Vec<Value>) -> Result<Call, CpiError> {
+    pub(crate) fn parse(method: &str, arguments: Vec<Value>) -> Result<Call, CpiError> {
         let found = METHODS
             .iter()
             .find(|m| m.spec.name == method)

@@ -31,7 +31,7 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// The fully qualified type string the director expects in `error.type`.
-    pub fn bosh_type(self) -> &'static str {
+    pub(crate) fn bosh_type(self) -> &'static str {
         match self {
             ErrorKind::CpiError => "Bosh::Clouds::CpiError",
             ErrorKind::CloudError => "Bosh::Clouds::CloudError",
@@ -62,7 +62,7 @@ pub struct CpiError {
 
 impl CpiError {
     /// An error of `kind` that is not worth retrying.
-    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+    pub(crate) fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         CpiError {
             kind,
             message: message.into(),
@@ -71,28 +71,28 @@ impl CpiError {
     }
 
     /// A malformed request or bad configuration.
-    pub fn cpi(message: impl Into<String>) -> Self {
+    pub(crate) fn cpi(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::CpiError, message)
     }
 
     /// An infrastructure failure; `retry` says whether trying again can help.
-    pub fn cloud(message: impl Into<String>, retry: bool) -> Self {
+    pub(crate) fn cloud(message: impl Into<String>, retry: bool) -> Self {
         Self::new(ErrorKind::CloudError, message).retriable(retry)
     }
 
     /// A method this CPI does not (yet) implement.
-    pub fn not_implemented(message: impl Into<String>) -> Self {
+    pub(crate) fn not_implemented(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::NotImplemented, message)
     }
 
     /// Sets `ok_to_retry`.
-    pub fn retriable(mut self, retry: bool) -> Self {
+    pub(crate) fn retriable(mut self, retry: bool) -> Self {
         self.ok_to_retry = retry;
         self
     }
 
     /// Prefixes the message with context (which node, which cid), keeping kind and retry.
-    pub fn context(mut self, context: impl fmt::Display) -> Self {
+    pub(crate) fn context(mut self, context: impl fmt::Display) -> Self {
         self.message = format!("{context}: {}", self.message);
         self
     }

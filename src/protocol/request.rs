@@ -6,7 +6,7 @@ use super::error::CpiError;
 
 /// Which result shapes the caller expects (`create_vm` and `attach_disk` differ).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ApiVersion {
+pub(crate) enum ApiVersion {
     /// No `api_version`, or 1: bare cids and null results.
     V1,
     /// 2 or higher: `[vm_cid, networks]` from create_vm, a disk hint from attach_disk.

@@ -59,7 +59,7 @@ pub struct VmCloudProperties {
 
 impl CallResult {
     /// The `result` value for `api`.
-    pub fn shape(self, api: ApiVersion) -> Value {
+    pub(crate) fn shape(self, api: ApiVersion) -> Value {
         match (self, api) {
             (CallResult::Done, _) => Value::Null,
             (CallResult::Exists(exists), _) => Value::Bool(exists),
