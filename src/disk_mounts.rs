@@ -197,17 +197,17 @@ const STAGING: &str = ".moltencore-folder.new";
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Attached {
     /// Whether the device node was made or was there already.
-    pub node: Bound,
+    pub(crate) node: Bound,
     /// Whether the image holds a filesystem (an ext2/3/4 superblock); a new disk does not,
     /// and is formatted by the VM. An image whose folder is still to be copied counts as
     /// not formatted (a copy cut short is made again on a fresh filesystem).
-    pub formatted: bool,
+    pub(crate) formatted: bool,
     /// Whether the disk's files kept as a folder wait to be copied into the image, and
     /// are seen by the VM at `.folder-<disk>` of its folder.
-    pub folder: bool,
+    pub(crate) folder: bool,
     /// Whether its filesystem is smaller than its image (grown by resize_disk), and is to
     /// be grown by the VM before it is mounted.
-    pub grow: bool,
+    pub(crate) grow: bool,
 }
 
 /// What [`DiskMounts::grow`] did.
@@ -223,12 +223,12 @@ pub(crate) enum Grown {
 #[derive(Debug, Default)]
 pub(crate) struct Remounted {
     /// `(vm, disk)` put back: loop device and node made again (or the folder bound again).
-    pub made: Vec<(String, String)>,
+    pub(crate) made: Vec<(String, String)>,
     /// `(vm, disk)` whose volume or image is gone: left out (the VM's start waits for it,
     /// then starts without its store, and the reboot's health gate names it).
-    pub missing: Vec<(String, String)>,
+    pub(crate) missing: Vec<(String, String)>,
     /// `(vm, disk, why)` that could not be put back; the others were still tried.
-    pub failed: Vec<(String, String, String)>,
+    pub(crate) failed: Vec<(String, String, String)>,
 }
 
 /// Where the tree records which disk is bound in which VM (`<vms>/.bound/<vm>/<disk>`, an

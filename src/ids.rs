@@ -13,9 +13,9 @@ use crate::echo::printable;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MalformedCid {
     /// What was expected, e.g. `a VM cid (vm-<uuid>)`.
-    pub expected: &'static str,
+    pub(crate) expected: &'static str,
     /// The offending value, cut short (see `echo::printable`).
-    pub shown: String,
+    pub(crate) shown: String,
 }
 
 impl fmt::Display for MalformedCid {

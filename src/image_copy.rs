@@ -26,8 +26,8 @@ const CHUNK: usize = 1 << 20;
 /// What a copy moved: the image's size and the bytes of data read from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Copied {
-    pub size: u64,
-    pub data: u64,
+    pub(crate) size: u64,
+    pub(crate) data: u64,
 }
 
 /// The data ranges of `file` (start, end), in order; a file system that does not know

@@ -43,8 +43,8 @@ const LOOP_INFO64_LEN: usize = 232;
 /// One loop device: its number (`/dev/loopN`) and its device number (`st_rdev`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Loop {
-    pub number: u32,
-    pub rdev: u64,
+    pub(crate) number: u32,
+    pub(crate) rdev: u64,
 }
 
 fn c_path(p: &Path) -> io::Result<CString> {

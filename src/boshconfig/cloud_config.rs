@@ -18,19 +18,19 @@ use crate::cluster::{ClusterView, NodeRecord, NodeState};
 #[derive(Debug, Clone, PartialEq)]
 pub struct Options {
     /// Name of the manual network.
-    pub network_name: String,
+    pub(crate) network_name: String,
     /// How each subnet is split (reserved head, static block).
-    pub split: Split,
+    pub(crate) split: Split,
     /// DNS servers of every subnet; empty: the subnet's gateway.
-    pub dns: Vec<Ipv4Addr>,
+    pub(crate) dns: Vec<Ipv4Addr>,
     /// vm_types; presets plus the operator's.
-    pub vm_types: Vec<VmTypePreset>,
+    pub(crate) vm_types: Vec<VmTypePreset>,
     /// disk_types; presets plus the operator's.
-    pub disk_types: Vec<DiskTypePreset>,
+    pub(crate) disk_types: Vec<DiskTypePreset>,
     /// Name each AZ's CPI (`moltencore-<node>`), for use with the generated cpi-config.
-    pub per_node_cpis: bool,
+    pub(crate) per_node_cpis: bool,
     /// Compilation workers; `None`: one per ready node.
-    pub compilation_workers: Option<u32>,
+    pub(crate) compilation_workers: Option<u32>,
 }
 
 impl Default for Options {
@@ -54,9 +54,9 @@ impl Default for Options {
 #[derive(Debug, Clone, PartialEq)]
 pub struct VmTypePreset {
     /// The vm_type's name.
-    pub name: String,
+    pub(crate) name: String,
     /// (cpu, ram MiB, ephemeral disk MiB); `None`: no limits at all.
-    pub size: Option<(f64, u64, u64)>,
+    pub(crate) size: Option<(f64, u64, u64)>,
 }
 
 impl VmTypePreset {
@@ -112,9 +112,9 @@ impl FromStr for VmTypePreset {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskTypePreset {
     /// The disk_type's name.
-    pub name: String,
+    pub(crate) name: String,
     /// The disk size in MiB.
-    pub size_mib: u64,
+    pub(crate) size_mib: u64,
 }
 
 impl DiskTypePreset {
@@ -173,101 +173,101 @@ pub(crate) fn with_overrides<T: Clone>(
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CloudConfig {
     /// One AZ per node.
-    pub azs: Vec<Az>,
+    pub(crate) azs: Vec<Az>,
     /// The BOSH networks, one subnet per AZ.
-    pub networks: Vec<Network>,
+    pub(crate) networks: Vec<Network>,
     /// The vm_types the operator asked for.
-    pub vm_types: Vec<VmType>,
+    pub(crate) vm_types: Vec<VmType>,
     /// The disk_types the operator asked for.
-    pub disk_types: Vec<DiskType>,
+    pub(crate) disk_types: Vec<DiskType>,
     /// Where compilation VMs run.
-    pub compilation: Compilation,
+    pub(crate) compilation: Compilation,
 }
 
 /// One AZ: a node.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Az {
     /// The AZ's name (the node's).
-    pub name: String,
+    pub(crate) name: String,
     /// The cpi-config entry that serves this AZ, when there are several.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cpi: Option<String>,
+    pub(crate) cpi: Option<String>,
     /// Where the AZ's VMs go.
-    pub cloud_properties: AzProperties,
+    pub(crate) cloud_properties: AzProperties,
 }
 
 /// The AZ's cloud_properties: the node its VMs and disks go to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AzProperties {
     /// The node's name.
-    pub node: String,
+    pub(crate) node: String,
 }
 
 /// A network.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Network {
     /// The network's name.
-    pub name: String,
+    pub(crate) name: String,
     /// BOSH network type (`manual`).
     #[serde(rename = "type")]
-    pub kind: String,
+    pub(crate) kind: String,
     /// One subnet per AZ.
-    pub subnets: Vec<Subnet>,
+    pub(crate) subnets: Vec<Subnet>,
 }
 
 /// A manual network's subnet (one per AZ).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Subnet {
     /// The AZ (node) the subnet belongs to.
-    pub az: String,
+    pub(crate) az: String,
     /// The subnet's CIDR.
-    pub range: String,
+    pub(crate) range: String,
     /// The gateway VMs route through.
-    pub gateway: Ipv4Addr,
+    pub(crate) gateway: Ipv4Addr,
     /// DNS servers given to VMs.
-    pub dns: Vec<Ipv4Addr>,
+    pub(crate) dns: Vec<Ipv4Addr>,
     /// Ranges BOSH must not assign.
-    pub reserved: Vec<String>,
+    pub(crate) reserved: Vec<String>,
     /// Ranges BOSH assigns as static IPs.
     #[serde(rename = "static", default, skip_serializing_if = "Vec::is_empty")]
-    pub static_ips: Vec<String>,
+    pub(crate) static_ips: Vec<String>,
     /// The subnet's cloud_properties.
-    pub cloud_properties: Map<String, Value>,
+    pub(crate) cloud_properties: Map<String, Value>,
 }
 
 /// A vm_type.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VmType {
     /// The vm_type's name.
-    pub name: String,
+    pub(crate) name: String,
     /// What the CPI reads for VMs of this type (cpu, ram, ...).
-    pub cloud_properties: Map<String, Value>,
+    pub(crate) cloud_properties: Map<String, Value>,
 }
 
 /// A disk_type.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DiskType {
     /// The disk_type's name.
-    pub name: String,
+    pub(crate) name: String,
     /// The disk size in MiB.
-    pub disk_size: u64,
+    pub(crate) disk_size: u64,
     /// The disk_type's cloud_properties.
-    pub cloud_properties: Map<String, Value>,
+    pub(crate) cloud_properties: Map<String, Value>,
 }
 
 /// The compilation block.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Compilation {
     /// How many compilation VMs at once.
-    pub workers: u32,
+    pub(crate) workers: u32,
     /// Whether compilation VMs are reused.
-    pub reuse_compilation_vms: bool,
+    pub(crate) reuse_compilation_vms: bool,
     /// The AZ compilation VMs go to.
-    pub az: String,
+    pub(crate) az: String,
     /// The vm_type of compilation VMs.
-    pub vm_type: String,
+    pub(crate) vm_type: String,
     /// The network of compilation VMs.
-    pub network: String,
+    pub(crate) network: String,
 }
 
 /// A generated document and what the operator should know about it.

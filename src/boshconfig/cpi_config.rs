@@ -15,33 +15,33 @@ pub(crate) const CPI_TYPE: &str = "moltencore";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CpiConfig {
     /// One CPI per node.
-    pub cpis: Vec<CpiEntry>,
+    pub(crate) cpis: Vec<CpiEntry>,
 }
 
 /// One CPI: a node.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CpiEntry {
     /// The CPI's name, which AZs name in `cpi`.
-    pub name: String,
+    pub(crate) name: String,
     /// The CPI release's job type (`moltencore`).
     #[serde(rename = "type")]
-    pub kind: String,
+    pub(crate) kind: String,
     /// What the director merges into each request's context.
-    pub properties: CpiProperties,
+    pub(crate) properties: CpiProperties,
 }
 
 /// What the director merges into every request's `context` for this CPI.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CpiProperties {
     /// Which node this CPI entry places VMs on.
-    pub placement: Placement,
+    pub(crate) placement: Placement,
 }
 
 /// The config section `placement` (see `crate::config::PlacementConfig`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Placement {
     /// The node's name.
-    pub node: String,
+    pub(crate) node: String,
 }
 
 /// One CPI entry per node of `view`.

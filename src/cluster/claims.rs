@@ -24,7 +24,7 @@ use crate::ids::VmCid;
 /// The value of a claim key: the VM holding the address.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct ClaimValue {
-    pub vm: VmCid,
+    pub(crate) vm: VmCid,
 }
 
 /// One address a new VM needs on one Docker network of its node.

@@ -43,16 +43,16 @@ pub struct Capacity {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeRecord {
     /// The node's name, unique in the cluster.
-    pub name: String,
+    pub(crate) name: String,
     /// The address other nodes and the CPI reach the node at.
     pub private_ip: Ipv4Addr,
     /// The node's public address, when it has one.
     #[serde(default)]
-    pub public_ip: Option<Ipv4Addr>,
+    pub(crate) public_ip: Option<Ipv4Addr>,
     /// The address the node's Flannel lease announces, when node-prep was told one other
     /// than the private IP (`--flannel-ip`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub flannel_ip: Option<Ipv4Addr>,
+    pub(crate) flannel_ip: Option<Ipv4Addr>,
     /// `tcp://<ip>:2376`, served with mutual TLS.
     pub docker_endpoint: String,
     /// The node's Flannel subnet, network address form (`10.1.2.0/24`).
@@ -64,7 +64,7 @@ pub struct NodeRecord {
     pub mtu: u32,
     /// The Docker bridge network for BOSH VMs on this node.
     #[serde(default = "default_network_name")]
-    pub network_name: String,
+    pub(crate) network_name: String,
     /// Whether the node takes new VMs.
     #[serde(default)]
     pub state: NodeState,
@@ -81,7 +81,7 @@ pub struct NodeRecord {
     /// binds persistent disks into running VMs. `None` on a node prepared by a node-prep
     /// that had none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub disks_dir: Option<String>,
+    pub(crate) disks_dir: Option<String>,
 }
 
 fn default_mtu() -> u32 {
@@ -95,17 +95,17 @@ fn default_network_name() -> String {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FlannelConfig {
     #[serde(rename = "Network")]
-    pub network: Ipv4Net,
+    pub(crate) network: Ipv4Net,
     #[serde(rename = "SubnetLen", default = "default_subnet_len")]
-    pub subnet_len: u8,
+    pub(crate) subnet_len: u8,
     #[serde(rename = "Backend", default, skip_serializing_if = "Option::is_none")]
-    pub backend: Option<FlannelBackend>,
+    pub(crate) backend: Option<FlannelBackend>,
     /// Lowest subnet flannel may lease (aligned to `SubnetLen`).
     #[serde(rename = "SubnetMin", default, skip_serializing_if = "Option::is_none")]
-    pub subnet_min: Option<Ipv4Addr>,
+    pub(crate) subnet_min: Option<Ipv4Addr>,
     /// Highest subnet flannel may lease.
     #[serde(rename = "SubnetMax", default, skip_serializing_if = "Option::is_none")]
-    pub subnet_max: Option<Ipv4Addr>,
+    pub(crate) subnet_max: Option<Ipv4Addr>,
 }
 
 impl FlannelConfig {
@@ -117,9 +117,9 @@ impl FlannelConfig {
 
 /// Flannel's backend section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FlannelBackend {
+pub(crate) struct FlannelBackend {
     #[serde(rename = "Type")]
-    pub kind: String,
+    pub(crate) kind: String,
 }
 
 fn default_subnet_len() -> u8 {
@@ -274,41 +274,41 @@ mod tests {
 /// the node, so a killed create leaves a record that delete_vm can follow.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VmRecord {
-    pub cid: VmCid,
-    pub node: String,
-    pub agent_id: String,
-    pub stemcell_cid: String,
+    pub(crate) cid: VmCid,
+    pub(crate) node: String,
+    pub(crate) agent_id: String,
+    pub(crate) stemcell_cid: String,
     /// Memory limit in MiB (0: none), for placement's capacity accounting.
     #[serde(default)]
-    pub memory_mib: u64,
+    pub(crate) memory_mib: u64,
     /// `env.bosh.group`, for spreading a group across nodes.
     #[serde(default)]
-    pub group: Option<String>,
+    pub(crate) group: Option<String>,
     /// `creating` until create_vm finished, then `created`.
     #[serde(default)]
-    pub state: VmState,
-    pub created_at: Timestamp,
+    pub(crate) state: VmState,
+    pub(crate) created_at: Timestamp,
     /// Metadata from set_vm_metadata (deployment, job, index, ...).
     #[serde(default)]
-    pub metadata: serde_json::Map<String, serde_json::Value>,
+    pub(crate) metadata: serde_json::Map<String, serde_json::Value>,
     /// The addresses claimed for the VM on its node (see `cluster::claims`), removed with
     /// the record.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub addresses: Vec<AddressClaim>,
+    pub(crate) addresses: Vec<AddressClaim>,
 }
 
 /// One address a VM holds on a Docker network of its node, claimed at
 /// `<key_prefix>/addresses/<node>/<network>/<ip>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AddressClaim {
-    pub network: String,
-    pub ip: Ipv4Addr,
+pub(crate) struct AddressClaim {
+    pub(crate) network: String,
+    pub(crate) ip: Ipv4Addr,
 }
 
 /// Lifecycle of a VM record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
-pub enum VmState {
+pub(crate) enum VmState {
     /// create_vm has started; the container may or may not exist yet.
     Creating,
     /// create_vm finished.
@@ -320,48 +320,48 @@ pub enum VmState {
 /// `node`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct DiskRecord {
-    pub cid: DiskCid,
-    pub node: String,
+    pub(crate) cid: DiskCid,
+    pub(crate) node: String,
     /// Requested size in MiB (recorded, not enforced by local volumes).
-    pub size_mib: u64,
+    pub(crate) size_mib: u64,
     /// The VM it is attached to, if any.
     #[serde(default)]
-    pub vm: Option<VmCid>,
+    pub(crate) vm: Option<VmCid>,
     /// The copies of the disk a move to another node made or left on other nodes (stored
     /// as the record's `copying_to` and `old_copy_on` fields): the next attach, has_disk or
     /// delete_disk removes them, wherever the disk goes next.
     #[serde(flatten)]
-    pub moving: DiskMove,
-    pub created_at: Timestamp,
+    pub(crate) moving: DiskMove,
+    pub(crate) created_at: Timestamp,
     #[serde(default)]
-    pub metadata: serde_json::Map<String, serde_json::Value>,
+    pub(crate) metadata: serde_json::Map<String, serde_json::Value>,
 }
 
 /// A disk snapshot at `<key_prefix>/snapshots/<cid>`: a volume holding a copy of the
 /// disk's contents, on the disk's node.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct SnapshotRecord {
-    pub cid: SnapshotCid,
-    pub disk_cid: DiskCid,
-    pub node: String,
-    pub created_at: Timestamp,
+    pub(crate) cid: SnapshotCid,
+    pub(crate) disk_cid: DiskCid,
+    pub(crate) node: String,
+    pub(crate) created_at: Timestamp,
     #[serde(default)]
-    pub metadata: serde_json::Map<String, serde_json::Value>,
+    pub(crate) metadata: serde_json::Map<String, serde_json::Value>,
 }
 
 /// A stemcell at `<key_prefix>/stemcells/<cid>`: an image tagged with the cid on the
 /// nodes that imported (or adopted) it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct StemcellRecord {
-    pub cid: StemcellCid,
-    pub name: String,
-    pub version: String,
+    pub(crate) cid: StemcellCid,
+    pub(crate) name: String,
+    pub(crate) version: String,
     #[serde(default)]
-    pub operating_system: Option<String>,
+    pub(crate) operating_system: Option<String>,
     /// Nodes that had the image after create_stemcell.
     #[serde(default)]
-    pub nodes: Vec<String>,
-    pub created_at: Timestamp,
+    pub(crate) nodes: Vec<String>,
+    pub(crate) created_at: Timestamp,
 }
 
 /// Where a disk has copies besides its own node, as a move to another node goes
@@ -394,9 +394,9 @@ pub(crate) enum DiskMove {
 )]
 pub(crate) struct MoveBlocked {
     /// The record field that names the copy.
-    pub mark: &'static str,
+    pub(crate) mark: &'static str,
     /// The node that holds the copy.
-    pub node: String,
+    pub(crate) node: String,
 }
 
 impl DiskMove {

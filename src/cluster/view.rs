@@ -13,9 +13,9 @@ use crate::ids::{DiskCid, SnapshotCid, StemcellCid, VmCid};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keys {
     /// Prefix of MoltenCore's keys (`/moltencore`).
-    pub key_prefix: String,
+    pub(crate) key_prefix: String,
     /// Prefix of Flannel's keys (`/coreos.com/network`).
-    pub flannel_prefix: String,
+    pub(crate) flannel_prefix: String,
 }
 
 impl Keys {
@@ -118,9 +118,9 @@ pub struct ClusterView {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub(crate) struct NodeUsage {
     /// Number of VMs in the index on this node.
-    pub vms: u32,
+    pub(crate) vms: u32,
     /// Sum of their `memory_mib`.
-    pub memory_mib: u64,
+    pub(crate) memory_mib: u64,
 }
 
 /// One key and its value, as etcd returned them.

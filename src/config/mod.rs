@@ -29,9 +29,9 @@ pub fn default_config_path() -> PathBuf {
 #[error("invalid CPI configuration: {key}: {problem}")]
 pub struct ConfigError {
     /// Dotted path of the offending key (`etcd.endpoints[0]`).
-    pub key: String,
+    pub(crate) key: String,
     /// What is wrong, and what is expected.
-    pub problem: String,
+    pub(crate) problem: String,
 }
 
 impl ConfigError {
@@ -61,7 +61,7 @@ pub struct Config {
     /// Where this CPI puts VMs and disks that name no node themselves; a cpi-config with
     /// one CPI per node sets it through `context`.
     #[serde(default)]
-    pub placement: PlacementConfig,
+    pub(crate) placement: PlacementConfig,
     /// tracing filter (`info`, `debug`, `moltencore=debug`); `MOLTENCORE_LOG` wins.
     #[serde(default = "default_log_level")]
     pub log_level: String,
@@ -86,7 +86,7 @@ struct LoadedTls {
 pub struct PlacementConfig {
     /// Name of the node (as registered by node-prep).
     #[serde(default)]
-    pub node: Option<String>,
+    pub(crate) node: Option<String>,
 }
 
 /// etcd access.
@@ -103,7 +103,7 @@ pub struct EtcdConfig {
     pub username: Option<String>,
     /// etcd password, when etcd auth is on.
     #[serde(default)]
-    pub password: Option<Secret>,
+    pub(crate) password: Option<Secret>,
     /// Prefix of all MoltenCore keys.
     #[serde(default = "default_key_prefix")]
     pub key_prefix: String,
@@ -121,17 +121,17 @@ pub struct EtcdConfig {
 pub struct DockerConfig {
     /// Client certificate and key; CA optional (read from etcd `<key_prefix>/pki/ca.crt`).
     #[serde(default)]
-    pub tls: TlsSource,
+    pub(crate) tls: TlsSource,
     /// Docker API version to speak (`"1.41"`), or `"auto"` to negotiate with each node.
     #[serde(default = "default_docker_api")]
     pub api_version: String,
     /// Seconds to wait for a TCP+TLS connection to a node.
     #[serde(default = "default_docker_connect_timeout")]
-    pub connect_timeout_seconds: u64,
+    pub(crate) connect_timeout_seconds: u64,
     /// Seconds a single Docker request may take, body included (stemcell imports and disk
     /// moves stream for long; a silent node is caught sooner by the idle timeout).
     #[serde(default = "default_docker_request_timeout")]
-    pub request_timeout_seconds: u64,
+    pub(crate) request_timeout_seconds: u64,
     /// Seconds a node may stay silent in the middle of a stream (a stemcell import, an
     /// image or disk copy) before it counts as gone and the call fails or drops it.
     #[serde(default = "default_docker_idle_timeout")]
@@ -248,7 +248,7 @@ pub struct VmDefaults {
     pub start_mode: StartMode,
     /// Docker restart policy name: `no`, `always`, `unless-stopped`, `on-failure`.
     #[serde(default)]
-    pub restart_policy: RestartPolicy,
+    pub(crate) restart_policy: RestartPolicy,
 }
 
 /// Docker's restart policy of a VM container, parsed from its word once where the

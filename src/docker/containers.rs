@@ -305,13 +305,13 @@ fn file_of_entry(entry: tar::Entry<'_, &[u8]>) -> Result<Option<ContainerFile>, 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ContainerFile {
     /// The content.
-    pub data: Vec<u8>,
+    pub(crate) data: Vec<u8>,
     /// Permission bits.
-    pub mode: u32,
+    pub(crate) mode: u32,
     /// Numeric user id.
-    pub uid: u64,
+    pub(crate) uid: u64,
     /// Numeric group id.
-    pub gid: u64,
+    pub(crate) gid: u64,
 }
 
 #[cfg(test)]

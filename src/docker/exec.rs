@@ -20,9 +20,9 @@ const POLL: Duration = Duration::from_millis(250);
 #[derive(Debug)]
 pub(crate) struct Done {
     /// Its exit code (-1 when Docker does not say).
-    pub code: i64,
+    pub(crate) code: i64,
     /// Its output (stdout and stderr), at most [`MAX_OUTPUT`] bytes of it.
-    pub output: String,
+    pub(crate) output: String,
 }
 
 impl NodeDocker {

@@ -26,10 +26,10 @@ const QUEUE: usize = 8;
 #[derive(Debug, Clone)]
 pub(crate) struct ImportTarget {
     /// Repository and tag, e.g. `moltencore-stemcell` / `<cid>`.
-    pub repo: String,
-    pub tag: String,
+    pub(crate) repo: String,
+    pub(crate) tag: String,
     /// Dockerfile-style changes applied at import (`LABEL k=v`, `ENV ...`).
-    pub changes: Vec<String>,
+    pub(crate) changes: Vec<String>,
 }
 
 impl ImportTarget {

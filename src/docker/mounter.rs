@@ -48,10 +48,10 @@ fn image() -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct BlockDisk {
     /// The image holds a filesystem: nothing to format.
-    pub formatted: bool,
+    pub(crate) formatted: bool,
     /// The disk's files, kept as a folder by an earlier version, wait in the VM's
     /// `/warden-cpi-dev/.folder-<disk>` to be copied into the (new) image.
-    pub folder: bool,
+    pub(crate) folder: bool,
     /// Its filesystem is smaller than its image (grown by resize_disk): the VM grows it.
     pub(crate) grow: bool,
 }

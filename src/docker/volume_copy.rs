@@ -70,9 +70,9 @@ where
 /// What a tree of files holds: count, bytes and a digest over paths and contents.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct TreeDigest {
-    pub files: u64,
-    pub bytes: u64,
-    pub sha256: String,
+    pub(crate) files: u64,
+    pub(crate) bytes: u64,
+    pub(crate) sha256: String,
 }
 
 /// Digest of a tar stream, in archive order: every entry's type, path, mode, owner and

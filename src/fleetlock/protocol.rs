@@ -25,20 +25,20 @@ pub(crate) enum Operation {
 /// A validated request: who asks for what.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Request {
-    pub operation: Operation,
-    pub group: Group,
-    pub id: String,
+    pub(crate) operation: Operation,
+    pub(crate) group: Group,
+    pub(crate) id: String,
 }
 
 /// A refusal: HTTP status and FleetLock's error body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub(crate) struct Refusal {
     #[serde(skip)]
-    pub status: u16,
+    pub(crate) status: u16,
     /// A short, bounded identifier (metrics label on the client side).
-    pub kind: &'static str,
+    pub(crate) kind: &'static str,
     /// What is wrong, for the administrator.
-    pub value: String,
+    pub(crate) value: String,
 }
 
 impl Refusal {

@@ -38,16 +38,16 @@ pub(crate) fn unit_path(unit: &str) -> String {
 /// What the Docker files are made from.
 #[derive(Debug, Clone)]
 pub(crate) struct DockerSettings {
-    pub node: String,
-    pub private_ip: Ipv4Addr,
-    pub port: u16,
+    pub(crate) node: String,
+    pub(crate) private_ip: Ipv4Addr,
+    pub(crate) port: u16,
     /// docker0's address (`--bip`), off the flannel network.
-    pub bip: Ipv4Net,
-    pub mtu: u32,
+    pub(crate) bip: Ipv4Net,
+    pub(crate) mtu: u32,
     /// Name of the BOSH bridge network.
-    pub network_name: String,
+    pub(crate) network_name: String,
     /// The cpi binary as installed on the node.
-    pub cpi_path: String,
+    pub(crate) cpi_path: String,
 }
 
 impl DockerSettings {
@@ -163,9 +163,9 @@ pub(crate) fn network_unit(s: &DockerSettings) -> String {
 /// One file node-prep wants on the node. No `Debug`: the content may be a private key.
 pub(crate) struct WantedFile {
     /// Path as seen on the node.
-    pub path: String,
-    pub content: String,
-    pub mode: u32,
+    pub(crate) path: String,
+    pub(crate) content: String,
+    pub(crate) mode: u32,
 }
 
 /// Every Docker file of the node: the CA and server certificate (when known), the key

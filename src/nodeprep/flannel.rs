@@ -18,9 +18,9 @@ pub(crate) const SUBNET_ENV: &str = "/run/flannel/subnet.env";
 /// one.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct FlannelFlags {
-    pub network: Option<Ipv4Net>,
-    pub subnet_len: Option<u8>,
-    pub backend: Option<String>,
+    pub(crate) network: Option<Ipv4Net>,
+    pub(crate) subnet_len: Option<u8>,
+    pub(crate) backend: Option<String>,
 }
 
 /// Backend used for a new config when `--flannel-backend` is not given.
@@ -29,9 +29,9 @@ pub(crate) const DEFAULT_BACKEND: &str = "vxlan";
 /// The config to use, and whether it still has to be written.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct ConfigPlan {
-    pub config: FlannelConfig,
-    pub create: bool,
-    pub warnings: Vec<String>,
+    pub(crate) config: FlannelConfig,
+    pub(crate) create: bool,
+    pub(crate) warnings: Vec<String>,
 }
 
 /// Checks the flags against an existing config (a conflict is an error: node-prep never
@@ -338,13 +338,13 @@ pub(crate) async fn ensure_subnet(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct SubnetEnv {
     /// FLANNEL_NETWORK.
-    pub network: Ipv4Net,
+    pub(crate) network: Ipv4Net,
     /// FLANNEL_SUBNET as a network (`10.1.2.0/24`).
-    pub subnet: Ipv4Net,
+    pub(crate) subnet: Ipv4Net,
     /// FLANNEL_SUBNET's address, the bridge gateway (`10.1.2.1`).
-    pub gateway: Ipv4Addr,
+    pub(crate) gateway: Ipv4Addr,
     /// FLANNEL_MTU.
-    pub mtu: u32,
+    pub(crate) mtu: u32,
 }
 
 impl SubnetEnv {

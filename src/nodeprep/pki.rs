@@ -29,8 +29,8 @@ pub(crate) const CA_VALID_DAYS: i64 = 3650;
 /// A certificate and its private key, PEM. The key never reaches a log.
 #[derive(Debug, Clone)]
 pub(crate) struct CertAndKey {
-    pub cert_pem: String,
-    pub key_pem: Secret,
+    pub(crate) cert_pem: String,
+    pub(crate) key_pem: Secret,
 }
 
 /// Makes a new cluster CA (ECDSA P-256, self-signed, path length 0).
@@ -152,7 +152,7 @@ pub struct CertInfo {
     /// SANs in `IP:`/`DNS:` form.
     pub sans: BTreeSet<String>,
     /// When the certificate expires.
-    pub not_after: OffsetDateTime,
+    pub(crate) not_after: OffsetDateTime,
     /// SHA-256 of the DER, lower-case hex.
     pub fingerprint: String,
     /// Whether `ca_pem`'s key signed it.

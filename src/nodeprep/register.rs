@@ -82,8 +82,8 @@ async fn swap(etcd: &Etcd, key: &str, value: String, mod_revision: Option<i64>) 
 /// What registration found and did.
 #[derive(Debug, Clone)]
 pub(crate) struct Registration {
-    pub record: NodeRecord,
-    pub previous: Option<NodeRecord>,
+    pub(crate) record: NodeRecord,
+    pub(crate) previous: Option<NodeRecord>,
 }
 
 impl Registration {

@@ -217,18 +217,18 @@ cpi_methods! {
 /// The arguments of `create_vm`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CreateVm {
-    pub agent_id: String,
-    pub stemcell_cid: StemcellCid,
-    pub cloud_properties: Object,
-    pub networks: BTreeMap<String, NetworkSpec>,
-    pub disk_cids: Vec<DiskCid>,
-    pub env: Object,
+    pub(crate) agent_id: String,
+    pub(crate) stemcell_cid: StemcellCid,
+    pub(crate) cloud_properties: Object,
+    pub(crate) networks: BTreeMap<String, NetworkSpec>,
+    pub(crate) disk_cids: Vec<DiskCid>,
+    pub(crate) env: Object,
 }
 
 /// The kind of a BOSH network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
-pub enum NetworkType {
+pub(crate) enum NetworkType {
     /// Static IP chosen by the director (the default when `type` is absent).
     #[default]
     Manual,
@@ -241,31 +241,31 @@ pub enum NetworkType {
 /// One network of `create_vm`, keyed by name. Unknown keys are kept so that they reach
 /// the agent settings verbatim.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct NetworkSpec {
+pub(crate) struct NetworkSpec {
     #[serde(rename = "type", default, deserialize_with = "null_as_default")]
-    pub kind: NetworkType,
+    pub(crate) kind: NetworkType,
     #[serde(default, deserialize_with = "optional_ip")]
-    pub ip: Option<Ipv4Addr>,
+    pub(crate) ip: Option<Ipv4Addr>,
     #[serde(default, deserialize_with = "optional_ip")]
-    pub netmask: Option<Ipv4Addr>,
+    pub(crate) netmask: Option<Ipv4Addr>,
     #[serde(default, deserialize_with = "optional_ip")]
-    pub gateway: Option<Ipv4Addr>,
+    pub(crate) gateway: Option<Ipv4Addr>,
     #[serde(default, deserialize_with = "null_as_default")]
-    pub dns: Vec<String>,
+    pub(crate) dns: Vec<String>,
     #[serde(default, deserialize_with = "null_as_default")]
-    pub default: Vec<String>,
+    pub(crate) default: Vec<String>,
     #[serde(default, deserialize_with = "null_as_default")]
-    pub cloud_properties: Object,
+    pub(crate) cloud_properties: Object,
     #[serde(flatten)]
-    pub extra: Object,
+    pub(crate) extra: Object,
 }
 
 /// The argument of `calculate_vm_cloud_properties` (ram and disk in MiB).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub struct VmRequirements {
-    pub cpu: u64,
-    pub ram: u64,
-    pub ephemeral_disk_size: u64,
+    pub(crate) cpu: u64,
+    pub(crate) ram: u64,
+    pub(crate) ephemeral_disk_size: u64,
 }
 
 fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>

@@ -6,7 +6,7 @@ use std::fmt;
 /// The `Bosh::Clouds::*` error classes the BOSH director knows. Any other type string is
 /// treated by the director as a fatal "Unknown CPI error", so only these exist here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
+pub(crate) enum ErrorKind {
     /// Generic failure of the CPI itself (malformed request, bad configuration).
     CpiError,
     /// The infrastructure failed (etcd or a node unreachable, Docker refused).
@@ -19,10 +19,6 @@ pub enum ErrorKind {
     VmNotFound,
     /// A network named in the request does not exist.
     NetworkNotFound,
-    /// No node has room for the requested disk.
-    NoDiskSpace,
-    /// The disk is not attached to the VM.
-    DiskNotAttached,
     /// The disk does not exist.
     DiskNotFound,
     /// The VM could not be created; `ok_to_retry` tells the director whether to retry.
@@ -39,8 +35,6 @@ impl ErrorKind {
             ErrorKind::NotImplemented => "Bosh::Clouds::NotImplemented",
             ErrorKind::VmNotFound => "Bosh::Clouds::VMNotFound",
             ErrorKind::NetworkNotFound => "Bosh::Clouds::NetworkNotFound",
-            ErrorKind::NoDiskSpace => "Bosh::Clouds::NoDiskSpace",
-            ErrorKind::DiskNotAttached => "Bosh::Clouds::DiskNotAttached",
             ErrorKind::DiskNotFound => "Bosh::Clouds::DiskNotFound",
             ErrorKind::VmCreationFailed => "Bosh::Clouds::VMCreationFailed",
         }
@@ -52,12 +46,12 @@ impl ErrorKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CpiError {
     /// The `Bosh::Clouds::*` class.
-    pub kind: ErrorKind,
+    pub(crate) kind: ErrorKind,
     /// Human message naming the offending value (never a secret).
     pub message: String,
     /// Whether a retry of the same call can succeed (honoured by the director for the
     /// retriable classes).
-    pub ok_to_retry: bool,
+    pub(crate) ok_to_retry: bool,
 }
 
 impl CpiError {

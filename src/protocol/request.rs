@@ -17,13 +17,13 @@ pub(crate) enum ApiVersion {
 #[derive(Debug, Clone)]
 pub(crate) struct Request {
     /// The method name as sent.
-    pub method: String,
+    pub(crate) method: String,
     /// The positional arguments.
-    pub arguments: Vec<Value>,
+    pub(crate) arguments: Vec<Value>,
     /// The director's context, with cpi-config properties merged in at the top level.
-    pub context: Map<String, Value>,
+    pub(crate) context: Map<String, Value>,
     /// Result shapes to answer with.
-    pub api_version: ApiVersion,
+    pub(crate) api_version: ApiVersion,
 }
 
 /// Why a request was refused at the edge, before or around its call: never retriable,

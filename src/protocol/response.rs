@@ -40,9 +40,9 @@ pub enum CallResult {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Info {
     /// The CPI API version spoken.
-    pub api_version: u32,
+    pub(crate) api_version: u32,
     /// The stemcell formats `create_stemcell` accepts.
-    pub stemcell_formats: &'static [&'static str],
+    pub(crate) stemcell_formats: &'static [&'static str],
 }
 
 /// The `calculate_vm_cloud_properties` answer: the create_vm cloud_properties that ask
@@ -50,11 +50,11 @@ pub struct Info {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct VmCloudProperties {
     /// CPUs.
-    pub cpu: u64,
+    pub(crate) cpu: u64,
     /// Memory in MiB.
-    pub ram: u64,
+    pub(crate) ram: u64,
     /// Ephemeral disk in MiB.
-    pub ephemeral_disk: u64,
+    pub(crate) ephemeral_disk: u64,
 }
 
 impl CallResult {
@@ -92,9 +92,9 @@ fn to_value(result: &impl Serialize) -> Value {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub(crate) struct ErrorBody {
     #[serde(rename = "type")]
-    pub kind: &'static str,
-    pub message: String,
-    pub ok_to_retry: bool,
+    pub(crate) kind: &'static str,
+    pub(crate) message: String,
+    pub(crate) ok_to_retry: bool,
 }
 
 /// The longest error message answered (characters); every value in it is cut already,
@@ -111,9 +111,9 @@ fn safe_log(log: &str) -> String {
 /// The response document. All three keys are always present; `log` is always a string.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub(crate) struct Response {
-    pub result: Value,
-    pub error: Option<ErrorBody>,
-    pub log: String,
+    pub(crate) result: Value,
+    pub(crate) error: Option<ErrorBody>,
+    pub(crate) log: String,
 }
 
 impl Response {

@@ -92,19 +92,19 @@ impl From<super::error::HealthError> for StepError {
 #[derive(Debug, Clone)]
 pub(crate) struct ManagerOptions {
     /// This node's name, as registered.
-    pub node: String,
+    pub(crate) node: String,
     /// The reboot group whose slots it takes.
-    pub group: Group,
+    pub(crate) group: Group,
     /// Seconds each VM gets between SIGTERM and SIGKILL.
-    pub grace_seconds: i32,
+    pub(crate) grace_seconds: i32,
     /// How long the VMs must stay healthy after boot before the slot is given back.
-    pub settle: Duration,
+    pub(crate) settle: Duration,
     /// How often the manager looks again while waiting.
-    pub poll: Duration,
+    pub(crate) poll: Duration,
     /// How long after asking for a reboot it asks again if the host is still up.
-    pub reboot_retry: Duration,
+    pub(crate) reboot_retry: Duration,
     /// When slots may be taken; any time when `None`.
-    pub window: Option<RebootWindow>,
+    pub(crate) window: Option<RebootWindow>,
 }
 
 /// What to do after a step.

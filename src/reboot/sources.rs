@@ -26,7 +26,7 @@ pub(crate) fn status_needs_reboot(output: &str) -> bool {
 #[derive(Debug, Clone)]
 pub(crate) struct UpdateEngine {
     /// Program and arguments; `None` switches the source off.
-    pub command: Option<Vec<String>>,
+    pub(crate) command: Option<Vec<String>>,
 }
 
 impl UpdateEngine {
@@ -74,7 +74,7 @@ impl UpdateEngine {
 /// The `/run/reboot-required` flag file (as Debian/Ubuntu packages write it).
 #[derive(Debug, Clone)]
 pub(crate) struct FlagFile {
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
 }
 
 impl FlagFile {
