@@ -112,6 +112,12 @@ pub enum NodePrepError {
         problem: &'static str,
         error: serde_json::Error,
     },
+    /// A node state could not be encoded as JSON for its record.
+    #[error("cannot encode state {state} as JSON: {error}")]
+    EncodeState {
+        state: crate::cluster::NodeState,
+        error: serde_json::Error,
+    },
     /// A value could not be encoded as JSON (for etcd or the report).
     #[error("cannot encode {what} as JSON: {error}")]
     Encode {

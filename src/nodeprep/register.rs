@@ -153,7 +153,7 @@ pub(crate) async fn set_state(
             return Ok(state);
         }
         doc["state"] = serde_json::to_value(state)
-            .map_err(|e| NodePrepError::encode(format!("state {state}"), e))?;
+            .map_err(|error| NodePrepError::EncodeState { state, error })?;
         if swap(etcd, &key, doc.to_string(), Some(rev)).await? {
             return Ok(record.state);
         }
