@@ -29,7 +29,7 @@ pub enum FileKind {
 
 impl FileKind {
     /// The most bytes read for this kind; a larger file is an error.
-    pub const fn limit(self) -> u64 {
+    pub(crate) const fn limit(self) -> u64 {
         match self {
             FileKind::Config
             | FileKind::TlsPem
@@ -40,7 +40,7 @@ impl FileKind {
     }
 
     /// How the kind is named in messages.
-    pub const fn what(self) -> &'static str {
+    pub(crate) const fn what(self) -> &'static str {
         match self {
             FileKind::Config => "a config file",
             FileKind::TlsPem => "TLS material",
@@ -80,7 +80,7 @@ impl ReadError {
 }
 
 /// A limit in words (`1 MiB`, `512 KiB`).
-pub fn human(bytes: u64) -> String {
+pub(crate) fn human(bytes: u64) -> String {
     if bytes >= MIB && bytes.is_multiple_of(MIB) {
         format!("{} MiB", bytes / MIB)
     } else if bytes >= KIB && bytes.is_multiple_of(KIB) {
@@ -128,7 +128,7 @@ pub(crate) fn open_regular(path: &Path) -> Result<File, ReadError> {
 }
 
 /// The bytes of the regular file `path`, at most `kind.limit()` of them.
-pub fn read(path: &Path, kind: FileKind) -> Result<Vec<u8>, ReadError> {
+pub(crate) fn read(path: &Path, kind: FileKind) -> Result<Vec<u8>, ReadError> {
     let file = open_regular(path)?;
     let too_large = || ReadError::TooLarge {
         path: path.to_path_buf(),
@@ -147,7 +147,7 @@ pub fn read(path: &Path, kind: FileKind) -> Result<Vec<u8>, ReadError> {
 }
 
 /// The text of the regular file `path`, at most `kind.limit()` bytes of UTF-8.
-pub fn read_to_string(path: &Path, kind: FileKind) -> Result<String, ReadError> {
+pub(crate) fn read_to_string(path: &Path, kind: FileKind) -> Result<String, ReadError> {
     String::from_utf8(read(path, kind)?).map_err(|_| ReadError::NotText {
         path: path.to_path_buf(),
     })
@@ -202,7 +202,11 @@ mod tests {
     fn a_file_over_the_limit_names_the_limit() {
         let dir = tempfile::tempdir().unwrap();
         let big = dir.path().join("big.pem");
-        std::fs::write(&big, vec![b'a'; (FileKind::TlsPem.limit() + 1) as usize]).unwrap();
+        std::fs::write(
+            &big,
+            vec![b'a'; usize::try_from(FileKind::TlsPem.limit() + 1).unwrap()],
+        )
+        .unwrap();
         let e = read(&big, FileKind::TlsPem).unwrap_err();
         assert!(matches!(e, ReadError::TooLarge { .. }), "{e}");
         assert!(
@@ -210,7 +214,11 @@ mod tests {
             "{e}"
         );
         let exact = dir.path().join("exact.pem");
-        std::fs::write(&exact, vec![b'a'; FileKind::TlsPem.limit() as usize]).unwrap();
+        std::fs::write(
+            &exact,
+            vec![b'a'; usize::try_from(FileKind::TlsPem.limit()).unwrap()],
+        )
+        .unwrap();
         assert_eq!(
             read(&exact, FileKind::TlsPem).unwrap().len() as u64,
             FileKind::TlsPem.limit()

@@ -10,7 +10,7 @@ use tokio::sync::mpsc::Receiver;
 
 /// Reads the chunks of `chunks` in order; the stream ends when the sender is dropped, and
 /// an `Err` chunk is returned as a read error.
-pub struct ChannelReader {
+pub(crate) struct ChannelReader {
     chunks: Receiver<std::io::Result<Bytes>>,
     current: Bytes,
     done: bool,
@@ -18,7 +18,7 @@ pub struct ChannelReader {
 
 impl ChannelReader {
     /// A reader over `chunks`.
-    pub fn new(chunks: Receiver<std::io::Result<Bytes>>) -> Self {
+    pub(crate) fn new(chunks: Receiver<std::io::Result<Bytes>>) -> Self {
         ChannelReader {
             chunks,
             current: Bytes::new(),

@@ -49,7 +49,7 @@ const MAX_NAME: usize = 128;
 
 /// Whether `name` may be a directory of the tree: a cid as the CPI makes them
 /// (`[a-z0-9-]`, not starting with `-`), so no path can climb out of it.
-pub fn valid_name(name: &str) -> bool {
+pub(crate) fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_NAME
         && !name.starts_with('-')
@@ -118,7 +118,7 @@ fn sys_umount(target: &Path) -> io::Result<()> {
 
 /// The mount points of this mount namespace (field 5 of `/proc/self/mountinfo`, with the
 /// kernel's octal escapes undone).
-pub fn mount_points() -> io::Result<BTreeSet<PathBuf>> {
+pub(crate) fn mount_points() -> io::Result<BTreeSet<PathBuf>> {
     let info = std::fs::read_to_string("/proc/self/mountinfo")?;
     Ok(info
         .lines()
@@ -128,7 +128,7 @@ pub fn mount_points() -> io::Result<BTreeSet<PathBuf>> {
 }
 
 /// A field of `/proc/self/mountinfo` with the kernel's octal escapes (`\\040`) undone.
-pub fn unescape(field: &str) -> String {
+pub(crate) fn unescape(field: &str) -> String {
     let b = field.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -152,7 +152,7 @@ pub fn unescape(field: &str) -> String {
 
 /// Makes `dir` a shared mount (binding it onto itself first when it is no mount point),
 /// so mounts below it propagate to the VMs' slaves; whether it had to be bound.
-pub fn make_shared(dir: &Path) -> io::Result<bool> {
+pub(crate) fn make_shared(dir: &Path) -> io::Result<bool> {
     std::fs::create_dir_all(dir)?;
     let dir = dir.canonicalize()?;
     let bound = !mount_points()?.contains(&dir);
@@ -165,7 +165,7 @@ pub fn make_shared(dir: &Path) -> io::Result<bool> {
 
 /// What [`DiskMounts::bind`] found.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Bound {
+pub(crate) enum Bound {
     /// The bind was made.
     Made,
     /// The disk was bound there already.
@@ -195,24 +195,24 @@ const STAGING: &str = ".moltencore-folder.new";
 
 /// What [`DiskMounts::attach`] did.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Attached {
+pub(crate) struct Attached {
     /// Whether the device node was made or was there already.
-    pub node: Bound,
+    pub(crate) node: Bound,
     /// Whether the image holds a filesystem (an ext2/3/4 superblock); a new disk does not,
     /// and is formatted by the VM. An image whose folder is still to be copied counts as
     /// not formatted (a copy cut short is made again on a fresh filesystem).
-    pub formatted: bool,
+    pub(crate) formatted: bool,
     /// Whether the disk's files kept as a folder wait to be copied into the image, and
     /// are seen by the VM at `.folder-<disk>` of its folder.
-    pub folder: bool,
+    pub(crate) folder: bool,
     /// Whether its filesystem is smaller than its image (grown by resize_disk), and is to
     /// be grown by the VM before it is mounted.
-    pub grow: bool,
+    pub(crate) grow: bool,
 }
 
 /// What [`DiskMounts::grow`] did.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Grown {
+pub(crate) enum Grown {
     /// The disk has no image yet (never attached): the image is made of the recorded size.
     NoImage,
     /// The image is of the size (its filesystem grows at the next attach).
@@ -221,14 +221,14 @@ pub enum Grown {
 
 /// What [`DiskMounts::remount_all`] did.
 #[derive(Debug, Default)]
-pub struct Remounted {
+pub(crate) struct Remounted {
     /// `(vm, disk)` put back: loop device and node made again (or the folder bound again).
-    pub made: Vec<(String, String)>,
+    pub(crate) made: Vec<(String, String)>,
     /// `(vm, disk)` whose volume or image is gone: left out (the VM's start waits for it,
     /// then starts without its store, and the reboot's health gate names it).
-    pub missing: Vec<(String, String)>,
+    pub(crate) missing: Vec<(String, String)>,
     /// `(vm, disk, why)` that could not be put back; the others were still tried.
-    pub failed: Vec<(String, String, String)>,
+    pub(crate) failed: Vec<(String, String, String)>,
 }
 
 /// Where the tree records which disk is bound in which VM (`<vms>/.bound/<vm>/<disk>`, an
@@ -246,14 +246,14 @@ const O_NONBLOCK: i32 = 0o4000;
 const O_PATH: i32 = 0o10000000;
 
 /// The tree of one node: `vms` (the shared directory) and Docker's `volumes` directory.
-pub struct DiskMounts {
+pub(crate) struct DiskMounts {
     vms: PathBuf,
     volumes: PathBuf,
 }
 
 impl DiskMounts {
     /// The tree at `vms` over the volumes in `volumes` (`vms` must exist).
-    pub fn new(vms: &Path, volumes: &Path) -> io::Result<DiskMounts> {
+    pub(crate) fn new(vms: &Path, volumes: &Path) -> io::Result<DiskMounts> {
         Ok(DiskMounts {
             vms: vms.canonicalize()?,
             volumes: volumes.to_path_buf(),
@@ -289,7 +289,7 @@ impl DiskMounts {
     /// Makes `disk` a block device in `vm`'s folder: its image (made, sparse, of
     /// `size_mib` when the volume is still empty) attached to a loop device, whose node is
     /// `<vms>/<vm>/<disk>`; recorded for the next boot.
-    pub fn attach(&self, vm: &str, disk: &str, size_mib: u64) -> io::Result<Attached> {
+    pub(crate) fn attach(&self, vm: &str, disk: &str, size_mib: u64) -> io::Result<Attached> {
         let target = self.target(vm, disk)?;
         let _lock = self.lock()?;
         let data = self.source(disk);
@@ -341,7 +341,7 @@ impl DiskMounts {
     /// the image in its volume `<vm>-ephemeral`, made sparse of `size_mib` when the volume is
     /// still empty; recorded for the next boot. Whether the image holds a filesystem (the
     /// VM's start script formats a new one).
-    pub fn attach_ephemeral(&self, vm: &str, size_mib: u64) -> io::Result<Attached> {
+    pub(crate) fn attach_ephemeral(&self, vm: &str, size_mib: u64) -> io::Result<Attached> {
         let volume = format!("{vm}{EPHEMERAL_SUFFIX}");
         let target = self.target(vm, &volume)?;
         let _lock = self.lock()?;
@@ -367,7 +367,7 @@ impl DiskMounts {
     /// VM and no loop device of this node. Its filesystem is grown by the VM of its next
     /// attach (`Attached::grow`). An image larger than asked for is an error (a disk never
     /// shrinks).
-    pub fn grow(&self, disk: &str, size_mib: u64) -> io::Result<Grown> {
+    pub(crate) fn grow(&self, disk: &str, size_mib: u64) -> io::Result<Grown> {
         checked(disk, "disk")?;
         let _lock = self.lock()?;
         let data = self.source(disk);
@@ -437,7 +437,7 @@ impl DiskMounts {
 
     /// After `vm` copied `disk`'s folder into its image: the folder leaves the VM and the
     /// volume, which then holds the image alone.
-    pub fn settle(&self, vm: &str, disk: &str) -> io::Result<()> {
+    pub(crate) fn settle(&self, vm: &str, disk: &str) -> io::Result<()> {
         self.target(vm, disk)?;
         let _lock = self.lock()?;
         self.drop_folder_view(vm, disk)?;
@@ -469,7 +469,7 @@ impl DiskMounts {
     }
 
     /// The size of `disk`'s image in bytes; `None` while it has none (never attached).
-    pub fn image_size(&self, disk: &str) -> io::Result<Option<u64>> {
+    pub(crate) fn image_size(&self, disk: &str) -> io::Result<Option<u64>> {
         checked(disk, "disk")?;
         match std::fs::symlink_metadata(self.image(disk)) {
             Ok(m) => Ok(Some(m.len())),
@@ -480,7 +480,7 @@ impl DiskMounts {
 
     /// Copies `disk`'s image into the volume `to` of this node (a snapshot's, new and
     /// empty) as its image, hole for hole, read back before it takes the image's name.
-    pub fn copy_image(
+    pub(crate) fn copy_image(
         &self,
         disk: &str,
         to: &str,
@@ -581,7 +581,7 @@ impl DiskMounts {
     /// Removes `disk` from `vm`: its device node (or, for a bound folder, every stacked
     /// bind and the mount point) and its record; the loop device goes with the last VM
     /// that had the disk. Whether it was there.
-    pub fn unbind(&self, vm: &str, disk: &str) -> io::Result<bool> {
+    pub(crate) fn unbind(&self, vm: &str, disk: &str) -> io::Result<bool> {
         self.target(vm, disk)?;
         let _lock = self.lock()?;
         self.unbind_locked(vm, disk)
@@ -620,7 +620,7 @@ impl DiskMounts {
     }
 
     /// The disks of `vm`: recorded block devices and bound folders.
-    pub fn disks_of(&self, vm: &str) -> io::Result<Vec<String>> {
+    pub(crate) fn disks_of(&self, vm: &str) -> io::Result<Vec<String>> {
         checked(vm, "VM")?;
         let dir = self.vms.join(vm);
         let mut disks: Vec<String> = mount_points()?
@@ -644,7 +644,7 @@ impl DiskMounts {
 
     /// What holds `disk` on this node: the VMs that have it, or else a loop device of its
     /// image that a mount has not let go yet (`loopN`).
-    pub fn holders(&self, disk: &str) -> io::Result<Vec<String>> {
+    pub(crate) fn holders(&self, disk: &str) -> io::Result<Vec<String>> {
         let mut vms = self.bound_holders(disk)?;
         vms.extend(self.block_records(disk)?);
         vms.sort();
@@ -676,7 +676,7 @@ impl DiskMounts {
 
     /// Removes every disk of `vm`, its directory and its records (the VM is gone); the
     /// disks removed.
-    pub fn forget(&self, vm: &str) -> io::Result<Vec<String>> {
+    pub(crate) fn forget(&self, vm: &str) -> io::Result<Vec<String>> {
         let mut disks = self.disks_of(vm)?;
         let ephemeral = format!("{vm}{EPHEMERAL_SUFFIX}");
         if std::fs::symlink_metadata(self.marker(vm, &ephemeral)).is_ok() {
@@ -716,7 +716,7 @@ impl DiskMounts {
 
     /// Makes again every recorded disk that a reboot took (the loop device and its node,
     /// or the bind). One that fails does not keep the others from being tried.
-    pub fn remount_all(&self) -> io::Result<Remounted> {
+    pub(crate) fn remount_all(&self) -> io::Result<Remounted> {
         let _lock = self.lock()?;
         let mut done = Remounted::default();
         let records = self.vms.join(BOUND);
@@ -914,7 +914,7 @@ fn real_dir(path: &Path) -> io::Result<bool> {
 }
 
 /// Opens the image `image` read-write, never through a symlink.
-pub fn open_image(image: &Path) -> io::Result<std::fs::File> {
+pub(crate) fn open_image(image: &Path) -> io::Result<std::fs::File> {
     std::fs::OpenOptions::new()
         .read(true)
         .write(true)

@@ -3,14 +3,14 @@
 //! the length cut, so a 4 MiB argument is never echoed whole.
 
 /// How many characters of a value an error message shows.
-pub const ECHO_CHARS: usize = 64;
+pub(crate) const ECHO_CHARS: usize = 64;
 
 /// How many characters of a file path an error message shows.
-pub const PATH_CHARS: usize = 256;
+pub(crate) const PATH_CHARS: usize = 256;
 
 /// How many characters of a library's error text (which may quote a value: serde's
 /// `invalid type: string "..."`) an error message shows.
-pub const DETAIL_CHARS: usize = 512;
+pub(crate) const DETAIL_CHARS: usize = 512;
 
 /// A library's error text safe to echo, as [`printable`] with room for its words.
 pub(crate) fn printable_detail(s: &str) -> String {
@@ -19,7 +19,7 @@ pub(crate) fn printable_detail(s: &str) -> String {
 
 /// A value safe to echo: control characters escaped, at most [`ECHO_CHARS`] characters
 /// of it shown, followed by `...` when it was longer.
-pub fn printable(s: &str) -> String {
+pub(crate) fn printable(s: &str) -> String {
     cut(s, ECHO_CHARS)
 }
 
@@ -78,7 +78,7 @@ fn escape_char(c: char) -> Option<String> {
 /// `text` followed by every message of the `source` chain it does not already contain:
 /// libraries hide the useful part ("connection refused", a certificate rejection) in the
 /// sources of a generic error.
-pub fn with_sources(
+pub(crate) fn with_sources(
     mut text: String,
     mut source: Option<&(dyn std::error::Error + 'static)>,
 ) -> String {

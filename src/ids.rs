@@ -13,9 +13,9 @@ use crate::echo::printable;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MalformedCid {
     /// What was expected, e.g. `a VM cid (vm-<uuid>)`.
-    pub expected: &'static str,
+    pub(crate) expected: &'static str,
     /// The offending value, cut short (see `echo::printable`).
-    pub shown: String,
+    pub(crate) shown: String,
 }
 
 impl fmt::Display for MalformedCid {
@@ -59,12 +59,12 @@ macro_rules! cid_type {
             }
 
             /// A new, unique cid.
-            pub fn generate() -> Self {
+            pub(crate) fn generate() -> Self {
                 $name(format!("{}{}", $prefix, uuid::Uuid::new_v4()))
             }
 
             /// The cid as text (a Docker object name and an etcd key segment).
-            pub fn as_str(&self) -> &str {
+            pub(crate) fn as_str(&self) -> &str {
                 &self.0
             }
         }

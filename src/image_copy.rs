@@ -25,9 +25,9 @@ const CHUNK: usize = 1 << 20;
 
 /// What a copy moved: the image's size and the bytes of data read from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Copied {
-    pub size: u64,
-    pub data: u64,
+pub(crate) struct Copied {
+    pub(crate) size: u64,
+    pub(crate) data: u64,
 }
 
 /// The data ranges of `file` (start, end), in order; a file system that does not know
@@ -38,7 +38,7 @@ fn data_ranges(file: &File, size: u64) -> io::Result<Vec<(u64, u64)>> {
     let mut at = 0u64;
     while at < size {
         // SAFETY: lseek on an open descriptor owned by `file`; no memory is passed.
-        let start = unsafe { lseek64(fd, at as i64, SEEK_DATA) };
+        let start = unsafe { lseek64(fd, at.cast_signed(), SEEK_DATA) };
         if start < 0 {
             let e = io::Error::last_os_error();
             if e.raw_os_error() == Some(ENXIO) {
@@ -51,7 +51,7 @@ fn data_ranges(file: &File, size: u64) -> io::Result<Vec<(u64, u64)>> {
         if end < 0 {
             return Err(io::Error::last_os_error());
         }
-        let (start, end) = (start as u64, (end as u64).min(size));
+        let (start, end) = (start.unsigned_abs(), end.unsigned_abs().min(size));
         if end <= start {
             return Err(io::Error::other(format!(
                 "the image's data at {start} ends at {end}"
@@ -69,7 +69,7 @@ fn data_ranges(file: &File, size: u64) -> io::Result<Vec<(u64, u64)>> {
 /// that what a VM wrote on its mount of the image's loop device is in the image. `progress`
 /// hears the bytes handled so far after every chunk, copied and read back (the mounter
 /// reports them, so that a long copy is never silent).
-pub fn copy(from: &File, to: &File, progress: &mut dyn FnMut(u64)) -> io::Result<Copied> {
+pub(crate) fn copy(from: &File, to: &File, progress: &mut dyn FnMut(u64)) -> io::Result<Copied> {
     // SAFETY: sync(2) takes no arguments and cannot fail.
     unsafe { sync() };
     let size = from.metadata()?.len();
@@ -107,9 +107,12 @@ pub fn copy(from: &File, to: &File, progress: &mut dyn FnMut(u64)) -> io::Result
 /// The ranges cut into chunks of at most `CHUNK` bytes: (offset, length).
 fn chunks(ranges: &[(u64, u64)]) -> impl Iterator<Item = (u64, usize)> + '_ {
     ranges.iter().flat_map(|&(start, end)| {
-        (start..end)
-            .step_by(CHUNK)
-            .map(move |at| (at, ((end - at) as usize).min(CHUNK)))
+        (start..end).step_by(CHUNK).map(move |at| {
+            (
+                at,
+                usize::try_from(end - at).map_or(CHUNK, |n| n.min(CHUNK)),
+            )
+        })
     })
 }
 

@@ -3,42 +3,42 @@
 //! and judges what an earlier one made, so they must be spelled the same everywhere.
 
 /// Label on helper containers of a volume copy, valued with the volume they mount.
-pub const HELPER: &str = "moltencore.helper";
+pub(crate) const HELPER: &str = "moltencore.helper";
 
 /// Label on a node's mounter container, valued with its binary's digest.
-pub const MOUNTER: &str = "moltencore.mounter";
+pub(crate) const MOUNTER: &str = "moltencore.mounter";
 
 /// Label on the `bosh` Docker network that node-prep creates.
-pub const NETWORK: &str = "moltencore.network";
+pub(crate) const NETWORK: &str = "moltencore.network";
 
 /// Label keys on VM containers and their ephemeral volumes.
-pub mod vm {
+pub(crate) mod vm {
     /// The VM's cid (container).
-    pub const VM_CID: &str = "moltencore.vm.cid";
+    pub(crate) const VM_CID: &str = "moltencore.vm.cid";
     /// The BOSH agent id the VM was created with (container and ephemeral volume).
-    pub const AGENT_ID: &str = "moltencore.vm.agent_id";
+    pub(crate) const AGENT_ID: &str = "moltencore.vm.agent_id";
     /// The stemcell cid the VM runs.
-    pub const STEMCELL: &str = "moltencore.vm.stemcell";
+    pub(crate) const STEMCELL: &str = "moltencore.vm.stemcell";
     /// The BOSH group (`env.bosh.group`), for operators.
-    pub const GROUP: &str = "moltencore.vm.group";
+    pub(crate) const GROUP: &str = "moltencore.vm.group";
     /// When the VM was created (RFC 3339).
-    pub const CREATED_AT: &str = "moltencore.vm.created_at";
+    pub(crate) const CREATED_AT: &str = "moltencore.vm.created_at";
     /// The ephemeral disk size asked for, in MiB (on the ephemeral volume).
-    pub const EPHEMERAL_DISK_MIB: &str = "moltencore.vm.ephemeral_disk_mib";
+    pub(crate) const EPHEMERAL_DISK_MIB: &str = "moltencore.vm.ephemeral_disk_mib";
     /// How the VM takes persistent disks: [`BLOCK_DISKS`] on VMs whose disks are block
     /// devices; VMs made earlier have no such label.
-    pub const DISKS: &str = "moltencore.vm.disks";
+    pub(crate) const DISKS: &str = "moltencore.vm.disks";
     /// The value of [`DISKS`] for disks as block devices.
-    pub const BLOCK_DISKS: &str = "block";
+    pub(crate) const BLOCK_DISKS: &str = "block";
     /// On an ephemeral volume: the VM it belongs to.
-    pub const EPHEMERAL_OF: &str = "moltencore.ephemeral.vm";
+    pub(crate) const EPHEMERAL_OF: &str = "moltencore.ephemeral.vm";
     /// The etcd key prefix of the index the VM is recorded in: only that CPI may judge
     /// the VM abandoned.
-    pub const INDEX: &str = "moltencore.vm.index";
+    pub(crate) const INDEX: &str = "moltencore.vm.index";
 
     /// The VM a container belongs to, read from its [`VM_CID`] label. `None` without the
     /// label or when its value is not a VM cid: then no VM of this CPI made the container.
-    pub fn vm_of(
+    pub(crate) fn vm_of(
         labels: Option<&std::collections::HashMap<String, String>>,
     ) -> Option<crate::ids::VmCid> {
         labels?
@@ -48,31 +48,31 @@ pub mod vm {
 }
 
 /// Label keys on persistent disk volumes.
-pub mod disk {
+pub(crate) mod disk {
     /// The disk's cid (volume).
-    pub const DISK_CID: &str = "moltencore.disk.cid";
+    pub(crate) const DISK_CID: &str = "moltencore.disk.cid";
     /// The disk's size in MiB.
-    pub const SIZE_MIB: &str = "moltencore.disk.size_mib";
+    pub(crate) const SIZE_MIB: &str = "moltencore.disk.size_mib";
 }
 
 /// Label keys on snapshot volumes.
-pub mod snapshot {
+pub(crate) mod snapshot {
     /// The snapshot's cid (volume).
-    pub const CID: &str = "moltencore.snapshot.cid";
+    pub(crate) const CID: &str = "moltencore.snapshot.cid";
     /// The disk the snapshot was copied from.
-    pub const DISK: &str = "moltencore.snapshot.disk";
+    pub(crate) const DISK: &str = "moltencore.snapshot.disk";
     /// Prefix of one label per metadata key (`moltencore.snapshot.meta.<key>`).
-    pub const META_PREFIX: &str = "moltencore.snapshot.meta.";
+    pub(crate) const META_PREFIX: &str = "moltencore.snapshot.meta.";
 }
 
 /// Label keys on imported stemcell images.
-pub mod stemcell {
+pub(crate) mod stemcell {
     /// The stemcell's cid.
-    pub const CID: &str = "moltencore.stemcell.cid";
+    pub(crate) const CID: &str = "moltencore.stemcell.cid";
     /// The stemcell's name from its manifest.
-    pub const NAME: &str = "moltencore.stemcell.name";
+    pub(crate) const NAME: &str = "moltencore.stemcell.name";
     /// The stemcell's version from its manifest.
-    pub const VERSION: &str = "moltencore.stemcell.version";
+    pub(crate) const VERSION: &str = "moltencore.stemcell.version";
     /// The stemcell's operating system, when the manifest names one.
-    pub const OS: &str = "moltencore.stemcell.os";
+    pub(crate) const OS: &str = "moltencore.stemcell.os";
 }

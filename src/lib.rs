@@ -2,26 +2,32 @@
 //! hosts joined by etcd and Flannel.
 
 pub mod boshconfig;
-pub mod bounded_file;
-pub mod channel_reader;
+pub(crate) mod bounded_file;
+pub(crate) mod channel_reader;
+/// The CPI's calls, from request to answer.
 pub mod cloud;
 pub mod cluster;
 pub mod commands;
 pub mod config;
+/// Also compiled into `mc-mounter` (mounter/main.rs), which does the disk work; the CPI
+/// itself uses only its paths, names and unit.
+#[allow(dead_code, reason = "most of it is used by mc-mounter alone")]
 pub mod disk_mounts;
 pub mod docker;
-pub mod echo;
-pub mod fleetlock;
+pub(crate) mod echo;
+pub(crate) mod fleetlock;
 pub mod ids;
-pub mod image_copy;
-pub mod labels;
+#[allow(dead_code, reason = "used by mc-mounter alone, through disk_mounts")]
+pub(crate) mod image_copy;
+pub(crate) mod labels;
 pub mod logging;
-pub mod loop_device;
+#[allow(dead_code, reason = "used by mc-mounter alone, through disk_mounts")]
+pub(crate) mod loop_device;
 pub mod nodeprep;
-pub mod placement;
+pub(crate) mod placement;
 pub mod protocol;
 pub mod reboot;
-pub mod redact;
-pub mod roundtrips;
-pub mod serde_words;
-pub mod timestamp;
+pub(crate) mod redact;
+pub(crate) mod roundtrips;
+pub(crate) mod serde_words;
+pub(crate) mod timestamp;

@@ -20,7 +20,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, reload};
 
 /// Environment variable that sets the log filter, winning over cpi.json's `log_level`.
-pub const LOG_ENV: &str = "MOLTENCORE_LOG";
+pub(crate) const LOG_ENV: &str = "MOLTENCORE_LOG";
 
 /// The filter for a plain level (`debug`) applies to this crate only; libraries stay at
 /// `warn`, because their debug output (HTTP/2 headers, etcd auth tokens) may carry secrets.
@@ -36,10 +36,10 @@ fn directive(level: &str) -> String {
 /// The most verbose level any library (any target outside this crate and its binary) may
 /// log at, whatever `MOLTENCORE_LOG` or `log_level` ask: below it, bollard, hyper, h2,
 /// tonic, tower and rustls log bodies and headers.
-pub const LIBRARY_MAX_LEVEL: Level = Level::INFO;
+pub(crate) const LIBRARY_MAX_LEVEL: Level = Level::INFO;
 
 /// The longest record written (characters after escaping); the rest is cut.
-pub const MAX_RECORD_CHARS: usize = 64 * 1024;
+pub(crate) const MAX_RECORD_CHARS: usize = 64 * 1024;
 
 /// Whether `target` is this crate's (the library `moltencore`, the binary `cpi`).
 fn is_own_target(target: &str) -> bool {

@@ -42,9 +42,9 @@ const LOOP_INFO64_LEN: usize = 232;
 
 /// One loop device: its number (`/dev/loopN`) and its device number (`st_rdev`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Loop {
-    pub number: u32,
-    pub rdev: u64,
+pub(crate) struct Loop {
+    pub(crate) number: u32,
+    pub(crate) rdev: u64,
 }
 
 fn c_path(p: &Path) -> io::Result<CString> {
@@ -53,7 +53,7 @@ fn c_path(p: &Path) -> io::Result<CString> {
 }
 
 /// `dev_t` from a `major:minor` pair, as glibc's `makedev`.
-pub fn makedev(major: u64, minor: u64) -> u64 {
+pub(crate) fn makedev(major: u64, minor: u64) -> u64 {
     ((major & 0xffff_f000) << 32)
         | ((major & 0xfff) << 8)
         | ((minor & 0xffff_ff00) << 12)
@@ -62,7 +62,7 @@ pub fn makedev(major: u64, minor: u64) -> u64 {
 
 /// Makes the block device node `path` for `rdev` (mode 0600); an existing entry there is
 /// an error (`AlreadyExists`), never followed.
-pub fn make_block_node(path: &Path, rdev: u64) -> io::Result<()> {
+pub(crate) fn make_block_node(path: &Path, rdev: u64) -> io::Result<()> {
     make_node(path, S_IFBLK, rdev)
 }
 
@@ -75,8 +75,8 @@ fn make_node(path: &Path, kind: u32, rdev: u64) -> io::Result<()> {
             SYS_MKNODAT,
             AT_FDCWD,
             p.as_ptr() as *const c_char,
-            (kind | 0o600) as c_long,
-            rdev as c_long,
+            c_long::from(kind | 0o600),
+            rdev.cast_signed(),
         )
     };
     if rc == 0 {
@@ -132,7 +132,7 @@ fn check(rc: c_int) -> io::Result<c_int> {
 /// The loop devices whose backing file is `image` (the same inode on the same device).
 /// `hint` is a tail of the backing file's path that sysfs shows (cheap to read), checked
 /// before the loop is opened.
-pub fn loops_of(image: &Path, hint: &str) -> io::Result<Vec<Loop>> {
+pub(crate) fn loops_of(image: &Path, hint: &str) -> io::Result<Vec<Loop>> {
     let meta = match std::fs::symlink_metadata(image) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -189,7 +189,7 @@ fn backed_by(device: &File, meta: &std::fs::Metadata) -> bool {
 }
 
 /// Attaches `image` (never through a symlink) to a free loop device; the device.
-pub fn attach(image: &Path) -> io::Result<Loop> {
+pub(crate) fn attach(image: &Path) -> io::Result<Loop> {
     use std::os::unix::fs::OpenOptionsExt;
     let backing = std::fs::OpenOptions::new()
         .read(true)
@@ -200,13 +200,13 @@ pub fn attach(image: &Path) -> io::Result<Loop> {
     for _ in 0..FREE_ATTEMPTS {
         // SAFETY: LOOP_CTL_GET_FREE takes no argument and returns a loop number.
         let n = check(unsafe { ioctl(control.as_raw_fd(), LOOP_CTL_GET_FREE) })?;
-        let (device, lo) = open_loop(n as u32)?;
+        let (device, lo) = open_loop(n.unsigned_abs())?;
         // SAFETY: LOOP_SET_FD takes the backing file's descriptor by value.
         let rc = unsafe {
             ioctl(
                 device.as_raw_fd(),
                 LOOP_SET_FD,
-                backing.as_raw_fd() as c_ulong,
+                c_ulong::from(backing.as_raw_fd().unsigned_abs()),
             )
         };
         match check(rc) {
@@ -240,7 +240,7 @@ fn open_control() -> io::Result<File> {
 /// detached through, so a loop device freed and taken by another file meanwhile is left
 /// alone). One still in use (a mount not yet let go) is detached by the kernel once its
 /// last user closes it; one detached already is success.
-pub fn detach_if_backed_by(lo: Loop, image: &Path) -> io::Result<()> {
+pub(crate) fn detach_if_backed_by(lo: Loop, image: &Path) -> io::Result<()> {
     let meta = match std::fs::symlink_metadata(image) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),

@@ -73,25 +73,25 @@ pub enum PlacementError {
 
 /// The size of a VM, as `calculate_vm_cloud_properties` asks about it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct VmSize {
+pub(crate) struct VmSize {
     /// CPUs.
-    pub cpus: u64,
+    pub(crate) cpus: u64,
     /// Memory in MiB.
-    pub ram_mib: u64,
+    pub(crate) ram_mib: u64,
 }
 
 /// What a new VM asks of placement.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct VmDemand {
+pub(crate) struct VmDemand {
     /// Static IPs of its manual networks: they pin the node whose subnet holds them.
-    pub manual_ips: Vec<Ipv4Addr>,
+    pub(crate) manual_ips: Vec<Ipv4Addr>,
     /// `cloud_properties.node` (set by the generated cloud-config's AZs), else the CPI's
     /// `placement.node` (set per CPI by a cpi-config).
-    pub pinned_node: Option<String>,
+    pub(crate) pinned_node: Option<String>,
     /// `env.bosh.group`: VMs of one group are spread across nodes.
-    pub group: Option<String>,
+    pub(crate) group: Option<String>,
     /// Memory limit in MiB (0: none).
-    pub memory_mib: u64,
+    pub(crate) memory_mib: u64,
 }
 
 /// Chooses the node for a new VM, or says why none fits. Rules, in order: manual IPs pin

@@ -6,7 +6,7 @@
 use serde_json::{Map, Value};
 
 /// The placeholder that replaces a secret.
-pub const REDACTED: &str = "<redacted>";
+pub(crate) const REDACTED: &str = "<redacted>";
 
 /// A copy of `value` with every secret replaced by [`REDACTED`].
 pub(crate) fn redact(value: &Value) -> Value {

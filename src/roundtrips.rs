@@ -8,12 +8,12 @@ static ETCD: AtomicU64 = AtomicU64::new(0);
 static DOCKER: AtomicU64 = AtomicU64::new(0);
 
 /// Counts one etcd request (called where every request gets its client).
-pub fn etcd() {
+pub(crate) fn etcd() {
     ETCD.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Counts one Docker API request (called by every node client's transport).
-pub fn docker() {
+pub(crate) fn docker() {
     DOCKER.fetch_add(1, Ordering::Relaxed);
 }
 

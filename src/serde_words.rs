@@ -5,7 +5,7 @@
 /// `a sequence`, `struct NetworkSpec`, `a map`) become what a JSON writer knows (a whole
 /// number, an array, an object), so a BOSH operator can read what the request got wrong.
 /// Texts of other shapes come back unchanged.
-pub fn plain(message: &str) -> String {
+pub(crate) fn plain(message: &str) -> String {
     for prefix in ["invalid type: ", "invalid value: "] {
         if let Some(rest) = message.strip_prefix(prefix)
             && let Some((got, expected)) = rest.rsplit_once(", expected ")

@@ -13,7 +13,7 @@ use time::format_description::well_known::Rfc3339;
 /// text there: it is kept as found, so reading a record and writing it back never
 /// changes it (and never fails on it).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Timestamp(Moment);
+pub(crate) struct Timestamp(Moment);
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Moment {
@@ -25,14 +25,14 @@ enum Moment {
 
 impl Timestamp {
     /// Now, to the second, in UTC.
-    pub fn now() -> Timestamp {
+    pub(crate) fn now() -> Timestamp {
         let now = OffsetDateTime::now_utc();
         Timestamp(Moment::At(now.replace_nanosecond(0).unwrap_or(now)))
     }
 
     /// Reads a record's text: a time written as the records write it, else the text as
     /// found (see the type's doc).
-    pub fn from_text(text: &str) -> Timestamp {
+    pub(crate) fn from_text(text: &str) -> Timestamp {
         match OffsetDateTime::parse(text, &Rfc3339) {
             Ok(at) if format(at).as_deref() == Some(text) => Timestamp(Moment::At(at)),
             _ => Timestamp(Moment::Foreign(text.to_string())),
@@ -40,7 +40,8 @@ impl Timestamp {
     }
 
     /// The time, when the text is one (not for text kept as found).
-    pub fn at(&self) -> Option<OffsetDateTime> {
+    #[cfg(test)]
+    fn at(&self) -> Option<OffsetDateTime> {
         match &self.0 {
             Moment::At(at) => Some(*at),
             Moment::Foreign(_) => None,

@@ -44,7 +44,7 @@ fn installs_the_binary_and_orders_node_prep_before_flanneld_and_the_network_unit
     // Butane reads `0755` as octal (YAML 1.1); a YAML 1.2 reader sees the string "0755".
     let mode = match &cpi["mode"] {
         Value::String(s) if s.starts_with('0') => u32::from_str_radix(s, 8).ok(),
-        other => other.as_u64().map(|m| m as u32),
+        other => other.as_u64().and_then(|m| u32::try_from(m).ok()),
     };
     assert_eq!(mode, Some(0o755), "mode {:?}", cpi["mode"]);
     let prep = unit(&doc, "moltencore-node-prep.service");

@@ -375,8 +375,8 @@ fn contend(config: &Path, stop: &AtomicBool) -> (u32, u32) {
             watcher
         );
         (
-            turns.load(Ordering::SeqCst) as u32,
-            errors.load(Ordering::SeqCst) as u32,
+            u32::try_from(turns.load(Ordering::SeqCst)).unwrap(),
+            u32::try_from(errors.load(Ordering::SeqCst)).unwrap(),
         )
     })
 }

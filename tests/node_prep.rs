@@ -179,7 +179,7 @@ fn count_under(prefix: &str) -> usize {
             )
             .await
             .unwrap();
-        r.count() as usize
+        usize::try_from(r.count()).unwrap()
     })
 }
 

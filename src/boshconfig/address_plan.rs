@@ -12,13 +12,13 @@ use crate::cloud::vm::network_plan::dynamic_pool;
 /// An inclusive address range, written the BOSH way (`10.1.1.1-10.1.1.20`, or one address).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct AddrRange {
-    pub first: Ipv4Addr,
-    pub last: Ipv4Addr,
+    pub(crate) first: Ipv4Addr,
+    pub(crate) last: Ipv4Addr,
 }
 
 impl AddrRange {
     /// Whether `ip` lies in the range.
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+    pub(crate) fn contains(&self, ip: Ipv4Addr) -> bool {
         self.first <= ip && ip <= self.last
     }
 }
@@ -35,22 +35,22 @@ impl fmt::Display for AddrRange {
 
 /// How many addresses go where, at the bottom of every subnet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Split {
+pub(crate) struct Split {
     /// Addresses reserved from the first host address on (the original: 20, `.1`-`.20`).
-    pub reserved: u32,
+    pub(crate) reserved: u32,
     /// Addresses for static IPs, right after the reserved ones.
-    pub static_ips: u32,
+    pub(crate) static_ips: u32,
 }
 
 /// The split of one subnet.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SubnetPlan {
+pub(crate) struct SubnetPlan {
     /// Ranges BOSH must not assign: the reserved head, the gateway, the CPI's dynamic pool.
-    pub reserved: Vec<AddrRange>,
+    pub(crate) reserved: Vec<AddrRange>,
     /// The static block, if any.
-    pub static_range: Option<AddrRange>,
+    pub(crate) static_range: Option<AddrRange>,
     /// What is left for the director to assign on its own, if anything.
-    pub automatic: Option<AddrRange>,
+    pub(crate) automatic: Option<AddrRange>,
 }
 
 fn range(first: u32, last: u32) -> Option<AddrRange> {

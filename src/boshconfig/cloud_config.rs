@@ -18,19 +18,19 @@ use crate::cluster::{ClusterView, NodeRecord, NodeState};
 #[derive(Debug, Clone, PartialEq)]
 pub struct Options {
     /// Name of the manual network.
-    pub network_name: String,
+    pub(crate) network_name: String,
     /// How each subnet is split (reserved head, static block).
-    pub split: Split,
+    pub(crate) split: Split,
     /// DNS servers of every subnet; empty: the subnet's gateway.
-    pub dns: Vec<Ipv4Addr>,
+    pub(crate) dns: Vec<Ipv4Addr>,
     /// vm_types; presets plus the operator's.
-    pub vm_types: Vec<VmTypePreset>,
+    pub(crate) vm_types: Vec<VmTypePreset>,
     /// disk_types; presets plus the operator's.
-    pub disk_types: Vec<DiskTypePreset>,
+    pub(crate) disk_types: Vec<DiskTypePreset>,
     /// Name each AZ's CPI (`moltencore-<node>`), for use with the generated cpi-config.
-    pub per_node_cpis: bool,
+    pub(crate) per_node_cpis: bool,
     /// Compilation workers; `None`: one per ready node.
-    pub compilation_workers: Option<u32>,
+    pub(crate) compilation_workers: Option<u32>,
 }
 
 impl Default for Options {
@@ -53,9 +53,10 @@ impl Default for Options {
 /// A vm_type: `NAME` with no limits, or `NAME:CPU:RAM_MIB:EPHEMERAL_DISK_MIB`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VmTypePreset {
-    pub name: String,
+    /// The vm_type's name.
+    pub(crate) name: String,
     /// (cpu, ram MiB, ephemeral disk MiB); `None`: no limits at all.
-    pub size: Option<(f64, u64, u64)>,
+    pub(crate) size: Option<(f64, u64, u64)>,
 }
 
 impl VmTypePreset {
@@ -110,8 +111,10 @@ impl FromStr for VmTypePreset {
 /// A disk_type: `NAME:SIZE_MIB`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskTypePreset {
-    pub name: String,
-    pub size_mib: u64,
+    /// The disk_type's name.
+    pub(crate) name: String,
+    /// The disk size in MiB.
+    pub(crate) size_mib: u64,
 }
 
 impl DiskTypePreset {
@@ -169,78 +172,108 @@ pub(crate) fn with_overrides<T: Clone>(
 /// A cloud-config document.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CloudConfig {
-    pub azs: Vec<Az>,
-    pub networks: Vec<Network>,
-    pub vm_types: Vec<VmType>,
-    pub disk_types: Vec<DiskType>,
-    pub compilation: Compilation,
+    /// One AZ per node.
+    pub(crate) azs: Vec<Az>,
+    /// The BOSH networks, one subnet per AZ.
+    pub(crate) networks: Vec<Network>,
+    /// The vm_types the operator asked for.
+    pub(crate) vm_types: Vec<VmType>,
+    /// The disk_types the operator asked for.
+    pub(crate) disk_types: Vec<DiskType>,
+    /// Where compilation VMs run.
+    pub(crate) compilation: Compilation,
 }
 
 /// One AZ: a node.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Az {
-    pub name: String,
+    /// The AZ's name (the node's).
+    pub(crate) name: String,
+    /// The cpi-config entry that serves this AZ, when there are several.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cpi: Option<String>,
-    pub cloud_properties: AzProperties,
+    pub(crate) cpi: Option<String>,
+    /// Where the AZ's VMs go.
+    pub(crate) cloud_properties: AzProperties,
 }
 
 /// The AZ's cloud_properties: the node its VMs and disks go to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AzProperties {
-    pub node: String,
+    /// The node's name.
+    pub(crate) node: String,
 }
 
 /// A network.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Network {
-    pub name: String,
+    /// The network's name.
+    pub(crate) name: String,
+    /// BOSH network type (`manual`).
     #[serde(rename = "type")]
-    pub kind: String,
-    pub subnets: Vec<Subnet>,
+    pub(crate) kind: String,
+    /// One subnet per AZ.
+    pub(crate) subnets: Vec<Subnet>,
 }
 
 /// A manual network's subnet (one per AZ).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Subnet {
-    pub az: String,
-    pub range: String,
-    pub gateway: Ipv4Addr,
-    pub dns: Vec<Ipv4Addr>,
-    pub reserved: Vec<String>,
+    /// The AZ (node) the subnet belongs to.
+    pub(crate) az: String,
+    /// The subnet's CIDR.
+    pub(crate) range: String,
+    /// The gateway VMs route through.
+    pub(crate) gateway: Ipv4Addr,
+    /// DNS servers given to VMs.
+    pub(crate) dns: Vec<Ipv4Addr>,
+    /// Ranges BOSH must not assign.
+    pub(crate) reserved: Vec<String>,
+    /// Ranges BOSH assigns as static IPs.
     #[serde(rename = "static", default, skip_serializing_if = "Vec::is_empty")]
-    pub static_ips: Vec<String>,
-    pub cloud_properties: Map<String, Value>,
+    pub(crate) static_ips: Vec<String>,
+    /// The subnet's cloud_properties.
+    pub(crate) cloud_properties: Map<String, Value>,
 }
 
 /// A vm_type.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VmType {
-    pub name: String,
-    pub cloud_properties: Map<String, Value>,
+    /// The vm_type's name.
+    pub(crate) name: String,
+    /// What the CPI reads for VMs of this type (cpu, ram, ...).
+    pub(crate) cloud_properties: Map<String, Value>,
 }
 
 /// A disk_type.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DiskType {
-    pub name: String,
-    pub disk_size: u64,
-    pub cloud_properties: Map<String, Value>,
+    /// The disk_type's name.
+    pub(crate) name: String,
+    /// The disk size in MiB.
+    pub(crate) disk_size: u64,
+    /// The disk_type's cloud_properties.
+    pub(crate) cloud_properties: Map<String, Value>,
 }
 
 /// The compilation block.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Compilation {
-    pub workers: u32,
-    pub reuse_compilation_vms: bool,
-    pub az: String,
-    pub vm_type: String,
-    pub network: String,
+    /// How many compilation VMs at once.
+    pub(crate) workers: u32,
+    /// Whether compilation VMs are reused.
+    pub(crate) reuse_compilation_vms: bool,
+    /// The AZ compilation VMs go to.
+    pub(crate) az: String,
+    /// The vm_type of compilation VMs.
+    pub(crate) vm_type: String,
+    /// The network of compilation VMs.
+    pub(crate) network: String,
 }
 
 /// A generated document and what the operator should know about it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Generated<T> {
+    /// The generated document.
     pub document: T,
     /// Things that do not stop generation but need a look (a node without a lease).
     pub warnings: Vec<String>,
@@ -361,7 +394,7 @@ fn compilation(
     };
     let workers = opts
         .compilation_workers
-        .unwrap_or(ready.len().max(1) as u32);
+        .unwrap_or(u32::try_from(ready.len().max(1)).unwrap_or(u32::MAX));
     if workers == 0 {
         return Err(BoshConfigError::NoCompilationWorkers);
     }
@@ -403,8 +436,14 @@ fn vm_type(t: &VmTypePreset) -> VmType {
     let mut props = Map::new();
     if let Some((cpu, ram, disk)) = t.size {
         // Whole CPU counts stay integers in the YAML.
-        let cpu = if cpu.fract() == 0.0 && cpu <= u32::MAX as f64 {
-            Value::from(cpu as u64)
+        let cpu = if cpu.fract() == 0.0 && cpu <= f64::from(u32::MAX) {
+            #[expect(
+                clippy::cast_possible_truncation,
+                clippy::cast_sign_loss,
+                reason = "a whole number of CPUs, above 0 (the preset's parser checks) and below u32::MAX"
+            )]
+            let whole = cpu as u64;
+            Value::from(whole)
         } else {
             Value::from(cpu)
         };

@@ -9,33 +9,39 @@ use super::cpi_name;
 use crate::cluster::ClusterView;
 
 /// The job type: the director runs `/var/vcap/jobs/moltencore_cpi/bin/cpi`.
-pub const CPI_TYPE: &str = "moltencore";
+pub(crate) const CPI_TYPE: &str = "moltencore";
 
 /// A cpi-config document.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CpiConfig {
-    pub cpis: Vec<CpiEntry>,
+    /// One CPI per node.
+    pub(crate) cpis: Vec<CpiEntry>,
 }
 
 /// One CPI: a node.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CpiEntry {
-    pub name: String,
+    /// The CPI's name, which AZs name in `cpi`.
+    pub(crate) name: String,
+    /// The CPI release's job type (`moltencore`).
     #[serde(rename = "type")]
-    pub kind: String,
-    pub properties: CpiProperties,
+    pub(crate) kind: String,
+    /// What the director merges into each request's context.
+    pub(crate) properties: CpiProperties,
 }
 
 /// What the director merges into every request's `context` for this CPI.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CpiProperties {
-    pub placement: Placement,
+    /// Which node this CPI entry places VMs on.
+    pub(crate) placement: Placement,
 }
 
 /// The config section `placement` (see `crate::config::PlacementConfig`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Placement {
-    pub node: String,
+    /// The node's name.
+    pub(crate) node: String,
 }
 
 /// One CPI entry per node of `view`.

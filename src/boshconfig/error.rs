@@ -4,7 +4,7 @@
 use ipnet::Ipv4Net;
 
 /// The plan's own error, kept beside the plan it describes.
-pub use super::address_plan::PlanError;
+pub(crate) use super::address_plan::PlanError;
 
 /// Why a cloud-config or cpi-config cannot be generated.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

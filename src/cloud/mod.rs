@@ -1,10 +1,10 @@
 //! BOSH semantics: each CPI method as a short function over config, cluster and Docker.
 
 mod context;
-pub mod disk;
-pub mod errors;
+pub(crate) mod disk;
+pub(crate) mod errors;
 mod info;
-pub mod stemcell;
+pub(crate) mod stemcell;
 pub mod vm;
 
 pub use context::{CloudContext, ContextError};

@@ -23,13 +23,13 @@ use crate::ids::VmCid;
 
 /// The value of a claim key: the VM holding the address.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClaimValue {
-    pub vm: VmCid,
+pub(crate) struct ClaimValue {
+    pub(crate) vm: VmCid,
 }
 
 /// One address a new VM needs on one Docker network of its node.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Wanted {
+pub(crate) enum Wanted {
     /// A static IP: exactly this one.
     Fixed { network: String, ip: Ipv4Addr },
     /// A dynamic IP: the first of `candidates` still free when the transaction runs.
@@ -41,7 +41,7 @@ pub enum Wanted {
 
 /// What the claim transaction achieved.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Claimed {
+pub(crate) enum Claimed {
     /// The record is written and every address claimed, in the order of the request.
     All(Vec<AddressClaim>),
     /// A static IP is claimed by another VM (`on_lease`: by a create still running);

@@ -11,11 +11,11 @@ use crate::config::ConfigError;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EtcdFailure {
     /// What was being done (`reading /moltencore/vms/vm-...`); none for the connection.
-    pub during: Option<String>,
+    pub(crate) during: Option<String>,
     /// The endpoints, redacted and joined, for the operator to check.
-    pub endpoints: String,
+    pub(crate) endpoints: String,
     /// etcd's (or the transport's) description with its source chain, printable.
-    pub detail: String,
+    pub(crate) detail: String,
 }
 
 impl fmt::Display for EtcdFailure {

@@ -167,18 +167,13 @@ impl Etcd {
         })
     }
 
-    /// The endpoints this client was made for, for messages.
-    pub fn endpoints(&self) -> &[String] {
-        &self.endpoints
-    }
-
     /// The requests of the key-value and lease APIs, with failover between members.
     pub fn client(&self) -> Kv {
         Kv { etcd: self.clone() }
     }
 
     /// Turns an etcd failure during `what` into an [`IndexError`] naming the endpoints.
-    pub fn error(&self, what: &str, e: &etcd_client::Error) -> IndexError {
+    pub(crate) fn error(&self, what: &str, e: &etcd_client::Error) -> IndexError {
         failure(&self.endpoints, Some(what), e)
     }
 

@@ -8,7 +8,10 @@ use super::error::IndexError;
 use super::etcd::Etcd;
 
 /// Reads and parses one JSON record; `None` when the key is absent.
-pub async fn get<T: DeserializeOwned>(etcd: &Etcd, key: &str) -> Result<Option<T>, IndexError> {
+pub(crate) async fn get<T: DeserializeOwned>(
+    etcd: &Etcd,
+    key: &str,
+) -> Result<Option<T>, IndexError> {
     let resp = etcd
         .client()
         .get(key, None)
@@ -31,7 +34,7 @@ pub(crate) fn encode<T: Serialize + ?Sized>(
 }
 
 /// Writes one JSON record.
-pub async fn put<T: Serialize>(etcd: &Etcd, key: &str, value: &T) -> Result<(), IndexError> {
+pub(crate) async fn put<T: Serialize>(etcd: &Etcd, key: &str, value: &T) -> Result<(), IndexError> {
     let text = encode(value, || format!("index record {key}"))?;
     etcd.client()
         .put(key, text, None)
@@ -41,7 +44,7 @@ pub async fn put<T: Serialize>(etcd: &Etcd, key: &str, value: &T) -> Result<(), 
 }
 
 /// Deletes one record; an absent key is success.
-pub async fn delete(etcd: &Etcd, key: &str) -> Result<(), IndexError> {
+pub(crate) async fn delete(etcd: &Etcd, key: &str) -> Result<(), IndexError> {
     etcd.client()
         .delete(key, None)
         .await
@@ -52,7 +55,7 @@ pub async fn delete(etcd: &Etcd, key: &str) -> Result<(), IndexError> {
 /// A lease that keeps "work in progress" records alive only while this process lives: a
 /// killed process's records vanish when the lease expires, so the next call can tell an
 /// abandoned half-done resource from one still being made.
-pub struct ProgressLease {
+pub(crate) struct ProgressLease {
     etcd: Etcd,
     id: i64,
     keeper: tokio::task::JoinHandle<()>,
@@ -87,7 +90,7 @@ pub const PROGRESS_TTL: i64 = 20;
 impl ProgressLease {
     /// Grants the lease (one round trip) and keeps it alive in the background until
     /// [`Self::end`].
-    pub async fn start(etcd: &Etcd) -> Result<ProgressLease, IndexError> {
+    pub(crate) async fn start(etcd: &Etcd) -> Result<ProgressLease, IndexError> {
         let client = etcd.client();
         let id = client
             .lease_grant(PROGRESS_TTL, None)
@@ -107,28 +110,13 @@ impl ProgressLease {
     }
 
     /// The lease's id, for records and claims written in transactions.
-    pub fn id(&self) -> i64 {
+    pub(crate) fn id(&self) -> i64 {
         self.id
-    }
-
-    /// Writes a record that lives only as long as this lease.
-    pub async fn put<T: Serialize>(&self, key: &str, value: &T) -> Result<(), IndexError> {
-        let text = encode(value, || format!("index record {key}"))?;
-        self.etcd
-            .client()
-            .put(
-                key,
-                text,
-                Some(etcd_client::PutOptions::new().with_lease(self.id)),
-            )
-            .await
-            .map_err(|e| self.etcd.error(&format!("writing {key}"), &e))?;
-        Ok(())
     }
 
     /// Stops keeping the lease alive and revokes it (records written with a plain
     /// [`put`] since are not affected).
-    pub async fn end(self) {
+    pub(crate) async fn end(self) {
         self.keeper.abort();
         let _ = self.etcd.client().lease_revoke(self.id).await;
     }

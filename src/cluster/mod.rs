@@ -1,16 +1,18 @@
 //! etcd access: the cluster's node records, Flannel state and PKI material.
 
-pub mod claims;
-pub mod error;
-pub mod etcd;
+pub(crate) mod claims;
+pub(crate) mod error;
+pub(crate) mod etcd;
 pub mod index;
-pub mod model;
-pub mod view;
+pub(crate) mod model;
+pub(crate) mod view;
 
-pub use error::{EtcdFailure, IndexError};
 pub use etcd::{Etcd, EtcdAccess};
-pub use model::{
-    AddressClaim, Capacity, DiskRecord, FlannelConfig, NodeRecord, NodeState, SnapshotRecord,
-    SubnetLease, VmRecord, VmState,
-};
-pub use view::{ClusterView, Keys, NodeUsage};
+pub use model::{NodeRecord, NodeState, SubnetLease};
+pub use view::{ClusterView, Keys};
+
+#[cfg(test)]
+pub(crate) use error::EtcdFailure;
+pub(crate) use error::IndexError;
+pub(crate) use model::{Capacity, DiskRecord, FlannelConfig, SnapshotRecord, VmRecord, VmState};
+pub(crate) use view::NodeUsage;

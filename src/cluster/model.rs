@@ -42,37 +42,46 @@ pub struct Capacity {
 /// node-prep versions can add fields.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeRecord {
-    pub name: String,
+    /// The node's name, unique in the cluster.
+    pub(crate) name: String,
+    /// The address other nodes and the CPI reach the node at.
     pub private_ip: Ipv4Addr,
+    /// The node's public address, when it has one.
     #[serde(default)]
-    pub public_ip: Option<Ipv4Addr>,
+    pub(crate) public_ip: Option<Ipv4Addr>,
     /// The address the node's Flannel lease announces, when node-prep was told one other
     /// than the private IP (`--flannel-ip`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub flannel_ip: Option<Ipv4Addr>,
+    pub(crate) flannel_ip: Option<Ipv4Addr>,
     /// `tcp://<ip>:2376`, served with mutual TLS.
     pub docker_endpoint: String,
     /// The node's Flannel subnet, network address form (`10.1.2.0/24`).
     pub subnet: Ipv4Net,
+    /// The gateway of the node's subnet (its Docker bridge).
     pub gateway: Ipv4Addr,
+    /// The MTU of the node's VM network.
     #[serde(default = "default_mtu")]
     pub mtu: u32,
     /// The Docker bridge network for BOSH VMs on this node.
     #[serde(default = "default_network_name")]
-    pub network_name: String,
+    pub(crate) network_name: String,
+    /// Whether the node takes new VMs.
     #[serde(default)]
     pub state: NodeState,
+    /// CPUs and memory the node offers to VMs.
     #[serde(default)]
     pub capacity: Capacity,
+    /// SHA-256 of the node's Docker server certificate.
     #[serde(default)]
     pub cert_fingerprint: Option<String>,
+    /// When node-prep last prepared the node (RFC 3339).
     #[serde(default)]
     pub prepared_at: Option<String>,
     /// The node's VM disk tree (a shared mount, see [`crate::disk_mounts`]): where the CPI
     /// binds persistent disks into running VMs. `None` on a node prepared by a node-prep
     /// that had none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub disks_dir: Option<String>,
+    pub(crate) disks_dir: Option<String>,
 }
 
 fn default_mtu() -> u32 {
@@ -86,31 +95,31 @@ fn default_network_name() -> String {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FlannelConfig {
     #[serde(rename = "Network")]
-    pub network: Ipv4Net,
+    pub(crate) network: Ipv4Net,
     #[serde(rename = "SubnetLen", default = "default_subnet_len")]
-    pub subnet_len: u8,
+    pub(crate) subnet_len: u8,
     #[serde(rename = "Backend", default, skip_serializing_if = "Option::is_none")]
-    pub backend: Option<FlannelBackend>,
+    pub(crate) backend: Option<FlannelBackend>,
     /// Lowest subnet flannel may lease (aligned to `SubnetLen`).
     #[serde(rename = "SubnetMin", default, skip_serializing_if = "Option::is_none")]
-    pub subnet_min: Option<Ipv4Addr>,
+    pub(crate) subnet_min: Option<Ipv4Addr>,
     /// Highest subnet flannel may lease.
     #[serde(rename = "SubnetMax", default, skip_serializing_if = "Option::is_none")]
-    pub subnet_max: Option<Ipv4Addr>,
+    pub(crate) subnet_max: Option<Ipv4Addr>,
 }
 
 impl FlannelConfig {
     /// The backend type, if the config names one (flannel falls back to udp if not).
-    pub fn backend_type(&self) -> Option<&str> {
+    pub(crate) fn backend_type(&self) -> Option<&str> {
         self.backend.as_ref().map(|b| b.kind.as_str())
     }
 }
 
 /// Flannel's backend section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FlannelBackend {
+pub(crate) struct FlannelBackend {
     #[serde(rename = "Type")]
-    pub kind: String,
+    pub(crate) kind: String,
 }
 
 fn default_subnet_len() -> u8 {
@@ -120,8 +129,11 @@ fn default_subnet_len() -> u8 {
 /// One Flannel subnet lease `<prefix>/subnets/<a.b.c.d>-<len>`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SubnetLease {
+    /// The leased subnet.
     pub subnet: Ipv4Net,
+    /// The address the lease announces.
     pub public_ip: Option<Ipv4Addr>,
+    /// Flannel's backend (`vxlan`, ...).
     pub backend_type: Option<String>,
 }
 
@@ -135,7 +147,7 @@ struct LeaseValue {
 
 /// A flannel subnet lease that cannot be read; the text names its key.
 #[derive(Debug, thiserror::Error)]
-pub enum LeaseError {
+pub(crate) enum LeaseError {
     /// The key's last segment is not `<address>-<length>`.
     #[error("lease key '{key}' is not <address>-<length>")]
     KeyShape { key: String },
@@ -157,13 +169,13 @@ pub enum LeaseError {
 
 impl SubnetLease {
     /// The key name of a lease for `subnet` (`10.1.2.0-24`).
-    pub fn key_name(subnet: &Ipv4Net) -> String {
+    pub(crate) fn key_name(subnet: &Ipv4Net) -> String {
         format!("{}-{}", subnet.network(), subnet.prefix_len())
     }
 
     /// The JSON value of a reservation for `public_ip`, in flannel's lease format. Written
     /// without an etcd lease it never expires; flanneld adopts it for the same public IP.
-    pub fn reservation_value(public_ip: Ipv4Addr, backend_type: &str) -> String {
+    pub(crate) fn reservation_value(public_ip: Ipv4Addr, backend_type: &str) -> String {
         serde_json::json!({
             "PublicIP": public_ip,
             "PublicIPv6": null,
@@ -174,7 +186,7 @@ impl SubnetLease {
     }
 
     /// Parses a lease from its key's last segment (`10.1.2.0-24`) and JSON value.
-    pub fn parse(key_name: &str, value: &[u8]) -> Result<SubnetLease, LeaseError> {
+    pub(crate) fn parse(key_name: &str, value: &[u8]) -> Result<SubnetLease, LeaseError> {
         let key = || key_name.to_string();
         let (addr, len) = key_name
             .rsplit_once('-')
@@ -262,41 +274,41 @@ mod tests {
 /// the node, so a killed create leaves a record that delete_vm can follow.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VmRecord {
-    pub cid: VmCid,
-    pub node: String,
-    pub agent_id: String,
-    pub stemcell_cid: String,
+    pub(crate) cid: VmCid,
+    pub(crate) node: String,
+    pub(crate) agent_id: String,
+    pub(crate) stemcell_cid: String,
     /// Memory limit in MiB (0: none), for placement's capacity accounting.
     #[serde(default)]
-    pub memory_mib: u64,
+    pub(crate) memory_mib: u64,
     /// `env.bosh.group`, for spreading a group across nodes.
     #[serde(default)]
-    pub group: Option<String>,
+    pub(crate) group: Option<String>,
     /// `creating` until create_vm finished, then `created`.
     #[serde(default)]
-    pub state: VmState,
-    pub created_at: Timestamp,
+    pub(crate) state: VmState,
+    pub(crate) created_at: Timestamp,
     /// Metadata from set_vm_metadata (deployment, job, index, ...).
     #[serde(default)]
-    pub metadata: serde_json::Map<String, serde_json::Value>,
+    pub(crate) metadata: serde_json::Map<String, serde_json::Value>,
     /// The addresses claimed for the VM on its node (see `cluster::claims`), removed with
     /// the record.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub addresses: Vec<AddressClaim>,
+    pub(crate) addresses: Vec<AddressClaim>,
 }
 
 /// One address a VM holds on a Docker network of its node, claimed at
 /// `<key_prefix>/addresses/<node>/<network>/<ip>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AddressClaim {
-    pub network: String,
-    pub ip: Ipv4Addr,
+pub(crate) struct AddressClaim {
+    pub(crate) network: String,
+    pub(crate) ip: Ipv4Addr,
 }
 
 /// Lifecycle of a VM record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
-pub enum VmState {
+pub(crate) enum VmState {
     /// create_vm has started; the container may or may not exist yet.
     Creating,
     /// create_vm finished.
@@ -307,49 +319,49 @@ pub enum VmState {
 /// A persistent disk at `<key_prefix>/disks/<cid>`: a Docker volume named after the cid on
 /// `node`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DiskRecord {
-    pub cid: DiskCid,
-    pub node: String,
+pub(crate) struct DiskRecord {
+    pub(crate) cid: DiskCid,
+    pub(crate) node: String,
     /// Requested size in MiB (recorded, not enforced by local volumes).
-    pub size_mib: u64,
+    pub(crate) size_mib: u64,
     /// The VM it is attached to, if any.
     #[serde(default)]
-    pub vm: Option<VmCid>,
+    pub(crate) vm: Option<VmCid>,
     /// The copies of the disk a move to another node made or left on other nodes (stored
     /// as the record's `copying_to` and `old_copy_on` fields): the next attach, has_disk or
     /// delete_disk removes them, wherever the disk goes next.
     #[serde(flatten)]
-    pub moving: DiskMove,
-    pub created_at: Timestamp,
+    pub(crate) moving: DiskMove,
+    pub(crate) created_at: Timestamp,
     #[serde(default)]
-    pub metadata: serde_json::Map<String, serde_json::Value>,
+    pub(crate) metadata: serde_json::Map<String, serde_json::Value>,
 }
 
 /// A disk snapshot at `<key_prefix>/snapshots/<cid>`: a volume holding a copy of the
 /// disk's contents, on the disk's node.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SnapshotRecord {
-    pub cid: SnapshotCid,
-    pub disk_cid: DiskCid,
-    pub node: String,
-    pub created_at: Timestamp,
+pub(crate) struct SnapshotRecord {
+    pub(crate) cid: SnapshotCid,
+    pub(crate) disk_cid: DiskCid,
+    pub(crate) node: String,
+    pub(crate) created_at: Timestamp,
     #[serde(default)]
-    pub metadata: serde_json::Map<String, serde_json::Value>,
+    pub(crate) metadata: serde_json::Map<String, serde_json::Value>,
 }
 
 /// A stemcell at `<key_prefix>/stemcells/<cid>`: an image tagged with the cid on the
 /// nodes that imported (or adopted) it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StemcellRecord {
-    pub cid: StemcellCid,
-    pub name: String,
-    pub version: String,
+pub(crate) struct StemcellRecord {
+    pub(crate) cid: StemcellCid,
+    pub(crate) name: String,
+    pub(crate) version: String,
     #[serde(default)]
-    pub operating_system: Option<String>,
+    pub(crate) operating_system: Option<String>,
     /// Nodes that had the image after create_stemcell.
     #[serde(default)]
-    pub nodes: Vec<String>,
-    pub created_at: Timestamp,
+    pub(crate) nodes: Vec<String>,
+    pub(crate) created_at: Timestamp,
 }
 
 /// Where a disk has copies besides its own node, as a move to another node goes
@@ -358,7 +370,7 @@ pub struct StemcellRecord {
 /// written before this type reads back, and writes back, the same.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(from = "MoveMarks", into = "MoveMarks")]
-pub enum DiskMove {
+pub(crate) enum DiskMove {
     /// No copy of the disk outside its node.
     #[default]
     Settled,
@@ -380,16 +392,16 @@ pub enum DiskMove {
 #[error(
     "a copy of it on node {node} ({mark}) could not be removed yet; retry when node {node} answers"
 )]
-pub struct MoveBlocked {
+pub(crate) struct MoveBlocked {
     /// The record field that names the copy.
-    pub mark: &'static str,
+    pub(crate) mark: &'static str,
     /// The node that holds the copy.
-    pub node: String,
+    pub(crate) node: String,
 }
 
 impl DiskMove {
     /// The node a copy is being made on (`copying_to`).
-    pub fn copying_to(&self) -> Option<&str> {
+    pub(crate) fn copying_to(&self) -> Option<&str> {
         match self {
             DiskMove::Copying { to, .. } => Some(to),
             _ => None,
@@ -397,7 +409,7 @@ impl DiskMove {
     }
 
     /// The node holding the source copy of a finished move (`old_copy_on`).
-    pub fn old_copy_on(&self) -> Option<&str> {
+    pub(crate) fn old_copy_on(&self) -> Option<&str> {
         match self {
             DiskMove::OldCopy { on } => Some(on),
             DiskMove::Copying { old_copy_on, .. } => old_copy_on.as_deref(),
@@ -406,13 +418,13 @@ impl DiskMove {
     }
 
     /// Some node holding a copy besides the disk's own, if any.
-    pub fn stray_copy(&self) -> Option<&str> {
+    pub(crate) fn stray_copy(&self) -> Option<&str> {
         self.old_copy_on().or(self.copying_to())
     }
 
     /// A move to `target` starts (before the target volume is made). Refused while a copy
     /// sits on another node than `target`: its mark would be lost.
-    pub fn begin(&mut self, target: &str) -> Result<(), MoveBlocked> {
+    pub(crate) fn begin(&mut self, target: &str) -> Result<(), MoveBlocked> {
         for (mark, node) in [
             ("copying_to", self.copying_to()),
             ("old_copy_on", self.old_copy_on()),
@@ -435,7 +447,7 @@ impl DiskMove {
     /// The copy was made and checked: the disk lives on the target now, and its former
     /// node `source` holds the old copy. Only from `Copying` (a move under way); any other
     /// state is left as it is.
-    pub fn switched(&mut self, source: String) {
+    pub(crate) fn switched(&mut self, source: String) {
         debug_assert!(
             matches!(self, DiskMove::Copying { .. }),
             "a move switched from {self:?}"
@@ -446,7 +458,7 @@ impl DiskMove {
     }
 
     /// The source copy of a finished move is gone; the state keeps any copy being made.
-    pub fn old_copy_removed(&mut self) {
+    pub(crate) fn old_copy_removed(&mut self) {
         match self {
             DiskMove::OldCopy { .. } => *self = DiskMove::Settled,
             DiskMove::Copying { old_copy_on, .. } => *old_copy_on = None,
@@ -456,7 +468,7 @@ impl DiskMove {
 
     /// The partial copy of a move that failed (or was killed) is gone; the state keeps
     /// an old copy an earlier move left.
-    pub fn partial_copy_removed(&mut self) {
+    pub(crate) fn partial_copy_removed(&mut self) {
         if let DiskMove::Copying { old_copy_on, .. } = self {
             *self = match old_copy_on.take() {
                 Some(on) => DiskMove::OldCopy { on },

@@ -12,8 +12,10 @@ use crate::ids::{DiskCid, SnapshotCid, StemcellCid, VmCid};
 /// The etcd keys of the cluster, derived from the two configured prefixes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keys {
-    pub key_prefix: String,
-    pub flannel_prefix: String,
+    /// Prefix of MoltenCore's keys (`/moltencore`).
+    pub(crate) key_prefix: String,
+    /// Prefix of Flannel's keys (`/coreos.com/network`).
+    pub(crate) flannel_prefix: String,
 }
 
 impl Keys {
@@ -44,16 +46,12 @@ impl Keys {
     pub fn ca_key(&self) -> String {
         format!("{}/pki/ca.key", self.key_prefix)
     }
-    /// Prefix of the stemcell index.
-    pub fn stemcells(&self) -> String {
-        format!("{}/stemcells/", self.key_prefix)
-    }
     /// One stemcell's index record.
-    pub fn stemcell(&self, cid: &StemcellCid) -> String {
+    pub(crate) fn stemcell(&self, cid: &StemcellCid) -> String {
         format!("{}/stemcells/{cid}", self.key_prefix)
     }
     /// Prefix of the VM index.
-    pub fn vms(&self) -> String {
+    pub(crate) fn vms(&self) -> String {
         format!("{}/vms/", self.key_prefix)
     }
     /// One VM's index record.
@@ -61,23 +59,23 @@ impl Keys {
         format!("{}/vms/{cid}", self.key_prefix)
     }
     /// Prefix of the address claims (see `cluster::claims`).
-    pub fn addresses(&self) -> String {
+    pub(crate) fn addresses(&self) -> String {
         format!("{}/addresses/", self.key_prefix)
     }
     /// The claim of `ip` on the Docker network `network` of node `node`.
-    pub fn address(&self, node: &str, network: &str, ip: std::net::Ipv4Addr) -> String {
+    pub(crate) fn address(&self, node: &str, network: &str, ip: std::net::Ipv4Addr) -> String {
         format!("{}/addresses/{node}/{network}/{ip}", self.key_prefix)
     }
     /// Prefix of the disk index.
-    pub fn disks(&self) -> String {
+    pub(crate) fn disks(&self) -> String {
         format!("{}/disks/", self.key_prefix)
     }
     /// One disk's index record.
-    pub fn disk(&self, cid: &DiskCid) -> String {
+    pub(crate) fn disk(&self, cid: &DiskCid) -> String {
         format!("{}/disks/{cid}", self.key_prefix)
     }
     /// One snapshot's index record.
-    pub fn snapshot(&self, cid: &SnapshotCid) -> String {
+    pub(crate) fn snapshot(&self, cid: &SnapshotCid) -> String {
         format!("{}/snapshots/{cid}", self.key_prefix)
     }
     /// Flannel's network config.
@@ -118,11 +116,11 @@ pub struct ClusterView {
 
 /// What the VM index says runs on one node.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct NodeUsage {
+pub(crate) struct NodeUsage {
     /// Number of VMs in the index on this node.
-    pub vms: u32,
+    pub(crate) vms: u32,
     /// Sum of their `memory_mib`.
-    pub memory_mib: u64,
+    pub(crate) memory_mib: u64,
 }
 
 /// One key and its value, as etcd returned them.
@@ -135,7 +133,7 @@ fn pairs(kvs: &[etcd_client::KeyValue]) -> impl Iterator<Item = Kv<'_>> {
 
 impl ClusterView {
     /// Reads the whole view in one transaction.
-    pub async fn load(etcd: &Etcd, keys: &Keys) -> Result<ClusterView, IndexError> {
+    pub(crate) async fn load(etcd: &Etcd, keys: &Keys) -> Result<ClusterView, IndexError> {
         let txn = Txn::new().and_then(vec![
             TxnOp::get(keys.nodes(), Some(GetOptions::new().with_prefix())),
             TxnOp::get(keys.flannel_config(), None),
@@ -243,14 +241,14 @@ impl ClusterView {
     }
 
     /// The node named `name`.
-    pub fn node(&self, name: &str) -> Option<&NodeRecord> {
+    pub(crate) fn node(&self, name: &str) -> Option<&NodeRecord> {
         self.nodes.iter().find(|n| n.name == name)
     }
 
     /// Whether node `name` is registered, for calls that would otherwise forget what lives
     /// on an unregistered node: a record that exists but cannot be read is an error, never
     /// "not registered".
-    pub fn registered(&self, name: &str) -> Result<Option<&NodeRecord>, IndexError> {
+    pub(crate) fn registered(&self, name: &str) -> Result<Option<&NodeRecord>, IndexError> {
         if let Some((_, problem)) = self.unreadable_nodes.iter().find(|(n, _)| n == name) {
             return Err(IndexError::Malformed(problem.clone()));
         }
@@ -260,7 +258,7 @@ impl ClusterView {
     /// The index record of VM `cid`, read in the same transaction as the nodes, so finding
     /// a VM and its node's endpoint costs one etcd round trip. A record that exists but
     /// cannot be read is an error, never "no such VM".
-    pub fn vm(&self, cid: &VmCid) -> Result<Option<&VmRecord>, IndexError> {
+    pub(crate) fn vm(&self, cid: &VmCid) -> Result<Option<&VmRecord>, IndexError> {
         if let Some((_, problem)) = self.unreadable_vms.iter().find(|(c, _)| c == cid.as_str()) {
             return Err(IndexError::Malformed(problem.clone()));
         }

@@ -15,14 +15,14 @@ use crate::cluster::{NodeState, VmRecord};
 
 /// One VM still on the drained node, and how to move it.
 #[derive(Debug, Serialize, PartialEq)]
-pub struct Remaining {
-    pub vm_cid: String,
+pub(crate) struct Remaining {
+    pub(crate) vm_cid: String,
     /// From set_vm_metadata, when the director gave it.
-    pub deployment: Option<String>,
+    pub(crate) deployment: Option<String>,
     /// `instance_group/id` (or `job/index`), when the director gave it.
-    pub instance: Option<String>,
+    pub(crate) instance: Option<String>,
     /// The command that moves the instance, when both are known.
-    pub recreate: Option<String>,
+    pub(crate) recreate: Option<String>,
 }
 
 /// What the VM's metadata says about the instance it runs.

@@ -71,7 +71,9 @@ pub enum CommandError {
         record.phase, record.since, record.why
     )]
     StillRebooting {
+        /// The node.
         name: String,
+        /// Its reboot record.
         record: Box<RebootRecord>,
     },
     /// The reboot record changed between its reading and its removal.
@@ -80,7 +82,9 @@ pub enum CommandError {
     /// The endpoint could not listen on its address.
     #[error("cannot listen on {address}: {source}")]
     Listen {
+        /// The address.
         address: std::net::SocketAddr,
+        /// Why it could not listen.
         #[source]
         source: std::io::Error,
     },
@@ -91,8 +95,70 @@ pub enum CommandError {
     #[error("cannot start the async runtime: {0}")]
     Runtime(#[source] std::io::Error),
     /// node-prep failed (it reports as `node-prep: error: …`, with its cause chain).
-    #[error("{0:#}")]
-    NodePrepCommand(anyhow::Error),
+    #[error("{}", chain(.0))]
+    NodePrepCommand(NodePrepCommandError),
+}
+
+/// Why `cpi node-prep` failed: its flags, or the preparation itself.
+#[derive(Debug, thiserror::Error)]
+pub enum NodePrepCommandError {
+    /// A key prefix flag is not an etcd key prefix.
+    #[error("{flag} '{prefix}' must start with '/' and not end with '/'")]
+    Prefix {
+        /// The flag.
+        flag: &'static str,
+        /// What it was given.
+        prefix: String,
+    },
+    /// A PEM file flag names no readable, small, regular file.
+    #[error("{flag} must name a regular file of at most {}", crate::bounded_file::human(*limit))]
+    PemFile {
+        /// The flag.
+        flag: &'static str,
+        /// The size limit of such a file, in bytes.
+        limit: u64,
+        /// Why it could not be read.
+        source: crate::bounded_file::ReadError,
+    },
+    /// Only one of the client certificate and key was given.
+    #[error("--etcd-cert and --etcd-key must be given together")]
+    CertWithoutKey,
+    /// `--etcd-user` has no `:`.
+    #[error("--etcd-user must be USER:PASSWORD")]
+    User,
+    /// `--etcd-timeout 0`.
+    #[error("--etcd-timeout must be at least 1")]
+    Timeout,
+    /// The async runtime could not be started.
+    #[error("cannot start the async runtime")]
+    Runtime(#[source] std::io::Error),
+    /// The preparation failed.
+    #[error(transparent)]
+    NodePrep(#[from] NodePrepError),
+    /// A report could not be written as JSON.
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    /// Some disks could not be mounted back into their VMs.
+    #[error("{} disk(s) could not be put back in their VMs: {}", .0.len(), .0.join("; "))]
+    DisksLeftOut(Vec<String>),
+}
+
+impl From<NodePrepCommandError> for CommandError {
+    fn from(e: NodePrepCommandError) -> Self {
+        CommandError::NodePrepCommand(e)
+    }
+}
+
+/// The error's message followed by every message of its source chain, each after `: `.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 /// A failed command: what to report once, and the code the process exits with.
@@ -119,7 +185,7 @@ pub type Outcome = Result<i32, Failure>;
 
 impl CommandError {
     /// The next step to suggest, when there is one.
-    pub fn hint(&self) -> Option<String> {
+    pub(crate) fn hint(&self) -> Option<String> {
         match self {
             CommandError::Config {
                 missing: true,
@@ -144,7 +210,7 @@ impl CommandError {
     }
 
     /// The lines printed on stderr: `error: …` then, when there is one, `hint: …`.
-    pub fn lines(&self) -> Vec<String> {
+    pub(crate) fn lines(&self) -> Vec<String> {
         if let CommandError::NodePrepCommand(_) = self {
             return vec![format!("node-prep: error: {self}")];
         }
@@ -214,10 +280,11 @@ mod tests {
     fn context_errors_keep_their_words_and_node_prep_keeps_its_chain() {
         let e = CommandError::from(ContextError::NodeNotRegistered { node: "n1".into() });
         assert_eq!(e.lines()[0], "error: node n1 is not registered in etcd");
-        let prep = CommandError::NodePrepCommand(anyhow::anyhow!("inner").context("outer"));
+        let inner = std::io::Error::other("inner");
+        let prep = CommandError::from(NodePrepCommandError::Runtime(inner));
         assert_eq!(
             prep.lines(),
-            vec!["node-prep: error: outer: inner".to_string()]
+            vec!["node-prep: error: cannot start the async runtime: inner".to_string()]
         );
     }
 }

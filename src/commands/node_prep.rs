@@ -6,9 +6,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
-
-use super::error::CommandError;
+use super::error::NodePrepCommandError as Error;
 use clap::{Args, Subcommand};
 use ipnet::Ipv4Net;
 
@@ -77,24 +75,26 @@ struct EtcdArgs {
 }
 
 impl EtcdArgs {
-    fn access(&self) -> Result<(EtcdAccess, Keys)> {
+    fn access(&self) -> Result<(EtcdAccess, Keys), Error> {
         for (flag, prefix) in [
             ("--key-prefix", &self.key_prefix),
             ("--flannel-prefix", &self.flannel_prefix),
         ] {
             if !prefix.starts_with('/') || prefix.ends_with('/') {
-                bail!("{flag} '{prefix}' must start with '/' and not end with '/'");
+                return Err(Error::Prefix {
+                    flag,
+                    prefix: prefix.clone(),
+                });
             }
         }
-        let read = |flag: &str, path: &Option<PathBuf>| -> Result<Option<String>> {
+        let read = |flag: &'static str, path: &Option<PathBuf>| -> Result<Option<String>, Error> {
             path.as_ref()
                 .map(|p| {
                     let kind = crate::bounded_file::FileKind::TlsPem;
-                    crate::bounded_file::read_to_string(p, kind).with_context(|| {
-                        format!(
-                            "{flag} must name a regular file of at most {}",
-                            crate::bounded_file::human(kind.limit())
-                        )
+                    crate::bounded_file::read_to_string(p, kind).map_err(|source| Error::PemFile {
+                        flag,
+                        limit: kind.limit(),
+                        source,
                     })
                 })
                 .transpose()
@@ -103,7 +103,7 @@ impl EtcdArgs {
         let cert = read("--etcd-cert", &self.cert)?;
         let key = read("--etcd-key", &self.key)?;
         if cert.is_some() != key.is_some() {
-            bail!("--etcd-cert and --etcd-key must be given together");
+            return Err(Error::CertWithoutKey);
         }
         let tls = (ca.is_some() || cert.is_some()).then(|| TlsMaterial {
             ca_cert: ca,
@@ -112,15 +112,13 @@ impl EtcdArgs {
         });
         let auth = match &self.user {
             Some(u) => {
-                let (user, pw) = u
-                    .split_once(':')
-                    .context("--etcd-user must be USER:PASSWORD")?;
+                let (user, pw) = u.split_once(':').ok_or(Error::User)?;
                 Some((user.to_string(), Secret::new(pw)))
             }
             None => None,
         };
         if self.timeout == 0 {
-            bail!("--etcd-timeout must be at least 1");
+            return Err(Error::Timeout);
         }
         Ok((
             EtcdAccess {
@@ -265,13 +263,12 @@ struct IssueClientArgs {
 
 /// Runs the command; exit code 0, or 1 when it failed (reported as `node-prep: error: …`).
 pub fn run(cmd: NodePrepCommand) -> super::error::Outcome {
-    Ok(run_action(cmd)
-        .map(|()| 0)
-        .map_err(CommandError::NodePrepCommand)?)
+    run_action(cmd)?;
+    Ok(0)
 }
 
-fn run_action(cmd: NodePrepCommand) -> Result<()> {
-    let rt = super::runtime().context("cannot start the async runtime")?;
+fn run_action(cmd: NodePrepCommand) -> Result<(), Error> {
+    let rt = super::runtime().map_err(Error::Runtime)?;
     match cmd.action {
         None => rt.block_on(prep(cmd.prep)),
         Some(Action::Network(args)) => rt.block_on(network(args)),
@@ -280,7 +277,7 @@ fn run_action(cmd: NodePrepCommand) -> Result<()> {
     }
 }
 
-async fn prep(a: PrepArgs) -> Result<()> {
+async fn prep(a: PrepArgs) -> Result<(), Error> {
     let (etcd, keys) = a.etcd.access()?;
     let capacity = match (a.cpus, a.memory_mib) {
         (None, None) => None,
@@ -329,7 +326,7 @@ async fn prep(a: PrepArgs) -> Result<()> {
     Ok(())
 }
 
-fn disk_mounts(a: DiskMountsArgs) -> Result<()> {
+fn disk_mounts(a: DiskMountsArgs) -> Result<(), Error> {
     let data_root = a
         .docker_data_root
         .unwrap_or_else(|| np::disk_mounts::docker_data_root(&a.root));
@@ -340,11 +337,7 @@ fn disk_mounts(a: DiskMountsArgs) -> Result<()> {
         print_disk_mounts(&report);
     }
     if !report.failed.is_empty() {
-        bail!(
-            "{} disk(s) could not be put back in their VMs: {}",
-            report.failed.len(),
-            report.failed.join("; ")
-        );
+        return Err(Error::DisksLeftOut(report.failed));
     }
     Ok(())
 }
@@ -364,7 +357,7 @@ fn print_disk_mounts(report: &np::disk_mounts::DiskMountsReport) {
     }
 }
 
-async fn network(a: NetworkArgs) -> Result<()> {
+async fn network(a: NetworkArgs) -> Result<(), Error> {
     let opts = NetworkOptions {
         root: Root::new(&a.root, a.dry_run),
         docker_host: a.docker_host,
@@ -397,7 +390,7 @@ async fn network(a: NetworkArgs) -> Result<()> {
     Ok(())
 }
 
-async fn issue_client(a: IssueClientArgs) -> Result<()> {
+async fn issue_client(a: IssueClientArgs) -> Result<(), Error> {
     let (etcd, keys) = a.etcd.access()?;
     let (files, fingerprint) =
         np::issue_client(&etcd, &keys, &a.out, &a.common_name, a.days).await?;

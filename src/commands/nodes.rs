@@ -18,35 +18,35 @@ use crate::reboot::overview::RebootOverview;
 
 /// One row of the listing.
 #[derive(Debug, Serialize)]
-pub struct NodeStatus {
-    pub name: String,
-    pub docker_endpoint: String,
-    pub subnet: String,
-    pub state: String,
+pub(crate) struct NodeStatus {
+    pub(crate) name: String,
+    pub(crate) docker_endpoint: String,
+    pub(crate) subnet: String,
+    pub(crate) state: String,
     /// VMs the index places on this node.
-    pub vms: u32,
+    pub(crate) vms: u32,
     /// Memory those VMs use, MiB.
-    pub memory_mib_used: u64,
+    pub(crate) memory_mib_used: u64,
     /// The node's memory, MiB.
-    pub memory_mib: u64,
-    pub lease: String,
+    pub(crate) memory_mib: u64,
+    pub(crate) lease: String,
     /// Whether the node's Docker answered over mutual TLS.
-    pub docker: DockerStatus,
+    pub(crate) docker: DockerStatus,
     /// The reboot manager's record, while the node reboots.
-    pub reboot: Option<crate::reboot::record::RebootRecord>,
+    pub(crate) reboot: Option<crate::reboot::record::RebootRecord>,
     /// What the node's reboot manager's heartbeat says (absent: nothing known).
-    pub manager: Option<ManagerStatus>,
+    pub(crate) manager: Option<ManagerStatus>,
 }
 
 /// The live check of one node's Docker daemon, as `cpi nodes --json` prints it:
 /// `{"reachable": true, "version": "..."}` or `{"reachable": false, "error": "..."}`.
 #[derive(Debug, Serialize)]
-pub struct DockerStatus {
-    pub reachable: bool,
+pub(crate) struct DockerStatus {
+    pub(crate) reachable: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub version: Option<String>,
+    pub(crate) version: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
+    pub(crate) error: Option<String>,
 }
 
 impl From<Result<String, DockerError>> for DockerStatus {

@@ -9,14 +9,14 @@ use tracing::Instrument;
 
 use crate::cloud::{self, CloudContext};
 use crate::logging::Logging;
-use crate::protocol::{Call, CpiError, Request, Response};
+use crate::protocol::{Call, CpiError, Request, RequestError, Response};
 use crate::redact::redact;
 
 /// Largest request accepted on stdin. The largest real requests are a director's
 /// `create_vm` (env with certificates and blobstore settings: tens of KiB) and metadata
 /// calls; 8 MiB leaves two orders of magnitude of room and bounds the memory a request
 /// can take.
-pub const MAX_REQUEST_BYTES: u64 = 8 * 1024 * 1024;
+pub(crate) const MAX_REQUEST_BYTES: u64 = 8 * 1024 * 1024;
 
 /// How much of an over-limit request is still read and thrown away, so that a writer
 /// that sends a finite request is not cut off with a broken pipe before it reads the
@@ -24,7 +24,7 @@ pub const MAX_REQUEST_BYTES: u64 = 8 * 1024 * 1024;
 const DRAIN_BYTES: u64 = 64 * 1024 * 1024;
 
 /// What `cpi` says on stderr when its stdin is a terminal.
-pub const TERMINAL_HINT: &str = "cpi: reading one BOSH CPI request (a JSON object) on stdin, end it with Ctrl-D; `cpi --help` lists the operator commands (cpi nodes, cpi bosh-config, ...)";
+pub(crate) const TERMINAL_HINT: &str = "cpi: reading one BOSH CPI request (a JSON object) on stdin, end it with Ctrl-D; `cpi --help` lists the operator commands (cpi nodes, cpi bosh-config, ...)";
 
 /// Reads the request, runs it, writes the response. Returns the process exit code: 0
 /// whenever a response was written (error responses included).
@@ -36,6 +36,7 @@ pub fn run(config_path: PathBuf, logging: &Logging) -> i32 {
     let response = match read_request(std::io::stdin().lock()) {
         Ok(raw) => answer(&raw, config_path, logging),
         Err(err) => {
+            let err = CpiError::from(err);
             let log = logging.take_captured();
             tracing::error!(error = %err, "rejected request");
             Response::error(&err, log)
@@ -51,23 +52,19 @@ pub fn run(config_path: PathBuf, logging: &Logging) -> i32 {
     }
 }
 
-/// The request text: at most [`MAX_REQUEST_BYTES`] of UTF-8. Anything else is a
-/// `CpiError` that is never retriable: the same request cannot succeed later.
-pub(crate) fn read_request(mut stdin: impl Read) -> Result<String, CpiError> {
+/// The request text: at most [`MAX_REQUEST_BYTES`] of UTF-8. Anything else is never
+/// retriable: the same request cannot succeed later.
+pub(crate) fn read_request(mut stdin: impl Read) -> Result<String, RequestError> {
     let raw = crate::bounded_file::read_limited(&mut stdin, MAX_REQUEST_BYTES)
-        .map_err(|e| CpiError::cpi(format!("cannot read the request from stdin: {e}")))?;
+        .map_err(RequestError::Unreadable)?;
     let Some(raw) = raw else {
         let _ = std::io::copy(&mut stdin.take(DRAIN_BYTES), &mut std::io::sink());
-        return Err(CpiError::cpi(format!(
-            "request is larger than the {} limit",
-            crate::bounded_file::human(MAX_REQUEST_BYTES)
-        )));
+        return Err(RequestError::TooLarge {
+            limit: MAX_REQUEST_BYTES,
+        });
     };
-    String::from_utf8(raw).map_err(|e| {
-        CpiError::cpi(format!(
-            "request is not UTF-8 text (invalid byte at offset {})",
-            e.utf8_error().valid_up_to()
-        ))
+    String::from_utf8(raw).map_err(|e| RequestError::NotUtf8 {
+        offset: e.utf8_error().valid_up_to(),
     })
 }
 
@@ -76,6 +73,7 @@ pub(crate) fn answer(raw: &str, config_path: PathBuf, logging: &Logging) -> Resp
     let request = match Request::parse(raw) {
         Ok(r) => r,
         Err(e) => {
+            let e = CpiError::from(e);
             let log = logging.take_captured();
             tracing::error!(error = %e, "rejected request");
             return Response::error(&e, log);
@@ -106,9 +104,7 @@ pub(crate) fn answer(raw: &str, config_path: PathBuf, logging: &Logging) -> Resp
     };
     let result = match super::runtime() {
         Ok(rt) => rt.block_on(result),
-        Err(e) => Err(CpiError::cpi(format!(
-            "cannot start the async runtime: {e}"
-        ))),
+        Err(e) => Err(RequestError::NoRuntime(e).into()),
     };
     let _entered = span.enter();
     // The response's log carries what was warned about during the call; the final
@@ -141,8 +137,6 @@ async fn run_call(
     tracing::debug!("round trips: etcd={etcd} docker={docker}");
     match outcome {
         Ok(result) => result,
-        Err(_) => Err(CpiError::cpi(format!(
-            "internal error while running {method}; see the CPI log"
-        ))),
+        Err(_) => Err(RequestError::Panicked { method }.into()),
     }
 }

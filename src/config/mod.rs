@@ -1,8 +1,8 @@
 //! `cpi.json`: the CPI's configuration, its defaults and validation, and the merge of
 //! cpi-config properties that arrive in a request's `context`.
 
-pub mod secret;
-pub mod tls;
+pub(crate) mod secret;
+pub(crate) mod tls;
 
 use std::path::{Path, PathBuf};
 
@@ -12,7 +12,8 @@ use serde_json::{Map, Value};
 use crate::bounded_file::{self, FileKind};
 use crate::echo::printable;
 pub use secret::Secret;
-pub use tls::{TlsMaterial, TlsSource};
+pub use tls::TlsMaterial;
+pub(crate) use tls::TlsSource;
 
 /// The job's config path when no `-c` is given; `BOSH_JOBS_DIR` (set by create-env) wins
 /// over `/var/vcap/jobs`.
@@ -28,14 +29,14 @@ pub fn default_config_path() -> PathBuf {
 #[error("invalid CPI configuration: {key}: {problem}")]
 pub struct ConfigError {
     /// Dotted path of the offending key (`etcd.endpoints[0]`).
-    pub key: String,
+    pub(crate) key: String,
     /// What is wrong, and what is expected.
-    pub problem: String,
+    pub(crate) problem: String,
 }
 
 impl ConfigError {
     /// A problem at `key`.
-    pub fn invalid(key: &str, problem: &str) -> Self {
+    pub(crate) fn invalid(key: &str, problem: &str) -> Self {
         ConfigError {
             key: key.to_string(),
             problem: problem.to_string(),
@@ -60,7 +61,7 @@ pub struct Config {
     /// Where this CPI puts VMs and disks that name no node themselves; a cpi-config with
     /// one CPI per node sets it through `context`.
     #[serde(default)]
-    pub placement: PlacementConfig,
+    pub(crate) placement: PlacementConfig,
     /// tracing filter (`info`, `debug`, `moltencore=debug`); `MOLTENCORE_LOG` wins.
     #[serde(default = "default_log_level")]
     pub log_level: String,
@@ -85,7 +86,7 @@ struct LoadedTls {
 pub struct PlacementConfig {
     /// Name of the node (as registered by node-prep).
     #[serde(default)]
-    pub node: Option<String>,
+    pub(crate) node: Option<String>,
 }
 
 /// etcd access.
@@ -102,7 +103,7 @@ pub struct EtcdConfig {
     pub username: Option<String>,
     /// etcd password, when etcd auth is on.
     #[serde(default)]
-    pub password: Option<Secret>,
+    pub(crate) password: Option<Secret>,
     /// Prefix of all MoltenCore keys.
     #[serde(default = "default_key_prefix")]
     pub key_prefix: String,
@@ -120,17 +121,17 @@ pub struct EtcdConfig {
 pub struct DockerConfig {
     /// Client certificate and key; CA optional (read from etcd `<key_prefix>/pki/ca.crt`).
     #[serde(default)]
-    pub tls: TlsSource,
+    pub(crate) tls: TlsSource,
     /// Docker API version to speak (`"1.41"`), or `"auto"` to negotiate with each node.
     #[serde(default = "default_docker_api")]
     pub api_version: String,
     /// Seconds to wait for a TCP+TLS connection to a node.
     #[serde(default = "default_docker_connect_timeout")]
-    pub connect_timeout_seconds: u64,
+    pub(crate) connect_timeout_seconds: u64,
     /// Seconds a single Docker request may take, body included (stemcell imports and disk
     /// moves stream for long; a silent node is caught sooner by the idle timeout).
     #[serde(default = "default_docker_request_timeout")]
-    pub request_timeout_seconds: u64,
+    pub(crate) request_timeout_seconds: u64,
     /// Seconds a node may stay silent in the middle of a stream (a stemcell import, an
     /// image or disk copy) before it counts as gone and the call fails or drops it.
     #[serde(default = "default_docker_idle_timeout")]
@@ -180,7 +181,7 @@ pub struct BlobstoreSettings {
 impl BlobstoreSettings {
     /// Why an agent could not use this blobstore, naming the key below `key` (the
     /// options' values are never echoed: they hold credentials).
-    pub fn problem(&self, key: &str) -> Option<ConfigError> {
+    pub(crate) fn problem(&self, key: &str) -> Option<ConfigError> {
         let provider = self.provider.as_str();
         if provider.is_empty()
             || !provider
@@ -227,21 +228,27 @@ pub enum StartMode {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct VmDefaults {
+    /// Whether VMs run privileged.
     #[serde(default = "yes")]
     pub privileged: bool,
+    /// Capabilities added to unprivileged VMs.
     #[serde(default)]
     pub cap_add: Vec<String>,
+    /// Capabilities dropped from unprivileged VMs.
     #[serde(default)]
     pub cap_drop: Vec<String>,
+    /// Docker security options of unprivileged VMs.
     #[serde(default)]
     pub security_opt: Vec<String>,
+    /// Device cgroup rules of unprivileged VMs.
     #[serde(default)]
     pub device_cgroup_rules: Vec<String>,
+    /// How a VM's container starts its init.
     #[serde(default)]
     pub start_mode: StartMode,
     /// Docker restart policy name: `no`, `always`, `unless-stopped`, `on-failure`.
     #[serde(default)]
-    pub restart_policy: RestartPolicy,
+    pub(crate) restart_policy: RestartPolicy,
 }
 
 /// Docker's restart policy of a VM container, parsed from its word once where the
@@ -269,7 +276,7 @@ impl RestartPolicy {
     ];
 
     /// The policy's word, as Docker and the configuration spell it.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             RestartPolicy::No => "no",
             RestartPolicy::Always => "always",
@@ -279,7 +286,7 @@ impl RestartPolicy {
     }
 
     /// The policy a word names.
-    pub fn parse(word: &str) -> Result<RestartPolicy, UnknownRestartPolicy> {
+    pub(crate) fn parse(word: &str) -> Result<RestartPolicy, UnknownRestartPolicy> {
         Self::ALL
             .into_iter()
             .find(|p| p.as_str() == word)
@@ -356,7 +363,7 @@ const OVERRIDABLE: &[&str] = &[
 impl Config {
     /// Reads `path`, merges the overridable sections found in `context`, and validates.
     /// The file must be a regular file of at most [`FileKind::Config`]'s limit.
-    pub fn load(path: &Path, context: &Map<String, Value>) -> Result<Config, ConfigError> {
+    pub(crate) fn load(path: &Path, context: &Map<String, Value>) -> Result<Config, ConfigError> {
         let shown = crate::echo::printable_path(path);
         let text = bounded_file::read_to_string(path, FileKind::Config).map_err(|e| {
             ConfigError::invalid(
@@ -412,7 +419,7 @@ impl Config {
     }
 
     /// etcd TLS material, as read when the config was loaded.
-    pub fn etcd_tls(&self) -> Result<Option<TlsMaterial>, ConfigError> {
+    pub(crate) fn etcd_tls(&self) -> Result<Option<TlsMaterial>, ConfigError> {
         Ok(self.loaded_tls.etcd.clone())
     }
 
@@ -578,7 +585,7 @@ fn is_api_version(v: &str) -> bool {
 
 /// Deep-merges the overridable sections of `context` into the config document: a
 /// cpi-config's `properties` arrive at the top level of `context` and win over the file.
-pub fn merge_context(config: &mut Value, context: &Map<String, Value>) {
+pub(crate) fn merge_context(config: &mut Value, context: &Map<String, Value>) {
     let Value::Object(target) = config else {
         return;
     };

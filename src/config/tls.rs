@@ -16,20 +16,23 @@ use super::secret::Secret;
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TlsSource {
-    pub ca_cert: Option<String>,
-    pub ca_cert_file: Option<PathBuf>,
-    pub client_cert: Option<String>,
-    pub client_cert_file: Option<PathBuf>,
-    pub client_key: Option<Secret>,
-    pub client_key_file: Option<PathBuf>,
+    pub(crate) ca_cert: Option<String>,
+    pub(crate) ca_cert_file: Option<PathBuf>,
+    pub(crate) client_cert: Option<String>,
+    pub(crate) client_cert_file: Option<PathBuf>,
+    pub(crate) client_key: Option<Secret>,
+    pub(crate) client_key_file: Option<PathBuf>,
 }
 
 /// TLS material loaded into memory. The CA may be absent when it is read elsewhere (the
 /// Docker CA comes from etcd when cpi.json does not give one).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TlsMaterial {
+    /// The CA certificate (PEM) the peer's certificate must chain to.
     pub ca_cert: Option<String>,
+    /// The client certificate (PEM).
     pub client_cert: Option<String>,
+    /// The client certificate's key (PEM).
     pub client_key: Option<Secret>,
 }
 

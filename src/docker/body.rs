@@ -13,10 +13,10 @@ use super::NodeDocker;
 use super::error::DockerError;
 
 /// One item of a body: a chunk, or the reason the body is broken.
-pub type BodyItem = Result<Bytes, std::io::Error>;
+pub(crate) type BodyItem = Result<Bytes, std::io::Error>;
 
 /// The CPI's end of a request body.
-pub struct BodySender {
+pub(crate) struct BodySender {
     tx: mpsc::Sender<BodyItem>,
     broken: CancellationToken,
     complete: bool,
@@ -57,7 +57,7 @@ pub(crate) fn channel(
 impl BodySender {
     /// Hands `chunk` to `node`. `Ok(true)`: taken; `Ok(false)`: the request already ended
     /// (its own result says why); an error when the node took nothing for its idle timeout.
-    pub async fn send(
+    pub(crate) async fn send(
         &self,
         chunk: BodyItem,
         node: &NodeDocker,
@@ -68,7 +68,7 @@ impl BodySender {
 
     /// Ends the body cleanly once everything was sent: the node reads what is queued, then
     /// the end.
-    pub fn finish(mut self) {
+    pub(crate) fn finish(mut self) {
         self.complete = true;
     }
 

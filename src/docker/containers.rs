@@ -20,7 +20,7 @@ use crate::bounded_file::FileKind;
 
 impl NodeDocker {
     /// Creates a container named `name`.
-    pub async fn create_container(
+    pub(crate) async fn create_container(
         &self,
         name: &str,
         body: ContainerCreateBody,
@@ -57,7 +57,7 @@ impl NodeDocker {
     }
 
     /// The container, or `None` when it does not exist.
-    pub async fn inspect_container(
+    pub(crate) async fn inspect_container(
         &self,
         name: &str,
     ) -> Result<Option<ContainerInspectResponse>, DockerError> {
@@ -70,7 +70,7 @@ impl NodeDocker {
     }
 
     /// Removes a container, running or not, with its anonymous volumes; absent is success.
-    pub async fn remove_container(&self, name: &str) -> Result<(), DockerError> {
+    pub(crate) async fn remove_container(&self, name: &str) -> Result<(), DockerError> {
         let name = super::names::object(name)?;
         let options = RemoveContainerOptionsBuilder::new()
             .force(true)
@@ -165,13 +165,17 @@ impl NodeDocker {
 impl NodeDocker {
     /// The control client with room for a stop's grace period on top of the idle timeout.
     fn with_grace(&self, grace_seconds: i32) -> bollard::Docker {
-        let grace = std::time::Duration::from_secs(grace_seconds.max(0) as u64);
+        let grace = std::time::Duration::from_secs(u64::from(grace_seconds.max(0).unsigned_abs()));
         self.docker.clone().with_timeout(self.idle_timeout + grace)
     }
 
     /// Stops a container (SIGTERM, then SIGKILL after `grace_seconds`); absent or already
     /// stopped is success.
-    pub async fn stop_container(&self, name: &str, grace_seconds: i32) -> Result<(), DockerError> {
+    pub(crate) async fn stop_container(
+        &self,
+        name: &str,
+        grace_seconds: i32,
+    ) -> Result<(), DockerError> {
         let name = super::names::object(name)?;
         let options = bollard::query_parameters::StopContainerOptionsBuilder::new()
             .t(grace_seconds)
@@ -187,25 +191,10 @@ impl NodeDocker {
         }
     }
 
-    /// Renames a container.
-    pub async fn rename_container(&self, name: &str, new_name: &str) -> Result<(), DockerError> {
-        let name = super::names::object(name)?;
-        let new_name = super::names::object(new_name)?;
-        self.docker
-            .rename_container(
-                name,
-                bollard::query_parameters::RenameContainerOptionsBuilder::new()
-                    .name(new_name)
-                    .build(),
-            )
-            .await
-            .map_err(|e| self.error(&format!("renaming container {name} to {new_name}"), &e))
-    }
-
     /// Starts a container; one already running is success. An address that another
     /// container holds is the daemon's 403 ([`DockerError::Forbidden`], "Address already
     /// in use"), so a caller can say who holds it.
-    pub async fn start(&self, name: &str) -> Result<(), DockerError> {
+    pub(crate) async fn start(&self, name: &str) -> Result<(), DockerError> {
         let name = super::names::object(name)?;
         match self.docker.start_container(name, None).await {
             Ok(()) => Ok(()),
@@ -314,15 +303,15 @@ fn file_of_entry(entry: tar::Entry<'_, &[u8]>) -> Result<Option<ContainerFile>, 
 /// A file read from a container: its bytes, permission bits and numeric owner, so it can
 /// be written back as it was.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ContainerFile {
+pub(crate) struct ContainerFile {
     /// The content.
-    pub data: Vec<u8>,
+    pub(crate) data: Vec<u8>,
     /// Permission bits.
-    pub mode: u32,
+    pub(crate) mode: u32,
     /// Numeric user id.
-    pub uid: u64,
+    pub(crate) uid: u64,
     /// Numeric group id.
-    pub gid: u64,
+    pub(crate) gid: u64,
 }
 
 #[cfg(test)]
@@ -365,7 +354,7 @@ mod tests {
 
     #[test]
     fn an_entry_over_the_limit_gives_nothing() {
-        let big = vec![b'x'; READ_FILE_LIMIT as usize + 1];
+        let big = vec![b'x'; usize::try_from(READ_FILE_LIMIT).unwrap() + 1];
         assert_eq!(first_file(&archive_of(&big, 0o600)), None);
     }
 }

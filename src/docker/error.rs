@@ -9,11 +9,11 @@ use std::fmt;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Doing {
     /// Node name.
-    pub node: String,
+    pub(crate) node: String,
     /// The node's Docker endpoint as registered.
-    pub endpoint: String,
+    pub(crate) endpoint: String,
     /// What was being done ("starting container vm-…").
-    pub what: String,
+    pub(crate) what: String,
 }
 
 #[cfg(test)]
@@ -256,7 +256,8 @@ impl DockerError {
     }
 
     /// The daemon's own message, for the statuses that carry one.
-    pub fn daemon_message(&self) -> Option<&str> {
+    #[cfg(test)]
+    fn daemon_message(&self) -> Option<&str> {
         match self {
             DockerError::NotFound { message, .. }
             | DockerError::Conflict { message, .. }

@@ -18,11 +18,11 @@ const POLL: Duration = Duration::from_millis(250);
 
 /// What a command answered.
 #[derive(Debug)]
-pub struct Done {
+pub(crate) struct Done {
     /// Its exit code (-1 when Docker does not say).
-    pub code: i64,
+    pub(crate) code: i64,
     /// Its output (stdout and stderr), at most [`MAX_OUTPUT`] bytes of it.
-    pub output: String,
+    pub(crate) output: String,
 }
 
 impl NodeDocker {
@@ -49,7 +49,7 @@ impl NodeDocker {
 
     /// Runs `cmd` in `container` and waits for it, reading its output; each part of the
     /// answer must come within the node's idle timeout.
-    pub async fn exec(
+    pub(crate) async fn exec(
         &self,
         container: &str,
         cmd: Vec<String>,
@@ -78,7 +78,7 @@ impl NodeDocker {
 
     /// Runs `cmd` in `container` detached and waits until it ends or `deadline` passes;
     /// its exit code, `None` when the deadline came first (the command goes on).
-    pub async fn exec_until(
+    pub(crate) async fn exec_until(
         &self,
         container: &str,
         cmd: Vec<String>,

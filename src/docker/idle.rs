@@ -13,7 +13,7 @@ use super::NodeDocker;
 use super::error::DockerError;
 
 /// The retriable error for a node that stayed silent for its idle timeout.
-pub fn silent(node: &NodeDocker, doing: &str) -> DockerError {
+pub(crate) fn silent(node: &NodeDocker, doing: &str) -> DockerError {
     DockerError::Stalled {
         at: node.doing(doing),
         secs: node.idle_timeout.as_secs(),

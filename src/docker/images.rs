@@ -24,24 +24,24 @@ const QUEUE: usize = 8;
 
 /// How a rootfs import is tagged and labelled on every node.
 #[derive(Debug, Clone)]
-pub struct ImportTarget {
+pub(crate) struct ImportTarget {
     /// Repository and tag, e.g. `moltencore-stemcell` / `<cid>`.
-    pub repo: String,
-    pub tag: String,
+    pub(crate) repo: String,
+    pub(crate) tag: String,
     /// Dockerfile-style changes applied at import (`LABEL k=v`, `ENV ...`).
-    pub changes: Vec<String>,
+    pub(crate) changes: Vec<String>,
 }
 
 impl ImportTarget {
     /// `repo:tag`.
-    pub fn reference(&self) -> String {
+    pub(crate) fn reference(&self) -> String {
         format!("{}:{}", self.repo, self.tag)
     }
 }
 
 /// Verifies the streamed bytes before the last chunk is released; an `Err` aborts every
 /// node's import.
-pub trait StreamCheck: Send {
+pub(crate) trait StreamCheck: Send {
     /// Sees every chunk, in order.
     fn update(&mut self, data: &[u8]);
     /// Called at the end of the source, before its last chunk is sent.
@@ -49,7 +49,7 @@ pub trait StreamCheck: Send {
 }
 
 /// Outcome per node of a fan-out import.
-pub type NodeOutcomes = Vec<(String, Result<(), DockerError>)>;
+pub(crate) type NodeOutcomes = Vec<(String, Result<(), DockerError>)>;
 
 /// Imports the rootfs read from `source` into every node at once: the source is read once,
 /// in chunks, and each chunk goes to all nodes together. The last chunk is held back until
@@ -325,7 +325,7 @@ pub(crate) async fn ensure_one_file_image(
 }
 
 /// The image `reference` on `node`, or `None` when the node does not have it.
-pub async fn inspect(
+pub(crate) async fn inspect(
     node: &NodeDocker,
     reference: &str,
 ) -> Result<Option<ImageInspect>, DockerError> {
@@ -338,7 +338,7 @@ pub async fn inspect(
 }
 
 /// Removes `reference` from `node`; an absent image is success (idempotent).
-pub async fn remove(node: &NodeDocker, reference: &str) -> Result<(), DockerError> {
+pub(crate) async fn remove(node: &NodeDocker, reference: &str) -> Result<(), DockerError> {
     let reference = super::names::image(reference)?;
     match node
         .for_removal()
@@ -361,7 +361,7 @@ pub async fn remove(node: &NodeDocker, reference: &str) -> Result<(), DockerErro
 /// byte and the target may unpack after the last for as long as each answers pings; a pause
 /// of the idle timeout mid-stream fails the copy (the load's body is then broken, so no
 /// partial image is loaded).
-pub async fn copy(
+pub(crate) async fn copy(
     source: &NodeDocker,
     target: &NodeDocker,
     reference: &str,
@@ -460,7 +460,7 @@ async fn verify_copied(
 }
 
 /// Tags `reference` on `node` as `repo:tag`.
-pub async fn tag(
+pub(crate) async fn tag(
     node: &NodeDocker,
     reference: &str,
     repo: &str,
@@ -483,7 +483,7 @@ pub async fn tag(
 }
 
 /// Pulls `reference` on `node` from its registry.
-pub async fn pull(node: &NodeDocker, reference: &str) -> Result<(), DockerError> {
+pub(crate) async fn pull(node: &NodeDocker, reference: &str) -> Result<(), DockerError> {
     let reference = super::names::image(reference)?;
     let options = CreateImageOptionsBuilder::new()
         .from_image(reference)

@@ -2,21 +2,24 @@
 //! networks and volumes, with typed errors ([`DockerError`]) that name the node. No BOSH
 //! semantics live here.
 
-pub mod body;
-pub mod containers;
-pub mod error;
-pub mod exec;
-pub mod idle;
-pub mod images;
-pub mod mounter;
-pub mod names;
-pub mod networks;
-pub mod node;
-pub mod progress;
-pub mod tls;
-pub mod volume_copy;
-pub mod volumes;
+pub(crate) mod body;
+pub(crate) mod containers;
+pub(crate) mod error;
+pub(crate) mod exec;
+pub(crate) mod idle;
+pub(crate) mod images;
+pub(crate) mod mounter;
+pub(crate) mod names;
+pub(crate) mod networks;
+pub(crate) mod node;
+pub(crate) mod progress;
+pub(crate) mod tls;
+pub(crate) mod volume_copy;
+pub(crate) mod volumes;
 
-pub use error::{DockerError, Doing, SourceError};
-pub use networks::BridgeSpec;
-pub use node::{DockerAccess, DockerTimeouts, NodeDocker};
+#[cfg(test)]
+pub(crate) use error::Doing;
+pub(crate) use error::{DockerError, SourceError};
+pub(crate) use networks::BridgeSpec;
+pub(crate) use node::NodeDocker;
+pub use node::{DockerAccess, DockerTimeouts};

@@ -25,13 +25,13 @@ const VERSION: &str = env!("MC_MOUNTER_VERSION");
 /// The mounter's exit code for a command it does not know, or another version.
 const USAGE: i64 = 2;
 /// The mounter's exit code for a disk (or its image) that is not on this node.
-pub const NOT_HERE: i64 = 3;
+pub(crate) const NOT_HERE: i64 = 3;
 /// The mounter's exit code for a disk whose volume holds files besides its image.
-pub const NOT_AN_IMAGE: i64 = 4;
+pub(crate) const NOT_AN_IMAGE: i64 = 4;
 /// The mounter's exit code for a disk that a VM or a loop device of the node holds.
 pub(crate) const IN_USE: i64 = 5;
 /// Name of the mounter container on every node.
-pub const CONTAINER: &str = "mc-mounter";
+pub(crate) const CONTAINER: &str = "mc-mounter";
 const IMAGE_REPO: &str = "moltencore-mounter";
 
 /// The tag of this CPI's mounter image: the binary's digest, so a new binary gets a new
@@ -46,12 +46,12 @@ fn image() -> String {
 
 /// A disk put in a VM as a block device, as the mounter found its image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BlockDisk {
+pub(crate) struct BlockDisk {
     /// The image holds a filesystem: nothing to format.
-    pub formatted: bool,
+    pub(crate) formatted: bool,
     /// The disk's files, kept as a folder by an earlier version, wait in the VM's
     /// `/warden-cpi-dev/.folder-<disk>` to be copied into the (new) image.
-    pub folder: bool,
+    pub(crate) folder: bool,
     /// Its filesystem is smaller than its image (grown by resize_disk): the VM grows it.
     pub(crate) grow: bool,
 }
@@ -104,16 +104,6 @@ impl NodeDocker {
         let size = size_mib.to_string();
         let lines = self.mounter_ok(disks_dir, &["grow", disk, &size]).await?;
         Ok(lines.iter().all(|l| l != "no image"))
-    }
-
-    /// The size in bytes of disk `disk`'s image on this node; `None` while it has none.
-    pub async fn disk_image_size(
-        &self,
-        disks_dir: &str,
-        disk: &str,
-    ) -> Result<Option<u64>, DockerError> {
-        let lines = self.mounter_ok(disks_dir, &["image-size", disk]).await?;
-        Ok(lines.first().and_then(|l| l.parse().ok()))
     }
 
     /// Copies disk `disk`'s image into the new, empty volume `to` of this node (a

@@ -15,7 +15,7 @@ use crate::echo::printable;
 const MAX_LEN: usize = 255;
 
 /// Checks a container, volume or network name (or a container id).
-pub fn object(name: &str) -> Result<&str, DockerError> {
+pub(crate) fn object(name: &str) -> Result<&str, DockerError> {
     let mut chars = name.chars();
     let ok = name.len() <= MAX_LEN
         && chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
@@ -31,7 +31,7 @@ pub fn object(name: &str) -> Result<&str, DockerError> {
 }
 
 /// Checks an image reference: `[host[:port]/]path[:tag][@algorithm:hex]`.
-pub fn image(reference: &str) -> Result<&str, DockerError> {
+pub(crate) fn image(reference: &str) -> Result<&str, DockerError> {
     static GRAMMAR: OnceLock<Regex> = OnceLock::new();
     let grammar = GRAMMAR.get_or_init(|| {
         let component = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*";

@@ -12,11 +12,11 @@ use super::node::NodeDocker;
 
 /// What a node's BOSH network must look like.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BridgeSpec {
-    pub name: String,
-    pub subnet: Ipv4Net,
-    pub gateway: Ipv4Addr,
-    pub mtu: u32,
+pub(crate) struct BridgeSpec {
+    pub(crate) name: String,
+    pub(crate) subnet: Ipv4Net,
+    pub(crate) gateway: Ipv4Addr,
+    pub(crate) mtu: u32,
 }
 
 impl NodeDocker {

@@ -27,8 +27,9 @@ pub struct DockerTimeouts {
 pub struct DockerAccess {
     tls: Arc<rustls::ClientConfig>,
     /// `None` negotiates with each node.
-    pub api_version: Option<ClientVersion>,
-    pub timeouts: DockerTimeouts,
+    pub(crate) api_version: Option<ClientVersion>,
+    /// How long each kind of Docker call may take.
+    pub(crate) timeouts: DockerTimeouts,
 }
 
 impl DockerAccess {
@@ -156,19 +157,19 @@ fn parse_api_version(v: &str) -> Option<ClientVersion> {
 #[derive(Clone)]
 pub struct NodeDocker {
     /// Node name, for error messages and logs.
-    pub name: String,
+    pub(crate) name: String,
     /// The endpoint as registered.
-    pub endpoint: String,
+    pub(crate) endpoint: String,
     /// The client for control requests (inspect, create, start, ...), each answered within
     /// the idle timeout.
-    pub docker: Docker,
+    pub(crate) docker: Docker,
     /// The same daemon for requests whose answer waits for a whole transfer (stemcell
     /// imports, image loads, disk archive uploads and downloads) or a large removal (see
     /// [`NodeDocker::for_removal`]), bounded by the request timeout; transfers are watched
     /// by [`super::idle`].
-    pub long: Docker,
+    pub(crate) long: Docker,
     /// How long this node may stay silent mid-stream (see [`super::idle`]).
-    pub idle_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
 }
 
 impl NodeDocker {
@@ -186,7 +187,7 @@ impl NodeDocker {
     /// longer than the idle timeout, so it runs on the long client, but only after the node
     /// answered a ping within the idle timeout: a frozen node fails here instead of holding
     /// the call for the request timeout.
-    pub async fn for_removal(&self) -> Result<&Docker, DockerError> {
+    pub(crate) async fn for_removal(&self) -> Result<&Docker, DockerError> {
         self.docker
             .ping()
             .await
@@ -204,7 +205,7 @@ impl NodeDocker {
     }
 
     /// The error for `e`, naming this node, its endpoint and what was being done.
-    pub fn error(&self, doing: &str, e: &bollard::errors::Error) -> DockerError {
+    pub(crate) fn error(&self, doing: &str, e: &bollard::errors::Error) -> DockerError {
         DockerError::from_bollard(self.doing(doing), e)
     }
 }

@@ -5,11 +5,11 @@
 use std::time::{Duration, Instant};
 
 /// How often progress is reported.
-pub const EVERY: Duration = Duration::from_secs(5);
+pub(crate) const EVERY: Duration = Duration::from_secs(5);
 
 /// Bytes sent per node since the start, and when progress was last reported.
 #[derive(Debug)]
-pub struct Progress {
+pub(crate) struct Progress {
     started: Instant,
     last_report: Instant,
     sent: Vec<u64>,
@@ -17,7 +17,7 @@ pub struct Progress {
 
 impl Progress {
     /// A transfer to `nodes` nodes starting at `now`.
-    pub fn new(nodes: usize, now: Instant) -> Progress {
+    pub(crate) fn new(nodes: usize, now: Instant) -> Progress {
         Progress {
             started: now,
             last_report: now,
@@ -26,7 +26,7 @@ impl Progress {
     }
 
     /// Counts `bytes` taken by node `index`.
-    pub fn sent(&mut self, index: usize, bytes: usize) {
+    pub(crate) fn sent(&mut self, index: usize, bytes: usize) {
         if let Some(s) = self.sent.get_mut(index) {
             *s += bytes as u64;
         }
@@ -43,11 +43,16 @@ impl Progress {
     }
 
     /// One line for node `index`: `"312 MiB sent, 41.2 MiB/s"`.
-    pub fn line(&self, index: usize, now: Instant) -> String {
+    pub(crate) fn line(&self, index: usize, now: Instant) -> String {
         let sent = self.sent.get(index).copied().unwrap_or(0);
         let secs = now.duration_since(self.started).as_secs_f64();
-        let rate = if secs > 0.0 { sent as f64 / secs } else { 0.0 };
-        format!("{} sent, {}/s", mib(sent as f64), mib(rate))
+        #[expect(
+            clippy::cast_precision_loss,
+            reason = "shown rounded to 0.1 MiB: the bits beyond f64's 52 do not show"
+        )]
+        let sent = sent as f64;
+        let rate = if secs > 0.0 { sent / secs } else { 0.0 };
+        format!("{} sent, {}/s", mib(sent), mib(rate))
     }
 }
 

@@ -21,7 +21,7 @@ use crate::channel_reader::ChannelReader;
 
 /// An image with an empty root filesystem, imported on demand; helper containers are made
 /// from it and never started.
-pub const HELPER_IMAGE_REPO: &str = "moltencore-helper";
+pub(crate) const HELPER_IMAGE_REPO: &str = "moltencore-helper";
 const HELPER_IMAGE_TAG: &str = "empty";
 /// Where helper containers mount the volume.
 const MOUNT: &str = "/data";
@@ -69,10 +69,10 @@ where
 
 /// What a tree of files holds: count, bytes and a digest over paths and contents.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TreeDigest {
-    pub files: u64,
-    pub bytes: u64,
-    pub sha256: String,
+pub(crate) struct TreeDigest {
+    pub(crate) files: u64,
+    pub(crate) bytes: u64,
+    pub(crate) sha256: String,
 }
 
 /// Digest of a tar stream, in archive order: every entry's type, path, mode, owner and
@@ -135,7 +135,7 @@ struct Helper {
 }
 
 /// Label on helper containers, valued with the volume they mount.
-pub use crate::labels::HELPER as HELPER_LABEL;
+pub(crate) use crate::labels::HELPER as HELPER_LABEL;
 
 /// Removes helper containers of `volume` that a killed copy left behind: they hold the
 /// volume and would block its removal and every later copy.
@@ -292,7 +292,7 @@ impl Streamed {
 
 /// Copies the contents of `src_volume` on `src` into `dst_volume` on `dst` (which may be
 /// the same node) and verifies the copy. Both volumes must exist.
-pub async fn copy_volume(
+pub(crate) async fn copy_volume(
     src: &NodeDocker,
     src_volume: &str,
     dst: &NodeDocker,

@@ -11,7 +11,7 @@ use super::node::NodeDocker;
 
 impl NodeDocker {
     /// Creates a named local volume with labels.
-    pub async fn create_volume(
+    pub(crate) async fn create_volume(
         &self,
         name: &str,
         labels: HashMap<String, String>,
@@ -30,7 +30,7 @@ impl NodeDocker {
     }
 
     /// Removes a volume; absent is success.
-    pub async fn remove_volume(&self, name: &str) -> Result<(), DockerError> {
+    pub(crate) async fn remove_volume(&self, name: &str) -> Result<(), DockerError> {
         self.remove_volume_unless(name, None).await.map(|_| ())
     }
 

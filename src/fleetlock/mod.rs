@@ -2,8 +2,8 @@
 //! etcd v3 reboot semaphore the MoltenCore nodes use, so hosts with a FleetLock client
 //! (Zincati, airlock-style setups) share the reboot slots with them.
 
-pub mod protocol;
+pub(crate) mod protocol;
 mod registry;
-pub mod server;
-pub mod service;
-pub mod tls;
+pub(crate) mod server;
+pub(crate) mod service;
+pub(crate) mod tls;

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::reboot::semaphore::{Group, cut};
 
 /// The header every lock and unlock request must carry, with the value `true`.
-pub const HEADER: &str = "fleet-lock-protocol";
+pub(crate) const HEADER: &str = "fleet-lock-protocol";
 /// Longest client id accepted.
 const ID_MAX_LEN: usize = 256;
 /// How much of a hostile value an error message repeats.
@@ -15,7 +15,7 @@ const SHOWN: usize = 64;
 
 /// The two operations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Operation {
+pub(crate) enum Operation {
     /// `POST /v1/pre-reboot`: take (recursively) a reboot slot.
     PreReboot,
     /// `POST /v1/steady-state`: give back the slot, if held.
@@ -24,21 +24,21 @@ pub enum Operation {
 
 /// A validated request: who asks for what.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Request {
-    pub operation: Operation,
-    pub group: Group,
-    pub id: String,
+pub(crate) struct Request {
+    pub(crate) operation: Operation,
+    pub(crate) group: Group,
+    pub(crate) id: String,
 }
 
 /// A refusal: HTTP status and FleetLock's error body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Refusal {
+pub(crate) struct Refusal {
     #[serde(skip)]
-    pub status: u16,
+    pub(crate) status: u16,
     /// A short, bounded identifier (metrics label on the client side).
-    pub kind: &'static str,
+    pub(crate) kind: &'static str,
     /// What is wrong, for the administrator.
-    pub value: String,
+    pub(crate) value: String,
 }
 
 impl Refusal {

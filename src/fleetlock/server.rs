@@ -27,14 +27,14 @@ use super::service::{FleetLock, response};
 const MAX_HEADER_BUFFER: usize = 8 * 1024;
 /// Connections open at once (each holds a file descriptor and at most
 /// [`MAX_HEADER_BUFFER`] + [`super::service::MAX_BODY`] of buffers).
-pub const MAX_CONNECTIONS: usize = 1024;
+pub(crate) const MAX_CONNECTIONS: usize = 1024;
 /// Longest a connection stays open, requests included.
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
 /// How many times an admission lets the other tasks run (so that new connections are
 /// read) before one of the connections not yet read is shed.
 const ADMISSION_ROUNDS: usize = 32;
 /// Connections the kernel queues for `accept` (capped by `net.core.somaxconn`).
-pub const LISTEN_BACKLOG: u32 = 4096;
+pub(crate) const LISTEN_BACKLOG: u32 = 4096;
 /// How often connections past their deadline are closed.
 const REAP_INTERVAL: Duration = Duration::from_millis(250);
 /// How often the counts of closed connections are logged (when not zero).

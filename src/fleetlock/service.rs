@@ -19,10 +19,10 @@ use crate::nodeprep::register::now_rfc3339;
 use crate::reboot::semaphore::{Group, Holder, HolderKind, Semaphore, SemaphoreError, Take};
 
 /// Largest request body read (a FleetLock body is well under 1 KiB).
-pub const MAX_BODY: usize = 16 * 1024;
+pub(crate) const MAX_BODY: usize = 16 * 1024;
 /// Time a connection has to complete one request: TLS handshake, headers and body
 /// together, from its accept (or, kept alive, from its previous answer).
-pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
+pub(crate) const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
 
 /// How long one read of the node names is used: a request costs no extra etcd round trip
 /// while the cluster is busy, and a node registered meanwhile is known within seconds.
@@ -74,7 +74,7 @@ impl NodeNames {
 }
 
 /// What the server answers with: one semaphore per served group.
-pub struct FleetLock {
+pub(crate) struct FleetLock {
     groups: Vec<Group>,
     semaphores: HashMap<Group, Semaphore>,
     nodes: NodeNames,

@@ -11,19 +11,19 @@ use super::systemd::Systemd;
 
 /// Which files differed and what that means for systemd.
 #[derive(Debug, Default)]
-pub struct Written {
+pub(crate) struct Written {
     /// Each changed file (path on the node) and how.
-    pub files: Vec<(String, FileChange)>,
+    pub(crate) files: Vec<(String, FileChange)>,
     /// Docker's certificates, options, drop-in or TLS socket changed.
-    pub docker: bool,
+    pub(crate) docker: bool,
     /// A unit file or drop-in changed: systemd must reload.
-    pub units: bool,
+    pub(crate) units: bool,
     /// The network unit changed: enable and start it.
-    pub network_unit: bool,
+    pub(crate) network_unit: bool,
     /// The reboot manager's unit changed: enable and start it.
-    pub reboot_unit: bool,
+    pub(crate) reboot_unit: bool,
     /// The disk mounts unit changed: enable and run it (before Docker restarts).
-    pub disk_mounts_unit: bool,
+    pub(crate) disk_mounts_unit: bool,
 }
 
 /// Writes the files that differ (none in a dry run, which still reports them).

@@ -11,7 +11,7 @@ use crate::config::Secret;
 
 /// How the CA was obtained.
 #[derive(Debug, Clone)]
-pub enum CaOutcome {
+pub(crate) enum CaOutcome {
     /// Already in etcd.
     Existing(CertAndKey),
     /// Made and stored by this run.

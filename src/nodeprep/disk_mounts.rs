@@ -12,25 +12,25 @@ use super::error::{NodePrepError, Result};
 use crate::disk_mounts::{self, DiskMounts};
 
 /// The VM disk tree on a node, below node-prep's root.
-pub const DISKS_DIR: &str = "/var/lib/moltencore/vm-disks";
+pub(crate) const DISKS_DIR: &str = "/var/lib/moltencore/vm-disks";
 /// The oneshot unit that runs `cpi node-prep disk-mounts` before docker.service.
-pub const UNIT: &str = "moltencore-disk-mounts.service";
+pub(crate) const UNIT: &str = "moltencore-disk-mounts.service";
 
 /// What one run did.
 #[derive(Debug, Serialize)]
-pub struct DiskMountsReport {
+pub(crate) struct DiskMountsReport {
     /// The tree, as a path on the node.
-    pub dir: PathBuf,
+    pub(crate) dir: PathBuf,
     /// The tree was no mount point and was bound onto itself.
-    pub bound_onto_itself: bool,
+    pub(crate) bound_onto_itself: bool,
     /// `<vm>/<disk>` put back in its VM (its loop device and node made again, or its
     /// folder bound again).
-    pub remounted: Vec<String>,
+    pub(crate) remounted: Vec<String>,
     /// `<vm>/<disk>` whose volume or image is gone (left out: the VM waits, then starts
     /// without that disk, and the reboot's health gate names it).
-    pub missing: Vec<String>,
+    pub(crate) missing: Vec<String>,
     /// `<vm>/<disk>: why` that could not be put back (the others were still tried).
-    pub failed: Vec<String>,
+    pub(crate) failed: Vec<String>,
 }
 
 /// The tree's path below `root`, as the CPI finds it in the node record.

@@ -10,27 +10,25 @@ use ipnet::Ipv4Net;
 
 use super::pki::CertAndKey;
 
-/// Directory of Docker's TLS material and options.
-pub const CERT_DIR: &str = "/etc/moltencore/docker";
 /// The cluster CA certificate, trusted for client certificates.
-pub const CA_FILE: &str = "/etc/moltencore/docker/ca.pem";
+pub(crate) const CA_FILE: &str = "/etc/moltencore/docker/ca.pem";
 /// The node's Docker server certificate.
-pub const SERVER_CERT_FILE: &str = "/etc/moltencore/docker/server.pem";
+pub(crate) const SERVER_CERT_FILE: &str = "/etc/moltencore/docker/server.pem";
 /// Its private key (mode 0600).
-pub const SERVER_KEY_FILE: &str = "/etc/moltencore/docker/server-key.pem";
+pub(crate) const SERVER_KEY_FILE: &str = "/etc/moltencore/docker/server-key.pem";
 /// Docker's options as environment variables, read by docker.service.
-pub const ENV_FILE: &str = "/etc/moltencore/docker/docker.env";
+pub(crate) const ENV_FILE: &str = "/etc/moltencore/docker/docker.env";
 /// The drop-in that makes docker.service read [`ENV_FILE`] and want the TLS socket.
-pub const DROPIN_FILE: &str = "/etc/systemd/system/docker.service.d/50-moltencore.conf";
+pub(crate) const DROPIN_FILE: &str = "/etc/systemd/system/docker.service.d/50-moltencore.conf";
 /// The socket unit of the mutual TLS listener.
-pub const TLS_SOCKET_UNIT: &str = "moltencore-docker-tls.socket";
+pub(crate) const TLS_SOCKET_UNIT: &str = "moltencore-docker-tls.socket";
 /// The oneshot unit that creates the BOSH network.
-pub const NETWORK_UNIT: &str = "moltencore-network.service";
+pub(crate) const NETWORK_UNIT: &str = "moltencore-network.service";
 /// Marker left while Docker's new configuration is not yet applied (in /run: a reboot
 /// applies it anyway).
-pub const RESTART_PENDING: &str = "/run/moltencore/docker-restart-pending";
+pub(crate) const RESTART_PENDING: &str = "/run/moltencore/docker-restart-pending";
 /// Docker's unix socket on Flatcar.
-pub const DOCKER_SOCKET: &str = "unix:///var/run/docker.sock";
+pub(crate) const DOCKER_SOCKET: &str = "unix:///var/run/docker.sock";
 
 /// Path of one of our units.
 pub(crate) fn unit_path(unit: &str) -> String {
@@ -39,17 +37,17 @@ pub(crate) fn unit_path(unit: &str) -> String {
 
 /// What the Docker files are made from.
 #[derive(Debug, Clone)]
-pub struct DockerSettings {
-    pub node: String,
-    pub private_ip: Ipv4Addr,
-    pub port: u16,
+pub(crate) struct DockerSettings {
+    pub(crate) node: String,
+    pub(crate) private_ip: Ipv4Addr,
+    pub(crate) port: u16,
     /// docker0's address (`--bip`), off the flannel network.
-    pub bip: Ipv4Net,
-    pub mtu: u32,
+    pub(crate) bip: Ipv4Net,
+    pub(crate) mtu: u32,
     /// Name of the BOSH bridge network.
-    pub network_name: String,
+    pub(crate) network_name: String,
     /// The cpi binary as installed on the node.
-    pub cpi_path: String,
+    pub(crate) cpi_path: String,
 }
 
 impl DockerSettings {
@@ -163,11 +161,11 @@ pub(crate) fn network_unit(s: &DockerSettings) -> String {
 }
 
 /// One file node-prep wants on the node. No `Debug`: the content may be a private key.
-pub struct WantedFile {
+pub(crate) struct WantedFile {
     /// Path as seen on the node.
-    pub path: String,
-    pub content: String,
-    pub mode: u32,
+    pub(crate) path: String,
+    pub(crate) content: String,
+    pub(crate) mode: u32,
 }
 
 /// Every Docker file of the node: the CA and server certificate (when known), the key

@@ -112,6 +112,12 @@ pub enum NodePrepError {
         problem: &'static str,
         error: serde_json::Error,
     },
+    /// A node state could not be encoded as JSON for its record.
+    #[error("cannot encode state {state} as JSON: {error}")]
+    EncodeState {
+        state: crate::cluster::NodeState,
+        error: serde_json::Error,
+    },
     /// A value could not be encoded as JSON (for etcd or the report).
     #[error("cannot encode {what} as JSON: {error}")]
     Encode {
@@ -234,7 +240,7 @@ impl NodePrepError {
 }
 
 /// The results of node-prep's functions.
-pub type Result<T, E = NodePrepError> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = NodePrepError> = std::result::Result<T, E>;
 
 /// `serde_json::to_string`, failing as [`NodePrepError::Encode`] naming `what`.
 pub(crate) fn to_json<T: serde::Serialize + ?Sized>(value: &T, what: &str) -> Result<String> {

@@ -13,14 +13,14 @@ use crate::bounded_file::{self, FileKind};
 
 /// The directory node-prep treats as `/` (the host's `/` at boot, a temp dir in tests).
 #[derive(Debug, Clone)]
-pub struct Root {
+pub(crate) struct Root {
     dir: PathBuf,
     dry_run: bool,
 }
 
 /// What happened (or, in a dry run, would happen) to one file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FileChange {
+pub(crate) enum FileChange {
     /// Content and mode already as wanted.
     Unchanged,
     /// The file did not exist.

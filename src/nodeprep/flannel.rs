@@ -12,26 +12,26 @@ use crate::cluster::model::FlannelBackend;
 use crate::cluster::{Etcd, FlannelConfig, Keys, SubnetLease};
 
 /// Where flanneld writes the node's subnet, MTU and network.
-pub const SUBNET_ENV: &str = "/run/flannel/subnet.env";
+pub(crate) const SUBNET_ENV: &str = "/run/flannel/subnet.env";
 
 /// What the operator asked for; used to create a missing config and to check an existing
 /// one.
 #[derive(Debug, Clone, Default)]
-pub struct FlannelFlags {
-    pub network: Option<Ipv4Net>,
-    pub subnet_len: Option<u8>,
-    pub backend: Option<String>,
+pub(crate) struct FlannelFlags {
+    pub(crate) network: Option<Ipv4Net>,
+    pub(crate) subnet_len: Option<u8>,
+    pub(crate) backend: Option<String>,
 }
 
 /// Backend used for a new config when `--flannel-backend` is not given.
-pub const DEFAULT_BACKEND: &str = "vxlan";
+pub(crate) const DEFAULT_BACKEND: &str = "vxlan";
 
 /// The config to use, and whether it still has to be written.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ConfigPlan {
-    pub config: FlannelConfig,
-    pub create: bool,
-    pub warnings: Vec<String>,
+pub(crate) struct ConfigPlan {
+    pub(crate) config: FlannelConfig,
+    pub(crate) create: bool,
+    pub(crate) warnings: Vec<String>,
 }
 
 /// Checks the flags against an existing config (a conflict is an error: node-prep never
@@ -262,7 +262,7 @@ pub(crate) async fn read_leases(
 
 /// How the node got its subnet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SubnetSource {
+pub(crate) enum SubnetSource {
     /// A lease (flanneld's, or an earlier reservation) names this node's public IP.
     Lease,
     /// This run reserved it.
@@ -336,15 +336,15 @@ pub(crate) async fn ensure_subnet(
 
 /// The values of flanneld's `subnet.env`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SubnetEnv {
+pub(crate) struct SubnetEnv {
     /// FLANNEL_NETWORK.
-    pub network: Ipv4Net,
+    pub(crate) network: Ipv4Net,
     /// FLANNEL_SUBNET as a network (`10.1.2.0/24`).
-    pub subnet: Ipv4Net,
+    pub(crate) subnet: Ipv4Net,
     /// FLANNEL_SUBNET's address, the bridge gateway (`10.1.2.1`).
-    pub gateway: Ipv4Addr,
+    pub(crate) gateway: Ipv4Addr,
     /// FLANNEL_MTU.
-    pub mtu: u32,
+    pub(crate) mtu: u32,
 }
 
 impl SubnetEnv {

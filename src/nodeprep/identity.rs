@@ -11,36 +11,36 @@ use super::error::{NodePrepError, Result};
 use super::files::Root;
 
 /// Where Flatcar's metadata agent writes the instance metadata.
-pub const METADATA_FILE: &str = "/run/metadata/flatcar";
+pub(crate) const METADATA_FILE: &str = "/run/metadata/flatcar";
 
 /// The flags that name the node; each one is optional.
 #[derive(Debug, Clone, Default)]
-pub struct IdentityFlags {
-    pub name: Option<String>,
-    pub hostname: Option<String>,
-    pub private_ip: Option<Ipv4Addr>,
-    pub public_ip: Option<Ipv4Addr>,
+pub(crate) struct IdentityFlags {
+    pub(crate) name: Option<String>,
+    pub(crate) hostname: Option<String>,
+    pub(crate) private_ip: Option<Ipv4Addr>,
+    pub(crate) public_ip: Option<Ipv4Addr>,
 }
 
 /// The node's resolved identity.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Identity {
+pub(crate) struct Identity {
     /// Node name: etcd key, BOSH AZ pin, certificate CN.
-    pub name: String,
+    pub(crate) name: String,
     /// DNS name put in the server certificate.
-    pub hostname: String,
+    pub(crate) hostname: String,
     /// Address the Docker API listens on and other nodes reach.
-    pub private_ip: Ipv4Addr,
+    pub(crate) private_ip: Ipv4Addr,
     /// The node's public address (a certificate SAN; on clouds often NATed).
-    pub public_ip: Ipv4Addr,
+    pub(crate) public_ip: Ipv4Addr,
 }
 
 /// What `/run/metadata/flatcar` says, reduced to the parts node-prep uses.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Metadata {
-    pub hostname: Option<String>,
-    pub private_ip: Option<Ipv4Addr>,
-    pub public_ip: Option<Ipv4Addr>,
+pub(crate) struct Metadata {
+    pub(crate) hostname: Option<String>,
+    pub(crate) private_ip: Option<Ipv4Addr>,
+    pub(crate) public_ip: Option<Ipv4Addr>,
 }
 
 /// Parses `KEY=value` lines of the metadata file. Provider names differ

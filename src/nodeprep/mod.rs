@@ -3,22 +3,22 @@
 //! tests), every systemd call through one seam, and all checks that can refuse the run
 //! come before the first write, so bad input leaves nothing half-written.
 
-pub mod apply;
-pub mod ca_store;
-pub mod disk_mounts;
-pub mod docker_units;
-pub mod error;
-pub mod files;
-pub mod flannel;
-pub mod identity;
-pub mod network;
+pub(crate) mod apply;
+pub(crate) mod ca_store;
+pub(crate) mod disk_mounts;
+pub(crate) mod docker_units;
+pub(crate) mod error;
+pub(crate) mod files;
+pub(crate) mod flannel;
+pub(crate) mod identity;
+pub(crate) mod network;
 pub mod pki;
 pub mod reboot_unit;
-pub mod register;
-pub mod report;
-pub mod server_cert;
-pub mod steps;
-pub mod systemd;
+pub(crate) mod register;
+pub(crate) mod report;
+pub(crate) mod server_cert;
+pub(crate) mod steps;
+pub(crate) mod systemd;
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use ipnet::Ipv4Net;
 
 use crate::cluster::{Capacity, Etcd, EtcdAccess, Keys};
-pub use error::NodePrepError;
+pub(crate) use error::NodePrepError;
 use error::Result;
 use files::Root;
 use flannel::FlannelFlags;
@@ -36,37 +36,37 @@ use steps::{Changes, Outcome, Prep};
 
 /// Everything one node-prep run needs.
 #[derive(Debug, Clone)]
-pub struct PrepOptions {
+pub(crate) struct PrepOptions {
     /// Where files go (`/` on a node).
-    pub root: PathBuf,
+    pub(crate) root: PathBuf,
     /// Report only: no etcd write, no file, no systemd call.
-    pub dry_run: bool,
-    pub identity: IdentityFlags,
-    pub etcd: EtcdAccess,
-    pub keys: Keys,
-    pub flannel: FlannelFlags,
+    pub(crate) dry_run: bool,
+    pub(crate) identity: IdentityFlags,
+    pub(crate) etcd: EtcdAccess,
+    pub(crate) keys: Keys,
+    pub(crate) flannel: FlannelFlags,
     /// The address flanneld announces as its lease's PublicIP (flanneld's `--public-ip`);
     /// default: the private IP, which flanneld uses unless told otherwise.
-    pub flannel_ip: Option<Ipv4Addr>,
+    pub(crate) flannel_ip: Option<Ipv4Addr>,
     /// Docker's TLS port on the private IP.
-    pub docker_port: u16,
+    pub(crate) docker_port: u16,
     /// docker0's address, off the flannel network.
-    pub docker_bip: Ipv4Net,
+    pub(crate) docker_bip: Ipv4Net,
     /// MTU override; else flannel's subnet.env, else derived from the backend.
-    pub mtu: Option<u32>,
+    pub(crate) mtu: Option<u32>,
     /// The link MTU the flannel MTU is derived from when subnet.env is not there yet.
-    pub link_mtu: u32,
-    pub network_name: String,
+    pub(crate) link_mtu: u32,
+    pub(crate) network_name: String,
     /// The cpi binary's path on the node (for the network unit).
-    pub cpi_path: String,
+    pub(crate) cpi_path: String,
     /// Validity of a new server certificate.
-    pub cert_days: u32,
+    pub(crate) cert_days: u32,
     /// Re-issue a server certificate this many days before it expires.
-    pub renew_before_days: u32,
+    pub(crate) renew_before_days: u32,
     /// Capacity override (else this machine's CPUs and memory).
-    pub capacity: Option<Capacity>,
+    pub(crate) capacity: Option<Capacity>,
     /// Take over a registered name whose private IP differs.
-    pub replace: bool,
+    pub(crate) replace: bool,
 }
 
 /// Connects to etcd, turning a failure into a message that says what to check.

@@ -19,31 +19,31 @@ use crate::docker::node::describe;
 
 /// Options of the network step.
 #[derive(Debug, Clone)]
-pub struct NetworkOptions {
-    pub root: Root,
+pub(crate) struct NetworkOptions {
+    pub(crate) root: Root,
     /// `unix:///path/to/docker.sock`.
-    pub docker_host: String,
+    pub(crate) docker_host: String,
     /// flanneld's subnet.env, as a path on the node (below the root).
-    pub subnet_env: String,
-    pub network_name: String,
+    pub(crate) subnet_env: String,
+    pub(crate) network_name: String,
     /// Add the masquerade rule for traffic leaving the flannel network.
-    pub masquerade: bool,
+    pub(crate) masquerade: bool,
 }
 
 /// What the network step did (or would do).
 #[derive(Debug, Clone, Serialize)]
-pub struct NetworkReport {
-    pub network_name: String,
-    pub subnet: Ipv4Net,
-    pub gateway: Ipv4Addr,
-    pub mtu: u32,
-    pub flannel_network: Ipv4Net,
-    pub changes: Vec<String>,
-    pub warnings: Vec<String>,
+pub(crate) struct NetworkReport {
+    pub(crate) network_name: String,
+    pub(crate) subnet: Ipv4Net,
+    pub(crate) gateway: Ipv4Addr,
+    pub(crate) mtu: u32,
+    pub(crate) flannel_network: Ipv4Net,
+    pub(crate) changes: Vec<String>,
+    pub(crate) warnings: Vec<String>,
 }
 
 /// Label put on the networks node-prep creates.
-pub const LABEL: &str = crate::labels::NETWORK;
+pub(crate) const LABEL: &str = crate::labels::NETWORK;
 
 /// Runs the network step: subnet.env, docker0 off the flannel network, the BOSH network,
 /// the masquerade rule.

@@ -24,17 +24,17 @@ fn making(what: String) -> impl FnOnce(MakeError) -> PkiError {
 }
 
 /// Lifetime of the cluster CA.
-pub const CA_VALID_DAYS: i64 = 3650;
+pub(crate) const CA_VALID_DAYS: i64 = 3650;
 
 /// A certificate and its private key, PEM. The key never reaches a log.
 #[derive(Debug, Clone)]
-pub struct CertAndKey {
-    pub cert_pem: String,
-    pub key_pem: Secret,
+pub(crate) struct CertAndKey {
+    pub(crate) cert_pem: String,
+    pub(crate) key_pem: Secret,
 }
 
 /// Makes a new cluster CA (ECDSA P-256, self-signed, path length 0).
-pub fn new_ca(common_name: &str) -> Result<CertAndKey> {
+pub(crate) fn new_ca(common_name: &str) -> Result<CertAndKey> {
     let make = || -> Result<CertAndKey, MakeError> {
         let key = KeyPair::generate().map_err(MakeError::CaKey)?;
         let mut params = base_params(common_name, CA_VALID_DAYS)?;
@@ -54,7 +54,7 @@ pub fn new_ca(common_name: &str) -> Result<CertAndKey> {
 }
 
 /// The SANs a node's Docker server certificate must carry, in `IP:`/`DNS:` form.
-pub fn server_sans(id: &Identity) -> BTreeSet<String> {
+pub(crate) fn server_sans(id: &Identity) -> BTreeSet<String> {
     let mut sans: BTreeSet<String> = [id.private_ip, id.public_ip, Ipv4Addr::LOCALHOST]
         .iter()
         .map(|ip| format!("IP:{ip}"))
@@ -64,7 +64,7 @@ pub fn server_sans(id: &Identity) -> BTreeSet<String> {
 }
 
 /// Issues a Docker server certificate for the node, signed by the CA.
-pub fn issue_server(ca: &CertAndKey, id: &Identity, days: u32) -> Result<CertAndKey> {
+pub(crate) fn issue_server(ca: &CertAndKey, id: &Identity, days: u32) -> Result<CertAndKey> {
     let make = || -> Result<CertAndKey, MakeError> {
         let mut params = base_params(&format!("{} docker", id.name), i64::from(days))?;
         params.subject_alt_names = server_sans(id)
@@ -81,7 +81,7 @@ pub fn issue_server(ca: &CertAndKey, id: &Identity, days: u32) -> Result<CertAnd
 }
 
 /// Issues a client certificate (for the CPI) signed by the CA.
-pub fn issue_client(ca: &CertAndKey, common_name: &str, days: u32) -> Result<CertAndKey> {
+pub(crate) fn issue_client(ca: &CertAndKey, common_name: &str, days: u32) -> Result<CertAndKey> {
     let make = || -> Result<CertAndKey, MakeError> {
         let mut params = base_params(common_name, i64::from(days))?;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
@@ -151,7 +151,8 @@ fn to_san(s: &str) -> Result<SanType, MakeError> {
 pub struct CertInfo {
     /// SANs in `IP:`/`DNS:` form.
     pub sans: BTreeSet<String>,
-    pub not_after: OffsetDateTime,
+    /// When the certificate expires.
+    pub(crate) not_after: OffsetDateTime,
     /// SHA-256 of the DER, lower-case hex.
     pub fingerprint: String,
     /// Whether `ca_pem`'s key signed it.
@@ -197,7 +198,7 @@ pub fn inspect(cert_pem: &str, ca_pem: &str) -> Result<CertInfo> {
 }
 
 /// SHA-256 fingerprint of a PEM certificate (lower-case hex of the DER).
-pub fn fingerprint(cert_pem: &str) -> Result<String> {
+pub(crate) fn fingerprint(cert_pem: &str) -> Result<String> {
     Ok(fingerprint_der(&parse_pem(cert_pem, "")?.contents))
 }
 
@@ -226,7 +227,7 @@ fn fingerprint_der(der: &[u8]) -> String {
 }
 
 /// Whether `key_pem` is the private key of the certificate described by `info`.
-pub fn key_matches(info: &CertInfo, key_pem: &str) -> bool {
+pub(crate) fn key_matches(info: &CertInfo, key_pem: &str) -> bool {
     use rcgen::PublicKeyData;
     KeyPair::from_pem(key_pem)
         .map(|k| k.subject_public_key_info() == info.spki)
@@ -235,7 +236,7 @@ pub fn key_matches(info: &CertInfo, key_pem: &str) -> bool {
 
 /// Why a server certificate must be re-issued, or `None` when it can stay: not signed by
 /// the cluster CA, key does not fit, SANs differ, or it expires within `renew_before`.
-pub fn renewal_reason(
+pub(crate) fn renewal_reason(
     info: &CertInfo,
     key_fits: bool,
     wanted_sans: &BTreeSet<String>,

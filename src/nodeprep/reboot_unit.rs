@@ -36,7 +36,7 @@ pub fn unit(node: &str, cpi_path: &str) -> String {
 }
 
 /// The unit as a file node-prep keeps in place.
-pub fn wanted(node: &str, cpi_path: &str) -> WantedFile {
+pub(crate) fn wanted(node: &str, cpi_path: &str) -> WantedFile {
     WantedFile {
         path: unit_path(REBOOT_MANAGER_UNIT),
         content: unit(node, cpi_path),

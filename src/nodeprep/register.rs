@@ -11,7 +11,7 @@ use crate::cluster::{Capacity, Etcd, Keys, NodeRecord, NodeState};
 /// This machine's CPUs and memory, as placement sees them.
 pub(crate) fn host_capacity() -> Result<Capacity> {
     let cpus = std::thread::available_parallelism()
-        .map(|n| n.get() as u32)
+        .map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX))
         .map_err(|error| NodePrepError::CpuCount { error })?;
     let meminfo = crate::bounded_file::read_to_string(
         std::path::Path::new("/proc/meminfo"),
@@ -81,9 +81,9 @@ async fn swap(etcd: &Etcd, key: &str, value: String, mod_revision: Option<i64>) 
 
 /// What registration found and did.
 #[derive(Debug, Clone)]
-pub struct Registration {
-    pub record: NodeRecord,
-    pub previous: Option<NodeRecord>,
+pub(crate) struct Registration {
+    pub(crate) record: NodeRecord,
+    pub(crate) previous: Option<NodeRecord>,
 }
 
 impl Registration {
@@ -153,7 +153,7 @@ pub(crate) async fn set_state(
             return Ok(state);
         }
         doc["state"] = serde_json::to_value(state)
-            .map_err(|e| NodePrepError::encode(format!("state {state}"), e))?;
+            .map_err(|error| NodePrepError::EncodeState { state, error })?;
         if swap(etcd, &key, doc.to_string(), Some(rev)).await? {
             return Ok(record.state);
         }

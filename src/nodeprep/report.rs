@@ -13,55 +13,55 @@ use crate::cluster::NodeRecord;
 
 /// The outcome of one node-prep run.
 #[derive(Debug, Clone, Serialize)]
-pub struct Report {
-    pub node: String,
-    pub root: PathBuf,
-    pub dry_run: bool,
+pub(crate) struct Report {
+    pub(crate) node: String,
+    pub(crate) root: PathBuf,
+    pub(crate) dry_run: bool,
     /// Whether anything changed (or, in a dry run, would change).
-    pub changed: bool,
+    pub(crate) changed: bool,
     /// One line per change, in the order made.
-    pub changes: Vec<String>,
+    pub(crate) changes: Vec<String>,
     /// systemd calls made (or recorded, for a root other than `/` or a dry run).
-    pub systemd: Vec<String>,
-    pub warnings: Vec<String>,
-    pub identity: Identity,
-    pub subnet: Ipv4Net,
-    pub gateway: Ipv4Addr,
-    pub mtu: u32,
+    pub(crate) systemd: Vec<String>,
+    pub(crate) warnings: Vec<String>,
+    pub(crate) identity: Identity,
+    pub(crate) subnet: Ipv4Net,
+    pub(crate) gateway: Ipv4Addr,
+    pub(crate) mtu: u32,
     /// The PublicIP of this node's flannel lease.
-    pub flannel_ip: Ipv4Addr,
-    pub docker: DockerFacts,
-    pub certificate: Option<CertFacts>,
+    pub(crate) flannel_ip: Ipv4Addr,
+    pub(crate) docker: DockerFacts,
+    pub(crate) certificate: Option<CertFacts>,
     /// The node record as written to etcd.
-    pub record: NodeRecord,
+    pub(crate) record: NodeRecord,
 }
 
 /// How this node's Docker is set up; file paths as they are from here (below the root).
 #[derive(Debug, Clone, Serialize)]
-pub struct DockerFacts {
+pub(crate) struct DockerFacts {
     /// Where the CPI reaches Docker.
-    pub endpoint: String,
+    pub(crate) endpoint: String,
     /// The address the TLS socket unit listens on.
-    pub listen: String,
-    pub ca_file: PathBuf,
-    pub cert_file: PathBuf,
-    pub key_file: PathBuf,
-    pub env_file: PathBuf,
-    pub dropin_file: PathBuf,
-    pub socket_unit_file: PathBuf,
-    pub network_unit_file: PathBuf,
+    pub(crate) listen: String,
+    pub(crate) ca_file: PathBuf,
+    pub(crate) cert_file: PathBuf,
+    pub(crate) key_file: PathBuf,
+    pub(crate) env_file: PathBuf,
+    pub(crate) dropin_file: PathBuf,
+    pub(crate) socket_unit_file: PathBuf,
+    pub(crate) network_unit_file: PathBuf,
     /// dockerd's options as configured (paths below the root).
-    pub dockerd_args: Vec<String>,
-    pub bip: Ipv4Net,
-    pub network_name: String,
+    pub(crate) dockerd_args: Vec<String>,
+    pub(crate) bip: Ipv4Net,
+    pub(crate) network_name: String,
 }
 
 /// The Docker server certificate in force.
 #[derive(Debug, Clone, Serialize)]
-pub struct CertFacts {
-    pub fingerprint: String,
-    pub not_after: String,
-    pub sans: Vec<String>,
+pub(crate) struct CertFacts {
+    pub(crate) fingerprint: String,
+    pub(crate) not_after: String,
+    pub(crate) sans: Vec<String>,
 }
 
 impl Report {

@@ -11,7 +11,7 @@ use super::pki::{self, CertAndKey};
 use crate::config::Secret;
 
 /// The outcome for the server certificate.
-pub enum ServerCert {
+pub(crate) enum ServerCert {
     /// The certificate on disk fits: kept as it is.
     Keep(CertAndKey),
     /// A new one; `reason` says why the old one could not stay (`None`: there was none).

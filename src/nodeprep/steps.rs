@@ -24,17 +24,17 @@ use crate::cluster::{Etcd, FlannelConfig, NodeRecord, NodeState, SubnetLease};
 
 /// The report lines of one or more steps, in the order made.
 #[derive(Debug, Default)]
-pub struct Changes {
+pub(crate) struct Changes {
     /// What was (or would be) written, reserved, issued or restarted.
-    pub lines: Vec<String>,
-    pub warnings: Vec<String>,
+    pub(crate) lines: Vec<String>,
+    pub(crate) warnings: Vec<String>,
 }
 
 /// What a step settled, and its report lines.
 #[derive(Debug)]
-pub struct Step<T> {
-    pub value: T,
-    pub changes: Changes,
+pub(crate) struct Step<T> {
+    pub(crate) value: T,
+    pub(crate) changes: Changes,
 }
 
 impl Changes {
@@ -66,30 +66,30 @@ impl<T> Step<T> {
 }
 
 /// What every step reads: the options, the root and etcd.
-pub struct Prep<'a> {
-    pub opts: &'a PrepOptions,
-    pub root: Root,
-    pub etcd: Etcd,
+pub(crate) struct Prep<'a> {
+    pub(crate) opts: &'a PrepOptions,
+    pub(crate) root: Root,
+    pub(crate) etcd: Etcd,
 }
 
 /// What the checks read, for the steps after them.
-pub struct Checked {
+pub(crate) struct Checked {
     /// The flannel config in force or to create.
-    pub plan: ConfigPlan,
+    pub(crate) plan: ConfigPlan,
     /// This node's record as registered before this run.
-    pub existing: Option<NodeRecord>,
+    pub(crate) existing: Option<NodeRecord>,
     /// The cluster CA, when the cluster has one (checked usable).
-    pub ca: Option<CertAndKey>,
+    pub(crate) ca: Option<CertAndKey>,
 }
 
 /// This node's place on the flannel network.
 #[derive(Debug, Clone, Copy)]
-pub struct FlannelFacts {
-    pub subnet: Ipv4Net,
-    pub gateway: Ipv4Addr,
-    pub mtu: u32,
+pub(crate) struct FlannelFacts {
+    pub(crate) subnet: Ipv4Net,
+    pub(crate) gateway: Ipv4Addr,
+    pub(crate) mtu: u32,
     /// The PublicIP of the node's lease.
-    pub flannel_ip: Ipv4Addr,
+    pub(crate) flannel_ip: Ipv4Addr,
 }
 
 /// "issued X" after the fact, "would issue X" in a dry run.
@@ -417,15 +417,15 @@ fn flannel_mtu(root: &Root, subnet: Ipv4Net) -> Result<Option<u32>> {
 }
 
 /// Everything the run settled, for the report.
-pub struct Outcome {
-    pub id: Identity,
-    pub ca: CaOutcome,
-    pub net: FlannelFacts,
-    pub cert: ServerCert,
-    pub settings: DockerSettings,
-    pub registration: Registration,
-    pub systemd: Vec<String>,
-    pub changes: Changes,
+pub(crate) struct Outcome {
+    pub(crate) id: Identity,
+    pub(crate) ca: CaOutcome,
+    pub(crate) net: FlannelFacts,
+    pub(crate) cert: ServerCert,
+    pub(crate) settings: DockerSettings,
+    pub(crate) registration: Registration,
+    pub(crate) systemd: Vec<String>,
+    pub(crate) changes: Changes,
 }
 
 impl Prep<'_> {

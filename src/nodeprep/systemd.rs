@@ -7,7 +7,7 @@ use std::process::Command;
 use super::error::{NodePrepError, Result};
 
 /// The systemd operations node-prep needs.
-pub trait Systemd {
+pub(crate) trait Systemd {
     /// `systemctl daemon-reload`.
     fn daemon_reload(&mut self) -> Result<()>;
     /// Whether `unit` is active.
@@ -23,7 +23,7 @@ pub trait Systemd {
 
 /// Runs `systemctl` on the running system.
 #[derive(Default)]
-pub struct Systemctl {
+pub(crate) struct Systemctl {
     actions: Vec<String>,
 }
 
@@ -80,7 +80,7 @@ impl Systemd for Systemctl {
 /// Records what would be done. Units count as active: a prepared root is assumed to be
 /// running as configured, so a second run reports no change.
 #[derive(Default)]
-pub struct Recording {
+pub(crate) struct Recording {
     actions: Vec<String>,
 }
 

@@ -19,7 +19,7 @@ use super::request::{json_type, plain_serde_message};
 use super::response::CallResult;
 
 /// A JSON object, as cloud_properties, env and metadata arrive.
-pub type Object = Map<String, Value>;
+pub(crate) type Object = Map<String, Value>;
 
 /// Declares every method of the contract once. An entry reads
 /// `Variant { fields } = "wire_name" (arg, arg; optional_arg) => |a| <typed call>`;
@@ -49,7 +49,7 @@ macro_rules! cpi_methods {
 
         impl Call {
             /// The wire name of the method this call answers, for messages.
-            pub fn method(&self) -> &'static str {
+            pub(crate) fn method(&self) -> &'static str {
                 match self {
                     $(Call::$variant { .. } => $name,)*
                     Call::NoSuchObject { method, .. } => method,
@@ -217,18 +217,18 @@ cpi_methods! {
 /// The arguments of `create_vm`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CreateVm {
-    pub agent_id: String,
-    pub stemcell_cid: StemcellCid,
-    pub cloud_properties: Object,
-    pub networks: BTreeMap<String, NetworkSpec>,
-    pub disk_cids: Vec<DiskCid>,
-    pub env: Object,
+    pub(crate) agent_id: String,
+    pub(crate) stemcell_cid: StemcellCid,
+    pub(crate) cloud_properties: Object,
+    pub(crate) networks: BTreeMap<String, NetworkSpec>,
+    pub(crate) disk_cids: Vec<DiskCid>,
+    pub(crate) env: Object,
 }
 
 /// The kind of a BOSH network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
-pub enum NetworkType {
+pub(crate) enum NetworkType {
     /// Static IP chosen by the director (the default when `type` is absent).
     #[default]
     Manual,
@@ -241,31 +241,31 @@ pub enum NetworkType {
 /// One network of `create_vm`, keyed by name. Unknown keys are kept so that they reach
 /// the agent settings verbatim.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct NetworkSpec {
+pub(crate) struct NetworkSpec {
     #[serde(rename = "type", default, deserialize_with = "null_as_default")]
-    pub kind: NetworkType,
+    pub(crate) kind: NetworkType,
     #[serde(default, deserialize_with = "optional_ip")]
-    pub ip: Option<Ipv4Addr>,
+    pub(crate) ip: Option<Ipv4Addr>,
     #[serde(default, deserialize_with = "optional_ip")]
-    pub netmask: Option<Ipv4Addr>,
+    pub(crate) netmask: Option<Ipv4Addr>,
     #[serde(default, deserialize_with = "optional_ip")]
-    pub gateway: Option<Ipv4Addr>,
+    pub(crate) gateway: Option<Ipv4Addr>,
     #[serde(default, deserialize_with = "null_as_default")]
-    pub dns: Vec<String>,
+    pub(crate) dns: Vec<String>,
     #[serde(default, deserialize_with = "null_as_default")]
-    pub default: Vec<String>,
+    pub(crate) default: Vec<String>,
     #[serde(default, deserialize_with = "null_as_default")]
-    pub cloud_properties: Object,
+    pub(crate) cloud_properties: Object,
     #[serde(flatten)]
-    pub extra: Object,
+    pub(crate) extra: Object,
 }
 
 /// The argument of `calculate_vm_cloud_properties` (ram and disk in MiB).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub struct VmRequirements {
-    pub cpu: u64,
-    pub ram: u64,
-    pub ephemeral_disk_size: u64,
+    pub(crate) cpu: u64,
+    pub(crate) ram: u64,
+    pub(crate) ephemeral_disk_size: u64,
 }
 
 fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
@@ -289,7 +289,7 @@ fn optional_ip<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Ipv4Addr>, D::E
 impl Call {
     /// Types the positional `arguments` of `method`. Unknown methods are `NotImplemented`;
     /// a wrong count or type is a `CpiError` naming the argument and what was expected.
-    pub fn parse(method: &str, arguments: Vec<Value>) -> Result<Call, CpiError> {
+    pub(crate) fn parse(method: &str, arguments: Vec<Value>) -> Result<Call, CpiError> {
         let found = METHODS
             .iter()
             .find(|m| m.spec.name == method)
@@ -318,7 +318,8 @@ struct MethodSpec {
 }
 
 /// All method names this CPI dispatches, for documentation and tests.
-pub fn method_names() -> impl Iterator<Item = &'static str> {
+#[cfg(test)]
+fn method_names() -> impl Iterator<Item = &'static str> {
     METHODS.iter().map(|m| m.spec.name)
 }
 
@@ -524,7 +525,7 @@ impl Args {
 
 /// A value safe to echo (bounded length, control characters escaped); shared by every
 /// error message that quotes a request value.
-pub use crate::echo::printable;
+pub(crate) use crate::echo::printable;
 
 #[cfg(test)]
 mod tests {

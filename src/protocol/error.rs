@@ -6,7 +6,7 @@ use std::fmt;
 /// The `Bosh::Clouds::*` error classes the BOSH director knows. Any other type string is
 /// treated by the director as a fatal "Unknown CPI error", so only these exist here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
+pub(crate) enum ErrorKind {
     /// Generic failure of the CPI itself (malformed request, bad configuration).
     CpiError,
     /// The infrastructure failed (etcd or a node unreachable, Docker refused).
@@ -19,10 +19,6 @@ pub enum ErrorKind {
     VmNotFound,
     /// A network named in the request does not exist.
     NetworkNotFound,
-    /// No node has room for the requested disk.
-    NoDiskSpace,
-    /// The disk is not attached to the VM.
-    DiskNotAttached,
     /// The disk does not exist.
     DiskNotFound,
     /// The VM could not be created; `ok_to_retry` tells the director whether to retry.
@@ -31,7 +27,7 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// The fully qualified type string the director expects in `error.type`.
-    pub fn bosh_type(self) -> &'static str {
+    pub(crate) fn bosh_type(self) -> &'static str {
         match self {
             ErrorKind::CpiError => "Bosh::Clouds::CpiError",
             ErrorKind::CloudError => "Bosh::Clouds::CloudError",
@@ -39,8 +35,6 @@ impl ErrorKind {
             ErrorKind::NotImplemented => "Bosh::Clouds::NotImplemented",
             ErrorKind::VmNotFound => "Bosh::Clouds::VMNotFound",
             ErrorKind::NetworkNotFound => "Bosh::Clouds::NetworkNotFound",
-            ErrorKind::NoDiskSpace => "Bosh::Clouds::NoDiskSpace",
-            ErrorKind::DiskNotAttached => "Bosh::Clouds::DiskNotAttached",
             ErrorKind::DiskNotFound => "Bosh::Clouds::DiskNotFound",
             ErrorKind::VmCreationFailed => "Bosh::Clouds::VMCreationFailed",
         }
@@ -52,17 +46,17 @@ impl ErrorKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CpiError {
     /// The `Bosh::Clouds::*` class.
-    pub kind: ErrorKind,
+    pub(crate) kind: ErrorKind,
     /// Human message naming the offending value (never a secret).
     pub message: String,
     /// Whether a retry of the same call can succeed (honoured by the director for the
     /// retriable classes).
-    pub ok_to_retry: bool,
+    pub(crate) ok_to_retry: bool,
 }
 
 impl CpiError {
     /// An error of `kind` that is not worth retrying.
-    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+    pub(crate) fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         CpiError {
             kind,
             message: message.into(),
@@ -71,28 +65,28 @@ impl CpiError {
     }
 
     /// A malformed request or bad configuration.
-    pub fn cpi(message: impl Into<String>) -> Self {
+    pub(crate) fn cpi(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::CpiError, message)
     }
 
     /// An infrastructure failure; `retry` says whether trying again can help.
-    pub fn cloud(message: impl Into<String>, retry: bool) -> Self {
+    pub(crate) fn cloud(message: impl Into<String>, retry: bool) -> Self {
         Self::new(ErrorKind::CloudError, message).retriable(retry)
     }
 
     /// A method this CPI does not (yet) implement.
-    pub fn not_implemented(message: impl Into<String>) -> Self {
+    pub(crate) fn not_implemented(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::NotImplemented, message)
     }
 
     /// Sets `ok_to_retry`.
-    pub fn retriable(mut self, retry: bool) -> Self {
+    pub(crate) fn retriable(mut self, retry: bool) -> Self {
         self.ok_to_retry = retry;
         self
     }
 
     /// Prefixes the message with context (which node, which cid), keeping kind and retry.
-    pub fn context(mut self, context: impl fmt::Display) -> Self {
+    pub(crate) fn context(mut self, context: impl fmt::Display) -> Self {
         self.message = format!("{context}: {}", self.message);
         self
     }
@@ -105,10 +99,6 @@ impl fmt::Display for CpiError {
 }
 
 impl std::error::Error for CpiError {}
-
-/// The error-chain helper lives in `crate::echo`; re-exported for the modules that
-/// found it here.
-pub use crate::echo::with_sources;
 
 #[cfg(test)]
 mod tests {

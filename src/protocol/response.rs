@@ -40,9 +40,9 @@ pub enum CallResult {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Info {
     /// The CPI API version spoken.
-    pub api_version: u32,
+    pub(crate) api_version: u32,
     /// The stemcell formats `create_stemcell` accepts.
-    pub stemcell_formats: &'static [&'static str],
+    pub(crate) stemcell_formats: &'static [&'static str],
 }
 
 /// The `calculate_vm_cloud_properties` answer: the create_vm cloud_properties that ask
@@ -50,16 +50,16 @@ pub struct Info {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct VmCloudProperties {
     /// CPUs.
-    pub cpu: u64,
+    pub(crate) cpu: u64,
     /// Memory in MiB.
-    pub ram: u64,
+    pub(crate) ram: u64,
     /// Ephemeral disk in MiB.
-    pub ephemeral_disk: u64,
+    pub(crate) ephemeral_disk: u64,
 }
 
 impl CallResult {
     /// The `result` value for `api`.
-    pub fn shape(self, api: ApiVersion) -> Value {
+    pub(crate) fn shape(self, api: ApiVersion) -> Value {
         match (self, api) {
             (CallResult::Done, _) => Value::Null,
             (CallResult::Exists(exists), _) => Value::Bool(exists),
@@ -90,19 +90,19 @@ fn to_value(result: &impl Serialize) -> Value {
 
 /// The `error` object of a failed call.
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct ErrorBody {
+pub(crate) struct ErrorBody {
     #[serde(rename = "type")]
-    pub kind: &'static str,
-    pub message: String,
-    pub ok_to_retry: bool,
+    pub(crate) kind: &'static str,
+    pub(crate) message: String,
+    pub(crate) ok_to_retry: bool,
 }
 
 /// The longest error message answered (characters); every value in it is cut already,
 /// this bounds a message that echoes many (one per node).
-pub const MAX_MESSAGE_CHARS: usize = 8 * 1024;
+pub(crate) const MAX_MESSAGE_CHARS: usize = 8 * 1024;
 
 /// The longest `log` answered (bytes).
-pub const MAX_LOG_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_LOG_BYTES: usize = 64 * 1024;
 
 fn safe_log(log: &str) -> String {
     crate::echo::truncate(&crate::redact::redact_str(log), MAX_LOG_BYTES)
@@ -110,15 +110,15 @@ fn safe_log(log: &str) -> String {
 
 /// The response document. All three keys are always present; `log` is always a string.
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Response {
-    pub result: Value,
-    pub error: Option<ErrorBody>,
-    pub log: String,
+pub(crate) struct Response {
+    pub(crate) result: Value,
+    pub(crate) error: Option<ErrorBody>,
+    pub(crate) log: String,
 }
 
 impl Response {
     /// A success response.
-    pub fn ok(result: CallResult, api: ApiVersion, log: String) -> Response {
+    pub(crate) fn ok(result: CallResult, api: ApiVersion, log: String) -> Response {
         Response {
             result: result.shape(api),
             error: None,
@@ -129,7 +129,7 @@ impl Response {
     /// An error response. The message passes through the redactor as a last line of
     /// defence (URL credentials or key material that reached an error text never leave),
     /// has its control characters escaped and is cut to [`MAX_MESSAGE_CHARS`].
-    pub fn error(err: &CpiError, log: String) -> Response {
+    pub(crate) fn error(err: &CpiError, log: String) -> Response {
         Response {
             result: Value::Null,
             error: Some(ErrorBody {
@@ -145,7 +145,7 @@ impl Response {
     }
 
     /// The single line written to stdout.
-    pub fn to_line(&self) -> String {
+    pub(crate) fn to_line(&self) -> String {
         // Serializing a Value-based struct cannot fail; fall back to a fixed valid document.
         serde_json::to_string(self).unwrap_or_else(|_| {
             r#"{"result":null,"error":{"type":"Bosh::Clouds::CpiError","message":"response could not be serialized","ok_to_retry":false},"log":""}"#.to_string()

@@ -79,7 +79,7 @@ pub(crate) async fn stop_all(
     vms: &[VmSnapshot],
     grace_seconds: i32,
 ) -> Vec<DockerError> {
-    let grace = std::time::Duration::from_secs(grace_seconds.max(0) as u64);
+    let grace = std::time::Duration::from_secs(u64::from(grace_seconds.max(0).unsigned_abs()));
     let stops = vms.iter().filter(|v| v.running).map(|v| async move {
         tracing::info!(vm = %v.cid, grace_seconds, "stopping VM for the node's reboot");
         match graceful_stop::stop_jobs(docker, &v.cid, grace).await {

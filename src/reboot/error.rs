@@ -84,7 +84,7 @@ pub(crate) enum UpdateEngineError {
 
 /// Why the health gate after a reboot does not pass yet.
 #[derive(Debug, thiserror::Error)]
-pub enum HealthError {
+pub(crate) enum HealthError {
     /// The node's Docker does not answer.
     #[error("Docker does not answer: {0}")]
     DockerDown(#[source] Box<crate::docker::DockerError>),

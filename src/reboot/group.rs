@@ -31,12 +31,12 @@ impl Group {
 
     /// The group every MoltenCore node and every FleetLock client uses unless told
     /// otherwise (Zincati's default).
-    pub fn default_group() -> Group {
+    pub(crate) fn default_group() -> Group {
         Group("default".into())
     }
 
     /// The name.
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 }

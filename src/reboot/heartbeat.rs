@@ -36,24 +36,24 @@ const RETRY: Duration = Duration::from_millis(500);
 
 /// Who the manager of a node is, as its heartbeat says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ManagerInfo {
-    pub node: String,
+pub(crate) struct ManagerInfo {
+    pub(crate) node: String,
     /// The boot the manager started in.
-    pub boot_id: String,
-    pub pid: u32,
+    pub(crate) boot_id: String,
+    pub(crate) pid: u32,
     /// When it started (RFC 3339).
-    pub started_at: String,
+    pub(crate) started_at: String,
     /// The `cpi` version it runs.
-    pub version: String,
+    pub(crate) version: String,
     /// When it stopped on a signal (RFC 3339); absent while it runs or when it died.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stopped_at: Option<String>,
+    pub(crate) stopped_at: Option<String>,
 }
 
 /// What is known of a node's manager.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
-pub enum ManagerStatus {
+pub(crate) enum ManagerStatus {
     /// Its heartbeat is there.
     Up { manager: ManagerInfo },
     /// No heartbeat: it died (or lost etcd); it was last heard of that many seconds ago

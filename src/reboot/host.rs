@@ -12,7 +12,7 @@ const REBOOT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The host as the manager sees it.
 #[derive(Debug, Clone)]
-pub struct Host {
+pub(crate) struct Host {
     boot_id_file: PathBuf,
     reboot_command: Vec<String>,
 }

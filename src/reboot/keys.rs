@@ -20,12 +20,12 @@ impl RebootKeys {
     }
 
     /// The semaphore of `group`: one JSON document with `max` and the holders.
-    pub fn semaphore(&self, group: &Group) -> String {
+    pub(crate) fn semaphore(&self, group: &Group) -> String {
         format!("{}/groups/{}/semaphore", self.prefix, group.as_str())
     }
 
     /// Prefix of every group's semaphore.
-    pub fn groups(&self) -> String {
+    pub(crate) fn groups(&self) -> String {
         format!("{}/groups/", self.prefix)
     }
 
@@ -35,7 +35,7 @@ impl RebootKeys {
     }
 
     /// Prefix of every node's reboot state.
-    pub fn node_states(&self) -> String {
+    pub(crate) fn node_states(&self) -> String {
         format!("{}/nodes/", self.prefix)
     }
 
@@ -46,24 +46,24 @@ impl RebootKeys {
     }
 
     /// Prefix of every running manager's heartbeat.
-    pub fn managers(&self) -> String {
+    pub(crate) fn managers(&self) -> String {
         format!("{}/managers/", self.prefix)
     }
 
     /// The last manager seen on node `name`, on a lease of weeks that the manager keeps
     /// alive with its heartbeat: the lease's remaining time tells how long ago it was
     /// last heard of.
-    pub fn last_seen(&self, name: &str) -> String {
+    pub(crate) fn last_seen(&self, name: &str) -> String {
         format!("{}/last-seen/{name}", self.prefix)
     }
 
     /// Prefix of every node's last seen manager.
-    pub fn last_seens(&self) -> String {
+    pub(crate) fn last_seens(&self) -> String {
         format!("{}/last-seen/", self.prefix)
     }
 
     /// An operator's request to reboot node `name` (`cpi nodes reboot NAME`).
-    pub fn request(&self, name: &str) -> String {
+    pub(crate) fn request(&self, name: &str) -> String {
         format!("{}/requests/{name}", self.prefix)
     }
 }

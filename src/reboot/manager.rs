@@ -32,7 +32,7 @@ use crate::nodeprep::register::{self, now_rfc3339};
 
 /// Why one step of the manager failed (it tries again after a poll interval).
 #[derive(Debug, thiserror::Error)]
-pub enum StepError {
+pub(crate) enum StepError {
     #[error(transparent)]
     Semaphore(#[from] SemaphoreError),
     #[error(transparent)]
@@ -90,21 +90,21 @@ impl From<super::error::HealthError> for StepError {
 
 /// How the manager behaves (from `cpi reboot-manager`'s flags).
 #[derive(Debug, Clone)]
-pub struct ManagerOptions {
+pub(crate) struct ManagerOptions {
     /// This node's name, as registered.
-    pub node: String,
+    pub(crate) node: String,
     /// The reboot group whose slots it takes.
-    pub group: Group,
+    pub(crate) group: Group,
     /// Seconds each VM gets between SIGTERM and SIGKILL.
-    pub grace_seconds: i32,
+    pub(crate) grace_seconds: i32,
     /// How long the VMs must stay healthy after boot before the slot is given back.
-    pub settle: Duration,
+    pub(crate) settle: Duration,
     /// How often the manager looks again while waiting.
-    pub poll: Duration,
+    pub(crate) poll: Duration,
     /// How long after asking for a reboot it asks again if the host is still up.
-    pub reboot_retry: Duration,
+    pub(crate) reboot_retry: Duration,
     /// When slots may be taken; any time when `None`.
-    pub window: Option<RebootWindow>,
+    pub(crate) window: Option<RebootWindow>,
 }
 
 /// What to do after a step.
@@ -116,7 +116,7 @@ enum Next {
 }
 
 /// One node's manager.
-pub struct Manager<'a> {
+pub(crate) struct Manager<'a> {
     ctx: &'a CloudContext<'a>,
     opts: ManagerOptions,
     host: Host,

@@ -15,23 +15,23 @@ use crate::cluster::Etcd;
 /// One group's semaphore, as the listing shows it.
 #[derive(Debug, Serialize)]
 pub(crate) struct GroupStatus {
-    pub group: String,
-    pub max_unavailable: u32,
-    pub holders: Vec<Holder>,
+    pub(crate) group: String,
+    pub(crate) max_unavailable: u32,
+    pub(crate) holders: Vec<Holder>,
 }
 
 /// The reboot part of the listing.
 #[derive(Debug, Default, Serialize)]
 pub(crate) struct RebootOverview {
     /// Node name -> its reboot record.
-    pub nodes: Vec<(String, RebootRecord)>,
+    pub(crate) nodes: Vec<(String, RebootRecord)>,
     /// Nodes an operator asked to reboot that have not started yet.
-    pub requested: Vec<String>,
-    pub groups: Vec<GroupStatus>,
+    pub(crate) requested: Vec<String>,
+    pub(crate) groups: Vec<GroupStatus>,
     /// Records that could not be read.
-    pub problems: Vec<String>,
+    pub(crate) problems: Vec<String>,
     /// Node name -> what its manager's heartbeat says (nodes never heard of left out).
-    pub managers: BTreeMap<String, ManagerStatus>,
+    pub(crate) managers: BTreeMap<String, ManagerStatus>,
 }
 
 impl RebootOverview {

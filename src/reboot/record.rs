@@ -16,7 +16,7 @@ use crate::ids::VmCid;
 /// Where a node is in its reboot. No record: nothing is going on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Phase {
+pub(crate) enum Phase {
     /// The slot is taken: cordon, then stop the node's VMs.
     Draining,
     /// The VMs are stopped; the host reboots (asked again if the boot does not change).
@@ -38,59 +38,59 @@ impl std::fmt::Display for Phase {
 
 /// One VM as it was before the node was emptied: what the health gate expects back.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct VmSnapshot {
-    pub cid: VmCid,
+pub(crate) struct VmSnapshot {
+    pub(crate) cid: VmCid,
     /// Whether it ran (a stopped VM is not expected to run afterwards).
-    pub running: bool,
+    pub(crate) running: bool,
     /// Network name -> IP address the container had.
     #[serde(default)]
-    pub ips: BTreeMap<String, String>,
+    pub(crate) ips: BTreeMap<String, String>,
     /// Names of the Docker volumes it mounted (its ephemeral disk; the persistent disks of
     /// VMs made before disks attached live).
     #[serde(default)]
-    pub volumes: Vec<String>,
+    pub(crate) volumes: Vec<String>,
     /// What its own processes saw: the store's disk and the agent (absent for a VM that
     /// did not run, or when nobody could look).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub inside: Option<Inside>,
+    pub(crate) inside: Option<Inside>,
 }
 
 /// The manager's record of one node's reboot.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RebootRecord {
-    pub phase: Phase,
+    pub(crate) phase: Phase,
     /// When the current phase began (RFC 3339).
-    pub since: String,
+    pub(crate) since: String,
     /// When the reboot began (the slot was taken).
-    pub started: String,
+    pub(crate) started: String,
     /// Why the node reboots.
-    pub why: String,
+    pub(crate) why: String,
     /// The reboot group whose slot the node holds.
-    pub group: String,
+    pub(crate) group: String,
     /// The boot the reboot began in: a different boot id means the host rebooted.
-    pub boot_id: String,
+    pub(crate) boot_id: String,
     /// The node was cordoned by an operator before: its cordon stays afterwards.
-    pub operator_cordoned: bool,
+    pub(crate) operator_cordoned: bool,
     /// The VMs as they were before they were stopped (set once, before stopping any).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vms: Option<Vec<VmSnapshot>>,
+    pub(crate) vms: Option<Vec<VmSnapshot>>,
     /// Why the health gate does not pass yet, after the reboot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub health: Option<String>,
+    pub(crate) health: Option<String>,
 }
 
 /// An operator's request to reboot a node (`cpi nodes reboot NAME`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RebootRequest {
-    pub since: String,
-    pub why: String,
+pub(crate) struct RebootRequest {
+    pub(crate) since: String,
+    pub(crate) why: String,
 }
 
 /// A value as read, with the revision a transaction compares.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Versioned<T> {
-    pub value: T,
-    pub mod_revision: i64,
+pub(crate) struct Versioned<T> {
+    pub(crate) value: T,
+    pub(crate) mod_revision: i64,
 }
 
 /// Why a record could not be read or written.
@@ -106,7 +106,7 @@ pub enum RecordError {
 
 /// The reboot records of one cluster.
 #[derive(Clone)]
-pub struct Records {
+pub(crate) struct Records {
     etcd: Etcd,
     keys: RebootKeys,
 }

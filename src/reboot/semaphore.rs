@@ -12,11 +12,11 @@ use crate::cluster::Etcd;
 /// Most attempts at one change while others keep changing the document.
 const ATTEMPTS: usize = 20;
 
-pub use super::error::SemaphoreError;
+pub(crate) use super::error::SemaphoreError;
 pub use super::group::Group;
 
 /// `s` cut to at most `max` characters, marked when cut.
-pub fn cut(s: &str, max: usize) -> String {
+pub(crate) fn cut(s: &str, max: usize) -> String {
     if s.chars().count() <= max {
         s.to_string()
     } else {
@@ -39,6 +39,7 @@ pub enum HolderKind {
 pub struct Holder {
     /// The holder's identity: a node name, or a FleetLock client id.
     pub id: String,
+    /// Whether a node or a FleetLock client holds the slot.
     pub kind: HolderKind,
     /// The node's name, when a node holds the slot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -59,6 +60,7 @@ pub struct SemaphoreDoc {
     /// How many holders at once (`max_unavailable`).
     #[serde(default = "default_max")]
     pub max: u32,
+    /// Who holds a slot now.
     #[serde(default)]
     pub holders: Vec<Holder>,
 }
@@ -89,12 +91,12 @@ pub enum Take {
 
 impl SemaphoreDoc {
     /// The holder with `id`, if it holds a slot.
-    pub fn holder(&self, id: &str) -> Option<&Holder> {
+    pub(crate) fn holder(&self, id: &str) -> Option<&Holder> {
         self.holders.iter().find(|h| h.id == id)
     }
 
     /// Gives `holder` a slot when one is free (or it holds one already).
-    pub fn take(&mut self, holder: Holder) -> Take {
+    pub(crate) fn take(&mut self, holder: Holder) -> Take {
         if let Some(h) = self.holder(&holder.id) {
             return Take::AlreadyHeld(h.clone());
         }
@@ -106,7 +108,7 @@ impl SemaphoreDoc {
     }
 
     /// Frees the slot of `id`; the holder when it held one.
-    pub fn give_back(&mut self, id: &str) -> Option<Holder> {
+    pub(crate) fn give_back(&mut self, id: &str) -> Option<Holder> {
         let at = self.holders.iter().position(|h| h.id == id)?;
         Some(self.holders.remove(at))
     }
@@ -115,6 +117,7 @@ impl SemaphoreDoc {
 /// The document as read, with the revision the transaction that changes it compares.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Stored {
+    /// The document (defaults when the key is absent).
     pub doc: SemaphoreDoc,
     /// The key's mod revision; `None` while the key does not exist (defaults apply).
     pub mod_revision: Option<i64>,
@@ -139,13 +142,8 @@ impl Semaphore {
     }
 
     /// The group.
-    pub fn group(&self) -> &Group {
+    pub(crate) fn group(&self) -> &Group {
         &self.group
-    }
-
-    /// The etcd key of the document.
-    pub fn key(&self) -> &str {
-        &self.key
     }
 
     /// Reads the document (defaults when absent).
@@ -176,7 +174,7 @@ impl Semaphore {
     }
 
     /// The comparison that holds while the document is still as `stored` was read.
-    pub fn unchanged(&self, stored: &Stored) -> Compare {
+    pub(crate) fn unchanged(&self, stored: &Stored) -> Compare {
         match stored.mod_revision {
             Some(rev) => Compare::mod_revision(self.key.as_str(), CompareOp::Equal, rev),
             None => Compare::create_revision(self.key.as_str(), CompareOp::Equal, 0),
@@ -184,14 +182,14 @@ impl Semaphore {
     }
 
     /// The write of `doc`.
-    pub fn put(&self, doc: &SemaphoreDoc) -> TxnOp {
+    pub(crate) fn put(&self, doc: &SemaphoreDoc) -> TxnOp {
         let value = serde_json::to_string(doc).expect("a semaphore document serializes");
         TxnOp::put(self.key.as_str(), value, None)
     }
 
     /// Writes `doc` in one transaction with `ops`, if the document and everything `compares`
     /// checks are still as read; false when something changed in between.
-    pub async fn commit(
+    pub(crate) async fn commit(
         &self,
         stored: &Stored,
         doc: &SemaphoreDoc,
@@ -212,7 +210,7 @@ impl Semaphore {
 
     /// Applies `change` to the document and writes it, retrying from a fresh read when it
     /// changed in between; `change` says what it did and whether to write at all.
-    pub async fn update<R>(
+    pub(crate) async fn update<R>(
         &self,
         mut change: impl FnMut(&mut SemaphoreDoc) -> (R, bool),
     ) -> Result<R, SemaphoreError> {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::error::UpdateEngineError;
 
 /// What the update engine reports once an update waits for its reboot.
-pub const NEED_REBOOT: &str = "UPDATE_STATUS_UPDATED_NEED_REBOOT";
+pub(crate) const NEED_REBOOT: &str = "UPDATE_STATUS_UPDATED_NEED_REBOOT";
 /// Longest the update engine's status command may take.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -24,9 +24,9 @@ pub(crate) fn status_needs_reboot(output: &str) -> bool {
 
 /// The update engine seam: a command whose output is `update_engine_client -status`'s.
 #[derive(Debug, Clone)]
-pub struct UpdateEngine {
+pub(crate) struct UpdateEngine {
     /// Program and arguments; `None` switches the source off.
-    pub command: Option<Vec<String>>,
+    pub(crate) command: Option<Vec<String>>,
 }
 
 impl UpdateEngine {
@@ -73,8 +73,8 @@ impl UpdateEngine {
 
 /// The `/run/reboot-required` flag file (as Debian/Ubuntu packages write it).
 #[derive(Debug, Clone)]
-pub struct FlagFile {
-    pub path: PathBuf,
+pub(crate) struct FlagFile {
+    pub(crate) path: PathBuf,
 }
 
 impl FlagFile {

@@ -25,7 +25,7 @@ pub enum WindowError {
 
 /// A recurring window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RebootWindow {
+pub(crate) struct RebootWindow {
     /// Day of the week (0 = Monday), or every day.
     day: Option<i64>,
     /// Minutes after midnight UTC.
@@ -45,7 +45,7 @@ impl RebootWindow {
                     .iter()
                     .position(|x| d.len() >= 3 && x.starts_with(&d[..3]) && is_day(&d))
                     .ok_or_else(bad)?;
-                (Some(i as i64), c.trim())
+                (i64::try_from(i).ok(), c.trim())
             }
             None => (None, start.trim()),
         };
@@ -59,7 +59,7 @@ impl RebootWindow {
                 shown: super::semaphore::cut(length, 32),
                 reason: e.to_string(),
             })?;
-        let minutes = (length.as_secs() / 60) as i64;
+        let minutes = i64::try_from(length.as_secs() / 60).unwrap_or(i64::MAX);
         let limit = if day.is_some() {
             WEEK_MINUTES
         } else {

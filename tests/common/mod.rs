@@ -1,4 +1,4 @@
 //! The tests' helpers under their old flat names, for a test file that says `mod common;`:
 //! they live in the `moltencore_testkit` crate (this folder), one module a concern.
 
-pub use moltencore_testkit::flat::*;
+pub(crate) use moltencore_testkit::flat::*;

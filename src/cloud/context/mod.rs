@@ -12,13 +12,13 @@
 //! `disk/` (finding a VM, clearing a node, freeing and moving disks) are methods of it
 //! too, in [`vms`], [`disks`] and [`moving`].
 
-pub mod disks;
+pub(crate) mod disks;
 pub(crate) mod error;
 pub(crate) mod lookup_error;
-pub mod moving;
+pub(crate) mod moving;
 pub(crate) mod node;
-pub mod records;
-pub mod vms;
+pub(crate) mod records;
+pub(crate) mod vms;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

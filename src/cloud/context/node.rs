@@ -132,21 +132,6 @@ impl<'c> NodeHandle<'c> {
         self.docker.restart_container(name, grace_seconds).await
     }
 
-    /// Renames container `name` to `new_name` (see [`NodeDocker::rename_container`]).
-    #[expect(
-        dead_code,
-        reason = "kept so that no rename of a call bypasses the cache"
-    )]
-    pub(crate) async fn rename_container(
-        &self,
-        name: &str,
-        new_name: &str,
-    ) -> Result<(), DockerError> {
-        self.changing(name);
-        self.changing(new_name);
-        self.docker.rename_container(name, new_name).await
-    }
-
     /// Removes container `name` (see [`NodeDocker::remove_container`]).
     pub(crate) async fn remove_container(&self, name: &str) -> Result<(), DockerError> {
         self.changing(name);

@@ -12,7 +12,7 @@ pub(crate) fn not_found(cid: &VmCid) -> CpiError {
 }
 
 /// The ephemeral volume of a VM.
-pub fn ephemeral_volume(vm_cid: &str) -> String {
+pub(crate) fn ephemeral_volume(vm_cid: &str) -> String {
     format!("{vm_cid}-ephemeral")
 }
 

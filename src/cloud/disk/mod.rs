@@ -22,7 +22,7 @@ use crate::timestamp::Timestamp;
 use error::DiskError;
 
 /// Docker label keys on disk volumes (spelled in [`crate::labels`]).
-pub use crate::labels::disk as labels;
+pub(crate) use crate::labels::disk as labels;
 /// `create_disk`: a volume on the VM's node (locality), else on `cloud_properties.node`,
 /// else on the CPI's `placement.node`, else where placement puts a VM.
 pub(crate) async fn create(

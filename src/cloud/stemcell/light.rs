@@ -13,7 +13,7 @@ use crate::protocol::{CpiError, ErrorKind, Object};
 
 /// The image a docker-light stemcell names.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LightImage {
+pub(crate) struct LightImage {
     pub reference: String,
     /// `sha256:...`: the image id or a repo digest it must have.
     pub digest: Option<String>,

@@ -5,7 +5,7 @@ use sha1::Digest as _;
 
 /// The fields of `stemcell.MF` this CPI uses; unknown keys are ignored.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
-pub struct Manifest {
+pub(crate) struct Manifest {
     pub name: String,
     #[serde(deserialize_with = "string_or_number")]
     pub version: String,
@@ -35,7 +35,7 @@ fn string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D:
 }
 
 /// Formats whose `image` is a (gzipped) rootfs tarball this CPI imports.
-pub const ROOTFS_FORMATS: &[&str] = &["warden-tar", "general-tar"];
+pub(crate) const ROOTFS_FORMATS: &[&str] = &["warden-tar", "general-tar"];
 
 /// A manifest this CPI cannot import from; the text names the field.
 #[derive(Debug, thiserror::Error)]
@@ -101,7 +101,7 @@ impl Manifest {
 
 /// A digest from the manifest's `sha1` field: a bare sha1, or `sha1:`/`sha256:` prefixed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ExpectedDigest {
+pub(crate) enum ExpectedDigest {
     Sha1(String),
     Sha256(String),
 }
@@ -142,7 +142,7 @@ impl ExpectedDigest {
 }
 
 /// An incremental digest over the streamed image.
-pub enum Hasher {
+pub(crate) enum Hasher {
     Sha1(sha1::Sha1),
     Sha256(sha2::Sha256),
 }

@@ -2,9 +2,9 @@
 //! from one read of the image, copied node-to-node to a node that lacks one when a VM is placed there, removed everywhere.
 
 pub(crate) mod error;
-pub mod light;
-pub mod manifest;
-pub mod source;
+pub(crate) mod light;
+pub(crate) mod manifest;
+pub(crate) mod source;
 
 use futures_util::StreamExt;
 use futures_util::future::join_all;
@@ -23,7 +23,7 @@ use manifest::{ExpectedDigest, Hasher, Manifest, ManifestError};
 use source::StemcellSource;
 
 /// Repository of stemcell images on every node; the tag is the stemcell cid.
-pub const IMAGE_REPO: &str = "moltencore-stemcell";
+pub(crate) const IMAGE_REPO: &str = "moltencore-stemcell";
 
 /// The image reference of a stemcell on a node.
 pub(crate) fn image_reference(cid: &StemcellCid) -> String {
@@ -315,7 +315,7 @@ pub(crate) async fn delete(
 }
 
 /// What create_vm learned about a stemcell before placing the VM (see [`check_exists`]).
-pub enum Presence {
+pub(crate) enum Presence {
     /// The index has its record.
     Recorded,
     /// No record in this index (an image another CPI's index uploaded to the same nodes):

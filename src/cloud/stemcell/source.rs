@@ -53,7 +53,7 @@ pub(crate) enum SourceError {
 }
 
 /// A stemcell ready to be read: its manifest, and how to open its image bytes.
-pub struct StemcellSource {
+pub(crate) struct StemcellSource {
     pub manifest: Manifest,
     layout: Layout,
 }
@@ -222,7 +222,7 @@ mod tests {
     fn packed_tarball_streams_its_image_entry() {
         let dir = tempfile::tempdir().unwrap();
         let image: Vec<u8> = (0..(3 << 20) + 12345)
-            .map(|i| (i * 7 % 251) as u8)
+            .map(|i| u8::try_from(i * 7 % 251).unwrap())
             .collect();
         let path = packed(dir.path(), &image);
         let source = StemcellSource::open(path.to_str().unwrap()).unwrap();

@@ -30,7 +30,9 @@ pub enum BlobstoreError {
     /// options entry (and is cut short).
     #[error("create_vm: {key} must be {{provider, options}}: {}", cut(&.source.to_string()))]
     Entry {
+        /// The cloud_properties key of the entry.
         key: String,
+        /// What serde could not read.
         source: serde_json::Error,
     },
     /// An entry the agent would refuse.

@@ -195,8 +195,8 @@ fn host_config(
         readonly_paths: unconfined_paths.then(Vec::new),
         device_cgroup_rules: device_rules(e, plan.disk_tree.is_some()),
         restart_policy: Some(restart_policy(e.restart_policy)),
-        memory: plan.props.ram.map(|mib| (mib as i64) << 20),
-        nano_cpus: plan.props.cpu.map(|c| (c * 1e9) as i64),
+        memory: plan.props.ram.map(memory_bytes),
+        nano_cpus: plan.props.cpu.map(nano_cpus),
         mounts: Some(mounts),
         binds: (!binds.is_empty()).then_some(binds),
         tmpfs: (!init.tmpfs.is_empty()).then_some(init.tmpfs),
@@ -276,6 +276,20 @@ fn overlay(
         }
     }
     serde_json::from_value(merged).map_err(SpecError::Decode)
+}
+
+/// Docker's memory limit in bytes for `mib` MiB (the `i64` Docker's API takes).
+fn memory_bytes(mib: u64) -> i64 {
+    mib.cast_signed() << 20
+}
+
+/// Docker's CPU limit in billionths of a CPU for `cpus` CPUs.
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "`as` saturates: a limit beyond i64 is i64::MAX, a fraction of a billionth is dropped"
+)]
+fn nano_cpus(cpus: f64) -> i64 {
+    (cpus * 1e9) as i64
 }
 
 #[cfg(test)]

@@ -60,7 +60,7 @@ impl CreatePlan<'_, '_> {
 
 /// `create_vm`. Transient failures anywhere (etcd included) come back as a retriable
 /// `VMCreationFailed`, so the director retries the whole create.
-pub async fn create(ctx: &CloudContext<'_>, req: CreateVm) -> Result<CallResult, CpiError> {
+pub(crate) async fn create(ctx: &CloudContext<'_>, req: CreateVm) -> Result<CallResult, CpiError> {
     create_classified(ctx, &req).await.map_err(creation_failure)
 }
 
