@@ -157,26 +157,12 @@ impl Records {
     pub(crate) async fn states(
         &self,
     ) -> Result<Vec<(String, Result<RebootRecord, serde_json::Error>)>, RecordError> {
-        let prefix = self.keys.node_states();
-        let resp = self
-            .etcd
-            .client()
-            .get(
-                prefix.as_str(),
-                Some(etcd_client::GetOptions::new().with_prefix()),
-            )
-            .await
-            .map_err(|e| RecordError::Etcd(self.etcd.error("reading reboot records", &e)))?;
-        Ok(resp
-            .kvs()
-            .iter()
-            .map(|kv| {
-                let name = String::from_utf8_lossy(kv.key())
-                    .trim_start_matches(prefix.as_str())
-                    .to_string();
-                let rec = serde_json::from_slice(kv.value());
-                (name, rec)
-            })
+        let found = self
+            .under(&self.keys.node_states(), "reading reboot records")
+            .await?;
+        Ok(found
+            .into_iter()
+            .map(|(name, value)| (name, serde_json::from_slice(&value)))
             .collect())
     }
 
@@ -190,23 +176,31 @@ impl Records {
 
     /// The nodes with an operator's request recorded.
     pub(crate) async fn requested(&self) -> Result<Vec<String>, RecordError> {
-        let prefix = self.keys.request("");
+        let found = self
+            .under(&self.keys.request(""), "reading reboot requests")
+            .await?;
+        Ok(found.into_iter().map(|(name, _)| name).collect())
+    }
+
+    /// The keys under `prefix` (without it) with their values, in one read.
+    async fn under(
+        &self,
+        prefix: &str,
+        during: &str,
+    ) -> Result<Vec<(String, Vec<u8>)>, RecordError> {
         let resp = self
             .etcd
             .client()
-            .get(
-                prefix.as_str(),
-                Some(etcd_client::GetOptions::new().with_prefix()),
-            )
+            .get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))
             .await
-            .map_err(|e| self.etcd.error("reading reboot requests", &e))?;
+            .map_err(|e| RecordError::Etcd(self.etcd.error(during, &e)))?;
         Ok(resp
             .kvs()
             .iter()
             .map(|kv| {
-                String::from_utf8_lossy(kv.key())
-                    .trim_start_matches(prefix.as_str())
-                    .to_string()
+                let key = String::from_utf8_lossy(kv.key());
+                let name = key.trim_start_matches(prefix).to_string();
+                (name, kv.value().to_vec())
             })
             .collect())
     }
