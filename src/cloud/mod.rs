@@ -92,3 +92,67 @@ fn no_such_object(method: &str, answer: CallResult, reason: &impl std::fmt::Disp
     tracing::info!("{method}: {reason}: no such object can exist");
     answer
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::ErrorKind;
+    use crate::protocol::request::ApiVersion;
+    use serde_json::{Map, json};
+    use std::path::PathBuf;
+
+    /// A context whose configuration file does not exist: a call that reads it fails.
+    fn without_config() -> CloudContext<'static> {
+        CloudContext::new(PathBuf::from("/nonexistent/cpi.json"), Map::new(), None)
+    }
+
+    fn run(call: Call) -> Result<CallResult, CpiError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(handle(&without_config(), call))
+    }
+
+    #[test]
+    fn info_is_answered_without_configuration() {
+        let answer = run(Call::Info).unwrap().shape(ApiVersion::V2);
+        assert_eq!(
+            answer,
+            json!({"api_version": 2, "stemcell_formats": ["warden-tar", "general-tar", "docker-light"]})
+        );
+    }
+
+    #[test]
+    fn refused_methods_are_refused_without_configuration() {
+        for (call, kind) in [
+            (Call::CreateNetwork, ErrorKind::NotImplemented),
+            (Call::DeleteNetwork, ErrorKind::NotImplemented),
+            (Call::CurrentVmId, ErrorKind::NotImplemented),
+            (Call::ConfigureNetworks, ErrorKind::NotImplemented),
+        ] {
+            let e = run(call).unwrap_err();
+            assert_eq!((e.kind, e.ok_to_retry), (kind, false), "{}", e.message);
+        }
+    }
+
+    #[test]
+    fn a_cid_that_cannot_exist_is_answered_without_configuration() {
+        let call = Call::parse("has_vm", json!(["vm-../../x"]).as_array().unwrap().clone());
+        let answer = run(call.unwrap()).unwrap();
+        assert_eq!(answer, CallResult::Exists(false));
+    }
+
+    #[test]
+    fn a_call_that_needs_the_cluster_names_the_missing_configuration() {
+        let call = Call::parse(
+            "has_disk",
+            json!(["disk-0b4f0c2e-6a43-4d0e-9f55-2d7e1c9a8b31"])
+                .as_array()
+                .unwrap()
+                .clone(),
+        );
+        let e = run(call.unwrap()).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::CpiError, "{}", e.message);
+        assert!(e.message.contains("/nonexistent/cpi.json"), "{}", e.message);
+    }
+}

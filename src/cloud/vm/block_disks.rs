@@ -1,7 +1,7 @@
 //! What makes a disk that the node's mounter just put in a VM ready for its agent, for
 //! attach_disk and create_vm alike: a new disk formatted, a grown one's filesystem grown,
-//! the files of a disk kept as a folder copied into its new image; and the refusal of a volume that holds more than its
-//! image.
+//! the files of a disk kept as a folder copied into its new image; and the refusal of a
+//! volume that holds more than its image.
 
 use super::inside;
 use crate::docker::mounter::{self, BlockDisk};
@@ -32,8 +32,8 @@ pub(crate) fn not_an_image(e: DockerError, disk: &DiskCid) -> BlockDiskError {
 }
 
 /// A disk just put in the VM as a block device made ready for its agent: a new one
-/// formatted, one grown by resize_disk has its filesystem grown, the files of one kept as a folder copied into its new filesystem (the folder
-/// then goes).
+/// formatted, one grown by resize_disk has its filesystem grown, the files of one kept as
+/// a folder copied into its new filesystem (the folder then goes).
 pub(crate) async fn prepare_block_disk(
     docker: &NodeDocker,
     disks_dir: &str,
@@ -53,4 +53,34 @@ pub(crate) async fn prepare_block_disk(
         tracing::info!(vm, disk, "the disk's folder was copied into its new image");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(code: i64) -> DockerError {
+        DockerError::Mount {
+            node: "n1".into(),
+            command: "attach".into(),
+            code,
+            detail: "refused".into(),
+        }
+    }
+
+    #[test]
+    fn the_mounters_not_an_image_refusal_names_the_disk() {
+        let disk = DiskCid::parse("disk-0b4f0c2e-6a43-4d0e-9f55-2d7e1c9a8b31").unwrap();
+        let e = not_an_image(refusal(mounter::NOT_AN_IMAGE), &disk);
+        assert!(
+            matches!(&e, BlockDiskError::NotAnImage(d) if *d == disk),
+            "{e}"
+        );
+        assert!(e.to_string().contains("holds files besides its disk image"));
+        let other = not_an_image(refusal(mounter::NOT_AN_IMAGE + 1), &disk);
+        assert!(matches!(
+            other,
+            BlockDiskError::Docker(DockerError::Mount { .. })
+        ));
+    }
 }

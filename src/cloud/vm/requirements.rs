@@ -44,3 +44,36 @@ pub(crate) async fn calculate(
         ephemeral_disk: req.ephemeral_disk_size,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(cpu: u64, ram: u64) -> VmRequirements {
+        VmRequirements {
+            cpu,
+            ram,
+            ephemeral_disk_size: 1024,
+        }
+    }
+
+    #[test]
+    fn sizes_below_one_are_refused_naming_both() {
+        for (cpu, ram) in [(0, 512), (1, 0), (0, 0)] {
+            let e = CpiError::from(size(&req(cpu, ram)).unwrap_err());
+            assert_eq!(
+                e.message,
+                format!(
+                    "calculate_vm_cloud_properties: cpu ({cpu}) and ram ({ram}) must be at least 1"
+                )
+            );
+            assert!(!e.ok_to_retry);
+        }
+    }
+
+    #[test]
+    fn sizes_of_one_and_more_are_the_vm_size() {
+        let s = size(&req(2, 4096)).unwrap();
+        assert_eq!((s.cpus, s.ram_mib), (2, 4096));
+    }
+}
