@@ -288,9 +288,9 @@ pub(crate) fn check_nodes(view: &ClusterView) -> Result<(), BoshConfigError> {
         for b in &view.nodes[i + 1..] {
             if a.subnet.contains(&b.subnet.network()) || b.subnet.contains(&a.subnet.network()) {
                 return Err(BoshConfigError::OverlappingSubnets {
-                    a: a.name.clone(),
+                    a: a.name.to_string(),
                     a_subnet: a.subnet,
-                    b: b.name.clone(),
+                    b: b.name.to_string(),
                     b_subnet: b.subnet,
                 });
             }
@@ -311,7 +311,7 @@ pub fn generate(
         warnings.extend(lease_warning(view, node));
         subnets.push(
             subnet(node, opts).map_err(|source| BoshConfigError::Subnet {
-                node: node.name.clone(),
+                node: node.name.to_string(),
                 source,
             })?,
         );
@@ -322,10 +322,10 @@ pub fn generate(
             .nodes
             .iter()
             .map(|n| Az {
-                name: n.name.clone(),
+                name: n.name.to_string(),
                 cpi: opts.per_node_cpis.then(|| cpi_name(&n.name)),
                 cloud_properties: AzProperties {
-                    node: n.name.clone(),
+                    node: n.name.to_string(),
                 },
             })
             .collect(),
@@ -409,7 +409,7 @@ fn compilation(
     Ok(Compilation {
         workers,
         reuse_compilation_vms: true,
-        az: compile_node.name.clone(),
+        az: compile_node.name.to_string(),
         vm_type: compile_type.into(),
         network: opts.network_name.clone(),
     })
@@ -418,7 +418,7 @@ fn compilation(
 fn subnet(node: &NodeRecord, opts: &Options) -> Result<Subnet, PlanError> {
     let plan = address_plan::plan(node.subnet, node.gateway, opts.split)?;
     Ok(Subnet {
-        az: node.name.clone(),
+        az: node.name.to_string(),
         range: node.subnet.to_string(),
         gateway: node.gateway,
         dns: if opts.dns.is_empty() {

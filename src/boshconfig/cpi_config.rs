@@ -55,7 +55,7 @@ pub fn generate(view: &ClusterView) -> Result<Generated<CpiConfig>, super::BoshC
             kind: CPI_TYPE.into(),
             properties: CpiProperties {
                 placement: Placement {
-                    node: n.name.clone(),
+                    node: n.name.to_string(),
                 },
             },
         })

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use super::error::{CommandError, Outcome, load_config};
 use crate::cloud::CloudContext;
 use crate::cluster::{Etcd, NodeState};
+use crate::node_name::NodeName;
 use crate::nodeprep::register::now_rfc3339;
 use crate::reboot::heartbeat::{ManagerStatus, span};
 use crate::reboot::keys::RebootKeys;
@@ -139,6 +140,7 @@ where
 
 /// `cpi nodes reboot NAME`: records an operator's request; the node's manager does the rest.
 pub fn request(config_path: PathBuf, name: &str, why: Option<String>) -> Outcome {
+    let name = &NodeName::parse(name)?;
     with_context(config_path, async |ctx| {
         let view = ctx.view().await?;
         if view.registered(name)?.is_none() {
@@ -168,6 +170,9 @@ pub fn request(config_path: PathBuf, name: &str, why: Option<String>) -> Outcome
 /// FleetLock client that never came back) and forgets the node's reboot record. Refused
 /// while the node reports itself draining or rebooting, unless forced.
 pub fn release(config_path: PathBuf, name: &str, force: bool, group: &str) -> Outcome {
+    // Not parsed: the holder may be a FleetLock client, whose id is no node name, and a
+    // record under a name no node can have (written by hand) must be releasable too.
+    let name = &NodeName::from_record(name);
     let group = group.to_string();
     with_context(config_path, async move |ctx| {
         let group = Group::parse(&group)?;
@@ -249,7 +254,7 @@ mod tests {
         Holder {
             id: id.into(),
             kind,
-            node: (kind == HolderKind::Node).then(|| id.to_string()),
+            node: (kind == HolderKind::Node).then(|| id.into()),
             boot_id: None,
             since: "2026-01-01T00:00:00Z".into(),
             why: "test".into(),

@@ -12,6 +12,7 @@ use super::error::{CommandError, Failure, Outcome, load_config};
 use crate::cloud::CloudContext;
 use crate::cluster::{NodeRecord, NodeState, NodeUsage};
 use crate::docker::DockerError;
+use crate::node_name::NodeName;
 use crate::nodeprep::register;
 use crate::reboot::heartbeat::ManagerStatus;
 use crate::reboot::overview::RebootOverview;
@@ -136,7 +137,7 @@ fn status(
     manager: Option<ManagerStatus>,
 ) -> NodeStatus {
     NodeStatus {
-        name: node.name.clone(),
+        name: node.name.to_string(),
         docker_endpoint: node.docker_endpoint.clone(),
         subnet: node.subnet.to_string(),
         state: node.state.to_string(),
@@ -207,7 +208,7 @@ fn print_table(rows: &[NodeStatus], problems: &[String], reboots: &RebootOvervie
 pub(crate) async fn change_state(
     ctx: &CloudContext<'_>,
     config_path: &std::path::Path,
-    name: &str,
+    name: &NodeName,
     state: NodeState,
 ) -> Result<NodeState, CommandError> {
     load_config(ctx, config_path).await?;
@@ -219,6 +220,7 @@ pub(crate) async fn change_state(
 /// Sets a node's state (`cpi nodes cordon|uncordon NAME`); exit code 0 when the node has
 /// that state afterwards, 1 on error.
 pub fn set_state(config_path: PathBuf, name: &str, state: NodeState) -> Outcome {
+    let name = &NodeName::parse(name)?;
     let ctx = CloudContext::new(config_path.clone(), Default::default(), None);
     let before = super::block_on(change_state(&ctx, &config_path, name, state))??;
     if before == state {

@@ -10,6 +10,7 @@ use clap::Args;
 
 use super::error::{CommandError, Outcome, load_config};
 use crate::cloud::CloudContext;
+use crate::node_name::NodeName;
 use crate::nodeprep::register::now_rfc3339;
 use crate::reboot::heartbeat::{Heartbeat, ManagerInfo};
 use crate::reboot::host::Host;
@@ -23,8 +24,8 @@ use crate::reboot::window::RebootWindow;
 #[derive(Debug, Args)]
 pub struct RebootManagerCommand {
     /// This node's name, as node-prep registered it.
-    #[arg(long)]
-    node: String,
+    #[arg(long, value_parser = NodeName::parse)]
+    node: NodeName,
     /// The host's `/` for the boot id and `/run/reboot-required`.
     #[arg(long, default_value = "/")]
     root: PathBuf,

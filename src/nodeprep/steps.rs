@@ -133,7 +133,7 @@ impl Prep<'_> {
             && !opts.replace
         {
             return Err(NodePrepError::NameTaken {
-                name: id.name.clone(),
+                name: id.name.to_string(),
                 registered: existing.private_ip,
                 this_host: id.private_ip,
                 just_now: false,
@@ -282,7 +282,7 @@ impl Prep<'_> {
     /// What Docker's files are made from.
     pub(crate) fn docker_settings(&self, id: &Identity, mtu: u32) -> DockerSettings {
         DockerSettings {
-            node: id.name.clone(),
+            node: id.name.to_string(),
             private_ip: id.private_ip,
             port: self.opts.docker_port,
             bip: self.opts.docker_bip,
@@ -448,7 +448,7 @@ impl Prep<'_> {
         let here = |p: &str| root.join(p);
         let settings = &o.settings;
         Ok(Report {
-            node: o.id.name.clone(),
+            node: o.id.name.to_string(),
             root: opts.root.clone(),
             dry_run: opts.dry_run,
             changed: !o.changes.lines.is_empty(),
@@ -485,7 +485,7 @@ impl Prep<'_> {
 fn name_still_free(id: &Identity, previous: Option<&NodeRecord>, replace: bool) -> Result<()> {
     match previous {
         Some(p) if p.private_ip != id.private_ip && !replace => Err(NodePrepError::NameTaken {
-            name: id.name.clone(),
+            name: id.name.to_string(),
             registered: p.private_ip,
             this_host: id.private_ip,
             just_now: true,

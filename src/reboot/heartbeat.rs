@@ -14,6 +14,7 @@
 //! A manager whose lease is lost (an etcd outage longer than [`ALIVE_TTL`]) grants a new
 //! one and writes its heartbeat again; it keeps running meanwhile.
 
+use crate::node_name::NodeName;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -37,7 +38,7 @@ const RETRY: Duration = Duration::from_millis(500);
 /// Who the manager of a node is, as its heartbeat says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct ManagerInfo {
-    pub(crate) node: String,
+    pub(crate) node: NodeName,
     /// The boot the manager started in.
     pub(crate) boot_id: String,
     pub(crate) pid: u32,
@@ -310,7 +311,7 @@ async fn renew(
 pub(crate) async fn statuses(
     etcd: &Etcd,
     keys: &RebootKeys,
-) -> Result<BTreeMap<String, ManagerStatus>, IndexError> {
+) -> Result<BTreeMap<NodeName, ManagerStatus>, IndexError> {
     let client = etcd.client();
     let prefixed = || Some(etcd_client::GetOptions::new().with_prefix());
     let mut out = BTreeMap::new();

@@ -8,6 +8,7 @@
 //! the manager cordoned) and give back the slot, deleting the record in the same
 //! transaction.
 
+use crate::node_name::NodeName;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -92,7 +93,7 @@ impl From<super::error::HealthError> for StepError {
 #[derive(Debug, Clone)]
 pub(crate) struct ManagerOptions {
     /// This node's name, as registered.
-    pub(crate) node: String,
+    pub(crate) node: NodeName,
     /// The reboot group whose slots it takes.
     pub(crate) group: Group,
     /// Seconds each VM gets between SIGTERM and SIGKILL.
@@ -230,7 +231,7 @@ impl<'a> Manager<'a> {
             .await
             .map_err(|e| StepError::Index(self.etcd.error("reading the node record", &e)))?;
         let kv = resp.kvs().first().ok_or_else(|| StepError::NotRegistered {
-            node: self.opts.node.clone(),
+            node: self.opts.node.to_string(),
             key: Some(key.clone()),
         })?;
         let record = serde_json::from_slice(kv.value())
@@ -282,7 +283,7 @@ impl<'a> Manager<'a> {
         why: &str,
     ) -> Result<Option<String>, StepError> {
         let holder = Holder {
-            id: self.opts.node.clone(),
+            id: self.opts.node.to_string(),
             kind: HolderKind::Node,
             node: Some(self.opts.node.clone()),
             boot_id: Some(boot.to_string()),
@@ -295,7 +296,7 @@ impl<'a> Manager<'a> {
                 tracing::info!(node = %self.opts.node, "this node holds a slot already; using it");
                 Ok(None)
             }
-            Take::AlreadyHeld(_) => Err(StepError::NameHeldByFleetlock(self.opts.node.clone())),
+            Take::AlreadyHeld(_) => Err(StepError::NameHeldByFleetlock(self.opts.node.to_string())),
             Take::Full(holders) => {
                 let ids: Vec<&str> = holders.iter().map(|h| h.id.as_str()).collect();
                 Ok(Some(format!(
@@ -368,7 +369,7 @@ impl<'a> Manager<'a> {
         let node = view
             .node(&self.opts.node)
             .ok_or_else(|| StepError::NotRegistered {
-                node: self.opts.node.clone(),
+                node: self.opts.node.to_string(),
                 key: None,
             })?;
         let access = self

@@ -11,6 +11,7 @@ use super::keys::RebootKeys;
 use super::record::{RebootRecord, RecordError, Records};
 use super::semaphore::{Group, Holder, SemaphoreDoc};
 use crate::cluster::Etcd;
+use crate::node_name::NodeName;
 
 /// One group's semaphore, as the listing shows it.
 #[derive(Debug, Serialize)]
@@ -24,14 +25,14 @@ pub(crate) struct GroupStatus {
 #[derive(Debug, Default, Serialize)]
 pub(crate) struct RebootOverview {
     /// Node name -> its reboot record.
-    pub(crate) nodes: Vec<(String, RebootRecord)>,
+    pub(crate) nodes: Vec<(NodeName, RebootRecord)>,
     /// Nodes an operator asked to reboot that have not started yet.
-    pub(crate) requested: Vec<String>,
+    pub(crate) requested: Vec<NodeName>,
     pub(crate) groups: Vec<GroupStatus>,
     /// Records that could not be read.
     pub(crate) problems: Vec<String>,
     /// Node name -> what its manager's heartbeat says (nodes never heard of left out).
-    pub(crate) managers: BTreeMap<String, ManagerStatus>,
+    pub(crate) managers: BTreeMap<NodeName, ManagerStatus>,
 }
 
 impl RebootOverview {

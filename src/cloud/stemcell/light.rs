@@ -9,6 +9,7 @@ use super::IMAGE_REPO;
 use super::error::StemcellError;
 use crate::docker::NodeDocker;
 use crate::docker::images;
+use crate::node_name::NodeName;
 use crate::protocol::{CpiError, ErrorKind, Object};
 
 /// The image a docker-light stemcell names.
@@ -73,7 +74,7 @@ pub(crate) async fn adopt(
     nodes: &[NodeDocker],
     image: &LightImage,
     cid: &str,
-) -> Result<Vec<String>, CpiError> {
+) -> Result<Vec<NodeName>, CpiError> {
     let results = join_all(nodes.iter().map(|n| adopt_on(n, image, cid))).await;
     let mut ok = Vec::new();
     let mut problems = Vec::new();

@@ -124,7 +124,7 @@ pub async fn unmount_disk(
                 .await?;
             if done.code != 0 {
                 return Err(DockerError::InVm {
-                    node: docker.name.clone(),
+                    node: docker.name.to_string(),
                     vm: cid.to_string(),
                     command: format!("umount -l {}", crate::echo::printable(point)),
                     code: done.code,
@@ -159,7 +159,7 @@ pub async fn format_disk(docker: &NodeDocker, cid: &str, disk: &str) -> Result<(
         return Ok(());
     }
     Err(DockerError::InVm {
-        node: docker.name.clone(),
+        node: docker.name.to_string(),
         vm: cid.to_string(),
         command: format!("mkfs.ext4 -F {device}"),
         code: done.code,
@@ -210,7 +210,7 @@ pub(crate) async fn grow_disk(
         return Ok(());
     }
     Err(DockerError::InVm {
-        node: docker.name.clone(),
+        node: docker.name.to_string(),
         vm: cid.to_string(),
         command: format!("e2fsck -f -p and resize2fs of {device}"),
         code: done.code,
@@ -239,7 +239,7 @@ pub async fn copy_folder(docker: &NodeDocker, cid: &str, disk: &str) -> Result<(
         Ok(code) => code,
         Err(DockerError::Conflict { .. }) => {
             return Err(DockerError::InVm {
-                node: docker.name.clone(),
+                node: docker.name.to_string(),
                 vm: cid.to_string(),
                 command: format!("cp -a of disk {disk}'s folder into its image"),
                 code: -1,
@@ -251,7 +251,7 @@ pub async fn copy_folder(docker: &NodeDocker, cid: &str, disk: &str) -> Result<(
     match code {
         Some(0) => Ok(()),
         code => Err(DockerError::InVm {
-            node: docker.name.clone(),
+            node: docker.name.to_string(),
             vm: cid.to_string(),
             command: format!("cp -a of disk {disk}'s folder into its image"),
             code: code.unwrap_or(-1),
@@ -289,7 +289,7 @@ async fn list_at_start(
         .and_then(|()| archive.into_inner())
         .map(|tar| docker.upload_archive(cid, "/", tar))
         .map_err(|e| DockerError::InVm {
-            node: docker.name.clone(),
+            node: docker.name.to_string(),
             vm: cid.to_string(),
             command: format!("listing {disk} in {path} for its next start"),
             code: -1,

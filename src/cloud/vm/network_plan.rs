@@ -108,7 +108,7 @@ pub(crate) fn plan(
                 first: printable(&other),
                 second: printable(name),
                 docker_network,
-                node: node.name.clone(),
+                node: node.name.to_string(),
             });
         }
         planned.push(attached(name, spec, node, docker_network)?);
@@ -218,7 +218,7 @@ fn check_usable(
         return Err(NetworkPlanError::OutsideSubnet {
             network: name.to_string(),
             ip,
-            node: node.name.clone(),
+            node: node.name.to_string(),
             subnet: net,
         });
     }

@@ -187,7 +187,7 @@ async fn disks_for_new_vm(
     disks_dir: &str,
     disk_cids: &[DiskCid],
 ) -> Result<Vec<DiskRecord>, CpiError> {
-    let node = docker.name.as_str();
+    let node = &docker.name;
     let mut disks = Vec::new();
     for cid in disk_cids {
         let disk = ctx.disk(cid).await?;
@@ -198,7 +198,7 @@ async fn disks_for_new_vm(
             }
             .into());
         }
-        if disk.node == node {
+        if disk.node == *node {
             if !docker.volume_exists(cid.as_str()).await? {
                 return Err(volume_gone(&disk));
             }
@@ -209,7 +209,7 @@ async fn disks_for_new_vm(
     }
     let mut here = Vec::new();
     for mut disk in disks {
-        if disk.node != node {
+        if disk.node != *node {
             ctx.remove_stray_copies(&mut disk).await;
             ctx.move_disk(&mut disk, node).await?;
             ctx.remove_old_copy(&mut disk).await;
