@@ -31,4 +31,4 @@ pub mod reboot;
 pub(crate) mod redact;
 pub(crate) mod roundtrips;
 pub(crate) mod serde_words;
-pub(crate) mod timestamp;
+pub mod timestamp;

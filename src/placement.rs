@@ -310,7 +310,7 @@ mod tests {
     fn vm(node: &str, group: &str, memory_mib: u64) -> VmRecord {
         serde_json::from_value(serde_json::json!({
             "cid": format!("vm-{}", uuid::Uuid::new_v4()), "node": node, "agent_id": "a",
-            "stemcell_cid": "s", "memory_mib": memory_mib, "group": group,
+            "stemcell_cid": "sc-00000000-0000-0000-0000-00000000000c", "memory_mib": memory_mib, "group": group,
             "created_at": "2026-01-01T00:00:00Z"
         }))
         .unwrap()

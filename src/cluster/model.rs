@@ -77,7 +77,7 @@ pub struct NodeRecord {
     pub cert_fingerprint: Option<String>,
     /// When node-prep last prepared the node (RFC 3339).
     #[serde(default)]
-    pub prepared_at: Option<String>,
+    pub prepared_at: Option<Timestamp>,
     /// The node's VM disk tree (a shared mount, see [`crate::disk_mounts`]): where the CPI
     /// binds persistent disks into running VMs. `None` on a node prepared by a node-prep
     /// that had none.
@@ -245,6 +245,18 @@ mod tests {
     }
 
     #[test]
+    fn vm_records_read_back_and_write_back_the_same() {
+        let text = r#"{"cid":"vm-00000000-0000-0000-0000-000000000001","node":"n1","agent_id":"a1","stemcell_cid":"sc-5f0c1c2e-8d7a-4e0b-9a43-2b1f6c9d0e11","memory_mib":512,"group":"web","state":"created","created_at":"2026-11-25T00:00:00Z","metadata":{"job":"web"}}"#;
+        let record: VmRecord = serde_json::from_str(text).unwrap();
+        assert_eq!(
+            record.stemcell_cid.as_str(),
+            "sc-5f0c1c2e-8d7a-4e0b-9a43-2b1f6c9d0e11"
+        );
+        assert_eq!(record.node, "n1");
+        assert_eq!(serde_json::to_string(&record).unwrap(), text);
+    }
+
+    #[test]
     fn flannel_config() {
         let c: FlannelConfig = serde_json::from_str(
             r#"{"Network":"10.1.0.0/16","SubnetLen":24,"Backend":{"Type":"vxlan"}}"#,
@@ -278,7 +290,7 @@ pub struct VmRecord {
     pub(crate) cid: VmCid,
     pub(crate) node: NodeName,
     pub(crate) agent_id: String,
-    pub(crate) stemcell_cid: String,
+    pub(crate) stemcell_cid: StemcellCid,
     /// Memory limit in MiB (0: none), for placement's capacity accounting.
     #[serde(default)]
     pub(crate) memory_mib: u64,

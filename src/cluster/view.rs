@@ -309,7 +309,7 @@ mod tests {
 
     fn vm(n: u8, node: &str, memory_mib: u64) -> VmRecord {
         serde_json::from_value(serde_json::json!({"cid": cid(n), "node": node,
-            "agent_id": "a", "stemcell_cid": "s", "memory_mib": memory_mib,
+            "agent_id": "a", "stemcell_cid": "sc-00000000-0000-0000-0000-00000000000c", "memory_mib": memory_mib,
             "created_at": "2026-01-01T00:00:00Z"}))
         .unwrap()
     }

@@ -108,7 +108,7 @@ mod tests {
     fn vm(metadata: Value) -> VmRecord {
         serde_json::from_value(
             serde_json::json!({"cid": "vm-00000000-0000-0000-0000-000000000001", "node": "n1",
-            "agent_id": "a", "stemcell_cid": "s", "created_at": "2026-01-01T00:00:00Z",
+            "agent_id": "a", "stemcell_cid": "sc-00000000-0000-0000-0000-00000000000c", "created_at": "2026-01-01T00:00:00Z",
             "metadata": metadata}),
         )
         .unwrap()

@@ -8,12 +8,12 @@ use super::error::{CommandError, Outcome, load_config};
 use crate::cloud::CloudContext;
 use crate::cluster::{Etcd, NodeState};
 use crate::node_name::NodeName;
-use crate::nodeprep::register::now_rfc3339;
 use crate::reboot::heartbeat::{ManagerStatus, span};
 use crate::reboot::keys::RebootKeys;
 use crate::reboot::overview::{self, RebootOverview};
 use crate::reboot::record::{Phase, RebootRequest, Records};
 use crate::reboot::semaphore::{Group, Holder, HolderKind, Semaphore, cut};
+use crate::timestamp::Timestamp;
 
 /// Longest operator's reason kept.
 const WHY_MAX: usize = 200;
@@ -155,7 +155,7 @@ pub fn request(config_path: PathBuf, name: &str, why: Option<String>) -> Outcome
             ));
         }
         let request = RebootRequest {
-            since: now_rfc3339(),
+            since: Timestamp::now().to_string(),
             why: cut(&why, WHY_MAX),
         };
         Ok(if records.put_request(name, &request).await? {

@@ -15,8 +15,8 @@ use hyper::{Request, Response, StatusCode};
 use super::protocol::{self, HEADER, Operation, Refusal};
 use super::registry::Ticket;
 use crate::cluster::{Etcd, Keys};
-use crate::nodeprep::register::now_rfc3339;
 use crate::reboot::semaphore::{Group, Holder, HolderKind, Semaphore, SemaphoreError, Take};
+use crate::timestamp::Timestamp;
 
 /// Largest request body read (a FleetLock body is well under 1 KiB).
 pub(crate) const MAX_BODY: usize = 16 * 1024;
@@ -218,7 +218,7 @@ async fn lock(semaphore: &Semaphore, id: &str) -> Result<(), Refusal> {
         kind: HolderKind::Fleetlock,
         node: None,
         boot_id: None,
-        since: now_rfc3339(),
+        since: Timestamp::now().to_string(),
         why: "FleetLock pre-reboot".into(),
     };
     match semaphore.take(holder).await.map_err(unavailable)? {

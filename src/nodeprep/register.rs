@@ -29,14 +29,6 @@ pub(crate) fn host_capacity() -> Result<Capacity> {
     })
 }
 
-/// Now, to the second, as RFC 3339 (`2026-11-25T00:00:00Z`).
-pub(crate) fn now_rfc3339() -> String {
-    let now = time::OffsetDateTime::now_utc();
-    let now = now.replace_nanosecond(0).unwrap_or(now);
-    now.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
-}
-
 /// Whether two records differ in anything but the time of the last prep.
 pub(crate) fn differs(a: &NodeRecord, b: &NodeRecord) -> bool {
     let mut a = a.clone();
@@ -171,7 +163,7 @@ mod tests {
     fn capacity_and_time() {
         let c = host_capacity().unwrap();
         assert!(c.cpus >= 1 && c.memory_mib > 0);
-        let t = now_rfc3339();
+        let t = crate::timestamp::Timestamp::now().to_string();
         assert!(t.ends_with('Z') && t.len() == 20, "{t}");
     }
 
@@ -183,7 +175,9 @@ mod tests {
         }))
         .unwrap();
         let mut b = a.clone();
-        b.prepared_at = Some("2026-02-01T00:00:00Z".into());
+        b.prepared_at = Some(crate::timestamp::Timestamp::from_text(
+            "2026-02-01T00:00:00Z",
+        ));
         assert!(!differs(&a, &b));
         b.mtu = 1450;
         assert!(differs(&a, &b));

@@ -21,6 +21,7 @@ use super::server_cert::{self, ServerCert};
 use super::systemd::{Recording, Systemctl, Systemd};
 use super::{PrepOptions, reboot_unit};
 use crate::cluster::{Etcd, FlannelConfig, NodeRecord, NodeState, SubnetLease};
+use crate::timestamp::Timestamp;
 
 /// The report lines of one or more steps, in the order made.
 #[derive(Debug, Default)]
@@ -346,7 +347,7 @@ impl Prep<'_> {
             Some(c) => c,
             None => register::host_capacity()?,
         };
-        let prepared_at = register::now_rfc3339();
+        let prepared_at = Timestamp::now();
         let make = |previous: Option<&NodeRecord>| {
             // Checked again here: a host with the same name may have registered since.
             name_still_free(id, previous, opts.replace)?;

@@ -15,6 +15,7 @@
 //! one and writes its heartbeat again; it keeps running meanwhile.
 
 use crate::node_name::NodeName;
+use crate::timestamp::Timestamp;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -114,7 +115,7 @@ impl Heartbeat {
         let leases = *self.leases.lock().unwrap_or_else(|e| e.into_inner());
         let Some(leases) = leases else { return };
         let mut info = self.info.clone();
-        info.stopped_at = Some(crate::nodeprep::register::now_rfc3339());
+        info.stopped_at = Some(Timestamp::now().to_string());
         let client = self.etcd.client();
         let _ = client
             .put(

@@ -29,7 +29,8 @@ use crate::cloud::CloudContext;
 use crate::cluster::{ClusterView, Etcd, Keys, NodeRecord, NodeState};
 use crate::docker::NodeDocker;
 use crate::ids::VmCid;
-use crate::nodeprep::register::{self, now_rfc3339};
+use crate::nodeprep::register;
+use crate::timestamp::Timestamp;
 
 /// Why one step of the manager failed (it tries again after a poll interval).
 #[derive(Debug, thiserror::Error)]
@@ -256,7 +257,7 @@ impl<'a> Manager<'a> {
         let (node, node_rev) = self.node_record().await?;
         let stored = self.semaphore.read().await?;
         let mut doc = stored.doc.clone();
-        let now = now_rfc3339();
+        let now = Timestamp::now().to_string();
         if let Some(wait) = self.claim(&mut doc, boot, &now, &why)? {
             return Ok(self.waiting(wait));
         }
@@ -345,7 +346,7 @@ impl<'a> Manager<'a> {
     ) -> Result<Next, StepError> {
         let mut next = record.value.clone();
         next.phase = phase;
-        next.since = now_rfc3339();
+        next.since = Timestamp::now().to_string();
         next.health = None;
         self.healthy_since = None;
         self.records
