@@ -22,7 +22,7 @@ const WHY_MAX: usize = 200;
 impl RebootOverview {
     /// One short cell for the table: the reboot phase, and a missing manager when the
     /// reboot waits for one.
-    pub(crate) fn cell(&self, name: &str) -> String {
+    pub(crate) fn cell(&self, name: &NodeName) -> String {
         let mut s = match self.of(name) {
             Some(r) => {
                 let mut s = format!("{} since {} ({})", r.phase, r.since, r.why);
@@ -55,7 +55,7 @@ impl RebootOverview {
     /// One short cell for the MANAGER column: `up 5m 3s`, `gone, seen 2m 10s ago`,
     /// `stopped 1m ago`, `none` (a reboot waits and no manager was heard of), `-`
     /// (nothing known).
-    pub(crate) fn manager_cell(&self, name: &str) -> String {
+    pub(crate) fn manager_cell(&self, name: &NodeName) -> String {
         match self.manager(name) {
             Some(ManagerStatus::Up { manager }) => match age(&manager.started_at) {
                 Some(up) => format!("up {}", span(up)),
@@ -209,7 +209,7 @@ pub fn release(config_path: PathBuf, name: &str, force: bool, group: &str) -> Ou
 
 /// What `cpi nodes release` says: the uncordon hint names `name` only when it is a node
 /// that is cordoned (a FleetLock client's id is no node).
-fn released(name: &str, group: &Group, holder: Option<&Holder>, cordoned: bool) -> String {
+fn released(name: &NodeName, group: &Group, holder: Option<&Holder>, cordoned: bool) -> String {
     let mut msg = match holder {
         Some(h) if h.kind == HolderKind::Fleetlock => format!(
             "FleetLock client {name}: reboot slot of group {group} given back (held since {})",
@@ -265,15 +265,15 @@ mod tests {
     fn release_names_a_node_to_uncordon_only_when_it_is_a_cordoned_node() {
         let g = Group::default_group();
         let client = holder("zincati-3", HolderKind::Fleetlock);
-        let msg = released("zincati-3", &g, Some(&client), false);
+        let msg = released(&"zincati-3".into(), &g, Some(&client), false);
         assert!(msg.starts_with("FleetLock client zincati-3"), "{msg}");
         assert!(!msg.contains("uncordon"), "{msg}");
         let node = holder("n1", HolderKind::Node);
-        let msg = released("n1", &g, Some(&node), true);
+        let msg = released(&"n1".into(), &g, Some(&node), true);
         assert!(msg.contains("`cpi nodes uncordon n1`"), "{msg}");
-        let msg = released("n1", &g, Some(&node), false);
+        let msg = released(&"n1".into(), &g, Some(&node), false);
         assert!(!msg.contains("uncordon"), "{msg}");
-        let msg = released("nobody", &g, None, false);
+        let msg = released(&"nobody".into(), &g, None, false);
         assert_eq!(msg, "nobody held no reboot slot in group default");
     }
 
@@ -289,13 +289,13 @@ mod tests {
             nodes: vec![("n1".into(), record)],
             ..Default::default()
         };
-        assert_eq!(o.manager("n1"), Some(ManagerStatus::NotSeen));
+        assert_eq!(o.manager(&"n1".into()), Some(ManagerStatus::NotSeen));
         assert!(
-            o.cell("n1")
+            o.cell(&"n1".into())
                 .ends_with("settling (20s) · no manager (none seen)")
         );
-        assert_eq!(o.manager_cell("n1"), "none");
-        assert_eq!(o.manager_cell("n2"), "-");
+        assert_eq!(o.manager_cell(&"n1".into()), "none");
+        assert_eq!(o.manager_cell(&"n2".into()), "-");
         let manager = heartbeat::ManagerInfo {
             node: "n1".into(),
             boot_id: "b".into(),
@@ -312,15 +312,15 @@ mod tests {
             },
         );
         assert!(
-            o.cell("n1")
+            o.cell(&"n1".into())
                 .ends_with("· no manager (last seen 2m 10s ago)"),
             "{}",
-            o.cell("n1")
+            o.cell(&"n1".into())
         );
-        assert_eq!(o.manager_cell("n1"), "gone, seen 2m 10s ago");
+        assert_eq!(o.manager_cell(&"n1".into()), "gone, seen 2m 10s ago");
         o.managers
             .insert("n1".into(), ManagerStatus::Up { manager });
-        assert!(!o.cell("n1").contains("no manager"));
-        assert!(o.manager_cell("n1").starts_with("up "));
+        assert!(!o.cell(&"n1".into()).contains("no manager"));
+        assert!(o.manager_cell(&"n1".into()).starts_with("up "));
     }
 }

@@ -20,7 +20,7 @@ use crate::reboot::overview::RebootOverview;
 /// One row of the listing.
 #[derive(Debug, Serialize)]
 pub(crate) struct NodeStatus {
-    pub(crate) name: String,
+    pub(crate) name: NodeName,
     pub(crate) docker_endpoint: String,
     pub(crate) subnet: String,
     pub(crate) state: String,
@@ -137,7 +137,7 @@ fn status(
     manager: Option<ManagerStatus>,
 ) -> NodeStatus {
     NodeStatus {
-        name: node.name.to_string(),
+        name: node.name.clone(),
         docker_endpoint: node.docker_endpoint.clone(),
         subnet: node.subnet.to_string(),
         state: node.state.to_string(),
@@ -160,7 +160,7 @@ fn print_table(rows: &[NodeStatus], problems: &[String], reboots: &RebootOvervie
         .iter()
         .map(|r| {
             [
-                r.name.clone(),
+                r.name.to_string(),
                 r.docker_endpoint.clone(),
                 r.subnet.clone(),
                 r.state.clone(),

@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use super::error::{NodePrepError, Result, to_json};
 use crate::cluster::{Capacity, Etcd, Keys, NodeRecord, NodeState};
+use crate::node_name::NodeName;
 
 /// This machine's CPUs and memory, as placement sees them.
 pub(crate) fn host_capacity() -> Result<Capacity> {
@@ -37,7 +38,7 @@ pub(crate) fn differs(a: &NodeRecord, b: &NodeRecord) -> bool {
 }
 
 /// The node record registered under `name`, if any (unreadable counts as none).
-pub(crate) async fn read(etcd: &Etcd, keys: &Keys, name: &str) -> Result<Option<NodeRecord>> {
+pub(crate) async fn read(etcd: &Etcd, keys: &Keys, name: &NodeName) -> Result<Option<NodeRecord>> {
     Ok(read_raw(etcd, &keys.node(name))
         .await?
         .and_then(|(v, _)| serde_json::from_slice(&v).ok()))
@@ -93,7 +94,7 @@ impl Registration {
 pub(crate) async fn register(
     etcd: &Etcd,
     keys: &Keys,
-    name: &str,
+    name: &NodeName,
     make: impl Fn(Option<&NodeRecord>) -> Result<NodeRecord>,
     dry_run: bool,
 ) -> Result<Registration> {
@@ -122,7 +123,7 @@ pub(crate) async fn register(
 pub(crate) async fn set_state(
     etcd: &Etcd,
     keys: &Keys,
-    name: &str,
+    name: &NodeName,
     state: NodeState,
 ) -> Result<NodeState> {
     let key = keys.node(name);

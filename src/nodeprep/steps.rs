@@ -21,6 +21,7 @@ use super::server_cert::{self, ServerCert};
 use super::systemd::{Recording, Systemctl, Systemd};
 use super::{PrepOptions, reboot_unit};
 use crate::cluster::{Etcd, FlannelConfig, NodeRecord, NodeState, SubnetLease};
+use crate::node_name::NodeName;
 use crate::timestamp::Timestamp;
 
 /// The report lines of one or more steps, in the order made.
@@ -283,7 +284,7 @@ impl Prep<'_> {
     /// What Docker's files are made from.
     pub(crate) fn docker_settings(&self, id: &Identity, mtu: u32) -> DockerSettings {
         DockerSettings {
-            node: id.name.to_string(),
+            node: id.name.clone(),
             private_ip: id.private_ip,
             port: self.opts.docker_port,
             bip: self.opts.docker_bip,
@@ -379,7 +380,7 @@ impl Prep<'_> {
     }
 
     /// The registration as a step: a change line when the record was written.
-    fn announce(&self, registration: Registration, name: &str) -> Step<Registration> {
+    fn announce(&self, registration: Registration, name: &NodeName) -> Step<Registration> {
         if !registration.changed() {
             return Step::new(registration);
         }
@@ -449,7 +450,7 @@ impl Prep<'_> {
         let here = |p: &str| root.join(p);
         let settings = &o.settings;
         Ok(Report {
-            node: o.id.name.to_string(),
+            node: o.id.name.clone(),
             root: opts.root.clone(),
             dry_run: opts.dry_run,
             changed: !o.changes.lines.is_empty(),

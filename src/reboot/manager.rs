@@ -44,7 +44,7 @@ pub(crate) enum StepError {
     Index(#[from] crate::cluster::IndexError),
     /// This node has no record in etcd (`key` when it was looked up there).
     #[error("node {node} is not registered{}", key.as_ref().map(|k| format!(" ({k})")).unwrap_or_default())]
-    NotRegistered { node: String, key: Option<String> },
+    NotRegistered { node: NodeName, key: Option<String> },
     /// This node's record in etcd is not a node record.
     #[error("node record {key} is unreadable: {source}")]
     NodeRecordUnreadable {
@@ -232,7 +232,7 @@ impl<'a> Manager<'a> {
             .await
             .map_err(|e| StepError::Index(self.etcd.error("reading the node record", &e)))?;
         let kv = resp.kvs().first().ok_or_else(|| StepError::NotRegistered {
-            node: self.opts.node.to_string(),
+            node: self.opts.node.clone(),
             key: Some(key.clone()),
         })?;
         let record = serde_json::from_slice(kv.value())
@@ -370,7 +370,7 @@ impl<'a> Manager<'a> {
         let node = view
             .node(&self.opts.node)
             .ok_or_else(|| StepError::NotRegistered {
-                node: self.opts.node.to_string(),
+                node: self.opts.node.clone(),
                 key: None,
             })?;
         let access = self

@@ -37,13 +37,13 @@ pub(crate) struct RebootOverview {
 
 impl RebootOverview {
     /// The record of node `name`, if it is rebooting.
-    pub(crate) fn of(&self, name: &str) -> Option<&RebootRecord> {
+    pub(crate) fn of(&self, name: &NodeName) -> Option<&RebootRecord> {
         self.nodes.iter().find(|(n, _)| n == name).map(|(_, r)| r)
     }
 
     /// What is known of node `name`'s manager; [`ManagerStatus::NotSeen`] for a node with
     /// a reboot under way or asked for and no manager heard of.
-    pub(crate) fn manager(&self, name: &str) -> Option<ManagerStatus> {
+    pub(crate) fn manager(&self, name: &NodeName) -> Option<ManagerStatus> {
         match self.managers.get(name) {
             Some(status) => Some(status.clone()),
             None if self.of(name).is_some() || self.requested.iter().any(|n| n == name) => {

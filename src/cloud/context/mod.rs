@@ -140,9 +140,7 @@ impl<'a> CloudContext<'a> {
     ) -> Result<NodeDocker, ContextError> {
         let node = view
             .node(name)
-            .ok_or_else(|| ContextError::NodeNotRegistered {
-                node: name.to_string(),
-            })?;
+            .ok_or_else(|| ContextError::NodeNotRegistered { node: name.clone() })?;
         let key = format!("{}@{}", node.name, node.docker_endpoint);
         if let Some(client) = self.clients.lock().await.get(&key) {
             return Ok(client.clone());
