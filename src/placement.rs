@@ -95,13 +95,21 @@ pub(crate) struct VmDemand {
     pub(crate) memory_mib: u64,
 }
 
-/// Parses a node a request pins (`cloud_properties.node`). A name that breaks the rules
-/// of node names is no registered node's: it is refused as an unknown node, in the same
-/// words.
-pub(crate) fn pinned(name: &str) -> Result<NodeName, PlacementError> {
-    NodeName::parse(name).map_err(|_| PlacementError::UnknownNode {
-        shown: printable(name),
-    })
+/// The node a request pins: its `cloud_properties.node` (`requested`), parsed, else the
+/// CPI's `placement.node` (`configured`). A requested name that breaks the rules of node
+/// names is no registered node's: it is refused as an unknown node, in the same words.
+pub(crate) fn pinned(
+    requested: Option<&str>,
+    configured: Option<&NodeName>,
+) -> Result<Option<NodeName>, PlacementError> {
+    match requested {
+        Some(name) => NodeName::parse(name)
+            .map(Some)
+            .map_err(|_| PlacementError::UnknownNode {
+                shown: printable(name),
+            }),
+        None => Ok(configured.cloned()),
+    }
 }
 
 /// Chooses the node for a new VM, or says why none fits. Rules, in order: manual IPs pin
@@ -329,6 +337,21 @@ mod tests {
             subnet_node("n2", "10.1.2.0/24", "ready"),
             subnet_node("n3", "10.1.3.0/24", "ready"),
         ]
+    }
+
+    #[test]
+    fn a_pinned_name_is_parsed_and_a_bad_one_is_an_unknown_node() {
+        let configured = NodeName::parse("n2").unwrap();
+        assert_eq!(
+            pinned(Some("n1"), Some(&configured)).unwrap(),
+            Some("n1".into())
+        );
+        assert_eq!(pinned(None, Some(&configured)).unwrap(), Some(configured));
+        assert_eq!(pinned(None, None).unwrap(), None);
+        assert_eq!(
+            pinned(Some("N_1"), None).unwrap_err().to_string(),
+            "node 'N_1' (cloud_properties.node or the CPI's placement.node) is not a registered node"
+        );
     }
 
     #[test]

@@ -73,7 +73,7 @@ pub(crate) fn parse_metadata(text: &str) -> Metadata {
 
 /// Parses a node name by [`NodeName::parse`]; the error says how to set it.
 pub(crate) fn check_name(name: &str) -> Result<NodeName> {
-    NodeName::parse(name).map_err(|e| NodePrepError::Identity(format!("{e}; set it with --name")))
+    NodeName::parse(name).map_err(NodePrepError::BadName)
 }
 
 /// Resolves the identity from flags, then the metadata file and hostname below `root`.
@@ -189,7 +189,10 @@ mod tests {
         };
         let e = resolve(&flags, &root).unwrap_err();
         assert!(e.to_string().contains("--private-ip"), "{e}");
-        assert!(check_name("N_1").is_err());
+        assert_eq!(
+            check_name("N_1").unwrap_err().to_string(),
+            "node name 'N_1' is not usable: use 1-63 characters a-z, 0-9 and '-' (not at either end); set it with --name"
+        );
         assert!(check_name("-a").is_err());
         assert!(check_name("n-1").is_ok());
     }

@@ -37,10 +37,10 @@ pub(crate) async fn create(
         None => None,
     };
     if node.is_none() {
-        let pinned = match cloud_properties.get("node").and_then(Value::as_str) {
-            Some(node) => Some(placement::pinned(node).map_err(DiskError::Placement)?),
-            None => ctx.config().await?.placement.node.clone(),
-        };
+        let requested = cloud_properties.get("node").and_then(Value::as_str);
+        let configured = &ctx.config().await?.placement.node;
+        let pinned =
+            placement::pinned(requested, configured.as_ref()).map_err(DiskError::Placement)?;
         let demand = VmDemand {
             pinned_node: pinned,
             ..Default::default()

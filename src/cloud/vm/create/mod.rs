@@ -153,12 +153,8 @@ async fn plan<'r, 's>(
     let mut demand = VmDemand {
         manual_ips: network_plan::manual_ips(&req.networks),
         // The AZ's (or vm_type's) node wins over the CPI's own placement.node.
-        pinned_node: match &props.node {
-            Some(node) => {
-                Some(placement::pinned(node).map_err(|e| CpiError::from(e).context("create_vm"))?)
-            }
-            None => config.placement.node.clone(),
-        },
+        pinned_node: placement::pinned(props.node.as_deref(), config.placement.node.as_ref())
+            .map_err(|e| CpiError::from(e).context("create_vm"))?,
         group: group.clone(),
         memory_mib: props.memory_mib(),
     };
