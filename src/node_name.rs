@@ -27,7 +27,7 @@ pub struct NodeName(String);
 impl NodeName {
     /// Parses a name by node-prep's rules: 1-63 characters a-z, 0-9 and '-', not '-' at
     /// either end (it becomes an etcd key segment, a certificate CN and a BOSH name).
-    pub fn parse(name: &str) -> Result<NodeName, BadNodeName> {
+    pub(crate) fn parse(name: &str) -> Result<NodeName, BadNodeName> {
         let ok = !name.is_empty()
             && name.len() <= 63
             && name
@@ -51,6 +51,14 @@ impl NodeName {
     /// The name as text.
     pub(crate) fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+/// Parses by [`NodeName::parse`].
+impl std::str::FromStr for NodeName {
+    type Err = BadNodeName;
+    fn from_str(name: &str) -> Result<NodeName, BadNodeName> {
+        NodeName::parse(name)
     }
 }
 

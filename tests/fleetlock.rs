@@ -251,7 +251,7 @@ fn a_fleetlock_client_and_a_moltencore_node_compete_for_one_slot() {
     let node = |name: &str| Holder {
         id: name.into(),
         kind: HolderKind::Node,
-        node: Some(NodeName::parse(name).unwrap()),
+        node: Some(name.parse::<NodeName>().unwrap()),
         boot_id: Some("boot-1".into()),
         since: "2026-01-01T00:00:00Z".into(),
         why: "test".into(),

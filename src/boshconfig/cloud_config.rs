@@ -13,6 +13,7 @@ use super::address_plan::{self, Split};
 use super::cpi_name;
 use super::error::{BoshConfigError, PlanError, PresetError};
 use crate::cluster::{ClusterView, NodeRecord, NodeState};
+use crate::node_name::NodeName;
 
 /// Operator's choices for the generated cloud-config.
 #[derive(Debug, Clone, PartialEq)]
@@ -200,7 +201,7 @@ pub struct Az {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AzProperties {
     /// The node's name.
-    pub(crate) node: String,
+    pub(crate) node: NodeName,
 }
 
 /// A network.
@@ -288,9 +289,9 @@ pub(crate) fn check_nodes(view: &ClusterView) -> Result<(), BoshConfigError> {
         for b in &view.nodes[i + 1..] {
             if a.subnet.contains(&b.subnet.network()) || b.subnet.contains(&a.subnet.network()) {
                 return Err(BoshConfigError::OverlappingSubnets {
-                    a: a.name.to_string(),
+                    a: a.name.clone(),
                     a_subnet: a.subnet,
-                    b: b.name.to_string(),
+                    b: b.name.clone(),
                     b_subnet: b.subnet,
                 });
             }
@@ -311,7 +312,7 @@ pub fn generate(
         warnings.extend(lease_warning(view, node));
         subnets.push(
             subnet(node, opts).map_err(|source| BoshConfigError::Subnet {
-                node: node.name.to_string(),
+                node: node.name.clone(),
                 source,
             })?,
         );
@@ -325,7 +326,7 @@ pub fn generate(
                 name: n.name.to_string(),
                 cpi: opts.per_node_cpis.then(|| cpi_name(&n.name)),
                 cloud_properties: AzProperties {
-                    node: n.name.to_string(),
+                    node: n.name.clone(),
                 },
             })
             .collect(),
@@ -499,7 +500,7 @@ pub(crate) mod tests {
         let names: Vec<&str> = c.azs.iter().map(|a| a.name.as_str()).collect();
         assert_eq!(names, ["n1", "n2", "n3"]);
         for az in &c.azs {
-            assert_eq!(az.cloud_properties.node, az.name);
+            assert_eq!(az.cloud_properties.node.as_str(), az.name);
             assert_eq!(az.cpi, None);
         }
         let net = &c.networks[0];
