@@ -16,11 +16,19 @@ pub struct BadNodeName(pub(crate) String);
 /// A node's name. Made by [`NodeName::parse`] where a name enters, or read back from a
 /// record.
 ///
-/// Reading is lenient on purpose: records in etcd (node records and every record that
-/// names a node) may have been written by an older node-prep or by hand, and reading
-/// them must not start failing where it did not before. A record's name that breaks
-/// the rules is kept as found (so it is written back the same and still compared, shown
-/// and used as a key as before); only names that enter from outside are checked.
+/// Parsed where a name enters: node-prep's identity (`--name` or the hostname), the
+/// `NAME` of `cpi nodes cordon|uncordon|drain|reboot`, `cpi reboot-manager --node`, and
+/// `cloud_properties.node` of create_vm and create_disk (a name that breaks the rules is
+/// refused as the unknown node it is).
+///
+/// Read as found, on purpose, where a name comes from etcd or from what names etcd's
+/// contents: records in etcd (node records and every record that names a node, through
+/// serde), the names in reboot record keys and the node keys the FleetLock server reads,
+/// the CPI config's `placement.node`, and `cpi nodes release NAME` (whose name may be a
+/// FleetLock client's id). Those may have been written by an older version or by hand,
+/// and reading them must not start failing where it did not before: a name that breaks
+/// the rules is kept as it is (written back the same, and still compared, shown and
+/// used in keys as before).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct NodeName(String);
 
