@@ -23,6 +23,7 @@ pub(crate) mod labels;
 pub mod logging;
 #[allow(dead_code, reason = "used by mc-mounter alone, through disk_mounts")]
 pub(crate) mod loop_device;
+pub mod node_name;
 pub mod nodeprep;
 pub(crate) mod placement;
 pub mod protocol;
@@ -30,4 +31,4 @@ pub mod reboot;
 pub(crate) mod redact;
 pub(crate) mod roundtrips;
 pub(crate) mod serde_words;
-pub(crate) mod timestamp;
+pub mod timestamp;

@@ -5,6 +5,7 @@ use std::net::Ipv4Addr;
 
 use crate::cluster::{NodeRecord, NodeState, VmRecord};
 use crate::echo::printable;
+use crate::node_name::NodeName;
 
 /// Why no node can take a VM (or a disk): the rule that failed, with the values that made
 /// it fail, so the message tells the operator what to change.
@@ -22,9 +23,9 @@ pub enum PlacementError {
     )]
     IpsOnDifferentNodes {
         first: Ipv4Addr,
-        first_node: String,
+        first_node: NodeName,
         ip: Ipv4Addr,
-        node: String,
+        node: NodeName,
     },
     /// The pinned node is not registered (`shown`: its name, cut short).
     #[error(
@@ -36,19 +37,19 @@ pub enum PlacementError {
         "the VM is pinned to node '{pinned}' but static IP {ip} is in the subnet of node {owner}"
     )]
     PinnedElsewhere {
-        pinned: String,
+        pinned: NodeName,
         ip: Ipv4Addr,
-        owner: String,
+        owner: NodeName,
     },
     /// The node the VM must go to takes no new VMs.
     #[error("node {node} is cordoned (takes no new VMs); uncordon it or use an IP of another node")]
-    Cordoned { node: String },
+    Cordoned { node: NodeName },
     /// The node the VM must go to has not enough memory left.
     #[error(
         "node {node} has no room for {wanted_mib} MiB more ({in_use_mib} MiB of {capacity_mib} MiB in use)"
     )]
     NoRoom {
-        node: String,
+        node: NodeName,
         wanted_mib: u64,
         in_use_mib: u64,
         capacity_mib: u64,
@@ -87,11 +88,28 @@ pub(crate) struct VmDemand {
     pub(crate) manual_ips: Vec<Ipv4Addr>,
     /// `cloud_properties.node` (set by the generated cloud-config's AZs), else the CPI's
     /// `placement.node` (set per CPI by a cpi-config).
-    pub(crate) pinned_node: Option<String>,
+    pub(crate) pinned_node: Option<NodeName>,
     /// `env.bosh.group`: VMs of one group are spread across nodes.
     pub(crate) group: Option<String>,
     /// Memory limit in MiB (0: none).
     pub(crate) memory_mib: u64,
+}
+
+/// The node a request pins: its `cloud_properties.node` (`requested`), parsed, else the
+/// CPI's `placement.node` (`configured`). A requested name that breaks the rules of node
+/// names is no registered node's: it is refused as an unknown node, in the same words.
+pub(crate) fn pinned(
+    requested: Option<&str>,
+    configured: Option<&NodeName>,
+) -> Result<Option<NodeName>, PlacementError> {
+    match requested {
+        Some(name) => NodeName::parse(name)
+            .map(Some)
+            .map_err(|_| PlacementError::UnknownNode {
+                shown: printable(name),
+            }),
+        None => Ok(configured.cloned()),
+    }
 }
 
 /// Chooses the node for a new VM, or says why none fits. Rules, in order: manual IPs pin
@@ -102,7 +120,7 @@ pub(crate) fn choose_node(
     demand: &VmDemand,
     nodes: &[NodeRecord],
     vms: &[VmRecord],
-) -> Result<String, PlacementError> {
+) -> Result<NodeName, PlacementError> {
     if nodes.is_empty() {
         return Err(PlacementError::NoNodes);
     }
@@ -182,7 +200,7 @@ fn check_pinned(
     node: &NodeRecord,
     memory_mib: u64,
     vms: &[VmRecord],
-) -> Result<String, PlacementError> {
+) -> Result<NodeName, PlacementError> {
     if node.state == NodeState::Cordoned {
         return Err(PlacementError::Cordoned {
             node: node.name.clone(),
@@ -205,7 +223,7 @@ fn least_loaded(
     demand: &VmDemand,
     nodes: &[NodeRecord],
     vms: &[VmRecord],
-) -> Result<String, PlacementError> {
+) -> Result<NodeName, PlacementError> {
     let ready: Vec<&NodeRecord> = nodes
         .iter()
         .filter(|n| n.state == NodeState::Ready)
@@ -300,7 +318,7 @@ mod tests {
     fn vm(node: &str, group: &str, memory_mib: u64) -> VmRecord {
         serde_json::from_value(serde_json::json!({
             "cid": format!("vm-{}", uuid::Uuid::new_v4()), "node": node, "agent_id": "a",
-            "stemcell_cid": "s", "memory_mib": memory_mib, "group": group,
+            "stemcell_cid": "sc-00000000-0000-0000-0000-00000000000c", "memory_mib": memory_mib, "group": group,
             "created_at": "2026-01-01T00:00:00Z"
         }))
         .unwrap()
@@ -319,6 +337,21 @@ mod tests {
             subnet_node("n2", "10.1.2.0/24", "ready"),
             subnet_node("n3", "10.1.3.0/24", "ready"),
         ]
+    }
+
+    #[test]
+    fn a_pinned_name_is_parsed_and_a_bad_one_is_an_unknown_node() {
+        let configured = NodeName::parse("n2").unwrap();
+        assert_eq!(
+            pinned(Some("n1"), Some(&configured)).unwrap(),
+            Some("n1".into())
+        );
+        assert_eq!(pinned(None, Some(&configured)).unwrap(), Some(configured));
+        assert_eq!(pinned(None, None).unwrap(), None);
+        assert_eq!(
+            pinned(Some("N_1"), None).unwrap_err().to_string(),
+            "node 'N_1' (cloud_properties.node or the CPI's placement.node) is not a registered node"
+        );
     }
 
     #[test]

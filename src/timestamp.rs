@@ -13,7 +13,7 @@ use time::format_description::well_known::Rfc3339;
 /// text there: it is kept as found, so reading a record and writing it back never
 /// changes it (and never fails on it).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(crate) struct Timestamp(Moment);
+pub struct Timestamp(Moment);
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Moment {

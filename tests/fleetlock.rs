@@ -6,6 +6,7 @@
 use std::path::Path;
 use std::process::Command;
 
+use moltencore::node_name::NodeName;
 use moltencore::reboot::semaphore::{Holder, HolderKind, Semaphore, SemaphoreDoc, Take};
 use moltencore_testkit::fleetlock::attack::{
     Attack, Endpoint, raise_open_files, rss_kib, timed_request,
@@ -250,7 +251,7 @@ fn a_fleetlock_client_and_a_moltencore_node_compete_for_one_slot() {
     let node = |name: &str| Holder {
         id: name.into(),
         kind: HolderKind::Node,
-        node: Some(name.into()),
+        node: Some(name.parse::<NodeName>().unwrap()),
         boot_id: Some("boot-1".into()),
         since: "2026-01-01T00:00:00Z".into(),
         why: "test".into(),

@@ -13,6 +13,7 @@ use super::address_plan::{self, Split};
 use super::cpi_name;
 use super::error::{BoshConfigError, PlanError, PresetError};
 use crate::cluster::{ClusterView, NodeRecord, NodeState};
+use crate::node_name::NodeName;
 
 /// Operator's choices for the generated cloud-config.
 #[derive(Debug, Clone, PartialEq)]
@@ -200,7 +201,7 @@ pub struct Az {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AzProperties {
     /// The node's name.
-    pub(crate) node: String,
+    pub(crate) node: NodeName,
 }
 
 /// A network.
@@ -322,7 +323,7 @@ pub fn generate(
             .nodes
             .iter()
             .map(|n| Az {
-                name: n.name.clone(),
+                name: n.name.to_string(),
                 cpi: opts.per_node_cpis.then(|| cpi_name(&n.name)),
                 cloud_properties: AzProperties {
                     node: n.name.clone(),
@@ -409,7 +410,7 @@ fn compilation(
     Ok(Compilation {
         workers,
         reuse_compilation_vms: true,
-        az: compile_node.name.clone(),
+        az: compile_node.name.to_string(),
         vm_type: compile_type.into(),
         network: opts.network_name.clone(),
     })
@@ -418,7 +419,7 @@ fn compilation(
 fn subnet(node: &NodeRecord, opts: &Options) -> Result<Subnet, PlanError> {
     let plan = address_plan::plan(node.subnet, node.gateway, opts.split)?;
     Ok(Subnet {
-        az: node.name.clone(),
+        az: node.name.to_string(),
         range: node.subnet.to_string(),
         gateway: node.gateway,
         dns: if opts.dns.is_empty() {
@@ -499,7 +500,7 @@ pub(crate) mod tests {
         let names: Vec<&str> = c.azs.iter().map(|a| a.name.as_str()).collect();
         assert_eq!(names, ["n1", "n2", "n3"]);
         for az in &c.azs {
-            assert_eq!(az.cloud_properties.node, az.name);
+            assert_eq!(az.cloud_properties.node.as_str(), az.name);
             assert_eq!(az.cpi, None);
         }
         let net = &c.networks[0];

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::cloud_config::{Generated, check_nodes};
 use super::cpi_name;
 use crate::cluster::ClusterView;
+use crate::node_name::NodeName;
 
 /// The job type: the director runs `/var/vcap/jobs/moltencore_cpi/bin/cpi`.
 pub(crate) const CPI_TYPE: &str = "moltencore";
@@ -41,7 +42,7 @@ pub struct CpiProperties {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Placement {
     /// The node's name.
-    pub(crate) node: String,
+    pub(crate) node: NodeName,
 }
 
 /// One CPI entry per node of `view`.

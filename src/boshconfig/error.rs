@@ -1,6 +1,7 @@
 //! Why a BOSH config cannot be generated from the cluster (or a preset flag is wrong),
 //! typed so that tests and callers tell the causes apart; the command prints the text.
 
+use crate::node_name::NodeName;
 use ipnet::Ipv4Net;
 
 /// The plan's own error, kept beside the plan it describes.
@@ -17,15 +18,15 @@ pub enum BoshConfigError {
         "the subnets of nodes {a} ({a_subnet}) and {b} ({b_subnet}) overlap: fix the node records before generating a cloud-config"
     )]
     OverlappingSubnets {
-        a: String,
+        a: NodeName,
         a_subnet: Ipv4Net,
-        b: String,
+        b: NodeName,
         b_subnet: Ipv4Net,
     },
     /// A node's subnet cannot be split as asked.
     #[error("node {node}: {source}")]
     Subnet {
-        node: String,
+        node: NodeName,
         #[source]
         source: PlanError,
     },

@@ -10,6 +10,6 @@ pub(crate) use error::BoshConfigError;
 
 /// The CPI name of a node in the generated cpi-config, which the cloud-config's AZs name
 /// when they are generated for it.
-pub(crate) fn cpi_name(node: &str) -> String {
+pub(crate) fn cpi_name(node: &crate::node_name::NodeName) -> String {
     format!("moltencore-{node}")
 }

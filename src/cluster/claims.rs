@@ -143,7 +143,7 @@ fn claim_txn(
     record: &VmRecord,
     wanted: &[Wanted],
 ) -> Result<(Txn, Vec<bool>), IndexError> {
-    let node = record.node.as_str();
+    let node = &record.node;
     let value = value_of(&record.cid)?;
     let on_lease = || Some(PutOptions::new().with_lease(lease));
     let mut compares = Vec::new();

@@ -7,6 +7,7 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{DiskCid, SnapshotCid, StemcellCid, VmCid};
+use crate::node_name::NodeName;
 use crate::timestamp::Timestamp;
 
 /// Whether placement may put new VMs on a node.
@@ -43,7 +44,7 @@ pub struct Capacity {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeRecord {
     /// The node's name, unique in the cluster.
-    pub(crate) name: String,
+    pub(crate) name: NodeName,
     /// The address other nodes and the CPI reach the node at.
     pub private_ip: Ipv4Addr,
     /// The node's public address, when it has one.
@@ -76,7 +77,7 @@ pub struct NodeRecord {
     pub cert_fingerprint: Option<String>,
     /// When node-prep last prepared the node (RFC 3339).
     #[serde(default)]
-    pub prepared_at: Option<String>,
+    pub prepared_at: Option<Timestamp>,
     /// The node's VM disk tree (a shared mount, see [`crate::disk_mounts`]): where the CPI
     /// binds persistent disks into running VMs. `None` on a node prepared by a node-prep
     /// that had none.
@@ -244,6 +245,18 @@ mod tests {
     }
 
     #[test]
+    fn vm_records_read_back_and_write_back_the_same() {
+        let text = r#"{"cid":"vm-00000000-0000-0000-0000-000000000001","node":"n1","agent_id":"a1","stemcell_cid":"sc-5f0c1c2e-8d7a-4e0b-9a43-2b1f6c9d0e11","memory_mib":512,"group":"web","state":"created","created_at":"2026-11-25T00:00:00Z","metadata":{"job":"web"}}"#;
+        let record: VmRecord = serde_json::from_str(text).unwrap();
+        assert_eq!(
+            record.stemcell_cid.as_str(),
+            "sc-5f0c1c2e-8d7a-4e0b-9a43-2b1f6c9d0e11"
+        );
+        assert_eq!(record.node, "n1");
+        assert_eq!(serde_json::to_string(&record).unwrap(), text);
+    }
+
+    #[test]
     fn flannel_config() {
         let c: FlannelConfig = serde_json::from_str(
             r#"{"Network":"10.1.0.0/16","SubnetLen":24,"Backend":{"Type":"vxlan"}}"#,
@@ -275,9 +288,9 @@ mod tests {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VmRecord {
     pub(crate) cid: VmCid,
-    pub(crate) node: String,
+    pub(crate) node: NodeName,
     pub(crate) agent_id: String,
-    pub(crate) stemcell_cid: String,
+    pub(crate) stemcell_cid: StemcellCid,
     /// Memory limit in MiB (0: none), for placement's capacity accounting.
     #[serde(default)]
     pub(crate) memory_mib: u64,
@@ -321,7 +334,7 @@ pub(crate) enum VmState {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct DiskRecord {
     pub(crate) cid: DiskCid,
-    pub(crate) node: String,
+    pub(crate) node: NodeName,
     /// Requested size in MiB (recorded, not enforced by local volumes).
     pub(crate) size_mib: u64,
     /// The VM it is attached to, if any.
@@ -343,7 +356,7 @@ pub(crate) struct DiskRecord {
 pub(crate) struct SnapshotRecord {
     pub(crate) cid: SnapshotCid,
     pub(crate) disk_cid: DiskCid,
-    pub(crate) node: String,
+    pub(crate) node: NodeName,
     pub(crate) created_at: Timestamp,
     #[serde(default)]
     pub(crate) metadata: serde_json::Map<String, serde_json::Value>,
@@ -360,7 +373,7 @@ pub(crate) struct StemcellRecord {
     pub(crate) operating_system: Option<String>,
     /// Nodes that had the image after create_stemcell.
     #[serde(default)]
-    pub(crate) nodes: Vec<String>,
+    pub(crate) nodes: Vec<NodeName>,
     pub(crate) created_at: Timestamp,
 }
 
@@ -378,12 +391,12 @@ pub(crate) enum DiskMove {
     /// fails or is killed leaves a partial copy there. `old_copy_on` is the source copy an
     /// earlier move left, still there (on `to` itself: the disk goes back where it was).
     Copying {
-        to: String,
-        old_copy_on: Option<String>,
+        to: NodeName,
+        old_copy_on: Option<NodeName>,
     },
     /// A finished move switched the disk to its new node; the source copy stays on node
     /// `on` until it is removed.
-    OldCopy { on: String },
+    OldCopy { on: NodeName },
 }
 
 /// A move that cannot start: a copy an earlier move made or left on another node than the
@@ -396,12 +409,12 @@ pub(crate) struct MoveBlocked {
     /// The record field that names the copy.
     pub(crate) mark: &'static str,
     /// The node that holds the copy.
-    pub(crate) node: String,
+    pub(crate) node: NodeName,
 }
 
 impl DiskMove {
     /// The node a copy is being made on (`copying_to`).
-    pub(crate) fn copying_to(&self) -> Option<&str> {
+    pub(crate) fn copying_to(&self) -> Option<&NodeName> {
         match self {
             DiskMove::Copying { to, .. } => Some(to),
             _ => None,
@@ -409,22 +422,22 @@ impl DiskMove {
     }
 
     /// The node holding the source copy of a finished move (`old_copy_on`).
-    pub(crate) fn old_copy_on(&self) -> Option<&str> {
+    pub(crate) fn old_copy_on(&self) -> Option<&NodeName> {
         match self {
             DiskMove::OldCopy { on } => Some(on),
-            DiskMove::Copying { old_copy_on, .. } => old_copy_on.as_deref(),
+            DiskMove::Copying { old_copy_on, .. } => old_copy_on.as_ref(),
             DiskMove::Settled => None,
         }
     }
 
     /// Some node holding a copy besides the disk's own, if any.
-    pub(crate) fn stray_copy(&self) -> Option<&str> {
+    pub(crate) fn stray_copy(&self) -> Option<&NodeName> {
         self.old_copy_on().or(self.copying_to())
     }
 
     /// A move to `target` starts (before the target volume is made). Refused while a copy
     /// sits on another node than `target`: its mark would be lost.
-    pub(crate) fn begin(&mut self, target: &str) -> Result<(), MoveBlocked> {
+    pub(crate) fn begin(&mut self, target: &NodeName) -> Result<(), MoveBlocked> {
         for (mark, node) in [
             ("copying_to", self.copying_to()),
             ("old_copy_on", self.old_copy_on()),
@@ -432,13 +445,13 @@ impl DiskMove {
             if let Some(node) = node.filter(|n| *n != target) {
                 return Err(MoveBlocked {
                     mark,
-                    node: node.to_string(),
+                    node: node.clone(),
                 });
             }
         }
-        let old_copy_on = self.old_copy_on().map(str::to_string);
+        let old_copy_on = self.old_copy_on().cloned();
         *self = DiskMove::Copying {
-            to: target.to_string(),
+            to: target.clone(),
             old_copy_on,
         };
         Ok(())
@@ -447,7 +460,7 @@ impl DiskMove {
     /// The copy was made and checked: the disk lives on the target now, and its former
     /// node `source` holds the old copy. Only from `Copying` (a move under way); any other
     /// state is left as it is.
-    pub(crate) fn switched(&mut self, source: String) {
+    pub(crate) fn switched(&mut self, source: NodeName) {
         debug_assert!(
             matches!(self, DiskMove::Copying { .. }),
             "a move switched from {self:?}"
@@ -482,9 +495,9 @@ impl DiskMove {
 #[derive(Serialize, Deserialize)]
 struct MoveMarks {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    old_copy_on: Option<String>,
+    old_copy_on: Option<NodeName>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    copying_to: Option<String>,
+    copying_to: Option<NodeName>,
 }
 
 impl From<MoveMarks> for DiskMove {
@@ -500,8 +513,8 @@ impl From<MoveMarks> for DiskMove {
 impl From<DiskMove> for MoveMarks {
     fn from(m: DiskMove) -> MoveMarks {
         MoveMarks {
-            old_copy_on: m.old_copy_on().map(str::to_string),
-            copying_to: m.copying_to().map(str::to_string),
+            old_copy_on: m.old_copy_on().cloned(),
+            copying_to: m.copying_to().cloned(),
         }
     }
 }
@@ -513,7 +526,7 @@ mod disk_move_tests {
     fn copying(to: &str, old: Option<&str>) -> DiskMove {
         DiskMove::Copying {
             to: to.into(),
-            old_copy_on: old.map(str::to_string),
+            old_copy_on: old.map(NodeName::from),
         }
     }
 
@@ -555,11 +568,11 @@ mod disk_move_tests {
     #[test]
     fn a_move_goes_settled_copying_old_copy_settled() {
         let mut m = DiskMove::Settled;
-        m.begin("n2").unwrap();
+        m.begin(&"n2".into()).unwrap();
         assert_eq!(m, copying("n2", None));
         m.switched("n1".into());
         assert_eq!(m, DiskMove::OldCopy { on: "n1".into() });
-        assert_eq!(m.stray_copy(), Some("n1"));
+        assert_eq!(m.stray_copy().map(NodeName::as_str), Some("n1"));
         m.old_copy_removed();
         assert_eq!(m, DiskMove::Settled);
     }
@@ -567,7 +580,7 @@ mod disk_move_tests {
     #[test]
     fn a_failed_copy_goes_back_keeping_the_old_copy() {
         let mut m = DiskMove::OldCopy { on: "n2".into() };
-        m.begin("n2").unwrap();
+        m.begin(&"n2".into()).unwrap();
         assert_eq!(m, copying("n2", Some("n2")));
         m.partial_copy_removed();
         assert_eq!(m, DiskMove::OldCopy { on: "n2".into() });
@@ -579,7 +592,7 @@ mod disk_move_tests {
     #[test]
     fn a_copy_elsewhere_blocks_a_move() {
         let mut m = DiskMove::OldCopy { on: "n1".into() };
-        let e = m.begin("n2").unwrap_err();
+        let e = m.begin(&"n2".into()).unwrap_err();
         assert_eq!(e.mark, "old_copy_on");
         assert_eq!(
             e.to_string(),
@@ -587,11 +600,11 @@ mod disk_move_tests {
         );
         assert_eq!(m, DiskMove::OldCopy { on: "n1".into() });
         let mut m = copying("n1", Some("n3"));
-        assert_eq!(m.begin("n2").unwrap_err().mark, "copying_to");
+        assert_eq!(m.begin(&"n2".into()).unwrap_err().mark, "copying_to");
         let mut m = copying("n2", Some("n3"));
-        assert_eq!(m.begin("n2").unwrap_err().mark, "old_copy_on");
+        assert_eq!(m.begin(&"n2".into()).unwrap_err().mark, "old_copy_on");
         let mut m = copying("n2", None);
-        m.begin("n2").unwrap();
+        m.begin(&"n2".into()).unwrap();
         assert_eq!(m, copying("n2", None));
     }
 }

@@ -8,6 +8,7 @@ use super::etcd::Etcd;
 use super::model::{FlannelConfig, NodeRecord, SubnetLease, VmRecord};
 use crate::config::EtcdConfig;
 use crate::ids::{DiskCid, SnapshotCid, StemcellCid, VmCid};
+use crate::node_name::NodeName;
 
 /// The etcd keys of the cluster, derived from the two configured prefixes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,7 +64,7 @@ impl Keys {
         format!("{}/addresses/", self.key_prefix)
     }
     /// The claim of `ip` on the Docker network `network` of node `node`.
-    pub(crate) fn address(&self, node: &str, network: &str, ip: std::net::Ipv4Addr) -> String {
+    pub(crate) fn address(&self, node: &NodeName, network: &str, ip: std::net::Ipv4Addr) -> String {
         format!("{}/addresses/{node}/{network}/{ip}", self.key_prefix)
     }
     /// Prefix of the disk index.
@@ -241,15 +242,19 @@ impl ClusterView {
     }
 
     /// The node named `name`.
-    pub(crate) fn node(&self, name: &str) -> Option<&NodeRecord> {
-        self.nodes.iter().find(|n| n.name == name)
+    pub(crate) fn node(&self, name: &NodeName) -> Option<&NodeRecord> {
+        self.nodes.iter().find(|n| n.name == *name)
     }
 
     /// Whether node `name` is registered, for calls that would otherwise forget what lives
     /// on an unregistered node: a record that exists but cannot be read is an error, never
     /// "not registered".
-    pub(crate) fn registered(&self, name: &str) -> Result<Option<&NodeRecord>, IndexError> {
-        if let Some((_, problem)) = self.unreadable_nodes.iter().find(|(n, _)| n == name) {
+    pub(crate) fn registered(&self, name: &NodeName) -> Result<Option<&NodeRecord>, IndexError> {
+        if let Some((_, problem)) = self
+            .unreadable_nodes
+            .iter()
+            .find(|(n, _)| n == name.as_str())
+        {
             return Err(IndexError::Malformed(problem.clone()));
         }
         Ok(self.node(name))
@@ -266,12 +271,15 @@ impl ClusterView {
     }
 
     /// The VMs the index places on `node`.
-    pub(crate) fn vms_on<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a VmRecord> + 'a {
-        self.vms.iter().filter(move |v| v.node == node)
+    pub(crate) fn vms_on<'a>(
+        &'a self,
+        node: &'a NodeName,
+    ) -> impl Iterator<Item = &'a VmRecord> + 'a {
+        self.vms.iter().filter(move |v| v.node == *node)
     }
 
     /// VMs and memory in use on the node `name`, from the VM index (zero when it has none).
-    pub(crate) fn usage_of(&self, name: &str) -> NodeUsage {
+    pub(crate) fn usage_of(&self, name: &NodeName) -> NodeUsage {
         self.vms_on(name)
             .fold(NodeUsage::default(), |u, vm| NodeUsage {
                 vms: u.vms + 1,
@@ -309,7 +317,7 @@ mod tests {
 
     fn vm(n: u8, node: &str, memory_mib: u64) -> VmRecord {
         serde_json::from_value(serde_json::json!({"cid": cid(n), "node": node,
-            "agent_id": "a", "stemcell_cid": "s", "memory_mib": memory_mib,
+            "agent_id": "a", "stemcell_cid": "sc-00000000-0000-0000-0000-00000000000c", "memory_mib": memory_mib,
             "created_at": "2026-01-01T00:00:00Z"}))
         .unwrap()
     }
@@ -370,12 +378,12 @@ mod tests {
             ..ClusterView::default()
         };
         assert_eq!(
-            view.usage_of("n1"),
+            view.usage_of(&"n1".into()),
             NodeUsage {
                 vms: 2,
                 memory_mib: 768
             }
         );
-        assert_eq!(view.usage_of("n3"), NodeUsage::default());
+        assert_eq!(view.usage_of(&"n3".into()), NodeUsage::default());
     }
 }

@@ -12,6 +12,7 @@ use serde_json::Value;
 use super::error::{CommandError, Outcome};
 use crate::cloud::CloudContext;
 use crate::cluster::{NodeState, VmRecord};
+use crate::node_name::NodeName;
 
 /// One VM still on the drained node, and how to move it.
 #[derive(Debug, Serialize, PartialEq)]
@@ -56,6 +57,7 @@ pub(crate) fn remaining(vm: &VmRecord) -> Remaining {
 /// Cordons `name` and lists what is still on it; exit code 0 once the node is cordoned, 1
 /// on error.
 pub fn run(config_path: PathBuf, name: &str, json: bool) -> Outcome {
+    let name = &NodeName::parse(name)?;
     let ctx = CloudContext::new(config_path.clone(), Default::default(), None);
     let (before, left) = super::block_on(async {
         let before =
@@ -106,7 +108,7 @@ mod tests {
     fn vm(metadata: Value) -> VmRecord {
         serde_json::from_value(
             serde_json::json!({"cid": "vm-00000000-0000-0000-0000-000000000001", "node": "n1",
-            "agent_id": "a", "stemcell_cid": "s", "created_at": "2026-01-01T00:00:00Z",
+            "agent_id": "a", "stemcell_cid": "sc-00000000-0000-0000-0000-00000000000c", "created_at": "2026-01-01T00:00:00Z",
             "metadata": metadata}),
         )
         .unwrap()

@@ -9,6 +9,7 @@ use crate::cloud::{CloudContext, ContextError};
 use crate::cluster::IndexError;
 use crate::config::default_config_path;
 use crate::fleetlock::tls::TlsError;
+use crate::node_name::BadNodeName;
 use crate::nodeprep::NodePrepError;
 use crate::reboot::error::{HostError, SemaphoreError};
 use crate::reboot::record::{RebootRecord, RecordError};
@@ -61,6 +62,9 @@ pub enum CommandError {
     /// A flag's value cannot be used.
     #[error("{0}")]
     Flag(&'static str),
+    /// A node name given on the command line breaks the rules of node names.
+    #[error(transparent)]
+    NodeName(#[from] BadNodeName),
     /// There is no node of that name.
     #[error("there is no node '{0}'; `cpi nodes` lists the nodes")]
     NoSuchNode(String),

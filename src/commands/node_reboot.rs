@@ -7,12 +7,13 @@ use std::path::PathBuf;
 use super::error::{CommandError, Outcome, load_config};
 use crate::cloud::CloudContext;
 use crate::cluster::{Etcd, NodeState};
-use crate::nodeprep::register::now_rfc3339;
+use crate::node_name::NodeName;
 use crate::reboot::heartbeat::{ManagerStatus, span};
 use crate::reboot::keys::RebootKeys;
 use crate::reboot::overview::{self, RebootOverview};
 use crate::reboot::record::{Phase, RebootRequest, Records};
 use crate::reboot::semaphore::{Group, Holder, HolderKind, Semaphore, cut};
+use crate::timestamp::Timestamp;
 
 /// Longest operator's reason kept.
 const WHY_MAX: usize = 200;
@@ -21,7 +22,7 @@ const WHY_MAX: usize = 200;
 impl RebootOverview {
     /// One short cell for the table: the reboot phase, and a missing manager when the
     /// reboot waits for one.
-    pub(crate) fn cell(&self, name: &str) -> String {
+    pub(crate) fn cell(&self, name: &NodeName) -> String {
         let mut s = match self.of(name) {
             Some(r) => {
                 let mut s = format!("{} since {} ({})", r.phase, r.since, r.why);
@@ -54,7 +55,7 @@ impl RebootOverview {
     /// One short cell for the MANAGER column: `up 5m 3s`, `gone, seen 2m 10s ago`,
     /// `stopped 1m ago`, `none` (a reboot waits and no manager was heard of), `-`
     /// (nothing known).
-    pub(crate) fn manager_cell(&self, name: &str) -> String {
+    pub(crate) fn manager_cell(&self, name: &NodeName) -> String {
         match self.manager(name) {
             Some(ManagerStatus::Up { manager }) => match age(&manager.started_at) {
                 Some(up) => format!("up {}", span(up)),
@@ -139,6 +140,7 @@ where
 
 /// `cpi nodes reboot NAME`: records an operator's request; the node's manager does the rest.
 pub fn request(config_path: PathBuf, name: &str, why: Option<String>) -> Outcome {
+    let name = &NodeName::parse(name)?;
     with_context(config_path, async |ctx| {
         let view = ctx.view().await?;
         if view.registered(name)?.is_none() {
@@ -153,7 +155,7 @@ pub fn request(config_path: PathBuf, name: &str, why: Option<String>) -> Outcome
             ));
         }
         let request = RebootRequest {
-            since: now_rfc3339(),
+            since: Timestamp::now().to_string(),
             why: cut(&why, WHY_MAX),
         };
         Ok(if records.put_request(name, &request).await? {
@@ -168,6 +170,9 @@ pub fn request(config_path: PathBuf, name: &str, why: Option<String>) -> Outcome
 /// FleetLock client that never came back) and forgets the node's reboot record. Refused
 /// while the node reports itself draining or rebooting, unless forced.
 pub fn release(config_path: PathBuf, name: &str, force: bool, group: &str) -> Outcome {
+    // Not parsed: the holder may be a FleetLock client, whose id is no node name, and a
+    // record under a name no node can have (written by hand) must be releasable too.
+    let name = &NodeName::from_record(name);
     let group = group.to_string();
     with_context(config_path, async move |ctx| {
         let group = Group::parse(&group)?;
@@ -204,7 +209,7 @@ pub fn release(config_path: PathBuf, name: &str, force: bool, group: &str) -> Ou
 
 /// What `cpi nodes release` says: the uncordon hint names `name` only when it is a node
 /// that is cordoned (a FleetLock client's id is no node).
-fn released(name: &str, group: &Group, holder: Option<&Holder>, cordoned: bool) -> String {
+fn released(name: &NodeName, group: &Group, holder: Option<&Holder>, cordoned: bool) -> String {
     let mut msg = match holder {
         Some(h) if h.kind == HolderKind::Fleetlock => format!(
             "FleetLock client {name}: reboot slot of group {group} given back (held since {})",
@@ -249,7 +254,7 @@ mod tests {
         Holder {
             id: id.into(),
             kind,
-            node: (kind == HolderKind::Node).then(|| id.to_string()),
+            node: (kind == HolderKind::Node).then(|| id.into()),
             boot_id: None,
             since: "2026-01-01T00:00:00Z".into(),
             why: "test".into(),
@@ -260,15 +265,15 @@ mod tests {
     fn release_names_a_node_to_uncordon_only_when_it_is_a_cordoned_node() {
         let g = Group::default_group();
         let client = holder("zincati-3", HolderKind::Fleetlock);
-        let msg = released("zincati-3", &g, Some(&client), false);
+        let msg = released(&"zincati-3".into(), &g, Some(&client), false);
         assert!(msg.starts_with("FleetLock client zincati-3"), "{msg}");
         assert!(!msg.contains("uncordon"), "{msg}");
         let node = holder("n1", HolderKind::Node);
-        let msg = released("n1", &g, Some(&node), true);
+        let msg = released(&"n1".into(), &g, Some(&node), true);
         assert!(msg.contains("`cpi nodes uncordon n1`"), "{msg}");
-        let msg = released("n1", &g, Some(&node), false);
+        let msg = released(&"n1".into(), &g, Some(&node), false);
         assert!(!msg.contains("uncordon"), "{msg}");
-        let msg = released("nobody", &g, None, false);
+        let msg = released(&"nobody".into(), &g, None, false);
         assert_eq!(msg, "nobody held no reboot slot in group default");
     }
 
@@ -284,13 +289,13 @@ mod tests {
             nodes: vec![("n1".into(), record)],
             ..Default::default()
         };
-        assert_eq!(o.manager("n1"), Some(ManagerStatus::NotSeen));
+        assert_eq!(o.manager(&"n1".into()), Some(ManagerStatus::NotSeen));
         assert!(
-            o.cell("n1")
+            o.cell(&"n1".into())
                 .ends_with("settling (20s) · no manager (none seen)")
         );
-        assert_eq!(o.manager_cell("n1"), "none");
-        assert_eq!(o.manager_cell("n2"), "-");
+        assert_eq!(o.manager_cell(&"n1".into()), "none");
+        assert_eq!(o.manager_cell(&"n2".into()), "-");
         let manager = heartbeat::ManagerInfo {
             node: "n1".into(),
             boot_id: "b".into(),
@@ -307,15 +312,15 @@ mod tests {
             },
         );
         assert!(
-            o.cell("n1")
+            o.cell(&"n1".into())
                 .ends_with("· no manager (last seen 2m 10s ago)"),
             "{}",
-            o.cell("n1")
+            o.cell(&"n1".into())
         );
-        assert_eq!(o.manager_cell("n1"), "gone, seen 2m 10s ago");
+        assert_eq!(o.manager_cell(&"n1".into()), "gone, seen 2m 10s ago");
         o.managers
             .insert("n1".into(), ManagerStatus::Up { manager });
-        assert!(!o.cell("n1").contains("no manager"));
-        assert!(o.manager_cell("n1").starts_with("up "));
+        assert!(!o.cell(&"n1".into()).contains("no manager"));
+        assert!(o.manager_cell(&"n1".into()).starts_with("up "));
     }
 }

@@ -12,6 +12,7 @@ use super::error::{CommandError, Failure, Outcome, load_config};
 use crate::cloud::CloudContext;
 use crate::cluster::{NodeRecord, NodeState, NodeUsage};
 use crate::docker::DockerError;
+use crate::node_name::NodeName;
 use crate::nodeprep::register;
 use crate::reboot::heartbeat::ManagerStatus;
 use crate::reboot::overview::RebootOverview;
@@ -19,7 +20,7 @@ use crate::reboot::overview::RebootOverview;
 /// One row of the listing.
 #[derive(Debug, Serialize)]
 pub(crate) struct NodeStatus {
-    pub(crate) name: String,
+    pub(crate) name: NodeName,
     pub(crate) docker_endpoint: String,
     pub(crate) subnet: String,
     pub(crate) state: String,
@@ -159,7 +160,7 @@ fn print_table(rows: &[NodeStatus], problems: &[String], reboots: &RebootOvervie
         .iter()
         .map(|r| {
             [
-                r.name.clone(),
+                r.name.to_string(),
                 r.docker_endpoint.clone(),
                 r.subnet.clone(),
                 r.state.clone(),
@@ -207,7 +208,7 @@ fn print_table(rows: &[NodeStatus], problems: &[String], reboots: &RebootOvervie
 pub(crate) async fn change_state(
     ctx: &CloudContext<'_>,
     config_path: &std::path::Path,
-    name: &str,
+    name: &NodeName,
     state: NodeState,
 ) -> Result<NodeState, CommandError> {
     load_config(ctx, config_path).await?;
@@ -219,6 +220,7 @@ pub(crate) async fn change_state(
 /// Sets a node's state (`cpi nodes cordon|uncordon NAME`); exit code 0 when the node has
 /// that state afterwards, 1 on error.
 pub fn set_state(config_path: PathBuf, name: &str, state: NodeState) -> Outcome {
+    let name = &NodeName::parse(name)?;
     let ctx = CloudContext::new(config_path.clone(), Default::default(), None);
     let before = super::block_on(change_state(&ctx, &config_path, name, state))??;
     if before == state {

@@ -10,7 +10,7 @@ use clap::Args;
 
 use super::error::{CommandError, Outcome, load_config};
 use crate::cloud::CloudContext;
-use crate::nodeprep::register::now_rfc3339;
+use crate::node_name::NodeName;
 use crate::reboot::heartbeat::{Heartbeat, ManagerInfo};
 use crate::reboot::host::Host;
 use crate::reboot::keys::RebootKeys;
@@ -18,13 +18,14 @@ use crate::reboot::manager::{Manager, ManagerOptions};
 use crate::reboot::semaphore::Group;
 use crate::reboot::sources::UpdateEngine;
 use crate::reboot::window::RebootWindow;
+use crate::timestamp::Timestamp;
 
 /// `cpi reboot-manager --node NAME [FLAGS]`.
 #[derive(Debug, Args)]
 pub struct RebootManagerCommand {
     /// This node's name, as node-prep registered it.
-    #[arg(long)]
-    node: String,
+    #[arg(long, value_parser = NodeName::parse)]
+    node: NodeName,
     /// The host's `/` for the boot id and `/run/reboot-required`.
     #[arg(long, default_value = "/")]
     root: PathBuf,
@@ -124,7 +125,7 @@ async fn start_heartbeat(
         node: cmd.node.clone(),
         boot_id,
         pid: std::process::id(),
-        started_at: now_rfc3339(),
+        started_at: Timestamp::now().to_string(),
         version: env!("CARGO_PKG_VERSION").to_string(),
         stopped_at: None,
     };

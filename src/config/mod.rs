@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 
 use crate::bounded_file::{self, FileKind};
 use crate::echo::printable;
+use crate::node_name::NodeName;
 pub use secret::Secret;
 pub use tls::TlsMaterial;
 pub(crate) use tls::TlsSource;
@@ -84,9 +85,11 @@ struct LoadedTls {
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct PlacementConfig {
-    /// Name of the node (as registered by node-prep).
+    /// Name of the node (as registered by node-prep). Read as found, like the records
+    /// (see `NodeName`): a name no node can have matches no node when a VM or disk is
+    /// placed, which reports it.
     #[serde(default)]
-    pub(crate) node: Option<String>,
+    pub(crate) node: Option<NodeName>,
 }
 
 /// etcd access.

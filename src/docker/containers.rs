@@ -213,7 +213,7 @@ impl NodeDocker {
     ) -> Result<Option<ContainerFile>, DockerError> {
         let container = super::names::object(container)?;
         let too_large = || DockerError::TooLarge {
-            node: self.name.clone(),
+            node: self.name.to_string(),
             path: path.to_string(),
             container: container.to_string(),
             limit: crate::bounded_file::human(READ_FILE_LIMIT),
@@ -223,7 +223,7 @@ impl NodeDocker {
             return Ok(None);
         };
         let unreadable = |what: String| {
-            let node = self.name.clone();
+            let node = self.name.to_string();
             move |source| DockerError::Archive { node, what, source }
         };
         let mut archive = tar::Archive::new(tar_bytes.as_slice());

@@ -16,6 +16,7 @@ use super::error::{DockerError, SourceError, is_status};
 use super::idle::{next_within, wait_alive};
 use super::node::NodeDocker;
 use super::progress::Progress;
+use crate::node_name::NodeName;
 
 /// Size of the chunks read from the source and sent to every node.
 const CHUNK: usize = 1 << 20;
@@ -49,7 +50,7 @@ pub(crate) trait StreamCheck: Send {
 }
 
 /// Outcome per node of a fan-out import.
-pub(crate) type NodeOutcomes = Vec<(String, Result<(), DockerError>)>;
+pub(crate) type NodeOutcomes = Vec<(NodeName, Result<(), DockerError>)>;
 
 /// Imports the rootfs read from `source` into every node at once: the source is read once,
 /// in chunks, and each chunk goes to all nodes together. The last chunk is held back until
@@ -195,7 +196,7 @@ impl NodeImport {
 
     /// The node's outcome once it has answered (its body is done; the node may unpack for
     /// a while after it, as long as it answers pings).
-    async fn finish(mut self) -> (String, Result<(), DockerError>) {
+    async fn finish(mut self) -> (NodeName, Result<(), DockerError>) {
         let name = self.node.name.clone();
         if let Some(stalled) = self.stalled {
             return (name, Err(stalled));

@@ -124,7 +124,7 @@ impl NodeDocker {
             .and_then(|l| l.split(' ').nth(1))
             .and_then(|b| b.parse().ok())
             .ok_or_else(|| DockerError::Mount {
-                node: self.name.clone(),
+                node: self.name.to_string(),
                 command: args.join(" "),
                 code: 0,
                 detail: "no account of the copy".to_string(),
@@ -190,7 +190,7 @@ impl NodeDocker {
         let lines = done.output.lines().filter(|l| !l.is_empty());
         if done.code != 0 {
             return Err(DockerError::Mount {
-                node: self.name.clone(),
+                node: self.name.to_string(),
                 command: args.join(" "),
                 code: done.code,
                 detail: lines.collect::<Vec<_>>().join("; "),

@@ -47,7 +47,7 @@ impl NodeDocker {
                     })
                     .collect();
                 Err(DockerError::NetworkMismatch {
-                    node: self.name.clone(),
+                    node: self.name.to_string(),
                     network: spec.name.clone(),
                     found: found.join(", "),
                     subnet: spec.subnet.to_string(),

@@ -10,6 +10,7 @@ use hyper_util::rt::TokioExecutor;
 
 pub(crate) use super::error::describe;
 use super::error::{DockerError, Doing};
+use crate::node_name::NodeName;
 
 /// How long talking to a node may take.
 #[derive(Debug, Clone, Copy)]
@@ -92,7 +93,8 @@ impl DockerAccess {
             source,
         })?;
         let node = NodeDocker {
-            name: name.to_string(),
+            // The name of a node record (see `NodeName`: records are read as found).
+            name: NodeName::from_record(name),
             endpoint: endpoint.to_string(),
             long: docker.clone().with_timeout(self.timeouts.request),
             docker,
@@ -157,7 +159,7 @@ fn parse_api_version(v: &str) -> Option<ClientVersion> {
 #[derive(Clone)]
 pub struct NodeDocker {
     /// Node name, for error messages and logs.
-    pub(crate) name: String,
+    pub(crate) name: NodeName,
     /// The endpoint as registered.
     pub(crate) endpoint: String,
     /// The client for control requests (inspect, create, start, ...), each answered within
@@ -198,7 +200,7 @@ impl NodeDocker {
     /// Which node a request goes to and `what` it is for, to name both in an error.
     pub(crate) fn doing(&self, what: &str) -> Doing {
         Doing {
-            node: self.name.clone(),
+            node: self.name.to_string(),
             endpoint: self.endpoint.clone(),
             what: what.to_string(),
         }

@@ -238,7 +238,7 @@ impl Helper {
 /// A volume archive a node sent that cannot be read.
 fn unreadable(node: &NodeDocker, e: std::io::Error) -> DockerError {
     DockerError::Archive {
-        node: node.name.clone(),
+        node: node.name.to_string(),
         what: "volume archive unreadable".into(),
         source: e,
     }
@@ -268,7 +268,7 @@ impl Streamed {
     /// content digest as the source stream. The target's helper is removed either way.
     async fn verify(self) -> Result<TreeDigest, DockerError> {
         let copied = self.to.digest().await;
-        let target_node = self.to.node.name.clone();
+        let target_node = self.to.node.name.to_string();
         self.to.remove().await;
         let copied = copied?;
         if copied != self.source {
@@ -327,7 +327,7 @@ async fn stream_volume(
         (Err(e), Err(_)) => return Err(e),
     };
     let streamed = stream(&from, &to).await;
-    let source_node = from.node.name.clone();
+    let source_node = from.node.name.to_string();
     match streamed {
         Ok(source) => {
             from.remove().await;

@@ -15,8 +15,9 @@ use hyper::{Request, Response, StatusCode};
 use super::protocol::{self, HEADER, Operation, Refusal};
 use super::registry::Ticket;
 use crate::cluster::{Etcd, Keys};
-use crate::nodeprep::register::now_rfc3339;
+use crate::node_name::NodeName;
 use crate::reboot::semaphore::{Group, Holder, HolderKind, Semaphore, SemaphoreError, Take};
+use crate::timestamp::Timestamp;
 
 /// Largest request body read (a FleetLock body is well under 1 KiB).
 pub(crate) const MAX_BODY: usize = 16 * 1024;
@@ -34,7 +35,7 @@ const NODE_NAMES_TTL: Duration = Duration::from_secs(5);
 struct NodeNames {
     etcd: Etcd,
     keys: Keys,
-    read: Mutex<Option<(Instant, Arc<HashSet<String>>)>>,
+    read: Mutex<Option<(Instant, Arc<HashSet<NodeName>>)>>,
 }
 
 impl NodeNames {
@@ -43,7 +44,7 @@ impl NodeNames {
     }
 
     /// The names, read again when the last read is older than [`NODE_NAMES_TTL`].
-    async fn current(&self) -> Result<Arc<HashSet<String>>, Refusal> {
+    async fn current(&self) -> Result<Arc<HashSet<NodeName>>, Refusal> {
         let cached = self.read.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if let Some((at, names)) = cached
             && at.elapsed() < NODE_NAMES_TTL
@@ -61,10 +62,12 @@ impl NodeNames {
                 let e = self.etcd.error("reading the node records", &e);
                 Refusal::new(503, "semaphore_unavailable", e.to_string())
             })?;
-        let names: HashSet<String> = found
+        // The keys' names as found, like the records' (see `NodeName`).
+        let names: HashSet<NodeName> = found
             .kvs()
             .iter()
-            .filter_map(|kv| Some(kv.key_str().ok()?.strip_prefix(&prefix)?.to_string()))
+            .filter_map(|kv| kv.key_str().ok()?.strip_prefix(&prefix))
+            .map(NodeName::from_record)
             .collect();
         let names = Arc::new(names);
         *self.read.lock().unwrap_or_else(|p| p.into_inner()) =
@@ -218,7 +221,7 @@ async fn lock(semaphore: &Semaphore, id: &str) -> Result<(), Refusal> {
         kind: HolderKind::Fleetlock,
         node: None,
         boot_id: None,
-        since: now_rfc3339(),
+        since: Timestamp::now().to_string(),
         why: "FleetLock pre-reboot".into(),
     };
     match semaphore.take(holder).await.map_err(unavailable)? {

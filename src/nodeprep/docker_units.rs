@@ -9,6 +9,7 @@ use std::path::Path;
 use ipnet::Ipv4Net;
 
 use super::pki::CertAndKey;
+use crate::node_name::NodeName;
 
 /// The cluster CA certificate, trusted for client certificates.
 pub(crate) const CA_FILE: &str = "/etc/moltencore/docker/ca.pem";
@@ -38,7 +39,7 @@ pub(crate) fn unit_path(unit: &str) -> String {
 /// What the Docker files are made from.
 #[derive(Debug, Clone)]
 pub(crate) struct DockerSettings {
-    pub(crate) node: String,
+    pub(crate) node: NodeName,
     pub(crate) private_ip: Ipv4Addr,
     pub(crate) port: u16,
     /// docker0's address (`--bip`), off the flannel network.

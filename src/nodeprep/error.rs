@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use ipnet::Ipv4Net;
 
 use crate::bounded_file::ReadError;
+use crate::node_name::BadNodeName;
 
 /// A node-prep failure; nothing after the step that failed has run.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +31,9 @@ pub enum NodePrepError {
     /// Who this node is could not be settled (name, private IP).
     #[error("{0}")]
     Identity(String),
+    /// The node name breaks the rules of node names.
+    #[error("{0}; set it with --name")]
+    BadName(BadNodeName),
     /// `--docker-bip` would put docker0 on the flannel network.
     #[error(
         "--docker-bip {bip} overlaps the flannel network {network}: docker0 must stay off it (the default is 10.255.240.1/20)"

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::error::{NodePrepError, Result};
 use super::files::Root;
+use crate::node_name::NodeName;
 
 /// Where Flatcar's metadata agent writes the instance metadata.
 pub(crate) const METADATA_FILE: &str = "/run/metadata/flatcar";
@@ -26,7 +27,7 @@ pub(crate) struct IdentityFlags {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub(crate) struct Identity {
     /// Node name: etcd key, BOSH AZ pin, certificate CN.
-    pub(crate) name: String,
+    pub(crate) name: NodeName,
     /// DNS name put in the server certificate.
     pub(crate) hostname: String,
     /// Address the Docker API listens on and other nodes reach.
@@ -70,21 +71,9 @@ pub(crate) fn parse_metadata(text: &str) -> Metadata {
     }
 }
 
-/// Checks a node name: it becomes an etcd key segment, a certificate CN and a BOSH name.
-pub(crate) fn check_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        && !name.starts_with('-')
-        && !name.ends_with('-');
-    if !ok {
-        return Err(NodePrepError::Identity(format!(
-            "node name '{name}' is not usable: use 1-63 characters a-z, 0-9 and '-' (not at either end); set it with --name"
-        )));
-    }
-    Ok(())
+/// Parses a node name by [`NodeName::parse`]; the error says how to set it.
+pub(crate) fn check_name(name: &str) -> Result<NodeName> {
+    NodeName::parse(name).map_err(NodePrepError::BadName)
 }
 
 /// Resolves the identity from flags, then the metadata file and hostname below `root`.
@@ -122,7 +111,7 @@ pub(crate) fn resolve(flags: &IdentityFlags, root: &Root) -> Result<Identity> {
             )));
         }
     };
-    check_name(&name)?;
+    let name = check_name(&name)?;
     let Some(private_ip) = flags.private_ip.or(meta.private_ip) else {
         return Err(NodePrepError::Identity(format!(
             "no private IP for node {name}: give --private-ip, or make sure {METADATA_FILE} has a COREOS_*_IPV4_LOCAL/PRIVATE variable"
@@ -130,7 +119,7 @@ pub(crate) fn resolve(flags: &IdentityFlags, root: &Root) -> Result<Identity> {
     };
     let public_ip = flags.public_ip.or(meta.public_ip).unwrap_or(private_ip);
     Ok(Identity {
-        hostname: hostname.unwrap_or_else(|| name.clone()),
+        hostname: hostname.unwrap_or_else(|| name.to_string()),
         name,
         private_ip,
         public_ip,
@@ -200,7 +189,10 @@ mod tests {
         };
         let e = resolve(&flags, &root).unwrap_err();
         assert!(e.to_string().contains("--private-ip"), "{e}");
-        assert!(check_name("N_1").is_err());
+        assert_eq!(
+            check_name("N_1").unwrap_err().to_string(),
+            "node name 'N_1' is not usable: use 1-63 characters a-z, 0-9 and '-' (not at either end); set it with --name"
+        );
         assert!(check_name("-a").is_err());
         assert!(check_name("n-1").is_ok());
     }

@@ -3,6 +3,7 @@
 //! where its configuration exists (a cpi.json with etcd and Docker client access).
 
 use super::docker_units::{WantedFile, unit_path};
+use crate::node_name::NodeName;
 
 /// The reboot manager's unit.
 pub const REBOOT_MANAGER_UNIT: &str = "moltencore-reboot-manager.service";
@@ -36,7 +37,7 @@ pub fn unit(node: &str, cpi_path: &str) -> String {
 }
 
 /// The unit as a file node-prep keeps in place.
-pub(crate) fn wanted(node: &str, cpi_path: &str) -> WantedFile {
+pub(crate) fn wanted(node: &NodeName, cpi_path: &str) -> WantedFile {
     WantedFile {
         path: unit_path(REBOOT_MANAGER_UNIT),
         content: unit(node, cpi_path),
@@ -59,7 +60,7 @@ mod tests {
             "ExecStart=/opt/bin/cpi -c /etc/moltencore/reboot-manager/cpi.json reboot-manager --node n1 $REBOOT_MANAGER_OPTS\n"
         ));
         assert_eq!(
-            wanted("n1", "/opt/bin/cpi").path,
+            wanted(&"n1".into(), "/opt/bin/cpi").path,
             "/etc/systemd/system/moltencore-reboot-manager.service"
         );
     }

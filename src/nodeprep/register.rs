@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use super::error::{NodePrepError, Result, to_json};
 use crate::cluster::{Capacity, Etcd, Keys, NodeRecord, NodeState};
+use crate::node_name::NodeName;
 
 /// This machine's CPUs and memory, as placement sees them.
 pub(crate) fn host_capacity() -> Result<Capacity> {
@@ -29,14 +30,6 @@ pub(crate) fn host_capacity() -> Result<Capacity> {
     })
 }
 
-/// Now, to the second, as RFC 3339 (`2026-11-25T00:00:00Z`).
-pub(crate) fn now_rfc3339() -> String {
-    let now = time::OffsetDateTime::now_utc();
-    let now = now.replace_nanosecond(0).unwrap_or(now);
-    now.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
-}
-
 /// Whether two records differ in anything but the time of the last prep.
 pub(crate) fn differs(a: &NodeRecord, b: &NodeRecord) -> bool {
     let mut a = a.clone();
@@ -45,7 +38,7 @@ pub(crate) fn differs(a: &NodeRecord, b: &NodeRecord) -> bool {
 }
 
 /// The node record registered under `name`, if any (unreadable counts as none).
-pub(crate) async fn read(etcd: &Etcd, keys: &Keys, name: &str) -> Result<Option<NodeRecord>> {
+pub(crate) async fn read(etcd: &Etcd, keys: &Keys, name: &NodeName) -> Result<Option<NodeRecord>> {
     Ok(read_raw(etcd, &keys.node(name))
         .await?
         .and_then(|(v, _)| serde_json::from_slice(&v).ok()))
@@ -101,7 +94,7 @@ impl Registration {
 pub(crate) async fn register(
     etcd: &Etcd,
     keys: &Keys,
-    name: &str,
+    name: &NodeName,
     make: impl Fn(Option<&NodeRecord>) -> Result<NodeRecord>,
     dry_run: bool,
 ) -> Result<Registration> {
@@ -130,7 +123,7 @@ pub(crate) async fn register(
 pub(crate) async fn set_state(
     etcd: &Etcd,
     keys: &Keys,
-    name: &str,
+    name: &NodeName,
     state: NodeState,
 ) -> Result<NodeState> {
     let key = keys.node(name);
@@ -171,7 +164,7 @@ mod tests {
     fn capacity_and_time() {
         let c = host_capacity().unwrap();
         assert!(c.cpus >= 1 && c.memory_mib > 0);
-        let t = now_rfc3339();
+        let t = crate::timestamp::Timestamp::now().to_string();
         assert!(t.ends_with('Z') && t.len() == 20, "{t}");
     }
 
@@ -183,7 +176,9 @@ mod tests {
         }))
         .unwrap();
         let mut b = a.clone();
-        b.prepared_at = Some("2026-02-01T00:00:00Z".into());
+        b.prepared_at = Some(crate::timestamp::Timestamp::from_text(
+            "2026-02-01T00:00:00Z",
+        ));
         assert!(!differs(&a, &b));
         b.mtu = 1450;
         assert!(differs(&a, &b));

@@ -10,11 +10,12 @@ use serde::Serialize;
 
 use super::identity::Identity;
 use crate::cluster::NodeRecord;
+use crate::node_name::NodeName;
 
 /// The outcome of one node-prep run.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Report {
-    pub(crate) node: String,
+    pub(crate) node: NodeName,
     pub(crate) root: PathBuf,
     pub(crate) dry_run: bool,
     /// Whether anything changed (or, in a dry run, would change).

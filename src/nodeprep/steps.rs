@@ -21,6 +21,8 @@ use super::server_cert::{self, ServerCert};
 use super::systemd::{Recording, Systemctl, Systemd};
 use super::{PrepOptions, reboot_unit};
 use crate::cluster::{Etcd, FlannelConfig, NodeRecord, NodeState, SubnetLease};
+use crate::node_name::NodeName;
+use crate::timestamp::Timestamp;
 
 /// The report lines of one or more steps, in the order made.
 #[derive(Debug, Default)]
@@ -133,7 +135,7 @@ impl Prep<'_> {
             && !opts.replace
         {
             return Err(NodePrepError::NameTaken {
-                name: id.name.clone(),
+                name: id.name.to_string(),
                 registered: existing.private_ip,
                 this_host: id.private_ip,
                 just_now: false,
@@ -346,7 +348,7 @@ impl Prep<'_> {
             Some(c) => c,
             None => register::host_capacity()?,
         };
-        let prepared_at = register::now_rfc3339();
+        let prepared_at = Timestamp::now();
         let make = |previous: Option<&NodeRecord>| {
             // Checked again here: a host with the same name may have registered since.
             name_still_free(id, previous, opts.replace)?;
@@ -378,7 +380,7 @@ impl Prep<'_> {
     }
 
     /// The registration as a step: a change line when the record was written.
-    fn announce(&self, registration: Registration, name: &str) -> Step<Registration> {
+    fn announce(&self, registration: Registration, name: &NodeName) -> Step<Registration> {
         if !registration.changed() {
             return Step::new(registration);
         }
@@ -485,7 +487,7 @@ impl Prep<'_> {
 fn name_still_free(id: &Identity, previous: Option<&NodeRecord>, replace: bool) -> Result<()> {
     match previous {
         Some(p) if p.private_ip != id.private_ip && !replace => Err(NodePrepError::NameTaken {
-            name: id.name.clone(),
+            name: id.name.to_string(),
             registered: p.private_ip,
             this_host: id.private_ip,
             just_now: true,

@@ -14,6 +14,8 @@
 //! A manager whose lease is lost (an etcd outage longer than [`ALIVE_TTL`]) grants a new
 //! one and writes its heartbeat again; it keeps running meanwhile.
 
+use crate::node_name::NodeName;
+use crate::timestamp::Timestamp;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -37,7 +39,7 @@ const RETRY: Duration = Duration::from_millis(500);
 /// Who the manager of a node is, as its heartbeat says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct ManagerInfo {
-    pub(crate) node: String,
+    pub(crate) node: NodeName,
     /// The boot the manager started in.
     pub(crate) boot_id: String,
     pub(crate) pid: u32,
@@ -113,7 +115,7 @@ impl Heartbeat {
         let leases = *self.leases.lock().unwrap_or_else(|e| e.into_inner());
         let Some(leases) = leases else { return };
         let mut info = self.info.clone();
-        info.stopped_at = Some(crate::nodeprep::register::now_rfc3339());
+        info.stopped_at = Some(Timestamp::now().to_string());
         let client = self.etcd.client();
         let _ = client
             .put(
@@ -310,7 +312,7 @@ async fn renew(
 pub(crate) async fn statuses(
     etcd: &Etcd,
     keys: &RebootKeys,
-) -> Result<BTreeMap<String, ManagerStatus>, IndexError> {
+) -> Result<BTreeMap<NodeName, ManagerStatus>, IndexError> {
     let client = etcd.client();
     let prefixed = || Some(etcd_client::GetOptions::new().with_prefix());
     let mut out = BTreeMap::new();

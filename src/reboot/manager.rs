@@ -8,6 +8,7 @@
 //! the manager cordoned) and give back the slot, deleting the record in the same
 //! transaction.
 
+use crate::node_name::NodeName;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -28,7 +29,8 @@ use crate::cloud::CloudContext;
 use crate::cluster::{ClusterView, Etcd, Keys, NodeRecord, NodeState};
 use crate::docker::NodeDocker;
 use crate::ids::VmCid;
-use crate::nodeprep::register::{self, now_rfc3339};
+use crate::nodeprep::register;
+use crate::timestamp::Timestamp;
 
 /// Why one step of the manager failed (it tries again after a poll interval).
 #[derive(Debug, thiserror::Error)]
@@ -42,7 +44,7 @@ pub(crate) enum StepError {
     Index(#[from] crate::cluster::IndexError),
     /// This node has no record in etcd (`key` when it was looked up there).
     #[error("node {node} is not registered{}", key.as_ref().map(|k| format!(" ({k})")).unwrap_or_default())]
-    NotRegistered { node: String, key: Option<String> },
+    NotRegistered { node: NodeName, key: Option<String> },
     /// This node's record in etcd is not a node record.
     #[error("node record {key} is unreadable: {source}")]
     NodeRecordUnreadable {
@@ -92,7 +94,7 @@ impl From<super::error::HealthError> for StepError {
 #[derive(Debug, Clone)]
 pub(crate) struct ManagerOptions {
     /// This node's name, as registered.
-    pub(crate) node: String,
+    pub(crate) node: NodeName,
     /// The reboot group whose slots it takes.
     pub(crate) group: Group,
     /// Seconds each VM gets between SIGTERM and SIGKILL.
@@ -255,7 +257,7 @@ impl<'a> Manager<'a> {
         let (node, node_rev) = self.node_record().await?;
         let stored = self.semaphore.read().await?;
         let mut doc = stored.doc.clone();
-        let now = now_rfc3339();
+        let now = Timestamp::now().to_string();
         if let Some(wait) = self.claim(&mut doc, boot, &now, &why)? {
             return Ok(self.waiting(wait));
         }
@@ -282,7 +284,7 @@ impl<'a> Manager<'a> {
         why: &str,
     ) -> Result<Option<String>, StepError> {
         let holder = Holder {
-            id: self.opts.node.clone(),
+            id: self.opts.node.to_string(),
             kind: HolderKind::Node,
             node: Some(self.opts.node.clone()),
             boot_id: Some(boot.to_string()),
@@ -295,7 +297,7 @@ impl<'a> Manager<'a> {
                 tracing::info!(node = %self.opts.node, "this node holds a slot already; using it");
                 Ok(None)
             }
-            Take::AlreadyHeld(_) => Err(StepError::NameHeldByFleetlock(self.opts.node.clone())),
+            Take::AlreadyHeld(_) => Err(StepError::NameHeldByFleetlock(self.opts.node.to_string())),
             Take::Full(holders) => {
                 let ids: Vec<&str> = holders.iter().map(|h| h.id.as_str()).collect();
                 Ok(Some(format!(
@@ -344,7 +346,7 @@ impl<'a> Manager<'a> {
     ) -> Result<Next, StepError> {
         let mut next = record.value.clone();
         next.phase = phase;
-        next.since = now_rfc3339();
+        next.since = Timestamp::now().to_string();
         next.health = None;
         self.healthy_since = None;
         self.records

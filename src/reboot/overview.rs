@@ -11,6 +11,7 @@ use super::keys::RebootKeys;
 use super::record::{RebootRecord, RecordError, Records};
 use super::semaphore::{Group, Holder, SemaphoreDoc};
 use crate::cluster::Etcd;
+use crate::node_name::NodeName;
 
 /// One group's semaphore, as the listing shows it.
 #[derive(Debug, Serialize)]
@@ -24,25 +25,25 @@ pub(crate) struct GroupStatus {
 #[derive(Debug, Default, Serialize)]
 pub(crate) struct RebootOverview {
     /// Node name -> its reboot record.
-    pub(crate) nodes: Vec<(String, RebootRecord)>,
+    pub(crate) nodes: Vec<(NodeName, RebootRecord)>,
     /// Nodes an operator asked to reboot that have not started yet.
-    pub(crate) requested: Vec<String>,
+    pub(crate) requested: Vec<NodeName>,
     pub(crate) groups: Vec<GroupStatus>,
     /// Records that could not be read.
     pub(crate) problems: Vec<String>,
     /// Node name -> what its manager's heartbeat says (nodes never heard of left out).
-    pub(crate) managers: BTreeMap<String, ManagerStatus>,
+    pub(crate) managers: BTreeMap<NodeName, ManagerStatus>,
 }
 
 impl RebootOverview {
     /// The record of node `name`, if it is rebooting.
-    pub(crate) fn of(&self, name: &str) -> Option<&RebootRecord> {
+    pub(crate) fn of(&self, name: &NodeName) -> Option<&RebootRecord> {
         self.nodes.iter().find(|(n, _)| n == name).map(|(_, r)| r)
     }
 
     /// What is known of node `name`'s manager; [`ManagerStatus::NotSeen`] for a node with
     /// a reboot under way or asked for and no manager heard of.
-    pub(crate) fn manager(&self, name: &str) -> Option<ManagerStatus> {
+    pub(crate) fn manager(&self, name: &NodeName) -> Option<ManagerStatus> {
         match self.managers.get(name) {
             Some(status) => Some(status.clone()),
             None if self.of(name).is_some() || self.requested.iter().any(|n| n == name) => {

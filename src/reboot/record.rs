@@ -8,6 +8,7 @@ use etcd_client::{Compare, CompareOp, TxnOp};
 use serde::{Deserialize, Serialize};
 
 use crate::cloud::vm::inside::Inside;
+use crate::node_name::NodeName;
 
 use super::keys::RebootKeys;
 use crate::cluster::{Etcd, IndexError};
@@ -148,7 +149,7 @@ impl Records {
     /// Node `name`'s reboot record.
     pub(crate) async fn state(
         &self,
-        name: &str,
+        name: &NodeName,
     ) -> Result<Option<Versioned<RebootRecord>>, RecordError> {
         self.get(&self.keys.node_state(name)).await
     }
@@ -156,7 +157,7 @@ impl Records {
     /// Every node's reboot record (node name, record or why it is unreadable).
     pub(crate) async fn states(
         &self,
-    ) -> Result<Vec<(String, Result<RebootRecord, serde_json::Error>)>, RecordError> {
+    ) -> Result<Vec<(NodeName, Result<RebootRecord, serde_json::Error>)>, RecordError> {
         let found = self
             .under(&self.keys.node_states(), "reading reboot records")
             .await?;
@@ -169,25 +170,26 @@ impl Records {
     /// The operator's request for node `name`.
     pub(crate) async fn request(
         &self,
-        name: &str,
+        name: &NodeName,
     ) -> Result<Option<Versioned<RebootRequest>>, RecordError> {
         self.get(&self.keys.request(name)).await
     }
 
     /// The nodes with an operator's request recorded.
-    pub(crate) async fn requested(&self) -> Result<Vec<String>, RecordError> {
+    pub(crate) async fn requested(&self) -> Result<Vec<NodeName>, RecordError> {
         let found = self
             .under(&self.keys.request(""), "reading reboot requests")
             .await?;
         Ok(found.into_iter().map(|(name, _)| name).collect())
     }
 
-    /// The keys under `prefix` (without it) with their values, in one read.
+    /// The nodes named by the keys under `prefix` with their values, in one read. A key's
+    /// name is read as found, like a record's (see `NodeName`).
     async fn under(
         &self,
         prefix: &str,
         during: &str,
-    ) -> Result<Vec<(String, Vec<u8>)>, RecordError> {
+    ) -> Result<Vec<(NodeName, Vec<u8>)>, RecordError> {
         let resp = self
             .etcd
             .client()
@@ -199,14 +201,14 @@ impl Records {
             .iter()
             .map(|kv| {
                 let key = String::from_utf8_lossy(kv.key());
-                let name = key.trim_start_matches(prefix).to_string();
+                let name = NodeName::from_record(key.trim_start_matches(prefix));
                 (name, kv.value().to_vec())
             })
             .collect())
     }
 
     /// Removes the operator's request for node `name`, if there is one.
-    pub(crate) async fn withdraw_request(&self, name: &str) -> Result<(), RecordError> {
+    pub(crate) async fn withdraw_request(&self, name: &NodeName) -> Result<(), RecordError> {
         self.etcd
             .client()
             .delete(self.keys.request(name), None)
@@ -216,7 +218,11 @@ impl Records {
     }
 
     /// Deletes node `name`'s record if it is still at `mod_revision`; false otherwise.
-    pub(crate) async fn forget(&self, name: &str, mod_revision: i64) -> Result<bool, RecordError> {
+    pub(crate) async fn forget(
+        &self,
+        name: &NodeName,
+        mod_revision: i64,
+    ) -> Result<bool, RecordError> {
         let txn = etcd_client::Txn::new()
             .when(vec![self.state_at(name, mod_revision)])
             .and_then(vec![TxnOp::delete(self.keys.node_state(name), None)]);
@@ -232,7 +238,7 @@ impl Records {
     /// Records (or keeps) an operator's request; false when one was there already.
     pub(crate) async fn put_request(
         &self,
-        name: &str,
+        name: &NodeName,
         request: &RebootRequest,
     ) -> Result<bool, RecordError> {
         let key = self.keys.request(name);
@@ -257,7 +263,7 @@ impl Records {
     /// Replaces node `name`'s record if it is still at `mod_revision`; false otherwise.
     pub(crate) async fn replace(
         &self,
-        name: &str,
+        name: &NodeName,
         mod_revision: i64,
         record: &RebootRecord,
     ) -> Result<bool, RecordError> {
@@ -279,7 +285,7 @@ impl Records {
     }
 
     /// The write of node `name`'s record, for a transaction.
-    pub(crate) fn put_state(&self, name: &str, record: &RebootRecord) -> TxnOp {
+    pub(crate) fn put_state(&self, name: &NodeName, record: &RebootRecord) -> TxnOp {
         TxnOp::put(
             self.keys.node_state(name),
             serde_json::to_string(record).expect("a record serializes"),
@@ -288,12 +294,12 @@ impl Records {
     }
 
     /// The comparison that holds while node `name` has no record.
-    pub(crate) fn no_state(&self, name: &str) -> Compare {
+    pub(crate) fn no_state(&self, name: &NodeName) -> Compare {
         Compare::create_revision(self.keys.node_state(name), CompareOp::Equal, 0)
     }
 
     /// The comparison that holds while node `name`'s record is still at `mod_revision`.
-    pub(crate) fn state_at(&self, name: &str, mod_revision: i64) -> Compare {
+    pub(crate) fn state_at(&self, name: &NodeName, mod_revision: i64) -> Compare {
         Compare::mod_revision(self.keys.node_state(name), CompareOp::Equal, mod_revision)
     }
 }

@@ -3,6 +3,7 @@
 //! compare the document's revision, so two takers can never both get the last slot.
 //! Reboot managers and FleetLock clients share it: a holder is known by its id.
 
+use crate::node_name::NodeName;
 use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use serde::{Deserialize, Serialize};
 
@@ -43,7 +44,7 @@ pub struct Holder {
     pub kind: HolderKind,
     /// The node's name, when a node holds the slot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub node: Option<String>,
+    pub node: Option<NodeName>,
     /// The boot the slot was taken in: after a reboot the node knows the hold is its own
     /// and that the reboot happened.
     #[serde(default, skip_serializing_if = "Option::is_none")]

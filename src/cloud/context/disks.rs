@@ -9,6 +9,7 @@ use crate::cloud::disk::error::DiskError;
 use crate::cluster::{DiskRecord, VmState};
 use crate::docker::volume_copy;
 use crate::labels::vm as labels;
+use crate::node_name::NodeName;
 use crate::protocol::{CpiError, DiskCid, VmCid};
 
 /// The error for a disk the index does not know.
@@ -101,24 +102,22 @@ impl CloudContext<'_> {
 
     /// The VM disk tree of node `node` (see [`crate::disk_mounts`]), from its record; a
     /// node prepared before it had one is an error that says what to run.
-    pub(crate) async fn disks_dir(&self, node: &str) -> Result<String, CpiError> {
-        self.disks_dir_if_any(node).await?.ok_or_else(|| {
-            DiskError::NoDiskTree {
-                node: node.to_string(),
-            }
-            .into()
-        })
+    pub(crate) async fn disks_dir(&self, node: &NodeName) -> Result<String, CpiError> {
+        self.disks_dir_if_any(node)
+            .await?
+            .ok_or_else(|| DiskError::NoDiskTree { node: node.clone() }.into())
     }
 
     /// The VM disk tree of node `node`, `None` on a node prepared before it had one (no
     /// disk can be bound there).
-    pub(crate) async fn disks_dir_if_any(&self, node: &str) -> Result<Option<String>, CpiError> {
+    pub(crate) async fn disks_dir_if_any(
+        &self,
+        node: &NodeName,
+    ) -> Result<Option<String>, CpiError> {
         let view = self.cluster().await?;
         let record = view
             .registered(node)?
-            .ok_or_else(|| DiskError::NodeNotRegistered {
-                node: node.to_string(),
-            })?;
+            .ok_or_else(|| DiskError::NodeNotRegistered { node: node.clone() })?;
         Ok(record.disks_dir.clone())
     }
 

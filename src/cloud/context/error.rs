@@ -5,6 +5,7 @@
 use crate::cluster::IndexError;
 use crate::config::ConfigError;
 use crate::docker::DockerError;
+use crate::node_name::NodeName;
 
 /// The configuration, etcd or a node's Docker could not be reached or set up. The text is
 /// what the director (or the operator) is told.
@@ -23,7 +24,7 @@ pub enum ContextError {
     #[error("node {node} is not registered in etcd")]
     NodeNotRegistered {
         /// The node's name.
-        node: String,
+        node: NodeName,
     },
     /// Neither the configuration nor etcd gives the CA of the nodes' Docker daemons.
     #[error(

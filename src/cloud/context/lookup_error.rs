@@ -2,6 +2,7 @@
 //! and `disk/` alike. The BOSH class and retry flag of each are decided in
 //! `cloud::errors::lookup`.
 
+use crate::node_name::NodeName;
 use crate::protocol::VmCid;
 
 /// A VM that cannot be found or removed. The text is what the director is told.
@@ -12,14 +13,14 @@ pub(crate) enum VmLookupError {
     NotFound { cid: VmCid },
     /// The VM's record names a node that is no longer registered.
     #[error("VM {cid} is on node {node}, which is no longer registered in etcd")]
-    NodeGone { cid: VmCid, node: String },
+    NodeGone { cid: VmCid, node: NodeName },
     /// Containers or the ephemeral volume of the VM outlived every round of removal (a
     /// request of a killed call may still be running in the daemon).
     #[error(
         "node {node}: VM {cid} still has containers or its volume {volume} after {rounds} rounds of removal"
     )]
     NotRemoved {
-        node: String,
+        node: NodeName,
         cid: VmCid,
         volume: String,
         rounds: usize,
@@ -35,7 +36,7 @@ mod tests {
         let cid = VmCid::parse("vm-00000000-0000-0000-0000-000000000001").unwrap();
         let e = VmLookupError::NodeGone {
             cid,
-            node: "n1".into(),
+            node: NodeName::from_record("n1"),
         };
         assert_eq!(
             e.to_string(),

@@ -32,6 +32,7 @@ use crate::cluster::{ClusterView, DiskRecord, Etcd, Keys, VmRecord};
 use crate::config::Config;
 use crate::docker::{DockerAccess, DockerTimeouts, NodeDocker};
 use crate::logging::Logging;
+use crate::node_name::NodeName;
 use crate::protocol::{DiskCid, VmCid};
 pub use error::ContextError;
 use node::Inspections;
@@ -125,19 +126,21 @@ impl<'a> CloudContext<'a> {
 
     /// The node `name` of this call's view: its Docker client with the call's inspections
     /// (see [`NodeHandle`]).
-    pub(crate) async fn node(&self, name: &str) -> Result<NodeHandle<'_>, ContextError> {
+    pub(crate) async fn node(&self, name: &NodeName) -> Result<NodeHandle<'_>, ContextError> {
         let view = self.cluster().await?;
         let client = self.client(view, name).await?;
         Ok(NodeHandle::new(client, &self.inspections))
     }
 
     /// A Docker client for the node `name` of `view` (made once per call and endpoint).
-    async fn client(&self, view: &ClusterView, name: &str) -> Result<NodeDocker, ContextError> {
+    async fn client(
+        &self,
+        view: &ClusterView,
+        name: &NodeName,
+    ) -> Result<NodeDocker, ContextError> {
         let node = view
             .node(name)
-            .ok_or_else(|| ContextError::NodeNotRegistered {
-                node: name.to_string(),
-            })?;
+            .ok_or_else(|| ContextError::NodeNotRegistered { node: name.clone() })?;
         let key = format!("{}@{}", node.name, node.docker_endpoint);
         if let Some(client) = self.clients.lock().await.get(&key) {
             return Ok(client.clone());
@@ -209,7 +212,7 @@ mod tests {
     #[tokio::test]
     async fn a_node_missing_from_the_calls_view_is_not_registered() {
         let ctx = offline(Some(ClusterView::default()));
-        let Err(e) = ctx.node("n1").await else {
+        let Err(e) = ctx.node(&"n1".into()).await else {
             panic!("a node of an empty view");
         };
         assert!(

@@ -15,6 +15,7 @@ use crate::cluster::DiskRecord;
 use crate::docker::volume_copy::{self, TreeDigest};
 use crate::docker::{DockerError, NodeDocker};
 use crate::labels::disk as labels;
+use crate::node_name::NodeName;
 use crate::protocol::CpiError;
 
 /// Which copy a mark of the record names.
@@ -51,7 +52,7 @@ impl CloudContext<'_> {
                 "partial copy of an unfinished move",
             ),
         };
-        let Some(node) = node.map(str::to_string) else {
+        let Some(node) = node.cloned() else {
             return;
         };
         if !self.remove_copy(disk, &node, what).await {
@@ -69,8 +70,8 @@ impl CloudContext<'_> {
 
     /// Removes the copy of `disk` on `node` (and the helpers holding it), unless `node` is
     /// the disk's own node; whether the copy is gone.
-    async fn remove_copy(&self, disk: &DiskRecord, node: &str, what: &str) -> bool {
-        if node == disk.node {
+    async fn remove_copy(&self, disk: &DiskRecord, node: &NodeName, what: &str) -> bool {
+        if *node == disk.node {
             return true;
         }
         let cid = &disk.cid;
@@ -83,7 +84,7 @@ impl CloudContext<'_> {
                     && let Some(vm) = docker.disk_holders(&dir, cid).await?.first()
                 {
                     return Err(DiskError::CopyStillBound {
-                        node: node.to_string(),
+                        node: node.clone(),
                         vm: vm.clone(),
                     }
                     .into());
@@ -119,7 +120,7 @@ impl CloudContext<'_> {
     pub(crate) async fn move_disk(
         &self,
         disk: &mut DiskRecord,
-        target: &str,
+        target: &NodeName,
     ) -> Result<(), CpiError> {
         let cid = disk.cid.clone();
         // The record has room for one copy of each kind: a copy that could not be removed
@@ -154,7 +155,7 @@ impl CloudContext<'_> {
             Err(source) => {
                 self.clear_mark(disk, Mark::Copying).await;
                 let from = disk.node.clone();
-                let to = target.to_string();
+                let to = target.clone();
                 return Err(DiskError::MoveCopy {
                     cid,
                     from,
@@ -164,7 +165,7 @@ impl CloudContext<'_> {
                 .into());
             }
         };
-        let source = std::mem::replace(&mut disk.node, target.to_string());
+        let source = std::mem::replace(&mut disk.node, target.clone());
         disk.moving.switched(source.clone());
         self.save_disk(disk).await?;
         tracing::info!(

@@ -11,9 +11,10 @@ use std::sync::Mutex;
 use bollard::models::{ContainerCreateBody, ContainerInspectResponse, EndpointSettings};
 
 use crate::docker::{DockerError, NodeDocker};
+use crate::node_name::NodeName;
 
 /// A container as the call knows it: node name and container name (or id).
-type ContainerKey = (String, String);
+type ContainerKey = (NodeName, String);
 
 /// The container inspections of one call (`None`: known to be absent), by node and
 /// container name; a container's is dropped when the call changes it.
@@ -23,20 +24,20 @@ pub(crate) struct Inspections(Mutex<HashMap<ContainerKey, Option<ContainerInspec
 impl Inspections {
     /// What the call knows of container `name` on `node`, if it inspected it since its
     /// last change.
-    fn known(&self, node: &str, name: &str) -> Option<Option<ContainerInspectResponse>> {
-        let key = (node.to_string(), name.to_string());
+    fn known(&self, node: &NodeName, name: &str) -> Option<Option<ContainerInspectResponse>> {
+        let key = (node.clone(), name.to_string());
         self.0.lock().unwrap().get(&key).cloned()
     }
 
     /// Keeps an inspection of container `name` on `node` for the rest of the call.
-    fn keep(&self, node: &str, name: &str, inspect: Option<ContainerInspectResponse>) {
-        let key = (node.to_string(), name.to_string());
+    fn keep(&self, node: &NodeName, name: &str, inspect: Option<ContainerInspectResponse>) {
+        let key = (node.clone(), name.to_string());
         self.0.lock().unwrap().insert(key, inspect);
     }
 
     /// Forgets the inspection of container `name` on `node`: the call changes it.
-    fn changed(&self, node: &str, name: &str) {
-        let key = (node.to_string(), name.to_string());
+    fn changed(&self, node: &NodeName, name: &str) {
+        let key = (node.clone(), name.to_string());
         self.0.lock().unwrap().remove(&key);
     }
 }
@@ -167,23 +168,30 @@ mod tests {
     #[test]
     fn an_inspection_is_kept_per_node_and_container() {
         let seen = Inspections::default();
-        assert!(seen.known("n1", "vm-1").is_none());
-        seen.keep("n1", "vm-1", running("a"));
-        seen.keep("n1", "vm-2", None);
-        assert_eq!(seen.known("n1", "vm-1"), Some(running("a")));
-        assert_eq!(seen.known("n1", "vm-2"), Some(None), "absence is known too");
-        assert!(seen.known("n2", "vm-1").is_none(), "another node's is not");
+        assert!(seen.known(&"n1".into(), "vm-1").is_none());
+        seen.keep(&"n1".into(), "vm-1", running("a"));
+        seen.keep(&"n1".into(), "vm-2", None);
+        assert_eq!(seen.known(&"n1".into(), "vm-1"), Some(running("a")));
+        assert_eq!(
+            seen.known(&"n1".into(), "vm-2"),
+            Some(None),
+            "absence is known too"
+        );
+        assert!(
+            seen.known(&"n2".into(), "vm-1").is_none(),
+            "another node's is not"
+        );
     }
 
     #[test]
     fn a_change_drops_that_containers_inspection_only() {
         let seen = Inspections::default();
-        seen.keep("n1", "vm-1", running("a"));
-        seen.keep("n1", "vm-2", running("b"));
-        seen.keep("n2", "vm-1", running("c"));
-        seen.changed("n1", "vm-1");
-        assert!(seen.known("n1", "vm-1").is_none());
-        assert_eq!(seen.known("n1", "vm-2"), Some(running("b")));
-        assert_eq!(seen.known("n2", "vm-1"), Some(running("c")));
+        seen.keep(&"n1".into(), "vm-1", running("a"));
+        seen.keep(&"n1".into(), "vm-2", running("b"));
+        seen.keep(&"n2".into(), "vm-1", running("c"));
+        seen.changed(&"n1".into(), "vm-1");
+        assert!(seen.known(&"n1".into(), "vm-1").is_none());
+        assert_eq!(seen.known(&"n1".into(), "vm-2"), Some(running("b")));
+        assert_eq!(seen.known(&"n2".into(), "vm-1"), Some(running("c")));
     }
 }

@@ -12,7 +12,7 @@ pub(crate) fn not_found(cid: &VmCid) -> CpiError {
 }
 
 /// The ephemeral volume of a VM.
-pub(crate) fn ephemeral_volume(vm_cid: &str) -> String {
+pub(crate) fn ephemeral_volume(vm_cid: &VmCid) -> String {
     format!("{vm_cid}-ephemeral")
 }
 
@@ -107,6 +107,10 @@ mod tests {
 
     #[test]
     fn the_ephemeral_volume_is_named_after_the_vm() {
-        assert_eq!(ephemeral_volume("vm-1"), "vm-1-ephemeral");
+        let cid = VmCid::parse("vm-00000000-0000-0000-0000-000000000001").unwrap();
+        assert_eq!(
+            ephemeral_volume(&cid),
+            "vm-00000000-0000-0000-0000-000000000001-ephemeral"
+        );
     }
 }

@@ -102,7 +102,7 @@ async fn set_hint(
         })?;
     let mut settings: Value = serde_json::from_slice(&file.data)
         .map_err(|source| DiskError::SettingsUnreadable { vm: vm(), source })?;
-    agent_files::set_disk_hint(&mut settings, disk.as_str(), attached);
+    agent_files::set_disk_hint(&mut settings, disk, attached);
     let archive = agent_files::settings_archive(&settings).map_err(DiskError::SettingsPack)?;
     Ok(docker.upload_archive(vm_cid, "/", archive).await?)
 }
@@ -138,7 +138,7 @@ pub(crate) async fn attach(
         .attach_block_disk(&dir, vm_cid.as_str(), disk_cid.as_str(), disk.size_mib)
         .await
         .map_err(|e| not_an_image(e, disk_cid))?;
-    prepare_block_disk(&docker, &dir, vm_cid.as_str(), disk_cid.as_str(), found).await?;
+    prepare_block_disk(&docker, &dir, vm_cid, disk_cid, found).await?;
     finish_attach(ctx, &docker, vm_cid, &mut disk).await?;
     // After the record names the VM: both write the record.
     ctx.remove_old_copy(&mut disk).await;
@@ -222,7 +222,7 @@ pub(crate) async fn detach(
         // Removing the device does not take the disk from a mount the VM made of it (the
         // agent's unmount_disk may have failed, or not been asked): such a disk would look
         // free while the VM writes on. Detached means gone from the VM, as on any IaaS.
-        let taken = inside::unmount_disk(&docker, vm_cid.as_str(), disk_cid.as_str()).await?;
+        let taken = inside::unmount_disk(&docker, vm_cid, disk_cid).await?;
         if !taken.is_empty() {
             let taken: Vec<String> = taken.iter().map(|p| crate::echo::printable(p)).collect();
             tracing::info!(vm = %vm_cid, disk = %disk_cid, "unmounted in the VM: {}", taken.join(", "));

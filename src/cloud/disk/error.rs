@@ -4,6 +4,7 @@
 
 use crate::cluster::model::MoveBlocked;
 use crate::docker::DockerError;
+use crate::node_name::NodeName;
 use crate::placement::PlacementError;
 use crate::protocol::{DiskCid, VmCid};
 
@@ -16,15 +17,15 @@ pub(crate) enum DiskError {
     /// The record names a node that no longer has the disk's volume (Docker would mount
     /// a new, empty volume of that name).
     #[error("disk {cid} has no volume on its node {node} (removed outside the CPI?)")]
-    VolumeGone { cid: DiskCid, node: String },
+    VolumeGone { cid: DiskCid, node: NodeName },
     /// The node was prepared before it had a disk tree.
     #[error(
         "node {node} has no VM disk tree in its record: run `cpi node-prep` (and `cpi node-prep disk-mounts`) on it with this version"
     )]
-    NoDiskTree { node: String },
+    NoDiskTree { node: NodeName },
     /// The disk's (or VM's) node has no record.
     #[error("node {node} is not registered in etcd")]
-    NodeNotRegistered { node: String },
+    NodeNotRegistered { node: NodeName },
     /// A loop device of the disk is still held by a mount in a VM it was detached from.
     #[error(
         "disk {cid} is still in use through /dev/loop{device} on node {node}: a mount of it in a VM it was detached from has not let go yet"
@@ -32,7 +33,7 @@ pub(crate) enum DiskError {
     LoopStillHeld {
         cid: DiskCid,
         device: String,
-        node: String,
+        node: NodeName,
     },
     /// Something that is not a VM of this CPI has the disk bound in the node's tree.
     #[error("disk {cid} is bound in {holder} on node {node}, which is not a VM of this CPI")]
@@ -40,7 +41,7 @@ pub(crate) enum DiskError {
         cid: DiskCid,
         /// The holder's name, printable.
         holder: String,
-        node: String,
+        node: NodeName,
     },
     /// A container that is not a VM of this CPI mounts the disk's volume.
     #[error(
@@ -49,7 +50,7 @@ pub(crate) enum DiskError {
     MountedByForeign {
         cid: DiskCid,
         container: String,
-        node: String,
+        node: NodeName,
     },
     /// A VM of the index holds the disk (`how`: bound, mounted); retriable while that VM
     /// is being created.
@@ -58,12 +59,12 @@ pub(crate) enum DiskError {
         cid: DiskCid,
         how: String,
         vm: VmCid,
-        node: String,
+        node: NodeName,
         creating: bool,
     },
     /// The copy a move left on a node is still bound in a VM there.
     #[error("the copy on node {node} is still bound in VM {vm}")]
-    CopyStillBound { node: String, vm: String },
+    CopyStillBound { node: NodeName, vm: String },
     /// A move cannot start while a copy of an earlier one is on another node.
     #[error("moving disk {cid}: {blocked}")]
     MoveBlocked {
@@ -82,8 +83,8 @@ pub(crate) enum DiskError {
     #[error("moving disk {cid} from {from} to {to}: {source}")]
     MoveCopy {
         cid: DiskCid,
-        from: String,
-        to: String,
+        from: NodeName,
+        to: NodeName,
         #[source]
         source: DockerError,
     },
@@ -95,7 +96,7 @@ pub(crate) enum DiskError {
     AttachedElsewhere { cid: DiskCid, vm: VmCid },
     /// The VM has no container on its node.
     #[error("VM {vm} has no container on node {node}")]
-    NoContainer { vm: VmCid, node: String },
+    NoContainer { vm: VmCid, node: NodeName },
     /// A VM made by an earlier version takes no live disks.
     #[error(
         "VM {vm} was made by a CPI version whose disks are folders; recreate it (bosh recreate) to attach disks"
@@ -121,7 +122,7 @@ pub(crate) enum DiskError {
     #[error(
         "delete_disk: disk {cid} still has a copy an earlier move left on node {node}, which cannot be removed now; retry when node {node} answers (or unregister it)"
     )]
-    CopyLeft { cid: DiskCid, node: String },
+    CopyLeft { cid: DiskCid, node: NodeName },
     /// resize_disk to a smaller size.
     #[error("resize_disk: disk {cid} cannot shrink from {from} MiB to {to} MiB")]
     Shrink { cid: DiskCid, from: u64, to: u64 },

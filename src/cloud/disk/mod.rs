@@ -37,10 +37,10 @@ pub(crate) async fn create(
         None => None,
     };
     if node.is_none() {
-        let pinned = match cloud_properties.get("node").and_then(Value::as_str) {
-            Some(node) => Some(node.to_string()),
-            None => ctx.config().await?.placement.node.clone(),
-        };
+        let requested = cloud_properties.get("node").and_then(Value::as_str);
+        let configured = &ctx.config().await?.placement.node;
+        let pinned =
+            placement::pinned(requested, configured.as_ref()).map_err(DiskError::Placement)?;
         let demand = VmDemand {
             pinned_node: pinned,
             ..Default::default()
@@ -88,7 +88,7 @@ pub(crate) async fn delete(ctx: &CloudContext<'_>, cid: &DiskCid) -> Result<Call
     ctx.remove_stray_copies(&mut disk).await;
     if let Some(node) = disk.moving.stray_copy() {
         // Forgetting the record now would leave that copy of the data on the node for good.
-        let (cid, node) = (cid.clone(), node.to_string());
+        let (cid, node) = (cid.clone(), node.clone());
         return Err(DiskError::CopyLeft { cid, node }.into());
     }
     if ctx.cluster().await?.registered(&disk.node)?.is_some() {

@@ -5,6 +5,7 @@
 use super::manifest::ManifestError;
 use super::source::SourceError;
 use crate::docker::DockerError;
+use crate::node_name::NodeName;
 use crate::protocol::StemcellCid;
 
 /// A stemcell operation that cannot go on. The text is what the director is told.
@@ -34,14 +35,14 @@ pub(crate) enum StemcellError {
     )]
     LightDigest {
         reference: String,
-        node: String,
+        node: NodeName,
         id: String,
         digests: String,
         want: String,
     },
     /// A pull said it worked, and the image is not there.
     #[error("node {node}: {reference} missing after pull")]
-    MissingAfterPull { node: String, reference: String },
+    MissingAfterPull { node: NodeName, reference: String },
     /// No node has the light image or could pull it (`problems`: each node's).
     #[error("create_stemcell: image {reference} is on no node and could not be pulled: {problems}")]
     LightNowhere { reference: String, problems: String },
@@ -54,7 +55,7 @@ pub(crate) enum StemcellError {
     },
     /// The CPI is pinned to a node that is not registered.
     #[error("create_stemcell: placement.node '{node}' is not a registered node")]
-    PinnedUnknown { node: String },
+    PinnedUnknown { node: NodeName },
     /// No node is ready to import into.
     #[error("create_stemcell: no ready node in the cluster to import into")]
     NoReadyNode,

@@ -9,6 +9,8 @@ use super::IMAGE_REPO;
 use super::error::StemcellError;
 use crate::docker::NodeDocker;
 use crate::docker::images;
+use crate::ids::StemcellCid;
+use crate::node_name::NodeName;
 use crate::protocol::{CpiError, ErrorKind, Object};
 
 /// The image a docker-light stemcell names.
@@ -72,8 +74,8 @@ impl LightImage {
 pub(crate) async fn adopt(
     nodes: &[NodeDocker],
     image: &LightImage,
-    cid: &str,
-) -> Result<Vec<String>, CpiError> {
+    cid: &StemcellCid,
+) -> Result<Vec<NodeName>, CpiError> {
     let results = join_all(nodes.iter().map(|n| adopt_on(n, image, cid))).await;
     let mut ok = Vec::new();
     let mut problems = Vec::new();
@@ -99,7 +101,11 @@ pub(crate) async fn adopt(
 }
 
 /// Tags the image as the stemcell on one node, pulling it there first when it is missing.
-async fn adopt_on(node: &NodeDocker, image: &LightImage, cid: &str) -> Result<(), StemcellError> {
+async fn adopt_on(
+    node: &NodeDocker,
+    image: &LightImage,
+    cid: &StemcellCid,
+) -> Result<(), StemcellError> {
     let inspect = match images::inspect(node, &image.reference).await? {
         Some(i) => i,
         None => {

@@ -16,6 +16,7 @@ use crate::cluster::model::StemcellRecord;
 use crate::docker::images::{self, ImportTarget, NodeOutcomes, StreamCheck};
 use crate::docker::{NodeDocker, SourceError};
 use crate::labels;
+use crate::node_name::NodeName;
 use crate::protocol::{CallResult, CpiError, Object, StemcellCid};
 use crate::timestamp::Timestamp;
 use error::StemcellError;
@@ -135,7 +136,7 @@ fn stream_check(manifest: &Manifest) -> Result<Box<dyn StreamCheck>, ManifestErr
 /// The nodes that imported the stemcell; the others are named in the log (the stemcell
 /// is copied there when a VM needs it). None is an error, retriable when one node's
 /// failure was.
-fn imported_on(outcomes: NodeOutcomes, cid: &StemcellCid) -> Result<Vec<String>, StemcellError> {
+fn imported_on(outcomes: NodeOutcomes, cid: &StemcellCid) -> Result<Vec<NodeName>, StemcellError> {
     let mut have = Vec::new();
     let mut failed = Vec::new();
     for (name, result) in outcomes {
@@ -240,11 +241,11 @@ async fn upload_nodes(
         })?;
         return Ok(vec![node.client().clone()]);
     }
-    let ready: Vec<&str> = view
+    let ready: Vec<&NodeName> = view
         .nodes
         .iter()
         .filter(|n| n.state == NodeState::Ready)
-        .map(|n| n.name.as_str())
+        .map(|n| &n.name)
         .collect();
     if ready.is_empty() {
         return Err(StemcellError::NoReadyNode.into());
@@ -257,7 +258,7 @@ async fn upload_nodes(
 /// cluster-wide operation.
 async fn reachable_nodes<'a>(
     ctx: &CloudContext<'_>,
-    names: impl Iterator<Item = &'a str>,
+    names: impl Iterator<Item = &'a NodeName>,
     doing: &str,
 ) -> Result<Vec<NodeDocker>, CpiError> {
     let mut nodes = Vec::new();
@@ -290,7 +291,7 @@ pub(crate) async fn delete(
 ) -> Result<CallResult, CpiError> {
     let view = ctx.cluster().await?;
     let reference = image_reference(cid);
-    let names = view.nodes.iter().map(|n| n.name.as_str());
+    let names = view.nodes.iter().map(|n| &n.name);
     let nodes = reachable_nodes(ctx, names, "removing the stemcell").await?;
     let results = join_all(nodes.iter().map(|n| images::remove(n, &reference))).await;
     let mut hard = Vec::new();
@@ -320,7 +321,7 @@ pub(crate) enum Presence {
     Recorded,
     /// No record in this index (an image another CPI's index uploaded to the same nodes):
     /// the first node found with its image.
-    OnNodes(Vec<String>),
+    OnNodes(Vec<NodeName>),
 }
 
 /// Checks that stemcell `cid` exists before create_vm chooses a node or writes anything:
@@ -441,19 +442,16 @@ mod tests {
 
     #[test]
     fn one_node_that_imported_is_enough() {
-        let outcomes = vec![
-            ("n1".to_string(), Err(refused())),
-            ("n2".to_string(), Ok(())),
-        ];
+        let outcomes = vec![("n1".into(), Err(refused())), ("n2".into(), Ok(()))];
         assert_eq!(imported_on(outcomes, &cid()).unwrap(), vec!["n2"]);
     }
 
     #[test]
     fn no_node_that_imported_names_each_reason() {
         let outcomes = vec![
-            ("n1".to_string(), Err(refused())),
+            ("n1".into(), Err(refused())),
             (
-                "n2".to_string(),
+                "n2".into(),
                 Err(DockerError::Setup {
                     message: "bad TLS".into(),
                 }),
@@ -466,7 +464,7 @@ mod tests {
         );
         assert!(e.ok_to_retry, "one node's failure was worth a retry");
         let outcomes = vec![(
-            "n1".to_string(),
+            "n1".into(),
             Err(DockerError::Setup {
                 message: "bad TLS".into(),
             }),

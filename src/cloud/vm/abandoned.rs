@@ -10,6 +10,7 @@
 
 use crate::cloud::CloudContext;
 use crate::cloud::context::NodeHandle;
+use crate::node_name::NodeName;
 use std::collections::HashSet;
 
 use bollard::models::ContainerSummary;
@@ -86,7 +87,7 @@ pub(crate) async fn sweep(
 /// Failures are logged, never fatal.
 pub(crate) async fn forget_vanished(
     ctx: &CloudContext<'_>,
-    node: &str,
+    node: &NodeName,
     agent: &str,
     containers: &[ContainerSummary],
 ) {
@@ -99,7 +100,7 @@ pub(crate) async fn forget_vanished(
     };
     let finished = view.vms.iter().filter(|r| r.state == VmState::Created);
     for record in finished {
-        let gone = if record.node == node {
+        let gone = if record.node == *node {
             !present.contains(record.cid.as_str())
         } else if record.agent_id == agent {
             container_gone(ctx, &record.node, &record.cid).await
@@ -117,7 +118,7 @@ pub(crate) async fn forget_vanished(
 }
 
 /// Whether node `node` answers that it has no container of VM `cid` (no answer: not gone).
-async fn container_gone(ctx: &CloudContext<'_>, node: &str, cid: &crate::ids::VmCid) -> bool {
+async fn container_gone(ctx: &CloudContext<'_>, node: &NodeName, cid: &crate::ids::VmCid) -> bool {
     let Ok(docker) = ctx.node(node).await else {
         return false;
     };

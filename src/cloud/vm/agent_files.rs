@@ -167,18 +167,13 @@ impl<'a> AgentSettings<'a> {
 
 /// The hint of a persistent disk: its path inside the VM.
 pub(crate) fn disk_hint(disk_cid: &DiskCid) -> String {
-    hint_of(disk_cid)
-}
-
-/// The hint of a disk named as text (as a settings document read back from a VM has it).
-fn hint_of(disk: &str) -> String {
-    format!("{DISK_MOUNT_ROOT}/{disk}")
+    format!("{DISK_MOUNT_ROOT}/{disk_cid}")
 }
 
 /// Adds (or, with `attached` false, removes) disk `disk_cid`'s hint in the settings'
 /// `disks.persistent`, as attach_disk and detach_disk change a running VM's disks. A
 /// document of another shape is made to have that map.
-pub(crate) fn set_disk_hint(settings: &mut Value, disk_cid: &str, attached: bool) {
+pub(crate) fn set_disk_hint(settings: &mut Value, disk_cid: &DiskCid, attached: bool) {
     if !settings.is_object() {
         *settings = json!({});
     }
@@ -192,9 +187,9 @@ pub(crate) fn set_disk_hint(settings: &mut Value, disk_cid: &str, attached: bool
     }
     if let Value::Object(map) = persistent {
         if attached {
-            map.insert(disk_cid.to_string(), Value::String(hint_of(disk_cid)));
+            map.insert(disk_cid.to_string(), Value::String(disk_hint(disk_cid)));
         } else {
-            map.remove(disk_cid);
+            map.remove(disk_cid.as_str());
         }
     }
 }
@@ -490,22 +485,20 @@ mod tests {
 
     #[test]
     fn disk_hints_come_and_go_and_the_rest_stays() {
-        let mut s = json!({"agent_id": "a", "disks": {"system": "", "persistent": {"disk-1": "/warden-cpi-dev/disk-1"}}});
-        set_disk_hint(&mut s, "disk-2", true);
-        assert_eq!(s["disks"]["persistent"]["disk-2"], "/warden-cpi-dev/disk-2");
-        assert_eq!(s["disks"]["persistent"]["disk-1"], "/warden-cpi-dev/disk-1");
-        set_disk_hint(&mut s, "disk-1", false);
-        assert_eq!(
-            s["disks"]["persistent"],
-            json!({"disk-2": "/warden-cpi-dev/disk-2"})
-        );
+        let d = |n: u8| {
+            DiskCid::parse(&format!("disk-00000000-0000-0000-0000-00000000000{n}")).unwrap()
+        };
+        let hint = |n: u8| format!("/warden-cpi-dev/{}", d(n));
+        let mut s = json!({"agent_id": "a", "disks": {"system": "", "persistent": {d(1).as_str(): hint(1)}}});
+        set_disk_hint(&mut s, &d(2), true);
+        assert_eq!(s["disks"]["persistent"][d(2).as_str()], hint(2));
+        assert_eq!(s["disks"]["persistent"][d(1).as_str()], hint(1));
+        set_disk_hint(&mut s, &d(1), false);
+        assert_eq!(s["disks"]["persistent"], json!({d(2).as_str(): hint(2)}));
         assert_eq!(s["agent_id"], "a");
         let mut odd = json!({"disks": []});
-        set_disk_hint(&mut odd, "disk-3", true);
-        assert_eq!(
-            odd["disks"]["persistent"]["disk-3"],
-            "/warden-cpi-dev/disk-3"
-        );
+        set_disk_hint(&mut odd, &d(3), true);
+        assert_eq!(odd["disks"]["persistent"][d(3).as_str()], hint(3));
         assert_eq!(odd["disks"]["system"], "");
     }
 

@@ -6,7 +6,7 @@
 use super::inside;
 use crate::docker::mounter::{self, BlockDisk};
 use crate::docker::{DockerError, NodeDocker};
-use crate::protocol::DiskCid;
+use crate::protocol::{DiskCid, VmCid};
 
 /// Why a disk could not be put in a VM as a block device.
 #[derive(Debug, thiserror::Error)]
@@ -37,20 +37,28 @@ pub(crate) fn not_an_image(e: DockerError, disk: &DiskCid) -> BlockDiskError {
 pub(crate) async fn prepare_block_disk(
     docker: &NodeDocker,
     disks_dir: &str,
-    vm: &str,
-    disk: &str,
+    vm: &VmCid,
+    disk: &DiskCid,
     found: BlockDisk,
 ) -> Result<(), DockerError> {
     if !found.formatted {
         inside::format_disk(docker, vm, disk).await?;
     } else if found.grow {
         inside::grow_disk(docker, vm, disk).await?;
-        tracing::info!(vm, disk, "the disk's filesystem was grown to its new size");
+        tracing::info!(
+            vm = vm.as_str(),
+            disk = disk.as_str(),
+            "the disk's filesystem was grown to its new size"
+        );
     }
     if found.folder {
         inside::copy_folder(docker, vm, disk).await?;
         docker.settle_disk(disks_dir, vm, disk).await?;
-        tracing::info!(vm, disk, "the disk's folder was copied into its new image");
+        tracing::info!(
+            vm = vm.as_str(),
+            disk = disk.as_str(),
+            "the disk's folder was copied into its new image"
+        );
     }
     Ok(())
 }

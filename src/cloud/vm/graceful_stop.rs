@@ -8,6 +8,7 @@
 use std::time::{Duration, Instant};
 
 use crate::docker::{DockerError, NodeDocker};
+use crate::ids::VmCid;
 
 /// The script run in the VM (`/bin/sh -c`). Drain scripts get empty job states, as the
 /// agent gives them when the deployment does not change. `monit stop all` leaves every
@@ -47,7 +48,7 @@ pub(crate) enum Stopped {
 /// Drains and stops the jobs of VM `cid` within `grace`.
 pub(crate) async fn stop_jobs(
     docker: &NodeDocker,
-    cid: &str,
+    cid: &VmCid,
     grace: Duration,
 ) -> Result<Stopped, DockerError> {
     let cmd = vec!["/bin/sh".to_string(), "-c".to_string(), SCRIPT.to_string()];

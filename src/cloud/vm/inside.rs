@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::agent_files::{DISK_MOUNT_ROOT, FileOwner, append_file};
 use crate::docker::{DockerError, NodeDocker};
+use crate::ids::{DiskCid, VmCid};
 
 /// The probe run in the VM (`/bin/sh -c`): busybox and a full stemcell both have what it
 /// uses. Prints `store=<the store's device>` (for a bound folder its root on the node;
@@ -68,8 +69,8 @@ impl Inside {
 /// node but the hint for a bound disk. A VM that does not run has none.
 pub async fn mounts_of_disk(
     docker: &NodeDocker,
-    cid: &str,
-    disk: &str,
+    cid: &VmCid,
+    disk: &DiskCid,
 ) -> Result<Vec<String>, DockerError> {
     let cmd = vec!["cat".to_string(), "/proc/self/mountinfo".to_string()];
     match docker.exec(cid, cmd, "reading the VM's mounts").await {
@@ -105,8 +106,8 @@ fn disk_mounts_in(mountinfo: &str, disk: &str) -> Vec<String> {
 /// The mount points taken.
 pub async fn unmount_disk(
     docker: &NodeDocker,
-    cid: &str,
-    disk: &str,
+    cid: &VmCid,
+    disk: &DiskCid,
 ) -> Result<Vec<String>, DockerError> {
     let points = mounts_of_disk(docker, cid, disk).await?;
     // Deepest first: a mount below another goes before it.
@@ -124,7 +125,7 @@ pub async fn unmount_disk(
                 .await?;
             if done.code != 0 {
                 return Err(DockerError::InVm {
-                    node: docker.name.clone(),
+                    node: docker.name.to_string(),
                     vm: cid.to_string(),
                     command: format!("umount -l {}", crate::echo::printable(point)),
                     code: done.code,
@@ -144,7 +145,11 @@ pub const FORMAT_AT_START: &str = "/var/vcap/bosh/moltencore-format-disks";
 /// agent formats a new disk on any IaaS (here the agent mounts the device as it is, so the
 /// CPI has it formatted once, on its first attach). A VM that does not run formats it at
 /// its next start, before its agent starts.
-pub async fn format_disk(docker: &NodeDocker, cid: &str, disk: &str) -> Result<(), DockerError> {
+pub async fn format_disk(
+    docker: &NodeDocker,
+    cid: &VmCid,
+    disk: &DiskCid,
+) -> Result<(), DockerError> {
     let device = format!("{DISK_MOUNT_ROOT}/{disk}");
     let cmd = vec!["mkfs.ext4".to_string(), "-F".to_string(), device.clone()];
     let done = match docker.exec(cid, cmd, "formatting the disk in the VM").await {
@@ -159,7 +164,7 @@ pub async fn format_disk(docker: &NodeDocker, cid: &str, disk: &str) -> Result<(
         return Ok(());
     }
     Err(DockerError::InVm {
-        node: docker.name.clone(),
+        node: docker.name.to_string(),
         vm: cid.to_string(),
         command: format!("mkfs.ext4 -F {device}"),
         code: done.code,
@@ -178,8 +183,8 @@ pub(crate) const GROW_AT_START: &str = "/var/vcap/bosh/moltencore-grow-disks";
 /// next start.
 pub(crate) async fn grow_disk(
     docker: &NodeDocker,
-    cid: &str,
-    disk: &str,
+    cid: &VmCid,
+    disk: &DiskCid,
 ) -> Result<(), DockerError> {
     let device = format!("{DISK_MOUNT_ROOT}/{disk}");
     let script = format!(
@@ -202,15 +207,15 @@ pub(crate) async fn grow_disk(
     if done.code == 0 {
         if done.output.trim() == "mounted" {
             tracing::warn!(
-                vm = cid,
-                disk,
+                vm = cid.as_str(),
+                disk = disk.as_str(),
                 "the disk is mounted in the VM: its filesystem is grown at its next attach"
             );
         }
         return Ok(());
     }
     Err(DockerError::InVm {
-        node: docker.name.clone(),
+        node: docker.name.to_string(),
         vm: cid.to_string(),
         command: format!("e2fsck -f -p and resize2fs of {device}"),
         code: done.code,
@@ -226,7 +231,11 @@ const COPY_LIMIT: std::time::Duration = std::time::Duration::from_secs(4 * 3600)
 /// `/warden-cpi-dev/.folder-<disk>` while it is attached) into its new filesystem, with the
 /// stemcell's `cp -a` (owners, modes, links, times, attributes as the stemcell's cp keeps
 /// them), mounted at a place of its own and unmounted (flushed) after.
-pub async fn copy_folder(docker: &NodeDocker, cid: &str, disk: &str) -> Result<(), DockerError> {
+pub async fn copy_folder(
+    docker: &NodeDocker,
+    cid: &VmCid,
+    disk: &DiskCid,
+) -> Result<(), DockerError> {
     let device = format!("{DISK_MOUNT_ROOT}/{disk}");
     let script = format!(
         "set -e; t=/tmp/.moltencore-copy-{disk}; mkdir -p $t; mount {device} $t; \
@@ -239,7 +248,7 @@ pub async fn copy_folder(docker: &NodeDocker, cid: &str, disk: &str) -> Result<(
         Ok(code) => code,
         Err(DockerError::Conflict { .. }) => {
             return Err(DockerError::InVm {
-                node: docker.name.clone(),
+                node: docker.name.to_string(),
                 vm: cid.to_string(),
                 command: format!("cp -a of disk {disk}'s folder into its image"),
                 code: -1,
@@ -251,7 +260,7 @@ pub async fn copy_folder(docker: &NodeDocker, cid: &str, disk: &str) -> Result<(
     match code {
         Some(0) => Ok(()),
         code => Err(DockerError::InVm {
-            node: docker.name.clone(),
+            node: docker.name.to_string(),
             vm: cid.to_string(),
             command: format!("cp -a of disk {disk}'s folder into its image"),
             code: code.unwrap_or(-1),
@@ -266,15 +275,15 @@ pub async fn copy_folder(docker: &NodeDocker, cid: &str, disk: &str) -> Result<(
 /// Adds `disk` to the stopped VM's list `path` ([`FORMAT_AT_START`], [`GROW_AT_START`]).
 async fn list_at_start(
     docker: &NodeDocker,
-    cid: &str,
+    cid: &VmCid,
     path: &str,
-    disk: &str,
+    disk: &DiskCid,
 ) -> Result<(), DockerError> {
     let mut list = match docker.read_file(cid, path).await? {
         Some(file) => String::from_utf8_lossy(&file.data).into_owned(),
         None => String::new(),
     };
-    if list.lines().any(|l| l == disk) {
+    if list.lines().any(|l| disk == l) {
         return Ok(());
     }
     list.push_str(disk);
@@ -289,7 +298,7 @@ async fn list_at_start(
         .and_then(|()| archive.into_inner())
         .map(|tar| docker.upload_archive(cid, "/", tar))
         .map_err(|e| DockerError::InVm {
-            node: docker.name.clone(),
+            node: docker.name.to_string(),
             vm: cid.to_string(),
             command: format!("listing {disk} in {path} for its next start"),
             code: -1,
@@ -299,7 +308,7 @@ async fn list_at_start(
 }
 
 /// Looks inside the running VM `cid`.
-pub async fn look(docker: &NodeDocker, cid: &str) -> Result<Inside, DockerError> {
+pub async fn look(docker: &NodeDocker, cid: &VmCid) -> Result<Inside, DockerError> {
     let cmd = vec!["/bin/sh".to_string(), "-c".to_string(), PROBE.to_string()];
     let done = docker.exec(cid, cmd, "looking inside the VM").await?;
     Ok(Inside::parse(&done.output))

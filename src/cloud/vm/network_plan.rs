@@ -9,6 +9,7 @@ use ipnet::Ipv4Net;
 use serde_json::Value;
 
 use crate::cluster::NodeRecord;
+use crate::node_name::NodeName;
 use crate::protocol::call::printable;
 use crate::protocol::{NetworkSpec, NetworkType};
 
@@ -60,7 +61,7 @@ pub(crate) enum NetworkPlanError {
         first: String,
         second: String,
         docker_network: String,
-        node: String,
+        node: NodeName,
     },
     #[error("create_vm: manual network '{network}' has no ip")]
     NoIp { network: String },
@@ -68,7 +69,7 @@ pub(crate) enum NetworkPlanError {
     OutsideSubnet {
         network: String,
         ip: Ipv4Addr,
-        node: String,
+        node: NodeName,
         subnet: Ipv4Net,
     },
     #[error(

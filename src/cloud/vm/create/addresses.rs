@@ -383,7 +383,7 @@ mod tests {
         let nets = planned(json!({"d": {"type": "dynamic"}}));
         let used: Holders = [("10.1.1.192".parse().unwrap(), "vm-1".to_string())].into();
         let claimed: HashSet<String> =
-            [keys.address("n1", "bosh", "10.1.1.193".parse().unwrap())].into();
+            [keys.address(&"n1".into(), "bosh", "10.1.1.193".parse().unwrap())].into();
         let wanted = wanted_addresses(&keys, &claimed, &node(), &nets, &used);
         let [
             claims::Wanted::AnyOf {

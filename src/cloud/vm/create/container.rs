@@ -107,7 +107,7 @@ pub(super) async fn build(
         None => Ephemeral::Volume(&volume),
     };
     make_container(ctx, docker, plan, dir.as_deref(), volume).await?;
-    undo.push(Undo::Container(plan.cid.to_string()));
+    undo.push(Undo::Container(plan.cid.clone()));
     let cids: Vec<DiskCid> = disks.iter().map(|d| d.cid.clone()).collect();
     finish(ctx, docker, plan, &cids, dir.as_deref(), found).await
 }
@@ -122,17 +122,17 @@ async fn bind_disks<'d>(
     sized: Option<u64>,
     disks: &'d [DiskRecord],
     undo: &mut UndoStack,
-) -> Result<Vec<(&'d str, BlockDisk)>, CpiError> {
+) -> Result<Vec<(&'d DiskCid, BlockDisk)>, CpiError> {
     undo.push(Undo::DiskTree {
         disks_dir: dir.to_string(),
-        vm: plan.cid.to_string(),
+        vm: plan.cid.clone(),
     });
     if let Some(size) = sized {
         docker.attach_ephemeral_disk(dir, &plan.cid, size).await?;
     }
     let mut found = Vec::new();
     for disk in disks {
-        let cid = disk.cid.as_str();
+        let cid = &disk.cid;
         let state = docker
             .attach_block_disk(dir, &plan.cid, cid, disk.size_mib)
             .await
@@ -150,7 +150,7 @@ async fn finish(
     plan: &mut CreatePlan<'_, '_>,
     disks: &[DiskCid],
     dir: Option<&str>,
-    found: Vec<(&str, BlockDisk)>,
+    found: Vec<(&DiskCid, BlockDisk)>,
 ) -> Result<(), CpiError> {
     for p in plan.networks.iter().filter(|p| !p.primary) {
         if let Some(net) = &p.docker_network {
@@ -187,7 +187,7 @@ async fn disks_for_new_vm(
     disks_dir: &str,
     disk_cids: &[DiskCid],
 ) -> Result<Vec<DiskRecord>, CpiError> {
-    let node = docker.name.as_str();
+    let node = &docker.name;
     let mut disks = Vec::new();
     for cid in disk_cids {
         let disk = ctx.disk(cid).await?;
@@ -198,7 +198,7 @@ async fn disks_for_new_vm(
             }
             .into());
         }
-        if disk.node == node {
+        if disk.node == *node {
             if !docker.volume_exists(cid.as_str()).await? {
                 return Err(volume_gone(&disk));
             }
@@ -209,7 +209,7 @@ async fn disks_for_new_vm(
     }
     let mut here = Vec::new();
     for mut disk in disks {
-        if disk.node != node {
+        if disk.node != *node {
             ctx.remove_stray_copies(&mut disk).await;
             ctx.move_disk(&mut disk, node).await?;
             ctx.remove_old_copy(&mut disk).await;

@@ -3,6 +3,7 @@
 
 use std::net::Ipv4Addr;
 
+use crate::node_name::NodeName;
 use crate::protocol::{DiskCid, VmCid};
 
 /// Why create_vm could not make the VM, besides the failures of etcd, Docker and the
@@ -10,7 +11,7 @@ use crate::protocol::{DiskCid, VmCid};
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum CreateError {
     #[error("node {0} vanished from the view")]
-    NodeVanished(String),
+    NodeVanished(NodeName),
     /// The holder's record is gone (removed by hand): its claim was garbage and is gone.
     #[error(
         "create_vm: an address was claimed by VM {holder}, which has no record any more; the claim was removed, retry"
@@ -24,14 +25,14 @@ pub(crate) enum CreateError {
     ClaimTaken {
         ip: Ipv4Addr,
         network: String,
-        node: String,
+        node: NodeName,
         holder: String,
         on_lease: bool,
     },
     #[error(
         "create_vm: no free address left in the dynamic pool of docker network {network} on node {node}"
     )]
-    PoolExhausted { network: String, node: String },
+    PoolExhausted { network: String, node: NodeName },
     #[error(
         "create_vm: VM {vm} lost its record or address claims (this process stalled past their lease)"
     )]
@@ -46,7 +47,7 @@ pub(crate) enum CreateError {
         "create_vm: node {node}: an address of {ips} is held by a container that is not a VM of this CPI: {message}"
     )]
     AddressHeldOutside {
-        node: String,
+        node: NodeName,
         ips: String,
         message: String,
     },
@@ -56,7 +57,7 @@ pub(crate) enum CreateError {
     NoDockerNetwork {
         network: String,
         docker_network: String,
-        node: String,
+        node: NodeName,
     },
     /// `holder` is printable.
     #[error(
@@ -66,7 +67,7 @@ pub(crate) enum CreateError {
         ip: Ipv4Addr,
         network: String,
         holder: String,
-        node: String,
+        node: NodeName,
     },
     #[error(
         "create_vm: IP {ip} of network '{network}' is taken by VM {holder}, still being created on node {node}"
@@ -75,17 +76,17 @@ pub(crate) enum CreateError {
         ip: Ipv4Addr,
         network: String,
         holder: String,
-        node: String,
+        node: NodeName,
     },
     #[error("create_vm: IP {ip} of network '{network}' is already used by {holder} on node {node}")]
     IpUsed {
         ip: Ipv4Addr,
         network: String,
         holder: String,
-        node: String,
+        node: NodeName,
     },
     #[error("container {vm} vanished on node {node} right after start")]
-    VanishedAfterStart { vm: VmCid, node: String },
+    VanishedAfterStart { vm: VmCid, node: NodeName },
     #[error("container {vm} got {got} on {network} instead of {want}")]
     WrongAddress {
         vm: VmCid,

@@ -47,7 +47,7 @@ impl CreatePlan<'_, '_> {
             cid: self.cid.clone(),
             node: self.node.name.clone(),
             agent_id: self.req.agent_id.clone(),
-            stemcell_cid: self.req.stemcell_cid.to_string(),
+            stemcell_cid: self.req.stemcell_cid.clone(),
             memory_mib: self.props.memory_mib(),
             group: self.group.clone(),
             state: VmState::Creating,
@@ -153,7 +153,8 @@ async fn plan<'r, 's>(
     let mut demand = VmDemand {
         manual_ips: network_plan::manual_ips(&req.networks),
         // The AZ's (or vm_type's) node wins over the CPI's own placement.node.
-        pinned_node: props.node.clone().or_else(|| config.placement.node.clone()),
+        pinned_node: placement::pinned(props.node.as_deref(), config.placement.node.as_ref())
+            .map_err(|e| CpiError::from(e).context("create_vm"))?,
         group: group.clone(),
         memory_mib: props.memory_mib(),
     };

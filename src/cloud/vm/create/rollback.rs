@@ -4,6 +4,7 @@
 use crate::cloud::CloudContext;
 use crate::cloud::context::NodeHandle;
 use crate::cluster::VmRecord;
+use crate::ids::VmCid;
 use crate::protocol::CpiError;
 
 /// One thing made for the VM, and how it goes again.
@@ -11,11 +12,11 @@ pub(super) enum Undo {
     /// The VM's record and the address claims it lists.
     IndexRecord(Box<VmRecord>),
     Volume(String),
-    Container(String),
+    Container(VmCid),
     /// The VM's directory of the node's disk tree, with the disks bound.
     DiskTree {
         disks_dir: String,
-        vm: String,
+        vm: VmCid,
     },
 }
 
