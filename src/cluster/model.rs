@@ -249,11 +249,15 @@ mod tests {
         let text = r#"{"cid":"vm-00000000-0000-0000-0000-000000000001","node":"n1","agent_id":"a1","stemcell_cid":"sc-5f0c1c2e-8d7a-4e0b-9a43-2b1f6c9d0e11","memory_mib":512,"group":"web","state":"created","created_at":"2026-11-25T00:00:00Z","metadata":{"job":"web"}}"#;
         let record: VmRecord = serde_json::from_str(text).unwrap();
         assert_eq!(
-            record.stemcell_cid.as_str(),
+            record.stemcell_cid,
             "sc-5f0c1c2e-8d7a-4e0b-9a43-2b1f6c9d0e11"
         );
         assert_eq!(record.node, "n1");
         assert_eq!(serde_json::to_string(&record).unwrap(), text);
+        // A record whose stemcell is not a cid of this CPI's shape stays readable.
+        let foreign = text.replace("sc-5f0c1c2e-8d7a-4e0b-9a43-2b1f6c9d0e11", "s");
+        let record: VmRecord = serde_json::from_str(&foreign).unwrap();
+        assert_eq!(serde_json::to_string(&record).unwrap(), foreign);
     }
 
     #[test]
@@ -290,7 +294,10 @@ pub struct VmRecord {
     pub(crate) cid: VmCid,
     pub(crate) node: NodeName,
     pub(crate) agent_id: String,
-    pub(crate) stemcell_cid: StemcellCid,
+    /// The stemcell the VM was made from, as the record holds it: kept as text, so a
+    /// record written by hand or by an older version (any text here) stays readable; the
+    /// CPI writes the `StemcellCid` create_vm was given.
+    pub(crate) stemcell_cid: String,
     /// Memory limit in MiB (0: none), for placement's capacity accounting.
     #[serde(default)]
     pub(crate) memory_mib: u64,

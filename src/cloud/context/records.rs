@@ -195,7 +195,7 @@ mod tests {
             cid: VmCid::parse(&format!("vm-00000000-0000-0000-0000-{n:012}")).unwrap(),
             node: "n1".into(),
             agent_id: "agent".into(),
-            stemcell_cid: StemcellCid::parse("sc-00000000-0000-0000-0000-00000000000c").unwrap(),
+            stemcell_cid: "sc-00000000-0000-0000-0000-00000000000c".to_string(),
             memory_mib: 512,
             group: None,
             state: VmState::Created,

@@ -47,7 +47,7 @@ impl CreatePlan<'_, '_> {
             cid: self.cid.clone(),
             node: self.node.name.clone(),
             agent_id: self.req.agent_id.clone(),
-            stemcell_cid: self.req.stemcell_cid.clone(),
+            stemcell_cid: self.req.stemcell_cid.to_string(),
             memory_mib: self.props.memory_mib(),
             group: self.group.clone(),
             state: VmState::Creating,
