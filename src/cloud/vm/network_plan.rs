@@ -265,11 +265,12 @@ pub(crate) fn resolved_json(planned: &[PlannedNetwork]) -> serde_json::Map<Strin
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::json;
 
-    fn node() -> NodeRecord {
+    /// A node record for the tests of network plans and the addresses chosen by them.
+    pub(crate) fn node() -> NodeRecord {
         serde_json::from_value(json!({"name":"n1","private_ip":"192.0.2.1",
             "docker_endpoint":"tcp://192.0.2.1:2376","subnet":"10.1.1.0/24","gateway":"10.1.1.1"}))
         .unwrap()

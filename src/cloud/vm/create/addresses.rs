@@ -312,14 +312,9 @@ pub(super) async fn learn_addresses(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cloud::vm::network_plan::tests::node;
     use bollard::models::{ContainerSummaryNetworkSettings, EndpointIpamConfig, EndpointSettings};
     use serde_json::json;
-
-    fn node() -> NodeRecord {
-        serde_json::from_value(json!({"name":"n1","private_ip":"192.0.2.1",
-            "docker_endpoint":"tcp://192.0.2.1:2376","subnet":"10.1.1.0/24","gateway":"10.1.1.1"}))
-        .unwrap()
-    }
 
     fn planned(v: serde_json::Value) -> Vec<PlannedNetwork> {
         network_plan::plan(&serde_json::from_value(v).unwrap(), &node()).unwrap()
