@@ -782,10 +782,17 @@ fn image_tail(disk: &str) -> String {
 /// Makes `image` (sparse, `size_mib`) when the volume folder `data` is still empty. A
 /// folder holding files but no image is a disk made as a folder by an earlier version.
 fn ensure_image(data: &Path, image: &Path, size_mib: u64, folder: bool) -> io::Result<()> {
+    let bytes = size_mib
+        .checked_mul(1 << 20)
+        .filter(|b| *b > 0)
+        .ok_or_else(|| {
+            let size = format!("a disk size of {size_mib} MiB");
+            io::Error::new(io::ErrorKind::InvalidInput, size)
+        })?;
     match std::fs::symlink_metadata(image) {
         // An image a folder is copied into is formatted anew: it takes the disk's size.
-        Ok(m) if m.is_file() && folder && m.len() < size_mib << 20 => {
-            return open_image(image)?.set_len(size_mib << 20);
+        Ok(m) if m.is_file() && folder && m.len() < bytes => {
+            return open_image(image)?.set_len(bytes);
         }
         Ok(m) if m.is_file() => return Ok(()),
         Ok(_) => {
@@ -803,10 +810,6 @@ fn ensure_image(data: &Path, image: &Path, size_mib: u64, folder: bool) -> io::R
             "its volume holds files besides its image",
         ));
     }
-    let bytes = size_mib
-        .checked_mul(1 << 20)
-        .filter(|b| *b > 0)
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "a disk size of 0 MiB"))?;
     // Made whole under another name first: a call side by side never sees it half made.
     let (new, file) = new_partial_image(data)?;
     file.set_len(bytes)?;

@@ -23,6 +23,7 @@ pub(crate) mod labels;
 pub mod logging;
 #[allow(dead_code, reason = "used by mc-mounter alone, through disk_mounts")]
 pub(crate) mod loop_device;
+pub(crate) mod mib;
 pub mod node_name;
 pub mod nodeprep;
 pub(crate) mod placement;

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use moltencore_testkit::{
     cluster::{cluster_config, cluster_cpi_json, node_prefix, runtime},
     cpi::{cpi_bin, expect_result, run_cpi},
-    docker::{node_of_container, read_file_in},
-    index::index_record,
+    docker::{leftovers_of_agent, node_of_container, read_file_in},
+    index::{index_record, index_records_of_agent, index_records_under},
     requests::{agent_id, create_vm_request, manual_network, shared_stemcell},
 };
 use serde_json::{Value, json};
@@ -362,6 +362,59 @@ fn oversized_values_are_echoed_cut_short() {
             );
         }
     }
+}
+
+/// One MiB more than the largest size: its bytes would not fit an `i64` (a file's length,
+/// Docker's memory limit) and would wrap.
+const TOO_MANY_MIB: u64 = (i64::MAX.cast_unsigned() >> 20) + 1;
+
+#[test]
+fn sizes_whose_bytes_would_wrap_are_refused_and_nothing_is_made() {
+    let config = cluster_config();
+    let (_, prefix) = node_prefix(0);
+    let stemcell = shared_stemcell();
+    let cases = [
+        ("ram", json!({"ram": TOO_MANY_MIB})),
+        ("ephemeral_disk", json!({"ephemeral_disk": TOO_MANY_MIB})),
+        (
+            "ephemeral_disk",
+            json!({"ephemeral_disk": {"size": u64::MAX}}),
+        ),
+    ];
+    for (key, cloud_properties) in cases {
+        let agent = agent_id("too-large");
+        let request = create_vm_request(
+            &agent,
+            &stemcell,
+            cloud_properties,
+            manual_network(&format!("{prefix}.31")),
+            json!({}),
+            2,
+        );
+        let message = cpi_error(&run(request.into_bytes(), &config, &[]));
+        assert!(
+            message.contains(&format!("cloud_properties.{key}")),
+            "{message}"
+        );
+        assert!(message.contains("more than the largest size"), "{message}");
+        assert_eq!(index_records_of_agent(&config, &agent), Vec::<Value>::new());
+        let left = runtime().block_on(leftovers_of_agent(&agent));
+        assert!(left.is_empty(), "{key}: {left:?}");
+    }
+    let request = json!({"method": "create_disk", "arguments": [TOO_MANY_MIB, {}, null]});
+    let message = cpi_error(&run(request.to_string().into_bytes(), &config, &[]));
+    assert_eq!(
+        message,
+        format!(
+            "create_disk: argument 1 (size) must be a positive integer (MiB) of at most {}, got {TOO_MANY_MIB}",
+            TOO_MANY_MIB - 1
+        )
+    );
+    let made: Vec<_> = index_records_under(&config, "disks")
+        .into_iter()
+        .filter(|(_, r)| r["size_mib"] == TOO_MANY_MIB)
+        .collect();
+    assert!(made.is_empty(), "{made:?}");
 }
 
 /// A forged record as an attacker would inject it after a newline.

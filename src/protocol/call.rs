@@ -17,6 +17,7 @@ use super::error::CpiError;
 use super::ids::{DiskCid, MalformedCid, SnapshotCid, StemcellCid, VmCid};
 use super::request::{json_type, plain_serde_message};
 use super::response::CallResult;
+use crate::mib::Mib;
 
 /// A JSON object, as cloud_properties, env and metadata arrive.
 pub(crate) type Object = Map<String, Value>;
@@ -264,8 +265,8 @@ pub(crate) struct NetworkSpec {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub struct VmRequirements {
     pub(crate) cpu: u64,
-    pub(crate) ram: u64,
-    pub(crate) ephemeral_disk_size: u64,
+    pub(crate) ram: Mib,
+    pub(crate) ephemeral_disk_size: Mib,
 }
 
 fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
@@ -488,11 +489,17 @@ impl Args {
     }
 
     /// A positive size in MiB.
+    /// A disk size: a positive whole number of MiB whose bytes fit a file's length.
     fn size(&self, i: usize) -> Result<u64, CpiError> {
         match self.value(i) {
-            Value::Number(n) => match n.as_u64() {
-                Some(v) if v > 0 => Ok(v),
-                _ => Err(self.wrong(i, "a positive integer (MiB)", format_args!("got {n}"))),
+            Value::Number(n) => match n.as_u64().filter(|v| *v > 0).map(Mib::new) {
+                Some(Ok(v)) => Ok(v.get()),
+                Some(Err(_)) => Err(self.wrong(
+                    i,
+                    &format!("a positive integer (MiB) of at most {}", Mib::MAX.get()),
+                    format_args!("got {n}"),
+                )),
+                None => Err(self.wrong(i, "a positive integer (MiB)", format_args!("got {n}"))),
             },
             other => Err(self.wrong(
                 i,
@@ -691,6 +698,32 @@ mod tests {
         assert!(e.message.contains("argument 4 (networks)"), "{}", e.message);
         assert!(e.message.contains("n.ip"), "{}", e.message);
         assert!(e.message.contains("10.1.2.300"), "{}", e.message);
+    }
+
+    #[test]
+    fn sizes_whose_bytes_would_wrap_are_refused() {
+        let e =
+            Call::parse("create_disk", args(json!([8_796_093_022_208u64, {}, null]))).unwrap_err();
+        assert_eq!(
+            e.message,
+            "create_disk: argument 1 (size) must be a positive integer (MiB) of at most 8796093022207, got 8796093022208"
+        );
+        assert!(!e.ok_to_retry);
+        let e = Call::parse("resize_disk", args(json!([DISK, u64::MAX]))).unwrap_err();
+        assert!(e.message.contains("argument 2 (new_size)"), "{}", e.message);
+        assert!(e.message.contains("18446744073709551615"), "{}", e.message);
+        assert!(Call::parse("create_disk", args(json!([8_796_093_022_207u64, {}, null]))).is_ok());
+        let e = Call::parse(
+            "calculate_vm_cloud_properties",
+            args(json!([{"cpu": 1, "ram": u64::MAX, "ephemeral_disk_size": 1}])),
+        )
+        .unwrap_err();
+        assert!(e.message.contains("ram"), "{}", e.message);
+        assert!(
+            e.message.contains("more than the largest size"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

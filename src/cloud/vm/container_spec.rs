@@ -15,6 +15,7 @@ use super::agent_files::DISK_MOUNT_ROOT;
 use super::network_plan::PlannedNetwork;
 use super::properties::{Effective, VmProperties};
 use crate::config::{RestartPolicy as Policy, StartMode};
+use crate::mib::Mib;
 
 /// Mount point of the ephemeral volume.
 pub(crate) const EPHEMERAL_MOUNT: &str = "/var/vcap/data";
@@ -195,7 +196,7 @@ fn host_config(
         readonly_paths: unconfined_paths.then(Vec::new),
         device_cgroup_rules: device_rules(e, plan.disk_tree.is_some()),
         restart_policy: Some(restart_policy(e.restart_policy)),
-        memory: plan.props.ram.map(memory_bytes),
+        memory: plan.props.ram.map(Mib::bytes),
         nano_cpus: plan.props.cpu.map(nano_cpus),
         mounts: Some(mounts),
         binds: (!binds.is_empty()).then_some(binds),
@@ -276,11 +277,6 @@ fn overlay(
         }
     }
     serde_json::from_value(merged).map_err(SpecError::Decode)
-}
-
-/// Docker's memory limit in bytes for `mib` MiB (the `i64` Docker's API takes).
-fn memory_bytes(mib: u64) -> i64 {
-    mib.cast_signed() << 20
 }
 
 /// Docker's CPU limit in billionths of a CPU for `cpus` CPUs.

@@ -10,6 +10,7 @@ use std::num::NonZeroU16;
 
 use crate::config::{RestartPolicy, StartMode, UnknownRestartPolicy, VmDefaults};
 use crate::echo::{printable, printable_detail};
+use crate::mib::Mib;
 use crate::protocol::{Object, plain_serde_message};
 
 /// A VM's cloud_properties as this CPI reads them: the lower-case keys typed (unknown
@@ -23,12 +24,12 @@ pub(crate) struct VmProperties {
     /// CPUs (may be fractional: 0.5).
     pub cpu: Option<f64>,
     /// Memory limit in MiB.
-    pub ram: Option<u64>,
+    pub ram: Option<Mib>,
     /// Ephemeral disk size in MiB: the ephemeral disk holds that much (an image of that
     /// size on the node; see docs/disks.md), recorded as a label of its volume. Given as a
     /// number (this CPI's cloud-config, `calculate_vm_cloud_properties`) or as other
     /// CPIs' vm_types give it, `{size: MiB, ...}`.
-    pub ephemeral_disk: Option<u64>,
+    pub ephemeral_disk: Option<Mib>,
     pub privileged: Option<bool>,
     pub cap_add: Option<Vec<String>>,
     pub cap_drop: Option<Vec<String>>,
@@ -50,9 +51,9 @@ struct RawProperties {
     #[serde(default)]
     cpu: Option<f64>,
     #[serde(default)]
-    ram: Option<u64>,
+    ram: Option<Mib>,
     #[serde(default, deserialize_with = "ephemeral_mib")]
-    ephemeral_disk: Option<u64>,
+    ephemeral_disk: Option<Mib>,
     #[serde(default)]
     privileged: Option<bool>,
     #[serde(default)]
@@ -160,10 +161,13 @@ enum EphemeralDisk {
     },
 }
 
-fn ephemeral_mib<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    Ok(Option::<EphemeralDisk>::deserialize(d)?.map(|e| match e {
-        EphemeralDisk::Mib(mib) | EphemeralDisk::Sized { size: mib } => mib,
-    }))
+fn ephemeral_mib<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Mib>, D::Error> {
+    Option::<EphemeralDisk>::deserialize(d)?
+        .map(|e| match e {
+            EphemeralDisk::Mib(mib) | EphemeralDisk::Sized { size: mib } => Mib::new(mib),
+        })
+        .transpose()
+        .map_err(serde::de::Error::custom)
 }
 
 /// Container settings after defaults and per-VM overrides.
@@ -219,7 +223,7 @@ impl VmProperties {
         {
             return Err(PropertiesError::Cpu(cpu));
         }
-        if raw.ram == Some(0) {
+        if raw.ram == Some(Mib::default()) {
             return Err(PropertiesError::Ram);
         }
         let restart_policy = raw
@@ -278,7 +282,7 @@ impl VmProperties {
 
     /// The memory limit in MiB: `ram`, else the passthrough `Memory` (bytes), else none.
     pub(crate) fn memory_mib(&self) -> u64 {
-        self.ram.unwrap_or_else(|| {
+        self.ram.map(Mib::get).unwrap_or_else(|| {
             self.host_config
                 .get("Memory")
                 .and_then(Value::as_u64)
@@ -353,11 +357,12 @@ mod tests {
         assert_eq!(
             parse(json!({"ephemeral_disk": 2048}))
                 .unwrap()
-                .ephemeral_disk,
+                .ephemeral_disk
+                .map(Mib::get),
             Some(2048)
         );
         let aws = json!({"ephemeral_disk": {"size": 4096, "type": "gp3"}});
-        assert_eq!(parse(aws).unwrap().ephemeral_disk, Some(4096));
+        assert_eq!(parse(aws).unwrap().ephemeral_disk.map(Mib::get), Some(4096));
         assert_eq!(parse(json!({})).unwrap().ephemeral_disk, None);
         let e = parse(json!({"ephemeral_disk": "big"})).unwrap_err();
         assert!(
@@ -458,5 +463,24 @@ mod tests {
             e.message,
             "create_vm: cloud_properties.ram: expected a whole number (0 or more), got the string \"lots\""
         );
+    }
+
+    #[test]
+    fn sizes_whose_bytes_would_wrap_are_refused() {
+        let e = parse(json!({"ram": 8_796_093_022_208u64})).unwrap_err();
+        assert_eq!(e.kind, crate::protocol::ErrorKind::CpiError);
+        assert_eq!(
+            e.message,
+            "create_vm: cloud_properties.ram: 8796093022208 MiB is more than the largest size, 8796093022207 MiB"
+        );
+        for big in [json!(u64::MAX), json!({"size": u64::MAX, "type": "gp3"})] {
+            let e = parse(json!({"ephemeral_disk": big})).unwrap_err();
+            assert_eq!(
+                e.message,
+                "create_vm: cloud_properties.ephemeral_disk: 18446744073709551615 MiB is more than the largest size, 8796093022207 MiB"
+            );
+        }
+        let p = parse(json!({"ram": 8_796_093_022_207u64})).unwrap();
+        assert_eq!(p.ram.map(Mib::bytes), Some(i64::MAX - 0xF_FFFF));
     }
 }

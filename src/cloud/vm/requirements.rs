@@ -17,15 +17,13 @@ pub(crate) enum RequirementsError {
 
 /// The VM size the requirements ask for, refused when a size is zero.
 fn size(req: &VmRequirements) -> Result<placement::VmSize, RequirementsError> {
-    if req.cpu == 0 || req.ram == 0 {
-        return Err(RequirementsError::Zero {
-            cpu: req.cpu,
-            ram: req.ram,
-        });
+    let ram = req.ram.get();
+    if req.cpu == 0 || ram == 0 {
+        return Err(RequirementsError::Zero { cpu: req.cpu, ram });
     }
     Ok(placement::VmSize {
         cpus: req.cpu,
-        ram_mib: req.ram,
+        ram_mib: ram,
     })
 }
 
@@ -40,20 +38,21 @@ pub(crate) async fn calculate(
     placement::fits_some_node(&size, &view.nodes).map_err(RequirementsError::from)?;
     Ok(CallResult::VmCloudProperties(VmCloudProperties {
         cpu: req.cpu,
-        ram: req.ram,
-        ephemeral_disk: req.ephemeral_disk_size,
+        ram: req.ram.get(),
+        ephemeral_disk: req.ephemeral_disk_size.get(),
     }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mib::Mib;
 
     fn req(cpu: u64, ram: u64) -> VmRequirements {
         VmRequirements {
             cpu,
-            ram,
-            ephemeral_disk_size: 1024,
+            ram: Mib::new(ram).unwrap(),
+            ephemeral_disk_size: Mib::new(1024).unwrap(),
         }
     }
 

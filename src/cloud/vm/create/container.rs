@@ -21,6 +21,7 @@ use crate::cloud::vm::{agent_files, ephemeral_volume, labels, start_script};
 use crate::cluster::{DiskRecord, NodeRecord};
 use crate::docker::mounter::BlockDisk;
 use crate::docker::{BridgeSpec, DockerError};
+use crate::mib::Mib;
 use crate::protocol::{CpiError, DiskCid};
 use crate::timestamp::Timestamp;
 
@@ -93,7 +94,11 @@ pub(super) async fn build(
     let volume = make_ephemeral_volume(docker, plan, undo).await?;
     // A sized ephemeral disk is an image in the volume, a block device of the disk tree
     // that the start script mounts; without a size (or a tree) Docker mounts the volume.
-    let sized = plan.props.ephemeral_disk.filter(|size| *size > 0);
+    let sized = plan
+        .props
+        .ephemeral_disk
+        .map(Mib::get)
+        .filter(|size| *size > 0);
     if sized.is_some() && dir.is_none() {
         tracing::warn!(vm = %plan.cid, node = %plan.node.name, "the node has no disk tree: the ephemeral disk is not held to its size");
     }
@@ -231,7 +236,7 @@ async fn make_ephemeral_volume(
         (labels::AGENT_ID.to_string(), plan.req.agent_id.clone()),
     ]);
     if let Some(size) = plan.props.ephemeral_disk {
-        volume_labels.insert(labels::EPHEMERAL_DISK_MIB.into(), size.to_string());
+        volume_labels.insert(labels::EPHEMERAL_DISK_MIB.into(), size.get().to_string());
     }
     docker.create_volume(&volume, volume_labels).await?;
     undo.push(Undo::Volume(volume.clone()));
