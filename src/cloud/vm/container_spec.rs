@@ -119,7 +119,10 @@ fn published(ports: &[super::properties::PortBinding]) -> Ports {
     let mut bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
     for port in ports {
         let key = format!("{}/{}", port.container, port.protocol.as_str());
-        exposed.push(key.clone());
+        // A container port bound to several host ports is exposed once.
+        if !exposed.contains(&key) {
+            exposed.push(key.clone());
+        }
         bindings
             .entry(key)
             .or_insert_with(|| Some(Vec::new()))
@@ -393,7 +396,7 @@ mod tests {
         );
         assert_eq!(
             b.exposed_ports,
-            Some(vec!["53/udp".into(), "8080/tcp".into(), "8080/tcp".into()])
+            Some(vec!["53/udp".into(), "8080/tcp".into()])
         );
         let hc = b.host_config.unwrap();
         let pb = hc.port_bindings.unwrap();
