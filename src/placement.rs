@@ -256,13 +256,13 @@ pub(crate) fn memory_in_use(node: &NodeRecord, vms: &[VmRecord]) -> u64 {
     vms.iter()
         .filter(|v| v.node == node.name)
         .map(|v| v.memory_mib)
-        .sum()
+        .fold(0, u64::saturating_add)
 }
 
 fn has_room(node: &NodeRecord, memory_mib: u64, vms: &[VmRecord]) -> bool {
     node.capacity.memory_mib == 0
         || memory_mib == 0
-        || memory_in_use(node, vms) + memory_mib <= node.capacity.memory_mib
+        || memory_in_use(node, vms).saturating_add(memory_mib) <= node.capacity.memory_mib
 }
 
 /// Checks that at least one node could hold a VM of this size. Nodes that do not report
@@ -437,6 +437,24 @@ mod tests {
         nodes[2].state = NodeState::Cordoned;
         // n1 and n2 both have one web VM; n1 has fewer VMs overall.
         assert_eq!(choose_node(&d, &nodes, &vms).unwrap(), "n1");
+    }
+
+    #[test]
+    fn memory_in_records_written_by_hand_cannot_wrap_into_room() {
+        let nodes = three();
+        let vms = [vm("n1", "g", u64::MAX), vm("n1", "g", 2)];
+        assert_eq!(memory_in_use(&nodes[0], &vms), u64::MAX);
+        let d = VmDemand {
+            memory_mib: 512,
+            pinned_node: Some("n1".into()),
+            ..Default::default()
+        };
+        assert!(choose_node(&d, &nodes, &vms).is_err());
+        let d = VmDemand {
+            memory_mib: 512,
+            ..Default::default()
+        };
+        assert_eq!(choose_node(&d, &nodes, &vms).unwrap(), "n2");
     }
 
     #[test]

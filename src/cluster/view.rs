@@ -283,7 +283,7 @@ impl ClusterView {
         self.vms_on(name)
             .fold(NodeUsage::default(), |u, vm| NodeUsage {
                 vms: u.vms + 1,
-                memory_mib: u.memory_mib + vm.memory_mib,
+                memory_mib: u.memory_mib.saturating_add(vm.memory_mib),
             })
     }
 
