@@ -8,7 +8,8 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// A name that breaks node-prep's rules for node names.
+/// A name that breaks node-prep's rules for node names; it holds the name made printable
+/// (cut short, control characters escaped), since it came from outside.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("node name '{0}' is not usable: use 1-63 characters a-z, 0-9 and '-' (not at either end)")]
 pub struct BadNodeName(pub(crate) String);
@@ -46,7 +47,7 @@ impl NodeName {
         if ok {
             Ok(NodeName(name.to_string()))
         } else {
-            Err(BadNodeName(name.to_string()))
+            Err(BadNodeName(crate::echo::printable(name)))
         }
     }
 
@@ -151,6 +152,15 @@ mod tests {
             NodeName::parse("N_1").unwrap_err().to_string(),
             "node name 'N_1' is not usable: use 1-63 characters a-z, 0-9 and '-' (not at either end)"
         );
+    }
+
+    #[test]
+    fn a_refused_name_is_shown_cut_short_and_escaped() {
+        let long = format!("bad\n{}", "x".repeat(4096));
+        let shown = NodeName::parse(&long).unwrap_err().0;
+        assert!(shown.starts_with("bad\\n"), "{shown}");
+        assert!(shown.ends_with("..."), "{shown}");
+        assert!(shown.len() < 80, "{}", shown.len());
     }
 
     #[test]
