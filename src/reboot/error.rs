@@ -36,19 +36,9 @@ pub enum HostError {
     /// No reboot command was given.
     #[error("the reboot command is empty")]
     EmptyCommand,
-    /// The reboot command did not return in time.
-    #[error("{program} did not return in {timeout:?}")]
-    Timeout {
-        program: String,
-        timeout: std::time::Duration,
-    },
-    /// The reboot command could not be started.
-    #[error("{program}: {source}")]
-    NotRun {
-        program: String,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The reboot command did not return in time or could not be started.
+    #[error(transparent)]
+    Run(#[from] CommandRunError),
     /// The reboot command ran and failed.
     #[error("{program} failed: {status}")]
     Failed {
@@ -57,22 +47,31 @@ pub enum HostError {
     },
 }
 
-/// Why the update engine could not say whether the node needs a reboot.
+/// Why a host command the manager runs (the reboot command, the update engine's status)
+/// gave no exit status; each command adds its own ways to fail.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum UpdateEngineError {
-    /// The status command did not answer in time.
-    #[error("{program} did not answer in {timeout:?}")]
+pub enum CommandRunError {
+    /// The command did not return in time (it was killed).
+    #[error("{program} did not return in {timeout:?}")]
     Timeout {
         program: String,
         timeout: std::time::Duration,
     },
-    /// The status command could not be started.
+    /// The command could not be started.
     #[error("{program}: {source}")]
     NotRun {
         program: String,
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Why the update engine could not say whether the node needs a reboot.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum UpdateEngineError {
+    /// The status command did not return in time or could not be started.
+    #[error(transparent)]
+    Run(#[from] CommandRunError),
     /// The status command ran and failed; `stderr` is cut short.
     #[error("{program} failed ({status}): {stderr}")]
     Failed {

@@ -5,7 +5,37 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::error::HostError;
+use super::error::{CommandRunError, HostError};
+
+/// `program` with `args`, reading nothing, killed when its future is dropped.
+pub(crate) fn command(program: &str, args: &[String]) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(program);
+    command
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    command
+}
+
+/// Waits for a command's `run` (its status or output) at most `timeout`; a command that
+/// does not return in time is killed.
+pub(crate) async fn run_bounded<T>(
+    program: &str,
+    timeout: Duration,
+    run: impl Future<Output = std::io::Result<T>>,
+) -> Result<T, CommandRunError> {
+    match tokio::time::timeout(timeout, run).await {
+        Err(_) => Err(CommandRunError::Timeout {
+            program: program.to_string(),
+            timeout,
+        }),
+        Ok(Err(source)) => Err(CommandRunError::NotRun {
+            program: program.to_string(),
+            source,
+        }),
+        Ok(Ok(done)) => Ok(done),
+    }
+}
 
 /// Longest the reboot command may take to return.
 const REBOOT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -49,25 +79,14 @@ impl Host {
             .reboot_command
             .split_first()
             .ok_or(HostError::EmptyCommand)?;
-        let run = tokio::process::Command::new(program)
-            .args(args)
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .status();
-        match tokio::time::timeout(REBOOT_TIMEOUT, run).await {
-            Err(_) => Err(HostError::Timeout {
-                program: program.clone(),
-                timeout: REBOOT_TIMEOUT,
-            }),
-            Ok(Err(source)) => Err(HostError::NotRun {
-                program: program.clone(),
-                source,
-            }),
-            Ok(Ok(status)) if status.success() => Ok(()),
-            Ok(Ok(status)) => Err(HostError::Failed {
+        let status = run_bounded(program, REBOOT_TIMEOUT, command(program, args).status()).await?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(HostError::Failed {
                 program: program.clone(),
                 status,
-            }),
+            })
         }
     }
 }

@@ -6,7 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::error::UpdateEngineError;
+use super::error::{CommandRunError, UpdateEngineError};
+use super::host::{command, run_bounded};
 
 /// What the update engine reports once an update waits for its reboot.
 pub(crate) const NEED_REBOOT: &str = "UPDATE_STATUS_UPDATED_NEED_REBOOT";
@@ -36,26 +37,14 @@ impl UpdateEngine {
         let Some((program, args)) = self.command.as_ref().and_then(|c| c.split_first()) else {
             return Ok(None);
         };
-        let run = tokio::process::Command::new(program)
-            .args(args)
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .output();
-        let out = match tokio::time::timeout(STATUS_TIMEOUT, run).await {
-            Err(_) => {
-                return Err(UpdateEngineError::Timeout {
-                    program: program.clone(),
-                    timeout: STATUS_TIMEOUT,
-                });
+        let run = command(program, args).output();
+        let out = match run_bounded(program, STATUS_TIMEOUT, run).await {
+            Err(CommandRunError::NotRun { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                return Ok(None);
             }
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Ok(Err(source)) => {
-                return Err(UpdateEngineError::NotRun {
-                    program: program.clone(),
-                    source,
-                });
-            }
-            Ok(Ok(out)) => out,
+            done => done?,
         };
         if !out.status.success() {
             let err = String::from_utf8_lossy(&out.stderr);
