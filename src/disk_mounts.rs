@@ -399,9 +399,7 @@ impl DiskMounts {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Grown::NoImage),
             Err(e) => return Err(e),
         };
-        let bytes = size_mib
-            .checked_mul(1 << 20)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "a size too big"))?;
+        let bytes = image_bytes(size_mib)?;
         if bytes < len {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -779,20 +777,29 @@ fn image_tail(disk: &str) -> String {
     format!("/{disk}/_data/{IMAGE_FILE}")
 }
 
+/// The largest image in MiB: its bytes fit a file's length (`i64`). The CPI's `Mib::MAX`
+/// (`src/mib.rs`) is the same bound; this file is std only, as the mounter is built.
+pub(crate) const MAX_IMAGE_MIB: u64 = i64::MAX.cast_unsigned() >> 20;
+
+/// The bytes of an image of `size_mib`; refused when 0 or when they would not fit a
+/// file's length.
+fn image_bytes(size_mib: u64) -> io::Result<u64> {
+    if size_mib == 0 || size_mib > MAX_IMAGE_MIB {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("a disk size of {size_mib} MiB is 0 or more than {MAX_IMAGE_MIB} MiB"),
+        ));
+    }
+    Ok(size_mib << 20)
+}
+
 /// Makes `image` (sparse, `size_mib`) when the volume folder `data` is still empty. A
 /// folder holding files but no image is a disk made as a folder by an earlier version.
 fn ensure_image(data: &Path, image: &Path, size_mib: u64, folder: bool) -> io::Result<()> {
-    let bytes = size_mib
-        .checked_mul(1 << 20)
-        .filter(|b| *b > 0)
-        .ok_or_else(|| {
-            let size = format!("a disk size of {size_mib} MiB");
-            io::Error::new(io::ErrorKind::InvalidInput, size)
-        })?;
     match std::fs::symlink_metadata(image) {
         // An image a folder is copied into is formatted anew: it takes the disk's size.
-        Ok(m) if m.is_file() && folder && m.len() < bytes => {
-            return open_image(image)?.set_len(bytes);
+        Ok(m) if m.is_file() && folder && m.len() < image_bytes(size_mib)? => {
+            return open_image(image)?.set_len(image_bytes(size_mib)?);
         }
         Ok(m) if m.is_file() => return Ok(()),
         Ok(_) => {
@@ -810,6 +817,7 @@ fn ensure_image(data: &Path, image: &Path, size_mib: u64, folder: bool) -> io::R
             "its volume holds files besides its image",
         ));
     }
+    let bytes = image_bytes(size_mib)?;
     // Made whole under another name first: a call side by side never sees it half made.
     let (new, file) = new_partial_image(data)?;
     file.set_len(bytes)?;
@@ -1192,6 +1200,20 @@ mod tests {
             !needs_grow(&image).unwrap(),
             "no filesystem: formatted at attach"
         );
+    }
+
+    #[test]
+    fn an_image_size_is_whole_mib_that_fit_a_file_length() {
+        assert_eq!(image_bytes(1).unwrap(), 1 << 20);
+        assert_eq!(
+            image_bytes(MAX_IMAGE_MIB).unwrap(),
+            (i64::MAX - 0xF_FFFF).cast_unsigned()
+        );
+        for bad in [0, MAX_IMAGE_MIB + 1, u64::MAX] {
+            let e = image_bytes(bad).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+            assert!(e.to_string().contains(&bad.to_string()), "{e}");
+        }
     }
 
     #[test]

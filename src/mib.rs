@@ -51,6 +51,7 @@ mod tests {
     #[test]
     fn the_largest_size_fits_an_i64_in_bytes_and_one_more_does_not() {
         assert_eq!(Mib::MAX.get(), 8_796_093_022_207);
+        assert_eq!(Mib::MAX.get(), crate::disk_mounts::MAX_IMAGE_MIB);
         assert_eq!(Mib::MAX.bytes(), i64::MAX - ((1 << 20) - 1));
         assert_eq!(Mib::new(512).unwrap().bytes(), 512 << 20);
         assert_eq!(Mib::new(0).unwrap().bytes(), 0);

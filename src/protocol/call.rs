@@ -488,7 +488,6 @@ impl Args {
         }
     }
 
-    /// A positive size in MiB.
     /// A disk size: a positive whole number of MiB whose bytes fit a file's length.
     fn size(&self, i: usize) -> Result<u64, CpiError> {
         match self.value(i) {
