@@ -2,9 +2,12 @@
 //! record by a handler is a method here, so the call's copies ([`CloudContext::vm`],
 //! [`CloudContext::disk_if_any`]) always say what the call last read or wrote.
 
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
 use super::{CloudContext, ContextError};
 use crate::cluster::model::StemcellRecord;
-use crate::cluster::{DiskRecord, SnapshotRecord, VmRecord, claims, index};
+use crate::cluster::{DiskRecord, Keys, SnapshotRecord, VmRecord, claims, index};
 use crate::protocol::{DiskCid, SnapshotCid, StemcellCid, VmCid};
 
 impl CloudContext<'_> {
@@ -16,10 +19,7 @@ impl CloudContext<'_> {
         }
         let record = match self.cluster.get() {
             Some(view) => view.vm(cid)?.cloned(),
-            None => {
-                let keys = self.keys().await?;
-                index::get::<VmRecord>(self.etcd().await?, &keys.vm(cid)).await?
-            }
+            None => self.read(|k| k.vm(cid)).await?,
         };
         self.note_vm(cid, record.clone());
         Ok(record)
@@ -31,17 +31,15 @@ impl CloudContext<'_> {
         &self,
         cid: &VmCid,
     ) -> Result<Option<VmRecord>, ContextError> {
-        let keys = self.keys().await?;
         // Deliberately fresh (see above); the answer replaces what the call knew.
-        let record = index::get::<VmRecord>(self.etcd().await?, &keys.vm(cid)).await?;
+        let record = self.read(|k| k.vm(cid)).await?;
         self.note_vm(cid, record.clone());
         Ok(record)
     }
 
     /// Writes a VM's index record.
     pub(crate) async fn save_vm(&self, record: &VmRecord) -> Result<(), ContextError> {
-        let keys = self.keys().await?;
-        index::put(self.etcd().await?, &keys.vm(&record.cid), record).await?;
+        self.write(|k| k.vm(&record.cid), record).await?;
         self.note_vm(&record.cid, Some(record.clone()));
         Ok(())
     }
@@ -113,24 +111,21 @@ impl CloudContext<'_> {
         if let Some(known) = self.disks.lock().unwrap().get(cid) {
             return Ok(known.clone());
         }
-        let keys = self.keys().await?;
-        let record = index::get::<DiskRecord>(self.etcd().await?, &keys.disk(cid)).await?;
+        let record = self.read(|k| k.disk(cid)).await?;
         self.note_disk(cid, record.clone());
         Ok(record)
     }
 
     /// Writes a disk's index record.
     pub(crate) async fn save_disk(&self, disk: &DiskRecord) -> Result<(), ContextError> {
-        let keys = self.keys().await?;
-        index::put(self.etcd().await?, &keys.disk(&disk.cid), disk).await?;
+        self.write(|k| k.disk(&disk.cid), disk).await?;
         self.note_disk(&disk.cid, Some(disk.clone()));
         Ok(())
     }
 
     /// Removes a disk's index record.
     pub(crate) async fn delete_disk_record(&self, cid: &DiskCid) -> Result<(), ContextError> {
-        let keys = self.keys().await?;
-        index::delete(self.etcd().await?, &keys.disk(cid)).await?;
+        self.remove(|k| k.disk(cid)).await?;
         self.note_disk(cid, None);
         Ok(())
     }
@@ -144,20 +139,17 @@ impl CloudContext<'_> {
         &self,
         cid: &StemcellCid,
     ) -> Result<Option<StemcellRecord>, ContextError> {
-        let keys = self.keys().await?;
-        Ok(index::get(self.etcd().await?, &keys.stemcell(cid)).await?)
+        self.read(|k| k.stemcell(cid)).await
     }
 
     /// Writes a stemcell's index record.
     pub(crate) async fn save_stemcell(&self, record: &StemcellRecord) -> Result<(), ContextError> {
-        let keys = self.keys().await?;
-        Ok(index::put(self.etcd().await?, &keys.stemcell(&record.cid), record).await?)
+        self.write(|k| k.stemcell(&record.cid), record).await
     }
 
     /// Removes a stemcell's index record.
     pub(crate) async fn forget_stemcell(&self, cid: &StemcellCid) -> Result<(), ContextError> {
-        let keys = self.keys().await?;
-        Ok(index::delete(self.etcd().await?, &keys.stemcell(cid)).await?)
+        self.remove(|k| k.stemcell(cid)).await
     }
 
     /// The index record of snapshot `cid`, `None` when there is none.
@@ -165,20 +157,42 @@ impl CloudContext<'_> {
         &self,
         cid: &SnapshotCid,
     ) -> Result<Option<SnapshotRecord>, ContextError> {
-        let keys = self.keys().await?;
-        Ok(index::get(self.etcd().await?, &keys.snapshot(cid)).await?)
+        self.read(|k| k.snapshot(cid)).await
     }
 
     /// Writes a snapshot's index record.
     pub(crate) async fn save_snapshot(&self, record: &SnapshotRecord) -> Result<(), ContextError> {
-        let keys = self.keys().await?;
-        Ok(index::put(self.etcd().await?, &keys.snapshot(&record.cid), record).await?)
+        self.write(|k| k.snapshot(&record.cid), record).await
     }
 
     /// Removes a snapshot's index record.
     pub(crate) async fn forget_snapshot(&self, cid: &SnapshotCid) -> Result<(), ContextError> {
-        let keys = self.keys().await?;
-        Ok(index::delete(self.etcd().await?, &keys.snapshot(cid)).await?)
+        self.remove(|k| k.snapshot(cid)).await
+    }
+
+    /// Reads the record at the key `key` makes from the cluster's keys.
+    async fn read<T: DeserializeOwned>(
+        &self,
+        key: impl FnOnce(&Keys) -> String,
+    ) -> Result<Option<T>, ContextError> {
+        let key = key(&self.keys().await?);
+        Ok(index::get(self.etcd().await?, &key).await?)
+    }
+
+    /// Writes `record` at the key `key` makes.
+    async fn write<T: Serialize>(
+        &self,
+        key: impl FnOnce(&Keys) -> String,
+        record: &T,
+    ) -> Result<(), ContextError> {
+        let key = key(&self.keys().await?);
+        Ok(index::put(self.etcd().await?, &key, record).await?)
+    }
+
+    /// Removes the record at the key `key` makes.
+    async fn remove(&self, key: impl FnOnce(&Keys) -> String) -> Result<(), ContextError> {
+        let key = key(&self.keys().await?);
+        Ok(index::delete(self.etcd().await?, &key).await?)
     }
 }
 
