@@ -323,16 +323,8 @@ pub(crate) async fn forget_claims_of(
     vm: &VmCid,
 ) -> Result<(), IndexError> {
     let value = value_of(vm)?;
-    let found = etcd
-        .client()
-        .get(
-            keys.addresses(),
-            Some(etcd_client::GetOptions::new().with_prefix()),
-        )
-        .await
-        .map_err(|e| etcd.error("reading the address claims", &e))?;
+    let found = super::index::under(etcd, &keys.addresses(), "reading the address claims").await?;
     let ops: Vec<TxnOp> = found
-        .kvs()
         .iter()
         .filter(|kv| kv.value() == value.as_bytes())
         .map(|kv| {

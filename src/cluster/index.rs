@@ -25,6 +25,20 @@ pub(crate) async fn get<T: DeserializeOwned>(
     }
 }
 
+/// Every key and value under `prefix`, in one read; `doing` names the read in an error.
+pub(crate) async fn under(
+    etcd: &Etcd,
+    prefix: &str,
+    doing: &str,
+) -> Result<Vec<etcd_client::KeyValue>, IndexError> {
+    let mut resp = etcd
+        .client()
+        .get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))
+        .await
+        .map_err(|e| etcd.error(doing, &e))?;
+    Ok(resp.take_kvs())
+}
+
 /// The JSON text of `value`; failing, an [`IndexError::Encode`] naming `what` it is.
 pub(crate) fn encode<T: Serialize + ?Sized>(
     value: &T,

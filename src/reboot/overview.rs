@@ -85,15 +85,9 @@ async fn read_groups(
     keys: &RebootKeys,
     out: &mut RebootOverview,
 ) -> Result<(), RecordError> {
-    let resp = etcd
-        .client()
-        .get(
-            keys.groups(),
-            Some(etcd_client::GetOptions::new().with_prefix()),
-        )
-        .await
-        .map_err(|e| etcd.error("reading the reboot semaphores", &e))?;
-    for kv in resp.kvs() {
+    let found =
+        crate::cluster::index::under(etcd, &keys.groups(), "reading the reboot semaphores").await?;
+    for kv in &found {
         let key = String::from_utf8_lossy(kv.key()).to_string();
         let group = key
             .trim_start_matches(keys.groups().as_str())

@@ -190,14 +190,8 @@ impl Records {
         prefix: &str,
         during: &str,
     ) -> Result<Vec<(NodeName, Vec<u8>)>, RecordError> {
-        let resp = self
-            .etcd
-            .client()
-            .get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))
-            .await
-            .map_err(|e| RecordError::Etcd(self.etcd.error(during, &e)))?;
-        Ok(resp
-            .kvs()
+        let found = crate::cluster::index::under(&self.etcd, prefix, during).await?;
+        Ok(found
             .iter()
             .map(|kv| {
                 let key = String::from_utf8_lossy(kv.key());

@@ -6,7 +6,7 @@ use bollard::models::ContainerSummary;
 
 use super::{CloudContext, NodeHandle};
 use crate::cloud::disk::error::DiskError;
-use crate::cluster::{DiskRecord, VmState};
+use crate::cluster::{DiskRecord, VmState, index};
 use crate::docker::volume_copy;
 use crate::labels::vm as labels;
 use crate::node_name::NodeName;
@@ -133,15 +133,7 @@ impl CloudContext<'_> {
     pub(crate) async fn release_disks_of(&self, vm_cid: &VmCid) -> Result<(), CpiError> {
         let keys = self.keys().await?;
         let etcd = self.etcd().await?;
-        let resp = etcd
-            .client()
-            .get(
-                keys.disks(),
-                Some(etcd_client::GetOptions::new().with_prefix()),
-            )
-            .await
-            .map_err(|e| etcd.error("reading the disk index", &e))?;
-        for kv in resp.kvs() {
+        for kv in index::under(etcd, &keys.disks(), "reading the disk index").await? {
             if let Ok(mut disk) = serde_json::from_slice::<DiskRecord>(kv.value())
                 && disk.vm.as_ref() == Some(vm_cid)
             {
