@@ -415,6 +415,22 @@ fn sizes_whose_bytes_would_wrap_are_refused_and_nothing_is_made() {
         .filter(|(_, r)| r["size_mib"] == TOO_MANY_MIB)
         .collect();
     assert!(made.is_empty(), "{made:?}");
+    // A real disk is not touched by a resize to such a size.
+    let disk = expect_result(
+        &json!({"method": "create_disk", "arguments": [16, {}, null]}).to_string(),
+        Some(&config),
+    );
+    let disk = disk.as_str().expect("a disk cid").to_string();
+    let _disk = DeleteOnDrop("delete_disk", disk.clone());
+    let request = json!({"method": "resize_disk", "arguments": [disk, TOO_MANY_MIB]});
+    let message = cpi_error(&run(request.to_string().into_bytes(), &config, &[]));
+    assert!(message.contains("argument 2 (new_size)"), "{message}");
+    let record = index_record(&config, &format!("disks/{disk}")).expect("the disk's record");
+    assert_eq!(record["size_mib"], 16, "{record}");
+    let request = json!({"method": "calculate_vm_cloud_properties",
+        "arguments": [{"cpu": 1, "ram": TOO_MANY_MIB, "ephemeral_disk_size": 1024}]});
+    let message = cpi_error(&run(request.to_string().into_bytes(), &config, &[]));
+    assert!(message.contains("more than the largest size"), "{message}");
 }
 
 /// A forged record as an attacker would inject it after a newline.
